@@ -1,0 +1,87 @@
+# moongate -- build, run and test. `make run` and `make test` install what is
+# missing (Debian 12 packages, as root), build, and run.
+CC ?= cc
+LLHTTP_SRC ?= /usr/share/llhttp
+LLHTTP_INC ?= /usr/share/include/llhttp
+PKGS = libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev libssl-dev lua-cjson lua-busted \
+       lua-check node-llhttp zlib1g-dev lua-socket curl python3 pkg-config clang-format
+DEPS_STAMP = .deps-ok
+
+CFLAGS_BASE = -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -Icore -I$(LLHTTP_INC) \
+              $(shell pkg-config --cflags luajit libevent 2>/dev/null)
+LIBS = $(shell pkg-config --libs luajit libevent libevent_openssl 2>/dev/null) -lwslay -lssl \
+       -lcrypto -lz -lm -ldl
+SAN ?=
+CFLAGS_ALL = $(CFLAGS_BASE) $(SAN) $(CFLAGS)
+# llhttp's generated C is not ours: build it with its own, relaxed flags
+LLHTTP_CFLAGS = -O2 -g -w -I$(LLHTTP_INC) $(SAN)
+
+SRCS = $(wildcard core/*.c)
+BUILD ?= build
+OBJS = $(SRCS:core/%.c=$(BUILD)/%.o) $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o
+BIN ?= moongate
+BUSTED = busted --lua=luajit -m "'lib/?.lua;lib/?/init.lua'"
+
+.PHONY: all run test unit integration asan deps fmt fmt-check lint bench clean
+
+all: $(BIN)
+
+$(DEPS_STAMP):
+	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	@touch $@
+
+deps:
+	@rm -f $(DEPS_STAMP); $(MAKE) --no-print-directory $(DEPS_STAMP)
+
+$(BIN): $(DEPS_STAMP) $(OBJS)
+	$(CC) $(CFLAGS_ALL) -o $@ $(OBJS) $(LIBS) -Wl,-E
+
+$(BUILD)/%.o: core/%.c core/mg.h | $(BUILD) $(DEPS_STAMP)
+	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+$(BUILD)/llhttp.o: | $(BUILD) $(DEPS_STAMP)
+	$(CC) $(LLHTTP_CFLAGS) -c -o $@ $(LLHTTP_SRC)/llhttp.c
+$(BUILD)/llhttp_api.o: | $(BUILD) $(DEPS_STAMP)
+	$(CC) $(LLHTTP_CFLAGS) -c -o $@ $(LLHTTP_SRC)/api.c
+$(BUILD)/llhttp_http.o: | $(BUILD) $(DEPS_STAMP)
+	$(CC) $(LLHTTP_CFLAGS) -c -o $@ $(LLHTTP_SRC)/http.c
+
+$(BUILD):
+	@mkdir -p $@
+
+run: $(BIN)
+	./$(BIN) -c conf/moongate.lua
+
+# Every spec; the last line is "N passed, N failed".
+test: $(BIN)
+	@MOONGATE_BIN=$(CURDIR)/$(BIN) sh tools/run-specs.sh spec/01-unit spec/02-integration
+
+unit: $(DEPS_STAMP)
+	@sh tools/run-specs.sh spec/01-unit
+
+integration: $(BIN)
+	@MOONGATE_BIN=$(CURDIR)/$(BIN) sh tools/run-specs.sh spec/02-integration
+
+# ASan + UBSan build in its own folder, running the integration specs.
+asan: $(DEPS_STAMP)
+	@$(MAKE) --no-print-directory BUILD=build-asan BIN=moongate-asan \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -O1" moongate-asan
+	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  MOONGATE_BIN=$(CURDIR)/moongate-asan MOONGATE_ASAN=1 sh tools/run-specs.sh spec/02-integration
+
+fmt:
+	clang-format -i core/*.c core/*.h
+
+fmt-check: $(DEPS_STAMP)
+	@clang-format --dry-run --Werror core/*.c core/*.h && echo "clang-format: clean"
+
+lint: $(DEPS_STAMP)
+	@luacheck -q lib scripts conf spec plugins 2>/dev/null || luacheck -q lib scripts conf spec
+
+bench: $(BIN)
+	@sh bench/run.sh
+
+clean:
+	rm -rf build build-asan moongate moongate-asan

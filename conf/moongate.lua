@@ -1,0 +1,44 @@
+-- moongate's shipped configuration. Every field is optional; the values
+-- here are the defaults unless noted. Reference: docs/configuration.md.
+-- Environment overrides: MOONGATE_LISTEN, MOONGATE_WORKERS,
+-- MOONGATE_UPSTREAM_<NAME> (e.g. MOONGATE_UPSTREAM_RUNTIME=http://runtime:9001).
+return {
+  listen = "127.0.0.1:8080",
+  workers = "auto",                 -- one worker per core
+
+  routes = "scripts/routes.lua",    -- relative to the project root (conf/'s parent)
+  lua_path = { "scripts", "lib" },
+
+  access_log = true,                -- JSON lines on stderr
+  log_level = "info",
+
+  -- WebSocket-safe timeouts (seconds, 0 = none): long-lived sockets and
+  -- streams are never cut by a fixed read/write deadline, idle keep-alive
+  -- connections (an agent chat left open) last an hour, and a slow request
+  -- head is still cut after 30 s.
+  timeouts = {
+    read = 0,
+    write = 0,
+    idle = 3600,
+    header = 30,
+    drain = 10,
+  },
+
+  limits = {
+    header_size = 16384,
+    header_count = 100,
+    body_size = 1048576,
+  },
+
+  upstreams = {
+    -- the Runtime backend; point it elsewhere with MOONGATE_UPSTREAM_RUNTIME
+    runtime = {
+      servers = { "http://127.0.0.1:9001" },
+      keepalive = 64,
+      connect_timeout = 5,
+      response_timeout = 60,
+      max_fails = 3,
+      fail_timeout = 10,
+    },
+  },
+}

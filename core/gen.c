@@ -1,0 +1,425 @@
+/*
+ * gen.c -- generations. A generation is one successful load of the conf
+ * file and scripts: a fresh LuaJIT state in which lib/moongate/loader.lua
+ * validated everything, plus the C copy of what the data path needs
+ * (listeners, upstreams, compiled routes). Loading never touches the
+ * current generation, so a failed load changes nothing.
+ */
+#include "mg.h"
+
+#include <lauxlib.h>
+#include <limits.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+mg_gen_t *mg_gen_current;
+static unsigned mg_gen_seq;
+
+static void mg_gen_free(mg_gen_t *g);
+
+const char *mg_lib_dir(void)
+{
+    static char dir[PATH_MAX];
+    const char *env;
+    ssize_t n;
+    char *slash;
+
+    if (dir[0])
+        return dir;
+    env = getenv("MOONGATE_LIB");
+    if (env && *env) {
+        snprintf(dir, sizeof(dir), "%s", env);
+        return dir;
+    }
+    n = readlink("/proc/self/exe", dir, sizeof(dir) - 5);
+    if (n <= 0) {
+        snprintf(dir, sizeof(dir), "lib");
+        return dir;
+    }
+    dir[n] = '\0';
+    slash = strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    strcat(dir, "/lib");
+    return dir;
+}
+
+static int mg_gen_field_int(lua_State *L, int idx, const char *k, int dflt)
+{
+    int v = dflt;
+    lua_getfield(L, idx, k);
+    if (lua_isnumber(L, -1))
+        v = (int)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int mg_gen_field_ms(lua_State *L, int idx, const char *k, int dflt)
+{
+    int v = dflt;
+    lua_getfield(L, idx, k);
+    if (lua_isnumber(L, -1))
+        v = (int)(lua_tonumber(L, -1) * 1000.0 + 0.5);
+    lua_pop(L, 1);
+    return v;
+}
+
+static char *mg_gen_field_str(lua_State *L, int idx, const char *k)
+{
+    char *v = NULL;
+    lua_getfield(L, idx, k);
+    if (lua_type(L, -1) == LUA_TSTRING)
+        v = strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return v;
+}
+
+static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf)
+{
+    int i, n;
+
+    g->workers = mg_gen_field_int(L, conf, "workers", 1);
+    lua_getfield(L, conf, "access_log");
+    g->access_log = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    {
+        char *lvl = mg_gen_field_str(L, conf, "log_level");
+        if (lvl) {
+            mg_log_level = mg_log_level_parse(lvl);
+            free(lvl);
+        }
+    }
+
+    lua_getfield(L, conf, "timeouts");
+    if (lua_istable(L, -1)) {
+        int t = lua_gettop(L);
+        g->timeouts.read = mg_gen_field_ms(L, t, "read", 0);
+        g->timeouts.write = mg_gen_field_ms(L, t, "write", 0);
+        g->timeouts.idle = mg_gen_field_ms(L, t, "idle", 3600000);
+        g->timeouts.header = mg_gen_field_ms(L, t, "header", 30000);
+        g->timeouts.drain = mg_gen_field_ms(L, t, "drain", 10000);
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, conf, "limits");
+    if (lua_istable(L, -1)) {
+        int t = lua_gettop(L);
+        g->limits.header_size = (size_t)mg_gen_field_int(L, t, "header_size", 16384);
+        g->limits.header_count = mg_gen_field_int(L, t, "header_count", 100);
+        lua_getfield(L, t, "body_size");
+        g->limits.body_size = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : 1048576;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (g->limits.header_size < 256)
+        g->limits.header_size = 256;
+    if (g->limits.header_count < 1)
+        g->limits.header_count = 1;
+
+    lua_getfield(L, conf, "listen");
+    n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    g->listen = calloc(n ? n : 1, sizeof(mg_addr_t));
+    for (i = 1; i <= n; i++) {
+        int t;
+        char *h;
+        lua_rawgeti(L, -1, i);
+        t = lua_gettop(L);
+        h = mg_gen_field_str(L, t, "host");
+        snprintf(g->listen[g->nlisten].host, sizeof(g->listen[0].host), "%s", h ? h : "127.0.0.1");
+        free(h);
+        g->listen[g->nlisten].port = mg_gen_field_int(L, t, "port", 8080);
+        g->nlisten++;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, conf, "upstreams");
+    n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    g->upstreams = calloc(n ? n : 1, sizeof(mg_upstream_t));
+    for (i = 1; i <= n; i++) {
+        mg_upstream_t *u = &g->upstreams[g->nupstreams++];
+        int t, ns, k;
+        char *name;
+        lua_rawgeti(L, -1, i);
+        t = lua_gettop(L);
+        name = mg_gen_field_str(L, t, "name");
+        snprintf(u->name, sizeof(u->name), "%s", name ? name : "?");
+        free(name);
+        u->keepalive = mg_gen_field_int(L, t, "keepalive", 64);
+        u->connect_timeout = mg_gen_field_ms(L, t, "connect_timeout", 5000);
+        u->response_timeout = mg_gen_field_ms(L, t, "response_timeout", 60000);
+        u->max_fails = mg_gen_field_int(L, t, "max_fails", 3);
+        u->fail_timeout = mg_gen_field_ms(L, t, "fail_timeout", 10000);
+        lua_getfield(L, t, "servers");
+        ns = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+        u->peers = calloc(ns ? ns : 1, sizeof(mg_peer_t *));
+        for (k = 1; k <= ns; k++) {
+            char *h;
+            int port;
+            lua_rawgeti(L, -1, k);
+            h = mg_gen_field_str(L, lua_gettop(L), "host");
+            port = mg_gen_field_int(L, lua_gettop(L), "port", 80);
+            if (h)
+                u->peers[u->npeers++] = mg_peer_get(h, port);
+            free(h);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    return MG_OK;
+}
+
+static int mg_gen_read_routes(mg_gen_t *g, lua_State *L, int routes, char *err, size_t errlen)
+{
+    int i, n = (int)lua_objlen(L, routes);
+
+    g->routes = calloc(n ? n : 1, sizeof(mg_route_t));
+    if (g->routes == NULL)
+        return MG_ERR;
+    for (i = 1; i <= n; i++) {
+        mg_route_t *r = &g->routes[g->nroutes++];
+        int t;
+        char *kind, *up, cerr[200];
+        lua_rawgeti(L, routes, i);
+        t = lua_gettop(L);
+        r->handler_ref = LUA_NOREF;
+        r->rule = mg_gen_field_str(L, t, "rule");
+        r->name = mg_gen_field_str(L, t, "name");
+        r->host = mg_gen_field_str(L, t, "host");
+        kind = mg_gen_field_str(L, t, "kind");
+        r->prefix = kind && strcmp(kind, "prefix") == 0;
+        free(kind);
+        r->index = mg_gen_field_int(L, t, "index", i);
+        lua_getfield(L, t, "strip_prefix");
+        r->strip_prefix = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        lua_getfield(L, t, "body_size");
+        r->body_size = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : g->limits.body_size;
+        lua_pop(L, 1);
+        lua_getfield(L, t, "methods");
+        if (lua_istable(L, -1)) {
+            int m, nm = (int)lua_objlen(L, -1);
+            for (m = 1; m <= nm; m++) {
+                const char *ms;
+                int e;
+                lua_rawgeti(L, -1, m);
+                ms = lua_tostring(L, -1);
+                for (e = 0; ms && e < 64; e++) {
+                    const char *nm2 = llhttp_method_name((llhttp_method_t)e);
+                    if (nm2 && strcmp(nm2, ms) == 0) {
+                        r->methods |= 1ULL << e;
+                        break;
+                    }
+                }
+                lua_pop(L, 1);
+            }
+            if (r->methods == 0) /* only unknown methods: match none */
+                r->methods = 1ULL << 63;
+        }
+        lua_pop(L, 1);
+        up = mg_gen_field_str(L, t, "upstream");
+        if (up) {
+            r->upstream = mg_gen_upstream(g, up, strlen(up));
+            free(up);
+        }
+        lua_getfield(L, t, "handler");
+        if (lua_isfunction(L, -1))
+            r->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        else
+            lua_pop(L, 1);
+        lua_pop(L, 1);
+        if (r->rule == NULL || (r->upstream == NULL && r->handler_ref == LUA_NOREF)) {
+            snprintf(err, errlen, "route #%d: no rule or target", r->index);
+            return MG_ERR;
+        }
+        if (mg_route_compile(r, cerr, sizeof(cerr)) != MG_OK) {
+            snprintf(err, errlen, "route #%d (%s): %s", r->index, r->rule, cerr);
+            return MG_ERR;
+        }
+    }
+    return MG_OK;
+}
+
+static void mg_gen_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx)
+{
+    int i, n;
+    lua_getfield(L, loader, "describe");
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pushvalue(L, genidx);
+    if (lua_pcall(L, 1, 1, 0) != 0 || !lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    n = (int)lua_objlen(L, -1);
+    g->desc = calloc(n ? n : 1, sizeof(char *));
+    for (i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        if (lua_type(L, -1) == LUA_TSTRING)
+            g->desc[g->ndesc++] = strdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen)
+{
+    mg_gen_t *g = calloc(1, sizeof(*g));
+    lua_State *L;
+    int loader, genidx;
+
+    if (g == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    g->timeouts = (mg_timeouts_t){0, 0, 3600000, 30000, 10000};
+    g->limits = (mg_limits_t){16384, 100, 1048576};
+    g->conf_file = strdup(conf_file);
+    L = g->L = luaL_newstate();
+    if (L == NULL) {
+        snprintf(err, errlen, "cannot create a Lua state");
+        goto fail;
+    }
+    luaL_openlibs(L);
+    /* lib/?.lua first, so moongate's own modules are found */
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", mg_lib_dir(), mg_lib_dir(),
+                    lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+    mg_lua_open_api(L);
+
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moongate.loader");
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto fail;
+    }
+    loader = lua_gettop(L);
+    lua_getfield(L, loader, "load");
+    lua_pushstring(L, conf_file);
+    lua_newtable(L);
+    lua_pushinteger(L, sysconf(_SC_NPROCESSORS_ONLN));
+    lua_setfield(L, -2, "ncpu");
+    if (lua_pcall(L, 2, 2, 0) != 0) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto fail;
+    }
+    if (!lua_istable(L, -2)) {
+        snprintf(err, errlen, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "load failed");
+        goto fail;
+    }
+    lua_pop(L, 1);
+    genidx = lua_gettop(L);
+    lua_getfield(L, genidx, "conf");
+    mg_gen_read_conf(g, L, lua_gettop(L));
+    lua_pop(L, 1);
+    lua_getfield(L, genidx, "routes");
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "%s: routes missing", conf_file);
+        goto fail;
+    }
+    if (mg_gen_read_routes(g, L, lua_gettop(L), err, errlen) != MG_OK)
+        goto fail;
+    lua_pop(L, 1);
+    mg_gen_read_desc(g, L, loader, genidx);
+    /* keep the generation table alive for handlers that close over it */
+    lua_setfield(L, LUA_REGISTRYINDEX, "moongate.gen");
+    lua_settop(L, 0);
+    g->id = ++mg_gen_seq;
+    return g;
+
+fail:
+    mg_gen_free(g);
+    return NULL;
+}
+
+mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name, size_t len)
+{
+    for (int i = 0; i < gen->nupstreams; i++)
+        if (strlen(gen->upstreams[i].name) == len && memcmp(gen->upstreams[i].name, name, len) == 0)
+            return &gen->upstreams[i];
+    return NULL;
+}
+
+static void mg_gen_free(mg_gen_t *g)
+{
+    int i, k;
+    if (g == NULL)
+        return;
+    if (g->L)
+        lua_close(g->L);
+    for (i = 0; i < g->nroutes; i++) {
+        mg_route_t *r = &g->routes[i];
+        for (k = 0; r->segs && k < MG_ROUTE_MAX_SEGS; k++)
+            free((char *)r->segs[k].param);
+        free(r->segs);
+        free(r->rule);
+        free(r->name);
+        free(r->host);
+    }
+    free(g->routes);
+    for (i = 0; i < g->nupstreams; i++)
+        free(g->upstreams[i].peers);
+    free(g->upstreams);
+    free(g->listen);
+    for (i = 0; i < g->ndesc; i++)
+        free(g->desc[i]);
+    free(g->desc);
+    free(g->conf_file);
+    free(g);
+}
+
+void mg_gen_retain(mg_gen_t *gen)
+{
+    gen->refs++;
+}
+
+void mg_gen_release(mg_gen_t *gen)
+{
+    if (--gen->refs == 0) {
+        mg_debug("generation %u freed", gen->id);
+        mg_gen_free(gen);
+    }
+}
+
+void mg_gen_activate(mg_gen_t *gen)
+{
+    mg_gen_t *old = mg_gen_current;
+    mg_gen_retain(gen);
+    mg_gen_current = gen;
+    if (old)
+        mg_gen_release(old);
+}
+
+static int mg_gen_has(mg_gen_t *g, const char *line)
+{
+    for (int i = 0; i < g->ndesc; i++)
+        if (strcmp(g->desc[i], line) == 0)
+            return 1;
+    return 0;
+}
+
+void mg_gen_log_diff(mg_gen_t *old, mg_gen_t *gen)
+{
+    int i, changes = 0;
+    for (i = 0; i < gen->ndesc; i++)
+        if (!mg_gen_has(old, gen->desc[i])) {
+            mg_info("reload: + route %s", gen->desc[i]);
+            changes++;
+        }
+    for (i = 0; i < old->ndesc; i++)
+        if (!mg_gen_has(gen, old->desc[i])) {
+            mg_info("reload: - route %s", old->desc[i]);
+            changes++;
+        }
+    mg_info("reload: generation %u loaded, %d routes, %d route changes", gen->id, gen->nroutes,
+            changes);
+}

@@ -1,0 +1,305 @@
+/*
+ * mg.h -- moongate's shared types: process, worker, generation, connection,
+ * request. Every core/ file includes this one header; each module's public
+ * functions are declared here, grouped by file, so the whole API reads on a
+ * few screens (as Redis's server.h does).
+ */
+#ifndef MG_H
+#define MG_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <llhttp.h>
+#include <lua.h>
+
+#define MG_VERSION "0.1.0"
+
+#define MG_OK 0
+#define MG_ERR -1
+#define MG_AGAIN -2
+
+/* Output above this many bytes pauses the producer (backpressure). */
+#define MG_HIGH_WATER (256 * 1024)
+#define MG_LOW_WATER (64 * 1024)
+#define MG_READ_CHUNK (64 * 1024)
+
+/* ---- log.c ---- */
+enum { MG_LOG_DEBUG, MG_LOG_INFO, MG_LOG_WARN, MG_LOG_ERROR };
+extern int mg_log_level;
+void mg_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define mg_debug(...) (mg_log_level <= MG_LOG_DEBUG ? mg_log(MG_LOG_DEBUG, __VA_ARGS__) : (void)0)
+#define mg_info(...) mg_log(MG_LOG_INFO, __VA_ARGS__)
+#define mg_warn(...) mg_log(MG_LOG_WARN, __VA_ARGS__)
+#define mg_error(...) mg_log(MG_LOG_ERROR, __VA_ARGS__)
+int mg_log_level_parse(const char *s);
+/* Access log: one JSON line per request, buffered per worker (flushed at
+ * 32 KiB, on a 200 ms timer and at exit) so it costs no syscall per request. */
+void mg_access_log_init(struct event_base *base);
+void mg_access_log_write(const char *line, size_t len);
+void mg_access_log_flush(void);
+
+/* ---- conf: durations are in milliseconds, sizes in bytes ---- */
+typedef struct {
+    char host[64];
+    int port;
+} mg_addr_t;
+
+typedef struct mg_peer_s mg_peer_t;
+
+typedef struct {
+    char name[64];
+    mg_peer_t **peers; /* worker-level peers (pools, health) */
+    int npeers;
+    unsigned rr;          /* round-robin cursor */
+    int keepalive;        /* idle connections kept per peer */
+    int connect_timeout;  /* ms */
+    int response_timeout; /* ms, until the response head */
+    int max_fails;
+    int fail_timeout; /* ms */
+} mg_upstream_t;
+
+typedef struct {
+    int read, write, idle, header, drain; /* ms; 0 = none */
+} mg_timeouts_t;
+
+typedef struct {
+    size_t header_size;
+    int header_count;
+    size_t body_size;
+} mg_limits_t;
+
+/* ---- route table (compiled from scripts/routes.lua) ---- */
+#define MG_ROUTE_MAX_SEGS 32
+
+typedef struct {
+    const char *lit; /* literal segment, or NULL for a {param} */
+    size_t len;
+    const char *param; /* param name (for handlers) */
+} mg_seg_t;
+
+typedef struct {
+    char *rule;  /* path or prefix as written */
+    char *name;  /* label for logs */
+    int prefix;  /* 1 = prefix match on whole segments */
+    int nsegs;   /* segments of rule */
+    mg_seg_t *segs;
+    int has_params;
+    uint64_t methods; /* bit per llhttp method; 0 = any */
+    char *host;       /* lower-case, or NULL */
+    mg_upstream_t *upstream;
+    int handler_ref; /* LUA_NOREF unless a Lua handler */
+    int strip_prefix;
+    size_t body_size; /* 0 = unlimited */
+    int index;        /* position in routes.lua */
+} mg_route_t;
+
+/* A generation: one load of conf + scripts, with its own Lua state. Requests
+ * hold a reference; the last one out of a superseded generation frees it. */
+typedef struct mg_gen_s {
+    unsigned id;
+    int refs;
+    lua_State *L;
+    char *conf_file;
+    mg_addr_t *listen;
+    int nlisten;
+    int workers;
+    int access_log;
+    mg_timeouts_t timeouts;
+    mg_limits_t limits;
+    mg_upstream_t *upstreams;
+    int nupstreams;
+    mg_route_t *routes;
+    int nroutes;
+    char **desc; /* one line per route, for reload diffs */
+    int ndesc;
+} mg_gen_t;
+
+/* ---- gen.c ---- */
+extern mg_gen_t *mg_gen_current;
+mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen);
+void mg_gen_activate(mg_gen_t *gen); /* becomes current; old one released */
+void mg_gen_retain(mg_gen_t *gen);
+void mg_gen_release(mg_gen_t *gen);
+mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name, size_t len);
+void mg_gen_log_diff(mg_gen_t *old, mg_gen_t *gen);
+const char *mg_lib_dir(void);
+
+/* ---- router.c ---- */
+typedef struct {
+    const char *name, *value;
+    size_t nlen, vlen;
+} mg_kv_t;
+
+int mg_route_compile(mg_route_t *r, char *err, size_t errlen);
+/* Returns the first matching route (the table is sorted by priority) or NULL.
+ * Params, if wanted, are filled as (name, value) slices of path. */
+mg_route_t *mg_route_match(mg_gen_t *gen, int method, const char *host, size_t hostlen,
+                           const char *path, size_t pathlen, mg_kv_t *params, int *nparams);
+
+/* ---- conn / request (http.c) ---- */
+typedef struct mg_conn_s mg_conn_t;
+typedef struct mg_req_s mg_req_t;
+typedef struct mg_ux_s mg_ux_t;
+typedef struct mg_co_s mg_co_t;
+
+typedef struct {
+    uint32_t noff, nlen, voff, vlen; /* offsets into req->hbuf */
+} mg_hdr_t;
+
+enum { MG_REQ_HEAD, MG_REQ_BODY, MG_REQ_DONE };
+
+struct mg_req_s {
+    mg_req_t *next_free;
+    mg_conn_t *conn; /* NULL once the client is gone */
+    mg_gen_t *gen;
+    mg_route_t *route;
+    int state;
+    int method;
+    int http_minor;
+    int keep_alive;
+    int expect_continue;
+    int chunked;      /* request body is chunked */
+    int64_t clen;     /* Content-Length, -1 if none */
+    uint64_t body_rx; /* body bytes received so far */
+    int status;       /* response status sent */
+    int resp_started; /* response head queued */
+    int resp_done;
+    int resp_chunked; /* we chunk-encode the response body */
+    int resp_close;   /* close after response (no framing / errors) */
+    uint64_t bytes_out;
+    double t_start;
+    /* target side */
+    mg_ux_t *ux; /* proxy exchange */
+    mg_co_t *co; /* Lua handler */
+    /* head storage: url + header names/values, bounded by limits.header_size */
+    uint32_t url_len;
+    int nhdrs;
+    int hstate;        /* 0 none, 1 in field, 2 in value */
+    int host_idx;      /* index of Host header or -1 */
+    int xrid_idx;      /* X-Request-Id index or -1 */
+    uint32_t path_len; /* url = path [? query] */
+    char request_id[40];
+    size_t hcap, hlen;
+    char *hbuf;
+    mg_hdr_t *hdrs;
+    int hdrs_cap;
+};
+
+struct mg_conn_s {
+    int fd;
+    int closing;   /* close once output is flushed */
+    int paused;    /* parser paused between pipelined requests */
+    int rd_off;    /* reading disabled (backpressure) */
+    int wr_on;     /* write event armed */
+    int tmode;     /* which timeout is armed */
+    uint64_t nreq; /* requests served on this connection */
+    struct event rev, wev, tev;
+    struct evbuffer *out;
+    char *in; /* saved unparsed input (pipelining) */
+    size_t in_len, in_cap;
+    llhttp_t parser;
+    mg_req_t *req;
+    struct sockaddr_storage peer;
+    char peer_ip[48];
+    int is_tls;
+    mg_conn_t *prev, *next; /* all connections of the worker */
+};
+
+void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen);
+void mg_http_close_idle(void); /* stopping: close connections between requests */
+void mg_conn_flush(mg_conn_t *c);
+void mg_conn_read_enable(mg_conn_t *c, int on);
+size_t mg_conn_pending(mg_conn_t *c);
+/* Response helpers. Headers in `extra` are full "Name: value\r\n" lines. */
+void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen);
+void mg_resp_body(mg_req_t *r, const char *data, size_t len);
+void mg_resp_end(mg_req_t *r);
+void mg_resp_json_error(mg_req_t *r, int status, const char *msg);
+void mg_req_target_done(mg_req_t *r); /* target finished with the response */
+void mg_req_abort(mg_req_t *r);        /* target failed mid-response: close */
+const char *mg_req_header(mg_req_t *r, const char *name, size_t *len);
+const char *mg_status_text(int status);
+int mg_http_hop_by_hop(const char *name, size_t len);
+double mg_now(void);
+
+/* ---- upstream.c: pooled upstream exchanges ---- */
+typedef struct {
+    /* Response head parsed: status and raw header lines (hop-by-hop kept;
+     * the sink filters). Borrowed until the callback returns. */
+    void (*on_head)(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs, int64_t clen,
+                    int chunked);
+    /* Body bytes; return 1 to ask the exchange to pause reading. */
+    int (*on_body)(void *ud, const char *data, size_t len);
+    void (*on_done)(void *ud);
+    /* Failure: status is 502 or 504 if nothing was delivered yet, else 0. */
+    void (*on_error)(void *ud, int status, const char *msg);
+    /* Request body may be sent again: the upstream drained below low water. */
+    void (*on_drain)(void *ud);
+    /* A batch of upstream input was handled: a good time to write. */
+    void (*on_flush)(void *ud);
+} mg_ux_sink_t;
+
+/* Starts an exchange; takes ownership of `head` (an evbuffer with the full
+ * request head). Body bytes follow with mg_ux_send(); mg_ux_end() marks the
+ * end of the request. The sink is called until on_done/on_error, after which
+ * the exchange frees itself. */
+mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, int head_only,
+                     const mg_ux_sink_t *sink, void *ud, int timeout_ms);
+void mg_ux_send(mg_ux_t *ux, const char *data, size_t len);
+void mg_ux_end(mg_ux_t *ux);
+size_t mg_ux_pending(mg_ux_t *ux); /* request bytes not yet written */
+void mg_ux_pause(mg_ux_t *ux, int on);
+void mg_ux_cancel(mg_ux_t *ux); /* the sink is gone: no more callbacks */
+mg_peer_t *mg_peer_get(const char *host, int port);
+void mg_peer_str(mg_peer_t *p, char *buf, size_t len);
+
+/* ---- proxy.c ---- */
+void mg_proxy_start(mg_req_t *r);
+void mg_proxy_body(mg_req_t *r, const char *data, size_t len);
+void mg_proxy_body_end(mg_req_t *r);
+void mg_proxy_client_drained(mg_req_t *r);
+void mg_proxy_client_gone(mg_req_t *r);
+
+/* ---- lua_api.c: handlers as coroutines, the moongate module ---- */
+void mg_lua_open_api(lua_State *L);
+void mg_lua_handler_start(mg_req_t *r);
+void mg_lua_body(mg_req_t *r, const char *data, size_t len);
+void mg_lua_body_end(mg_req_t *r);
+void mg_lua_client_drained(mg_req_t *r);
+void mg_lua_client_gone(mg_req_t *r);
+
+/* ---- worker (server.c) ---- */
+typedef struct {
+    struct event_base *base;
+    int id;
+    int nfd;
+    int *fds; /* listening sockets of this worker */
+    struct event **lev;
+    int stopping;
+    uint64_t active;      /* connections open */
+    uint64_t inflight;    /* requests in progress */
+    char scratch[MG_READ_CHUNK];
+    uint64_t rng[2];
+    const struct timeval *ct[8]; /* common timeouts */
+} mg_worker_t;
+
+extern mg_worker_t mg_worker;
+const struct timeval *mg_timeout_tv(int ms);
+void mg_worker_run(int id, int *fds, int nfd);
+void mg_request_id(char *out); /* 32 hex chars + NUL */
+void mg_server_stop_accept(void);
+
+/* ---- main.c ---- */
+extern const char *mg_conf_path;
+
+#endif

@@ -1,0 +1,296 @@
+/*
+ * proxy.c -- the C fast path: a request on an upstream route is forwarded
+ * with its body streamed as it arrives, and the response streamed back,
+ * with backpressure both ways (MG_HIGH_WATER / MG_LOW_WATER). No Lua runs
+ * here. Hop-by-hop headers are dropped both ways (RFC 9110 7.6.1),
+ * X-Forwarded-For/Proto/Host and X-Request-Id are set.
+ */
+#include "mg.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
+                             int64_t clen, int chunked);
+static int mg_proxy_on_body(void *ud, const char *data, size_t len);
+static void mg_proxy_on_done(void *ud);
+static void mg_proxy_on_error(void *ud, int status, const char *msg);
+static void mg_proxy_on_drain(void *ud);
+static void mg_proxy_on_flush(void *ud);
+
+static const mg_ux_sink_t mg_proxy_sink = {
+    .on_head = mg_proxy_on_head,
+    .on_body = mg_proxy_on_body,
+    .on_done = mg_proxy_on_done,
+    .on_error = mg_proxy_on_error,
+    .on_drain = mg_proxy_on_drain,
+    .on_flush = mg_proxy_on_flush,
+};
+
+/* The header names a Connection header lists, for removal. */
+typedef struct {
+    const char *n[16];
+    size_t l[16];
+    int count;
+} mg_conn_tokens_t;
+
+static void mg_conn_tokens(mg_conn_tokens_t *t, const char *v, size_t len)
+{
+    size_t i = 0;
+    while (i < len && t->count < 16) {
+        size_t s;
+        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        s = i;
+        while (i < len && v[i] != ',' && v[i] != ' ' && v[i] != '\t')
+            i++;
+        if (i > s) {
+            t->n[t->count] = v + s;
+            t->l[t->count++] = i - s;
+        }
+    }
+}
+
+static int mg_conn_tokens_has(mg_conn_tokens_t *t, const char *n, size_t l)
+{
+    for (int i = 0; i < t->count; i++)
+        if (t->l[i] == l && strncasecmp(t->n[i], n, l) == 0)
+            return 1;
+    return 0;
+}
+
+static int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll)
+{
+    return l == ll && strncasecmp(n, lit, l) == 0;
+}
+
+static int mg_method_idempotent(int m)
+{
+    return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_PUT || m == HTTP_DELETE ||
+           m == HTTP_OPTIONS || m == HTTP_TRACE;
+}
+
+void mg_proxy_start(mg_req_t *r)
+{
+    struct evbuffer *h = evbuffer_new();
+    mg_route_t *rt = r->route;
+    mg_conn_tokens_t tok = {.count = 0};
+    const char *url = r->hbuf, *xff = NULL;
+    size_t url_len = r->url_len, xff_len = 0;
+    int i;
+
+    if (h == NULL) {
+        mg_resp_json_error(r, 500, "out of memory");
+        return;
+    }
+    if (rt->strip_prefix && rt->prefix) {
+        /* drop as many leading segments as the rule has */
+        size_t k = 0;
+        int segs = 0;
+        while (segs < rt->nsegs && k < r->path_len) {
+            k++;
+            while (k < r->path_len && url[k] != '/')
+                k++;
+            segs++;
+        }
+        url += k;
+        url_len -= k;
+        if (url_len == 0 || url[0] != '/') {
+            evbuffer_add_printf(h, "%s /", llhttp_method_name((llhttp_method_t)r->method));
+        } else {
+            evbuffer_add_printf(h, "%s ", llhttp_method_name((llhttp_method_t)r->method));
+        }
+    } else {
+        evbuffer_add_printf(h, "%s ", llhttp_method_name((llhttp_method_t)r->method));
+    }
+    evbuffer_add(h, url, url_len);
+    evbuffer_add(h, " HTTP/1.1\r\n", 11);
+
+    for (i = 0; i < r->nhdrs; i++) {
+        mg_hdr_t *hd = &r->hdrs[i];
+        if (mg_name_eq(r->hbuf + hd->noff, hd->nlen, "connection", 10))
+            mg_conn_tokens(&tok, r->hbuf + hd->voff, hd->vlen);
+    }
+    for (i = 0; i < r->nhdrs; i++) {
+        mg_hdr_t *hd = &r->hdrs[i];
+        const char *n = r->hbuf + hd->noff;
+        size_t l = hd->nlen;
+        if (mg_http_hop_by_hop(n, l) || mg_conn_tokens_has(&tok, n, l))
+            continue;
+        if (mg_name_eq(n, l, "x-forwarded-for", 15)) {
+            xff = r->hbuf + hd->voff;
+            xff_len = hd->vlen;
+            continue;
+        }
+        if (mg_name_eq(n, l, "x-forwarded-proto", 17) ||
+            mg_name_eq(n, l, "x-forwarded-host", 16) || mg_name_eq(n, l, "x-request-id", 12) ||
+            mg_name_eq(n, l, "expect", 6))
+            continue;
+        evbuffer_add(h, n, l);
+        evbuffer_add(h, ": ", 2);
+        evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
+        evbuffer_add(h, "\r\n", 2);
+    }
+    if (r->host_idx >= 0) {
+        evbuffer_add(h, "X-Forwarded-Host: ", 18);
+        evbuffer_add(h, r->hbuf + r->hdrs[r->host_idx].voff, r->hdrs[r->host_idx].vlen);
+        evbuffer_add(h, "\r\n", 2);
+    } else {
+        /* HTTP/1.0 without Host: the upstream still needs one */
+        char peer[96] = "localhost";
+        if (rt->upstream->npeers)
+            mg_peer_str(rt->upstream->peers[0], peer, sizeof(peer));
+        evbuffer_add_printf(h, "Host: %s\r\n", peer);
+    }
+    if (xff)
+        evbuffer_add_printf(h, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff,
+                            r->conn->peer_ip);
+    else
+        evbuffer_add_printf(h, "X-Forwarded-For: %s\r\n", r->conn->peer_ip);
+    evbuffer_add_printf(h, "X-Forwarded-Proto: %s\r\nX-Request-Id: %s\r\n",
+                        r->conn->is_tls ? "https" : "http", r->request_id);
+    if (r->chunked)
+        evbuffer_add(h, "Transfer-Encoding: chunked\r\n\r\n", 30);
+    else if (r->clen >= 0)
+        evbuffer_add_printf(h, "Content-Length: %lld\r\n\r\n", (long long)r->clen);
+    else
+        evbuffer_add(h, "\r\n", 2);
+
+    r->ux = mg_ux_start(rt->upstream, h, mg_method_idempotent(r->method), r->method == HTTP_HEAD,
+                        &mg_proxy_sink, r, 0);
+    if (r->ux == NULL) {
+        mg_resp_json_error(r, 502, "out of memory");
+        return;
+    }
+    if (!r->chunked && r->clen <= 0)
+        mg_ux_end(r->ux); /* no body: the request is complete */
+}
+
+void mg_proxy_body(mg_req_t *r, const char *data, size_t len)
+{
+    if (r->chunked) {
+        char hex[24];
+        int n = snprintf(hex, sizeof(hex), "%zx\r\n", len);
+        mg_ux_send(r->ux, hex, n);
+        if (r->ux == NULL)
+            return;
+        mg_ux_send(r->ux, data, len);
+        if (r->ux == NULL)
+            return;
+        mg_ux_send(r->ux, "\r\n", 2);
+    } else {
+        mg_ux_send(r->ux, data, len);
+    }
+    if (r->ux && r->conn && mg_ux_pending(r->ux) > MG_HIGH_WATER)
+        mg_conn_read_enable(r->conn, 0); /* the upstream is slower than the client */
+}
+
+void mg_proxy_body_end(mg_req_t *r)
+{
+    if (r->chunked) {
+        mg_ux_send(r->ux, "0\r\n\r\n", 5);
+        if (r->ux == NULL)
+            return;
+    }
+    if (r->chunked || r->clen > 0)
+        mg_ux_end(r->ux);
+}
+
+void mg_proxy_client_drained(mg_req_t *r)
+{
+    if (r->ux)
+        mg_ux_pause(r->ux, 0);
+}
+
+void mg_proxy_client_gone(mg_req_t *r)
+{
+    if (r->ux) {
+        mg_ux_cancel(r->ux);
+        r->ux = NULL;
+    }
+}
+
+/* Response head, as the client will see it; built in one per-worker
+ * buffer since the upstream head is bounded (64 KiB). */
+static char mg_proxy_hbuf[80 * 1024];
+
+static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
+                             int64_t clen, int chunked)
+{
+    mg_req_t *r = ud;
+    mg_conn_tokens_t tok = {.count = 0};
+    size_t o = 0;
+    int i;
+    (void)http_minor, (void)chunked;
+
+    for (i = 0; i < nhdrs; i++)
+        if (mg_name_eq(hdrs[i].name, hdrs[i].nlen, "connection", 10))
+            mg_conn_tokens(&tok, hdrs[i].value, hdrs[i].vlen);
+    for (i = 0; i < nhdrs; i++) {
+        mg_kv_t *h = &hdrs[i];
+        if (mg_http_hop_by_hop(h->name, h->nlen) || mg_conn_tokens_has(&tok, h->name, h->nlen) ||
+            mg_name_eq(h->name, h->nlen, "date", 4))
+            continue;
+        if (o + h->nlen + h->vlen + 4 > sizeof(mg_proxy_hbuf))
+            break;
+        memcpy(mg_proxy_hbuf + o, h->name, h->nlen);
+        o += h->nlen;
+        mg_proxy_hbuf[o++] = ':';
+        mg_proxy_hbuf[o++] = ' ';
+        memcpy(mg_proxy_hbuf + o, h->value, h->vlen);
+        o += h->vlen;
+        mg_proxy_hbuf[o++] = '\r';
+        mg_proxy_hbuf[o++] = '\n';
+    }
+    /* a HEAD response keeps the upstream's Content-Length; chunked and
+     * close-delimited bodies are re-framed for this client */
+    mg_resp_head(r, status, mg_proxy_hbuf, o, clen);
+}
+
+static int mg_proxy_on_body(void *ud, const char *data, size_t len)
+{
+    mg_req_t *r = ud;
+    if (r->conn == NULL)
+        return 0;
+    mg_resp_body(r, data, len);
+    return mg_conn_pending(r->conn) > MG_HIGH_WATER;
+}
+
+static void mg_proxy_on_flush(void *ud)
+{
+    mg_req_t *r = ud;
+    if (r->conn)
+        mg_conn_flush(r->conn);
+}
+
+static void mg_proxy_on_done(void *ud)
+{
+    mg_req_t *r = ud;
+    r->ux = NULL;
+    mg_resp_end(r);
+    mg_req_target_done(r);
+}
+
+static void mg_proxy_on_error(void *ud, int status, const char *msg)
+{
+    mg_req_t *r = ud;
+    r->ux = NULL;
+    if (status && !r->resp_started) {
+        mg_warn("request %s: %s %.*s: %s (%d)", r->request_id,
+                llhttp_method_name((llhttp_method_t)r->method), (int)r->path_len, r->hbuf, msg,
+                status);
+        mg_resp_json_error(r, status, msg);
+        mg_req_target_done(r);
+        return;
+    }
+    mg_req_abort(r);
+}
+
+static void mg_proxy_on_drain(void *ud)
+{
+    mg_req_t *r = ud;
+    if (r->conn)
+        mg_conn_read_enable(r->conn, 1);
+}

@@ -1,0 +1,146 @@
+/*
+ * server.c -- one worker process: its event loop, the accept path on the
+ * listening sockets it inherited, signals (HUP reload, TERM/INT graceful
+ * stop) and the shared timer tables.
+ */
+#include "mg.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+mg_worker_t mg_worker;
+
+static struct event *mg_worker_stop_timer;
+static double mg_worker_stop_deadline;
+
+/* libevent "common timeouts": all timers of one duration share a queue, so
+ * 100 000 connections with the same idle timeout cost O(1) per re-arm
+ * instead of a heap operation. */
+static struct {
+    int ms;
+    const struct timeval *tv;
+} mg_ct[32];
+static int mg_nct;
+
+const struct timeval *mg_timeout_tv(int ms)
+{
+    static struct timeval plain;
+    struct timeval tv;
+    int i;
+    for (i = 0; i < mg_nct; i++)
+        if (mg_ct[i].ms == ms)
+            return mg_ct[i].tv;
+    tv.tv_sec = ms / 1000;
+    tv.tv_usec = (ms % 1000) * 1000;
+    if (mg_nct < 32 && mg_worker.base) {
+        mg_ct[mg_nct].ms = ms;
+        mg_ct[mg_nct].tv = event_base_init_common_timeout(mg_worker.base, &tv);
+        if (mg_ct[mg_nct].tv)
+            return mg_ct[mg_nct++].tv;
+    }
+    plain = tv;
+    return &plain;
+}
+
+static void mg_accept_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what, (void)arg;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int c = accept4(fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (c < 0) {
+            if (errno == EMFILE || errno == ENFILE)
+                mg_warn("accept: %s", strerror(errno));
+            return;
+        }
+        mg_http_accept(c, (struct sockaddr *)&ss, len);
+    }
+}
+
+void mg_server_stop_accept(void)
+{
+    for (int i = 0; i < mg_worker.nfd; i++)
+        if (mg_worker.lev[i])
+            event_del(mg_worker.lev[i]);
+}
+
+static void mg_worker_stop_check(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+    if (mg_worker.active == 0 || mg_now() >= mg_worker_stop_deadline) {
+        if (mg_worker.active)
+            mg_warn("drain timeout: closing %llu connections", (unsigned long long)mg_worker.active);
+        event_base_loopexit(mg_worker.base, NULL);
+        return;
+    }
+    mg_http_close_idle();
+}
+
+static void mg_worker_signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what, (void)arg;
+    if (sig == SIGHUP) {
+        char err[1024];
+        mg_gen_t *g = mg_gen_load(mg_conf_path, err, sizeof(err));
+        if (g == NULL) {
+            mg_error("reload refused, keeping generation %u: %s", mg_gen_current->id, err);
+            return;
+        }
+        mg_debug("worker %d: generation %u active", mg_worker.id, g->id);
+        mg_gen_activate(g);
+        return;
+    }
+    if (mg_worker.stopping)
+        return;
+    mg_worker.stopping = 1;
+    mg_server_stop_accept();
+    mg_http_close_idle();
+    mg_worker_stop_deadline = mg_now() + mg_gen_current->timeouts.drain / 1000.0;
+    {
+        struct timeval tv = {0, 50000};
+        mg_worker_stop_timer = event_new(mg_worker.base, -1, EV_PERSIST, mg_worker_stop_check, NULL);
+        event_add(mg_worker_stop_timer, &tv);
+    }
+}
+
+void mg_worker_run(int id, int *fds, int nfd)
+{
+    struct event *sig[3];
+    int sigs[3] = {SIGHUP, SIGTERM, SIGINT}, i;
+
+    mg_worker.id = id;
+    mg_worker.base = event_base_new();
+    if (mg_worker.base == NULL) {
+        mg_error("worker %d: cannot create event base", id);
+        exit(1);
+    }
+    if (getrandom(mg_worker.rng, sizeof(mg_worker.rng), 0) != sizeof(mg_worker.rng) ||
+        (mg_worker.rng[0] | mg_worker.rng[1]) == 0) {
+        mg_worker.rng[0] = (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL;
+        mg_worker.rng[1] = (uint64_t)mg_now() | 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    mg_worker.fds = fds;
+    mg_worker.nfd = nfd;
+    mg_worker.lev = calloc(nfd, sizeof(struct event *));
+    for (i = 0; i < nfd; i++) {
+        mg_worker.lev[i] = event_new(mg_worker.base, fds[i], EV_READ | EV_PERSIST, mg_accept_cb, NULL);
+        event_add(mg_worker.lev[i], NULL);
+    }
+    for (i = 0; i < 3; i++) {
+        sig[i] = evsignal_new(mg_worker.base, sigs[i], mg_worker_signal_cb, NULL);
+        event_add(sig[i], NULL);
+    }
+    mg_access_log_init(mg_worker.base);
+    mg_info("worker %d started (generation %u)", id, mg_gen_current->id);
+    event_base_dispatch(mg_worker.base);
+    mg_access_log_flush();
+    mg_info("worker %d exiting", id);
+    exit(0);
+}

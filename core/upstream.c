@@ -1,0 +1,696 @@
+/*
+ * upstream.c -- upstream peers and exchanges. A peer is one server
+ * (host:port) known to this worker: its keep-alive pool and its passive
+ * health live here and outlive generations. An exchange (mg_ux_t) sends one
+ * request to an upstream and parses the response with llhttp, handing head
+ * and body to a sink (the C proxy, or the Lua HTTP client).
+ *
+ * Retries: a connect failure moves to the next server (nothing was sent);
+ * a pooled connection that turns out closed before any response byte is
+ * retried once on a fresh connection when the request is idempotent and
+ * carried no body.
+ */
+#include "mg.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MG_POOL_IDLE_MS 55000
+
+typedef struct mg_uconn_s mg_uconn_t;
+
+struct mg_peer_s {
+    char host[64];
+    int port;
+    struct sockaddr_storage addr;
+    socklen_t alen;
+    int resolved;
+    int fails;          /* consecutive failures */
+    double down_until;  /* skipped until then (seconds, mg_now clock) */
+    mg_uconn_t *idle;   /* pooled connections, LIFO */
+    int nidle;
+    mg_peer_t *next;
+};
+
+struct mg_uconn_s {
+    int fd;
+    mg_peer_t *peer;
+    mg_ux_t *ux; /* NULL while pooled */
+    struct event rev, wev, tev;
+    mg_uconn_t *next;
+    int connecting;
+    int wr_on;
+    int rd_off;
+};
+
+enum { MG_UX_CONNECT, MG_UX_ACTIVE };
+
+struct mg_ux_s {
+    mg_upstream_t *up;
+    mg_uconn_t *uc;
+    struct evbuffer *out;   /* request bytes not yet written */
+    struct evbuffer *head;  /* copy of the head, for a retry on a fresh connection */
+    llhttp_t parser;
+    const mg_ux_sink_t *sink;
+    void *ud;
+    int idempotent, head_only;
+    int timeout_ms;
+    int tries;       /* servers tried */
+    int reused;      /* the connection came from the pool */
+    int body_sent;   /* body bytes were queued */
+    int req_done;
+    int got_resp;    /* response bytes received */
+    int head_done;   /* head delivered to the sink */
+    int msg_done;
+    int paused;
+    int in_exec;
+    int cancelled;
+    int status;
+    int in_start;     /* inside mg_ux_start: failures are reported later */
+    int fail_pending; /* a deferred failure is scheduled */
+    int fail_status;
+    const char *fail_msg;
+    /* response head: names and values packed in hbuf */
+    char *hbuf;
+    size_t hlen, hcap;
+    mg_kv_t hv[128];
+    uint32_t hoff[128][4];
+    int nh, hstate;
+};
+
+static mg_peer_t *mg_peers;
+
+static void mg_ux_connect(mg_ux_t *ux);
+static void mg_ux_fail(mg_ux_t *ux, int status, const char *msg, int peer_fault);
+static void mg_uconn_close(mg_uconn_t *uc);
+static void mg_ux_flush(mg_ux_t *ux);
+static void mg_ux_free(mg_ux_t *ux);
+static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_uconn_write_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg);
+static int mg_ux_on_message_begin(llhttp_t *p);
+static int mg_ux_on_header_field(llhttp_t *p, const char *at, size_t len);
+static int mg_ux_on_header_value(llhttp_t *p, const char *at, size_t len);
+static int mg_ux_on_headers_complete(llhttp_t *p);
+static int mg_ux_on_body(llhttp_t *p, const char *at, size_t len);
+static int mg_ux_on_message_complete(llhttp_t *p);
+
+static llhttp_settings_t mg_ux_settings = {
+    .on_message_begin = mg_ux_on_message_begin,
+    .on_header_field = mg_ux_on_header_field,
+    .on_header_value = mg_ux_on_header_value,
+    .on_headers_complete = mg_ux_on_headers_complete,
+    .on_body = mg_ux_on_body,
+    .on_message_complete = mg_ux_on_message_complete,
+};
+
+/* ---- peers ---- */
+
+mg_peer_t *mg_peer_get(const char *host, int port)
+{
+    mg_peer_t *p;
+    struct addrinfo hints, *res = NULL;
+    char ports[16];
+
+    for (p = mg_peers; p; p = p->next)
+        if (p->port == port && strcmp(p->host, host) == 0)
+            return p;
+    p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    snprintf(p->host, sizeof(p->host), "%s", host);
+    p->port = port;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(ports, sizeof(ports), "%d", port);
+    /* resolved once, at load time (never on the event loop's hot path) */
+    if (getaddrinfo(host, ports, &hints, &res) == 0 && res) {
+        memcpy(&p->addr, res->ai_addr, res->ai_addrlen);
+        p->alen = res->ai_addrlen;
+        p->resolved = 1;
+        freeaddrinfo(res);
+    } else {
+        mg_warn("upstream server %s:%d: cannot resolve", host, port);
+    }
+    p->next = mg_peers;
+    mg_peers = p;
+    return p;
+}
+
+void mg_peer_str(mg_peer_t *p, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s:%d", p->host, p->port);
+}
+
+static mg_peer_t *mg_upstream_pick(mg_upstream_t *up)
+{
+    double now = mg_now();
+    int i;
+    for (i = 0; i < up->npeers; i++) {
+        mg_peer_t *p = up->peers[up->rr++ % up->npeers];
+        if (p->down_until <= now)
+            return p;
+    }
+    /* every server is marked down: try the next one anyway rather than
+     * refusing everything until the marks expire */
+    return up->npeers ? up->peers[up->rr++ % up->npeers] : NULL;
+}
+
+static void mg_peer_failed(mg_upstream_t *up, mg_peer_t *p)
+{
+    if (++p->fails >= up->max_fails && up->max_fails > 0) {
+        if (p->down_until <= mg_now())
+            mg_warn("upstream %s: server %s:%d failed %d times, skipped for %.1fs", up->name,
+                    p->host, p->port, p->fails, up->fail_timeout / 1000.0);
+        p->down_until = mg_now() + up->fail_timeout / 1000.0;
+    }
+}
+
+/* ---- connections ---- */
+
+static void mg_uconn_close(mg_uconn_t *uc)
+{
+    event_del(&uc->rev);
+    event_del(&uc->wev);
+    event_del(&uc->tev);
+    close(uc->fd);
+    free(uc);
+}
+
+static void mg_uconn_pool_cb(evutil_socket_t fd, short what, void *arg)
+{
+    mg_uconn_t *uc = arg, **pp;
+    (void)fd, (void)what;
+    /* a pooled connection became readable (closed or junk) or idled out */
+    for (pp = &uc->peer->idle; *pp; pp = &(*pp)->next)
+        if (*pp == uc) {
+            *pp = uc->next;
+            uc->peer->nidle--;
+            break;
+        }
+    mg_uconn_close(uc);
+}
+
+static void mg_uconn_release(mg_ux_t *ux)
+{
+    mg_uconn_t *uc = ux->uc;
+    mg_peer_t *p = uc->peer;
+    ux->uc = NULL;
+    if (p->nidle >= ux->up->keepalive || mg_worker.stopping) {
+        mg_uconn_close(uc);
+        return;
+    }
+    event_del(&uc->rev);
+    event_del(&uc->wev);
+    event_del(&uc->tev);
+    uc->ux = NULL;
+    uc->wr_on = 0;
+    uc->rd_off = 0;
+    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ, mg_uconn_pool_cb, uc);
+    event_assign(&uc->tev, mg_worker.base, -1, 0, mg_uconn_pool_cb, uc);
+    event_add(&uc->rev, NULL);
+    event_add(&uc->tev, mg_timeout_tv(MG_POOL_IDLE_MS));
+    uc->next = p->idle;
+    p->idle = uc;
+    p->nidle++;
+}
+
+static void mg_uconn_bind(mg_ux_t *ux, mg_uconn_t *uc)
+{
+    ux->uc = uc;
+    uc->ux = ux;
+    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ | EV_PERSIST, mg_uconn_read_cb, uc);
+    event_assign(&uc->wev, mg_worker.base, uc->fd, EV_WRITE | EV_PERSIST, mg_uconn_write_cb, uc);
+    evtimer_assign(&uc->tev, mg_worker.base, mg_uconn_timer_cb, uc);
+}
+
+static void mg_ux_arm(mg_ux_t *ux, int ms)
+{
+    if (ux->uc) {
+        if (ms > 0)
+            event_add(&ux->uc->tev, mg_timeout_tv(ms));
+        else
+            event_del(&ux->uc->tev);
+    }
+}
+
+static void mg_ux_connect(mg_ux_t *ux)
+{
+    mg_peer_t *p;
+    mg_uconn_t *uc;
+    int fd, one = 1;
+
+    llhttp_init(&ux->parser, HTTP_RESPONSE, &mg_ux_settings);
+    ux->parser.data = ux;
+    for (;;) {
+        p = mg_upstream_pick(ux->up);
+        ux->tries++;
+        if (p == NULL) {
+            mg_ux_fail(ux, 502, "upstream has no servers", 0);
+            return;
+        }
+        /* reuse a pooled connection first */
+        if (p->idle && !ux->reused) {
+            uc = p->idle;
+            p->idle = uc->next;
+            p->nidle--;
+            event_del(&uc->rev);
+            event_del(&uc->tev);
+            mg_uconn_bind(ux, uc);
+            ux->reused = 1;
+            event_add(&uc->rev, NULL);
+            mg_ux_arm(ux, ux->timeout_ms);
+            mg_ux_flush(ux);
+            return;
+        }
+        ux->reused = 0;
+        fd = p->resolved ? socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+                         : -1;
+        if (fd >= 0) {
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            if (connect(fd, (struct sockaddr *)&p->addr, p->alen) == 0 || errno == EINPROGRESS) {
+                uc = calloc(1, sizeof(*uc));
+                if (uc == NULL) {
+                    close(fd);
+                    mg_ux_fail(ux, 502, "out of memory", 0);
+                    return;
+                }
+                uc->fd = fd;
+                uc->peer = p;
+                uc->connecting = 1;
+                mg_uconn_bind(ux, uc);
+                event_add(&uc->wev, NULL);
+                uc->wr_on = 1;
+                mg_ux_arm(ux, ux->up->connect_timeout);
+                return;
+            }
+            close(fd);
+        }
+        mg_debug("upstream %s: connect to %s:%d failed: %s", ux->up->name, p->host, p->port,
+                 strerror(errno));
+        mg_peer_failed(ux->up, p);
+        if (ux->tries >= ux->up->npeers) {
+            mg_ux_fail(ux, 502, "upstream unreachable", 0);
+            return;
+        }
+    }
+}
+
+/* A connection failed before the request was answered. */
+static void mg_ux_retry_or_fail(mg_ux_t *ux, int status, const char *msg, int connect_phase)
+{
+    mg_uconn_t *uc = ux->uc;
+    mg_peer_t *p = uc ? uc->peer : NULL;
+    int was_reused = ux->reused;
+
+    if (uc) {
+        ux->uc = NULL;
+        mg_uconn_close(uc);
+    }
+    if (connect_phase) {
+        if (p)
+            mg_peer_failed(ux->up, p);
+        if (ux->tries < ux->up->npeers) {
+            ux->reused = 0;
+            mg_ux_connect(ux);
+            return;
+        }
+        mg_ux_fail(ux, status, msg, 0);
+        return;
+    }
+    /* a stale pooled connection: resend on a fresh one when safe */
+    if (was_reused && !ux->got_resp && ux->idempotent && !ux->body_sent && ux->req_done) {
+        evbuffer_drain(ux->out, evbuffer_get_length(ux->out));
+        evbuffer_add_buffer_reference(ux->out, ux->head);
+        ux->tries--;
+        mg_ux_connect(ux);
+        return;
+    }
+    if (p && !ux->got_resp)
+        mg_peer_failed(ux->up, p);
+    mg_ux_fail(ux, status, msg, 0);
+}
+
+static void mg_ux_deferred_fail_cb(evutil_socket_t fd, short what, void *arg)
+{
+    mg_ux_t *ux = arg;
+    (void)fd, (void)what;
+    ux->fail_pending = 0;
+    if (!ux->cancelled)
+        ux->sink->on_error(ux->ud, ux->fail_status, ux->fail_msg);
+    mg_ux_free(ux);
+}
+
+static void mg_ux_fail(mg_ux_t *ux, int status, const char *msg, int peer_fault)
+{
+    (void)peer_fault;
+    if (ux->in_start) {
+        /* the caller of mg_ux_start has no handle yet: report on the next
+         * loop turn */
+        static const struct timeval zero = {0, 0};
+        if (ux->uc) {
+            mg_uconn_close(ux->uc);
+            ux->uc = NULL;
+        }
+        ux->fail_pending = 1;
+        ux->fail_status = status;
+        ux->fail_msg = msg;
+        event_base_once(mg_worker.base, -1, EV_TIMEOUT, mg_ux_deferred_fail_cb, ux, &zero);
+        return;
+    }
+    if (ux->uc) {
+        mg_uconn_close(ux->uc);
+        ux->uc = NULL;
+    }
+    if (!ux->cancelled)
+        ux->sink->on_error(ux->ud, ux->head_done ? 0 : status, msg);
+    mg_ux_free(ux);
+}
+
+static void mg_ux_free(mg_ux_t *ux)
+{
+    if (ux->uc)
+        mg_uconn_close(ux->uc);
+    evbuffer_free(ux->out);
+    evbuffer_free(ux->head);
+    free(ux->hbuf);
+    free(ux);
+}
+
+mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, int head_only,
+                     const mg_ux_sink_t *sink, void *ud, int timeout_ms)
+{
+    mg_ux_t *ux = calloc(1, sizeof(*ux));
+    if (ux == NULL) {
+        evbuffer_free(head);
+        return NULL;
+    }
+    ux->up = up;
+    ux->out = head;
+    ux->head = evbuffer_new();
+    ux->sink = sink;
+    ux->ud = ud;
+    ux->idempotent = idempotent;
+    ux->head_only = head_only;
+    ux->timeout_ms = timeout_ms > 0 ? timeout_ms : up->response_timeout;
+    if (ux->head == NULL) {
+        evbuffer_free(head);
+        free(ux);
+        return NULL;
+    }
+    if (idempotent)
+        evbuffer_add(ux->head, evbuffer_pullup(head, -1), evbuffer_get_length(head));
+    ux->in_start = 1;
+    mg_ux_connect(ux);
+    ux->in_start = 0;
+    return ux;
+}
+
+static void mg_ux_flush(mg_ux_t *ux)
+{
+    mg_uconn_t *uc = ux->uc;
+    size_t left;
+    if (uc == NULL || uc->connecting)
+        return;
+    left = evbuffer_get_length(ux->out);
+    if (left) {
+        int n = evbuffer_write(ux->out, uc->fd);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            mg_ux_retry_or_fail(ux, 502, "upstream write failed", 0);
+            return;
+        }
+        left = evbuffer_get_length(ux->out);
+    }
+    if (left && !uc->wr_on) {
+        event_add(&uc->wev, NULL);
+        uc->wr_on = 1;
+    } else if (!left && uc->wr_on) {
+        event_del(&uc->wev);
+        uc->wr_on = 0;
+    }
+}
+
+void mg_ux_send(mg_ux_t *ux, const char *data, size_t len)
+{
+    ux->body_sent = 1;
+    evbuffer_add(ux->out, data, len);
+    mg_ux_flush(ux);
+}
+
+void mg_ux_end(mg_ux_t *ux)
+{
+    ux->req_done = 1;
+    mg_ux_flush(ux);
+}
+
+size_t mg_ux_pending(mg_ux_t *ux)
+{
+    return evbuffer_get_length(ux->out);
+}
+
+void mg_ux_pause(mg_ux_t *ux, int on)
+{
+    mg_uconn_t *uc = ux->uc;
+    ux->paused = on;
+    if (uc == NULL || uc->connecting)
+        return;
+    if (on && !uc->rd_off) {
+        event_del(&uc->rev);
+        uc->rd_off = 1;
+    } else if (!on && uc->rd_off) {
+        event_add(&uc->rev, NULL);
+        uc->rd_off = 0;
+    }
+}
+
+void mg_ux_cancel(mg_ux_t *ux)
+{
+    ux->cancelled = 1;
+    if (ux->in_exec || ux->fail_pending)
+        return; /* freed once llhttp_execute returns */
+    mg_ux_free(ux);
+}
+
+/* ---- events ---- */
+
+static void mg_uconn_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    mg_uconn_t *uc = arg;
+    mg_ux_t *ux = uc->ux;
+    (void)what;
+    if (uc->connecting) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) {
+            mg_debug("upstream %s: connect to %s:%d: %s", ux->up->name, uc->peer->host,
+                     uc->peer->port, strerror(err));
+            mg_ux_retry_or_fail(ux, 502, "upstream unreachable", 1);
+            return;
+        }
+        uc->connecting = 0;
+        event_add(&uc->rev, NULL);
+        mg_ux_arm(ux, ux->timeout_ms);
+    }
+    mg_ux_flush(ux);
+    if (ux->cancelled || ux->uc != uc)
+        return;
+    if (evbuffer_get_length(ux->out) < MG_LOW_WATER && ux->sink->on_drain && !ux->req_done)
+        ux->sink->on_drain(ux->ud);
+}
+
+static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    mg_uconn_t *uc = arg;
+    mg_ux_t *ux = uc->ux;
+    (void)fd, (void)what;
+    if (uc->connecting) {
+        mg_debug("upstream %s: connect to %s:%d timed out", ux->up->name, uc->peer->host,
+                 uc->peer->port);
+        mg_ux_retry_or_fail(ux, 504, "upstream connect timed out", 1);
+        return;
+    }
+    mg_peer_failed(ux->up, uc->peer);
+    mg_ux_fail(ux, 504, "upstream timed out", 1);
+}
+
+static void mg_ux_complete(mg_ux_t *ux, int reusable)
+{
+    if (ux->uc) {
+        if (reusable && ux->req_done && evbuffer_get_length(ux->out) == 0)
+            mg_uconn_release(ux);
+        else {
+            mg_uconn_close(ux->uc);
+            ux->uc = NULL;
+        }
+    }
+    if (!ux->cancelled)
+        ux->sink->on_done(ux->ud);
+    mg_ux_free(ux);
+}
+
+static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    mg_uconn_t *uc = arg;
+    mg_ux_t *ux = uc->ux;
+    ssize_t n;
+    llhttp_errno_t err;
+    (void)what;
+
+    n = read(fd, mg_worker.scratch, sizeof(mg_worker.scratch));
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return;
+        mg_ux_retry_or_fail(ux, 502, "upstream connection reset", 0);
+        return;
+    }
+    if (n == 0) {
+        if (ux->got_resp && llhttp_message_needs_eof(&ux->parser)) {
+            ux->in_exec = 1;
+            err = llhttp_finish(&ux->parser);
+            ux->in_exec = 0;
+            if (err == HPE_OK && ux->msg_done && !ux->cancelled) {
+                mg_ux_complete(ux, 0);
+                return;
+            }
+        }
+        if (ux->cancelled) {
+            mg_ux_free(ux);
+            return;
+        }
+        mg_ux_retry_or_fail(ux, 502, "upstream closed the connection", 0);
+        return;
+    }
+    ux->got_resp = 1;
+    mg_ux_arm(ux, ux->timeout_ms);
+    ux->in_exec = 1;
+    err = llhttp_execute(&ux->parser, mg_worker.scratch, n);
+    ux->in_exec = 0;
+    if (ux->cancelled) {
+        mg_ux_free(ux);
+        return;
+    }
+    if (ux->msg_done) {
+        /* bytes past the response mean the connection is not reusable */
+        const char *pos = llhttp_get_error_pos(&ux->parser);
+        int extra = err == HPE_PAUSED && pos && pos < mg_worker.scratch + n;
+        mg_ux_complete(ux, !extra && llhttp_should_keep_alive(&ux->parser));
+        return;
+    }
+    if (err != HPE_OK) {
+        mg_warn("upstream %s: bad response from %s:%d: %s", ux->up->name, uc->peer->host,
+                uc->peer->port, llhttp_get_error_reason(&ux->parser));
+        mg_peer_failed(ux->up, uc->peer);
+        mg_ux_fail(ux, 502, "bad response from upstream", 1);
+        return;
+    }
+    if (ux->sink->on_flush)
+        ux->sink->on_flush(ux->ud);
+}
+
+/* ---- response parsing ---- */
+
+static int mg_ux_append(mg_ux_t *ux, const char *at, size_t len)
+{
+    if (ux->hlen + len > 65536)
+        return -1;
+    if (ux->hlen + len > ux->hcap) {
+        size_t cap = ux->hcap ? ux->hcap * 2 : 1024;
+        char *nb;
+        while (cap < ux->hlen + len)
+            cap *= 2;
+        nb = realloc(ux->hbuf, cap);
+        if (nb == NULL)
+            return -1;
+        ux->hbuf = nb;
+        ux->hcap = cap;
+    }
+    memcpy(ux->hbuf + ux->hlen, at, len);
+    ux->hlen += len;
+    return 0;
+}
+
+static int mg_ux_on_message_begin(llhttp_t *p)
+{
+    mg_ux_t *ux = p->data;
+    ux->nh = 0;
+    ux->hlen = 0;
+    ux->hstate = 0;
+    return 0;
+}
+
+static int mg_ux_on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    mg_ux_t *ux = p->data;
+    if (ux->hstate != 1) {
+        if (ux->nh == 128)
+            return -1;
+        ux->hoff[ux->nh][0] = ux->hlen;
+        ux->hoff[ux->nh][1] = 0;
+        ux->hoff[ux->nh][2] = ux->hlen;
+        ux->hoff[ux->nh][3] = 0;
+        ux->nh++;
+        ux->hstate = 1;
+    }
+    ux->hoff[ux->nh - 1][1] += len;
+    return mg_ux_append(ux, at, len);
+}
+
+static int mg_ux_on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    mg_ux_t *ux = p->data;
+    if (ux->hstate != 2) {
+        ux->hoff[ux->nh - 1][2] = ux->hlen;
+        ux->hstate = 2;
+    }
+    ux->hoff[ux->nh - 1][3] += len;
+    return mg_ux_append(ux, at, len);
+}
+
+static int mg_ux_on_headers_complete(llhttp_t *p)
+{
+    mg_ux_t *ux = p->data;
+    int i;
+    if (p->status_code >= 100 && p->status_code < 200 && p->status_code != 101)
+        return 0; /* interim response: swallowed, the final one follows */
+    for (i = 0; i < ux->nh; i++) {
+        ux->hv[i].name = ux->hbuf + ux->hoff[i][0];
+        ux->hv[i].nlen = ux->hoff[i][1];
+        ux->hv[i].value = ux->hbuf + ux->hoff[i][2];
+        ux->hv[i].vlen = ux->hoff[i][3];
+    }
+    ux->status = p->status_code;
+    ux->head_done = 1;
+    ux->uc->peer->fails = 0;
+    ux->sink->on_head(ux->ud, p->status_code, p->http_minor, ux->hv, ux->nh,
+                      (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1,
+                      (p->flags & F_CHUNKED) != 0);
+    if (ux->cancelled)
+        return HPE_PAUSED;
+    return ux->head_only ? 1 : 0;
+}
+
+static int mg_ux_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    mg_ux_t *ux = p->data;
+    if (ux->cancelled)
+        return 0;
+    if (ux->sink->on_body(ux->ud, at, len))
+        mg_ux_pause(ux, 1);
+    return 0;
+}
+
+static int mg_ux_on_message_complete(llhttp_t *p)
+{
+    mg_ux_t *ux = p->data;
+    if (p->status_code >= 100 && p->status_code < 200 && p->status_code != 101)
+        return 0;
+    ux->msg_done = 1;
+    return HPE_PAUSED;
+}

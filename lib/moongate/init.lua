@@ -1,0 +1,183 @@
+-- moongate: the module handlers and plugins use (`local moongate = require "moongate"`).
+-- The C core provides `moongate.core`; this file gives it a friendly shape and
+-- registers the coroutine entry point the core starts every Lua handler with.
+local core = require "moongate.core"
+local cjson = require "cjson.safe"
+
+local type = type
+local pairs = pairs
+local tostring = tostring
+local concat = table.concat
+local char = string.char
+local tonumber = tonumber
+local gsub = string.gsub
+local gmatch = string.gmatch
+local find = string.find
+local sub = string.sub
+local setmetatable = setmetatable
+local select = select
+
+local _M = { _VERSION = core.version, core = core, json = cjson }
+
+local function unescape(s)
+    s = gsub(s, "+", " ")
+    return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+
+local function escape(s)
+    return (gsub(tostring(s), "[^%w%-%._~]", function(c)
+        return string.format("%%%02X", c:byte())
+    end))
+end
+
+--- Decodes "a=1&b=2" into { a = "1", b = "2" } (a repeated key keeps the last value).
+function _M.decode_query(qs)
+    local t = {}
+    if not qs or qs == "" then return t end
+    for pair in gmatch(qs, "[^&]+") do
+        local eq = find(pair, "=", 1, true)
+        if eq then
+            t[unescape(sub(pair, 1, eq - 1))] = unescape(sub(pair, eq + 1))
+        else
+            t[unescape(pair)] = ""
+        end
+    end
+    return t
+end
+
+function _M.encode_query(t)
+    if type(t) == "string" then return t end
+    local out = {}
+    for k, v in pairs(t) do
+        out[#out + 1] = escape(k) .. "=" .. escape(v)
+    end
+    table.sort(out)
+    return concat(out, "&")
+end
+
+-- request objects: plain tables built by the core, with these methods
+local req_mt = {}
+req_mt.__index = function(req, k)
+    if k == "query" then
+        local q = _M.decode_query(req.query_string)
+        req.query = q
+        return q
+    end
+    return req_mt[k]
+end
+function req_mt.body() return core.req_body() end
+function req_mt.read() return core.req_read() end
+
+local res_mt = {}
+res_mt.__index = res_mt
+function res_mt:status(n) self._status = n; return self end
+function res_mt:header(name, value)
+    self._headers = self._headers or {}
+    self._headers[name] = value
+    return self
+end
+function res_mt:write(chunk)
+    self.started = true
+    return core.res_write(self._status or 200, self._headers, tostring(chunk))
+end
+
+local function encode_body(body)
+    if type(body) == "table" then
+        return cjson.encode(body), "application/json"
+    elseif body == nil then
+        return "", nil
+    end
+    return tostring(body), "text/plain; charset=utf-8"
+end
+
+-- The core starts every handler coroutine here: handler(req, res), then the
+-- response from its return values (status, body, headers) unless it streamed.
+local function run(handler, req)
+    setmetatable(req, req_mt)
+    local res = setmetatable({}, res_mt)
+    local status, body, headers = handler(req, res)
+    if res.started then return end
+    local data, ctype = encode_body(body)
+    if type(status) ~= "number" then
+        status = res._status or 200
+    end
+    if res._headers then
+        headers = headers or {}
+        for k, v in pairs(res._headers) do
+            if headers[k] == nil then headers[k] = v end
+        end
+    end
+    core.res_send(status, data, headers, ctype)
+end
+debug.getregistry()["moongate.run"] = run
+
+-- moongate.http: a non-blocking client; the calling coroutine yields until
+-- the response (or an error) arrives.
+local http = {}
+_M.http = http
+
+--- opts: method, upstream (name) or url ("http://host:port"), path, query
+--- (table or string), headers, body (string, or table sent as JSON), timeout (s).
+--- Returns resp { status, headers, body } or nil, err.
+function http.request(opts)
+    local method = opts.method or "GET"
+    local target = opts.path or "/"
+    if opts.query then
+        local q = _M.encode_query(opts.query)
+        if q ~= "" then target = target .. (find(target, "?", 1, true) and "&" or "?") .. q end
+    end
+    local body, headers = opts.body, opts.headers
+    if type(body) == "table" then
+        body = cjson.encode(body)
+        headers = headers or {}
+        local has = false
+        for k in pairs(headers) do
+            if k:lower() == "content-type" then has = true end
+        end
+        if not has then headers["Content-Type"] = "application/json" end
+    end
+    local url = opts.url
+    if url then
+        local base, path = url:match("^(http://[^/]+)(/.*)$")
+        if base then
+            url = base
+            if not opts.path then target = path end
+        end
+    end
+    return core.http_request(method, opts.upstream, url, target, headers, body, opts.timeout)
+end
+
+function http.get(upstream, path, opts)
+    opts = opts or {}
+    opts.method = "GET"
+    if find(upstream, "^http://") then opts.url = upstream else opts.upstream = upstream end
+    opts.path = path
+    return http.request(opts)
+end
+
+--- Decodes a response body as JSON: returns value or nil, err.
+function http.json(resp)
+    if not resp then return nil, "no response" end
+    return cjson.decode(resp.body)
+end
+
+_M.sleep = core.sleep
+_M.timer = core.timer
+_M.now = core.now
+_M.time = core.time
+_M.worker_id = core.worker_id
+
+local log_mt = {
+    __call = function(_, level, ...)
+        local n = select("#", ...)
+        local parts = {}
+        for i = 1, n do parts[i] = tostring((select(i, ...))) end
+        core.log(level, concat(parts, " "))
+    end,
+}
+_M.log = setmetatable({}, log_mt)
+for _, lvl in pairs({ "debug", "info", "warn", "error" }) do
+    _M.log[lvl] = function(...) _M.log(lvl, ...) end
+end
+
+return _M
