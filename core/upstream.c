@@ -183,11 +183,10 @@ static void mg_uconn_close(mg_uconn_t *uc)
     free(uc);
 }
 
-static void mg_uconn_pool_cb(evutil_socket_t fd, short what, void *arg)
+/* A pooled connection became readable (closed, or junk) or idled out. */
+static void mg_uconn_pool_drop(mg_uconn_t *uc)
 {
-    mg_uconn_t *uc = arg, **pp;
-    (void)fd, (void)what;
-    /* a pooled connection became readable (closed or junk) or idled out */
+    mg_uconn_t **pp;
     for (pp = &uc->peer->idle; *pp; pp = &(*pp)->next)
         if (*pp == uc) {
             *pp = uc->next;
@@ -197,24 +196,22 @@ static void mg_uconn_pool_cb(evutil_socket_t fd, short what, void *arg)
     mg_uconn_close(uc);
 }
 
+/* The read event stays registered while a connection sits in the pool (no
+ * epoll_ctl per request); only the callbacks notice uc->ux == NULL. */
 static void mg_uconn_release(mg_ux_t *ux)
 {
     mg_uconn_t *uc = ux->uc;
     mg_peer_t *p = uc->peer;
     ux->uc = NULL;
-    if (p->nidle >= ux->up->keepalive || mg_worker.stopping) {
+    uc->ux = NULL;
+    if (p->nidle >= ux->up->keepalive || mg_worker.stopping || uc->rd_off) {
         mg_uconn_close(uc);
         return;
     }
-    event_del(&uc->rev);
-    event_del(&uc->wev);
-    event_del(&uc->tev);
-    uc->ux = NULL;
-    uc->wr_on = 0;
-    uc->rd_off = 0;
-    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ, mg_uconn_pool_cb, uc);
-    event_assign(&uc->tev, mg_worker.base, -1, 0, mg_uconn_pool_cb, uc);
-    event_add(&uc->rev, NULL);
+    if (uc->wr_on) {
+        event_del(&uc->wev);
+        uc->wr_on = 0;
+    }
     event_add(&uc->tev, mg_timeout_tv(MG_POOL_IDLE_MS));
     uc->next = p->idle;
     p->idle = uc;
@@ -225,7 +222,8 @@ static void mg_uconn_bind(mg_ux_t *ux, mg_uconn_t *uc)
 {
     ux->uc = uc;
     uc->ux = ux;
-    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ | EV_PERSIST, mg_uconn_read_cb, uc);
+    uc->rd_off = 0;
+    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ | EV_PERSIST | EV_ET, mg_uconn_read_cb, uc);
     event_assign(&uc->wev, mg_worker.base, uc->fd, EV_WRITE | EV_PERSIST, mg_uconn_write_cb, uc);
     evtimer_assign(&uc->tev, mg_worker.base, mg_uconn_timer_cb, uc);
 }
@@ -260,11 +258,9 @@ static void mg_ux_connect(mg_ux_t *ux)
             uc = p->idle;
             p->idle = uc->next;
             p->nidle--;
-            event_del(&uc->rev);
-            event_del(&uc->tev);
-            mg_uconn_bind(ux, uc);
+            ux->uc = uc;
+            uc->ux = ux;
             ux->reused = 1;
-            event_add(&uc->rev, NULL);
             mg_ux_arm(ux, ux->timeout_ms);
             mg_ux_flush(ux);
             return;
@@ -510,6 +506,10 @@ static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg)
     mg_uconn_t *uc = arg;
     mg_ux_t *ux = uc->ux;
     (void)fd, (void)what;
+    if (ux == NULL) {
+        mg_uconn_pool_drop(uc);
+        return;
+    }
     if (uc->connecting) {
         mg_debug("upstream %s: connect to %s:%d timed out", ux->up->name, uc->peer->host,
                  uc->peer->port);
@@ -535,20 +535,23 @@ static void mg_ux_complete(mg_ux_t *ux, int reusable)
     mg_ux_free(ux);
 }
 
-static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg)
+/* One read; 1 = read again (edge-triggered), 0 = stop. */
+static int mg_uconn_read_once(mg_uconn_t *uc, int fd)
 {
-    mg_uconn_t *uc = arg;
     mg_ux_t *ux = uc->ux;
     ssize_t n;
     llhttp_errno_t err;
-    (void)what;
 
+    if (ux == NULL) {
+        mg_uconn_pool_drop(uc);
+        return 0;
+    }
     n = read(fd, mg_worker.scratch, sizeof(mg_worker.scratch));
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
-            return;
+            return 0;
         mg_ux_retry_or_fail(ux, 502, "upstream connection reset", 0);
-        return;
+        return 0;
     }
     if (n == 0) {
         if (ux->got_resp && llhttp_message_needs_eof(&ux->parser)) {
@@ -557,15 +560,15 @@ static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg)
             ux->in_exec = 0;
             if (err == HPE_OK && ux->msg_done && !ux->cancelled) {
                 mg_ux_complete(ux, 0);
-                return;
+                return 0;
             }
         }
         if (ux->cancelled) {
             mg_ux_free(ux);
-            return;
+            return 0;
         }
         mg_ux_retry_or_fail(ux, 502, "upstream closed the connection", 0);
-        return;
+        return 0;
     }
     ux->got_resp = 1;
     mg_ux_arm(ux, ux->timeout_ms);
@@ -574,24 +577,32 @@ static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg)
     ux->in_exec = 0;
     if (ux->cancelled) {
         mg_ux_free(ux);
-        return;
+        return 0;
     }
     if (ux->msg_done) {
         /* bytes past the response mean the connection is not reusable */
         const char *pos = llhttp_get_error_pos(&ux->parser);
         int extra = err == HPE_PAUSED && pos && pos < mg_worker.scratch + n;
         mg_ux_complete(ux, !extra && llhttp_should_keep_alive(&ux->parser));
-        return;
+        return 0;
     }
     if (err != HPE_OK) {
         mg_warn("upstream %s: bad response from %s:%d: %s", ux->up->name, uc->peer->host,
                 uc->peer->port, llhttp_get_error_reason(&ux->parser));
         mg_peer_failed(ux->up, uc->peer);
         mg_ux_fail(ux, 502, "bad response from upstream", 1);
-        return;
+        return 0;
     }
     if (ux->sink->on_flush)
         ux->sink->on_flush(ux->ud);
+    return (size_t)n == sizeof(mg_worker.scratch) && ux->uc == uc && !uc->rd_off;
+}
+
+static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    while (mg_uconn_read_once(arg, fd))
+        ;
 }
 
 /* ---- response parsing ---- */
