@@ -70,6 +70,19 @@ static mg_conn_t *mg_conns; /* every open connection, for a graceful stop */
 static mg_req_t *mg_req_free_list;
 static int mg_req_free_count;
 
+size_t mg_utoa(char *buf, uint64_t v)
+{
+    char tmp[24];
+    size_t n = 0, i;
+    do {
+        tmp[n++] = '0' + v % 10;
+        v /= 10;
+    } while (v);
+    for (i = 0; i < n; i++)
+        buf[i] = tmp[n - 1 - i];
+    return n;
+}
+
 double mg_now(void)
 {
     struct timespec ts;
@@ -246,17 +259,20 @@ void mg_conn_flush(mg_conn_t *c)
     }
 }
 
-static const char *mg_http_date(void)
+/* "Date: ...\r\n", formatted once a second. */
+static const char *mg_http_date(size_t *len)
 {
     static char buf[64];
+    static size_t blen;
     static time_t last;
     time_t now = time(NULL);
     if (now != last) {
         struct tm tm;
         gmtime_r(&now, &tm);
-        strftime(buf, sizeof(buf), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        blen = strftime(buf, sizeof(buf), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
         last = now;
     }
+    *len = blen;
     return buf;
 }
 
@@ -264,7 +280,9 @@ void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, i
 {
     mg_conn_t *c = r->conn;
     char line[160];
-    int n, nobody = status < 200 || status == 204 || status == 304;
+    const char *text, *date;
+    size_t n, dlen;
+    int nobody = status < 200 || status == 204 || status == 304;
 
     r->status = status;
     r->resp_started = 1;
@@ -280,18 +298,32 @@ void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, i
     }
     if (X(c)->upgrade || X(c)->eof || mg_worker.stopping)
         r->resp_close = 1;
-    n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status, mg_status_text(status));
+    /* built by hand: this runs once per response */
+    text = mg_status_text(status);
+    memcpy(line, "HTTP/1.1 ", 9);
+    n = 9 + mg_utoa(line + 9, (unsigned)status);
+    line[n++] = ' ';
+    memcpy(line + n, text, strlen(text));
+    n += strlen(text);
+    line[n++] = '\r';
+    line[n++] = '\n';
+    date = mg_http_date(&dlen);
+    memcpy(line + n, date, dlen);
+    n += dlen;
     evbuffer_add(c->out, line, n);
-    evbuffer_add(c->out, mg_http_date(), strlen(mg_http_date()));
     if (extralen)
         evbuffer_add(c->out, extra, extralen);
     if (!nobody) {
-        if (clen >= 0)
-            n = snprintf(line, sizeof(line), "Content-Length: %lld\r\n", (long long)clen);
-        else if (r->resp_chunked)
-            n = snprintf(line, sizeof(line), "Transfer-Encoding: chunked\r\n");
-        else
-            n = 0;
+        n = 0;
+        if (clen >= 0) {
+            memcpy(line, "Content-Length: ", 16);
+            n = 16 + mg_utoa(line + 16, (uint64_t)clen);
+            line[n++] = '\r';
+            line[n++] = '\n';
+        } else if (r->resp_chunked) {
+            memcpy(line, "Transfer-Encoding: chunked\r\n", 28);
+            n = 28;
+        }
         if (n)
             evbuffer_add(c->out, line, n);
     }

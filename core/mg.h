@@ -231,6 +231,8 @@ const char *mg_req_header(mg_req_t *r, const char *name, size_t *len);
 const char *mg_status_text(int status);
 int mg_http_hop_by_hop(const char *name, size_t len);
 double mg_now(void);
+/* Decimal digits of v into buf (no NUL); returns the length. */
+size_t mg_utoa(char *buf, uint64_t v);
 
 /* ---- upstream.c: pooled upstream exchanges ---- */
 typedef struct {

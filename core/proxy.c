@@ -85,6 +85,11 @@ void mg_proxy_start(mg_req_t *r)
         mg_resp_json_error(r, 500, "out of memory");
         return;
     }
+    {
+        const char *m = llhttp_method_name((llhttp_method_t)r->method);
+        evbuffer_add(h, m, strlen(m));
+        evbuffer_add(h, " ", 1);
+    }
     if (rt->strip_prefix && rt->prefix) {
         /* drop as many leading segments as the rule has */
         size_t k = 0;
@@ -97,13 +102,8 @@ void mg_proxy_start(mg_req_t *r)
         }
         url += k;
         url_len -= k;
-        if (url_len == 0 || url[0] != '/') {
-            evbuffer_add_printf(h, "%s /", llhttp_method_name((llhttp_method_t)r->method));
-        } else {
-            evbuffer_add_printf(h, "%s ", llhttp_method_name((llhttp_method_t)r->method));
-        }
-    } else {
-        evbuffer_add_printf(h, "%s ", llhttp_method_name((llhttp_method_t)r->method));
+        if (url_len == 0 || url[0] != '/')
+            evbuffer_add(h, "/", 1);
     }
     evbuffer_add(h, url, url_len);
     evbuffer_add(h, " HTTP/1.1\r\n", 11);
@@ -144,19 +144,40 @@ void mg_proxy_start(mg_req_t *r)
             mg_peer_str(rt->upstream->peers[0], peer, sizeof(peer));
         evbuffer_add_printf(h, "Host: %s\r\n", peer);
     }
-    if (xff)
-        evbuffer_add_printf(h, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff,
-                            r->conn->peer_ip);
-    else
-        evbuffer_add_printf(h, "X-Forwarded-For: %s\r\n", r->conn->peer_ip);
-    evbuffer_add_printf(h, "X-Forwarded-Proto: %s\r\nX-Request-Id: %s\r\n",
-                        r->conn->is_tls ? "https" : "http", r->request_id);
-    if (r->chunked)
-        evbuffer_add(h, "Transfer-Encoding: chunked\r\n\r\n", 30);
-    else if (r->clen >= 0)
-        evbuffer_add_printf(h, "Content-Length: %lld\r\n\r\n", (long long)r->clen);
-    else
-        evbuffer_add(h, "\r\n", 2);
+    {
+        /* the tail of the head in one buffer, without printf */
+        char tail[256];
+        size_t o = 0, l;
+#define MG_PUT(s, n) (memcpy(tail + o, (s), (n)), o += (n))
+#define MG_PUTS(lit) MG_PUT(lit, sizeof(lit) - 1)
+        MG_PUTS("X-Forwarded-For: ");
+        if (xff) {
+            evbuffer_add(h, tail, o);
+            evbuffer_add(h, xff, xff_len);
+            o = 0;
+            MG_PUTS(", ");
+        }
+        l = strlen(r->conn->peer_ip);
+        MG_PUT(r->conn->peer_ip, l);
+        if (r->conn->is_tls)
+            MG_PUTS("\r\nX-Forwarded-Proto: https\r\nX-Request-Id: ");
+        else
+            MG_PUTS("\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+        l = strlen(r->request_id);
+        MG_PUT(r->request_id, l);
+        MG_PUTS("\r\n");
+        if (r->chunked) {
+            MG_PUTS("Transfer-Encoding: chunked\r\n");
+        } else if (r->clen >= 0) {
+            MG_PUTS("Content-Length: ");
+            o += mg_utoa(tail + o, (uint64_t)r->clen);
+            MG_PUTS("\r\n");
+        }
+        MG_PUTS("\r\n");
+#undef MG_PUT
+#undef MG_PUTS
+        evbuffer_add(h, tail, o);
+    }
 
     r->ux = mg_ux_start(rt->upstream, h, mg_method_idempotent(r->method), r->method == HTTP_HEAD,
                         &mg_proxy_sink, r, 0);

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #define MG_POOL_IDLE_MS 55000
+#define MG_UX_MAX_HDRS 100
 
 typedef struct mg_uconn_s mg_uconn_t;
 
@@ -76,13 +77,18 @@ struct mg_ux_s {
     int fail_pending; /* a deferred failure is scheduled */
     int fail_status;
     const char *fail_msg;
-    /* response head: names and values packed in hbuf */
+    int nh, hstate;
+    mg_ux_t *next_free;
+    /* kept across reuse (not zeroed): response head storage */
     char *hbuf;
     size_t hlen, hcap;
-    mg_kv_t hv[128];
-    uint32_t hoff[128][4];
-    int nh, hstate;
+    mg_kv_t hv[MG_UX_MAX_HDRS];
+    uint32_t hoff[MG_UX_MAX_HDRS][4];
 };
+
+/* Exchanges are recycled: no calloc of the head arrays per request. */
+static mg_ux_t *mg_ux_free_list;
+static int mg_ux_free_count;
 
 static mg_peer_t *mg_peers;
 
@@ -374,6 +380,13 @@ static void mg_ux_free(mg_ux_t *ux)
     if (ux->uc)
         mg_uconn_close(ux->uc);
     evbuffer_free(ux->out);
+    if (mg_ux_free_count < 256) {
+        evbuffer_drain(ux->head, evbuffer_get_length(ux->head));
+        ux->next_free = mg_ux_free_list;
+        mg_ux_free_list = ux;
+        mg_ux_free_count++;
+        return;
+    }
     evbuffer_free(ux->head);
     free(ux->hbuf);
     free(ux);
@@ -382,14 +395,23 @@ static void mg_ux_free(mg_ux_t *ux)
 mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, int head_only,
                      const mg_ux_sink_t *sink, void *ud, int timeout_ms)
 {
-    mg_ux_t *ux = calloc(1, sizeof(*ux));
-    if (ux == NULL) {
-        evbuffer_free(head);
-        return NULL;
+    mg_ux_t *ux = mg_ux_free_list;
+    if (ux) {
+        struct evbuffer *hc = ux->head;
+        mg_ux_free_list = ux->next_free;
+        mg_ux_free_count--;
+        memset(ux, 0, offsetof(mg_ux_t, hbuf));
+        ux->head = hc;
+    } else {
+        ux = calloc(1, sizeof(*ux));
+        if (ux == NULL) {
+            evbuffer_free(head);
+            return NULL;
+        }
+        ux->head = evbuffer_new();
     }
     ux->up = up;
     ux->out = head;
-    ux->head = evbuffer_new();
     ux->sink = sink;
     ux->ud = ud;
     ux->idempotent = idempotent;
@@ -400,6 +422,7 @@ mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, i
         free(ux);
         return NULL;
     }
+    ux->hlen = 0;
     if (idempotent)
         evbuffer_add(ux->head, evbuffer_pullup(head, -1), evbuffer_get_length(head));
     ux->in_start = 1;
@@ -640,7 +663,7 @@ static int mg_ux_on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     mg_ux_t *ux = p->data;
     if (ux->hstate != 1) {
-        if (ux->nh == 128)
+        if (ux->nh == MG_UX_MAX_HDRS)
             return -1;
         ux->hoff[ux->nh][0] = ux->hlen;
         ux->hoff[ux->nh][1] = 0;
