@@ -35,6 +35,8 @@ typedef struct {
     int eof;        /* client half-closed */
     int err_status; /* status to answer when the parser stops on error */
     int upgrade;    /* parser paused for an upgrade: close after response */
+    const char *exec_start; /* input being parsed, to spot obs-fold */
+    const char *val_end;    /* end of the last header value piece */
 } mg_xconn_t;
 
 #define X(c) ((mg_xconn_t *)(c))
@@ -127,6 +129,7 @@ const char *mg_status_text(int s)
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
 }
@@ -481,13 +484,19 @@ static int mg_http_on_header_field(llhttp_t *p, const char *at, size_t len)
 
 static int mg_http_on_header_value(llhttp_t *p, const char *at, size_t len)
 {
-    mg_req_t *r = ((mg_conn_t *)p->data)->req;
+    mg_conn_t *c = p->data;
+    mg_req_t *r = c->req;
     mg_hdr_t *h = &r->hdrs[r->nhdrs - 1];
     if (r->hstate != 2) {
         h->voff = r->hlen;
         h->vlen = 0;
         r->hstate = 2;
+    } else if (at != X(c)->val_end && at != X(c)->exec_start) {
+        /* a value continued after a line break: obs-fold (RFC 9112 5.2) */
+        X(c)->err_status = 400;
+        return -1;
     }
+    X(c)->val_end = at + len;
     h->vlen += len;
     return mg_http_append(r, at, len);
 }
@@ -548,6 +557,8 @@ static int mg_http_check_head(mg_req_t *r, llhttp_t *p)
         return 400; /* RFC 9112 6.1: faulty framing from a 1.0 client */
     if (p->method == HTTP_CONNECT)
         return 405;
+    if (p->http_major != 1)
+        return 505;
 
     /* request target: origin-form, or "*" for OPTIONS; absolute-form is
      * accepted and reduced to its path */
@@ -736,6 +747,7 @@ static void mg_conn_fail(mg_conn_t *c, int status)
                            : status == 405 ? "method not allowed"
                            : status == 408 ? "request timeout"
                            : status == 503 ? "service unavailable"
+                           : status == 505 ? "http version not supported"
                                            : "bad request");
     } else {
         /* mid-response: the only signal left is closing */
@@ -749,6 +761,7 @@ static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len)
     llhttp_errno_t err;
 
     X(c)->in_exec = 1;
+    X(c)->exec_start = data;
     err = llhttp_execute(&c->parser, data, len);
     X(c)->in_exec = 0;
     if (err == HPE_OK)
