@@ -38,7 +38,7 @@ deps:
 $(BIN): $(DEPS_STAMP) $(OBJS)
 	$(CC) $(CFLAGS_ALL) -o $@ $(OBJS) $(LIBS) -Wl,-E
 
-$(BUILD)/%.o: core/%.c core/mg.h | $(BUILD) $(DEPS_STAMP)
+$(BUILD)/%.o: core/%.c $(wildcard core/*.h) | $(BUILD) $(DEPS_STAMP)
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
 $(BUILD)/llhttp.o: | $(BUILD) $(DEPS_STAMP)

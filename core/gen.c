@@ -5,7 +5,7 @@
  * (listeners, upstreams, compiled routes). Loading never touches the
  * current generation, so a failed load changes nothing.
  */
-#include "mg.h"
+#include "ws.h"
 
 #include <lauxlib.h>
 #include <limits.h>
@@ -109,6 +109,7 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf)
         int t = lua_gettop(L);
         g->limits.header_size = (size_t)mg_gen_field_int(L, t, "header_size", 16384);
         g->limits.header_count = mg_gen_field_int(L, t, "header_count", 100);
+        g->max_websockets = mg_gen_field_int(L, t, "websockets", 10000);
         lua_getfield(L, t, "body_size");
         g->limits.body_size = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : 1048576;
         lua_pop(L, 1);
@@ -173,6 +174,91 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf)
     return MG_OK;
 }
 
+static char **mg_gen_str_list(lua_State *L, int idx, const char *k, int *n)
+{
+    char **v = NULL;
+    int i, cnt;
+    *n = 0;
+    lua_getfield(L, idx, k);
+    cnt = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    if (cnt) {
+        v = calloc(cnt, sizeof(char *));
+        for (i = 1; v && i <= cnt; i++) {
+            lua_rawgeti(L, -1, i);
+            if (lua_type(L, -1) == LUA_TSTRING)
+                v[(*n)++] = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static mg_ws_conf_t *mg_gen_read_ws(lua_State *L, int t)
+{
+    mg_ws_conf_t *w;
+    char *mode;
+    int hb;
+    lua_getfield(L, t, "websocket");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    w = calloc(1, sizeof(*w));
+    t = lua_gettop(L);
+    mode = mg_gen_field_str(L, t, "mode");
+    w->mode = mode && strcmp(mode, "relay") == 0     ? MG_WS_RELAY
+              : mode && strcmp(mode, "handler") == 0 ? MG_WS_HANDLER
+                                                     : MG_WS_TUNNEL;
+    free(mode);
+    lua_getfield(L, t, "heartbeat");
+    hb = lua_gettop(L);
+    if (lua_istable(L, hb)) {
+        w->hb_interval = mg_gen_field_ms(L, hb, "interval", 30000);
+        w->hb_timeout = mg_gen_field_ms(L, hb, "timeout", 0);
+        lua_getfield(L, hb, "message");
+        w->hb_message = lua_toboolean(L, -1);
+        lua_getfield(L, hb, "ping_frames");
+        w->hb_frames = lua_toboolean(L, -1);
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, t, "max_message");
+    w->max_message = lua_isnumber(L, -1) ? (uint64_t)lua_tonumber(L, -1) : 1048576;
+    lua_getfield(L, t, "send_buffer");
+    w->send_buffer = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : 1048576;
+    lua_getfield(L, t, "deflate");
+    w->deflate = lua_toboolean(L, -1);
+    lua_pop(L, 3);
+    w->idle = mg_gen_field_ms(L, t, "idle", 3600000);
+    w->protocols = mg_gen_str_list(L, t, "protocols", &w->nprotocols);
+    w->origins = mg_gen_str_list(L, t, "origins", &w->norigins);
+    w->upstream_path = mg_gen_field_str(L, t, "upstream_path");
+    w->on_message_ref = LUA_NOREF;
+    lua_getfield(L, t, "on_message");
+    if (lua_isfunction(L, -1))
+        w->on_message_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    else
+        lua_pop(L, 1);
+    lua_pop(L, 1);
+    return w;
+}
+
+static void mg_gen_free_ws(mg_ws_conf_t *w)
+{
+    int i;
+    if (w == NULL)
+        return;
+    for (i = 0; i < w->nprotocols; i++)
+        free(w->protocols[i]);
+    for (i = 0; i < w->norigins; i++)
+        free(w->origins[i]);
+    free(w->protocols);
+    free(w->origins);
+    free(w->upstream_path);
+    free(w);
+}
+
 static int mg_gen_read_routes(mg_gen_t *g, lua_State *L, int routes, char *err, size_t errlen)
 {
     int i, n = (int)lua_objlen(L, routes);
@@ -221,6 +307,12 @@ static int mg_gen_read_routes(mg_gen_t *g, lua_State *L, int routes, char *err, 
                 r->methods = 1ULL << 63;
         }
         lua_pop(L, 1);
+        r->ws = mg_gen_read_ws(L, t);
+        if (r->ws) {
+            char *onr = mg_gen_field_str(L, t, "on_reload");
+            r->ws->drain_on_reload = onr && strcmp(onr, "drain") == 0;
+            free(onr);
+        }
         up = mg_gen_field_str(L, t, "upstream");
         if (up) {
             r->upstream = mg_gen_upstream(g, up, strlen(up));
@@ -280,6 +372,7 @@ mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen)
     }
     g->timeouts = (mg_timeouts_t){0, 0, 3600000, 30000, 10000};
     g->limits = (mg_limits_t){16384, 100, 1048576};
+    g->max_websockets = 10000;
     g->conf_file = strdup(conf_file);
     L = g->L = luaL_newstate();
     if (L == NULL) {
@@ -361,6 +454,7 @@ static void mg_gen_free(mg_gen_t *g)
         for (k = 0; r->segs && k < MG_ROUTE_MAX_SEGS; k++)
             free((char *)r->segs[k].param);
         free(r->segs);
+        mg_gen_free_ws(r->ws);
         free(r->rule);
         free(r->name);
         free(r->host);

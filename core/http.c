@@ -10,7 +10,7 @@
  * while a Lua handler still runs, the handler's coroutine owns it until it
  * ends (mg_req_target_done frees it then).
  */
-#include "mg.h"
+#include "ws.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -35,6 +35,7 @@ typedef struct {
     int eof;        /* client half-closed */
     int err_status; /* status to answer when the parser stops on error */
     int upgrade;    /* parser paused for an upgrade: close after response */
+    int handoff;    /* WebSocket: the socket goes to ws_http.c */
     const char *exec_start; /* input being parsed, to spot obs-fold */
     const char *val_end;    /* end of the last header value piece */
 } mg_xconn_t;
@@ -380,19 +381,60 @@ static size_t mg_json_escape(char *out, size_t cap, const char *s)
     return o;
 }
 
-void mg_resp_json_error(mg_req_t *r, int status, const char *msg)
+static void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const char *extra)
 {
-    char body[600], esc[400];
-    static const char ct[] = "Content-Type: application/json\r\n";
-    int n;
+    char body[600], esc[400], hdrs[300];
+    int n, hl;
     mg_json_escape(esc, sizeof(esc), msg);
     n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"request_id\":\"%s\"}\n", esc,
                  r->request_id);
+    hl = snprintf(hdrs, sizeof(hdrs), "Content-Type: application/json\r\n%s", extra);
     if (status >= 400 && r->state != MG_REQ_DONE)
         r->resp_close = 1; /* the unread body would be taken for a request */
-    mg_resp_head(r, status, ct, sizeof(ct) - 1, n);
+    mg_resp_head(r, status, hdrs, hl, n);
     mg_resp_body(r, body, n);
     r->resp_done = 1;
+}
+
+void mg_resp_json_error(mg_req_t *r, int status, const char *msg)
+{
+    mg_resp_json_error_with(r, status, msg, "");
+}
+
+/* A WebSocket route: check the handshake now, hand the socket over once
+ * the request is fully parsed (mg_conn_advance). */
+static void mg_http_ws_route(mg_req_t *r)
+{
+    mg_ws_hs_t hs;
+    const char *why;
+    size_t ul;
+    int st;
+
+    if (mg_req_header(r, "upgrade", &ul) == NULL) {
+        if (r->route->upstream) {
+            mg_proxy_start(r); /* plain HTTP on a WebSocket upstream route */
+            return;
+        }
+        mg_resp_json_error_with(r, 426, "this route speaks WebSocket",
+                                "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
+        return;
+    }
+    st = mg_ws_handshake_check(r, &hs, &why);
+    if (st == 426) {
+        mg_resp_json_error_with(r, 426, why, "Sec-WebSocket-Version: 13\r\n");
+        return;
+    }
+    if (st) {
+        mg_resp_json_error(r, st, why);
+        return;
+    }
+    if (mg_ws_count() >= (uint64_t)r->gen->max_websockets) {
+        mg_warn("request %s: websocket limit (%d per worker) reached", r->request_id,
+                r->gen->max_websockets);
+        mg_resp_json_error(r, 503, "too many websockets");
+        return;
+    }
+    r->ws_upgrade = 1;
 }
 
 /* ---- request id ---- */
@@ -648,6 +690,10 @@ static int mg_http_on_headers_complete(llhttp_t *p)
         mg_resp_json_error(r, 413, "request body too large");
         return 0;
     }
+    if (r->route->ws) {
+        mg_http_ws_route(r);
+        return 0;
+    }
     if (r->expect_continue && (r->clen > 0 || r->chunked))
         evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     if (r->route->upstream)
@@ -836,6 +882,11 @@ static void mg_conn_advance(mg_conn_t *c)
         if (X(c)->dead)
             return;
         if (r) {
+            if (r->ws_upgrade && r->state == MG_REQ_DONE) {
+                X(c)->handoff = 1;
+                mg_conn_close_later(c);
+                return;
+            }
             if (!r->resp_done || r->ux || r->co)
                 break;
             if (r->state != MG_REQ_DONE)
@@ -924,7 +975,8 @@ static void mg_conn_free(mg_conn_t *c)
     event_del(&c->rev);
     event_del(&c->wev);
     event_del(&c->tev);
-    close(c->fd);
+    if (c->fd >= 0)
+        close(c->fd);
     evbuffer_free(c->out);
     free(c->in);
     if (c->prev)
@@ -971,6 +1023,13 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     mg_conn_t *c = arg;
     (void)fd, (void)what;
+    if (X(c)->handoff) {
+        int sfd = c->fd;
+        c->fd = -1;
+        mg_ws_takeover(c->req, sfd, c->in, c->in_len);
+        mg_conn_free(c);
+        return;
+    }
     if (X(c)->dead || X(c)->lingering) {
         mg_conn_free(c);
         return;

@@ -7,7 +7,7 @@
  *
  * Misuse raises (luaL_error); expected failures return nil, err.
  */
-#include "mg.h"
+#include "lua_co.h"
 
 #include <lauxlib.h>
 #include <stdio.h>
@@ -15,31 +15,8 @@
 #include <string.h>
 #include <strings.h>
 
-enum { MG_W_NONE, MG_W_SLEEP, MG_W_HTTP, MG_W_BODY, MG_W_READ, MG_W_DRAIN };
+mg_co_t *mg_co_cur;
 
-#define MG_HTTP_MAX_BODY (64 * 1024 * 1024)
-
-struct mg_co_s {
-    lua_State *L; /* the coroutine */
-    int ref;      /* registry anchor of the thread */
-    mg_gen_t *gen;
-    mg_req_t *req; /* NULL for timers */
-    int wait;
-    int targs; /* timers: arguments for the first resume */
-    struct event tev;
-    struct evbuffer *body; /* request body received, not yet read */
-    /* HTTP client call in progress */
-    mg_ux_t *ux;
-    mg_upstream_t tmp_up; /* for url= calls */
-    mg_peer_t *tmp_peer;
-    int hstatus;
-    struct evbuffer *hbody;
-    struct evbuffer *hhead; /* "name\0value\0" pairs */
-};
-
-static mg_co_t *mg_co_cur;
-
-static void mg_co_resume(mg_co_t *co, int nargs);
 static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
                             int64_t clen, int chunked);
 static int mg_http_on_body(void *ud, const char *data, size_t len);
@@ -55,7 +32,7 @@ static const mg_ux_sink_t mg_lua_http_sink = {
 
 /* ---- coroutine lifecycle ---- */
 
-static mg_co_t *mg_co_new(mg_gen_t *gen)
+mg_co_t *mg_co_new(mg_gen_t *gen)
 {
     mg_co_t *co = calloc(1, sizeof(*co));
     if (co == NULL)
@@ -86,6 +63,8 @@ static void mg_co_free(mg_co_t *co)
 static void mg_co_end(mg_co_t *co)
 {
     mg_req_t *r = co->req;
+    if (co->lws)
+        mg_lua_ws_co_end(co);
     if (r) {
         r->co = NULL;
         co->req = NULL;
@@ -101,7 +80,7 @@ static void mg_co_end(mg_co_t *co)
     mg_co_free(co);
 }
 
-static void mg_co_resume(mg_co_t *co, int nargs)
+void mg_co_resume(mg_co_t *co, int nargs)
 {
     mg_co_t *prev = mg_co_cur;
     int st;
@@ -127,7 +106,7 @@ static void mg_co_resume(mg_co_t *co, int nargs)
     mg_co_end(co);
 }
 
-static mg_co_t *mg_co_check(lua_State *L, const char *what)
+mg_co_t *mg_co_check(lua_State *L, const char *what)
 {
     mg_co_t *co = mg_co_cur;
     if (co == NULL || co->L != L)
@@ -155,7 +134,7 @@ static void mg_push_lower(lua_State *L, const char *s, size_t len)
     lua_pushlstring(L, buf, n);
 }
 
-static void mg_push_req(lua_State *L, mg_req_t *r)
+void mg_push_req(lua_State *L, mg_req_t *r)
 {
     mg_kv_t params[MG_ROUTE_MAX_SEGS];
     int np = MG_ROUTE_MAX_SEGS, i;
@@ -684,6 +663,7 @@ void mg_lua_open_api(lua_State *L)
     lua_setfield(L, -2, "version");
     lua_setfield(L, -2, "moongate.core");
     lua_pop(L, 2);
+    mg_lua_ws_open_api(L);
     /* lib/moongate/init.lua registers moongate.run and moongate.run_timer */
     lua_getglobal(L, "require");
     lua_pushliteral(L, "moongate");

@@ -79,6 +79,7 @@ typedef struct {
 } mg_limits_t;
 
 /* ---- route table (compiled from scripts/routes.lua) ---- */
+typedef struct mg_ws_conf_s mg_ws_conf_t; /* ws.h */
 #define MG_ROUTE_MAX_SEGS 32
 
 typedef struct {
@@ -101,6 +102,7 @@ typedef struct {
     int strip_prefix;
     size_t body_size; /* 0 = unlimited */
     int index;        /* position in routes.lua */
+    mg_ws_conf_t *ws; /* WebSocket route, or NULL */
 } mg_route_t;
 
 /* A generation: one load of conf + scripts, with its own Lua state. Requests
@@ -120,6 +122,7 @@ typedef struct mg_gen_s {
     int nupstreams;
     mg_route_t *routes;
     int nroutes;
+    int max_websockets; /* per worker */
     char **desc; /* one line per route, for reload diffs */
     int ndesc;
 } mg_gen_t;
@@ -176,6 +179,7 @@ struct mg_req_s {
     int resp_done;
     int resp_chunked; /* we chunk-encode the response body */
     int resp_close;   /* close after response (no framing / errors) */
+    int ws_upgrade;   /* a valid WebSocket handshake: hand off after parsing */
     uint64_t bytes_out;
     double t_start;
     /* target side */
@@ -249,6 +253,11 @@ typedef struct {
     void (*on_drain)(void *ud);
     /* A batch of upstream input was handled: a good time to write. */
     void (*on_flush)(void *ud);
+    /* Set for upgrade requests: a fresh connection is used, and a 101
+     * hands its fd to the sink (which then owns it) with the response
+     * headers and any bytes read past the head. The exchange ends there. */
+    void (*on_upgrade)(void *ud, int fd, mg_kv_t *hdrs, int nhdrs, const char *extra,
+                       size_t extralen);
 } mg_ux_sink_t;
 
 /* Starts an exchange; takes ownership of `head` (an evbuffer with the full

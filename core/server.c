@@ -3,7 +3,7 @@
  * listening sockets it inherited, signals (HUP reload, TERM/INT graceful
  * stop) and the shared timer tables.
  */
-#include "mg.h"
+#include "ws.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -73,7 +73,7 @@ void mg_server_stop_accept(void)
 static void mg_worker_stop_check(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
-    if (mg_worker.active == 0 || mg_now() >= mg_worker_stop_deadline) {
+    if ((mg_worker.active == 0 && mg_ws_count() == 0) || mg_now() >= mg_worker_stop_deadline) {
         if (mg_worker.active)
             mg_warn("drain timeout: closing %llu connections", (unsigned long long)mg_worker.active);
         event_base_loopexit(mg_worker.base, NULL);
@@ -94,6 +94,7 @@ static void mg_worker_signal_cb(evutil_socket_t sig, short what, void *arg)
         }
         mg_debug("worker %d: generation %u active", mg_worker.id, g->id);
         mg_gen_activate(g);
+        mg_ws_drain_route_sockets(g);
         return;
     }
     if (mg_worker.stopping)
@@ -101,6 +102,7 @@ static void mg_worker_signal_cb(evutil_socket_t sig, short what, void *arg)
     mg_worker.stopping = 1;
     mg_server_stop_accept();
     mg_http_close_idle();
+    mg_ws_close_all(1001, "server shutting down");
     mg_worker_stop_deadline = mg_now() + mg_gen_current->timeouts.drain / 1000.0;
     {
         struct timeval tv = {0, 50000};

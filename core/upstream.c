@@ -74,6 +74,7 @@ struct mg_ux_s {
     int cancelled;
     int status;
     int in_start;     /* inside mg_ux_start: failures are reported later */
+    int upgraded;     /* 101 to an upgrade request */
     int fail_pending; /* a deferred failure is scheduled */
     int fail_status;
     const char *fail_msg;
@@ -260,7 +261,7 @@ static void mg_ux_connect(mg_ux_t *ux)
             return;
         }
         /* reuse a pooled connection first */
-        if (p->idle && !ux->reused) {
+        if (p->idle && !ux->reused && !ux->sink->on_upgrade) {
             uc = p->idle;
             p->idle = uc->next;
             p->nidle--;
@@ -602,6 +603,22 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd)
         mg_ux_free(ux);
         return 0;
     }
+    if (ux->upgraded) {
+        /* the connection now belongs to the sink */
+        const char *pos = llhttp_get_error_pos(&ux->parser);
+        size_t extra = pos && pos >= mg_worker.scratch && pos < mg_worker.scratch + n
+                           ? (size_t)(mg_worker.scratch + n - pos)
+                           : 0;
+        int ufd = uc->fd;
+        event_del(&uc->rev);
+        event_del(&uc->wev);
+        event_del(&uc->tev);
+        free(uc);
+        ux->uc = NULL;
+        ux->sink->on_upgrade(ux->ud, ufd, ux->hv, ux->nh, extra ? pos : NULL, extra);
+        mg_ux_free(ux);
+        return 0;
+    }
     if (ux->msg_done) {
         /* bytes past the response mean the connection is not reusable */
         const char *pos = llhttp_get_error_pos(&ux->parser);
@@ -702,6 +719,10 @@ static int mg_ux_on_headers_complete(llhttp_t *p)
     ux->status = p->status_code;
     ux->head_done = 1;
     ux->uc->peer->fails = 0;
+    if (p->status_code == 101 && ux->sink->on_upgrade) {
+        ux->upgraded = 1;
+        return 2; /* llhttp stops with HPE_PAUSED_UPGRADE */
+    }
     ux->sink->on_head(ux->ud, p->status_code, p->http_minor, ux->hv, ux->nh,
                       (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1,
                       (p->flags & F_CHUNKED) != 0);

@@ -110,6 +110,7 @@ local function run(handler, req)
     core.res_send(status, data, headers, ctype)
 end
 debug.getregistry()["moongate.run"] = run
+debug.getregistry()["moongate.req_mt"] = req_mt
 
 -- moongate.http: a non-blocking client; the calling coroutine yields until
 -- the response (or an error) arrives.

@@ -55,8 +55,8 @@ local DEFAULT_LUA_PATH = { "scripts", "lib" }
 local TIMEOUT_DEFAULTS = { read = 0, write = 0, idle = 3600, header = 30, drain = 10 }
 local TIMEOUT_ORDER = { "read", "write", "idle", "header", "drain" }
 
-local LIMIT_DEFAULTS = { header_size = 16384, header_count = 100, body_size = 1048576 }
-local LIMIT_ORDER = { "header_size", "header_count", "body_size" }
+local LIMIT_DEFAULTS = { header_size = 16384, header_count = 100, body_size = 1048576, websockets = 10000 }
+local LIMIT_ORDER = { "header_size", "header_count", "body_size", "websockets" }
 
 -- kind: "int" = non-negative integer, "num" = non-negative number (seconds)
 local UPSTREAM_SETTINGS = {
@@ -989,6 +989,108 @@ local function route_line(ctx, rule, nth, handler)
 end
 
 
+-- The `websocket` table of a route, with defaults (docs/websocket.md).
+local WS_FIELDS = {
+  mode = true, heartbeat = true, max_message = true, send_buffer = true, overflow = true,
+  deflate = true, protocols = true, origins = true, timeouts = true, upstream_path = true,
+  on_message = true,
+}
+local WS_HB_FIELDS = { interval = true, message = true, ping_frames = true, timeout = true }
+local WS_MODES = { tunnel = true, relay = true, handler = true }
+
+local function normalize_websocket(raw, bad_route)
+  local w = raw.websocket
+  if type(w) ~= "table" then
+    bad_route("websocket: expected a table, got %s", type(w))
+  end
+  for _, k in ipairs(sorted_keys(w)) do
+    if not WS_FIELDS[k] then
+      bad_route("websocket: unknown field %s%s", show_key(k), suggestion(k, WS_FIELDS))
+    end
+  end
+  local mode = w.mode or (raw.handler and "handler" or "tunnel")
+  if not WS_MODES[mode] then
+    bad_route("websocket.mode: expected \"tunnel\", \"relay\" or \"handler\", got %s",
+              show_value(mode))
+  end
+  if mode == "handler" and type(raw.handler) ~= "function" then
+    bad_route("websocket.mode \"handler\" needs a handler function")
+  end
+  if mode ~= "handler" and raw.upstream == nil then
+    bad_route("websocket.mode \"%s\" needs an upstream", mode)
+  end
+  local hb = w.heartbeat
+  if hb == nil then hb = {} end
+  if hb == false then hb = { interval = 0, message = false } end
+  if type(hb) ~= "table" then
+    bad_route("websocket.heartbeat: expected a table or false, got %s", type(hb))
+  end
+  for _, k in ipairs(sorted_keys(hb)) do
+    if not WS_HB_FIELDS[k] then
+      bad_route("websocket.heartbeat: unknown field %s%s", show_key(k), suggestion(k, WS_HB_FIELDS))
+    end
+  end
+  local function num(v, dflt, name)
+    if v == nil then return dflt end
+    if not is_nonneg(v) or v > MAX_SECONDS then
+      bad_route("websocket.%s: expected a non-negative number, got %s", name, show_value(v))
+    end
+    return v
+  end
+  local function bool(v, dflt, name)
+    if v == nil then return dflt end
+    if type(v) ~= "boolean" then
+      bad_route("websocket.%s: expected a boolean, got %s", name, show_value(v))
+    end
+    return v
+  end
+  local function list(v, name)
+    if v == nil then return {} end
+    if type(v) == "string" then return { v } end
+    if type(v) ~= "table" then
+      bad_route("websocket.%s: expected a list of strings, got %s", name, type(v))
+    end
+    for i, s in ipairs(v) do
+      if type(s) ~= "string" then
+        bad_route("websocket.%s[%d]: expected a string, got %s", name, i, type(s))
+      end
+    end
+    return v
+  end
+  local t = w.timeouts or {}
+  if type(t) ~= "table" then
+    bad_route("websocket.timeouts: expected a table, got %s", type(t))
+  end
+  if w.overflow ~= nil and w.overflow ~= "close" then
+    bad_route("websocket.overflow: expected \"close\", got %s", show_value(w.overflow))
+  end
+  if w.on_message ~= nil and type(w.on_message) ~= "function" then
+    bad_route("websocket.on_message: expected a function, got %s", type(w.on_message))
+  end
+  if w.upstream_path ~= nil and (type(w.upstream_path) ~= "string" or w.upstream_path:sub(1, 1) ~= "/") then
+    bad_route("websocket.upstream_path: expected a path starting with '/', got %s",
+              show_value(w.upstream_path))
+  end
+  return {
+    mode = mode,
+    heartbeat = {
+      interval = num(hb.interval, 30, "heartbeat.interval"),
+      message = bool(hb.message, true, "heartbeat.message"),
+      ping_frames = bool(hb.ping_frames, false, "heartbeat.ping_frames"),
+      timeout = num(hb.timeout, 0, "heartbeat.timeout"),
+    },
+    max_message = num(w.max_message, 1048576, "max_message"),
+    send_buffer = num(w.send_buffer, 1048576, "send_buffer"),
+    overflow = "close",
+    deflate = bool(w.deflate, mode ~= "tunnel", "deflate"),
+    protocols = list(w.protocols, "protocols"),
+    origins = list(w.origins, "origins"),
+    idle = num(t.idle, 3600, "timeouts.idle"),
+    upstream_path = w.upstream_path,
+    on_message = w.on_message,
+  }
+end
+
 local function norm_route(ctx, n, raw)
   local rule
   if type(raw) == "table" then
@@ -1120,8 +1222,12 @@ local function norm_route(ctx, n, raw)
     route.name = raw.name
   end
 
+  if raw.websocket ~= nil then
+    route.websocket = normalize_websocket(raw, bad_route)
+  end
+
   -- reserved fields: type-checked, passed through unchanged
-  for _, f in ipairs({ "websocket", "plugins" }) do
+  for _, f in ipairs({ "plugins" }) do
     if raw[f] ~= nil and type(raw[f]) ~= "table" then
       bad_route("%s: expected a table, got %s", f, type(raw[f]))
     end

@@ -1,0 +1,42 @@
+/*
+ * lua_co.h -- the coroutine record shared by lua_api.c (HTTP handlers,
+ * timers, the HTTP client) and lua_ws.c (WebSocket handlers).
+ */
+#ifndef MG_LUA_CO_H
+#define MG_LUA_CO_H
+
+#include "ws.h"
+
+typedef struct mg_lws_s mg_lws_t;
+
+enum { MG_W_NONE, MG_W_SLEEP, MG_W_HTTP, MG_W_BODY, MG_W_READ, MG_W_DRAIN };
+
+#define MG_HTTP_MAX_BODY (64 * 1024 * 1024)
+
+struct mg_co_s {
+    lua_State *L; /* the coroutine */
+    int ref;      /* registry anchor of the thread */
+    mg_gen_t *gen;
+    mg_req_t *req; /* NULL for timers */
+    int wait;
+    int targs; /* timers: arguments for the first resume */
+    struct event tev;
+    struct evbuffer *body; /* request body received, not yet read */
+    /* HTTP client call in progress */
+    mg_ux_t *ux;
+    mg_upstream_t tmp_up; /* for url= calls */
+    mg_peer_t *tmp_peer;
+    mg_lws_t *lws; /* WebSocket handler: the socket this coroutine owns */
+    int hstatus;
+    struct evbuffer *hbody;
+    struct evbuffer *hhead; /* "name\0value\0" pairs */
+};
+
+extern mg_co_t *mg_co_cur;
+mg_co_t *mg_co_new(mg_gen_t *gen);
+void mg_co_resume(mg_co_t *co, int nargs);
+mg_co_t *mg_co_check(lua_State *L, const char *what);
+void mg_push_req(lua_State *L, mg_req_t *r);
+void mg_lua_ws_co_end(mg_co_t *co); /* lua_ws.c: the owner coroutine ended */
+
+#endif

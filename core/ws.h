@@ -1,0 +1,82 @@
+/*
+ * ws.h -- WebSocket sockets (RFC 6455, RFC 7692) on top of wslay: the
+ * per-route configuration, the socket object shared by the handler and
+ * relay modes, and the tunnel.
+ */
+#ifndef MG_WS_H
+#define MG_WS_H
+
+#include "mg.h"
+
+#include <wslay/wslay.h>
+#include <zlib.h>
+
+enum { MG_WS_TUNNEL = 1, MG_WS_RELAY, MG_WS_HANDLER };
+
+/* Per-route settings, read from the route's `websocket` table. */
+struct mg_ws_conf_s {
+    int mode;
+    int hb_interval;  /* ms between heartbeats to the client; 0 = none */
+    int hb_timeout;   /* ms of peer silence before closing; 0 = never */
+    int hb_message;   /* send {"type":"ping","ts":N} */
+    int hb_frames;    /* send ping frames too */
+    uint64_t max_message; /* bytes */
+    size_t send_buffer;   /* bytes queued before the overflow policy */
+    int deflate;
+    int drain_on_reload;
+    int idle; /* ms, tunnel: no bytes either way */
+    char **protocols;
+    int nprotocols;
+    char **origins;
+    int norigins;
+    char *upstream_path; /* relay: path on the upstream (NULL: the request's) */
+    int on_message_ref;  /* relay hook, LUA_NOREF if none */
+};
+
+typedef struct mg_ws_s mg_ws_t;
+
+/* What the owner of a socket (handler coroutine, relay) hears. */
+typedef struct {
+    /* A complete message; borrowed until return. */
+    void (*on_message)(void *ud, mg_ws_t *ws, int opcode, const char *data, size_t len);
+    /* The socket is gone (closed handshake done, error, or timeout). The
+     * socket is freed right after this returns. */
+    void (*on_close)(void *ud, mg_ws_t *ws, int code, const char *reason);
+    /* Queued output dropped below the low-water mark. */
+    void (*on_drain)(void *ud, mg_ws_t *ws);
+} mg_ws_ops_t;
+
+/* Handshake result carried from the HTTP request to the socket. */
+typedef struct {
+    char accept[32];    /* Sec-WebSocket-Accept */
+    char protocol[64];  /* chosen subprotocol or "" */
+    int pmd;            /* permessage-deflate negotiated */
+    int pmd_client_nct; /* client_no_context_takeover */
+    char pmd_resp[160]; /* the extension line we answer with */
+} mg_ws_hs_t;
+
+/* ws.c */
+int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why);
+mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const mg_ws_hs_t *hs,
+                   const char *pre, size_t pre_len, const mg_ws_ops_t *ops, void *ud);
+int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len);
+void mg_ws_close(mg_ws_t *ws, int code, const char *reason);
+void mg_ws_abort(mg_ws_t *ws); /* drop without a close handshake; no callbacks */
+void mg_ws_set_owner(mg_ws_t *ws, const mg_ws_ops_t *ops, void *ud);
+void mg_ws_pause(mg_ws_t *ws, int on);
+size_t mg_ws_queued(mg_ws_t *ws);
+void mg_ws_drain_route_sockets(mg_gen_t *newgen);
+uint64_t mg_ws_count(void); /* client-facing sockets and tunnels */
+extern uint64_t mg_ws_sockets;
+void mg_ws_close_all(int code, const char *reason);
+void mg_ws_key(char *out); /* a fresh Sec-WebSocket-Key */
+void mg_ws_accept_for(const char *key, size_t len, char *out);
+
+/* ws_http.c: hand-off from the HTTP connection */
+void mg_ws_takeover(mg_req_t *r, int fd, const char *pre, size_t pre_len);
+
+/* lua_ws.c */
+void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre, size_t len);
+void mg_lua_ws_open_api(lua_State *L);
+
+#endif

@@ -1,0 +1,628 @@
+/*
+ * ws_http.c -- from an HTTP upgrade request to a running WebSocket: the
+ * 101 answer for handler mode, the tunnel (Upgrade proxied, then bytes
+ * spliced both ways with backpressure and an idle timeout) and the relay
+ * (moongate terminates the client's socket and opens its own to the
+ * upstream, `Connection: Upgrade` exactly, then relays message by message
+ * through the route's on_message hook).
+ */
+#include "lua_co.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+/* ---- shared bits ---- */
+
+static int mg_write_all(int fd, const char *p, size_t n)
+{
+    /* only for short heads on fresh sockets; a full socket buffer here
+     * means the peer is not reading at all */
+    while (n) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w <= 0) {
+            if (w < 0 && errno == EINTR)
+                continue;
+            return MG_ERR;
+        }
+        p += w;
+        n -= w;
+    }
+    return MG_OK;
+}
+
+static void mg_ws_101(struct evbuffer *b, const mg_ws_hs_t *hs)
+{
+    evbuffer_add_printf(b,
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                        "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n",
+                        hs->accept);
+    if (hs->protocol[0])
+        evbuffer_add_printf(b, "Sec-WebSocket-Protocol: %s\r\n", hs->protocol);
+    if (hs->pmd)
+        evbuffer_add_printf(b, "Sec-WebSocket-Extensions: %s\r\n", hs->pmd_resp);
+    evbuffer_add(b, "\r\n", 2);
+}
+
+static int mg_ws_send_101(int fd, const mg_ws_hs_t *hs)
+{
+    struct evbuffer *b = evbuffer_new();
+    int rc;
+    mg_ws_101(b, hs);
+    rc = mg_write_all(fd, (const char *)evbuffer_pullup(b, -1), evbuffer_get_length(b));
+    evbuffer_free(b);
+    return rc;
+}
+
+static int mg_name_is(const char *n, size_t l, const char *lit)
+{
+    return strlen(lit) == l && strncasecmp(n, lit, l) == 0;
+}
+
+/* The upgrade request for the upstream: the client's end-to-end headers,
+ * then the forwarding headers. `own_key` (relay) replaces the client's
+ * WebSocket headers with ours. */
+static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
+                                            const char *protocol)
+{
+    struct evbuffer *h = evbuffer_new();
+    const char *path = r->hbuf;
+    size_t plen = r->url_len;
+    mg_ws_conf_t *wc = r->route->ws;
+    int i;
+
+    if (wc->upstream_path) {
+        path = wc->upstream_path;
+        plen = strlen(path);
+    }
+    evbuffer_add(h, "GET ", 4);
+    evbuffer_add(h, path, plen);
+    evbuffer_add(h, " HTTP/1.1\r\n", 11);
+    for (i = 0; i < r->nhdrs; i++) {
+        mg_hdr_t *hd = &r->hdrs[i];
+        const char *n = r->hbuf + hd->noff;
+        size_t l = hd->nlen;
+        if (mg_http_hop_by_hop(n, l) || mg_name_is(n, l, "x-forwarded-for") ||
+            mg_name_is(n, l, "x-forwarded-proto") || mg_name_is(n, l, "x-forwarded-host") ||
+            mg_name_is(n, l, "x-request-id"))
+            continue;
+        if (own_key && (mg_name_is(n, l, "sec-websocket-key") ||
+                        mg_name_is(n, l, "sec-websocket-extensions") ||
+                        mg_name_is(n, l, "sec-websocket-protocol") ||
+                        mg_name_is(n, l, "sec-websocket-version")))
+            continue;
+        evbuffer_add(h, n, l);
+        evbuffer_add(h, ": ", 2);
+        evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
+        evbuffer_add(h, "\r\n", 2);
+    }
+    /* exactly this: some backends refuse "keep-alive, Upgrade" */
+    evbuffer_add_printf(h, "Upgrade: websocket\r\nConnection: Upgrade\r\n");
+    if (own_key) {
+        evbuffer_add_printf(h, "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n", own_key);
+        if (protocol && protocol[0])
+            evbuffer_add_printf(h, "Sec-WebSocket-Protocol: %s\r\n", protocol);
+    }
+    if (r->host_idx >= 0)
+        evbuffer_add_printf(h, "X-Forwarded-Host: %.*s\r\n", (int)r->hdrs[r->host_idx].vlen,
+                            r->hbuf + r->hdrs[r->host_idx].voff);
+    evbuffer_add_printf(h, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n\r\n",
+                        r->conn ? r->conn->peer_ip : "", r->request_id);
+    return h;
+}
+
+/* ---- pending upgrade: the client waits while we reach the upstream ---- */
+
+typedef struct {
+    int cfd; /* client socket */
+    mg_gen_t *gen;
+    mg_route_t *route;
+    int mode;
+    mg_ws_hs_t hs;
+    char key[32]; /* relay: our key to the upstream */
+    char *pre;    /* client bytes read past its head */
+    size_t pre_len;
+    int status; /* non-101 answer being relayed */
+    struct evbuffer *resp;
+    char request_id[40];
+} mg_wsp_t;
+
+static void mg_wsp_free(mg_wsp_t *p)
+{
+    if (p->cfd >= 0)
+        close(p->cfd);
+    if (p->resp)
+        evbuffer_free(p->resp);
+    free(p->pre);
+    mg_gen_release(p->gen);
+    free(p);
+}
+
+static void mg_wsp_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
+                           int64_t clen, int chunked)
+{
+    mg_wsp_t *p = ud;
+    int i;
+    (void)http_minor, (void)clen, (void)chunked;
+    /* the upstream refused the upgrade: pass its answer on, then close */
+    p->status = status;
+    p->resp = evbuffer_new();
+    evbuffer_add_printf(p->resp, "HTTP/1.1 %d %s\r\n", status, mg_status_text(status));
+    for (i = 0; i < nhdrs; i++) {
+        if (mg_http_hop_by_hop(hdrs[i].name, hdrs[i].nlen))
+            continue;
+        evbuffer_add(p->resp, hdrs[i].name, hdrs[i].nlen);
+        evbuffer_add(p->resp, ": ", 2);
+        evbuffer_add(p->resp, hdrs[i].value, hdrs[i].vlen);
+        evbuffer_add(p->resp, "\r\n", 2);
+    }
+}
+
+static struct evbuffer *mg_wsp_body;
+
+static int mg_wsp_on_body(void *ud, const char *data, size_t len)
+{
+    mg_wsp_t *p = ud;
+    if (mg_wsp_body == NULL)
+        mg_wsp_body = evbuffer_new();
+    (void)p;
+    if (evbuffer_get_length(mg_wsp_body) + len <= 65536)
+        evbuffer_add(mg_wsp_body, data, len);
+    return 0;
+}
+
+static void mg_wsp_on_done(void *ud)
+{
+    mg_wsp_t *p = ud;
+    size_t bl = mg_wsp_body ? evbuffer_get_length(mg_wsp_body) : 0;
+    evbuffer_add_printf(p->resp, "Content-Length: %zu\r\nConnection: close\r\n\r\n", bl);
+    if (bl)
+        evbuffer_add_buffer(p->resp, mg_wsp_body);
+    mg_write_all(p->cfd, (const char *)evbuffer_pullup(p->resp, -1), evbuffer_get_length(p->resp));
+    shutdown(p->cfd, SHUT_WR);
+    mg_wsp_free(p);
+}
+
+static void mg_wsp_on_error(void *ud, int status, const char *msg)
+{
+    mg_wsp_t *p = ud;
+    char body[300], head[200];
+    int bl, hl;
+    if (mg_wsp_body)
+        evbuffer_drain(mg_wsp_body, evbuffer_get_length(mg_wsp_body));
+    if (status == 0)
+        status = 502;
+    mg_warn("request %s: websocket upstream: %s (%d)", p->request_id, msg, status);
+    bl = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"request_id\":\"%s\"}\n", msg,
+                  p->request_id);
+    hl = snprintf(head, sizeof(head),
+                  "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                  "Connection: close\r\n\r\n",
+                  status, mg_status_text(status), bl);
+    mg_write_all(p->cfd, head, hl);
+    mg_write_all(p->cfd, body, bl);
+    shutdown(p->cfd, SHUT_WR);
+    mg_wsp_free(p);
+}
+
+static void mg_wsp_on_upgrade(void *ud, int ufd, mg_kv_t *hdrs, int nhdrs, const char *extra,
+                              size_t extralen);
+
+static const mg_ux_sink_t mg_wsp_sink = {
+    .on_head = mg_wsp_on_head,
+    .on_body = mg_wsp_on_body,
+    .on_done = mg_wsp_on_done,
+    .on_error = mg_wsp_on_error,
+    .on_upgrade = mg_wsp_on_upgrade,
+};
+
+/* ---- tunnel ---- */
+
+typedef struct {
+    int fd[2];           /* 0 client, 1 upstream */
+    struct evbuffer *out[2]; /* pending bytes towards fd[i] */
+    struct event rev[2], wev[2], tev;
+    int rd_off[2], wr_on[2], eof[2];
+    double last;
+    int idle_ms;
+    mg_gen_t *gen;
+} mg_tunnel_t;
+
+static void mg_tunnel_free(mg_tunnel_t *t)
+{
+    for (int i = 0; i < 2; i++) {
+        event_del(&t->rev[i]);
+        event_del(&t->wev[i]);
+        close(t->fd[i]);
+        evbuffer_free(t->out[i]);
+    }
+    event_del(&t->tev);
+    mg_gen_release(t->gen);
+    free(t);
+    mg_worker.active--;
+    mg_ws_sockets--;
+}
+
+static void mg_tunnel_flush(mg_tunnel_t *t, int i);
+
+/* Bytes from side `from` go to the other side. */
+static int mg_tunnel_pass(mg_tunnel_t *t, int from, const char *data, size_t len)
+{
+    int to = !from;
+    if (evbuffer_get_length(t->out[to]) == 0) {
+        ssize_t w = send(t->fd[to], data, len, MSG_NOSIGNAL);
+        if (w < 0 && errno != EAGAIN && errno != EINTR)
+            return MG_ERR;
+        if (w < 0)
+            w = 0;
+        data += w;
+        len -= w;
+    }
+    if (len) {
+        evbuffer_add(t->out[to], data, len);
+        mg_tunnel_flush(t, to);
+        if (evbuffer_get_length(t->out[to]) > MG_HIGH_WATER && !t->rd_off[from]) {
+            event_del(&t->rev[from]); /* the other side is slower: pause */
+            t->rd_off[from] = 1;
+        }
+    }
+    return MG_OK;
+}
+
+static void mg_tunnel_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    mg_tunnel_t *t = arg;
+    int from = fd == t->fd[0] ? 0 : 1;
+    ssize_t n;
+    (void)what;
+    n = read(fd, mg_worker.scratch, sizeof(mg_worker.scratch));
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        /* one side finished: pass the half-close on, end when both did */
+        t->eof[from] = 1;
+        event_del(&t->rev[from]);
+        t->rd_off[from] = 1;
+        if (n < 0 || (t->eof[0] && t->eof[1])) {
+            mg_tunnel_free(t);
+            return;
+        }
+        if (evbuffer_get_length(t->out[!from]) == 0)
+            shutdown(t->fd[!from], SHUT_WR);
+        return;
+    }
+    t->last = mg_now();
+    if (mg_tunnel_pass(t, from, mg_worker.scratch, n) != MG_OK)
+        mg_tunnel_free(t);
+}
+
+static void mg_tunnel_flush(mg_tunnel_t *t, int i)
+{
+    size_t left = evbuffer_get_length(t->out[i]);
+    if (left) {
+        int n = evbuffer_write(t->out[i], t->fd[i]);
+        if (n < 0 && errno != EAGAIN && errno != EINTR)
+            return; /* the read side will see the error */
+        left = evbuffer_get_length(t->out[i]);
+    }
+    if (left && !t->wr_on[i]) {
+        event_add(&t->wev[i], NULL);
+        t->wr_on[i] = 1;
+    } else if (!left && t->wr_on[i]) {
+        event_del(&t->wev[i]);
+        t->wr_on[i] = 0;
+    }
+    if (left < MG_LOW_WATER && t->rd_off[!i] && !t->eof[!i]) {
+        event_add(&t->rev[!i], NULL);
+        t->rd_off[!i] = 0;
+    }
+    if (!left && t->eof[!i])
+        shutdown(t->fd[i], SHUT_WR);
+}
+
+static void mg_tunnel_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    mg_tunnel_t *t = arg;
+    (void)what;
+    t->last = mg_now();
+    mg_tunnel_flush(t, fd == t->fd[0] ? 0 : 1);
+}
+
+static void mg_tunnel_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    mg_tunnel_t *t = arg;
+    double idle = mg_now() - t->last;
+    (void)fd, (void)what;
+    if (idle * 1000 >= t->idle_ms - 1) {
+        mg_debug("tunnel idle for %.1fs, closing", idle);
+        mg_tunnel_free(t);
+        return;
+    }
+    event_add(&t->tev, mg_timeout_tv(t->idle_ms));
+}
+
+static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const char *extra,
+                            size_t extralen)
+{
+    mg_tunnel_t *t = calloc(1, sizeof(*t));
+    struct evbuffer *head = evbuffer_new();
+    int i;
+
+    /* the upstream's 101, as it sent it */
+    evbuffer_add_printf(head, "HTTP/1.1 101 Switching Protocols\r\n");
+    for (i = 0; i < nhdrs; i++) {
+        evbuffer_add(head, hdrs[i].name, hdrs[i].nlen);
+        evbuffer_add(head, ": ", 2);
+        evbuffer_add(head, hdrs[i].value, hdrs[i].vlen);
+        evbuffer_add(head, "\r\n", 2);
+    }
+    evbuffer_add(head, "\r\n", 2);
+    if (t == NULL ||
+        mg_write_all(p->cfd, (const char *)evbuffer_pullup(head, -1), evbuffer_get_length(head)) !=
+            MG_OK) {
+        evbuffer_free(head);
+        free(t);
+        close(ufd);
+        mg_wsp_free(p);
+        return;
+    }
+    evbuffer_free(head);
+    t->fd[0] = p->cfd;
+    t->fd[1] = ufd;
+    p->cfd = -1;
+    t->gen = p->gen;
+    mg_gen_retain(t->gen);
+    t->idle_ms = p->route->ws->idle;
+    t->last = mg_now();
+    for (i = 0; i < 2; i++) {
+        t->out[i] = evbuffer_new();
+        event_assign(&t->rev[i], mg_worker.base, t->fd[i], EV_READ | EV_PERSIST, mg_tunnel_read_cb,
+                     t);
+        event_assign(&t->wev[i], mg_worker.base, t->fd[i], EV_WRITE | EV_PERSIST,
+                     mg_tunnel_write_cb, t);
+        event_add(&t->rev[i], NULL);
+    }
+    evtimer_assign(&t->tev, mg_worker.base, mg_tunnel_timer_cb, t);
+    if (t->idle_ms > 0)
+        event_add(&t->tev, mg_timeout_tv(t->idle_ms));
+    mg_worker.active++;
+    mg_ws_sockets++;
+    /* bytes that came early, in either direction */
+    if (p->pre_len)
+        mg_tunnel_pass(t, 0, p->pre, p->pre_len);
+    if (extralen)
+        mg_tunnel_pass(t, 1, extra, extralen);
+    mg_wsp_free(p);
+}
+
+/* ---- relay ---- */
+
+typedef struct {
+    mg_ws_t *side[2]; /* 0 client, 1 upstream */
+    mg_gen_t *gen;
+    mg_route_t *route;
+    int closing;
+} mg_relay_t;
+
+static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len);
+static void mg_relay_on_close(void *ud, mg_ws_t *ws, int code, const char *reason);
+static void mg_relay_on_drain(void *ud, mg_ws_t *ws);
+
+static const mg_ws_ops_t mg_relay_ops = {
+    .on_message = mg_relay_on_message,
+    .on_close = mg_relay_on_close,
+    .on_drain = mg_relay_on_drain,
+};
+
+/* Runs the route's on_message(msg, ctx): returns 1 pass (maybe rewritten
+ * into out), 0 drop, -1 close with a code and reason. Hooks run synchronously
+ * (they must not yield). */
+static int mg_relay_hook(mg_relay_t *rl, int from, int op, const char *data, size_t len,
+                         const char **out, size_t *outlen, int *code, char *reason)
+{
+    lua_State *L = rl->gen->L;
+    int ref = rl->route->ws->on_message_ref, rc, top = lua_gettop(L);
+    if (ref == LUA_NOREF)
+        return 1;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_createtable(L, 0, 3);
+    lua_pushlstring(L, data, len);
+    lua_setfield(L, -2, "data");
+    lua_pushstring(L, op == WSLAY_BINARY_FRAME ? "binary" : "text");
+    lua_setfield(L, -2, "kind");
+    lua_pushstring(L, from == 0 ? "client" : "upstream");
+    lua_setfield(L, -2, "direction");
+    lua_createtable(L, 0, 1);
+    if (lua_pcall(L, 2, 3, 0) != 0) {
+        mg_error("websocket on_message hook: %s", lua_tostring(L, -1));
+        lua_settop(L, top);
+        *code = 1011;
+        snprintf(reason, 64, "internal error");
+        return -1;
+    }
+    if (lua_type(L, -3) == LUA_TSTRING) {
+        *out = lua_tolstring(L, -3, outlen);
+        rc = 1; /* the string stays on the stack until the caller pops */
+        return rc;
+    }
+    if (lua_type(L, -3) == LUA_TBOOLEAN && lua_toboolean(L, -3)) {
+        lua_settop(L, top);
+        return 1; /* true: pass unchanged */
+    }
+    if (lua_type(L, -3) == LUA_TBOOLEAN && !lua_toboolean(L, -3)) {
+        *code = lua_isnumber(L, -2) ? (int)lua_tointeger(L, -2) : 1000;
+        snprintf(reason, 64, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
+        lua_settop(L, top);
+        return -1;
+    }
+    lua_settop(L, top);
+    return 0;
+}
+
+static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len)
+{
+    mg_relay_t *rl = ud;
+    int from = ws == rl->side[0] ? 0 : 1, code = 1000, rc;
+    lua_State *L = rl->gen->L;
+    int top = lua_gettop(L);
+    const char *out = data;
+    size_t outlen = len;
+    char reason[64];
+
+    if (rl->closing || rl->side[!from] == NULL)
+        return;
+    rc = mg_relay_hook(rl, from, op, data, len, &out, &outlen, &code, reason);
+    if (rc == 1)
+        mg_ws_send(rl->side[!from], op, out, outlen);
+    lua_settop(L, top);
+    if (rc < 0) {
+        if (code < 1000 || code > 4999)
+            code = 1000;
+        rl->closing = 1;
+        mg_ws_close(rl->side[0], code, reason);
+        mg_ws_close(rl->side[1], code, reason);
+        return;
+    }
+    /* a slow receiver pauses the sender rather than growing the queue */
+    if (rl->side[!from] && mg_ws_queued(rl->side[!from]) > MG_HIGH_WATER)
+        mg_ws_pause(rl->side[from], 1);
+}
+
+static void mg_relay_on_drain(void *ud, mg_ws_t *ws)
+{
+    mg_relay_t *rl = ud;
+    int to = ws == rl->side[0] ? 0 : 1;
+    if (rl->side[!to])
+        mg_ws_pause(rl->side[!to], 0);
+}
+
+static void mg_relay_on_close(void *ud, mg_ws_t *ws, int code, const char *reason)
+{
+    mg_relay_t *rl = ud;
+    int side = ws == rl->side[0] ? 0 : 1;
+    mg_ws_t *other = rl->side[!side];
+    rl->side[side] = NULL;
+    if (other) {
+        /* pass a real close code on; abnormal ends become 1011/1001 */
+        if (code == 1005 || code == 1006 || code == 1015 || code < 1000)
+            code = side == 1 ? 1011 : 1001;
+        mg_ws_close(other, code, reason && *reason ? reason : "peer closed");
+        return;
+    }
+    mg_gen_release(rl->gen);
+    free(rl);
+}
+
+static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const char *extra,
+                           size_t extralen)
+{
+    char want[40];
+    int i, ok = 0;
+    mg_relay_t *rl;
+
+    mg_ws_accept_for(p->key, strlen(p->key), want);
+    for (i = 0; i < nhdrs; i++)
+        if (mg_name_is(hdrs[i].name, hdrs[i].nlen, "sec-websocket-accept") &&
+            hdrs[i].vlen == strlen(want) && memcmp(hdrs[i].value, want, hdrs[i].vlen) == 0)
+            ok = 1;
+    if (!ok) {
+        close(ufd);
+        mg_wsp_on_error(p, 502, "upstream sent a bad websocket handshake");
+        return;
+    }
+    if (mg_ws_send_101(p->cfd, &p->hs) != MG_OK) {
+        close(ufd);
+        mg_wsp_free(p);
+        return;
+    }
+    rl = calloc(1, sizeof(*rl));
+    rl->gen = p->gen;
+    mg_gen_retain(rl->gen);
+    rl->route = p->route;
+    rl->side[0] = mg_ws_new(p->cfd, 0, p->gen, p->route, &p->hs, p->pre, p->pre_len,
+                            &mg_relay_ops, rl);
+    p->cfd = -1;
+    rl->side[1] = mg_ws_new(ufd, 1, p->gen, p->route, NULL, extra, extralen, &mg_relay_ops, rl);
+    if (rl->side[0] == NULL || rl->side[1] == NULL) {
+        if (rl->side[0])
+            mg_ws_abort(rl->side[0]);
+        if (rl->side[1])
+            mg_ws_abort(rl->side[1]);
+        else
+            close(ufd);
+        mg_gen_release(rl->gen);
+        free(rl);
+    }
+    mg_wsp_free(p);
+}
+
+static void mg_wsp_on_upgrade(void *ud, int ufd, mg_kv_t *hdrs, int nhdrs, const char *extra,
+                              size_t extralen)
+{
+    mg_wsp_t *p = ud;
+    if (p->mode == MG_WS_TUNNEL)
+        mg_tunnel_start(p, ufd, hdrs, nhdrs, extra, extralen);
+    else
+        mg_relay_start(p, ufd, hdrs, nhdrs, extra, extralen);
+}
+
+/* ---- entry: the HTTP connection hands over its socket ---- */
+
+void mg_ws_takeover(mg_req_t *r, int fd, const char *pre, size_t pre_len)
+{
+    mg_ws_conf_t *wc = r->route->ws;
+    mg_ws_hs_t hs;
+    const char *why;
+    mg_wsp_t *p;
+    struct evbuffer *head;
+
+    if (mg_ws_handshake_check(r, &hs, &why) != 0) {
+        close(fd); /* checked before; cannot fail here */
+        return;
+    }
+    if (wc->mode == MG_WS_HANDLER) {
+        if (mg_ws_send_101(fd, &hs) != MG_OK) {
+            close(fd);
+            return;
+        }
+        mg_lua_ws_start(r, fd, &hs, pre, pre_len);
+        return;
+    }
+    p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        close(fd);
+        return;
+    }
+    p->cfd = fd;
+    p->gen = r->gen;
+    mg_gen_retain(p->gen);
+    p->route = r->route;
+    p->mode = wc->mode;
+    p->hs = hs;
+    memcpy(p->request_id, r->request_id, sizeof(p->request_id));
+    if (pre_len) {
+        p->pre = malloc(pre_len);
+        if (p->pre) {
+            memcpy(p->pre, pre, pre_len);
+            p->pre_len = pre_len;
+        }
+    }
+    if (wc->mode == MG_WS_RELAY) {
+        mg_ws_key(p->key);
+        head = mg_ws_upstream_head(r, p->key, hs.protocol);
+    } else {
+        head = mg_ws_upstream_head(r, NULL, NULL);
+    }
+    {
+        mg_ux_t *ux = mg_ux_start(r->route->upstream, head, 1, 0, &mg_wsp_sink, p, 0);
+        if (ux == NULL) {
+            mg_wsp_free(p);
+            return;
+        }
+        mg_ux_end(ux);
+    }
+}
