@@ -410,6 +410,10 @@ static void mg_ws_on_frame_start(wslay_event_context_ptr ctx,
     } else if (a->rsv) {
         mg_ws_fail(ws, 1002, "RSV bits on a control frame");
         return;
+    } else if (a->opcode == WSLAY_CONNECTION_CLOSE && a->payload_length == 1) {
+        /* before wslay answers it with an empty close */
+        mg_ws_fail(ws, 1002, "close frame with a 1-byte payload");
+        return;
     }
     if ((a->opcode == WSLAY_TEXT_FRAME || a->opcode == WSLAY_BINARY_FRAME ||
          a->opcode == WSLAY_CONTINUATION_FRAME) &&
@@ -721,6 +725,14 @@ static void mg_ws_after_io(mg_ws_t *ws, int rv)
 {
     if (ws->dead)
         return;
+    if (rv != 0 && !ws->client && !wslay_event_get_close_sent(ws->ctx)) {
+        /* wslay gave up on a frame it could not parse (an oversized or
+         * fragmented control frame): still tell the peer why, 1002 */
+        static const unsigned char close1002[] = {0x88, 0x02, 0x03, 0xea};
+        if (send(ws->fd, close1002, sizeof(close1002), MSG_NOSIGNAL) < 0) {
+            /* the peer is gone anyway */
+        }
+    }
     if (rv != 0 || (!wslay_event_want_read(ws->ctx) && !wslay_event_want_write(ws->ctx)) ||
         (wslay_event_get_close_received(ws->ctx) && wslay_event_get_close_sent(ws->ctx) &&
          !wslay_event_want_write(ws->ctx))) {
