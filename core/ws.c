@@ -59,6 +59,9 @@ struct mg_ws_s {
     int fail_code;   /* protocol failure to report */
     int dead;        /* freed at the next loop turn */
     int in_cb;       /* inside wslay_event_recv/send */
+    int rd_short;    /* the last read returned less than asked */
+    struct evbuffer *wbuf; /* a frame head waiting for its payload, or an unsent tail */
+    int wbuf_head;
     int notified;
     mg_ws_t *prev, *next;
 };
@@ -335,9 +338,16 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
         }
         return n;
     }
+    if (ws->rd_short) {
+        /* the last read drained the socket: no EAGAIN read needed, the
+         * (level-triggered) event fires again when more arrives */
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
     n = read(ws->fd, buf, len);
     if (n > 0) {
         ws->last_rx = mg_now();
+        ws->rd_short = (size_t)n < len;
         return n;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
@@ -348,20 +358,52 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
     return -1;
 }
 
+/* Writes what is held in ws->wbuf; MG_OK when it is empty. */
+static int mg_ws_wflush(mg_ws_t *ws)
+{
+    while (evbuffer_get_length(ws->wbuf)) {
+        int n = evbuffer_write(ws->wbuf, ws->fd);
+        if (n < 0)
+            return (errno == EAGAIN || errno == EINTR) ? MG_AGAIN : MG_ERR;
+    }
+    return MG_OK;
+}
+
+/* wslay hands a frame's head and payload over in separate calls (the head
+ * with WSLAY_MSG_MORE): hold the head and send both with one syscall. At
+ * most one frame's tail is held back, so wslay's queue still measures the
+ * backlog. */
 static ssize_t mg_ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
                              int flags, void *user)
 {
     mg_ws_t *ws = user;
+    int rc;
     ssize_t n;
-    (void)flags;
+
+    if (evbuffer_get_length(ws->wbuf) && !ws->wbuf_head) {
+        rc = mg_ws_wflush(ws);
+        if (rc != MG_OK)
+            goto fail;
+    }
+    if (flags & WSLAY_MSG_MORE) {
+        evbuffer_add(ws->wbuf, data, len);
+        ws->wbuf_head = 1;
+        return len;
+    }
+    if (ws->wbuf_head) {
+        ws->wbuf_head = 0;
+        evbuffer_add(ws->wbuf, data, len);
+        rc = mg_ws_wflush(ws);
+        if (rc == MG_ERR)
+            goto fail;
+        return len; /* the rest, if any, waits in wbuf */
+    }
     n = send(ws->fd, data, len, MSG_NOSIGNAL);
     if (n >= 0)
         return n;
-    if (errno == EAGAIN || errno == EINTR) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
-    }
-    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+    rc = (errno == EAGAIN || errno == EINTR) ? MG_AGAIN : MG_ERR;
+fail:
+    wslay_event_set_error(ctx, rc == MG_AGAIN ? WSLAY_ERR_WOULDBLOCK : WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
 }
 
@@ -562,6 +604,7 @@ mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const m
     ws->ops = ops;
     ws->ud = ud;
     ws->msg = evbuffer_new();
+    ws->wbuf = evbuffer_new();
     if (hs) {
         ws->pmd = hs->pmd;
         ws->pmd_client_nct = hs->pmd_client_nct;
@@ -612,6 +655,7 @@ static void mg_ws_free(mg_ws_t *ws)
         close(ws->fd);
     wslay_event_context_free(ws->ctx);
     evbuffer_free(ws->msg);
+    evbuffer_free(ws->wbuf);
     mg_ws_z_free_in(ws);
     if (ws->zout) {
         deflateEnd(ws->zout);
@@ -733,9 +777,15 @@ static void mg_ws_after_io(mg_ws_t *ws, int rv)
             /* the peer is gone anyway */
         }
     }
-    if (rv != 0 || (!wslay_event_want_read(ws->ctx) && !wslay_event_want_write(ws->ctx)) ||
-        (wslay_event_get_close_received(ws->ctx) && wslay_event_get_close_sent(ws->ctx) &&
-         !wslay_event_want_write(ws->ctx))) {
+    if (rv != 0) {
+        mg_ws_finish(ws);
+        return;
+    }
+    mg_ws_flush(ws); /* finishes the socket once both closes are done */
+    if (ws->dead)
+        return;
+    if (!wslay_event_want_read(ws->ctx) && !wslay_event_want_write(ws->ctx) &&
+        evbuffer_get_length(ws->wbuf) == 0) {
         mg_ws_finish(ws);
         return;
     }
@@ -743,7 +793,6 @@ static void mg_ws_after_io(mg_ws_t *ws, int rv)
         ws->closing = 1;
         mg_ws_arm(ws);
     }
-    mg_ws_flush(ws);
 }
 
 static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg)
@@ -752,6 +801,7 @@ static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg)
     int rv;
     (void)fd, (void)what;
     ws->in_cb = 1;
+    ws->rd_short = 0;
     rv = wslay_event_recv(ws->ctx);
     ws->in_cb = 0;
     mg_ws_after_io(ws, rv);
@@ -761,24 +811,30 @@ static void mg_ws_flush(mg_ws_t *ws)
 {
     int rv;
     size_t before = wslay_event_get_queued_msg_length(ws->ctx);
+    int pending;
     if (ws->dead)
         return;
-    if (wslay_event_want_write(ws->ctx)) {
+    if (!ws->wbuf_head && mg_ws_wflush(ws) == MG_ERR) {
+        mg_ws_finish(ws);
+        return;
+    }
+    if (wslay_event_want_write(ws->ctx) && evbuffer_get_length(ws->wbuf) == 0) {
         rv = wslay_event_send(ws->ctx);
         if (rv != 0) {
             mg_ws_finish(ws);
             return;
         }
     }
+    pending = wslay_event_want_write(ws->ctx) || evbuffer_get_length(ws->wbuf);
     if (wslay_event_get_close_sent(ws->ctx) && wslay_event_get_close_received(ws->ctx) &&
-        !wslay_event_want_write(ws->ctx)) {
+        !pending) {
         mg_ws_finish(ws);
         return;
     }
-    if (wslay_event_want_write(ws->ctx) && !ws->wr_on) {
+    if (pending && !ws->wr_on) {
         event_add(&ws->wev, NULL);
         ws->wr_on = 1;
-    } else if (!wslay_event_want_write(ws->ctx) && ws->wr_on) {
+    } else if (!pending && ws->wr_on) {
         event_del(&ws->wev);
         ws->wr_on = 0;
     }
@@ -937,7 +993,7 @@ void mg_ws_pause(mg_ws_t *ws, int on)
 
 size_t mg_ws_queued(mg_ws_t *ws)
 {
-    return wslay_event_get_queued_msg_length(ws->ctx);
+    return wslay_event_get_queued_msg_length(ws->ctx) + evbuffer_get_length(ws->wbuf);
 }
 
 /* After a reload: sockets of routes that ask for it are told to reconnect. */
