@@ -14,7 +14,7 @@ LIBS = $(shell pkg-config --libs luajit libevent libevent_openssl 2>/dev/null) -
 SAN ?=
 CFLAGS_ALL = $(CFLAGS_BASE) $(SAN) $(CFLAGS)
 # llhttp's generated C is not ours: build it with its own, relaxed flags
-LLHTTP_CFLAGS = -O2 -g -w -I$(LLHTTP_INC) $(SAN)
+LLHTTP_CFLAGS = -O2 -g -w -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) $(SAN)
 
 SRCS = $(wildcard core/*.c)
 BUILD ?= build

@@ -37,6 +37,9 @@ typedef struct {
     int upgrade;    /* parser paused for an upgrade: close after response */
     int handoff;    /* WebSocket: the socket goes to ws_http.c */
     const char *exec_start; /* input being parsed, to spot obs-fold */
+    int scan_done;          /* the request head was checked for bare LF */
+    int scan_nl;            /* CRLFs in a row */
+    char scan_prev;
     const char *val_end;    /* end of the last header value piece */
 } mg_xconn_t;
 
@@ -146,6 +149,8 @@ int mg_http_hop_by_hop(const char *n, size_t l)
                {"upgrade", 7},           {"proxy-connection", 16},
                {"proxy-authenticate", 18}, {"proxy-authorization", 19},
                {"content-length", 14}};
+    if (l >= 6 && strncasecmp(n, "proxy-", 6) == 0)
+        return 1; /* Proxy-Connection, Proxy-Authorization, ... */
     for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
         if (hop[i].l == l && strncasecmp(hop[i].s, n, l) == 0)
             return 1;
@@ -799,12 +804,46 @@ static void mg_conn_fail(mg_conn_t *c, int status)
         /* mid-response: the only signal left is closing */
         r->resp_done = 1;
         mg_conn_close_later(c);
+        return;
     }
+    if (r->co) {
+        /* the handler still runs: it keeps the request, the connection
+         * closes once the error is flushed */
+        c->req = NULL;
+        r->conn = NULL;
+        mg_lua_client_gone(r);
+    }
+}
+
+/* llhttp (8.1, even strict) takes a bare LF after the request line; RFC
+ * 9112 2.2 lets a server refuse it, and a proxy must, since the upstream
+ * may frame the message differently. Scans head bytes only, up to the
+ * blank line. Returns -1 on a bare LF. */
+static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n && !x->scan_done; i++) {
+        char ch = p[i];
+        if (ch == '\n') {
+            if (x->scan_prev != '\r')
+                return -1;
+            if (++x->scan_nl == 2)
+                x->scan_done = 1;
+        } else if (ch != '\r') {
+            x->scan_nl = 0;
+        }
+        x->scan_prev = ch;
+    }
+    return 0;
 }
 
 static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len)
 {
     llhttp_errno_t err;
+
+    if (!X(c)->scan_done && mg_http_scan_head(X(c), data, len) < 0) {
+        mg_conn_fail(c, 400);
+        return;
+    }
 
     X(c)->in_exec = 1;
     X(c)->exec_start = data;
@@ -872,6 +911,8 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r)
     }
     c->req = NULL;
     c->nreq++;
+    X(c)->scan_done = X(c)->scan_nl = 0;
+    X(c)->scan_prev = 0;
     mg_req_free(r);
 }
 
@@ -1060,23 +1101,25 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg)
+/* One read. Returns 1 when the socket may hold more (edge-triggered:
+ * keep reading until a short read), 0 when done or the connection went. */
+static int mg_conn_read_once(mg_conn_t *c, int fd)
 {
-    mg_conn_t *c = arg;
     ssize_t n;
-    (void)what;
 
     n = read(fd, mg_worker.scratch, sizeof(mg_worker.scratch));
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
-            return;
+            return 0;
         mg_conn_free(c);
-        return;
+        return 0;
     }
     if (X(c)->lingering) {
-        if (n == 0)
+        if (n == 0) {
             mg_conn_free(c);
-        return;
+            return 0;
+        }
+        return 1;
     }
     if (n == 0) {
         /* EOF: with nothing in progress, we are done; otherwise the client
@@ -1085,7 +1128,7 @@ static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg)
         mg_conn_read_enable(c, 0);
         if (c->req == NULL && c->in_len == 0) {
             mg_conn_free(c);
-            return;
+            return 0;
         }
         if (c->req && c->req->state != MG_REQ_DONE) {
             if (llhttp_finish(&c->parser) != HPE_OK || c->req->state != MG_REQ_DONE) {
@@ -1097,19 +1140,27 @@ static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg)
         }
         c->closing = c->req == NULL ? 1 : c->closing;
         mg_conn_advance(c);
-        return;
+        return 0;
     }
     if (c->tmode == MG_T_READ)
         mg_conn_arm(c, MG_T_READ);
     if (c->paused || c->closing) {
         if (!c->closing)
             mg_conn_save_input(c, mg_worker.scratch, n);
-        return;
+        return (size_t)n == sizeof(mg_worker.scratch) && !X(c)->dead && !c->rd_off;
     }
     if (c->req == NULL && c->tmode == MG_T_IDLE)
         mg_conn_arm(c, MG_T_HEADER);
     mg_conn_exec(c, mg_worker.scratch, n);
     mg_conn_advance(c);
+    return (size_t)n == sizeof(mg_worker.scratch) && !X(c)->dead && !c->rd_off;
+}
+
+static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    while (mg_conn_read_once(arg, fd))
+        ;
 }
 
 static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg)

@@ -3,6 +3,7 @@
 -- registers the coroutine entry point the core starts every Lua handler with.
 local core = require "moongate.core"
 local cjson = require "cjson.safe"
+local cjson_strict = require "cjson" -- raises: an unencodable response is a 500
 
 local type = type
 local pairs = pairs
@@ -83,7 +84,7 @@ end
 
 local function encode_body(body)
     if type(body) == "table" then
-        return cjson.encode(body), "application/json"
+        return cjson_strict.encode(body), "application/json"
     elseif body == nil then
         return "", nil
     end
@@ -166,7 +167,11 @@ _M.sleep = core.sleep
 _M.timer = core.timer
 _M.now = core.now
 _M.time = core.time
-_M.worker_id = core.worker_id
+-- moongate.worker_id: this worker's index (0-based), read when asked since
+-- the module loads before the workers fork
+setmetatable(_M, { __index = function(_, k)
+    if k == "worker_id" then return core.worker_id() end
+end })
 
 local log_mt = {
     __call = function(_, level, ...)

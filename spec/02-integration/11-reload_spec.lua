@@ -1,0 +1,204 @@
+-- SIGHUP reload as generations: a changed routes.lua serves the next
+-- request, a broken one is refused (old table keeps serving, the reason is
+-- logged as routes.lua:<line>:), reloads under load lose no request, and a
+-- request in flight finishes on the generation it started on.
+local helpers = require "spec.helpers"
+local json = helpers.json
+
+local function routes(gen)
+    return ([=[
+local moongate = require "moongate"
+return {
+  { path = "/gen", handler = function() return 200, "GEN" end },
+  { path = "/slow", handler = function()
+      moongate.sleep(1)
+      return 200, "slow-GEN"
+  end },
+  { path = "/only-GEN", handler = function() return 200, "only" end },
+  { prefix = "/up", upstream = "up", strip_prefix = true },
+}
+]=]):gsub("GEN", gen)
+end
+
+describe("reload", function()
+    local a, b, mg
+
+    lazy_setup(function()
+        a = helpers.start_upstream()
+        b = helpers.start_upstream()
+        mg = helpers.start_moongate({ name = "reload", upstream = a, routes = routes("v1"), workers = 2,
+            vars = { UPSTREAM_B = b.url } })
+    end)
+
+    lazy_teardown(function()
+        if mg then
+            mg:stop()
+        end
+        helpers.stop(a and a.pid)
+        helpers.stop(b and b.pid)
+        helpers.cleanup()
+    end)
+
+    -- body of GET path on a new connection
+    local function get(path)
+        local st, _, body = helpers.http(mg.port, "GET", path, { headers = { "Connection: close" } })
+        return st, body
+    end
+
+    -- every one of n requests (new connections: both workers) answers want
+    local function all_say(path, want, n)
+        for _ = 1, n or 10 do
+            local st, body = get(path)
+            if st ~= 200 or body ~= want then
+                return false, st .. " " .. tostring(body)
+            end
+        end
+        return true
+    end
+
+    local function set_gen(gen)
+        mg:write_routes(routes(gen))
+        mg:reload()
+        assert.truthy(helpers.wait_until(function()
+            return all_say("/gen", gen, 6)
+        end, 5), "generation " .. gen .. " never served")
+    end
+
+    it("applies a changed routes.lua on the next requests", function()
+        assert.truthy(all_say("/gen", "v1"))
+        mg:write_routes(routes("v2"))
+        mg:reload()
+        assert.truthy(helpers.wait_until(function()
+            return all_say("/gen", "v2", 10)
+        end, 3), "v2 not served by every worker after SIGHUP")
+        assert.equal(200, (get("/only-v2")))
+        assert.equal(404, (get("/only-v1")))
+    end)
+
+    it("keeps the old table when routes.lua has a syntax error", function()
+        set_gen("v3")
+        mg:write_routes("return {\n  { path = \"/gen\", handler = function() return 200, 'broken' end },\n"
+            .. "  { path = = \"/x\" },\n}\n")
+        mg:reload(1)
+        assert.truthy(all_say("/gen", "v3", 10))
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():match("routes%.lua:3:")
+        end, 3), "no routes.lua:3: in the log:\n" .. mg:log():sub(-2000))
+        -- the fixed file takes effect on the next request
+        mg:write_routes(routes("v4"))
+        mg:reload()
+        assert.truthy(helpers.wait_until(function()
+            return all_say("/gen", "v4", 10)
+        end, 3), "the fixed routes.lua was not applied")
+    end)
+
+    it("keeps the old table when routes.lua raises while loading", function()
+        set_gen("v5")
+        mg:write_routes("local x = 1\nlocal y = 2\nerror('load-failure-9241')\nreturn {}\n")
+        mg:reload(1)
+        assert.truthy(all_say("/gen", "v5", 10))
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():match("routes%.lua:3:[^\n]*load%-failure%-9241")
+        end, 3), "no routes.lua:3: load-failure in the log:\n" .. mg:log():sub(-2000))
+    end)
+
+    it("keeps the old table when a route is invalid", function()
+        set_gen("v6")
+        mg:write_routes("return {\n  { path = \"/gen\", handler = function() return 200, 'bad' end },\n"
+            .. "  { prefix = \"/z\", upstream = \"no-such-upstream\" },\n}\n")
+        mg:reload(1)
+        assert.truthy(all_say("/gen", "v6", 10))
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():match("routes%.lua:%d+:[^\n]*no%-such%-upstream")
+        end, 3), "the refused route is not in the log:\n" .. mg:log():sub(-2000))
+    end)
+
+    it("loses no request under load while reloading", function()
+        set_gen("v1")
+        local jobs = {}
+        local base = "http://127.0.0.1:" .. mg.port
+        local function curl_loop(path, n, extra)
+            -- one curl, n sequential requests (keep-alive unless extra says so)
+            return helpers.spawn(string.format("curl -s -o /dev/null -w '%%{http_code}\\n' %s %s",
+                extra or "", helpers.shq(base .. path .. "?[1-" .. n .. "]")))
+        end
+        for _ = 1, 3 do
+            jobs[#jobs + 1] = curl_loop("/gen", 400)
+        end
+        jobs[#jobs + 1] = curl_loop("/gen", 200, "-H 'Connection: close'")
+        jobs[#jobs + 1] = curl_loop("/up/echo", 300)
+        jobs[#jobs + 1] = curl_loop("/up/echo", 150, "-H 'Connection: close'")
+
+        local reloads, i = 0, 0
+        local t0 = helpers.now()
+        local function running()
+            for _, j in ipairs(jobs) do
+                if not j.done() then
+                    return true
+                end
+            end
+        end
+        while running() and helpers.now() - t0 < 60 do
+            i = i + 1
+            mg:write_routes(routes(i % 2 == 0 and "v1" or "v2"))
+            mg:reload(0.1)
+            reloads = reloads + 1
+        end
+        local total, bad = 0, {}
+        for _, j in ipairs(jobs) do
+            local out = j:wait(10)
+            for code in out:gmatch("%d+") do
+                total = total + 1
+                if code ~= "200" then
+                    bad[#bad + 1] = code
+                end
+            end
+        end
+        print(string.format("\n  %d requests, %d reloads in %.1f s", total, reloads, helpers.now() - t0))
+        assert.equal(1850, total)
+        assert.truthy(reloads >= 3, "the load ended before " .. reloads .. " reloads")
+        assert.equal(0, #bad, #bad .. " failures: " .. table.concat(bad, ","))
+        assert.truthy(helpers.alive(mg.pid))
+    end)
+
+    it("finishes a request in flight on the generation it started on", function()
+        set_gen("v7")
+        local slow = helpers.http_async(mg.port, "GET", "/slow")
+        helpers.sleep(0.3)
+        mg:write_routes(routes("v8"))
+        mg:reload(0.3)
+        assert.truthy(helpers.wait_until(function()
+            return all_say("/gen", "v8", 4)
+        end, 3))
+        local st, body = slow:wait(5)
+        assert.equal(200, st)
+        assert.equal("slow-v7", body)
+        assert.equal("slow-v8", select(2, get("/slow")))
+    end)
+
+    it("re-reads the conf file on SIGHUP (upstream servers)", function()
+        set_gen("v9")
+        local st, body = get("/up/who")
+        assert.equal(200, st)
+        assert.equal(a.port, json.decode(body).server_port)
+        mg:write_conf('return { listen = "127.0.0.1:$PORT", workers = 2,\n'
+            .. '  upstreams = { up = { servers = { "$UPSTREAM_B" } } } }\n')
+        mg:reload()
+        assert.truthy(helpers.wait_until(function()
+            for _ = 1, 6 do
+                local s, bd = get("/up/who")
+                if s ~= 200 or json.decode(bd).server_port ~= b.port then
+                    return false
+                end
+            end
+            return true
+        end, 3), "the new upstream server was not used after SIGHUP")
+    end)
+
+    it("never stops on SIGHUP", function()
+        assert.truthy(helpers.alive(mg.pid))
+        assert.is_nil(mg:exit_code())
+        assert.equal(2, #mg:workers())
+        assert.equal(200, (get("/gen")))
+    end)
+end)
