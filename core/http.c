@@ -223,6 +223,19 @@ static void mg_req_free(mg_req_t *r)
     }
 }
 
+const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len)
+{
+    size_t nl = strlen(name);
+    for (int i = 0; i < r->nhdrs; i++) {
+        mg_hdr_t *h = &r->hdrs[i];
+        if (h->nlen == nl && strncasecmp(r->hbuf + h->noff, name, nl) == 0 && nth-- == 0) {
+            *len = h->vlen;
+            return r->hbuf + h->voff;
+        }
+    }
+    return NULL;
+}
+
 const char *mg_req_header(mg_req_t *r, const char *name, size_t *len)
 {
     size_t nl = strlen(name);

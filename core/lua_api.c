@@ -95,9 +95,12 @@ void mg_co_resume(mg_co_t *co, int nargs)
         lua_State *L = co->gen->L;
         const char *msg = lua_tostring(co->L, -1);
         luaL_traceback(L, co->L, msg ? msg : "(error object is not a string)", 0);
-        mg_error("%s%s: lua error: %s", co->req ? "request " : "timer",
+        mg_error("%s%s: lua error: %s",
+                 co->req ? "request " : co->lws ? "websocket handler" : "timer",
                  co->req ? co->req->request_id : "", lua_tostring(L, -1));
         lua_pop(L, 1);
+        if (co->lws)
+            mg_lua_ws_error(co);
         if (co->req && !co->req->resp_started)
             mg_resp_json_error(co->req, 500, "internal error");
         else if (co->req)

@@ -38,5 +38,6 @@ void mg_co_resume(mg_co_t *co, int nargs);
 mg_co_t *mg_co_check(lua_State *L, const char *what);
 void mg_push_req(lua_State *L, mg_req_t *r);
 void mg_lua_ws_co_end(mg_co_t *co); /* lua_ws.c: the owner coroutine ended */
+void mg_lua_ws_error(mg_co_t *co);  /* the handler raised: close with 1011 */
 
 #endif

@@ -178,7 +178,10 @@ static int mg_lws_index(lua_State *L)
     mg_lws_t *l = mg_lws_check(L);
     const char *k = luaL_checkstring(L, 2);
     if (strcmp(k, "protocol") == 0) {
-        lua_pushstring(L, l->protocol);
+        if (l->protocol[0])
+            lua_pushstring(L, l->protocol);
+        else
+            lua_pushnil(L);
         return 1;
     }
     if (strcmp(k, "closed") == 0) {
@@ -213,6 +216,12 @@ void mg_lua_ws_open_api(lua_State *L)
     lua_pushcfunction(L, mg_lws_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
+}
+
+void mg_lua_ws_error(mg_co_t *co)
+{
+    if (co->lws && co->lws->ws)
+        mg_ws_close(co->lws->ws, 1011, "internal error");
 }
 
 void mg_lua_ws_co_end(mg_co_t *co)

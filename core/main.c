@@ -56,6 +56,32 @@ static void mg_versions(void)
     printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
 }
 
+/* SO_REUSEPORT would let a second moongate share the port silently: a
+ * plain bind first tells whether someone already listens there. */
+static int mg_listen_free(mg_addr_t *a)
+{
+    struct addrinfo hints, *res = NULL;
+    char port[16];
+    int fd, one = 1, ok = 1;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(port, sizeof(port), "%d", a->port);
+    if (getaddrinfo(a->host, port, &hints, &res) != 0 || res == NULL)
+        return 1; /* mg_listen_one reports it */
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 && errno == EADDRINUSE)
+            ok = 0;
+        close(fd);
+    }
+    freeaddrinfo(res);
+    if (!ok)
+        mg_error("listen %s:%d: address already in use", a->host, a->port);
+    return ok;
+}
+
 static int mg_listen_one(mg_addr_t *a)
 {
     struct addrinfo hints, *res = NULL;
@@ -172,9 +198,17 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg)
         return;
     }
     /* TERM / INT: graceful stop */
-    if (!mg_master_stopping)
+    if (!mg_master_stopping) {
         mg_info("stopping: waiting for in-flight requests (drain %.1fs)",
                 mg_gen_current->timeouts.drain / 1000.0);
+        /* our copies of the listening sockets go too */
+        for (i = 0; i < mg_nslots; i++)
+            for (int k = 0; k < mg_nlisten; k++)
+                if (mg_slots[i].fds[k] >= 0) {
+                    close(mg_slots[i].fds[k]);
+                    mg_slots[i].fds[k] = -1;
+                }
+    }
     mg_master_stopping = 1;
     {
         int alive = 0;
@@ -230,6 +264,9 @@ int main(int argc, char **argv)
     mg_nslots = gen->workers > 0 ? gen->workers : 1;
     mg_nlisten = gen->nlisten;
     mg_slots = calloc(mg_nslots, sizeof(mg_slot_t));
+    for (k = 0; k < mg_nlisten; k++)
+        if (!mg_listen_free(&gen->listen[k]))
+            return 1;
     for (i = 0; i < mg_nslots; i++) {
         mg_slots[i].fds = calloc(mg_nlisten ? mg_nlisten : 1, sizeof(int));
         for (k = 0; k < mg_nlisten; k++) {

@@ -232,6 +232,8 @@ void mg_resp_json_error(mg_req_t *r, int status, const char *msg);
 void mg_req_target_done(mg_req_t *r); /* target finished with the response */
 void mg_req_abort(mg_req_t *r);        /* target failed mid-response: close */
 const char *mg_req_header(mg_req_t *r, const char *name, size_t *len);
+/* The nth (0-based) header line with this name, or NULL. */
+const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len);
 const char *mg_status_text(int status);
 int mg_http_hop_by_hop(const char *name, size_t len);
 double mg_now(void);

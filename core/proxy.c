@@ -282,8 +282,13 @@ static int mg_proxy_on_body(void *ud, const char *data, size_t len)
 static void mg_proxy_on_flush(void *ud)
 {
     mg_req_t *r = ud;
-    if (r->conn)
-        mg_conn_flush(r->conn);
+    if (r->conn == NULL)
+        return;
+    mg_conn_flush(r->conn);
+    /* the write may have drained it all: then no write event will come
+     * to resume the upstream, so do it here */
+    if (r->ux && r->conn && mg_conn_pending(r->conn) < MG_LOW_WATER)
+        mg_ux_pause(r->ux, 0);
 }
 
 static void mg_proxy_on_done(void *ud)

@@ -63,11 +63,20 @@ static void mg_accept_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Stopping: close the listening sockets, so that the kernel sends new
+ * connections elsewhere (or refuses them) instead of queueing them here. */
 void mg_server_stop_accept(void)
 {
-    for (int i = 0; i < mg_worker.nfd; i++)
-        if (mg_worker.lev[i])
-            event_del(mg_worker.lev[i]);
+    for (int i = 0; i < mg_worker.nfd; i++) {
+        if (mg_worker.lev[i]) {
+            event_free(mg_worker.lev[i]);
+            mg_worker.lev[i] = NULL;
+        }
+        if (mg_worker.fds[i] >= 0) {
+            close(mg_worker.fds[i]);
+            mg_worker.fds[i] = -1;
+        }
+    }
 }
 
 static void mg_worker_stop_check(evutil_socket_t fd, short what, void *arg)
@@ -103,6 +112,7 @@ static void mg_worker_signal_cb(evutil_socket_t sig, short what, void *arg)
     mg_server_stop_accept();
     mg_http_close_idle();
     mg_ws_close_all(1001, "server shutting down");
+    mg_ws_tunnels_close_all();
     mg_worker_stop_deadline = mg_now() + mg_gen_current->timeouts.drain / 1000.0;
     {
         struct timeval tv = {0, 50000};

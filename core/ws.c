@@ -63,6 +63,7 @@ struct mg_ws_s {
     struct evbuffer *wbuf; /* a frame head waiting for its payload, or an unsent tail */
     int wbuf_head;
     int notified;
+    char close_reason[124]; /* the peer's, UTF-8 checked */
     mg_ws_t *prev, *next;
 };
 
@@ -272,6 +273,10 @@ int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why)
         return 426;
     }
     key = mg_req_header(r, "sec-websocket-key", &kl);
+    if (mg_req_header_n(r, "sec-websocket-key", 1, &vl) != NULL) {
+        *why = "repeated Sec-WebSocket-Key";
+        return 400;
+    }
     if (key == NULL || kl != 24 || EVP_DecodeBlock(raw, (const unsigned char *)key, 24) != 18 ||
         key[22] != '=' || key[23] != '=') {
         *why = "bad Sec-WebSocket-Key";
@@ -293,9 +298,11 @@ int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why)
         }
     }
     mg_ws_accept_for(key, kl, hs->accept);
-    v = mg_req_header(r, "sec-websocket-protocol", &vl);
-    if (v && wc->nprotocols) {
-        /* the client's order of preference wins among the route's */
+    /* repeated header lines form one list (RFC 6455 11.3.4); the
+     * client's order of preference wins among the route's protocols */
+    for (int line = 0; wc->nprotocols && !hs->protocol[0] &&
+                       (v = mg_req_header_n(r, "sec-websocket-protocol", line, &vl)) != NULL;
+         line++) {
         size_t i = 0;
         while (i < vl && !hs->protocol[0]) {
             size_t s, e;
@@ -311,11 +318,11 @@ int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why)
                     memcpy(hs->protocol, v + s, e - s);
         }
     }
-    if (wc->deflate && wc->mode != MG_WS_TUNNEL) {
-        v = mg_req_header(r, "sec-websocket-extensions", &vl);
-        if (v)
+    if (wc->deflate && wc->mode != MG_WS_TUNNEL)
+        for (int line = 0; !hs->pmd &&
+                           (v = mg_req_header_n(r, "sec-websocket-extensions", line, &vl)) != NULL;
+             line++)
             mg_ws_negotiate_pmd(v, vl, hs);
-    }
     return 0;
 }
 
@@ -338,7 +345,7 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
         }
         return n;
     }
-    if (ws->rd_short) {
+    if (ws->rd_short || ws->rd_off) {
         /* the last read drained the socket: no EAGAIN read needed, the
          * (level-triggered) event fires again when more arrives */
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
@@ -558,6 +565,13 @@ static void mg_ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_o
                 mg_ws_fail(ws, 1002, "invalid close code");
             else if (mg_utf8_run(0, a->msg + 2, a->msg_length - 2) != 0)
                 mg_ws_fail(ws, 1007, "close reason is not UTF-8");
+            else {
+                size_t rl = a->msg_length - 2 < sizeof(ws->close_reason) - 1
+                                ? a->msg_length - 2
+                                : sizeof(ws->close_reason) - 1;
+                memcpy(ws->close_reason, a->msg + 2, rl);
+                ws->close_reason[rl] = '\0';
+            }
         }
     }
 }
@@ -584,7 +598,7 @@ static void mg_ws_arm(mg_ws_t *ws)
     if (ws->conf->hb_timeout && (ms == 0 || ws->conf->hb_timeout < ms))
         ms = ws->conf->hb_timeout;
     if (ws->closing)
-        ms = MG_WS_CLOSE_WAIT_MS;
+        ms = mg_worker.stopping ? 1000 : MG_WS_CLOSE_WAIT_MS;
     if (ms > 0)
         event_add(&ws->tev, mg_timeout_tv(ms));
 }
@@ -711,7 +725,7 @@ static void mg_ws_finish(mg_ws_t *ws)
                                                    : 1006;
     if (ws->ops && !ws->notified) {
         ws->notified = 1;
-        ws->ops->on_close(ws->ud, ws, code, "");
+        ws->ops->on_close(ws->ud, ws, code, ws->close_reason);
     }
     evtimer_assign(&ws->tev, mg_worker.base, mg_ws_dead_cb, ws);
     event_add(&ws->tev, &zero);
@@ -863,9 +877,9 @@ static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (wc->hb_timeout && now - ws->last_rx >= wc->hb_timeout * 0.95 / 1000.0) {
         mg_debug("websocket: peer silent for %.1fs, closing", now - ws->last_rx);
+        /* a dead peer will not answer the close: send it and go */
         mg_ws_close(ws, 1001, "peer timed out");
-        if (!ws->dead)
-            mg_ws_arm(ws);
+        mg_ws_finish(ws);
         return;
     }
     if (wc->hb_interval && now - ws->last_hb >= wc->hb_interval * 0.9 / 1000.0) {

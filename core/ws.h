@@ -74,6 +74,7 @@ void mg_ws_accept_for(const char *key, size_t len, char *out);
 
 /* ws_http.c: hand-off from the HTTP connection */
 void mg_ws_takeover(mg_req_t *r, int fd, const char *pre, size_t pre_len);
+void mg_ws_tunnels_close_all(void);
 
 /* lua_ws.c */
 void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre, size_t len);

@@ -222,7 +222,8 @@ static const mg_ux_sink_t mg_wsp_sink = {
 
 /* ---- tunnel ---- */
 
-typedef struct {
+typedef struct mg_tunnel_s {
+    struct mg_tunnel_s *prev, *next;
     int fd[2];           /* 0 client, 1 upstream */
     struct evbuffer *out[2]; /* pending bytes towards fd[i] */
     struct event rev[2], wev[2], tev;
@@ -232,8 +233,16 @@ typedef struct {
     mg_gen_t *gen;
 } mg_tunnel_t;
 
+static mg_tunnel_t *mg_tunnels;
+
 static void mg_tunnel_free(mg_tunnel_t *t)
 {
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        mg_tunnels = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
     for (int i = 0; i < 2; i++) {
         event_del(&t->rev[i]);
         event_del(&t->wev[i]);
@@ -391,12 +400,23 @@ static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, cons
         event_add(&t->tev, mg_timeout_tv(t->idle_ms));
     mg_worker.active++;
     mg_ws_sockets++;
+    t->next = mg_tunnels;
+    if (mg_tunnels)
+        mg_tunnels->prev = t;
+    mg_tunnels = t;
     /* bytes that came early, in either direction */
     if (p->pre_len)
         mg_tunnel_pass(t, 0, p->pre, p->pre_len);
     if (extralen)
         mg_tunnel_pass(t, 1, extra, extralen);
     mg_wsp_free(p);
+}
+
+/* Stopping: a tunnel has no close handshake to offer, so it just ends. */
+void mg_ws_tunnels_close_all(void)
+{
+    while (mg_tunnels)
+        mg_tunnel_free(mg_tunnels);
 }
 
 /* ---- relay ---- */
