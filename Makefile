@@ -4,7 +4,8 @@ CC ?= cc
 LLHTTP_SRC ?= /usr/share/llhttp
 LLHTTP_INC ?= /usr/share/include/llhttp
 PKGS = libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev libssl-dev lua-cjson lua-busted \
-       lua-check node-llhttp zlib1g-dev lua-socket curl python3 pkg-config clang-format
+       lua-check node-llhttp zlib1g-dev lua-socket curl python3 python3-websockets nodejs node-ws \
+       chromium pkg-config clang-format
 DEPS_STAMP = .deps-ok
 
 CFLAGS_BASE = -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -Icore -I$(LLHTTP_INC) \

@@ -259,15 +259,21 @@ static void mg_gen_free_ws(mg_ws_conf_t *w)
     free(w);
 }
 
-static int mg_gen_read_routes(mg_gen_t *g, lua_State *L, int routes, char *err, size_t errlen)
+/* Appends the routes of one table (server) to g->routes. */
+static int mg_gen_read_routes(mg_gen_t *g, lua_State *L, int routes, int server, char *err,
+                              size_t errlen)
 {
     int i, n = (int)lua_objlen(L, routes);
+    mg_route_t *nr = realloc(g->routes, sizeof(mg_route_t) * (g->nroutes + n + 1));
 
-    g->routes = calloc(n ? n : 1, sizeof(mg_route_t));
-    if (g->routes == NULL)
+    if (nr == NULL)
         return MG_ERR;
+    g->routes = nr;
+    memset(g->routes + g->nroutes, 0, sizeof(mg_route_t) * (n + 1));
     for (i = 1; i <= n; i++) {
         mg_route_t *r = &g->routes[g->nroutes++];
+        r->server = server;
+        r->access_ref = LUA_NOREF;
         int t;
         char *kind, *up, cerr[200];
         lua_rawgeti(L, routes, i);
@@ -323,6 +329,11 @@ static int mg_gen_read_routes(mg_gen_t *g, lua_State *L, int routes, char *err, 
             r->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
         else
             lua_pop(L, 1);
+        lua_getfield(L, t, "access");
+        if (lua_istable(L, -1) && lua_objlen(L, -1) > 0)
+            r->access_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        else
+            lua_pop(L, 1);
         lua_pop(L, 1);
         if (r->rule == NULL || (r->upstream == NULL && r->handler_ref == LUA_NOREF)) {
             snprintf(err, errlen, "route #%d: no rule or target", r->index);
@@ -333,6 +344,40 @@ static int mg_gen_read_routes(mg_gen_t *g, lua_State *L, int routes, char *err, 
             return MG_ERR;
         }
     }
+    return MG_OK;
+}
+
+/* conf.servers: more listeners, each with its own route table. */
+static int mg_gen_read_servers(mg_gen_t *g, lua_State *L, int genidx, char *err, size_t errlen)
+{
+    int i, n, k, nl;
+    lua_getfield(L, genidx, "servers");
+    n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    for (i = 1; i <= n; i++) {
+        int t;
+        lua_rawgeti(L, -1, i);
+        t = lua_gettop(L);
+        lua_getfield(L, t, "listen");
+        nl = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+        g->listen = realloc(g->listen, sizeof(mg_addr_t) * (g->nlisten + nl + 1));
+        for (k = 1; k <= nl; k++) {
+            char *h;
+            mg_addr_t *a = &g->listen[g->nlisten++];
+            lua_rawgeti(L, -1, k);
+            h = mg_gen_field_str(L, lua_gettop(L), "host");
+            snprintf(a->host, sizeof(a->host), "%s", h ? h : "127.0.0.1");
+            free(h);
+            a->port = mg_gen_field_int(L, lua_gettop(L), "port", 0);
+            a->server = i;
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, t, "routes");
+        if (lua_istable(L, -1) && mg_gen_read_routes(g, L, lua_gettop(L), i, err, errlen) != MG_OK)
+            return MG_ERR;
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
     return MG_OK;
 }
 
@@ -419,9 +464,11 @@ mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen)
         snprintf(err, errlen, "%s: routes missing", conf_file);
         goto fail;
     }
-    if (mg_gen_read_routes(g, L, lua_gettop(L), err, errlen) != MG_OK)
+    if (mg_gen_read_routes(g, L, lua_gettop(L), 0, err, errlen) != MG_OK)
         goto fail;
     lua_pop(L, 1);
+    if (mg_gen_read_servers(g, L, genidx, err, errlen) != MG_OK)
+        goto fail;
     mg_gen_read_desc(g, L, loader, genidx);
     /* keep the generation table alive for handlers that close over it */
     lua_setfield(L, LUA_REGISTRYINDEX, "moongate.gen");

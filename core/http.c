@@ -23,6 +23,7 @@
 #include <arpa/inet.h>
 #include <time.h>
 #include <unistd.h>
+#include <lauxlib.h>
 
 enum { MG_T_NONE, MG_T_HEADER, MG_T_IDLE, MG_T_READ, MG_T_WRITE, MG_T_LINGER };
 
@@ -50,12 +51,15 @@ static int mg_http_on_url(llhttp_t *p, const char *at, size_t len);
 static int mg_http_on_header_field(llhttp_t *p, const char *at, size_t len);
 static int mg_http_on_header_value(llhttp_t *p, const char *at, size_t len);
 static int mg_http_on_headers_complete(llhttp_t *p);
+static void mg_http_dispatch(mg_req_t *r);
+
 static int mg_http_on_body(llhttp_t *p, const char *at, size_t len);
 static int mg_http_on_message_complete(llhttp_t *p);
 static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg);
 static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void mg_conn_advance(mg_conn_t *c);
+static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len);
 static void mg_conn_close_later(mg_conn_t *c);
 static void mg_conn_arm(mg_conn_t *c, int mode);
 static void mg_req_free(mg_req_t *r);
@@ -200,6 +204,7 @@ static mg_req_t *mg_req_new(mg_conn_t *c)
     }
     r->conn = c;
     r->gen = g;
+    r->access_req_ref = LUA_NOREF;
     mg_gen_retain(g);
     r->clen = -1;
     r->host_idx = r->xrid_idx = -1;
@@ -211,6 +216,14 @@ static mg_req_t *mg_req_new(mg_conn_t *c)
 static void mg_req_free(mg_req_t *r)
 {
     mg_worker.inflight--;
+    if (r->xhdrs) {
+        evbuffer_free(r->xhdrs);
+        r->xhdrs = NULL;
+    }
+    if (r->access_req_ref != LUA_NOREF) {
+        luaL_unref(r->gen->L, LUA_REGISTRYINDEX, r->access_req_ref);
+        r->access_req_ref = LUA_NOREF;
+    }
     mg_gen_release(r->gen);
     if (mg_req_free_count < 256) {
         r->next_free = mg_req_free_list;
@@ -698,7 +711,8 @@ static int mg_http_on_headers_complete(llhttp_t *p)
         host = r->hbuf + r->hdrs[r->host_idx].voff;
         hostlen = r->hdrs[r->host_idx].vlen;
     }
-    r->route = mg_route_match(r->gen, r->method, host, hostlen, r->hbuf, r->path_len, NULL, NULL);
+    r->route = mg_route_match(r->gen, mg_gen_server_of(r->gen, c->lidx), r->method, host, hostlen,
+                              r->hbuf, r->path_len, NULL, NULL);
     if (r->route == NULL) {
         r->resp_close = !(r->clen <= 0 && !r->chunked);
         mg_resp_json_error(r, 404, "no route");
@@ -708,9 +722,26 @@ static int mg_http_on_headers_complete(llhttp_t *p)
         mg_resp_json_error(r, 413, "request body too large");
         return 0;
     }
+    /* access hooks first; Lua handler routes run them in the handler's
+     * own coroutine (moongate.run), the others in one of their own */
+    if (r->route->access_ref != LUA_NOREF && (r->route->upstream || r->route->ws)) {
+        r->access_state = MG_ACCESS_RUNNING;
+        mg_lua_access_start(r);
+        if (r->access_state == MG_ACCESS_RUNNING)
+            return HPE_PAUSED; /* the body waits until the hook decides */
+        if (r->access_state == MG_ACCESS_DENIED)
+            return 0;
+    }
+    mg_http_dispatch(r);
+    return 0;
+}
+
+static void mg_http_dispatch(mg_req_t *r)
+{
+    mg_conn_t *c = r->conn;
     if (r->route->ws) {
         mg_http_ws_route(r);
-        return 0;
+        return;
     }
     if (r->expect_continue && (r->clen > 0 || r->chunked))
         evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
@@ -718,8 +749,30 @@ static int mg_http_on_headers_complete(llhttp_t *p)
         mg_proxy_start(r);
     else
         mg_lua_handler_start(r);
+}
+
+int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len)
+{
+    const char *p, *end;
+    if (r->xhdrs == NULL)
+        return 0;
+    p = (const char *)evbuffer_pullup(r->xhdrs, -1);
+    end = p + evbuffer_get_length(r->xhdrs);
+    while (p < end) {
+        const char *colon = memchr(p, ':', end - p), *eol;
+        if (colon == NULL)
+            break;
+        if ((size_t)(colon - p) == len && strncasecmp(p, name, len) == 0)
+            return 1;
+        eol = memchr(colon, '\n', end - colon);
+        if (eol == NULL)
+            break;
+        p = eol + 1;
+    }
     return 0;
 }
+
+static void mg_http_dispatch(mg_req_t *r);
 
 static int mg_http_on_body(llhttp_t *p, const char *at, size_t len)
 {
@@ -986,6 +1039,36 @@ static void mg_conn_advance(mg_conn_t *c)
     mg_conn_flush(c);
 }
 
+void mg_http_access_finish(mg_req_t *r)
+{
+    mg_conn_t *c = r->conn;
+    if (c == NULL) {
+        mg_req_free(r);
+        return;
+    }
+    if (r->access_state == MG_ACCESS_DENIED)
+        r->resp_done = 1;
+    if (X(c)->in_exec)
+        return; /* decided at once: on_headers_complete goes on */
+    if (r->access_state == MG_ACCESS_OK)
+        mg_http_dispatch(r);
+    /* the parser stopped after the head: read on (the body, or the end) */
+    if (c->paused && !X(c)->dead && r->state != MG_REQ_DONE) {
+        char *data = c->in;
+        size_t len = c->in_len;
+        c->paused = 0;
+        llhttp_resume(&c->parser);
+        c->in = NULL;
+        c->in_len = c->in_cap = 0;
+        /* even with no bytes: llhttp then runs what needs no input (the
+         * end of a bodyless message) */
+        mg_conn_exec(c, data ? data : "", len);
+        free(data);
+        mg_conn_read_enable(c, 1);
+    }
+    mg_conn_advance(c);
+}
+
 void mg_req_target_done(mg_req_t *r)
 {
     mg_conn_t *c = r->conn;
@@ -1197,7 +1280,7 @@ static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg)
         mg_conn_advance(c);
 }
 
-void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen)
+void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx)
 {
     mg_xconn_t *x = calloc(1, sizeof(*x));
     mg_conn_t *c = &x->c;
@@ -1214,6 +1297,7 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen)
         return;
     }
     c->fd = fd;
+    c->lidx = lidx;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     memcpy(&c->peer, sa, salen < sizeof(c->peer) ? salen : sizeof(c->peer));
     if (sa->sa_family == AF_INET)

@@ -23,6 +23,9 @@ static int mg_http_on_body(void *ud, const char *data, size_t len);
 static void mg_http_on_done(void *ud);
 static void mg_http_on_error(void *ud, int status, const char *msg);
 
+static void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype);
+static mg_req_t *mg_co_req(lua_State *L, const char *what);
+
 static const mg_ux_sink_t mg_lua_http_sink = {
     .on_head = mg_http_on_head,
     .on_body = mg_http_on_body,
@@ -65,6 +68,19 @@ static void mg_co_end(mg_co_t *co)
     mg_req_t *r = co->req;
     if (co->lws)
         mg_lua_ws_co_end(co);
+    if (co->access && r) {
+        r->co = NULL;
+        co->req = NULL;
+        if (r->resp_started)
+            r->access_state = MG_ACCESS_DENIED;
+        else if (r->access_state == MG_ACCESS_RUNNING)
+            r->access_state = MG_ACCESS_DENIED; /* the hook failed */
+        if (r->access_state == MG_ACCESS_DENIED && !r->resp_started)
+            mg_resp_json_error(r, 500, "internal error");
+        mg_co_free(co);
+        mg_http_access_finish(r);
+        return;
+    }
     if (r) {
         r->co = NULL;
         co->req = NULL;
@@ -186,7 +202,8 @@ void mg_push_req(lua_State *L, mg_req_t *r)
     }
     lua_createtable(L, 0, 2);
     if (r->route->has_params &&
-        mg_route_match(r->gen, r->method, host, hostlen, r->hbuf, r->path_len, params, &np) ==
+        mg_route_match(r->gen, r->route->server, r->method, host, hostlen, r->hbuf, r->path_len,
+                       params, &np) ==
             r->route) {
         for (i = 0; i < np; i++) {
             lua_pushlstring(L, params[i].name, params[i].nlen);
@@ -195,6 +212,51 @@ void mg_push_req(lua_State *L, mg_req_t *r)
         }
     }
     lua_setfield(L, -2, "params");
+}
+
+/* The route's access hooks, in a coroutine of their own (upstream and
+ * WebSocket routes). moongate.run_access answers the client itself when a
+ * hook says no, and calls core.access_done() when all say yes. */
+void mg_lua_access_start(mg_req_t *r)
+{
+    lua_State *L = r->gen->L;
+    mg_co_t *co = mg_co_new(r->gen);
+
+    if (co == NULL) {
+        mg_resp_json_error(r, 500, "out of memory");
+        r->access_state = MG_ACCESS_DENIED;
+        return;
+    }
+    co->req = r;
+    co->access = 1;
+    r->co = co;
+    co->body = evbuffer_new();
+    lua_getfield(L, LUA_REGISTRYINDEX, "moongate.run_access");
+    lua_xmove(L, co->L, 1);
+    lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->access_ref);
+    mg_push_req(co->L, r);
+    if (r->route->ws) {
+        /* a WebSocket handler gets the same req table (req.ctx) */
+        lua_pushvalue(co->L, -1);
+        lua_xmove(co->L, L, 1);
+        r->access_req_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    mg_co_resume(co, 2);
+}
+
+/* access_done(headers): the hooks allowed the request; headers set with
+ * req:set_header() go to the upstream. */
+static int mg_core_access_done(lua_State *L)
+{
+    mg_req_t *r = mg_co_req(L, "access_done");
+    int has_ctype = 0;
+    if (lua_istable(L, 1)) {
+        if (r->xhdrs == NULL)
+            r->xhdrs = evbuffer_new();
+        mg_lua_header_lines(L, 1, r->xhdrs, &has_ctype);
+    }
+    r->access_state = MG_ACCESS_OK;
+    return 0;
 }
 
 void mg_lua_handler_start(mg_req_t *r)
@@ -213,7 +275,11 @@ void mg_lua_handler_start(mg_req_t *r)
     lua_xmove(L, co->L, 1);
     lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->handler_ref);
     mg_push_req(co->L, r);
-    mg_co_resume(co, 2);
+    if (r->route->access_ref != LUA_NOREF)
+        lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->access_ref);
+    else
+        lua_pushnil(co->L);
+    mg_co_resume(co, 3);
 }
 
 /* ---- request body ---- */
@@ -651,6 +717,7 @@ static const luaL_Reg mg_core_funcs[] = {
     {"http_request", mg_core_http_request},
     {"req_body", mg_core_req_body},
     {"req_read", mg_core_req_read},
+    {"access_done", mg_core_access_done},
     {"res_send", mg_core_res_send},
     {"res_write", mg_core_res_write},
     {NULL, NULL},

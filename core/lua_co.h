@@ -27,6 +27,7 @@ struct mg_co_s {
     mg_upstream_t tmp_up; /* for url= calls */
     mg_peer_t *tmp_peer;
     mg_lws_t *lws; /* WebSocket handler: the socket this coroutine owns */
+    int access;    /* runs a route's access hooks (not its handler) */
     int hstatus;
     struct evbuffer *hbody;
     struct evbuffer *hhead; /* "name\0value\0" pairs */

@@ -52,6 +52,7 @@ void mg_access_log_flush(void);
 typedef struct {
     char host[64];
     int port;
+    int server; /* 0 = the main route table, then conf.servers in name order */
 } mg_addr_t;
 
 typedef struct mg_peer_s mg_peer_t;
@@ -103,6 +104,8 @@ typedef struct {
     size_t body_size; /* 0 = unlimited */
     int index;        /* position in routes.lua */
     mg_ws_conf_t *ws; /* WebSocket route, or NULL */
+    int server;       /* which server's table it belongs to */
+    int access_ref;   /* access hook (function or list), LUA_NOREF if none */
 } mg_route_t;
 
 /* A generation: one load of conf + scripts, with its own Lua state. Requests
@@ -146,8 +149,11 @@ typedef struct {
 int mg_route_compile(mg_route_t *r, char *err, size_t errlen);
 /* Returns the first matching route (the table is sorted by priority) or NULL.
  * Params, if wanted, are filled as (name, value) slices of path. */
-mg_route_t *mg_route_match(mg_gen_t *gen, int method, const char *host, size_t hostlen,
-                           const char *path, size_t pathlen, mg_kv_t *params, int *nparams);
+mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *host,
+                           size_t hostlen, const char *path, size_t pathlen, mg_kv_t *params,
+                           int *nparams);
+/* The server (route table) of this worker's listening socket `lidx`. */
+int mg_gen_server_of(mg_gen_t *gen, int lidx);
 
 /* ---- conn / request (http.c) ---- */
 typedef struct mg_conn_s mg_conn_t;
@@ -160,6 +166,7 @@ typedef struct {
 } mg_hdr_t;
 
 enum { MG_REQ_HEAD, MG_REQ_BODY, MG_REQ_DONE };
+enum { MG_ACCESS_NONE, MG_ACCESS_RUNNING, MG_ACCESS_OK, MG_ACCESS_DENIED };
 
 struct mg_req_s {
     mg_req_t *next_free;
@@ -180,6 +187,9 @@ struct mg_req_s {
     int resp_chunked; /* we chunk-encode the response body */
     int resp_close;   /* close after response (no framing / errors) */
     int ws_upgrade;   /* a valid WebSocket handshake: hand off after parsing */
+    int access_state; /* MG_ACCESS_*: the route's access hook */
+    int access_req_ref;    /* the req table the hook saw (for WebSocket handlers) */
+    struct evbuffer *xhdrs; /* "Name: value\r\n" lines set by req:set_header() */
     uint64_t bytes_out;
     double t_start;
     /* target side */
@@ -216,10 +226,11 @@ struct mg_conn_s {
     struct sockaddr_storage peer;
     char peer_ip[48];
     int is_tls;
+    int lidx; /* listening socket it came from */
     mg_conn_t *prev, *next; /* all connections of the worker */
 };
 
-void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen);
+void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx);
 void mg_http_close_idle(void); /* stopping: close connections between requests */
 void mg_conn_flush(mg_conn_t *c);
 void mg_conn_read_enable(mg_conn_t *c, int on);
@@ -230,6 +241,10 @@ void mg_resp_body(mg_req_t *r, const char *data, size_t len);
 void mg_resp_end(mg_req_t *r);
 void mg_resp_json_error(mg_req_t *r, int status, const char *msg);
 void mg_req_target_done(mg_req_t *r); /* target finished with the response */
+/* The access hook ended (allowed or it answered): go on with the request. */
+void mg_http_access_finish(mg_req_t *r);
+/* Is `name` overridden by req:set_header()? */
+int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len);
 void mg_req_abort(mg_req_t *r);        /* target failed mid-response: close */
 const char *mg_req_header(mg_req_t *r, const char *name, size_t *len);
 /* The nth (0-based) header line with this name, or NULL. */
@@ -286,6 +301,7 @@ void mg_proxy_client_gone(mg_req_t *r);
 /* ---- lua_api.c: handlers as coroutines, the moongate module ---- */
 void mg_lua_open_api(lua_State *L);
 void mg_lua_handler_start(mg_req_t *r);
+void mg_lua_access_start(mg_req_t *r);
 void mg_lua_body(mg_req_t *r, const char *data, size_t len);
 void mg_lua_body_end(mg_req_t *r);
 void mg_lua_client_drained(mg_req_t *r);
@@ -297,6 +313,7 @@ typedef struct {
     int id;
     int nfd;
     int *fds; /* listening sockets of this worker */
+    mg_addr_t *laddr; /* their addresses (as at startup), same order */
     struct event **lev;
     int stopping;
     uint64_t active;      /* connections open */

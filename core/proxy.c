@@ -117,7 +117,8 @@ void mg_proxy_start(mg_req_t *r)
         mg_hdr_t *hd = &r->hdrs[i];
         const char *n = r->hbuf + hd->noff;
         size_t l = hd->nlen;
-        if (mg_http_hop_by_hop(n, l) || mg_conn_tokens_has(&tok, n, l))
+        if (mg_http_hop_by_hop(n, l) || mg_conn_tokens_has(&tok, n, l) ||
+            mg_req_xhdr_has(r, n, l))
             continue;
         if (mg_name_eq(n, l, "x-forwarded-for", 15)) {
             xff = r->hbuf + hd->voff;
@@ -133,6 +134,8 @@ void mg_proxy_start(mg_req_t *r)
         evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
         evbuffer_add(h, "\r\n", 2);
     }
+    if (r->xhdrs)
+        evbuffer_add(h, evbuffer_pullup(r->xhdrs, -1), evbuffer_get_length(r->xhdrs));
     if (r->host_idx >= 0) {
         evbuffer_add(h, "X-Forwarded-Host: ", 18);
         evbuffer_add(h, r->hbuf + r->hdrs[r->host_idx].voff, r->hdrs[r->host_idx].vlen);

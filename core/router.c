@@ -83,8 +83,9 @@ static int mg_route_host_ok(mg_route_t *r, const char *host, size_t hostlen)
     return 1;
 }
 
-mg_route_t *mg_route_match(mg_gen_t *gen, int method, const char *host, size_t hostlen,
-                           const char *path, size_t pathlen, mg_kv_t *params, int *nparams)
+mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *host,
+                           size_t hostlen, const char *path, size_t pathlen, mg_kv_t *params,
+                           int *nparams)
 {
     const char *segp[MG_ROUTE_MAX_SEGS + 1];
     size_t segl[MG_ROUTE_MAX_SEGS + 1];
@@ -110,6 +111,8 @@ mg_route_t *mg_route_match(mg_gen_t *gen, int method, const char *host, size_t h
 
     for (i = 0; i < gen->nroutes; i++) {
         mg_route_t *r = &gen->routes[i];
+        if (r->server != server)
+            continue;
         if (r->methods && !(r->methods & (1ULL << method)))
             continue;
         if (r->prefix ? nseg < r->nsegs : (nseg != r->nsegs || toolong))
@@ -140,4 +143,13 @@ mg_route_t *mg_route_match(mg_gen_t *gen, int method, const char *host, size_t h
         return r;
     }
     return NULL;
+}
+
+int mg_gen_server_of(mg_gen_t *gen, int lidx)
+{
+    mg_addr_t *a = &mg_worker.laddr[lidx];
+    for (int i = 0; i < gen->nlisten; i++)
+        if (gen->listen[i].port == a->port && strcmp(gen->listen[i].host, a->host) == 0)
+            return gen->listen[i].server;
+    return -1; /* this listener's server is gone since a reload: no routes */
 }

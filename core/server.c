@@ -49,7 +49,8 @@ const struct timeval *mg_timeout_tv(int ms)
 
 static void mg_accept_cb(evutil_socket_t fd, short what, void *arg)
 {
-    (void)what, (void)arg;
+    int lidx = (int)(intptr_t)arg;
+    (void)what;
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
@@ -59,7 +60,7 @@ static void mg_accept_cb(evutil_socket_t fd, short what, void *arg)
                 mg_warn("accept: %s", strerror(errno));
             return;
         }
-        mg_http_accept(c, (struct sockaddr *)&ss, len);
+        mg_http_accept(c, (struct sockaddr *)&ss, len, lidx);
     }
 }
 
@@ -140,9 +141,13 @@ void mg_worker_run(int id, int *fds, int nfd)
     signal(SIGPIPE, SIG_IGN);
     mg_worker.fds = fds;
     mg_worker.nfd = nfd;
+    /* the startup generation's addresses, in the order of fds */
+    mg_worker.laddr = malloc(sizeof(mg_addr_t) * (nfd ? nfd : 1));
+    memcpy(mg_worker.laddr, mg_gen_current->listen, sizeof(mg_addr_t) * nfd);
     mg_worker.lev = calloc(nfd, sizeof(struct event *));
     for (i = 0; i < nfd; i++) {
-        mg_worker.lev[i] = event_new(mg_worker.base, fds[i], EV_READ | EV_PERSIST, mg_accept_cb, NULL);
+        mg_worker.lev[i] = event_new(mg_worker.base, fds[i], EV_READ | EV_PERSIST, mg_accept_cb,
+                                     (void *)(intptr_t)i);
         event_add(mg_worker.lev[i], NULL);
     }
     for (i = 0; i < 3; i++) {

@@ -86,7 +86,8 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
         mg_hdr_t *hd = &r->hdrs[i];
         const char *n = r->hbuf + hd->noff;
         size_t l = hd->nlen;
-        if (mg_http_hop_by_hop(n, l) || mg_name_is(n, l, "x-forwarded-for") ||
+        if (mg_http_hop_by_hop(n, l) || mg_req_xhdr_has(r, n, l) ||
+            mg_name_is(n, l, "x-forwarded-for") ||
             mg_name_is(n, l, "x-forwarded-proto") || mg_name_is(n, l, "x-forwarded-host") ||
             mg_name_is(n, l, "x-request-id"))
             continue;
@@ -100,6 +101,8 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
         evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
         evbuffer_add(h, "\r\n", 2);
     }
+    if (r->xhdrs)
+        evbuffer_add(h, evbuffer_pullup(r->xhdrs, -1), evbuffer_get_length(r->xhdrs));
     /* exactly this: some backends refuse "keep-alive, Upgrade" */
     evbuffer_add_printf(h, "Upgrade: websocket\r\nConnection: Upgrade\r\n");
     if (own_key) {

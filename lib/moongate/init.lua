@@ -68,6 +68,15 @@ req_mt.__index = function(req, k)
 end
 function req_mt.body() return core.req_body() end
 function req_mt.read() return core.req_read() end
+--- Sets a header for the upstream (proxy, and WebSocket relay/tunnel handshakes).
+function req_mt.set_header(req, name, value)
+    local up = rawget(req, "_upstream_headers")
+    if not up then
+        up = {}
+        rawset(req, "_upstream_headers", up)
+    end
+    up[name] = value ~= nil and tostring(value) or nil
+end
 
 local res_mt = {}
 res_mt.__index = res_mt
@@ -93,22 +102,49 @@ end
 
 -- The core starts every handler coroutine here: handler(req, res), then the
 -- response from its return values (status, body, headers) unless it streamed.
-local function run(handler, req)
-    setmetatable(req, req_mt)
-    local res = setmetatable({}, res_mt)
-    local status, body, headers = handler(req, res)
-    if res.started then return end
+local function respond(status, body, headers, res)
     local data, ctype = encode_body(body)
     if type(status) ~= "number" then
-        status = res._status or 200
+        status = res and res._status or 200
     end
-    if res._headers then
+    if res and res._headers then
         headers = headers or {}
         for k, v in pairs(res._headers) do
             if headers[k] == nil then headers[k] = v end
         end
     end
     core.res_send(status, data, headers, ctype)
+end
+
+-- Access hooks in order; the first to return a status answers.
+local function check_access(access, req)
+    for i = 1, #access do
+        local status, body, headers = access[i](req)
+        if status ~= nil then
+            respond(status, body, headers)
+            return false
+        end
+    end
+    return true
+end
+
+-- Upstream and WebSocket routes: the hooks run in a coroutine of their own.
+debug.getregistry()["moongate.run_access"] = function(access, req)
+    setmetatable(req, req_mt)
+    req.ctx = req.ctx or {}
+    if check_access(access, req) then
+        core.access_done(rawget(req, "_upstream_headers"))
+    end
+end
+
+local function run(handler, req, access)
+    setmetatable(req, req_mt)
+    req.ctx = {}
+    if access and not check_access(access, req) then return end
+    local res = setmetatable({}, res_mt)
+    local status, body, headers = handler(req, res)
+    if res.started then return end
+    respond(status, body, headers, res)
 end
 debug.getregistry()["moongate.run"] = run
 debug.getregistry()["moongate.req_mt"] = req_mt

@@ -68,6 +68,7 @@ local UPSTREAM_SETTINGS = {
 }
 
 local CONF_FIELDS = {
+  servers = true,
   listen = true, workers = true, routes = true, lua_path = true,
   access_log = true, log_level = true, timeouts = true, limits = true,
   upstreams = true,
@@ -79,7 +80,7 @@ for _, s in ipairs(UPSTREAM_SETTINGS) do UPSTREAM_FIELDS[s[1]] = true end
 local ROUTE_FIELDS = {
   path = true, prefix = true, method = true, host = true, priority = true,
   upstream = true, handler = true, strip_prefix = true, body_size = true,
-  name = true,
+  name = true, access = true,
   -- reserved for later work: checked for type only, passed through as is
   websocket = true, plugins = true, on_reload = true, timeouts = true,
 }
@@ -1226,6 +1227,25 @@ local function norm_route(ctx, n, raw)
     route.websocket = normalize_websocket(raw, bad_route)
   end
 
+  -- access: hooks run first (as a coroutine) on any kind of route
+  if raw.access ~= nil then
+    local a = raw.access
+    if type(a) == "function" then
+      a = { a }
+    end
+    if type(a) ~= "table" then
+      bad_route("access: expected a function or a list of functions, got %s", type(a))
+    end
+    local list = {}
+    for i, f in ipairs(a) do
+      if type(f) ~= "function" then
+        bad_route("access[%d]: expected a function, got %s", i, type(f))
+      end
+      list[i] = f
+    end
+    route.access = list
+  end
+
   -- reserved fields: type-checked, passed through unchanged
   for _, f in ipairs({ "plugins" }) do
     if raw[f] ~= nil and type(raw[f]) ~= "table" then
@@ -1296,6 +1316,61 @@ local function load_routes(conf, upstreams)
 end
 
 
+-- Extra servers: listeners with their own route table (e.g. the embedded
+-- demo Runtime). MOONGATE_SERVER_<NAME>_LISTEN overrides a listen address.
+local SERVER_FIELDS = { listen = true, routes = true, enabled = true }
+
+local function load_servers(src, raw, conf, upstreams, env)
+  local out = {}
+  if raw == nil then
+    return out
+  end
+  local top = { path = src.path, text = src.text, keys = {}, label = "" }
+  local where = at(top, "servers")
+  check_type(where, raw, "table")
+  local taken = {}
+  for _, a in ipairs(conf.listen) do
+    taken[a.host .. ":" .. a.port] = "listen"
+  end
+  for _, name in ipairs(sorted_keys(raw)) do
+    local w = at(where, name)
+    if type(name) ~= "string" or not str_match(name, "^[%w_]+$") then
+      bad(w, nil, "server names are letters, digits and '_'")
+    end
+    local s = raw[name]
+    check_type(w, s, "table")
+    check_fields(w, s, SERVER_FIELDS)
+    if s.enabled ~= nil and type(s.enabled) ~= "boolean" then
+      bad(at(w, "enabled"), s.enabled, "expected a boolean, got %s", type(s.enabled))
+    end
+    if s.enabled ~= false then
+      local listen
+      local var = "MOONGATE_SERVER_" .. str_upper(name) .. "_LISTEN"
+      local ev = env[var]
+      if ev ~= nil and ev ~= "" then
+        listen = norm_listen({ path = "env", keys = {}, label = var, env = true }, split_list(ev))
+      else
+        listen = norm_listen(at(w, "listen"), s.listen)
+      end
+      for _, a in ipairs(listen) do
+        local key = a.host .. ":" .. a.port
+        if taken[key] then
+          bad(at(w, "listen"), nil, "%s is already used by %s", key, taken[key])
+        end
+        taken[key] = "servers." .. name
+      end
+      if type(s.routes) ~= "string" or s.routes == "" then
+        bad(at(w, "routes"), s.routes, "expected the path of a routes file")
+      end
+      local routes = load_routes({ routes_file = join(conf.root, s.routes), limits = conf.limits },
+                                 upstreams)
+      out[#out + 1] = { name = name, listen = listen, routes = routes }
+    end
+  end
+  return out
+end
+
+
 ---------------------------------------------------------------------------
 -- API
 ---------------------------------------------------------------------------
@@ -1319,7 +1394,8 @@ local function load_generation(conf_path, opts)
   local conf, upstreams = norm_conf(src, raw, env, math_min(ncpu, MAX_WORKERS))
   add_lua_path(conf.lua_path)
   local routes = load_routes(conf, upstreams)
-  return { conf = conf, routes = routes }
+  local servers = load_servers(src, raw.servers, conf, upstreams, env)
+  return { conf = conf, routes = routes, servers = servers }
 end
 
 
