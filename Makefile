@@ -39,14 +39,14 @@ deps:
 $(BIN): $(DEPS_STAMP) $(OBJS)
 	$(CC) $(CFLAGS_ALL) -o $@ $(OBJS) $(LIBS) -Wl,-E
 
-$(BUILD)/%.o: core/%.c $(wildcard core/*.h) | $(BUILD) $(DEPS_STAMP)
+$(BUILD)/%.o: core/%.c $(wildcard core/*.h) Makefile | $(BUILD) $(DEPS_STAMP)
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
-$(BUILD)/llhttp.o: | $(BUILD) $(DEPS_STAMP)
+$(BUILD)/llhttp.o: Makefile | $(BUILD) $(DEPS_STAMP)
 	$(CC) $(LLHTTP_CFLAGS) -c -o $@ $(LLHTTP_SRC)/llhttp.c
-$(BUILD)/llhttp_api.o: | $(BUILD) $(DEPS_STAMP)
+$(BUILD)/llhttp_api.o: Makefile | $(BUILD) $(DEPS_STAMP)
 	$(CC) $(LLHTTP_CFLAGS) -c -o $@ $(LLHTTP_SRC)/api.c
-$(BUILD)/llhttp_http.o: | $(BUILD) $(DEPS_STAMP)
+$(BUILD)/llhttp_http.o: Makefile | $(BUILD) $(DEPS_STAMP)
 	$(CC) $(LLHTTP_CFLAGS) -c -o $@ $(LLHTTP_SRC)/http.c
 
 $(BUILD):
