@@ -20,8 +20,7 @@ static unsigned mg_gen_seq;
 
 static void mg_gen_free(mg_gen_t *g);
 
-const char *mg_lib_dir(void)
-{
+const char *mg_lib_dir(void) {
     static char dir[PATH_MAX];
     const char *env;
     ssize_t n;
@@ -47,8 +46,7 @@ const char *mg_lib_dir(void)
     return dir;
 }
 
-static int mg_gen_field_int(lua_State *L, int idx, const char *k, int dflt)
-{
+static int mg_gen_field_int(lua_State *L, int idx, const char *k, int dflt) {
     int v = dflt;
     lua_getfield(L, idx, k);
     if (lua_isnumber(L, -1))
@@ -57,8 +55,7 @@ static int mg_gen_field_int(lua_State *L, int idx, const char *k, int dflt)
     return v;
 }
 
-static int mg_gen_field_ms(lua_State *L, int idx, const char *k, int dflt)
-{
+static int mg_gen_field_ms(lua_State *L, int idx, const char *k, int dflt) {
     int v = dflt;
     lua_getfield(L, idx, k);
     if (lua_isnumber(L, -1))
@@ -67,8 +64,7 @@ static int mg_gen_field_ms(lua_State *L, int idx, const char *k, int dflt)
     return v;
 }
 
-static char *mg_gen_field_str(lua_State *L, int idx, const char *k)
-{
+static char *mg_gen_field_str(lua_State *L, int idx, const char *k) {
     char *v = NULL;
     lua_getfield(L, idx, k);
     if (lua_type(L, -1) == LUA_TSTRING)
@@ -77,8 +73,7 @@ static char *mg_gen_field_str(lua_State *L, int idx, const char *k)
     return v;
 }
 
-static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf)
-{
+static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     int i, n;
 
     g->workers = mg_gen_field_int(L, conf, "workers", 1);
@@ -174,8 +169,7 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf)
     return MG_OK;
 }
 
-static char **mg_gen_str_list(lua_State *L, int idx, const char *k, int *n)
-{
+static char **mg_gen_str_list(lua_State *L, int idx, const char *k, int *n) {
     char **v = NULL;
     int i, cnt;
     *n = 0;
@@ -194,8 +188,7 @@ static char **mg_gen_str_list(lua_State *L, int idx, const char *k, int *n)
     return v;
 }
 
-static mg_ws_conf_t *mg_gen_read_ws(lua_State *L, int t)
-{
+static mg_ws_conf_t *mg_gen_read_ws(lua_State *L, int t) {
     mg_ws_conf_t *w;
     char *mode;
     int hb;
@@ -244,8 +237,7 @@ static mg_ws_conf_t *mg_gen_read_ws(lua_State *L, int t)
     return w;
 }
 
-static void mg_gen_free_ws(mg_ws_conf_t *w)
-{
+static void mg_gen_free_ws(mg_ws_conf_t *w) {
     int i;
     if (w == NULL)
         return;
@@ -261,8 +253,7 @@ static void mg_gen_free_ws(mg_ws_conf_t *w)
 
 /* Appends the routes of one table (server) to g->routes. */
 static int mg_gen_read_routes(mg_gen_t *g, lua_State *L, int routes, int server, char *err,
-                              size_t errlen)
-{
+                              size_t errlen) {
     int i, n = (int)lua_objlen(L, routes);
     mg_route_t *nr = realloc(g->routes, sizeof(mg_route_t) * (g->nroutes + n + 1));
 
@@ -348,8 +339,7 @@ static int mg_gen_read_routes(mg_gen_t *g, lua_State *L, int routes, int server,
 }
 
 /* conf.servers: more listeners, each with its own route table. */
-static int mg_gen_read_servers(mg_gen_t *g, lua_State *L, int genidx, char *err, size_t errlen)
-{
+static int mg_gen_read_servers(mg_gen_t *g, lua_State *L, int genidx, char *err, size_t errlen) {
     int i, n, k, nl;
     lua_getfield(L, genidx, "servers");
     n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
@@ -381,8 +371,7 @@ static int mg_gen_read_servers(mg_gen_t *g, lua_State *L, int genidx, char *err,
     return MG_OK;
 }
 
-static void mg_gen_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx)
-{
+static void mg_gen_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx) {
     int i, n;
     lua_getfield(L, loader, "describe");
     if (!lua_isfunction(L, -1)) {
@@ -405,8 +394,7 @@ static void mg_gen_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx)
     lua_pop(L, 1);
 }
 
-mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen)
-{
+mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen) {
     mg_gen_t *g = calloc(1, sizeof(*g));
     lua_State *L;
     int loader, genidx;
@@ -481,16 +469,14 @@ fail:
     return NULL;
 }
 
-mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name, size_t len)
-{
+mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name, size_t len) {
     for (int i = 0; i < gen->nupstreams; i++)
         if (strlen(gen->upstreams[i].name) == len && memcmp(gen->upstreams[i].name, name, len) == 0)
             return &gen->upstreams[i];
     return NULL;
 }
 
-static void mg_gen_free(mg_gen_t *g)
-{
+static void mg_gen_free(mg_gen_t *g) {
     int i, k;
     if (g == NULL)
         return;
@@ -518,21 +504,16 @@ static void mg_gen_free(mg_gen_t *g)
     free(g);
 }
 
-void mg_gen_retain(mg_gen_t *gen)
-{
-    gen->refs++;
-}
+void mg_gen_retain(mg_gen_t *gen) { gen->refs++; }
 
-void mg_gen_release(mg_gen_t *gen)
-{
+void mg_gen_release(mg_gen_t *gen) {
     if (--gen->refs == 0) {
         mg_debug("generation %u freed", gen->id);
         mg_gen_free(gen);
     }
 }
 
-void mg_gen_activate(mg_gen_t *gen)
-{
+void mg_gen_activate(mg_gen_t *gen) {
     mg_gen_t *old = mg_gen_current;
     mg_gen_retain(gen);
     mg_gen_current = gen;
@@ -540,16 +521,14 @@ void mg_gen_activate(mg_gen_t *gen)
         mg_gen_release(old);
 }
 
-static int mg_gen_has(mg_gen_t *g, const char *line)
-{
+static int mg_gen_has(mg_gen_t *g, const char *line) {
     for (int i = 0; i < g->ndesc; i++)
         if (strcmp(g->desc[i], line) == 0)
             return 1;
     return 0;
 }
 
-void mg_gen_log_diff(mg_gen_t *old, mg_gen_t *gen)
-{
+void mg_gen_log_diff(mg_gen_t *old, mg_gen_t *gen) {
     int i, changes = 0;
     for (i = 0; i < gen->ndesc; i++)
         if (!mg_gen_has(old, gen->desc[i])) {

@@ -30,18 +30,18 @@ enum { MG_T_NONE, MG_T_HEADER, MG_T_IDLE, MG_T_READ, MG_T_WRITE, MG_T_LINGER };
 /* extra connection state kept beside the public struct */
 typedef struct {
     mg_conn_t c;
-    int in_exec;    /* inside llhttp_execute: defer completion work */
-    int dead;       /* free at the next loop turn */
-    int lingering;  /* response sent, discarding input until EOF */
-    int eof;        /* client half-closed */
-    int err_status; /* status to answer when the parser stops on error */
-    int upgrade;    /* parser paused for an upgrade: close after response */
-    int handoff;    /* WebSocket: the socket goes to ws_http.c */
+    int in_exec;            /* inside llhttp_execute: defer completion work */
+    int dead;               /* free at the next loop turn */
+    int lingering;          /* response sent, discarding input until EOF */
+    int eof;                /* client half-closed */
+    int err_status;         /* status to answer when the parser stops on error */
+    int upgrade;            /* parser paused for an upgrade: close after response */
+    int handoff;            /* WebSocket: the socket goes to ws_http.c */
     const char *exec_start; /* input being parsed, to spot obs-fold */
     int scan_done;          /* the request head was checked for bare LF */
     int scan_nl;            /* CRLFs in a row */
     char scan_prev;
-    const char *val_end;    /* end of the last header value piece */
+    const char *val_end; /* end of the last header value piece */
 } mg_xconn_t;
 
 #define X(c) ((mg_xconn_t *)(c))
@@ -80,8 +80,7 @@ static mg_conn_t *mg_conns; /* every open connection, for a graceful stop */
 static mg_req_t *mg_req_free_list;
 static int mg_req_free_count;
 
-size_t mg_utoa(char *buf, uint64_t v)
-{
+size_t mg_utoa(char *buf, uint64_t v) {
     char tmp[24];
     size_t n = 0, i;
     do {
@@ -93,15 +92,13 @@ size_t mg_utoa(char *buf, uint64_t v)
     return n;
 }
 
-double mg_now(void)
-{
+double mg_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-const char *mg_status_text(int s)
-{
+const char *mg_status_text(int s) {
     switch (s) {
     case 100: return "Continue";
     case 101: return "Switching Protocols";
@@ -143,15 +140,13 @@ const char *mg_status_text(int s)
 }
 
 /* Hop-by-hop headers (RFC 9110 7.6.1) plus the framing ones we redo. */
-int mg_http_hop_by_hop(const char *n, size_t l)
-{
+int mg_http_hop_by_hop(const char *n, size_t l) {
     static const struct {
         const char *s;
         size_t l;
-    } hop[] = {{"connection", 10},       {"keep-alive", 10}, {"te", 2},
-               {"trailer", 7},           {"transfer-encoding", 17},
-               {"upgrade", 7},           {"proxy-connection", 16},
-               {"proxy-authenticate", 18}, {"proxy-authorization", 19},
+    } hop[] = {{"connection", 10},       {"keep-alive", 10},         {"te", 2},
+               {"trailer", 7},           {"transfer-encoding", 17},  {"upgrade", 7},
+               {"proxy-connection", 16}, {"proxy-authenticate", 18}, {"proxy-authorization", 19},
                {"content-length", 14}};
     if (l >= 6 && strncasecmp(n, "proxy-", 6) == 0)
         return 1; /* Proxy-Connection, Proxy-Authorization, ... */
@@ -163,8 +158,7 @@ int mg_http_hop_by_hop(const char *n, size_t l)
 
 /* ---- request memory ---- */
 
-static mg_req_t *mg_req_new(mg_conn_t *c)
-{
+static mg_req_t *mg_req_new(mg_conn_t *c) {
     mg_gen_t *g = mg_gen_current;
     mg_req_t *r = mg_req_free_list;
     size_t cap = g->limits.header_size + 64;
@@ -213,8 +207,7 @@ static mg_req_t *mg_req_new(mg_conn_t *c)
     return r;
 }
 
-static void mg_req_free(mg_req_t *r)
-{
+static void mg_req_free(mg_req_t *r) {
     mg_worker.inflight--;
     if (r->xhdrs) {
         evbuffer_free(r->xhdrs);
@@ -236,8 +229,7 @@ static void mg_req_free(mg_req_t *r)
     }
 }
 
-const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len)
-{
+const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len) {
     size_t nl = strlen(name);
     for (int i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *h = &r->hdrs[i];
@@ -249,8 +241,7 @@ const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len)
     return NULL;
 }
 
-const char *mg_req_header(mg_req_t *r, const char *name, size_t *len)
-{
+const char *mg_req_header(mg_req_t *r, const char *name, size_t *len) {
     size_t nl = strlen(name);
     for (int i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *h = &r->hdrs[i];
@@ -264,13 +255,9 @@ const char *mg_req_header(mg_req_t *r, const char *name, size_t *len)
 
 /* ---- output ---- */
 
-size_t mg_conn_pending(mg_conn_t *c)
-{
-    return evbuffer_get_length(c->out);
-}
+size_t mg_conn_pending(mg_conn_t *c) { return evbuffer_get_length(c->out); }
 
-void mg_conn_flush(mg_conn_t *c)
-{
+void mg_conn_flush(mg_conn_t *c) {
     size_t left;
     if (X(c)->dead)
         return;
@@ -295,8 +282,7 @@ void mg_conn_flush(mg_conn_t *c)
 }
 
 /* "Date: ...\r\n", formatted once a second. */
-static const char *mg_http_date(size_t *len)
-{
+static const char *mg_http_date(size_t *len) {
     static char buf[64];
     static size_t blen;
     static time_t last;
@@ -311,8 +297,7 @@ static const char *mg_http_date(size_t *len)
     return buf;
 }
 
-void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen)
-{
+void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen) {
     mg_conn_t *c = r->conn;
     char line[160];
     const char *text, *date;
@@ -370,8 +355,7 @@ void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, i
         evbuffer_add(c->out, "\r\n", 2);
 }
 
-void mg_resp_body(mg_req_t *r, const char *data, size_t len)
-{
+void mg_resp_body(mg_req_t *r, const char *data, size_t len) {
     mg_conn_t *c = r->conn;
     if (c == NULL || len == 0 || r->method == HTTP_HEAD)
         return;
@@ -387,15 +371,13 @@ void mg_resp_body(mg_req_t *r, const char *data, size_t len)
     }
 }
 
-void mg_resp_end(mg_req_t *r)
-{
+void mg_resp_end(mg_req_t *r) {
     if (r->conn && r->resp_chunked && r->method != HTTP_HEAD)
         evbuffer_add(r->conn->out, "0\r\n\r\n", 5);
 }
 
 /* JSON string escaping for our own messages (ASCII in, ASCII out). */
-static size_t mg_json_escape(char *out, size_t cap, const char *s)
-{
+static size_t mg_json_escape(char *out, size_t cap, const char *s) {
     size_t o = 0;
     for (; *s && o + 7 < cap; s++) {
         unsigned char ch = (unsigned char)*s;
@@ -412,8 +394,7 @@ static size_t mg_json_escape(char *out, size_t cap, const char *s)
     return o;
 }
 
-static void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const char *extra)
-{
+static void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const char *extra) {
     char body[600], esc[400], hdrs[300];
     int n, hl;
     mg_json_escape(esc, sizeof(esc), msg);
@@ -427,15 +408,13 @@ static void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, co
     r->resp_done = 1;
 }
 
-void mg_resp_json_error(mg_req_t *r, int status, const char *msg)
-{
+void mg_resp_json_error(mg_req_t *r, int status, const char *msg) {
     mg_resp_json_error_with(r, status, msg, "");
 }
 
 /* A WebSocket route: check the handshake now, hand the socket over once
  * the request is fully parsed (mg_conn_advance). */
-static void mg_http_ws_route(mg_req_t *r)
-{
+static void mg_http_ws_route(mg_req_t *r) {
     mg_ws_hs_t hs;
     const char *why;
     size_t ul;
@@ -470,8 +449,7 @@ static void mg_http_ws_route(mg_req_t *r)
 
 /* ---- request id ---- */
 
-static uint64_t mg_rng_next(void)
-{
+static uint64_t mg_rng_next(void) {
     uint64_t s1 = mg_worker.rng[0];
     const uint64_t s0 = mg_worker.rng[1];
     mg_worker.rng[0] = s0;
@@ -480,8 +458,7 @@ static uint64_t mg_rng_next(void)
     return mg_worker.rng[1] + s0;
 }
 
-void mg_request_id(char *out)
-{
+void mg_request_id(char *out) {
     static const char hex[] = "0123456789abcdef";
     uint64_t a = mg_rng_next(), b = mg_rng_next();
     for (int i = 0; i < 16; i++) {
@@ -491,8 +468,7 @@ void mg_request_id(char *out)
     out[32] = '\0';
 }
 
-static int mg_request_id_valid(const char *v, size_t len)
-{
+static int mg_request_id_valid(const char *v, size_t len) {
     if (len == 0 || len > 36)
         return 0;
     for (size_t i = 0; i < len; i++)
@@ -503,8 +479,7 @@ static int mg_request_id_valid(const char *v, size_t len)
 
 /* ---- parser callbacks ---- */
 
-static int mg_http_append(mg_req_t *r, const char *at, size_t len)
-{
+static int mg_http_append(mg_req_t *r, const char *at, size_t len) {
     if (r->hlen + len > r->gen->limits.header_size) {
         X(r->conn)->err_status = r->hstate == 0 ? 414 : 431;
         return -1;
@@ -514,8 +489,7 @@ static int mg_http_append(mg_req_t *r, const char *at, size_t len)
     return 0;
 }
 
-static int mg_http_on_message_begin(llhttp_t *p)
-{
+static int mg_http_on_message_begin(llhttp_t *p) {
     mg_conn_t *c = p->data;
     mg_req_t *r = mg_req_new(c);
     if (r == NULL) {
@@ -528,15 +502,13 @@ static int mg_http_on_message_begin(llhttp_t *p)
     return 0;
 }
 
-static int mg_http_on_url(llhttp_t *p, const char *at, size_t len)
-{
+static int mg_http_on_url(llhttp_t *p, const char *at, size_t len) {
     mg_req_t *r = ((mg_conn_t *)p->data)->req;
     r->url_len += len;
     return mg_http_append(r, at, len);
 }
 
-static int mg_http_on_header_field(llhttp_t *p, const char *at, size_t len)
-{
+static int mg_http_on_header_field(llhttp_t *p, const char *at, size_t len) {
     mg_conn_t *c = p->data;
     mg_req_t *r = c->req;
     if (r->hstate != 1) {
@@ -555,8 +527,7 @@ static int mg_http_on_header_field(llhttp_t *p, const char *at, size_t len)
     return mg_http_append(r, at, len);
 }
 
-static int mg_http_on_header_value(llhttp_t *p, const char *at, size_t len)
-{
+static int mg_http_on_header_value(llhttp_t *p, const char *at, size_t len) {
     mg_conn_t *c = p->data;
     mg_req_t *r = c->req;
     mg_hdr_t *h = &r->hdrs[r->nhdrs - 1];
@@ -574,13 +545,11 @@ static int mg_http_on_header_value(llhttp_t *p, const char *at, size_t len)
     return mg_http_append(r, at, len);
 }
 
-static int mg_http_name_is(mg_req_t *r, mg_hdr_t *h, const char *name, size_t len)
-{
+static int mg_http_name_is(mg_req_t *r, mg_hdr_t *h, const char *name, size_t len) {
     return h->nlen == len && strncasecmp(r->hbuf + h->noff, name, len) == 0;
 }
 
-static int mg_http_host_valid(const char *v, size_t len)
-{
+static int mg_http_host_valid(const char *v, size_t len) {
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = v[i];
         if (!(isalnum(ch) || strchr("-._~%!$&'()*+,;=:[]", ch)))
@@ -591,8 +560,7 @@ static int mg_http_host_valid(const char *v, size_t len)
 
 /* Checks llhttp leaves to us: Host (RFC 9112 3.2), framing, target form,
  * dot segments. Returns 0 or an HTTP status to refuse with. */
-static int mg_http_check_head(mg_req_t *r, llhttp_t *p)
-{
+static int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
     int hosts = 0, te = 0, i;
     const char *url = r->hbuf;
 
@@ -679,8 +647,7 @@ static int mg_http_check_head(mg_req_t *r, llhttp_t *p)
     return 0;
 }
 
-static int mg_http_on_headers_complete(llhttp_t *p)
-{
+static int mg_http_on_headers_complete(llhttp_t *p) {
     mg_conn_t *c = p->data;
     mg_req_t *r = c->req;
     const char *host = NULL;
@@ -736,8 +703,7 @@ static int mg_http_on_headers_complete(llhttp_t *p)
     return 0;
 }
 
-static void mg_http_dispatch(mg_req_t *r)
-{
+static void mg_http_dispatch(mg_req_t *r) {
     mg_conn_t *c = r->conn;
     if (r->route->ws) {
         mg_http_ws_route(r);
@@ -751,8 +717,7 @@ static void mg_http_dispatch(mg_req_t *r)
         mg_lua_handler_start(r);
 }
 
-int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len)
-{
+int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len) {
     const char *p, *end;
     if (r->xhdrs == NULL)
         return 0;
@@ -774,8 +739,7 @@ int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len)
 
 static void mg_http_dispatch(mg_req_t *r);
 
-static int mg_http_on_body(llhttp_t *p, const char *at, size_t len)
-{
+static int mg_http_on_body(llhttp_t *p, const char *at, size_t len) {
     mg_conn_t *c = p->data;
     mg_req_t *r = c->req;
 
@@ -799,8 +763,7 @@ static int mg_http_on_body(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
-static int mg_http_on_message_complete(llhttp_t *p)
-{
+static int mg_http_on_message_complete(llhttp_t *p) {
     mg_conn_t *c = p->data;
     mg_req_t *r = c->req;
     r->state = MG_REQ_DONE;
@@ -813,8 +776,7 @@ static int mg_http_on_message_complete(llhttp_t *p)
 
 /* ---- connection state machine ---- */
 
-static void mg_conn_save_input(mg_conn_t *c, const char *data, size_t len)
-{
+static void mg_conn_save_input(mg_conn_t *c, const char *data, size_t len) {
     if (len == 0)
         return;
     if (c->in_len + len > c->in_cap) {
@@ -837,8 +799,7 @@ static void mg_conn_save_input(mg_conn_t *c, const char *data, size_t len)
         mg_conn_read_enable(c, 0);
 }
 
-static void mg_conn_fail(mg_conn_t *c, int status)
-{
+static void mg_conn_fail(mg_conn_t *c, int status) {
     mg_req_t *r = c->req;
 
     c->closing = 1;
@@ -885,8 +846,7 @@ static void mg_conn_fail(mg_conn_t *c, int status)
  * 9112 2.2 lets a server refuse it, and a proxy must, since the upstream
  * may frame the message differently. Scans head bytes only, up to the
  * blank line. Returns -1 on a bare LF. */
-static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n)
-{
+static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n) {
     for (size_t i = 0; i < n && !x->scan_done; i++) {
         char ch = p[i];
         if (ch == '\n') {
@@ -902,8 +862,7 @@ static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n)
     return 0;
 }
 
-static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len)
-{
+static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len) {
     llhttp_errno_t err;
 
     if (!X(c)->scan_done && mg_http_scan_head(X(c), data, len) < 0) {
@@ -938,8 +897,7 @@ static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len)
     mg_conn_fail(c, X(c)->err_status ? X(c)->err_status : 400);
 }
 
-void mg_conn_read_enable(mg_conn_t *c, int on)
-{
+void mg_conn_read_enable(mg_conn_t *c, int on) {
     if (on && c->rd_off && !X(c)->dead) {
         event_add(&c->rev, NULL);
         c->rd_off = 0;
@@ -949,8 +907,7 @@ void mg_conn_read_enable(mg_conn_t *c, int on)
     }
 }
 
-static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r)
-{
+static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
     if (r->resp_close || !r->keep_alive)
         c->closing = 1;
     if (r->gen->access_log) {
@@ -962,15 +919,15 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r)
         {
             char esc[400];
             mg_json_escape(esc, sizeof(esc), path);
-            n = snprintf(line, sizeof(line),
-                         "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
-                         "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"bytes\":%llu,"
-                         "\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u}\n",
-                         r->t_start, r->request_id, c->peer_ip,
-                         llhttp_method_name((llhttp_method_t)r->method), esc, r->status,
-                         (unsigned long long)r->bytes_out, (mg_now() - r->t_start) * 1000.0,
-                         r->route ? (r->route->name ? r->route->name : r->route->rule) : "",
-                         r->gen->id);
+            n = snprintf(
+                line, sizeof(line),
+                "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
+                "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"bytes\":%llu,"
+                "\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u}\n",
+                r->t_start, r->request_id, c->peer_ip,
+                llhttp_method_name((llhttp_method_t)r->method), esc, r->status,
+                (unsigned long long)r->bytes_out, (mg_now() - r->t_start) * 1000.0,
+                r->route ? (r->route->name ? r->route->name : r->route->rule) : "", r->gen->id);
         }
         if (n > 0)
             mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
@@ -982,8 +939,7 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r)
     mg_req_free(r);
 }
 
-static void mg_conn_advance(mg_conn_t *c)
-{
+static void mg_conn_advance(mg_conn_t *c) {
     for (;;) {
         mg_req_t *r = c->req;
         if (X(c)->dead)
@@ -1039,8 +995,7 @@ static void mg_conn_advance(mg_conn_t *c)
     mg_conn_flush(c);
 }
 
-void mg_http_access_finish(mg_req_t *r)
-{
+void mg_http_access_finish(mg_req_t *r) {
     mg_conn_t *c = r->conn;
     if (c == NULL) {
         mg_req_free(r);
@@ -1069,8 +1024,7 @@ void mg_http_access_finish(mg_req_t *r)
     mg_conn_advance(c);
 }
 
-void mg_req_target_done(mg_req_t *r)
-{
+void mg_req_target_done(mg_req_t *r) {
     mg_conn_t *c = r->conn;
     r->resp_done = 1;
     if (c == NULL) {
@@ -1082,8 +1036,7 @@ void mg_req_target_done(mg_req_t *r)
     mg_conn_advance(c);
 }
 
-void mg_req_abort(mg_req_t *r)
-{
+void mg_req_abort(mg_req_t *r) {
     mg_conn_t *c = r->conn;
     r->resp_done = 1;
     if (c == NULL) {
@@ -1096,8 +1049,7 @@ void mg_req_abort(mg_req_t *r)
         mg_conn_close_later(c);
 }
 
-static void mg_conn_free(mg_conn_t *c)
-{
+static void mg_conn_free(mg_conn_t *c) {
     mg_req_t *r = c->req;
     if (r) {
         r->conn = NULL;
@@ -1126,8 +1078,7 @@ static void mg_conn_free(mg_conn_t *c)
     mg_worker.active--;
 }
 
-static void mg_conn_close_later(mg_conn_t *c)
-{
+static void mg_conn_close_later(mg_conn_t *c) {
     if (X(c)->dead)
         return;
     X(c)->dead = 1;
@@ -1137,8 +1088,7 @@ static void mg_conn_close_later(mg_conn_t *c)
     event_active(&c->tev, EV_TIMEOUT, 1);
 }
 
-static void mg_conn_arm(mg_conn_t *c, int mode)
-{
+static void mg_conn_arm(mg_conn_t *c, int mode) {
     int ms = 0;
     mg_gen_t *g = mg_gen_current;
     c->tmode = mode;
@@ -1156,8 +1106,7 @@ static void mg_conn_arm(mg_conn_t *c, int mode)
         event_del(&c->tev);
 }
 
-static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_conn_t *c = arg;
     (void)fd, (void)what;
     if (X(c)->handoff) {
@@ -1190,17 +1139,14 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
         break;
-    case MG_T_WRITE:
-        mg_conn_free(c);
-        return;
+    case MG_T_WRITE: mg_conn_free(c); return;
     default: break;
     }
 }
 
 /* One read. Returns 1 when the socket may hold more (edge-triggered:
  * keep reading until a short read), 0 when done or the connection went. */
-static int mg_conn_read_once(mg_conn_t *c, int fd)
-{
+static int mg_conn_read_once(mg_conn_t *c, int fd) {
     ssize_t n;
 
     n = read(fd, mg_worker.scratch, sizeof(mg_worker.scratch));
@@ -1252,15 +1198,13 @@ static int mg_conn_read_once(mg_conn_t *c, int fd)
     return (size_t)n == sizeof(mg_worker.scratch) && !X(c)->dead && !c->rd_off;
 }
 
-static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg) {
     (void)what;
     while (mg_conn_read_once(arg, fd))
         ;
 }
 
-static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg) {
     mg_conn_t *c = arg;
     mg_req_t *r = c->req;
     (void)fd, (void)what;
@@ -1280,8 +1224,7 @@ static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg)
         mg_conn_advance(c);
 }
 
-void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx)
-{
+void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
     mg_xconn_t *x = calloc(1, sizeof(*x));
     mg_conn_t *c = &x->c;
     int one = 1;
@@ -1319,8 +1262,7 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx)
     mg_conn_arm(c, MG_T_HEADER);
 }
 
-void mg_http_close_idle(void)
-{
+void mg_http_close_idle(void) {
     mg_conn_t *c = mg_conns;
     while (c) {
         mg_conn_t *next = c->next;

@@ -20,16 +20,14 @@ static char mg_access_buf[32 * 1024];
 static size_t mg_access_len;
 static struct event *mg_access_timer;
 
-int mg_log_level_parse(const char *s)
-{
+int mg_log_level_parse(const char *s) {
     for (int i = 0; i < 4; i++)
         if (strcasecmp(s, mg_log_names[i]) == 0)
             return i;
     return MG_LOG_INFO;
 }
 
-void mg_log(int level, const char *fmt, ...)
-{
+void mg_log(int level, const char *fmt, ...) {
     char line[4096];
     struct timespec ts;
     struct tm tm;
@@ -40,9 +38,10 @@ void mg_log(int level, const char *fmt, ...)
         return;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ [%s] %d: ",
-                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                 ts.tv_nsec / 1000000, mg_log_names[level], (int)getpid());
+    n = snprintf(line, sizeof(line),
+                 "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ [%s] %d: ", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
+                 mg_log_names[level], (int)getpid());
     va_start(ap, fmt);
     n += vsnprintf(line + n, sizeof(line) - n, fmt, ap);
     va_end(ap);
@@ -54,8 +53,7 @@ void mg_log(int level, const char *fmt, ...)
     }
 }
 
-void mg_access_log_flush(void)
-{
+void mg_access_log_flush(void) {
     size_t off = 0;
     while (off < mg_access_len) {
         ssize_t n = write(STDERR_FILENO, mg_access_buf + off, mg_access_len - off);
@@ -66,21 +64,18 @@ void mg_access_log_flush(void)
     mg_access_len = 0;
 }
 
-static void mg_access_timer_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_access_timer_cb(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
     mg_access_log_flush();
 }
 
-void mg_access_log_init(struct event_base *base)
-{
+void mg_access_log_init(struct event_base *base) {
     struct timeval tv = {0, 200000};
     mg_access_timer = event_new(base, -1, EV_PERSIST, mg_access_timer_cb, NULL);
     event_add(mg_access_timer, &tv);
 }
 
-void mg_access_log_write(const char *line, size_t len)
-{
+void mg_access_log_write(const char *line, size_t len) {
     if (mg_access_len + len > sizeof(mg_access_buf))
         mg_access_log_flush();
     if (len > sizeof(mg_access_buf)) {

@@ -35,8 +35,7 @@ static const mg_ux_sink_t mg_lua_http_sink = {
 
 /* ---- coroutine lifecycle ---- */
 
-mg_co_t *mg_co_new(mg_gen_t *gen)
-{
+mg_co_t *mg_co_new(mg_gen_t *gen) {
     mg_co_t *co = calloc(1, sizeof(*co));
     if (co == NULL)
         return NULL;
@@ -48,8 +47,7 @@ mg_co_t *mg_co_new(mg_gen_t *gen)
     return co;
 }
 
-static void mg_co_free(mg_co_t *co)
-{
+static void mg_co_free(mg_co_t *co) {
     event_del(&co->tev);
     if (co->body)
         evbuffer_free(co->body);
@@ -63,8 +61,7 @@ static void mg_co_free(mg_co_t *co)
     free(co);
 }
 
-static void mg_co_end(mg_co_t *co)
-{
+static void mg_co_end(mg_co_t *co) {
     mg_req_t *r = co->req;
     if (co->lws)
         mg_lua_ws_co_end(co);
@@ -96,8 +93,7 @@ static void mg_co_end(mg_co_t *co)
     mg_co_free(co);
 }
 
-void mg_co_resume(mg_co_t *co, int nargs)
-{
+void mg_co_resume(mg_co_t *co, int nargs) {
     mg_co_t *prev = mg_co_cur;
     int st;
 
@@ -112,7 +108,9 @@ void mg_co_resume(mg_co_t *co, int nargs)
         const char *msg = lua_tostring(co->L, -1);
         luaL_traceback(L, co->L, msg ? msg : "(error object is not a string)", 0);
         mg_error("%s%s: lua error: %s",
-                 co->req ? "request " : co->lws ? "websocket handler" : "timer",
+                 co->req   ? "request "
+                 : co->lws ? "websocket handler"
+                           : "timer",
                  co->req ? co->req->request_id : "", lua_tostring(L, -1));
         lua_pop(L, 1);
         if (co->lws)
@@ -125,17 +123,16 @@ void mg_co_resume(mg_co_t *co, int nargs)
     mg_co_end(co);
 }
 
-mg_co_t *mg_co_check(lua_State *L, const char *what)
-{
+mg_co_t *mg_co_check(lua_State *L, const char *what) {
     mg_co_t *co = mg_co_cur;
     if (co == NULL || co->L != L)
-        luaL_error(L, "%s: only inside a handler or timer (not at load time or in a nested coroutine)",
+        luaL_error(L,
+                   "%s: only inside a handler or timer (not at load time or in a nested coroutine)",
                    what);
     return co;
 }
 
-static mg_req_t *mg_co_req(lua_State *L, const char *what)
-{
+static mg_req_t *mg_co_req(lua_State *L, const char *what) {
     mg_co_t *co = mg_co_check(L, what);
     if (co->req == NULL)
         luaL_error(L, "%s: no request in a timer", what);
@@ -144,8 +141,7 @@ static mg_req_t *mg_co_req(lua_State *L, const char *what)
 
 /* ---- handler start ---- */
 
-static void mg_push_lower(lua_State *L, const char *s, size_t len)
-{
+static void mg_push_lower(lua_State *L, const char *s, size_t len) {
     char buf[256];
     size_t i, n = len < sizeof(buf) ? len : sizeof(buf);
     for (i = 0; i < n; i++)
@@ -153,8 +149,7 @@ static void mg_push_lower(lua_State *L, const char *s, size_t len)
     lua_pushlstring(L, buf, n);
 }
 
-void mg_push_req(lua_State *L, mg_req_t *r)
-{
+void mg_push_req(lua_State *L, mg_req_t *r) {
     mg_kv_t params[MG_ROUTE_MAX_SEGS];
     int np = MG_ROUTE_MAX_SEGS, i;
     const char *host = NULL;
@@ -201,10 +196,8 @@ void mg_push_req(lua_State *L, mg_req_t *r)
         hostlen = r->hdrs[r->host_idx].vlen;
     }
     lua_createtable(L, 0, 2);
-    if (r->route->has_params &&
-        mg_route_match(r->gen, r->route->server, r->method, host, hostlen, r->hbuf, r->path_len,
-                       params, &np) ==
-            r->route) {
+    if (r->route->has_params && mg_route_match(r->gen, r->route->server, r->method, host, hostlen,
+                                               r->hbuf, r->path_len, params, &np) == r->route) {
         for (i = 0; i < np; i++) {
             lua_pushlstring(L, params[i].name, params[i].nlen);
             lua_pushlstring(L, params[i].value, params[i].vlen);
@@ -217,8 +210,7 @@ void mg_push_req(lua_State *L, mg_req_t *r)
 /* The route's access hooks, in a coroutine of their own (upstream and
  * WebSocket routes). moongate.run_access answers the client itself when a
  * hook says no, and calls core.access_done() when all say yes. */
-void mg_lua_access_start(mg_req_t *r)
-{
+void mg_lua_access_start(mg_req_t *r) {
     lua_State *L = r->gen->L;
     mg_co_t *co = mg_co_new(r->gen);
 
@@ -246,8 +238,7 @@ void mg_lua_access_start(mg_req_t *r)
 
 /* access_done(headers): the hooks allowed the request; headers set with
  * req:set_header() go to the upstream. */
-static int mg_core_access_done(lua_State *L)
-{
+static int mg_core_access_done(lua_State *L) {
     mg_req_t *r = mg_co_req(L, "access_done");
     int has_ctype = 0;
     if (lua_istable(L, 1)) {
@@ -259,8 +250,7 @@ static int mg_core_access_done(lua_State *L)
     return 0;
 }
 
-void mg_lua_handler_start(mg_req_t *r)
-{
+void mg_lua_handler_start(mg_req_t *r) {
     lua_State *L = r->gen->L;
     mg_co_t *co = mg_co_new(r->gen);
 
@@ -284,15 +274,13 @@ void mg_lua_handler_start(mg_req_t *r)
 
 /* ---- request body ---- */
 
-static void mg_lua_push_all(mg_co_t *co)
-{
+static void mg_lua_push_all(mg_co_t *co) {
     size_t n = evbuffer_get_length(co->body);
     lua_pushlstring(co->L, (const char *)evbuffer_pullup(co->body, -1), n);
     evbuffer_drain(co->body, n);
 }
 
-void mg_lua_body(mg_req_t *r, const char *data, size_t len)
-{
+void mg_lua_body(mg_req_t *r, const char *data, size_t len) {
     mg_co_t *co = r->co;
     evbuffer_add(co->body, data, len);
     if (co->wait == MG_W_READ) {
@@ -304,8 +292,7 @@ void mg_lua_body(mg_req_t *r, const char *data, size_t len)
         mg_conn_read_enable(r->conn, 0);
 }
 
-void mg_lua_body_end(mg_req_t *r)
-{
+void mg_lua_body_end(mg_req_t *r) {
     mg_co_t *co = r->co;
     if (co->wait == MG_W_BODY || co->wait == MG_W_READ) {
         if (r->resp_done) {
@@ -322,8 +309,7 @@ void mg_lua_body_end(mg_req_t *r)
     }
 }
 
-static int mg_core_req_body(lua_State *L)
-{
+static int mg_core_req_body(lua_State *L) {
     mg_req_t *r = mg_co_req(L, "req:body");
     mg_co_t *co = r->co;
     if (r->state == MG_REQ_DONE || r->conn == NULL) {
@@ -336,8 +322,7 @@ static int mg_core_req_body(lua_State *L)
     return lua_yield(L, 0);
 }
 
-static int mg_core_req_read(lua_State *L)
-{
+static int mg_core_req_read(lua_State *L) {
     mg_req_t *r = mg_co_req(L, "req:read");
     mg_co_t *co = r->co;
     if (evbuffer_get_length(co->body)) {
@@ -356,8 +341,7 @@ static int mg_core_req_read(lua_State *L)
     return lua_yield(L, 0);
 }
 
-void mg_lua_client_drained(mg_req_t *r)
-{
+void mg_lua_client_drained(mg_req_t *r) {
     mg_co_t *co = r->co;
     if (co->wait == MG_W_DRAIN) {
         lua_pushboolean(co->L, 1);
@@ -365,8 +349,7 @@ void mg_lua_client_drained(mg_req_t *r)
     }
 }
 
-void mg_lua_client_gone(mg_req_t *r)
-{
+void mg_lua_client_gone(mg_req_t *r) {
     mg_co_t *co = r->co;
     /* the coroutine goes on (it may hold upstream work); its writes are
      * dropped and whoever waits for the client learns it left */
@@ -387,8 +370,7 @@ void mg_lua_client_gone(mg_req_t *r)
 /* ---- response ---- */
 
 /* Appends "Name: value\r\n" lines from the table at idx; refuses CR/LF. */
-static void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype)
-{
+static void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype) {
     if (!lua_istable(L, idx))
         return;
     lua_pushnil(L);
@@ -416,8 +398,7 @@ static void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int
 }
 
 /* res_send(status, body, headers, default_ctype) */
-static int mg_core_res_send(lua_State *L)
-{
+static int mg_core_res_send(lua_State *L) {
     mg_req_t *r = mg_co_req(L, "response");
     int status = luaL_checkint(L, 1);
     size_t blen;
@@ -443,8 +424,7 @@ static int mg_core_res_send(lua_State *L)
 }
 
 /* res_write(status, headers, chunk): the first call sends the head */
-static int mg_core_res_write(lua_State *L)
-{
+static int mg_core_res_write(lua_State *L) {
     mg_req_t *r = mg_co_req(L, "res:write");
     size_t len;
     const char *data = luaL_checklstring(L, 3, &len);
@@ -477,8 +457,7 @@ static int mg_core_res_write(lua_State *L)
 
 /* ---- sleep and timers ---- */
 
-static void mg_co_timer_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_co_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_co_t *co = arg;
     int n = co->targs;
     (void)fd, (void)what;
@@ -486,8 +465,7 @@ static void mg_co_timer_cb(evutil_socket_t fd, short what, void *arg)
     mg_co_resume(co, n);
 }
 
-static int mg_core_sleep(lua_State *L)
-{
+static int mg_core_sleep(lua_State *L) {
     mg_co_t *co = mg_co_check(L, "moongate.sleep");
     double s = luaL_checknumber(L, 1);
     struct timeval tv;
@@ -502,8 +480,7 @@ static int mg_core_sleep(lua_State *L)
 }
 
 /* timer(seconds, fn, ...): fn(...) runs later in its own coroutine */
-static int mg_core_timer(lua_State *L)
-{
+static int mg_core_timer(lua_State *L) {
     double s = luaL_checknumber(L, 1);
     int nargs = lua_gettop(L) - 2, i;
     mg_gen_t *gen = mg_co_cur ? mg_co_cur->gen : mg_gen_current;
@@ -535,8 +512,7 @@ static int mg_core_timer(lua_State *L)
 /* ---- HTTP client ---- */
 
 static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
-                            int64_t clen, int chunked)
-{
+                            int64_t clen, int chunked) {
     mg_co_t *co = ud;
     (void)http_minor, (void)clen, (void)chunked;
     co->hstatus = status;
@@ -548,16 +524,14 @@ static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs,
     }
 }
 
-static int mg_http_on_body(void *ud, const char *data, size_t len)
-{
+static int mg_http_on_body(void *ud, const char *data, size_t len) {
     mg_co_t *co = ud;
     if (evbuffer_get_length(co->hbody) + len <= MG_HTTP_MAX_BODY)
         evbuffer_add(co->hbody, data, len);
     return 0;
 }
 
-static void mg_http_on_done(void *ud)
-{
+static void mg_http_on_done(void *ud) {
     mg_co_t *co = ud;
     lua_State *L = co->L;
     size_t hl = evbuffer_get_length(co->hhead), off = 0;
@@ -596,8 +570,7 @@ static void mg_http_on_done(void *ud)
     mg_co_resume(co, 1);
 }
 
-static void mg_http_on_error(void *ud, int status, const char *msg)
-{
+static void mg_http_on_error(void *ud, int status, const char *msg) {
     mg_co_t *co = ud;
     co->ux = NULL;
     evbuffer_free(co->hbody);
@@ -609,8 +582,7 @@ static void mg_http_on_error(void *ud, int status, const char *msg)
 }
 
 /* http_request(method, upstream_or_nil, url_or_nil, target, headers, body, timeout) */
-static int mg_core_http_request(lua_State *L)
-{
+static int mg_core_http_request(lua_State *L) {
     mg_co_t *co = mg_co_check(L, "moongate.http.request");
     const char *method = luaL_checkstring(L, 1);
     const char *target = luaL_checkstring(L, 4);
@@ -677,20 +649,17 @@ static int mg_core_http_request(lua_State *L)
 
 /* ---- misc ---- */
 
-static int mg_core_now(lua_State *L)
-{
+static int mg_core_now(lua_State *L) {
     lua_pushnumber(L, mg_now());
     return 1;
 }
 
-static int mg_core_time(lua_State *L)
-{
+static int mg_core_time(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)mg_now());
     return 1;
 }
 
-static int mg_core_log(lua_State *L)
-{
+static int mg_core_log(lua_State *L) {
     const char *lvl = luaL_checkstring(L, 1);
     const char *msg = luaL_checkstring(L, 2);
     lua_Debug ar;
@@ -701,8 +670,7 @@ static int mg_core_log(lua_State *L)
     return 0;
 }
 
-static int mg_core_worker_id(lua_State *L)
-{
+static int mg_core_worker_id(lua_State *L) {
     lua_pushinteger(L, mg_worker.id);
     return 1;
 }
@@ -723,8 +691,7 @@ static const luaL_Reg mg_core_funcs[] = {
     {NULL, NULL},
 };
 
-void mg_lua_open_api(lua_State *L)
-{
+void mg_lua_open_api(lua_State *L) {
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "loaded");
     lua_newtable(L);

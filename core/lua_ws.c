@@ -40,14 +40,12 @@ static const mg_ws_ops_t mg_lws_ops = {
     .on_drain = NULL,
 };
 
-static void mg_lws_push_msg(lua_State *L, int op, const char *data, size_t len)
-{
+static void mg_lws_push_msg(lua_State *L, int op, const char *data, size_t len) {
     lua_pushlstring(L, data, len);
     lua_pushstring(L, op == WSLAY_BINARY_FRAME ? "binary" : "text");
 }
 
-static void mg_lws_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len)
-{
+static void mg_lws_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len) {
     mg_lws_t *l = ud;
     if (l->waiter) {
         mg_co_t *co = l->waiter;
@@ -69,8 +67,7 @@ static void mg_lws_on_message(void *ud, mg_ws_t *ws, int op, const char *data, s
         mg_ws_pause(ws, 1);
 }
 
-static void mg_lws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason)
-{
+static void mg_lws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason) {
     mg_lws_t *l = ud;
     (void)ws;
     l->ws = NULL;
@@ -92,13 +89,9 @@ static void mg_lws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason)
     }
 }
 
-static mg_lws_t *mg_lws_check(lua_State *L)
-{
-    return luaL_checkudata(L, 1, MG_LWS_MT);
-}
+static mg_lws_t *mg_lws_check(lua_State *L) { return luaL_checkudata(L, 1, MG_LWS_MT); }
 
-static int mg_lws_recv(lua_State *L)
-{
+static int mg_lws_recv(lua_State *L) {
     mg_lws_t *l = mg_lws_check(L);
     mg_co_t *co = mg_co_check(L, "ws:recv");
     if (evbuffer_get_length(l->q) >= 5) {
@@ -126,8 +119,7 @@ static int mg_lws_recv(lua_State *L)
     return lua_yield(L, 0);
 }
 
-static int mg_lws_send(lua_State *L)
-{
+static int mg_lws_send(lua_State *L) {
     mg_lws_t *l = mg_lws_check(L);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
@@ -142,8 +134,7 @@ static int mg_lws_send(lua_State *L)
     return 1;
 }
 
-static int mg_lws_ping(lua_State *L)
-{
+static int mg_lws_ping(lua_State *L) {
     mg_lws_t *l = mg_lws_check(L);
     size_t len;
     const char *data = luaL_optlstring(L, 2, "", &len);
@@ -158,8 +149,7 @@ static int mg_lws_ping(lua_State *L)
     return 1;
 }
 
-static int mg_lws_close(lua_State *L)
-{
+static int mg_lws_close(lua_State *L) {
     mg_lws_t *l = mg_lws_check(L);
     int code = luaL_optint(L, 2, 1000);
     const char *reason = luaL_optstring(L, 3, "");
@@ -173,8 +163,7 @@ static int mg_lws_close(lua_State *L)
     return 1;
 }
 
-static int mg_lws_index(lua_State *L)
-{
+static int mg_lws_index(lua_State *L) {
     mg_lws_t *l = mg_lws_check(L);
     const char *k = luaL_checkstring(L, 2);
     if (strcmp(k, "protocol") == 0) {
@@ -193,8 +182,7 @@ static int mg_lws_index(lua_State *L)
     return 1;
 }
 
-static int mg_lws_gc(lua_State *L)
-{
+static int mg_lws_gc(lua_State *L) {
     mg_lws_t *l = luaL_checkudata(L, 1, MG_LWS_MT);
     if (l->q) {
         evbuffer_free(l->q);
@@ -203,10 +191,9 @@ static int mg_lws_gc(lua_State *L)
     return 0;
 }
 
-void mg_lua_ws_open_api(lua_State *L)
-{
+void mg_lua_ws_open_api(lua_State *L) {
     static const luaL_Reg m[] = {
-        {"recv", mg_lws_recv}, {"send", mg_lws_send}, {"ping", mg_lws_ping},
+        {"recv", mg_lws_recv},   {"send", mg_lws_send}, {"ping", mg_lws_ping},
         {"close", mg_lws_close}, {NULL, NULL},
     };
     luaL_newmetatable(L, MG_LWS_MT);
@@ -218,14 +205,12 @@ void mg_lua_ws_open_api(lua_State *L)
     lua_pop(L, 1);
 }
 
-void mg_lua_ws_error(mg_co_t *co)
-{
+void mg_lua_ws_error(mg_co_t *co) {
     if (co->lws && co->lws->ws)
         mg_ws_close(co->lws->ws, 1011, "internal error");
 }
 
-void mg_lua_ws_co_end(mg_co_t *co)
-{
+void mg_lua_ws_co_end(mg_co_t *co) {
     mg_lws_t *l = co->lws;
     co->lws = NULL;
     if (l->waiter == co)
@@ -236,8 +221,7 @@ void mg_lua_ws_co_end(mg_co_t *co)
         mg_ws_close(l->ws, 1000, "");
 }
 
-void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre, size_t len)
-{
+void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre, size_t len) {
     lua_State *L = r->gen->L;
     mg_co_t *co = mg_co_new(r->gen);
     mg_lws_t *l;

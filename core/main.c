@@ -37,8 +37,7 @@ static int mg_nslots, mg_nlisten;
 static int mg_master_stopping;
 static struct event_base *mg_master_base;
 
-static void mg_usage(void)
-{
+static void mg_usage(void) {
     fprintf(stderr, "usage: moongate [-c conf/moongate.lua] [-t] [-v] [-p pidfile]\n"
                     "  -c FILE  configuration file (default conf/moongate.lua)\n"
                     "  -t       check the configuration, scripts and routes, then exit\n"
@@ -46,8 +45,7 @@ static void mg_usage(void)
                     "  -p FILE  write the master's pid to FILE\n");
 }
 
-static void mg_versions(void)
-{
+static void mg_versions(void) {
     printf("moongate %s\n", MG_VERSION);
     printf("LuaJIT %s\n", LUAJIT_VERSION);
     printf("libevent %s\n", event_get_version());
@@ -58,8 +56,7 @@ static void mg_versions(void)
 
 /* SO_REUSEPORT would let a second moongate share the port silently: a
  * plain bind first tells whether someone already listens there. */
-static int mg_listen_free(mg_addr_t *a)
-{
+static int mg_listen_free(mg_addr_t *a) {
     struct addrinfo hints, *res = NULL;
     char port[16];
     int fd, one = 1, ok = 1;
@@ -82,8 +79,7 @@ static int mg_listen_free(mg_addr_t *a)
     return ok;
 }
 
-static int mg_listen_one(mg_addr_t *a)
-{
+static int mg_listen_one(mg_addr_t *a) {
     struct addrinfo hints, *res = NULL;
     char port[16];
     int fd, one = 1, rc;
@@ -114,8 +110,7 @@ fail:
     return -1;
 }
 
-static void mg_spawn(int slot)
-{
+static void mg_spawn(int slot) {
     pid_t pid = fork();
     if (pid < 0) {
         mg_error("fork: %s", strerror(errno));
@@ -136,15 +131,13 @@ static void mg_spawn(int slot)
     mg_slots[slot].started = mg_now();
 }
 
-static void mg_respawn_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_respawn_cb(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     if (!mg_master_stopping)
         mg_spawn((int)(intptr_t)arg);
 }
 
-static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg)
-{
+static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
     int i;
     (void)what, (void)arg;
     if (sig == SIGCHLD) {
@@ -222,8 +215,7 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg)
     }
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     int opt, test = 0, i, k;
     const char *pidfile = NULL;
     char err[1024];

@@ -90,10 +90,10 @@ typedef struct {
 } mg_seg_t;
 
 typedef struct {
-    char *rule;  /* path or prefix as written */
-    char *name;  /* label for logs */
-    int prefix;  /* 1 = prefix match on whole segments */
-    int nsegs;   /* segments of rule */
+    char *rule; /* path or prefix as written */
+    char *name; /* label for logs */
+    int prefix; /* 1 = prefix match on whole segments */
+    int nsegs;  /* segments of rule */
     mg_seg_t *segs;
     int has_params;
     uint64_t methods; /* bit per llhttp method; 0 = any */
@@ -126,7 +126,7 @@ typedef struct mg_gen_s {
     mg_route_t *routes;
     int nroutes;
     int max_websockets; /* per worker */
-    char **desc; /* one line per route, for reload diffs */
+    char **desc;        /* one line per route, for reload diffs */
     int ndesc;
 } mg_gen_t;
 
@@ -149,9 +149,8 @@ typedef struct {
 int mg_route_compile(mg_route_t *r, char *err, size_t errlen);
 /* Returns the first matching route (the table is sorted by priority) or NULL.
  * Params, if wanted, are filled as (name, value) slices of path. */
-mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *host,
-                           size_t hostlen, const char *path, size_t pathlen, mg_kv_t *params,
-                           int *nparams);
+mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *host, size_t hostlen,
+                           const char *path, size_t pathlen, mg_kv_t *params, int *nparams);
 /* The server (route table) of this worker's listening socket `lidx`. */
 int mg_gen_server_of(mg_gen_t *gen, int lidx);
 
@@ -184,11 +183,11 @@ struct mg_req_s {
     int status;       /* response status sent */
     int resp_started; /* response head queued */
     int resp_done;
-    int resp_chunked; /* we chunk-encode the response body */
-    int resp_close;   /* close after response (no framing / errors) */
-    int ws_upgrade;   /* a valid WebSocket handshake: hand off after parsing */
-    int access_state; /* MG_ACCESS_*: the route's access hook */
-    int access_req_ref;    /* the req table the hook saw (for WebSocket handlers) */
+    int resp_chunked;       /* we chunk-encode the response body */
+    int resp_close;         /* close after response (no framing / errors) */
+    int ws_upgrade;         /* a valid WebSocket handshake: hand off after parsing */
+    int access_state;       /* MG_ACCESS_*: the route's access hook */
+    int access_req_ref;     /* the req table the hook saw (for WebSocket handlers) */
     struct evbuffer *xhdrs; /* "Name: value\r\n" lines set by req:set_header() */
     uint64_t bytes_out;
     double t_start;
@@ -226,7 +225,7 @@ struct mg_conn_s {
     struct sockaddr_storage peer;
     char peer_ip[48];
     int is_tls;
-    int lidx; /* listening socket it came from */
+    int lidx;               /* listening socket it came from */
     mg_conn_t *prev, *next; /* all connections of the worker */
 };
 
@@ -245,7 +244,7 @@ void mg_req_target_done(mg_req_t *r); /* target finished with the response */
 void mg_http_access_finish(mg_req_t *r);
 /* Is `name` overridden by req:set_header()? */
 int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len);
-void mg_req_abort(mg_req_t *r);        /* target failed mid-response: close */
+void mg_req_abort(mg_req_t *r); /* target failed mid-response: close */
 const char *mg_req_header(mg_req_t *r, const char *name, size_t *len);
 /* The nth (0-based) header line with this name, or NULL. */
 const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len);
@@ -312,12 +311,12 @@ typedef struct {
     struct event_base *base;
     int id;
     int nfd;
-    int *fds; /* listening sockets of this worker */
+    int *fds;         /* listening sockets of this worker */
     mg_addr_t *laddr; /* their addresses (as at startup), same order */
     struct event **lev;
     int stopping;
-    uint64_t active;      /* connections open */
-    uint64_t inflight;    /* requests in progress */
+    uint64_t active;   /* connections open */
+    uint64_t inflight; /* requests in progress */
     char scratch[MG_READ_CHUNK];
     uint64_t rng[2];
     const struct timeval *ct[8]; /* common timeouts */

@@ -36,8 +36,7 @@ typedef struct {
     int count;
 } mg_conn_tokens_t;
 
-static void mg_conn_tokens(mg_conn_tokens_t *t, const char *v, size_t len)
-{
+static void mg_conn_tokens(mg_conn_tokens_t *t, const char *v, size_t len) {
     size_t i = 0;
     while (i < len && t->count < 16) {
         size_t s;
@@ -53,27 +52,23 @@ static void mg_conn_tokens(mg_conn_tokens_t *t, const char *v, size_t len)
     }
 }
 
-static int mg_conn_tokens_has(mg_conn_tokens_t *t, const char *n, size_t l)
-{
+static int mg_conn_tokens_has(mg_conn_tokens_t *t, const char *n, size_t l) {
     for (int i = 0; i < t->count; i++)
         if (t->l[i] == l && strncasecmp(t->n[i], n, l) == 0)
             return 1;
     return 0;
 }
 
-static int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll)
-{
+static int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll) {
     return l == ll && strncasecmp(n, lit, l) == 0;
 }
 
-static int mg_method_idempotent(int m)
-{
+static int mg_method_idempotent(int m) {
     return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_PUT || m == HTTP_DELETE ||
            m == HTTP_OPTIONS || m == HTTP_TRACE;
 }
 
-void mg_proxy_start(mg_req_t *r)
-{
+void mg_proxy_start(mg_req_t *r) {
     struct evbuffer *h = evbuffer_new();
     mg_route_t *rt = r->route;
     mg_conn_tokens_t tok = {.count = 0};
@@ -117,17 +112,15 @@ void mg_proxy_start(mg_req_t *r)
         mg_hdr_t *hd = &r->hdrs[i];
         const char *n = r->hbuf + hd->noff;
         size_t l = hd->nlen;
-        if (mg_http_hop_by_hop(n, l) || mg_conn_tokens_has(&tok, n, l) ||
-            mg_req_xhdr_has(r, n, l))
+        if (mg_http_hop_by_hop(n, l) || mg_conn_tokens_has(&tok, n, l) || mg_req_xhdr_has(r, n, l))
             continue;
         if (mg_name_eq(n, l, "x-forwarded-for", 15)) {
             xff = r->hbuf + hd->voff;
             xff_len = hd->vlen;
             continue;
         }
-        if (mg_name_eq(n, l, "x-forwarded-proto", 17) ||
-            mg_name_eq(n, l, "x-forwarded-host", 16) || mg_name_eq(n, l, "x-request-id", 12) ||
-            mg_name_eq(n, l, "expect", 6))
+        if (mg_name_eq(n, l, "x-forwarded-proto", 17) || mg_name_eq(n, l, "x-forwarded-host", 16) ||
+            mg_name_eq(n, l, "x-request-id", 12) || mg_name_eq(n, l, "expect", 6))
             continue;
         evbuffer_add(h, n, l);
         evbuffer_add(h, ": ", 2);
@@ -192,8 +185,7 @@ void mg_proxy_start(mg_req_t *r)
         mg_ux_end(r->ux); /* no body: the request is complete */
 }
 
-void mg_proxy_body(mg_req_t *r, const char *data, size_t len)
-{
+void mg_proxy_body(mg_req_t *r, const char *data, size_t len) {
     if (r->chunked) {
         char hex[24];
         int n = snprintf(hex, sizeof(hex), "%zx\r\n", len);
@@ -211,8 +203,7 @@ void mg_proxy_body(mg_req_t *r, const char *data, size_t len)
         mg_conn_read_enable(r->conn, 0); /* the upstream is slower than the client */
 }
 
-void mg_proxy_body_end(mg_req_t *r)
-{
+void mg_proxy_body_end(mg_req_t *r) {
     if (r->chunked) {
         mg_ux_send(r->ux, "0\r\n\r\n", 5);
         if (r->ux == NULL)
@@ -222,14 +213,12 @@ void mg_proxy_body_end(mg_req_t *r)
         mg_ux_end(r->ux);
 }
 
-void mg_proxy_client_drained(mg_req_t *r)
-{
+void mg_proxy_client_drained(mg_req_t *r) {
     if (r->ux)
         mg_ux_pause(r->ux, 0);
 }
 
-void mg_proxy_client_gone(mg_req_t *r)
-{
+void mg_proxy_client_gone(mg_req_t *r) {
     if (r->ux) {
         mg_ux_cancel(r->ux);
         r->ux = NULL;
@@ -241,8 +230,7 @@ void mg_proxy_client_gone(mg_req_t *r)
 static char mg_proxy_hbuf[80 * 1024];
 
 static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
-                             int64_t clen, int chunked)
-{
+                             int64_t clen, int chunked) {
     mg_req_t *r = ud;
     mg_conn_tokens_t tok = {.count = 0};
     size_t o = 0;
@@ -273,8 +261,7 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
     mg_resp_head(r, status, mg_proxy_hbuf, o, clen);
 }
 
-static int mg_proxy_on_body(void *ud, const char *data, size_t len)
-{
+static int mg_proxy_on_body(void *ud, const char *data, size_t len) {
     mg_req_t *r = ud;
     if (r->conn == NULL)
         return 0;
@@ -282,8 +269,7 @@ static int mg_proxy_on_body(void *ud, const char *data, size_t len)
     return mg_conn_pending(r->conn) > MG_HIGH_WATER;
 }
 
-static void mg_proxy_on_flush(void *ud)
-{
+static void mg_proxy_on_flush(void *ud) {
     mg_req_t *r = ud;
     if (r->conn == NULL)
         return;
@@ -294,16 +280,14 @@ static void mg_proxy_on_flush(void *ud)
         mg_ux_pause(r->ux, 0);
 }
 
-static void mg_proxy_on_done(void *ud)
-{
+static void mg_proxy_on_done(void *ud) {
     mg_req_t *r = ud;
     r->ux = NULL;
     mg_resp_end(r);
     mg_req_target_done(r);
 }
 
-static void mg_proxy_on_error(void *ud, int status, const char *msg)
-{
+static void mg_proxy_on_error(void *ud, int status, const char *msg) {
     mg_req_t *r = ud;
     r->ux = NULL;
     if (status && !r->resp_started) {
@@ -317,8 +301,7 @@ static void mg_proxy_on_error(void *ud, int status, const char *msg)
     mg_req_abort(r);
 }
 
-static void mg_proxy_on_drain(void *ud)
-{
+static void mg_proxy_on_drain(void *ud) {
     mg_req_t *r = ud;
     if (r->conn)
         mg_conn_read_enable(r->conn, 1);

@@ -10,8 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
-int mg_route_compile(mg_route_t *r, char *err, size_t errlen)
-{
+int mg_route_compile(mg_route_t *r, char *err, size_t errlen) {
     const char *p = r->rule, *end;
     int n = 0;
 
@@ -60,8 +59,7 @@ int mg_route_compile(mg_route_t *r, char *err, size_t errlen)
     return MG_OK;
 }
 
-static int mg_route_host_ok(mg_route_t *r, const char *host, size_t hostlen)
-{
+static int mg_route_host_ok(mg_route_t *r, const char *host, size_t hostlen) {
     size_t i, hl = strlen(r->host);
     const char *colon;
 
@@ -83,10 +81,8 @@ static int mg_route_host_ok(mg_route_t *r, const char *host, size_t hostlen)
     return 1;
 }
 
-mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *host,
-                           size_t hostlen, const char *path, size_t pathlen, mg_kv_t *params,
-                           int *nparams)
-{
+mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *host, size_t hostlen,
+                           const char *path, size_t pathlen, mg_kv_t *params, int *nparams) {
     const char *segp[MG_ROUTE_MAX_SEGS + 1];
     size_t segl[MG_ROUTE_MAX_SEGS + 1];
     int nseg = 0, i, k, toolong = 0;
@@ -145,8 +141,7 @@ mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *ho
     return NULL;
 }
 
-int mg_gen_server_of(mg_gen_t *gen, int lidx)
-{
+int mg_gen_server_of(mg_gen_t *gen, int lidx) {
     mg_addr_t *a = &mg_worker.laddr[lidx];
     for (int i = 0; i < gen->nlisten; i++)
         if (gen->listen[i].port == a->port && strcmp(gen->listen[i].host, a->host) == 0)

@@ -27,8 +27,7 @@ static struct {
 } mg_ct[32];
 static int mg_nct;
 
-const struct timeval *mg_timeout_tv(int ms)
-{
+const struct timeval *mg_timeout_tv(int ms) {
     static struct timeval plain;
     struct timeval tv;
     int i;
@@ -47,8 +46,7 @@ const struct timeval *mg_timeout_tv(int ms)
     return &plain;
 }
 
-static void mg_accept_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_accept_cb(evutil_socket_t fd, short what, void *arg) {
     int lidx = (int)(intptr_t)arg;
     (void)what;
     for (int i = 0; i < 64; i++) {
@@ -66,8 +64,7 @@ static void mg_accept_cb(evutil_socket_t fd, short what, void *arg)
 
 /* Stopping: close the listening sockets, so that the kernel sends new
  * connections elsewhere (or refuses them) instead of queueing them here. */
-void mg_server_stop_accept(void)
-{
+void mg_server_stop_accept(void) {
     for (int i = 0; i < mg_worker.nfd; i++) {
         if (mg_worker.lev[i]) {
             event_free(mg_worker.lev[i]);
@@ -80,20 +77,19 @@ void mg_server_stop_accept(void)
     }
 }
 
-static void mg_worker_stop_check(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_worker_stop_check(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
     if ((mg_worker.active == 0 && mg_ws_count() == 0) || mg_now() >= mg_worker_stop_deadline) {
         if (mg_worker.active)
-            mg_warn("drain timeout: closing %llu connections", (unsigned long long)mg_worker.active);
+            mg_warn("drain timeout: closing %llu connections",
+                    (unsigned long long)mg_worker.active);
         event_base_loopexit(mg_worker.base, NULL);
         return;
     }
     mg_http_close_idle();
 }
 
-static void mg_worker_signal_cb(evutil_socket_t sig, short what, void *arg)
-{
+static void mg_worker_signal_cb(evutil_socket_t sig, short what, void *arg) {
     (void)what, (void)arg;
     if (sig == SIGHUP) {
         char err[1024];
@@ -117,13 +113,13 @@ static void mg_worker_signal_cb(evutil_socket_t sig, short what, void *arg)
     mg_worker_stop_deadline = mg_now() + mg_gen_current->timeouts.drain / 1000.0;
     {
         struct timeval tv = {0, 50000};
-        mg_worker_stop_timer = event_new(mg_worker.base, -1, EV_PERSIST, mg_worker_stop_check, NULL);
+        mg_worker_stop_timer =
+            event_new(mg_worker.base, -1, EV_PERSIST, mg_worker_stop_check, NULL);
         event_add(mg_worker_stop_timer, &tv);
     }
 }
 
-void mg_worker_run(int id, int *fds, int nfd)
-{
+void mg_worker_run(int id, int *fds, int nfd) {
     struct event *sig[3];
     int sigs[3] = {SIGHUP, SIGTERM, SIGINT}, i;
 

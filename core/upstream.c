@@ -32,9 +32,9 @@ struct mg_peer_s {
     struct sockaddr_storage addr;
     socklen_t alen;
     int resolved;
-    int fails;          /* consecutive failures */
-    double down_until;  /* skipped until then (seconds, mg_now clock) */
-    mg_uconn_t *idle;   /* pooled connections, LIFO */
+    int fails;         /* consecutive failures */
+    double down_until; /* skipped until then (seconds, mg_now clock) */
+    mg_uconn_t *idle;  /* pooled connections, LIFO */
     int nidle;
     mg_peer_t *next;
 };
@@ -55,19 +55,19 @@ enum { MG_UX_CONNECT, MG_UX_ACTIVE };
 struct mg_ux_s {
     mg_upstream_t *up;
     mg_uconn_t *uc;
-    struct evbuffer *out;   /* request bytes not yet written */
-    struct evbuffer *head;  /* copy of the head, for a retry on a fresh connection */
+    struct evbuffer *out;  /* request bytes not yet written */
+    struct evbuffer *head; /* copy of the head, for a retry on a fresh connection */
     llhttp_t parser;
     const mg_ux_sink_t *sink;
     void *ud;
     int idempotent, head_only;
     int timeout_ms;
-    int tries;       /* servers tried */
-    int reused;      /* the connection came from the pool */
-    int body_sent;   /* body bytes were queued */
+    int tries;     /* servers tried */
+    int reused;    /* the connection came from the pool */
+    int body_sent; /* body bytes were queued */
     int req_done;
-    int got_resp;    /* response bytes received */
-    int head_done;   /* head delivered to the sink */
+    int got_resp;  /* response bytes received */
+    int head_done; /* head delivered to the sink */
     int msg_done;
     int paused;
     int in_exec;
@@ -119,8 +119,7 @@ static llhttp_settings_t mg_ux_settings = {
 
 /* ---- peers ---- */
 
-mg_peer_t *mg_peer_get(const char *host, int port)
-{
+mg_peer_t *mg_peer_get(const char *host, int port) {
     mg_peer_t *p;
     struct addrinfo hints, *res = NULL;
     char ports[16];
@@ -150,13 +149,11 @@ mg_peer_t *mg_peer_get(const char *host, int port)
     return p;
 }
 
-void mg_peer_str(mg_peer_t *p, char *buf, size_t len)
-{
+void mg_peer_str(mg_peer_t *p, char *buf, size_t len) {
     snprintf(buf, len, "%s:%d", p->host, p->port);
 }
 
-static mg_peer_t *mg_upstream_pick(mg_upstream_t *up)
-{
+static mg_peer_t *mg_upstream_pick(mg_upstream_t *up) {
     double now = mg_now();
     int i;
     for (i = 0; i < up->npeers; i++) {
@@ -169,8 +166,7 @@ static mg_peer_t *mg_upstream_pick(mg_upstream_t *up)
     return up->npeers ? up->peers[up->rr++ % up->npeers] : NULL;
 }
 
-static void mg_peer_failed(mg_upstream_t *up, mg_peer_t *p)
-{
+static void mg_peer_failed(mg_upstream_t *up, mg_peer_t *p) {
     if (++p->fails >= up->max_fails && up->max_fails > 0) {
         if (p->down_until <= mg_now())
             mg_warn("upstream %s: server %s:%d failed %d times, skipped for %.1fs", up->name,
@@ -181,8 +177,7 @@ static void mg_peer_failed(mg_upstream_t *up, mg_peer_t *p)
 
 /* ---- connections ---- */
 
-static void mg_uconn_close(mg_uconn_t *uc)
-{
+static void mg_uconn_close(mg_uconn_t *uc) {
     event_del(&uc->rev);
     event_del(&uc->wev);
     event_del(&uc->tev);
@@ -191,8 +186,7 @@ static void mg_uconn_close(mg_uconn_t *uc)
 }
 
 /* A pooled connection became readable (closed, or junk) or idled out. */
-static void mg_uconn_pool_drop(mg_uconn_t *uc)
-{
+static void mg_uconn_pool_drop(mg_uconn_t *uc) {
     mg_uconn_t **pp;
     for (pp = &uc->peer->idle; *pp; pp = &(*pp)->next)
         if (*pp == uc) {
@@ -205,8 +199,7 @@ static void mg_uconn_pool_drop(mg_uconn_t *uc)
 
 /* The read event stays registered while a connection sits in the pool (no
  * epoll_ctl per request); only the callbacks notice uc->ux == NULL. */
-static void mg_uconn_release(mg_ux_t *ux)
-{
+static void mg_uconn_release(mg_ux_t *ux) {
     mg_uconn_t *uc = ux->uc;
     mg_peer_t *p = uc->peer;
     ux->uc = NULL;
@@ -225,18 +218,17 @@ static void mg_uconn_release(mg_ux_t *ux)
     p->nidle++;
 }
 
-static void mg_uconn_bind(mg_ux_t *ux, mg_uconn_t *uc)
-{
+static void mg_uconn_bind(mg_ux_t *ux, mg_uconn_t *uc) {
     ux->uc = uc;
     uc->ux = ux;
     uc->rd_off = 0;
-    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ | EV_PERSIST | EV_ET, mg_uconn_read_cb, uc);
+    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ | EV_PERSIST | EV_ET, mg_uconn_read_cb,
+                 uc);
     event_assign(&uc->wev, mg_worker.base, uc->fd, EV_WRITE | EV_PERSIST, mg_uconn_write_cb, uc);
     evtimer_assign(&uc->tev, mg_worker.base, mg_uconn_timer_cb, uc);
 }
 
-static void mg_ux_arm(mg_ux_t *ux, int ms)
-{
+static void mg_ux_arm(mg_ux_t *ux, int ms) {
     if (ux->uc) {
         if (ms > 0)
             event_add(&ux->uc->tev, mg_timeout_tv(ms));
@@ -245,8 +237,7 @@ static void mg_ux_arm(mg_ux_t *ux, int ms)
     }
 }
 
-static void mg_ux_connect(mg_ux_t *ux)
-{
+static void mg_ux_connect(mg_ux_t *ux) {
     mg_peer_t *p;
     mg_uconn_t *uc;
     int fd, one = 1;
@@ -306,8 +297,7 @@ static void mg_ux_connect(mg_ux_t *ux)
 }
 
 /* A connection failed before the request was answered. */
-static void mg_ux_retry_or_fail(mg_ux_t *ux, int status, const char *msg, int connect_phase)
-{
+static void mg_ux_retry_or_fail(mg_ux_t *ux, int status, const char *msg, int connect_phase) {
     mg_uconn_t *uc = ux->uc;
     mg_peer_t *p = uc ? uc->peer : NULL;
     int was_reused = ux->reused;
@@ -340,8 +330,7 @@ static void mg_ux_retry_or_fail(mg_ux_t *ux, int status, const char *msg, int co
     mg_ux_fail(ux, status, msg, 0);
 }
 
-static void mg_ux_deferred_fail_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_ux_deferred_fail_cb(evutil_socket_t fd, short what, void *arg) {
     mg_ux_t *ux = arg;
     (void)fd, (void)what;
     ux->fail_pending = 0;
@@ -350,8 +339,7 @@ static void mg_ux_deferred_fail_cb(evutil_socket_t fd, short what, void *arg)
     mg_ux_free(ux);
 }
 
-static void mg_ux_fail(mg_ux_t *ux, int status, const char *msg, int peer_fault)
-{
+static void mg_ux_fail(mg_ux_t *ux, int status, const char *msg, int peer_fault) {
     (void)peer_fault;
     if (ux->in_start) {
         /* the caller of mg_ux_start has no handle yet: report on the next
@@ -376,8 +364,7 @@ static void mg_ux_fail(mg_ux_t *ux, int status, const char *msg, int peer_fault)
     mg_ux_free(ux);
 }
 
-static void mg_ux_free(mg_ux_t *ux)
-{
+static void mg_ux_free(mg_ux_t *ux) {
     if (ux->uc)
         mg_uconn_close(ux->uc);
     evbuffer_free(ux->out);
@@ -394,8 +381,7 @@ static void mg_ux_free(mg_ux_t *ux)
 }
 
 mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, int head_only,
-                     const mg_ux_sink_t *sink, void *ud, int timeout_ms)
-{
+                     const mg_ux_sink_t *sink, void *ud, int timeout_ms) {
     mg_ux_t *ux = mg_ux_free_list;
     if (ux) {
         struct evbuffer *hc = ux->head;
@@ -432,8 +418,7 @@ mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, i
     return ux;
 }
 
-static void mg_ux_flush(mg_ux_t *ux)
-{
+static void mg_ux_flush(mg_ux_t *ux) {
     mg_uconn_t *uc = ux->uc;
     size_t left;
     if (uc == NULL || uc->connecting)
@@ -456,26 +441,20 @@ static void mg_ux_flush(mg_ux_t *ux)
     }
 }
 
-void mg_ux_send(mg_ux_t *ux, const char *data, size_t len)
-{
+void mg_ux_send(mg_ux_t *ux, const char *data, size_t len) {
     ux->body_sent = 1;
     evbuffer_add(ux->out, data, len);
     mg_ux_flush(ux);
 }
 
-void mg_ux_end(mg_ux_t *ux)
-{
+void mg_ux_end(mg_ux_t *ux) {
     ux->req_done = 1;
     mg_ux_flush(ux);
 }
 
-size_t mg_ux_pending(mg_ux_t *ux)
-{
-    return evbuffer_get_length(ux->out);
-}
+size_t mg_ux_pending(mg_ux_t *ux) { return evbuffer_get_length(ux->out); }
 
-void mg_ux_pause(mg_ux_t *ux, int on)
-{
+void mg_ux_pause(mg_ux_t *ux, int on) {
     mg_uconn_t *uc = ux->uc;
     ux->paused = on;
     if (uc == NULL || uc->connecting)
@@ -489,8 +468,7 @@ void mg_ux_pause(mg_ux_t *ux, int on)
     }
 }
 
-void mg_ux_cancel(mg_ux_t *ux)
-{
+void mg_ux_cancel(mg_ux_t *ux) {
     ux->cancelled = 1;
     if (ux->in_exec || ux->fail_pending)
         return; /* freed once llhttp_execute returns */
@@ -499,8 +477,7 @@ void mg_ux_cancel(mg_ux_t *ux)
 
 /* ---- events ---- */
 
-static void mg_uconn_write_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_uconn_write_cb(evutil_socket_t fd, short what, void *arg) {
     mg_uconn_t *uc = arg;
     mg_ux_t *ux = uc->ux;
     (void)what;
@@ -525,8 +502,7 @@ static void mg_uconn_write_cb(evutil_socket_t fd, short what, void *arg)
         ux->sink->on_drain(ux->ud);
 }
 
-static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_uconn_t *uc = arg;
     mg_ux_t *ux = uc->ux;
     (void)fd, (void)what;
@@ -544,8 +520,7 @@ static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg)
     mg_ux_fail(ux, 504, "upstream timed out", 1);
 }
 
-static void mg_ux_complete(mg_ux_t *ux, int reusable)
-{
+static void mg_ux_complete(mg_ux_t *ux, int reusable) {
     if (ux->uc) {
         if (reusable && ux->req_done && evbuffer_get_length(ux->out) == 0)
             mg_uconn_release(ux);
@@ -560,8 +535,7 @@ static void mg_ux_complete(mg_ux_t *ux, int reusable)
 }
 
 /* One read; 1 = read again (edge-triggered), 0 = stop. */
-static int mg_uconn_read_once(mg_uconn_t *uc, int fd)
-{
+static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
     mg_ux_t *ux = uc->ux;
     ssize_t n;
     llhttp_errno_t err;
@@ -638,8 +612,7 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd)
     return (size_t)n == sizeof(mg_worker.scratch) && ux->uc == uc && !uc->rd_off;
 }
 
-static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg) {
     (void)what;
     while (mg_uconn_read_once(arg, fd))
         ;
@@ -647,8 +620,7 @@ static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- response parsing ---- */
 
-static int mg_ux_append(mg_ux_t *ux, const char *at, size_t len)
-{
+static int mg_ux_append(mg_ux_t *ux, const char *at, size_t len) {
     if (ux->hlen + len > 65536)
         return -1;
     if (ux->hlen + len > ux->hcap) {
@@ -667,8 +639,7 @@ static int mg_ux_append(mg_ux_t *ux, const char *at, size_t len)
     return 0;
 }
 
-static int mg_ux_on_message_begin(llhttp_t *p)
-{
+static int mg_ux_on_message_begin(llhttp_t *p) {
     mg_ux_t *ux = p->data;
     ux->nh = 0;
     ux->hlen = 0;
@@ -676,8 +647,7 @@ static int mg_ux_on_message_begin(llhttp_t *p)
     return 0;
 }
 
-static int mg_ux_on_header_field(llhttp_t *p, const char *at, size_t len)
-{
+static int mg_ux_on_header_field(llhttp_t *p, const char *at, size_t len) {
     mg_ux_t *ux = p->data;
     if (ux->hstate != 1) {
         if (ux->nh == MG_UX_MAX_HDRS)
@@ -693,8 +663,7 @@ static int mg_ux_on_header_field(llhttp_t *p, const char *at, size_t len)
     return mg_ux_append(ux, at, len);
 }
 
-static int mg_ux_on_header_value(llhttp_t *p, const char *at, size_t len)
-{
+static int mg_ux_on_header_value(llhttp_t *p, const char *at, size_t len) {
     mg_ux_t *ux = p->data;
     if (ux->hstate != 2) {
         ux->hoff[ux->nh - 1][2] = ux->hlen;
@@ -704,8 +673,7 @@ static int mg_ux_on_header_value(llhttp_t *p, const char *at, size_t len)
     return mg_ux_append(ux, at, len);
 }
 
-static int mg_ux_on_headers_complete(llhttp_t *p)
-{
+static int mg_ux_on_headers_complete(llhttp_t *p) {
     mg_ux_t *ux = p->data;
     int i;
     if (p->status_code >= 100 && p->status_code < 200 && p->status_code != 101)
@@ -731,8 +699,7 @@ static int mg_ux_on_headers_complete(llhttp_t *p)
     return ux->head_only ? 1 : 0;
 }
 
-static int mg_ux_on_body(llhttp_t *p, const char *at, size_t len)
-{
+static int mg_ux_on_body(llhttp_t *p, const char *at, size_t len) {
     mg_ux_t *ux = p->data;
     if (ux->cancelled)
         return 0;
@@ -741,8 +708,7 @@ static int mg_ux_on_body(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
-static int mg_ux_on_message_complete(llhttp_t *p)
-{
+static int mg_ux_on_message_complete(llhttp_t *p) {
     mg_ux_t *ux = p->data;
     if (p->status_code >= 100 && p->status_code < 200 && p->status_code != 101)
         return 0;

@@ -41,9 +41,9 @@ struct mg_ws_s {
     char *pre; /* bytes read with the HTTP head, consumed first */
     size_t pre_len, pre_off;
     /* message being received */
-    int msg_op;       /* 1 text, 2 binary, 0 none */
-    int msg_z;        /* compressed message */
-    int frame_op;     /* opcode of the frame being received */
+    int msg_op;   /* 1 text, 2 binary, 0 none */
+    int msg_z;    /* compressed message */
+    int frame_op; /* opcode of the frame being received */
     int frame_rsv;
     int frame_fin;
     uint32_t utf8;    /* UTF-8 DFA state across fragments */
@@ -55,11 +55,11 @@ struct mg_ws_s {
     /* liveness */
     double last_rx;
     double last_hb;
-    int closing;     /* close queued by us */
-    int fail_code;   /* protocol failure to report */
-    int dead;        /* freed at the next loop turn */
-    int in_cb;       /* inside wslay_event_recv/send */
-    int rd_short;    /* the last read returned less than asked */
+    int closing;           /* close queued by us */
+    int fail_code;         /* protocol failure to report */
+    int dead;              /* freed at the next loop turn */
+    int in_cb;             /* inside wslay_event_recv/send */
+    int rd_short;          /* the last read returned less than asked */
     struct evbuffer *wbuf; /* a frame head waiting for its payload, or an unsent tail */
     int wbuf_head;
     int notified;
@@ -86,8 +86,7 @@ static void mg_ws_msg_done(mg_ws_t *ws);
 #define MG_UTF8_REJECT 12u
 #define MG_UTF8_ST(need, lo, hi) ((uint32_t)(need) | ((uint32_t)(lo) << 8) | ((uint32_t)(hi) << 16))
 
-static uint32_t mg_utf8_run(uint32_t st, const uint8_t *s, size_t len)
-{
+static uint32_t mg_utf8_run(uint32_t st, const uint8_t *s, size_t len) {
     for (size_t i = 0; i < len; i++) {
         uint8_t b = s[i];
         if (st == 0) {
@@ -121,8 +120,7 @@ static uint32_t mg_utf8_run(uint32_t st, const uint8_t *s, size_t len)
 
 /* ---- handshake ---- */
 
-static int mg_token_in(const char *v, size_t len, const char *tok)
-{
+static int mg_token_in(const char *v, size_t len, const char *tok) {
     size_t tl = strlen(tok), i = 0;
     while (i < len) {
         size_t s, e;
@@ -140,8 +138,7 @@ static int mg_token_in(const char *v, size_t len, const char *tok)
     return 0;
 }
 
-void mg_ws_accept_for(const char *key, size_t len, char *out)
-{
+void mg_ws_accept_for(const char *key, size_t len, char *out) {
     static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
     unsigned char sha[SHA_DIGEST_LENGTH];
     char buf[128];
@@ -153,19 +150,18 @@ void mg_ws_accept_for(const char *key, size_t len, char *out)
     EVP_EncodeBlock((unsigned char *)out, sha, SHA_DIGEST_LENGTH);
 }
 
-void mg_ws_key(char *out)
-{
+void mg_ws_key(char *out) {
     unsigned char raw[16];
     char id[40];
     mg_request_id(id); /* 32 random hex digits: 16 bytes */
     for (int i = 0; i < 16; i++)
-        raw[i] = (unsigned char)(((id[2 * i] % 16) << 4) | (id[2 * i + 1] % 16)) ^ (unsigned char)id[i];
+        raw[i] =
+            (unsigned char)(((id[2 * i] % 16) << 4) | (id[2 * i + 1] % 16)) ^ (unsigned char)id[i];
     EVP_EncodeBlock((unsigned char *)out, raw, 16);
 }
 
 /* Picks a permessage-deflate offer we can honour (RFC 7692 5, 7.1). */
-static void mg_ws_negotiate_pmd(const char *v, size_t len, mg_ws_hs_t *hs)
-{
+static void mg_ws_negotiate_pmd(const char *v, size_t len, mg_ws_hs_t *hs) {
     size_t i = 0;
     while (i < len && !hs->pmd) {
         /* one offer: up to the next ',' */
@@ -219,8 +215,8 @@ static void mg_ws_negotiate_pmd(const char *v, size_t len, mg_ws_hs_t *hs)
                         ok = 0;
                     smwb = b;
                 } else if (strcasecmp(tok, "client_max_window_bits") == 0 && !cmwb) {
-                    if (eq && (atoi(eq) < 8 || atoi(eq) > 15 ||
-                               strspn(eq, "0123456789") != strlen(eq)))
+                    if (eq &&
+                        (atoi(eq) < 8 || atoi(eq) > 15 || strspn(eq, "0123456789") != strlen(eq)))
                         ok = 0;
                     cmwb = eq ? atoi(eq) : -1;
                 } else {
@@ -245,8 +241,7 @@ static void mg_ws_negotiate_pmd(const char *v, size_t len, mg_ws_hs_t *hs)
 
 /* Validates an upgrade request (RFC 6455 4.2.1). Returns 0, or the status
  * to refuse with (400, 403, 426) and *why. */
-int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why)
-{
+int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why) {
     mg_ws_conf_t *wc = r->route->ws;
     const char *v, *key;
     size_t vl, kl;
@@ -319,8 +314,8 @@ int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why)
         }
     }
     if (wc->deflate && wc->mode != MG_WS_TUNNEL)
-        for (int line = 0; !hs->pmd &&
-                           (v = mg_req_header_n(r, "sec-websocket-extensions", line, &vl)) != NULL;
+        for (int line = 0;
+             !hs->pmd && (v = mg_req_header_n(r, "sec-websocket-extensions", line, &vl)) != NULL;
              line++)
             mg_ws_negotiate_pmd(v, vl, hs);
     return 0;
@@ -329,8 +324,7 @@ int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why)
 /* ---- wslay callbacks ---- */
 
 static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
-                             void *user)
-{
+                             void *user) {
     mg_ws_t *ws = user;
     ssize_t n;
     (void)flags;
@@ -366,8 +360,7 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
 }
 
 /* Writes what is held in ws->wbuf; MG_OK when it is empty. */
-static int mg_ws_wflush(mg_ws_t *ws)
-{
+static int mg_ws_wflush(mg_ws_t *ws) {
     while (evbuffer_get_length(ws->wbuf)) {
         int n = evbuffer_write(ws->wbuf, ws->fd);
         if (n < 0)
@@ -381,8 +374,7 @@ static int mg_ws_wflush(mg_ws_t *ws)
  * most one frame's tail is held back, so wslay's queue still measures the
  * backlog. */
 static ssize_t mg_ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
-                             int flags, void *user)
-{
+                             int flags, void *user) {
     mg_ws_t *ws = user;
     int rc;
     ssize_t n;
@@ -414,8 +406,7 @@ fail:
     return -1;
 }
 
-static int mg_ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user)
-{
+static int mg_ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user) {
     char id[40];
     (void)ctx, (void)user;
     mg_request_id(id);
@@ -425,8 +416,7 @@ static int mg_ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t le
 }
 
 static void mg_ws_on_frame_start(wslay_event_context_ptr ctx,
-                                 const struct wslay_event_on_frame_recv_start_arg *a, void *user)
-{
+                                 const struct wslay_event_on_frame_recv_start_arg *a, void *user) {
     mg_ws_t *ws = user;
     (void)ctx;
     ws->frame_op = a->opcode;
@@ -470,8 +460,7 @@ static void mg_ws_on_frame_start(wslay_event_context_ptr ctx,
         mg_ws_fail(ws, 1009, "message too big");
 }
 
-static int mg_ws_z_init(mg_ws_t *ws)
-{
+static int mg_ws_z_init(mg_ws_t *ws) {
     if (ws->zin)
         return 0;
     ws->zin = calloc(1, sizeof(z_stream));
@@ -483,8 +472,7 @@ static int mg_ws_z_init(mg_ws_t *ws)
     return 0;
 }
 
-static void mg_ws_z_free_in(mg_ws_t *ws)
-{
+static void mg_ws_z_free_in(mg_ws_t *ws) {
     if (ws->zin) {
         inflateEnd(ws->zin);
         free(ws->zin);
@@ -493,8 +481,7 @@ static void mg_ws_z_free_in(mg_ws_t *ws)
 }
 
 /* Message bytes, already decompressed: size check, UTF-8 as they come. */
-static void mg_ws_msg_bytes(mg_ws_t *ws, const uint8_t *p, size_t n)
-{
+static void mg_ws_msg_bytes(mg_ws_t *ws, const uint8_t *p, size_t n) {
     if (ws->fail_code)
         return;
     ws->msg_len += n;
@@ -512,8 +499,7 @@ static void mg_ws_msg_bytes(mg_ws_t *ws, const uint8_t *p, size_t n)
     evbuffer_add(ws->msg, p, n);
 }
 
-static void mg_ws_inflate(mg_ws_t *ws, const uint8_t *p, size_t n)
-{
+static void mg_ws_inflate(mg_ws_t *ws, const uint8_t *p, size_t n) {
     uint8_t out[16384];
     if (mg_ws_z_init(ws) != 0) {
         mg_ws_fail(ws, 1011, "out of memory");
@@ -537,8 +523,7 @@ static void mg_ws_inflate(mg_ws_t *ws, const uint8_t *p, size_t n)
 }
 
 static void mg_ws_on_frame_chunk(wslay_event_context_ptr ctx,
-                                 const struct wslay_event_on_frame_recv_chunk_arg *a, void *user)
-{
+                                 const struct wslay_event_on_frame_recv_chunk_arg *a, void *user) {
     mg_ws_t *ws = user;
     (void)ctx;
     if (ws->fail_code || ws->frame_op >= 8)
@@ -550,8 +535,7 @@ static void mg_ws_on_frame_chunk(wslay_event_context_ptr ctx,
 }
 
 static void mg_ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *a,
-                         void *user)
-{
+                         void *user) {
     mg_ws_t *ws = user;
     (void)ctx;
     if (a->opcode == WSLAY_CONNECTION_CLOSE) {
@@ -576,8 +560,7 @@ static void mg_ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_o
     }
 }
 
-static void mg_ws_on_frame_end(wslay_event_context_ptr ctx, void *user)
-{
+static void mg_ws_on_frame_end(wslay_event_context_ptr ctx, void *user) {
     mg_ws_t *ws = user;
     (void)ctx;
     if (ws->fail_code || ws->frame_op >= 8 || !ws->frame_fin)
@@ -586,14 +569,13 @@ static void mg_ws_on_frame_end(wslay_event_context_ptr ctx, void *user)
 }
 
 static const struct wslay_event_callbacks mg_ws_callbacks = {
-    mg_ws_recv_cb,        mg_ws_send_cb,        mg_ws_genmask_cb, mg_ws_on_frame_start,
-    mg_ws_on_frame_chunk, mg_ws_on_frame_end,   mg_ws_on_msg,
+    mg_ws_recv_cb,        mg_ws_send_cb,      mg_ws_genmask_cb, mg_ws_on_frame_start,
+    mg_ws_on_frame_chunk, mg_ws_on_frame_end, mg_ws_on_msg,
 };
 
 /* ---- lifecycle ---- */
 
-static void mg_ws_arm(mg_ws_t *ws)
-{
+static void mg_ws_arm(mg_ws_t *ws) {
     int ms = ws->conf->hb_interval;
     if (ws->conf->hb_timeout && (ms == 0 || ws->conf->hb_timeout < ms))
         ms = ws->conf->hb_timeout;
@@ -604,8 +586,7 @@ static void mg_ws_arm(mg_ws_t *ws)
 }
 
 mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const mg_ws_hs_t *hs,
-                   const char *pre, size_t pre_len, const mg_ws_ops_t *ops, void *ud)
-{
+                   const char *pre, size_t pre_len, const mg_ws_ops_t *ops, void *ud) {
     mg_ws_t *ws = calloc(1, sizeof(*ws));
     if (ws == NULL)
         return NULL;
@@ -660,8 +641,7 @@ mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const m
     return ws;
 }
 
-static void mg_ws_free(mg_ws_t *ws)
-{
+static void mg_ws_free(mg_ws_t *ws) {
     event_del(&ws->rev);
     event_del(&ws->wev);
     event_del(&ws->tev);
@@ -688,13 +668,9 @@ static void mg_ws_free(mg_ws_t *ws)
     free(ws);
 }
 
-uint64_t mg_ws_count(void)
-{
-    return mg_ws_sockets;
-}
+uint64_t mg_ws_count(void) { return mg_ws_sockets; }
 
-void mg_ws_close_all(int code, const char *reason)
-{
+void mg_ws_close_all(int code, const char *reason) {
     mg_ws_t *ws = mg_ws_list;
     while (ws) {
         mg_ws_t *next = ws->next;
@@ -704,15 +680,13 @@ void mg_ws_close_all(int code, const char *reason)
     }
 }
 
-static void mg_ws_dead_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_ws_dead_cb(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     mg_ws_free(arg);
 }
 
 /* Tell the owner (once) and free at the next loop turn. */
-static void mg_ws_finish(mg_ws_t *ws)
-{
+static void mg_ws_finish(mg_ws_t *ws) {
     static const struct timeval zero = {0, 0};
     int code;
     if (ws->dead)
@@ -731,20 +705,17 @@ static void mg_ws_finish(mg_ws_t *ws)
     event_add(&ws->tev, &zero);
 }
 
-void mg_ws_abort(mg_ws_t *ws)
-{
+void mg_ws_abort(mg_ws_t *ws) {
     ws->notified = 1;
     mg_ws_finish(ws);
 }
 
-void mg_ws_set_owner(mg_ws_t *ws, const mg_ws_ops_t *ops, void *ud)
-{
+void mg_ws_set_owner(mg_ws_t *ws, const mg_ws_ops_t *ops, void *ud) {
     ws->ops = ops;
     ws->ud = ud;
 }
 
-static void mg_ws_fail(mg_ws_t *ws, int code, const char *reason)
-{
+static void mg_ws_fail(mg_ws_t *ws, int code, const char *reason) {
     if (ws->fail_code)
         return;
     ws->fail_code = code;
@@ -756,8 +727,7 @@ static void mg_ws_fail(mg_ws_t *ws, int code, const char *reason)
 }
 
 /* Deliver a finished message to the owner. */
-static void mg_ws_msg_done(mg_ws_t *ws)
-{
+static void mg_ws_msg_done(mg_ws_t *ws) {
     size_t n;
     if (ws->msg_z) {
         static const uint8_t tail[4] = {0, 0, 0xff, 0xff};
@@ -779,8 +749,7 @@ static void mg_ws_msg_done(mg_ws_t *ws)
     ws->msg_z = 0;
 }
 
-static void mg_ws_after_io(mg_ws_t *ws, int rv)
-{
+static void mg_ws_after_io(mg_ws_t *ws, int rv) {
     if (ws->dead)
         return;
     if (rv != 0 && !ws->client && !wslay_event_get_close_sent(ws->ctx)) {
@@ -809,8 +778,7 @@ static void mg_ws_after_io(mg_ws_t *ws, int rv)
     }
 }
 
-static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg) {
     mg_ws_t *ws = arg;
     int rv;
     (void)fd, (void)what;
@@ -821,8 +789,7 @@ static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg)
     mg_ws_after_io(ws, rv);
 }
 
-static void mg_ws_flush(mg_ws_t *ws)
-{
+static void mg_ws_flush(mg_ws_t *ws) {
     int rv;
     size_t before = wslay_event_get_queued_msg_length(ws->ctx);
     int pending;
@@ -857,14 +824,12 @@ static void mg_ws_flush(mg_ws_t *ws)
         ws->ops->on_drain(ws->ud, ws);
 }
 
-static void mg_ws_write_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_ws_write_cb(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     mg_ws_flush(arg);
 }
 
-static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_ws_t *ws = arg;
     mg_ws_conf_t *wc = ws->conf;
     double now = mg_now();
@@ -909,15 +874,13 @@ static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- sending ---- */
 
-static int mg_ws_deflate(mg_ws_t *ws, const char *data, size_t len, struct evbuffer *out)
-{
+static int mg_ws_deflate(mg_ws_t *ws, const char *data, size_t len, struct evbuffer *out) {
     uint8_t buf[16384];
     int rc;
     if (ws->zout == NULL) {
         ws->zout = calloc(1, sizeof(z_stream));
-        if (ws->zout == NULL ||
-            deflateInit2(ws->zout, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -ws->pmd, 8,
-                         Z_DEFAULT_STRATEGY) != Z_OK) {
+        if (ws->zout == NULL || deflateInit2(ws->zout, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -ws->pmd,
+                                             8, Z_DEFAULT_STRATEGY) != Z_OK) {
             free(ws->zout);
             ws->zout = NULL;
             return -1;
@@ -940,8 +903,7 @@ static int mg_ws_deflate(mg_ws_t *ws, const char *data, size_t len, struct evbuf
     return 0;
 }
 
-int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len)
-{
+int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len) {
     struct wslay_event_msg m;
     int rv;
     if (ws->dead || ws->closing || !wslay_event_get_write_enabled(ws->ctx))
@@ -980,8 +942,7 @@ int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len)
     return MG_OK;
 }
 
-void mg_ws_close(mg_ws_t *ws, int code, const char *reason)
-{
+void mg_ws_close(mg_ws_t *ws, int code, const char *reason) {
     if (ws->dead || ws->closing)
         return;
     ws->closing = 1;
@@ -992,8 +953,7 @@ void mg_ws_close(mg_ws_t *ws, int code, const char *reason)
         mg_ws_flush(ws);
 }
 
-void mg_ws_pause(mg_ws_t *ws, int on)
-{
+void mg_ws_pause(mg_ws_t *ws, int on) {
     if (ws->dead)
         return;
     if (on && !ws->rd_off) {
@@ -1005,14 +965,12 @@ void mg_ws_pause(mg_ws_t *ws, int on)
     }
 }
 
-size_t mg_ws_queued(mg_ws_t *ws)
-{
+size_t mg_ws_queued(mg_ws_t *ws) {
     return wslay_event_get_queued_msg_length(ws->ctx) + evbuffer_get_length(ws->wbuf);
 }
 
 /* After a reload: sockets of routes that ask for it are told to reconnect. */
-void mg_ws_drain_route_sockets(mg_gen_t *newgen)
-{
+void mg_ws_drain_route_sockets(mg_gen_t *newgen) {
     mg_ws_t *ws = mg_ws_list;
     while (ws) {
         mg_ws_t *next = ws->next;

@@ -16,10 +16,10 @@ enum { MG_WS_TUNNEL = 1, MG_WS_RELAY, MG_WS_HANDLER };
 /* Per-route settings, read from the route's `websocket` table. */
 struct mg_ws_conf_s {
     int mode;
-    int hb_interval;  /* ms between heartbeats to the client; 0 = none */
-    int hb_timeout;   /* ms of peer silence before closing; 0 = never */
-    int hb_message;   /* send {"type":"ping","ts":N} */
-    int hb_frames;    /* send ping frames too */
+    int hb_interval;      /* ms between heartbeats to the client; 0 = none */
+    int hb_timeout;       /* ms of peer silence before closing; 0 = never */
+    int hb_message;       /* send {"type":"ping","ts":N} */
+    int hb_frames;        /* send ping frames too */
     uint64_t max_message; /* bytes */
     size_t send_buffer;   /* bytes queued before the overflow policy */
     int deflate;

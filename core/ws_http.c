@@ -18,8 +18,7 @@
 
 /* ---- shared bits ---- */
 
-static int mg_write_all(int fd, const char *p, size_t n)
-{
+static int mg_write_all(int fd, const char *p, size_t n) {
     /* only for short heads on fresh sockets; a full socket buffer here
      * means the peer is not reading at all */
     while (n) {
@@ -35,8 +34,7 @@ static int mg_write_all(int fd, const char *p, size_t n)
     return MG_OK;
 }
 
-static void mg_ws_101(struct evbuffer *b, const mg_ws_hs_t *hs)
-{
+static void mg_ws_101(struct evbuffer *b, const mg_ws_hs_t *hs) {
     evbuffer_add_printf(b,
                         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                         "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n",
@@ -48,8 +46,7 @@ static void mg_ws_101(struct evbuffer *b, const mg_ws_hs_t *hs)
     evbuffer_add(b, "\r\n", 2);
 }
 
-static int mg_ws_send_101(int fd, const mg_ws_hs_t *hs)
-{
+static int mg_ws_send_101(int fd, const mg_ws_hs_t *hs) {
     struct evbuffer *b = evbuffer_new();
     int rc;
     mg_ws_101(b, hs);
@@ -58,8 +55,7 @@ static int mg_ws_send_101(int fd, const mg_ws_hs_t *hs)
     return rc;
 }
 
-static int mg_name_is(const char *n, size_t l, const char *lit)
-{
+static int mg_name_is(const char *n, size_t l, const char *lit) {
     return strlen(lit) == l && strncasecmp(n, lit, l) == 0;
 }
 
@@ -67,8 +63,7 @@ static int mg_name_is(const char *n, size_t l, const char *lit)
  * then the forwarding headers. `own_key` (relay) replaces the client's
  * WebSocket headers with ours. */
 static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
-                                            const char *protocol)
-{
+                                            const char *protocol) {
     struct evbuffer *h = evbuffer_new();
     const char *path = r->hbuf;
     size_t plen = r->url_len;
@@ -87,9 +82,8 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
         const char *n = r->hbuf + hd->noff;
         size_t l = hd->nlen;
         if (mg_http_hop_by_hop(n, l) || mg_req_xhdr_has(r, n, l) ||
-            mg_name_is(n, l, "x-forwarded-for") ||
-            mg_name_is(n, l, "x-forwarded-proto") || mg_name_is(n, l, "x-forwarded-host") ||
-            mg_name_is(n, l, "x-request-id"))
+            mg_name_is(n, l, "x-forwarded-for") || mg_name_is(n, l, "x-forwarded-proto") ||
+            mg_name_is(n, l, "x-forwarded-host") || mg_name_is(n, l, "x-request-id"))
             continue;
         if (own_key && (mg_name_is(n, l, "sec-websocket-key") ||
                         mg_name_is(n, l, "sec-websocket-extensions") ||
@@ -113,8 +107,9 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
     if (r->host_idx >= 0)
         evbuffer_add_printf(h, "X-Forwarded-Host: %.*s\r\n", (int)r->hdrs[r->host_idx].vlen,
                             r->hbuf + r->hdrs[r->host_idx].voff);
-    evbuffer_add_printf(h, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n\r\n",
-                        r->conn ? r->conn->peer_ip : "", r->request_id);
+    evbuffer_add_printf(
+        h, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n\r\n",
+        r->conn ? r->conn->peer_ip : "", r->request_id);
     return h;
 }
 
@@ -134,8 +129,7 @@ typedef struct {
     char request_id[40];
 } mg_wsp_t;
 
-static void mg_wsp_free(mg_wsp_t *p)
-{
+static void mg_wsp_free(mg_wsp_t *p) {
     if (p->cfd >= 0)
         close(p->cfd);
     if (p->resp)
@@ -146,8 +140,7 @@ static void mg_wsp_free(mg_wsp_t *p)
 }
 
 static void mg_wsp_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
-                           int64_t clen, int chunked)
-{
+                           int64_t clen, int chunked) {
     mg_wsp_t *p = ud;
     int i;
     (void)http_minor, (void)clen, (void)chunked;
@@ -167,8 +160,7 @@ static void mg_wsp_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, 
 
 static struct evbuffer *mg_wsp_body;
 
-static int mg_wsp_on_body(void *ud, const char *data, size_t len)
-{
+static int mg_wsp_on_body(void *ud, const char *data, size_t len) {
     mg_wsp_t *p = ud;
     if (mg_wsp_body == NULL)
         mg_wsp_body = evbuffer_new();
@@ -178,8 +170,7 @@ static int mg_wsp_on_body(void *ud, const char *data, size_t len)
     return 0;
 }
 
-static void mg_wsp_on_done(void *ud)
-{
+static void mg_wsp_on_done(void *ud) {
     mg_wsp_t *p = ud;
     size_t bl = mg_wsp_body ? evbuffer_get_length(mg_wsp_body) : 0;
     evbuffer_add_printf(p->resp, "Content-Length: %zu\r\nConnection: close\r\n\r\n", bl);
@@ -190,8 +181,7 @@ static void mg_wsp_on_done(void *ud)
     mg_wsp_free(p);
 }
 
-static void mg_wsp_on_error(void *ud, int status, const char *msg)
-{
+static void mg_wsp_on_error(void *ud, int status, const char *msg) {
     mg_wsp_t *p = ud;
     char body[300], head[200];
     int bl, hl;
@@ -227,7 +217,7 @@ static const mg_ux_sink_t mg_wsp_sink = {
 
 typedef struct mg_tunnel_s {
     struct mg_tunnel_s *prev, *next;
-    int fd[2];           /* 0 client, 1 upstream */
+    int fd[2];               /* 0 client, 1 upstream */
     struct evbuffer *out[2]; /* pending bytes towards fd[i] */
     struct event rev[2], wev[2], tev;
     int rd_off[2], wr_on[2], eof[2];
@@ -238,8 +228,7 @@ typedef struct mg_tunnel_s {
 
 static mg_tunnel_t *mg_tunnels;
 
-static void mg_tunnel_free(mg_tunnel_t *t)
-{
+static void mg_tunnel_free(mg_tunnel_t *t) {
     if (t->prev)
         t->prev->next = t->next;
     else
@@ -262,8 +251,7 @@ static void mg_tunnel_free(mg_tunnel_t *t)
 static void mg_tunnel_flush(mg_tunnel_t *t, int i);
 
 /* Bytes from side `from` go to the other side. */
-static int mg_tunnel_pass(mg_tunnel_t *t, int from, const char *data, size_t len)
-{
+static int mg_tunnel_pass(mg_tunnel_t *t, int from, const char *data, size_t len) {
     int to = !from;
     if (evbuffer_get_length(t->out[to]) == 0) {
         ssize_t w = send(t->fd[to], data, len, MSG_NOSIGNAL);
@@ -285,8 +273,7 @@ static int mg_tunnel_pass(mg_tunnel_t *t, int from, const char *data, size_t len
     return MG_OK;
 }
 
-static void mg_tunnel_read_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_tunnel_read_cb(evutil_socket_t fd, short what, void *arg) {
     mg_tunnel_t *t = arg;
     int from = fd == t->fd[0] ? 0 : 1;
     ssize_t n;
@@ -312,8 +299,7 @@ static void mg_tunnel_read_cb(evutil_socket_t fd, short what, void *arg)
         mg_tunnel_free(t);
 }
 
-static void mg_tunnel_flush(mg_tunnel_t *t, int i)
-{
+static void mg_tunnel_flush(mg_tunnel_t *t, int i) {
     size_t left = evbuffer_get_length(t->out[i]);
     if (left) {
         int n = evbuffer_write(t->out[i], t->fd[i]);
@@ -336,16 +322,14 @@ static void mg_tunnel_flush(mg_tunnel_t *t, int i)
         shutdown(t->fd[i], SHUT_WR);
 }
 
-static void mg_tunnel_write_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_tunnel_write_cb(evutil_socket_t fd, short what, void *arg) {
     mg_tunnel_t *t = arg;
     (void)what;
     t->last = mg_now();
     mg_tunnel_flush(t, fd == t->fd[0] ? 0 : 1);
 }
 
-static void mg_tunnel_timer_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void mg_tunnel_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_tunnel_t *t = arg;
     double idle = mg_now() - t->last;
     (void)fd, (void)what;
@@ -358,8 +342,7 @@ static void mg_tunnel_timer_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const char *extra,
-                            size_t extralen)
-{
+                            size_t extralen) {
     mg_tunnel_t *t = calloc(1, sizeof(*t));
     struct evbuffer *head = evbuffer_new();
     int i;
@@ -373,9 +356,8 @@ static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, cons
         evbuffer_add(head, "\r\n", 2);
     }
     evbuffer_add(head, "\r\n", 2);
-    if (t == NULL ||
-        mg_write_all(p->cfd, (const char *)evbuffer_pullup(head, -1), evbuffer_get_length(head)) !=
-            MG_OK) {
+    if (t == NULL || mg_write_all(p->cfd, (const char *)evbuffer_pullup(head, -1),
+                                  evbuffer_get_length(head)) != MG_OK) {
         evbuffer_free(head);
         free(t);
         close(ufd);
@@ -416,8 +398,7 @@ static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, cons
 }
 
 /* Stopping: a tunnel has no close handshake to offer, so it just ends. */
-void mg_ws_tunnels_close_all(void)
-{
+void mg_ws_tunnels_close_all(void) {
     while (mg_tunnels)
         mg_tunnel_free(mg_tunnels);
 }
@@ -445,8 +426,7 @@ static const mg_ws_ops_t mg_relay_ops = {
  * into out), 0 drop, -1 close with a code and reason. Hooks run synchronously
  * (they must not yield). */
 static int mg_relay_hook(mg_relay_t *rl, int from, int op, const char *data, size_t len,
-                         const char **out, size_t *outlen, int *code, char *reason)
-{
+                         const char **out, size_t *outlen, int *code, char *reason) {
     lua_State *L = rl->gen->L;
     int ref = rl->route->ws->on_message_ref, rc, top = lua_gettop(L);
     if (ref == LUA_NOREF)
@@ -486,8 +466,7 @@ static int mg_relay_hook(mg_relay_t *rl, int from, int op, const char *data, siz
     return 0;
 }
 
-static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len)
-{
+static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len) {
     mg_relay_t *rl = ud;
     int from = ws == rl->side[0] ? 0 : 1, code = 1000, rc;
     lua_State *L = rl->gen->L;
@@ -515,16 +494,14 @@ static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data,
         mg_ws_pause(rl->side[from], 1);
 }
 
-static void mg_relay_on_drain(void *ud, mg_ws_t *ws)
-{
+static void mg_relay_on_drain(void *ud, mg_ws_t *ws) {
     mg_relay_t *rl = ud;
     int to = ws == rl->side[0] ? 0 : 1;
     if (rl->side[!to])
         mg_ws_pause(rl->side[!to], 0);
 }
 
-static void mg_relay_on_close(void *ud, mg_ws_t *ws, int code, const char *reason)
-{
+static void mg_relay_on_close(void *ud, mg_ws_t *ws, int code, const char *reason) {
     mg_relay_t *rl = ud;
     int side = ws == rl->side[0] ? 0 : 1;
     mg_ws_t *other = rl->side[!side];
@@ -541,8 +518,7 @@ static void mg_relay_on_close(void *ud, mg_ws_t *ws, int code, const char *reaso
 }
 
 static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const char *extra,
-                           size_t extralen)
-{
+                           size_t extralen) {
     char want[40];
     int i, ok = 0;
     mg_relay_t *rl;
@@ -566,8 +542,8 @@ static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const
     rl->gen = p->gen;
     mg_gen_retain(rl->gen);
     rl->route = p->route;
-    rl->side[0] = mg_ws_new(p->cfd, 0, p->gen, p->route, &p->hs, p->pre, p->pre_len,
-                            &mg_relay_ops, rl);
+    rl->side[0] =
+        mg_ws_new(p->cfd, 0, p->gen, p->route, &p->hs, p->pre, p->pre_len, &mg_relay_ops, rl);
     p->cfd = -1;
     rl->side[1] = mg_ws_new(ufd, 1, p->gen, p->route, NULL, extra, extralen, &mg_relay_ops, rl);
     if (rl->side[0] == NULL || rl->side[1] == NULL) {
@@ -584,8 +560,7 @@ static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const
 }
 
 static void mg_wsp_on_upgrade(void *ud, int ufd, mg_kv_t *hdrs, int nhdrs, const char *extra,
-                              size_t extralen)
-{
+                              size_t extralen) {
     mg_wsp_t *p = ud;
     if (p->mode == MG_WS_TUNNEL)
         mg_tunnel_start(p, ufd, hdrs, nhdrs, extra, extralen);
@@ -595,8 +570,7 @@ static void mg_wsp_on_upgrade(void *ud, int ufd, mg_kv_t *hdrs, int nhdrs, const
 
 /* ---- entry: the HTTP connection hands over its socket ---- */
 
-void mg_ws_takeover(mg_req_t *r, int fd, const char *pre, size_t pre_len)
-{
+void mg_ws_takeover(mg_req_t *r, int fd, const char *pre, size_t pre_len) {
     mg_ws_conf_t *wc = r->route->ws;
     mg_ws_hs_t hs;
     const char *why;
