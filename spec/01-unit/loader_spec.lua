@@ -111,8 +111,8 @@ describe("moongate.loader", function()
       assert.equal("info", conf.log_level)
       assert.same({ read = 0, write = 0, idle = 3600, header = 30, drain = 10 },
                   conf.timeouts)
-      assert.same({ header_size = 16384, header_count = 100, body_size = 1048576 },
-                  conf.limits)
+      assert.same({ header_size = 16384, header_count = 100, body_size = 1048576,
+                    websockets = 10000 }, conf.limits)
       assert.same({}, conf.upstreams)
       assert.same({}, gen.routes)
     end)
@@ -133,7 +133,7 @@ return {
 ]]))
       assert.same({ read = 0, write = 0, idle = 60, header = 30, drain = 10 },
                   gen.conf.timeouts)
-      assert.same({ header_size = 16384, header_count = 100, body_size = 0 },
+      assert.same({ header_size = 16384, header_count = 100, body_size = 0, websockets = 10000 },
                   gen.conf.limits)
       assert.is_false(gen.conf.access_log)
       assert.equal("debug", gen.conf.log_level)
@@ -627,18 +627,40 @@ return {
       assert.same({ "a", "b_2" }, by_rule["/{a}/{b_2}/x"].params)
     end)
 
-    it("passes reserved fields through unchanged", function()
-      _G.loader_spec_ws = { mode = "relay", heartbeat = 30 }
+    it("normalizes websocket tables with their defaults", function()
       local gen = assert(load_routes([[
 return {
-  { path = "/ws", upstream = "agent", websocket = loader_spec_ws,
+  { path = "/ws", upstream = "agent", websocket = { mode = "relay", heartbeat = { interval = 5 } } },
+  { path = "/h", websocket = {}, handler = function() end },
+}
+]]))
+      local by = {}
+      for _, r in ipairs(gen.routes) do by[r.rule] = r.websocket end
+      assert.equal("relay", by["/ws"].mode)
+      assert.same({ interval = 5, message = true, ping_frames = false, timeout = 0 },
+                  by["/ws"].heartbeat)
+      assert.equal("handler", by["/h"].mode)
+      assert.equal(1048576, by["/h"].max_message)
+      assert.is_true(by["/h"].deflate)
+      local _, err = load_routes([[
+return { { path = "/ws", upstream = "agent", websocket = { heartbeat = 30 } } }
+]])
+      assert.matches("routes.lua:1: route #1 %(/ws%): websocket.heartbeat: expected a table", err)
+      _, err = load_routes([[
+return { { path = "/ws", upstream = "agent", websocket = { mdoe = "relay" } } }
+]])
+      assert.matches("websocket: unknown field 'mdoe'", err)
+    end)
+
+    it("passes reserved fields through unchanged", function()
+      local gen = assert(load_routes([[
+return {
+  { path = "/ws", upstream = "agent", websocket = { mode = "relay" },
     plugins = { cors = {} }, on_reload = "drain",
     timeouts = { read = 0, write = 1.5, idle = 3600 } },
 }
 ]]))
       local r = gen.routes[1]
-      assert.equal(_G.loader_spec_ws, r.websocket)
-      _G.loader_spec_ws = nil
       assert.same({ cors = {} }, r.plugins)
       assert.equal("drain", r.on_reload)
       assert.same({ read = 0, write = 1.5, idle = 3600 }, r.timeouts)

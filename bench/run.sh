@@ -1,0 +1,18 @@
+#!/bin/sh
+# make bench: moongate (2 workers, bench/moongate.conf.lua on :19090) beside
+# nginx and HAProxy, with ../shared/bench's harness, in one run. Prints the
+# harness's table (ratios against nginx are read off it). Bounded: the default
+# run takes about 4 minutes. Env: DURATION, REPS, IDLE_N as for run_all.sh.
+set -eu
+cd "$(dirname "$0")/.."
+BENCH=${BENCH:-../shared/bench}
+[ -x "$BENCH/run_all.sh" ] || { echo "bench: $BENCH/run_all.sh not found" >&2; exit 1; }
+for p in nginx libnginx-mod-http-lua haproxy wrk; do
+  dpkg -s "$p" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
+done
+pidfile=$(mktemp -u /tmp/moongate-bench-XXXXXX.pid)
+./moongate -c bench/moongate.conf.lua -p "$pidfile" 2>/tmp/moongate-bench.log &
+i=0
+while [ ! -s "$pidfile" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+trap 'kill "$(cat "$pidfile")" 2>/dev/null || true' EXIT INT TERM
+EXTRA="moongate=19090:$pidfile" "$BENCH/run_all.sh" 19001 19080 19081 19082 19002
