@@ -1,7 +1,8 @@
 -- moongate's shipped configuration. Every field is optional; the values
 -- here are the defaults unless noted. Reference: docs/configuration.md.
 -- Environment overrides: MOONGATE_LISTEN, MOONGATE_WORKERS,
--- MOONGATE_UPSTREAM_<NAME> (e.g. MOONGATE_UPSTREAM_RUNTIME=http://runtime:9001).
+-- MOONGATE_UPSTREAM_<NAME> (e.g. MOONGATE_UPSTREAM_RUNTIME=http://runtime:9001),
+-- MOONGATE_SERVER_<NAME>_LISTEN (e.g. MOONGATE_SERVER_DEMO_RUNTIME_LISTEN=127.0.0.1:9101).
 return {
   listen = "127.0.0.1:8080",
   workers = "auto",                 -- one worker per core
@@ -30,8 +31,21 @@ return {
     body_size = 1048576,
   },
 
+  -- The embedded demo Runtime (scripts/demo_runtime/, docs/runtime-contract.md):
+  -- a second listener with its own route table, so that a first run works
+  -- with nothing else installed. With a real Runtime, set `enabled = false`
+  -- and point the `runtime` upstream at it.
+  servers = {
+    demo_runtime = {
+      enabled = true,
+      listen = "127.0.0.1:9001",
+      routes = "scripts/demo_runtime/routes.lua",
+    },
+  },
+
   upstreams = {
-    -- the Runtime backend; point it elsewhere with MOONGATE_UPSTREAM_RUNTIME
+    -- the Runtime backend (the demo Runtime above by default); point it
+    -- elsewhere with MOONGATE_UPSTREAM_RUNTIME=http://runtime:9001
     runtime = {
       servers = { "http://127.0.0.1:9001" },
       keepalive = 64,

@@ -210,28 +210,40 @@ void mg_push_req(lua_State *L, mg_req_t *r) {
 /* The route's access hooks, in a coroutine of their own (upstream and
  * WebSocket routes). moongate.run_access answers the client itself when a
  * hook says no, and calls core.access_done() when all say yes. */
-void mg_lua_access_start(mg_req_t *r) {
+/* A coroutine for request r, its stack set to: entry (a registry function
+ * of init.lua), the route's function `ref`, the req table. NULL after
+ * answering 500 when out of memory. */
+static mg_co_t *mg_co_for_req(mg_req_t *r, const char *entry, int ref) {
     lua_State *L = r->gen->L;
     mg_co_t *co = mg_co_new(r->gen);
 
     if (co == NULL) {
         mg_resp_json_error(r, 500, "out of memory");
+        return NULL;
+    }
+    co->req = r;
+    r->co = co;
+    co->body = evbuffer_new();
+    lua_getfield(L, LUA_REGISTRYINDEX, entry);
+    lua_xmove(L, co->L, 1);
+    lua_rawgeti(co->L, LUA_REGISTRYINDEX, ref);
+    mg_push_req(co->L, r);
+    return co;
+}
+
+void mg_lua_access_start(mg_req_t *r) {
+    mg_co_t *co = mg_co_for_req(r, "moongate.run_access", r->route->access_ref);
+
+    if (co == NULL) {
         r->access_state = MG_ACCESS_DENIED;
         return;
     }
-    co->req = r;
     co->access = 1;
-    r->co = co;
-    co->body = evbuffer_new();
-    lua_getfield(L, LUA_REGISTRYINDEX, "moongate.run_access");
-    lua_xmove(L, co->L, 1);
-    lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->access_ref);
-    mg_push_req(co->L, r);
     if (r->route->ws) {
         /* a WebSocket handler gets the same req table (req.ctx) */
         lua_pushvalue(co->L, -1);
-        lua_xmove(co->L, L, 1);
-        r->access_req_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_xmove(co->L, r->gen->L, 1);
+        r->access_req_ref = luaL_ref(r->gen->L, LUA_REGISTRYINDEX);
     }
     mg_co_resume(co, 2);
 }
@@ -251,20 +263,10 @@ static int mg_core_access_done(lua_State *L) {
 }
 
 void mg_lua_handler_start(mg_req_t *r) {
-    lua_State *L = r->gen->L;
-    mg_co_t *co = mg_co_new(r->gen);
+    mg_co_t *co = mg_co_for_req(r, "moongate.run", r->route->handler_ref);
 
-    if (co == NULL) {
-        mg_resp_json_error(r, 500, "out of memory");
+    if (co == NULL)
         return;
-    }
-    co->req = r;
-    r->co = co;
-    co->body = evbuffer_new();
-    lua_getfield(L, LUA_REGISTRYINDEX, "moongate.run");
-    lua_xmove(L, co->L, 1);
-    lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->handler_ref);
-    mg_push_req(co->L, r);
     if (r->route->access_ref != LUA_NOREF)
         lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->access_ref);
     else
