@@ -104,7 +104,8 @@ describe("access hooks and servers", function()
         local out = helpers.sh("/usr/bin/python3 -c \"" ..
             "import asyncio, websockets\n" ..
             "async def m():\n" ..
-            "    async with websockets.connect('ws://127.0.0.1:" .. mg.port .. "/ws?token=good') as ws: print(await ws.recv())\n" ..
+            "    async with websockets.connect('ws://127.0.0.1:" .. mg.port .. "/ws?token=good') as ws:\n" ..
+            "        print(await ws.recv())\n" ..
             "    try:\n" ..
             "        async with websockets.connect('ws://127.0.0.1:" .. mg.port .. "/ws') as ws: print('open')\n" ..
             "    except Exception as e: print('refused', e)\n" ..
