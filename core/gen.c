@@ -76,6 +76,19 @@ static char *mg_gen_field_str(lua_State *L, int idx, const char *k) {
 static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     int i, n;
 
+    lua_getfield(L, conf, "shared_dicts");
+    n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    g->shd_names = calloc(n ? n : 1, sizeof(char *));
+    g->shd_sizes = calloc(n ? n : 1, sizeof(size_t));
+    for (i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        g->shd_names[g->nshd] = mg_gen_field_str(L, lua_gettop(L), "name");
+        lua_getfield(L, -1, "size");
+        g->shd_sizes[g->nshd++] = (size_t)lua_tonumber(L, -1);
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+
     g->workers = mg_gen_field_int(L, conf, "workers", 1);
     lua_getfield(L, conf, "access_log");
     g->access_log = lua_toboolean(L, -1);
@@ -251,6 +264,15 @@ static void mg_gen_free_ws(mg_ws_conf_t *w) {
     free(w);
 }
 
+/* A registry reference to the non-empty list t[k], or LUA_NOREF. */
+static int mg_gen_list_ref(lua_State *L, int t, const char *k) {
+    lua_getfield(L, t, k);
+    if (lua_istable(L, -1) && lua_objlen(L, -1) > 0)
+        return luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    return LUA_NOREF;
+}
+
 /* Appends the routes of one table (server) to g->routes. */
 static int mg_gen_read_routes(mg_gen_t *g, lua_State *L, int routes, int server, char *err,
                               size_t errlen) {
@@ -320,11 +342,9 @@ static int mg_gen_read_routes(mg_gen_t *g, lua_State *L, int routes, int server,
             r->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
         else
             lua_pop(L, 1);
-        lua_getfield(L, t, "access");
-        if (lua_istable(L, -1) && lua_objlen(L, -1) > 0)
-            r->access_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        else
-            lua_pop(L, 1);
+        r->access_ref = mg_gen_list_ref(L, t, "access");
+        r->hf_ref = mg_gen_list_ref(L, t, "header_filter");
+        r->log_ref = mg_gen_list_ref(L, t, "log");
         lua_pop(L, 1);
         if (r->rule == NULL || (r->upstream == NULL && r->handler_ref == LUA_NOREF)) {
             snprintf(err, errlen, "route #%d: no rule or target", r->index);
@@ -497,6 +517,10 @@ static void mg_gen_free(mg_gen_t *g) {
         free(g->upstreams[i].peers);
     free(g->upstreams);
     free(g->listen);
+    for (i = 0; i < g->nshd; i++)
+        free(g->shd_names[i]);
+    free(g->shd_names);
+    free(g->shd_sizes);
     for (i = 0; i < g->ndesc; i++)
         free(g->desc[i]);
     free(g->desc);

@@ -700,6 +700,10 @@ void mg_lua_open_api(lua_State *L) {
     luaL_register(L, NULL, mg_core_funcs);
     lua_pushstring(L, MG_VERSION);
     lua_setfield(L, -2, "version");
+    mg_shdict_open_api(L);
+    lua_setfield(L, -2, "shdict");
+    mg_crypto_open_api(L);
+    lua_setfield(L, -2, "crypto");
     lua_setfield(L, -2, "moongate.core");
     lua_pop(L, 2);
     mg_lua_ws_open_api(L);

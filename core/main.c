@@ -252,6 +252,11 @@ int main(int argc, char **argv) {
     }
     mg_gen_activate(gen);
     signal(SIGPIPE, SIG_IGN);
+    for (i = 0; i < gen->nshd; i++)
+        if (mg_shdict_create(gen->shd_names[i], gen->shd_sizes[i]) != MG_OK) {
+            mg_error("shared dict %s: cannot map %zu bytes", gen->shd_names[i], gen->shd_sizes[i]);
+            return 1;
+        }
 
     mg_nslots = gen->workers > 0 ? gen->workers : 1;
     mg_nlisten = gen->nlisten;

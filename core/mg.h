@@ -106,6 +106,8 @@ typedef struct {
     mg_ws_conf_t *ws; /* WebSocket route, or NULL */
     int server;       /* which server's table it belongs to */
     int access_ref;   /* access hook (function or list), LUA_NOREF if none */
+    int hf_ref;       /* header_filter list (plugins), LUA_NOREF if none */
+    int log_ref;      /* log list (plugins), LUA_NOREF if none */
 } mg_route_t;
 
 /* A generation: one load of conf + scripts, with its own Lua state. Requests
@@ -126,7 +128,10 @@ typedef struct mg_gen_s {
     mg_route_t *routes;
     int nroutes;
     int max_websockets; /* per worker */
-    char **desc;        /* one line per route, for reload diffs */
+    char **shd_names;   /* conf.shared_dicts (used at startup only) */
+    size_t *shd_sizes;
+    int nshd;
+    char **desc; /* one line per route, for reload diffs */
     int ndesc;
 } mg_gen_t;
 
@@ -296,6 +301,11 @@ void mg_proxy_body(mg_req_t *r, const char *data, size_t len);
 void mg_proxy_body_end(mg_req_t *r);
 void mg_proxy_client_drained(mg_req_t *r);
 void mg_proxy_client_gone(mg_req_t *r);
+
+/* ---- shdict.c, crypto.c ---- */
+int mg_shdict_create(const char *name, size_t size); /* master, before fork */
+void mg_shdict_open_api(lua_State *L);               /* pushes core.shdict */
+void mg_crypto_open_api(lua_State *L);               /* pushes core.crypto */
 
 /* ---- lua_api.c: handlers as coroutines, the moongate module ---- */
 void mg_lua_open_api(lua_State *L);

@@ -199,6 +199,15 @@ function http.json(resp)
     return cjson.decode(resp.body)
 end
 
+_M.crypto = core.crypto
+
+-- moongate.shared.<name>: the conf's shared_dicts, opened on first use
+_M.shared = setmetatable({}, { __index = function(t, name)
+    local d = core.shdict(name)
+    if d then rawset(t, name, d) end
+    return d
+end })
+
 _M.sleep = core.sleep
 _M.timer = core.timer
 _M.now = core.now

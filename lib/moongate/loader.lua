@@ -68,7 +68,7 @@ local UPSTREAM_SETTINGS = {
 }
 
 local CONF_FIELDS = {
-  servers = true,
+  servers = true, shared_dicts = true, plugins = true,
   listen = true, workers = true, routes = true, lua_path = true,
   access_log = true, log_level = true, timeouts = true, limits = true,
   upstreams = true,
@@ -1316,6 +1316,30 @@ local function load_routes(conf, upstreams)
 end
 
 
+-- shared_dicts = { name = bytes }: shared-memory dictionaries across workers.
+local function norm_shared_dicts(src, raw)
+  local out = {}
+  if raw == nil then
+    return out
+  end
+  local top = { path = src.path, text = src.text, keys = {}, label = "" }
+  local where = at(top, "shared_dicts")
+  check_type(where, raw, "table")
+  for _, name in ipairs(sorted_keys(raw)) do
+    local w = at(where, name)
+    if type(name) ~= "string" or not str_match(name, "^[%a_][%w_]*$") or #name > 31 then
+      bad(w, nil, "dictionary names are identifiers of at most 31 characters")
+    end
+    local size = raw[name]
+    if type(size) ~= "number" or size < 65536 or size > 1073741824 or size ~= math_floor(size) then
+      bad(w, size, "expected a size in bytes from 65536 to 1 GiB, got %s", show_value(size))
+    end
+    out[#out + 1] = { name = name, size = size }
+  end
+  return out
+end
+
+
 -- Extra servers: listeners with their own route table (e.g. the embedded
 -- demo Runtime). MOONGATE_SERVER_<NAME>_LISTEN overrides a listen address.
 local SERVER_FIELDS = { listen = true, routes = true, enabled = true }
@@ -1395,6 +1419,7 @@ local function load_generation(conf_path, opts)
   add_lua_path(conf.lua_path)
   local routes = load_routes(conf, upstreams)
   local servers = load_servers(src, raw.servers, conf, upstreams, env)
+  conf.shared_dicts = norm_shared_dicts(src, raw.shared_dicts)
   return { conf = conf, routes = routes, servers = servers }
 end
 
