@@ -201,6 +201,15 @@ static char **mg_gen_str_list(lua_State *L, int idx, const char *k, int *n) {
     return v;
 }
 
+/* A registry reference to the non-empty list t[k], or LUA_NOREF. */
+static int mg_gen_list_ref(lua_State *L, int t, const char *k) {
+    lua_getfield(L, t, k);
+    if (lua_istable(L, -1) && lua_objlen(L, -1) > 0)
+        return luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    return LUA_NOREF;
+}
+
 static mg_ws_conf_t *mg_gen_read_ws(lua_State *L, int t) {
     mg_ws_conf_t *w;
     char *mode;
@@ -241,6 +250,8 @@ static mg_ws_conf_t *mg_gen_read_ws(lua_State *L, int t) {
     w->origins = mg_gen_str_list(L, t, "origins", &w->norigins);
     w->upstream_path = mg_gen_field_str(L, t, "upstream_path");
     w->on_message_ref = LUA_NOREF;
+    w->ws_open_ref = mg_gen_list_ref(L, t, "ws_open");
+    w->ws_close_ref = mg_gen_list_ref(L, t, "ws_close");
     lua_getfield(L, t, "on_message");
     if (lua_isfunction(L, -1))
         w->on_message_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -262,15 +273,6 @@ static void mg_gen_free_ws(mg_ws_conf_t *w) {
     free(w->origins);
     free(w->upstream_path);
     free(w);
-}
-
-/* A registry reference to the non-empty list t[k], or LUA_NOREF. */
-static int mg_gen_list_ref(lua_State *L, int t, const char *k) {
-    lua_getfield(L, t, k);
-    if (lua_istable(L, -1) && lua_objlen(L, -1) > 0)
-        return luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pop(L, 1);
-    return LUA_NOREF;
 }
 
 /* Appends the routes of one table (server) to g->routes. */

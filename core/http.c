@@ -105,6 +105,7 @@ const char *mg_status_text(int s) {
     case 200: return "OK";
     case 201: return "Created";
     case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
     case 204: return "No Content";
     case 206: return "Partial Content";
     case 301: return "Moved Permanently";
@@ -932,6 +933,8 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
         if (n > 0)
             mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
     }
+    if (r->route && r->route->log_ref != LUA_NOREF)
+        mg_lua_log(r, (mg_now() - r->t_start) * 1000.0);
     c->req = NULL;
     c->nreq++;
     X(c)->scan_done = X(c)->scan_nl = 0;

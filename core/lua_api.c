@@ -24,6 +24,7 @@ static void mg_http_on_done(void *ud);
 static void mg_http_on_error(void *ud, int status, const char *msg);
 
 static void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype);
+static void mg_push_lower(lua_State *L, const char *s, size_t len);
 static mg_req_t *mg_co_req(lua_State *L, const char *what);
 
 static const mg_ux_sink_t mg_lua_http_sink = {
@@ -210,6 +211,109 @@ void mg_push_req(lua_State *L, mg_req_t *r) {
 /* The route's access hooks, in a coroutine of their own (upstream and
  * WebSocket routes). moongate.run_access answers the client itself when a
  * hook says no, and calls core.access_done() when all say yes. */
+/* Anchors the req table on top of L's stack (left there) for hooks that
+ * run later: header_filter, log, a WebSocket handler. */
+static void mg_req_keep_ctx(mg_req_t *r, lua_State *L) {
+    if (r->access_req_ref != LUA_NOREF)
+        return;
+    lua_pushvalue(L, -1);
+    lua_xmove(L, r->gen->L, 1);
+    r->access_req_ref = luaL_ref(r->gen->L, LUA_REGISTRYINDEX);
+}
+
+/* Pushes req.ctx of the kept req table, or a fresh table. */
+static void mg_push_ctx(lua_State *L, mg_req_t *r) {
+    if (r->access_req_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
+        lua_getfield(L, -1, "ctx");
+        lua_remove(L, -2);
+        if (lua_istable(L, -1))
+            return;
+        lua_pop(L, 1);
+    }
+    lua_newtable(L);
+}
+
+int mg_lua_header_filter(mg_req_t *r, int *status, const char *lines, size_t len,
+                         struct evbuffer *out) {
+    lua_State *L = r->gen->L;
+    int top = lua_gettop(L);
+    const char *p = lines, *end = lines + len;
+
+    lua_getfield(L, LUA_REGISTRYINDEX, "moongate.run_header_filter");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->hf_ref);
+    lua_pushinteger(L, *status);
+    lua_newtable(L); /* headers: lower-case name -> value, or a list when repeated */
+    while (p < end) {
+        const char *colon = memchr(p, ':', end - p), *eol;
+        if (colon == NULL)
+            break;
+        eol = memchr(colon, '\r', end - colon);
+        if (eol == NULL)
+            break;
+        mg_push_lower(L, p, colon - p);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushlstring(L, colon + 2, eol - colon - 2);
+        } else {
+            if (!lua_istable(L, -1)) {
+                lua_createtable(L, 2, 0);
+                lua_insert(L, -2);
+                lua_rawseti(L, -2, 1);
+            }
+            lua_pushlstring(L, colon + 2, eol - colon - 2);
+            lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
+        }
+        lua_rawset(L, -3);
+        p = eol + 2;
+    }
+    mg_push_ctx(L, r);
+    if (lua_pcall(L, 4, 2, 0) != 0) {
+        mg_error("request %s: header_filter: %s", r->request_id, lua_tostring(L, -1));
+        lua_settop(L, top);
+        return MG_ERR;
+    }
+    /* run_header_filter returns the status and the head as text, already
+     * checked (no CR/LF, no hop-by-hop names) */
+    if (lua_isnumber(L, -2))
+        *status = (int)lua_tointeger(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        size_t bl;
+        const char *block = lua_tolstring(L, -1, &bl);
+        evbuffer_add(out, block, bl);
+    }
+    lua_settop(L, top);
+    return MG_OK;
+}
+
+void mg_lua_log(mg_req_t *r, double duration_ms) {
+    lua_State *L = r->gen->L;
+    int top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, "moongate.run_hooks");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->log_ref);
+    lua_createtable(L, 0, 8);
+    lua_pushinteger(L, r->status);
+    lua_setfield(L, -2, "status");
+    lua_pushnumber(L, (lua_Number)r->bytes_out);
+    lua_setfield(L, -2, "bytes");
+    lua_pushnumber(L, duration_ms);
+    lua_setfield(L, -2, "duration_ms");
+    lua_pushstring(L, r->request_id);
+    lua_setfield(L, -2, "request_id");
+    lua_pushstring(L, llhttp_method_name((llhttp_method_t)r->method));
+    lua_setfield(L, -2, "method");
+    lua_pushlstring(L, r->hbuf, r->path_len);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, r->conn ? r->conn->peer_ip : "");
+    lua_setfield(L, -2, "remote_addr");
+    mg_push_ctx(L, r);
+    if (lua_pcall(L, 3, 0, 0) != 0)
+        mg_error("request %s: log hook: %s", r->request_id, lua_tostring(L, -1));
+    lua_settop(L, top);
+}
+
 /* A coroutine for request r, its stack set to: entry (a registry function
  * of init.lua), the route's function `ref`, the req table. NULL after
  * answering 500 when out of memory. */
@@ -239,12 +343,8 @@ void mg_lua_access_start(mg_req_t *r) {
         return;
     }
     co->access = 1;
-    if (r->route->ws) {
-        /* a WebSocket handler gets the same req table (req.ctx) */
-        lua_pushvalue(co->L, -1);
-        lua_xmove(co->L, r->gen->L, 1);
-        r->access_req_ref = luaL_ref(r->gen->L, LUA_REGISTRYINDEX);
-    }
+    /* the WebSocket handler, header_filter and log see the same req (ctx) */
+    mg_req_keep_ctx(r, co->L);
     mg_co_resume(co, 2);
 }
 
@@ -267,11 +367,17 @@ void mg_lua_handler_start(mg_req_t *r) {
 
     if (co == NULL)
         return;
+    if (r->route->log_ref != LUA_NOREF)
+        mg_req_keep_ctx(r, co->L);
     if (r->route->access_ref != LUA_NOREF)
         lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->access_ref);
     else
         lua_pushnil(co->L);
-    mg_co_resume(co, 3);
+    if (r->route->hf_ref != LUA_NOREF)
+        lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->hf_ref);
+    else
+        lua_pushnil(co->L);
+    mg_co_resume(co, 4);
 }
 
 /* ---- request body ---- */

@@ -19,7 +19,9 @@
 #define MG_LWS_MT "moongate.websocket"
 
 struct mg_lws_s {
-    mg_ws_t *ws;    /* NULL once the socket is gone */
+    mg_ws_t *ws; /* NULL once the socket is gone */
+    mg_ws_conf_t *conf;
+    int ctx_ref;    /* req.ctx, for the hooks */
     mg_co_t *owner; /* the handler coroutine */
     mg_co_t *waiter;
     lua_State *L; /* the generation's main state */
@@ -33,6 +35,7 @@ struct mg_lws_s {
 
 static void mg_lws_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len);
 static void mg_lws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason);
+static void mg_lws_deliver(mg_lws_t *l, mg_ws_t *ws, int op, const char *data, size_t len);
 
 static const mg_ws_ops_t mg_lws_ops = {
     .on_message = mg_lws_on_message,
@@ -47,6 +50,25 @@ static void mg_lws_push_msg(lua_State *L, int op, const char *data, size_t len) 
 
 static void mg_lws_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len) {
     mg_lws_t *l = ud;
+    int top = lua_gettop(l->L);
+    if (l->conf->on_message_ref != LUA_NOREF) {
+        /* plugins' ws_message and the route's on_message see it first */
+        int code = 1000, rc;
+        char reason[64];
+        rc = mg_ws_msg_hook(l->L, l->conf->on_message_ref, l->ctx_ref, op, "client", data, len,
+                            &data, &len, &code, reason);
+        if (rc <= 0) {
+            lua_settop(l->L, top);
+            if (rc < 0)
+                mg_ws_close(ws, code, reason);
+            return;
+        }
+    }
+    mg_lws_deliver(l, ws, op, data, len);
+    lua_settop(l->L, top);
+}
+
+static void mg_lws_deliver(mg_lws_t *l, mg_ws_t *ws, int op, const char *data, size_t len) {
     if (l->waiter) {
         mg_co_t *co = l->waiter;
         l->waiter = NULL;
@@ -83,6 +105,9 @@ static void mg_lws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason)
         lua_pushstring(co->L, l->reason);
         mg_co_resume(co, 4);
     }
+    mg_ws_run_hooks(l->L, l->conf->ws_close_ref, l->ctx_ref, code, l->reason);
+    luaL_unref(l->L, LUA_REGISTRYINDEX, l->ctx_ref);
+    l->ctx_ref = LUA_NOREF;
     if (l->ref != LUA_NOREF) {
         luaL_unref(l->L, LUA_REGISTRYINDEX, l->ref);
         l->ref = LUA_NOREF;
@@ -124,13 +149,22 @@ static int mg_lws_send(lua_State *L) {
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
     const char *kind = luaL_optstring(L, 3, "text");
-    int op = strcmp(kind, "binary") == 0 ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME;
-    if (l->ws == NULL || mg_ws_send(l->ws, op, data, len) != MG_OK) {
+    int op = strcmp(kind, "binary") == 0 ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, rc = 1;
+    if (l->ws && l->conf->on_message_ref != LUA_NOREF) {
+        int code = 1000;
+        char reason[64];
+        /* on the caller's own stack: a rewritten message stays there */
+        rc = mg_ws_msg_hook(L, l->conf->on_message_ref, l->ctx_ref, op, "server", data, len, &data,
+                            &len, &code, reason);
+        if (rc < 0 && l->ws)
+            mg_ws_close(l->ws, code, reason);
+    }
+    if (l->ws == NULL || rc < 0 || (rc > 0 && mg_ws_send(l->ws, op, data, len) != MG_OK)) {
         lua_pushnil(L);
         lua_pushliteral(L, "closed");
         return 2;
     }
-    lua_pushboolean(L, 1);
+    lua_pushboolean(L, rc > 0);
     return 1;
 }
 
@@ -241,7 +275,11 @@ void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre,
     lua_pushvalue(co->L, -1);
     lua_xmove(co->L, L, 1);
     l->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    l->conf = r->route->ws;
+    l->ctx_ref = mg_ws_ctx_ref(r);
     l->ws = mg_ws_new(fd, 0, r->gen, r->route, hs, pre, len, &mg_lws_ops, l);
+    if (l->ws)
+        mg_ws_run_hooks(L, l->conf->ws_open_ref, l->ctx_ref, 0, NULL);
     if (l->ws == NULL) {
         close(fd);
         luaL_unref(L, LUA_REGISTRYINDEX, l->ref);
@@ -266,4 +304,78 @@ void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre,
         lua_pop(L, 1);
     }
     mg_co_resume(co, 2);
+}
+
+int mg_ws_ctx_ref(mg_req_t *r) {
+    lua_State *L = r->gen->L;
+    if (r->access_req_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
+        lua_getfield(L, -1, "ctx");
+        lua_remove(L, -2);
+        if (lua_istable(L, -1))
+            return luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_pop(L, 1);
+    }
+    lua_newtable(L);
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+int mg_ws_msg_hook(lua_State *L, int ref, int ctx_ref, int op, const char *dir, const char *data,
+                   size_t len, const char **out, size_t *outlen, int *code, char *reason) {
+    int top = lua_gettop(L);
+    *out = data;
+    *outlen = len;
+    if (ref == LUA_NOREF)
+        return 1;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_createtable(L, 0, 3);
+    lua_pushlstring(L, data, len);
+    lua_setfield(L, -2, "data");
+    lua_pushstring(L, op == WSLAY_BINARY_FRAME ? "binary" : "text");
+    lua_setfield(L, -2, "kind");
+    lua_pushstring(L, dir);
+    lua_setfield(L, -2, "direction");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx_ref);
+    if (lua_pcall(L, 2, 3, 0) != 0) {
+        mg_error("websocket on_message hook: %s", lua_tostring(L, -1));
+        lua_settop(L, top);
+        *code = 1011;
+        snprintf(reason, 64, "internal error");
+        return -1;
+    }
+    if (lua_type(L, -3) == LUA_TSTRING) {
+        *out = lua_tolstring(L, -3, outlen); /* stays on the stack for the caller */
+        return 1;
+    }
+    if (lua_type(L, -3) == LUA_TBOOLEAN && lua_toboolean(L, -3)) {
+        lua_settop(L, top);
+        return 1; /* true: pass unchanged */
+    }
+    if (lua_type(L, -3) == LUA_TBOOLEAN) {
+        *code = lua_isnumber(L, -2) ? (int)lua_tointeger(L, -2) : 1000;
+        snprintf(reason, 64, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
+        lua_settop(L, top);
+        return -1;
+    }
+    lua_settop(L, top);
+    return 0;
+}
+
+void mg_ws_run_hooks(lua_State *L, int list_ref, int ctx_ref, int code, const char *reason) {
+    int top = lua_gettop(L);
+    if (list_ref == LUA_NOREF)
+        return;
+    lua_getfield(L, LUA_REGISTRYINDEX, "moongate.run_hooks");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, list_ref);
+    lua_createtable(L, 0, 2);
+    if (code) {
+        lua_pushinteger(L, code);
+        lua_setfield(L, -2, "code");
+        lua_pushstring(L, reason ? reason : "");
+        lua_setfield(L, -2, "reason");
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx_ref);
+    if (lua_pcall(L, 3, 0, 0) != 0)
+        mg_error("websocket %s hook: %s", code ? "ws_close" : "ws_open", lua_tostring(L, -1));
+    lua_settop(L, top);
 }

@@ -7,6 +7,8 @@
  */
 #include "mg.h"
 
+#include <lauxlib.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -255,6 +257,18 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
         o += h->vlen;
         mg_proxy_hbuf[o++] = '\r';
         mg_proxy_hbuf[o++] = '\n';
+    }
+    if (r->route->hf_ref != LUA_NOREF) {
+        /* header_filter plugins see and edit the head as a Lua table */
+        struct evbuffer *out = evbuffer_new();
+        if (out && mg_lua_header_filter(r, &status, mg_proxy_hbuf, o, out) == MG_OK) {
+            o = evbuffer_get_length(out);
+            if (o > sizeof(mg_proxy_hbuf))
+                o = sizeof(mg_proxy_hbuf);
+            evbuffer_remove(out, mg_proxy_hbuf, o);
+        }
+        if (out)
+            evbuffer_free(out);
     }
     /* a HEAD response keeps the upstream's Content-Length; chunked and
      * close-delimited bodies are re-framed for this client */

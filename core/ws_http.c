@@ -127,9 +127,12 @@ typedef struct {
     int status; /* non-101 answer being relayed */
     struct evbuffer *resp;
     char request_id[40];
+    int ctx_ref; /* req.ctx for the relay's hooks */
 } mg_wsp_t;
 
 static void mg_wsp_free(mg_wsp_t *p) {
+    if (p->ctx_ref != LUA_NOREF)
+        luaL_unref(p->gen->L, LUA_REGISTRYINDEX, p->ctx_ref);
     if (p->cfd >= 0)
         close(p->cfd);
     if (p->resp)
@@ -406,6 +409,7 @@ void mg_ws_tunnels_close_all(void) {
 /* ---- relay ---- */
 
 typedef struct {
+    int ctx_ref;      /* req.ctx of the upgrade request, for the hooks */
     mg_ws_t *side[2]; /* 0 client, 1 upstream */
     mg_gen_t *gen;
     mg_route_t *route;
@@ -422,50 +426,6 @@ static const mg_ws_ops_t mg_relay_ops = {
     .on_drain = mg_relay_on_drain,
 };
 
-/* Runs the route's on_message(msg, ctx): returns 1 pass (maybe rewritten
- * into out), 0 drop, -1 close with a code and reason. Hooks run synchronously
- * (they must not yield). */
-static int mg_relay_hook(mg_relay_t *rl, int from, int op, const char *data, size_t len,
-                         const char **out, size_t *outlen, int *code, char *reason) {
-    lua_State *L = rl->gen->L;
-    int ref = rl->route->ws->on_message_ref, rc, top = lua_gettop(L);
-    if (ref == LUA_NOREF)
-        return 1;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-    lua_createtable(L, 0, 3);
-    lua_pushlstring(L, data, len);
-    lua_setfield(L, -2, "data");
-    lua_pushstring(L, op == WSLAY_BINARY_FRAME ? "binary" : "text");
-    lua_setfield(L, -2, "kind");
-    lua_pushstring(L, from == 0 ? "client" : "upstream");
-    lua_setfield(L, -2, "direction");
-    lua_createtable(L, 0, 1);
-    if (lua_pcall(L, 2, 3, 0) != 0) {
-        mg_error("websocket on_message hook: %s", lua_tostring(L, -1));
-        lua_settop(L, top);
-        *code = 1011;
-        snprintf(reason, 64, "internal error");
-        return -1;
-    }
-    if (lua_type(L, -3) == LUA_TSTRING) {
-        *out = lua_tolstring(L, -3, outlen);
-        rc = 1; /* the string stays on the stack until the caller pops */
-        return rc;
-    }
-    if (lua_type(L, -3) == LUA_TBOOLEAN && lua_toboolean(L, -3)) {
-        lua_settop(L, top);
-        return 1; /* true: pass unchanged */
-    }
-    if (lua_type(L, -3) == LUA_TBOOLEAN && !lua_toboolean(L, -3)) {
-        *code = lua_isnumber(L, -2) ? (int)lua_tointeger(L, -2) : 1000;
-        snprintf(reason, 64, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
-        lua_settop(L, top);
-        return -1;
-    }
-    lua_settop(L, top);
-    return 0;
-}
-
 static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len) {
     mg_relay_t *rl = ud;
     int from = ws == rl->side[0] ? 0 : 1, code = 1000, rc;
@@ -477,7 +437,8 @@ static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data,
 
     if (rl->closing || rl->side[!from] == NULL)
         return;
-    rc = mg_relay_hook(rl, from, op, data, len, &out, &outlen, &code, reason);
+    rc = mg_ws_msg_hook(L, rl->route->ws->on_message_ref, rl->ctx_ref, op,
+                        from == 0 ? "client" : "upstream", data, len, &out, &outlen, &code, reason);
     if (rc == 1)
         mg_ws_send(rl->side[!from], op, out, outlen);
     lua_settop(L, top);
@@ -513,6 +474,8 @@ static void mg_relay_on_close(void *ud, mg_ws_t *ws, int code, const char *reaso
         mg_ws_close(other, code, reason && *reason ? reason : "peer closed");
         return;
     }
+    mg_ws_run_hooks(rl->gen->L, rl->route->ws->ws_close_ref, rl->ctx_ref, code, reason);
+    luaL_unref(rl->gen->L, LUA_REGISTRYINDEX, rl->ctx_ref);
     mg_gen_release(rl->gen);
     free(rl);
 }
@@ -542,6 +505,8 @@ static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const
     rl->gen = p->gen;
     mg_gen_retain(rl->gen);
     rl->route = p->route;
+    rl->ctx_ref = p->ctx_ref;
+    p->ctx_ref = LUA_NOREF;
     rl->side[0] =
         mg_ws_new(p->cfd, 0, p->gen, p->route, &p->hs, p->pre, p->pre_len, &mg_relay_ops, rl);
     p->cfd = -1;
@@ -553,8 +518,11 @@ static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const
             mg_ws_abort(rl->side[1]);
         else
             close(ufd);
+        luaL_unref(rl->gen->L, LUA_REGISTRYINDEX, rl->ctx_ref);
         mg_gen_release(rl->gen);
         free(rl);
+    } else {
+        mg_ws_run_hooks(rl->gen->L, rl->route->ws->ws_open_ref, rl->ctx_ref, 0, NULL);
     }
     mg_wsp_free(p);
 }
@@ -600,6 +568,7 @@ void mg_ws_takeover(mg_req_t *r, int fd, const char *pre, size_t pre_len) {
     p->route = r->route;
     p->mode = wc->mode;
     p->hs = hs;
+    p->ctx_ref = wc->mode == MG_WS_RELAY ? mg_ws_ctx_ref(r) : LUA_NOREF;
     memcpy(p->request_id, r->request_id, sizeof(p->request_id));
     if (pre_len) {
         p->pre = malloc(pre_len);

@@ -17,6 +17,7 @@ local find = string.find
 local sub = string.sub
 local setmetatable = setmetatable
 local select = select
+local ipairs = ipairs
 
 local _M = { _VERSION = core.version, core = core, json = cjson }
 
@@ -78,6 +79,24 @@ function req_mt.set_header(req, name, value)
     up[name] = value ~= nil and tostring(value) or nil
 end
 
+-- header_filter hooks: res = { status, headers } edited in place.
+local HOP = {
+    connection = true, ["keep-alive"] = true, te = true, trailer = true,
+    ["transfer-encoding"] = true, upgrade = true, ["content-length"] = true,
+}
+
+local function filter_head(list, status, headers, ctx)
+    local res = { status = status, headers = headers or {} }
+    for i = 1, #list do list[i](res, ctx) end
+    return res.status, res.headers
+end
+
+local function lower_keys(h)
+    local out = {}
+    for k, v in pairs(h or {}) do out[tostring(k):lower()] = v end
+    return out
+end
+
 local res_mt = {}
 res_mt.__index = res_mt
 function res_mt:status(n) self._status = n; return self end
@@ -87,6 +106,10 @@ function res_mt:header(name, value)
     return self
 end
 function res_mt:write(chunk)
+    if not self.started and self._filter then
+        self._status, self._headers = filter_head(self._filter, self._status or 200,
+                                                  lower_keys(self._headers), self._ctx)
+    end
     self.started = true
     return core.res_write(self._status or 200, self._headers, tostring(chunk))
 end
@@ -113,6 +136,11 @@ local function respond(status, body, headers, res)
             if headers[k] == nil then headers[k] = v end
         end
     end
+    if res and res._filter then
+        headers = lower_keys(headers)
+        if ctype and headers["content-type"] == nil then headers["content-type"] = ctype end
+        status, headers = filter_head(res._filter, status, headers, res._ctx)
+    end
     core.res_send(status, data, headers, ctype)
 end
 
@@ -137,11 +165,35 @@ debug.getregistry()["moongate.run_access"] = function(access, req)
     end
 end
 
-local function run(handler, req, access)
+-- For proxied responses: the edited head as "Name: value\r\n" text.
+debug.getregistry()["moongate.run_header_filter"] = function(list, status, headers, ctx)
+    local st, h = filter_head(list, status, headers, ctx)
+    local out = {}
+    for name, v in pairs(h) do
+        local lname = tostring(name):lower()
+        if not HOP[lname] and not lname:find("^proxy%-") and lname ~= "date" then
+            local vals = type(v) == "table" and v or { v }
+            for _, one in ipairs(vals) do
+                one = tostring(one)
+                if lname:find("[%c%s:]") or one:find("[\r\n%z]") then
+                    error("header_filter: bad header " .. lname, 0)
+                end
+                out[#out + 1] = name .. ": " .. one .. "\r\n"
+            end
+        end
+    end
+    return st, concat(out)
+end
+
+debug.getregistry()["moongate.run_hooks"] = function(list, info, ctx)
+    for i = 1, #list do list[i](info, ctx) end
+end
+
+local function run(handler, req, access, header_filter)
     setmetatable(req, req_mt)
     req.ctx = {}
     if access and not check_access(access, req) then return end
-    local res = setmetatable({}, res_mt)
+    local res = setmetatable({ _filter = header_filter, _ctx = req.ctx }, res_mt)
     local status, body, headers = handler(req, res)
     if res.started then return end
     respond(status, body, headers, res)

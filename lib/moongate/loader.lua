@@ -80,7 +80,7 @@ for _, s in ipairs(UPSTREAM_SETTINGS) do UPSTREAM_FIELDS[s[1]] = true end
 local ROUTE_FIELDS = {
   path = true, prefix = true, method = true, host = true, priority = true,
   upstream = true, handler = true, strip_prefix = true, body_size = true,
-  name = true, access = true,
+  name = true, access = true, header_filter = true, log = true,
   -- reserved for later work: checked for type only, passed through as is
   websocket = true, plugins = true, on_reload = true, timeouts = true,
 }
@@ -994,8 +994,26 @@ end
 local WS_FIELDS = {
   mode = true, heartbeat = true, max_message = true, send_buffer = true, overflow = true,
   deflate = true, protocols = true, origins = true, timeouts = true, upstream_path = true,
-  on_message = true,
+  on_message = true, ws_open = true, ws_close = true,
 }
+
+-- A hook field: a function or a list of functions, as a list.
+local function function_list(v, name, bad_route)
+  if type(v) == "function" then
+    return { v }
+  end
+  if type(v) ~= "table" then
+    bad_route("%s: expected a function or a list of functions, got %s", name, type(v))
+  end
+  local list = {}
+  for i, f in ipairs(v) do
+    if type(f) ~= "function" then
+      bad_route("%s[%d]: expected a function, got %s", name, i, type(f))
+    end
+    list[i] = f
+  end
+  return list
+end
 local WS_HB_FIELDS = { interval = true, message = true, ping_frames = true, timeout = true }
 local WS_MODES = { tunnel = true, relay = true, handler = true }
 
@@ -1089,6 +1107,8 @@ local function normalize_websocket(raw, bad_route)
     idle = num(t.idle, 3600, "timeouts.idle"),
     upstream_path = w.upstream_path,
     on_message = w.on_message,
+    ws_open = w.ws_open ~= nil and function_list(w.ws_open, "websocket.ws_open", bad_route) or nil,
+    ws_close = w.ws_close ~= nil and function_list(w.ws_close, "websocket.ws_close", bad_route) or nil,
   }
 end
 
@@ -1227,23 +1247,12 @@ local function norm_route(ctx, n, raw)
     route.websocket = normalize_websocket(raw, bad_route)
   end
 
-  -- access: hooks run first (as a coroutine) on any kind of route
-  if raw.access ~= nil then
-    local a = raw.access
-    if type(a) == "function" then
-      a = { a }
+  -- hooks: access runs first (as a coroutine) on any kind of route;
+  -- header_filter edits the response head; log runs after the response
+  for _, f in ipairs({ "access", "header_filter", "log" }) do
+    if raw[f] ~= nil then
+      route[f] = function_list(raw[f], f, bad_route)
     end
-    if type(a) ~= "table" then
-      bad_route("access: expected a function or a list of functions, got %s", type(a))
-    end
-    local list = {}
-    for i, f in ipairs(a) do
-      if type(f) ~= "function" then
-        bad_route("access[%d]: expected a function, got %s", i, type(f))
-      end
-      list[i] = f
-    end
-    route.access = list
   end
 
   -- reserved fields: type-checked, passed through unchanged

@@ -1,0 +1,911 @@
+-- moongate.plugins: finds plugin modules, checks their configs against their
+-- schemas, and composes a route's phase lists from the plugins enabled on it.
+--
+-- Runs inside moongate.loader at generation load time (moongate -t, start,
+-- SIGHUP) and in the unit specs. Nothing here runs per request: compose()
+-- binds each plugin's conf into small closures that the core calls like a
+-- route's own hooks, so a route without plugins pays nothing and one with
+-- plugins pays one Lua call per phase per plugin.
+--
+-- A plugin (docs/plugins.md):
+--   { name = "x", VERSION = "1.0.0", PRIORITY = 1000,   -- higher runs first
+--     schema = { fields = { f = { type = "string", default = "v" } } },
+--     check = function(conf, env) end,    -- optional, load time
+--     rewrite = function(conf, req, ctx) end, access = function(conf, req, ctx) end,
+--     header_filter = function(conf, res, ctx) end, log = function(conf, entry, ctx) end,
+--     ws_open = function(conf, info, ctx) end, ws_message = function(conf, msg, ctx) end,
+--     ws_close = function(conf, info, ctx) end }
+--
+-- Errors: functions return nil and a reason; the loader prefixes the
+-- file:line of the route or conf entry. Errors raised while running a
+-- plugin's own files keep that file's position. Misuse raises.
+
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local tostring = tostring
+local error = error
+local pcall = pcall
+local xpcall = xpcall
+local loadfile = loadfile
+local getmetatable = getmetatable
+local setmetatable = setmetatable
+local package = package
+local io_open = io.open
+local debug_getinfo = debug.getinfo
+local math_floor = math.floor
+local math_huge = math.huge
+local str_byte = string.byte
+local str_find = string.find
+local str_format = string.format
+local str_match = string.match
+local str_sub = string.sub
+local tbl_concat = table.concat
+local tbl_sort = table.sort
+
+
+local _M = { _VERSION = "0.1.0" }
+
+
+-- The phases a plugin may define, in the order a request meets them.
+_M.PHASES = { "rewrite", "access", "header_filter", "log", "ws_open", "ws_message", "ws_close" }
+local PHASE_SET = {}
+for _, p in ipairs(_M.PHASES) do PHASE_SET[p] = true end
+local WS_PHASES = { ws_open = true, ws_message = true, ws_close = true }
+
+local TYPES = {
+  string = true, number = true, integer = true, boolean = true,
+  table = true, array = true, ["function"] = true,
+}
+
+-- Keys a field spec may hold. Anything else is an author's typo.
+local SPEC_KEYS = {
+  type = true, required = true, default = true, one_of = true, min = true, max = true,
+  len_min = true, len_max = true, match = true, items = true, fields = true,
+  values = true, check = true, description = true,
+}
+
+-- The bundled plugins of a source checkout: <root>/plugins, found from this
+-- file (lib/moongate/plugins.lua). An installed rock finds them on
+-- package.path as moongate.plugins.<name> instead.
+local BUNDLED_DIR
+do
+  local src = debug_getinfo(1, "S").source
+  if str_sub(src, 1, 1) == "@" then
+    local dir = str_match(str_sub(src, 2), "^(.*)/lib/moongate/[^/]*$")
+    if dir then
+      BUNDLED_DIR = dir .. "/plugins"
+    elseif str_match(str_sub(src, 2), "^lib/moongate/[^/]*$") then
+      BUNDLED_DIR = "plugins"
+    end
+  end
+end
+_M.BUNDLED_DIR = BUNDLED_DIR
+
+
+---------------------------------------------------------------------------
+-- Helpers
+---------------------------------------------------------------------------
+
+local function file_exists(path)
+  local f = io_open(path, "rb")
+  if f then
+    f:close()
+    return true
+  end
+  return false
+end
+
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  tbl_sort(keys, function(a, b)
+    local sa, sb = type(a) == "string", type(b) == "string"
+    if sa ~= sb then return sa end
+    return tostring(a) < tostring(b)
+  end)
+  return keys
+end
+
+
+local function deep_copy(v)
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do out[k] = deep_copy(x) end
+  return out
+end
+
+
+local function show(v)
+  if type(v) == "string" then
+    return "'" .. v .. "'"
+  elseif type(v) == "number" or type(v) == "boolean" then
+    return tostring(v)
+  end
+  return type(v)
+end
+
+
+-- Edit distance for "did you mean" hints; names are a few characters.
+local function distance(a, b)
+  local prev, cur = {}, {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    cur[0] = i
+    local ca = str_byte(a, i)
+    for j = 1, #b do
+      local cost = (ca == str_byte(b, j)) and 0 or 1
+      local best = prev[j] + 1
+      if cur[j - 1] + 1 < best then best = cur[j - 1] + 1 end
+      if prev[j - 1] + cost < best then best = prev[j - 1] + cost end
+      cur[j] = best
+    end
+    prev, cur = cur, prev
+  end
+  return prev[#b]
+end
+
+
+local function suggestion(key, allowed)
+  if type(key) ~= "string" then return "" end
+  local best, best_d
+  for name in pairs(allowed) do
+    local d = distance(key, name)
+    if d <= 2 and (not best_d or d < best_d or (d == best_d and name < best)) then
+      best, best_d = name, d
+    end
+  end
+  return best and str_format(" (did you mean '%s'?)", best) or ""
+end
+_M.suggestion = suggestion
+
+
+-- "a.b", "a[2]", 'a["X-Foo"]': field paths as an operator would write them.
+local function path_join(path, key)
+  if type(key) == "number" then
+    return (path or "") .. "[" .. key .. "]"
+  end
+  if str_find(key, "^[%a_][%w_]*$") then
+    return path and (path .. "." .. key) or key
+  end
+  return (path or "") .. '["' .. key .. '"]'
+end
+
+
+local function is_array(t)
+  local n = #t
+  for k in pairs(t) do
+    if type(k) ~= "number" or k < 1 or k > n or k ~= math_floor(k) then
+      return false, k
+    end
+  end
+  return true
+end
+
+
+---------------------------------------------------------------------------
+-- Schemas
+--
+-- A schema is { fields = { name = spec } }. A spec: type (string, number,
+-- integer, boolean, table, array, function), required, default, one_of,
+-- min/max (numbers), len_min/len_max (string length, array size), match
+-- (Lua pattern a string must match), items (spec of array items), fields
+-- (a record: only these keys), values (a map: spec of each value, keys are
+-- strings), check (function(v) -> true | nil, reason), description.
+---------------------------------------------------------------------------
+
+local check_spec
+
+local function check_fields_spec(fields, path)
+  if type(fields) ~= "table" then
+    return nil, str_format("field %s: 'fields' must be a table", path or "?")
+  end
+  for _, name in ipairs(sorted_keys(fields)) do
+    if type(name) ~= "string" then
+      return nil, "field names must be strings, got " .. show(name)
+    end
+    local ok, err = check_spec(fields[name], path_join(path, name))
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+
+-- Checks a plugin author's spec once, at load: a typo in a schema is a
+-- load error, not a silently ignored rule.
+check_spec = function(spec, path)
+  if type(spec) ~= "table" then
+    return nil, str_format("field %s: spec must be a table, got %s", path, type(spec))
+  end
+  for _, k in ipairs(sorted_keys(spec)) do
+    if not SPEC_KEYS[k] then
+      return nil, str_format("field %s: unknown schema key %s%s", path, show(k),
+                             suggestion(k, SPEC_KEYS))
+    end
+  end
+  if not TYPES[spec.type] then
+    return nil, str_format("field %s: bad type %s", path, show(spec.type))
+  end
+  if spec.one_of ~= nil and (type(spec.one_of) ~= "table" or #spec.one_of == 0) then
+    return nil, str_format("field %s: 'one_of' must be a non-empty list", path)
+  end
+  if spec.check ~= nil and type(spec.check) ~= "function" then
+    return nil, str_format("field %s: 'check' must be a function", path)
+  end
+  if spec.match ~= nil then
+    if type(spec.match) ~= "string" or not pcall(str_find, "", spec.match) then
+      return nil, str_format("field %s: 'match' must be a valid Lua pattern", path)
+    end
+  end
+  if spec.items ~= nil then
+    if spec.type ~= "array" then
+      return nil, str_format("field %s: 'items' applies to arrays", path)
+    end
+    local ok, err = check_spec(spec.items, path .. "[]")
+    if not ok then return nil, err end
+  end
+  if spec.fields ~= nil or spec.values ~= nil then
+    if spec.type ~= "table" then
+      return nil, str_format("field %s: 'fields' and 'values' apply to tables", path)
+    end
+    if spec.fields ~= nil and spec.values ~= nil then
+      return nil, str_format("field %s: give 'fields' (a record) or 'values' (a map), not both",
+                             path)
+    end
+    if spec.fields ~= nil then
+      local ok, err = check_fields_spec(spec.fields, path)
+      if not ok then return nil, err end
+    else
+      local ok, err = check_spec(spec.values, path .. "[]")
+      if not ok then return nil, err end
+    end
+  end
+  return true
+end
+
+
+--- Checks a schema table. Returns true or nil, reason.
+function _M.check_schema(schema)
+  if schema == nil then return true end
+  if type(schema) ~= "table" then
+    return nil, "schema: expected a table, got " .. type(schema)
+  end
+  for _, k in ipairs(sorted_keys(schema)) do
+    if k ~= "fields" and k ~= "check" then
+      return nil, "schema: unknown key " .. show(k) .. " (expected 'fields' and 'check')"
+    end
+  end
+  if schema.check ~= nil and type(schema.check) ~= "function" then
+    return nil, "schema: 'check' must be a function"
+  end
+  local ok, err = check_fields_spec(schema.fields or {}, nil)
+  if not ok then return nil, "schema: " .. err end
+  return true
+end
+
+
+local validate_value
+
+local function validate_record(fields, v, path)
+  local out = {}
+  for _, k in ipairs(sorted_keys(v)) do
+    if type(k) ~= "string" or fields[k] == nil then
+      return nil, path_join(path, type(k) == "string" and k or tostring(k)),
+             "unknown field" .. suggestion(k, fields)
+    end
+  end
+  for _, name in ipairs(sorted_keys(fields)) do
+    local x, fpath, reason = validate_value(fields[name], v[name], path_join(path, name))
+    if fpath then return nil, fpath, reason end
+    out[name] = x
+  end
+  return out
+end
+
+
+-- An absent record with no required fields becomes {} with its defaults,
+-- so handlers can index conf.request.set without checking for nil.
+local function has_required(fields)
+  for _, s in pairs(fields) do
+    if s.required then return true end
+  end
+  return false
+end
+
+
+-- Returns the normalized value, or nil, path, reason.
+validate_value = function(spec, v, path)
+  if v == nil then
+    if spec.default ~= nil then
+      return deep_copy(spec.default)
+    end
+    if spec.required then
+      return nil, path, "required"
+    end
+    if spec.type == "table" and spec.fields and not has_required(spec.fields) then
+      return validate_record(spec.fields, {}, path)
+    end
+    return nil
+  end
+
+  local t = spec.type
+  local vt = type(v)
+  if t == "integer" then
+    if vt ~= "number" or v ~= v or v == math_huge or v == -math_huge or v ~= math_floor(v) then
+      return nil, path, "expected an integer, got " .. show(v)
+    end
+  elseif t == "number" then
+    if vt ~= "number" or v ~= v or v == math_huge or v == -math_huge then
+      return nil, path, "expected a number, got " .. show(v)
+    end
+  elseif t == "array" then
+    if vt ~= "table" then
+      return nil, path, "expected an array, got " .. show(v)
+    end
+    local ok, k = is_array(v)
+    if not ok then
+      return nil, path, "expected an array, found key " .. show(k)
+    end
+  elseif vt ~= t then
+    return nil, path, str_format("expected a%s %s, got %s",
+                                 (t == "integer" or t == "array") and "n" or "", t, show(v))
+  end
+
+  if spec.one_of then
+    local found = false
+    for _, x in ipairs(spec.one_of) do
+      if x == v then found = true break end
+    end
+    if not found then
+      local names = {}
+      for i, x in ipairs(spec.one_of) do names[i] = show(x) end
+      return nil, path, str_format("expected one of %s, got %s", tbl_concat(names, ", "), show(v))
+    end
+  end
+  if spec.min and vt == "number" and v < spec.min then
+    return nil, path, str_format("must be at least %s, got %s", tostring(spec.min), tostring(v))
+  end
+  if spec.max and vt == "number" and v > spec.max then
+    return nil, path, str_format("must be at most %s, got %s", tostring(spec.max), tostring(v))
+  end
+  if spec.len_min and #v < spec.len_min then
+    return nil, path, str_format("must have at least %d %s", spec.len_min,
+                                 t == "string" and "characters" or "items")
+  end
+  if spec.len_max and #v > spec.len_max then
+    return nil, path, str_format("must have at most %d %s", spec.len_max,
+                                 t == "string" and "characters" or "items")
+  end
+  if spec.match and not str_find(v, spec.match) then
+    return nil, path, str_format("%s does not match %s", show(v), spec.match)
+  end
+
+  local out = v
+  if t == "array" then
+    out = {}
+    for i = 1, #v do
+      if spec.items then
+        local x, fpath, reason = validate_value(spec.items, v[i], path_join(path, i))
+        if fpath then return nil, fpath, reason end
+        out[i] = x
+      else
+        out[i] = deep_copy(v[i])
+      end
+    end
+  elseif t == "table" then
+    if spec.fields then
+      local x, fpath, reason = validate_record(spec.fields, v, path)
+      if fpath then return nil, fpath, reason end
+      out = x
+    elseif spec.values then
+      out = {}
+      for _, k in ipairs(sorted_keys(v)) do
+        if type(k) ~= "string" then
+          return nil, path, "expected string keys, found key " .. show(k)
+        end
+        local x, fpath, reason = validate_value(spec.values, v[k], path_join(path, k))
+        if fpath then return nil, fpath, reason end
+        out[k] = x
+      end
+    else
+      out = deep_copy(v)
+    end
+  end
+
+  if spec.check then
+    local ok, reason = spec.check(out)
+    if not ok then
+      return nil, path, reason or "invalid value"
+    end
+  end
+  return out
+end
+
+
+--- Validates `conf` (a plugin's config as the operator wrote it) against
+-- `schema`. Returns a fresh normalized table (defaults filled in, the
+-- operator's table untouched), or nil, field path, reason.
+function _M.validate(schema, conf)
+  if conf == nil then conf = {} end
+  if type(conf) ~= "table" then
+    return nil, nil, "expected a table, got " .. show(conf)
+  end
+  local fields = schema and schema.fields or {}
+  local out, fpath, reason = validate_record(fields, conf, nil)
+  if not out then return nil, fpath, reason end
+  if schema and schema.check then
+    local ok, r2, f2 = schema.check(out)
+    if not ok then return nil, f2, r2 or "invalid config" end
+  end
+  return out
+end
+
+
+---------------------------------------------------------------------------
+-- Finding and loading plugins
+---------------------------------------------------------------------------
+
+local LoadFail = {}
+
+-- Runs a plugin file; errors keep the plugin file's own position.
+local function run_plugin_file(path)
+  local chunk, err = loadfile(path)
+  if not chunk then
+    if not str_find(err, "^[^\n]-:%d+: ") then
+      err = path .. ":0: " .. err
+    end
+    error(setmetatable({ msg = err }, LoadFail), 0)
+  end
+  local source = "@" .. path
+  local ok, res = xpcall(chunk, function(e)
+    local msg = type(e) == "string" and e or ("(error object is a " .. type(e) .. " value)")
+    if str_find(msg, "^[^\n]-:%d+: ") then return msg end
+    for level = 2, 200 do
+      local info = debug_getinfo(level, "Sl")
+      if not info then break end
+      if info.source == source and info.currentline > 0 then
+        return str_format("%s:%d: %s", path, info.currentline, msg)
+      end
+    end
+    return path .. ":1: " .. msg
+  end)
+  if not ok then
+    error(setmetatable({ msg = res }, LoadFail), 0)
+  end
+  return res
+end
+
+
+-- LuaJIT 2.1 has package.searchpath (from Lua 5.2).
+local function searchpath(name)
+  return (package.searchpath(name, package.path))
+end
+
+
+-- Where plugin `name` lives: a list of { handler = path, schema = path|nil }
+-- candidates in search order, and the places looked at (for the error).
+local function candidates(name, root)
+  local list, looked = {}, {}
+  local function dir_candidates(dir, label)
+    local single = dir .. "/" .. name .. ".lua"
+    local handler = dir .. "/" .. name .. "/handler.lua"
+    list[#list + 1] = { handler = single }
+    list[#list + 1] = { handler = handler, schema = dir .. "/" .. name .. "/schema.lua" }
+    looked[#looked + 1] = label
+  end
+  if root then
+    dir_candidates((root == "." or root == "") and "plugins" or (root .. "/plugins"),
+                   "plugins/" .. name .. ".lua, plugins/" .. name .. "/handler.lua")
+  end
+  local mod = "moongate.plugins." .. name
+  local p = searchpath(mod)
+  if p then
+    list[#list + 1] = { handler = p, module = mod }
+  end
+  p = searchpath(mod .. ".handler")
+  if p then
+    list[#list + 1] = { handler = p, schema = searchpath(mod .. ".schema"), module = mod }
+  end
+  looked[#looked + 1] = "package.path (" .. mod .. ")"
+  if BUNDLED_DIR and BUNDLED_DIR ~= ((root == "." or root == "") and "plugins"
+                                     or (root or "") .. "/plugins") then
+    dir_candidates(BUNDLED_DIR, "the bundled plugins")
+  end
+  return list, looked
+end
+
+
+local function check_module(name, m, path)
+  if type(m) ~= "table" then
+    return nil, str_format("%s: expected the plugin module (a table), got %s", path, type(m))
+  end
+  if m.name ~= nil and m.name ~= name then
+    return nil, str_format("%s: plugin module says name = %s, expected '%s'", path,
+                           show(m.name), name)
+  end
+  if type(m.PRIORITY) ~= "number" or m.PRIORITY ~= m.PRIORITY then
+    return nil, str_format("%s: PRIORITY: expected a number, got %s", path, show(m.PRIORITY))
+  end
+  if type(m.VERSION) ~= "string" then
+    return nil, str_format("%s: VERSION: expected a string, got %s", path, show(m.VERSION))
+  end
+  local any = false
+  for _, ph in ipairs(_M.PHASES) do
+    if m[ph] ~= nil then
+      if type(m[ph]) ~= "function" then
+        return nil, str_format("%s: %s: expected a function, got %s", path, ph, type(m[ph]))
+      end
+      any = true
+    end
+  end
+  if not any then
+    return nil, str_format("%s: defines no phase (one of %s)", path, tbl_concat(_M.PHASES, ", "))
+  end
+  if m.check ~= nil and type(m.check) ~= "function" then
+    return nil, str_format("%s: check: expected a function, got %s", path, type(m.check))
+  end
+  local ok, err = _M.check_schema(m.schema)
+  if not ok then
+    return nil, path .. ": " .. err
+  end
+  return true
+end
+
+
+local Registry = {}
+Registry.__index = Registry
+
+
+--- A registry for one generation: plugins are loaded at most once.
+-- opts.root: the project root (plugins/ is looked up under it).
+function _M.new(opts)
+  opts = opts or {}
+  return setmetatable({ root = opts.root, loaded = {} }, Registry)
+end
+
+
+--- The plugin `name`: its module table (with .name and .schema set), or
+-- nil, reason. A reason that starts with "path:line:" is an error inside
+-- the plugin's own files.
+function Registry:get(name)
+  local cached = self.loaded[name]
+  if cached then
+    return cached.plugin, cached.err
+  end
+  local plugin, err
+  if type(name) ~= "string" or not str_find(name, "^[%w][%w_%-]*$") then
+    err = "bad plugin name " .. show(name) .. " (letters, digits, '_' and '-')"
+  else
+    local list, looked = candidates(name, self.root)
+    for _, c in ipairs(list) do
+      if file_exists(c.handler) then
+        local ok, res = pcall(function()
+          local m = run_plugin_file(c.handler)
+          if c.schema and type(m) == "table" and m.schema == nil and file_exists(c.schema) then
+            m.schema = run_plugin_file(c.schema)
+          end
+          return m
+        end)
+        if not ok then
+          if getmetatable(res) ~= LoadFail then error(res, 0) end
+          err = res.msg
+        else
+          local ok2, err2 = check_module(name, res, c.handler)
+          if ok2 then
+            res.name = name
+            res.file = c.handler
+            plugin = res
+          else
+            err = err2
+          end
+        end
+        break
+      end
+    end
+    if not plugin and not err then
+      err = "not found (looked in " .. tbl_concat(looked, ", ") .. ")"
+    end
+  end
+  self.loaded[name] = { plugin = plugin, err = err }
+  return plugin, err
+end
+
+
+--- Validates `conf` for `plugin` and runs the plugin's check(conf, env).
+-- Returns the normalized conf, or nil, reason ("field <f>: reason").
+function _M.configure(plugin, conf, env)
+  if conf == true then conf = {} end
+  local out, fpath, reason = _M.validate(plugin.schema, conf)
+  if not out then
+    if fpath then
+      return nil, "field " .. fpath .. ": " .. reason
+    end
+    return nil, reason
+  end
+  if plugin.check then
+    local ok, r2, f2 = plugin.check(out, env or {})
+    if not ok then
+      if f2 then
+        return nil, "field " .. f2 .. ": " .. tostring(r2)
+      end
+      return nil, tostring(r2 or "invalid config")
+    end
+  end
+  return out
+end
+
+
+---------------------------------------------------------------------------
+-- Composition
+---------------------------------------------------------------------------
+
+--- Sorts bindings { plugin=, conf= } by PRIORITY, highest first; ties by
+-- name so the order never depends on table iteration.
+function _M.sort(bindings)
+  tbl_sort(bindings, function(a, b)
+    if a.plugin.PRIORITY ~= b.plugin.PRIORITY then
+      return a.plugin.PRIORITY > b.plugin.PRIORITY
+    end
+    return a.plugin.name < b.plugin.name
+  end)
+  return bindings
+end
+
+
+local function bind_req(fn, conf)
+  return function(req) return fn(conf, req, req.ctx) end
+end
+
+local function bind2(fn, conf)
+  return function(x, ctx) return fn(conf, x, ctx) end
+end
+
+
+-- One on_message for the core from several hooks, run in order: a string
+-- replaces the message for the next hook, true passes it unchanged, nil
+-- drops it, false closes (with code and reason). The first drop or close
+-- wins.
+local function chain_messages(fns)
+  local n = #fns
+  if n == 1 then return fns[1] end
+  return function(msg, ctx)
+    local changed = false
+    for i = 1, n do
+      local r, code, reason = fns[i](msg, ctx)
+      if r == nil then
+        return nil
+      elseif r == false then
+        return false, code, reason
+      elseif type(r) == "string" then
+        if r ~= msg.data then
+          msg.data = r
+          changed = true
+        end
+      end
+    end
+    if changed then return msg.data end
+    return true
+  end
+end
+
+
+--- Fills a normalized route's phase lists from `bindings` (sorted, see
+-- sort()): access = rewrite phases, then access phases, then the route's own
+-- access hooks; header_filter, log, websocket.ws_open and ws_close = the
+-- plugins' then the route's own; websocket.on_message = one function that
+-- runs the plugins' ws_message then the route's own on_message. With no
+-- bindings the route is left as it is.
+function _M.compose(route, bindings)
+  if #bindings == 0 then return route end
+  local access, hf, log = {}, {}, {}
+  local ws_open, ws_msg, ws_close = {}, {}, {}
+  for _, b in ipairs(bindings) do
+    if b.plugin.rewrite then access[#access + 1] = bind_req(b.plugin.rewrite, b.conf) end
+  end
+  for _, b in ipairs(bindings) do
+    local p, conf = b.plugin, b.conf
+    if p.access then access[#access + 1] = bind_req(p.access, conf) end
+    if p.header_filter then hf[#hf + 1] = bind2(p.header_filter, conf) end
+    if p.log then log[#log + 1] = bind2(p.log, conf) end
+    if p.ws_open then ws_open[#ws_open + 1] = bind2(p.ws_open, conf) end
+    if p.ws_message then ws_msg[#ws_msg + 1] = bind2(p.ws_message, conf) end
+    if p.ws_close then ws_close[#ws_close + 1] = bind2(p.ws_close, conf) end
+  end
+
+  local function append(list, own)
+    for _, f in ipairs(own or {}) do list[#list + 1] = f end
+    return #list > 0 and list or nil
+  end
+  route.access = append(access, route.access)
+  route.header_filter = append(hf, route.header_filter)
+  route.log = append(log, route.log)
+  local ws = route.websocket
+  if ws then
+    ws.ws_open = append(ws_open, ws.ws_open)
+    ws.ws_close = append(ws_close, ws.ws_close)
+    if ws.on_message then ws_msg[#ws_msg + 1] = ws.on_message end
+    ws.on_message = #ws_msg > 0 and chain_messages(ws_msg) or nil
+  end
+  return route
+end
+
+
+--- True when the plugin has only WebSocket phases.
+function _M.ws_only(plugin)
+  for _, ph in ipairs(_M.PHASES) do
+    if plugin[ph] and not WS_PHASES[ph] then return false end
+  end
+  return true
+end
+
+
+
+---------------------------------------------------------------------------
+-- Applying plugins to a generation
+---------------------------------------------------------------------------
+
+-- Line of `plugins = { ... name ... }` in the conf text: the first `name`
+-- key after the first `plugins` key. A heuristic, like the loader's: right
+-- about the file, close about the line. 1 when nothing is found.
+local function conf_line(text, name)
+  if not text then return 0 end
+  local function line_of(pos)
+    local n = 1
+    for _ in string.gmatch(str_sub(text, 1, pos - 1), "\n") do n = n + 1 end
+    return n
+  end
+  local p = str_find(text, "%f[%w_]plugins%s*=")
+  if not p then return 1 end
+  local e = string.gsub(name, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")
+  local q = str_find(text, "%[%s*[\"']" .. e .. "[\"']%s*%]", p)
+    or str_find(text, "%f[%w_]" .. e .. "%s*=", p)
+  return line_of(q or p)
+end
+
+
+-- A stable label for a route, for plugins that keep state per route
+-- (conf._route): the same route keeps it across reloads and workers.
+local function route_label(server, r)
+  local parts = { server or "main" }
+  if r.name then
+    parts[#parts + 1] = r.name
+  else
+    parts[#parts + 1] = r.methods and tbl_concat(r.methods, ",") or "*"
+    parts[#parts + 1] = r.host or "*"
+    parts[#parts + 1] = r.rule
+  end
+  return tbl_concat(parts, " ")
+end
+
+
+local ApplyFail = {}
+
+local function apply_fail(msg)
+  error(setmetatable({ msg = msg }, ApplyFail), 0)
+end
+
+
+-- "file:line: plugin <name>: reason", or for an error inside the plugin's
+-- own files, that position first.
+local function plugin_error(file, line, name, reason)
+  if str_find(reason, "^[^\n]-:%d+: ") then
+    apply_fail(str_format("%s (plugin %s, enabled at %s:%d)", reason, name, file, line))
+  end
+  apply_fail(str_format("%s:%d: plugin %s: %s", file, line, name, reason))
+end
+
+
+local function shallow_copy(t)
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  return out
+end
+
+
+local function apply_routes(reg, routes, global, server, env)
+  for _, r in ipairs(routes) do
+    local own = r.plugins
+    local bindings = {}
+    local seen = {}
+    if own ~= nil then
+      for _, name in ipairs(sorted_keys(own)) do
+        local c = own[name]
+        if type(name) ~= "string" then
+          plugin_error(r.file, r.line, tostring(name), "expected plugins = { [\"name\"] = conf }")
+        end
+        seen[name] = true
+        if c ~= false then
+          local plugin, err = reg:get(name)
+          if not plugin then plugin_error(r.file, r.line, name, err) end
+          local ws_ok = r.websocket and r.websocket.mode ~= "tunnel"
+          if _M.ws_only(plugin) and not ws_ok then
+            plugin_error(r.file, r.line, name,
+                         "applies to WebSocket routes in relay or handler mode only")
+          end
+          local renv = shallow_copy(env)
+          renv.route = r
+          local conf, cerr = _M.configure(plugin, c, renv)
+          if not conf then plugin_error(r.file, r.line, name, cerr) end
+          conf._route = route_label(server, r)
+          bindings[#bindings + 1] = { plugin = plugin, conf = conf }
+        end
+      end
+    end
+    for _, g in ipairs(global or {}) do
+      if not seen[g.plugin.name] then
+        local ws_ok = r.websocket and r.websocket.mode ~= "tunnel"
+        if ws_ok or not _M.ws_only(g.plugin) then
+          local conf = shallow_copy(g.conf)
+          conf._route = route_label(server, r)
+          bindings[#bindings + 1] = { plugin = g.plugin, conf = conf }
+        end
+      end
+    end
+    if #bindings > 0 then
+      _M.sort(bindings)
+      _M.compose(r, bindings)
+      local names = {}
+      for i, b in ipairs(bindings) do names[i] = b.plugin.name end
+      r.plugin_names = names
+    end
+  end
+end
+
+
+--- Applies plugins to a generation loaded by moongate.loader: the global
+-- ones (conf `plugins`) to every route of the main table, each route's own
+-- (route `plugins`, overriding a global plugin of the same name; false
+-- turns it off there) to that route.
+-- opts: root (project root), conf_file, conf_text, global (conf `plugins`
+-- as written), upstreams (name -> upstream), shared_dicts (name -> bytes).
+-- Returns true, or nil and "file:line: reason".
+function _M.apply(gen, opts)
+  local reg = _M.new({ root = opts.root })
+  local env = {
+    root = opts.root, upstreams = opts.upstreams or {}, shared_dicts = opts.shared_dicts or {},
+  }
+  local ok, res = pcall(function()
+    local global = {}
+    local raw = opts.global
+    if raw ~= nil then
+      if type(raw) ~= "table" then
+        apply_fail(str_format("%s:%d: plugins: expected a table, got %s", opts.conf_file,
+                              conf_line(opts.conf_text, "plugins"), type(raw)))
+      end
+      for _, name in ipairs(sorted_keys(raw)) do
+        local line = conf_line(opts.conf_text, tostring(name))
+        if type(name) ~= "string" then
+          plugin_error(opts.conf_file, line, tostring(name),
+                       "expected plugins = { [\"name\"] = conf }")
+        end
+        if raw[name] ~= false then
+          local plugin, err = reg:get(name)
+          if not plugin then plugin_error(opts.conf_file, line, name, err) end
+          local conf, cerr = _M.configure(plugin, raw[name], env)
+          if not conf then plugin_error(opts.conf_file, line, name, cerr) end
+          conf._route = "global"
+          global[#global + 1] = { plugin = plugin, conf = conf }
+        end
+      end
+    end
+    apply_routes(reg, gen.routes or {}, global, nil, env)
+    for _, srv in ipairs(gen.servers or {}) do
+      apply_routes(reg, srv.routes or {}, nil, srv.name, env)
+    end
+    local names = {}
+    for i, g in ipairs(global) do names[i] = g.plugin.name end
+    return names
+  end)
+  if not ok then
+    if getmetatable(res) == ApplyFail then return nil, res.msg end
+    error(res, 0)
+  end
+  return true, res
+end
+
+
+_M.deep_copy = deep_copy
+_M.phase_set = PHASE_SET
+
+return _M
