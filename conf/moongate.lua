@@ -43,6 +43,12 @@ return {
     },
   },
 
+  -- shared-memory dictionaries (name = bytes), seen by every worker; the
+  -- demo Runtime keeps its list of submitted intents in this one
+  shared_dicts = {
+    demo_runtime = 1048576,
+  },
+
   upstreams = {
     -- the Runtime backend (the demo Runtime above by default); point it
     -- elsewhere with MOONGATE_UPSTREAM_RUNTIME=http://runtime:9001
