@@ -51,6 +51,23 @@ static int mg_http_on_url(llhttp_t *p, const char *at, size_t len);
 static int mg_http_on_header_field(llhttp_t *p, const char *at, size_t len);
 static int mg_http_on_header_value(llhttp_t *p, const char *at, size_t len);
 static int mg_http_on_headers_complete(llhttp_t *p);
+/* Appends the headers set by req:set_header() (not the removals). */
+void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h) {
+    const char *p, *end;
+    if (r->xhdrs == NULL)
+        return;
+    p = (const char *)evbuffer_pullup(r->xhdrs, -1);
+    end = p + evbuffer_get_length(r->xhdrs);
+    while (p < end) {
+        const char *eol = memchr(p, '\n', end - p);
+        if (eol == NULL)
+            break;
+        if (eol - p >= 2 && eol[-2] != ':') /* "Name:\r\n" is a removal */
+            evbuffer_add(h, p, eol + 1 - p);
+        p = eol + 1;
+    }
+}
+
 static void mg_http_dispatch(mg_req_t *r);
 
 static int mg_http_on_body(llhttp_t *p, const char *at, size_t len);
@@ -908,6 +925,29 @@ void mg_conn_read_enable(mg_conn_t *c, int on) {
     }
 }
 
+/* Credentials in a query (WebSocket clients pass tokens there) stay out of
+ * the access log: the values of these parameters become "-". In place. */
+static void mg_log_redact_query(char *path) {
+    static const char *secret[] = {"token", "access_token", "api_key", "apikey",
+                                   "key",   "password",     "secret",  "jwt"};
+    char *q = strchr(path, '?');
+    while (q) {
+        char *name = q + 1, *eq = strchr(name, '='), *amp = strchr(name, '&');
+        if (eq && (amp == NULL || eq < amp)) {
+            size_t nl = eq - name;
+            for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
+                if (strlen(secret[i]) == nl && strncasecmp(name, secret[i], nl) == 0) {
+                    char *end = amp ? amp : eq + strlen(eq);
+                    memmove(eq + 2, end, strlen(end) + 1);
+                    eq[1] = '-';
+                    amp = strchr(eq + 1, '&');
+                    break;
+                }
+        }
+        q = amp;
+    }
+}
+
 static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
     if (r->resp_close || !r->keep_alive)
         c->closing = 1;
@@ -917,6 +957,7 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
         size_t pl = r->url_len < 300 ? r->url_len : 300;
         memcpy(path, r->hbuf, pl);
         path[pl] = '\0';
+        mg_log_redact_query(path);
         {
             char esc[400];
             mg_json_escape(esc, sizeof(esc), path);

@@ -353,10 +353,23 @@ void mg_lua_access_start(mg_req_t *r) {
 static int mg_core_access_done(lua_State *L) {
     mg_req_t *r = mg_co_req(L, "access_done");
     int has_ctype = 0;
-    if (lua_istable(L, 1)) {
+    if (lua_istable(L, 1) || lua_istable(L, 2)) {
         if (r->xhdrs == NULL)
             r->xhdrs = evbuffer_new();
         mg_lua_header_lines(L, 1, r->xhdrs, &has_ctype);
+    }
+    if (lua_istable(L, 2)) {
+        /* removals: "Name:" with no value hides the client's header */
+        int n = (int)lua_objlen(L, 2);
+        for (int i = 1; i <= n; i++) {
+            size_t nl;
+            const char *name;
+            lua_rawgeti(L, 2, i);
+            name = lua_tolstring(L, -1, &nl);
+            if (name && nl && !strpbrk(name, "\r\n: \t"))
+                evbuffer_add_printf(r->xhdrs, "%s:\r\n", name);
+            lua_pop(L, 1);
+        }
     }
     r->access_state = MG_ACCESS_OK;
     return 0;

@@ -129,8 +129,7 @@ void mg_proxy_start(mg_req_t *r) {
         evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
         evbuffer_add(h, "\r\n", 2);
     }
-    if (r->xhdrs)
-        evbuffer_add(h, evbuffer_pullup(r->xhdrs, -1), evbuffer_get_length(r->xhdrs));
+    mg_req_xhdrs_append(r, h);
     if (r->host_idx >= 0) {
         evbuffer_add(h, "X-Forwarded-Host: ", 18);
         evbuffer_add(h, r->hbuf + r->hdrs[r->host_idx].voff, r->hdrs[r->host_idx].vlen);

@@ -76,6 +76,8 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
     }
     evbuffer_add(h, "GET ", 4);
     evbuffer_add(h, path, plen);
+    if (wc->upstream_path && !strchr(wc->upstream_path, '?') && r->url_len > r->path_len)
+        evbuffer_add(h, r->hbuf + r->path_len, r->url_len - r->path_len); /* the client's query */
     evbuffer_add(h, " HTTP/1.1\r\n", 11);
     for (i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *hd = &r->hdrs[i];
@@ -95,8 +97,7 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
         evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
         evbuffer_add(h, "\r\n", 2);
     }
-    if (r->xhdrs)
-        evbuffer_add(h, evbuffer_pullup(r->xhdrs, -1), evbuffer_get_length(r->xhdrs));
+    mg_req_xhdrs_append(r, h);
     /* exactly this: some backends refuse "keep-alive, Upgrade" */
     evbuffer_add_printf(h, "Upgrade: websocket\r\nConnection: Upgrade\r\n");
     if (own_key) {

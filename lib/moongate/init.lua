@@ -69,14 +69,15 @@ req_mt.__index = function(req, k)
 end
 function req_mt.body() return core.req_body() end
 function req_mt.read() return core.req_read() end
---- Sets a header for the upstream (proxy, and WebSocket relay/tunnel handshakes).
+--- Sets a header for the upstream (proxy, and WebSocket relay/tunnel
+--- handshakes), replacing the client's; a nil value removes the client's.
 function req_mt.set_header(req, name, value)
     local up = rawget(req, "_upstream_headers")
     if not up then
         up = {}
         rawset(req, "_upstream_headers", up)
     end
-    up[name] = value ~= nil and tostring(value) or nil
+    up[name] = value ~= nil and tostring(value) or false
 end
 
 -- header_filter hooks: res = { status, headers } edited in place.
@@ -161,7 +162,17 @@ debug.getregistry()["moongate.run_access"] = function(access, req)
     setmetatable(req, req_mt)
     req.ctx = req.ctx or {}
     if check_access(access, req) then
-        core.access_done(rawget(req, "_upstream_headers"))
+        local set, del = nil, nil
+        for name, value in pairs(rawget(req, "_upstream_headers") or {}) do
+            if value == false then
+                del = del or {}
+                del[#del + 1] = name
+            else
+                set = set or {}
+                set[name] = value
+            end
+        end
+        core.access_done(set, del)
     end
 end
 

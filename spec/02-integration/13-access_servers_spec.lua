@@ -41,6 +41,10 @@ return {
   { path = "/ws", websocket = { mode = "handler" }, access = auth,
     handler = function(ws, req) ws:send("hi " .. tostring(req.ctx.user)); ws:close() end },
   { path = "/boom", upstream = "up", access = function() error("hook failed") end },
+  { prefix = "/strip", upstream = "up", access = function(req)
+      if req.headers.authorization ~= "Bearer good" then return 401 end
+      req:set_header("Authorization", nil) -- the credential stays at the edge
+  end },
 }
 ]]
 
@@ -117,6 +121,25 @@ describe("access hooks and servers", function()
     it("answers 500 when a hook raises, and the worker lives on", function()
         assert.equal(500, (helpers.http(mg.port, "GET", "/boom")))
         assert.equal(200, (helpers.http(mg.port, "GET", "/h", { headers = { "Authorization: Bearer good" } })))
+    end)
+
+    it("removes a client header with set_header(name, nil)", function()
+        local st, _, body = helpers.http(mg.port, "GET", "/strip/x",
+            { headers = { "Authorization: Bearer good" } })
+        assert.equal(200, st)
+        assert.is_nil(json.decode(body).headers.authorization)
+    end)
+
+    it("keeps credentials in the query out of the access log", function()
+        helpers.http(mg.port, "GET", "/h?token=good&x=1", {})
+        local line
+        for _ = 1, 20 do
+            line = (mg:log() or ""):match('[^\n]*"path":"/h%?token=[^\n]*')
+            if line then break end
+            helpers.sleep(0.1)
+        end
+        assert.truthy(line, "no access log line")
+        assert.matches('"path":"/h%?token=%-&x=1"', line)
     end)
 
     it("serves an extra server's own route table on its listener", function()
