@@ -625,7 +625,8 @@ mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const m
         }
     }
     ws->last_rx = ws->last_hb = mg_now();
-    event_assign(&ws->rev, mg_worker.base, fd, EV_READ | EV_PERSIST, mg_ws_read_cb, ws);
+    /* edge-triggered: wslay reads until a short read (rd_short) or EAGAIN */
+    event_assign(&ws->rev, mg_worker.base, fd, EV_READ | EV_PERSIST | EV_ET, mg_ws_read_cb, ws);
     event_assign(&ws->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_ws_write_cb, ws);
     evtimer_assign(&ws->tev, mg_worker.base, mg_ws_timer_cb, ws);
     event_add(&ws->rev, NULL);

@@ -277,14 +277,13 @@ static int mg_tunnel_pass(mg_tunnel_t *t, int from, const char *data, size_t len
     return MG_OK;
 }
 
-static void mg_tunnel_read_cb(evutil_socket_t fd, short what, void *arg) {
-    mg_tunnel_t *t = arg;
+/* One read; 1 = read again (edge-triggered: until a short read). */
+static int mg_tunnel_read_once(mg_tunnel_t *t, int fd) {
     int from = fd == t->fd[0] ? 0 : 1;
     ssize_t n;
-    (void)what;
     n = read(fd, mg_worker.scratch, sizeof(mg_worker.scratch));
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
+        return 0;
     if (n <= 0) {
         /* one side finished: pass the half-close on, end when both did */
         t->eof[from] = 1;
@@ -292,15 +291,24 @@ static void mg_tunnel_read_cb(evutil_socket_t fd, short what, void *arg) {
         t->rd_off[from] = 1;
         if (n < 0 || (t->eof[0] && t->eof[1])) {
             mg_tunnel_free(t);
-            return;
+            return 0;
         }
         if (evbuffer_get_length(t->out[!from]) == 0)
             shutdown(t->fd[!from], SHUT_WR);
-        return;
+        return 0;
     }
     t->last = mg_now();
-    if (mg_tunnel_pass(t, from, mg_worker.scratch, n) != MG_OK)
+    if (mg_tunnel_pass(t, from, mg_worker.scratch, n) != MG_OK) {
         mg_tunnel_free(t);
+        return 0;
+    }
+    return (size_t)n == sizeof(mg_worker.scratch) && !t->rd_off[from];
+}
+
+static void mg_tunnel_read_cb(evutil_socket_t fd, short what, void *arg) {
+    (void)what;
+    while (mg_tunnel_read_once(arg, fd))
+        ;
 }
 
 static void mg_tunnel_flush(mg_tunnel_t *t, int i) {
@@ -378,8 +386,8 @@ static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, cons
     t->last = mg_now();
     for (i = 0; i < 2; i++) {
         t->out[i] = evbuffer_new();
-        event_assign(&t->rev[i], mg_worker.base, t->fd[i], EV_READ | EV_PERSIST, mg_tunnel_read_cb,
-                     t);
+        event_assign(&t->rev[i], mg_worker.base, t->fd[i], EV_READ | EV_PERSIST | EV_ET,
+                     mg_tunnel_read_cb, t);
         event_assign(&t->wev[i], mg_worker.base, t->fd[i], EV_WRITE | EV_PERSIST,
                      mg_tunnel_write_cb, t);
         event_add(&t->rev[i], NULL);
