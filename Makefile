@@ -3,7 +3,7 @@
 CC ?= cc
 LLHTTP_SRC ?= /usr/share/llhttp
 LLHTTP_INC ?= /usr/share/include/llhttp
-PKGS = libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev libssl-dev lua-cjson lua-busted \
+PKGS = libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev libssl-dev lua-cjson lua-busted luarocks \
        lua-check node-llhttp zlib1g-dev lua-socket curl python3 python3-websockets nodejs node-ws \
        chromium pkg-config clang-format
 DEPS_STAMP = .deps-ok
@@ -57,7 +57,8 @@ run: $(BIN)
 
 # Every spec; the last line is "N passed, N failed".
 test: $(BIN)
-	@MOONGATE_BIN=$(CURDIR)/$(BIN) sh tools/run-specs.sh spec/01-unit spec/02-integration
+	@MOONGATE_BIN=$(CURDIR)/$(BIN) sh tools/run-specs.sh spec/01-unit spec/02-integration \
+	  $(wildcard spec/03-plugins)
 
 unit: $(DEPS_STAMP)
 	@sh tools/run-specs.sh spec/01-unit
@@ -70,7 +71,8 @@ asan: $(DEPS_STAMP)
 	@$(MAKE) --no-print-directory BUILD=build-asan BIN=moongate-asan \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -O1" moongate-asan
 	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  MOONGATE_BIN=$(CURDIR)/moongate-asan MOONGATE_ASAN=1 sh tools/run-specs.sh spec/02-integration
+	  MOONGATE_BIN=$(CURDIR)/moongate-asan MOONGATE_ASAN=1 sh tools/run-specs.sh spec/02-integration \
+	  $(wildcard spec/03-plugins)
 
 fmt:
 	clang-format -i core/*.c core/*.h
@@ -79,7 +81,8 @@ fmt-check: $(DEPS_STAMP)
 	@clang-format --dry-run --Werror core/*.c core/*.h && echo "clang-format: clean"
 
 lint: $(DEPS_STAMP)
-	@luacheck -q lib scripts conf spec plugins 2>/dev/null || luacheck -q lib scripts conf spec
+	@luacheck -q lib scripts conf spec $(wildcard plugins examples) && echo "luacheck: clean"
+	@for r in $(wildcard *.rockspec); do luarocks lint $$r && echo "$$r: lint ok"; done
 
 bench: $(BIN)
 	@sh bench/run.sh
