@@ -3,13 +3,18 @@
 CC ?= cc
 LLHTTP_SRC ?= /usr/share/llhttp
 LLHTTP_INC ?= /usr/share/include/llhttp
-PKGS = libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev libssl-dev lua-cjson lua-busted luarocks \
-       lua-check node-llhttp zlib1g-dev lua-socket curl python3 python3-websockets nodejs node-ws \
-       chromium pkg-config clang-format
+# what building and running need; what the specs and checks need on top
+PKGS = gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev libssl-dev \
+       lua-cjson node-llhttp zlib1g-dev
+TEST_PKGS = lua-busted lua-check luarocks lua-socket curl openssl python3 python3-websockets \
+       nodejs node-ws chromium clang-format
 DEPS_STAMP = .deps-ok
+TEST_STAMP = .deps-test-ok
 
+# recursive (=) on purpose: pkg-config runs when a recipe needs it, after
+# the packages are installed, not when a fresh machine first reads this file
 CFLAGS_BASE = -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -Icore -I$(LLHTTP_INC) \
-              $(shell pkg-config --cflags luajit libevent 2>/dev/null)
+              -I/usr/include/luajit-2.1 $(shell pkg-config --cflags luajit libevent 2>/dev/null)
 LIBS = $(shell pkg-config --libs luajit libevent libevent_openssl 2>/dev/null) -lwslay -lssl \
        -lcrypto -lz -lm -ldl
 SAN ?=
@@ -27,14 +32,22 @@ BUSTED = busted --lua=luajit -m "'lib/?.lua;lib/?/init.lua'"
 
 all: $(BIN)
 
-$(DEPS_STAMP):
-	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+define install_missing
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+endef
+
+$(DEPS_STAMP):
+	$(call install_missing,$(PKGS))
+	@touch $@
+
+$(TEST_STAMP): $(DEPS_STAMP)
+	$(call install_missing,$(TEST_PKGS))
 	@touch $@
 
 deps:
-	@rm -f $(DEPS_STAMP); $(MAKE) --no-print-directory $(DEPS_STAMP)
+	@rm -f $(DEPS_STAMP) $(TEST_STAMP); $(MAKE) --no-print-directory $(TEST_STAMP)
 
 $(BIN): $(DEPS_STAMP) $(OBJS)
 	$(CC) $(CFLAGS_ALL) -o $@ $(OBJS) $(LIBS) -Wl,-E
@@ -56,18 +69,18 @@ run: $(BIN)
 	./$(BIN) -c conf/moongate.lua
 
 # Every spec; the last line is "N passed, N failed".
-test: $(BIN)
+test: $(TEST_STAMP) $(BIN)
 	@MOONGATE_BIN=$(CURDIR)/$(BIN) sh tools/run-specs.sh spec/01-unit spec/02-integration \
 	  $(wildcard spec/03-plugins)
 
-unit: $(DEPS_STAMP)
+unit: $(TEST_STAMP)
 	@sh tools/run-specs.sh spec/01-unit
 
-integration: $(BIN)
+integration: $(TEST_STAMP) $(BIN)
 	@MOONGATE_BIN=$(CURDIR)/$(BIN) sh tools/run-specs.sh spec/02-integration
 
 # ASan + UBSan build in its own folder, running the integration specs.
-asan: $(DEPS_STAMP)
+asan: $(TEST_STAMP)
 	@$(MAKE) --no-print-directory BUILD=build-asan BIN=moongate-asan \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -O1" moongate-asan
 	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
@@ -77,10 +90,10 @@ asan: $(DEPS_STAMP)
 fmt:
 	clang-format -i core/*.c core/*.h
 
-fmt-check: $(DEPS_STAMP)
+fmt-check: $(TEST_STAMP)
 	@clang-format --dry-run --Werror core/*.c core/*.h && echo "clang-format: clean"
 
-lint: $(DEPS_STAMP)
+lint: $(TEST_STAMP)
 	@luacheck -q lib scripts conf spec $(wildcard plugins examples) && echo "luacheck: clean"
 	@for r in $(wildcard *.rockspec); do luarocks lint $$r && echo "$$r: lint ok"; done
 
