@@ -345,7 +345,12 @@ void mg_lua_access_start(mg_req_t *r) {
     co->access = 1;
     /* the WebSocket handler, header_filter and log see the same req (ctx) */
     mg_req_keep_ctx(r, co->L);
-    mg_co_resume(co, 2);
+    /* a refusal's head goes through header_filter too (CORS on a 401) */
+    if (r->route->hf_ref != LUA_NOREF)
+        lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->hf_ref);
+    else
+        lua_pushnil(co->L);
+    mg_co_resume(co, 3);
 }
 
 /* access_done(headers): the hooks allowed the request; headers set with
@@ -509,7 +514,9 @@ static void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int
             continue;
         }
         if (nl == 12 && strncasecmp(n, "content-type", 12) == 0)
-            *has_ctype = 1;
+            *has_ctype |= 1;
+        if (nl == 12 && strncasecmp(n, "x-request-id", 12) == 0)
+            *has_ctype |= 2; /* set by the script: ours is not added */
         evbuffer_add(out, n, nl);
         evbuffer_add(out, ": ", 2);
         evbuffer_add(out, v, vl);
@@ -533,9 +540,10 @@ static int mg_core_res_send(lua_State *L) {
         return 0;
     h = evbuffer_new();
     mg_lua_header_lines(L, 3, h, &has_ctype);
-    if (!has_ctype && lua_isstring(L, 4) && blen)
+    if (!(has_ctype & 1) && lua_isstring(L, 4) && blen)
         evbuffer_add_printf(h, "Content-Type: %s\r\n", lua_tostring(L, 4));
-    evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);
+    if (!(has_ctype & 2))
+        evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);
     mg_resp_head(r, status, (const char *)evbuffer_pullup(h, -1), evbuffer_get_length(h),
                  (status < 200 || status == 204 || status == 304) ? -1 : (int64_t)blen);
     evbuffer_free(h);
@@ -561,7 +569,8 @@ static int mg_core_res_write(lua_State *L) {
         struct evbuffer *h = evbuffer_new();
         int has_ctype = 0;
         mg_lua_header_lines(L, 2, h, &has_ctype);
-        evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);
+        if (!(has_ctype & 2))
+            evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);
         mg_resp_head(r, luaL_optint(L, 1, 200), (const char *)evbuffer_pullup(h, -1),
                      evbuffer_get_length(h), -1);
         evbuffer_free(h);

@@ -55,11 +55,13 @@ struct mg_ws_s {
     /* liveness */
     double last_rx;
     double last_hb;
-    int closing;           /* close queued by us */
-    int fail_code;         /* protocol failure to report */
-    int dead;              /* freed at the next loop turn */
-    int in_cb;             /* inside wslay_event_recv/send */
-    int rd_short;          /* the last read returned less than asked */
+    int closing;   /* close queued by us */
+    int fail_code; /* protocol failure to report */
+    int dead;      /* freed at the next loop turn */
+    int in_cb;     /* inside wslay_event_recv/send */
+    int rd_short;  /* the last read returned less than asked */
+    int pend_code; /* close due once the queue is empty */
+    char pend_reason[64];
     struct evbuffer *wbuf; /* a frame head waiting for its payload, or an unsent tail */
     int wbuf_head;
     int notified;
@@ -808,6 +810,12 @@ static void mg_ws_flush(mg_ws_t *ws) {
         }
     }
     pending = wslay_event_want_write(ws->ctx) || evbuffer_get_length(ws->wbuf);
+    if (!pending && ws->pend_code) {
+        int code = ws->pend_code;
+        ws->pend_code = 0;
+        mg_ws_close(ws, code, ws->pend_reason); /* flushes again */
+        return;
+    }
     if (wslay_event_get_close_sent(ws->ctx) && wslay_event_get_close_received(ws->ctx) &&
         !pending) {
         mg_ws_finish(ws);
@@ -941,6 +949,20 @@ int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len) {
     if (!ws->in_cb)
         mg_ws_flush(ws);
     return MG_OK;
+}
+
+/* Close once the messages already queued are out: wslay sends control
+ * frames ahead of queued data, so a plain close could overtake them. */
+void mg_ws_close_after_data(mg_ws_t *ws, int code, const char *reason) {
+    if (ws->dead || ws->closing)
+        return;
+    if (!wslay_event_want_write(ws->ctx) && evbuffer_get_length(ws->wbuf) == 0) {
+        mg_ws_close(ws, code, reason);
+        return;
+    }
+    ws->pend_code = code;
+    snprintf(ws->pend_reason, sizeof(ws->pend_reason), "%s", reason ? reason : "");
+    mg_ws_pause(ws, 1); /* nothing more is read meanwhile */
 }
 
 void mg_ws_close(mg_ws_t *ws, int code, const char *reason) {

@@ -63,6 +63,7 @@ mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const m
                    const char *pre, size_t pre_len, const mg_ws_ops_t *ops, void *ud);
 int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len);
 void mg_ws_close(mg_ws_t *ws, int code, const char *reason);
+void mg_ws_close_after_data(mg_ws_t *ws, int code, const char *reason);
 void mg_ws_abort(mg_ws_t *ws); /* drop without a close handshake; no callbacks */
 void mg_ws_set_owner(mg_ws_t *ws, const mg_ws_ops_t *ops, void *ud);
 void mg_ws_pause(mg_ws_t *ws, int on);

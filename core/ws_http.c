@@ -455,8 +455,9 @@ static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data,
         if (code < 1000 || code > 4999)
             code = 1000;
         rl->closing = 1;
-        mg_ws_close(rl->side[0], code, reason);
-        mg_ws_close(rl->side[1], code, reason);
+        /* what the hook passed before still reaches its side first */
+        mg_ws_close_after_data(rl->side[0], code, reason);
+        mg_ws_close_after_data(rl->side[1], code, reason);
         return;
     }
     /* a slow receiver pauses the sender rather than growing the queue */

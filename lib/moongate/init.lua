@@ -145,12 +145,14 @@ local function respond(status, body, headers, res)
     core.res_send(status, data, headers, ctype)
 end
 
--- Access hooks in order; the first to return a status answers.
-local function check_access(access, req)
+-- Access hooks in order; the first to return a status answers (through
+-- the route's header_filter hooks, so a refusal gets CORS headers too).
+local function check_access(access, req, header_filter)
     for i = 1, #access do
         local status, body, headers = access[i](req)
         if status ~= nil then
-            respond(status, body, headers)
+            respond(status, body, headers,
+                    header_filter and { _filter = header_filter, _ctx = req.ctx } or nil)
             return false
         end
     end
@@ -158,10 +160,10 @@ local function check_access(access, req)
 end
 
 -- Upstream and WebSocket routes: the hooks run in a coroutine of their own.
-debug.getregistry()["moongate.run_access"] = function(access, req)
+debug.getregistry()["moongate.run_access"] = function(access, req, header_filter)
     setmetatable(req, req_mt)
     req.ctx = req.ctx or {}
-    if check_access(access, req) then
+    if check_access(access, req, header_filter) then
         local set, del = nil, nil
         for name, value in pairs(rawget(req, "_upstream_headers") or {}) do
             if value == false then
@@ -203,7 +205,7 @@ end
 local function run(handler, req, access, header_filter)
     setmetatable(req, req_mt)
     req.ctx = {}
-    if access and not check_access(access, req) then return end
+    if access and not check_access(access, req, header_filter) then return end
     local res = setmetatable({ _filter = header_filter, _ctx = req.ctx }, res_mt)
     local status, body, headers = handler(req, res)
     if res.started then return end

@@ -42,6 +42,8 @@ local str_upper = string.upper
 local tbl_concat = table.concat
 local tbl_sort = table.sort
 
+local plugins = require "moongate.plugins"
+
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -1429,7 +1431,19 @@ local function load_generation(conf_path, opts)
   local routes = load_routes(conf, upstreams)
   local servers = load_servers(src, raw.servers, conf, upstreams, env)
   conf.shared_dicts = norm_shared_dicts(src, raw.shared_dicts)
-  return { conf = conf, routes = routes, servers = servers }
+  local gen = { conf = conf, routes = routes, servers = servers }
+
+  -- plugins (docs/plugins.md): configs checked against their schemas and
+  -- bound into each route's hook lists; a route without any is untouched
+  local ok, res = plugins.apply(gen, {
+    root = conf.root, conf_file = src.path, conf_text = src.text, global = raw.plugins,
+    upstreams = upstreams, shared_dicts = conf.shared_dicts,
+  })
+  if not ok then
+    error(setmetatable({ msg = res }, LoadError), 0)
+  end
+  conf.plugins = res
+  return gen
 end
 
 
@@ -1484,6 +1498,9 @@ function _M.describe(gen)
     end
     if r.websocket then
       parts[#parts + 1] = "websocket"
+    end
+    if r.plugin_names then
+      parts[#parts + 1] = "plugins=" .. tbl_concat(r.plugin_names, ",")
     end
     if r.name then
       parts[#parts + 1] = "'" .. r.name .. "'"

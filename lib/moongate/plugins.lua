@@ -38,6 +38,8 @@ local math_huge = math.huge
 local str_byte = string.byte
 local str_find = string.find
 local str_format = string.format
+local str_gmatch = string.gmatch
+local str_gsub = string.gsub
 local str_match = string.match
 local str_sub = string.sub
 local tbl_concat = table.concat
@@ -448,9 +450,20 @@ end
 
 local LoadFail = {}
 
+-- LuaJIT shortens long chunk names to "...<tail>": put the path back.
+local function fix_chunkname(msg, path)
+  local tail, rest = str_match(msg, "^%.%.%.([^\n]-)(:%d+: .*)$")
+  if tail and #tail < #path and str_sub(path, -#tail) == tail then
+    return path .. rest
+  end
+  return msg
+end
+
+
 -- Runs a plugin file; errors keep the plugin file's own position.
 local function run_plugin_file(path)
   local chunk, err = loadfile(path)
+  if chunk == nil then err = fix_chunkname(err, path) end
   if not chunk then
     if not str_find(err, "^[^\n]-:%d+: ") then
       err = path .. ":0: " .. err
@@ -460,7 +473,7 @@ local function run_plugin_file(path)
   local source = "@" .. path
   local ok, res = xpcall(chunk, function(e)
     local msg = type(e) == "string" and e or ("(error object is a " .. type(e) .. " value)")
-    if str_find(msg, "^[^\n]-:%d+: ") then return msg end
+    if str_find(msg, "^[^\n]-:%d+: ") then return fix_chunkname(msg, path) end
     for level = 2, 200 do
       local info = debug_getinfo(level, "Sl")
       if not info then break end
@@ -596,6 +609,10 @@ function Registry:get(name)
             res.name = name
             res.file = c.handler
             plugin = res
+            -- one instance per generation: a script that requires the
+            -- plugin at run time shares its module state
+            local mod = "moongate.plugins." .. name
+            if package.loaded[mod] == nil then package.loaded[mod] = res end
           else
             err = err2
           end
@@ -752,12 +769,12 @@ local function conf_line(text, name)
   if not text then return 0 end
   local function line_of(pos)
     local n = 1
-    for _ in string.gmatch(str_sub(text, 1, pos - 1), "\n") do n = n + 1 end
+    for _ in str_gmatch(str_sub(text, 1, pos - 1), "\n") do n = n + 1 end
     return n
   end
   local p = str_find(text, "%f[%w_]plugins%s*=")
   if not p then return 1 end
-  local e = string.gsub(name, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")
+  local e = str_gsub(name, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")
   local q = str_find(text, "%[%s*[\"']" .. e .. "[\"']%s*%]", p)
     or str_find(text, "%f[%w_]" .. e .. "%s*=", p)
   return line_of(q or p)
@@ -862,9 +879,16 @@ end
 -- Returns true, or nil and "file:line: reason".
 function _M.apply(gen, opts)
   local reg = _M.new({ root = opts.root })
-  local env = {
-    root = opts.root, upstreams = opts.upstreams or {}, shared_dicts = opts.shared_dicts or {},
-  }
+  -- shared_dicts: the loader's list { { name =, size = } } or a map
+  local dicts = {}
+  for k, v in pairs(opts.shared_dicts or {}) do
+    if type(v) == "table" and v.name then
+      dicts[v.name] = v.size
+    else
+      dicts[k] = v
+    end
+  end
+  local env = { root = opts.root, upstreams = opts.upstreams or {}, shared_dicts = dicts }
   local ok, res = pcall(function()
     local global = {}
     local raw = opts.global
