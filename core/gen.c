@@ -502,6 +502,7 @@ static void mg_gen_free(mg_gen_t *g) {
     int i, k;
     if (g == NULL)
         return;
+    mg_co_pool_free(g);
     if (g->L)
         lua_close(g->L);
     for (i = 0; i < g->nroutes; i++) {

@@ -36,20 +36,61 @@ static const mg_ux_sink_t mg_lua_http_sink = {
 
 /* ---- coroutine lifecycle ---- */
 
+/* Coroutines that ended cleanly are kept per generation and reused: a
+ * request on a Lua route then costs no new thread, registry slot or
+ * malloc. A pooled one holds no reference on its generation; the pool
+ * goes with the generation (mg_co_pool_free). */
+#define MG_CO_POOL 128
+
 mg_co_t *mg_co_new(mg_gen_t *gen) {
-    mg_co_t *co = calloc(1, sizeof(*co));
-    if (co == NULL)
-        return NULL;
-    co->L = lua_newthread(gen->L);
-    co->ref = luaL_ref(gen->L, LUA_REGISTRYINDEX);
+    mg_co_t *co = gen->co_pool;
+    if (co) {
+        struct evbuffer *body = co->body;
+        lua_State *L = co->L;
+        int ref = co->ref;
+        gen->co_pool = co->next_free;
+        gen->nco_pool--;
+        memset(co, 0, sizeof(*co));
+        co->L = L;
+        co->ref = ref;
+        co->body = body;
+    } else {
+        co = calloc(1, sizeof(*co));
+        if (co == NULL)
+            return NULL;
+        co->L = lua_newthread(gen->L);
+        co->ref = luaL_ref(gen->L, LUA_REGISTRYINDEX);
+    }
     co->gen = gen;
     mg_gen_retain(gen);
     evtimer_assign(&co->tev, mg_worker.base, NULL, NULL);
     return co;
 }
 
+void mg_co_pool_free(mg_gen_t *gen) {
+    while (gen->co_pool) {
+        mg_co_t *co = gen->co_pool;
+        gen->co_pool = co->next_free;
+        if (co->body)
+            evbuffer_free(co->body);
+        free(co); /* its thread goes with the generation's state */
+    }
+}
+
 static void mg_co_free(mg_co_t *co) {
+    mg_gen_t *gen = co->gen;
     event_del(&co->tev);
+    if (co->reusable && gen->nco_pool < MG_CO_POOL && !co->hbody && !co->hhead &&
+        !co->tmp_up.peers) {
+        lua_settop(co->L, 0);
+        if (co->body)
+            evbuffer_drain(co->body, evbuffer_get_length(co->body));
+        co->next_free = gen->co_pool;
+        gen->co_pool = co;
+        gen->nco_pool++;
+        mg_gen_release(gen); /* may free gen, and this pool with it */
+        return;
+    }
     if (co->body)
         evbuffer_free(co->body);
     if (co->hbody)
@@ -104,6 +145,7 @@ void mg_co_resume(mg_co_t *co, int nargs) {
     mg_co_cur = prev;
     if (st == LUA_YIELD)
         return;
+    co->reusable = st == 0;
     if (st != 0) {
         lua_State *L = co->gen->L;
         const char *msg = lua_tostring(co->L, -1);

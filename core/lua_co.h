@@ -28,6 +28,8 @@ struct mg_co_s {
     mg_peer_t *tmp_peer;
     mg_lws_t *lws; /* WebSocket handler: the socket this coroutine owns */
     int access;    /* runs a route's access hooks (not its handler) */
+    int reusable;  /* ended cleanly: its thread may serve again */
+    mg_co_t *next_free;
     int hstatus;
     struct evbuffer *hbody;
     struct evbuffer *hhead; /* "name\0value\0" pairs */
@@ -38,6 +40,7 @@ mg_co_t *mg_co_new(mg_gen_t *gen);
 void mg_co_resume(mg_co_t *co, int nargs);
 mg_co_t *mg_co_check(lua_State *L, const char *what);
 void mg_push_req(lua_State *L, mg_req_t *r);
+void mg_co_pool_free(mg_gen_t *gen);
 void mg_lua_ws_co_end(mg_co_t *co); /* lua_ws.c: the owner coroutine ended */
 void mg_lua_ws_error(mg_co_t *co);  /* the handler raised: close with 1011 */
 

@@ -127,8 +127,10 @@ typedef struct mg_gen_s {
     int nupstreams;
     mg_route_t *routes;
     int nroutes;
-    int max_websockets; /* per worker */
-    char **shd_names;   /* conf.shared_dicts (used at startup only) */
+    int max_websockets;      /* per worker */
+    struct mg_co_s *co_pool; /* finished coroutines kept for reuse (lua_api.c) */
+    int nco_pool;
+    char **shd_names; /* conf.shared_dicts (used at startup only) */
     size_t *shd_sizes;
     int nshd;
     char **desc; /* one line per route, for reload diffs */
@@ -310,6 +312,7 @@ void mg_crypto_open_api(lua_State *L);               /* pushes core.crypto */
 
 /* ---- lua_api.c: handlers as coroutines, the moongate module ---- */
 void mg_lua_open_api(lua_State *L);
+void mg_co_pool_free(mg_gen_t *gen);
 void mg_lua_handler_start(mg_req_t *r);
 void mg_lua_access_start(mg_req_t *r);
 /* header_filter plugins: `lines` ("Name: value\r\n"...) in, the edited
