@@ -280,52 +280,47 @@ int mg_lua_header_filter(mg_req_t *r, int *status, const char *lines, size_t len
                          struct evbuffer *out) {
     lua_State *L = r->gen->L;
     int top = lua_gettop(L);
-    const char *p = lines, *end = lines + len;
+    const char *p = lines, *end = lines + len, *drop, *add;
+    size_t dl, al;
 
     lua_getfield(L, LUA_REGISTRYINDEX, "moongate.run_header_filter");
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->hf_ref);
     lua_pushinteger(L, *status);
-    lua_newtable(L); /* headers: lower-case name -> value, or a list when repeated */
-    while (p < end) {
-        const char *colon = memchr(p, ':', end - p), *eol;
-        if (colon == NULL)
-            break;
-        eol = memchr(colon, '\r', end - colon);
-        if (eol == NULL)
-            break;
-        mg_push_lower(L, p, colon - p);
-        lua_pushvalue(L, -1);
-        lua_rawget(L, -3);
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            lua_pushlstring(L, colon + 2, eol - colon - 2);
-        } else {
-            if (!lua_istable(L, -1)) {
-                lua_createtable(L, 2, 0);
-                lua_insert(L, -2);
-                lua_rawseti(L, -2, 1);
-            }
-            lua_pushlstring(L, colon + 2, eol - colon - 2);
-            lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
-        }
-        lua_rawset(L, -3);
-        p = eol + 2;
-    }
+    lua_pushlstring(L, lines, len); /* read lazily by res.headers */
     mg_push_ctx(L, r);
-    if (lua_pcall(L, 4, 2, 0) != 0) {
+    if (lua_pcall(L, 4, 3, 0) != 0) {
         mg_error("request %s: header_filter: %s", r->request_id, lua_tostring(L, -1));
         lua_settop(L, top);
         return MG_ERR;
     }
-    /* run_header_filter returns the status and the head as text, already
-     * checked (no CR/LF, no hop-by-hop names) */
-    if (lua_isnumber(L, -2))
-        *status = (int)lua_tointeger(L, -2);
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        size_t bl;
-        const char *block = lua_tolstring(L, -1, &bl);
-        evbuffer_add(out, block, bl);
+    /* status, the names changed ("\nname\n...", lower-case) and the lines
+     * to add (already checked: no CR/LF, no hop-by-hop names) */
+    if (lua_isnumber(L, -3))
+        *status = (int)lua_tointeger(L, -3);
+    drop = lua_tolstring(L, -2, &dl);
+    add = lua_tolstring(L, -1, &al);
+    while (p < end) {
+        const char *colon = memchr(p, ':', end - p), *eol = memchr(p, '\n', end - p);
+        char key[130];
+        size_t nl;
+        if (colon == NULL || eol == NULL)
+            break;
+        nl = (size_t)(colon - p);
+        if (drop && dl > 1 && nl + 2 <= sizeof(key)) {
+            key[0] = '\n';
+            for (size_t i = 0; i < nl; i++)
+                key[i + 1] = (p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i];
+            key[nl + 1] = '\n';
+            if (memmem(drop, dl, key, nl + 2)) {
+                p = eol + 1;
+                continue;
+            }
+        }
+        evbuffer_add(out, p, eol + 1 - p);
+        p = eol + 1;
     }
+    if (add && al)
+        evbuffer_add(out, add, al);
     lua_settop(L, top);
     return MG_OK;
 }

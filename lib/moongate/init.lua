@@ -17,6 +17,8 @@ local find = string.find
 local sub = string.sub
 local setmetatable = setmetatable
 local select = select
+local next = next
+local lower = string.lower
 local ipairs = ipairs
 
 local _M = { _VERSION = core.version, core = core, json = cjson }
@@ -86,10 +88,33 @@ local HOP = {
     ["transfer-encoding"] = true, upgrade = true, ["content-length"] = true,
 }
 
+-- res.headers is a proxy: reading a name (any case) sees the response's
+-- header, writing records a change (nil removes). Nothing is copied unless a
+-- hook asks, so a filter that only adds a header stays cheap.
+local function header_proxy(lookup)
+    local changes = {}
+    return setmetatable({}, {
+        __index = function(_, k)
+            k = lower(k)
+            local v = changes[k]
+            if v ~= nil then return v or nil end
+            return lookup(k)
+        end,
+        __newindex = function(_, k, v)
+            if v == nil then v = false end -- false marks a removal
+            changes[lower(k)] = v
+        end,
+    }), changes
+end
+
+-- Handler responses: headers is a table (lower-case names), edited in place.
 local function filter_head(list, status, headers, ctx)
-    local res = { status = status, headers = headers or {} }
+    headers = headers or {}
+    local proxy, changes = header_proxy(function(k) return headers[k] end)
+    local res = { status = status, headers = proxy }
     for i = 1, #list do list[i](res, ctx) end
-    return res.status, res.headers
+    for k, v in pairs(changes) do headers[k] = v or nil end
+    return res.status, headers
 end
 
 local function lower_keys(h)
@@ -179,23 +204,36 @@ debug.getregistry()["moongate.run_access"] = function(access, req, header_filter
 end
 
 -- For proxied responses: the edited head as "Name: value\r\n" text.
-debug.getregistry()["moongate.run_header_filter"] = function(list, status, headers, ctx)
-    local st, h = filter_head(list, status, headers, ctx)
-    local out = {}
-    for name, v in pairs(h) do
-        local lname = tostring(name):lower()
-        if not HOP[lname] and not lname:find("^proxy%-") and lname ~= "date" then
+-- Proxied responses: `lines` is the head as "Name: value\r\n" text. Returns
+-- the status, the names to drop ("\nname\n..."; every changed name) and
+-- the lines to add.
+debug.getregistry()["moongate.run_header_filter"] = function(list, status, lines, ctx)
+    local lowered
+    local proxy, changes = header_proxy(function(k)
+        lowered = lowered or "\n" .. lower(lines)
+        local at = find(lowered, "\n" .. k .. ": ", 1, true)
+        if not at then return nil end
+        local from = at + #k + 2 -- in `lines`, shifted by the leading "\n"
+        return sub(lines, from, (find(lines, "\r", from, true) or #lines + 1) - 1)
+    end)
+    local res = { status = status, headers = proxy }
+    for i = 1, #list do list[i](res, ctx) end
+    if next(changes) == nil then return res.status, "", "" end
+    local drop, add = { "\n" }, {}
+    for name, v in pairs(changes) do
+        drop[#drop + 1] = name .. "\n"
+        if v and not HOP[name] and not find(name, "^proxy%-") and name ~= "date" then
             local vals = type(v) == "table" and v or { v }
             for _, one in ipairs(vals) do
                 one = tostring(one)
-                if lname:find("[%c%s:]") or one:find("[\r\n%z]") then
-                    error("header_filter: bad header " .. lname, 0)
+                if find(name, "[%c%s:]") or find(one, "[\r\n%z]") then
+                    error("header_filter: bad header " .. name, 0)
                 end
-                out[#out + 1] = name .. ": " .. one .. "\r\n"
+                add[#add + 1] = name .. ": " .. one .. "\r\n"
             end
         end
     end
-    return st, concat(out)
+    return res.status, concat(drop), concat(add)
 end
 
 debug.getregistry()["moongate.run_hooks"] = function(list, info, ctx)
