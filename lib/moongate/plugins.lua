@@ -35,7 +35,6 @@ local io_open = io.open
 local debug_getinfo = debug.getinfo
 local math_floor = math.floor
 local math_huge = math.huge
-local str_byte = string.byte
 local str_find = string.find
 local str_format = string.format
 local str_gmatch = string.gmatch
@@ -129,37 +128,7 @@ local function show(v)
 end
 
 
--- Edit distance for "did you mean" hints; names are a few characters.
-local function distance(a, b)
-  local prev, cur = {}, {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    cur[0] = i
-    local ca = str_byte(a, i)
-    for j = 1, #b do
-      local cost = (ca == str_byte(b, j)) and 0 or 1
-      local best = prev[j] + 1
-      if cur[j - 1] + 1 < best then best = cur[j - 1] + 1 end
-      if prev[j - 1] + cost < best then best = prev[j - 1] + cost end
-      cur[j] = best
-    end
-    prev, cur = cur, prev
-  end
-  return prev[#b]
-end
-
-
-local function suggestion(key, allowed)
-  if type(key) ~= "string" then return "" end
-  local best, best_d
-  for name in pairs(allowed) do
-    local d = distance(key, name)
-    if d <= 2 and (not best_d or d < best_d or (d == best_d and name < best)) then
-      best, best_d = name, d
-    end
-  end
-  return best and str_format(" (did you mean '%s'?)", best) or ""
-end
+local suggestion = require("moongate.hints").suggestion
 _M.suggestion = suggestion
 
 
