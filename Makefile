@@ -28,7 +28,7 @@ OBJS = $(SRCS:core/%.c=$(BUILD)/%.o) $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(B
 BIN ?= moongate
 BUSTED = busted --lua=luajit -m "'lib/?.lua;lib/?/init.lua'"
 
-.PHONY: all run test unit integration asan deps fmt fmt-check lint bench clean
+.PHONY: all run test unit integration asan deps fmt fmt-check lint bench fuzz clean
 
 all: $(BIN)
 
@@ -96,6 +96,11 @@ fmt-check: $(TEST_STAMP)
 lint: $(TEST_STAMP)
 	@luacheck -q lib scripts conf spec $(wildcard plugins examples) && echo "luacheck: clean"
 	@for r in $(wildcard *.rockspec); do luarocks lint $$r && echo "$$r: lint ok"; done
+
+# the long fuzz run (bounded: 50 000 cases or 10 minutes)
+fuzz: $(TEST_STAMP) $(BIN)
+	@MOONGATE_BIN=$(CURDIR)/$(BIN) MOONGATE_FUZZ_N=50000 MOONGATE_FUZZ_SECS=600 \
+	  sh tools/run-specs.sh spec/02-integration/15-fuzz_spec.lua
 
 bench: $(BIN)
 	@sh bench/run.sh
