@@ -99,8 +99,16 @@ describe("websocket in headless chromium", function()
         local st, _, body = helpers.http(mg.port, "GET", "/")
         assert.equal(200, st)
         assert.truthy(body:find("new WebSocket", 1, true))
-        local dom = helpers.sh(chromium_cmd(helpers.tmpdir("chromium"), url,
-            "--virtual-time-budget=10000 --dump-dom"))
+        -- --virtual-time-budget runs the page's clock fast while the network
+        -- runs in real time: on a loaded box (the ASan build) the budget can
+        -- end before the socket opens, so a run that never got going is
+        -- tried again (the assertions below stay as they are)
+        local dom
+        for _ = 1, 3 do
+            dom = helpers.sh(chromium_cmd(helpers.tmpdir("chromium"), url,
+                "--virtual-time-budget=10000 --dump-dom"))
+            if dom:find('<div id="state">done</div>', 1, true) then break end
+        end
         assert.truthy(dom:find('<div id="state">done</div>', 1, true), "page did not finish:\n" .. dom)
         assert.truthy(dom:find("echo:hello from chromium", 1, true), dom)
         assert.truthy(dom:find("echo:κόσμε 😀", 1, true), dom)
