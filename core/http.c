@@ -51,6 +51,13 @@ static int mg_http_on_url(llhttp_t *p, const char *at, size_t len);
 static int mg_http_on_header_field(llhttp_t *p, const char *at, size_t len);
 static int mg_http_on_header_value(llhttp_t *p, const char *at, size_t len);
 static int mg_http_on_headers_complete(llhttp_t *p);
+void mg_req_copy_header(mg_req_t *r, mg_hdr_t *hd, struct evbuffer *h) {
+    evbuffer_add(h, r->hbuf + hd->noff, hd->nlen);
+    evbuffer_add(h, ": ", 2);
+    evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
+    evbuffer_add(h, "\r\n", 2);
+}
+
 /* Appends the headers set by req:set_header() (not the removals). */
 void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h) {
     const char *p, *end;

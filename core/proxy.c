@@ -124,10 +124,7 @@ void mg_proxy_start(mg_req_t *r) {
         if (mg_name_eq(n, l, "x-forwarded-proto", 17) || mg_name_eq(n, l, "x-forwarded-host", 16) ||
             mg_name_eq(n, l, "x-request-id", 12) || mg_name_eq(n, l, "expect", 6))
             continue;
-        evbuffer_add(h, n, l);
-        evbuffer_add(h, ": ", 2);
-        evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
-        evbuffer_add(h, "\r\n", 2);
+        mg_req_copy_header(r, hd, h);
     }
     mg_req_xhdrs_append(r, h);
     if (r->host_idx >= 0) {

@@ -92,10 +92,7 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
                         mg_name_is(n, l, "sec-websocket-protocol") ||
                         mg_name_is(n, l, "sec-websocket-version")))
             continue;
-        evbuffer_add(h, n, l);
-        evbuffer_add(h, ": ", 2);
-        evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
-        evbuffer_add(h, "\r\n", 2);
+        mg_req_copy_header(r, hd, h);
     }
     mg_req_xhdrs_append(r, h);
     /* exactly this: some backends refuse "keep-alive, Upgrade" */

@@ -1,7 +1,10 @@
--- moongate.hints: "did you mean" suggestions for unknown names in the conf,
--- routes and plugin configs (shared by the loader and the plugin checker).
+-- moongate.hints: helpers for load-time error messages, shared by the loader
+-- and the plugin checker: "did you mean" suggestions for unknown names, and
+-- whole file paths in Lua's chunk errors.
 local str_byte = string.byte
 local str_format = string.format
+local str_match = string.match
+local str_sub = string.sub
 local math_min = math.min
 local pairs = pairs
 local type = type
@@ -38,6 +41,16 @@ function _M.suggestion(key, allowed)
     end
   end
   return best and str_format(" (did you mean '%s'?)", best) or ""
+end
+
+--- LuaJIT shortens chunk names longer than LUA_IDSIZE to "...<tail>"; puts
+--- the whole path back so the message names a file that can be opened.
+function _M.fix_chunkname(msg, path)
+  local tail, rest = str_match(msg, "^%.%.%.([^\n]-)(:%d+: .*)$")
+  if tail and #tail < #path and str_sub(path, -#tail) == tail then
+    return path .. rest
+  end
+  return msg
 end
 
 return _M

@@ -119,7 +119,9 @@ local function fail(file, line, fmt, ...)
 end
 
 
-local suggestion = require("moongate.hints").suggestion
+local hints = require "moongate.hints"
+local suggestion = hints.suggestion
+local fix_chunkname = hints.fix_chunkname
 
 
 -- Keys of `t` in a fixed order (strings first, then by tostring), so that
@@ -263,17 +265,6 @@ end
 ---------------------------------------------------------------------------
 -- Files and chunks
 ---------------------------------------------------------------------------
-
--- LuaJIT shortens chunk names longer than LUA_IDSIZE to "...<tail>"; put
--- the whole path back so the message names a file that can be opened.
-local function fix_chunkname(msg, path)
-  local tail, rest = str_match(msg, "^%.%.%.([^\n]-)(:%d+: .*)$")
-  if tail and #tail < #path and str_sub(path, -#tail) == tail then
-    return path .. rest
-  end
-  return msg
-end
-
 
 local function read_source(path)
   local f, err = io_open(path, "rb")

@@ -128,7 +128,9 @@ local function show(v)
 end
 
 
-local suggestion = require("moongate.hints").suggestion
+local hints = require "moongate.hints"
+local suggestion = hints.suggestion
+local fix_chunkname = hints.fix_chunkname
 _M.suggestion = suggestion
 
 
@@ -418,16 +420,6 @@ end
 ---------------------------------------------------------------------------
 
 local LoadFail = {}
-
--- LuaJIT shortens long chunk names to "...<tail>": put the path back.
-local function fix_chunkname(msg, path)
-  local tail, rest = str_match(msg, "^%.%.%.([^\n]-)(:%d+: .*)$")
-  if tail and #tail < #path and str_sub(path, -#tail) == tail then
-    return path .. rest
-  end
-  return msg
-end
-
 
 -- Runs a plugin file; errors keep the plugin file's own position.
 local function run_plugin_file(path)
