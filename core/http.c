@@ -238,10 +238,12 @@ static void mg_req_free(mg_req_t *r) {
         evbuffer_free(r->xhdrs);
         r->xhdrs = NULL;
     }
-    if (r->access_req_ref != LUA_NOREF) {
-        luaL_unref(r->gen->L, LUA_REGISTRYINDEX, r->access_req_ref);
-        r->access_req_ref = LUA_NOREF;
+    if (r->rxhdrs) {
+        evbuffer_free(r->rxhdrs);
+        r->rxhdrs = NULL;
     }
+    if (r->access_req_ref != LUA_NOREF)
+        mg_req_unlink(r);
     mg_gen_release(r->gen);
     if (mg_req_free_count < 256) {
         r->next_free = mg_req_free_list;
@@ -743,11 +745,16 @@ static void mg_http_dispatch(mg_req_t *r) {
 }
 
 int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len) {
+    return mg_lines_have(r->xhdrs, name, len);
+}
+
+/* Whether "Name: value\r\n" lines hold a header `name` (any case). */
+int mg_lines_have(struct evbuffer *lines, const char *name, size_t len) {
     const char *p, *end;
-    if (r->xhdrs == NULL)
+    if (lines == NULL)
         return 0;
-    p = (const char *)evbuffer_pullup(r->xhdrs, -1);
-    end = p + evbuffer_get_length(r->xhdrs);
+    p = (const char *)evbuffer_pullup(lines, -1);
+    end = p + evbuffer_get_length(lines);
     while (p < end) {
         const char *colon = memchr(p, ':', end - p), *eol;
         if (colon == NULL)

@@ -192,13 +192,32 @@ static void mg_push_lower(lua_State *L, const char *s, size_t len) {
     lua_pushlstring(L, buf, n);
 }
 
-void mg_push_req(lua_State *L, mg_req_t *r) {
-    mg_kv_t params[MG_ROUTE_MAX_SEGS];
-    int np = MG_ROUTE_MAX_SEGS, i;
-    const char *host = NULL;
-    size_t hostlen = 0;
+void mg_push_entry(lua_State *L, mg_gen_t *gen, int which) {
+    static const char *const names[] = {"moongate.run", "moongate.run_access",
+                                        "moongate.run_header_filter", "moongate.run_hooks",
+                                        "moongate.req_mt"};
+    if (gen->entry_refs[which] == 0) {
+        lua_getfield(gen->L, LUA_REGISTRYINDEX, names[which]);
+        gen->entry_refs[which] = luaL_ref(gen->L, LUA_REGISTRYINDEX); /* LUA_REFNIL if absent */
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, gen->entry_refs[which]);
+}
 
-    lua_createtable(L, 0, 12);
+/* A req table holds its request under this light userdata key: no
+ * string to intern, and out of the way of scripts' own fields. */
+static char mg_req_key;
+
+/* Pushes r's req table. It is made once per request, with the cheap
+ * fields only: headers, params, id and http_version are filled on first
+ * use (req_mt.__index calls core.req_fill), so a hook that reads none of
+ * them costs no header strings. The table is anchored in
+ * r->access_req_ref until the request ends (mg_req_unlink). */
+void mg_push_req(lua_State *L, mg_req_t *r) {
+    if (r->access_req_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
+        return;
+    }
+    lua_createtable(L, 0, 8);
     lua_pushstring(L, llhttp_method_name((llhttp_method_t)r->method));
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->hbuf, r->path_len);
@@ -208,59 +227,112 @@ void mg_push_req(lua_State *L, mg_req_t *r) {
     else
         lua_pushliteral(L, "");
     lua_setfield(L, -2, "query_string");
-    lua_pushstring(L, r->request_id);
-    lua_setfield(L, -2, "id");
     lua_pushstring(L, r->conn ? r->conn->peer_ip : "");
     lua_setfield(L, -2, "remote_addr");
-    lua_pushstring(L, r->http_minor ? "1.1" : "1.0");
-    lua_setfield(L, -2, "http_version");
-
-    lua_createtable(L, 0, r->nhdrs);
-    for (i = 0; i < r->nhdrs; i++) {
-        mg_hdr_t *h = &r->hdrs[i];
-        mg_push_lower(L, r->hbuf + h->noff, h->nlen);
-        lua_pushvalue(L, -1);
-        lua_rawget(L, -3);
-        if (lua_isstring(L, -1)) {
-            /* repeated header: join with ", " */
-            lua_pushliteral(L, ", ");
-            lua_pushlstring(L, r->hbuf + h->voff, h->vlen);
-            lua_concat(L, 3);
-        } else {
-            lua_pop(L, 1);
-            lua_pushlstring(L, r->hbuf + h->voff, h->vlen);
-        }
-        lua_rawset(L, -3);
-    }
-    lua_setfield(L, -2, "headers");
-
-    if (r->host_idx >= 0) {
-        host = r->hbuf + r->hdrs[r->host_idx].voff;
-        hostlen = r->hdrs[r->host_idx].vlen;
-    }
-    lua_createtable(L, 0, 2);
-    if (r->route->has_params && mg_route_match(r->gen, r->route->server, r->method, host, hostlen,
-                                               r->hbuf, r->path_len, params, &np) == r->route) {
-        for (i = 0; i < np; i++) {
-            lua_pushlstring(L, params[i].name, params[i].nlen);
-            lua_pushlstring(L, params[i].value, params[i].vlen);
-            lua_rawset(L, -3);
-        }
-    }
-    lua_setfield(L, -2, "params");
-}
-
-/* The route's access hooks, in a coroutine of their own (upstream and
- * WebSocket routes). moongate.run_access answers the client itself when a
- * hook says no, and calls core.access_done() when all say yes. */
-/* Anchors the req table on top of L's stack (left there) for hooks that
- * run later: header_filter, log, a WebSocket handler. */
-static void mg_req_keep_ctx(mg_req_t *r, lua_State *L) {
-    if (r->access_req_ref != LUA_NOREF)
-        return;
+    lua_pushlightuserdata(L, &mg_req_key);
+    lua_pushlightuserdata(L, r);
+    lua_rawset(L, -3);
     lua_pushvalue(L, -1);
     lua_xmove(L, r->gen->L, 1);
     r->access_req_ref = luaL_ref(r->gen->L, LUA_REGISTRYINDEX);
+}
+
+/* Pushes a lazy field of r's req table: "headers", "params", "id" or
+ * "http_version". */
+static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
+    mg_kv_t params[MG_ROUTE_MAX_SEGS];
+    int np = MG_ROUTE_MAX_SEGS, i;
+    const char *host = NULL;
+    size_t hostlen = 0;
+
+    if (k[0] == 'i') {
+        lua_pushstring(L, r->request_id);
+    } else if (k[0] == 'h' && k[1] == 't') {
+        lua_pushstring(L, r->http_minor ? "1.1" : "1.0");
+    } else if (k[0] == 'h') {
+        lua_createtable(L, 0, r->nhdrs);
+        for (i = 0; i < r->nhdrs; i++) {
+            mg_hdr_t *h = &r->hdrs[i];
+            mg_push_lower(L, r->hbuf + h->noff, h->nlen);
+            lua_pushvalue(L, -1);
+            lua_rawget(L, -3);
+            if (lua_isstring(L, -1)) {
+                /* repeated header: join with ", " */
+                lua_pushliteral(L, ", ");
+                lua_pushlstring(L, r->hbuf + h->voff, h->vlen);
+                lua_concat(L, 3);
+            } else {
+                lua_pop(L, 1);
+                lua_pushlstring(L, r->hbuf + h->voff, h->vlen);
+            }
+            lua_rawset(L, -3);
+        }
+    } else {
+        if (r->host_idx >= 0) {
+            host = r->hbuf + r->hdrs[r->host_idx].voff;
+            hostlen = r->hdrs[r->host_idx].vlen;
+        }
+        lua_createtable(L, 0, 2);
+        if (r->route->has_params &&
+            mg_route_match(r->gen, r->route->server, r->method, host, hostlen, r->hbuf,
+                           r->path_len, params, &np) == r->route) {
+            for (i = 0; i < np; i++) {
+                lua_pushlstring(L, params[i].name, params[i].nlen);
+                lua_pushlstring(L, params[i].value, params[i].vlen);
+                lua_rawset(L, -3);
+            }
+        }
+    }
+}
+
+static const char *const mg_req_lazy[] = {"headers", "params", "id", "http_version"};
+
+/* core.req_fill(req, name): sets and returns a lazy field, while the
+ * request lives. */
+static int mg_core_req_fill(lua_State *L) {
+    const char *k = luaL_checkstring(L, 2);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_pushlightuserdata(L, &mg_req_key);
+    lua_rawget(L, 1);
+    if (lua_isboolean(L, -1))
+        return luaL_error(L, "req.%s: the request is over (read it while the request runs; "
+                             "copy what a timer needs)", k);
+    if (!lua_islightuserdata(L, -1))
+        return 0;
+    mg_req_field(L, lua_touserdata(L, -1), k);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, 1, k);
+    return 1;
+}
+
+void mg_push_req_filled(lua_State *L, mg_req_t *r) {
+    int t;
+    mg_push_req(L, r);
+    t = lua_gettop(L);
+    for (size_t i = 0; i < sizeof(mg_req_lazy) / sizeof(mg_req_lazy[0]); i++) {
+        lua_pushstring(L, mg_req_lazy[i]);
+        lua_rawget(L, t);
+        if (lua_isnil(L, -1)) {
+            mg_req_field(L, r, mg_req_lazy[i]);
+            lua_setfield(L, t, mg_req_lazy[i]);
+        }
+        lua_pop(L, 1);
+    }
+}
+
+void mg_req_unlink(mg_req_t *r) {
+    lua_State *L = r->gen->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
+    lua_pushlightuserdata(L, &mg_req_key);
+    lua_rawget(L, -2);
+    if (lua_islightuserdata(L, -1)) {
+        lua_pushlightuserdata(L, &mg_req_key);
+        lua_pushboolean(L, 0); /* never filled: say so rather than read freed memory */
+        lua_rawset(L, -4);
+    }
+    lua_pop(L, 2);
+    luaL_unref(L, LUA_REGISTRYINDEX, r->access_req_ref);
+    r->access_req_ref = LUA_NOREF;
 }
 
 /* Pushes req.ctx of the kept req table, or a fresh table. */
@@ -283,7 +355,7 @@ int mg_lua_header_filter(mg_req_t *r, int *status, const char *lines, size_t len
     const char *p = lines, *end = lines + len, *drop, *add;
     size_t dl, al;
 
-    lua_getfield(L, LUA_REGISTRYINDEX, "moongate.run_header_filter");
+    mg_push_entry(L, r->gen, MG_ENTRY_HF);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->hf_ref);
     lua_pushinteger(L, *status);
     lua_pushlstring(L, lines, len); /* read lazily by res.headers */
@@ -328,7 +400,7 @@ int mg_lua_header_filter(mg_req_t *r, int *status, const char *lines, size_t len
 void mg_lua_log(mg_req_t *r, double duration_ms) {
     lua_State *L = r->gen->L;
     int top = lua_gettop(L);
-    lua_getfield(L, LUA_REGISTRYINDEX, "moongate.run_hooks");
+    mg_push_entry(L, r->gen, MG_ENTRY_HOOKS);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->log_ref);
     lua_createtable(L, 0, 8);
     lua_pushinteger(L, r->status);
@@ -354,8 +426,7 @@ void mg_lua_log(mg_req_t *r, double duration_ms) {
 /* A coroutine for request r, its stack set to: entry (a registry function
  * of init.lua), the route's function `ref`, the req table. NULL after
  * answering 500 when out of memory. */
-static mg_co_t *mg_co_for_req(mg_req_t *r, const char *entry, int ref) {
-    lua_State *L = r->gen->L;
+static mg_co_t *mg_co_for_req(mg_req_t *r, int entry, int ref) {
     mg_co_t *co = mg_co_new(r->gen);
 
     if (co == NULL) {
@@ -364,24 +435,26 @@ static mg_co_t *mg_co_for_req(mg_req_t *r, const char *entry, int ref) {
     }
     co->req = r;
     r->co = co;
-    co->body = evbuffer_new();
-    lua_getfield(L, LUA_REGISTRYINDEX, entry);
-    lua_xmove(L, co->L, 1);
+    if (co->body == NULL) /* a reused coroutine keeps its (drained) buffer */
+        co->body = evbuffer_new();
+    mg_push_entry(co->L, r->gen, entry);
     lua_rawgeti(co->L, LUA_REGISTRYINDEX, ref);
     mg_push_req(co->L, r);
     return co;
 }
 
+/* The route's access hooks, in a coroutine of their own (upstream and
+ * WebSocket routes). moongate.run_access answers the client itself when a
+ * hook says no, and calls core.access_done() when all say yes. The
+ * WebSocket handler, header_filter and log hooks see the same req (ctx). */
 void mg_lua_access_start(mg_req_t *r) {
-    mg_co_t *co = mg_co_for_req(r, "moongate.run_access", r->route->access_ref);
+    mg_co_t *co = mg_co_for_req(r, MG_ENTRY_ACCESS, r->route->access_ref);
 
     if (co == NULL) {
         r->access_state = MG_ACCESS_DENIED;
         return;
     }
     co->access = 1;
-    /* the WebSocket handler, header_filter and log see the same req (ctx) */
-    mg_req_keep_ctx(r, co->L);
     /* a refusal's head goes through header_filter too (CORS on a 401) */
     if (r->route->hf_ref != LUA_NOREF)
         lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->hf_ref);
@@ -390,40 +463,51 @@ void mg_lua_access_start(mg_req_t *r) {
     mg_co_resume(co, 3);
 }
 
-/* access_done(headers): the hooks allowed the request; headers set with
- * req:set_header() go to the upstream. */
+/* Appends "Name: value\r\n" for each pair of the table at idx (names
+ * and values checked; hop-by-hop names skipped); with `removals`, a false value gives "Name:\r\n",
+ * which hides the client's header of that name from the upstream. */
+static void mg_lua_set_lines(lua_State *L, int idx, struct evbuffer **out, int removals) {
+    if (!lua_istable(L, idx))
+        return;
+    if (*out == NULL)
+        *out = evbuffer_new();
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        size_t nl, vl = 0;
+        const char *n = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nl) : NULL, *v;
+        int drop = removals && lua_isboolean(L, -1) && !lua_toboolean(L, -1);
+        v = drop ? "" : lua_tolstring(L, -1, &vl);
+        if (n == NULL || v == NULL || nl == 0 || strpbrk(n, "\r\n: \t") || memchr(v, '\r', vl) ||
+            memchr(v, '\n', vl) || memchr(v, '\0', vl))
+            luaL_error(L, "bad header %s", n ? n : "?");
+        if (!drop && mg_http_hop_by_hop(n, nl)) { /* framing stays moongate's */
+            lua_pop(L, 1);
+            continue;
+        }
+        evbuffer_add(*out, n, nl);
+        evbuffer_add(*out, drop ? ":" : ": ", drop ? 1 : 2);
+        evbuffer_add(*out, v, vl);
+        evbuffer_add(*out, "\r\n", 2);
+        lua_pop(L, 1);
+    }
+}
+
+/* access_done(up, resp): the hooks allowed the request. up: headers set
+ * with req:set_header() for the upstream (false removes the client's);
+ * resp: headers set with req:set_response_header() for the client. */
 static int mg_core_access_done(lua_State *L) {
     mg_req_t *r = mg_co_req(L, "access_done");
-    int has_ctype = 0;
-    if (lua_istable(L, 1) || lua_istable(L, 2)) {
-        if (r->xhdrs == NULL)
-            r->xhdrs = evbuffer_new();
-        mg_lua_header_lines(L, 1, r->xhdrs, &has_ctype);
-    }
-    if (lua_istable(L, 2)) {
-        /* removals: "Name:" with no value hides the client's header */
-        int n = (int)lua_objlen(L, 2);
-        for (int i = 1; i <= n; i++) {
-            size_t nl;
-            const char *name;
-            lua_rawgeti(L, 2, i);
-            name = lua_tolstring(L, -1, &nl);
-            if (name && nl && !strpbrk(name, "\r\n: \t"))
-                evbuffer_add_printf(r->xhdrs, "%s:\r\n", name);
-            lua_pop(L, 1);
-        }
-    }
+    mg_lua_set_lines(L, 1, &r->xhdrs, 1);
+    mg_lua_set_lines(L, 2, &r->rxhdrs, 0);
     r->access_state = MG_ACCESS_OK;
     return 0;
 }
 
 void mg_lua_handler_start(mg_req_t *r) {
-    mg_co_t *co = mg_co_for_req(r, "moongate.run", r->route->handler_ref);
+    mg_co_t *co = mg_co_for_req(r, MG_ENTRY_RUN, r->route->handler_ref);
 
     if (co == NULL)
         return;
-    if (r->route->log_ref != LUA_NOREF)
-        mg_req_keep_ctx(r, co->L);
     if (r->route->access_ref != LUA_NOREF)
         lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->access_ref);
     else
@@ -853,6 +937,7 @@ static const luaL_Reg mg_core_funcs[] = {
     {"req_body", mg_core_req_body},
     {"req_read", mg_core_req_read},
     {"access_done", mg_core_access_done},
+    {"req_fill", mg_core_req_fill},
     {"res_send", mg_core_res_send},
     {"res_write", mg_core_res_write},
     {NULL, NULL},

@@ -35,11 +35,16 @@ struct mg_co_s {
     struct evbuffer *hhead; /* "name\0value\0" pairs */
 };
 
+/* init.lua's entry points (registry functions), found once per generation */
+enum { MG_ENTRY_RUN, MG_ENTRY_ACCESS, MG_ENTRY_HF, MG_ENTRY_HOOKS, MG_ENTRY_REQ_MT };
+void mg_push_entry(lua_State *L, mg_gen_t *gen, int which);
+
 extern mg_co_t *mg_co_cur;
 mg_co_t *mg_co_new(mg_gen_t *gen);
 void mg_co_resume(mg_co_t *co, int nargs);
 mg_co_t *mg_co_check(lua_State *L, const char *what);
 void mg_push_req(lua_State *L, mg_req_t *r);
+void mg_push_req_filled(lua_State *L, mg_req_t *r); /* for a handler that outlives r */
 void mg_co_pool_free(mg_gen_t *gen);
 void mg_lua_ws_co_end(mg_co_t *co); /* lua_ws.c: the owner coroutine ended */
 void mg_lua_ws_error(mg_co_t *co);  /* the handler raised: close with 1011 */

@@ -292,10 +292,8 @@ void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre,
     /* stack: ws; call handler(ws, req) */
     lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->handler_ref);
     lua_insert(co->L, -2);
-    if (r->access_req_ref != LUA_NOREF)
-        lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->access_req_ref); /* what the access hook saw */
-    else
-        mg_push_req(co->L, r);
+    /* what the access hook saw, all fields filled: the handler outlives r */
+    mg_push_req_filled(co->L, r);
     lua_getfield(L, LUA_REGISTRYINDEX, "moongate.req_mt");
     if (lua_istable(L, -1)) {
         lua_xmove(L, co->L, 1);

@@ -130,6 +130,7 @@ typedef struct mg_gen_s {
     int max_websockets;      /* per worker */
     struct mg_co_s *co_pool; /* finished coroutines kept for reuse (lua_api.c) */
     int nco_pool;
+    int entry_refs[8]; /* init.lua's registry functions, by MG_ENTRY_* (0: not looked up) */
     char **shd_names; /* conf.shared_dicts (used at startup only) */
     size_t *shd_sizes;
     int nshd;
@@ -194,8 +195,9 @@ struct mg_req_s {
     int resp_close;         /* close after response (no framing / errors) */
     int ws_upgrade;         /* a valid WebSocket handshake: hand off after parsing */
     int access_state;       /* MG_ACCESS_*: the route's access hook */
-    int access_req_ref;     /* the req table the hook saw (for WebSocket handlers) */
+    int access_req_ref;     /* the req table scripts see (anchored until the request ends) */
     struct evbuffer *xhdrs; /* "Name: value\r\n" lines set by req:set_header() */
+    struct evbuffer *rxhdrs; /* response header lines set by req:set_response_header() */
     uint64_t bytes_out;
     double t_start;
     /* target side */
@@ -251,6 +253,7 @@ void mg_req_target_done(mg_req_t *r); /* target finished with the response */
 void mg_http_access_finish(mg_req_t *r);
 /* Is `name` overridden by req:set_header()? */
 int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len);
+int mg_lines_have(struct evbuffer *lines, const char *name, size_t len);
 void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h);
 /* Appends the client's header line hd as "Name: value\r\n". */
 void mg_req_copy_header(mg_req_t *r, mg_hdr_t *hd, struct evbuffer *h);
@@ -317,6 +320,7 @@ void mg_lua_open_api(lua_State *L);
 void mg_co_pool_free(mg_gen_t *gen);
 void mg_lua_handler_start(mg_req_t *r);
 void mg_lua_access_start(mg_req_t *r);
+void mg_req_unlink(mg_req_t *r); /* the request ends: its req table lets go of it */
 /* header_filter plugins: `lines` ("Name: value\r\n"...) in, the edited
  * lines into out, *status updated. MG_ERR leaves the head as it was. */
 int mg_lua_header_filter(mg_req_t *r, int *status, const char *lines, size_t len,

@@ -59,9 +59,12 @@ function _M.encode_query(t)
     return concat(out, "&")
 end
 
--- request objects: plain tables built by the core, with these methods
+-- request objects: tables built by the core with method, path,
+-- query_string and remote_addr; the fields below are made on first read.
 local req_mt = {}
+local LAZY = { headers = true, params = true, id = true, http_version = true }
 req_mt.__index = function(req, k)
+    if LAZY[k] then return core.req_fill(req, k) end
     if k == "query" then
         local q = _M.decode_query(req.query_string)
         req.query = q
@@ -80,6 +83,17 @@ function req_mt.set_header(req, name, value)
         rawset(req, "_upstream_headers", up)
     end
     up[name] = value ~= nil and tostring(value) or false
+end
+--- Sets a header on the response the client gets (from an access hook:
+--- proxied and handler responses, and a later hook's refusal), replacing
+--- the upstream's of that name; header_filter hooks still see it.
+function req_mt.set_response_header(req, name, value)
+    local rh = rawget(req, "_response_headers")
+    if not rh then
+        rh = {}
+        rawset(req, "_response_headers", rh)
+    end
+    rh[name] = value ~= nil and tostring(value) or nil
 end
 
 -- header_filter hooks: res = { status, headers } edited in place.
@@ -172,11 +186,24 @@ end
 
 -- Access hooks in order; the first to return a status answers (through
 -- the route's header_filter hooks, so a refusal gets CORS headers too).
+-- Headers set with req:set_response_header() under the response's own.
+local function with_response_headers(req, headers)
+    local rh = rawget(req, "_response_headers")
+    if not rh then return headers end
+    headers = headers or {}
+    local have = {}
+    for k in pairs(headers) do have[lower(k)] = true end
+    for k, v in pairs(rh) do
+        if not have[lower(k)] then headers[k] = v end
+    end
+    return headers
+end
+
 local function check_access(access, req, header_filter)
     for i = 1, #access do
         local status, body, headers = access[i](req)
         if status ~= nil then
-            respond(status, body, headers,
+            respond(status, body, with_response_headers(req, headers),
                     header_filter and { _filter = header_filter, _ctx = req.ctx } or nil)
             return false
         end
@@ -189,17 +216,7 @@ debug.getregistry()["moongate.run_access"] = function(access, req, header_filter
     setmetatable(req, req_mt)
     req.ctx = req.ctx or {}
     if check_access(access, req, header_filter) then
-        local set, del = nil, nil
-        for name, value in pairs(rawget(req, "_upstream_headers") or {}) do
-            if value == false then
-                del = del or {}
-                del[#del + 1] = name
-            else
-                set = set or {}
-                set[name] = value
-            end
-        end
-        core.access_done(set, del)
+        core.access_done(rawget(req, "_upstream_headers"), rawget(req, "_response_headers"))
     end
 end
 
@@ -245,6 +262,10 @@ local function run(handler, req, access, header_filter)
     req.ctx = {}
     if access and not check_access(access, req, header_filter) then return end
     local res = setmetatable({ _filter = header_filter, _ctx = req.ctx }, res_mt)
+    local rh = rawget(req, "_response_headers")
+    if rh then
+        for k, v in pairs(rh) do res:header(k, v) end
+    end
     local status, body, headers = handler(req, res)
     if res.started then return end
     respond(status, body, headers, res)

@@ -25,6 +25,8 @@ local io_open = io.open
 local gmatch = string.gmatch
 local lower = string.lower
 local match = string.match
+local find = string.find
+local byte = string.byte
 local sub = string.sub
 local json_decode = cjson.decode
 local json_encode = cjson.encode
@@ -112,11 +114,25 @@ local function cookie_value(header, name)
   return nil
 end
 
+-- "Bearer <token>" (any case): a plain prefix test first, since a token
+-- is long and a pattern over it costs more than the rest of a cache hit
+local function bearer(v)
+  local b = byte(v, 7)
+  if (b == 32) and lower(sub(v, 1, 6)) == "bearer" then
+    local last = byte(v, -1)
+    local t = sub(v, 8)
+    if byte(t, 1) ~= 32 and byte(t, 1) ~= 9 and last ~= 32 and last ~= 9 and not find(t, " ", 1, true) then
+      return t
+    end
+  end
+  return match(v, "^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(%S+)%s*$")
+end
+
 local function token_of(conf, req)
   local h = req.headers
   local v = h[conf._header]
   if v then
-    local t = match(v, "^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(%S+)%s*$")
+    local t = bearer(v)
     if t then return t end
     if conf._header ~= "authorization" and v ~= "" then return v end
   end
@@ -181,21 +197,21 @@ local function one_of(v, list)
   return false
 end
 
--- The checks that depend on the time or on conf, run on every request.
-local function check_claims(conf, claims)
+-- The checks that depend on the time: on every request.
+local function check_time(conf, claims, now)
+  local exp, nbf = claims.exp, claims.nbf
+  if exp ~= nil and now >= exp + conf.leeway then return nil, "token expired" end
+  if nbf ~= nil and now + conf.leeway < nbf then return nil, "token not yet valid" end
+  return true
+end
+
+-- The checks that depend only on the token and conf: once per token.
+local function check_static(conf, claims)
   for _, c in ipairs(conf.required_claims) do
     if claims[c] == nil then return nil, "missing claim '" .. c .. "'" end
   end
-  local now = moongate.now()
-  local exp, nbf = claims.exp, claims.nbf
-  if exp ~= nil then
-    if type(exp) ~= "number" then return nil, "malformed exp" end
-    if now >= exp + conf.leeway then return nil, "token expired" end
-  end
-  if nbf ~= nil then
-    if type(nbf) ~= "number" then return nil, "malformed nbf" end
-    if now + conf.leeway < nbf then return nil, "token not yet valid" end
-  end
+  if claims.exp ~= nil and type(claims.exp) ~= "number" then return nil, "malformed exp" end
+  if claims.nbf ~= nil and type(claims.nbf) ~= "number" then return nil, "malformed nbf" end
   if #conf.issuers > 0 and not one_of(claims.iss, conf.issuers) then
     return nil, "issuer not allowed"
   end
@@ -213,7 +229,28 @@ local function check_claims(conf, claims)
   return true
 end
 
--- verified tokens per conf: token -> { header, claims }
+local function check_claims(conf, claims)
+  local ok, why = check_static(conf, claims)
+  if not ok then return nil, why end
+  return check_time(conf, claims, moongate.now())
+end
+
+-- The upstream headers claims_to_headers makes of these claims, as a flat
+-- list { name, value, ... }.
+local function claim_headers(conf, claims)
+  local out = {}
+  for claim, header in pairs(conf.claims_to_headers) do
+    local c = claims[claim]
+    if c ~= nil then
+      out[#out + 1] = header
+      out[#out + 1] = type(c) == "table" and json_encode(c) or tostring(c)
+    end
+  end
+  return out
+end
+
+-- verified tokens per conf: token -> { header, claims, upstream headers };
+-- only tokens that passed the static claim checks are kept
 local caches = setmetatable({}, { __mode = "k" })
 
 local function unauthorized(why)
@@ -235,21 +272,20 @@ function _M.access(conf, req, ctx)
     local why
     v, why = decode_verify(conf, token)
     if not v then return unauthorized(why) end
+    local ok, swhy = check_static(conf, v[2])
+    if not ok then return unauthorized(swhy) end
+    v[3] = claim_headers(conf, v[2])
     if cache.n >= CACHE_MAX then cache.n, cache.map = 0, {} end
     cache.map[token] = v
     cache.n = cache.n + 1
   end
   local claims = v[2]
-  local ok, why = check_claims(conf, claims)
+  local ok, why = check_time(conf, claims, moongate.now())
   if not ok then return unauthorized(why) end
   ctx.jwt, ctx.jwt_header = claims, v[1]
   ctx.authenticated = "jwt-auth"
-  for claim, header in pairs(conf.claims_to_headers) do
-    local c = claims[claim]
-    if c ~= nil then
-      req:set_header(header, type(c) == "table" and json_encode(c) or tostring(c))
-    end
-  end
+  local hs = v[3]
+  for i = 1, #hs, 2 do req:set_header(hs[i], hs[i + 1]) end
 end
 
 -- for the specs

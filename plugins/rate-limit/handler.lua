@@ -6,7 +6,8 @@ local moongate = require "moongate"
 local tostring = tostring
 local type = type
 local lower = string.lower
-local format = string.format
+local str_format = string.format
+local str_rep = string.rep
 local byte = string.byte
 local math_ceil = math.ceil
 local math_floor = math.floor
@@ -32,8 +33,17 @@ function _M.check(conf, env)
   return true
 end
 
+-- "rl|<scope>|<key kind>|": made on first use, once the loader has given
+-- the conf its route (conf._route)
+local function prefixes(conf)
+  local scope = conf.scope == "global" and "*" or conf._route
+  conf._prefix = "rl|" .. scope .. "|" .. conf.key .. "|"
+  conf._ip_prefix = "rl|" .. scope .. "|ip|"
+  return conf._prefix
+end
+
 local function hex(s)
-  return (s:gsub(".", function(c) return format("%02x", byte(c)) end))
+  return (str_format(str_rep("%02x", #s), byte(s, 1, -1)))
 end
 
 local function bucket_key(conf, req, ctx)
@@ -46,16 +56,23 @@ local function bucket_key(conf, req, ctx)
     v = claims and claims[conf.claim]
     if v ~= nil and type(v) ~= "string" then v = tostring(v) end
   end
+  local prefix = conf._prefix or prefixes(conf)
   if v == nil or v == "" then
-    k, v = "ip", ctx.client_ip or req.remote_addr
+    prefix, v = conf._ip_prefix, ctx.client_ip or req.remote_addr
   end
   if #v > MAX_KEY then v = hex(moongate.crypto.sha256(v)) end
-  local scope = conf.scope == "global" and "*" or conf._route
-  return "rl|" .. scope .. "|" .. k .. "|" .. v
+  return prefix .. v
 end
 
+-- the dictionaries, opened once per worker
+local dicts = setmetatable({}, { __index = function(t, name)
+  local d = moongate.shared[name]
+  t[name] = d
+  return d
+end })
+
 function _M.access(conf, req, ctx)
-  local dict = moongate.shared[conf.dict]
+  local dict = dicts[conf.dict]
   local allowed, remaining, retry = dict:take(bucket_key(conf, req, ctx), conf._rate,
                                               conf._burst, 1)
   if allowed == nil then
@@ -74,18 +91,10 @@ function _M.access(conf, req, ctx)
     }
   end
   if conf.headers then
-    -- seconds until the bucket is full again
-    ctx.rate_limit = { remaining, math_ceil((conf._burst - remaining) / conf._rate) }
-  end
-end
-
-function _M.header_filter(conf, res, ctx)
-  local rl = ctx.rate_limit
-  if rl then
-    local h = res.headers
-    h["ratelimit-limit"] = conf._limit
-    h["ratelimit-remaining"] = tostring(rl[1])
-    h["ratelimit-reset"] = tostring(rl[2])
+    -- on the response the client gets; reset: seconds until the bucket is full
+    req:set_response_header("RateLimit-Limit", conf._limit)
+    req:set_response_header("RateLimit-Remaining", remaining)
+    req:set_response_header("RateLimit-Reset", math_ceil((conf._burst - remaining) / conf._rate))
   end
 end
 

@@ -41,6 +41,27 @@ return {
   { path = "/ws", websocket = { mode = "handler" }, access = auth,
     handler = function(ws, req) ws:send("hi " .. tostring(req.ctx.user)); ws:close() end },
   { path = "/boom", upstream = "up", access = function() error("hook failed") end },
+  { prefix = "/headers", upstream = "up", access = function(req)
+      req:set_response_header("Server", "edge")
+      req:set_response_header("X-Edge", 1)
+      req:set_response_header("X-Gone", "x")
+      req:set_response_header("X-Gone", nil)
+  end },
+  { path = "/rh", access = { function(req) req:set_response_header("X-Edge", "h") end,
+                             function(req) if req.query.deny then return 403, { error = "no" } end end },
+    handler = function() return 200, "ok", { ["X-Own"] = "1" } end },
+  { path = "/items/{item}", access = function(req)
+      -- req.headers is left unread: the timer below finds it gone
+      req.ctx.seen = { item = req.params.item, id = req.id, v = req.http_version,
+                       addr = req.remote_addr }
+    end,
+    handler = function(req)
+      moongate.timer(0.05, function()
+        local ok, err = pcall(function() return req.headers end)
+        moongate.log("warn", "LATE", tostring(ok), tostring(err))
+      end)
+      return 200, { seen = req.ctx.seen, id = req.id }
+  end },
   { prefix = "/strip", upstream = "up", access = function(req)
       if req.headers.authorization ~= "Bearer good" then return 401 end
       req:set_header("Authorization", nil) -- the credential stays at the edge
@@ -121,6 +142,41 @@ describe("access hooks and servers", function()
     it("answers 500 when a hook raises, and the worker lives on", function()
         assert.equal(500, (helpers.http(mg.port, "GET", "/boom")))
         assert.equal(200, (helpers.http(mg.port, "GET", "/h", { headers = { "Authorization: Bearer good" } })))
+    end)
+
+    it("sets response headers from an access hook over the upstream's", function()
+        local st, h = helpers.http(mg.port, "GET", "/headers?set=Server:upstream&set=X-Other:2")
+        assert.equal(200, st)
+        assert.equal("edge", h["server"]) -- replaced: one Server header
+        assert.equal("1", h["x-edge"])
+        assert.equal("2", h["x-other"])
+        assert.is_nil(h["x-gone"])
+    end)
+
+    it("adds response headers from access to handler answers and later refusals", function()
+        local st, h = helpers.http(mg.port, "GET", "/rh")
+        assert.equal(200, st)
+        assert.equal("h", h["x-edge"])
+        assert.equal("1", h["x-own"])
+        st, h = helpers.http(mg.port, "GET", "/rh?deny=1")
+        assert.equal(403, st)
+        assert.equal("h", h["x-edge"])
+    end)
+
+    it("fills req.headers, params, id and http_version on first read, while the request lives", function()
+        local st, h, body = helpers.http(mg.port, "GET", "/items/42")
+        assert.equal(200, st)
+        local j = json.decode(body)
+        assert.same({ item = "42", id = h["x-request-id"], v = "1.1", addr = "127.0.0.1" }, j.seen)
+        assert.equal(h["x-request-id"], j.id)
+        local found
+        for _ = 1, 20 do
+            found = (mg:log() or ""):match("LATE false ([^\n]*)")
+            if found then break end
+            helpers.sleep(0.1)
+        end
+        assert.truthy(found, "the timer did not log")
+        assert.matches("req.headers: the request is over", found, 1, true)
     end)
 
     it("removes a client header with set_header(name, nil)", function()
