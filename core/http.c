@@ -218,8 +218,10 @@ static mg_req_t *mg_req_new(mg_conn_t *c) {
         mg_hdr_t *hd = r->hdrs;
         size_t hc = r->hcap;
         int dc = r->hdrs_cap;
+        struct evbuffer *xh = r->xhdrs, *rxh = r->rxhdrs; /* kept empty for reuse */
         memset(r, 0, sizeof(*r));
         r->hbuf = hb, r->hdrs = hd, r->hcap = hc, r->hdrs_cap = dc;
+        r->xhdrs = xh, r->rxhdrs = rxh;
     }
     r->conn = c;
     r->gen = g;
@@ -234,22 +236,22 @@ static mg_req_t *mg_req_new(mg_conn_t *c) {
 
 static void mg_req_free(mg_req_t *r) {
     mg_worker.inflight--;
-    if (r->xhdrs) {
-        evbuffer_free(r->xhdrs);
-        r->xhdrs = NULL;
-    }
-    if (r->rxhdrs) {
-        evbuffer_free(r->rxhdrs);
-        r->rxhdrs = NULL;
-    }
     if (r->access_req_ref != LUA_NOREF)
         mg_req_unlink(r);
     mg_gen_release(r->gen);
     if (mg_req_free_count < 256) {
+        if (r->xhdrs) /* empty buffers go with r to its next use */
+            evbuffer_drain(r->xhdrs, evbuffer_get_length(r->xhdrs));
+        if (r->rxhdrs)
+            evbuffer_drain(r->rxhdrs, evbuffer_get_length(r->rxhdrs));
         r->next_free = mg_req_free_list;
         mg_req_free_list = r;
         mg_req_free_count++;
     } else {
+        if (r->xhdrs)
+            evbuffer_free(r->xhdrs);
+        if (r->rxhdrs)
+            evbuffer_free(r->rxhdrs);
         free(r->hbuf);
         free(r->hdrs);
         free(r);
@@ -751,7 +753,7 @@ int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len) {
 /* Whether "Name: value\r\n" lines hold a header `name` (any case). */
 int mg_lines_have(struct evbuffer *lines, const char *name, size_t len) {
     const char *p, *end;
-    if (lines == NULL)
+    if (lines == NULL || evbuffer_get_length(lines) == 0)
         return 0;
     p = (const char *)evbuffer_pullup(lines, -1);
     end = p + evbuffer_get_length(lines);

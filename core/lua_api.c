@@ -287,21 +287,76 @@ static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
 
 static const char *const mg_req_lazy[] = {"headers", "params", "id", "http_version"};
 
-/* core.req_fill(req, name): sets and returns a lazy field, while the
- * request lives. */
-static int mg_core_req_fill(lua_State *L) {
-    const char *k = luaL_checkstring(L, 2);
+/* The request of the req table at index 1; NULL once its lazy fields are
+ * all filled; raises once the request is over. */
+static mg_req_t *mg_req_of(lua_State *L, const char *what) {
+    mg_req_t *r;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_pushlightuserdata(L, &mg_req_key);
     lua_rawget(L, 1);
     if (lua_isboolean(L, -1))
-        return luaL_error(L, "req.%s: the request is over (read it while the request runs; "
-                             "copy what a timer needs)", k);
-    if (!lua_islightuserdata(L, -1))
+        luaL_error(L, "req%s: the request is over (read it while the request runs; "
+                      "copy what a timer needs)", what);
+    r = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return r;
+}
+
+/* core.req_fill(req, name): sets and returns a lazy field, while the
+ * request lives. */
+static int mg_core_req_fill(lua_State *L) {
+    const char *k = luaL_checkstring(L, 2);
+    char what[32];
+    mg_req_t *r;
+    snprintf(what, sizeof(what), ".%s", k);
+    r = mg_req_of(L, what);
+    if (r == NULL)
         return 0;
-    mg_req_field(L, lua_touserdata(L, -1), k);
+    mg_req_field(L, r, k);
     lua_pushvalue(L, -1);
     lua_setfield(L, 1, k);
+    return 1;
+}
+
+/* core.req_header(req, name): the client's header `name` (any case) as
+ * received, repeated ones joined with ", "; nil when absent. Reads one
+ * header without building req.headers. */
+static int mg_core_req_header(lua_State *L) {
+    size_t nl;
+    const char *name = luaL_checklstring(L, 2, &nl);
+    mg_req_t *r = mg_req_of(L, ":header()");
+    int found = 0;
+    luaL_Buffer b;
+    if (r == NULL) { /* every field filled: read req.headers */
+        lua_getfield(L, 1, "headers");
+        mg_push_lower(L, name, nl);
+        lua_rawget(L, -2);
+        return 1;
+    }
+    for (int i = 0; i < r->nhdrs; i++) {
+        mg_hdr_t *h = &r->hdrs[i];
+        if (h->nlen != nl || strncasecmp(r->hbuf + h->noff, name, nl) != 0)
+            continue;
+        if (found == 0) {
+            int j = i + 1; /* the usual case: one line, no copy */
+            while (j < r->nhdrs && (r->hdrs[j].nlen != nl ||
+                                    strncasecmp(r->hbuf + r->hdrs[j].noff, name, nl) != 0))
+                j++;
+            if (j == r->nhdrs) {
+                lua_pushlstring(L, r->hbuf + h->voff, h->vlen);
+                return 1;
+            }
+            luaL_buffinit(L, &b);
+        } else {
+            luaL_addlstring(&b, ", ", 2);
+        }
+        luaL_addlstring(&b, r->hbuf + h->voff, h->vlen);
+        found++;
+    }
+    if (found == 0)
+        lua_pushnil(L);
+    else
+        luaL_pushresult(&b);
     return 1;
 }
 
@@ -318,6 +373,9 @@ void mg_push_req_filled(lua_State *L, mg_req_t *r) {
         }
         lua_pop(L, 1);
     }
+    lua_pushlightuserdata(L, &mg_req_key); /* all there: r may go */
+    lua_pushnil(L);
+    lua_rawset(L, t);
 }
 
 void mg_req_unlink(mg_req_t *r) {
@@ -467,6 +525,8 @@ void mg_lua_access_start(mg_req_t *r) {
  * and values checked; hop-by-hop names skipped); with `removals`, a false value gives "Name:\r\n",
  * which hides the client's header of that name from the upstream. */
 static void mg_lua_set_lines(lua_State *L, int idx, struct evbuffer **out, int removals) {
+    char buf[2048]; /* lines gathered here: one evbuffer_add for the usual few */
+    size_t o = 0;
     if (!lua_istable(L, idx))
         return;
     if (*out == NULL)
@@ -484,12 +544,30 @@ static void mg_lua_set_lines(lua_State *L, int idx, struct evbuffer **out, int r
             lua_pop(L, 1);
             continue;
         }
-        evbuffer_add(*out, n, nl);
-        evbuffer_add(*out, drop ? ":" : ": ", drop ? 1 : 2);
-        evbuffer_add(*out, v, vl);
-        evbuffer_add(*out, "\r\n", 2);
+        if (o + nl + vl + 4 > sizeof(buf)) {
+            evbuffer_add(*out, buf, o);
+            o = 0;
+        }
+        if (nl + vl + 4 > sizeof(buf)) {
+            evbuffer_add(*out, n, nl);
+            evbuffer_add(*out, drop ? ":" : ": ", drop ? 1 : 2);
+            evbuffer_add(*out, v, vl);
+            evbuffer_add(*out, "\r\n", 2);
+        } else {
+            memcpy(buf + o, n, nl);
+            o += nl;
+            buf[o++] = ':';
+            if (!drop)
+                buf[o++] = ' ';
+            memcpy(buf + o, v, vl);
+            o += vl;
+            buf[o++] = '\r';
+            buf[o++] = '\n';
+        }
         lua_pop(L, 1);
     }
+    if (o)
+        evbuffer_add(*out, buf, o);
 }
 
 /* access_done(up, resp): the hooks allowed the request. up: headers set
@@ -938,6 +1016,7 @@ static const luaL_Reg mg_core_funcs[] = {
     {"req_read", mg_core_req_read},
     {"access_done", mg_core_access_done},
     {"req_fill", mg_core_req_fill},
+    {"req_header", mg_core_req_header},
     {"res_send", mg_core_res_send},
     {"res_write", mg_core_res_write},
     {NULL, NULL},

@@ -64,14 +64,18 @@ end
 local req_mt = {}
 local LAZY = { headers = true, params = true, id = true, http_version = true }
 req_mt.__index = function(req, k)
+    local m = req_mt[k]
+    if m ~= nil then return m end
     if LAZY[k] then return core.req_fill(req, k) end
     if k == "query" then
         local q = _M.decode_query(req.query_string)
         req.query = q
         return q
     end
-    return req_mt[k]
 end
+--- The client's header `name` (any case) as received, repeated ones joined
+--- with ", "; nil when absent. Cheaper than req.headers for one header.
+req_mt.header = core.req_header
 function req_mt.body() return core.req_body() end
 function req_mt.read() return core.req_read() end
 --- Sets a header for the upstream (proxy, and WebSocket relay/tunnel

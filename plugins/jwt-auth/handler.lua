@@ -128,20 +128,24 @@ local function bearer(v)
   return match(v, "^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(%S+)%s*$")
 end
 
+-- The token, and the cache key: the header value it was found in (a value
+-- seen before then skips even the "Bearer" parsing), or the query or
+-- cookie value under a prefix of its own.
 local function token_of(conf, req)
-  local h = req.headers
-  local v = h[conf._header]
+  local v = req:header(conf._header)
   if v then
     local t = bearer(v)
-    if t then return t end
-    if conf._header ~= "authorization" and v ~= "" then return v end
+    if t then return t, v end
+    if conf._header ~= "authorization" and v ~= "" then return v, v end
   end
   if conf.query and req.query_string ~= "" then
     local q = req.query[conf.query]
-    if q and q ~= "" then return q end
+    if q and q ~= "" then return q, "\0q" .. q end
   end
-  if conf.cookie and h.cookie then
-    return cookie_value(h.cookie, conf.cookie)
+  local cookie = conf.cookie and req:header("cookie")
+  if cookie then
+    local c = cookie_value(cookie, conf.cookie)
+    if c then return c, "\0c" .. c end
   end
   return nil
 end
@@ -260,14 +264,20 @@ local function unauthorized(why)
 end
 
 function _M.access(conf, req, ctx)
-  local token = token_of(conf, req)
-  if not token then return unauthorized("missing token") end
   local cache = caches[conf]
   if not cache then
     cache = { n = 0, map = {} }
     caches[conf] = cache
   end
-  local v = cache.map[token]
+  -- the usual case: the Authorization value of a token verified before
+  local raw = req:header(conf._header)
+  local v = raw and cache.map[raw]
+  local token
+  if not v then
+    token, raw = token_of(conf, req)
+    if not token then return unauthorized("missing token") end
+    v = cache.map[raw]
+  end
   if not v then
     local why
     v, why = decode_verify(conf, token)
@@ -276,7 +286,7 @@ function _M.access(conf, req, ctx)
     if not ok then return unauthorized(swhy) end
     v[3] = claim_headers(conf, v[2])
     if cache.n >= CACHE_MAX then cache.n, cache.map = 0, {} end
-    cache.map[token] = v
+    cache.map[raw] = v
     cache.n = cache.n + 1
   end
   local claims = v[2]
