@@ -52,10 +52,20 @@ static int mg_http_on_header_field(llhttp_t *p, const char *at, size_t len);
 static int mg_http_on_header_value(llhttp_t *p, const char *at, size_t len);
 static int mg_http_on_headers_complete(llhttp_t *p);
 void mg_req_copy_header(mg_req_t *r, mg_hdr_t *hd, struct evbuffer *h) {
-    evbuffer_add(h, r->hbuf + hd->noff, hd->nlen);
-    evbuffer_add(h, ": ", 2);
-    evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
-    evbuffer_add(h, "\r\n", 2);
+    char line[512];
+    size_t n = hd->nlen + hd->vlen + 4;
+    if (n > sizeof(line)) {
+        evbuffer_add(h, r->hbuf + hd->noff, hd->nlen);
+        evbuffer_add(h, ": ", 2);
+        evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
+        evbuffer_add(h, "\r\n", 2);
+        return;
+    }
+    memcpy(line, r->hbuf + hd->noff, hd->nlen); /* one add: evbuffer_add is not cheap */
+    memcpy(line + hd->nlen, ": ", 2);
+    memcpy(line + hd->nlen + 2, r->hbuf + hd->voff, hd->vlen);
+    memcpy(line + n - 2, "\r\n", 2);
+    evbuffer_add(h, line, n);
 }
 
 /* Appends the headers set by req:set_header() (not the removals). */
@@ -173,8 +183,16 @@ int mg_http_hop_by_hop(const char *n, size_t l) {
                {"trailer", 7},           {"transfer-encoding", 17},  {"upgrade", 7},
                {"proxy-connection", 16}, {"proxy-authenticate", 18}, {"proxy-authorization", 19},
                {"content-length", 14}};
-    if (l >= 6 && strncasecmp(n, "proxy-", 6) == 0)
+    if (l >= 6 && (n[0] | 0x20) == 'p' && strncasecmp(n, "proxy-", 6) == 0)
         return 1; /* Proxy-Connection, Proxy-Authorization, ... */
+    switch (l) {  /* most headers are none of these lengths */
+    case 2:
+    case 7:
+    case 10:
+    case 14:
+    case 17: break;
+    default: return 0;
+    }
     for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
         if (hop[i].l == l && strncasecmp(hop[i].s, n, l) == 0)
             return 1;

@@ -207,11 +207,11 @@ void mg_push_entry(lua_State *L, mg_gen_t *gen, int which) {
  * string to intern, and out of the way of scripts' own fields. */
 static char mg_req_key;
 
-/* Pushes r's req table. It is made once per request, with the cheap
- * fields only: headers, params, id and http_version are filled on first
- * use (req_mt.__index calls core.req_fill), so a hook that reads none of
- * them costs no header strings. The table is anchored in
- * r->access_req_ref until the request ends (mg_req_unlink). */
+/* Pushes r's req table. It is made once per request, with method and
+ * path only: headers, params, id, http_version, remote_addr and
+ * query_string are filled on first use (req_mt.__index calls core.req_fill), so a hook that reads
+ * none of them costs no header strings. The table is anchored in r->access_req_ref until the
+ * request ends (mg_req_unlink). */
 void mg_push_req(lua_State *L, mg_req_t *r) {
     if (r->access_req_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
@@ -222,13 +222,6 @@ void mg_push_req(lua_State *L, mg_req_t *r) {
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->hbuf, r->path_len);
     lua_setfield(L, -2, "path");
-    if (r->url_len > r->path_len)
-        lua_pushlstring(L, r->hbuf + r->path_len + 1, r->url_len - r->path_len - 1);
-    else
-        lua_pushliteral(L, "");
-    lua_setfield(L, -2, "query_string");
-    lua_pushstring(L, r->conn ? r->conn->peer_ip : "");
-    lua_setfield(L, -2, "remote_addr");
     lua_pushlightuserdata(L, &mg_req_key);
     lua_pushlightuserdata(L, r);
     lua_rawset(L, -3);
@@ -237,8 +230,8 @@ void mg_push_req(lua_State *L, mg_req_t *r) {
     r->access_req_ref = luaL_ref(r->gen->L, LUA_REGISTRYINDEX);
 }
 
-/* Pushes a lazy field of r's req table: "headers", "params", "id" or
- * "http_version". */
+/* Pushes a lazy field of r's req table: "headers", "params", "id",
+ * "http_version", "remote_addr" or "query_string". */
 static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
     mg_kv_t params[MG_ROUTE_MAX_SEGS];
     int np = MG_ROUTE_MAX_SEGS, i;
@@ -247,6 +240,13 @@ static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
 
     if (k[0] == 'i') {
         lua_pushstring(L, r->request_id);
+    } else if (k[0] == 'r') {
+        lua_pushstring(L, r->conn ? r->conn->peer_ip : "");
+    } else if (k[0] == 'q') {
+        if (r->url_len > r->path_len)
+            lua_pushlstring(L, r->hbuf + r->path_len + 1, r->url_len - r->path_len - 1);
+        else
+            lua_pushliteral(L, "");
     } else if (k[0] == 'h' && k[1] == 't') {
         lua_pushstring(L, r->http_minor ? "1.1" : "1.0");
     } else if (k[0] == 'h') {
@@ -274,8 +274,8 @@ static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
         }
         lua_createtable(L, 0, 2);
         if (r->route->has_params &&
-            mg_route_match(r->gen, r->route->server, r->method, host, hostlen, r->hbuf,
-                           r->path_len, params, &np) == r->route) {
+            mg_route_match(r->gen, r->route->server, r->method, host, hostlen, r->hbuf, r->path_len,
+                           params, &np) == r->route) {
             for (i = 0; i < np; i++) {
                 lua_pushlstring(L, params[i].name, params[i].nlen);
                 lua_pushlstring(L, params[i].value, params[i].vlen);
@@ -285,7 +285,8 @@ static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
     }
 }
 
-static const char *const mg_req_lazy[] = {"headers", "params", "id", "http_version"};
+static const char *const mg_req_lazy[] = {"headers",      "params",      "id",
+                                          "http_version", "remote_addr", "query_string"};
 
 /* The request of the req table at index 1; NULL once its lazy fields are
  * all filled; raises once the request is over. */
@@ -295,8 +296,10 @@ static mg_req_t *mg_req_of(lua_State *L, const char *what) {
     lua_pushlightuserdata(L, &mg_req_key);
     lua_rawget(L, 1);
     if (lua_isboolean(L, -1))
-        luaL_error(L, "req%s: the request is over (read it while the request runs; "
-                      "copy what a timer needs)", what);
+        luaL_error(L,
+                   "req%s: the request is over (read it while the request runs; "
+                   "copy what a timer needs)",
+                   what);
     r = lua_touserdata(L, -1);
     lua_pop(L, 1);
     return r;
@@ -339,8 +342,8 @@ static int mg_core_req_header(lua_State *L) {
             continue;
         if (found == 0) {
             int j = i + 1; /* the usual case: one line, no copy */
-            while (j < r->nhdrs && (r->hdrs[j].nlen != nl ||
-                                    strncasecmp(r->hbuf + r->hdrs[j].noff, name, nl) != 0))
+            while (j < r->nhdrs &&
+                   (r->hdrs[j].nlen != nl || strncasecmp(r->hbuf + r->hdrs[j].noff, name, nl) != 0))
                 j++;
             if (j == r->nhdrs) {
                 lua_pushlstring(L, r->hbuf + h->voff, h->vlen);

@@ -131,7 +131,7 @@ typedef struct mg_gen_s {
     struct mg_co_s *co_pool; /* finished coroutines kept for reuse (lua_api.c) */
     int nco_pool;
     int entry_refs[8]; /* init.lua's registry functions, by MG_ENTRY_* (0: not looked up) */
-    char **shd_names; /* conf.shared_dicts (used at startup only) */
+    char **shd_names;  /* conf.shared_dicts (used at startup only) */
     size_t *shd_sizes;
     int nshd;
     char **desc; /* one line per route, for reload diffs */
@@ -191,12 +191,12 @@ struct mg_req_s {
     int status;       /* response status sent */
     int resp_started; /* response head queued */
     int resp_done;
-    int resp_chunked;       /* we chunk-encode the response body */
-    int resp_close;         /* close after response (no framing / errors) */
-    int ws_upgrade;         /* a valid WebSocket handshake: hand off after parsing */
-    int access_state;       /* MG_ACCESS_*: the route's access hook */
-    int access_req_ref;     /* the req table scripts see (anchored until the request ends) */
-    struct evbuffer *xhdrs; /* "Name: value\r\n" lines set by req:set_header() */
+    int resp_chunked;        /* we chunk-encode the response body */
+    int resp_close;          /* close after response (no framing / errors) */
+    int ws_upgrade;          /* a valid WebSocket handshake: hand off after parsing */
+    int access_state;        /* MG_ACCESS_*: the route's access hook */
+    int access_req_ref;      /* the req table scripts see (anchored until the request ends) */
+    struct evbuffer *xhdrs;  /* "Name: value\r\n" lines set by req:set_header() */
     struct evbuffer *rxhdrs; /* response header lines set by req:set_response_header() */
     uint64_t bytes_out;
     double t_start;

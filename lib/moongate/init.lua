@@ -59,10 +59,11 @@ function _M.encode_query(t)
     return concat(out, "&")
 end
 
--- request objects: tables built by the core with method, path,
--- query_string and remote_addr; the fields below are made on first read.
+-- request objects: tables built by the core with method and path; the
+-- fields below are made on first read.
 local req_mt = {}
-local LAZY = { headers = true, params = true, id = true, http_version = true }
+local LAZY = { headers = true, params = true, id = true, http_version = true,
+               remote_addr = true, query_string = true }
 req_mt.__index = function(req, k)
     local m = req_mt[k]
     if m ~= nil then return m end
