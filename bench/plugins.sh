@@ -15,7 +15,8 @@ sig=$(printf '%s.%s' "$hdr" "$pay" | openssl dgst -sha256 -hmac bench-secret -bi
 TOKEN="$hdr.$pay.$sig"
 ONLY="upstream nginx_lua" "$BENCH/start_peers.sh" >/dev/null
 pidfile=$(mktemp -u /tmp/moongate-bench-XXXXXX.pid)
-./moongate -c bench/plugins.conf.lua -p "$pidfile" 2>/tmp/moongate-bench-plugins.log &
+# a session of its own, as the peers (see run.sh)
+setsid -f ./moongate -c bench/plugins.conf.lua -p "$pidfile" 2>/tmp/moongate-bench-plugins.log
 i=0
 while [ ! -s "$pidfile" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 trap 'kill "$(cat "$pidfile")" 2>/dev/null || true; "$BENCH/stop_peers.sh" >/dev/null' EXIT INT TERM

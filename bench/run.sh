@@ -11,7 +11,11 @@ for p in nginx libnginx-mod-http-lua haproxy wrk; do
   dpkg -s "$p" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
 done
 pidfile=$(mktemp -u /tmp/moongate-bench-XXXXXX.pid)
-./moongate -c bench/moongate.conf.lua -p "$pidfile" 2>/tmp/moongate-bench.log &
+# In a session of its own, as the peers are (nginx and HAProxy daemonize,
+# ws_echo runs under setsid): with the kernel's autogroup scheduling on, a
+# process sharing this shell's session shares one CPU share with the load
+# generators started from it.
+setsid -f ./moongate -c bench/moongate.conf.lua -p "$pidfile" 2>/tmp/moongate-bench.log
 i=0
 while [ ! -s "$pidfile" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 trap 'kill "$(cat "$pidfile")" 2>/dev/null || true' EXIT INT TERM
