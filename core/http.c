@@ -768,6 +768,49 @@ int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len) {
     return mg_lines_have(r->xhdrs, name, len);
 }
 
+/* Removes the lines of header `name` (any case) from "Name: value\r\n"
+ * lines. */
+void mg_lines_remove(struct evbuffer *lines, const char *name, size_t len) {
+    struct evbuffer *keep;
+    const char *p, *end;
+    if (!mg_lines_have(lines, name, len))
+        return;
+    keep = evbuffer_new();
+    if (keep == NULL)
+        return;
+    p = (const char *)evbuffer_pullup(lines, -1);
+    end = p + evbuffer_get_length(lines);
+    while (p < end) {
+        const char *eol = memchr(p, '\n', end - p), *colon = memchr(p, ':', end - p);
+        if (eol == NULL)
+            break;
+        if (colon == NULL || colon > eol || (size_t)(colon - p) != len ||
+            strncasecmp(p, name, len) != 0)
+            evbuffer_add(keep, p, eol + 1 - p);
+        p = eol + 1;
+    }
+    evbuffer_drain(lines, evbuffer_get_length(lines));
+    evbuffer_add_buffer(lines, keep);
+    evbuffer_free(keep);
+}
+
+/* Appends the lines of `src` whose names `dst` lacks. */
+void mg_lines_merge(struct evbuffer *dst, struct evbuffer *src) {
+    const char *p, *end;
+    if (src == NULL || evbuffer_get_length(src) == 0)
+        return;
+    p = (const char *)evbuffer_pullup(src, -1);
+    end = p + evbuffer_get_length(src);
+    while (p < end) {
+        const char *eol = memchr(p, '\n', end - p), *colon = memchr(p, ':', end - p);
+        if (eol == NULL || colon == NULL || colon > eol)
+            break;
+        if (!mg_lines_have(dst, p, colon - p))
+            evbuffer_add(dst, p, eol + 1 - p);
+        p = eol + 1;
+    }
+}
+
 /* Whether "Name: value\r\n" lines hold a header `name` (any case). */
 int mg_lines_have(struct evbuffer *lines, const char *name, size_t len) {
     const char *p, *end;

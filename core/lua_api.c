@@ -524,62 +524,87 @@ void mg_lua_access_start(mg_req_t *r) {
     mg_co_resume(co, 3);
 }
 
-/* Appends "Name: value\r\n" for each pair of the table at idx (names
- * and values checked; hop-by-hop names skipped); with `removals`, a false value gives "Name:\r\n",
- * which hides the client's header of that name from the upstream. */
-static void mg_lua_set_lines(lua_State *L, int idx, struct evbuffer **out, int removals) {
-    char buf[2048]; /* lines gathered here: one evbuffer_add for the usual few */
-    size_t o = 0;
-    if (!lua_istable(L, idx))
-        return;
-    if (*out == NULL)
-        *out = evbuffer_new();
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        size_t nl, vl = 0;
-        const char *n = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nl) : NULL, *v;
-        int drop = removals && lua_isboolean(L, -1) && !lua_toboolean(L, -1);
-        v = drop ? "" : lua_tolstring(L, -1, &vl);
-        if (n == NULL || v == NULL || nl == 0 || strpbrk(n, "\r\n: \t") || memchr(v, '\r', vl) ||
-            memchr(v, '\n', vl) || memchr(v, '\0', vl))
-            luaL_error(L, "bad header %s", n ? n : "?");
-        if (!drop && mg_http_hop_by_hop(n, nl)) { /* framing stays moongate's */
-            lua_pop(L, 1);
-            continue;
+/* core.req_set(req, name, value, response): req:set_header() (the
+ * upstream's copy of the request; nil hides the client's header) and
+ * req:set_response_header() (the client's response; nil undoes an earlier
+ * set). A later set of the same name replaces; hop-by-hop names are
+ * moongate's own and ignored. */
+static int mg_core_req_set(lua_State *L) {
+    size_t nl, vl = 0;
+    const char *n = luaL_checklstring(L, 2, &nl), *v = NULL;
+    int resp = lua_toboolean(L, 4);
+    mg_req_t *r = mg_req_of(L, resp ? ":set_response_header()" : ":set_header()");
+    struct evbuffer **b;
+    char line[1024];
+
+    if (!lua_isnil(L, 3))
+        v = luaL_checklstring(L, 3, &vl); /* numbers too */
+    if (nl == 0 || strpbrk(n, "\r\n: \t") || nl != strlen(n) ||
+        (v && (memchr(v, '\r', vl) || memchr(v, '\n', vl) || memchr(v, '\0', vl))))
+        return luaL_error(L, "bad header %s", n);
+    if (r == NULL)
+        return luaL_error(L, "req: %s after the request went on", n);
+    if (mg_http_hop_by_hop(n, nl))
+        return 0; /* framing stays moongate's */
+    b = resp ? &r->rxhdrs : &r->xhdrs;
+    if (*b == NULL && (*b = evbuffer_new()) == NULL)
+        return luaL_error(L, "out of memory");
+    mg_lines_remove(*b, n, nl);
+    if (v == NULL && resp)
+        return 0;
+    if (nl + vl + 4 <= sizeof(line)) { /* one add: evbuffer_add is not cheap */
+        memcpy(line, n, nl);
+        line[nl] = ':';
+        if (v) {
+            line[nl + 1] = ' ';
+            memcpy(line + nl + 2, v, vl);
         }
-        if (o + nl + vl + 4 > sizeof(buf)) {
-            evbuffer_add(*out, buf, o);
-            o = 0;
-        }
-        if (nl + vl + 4 > sizeof(buf)) {
-            evbuffer_add(*out, n, nl);
-            evbuffer_add(*out, drop ? ":" : ": ", drop ? 1 : 2);
-            evbuffer_add(*out, v, vl);
-            evbuffer_add(*out, "\r\n", 2);
-        } else {
-            memcpy(buf + o, n, nl);
-            o += nl;
-            buf[o++] = ':';
-            if (!drop)
-                buf[o++] = ' ';
-            memcpy(buf + o, v, vl);
-            o += vl;
-            buf[o++] = '\r';
-            buf[o++] = '\n';
-        }
-        lua_pop(L, 1);
+        memcpy(line + nl + (v ? 2 + vl : 1), "\r\n", 2);
+        evbuffer_add(*b, line, nl + (v ? 4 + vl : 3));
+    } else {
+        evbuffer_add(*b, n, nl);
+        evbuffer_add(*b, v ? ": " : ":", v ? 2 : 1); /* "Name:" alone: a removal */
+        evbuffer_add(*b, v ? v : "", vl);
+        evbuffer_add(*b, "\r\n", 2);
     }
-    if (o)
-        evbuffer_add(*out, buf, o);
+    return 0;
 }
 
-/* access_done(up, resp): the hooks allowed the request. up: headers set
- * with req:set_header() for the upstream (false removes the client's);
- * resp: headers set with req:set_response_header() for the client. */
+/* core.resp_headers_into(t): moves req:set_response_header()'s headers
+ * into t (lower-case names t does not have), for header_filter hooks on a
+ * handler's response; returns t. */
+static int mg_core_resp_headers_into(lua_State *L) {
+    mg_req_t *r = mg_co_req(L, "response");
+    const char *p, *end;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    if (r->rxhdrs == NULL || evbuffer_get_length(r->rxhdrs) == 0)
+        return 1;
+    p = (const char *)evbuffer_pullup(r->rxhdrs, -1);
+    end = p + evbuffer_get_length(r->rxhdrs);
+    while (p < end) {
+        const char *colon = memchr(p, ':', end - p), *eol = memchr(p, '\n', end - p);
+        if (colon == NULL || eol == NULL || colon > eol)
+            break;
+        mg_push_lower(L, p, colon - p);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, 1);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushlstring(L, colon + 2, eol - 1 - (colon + 2));
+            lua_rawset(L, 1);
+        } else {
+            lua_pop(L, 2);
+        }
+        p = eol + 1;
+    }
+    evbuffer_drain(r->rxhdrs, evbuffer_get_length(r->rxhdrs));
+    return 1;
+}
+
+/* access_done(): the hooks allowed the request. */
 static int mg_core_access_done(lua_State *L) {
     mg_req_t *r = mg_co_req(L, "access_done");
-    mg_lua_set_lines(L, 1, &r->xhdrs, 1);
-    mg_lua_set_lines(L, 2, &r->rxhdrs, 0);
     r->access_state = MG_ACCESS_OK;
     return 0;
 }
@@ -742,6 +767,9 @@ static int mg_core_res_send(lua_State *L) {
         return 0;
     h = evbuffer_new();
     mg_lua_header_lines(L, 3, h, &has_ctype);
+    mg_lines_merge(h, r->rxhdrs); /* req:set_response_header() in an access hook */
+    if (mg_lines_have(h, "content-type", 12))
+        has_ctype |= 1;
     if (!(has_ctype & 1) && lua_isstring(L, 4) && blen)
         evbuffer_add_printf(h, "Content-Type: %s\r\n", lua_tostring(L, 4));
     if (!(has_ctype & 2))
@@ -771,6 +799,7 @@ static int mg_core_res_write(lua_State *L) {
         struct evbuffer *h = evbuffer_new();
         int has_ctype = 0;
         mg_lua_header_lines(L, 2, h, &has_ctype);
+        mg_lines_merge(h, r->rxhdrs);
         if (!(has_ctype & 2))
             evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);
         mg_resp_head(r, luaL_optint(L, 1, 200), (const char *)evbuffer_pullup(h, -1),
@@ -1020,6 +1049,8 @@ static const luaL_Reg mg_core_funcs[] = {
     {"access_done", mg_core_access_done},
     {"req_fill", mg_core_req_fill},
     {"req_header", mg_core_req_header},
+    {"req_set", mg_core_req_set},
+    {"resp_headers_into", mg_core_resp_headers_into},
     {"res_send", mg_core_res_send},
     {"res_write", mg_core_res_write},
     {NULL, NULL},

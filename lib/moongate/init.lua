@@ -82,23 +82,13 @@ function req_mt.read() return core.req_read() end
 --- Sets a header for the upstream (proxy, and WebSocket relay/tunnel
 --- handshakes), replacing the client's; a nil value removes the client's.
 function req_mt.set_header(req, name, value)
-    local up = rawget(req, "_upstream_headers")
-    if not up then
-        up = {}
-        rawset(req, "_upstream_headers", up)
-    end
-    up[name] = value ~= nil and tostring(value) or false
+    return core.req_set(req, name, value, false)
 end
 --- Sets a header on the response the client gets (from an access hook:
 --- proxied and handler responses, and a later hook's refusal), replacing
 --- the upstream's of that name; header_filter hooks still see it.
 function req_mt.set_response_header(req, name, value)
-    local rh = rawget(req, "_response_headers")
-    if not rh then
-        rh = {}
-        rawset(req, "_response_headers", rh)
-    end
-    rh[name] = value ~= nil and tostring(value) or nil
+    return core.req_set(req, name, value, true)
 end
 
 -- header_filter hooks: res = { status, headers } edited in place.
@@ -152,8 +142,9 @@ function res_mt:header(name, value)
 end
 function res_mt:write(chunk)
     if not self.started and self._filter then
-        self._status, self._headers = filter_head(self._filter, self._status or 200,
-                                                  lower_keys(self._headers), self._ctx)
+        -- req:set_response_header()'s headers, for the filters to see
+        local h = core.resp_headers_into(lower_keys(self._headers))
+        self._status, self._headers = filter_head(self._filter, self._status or 200, h, self._ctx)
     end
     self.started = true
     return core.res_write(self._status or 200, self._headers, tostring(chunk))
@@ -182,7 +173,7 @@ local function respond(status, body, headers, res)
         end
     end
     if res and res._filter then
-        headers = lower_keys(headers)
+        headers = core.resp_headers_into(lower_keys(headers))
         if ctype and headers["content-type"] == nil then headers["content-type"] = ctype end
         status, headers = filter_head(res._filter, status, headers, res._ctx)
     end
@@ -191,24 +182,11 @@ end
 
 -- Access hooks in order; the first to return a status answers (through
 -- the route's header_filter hooks, so a refusal gets CORS headers too).
--- Headers set with req:set_response_header() under the response's own.
-local function with_response_headers(req, headers)
-    local rh = rawget(req, "_response_headers")
-    if not rh then return headers end
-    headers = headers or {}
-    local have = {}
-    for k in pairs(headers) do have[lower(k)] = true end
-    for k, v in pairs(rh) do
-        if not have[lower(k)] then headers[k] = v end
-    end
-    return headers
-end
-
 local function check_access(access, req, header_filter)
     for i = 1, #access do
         local status, body, headers = access[i](req)
         if status ~= nil then
-            respond(status, body, with_response_headers(req, headers),
+            respond(status, body, headers,
                     header_filter and { _filter = header_filter, _ctx = req.ctx } or nil)
             return false
         end
@@ -221,7 +199,7 @@ debug.getregistry()["moongate.run_access"] = function(access, req, header_filter
     setmetatable(req, req_mt)
     req.ctx = req.ctx or {}
     if check_access(access, req, header_filter) then
-        core.access_done(rawget(req, "_upstream_headers"), rawget(req, "_response_headers"))
+        core.access_done()
     end
 end
 
@@ -267,10 +245,6 @@ local function run(handler, req, access, header_filter)
     req.ctx = {}
     if access and not check_access(access, req, header_filter) then return end
     local res = setmetatable({ _filter = header_filter, _ctx = req.ctx }, res_mt)
-    local rh = rawget(req, "_response_headers")
-    if rh then
-        for k, v in pairs(rh) do res:header(k, v) end
-    end
     local status, body, headers = handler(req, res)
     if res.started then return end
     respond(status, body, headers, res)

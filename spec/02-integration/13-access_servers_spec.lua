@@ -50,6 +50,17 @@ return {
   { path = "/rh", access = { function(req) req:set_response_header("X-Edge", "h") end,
                              function(req) if req.query.deny then return 403, { error = "no" } end end },
     handler = function() return 200, "ok", { ["X-Own"] = "1" } end },
+  { path = "/rhf", access = function(req)
+      req:set_response_header("X-Edge", "f")
+      req:set_header("X-Up", "1")
+      req:set_header("x-up", "2") -- any case: replaces
+    end,
+    header_filter = function(res) res.headers["x-seen"] = res.headers["x-edge"] end,
+    handler = function() return 200, "ok" end },
+  { prefix = "/echo-up", upstream = "up", access = function(req)
+      req:set_header("X-Up", "1")
+      req:set_header("x-up", "2")
+  end },
   { path = "/items/{item}", access = function(req)
       -- req.headers is left unread: the timer below finds it gone
       req.ctx.seen = { item = req.params.item, id = req.id, v = req.http_version,
@@ -161,6 +172,16 @@ describe("access hooks and servers", function()
         st, h = helpers.http(mg.port, "GET", "/rh?deny=1")
         assert.equal(403, st)
         assert.equal("h", h["x-edge"])
+    end)
+
+    it("shows response headers from access to header_filter; set_header replaces in any case", function()
+        local st, h = helpers.http(mg.port, "GET", "/rhf")
+        assert.equal(200, st)
+        assert.equal("f", h["x-edge"])
+        assert.equal("f", h["x-seen"])
+        local st2, _, body = helpers.http(mg.port, "GET", "/echo-up")
+        assert.equal(200, st2)
+        assert.equal("2", json.decode(body).headers["x-up"])
     end)
 
     it("fills req.headers, params, id and http_version on first read, while the request lives", function()
