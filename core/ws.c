@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define MG_WS_CLOSE_WAIT_MS 5000
@@ -62,8 +63,9 @@ struct mg_ws_s {
     int rd_short;  /* the last read returned less than asked */
     int pend_code; /* close due once the queue is empty */
     char pend_reason[64];
-    struct evbuffer *wbuf; /* a frame head waiting for its payload, or an unsent tail */
-    int wbuf_head;
+    struct evbuffer *wbuf; /* an unsent tail */
+    uint8_t hold[16];      /* a frame head waiting for its payload */
+    int hold_len;
     int notified;
     char close_reason[124]; /* the peer's, UTF-8 checked */
     mg_ws_t *prev, *next;
@@ -372,32 +374,45 @@ static int mg_ws_wflush(mg_ws_t *ws) {
 }
 
 /* wslay hands a frame's head and payload over in separate calls (the head
- * with WSLAY_MSG_MORE): hold the head and send both with one syscall. At
- * most one frame's tail is held back, so wslay's queue still measures the
- * backlog. */
+ * with WSLAY_MSG_MORE): hold the head (at most 14 bytes) and send both with
+ * one writev. At most one frame's tail is held back (in wbuf), so wslay's
+ * queue still measures the backlog. */
 static ssize_t mg_ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
                              int flags, void *user) {
     mg_ws_t *ws = user;
     int rc;
     ssize_t n;
 
-    if (evbuffer_get_length(ws->wbuf) && !ws->wbuf_head) {
+    if (ws->hold_len == 0 && evbuffer_get_length(ws->wbuf)) {
         rc = mg_ws_wflush(ws);
         if (rc != MG_OK)
             goto fail;
     }
-    if (flags & WSLAY_MSG_MORE) {
-        evbuffer_add(ws->wbuf, data, len);
-        ws->wbuf_head = 1;
+    if ((flags & WSLAY_MSG_MORE) && ws->hold_len == 0 && len <= sizeof(ws->hold)) {
+        memcpy(ws->hold, data, len);
+        ws->hold_len = (int)len;
         return len;
     }
-    if (ws->wbuf_head) {
-        ws->wbuf_head = 0;
-        evbuffer_add(ws->wbuf, data, len);
-        rc = mg_ws_wflush(ws);
-        if (rc == MG_ERR)
+    if (ws->hold_len) {
+        struct iovec iov[2] = {{ws->hold, (size_t)ws->hold_len}, {(void *)data, len}};
+        size_t h = (size_t)ws->hold_len;
+        ws->hold_len = 0;
+        n = writev(ws->fd, iov, 2);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            rc = MG_ERR;
             goto fail;
-        return len; /* the rest, if any, waits in wbuf */
+        }
+        if (n < 0)
+            n = 0;
+        if ((size_t)n < h) { /* the rest, if any, waits in wbuf */
+            evbuffer_add(ws->wbuf, ws->hold + n, h - n);
+            n = 0;
+        } else {
+            n -= h;
+        }
+        if ((size_t)n < len)
+            evbuffer_add(ws->wbuf, data + n, len - n);
+        return len;
     }
     n = send(ws->fd, data, len, MSG_NOSIGNAL);
     if (n >= 0)
@@ -798,7 +813,7 @@ static void mg_ws_flush(mg_ws_t *ws) {
     int pending;
     if (ws->dead)
         return;
-    if (!ws->wbuf_head && mg_ws_wflush(ws) == MG_ERR) {
+    if (ws->hold_len == 0 && mg_ws_wflush(ws) == MG_ERR) {
         mg_ws_finish(ws);
         return;
     }
