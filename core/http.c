@@ -496,7 +496,7 @@ static void mg_http_ws_route(mg_req_t *r) {
 
 /* ---- request id ---- */
 
-static uint64_t mg_rng_next(void) {
+uint64_t mg_rng_next(void) {
     uint64_t s1 = mg_worker.rng[0];
     const uint64_t s0 = mg_worker.rng[1];
     mg_worker.rng[0] = s0;
@@ -1270,7 +1270,7 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
 static int mg_conn_read_once(mg_conn_t *c, int fd) {
     ssize_t n;
 
-    n = read(fd, mg_worker.scratch, sizeof(mg_worker.scratch));
+    n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return 0;

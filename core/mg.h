@@ -254,6 +254,7 @@ void mg_http_access_finish(mg_req_t *r);
 /* Is `name` overridden by req:set_header()? */
 int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len);
 int mg_lines_have(struct evbuffer *lines, const char *name, size_t len);
+uint64_t mg_rng_next(void); /* the worker's xorshift128+ (request ids, WebSocket masks) */
 void mg_lines_remove(struct evbuffer *lines, const char *name, size_t len);
 void mg_lines_merge(struct evbuffer *dst, struct evbuffer *src);
 void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h);

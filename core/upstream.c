@@ -544,7 +544,7 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
         mg_uconn_pool_drop(uc);
         return 0;
     }
-    n = read(fd, mg_worker.scratch, sizeof(mg_worker.scratch));
+    n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return 0;

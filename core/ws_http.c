@@ -278,7 +278,7 @@ static int mg_tunnel_pass(mg_tunnel_t *t, int from, const char *data, size_t len
 static int mg_tunnel_read_once(mg_tunnel_t *t, int fd) {
     int from = fd == t->fd[0] ? 0 : 1;
     ssize_t n;
-    n = read(fd, mg_worker.scratch, sizeof(mg_worker.scratch));
+    n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return 0;
     if (n <= 0) {

@@ -201,6 +201,19 @@ describe("websocket modes", function()
                 assert.equal(("0123456789abcdef"):rep(19200), r.messages[1] and r.messages[1].data)
             end)
 
+            it("relays messages at the frame length encoding boundaries", function()
+                -- 7-bit, 16-bit and 64-bit lengths, masked (to the upstream) and not
+                local sizes = { 125, 126, 2048, 2049, 65535, 65536 }
+                local send = {}
+                for i, n in ipairs(sizes) do send[i] = { text = "x", times = n } end
+                local r = client(kind, { url = url("/relay/echo"), skip_pings = true, timeout = 10,
+                    send = send })
+                assert.is_nil(r.error)
+                for i, n in ipairs(sizes) do
+                    assert.equal(n, r.messages[i] and #r.messages[i].data, "message " .. i)
+                end
+            end)
+
             it("relay: on_message rewrites in both directions", function()
                 local r = client(kind, { url = url("/relay/hooks"), skip_pings = true,
                     send = { { text = "rewrite-c:one" }, { text = "rewrite-u:two" }, { text = "plain" } } })
