@@ -104,6 +104,7 @@ fuzz: $(TEST_STAMP) $(BIN)
 
 bench: $(BIN)
 	@sh bench/run.sh
+	@sh bench/plugins.sh
 
 clean:
 	rm -rf build build-asan moongate moongate-asan

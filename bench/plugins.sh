@@ -8,6 +8,10 @@ set -eu
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-../shared/bench}
 DURATION=${DURATION:-5}; REPS=${REPS:-3}; CONNS=${CONNS:-64}
+[ -x "$BENCH/start_peers.sh" ] || { echo "bench: $BENCH/start_peers.sh not found" >&2; exit 1; }
+for p in nginx libnginx-mod-http-lua wrk openssl; do
+  dpkg -s "$p" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
+done
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 hdr=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)
 pay=$(printf '{"sub":"bench","exp":4102444800}' | b64url)
