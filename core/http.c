@@ -70,11 +70,7 @@ void mg_req_copy_header(mg_req_t *r, mg_hdr_t *hd, struct evbuffer *h) {
 
 /* Appends the headers set by req:set_header() (not the removals). */
 void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h) {
-    const char *p, *end;
-    if (r->xhdrs == NULL)
-        return;
-    p = (const char *)evbuffer_pullup(r->xhdrs, -1);
-    end = p + evbuffer_get_length(r->xhdrs);
+    const char *p = r->xhdrs.p, *end = p + r->xhdrs.len;
     while (p < end) {
         const char *eol = memchr(p, '\n', end - p);
         if (eol == NULL)
@@ -236,10 +232,11 @@ static mg_req_t *mg_req_new(mg_conn_t *c) {
         mg_hdr_t *hd = r->hdrs;
         size_t hc = r->hcap;
         int dc = r->hdrs_cap;
-        struct evbuffer *xh = r->xhdrs, *rxh = r->rxhdrs; /* kept empty for reuse */
+        mg_lines_t xh = r->xhdrs, rxh = r->rxhdrs; /* their memory is reused */
         memset(r, 0, sizeof(*r));
         r->hbuf = hb, r->hdrs = hd, r->hcap = hc, r->hdrs_cap = dc;
         r->xhdrs = xh, r->rxhdrs = rxh;
+        r->xhdrs.len = r->rxhdrs.len = 0;
     }
     r->conn = c;
     r->gen = g;
@@ -258,18 +255,12 @@ static void mg_req_free(mg_req_t *r) {
         mg_req_unlink(r);
     mg_gen_release(r->gen);
     if (mg_req_free_count < 256) {
-        if (r->xhdrs) /* empty buffers go with r to its next use */
-            evbuffer_drain(r->xhdrs, evbuffer_get_length(r->xhdrs));
-        if (r->rxhdrs)
-            evbuffer_drain(r->rxhdrs, evbuffer_get_length(r->rxhdrs));
         r->next_free = mg_req_free_list;
         mg_req_free_list = r;
         mg_req_free_count++;
     } else {
-        if (r->xhdrs)
-            evbuffer_free(r->xhdrs);
-        if (r->rxhdrs)
-            evbuffer_free(r->rxhdrs);
+        free(r->xhdrs.p);
+        free(r->rxhdrs.p);
         free(r->hbuf);
         free(r->hdrs);
         free(r);
@@ -765,59 +756,65 @@ static void mg_http_dispatch(mg_req_t *r) {
 }
 
 int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len) {
-    return mg_lines_have(r->xhdrs, name, len);
+    return mg_lines_have(r->xhdrs.p, r->xhdrs.len, name, len);
 }
 
-/* Removes the lines of header `name` (any case) from "Name: value\r\n"
- * lines. */
-void mg_lines_remove(struct evbuffer *lines, const char *name, size_t len) {
-    struct evbuffer *keep;
-    const char *p, *end;
-    if (!mg_lines_have(lines, name, len))
-        return;
-    keep = evbuffer_new();
-    if (keep == NULL)
-        return;
-    p = (const char *)evbuffer_pullup(lines, -1);
-    end = p + evbuffer_get_length(lines);
+int mg_lines_add(mg_lines_t *l, const char *s, size_t n) {
+    if (l->len + n > l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 256;
+        char *p;
+        while (cap < l->len + n)
+            cap *= 2;
+        if ((p = realloc(l->p, cap)) == NULL)
+            return MG_ERR;
+        l->p = p, l->cap = cap;
+    }
+    memcpy(l->p + l->len, s, n);
+    l->len += n;
+    return MG_OK;
+}
+
+/* Removes the lines of header `name` (any case). */
+void mg_lines_remove(mg_lines_t *l, const char *name, size_t len) {
+    char *p = l->p, *end = l->p + l->len;
     while (p < end) {
-        const char *eol = memchr(p, '\n', end - p), *colon = memchr(p, ':', end - p);
+        char *eol = memchr(p, '\n', end - p), *colon = memchr(p, ':', end - p);
         if (eol == NULL)
             break;
-        if (colon == NULL || colon > eol || (size_t)(colon - p) != len ||
-            strncasecmp(p, name, len) != 0)
-            evbuffer_add(keep, p, eol + 1 - p);
+        if (colon && colon < eol && (size_t)(colon - p) == len && strncasecmp(p, name, len) == 0) {
+            size_t n = eol + 1 - p;
+            memmove(p, eol + 1, end - eol - 1);
+            l->len -= n;
+            end -= n;
+            continue;
+        }
         p = eol + 1;
     }
-    evbuffer_drain(lines, evbuffer_get_length(lines));
-    evbuffer_add_buffer(lines, keep);
-    evbuffer_free(keep);
 }
 
 /* Appends the lines of `src` whose names `dst` lacks. */
-void mg_lines_merge(struct evbuffer *dst, struct evbuffer *src) {
-    const char *p, *end;
-    if (src == NULL || evbuffer_get_length(src) == 0)
-        return;
-    p = (const char *)evbuffer_pullup(src, -1);
-    end = p + evbuffer_get_length(src);
+void mg_lines_merge(struct evbuffer *dst, const mg_lines_t *src) {
+    const char *p = src->p, *end = src->p + src->len;
     while (p < end) {
         const char *eol = memchr(p, '\n', end - p), *colon = memchr(p, ':', end - p);
         if (eol == NULL || colon == NULL || colon > eol)
             break;
-        if (!mg_lines_have(dst, p, colon - p))
+        if (!mg_evlines_have(dst, p, colon - p))
             evbuffer_add(dst, p, eol + 1 - p);
         p = eol + 1;
     }
 }
 
-/* Whether "Name: value\r\n" lines hold a header `name` (any case). */
-int mg_lines_have(struct evbuffer *lines, const char *name, size_t len) {
-    const char *p, *end;
-    if (lines == NULL || evbuffer_get_length(lines) == 0)
+int mg_evlines_have(struct evbuffer *lines, const char *name, size_t len) {
+    size_t n = evbuffer_get_length(lines);
+    if (n == 0)
         return 0;
-    p = (const char *)evbuffer_pullup(lines, -1);
-    end = p + evbuffer_get_length(lines);
+    return mg_lines_have((const char *)evbuffer_pullup(lines, -1), n, name, len);
+}
+
+/* Whether "Name: value\r\n" lines hold a header `name` (any case). */
+int mg_lines_have(const char *p, size_t n, const char *name, size_t len) {
+    const char *end = p + n;
     while (p < end) {
         const char *colon = memchr(p, ':', end - p), *eol;
         if (colon == NULL)

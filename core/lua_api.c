@@ -225,6 +225,8 @@ void mg_push_req(lua_State *L, mg_req_t *r) {
     lua_pushlightuserdata(L, &mg_req_key);
     lua_pushlightuserdata(L, r);
     lua_rawset(L, -3);
+    mg_push_entry(L, r->gen, MG_ENTRY_REQ_MT);
+    lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
     lua_xmove(L, r->gen->L, 1);
     r->access_req_ref = luaL_ref(r->gen->L, LUA_REGISTRYINDEX);
@@ -524,21 +526,27 @@ void mg_lua_access_start(mg_req_t *r) {
     mg_co_resume(co, 3);
 }
 
-/* core.req_set(req, name, value, response): req:set_header() (the
- * upstream's copy of the request; nil hides the client's header) and
- * req:set_response_header() (the client's response; nil undoes an earlier
- * set). A later set of the same name replaces; hop-by-hop names are
- * moongate's own and ignored. */
-static int mg_core_req_set(lua_State *L) {
+/* req:set_header(name, value) (the upstream's copy of the request; nil
+ * hides the client's header) and req:set_response_header(name, value)
+ * (the client's response; nil undoes an earlier set). A later set of the
+ * same name replaces; hop-by-hop names are moongate's own and ignored. */
+static int mg_req_set(lua_State *L, int resp) {
     size_t nl, vl = 0;
     const char *n = luaL_checklstring(L, 2, &nl), *v = NULL;
-    int resp = lua_toboolean(L, 4);
     mg_req_t *r = mg_req_of(L, resp ? ":set_response_header()" : ":set_header()");
-    struct evbuffer **b;
-    char line[1024];
+    mg_lines_t *l;
+    char num[32];
 
-    if (!lua_isnil(L, 3))
-        v = luaL_checklstring(L, 3, &vl); /* numbers too */
+    if (lua_type(L, 3) == LUA_TNUMBER) { /* no Lua string made for a count */
+        lua_Number d = lua_tonumber(L, 3);
+        if (d == (lua_Number)(long long)d && d > -1e15 && d < 1e15)
+            vl = (size_t)snprintf(num, sizeof(num), "%lld", (long long)d);
+        else
+            vl = (size_t)snprintf(num, sizeof(num), "%.14g", d);
+        v = num;
+    } else if (!lua_isnil(L, 3)) {
+        v = luaL_checklstring(L, 3, &vl);
+    }
     if (nl == 0 || strpbrk(n, "\r\n: \t") || nl != strlen(n) ||
         (v && (memchr(v, '\r', vl) || memchr(v, '\n', vl) || memchr(v, '\0', vl))))
         return luaL_error(L, "bad header %s", n);
@@ -546,29 +554,20 @@ static int mg_core_req_set(lua_State *L) {
         return luaL_error(L, "req: %s after the request went on", n);
     if (mg_http_hop_by_hop(n, nl))
         return 0; /* framing stays moongate's */
-    b = resp ? &r->rxhdrs : &r->xhdrs;
-    if (*b == NULL && (*b = evbuffer_new()) == NULL)
-        return luaL_error(L, "out of memory");
-    mg_lines_remove(*b, n, nl);
+    l = resp ? &r->rxhdrs : &r->xhdrs;
+    if (l->len)
+        mg_lines_remove(l, n, nl);
     if (v == NULL && resp)
         return 0;
-    if (nl + vl + 4 <= sizeof(line)) { /* one add: evbuffer_add is not cheap */
-        memcpy(line, n, nl);
-        line[nl] = ':';
-        if (v) {
-            line[nl + 1] = ' ';
-            memcpy(line + nl + 2, v, vl);
-        }
-        memcpy(line + nl + (v ? 2 + vl : 1), "\r\n", 2);
-        evbuffer_add(*b, line, nl + (v ? 4 + vl : 3));
-    } else {
-        evbuffer_add(*b, n, nl);
-        evbuffer_add(*b, v ? ": " : ":", v ? 2 : 1); /* "Name:" alone: a removal */
-        evbuffer_add(*b, v ? v : "", vl);
-        evbuffer_add(*b, "\r\n", 2);
-    }
+    /* "Name:" alone (upstream side): a removal of the client's header */
+    if (mg_lines_add(l, n, nl) != MG_OK || mg_lines_add(l, v ? ": " : ":", v ? 2 : 1) != MG_OK ||
+        mg_lines_add(l, v ? v : "", vl) != MG_OK || mg_lines_add(l, "\r\n", 2) != MG_OK)
+        return luaL_error(L, "out of memory");
     return 0;
 }
+
+static int mg_core_req_set_header(lua_State *L) { return mg_req_set(L, 0); }
+static int mg_core_req_set_response_header(lua_State *L) { return mg_req_set(L, 1); }
 
 /* core.resp_headers_into(t): moves req:set_response_header()'s headers
  * into t (lower-case names t does not have), for header_filter hooks on a
@@ -578,10 +577,8 @@ static int mg_core_resp_headers_into(lua_State *L) {
     const char *p, *end;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    if (r->rxhdrs == NULL || evbuffer_get_length(r->rxhdrs) == 0)
-        return 1;
-    p = (const char *)evbuffer_pullup(r->rxhdrs, -1);
-    end = p + evbuffer_get_length(r->rxhdrs);
+    p = r->rxhdrs.p;
+    end = p + r->rxhdrs.len;
     while (p < end) {
         const char *colon = memchr(p, ':', end - p), *eol = memchr(p, '\n', end - p);
         if (colon == NULL || eol == NULL || colon > eol)
@@ -598,7 +595,7 @@ static int mg_core_resp_headers_into(lua_State *L) {
         }
         p = eol + 1;
     }
-    evbuffer_drain(r->rxhdrs, evbuffer_get_length(r->rxhdrs));
+    r->rxhdrs.len = 0;
     return 1;
 }
 
@@ -767,8 +764,8 @@ static int mg_core_res_send(lua_State *L) {
         return 0;
     h = evbuffer_new();
     mg_lua_header_lines(L, 3, h, &has_ctype);
-    mg_lines_merge(h, r->rxhdrs); /* req:set_response_header() in an access hook */
-    if (mg_lines_have(h, "content-type", 12))
+    mg_lines_merge(h, &r->rxhdrs); /* req:set_response_header() in an access hook */
+    if (mg_evlines_have(h, "content-type", 12))
         has_ctype |= 1;
     if (!(has_ctype & 1) && lua_isstring(L, 4) && blen)
         evbuffer_add_printf(h, "Content-Type: %s\r\n", lua_tostring(L, 4));
@@ -799,7 +796,7 @@ static int mg_core_res_write(lua_State *L) {
         struct evbuffer *h = evbuffer_new();
         int has_ctype = 0;
         mg_lua_header_lines(L, 2, h, &has_ctype);
-        mg_lines_merge(h, r->rxhdrs);
+        mg_lines_merge(h, &r->rxhdrs);
         if (!(has_ctype & 2))
             evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);
         mg_resp_head(r, luaL_optint(L, 1, 200), (const char *)evbuffer_pullup(h, -1),
@@ -1049,7 +1046,8 @@ static const luaL_Reg mg_core_funcs[] = {
     {"access_done", mg_core_access_done},
     {"req_fill", mg_core_req_fill},
     {"req_header", mg_core_req_header},
-    {"req_set", mg_core_req_set},
+    {"req_set_header", mg_core_req_set_header},
+    {"req_set_response_header", mg_core_req_set_response_header},
     {"resp_headers_into", mg_core_resp_headers_into},
     {"res_send", mg_core_res_send},
     {"res_write", mg_core_res_write},

@@ -293,14 +293,7 @@ void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre,
     lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->handler_ref);
     lua_insert(co->L, -2);
     /* what the access hook saw, all fields filled: the handler outlives r */
-    mg_push_req_filled(co->L, r);
-    lua_getfield(L, LUA_REGISTRYINDEX, "moongate.req_mt");
-    if (lua_istable(L, -1)) {
-        lua_xmove(L, co->L, 1);
-        lua_setmetatable(co->L, -2);
-    } else {
-        lua_pop(L, 1);
-    }
+    mg_push_req_filled(co->L, r); /* with its metatable */
     mg_co_resume(co, 2);
 }
 

@@ -164,6 +164,13 @@ int mg_gen_server_of(mg_gen_t *gen, int lidx);
 
 /* ---- conn / request (http.c) ---- */
 typedef struct mg_conn_s mg_conn_t;
+/* Header lines "Name: value\r\n" in one flat buffer (per request, kept
+ * with the recycled request). */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} mg_lines_t;
+
 typedef struct mg_req_s mg_req_t;
 typedef struct mg_ux_s mg_ux_t;
 typedef struct mg_co_s mg_co_t;
@@ -191,13 +198,13 @@ struct mg_req_s {
     int status;       /* response status sent */
     int resp_started; /* response head queued */
     int resp_done;
-    int resp_chunked;        /* we chunk-encode the response body */
-    int resp_close;          /* close after response (no framing / errors) */
-    int ws_upgrade;          /* a valid WebSocket handshake: hand off after parsing */
-    int access_state;        /* MG_ACCESS_*: the route's access hook */
-    int access_req_ref;      /* the req table scripts see (anchored until the request ends) */
-    struct evbuffer *xhdrs;  /* "Name: value\r\n" lines set by req:set_header() */
-    struct evbuffer *rxhdrs; /* response header lines set by req:set_response_header() */
+    int resp_chunked;   /* we chunk-encode the response body */
+    int resp_close;     /* close after response (no framing / errors) */
+    int ws_upgrade;     /* a valid WebSocket handshake: hand off after parsing */
+    int access_state;   /* MG_ACCESS_*: the route's access hook */
+    int access_req_ref; /* the req table scripts see (anchored until the request ends) */
+    mg_lines_t xhdrs;   /* "Name: value\r\n" lines set by req:set_header() */
+    mg_lines_t rxhdrs;  /* response header lines set by req:set_response_header() */
     uint64_t bytes_out;
     double t_start;
     /* target side */
@@ -253,10 +260,12 @@ void mg_req_target_done(mg_req_t *r); /* target finished with the response */
 void mg_http_access_finish(mg_req_t *r);
 /* Is `name` overridden by req:set_header()? */
 int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len);
-int mg_lines_have(struct evbuffer *lines, const char *name, size_t len);
+int mg_lines_have(const char *p, size_t n, const char *name, size_t len);
+int mg_evlines_have(struct evbuffer *lines, const char *name, size_t len);
+int mg_lines_add(mg_lines_t *l, const char *s, size_t n);
 uint64_t mg_rng_next(void); /* the worker's xorshift128+ (request ids, WebSocket masks) */
-void mg_lines_remove(struct evbuffer *lines, const char *name, size_t len);
-void mg_lines_merge(struct evbuffer *dst, struct evbuffer *src);
+void mg_lines_remove(mg_lines_t *l, const char *name, size_t len);
+void mg_lines_merge(struct evbuffer *dst, const mg_lines_t *src);
 void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h);
 /* Appends the client's header line hd as "Name: value\r\n". */
 void mg_req_copy_header(mg_req_t *r, mg_hdr_t *hd, struct evbuffer *h);

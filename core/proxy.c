@@ -241,7 +241,8 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
     for (i = 0; i < nhdrs; i++) {
         mg_kv_t *h = &hdrs[i];
         if (mg_http_hop_by_hop(h->name, h->nlen) || mg_conn_tokens_has(&tok, h->name, h->nlen) ||
-            mg_name_eq(h->name, h->nlen, "date", 4) || mg_lines_have(r->rxhdrs, h->name, h->nlen))
+            mg_name_eq(h->name, h->nlen, "date", 4) ||
+            mg_lines_have(r->rxhdrs.p, r->rxhdrs.len, h->name, h->nlen))
             continue;
         if (o + h->nlen + h->vlen + 4 > sizeof(mg_proxy_hbuf))
             break;
@@ -254,9 +255,9 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
         mg_proxy_hbuf[o++] = '\r';
         mg_proxy_hbuf[o++] = '\n';
     }
-    if (r->rxhdrs) { /* req:set_response_header() in an access hook */
-        ev_ssize_t n = evbuffer_copyout(r->rxhdrs, mg_proxy_hbuf + o, sizeof(mg_proxy_hbuf) - o);
-        o += n > 0 ? (size_t)n : 0;
+    if (r->rxhdrs.len && o + r->rxhdrs.len <= sizeof(mg_proxy_hbuf)) {
+        memcpy(mg_proxy_hbuf + o, r->rxhdrs.p, r->rxhdrs.len); /* req:set_response_header() */
+        o += r->rxhdrs.len;
     }
     if (r->route->hf_ref != LUA_NOREF) {
         /* header_filter plugins see and edit the head as a Lua table */

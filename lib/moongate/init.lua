@@ -3,6 +3,7 @@
 -- registers the coroutine entry point the core starts every Lua handler with.
 local core = require "moongate.core"
 local cjson = require "cjson.safe"
+local new_tab = require "table.new" -- LuaJIT: a table with its hash part sized
 local cjson_strict = require "cjson" -- raises: an unencodable response is a 500
 
 local type = type
@@ -81,15 +82,11 @@ function req_mt.body() return core.req_body() end
 function req_mt.read() return core.req_read() end
 --- Sets a header for the upstream (proxy, and WebSocket relay/tunnel
 --- handshakes), replacing the client's; a nil value removes the client's.
-function req_mt.set_header(req, name, value)
-    return core.req_set(req, name, value, false)
-end
+req_mt.set_header = core.req_set_header
 --- Sets a header on the response the client gets (from an access hook:
 --- proxied and handler responses, and a later hook's refusal), replacing
 --- the upstream's of that name; header_filter hooks still see it.
-function req_mt.set_response_header(req, name, value)
-    return core.req_set(req, name, value, true)
-end
+req_mt.set_response_header = core.req_set_response_header
 
 -- header_filter hooks: res = { status, headers } edited in place.
 local HOP = {
@@ -196,8 +193,8 @@ end
 
 -- Upstream and WebSocket routes: the hooks run in a coroutine of their own.
 debug.getregistry()["moongate.run_access"] = function(access, req, header_filter)
-    setmetatable(req, req_mt)
-    req.ctx = req.ctx or {}
+    -- req comes with its metatable (req_mt); ctx sized for a few plugins' keys
+    if rawget(req, "ctx") == nil then req.ctx = new_tab(0, 4) end
     if check_access(access, req, header_filter) then
         core.access_done()
     end
@@ -241,8 +238,7 @@ debug.getregistry()["moongate.run_hooks"] = function(list, info, ctx)
 end
 
 local function run(handler, req, access, header_filter)
-    setmetatable(req, req_mt)
-    req.ctx = {}
+    req.ctx = new_tab(0, 4)
     if access and not check_access(access, req, header_filter) then return end
     local res = setmetatable({ _filter = header_filter, _ctx = req.ctx }, res_mt)
     local status, body, headers = handler(req, res)
