@@ -51,6 +51,9 @@ struct mg_ws_s {
     uint32_t utf8;    /* UTF-8 DFA state across fragments */
     uint64_t msg_len; /* decoded bytes so far */
     struct evbuffer *msg;
+    uint64_t frame_len;   /* payload length of the frame being received */
+    const uint8_t *whole; /* a one-frame message's payload, still in wslay's buffer */
+    size_t whole_len;
     /* permessage-deflate */
     int pmd, pmd_client_nct;
     z_stream *zin, *zout;
@@ -92,8 +95,17 @@ static void mg_ws_msg_done(mg_ws_t *ws);
 #define MG_UTF8_ST(need, lo, hi) ((uint32_t)(need) | ((uint32_t)(lo) << 8) | ((uint32_t)(hi) << 16))
 
 static uint32_t mg_utf8_run(uint32_t st, const uint8_t *s, size_t len) {
-    for (size_t i = 0; i < len; i++) {
-        uint8_t b = s[i];
+    size_t i = 0;
+    while (i < len) {
+        uint8_t b;
+        if (st == 0) { /* ASCII runs, 8 bytes at a time */
+            uint64_t w;
+            while (i + 8 <= len && (memcpy(&w, s + i, 8), (w & 0x8080808080808080ULL) == 0))
+                i += 8;
+            if (i == len)
+                break;
+        }
+        b = s[i++];
         if (st == 0) {
             if (b < 0x80)
                 continue;
@@ -441,6 +453,8 @@ static void mg_ws_on_frame_start(wslay_event_context_ptr ctx,
     ws->frame_op = a->opcode;
     ws->frame_rsv = a->rsv;
     ws->frame_fin = a->fin;
+    ws->frame_len = a->payload_length;
+    ws->whole = NULL;
     if (ws->fail_code)
         return;
     if (a->opcode == WSLAY_TEXT_FRAME || a->opcode == WSLAY_BINARY_FRAME) {
@@ -499,23 +513,29 @@ static void mg_ws_z_free_in(mg_ws_t *ws) {
     }
 }
 
-/* Message bytes, already decompressed: size check, UTF-8 as they come. */
-static void mg_ws_msg_bytes(mg_ws_t *ws, const uint8_t *p, size_t n) {
+/* Message bytes, already decompressed: size check, UTF-8 as they come;
+ * 0 when they may be kept. */
+static int mg_ws_msg_check(mg_ws_t *ws, const uint8_t *p, size_t n) {
     if (ws->fail_code)
-        return;
+        return -1;
     ws->msg_len += n;
     if (ws->msg_len > ws->conf->max_message) {
         mg_ws_fail(ws, 1009, "message too big");
-        return;
+        return -1;
     }
     if (ws->msg_op == WSLAY_TEXT_FRAME) {
         ws->utf8 = mg_utf8_run(ws->utf8, p, n);
         if (ws->utf8 == MG_UTF8_REJECT) {
             mg_ws_fail(ws, 1007, "invalid UTF-8 in a text message");
-            return;
+            return -1;
         }
     }
-    evbuffer_add(ws->msg, p, n);
+    return 0;
+}
+
+static void mg_ws_msg_bytes(mg_ws_t *ws, const uint8_t *p, size_t n) {
+    if (mg_ws_msg_check(ws, p, n) == 0)
+        evbuffer_add(ws->msg, p, n);
 }
 
 static void mg_ws_inflate(mg_ws_t *ws, const uint8_t *p, size_t n) {
@@ -547,10 +567,19 @@ static void mg_ws_on_frame_chunk(wslay_event_context_ptr ctx,
     (void)ctx;
     if (ws->fail_code || ws->frame_op >= 8)
         return;
-    if (ws->msg_z)
+    if (ws->msg_z) {
         mg_ws_inflate(ws, a->data, a->data_length);
-    else
+    } else if (ws->frame_fin && ws->frame_op != WSLAY_CONTINUATION_FRAME &&
+               a->data_length == ws->frame_len && ws->msg_len == 0) {
+        /* the whole message in one piece (the usual small one): handed on
+         * from wslay's buffer at the frame's end, which follows at once */
+        if (mg_ws_msg_check(ws, a->data, a->data_length) == 0) {
+            ws->whole = a->data;
+            ws->whole_len = a->data_length;
+        }
+    } else {
         mg_ws_msg_bytes(ws, a->data, a->data_length);
+    }
 }
 
 static void mg_ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *a,
@@ -761,10 +790,18 @@ static void mg_ws_msg_done(mg_ws_t *ws) {
         mg_ws_fail(ws, 1007, "truncated UTF-8 in a text message");
         return;
     }
-    n = evbuffer_get_length(ws->msg);
-    if (ws->ops && ws->ops->on_message)
-        ws->ops->on_message(ws->ud, ws, ws->msg_op, (const char *)evbuffer_pullup(ws->msg, -1), n);
-    evbuffer_drain(ws->msg, evbuffer_get_length(ws->msg));
+    if (ws->whole) {
+        const uint8_t *p = ws->whole;
+        ws->whole = NULL;
+        if (ws->ops && ws->ops->on_message)
+            ws->ops->on_message(ws->ud, ws, ws->msg_op, (const char *)p, ws->whole_len);
+    } else {
+        n = evbuffer_get_length(ws->msg);
+        if (ws->ops && ws->ops->on_message)
+            ws->ops->on_message(ws->ud, ws, ws->msg_op, (const char *)evbuffer_pullup(ws->msg, -1),
+                                n);
+        evbuffer_drain(ws->msg, evbuffer_get_length(ws->msg));
+    }
     ws->msg_op = 0;
     ws->msg_z = 0;
 }
@@ -961,7 +998,14 @@ static int mg_ws_send_direct(mg_ws_t *ws, int opcode, const char *data, size_t l
         uint32_t key = (uint32_t)mg_rng_next();
         hdr[1] |= 0x80;
         memcpy(hdr + hl, &key, 4);
-        for (size_t i = 0; i < len; i++)
+        uint64_t k64 = (uint64_t)key | ((uint64_t)key << 32), w;
+        size_t i = 0;
+        for (; i + 8 <= len; i += 8) { /* byte j of k64 is hdr[hl + (j & 3)] */
+            memcpy(&w, data + i, 8);
+            w ^= k64;
+            memcpy(masked + i, &w, 8);
+        }
+        for (; i < len; i++)
             masked[i] = (uint8_t)data[i] ^ hdr[hl + (i & 3)];
         hl += 4;
         data = (const char *)masked;

@@ -396,6 +396,17 @@ describe("websocket conformance", function()
             end, { no_echo = true })
         end)
 
+        it("checks UTF-8 after and between long ASCII runs (8-byte steps)", function()
+            local c = connect()
+            echo_ok(c, ("a"):rep(21) .. "κόσμε" .. ("b"):rep(17) .. "😀" .. ("c"):rep(8), "text")
+            c:close()
+            for _, at in ipairs({ 8, 15, 16, 17 }) do
+                expect_failure(1007, function(c2)
+                    c2:text(("x"):rep(at) .. "\x80" .. ("y"):rep(9))
+                end, { no_echo = true })
+            end
+        end)
+
         it("fails a text message ending in a truncated sequence with 1007", function()
             expect_failure(1007, function(c)
                 c:text("abc\xCE\xBA\xE1\xBD")
