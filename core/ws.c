@@ -52,6 +52,9 @@ struct mg_ws_s {
     uint64_t msg_len; /* decoded bytes so far */
     struct evbuffer *msg;
     uint64_t frame_len;   /* payload length of the frame being received */
+    int frame_hl;         /* its head's length */
+    uint64_t rx_given;    /* bytes handed to wslay */
+    uint64_t rx_used;     /* bytes of the frames it finished: equal = nothing half read */
     const uint8_t *whole; /* a one-frame message's payload, still in wslay's buffer */
     size_t whole_len;
     /* permessage-deflate */
@@ -354,6 +357,7 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
             ws->pre = NULL;
             ws->pre_len = ws->pre_off = 0;
         }
+        ws->rx_given += n;
         return n;
     }
     if (ws->rd_short || ws->rd_off) {
@@ -366,6 +370,7 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
     if (n > 0) {
         ws->last_rx = mg_now();
         ws->rd_short = (size_t)n < len;
+        ws->rx_given += n;
         return n;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
@@ -455,6 +460,12 @@ static void mg_ws_on_frame_start(wslay_event_context_ptr ctx,
     ws->frame_fin = a->fin;
     ws->frame_len = a->payload_length;
     ws->whole = NULL;
+    /* the shortest head for this length (wslay refuses longer ones) */
+    ws->frame_hl = 2 +
+                   (a->payload_length >= 65536 ? 8
+                    : a->payload_length >= 126 ? 2
+                                               : 0) +
+                   (ws->client ? 0 : 4);
     if (ws->fail_code)
         return;
     if (a->opcode == WSLAY_TEXT_FRAME || a->opcode == WSLAY_BINARY_FRAME) {
@@ -611,6 +622,7 @@ static void mg_ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_o
 static void mg_ws_on_frame_end(wslay_event_context_ptr ctx, void *user) {
     mg_ws_t *ws = user;
     (void)ctx;
+    ws->rx_used += ws->frame_hl + ws->frame_len;
     if (ws->fail_code || ws->frame_op >= 8 || !ws->frame_fin)
         return;
     mg_ws_msg_done(ws);
@@ -620,6 +632,48 @@ static const struct wslay_event_callbacks mg_ws_callbacks = {
     mg_ws_recv_cb,        mg_ws_send_cb,      mg_ws_genmask_cb, mg_ws_on_frame_start,
     mg_ws_on_frame_chunk, mg_ws_on_frame_end, mg_ws_on_msg,
 };
+
+/* ---- parking ----
+ * wslay's context holds two 4 KiB buffers. An idle socket does not need
+ * it: it is made on the first bytes or the first frame wslay must send,
+ * and freed again (parked) once the socket is idle with nothing half read
+ * or half sent; a parked socket keeps what the protocol needs in mg_ws_t. */
+
+static int mg_ws_wake(mg_ws_t *ws) {
+    if (ws->ctx)
+        return 0;
+    if ((ws->client ? wslay_event_context_client_init(&ws->ctx, &mg_ws_callbacks, ws)
+                    : wslay_event_context_server_init(&ws->ctx, &mg_ws_callbacks, ws)) != 0) {
+        ws->ctx = NULL;
+        return -1;
+    }
+    wslay_event_config_set_no_buffering(ws->ctx, 1);
+    wslay_event_config_set_max_recv_msg_length(ws->ctx, ws->conf->max_message + 16);
+    if (ws->pmd)
+        wslay_event_config_set_allowed_rsv_bits(ws->ctx, WSLAY_RSV1_BIT);
+    return 0;
+}
+
+static void mg_ws_park(mg_ws_t *ws) {
+    if (ws->ctx == NULL || ws->in_cb || ws->closing || ws->pend_code || ws->fail_code ||
+        ws->msg_op || ws->hold_len || ws->pre_len || ws->rx_given != ws->rx_used ||
+        evbuffer_get_length(ws->wbuf) || wslay_event_want_write(ws->ctx) ||
+        !wslay_event_get_read_enabled(ws->ctx) || !wslay_event_get_write_enabled(ws->ctx) ||
+        wslay_event_get_close_sent(ws->ctx) || wslay_event_get_close_received(ws->ctx))
+        return;
+    wslay_event_context_free(ws->ctx);
+    ws->ctx = NULL;
+    mg_debug("websocket: idle, wslay context parked");
+}
+
+static int mg_ws_want_write(mg_ws_t *ws) { return ws->ctx && wslay_event_want_write(ws->ctx); }
+static size_t mg_ws_qlen(mg_ws_t *ws) {
+    return ws->ctx ? wslay_event_get_queued_msg_length(ws->ctx) : 0;
+}
+static int mg_ws_close_sent(mg_ws_t *ws) { return ws->ctx && wslay_event_get_close_sent(ws->ctx); }
+static int mg_ws_close_rcvd(mg_ws_t *ws) {
+    return ws->ctx && wslay_event_get_close_received(ws->ctx);
+}
 
 /* ---- lifecycle ---- */
 
@@ -652,19 +706,17 @@ mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const m
         ws->pmd = hs->pmd;
         ws->pmd_client_nct = hs->pmd_client_nct;
     }
-    if ((client ? wslay_event_context_client_init(&ws->ctx, &mg_ws_callbacks, ws)
-                : wslay_event_context_server_init(&ws->ctx, &mg_ws_callbacks, ws)) != 0 ||
-        ws->msg == NULL) {
+    if (ws->msg == NULL || ws->wbuf == NULL) {
         if (ws->msg)
             evbuffer_free(ws->msg);
+        if (ws->wbuf)
+            evbuffer_free(ws->wbuf);
         mg_gen_release(gen);
         free(ws);
         return NULL;
     }
-    wslay_event_config_set_no_buffering(ws->ctx, 1);
-    wslay_event_config_set_max_recv_msg_length(ws->ctx, ws->conf->max_message + 16);
-    if (ws->pmd)
-        wslay_event_config_set_allowed_rsv_bits(ws->ctx, WSLAY_RSV1_BIT);
+    /* no wslay context yet: it is made when the first bytes come or the
+     * first frame wslay must send (mg_ws_wake) */
     if (pre_len) {
         ws->pre = malloc(pre_len);
         if (ws->pre) {
@@ -696,7 +748,8 @@ static void mg_ws_free(mg_ws_t *ws) {
     event_del(&ws->tev);
     if (ws->fd >= 0)
         close(ws->fd);
-    wslay_event_context_free(ws->ctx);
+    if (ws->ctx)
+        wslay_event_context_free(ws->ctx);
     evbuffer_free(ws->msg);
     evbuffer_free(ws->wbuf);
     mg_ws_z_free_in(ws);
@@ -744,8 +797,7 @@ static void mg_ws_finish(mg_ws_t *ws) {
     event_del(&ws->rev);
     event_del(&ws->wev);
     event_del(&ws->tev);
-    code = wslay_event_get_close_received(ws->ctx) ? wslay_event_get_status_code_received(ws->ctx)
-                                                   : 1006;
+    code = mg_ws_close_rcvd(ws) ? wslay_event_get_status_code_received(ws->ctx) : 1006;
     if (ws->ops && !ws->notified) {
         ws->notified = 1;
         ws->ops->on_close(ws->ud, ws, code, ws->close_reason);
@@ -770,6 +822,8 @@ static void mg_ws_fail(mg_ws_t *ws, int code, const char *reason) {
     ws->fail_code = code;
     mg_debug("websocket: closing with %d: %s", code, reason);
     /* stop reading; tell the peer why */
+    if (mg_ws_wake(ws) != 0)
+        return;
     wslay_event_shutdown_read(ws->ctx);
     wslay_event_queue_close(ws->ctx, code, (const uint8_t *)reason, strlen(reason));
     ws->closing = 1;
@@ -809,7 +863,7 @@ static void mg_ws_msg_done(mg_ws_t *ws) {
 static void mg_ws_after_io(mg_ws_t *ws, int rv) {
     if (ws->dead)
         return;
-    if (rv != 0 && !ws->client && !wslay_event_get_close_sent(ws->ctx)) {
+    if (rv != 0 && !ws->client && !mg_ws_close_sent(ws)) {
         /* wslay gave up on a frame it could not parse (an oversized or
          * fragmented control frame): still tell the peer why, 1002 */
         static const unsigned char close1002[] = {0x88, 0x02, 0x03, 0xea};
@@ -824,12 +878,12 @@ static void mg_ws_after_io(mg_ws_t *ws, int rv) {
     mg_ws_flush(ws); /* finishes the socket once both closes are done */
     if (ws->dead)
         return;
-    if (!wslay_event_want_read(ws->ctx) && !wslay_event_want_write(ws->ctx) &&
+    if (ws->ctx && !wslay_event_want_read(ws->ctx) && !wslay_event_want_write(ws->ctx) &&
         evbuffer_get_length(ws->wbuf) == 0) {
         mg_ws_finish(ws);
         return;
     }
-    if (wslay_event_get_close_received(ws->ctx) && !ws->closing) {
+    if (mg_ws_close_rcvd(ws) && !ws->closing) {
         ws->closing = 1;
         mg_ws_arm(ws);
     }
@@ -839,6 +893,10 @@ static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg) {
     mg_ws_t *ws = arg;
     int rv;
     (void)fd, (void)what;
+    if (mg_ws_wake(ws) != 0) {
+        mg_ws_finish(ws);
+        return;
+    }
     ws->in_cb = 1;
     ws->rd_short = 0;
     rv = wslay_event_recv(ws->ctx);
@@ -848,7 +906,7 @@ static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg) {
 
 static void mg_ws_flush(mg_ws_t *ws) {
     int rv;
-    size_t before = wslay_event_get_queued_msg_length(ws->ctx);
+    size_t before = mg_ws_qlen(ws);
     int pending;
     if (ws->dead)
         return;
@@ -856,22 +914,21 @@ static void mg_ws_flush(mg_ws_t *ws) {
         mg_ws_finish(ws);
         return;
     }
-    if (wslay_event_want_write(ws->ctx) && evbuffer_get_length(ws->wbuf) == 0) {
+    if (mg_ws_want_write(ws) && evbuffer_get_length(ws->wbuf) == 0) {
         rv = wslay_event_send(ws->ctx);
         if (rv != 0) {
             mg_ws_finish(ws);
             return;
         }
     }
-    pending = wslay_event_want_write(ws->ctx) || evbuffer_get_length(ws->wbuf);
+    pending = mg_ws_want_write(ws) || evbuffer_get_length(ws->wbuf);
     if (!pending && ws->pend_code) {
         int code = ws->pend_code;
         ws->pend_code = 0;
         mg_ws_close(ws, code, ws->pend_reason); /* flushes again */
         return;
     }
-    if (wslay_event_get_close_sent(ws->ctx) && wslay_event_get_close_received(ws->ctx) &&
-        !pending) {
+    if (mg_ws_close_sent(ws) && mg_ws_close_rcvd(ws) && !pending) {
         mg_ws_finish(ws);
         return;
     }
@@ -882,8 +939,7 @@ static void mg_ws_flush(mg_ws_t *ws) {
         event_del(&ws->wev);
         ws->wr_on = 0;
     }
-    if (before >= MG_LOW_WATER && wslay_event_get_queued_msg_length(ws->ctx) < MG_LOW_WATER &&
-        ws->ops && ws->ops->on_drain)
+    if (before >= MG_LOW_WATER && mg_ws_qlen(ws) < MG_LOW_WATER && ws->ops && ws->ops->on_drain)
         ws->ops->on_drain(ws->ud, ws);
 }
 
@@ -915,7 +971,7 @@ static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg) {
         if (ws->client) {
             /* the upstream side: ping frames only, so a live upstream's
              * pongs keep it from looking silent */
-            if (wc->hb_timeout) {
+            if (wc->hb_timeout && mg_ws_wake(ws) == 0) {
                 struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"", 0};
                 wslay_event_queue_msg(ws->ctx, &m);
                 mg_ws_flush(ws);
@@ -925,12 +981,14 @@ static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg) {
             int n = snprintf(msg, sizeof(msg), "{\"type\":\"ping\",\"ts\":%lld}", (long long)now);
             mg_ws_send(ws, WSLAY_TEXT_FRAME, msg, n);
         }
-        if (wc->hb_frames) {
+        if (wc->hb_frames && !ws->dead && mg_ws_wake(ws) == 0) {
             struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"", 0};
             wslay_event_queue_msg(ws->ctx, &m);
             mg_ws_flush(ws);
         }
     }
+    if (!ws->dead && now - ws->last_rx >= 1.0)
+        mg_ws_park(ws);
     if (!ws->dead)
         mg_ws_arm(ws);
 }
@@ -978,7 +1036,7 @@ static int mg_ws_send_direct(mg_ws_t *ws, int opcode, const char *data, size_t l
     ssize_t n;
 
     if (ws->in_cb || ws->hold_len || ws->pend_code || evbuffer_get_length(ws->wbuf) ||
-        wslay_event_want_write(ws->ctx) || (ws->client && len > sizeof(masked)))
+        mg_ws_want_write(ws) || (ws->client && len > sizeof(masked)))
         return MG_AGAIN;
     hdr[0] = 0x80 | (uint8_t)opcode;
     if (len < 126) {
@@ -1038,15 +1096,15 @@ static int mg_ws_send_direct(mg_ws_t *ws, int opcode, const char *data, size_t l
 int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len) {
     struct wslay_event_msg m;
     int rv;
-    if (ws->dead || ws->closing || !wslay_event_get_write_enabled(ws->ctx))
+    if (ws->dead || ws->closing || (ws->ctx && !wslay_event_get_write_enabled(ws->ctx)))
         return MG_ERR;
-    if (wslay_event_get_queued_msg_length(ws->ctx) + len > ws->conf->send_buffer) {
+    if (mg_ws_qlen(ws) + len > ws->conf->send_buffer) {
         mg_warn("websocket: send buffer over %zu bytes (slow reader), closing with 1008",
                 ws->conf->send_buffer);
         mg_ws_close(ws, 1008, "send buffer overflow");
         return MG_ERR;
     }
-    if (ws->pmd && len >= MG_WS_DEFLATE_MIN && opcode < 8) {
+    if (ws->pmd && len >= MG_WS_DEFLATE_MIN && opcode < 8 && mg_ws_wake(ws) == 0) {
         struct evbuffer *z = evbuffer_new();
         if (z && mg_ws_deflate(ws, data, len, z) == 0) {
             size_t zl = evbuffer_get_length(z);
@@ -1067,6 +1125,8 @@ int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len) {
     rv = mg_ws_send_direct(ws, opcode, data, len);
     if (rv != MG_AGAIN)
         return rv;
+    if (mg_ws_wake(ws) != 0)
+        return MG_ERR;
     m.opcode = opcode;
     m.msg = (const uint8_t *)data;
     m.msg_length = len;
@@ -1082,7 +1142,7 @@ int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len) {
 void mg_ws_close_after_data(mg_ws_t *ws, int code, const char *reason) {
     if (ws->dead || ws->closing)
         return;
-    if (!wslay_event_want_write(ws->ctx) && evbuffer_get_length(ws->wbuf) == 0) {
+    if (!mg_ws_want_write(ws) && evbuffer_get_length(ws->wbuf) == 0) {
         mg_ws_close(ws, code, reason);
         return;
     }
@@ -1094,6 +1154,10 @@ void mg_ws_close_after_data(mg_ws_t *ws, int code, const char *reason) {
 void mg_ws_close(mg_ws_t *ws, int code, const char *reason) {
     if (ws->dead || ws->closing)
         return;
+    if (mg_ws_wake(ws) != 0) {
+        mg_ws_finish(ws);
+        return;
+    }
     ws->closing = 1;
     wslay_event_queue_close(ws->ctx, code, (const uint8_t *)reason, reason ? strlen(reason) : 0);
     event_del(&ws->tev);
@@ -1114,9 +1178,7 @@ void mg_ws_pause(mg_ws_t *ws, int on) {
     }
 }
 
-size_t mg_ws_queued(mg_ws_t *ws) {
-    return wslay_event_get_queued_msg_length(ws->ctx) + evbuffer_get_length(ws->wbuf);
-}
+size_t mg_ws_queued(mg_ws_t *ws) { return mg_ws_qlen(ws) + evbuffer_get_length(ws->wbuf); }
 
 /* After a reload: sockets of routes that ask for it are told to reconnect. */
 void mg_ws_drain_route_sockets(mg_gen_t *newgen) {

@@ -328,3 +328,69 @@ describe("websocket heartbeats", function()
         end)
     end)
 end)
+
+describe("websocket parking", function()
+    -- An idle socket gives its wslay context (two 4 KiB buffers) back and
+    -- gets a new one for its next frames: heartbeats go on meanwhile.
+    local mg
+
+    lazy_setup(function()
+        mg = helpers.start_moongate({ name = "ws-park", conf = ws.conf({ workers = 1, log_level = "debug" }),
+            routes = [=[
+return {
+  { path = "/park", websocket = { mode = "handler", deflate = false, heartbeat = { interval = 0.3 } },
+    handler = function(ws)
+      while true do
+        local data = ws:recv()
+        if not data then return end
+        if data:sub(1, 5) == "echo:" then ws:send(data) end
+      end
+    end },
+}
+]=] })
+    end)
+
+    lazy_teardown(function()
+        if mg then
+            mg:stop()
+        end
+        helpers.cleanup()
+    end)
+
+    it("parks an idle socket, keeps beating, and wakes it for the next frames", function()
+        local c = ws.connect(mg.port, "/park")
+        c:text("echo:0") -- wslay at work (a socket that never read a frame never had it)
+        local f0 = c:read_frame(2)
+        while f0 and f0.payload ~= "echo:0" do f0 = c:read_frame(2) end
+        assert.truthy(f0, "no echo")
+        local beats = 0
+        local t0 = socket.gettime()
+        while socket.gettime() - t0 < 1.8 do -- idle (only heartbeats come in)
+            local f = c:read_frame(1.8 - (socket.gettime() - t0))
+            if f and f.opcode == 1 then beats = beats + 1 end
+        end
+        assert.truthy(beats >= 4, beats .. " heartbeats")
+        assert.truthy(mg:log():find("wslay context parked", 1, true), "no socket was parked")
+        local function next_non_heartbeat()
+            while true do
+                local f = assert(c:read_frame(2))
+                if not (f.opcode == 1 and f.payload:find('"type":"ping"', 1, true)) then return f end
+            end
+        end
+        c:text("echo:1")
+        local f = next_non_heartbeat()
+        assert.equal("echo:1", f.payload)
+        c:ping("p1")
+        f = next_non_heartbeat()
+        assert.equal(10, f.opcode)
+        assert.equal("p1", f.payload)
+        c:text("echo:", false)
+        c:cont("2", true)
+        f = next_non_heartbeat()
+        assert.equal("echo:2", f.payload)
+        c:send_close(1000, "bye")
+        local ok, info = c:expect_close(2)
+        assert.truthy(ok, tostring(info and info.err))
+        c:close()
+    end)
+end)
