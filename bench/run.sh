@@ -18,5 +18,15 @@ pidfile=$(mktemp -u /tmp/moongate-bench-XXXXXX.pid)
 setsid -f ./moongate -c bench/moongate.conf.lua -p "$pidfile" 2>/tmp/moongate-bench.log
 i=0
 while [ ! -s "$pidfile" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-trap 'kill "$(cat "$pidfile")" 2>/dev/null || true' EXIT INT TERM
-EXTRA="moongate=19090:$pidfile" "$BENCH/run_all.sh" 19001 19080 19081 19082 19002
+trap 'kill "$(cat "$pidfile")" 2>/dev/null || true; "$BENCH/stop_peers.sh" >/dev/null' EXIT INT TERM
+KEEP=1 EXTRA="moongate=19090:$pidfile" "$BENCH/run_all.sh" 19001 19080 19081 19082 19002
+# What the harness does not run: moongate's relay mode (its own WebSocket to
+# ws_echo, frames parsed both ways) against nginx's WebSocket proxying, and
+# idle handler-mode sockets with heartbeats on.
+mg=$(cat "$pidfile")
+ngx=$(cat "${BENCH_STATE:-/tmp/moongate-bench}/run/nginx_proxy.pid")
+for r in $(seq 1 "${REPS:-3}"); do
+  echo "ws nginx run$r: $(CPU_PIDS=$ngx "$BENCH/ws_throughput.sh" 19080 /ws 64 1500)"
+  echo "ws moongate-relay run$r: $(CPU_PIDS=$mg "$BENCH/ws_throughput.sh" 19090 /relay 64 1500)"
+done
+echo "idle moongate-handler: $("$BENCH/ws_idle.sh" 19090 /handler "${IDLE_N:-10000}" "$mg")"

@@ -889,10 +889,126 @@ static void mg_ws_after_io(mg_ws_t *ws, int rv) {
     }
 }
 
+/* XORs p[0..n) with the 4-byte mask `key` (its bytes in memory order),
+ * 8 bytes at a time. */
+static void mg_ws_unmask(uint8_t *p, size_t n, uint32_t key) {
+    uint64_t k64 = (uint64_t)key | ((uint64_t)key << 32), w;
+    const uint8_t *kb = (const uint8_t *)&key;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, p + i, 8);
+        w ^= k64;
+        memcpy(p + i, &w, 8);
+    }
+    for (; i < n; i++)
+        p[i] ^= kb[i & 3];
+}
+
+/* Keeps buf[0..n) for wslay, which reads it first (as bytes that came
+ * with the handshake). -1 when out of memory. */
+static int mg_ws_stash(mg_ws_t *ws, const uint8_t *buf, size_t n) {
+    char *p = malloc(n);
+    if (p == NULL)
+        return -1;
+    memcpy(p, buf, n);
+    ws->pre = p;
+    ws->pre_len = n;
+    ws->pre_off = 0;
+    return 0;
+}
+
+/* The usual frames without wslay: when nothing is half read, whole
+ * unfragmented text and binary frames (RSV 0, masked as our role wants,
+ * the shortest length form, within max_message, valid UTF-8) go straight
+ * to the owner from one recv. Anything else (control frames, fragments,
+ * compressed or bad frames, a frame cut by the read) and what follows it
+ * is left to wslay, which reads it first. 0: all handled; 1: wslay goes
+ * on; -1: the socket ended. */
+static int mg_ws_read_fast(mg_ws_t *ws) {
+    static uint8_t buf[16384];
+    ssize_t n = recv(ws->fd, buf, sizeof(buf), 0);
+    size_t off = 0;
+
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (n <= 0)
+        return 1; /* wslay's own read sees the end or the error */
+    ws->last_rx = mg_now();
+    while (off < (size_t)n) {
+        uint8_t *f = buf + off, *key, *pl;
+        size_t have = (size_t)n - off, hl = 2;
+        uint64_t plen;
+        int op = f[0] & 0x0f;
+        if (have < 2 || (f[0] != 0x81 && f[0] != 0x82) || ((f[1] & 0x80) != 0) != !ws->client)
+            break;
+        plen = f[1] & 0x7f;
+        if (plen == 126) {
+            if (have < 4 || (plen = ((uint64_t)f[2] << 8) | f[3]) < 126)
+                break;
+            hl = 4;
+        } else if (plen == 127) {
+            if (have < 10)
+                break;
+            plen = 0;
+            for (int i = 0; i < 8; i++)
+                plen = (plen << 8) | f[2 + i];
+            if (plen < 65536 || plen >> 63)
+                break;
+            hl = 10;
+        }
+        key = f + hl;
+        if (!ws->client)
+            hl += 4;
+        if (plen > ws->conf->max_message || have < hl + plen)
+            break;
+        pl = f + hl;
+        if (!ws->client) { /* unmask in place (again, to give it back) */
+            uint32_t k;
+            memcpy(&k, key, 4);
+            mg_ws_unmask(pl, plen, k);
+        }
+        if (op == WSLAY_TEXT_FRAME && mg_utf8_run(0, pl, plen) != 0) {
+            if (!ws->client) {
+                uint32_t k;
+                memcpy(&k, key, 4);
+                mg_ws_unmask(pl, plen, k);
+            }
+            break; /* wslay fails it with 1007 */
+        }
+        off += hl + plen;
+        ws->rx_given += hl + plen;
+        ws->rx_used += hl + plen;
+        if (ws->ops && ws->ops->on_message)
+            ws->ops->on_message(ws->ud, ws, op, (const char *)pl, plen);
+        if (ws->dead)
+            return -1;
+        if (ws->closing || ws->fail_code || ws->pend_code)
+            break;
+    }
+    if (off < (size_t)n) {
+        if (mg_ws_stash(ws, buf + off, (size_t)n - off) != 0) {
+            mg_ws_finish(ws);
+            return -1;
+        }
+        return 1;
+    }
+    return (size_t)n == sizeof(buf) ? 1 : 0; /* a full read: there may be more */
+}
+
 static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg) {
     mg_ws_t *ws = arg;
     int rv;
     (void)fd, (void)what;
+    if (ws->pre_len == 0 && ws->rx_given == ws->rx_used && !ws->msg_op && !ws->closing &&
+        !ws->fail_code && !ws->pend_code && !ws->dead) {
+        rv = mg_ws_read_fast(ws);
+        if (rv < 0)
+            return;
+        if (rv == 0) {
+            mg_ws_after_io(ws, 0);
+            return;
+        }
+    }
     if (mg_ws_wake(ws) != 0) {
         mg_ws_finish(ws);
         return;
