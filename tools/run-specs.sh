@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.." || exit 1
 mkdir -p spec/out
 log=spec/out/busted-$$.log
 busted --lua=luajit -m "'lib/?.lua;lib/?/init.lua'" -o utfTerminal "$@" 2>&1 | tee "$log"
-summary=$(grep -E '[0-9]+ successes? / [0-9]+ failures? / [0-9]+ errors?' "$log" | tail -n 1)
+summary=$(grep -E '[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors?' "$log" | tail -n 1)
 rm -f "$log"
 ok=$(echo "$summary" | sed -E 's/^.*[^0-9]?([0-9]+) success.*/\1/' | grep -Eo '[0-9]+' | head -1)
 ok=$(echo "$summary" | grep -Eo '[0-9]+ success' | grep -Eo '[0-9]+')
