@@ -1145,65 +1145,63 @@ static int mg_ws_deflate(mg_ws_t *ws, const char *data, size_t len, struct evbuf
  * sendmsg, without the copy into wslay's queue. A tail the socket would
  * not take waits in wbuf. MG_AGAIN when this does not apply. */
 static int mg_ws_send_direct(mg_ws_t *ws, int opcode, const char *data, size_t len) {
-    uint8_t hdr[14], masked[2048];
+    uint8_t fb[14 + 2048]; /* head + a small payload, sent in one piece */
     size_t hl = 2, total;
-    struct iovec iov[2];
-    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
     ssize_t n;
 
     if (ws->in_cb || ws->hold_len || ws->pend_code || evbuffer_get_length(ws->wbuf) ||
-        mg_ws_want_write(ws) || (ws->client && len > sizeof(masked)))
+        mg_ws_want_write(ws) || (ws->client && len > sizeof(fb) - 14))
         return MG_AGAIN;
-    hdr[0] = 0x80 | (uint8_t)opcode;
+    fb[0] = 0x80 | (uint8_t)opcode;
     if (len < 126) {
-        hdr[1] = (uint8_t)len;
+        fb[1] = (uint8_t)len;
     } else if (len < 65536) {
-        hdr[1] = 126;
-        hdr[2] = (uint8_t)(len >> 8);
-        hdr[3] = (uint8_t)len;
+        fb[1] = 126;
+        fb[2] = (uint8_t)(len >> 8);
+        fb[3] = (uint8_t)len;
         hl = 4;
     } else {
-        hdr[1] = 127;
+        fb[1] = 127;
         for (int i = 0; i < 8; i++)
-            hdr[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+            fb[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
         hl = 10;
     }
     if (ws->client) { /* RFC 6455 5.3: a client masks every frame */
         uint32_t key = (uint32_t)mg_rng_next();
-        hdr[1] |= 0x80;
-        memcpy(hdr + hl, &key, 4);
-        uint64_t k64 = (uint64_t)key | ((uint64_t)key << 32), w;
-        size_t i = 0;
-        for (; i + 8 <= len; i += 8) { /* byte j of k64 is hdr[hl + (j & 3)] */
-            memcpy(&w, data + i, 8);
-            w ^= k64;
-            memcpy(masked + i, &w, 8);
-        }
-        for (; i < len; i++)
-            masked[i] = (uint8_t)data[i] ^ hdr[hl + (i & 3)];
+        fb[1] |= 0x80;
+        memcpy(fb + hl, &key, 4);
         hl += 4;
-        data = (const char *)masked;
+        memcpy(fb + hl, data, len);
+        mg_ws_unmask(fb + hl, len, key); /* XOR: masking is the same */
+    } else if (len <= sizeof(fb) - 14) {
+        memcpy(fb + hl, data, len);
     }
-    iov[0].iov_base = hdr;
-    iov[0].iov_len = hl;
-    iov[1].iov_base = (void *)data;
-    iov[1].iov_len = len;
     total = hl + len;
-    n = sendmsg(ws->fd, &mh, MSG_NOSIGNAL);
+    if (ws->client || len <= sizeof(fb) - 14) {
+        n = send(ws->fd, fb, total, MSG_NOSIGNAL);
+    } else { /* a big payload: head and payload as two pieces */
+        struct iovec iov[2] = {{fb, hl}, {(void *)data, len}};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
+        n = sendmsg(ws->fd, &mh, MSG_NOSIGNAL);
+    }
     if (n < 0 && errno != EAGAIN && errno != EINTR) {
         mg_ws_finish(ws); /* as a failed flush does */
         return MG_ERR;
     }
     if (n < 0)
         n = 0;
-    if ((size_t)n < total) {
-        if ((size_t)n < hl) {
-            evbuffer_add(ws->wbuf, hdr + n, hl - n);
-            n = 0;
+    if ((size_t)n < total) { /* the tail waits in wbuf */
+        if (ws->client || len <= sizeof(fb) - 14) {
+            evbuffer_add(ws->wbuf, fb + n, total - n);
         } else {
-            n -= hl;
+            if ((size_t)n < hl) {
+                evbuffer_add(ws->wbuf, fb + n, hl - n);
+                n = 0;
+            } else {
+                n -= hl;
+            }
+            evbuffer_add(ws->wbuf, data + n, len - n);
         }
-        evbuffer_add(ws->wbuf, data + n, len - n);
         mg_ws_flush(ws); /* arms the write event */
     }
     return MG_OK;
