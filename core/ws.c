@@ -1171,9 +1171,11 @@ static int mg_ws_send_direct(mg_ws_t *ws, int opcode, const char *data, size_t l
         fb[1] |= 0x80;
         memcpy(fb + hl, &key, 4);
         hl += 4;
-        memcpy(fb + hl, data, len);
-        mg_ws_unmask(fb + hl, len, key); /* XOR: masking is the same */
-    } else if (len <= sizeof(fb) - 14) {
+        if (len) { /* an empty message may come as NULL */
+            memcpy(fb + hl, data, len);
+            mg_ws_unmask(fb + hl, len, key); /* XOR: masking is the same */
+        }
+    } else if (len && len <= sizeof(fb) - 14) {
         memcpy(fb + hl, data, len);
     }
     total = hl + len;
