@@ -292,16 +292,16 @@ static const char *const mg_req_lazy[] = {"headers",      "params",      "id",
 
 /* The request of the req table at index 1; NULL once its lazy fields are
  * all filled; raises once the request is over. */
-static mg_req_t *mg_req_of(lua_State *L, const char *what) {
+static mg_req_t *mg_req_of(lua_State *L, const char *what, const char *name) {
     mg_req_t *r;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_pushlightuserdata(L, &mg_req_key);
     lua_rawget(L, 1);
     if (lua_isboolean(L, -1))
         luaL_error(L,
-                   "req%s: the request is over (read it while the request runs; "
+                   "req%s%s: the request is over (read it while the request runs; "
                    "copy what a timer needs)",
-                   what);
+                   what, name);
     r = lua_touserdata(L, -1);
     lua_pop(L, 1);
     return r;
@@ -311,10 +311,7 @@ static mg_req_t *mg_req_of(lua_State *L, const char *what) {
  * request lives. */
 static int mg_core_req_fill(lua_State *L) {
     const char *k = luaL_checkstring(L, 2);
-    char what[32];
-    mg_req_t *r;
-    snprintf(what, sizeof(what), ".%s", k);
-    r = mg_req_of(L, what);
+    mg_req_t *r = mg_req_of(L, ".", k); /* the message is formatted only on error */
     if (r == NULL)
         return 0;
     mg_req_field(L, r, k);
@@ -329,7 +326,7 @@ static int mg_core_req_fill(lua_State *L) {
 static int mg_core_req_header(lua_State *L) {
     size_t nl;
     const char *name = luaL_checklstring(L, 2, &nl);
-    mg_req_t *r = mg_req_of(L, ":header()");
+    mg_req_t *r = mg_req_of(L, ":header()", "");
     int found = 0;
     luaL_Buffer b;
     if (r == NULL) { /* every field filled: read req.headers */
@@ -533,7 +530,7 @@ void mg_lua_access_start(mg_req_t *r) {
 static int mg_req_set(lua_State *L, int resp) {
     size_t nl, vl = 0;
     const char *n = luaL_checklstring(L, 2, &nl), *v = NULL;
-    mg_req_t *r = mg_req_of(L, resp ? ":set_response_header()" : ":set_header()");
+    mg_req_t *r = mg_req_of(L, resp ? ":set_response_header()" : ":set_header()", "");
     mg_lines_t *l;
     char num[32];
 
