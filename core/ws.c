@@ -936,6 +936,7 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
     ws->last_rx = mg_now();
     while (off < (size_t)n) {
         uint8_t *f = buf + off, *key, *pl;
+        uint32_t k = 0;
         size_t have = (size_t)n - off, hl = 2;
         uint64_t plen;
         int op = f[0] & 0x0f;
@@ -963,16 +964,12 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
             break;
         pl = f + hl;
         if (!ws->client) { /* unmask in place (again, to give it back) */
-            uint32_t k;
             memcpy(&k, key, 4);
             mg_ws_unmask(pl, plen, k);
         }
         if (op == WSLAY_TEXT_FRAME && mg_utf8_run(0, pl, plen) != 0) {
-            if (!ws->client) {
-                uint32_t k;
-                memcpy(&k, key, 4);
+            if (!ws->client)
                 mg_ws_unmask(pl, plen, k);
-            }
             break; /* wslay fails it with 1007 */
         }
         off += hl + plen;
