@@ -1002,7 +1002,10 @@ static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg) {
         if (rv < 0)
             return;
         if (rv == 0) {
-            mg_ws_after_io(ws, 0);
+            /* a whole-frame read hands wslay nothing: only an owner that
+             * began closing this socket leaves work for the flush */
+            if (ws->closing || ws->fail_code || ws->pend_code)
+                mg_ws_after_io(ws, 0);
             return;
         }
     }

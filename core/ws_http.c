@@ -432,17 +432,14 @@ static const mg_ws_ops_t mg_relay_ops = {
     .on_drain = mg_relay_on_drain,
 };
 
-static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len) {
-    mg_relay_t *rl = ud;
-    int from = ws == rl->side[0] ? 0 : 1, code = 1000, rc;
+/* The route's on_message hook sees the message; -1 when it closed the relay. */
+static int mg_relay_hook(mg_relay_t *rl, int from, int op, const char *data, size_t len) {
     lua_State *L = rl->gen->L;
-    int top = lua_gettop(L);
+    int top = lua_gettop(L), code = 1000, rc;
     const char *out = data;
     size_t outlen = len;
     char reason[64];
 
-    if (rl->closing || rl->side[!from] == NULL)
-        return;
     rc = mg_ws_msg_hook(L, rl->route->ws->on_message_ref, rl->ctx_ref, op,
                         from == 0 ? "client" : "upstream", data, len, &out, &outlen, &code, reason);
     if (rc == 1)
@@ -455,8 +452,21 @@ static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data,
         /* what the hook passed before still reaches its side first */
         mg_ws_close_after_data(rl->side[0], code, reason);
         mg_ws_close_after_data(rl->side[1], code, reason);
-        return;
+        return -1;
     }
+    return 0;
+}
+
+static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len) {
+    mg_relay_t *rl = ud;
+    int from = ws == rl->side[0] ? 0 : 1;
+
+    if (rl->closing || rl->side[!from] == NULL)
+        return;
+    if (rl->route->ws->on_message_ref == LUA_NOREF) /* no hook: straight on */
+        mg_ws_send(rl->side[!from], op, data, len);
+    else if (mg_relay_hook(rl, from, op, data, len) < 0)
+        return;
     /* a slow receiver pauses the sender rather than growing the queue */
     if (rl->side[!from] && mg_ws_queued(rl->side[!from]) > MG_HIGH_WATER)
         mg_ws_pause(rl->side[from], 1);
