@@ -71,6 +71,7 @@ struct mg_ws_s {
     int pend_code; /* close due once the queue is empty */
     char pend_reason[64];
     struct evbuffer *wbuf; /* an unsent tail */
+    int wtail;             /* wbuf may hold bytes (saves length calls) */
     uint8_t hold[16];      /* a frame head waiting for its payload */
     int hold_len;
     int notified;
@@ -101,8 +102,11 @@ static uint32_t mg_utf8_run(uint32_t st, const uint8_t *s, size_t len) {
     size_t i = 0;
     while (i < len) {
         uint8_t b;
-        if (st == 0) { /* ASCII runs, 8 bytes at a time */
-            uint64_t w;
+        if (st == 0) { /* ASCII runs, 16 then 8 bytes at a time */
+            uint64_t w, w2;
+            while (i + 16 <= len && (memcpy(&w, s + i, 8), memcpy(&w2, s + i + 8, 8),
+                                     ((w | w2) & 0x8080808080808080ULL) == 0))
+                i += 16;
             while (i + 8 <= len && (memcpy(&w, s + i, 8), (w & 0x8080808080808080ULL) == 0))
                 i += 8;
             if (i == len)
@@ -381,9 +385,25 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
     return -1;
 }
 
+/* Bytes waiting in wbuf; the flag spares the common empty case a call. */
+static size_t mg_ws_wlen(mg_ws_t *ws) {
+    size_t n;
+    if (!ws->wtail)
+        return 0;
+    n = evbuffer_get_length(ws->wbuf);
+    if (n == 0)
+        ws->wtail = 0;
+    return n;
+}
+
+static void mg_ws_tail(mg_ws_t *ws, const void *p, size_t n) {
+    evbuffer_add(ws->wbuf, p, n);
+    ws->wtail = 1;
+}
+
 /* Writes what is held in ws->wbuf; MG_OK when it is empty. */
 static int mg_ws_wflush(mg_ws_t *ws) {
-    while (evbuffer_get_length(ws->wbuf)) {
+    while (mg_ws_wlen(ws)) {
         int n = evbuffer_write(ws->wbuf, ws->fd);
         if (n < 0)
             return (errno == EAGAIN || errno == EINTR) ? MG_AGAIN : MG_ERR;
@@ -401,7 +421,7 @@ static ssize_t mg_ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, s
     int rc;
     ssize_t n;
 
-    if (ws->hold_len == 0 && evbuffer_get_length(ws->wbuf)) {
+    if (ws->hold_len == 0 && mg_ws_wlen(ws)) {
         rc = mg_ws_wflush(ws);
         if (rc != MG_OK)
             goto fail;
@@ -424,13 +444,13 @@ static ssize_t mg_ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, s
         if (n < 0)
             n = 0;
         if ((size_t)n < h) { /* the rest, if any, waits in wbuf */
-            evbuffer_add(ws->wbuf, ws->hold + n, h - n);
+            mg_ws_tail(ws, ws->hold + n, h - n);
             n = 0;
         } else {
             n -= h;
         }
         if ((size_t)n < len)
-            evbuffer_add(ws->wbuf, data + n, len - n);
+            mg_ws_tail(ws, data + n, len - n);
         return len;
     }
     n = send(ws->fd, data, len, MSG_NOSIGNAL);
@@ -657,7 +677,7 @@ static int mg_ws_wake(mg_ws_t *ws) {
 static void mg_ws_park(mg_ws_t *ws) {
     if (ws->ctx == NULL || ws->in_cb || ws->closing || ws->pend_code || ws->fail_code ||
         ws->msg_op || ws->hold_len || ws->pre_len || ws->rx_given != ws->rx_used ||
-        evbuffer_get_length(ws->wbuf) || wslay_event_want_write(ws->ctx) ||
+        mg_ws_wlen(ws) || wslay_event_want_write(ws->ctx) ||
         !wslay_event_get_read_enabled(ws->ctx) || !wslay_event_get_write_enabled(ws->ctx) ||
         wslay_event_get_close_sent(ws->ctx) || wslay_event_get_close_received(ws->ctx))
         return;
@@ -879,7 +899,7 @@ static void mg_ws_after_io(mg_ws_t *ws, int rv) {
     if (ws->dead)
         return;
     if (ws->ctx && !wslay_event_want_read(ws->ctx) && !wslay_event_want_write(ws->ctx) &&
-        evbuffer_get_length(ws->wbuf) == 0) {
+        mg_ws_wlen(ws) == 0) {
         mg_ws_finish(ws);
         return;
     }
@@ -890,18 +910,23 @@ static void mg_ws_after_io(mg_ws_t *ws, int rv) {
 }
 
 /* XORs p[0..n) with the 4-byte mask `key` (its bytes in memory order),
- * 8 bytes at a time. */
-static void mg_ws_unmask(uint8_t *p, size_t n, uint32_t key) {
-    uint64_t k64 = (uint64_t)key | ((uint64_t)key << 32), w;
+ * 8 bytes at a time. Returns the OR of the bytes written: no 0x80 bit in
+ * it means they are all ASCII. */
+static uint64_t mg_ws_unmask(uint8_t *p, size_t n, uint32_t key) {
+    uint64_t k64 = (uint64_t)key | ((uint64_t)key << 32), w, acc = 0;
     const uint8_t *kb = (const uint8_t *)&key;
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         memcpy(&w, p + i, 8);
         w ^= k64;
+        acc |= w;
         memcpy(p + i, &w, 8);
     }
-    for (; i < n; i++)
+    for (; i < n; i++) {
         p[i] ^= kb[i & 3];
+        acc |= p[i];
+    }
+    return acc;
 }
 
 /* Keeps buf[0..n) for wslay, which reads it first (as bytes that came
@@ -939,7 +964,7 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
         uint32_t k = 0;
         size_t have = (size_t)n - off, hl = 2;
         uint64_t plen;
-        int op = f[0] & 0x0f;
+        int op = f[0] & 0x0f, ascii = 0;
         if (have < 2 || (f[0] != 0x81 && f[0] != 0x82) || ((f[1] & 0x80) != 0) != !ws->client)
             break;
         plen = f[1] & 0x7f;
@@ -965,9 +990,9 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
         pl = f + hl;
         if (!ws->client) { /* unmask in place (again, to give it back) */
             memcpy(&k, key, 4);
-            mg_ws_unmask(pl, plen, k);
+            ascii = (mg_ws_unmask(pl, plen, k) & 0x8080808080808080ULL) == 0;
         }
-        if (op == WSLAY_TEXT_FRAME && mg_utf8_run(0, pl, plen) != 0) {
+        if (op == WSLAY_TEXT_FRAME && !ascii && mg_utf8_run(0, pl, plen) != 0) {
             if (!ws->client)
                 mg_ws_unmask(pl, plen, k);
             break; /* wslay fails it with 1007 */
@@ -1030,14 +1055,14 @@ static void mg_ws_flush(mg_ws_t *ws) {
         mg_ws_finish(ws);
         return;
     }
-    if (mg_ws_want_write(ws) && evbuffer_get_length(ws->wbuf) == 0) {
+    if (mg_ws_want_write(ws) && mg_ws_wlen(ws) == 0) {
         rv = wslay_event_send(ws->ctx);
         if (rv != 0) {
             mg_ws_finish(ws);
             return;
         }
     }
-    pending = mg_ws_want_write(ws) || evbuffer_get_length(ws->wbuf);
+    pending = mg_ws_want_write(ws) || mg_ws_wlen(ws);
     if (!pending && ws->pend_code) {
         int code = ws->pend_code;
         ws->pend_code = 0;
@@ -1149,8 +1174,8 @@ static int mg_ws_send_direct(mg_ws_t *ws, int opcode, const char *data, size_t l
     size_t hl = 2, total;
     ssize_t n;
 
-    if (ws->in_cb || ws->hold_len || ws->pend_code || evbuffer_get_length(ws->wbuf) ||
-        mg_ws_want_write(ws) || (ws->client && len > sizeof(fb) - 14))
+    if (ws->in_cb || ws->hold_len || ws->pend_code || mg_ws_wlen(ws) || mg_ws_want_write(ws) ||
+        (ws->client && len > sizeof(fb) - 14))
         return MG_AGAIN;
     fb[0] = 0x80 | (uint8_t)opcode;
     if (len < 126) {
@@ -1194,15 +1219,15 @@ static int mg_ws_send_direct(mg_ws_t *ws, int opcode, const char *data, size_t l
         n = 0;
     if ((size_t)n < total) { /* the tail waits in wbuf */
         if (ws->client || len <= sizeof(fb) - 14) {
-            evbuffer_add(ws->wbuf, fb + n, total - n);
+            mg_ws_tail(ws, fb + n, total - n);
         } else {
             if ((size_t)n < hl) {
-                evbuffer_add(ws->wbuf, fb + n, hl - n);
+                mg_ws_tail(ws, fb + n, hl - n);
                 n = 0;
             } else {
                 n -= hl;
             }
-            evbuffer_add(ws->wbuf, data + n, len - n);
+            mg_ws_tail(ws, data + n, len - n);
         }
         mg_ws_flush(ws); /* arms the write event */
     }
@@ -1258,7 +1283,7 @@ int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len) {
 void mg_ws_close_after_data(mg_ws_t *ws, int code, const char *reason) {
     if (ws->dead || ws->closing)
         return;
-    if (!mg_ws_want_write(ws) && evbuffer_get_length(ws->wbuf) == 0) {
+    if (!mg_ws_want_write(ws) && mg_ws_wlen(ws) == 0) {
         mg_ws_close(ws, code, reason);
         return;
     }
@@ -1294,7 +1319,7 @@ void mg_ws_pause(mg_ws_t *ws, int on) {
     }
 }
 
-size_t mg_ws_queued(mg_ws_t *ws) { return mg_ws_qlen(ws) + evbuffer_get_length(ws->wbuf); }
+size_t mg_ws_queued(mg_ws_t *ws) { return mg_ws_qlen(ws) + mg_ws_wlen(ws); }
 
 /* After a reload: sockets of routes that ask for it are told to reconnect. */
 void mg_ws_drain_route_sockets(mg_gen_t *newgen) {
