@@ -372,7 +372,7 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
     }
     n = recv(ws->fd, buf, len, 0);
     if (n > 0) {
-        ws->last_rx = mg_now();
+        ws->last_rx = mg_loop_now();
         ws->rd_short = (size_t)n < len;
         ws->rx_given += n;
         return n;
@@ -958,7 +958,7 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
         return 0;
     if (n <= 0)
         return 1; /* wslay's own read sees the end or the error */
-    ws->last_rx = mg_now();
+    ws->last_rx = mg_loop_now();
     while (off < (size_t)n) {
         uint8_t *f = buf + off, *key, *pl;
         uint32_t k = 0;
