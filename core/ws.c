@@ -30,20 +30,34 @@
 #define MG_WS_DEFLATE_MIN 128 /* smaller messages go out uncompressed */
 
 struct mg_ws_s {
+    /* what every frame reads, together in the first cache lines (the
+     * kernel's share of a small message evicts most of ours) */
     int fd;
-    int client; /* we are the client side (relay to upstream) */
-    wslay_event_context_ptr ctx;
-    struct event rev, wev, tev;
+    int client;    /* we are the client side (relay to upstream) */
+    int closing;   /* close queued by us */
+    int fail_code; /* protocol failure to report */
+    int pend_code; /* close due once the queue is empty */
+    int dead;      /* freed at the next loop turn */
+    int in_cb;     /* inside wslay_event_recv/send */
+    int hold_len;
+    int wtail;               /* wbuf may hold bytes (saves length calls) */
+    int msg_op;              /* message being received: 1 text, 2 binary, 0 none */
+    int pmd, pmd_client_nct; /* permessage-deflate */
     int wr_on, rd_off;
-    mg_gen_t *gen;
-    mg_ws_conf_t *conf;
-    mg_route_t *route;
+    wslay_event_context_ptr ctx;
     const mg_ws_ops_t *ops;
     void *ud;
-    char *pre; /* bytes read with the HTTP head, consumed first */
+    mg_ws_conf_t *conf;
     size_t pre_len, pre_off;
+    uint64_t rx_given; /* bytes handed to wslay */
+    uint64_t rx_used;  /* bytes of the frames it finished: equal = nothing half read */
+    double last_rx;
+    struct evbuffer *wbuf; /* an unsent tail */
+    struct event rev, wev, tev;
+    mg_gen_t *gen;
+    mg_route_t *route;
+    char *pre; /* bytes read with the HTTP head, consumed first */
     /* message being received */
-    int msg_op;   /* 1 text, 2 binary, 0 none */
     int msg_z;    /* compressed message */
     int frame_op; /* opcode of the frame being received */
     int frame_rsv;
@@ -53,27 +67,13 @@ struct mg_ws_s {
     struct evbuffer *msg;
     uint64_t frame_len;   /* payload length of the frame being received */
     int frame_hl;         /* its head's length */
-    uint64_t rx_given;    /* bytes handed to wslay */
-    uint64_t rx_used;     /* bytes of the frames it finished: equal = nothing half read */
     const uint8_t *whole; /* a one-frame message's payload, still in wslay's buffer */
     size_t whole_len;
-    /* permessage-deflate */
-    int pmd, pmd_client_nct;
     z_stream *zin, *zout;
-    /* liveness */
-    double last_rx;
     double last_hb;
-    int closing;   /* close queued by us */
-    int fail_code; /* protocol failure to report */
-    int dead;      /* freed at the next loop turn */
-    int in_cb;     /* inside wslay_event_recv/send */
-    int rd_short;  /* the last read returned less than asked */
-    int pend_code; /* close due once the queue is empty */
+    int rd_short; /* the last read returned less than asked */
     char pend_reason[64];
-    struct evbuffer *wbuf; /* an unsent tail */
-    int wtail;             /* wbuf may hold bytes (saves length calls) */
-    uint8_t hold[16];      /* a frame head waiting for its payload */
-    int hold_len;
+    uint8_t hold[16]; /* a frame head waiting for its payload */
     int notified;
     char close_reason[124]; /* the peer's, UTF-8 checked */
     mg_ws_t *prev, *next;

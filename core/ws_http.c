@@ -415,11 +415,12 @@ void mg_ws_tunnels_close_all(void) {
 /* ---- relay ---- */
 
 typedef struct {
-    int ctx_ref;      /* req.ctx of the upgrade request, for the hooks */
     mg_ws_t *side[2]; /* 0 client, 1 upstream */
+    int closing;
+    int hook_ref; /* the route's on_message hook (LUA_NOREF: none) */
+    int ctx_ref;  /* req.ctx of the upgrade request, for the hooks */
     mg_gen_t *gen;
     mg_route_t *route;
-    int closing;
 } mg_relay_t;
 
 static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len);
@@ -440,8 +441,8 @@ static int mg_relay_hook(mg_relay_t *rl, int from, int op, const char *data, siz
     size_t outlen = len;
     char reason[64];
 
-    rc = mg_ws_msg_hook(L, rl->route->ws->on_message_ref, rl->ctx_ref, op,
-                        from == 0 ? "client" : "upstream", data, len, &out, &outlen, &code, reason);
+    rc = mg_ws_msg_hook(L, rl->hook_ref, rl->ctx_ref, op, from == 0 ? "client" : "upstream", data,
+                        len, &out, &outlen, &code, reason);
     if (rc == 1)
         mg_ws_send(rl->side[!from], op, out, outlen);
     lua_settop(L, top);
@@ -463,7 +464,7 @@ static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data,
 
     if (rl->closing || rl->side[!from] == NULL)
         return;
-    if (rl->route->ws->on_message_ref == LUA_NOREF) /* no hook: straight on */
+    if (rl->hook_ref == LUA_NOREF) /* no hook: straight on */
         mg_ws_send(rl->side[!from], op, data, len);
     else if (mg_relay_hook(rl, from, op, data, len) < 0)
         return;
@@ -519,14 +520,21 @@ static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const
         return;
     }
     rl = calloc(1, sizeof(*rl));
+    if (rl == NULL) {
+        close(ufd);
+        mg_wsp_free(p); /* closes the client's socket */
+        return;
+    }
     rl->gen = p->gen;
     mg_gen_retain(rl->gen);
     rl->route = p->route;
+    rl->hook_ref = p->route->ws->on_message_ref;
     rl->ctx_ref = p->ctx_ref;
     p->ctx_ref = LUA_NOREF;
     rl->side[0] =
         mg_ws_new(p->cfd, 0, p->gen, p->route, &p->hs, p->pre, p->pre_len, &mg_relay_ops, rl);
-    p->cfd = -1;
+    if (rl->side[0])
+        p->cfd = -1; /* the socket owns it now; else mg_wsp_free closes it */
     rl->side[1] = mg_ws_new(ufd, 1, p->gen, p->route, NULL, extra, extralen, &mg_relay_ops, rl);
     if (rl->side[0] == NULL || rl->side[1] == NULL) {
         if (rl->side[0])
