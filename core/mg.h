@@ -276,7 +276,7 @@ const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len)
 const char *mg_status_text(int status);
 int mg_http_hop_by_hop(const char *name, size_t len);
 double mg_now(void);
-double mg_loop_now(void); /* mg_now as of this loop turn */
+double mg_now_coarse(void); /* mg_now to the kernel's tick */
 /* Decimal digits of v into buf (no NUL); returns the length. */
 size_t mg_utoa(char *buf, uint64_t v);
 

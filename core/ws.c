@@ -372,7 +372,7 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
     }
     n = recv(ws->fd, buf, len, 0);
     if (n > 0) {
-        ws->last_rx = mg_loop_now();
+        ws->last_rx = mg_now_coarse();
         ws->rd_short = (size_t)n < len;
         ws->rx_given += n;
         return n;
@@ -909,22 +909,22 @@ static void mg_ws_after_io(mg_ws_t *ws, int rv) {
     }
 }
 
-/* XORs p[0..n) with the 4-byte mask `key` (its bytes in memory order),
- * 8 bytes at a time. Returns the OR of the bytes written: no 0x80 bit in
- * it means they are all ASCII. */
-static uint64_t mg_ws_unmask(uint8_t *p, size_t n, uint32_t key) {
+/* dst[0..n) = src[0..n) XOR the 4-byte mask `key` (its bytes in memory
+ * order), 8 bytes at a time; dst may be src (unmasking in place). Returns
+ * the OR of the bytes written: no 0x80 bit in it means all ASCII. */
+static uint64_t mg_ws_mask(uint8_t *dst, const uint8_t *src, size_t n, uint32_t key) {
     uint64_t k64 = (uint64_t)key | ((uint64_t)key << 32), w, acc = 0;
     const uint8_t *kb = (const uint8_t *)&key;
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        memcpy(&w, p + i, 8);
+        memcpy(&w, src + i, 8);
         w ^= k64;
         acc |= w;
-        memcpy(p + i, &w, 8);
+        memcpy(dst + i, &w, 8);
     }
     for (; i < n; i++) {
-        p[i] ^= kb[i & 3];
-        acc |= p[i];
+        dst[i] = src[i] ^ kb[i & 3];
+        acc |= dst[i];
     }
     return acc;
 }
@@ -958,7 +958,7 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
         return 0;
     if (n <= 0)
         return 1; /* wslay's own read sees the end or the error */
-    ws->last_rx = mg_loop_now();
+    ws->last_rx = mg_now_coarse();
     while (off < (size_t)n) {
         uint8_t *f = buf + off, *key, *pl;
         uint32_t k = 0;
@@ -990,11 +990,11 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
         pl = f + hl;
         if (!ws->client) { /* unmask in place (again, to give it back) */
             memcpy(&k, key, 4);
-            ascii = (mg_ws_unmask(pl, plen, k) & 0x8080808080808080ULL) == 0;
+            ascii = (mg_ws_mask(pl, pl, plen, k) & 0x8080808080808080ULL) == 0;
         }
         if (op == WSLAY_TEXT_FRAME && !ascii && mg_utf8_run(0, pl, plen) != 0) {
             if (!ws->client)
-                mg_ws_unmask(pl, plen, k);
+                mg_ws_mask(pl, pl, plen, k);
             break; /* wslay fails it with 1007 */
         }
         off += hl + plen;
@@ -1196,10 +1196,8 @@ static int mg_ws_send_direct(mg_ws_t *ws, int opcode, const char *data, size_t l
         fb[1] |= 0x80;
         memcpy(fb + hl, &key, 4);
         hl += 4;
-        if (len) { /* an empty message may come as NULL */
-            memcpy(fb + hl, data, len);
-            mg_ws_unmask(fb + hl, len, key); /* XOR: masking is the same */
-        }
+        if (len) /* an empty message may come as NULL */
+            mg_ws_mask(fb + hl, (const uint8_t *)data, len, key);
     } else if (len && len <= sizeof(fb) - 14) {
         memcpy(fb + hl, data, len);
     }

@@ -294,7 +294,7 @@ static int mg_tunnel_read_once(mg_tunnel_t *t, int fd) {
             shutdown(t->fd[!from], SHUT_WR);
         return 0;
     }
-    t->last = mg_loop_now();
+    t->last = mg_now_coarse();
     if (mg_tunnel_pass(t, from, mg_worker.scratch, n) != MG_OK) {
         mg_tunnel_free(t);
         return 0;
@@ -334,7 +334,7 @@ static void mg_tunnel_flush(mg_tunnel_t *t, int i) {
 static void mg_tunnel_write_cb(evutil_socket_t fd, short what, void *arg) {
     mg_tunnel_t *t = arg;
     (void)what;
-    t->last = mg_loop_now();
+    t->last = mg_now_coarse();
     mg_tunnel_flush(t, fd == t->fd[0] ? 0 : 1);
 }
 
