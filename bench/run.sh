@@ -2,9 +2,9 @@
 # make bench: moongate (2 workers, bench/moongate.conf.lua on :19090) beside
 # nginx and HAProxy, with ../shared/bench's harness, in one run. Prints the
 # harness's table (ratios against nginx are read off it), then WebSocket
-# medians against nginx. Bounded: the default run takes about 6 minutes.
-# Env: DURATION, REPS, IDLE_N as for run_all.sh; WS_REPS (5) and WS_MSGS
-# (5000 per connection, 64 connections) for the WebSocket medians.
+# rounds against nginx. Bounded: the default run takes about 6 minutes.
+# Env: DURATION, REPS, IDLE_N as for run_all.sh; WS_REPS (5 rounds) and
+# WS_MSGS (5000 per connection, 64 connections) for the WebSocket rounds.
 set -eu
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-../shared/bench}
@@ -27,8 +27,10 @@ KEEP=1 EXTRA="moongate=19090:$pidfile" "$BENCH/run_all.sh" 19001 19080 19081 190
 # idle handler-mode sockets with heartbeats on.
 mg=$(cat "$pidfile")
 ngx=$(cat "${BENCH_STATE:-/tmp/moongate-bench}/run/nginx_proxy.pid")
-# Round-robin runs (nginx, relay, tunnel) of WS_MSGS messages per
-# connection, then the medians: this box's speed drifts by more than the
+# WebSocket rounds against nginx: each round runs nginx, relay and tunnel
+# back to back (in reverse order every other round, so a steady drift
+# favours no one) with WS_MSGS messages per connection; the verdict is the
+# median of the rounds' ratios. This box's speed drifts by more than the
 # difference being measured, so single runs decide nothing.
 # CPU time (utime + stime, clock ticks) of a master and its workers, read
 # here rather than from the harness's line, which rounds to 0.1 us.
@@ -41,26 +43,32 @@ hz=$(getconf CLK_TCK)
 n=${WS_MSGS:-5000}
 out=$(mktemp /tmp/moongate-bench-ws-XXXXXX)
 for r in $(seq 1 "${WS_REPS:-5}"); do
-  for t in "nginx $ngx 19080 /ws" "moongate-relay $mg 19090 /relay" "moongate-tunnel $mg 19090 /ws"; do
-    set -- $t
+  order="nginx:$ngx:19080:/ws moongate-relay:$mg:19090:/relay moongate-tunnel:$mg:19090:/ws"
+  [ $((r % 2)) -eq 0 ] && order=$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')
+  for t in $order; do
+    set -- $(echo "$t" | tr ':' ' ')
     t0=$(ticks "$2")
     line=$("$BENCH/ws_throughput.sh" "$3" "$4" 64 "$n")
     us=$(echo "$(ticks "$2") $t0" | awk -v hz="$hz" -v m=$((64 * n)) '{ printf "%.2f", ($1 - $2) * 1e6 / hz / m }')
-    echo "ws $1 run$r: $line srv_cpu_us_per_msg=$us"
-    echo "$1 $line srv_cpu_us_per_msg=$us" >>"$out"
+    echo "ws round$r $1: $line srv_cpu_us_per_msg=$us"
+    echo "$r $1 $line srv_cpu_us_per_msg=$us" >>"$out"
   done
 done
-awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "=");
-         if (kv[1] == "msgs_per_s") rate[$1, ++n[$1]] = kv[2];
-         if (kv[1] == "srv_cpu_us_per_msg") cpu[$1, n[$1]] = kv[2] } }
-     function med(a, who, k,   v, i, j, t) {
-       for (i = 1; i <= k; i++) v[i] = a[who, i]
+awk '{ for (i = 3; i <= NF; i++) { split($i, kv, "=");
+         if (kv[1] == "msgs_per_s") rate[$2, $1] = kv[2];
+         if (kv[1] == "srv_cpu_us_per_msg") cpu[$2, $1] = kv[2] }
+       if ($1 > rounds) rounds = $1 }
+     function med(v, k,   i, j, t) {
        for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
        return k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2 }
-     END { nr = med(rate, "nginx", n["nginx"]); nc = med(cpu, "nginx", n["nginx"])
-       printf "ws medians: nginx %.0f msgs/s %.2f us/msg\n", nr, nc
-       split("moongate-relay moongate-tunnel", who, " ")
-       for (w = 1; w <= 2; w++) { r = med(rate, who[w], n[who[w]]); c = med(cpu, who[w], n[who[w]])
-         printf "ws medians: %s %.0f msgs/s (%.3fx nginx) %.2f us/msg (%.3fx nginx)\n", who[w], r, r / nr, c, c / nc } }' "$out"
+     END { split("moongate-relay moongate-tunnel", who, " ")
+       for (w = 1; w <= 2; w++) {
+         for (r = 1; r <= rounds; r++) {
+           q[r] = rate[who[w], r] / rate["nginx", r]; c[r] = cpu[who[w], r] / cpu["nginx", r]
+           a[r] = rate[who[w], r]; b[r] = cpu[who[w], r] }
+         printf "ws %s against nginx, median of %d rounds: msgs/s %.3fx, CPU per msg %.3fx (%.0f msgs/s, %.2f us/msg)\n",
+           who[w], rounds, med(q, rounds), med(c, rounds), med(a, rounds), med(b, rounds) }
+       for (r = 1; r <= rounds; r++) { a[r] = rate["nginx", r]; b[r] = cpu["nginx", r] }
+       printf "ws nginx, median of %d rounds: %.0f msgs/s, %.2f us/msg\n", rounds, med(a, rounds), med(b, rounds) }' "$out"
 rm -f "$out"
 echo "idle moongate-handler: $("$BENCH/ws_idle.sh" 19090 /handler "${IDLE_N:-10000}" "$mg")"
