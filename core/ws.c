@@ -1,93 +1,40 @@
 /*
  * ws.c -- one WebSocket endpoint (server side to a client, or client side
- * to an upstream in relay mode) driven by wslay's event API with message
- * buffering off: frames arrive chunk by chunk, so text is checked as UTF-8
- * as the bytes arrive (1007 at the first bad byte), sizes are checked
- * before anything is stored (1009), and permessage-deflate (RFC 7692)
- * inflates incrementally. Heartbeats (the seed's JSON ping, optional ping
- * frames) and dead-peer detection run on one timer per socket, armed with
- * libevent common timeouts so 100 000 sockets share one queue per
- * interval instead of a heap entry each.
+ * to an upstream in relay mode): its life, its reading and its heartbeats.
+ * Whole unfragmented data frames are parsed here straight from one recv;
+ * everything else goes through wslay's event API with message buffering
+ * off: frames arrive chunk by chunk, so text is checked as UTF-8 as the
+ * bytes arrive (1007 at the first bad byte), sizes are checked before
+ * anything is stored (1009), and permessage-deflate (RFC 7692) inflates
+ * incrementally. Heartbeats (the seed's JSON ping, optional ping frames)
+ * and dead-peer detection run on one timer per socket, armed with libevent
+ * common timeouts so 100 000 sockets share one queue per interval instead
+ * of a heap entry each. Writing is ws_send.c; the handshake is
+ * ws_handshake.c.
  *
- * Memory: an idle socket holds its struct, wslay's context and three
- * events; zlib streams exist only while a compressed message is in flight
- * (and across messages only if the client kept context takeover).
+ * Memory: an idle socket holds its struct and three events; wslay's
+ * context exists while frames need it (parked after a second idle); zlib
+ * streams exist only while a compressed message is in flight (and across
+ * messages only if the client kept context takeover).
  */
-#include "ws.h"
+#include "ws_int.h"
 
 #include <errno.h>
-#include <openssl/evp.h>
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #define MG_WS_CLOSE_WAIT_MS 5000
-#define MG_WS_DEFLATE_MIN 128 /* smaller messages go out uncompressed */
-
-struct mg_ws_s {
-    /* what every frame reads, together in the first cache lines (the
-     * kernel's share of a small message evicts most of ours) */
-    int fd;
-    int client;    /* we are the client side (relay to upstream) */
-    int closing;   /* close queued by us */
-    int fail_code; /* protocol failure to report */
-    int pend_code; /* close due once the queue is empty */
-    int dead;      /* freed at the next loop turn */
-    int in_cb;     /* inside wslay_event_recv/send */
-    int hold_len;
-    int wtail;               /* wbuf may hold bytes (saves length calls) */
-    int msg_op;              /* message being received: 1 text, 2 binary, 0 none */
-    int pmd, pmd_client_nct; /* permessage-deflate */
-    int wr_on, rd_off;
-    wslay_event_context_ptr ctx;
-    const mg_ws_ops_t *ops;
-    void *ud;
-    mg_ws_conf_t *conf;
-    size_t pre_len, pre_off;
-    uint64_t rx_given; /* bytes handed to wslay */
-    uint64_t rx_used;  /* bytes of the frames it finished: equal = nothing half read */
-    double last_rx;
-    struct evbuffer *wbuf; /* an unsent tail */
-    struct event rev, wev, tev;
-    mg_gen_t *gen;
-    mg_route_t *route;
-    char *pre; /* bytes read with the HTTP head, consumed first */
-    /* message being received */
-    int msg_z;    /* compressed message */
-    int frame_op; /* opcode of the frame being received */
-    int frame_rsv;
-    int frame_fin;
-    uint32_t utf8;    /* UTF-8 DFA state across fragments */
-    uint64_t msg_len; /* decoded bytes so far */
-    struct evbuffer *msg;
-    uint64_t frame_len;   /* payload length of the frame being received */
-    int frame_hl;         /* its head's length */
-    const uint8_t *whole; /* a one-frame message's payload, still in wslay's buffer */
-    size_t whole_len;
-    z_stream *zin, *zout;
-    double last_hb;
-    int rd_short; /* the last read returned less than asked */
-    char pend_reason[64];
-    uint8_t hold[16]; /* a frame head waiting for its payload */
-    int notified;
-    char close_reason[124]; /* the peer's, UTF-8 checked */
-    mg_ws_t *prev, *next;
-};
 
 static mg_ws_t *mg_ws_list;
 uint64_t mg_ws_sockets; /* client-facing: handler and relay sockets, tunnels */
 
 static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg);
-static void mg_ws_write_cb(evutil_socket_t fd, short what, void *arg);
 static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg);
-static void mg_ws_flush(mg_ws_t *ws);
 static void mg_ws_fail(mg_ws_t *ws, int code, const char *reason);
-static void mg_ws_finish(mg_ws_t *ws);
 static void mg_ws_msg_done(mg_ws_t *ws);
 
 /* ---- UTF-8 (RFC 3629), incremental ----
@@ -142,209 +89,6 @@ static uint32_t mg_utf8_run(uint32_t st, const uint8_t *s, size_t len) {
     return st;
 }
 
-/* ---- handshake ---- */
-
-static int mg_token_in(const char *v, size_t len, const char *tok) {
-    size_t tl = strlen(tok), i = 0;
-    while (i < len) {
-        size_t s, e;
-        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        s = i;
-        while (i < len && v[i] != ',')
-            i++;
-        e = i;
-        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-            e--;
-        if (e - s == tl && strncasecmp(v + s, tok, tl) == 0)
-            return 1;
-    }
-    return 0;
-}
-
-void mg_ws_accept_for(const char *key, size_t len, char *out) {
-    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-    unsigned char sha[SHA_DIGEST_LENGTH];
-    char buf[128];
-    if (len > 64)
-        len = 64;
-    memcpy(buf, key, len);
-    memcpy(buf + len, guid, sizeof(guid) - 1);
-    SHA1((unsigned char *)buf, len + sizeof(guid) - 1, sha);
-    EVP_EncodeBlock((unsigned char *)out, sha, SHA_DIGEST_LENGTH);
-}
-
-void mg_ws_key(char *out) {
-    unsigned char raw[16];
-    char id[40];
-    mg_request_id(id); /* 32 random hex digits: 16 bytes */
-    for (int i = 0; i < 16; i++)
-        raw[i] =
-            (unsigned char)(((id[2 * i] % 16) << 4) | (id[2 * i + 1] % 16)) ^ (unsigned char)id[i];
-    EVP_EncodeBlock((unsigned char *)out, raw, 16);
-}
-
-/* Picks a permessage-deflate offer we can honour (RFC 7692 5, 7.1). */
-static void mg_ws_negotiate_pmd(const char *v, size_t len, mg_ws_hs_t *hs) {
-    size_t i = 0;
-    while (i < len && !hs->pmd) {
-        /* one offer: up to the next ',' */
-        size_t s = i, e;
-        int ok = 1, cnct = 0, snct = 0, cmwb = 0, smwb = 0;
-        char params[160] = "";
-        while (i < len && v[i] != ',')
-            i++;
-        e = i++;
-        {
-            char offer[512];
-            char *tok, *save;
-            size_t ol = e - s < sizeof(offer) - 1 ? e - s : sizeof(offer) - 1;
-            memcpy(offer, v + s, ol);
-            offer[ol] = '\0';
-            tok = strtok_r(offer, ";", &save);
-            if (tok == NULL)
-                continue;
-            while (*tok == ' ' || *tok == '\t')
-                tok++;
-            {
-                char *t = tok + strlen(tok);
-                while (t > tok && (t[-1] == ' ' || t[-1] == '\t'))
-                    *--t = '\0';
-            }
-            if (strcasecmp(tok, "permessage-deflate") != 0)
-                continue;
-            while ((tok = strtok_r(NULL, ";", &save)) != NULL) {
-                char *eq, *t;
-                while (*tok == ' ' || *tok == '\t')
-                    tok++;
-                t = tok + strlen(tok);
-                while (t > tok && (t[-1] == ' ' || t[-1] == '\t'))
-                    *--t = '\0';
-                eq = strchr(tok, '=');
-                if (eq)
-                    *eq++ = '\0';
-                if (eq && *eq == '"') {
-                    eq++;
-                    if (*eq && eq[strlen(eq) - 1] == '"')
-                        eq[strlen(eq) - 1] = '\0';
-                }
-                if (strcasecmp(tok, "server_no_context_takeover") == 0 && !eq && !snct)
-                    snct = 1;
-                else if (strcasecmp(tok, "client_no_context_takeover") == 0 && !eq && !cnct)
-                    cnct = 1;
-                else if (strcasecmp(tok, "server_max_window_bits") == 0 && eq && !smwb) {
-                    int b = atoi(eq);
-                    /* zlib's raw deflate cannot use an 8-bit window */
-                    if (b < 9 || b > 15 || strspn(eq, "0123456789") != strlen(eq))
-                        ok = 0;
-                    smwb = b;
-                } else if (strcasecmp(tok, "client_max_window_bits") == 0 && !cmwb) {
-                    if (eq &&
-                        (atoi(eq) < 8 || atoi(eq) > 15 || strspn(eq, "0123456789") != strlen(eq)))
-                        ok = 0;
-                    cmwb = eq ? atoi(eq) : -1;
-                } else {
-                    ok = 0; /* unknown or repeated parameter: decline this offer */
-                }
-            }
-        }
-        if (!ok)
-            continue;
-        /* we always reset our compressor per message: it keeps sockets small */
-        snprintf(params, sizeof(params), "permessage-deflate; server_no_context_takeover%s%s",
-                 cnct ? "; client_no_context_takeover" : "", "");
-        if (smwb) {
-            size_t l = strlen(params);
-            snprintf(params + l, sizeof(params) - l, "; server_max_window_bits=%d", smwb);
-        }
-        hs->pmd = smwb ? smwb : 15;
-        hs->pmd_client_nct = cnct;
-        snprintf(hs->pmd_resp, sizeof(hs->pmd_resp), "%s", params);
-    }
-}
-
-/* Validates an upgrade request (RFC 6455 4.2.1). Returns 0, or the status
- * to refuse with (400, 403, 426) and *why. */
-int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why) {
-    mg_ws_conf_t *wc = r->route->ws;
-    const char *v, *key;
-    size_t vl, kl;
-    unsigned char raw[32];
-
-    memset(hs, 0, sizeof(*hs));
-    if (r->method != HTTP_GET || r->http_minor < 1) {
-        *why = "websocket handshake needs GET and HTTP/1.1";
-        return 400;
-    }
-    v = mg_req_header(r, "upgrade", &vl);
-    if (v == NULL || !mg_token_in(v, vl, "websocket")) {
-        *why = "websocket handshake needs Upgrade: websocket";
-        return 400;
-    }
-    v = mg_req_header(r, "connection", &vl);
-    if (v == NULL || !mg_token_in(v, vl, "upgrade")) {
-        *why = "websocket handshake needs Connection: Upgrade";
-        return 400;
-    }
-    v = mg_req_header(r, "sec-websocket-version", &vl);
-    if (v == NULL || vl != 2 || memcmp(v, "13", 2) != 0) {
-        *why = "unsupported websocket version";
-        return 426;
-    }
-    key = mg_req_header(r, "sec-websocket-key", &kl);
-    if (mg_req_header_n(r, "sec-websocket-key", 1, &vl) != NULL) {
-        *why = "repeated Sec-WebSocket-Key";
-        return 400;
-    }
-    if (key == NULL || kl != 24 || EVP_DecodeBlock(raw, (const unsigned char *)key, 24) != 18 ||
-        key[22] != '=' || key[23] != '=') {
-        *why = "bad Sec-WebSocket-Key";
-        return 400;
-    }
-    if (r->clen > 0 || r->chunked) {
-        *why = "websocket handshake with a body";
-        return 400;
-    }
-    if (wc->norigins) {
-        int ok = 0;
-        v = mg_req_header(r, "origin", &vl);
-        for (int i = 0; v && i < wc->norigins; i++)
-            if (strlen(wc->origins[i]) == vl && strncasecmp(wc->origins[i], v, vl) == 0)
-                ok = 1;
-        if (!ok) {
-            *why = "origin not allowed";
-            return 403;
-        }
-    }
-    mg_ws_accept_for(key, kl, hs->accept);
-    /* repeated header lines form one list (RFC 6455 11.3.4); the
-     * client's order of preference wins among the route's protocols */
-    for (int line = 0; wc->nprotocols && !hs->protocol[0] &&
-                       (v = mg_req_header_n(r, "sec-websocket-protocol", line, &vl)) != NULL;
-         line++) {
-        size_t i = 0;
-        while (i < vl && !hs->protocol[0]) {
-            size_t s, e;
-            while (i < vl && (v[i] == ' ' || v[i] == ','))
-                i++;
-            s = i;
-            while (i < vl && v[i] != ',' && v[i] != ' ')
-                i++;
-            e = i;
-            for (int k = 0; k < wc->nprotocols; k++)
-                if (strlen(wc->protocols[k]) == e - s &&
-                    strncmp(wc->protocols[k], v + s, e - s) == 0 && e - s < sizeof(hs->protocol))
-                    memcpy(hs->protocol, v + s, e - s);
-        }
-    }
-    if (wc->deflate && wc->mode != MG_WS_TUNNEL)
-        for (int line = 0;
-             !hs->pmd && (v = mg_req_header_n(r, "sec-websocket-extensions", line, &vl)) != NULL;
-             line++)
-            mg_ws_negotiate_pmd(v, vl, hs);
-    return 0;
-}
-
 /* ---- wslay callbacks ---- */
 
 static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
@@ -366,7 +110,7 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
     }
     if (ws->rd_short || ws->rd_off) {
         /* the last read drained the socket: no EAGAIN read needed, the
-         * (level-triggered) event fires again when more arrives */
+         * (edge-triggered) event fires again when more arrives */
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
@@ -383,92 +127,6 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
     }
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
-}
-
-/* Bytes waiting in wbuf; the flag spares the common empty case a call. */
-static size_t mg_ws_wlen(mg_ws_t *ws) {
-    size_t n;
-    if (!ws->wtail)
-        return 0;
-    n = evbuffer_get_length(ws->wbuf);
-    if (n == 0)
-        ws->wtail = 0;
-    return n;
-}
-
-static void mg_ws_tail(mg_ws_t *ws, const void *p, size_t n) {
-    evbuffer_add(ws->wbuf, p, n);
-    ws->wtail = 1;
-}
-
-/* Writes what is held in ws->wbuf; MG_OK when it is empty. */
-static int mg_ws_wflush(mg_ws_t *ws) {
-    while (mg_ws_wlen(ws)) {
-        int n = evbuffer_write(ws->wbuf, ws->fd);
-        if (n < 0)
-            return (errno == EAGAIN || errno == EINTR) ? MG_AGAIN : MG_ERR;
-    }
-    return MG_OK;
-}
-
-/* wslay hands a frame's head and payload over in separate calls (the head
- * with WSLAY_MSG_MORE): hold the head (at most 14 bytes) and send both with
- * one sendmsg. At most one frame's tail is held back (in wbuf), so wslay's
- * queue still measures the backlog. */
-static ssize_t mg_ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
-                             int flags, void *user) {
-    mg_ws_t *ws = user;
-    int rc;
-    ssize_t n;
-
-    if (ws->hold_len == 0 && mg_ws_wlen(ws)) {
-        rc = mg_ws_wflush(ws);
-        if (rc != MG_OK)
-            goto fail;
-    }
-    if ((flags & WSLAY_MSG_MORE) && ws->hold_len == 0 && len <= sizeof(ws->hold)) {
-        memcpy(ws->hold, data, len);
-        ws->hold_len = (int)len;
-        return len;
-    }
-    if (ws->hold_len) {
-        struct iovec iov[2] = {{ws->hold, (size_t)ws->hold_len}, {(void *)data, len}};
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
-        size_t h = (size_t)ws->hold_len;
-        ws->hold_len = 0;
-        n = sendmsg(ws->fd, &mh, MSG_NOSIGNAL); /* the socket path: cheaper than writev */
-        if (n < 0 && errno != EAGAIN && errno != EINTR) {
-            rc = MG_ERR;
-            goto fail;
-        }
-        if (n < 0)
-            n = 0;
-        if ((size_t)n < h) { /* the rest, if any, waits in wbuf */
-            mg_ws_tail(ws, ws->hold + n, h - n);
-            n = 0;
-        } else {
-            n -= h;
-        }
-        if ((size_t)n < len)
-            mg_ws_tail(ws, data + n, len - n);
-        return len;
-    }
-    n = send(ws->fd, data, len, MSG_NOSIGNAL);
-    if (n >= 0)
-        return n;
-    rc = (errno == EAGAIN || errno == EINTR) ? MG_AGAIN : MG_ERR;
-fail:
-    wslay_event_set_error(ctx, rc == MG_AGAIN ? WSLAY_ERR_WOULDBLOCK : WSLAY_ERR_CALLBACK_FAILURE);
-    return -1;
-}
-
-static int mg_ws_genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user) {
-    char id[40];
-    (void)ctx, (void)user;
-    mg_request_id(id);
-    for (size_t i = 0; i < len; i++)
-        buf[i] = (uint8_t)(id[i % 32] * 7 + id[(i + 5) % 32]);
-    return 0;
 }
 
 static void mg_ws_on_frame_start(wslay_event_context_ptr ctx,
@@ -659,7 +317,7 @@ static const struct wslay_event_callbacks mg_ws_callbacks = {
  * and freed again (parked) once the socket is idle with nothing half read
  * or half sent; a parked socket keeps what the protocol needs in mg_ws_t. */
 
-static int mg_ws_wake(mg_ws_t *ws) {
+int mg_ws_wake(mg_ws_t *ws) {
     if (ws->ctx)
         return 0;
     if ((ws->client ? wslay_event_context_client_init(&ws->ctx, &mg_ws_callbacks, ws)
@@ -686,18 +344,9 @@ static void mg_ws_park(mg_ws_t *ws) {
     mg_debug("websocket: idle, wslay context parked");
 }
 
-static int mg_ws_want_write(mg_ws_t *ws) { return ws->ctx && wslay_event_want_write(ws->ctx); }
-static size_t mg_ws_qlen(mg_ws_t *ws) {
-    return ws->ctx ? wslay_event_get_queued_msg_length(ws->ctx) : 0;
-}
-static int mg_ws_close_sent(mg_ws_t *ws) { return ws->ctx && wslay_event_get_close_sent(ws->ctx); }
-static int mg_ws_close_rcvd(mg_ws_t *ws) {
-    return ws->ctx && wslay_event_get_close_received(ws->ctx);
-}
-
 /* ---- lifecycle ---- */
 
-static void mg_ws_arm(mg_ws_t *ws) {
+void mg_ws_arm(mg_ws_t *ws) {
     int ms = ws->conf->hb_interval;
     if (ws->conf->hb_timeout && (ms == 0 || ws->conf->hb_timeout < ms))
         ms = ws->conf->hb_timeout;
@@ -808,7 +457,7 @@ static void mg_ws_dead_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 /* Tell the owner (once) and free at the next loop turn. */
-static void mg_ws_finish(mg_ws_t *ws) {
+void mg_ws_finish(mg_ws_t *ws) {
     static const struct timeval zero = {0, 0};
     int code;
     if (ws->dead)
@@ -907,26 +556,6 @@ static void mg_ws_after_io(mg_ws_t *ws, int rv) {
         ws->closing = 1;
         mg_ws_arm(ws);
     }
-}
-
-/* dst[0..n) = src[0..n) XOR the 4-byte mask `key` (its bytes in memory
- * order), 8 bytes at a time; dst may be src (unmasking in place). Returns
- * the OR of the bytes written: no 0x80 bit in it means all ASCII. */
-static uint64_t mg_ws_mask(uint8_t *dst, const uint8_t *src, size_t n, uint32_t key) {
-    uint64_t k64 = (uint64_t)key | ((uint64_t)key << 32), w, acc = 0;
-    const uint8_t *kb = (const uint8_t *)&key;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&w, src + i, 8);
-        w ^= k64;
-        acc |= w;
-        memcpy(dst + i, &w, 8);
-    }
-    for (; i < n; i++) {
-        dst[i] = src[i] ^ kb[i & 3];
-        acc |= dst[i];
-    }
-    return acc;
 }
 
 /* Keeps buf[0..n) for wslay, which reads it first (as bytes that came
@@ -1045,50 +674,6 @@ static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg) {
     mg_ws_after_io(ws, rv);
 }
 
-static void mg_ws_flush(mg_ws_t *ws) {
-    int rv;
-    size_t before = mg_ws_qlen(ws);
-    int pending;
-    if (ws->dead)
-        return;
-    if (ws->hold_len == 0 && mg_ws_wflush(ws) == MG_ERR) {
-        mg_ws_finish(ws);
-        return;
-    }
-    if (mg_ws_want_write(ws) && mg_ws_wlen(ws) == 0) {
-        rv = wslay_event_send(ws->ctx);
-        if (rv != 0) {
-            mg_ws_finish(ws);
-            return;
-        }
-    }
-    pending = mg_ws_want_write(ws) || mg_ws_wlen(ws);
-    if (!pending && ws->pend_code) {
-        int code = ws->pend_code;
-        ws->pend_code = 0;
-        mg_ws_close(ws, code, ws->pend_reason); /* flushes again */
-        return;
-    }
-    if (mg_ws_close_sent(ws) && mg_ws_close_rcvd(ws) && !pending) {
-        mg_ws_finish(ws);
-        return;
-    }
-    if (pending && !ws->wr_on) {
-        event_add(&ws->wev, NULL);
-        ws->wr_on = 1;
-    } else if (!pending && ws->wr_on) {
-        event_del(&ws->wev);
-        ws->wr_on = 0;
-    }
-    if (before >= MG_LOW_WATER && mg_ws_qlen(ws) < MG_LOW_WATER && ws->ops && ws->ops->on_drain)
-        ws->ops->on_drain(ws->ud, ws);
-}
-
-static void mg_ws_write_cb(evutil_socket_t fd, short what, void *arg) {
-    (void)fd, (void)what;
-    mg_ws_flush(arg);
-}
-
 static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_ws_t *ws = arg;
     mg_ws_conf_t *wc = ws->conf;
@@ -1133,191 +718,6 @@ static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg) {
     if (!ws->dead)
         mg_ws_arm(ws);
 }
-
-/* ---- sending ---- */
-
-static int mg_ws_deflate(mg_ws_t *ws, const char *data, size_t len, struct evbuffer *out) {
-    uint8_t buf[16384];
-    int rc;
-    if (ws->zout == NULL) {
-        ws->zout = calloc(1, sizeof(z_stream));
-        if (ws->zout == NULL || deflateInit2(ws->zout, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -ws->pmd,
-                                             8, Z_DEFAULT_STRATEGY) != Z_OK) {
-            free(ws->zout);
-            ws->zout = NULL;
-            return -1;
-        }
-    }
-    ws->zout->next_in = (Bytef *)data;
-    ws->zout->avail_in = len;
-    do {
-        ws->zout->next_out = buf;
-        ws->zout->avail_out = sizeof(buf);
-        rc = deflate(ws->zout, Z_SYNC_FLUSH);
-        if (rc != Z_OK && rc != Z_BUF_ERROR)
-            return -1;
-        evbuffer_add(out, buf, sizeof(buf) - ws->zout->avail_out);
-    } while (ws->zout->avail_out == 0);
-    /* server_no_context_takeover: a fresh compressor per message */
-    deflateEnd(ws->zout);
-    free(ws->zout);
-    ws->zout = NULL;
-    return 0;
-}
-
-/* A message straight to the socket when nothing waits before it (wslay's
- * queue empty, no frame half sent): its frame head and payload in one
- * sendmsg, without the copy into wslay's queue. A tail the socket would
- * not take waits in wbuf. MG_AGAIN when this does not apply. */
-static int mg_ws_send_direct(mg_ws_t *ws, int opcode, const char *data, size_t len) {
-    uint8_t fb[14 + 2048]; /* head + a small payload, sent in one piece */
-    size_t hl = 2, total;
-    ssize_t n;
-
-    if (ws->in_cb || ws->hold_len || ws->pend_code || mg_ws_wlen(ws) || mg_ws_want_write(ws) ||
-        (ws->client && len > sizeof(fb) - 14))
-        return MG_AGAIN;
-    fb[0] = 0x80 | (uint8_t)opcode;
-    if (len < 126) {
-        fb[1] = (uint8_t)len;
-    } else if (len < 65536) {
-        fb[1] = 126;
-        fb[2] = (uint8_t)(len >> 8);
-        fb[3] = (uint8_t)len;
-        hl = 4;
-    } else {
-        fb[1] = 127;
-        for (int i = 0; i < 8; i++)
-            fb[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
-        hl = 10;
-    }
-    if (ws->client) { /* RFC 6455 5.3: a client masks every frame */
-        uint32_t key = (uint32_t)mg_rng_next();
-        fb[1] |= 0x80;
-        memcpy(fb + hl, &key, 4);
-        hl += 4;
-        if (len) /* an empty message may come as NULL */
-            mg_ws_mask(fb + hl, (const uint8_t *)data, len, key);
-    } else if (len && len <= sizeof(fb) - 14) {
-        memcpy(fb + hl, data, len);
-    }
-    total = hl + len;
-    if (ws->client || len <= sizeof(fb) - 14) {
-        n = send(ws->fd, fb, total, MSG_NOSIGNAL);
-    } else { /* a big payload: head and payload as two pieces */
-        struct iovec iov[2] = {{fb, hl}, {(void *)data, len}};
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
-        n = sendmsg(ws->fd, &mh, MSG_NOSIGNAL);
-    }
-    if (n < 0 && errno != EAGAIN && errno != EINTR) {
-        mg_ws_finish(ws); /* as a failed flush does */
-        return MG_ERR;
-    }
-    if (n < 0)
-        n = 0;
-    if ((size_t)n < total) { /* the tail waits in wbuf */
-        if (ws->client || len <= sizeof(fb) - 14) {
-            mg_ws_tail(ws, fb + n, total - n);
-        } else {
-            if ((size_t)n < hl) {
-                mg_ws_tail(ws, fb + n, hl - n);
-                n = 0;
-            } else {
-                n -= hl;
-            }
-            mg_ws_tail(ws, data + n, len - n);
-        }
-        mg_ws_flush(ws); /* arms the write event */
-    }
-    return MG_OK;
-}
-
-int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len) {
-    struct wslay_event_msg m;
-    int rv;
-    if (ws->dead || ws->closing || (ws->ctx && !wslay_event_get_write_enabled(ws->ctx)))
-        return MG_ERR;
-    if (mg_ws_qlen(ws) + len > ws->conf->send_buffer) {
-        mg_warn("websocket: send buffer over %zu bytes (slow reader), closing with 1008",
-                ws->conf->send_buffer);
-        mg_ws_close(ws, 1008, "send buffer overflow");
-        return MG_ERR;
-    }
-    if (ws->pmd && len >= MG_WS_DEFLATE_MIN && opcode < 8 && mg_ws_wake(ws) == 0) {
-        struct evbuffer *z = evbuffer_new();
-        if (z && mg_ws_deflate(ws, data, len, z) == 0) {
-            size_t zl = evbuffer_get_length(z);
-            /* RFC 7692 7.2.1: drop the final empty block's 00 00 ff ff */
-            m.opcode = opcode;
-            m.msg = evbuffer_pullup(z, -1);
-            m.msg_length = zl >= 4 ? zl - 4 : zl;
-            rv = wslay_event_queue_msg_ex(ws->ctx, &m, WSLAY_RSV1_BIT);
-            evbuffer_free(z);
-            if (rv != 0)
-                return MG_ERR;
-            mg_ws_flush(ws);
-            return MG_OK;
-        }
-        if (z)
-            evbuffer_free(z);
-    }
-    rv = mg_ws_send_direct(ws, opcode, data, len);
-    if (rv != MG_AGAIN)
-        return rv;
-    if (mg_ws_wake(ws) != 0)
-        return MG_ERR;
-    m.opcode = opcode;
-    m.msg = (const uint8_t *)data;
-    m.msg_length = len;
-    if (wslay_event_queue_msg(ws->ctx, &m) != 0)
-        return MG_ERR;
-    if (!ws->in_cb)
-        mg_ws_flush(ws);
-    return MG_OK;
-}
-
-/* Close once the messages already queued are out: wslay sends control
- * frames ahead of queued data, so a plain close could overtake them. */
-void mg_ws_close_after_data(mg_ws_t *ws, int code, const char *reason) {
-    if (ws->dead || ws->closing)
-        return;
-    if (!mg_ws_want_write(ws) && mg_ws_wlen(ws) == 0) {
-        mg_ws_close(ws, code, reason);
-        return;
-    }
-    ws->pend_code = code;
-    snprintf(ws->pend_reason, sizeof(ws->pend_reason), "%s", reason ? reason : "");
-    mg_ws_pause(ws, 1); /* nothing more is read meanwhile */
-}
-
-void mg_ws_close(mg_ws_t *ws, int code, const char *reason) {
-    if (ws->dead || ws->closing)
-        return;
-    if (mg_ws_wake(ws) != 0) {
-        mg_ws_finish(ws);
-        return;
-    }
-    ws->closing = 1;
-    wslay_event_queue_close(ws->ctx, code, (const uint8_t *)reason, reason ? strlen(reason) : 0);
-    event_del(&ws->tev);
-    mg_ws_arm(ws);
-    if (!ws->in_cb)
-        mg_ws_flush(ws);
-}
-
-void mg_ws_pause(mg_ws_t *ws, int on) {
-    if (ws->dead)
-        return;
-    if (on && !ws->rd_off) {
-        event_del(&ws->rev);
-        ws->rd_off = 1;
-    } else if (!on && ws->rd_off) {
-        event_add(&ws->rev, NULL);
-        ws->rd_off = 0;
-    }
-}
-
-size_t mg_ws_queued(mg_ws_t *ws) { return mg_ws_qlen(ws) + mg_ws_wlen(ws); }
 
 /* After a reload: sockets of routes that ask for it are told to reconnect. */
 void mg_ws_drain_route_sockets(mg_gen_t *newgen) {
