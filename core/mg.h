@@ -279,6 +279,8 @@ double mg_now(void);
 double mg_now_coarse(void); /* mg_now to the kernel's tick */
 /* Decimal digits of v into buf (no NUL); returns the length. */
 size_t mg_utoa(char *buf, uint64_t v);
+/* Escapes s for a JSON string (ASCII out) into out (cap bytes, NUL ended). */
+size_t mg_json_escape(char *out, size_t cap, const char *s);
 
 /* ---- upstream.c: pooled upstream exchanges ---- */
 typedef struct {

@@ -1,0 +1,45 @@
+/*
+ * http_int.h -- the inside of a client connection, shared by http.c (the
+ * connection and its parser) and http_resp.c (response framing). Nothing
+ * else includes this.
+ */
+#ifndef MG_HTTP_INT_H
+#define MG_HTTP_INT_H
+
+#include "mg.h"
+
+enum { MG_T_NONE, MG_T_HEADER, MG_T_IDLE, MG_T_READ, MG_T_WRITE, MG_T_LINGER };
+
+/* extra connection state kept beside the public struct */
+typedef struct {
+    mg_conn_t c;
+    int in_exec;            /* inside llhttp_execute: defer completion work */
+    int dead;               /* free at the next loop turn */
+    int lingering;          /* response sent, discarding input until EOF */
+    int eof;                /* client half-closed */
+    int err_status;         /* status to answer when the parser stops on error */
+    int upgrade;            /* parser paused for an upgrade: close after response */
+    int handoff;            /* WebSocket: the socket goes to ws_http.c */
+    const char *exec_start; /* input being parsed, to spot obs-fold */
+    int scan_done;          /* the request head was checked for bare LF */
+    int scan_nl;            /* CRLFs in a row */
+    char scan_prev;
+    const char *val_end; /* end of the last header value piece */
+} mg_xconn_t;
+
+#define X(c) ((mg_xconn_t *)(c))
+
+/* http.c */
+mg_req_t *mg_req_new(mg_conn_t *c);       /* from the free list; NULL if out of memory */
+void mg_conn_arm(mg_conn_t *c, int mode); /* the connection timer, MG_T_* */
+
+/* http_parse.c: llhttp's callbacks for a client connection */
+extern const llhttp_settings_t mg_http_settings;
+int mg_http_on_message_begin(llhttp_t *p); /* a fresh request (also for errors before one) */
+void mg_http_dispatch(mg_req_t *r);        /* to its target, once access allows it */
+
+/* http_resp.c */
+/* A JSON error response with extra header lines ("Name: value\r\n"). */
+void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const char *extra);
+
+#endif
