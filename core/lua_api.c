@@ -3,7 +3,10 @@
  * they call (wrapped by lib/moongate/init.lua). Every API that waits
  * (sleep, the HTTP client, reading the body, a write the client is slow
  * to take) yields the coroutine and resumes it from an event callback, so
- * nothing a script does blocks the worker's loop.
+ * nothing a script does blocks the worker's loop. This file has the
+ * coroutines, the req table and the access hooks; the body and response
+ * are lua_resp.c, sleep/timers/the HTTP client lua_client.c, WebSockets
+ * lua_ws.c.
  *
  * Misuse raises (luaL_error); expected failures return nil, err.
  */
@@ -16,23 +19,6 @@
 #include <strings.h>
 
 mg_co_t *mg_co_cur;
-
-static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
-                            int64_t clen, int chunked);
-static int mg_http_on_body(void *ud, const char *data, size_t len);
-static void mg_http_on_done(void *ud);
-static void mg_http_on_error(void *ud, int status, const char *msg);
-
-static void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype);
-static void mg_push_lower(lua_State *L, const char *s, size_t len);
-static mg_req_t *mg_co_req(lua_State *L, const char *what);
-
-static const mg_ux_sink_t mg_lua_http_sink = {
-    .on_head = mg_http_on_head,
-    .on_body = mg_http_on_body,
-    .on_done = mg_http_on_done,
-    .on_error = mg_http_on_error,
-};
 
 /* ---- coroutine lifecycle ---- */
 
@@ -175,7 +161,7 @@ mg_co_t *mg_co_check(lua_State *L, const char *what) {
     return co;
 }
 
-static mg_req_t *mg_co_req(lua_State *L, const char *what) {
+mg_req_t *mg_co_req(lua_State *L, const char *what) {
     mg_co_t *co = mg_co_check(L, what);
     if (co->req == NULL)
         luaL_error(L, "%s: no request in a timer", what);
@@ -184,7 +170,7 @@ static mg_req_t *mg_co_req(lua_State *L, const char *what) {
 
 /* ---- handler start ---- */
 
-static void mg_push_lower(lua_State *L, const char *s, size_t len) {
+void mg_push_lower(lua_State *L, const char *s, size_t len) {
     char buf[256];
     size_t i, n = len < sizeof(buf) ? len : sizeof(buf);
     for (i = 0; i < n; i++)
@@ -619,389 +605,6 @@ void mg_lua_handler_start(mg_req_t *r) {
     mg_co_resume(co, 4);
 }
 
-/* ---- request body ---- */
-
-static void mg_lua_push_all(mg_co_t *co) {
-    size_t n = evbuffer_get_length(co->body);
-    lua_pushlstring(co->L, (const char *)evbuffer_pullup(co->body, -1), n);
-    evbuffer_drain(co->body, n);
-}
-
-void mg_lua_body(mg_req_t *r, const char *data, size_t len) {
-    mg_co_t *co = r->co;
-    evbuffer_add(co->body, data, len);
-    if (co->wait == MG_W_READ) {
-        mg_lua_push_all(co);
-        mg_co_resume(co, 1);
-        return;
-    }
-    if (co->wait != MG_W_BODY && r->conn && evbuffer_get_length(co->body) > MG_HIGH_WATER)
-        mg_conn_read_enable(r->conn, 0);
-}
-
-void mg_lua_body_end(mg_req_t *r) {
-    mg_co_t *co = r->co;
-    if (co->wait == MG_W_BODY || co->wait == MG_W_READ) {
-        if (r->resp_done) {
-            lua_pushnil(co->L);
-            lua_pushliteral(co->L, "request body too large");
-            mg_co_resume(co, 2);
-            return;
-        }
-        if (co->wait == MG_W_READ && evbuffer_get_length(co->body) == 0)
-            lua_pushnil(co->L);
-        else
-            mg_lua_push_all(co);
-        mg_co_resume(co, 1);
-    }
-}
-
-static int mg_core_req_body(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "req:body");
-    mg_co_t *co = r->co;
-    if (r->state == MG_REQ_DONE || r->conn == NULL) {
-        mg_lua_push_all(co);
-        return 1;
-    }
-    co->wait = MG_W_BODY;
-    if (r->conn)
-        mg_conn_read_enable(r->conn, 1);
-    return lua_yield(L, 0);
-}
-
-static int mg_core_req_read(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "req:read");
-    mg_co_t *co = r->co;
-    if (evbuffer_get_length(co->body)) {
-        mg_lua_push_all(co);
-        if (r->conn)
-            mg_conn_read_enable(r->conn, 1);
-        return 1;
-    }
-    if (r->state == MG_REQ_DONE || r->conn == NULL) {
-        lua_pushnil(L);
-        return 1;
-    }
-    co->wait = MG_W_READ;
-    if (r->conn)
-        mg_conn_read_enable(r->conn, 1);
-    return lua_yield(L, 0);
-}
-
-void mg_lua_client_drained(mg_req_t *r) {
-    mg_co_t *co = r->co;
-    if (co->wait == MG_W_DRAIN) {
-        lua_pushboolean(co->L, 1);
-        mg_co_resume(co, 1);
-    }
-}
-
-void mg_lua_client_gone(mg_req_t *r) {
-    mg_co_t *co = r->co;
-    /* the coroutine goes on (it may hold upstream work); its writes are
-     * dropped and whoever waits for the client learns it left */
-    if (co->wait == MG_W_DRAIN || co->wait == MG_W_READ || co->wait == MG_W_BODY) {
-        int wait = co->wait;
-        lua_pushnil(co->L);
-        lua_pushliteral(co->L, "closed");
-        if (wait == MG_W_BODY) {
-            lua_pop(co->L, 2);
-            mg_lua_push_all(co);
-            mg_co_resume(co, 1);
-        } else {
-            mg_co_resume(co, 2);
-        }
-    }
-}
-
-/* ---- response ---- */
-
-/* Appends "Name: value\r\n" lines from the table at idx; refuses CR/LF. */
-static void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype) {
-    if (!lua_istable(L, idx))
-        return;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        size_t nl, vl;
-        const char *n, *v;
-        lua_pushvalue(L, -2);
-        n = lua_tolstring(L, -1, &nl);
-        v = lua_tolstring(L, -2, &vl);
-        if (n == NULL || v == NULL || nl == 0 || strpbrk(n, "\r\n: \t") || memchr(v, '\r', vl) ||
-            memchr(v, '\n', vl) || memchr(v, '\0', vl))
-            luaL_error(L, "bad response header %s", n ? n : "?");
-        if (mg_http_hop_by_hop(n, nl)) {
-            lua_pop(L, 2);
-            continue;
-        }
-        if (nl == 12 && strncasecmp(n, "content-type", 12) == 0)
-            *has_ctype |= 1;
-        if (nl == 12 && strncasecmp(n, "x-request-id", 12) == 0)
-            *has_ctype |= 2; /* set by the script: ours is not added */
-        evbuffer_add(out, n, nl);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, v, vl);
-        evbuffer_add(out, "\r\n", 2);
-        lua_pop(L, 2);
-    }
-}
-
-/* res_send(status, body, headers, default_ctype) */
-static int mg_core_res_send(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "response");
-    int status = luaL_checkint(L, 1);
-    size_t blen;
-    const char *body = luaL_optlstring(L, 2, "", &blen);
-    struct evbuffer *h;
-    int has_ctype = 0;
-
-    if (status < 100 || status > 999)
-        return luaL_error(L, "bad status %d", status);
-    if (r->resp_started)
-        return 0;
-    h = evbuffer_new();
-    mg_lua_header_lines(L, 3, h, &has_ctype);
-    mg_lines_merge(h, &r->rxhdrs); /* req:set_response_header() in an access hook */
-    if (mg_evlines_have(h, "content-type", 12))
-        has_ctype |= 1;
-    if (!(has_ctype & 1) && lua_isstring(L, 4) && blen)
-        evbuffer_add_printf(h, "Content-Type: %s\r\n", lua_tostring(L, 4));
-    if (!(has_ctype & 2))
-        evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);
-    mg_resp_head(r, status, (const char *)evbuffer_pullup(h, -1), evbuffer_get_length(h),
-                 (status < 200 || status == 204 || status == 304) ? -1 : (int64_t)blen);
-    evbuffer_free(h);
-    mg_resp_body(r, body, blen);
-    r->resp_done = 1;
-    return 0;
-}
-
-/* res_write(status, headers, chunk): the first call sends the head */
-static int mg_core_res_write(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "res:write");
-    size_t len;
-    const char *data = luaL_checklstring(L, 3, &len);
-
-    if (r->conn == NULL) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "closed");
-        return 2;
-    }
-    if (r->resp_done)
-        return luaL_error(L, "res:write: the response is already complete");
-    if (!r->resp_started) {
-        struct evbuffer *h = evbuffer_new();
-        int has_ctype = 0;
-        mg_lua_header_lines(L, 2, h, &has_ctype);
-        mg_lines_merge(h, &r->rxhdrs);
-        if (!(has_ctype & 2))
-            evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);
-        mg_resp_head(r, luaL_optint(L, 1, 200), (const char *)evbuffer_pullup(h, -1),
-                     evbuffer_get_length(h), -1);
-        evbuffer_free(h);
-    }
-    mg_resp_body(r, data, len);
-    mg_conn_flush(r->conn);
-    if (r->conn && mg_conn_pending(r->conn) > MG_HIGH_WATER) {
-        r->co->wait = MG_W_DRAIN; /* the client is slow: wait for it */
-        return lua_yield(L, 0);
-    }
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* ---- sleep and timers ---- */
-
-static void mg_co_timer_cb(evutil_socket_t fd, short what, void *arg) {
-    mg_co_t *co = arg;
-    int n = co->targs;
-    (void)fd, (void)what;
-    co->targs = 0;
-    mg_co_resume(co, n);
-}
-
-static int mg_core_sleep(lua_State *L) {
-    mg_co_t *co = mg_co_check(L, "moongate.sleep");
-    double s = luaL_checknumber(L, 1);
-    struct timeval tv;
-    if (s < 0)
-        s = 0;
-    tv.tv_sec = (long)s;
-    tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
-    co->wait = MG_W_SLEEP;
-    evtimer_assign(&co->tev, mg_worker.base, mg_co_timer_cb, co);
-    evtimer_add(&co->tev, &tv);
-    return lua_yield(L, 0);
-}
-
-/* timer(seconds, fn, ...): fn(...) runs later in its own coroutine */
-static int mg_core_timer(lua_State *L) {
-    double s = luaL_checknumber(L, 1);
-    int nargs = lua_gettop(L) - 2, i;
-    mg_gen_t *gen = mg_co_cur ? mg_co_cur->gen : mg_gen_current;
-    mg_co_t *co;
-    struct timeval tv;
-
-    luaL_checktype(L, 2, LUA_TFUNCTION);
-    if (gen == NULL || mg_worker.base == NULL)
-        return luaL_error(L, "moongate.timer: no event loop at load time");
-    co = mg_co_new(gen);
-    if (co == NULL)
-        return luaL_error(L, "out of memory");
-    /* the coroutine's stack: fn, args...; the first resume passes the args */
-    for (i = 2; i <= nargs + 2; i++)
-        lua_pushvalue(L, i);
-    lua_xmove(L, co->L, nargs + 1);
-    co->targs = nargs;
-    if (s < 0)
-        s = 0;
-    tv.tv_sec = (long)s;
-    tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
-    co->wait = MG_W_SLEEP;
-    evtimer_assign(&co->tev, mg_worker.base, mg_co_timer_cb, co);
-    evtimer_add(&co->tev, &tv);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* ---- HTTP client ---- */
-
-static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
-                            int64_t clen, int chunked) {
-    mg_co_t *co = ud;
-    (void)http_minor, (void)clen, (void)chunked;
-    co->hstatus = status;
-    for (int i = 0; i < nhdrs; i++) {
-        evbuffer_add(co->hhead, hdrs[i].name, hdrs[i].nlen);
-        evbuffer_add(co->hhead, "", 1);
-        evbuffer_add(co->hhead, hdrs[i].value, hdrs[i].vlen);
-        evbuffer_add(co->hhead, "", 1);
-    }
-}
-
-static int mg_http_on_body(void *ud, const char *data, size_t len) {
-    mg_co_t *co = ud;
-    if (evbuffer_get_length(co->hbody) + len <= MG_HTTP_MAX_BODY)
-        evbuffer_add(co->hbody, data, len);
-    return 0;
-}
-
-static void mg_http_on_done(void *ud) {
-    mg_co_t *co = ud;
-    lua_State *L = co->L;
-    size_t hl = evbuffer_get_length(co->hhead), off = 0;
-    const char *hp = (const char *)evbuffer_pullup(co->hhead, -1);
-
-    co->ux = NULL;
-    lua_createtable(L, 0, 3);
-    lua_pushinteger(L, co->hstatus);
-    lua_setfield(L, -2, "status");
-    lua_createtable(L, 0, 8);
-    while (off < hl) {
-        size_t nl = strlen(hp + off), vl;
-        mg_push_lower(L, hp + off, nl);
-        off += nl + 1;
-        vl = strlen(hp + off);
-        lua_pushvalue(L, -1);
-        lua_rawget(L, -3);
-        if (lua_isstring(L, -1)) {
-            lua_pushliteral(L, ", ");
-            lua_pushlstring(L, hp + off, vl);
-            lua_concat(L, 3);
-        } else {
-            lua_pop(L, 1);
-            lua_pushlstring(L, hp + off, vl);
-        }
-        lua_rawset(L, -3);
-        off += vl + 1;
-    }
-    lua_setfield(L, -2, "headers");
-    lua_pushlstring(L, (const char *)evbuffer_pullup(co->hbody, -1),
-                    evbuffer_get_length(co->hbody));
-    lua_setfield(L, -2, "body");
-    evbuffer_free(co->hbody);
-    evbuffer_free(co->hhead);
-    co->hbody = co->hhead = NULL;
-    mg_co_resume(co, 1);
-}
-
-static void mg_http_on_error(void *ud, int status, const char *msg) {
-    mg_co_t *co = ud;
-    co->ux = NULL;
-    evbuffer_free(co->hbody);
-    evbuffer_free(co->hhead);
-    co->hbody = co->hhead = NULL;
-    lua_pushnil(co->L);
-    lua_pushstring(co->L, status == 504 ? "timeout" : msg);
-    mg_co_resume(co, 2);
-}
-
-/* http_request(method, upstream_or_nil, url_or_nil, target, headers, body, timeout) */
-static int mg_core_http_request(lua_State *L) {
-    mg_co_t *co = mg_co_check(L, "moongate.http.request");
-    const char *method = luaL_checkstring(L, 1);
-    const char *target = luaL_checkstring(L, 4);
-    size_t blen = 0;
-    const char *body = luaL_optlstring(L, 6, NULL, &blen);
-    double timeout = luaL_optnumber(L, 7, 0);
-    mg_upstream_t *up = NULL;
-    struct evbuffer *h;
-    int has_ctype = 0;
-    char hostport[96];
-
-    if (lua_isstring(L, 2)) {
-        size_t nl;
-        const char *name = lua_tolstring(L, 2, &nl);
-        up = mg_gen_upstream(co->gen, name, nl);
-        if (up == NULL)
-            return luaL_error(L, "moongate.http.request: unknown upstream '%s'", name);
-    } else {
-        const char *url = luaL_checkstring(L, 3);
-        char host[64];
-        int port = 80;
-        if (sscanf(url, "http://%63[^:/]:%d", host, &port) < 1)
-            return luaL_error(L, "moongate.http.request: bad url '%s'", url);
-        free(co->tmp_up.peers);
-        memset(&co->tmp_up, 0, sizeof(co->tmp_up));
-        co->tmp_up.peers = calloc(1, sizeof(mg_peer_t *));
-        co->tmp_up.peers[0] = mg_peer_get(host, port);
-        co->tmp_up.npeers = co->tmp_up.peers[0] ? 1 : 0;
-        snprintf(co->tmp_up.name, sizeof(co->tmp_up.name), "%.40s:%d", host, port);
-        co->tmp_up.keepalive = 16;
-        co->tmp_up.connect_timeout = 5000;
-        co->tmp_up.response_timeout = 60000;
-        co->tmp_up.max_fails = 0;
-        up = &co->tmp_up;
-    }
-    if (up->npeers == 0)
-        return luaL_error(L, "moongate.http.request: upstream has no servers");
-    if (strpbrk(method, " \r\n") || strpbrk(target, " \r\n") || target[0] != '/')
-        return luaL_error(L, "moongate.http.request: bad method or path");
-    h = evbuffer_new();
-    mg_peer_str(up->peers[0], hostport, sizeof(hostport));
-    evbuffer_add_printf(h, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, hostport);
-    mg_lua_header_lines(L, 5, h, &has_ctype);
-    if (co->req)
-        evbuffer_add_printf(h, "X-Request-Id: %s\r\n", co->req->request_id);
-    if (body)
-        evbuffer_add_printf(h, "Content-Length: %zu\r\n", blen);
-    evbuffer_add(h, "\r\n", 2);
-    if (body)
-        evbuffer_add(h, body, blen);
-    co->hbody = evbuffer_new();
-    co->hhead = evbuffer_new();
-    co->wait = MG_W_HTTP;
-    co->ux = mg_ux_start(up, h, body == NULL, strcmp(method, "HEAD") == 0, &mg_lua_http_sink, co,
-                         (int)(timeout * 1000));
-    if (co->ux == NULL) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "out of memory");
-        return 2;
-    }
-    mg_ux_end(co->ux);
-    return lua_yield(L, 0);
-}
-
 /* ---- misc ---- */
 
 static int mg_core_now(lua_State *L) {
@@ -1031,23 +634,16 @@ static int mg_core_worker_id(lua_State *L) {
 }
 
 static const luaL_Reg mg_core_funcs[] = {
-    {"sleep", mg_core_sleep},
-    {"timer", mg_core_timer},
     {"now", mg_core_now},
     {"time", mg_core_time},
     {"log", mg_core_log},
     {"worker_id", mg_core_worker_id},
-    {"http_request", mg_core_http_request},
-    {"req_body", mg_core_req_body},
-    {"req_read", mg_core_req_read},
     {"access_done", mg_core_access_done},
     {"req_fill", mg_core_req_fill},
     {"req_header", mg_core_req_header},
     {"req_set_header", mg_core_req_set_header},
     {"req_set_response_header", mg_core_req_set_response_header},
     {"resp_headers_into", mg_core_resp_headers_into},
-    {"res_send", mg_core_res_send},
-    {"res_write", mg_core_res_write},
     {NULL, NULL},
 };
 
@@ -1056,6 +652,8 @@ void mg_lua_open_api(lua_State *L) {
     lua_getfield(L, -1, "loaded");
     lua_newtable(L);
     luaL_register(L, NULL, mg_core_funcs);
+    mg_lua_inject_resp_api(L);
+    mg_lua_inject_client_api(L);
     lua_pushstring(L, MG_VERSION);
     lua_setfield(L, -2, "version");
     mg_shdict_open_api(L);

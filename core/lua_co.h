@@ -46,7 +46,14 @@ mg_co_t *mg_co_check(lua_State *L, const char *what);
 void mg_push_req(lua_State *L, mg_req_t *r);
 void mg_push_req_filled(lua_State *L, mg_req_t *r); /* for a handler that outlives r */
 void mg_co_pool_free(mg_gen_t *gen);
-void mg_lua_ws_co_end(mg_co_t *co); /* lua_ws.c: the owner coroutine ended */
-void mg_lua_ws_error(mg_co_t *co);  /* the handler raised: close with 1011 */
+mg_req_t *mg_co_req(lua_State *L, const char *what); /* the running handler's request */
+void mg_push_lower(lua_State *L, const char *s, size_t len);
+/* Header lines "Name: value\r\n" from the table at idx into out. */
+void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype);
+/* Each adds its functions to the moongate.core table on the stack's top. */
+void mg_lua_inject_resp_api(lua_State *L);   /* lua_resp.c */
+void mg_lua_inject_client_api(lua_State *L); /* lua_client.c */
+void mg_lua_ws_co_end(mg_co_t *co);          /* lua_ws.c: the owner coroutine ended */
+void mg_lua_ws_error(mg_co_t *co);           /* the handler raised: close with 1011 */
 
 #endif

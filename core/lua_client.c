@@ -1,0 +1,225 @@
+/*
+ * lua_client.c -- what a Lua coroutine waits on besides its own request:
+ * sleep(), timers (each runs in a fresh coroutine) and the HTTP client
+ * (an upstream exchange whose head and body resume the caller). Nothing
+ * here blocks the worker's loop.
+ */
+#include "lua_co.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
+                            int64_t clen, int chunked);
+static int mg_http_on_body(void *ud, const char *data, size_t len);
+static void mg_http_on_done(void *ud);
+static void mg_http_on_error(void *ud, int status, const char *msg);
+
+static const mg_ux_sink_t mg_lua_http_sink = {
+    .on_head = mg_http_on_head,
+    .on_body = mg_http_on_body,
+    .on_done = mg_http_on_done,
+    .on_error = mg_http_on_error,
+};
+
+static void mg_co_timer_cb(evutil_socket_t fd, short what, void *arg) {
+    mg_co_t *co = arg;
+    int n = co->targs;
+    (void)fd, (void)what;
+    co->targs = 0;
+    mg_co_resume(co, n);
+}
+
+static int mg_core_sleep(lua_State *L) {
+    mg_co_t *co = mg_co_check(L, "moongate.sleep");
+    double s = luaL_checknumber(L, 1);
+    struct timeval tv;
+    if (s < 0)
+        s = 0;
+    tv.tv_sec = (long)s;
+    tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
+    co->wait = MG_W_SLEEP;
+    evtimer_assign(&co->tev, mg_worker.base, mg_co_timer_cb, co);
+    evtimer_add(&co->tev, &tv);
+    return lua_yield(L, 0);
+}
+
+/* timer(seconds, fn, ...): fn(...) runs later in its own coroutine */
+static int mg_core_timer(lua_State *L) {
+    double s = luaL_checknumber(L, 1);
+    int nargs = lua_gettop(L) - 2, i;
+    mg_gen_t *gen = mg_co_cur ? mg_co_cur->gen : mg_gen_current;
+    mg_co_t *co;
+    struct timeval tv;
+
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (gen == NULL || mg_worker.base == NULL)
+        return luaL_error(L, "moongate.timer: no event loop at load time");
+    co = mg_co_new(gen);
+    if (co == NULL)
+        return luaL_error(L, "out of memory");
+    /* the coroutine's stack: fn, args...; the first resume passes the args */
+    for (i = 2; i <= nargs + 2; i++)
+        lua_pushvalue(L, i);
+    lua_xmove(L, co->L, nargs + 1);
+    co->targs = nargs;
+    if (s < 0)
+        s = 0;
+    tv.tv_sec = (long)s;
+    tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
+    co->wait = MG_W_SLEEP;
+    evtimer_assign(&co->tev, mg_worker.base, mg_co_timer_cb, co);
+    evtimer_add(&co->tev, &tv);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ---- HTTP client ---- */
+
+static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
+                            int64_t clen, int chunked) {
+    mg_co_t *co = ud;
+    (void)http_minor, (void)clen, (void)chunked;
+    co->hstatus = status;
+    for (int i = 0; i < nhdrs; i++) {
+        evbuffer_add(co->hhead, hdrs[i].name, hdrs[i].nlen);
+        evbuffer_add(co->hhead, "", 1);
+        evbuffer_add(co->hhead, hdrs[i].value, hdrs[i].vlen);
+        evbuffer_add(co->hhead, "", 1);
+    }
+}
+
+static int mg_http_on_body(void *ud, const char *data, size_t len) {
+    mg_co_t *co = ud;
+    if (evbuffer_get_length(co->hbody) + len <= MG_HTTP_MAX_BODY)
+        evbuffer_add(co->hbody, data, len);
+    return 0;
+}
+
+static void mg_http_on_done(void *ud) {
+    mg_co_t *co = ud;
+    lua_State *L = co->L;
+    size_t hl = evbuffer_get_length(co->hhead), off = 0;
+    const char *hp = (const char *)evbuffer_pullup(co->hhead, -1);
+
+    co->ux = NULL;
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, co->hstatus);
+    lua_setfield(L, -2, "status");
+    lua_createtable(L, 0, 8);
+    while (off < hl) {
+        size_t nl = strlen(hp + off), vl;
+        mg_push_lower(L, hp + off, nl);
+        off += nl + 1;
+        vl = strlen(hp + off);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isstring(L, -1)) {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, hp + off, vl);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, hp + off, vl);
+        }
+        lua_rawset(L, -3);
+        off += vl + 1;
+    }
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, (const char *)evbuffer_pullup(co->hbody, -1),
+                    evbuffer_get_length(co->hbody));
+    lua_setfield(L, -2, "body");
+    evbuffer_free(co->hbody);
+    evbuffer_free(co->hhead);
+    co->hbody = co->hhead = NULL;
+    mg_co_resume(co, 1);
+}
+
+static void mg_http_on_error(void *ud, int status, const char *msg) {
+    mg_co_t *co = ud;
+    co->ux = NULL;
+    evbuffer_free(co->hbody);
+    evbuffer_free(co->hhead);
+    co->hbody = co->hhead = NULL;
+    lua_pushnil(co->L);
+    lua_pushstring(co->L, status == 504 ? "timeout" : msg);
+    mg_co_resume(co, 2);
+}
+
+/* http_request(method, upstream_or_nil, url_or_nil, target, headers, body, timeout) */
+static int mg_core_http_request(lua_State *L) {
+    mg_co_t *co = mg_co_check(L, "moongate.http.request");
+    const char *method = luaL_checkstring(L, 1);
+    const char *target = luaL_checkstring(L, 4);
+    size_t blen = 0;
+    const char *body = luaL_optlstring(L, 6, NULL, &blen);
+    double timeout = luaL_optnumber(L, 7, 0);
+    mg_upstream_t *up = NULL;
+    struct evbuffer *h;
+    int has_ctype = 0;
+    char hostport[96];
+
+    if (lua_isstring(L, 2)) {
+        size_t nl;
+        const char *name = lua_tolstring(L, 2, &nl);
+        up = mg_gen_upstream(co->gen, name, nl);
+        if (up == NULL)
+            return luaL_error(L, "moongate.http.request: unknown upstream '%s'", name);
+    } else {
+        const char *url = luaL_checkstring(L, 3);
+        char host[64];
+        int port = 80;
+        if (sscanf(url, "http://%63[^:/]:%d", host, &port) < 1)
+            return luaL_error(L, "moongate.http.request: bad url '%s'", url);
+        free(co->tmp_up.peers);
+        memset(&co->tmp_up, 0, sizeof(co->tmp_up));
+        co->tmp_up.peers = calloc(1, sizeof(mg_peer_t *));
+        co->tmp_up.peers[0] = mg_peer_get(host, port);
+        co->tmp_up.npeers = co->tmp_up.peers[0] ? 1 : 0;
+        snprintf(co->tmp_up.name, sizeof(co->tmp_up.name), "%.40s:%d", host, port);
+        co->tmp_up.keepalive = 16;
+        co->tmp_up.connect_timeout = 5000;
+        co->tmp_up.response_timeout = 60000;
+        co->tmp_up.max_fails = 0;
+        up = &co->tmp_up;
+    }
+    if (up->npeers == 0)
+        return luaL_error(L, "moongate.http.request: upstream has no servers");
+    if (strpbrk(method, " \r\n") || strpbrk(target, " \r\n") || target[0] != '/')
+        return luaL_error(L, "moongate.http.request: bad method or path");
+    h = evbuffer_new();
+    mg_peer_str(up->peers[0], hostport, sizeof(hostport));
+    evbuffer_add_printf(h, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, hostport);
+    mg_lua_header_lines(L, 5, h, &has_ctype);
+    if (co->req)
+        evbuffer_add_printf(h, "X-Request-Id: %s\r\n", co->req->request_id);
+    if (body)
+        evbuffer_add_printf(h, "Content-Length: %zu\r\n", blen);
+    evbuffer_add(h, "\r\n", 2);
+    if (body)
+        evbuffer_add(h, body, blen);
+    co->hbody = evbuffer_new();
+    co->hhead = evbuffer_new();
+    co->wait = MG_W_HTTP;
+    co->ux = mg_ux_start(up, h, body == NULL, strcmp(method, "HEAD") == 0, &mg_lua_http_sink, co,
+                         (int)(timeout * 1000));
+    if (co->ux == NULL) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "out of memory");
+        return 2;
+    }
+    mg_ux_end(co->ux);
+    return lua_yield(L, 0);
+}
+
+static const luaL_Reg mg_client_funcs[] = {
+    {"sleep", mg_core_sleep},
+    {"timer", mg_core_timer},
+    {"http_request", mg_core_http_request},
+    {NULL, NULL},
+};
+
+void mg_lua_inject_client_api(lua_State *L) { luaL_register(L, NULL, mg_client_funcs); }
