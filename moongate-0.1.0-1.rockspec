@@ -43,6 +43,7 @@ build = {
     ["moongate.check"] = "lib/moongate/check.lua",
     ["moongate.routes"] = "lib/moongate/routes.lua",
     ["moongate.plugins"] = "lib/moongate/plugins.lua",
+    ["moongate.schema"] = "lib/moongate/schema.lua",
     ["moongate.cidr"] = "lib/moongate/cidr.lua",
     ["moongate.jwk"] = "lib/moongate/jwk.lua",
     ["moongate.hints"] = "lib/moongate/hints.lua",
