@@ -23,6 +23,7 @@ typedef struct {
     const char *exec_start; /* input being parsed, to spot obs-fold */
     int scan_done;          /* the request head was checked for bare LF */
     int scan_nl;            /* CRLFs in a row */
+    int scan_rl;            /* 0 before the request line, 1 in it, 2 after */
     char scan_prev;
     const char *val_end; /* end of the last header value piece */
 } mg_xconn_t;

@@ -154,10 +154,29 @@ static int mg_http_host_valid(const char *v, size_t len) {
     return 1;
 }
 
+/* A Transfer-Encoding value: "chunked" alone is the one we implement.
+ * Other codings before a final chunked get 501 (RFC 9112 6.1): the body is
+ * framed, but forwarding it would hand the upstream bytes still coded.
+ * Anything else (chunked not last, or absent) leaves the length unknown,
+ * which llhttp refuses with 400 (6.3). Returns 0 or 501. */
+static int mg_http_te_check(const char *v, size_t n) {
+    size_t e = n, s;
+    while (e > 0 && (v[e - 1] == ' ' || v[e - 1] == '\t'))
+        e--;
+    s = e;
+    while (s > 0 && v[s - 1] != ',')
+        s--;
+    if (s == 0)
+        return 0; /* one coding: chunked, or llhttp's 400 */
+    while (s < e && (v[s] == ' ' || v[s] == '\t'))
+        s++;
+    return e - s == 7 && strncasecmp(v + s, "chunked", 7) == 0 ? 501 : 0;
+}
+
 /* Checks llhttp leaves to us: Host (RFC 9112 3.2), framing, target form,
  * dot segments. Returns 0 or an HTTP status to refuse with. */
 static int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
-    int hosts = 0, te = 0, i;
+    int hosts = 0, te = 0, te_501 = 0, i;
     const char *url = r->hbuf;
 
     for (i = 0; i < r->nhdrs; i++) {
@@ -179,6 +198,8 @@ static int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
                 return 400;
         } else if (mg_http_name_is(r, h, "transfer-encoding", 17)) {
             te++;
+            if (mg_http_te_check(v, h->vlen) == 501)
+                te_501 = 1;
         } else if (mg_http_name_is(r, h, "x-request-id", 12)) {
             r->xrid_idx = i;
         } else if (mg_http_name_is(r, h, "expect", 6)) {
@@ -192,6 +213,8 @@ static int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
         return 400;
     if (te && p->http_minor == 0)
         return 400; /* RFC 9112 6.1: faulty framing from a 1.0 client */
+    if (te_501)
+        return 501; /* RFC 9112 6.1: a coding we do not implement */
     if (p->method == HTTP_CONNECT)
         return 405;
     if (p->http_major != 1)

@@ -1,6 +1,7 @@
 -- Malformed requests and request-smuggling shapes, over raw sockets. Each
--- must get a 400 and a closed connection, and must never reach the upstream:
--- neither the request itself nor the request smuggled behind it.
+-- must get a 400 (or the status its case names) and a closed connection,
+-- and must never reach the upstream: neither the request itself nor the
+-- request smuggled behind it.
 local helpers = require "spec.helpers"
 
 local ROUTES = [=[
@@ -107,6 +108,28 @@ local CASES = {
     { "unknown HTTP version", function(n)
         return "GET /mal-" .. n .. " HTTP/9.9\r\nHost: x\r\n\r\n" .. smuggled(n)
     end, nil, { 400, 505 } },
+    -- RFC 9112 6.1: the body is framed, but a coding we do not implement
+    -- (gzip) would reach the upstream still applied
+    { "a transfer coding before chunked", function(n)
+        return "POST /mal-" .. n .. " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            .. "5\r\nhello\r\n0\r\n\r\n" .. smuggled(n)
+    end, nil, { 501 } },
+    { "chunked not the final coding", function(n)
+        return "POST /mal-" .. n .. " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+            .. "5\r\nhello\r\n0\r\n\r\n" .. smuggled(n)
+    end },
+    -- RFC 9112 3: single spaces between the request line's parts
+    { "two spaces in the request line", function(n)
+        return "GET  /mal-" .. n .. " HTTP/1.1\r\nHost: x\r\n\r\n" .. smuggled(n)
+    end },
+    { "two spaces before the version", function(n)
+        return "GET /mal-" .. n .. "  HTTP/1.1\r\nHost: x\r\n\r\n" .. smuggled(n)
+    end },
+    -- RFC 9112 2.2: empty lines before the request line may be ignored, but
+    -- the head after them is still held to CRLF
+    { "bare LF after leading empty lines", function(n)
+        return "\r\n\r\nGET /mal-" .. n .. " HTTP/1.1\nHost: x\r\n\r\n" .. smuggled(n)
+    end },
 }
 
 describe("malformed requests", function()
@@ -132,6 +155,14 @@ describe("malformed requests", function()
             end
         end
     end
+
+    it("takes empty lines before the request line (RFC 9112 2.2)", function()
+        helpers.upstream_reset(up)
+        local data = helpers.raw(mg.port, "\r\n\r\nGET /lead HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert.matches("^HTTP/1%.1 200", data)
+        helpers.sleep(0.2)
+        assert.same({ "GET /lead" }, helpers.upstream_log(up).heads)
+    end)
 
     it("forwards a well-formed request (control)", function()
         helpers.upstream_reset(up)
