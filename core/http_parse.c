@@ -175,6 +175,8 @@ static int mg_http_te_check(const char *v, size_t n) {
 
 /* Checks llhttp leaves to us: Host (RFC 9112 3.2), framing, target form,
  * dot segments. Returns 0 or an HTTP status to refuse with. */
+#define MG_HOST_MAX 262 /* a DNS name (255), ':' and a port */
+
 static int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
     int hosts = 0, te = 0, te_501 = 0, i;
     const char *url = r->hbuf;
@@ -229,18 +231,34 @@ static int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
         return 0;
     }
     if (url[0] != '/') {
-        const char *s;
+        const char *s, *auth;
+        char ab[MG_HOST_MAX];
+        size_t skip, alen;
         if (r->url_len > 7 && strncasecmp(url, "http://", 7) == 0)
-            s = memchr(url + 7, '/', r->url_len - 7);
+            skip = 7;
         else if (r->url_len > 8 && strncasecmp(url, "https://", 8) == 0)
-            s = memchr(url + 8, '/', r->url_len - 8);
+            skip = 8;
         else
             return 400;
+        auth = url + skip;
+        s = memchr(auth, '/', r->url_len - skip);
         if (s == NULL)
             return 400;
+        alen = s - auth;
+        /* userinfo ('@') is refused with the rest (RFC 9110 4.2.4) */
+        if (alen == 0 || alen > sizeof(ab) || !mg_http_host_valid(auth, alen))
+            return 400;
+        memcpy(ab, auth, alen);
         memmove(r->hbuf, s, r->url_len - (s - url));
-        /* the freed bytes at the end stay unused; header offsets stay valid */
         r->url_len -= s - url;
+        /* RFC 9112 3.2.2: the target's authority replaces Host, for routing
+         * and on to the upstream. It goes in the bytes the move freed (at
+         * least its own length); other header offsets stay valid. */
+        if (r->host_idx >= 0) {
+            memcpy(r->hbuf + r->url_len, ab, alen);
+            r->hdrs[r->host_idx].voff = (uint32_t)r->url_len;
+            r->hdrs[r->host_idx].vlen = (uint32_t)alen;
+        }
     }
     {
         const char *q = memchr(url, '?', r->url_len);

@@ -133,6 +133,28 @@ describe("routing", function()
         assert.equal("host-any", route("GET", "/h"))
     end)
 
+    it("routes an absolute-form target by its authority, not Host, and sends it on (RFC 9112 3.2.2)", function()
+        local function body_of(raw)
+            assert.matches("^HTTP/1%.1 200", raw)
+            return json.decode(raw:match("\r\n\r\n(.*)$"))
+        end
+        local data = helpers.raw(mg.port,
+            "GET http://a.example/h HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n")
+        assert.equal("host-a", body_of(data).route)
+        data = helpers.raw(mg.port,
+            "GET http://b.example/h HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        assert.equal("host-any", body_of(data).route)
+        data = helpers.raw(mg.port,
+            "GET http://a.example:8080/up/abs?q=1 HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n")
+        local seen = body_of(data)
+        assert.equal("/up/abs?q=1", seen.path)
+        assert.equal("a.example:8080", seen.headers.host)
+        -- userinfo in the authority is refused (RFC 9110 4.2.4)
+        data = helpers.raw(mg.port,
+            "GET http://u@a.example/h HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        assert.matches("^HTTP/1%.1 400", data)
+    end)
+
     it("answers 404 with a JSON error when nothing matches", function()
         local st, h, body = helpers.http(mg.port, "GET", "/no/such/route")
         assert.equal(404, st)
