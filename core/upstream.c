@@ -673,6 +673,26 @@ static int mg_ux_on_header_value(llhttp_t *p, const char *at, size_t len) {
     return mg_ux_append(ux, at, len);
 }
 
+/* RFC 9112 6.1: chunked is the one transfer coding we implement. A body in
+ * any other (or chunked twice) would reach the client still coded, under
+ * headers that no longer say so: like nginx, a bad gateway. */
+static int mg_ux_te_ok(const mg_ux_t *ux) {
+    int i, te = 0;
+    for (i = 0; i < ux->nh; i++) {
+        const char *v = ux->hv[i].value;
+        size_t n = ux->hv[i].vlen;
+        if (ux->hv[i].nlen != 17 || strncasecmp(ux->hv[i].name, "transfer-encoding", 17) != 0)
+            continue;
+        while (n > 0 && (*v == ' ' || *v == '\t'))
+            v++, n--;
+        while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+            n--;
+        if (++te > 1 || n != 7 || strncasecmp(v, "chunked", 7) != 0)
+            return 0;
+    }
+    return 1;
+}
+
 static int mg_ux_on_headers_complete(llhttp_t *p) {
     mg_ux_t *ux = p->data;
     int i;
@@ -684,6 +704,8 @@ static int mg_ux_on_headers_complete(llhttp_t *p) {
         ux->hv[i].value = ux->hbuf + ux->hoff[i][2];
         ux->hv[i].vlen = ux->hoff[i][3];
     }
+    if (p->status_code != 101 && !mg_ux_te_ok(ux))
+        return -1; /* before head_done: the client gets a 502 */
     ux->status = p->status_code;
     ux->head_done = 1;
     ux->uc->peer->fails = 0;

@@ -156,6 +156,18 @@ describe("proxy", function()
         assert.falsy((h.connection or ""):lower():find("x-resp-hop", 1, true))
     end)
 
+    it("answers 502 for a response in a transfer coding other than chunked (RFC 9112 6.1)", function()
+        -- the body is framed (chunked last), but it would reach the client
+        -- still gzip-coded under headers that no longer say so
+        local st, h, body = helpers.http(mg.port, "GET", "/headers?set=Transfer-Encoding:gzip,%20chunked")
+        assert.equal(502, st)
+        assert.matches("application/json", h["content-type"] or "")
+        assert.matches("bad response from upstream", body, 1, true)
+        -- chunked alone, in any case, is fine
+        st = helpers.http(mg.port, "GET", "/headers?set=Transfer-Encoding:Chunked")
+        assert.equal(200, st)
+    end)
+
     it("adds X-Forwarded-For/Proto/Host and X-Request-Id", function()
         local st, j = echo("GET", "/xf", { headers = { "Host: front.example" } })
         assert.equal(200, st)
