@@ -173,10 +173,10 @@ static int mg_http_te_check(const char *v, size_t n) {
     return e - s == 7 && strncasecmp(v + s, "chunked", 7) == 0 ? 501 : 0;
 }
 
-/* Checks llhttp leaves to us: Host (RFC 9112 3.2), framing, target form,
- * dot segments. Returns 0 or an HTTP status to refuse with. */
 #define MG_HOST_MAX 262 /* a DNS name (255), ':' and a port */
 
+/* Checks llhttp leaves to us: Host (RFC 9112 3.2), framing, target form,
+ * dot segments. Returns 0 or an HTTP status to refuse with. */
 static int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
     int hosts = 0, te = 0, te_501 = 0, i;
     const char *url = r->hbuf;
