@@ -27,8 +27,6 @@ local ipairs = ipairs
 local tostring = tostring
 local error = error
 local pcall = pcall
-local xpcall = xpcall
-local loadfile = loadfile
 local getmetatable = getmetatable
 local setmetatable = setmetatable
 local package = package
@@ -47,7 +45,8 @@ local tbl_sort = table.sort
 local _M = { _VERSION = "0.1.0" }
 
 local schema = require "moongate.schema"
-local sorted_keys = require("moongate.check").sorted_keys
+local check = require "moongate.check"
+local sorted_keys = check.sorted_keys
 local deep_copy = schema.deep_copy
 local show = schema.show
 _M.check_schema = schema.check
@@ -94,7 +93,6 @@ end
 
 local hints = require "moongate.hints"
 local suggestion = hints.suggestion
-local fix_chunkname = hints.fix_chunkname
 _M.suggestion = suggestion
 
 
@@ -102,37 +100,9 @@ _M.suggestion = suggestion
 -- Finding and loading plugins
 ---------------------------------------------------------------------------
 
-local LoadFail = {}
-
--- Runs a plugin file; errors keep the plugin file's own position.
-local function run_plugin_file(path)
-  local chunk, err = loadfile(path)
-  if chunk == nil then err = fix_chunkname(err, path) end
-  if not chunk then
-    if not str_find(err, "^[^\n]-:%d+: ") then
-      err = path .. ":0: " .. err
-    end
-    error(setmetatable({ msg = err }, LoadFail), 0)
-  end
-  local source = "@" .. path
-  local ok, res = xpcall(chunk, function(e)
-    local msg = type(e) == "string" and e or ("(error object is a " .. type(e) .. " value)")
-    if str_find(msg, "^[^\n]-:%d+: ") then return fix_chunkname(msg, path) end
-    for level = 2, 200 do
-      local info = debug_getinfo(level, "Sl")
-      if not info then break end
-      if info.source == source and info.currentline > 0 then
-        return str_format("%s:%d: %s", path, info.currentline, msg)
-      end
-    end
-    return path .. ":1: " .. msg
-  end)
-  if not ok then
-    error(setmetatable({ msg = res }, LoadFail), 0)
-  end
-  return res
-end
-
+-- Runs a plugin file; errors keep the plugin file's own position
+-- (moongate.check's file runner, as for the conf and routes files).
+local run_plugin_file = check.run_file
 
 -- LuaJIT 2.1 has package.searchpath (from Lua 5.2).
 local function searchpath(name)
@@ -238,14 +208,14 @@ function Registry:get(name)
     for _, c in ipairs(list) do
       if file_exists(c.handler) then
         local ok, res = pcall(function()
-          local m = run_plugin_file(c.handler)
+          local m = run_plugin_file({ path = c.handler })
           if c.schema and type(m) == "table" and m.schema == nil and file_exists(c.schema) then
-            m.schema = run_plugin_file(c.schema)
+            m.schema = run_plugin_file({ path = c.schema })
           end
           return m
         end)
         if not ok then
-          if getmetatable(res) ~= LoadFail then error(res, 0) end
+          if not check.is_load_error(res) then error(res, 0) end
           err = res.msg
         else
           local ok2, err2 = check_module(name, res, c.handler)
