@@ -33,9 +33,8 @@ static void mg_co_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_co_resume(co, n);
 }
 
-static int mg_core_sleep(lua_State *L) {
-    mg_co_t *co = mg_co_check(L, "moongate.sleep");
-    double s = luaL_checknumber(L, 1);
+/* Resumes co after s seconds (negative: at the next loop turn). */
+static void mg_co_sleep_for(mg_co_t *co, double s) {
     struct timeval tv;
     if (s < 0)
         s = 0;
@@ -44,6 +43,11 @@ static int mg_core_sleep(lua_State *L) {
     co->wait = MG_W_SLEEP;
     evtimer_assign(&co->tev, mg_worker.base, mg_co_timer_cb, co);
     evtimer_add(&co->tev, &tv);
+}
+
+static int mg_core_sleep(lua_State *L) {
+    mg_co_t *co = mg_co_check(L, "moongate.sleep");
+    mg_co_sleep_for(co, luaL_checknumber(L, 1));
     return lua_yield(L, 0);
 }
 
@@ -53,7 +57,6 @@ static int mg_core_timer(lua_State *L) {
     int nargs = lua_gettop(L) - 2, i;
     mg_gen_t *gen = mg_co_cur ? mg_co_cur->gen : mg_gen_current;
     mg_co_t *co;
-    struct timeval tv;
 
     luaL_checktype(L, 2, LUA_TFUNCTION);
     if (gen == NULL || mg_worker.base == NULL)
@@ -66,13 +69,7 @@ static int mg_core_timer(lua_State *L) {
         lua_pushvalue(L, i);
     lua_xmove(L, co->L, nargs + 1);
     co->targs = nargs;
-    if (s < 0)
-        s = 0;
-    tv.tv_sec = (long)s;
-    tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
-    co->wait = MG_W_SLEEP;
-    evtimer_assign(&co->tev, mg_worker.base, mg_co_timer_cb, co);
-    evtimer_add(&co->tev, &tv);
+    mg_co_sleep_for(co, s);
     lua_pushboolean(L, 1);
     return 1;
 }
