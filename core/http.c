@@ -13,6 +13,7 @@
 #include "http_int.h"
 #include "ws.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -305,8 +306,34 @@ void mg_conn_read_enable(mg_conn_t *c, int on) {
     }
 }
 
+/* A query parameter's name decoded as moongate.decode_query decodes it
+ * ('+' is a space, %XX a byte), into out (cap bytes, NUL-terminated).
+ * Returns the decoded length, or cap when it does not fit: no secret name
+ * is that long, so such a name is never one. */
+static size_t mg_query_name_decode(const char *s, size_t n, char *out, size_t cap) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (ch == '+') {
+            ch = ' ';
+        } else if (ch == '%' && i + 2 < n && isxdigit((unsigned char)s[i + 1]) &&
+                   isxdigit((unsigned char)s[i + 2])) {
+            char hex[3] = {s[i + 1], s[i + 2], 0};
+            ch = (char)strtol(hex, NULL, 16);
+            i += 2;
+        }
+        if (o + 1 >= cap)
+            return cap;
+        out[o++] = ch;
+    }
+    out[o] = 0;
+    return o;
+}
+
 /* Credentials in a query (WebSocket clients pass tokens there) stay out of
- * the access log: the values of these parameters become "-". In place. */
+ * the access log: the values of these parameters become "-". Names are
+ * compared decoded (?%74oken= is the auth hook's token too), any case.
+ * In place. */
 static void mg_log_redact_query(char *path) {
     static const char *secret[] = {"token", "access_token", "api_key", "apikey",
                                    "key",   "password",     "secret",  "jwt"};
@@ -314,9 +341,10 @@ static void mg_log_redact_query(char *path) {
     while (q) {
         char *name = q + 1, *eq = strchr(name, '='), *amp = strchr(name, '&');
         if (eq && (amp == NULL || eq < amp)) {
-            size_t nl = eq - name;
+            char dec[32];
+            size_t nl = mg_query_name_decode(name, eq - name, dec, sizeof(dec));
             for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
-                if (strlen(secret[i]) == nl && strncasecmp(name, secret[i], nl) == 0) {
+                if (strlen(secret[i]) == nl && strncasecmp(dec, secret[i], nl) == 0) {
                     char *end = amp ? amp : eq + strlen(eq);
                     memmove(eq + 2, end, strlen(end) + 1);
                     eq[1] = '-';

@@ -31,35 +31,51 @@ const llhttp_settings_t mg_http_settings = {
     .on_message_complete = mg_http_on_message_complete,
 };
 
-/* A WebSocket route: check the handshake now, hand the socket over once
- * the request is fully parsed (mg_conn_advance). */
-static void mg_http_ws_route(mg_req_t *r) {
+/* A WebSocket route's handshake, checked before its access hook runs so
+ * that a refused handshake runs and forwards nothing. 0 = go on: a valid
+ * upgrade (r->ws_valid, what req.websocket shows hooks), or plain HTTP to
+ * a route with an upstream; -1 = refused and answered. */
+static int mg_http_ws_check(mg_req_t *r) {
     mg_ws_hs_t hs;
     const char *why;
     size_t ul;
     int st;
 
     if (mg_req_header(r, "upgrade", &ul) == NULL) {
-        if (r->route->upstream) {
-            mg_proxy_start(r); /* plain HTTP on a WebSocket upstream route */
-            return;
-        }
+        if (r->route->upstream)
+            return 0; /* plain HTTP on a WebSocket upstream route */
         mg_resp_json_error_with(r, 426, "this route speaks WebSocket",
                                 "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
-        return;
+        return -1;
     }
     st = mg_ws_handshake_check(r, &hs, &why);
     if (st == 426) {
         mg_resp_json_error_with(r, 426, why, "Sec-WebSocket-Version: 13\r\n");
-        return;
+        return -1;
     }
     if (st) {
         mg_resp_json_error(r, st, why);
-        return;
+        return -1;
     }
     if (mg_ws_count() >= (uint64_t)r->gen->max_websockets) {
         mg_warn("request %s: websocket limit (%d per worker) reached", r->request_id,
                 r->gen->max_websockets);
+        mg_resp_json_error(r, 503, "too many websockets");
+        return -1;
+    }
+    r->ws_valid = 1;
+    return 0;
+}
+
+/* A WebSocket route after its access hook: hand the socket over once the
+ * request is fully parsed (mg_conn_advance), or proxy plain HTTP. The
+ * socket limit is checked again: the hook may have waited. */
+static void mg_http_ws_route(mg_req_t *r) {
+    if (!r->ws_valid) {
+        mg_proxy_start(r);
+        return;
+    }
+    if (mg_ws_count() >= (uint64_t)r->gen->max_websockets) {
         mg_resp_json_error(r, 503, "too many websockets");
         return;
     }
@@ -326,6 +342,8 @@ static int mg_http_on_headers_complete(llhttp_t *p) {
         mg_resp_json_error(r, 413, "request body too large");
         return 0;
     }
+    if (r->route->ws && mg_http_ws_check(r) < 0)
+        return 0;
     /* access hooks first; Lua handler routes run them in the handler's
      * own coroutine (moongate.run), the others in one of their own */
     if (r->route->access_ref != LUA_NOREF && (r->route->upstream || r->route->ws)) {

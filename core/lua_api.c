@@ -219,7 +219,7 @@ void mg_push_req(lua_State *L, mg_req_t *r) {
 }
 
 /* Pushes a lazy field of r's req table: "headers", "params", "id",
- * "http_version", "remote_addr" or "query_string". */
+ * "http_version", "remote_addr", "query_string" or "websocket". */
 static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
     mg_kv_t params[MG_ROUTE_MAX_SEGS];
     int np = MG_ROUTE_MAX_SEGS, i;
@@ -235,6 +235,8 @@ static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
             lua_pushlstring(L, r->hbuf + r->path_len + 1, r->url_len - r->path_len - 1);
         else
             lua_pushliteral(L, "");
+    } else if (k[0] == 'w') {
+        lua_pushboolean(L, r->ws_valid);
     } else if (k[0] == 'h' && k[1] == 't') {
         lua_pushstring(L, r->http_minor ? "1.1" : "1.0");
     } else if (k[0] == 'h') {
@@ -273,8 +275,9 @@ static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
     }
 }
 
-static const char *const mg_req_lazy[] = {"headers",      "params",      "id",
-                                          "http_version", "remote_addr", "query_string"};
+static const char *const mg_req_lazy[] = {"headers",     "params",       "id",
+                                          "http_version", "remote_addr", "query_string",
+                                          "websocket"};
 
 /* The request of the req table at index 1; NULL once its lazy fields are
  * all filled; raises once the request is over. */

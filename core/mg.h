@@ -201,6 +201,7 @@ struct mg_req_s {
     int resp_chunked;   /* we chunk-encode the response body */
     int resp_close;     /* close after response (no framing / errors) */
     int ws_upgrade;     /* a valid WebSocket handshake: hand off after parsing */
+    int ws_valid;       /* a valid handshake on a WebSocket route (req.websocket) */
     int access_state;   /* MG_ACCESS_*: the route's access hook */
     int access_req_ref; /* the req table scripts see (anchored until the request ends) */
     mg_lines_t xhdrs;   /* "Name: value\r\n" lines set by req:set_header() */

@@ -2,15 +2,16 @@
 -- `access = auth.access`).
 --
 --  * The caller is resolved from a bearer token: `Authorization: Bearer <t>`,
---    or `?token=<t>` on a WebSocket upgrade (browsers cannot set headers
---    there). No token, a malformed header or an unknown token: 401 JSON.
+--    or `?token=<t>` on a valid WebSocket handshake to a WebSocket route
+--    (browsers cannot set headers there; `req.websocket`). No token, a malformed header or an unknown token: 401 JSON.
 --  * The verifier is chosen in scripts/auth_config.lua (static table, the
 --    Runtime's introspection endpoint, or a function of your own).
 --  * A token bound to a tenant may only touch that tenant: a `tenant_id` in
 --    the query or in the route's path parameters naming another tenant is
---    a 403 JSON. Handlers that read a JSON body check its tenant_id with
---    auth.check_tenant() (the hook never reads bodies: on proxied routes the
---    body streams to the upstream untouched).
+--    a 403 JSON; a query naming `tenant_id` twice is a 400 JSON. Handlers
+--    that read a JSON body check its tenant_id with auth.check_tenant()
+--    (the hook never reads bodies: on proxied routes the body streams to
+--    the upstream untouched).
 --  * The caller goes to the handler as req.ctx.auth, and to upstreams as
 --    X-Auth-Subject / X-Auth-Tenant headers (set here, so a client cannot
 --    forge them).
@@ -22,7 +23,6 @@ local config = require "auth_config"
 local type = type
 local pairs = pairs
 local tostring = tostring
-local lower = string.lower
 local match = string.match
 
 local _M = { _VERSION = "0.1.0" }
@@ -51,9 +51,11 @@ local function forbidden(req, message, extra)
 end
 _M.forbidden = forbidden
 
+-- A real WebSocket handshake on a WebSocket route (the core checked
+-- Upgrade, Connection, the key and the version before this hook ran): an
+-- Upgrade header on a REST route is not one.
 local function is_websocket(req)
-    local up = req.headers.upgrade
-    return up ~= nil and lower(up) == "websocket"
+    return req.websocket == true
 end
 _M.is_websocket = is_websocket
 
@@ -195,6 +197,12 @@ function _M.access(req)
         return unauthorized(req, "invalid token" .. (reason and (": " .. reason) or ""), true)
     end
     req.ctx.auth = id
+    local qs = req.query_string
+    if qs ~= "" and moongate.query_count(qs, "tenant_id") > 1 then
+        -- the hook would check one value while the upstream may read another
+        return 400, err_body(req, "invalid_parameter", "tenant_id given more than once",
+            { parameter = "tenant_id" }), { ["Content-Type"] = JSON_TYPE }
+    end
     local q = req.query
     local st, body, headers = _M.check_tenant(req, q.tenant_id)
     if st then

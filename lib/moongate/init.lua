@@ -50,6 +50,20 @@ function _M.decode_query(qs)
     return t
 end
 
+--- How many times the query string `qs` names `name` (names decoded as
+--- decode_query decodes them, so "tenant%5Fid" is "tenant_id").
+function _M.query_count(qs, name)
+    local n = 0
+    if not qs or qs == "" then return 0 end
+    for pair in gmatch(qs, "[^&]+") do
+        local eq = find(pair, "=", 1, true)
+        if unescape(eq and sub(pair, 1, eq - 1) or pair) == name then
+            n = n + 1
+        end
+    end
+    return n
+end
+
 function _M.encode_query(t)
     if type(t) == "string" then return t end
     local out = {}
@@ -64,7 +78,7 @@ end
 -- fields below are made on first read.
 local req_mt = {}
 local LAZY = { headers = true, params = true, id = true, http_version = true,
-               remote_addr = true, query_string = true }
+               remote_addr = true, query_string = true, websocket = true }
 req_mt.__index = function(req, k)
     local m = req_mt[k]
     if m ~= nil then return m end

@@ -3,8 +3,9 @@
 -- ctx.client_ip for later phases (rate-limit keys on it).
 local cidr = require "moongate.cidr"
 
-local gmatch = string.gmatch
+local find = string.find
 local match = string.match
+local sub = string.sub
 local setmetatable = setmetatable
 
 local _M = {
@@ -26,6 +27,9 @@ end
 -- decisions per conf: address -> true (pass) | false (refuse)
 local caches = setmetatable({}, { __mode = "k" })
 
+-- The client's address, or nil when a hop that must be read to find it does
+-- not parse ("ip:port", "010.006.006.006", an empty entry): falling back to
+-- the proxy's own address would let such a client through a deny list.
 local function client_ip(conf, req)
   local ip = req.remote_addr
   local trusted = conf._trusted
@@ -36,13 +40,17 @@ local function client_ip(conf, req)
   if not xff then return ip end
   -- walk right to left: each hop was added by the one after it
   local hops = {}
-  for h in gmatch(xff, "[^,]+") do
-    hops[#hops + 1] = match(h, "^%s*(.-)%s*$")
+  local pos = 1
+  while true do -- every entry, empty ones too ("a,,b" has three)
+    local comma = find(xff, ",", pos, true)
+    hops[#hops + 1] = match(sub(xff, pos, comma and comma - 1 or #xff), "^%s*(.-)%s*$")
+    if not comma then break end
+    pos = comma + 1
   end
   for i = #hops, 1, -1 do
     local h = hops[i]
     if not cidr.parse_ip(h) then
-      break -- garbage: stop at the last address we could trust
+      return nil -- garbage where the client should be: refuse, never guess
     end
     ip = h
     if not trusted:contains(h) then
@@ -55,7 +63,7 @@ end
 local function decide(conf, ip)
   local b = cidr.parse_ip(ip)
   if not b then
-    return #conf.allow == 0 -- an unparseable address passes a deny-only list
+    return false -- an address that does not parse is never let through
   end
   if conf._deny:contains(b, true) then return false end
   if not conf._allow:empty() and not conf._allow:contains(b, true) then return false end
@@ -64,6 +72,9 @@ end
 
 function _M.access(conf, req, ctx)
   local ip = client_ip(conf, req)
+  if not ip then
+    return conf.status, { error = conf.message }
+  end
   ctx.client_ip = ip
   local cache = caches[conf]
   if not cache then
