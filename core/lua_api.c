@@ -275,9 +275,8 @@ static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
     }
 }
 
-static const char *const mg_req_lazy[] = {"headers",     "params",       "id",
-                                          "http_version", "remote_addr", "query_string",
-                                          "websocket"};
+static const char *const mg_req_lazy[] = {"headers",     "params",       "id",       "http_version",
+                                          "remote_addr", "query_string", "websocket"};
 
 /* The request of the req table at index 1; NULL once its lazy fields are
  * all filled; raises once the request is over. */
