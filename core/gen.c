@@ -90,6 +90,9 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     lua_pop(L, 1);
 
     g->workers = mg_gen_field_int(L, conf, "workers", 1);
+    lua_getfield(L, conf, "max_open_files");
+    g->max_open_files = lua_isnumber(L, -1) ? (long long)lua_tonumber(L, -1) : 0;
+    lua_pop(L, 1);
     lua_getfield(L, conf, "access_log");
     g->access_log = lua_toboolean(L, -1);
     lua_pop(L, 1);

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <wslay/wslay.h>
@@ -108,6 +109,50 @@ fail:
         close(fd);
     freeaddrinfo(res);
     return -1;
+}
+
+/* Raises the soft RLIMIT_NOFILE to the hard limit (or to max_open_files),
+ * once at start: the workers inherit it. A hard limit of "unlimited" is
+ * capped at fs.nr_open, the most setrlimit accepts. */
+static void mg_open_files_limit(mg_gen_t *g) {
+    struct rlimit rl;
+    rlim_t want;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        mg_warn("getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return;
+    }
+    want = rl.rlim_max;
+    if (want == RLIM_INFINITY) {
+        FILE *f = fopen("/proc/sys/fs/nr_open", "r");
+        unsigned long long n = 1048576;
+        if (f) {
+            if (fscanf(f, "%llu", &n) != 1)
+                n = 1048576;
+            fclose(f);
+        }
+        want = (rlim_t)n;
+    }
+    if (g->max_open_files > 0) {
+        if ((rlim_t)g->max_open_files > want)
+            mg_warn("max_open_files = %lld is above the hard limit %llu: using the hard limit",
+                    g->max_open_files, (unsigned long long)want);
+        else
+            want = (rlim_t)g->max_open_files;
+    }
+    if (want != rl.rlim_cur) {
+        struct rlimit nl = {want, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &nl) != 0)
+            mg_warn("setrlimit(RLIMIT_NOFILE, %llu): %s", (unsigned long long)want,
+                    strerror(errno));
+        else
+            rl.rlim_cur = want;
+    }
+    if (rl.rlim_max == RLIM_INFINITY)
+        mg_info("max open files: %llu per process (hard limit unlimited)",
+                (unsigned long long)rl.rlim_cur);
+    else
+        mg_info("max open files: %llu per process (hard limit %llu)",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max);
 }
 
 static void mg_spawn(int slot) {
@@ -252,6 +297,7 @@ int main(int argc, char **argv) {
     }
     mg_gen_activate(gen);
     signal(SIGPIPE, SIG_IGN);
+    mg_open_files_limit(gen);
     for (i = 0; i < gen->nshd; i++)
         if (mg_shdict_create(gen->shd_names[i], gen->shd_sizes[i]) != MG_OK) {
             mg_error("shared dict %s: cannot map %zu bytes", gen->shd_names[i], gen->shd_sizes[i]);

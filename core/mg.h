@@ -120,6 +120,7 @@ typedef struct mg_gen_s {
     mg_addr_t *listen;
     int nlisten;
     int workers;
+    long long max_open_files; /* soft RLIMIT_NOFILE wanted at start; 0 = the hard limit */
     int access_log;
     mg_timeouts_t timeouts;
     mg_limits_t limits;

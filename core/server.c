@@ -46,6 +46,55 @@ const struct timeval *mg_timeout_tv(int ms) {
     return &plain;
 }
 
+/* Out of descriptors (or of kernel memory), accept() fails at once while
+ * the listener stays readable: accepting again would spin and log at full
+ * speed. As nginx does, stop accepting for MG_ACCEPT_PAUSE_MS (the
+ * connections we have go on being served), then try again; report at most
+ * once per MG_ACCEPT_REPORT seconds, with the count since the last report. */
+#define MG_ACCEPT_PAUSE_MS 100
+#define MG_ACCEPT_REPORT 1.0
+
+static struct event *mg_accept_timer;
+static uint64_t mg_accept_refused; /* failed accepts since the last report */
+static double mg_accept_reported;  /* mg_now() of the last report */
+
+static void mg_accept_enable(int on) {
+    for (int i = 0; i < mg_worker.nfd; i++)
+        if (mg_worker.lev[i]) {
+            if (on)
+                event_add(mg_worker.lev[i], NULL);
+            else
+                event_del(mg_worker.lev[i]);
+        }
+}
+
+static void mg_accept_resume_cb(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    if (!mg_worker.stopping)
+        mg_accept_enable(1);
+}
+
+static void mg_accept_pause(int err) {
+    struct timeval tv = {0, MG_ACCEPT_PAUSE_MS * 1000};
+    double now = mg_now();
+    mg_accept_enable(0);
+    if (mg_accept_timer == NULL)
+        mg_accept_timer = evtimer_new(mg_worker.base, mg_accept_resume_cb, NULL);
+    if (mg_accept_timer == NULL || evtimer_add(mg_accept_timer, &tv) != 0) {
+        mg_accept_enable(1); /* no timer: better a busy loop than a deaf worker */
+        return;
+    }
+    mg_accept_refused++;
+    if (now - mg_accept_reported >= MG_ACCEPT_REPORT) {
+        mg_warn("accept: %s: pausing accepts for %d ms (%llu failed accepts since the last "
+                "report, %llu connections open)",
+                strerror(err), MG_ACCEPT_PAUSE_MS, (unsigned long long)mg_accept_refused,
+                (unsigned long long)mg_worker.active);
+        mg_accept_refused = 0;
+        mg_accept_reported = now;
+    }
+}
+
 static void mg_accept_cb(evutil_socket_t fd, short what, void *arg) {
     int lidx = (int)(intptr_t)arg;
     (void)what;
@@ -54,8 +103,10 @@ static void mg_accept_cb(evutil_socket_t fd, short what, void *arg) {
         socklen_t len = sizeof(ss);
         int c = accept4(fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (c < 0) {
-            if (errno == EMFILE || errno == ENFILE)
-                mg_warn("accept: %s", strerror(errno));
+            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+                continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                mg_accept_pause(errno);
             return;
         }
         mg_http_accept(c, (struct sockaddr *)&ss, len, lidx);
