@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 mg_gen_t *mg_gen_current;
+mg_gen_t *mg_gen_pending;
 static unsigned mg_gen_seq;
 
 static void mg_gen_free(mg_gen_t *g);
@@ -419,7 +420,7 @@ static void mg_gen_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx) 
     lua_pop(L, 1);
 }
 
-mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen) {
+mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen) {
     mg_gen_t *g = calloc(1, sizeof(*g));
     lua_State *L;
     int loader, genidx;
@@ -445,6 +446,10 @@ mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen) {
                     lua_tostring(L, -1));
     lua_setfield(L, -3, "path");
     lua_pop(L, 2);
+    /* every file the load reads goes through one snapshot (snap.c) */
+    mg_snap_install(L);
+    if (snap_fd >= 0 && mg_snap_import(L, snap_fd, err, errlen) != MG_OK)
+        goto fail;
     mg_lua_open_api(L);
 
     lua_getglobal(L, "require");
@@ -486,7 +491,12 @@ mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen) {
     /* keep the generation table alive for handlers that close over it */
     lua_setfield(L, LUA_REGISTRYINDEX, "moongate.gen");
     lua_settop(L, 0);
-    g->id = ++mg_gen_seq;
+    mg_snap_stop(L);
+    if (snap_fd >= 0)
+        mg_snap_drop(L);
+    if (id == 0)
+        id = mg_gen_seq + 1;
+    g->id = mg_gen_seq = id;
     return g;
 
 fail:
@@ -570,6 +580,5 @@ void mg_gen_log_diff(mg_gen_t *old, mg_gen_t *gen) {
             mg_info("reload: - route %s", old->desc[i]);
             changes++;
         }
-    mg_info("reload: generation %u loaded, %d routes, %d route changes", gen->id, gen->nroutes,
-            changes);
+    mg_info("reload: generation %u: %d routes, %d route changes", gen->id, gen->nroutes, changes);
 }

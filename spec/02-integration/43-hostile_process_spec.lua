@@ -157,3 +157,202 @@ describe("descriptor exhaustion (defect 2)", function()
         assert.truthy(mg:log():find("max open files: 300 per process", 1, true))
     end)
 end)
+
+
+-- Defect 5 --------------------------------------------------------------------
+
+-- A route table whose answer names its version and the worker's pid.
+local function tagged_routes(tag)
+    return fmt([=[
+local ffi = require "ffi"
+pcall(ffi.cdef, "int getpid(void);")
+return {
+  { path = "/tag", handler = function() return 200, "%s " .. ffi.C.getpid() end },
+}
+]=], tag)
+end
+
+local BROKEN = "return {\n  { path = \"/tag\", handler = function() return 200 end,\n"
+
+-- n requests on fresh connections: { [pid] = { [tag] = count } }, npids.
+local function ask(mg, n)
+    local by_pid, npids = {}, 0
+    for _ = 1, n do
+        local c = helpers.connect(mg.port, 2)
+        if c then
+            c:send("GET /tag HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            local r = helpers.read_response(c, { timeout = 3 })
+            c:close()
+            local tag, pid = (r and r.body or ""):match("^(%S+) (%d+)$")
+            if pid then
+                if not by_pid[pid] then
+                    by_pid[pid] = {}
+                    npids = npids + 1
+                end
+                by_pid[pid][tag] = (by_pid[pid][tag] or 0) + 1
+            end
+        end
+    end
+    return by_pid, npids
+end
+
+local function show(by_pid)
+    local t = {}
+    for pid, tags in pairs(by_pid) do
+        for tag, n in pairs(tags) do
+            t[#t + 1] = fmt("pid %s: %s x%d", pid, tag, n)
+        end
+    end
+    table.sort(t)
+    return table.concat(t, "; ")
+end
+
+-- Waits (up to `timeout` s) until every one of `nworkers` workers answers
+-- `want` and nothing else; returns true, or false and what was seen.
+local function all_serve(mg, want, nworkers, timeout)
+    local seen
+    local ok = helpers.wait_until(function()
+        local by_pid, npids = ask(mg, 12)
+        seen = by_pid
+        if npids < nworkers then
+            return false
+        end
+        for _, tags in pairs(by_pid) do
+            for tag in pairs(tags) do
+                if tag ~= want then
+                    return false
+                end
+            end
+        end
+        return true
+    end, timeout or 2, 0.02)
+    return ok ~= nil, show(seen or {})
+end
+
+-- The master's verdict on the reload whose log starts at offset `off`:
+-- "serving" (or the old code's "loaded"), "refused", or nil (none yet).
+local function verdict(mg, off)
+    local log = mg:log():sub(off + 1)
+    if log:find("reload refused, generation %d+ keeps serving") then
+        return "refused", log
+    end
+    if log:find("generation %d+ serving") or log:find("generation %d+ loaded") then
+        return "serving", log
+    end
+    return nil, log
+end
+
+local function restart_one(mg)
+    local before = mg:workers()
+    local victim = before[1]
+    assert.truthy(helpers.kill(victim, "KILL"))
+    assert.truthy(helpers.wait_until(function()
+        local now = mg:workers()
+        if #now ~= #before then
+            return false
+        end
+        for _, p in ipairs(now) do
+            if p == victim then
+                return false
+            end
+        end
+        return true
+    end, 5), "the master did not replace the killed worker")
+end
+
+describe("reload as one snapshot (defect 5)", function()
+    lazy_teardown(function()
+        helpers.cleanup()
+    end)
+
+    it("an edit right after SIGHUP never leaves the master's claim and the workers apart, "
+        .. "and a restarted worker serves the same generation", function()
+        local mg = helpers.start_moongate({ name = "reload-race", workers = 2,
+            routes = tagged_routes("A"),
+            conf = 'return { listen = "127.0.0.1:$PORT", workers = 2, access_log = false }\n' })
+        finally(function() mg:stop() end)
+        assert.truthy(helpers.wait_until(function() return #mg:workers() == 2 end, 5))
+        local ok, seen = all_serve(mg, "A", 2, 5)
+        assert.truthy(ok, seen)
+        local serving = "A"
+        local delays = { 0, 0.002, 0.005, 0.01, 0.02, 0.04 }
+        for round, d in ipairs(delays) do
+            local tag = "R" .. round
+            mg:write_routes(tagged_routes(tag))
+            local off = #mg:log()
+            assert.truthy(mg:signal("HUP"))
+            if d > 0 then
+                socket.sleep(d)
+            end
+            -- odd rounds: a broken edit; even rounds: a different valid one
+            local other = round % 2 == 1 and BROKEN or tagged_routes("X" .. round)
+            mg:write_routes(other)
+            helpers.wait_until(function() return verdict(mg, off) end, 15)
+            local v, log = verdict(mg, off)
+            assert.truthy(v, "no verdict from the master on reload " .. round .. ":\n" .. (log or ""))
+            if round % 2 == 1 then
+                local want = v == "serving" and tag or serving
+                ok, seen = all_serve(mg, want, 2)
+                assert.truthy(ok, fmt("round %d: the master says %s (%s expected), workers: %s",
+                    round, v, want, seen))
+                serving = want
+            else
+                -- the master read one of the two versions: all must serve it
+                local by_pid = ask(mg, 16)
+                local tags = {}
+                for _, t in pairs(by_pid) do
+                    for k in pairs(t) do tags[k] = true end
+                end
+                local want = tags[tag] and tag or ("X" .. round)
+                if v ~= "serving" then
+                    want = serving
+                end
+                ok, seen = all_serve(mg, want, 2)
+                assert.truthy(ok, fmt("round %d: workers disagree: %s", round, seen))
+                serving = want
+            end
+            -- the file on disk differs from what serves: a restarted
+            -- worker still serves the generation of the others
+            if round % 2 == 0 or round == #delays - 1 then
+                restart_one(mg)
+                ok, seen = all_serve(mg, serving, 2)
+                assert.truthy(ok, fmt("round %d, after a worker restart: %s expected, workers: %s",
+                    round, serving, seen))
+            end
+        end
+    end)
+
+    it("a reload that a worker cannot load is refused everywhere, and the log says which", function()
+        local routes = tagged_routes("$TAG"):gsub("^", [=[
+local armed = os.rename("$DIR/armed", "$DIR/armed")
+if armed and not os.remove("$DIR/token") then error("the token is gone: this load came second") end
+]=])
+        local mg = helpers.start_moongate({ name = "reload-refused", workers = 2,
+            routes = routes, vars = { TAG = "A" },
+            conf = 'return { listen = "127.0.0.1:$PORT", workers = 2, access_log = false }\n' })
+        finally(function() mg:stop() end)
+        assert.truthy(helpers.wait_until(function() return #mg:workers() == 2 end, 5))
+        local ok, seen = all_serve(mg, "A", 2, 5)
+        assert.truthy(ok, seen)
+
+        -- the master's load takes the token; a worker loading from the
+        -- disk again would fail
+        mg.vars.TAG = "B"
+        mg:write_routes(routes)
+        helpers.write_file(mg.dir .. "/armed", "")
+        helpers.write_file(mg.dir .. "/token", "")
+        local off = #mg:log()
+        assert.truthy(mg:signal("HUP"))
+        helpers.wait_until(function() return verdict(mg, off) end, 15)
+        local v, log = verdict(mg, off)
+        assert.truthy(v, log)
+        ok, seen = all_serve(mg, "A", 2)
+        assert.truthy(ok, "after the reload: " .. seen)
+        if v == "refused" then
+            assert.truthy(log:find("worker %d+ %(pid %d+%) could not load it: .*this load came second"), log)
+        else
+            -- the snapshot was loaded by every worker: they serve B
+            error("the master claims a generation the workers do not serve:\n" .. log)
+        end
+    end)
+end)
