@@ -100,7 +100,7 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     {
         char *lvl = mg_gen_field_str(L, conf, "log_level");
         if (lvl) {
-            mg_log_level = mg_log_level_parse(lvl);
+            g->log_level = mg_log_level_parse(lvl);
             free(lvl);
         }
     }
@@ -432,6 +432,7 @@ mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err
     g->timeouts = (mg_timeouts_t){0, 0, 3600000, 30000, 10000};
     g->limits = (mg_limits_t){16384, 100, 1048576};
     g->max_websockets = 10000;
+    g->log_level = -1;
     g->conf_file = strdup(conf_file);
     L = g->L = luaL_newstate();
     if (L == NULL) {
@@ -557,6 +558,9 @@ void mg_gen_activate(mg_gen_t *gen) {
     mg_gen_t *old = mg_gen_current;
     mg_gen_retain(gen);
     mg_gen_current = gen;
+    /* not at load: a generation that is refused must not change it */
+    if (gen->log_level >= 0)
+        mg_log_level = gen->log_level;
     if (old)
         mg_gen_release(old);
 }

@@ -122,6 +122,7 @@ typedef struct mg_gen_s {
     int workers;
     long long max_open_files; /* soft RLIMIT_NOFILE wanted at start; 0 = the hard limit */
     int access_log;
+    int log_level; /* MG_LOG_*, applied when the generation becomes current; -1: unset */
     mg_timeouts_t timeouts;
     mg_limits_t limits;
     mg_upstream_t *upstreams;

@@ -355,4 +355,30 @@ if armed and not os.remove("$DIR/token") then error("the token is gone: this loa
             error("the master claims a generation the workers do not serve:\n" .. log)
         end
     end)
+
+    it("a reload refused by a worker leaves the log level as it was (sibling)", function()
+        local conf = 'return { listen = "127.0.0.1:$PORT", workers = 2, log_level = "%s" }\n'
+        local routes = tagged_routes("A"):gsub("^", [=[
+local armed = os.rename("$DIR/armed", "$DIR/armed")
+if armed and not os.remove("$DIR/token") then error("the token is gone: this load came second") end
+]=])
+        local mg = helpers.start_moongate({ name = "reload-level", workers = 2,
+            routes = routes, conf = fmt(conf, "info") })
+        finally(function() mg:stop() end)
+        assert.truthy(helpers.wait_until(function() return #mg:workers() == 2 end, 5))
+        -- the master loads it (log_level = "error"), the workers refuse it
+        mg:write_conf(fmt(conf, "error"))
+        helpers.write_file(mg.dir .. "/armed", "")
+        helpers.write_file(mg.dir .. "/token", "")
+        local off = #mg:log()
+        assert.truthy(mg:signal("HUP"))
+        helpers.wait_until(function() return verdict(mg, off) end, 15)
+        assert.equal("refused", (verdict(mg, off)))
+        -- still at "info": a restarted worker says that it started
+        off = #mg:log()
+        restart_one(mg)
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():sub(off + 1):find("worker %d+ started %(generation 1%)")
+        end, 5), "no info line after the refused reload:\n" .. mg:log():sub(off + 1))
+    end)
 end)
