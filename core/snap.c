@@ -36,6 +36,8 @@ typedef struct {
     uint64_t len;
 } mg_snap_rec_t;
 
+static int mg_snap_write_all(int fd, const void *p, size_t n);
+
 static int mg_snap_on(lua_State *L) {
     int on;
     lua_getfield(L, LUA_REGISTRYINDEX, MG_SNAP_ON);
@@ -195,9 +197,49 @@ static int mg_snap_dofile_cb(lua_State *L) {
     return lua_gettop(L) - top;
 }
 
-/* io.open(filename [, mode]); upvalue 1: the original, 2: io.tmpfile. A
- * snapshot file opens as a temporary file holding its bytes, so that every
- * method of a file handle works on it. */
+/* A file handle (pushed) reading the bytes at index data, or 0: a memfd
+ * opened again through /proc (no writable filesystem needed), else a
+ * temporary file. Every method of a file handle works on it. */
+static int mg_snap_handle(lua_State *L, int data) {
+    char p[64];
+    size_t len;
+    const char *d = lua_tolstring(L, data, &len);
+    int fd = memfd_create("moongate-file", MFD_CLOEXEC);
+    if (fd >= 0) {
+        int ok = mg_snap_write_all(fd, d, len) == MG_OK;
+        snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+        lua_pushvalue(L, lua_upvalueindex(1));
+        lua_pushstring(L, p);
+        lua_pushliteral(L, "rb");
+        lua_call(L, 2, 1);
+        close(fd); /* the handle has its own reference */
+        if (ok && !lua_isnil(L, -1))
+            return 1;
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_call(L, 0, 1); /* tmpfile() */
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_getfield(L, -1, "write");
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, data);
+    lua_call(L, 2, 1);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 2);
+        return 0;
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "seek");
+    lua_pushvalue(L, -2);
+    lua_pushliteral(L, "set");
+    lua_call(L, 2, 0);
+    return 1;
+}
+
+/* io.open(filename [, mode]); upvalue 1: the original, 2: io.tmpfile. */
 static int mg_snap_open_cb(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     const char *mode = luaL_optstring(L, 2, "r");
@@ -215,25 +257,11 @@ static int mg_snap_open_cb(lua_State *L) {
         lua_getfield(L, 2, "errno");
         return 3;
     }
-    lua_pushvalue(L, lua_upvalueindex(2));
-    lua_call(L, 0, 2); /* f, err */
-    if (lua_isnil(L, -2))
-        return 2;
-    lua_pop(L, 1);
-    lua_getfield(L, -1, "write"); /* data f write */
-    lua_pushvalue(L, -2);
-    lua_pushvalue(L, 2);
-    lua_call(L, 2, 1);
-    if (lua_isnil(L, -1)) {
+    if (!mg_snap_handle(L, 2)) {
         lua_pushnil(L);
-        lua_pushfstring(L, "%s: cannot copy from the generation's snapshot", path);
+        lua_pushfstring(L, "%s: cannot open a copy of the generation's snapshot", path);
         return 2;
     }
-    lua_pop(L, 1);
-    lua_getfield(L, -1, "seek");
-    lua_pushvalue(L, -2);
-    lua_pushliteral(L, "set");
-    lua_call(L, 2, 0);
     return 1;
 }
 

@@ -265,52 +265,45 @@ describe("reload as one snapshot (defect 5)", function()
         helpers.cleanup()
     end)
 
-    it("an edit right after SIGHUP never leaves the master's claim and the workers apart, "
-        .. "and a restarted worker serves the same generation", function()
-        local mg = helpers.start_moongate({ name = "reload-race", workers = 2,
-            routes = tagged_routes("A"),
-            conf = 'return { listen = "127.0.0.1:$PORT", workers = 2, access_log = false }\n' })
-        finally(function() mg:stop() end)
+    -- Reloads raced by edits of one file (`files`: how to write version
+    -- `tag` of it, and a broken one): odd rounds edit it to a broken
+    -- version a few ms after SIGHUP, even rounds to another valid one.
+    local function race(mg, files, delays)
         assert.truthy(helpers.wait_until(function() return #mg:workers() == 2 end, 5))
         local ok, seen = all_serve(mg, "A", 2, 5)
         assert.truthy(ok, seen)
         local serving = "A"
-        local delays = { 0, 0.002, 0.005, 0.01, 0.02, 0.04 }
         for round, d in ipairs(delays) do
             local tag = "R" .. round
-            mg:write_routes(tagged_routes(tag))
+            files.write(mg, tag)
             local off = #mg:log()
             assert.truthy(mg:signal("HUP"))
             if d > 0 then
                 socket.sleep(d)
             end
-            -- odd rounds: a broken edit; even rounds: a different valid one
-            local other = round % 2 == 1 and BROKEN or tagged_routes("X" .. round)
-            mg:write_routes(other)
+            if round % 2 == 1 then
+                files.broken(mg)
+            else
+                files.write(mg, "X" .. round)
+            end
             helpers.wait_until(function() return verdict(mg, off) end, 15)
             local v, log = verdict(mg, off)
             assert.truthy(v, "no verdict from the master on reload " .. round .. ":\n" .. (log or ""))
-            if round % 2 == 1 then
-                local want = v == "serving" and tag or serving
-                ok, seen = all_serve(mg, want, 2)
-                assert.truthy(ok, fmt("round %d: the master says %s (%s expected), workers: %s",
-                    round, v, want, seen))
-                serving = want
-            else
+            local want = serving
+            if v == "serving" and round % 2 == 1 then
+                want = tag
+            elseif v == "serving" then
                 -- the master read one of the two versions: all must serve it
-                local by_pid = ask(mg, 16)
                 local tags = {}
-                for _, t in pairs(by_pid) do
+                for _, t in pairs((ask(mg, 16))) do
                     for k in pairs(t) do tags[k] = true end
                 end
-                local want = tags[tag] and tag or ("X" .. round)
-                if v ~= "serving" then
-                    want = serving
-                end
-                ok, seen = all_serve(mg, want, 2)
-                assert.truthy(ok, fmt("round %d: workers disagree: %s", round, seen))
-                serving = want
+                want = tags[tag] and tag or ("X" .. round)
             end
+            ok, seen = all_serve(mg, want, 2)
+            assert.truthy(ok, fmt("round %d: the master says %s (%s expected), workers: %s",
+                round, v, want, seen))
+            serving = want
             -- the file on disk differs from what serves: a restarted
             -- worker still serves the generation of the others
             if round % 2 == 0 or round == #delays - 1 then
@@ -320,6 +313,53 @@ describe("reload as one snapshot (defect 5)", function()
                     round, serving, seen))
             end
         end
+    end
+
+    local CONF2 = 'return { listen = "127.0.0.1:$PORT", workers = 2, access_log = false }\n'
+
+    it("an edit of routes.lua right after SIGHUP never leaves the master's claim and the "
+        .. "workers apart, and a restarted worker serves the same generation", function()
+        local mg = helpers.start_moongate({ name = "reload-race", workers = 2,
+            routes = tagged_routes("A"), conf = CONF2 })
+        finally(function() mg:stop() end)
+        race(mg, {
+            write = function(m, tag) m:write_routes(tagged_routes(tag)) end,
+            broken = function(m) m:write_routes(BROKEN) end,
+        }, { 0, 0.002, 0.005, 0.01, 0.02, 0.04 })
+    end)
+
+    it("the same for a module the routes require and a data file they read at load", function()
+        local routes = [=[
+local ffi = require "ffi"
+pcall(ffi.cdef, "int getpid(void);")
+local f = assert(io.open("$DIR/scripts/suffix.txt", "rb"))
+local suffix = f:read("*a")
+f:close()
+assert(suffix:match("^%w*$"), "bad suffix file")
+local tag = require("tagmod") .. suffix
+return {
+  { path = "/tag", handler = function() return 200, tag .. " " .. ffi.C.getpid() end },
+}
+]=]
+        local mg = helpers.start_moongate({ name = "reload-race-mod", workers = 2,
+            routes = routes, conf = CONF2,
+            scripts = { ["tagmod.lua"] = 'return "A"\n', ["suffix.txt"] = "" } })
+        finally(function() mg:stop() end)
+        race(mg, {
+            write = function(m, tag) m:write_script("tagmod.lua", fmt("return %q\n", tag)) end,
+            broken = function(m) m:write_script("tagmod.lua", "return (\n") end,
+        }, { 0, 0.005, 0.01, 0.03 })
+        -- the data file, read with io.open ("!" is refused)
+        local data = {
+            write = function(m, tag)
+                m:write_script("tagmod.lua", 'return ""\n')
+                m:write_script("suffix.txt", tag)
+            end,
+            broken = function(m) m:write_script("suffix.txt", "!") end,
+        }
+        data.write(mg, "A")
+        assert.truthy(mg:signal("HUP"))
+        race(mg, data, { 0, 0.005, 0.01, 0.03 })
     end)
 
     it("a reload that a worker cannot load is refused everywhere, and the log says which", function()
