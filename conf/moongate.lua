@@ -1,11 +1,12 @@
 -- moongate's shipped configuration. Every field is optional; the values
 -- here are the defaults unless noted. Reference: docs/configuration.md.
--- Environment overrides: MOONGATE_LISTEN, MOONGATE_WORKERS,
+-- Environment overrides: MOONGATE_LISTEN, MOONGATE_WORKERS, MOONGATE_MAX_OPEN_FILES,
 -- MOONGATE_UPSTREAM_<NAME> (e.g. MOONGATE_UPSTREAM_RUNTIME=http://runtime:9001),
 -- MOONGATE_SERVER_<NAME>_LISTEN (e.g. MOONGATE_SERVER_DEMO_RUNTIME_LISTEN=127.0.0.1:9101).
 return {
   listen = "127.0.0.1:8080",
   workers = "auto",                 -- one worker per core
+  max_open_files = 0,               -- soft descriptor limit set at start (0 = the hard limit)
 
   routes = "scripts/routes.lua",    -- relative to the project root (conf/'s parent)
   lua_path = { "scripts", "lib" },

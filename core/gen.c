@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 mg_gen_t *mg_gen_current;
+mg_gen_t *mg_gen_pending;
 static unsigned mg_gen_seq;
 
 static void mg_gen_free(mg_gen_t *g);
@@ -90,13 +91,16 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     lua_pop(L, 1);
 
     g->workers = mg_gen_field_int(L, conf, "workers", 1);
+    lua_getfield(L, conf, "max_open_files");
+    g->max_open_files = lua_isnumber(L, -1) ? (long long)lua_tonumber(L, -1) : 0;
+    lua_pop(L, 1);
     lua_getfield(L, conf, "access_log");
     g->access_log = lua_toboolean(L, -1);
     lua_pop(L, 1);
     {
         char *lvl = mg_gen_field_str(L, conf, "log_level");
         if (lvl) {
-            mg_log_level = mg_log_level_parse(lvl);
+            g->log_level = mg_log_level_parse(lvl);
             free(lvl);
         }
     }
@@ -416,7 +420,7 @@ static void mg_gen_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx) 
     lua_pop(L, 1);
 }
 
-mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen) {
+mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen) {
     mg_gen_t *g = calloc(1, sizeof(*g));
     lua_State *L;
     int loader, genidx;
@@ -428,6 +432,7 @@ mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen) {
     g->timeouts = (mg_timeouts_t){0, 0, 3600000, 30000, 10000};
     g->limits = (mg_limits_t){16384, 100, 1048576};
     g->max_websockets = 10000;
+    g->log_level = -1;
     g->conf_file = strdup(conf_file);
     L = g->L = luaL_newstate();
     if (L == NULL) {
@@ -442,6 +447,10 @@ mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen) {
                     lua_tostring(L, -1));
     lua_setfield(L, -3, "path");
     lua_pop(L, 2);
+    /* every file the load reads goes through one snapshot (snap.c) */
+    mg_snap_install(L);
+    if (snap_fd >= 0 && mg_snap_import(L, snap_fd, err, errlen) != MG_OK)
+        goto fail;
     mg_lua_open_api(L);
 
     lua_getglobal(L, "require");
@@ -483,7 +492,12 @@ mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen) {
     /* keep the generation table alive for handlers that close over it */
     lua_setfield(L, LUA_REGISTRYINDEX, "moongate.gen");
     lua_settop(L, 0);
-    g->id = ++mg_gen_seq;
+    mg_snap_stop(L);
+    if (snap_fd >= 0)
+        mg_snap_drop(L);
+    if (id == 0)
+        id = mg_gen_seq + 1;
+    g->id = mg_gen_seq = id;
     return g;
 
 fail:
@@ -544,6 +558,9 @@ void mg_gen_activate(mg_gen_t *gen) {
     mg_gen_t *old = mg_gen_current;
     mg_gen_retain(gen);
     mg_gen_current = gen;
+    /* not at load: a generation that is refused must not change it */
+    if (gen->log_level >= 0)
+        mg_log_level = gen->log_level;
     if (old)
         mg_gen_release(old);
 }
@@ -567,6 +584,5 @@ void mg_gen_log_diff(mg_gen_t *old, mg_gen_t *gen) {
             mg_info("reload: - route %s", old->desc[i]);
             changes++;
         }
-    mg_info("reload: generation %u loaded, %d routes, %d route changes", gen->id, gen->nroutes,
-            changes);
+    mg_info("reload: generation %u: %d routes, %d route changes", gen->id, gen->nroutes, changes);
 }

@@ -19,23 +19,43 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <wslay/wslay.h>
 
 const char *mg_conf_path = "conf/moongate.lua";
 
+/* Where a worker is in a reload (mg_reload). */
+enum { MG_SLOT_IDLE, MG_SLOT_LOADING, MG_SLOT_READY, MG_SLOT_SWITCHING, MG_SLOT_SERVING };
+
 typedef struct {
     pid_t pid;
     int *fds; /* this slot's listening sockets, one per listen address */
     double started;
     int restarts;
+    int ctl; /* our end of the control channel, -1 if none */
+    struct event *ctl_ev;
+    int state; /* MG_SLOT_* */
 } mg_slot_t;
 
 static mg_slot_t *mg_slots;
 static int mg_nslots, mg_nlisten;
 static int mg_master_stopping;
 static struct event_base *mg_master_base;
+
+/* A reload in progress: mg_gen_pending is loaded and checked here, and
+ * its snapshot went to every worker (PREPARE); it serves once every worker
+ * said READY and then SERVING, or is dropped everywhere. */
+#define MG_RELOAD_TIMEOUT 10 /* seconds a worker has to answer */
+enum { MG_RELOAD_NONE, MG_RELOAD_PREPARE, MG_RELOAD_COMMIT };
+static struct {
+    int phase; /* MG_RELOAD_* */
+    int again; /* a SIGHUP arrived meanwhile: reload once more after this one */
+    struct event *timer;
+} mg_reload;
+
+static void mg_reload_start(void);
 
 static void mg_usage(void) {
     fprintf(stderr, "usage: moongate [-c conf/moongate.lua] [-t] [-v] [-p pidfile]\n"
@@ -110,25 +130,283 @@ fail:
     return -1;
 }
 
+/* Raises the soft RLIMIT_NOFILE to the hard limit (or to max_open_files),
+ * once at start: the workers inherit it. A hard limit of "unlimited" is
+ * capped at fs.nr_open, the most setrlimit accepts. */
+static void mg_open_files_limit(mg_gen_t *g) {
+    struct rlimit rl;
+    rlim_t want;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        mg_warn("getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return;
+    }
+    want = rl.rlim_max;
+    if (want == RLIM_INFINITY) {
+        FILE *f = fopen("/proc/sys/fs/nr_open", "r");
+        unsigned long long n = 1048576;
+        if (f) {
+            if (fscanf(f, "%llu", &n) != 1)
+                n = 1048576;
+            fclose(f);
+        }
+        want = (rlim_t)n;
+    }
+    if (g->max_open_files > 0) {
+        if ((rlim_t)g->max_open_files > want)
+            mg_warn("max_open_files = %lld is above the hard limit %llu: using the hard limit",
+                    g->max_open_files, (unsigned long long)want);
+        else
+            want = (rlim_t)g->max_open_files;
+    }
+    if (want != rl.rlim_cur) {
+        struct rlimit nl = {want, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &nl) != 0)
+            mg_warn("setrlimit(RLIMIT_NOFILE, %llu): %s", (unsigned long long)want,
+                    strerror(errno));
+        else
+            rl.rlim_cur = want;
+    }
+    if (rl.rlim_max == RLIM_INFINITY)
+        mg_info("max open files: %llu per process (hard limit unlimited)",
+                (unsigned long long)rl.rlim_cur);
+    else
+        mg_info("max open files: %llu per process (hard limit %llu)",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max);
+}
+
+static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg);
+
+static void mg_slot_close_ctl(mg_slot_t *s) {
+    if (s->ctl_ev)
+        event_free(s->ctl_ev);
+    if (s->ctl >= 0)
+        close(s->ctl);
+    s->ctl_ev = NULL;
+    s->ctl = -1;
+}
+
 static void mg_spawn(int slot) {
-    pid_t pid = fork();
+    mg_slot_t *s = &mg_slots[slot];
+    int sv[2];
+    pid_t pid;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {
+        mg_error("worker %d: socketpair: %s", slot, strerror(errno));
+        sv[0] = sv[1] = -1;
+    }
+    pid = fork();
     if (pid < 0) {
         mg_error("fork: %s", strerror(errno));
+        if (sv[0] >= 0) {
+            close(sv[0]);
+            close(sv[1]);
+        }
         return;
     }
     if (pid == 0) {
-        /* child: keep only this slot's sockets */
-        for (int i = 0; i < mg_nslots; i++)
+        /* child: keep only this slot's sockets and its end of the channel;
+         * it inherits mg_gen_current and, during a reload, mg_gen_pending */
+        for (int i = 0; i < mg_nslots; i++) {
             if (i != slot)
                 for (int k = 0; k < mg_nlisten; k++)
                     close(mg_slots[i].fds[k]);
+            if (mg_slots[i].ctl >= 0)
+                close(mg_slots[i].ctl);
+        }
+        if (sv[0] >= 0)
+            close(sv[0]);
         event_reinit(mg_master_base);
         event_base_free(mg_master_base);
-        mg_worker_run(slot, mg_slots[slot].fds, mg_nlisten);
+        mg_worker_run(slot, s->fds, mg_nlisten, sv[1]);
         _exit(0);
     }
-    mg_slots[slot].pid = pid;
-    mg_slots[slot].started = mg_now();
+    s->pid = pid;
+    s->started = mg_now();
+    mg_slot_close_ctl(s);
+    if (sv[0] >= 0) {
+        close(sv[1]);
+        s->ctl = sv[0];
+        s->ctl_ev = event_new(mg_master_base, sv[0], EV_READ | EV_PERSIST, mg_master_ctl_cb,
+                              (void *)(intptr_t)slot);
+        event_add(s->ctl_ev, NULL);
+    }
+    /* forked from the master, it holds the reload's generation already */
+    s->state = MG_SLOT_IDLE;
+    if (mg_reload.phase == MG_RELOAD_PREPARE)
+        s->state = MG_SLOT_READY;
+    else if (mg_reload.phase == MG_RELOAD_COMMIT)
+        s->state = mg_ctl_send(s->ctl, MG_CTL_COMMIT, mg_gen_pending->id, NULL, -1) == MG_OK
+                       ? MG_SLOT_SWITCHING
+                       : MG_SLOT_IDLE;
+}
+
+/* ---- reload: one snapshot, every worker or none ---- */
+
+static void mg_reload_done(void) {
+    mg_reload.phase = MG_RELOAD_NONE;
+    if (mg_reload.timer)
+        evtimer_del(mg_reload.timer);
+    for (int i = 0; i < mg_nslots; i++)
+        mg_slots[i].state = MG_SLOT_IDLE;
+    if (mg_reload.again && !mg_master_stopping) {
+        mg_reload.again = 0;
+        mg_reload_start();
+    }
+}
+
+static void mg_reload_abort(const char *why) {
+    mg_gen_t *g = mg_gen_pending;
+    for (int i = 0; i < mg_nslots; i++)
+        if (mg_slots[i].pid && mg_slots[i].ctl >= 0)
+            mg_ctl_send(mg_slots[i].ctl, MG_CTL_ABORT, g->id, NULL, -1);
+    mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, why);
+    mg_gen_pending = NULL;
+    mg_gen_release(g);
+    mg_reload_done();
+}
+
+static int mg_reload_count(int state) {
+    int n = 0;
+    for (int i = 0; i < mg_nslots; i++)
+        n += mg_slots[i].pid != 0 && mg_slots[i].state == state;
+    return n;
+}
+
+/* Moves the reload on when no worker is left to answer. */
+static void mg_reload_step(void) {
+    mg_gen_t *g = mg_gen_pending;
+    int i;
+    if (mg_reload.phase == MG_RELOAD_PREPARE) {
+        if (mg_reload_count(MG_SLOT_LOADING) > 0)
+            return;
+        mg_reload.phase = MG_RELOAD_COMMIT;
+        for (i = 0; i < mg_nslots; i++)
+            if (mg_slots[i].pid && mg_slots[i].state == MG_SLOT_READY)
+                mg_slots[i].state =
+                    mg_ctl_send(mg_slots[i].ctl, MG_CTL_COMMIT, g->id, NULL, -1) == MG_OK
+                        ? MG_SLOT_SWITCHING
+                        : MG_SLOT_IDLE; /* dying: its replacement forks from us */
+    }
+    if (mg_reload.phase == MG_RELOAD_COMMIT) {
+        mg_gen_t *old = mg_gen_current;
+        if (mg_reload_count(MG_SLOT_SWITCHING) > 0)
+            return;
+        mg_gen_log_diff(old, g);
+        mg_gen_pending = NULL;
+        mg_gen_activate(g);
+        mg_gen_release(g);
+        mg_info("reload: generation %u serving on %d workers", g->id,
+                mg_reload_count(MG_SLOT_SERVING));
+        mg_reload_done();
+    }
+}
+
+static void mg_reload_timeout_cb(evutil_socket_t fd, short what, void *arg) {
+    char why[256];
+    (void)fd, (void)what, (void)arg;
+    for (int i = 0; i < mg_nslots; i++) {
+        mg_slot_t *s = &mg_slots[i];
+        if (s->pid == 0)
+            continue;
+        if (mg_reload.phase == MG_RELOAD_PREPARE && s->state == MG_SLOT_LOADING) {
+            snprintf(why, sizeof(why), "worker %d (pid %d) did not load it within %d s", i,
+                     (int)s->pid, MG_RELOAD_TIMEOUT);
+            mg_reload_abort(why);
+            return;
+        }
+        if (mg_reload.phase == MG_RELOAD_COMMIT && s->state == MG_SLOT_SWITCHING) {
+            /* others serve it already: this one is stuck, and its
+             * replacement forks with the new generation */
+            mg_error("reload: worker %d (pid %d) did not switch to generation %u within %d s: "
+                     "restarting it",
+                     i, (int)s->pid, mg_gen_pending->id, MG_RELOAD_TIMEOUT);
+            kill(s->pid, SIGKILL);
+            s->state = MG_SLOT_IDLE;
+        }
+    }
+    mg_reload_step();
+}
+
+static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
+    int slot = (int)(intptr_t)arg;
+    mg_slot_t *s = &mg_slots[slot];
+    (void)what;
+    for (;;) {
+        mg_ctl_msg_t m;
+        int fd, rc = mg_ctl_recv(sock, &m, &fd);
+        if (fd >= 0)
+            close(fd);
+        if (rc == MG_AGAIN)
+            return;
+        if (rc == MG_ERR) { /* the worker is gone: SIGCHLD follows */
+            event_del(s->ctl_ev);
+            return;
+        }
+        if (mg_reload.phase == MG_RELOAD_NONE || mg_gen_pending == NULL ||
+            m.id != mg_gen_pending->id)
+            continue; /* about an earlier reload */
+        if (m.op == MG_CTL_READY && s->state == MG_SLOT_LOADING) {
+            s->state = MG_SLOT_READY;
+        } else if (m.op == MG_CTL_SERVING && s->state == MG_SLOT_SWITCHING) {
+            s->state = MG_SLOT_SERVING;
+        } else if (m.op == MG_CTL_REFUSE && mg_reload.phase == MG_RELOAD_PREPARE) {
+            char why[600];
+            snprintf(why, sizeof(why), "worker %d (pid %d) could not load it: %s", slot,
+                     (int)s->pid, m.text);
+            mg_reload_abort(why);
+            return;
+        } else if (m.op == MG_CTL_REFUSE) {
+            mg_error("reload: worker %d (pid %d) did not switch to generation %u: %s: "
+                     "restarting it",
+                     slot, (int)s->pid, m.id, m.text);
+            kill(s->pid, SIGKILL);
+            s->state = MG_SLOT_IDLE;
+        }
+        mg_reload_step();
+    }
+}
+
+static void mg_reload_start(void) {
+    char err[1024];
+    mg_gen_t *g;
+    int fd, n = 0;
+    struct timeval tv = {MG_RELOAD_TIMEOUT, 0};
+    if (mg_reload.phase != MG_RELOAD_NONE) {
+        mg_info("reload: SIGHUP received while generation %u loads: reloading again after it",
+                mg_gen_pending->id);
+        mg_reload.again = 1;
+        return;
+    }
+    mg_info("reload: SIGHUP received, loading %s", mg_conf_path);
+    g = mg_gen_load(mg_conf_path, -1, 0, err, sizeof(err));
+    if (g == NULL) {
+        mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
+        return;
+    }
+    mg_gen_retain(g);
+    fd = mg_snap_export(g->L, err, sizeof(err));
+    if (fd < 0) {
+        mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
+        mg_gen_release(g);
+        return;
+    }
+    mg_gen_pending = g;
+    mg_reload.phase = MG_RELOAD_PREPARE;
+    for (int i = 0; i < mg_nslots; i++) {
+        mg_slot_t *s = &mg_slots[i];
+        s->state = MG_SLOT_IDLE;
+        if (s->pid == 0)
+            continue;
+        if (s->ctl >= 0 && mg_ctl_send(s->ctl, MG_CTL_PREPARE, g->id, NULL, fd) == MG_OK) {
+            s->state = MG_SLOT_LOADING;
+            n++;
+        }
+    }
+    close(fd);
+    mg_info("reload: generation %u checked, %d workers loading it", g->id, n);
+    if (mg_reload.timer == NULL)
+        mg_reload.timer = evtimer_new(mg_master_base, mg_reload_timeout_cb, NULL);
+    evtimer_add(mg_reload.timer, &tv);
+    mg_reload_step();
 }
 
 static void mg_respawn_cb(evutil_socket_t fd, short what, void *arg) {
@@ -148,6 +426,7 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
                 if (mg_slots[i].pid != pid)
                     continue;
                 mg_slots[i].pid = 0;
+                mg_slots[i].state = MG_SLOT_IDLE;
                 if (mg_master_stopping)
                     break;
                 if (WIFSIGNALED(status))
@@ -168,26 +447,15 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
         }
         for (i = 0; i < mg_nslots; i++)
             alive += mg_slots[i].pid != 0;
+        if (mg_reload.phase != MG_RELOAD_NONE)
+            mg_reload_step(); /* the dead one was perhaps the last to answer */
         if (mg_master_stopping && alive == 0)
             event_base_loopexit(mg_master_base, NULL);
         return;
     }
     if (sig == SIGHUP) {
-        char err[1024];
-        mg_gen_t *g, *old = mg_gen_current;
-        if (mg_master_stopping)
-            return;
-        mg_info("reload: SIGHUP received, loading %s", mg_conf_path);
-        g = mg_gen_load(mg_conf_path, err, sizeof(err));
-        if (g == NULL) {
-            mg_error("reload refused, generation %u keeps serving: %s", old->id, err);
-            return;
-        }
-        mg_gen_log_diff(old, g);
-        mg_gen_activate(g);
-        for (i = 0; i < mg_nslots; i++)
-            if (mg_slots[i].pid)
-                kill(mg_slots[i].pid, SIGHUP);
+        if (!mg_master_stopping)
+            mg_reload_start();
         return;
     }
     /* TERM / INT: graceful stop */
@@ -240,7 +508,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "moongate: %s: %s\n", mg_conf_path, strerror(errno));
         return 1;
     }
-    gen = mg_gen_load(mg_conf_path, err, sizeof(err));
+    gen = mg_gen_load(mg_conf_path, -1, 0, err, sizeof(err));
     if (gen == NULL) {
         fprintf(stderr, "moongate: %s\n", err);
         return 1;
@@ -250,8 +518,10 @@ int main(int argc, char **argv) {
                gen->nroutes, gen->nupstreams, gen->nlisten);
         return 0;
     }
+    mg_snap_drop(gen->L); /* workers fork with the loaded state */
     mg_gen_activate(gen);
     signal(SIGPIPE, SIG_IGN);
+    mg_open_files_limit(gen);
     for (i = 0; i < gen->nshd; i++)
         if (mg_shdict_create(gen->shd_names[i], gen->shd_sizes[i]) != MG_OK) {
             mg_error("shared dict %s: cannot map %zu bytes", gen->shd_names[i], gen->shd_sizes[i]);
@@ -265,6 +535,7 @@ int main(int argc, char **argv) {
         if (!mg_listen_free(&gen->listen[k]))
             return 1;
     for (i = 0; i < mg_nslots; i++) {
+        mg_slots[i].ctl = -1;
         mg_slots[i].fds = calloc(mg_nlisten ? mg_nlisten : 1, sizeof(int));
         for (k = 0; k < mg_nlisten; k++) {
             mg_slots[i].fds[k] = mg_listen_one(&gen->listen[k]);

@@ -120,7 +120,9 @@ typedef struct mg_gen_s {
     mg_addr_t *listen;
     int nlisten;
     int workers;
+    long long max_open_files; /* soft RLIMIT_NOFILE wanted at start; 0 = the hard limit */
     int access_log;
+    int log_level; /* MG_LOG_*, applied when the generation becomes current; -1: unset */
     mg_timeouts_t timeouts;
     mg_limits_t limits;
     mg_upstream_t *upstreams;
@@ -140,13 +142,24 @@ typedef struct mg_gen_s {
 
 /* ---- gen.c ---- */
 extern mg_gen_t *mg_gen_current;
-mg_gen_t *mg_gen_load(const char *conf_file, char *err, size_t errlen);
+/* Loads a generation. snap_fd -1: read the files from the disk and keep
+ * what was read (mg_snap_export); else a snapshot memfd from the master to
+ * load exactly those bytes (borrowed). id 0: the next number. */
+mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen);
+extern mg_gen_t *mg_gen_pending;     /* loaded, not yet serving (a reload in progress) */
 void mg_gen_activate(mg_gen_t *gen); /* becomes current; old one released */
 void mg_gen_retain(mg_gen_t *gen);
 void mg_gen_release(mg_gen_t *gen);
 mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name, size_t len);
 void mg_gen_log_diff(mg_gen_t *old, mg_gen_t *gen);
 const char *mg_lib_dir(void);
+
+/* ---- snap.c: the files a generation loads, read once ---- */
+void mg_snap_install(lua_State *L); /* file readers go through an empty snapshot */
+int mg_snap_import(lua_State *L, int fd, char *err, size_t errlen); /* snapshot from memfd */
+void mg_snap_stop(lua_State *L); /* loading done: file readers read the disk again */
+void mg_snap_drop(lua_State *L); /* frees the snapshot */
+int mg_snap_export(lua_State *L, char *err, size_t errlen); /* sealed memfd, or -1; drops it */
 
 /* ---- router.c ---- */
 typedef struct {
@@ -365,8 +378,28 @@ typedef struct {
 
 extern mg_worker_t mg_worker;
 const struct timeval *mg_timeout_tv(int ms);
-void mg_worker_run(int id, int *fds, int nfd);
-void mg_request_id(char *out); /* 32 hex chars + NUL */
+void mg_worker_run(int id, int *fds, int nfd, int ctl);
+
+/* The control channel between the master and one worker: a SOCK_SEQPACKET
+ * socketpair, one message per record. A reload is two-phase: PREPARE
+ * (with the generation's snapshot memfd) -> READY or REFUSE, then COMMIT ->
+ * SERVING, or ABORT. */
+enum {
+    MG_CTL_PREPARE = 'P',
+    MG_CTL_READY = 'K',
+    MG_CTL_REFUSE = 'E',
+    MG_CTL_COMMIT = 'C',
+    MG_CTL_SERVING = 'S',
+    MG_CTL_ABORT = 'A',
+};
+typedef struct {
+    char op;        /* MG_CTL_* */
+    unsigned id;    /* the generation */
+    char text[480]; /* REFUSE: why */
+} mg_ctl_msg_t;
+int mg_ctl_send(int sock, int op, unsigned id, const char *text, int fd); /* fd -1: none */
+int mg_ctl_recv(int sock, mg_ctl_msg_t *m, int *fd); /* MG_OK, MG_AGAIN, MG_ERR (closed) */
+void mg_request_id(char *out);                       /* 32 hex chars + NUL */
 void mg_server_stop_accept(void);
 
 /* ---- main.c ---- */

@@ -88,7 +88,7 @@ local CONF_FIELDS = {
   servers = true, shared_dicts = true, plugins = true,
   listen = true, workers = true, routes = true, lua_path = true,
   access_log = true, log_level = true, timeouts = true, limits = true,
-  upstreams = true,
+  upstreams = true, max_open_files = true,
 }
 
 local UPSTREAM_FIELDS = { servers = true }
@@ -128,6 +128,7 @@ local function process_env(file_upstreams)
 
   env.MOONGATE_LISTEN = os_getenv("MOONGATE_LISTEN")
   env.MOONGATE_WORKERS = os_getenv("MOONGATE_WORKERS")
+  env.MOONGATE_MAX_OPEN_FILES = os_getenv("MOONGATE_MAX_OPEN_FILES")
   if type(file_upstreams) == "table" then
     for name in pairs(file_upstreams) do
       if type(name) == "string" then
@@ -351,6 +352,16 @@ local function norm_conf(src, raw, env, ncpu)
     v = str_match(v, "^%s*(.-)%s*$")
     conf.workers = norm_workers(env_where("MOONGATE_WORKERS"),
                                 v == "auto" and v or tonumber(v) or v, ncpu)
+  end
+
+  -- max_open_files: the soft RLIMIT_NOFILE the master sets at start (0 =
+  -- the hard limit); applied once, so a reload cannot change it
+  v = raw.max_open_files
+  conf.max_open_files = v == nil and 0 or check_number(at(top, "max_open_files"), v, true, MAX_INT)
+  v = env.MOONGATE_MAX_OPEN_FILES
+  if v and v ~= "" then
+    conf.max_open_files = check_number(env_where("MOONGATE_MAX_OPEN_FILES"),
+                                       tonumber(str_match(v, "^%s*(.-)%s*$")) or v, true, MAX_INT)
   end
 
   -- routes and lua_path, relative to the project root
