@@ -307,7 +307,7 @@ void mg_conn_read_enable(mg_conn_t *c, int on) {
 
 /* Credentials in a query (WebSocket clients pass tokens there) stay out of
  * the access log: the values of these parameters become "-". In place. */
-static void mg_log_redact_query(char *path) {
+void mg_log_redact_query(char *path) {
     static const char *secret[] = {"token", "access_token", "api_key", "apikey",
                                    "key",   "password",     "secret",  "jwt"};
     char *q = strchr(path, '?');
