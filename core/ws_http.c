@@ -603,8 +603,8 @@ static void mg_relay_on_drain(void *ud, mg_ws_t *ws) {
         mg_ws_pause(rl->side[!to], 0);
 }
 
-#define MG_RELAY_FAIL_QUIET 0.1 /* s of upstream silence: its answers are in */
-#define MG_RELAY_FAIL_MAX 1.0   /* s at most a failed client's close waits */
+#define MG_RELAY_FAIL_QUIET 0.3 /* s of upstream silence: its answers are in */
+#define MG_RELAY_FAIL_MAX 3.0   /* s at most a failed client's close waits */
 
 static void mg_relay_fail_cb(evutil_socket_t fd, short what, void *arg) {
     mg_relay_t *rl = arg;
@@ -627,7 +627,7 @@ static void mg_relay_fail_cb(evutil_socket_t fd, short what, void *arg) {
 
 /* The client broke the protocol: its close (with the right code) is held
  * while the upstream answers what the client sent before the bad frame
- * (until it has been quiet for 0.1 s, at most 1 s), then the upstream is
+ * (until it has been quiet for 0.3 s, at most 3 s), then the upstream is
  * closed, and its answers reach the client before the client's close. */
 static void mg_relay_on_fail(void *ud, mg_ws_t *ws) {
     mg_relay_t *rl = ud;
