@@ -334,7 +334,7 @@ static size_t mg_query_name_decode(const char *s, size_t n, char *out, size_t ca
  * the access log: the values of these parameters become "-". Names are
  * compared decoded (?%74oken= is the auth hook's token too), any case.
  * In place. */
-static void mg_log_redact_query(char *path) {
+void mg_log_redact_query(char *path) {
     static const char *secret[] = {"token", "access_token", "api_key", "apikey",
                                    "key",   "password",     "secret",  "jwt"};
     char *q = strchr(path, '?');

@@ -31,6 +31,7 @@ struct mg_lws_s {
     char reason[128];
     char protocol[64];
     struct evbuffer *q; /* messages not yet received: [op][len:u32][bytes] */
+    mg_ws_alog_t *alog; /* the session's access-log line, written at its end */
 };
 
 static void mg_lws_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len);
@@ -91,7 +92,11 @@ static void mg_lws_deliver(mg_lws_t *l, mg_ws_t *ws, int op, const char *data, s
 
 static void mg_lws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason) {
     mg_lws_t *l = ud;
-    (void)ws;
+    mg_ws_end_t end;
+    const mg_ws_stats_t *st = mg_ws_stats(ws);
+    mg_ws_end_info(ws, &end, "client");
+    mg_ws_alog_end(l->alog, MG_WS_HANDLER, &end, st, st->bytes_in, st->bytes_out);
+    l->alog = NULL;
     l->ws = NULL;
     l->closed = 1;
     l->code = code;
@@ -277,6 +282,7 @@ void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre,
     l->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     l->conf = r->route->ws;
     l->ctx_ref = mg_ws_ctx_ref(r);
+    l->alog = mg_ws_alog_new(r);
     l->ws = mg_ws_new(fd, 0, r->gen, r->route, hs, pre, len, &mg_lws_ops, l);
     if (l->ws)
         mg_ws_run_hooks(L, l->conf->ws_open_ref, l->ctx_ref, 0, NULL);
@@ -286,6 +292,8 @@ void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre,
         l->ref = LUA_NOREF;
         l->closed = 1;
         l->code = 1011;
+        free(l->alog);
+        l->alog = NULL;
     }
     co->lws = l;
     l->owner = co;

@@ -295,6 +295,9 @@ double mg_now_coarse(void); /* mg_now to the kernel's tick */
 size_t mg_utoa(char *buf, uint64_t v);
 /* Escapes s for a JSON string (ASCII out) into out (cap bytes, NUL ended). */
 size_t mg_json_escape(char *out, size_t cap, const char *s);
+/* http.c: credentials in a request target's query become "-" for the
+ * access log (also used by the WebSocket sessions' lines). In place. */
+void mg_log_redact_query(char *path);
 
 /* ---- upstream.c: pooled upstream exchanges ---- */
 typedef struct {

@@ -108,9 +108,11 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
         ws->rx_given += n;
         return n;
     }
-    if (ws->rd_short || ws->rd_off) {
+    if (ws->rd_off || (ws->rd_short && !ws->rd_hup)) {
         /* the last read drained the socket: no EAGAIN read needed, the
-         * (edge-triggered) event fires again when more arrives */
+         * (edge-triggered) event fires again when more arrives; unless the
+         * peer's FIN came in the same edge (EV_CLOSED), which no later
+         * edge would report */
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
@@ -121,10 +123,13 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
         ws->rx_given += n;
         return n;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+    if (n == 0) /* the end: mg_ws_after_io flushes what is queued, then finishes */
+        ws->rd_eof = 1;
+    if (n == 0 || errno == EAGAIN || errno == EINTR) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
+    ws->rd_err = 1;
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
 }
@@ -333,11 +338,11 @@ int mg_ws_wake(mg_ws_t *ws) {
 }
 
 static void mg_ws_park(mg_ws_t *ws) {
-    if (ws->ctx == NULL || ws->in_cb || ws->closing || ws->pend_code || ws->fail_code ||
-        ws->msg_op || ws->hold_len || ws->pre_len || ws->rx_given != ws->rx_used ||
-        mg_ws_wlen(ws) || wslay_event_want_write(ws->ctx) ||
-        !wslay_event_get_read_enabled(ws->ctx) || !wslay_event_get_write_enabled(ws->ctx) ||
-        wslay_event_get_close_sent(ws->ctx) || wslay_event_get_close_received(ws->ctx))
+    if (ws->ctx == NULL || ws->in_cb || ws->closing || ws->fail_code || ws->gate || ws->msg_op ||
+        ws->hold_len || ws->pre_len || ws->rx_given != ws->rx_used || mg_ws_wlen(ws) ||
+        wslay_event_want_write(ws->ctx) || !wslay_event_get_read_enabled(ws->ctx) ||
+        !wslay_event_get_write_enabled(ws->ctx) || wslay_event_get_close_sent(ws->ctx) ||
+        wslay_event_get_close_received(ws->ctx))
         return;
     wslay_event_context_free(ws->ctx);
     ws->ctx = NULL;
@@ -394,8 +399,14 @@ mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const m
         }
     }
     ws->last_rx = ws->last_hb = mg_now();
-    /* edge-triggered: wslay reads until a short read (rd_short) or EAGAIN */
-    event_assign(&ws->rev, mg_worker.base, fd, EV_READ | EV_PERSIST | EV_ET, mg_ws_read_cb, ws);
+    /* edge-triggered: wslay reads until a short read (rd_short) or EAGAIN,
+     * and on to the end when the edge says the peer's FIN is in (EV_CLOSED,
+     * EPOLLRDHUP): no read per message is spent looking for an EOF. A
+     * reset in the same edge as data is not flagged that way (libevent
+     * maps EPOLLERR to EV_READ|EV_WRITE): the next send or heartbeat
+     * notices it. */
+    event_assign(&ws->rev, mg_worker.base, fd, EV_READ | EV_CLOSED | EV_PERSIST | EV_ET,
+                 mg_ws_read_cb, ws);
     event_assign(&ws->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_ws_write_cb, ws);
     evtimer_assign(&ws->tev, mg_worker.base, mg_ws_timer_cb, ws);
     event_add(&ws->rev, NULL);
@@ -489,6 +500,8 @@ static void mg_ws_fail(mg_ws_t *ws, int code, const char *reason) {
     if (ws->fail_code)
         return;
     ws->fail_code = code;
+    if (!mg_ws_close_rcvd(ws))
+        ws->closed_first = 1;
     mg_debug("websocket: closing with %d: %s", code, reason);
     /* stop reading; tell the peer why */
     if (mg_ws_wake(ws) != 0)
@@ -513,13 +526,16 @@ static void mg_ws_msg_done(mg_ws_t *ws) {
         mg_ws_fail(ws, 1007, "truncated UTF-8 in a text message");
         return;
     }
+    ws->st.msgs_in++;
     if (ws->whole) {
         const uint8_t *p = ws->whole;
         ws->whole = NULL;
+        ws->st.bytes_in += ws->whole_len;
         if (ws->ops && ws->ops->on_message)
             ws->ops->on_message(ws->ud, ws, ws->msg_op, (const char *)p, ws->whole_len);
     } else {
         n = evbuffer_get_length(ws->msg);
+        ws->st.bytes_in += n;
         if (ws->ops && ws->ops->on_message)
             ws->ops->on_message(ws->ud, ws, ws->msg_op, (const char *)evbuffer_pullup(ws->msg, -1),
                                 n);
@@ -532,17 +548,51 @@ static void mg_ws_msg_done(mg_ws_t *ws) {
 static void mg_ws_after_io(mg_ws_t *ws, int rv) {
     if (ws->dead)
         return;
-    if (rv != 0 && !ws->client && !mg_ws_close_sent(ws)) {
-        /* wslay gave up on a frame it could not parse (an oversized or
-         * fragmented control frame): still tell the peer why, 1002 */
-        static const unsigned char close1002[] = {0x88, 0x02, 0x03, 0xea};
-        if (send(ws->fd, close1002, sizeof(close1002), MSG_NOSIGNAL) < 0) {
-            /* the peer is gone anyway */
-        }
-    }
     if (rv != 0) {
+        if (!ws->rd_err && !ws->client && !mg_ws_close_sent(ws) && ws->hold_len == 0) {
+            /* wslay gave up on a frame it could not parse (an oversized or
+             * fragmented control frame): still tell the peer why, 1002,
+             * after what is already on its way to it */
+            static const unsigned char close1002[] = {0x88, 0x02, 0x03, 0xea};
+            if (ws->ctx)
+                wslay_event_shutdown_write(ws->ctx); /* not its own close too */
+            mg_ws_tail(ws, close1002, sizeof(close1002));
+            ws->closed_first = 1;
+            ws->closing = ws->fin_flush = 1;
+            mg_ws_arm(ws);
+            mg_ws_flush(ws); /* finishes once it is out */
+            return;
+        }
         mg_ws_finish(ws);
         return;
+    }
+    if (!ws->failing && ws->ctx && !wslay_event_get_read_enabled(ws->ctx) &&
+        !mg_ws_close_rcvd(ws) && !ws->rd_eof) {
+        /* the peer broke the protocol (wslay's checks or ours): reading
+         * stopped and the close is queued; its owner may hold it back */
+        ws->failing = 1;
+        if (!mg_ws_close_sent(ws))
+            ws->closed_first = 1;
+        if (!ws->closing) {
+            ws->closing = 1;
+            mg_ws_arm(ws);
+        }
+        if (ws->ops && ws->ops->on_fail)
+            ws->ops->on_fail(ws->ud, ws);
+        if (ws->dead)
+            return;
+    }
+    if (ws->rd_eof && !ws->fin_flush) {
+        /* the peer's FIN: what is queued still goes (it may only have
+         * half closed), then the socket ends (1006 unless the close
+         * handshake was done) */
+        ws->fin_flush = 1;
+        if (ws->ctx)
+            wslay_event_shutdown_read(ws->ctx);
+        if (!ws->closing) {
+            ws->closing = 1;
+            mg_ws_arm(ws);
+        }
     }
     mg_ws_flush(ws); /* finishes the socket once both closes are done */
     if (ws->dead)
@@ -629,11 +679,13 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
         off += hl + plen;
         ws->rx_given += hl + plen;
         ws->rx_used += hl + plen;
+        ws->st.msgs_in++;
+        ws->st.bytes_in += plen;
         if (ws->ops && ws->ops->on_message)
             ws->ops->on_message(ws->ud, ws, op, (const char *)pl, plen);
         if (ws->dead)
             return -1;
-        if (ws->closing || ws->fail_code || ws->pend_code)
+        if (ws->closing || ws->fail_code)
             break;
     }
     if (off < (size_t)n) {
@@ -643,22 +695,25 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
         }
         return 1;
     }
-    return (size_t)n == sizeof(buf) ? 1 : 0; /* a full read: there may be more */
+    /* a full read: there may be more; the FIN in this edge: read it */
+    return (size_t)n == sizeof(buf) || ws->rd_hup ? 1 : 0;
 }
 
 static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg) {
     mg_ws_t *ws = arg;
     int rv;
-    (void)fd, (void)what;
+    (void)fd;
+    if (what & EV_CLOSED)
+        ws->rd_hup = 1;
     if (ws->pre_len == 0 && ws->rx_given == ws->rx_used && !ws->msg_op && !ws->closing &&
-        !ws->fail_code && !ws->pend_code && !ws->dead) {
+        !ws->fail_code && !ws->dead) {
         rv = mg_ws_read_fast(ws);
         if (rv < 0)
             return;
         if (rv == 0) {
             /* a whole-frame read hands wslay nothing: only an owner that
              * began closing this socket leaves work for the flush */
-            if (ws->closing || ws->fail_code || ws->pend_code)
+            if (ws->closing || ws->fail_code)
                 mg_ws_after_io(ws, 0);
             return;
         }
@@ -681,7 +736,12 @@ static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
 
     if (ws->closing) {
-        /* the peer never finished the close handshake */
+        /* the peer never finished the close handshake (or a held close
+         * waited too long: it goes now, best effort) */
+        if (ws->gate) {
+            ws->gate = 0;
+            mg_ws_flush(ws);
+        }
         mg_ws_finish(ws);
         return;
     }
@@ -719,9 +779,31 @@ static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg) {
         mg_ws_arm(ws);
 }
 
-/* After a reload: sockets of routes that ask for it are told to reconnect. */
+const mg_ws_stats_t *mg_ws_stats(mg_ws_t *ws) { return &ws->st; }
+
+double mg_ws_last_rx(mg_ws_t *ws) { return ws->last_rx; }
+
+void mg_ws_end_info(mg_ws_t *ws, mg_ws_end_t *out, const char *peer) {
+    if (mg_ws_close_rcvd(ws) && !ws->closed_first) {
+        out->code = wslay_event_get_status_code_received(ws->ctx);
+        out->by = peer;
+    } else if (ws->closed_first && mg_ws_close_sent(ws)) {
+        out->code = wslay_event_get_status_code_sent(ws->ctx);
+        out->by = "moongate";
+    } else if (ws->fin_flush && ws->closed_first) { /* our raw 1002 */
+        out->code = 1002;
+        out->by = "moongate";
+    } else {
+        out->code = 1006;
+        out->by = "none";
+    }
+}
+
+/* After a reload: sockets of routes that ask for it are told to reconnect;
+ * tunnels, which have no close handshake to offer, are closed. */
 void mg_ws_drain_route_sockets(mg_gen_t *newgen) {
     mg_ws_t *ws = mg_ws_list;
+    mg_ws_tunnels_drain(newgen);
     while (ws) {
         mg_ws_t *next = ws->next;
         if (ws->gen != newgen && ws->conf->drain_on_reload && !ws->client)

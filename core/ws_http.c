@@ -111,6 +111,70 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
     return h;
 }
 
+/* ---- access log ---- */
+
+struct mg_ws_alog_s {
+    double t_start;
+    const char *route; /* the route's name: the session holds its generation */
+    unsigned gen_id;
+    char head[]; /* the line up to "status" */
+};
+
+mg_ws_alog_t *mg_ws_alog_new(mg_req_t *r) {
+    char path[400], esc[400], head[1024];
+    size_t pl = r->url_len < 300 ? r->url_len : 300;
+    mg_ws_alog_t *a;
+    int n;
+    if (!r->gen->access_log)
+        return NULL;
+    memcpy(path, r->hbuf, pl);
+    path[pl] = '\0';
+    mg_log_redact_query(path);
+    mg_json_escape(esc, sizeof(esc), path);
+    n = snprintf(head, sizeof(head),
+                 "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
+                 "\"method\":\"GET\",\"path\":\"%s\",\"status\":101,",
+                 r->t_start, r->request_id, r->conn ? r->conn->peer_ip : "", esc);
+    if (n < 0 || (size_t)n >= sizeof(head))
+        return NULL;
+    a = malloc(sizeof(*a) + n + 1);
+    if (a == NULL)
+        return NULL;
+    a->t_start = r->t_start;
+    a->route = r->route->name ? r->route->name : r->route->rule;
+    a->gen_id = r->gen->id;
+    memcpy(a->head, head, n + 1);
+    return a;
+}
+
+void mg_ws_alog_end(mg_ws_alog_t *a, int mode, const mg_ws_end_t *end, const mg_ws_stats_t *st,
+                    uint64_t in, uint64_t out) {
+    static const char *modes[] = {"", "tunnel", "relay", "handler"};
+    char line[1536], ws[320];
+    int n;
+    if (a == NULL)
+        return;
+    if (st)
+        snprintf(ws, sizeof(ws),
+                 "\"mode\":\"%s\",\"close_code\":%d,\"close_by\":\"%s\",\"messages_in\":%llu,"
+                 "\"messages_out\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu",
+                 modes[mode], end->code, end->by, (unsigned long long)st->msgs_in,
+                 (unsigned long long)st->msgs_out, (unsigned long long)in, (unsigned long long)out);
+    else /* a tunnel does not parse frames: no close code, no message counts */
+        snprintf(ws, sizeof(ws),
+                 "\"mode\":\"tunnel\",\"close_code\":null,\"close_by\":\"%s\",\"bytes_in\":%llu,"
+                 "\"bytes_out\":%llu",
+                 end->by, (unsigned long long)in, (unsigned long long)out);
+    n = snprintf(line, sizeof(line),
+                 "%s\"bytes\":%llu,\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u,"
+                 "\"websocket\":{%s}}\n",
+                 a->head, (unsigned long long)out, (mg_now() - a->t_start) * 1000.0, a->route,
+                 a->gen_id, ws);
+    if (n > 0)
+        mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    free(a);
+}
+
 /* ---- pending upgrade: the client waits while we reach the upstream ---- */
 
 typedef struct {
@@ -126,6 +190,7 @@ typedef struct {
     struct evbuffer *resp;
     char request_id[40];
     int ctx_ref; /* req.ctx for the relay's hooks */
+    mg_ws_alog_t *alog;
 } mg_wsp_t;
 
 static void mg_wsp_free(mg_wsp_t *p) {
@@ -136,6 +201,7 @@ static void mg_wsp_free(mg_wsp_t *p) {
     if (p->resp)
         evbuffer_free(p->resp);
     free(p->pre);
+    free(p->alog); /* not handed on: the upgrade did not happen */
     mg_gen_release(p->gen);
     free(p);
 }
@@ -222,14 +288,25 @@ typedef struct mg_tunnel_s {
     struct evbuffer *out[2]; /* pending bytes towards fd[i] */
     struct event rev[2], wev[2], tev;
     int rd_off[2], wr_on[2], eof[2];
+    int shut[2];       /* we shut fd[i]'s writing: its FIN comes as EPOLLHUP, no EV_CLOSED */
+    int first;         /* the side whose end came first, -1 none yet */
+    uint64_t bytes[2]; /* read from side i */
     double last;
     int idle_ms;
+    int drain; /* on_reload = "drain" */
     mg_gen_t *gen;
+    mg_ws_alog_t *alog;
 } mg_tunnel_t;
 
 static mg_tunnel_t *mg_tunnels;
 
-static void mg_tunnel_free(mg_tunnel_t *t) {
+/* Ends the tunnel; `by` says who ended it for the access log (NULL: the
+ * side whose end came first). */
+static void mg_tunnel_free(mg_tunnel_t *t, const char *by) {
+    mg_ws_end_t e = {0, by};
+    if (by == NULL)
+        e.by = t->first == 0 ? "client" : t->first == 1 ? "upstream" : "none";
+    mg_ws_alog_end(t->alog, MG_WS_TUNNEL, &e, NULL, t->bytes[0], t->bytes[1]);
     if (t->prev)
         t->prev->next = t->next;
     else
@@ -274,8 +351,16 @@ static int mg_tunnel_pass(mg_tunnel_t *t, int from, const char *data, size_t len
     return MG_OK;
 }
 
-/* One read; 1 = read again (edge-triggered: until a short read). */
-static int mg_tunnel_read_once(mg_tunnel_t *t, int fd) {
+static void mg_tunnel_shut(mg_tunnel_t *t, int i) {
+    if (!t->shut[i]) {
+        shutdown(t->fd[i], SHUT_WR);
+        t->shut[i] = 1;
+    }
+}
+
+/* One read; 1 = read again: edge-triggered, so until a short read, or on
+ * to the end when the peer's FIN is in this edge (`hup`). */
+static int mg_tunnel_read_once(mg_tunnel_t *t, int fd, int hup) {
     int from = fd == t->fd[0] ? 0 : 1;
     ssize_t n;
     n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
@@ -284,27 +369,34 @@ static int mg_tunnel_read_once(mg_tunnel_t *t, int fd) {
     if (n <= 0) {
         /* one side finished: pass the half-close on, end when both did */
         t->eof[from] = 1;
+        if (t->first < 0)
+            t->first = from;
         event_del(&t->rev[from]);
         t->rd_off[from] = 1;
         if (n < 0 || (t->eof[0] && t->eof[1])) {
-            mg_tunnel_free(t);
+            mg_tunnel_free(t, NULL);
             return 0;
         }
         if (evbuffer_get_length(t->out[!from]) == 0)
-            shutdown(t->fd[!from], SHUT_WR);
+            mg_tunnel_shut(t, !from);
         return 0;
     }
     t->last = mg_now_coarse();
+    t->bytes[from] += n;
     if (mg_tunnel_pass(t, from, mg_worker.scratch, n) != MG_OK) {
-        mg_tunnel_free(t);
+        mg_tunnel_free(t, from == 0 ? "upstream" : "client"); /* the other side failed */
         return 0;
     }
-    return (size_t)n == sizeof(mg_worker.scratch) && !t->rd_off[from];
+    return ((size_t)n == sizeof(mg_worker.scratch) || hup) && !t->rd_off[from];
 }
 
 static void mg_tunnel_read_cb(evutil_socket_t fd, short what, void *arg) {
-    (void)what;
-    while (mg_tunnel_read_once(arg, fd))
+    mg_tunnel_t *t = arg;
+    /* EV_CLOSED: the FIN came with this edge. After we shut the socket's
+     * writing, its FIN shows as EPOLLHUP, which libevent reports without
+     * EV_CLOSED: such a socket is always read to the end. */
+    int hup = (what & EV_CLOSED) || t->shut[fd == t->fd[0] ? 0 : 1];
+    while (mg_tunnel_read_once(t, fd, hup))
         ;
 }
 
@@ -328,7 +420,7 @@ static void mg_tunnel_flush(mg_tunnel_t *t, int i) {
         t->rd_off[!i] = 0;
     }
     if (!left && t->eof[!i])
-        shutdown(t->fd[i], SHUT_WR);
+        mg_tunnel_shut(t, i);
 }
 
 static void mg_tunnel_write_cb(evutil_socket_t fd, short what, void *arg) {
@@ -344,7 +436,7 @@ static void mg_tunnel_timer_cb(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     if (idle * 1000 >= t->idle_ms - 1) {
         mg_debug("tunnel idle for %.1fs, closing", idle);
-        mg_tunnel_free(t);
+        mg_tunnel_free(t, "moongate");
         return;
     }
     event_add(&t->tev, mg_timeout_tv(t->idle_ms));
@@ -380,10 +472,14 @@ static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, cons
     t->gen = p->gen;
     mg_gen_retain(t->gen);
     t->idle_ms = p->route->ws->idle;
+    t->drain = p->route->ws->drain_on_reload;
+    t->first = -1;
+    t->alog = p->alog;
+    p->alog = NULL;
     t->last = mg_now();
     for (i = 0; i < 2; i++) {
         t->out[i] = evbuffer_new();
-        event_assign(&t->rev[i], mg_worker.base, t->fd[i], EV_READ | EV_PERSIST | EV_ET,
+        event_assign(&t->rev[i], mg_worker.base, t->fd[i], EV_READ | EV_CLOSED | EV_PERSIST | EV_ET,
                      mg_tunnel_read_cb, t);
         event_assign(&t->wev[i], mg_worker.base, t->fd[i], EV_WRITE | EV_PERSIST,
                      mg_tunnel_write_cb, t);
@@ -409,7 +505,25 @@ static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, cons
 /* Stopping: a tunnel has no close handshake to offer, so it just ends. */
 void mg_ws_tunnels_close_all(void) {
     while (mg_tunnels)
-        mg_tunnel_free(mg_tunnels);
+        mg_tunnel_free(mg_tunnels, "moongate");
+}
+
+/* A reload that supersedes a draining route's generation: as the other
+ * modes' sockets get their 1012 at once, its tunnels end at once. A tunnel
+ * does not parse frames, so it cannot say 1012: both sides get their
+ * connection closed (after what the tunnel holds for them, best effort). */
+void mg_ws_tunnels_drain(mg_gen_t *newgen) {
+    mg_tunnel_t *t = mg_tunnels;
+    while (t) {
+        mg_tunnel_t *next = t->next;
+        if (t->gen != newgen && t->drain) {
+            for (int i = 0; i < 2; i++)
+                if (evbuffer_get_length(t->out[i]))
+                    evbuffer_write(t->out[i], t->fd[i]);
+            mg_tunnel_free(t, "moongate");
+        }
+        t = next;
+    }
 }
 
 /* ---- relay ---- */
@@ -417,6 +531,13 @@ void mg_ws_tunnels_close_all(void) {
 typedef struct {
     mg_ws_t *side[2]; /* 0 client, 1 upstream */
     int closing;
+    int up_first; /* the upstream's end came first */
+    mg_ws_end_t end;
+    mg_ws_stats_t st; /* the client side's, kept when it ends */
+    mg_ws_alog_t *alog;
+    struct event fail_tev; /* a failed client's close waits for the upstream's answers */
+    double fail_at;
+    int fail_armed;
     int hook_ref; /* the route's on_message hook (LUA_NOREF: none) */
     int ctx_ref;  /* req.ctx of the upgrade request, for the hooks */
     mg_gen_t *gen;
@@ -426,11 +547,13 @@ typedef struct {
 static void mg_relay_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len);
 static void mg_relay_on_close(void *ud, mg_ws_t *ws, int code, const char *reason);
 static void mg_relay_on_drain(void *ud, mg_ws_t *ws);
+static void mg_relay_on_fail(void *ud, mg_ws_t *ws);
 
 static const mg_ws_ops_t mg_relay_ops = {
     .on_message = mg_relay_on_message,
     .on_close = mg_relay_on_close,
     .on_drain = mg_relay_on_drain,
+    .on_fail = mg_relay_on_fail,
 };
 
 /* The route's on_message hook sees the message; -1 when it closed the relay. */
@@ -451,8 +574,8 @@ static int mg_relay_hook(mg_relay_t *rl, int from, int op, const char *data, siz
             code = 1000;
         rl->closing = 1;
         /* what the hook passed before still reaches its side first */
-        mg_ws_close_after_data(rl->side[0], code, reason);
-        mg_ws_close_after_data(rl->side[1], code, reason);
+        mg_ws_close(rl->side[0], code, reason);
+        mg_ws_close(rl->side[1], code, reason);
         return -1;
     }
     return 0;
@@ -480,18 +603,67 @@ static void mg_relay_on_drain(void *ud, mg_ws_t *ws) {
         mg_ws_pause(rl->side[!to], 0);
 }
 
+#define MG_RELAY_FAIL_QUIET 0.3 /* s of upstream silence: its answers are in */
+#define MG_RELAY_FAIL_MAX 3.0   /* s at most a failed client's close waits */
+
+static void mg_relay_fail_cb(evutil_socket_t fd, short what, void *arg) {
+    mg_relay_t *rl = arg;
+    double now = mg_now(), last;
+    (void)fd, (void)what;
+    rl->fail_armed = 0;
+    if (rl->side[1] == NULL)
+        return;
+    last = mg_ws_last_rx(rl->side[1]);
+    if (last < rl->fail_at)
+        last = rl->fail_at;
+    if (now - last < MG_RELAY_FAIL_QUIET && now - rl->fail_at < MG_RELAY_FAIL_MAX) {
+        event_add(&rl->fail_tev, mg_timeout_tv(50));
+        rl->fail_armed = 1;
+        return;
+    }
+    /* its close reply ends that side; mg_relay_on_close lets the client's go */
+    mg_ws_close(rl->side[1], 1001, "client protocol error");
+}
+
+/* The client broke the protocol: its close (with the right code) is held
+ * while the upstream answers what the client sent before the bad frame
+ * (until it has been quiet for 0.3 s, at most 3 s), then the upstream is
+ * closed, and its answers reach the client before the client's close. */
+static void mg_relay_on_fail(void *ud, mg_ws_t *ws) {
+    mg_relay_t *rl = ud;
+    if (ws != rl->side[0] || rl->side[1] == NULL || rl->fail_armed)
+        return;
+    mg_ws_hold_close(ws, 1);
+    rl->fail_at = mg_now();
+    evtimer_assign(&rl->fail_tev, mg_worker.base, mg_relay_fail_cb, rl);
+    event_add(&rl->fail_tev, mg_timeout_tv(50));
+    rl->fail_armed = 1;
+}
+
 static void mg_relay_on_close(void *ud, mg_ws_t *ws, int code, const char *reason) {
     mg_relay_t *rl = ud;
     int side = ws == rl->side[0] ? 0 : 1;
     mg_ws_t *other = rl->side[!side];
+    if (side == 0) {
+        mg_ws_end_info(ws, &rl->end, "client");
+        if (rl->up_first && strcmp(rl->end.by, "moongate") == 0)
+            rl->end.by = "upstream";
+        rl->st = *mg_ws_stats(ws);
+    } else if (other) {
+        rl->up_first = 1;
+    }
     rl->side[side] = NULL;
     if (other) {
         /* pass a real close code on; abnormal ends become 1011/1001 */
         if (code == 1005 || code == 1006 || code == 1015 || code < 1000)
             code = side == 1 ? 1011 : 1001;
         mg_ws_close(other, code, reason && *reason ? reason : "peer closed");
+        mg_ws_hold_close(other, 0); /* a client's held close goes now */
         return;
     }
+    if (rl->fail_armed)
+        event_del(&rl->fail_tev);
+    mg_ws_alog_end(rl->alog, MG_WS_RELAY, &rl->end, &rl->st, rl->st.bytes_in, rl->st.bytes_out);
     mg_ws_run_hooks(rl->gen->L, rl->route->ws->ws_close_ref, rl->ctx_ref, code, reason);
     luaL_unref(rl->gen->L, LUA_REGISTRYINDEX, rl->ctx_ref);
     mg_gen_release(rl->gen);
@@ -531,6 +703,8 @@ static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const
     rl->hook_ref = p->route->ws->on_message_ref;
     rl->ctx_ref = p->ctx_ref;
     p->ctx_ref = LUA_NOREF;
+    rl->alog = p->alog;
+    p->alog = NULL;
     rl->side[0] =
         mg_ws_new(p->cfd, 0, p->gen, p->route, &p->hs, p->pre, p->pre_len, &mg_relay_ops, rl);
     if (rl->side[0])
@@ -545,6 +719,7 @@ static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const
             close(ufd);
         luaL_unref(rl->gen->L, LUA_REGISTRYINDEX, rl->ctx_ref);
         mg_gen_release(rl->gen);
+        free(rl->alog);
         free(rl);
     } else {
         mg_ws_run_hooks(rl->gen->L, rl->route->ws->ws_open_ref, rl->ctx_ref, 0, NULL);
@@ -594,6 +769,7 @@ void mg_ws_takeover(mg_req_t *r, int fd, const char *pre, size_t pre_len) {
     p->mode = wc->mode;
     p->hs = hs;
     p->ctx_ref = wc->mode == MG_WS_RELAY ? mg_ws_ctx_ref(r) : LUA_NOREF;
+    p->alog = mg_ws_alog_new(r);
     memcpy(p->request_id, r->request_id, sizeof(p->request_id));
     if (pre_len) {
         p->pre = malloc(pre_len);

@@ -18,7 +18,6 @@ struct mg_ws_s {
     int client;    /* we are the client side (relay to upstream) */
     int closing;   /* close queued by us */
     int fail_code; /* protocol failure to report */
-    int pend_code; /* close due once the queue is empty */
     int dead;      /* freed at the next loop turn */
     int in_cb;     /* inside wslay_event_recv/send */
     int hold_len;
@@ -53,8 +52,15 @@ struct mg_ws_s {
     size_t whole_len;
     z_stream *zin, *zout;
     double last_hb;
-    int rd_short; /* the last read returned less than asked */
-    char pend_reason[64];
+    int rd_short;     /* the last read returned less than asked */
+    int rd_hup;       /* the peer's FIN is in (EV_CLOSED): read on to the end */
+    int rd_eof;       /* recv saw the end: flush what is queued, then finish */
+    int rd_err;       /* recv failed (reset): nothing more can be sent */
+    int failing;      /* reading stopped on a protocol error; its close is queued */
+    int gate;         /* hold wslay's frames (the close) back; wbuf still flows */
+    int fin_flush;    /* finish once wbuf is out (a close already written there) */
+    int closed_first; /* we queued our close before the peer's came */
+    mg_ws_stats_t st;
     uint8_t hold[16]; /* a frame head waiting for its payload */
     int notified;
     char close_reason[124]; /* the peer's, UTF-8 checked */

@@ -35,6 +35,9 @@ local _M = {}
 -- Limits imposed by the C side (core/mg.h): durations become int
 -- milliseconds, counts are ints, names and hosts live in char[64].
 _M.MAX_SECONDS = 2147482
+-- Byte counts (websocket.max_message, send_buffer) are uint64/size_t in C;
+-- 1 GiB bounds what one message or one socket's queue may hold.
+_M.MAX_BYTES = 1073741824
 _M.MAX_INT = 2147483647
 _M.MAX_NAME = 63
 _M.MAX_SEGMENTS = 32

@@ -34,6 +34,7 @@ local valid_hostname = check.valid_hostname
 local sorted_keys = check.sorted_keys
 local line_of = check.line_of
 local MAX_SECONDS = check.MAX_SECONDS
+local MAX_BYTES = check.MAX_BYTES
 local MAX_INT = check.MAX_INT
 local MAX_SEGMENTS = check.MAX_SEGMENTS
 
@@ -236,6 +237,15 @@ local function normalize_websocket(raw, bad_route)
     end
     return v
   end
+  -- a byte count: an integer up to MAX_BYTES (1 GiB), not a duration
+  local function bytes(v, dflt, name)
+    if v == nil then return dflt end
+    if not is_nonneg(v, true) or v > MAX_BYTES then
+      bad_route("websocket.%s: expected a whole number of bytes from 0 to %d (1 GiB), got %s",
+                name, MAX_BYTES, show_value(v))
+    end
+    return v
+  end
   local function bool(v, dflt, name)
     if v == nil then return dflt end
     if type(v) ~= "boolean" then
@@ -278,8 +288,8 @@ local function normalize_websocket(raw, bad_route)
       ping_frames = bool(hb.ping_frames, false, "heartbeat.ping_frames"),
       timeout = num(hb.timeout, 0, "heartbeat.timeout"),
     },
-    max_message = num(w.max_message, 1048576, "max_message"),
-    send_buffer = num(w.send_buffer, 1048576, "send_buffer"),
+    max_message = bytes(w.max_message, 1048576, "max_message"),
+    send_buffer = bytes(w.send_buffer, 1048576, "send_buffer"),
     overflow = "close",
     deflate = bool(w.deflate, mode ~= "tunnel", "deflate"),
     protocols = list(w.protocols, "protocols"),
