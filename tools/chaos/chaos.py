@@ -32,7 +32,7 @@ block, and exits 1 when any part fails (2 on a usage or setup error):
              refuse a reload the master took; then a worker is killed and, once
              replaced, every worker must serve one generation (the same route
              table and the same generation number as the master's last
-             "generation N loaded").
+             "generation N loaded" or "generation N serving").
 
 Everything is bounded in count and time; waits are deadlines on conditions.
 Only the processes this tool started are signalled, by pid. Work dirs go to
@@ -823,7 +823,9 @@ def part_reload(ctx):
 
         # settle: the master's last "generation N loaded" stops changing
         def master_gen():
-            m = re.findall(r"\] %d: .*generation (\d+) loaded" % mg.pid, mg.log())
+            # "generation N loaded" (one reading per process) or "generation N
+            # serving on K workers" (a master that waits for its workers)
+            m = re.findall(r"\] %d: .*generation (\d+) (?:loaded|serving)" % mg.pid, mg.log())
             return int(m[-1]) if m else None
 
         last = [master_gen(), time.monotonic()]
