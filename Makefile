@@ -103,8 +103,9 @@ fuzz: $(TEST_STAMP) $(BIN)
 	  sh tools/run-specs.sh spec/02-integration/15-fuzz_spec.lua
 
 # the bounded hostile suite (tools/chaos/chaos.py; about a minute): one-shot
-# clients, a descriptor flood, slow bodies, misbehaving upstreams, a reload
-# storm. The short version (--short) runs in make test (45-chaos_spec.lua).
+# clients, a descriptor flood, slow bodies, misbehaving upstreams, WebSocket
+# upstreams that end in one edge, a reload storm. The short version (--short)
+# runs in make test (45-chaos_spec.lua).
 .PHONY: chaos
 chaos: $(TEST_STAMP) $(BIN)
 	@/usr/bin/python3 tools/chaos/chaos.py --bin $(CURDIR)/$(BIN)

@@ -1,7 +1,7 @@
 -- The short version of the bounded hostile suite (make chaos runs the full
 -- one): tools/chaos/chaos.py --short starts the real binary and
--- spec/fixtures/chaos_upstream.py on 127.0.0.1 and runs five parts, each
--- bounded in count and time (about 40 s in all). One case per part reads
+-- spec/fixtures/chaos_upstream.py on 127.0.0.1 and runs six parts, each
+-- bounded in count and time (about 50 s in all). One case per part reads
 -- that part's PASS/FAIL line and shows its counts when it fails.
 local helpers = require "spec.helpers"
 
@@ -41,6 +41,10 @@ describe("hostile suite (chaos --short)", function()
         part("upstreams")
     end)
 
+    it("a WebSocket upstream's last frame and FIN in one edge reach the client", function()
+        part("ws")
+    end)
+
     it("a reload storm under load fails no request and leaves one generation", function()
         part("reload")
     end)
@@ -48,7 +52,7 @@ describe("hostile suite (chaos --short)", function()
     it("prints the summary block and exits non-zero exactly when a part failed", function()
         assert.is_not_nil(rc, "chaos.py did not finish")
         assert.truthy(out:find("== chaos summary (short) ==", 1, true), out)
-        local verdict, nfail = out:match("chaos: (%u+) %((%d+) of 5 parts failed%)")
+        local verdict, nfail = out:match("chaos: (%u+) %((%d+) of 6 parts failed%)")
         assert.is_not_nil(verdict, out)
         assert.equal(tonumber(nfail) == 0 and "PASS" or "FAIL", verdict)
         assert.equal(tonumber(nfail) == 0 and 0 or 1, rc)

@@ -2,7 +2,7 @@
 """moongate's bounded hostile suite (`make chaos`; `--short` runs in make test).
 
 Starts the real binary (and spec/fixtures/chaos_upstream.py) on 127.0.0.1,
-attacks it in five parts, prints the counts of each part and one summary
+attacks it in six parts, prints the counts of each part and one summary
 block, and exits 1 when any part fails (2 on a usage or setup error):
 
   oneshot    one-shot clients by the thousand against the shipped timeouts
@@ -26,6 +26,10 @@ block, and exits 1 when any part fails (2 on a usage or setup error):
              unsolicited 101, a 1 MiB header. Each request gets a 502/504 JSON
              or its full body, or (reset after the head) a prompt close that
              does not look complete; nothing hangs past its timeout.
+  ws         WebSocket tunnel and relay routes to an upstream whose last
+             message, close frame (or none) and FIN arrive in one edge: the
+             client must get the message, a close frame (relay; in a tunnel
+             the upstream's own) and, once it has answered, the end.
   reload     SIGHUP the master every 50-100 ms while routes.lua is saved in
              place a few ms after each signal and clients run keep-alive and
              new-connection requests: no request may fail and no worker may
@@ -62,7 +66,7 @@ FIXTURE = os.path.join(ROOT, "spec", "fixtures", "chaos_upstream.py")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PARTS = ["oneshot", "flood", "slowbody", "upstreams", "reload"]
+PARTS = ["oneshot", "flood", "slowbody", "upstreams", "ws", "reload"]
 
 # sizes per mode: (short, full)
 SIZES = {
@@ -73,6 +77,7 @@ SIZES = {
     "slow_clients": (20, 100),
     "slow_body_timeout": (2, 5),
     "up_rounds": (2, 10),
+    "ws_clients": (10, 100),
     "reload_secs": (3.0, 8.0),
     "reload_clients": (3, 8),
 }
@@ -286,6 +291,8 @@ return {
       return 200, "%(version)s:" .. moongate.worker_id
   end },
   { prefix = "/up", upstream = "chaos", strip_prefix = true },
+  { prefix = "/wst", upstream = "chaos", websocket = { mode = "tunnel" } },
+  { prefix = "/wsr", upstream = "chaos", websocket = { mode = "relay" } },
 }
 """
 
@@ -754,6 +761,103 @@ def part_upstreams(ctx):
     return r
 
 
+# part 6: the WebSocket upstream's last frame and its FIN in one edge ----------
+
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+async def ws_session(port, target, timeout):
+    """A WebSocket client that reads until EOF, answering a close frame;
+    returns (101 seen, text messages, close code or None, EOF seen, seconds)."""
+    t0 = time.monotonic()
+    texts, code, eof, ok101 = [], None, False, False
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), timeout)
+        writer.write(("GET %s HTTP/1.1\r\nHost: chaos\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n" % (target, WS_KEY)).encode())
+        await writer.drain()
+
+        async def frames():
+            nonlocal code, eof, ok101
+            head = await reader.readuntil(b"\r\n\r\n")
+            ok101 = head.startswith(b"HTTP/1.1 101")
+            if not ok101:
+                return
+            while True:
+                try:
+                    b0, b1 = await reader.readexactly(2)
+                except asyncio.IncompleteReadError:
+                    eof = True
+                    return
+                n = b1 & 0x7F
+                if n == 126:
+                    n = struct.unpack("!H", await reader.readexactly(2))[0]
+                elif n == 127:
+                    n = struct.unpack("!Q", await reader.readexactly(8))[0]
+                mask = await reader.readexactly(4) if b1 & 0x80 else None
+                data = await reader.readexactly(n)
+                if mask:
+                    data = bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+                op = b0 & 0x0F
+                if op == 1:
+                    texts.append(data.decode("utf-8", "replace"))
+                elif op == 8 and code is None:
+                    code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005
+                    # answer the close as a client does, then wait for the end
+                    writer.write(b"\x88\x82\x00\x00\x00\x00" + struct.pack("!H", code
+                                                                      if code != 1005 else 1000))
+                    await writer.drain()
+
+        await asyncio.wait_for(frames(), timeout - (time.monotonic() - t0))
+    except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
+        pass
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+    return ok101, texts, code, eof, time.monotonic() - t0
+
+
+def part_ws(ctx):
+    n = ctx.size("ws_clients")
+    mg = ctx.moongate("ws")
+    limit = 5 * ctx.slack
+    # tunnel: the bytes, close frame included, then EOF; relay: the message,
+    # then a close frame (the upstream's code, or 1011 when it just dropped),
+    # then EOF once the client has answered it
+    cases = [
+        ("tunnel-close", "/wst/ws-last", lambda t, c, e: t == ["last"] and c == 1000 and e),
+        ("tunnel-drop", "/wst/ws-last?drop=1", lambda t, c, e: t == ["last"] and e),
+        ("relay-close", "/wsr/ws-last", lambda t, c, e: t == ["last"] and c is not None and e),
+        ("relay-drop", "/wsr/ws-last?drop=1",
+         lambda t, c, e: t == ["last"] and c is not None and e),
+    ]
+    r = {"sessions": n * len(cases), "failed": 0}
+    try:
+        async def one(case, target, good, sem):
+            async with sem:
+                ok101, texts, code, eof, secs = await ws_session(mg.port, target, limit)
+            if ok101 and good(texts, code, eof) and secs <= limit:
+                return case, ""
+            return case, "101=%s texts=%s close=%s eof=%s %.1fs" % (ok101, texts, code, eof, secs)
+
+        async def run():
+            sem = asyncio.Semaphore(50)
+            return await asyncio.gather(*(one(*c, sem) for _ in range(n) for c in cases))
+
+        bad = {}
+        for case, why in asyncio.run(run()):
+            if why:
+                r["failed"] += 1
+                bad.setdefault(case, []).append(why)
+        r["bad"] = {c: "%d/%d: %s" % (len(w), n, w[0]) for c, w in bad.items()}
+        r["pass"] = r["failed"] == 0
+    finally:
+        mg.stop()
+    return r
+
+
 # part 5: reload storm ------------------------------------------------------------
 
 
@@ -924,6 +1028,7 @@ SUMMARY_KEYS = [
     ("flood", "recover_s", "seconds to the first request served after it"),
     ("slowbody", "failed", "slow bodies not cut with 408 in time"),
     ("upstreams", "failed", "misbehaving-upstream requests failed"),
+    ("ws", "failed", "WebSocket sessions without their last frame/close"),
     ("reload", "failed", "requests failed during the reload storm"),
     ("reload", "gens_agree", "workers agree on the generation"),
 ]
