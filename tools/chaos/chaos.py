@@ -25,7 +25,9 @@ block, and exits 1 when any part fails (2 on a usage or setup error):
              head, resets mid-body (Content-Length and chunked), an
              unsolicited 101, a 1 MiB header. Each request gets a 502/504 JSON
              or its full body, or (reset after the head) a prompt close that
-             does not look complete; nothing hangs past its timeout.
+             does not look complete; nothing hangs past its timeout. The same
+             cases through moongate.http.request in a Lua handler (a 502/504
+             JSON or the full body, never a truncated body as a success).
   ws         WebSocket tunnel and relay routes to an upstream whose last
              message, close frame (or none) and FIN arrive in one edge: the
              client must get the message, a close frame (relay; in a tunnel
@@ -287,6 +289,20 @@ return {
       local body = req:body()
       return 200, "got " .. #(body or "") .. "\\n"
   end },
+  -- the Lua HTTP client against the misbehaving upstream (upstreams part)
+  { path = "/lua/{what}", handler = function(req)
+      local paths = { ["close-delimited"] = "/close-delimited?n=100000",
+        ["drip-head"] = "/drip-head?gap=0.5", ["reset-cl"] = "/reset-mid-body?mode=cl",
+        ["reset-chunked"] = "/reset-mid-body?mode=chunked", ["upgrade-101"] = "/upgrade-101",
+        ["huge-header"] = "/huge-header?kb=1024" }
+      local p = paths[req.params.what]
+      if not p then return 404, "no such case\\n" end
+      local res, err = moongate.http.request({ url = "http://127.0.0.1:%(up_port)d", path = p,
+                                               timeout = 2 })
+      if not res then return 502, { error = tostring(err) } end
+      if res.status ~= 200 then return 502, { error = "status " .. res.status } end
+      return 200, res.body
+  end },
   { path = "/gen", handler = function()
       return 200, "%(version)s:" .. moongate.worker_id
   end },
@@ -304,6 +320,7 @@ class Moongate(Proc):
         os.makedirs(os.path.join(self.dir, "conf"), exist_ok=True)
         os.makedirs(os.path.join(self.dir, "scripts"), exist_ok=True)
         self.port = free_port()
+        self.up_port = up_port
         self.conf_path = os.path.join(self.dir, "conf", "moongate.lua")
         self.routes_path = os.path.join(self.dir, "scripts", "routes.lua")
         with open(self.conf_path, "w") as f:
@@ -329,7 +346,7 @@ class Moongate(Proc):
     def write_routes(self, version):
         tmp = self.routes_path + ".tmp"
         with open(tmp, "w") as f:
-            f.write(ROUTES % {"version": version})
+            f.write(ROUTES % {"version": version, "up_port": self.up_port})
         os.rename(tmp, self.routes_path)  # atomic, as an editor's save
 
     def workers(self):
@@ -710,12 +727,16 @@ def judge_upstream(case, res, secs, limit):
     if res.get("timeout") or secs > limit:
         return "hung %.1fs (status %d)" % (secs, st)
     error_json = st in (502, 504) and res["body"][:1] == b"{"
-    if case.startswith("close-delimited"):
+    if case.startswith("close-delimited") or case == "lua-close-delimited":
         exp = bytes((i * 7 + 3) & 0xFF for i in range(65536))
         want = (exp * 2)[:BIG]
         if st == 200 and res["complete"] and res["body"] == want:
             return ""
         return "status %d, %d bytes, complete=%s" % (st, len(res["body"]), res["complete"])
+    if case.startswith("lua-"):
+        # a buffered client has no head to forward early: an error, never a
+        # truncated body as a success
+        return "" if error_json else "status %d, %d bytes" % (st, len(res["body"]))
     if case.startswith("reset-mid-body"):
         if error_json:
             return ""
@@ -739,7 +760,9 @@ def part_upstreams(ctx):
         ("reset-mid-body-chunked", "/up/reset-mid-body?mode=chunked", "1.1"),
         ("unsolicited-101", "/up/upgrade-101", "1.1"),
         ("huge-header", "/up/huge-header?kb=1024", "1.1"),
-    ]
+    ] + [("lua-" + w, "/lua/" + w, "1.1") for w in
+         ("close-delimited", "drip-head", "reset-cl", "reset-chunked", "upgrade-101",
+          "huge-header")]
     r = {"requests": rounds * len(cases), "failed": 0}
     try:
         async def one(case, target, version):
@@ -913,7 +936,7 @@ def part_reload(ctx):
                 ver += 1
                 with open(mg.routes_path, "w") as f:
                     await asyncio.sleep(0.003)
-                    f.write(ROUTES % {"version": "v%d" % ver})
+                    f.write(ROUTES % {"version": "v%d" % ver, "up_port": mg.up_port})
                 await asyncio.sleep(rng.uniform(0.04, 0.09))
             stop.set()
 
