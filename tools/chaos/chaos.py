@@ -895,10 +895,14 @@ def part_reload(ctx):
             r["failed"] += 1
             fail_why[why] = fail_why.get(why, 0) + 1
 
+        cap = 50000  # requests per client: bounded in count as well as in time
+
         async def keepalive_client(stop):
             reader, writer = await asyncio.open_connection(HOST, mg.port)
             try:
-                while not stop.is_set():
+                for _ in range(cap):
+                    if stop.is_set():
+                        break
                     writer.write(b"GET /gen HTTP/1.1\r\nHost: chaos\r\n\r\n")
                     await writer.drain()
                     res = await asyncio.wait_for(read_response(reader), 5 * ctx.slack)
@@ -914,9 +918,9 @@ def part_reload(ctx):
                 writer.transport.abort()
 
         async def newconn_client(stop):
-            i = 0
-            while not stop.is_set():
-                i += 1
+            for i in range(1, cap + 1):
+                if stop.is_set():
+                    break
                 path = "/gen" if i % 2 else "/up/plain"
                 res, _ = await request(mg.port, path, 5 * ctx.slack)
                 r["requests"] += 1
