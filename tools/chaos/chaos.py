@@ -1109,7 +1109,7 @@ def main():
     log("== chaos summary (%s) ==" % ("short" if args.short else "full"))
     for part, key, label in SUMMARY_KEYS:
         if part in results:
-            log("  %-48s %s" % (label, results[part].get(key, "n/a")))
+            log("  %-50s %s" % (label, results[part].get(key, "n/a")))
     nfail = 0
     for p in parts:
         ok = results[p].get("pass")
