@@ -100,14 +100,14 @@ def log(msg):
 
 
 def proc_stat(pid):
-    """(state, ppid, utime+stime ticks) of pid, or None when it is gone."""
+    """(state, ppid, utime+stime ticks, start time) of pid, or None when it is gone."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             s = f.read()
     except OSError:
         return None
     rest = s[s.rfind(")") + 2:].split()
-    return rest[0], int(rest[1]), int(rest[11]) + int(rest[12])
+    return rest[0], int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[19])
 
 
 def alive(pid):
@@ -241,7 +241,9 @@ class Proc:
         return self.p.poll() is not None
 
     def stop(self):
-        kids = children(self.pid)
+        # the workers, with their start times: a pid is only signalled while it
+        # is still the same process
+        kids = [(k, (proc_stat(k) or (0, 0, 0, None))[3]) for k in children(self.pid)]
         if self.p.poll() is None:
             os.kill(self.pid, signal.SIGTERM)
             try:
@@ -249,8 +251,9 @@ class Proc:
             except subprocess.TimeoutExpired:
                 os.kill(self.pid, signal.SIGKILL)
                 self.p.wait(5)
-        for k in kids:
-            if alive(k):
+        for k, started in kids:
+            st = proc_stat(k)
+            if st and st[0] not in ("Z", "X") and st[3] == started:
                 os.kill(k, signal.SIGKILL)
         self.logf.close()
 
@@ -596,7 +599,7 @@ def part_flood(ctx):
             r["opened"], r["refused"] = len(held), refused[0]
             r["open_secs"] = round(time.monotonic() - t_flood, 2)
             # hold: worker CPU over the window
-            cpu0 = {w: (proc_stat(w) or (0, 0, 0))[2] for w in workers}
+            cpu0 = {w: (proc_stat(w) or (0, 0, 0, 0))[2] for w in workers}
             t0 = time.monotonic()
             await asyncio.sleep(hold / 2)
             kw.write(b"GET / HTTP/1.1\r\nHost: chaos\r\n\r\n")
@@ -609,7 +612,7 @@ def part_flood(ctx):
             if left > 0:
                 await asyncio.sleep(left)
             wall = time.monotonic() - t0
-            cpu = [100.0 * ((proc_stat(w) or (0, 0, cpu0[w]))[2] - cpu0[w]) / CLK_TCK / wall
+            cpu = [100.0 * ((proc_stat(w) or (0, 0, cpu0[w], 0))[2] - cpu0[w]) / CLK_TCK / wall
                    for w in workers]
             r["max_worker_cpu"] = round(max(cpu), 1)
             log1 = mg.log_size()
