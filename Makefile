@@ -102,6 +102,14 @@ fuzz: $(TEST_STAMP) $(BIN)
 	@MOONGATE_BIN=$(CURDIR)/$(BIN) MOONGATE_FUZZ_N=50000 MOONGATE_FUZZ_SECS=600 \
 	  sh tools/run-specs.sh spec/02-integration/15-fuzz_spec.lua
 
+# the bounded hostile suite (tools/chaos/chaos.py; about a minute): one-shot
+# clients, a descriptor flood, slow bodies, misbehaving upstreams, WebSocket
+# upstreams that end in one edge, a reload storm. The short version (--short)
+# runs in make test (45-chaos_spec.lua).
+.PHONY: chaos
+chaos: $(TEST_STAMP) $(BIN)
+	@/usr/bin/python3 tools/chaos/chaos.py --bin $(CURDIR)/$(BIN)
+
 bench: $(BIN)
 	@sh bench/run.sh
 	@sh bench/plugins.sh
