@@ -65,10 +65,16 @@ describe("seed routes", function()
         end)
 
         it("answers a WebSocket upgrade to an unknown /api path with the JSON 404, not a 101", function()
-            local c, res = seed.ws_open(mg.port, "/api/nowhere/stream?tenant_id=t1", "t1")
+            local c, res = ws.handshake(mg.port, "/api/nowhere/stream?tenant_id=t1",
+                { headers = { "Authorization: Bearer " .. seed.TOKEN.t1 } })
             assert.truthy(c, tostring(res))
             assert.equal(404, res.status)
             assert.equal("not_found", helpers.json.decode(res.body).error)
+            c:close()
+            -- a query token is for a WebSocket route only: here it is no token at all
+            c, res = seed.ws_open(mg.port, "/api/nowhere/stream?tenant_id=t1", "t1")
+            assert.truthy(c, tostring(res))
+            assert.equal(401, res.status)
             c:close()
         end)
 
