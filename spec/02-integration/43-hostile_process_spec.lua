@@ -337,6 +337,8 @@ local suffix = f:read("*a")
 f:close()
 assert(suffix:match("^%w*$"), "bad suffix file")
 local tag = require("tagmod") .. suffix
+-- a file read between the truncation and the write of an edit is empty
+assert(tag ~= "", "empty tag")
 return {
   { path = "/tag", handler = function() return 200, tag .. " " .. ffi.C.getpid() end },
 }
