@@ -571,4 +571,20 @@ describe("reload snapshot: modules required at run time (defect 5)", function()
         assert.truthy(log:find(want, 1, true), log)
         assert.equal("A", answers(mg, "/tag", 4))
     end)
+
+    it("a FIFO that the load opens does not hang the master (sibling)", function()
+        local dir = helpers.tmpdir("lazy-fifo")
+        helpers.sh("mkdir -p " .. helpers.shq(dir .. "/conf") .. " " .. helpers.shq(dir .. "/scripts"))
+        assert(select(2, helpers.sh("mkfifo " .. helpers.shq(dir .. "/fifo"))) == 0)
+        helpers.write_file(dir .. "/conf/moongate.lua", 'return { listen = "127.0.0.1:1", workers = 1 }\n')
+        helpers.write_file(dir .. "/scripts/routes.lua", fmt([=[
+local f = io.open(%q, "rb")
+if f then f:close() end
+return { { path = "/x", handler = function() return 200, "x" end } }
+]=], dir .. "/fifo"))
+        -- busted must not hang either: the check is bounded by timeout(1)
+        local out, rc = helpers.sh(fmt("cd %s && timeout 10 %s -t -c conf/moongate.lua",
+            helpers.shq(dir), helpers.shq(helpers.bin)))
+        assert.equal(0, rc, "moongate -t: rc " .. tostring(rc) .. ": " .. out)
+    end)
 end)
