@@ -85,13 +85,11 @@ static int mg_snap_read_disk(lua_State *L, const char *path, size_t room) {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), e;
     if (fd < 0)
         return errno;
-    if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode) ||
-        (S_ISREG(st.st_mode) && (uint64_t)st.st_size > room)) {
-        e = errno;
-        if (S_ISDIR(st.st_mode))
-            e = EISDIR;
-        else if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > room)
-            e = EFBIG;
+    e = fstat(fd, &st) != 0                                  ? errno
+        : S_ISDIR(st.st_mode)                                ? EISDIR
+        : S_ISREG(st.st_mode) && (uint64_t)st.st_size > room ? EFBIG
+                                                             : 0;
+    if (e) {
         close(fd);
         return e;
     }
