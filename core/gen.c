@@ -489,6 +489,13 @@ mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err
     if (mg_gen_read_servers(g, L, genidx, err, errlen) != MG_OK)
         goto fail;
     mg_gen_read_desc(g, L, loader, genidx);
+    /* the master: every module a handler may require later is read now */
+    if (snap_fd < 0) {
+        lua_getfield(L, genidx, "snap_dirs");
+        if (mg_snap_scan(L, lua_gettop(L), err, errlen) != MG_OK)
+            goto fail;
+        lua_pop(L, 1);
+    }
     /* keep the generation table alive for handlers that close over it */
     lua_setfield(L, LUA_REGISTRYINDEX, "moongate.gen");
     lua_settop(L, 0);

@@ -157,9 +157,10 @@ const char *mg_lib_dir(void);
 /* ---- snap.c: the files a generation loads, read once ---- */
 void mg_snap_install(lua_State *L); /* file readers go through an empty snapshot */
 int mg_snap_import(lua_State *L, int fd, char *err, size_t errlen); /* snapshot from memfd */
-void mg_snap_stop(lua_State *L); /* loading done: file readers read the disk again */
-void mg_snap_drop(lua_State *L); /* frees the snapshot */
-int mg_snap_export(lua_State *L, char *err, size_t errlen); /* sealed memfd, or -1; drops it */
+int mg_snap_scan(lua_State *L, int dirs, char *err, size_t errlen); /* + .lua under dirs */
+void mg_snap_stop(lua_State *L); /* loading done: file readers but require read the disk */
+void mg_snap_drop(lua_State *L); /* frees all but the modules require resolves from */
+int mg_snap_export(lua_State *L, char *err, size_t errlen); /* sealed memfd, or -1; then drop */
 
 /* ---- router.c ---- */
 typedef struct {

@@ -562,6 +562,23 @@ local function load_generation(conf_path, opts)
     check.raise(res)
   end
   conf.plugins = res
+
+  -- the directories whose .lua files are all part of the generation
+  -- (core/snap.c): lua_path and the plugin directories, as spelled in
+  -- package.path and by the plugin finder
+  local snap_dirs, seen = {}, {}
+  local function snap_dir(d)
+    if d and not seen[d] then
+      seen[d] = true
+      snap_dirs[#snap_dirs + 1] = d
+    end
+  end
+  for _, d in ipairs(conf.lua_path) do
+    snap_dir(d)
+  end
+  snap_dir((conf.root == "." or conf.root == "") and "plugins" or (conf.root .. "/plugins"))
+  snap_dir(plugins.BUNDLED_DIR)
+  gen.snap_dirs = snap_dirs
   return gen
 end
 

@@ -337,6 +337,8 @@ local suffix = f:read("*a")
 f:close()
 assert(suffix:match("^%w*$"), "bad suffix file")
 local tag = require("tagmod") .. suffix
+-- a file read between the truncation and the write of an edit is empty
+assert(tag ~= "", "empty tag")
 return {
   { path = "/tag", handler = function() return 200, tag .. " " .. ffi.C.getpid() end },
 }
@@ -420,5 +422,169 @@ if armed and not os.remove("$DIR/token") then error("the token is gone: this loa
         assert.truthy(helpers.wait_until(function()
             return mg:log():sub(off + 1):find("worker %d+ started %(generation 1%)")
         end, 5), "no info line after the refused reload:\n" .. mg:log():sub(off + 1))
+    end)
+end)
+
+
+-- Defect 5, follow-up: a module required only at run time ---------------------
+
+-- Routes whose handlers require modules lazily: /tag answers the bytes of
+-- lazymod.lua, /slow waits for $DIR/go, then answers slowmod.lua (a request
+-- in flight across a reload), /new answers newmod.lua or "missing", /read what io.open reads.
+local LAZY_ROUTES = [=[
+local ffi = require "ffi"
+pcall(ffi.cdef, "int getpid(void);")
+local moongate = require "moongate"
+local function pid() return ffi.C.getpid() end
+return {
+  { path = "/tag", handler = function() return 200, require("lazymod") .. " " .. pid() end },
+  { path = "/slow", handler = function()
+      for _ = 1, 500 do
+        local f = io.open("$DIR/go", "rb")
+        if f then f:close() break end
+        moongate.sleep(0.02)
+      end
+      return 200, require("slowmod") .. " " .. pid()
+    end },
+  { path = "/new", handler = function()
+      local ok, m = pcall(require, "sub.newmod")
+      return 200, (ok and m or "missing") .. " " .. pid()
+    end },
+  { path = "/read", handler = function()
+      local f = assert(io.open("$DIR/scripts/lazymod.lua", "rb"))
+      local s = f:read("*a")
+      f:close()
+      return 200, s:match('"(%w+)"') .. " " .. pid()
+    end },
+}
+]=]
+
+-- Asks `path` n times on fresh connections: the set of answers seen.
+local function answers(mg, path, n)
+    local seen = {}
+    for _ = 1, n do
+        local c = helpers.connect(mg.port, 2)
+        if c then
+            c:send("GET " .. path .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            local r = helpers.read_response(c, { timeout = 3 })
+            c:close()
+            local tag = (r and r.body or ""):match("^(%S+) %d+$")
+            seen[tag or ("status " .. tostring(r and r.status))] = true
+        end
+    end
+    local t = {}
+    for k in pairs(seen) do t[#t + 1] = k end
+    table.sort(t)
+    return table.concat(t, ",")
+end
+
+-- Reloads and waits for the master's verdict, which must be "serving".
+local function reload_serving(mg)
+    local off = #mg:log()
+    assert.truthy(mg:signal("HUP"))
+    helpers.wait_until(function() return verdict(mg, off) end, 15)
+    local v, log = verdict(mg, off)
+    assert.equal("serving", v, log)
+end
+
+describe("reload snapshot: modules required at run time (defect 5)", function()
+    lazy_teardown(function()
+        helpers.cleanup()
+    end)
+
+    local CONF2 = 'return { listen = "127.0.0.1:$PORT", workers = 2, access_log = false }\n'
+
+    it("a module first required after the reload runs the snapshot's bytes in every worker, "
+        .. "a restarted one and an old generation's request in flight", function()
+        local mg = helpers.start_moongate({ name = "lazy-require", workers = 2,
+            routes = LAZY_ROUTES, conf = CONF2,
+            scripts = { ["lazymod.lua"] = 'return "A"\n', ["slowmod.lua"] = 'return "A"\n' } })
+        finally(function() mg:stop() end)
+        assert.truthy(helpers.wait_until(function() return #mg:workers() == 2 end, 5))
+        -- generation 1 loaded "A"; the disk changes before its first use
+        mg:write_script("lazymod.lua", 'return "Z"\n')
+        local ok, seen = all_serve(mg, "A", 2, 5)
+        assert.truthy(ok, "generation 1, first use after an edit: " .. seen)
+
+        -- a request of generation 1 in flight: it requires after the reload
+        local slow = assert(helpers.connect(mg.port, 2))
+        finally(function() slow:close() end)
+        assert(slow:send("GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+
+        mg:write_script("lazymod.lua", 'return "B"\n')
+        mg:write_script("slowmod.lua", 'return "B"\n')
+        reload_serving(mg)
+        -- edited after the SIGHUP, before the first use in generation 2
+        mg:write_script("lazymod.lua", 'return "C"\n')
+        mg:write_script("slowmod.lua", 'return "C"\n')
+        ok, seen = all_serve(mg, "B", 2)
+        assert.truthy(ok, "generation 2, first use after an edit: " .. seen)
+        -- io.open at run time still reads the disk, as documented
+        assert.equal("C", answers(mg, "/read", 4))
+
+        helpers.write_file(mg.dir .. "/go", "")
+        local r = helpers.read_response(slow, { timeout = 5 })
+        assert.truthy(r, "no answer to the request in flight")
+        assert.equal("A", (r.body:match("^(%S+) %d+$")), "the request of generation 1: " .. r.body)
+
+        restart_one(mg)
+        ok, seen = all_serve(mg, "B", 2)
+        assert.truthy(ok, "after a worker restart: " .. seen)
+    end)
+
+    it("a module added under a lua_path directory after the load is not found in any worker, "
+        .. "until the next reload", function()
+        local mg = helpers.start_moongate({ name = "lazy-new", workers = 2,
+            routes = LAZY_ROUTES, conf = CONF2, scripts = { ["lazymod.lua"] = 'return "A"\n' } })
+        finally(function() mg:stop() end)
+        assert.truthy(helpers.wait_until(function() return #mg:workers() == 2 end, 5))
+        helpers.sh("mkdir -p " .. helpers.shq(mg.dir .. "/scripts/sub"))
+        mg:write_script("sub/newmod.lua", 'return "N"\n')
+        assert.equal("missing", answers(mg, "/new", 12))
+        restart_one(mg)
+        assert.equal("missing", answers(mg, "/new", 12))
+        reload_serving(mg)
+        mg:write_script("sub/newmod.lua", 'return "M"\n')
+        assert.equal("N", answers(mg, "/new", 12))
+    end)
+
+    it("more than 64 MiB of .lua files under lua_path: the load is refused with file: reason", function()
+        local mg = helpers.start_moongate({ name = "lazy-big", workers = 1,
+            routes = LAZY_ROUTES, conf = CONF2:gsub("workers = 2", "workers = 1"),
+            scripts = { ["lazymod.lua"] = 'return "A"\n' } })
+        finally(function() mg:stop() end)
+        -- a sparse file: nothing is written, the size is what counts
+        local f = assert(io.open(mg.dir .. "/scripts/big.lua", "wb"))
+        assert(f:seek("set", 65 * 1024 * 1024))
+        assert(f:write("\n"))
+        f:close()
+        local want = "scripts/big.lua: the generation's files exceed 64 MiB"
+        local out, rc = helpers.sh(fmt("cd %s && env -u MOONGATE_LISTEN -u MOONGATE_WORKERS %s -t -c %s",
+            helpers.shq(mg.dir), helpers.shq(helpers.bin), helpers.shq(mg.conf_path)))
+        assert.are_not.equal(0, rc, out)
+        assert.truthy(out:find(want, 1, true), out)
+        local off = #mg:log()
+        assert.truthy(mg:signal("HUP"))
+        helpers.wait_until(function() return verdict(mg, off) end, 15)
+        local v, log = verdict(mg, off)
+        assert.equal("refused", v, log)
+        assert.truthy(log:find(want, 1, true), log)
+        assert.equal("A", answers(mg, "/tag", 4))
+    end)
+
+    it("a FIFO that the load opens does not hang the master (sibling)", function()
+        local dir = helpers.tmpdir("lazy-fifo")
+        helpers.sh("mkdir -p " .. helpers.shq(dir .. "/conf") .. " " .. helpers.shq(dir .. "/scripts"))
+        assert(select(2, helpers.sh("mkfifo " .. helpers.shq(dir .. "/fifo"))) == 0)
+        helpers.write_file(dir .. "/conf/moongate.lua", 'return { listen = "127.0.0.1:1", workers = 1 }\n')
+        helpers.write_file(dir .. "/scripts/routes.lua", fmt([=[
+local f = io.open(%q, "rb")
+if f then f:close() end
+return { { path = "/x", handler = function() return 200, "x" end } }
+]=], dir .. "/fifo"))
+        -- busted must not hang either: the check is bounded by timeout(1)
+        local out, rc = helpers.sh(fmt("cd %s && timeout 10 %s -t -c conf/moongate.lua",
+            helpers.shq(dir), helpers.shq(helpers.bin)))
+        assert.equal(0, rc, "moongate -t: rc " .. tostring(rc) .. ": " .. out)
     end)
 end)
