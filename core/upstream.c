@@ -17,11 +17,13 @@
  * the head do not re-arm it); body_timeout again between response body
  * reads (not while the sink has reading paused).
  *
- * Reads are edge-triggered: while the response is incomplete, reading goes
- * on until EAGAIN, so an EOF or reset that came with the last bytes is seen.
- * Once a response completes in one read, no extra recv is made: a FIN in
- * the same edge shows as EV_CLOSED (EPOLLRDHUP) and keeps the connection
- * out of the pool; a later FIN wakes the pooled connection's read event.
+ * Reads are level-triggered: an EOF or reset that arrived with the last
+ * bytes is reported again after a short read, so no read path needs an
+ * extra recv to find EAGAIN (edge-triggered reads missed exactly that once
+ * reading had been paused and resumed; libevent drops EPOLLET anyway when
+ * the write event goes). EV_CLOSED (EPOLLRDHUP) tells at once that a FIN
+ * came with a response that completed in one read: that connection is not
+ * pooled; a FIN that comes later wakes the pooled connection's read event.
  */
 #include "mg.h"
 
@@ -80,6 +82,7 @@ struct mg_ux_s {
     int body_ms;         /* body_timeout, or the caller's */
     int tphase;          /* MG_T_*: the timer armed */
     int sink_abort;      /* the sink's on_body refused the body */
+    int drain_wait;      /* more than MG_HIGH_WATER was pending: on_drain is owed */
     const char *bad_msg; /* why the response was refused, for the 502 */
     int tries;           /* servers tried */
     int reused;          /* the connection came from the pool */
@@ -242,7 +245,7 @@ static void mg_uconn_bind(mg_ux_t *ux, mg_uconn_t *uc) {
     ux->uc = uc;
     uc->ux = ux;
     uc->rd_off = 0;
-    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ | EV_CLOSED | EV_PERSIST | EV_ET,
+    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ | EV_CLOSED | EV_PERSIST,
                  mg_uconn_read_cb, uc);
     event_assign(&uc->wev, mg_worker.base, uc->fd, EV_WRITE | EV_PERSIST, mg_uconn_write_cb, uc);
     evtimer_assign(&uc->tev, mg_worker.base, mg_uconn_timer_cb, uc);
@@ -464,6 +467,16 @@ static void mg_ux_flush(mg_ux_t *ux) {
         event_del(&uc->wev);
         uc->wr_on = 0;
     }
+    if (left > MG_HIGH_WATER) {
+        ux->drain_wait = 1; /* the sink stops sending past this mark */
+    } else if (left < MG_LOW_WATER && ux->drain_wait) {
+        /* drained by a write from mg_ux_send rather than from the write
+         * event (which is now disarmed): this is the only chance to tell
+         * the sink to send again (else the upload stalls) */
+        ux->drain_wait = 0;
+        if (ux->sink->on_drain && !ux->req_done)
+            ux->sink->on_drain(ux->ud);
+    }
 }
 
 void mg_ux_send(mg_ux_t *ux, const char *data, size_t len) {
@@ -588,8 +601,8 @@ static void mg_ux_complete(mg_ux_t *ux, int reusable) {
     mg_ux_free(ux);
 }
 
-/* One read; 1 = read again (edge-triggered: until EAGAIN while the
- * response is incomplete), 0 = stop. */
+/* One read; 1 = read again (the buffer was full), 0 = stop (level-triggered:
+ * whatever is left, EOF included, is reported again). */
 static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
     mg_ux_t *ux = uc->ux;
     ssize_t n;
@@ -674,7 +687,7 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
     mg_ux_timer(ux, 1);
     if (ux->sink->on_flush)
         ux->sink->on_flush(ux->ud);
-    return ux->uc == uc && !uc->rd_off && !ux->cancelled;
+    return (size_t)n == sizeof(mg_worker.scratch) && ux->uc == uc && !uc->rd_off;
 }
 
 static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg) {
