@@ -186,9 +186,10 @@ describe("hostile upstream", function()
 
     -- defect 1 --------------------------------------------------------------
 
-    -- libevent drops EPOLLET from the read registration when the write
-    -- event goes, so the upstream socket is edge-triggered only once reading
-    -- was paused and resumed (backpressure). These cases do that, read the
+    -- Before the fix reads were edge-triggered, but libevent drops EPOLLET
+    -- from the read registration when the write event goes, so the upstream
+    -- socket was edge-triggered only once reading had been paused and resumed
+    -- (backpressure). These cases do that, read the
     -- body but its last 1000 bytes, and only then let the upstream send
     -- those with its FIN, in one segment, to a worker waiting idle.
     local function held_tail(target)
@@ -253,7 +254,7 @@ describe("hostile upstream", function()
         assert.truthy(body == pattern(300000), "body differs")
     end)
 
-    it("defect 3: a close-delimited body reaches an HTTP/1.0 client close-delimited", function()
+    it("defect 3 (kept working): a close-delimited body reaches an HTTP/1.0 client close-delimited", function()
         local st, h, body, info = helpers.http(mg.port, "GET", "/hs/closedelim?n=300000",
             { timeout = 8, http10 = true })
         assert.are.equal(0, info.exit, info.err)
@@ -292,7 +293,7 @@ describe("hostile upstream", function()
         assert.are.equal(200, (helpers.http(mg.port, "GET", "/big/status/200")))
     end)
 
-    it("defect 4: a body of exactly max_body is returned whole", function()
+    it("defect 4 (kept working): a body of exactly max_body is returned whole", function()
         local st, _, body = helpers.http(mg.port, "GET", "/lua/fits", { timeout = 15 })
         assert.are.equal(200, st, body)
         local r = json.decode(body)
@@ -364,7 +365,7 @@ describe("hostile upstream", function()
         assert.are.equal(502, res.status)
     end)
 
-    it("defect 9: 100 and 103 are swallowed, the final response follows", function()
+    it("defect 9 (kept working): 100 and 103 are swallowed, the final response follows", function()
         for _, code in ipairs({ 100, 103 }) do
             local res, err = raw_response(mg.port,
                 helpers.request("GET", "/h/interim?code=" .. code), 5)
