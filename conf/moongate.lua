@@ -56,8 +56,9 @@ return {
     runtime = {
       servers = { "http://127.0.0.1:9001" },
       keepalive = 64,
-      connect_timeout = 5,
-      response_timeout = 60,
+      connect_timeout = 5,    -- seconds to connect
+      response_timeout = 60,  -- request sent in full -> whole response head (a deadline)
+      body_timeout = 60,      -- longest pause in body progress, either way (0 = none)
       max_fails = 3,
       fail_timeout = 10,
     },

@@ -164,6 +164,7 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
         u->keepalive = mg_gen_field_int(L, t, "keepalive", 64);
         u->connect_timeout = mg_gen_field_ms(L, t, "connect_timeout", 5000);
         u->response_timeout = mg_gen_field_ms(L, t, "response_timeout", 60000);
+        u->body_timeout = mg_gen_field_ms(L, t, "body_timeout", 60000);
         u->max_fails = mg_gen_field_int(L, t, "max_fails", 3);
         u->fail_timeout = mg_gen_field_ms(L, t, "fail_timeout", 10000);
         lua_getfield(L, t, "servers");

@@ -66,6 +66,7 @@ void mg_co_pool_free(mg_gen_t *gen) {
 static void mg_co_free(mg_co_t *co) {
     mg_gen_t *gen = co->gen;
     event_del(&co->tev);
+    mg_lua_http_end(co);
     if (co->reusable && gen->nco_pool < MG_CO_POOL && !co->hbody && !co->hhead &&
         !co->tmp_up.peers) {
         lua_settop(co->L, 0);

@@ -74,35 +74,37 @@ static int mg_core_timer(lua_State *L) {
     return 1;
 }
 
-/* ---- HTTP client ---- */
+/* ---- HTTP client ----
+ * Buffered (the default): the whole body comes back in resp.body, up to
+ * max_body bytes; past that the exchange is cut and the call returns
+ * nil, "response body too large (limit N)".
+ * Streamed (stream = true): the call returns after the head; resp:read()
+ * yields the body in chunks (reading from the upstream pauses while more
+ * than MG_HIGH_WATER bytes wait for the script), nil at its end. */
 
-static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
-                            int64_t clen, int chunked) {
-    mg_co_t *co = ud;
-    (void)http_minor, (void)clen, (void)chunked;
-    co->hstatus = status;
-    for (int i = 0; i < nhdrs; i++) {
-        evbuffer_add(co->hhead, hdrs[i].name, hdrs[i].nlen);
-        evbuffer_add(co->hhead, "", 1);
-        evbuffer_add(co->hhead, hdrs[i].value, hdrs[i].vlen);
-        evbuffer_add(co->hhead, "", 1);
+static void mg_http_free_bufs(mg_co_t *co) {
+    if (co->hbody)
+        evbuffer_free(co->hbody);
+    if (co->hhead)
+        evbuffer_free(co->hhead);
+    co->hbody = co->hhead = NULL;
+}
+
+void mg_lua_http_end(mg_co_t *co) {
+    if (co->ux) {
+        mg_ux_cancel(co->ux);
+        co->ux = NULL;
     }
+    mg_http_free_bufs(co);
+    co->hstream = 0;
 }
 
-static int mg_http_on_body(void *ud, const char *data, size_t len) {
-    mg_co_t *co = ud;
-    if (evbuffer_get_length(co->hbody) + len <= MG_HTTP_MAX_BODY)
-        evbuffer_add(co->hbody, data, len);
-    return 0;
-}
-
-static void mg_http_on_done(void *ud) {
-    mg_co_t *co = ud;
+/* Pushes the response table {status, headers[, body]}. */
+static void mg_http_push_resp(mg_co_t *co) {
     lua_State *L = co->L;
     size_t hl = evbuffer_get_length(co->hhead), off = 0;
     const char *hp = (const char *)evbuffer_pullup(co->hhead, -1);
 
-    co->ux = NULL;
     lua_createtable(L, 0, 3);
     lua_pushinteger(L, co->hstatus);
     lua_setfield(L, -2, "status");
@@ -126,27 +128,146 @@ static void mg_http_on_done(void *ud) {
         off += vl + 1;
     }
     lua_setfield(L, -2, "headers");
-    lua_pushlstring(L, (const char *)evbuffer_pullup(co->hbody, -1),
-                    evbuffer_get_length(co->hbody));
-    lua_setfield(L, -2, "body");
-    evbuffer_free(co->hbody);
-    evbuffer_free(co->hhead);
-    co->hbody = co->hhead = NULL;
+    if (co->hstream) {
+        lua_pushinteger(L, co->hsid);
+        lua_setfield(L, -2, "_stream");
+    } else {
+        lua_pushlstring(L, (const char *)evbuffer_pullup(co->hbody, -1),
+                        evbuffer_get_length(co->hbody));
+        lua_setfield(L, -2, "body");
+    }
+}
+
+static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
+                            int64_t clen, int chunked) {
+    mg_co_t *co = ud;
+    (void)http_minor, (void)chunked;
+    co->hstatus = status;
+    for (int i = 0; i < nhdrs; i++) {
+        evbuffer_add(co->hhead, hdrs[i].name, hdrs[i].nlen);
+        evbuffer_add(co->hhead, "", 1);
+        evbuffer_add(co->hhead, hdrs[i].value, hdrs[i].vlen);
+        evbuffer_add(co->hhead, "", 1);
+    }
+    if (co->hstream) {
+        /* the caller resumes with the head; the body follows on resp:read() */
+        mg_http_push_resp(co);
+        evbuffer_free(co->hhead);
+        co->hhead = NULL;
+        mg_co_resume(co, 1);
+        return;
+    }
+    if (clen >= 0 && (uint64_t)clen > co->hmax)
+        co->htoobig = 1; /* refused at the first body byte */
+}
+
+static int mg_http_on_body(void *ud, const char *data, size_t len) {
+    mg_co_t *co = ud;
+    if (co->hstream) {
+        if (co->wait == MG_W_HREAD) {
+            lua_pushlstring(co->L, data, len);
+            mg_co_resume(co, 1); /* co may be gone now (its exchange cancelled) */
+            return 0;
+        }
+        if (co->hbody == NULL)
+            return -1;
+        evbuffer_add(co->hbody, data, len);
+        return evbuffer_get_length(co->hbody) > MG_HIGH_WATER;
+    }
+    if (co->htoobig || evbuffer_get_length(co->hbody) + len > co->hmax) {
+        co->htoobig = 1;
+        return -1; /* the exchange ends now: no more bytes are read */
+    }
+    evbuffer_add(co->hbody, data, len);
+    return 0;
+}
+
+static void mg_http_on_done(void *ud) {
+    mg_co_t *co = ud;
+    co->ux = NULL;
+    if (co->hstream) {
+        co->hdone = 1;
+        if (co->wait == MG_W_HREAD) {
+            lua_pushnil(co->L);
+            mg_co_resume(co, 1);
+        }
+        return;
+    }
+    mg_http_push_resp(co);
+    mg_http_free_bufs(co);
     mg_co_resume(co, 1);
 }
 
 static void mg_http_on_error(void *ud, int status, const char *msg) {
     mg_co_t *co = ud;
     co->ux = NULL;
-    evbuffer_free(co->hbody);
-    evbuffer_free(co->hhead);
-    co->hbody = co->hhead = NULL;
+    if (strstr(msg, "timed out"))
+        msg = "timeout";
+    if (co->hstream && co->wait != MG_W_HTTP) {
+        /* after the head: resp:read() reports it */
+        co->hdone = 1;
+        co->herr = msg;
+        if (co->wait == MG_W_HREAD) {
+            lua_pushnil(co->L);
+            lua_pushstring(co->L, msg);
+            mg_co_resume(co, 2);
+        }
+        return;
+    }
+    (void)status;
+    mg_http_free_bufs(co);
+    co->hstream = 0;
     lua_pushnil(co->L);
-    lua_pushstring(co->L, status == 504 ? "timeout" : msg);
+    if (co->htoobig)
+        lua_pushfstring(co->L, "response body too large (limit %d)", (int)co->hmax);
+    else
+        lua_pushstring(co->L, msg);
     mg_co_resume(co, 2);
 }
 
-/* http_request(method, upstream_or_nil, url_or_nil, target, headers, body, timeout) */
+/* http_read(id): the next chunk of a streamed response, nil at its end,
+ * or nil, err */
+static int mg_core_http_read(lua_State *L) {
+    mg_co_t *co = mg_co_check(L, "resp:read");
+    unsigned sid = (unsigned)luaL_checkinteger(L, 1);
+    if (!co->hstream || sid != co->hsid) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    if (co->hbody && evbuffer_get_length(co->hbody)) {
+        size_t n = evbuffer_get_length(co->hbody);
+        lua_pushlstring(L, (const char *)evbuffer_pullup(co->hbody, -1), n);
+        evbuffer_drain(co->hbody, n);
+        if (co->ux)
+            mg_ux_pause(co->ux, 0);
+        return 1;
+    }
+    if (co->hdone) {
+        lua_pushnil(L);
+        if (co->herr == NULL)
+            return 1;
+        lua_pushstring(L, co->herr);
+        return 2;
+    }
+    co->wait = MG_W_HREAD;
+    if (co->ux)
+        mg_ux_pause(co->ux, 0);
+    return lua_yield(L, 0);
+}
+
+/* http_close(id): drops a streamed response (the upstream connection is
+ * closed if the body was not read to its end) */
+static int mg_core_http_close(lua_State *L) {
+    mg_co_t *co = mg_co_check(L, "resp:close");
+    unsigned sid = (unsigned)luaL_checkinteger(L, 1);
+    if (co->hstream && sid == co->hsid)
+        mg_lua_http_end(co);
+    return 0;
+}
+
+/* http_request(method, upstream_or_nil, url_or_nil, target, headers, body, timeout,
+ *              max_body, stream) */
 static int mg_core_http_request(lua_State *L) {
     mg_co_t *co = mg_co_check(L, "moongate.http.request");
     const char *method = luaL_checkstring(L, 1);
@@ -154,11 +275,16 @@ static int mg_core_http_request(lua_State *L) {
     size_t blen = 0;
     const char *body = luaL_optlstring(L, 6, NULL, &blen);
     double timeout = luaL_optnumber(L, 7, 0);
+    double max_body = luaL_optnumber(L, 8, MG_HTTP_MAX_BODY);
+    int stream = lua_toboolean(L, 9);
     mg_upstream_t *up = NULL;
     struct evbuffer *h;
     int has_ctype = 0;
     char hostport[96];
 
+    if (max_body < 0 || max_body > 2147483647.0)
+        return luaL_error(L, "moongate.http.request: max_body must be 0 .. 2147483647");
+    mg_lua_http_end(co); /* a streamed response still open on this coroutine */
     if (lua_isstring(L, 2)) {
         size_t nl;
         const char *name = lua_tolstring(L, 2, &nl);
@@ -177,9 +303,11 @@ static int mg_core_http_request(lua_State *L) {
         co->tmp_up.peers[0] = mg_peer_get(host, port);
         co->tmp_up.npeers = co->tmp_up.peers[0] ? 1 : 0;
         snprintf(co->tmp_up.name, sizeof(co->tmp_up.name), "%.40s:%d", host, port);
+        /* the defaults of an upstream in the conf (moongate.loader) */
         co->tmp_up.keepalive = 16;
         co->tmp_up.connect_timeout = 5000;
         co->tmp_up.response_timeout = 60000;
+        co->tmp_up.body_timeout = 60000;
         co->tmp_up.max_fails = 0;
         up = &co->tmp_up;
     }
@@ -200,10 +328,18 @@ static int mg_core_http_request(lua_State *L) {
         evbuffer_add(h, body, blen);
     co->hbody = evbuffer_new();
     co->hhead = evbuffer_new();
+    co->hmax = (size_t)max_body;
+    co->htoobig = 0;
+    co->hstream = stream;
+    co->hdone = 0;
+    co->herr = NULL;
+    co->hsid++;
     co->wait = MG_W_HTTP;
     co->ux = mg_ux_start(up, h, body == NULL, strcmp(method, "HEAD") == 0, &mg_lua_http_sink, co,
                          (int)(timeout * 1000));
     if (co->ux == NULL) {
+        mg_http_free_bufs(co);
+        co->hstream = 0;
         lua_pushnil(L);
         lua_pushliteral(L, "out of memory");
         return 2;
@@ -216,6 +352,8 @@ static const luaL_Reg mg_client_funcs[] = {
     {"sleep", mg_core_sleep},
     {"timer", mg_core_timer},
     {"http_request", mg_core_http_request},
+    {"http_read", mg_core_http_read},
+    {"http_close", mg_core_http_close},
     {NULL, NULL},
 };
 

@@ -9,9 +9,10 @@
 
 typedef struct mg_lws_s mg_lws_t;
 
-enum { MG_W_NONE, MG_W_SLEEP, MG_W_HTTP, MG_W_BODY, MG_W_READ, MG_W_DRAIN };
+enum { MG_W_NONE, MG_W_SLEEP, MG_W_HTTP, MG_W_BODY, MG_W_READ, MG_W_DRAIN, MG_W_HREAD };
 
-#define MG_HTTP_MAX_BODY (64 * 1024 * 1024)
+/* moongate.http.request: default max_body of a buffered response */
+#define MG_HTTP_MAX_BODY (16 * 1024 * 1024)
 
 struct mg_co_s {
     lua_State *L; /* the coroutine */
@@ -33,6 +34,12 @@ struct mg_co_s {
     int hstatus;
     struct evbuffer *hbody;
     struct evbuffer *hhead; /* "name\0value\0" pairs */
+    size_t hmax;            /* buffered response: body limit (max_body) */
+    int htoobig;            /* ... exceeded: the exchange is refused */
+    int hstream;            /* stream = true: the body is read with resp:read() */
+    int hdone;              /* streamed response: the body ended */
+    unsigned hsid;          /* streamed response id (an old resp:read() sees "closed") */
+    const char *herr;       /* streamed response: how it failed */
 };
 
 /* init.lua's entry points (registry functions), found once per generation */
@@ -55,5 +62,6 @@ void mg_lua_inject_resp_api(lua_State *L);   /* lua_resp.c */
 void mg_lua_inject_client_api(lua_State *L); /* lua_client.c */
 void mg_lua_ws_co_end(mg_co_t *co);          /* lua_ws.c: the owner coroutine ended */
 void mg_lua_ws_error(mg_co_t *co);           /* the handler raised: close with 1011 */
+void mg_lua_http_end(mg_co_t *co); /* lua_client.c: the coroutine ends: drop its exchange */
 
 #endif

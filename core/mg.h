@@ -64,7 +64,8 @@ typedef struct {
     unsigned rr;          /* round-robin cursor */
     int keepalive;        /* idle connections kept per peer */
     int connect_timeout;  /* ms */
-    int response_timeout; /* ms, until the response head */
+    int response_timeout; /* ms, from the request sent in full to the whole response head */
+    int body_timeout;     /* ms, the longest gap in body progress, either way */
     int max_fails;
     int fail_timeout; /* ms */
 } mg_upstream_t;
@@ -306,7 +307,8 @@ typedef struct {
      * the sink filters). Borrowed until the callback returns. */
     void (*on_head)(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs, int64_t clen,
                     int chunked);
-    /* Body bytes; return 1 to ask the exchange to pause reading. */
+    /* Body bytes; return 1 to ask the exchange to pause reading, -1 to
+     * refuse the response (the exchange fails: on_error with status 0). */
     int (*on_body)(void *ud, const char *data, size_t len);
     void (*on_done)(void *ud);
     /* Failure: status is 502 or 504 if nothing was delivered yet, else 0. */

@@ -9,6 +9,21 @@
  * a pooled connection that turns out closed before any response byte is
  * retried once on a fresh connection when the request is idempotent and
  * carried no body.
+ *
+ * Timers, one per exchange, by phase: connect_timeout while connecting;
+ * body_timeout while request bytes wait for the upstream to take them
+ * (progress re-arms it); response_timeout from the moment the request has
+ * been sent in full until the complete response head (a deadline: bytes of
+ * the head do not re-arm it); body_timeout again between response body
+ * reads (not while the sink has reading paused).
+ *
+ * Reads are level-triggered: an EOF or reset that arrived with the last
+ * bytes is reported again after a short read, so no read path needs an
+ * extra recv to find EAGAIN (edge-triggered reads missed exactly that once
+ * reading had been paused and resumed; libevent drops EPOLLET anyway when
+ * the write event goes). EV_CLOSED (EPOLLRDHUP) tells at once that a FIN
+ * came with a response that completed in one read: that connection is not
+ * pooled; a FIN that comes later wakes the pooled connection's read event.
  */
 #include "mg.h"
 
@@ -48,9 +63,11 @@ struct mg_uconn_s {
     int connecting;
     int wr_on;
     int rd_off;
+    int peer_closed; /* EV_CLOSED seen: the upstream sent its FIN */
 };
 
-enum { MG_UX_CONNECT, MG_UX_ACTIVE };
+/* which timer is armed (mg_ux_timer) */
+enum { MG_T_NONE, MG_T_SEND, MG_T_HEAD, MG_T_BODY };
 
 struct mg_ux_s {
     mg_upstream_t *up;
@@ -61,10 +78,15 @@ struct mg_ux_s {
     const mg_ux_sink_t *sink;
     void *ud;
     int idempotent, head_only;
-    int timeout_ms;
-    int tries;     /* servers tried */
-    int reused;    /* the connection came from the pool */
-    int body_sent; /* body bytes were queued */
+    int head_ms;         /* response_timeout, or the caller's */
+    int body_ms;         /* body_timeout, or the caller's */
+    int tphase;          /* MG_T_*: the timer armed */
+    int sink_abort;      /* the sink's on_body refused the body */
+    int drain_wait;      /* more than MG_HIGH_WATER was pending: on_drain is owed */
+    const char *bad_msg; /* why the response was refused, for the 502 */
+    int tries;           /* servers tried */
+    int reused;          /* the connection came from the pool */
+    int body_sent;       /* body bytes were queued */
     int req_done;
     int got_resp;  /* response bytes received */
     int head_done; /* head delivered to the sink */
@@ -97,6 +119,7 @@ static void mg_ux_connect(mg_ux_t *ux);
 static void mg_ux_fail(mg_ux_t *ux, int status, const char *msg, int peer_fault);
 static void mg_uconn_close(mg_uconn_t *uc);
 static void mg_ux_flush(mg_ux_t *ux);
+static void mg_ux_timer(mg_ux_t *ux, int progress);
 static void mg_ux_free(mg_ux_t *ux);
 static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void mg_uconn_write_cb(evutil_socket_t fd, short what, void *arg);
@@ -222,8 +245,8 @@ static void mg_uconn_bind(mg_ux_t *ux, mg_uconn_t *uc) {
     ux->uc = uc;
     uc->ux = ux;
     uc->rd_off = 0;
-    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ | EV_PERSIST | EV_ET, mg_uconn_read_cb,
-                 uc);
+    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ | EV_CLOSED | EV_PERSIST,
+                 mg_uconn_read_cb, uc);
     event_assign(&uc->wev, mg_worker.base, uc->fd, EV_WRITE | EV_PERSIST, mg_uconn_write_cb, uc);
     evtimer_assign(&uc->tev, mg_worker.base, mg_uconn_timer_cb, uc);
 }
@@ -244,6 +267,7 @@ static void mg_ux_connect(mg_ux_t *ux) {
 
     llhttp_init(&ux->parser, HTTP_RESPONSE, &mg_ux_settings);
     ux->parser.data = ux;
+    ux->tphase = MG_T_NONE; /* a new connection: its timer is armed afresh */
     for (;;) {
         p = mg_upstream_pick(ux->up);
         ux->tries++;
@@ -259,7 +283,7 @@ static void mg_ux_connect(mg_ux_t *ux) {
             ux->uc = uc;
             uc->ux = ux;
             ux->reused = 1;
-            mg_ux_arm(ux, ux->timeout_ms);
+            event_del(&uc->tev); /* the pool's idle timer */
             mg_ux_flush(ux);
             return;
         }
@@ -403,7 +427,8 @@ mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, i
     ux->ud = ud;
     ux->idempotent = idempotent;
     ux->head_only = head_only;
-    ux->timeout_ms = timeout_ms > 0 ? timeout_ms : up->response_timeout;
+    ux->head_ms = timeout_ms > 0 ? timeout_ms : up->response_timeout;
+    ux->body_ms = timeout_ms > 0 ? timeout_ms : up->body_timeout;
     if (ux->head == NULL) {
         evbuffer_free(head);
         free(ux);
@@ -431,6 +456,9 @@ static void mg_ux_flush(mg_ux_t *ux) {
             return;
         }
         left = evbuffer_get_length(ux->out);
+        mg_ux_timer(ux, n > 0);
+    } else {
+        mg_ux_timer(ux, 0);
     }
     if (left && !uc->wr_on) {
         event_add(&uc->wev, NULL);
@@ -438,6 +466,16 @@ static void mg_ux_flush(mg_ux_t *ux) {
     } else if (!left && uc->wr_on) {
         event_del(&uc->wev);
         uc->wr_on = 0;
+    }
+    if (left > MG_HIGH_WATER) {
+        ux->drain_wait = 1; /* the sink stops sending past this mark */
+    } else if (left < MG_LOW_WATER && ux->drain_wait) {
+        /* drained by a write from mg_ux_send rather than from the write
+         * event (which is now disarmed): this is the only chance to tell
+         * the sink to send again (else the upload stalls) */
+        ux->drain_wait = 0;
+        if (ux->sink->on_drain && !ux->req_done)
+            ux->sink->on_drain(ux->ud);
     }
 }
 
@@ -462,10 +500,34 @@ void mg_ux_pause(mg_ux_t *ux, int on) {
     if (on && !uc->rd_off) {
         event_del(&uc->rev);
         uc->rd_off = 1;
+        mg_ux_timer(ux, 0); /* a slow sink is not the upstream's fault */
     } else if (!on && uc->rd_off) {
         event_add(&uc->rev, NULL);
         uc->rd_off = 0;
+        mg_ux_timer(ux, 1);
     }
+}
+
+/* Arms the timer of the exchange's phase; progress (bytes moved) re-arms
+ * an idle timer, never the response head's deadline. */
+static void mg_ux_timer(mg_ux_t *ux, int progress) {
+    mg_uconn_t *uc = ux->uc;
+    int ph, ms;
+    if (uc == NULL || uc->connecting)
+        return;
+    if (ux->head_done)
+        ph = ux->paused ? MG_T_NONE : MG_T_BODY;
+    else if (evbuffer_get_length(ux->out))
+        ph = MG_T_SEND;
+    else if (ux->req_done)
+        ph = MG_T_HEAD;
+    else
+        ph = MG_T_NONE; /* waiting for the client's body: its own timeouts apply */
+    if (ph == ux->tphase && !(progress && ph != MG_T_HEAD))
+        return;
+    ux->tphase = ph;
+    ms = ph == MG_T_NONE ? 0 : ph == MG_T_HEAD ? ux->head_ms : ux->body_ms;
+    mg_ux_arm(ux, ms);
 }
 
 void mg_ux_cancel(mg_ux_t *ux) {
@@ -493,7 +555,7 @@ static void mg_uconn_write_cb(evutil_socket_t fd, short what, void *arg) {
         }
         uc->connecting = 0;
         event_add(&uc->rev, NULL);
-        mg_ux_arm(ux, ux->timeout_ms);
+        event_del(&uc->tev); /* the connect timer; mg_ux_flush arms the next */
     }
     mg_ux_flush(ux);
     if (ux->cancelled || ux->uc != uc)
@@ -517,7 +579,12 @@ static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
         return;
     }
     mg_peer_failed(ux->up, uc->peer);
-    mg_ux_fail(ux, 504, "upstream timed out", 1);
+    if (ux->tphase == MG_T_BODY)
+        mg_ux_fail(ux, 504, "upstream body timed out", 1); /* mid-response: the sink aborts */
+    else if (ux->tphase == MG_T_SEND)
+        mg_ux_fail(ux, 504, "upstream timed out reading the request", 1);
+    else
+        mg_ux_fail(ux, 504, "upstream timed out", 1);
 }
 
 static void mg_ux_complete(mg_ux_t *ux, int reusable) {
@@ -534,7 +601,8 @@ static void mg_ux_complete(mg_ux_t *ux, int reusable) {
     mg_ux_free(ux);
 }
 
-/* One read; 1 = read again (edge-triggered), 0 = stop. */
+/* One read; 1 = read again (the buffer was full), 0 = stop (level-triggered:
+ * whatever is left, EOF included, is reported again). */
 static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
     mg_ux_t *ux = uc->ux;
     ssize_t n;
@@ -546,17 +614,21 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
     }
     n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
     if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR)
+        if (errno == EINTR)
+            return 1;
+        if (errno == EAGAIN)
             return 0;
         mg_ux_retry_or_fail(ux, 502, "upstream connection reset", 0);
         return 0;
     }
     if (n == 0) {
         if (ux->got_resp && llhttp_message_needs_eof(&ux->parser)) {
+            /* a close-delimited body: EOF completes it (on_message_complete
+             * pauses the parser, so HPE_PAUSED is success here) */
             ux->in_exec = 1;
             err = llhttp_finish(&ux->parser);
             ux->in_exec = 0;
-            if (err == HPE_OK && ux->msg_done && !ux->cancelled) {
+            if ((err == HPE_OK || err == HPE_PAUSED) && ux->msg_done && !ux->cancelled) {
                 mg_ux_complete(ux, 0);
                 return 0;
             }
@@ -569,7 +641,6 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
         return 0;
     }
     ux->got_resp = 1;
-    mg_ux_arm(ux, ux->timeout_ms);
     ux->in_exec = 1;
     err = llhttp_execute(&ux->parser, mg_worker.scratch, n);
     ux->in_exec = 0;
@@ -594,27 +665,36 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
         return 0;
     }
     if (ux->msg_done) {
-        /* bytes past the response mean the connection is not reusable */
+        /* bytes past the response, or the upstream's FIN in the same edge,
+         * mean the connection is not reusable */
         const char *pos = llhttp_get_error_pos(&ux->parser);
         int extra = err == HPE_PAUSED && pos && pos < mg_worker.scratch + n;
-        mg_ux_complete(ux, !extra && llhttp_should_keep_alive(&ux->parser));
+        mg_ux_complete(ux, !extra && !uc->peer_closed && llhttp_should_keep_alive(&ux->parser));
+        return 0;
+    }
+    if (ux->sink_abort) {
+        mg_ux_fail(ux, 502, "response refused", 0); /* the sink knows why */
         return 0;
     }
     if (err != HPE_OK) {
+        const char *why = ux->bad_msg ? ux->bad_msg : "bad response from upstream";
         mg_warn("upstream %s: bad response from %s:%d: %s", ux->up->name, uc->peer->host,
-                uc->peer->port, llhttp_get_error_reason(&ux->parser));
+                uc->peer->port, ux->bad_msg ? ux->bad_msg : llhttp_get_error_reason(&ux->parser));
         mg_peer_failed(ux->up, uc->peer);
-        mg_ux_fail(ux, 502, "bad response from upstream", 1);
+        mg_ux_fail(ux, 502, why, 1);
         return 0;
     }
+    mg_ux_timer(ux, 1);
     if (ux->sink->on_flush)
         ux->sink->on_flush(ux->ud);
     return (size_t)n == sizeof(mg_worker.scratch) && ux->uc == uc && !uc->rd_off;
 }
 
 static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg) {
-    (void)what;
-    while (mg_uconn_read_once(arg, fd))
+    mg_uconn_t *uc = arg;
+    if (what & EV_CLOSED)
+        uc->peer_closed = 1;
+    while (mg_uconn_read_once(uc, fd))
         ;
 }
 
@@ -696,8 +776,15 @@ static int mg_ux_te_ok(const mg_ux_t *ux) {
 static int mg_ux_on_headers_complete(llhttp_t *p) {
     mg_ux_t *ux = p->data;
     int i;
-    if (p->status_code >= 100 && p->status_code < 200 && p->status_code != 101)
+    if (p->status_code == 100 || p->status_code == 103)
         return 0; /* interim response: swallowed, the final one follows */
+    if (p->status_code < 200 && (p->status_code != 101 || ux->sink->on_upgrade == NULL)) {
+        /* a 101 nobody asked for, or an interim response we do not know:
+         * the client would be left with a bare 1xx */
+        ux->bad_msg =
+            p->status_code == 101 ? "unexpected 101 from upstream" : "unexpected 1xx from upstream";
+        return -1;
+    }
     for (i = 0; i < ux->nh; i++) {
         ux->hv[i].name = ux->hbuf + ux->hoff[i][0];
         ux->hv[i].nlen = ux->hoff[i][1];
@@ -723,16 +810,22 @@ static int mg_ux_on_headers_complete(llhttp_t *p) {
 
 static int mg_ux_on_body(llhttp_t *p, const char *at, size_t len) {
     mg_ux_t *ux = p->data;
+    int rc;
     if (ux->cancelled)
         return 0;
-    if (ux->sink->on_body(ux->ud, at, len))
+    rc = ux->sink->on_body(ux->ud, at, len);
+    if (rc < 0) {
+        ux->sink_abort = 1;
+        return -1;
+    }
+    if (rc)
         mg_ux_pause(ux, 1);
     return 0;
 }
 
 static int mg_ux_on_message_complete(llhttp_t *p) {
     mg_ux_t *ux = p->data;
-    if (p->status_code >= 100 && p->status_code < 200 && p->status_code != 101)
+    if (p->status_code == 100 || p->status_code == 103)
         return 0;
     ux->msg_done = 1;
     return HPE_PAUSED;

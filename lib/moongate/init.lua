@@ -267,8 +267,16 @@ debug.getregistry()["moongate.req_mt"] = req_mt
 local http = {}
 _M.http = http
 
+-- A streamed response (stream = true): resp:read() -> the next chunk, nil at
+-- the end (or nil, err); resp:close() drops the rest.
+local stream_mt = { __index = {
+    read = function(self) return core.http_read(self._stream) end,
+    close = function(self) return core.http_close(self._stream) end,
+} }
+
 --- opts: method, upstream (name) or url ("http://host:port"), path, query
---- (table or string), headers, body (string, or table sent as JSON), timeout (s).
+--- (table or string), headers, body (string, or table sent as JSON), timeout (s),
+--- max_body (bytes, buffered responses; default 16 MiB), stream (boolean).
 --- Returns resp { status, headers, body } or nil, err.
 function http.request(opts)
     local method = opts.method or "GET"
@@ -295,7 +303,14 @@ function http.request(opts)
             if not opts.path then target = path end
         end
     end
-    return core.http_request(method, opts.upstream, url, target, headers, body, opts.timeout)
+    if opts.stream then
+        local resp, err = core.http_request(method, opts.upstream, url, target, headers, body,
+            opts.timeout, opts.max_body, true)
+        if not resp then return nil, err end
+        return setmetatable(resp, stream_mt)
+    end
+    return core.http_request(method, opts.upstream, url, target, headers, body, opts.timeout,
+        opts.max_body)
 end
 
 function http.get(upstream, path, opts)

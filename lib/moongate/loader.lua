@@ -80,6 +80,7 @@ local UPSTREAM_SETTINGS = {
   { "keepalive", "int", 64 },
   { "connect_timeout", "num", 5 },
   { "response_timeout", "num", 60 },
+  { "body_timeout", "num", 60 },
   { "max_fails", "int", 3 },
   { "fail_timeout", "num", 10 },
 }

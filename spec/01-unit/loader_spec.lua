@@ -378,13 +378,13 @@ return {
         {
           name = "alpha",
           servers = { { host = "example.com", port = 9000, url = "http://example.com:9000" } },
-          keepalive = 0, connect_timeout = 0.5, response_timeout = 120,
+          keepalive = 0, connect_timeout = 0.5, response_timeout = 120, body_timeout = 60,
           max_fails = 0, fail_timeout = 1,
         },
         {
           name = "zeta",
           servers = { { host = "10.0.0.2", port = 81, url = "http://10.0.0.2:81" } },
-          keepalive = 64, connect_timeout = 5, response_timeout = 60,
+          keepalive = 64, connect_timeout = 5, response_timeout = 60, body_timeout = 60,
           max_fails = 3, fail_timeout = 10,
         },
       }, gen.conf.upstreams)
