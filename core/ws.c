@@ -108,11 +108,11 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
         ws->rx_given += n;
         return n;
     }
-    if (ws->rd_off || (ws->rd_short && !ws->rd_hup)) {
+    if (ws->rd_off || ws->rd_done || (ws->rd_short && !ws->rd_hup)) {
         /* the last read drained the socket: no EAGAIN read needed, the
-         * (edge-triggered) event fires again when more arrives; unless the
-         * peer's FIN came in the same edge (EV_CLOSED), which no later
-         * edge would report */
+         * (level-triggered) event fires again when more arrives, or an
+         * EOF or reset that came with those bytes; the peer's FIN known
+         * now (EV_CLOSED) is read at once */
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
@@ -399,14 +399,16 @@ mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const m
         }
     }
     ws->last_rx = ws->last_hb = mg_now();
-    /* edge-triggered: wslay reads until a short read (rd_short) or EAGAIN,
-     * and on to the end when the edge says the peer's FIN is in (EV_CLOSED,
-     * EPOLLRDHUP): no read per message is spent looking for an EOF. A
-     * reset in the same edge as data is not flagged that way (libevent
-     * maps EPOLLERR to EV_READ|EV_WRITE): the next send or heartbeat
-     * notices it. */
-    event_assign(&ws->rev, mg_worker.base, fd, EV_READ | EV_CLOSED | EV_PERSIST | EV_ET,
-                 mg_ws_read_cb, ws);
+    /* level-triggered: wslay reads until a short read (rd_short) or
+     * EAGAIN, and on to the end when the peer's FIN is in (EV_CLOSED,
+     * EPOLLRDHUP): no read per message is spent looking for an EOF. An
+     * EOF or a reset that came with the last bytes (a reset shows as
+     * EPOLLERR|EPOLLHUP, which libevent reports without EV_CLOSED) is
+     * reported again by the next epoll_wait. So whatever stops reading
+     * for good removes the event (mg_ws_rd_stop), and a pause does
+     * (mg_ws_pause): a level-triggered socket left with unread bytes or
+     * its end would wake the loop at once, over and over. */
+    event_assign(&ws->rev, mg_worker.base, fd, EV_READ | EV_CLOSED | EV_PERSIST, mg_ws_read_cb, ws);
     event_assign(&ws->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_ws_write_cb, ws);
     evtimer_assign(&ws->tev, mg_worker.base, mg_ws_timer_cb, ws);
     event_add(&ws->rev, NULL);
@@ -545,6 +547,17 @@ static void mg_ws_msg_done(mg_ws_t *ws) {
     ws->msg_z = 0;
 }
 
+/* Reading is over for good (the end, a protocol failure, the peer's
+ * close): the read event goes, or its level would wake the loop again and
+ * again while the rest is flushed. A pause (mg_ws_pause) no longer brings
+ * it back. */
+static void mg_ws_rd_stop(mg_ws_t *ws) {
+    if (!ws->rd_done) {
+        ws->rd_done = 1;
+        event_del(&ws->rev);
+    }
+}
+
 static void mg_ws_after_io(mg_ws_t *ws, int rv) {
     if (ws->dead)
         return;
@@ -557,6 +570,7 @@ static void mg_ws_after_io(mg_ws_t *ws, int rv) {
             if (ws->ctx)
                 wslay_event_shutdown_write(ws->ctx); /* not its own close too */
             mg_ws_tail(ws, close1002, sizeof(close1002));
+            mg_ws_rd_stop(ws);
             ws->closed_first = 1;
             ws->closing = ws->fin_flush = 1;
             mg_ws_arm(ws);
@@ -594,7 +608,9 @@ static void mg_ws_after_io(mg_ws_t *ws, int rv) {
             mg_ws_arm(ws);
         }
     }
-    mg_ws_flush(ws); /* finishes the socket once both closes are done */
+    if (ws->rd_eof || (ws->ctx && !wslay_event_want_read(ws->ctx)))
+        mg_ws_rd_stop(ws); /* the end, a failure or the peer's close */
+    mg_ws_flush(ws);       /* finishes the socket once both closes are done */
     if (ws->dead)
         return;
     if (ws->ctx && !wslay_event_want_read(ws->ctx) && !wslay_event_want_write(ws->ctx) &&

@@ -326,7 +326,7 @@ static void mg_tunnel_free(mg_tunnel_t *t, const char *by) {
     mg_ws_sockets--;
 }
 
-static void mg_tunnel_flush(mg_tunnel_t *t, int i);
+static int mg_tunnel_flush(mg_tunnel_t *t, int i);
 
 /* Bytes from side `from` go to the other side. */
 static int mg_tunnel_pass(mg_tunnel_t *t, int from, const char *data, size_t len) {
@@ -342,7 +342,8 @@ static int mg_tunnel_pass(mg_tunnel_t *t, int from, const char *data, size_t len
     }
     if (len) {
         evbuffer_add(t->out[to], data, len);
-        mg_tunnel_flush(t, to);
+        if (mg_tunnel_flush(t, to) != MG_OK)
+            return MG_ERR;
         if (evbuffer_get_length(t->out[to]) > MG_HIGH_WATER && !t->rd_off[from]) {
             event_del(&t->rev[from]); /* the other side is slower: pause */
             t->rd_off[from] = 1;
@@ -358,8 +359,12 @@ static void mg_tunnel_shut(mg_tunnel_t *t, int i) {
     }
 }
 
-/* One read; 1 = read again: edge-triggered, so until a short read, or on
- * to the end when the peer's FIN is in this edge (`hup`). */
+/* One read; 1 = read again: after a full read, or on to the end when the
+ * peer's FIN is known (`hup`). The read events are level-triggered: an EOF
+ * or a reset that came with a short read's bytes (a reset shows as
+ * EPOLLERR|EPOLLHUP, which libevent reports without EV_CLOSED) wakes the
+ * next epoll_wait again, with no extra recv here. A side that stops
+ * reading (paused, or at its end) has its read event removed. */
 static int mg_tunnel_read_once(mg_tunnel_t *t, int fd, int hup) {
     int from = fd == t->fd[0] ? 0 : 1;
     ssize_t n;
@@ -400,12 +405,15 @@ static void mg_tunnel_read_cb(evutil_socket_t fd, short what, void *arg) {
         ;
 }
 
-static void mg_tunnel_flush(mg_tunnel_t *t, int i) {
+/* MG_ERR: fd[i] failed (a reset): the caller ends the tunnel. Not left to
+ * the read side: that side may be paused, and the write event, level-
+ * triggered like every EPOLLERR, would fire again at once. */
+static int mg_tunnel_flush(mg_tunnel_t *t, int i) {
     size_t left = evbuffer_get_length(t->out[i]);
     if (left) {
         int n = evbuffer_write(t->out[i], t->fd[i]);
         if (n < 0 && errno != EAGAIN && errno != EINTR)
-            return; /* the read side will see the error */
+            return MG_ERR;
         left = evbuffer_get_length(t->out[i]);
     }
     if (left && !t->wr_on[i]) {
@@ -421,13 +429,16 @@ static void mg_tunnel_flush(mg_tunnel_t *t, int i) {
     }
     if (!left && t->eof[!i])
         mg_tunnel_shut(t, i);
+    return MG_OK;
 }
 
 static void mg_tunnel_write_cb(evutil_socket_t fd, short what, void *arg) {
     mg_tunnel_t *t = arg;
+    int i = fd == t->fd[0] ? 0 : 1;
     (void)what;
     t->last = mg_now_coarse();
-    mg_tunnel_flush(t, fd == t->fd[0] ? 0 : 1);
+    if (mg_tunnel_flush(t, i) != MG_OK)
+        mg_tunnel_free(t, i == 0 ? "client" : "upstream");
 }
 
 static void mg_tunnel_timer_cb(evutil_socket_t fd, short what, void *arg) {
@@ -479,7 +490,7 @@ static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, cons
     t->last = mg_now();
     for (i = 0; i < 2; i++) {
         t->out[i] = evbuffer_new();
-        event_assign(&t->rev[i], mg_worker.base, t->fd[i], EV_READ | EV_CLOSED | EV_PERSIST | EV_ET,
+        event_assign(&t->rev[i], mg_worker.base, t->fd[i], EV_READ | EV_CLOSED | EV_PERSIST,
                      mg_tunnel_read_cb, t);
         event_assign(&t->wev[i], mg_worker.base, t->fd[i], EV_WRITE | EV_PERSIST,
                      mg_tunnel_write_cb, t);
@@ -495,10 +506,10 @@ static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, cons
         mg_tunnels->prev = t;
     mg_tunnels = t;
     /* bytes that came early, in either direction */
-    if (p->pre_len)
-        mg_tunnel_pass(t, 0, p->pre, p->pre_len);
-    if (extralen)
-        mg_tunnel_pass(t, 1, extra, extralen);
+    if (p->pre_len && mg_tunnel_pass(t, 0, p->pre, p->pre_len) != MG_OK)
+        mg_tunnel_free(t, "upstream");
+    else if (extralen && mg_tunnel_pass(t, 1, extra, extralen) != MG_OK)
+        mg_tunnel_free(t, "client");
     mg_wsp_free(p);
 }
 

@@ -56,6 +56,7 @@ struct mg_ws_s {
     int rd_hup;       /* the peer's FIN is in (EV_CLOSED): read on to the end */
     int rd_eof;       /* recv saw the end: flush what is queued, then finish */
     int rd_err;       /* recv failed (reset): nothing more can be sent */
+    int rd_done;      /* reading is over, its event removed for good */
     int failing;      /* reading stopped on a protocol error; its close is queued */
     int gate;         /* hold wslay's frames (the close) back; wbuf still flows */
     int fin_flush;    /* finish once wbuf is out (a close already written there) */

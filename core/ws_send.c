@@ -316,7 +316,8 @@ void mg_ws_pause(mg_ws_t *ws, int on) {
         event_del(&ws->rev);
         ws->rd_off = 1;
     } else if (!on && ws->rd_off) {
-        event_add(&ws->rev, NULL);
+        if (!ws->rd_done)
+            event_add(&ws->rev, NULL);
         ws->rd_off = 0;
     }
 }

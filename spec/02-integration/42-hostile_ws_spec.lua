@@ -18,9 +18,9 @@ local MIB = 1024 * 1024
 
 local function start_hostile()
     local dir = helpers.tmpdir("hostile-ws")
-    local pidfile, outfile = dir .. "/pid", dir .. "/out.log"
-    assert(os.execute(fmt("%s %s server --port 0 --pidfile %s > %s 2>&1 < /dev/null &",
-        helpers.python, shq(hostile_py), shq(pidfile), shq(outfile))))
+    local pidfile, outfile, trigger = dir .. "/pid", dir .. "/out.log", dir .. "/go"
+    assert(os.execute(fmt("%s %s server --port 0 --pidfile %s --trigger %s > %s 2>&1 < /dev/null &",
+        helpers.python, shq(hostile_py), shq(pidfile), shq(trigger), shq(outfile))))
     local port = helpers.wait_until(function()
         local s = helpers.read_file(outfile)
         return s and tonumber(s:match("PORT (%d+)"))
@@ -30,7 +30,7 @@ local function start_hostile()
         started[#started + 1] = pid
     end
     assert(port, "hostile_ws.py did not start: " .. tostring(helpers.read_file(outfile)))
-    return { port = port, pid = pid }
+    return { port = port, pid = pid, out = outfile, trigger = trigger }
 end
 
 local function stop_hostile()
@@ -405,6 +405,179 @@ return {
             assert.equal(#big, #m.data)
             assert.is_true(m.data == big, path .. ": the echo differs")
             assert.equal(1000, c:finish(1000))
+        end
+    end)
+end)
+
+-- A reset that arrives in the same epoll edge as data: the kernel reports
+-- EPOLLIN|EPOLLERR|EPOLLHUP|EPOLLRDHUP at once, libevent turns that into
+-- EV_READ|EV_WRITE without EV_CLOSED, one short read takes the data, and an
+-- edge-triggered read event never fires again (the next recv would have
+-- said ECONNRESET). The worker is stopped (SIGSTOP, by PID) while the data
+-- and the reset come in, so both are in one edge every time, however busy
+-- the machine. Heartbeats are off and the upstreams are silent, so no send
+-- can notice the reset instead: only the read path can.
+describe("a reset that arrives with the data (WebSocket read paths)", function()
+    local mg, hostile, worker
+
+    local RST_ROUTES = [=[
+local moongate = require "moongate"
+local function sink(ws)
+  while true do
+    local data = ws:recv()
+    if not data then break end
+  end
+end
+return {
+  { path = "/ws/sink", websocket = { mode = "handler", heartbeat = { interval = 0 } }, handler = sink },
+  { path = "/tun/silent", upstream = "hostile", websocket = { mode = "tunnel" } },
+  { path = "/tun/rst", upstream = "hostile", websocket = { mode = "tunnel" } },
+  { path = "/tun/flood", upstream = "hostile", websocket = { mode = "tunnel" } },
+  { path = "/relay/silent", upstream = "hostile", websocket = { mode = "relay", heartbeat = { interval = 0 } } },
+  { path = "/relay/rst", upstream = "hostile", websocket = { mode = "relay", heartbeat = { interval = 0 } } },
+  { path = "/relay/flood", upstream = "hostile", websocket = { mode = "relay", heartbeat = { interval = 0 } } },
+}
+]=]
+
+    lazy_setup(function()
+        hostile = start_hostile()
+        mg = helpers.start_moongate({ name = "hostile-ws-rst", routes = RST_ROUTES,
+            conf = ws.conf({ workers = 1, extra = fmt(
+                '  access_log = true,\n  upstreams = { hostile = { servers = { "http://127.0.0.1:%d" } } },',
+                hostile.port) }) })
+        worker = assert(helpers.wait_until(function() return mg:workers()[1] end, 5), "no worker")
+    end)
+
+    lazy_teardown(function()
+        if worker then
+            helpers.kill(worker, "CONT")
+        end
+        if mg then
+            mg:stop()
+        end
+        stop_hostile()
+        ws.cleanup()
+        helpers.cleanup()
+    end)
+
+    -- The worker's open sockets (listeners included).
+    local function sockets()
+        local out = helpers.sh(fmt("ls -l /proc/%d/fd 2>/dev/null", worker))
+        return select(2, out:gsub("socket:%[", ""))
+    end
+
+    -- fn() runs while the worker is stopped; it always continues after.
+    local function stopped(fn)
+        assert(helpers.kill(worker, "STOP"))
+        assert(helpers.wait_until(function()
+            local s = helpers.read_file("/proc/" .. worker .. "/stat") or ""
+            return s:match("^%d+ %(.*%) (%S+)") == "T"
+        end, 5), "the worker did not stop")
+        local ok, err = pcall(fn)
+        helpers.kill(worker, "CONT")
+        assert(ok, err)
+    end
+
+    local function access_line(path)
+        local hit
+        helpers.wait_until(function()
+            for _, t in ipairs(ws_access_lines(mg)) do
+                if t.path == path then
+                    hit = t
+                    return true
+                end
+            end
+        end, 2)
+        return hit
+    end
+
+    local function hostile_said(word, n)
+        return helpers.wait_until(function()
+            local s = helpers.read_file(hostile.out) or ""
+            return select(2, s:gsub(word, "")) >= n
+        end, 5)
+    end
+
+    -- The client sends one whole frame and resets, in one edge for the worker.
+    local function client_reset(path, mode)
+        local base = sockets()
+        local c = ws.connect(mg.port, path)
+        if mode ~= "handler" then -- the upstream side is up too
+            assert(helpers.wait_until(function() return sockets() >= base + 2 end, 3))
+        end
+        stopped(function()
+            assert(c:send_raw(ws.frame({ opcode = 1, payload = "hello", mask = true })))
+            c.sock:setoption("linger", { on = true, timeout = 0 })
+            c:close() -- a reset, right after the frame
+        end)
+        assert.truthy(helpers.wait_until(function() return sockets() <= base end, 2),
+            fmt("%s: %d sockets still open 2 s after the client's reset (%d before it)", path,
+                sockets() - base, base))
+        local t = access_line(path)
+        assert.truthy(t, path .. ": no access-log line for the session")
+        assert.equal(mode, t.websocket.mode)
+    end
+
+    it("tunnel: a client's frame and reset in one edge, upstream silent: both sockets go", function()
+        client_reset("/tun/silent?n=rst1", "tunnel")
+    end)
+
+    it("relay: a client's frame and reset in one edge, upstream silent, no heartbeats: both sockets go",
+        function()
+        client_reset("/relay/silent?n=rst2", "relay")
+    end)
+
+    it("handler: a client's frame and reset in one edge, no heartbeats: the socket goes", function()
+        client_reset("/ws/sink?n=rst3", "handler")
+    end)
+
+    -- The upstream sends its last data and resets, in one edge for the worker.
+    local function upstream_reset(path, mode, k)
+        local base = sockets()
+        local c = ws.connect(mg.port, path)
+        c:text("go")
+        assert(hostile_said("GOT", k), "the upstream did not get the message")
+        stopped(function()
+            helpers.write_file(hostile.trigger, "")
+            assert(hostile_said("SENT", k), "the upstream did not reset")
+        end)
+        local m = c:read_message(3)
+        assert.equal("last words", m and m.data)
+        if mode == "relay" then
+            assert.truthy(c:expect_close(3), "relay: no close frame after the upstream's reset")
+        end
+        assert.is_true(c:wait_eof(2), path .. ": the client's connection is still open")
+        c:close()
+        assert.truthy(helpers.wait_until(function() return sockets() <= base end, 2),
+            fmt("%s: %d sockets still open after the upstream's reset", path, sockets() - base))
+        local t = access_line(path)
+        assert.truthy(t, path .. ": no access-log line for the session")
+        assert.equal("upstream", t.websocket.close_by)
+    end
+
+    it("tunnel: the upstream's last data and its reset in one edge end the session", function()
+        upstream_reset("/tun/rst?n=rst4", "tunnel", 1)
+    end)
+
+    it("relay: the upstream's last data and its reset in one edge end the session", function()
+        upstream_reset("/relay/rst?n=rst5", "relay", 2)
+    end)
+
+    -- Level-triggered reads must not spin where reading stops on purpose:
+    -- a client that never reads, an upstream that sends until moongate
+    -- stops reading it (backpressure); then the worker must be idle.
+    -- (Passes before the change too: kept working.)
+    it("no read path spins: relay and tunnel paused by a client that never reads", function()
+        local k = 0
+        for _, path in ipairs({ "/tun/flood", "/relay/flood" }) do
+            local c = ws.connect(mg.port, path)
+            k = k + 1
+            assert(hostile_said("STALLED", k), path .. ": the upstream never stalled")
+            local cpu0, t0 = ws.cpu_seconds(worker), helpers.now()
+            helpers.sleep(2)
+            local used = (ws.cpu_seconds(worker) - cpu0) / (helpers.now() - t0)
+            assert.is_true(used < 0.25, fmt("%s: the worker used %.0f%% CPU while paused", path, used * 100))
+            c:close()
         end
     end)
 end)
