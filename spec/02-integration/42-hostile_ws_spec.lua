@@ -436,6 +436,20 @@ return {
   { path = "/relay/silent", upstream = "hostile", websocket = { mode = "relay", heartbeat = { interval = 0 } } },
   { path = "/relay/rst", upstream = "hostile", websocket = { mode = "relay", heartbeat = { interval = 0 } } },
   { path = "/relay/flood", upstream = "hostile", websocket = { mode = "relay", heartbeat = { interval = 0 } } },
+  { path = "/ws/deaf", websocket = { mode = "handler", heartbeat = { interval = 0 } },
+    handler = function(ws) moongate.sleep(20) end },
+  { path = "/ws/spew", websocket = { mode = "handler", heartbeat = { interval = 0 }, deflate = false,
+      send_buffer = 64 * 1024 * 1024 },
+    handler = function(ws)
+      local chunk = string.rep("s", 65536)
+      for _ = 1, 512 do ws:send(chunk, "binary") end
+      moongate.log("warn", "SPEWED")
+      while true do
+        local data = ws:recv()
+        if not data then break end
+        moongate.log("warn", "RECV " .. data)
+      end
+    end },
 }
 ]=]
 
@@ -563,21 +577,61 @@ return {
         upstream_reset("/relay/rst?n=rst5", "relay", 2)
     end)
 
-    -- Level-triggered reads must not spin where reading stops on purpose:
-    -- a client that never reads, an upstream that sends until moongate
-    -- stops reading it (backpressure); then the worker must be idle.
-    -- (Passes before the change too: kept working.)
-    it("no read path spins: relay and tunnel paused by a client that never reads", function()
+    -- Level-triggered reads must not spin where reading stops on purpose
+    -- (a pause for backpressure, the peer's end while what is queued for it
+    -- cannot go, a handler that does not read): the worker must stay idle.
+    -- Before the change the half-close cases of relay and handler spun at
+    -- 100 %: libevent's epoll backend drops EPOLLET for an fd once the write
+    -- event on it goes, so the read event that had stopped reading fired
+    -- on every loop turn. The paused cases and the tunnel kept working.
+    local function idle_cpu(label)
+        local cpu0, t0 = ws.cpu_seconds(worker), helpers.now()
+        helpers.sleep(2) -- a measuring window, not a wait for a condition
+        local used = (ws.cpu_seconds(worker) - cpu0) / (helpers.now() - t0)
+        assert.is_true(used < 0.2, fmt("%s: the worker used %.0f%% CPU", label, used * 100))
+    end
+
+    local function log_has(word)
+        return helpers.wait_until(function() return (mg:log() or ""):find(word, 1, true) end, 10)
+    end
+
+    it("no read path spins: relay and tunnel paused by a client that never reads, then half-closes", function()
         local k = 0
         for _, path in ipairs({ "/tun/flood", "/relay/flood" }) do
             local c = ws.connect(mg.port, path)
             k = k + 1
             assert(hostile_said("STALLED", k), path .. ": the upstream never stalled")
-            local cpu0, t0 = ws.cpu_seconds(worker), helpers.now()
-            helpers.sleep(2)
-            local used = (ws.cpu_seconds(worker) - cpu0) / (helpers.now() - t0)
-            assert.is_true(used < 0.25, fmt("%s: the worker used %.0f%% CPU while paused", path, used * 100))
+            idle_cpu(path .. ", paused")
+            c.sock:shutdown("send") -- the end, while what is queued for it cannot go
+            idle_cpu(path .. ", paused, the client's FIN in")
             c:close()
         end
+    end)
+
+    it("no read path spins: a handler that does not read, a client that floods it", function()
+        local c = ws.connect(mg.port, "/ws/deaf")
+        c.sock:settimeout(0.5)
+        local f = ws.frame({ opcode = 2, payload = string.rep("d", 65536) })
+        local deadline = helpers.now() + 10
+        while helpers.now() < deadline do
+            local ok, err = c.sock:send(f)
+            if not ok then
+                assert.equal("timeout", err)
+                break
+            end
+        end
+        assert.is_true(helpers.now() < deadline, "moongate never stopped reading the client")
+        idle_cpu("/ws/deaf, paused")
+        c:close()
+    end)
+
+    it("no read path spins: a client's FIN while the handler's sends to it cannot go", function()
+        local c = ws.connect(mg.port, "/ws/spew")
+        assert(log_has("SPEWED"), "the handler did not queue its messages")
+        assert(c:send_raw(ws.frame({ opcode = 1, payload = "fin1" })))
+        c.sock:shutdown("send")
+        assert(log_has("RECV fin1"), "the handler did not get the message")
+        idle_cpu("/ws/spew, the client's FIN in")
+        c:close()
     end)
 end)
