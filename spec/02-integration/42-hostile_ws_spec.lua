@@ -1,5 +1,6 @@
 -- Hostile WebSocket peers (issue 10): an end that arrives with the data
--- (defect 1: tunnel, relay, handler), byte sizes the conf could not express
+-- (defect 1: tunnel, relay, handler; a reset with the data too, and no
+-- read path that spins where reading stops), byte sizes the conf could not express
 -- (defect 11), on_reload = "drain" on tunnels, sessions in the access log,
 -- and a refused frame that must not drop the answer to the message before
 -- it (defect 12). The misbehaving peers are spec/fixtures/hostile_ws.py:
