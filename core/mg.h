@@ -174,6 +174,7 @@ int mg_route_compile(mg_route_t *r, char *err, size_t errlen);
  * Params, if wanted, are filled as (name, value) slices of path. */
 mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *host, size_t hostlen,
                            const char *path, size_t pathlen, mg_kv_t *params, int *nparams);
+size_t mg_route_strip_len(const mg_route_t *rt, const char *path, size_t path_len);
 /* The server (route table) of this worker's listening socket `lidx`. */
 int mg_gen_server_of(mg_gen_t *gen, int lidx);
 

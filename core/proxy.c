@@ -88,15 +88,7 @@ void mg_proxy_start(mg_req_t *r) {
         evbuffer_add(h, " ", 1);
     }
     if (rt->strip_prefix && rt->prefix) {
-        /* drop as many leading segments as the rule has */
-        size_t k = 0;
-        int segs = 0;
-        while (segs < rt->nsegs && k < r->path_len) {
-            k++;
-            while (k < r->path_len && url[k] != '/')
-                k++;
-            segs++;
-        }
+        size_t k = mg_route_strip_len(rt, url, r->path_len);
         url += k;
         url_len -= k;
         if (url_len == 0 || url[0] != '/')
