@@ -230,19 +230,26 @@ static void mg_conn_fail(mg_conn_t *c, int status) {
     }
 }
 
-/* llhttp (8.1, even strict) takes a bare LF after the request line and
- * runs of spaces between its parts; RFC 9112 2.2 and 3 let a server refuse
- * both, and a proxy must, since the upstream may split the message
- * differently. Scans head bytes only: the empty lines a client may send
- * first (2.2), the request line, then the header lines up to the blank
- * line. Returns -1 on a bare LF or two spaces in the request line. */
+/* llhttp (8.1, even strict) takes a bare LF after the request line, runs
+ * of spaces between its parts, bare CRs before the request line and a
+ * request line with no version (HTTP/0.9, which it then reports as a
+ * version to refuse with 505); RFC 9112 2.2 and 3 let a server refuse all
+ * of them with 400, and a proxy must, since the upstream may split the
+ * message differently. Scans head bytes only: the empty lines a client may
+ * send first (2.2), the request line, then the header lines up to the
+ * blank line. Returns -1 on a bare LF, a bare CR, two spaces in a row or
+ * other than three parts in the request line. */
 static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n) {
     for (size_t i = 0; i < n && !x->scan_done; i++) {
         char ch = p[i];
+        if (x->scan_prev == '\r' && ch != '\n')
+            return -1;
         if (ch == '\n') {
             if (x->scan_prev != '\r')
                 return -1;
             if (x->scan_rl == 1) { /* the request line ends */
+                if (x->scan_sp != 2)
+                    return -1;
                 x->scan_rl = 2;
                 x->scan_nl = 1;
             } else if (x->scan_rl == 2 && ++x->scan_nl == 2) {
@@ -251,7 +258,7 @@ static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n) {
         } else if (ch != '\r') {
             if (x->scan_rl == 0)
                 x->scan_rl = 1;
-            else if (x->scan_rl == 1 && ch == ' ' && x->scan_prev == ' ')
+            else if (x->scan_rl == 1 && ch == ' ' && (x->scan_prev == ' ' || ++x->scan_sp > 2))
                 return -1;
             x->scan_nl = 0;
         }
@@ -358,7 +365,7 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
         mg_lua_log(r, (mg_now() - r->t_start) * 1000.0);
     c->req = NULL;
     c->nreq++;
-    X(c)->scan_done = X(c)->scan_nl = X(c)->scan_rl = 0;
+    X(c)->scan_done = X(c)->scan_nl = X(c)->scan_rl = X(c)->scan_sp = 0;
     X(c)->scan_prev = 0;
     mg_req_free(r);
 }

