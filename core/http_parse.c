@@ -215,6 +215,10 @@ static int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
         return 400;
     if (te && p->http_minor == 0)
         return 400; /* RFC 9112 6.1: faulty framing from a 1.0 client */
+    /* chunked not last: llhttp refuses it too, but only after this
+     * callback, when the request has been routed and may be on its way */
+    if (te && !(p->flags & F_CHUNKED) && !te_501)
+        return 400; /* RFC 9112 6.3 */
     if (te_501)
         return 501; /* RFC 9112 6.1: a coding we do not implement */
     if (p->method == HTTP_CONNECT)

@@ -35,6 +35,92 @@ local function read_to_close(c, timeout)
     return data, closed
 end
 
+describe("hostile HTTP: refusals before routing (defect 8)", function()
+    local mg, up
+
+    lazy_setup(function()
+        up = helpers.start_upstream()
+        mg = helpers.start_moongate({
+            name = "hostile-refuse",
+            upstream = up,
+            conf = [[
+return {
+  listen = "127.0.0.1:$PORT",
+  workers = 1,
+  shared_dicts = { runs = 65536 },
+  upstreams = { up = { servers = { "$UPSTREAM" }, keepalive = 8 } },
+}
+]],
+            routes = [=[
+local moongate = require "moongate"
+return {
+  { path = "/lua", handler = function(req)
+      moongate.shared.runs:incr("n", 1, 0)
+      return 200, "ran\n"
+  end },
+  { path = "/runs", handler = function()
+      return 200, tostring(moongate.shared.runs:get("n") or 0)
+  end },
+  { prefix = "/up/", upstream = "up" },
+}
+]=],
+        })
+    end)
+
+    lazy_teardown(function()
+        if mg then
+            mg:stop()
+        end
+        helpers.stop(up and up.pid)
+        helpers.cleanup()
+    end)
+
+    local BAD = {
+        { "Transfer-Encoding: xchunked", "Transfer-Encoding: xchunked\r\n", "5\r\nhello\r\n0\r\n\r\n" },
+        { "Transfer-Encoding: identity", "Transfer-Encoding: identity\r\n", "hello" },
+        { "Transfer-Encoding: gzip", "Transfer-Encoding: gzip\r\n", "hello" },
+        { "Transfer-Encoding: chunked, gzip", "Transfer-Encoding: chunked, gzip\r\n", "hello" },
+        { "Transfer-Encoding: xchunked with Content-Length",
+          "Content-Length: 5\r\nTransfer-Encoding: xchunked\r\n", "hello" },
+        { "two Content-Length", "Content-Length: 5\r\nContent-Length: 5\r\n", "hello" },
+        { "control character in a value", "X-A: a\1b\r\nContent-Length: 5\r\n", "hello" },
+    }
+
+    -- Warms the pool: a keep-alive upstream connection is idle when the
+    -- refused request comes.
+    local function warm()
+        local st = helpers.http(mg.port, "GET", "/up/warm")
+        assert.equal(200, st)
+    end
+
+    for i, case in ipairs(BAD) do
+        it("refuses " .. case[1] .. " with 400 before a warm upstream sees it", function()
+            warm()
+            local req = "POST /up/bad-" .. i .. " HTTP/1.1\r\nHost: x\r\n" .. case[2] .. "\r\n" .. case[3]
+            local data, closed = helpers.raw(mg.port, req)
+            assert.truthy((data or ""):match("^HTTP/1.1 400 "), data)
+            assert.is_true(closed)
+            helpers.sleep(0.2) -- anything forwarded would have arrived by now
+            local log = helpers.upstream_log(up)
+            for _, h in ipairs(log.heads) do
+                assert.falsy(h:find("/up/bad-" .. i, 1, true), "forwarded: " .. h)
+            end
+        end)
+
+        it("refuses " .. case[1] .. " with 400 before a Lua handler runs", function()
+            local st0, _, before = helpers.http(mg.port, "GET", "/runs")
+            assert.equal(200, st0)
+            local req = "POST /lua HTTP/1.1\r\nHost: x\r\n" .. case[2] .. "\r\n" .. case[3]
+            local data, closed = helpers.raw(mg.port, req)
+            assert.truthy((data or ""):match("^HTTP/1.1 400 "), data)
+            assert.is_true(closed)
+            local st, _, after = helpers.http(mg.port, "GET", "/runs")
+            assert.equal(200, st)
+            assert.equal(before, after, "the handler ran")
+        end)
+    end
+end)
+
 describe("hostile HTTP: malformed request lines (defect 12)", function()
     local mg
 
