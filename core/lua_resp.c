@@ -107,7 +107,8 @@ void mg_lua_client_gone(mg_req_t *r) {
 
 /* ---- response ---- */
 
-/* Appends "Name: value\r\n" lines from the table at idx; refuses CR/LF. */
+/* Appends "Name: value\r\n" lines from the table at idx; refuses a name
+ * that is not a token and control characters (CR, LF, ...) in a value. */
 void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype) {
     if (!lua_istable(L, idx))
         return;
@@ -118,8 +119,7 @@ void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_c
         lua_pushvalue(L, -2);
         n = lua_tolstring(L, -1, &nl);
         v = lua_tolstring(L, -2, &vl);
-        if (n == NULL || v == NULL || nl == 0 || strpbrk(n, "\r\n: \t") || memchr(v, '\r', vl) ||
-            memchr(v, '\n', vl) || memchr(v, '\0', vl))
+        if (n == NULL || v == NULL || !mg_http_field_ok(n, nl, v, vl))
             luaL_error(L, "bad response header %s", n ? n : "?");
         if (mg_http_hop_by_hop(n, nl)) {
             lua_pop(L, 2);

@@ -121,6 +121,90 @@ return {
     end
 end)
 
+describe("hostile HTTP: header values from Lua (defect 12)", function()
+    local mg
+
+    lazy_setup(function()
+        mg = helpers.start_moongate({
+            name = "hostile-lua-headers",
+            workers = 1,
+            routes = [=[
+local bad_values = { "a\11b", "a\127b", "a\12b", "a\1b", "a\27b", "a\rb", "a\nb", "a\0b" }
+local bad_names = { "X\11A", "X\127A", "X(A", "X@A", "X\"A", "X A", "X:A", "" }
+local function refused(f, ...)
+  local ok, err = pcall(f, ...)
+  return not ok and tostring(err):find("bad header", 1, true) ~= nil
+end
+return {
+  { path = "/set", handler = function(req)
+      local out = {}
+      for i, v in ipairs(bad_values) do
+        out[#out + 1] = "v" .. i .. "=" .. tostring(refused(req.set_header, req, "X-A", v))
+        out[#out + 1] = "rv" .. i .. "=" .. tostring(refused(req.set_response_header, req, "X-A", v))
+      end
+      for i, n in ipairs(bad_names) do
+        out[#out + 1] = "n" .. i .. "=" .. tostring(refused(req.set_header, req, n, "1"))
+        out[#out + 1] = "rn" .. i .. "=" .. tostring(refused(req.set_response_header, req, n, "1"))
+      end
+      -- HTAB and visible characters stay fine
+      out[#out + 1] = "tab=" .. tostring(refused(req.set_response_header, req, "X-Tab", "a\tb~"))
+      return 200, table.concat(out, " ")
+  end },
+  { path = "/resp", handler = function(req)
+      local v = req.query and req.query.v or "1"
+      local bad = { vt = "a\11b", del = "a\127b", ok = "a\tb" }
+      return 200, "body\n", { ["X-B"] = bad[v] or v }
+  end },
+  { path = "/respname", handler = function()
+      return 200, "body\n", { ["X\127B"] = "1" }
+  end },
+}
+]=],
+        })
+    end)
+
+    lazy_teardown(function()
+        if mg then
+            mg:stop()
+        end
+        helpers.cleanup()
+    end)
+
+    it("refuses control characters but HTAB in req:set_header and set_response_header", function()
+        local st, _, body = helpers.http(mg.port, "GET", "/set")
+        assert.equal(200, st)
+        for k, v in body:gmatch("(%w+)=(%w+)") do
+            if k == "tab" then
+                assert.equal("false", v, "HTAB refused")
+            else
+                assert.equal("true", v, k .. " accepted: " .. body)
+            end
+        end
+        assert.truthy(body:find("v2=true", 1, true), body) -- 0x7f
+    end)
+
+    it("refuses control characters in response headers returned by a handler", function()
+        for _, v in ipairs({ "vt", "del" }) do
+            local c = assert(helpers.connect(mg.port))
+            assert(c:send("GET /resp?v=" .. v .. " HTTP/1.1\r\nHost: x\r\n\r\n"))
+            local res = assert(helpers.read_response(c))
+            c:close()
+            assert.equal(500, res.status, v)
+            assert.is_nil(res.headers["x-b"])
+        end
+        local c = assert(helpers.connect(mg.port))
+        assert(c:send("GET /resp?v=ok HTTP/1.1\r\nHost: x\r\n\r\n"))
+        local res = assert(helpers.read_response(c))
+        c:close()
+        assert.equal(200, res.status)
+        c = assert(helpers.connect(mg.port))
+        assert(c:send("GET /respname HTTP/1.1\r\nHost: x\r\n\r\n"))
+        res = assert(helpers.read_response(c))
+        c:close()
+        assert.equal(500, res.status)
+    end)
+end)
+
 describe("hostile HTTP: malformed request lines (defect 12)", function()
     local mg
 
