@@ -302,6 +302,9 @@ static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len) {
     mg_conn_fail(c, X(c)->err_status ? X(c)->err_status : 400);
 }
 
+/* Bytes left in the socket when reading stopped bring no new edge, but
+ * event_add is an EPOLL_CTL_ADD or _MOD right away (no changelist: see
+ * event_base_new), and epoll reports a socket already readable then. */
 void mg_conn_read_enable(mg_conn_t *c, int on) {
     if (on && c->rd_off && !X(c)->dead) {
         event_add(&c->rev, NULL);
@@ -336,7 +339,7 @@ static void mg_log_redact_query(char *path) {
 }
 
 static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
-    if (r->resp_close || !r->keep_alive)
+    if (r->resp_close || !r->keep_alive || X(c)->eof)
         c->closing = 1;
     if (r->gen->access_log) {
         char line[1024], path[400];
@@ -409,6 +412,11 @@ static void mg_conn_advance(mg_conn_t *c) {
     if (c->req == NULL) {
         if (c->closing) {
             mg_conn_flush(c);
+            if (!X(c)->dead && evbuffer_get_length(c->out) == 0 && X(c)->eof) {
+                /* the client's end is read: nothing left to linger for */
+                mg_conn_close_later(c);
+                return;
+            }
             if (!X(c)->dead && evbuffer_get_length(c->out) == 0) {
                 /* lingering close: stop sending, drain input briefly so a
                  * reset does not destroy the response in flight */
@@ -575,8 +583,15 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
-/* One read. Returns 1 when the socket may hold more (edge-triggered:
- * keep reading until a short read), 0 when done or the connection went. */
+/* One read. Returns 1 when the socket may hold more, 0 when done or the
+ * connection went. Edge-triggered: a short read ends the edge, unless
+ * EPOLLRDHUP (EV_CLOSED) said the peer's FIN is queued behind the data;
+ * then read on to the EOF, which no later edge would announce. That costs
+ * no syscall on a keep-alive request (reading until EAGAIN would cost one
+ * recv per request). A reset comes as EPOLLHUP|EPOLLERR, which libevent
+ * turns into EV_READ without EV_CLOSED: a reset alone is its own edge and
+ * read at once (recv fails); one queued behind data fails the next write,
+ * or the next read once the request is answered. */
 static int mg_conn_read_once(mg_conn_t *c, int fd) {
     ssize_t n;
 
@@ -599,7 +614,7 @@ static int mg_conn_read_once(mg_conn_t *c, int fd) {
          * half-closed and still waits for its answer */
         X(c)->eof = 1;
         mg_conn_read_enable(c, 0);
-        if (c->req == NULL && c->in_len == 0) {
+        if (c->req == NULL && c->in_len == 0 && evbuffer_get_length(c->out) == 0) {
             mg_conn_free(c);
             return 0;
         }
@@ -611,7 +626,8 @@ static int mg_conn_read_once(mg_conn_t *c, int fd) {
                     mg_conn_fail(c, c->req->resp_started ? -1 : 400);
             }
         }
-        c->closing = c->req == NULL ? 1 : c->closing;
+        /* a response still in flight is flushed first (RFC 9112 9.6) */
+        c->closing = c->req == NULL && c->in_len == 0 ? 1 : c->closing;
         mg_conn_advance(c);
         return 0;
     }
@@ -620,18 +636,22 @@ static int mg_conn_read_once(mg_conn_t *c, int fd) {
     if (c->paused || c->closing) {
         if (!c->closing)
             mg_conn_save_input(c, mg_worker.scratch, n);
-        return (size_t)n == sizeof(mg_worker.scratch) && !X(c)->dead && !c->rd_off;
+    } else {
+        if (c->req == NULL && c->tmode == MG_T_IDLE)
+            mg_conn_arm(c, MG_T_HEADER);
+        mg_conn_exec(c, mg_worker.scratch, n);
+        mg_conn_advance(c);
     }
-    if (c->req == NULL && c->tmode == MG_T_IDLE)
-        mg_conn_arm(c, MG_T_HEADER);
-    mg_conn_exec(c, mg_worker.scratch, n);
-    mg_conn_advance(c);
-    return (size_t)n == sizeof(mg_worker.scratch) && !X(c)->dead && !c->rd_off;
+    if (X(c)->dead || c->rd_off)
+        return 0;
+    return (size_t)n == sizeof(mg_worker.scratch) || X(c)->rdhup;
 }
 
 static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg) {
-    (void)what;
-    while (mg_conn_read_once(arg, fd))
+    mg_conn_t *c = arg;
+    if (what & EV_CLOSED)
+        X(c)->rdhup = 1;
+    while (mg_conn_read_once(c, fd))
         ;
 }
 
@@ -681,7 +701,8 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
                   sizeof(c->peer_ip));
     llhttp_init(&c->parser, HTTP_REQUEST, &mg_http_settings);
     c->parser.data = c;
-    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_PERSIST | EV_ET, mg_conn_read_cb, c);
+    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_CLOSED | EV_PERSIST | EV_ET, mg_conn_read_cb,
+                 c);
     event_assign(&c->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_conn_write_cb, c);
     evtimer_assign(&c->tev, mg_worker.base, mg_conn_timer_cb, c);
     event_add(&c->rev, NULL);
