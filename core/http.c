@@ -309,9 +309,13 @@ void mg_conn_read_enable(mg_conn_t *c, int on) {
     if (on && c->rd_off && !X(c)->dead) {
         event_add(&c->rev, NULL);
         c->rd_off = 0;
+        if (c->tmode == MG_T_BODY)
+            mg_conn_arm(c, MG_T_BODY); /* the body clock runs again */
     } else if (!on && !c->rd_off) {
         event_del(&c->rev);
         c->rd_off = 1;
+        if (c->tmode == MG_T_BODY)
+            event_del(&c->tev); /* our pause, not the client's */
     }
 }
 
@@ -535,6 +539,11 @@ void mg_conn_arm(mg_conn_t *c, int mode) {
     case MG_T_HEADER: ms = g->timeouts.header; break;
     case MG_T_IDLE: ms = g->timeouts.idle; break;
     case MG_T_READ: ms = g->timeouts.read; break;
+    case MG_T_BODY: /* the gap between body bytes: the tighter of body and read */
+        ms = g->timeouts.body;
+        if (g->timeouts.read > 0 && (ms == 0 || g->timeouts.read < ms))
+            ms = g->timeouts.read;
+        break;
     case MG_T_WRITE: ms = g->timeouts.write; break;
     case MG_T_LINGER: ms = 2000; break;
     default: break;
@@ -560,6 +569,13 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
         return;
     }
     switch (c->tmode) {
+    case MG_T_BODY:
+        if (c->req && c->req->state == MG_REQ_BODY) {
+            mg_conn_fail(c, c->req->resp_started ? -1 : 408);
+            mg_conn_advance(c);
+            return;
+        }
+        break;
     case MG_T_HEADER:
     case MG_T_READ:
         if (c->req && !c->req->resp_started && c->req->state != MG_REQ_DONE) {
@@ -631,8 +647,8 @@ static int mg_conn_read_once(mg_conn_t *c, int fd) {
         mg_conn_advance(c);
         return 0;
     }
-    if (c->tmode == MG_T_READ)
-        mg_conn_arm(c, MG_T_READ);
+    if (c->tmode == MG_T_READ || c->tmode == MG_T_BODY)
+        mg_conn_arm(c, c->tmode);
     if (c->paused || c->closing) {
         if (!c->closing)
             mg_conn_save_input(c, mg_worker.scratch, n);

@@ -8,7 +8,7 @@
 
 #include "mg.h"
 
-enum { MG_T_NONE, MG_T_HEADER, MG_T_IDLE, MG_T_READ, MG_T_WRITE, MG_T_LINGER };
+enum { MG_T_NONE, MG_T_HEADER, MG_T_IDLE, MG_T_READ, MG_T_BODY, MG_T_WRITE, MG_T_LINGER };
 
 /* extra connection state kept beside the public struct */
 typedef struct {

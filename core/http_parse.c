@@ -346,6 +346,9 @@ static int mg_http_on_headers_complete(llhttp_t *p) {
 
 void mg_http_dispatch(mg_req_t *r) {
     mg_conn_t *c = r->conn;
+    /* a body to come: bound the gap between its bytes, whatever `read` is */
+    if (r->state == MG_REQ_BODY && (r->clen > 0 || r->chunked))
+        mg_conn_arm(c, MG_T_BODY);
     if (r->route->ws) {
         mg_http_ws_route(r);
         return;
@@ -386,6 +389,8 @@ static int mg_http_on_message_complete(llhttp_t *p) {
     mg_conn_t *c = p->data;
     mg_req_t *r = c->req;
     r->state = MG_REQ_DONE;
+    if (c->tmode == MG_T_BODY)
+        mg_conn_arm(c, MG_T_NONE);
     if (r->ux)
         mg_proxy_body_end(r);
     else if (r->co)

@@ -70,7 +70,7 @@ typedef struct {
 } mg_upstream_t;
 
 typedef struct {
-    int read, write, idle, header, drain; /* ms; 0 = none */
+    int read, write, idle, header, drain, body; /* ms; 0 = none */
 } mg_timeouts_t;
 
 typedef struct {

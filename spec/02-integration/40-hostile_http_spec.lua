@@ -139,6 +139,76 @@ return {
     end)
 end)
 
+describe("hostile HTTP: slow request bodies (defect 7)", function()
+    local mg, up
+
+    lazy_setup(function()
+        up = helpers.start_upstream()
+        mg = helpers.start_moongate({
+            name = "hostile-body",
+            upstream = up,
+            conf = [[
+return {
+  listen = "127.0.0.1:$PORT",
+  workers = 1,
+  timeouts = { read = 0, body = 1 },
+  upstreams = { up = { servers = { "$UPSTREAM" } } },
+}
+]],
+            routes = [=[
+return {
+  { path = "/body", handler = function(req) return 200, tostring(#req:body()) end },
+  { prefix = "/up/", upstream = "up" },
+}
+]=],
+        })
+    end)
+
+    lazy_teardown(function()
+        if mg then
+            mg:stop()
+        end
+        helpers.stop(up and up.pid)
+        helpers.cleanup()
+    end)
+
+    local function stalled(path)
+        local c = assert(helpers.connect(mg.port))
+        local t0 = helpers.now()
+        assert(c:send("POST " .. path .. " HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789"))
+        local data, closed = read_to_close(c, 6)
+        c:close()
+        return data, closed, helpers.now() - t0
+    end
+
+    it("answers 408 and closes when a body stalls on a Lua route, with read = 0", function()
+        local data, closed, took = stalled("/body")
+        assert.is_true(closed, "not closed: " .. data)
+        assert.truthy(data:match("^HTTP/1.1 408 "), data)
+        assert.truthy(took >= 0.8 and took < 4, "took " .. took)
+    end)
+
+    it("answers 408 and closes when a body stalls on a proxy route, with read = 0", function()
+        local data, closed, took = stalled("/up/upload")
+        assert.is_true(closed, "not closed: " .. data)
+        assert.truthy(data:match("^HTTP/1.1 408 "), data)
+        assert.truthy(took >= 0.8 and took < 4, "took " .. took)
+    end)
+
+    it("bounds the gap between body bytes, not the whole body", function()
+        local c = assert(helpers.connect(mg.port))
+        assert(c:send("POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n"))
+        for _ = 1, 8 do
+            helpers.sleep(0.3) -- 2.4 s in all, each gap well under 1 s
+            assert(c:send("x"))
+        end
+        local res = assert(helpers.read_response(c))
+        c:close()
+        assert.equal(200, res.status)
+        assert.equal("8", res.body)
+    end)
+end)
+
 describe("hostile HTTP: refusals before routing (defect 8)", function()
     local mg, up
 
