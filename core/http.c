@@ -717,8 +717,8 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
                   sizeof(c->peer_ip));
     llhttp_init(&c->parser, HTTP_REQUEST, &mg_http_settings);
     c->parser.data = c;
-    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_CLOSED | EV_PERSIST | EV_ET, mg_conn_read_cb,
-                 c);
+    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_CLOSED | EV_PERSIST | EV_ET,
+                 mg_conn_read_cb, c);
     event_assign(&c->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_conn_write_cb, c);
     evtimer_assign(&c->tev, mg_worker.base, mg_conn_timer_cb, c);
     event_add(&c->rev, NULL);

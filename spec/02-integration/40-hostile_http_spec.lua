@@ -5,7 +5,6 @@
 -- request lines (12) and a chunked upload through backpressure on a busy
 -- worker (12). Each describe starts its own moongate.
 local helpers = require "spec.helpers"
-local socket = require "socket"
 local fmt = string.format
 
 local GET_HELLO = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
