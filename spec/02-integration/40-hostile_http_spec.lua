@@ -302,6 +302,7 @@ describe("hostile HTTP: header values from Lua (defect 12)", function()
             name = "hostile-lua-headers",
             workers = 1,
             routes = [=[
+local moongate = require "moongate"
 local bad_values = { "a\11b", "a\127b", "a\12b", "a\1b", "a\27b", "a\rb", "a\nb", "a\0b" }
 local bad_names = { "X\11A", "X\127A", "X(A", "X@A", "X\"A", "X A", "X:A", "" }
 local function refused(f, ...)
@@ -331,6 +332,15 @@ return {
   { path = "/respname", handler = function()
       return 200, "body\n", { ["X\127B"] = "1" }
   end },
+  { path = "/write", handler = function(req, res)
+      local ok, err = pcall(res.write, res:header("X-W", "a\11b"), "x")
+      res._headers = nil
+      res:write(tostring(not ok and tostring(err):find("bad response header", 1, true) ~= nil))
+  end },
+  { path = "/client", handler = function()
+      local ok, err = pcall(moongate.http.request, { url = "http://127.0.0.1:1/", headers = { ["X-C"] = "a\127b" } })
+      return 200, tostring(not ok and tostring(err):find("bad header", 1, true) ~= nil)
+  end },
 }
 ]=],
         })
@@ -354,6 +364,14 @@ return {
             end
         end
         assert.truthy(body:find("v2=true", 1, true), body) -- 0x7f
+    end)
+
+    it("refuses control characters in res:write headers and moongate.http.request headers", function()
+        for _, path in ipairs({ "/write", "/client" }) do
+            local st, _, body = helpers.http(mg.port, "GET", path)
+            assert.equal(200, st, path)
+            assert.equal("true", body, path)
+        end
     end)
 
     it("refuses control characters in response headers returned by a handler", function()
