@@ -30,6 +30,7 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void mg_conn_advance(mg_conn_t *c);
 static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len);
 static void mg_conn_close_later(mg_conn_t *c);
+static void mg_conn_at_eof(mg_conn_t *c);
 static void mg_req_free(mg_req_t *r);
 
 static mg_conn_t *mg_conns; /* every open connection, for a graceful stop */
@@ -343,7 +344,8 @@ static void mg_log_redact_query(char *path) {
 }
 
 static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
-    if (r->resp_close || !r->keep_alive || X(c)->eof)
+    /* a half-closed client still gets the answers to what it pipelined */
+    if (r->resp_close || !r->keep_alive || (X(c)->eof && c->in_len == 0))
         c->closing = 1;
     if (r->gen->access_log) {
         char line[1024], path[400];
@@ -375,6 +377,18 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
     X(c)->scan_done = X(c)->scan_nl = X(c)->scan_rl = X(c)->scan_sp = 0;
     X(c)->scan_prev = 0;
     mg_req_free(r);
+}
+
+/* The client's EOF is read: a request it left unfinished ends here. */
+static void mg_conn_at_eof(mg_conn_t *c) {
+    if (c->req && c->req->state != MG_REQ_DONE) {
+        if (llhttp_finish(&c->parser) != HPE_OK || c->req->state != MG_REQ_DONE) {
+            if (c->req->state == MG_REQ_HEAD)
+                mg_conn_fail(c, 400);
+            else
+                mg_conn_fail(c, c->req->resp_started ? -1 : 400);
+        }
+    }
 }
 
 static void mg_conn_advance(mg_conn_t *c) {
@@ -409,6 +423,9 @@ static void mg_conn_advance(mg_conn_t *c) {
             c->in_len = c->in_cap = 0;
             mg_conn_exec(c, data, len);
             free(data);
+            /* pipelined input after the EOF: nothing more will come */
+            if (X(c)->eof && !X(c)->dead && c->in_len == 0)
+                mg_conn_at_eof(c);
         }
     }
     if (X(c)->dead)
@@ -634,14 +651,7 @@ static int mg_conn_read_once(mg_conn_t *c, int fd) {
             mg_conn_free(c);
             return 0;
         }
-        if (c->req && c->req->state != MG_REQ_DONE) {
-            if (llhttp_finish(&c->parser) != HPE_OK || c->req->state != MG_REQ_DONE) {
-                if (c->req->state == MG_REQ_HEAD)
-                    mg_conn_fail(c, 400);
-                else
-                    mg_conn_fail(c, c->req->resp_started ? -1 : 400);
-            }
-        }
+        mg_conn_at_eof(c);
         /* a response still in flight is flushed first (RFC 9112 9.6) */
         c->closing = c->req == NULL && c->in_len == 0 ? 1 : c->closing;
         mg_conn_advance(c);

@@ -61,7 +61,8 @@ void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, i
                 r->resp_close = 1;
         }
     }
-    if (X(c)->upgrade || X(c)->eof || mg_worker.stopping)
+    /* a half-closed client: close after this answer, unless it pipelined more */
+    if (X(c)->upgrade || (X(c)->eof && c->in_len == 0) || mg_worker.stopping)
         r->resp_close = 1;
     /* built by hand: this runs once per response */
     text = mg_status_text(status);

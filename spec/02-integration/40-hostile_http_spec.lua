@@ -54,6 +54,10 @@ local big = string.rep("0123456789abcdef", 32768) -- 512 KiB
 return {
   { path = "/hello", handler = function() return 200, "hello\n" end },
   { path = "/big", handler = function() return 200, big end },
+  { path = "/slow", handler = function()
+      require("moongate").sleep(0.2)
+      return 200, "slow\n"
+  end },
 }
 ]=],
         })
@@ -110,6 +114,33 @@ return {
             assert.is_true(closed, "the server did not close after the response")
             c:close()
         end
+    end)
+
+    it("answers every request a half-closed client pipelined, then closes", function()
+        local c = assert(helpers.connect(mg.port))
+        assert(c:send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" .. GET_HELLO))
+        c:shutdown("send")
+        local a = assert(helpers.read_response(c))
+        local b = assert(helpers.read_response(c))
+        assert.equal("slow\n", a.body)
+        assert.equal("hello\n", b.body)
+        local _, closed = read_to_close(c, 3)
+        c:close()
+        assert.is_true(closed, "the server did not close after the responses")
+    end)
+
+    it("answers 400 to an unfinished request a half-closed client pipelined", function()
+        local c = assert(helpers.connect(mg.port))
+        assert(c:send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /hel"))
+        c:shutdown("send")
+        local t0 = helpers.now()
+        local a = assert(helpers.read_response(c))
+        assert.equal("slow\n", a.body)
+        local rest, closed = read_to_close(c, 5)
+        c:close()
+        assert.is_true(closed, "not closed")
+        assert.truthy(rest:match("^HTTP/1.1 400 ") or rest == "", rest)
+        assert.truthy(helpers.now() - t0 < 3, "took " .. (helpers.now() - t0))
     end)
 
     -- A reset right behind the request leaves no CLOSE_WAIT (the kernel has
