@@ -466,3 +466,49 @@ describe("hostile HTTP: malformed request lines (defect 12)", function()
         assert.equal("hello\n", res.body)
     end)
 end)
+
+describe("hostile HTTP: a chunked upload through backpressure on a busy worker (defect 12)", function()
+    local mg, up
+
+    lazy_setup(function()
+        up = helpers.start_upstream()
+        mg = helpers.start_moongate({
+            name = "hostile-upload",
+            upstream = up,
+            workers = 1,
+            routes = [[
+return { { prefix = "/", upstream = "up", body_size = 0 } }
+]],
+        })
+    end)
+
+    lazy_teardown(function()
+        if mg then
+            mg:stop()
+        end
+        helpers.stop(up and up.pid)
+        helpers.cleanup()
+    end)
+
+    -- Before the fix a chunked body could stall for good: a chunk stopped
+    -- reading the client (upstream buffer over the high-water mark), a later
+    -- chunk of the same read found the buffer drained by the upstream (the
+    -- worker had been preempted in between) and emptied it, so no upstream
+    -- write event, and no drain callback, ever came to read on. Seen in about
+    -- one 256 MiB upload in six with the worker preempted like this; the
+    -- curl times out with 0 bytes received, as in 09-proxy_streaming on a
+    -- busy machine.
+    it("completes 256 MiB chunked uploads while the worker is preempted at random", function()
+        local worker = assert(mg:workers()[1])
+        local n = 256 * 1024 * 1024
+        for i = 1, 3 do
+            local pre = helpers.spawn(fmt("%s %s %d 8", helpers.python,
+                helpers.shq(helpers.root .. "/spec/fixtures/hostile_http_preempt.py"), worker))
+            local out = helpers.sh(fmt("head -c %d /dev/zero | curl -sS --max-time 10 -X POST "
+                .. "-H 'Expect:' -T - -o /dev/null -w '%%{http_code} %%{size_upload}' "
+                .. "http://127.0.0.1:%d/upload 2>&1", n, mg.port))
+            pre:wait(12)
+            assert.truthy(out:match("^200 "), fmt("upload %d: %s", i, out))
+        end
+    end)
+end)
