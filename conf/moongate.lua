@@ -16,14 +16,16 @@ return {
 
   -- WebSocket-safe timeouts (seconds, 0 = none): long-lived sockets and
   -- streams are never cut by a fixed read/write deadline, idle keep-alive
-  -- connections (an agent chat left open) last an hour, and a slow request
-  -- head is still cut after 30 s.
+  -- connections (an agent chat left open) last an hour, a slow request
+  -- head is still cut after 30 s, and a request body that stops for 60 s
+  -- gets 408 (`body`: the gap between body bytes, applied even with read = 0).
   timeouts = {
     read = 0,
     write = 0,
     idle = 3600,
     header = 30,
     drain = 10,
+    body = 60,
   },
 
   limits = {

@@ -113,6 +113,7 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
         g->timeouts.idle = mg_gen_field_ms(L, t, "idle", 3600000);
         g->timeouts.header = mg_gen_field_ms(L, t, "header", 30000);
         g->timeouts.drain = mg_gen_field_ms(L, t, "drain", 10000);
+        g->timeouts.body = mg_gen_field_ms(L, t, "body", 0); /* default: loader.lua */
     }
     lua_pop(L, 1);
 
@@ -430,7 +431,7 @@ mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    g->timeouts = (mg_timeouts_t){0, 0, 3600000, 30000, 10000};
+    g->timeouts = (mg_timeouts_t){0, 0, 3600000, 30000, 10000, 0};
     g->limits = (mg_limits_t){16384, 100, 1048576};
     g->max_websockets = 10000;
     g->log_level = -1;

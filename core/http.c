@@ -31,6 +31,7 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void mg_conn_advance(mg_conn_t *c);
 static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len);
 static void mg_conn_close_later(mg_conn_t *c);
+static void mg_conn_at_eof(mg_conn_t *c);
 static void mg_req_free(mg_req_t *r);
 
 static mg_conn_t *mg_conns; /* every open connection, for a graceful stop */
@@ -231,19 +232,26 @@ static void mg_conn_fail(mg_conn_t *c, int status) {
     }
 }
 
-/* llhttp (8.1, even strict) takes a bare LF after the request line and
- * runs of spaces between its parts; RFC 9112 2.2 and 3 let a server refuse
- * both, and a proxy must, since the upstream may split the message
- * differently. Scans head bytes only: the empty lines a client may send
- * first (2.2), the request line, then the header lines up to the blank
- * line. Returns -1 on a bare LF or two spaces in the request line. */
+/* llhttp (8.1, even strict) takes a bare LF after the request line, runs
+ * of spaces between its parts, bare CRs before the request line and a
+ * request line with no version (HTTP/0.9, which it then reports as a
+ * version to refuse with 505); RFC 9112 2.2 and 3 let a server refuse all
+ * of them with 400, and a proxy must, since the upstream may split the
+ * message differently. Scans head bytes only: the empty lines a client may
+ * send first (2.2), the request line, then the header lines up to the
+ * blank line. Returns -1 on a bare LF, a bare CR, two spaces in a row or
+ * other than three parts in the request line. */
 static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n) {
     for (size_t i = 0; i < n && !x->scan_done; i++) {
         char ch = p[i];
+        if (x->scan_prev == '\r' && ch != '\n')
+            return -1;
         if (ch == '\n') {
             if (x->scan_prev != '\r')
                 return -1;
             if (x->scan_rl == 1) { /* the request line ends */
+                if (x->scan_sp != 2)
+                    return -1;
                 x->scan_rl = 2;
                 x->scan_nl = 1;
             } else if (x->scan_rl == 2 && ++x->scan_nl == 2) {
@@ -252,7 +260,7 @@ static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n) {
         } else if (ch != '\r') {
             if (x->scan_rl == 0)
                 x->scan_rl = 1;
-            else if (x->scan_rl == 1 && ch == ' ' && x->scan_prev == ' ')
+            else if (x->scan_rl == 1 && ch == ' ' && (x->scan_prev == ' ' || ++x->scan_sp > 2))
                 return -1;
             x->scan_nl = 0;
         }
@@ -296,13 +304,20 @@ static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len) {
     mg_conn_fail(c, X(c)->err_status ? X(c)->err_status : 400);
 }
 
+/* Bytes left in the socket when reading stopped bring no new edge, but
+ * event_add is an EPOLL_CTL_ADD or _MOD right away (no changelist: see
+ * event_base_new), and epoll reports a socket already readable then. */
 void mg_conn_read_enable(mg_conn_t *c, int on) {
     if (on && c->rd_off && !X(c)->dead) {
         event_add(&c->rev, NULL);
         c->rd_off = 0;
+        if (c->tmode == MG_T_BODY)
+            mg_conn_arm(c, MG_T_BODY); /* the body clock runs again */
     } else if (!on && !c->rd_off) {
         event_del(&c->rev);
         c->rd_off = 1;
+        if (c->tmode == MG_T_BODY)
+            event_del(&c->tev); /* our pause, not the client's */
     }
 }
 
@@ -357,7 +372,8 @@ void mg_log_redact_query(char *path) {
 }
 
 static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
-    if (r->resp_close || !r->keep_alive)
+    /* a half-closed client still gets the answers to what it pipelined */
+    if (r->resp_close || !r->keep_alive || (X(c)->eof && c->in_len == 0))
         c->closing = 1;
     if (r->gen->access_log) {
         char line[1024], path[400];
@@ -386,9 +402,21 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
         mg_lua_log(r, (mg_now() - r->t_start) * 1000.0);
     c->req = NULL;
     c->nreq++;
-    X(c)->scan_done = X(c)->scan_nl = X(c)->scan_rl = 0;
+    X(c)->scan_done = X(c)->scan_nl = X(c)->scan_rl = X(c)->scan_sp = 0;
     X(c)->scan_prev = 0;
     mg_req_free(r);
+}
+
+/* The client's EOF is read: a request it left unfinished ends here. */
+static void mg_conn_at_eof(mg_conn_t *c) {
+    if (c->req && c->req->state != MG_REQ_DONE) {
+        if (llhttp_finish(&c->parser) != HPE_OK || c->req->state != MG_REQ_DONE) {
+            if (c->req->state == MG_REQ_HEAD)
+                mg_conn_fail(c, 400);
+            else
+                mg_conn_fail(c, c->req->resp_started ? -1 : 400);
+        }
+    }
 }
 
 static void mg_conn_advance(mg_conn_t *c) {
@@ -423,6 +451,9 @@ static void mg_conn_advance(mg_conn_t *c) {
             c->in_len = c->in_cap = 0;
             mg_conn_exec(c, data, len);
             free(data);
+            /* pipelined input after the EOF: nothing more will come */
+            if (X(c)->eof && !X(c)->dead && c->in_len == 0)
+                mg_conn_at_eof(c);
         }
     }
     if (X(c)->dead)
@@ -430,6 +461,11 @@ static void mg_conn_advance(mg_conn_t *c) {
     if (c->req == NULL) {
         if (c->closing) {
             mg_conn_flush(c);
+            if (!X(c)->dead && evbuffer_get_length(c->out) == 0 && X(c)->eof) {
+                /* the client's end is read: nothing left to linger for */
+                mg_conn_close_later(c);
+                return;
+            }
             if (!X(c)->dead && evbuffer_get_length(c->out) == 0) {
                 /* lingering close: stop sending, drain input briefly so a
                  * reset does not destroy the response in flight */
@@ -548,6 +584,11 @@ void mg_conn_arm(mg_conn_t *c, int mode) {
     case MG_T_HEADER: ms = g->timeouts.header; break;
     case MG_T_IDLE: ms = g->timeouts.idle; break;
     case MG_T_READ: ms = g->timeouts.read; break;
+    case MG_T_BODY: /* the gap between body bytes: the tighter of body and read */
+        ms = g->timeouts.body;
+        if (g->timeouts.read > 0 && (ms == 0 || g->timeouts.read < ms))
+            ms = g->timeouts.read;
+        break;
     case MG_T_WRITE: ms = g->timeouts.write; break;
     case MG_T_LINGER: ms = 2000; break;
     default: break;
@@ -573,6 +614,13 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
         return;
     }
     switch (c->tmode) {
+    case MG_T_BODY:
+        if (c->req && c->req->state == MG_REQ_BODY) {
+            mg_conn_fail(c, c->req->resp_started ? -1 : 408);
+            mg_conn_advance(c);
+            return;
+        }
+        break;
     case MG_T_HEADER:
     case MG_T_READ:
         if (c->req && !c->req->resp_started && c->req->state != MG_REQ_DONE) {
@@ -596,8 +644,15 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
-/* One read. Returns 1 when the socket may hold more (edge-triggered:
- * keep reading until a short read), 0 when done or the connection went. */
+/* One read. Returns 1 when the socket may hold more, 0 when done or the
+ * connection went. Edge-triggered: a short read ends the edge, unless
+ * EPOLLRDHUP (EV_CLOSED) said the peer's FIN is queued behind the data;
+ * then read on to the EOF, which no later edge would announce. That costs
+ * no syscall on a keep-alive request (reading until EAGAIN would cost one
+ * recv per request). A reset comes as EPOLLHUP|EPOLLERR, which libevent
+ * turns into EV_READ without EV_CLOSED: a reset alone is its own edge and
+ * read at once (recv fails); one queued behind data fails the next write,
+ * or the next read once the request is answered. */
 static int mg_conn_read_once(mg_conn_t *c, int fd) {
     ssize_t n;
 
@@ -620,39 +675,37 @@ static int mg_conn_read_once(mg_conn_t *c, int fd) {
          * half-closed and still waits for its answer */
         X(c)->eof = 1;
         mg_conn_read_enable(c, 0);
-        if (c->req == NULL && c->in_len == 0) {
+        if (c->req == NULL && c->in_len == 0 && evbuffer_get_length(c->out) == 0) {
             mg_conn_free(c);
             return 0;
         }
-        if (c->req && c->req->state != MG_REQ_DONE) {
-            if (llhttp_finish(&c->parser) != HPE_OK || c->req->state != MG_REQ_DONE) {
-                if (c->req->state == MG_REQ_HEAD)
-                    mg_conn_fail(c, 400);
-                else
-                    mg_conn_fail(c, c->req->resp_started ? -1 : 400);
-            }
-        }
-        c->closing = c->req == NULL ? 1 : c->closing;
+        mg_conn_at_eof(c);
+        /* a response still in flight is flushed first (RFC 9112 9.6) */
+        c->closing = c->req == NULL && c->in_len == 0 ? 1 : c->closing;
         mg_conn_advance(c);
         return 0;
     }
-    if (c->tmode == MG_T_READ)
-        mg_conn_arm(c, MG_T_READ);
+    if (c->tmode == MG_T_READ || c->tmode == MG_T_BODY)
+        mg_conn_arm(c, c->tmode);
     if (c->paused || c->closing) {
         if (!c->closing)
             mg_conn_save_input(c, mg_worker.scratch, n);
-        return (size_t)n == sizeof(mg_worker.scratch) && !X(c)->dead && !c->rd_off;
+    } else {
+        if (c->req == NULL && c->tmode == MG_T_IDLE)
+            mg_conn_arm(c, MG_T_HEADER);
+        mg_conn_exec(c, mg_worker.scratch, n);
+        mg_conn_advance(c);
     }
-    if (c->req == NULL && c->tmode == MG_T_IDLE)
-        mg_conn_arm(c, MG_T_HEADER);
-    mg_conn_exec(c, mg_worker.scratch, n);
-    mg_conn_advance(c);
-    return (size_t)n == sizeof(mg_worker.scratch) && !X(c)->dead && !c->rd_off;
+    if (X(c)->dead || c->rd_off)
+        return 0;
+    return (size_t)n == sizeof(mg_worker.scratch) || X(c)->rdhup;
 }
 
 static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg) {
-    (void)what;
-    while (mg_conn_read_once(arg, fd))
+    mg_conn_t *c = arg;
+    if (what & EV_CLOSED)
+        X(c)->rdhup = 1;
+    while (mg_conn_read_once(c, fd))
         ;
 }
 
@@ -702,7 +755,8 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
                   sizeof(c->peer_ip));
     llhttp_init(&c->parser, HTTP_REQUEST, &mg_http_settings);
     c->parser.data = c;
-    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_PERSIST | EV_ET, mg_conn_read_cb, c);
+    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_CLOSED | EV_PERSIST | EV_ET,
+                 mg_conn_read_cb, c);
     event_assign(&c->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_conn_write_cb, c);
     evtimer_assign(&c->tev, mg_worker.base, mg_conn_timer_cb, c);
     event_add(&c->rev, NULL);

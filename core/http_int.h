@@ -8,7 +8,7 @@
 
 #include "mg.h"
 
-enum { MG_T_NONE, MG_T_HEADER, MG_T_IDLE, MG_T_READ, MG_T_WRITE, MG_T_LINGER };
+enum { MG_T_NONE, MG_T_HEADER, MG_T_IDLE, MG_T_READ, MG_T_BODY, MG_T_WRITE, MG_T_LINGER };
 
 /* extra connection state kept beside the public struct */
 typedef struct {
@@ -17,6 +17,7 @@ typedef struct {
     int dead;               /* free at the next loop turn */
     int lingering;          /* response sent, discarding input until EOF */
     int eof;                /* client half-closed */
+    int rdhup;              /* EV_CLOSED seen: the end is queued, read it (see read_cb) */
     int err_status;         /* status to answer when the parser stops on error */
     int upgrade;            /* parser paused for an upgrade: close after response */
     int handoff;            /* WebSocket: the socket goes to ws_http.c */
@@ -24,6 +25,7 @@ typedef struct {
     int scan_done;          /* the request head was checked for bare LF */
     int scan_nl;            /* CRLFs in a row */
     int scan_rl;            /* 0 before the request line, 1 in it, 2 after */
+    int scan_sp;            /* spaces in the request line: exactly 2 */
     char scan_prev;
     const char *val_end; /* end of the last header value piece */
 } mg_xconn_t;

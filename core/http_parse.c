@@ -231,6 +231,10 @@ static int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
         return 400;
     if (te && p->http_minor == 0)
         return 400; /* RFC 9112 6.1: faulty framing from a 1.0 client */
+    /* chunked not last: llhttp refuses it too, but only after this
+     * callback, when the request has been routed and may be on its way */
+    if (te && !(p->flags & F_CHUNKED) && !te_501)
+        return 400; /* RFC 9112 6.3 */
     if (te_501)
         return 501; /* RFC 9112 6.1: a coding we do not implement */
     if (p->method == HTTP_CONNECT)
@@ -360,6 +364,9 @@ static int mg_http_on_headers_complete(llhttp_t *p) {
 
 void mg_http_dispatch(mg_req_t *r) {
     mg_conn_t *c = r->conn;
+    /* a body to come: bound the gap between its bytes, whatever `read` is */
+    if (r->state == MG_REQ_BODY && (r->clen > 0 || r->chunked))
+        mg_conn_arm(c, MG_T_BODY);
     if (r->route->ws) {
         mg_http_ws_route(r);
         return;
@@ -400,6 +407,8 @@ static int mg_http_on_message_complete(llhttp_t *p) {
     mg_conn_t *c = p->data;
     mg_req_t *r = c->req;
     r->state = MG_REQ_DONE;
+    if (c->tmode == MG_T_BODY)
+        mg_conn_arm(c, MG_T_NONE);
     if (r->ux)
         mg_proxy_body_end(r);
     else if (r->co)

@@ -25,6 +25,23 @@ static const char *mg_http_date(size_t *len) {
     return buf;
 }
 
+int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vlen) {
+    if (nlen == 0)
+        return 0;
+    for (size_t i = 0; i < nlen; i++) {
+        unsigned char ch = name[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch > 0x20 && ch < 0x7f && strchr("!#$%&'*+-.^_`|~", ch))))
+            return 0;
+    }
+    for (size_t i = 0; i < vlen; i++) {
+        unsigned char ch = value[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
 void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen) {
     mg_conn_t *c = r->conn;
     char line[160];
@@ -44,7 +61,8 @@ void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, i
                 r->resp_close = 1;
         }
     }
-    if (X(c)->upgrade || X(c)->eof || mg_worker.stopping)
+    /* a half-closed client: close after this answer, unless it pipelined more */
+    if (X(c)->upgrade || (X(c)->eof && c->in_len == 0) || mg_worker.stopping)
         r->resp_close = 1;
     /* built by hand: this runs once per response */
     text = mg_status_text(status);

@@ -533,8 +533,7 @@ static int mg_req_set(lua_State *L, int resp) {
     } else if (!lua_isnil(L, 3)) {
         v = luaL_checklstring(L, 3, &vl);
     }
-    if (nl == 0 || strpbrk(n, "\r\n: \t") || nl != strlen(n) ||
-        (v && (memchr(v, '\r', vl) || memchr(v, '\n', vl) || memchr(v, '\0', vl))))
+    if (!mg_http_field_ok(n, nl, v, v ? vl : 0))
         return luaL_error(L, "bad header %s", n);
     if (r == NULL)
         return luaL_error(L, "req: %s after the request went on", n);

@@ -279,6 +279,7 @@ static int mg_core_http_request(lua_State *L) {
     int stream = lua_toboolean(L, 9);
     mg_upstream_t *up = NULL;
     struct evbuffer *h;
+    const char *bad;
     int has_ctype = 0;
     char hostport[96];
 
@@ -318,7 +319,10 @@ static int mg_core_http_request(lua_State *L) {
     h = evbuffer_new();
     mg_peer_str(up->peers[0], hostport, sizeof(hostport));
     evbuffer_add_printf(h, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, hostport);
-    mg_lua_header_lines(L, 5, h, &has_ctype);
+    if ((bad = mg_lua_header_lines(L, 5, h, &has_ctype)) != NULL) {
+        evbuffer_free(h);
+        return luaL_error(L, "moongate.http.request: bad header %s", bad);
+    }
     if (co->req)
         evbuffer_add_printf(h, "X-Request-Id: %s\r\n", co->req->request_id);
     if (body)

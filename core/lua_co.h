@@ -56,7 +56,10 @@ void mg_co_pool_free(mg_gen_t *gen);
 mg_req_t *mg_co_req(lua_State *L, const char *what); /* the running handler's request */
 void mg_push_lower(lua_State *L, const char *s, size_t len);
 /* Header lines "Name: value\r\n" from the table at idx into out. */
-void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype);
+/* Appends the table at idx as header lines; NULL, or the name (a copy, at
+ * most 63 bytes) of the first bad header, for the caller to free its buffer
+ * and raise. */
+const char *mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype);
 /* Each adds its functions to the moongate.core table on the stack's top. */
 void mg_lua_inject_resp_api(lua_State *L);   /* lua_resp.c */
 void mg_lua_inject_client_api(lua_State *L); /* lua_client.c */

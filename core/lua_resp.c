@@ -107,10 +107,13 @@ void mg_lua_client_gone(mg_req_t *r) {
 
 /* ---- response ---- */
 
-/* Appends "Name: value\r\n" lines from the table at idx; refuses CR/LF. */
-void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype) {
+/* Appends "Name: value\r\n" lines from the table at idx; refuses a name
+ * that is not a token and control characters (CR, LF, ...) in a value.
+ * Returns instead of raising, so that no caller's buffer leaks. */
+const char *mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype) {
+    static char bad[64];
     if (!lua_istable(L, idx))
-        return;
+        return NULL;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         size_t nl, vl;
@@ -118,9 +121,11 @@ void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_c
         lua_pushvalue(L, -2);
         n = lua_tolstring(L, -1, &nl);
         v = lua_tolstring(L, -2, &vl);
-        if (n == NULL || v == NULL || nl == 0 || strpbrk(n, "\r\n: \t") || memchr(v, '\r', vl) ||
-            memchr(v, '\n', vl) || memchr(v, '\0', vl))
-            luaL_error(L, "bad response header %s", n ? n : "?");
+        if (n == NULL || v == NULL || !mg_http_field_ok(n, nl, v, vl)) {
+            snprintf(bad, sizeof(bad), "%s", n ? n : "?");
+            lua_pop(L, 3);
+            return bad;
+        }
         if (mg_http_hop_by_hop(n, nl)) {
             lua_pop(L, 2);
             continue;
@@ -135,6 +140,7 @@ void mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_c
         evbuffer_add(out, "\r\n", 2);
         lua_pop(L, 2);
     }
+    return NULL;
 }
 
 /* res_send(status, body, headers, default_ctype) */
@@ -144,6 +150,7 @@ static int mg_core_res_send(lua_State *L) {
     size_t blen;
     const char *body = luaL_optlstring(L, 2, "", &blen);
     struct evbuffer *h;
+    const char *bad;
     int has_ctype = 0;
 
     if (status < 100 || status > 999)
@@ -151,7 +158,10 @@ static int mg_core_res_send(lua_State *L) {
     if (r->resp_started)
         return 0;
     h = evbuffer_new();
-    mg_lua_header_lines(L, 3, h, &has_ctype);
+    if ((bad = mg_lua_header_lines(L, 3, h, &has_ctype)) != NULL) {
+        evbuffer_free(h);
+        return luaL_error(L, "bad response header %s", bad);
+    }
     mg_lines_merge(h, &r->rxhdrs); /* req:set_response_header() in an access hook */
     if (mg_evlines_have(h, "content-type", 12))
         has_ctype |= 1;
@@ -183,7 +193,11 @@ static int mg_core_res_write(lua_State *L) {
     if (!r->resp_started) {
         struct evbuffer *h = evbuffer_new();
         int has_ctype = 0;
-        mg_lua_header_lines(L, 2, h, &has_ctype);
+        const char *bad = mg_lua_header_lines(L, 2, h, &has_ctype);
+        if (bad) {
+            evbuffer_free(h);
+            return luaL_error(L, "bad response header %s", bad);
+        }
         mg_lines_merge(h, &r->rxhdrs);
         if (!(has_ctype & 2))
             evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);

@@ -71,7 +71,7 @@ typedef struct {
 } mg_upstream_t;
 
 typedef struct {
-    int read, write, idle, header, drain; /* ms; 0 = none */
+    int read, write, idle, header, drain, body; /* ms; 0 = none */
 } mg_timeouts_t;
 
 typedef struct {
@@ -174,6 +174,7 @@ int mg_route_compile(mg_route_t *r, char *err, size_t errlen);
  * Params, if wanted, are filled as (name, value) slices of path. */
 mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *host, size_t hostlen,
                            const char *path, size_t pathlen, mg_kv_t *params, int *nparams);
+size_t mg_route_strip_len(const mg_route_t *rt, const char *path, size_t path_len);
 /* The server (route table) of this worker's listening socket `lidx`. */
 int mg_gen_server_of(mg_gen_t *gen, int lidx);
 
@@ -291,6 +292,9 @@ const char *mg_req_header(mg_req_t *r, const char *name, size_t *len);
 const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len);
 const char *mg_status_text(int status);
 int mg_http_hop_by_hop(const char *name, size_t len);
+/* A header a script sets: the name a token, the value free of control
+ * characters but HTAB (RFC 9110 5.1, 5.5). 1 if fine. */
+int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vlen);
 double mg_now(void);
 double mg_now_coarse(void); /* mg_now to the kernel's tick */
 /* Decimal digits of v into buf (no NUL); returns the length. */

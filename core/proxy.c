@@ -88,15 +88,7 @@ void mg_proxy_start(mg_req_t *r) {
         evbuffer_add(h, " ", 1);
     }
     if (rt->strip_prefix && rt->prefix) {
-        /* drop as many leading segments as the rule has */
-        size_t k = 0;
-        int segs = 0;
-        while (segs < rt->nsegs && k < r->path_len) {
-            k++;
-            while (k < r->path_len && url[k] != '/')
-                k++;
-            segs++;
-        }
+        size_t k = mg_route_strip_len(rt, url, r->path_len);
         url += k;
         url_len -= k;
         if (url_len == 0 || url[0] != '/')
@@ -197,8 +189,16 @@ void mg_proxy_body(mg_req_t *r, const char *data, size_t len) {
     } else {
         mg_ux_send(r->ux, data, len);
     }
-    if (r->ux && r->conn && mg_ux_pending(r->ux) > MG_HIGH_WATER)
-        mg_conn_read_enable(r->conn, 0); /* the upstream is slower than the client */
+    if (r->ux && r->conn) {
+        size_t left = mg_ux_pending(r->ux);
+        if (left > MG_HIGH_WATER)
+            mg_conn_read_enable(r->conn, 0); /* the upstream is slower than the client */
+        else if (left < MG_LOW_WATER)
+            /* drained by this send, not by the write callback: no on_drain
+             * will come to undo a stop made by an earlier chunk of this
+             * same read (a chunked body calls us once per chunk) */
+            mg_conn_read_enable(r->conn, 1);
+    }
 }
 
 void mg_proxy_body_end(mg_req_t *r) {

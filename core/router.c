@@ -148,3 +148,17 @@ int mg_gen_server_of(mg_gen_t *gen, int lidx) {
             return gen->listen[i].server;
     return -1; /* this listener's server is gone since a reload: no routes */
 }
+
+/* How many leading bytes of `path` (path_len bytes, no query) a
+ * strip_prefix route drops: as many segments as its rule has. */
+size_t mg_route_strip_len(const mg_route_t *rt, const char *path, size_t path_len) {
+    size_t k = 0;
+    int segs = 0;
+    while (segs < rt->nsegs && k < path_len) {
+        k++;
+        while (k < path_len && path[k] != '/')
+            k++;
+        segs++;
+    }
+    return k;
+}

@@ -73,8 +73,14 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
     if (wc->upstream_path) {
         path = wc->upstream_path;
         plen = strlen(path);
+    } else if (r->route->strip_prefix && r->route->prefix) {
+        size_t k = mg_route_strip_len(r->route, path, r->path_len);
+        path += k;
+        plen -= k;
     }
     evbuffer_add(h, "GET ", 4);
+    if (plen == 0 || path[0] != '/')
+        evbuffer_add(h, "/", 1);
     evbuffer_add(h, path, plen);
     if (wc->upstream_path && !strchr(wc->upstream_path, '?') && r->url_len > r->path_len)
         evbuffer_add(h, r->hbuf + r->path_len, r->url_len - r->path_len); /* the client's query */

@@ -237,7 +237,8 @@ debug.getregistry()["moongate.run_header_filter"] = function(list, status, lines
             local vals = type(v) == "table" and v or { v }
             for _, one in ipairs(vals) do
                 one = tostring(one)
-                if find(name, "[%c%s:]") or find(one, "[\r\n%z]") then
+                -- a token name; no control character but HTAB in a value (RFC 9110 5.5)
+                if not find(name, "^[%w!#$%%&'*+.^_`|~-]+$") or find(one, "[%z\1-\8\10-\31\127]") then
                     error("header_filter: bad header " .. name, 0)
                 end
                 add[#add + 1] = name .. ": " .. one .. "\r\n"

@@ -69,8 +69,8 @@ local DEFAULT_ROUTES = "scripts/routes.lua"
 local DEFAULT_LUA_PATH = { "scripts", "lib" }
 local MAX_WORKERS = 1024 -- core/mg.h
 
-local TIMEOUT_DEFAULTS = { read = 0, write = 0, idle = 3600, header = 30, drain = 10 }
-local TIMEOUT_ORDER = { "read", "write", "idle", "header", "drain" }
+local TIMEOUT_DEFAULTS = { read = 0, write = 0, idle = 3600, header = 30, drain = 10, body = 60 }
+local TIMEOUT_ORDER = { "read", "write", "idle", "header", "drain", "body" }
 
 local LIMIT_DEFAULTS = { header_size = 16384, header_count = 100, body_size = 1048576, websockets = 10000 }
 local LIMIT_ORDER = { "header_size", "header_count", "body_size", "websockets" }

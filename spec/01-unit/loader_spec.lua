@@ -109,7 +109,7 @@ describe("moongate.loader", function()
       assert.same({ dir .. "/scripts", dir .. "/lib" }, conf.lua_path)
       assert.is_true(conf.access_log)
       assert.equal("info", conf.log_level)
-      assert.same({ read = 0, write = 0, idle = 3600, header = 30, drain = 10 },
+      assert.same({ read = 0, write = 0, idle = 3600, header = 30, drain = 10, body = 60 },
                   conf.timeouts)
       assert.same({ header_size = 16384, header_count = 100, body_size = 1048576,
                     websockets = 10000 }, conf.limits)
@@ -131,7 +131,7 @@ return {
   log_level = "debug",
 }
 ]]))
-      assert.same({ read = 0, write = 0, idle = 60, header = 30, drain = 10 },
+      assert.same({ read = 0, write = 0, idle = 60, header = 30, drain = 10, body = 60 },
                   gen.conf.timeouts)
       assert.same({ header_size = 16384, header_count = 100, body_size = 0, websockets = 10000 },
                   gen.conf.limits)
@@ -297,6 +297,7 @@ return {
       { "workers = 5000", "workers: 5000 is too many" },
       { "timeouts = { read = -1 }", "timeouts.read: expected a non-negative number, got -1" },
       { "timeouts = { idle = 'x' }", "timeouts.idle: expected a non-negative number, got 'x'" },
+      { "timeouts = { body = -1 }", "timeouts.body: expected a non-negative number, got -1" },
       { "timeouts = { idle = 0/0 }", "timeouts.idle: expected a non-negative number" },
       { "timeouts = { idle = math.huge }", "timeouts.idle: expected a non-negative number" },
       { "timeouts = 5", "timeouts: expected a table, got number" },
@@ -1019,7 +1020,7 @@ return {
       local conf = gen.conf
       assert.same({ { host = "127.0.0.1", port = 8080 } }, conf.listen)
       assert.equal(2, conf.workers)
-      assert.same({ read = 0, write = 0, idle = 3600, header = 30, drain = 10 }, conf.timeouts)
+      assert.same({ read = 0, write = 0, idle = 3600, header = 30, drain = 10, body = 60 }, conf.timeouts)
       assert.equal("runtime", conf.upstreams[1].name)
       assert.same({ { host = "127.0.0.1", port = 9001, url = "http://127.0.0.1:9001" } },
                   conf.upstreams[1].servers)

@@ -72,6 +72,7 @@ return {
   { prefix = "/tundead", upstream = "dead", websocket = { mode = "tunnel" } },
 
   { prefix = "/relay-default", upstream = "wsup", websocket = { mode = "relay" } },
+  { prefix = "/relay-strip", upstream = "wsup", strip_prefix = true, websocket = { mode = "relay" } },
   { path = "/relay/echo", upstream = "wsup",
     websocket = { mode = "relay", upstream_path = "/echo", heartbeat = { interval = 0 } } },
   { path = "/relay/headers", upstream = "wsup",
@@ -433,6 +434,13 @@ describe("websocket modes", function()
             local m = assert(c:read_message(3, { skip_heartbeats = true }))
             local seen = json.decode(m.data)
             assert.equal("/relay-default/headers?x=1&y=two", seen.path)
+            c:close()
+        end)
+
+        it("strips the matched prefix upstream when the route says strip_prefix", function()
+            local c = ws.connect(mg.port, "/relay-strip/headers?x=1")
+            local m = assert(c:read_message(3, { skip_heartbeats = true }))
+            assert.equal("/headers?x=1", json.decode(m.data).path)
             c:close()
         end)
 
