@@ -189,16 +189,10 @@ void mg_proxy_body(mg_req_t *r, const char *data, size_t len) {
     } else {
         mg_ux_send(r->ux, data, len);
     }
-    if (r->ux && r->conn) {
-        size_t left = mg_ux_pending(r->ux);
-        if (left > MG_HIGH_WATER)
-            mg_conn_read_enable(r->conn, 0); /* the upstream is slower than the client */
-        else if (left < MG_LOW_WATER)
-            /* drained by this send, not by the write callback: no on_drain
-             * will come to undo a stop made by an earlier chunk of this
-             * same read (a chunked body calls us once per chunk) */
-            mg_conn_read_enable(r->conn, 1);
-    }
+    /* the upstream is slower than the client; on_drain resumes, also when a
+     * later send of the same read (one per chunk) empties the buffer */
+    if (r->ux && r->conn && mg_ux_pending(r->ux) > MG_HIGH_WATER)
+        mg_conn_read_enable(r->conn, 0);
 }
 
 void mg_proxy_body_end(mg_req_t *r) {
