@@ -645,14 +645,17 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 /* One read. Returns 1 when the socket may hold more, 0 when done or the
- * connection went. Edge-triggered: a short read ends the edge, unless
- * EPOLLRDHUP (EV_CLOSED) said the peer's FIN is queued behind the data;
- * then read on to the EOF, which no later edge would announce. That costs
- * no syscall on a keep-alive request (reading until EAGAIN would cost one
- * recv per request). A reset comes as EPOLLHUP|EPOLLERR, which libevent
- * turns into EV_READ without EV_CLOSED: a reset alone is its own edge and
- * read at once (recv fails); one queued behind data fails the next write,
- * or the next read once the request is answered. */
+ * connection went. The read event is level-triggered, as the upstream and
+ * WebSocket ones are: a short read ends the callback, and whatever is still
+ * pending (more data, the EOF, a reset queued behind the request, which
+ * libevent reports as plain EV_READ) is reported again by the next
+ * epoll_wait, at no syscall on an ordinary keep-alive request (reading
+ * until EAGAIN would cost one recv per request). So a client that resets
+ * while its request waits on a slow handler or upstream is gone at once
+ * (the target is told), not when the answer's write fails. Reading that
+ * stops on purpose (pipelined input saved, EOF, closing) removes the event
+ * (mg_conn_read_enable), so nothing spins. EV_CLOSED still marks a FIN
+ * queued behind the data: read on to it in the same callback. */
 static int mg_conn_read_once(mg_conn_t *c, int fd) {
     ssize_t n;
 
@@ -755,8 +758,7 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
                   sizeof(c->peer_ip));
     llhttp_init(&c->parser, HTTP_REQUEST, &mg_http_settings);
     c->parser.data = c;
-    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_CLOSED | EV_PERSIST | EV_ET,
-                 mg_conn_read_cb, c);
+    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_CLOSED | EV_PERSIST, mg_conn_read_cb, c);
     event_assign(&c->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_conn_write_cb, c);
     evtimer_assign(&c->tev, mg_worker.base, mg_conn_timer_cb, c);
     event_add(&c->rev, NULL);

@@ -58,6 +58,10 @@ return {
       require("moongate").sleep(0.2)
       return 200, "slow\n"
   end },
+  { path = "/sleep5", handler = function()
+      require("moongate").sleep(5)
+      return 200, "late\n"
+  end },
 }
 ]=],
         })
@@ -166,6 +170,33 @@ return {
         end, 5)
         assert.equal("ok", ok, fmt("worker holds %d descriptors, %d before", fd_count(worker), base))
         assert.equal(0, ss_count(mg.port, "close-wait"))
+    end)
+    -- A reset queued behind the request in the same epoll edge (the worker
+    -- is stopped by PID while both arrive, so they always do): the read
+    -- event is level-triggered, so the reset is read as soon as the worker
+    -- runs, and the connection goes while its handler still sleeps, not 5 s
+    -- later when the answer's write would fail.
+    it("lets go of a client that resets behind its request while a handler waits", function()
+        local worker = assert(mg:workers()[1])
+        local base = fd_count(worker)
+        assert(helpers.kill(worker, "STOP"))
+        local ok, err = pcall(function()
+            for _ = 1, 20 do
+                local c = assert(helpers.connect(mg.port))
+                c:setoption("linger", { on = true, timeout = 0 })
+                c:send("GET /sleep5 HTTP/1.1\r\nHost: x\r\n\r\n")
+                c:close()
+            end
+            helpers.sleep(0.2)
+        end)
+        assert(helpers.kill(worker, "CONT"))
+        assert(ok, err)
+        local t0 = helpers.now()
+        local gone = helpers.wait_until(function()
+            return fd_count(worker) <= base and "ok"
+        end, 2.5)
+        assert.equal("ok", gone, fmt("worker holds %d descriptors, %d before, %.1f s on",
+            fd_count(worker), base, helpers.now() - t0))
     end)
 end)
 
