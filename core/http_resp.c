@@ -123,11 +123,9 @@ void mg_resp_end(mg_req_t *r) {
 }
 
 void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const char *extra) {
-    char body[600], esc[400], hdrs[300];
+    char body[600], hdrs[300];
     int n, hl;
-    mg_json_escape(esc, sizeof(esc), msg);
-    n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"request_id\":\"%s\"}\n", esc,
-                 r->request_id);
+    n = mg_json_error_body(body, sizeof(body), msg, r->request_id);
     hl = snprintf(hdrs, sizeof(hdrs), "Content-Type: application/json\r\n%s", extra);
     if (status >= 400 && r->state != MG_REQ_DONE)
         r->resp_close = 1; /* the unread body would be taken for a request */

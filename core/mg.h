@@ -301,6 +301,7 @@ double mg_now_coarse(void); /* mg_now to the kernel's tick */
 size_t mg_utoa(char *buf, uint64_t v);
 /* Escapes s for a JSON string (ASCII out) into out (cap bytes, NUL ended). */
 size_t mg_json_escape(char *out, size_t cap, const char *s);
+int mg_json_error_body(char *out, size_t cap, const char *msg, const char *request_id);
 /* http.c: credentials in a request target's query become "-" for the
  * access log (also used by the WebSocket sessions' lines). In place. */
 void mg_log_redact_query(char *path);

@@ -144,6 +144,17 @@ size_t mg_json_escape(char *out, size_t cap, const char *s) {
     return o;
 }
 
+/* The JSON error body every refusal sends, `{"error":msg,"request_id":id}`
+ * and a newline, msg escaped. Returns its length (< cap, NUL-terminated;
+ * an over-long msg is cut, never the closing brace). */
+int mg_json_error_body(char *out, size_t cap, const char *msg, const char *request_id) {
+    char esc[400];
+    int n;
+    mg_json_escape(esc, sizeof(esc), msg);
+    n = snprintf(out, cap, "{\"error\":\"%s\",\"request_id\":\"%s\"}\n", esc, request_id);
+    return n < 0 ? 0 : (size_t)n < cap ? n : (int)cap - 1;
+}
+
 int mg_lines_add(mg_lines_t *l, const char *s, size_t n) {
     if (l->len + n > l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 256;

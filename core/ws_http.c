@@ -256,15 +256,14 @@ static void mg_wsp_on_done(void *ud) {
 
 static void mg_wsp_on_error(void *ud, int status, const char *msg) {
     mg_wsp_t *p = ud;
-    char body[300], head[200];
+    char body[600], head[200];
     int bl, hl;
     if (mg_wsp_body)
         evbuffer_drain(mg_wsp_body, evbuffer_get_length(mg_wsp_body));
     if (status == 0)
         status = 502;
     mg_warn("request %s: websocket upstream: %s (%d)", p->request_id, msg, status);
-    bl = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"request_id\":\"%s\"}\n", msg,
-                  p->request_id);
+    bl = mg_json_error_body(body, sizeof(body), msg, p->request_id);
     hl = snprintf(head, sizeof(head),
                   "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                   "Connection: close\r\n\r\n",
