@@ -74,6 +74,30 @@ static char *mg_gen_field_str(lua_State *L, int idx, const char *k) {
     return v;
 }
 
+/* Appends the addresses in the list at the top of L (the loader's
+ * { {host=, port=}, ... }: it wrote every field and the defaults) to
+ * g->listen, for route table `server` (0 = the main one). */
+static int mg_gen_add_listen(mg_gen_t *g, lua_State *L, int server) {
+    int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    mg_addr_t *a = realloc(g->listen, sizeof(mg_addr_t) * (g->nlisten + n + 1));
+    if (a == NULL)
+        return MG_ERR;
+    g->listen = a;
+    for (int k = 1; k <= n; k++) {
+        mg_addr_t *x = &g->listen[g->nlisten++];
+        char *h;
+        lua_rawgeti(L, -1, k);
+        memset(x, 0, sizeof(*x));
+        h = mg_gen_field_str(L, lua_gettop(L), "host");
+        snprintf(x->host, sizeof(x->host), "%s", h ? h : "");
+        free(h);
+        x->port = mg_gen_field_int(L, lua_gettop(L), "port", 0);
+        x->server = server;
+        lua_pop(L, 1);
+    }
+    return MG_OK;
+}
+
 static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     int i, n;
 
@@ -134,20 +158,8 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
         g->limits.header_count = 1;
 
     lua_getfield(L, conf, "listen");
-    n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
-    g->listen = calloc(n ? n : 1, sizeof(mg_addr_t));
-    for (i = 1; i <= n; i++) {
-        int t;
-        char *h;
-        lua_rawgeti(L, -1, i);
-        t = lua_gettop(L);
-        h = mg_gen_field_str(L, t, "host");
-        snprintf(g->listen[g->nlisten].host, sizeof(g->listen[0].host), "%s", h ? h : "127.0.0.1");
-        free(h);
-        g->listen[g->nlisten].port = mg_gen_field_int(L, t, "port", 8080);
-        g->nlisten++;
-        lua_pop(L, 1);
-    }
+    if (mg_gen_add_listen(g, L, 0) != MG_OK)
+        return MG_ERR;
     lua_pop(L, 1);
 
     lua_getfield(L, conf, "upstreams");
@@ -368,7 +380,7 @@ static int mg_gen_read_routes(mg_gen_t *g, lua_State *L, int routes, int server,
 
 /* conf.servers: more listeners, each with its own route table. */
 static int mg_gen_read_servers(mg_gen_t *g, lua_State *L, int genidx, char *err, size_t errlen) {
-    int i, n, k, nl;
+    int i, n;
     lua_getfield(L, genidx, "servers");
     n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
     for (i = 1; i <= n; i++) {
@@ -376,18 +388,9 @@ static int mg_gen_read_servers(mg_gen_t *g, lua_State *L, int genidx, char *err,
         lua_rawgeti(L, -1, i);
         t = lua_gettop(L);
         lua_getfield(L, t, "listen");
-        nl = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
-        g->listen = realloc(g->listen, sizeof(mg_addr_t) * (g->nlisten + nl + 1));
-        for (k = 1; k <= nl; k++) {
-            char *h;
-            mg_addr_t *a = &g->listen[g->nlisten++];
-            lua_rawgeti(L, -1, k);
-            h = mg_gen_field_str(L, lua_gettop(L), "host");
-            snprintf(a->host, sizeof(a->host), "%s", h ? h : "127.0.0.1");
-            free(h);
-            a->port = mg_gen_field_int(L, lua_gettop(L), "port", 0);
-            a->server = i;
-            lua_pop(L, 1);
+        if (mg_gen_add_listen(g, L, i) != MG_OK) {
+            snprintf(err, errlen, "out of memory");
+            return MG_ERR;
         }
         lua_pop(L, 1);
         lua_getfield(L, t, "routes");
@@ -478,7 +481,10 @@ mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err
     lua_pop(L, 1);
     genidx = lua_gettop(L);
     lua_getfield(L, genidx, "conf");
-    mg_gen_read_conf(g, L, lua_gettop(L));
+    if (mg_gen_read_conf(g, L, lua_gettop(L)) != MG_OK) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     lua_pop(L, 1);
     lua_getfield(L, genidx, "routes");
     if (!lua_istable(L, -1)) {
