@@ -47,6 +47,9 @@ const char *mg_lib_dir(void) {
     return dir;
 }
 
+/* Field readers. The loader (lib/moongate/loader.lua, routes.lua) writes
+ * every field with its default, so the defaults live there only: `dflt` is
+ * what an absent field reads as (0, or a position), never a second copy. */
 static int mg_gen_field_int(lua_State *L, int idx, const char *k, int dflt) {
     int v = dflt;
     lua_getfield(L, idx, k);
@@ -114,7 +117,7 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     }
     lua_pop(L, 1);
 
-    g->workers = mg_gen_field_int(L, conf, "workers", 1);
+    g->workers = mg_gen_field_int(L, conf, "workers", 0);
     lua_getfield(L, conf, "max_open_files");
     g->max_open_files = lua_isnumber(L, -1) ? (long long)lua_tonumber(L, -1) : 0;
     lua_pop(L, 1);
@@ -134,21 +137,21 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
         int t = lua_gettop(L);
         g->timeouts.read = mg_gen_field_ms(L, t, "read", 0);
         g->timeouts.write = mg_gen_field_ms(L, t, "write", 0);
-        g->timeouts.idle = mg_gen_field_ms(L, t, "idle", 3600000);
-        g->timeouts.header = mg_gen_field_ms(L, t, "header", 30000);
-        g->timeouts.drain = mg_gen_field_ms(L, t, "drain", 10000);
-        g->timeouts.body = mg_gen_field_ms(L, t, "body", 0); /* default: loader.lua */
+        g->timeouts.idle = mg_gen_field_ms(L, t, "idle", 0);
+        g->timeouts.header = mg_gen_field_ms(L, t, "header", 0);
+        g->timeouts.drain = mg_gen_field_ms(L, t, "drain", 0);
+        g->timeouts.body = mg_gen_field_ms(L, t, "body", 0);
     }
     lua_pop(L, 1);
 
     lua_getfield(L, conf, "limits");
     if (lua_istable(L, -1)) {
         int t = lua_gettop(L);
-        g->limits.header_size = (size_t)mg_gen_field_int(L, t, "header_size", 16384);
-        g->limits.header_count = mg_gen_field_int(L, t, "header_count", 100);
-        g->max_websockets = mg_gen_field_int(L, t, "websockets", 10000);
+        g->limits.header_size = (size_t)mg_gen_field_int(L, t, "header_size", 0);
+        g->limits.header_count = mg_gen_field_int(L, t, "header_count", 0);
+        g->max_websockets = mg_gen_field_int(L, t, "websockets", 0);
         lua_getfield(L, t, "body_size");
-        g->limits.body_size = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : 1048576;
+        g->limits.body_size = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : 0;
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -174,12 +177,12 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
         name = mg_gen_field_str(L, t, "name");
         snprintf(u->name, sizeof(u->name), "%s", name ? name : "?");
         free(name);
-        u->keepalive = mg_gen_field_int(L, t, "keepalive", 64);
-        u->connect_timeout = mg_gen_field_ms(L, t, "connect_timeout", 5000);
-        u->response_timeout = mg_gen_field_ms(L, t, "response_timeout", 60000);
-        u->body_timeout = mg_gen_field_ms(L, t, "body_timeout", 60000);
-        u->max_fails = mg_gen_field_int(L, t, "max_fails", 3);
-        u->fail_timeout = mg_gen_field_ms(L, t, "fail_timeout", 10000);
+        u->keepalive = mg_gen_field_int(L, t, "keepalive", 0);
+        u->connect_timeout = mg_gen_field_ms(L, t, "connect_timeout", 0);
+        u->response_timeout = mg_gen_field_ms(L, t, "response_timeout", 0);
+        u->body_timeout = mg_gen_field_ms(L, t, "body_timeout", 0);
+        u->max_fails = mg_gen_field_int(L, t, "max_fails", 0);
+        u->fail_timeout = mg_gen_field_ms(L, t, "fail_timeout", 0);
         lua_getfield(L, t, "servers");
         ns = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
         u->peers = calloc(ns ? ns : 1, sizeof(mg_peer_t *));
@@ -188,7 +191,7 @@ static int mg_gen_read_conf(mg_gen_t *g, lua_State *L, int conf) {
             int port;
             lua_rawgeti(L, -1, k);
             h = mg_gen_field_str(L, lua_gettop(L), "host");
-            port = mg_gen_field_int(L, lua_gettop(L), "port", 80);
+            port = mg_gen_field_int(L, lua_gettop(L), "port", 0);
             if (h)
                 u->peers[u->npeers++] = mg_peer_get(h, port);
             free(h);
@@ -247,7 +250,7 @@ static mg_ws_conf_t *mg_gen_read_ws(lua_State *L, int t) {
     lua_getfield(L, t, "heartbeat");
     hb = lua_gettop(L);
     if (lua_istable(L, hb)) {
-        w->hb_interval = mg_gen_field_ms(L, hb, "interval", 30000);
+        w->hb_interval = mg_gen_field_ms(L, hb, "interval", 0);
         w->hb_timeout = mg_gen_field_ms(L, hb, "timeout", 0);
         lua_getfield(L, hb, "message");
         w->hb_message = lua_toboolean(L, -1);
@@ -257,13 +260,13 @@ static mg_ws_conf_t *mg_gen_read_ws(lua_State *L, int t) {
     }
     lua_pop(L, 1);
     lua_getfield(L, t, "max_message");
-    w->max_message = lua_isnumber(L, -1) ? (uint64_t)lua_tonumber(L, -1) : 1048576;
+    w->max_message = lua_isnumber(L, -1) ? (uint64_t)lua_tonumber(L, -1) : 0;
     lua_getfield(L, t, "send_buffer");
-    w->send_buffer = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : 1048576;
+    w->send_buffer = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : 0;
     lua_getfield(L, t, "deflate");
     w->deflate = lua_toboolean(L, -1);
     lua_pop(L, 3);
-    w->idle = mg_gen_field_ms(L, t, "idle", 3600000);
+    w->idle = mg_gen_field_ms(L, t, "idle", 0);
     w->protocols = mg_gen_str_list(L, t, "protocols", &w->nprotocols);
     w->origins = mg_gen_str_list(L, t, "origins", &w->norigins);
     w->upstream_path = mg_gen_field_str(L, t, "upstream_path");
@@ -434,9 +437,6 @@ mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    g->timeouts = (mg_timeouts_t){0, 0, 3600000, 30000, 10000, 0};
-    g->limits = (mg_limits_t){16384, 100, 1048576};
-    g->max_websockets = 10000;
     g->log_level = -1;
     g->conf_file = strdup(conf_file);
     L = g->L = luaL_newstate();
