@@ -21,8 +21,6 @@ local execution = require "execution"
 local json = moongate.json
 local type = type
 local pairs = pairs
-local concat = table.concat
-local sort = table.sort
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -37,25 +35,9 @@ local function problem(req, status, code, message, extra)
 end
 _M.problem = problem
 
---- A handler that dispatches on the method: methods{ GET = f, POST = g }.
---- Another method: 405 JSON with Allow.
-function _M.methods(map)
-    local allow = {}
-    for m in pairs(map) do
-        allow[#allow + 1] = m
-    end
-    sort(allow)
-    allow = concat(allow, ", ")
-    return function(req, res)
-        local f = map[req.method]
-        if not f then
-            local st, body = problem(req, 405, "method_not_allowed",
-                req.method .. " is not allowed here", { allow = allow })
-            return st, body, { ["Content-Type"] = "application/json", Allow = allow }
-        end
-        return f(req, res)
-    end
-end
+--- The old name of moongate.methods (lib/moongate/init.lua), kept for
+--- scripts that still call gateway.methods{ GET = f, POST = g }.
+_M.methods = moongate.methods
 
 --- The JSON 404 for anything under /api no route serves. It names the
 --- path the client asked for and nothing behind the gateway.

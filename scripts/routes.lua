@@ -4,13 +4,14 @@
 -- the auth hook first (scripts/auth.lua). Edit, then `kill -HUP <master
 -- pid>`: new requests take the new table, open sockets keep theirs.
 -- Reference: docs/configuration.md, docs/websocket.md.
+local moongate = require "moongate"
 local auth = require "auth"
 local execution = require "execution"
 local gateway = require "gateway"
 local static = require "static"
 local config = require "gateway_config"
 
-local methods = gateway.methods
+local methods = moongate.methods
 local api = auth.access
 
 return {

@@ -21,6 +21,14 @@ local select = select
 local next = next
 local lower = string.lower
 local ipairs = ipairs
+local match = string.match
+local upper = string.upper
+local format = string.format
+local sort = table.sort
+local rawget = rawget
+local getfenv = getfenv
+local error = error
+local hints = require "moongate.hints"
 
 local _M = { _VERSION = core.version, core = core, json = cjson }
 
@@ -358,6 +366,193 @@ local log_mt = {
 _M.log = setmetatable({}, log_mt)
 for _, lvl in pairs({ "debug", "info", "warn", "error" }) do
     _M.log[lvl] = function(...) _M.log(lvl, ...) end
+end
+
+
+-- moongate.methods ----------------------------------------------------------
+--
+-- A handler that dispatches on the method. Checked when it is built, which
+-- for a routes file is load time (`moongate -t`, a reload): an error is
+-- raised at the caller's line, so the loader reports it as the routes
+-- file's `file:line: reason` like any other route error.
+
+-- An RFC 9110 token in upper case, as the route field `method` takes.
+local METHOD_TOKEN = "^[A-Z0-9!#$%%&'*+.^_`|~-]+$"
+
+-- The entries written in the constructor `{ ... }` starting at `pos` of
+-- `text`: a list of { key, expr }, or nil when it cannot be read. A
+-- heuristic over the source (strings, comments and nesting are skipped):
+-- it only adds detail to messages (a name set to nil, a name written
+-- twice), never refuses what the table itself shows to be right.
+local function written_entries(text, pos)
+    local block = match(text, "^%b{}", pos)
+    if not block then return nil end
+    local body = sub(block, 2, -2)
+    local out, depth, i, n, start = {}, 0, 1, #body, 1
+    local function entry(from, to)
+        local piece = sub(body, from, to)
+        local k, expr = match(piece, "^%s*([%a_][%w_]*)%s*=%s*(.-)%s*$")
+        if not k then
+            k, expr = match(piece, "^%s*%[%s*[\"']([^\"']*)[\"']%s*%]%s*=%s*(.-)%s*$")
+        end
+        if k and sub(expr, 1, 1) ~= "=" then out[#out + 1] = { k, expr } end
+    end
+    while i <= n do
+        local c = sub(body, i, i)
+        if c == "-" and sub(body, i + 1, i + 1) == "-" then
+            local nl = find(body, "\n", i, true)
+            body = sub(body, 1, i - 1) .. (nl and sub(body, nl) or "")
+            n = #body
+            i = i - 1
+        elseif c == "\"" or c == "'" then
+            local j = i + 1
+            while j <= n and sub(body, j, j) ~= c do
+                if sub(body, j, j) == "\\" then j = j + 1 end
+                j = j + 1
+            end
+            i = j
+        elseif c == "{" or c == "(" or c == "[" then
+            depth = depth + 1
+        elseif c == "}" or c == ")" or c == "]" then
+            depth = depth - 1
+            if depth < 0 then return nil end
+        elseif depth == 0 and (c == "," or c == ";") then
+            entry(start, i - 1)
+            start = i + 1
+        elseif match(body, "^%f[%w_]function%f[^%w_]", i) or match(body, "^%f[%w_]if%f[^%w_]", i)
+            or match(body, "^%f[%w_]do%f[^%w_]", i) then
+            -- a block (a function value, its if and loops): closed by `end`
+            depth = depth + 1
+        elseif match(body, "^%f[%w_]end%f[^%w_]", i) then
+            depth = depth - 1
+            if depth < 0 then return nil end
+        end
+        i = i + 1
+    end
+    if depth ~= 0 then return nil end
+    entry(start, n)
+    return out
+end
+
+-- What the caller (at `level`) wrote in its `name{ ... }` call, read from
+-- its file; nil when the call is not in a file or cannot be found there.
+local function caller_entries(level, map)
+    local info = debug.getinfo(level + 1, "Sl")
+    local name = debug.getinfo(level, "n").name
+    if not info or not name or sub(info.source, 1, 1) ~= "@" or info.currentline <= 0 then
+        return nil
+    end
+    local f = io.open(sub(info.source, 2), "rb")
+    if not f then return nil end
+    local text = f:read("*a")
+    f:close()
+    if not text then return nil end
+    local pos, line = 1, 1
+    while line < info.currentline do
+        pos = find(text, "\n", pos, true)
+        if not pos then return nil end
+        pos, line = pos + 1, line + 1
+    end
+    local eol = find(text, "\n", pos, true) or #text + 1
+    local pat = "%f[%w_]" .. gsub(name, "%W", "%%%0") .. "%s*%(?%s*()%{"
+    local from = pos
+    while true do
+        local brace = match(sub(text, from, eol), "^.-" .. pat)
+        if not brace then return nil end
+        brace = from + brace - 1
+        local got = written_entries(text, brace)
+        if got then
+            -- the call whose written names cover the table's
+            local written = {}
+            for _, e in ipairs(got) do written[e[1]] = true end
+            local covers = true
+            for k in pairs(map) do
+                if not written[k] then covers = false end
+            end
+            if covers then return got end
+        end
+        from = brace + 1
+    end
+end
+
+-- " (did you mean 'x'?)" for `a.b` where `a` is a table the caller sees.
+local function expr_hint(level, expr)
+    local base, field = match(expr, "^([%a_][%w_]*)%.([%a_][%w_]*)$")
+    if not base then return "" end
+    local t
+    for i = 1, 250 do
+        local k, v = debug.getlocal(level + 1, i)
+        if k == nil then break end
+        if k == base then t = v end
+    end
+    if t == nil then t = rawget(getfenv(level + 1), base) end
+    if type(t) ~= "table" then return "" end
+    local names = {}
+    for k, v in pairs(t) do
+        if type(k) == "string" and type(v) == "function" then names[k] = true end
+    end
+    return hints.suggestion(field, names)
+end
+
+--- methods{ GET = f, POST = g }: a handler that calls the function of the
+--- request's method, and answers any other with 405, a JSON body and a
+--- sorted Allow header. HEAD is a method like the others (list it to serve
+--- it). Refuses, at the caller's line, a name that is not an upper-case
+--- token, a handler that is not a function (a nil one: a typo in its
+--- name), a name written twice, and an empty table.
+function _M.methods(map)
+    if type(map) ~= "table" then
+        error(format("methods: expected a table { GET = handler, ... }, got %s", type(map)), 2)
+    end
+    local allow = {}
+    for m, f in pairs(map) do
+        if type(m) ~= "string" then
+            error(format("methods: expected METHOD = handler, found key [%s] (%s)",
+                tostring(m), type(f)), 2)
+        end
+        if upper(m) ~= m then
+            error(format("methods: method '%s' must be upper-case", m), 2)
+        end
+        if not find(m, METHOD_TOKEN) then
+            error(format("methods: method '%s' is not a valid method token", m), 2)
+        end
+        if type(f) ~= "function" then
+            error(format("methods: %s: expected a function, got %s", m, type(f)), 2)
+        end
+        allow[#allow + 1] = m
+    end
+    local entries = caller_entries(2, map)
+    if entries then
+        local seen = {}
+        for _, e in ipairs(entries) do
+            local m, expr = e[1], e[2]
+            if seen[m] then
+                error(format("methods: %s given twice (the last one would win)", m), 2)
+            end
+            seen[m] = true
+            if map[m] == nil then
+                if expr == "nil" then
+                    error(format("methods: %s: the handler is nil", m), 2)
+                end
+                error(format("methods: %s: the handler %s is nil%s", m, expr, expr_hint(2, expr)), 2)
+            end
+        end
+    end
+    if #allow == 0 then
+        error("methods: no handler (an empty table, or every handler is nil: a typo in a name?)", 2)
+    end
+    sort(allow)
+    allow = concat(allow, ", ")
+    return function(req, res)
+        local f = map[req.method]
+        if not f then
+            return 405, {
+                error = "method_not_allowed", message = req.method .. " is not allowed here",
+                request_id = req.id, allow = allow,
+            }, { ["Content-Type"] = "application/json", Allow = allow }
+        end
+        return f(req, res)
+    end
 end
 
 return _M

@@ -113,6 +113,21 @@ return {
             assert.matches("routes%.lua:%d+:", out)
         end)
 
+        it("refuses moongate.methods{} with a nil handler (a typo) at its file:line:", function()
+            local out, rc = check(GOOD_CONF, [[
+local moongate = require "moongate"
+local gateway = require "gw"
+local methods = moongate.methods
+return {
+  { path = "/ok", handler = methods{ GET = gateway.whoami } },
+  { path = "/whoami", handler = methods{ GET = gateway.whoam } },
+}
+]], { ["gw.lua"] = "return { whoami = function() return 200 end }\n" })
+            assert.not_equal(0, rc, out)
+            assert.matches("routes%.lua:6: methods: GET: the handler gateway%.whoam is nil "
+                .. "%(did you mean 'whoami'%?%)", out)
+        end)
+
         it("reports a missing conf file", function()
             local out, rc = helpers.sh(shq(helpers.bin) .. " -t -c /nonexistent/moongate.lua")
             assert.not_equal(0, rc)

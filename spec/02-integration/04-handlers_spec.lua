@@ -134,6 +134,12 @@ return {
       if type(wid) == "function" then wid = wid() end
       return 200, { now = moongate.now(), time = moongate.time(), worker_id = wid }
   end },
+
+  { path = "/methods", handler = moongate.methods{
+      POST = function() return 201, { via = "POST" } end,
+      GET = function(req) return 200, { via = req.method } end,
+      DELETE = function() return 204 end,
+  } },
 }
 ]=]
 
@@ -381,5 +387,27 @@ describe("Lua handlers", function()
         assert.truthy(helpers.wait_until(function()
             return mg:log():find("log-marker-5531", 1, true)
         end, 3), "moongate.log output is not in the log")
+    end)
+
+    it("moongate.methods dispatches, and answers another method 405 with JSON and a sorted Allow", function()
+        local st, j = get_json("GET", "/methods")
+        assert.equal(200, st)
+        assert.same({ via = "GET" }, j)
+        st, j = get_json("POST", "/methods", { body = "" })
+        assert.equal(201, st)
+        assert.same({ via = "POST" }, j)
+        local h
+        st, j, h = get_json("PUT", "/methods", { body = "x" })
+        assert.equal(405, st)
+        assert.equal("DELETE, GET, POST", h["allow"])
+        assert.matches("^application/json", h["content-type"])
+        assert.equal("method_not_allowed", j.error)
+        assert.equal("PUT is not allowed here", j.message)
+        assert.equal("DELETE, GET, POST", j.allow)
+        assert.is_string(j.request_id)
+        -- HEAD is not served by GET unless listed (moongate.methods as before)
+        st, h = helpers.http(mg.port, "HEAD", "/methods")
+        assert.equal(405, st)
+        assert.equal("DELETE, GET, POST", h["allow"])
     end)
 end)
