@@ -342,6 +342,19 @@ void mg_ux_cancel(mg_ux_t *ux); /* the sink is gone: no more callbacks */
 mg_peer_t *mg_peer_get(const char *host, int port);
 void mg_peer_str(mg_peer_t *p, char *buf, size_t len);
 
+/* ---- fwd.c: forwarding headers (proxy and WebSocket upstream handshake) ---- */
+/* The header names a Connection header lists, for removal (RFC 9110 7.6.1);
+ * names past the first MG_FWD_TOKENS_MAX are not seen. */
+#define MG_FWD_TOKENS_MAX 16
+typedef struct {
+    const char *n[MG_FWD_TOKENS_MAX];
+    size_t l[MG_FWD_TOKENS_MAX];
+    int count;
+} mg_fwd_tokens_t;
+/* Adds the names of one Connection header value to t. */
+void mg_fwd_conn_tokens(mg_fwd_tokens_t *t, const char *v, size_t len);
+int mg_fwd_tokens_has(const mg_fwd_tokens_t *t, const char *name, size_t len);
+
 /* ---- proxy.c ---- */
 void mg_proxy_start(mg_req_t *r);
 void mg_proxy_body(mg_req_t *r, const char *data, size_t len);

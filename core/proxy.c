@@ -2,7 +2,8 @@
  * proxy.c -- the C fast path: a request on an upstream route is forwarded
  * with its body streamed as it arrives, and the response streamed back,
  * with backpressure both ways (MG_HIGH_WATER / MG_LOW_WATER). No Lua runs
- * here. Hop-by-hop headers are dropped both ways (RFC 9110 7.6.1),
+ * here. Hop-by-hop headers, and those a Connection header names, are
+ * dropped both ways (RFC 9110 7.6.1),
  * X-Forwarded-For/Proto/Host and X-Request-Id are set.
  */
 #include "mg.h"
@@ -31,36 +32,6 @@ static const mg_ux_sink_t mg_proxy_sink = {
     .on_flush = mg_proxy_on_flush,
 };
 
-/* The header names a Connection header lists, for removal. */
-typedef struct {
-    const char *n[16];
-    size_t l[16];
-    int count;
-} mg_conn_tokens_t;
-
-static void mg_conn_tokens(mg_conn_tokens_t *t, const char *v, size_t len) {
-    size_t i = 0;
-    while (i < len && t->count < 16) {
-        size_t s;
-        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        s = i;
-        while (i < len && v[i] != ',' && v[i] != ' ' && v[i] != '\t')
-            i++;
-        if (i > s) {
-            t->n[t->count] = v + s;
-            t->l[t->count++] = i - s;
-        }
-    }
-}
-
-static int mg_conn_tokens_has(mg_conn_tokens_t *t, const char *n, size_t l) {
-    for (int i = 0; i < t->count; i++)
-        if (t->l[i] == l && strncasecmp(t->n[i], n, l) == 0)
-            return 1;
-    return 0;
-}
-
 static int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll) {
     return l == ll && strncasecmp(n, lit, l) == 0;
 }
@@ -73,7 +44,7 @@ static int mg_method_idempotent(int m) {
 void mg_proxy_start(mg_req_t *r) {
     struct evbuffer *h = evbuffer_new();
     mg_route_t *rt = r->route;
-    mg_conn_tokens_t tok = {.count = 0};
+    mg_fwd_tokens_t tok = {.count = 0};
     const char *url = r->hbuf, *xff = NULL;
     size_t url_len = r->url_len, xff_len = 0;
     int i;
@@ -100,13 +71,13 @@ void mg_proxy_start(mg_req_t *r) {
     for (i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *hd = &r->hdrs[i];
         if (mg_name_eq(r->hbuf + hd->noff, hd->nlen, "connection", 10))
-            mg_conn_tokens(&tok, r->hbuf + hd->voff, hd->vlen);
+            mg_fwd_conn_tokens(&tok, r->hbuf + hd->voff, hd->vlen);
     }
     for (i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *hd = &r->hdrs[i];
         const char *n = r->hbuf + hd->noff;
         size_t l = hd->nlen;
-        if (mg_http_hop_by_hop(n, l) || mg_conn_tokens_has(&tok, n, l) || mg_req_xhdr_has(r, n, l))
+        if (mg_http_hop_by_hop(n, l) || mg_fwd_tokens_has(&tok, n, l) || mg_req_xhdr_has(r, n, l))
             continue;
         if (mg_name_eq(n, l, "x-forwarded-for", 15)) {
             xff = r->hbuf + hd->voff;
@@ -224,17 +195,17 @@ static char mg_proxy_hbuf[80 * 1024];
 static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
                              int64_t clen, int chunked) {
     mg_req_t *r = ud;
-    mg_conn_tokens_t tok = {.count = 0};
+    mg_fwd_tokens_t tok = {.count = 0};
     size_t o = 0;
     int i;
     (void)http_minor, (void)chunked;
 
     for (i = 0; i < nhdrs; i++)
         if (mg_name_eq(hdrs[i].name, hdrs[i].nlen, "connection", 10))
-            mg_conn_tokens(&tok, hdrs[i].value, hdrs[i].vlen);
+            mg_fwd_conn_tokens(&tok, hdrs[i].value, hdrs[i].vlen);
     for (i = 0; i < nhdrs; i++) {
         mg_kv_t *h = &hdrs[i];
-        if (mg_http_hop_by_hop(h->name, h->nlen) || mg_conn_tokens_has(&tok, h->name, h->nlen) ||
+        if (mg_http_hop_by_hop(h->name, h->nlen) || mg_fwd_tokens_has(&tok, h->name, h->nlen) ||
             mg_name_eq(h->name, h->nlen, "date", 4) ||
             mg_lines_have(r->rxhdrs.p, r->rxhdrs.len, h->name, h->nlen))
             continue;

@@ -68,6 +68,7 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
     const char *path = r->hbuf;
     size_t plen = r->url_len;
     mg_ws_conf_t *wc = r->route->ws;
+    mg_fwd_tokens_t tok = {.count = 0};
     int i;
 
     if (wc->upstream_path) {
@@ -87,9 +88,14 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
     evbuffer_add(h, " HTTP/1.1\r\n", 11);
     for (i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *hd = &r->hdrs[i];
+        if (mg_name_is(r->hbuf + hd->noff, hd->nlen, "connection"))
+            mg_fwd_conn_tokens(&tok, r->hbuf + hd->voff, hd->vlen);
+    }
+    for (i = 0; i < r->nhdrs; i++) {
+        mg_hdr_t *hd = &r->hdrs[i];
         const char *n = r->hbuf + hd->noff;
         size_t l = hd->nlen;
-        if (mg_http_hop_by_hop(n, l) || mg_req_xhdr_has(r, n, l) ||
+        if (mg_http_hop_by_hop(n, l) || mg_fwd_tokens_has(&tok, n, l) || mg_req_xhdr_has(r, n, l) ||
             mg_name_is(n, l, "x-forwarded-for") || mg_name_is(n, l, "x-forwarded-proto") ||
             mg_name_is(n, l, "x-forwarded-host") || mg_name_is(n, l, "x-request-id"))
             continue;
