@@ -354,6 +354,9 @@ typedef struct {
 /* Adds the names of one Connection header value to t. */
 void mg_fwd_conn_tokens(mg_fwd_tokens_t *t, const char *v, size_t len);
 int mg_fwd_tokens_has(const mg_fwd_tokens_t *t, const char *name, size_t len);
+/* The X-Forwarded-Proto value: the scheme the client spoke to moongate
+ * ("http", or "https" on a TLS connection), whatever the client claims. */
+const char *mg_fwd_proto(const mg_req_t *r, size_t *len);
 
 /* ---- proxy.c ---- */
 void mg_proxy_start(mg_req_t *r);

@@ -116,10 +116,12 @@ void mg_proxy_start(mg_req_t *r) {
         }
         l = strlen(r->conn->peer_ip);
         MG_PUT(r->conn->peer_ip, l);
-        if (r->conn->is_tls)
-            MG_PUTS("\r\nX-Forwarded-Proto: https\r\nX-Request-Id: ");
-        else
-            MG_PUTS("\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+        MG_PUTS("\r\nX-Forwarded-Proto: ");
+        {
+            const char *proto = mg_fwd_proto(r, &l);
+            MG_PUT(proto, l);
+        }
+        MG_PUTS("\r\nX-Request-Id: ");
         l = strlen(r->request_id);
         MG_PUT(r->request_id, l);
         MG_PUTS("\r\n");

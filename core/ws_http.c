@@ -117,9 +117,13 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
     if (r->host_idx >= 0)
         evbuffer_add_printf(h, "X-Forwarded-Host: %.*s\r\n", (int)r->hdrs[r->host_idx].vlen,
                             r->hbuf + r->hdrs[r->host_idx].voff);
-    evbuffer_add_printf(
-        h, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n\r\n",
-        r->conn ? r->conn->peer_ip : "", r->request_id);
+    {
+        size_t pl;
+        const char *proto = mg_fwd_proto(r, &pl);
+        evbuffer_add_printf(
+            h, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: %.*s\r\nX-Request-Id: %s\r\n\r\n",
+            r->conn ? r->conn->peer_ip : "", (int)pl, proto, r->request_id);
+    }
     return h;
 }
 

@@ -84,6 +84,7 @@ return {
   { path = "/relay/hooks", upstream = "wsup",
     websocket = { mode = "relay", upstream_path = "/echo", heartbeat = { interval = 0 }, on_message = hooks } },
   { path = "/hook-seen", handler = function() return 200, hook_seen end },
+  { prefix = "/px", upstream = "httpup" },
 }
 ]=]
 
@@ -94,23 +95,26 @@ return {
   upstreams = {
     wsup = { servers = { "http://127.0.0.1:$WSUP" } },
     dead = { servers = { "http://127.0.0.1:$DEAD" } },
+    httpup = { servers = { "$HTTPUP" } },
   },
 }
 ]=]
 
 describe("websocket modes", function()
-    local mg, up
+    local mg, up, httpup
 
     lazy_setup(function()
         up = ws.start_upstream()
+        httpup = helpers.start_upstream()
         mg = helpers.start_moongate({ name = "ws-modes", routes = ROUTES, conf = CONF,
-            vars = { WSUP = up.port, DEAD = helpers.free_port() } })
+            vars = { WSUP = up.port, DEAD = helpers.free_port(), HTTPUP = httpup.url } })
     end)
 
     lazy_teardown(function()
         if mg then
             mg:stop()
         end
+        helpers.stop(httpup and httpup.pid)
         ws.cleanup()
         helpers.cleanup()
     end)
@@ -359,6 +363,25 @@ describe("websocket modes", function()
                 tostring(info.err) .. " " .. (info.close and ws.hex(info.close.payload) or "no close frame"))
             c:close()
             assert.equal(200, (helpers.http(mg.port, "GET", "/api-after-close")))
+        end)
+    end)
+
+    describe("forwarding headers", function()
+        -- one builder for the proxy and both upgrades: the same
+        -- X-Forwarded-Proto (the connection's, never the client's claim)
+        it("sets the same X-Forwarded-Proto on the upgrade as the proxy does", function()
+            local spoof = { "X-Forwarded-Proto: https" }
+            local st, h, body = helpers.http(mg.port, "GET", "/px/xf", { headers = spoof })
+            assert.equal(200, st, tostring(body))
+            local proxied = json.decode(body).headers["x-forwarded-proto"]
+            assert.equal("http", proxied, tostring(h))
+            for _, path in ipairs({ "/tun/headers", "/relay/headers" }) do
+                local c = ws.connect(mg.port, path, { headers = spoof })
+                local m = assert(c:read_message(3, { skip_heartbeats = true }))
+                local seen = json.decode(m.data)
+                assert.same({ proxied }, ws.raw_header_values(seen.raw, "x-forwarded-proto"), path)
+                c:close()
+            end
         end)
     end)
 
