@@ -69,6 +69,8 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
     size_t plen = r->url_len;
     mg_ws_conf_t *wc = r->route->ws;
     mg_fwd_tokens_t tok = {.count = 0};
+    const char *xff = NULL;
+    size_t xff_len = 0;
     int i;
 
     if (wc->upstream_path) {
@@ -95,9 +97,15 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
         mg_hdr_t *hd = &r->hdrs[i];
         const char *n = r->hbuf + hd->noff;
         size_t l = hd->nlen;
-        if (mg_http_hop_by_hop(n, l) || mg_fwd_tokens_has(&tok, n, l) || mg_req_xhdr_has(r, n, l) ||
-            mg_name_is(n, l, "x-forwarded-for") || mg_name_is(n, l, "x-forwarded-proto") ||
-            mg_name_is(n, l, "x-forwarded-host") || mg_name_is(n, l, "x-request-id"))
+        if (mg_http_hop_by_hop(n, l) || mg_fwd_tokens_has(&tok, n, l) || mg_req_xhdr_has(r, n, l))
+            continue;
+        if (mg_name_is(n, l, "x-forwarded-for")) {
+            xff = r->hbuf + hd->voff; /* the chain goes on, as the proxy's */
+            xff_len = hd->vlen;
+            continue;
+        }
+        if (mg_name_is(n, l, "x-forwarded-proto") || mg_name_is(n, l, "x-forwarded-host") ||
+            mg_name_is(n, l, "x-request-id"))
             continue;
         if (own_key && (mg_name_is(n, l, "sec-websocket-key") ||
                         mg_name_is(n, l, "sec-websocket-extensions") ||
@@ -120,9 +128,13 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
     {
         size_t pl;
         const char *proto = mg_fwd_proto(r, &pl);
-        evbuffer_add_printf(
-            h, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: %.*s\r\nX-Request-Id: %s\r\n\r\n",
-            r->conn ? r->conn->peer_ip : "", (int)pl, proto, r->request_id);
+        evbuffer_add(h, "X-Forwarded-For: ", 17);
+        if (xff) {
+            evbuffer_add(h, xff, xff_len);
+            evbuffer_add(h, ", ", 2);
+        }
+        evbuffer_add_printf(h, "%s\r\nX-Forwarded-Proto: %.*s\r\nX-Request-Id: %s\r\n\r\n",
+                            r->conn ? r->conn->peer_ip : "", (int)pl, proto, r->request_id);
     }
     return h;
 }

@@ -383,6 +383,21 @@ describe("websocket modes", function()
                 c:close()
             end
         end)
+
+        it("appends the peer to the client's X-Forwarded-For on the upgrade, as the proxy does", function()
+            local xff = { "X-Forwarded-For: 10.1.2.3" }
+            local st, _, body = helpers.http(mg.port, "GET", "/px/xf", { headers = xff })
+            assert.equal(200, st, tostring(body))
+            local proxied = json.decode(body).headers["x-forwarded-for"]
+            assert.equal("10.1.2.3, 127.0.0.1", proxied)
+            for _, path in ipairs({ "/tun/headers", "/relay/headers" }) do
+                local c = ws.connect(mg.port, path, { headers = xff })
+                local m = assert(c:read_message(3, { skip_heartbeats = true }))
+                local seen = json.decode(m.data)
+                assert.same({ proxied }, ws.raw_header_values(seen.raw, "x-forwarded-for"), path)
+                c:close()
+            end
+        end)
     end)
 
     describe("tunnel mode", function()
