@@ -59,19 +59,18 @@ static int mg_name_is(const char *n, size_t l, const char *lit) {
     return strlen(lit) == l && strncasecmp(n, lit, l) == 0;
 }
 
-/* The upgrade request for the upstream: the client's end-to-end headers,
- * then the forwarding headers. `own_key` (relay) replaces the client's
- * WebSocket headers with ours. */
+/* The upgrade request for the upstream: the client's end-to-end headers
+ * and the forwarding headers (fwd.c) around our Upgrade. `own_key` (relay)
+ * replaces the client's WebSocket headers with ours. */
 static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
                                             const char *protocol) {
     struct evbuffer *h = evbuffer_new();
     const char *path = r->hbuf;
     size_t plen = r->url_len;
     mg_ws_conf_t *wc = r->route->ws;
-    mg_fwd_tokens_t tok = {.count = 0};
-    const char *xff = NULL;
-    size_t xff_len = 0;
-    int i;
+    mg_fwd_t fwd;
+    char tail[MG_FWD_TAIL_MAX];
+    size_t o;
 
     if (wc->upstream_path) {
         path = wc->upstream_path;
@@ -88,33 +87,7 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
     if (wc->upstream_path && !strchr(wc->upstream_path, '?') && r->url_len > r->path_len)
         evbuffer_add(h, r->hbuf + r->path_len, r->url_len - r->path_len); /* the client's query */
     evbuffer_add(h, " HTTP/1.1\r\n", 11);
-    for (i = 0; i < r->nhdrs; i++) {
-        mg_hdr_t *hd = &r->hdrs[i];
-        if (mg_name_is(r->hbuf + hd->noff, hd->nlen, "connection"))
-            mg_fwd_conn_tokens(&tok, r->hbuf + hd->voff, hd->vlen);
-    }
-    for (i = 0; i < r->nhdrs; i++) {
-        mg_hdr_t *hd = &r->hdrs[i];
-        const char *n = r->hbuf + hd->noff;
-        size_t l = hd->nlen;
-        if (mg_http_hop_by_hop(n, l) || mg_fwd_tokens_has(&tok, n, l) || mg_req_xhdr_has(r, n, l))
-            continue;
-        if (mg_name_is(n, l, "x-forwarded-for")) {
-            xff = r->hbuf + hd->voff; /* the chain goes on, as the proxy's */
-            xff_len = hd->vlen;
-            continue;
-        }
-        if (mg_name_is(n, l, "x-forwarded-proto") || mg_name_is(n, l, "x-forwarded-host") ||
-            mg_name_is(n, l, "x-request-id"))
-            continue;
-        if (own_key && (mg_name_is(n, l, "sec-websocket-key") ||
-                        mg_name_is(n, l, "sec-websocket-extensions") ||
-                        mg_name_is(n, l, "sec-websocket-protocol") ||
-                        mg_name_is(n, l, "sec-websocket-version")))
-            continue;
-        mg_req_copy_header(r, hd, h);
-    }
-    mg_req_xhdrs_append(r, h);
+    mg_fwd_headers(r, h, own_key ? MG_FWD_DROP_WS_KEYS : 0, &fwd);
     /* exactly this: some backends refuse "keep-alive, Upgrade" */
     evbuffer_add_printf(h, "Upgrade: websocket\r\nConnection: Upgrade\r\n");
     if (own_key) {
@@ -122,20 +95,9 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
         if (protocol && protocol[0])
             evbuffer_add_printf(h, "Sec-WebSocket-Protocol: %s\r\n", protocol);
     }
-    if (r->host_idx >= 0)
-        evbuffer_add_printf(h, "X-Forwarded-Host: %.*s\r\n", (int)r->hdrs[r->host_idx].vlen,
-                            r->hbuf + r->hdrs[r->host_idx].voff);
-    {
-        size_t pl;
-        const char *proto = mg_fwd_proto(r, &pl);
-        evbuffer_add(h, "X-Forwarded-For: ", 17);
-        if (xff) {
-            evbuffer_add(h, xff, xff_len);
-            evbuffer_add(h, ", ", 2);
-        }
-        evbuffer_add_printf(h, "%s\r\nX-Forwarded-Proto: %.*s\r\nX-Request-Id: %s\r\n\r\n",
-                            r->conn ? r->conn->peer_ip : "", (int)pl, proto, r->request_id);
-    }
+    o = mg_fwd_tail(r, &fwd, h, tail);
+    evbuffer_add(h, tail, o);
+    evbuffer_add(h, "\r\n", 2);
     return h;
 }
 
