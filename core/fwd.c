@@ -11,7 +11,8 @@
  *     HTTP/1.0 client sent none), X-Forwarded-For (the client's chain, then
  *     the peer), X-Forwarded-Proto (mg_fwd_proto) and X-Request-Id.
  * The caller writes the request line, its own framing or upgrade headers
- * and the blank line. No allocation: everything goes into the caller's
+ * and the blank line. The Connection-token helpers also serve the way
+ * back (the proxy's response head, a refused upgrade's answer). No allocation: everything goes into the caller's
  * evbuffer or tail buffer.
  */
 #include "mg.h"

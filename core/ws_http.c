@@ -199,14 +199,19 @@ static void mg_wsp_free(mg_wsp_t *p) {
 static void mg_wsp_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
                            int64_t clen, int chunked) {
     mg_wsp_t *p = ud;
+    mg_fwd_tokens_t tok = {.count = 0};
     int i;
     (void)http_minor, (void)clen, (void)chunked;
     /* the upstream refused the upgrade: pass its answer on, then close */
     p->status = status;
     p->resp = evbuffer_new();
     evbuffer_add_printf(p->resp, "HTTP/1.1 %d %s\r\n", status, mg_status_text(status));
+    for (i = 0; i < nhdrs; i++)
+        if (mg_name_is(hdrs[i].name, hdrs[i].nlen, "connection"))
+            mg_fwd_conn_tokens(&tok, hdrs[i].value, hdrs[i].vlen);
     for (i = 0; i < nhdrs; i++) {
-        if (mg_http_hop_by_hop(hdrs[i].name, hdrs[i].nlen))
+        if (mg_http_hop_by_hop(hdrs[i].name, hdrs[i].nlen) ||
+            mg_fwd_tokens_has(&tok, hdrs[i].name, hdrs[i].nlen))
             continue;
         evbuffer_add(p->resp, hdrs[i].name, hdrs[i].nlen);
         evbuffer_add(p->resp, ": ", 2);
