@@ -2,8 +2,9 @@
  * proxy.c -- the C fast path: a request on an upstream route is forwarded
  * with its body streamed as it arrives, and the response streamed back,
  * with backpressure both ways (MG_HIGH_WATER / MG_LOW_WATER). No Lua runs
- * here. Hop-by-hop headers are dropped both ways (RFC 9110 7.6.1),
- * X-Forwarded-For/Proto/Host and X-Request-Id are set.
+ * here. The request head's forwarding headers come from fwd.c; on the
+ * way back, hop-by-hop headers and those the upstream's Connection header
+ * names are dropped (RFC 9110 7.6.1).
  */
 #include "mg.h"
 
@@ -31,36 +32,6 @@ static const mg_ux_sink_t mg_proxy_sink = {
     .on_flush = mg_proxy_on_flush,
 };
 
-/* The header names a Connection header lists, for removal. */
-typedef struct {
-    const char *n[16];
-    size_t l[16];
-    int count;
-} mg_conn_tokens_t;
-
-static void mg_conn_tokens(mg_conn_tokens_t *t, const char *v, size_t len) {
-    size_t i = 0;
-    while (i < len && t->count < 16) {
-        size_t s;
-        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        s = i;
-        while (i < len && v[i] != ',' && v[i] != ' ' && v[i] != '\t')
-            i++;
-        if (i > s) {
-            t->n[t->count] = v + s;
-            t->l[t->count++] = i - s;
-        }
-    }
-}
-
-static int mg_conn_tokens_has(mg_conn_tokens_t *t, const char *n, size_t l) {
-    for (int i = 0; i < t->count; i++)
-        if (t->l[i] == l && strncasecmp(t->n[i], n, l) == 0)
-            return 1;
-    return 0;
-}
-
 static int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll) {
     return l == ll && strncasecmp(n, lit, l) == 0;
 }
@@ -73,10 +44,9 @@ static int mg_method_idempotent(int m) {
 void mg_proxy_start(mg_req_t *r) {
     struct evbuffer *h = evbuffer_new();
     mg_route_t *rt = r->route;
-    mg_conn_tokens_t tok = {.count = 0};
-    const char *url = r->hbuf, *xff = NULL;
-    size_t url_len = r->url_len, xff_len = 0;
-    int i;
+    const char *url = r->hbuf;
+    size_t url_len = r->url_len;
+    mg_fwd_t fwd;
 
     if (h == NULL) {
         mg_resp_json_error(r, 500, "out of memory");
@@ -96,62 +66,13 @@ void mg_proxy_start(mg_req_t *r) {
     }
     evbuffer_add(h, url, url_len);
     evbuffer_add(h, " HTTP/1.1\r\n", 11);
-
-    for (i = 0; i < r->nhdrs; i++) {
-        mg_hdr_t *hd = &r->hdrs[i];
-        if (mg_name_eq(r->hbuf + hd->noff, hd->nlen, "connection", 10))
-            mg_conn_tokens(&tok, r->hbuf + hd->voff, hd->vlen);
-    }
-    for (i = 0; i < r->nhdrs; i++) {
-        mg_hdr_t *hd = &r->hdrs[i];
-        const char *n = r->hbuf + hd->noff;
-        size_t l = hd->nlen;
-        if (mg_http_hop_by_hop(n, l) || mg_conn_tokens_has(&tok, n, l) || mg_req_xhdr_has(r, n, l))
-            continue;
-        if (mg_name_eq(n, l, "x-forwarded-for", 15)) {
-            xff = r->hbuf + hd->voff;
-            xff_len = hd->vlen;
-            continue;
-        }
-        if (mg_name_eq(n, l, "x-forwarded-proto", 17) || mg_name_eq(n, l, "x-forwarded-host", 16) ||
-            mg_name_eq(n, l, "x-request-id", 12) || mg_name_eq(n, l, "expect", 6))
-            continue;
-        mg_req_copy_header(r, hd, h);
-    }
-    mg_req_xhdrs_append(r, h);
-    if (r->host_idx >= 0) {
-        evbuffer_add(h, "X-Forwarded-Host: ", 18);
-        evbuffer_add(h, r->hbuf + r->hdrs[r->host_idx].voff, r->hdrs[r->host_idx].vlen);
-        evbuffer_add(h, "\r\n", 2);
-    } else {
-        /* HTTP/1.0 without Host: the upstream still needs one */
-        char peer[96] = "localhost";
-        if (rt->upstream->npeers)
-            mg_peer_str(rt->upstream->peers[0], peer, sizeof(peer));
-        evbuffer_add_printf(h, "Host: %s\r\n", peer);
-    }
+    mg_fwd_headers(r, h, MG_FWD_DROP_EXPECT, &fwd);
     {
         /* the tail of the head in one buffer, without printf */
-        char tail[256];
-        size_t o = 0, l;
+        char tail[MG_FWD_TAIL_MAX + 64];
+        size_t o = mg_fwd_tail(r, &fwd, h, tail);
 #define MG_PUT(s, n) (memcpy(tail + o, (s), (n)), o += (n))
 #define MG_PUTS(lit) MG_PUT(lit, sizeof(lit) - 1)
-        MG_PUTS("X-Forwarded-For: ");
-        if (xff) {
-            evbuffer_add(h, tail, o);
-            evbuffer_add(h, xff, xff_len);
-            o = 0;
-            MG_PUTS(", ");
-        }
-        l = strlen(r->conn->peer_ip);
-        MG_PUT(r->conn->peer_ip, l);
-        if (r->conn->is_tls)
-            MG_PUTS("\r\nX-Forwarded-Proto: https\r\nX-Request-Id: ");
-        else
-            MG_PUTS("\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
-        l = strlen(r->request_id);
-        MG_PUT(r->request_id, l);
-        MG_PUTS("\r\n");
         if (r->chunked) {
             MG_PUTS("Transfer-Encoding: chunked\r\n");
         } else if (r->clen >= 0) {
@@ -224,17 +145,17 @@ static char mg_proxy_hbuf[80 * 1024];
 static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
                              int64_t clen, int chunked) {
     mg_req_t *r = ud;
-    mg_conn_tokens_t tok = {.count = 0};
+    mg_fwd_tokens_t tok = {.count = 0};
     size_t o = 0;
     int i;
     (void)http_minor, (void)chunked;
 
     for (i = 0; i < nhdrs; i++)
         if (mg_name_eq(hdrs[i].name, hdrs[i].nlen, "connection", 10))
-            mg_conn_tokens(&tok, hdrs[i].value, hdrs[i].vlen);
+            mg_fwd_conn_tokens(&tok, hdrs[i].value, hdrs[i].vlen);
     for (i = 0; i < nhdrs; i++) {
         mg_kv_t *h = &hdrs[i];
-        if (mg_http_hop_by_hop(h->name, h->nlen) || mg_conn_tokens_has(&tok, h->name, h->nlen) ||
+        if (mg_http_hop_by_hop(h->name, h->nlen) || mg_fwd_tokens_has(&tok, h->name, h->nlen) ||
             mg_name_eq(h->name, h->nlen, "date", 4) ||
             mg_lines_have(r->rxhdrs.p, r->rxhdrs.len, h->name, h->nlen))
             continue;

@@ -59,16 +59,18 @@ static int mg_name_is(const char *n, size_t l, const char *lit) {
     return strlen(lit) == l && strncasecmp(n, lit, l) == 0;
 }
 
-/* The upgrade request for the upstream: the client's end-to-end headers,
- * then the forwarding headers. `own_key` (relay) replaces the client's
- * WebSocket headers with ours. */
+/* The upgrade request for the upstream: the client's end-to-end headers
+ * and the forwarding headers (fwd.c) around our Upgrade. `own_key` (relay)
+ * replaces the client's WebSocket headers with ours. */
 static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
                                             const char *protocol) {
     struct evbuffer *h = evbuffer_new();
     const char *path = r->hbuf;
     size_t plen = r->url_len;
     mg_ws_conf_t *wc = r->route->ws;
-    int i;
+    mg_fwd_t fwd;
+    char tail[MG_FWD_TAIL_MAX];
+    size_t o;
 
     if (wc->upstream_path) {
         path = wc->upstream_path;
@@ -85,22 +87,7 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
     if (wc->upstream_path && !strchr(wc->upstream_path, '?') && r->url_len > r->path_len)
         evbuffer_add(h, r->hbuf + r->path_len, r->url_len - r->path_len); /* the client's query */
     evbuffer_add(h, " HTTP/1.1\r\n", 11);
-    for (i = 0; i < r->nhdrs; i++) {
-        mg_hdr_t *hd = &r->hdrs[i];
-        const char *n = r->hbuf + hd->noff;
-        size_t l = hd->nlen;
-        if (mg_http_hop_by_hop(n, l) || mg_req_xhdr_has(r, n, l) ||
-            mg_name_is(n, l, "x-forwarded-for") || mg_name_is(n, l, "x-forwarded-proto") ||
-            mg_name_is(n, l, "x-forwarded-host") || mg_name_is(n, l, "x-request-id"))
-            continue;
-        if (own_key && (mg_name_is(n, l, "sec-websocket-key") ||
-                        mg_name_is(n, l, "sec-websocket-extensions") ||
-                        mg_name_is(n, l, "sec-websocket-protocol") ||
-                        mg_name_is(n, l, "sec-websocket-version")))
-            continue;
-        mg_req_copy_header(r, hd, h);
-    }
-    mg_req_xhdrs_append(r, h);
+    mg_fwd_headers(r, h, own_key ? MG_FWD_DROP_WS_KEYS : 0, &fwd);
     /* exactly this: some backends refuse "keep-alive, Upgrade" */
     evbuffer_add_printf(h, "Upgrade: websocket\r\nConnection: Upgrade\r\n");
     if (own_key) {
@@ -108,12 +95,9 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
         if (protocol && protocol[0])
             evbuffer_add_printf(h, "Sec-WebSocket-Protocol: %s\r\n", protocol);
     }
-    if (r->host_idx >= 0)
-        evbuffer_add_printf(h, "X-Forwarded-Host: %.*s\r\n", (int)r->hdrs[r->host_idx].vlen,
-                            r->hbuf + r->hdrs[r->host_idx].voff);
-    evbuffer_add_printf(
-        h, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n\r\n",
-        r->conn ? r->conn->peer_ip : "", r->request_id);
+    o = mg_fwd_tail(r, &fwd, h, tail);
+    evbuffer_add(h, tail, o);
+    evbuffer_add(h, "\r\n", 2);
     return h;
 }
 
@@ -215,14 +199,19 @@ static void mg_wsp_free(mg_wsp_t *p) {
 static void mg_wsp_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
                            int64_t clen, int chunked) {
     mg_wsp_t *p = ud;
+    mg_fwd_tokens_t tok = {.count = 0};
     int i;
     (void)http_minor, (void)clen, (void)chunked;
     /* the upstream refused the upgrade: pass its answer on, then close */
     p->status = status;
     p->resp = evbuffer_new();
     evbuffer_add_printf(p->resp, "HTTP/1.1 %d %s\r\n", status, mg_status_text(status));
+    for (i = 0; i < nhdrs; i++)
+        if (mg_name_is(hdrs[i].name, hdrs[i].nlen, "connection"))
+            mg_fwd_conn_tokens(&tok, hdrs[i].value, hdrs[i].vlen);
     for (i = 0; i < nhdrs; i++) {
-        if (mg_http_hop_by_hop(hdrs[i].name, hdrs[i].nlen))
+        if (mg_http_hop_by_hop(hdrs[i].name, hdrs[i].nlen) ||
+            mg_fwd_tokens_has(&tok, hdrs[i].name, hdrs[i].nlen))
             continue;
         evbuffer_add(p->resp, hdrs[i].name, hdrs[i].nlen);
         evbuffer_add(p->resp, ": ", 2);

@@ -84,6 +84,7 @@ return {
   { path = "/relay/hooks", upstream = "wsup",
     websocket = { mode = "relay", upstream_path = "/echo", heartbeat = { interval = 0 }, on_message = hooks } },
   { path = "/hook-seen", handler = function() return 200, hook_seen end },
+  { prefix = "/px", upstream = "httpup" },
 }
 ]=]
 
@@ -94,23 +95,26 @@ return {
   upstreams = {
     wsup = { servers = { "http://127.0.0.1:$WSUP" } },
     dead = { servers = { "http://127.0.0.1:$DEAD" } },
+    httpup = { servers = { "$HTTPUP" } },
   },
 }
 ]=]
 
 describe("websocket modes", function()
-    local mg, up
+    local mg, up, httpup
 
     lazy_setup(function()
         up = ws.start_upstream()
+        httpup = helpers.start_upstream()
         mg = helpers.start_moongate({ name = "ws-modes", routes = ROUTES, conf = CONF,
-            vars = { WSUP = up.port, DEAD = helpers.free_port() } })
+            vars = { WSUP = up.port, DEAD = helpers.free_port(), HTTPUP = httpup.url } })
     end)
 
     lazy_teardown(function()
         if mg then
             mg:stop()
         end
+        helpers.stop(httpup and httpup.pid)
         ws.cleanup()
         helpers.cleanup()
     end)
@@ -362,6 +366,40 @@ describe("websocket modes", function()
         end)
     end)
 
+    describe("forwarding headers", function()
+        -- one builder for the proxy and both upgrades: the same
+        -- X-Forwarded-Proto (the connection's, never the client's claim)
+        it("sets the same X-Forwarded-Proto on the upgrade as the proxy does", function()
+            local spoof = { "X-Forwarded-Proto: https" }
+            local st, h, body = helpers.http(mg.port, "GET", "/px/xf", { headers = spoof })
+            assert.equal(200, st, tostring(body))
+            local proxied = json.decode(body).headers["x-forwarded-proto"]
+            assert.equal("http", proxied, tostring(h))
+            for _, path in ipairs({ "/tun/headers", "/relay/headers" }) do
+                local c = ws.connect(mg.port, path, { headers = spoof })
+                local m = assert(c:read_message(3, { skip_heartbeats = true }))
+                local seen = json.decode(m.data)
+                assert.same({ proxied }, ws.raw_header_values(seen.raw, "x-forwarded-proto"), path)
+                c:close()
+            end
+        end)
+
+        it("appends the peer to the client's X-Forwarded-For on the upgrade, as the proxy does", function()
+            local xff = { "X-Forwarded-For: 10.1.2.3" }
+            local st, _, body = helpers.http(mg.port, "GET", "/px/xf", { headers = xff })
+            assert.equal(200, st, tostring(body))
+            local proxied = json.decode(body).headers["x-forwarded-for"]
+            assert.equal("10.1.2.3, 127.0.0.1", proxied)
+            for _, path in ipairs({ "/tun/headers", "/relay/headers" }) do
+                local c = ws.connect(mg.port, path, { headers = xff })
+                local m = assert(c:read_message(3, { skip_heartbeats = true }))
+                local seen = json.decode(m.data)
+                assert.same({ proxied }, ws.raw_header_values(seen.raw, "x-forwarded-for"), path)
+                c:close()
+            end
+        end)
+    end)
+
     describe("tunnel mode", function()
         it("sends the upgrade with Connection: Upgrade exactly and the client's key", function()
             local c, res = ws.connect(mg.port, "/tun/headers", { connection = "keep-alive, Upgrade" })
@@ -384,10 +422,30 @@ describe("websocket modes", function()
             c:close()
         end)
 
+        it("drops the headers the client's Connection header names (RFC 9110 7.6.1)", function()
+            local c = ws.connect(mg.port, "/tun/headers", {
+                connection = "Upgrade, X-Secret", headers = { "X-Secret: 1", "X-Kept: 2" } })
+            local m = assert(c:read_message(3))
+            local seen = json.decode(m.data)
+            assert.same({}, ws.raw_header_values(seen.raw, "x-secret"))
+            assert.same({ "2" }, ws.raw_header_values(seen.raw, "x-kept"))
+            assert.same({ "Upgrade" }, ws.raw_header_values(seen.raw, "connection"))
+            c:close()
+        end)
+
         it("passes the upstream's refusal (404) back", function()
             local c, res = ws.handshake(mg.port, "/tun/not-a-ws-path")
             assert.truthy(c, tostring(res))
             assert.equal(404, res.status)
+            c:close()
+        end)
+
+        it("drops the headers the upstream's Connection header names from its refusal", function()
+            local c, res = ws.handshake(mg.port, "/tun/refuse-hop")
+            assert.truthy(c, tostring(res))
+            assert.equal(404, res.status)
+            assert.equal("2", res.headers["x-end"])
+            assert.is_nil(res.headers["x-hop"])
             c:close()
         end)
 
@@ -426,6 +484,17 @@ describe("websocket modes", function()
             assert.same({ "13" }, ws.raw_header_values(seen.raw, "sec-websocket-version"))
             assert.equal(1, #ws.raw_header_values(seen.raw, "sec-websocket-key"))
             assert.equal("/headers", seen.path)
+            c:close()
+        end)
+
+        it("drops the headers the client's Connection header names (RFC 9110 7.6.1)", function()
+            local c = ws.connect(mg.port, "/relay/headers", {
+                connection = "Upgrade, X-Secret", headers = { "X-Secret: 1", "X-Kept: 2" } })
+            local m = assert(c:read_message(3, { skip_heartbeats = true }))
+            local seen = json.decode(m.data)
+            assert.same({}, ws.raw_header_values(seen.raw, "x-secret"))
+            assert.same({ "2" }, ws.raw_header_values(seen.raw, "x-kept"))
+            assert.same({ "Upgrade" }, ws.raw_header_values(seen.raw, "connection"))
             c:close()
         end)
 
