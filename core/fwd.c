@@ -12,8 +12,8 @@
  *     the peer), X-Forwarded-Proto (mg_fwd_proto) and X-Request-Id.
  * The caller writes the request line, its own framing or upgrade headers
  * and the blank line. The Connection-token helpers also serve the way
- * back (the proxy's response head, a refused upgrade's answer). No allocation: everything goes into the caller's
- * evbuffer or tail buffer.
+ * back (the proxy's response head, a refused upgrade's answer). No allocation: everything goes into
+ * the caller's evbuffer or tail buffer.
  */
 #include "mg.h"
 
@@ -60,11 +60,6 @@ const char *mg_fwd_proto(const mg_req_t *r, size_t *len) {
     return "http";
 }
 
-static int mg_fwd_name(const char *n, size_t l, const char *lit, size_t ll) {
-    return l == ll && strncasecmp(n, lit, l) == 0;
-}
-#define MG_FWD_IS(n, l, lit) mg_fwd_name((n), (l), lit, sizeof(lit) - 1)
-
 void mg_fwd_headers(mg_req_t *r, struct evbuffer *h, unsigned drop, mg_fwd_t *f) {
     mg_fwd_tokens_t tok = {.count = 0};
     int i;
@@ -73,7 +68,7 @@ void mg_fwd_headers(mg_req_t *r, struct evbuffer *h, unsigned drop, mg_fwd_t *f)
     f->xff_len = 0;
     for (i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *hd = &r->hdrs[i];
-        if (MG_FWD_IS(r->hbuf + hd->noff, hd->nlen, "connection"))
+        if (MG_NAME_IS(r->hbuf + hd->noff, hd->nlen, "connection"))
             mg_fwd_conn_tokens(&tok, r->hbuf + hd->voff, hd->vlen);
     }
     for (i = 0; i < r->nhdrs; i++) {
@@ -82,19 +77,20 @@ void mg_fwd_headers(mg_req_t *r, struct evbuffer *h, unsigned drop, mg_fwd_t *f)
         size_t l = hd->nlen;
         if (mg_http_hop_by_hop(n, l) || mg_fwd_tokens_has(&tok, n, l) || mg_req_xhdr_has(r, n, l))
             continue;
-        if (MG_FWD_IS(n, l, "x-forwarded-for")) {
+        if (MG_NAME_IS(n, l, "x-forwarded-for")) {
             f->xff = r->hbuf + hd->voff; /* the chain goes on in mg_fwd_tail */
             f->xff_len = hd->vlen;
             continue;
         }
-        if (MG_FWD_IS(n, l, "x-forwarded-proto") || MG_FWD_IS(n, l, "x-forwarded-host") ||
-            MG_FWD_IS(n, l, "x-request-id"))
+        if (MG_NAME_IS(n, l, "x-forwarded-proto") || MG_NAME_IS(n, l, "x-forwarded-host") ||
+            MG_NAME_IS(n, l, "x-request-id"))
             continue;
-        if ((drop & MG_FWD_DROP_EXPECT) && MG_FWD_IS(n, l, "expect"))
+        if ((drop & MG_FWD_DROP_EXPECT) && MG_NAME_IS(n, l, "expect"))
             continue;
-        if ((drop & MG_FWD_DROP_WS_KEYS) &&
-            (MG_FWD_IS(n, l, "sec-websocket-key") || MG_FWD_IS(n, l, "sec-websocket-extensions") ||
-             MG_FWD_IS(n, l, "sec-websocket-protocol") || MG_FWD_IS(n, l, "sec-websocket-version")))
+        if ((drop & MG_FWD_DROP_WS_KEYS) && (MG_NAME_IS(n, l, "sec-websocket-key") ||
+                                             MG_NAME_IS(n, l, "sec-websocket-extensions") ||
+                                             MG_NAME_IS(n, l, "sec-websocket-protocol") ||
+                                             MG_NAME_IS(n, l, "sec-websocket-version")))
             continue;
         mg_req_copy_header(r, hd, h);
     }

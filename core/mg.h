@@ -12,6 +12,7 @@
 #endif
 #include <stddef.h>
 #include <stdint.h>
+#include <strings.h>
 #include <sys/types.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -300,6 +301,12 @@ double mg_now_coarse(void); /* mg_now to the kernel's tick */
 /* Decimal digits of v into buf (no NUL); returns the length. */
 size_t mg_utoa(char *buf, uint64_t v);
 /* Escapes s for a JSON string (ASCII out) into out (cap bytes, NUL ended). */
+/* Header and token names compare without case (RFC 9110 5.1); MG_NAME_IS
+ * takes a literal. The one copy: proxy, WebSocket and forwarding use it. */
+static inline int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll) {
+    return l == ll && strncasecmp(n, lit, l) == 0;
+}
+#define MG_NAME_IS(n, l, lit) mg_name_eq((n), (l), (lit), sizeof(lit) - 1)
 size_t mg_json_escape(char *out, size_t cap, const char *s);
 int mg_json_error_body(char *out, size_t cap, const char *msg, const char *request_id);
 /* http.c: credentials in a request target's query become "-" for the

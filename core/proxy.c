@@ -32,10 +32,6 @@ static const mg_ux_sink_t mg_proxy_sink = {
     .on_flush = mg_proxy_on_flush,
 };
 
-static int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll) {
-    return l == ll && strncasecmp(n, lit, l) == 0;
-}
-
 static int mg_method_idempotent(int m) {
     return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_PUT || m == HTTP_DELETE ||
            m == HTTP_OPTIONS || m == HTTP_TRACE;

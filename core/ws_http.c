@@ -55,10 +55,6 @@ static int mg_ws_send_101(int fd, const mg_ws_hs_t *hs) {
     return rc;
 }
 
-static int mg_name_is(const char *n, size_t l, const char *lit) {
-    return strlen(lit) == l && strncasecmp(n, lit, l) == 0;
-}
-
 /* The upgrade request for the upstream: the client's end-to-end headers
  * and the forwarding headers (fwd.c) around our Upgrade. `own_key` (relay)
  * replaces the client's WebSocket headers with ours. */
@@ -207,7 +203,7 @@ static void mg_wsp_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, 
     p->resp = evbuffer_new();
     evbuffer_add_printf(p->resp, "HTTP/1.1 %d %s\r\n", status, mg_status_text(status));
     for (i = 0; i < nhdrs; i++)
-        if (mg_name_is(hdrs[i].name, hdrs[i].nlen, "connection"))
+        if (MG_NAME_IS(hdrs[i].name, hdrs[i].nlen, "connection"))
             mg_fwd_conn_tokens(&tok, hdrs[i].value, hdrs[i].vlen);
     for (i = 0; i < nhdrs; i++) {
         if (mg_http_hop_by_hop(hdrs[i].name, hdrs[i].nlen) ||
@@ -683,7 +679,7 @@ static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const
 
     mg_ws_accept_for(p->key, strlen(p->key), want);
     for (i = 0; i < nhdrs; i++)
-        if (mg_name_is(hdrs[i].name, hdrs[i].nlen, "sec-websocket-accept") &&
+        if (MG_NAME_IS(hdrs[i].name, hdrs[i].nlen, "sec-websocket-accept") &&
             hdrs[i].vlen == strlen(want) && memcmp(hdrs[i].value, want, hdrs[i].vlen) == 0)
             ok = 1;
     if (!ok) {
