@@ -26,9 +26,14 @@ SRCS = $(wildcard core/*.c)
 BUILD ?= build
 OBJS = $(SRCS:core/%.c=$(BUILD)/%.o) $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o
 BIN ?= moongate
+# C unit tests (spec/c/test_*.c): one binary each, linked against the real
+# objects; main.o goes in with its main renamed, so its globals are the real ones
+CT_SRCS = $(wildcard spec/c/test_*.c)
+CT_BINS = $(CT_SRCS:spec/c/%.c=$(BUILD)/ct/%)
+CT_OBJS = $(filter-out $(BUILD)/main.o,$(OBJS)) $(BUILD)/main_ct.o
 BUSTED = busted --lua=luajit -m "'lib/?.lua;lib/?/init.lua'"
 
-.PHONY: all run test unit integration asan deps fmt fmt-check lint bench fuzz clean
+.PHONY: all run test unit integration ctest asan deps fmt fmt-check lint bench fuzz clean
 
 all: $(BIN)
 
@@ -65,16 +70,27 @@ $(BUILD)/llhttp_http.o: Makefile | $(BUILD) $(DEPS_STAMP)
 $(BUILD):
 	@mkdir -p $@
 
+$(BUILD)/main_ct.o: $(BUILD)/main.o
+	objcopy --redefine-sym main=mg_main_unused $< $@
+
+$(BUILD)/ct/%: spec/c/%.c spec/c/ct.h $(CT_OBJS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -Ispec/c -o $@ $< $(CT_OBJS) $(LIBS)
+
 run: $(BIN)
 	./$(BIN) -c conf/moongate.lua
 
-# Every spec; the last line is "N passed, N failed".
-test: $(TEST_STAMP) $(BIN)
-	@MOONGATE_BIN=$(CURDIR)/$(BIN) sh tools/run-specs.sh spec/01-unit spec/02-integration \
-	  $(wildcard spec/03-plugins)
+# Every spec and the C unit tests; the last line is "N passed, N failed".
+test: $(TEST_STAMP) $(BIN) $(CT_BINS)
+	@MOONGATE_CTESTS="$(CT_BINS)" MOONGATE_BIN=$(CURDIR)/$(BIN) sh tools/run-specs.sh \
+	  spec/01-unit spec/02-integration $(wildcard spec/03-plugins)
 
-unit: $(TEST_STAMP)
-	@sh tools/run-specs.sh spec/01-unit
+unit: $(TEST_STAMP) $(CT_BINS)
+	@MOONGATE_CTESTS="$(CT_BINS)" sh tools/run-specs.sh spec/01-unit
+
+# the C unit tests alone
+ctest: $(CT_BINS)
+	@MOONGATE_CTESTS="$(CT_BINS)" sh tools/run-specs.sh
 
 integration: $(TEST_STAMP) $(BIN)
 	@MOONGATE_BIN=$(CURDIR)/$(BIN) sh tools/run-specs.sh spec/02-integration
@@ -82,16 +98,19 @@ integration: $(TEST_STAMP) $(BIN)
 # ASan + UBSan build in its own folder, running the integration specs.
 asan: $(TEST_STAMP)
 	@$(MAKE) --no-print-directory BUILD=build-asan BIN=moongate-asan \
-	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -O1" moongate-asan
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -O1" moongate-asan \
+	  $(CT_SRCS:spec/c/%.c=build-asan/ct/%)
 	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  MOONGATE_CTESTS="$(CT_SRCS:spec/c/%.c=build-asan/ct/%)" \
 	  MOONGATE_BIN=$(CURDIR)/moongate-asan MOONGATE_ASAN=1 sh tools/run-specs.sh spec/02-integration \
 	  $(wildcard spec/03-plugins)
 
 fmt:
-	clang-format -i core/*.c core/*.h
+	clang-format -i core/*.c core/*.h spec/c/*.c spec/c/*.h
 
 fmt-check: $(TEST_STAMP)
-	@clang-format --dry-run --Werror core/*.c core/*.h && echo "clang-format: clean"
+	@clang-format --dry-run --Werror core/*.c core/*.h spec/c/*.c spec/c/*.h && \
+	  echo "clang-format: clean"
 
 lint: $(TEST_STAMP)
 	@luacheck -q lib scripts conf spec $(wildcard plugins examples) && echo "luacheck: clean"

@@ -1,7 +1,7 @@
 /*
  * http_int.h -- the inside of a client connection, shared by http.c (the
- * connection and its parser) and http_resp.c (response framing). Nothing
- * else includes this.
+ * connection and its parser) and http_resp.c (response framing), and by
+ * the C unit tests (spec/c/). Nothing else includes this.
  */
 #ifndef MG_HTTP_INT_H
 #define MG_HTTP_INT_H
@@ -40,6 +40,12 @@ void mg_conn_arm(mg_conn_t *c, int mode); /* the connection timer, MG_T_* */
 extern const llhttp_settings_t mg_http_settings;
 int mg_http_on_message_begin(llhttp_t *p); /* a fresh request (also for errors before one) */
 void mg_http_dispatch(mg_req_t *r);        /* to its target, once access allows it */
+/* the head checks llhttp leaves to us (pure: no I/O, exposed for spec/c/) */
+int mg_http_host_valid(const char *v, size_t len); /* Host / authority characters: 1 ok */
+int mg_http_te_check(const char *v, size_t n);     /* Transfer-Encoding value: 0 or 501 */
+/* Host, framing, target form, dot segments of a parsed head; may rewrite an
+ * absolute-form target in r->hbuf. Returns 0 or the status to refuse with. */
+int mg_http_check_head(mg_req_t *r, llhttp_t *p);
 
 /* http_resp.c */
 /* A JSON error response with extra header lines ("Name: value\r\n"). */

@@ -161,7 +161,7 @@ static int mg_http_name_is(mg_req_t *r, mg_hdr_t *h, const char *name, size_t le
     return h->nlen == len && strncasecmp(r->hbuf + h->noff, name, len) == 0;
 }
 
-static int mg_http_host_valid(const char *v, size_t len) {
+int mg_http_host_valid(const char *v, size_t len) {
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = v[i];
         if (!(isalnum(ch) || strchr("-._~%!$&'()*+,;=:[]", ch)))
@@ -175,7 +175,7 @@ static int mg_http_host_valid(const char *v, size_t len) {
  * framed, but forwarding it would hand the upstream bytes still coded.
  * Anything else (chunked not last, or absent) leaves the length unknown,
  * which llhttp refuses with 400 (6.3). Returns 0 or 501. */
-static int mg_http_te_check(const char *v, size_t n) {
+int mg_http_te_check(const char *v, size_t n) {
     size_t e = n, s;
     while (e > 0 && (v[e - 1] == ' ' || v[e - 1] == '\t'))
         e--;
@@ -193,7 +193,7 @@ static int mg_http_te_check(const char *v, size_t n) {
 
 /* Checks llhttp leaves to us: Host (RFC 9112 3.2), framing, target form,
  * dot segments. Returns 0 or an HTTP status to refuse with. */
-static int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
+int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
     int hosts = 0, te = 0, te_501 = 0, i;
     const char *url = r->hbuf;
 

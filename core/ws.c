@@ -41,11 +41,10 @@ static void mg_ws_msg_done(mg_ws_t *ws);
  * State 0 = between characters; 12 = rejected; otherwise bytes still due
  * (bits 0-1) and the range the next byte must fall in (bits 8-23), which
  * rules out overlongs, surrogates and code points above U+10FFFF at the
- * first byte that makes them. */
-#define MG_UTF8_REJECT 12u
+ * first byte that makes them. MG_UTF8_REJECT is in ws_int.h. */
 #define MG_UTF8_ST(need, lo, hi) ((uint32_t)(need) | ((uint32_t)(lo) << 8) | ((uint32_t)(hi) << 16))
 
-static uint32_t mg_utf8_run(uint32_t st, const uint8_t *s, size_t len) {
+uint32_t mg_utf8_run(uint32_t st, const uint8_t *s, size_t len) {
     size_t i = 0;
     while (i < len) {
         uint8_t b;

@@ -4,7 +4,7 @@
  * our own upgrades to upstreams, and picking a permessage-deflate offer
  * (RFC 7692) we can honour.
  */
-#include "ws.h"
+#include "ws_int.h"
 
 #include <openssl/evp.h>
 #include <openssl/sha.h>
@@ -53,7 +53,7 @@ void mg_ws_key(char *out) {
 }
 
 /* Picks a permessage-deflate offer we can honour (RFC 7692 5, 7.1). */
-static void mg_ws_negotiate_pmd(const char *v, size_t len, mg_ws_hs_t *hs) {
+void mg_ws_negotiate_pmd(const char *v, size_t len, mg_ws_hs_t *hs) {
     size_t i = 0;
     while (i < len && !hs->pmd) {
         /* one offer: up to the next ',' */

@@ -1,0 +1,220 @@
+/*
+ * test_head.c -- the request-head checks of core/http_parse.c that llhttp
+ * leaves to us: mg_http_host_valid, mg_http_te_check, and
+ * mg_http_check_head on heads laid out as the parser callbacks lay them
+ * (url, then names and values, in one buffer): Host, header values,
+ * framing, Expect, method and version, target forms, dot segments.
+ */
+#include "ct.h"
+#include "http_int.h"
+
+static char hbuf[2048];
+static mg_hdr_t hdrs[16];
+static mg_req_t req;
+static llhttp_t parser;
+
+/* A parsed head: method, HTTP/1.minor, llhttp flags, the target, then
+ * NULL-terminated name, value pairs. */
+static void head(int method, int minor, int flags, const char *url, const char *const *kv) {
+    size_t n = strlen(url);
+    memset(&req, 0, sizeof(req));
+    memset(&parser, 0, sizeof(parser));
+    memset(hbuf, 0, sizeof(hbuf));
+    memcpy(hbuf, url, n);
+    req.hbuf = hbuf;
+    req.hcap = sizeof(hbuf);
+    req.hdrs = hdrs;
+    req.url_len = (uint32_t)n;
+    req.method = method;
+    req.http_minor = minor;
+    req.host_idx = -1;
+    req.xrid_idx = -1;
+    for (int i = 0; kv && kv[2 * i]; i++) {
+        size_t nl = strlen(kv[2 * i]), vl = strlen(kv[2 * i + 1]);
+        hdrs[i].noff = (uint32_t)n;
+        hdrs[i].nlen = (uint32_t)nl;
+        memcpy(hbuf + n, kv[2 * i], nl);
+        n += nl;
+        hdrs[i].voff = (uint32_t)n;
+        hdrs[i].vlen = (uint32_t)vl;
+        memcpy(hbuf + n, kv[2 * i + 1], vl);
+        n += vl;
+        req.nhdrs = i + 1;
+    }
+    req.hlen = n;
+    parser.method = (uint8_t)method;
+    parser.http_major = 1;
+    parser.http_minor = (uint8_t)minor;
+    parser.flags = (uint16_t)flags;
+}
+
+static const char *const H[] = {"Host", "example.com", NULL};
+
+static int check(int method, const char *url) {
+    head(method, 1, 0, url, H);
+    return mg_http_check_head(&req, &parser);
+}
+
+static int check_hdrs(int minor, int flags, const char *const *kv) {
+    head(HTTP_GET, minor, flags, "/", kv);
+    return mg_http_check_head(&req, &parser);
+}
+
+static void host_chars(void) {
+    CHECK_INT(mg_http_host_valid("example.com", 11), 1);
+    CHECK_INT(mg_http_host_valid("Example.COM:8080", 16), 1);
+    CHECK_INT(mg_http_host_valid("[::1]:80", 8), 1);
+    CHECK_INT(mg_http_host_valid("a-b_c~d%41", 10), 1);
+    CHECK_INT(mg_http_host_valid("", 0), 1);
+    CHECK_INT(mg_http_host_valid("a b", 3), 0);
+    CHECK_INT(mg_http_host_valid("a/b", 3), 0);
+    CHECK_INT(mg_http_host_valid("user@h", 6), 0);
+    CHECK_INT(mg_http_host_valid("h\"x", 3), 0);
+    CHECK_INT(mg_http_host_valid("h\\x", 3), 0);
+    CHECK_INT(mg_http_host_valid("h\x80", 2), 0);
+    CHECK_INT(mg_http_host_valid("h\r", 2), 0);
+    CHECK_INT(mg_http_host_valid("h?x", 3), 0);
+    CHECK_INT(mg_http_host_valid("h#x", 3), 0);
+    /* the length is honoured: the byte after it is not read */
+    CHECK_INT(mg_http_host_valid("ok bad", 2), 1);
+}
+
+static void te_values(void) {
+    CHECK_INT(mg_http_te_check("chunked", 7), 0);
+    CHECK_INT(mg_http_te_check("CHUNKED", 7), 0);
+    CHECK_INT(mg_http_te_check("gzip", 4), 0);
+    CHECK_INT(mg_http_te_check("", 0), 0);
+    CHECK_INT(mg_http_te_check("chunked, gzip", 13), 0); /* chunked not last: llhttp's 400 */
+    CHECK_INT(mg_http_te_check("gzip, chunked", 13), 501);
+    CHECK_INT(mg_http_te_check("gzip,chunked", 12), 501);
+    CHECK_INT(mg_http_te_check("deflate, gzip ,\tChunked \t", 25), 501);
+    CHECK_INT(mg_http_te_check("gzip, chunkedx", 14), 0);
+    CHECK_INT(mg_http_te_check("gzip, xchunked", 14), 0);
+    CHECK_INT(mg_http_te_check("chunked, chunked", 16), 501);
+    CHECK_INT(mg_http_te_check("gzip, chunked+", 13), 501); /* n bounds the value */
+}
+
+static void host_header(void) {
+    static const char *const none[] = {NULL};
+    static const char *const two[] = {"Host", "a", "host", "b", NULL};
+    static const char *const bad[] = {"Host", "a b", NULL};
+    static const char *const ok[] = {"X-A", "1", "hOsT", "example.com:81", NULL};
+    CHECK_INT(check_hdrs(1, 0, none), 400); /* HTTP/1.1 needs Host */
+    CHECK_INT(check_hdrs(0, 0, none), 0);   /* 1.0 does not */
+    CHECK_INT(check_hdrs(1, 0, two), 400);
+    CHECK_INT(check_hdrs(0, 0, two), 400);
+    CHECK_INT(check_hdrs(1, 0, bad), 400);
+    CHECK_INT(check_hdrs(1, 0, ok), 0);
+    CHECK_INT(req.host_idx, 1);
+}
+
+static void header_values(void) {
+    static const char *const tab[] = {"Host", "h", "X-A", "a\tb", NULL};
+    static const char *const cr[] = {"Host", "h", "X-A", "a\rb", NULL};
+    static const char *const lf[] = {"Host", "h", "X-A", "a\nb", NULL};
+    static const char *const del[] = {"Host", "h", "X-A", "a\x7f", NULL};
+    static const char *const esc[] = {"Host", "h", "X-A", "\x1b[0m", NULL};
+    static const char *const hi[] = {"Host", "h", "X-A", "caf\xc3\xa9", NULL};
+    static const char *const noname[] = {"Host", "h", "", "v", NULL};
+    static const char *const xrid[] = {"Host", "h", "X-Request-ID", "abc", NULL};
+    CHECK_INT(check_hdrs(1, 0, tab), 0);
+    CHECK_INT(check_hdrs(1, 0, cr), 400);
+    CHECK_INT(check_hdrs(1, 0, lf), 400);
+    CHECK_INT(check_hdrs(1, 0, del), 400);
+    CHECK_INT(check_hdrs(1, 0, esc), 400);
+    CHECK_INT(check_hdrs(1, 0, hi), 0); /* obs-text is allowed in values */
+    CHECK_INT(check_hdrs(1, 0, noname), 400);
+    CHECK_INT(check_hdrs(1, 0, xrid), 0);
+    CHECK_INT(req.xrid_idx, 1);
+}
+
+static void framing(void) {
+    static const char *const te[] = {"Host", "h", "Transfer-Encoding", "chunked", NULL};
+    static const char *const te501[] = {"Host", "h", "Transfer-Encoding", "gzip, chunked", NULL};
+    static const char *const tenot[] = {"Host", "h", "Transfer-Encoding", "chunked, gzip", NULL};
+    CHECK_INT(check_hdrs(1, F_CHUNKED, te), 0);
+    CHECK_INT(check_hdrs(0, F_CHUNKED, te), 400); /* TE from a 1.0 client */
+    CHECK_INT(check_hdrs(1, F_CHUNKED, te501), 501);
+    CHECK_INT(check_hdrs(1, 0, tenot), 400);
+}
+
+static void expect(void) {
+    static const char *const c100[] = {"Host", "h", "Expect", "100-Continue", NULL};
+    static const char *const other[] = {"Host", "h", "Expect", "200-ok", NULL};
+    static const char *const longer[] = {"Host", "h", "Expect", "100-continue, x", NULL};
+    CHECK_INT(check_hdrs(1, 0, c100), 0);
+    CHECK_INT(req.expect_continue, 1);
+    CHECK_INT(check_hdrs(1, 0, other), 417);
+    CHECK_INT(check_hdrs(1, 0, longer), 417);
+}
+
+static void method_version(void) {
+    CHECK_INT(check(HTTP_CONNECT, "example.com:443"), 405);
+    head(HTTP_GET, 0, 0, "/", H);
+    parser.http_major = 2;
+    CHECK_INT(mg_http_check_head(&req, &parser), 505);
+    CHECK_INT(check(HTTP_DELETE, "/x"), 0);
+}
+
+static void target_forms(void) {
+    CHECK_INT(check(HTTP_OPTIONS, "*"), 0);
+    CHECK_INT(req.path_len, 1);
+    CHECK_INT(check(HTTP_GET, "*"), 400);
+    CHECK_INT(check(HTTP_OPTIONS, "**"), 400);
+    CHECK_INT(check(HTTP_GET, "x/y"), 400);
+    CHECK_INT(check(HTTP_GET, "/a/b?q=1&r=/x"), 0);
+    CHECK_INT(req.path_len, 4);
+    CHECK_INT(check(HTTP_GET, "/a#frag"), 400);
+    CHECK_INT(check(HTTP_GET, "/a?x#frag"), 400);
+    /* absolute-form: reduced to its path; the authority replaces Host */
+    CHECK_INT(check(HTTP_GET, "http://Other.example:8080/p/q?x=1"), 0);
+    CHECK_INT(req.url_len, 8);
+    CHECK(memcmp(hbuf, "/p/q?x=1", 8) == 0);
+    CHECK_INT(req.path_len, 4);
+    CHECK_INT(req.host_idx, 0);
+    CHECK(req.hdrs[0].vlen == 18 && memcmp(hbuf + req.hdrs[0].voff, "Other.example:8080", 18) == 0);
+    CHECK_INT(check(HTTP_GET, "HTTPS://h/"), 0);
+    CHECK_INT(req.url_len, 1);
+    CHECK_INT(check(HTTP_GET, "http://h"), 400); /* no path */
+    CHECK_INT(check(HTTP_GET, "http:///x"), 400);
+    CHECK_INT(check(HTTP_GET, "http://u:p@h/x"), 400);
+    CHECK_INT(check(HTTP_GET, "ftp://h/x"), 400);
+    CHECK_INT(check(HTTP_GET, "http://h/a/../b"), 400); /* checked after the reduction */
+    {
+        char url[400] = "http://";
+        memset(url + 7, 'a', 300);
+        memcpy(url + 307, "/x", 3);
+        CHECK_INT(check(HTTP_GET, url), 400); /* an authority longer than a host can be */
+    }
+}
+
+static void dot_segments(void) {
+    CHECK_INT(check(HTTP_GET, "/a/../b"), 400);
+    CHECK_INT(check(HTTP_GET, "/a/./b"), 400);
+    CHECK_INT(check(HTTP_GET, "/a/.."), 400);
+    CHECK_INT(check(HTTP_GET, "/a/."), 400);
+    CHECK_INT(check(HTTP_GET, "/."), 400);
+    CHECK_INT(check(HTTP_GET, "/.."), 400);
+    CHECK_INT(check(HTTP_GET, "/../?x"), 400);
+    CHECK_INT(check(HTTP_GET, "/%2e%2e/x"), 400);
+    CHECK_INT(check(HTTP_GET, "/a/%2E"), 400);
+    CHECK_INT(check(HTTP_GET, "/.well-known/x"), 0);
+    CHECK_INT(check(HTTP_GET, "/a/..b/c"), 0);
+    CHECK_INT(check(HTTP_GET, "/a/..."), 0);
+    CHECK_INT(check(HTTP_GET, "/a.b/c."), 0);
+    CHECK_INT(check(HTTP_GET, "/%2f"), 0);
+    CHECK_INT(check(HTTP_GET, "/a?p=/../x"), 0); /* the query is not a path */
+}
+
+int main(void) {
+    CT_RUN(host_chars);
+    CT_RUN(te_values);
+    CT_RUN(host_header);
+    CT_RUN(header_values);
+    CT_RUN(framing);
+    CT_RUN(expect);
+    CT_RUN(method_version);
+    CT_RUN(target_forms);
+    CT_RUN(dot_segments);
+    return ct_end();
+}
