@@ -189,12 +189,25 @@ int mg_http_te_check(const char *v, size_t n) {
     return e - s == 7 && strncasecmp(v + s, "chunked", 7) == 0 ? 501 : 0;
 }
 
+/* How many codings a Transfer-Encoding line lists (its non-empty
+ * comma-separated elements). Several lines are one list (RFC 9110 5.3). */
+static int mg_http_te_codings(const char *v, size_t n) {
+    int count = 0, in = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == ',')
+            in = 0;
+        else if (v[i] != ' ' && v[i] != '\t' && !in)
+            in = 1, count++;
+    }
+    return count;
+}
+
 #define MG_HOST_MAX 262 /* a DNS name (255), ':' and a port */
 
 /* Checks llhttp leaves to us: Host (RFC 9112 3.2), framing, target form,
  * dot segments. Returns 0 or an HTTP status to refuse with. */
 int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
-    int hosts = 0, te = 0, te_501 = 0, i;
+    int hosts = 0, te = 0, te_501 = 0, codings = 0, i;
     const char *url = r->hbuf;
 
     for (i = 0; i < r->nhdrs; i++) {
@@ -216,6 +229,7 @@ int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
                 return 400;
         } else if (mg_http_name_is(r, h, "transfer-encoding", 17)) {
             te++;
+            codings += mg_http_te_codings(v, h->vlen);
             if (mg_http_te_check(v, h->vlen) == 501)
                 te_501 = 1;
         } else if (mg_http_name_is(r, h, "x-request-id", 12)) {
@@ -235,7 +249,8 @@ int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
      * callback, when the request has been routed and may be on its way */
     if (te && !(p->flags & F_CHUNKED) && !te_501)
         return 400; /* RFC 9112 6.3 */
-    if (te_501)
+    /* "gzip" and "chunked" on two lines are "gzip, chunked" */
+    if (te_501 || (te > 1 && (p->flags & F_CHUNKED) && codings > 1))
         return 501; /* RFC 9112 6.1: a coding we do not implement */
     if (p->method == HTTP_CONNECT)
         return 405;

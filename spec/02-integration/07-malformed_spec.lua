@@ -114,6 +114,10 @@ local CASES = {
         return "POST /mal-" .. n .. " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
             .. "5\r\nhello\r\n0\r\n\r\n" .. smuggled(n)
     end, nil, { 501 } },
+    { "a transfer coding before chunked, on two lines (one list)", function(n)
+        return "POST /mal-" .. n .. " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n"
+            .. "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" .. smuggled(n)
+    end, nil, { 501 } },
     { "chunked not the final coding", function(n)
         return "POST /mal-" .. n .. " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
             .. "5\r\nhello\r\n0\r\n\r\n" .. smuggled(n)
