@@ -201,8 +201,8 @@ static void mg_http_on_done(void *ud) {
 static void mg_http_on_error(void *ud, int status, const char *msg) {
     mg_co_t *co = ud;
     co->ux = NULL;
-    if (strstr(msg, "timed out"))
-        msg = "timeout";
+    if (status == 504)
+        msg = "timeout"; /* every 504 of an exchange is one of its timers */
     if (co->hstream && co->wait != MG_W_HTTP) {
         /* after the head: resp:read() reports it */
         co->hdone = 1;
@@ -214,7 +214,6 @@ static void mg_http_on_error(void *ud, int status, const char *msg) {
         }
         return;
     }
-    (void)status;
     mg_http_free_bufs(co);
     co->hstream = 0;
     lua_pushnil(co->L);
