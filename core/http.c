@@ -349,7 +349,7 @@ static size_t mg_query_name_decode(const char *s, size_t n, char *out, size_t ca
  * the access log: the values of these parameters become "-". Names are
  * compared decoded (?%74oken= is the auth hook's token too), any case.
  * In place. */
-void mg_log_redact_query(char *path) {
+static void mg_log_redact_query(char *path) {
     static const char *secret[] = {"token", "access_token", "api_key", "apikey",
                                    "key",   "password",     "secret",  "jwt"};
     char *q = strchr(path, '?');
@@ -371,20 +371,27 @@ void mg_log_redact_query(char *path) {
     }
 }
 
+/* The target as access-log lines show it: at most 300 bytes, query
+ * credentials redacted, JSON-escaped into esc (cap bytes). */
+void mg_log_path(const mg_req_t *r, char *esc, size_t cap) {
+    char path[400];
+    size_t pl = r->url_len < 300 ? r->url_len : 300;
+    memcpy(path, r->hbuf, pl);
+    path[pl] = '\0';
+    mg_log_redact_query(path);
+    mg_json_escape(esc, cap, path);
+}
+
 static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
     /* a half-closed client still gets the answers to what it pipelined */
     if (r->resp_close || !r->keep_alive || (X(c)->eof && c->in_len == 0))
         c->closing = 1;
     if (r->gen->access_log) {
-        char line[1024], path[400];
+        char line[1024];
         int n;
-        size_t pl = r->url_len < 300 ? r->url_len : 300;
-        memcpy(path, r->hbuf, pl);
-        path[pl] = '\0';
-        mg_log_redact_query(path);
         {
             char esc[400];
-            mg_json_escape(esc, sizeof(esc), path);
+            mg_log_path(r, esc, sizeof(esc));
             n = snprintf(
                 line, sizeof(line),
                 "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","

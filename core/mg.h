@@ -309,9 +309,9 @@ static inline int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll
 #define MG_NAME_IS(n, l, lit) mg_name_eq((n), (l), (lit), sizeof(lit) - 1)
 size_t mg_json_escape(char *out, size_t cap, const char *s);
 int mg_json_error_body(char *out, size_t cap, const char *msg, const char *request_id);
-/* http.c: credentials in a request target's query become "-" for the
- * access log (also used by the WebSocket sessions' lines). In place. */
-void mg_log_redact_query(char *path);
+/* http.c: the request target as access-log lines (HTTP and WebSocket
+ * sessions) show it: cut to 300 bytes, query credentials as "-", escaped. */
+void mg_log_path(const mg_req_t *r, char *esc, size_t cap);
 
 /* ---- upstream.c: pooled upstream exchanges ---- */
 typedef struct {

@@ -107,16 +107,12 @@ struct mg_ws_alog_s {
 };
 
 mg_ws_alog_t *mg_ws_alog_new(mg_req_t *r) {
-    char path[400], esc[400], head[1024];
-    size_t pl = r->url_len < 300 ? r->url_len : 300;
+    char esc[400], head[1024];
     mg_ws_alog_t *a;
     int n;
     if (!r->gen->access_log)
         return NULL;
-    memcpy(path, r->hbuf, pl);
-    path[pl] = '\0';
-    mg_log_redact_query(path);
-    mg_json_escape(esc, sizeof(esc), path);
+    mg_log_path(r, esc, sizeof(esc));
     n = snprintf(head, sizeof(head),
                  "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
                  "\"method\":\"GET\",\"path\":\"%s\",\"status\":101,",
