@@ -197,13 +197,12 @@ function _M.access(req)
         return unauthorized(req, "invalid token" .. (reason and (": " .. reason) or ""), true)
     end
     req.ctx.auth = id
-    local qs = req.query_string
-    if qs ~= "" and moongate.query_count(qs, "tenant_id") > 1 then
+    local q = req.query
+    if req.query_repeated and req.query_repeated.tenant_id then
         -- the hook would check one value while the upstream may read another
         return 400, err_body(req, "invalid_parameter", "tenant_id given more than once",
             { parameter = "tenant_id" }), { ["Content-Type"] = JSON_TYPE }
     end
-    local q = req.query
     local st, body, headers = _M.check_tenant(req, q.tenant_id)
     if st then
         return st, body, headers

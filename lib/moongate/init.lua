@@ -44,32 +44,20 @@ local function escape(s)
 end
 
 --- Decodes "a=1&b=2" into { a = "1", b = "2" } (a repeated key keeps the last value).
+--- The second result is nil, or the set of names given more than once.
 function _M.decode_query(qs)
-    local t = {}
+    local t, repeated = {}, nil
     if not qs or qs == "" then return t end
     for pair in gmatch(qs, "[^&]+") do
         local eq = find(pair, "=", 1, true)
-        if eq then
-            t[unescape(sub(pair, 1, eq - 1))] = unescape(sub(pair, eq + 1))
-        else
-            t[unescape(pair)] = ""
+        local k = unescape(eq and sub(pair, 1, eq - 1) or pair)
+        if t[k] ~= nil then
+            repeated = repeated or {}
+            repeated[k] = true
         end
+        t[k] = eq and unescape(sub(pair, eq + 1)) or ""
     end
-    return t
-end
-
---- How many times the query string `qs` names `name` (names decoded as
---- decode_query decodes them, so "tenant%5Fid" is "tenant_id").
-function _M.query_count(qs, name)
-    local n = 0
-    if not qs or qs == "" then return 0 end
-    for pair in gmatch(qs, "[^&]+") do
-        local eq = find(pair, "=", 1, true)
-        if unescape(eq and sub(pair, 1, eq - 1) or pair) == name then
-            n = n + 1
-        end
-    end
-    return n
+    return t, repeated
 end
 
 function _M.encode_query(t)
@@ -91,10 +79,11 @@ req_mt.__index = function(req, k)
     local m = req_mt[k]
     if m ~= nil then return m end
     if LAZY[k] then return core.req_fill(req, k) end
-    if k == "query" then
-        local q = _M.decode_query(req.query_string)
+    if k == "query" or k == "query_repeated" then
+        local q, repeated = _M.decode_query(req.query_string)
         req.query = q
-        return q
+        req.query_repeated = repeated or false
+        return rawget(req, k)
     end
 end
 --- The client's header `name` (any case) as received, repeated ones joined
