@@ -661,8 +661,7 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
  * while its request waits on a slow handler or upstream is gone at once
  * (the target is told), not when the answer's write fails. Reading that
  * stops on purpose (pipelined input saved, EOF, closing) removes the event
- * (mg_conn_read_enable), so nothing spins. EV_CLOSED still marks a FIN
- * queued behind the data: read on to it in the same callback. */
+ * (mg_conn_read_enable), so nothing spins. */
 static int mg_conn_read_once(mg_conn_t *c, int fd) {
     ssize_t n;
 
@@ -708,14 +707,12 @@ static int mg_conn_read_once(mg_conn_t *c, int fd) {
     }
     if (X(c)->dead || c->rd_off)
         return 0;
-    return (size_t)n == sizeof(mg_worker.scratch) || X(c)->rdhup;
+    return (size_t)n == sizeof(mg_worker.scratch);
 }
 
 static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg) {
-    mg_conn_t *c = arg;
-    if (what & EV_CLOSED)
-        X(c)->rdhup = 1;
-    while (mg_conn_read_once(c, fd))
+    (void)what;
+    while (mg_conn_read_once(arg, fd))
         ;
 }
 
@@ -765,7 +762,7 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
                   sizeof(c->peer_ip));
     llhttp_init(&c->parser, HTTP_REQUEST, &mg_http_settings);
     c->parser.data = c;
-    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_CLOSED | EV_PERSIST, mg_conn_read_cb, c);
+    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_PERSIST, mg_conn_read_cb, c);
     event_assign(&c->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_conn_write_cb, c);
     evtimer_assign(&c->tev, mg_worker.base, mg_conn_timer_cb, c);
     event_add(&c->rev, NULL);

@@ -17,7 +17,6 @@ typedef struct {
     int dead;               /* free at the next loop turn */
     int lingering;          /* response sent, discarding input until EOF */
     int eof;                /* client half-closed */
-    int rdhup;              /* EV_CLOSED seen: the end is queued, read it (see read_cb) */
     int err_status;         /* status to answer when the parser stops on error */
     int upgrade;            /* parser paused for an upgrade: close after response */
     int handoff;            /* WebSocket: the socket goes to ws_http.c */

@@ -274,7 +274,7 @@ typedef struct mg_tunnel_s {
     struct evbuffer *out[2]; /* pending bytes towards fd[i] */
     struct event rev[2], wev[2], tev;
     int rd_off[2], wr_on[2], eof[2];
-    int shut[2];       /* we shut fd[i]'s writing: its FIN comes as EPOLLHUP, no EV_CLOSED */
+    int shut[2];       /* we shut fd[i]'s writing (once) */
     int first;         /* the side whose end came first, -1 none yet */
     uint64_t bytes[2]; /* read from side i */
     double last;
@@ -345,13 +345,12 @@ static void mg_tunnel_shut(mg_tunnel_t *t, int i) {
     }
 }
 
-/* One read; 1 = read again: after a full read, or on to the end when the
- * peer's FIN is known (`hup`). The read events are level-triggered: an EOF
- * or a reset that came with a short read's bytes (a reset shows as
- * EPOLLERR|EPOLLHUP, which libevent reports without EV_CLOSED) wakes the
- * next epoll_wait again, with no extra recv here. A side that stops
- * reading (paused, or at its end) has its read event removed. */
-static int mg_tunnel_read_once(mg_tunnel_t *t, int fd, int hup) {
+/* One read; 1 = read again (the buffer was full). The read events are
+ * level-triggered: an EOF or a reset that came with a short read's bytes
+ * (FIN, reset, or the EPOLLHUP of a socket we shut) wakes the next
+ * epoll_wait again, with no extra recv here. A side that stops reading
+ * (paused, or at its end) has its read event removed. */
+static int mg_tunnel_read_once(mg_tunnel_t *t, int fd) {
     int from = fd == t->fd[0] ? 0 : 1;
     ssize_t n;
     n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
@@ -378,16 +377,13 @@ static int mg_tunnel_read_once(mg_tunnel_t *t, int fd, int hup) {
         mg_tunnel_free(t, from == 0 ? "upstream" : "client"); /* the other side failed */
         return 0;
     }
-    return ((size_t)n == sizeof(mg_worker.scratch) || hup) && !t->rd_off[from];
+    return (size_t)n == sizeof(mg_worker.scratch) && !t->rd_off[from];
 }
 
 static void mg_tunnel_read_cb(evutil_socket_t fd, short what, void *arg) {
     mg_tunnel_t *t = arg;
-    /* EV_CLOSED: the FIN came with this edge. After we shut the socket's
-     * writing, its FIN shows as EPOLLHUP, which libevent reports without
-     * EV_CLOSED: such a socket is always read to the end. */
-    int hup = (what & EV_CLOSED) || t->shut[fd == t->fd[0] ? 0 : 1];
-    while (mg_tunnel_read_once(t, fd, hup))
+    (void)what;
+    while (mg_tunnel_read_once(t, fd))
         ;
 }
 
@@ -476,8 +472,8 @@ static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, cons
     t->last = mg_now();
     for (i = 0; i < 2; i++) {
         t->out[i] = evbuffer_new();
-        event_assign(&t->rev[i], mg_worker.base, t->fd[i], EV_READ | EV_CLOSED | EV_PERSIST,
-                     mg_tunnel_read_cb, t);
+        event_assign(&t->rev[i], mg_worker.base, t->fd[i], EV_READ | EV_PERSIST, mg_tunnel_read_cb,
+                     t);
         event_assign(&t->wev[i], mg_worker.base, t->fd[i], EV_WRITE | EV_PERSIST,
                      mg_tunnel_write_cb, t);
         event_add(&t->rev[i], NULL);
