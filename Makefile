@@ -22,7 +22,7 @@ CFLAGS_ALL = $(CFLAGS_BASE) $(SAN) $(CFLAGS)
 # llhttp's generated C is not ours: build it with its own, relaxed flags
 LLHTTP_CFLAGS = -O2 -g -w -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) $(SAN)
 
-SRCS = $(wildcard core/*.c)
+SRCS = $(wildcard core/*/*.c)
 BUILD ?= build
 OBJS = $(SRCS:core/%.c=$(BUILD)/%.o) $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o
 BIN ?= moongate
@@ -30,10 +30,10 @@ BIN ?= moongate
 # objects; main.o goes in with its main renamed, so its globals are the real ones
 CT_SRCS = $(wildcard spec/c/test_*.c)
 CT_BINS = $(CT_SRCS:spec/c/%.c=$(BUILD)/ct/%)
-CT_OBJS = $(filter-out $(BUILD)/main.o,$(OBJS)) $(BUILD)/main_ct.o
+CT_OBJS = $(filter-out $(BUILD)/app/main.o,$(OBJS)) $(BUILD)/main_ct.o
 BUSTED = busted --lua=luajit -m "'lib/?.lua;lib/?/init.lua'"
 
-.PHONY: all run test unit integration ctest asan deps fmt fmt-check lint bench fuzz clean
+.PHONY: all run test unit integration ctest asan deps fmt fmt-check lint layers bench fuzz clean
 
 all: $(BIN)
 
@@ -57,7 +57,8 @@ deps:
 $(BIN): $(DEPS_STAMP) $(OBJS)
 	$(CC) $(CFLAGS_ALL) -o $@ $(OBJS) $(LIBS) -Wl,-E
 
-$(BUILD)/%.o: core/%.c $(wildcard core/*.h) Makefile | $(BUILD) $(DEPS_STAMP)
+$(BUILD)/%.o: core/%.c $(wildcard core/*/*.h) Makefile | $(BUILD) $(DEPS_STAMP)
+	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
 $(BUILD)/llhttp.o: Makefile | $(BUILD) $(DEPS_STAMP)
@@ -70,7 +71,7 @@ $(BUILD)/llhttp_http.o: Makefile | $(BUILD) $(DEPS_STAMP)
 $(BUILD):
 	@mkdir -p $@
 
-$(BUILD)/main_ct.o: $(BUILD)/main.o
+$(BUILD)/main_ct.o: $(BUILD)/app/main.o
 	objcopy --redefine-sym main=mg_main_unused $< $@
 
 $(BUILD)/ct/%: spec/c/%.c spec/c/ct.h $(CT_OBJS)
@@ -106,10 +107,14 @@ asan: $(TEST_STAMP)
 	  $(wildcard spec/03-plugins)
 
 fmt:
-	clang-format -i core/*.c core/*.h spec/c/*.c spec/c/*.h
+	clang-format -i core/*/*.c core/*/*.h spec/c/*.c spec/c/*.h
+
+# includes and calls in core/ go downward only (tools/layers.py says how)
+layers: $(BIN)
+	python3 tools/layers.py $(BUILD)
 
 fmt-check: $(TEST_STAMP)
-	@clang-format --dry-run --Werror core/*.c core/*.h spec/c/*.c spec/c/*.h && \
+	@clang-format --dry-run --Werror core/*/*.c core/*/*.h spec/c/*.c spec/c/*.h && \
 	  echo "clang-format: clean"
 
 lint: $(TEST_STAMP)

@@ -6,7 +6,7 @@
  * framing, Expect, method and version, target forms, dot segments.
  */
 #include "ct.h"
-#include "http_int.h"
+#include "http/http_int.h"
 
 static char hbuf[2048];
 static mg_hdr_t hdrs[16];

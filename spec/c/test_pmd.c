@@ -5,7 +5,7 @@
  * offers that are declined.
  */
 #include "ct.h"
-#include "ws_int.h"
+#include "ws/ws_int.h"
 
 static mg_ws_hs_t hs;
 

@@ -5,7 +5,9 @@
  * hosts, servers; and mg_route_strip_len.
  */
 #include "ct.h"
-#include "mg.h"
+#include "conf/conf.h"
+
+#include <llhttp.h>
 
 #include <stdlib.h>
 

@@ -4,7 +4,7 @@
  * characters, code points above U+10FFFF, and the 8/16-byte ASCII runs.
  */
 #include "ct.h"
-#include "ws_int.h"
+#include "ws/ws_int.h"
 
 #include <stdlib.h>
 

@@ -1,0 +1,55 @@
+/*
+ * app.h -- the top: the master (main.c: listeners, workers, reloads),
+ * one worker's life (worker.c: accept, signals, the control channel),
+ * loading a generation (load.c) and the snapshot of the files it reads
+ * (snap.c).
+ */
+#ifndef MG_APP_H
+#define MG_APP_H
+
+#include "gateway/gateway.h"
+
+/* ---- load.c ---- */
+/* Loads a generation. snap_fd -1: read the files from the disk and keep
+ * what was read (mg_snap_export); else a snapshot memfd from the master to
+ * load exactly those bytes (borrowed). id 0: the next number. */
+mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen);
+const char *mg_lib_dir(void);
+
+/* ---- snap.c: the files a generation loads, read once ---- */
+void mg_snap_install(lua_State *L); /* file readers go through an empty snapshot */
+int mg_snap_import(lua_State *L, int fd, char *err, size_t errlen); /* snapshot from memfd */
+int mg_snap_scan(lua_State *L, int dirs, char *err, size_t errlen); /* + .lua under dirs */
+void mg_snap_stop(lua_State *L); /* loading done: file readers but require read the disk */
+void mg_snap_drop(lua_State *L); /* frees all but the modules require resolves from */
+int mg_snap_export(lua_State *L, char *err, size_t errlen); /* sealed memfd, or -1; then drop */
+
+/* ---- worker.c ---- */
+void mg_worker_run(int id, int *fds, int nfd, int ctl);
+
+/* The control channel between the master and one worker: a SOCK_SEQPACKET
+ * socketpair, one message per record. A reload is two-phase: PREPARE
+ * (with the generation's snapshot memfd) -> READY or REFUSE, then COMMIT ->
+ * SERVING, or ABORT. */
+enum {
+    MG_CTL_PREPARE = 'P',
+    MG_CTL_READY = 'K',
+    MG_CTL_REFUSE = 'E',
+    MG_CTL_COMMIT = 'C',
+    MG_CTL_SERVING = 'S',
+    MG_CTL_ABORT = 'A',
+};
+typedef struct {
+    char op;        /* MG_CTL_* */
+    unsigned id;    /* the generation */
+    char text[480]; /* REFUSE: why */
+} mg_ctl_msg_t;
+int mg_ctl_send(int sock, int op, unsigned id, const char *text, int fd); /* fd -1: none */
+int mg_ctl_recv(int sock, mg_ctl_msg_t *m, int *fd); /* MG_OK, MG_AGAIN, MG_ERR (closed) */
+void mg_request_id(char *out);                       /* 32 hex chars + NUL */
+void mg_server_stop_accept(void);
+
+/* ---- main.c ---- */
+extern const char *mg_conf_path;
+
+#endif

@@ -1,0 +1,512 @@
+/*
+ * load.c -- loading a generation: a fresh LuaJIT state in which
+ * lib/moongate/loader.lua validates the conf file and scripts (every file
+ * read through the snapshot, snap.c), then the C copy of what the data path
+ * needs (listeners, upstreams, compiled routes). Loading never touches the
+ * current generation, so a failed load changes nothing.
+ */
+#include "app/app.h"
+
+#include <lauxlib.h>
+#include <limits.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static unsigned mg_gen_seq;
+
+/* What goes with a generation beside its C tables: its coroutines and
+ * its Lua state. */
+static void mg_load_dtor(mg_gen_t *g) {
+    mg_co_pool_free(g);
+    if (g->L)
+        lua_close(g->L);
+}
+
+const char *mg_lib_dir(void) {
+    static char dir[PATH_MAX];
+    const char *env;
+    ssize_t n;
+    char *slash;
+
+    if (dir[0])
+        return dir;
+    env = getenv("MOONGATE_LIB");
+    if (env && *env) {
+        snprintf(dir, sizeof(dir), "%s", env);
+        return dir;
+    }
+    n = readlink("/proc/self/exe", dir, sizeof(dir) - 5);
+    if (n <= 0) {
+        snprintf(dir, sizeof(dir), "lib");
+        return dir;
+    }
+    dir[n] = '\0';
+    slash = strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    strcat(dir, "/lib");
+    return dir;
+}
+
+/* Field readers. The loader (lib/moongate/loader.lua, routes.lua) writes
+ * every field with its default, so the defaults live there only: `dflt` is
+ * what an absent field reads as (0, or a position), never a second copy. */
+static int mg_load_field_int(lua_State *L, int idx, const char *k, int dflt) {
+    int v = dflt;
+    lua_getfield(L, idx, k);
+    if (lua_isnumber(L, -1))
+        v = (int)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int mg_load_field_ms(lua_State *L, int idx, const char *k, int dflt) {
+    int v = dflt;
+    lua_getfield(L, idx, k);
+    if (lua_isnumber(L, -1))
+        v = (int)(lua_tonumber(L, -1) * 1000.0 + 0.5);
+    lua_pop(L, 1);
+    return v;
+}
+
+static char *mg_load_field_str(lua_State *L, int idx, const char *k) {
+    char *v = NULL;
+    lua_getfield(L, idx, k);
+    if (lua_type(L, -1) == LUA_TSTRING)
+        v = strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Appends the addresses in the list at the top of L (the loader's
+ * { {host=, port=}, ... }: it wrote every field and the defaults) to
+ * g->listen, for route table `server` (0 = the main one). */
+static int mg_load_add_listen(mg_gen_t *g, lua_State *L, int server) {
+    int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    mg_addr_t *a = realloc(g->listen, sizeof(mg_addr_t) * (g->nlisten + n + 1));
+    if (a == NULL)
+        return MG_ERR;
+    g->listen = a;
+    for (int k = 1; k <= n; k++) {
+        mg_addr_t *x = &g->listen[g->nlisten++];
+        char *h;
+        lua_rawgeti(L, -1, k);
+        memset(x, 0, sizeof(*x));
+        h = mg_load_field_str(L, lua_gettop(L), "host");
+        snprintf(x->host, sizeof(x->host), "%s", h ? h : "");
+        free(h);
+        x->port = mg_load_field_int(L, lua_gettop(L), "port", 0);
+        x->server = server;
+        lua_pop(L, 1);
+    }
+    return MG_OK;
+}
+
+static int mg_load_read_conf(mg_gen_t *g, lua_State *L, int conf) {
+    int i, n;
+
+    lua_getfield(L, conf, "shared_dicts");
+    n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    g->shd_names = calloc(n ? n : 1, sizeof(char *));
+    g->shd_sizes = calloc(n ? n : 1, sizeof(size_t));
+    for (i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        g->shd_names[g->nshd] = mg_load_field_str(L, lua_gettop(L), "name");
+        lua_getfield(L, -1, "size");
+        g->shd_sizes[g->nshd++] = (size_t)lua_tonumber(L, -1);
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+
+    g->workers = mg_load_field_int(L, conf, "workers", 0);
+    lua_getfield(L, conf, "max_open_files");
+    g->max_open_files = lua_isnumber(L, -1) ? (long long)lua_tonumber(L, -1) : 0;
+    lua_pop(L, 1);
+    lua_getfield(L, conf, "access_log");
+    g->access_log = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    {
+        char *lvl = mg_load_field_str(L, conf, "log_level");
+        if (lvl) {
+            g->log_level = mg_log_level_parse(lvl);
+            free(lvl);
+        }
+    }
+
+    lua_getfield(L, conf, "timeouts");
+    if (lua_istable(L, -1)) {
+        int t = lua_gettop(L);
+        g->timeouts.read = mg_load_field_ms(L, t, "read", 0);
+        g->timeouts.write = mg_load_field_ms(L, t, "write", 0);
+        g->timeouts.idle = mg_load_field_ms(L, t, "idle", 0);
+        g->timeouts.header = mg_load_field_ms(L, t, "header", 0);
+        g->timeouts.drain = mg_load_field_ms(L, t, "drain", 0);
+        g->timeouts.body = mg_load_field_ms(L, t, "body", 0);
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, conf, "limits");
+    if (lua_istable(L, -1)) {
+        int t = lua_gettop(L);
+        g->limits.header_size = (size_t)mg_load_field_int(L, t, "header_size", 0);
+        g->limits.header_count = mg_load_field_int(L, t, "header_count", 0);
+        g->max_websockets = mg_load_field_int(L, t, "websockets", 0);
+        lua_getfield(L, t, "body_size");
+        g->limits.body_size = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : 0;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (g->limits.header_size < 256)
+        g->limits.header_size = 256;
+    if (g->limits.header_count < 1)
+        g->limits.header_count = 1;
+
+    lua_getfield(L, conf, "listen");
+    if (mg_load_add_listen(g, L, 0) != MG_OK)
+        return MG_ERR;
+    lua_pop(L, 1);
+
+    lua_getfield(L, conf, "upstreams");
+    n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    g->upstreams = calloc(n ? n : 1, sizeof(mg_upstream_t));
+    for (i = 1; i <= n; i++) {
+        mg_upstream_t *u = &g->upstreams[g->nupstreams++];
+        int t, ns, k;
+        char *name;
+        lua_rawgeti(L, -1, i);
+        t = lua_gettop(L);
+        name = mg_load_field_str(L, t, "name");
+        snprintf(u->name, sizeof(u->name), "%s", name ? name : "?");
+        free(name);
+        u->keepalive = mg_load_field_int(L, t, "keepalive", 0);
+        u->connect_timeout = mg_load_field_ms(L, t, "connect_timeout", 0);
+        u->response_timeout = mg_load_field_ms(L, t, "response_timeout", 0);
+        u->body_timeout = mg_load_field_ms(L, t, "body_timeout", 0);
+        u->max_fails = mg_load_field_int(L, t, "max_fails", 0);
+        u->fail_timeout = mg_load_field_ms(L, t, "fail_timeout", 0);
+        lua_getfield(L, t, "servers");
+        ns = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+        u->peers = calloc(ns ? ns : 1, sizeof(mg_peer_t *));
+        for (k = 1; k <= ns; k++) {
+            char *h;
+            int port;
+            lua_rawgeti(L, -1, k);
+            h = mg_load_field_str(L, lua_gettop(L), "host");
+            port = mg_load_field_int(L, lua_gettop(L), "port", 0);
+            if (h)
+                u->peers[u->npeers++] = mg_peer_get(h, port);
+            free(h);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    return MG_OK;
+}
+
+static char **mg_load_str_list(lua_State *L, int idx, const char *k, int *n) {
+    char **v = NULL;
+    int i, cnt;
+    *n = 0;
+    lua_getfield(L, idx, k);
+    cnt = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    if (cnt) {
+        v = calloc(cnt, sizeof(char *));
+        for (i = 1; v && i <= cnt; i++) {
+            lua_rawgeti(L, -1, i);
+            if (lua_type(L, -1) == LUA_TSTRING)
+                v[(*n)++] = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* A registry reference to the non-empty list t[k], or LUA_NOREF. */
+static int mg_load_list_ref(lua_State *L, int t, const char *k) {
+    lua_getfield(L, t, k);
+    if (lua_istable(L, -1) && lua_objlen(L, -1) > 0)
+        return luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    return LUA_NOREF;
+}
+
+static mg_ws_conf_t *mg_load_read_ws(lua_State *L, int t) {
+    mg_ws_conf_t *w;
+    char *mode;
+    int hb;
+    lua_getfield(L, t, "websocket");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    w = calloc(1, sizeof(*w));
+    t = lua_gettop(L);
+    mode = mg_load_field_str(L, t, "mode");
+    w->mode = mode && strcmp(mode, "relay") == 0     ? MG_WS_RELAY
+              : mode && strcmp(mode, "handler") == 0 ? MG_WS_HANDLER
+                                                     : MG_WS_TUNNEL;
+    free(mode);
+    lua_getfield(L, t, "heartbeat");
+    hb = lua_gettop(L);
+    if (lua_istable(L, hb)) {
+        w->hb_interval = mg_load_field_ms(L, hb, "interval", 0);
+        w->hb_timeout = mg_load_field_ms(L, hb, "timeout", 0);
+        lua_getfield(L, hb, "message");
+        w->hb_message = lua_toboolean(L, -1);
+        lua_getfield(L, hb, "ping_frames");
+        w->hb_frames = lua_toboolean(L, -1);
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, t, "max_message");
+    w->max_message = lua_isnumber(L, -1) ? (uint64_t)lua_tonumber(L, -1) : 0;
+    lua_getfield(L, t, "send_buffer");
+    w->send_buffer = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : 0;
+    lua_getfield(L, t, "deflate");
+    w->deflate = lua_toboolean(L, -1);
+    lua_pop(L, 3);
+    w->idle = mg_load_field_ms(L, t, "idle", 0);
+    w->protocols = mg_load_str_list(L, t, "protocols", &w->nprotocols);
+    w->origins = mg_load_str_list(L, t, "origins", &w->norigins);
+    w->upstream_path = mg_load_field_str(L, t, "upstream_path");
+    w->on_message_ref = LUA_NOREF;
+    w->ws_open_ref = mg_load_list_ref(L, t, "ws_open");
+    w->ws_close_ref = mg_load_list_ref(L, t, "ws_close");
+    lua_getfield(L, t, "on_message");
+    if (lua_isfunction(L, -1))
+        w->on_message_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    else
+        lua_pop(L, 1);
+    lua_pop(L, 1);
+    return w;
+}
+
+/* Appends the routes of one table (server) to g->routes. */
+static int mg_load_read_routes(mg_gen_t *g, lua_State *L, int routes, int server, char *err,
+                               size_t errlen) {
+    int i, n = (int)lua_objlen(L, routes);
+    mg_route_t *nr = realloc(g->routes, sizeof(mg_route_t) * (g->nroutes + n + 1));
+
+    if (nr == NULL)
+        return MG_ERR;
+    g->routes = nr;
+    memset(g->routes + g->nroutes, 0, sizeof(mg_route_t) * (n + 1));
+    for (i = 1; i <= n; i++) {
+        mg_route_t *r = &g->routes[g->nroutes++];
+        r->server = server;
+        r->access_ref = LUA_NOREF;
+        int t;
+        char *kind, *up, cerr[200];
+        lua_rawgeti(L, routes, i);
+        t = lua_gettop(L);
+        r->handler_ref = LUA_NOREF;
+        r->rule = mg_load_field_str(L, t, "rule");
+        r->name = mg_load_field_str(L, t, "name");
+        r->host = mg_load_field_str(L, t, "host");
+        kind = mg_load_field_str(L, t, "kind");
+        r->prefix = kind && strcmp(kind, "prefix") == 0;
+        free(kind);
+        r->index = mg_load_field_int(L, t, "index", i);
+        lua_getfield(L, t, "strip_prefix");
+        r->strip_prefix = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        lua_getfield(L, t, "body_size");
+        r->body_size = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : g->limits.body_size;
+        lua_pop(L, 1);
+        lua_getfield(L, t, "methods");
+        if (lua_istable(L, -1)) {
+            int m, nm = (int)lua_objlen(L, -1);
+            for (m = 1; m <= nm; m++) {
+                const char *ms;
+                int e;
+                lua_rawgeti(L, -1, m);
+                ms = lua_tostring(L, -1);
+                for (e = 0; ms && e < 64; e++) {
+                    const char *nm2 = llhttp_method_name((llhttp_method_t)e);
+                    if (nm2 && strcmp(nm2, ms) == 0) {
+                        r->methods |= 1ULL << e;
+                        break;
+                    }
+                }
+                lua_pop(L, 1);
+            }
+            if (r->methods == 0) /* only unknown methods: match none */
+                r->methods = 1ULL << 63;
+        }
+        lua_pop(L, 1);
+        r->ws = mg_load_read_ws(L, t);
+        if (r->ws) {
+            char *onr = mg_load_field_str(L, t, "on_reload");
+            r->ws->drain_on_reload = onr && strcmp(onr, "drain") == 0;
+            free(onr);
+        }
+        up = mg_load_field_str(L, t, "upstream");
+        if (up) {
+            r->upstream = mg_gen_upstream(g, up, strlen(up));
+            free(up);
+        }
+        lua_getfield(L, t, "handler");
+        if (lua_isfunction(L, -1))
+            r->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        else
+            lua_pop(L, 1);
+        r->access_ref = mg_load_list_ref(L, t, "access");
+        r->hf_ref = mg_load_list_ref(L, t, "header_filter");
+        r->log_ref = mg_load_list_ref(L, t, "log");
+        lua_pop(L, 1);
+        if (r->rule == NULL || (r->upstream == NULL && r->handler_ref == LUA_NOREF)) {
+            snprintf(err, errlen, "route #%d: no rule or target", r->index);
+            return MG_ERR;
+        }
+        if (mg_route_compile(r, cerr, sizeof(cerr)) != MG_OK) {
+            snprintf(err, errlen, "route #%d (%s): %s", r->index, r->rule, cerr);
+            return MG_ERR;
+        }
+    }
+    return MG_OK;
+}
+
+/* conf.servers: more listeners, each with its own route table. */
+static int mg_load_read_servers(mg_gen_t *g, lua_State *L, int genidx, char *err, size_t errlen) {
+    int i, n;
+    lua_getfield(L, genidx, "servers");
+    n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    for (i = 1; i <= n; i++) {
+        int t;
+        lua_rawgeti(L, -1, i);
+        t = lua_gettop(L);
+        lua_getfield(L, t, "listen");
+        if (mg_load_add_listen(g, L, i) != MG_OK) {
+            snprintf(err, errlen, "out of memory");
+            return MG_ERR;
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, t, "routes");
+        if (lua_istable(L, -1) && mg_load_read_routes(g, L, lua_gettop(L), i, err, errlen) != MG_OK)
+            return MG_ERR;
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    return MG_OK;
+}
+
+static void mg_load_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx) {
+    int i, n;
+    lua_getfield(L, loader, "describe");
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pushvalue(L, genidx);
+    if (lua_pcall(L, 1, 1, 0) != 0 || !lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    n = (int)lua_objlen(L, -1);
+    g->desc = calloc(n ? n : 1, sizeof(char *));
+    for (i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        if (lua_type(L, -1) == LUA_TSTRING)
+            g->desc[g->ndesc++] = strdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen) {
+    mg_gen_t *g = calloc(1, sizeof(*g));
+    lua_State *L;
+    int loader, genidx;
+
+    if (g == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    g->log_level = -1;
+    g->dtor = mg_load_dtor;
+    g->conf_file = strdup(conf_file);
+    L = g->L = luaL_newstate();
+    if (L == NULL) {
+        snprintf(err, errlen, "cannot create a Lua state");
+        goto fail;
+    }
+    luaL_openlibs(L);
+    /* lib/?.lua first, so moongate's own modules are found */
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", mg_lib_dir(), mg_lib_dir(),
+                    lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+    /* every file the load reads goes through one snapshot (snap.c) */
+    mg_snap_install(L);
+    if (snap_fd >= 0 && mg_snap_import(L, snap_fd, err, errlen) != MG_OK)
+        goto fail;
+    mg_lua_open_api(L);
+
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moongate.loader");
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto fail;
+    }
+    loader = lua_gettop(L);
+    lua_getfield(L, loader, "load");
+    lua_pushstring(L, conf_file);
+    lua_newtable(L);
+    lua_pushinteger(L, sysconf(_SC_NPROCESSORS_ONLN));
+    lua_setfield(L, -2, "ncpu");
+    if (lua_pcall(L, 2, 2, 0) != 0) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto fail;
+    }
+    if (!lua_istable(L, -2)) {
+        snprintf(err, errlen, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "load failed");
+        goto fail;
+    }
+    lua_pop(L, 1);
+    genidx = lua_gettop(L);
+    lua_getfield(L, genidx, "conf");
+    if (mg_load_read_conf(g, L, lua_gettop(L)) != MG_OK) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, genidx, "routes");
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "%s: routes missing", conf_file);
+        goto fail;
+    }
+    if (mg_load_read_routes(g, L, lua_gettop(L), 0, err, errlen) != MG_OK)
+        goto fail;
+    lua_pop(L, 1);
+    if (mg_load_read_servers(g, L, genidx, err, errlen) != MG_OK)
+        goto fail;
+    mg_load_read_desc(g, L, loader, genidx);
+    /* the master: every module a handler may require later is read now */
+    if (snap_fd < 0) {
+        lua_getfield(L, genidx, "snap_dirs");
+        if (mg_snap_scan(L, lua_gettop(L), err, errlen) != MG_OK)
+            goto fail;
+        lua_pop(L, 1);
+    }
+    /* keep the generation table alive for handlers that close over it */
+    lua_setfield(L, LUA_REGISTRYINDEX, "moongate.gen");
+    lua_settop(L, 0);
+    mg_snap_stop(L);
+    if (snap_fd >= 0)
+        mg_snap_drop(L);
+    if (id == 0)
+        id = mg_gen_seq + 1;
+    g->id = mg_gen_seq = id;
+    return g;
+
+fail:
+    mg_gen_free(g);
+    return NULL;
+}

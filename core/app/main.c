@@ -1,0 +1,574 @@
+/*
+ * main.c -- the command line and the master process. The master loads the
+ * first generation (so workers start from a checked one), binds one
+ * SO_REUSEPORT socket per worker slot and listen address, forks the
+ * workers and then only handles signals: HUP re-checks the scripts and, if
+ * they load, tells every worker to reload; TERM/INT stop the workers
+ * gracefully; a worker that dies is restarted on the same sockets, so
+ * connections queued for it are not lost.
+ */
+#include "app/app.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <luajit.h>
+#include <netdb.h>
+#include <openssl/crypto.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <wslay/wslay.h>
+
+const char *mg_conf_path = "conf/moongate.lua";
+
+/* Where a worker is in a reload (mg_reload). */
+enum { MG_SLOT_IDLE, MG_SLOT_LOADING, MG_SLOT_READY, MG_SLOT_SWITCHING, MG_SLOT_SERVING };
+
+typedef struct {
+    pid_t pid;
+    int *fds; /* this slot's listening sockets, one per listen address */
+    double started;
+    int restarts;
+    int ctl; /* our end of the control channel, -1 if none */
+    struct event *ctl_ev;
+    int state; /* MG_SLOT_* */
+} mg_slot_t;
+
+static mg_slot_t *mg_slots;
+static int mg_nslots, mg_nlisten;
+static int mg_master_stopping;
+static struct event_base *mg_master_base;
+
+/* A reload in progress: mg_gen_pending is loaded and checked here, and
+ * its snapshot went to every worker (PREPARE); it serves once every worker
+ * said READY and then SERVING, or is dropped everywhere. */
+#define MG_RELOAD_TIMEOUT 10 /* seconds a worker has to answer */
+enum { MG_RELOAD_NONE, MG_RELOAD_PREPARE, MG_RELOAD_COMMIT };
+static struct {
+    int phase; /* MG_RELOAD_* */
+    int again; /* a SIGHUP arrived meanwhile: reload once more after this one */
+    struct event *timer;
+} mg_reload;
+
+static void mg_reload_start(void);
+
+static void mg_usage(void) {
+    fprintf(stderr, "usage: moongate [-c conf/moongate.lua] [-t] [-v] [-p pidfile]\n"
+                    "  -c FILE  configuration file (default conf/moongate.lua)\n"
+                    "  -t       check the configuration, scripts and routes, then exit\n"
+                    "  -v       print versions and exit\n"
+                    "  -p FILE  write the master's pid to FILE\n");
+}
+
+static void mg_versions(void) {
+    printf("moongate %s\n", MG_VERSION);
+    printf("LuaJIT %s\n", LUAJIT_VERSION);
+    printf("libevent %s\n", event_get_version());
+    printf("OpenSSL %s\n", OpenSSL_version(OPENSSL_VERSION));
+    printf("wslay %s\n", WSLAY_VERSION);
+    printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
+}
+
+/* SO_REUSEPORT would let a second moongate share the port silently: a
+ * plain bind first tells whether someone already listens there. */
+static int mg_listen_free(mg_addr_t *a) {
+    struct addrinfo hints, *res = NULL;
+    char port[16];
+    int fd, one = 1, ok = 1;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(port, sizeof(port), "%d", a->port);
+    if (getaddrinfo(a->host, port, &hints, &res) != 0 || res == NULL)
+        return 1; /* mg_listen_one reports it */
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 && errno == EADDRINUSE)
+            ok = 0;
+        close(fd);
+    }
+    freeaddrinfo(res);
+    if (!ok)
+        mg_error("listen %s:%d: address already in use", a->host, a->port);
+    return ok;
+}
+
+static int mg_listen_one(mg_addr_t *a) {
+    struct addrinfo hints, *res = NULL;
+    char port[16];
+    int fd, one = 1, rc;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(port, sizeof(port), "%d", a->port);
+    rc = getaddrinfo(a->host, port, &hints, &res);
+    if (rc != 0 || res == NULL) {
+        mg_error("listen %s:%d: %s", a->host, a->port, gai_strerror(rc));
+        return -1;
+    }
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        goto fail;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 4096) < 0)
+        goto fail;
+    freeaddrinfo(res);
+    return fd;
+fail:
+    mg_error("listen %s:%d: %s", a->host, a->port, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(res);
+    return -1;
+}
+
+/* Raises the soft RLIMIT_NOFILE to the hard limit (or to max_open_files),
+ * once at start: the workers inherit it. A hard limit of "unlimited" is
+ * capped at fs.nr_open, the most setrlimit accepts. */
+static void mg_open_files_limit(mg_gen_t *g) {
+    struct rlimit rl;
+    rlim_t want;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        mg_warn("getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return;
+    }
+    want = rl.rlim_max;
+    if (want == RLIM_INFINITY) {
+        FILE *f = fopen("/proc/sys/fs/nr_open", "r");
+        unsigned long long n = 1048576;
+        if (f) {
+            if (fscanf(f, "%llu", &n) != 1)
+                n = 1048576;
+            fclose(f);
+        }
+        want = (rlim_t)n;
+    }
+    if (g->max_open_files > 0) {
+        if ((rlim_t)g->max_open_files > want)
+            mg_warn("max_open_files = %lld is above the hard limit %llu: using the hard limit",
+                    g->max_open_files, (unsigned long long)want);
+        else
+            want = (rlim_t)g->max_open_files;
+    }
+    if (want != rl.rlim_cur) {
+        struct rlimit nl = {want, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &nl) != 0)
+            mg_warn("setrlimit(RLIMIT_NOFILE, %llu): %s", (unsigned long long)want,
+                    strerror(errno));
+        else
+            rl.rlim_cur = want;
+    }
+    if (rl.rlim_max == RLIM_INFINITY)
+        mg_info("max open files: %llu per process (hard limit unlimited)",
+                (unsigned long long)rl.rlim_cur);
+    else
+        mg_info("max open files: %llu per process (hard limit %llu)",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max);
+}
+
+static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg);
+
+static void mg_slot_close_ctl(mg_slot_t *s) {
+    if (s->ctl_ev)
+        event_free(s->ctl_ev);
+    if (s->ctl >= 0)
+        close(s->ctl);
+    s->ctl_ev = NULL;
+    s->ctl = -1;
+}
+
+static void mg_spawn(int slot) {
+    mg_slot_t *s = &mg_slots[slot];
+    int sv[2];
+    pid_t pid;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {
+        mg_error("worker %d: socketpair: %s", slot, strerror(errno));
+        sv[0] = sv[1] = -1;
+    }
+    pid = fork();
+    if (pid < 0) {
+        mg_error("fork: %s", strerror(errno));
+        if (sv[0] >= 0) {
+            close(sv[0]);
+            close(sv[1]);
+        }
+        return;
+    }
+    if (pid == 0) {
+        /* child: keep only this slot's sockets and its end of the channel;
+         * it inherits mg_gen_current and, during a reload, mg_gen_pending */
+        for (int i = 0; i < mg_nslots; i++) {
+            if (i != slot)
+                for (int k = 0; k < mg_nlisten; k++)
+                    close(mg_slots[i].fds[k]);
+            if (mg_slots[i].ctl >= 0)
+                close(mg_slots[i].ctl);
+        }
+        if (sv[0] >= 0)
+            close(sv[0]);
+        event_reinit(mg_master_base);
+        event_base_free(mg_master_base);
+        mg_worker_run(slot, s->fds, mg_nlisten, sv[1]);
+        _exit(0);
+    }
+    s->pid = pid;
+    s->started = mg_now();
+    mg_slot_close_ctl(s);
+    if (sv[0] >= 0) {
+        close(sv[1]);
+        s->ctl = sv[0];
+        s->ctl_ev = event_new(mg_master_base, sv[0], EV_READ | EV_PERSIST, mg_master_ctl_cb,
+                              (void *)(intptr_t)slot);
+        event_add(s->ctl_ev, NULL);
+    }
+    /* forked from the master, it holds the reload's generation already */
+    s->state = MG_SLOT_IDLE;
+    if (mg_reload.phase == MG_RELOAD_PREPARE)
+        s->state = MG_SLOT_READY;
+    else if (mg_reload.phase == MG_RELOAD_COMMIT)
+        s->state = mg_ctl_send(s->ctl, MG_CTL_COMMIT, mg_gen_pending->id, NULL, -1) == MG_OK
+                       ? MG_SLOT_SWITCHING
+                       : MG_SLOT_IDLE;
+}
+
+/* ---- reload: one snapshot, every worker or none ---- */
+
+static void mg_reload_done(void) {
+    mg_reload.phase = MG_RELOAD_NONE;
+    if (mg_reload.timer)
+        evtimer_del(mg_reload.timer);
+    for (int i = 0; i < mg_nslots; i++)
+        mg_slots[i].state = MG_SLOT_IDLE;
+    if (mg_reload.again && !mg_master_stopping) {
+        mg_reload.again = 0;
+        mg_reload_start();
+    }
+}
+
+static void mg_reload_abort(const char *why) {
+    mg_gen_t *g = mg_gen_pending;
+    for (int i = 0; i < mg_nslots; i++)
+        if (mg_slots[i].pid && mg_slots[i].ctl >= 0)
+            mg_ctl_send(mg_slots[i].ctl, MG_CTL_ABORT, g->id, NULL, -1);
+    mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, why);
+    mg_gen_pending = NULL;
+    mg_gen_release(g);
+    mg_reload_done();
+}
+
+static int mg_reload_count(int state) {
+    int n = 0;
+    for (int i = 0; i < mg_nslots; i++)
+        n += mg_slots[i].pid != 0 && mg_slots[i].state == state;
+    return n;
+}
+
+/* Moves the reload on when no worker is left to answer. */
+static void mg_reload_step(void) {
+    mg_gen_t *g = mg_gen_pending;
+    int i;
+    if (mg_reload.phase == MG_RELOAD_PREPARE) {
+        if (mg_reload_count(MG_SLOT_LOADING) > 0)
+            return;
+        mg_reload.phase = MG_RELOAD_COMMIT;
+        for (i = 0; i < mg_nslots; i++)
+            if (mg_slots[i].pid && mg_slots[i].state == MG_SLOT_READY)
+                mg_slots[i].state =
+                    mg_ctl_send(mg_slots[i].ctl, MG_CTL_COMMIT, g->id, NULL, -1) == MG_OK
+                        ? MG_SLOT_SWITCHING
+                        : MG_SLOT_IDLE; /* dying: its replacement forks from us */
+    }
+    if (mg_reload.phase == MG_RELOAD_COMMIT) {
+        mg_gen_t *old = mg_gen_current;
+        if (mg_reload_count(MG_SLOT_SWITCHING) > 0)
+            return;
+        mg_gen_log_diff(old, g);
+        mg_gen_pending = NULL;
+        mg_gen_activate(g);
+        mg_gen_release(g);
+        mg_info("reload: generation %u serving on %d workers", g->id,
+                mg_reload_count(MG_SLOT_SERVING));
+        mg_reload_done();
+    }
+}
+
+static void mg_reload_timeout_cb(evutil_socket_t fd, short what, void *arg) {
+    char why[256];
+    (void)fd, (void)what, (void)arg;
+    for (int i = 0; i < mg_nslots; i++) {
+        mg_slot_t *s = &mg_slots[i];
+        if (s->pid == 0)
+            continue;
+        if (mg_reload.phase == MG_RELOAD_PREPARE && s->state == MG_SLOT_LOADING) {
+            snprintf(why, sizeof(why), "worker %d (pid %d) did not load it within %d s", i,
+                     (int)s->pid, MG_RELOAD_TIMEOUT);
+            mg_reload_abort(why);
+            return;
+        }
+        if (mg_reload.phase == MG_RELOAD_COMMIT && s->state == MG_SLOT_SWITCHING) {
+            /* others serve it already: this one is stuck, and its
+             * replacement forks with the new generation */
+            mg_error("reload: worker %d (pid %d) did not switch to generation %u within %d s: "
+                     "restarting it",
+                     i, (int)s->pid, mg_gen_pending->id, MG_RELOAD_TIMEOUT);
+            kill(s->pid, SIGKILL);
+            s->state = MG_SLOT_IDLE;
+        }
+    }
+    mg_reload_step();
+}
+
+static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
+    int slot = (int)(intptr_t)arg;
+    mg_slot_t *s = &mg_slots[slot];
+    (void)what;
+    for (;;) {
+        mg_ctl_msg_t m;
+        int fd, rc = mg_ctl_recv(sock, &m, &fd);
+        if (fd >= 0)
+            close(fd);
+        if (rc == MG_AGAIN)
+            return;
+        if (rc == MG_ERR) { /* the worker is gone: SIGCHLD follows */
+            event_del(s->ctl_ev);
+            return;
+        }
+        if (mg_reload.phase == MG_RELOAD_NONE || mg_gen_pending == NULL ||
+            m.id != mg_gen_pending->id)
+            continue; /* about an earlier reload */
+        if (m.op == MG_CTL_READY && s->state == MG_SLOT_LOADING) {
+            s->state = MG_SLOT_READY;
+        } else if (m.op == MG_CTL_SERVING && s->state == MG_SLOT_SWITCHING) {
+            s->state = MG_SLOT_SERVING;
+        } else if (m.op == MG_CTL_REFUSE && mg_reload.phase == MG_RELOAD_PREPARE) {
+            char why[600];
+            snprintf(why, sizeof(why), "worker %d (pid %d) could not load it: %s", slot,
+                     (int)s->pid, m.text);
+            mg_reload_abort(why);
+            return;
+        } else if (m.op == MG_CTL_REFUSE) {
+            mg_error("reload: worker %d (pid %d) did not switch to generation %u: %s: "
+                     "restarting it",
+                     slot, (int)s->pid, m.id, m.text);
+            kill(s->pid, SIGKILL);
+            s->state = MG_SLOT_IDLE;
+        }
+        mg_reload_step();
+    }
+}
+
+static void mg_reload_start(void) {
+    char err[1024];
+    mg_gen_t *g;
+    int fd, n = 0;
+    struct timeval tv = {MG_RELOAD_TIMEOUT, 0};
+    if (mg_reload.phase != MG_RELOAD_NONE) {
+        mg_info("reload: SIGHUP received while generation %u loads: reloading again after it",
+                mg_gen_pending->id);
+        mg_reload.again = 1;
+        return;
+    }
+    mg_info("reload: SIGHUP received, loading %s", mg_conf_path);
+    g = mg_gen_load(mg_conf_path, -1, 0, err, sizeof(err));
+    if (g == NULL) {
+        mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
+        return;
+    }
+    mg_gen_retain(g);
+    fd = mg_snap_export(g->L, err, sizeof(err));
+    if (fd < 0) {
+        mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
+        mg_gen_release(g);
+        return;
+    }
+    mg_gen_pending = g;
+    mg_reload.phase = MG_RELOAD_PREPARE;
+    for (int i = 0; i < mg_nslots; i++) {
+        mg_slot_t *s = &mg_slots[i];
+        s->state = MG_SLOT_IDLE;
+        if (s->pid == 0)
+            continue;
+        if (s->ctl >= 0 && mg_ctl_send(s->ctl, MG_CTL_PREPARE, g->id, NULL, fd) == MG_OK) {
+            s->state = MG_SLOT_LOADING;
+            n++;
+        }
+    }
+    close(fd);
+    mg_info("reload: generation %u checked, %d workers loading it", g->id, n);
+    if (mg_reload.timer == NULL)
+        mg_reload.timer = evtimer_new(mg_master_base, mg_reload_timeout_cb, NULL);
+    evtimer_add(mg_reload.timer, &tv);
+    mg_reload_step();
+}
+
+static void mg_respawn_cb(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    if (!mg_master_stopping)
+        mg_spawn((int)(intptr_t)arg);
+}
+
+static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
+    int i;
+    (void)what, (void)arg;
+    if (sig == SIGCHLD) {
+        int status, alive = 0;
+        pid_t pid;
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            for (i = 0; i < mg_nslots; i++) {
+                if (mg_slots[i].pid != pid)
+                    continue;
+                mg_slots[i].pid = 0;
+                mg_slots[i].state = MG_SLOT_IDLE;
+                if (mg_master_stopping)
+                    break;
+                if (WIFSIGNALED(status))
+                    mg_error("worker %d (pid %d) killed by signal %d, restarting", i, pid,
+                             WTERMSIG(status));
+                else
+                    mg_error("worker %d (pid %d) exited with %d, restarting", i, pid,
+                             WEXITSTATUS(status));
+                /* back off when a worker dies right after starting */
+                {
+                    struct timeval tv = {0, 0};
+                    if (mg_now() - mg_slots[i].started < 1.0)
+                        tv.tv_sec = 1;
+                    event_base_once(mg_master_base, -1, EV_TIMEOUT, mg_respawn_cb,
+                                    (void *)(intptr_t)i, &tv);
+                }
+            }
+        }
+        for (i = 0; i < mg_nslots; i++)
+            alive += mg_slots[i].pid != 0;
+        if (mg_reload.phase != MG_RELOAD_NONE)
+            mg_reload_step(); /* the dead one was perhaps the last to answer */
+        if (mg_master_stopping && alive == 0)
+            event_base_loopexit(mg_master_base, NULL);
+        return;
+    }
+    if (sig == SIGHUP) {
+        if (!mg_master_stopping)
+            mg_reload_start();
+        return;
+    }
+    /* TERM / INT: graceful stop */
+    if (!mg_master_stopping) {
+        mg_info("stopping: waiting for in-flight requests (drain %.1fs)",
+                mg_gen_current->timeouts.drain / 1000.0);
+        /* our copies of the listening sockets go too */
+        for (i = 0; i < mg_nslots; i++)
+            for (int k = 0; k < mg_nlisten; k++)
+                if (mg_slots[i].fds[k] >= 0) {
+                    close(mg_slots[i].fds[k]);
+                    mg_slots[i].fds[k] = -1;
+                }
+    }
+    mg_master_stopping = 1;
+    {
+        int alive = 0;
+        for (i = 0; i < mg_nslots; i++)
+            if (mg_slots[i].pid) {
+                kill(mg_slots[i].pid, SIGTERM);
+                alive++;
+            }
+        if (alive == 0)
+            event_base_loopexit(mg_master_base, NULL);
+    }
+}
+
+int main(int argc, char **argv) {
+    int opt, test = 0, i, k;
+    const char *pidfile = NULL;
+    char err[1024];
+    mg_gen_t *gen;
+    struct event *sigs[5];
+    int signos[5] = {SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGQUIT};
+
+    while ((opt = getopt(argc, argv, "c:tvp:h")) != -1) {
+        switch (opt) {
+        case 'c': mg_conf_path = optarg; break;
+        case 't': test = 1; break;
+        case 'v': mg_versions(); return 0;
+        case 'p': pidfile = optarg; break;
+        default: mg_usage(); return opt == 'h' ? 0 : 2;
+        }
+    }
+    if (optind < argc) {
+        mg_usage();
+        return 2;
+    }
+    if (access(mg_conf_path, R_OK) != 0) {
+        fprintf(stderr, "moongate: %s: %s\n", mg_conf_path, strerror(errno));
+        return 1;
+    }
+    gen = mg_gen_load(mg_conf_path, -1, 0, err, sizeof(err));
+    if (gen == NULL) {
+        fprintf(stderr, "moongate: %s\n", err);
+        return 1;
+    }
+    if (test) {
+        printf("moongate: %s ok: %d routes, %d upstreams, %d listeners\n", mg_conf_path,
+               gen->nroutes, gen->nupstreams, gen->nlisten);
+        return 0;
+    }
+    mg_snap_drop(gen->L); /* workers fork with the loaded state */
+    mg_gen_activate(gen);
+    signal(SIGPIPE, SIG_IGN);
+    mg_open_files_limit(gen);
+    for (i = 0; i < gen->nshd; i++)
+        if (mg_shdict_create(gen->shd_names[i], gen->shd_sizes[i]) != MG_OK) {
+            mg_error("shared dict %s: cannot map %zu bytes", gen->shd_names[i], gen->shd_sizes[i]);
+            return 1;
+        }
+
+    mg_nslots = gen->workers > 0 ? gen->workers : 1;
+    mg_nlisten = gen->nlisten;
+    mg_slots = calloc(mg_nslots, sizeof(mg_slot_t));
+    for (k = 0; k < mg_nlisten; k++)
+        if (!mg_listen_free(&gen->listen[k]))
+            return 1;
+    for (i = 0; i < mg_nslots; i++) {
+        mg_slots[i].ctl = -1;
+        mg_slots[i].fds = calloc(mg_nlisten ? mg_nlisten : 1, sizeof(int));
+        for (k = 0; k < mg_nlisten; k++) {
+            mg_slots[i].fds[k] = mg_listen_one(&gen->listen[k]);
+            if (mg_slots[i].fds[k] < 0)
+                return 1;
+        }
+    }
+    if (pidfile) {
+        FILE *f = fopen(pidfile, "w");
+        if (f == NULL) {
+            mg_error("pidfile %s: %s", pidfile, strerror(errno));
+            return 1;
+        }
+        fprintf(f, "%d\n", (int)getpid());
+        fclose(f);
+    }
+    mg_master_base = event_base_new();
+    for (i = 0; i < 5; i++) {
+        sigs[i] = evsignal_new(mg_master_base, signos[i], mg_master_signal_cb, NULL);
+        event_add(sigs[i], NULL);
+    }
+    for (k = 0; k < mg_nlisten; k++)
+        mg_info("listening on %s:%d", gen->listen[k].host, gen->listen[k].port);
+    mg_info("moongate %s master %d: %d workers, %d routes", MG_VERSION, (int)getpid(), mg_nslots,
+            gen->nroutes);
+    for (i = 0; i < mg_nslots; i++)
+        mg_spawn(i);
+    event_base_dispatch(mg_master_base);
+    for (i = 0; i < 5; i++)
+        event_free(sigs[i]);
+    event_base_free(mg_master_base);
+    if (pidfile)
+        unlink(pidfile);
+    mg_info("stopped");
+    return 0;
+}

@@ -1,0 +1,68 @@
+/*
+ * base.h -- the bottom layer: status codes, buffer marks, the logs, and
+ * formatting helpers. It knows nothing of events, requests or Lua.
+ * Layers, top to bottom (includes and calls go downward only; http,
+ * upstream and ws are siblings that never include each other):
+ *   app -> gateway -> lua -> http | upstream | ws -> conf -> net -> loop -> base
+ * `make layers` (tools/layers.sh) checks it.
+ */
+#ifndef MG_BASE_H
+#define MG_BASE_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/types.h>
+
+#define MG_VERSION "0.1.0"
+
+#define MG_OK 0
+#define MG_ERR -1
+#define MG_AGAIN -2
+
+/* Output above this many bytes pauses the producer (backpressure). */
+#define MG_HIGH_WATER (256 * 1024)
+#define MG_LOW_WATER (64 * 1024)
+#define MG_READ_CHUNK (64 * 1024)
+
+/* ---- log.c ---- */
+enum { MG_LOG_DEBUG, MG_LOG_INFO, MG_LOG_WARN, MG_LOG_ERROR };
+extern int mg_log_level;
+void mg_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define mg_debug(...) (mg_log_level <= MG_LOG_DEBUG ? mg_log(MG_LOG_DEBUG, __VA_ARGS__) : (void)0)
+#define mg_info(...) mg_log(MG_LOG_INFO, __VA_ARGS__)
+#define mg_warn(...) mg_log(MG_LOG_WARN, __VA_ARGS__)
+#define mg_error(...) mg_log(MG_LOG_ERROR, __VA_ARGS__)
+int mg_log_level_parse(const char *s);
+/* Access log: one JSON line per request, buffered per worker (flushed at
+ * 32 KiB, on a 200 ms timer and at exit) so it costs no syscall per request. */
+struct event_base;
+void mg_access_log_init(struct event_base *base);
+void mg_access_log_write(const char *line, size_t len);
+void mg_access_log_flush(void);
+
+/* A name/value slice (headers, route params), borrowed. */
+typedef struct {
+    const char *name, *value;
+    size_t nlen, vlen;
+} mg_kv_t;
+
+/* ---- util.c ---- */
+/* Decimal digits of v into buf (no NUL); returns the length. */
+size_t mg_utoa(char *buf, uint64_t v);
+/* Header and token names compare without case (RFC 9110 5.1); MG_NAME_IS
+ * takes a literal. The one copy: proxy, WebSocket and forwarding use it. */
+static inline int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll) {
+    return l == ll && strncasecmp(n, lit, l) == 0;
+}
+#define MG_NAME_IS(n, l, lit) mg_name_eq((n), (l), (lit), sizeof(lit) - 1)
+/* Escapes s for a JSON string (ASCII out) into out (cap bytes, NUL ended). */
+size_t mg_json_escape(char *out, size_t cap, const char *s);
+/* The one JSON error body: {"error":"msg","request_id":"id"} and a newline. */
+int mg_json_error_body(char *out, size_t cap, const char *msg, const char *request_id);
+
+#endif

@@ -1,0 +1,149 @@
+/*
+ * conf.h -- what one load of the conf and scripts produced, as the data
+ * path reads it: upstreams, timeouts and limits, WebSocket settings, the
+ * compiled route table (router.c) and generations with their refcounts
+ * and the current one (gen.c). Durations are in milliseconds, sizes in
+ * bytes. Loading one is the app layer's job (app/load.c).
+ */
+#ifndef MG_CONF_H
+#define MG_CONF_H
+
+#include "loop/loop.h"
+
+#include <lua.h>
+
+typedef struct mg_peer_s mg_peer_t;
+
+typedef struct {
+    char name[64];
+    mg_peer_t **peers; /* worker-level peers (pools, health) */
+    int npeers;
+    unsigned rr;          /* round-robin cursor */
+    int keepalive;        /* idle connections kept per peer */
+    int connect_timeout;  /* ms */
+    int response_timeout; /* ms, from the request sent in full to the whole response head */
+    int body_timeout;     /* ms, the longest gap in body progress, either way */
+    int max_fails;
+    int fail_timeout; /* ms */
+} mg_upstream_t;
+
+typedef struct {
+    int read, write, idle, header, drain, body; /* ms; 0 = none */
+} mg_timeouts_t;
+
+typedef struct {
+    size_t header_size;
+    int header_count;
+    size_t body_size;
+} mg_limits_t;
+
+/* ---- WebSocket routes ---- */
+enum { MG_WS_TUNNEL = 1, MG_WS_RELAY, MG_WS_HANDLER };
+
+/* Per-route settings, read from the route's `websocket` table. */
+typedef struct mg_ws_conf_s mg_ws_conf_t;
+struct mg_ws_conf_s {
+    int mode;
+    int hb_interval;      /* ms between heartbeats to the client; 0 = none */
+    int hb_timeout;       /* ms of peer silence before closing; 0 = never */
+    int hb_message;       /* send {"type":"ping","ts":N} */
+    int hb_frames;        /* send ping frames too */
+    uint64_t max_message; /* bytes */
+    size_t send_buffer;   /* bytes queued before the overflow policy */
+    int deflate;
+    int drain_on_reload;
+    int idle; /* ms, tunnel: no bytes either way */
+    char **protocols;
+    int nprotocols;
+    char **origins;
+    int norigins;
+    char *upstream_path; /* relay: path on the upstream (NULL: the request's) */
+    int on_message_ref;  /* per-message hook, LUA_NOREF if none */
+    int ws_open_ref;     /* hook lists, LUA_NOREF if none */
+    int ws_close_ref;
+};
+
+#define MG_ROUTE_MAX_SEGS 32
+
+typedef struct {
+    const char *lit; /* literal segment, or NULL for a {param} */
+    size_t len;
+    const char *param; /* param name (for handlers) */
+} mg_seg_t;
+
+typedef struct {
+    char *rule; /* path or prefix as written */
+    char *name; /* label for logs */
+    int prefix; /* 1 = prefix match on whole segments */
+    int nsegs;  /* segments of rule */
+    mg_seg_t *segs;
+    int has_params;
+    uint64_t methods; /* bit per llhttp method; 0 = any */
+    char *host;       /* lower-case, or NULL */
+    mg_upstream_t *upstream;
+    int handler_ref; /* LUA_NOREF unless a Lua handler */
+    int strip_prefix;
+    size_t body_size; /* 0 = unlimited */
+    int index;        /* position in routes.lua */
+    mg_ws_conf_t *ws; /* WebSocket route, or NULL */
+    int server;       /* which server's table it belongs to */
+    int access_ref;   /* access hook (function or list), LUA_NOREF if none */
+    int hf_ref;       /* header_filter list (plugins), LUA_NOREF if none */
+    int log_ref;      /* log list (plugins), LUA_NOREF if none */
+} mg_route_t;
+
+/* A generation: one load of conf + scripts, with its own Lua state. Requests
+ * hold a reference; the last one out of a superseded generation frees it. */
+typedef struct mg_gen_s mg_gen_t;
+struct mg_gen_s {
+    unsigned id;
+    int refs;
+    lua_State *L;
+    char *conf_file;
+    mg_addr_t *listen;
+    int nlisten;
+    int workers;
+    long long max_open_files; /* soft RLIMIT_NOFILE wanted at start; 0 = the hard limit */
+    int access_log;
+    int log_level; /* MG_LOG_*, applied when the generation becomes current; -1: unset */
+    mg_timeouts_t timeouts;
+    mg_limits_t limits;
+    mg_upstream_t *upstreams;
+    int nupstreams;
+    mg_route_t *routes;
+    int nroutes;
+    int max_websockets;      /* per worker */
+    struct mg_co_s *co_pool; /* finished coroutines kept for reuse (lua_api.c) */
+    int nco_pool;
+    int entry_refs[8]; /* init.lua's registry functions, by MG_ENTRY_* (0: not looked up) */
+    char **shd_names;  /* conf.shared_dicts (used at startup only) */
+    size_t *shd_sizes;
+    int nshd;
+    char **desc; /* one line per route, for reload diffs */
+    int ndesc;
+    /* set by whoever loaded it: frees what it made beside the C tables
+     * (the Lua state and its coroutines), before the tables go */
+    void (*dtor)(mg_gen_t *gen);
+};
+
+/* ---- gen.c ---- */
+extern mg_gen_t *mg_gen_current;
+extern mg_gen_t *mg_gen_pending;     /* loaded, not yet serving (a reload in progress) */
+void mg_gen_activate(mg_gen_t *gen); /* becomes current; old one released */
+void mg_gen_retain(mg_gen_t *gen);
+void mg_gen_release(mg_gen_t *gen);
+void mg_gen_free(mg_gen_t *gen); /* a load that failed, or the last release */
+mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name, size_t len);
+void mg_gen_log_diff(mg_gen_t *old, mg_gen_t *gen);
+
+/* ---- router.c ---- */
+int mg_route_compile(mg_route_t *r, char *err, size_t errlen);
+/* Returns the first matching route (the table is sorted by priority) or NULL.
+ * Params, if wanted, are filled as (name, value) slices of path. */
+mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *host, size_t hostlen,
+                           const char *path, size_t pathlen, mg_kv_t *params, int *nparams);
+size_t mg_route_strip_len(const mg_route_t *rt, const char *path, size_t path_len);
+/* The server (route table) of this worker's listening socket `lidx`. */
+int mg_gen_server_of(mg_gen_t *gen, int lidx);
+
+#endif

@@ -1,0 +1,110 @@
+/*
+ * gen.c -- generations: the refcounts, the current one, and freeing one.
+ * A generation is one successful load of the conf file and scripts (the
+ * loading is app/load.c's); requests and sockets hold a reference, and the
+ * last one out of a superseded generation frees it. What the loader made
+ * beside the C tables (the Lua state) goes with the destructor the loader
+ * set, so this layer never calls the Lua one.
+ */
+#include "conf/conf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+mg_gen_t *mg_gen_current;
+mg_gen_t *mg_gen_pending;
+
+static void mg_gen_free_ws(mg_ws_conf_t *w) {
+    int i;
+    if (w == NULL)
+        return;
+    for (i = 0; i < w->nprotocols; i++)
+        free(w->protocols[i]);
+    for (i = 0; i < w->norigins; i++)
+        free(w->origins[i]);
+    free(w->protocols);
+    free(w->origins);
+    free(w->upstream_path);
+    free(w);
+}
+
+mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name, size_t len) {
+    for (int i = 0; i < gen->nupstreams; i++)
+        if (strlen(gen->upstreams[i].name) == len && memcmp(gen->upstreams[i].name, name, len) == 0)
+            return &gen->upstreams[i];
+    return NULL;
+}
+
+void mg_gen_free(mg_gen_t *g) {
+    int i, k;
+    if (g == NULL)
+        return;
+    if (g->dtor)
+        g->dtor(g);
+    for (i = 0; i < g->nroutes; i++) {
+        mg_route_t *r = &g->routes[i];
+        for (k = 0; r->segs && k < MG_ROUTE_MAX_SEGS; k++)
+            free((char *)r->segs[k].param);
+        free(r->segs);
+        mg_gen_free_ws(r->ws);
+        free(r->rule);
+        free(r->name);
+        free(r->host);
+    }
+    free(g->routes);
+    for (i = 0; i < g->nupstreams; i++)
+        free(g->upstreams[i].peers);
+    free(g->upstreams);
+    free(g->listen);
+    for (i = 0; i < g->nshd; i++)
+        free(g->shd_names[i]);
+    free(g->shd_names);
+    free(g->shd_sizes);
+    for (i = 0; i < g->ndesc; i++)
+        free(g->desc[i]);
+    free(g->desc);
+    free(g->conf_file);
+    free(g);
+}
+
+void mg_gen_retain(mg_gen_t *gen) { gen->refs++; }
+
+void mg_gen_release(mg_gen_t *gen) {
+    if (--gen->refs == 0) {
+        mg_debug("generation %u freed", gen->id);
+        mg_gen_free(gen);
+    }
+}
+
+void mg_gen_activate(mg_gen_t *gen) {
+    mg_gen_t *old = mg_gen_current;
+    mg_gen_retain(gen);
+    mg_gen_current = gen;
+    /* not at load: a generation that is refused must not change it */
+    if (gen->log_level >= 0)
+        mg_log_level = gen->log_level;
+    if (old)
+        mg_gen_release(old);
+}
+
+static int mg_gen_has(mg_gen_t *g, const char *line) {
+    for (int i = 0; i < g->ndesc; i++)
+        if (strcmp(g->desc[i], line) == 0)
+            return 1;
+    return 0;
+}
+
+void mg_gen_log_diff(mg_gen_t *old, mg_gen_t *gen) {
+    int i, changes = 0;
+    for (i = 0; i < gen->ndesc; i++)
+        if (!mg_gen_has(old, gen->desc[i])) {
+            mg_info("reload: + route %s", gen->desc[i]);
+            changes++;
+        }
+    for (i = 0; i < old->ndesc; i++)
+        if (!mg_gen_has(gen, old->desc[i])) {
+            mg_info("reload: - route %s", old->desc[i]);
+            changes++;
+        }
+    mg_info("reload: generation %u: %d routes, %d route changes", gen->id, gen->nroutes, changes);
+}

@@ -1,0 +1,138 @@
+/*
+ * fwd.c -- the forwarding headers, for every request moongate sends on to
+ * an upstream: the proxy's request head (proxy.c) and the WebSocket
+ * upgrade of the tunnel and the relay (ws_http.c). One place decides what
+ * of the client's head goes on and what moongate adds:
+ *   - dropped: the hop-by-hop headers and the names the client's
+ *     Connection header lists (RFC 9110 7.6.1), the headers a script
+ *     replaces with req:set_header(), and the client's own X-Forwarded-
+ *     Proto/-Host and X-Request-Id (moongate sets them);
+ *   - added: the req:set_header() lines, X-Forwarded-Host (Host when an
+ *     HTTP/1.0 client sent none), X-Forwarded-For (the client's chain, then
+ *     the peer), X-Forwarded-Proto (mg_fwd_proto) and X-Request-Id.
+ * The caller writes the request line, its own framing or upgrade headers
+ * and the blank line. The Connection-token helpers also serve the way
+ * back (the proxy's response head, a refused upgrade's answer). No allocation: everything goes into
+ * the caller's evbuffer or tail buffer.
+ */
+#include "gateway/gateway.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+/* the longest tail mg_fwd_tail writes: the fixed text, a peer address and
+ * a request id */
+_Static_assert(sizeof("X-Forwarded-For: \r\nX-Forwarded-Proto: https\r\nX-Request-Id: \r\n") - 1 +
+                       sizeof(((mg_conn_t *)0)->peer_ip) + sizeof(((mg_req_t *)0)->request_id) <=
+                   MG_FWD_TAIL_MAX,
+               "MG_FWD_TAIL_MAX too small");
+
+void mg_fwd_conn_tokens(mg_fwd_tokens_t *t, const char *v, size_t len) {
+    size_t i = 0;
+    while (i < len && t->count < MG_FWD_TOKENS_MAX) {
+        size_t s;
+        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        s = i;
+        while (i < len && v[i] != ',' && v[i] != ' ' && v[i] != '\t')
+            i++;
+        if (i > s) {
+            t->n[t->count] = v + s;
+            t->l[t->count++] = i - s;
+        }
+    }
+}
+
+int mg_fwd_tokens_has(const mg_fwd_tokens_t *t, const char *n, size_t l) {
+    for (int i = 0; i < t->count; i++)
+        if (t->l[i] == l && strncasecmp(t->n[i], n, l) == 0)
+            return 1;
+    return 0;
+}
+
+const char *mg_fwd_proto(const mg_req_t *r, size_t *len) {
+    if (r->conn && r->conn->is_tls) {
+        *len = 5;
+        return "https";
+    }
+    *len = 4;
+    return "http";
+}
+
+void mg_fwd_headers(mg_req_t *r, struct evbuffer *h, unsigned drop, mg_fwd_t *f) {
+    mg_fwd_tokens_t tok = {.count = 0};
+    int i;
+
+    f->xff = NULL;
+    f->xff_len = 0;
+    for (i = 0; i < r->nhdrs; i++) {
+        mg_hdr_t *hd = &r->hdrs[i];
+        if (MG_NAME_IS(r->hbuf + hd->noff, hd->nlen, "connection"))
+            mg_fwd_conn_tokens(&tok, r->hbuf + hd->voff, hd->vlen);
+    }
+    for (i = 0; i < r->nhdrs; i++) {
+        mg_hdr_t *hd = &r->hdrs[i];
+        const char *n = r->hbuf + hd->noff;
+        size_t l = hd->nlen;
+        if (mg_http_hop_by_hop(n, l) || mg_fwd_tokens_has(&tok, n, l) || mg_req_xhdr_has(r, n, l))
+            continue;
+        if (MG_NAME_IS(n, l, "x-forwarded-for")) {
+            f->xff = r->hbuf + hd->voff; /* the chain goes on in mg_fwd_tail */
+            f->xff_len = hd->vlen;
+            continue;
+        }
+        if (MG_NAME_IS(n, l, "x-forwarded-proto") || MG_NAME_IS(n, l, "x-forwarded-host") ||
+            MG_NAME_IS(n, l, "x-request-id"))
+            continue;
+        if ((drop & MG_FWD_DROP_EXPECT) && MG_NAME_IS(n, l, "expect"))
+            continue;
+        if ((drop & MG_FWD_DROP_WS_KEYS) && (MG_NAME_IS(n, l, "sec-websocket-key") ||
+                                             MG_NAME_IS(n, l, "sec-websocket-extensions") ||
+                                             MG_NAME_IS(n, l, "sec-websocket-protocol") ||
+                                             MG_NAME_IS(n, l, "sec-websocket-version")))
+            continue;
+        mg_req_copy_header(r, hd, h);
+    }
+    mg_req_xhdrs_append(r, h);
+}
+
+size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tail) {
+    size_t o = 0, l;
+    const char *s;
+
+    if (r->host_idx >= 0) {
+        evbuffer_add(h, "X-Forwarded-Host: ", 18);
+        evbuffer_add(h, r->hbuf + r->hdrs[r->host_idx].voff, r->hdrs[r->host_idx].vlen);
+        evbuffer_add(h, "\r\n", 2);
+    } else {
+        /* HTTP/1.0 without Host: the upstream still needs one */
+        char peer[96] = "localhost";
+        mg_upstream_t *up = r->route ? r->route->upstream : NULL;
+        if (up && up->npeers)
+            mg_peer_str(up->peers[0], peer, sizeof(peer));
+        evbuffer_add_printf(h, "Host: %s\r\n", peer);
+    }
+#define MG_PUT(p, n) (memcpy(tail + o, (p), (n)), o += (n))
+#define MG_PUTS(lit) MG_PUT(lit, sizeof(lit) - 1)
+    MG_PUTS("X-Forwarded-For: ");
+    if (f->xff) {
+        evbuffer_add(h, tail, o);
+        evbuffer_add(h, f->xff, f->xff_len);
+        o = 0;
+        MG_PUTS(", ");
+    }
+    s = r->conn ? r->conn->peer_ip : "";
+    l = strlen(s);
+    MG_PUT(s, l);
+    MG_PUTS("\r\nX-Forwarded-Proto: ");
+    s = mg_fwd_proto(r, &l);
+    MG_PUT(s, l);
+    MG_PUTS("\r\nX-Request-Id: ");
+    l = strlen(r->request_id);
+    MG_PUT(r->request_id, l);
+    MG_PUTS("\r\n");
+#undef MG_PUT
+#undef MG_PUTS
+    return o;
+}

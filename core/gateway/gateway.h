@@ -1,0 +1,69 @@
+/*
+ * gateway.h -- the top of the request path: dispatch (route, access,
+ * target), the C proxy target (proxy.c), forwarding headers (fwd.c) and
+ * the WebSocket upgrade with its tunnel and relay modes (ws_http.c).
+ */
+#ifndef MG_GATEWAY_H
+#define MG_GATEWAY_H
+
+#include "lua/lua.h"
+#include "upstream/upstream.h"
+
+/* ---- fwd.c: forwarding headers (proxy and WebSocket upstream handshake) ---- */
+/* The header names a Connection header lists, for removal (RFC 9110 7.6.1);
+ * names past the first MG_FWD_TOKENS_MAX are not seen. */
+#define MG_FWD_TOKENS_MAX 16
+typedef struct {
+    const char *n[MG_FWD_TOKENS_MAX];
+    size_t l[MG_FWD_TOKENS_MAX];
+    int count;
+} mg_fwd_tokens_t;
+/* Adds the names of one Connection header value to t. */
+void mg_fwd_conn_tokens(mg_fwd_tokens_t *t, const char *v, size_t len);
+int mg_fwd_tokens_has(const mg_fwd_tokens_t *t, const char *name, size_t len);
+/* The X-Forwarded-Proto value: the scheme the client spoke to moongate
+ * ("http", or "https" on a TLS connection), whatever the client claims. */
+const char *mg_fwd_proto(const mg_req_t *r, size_t *len);
+/* What mg_fwd_headers also leaves out of the client's headers: */
+#define MG_FWD_DROP_EXPECT 1u  /* Expect (the proxy answers 100-continue itself) */
+#define MG_FWD_DROP_WS_KEYS 2u /* Sec-WebSocket-* (the relay sends its own) */
+typedef struct {
+    const char *xff; /* the client's X-Forwarded-For (the last one), or NULL */
+    size_t xff_len;
+} mg_fwd_t;
+/* Appends the client's end-to-end headers, then the req:set_header()
+ * lines, to h; notes in f what mg_fwd_tail needs. */
+void mg_fwd_headers(mg_req_t *r, struct evbuffer *h, unsigned drop, mg_fwd_t *f);
+/* Appends X-Forwarded-Host (or Host) to h, then writes the X-Forwarded-For,
+ * X-Forwarded-Proto and X-Request-Id lines to tail (at least
+ * MG_FWD_TAIL_MAX bytes, the caller may go on writing there and adds it to
+ * h) and returns their length. */
+#define MG_FWD_TAIL_MAX 160
+size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tail);
+
+/* ---- proxy.c ---- */
+void mg_proxy_start(mg_req_t *r);
+void mg_proxy_body(mg_req_t *r, const char *data, size_t len);
+void mg_proxy_body_end(mg_req_t *r);
+void mg_proxy_client_drained(mg_req_t *r);
+void mg_proxy_client_gone(mg_req_t *r);
+
+/* ---- WebSocket upgrade ---- */
+int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why);
+/* ws_http.c: hand-off from the HTTP connection */
+void mg_ws_takeover(mg_req_t *r, int fd, const char *pre, size_t pre_len);
+void mg_ws_tunnels_close_all(void);
+/* Closes the tunnels of routes with on_reload = "drain" not in newgen. */
+void mg_ws_tunnels_drain(mg_gen_t *newgen);
+
+/* ws_http.c: a session's access-log line, in the HTTP lines' format plus a
+ * "websocket" object. mg_ws_alog_new copies what it needs from r (NULL when
+ * the access log is off); mg_ws_alog_end writes the line and frees it. st
+ * NULL: a tunnel (bytes only, no messages, no close code). in/out: bytes
+ * from and to the client. */
+typedef struct mg_ws_alog_s mg_ws_alog_t;
+mg_ws_alog_t *mg_ws_alog_new(mg_req_t *r);
+void mg_ws_alog_end(mg_ws_alog_t *a, int mode, const mg_ws_end_t *end, const mg_ws_stats_t *st,
+                    uint64_t in, uint64_t out);
+
+#endif

@@ -1,0 +1,148 @@
+/*
+ * fields.c -- HTTP field helpers shared by every HTTP user (sessions,
+ * targets, Lua): status texts, the hop-by-hop header list, and flat
+ * "Name: value\r\n" header line buffers (what req:set_header() and
+ * req:set_response_header() fill).
+ */
+#include "http/http.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+const char *mg_status_text(int s) {
+    switch (s) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Content";
+    case 426: return "Upgrade Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}
+
+/* Hop-by-hop headers (RFC 9110 7.6.1) plus the framing ones we redo. */
+int mg_http_hop_by_hop(const char *n, size_t l) {
+    static const struct {
+        const char *s;
+        size_t l;
+    } hop[] = {{"connection", 10},       {"keep-alive", 10},         {"te", 2},
+               {"trailer", 7},           {"transfer-encoding", 17},  {"upgrade", 7},
+               {"proxy-connection", 16}, {"proxy-authenticate", 18}, {"proxy-authorization", 19},
+               {"content-length", 14}};
+    if (l >= 6 && (n[0] | 0x20) == 'p' && strncasecmp(n, "proxy-", 6) == 0)
+        return 1; /* Proxy-Connection, Proxy-Authorization, ... */
+    switch (l) {  /* most headers are none of these lengths */
+    case 2:
+    case 7:
+    case 10:
+    case 14:
+    case 17: break;
+    default: return 0;
+    }
+    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+        if (hop[i].l == l && strncasecmp(hop[i].s, n, l) == 0)
+            return 1;
+    return 0;
+}
+
+int mg_lines_add(mg_lines_t *l, const char *s, size_t n) {
+    if (l->len + n > l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 256;
+        char *p;
+        while (cap < l->len + n)
+            cap *= 2;
+        if ((p = realloc(l->p, cap)) == NULL)
+            return MG_ERR;
+        l->p = p, l->cap = cap;
+    }
+    memcpy(l->p + l->len, s, n);
+    l->len += n;
+    return MG_OK;
+}
+
+/* Removes the lines of header `name` (any case). */
+void mg_lines_remove(mg_lines_t *l, const char *name, size_t len) {
+    char *p = l->p, *end = l->p + l->len;
+    while (p < end) {
+        char *eol = memchr(p, '\n', end - p), *colon = memchr(p, ':', end - p);
+        if (eol == NULL)
+            break;
+        if (colon && colon < eol && (size_t)(colon - p) == len && strncasecmp(p, name, len) == 0) {
+            size_t n = eol + 1 - p;
+            memmove(p, eol + 1, end - eol - 1);
+            l->len -= n;
+            end -= n;
+            continue;
+        }
+        p = eol + 1;
+    }
+}
+
+/* Appends the lines of `src` whose names `dst` lacks. */
+void mg_lines_merge(struct evbuffer *dst, const mg_lines_t *src) {
+    const char *p = src->p, *end = src->p + src->len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', end - p), *colon = memchr(p, ':', end - p);
+        if (eol == NULL || colon == NULL || colon > eol)
+            break;
+        if (!mg_evlines_have(dst, p, colon - p))
+            evbuffer_add(dst, p, eol + 1 - p);
+        p = eol + 1;
+    }
+}
+
+int mg_evlines_have(struct evbuffer *lines, const char *name, size_t len) {
+    size_t n = evbuffer_get_length(lines);
+    if (n == 0)
+        return 0;
+    return mg_lines_have((const char *)evbuffer_pullup(lines, -1), n, name, len);
+}
+
+/* Whether "Name: value\r\n" lines hold a header `name` (any case). */
+int mg_lines_have(const char *p, size_t n, const char *name, size_t len) {
+    const char *end = p + n;
+    while (p < end) {
+        const char *colon = memchr(p, ':', end - p), *eol;
+        if (colon == NULL)
+            break;
+        if ((size_t)(colon - p) == len && strncasecmp(p, name, len) == 0)
+            return 1;
+        eol = memchr(colon, '\n', end - colon);
+        if (eol == NULL)
+            break;
+        p = eol + 1;
+    }
+    return 0;
+}

@@ -1,0 +1,785 @@
+/*
+ * http.c -- client connections: reading, llhttp request parsing into
+ * mg_req_t, the strict checks llhttp leaves to us, routing, pipelining
+ * (one request at a time, responses in order), the per-connection
+ * timeouts and a lingering close. Response framing is http_resp.c.
+ *
+ * Lifetimes: a connection is freed only from the event loop (conn_free via
+ * the deferred-close path), never inside a callback chain that may still
+ * use it. A request belongs to its connection; when the client goes away
+ * while a Lua handler still runs, the handler's coroutine owns it until it
+ * ends (mg_req_target_done frees it then).
+ */
+#include "http/http_int.h"
+#include "gateway/gateway.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+#include <lauxlib.h>
+
+static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_conn_advance(mg_conn_t *c);
+static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len);
+static void mg_conn_close_later(mg_conn_t *c);
+static void mg_conn_at_eof(mg_conn_t *c);
+static void mg_req_free(mg_req_t *r);
+
+static mg_conn_t *mg_conns; /* every open connection, for a graceful stop */
+
+/* Requests are reused from a small free list: no malloc per request. */
+static mg_req_t *mg_req_free_list;
+static int mg_req_free_count;
+
+/* ---- request memory ---- */
+
+mg_req_t *mg_req_new(mg_conn_t *c) {
+    mg_gen_t *g = mg_gen_current;
+    mg_req_t *r = mg_req_free_list;
+    size_t cap = g->limits.header_size + 64;
+    int hcap = g->limits.header_count;
+
+    if (r) {
+        mg_req_free_list = r->next_free;
+        mg_req_free_count--;
+    } else {
+        r = calloc(1, sizeof(*r));
+        if (r == NULL)
+            return NULL;
+    }
+    if (r->hcap < cap) {
+        free(r->hbuf);
+        r->hbuf = malloc(cap);
+        r->hcap = r->hbuf ? cap : 0;
+    }
+    if (r->hdrs_cap < hcap) {
+        free(r->hdrs);
+        r->hdrs = malloc(sizeof(mg_hdr_t) * hcap);
+        r->hdrs_cap = r->hdrs ? hcap : 0;
+    }
+    if (r->hbuf == NULL || r->hdrs == NULL) {
+        free(r->hbuf);
+        free(r->hdrs);
+        free(r);
+        return NULL;
+    }
+    {
+        char *hb = r->hbuf;
+        mg_hdr_t *hd = r->hdrs;
+        size_t hc = r->hcap;
+        int dc = r->hdrs_cap;
+        mg_lines_t xh = r->xhdrs, rxh = r->rxhdrs; /* their memory is reused */
+        memset(r, 0, sizeof(*r));
+        r->hbuf = hb, r->hdrs = hd, r->hcap = hc, r->hdrs_cap = dc;
+        r->xhdrs = xh, r->rxhdrs = rxh;
+        r->xhdrs.len = r->rxhdrs.len = 0;
+    }
+    r->conn = c;
+    r->gen = g;
+    r->access_req_ref = LUA_NOREF;
+    mg_gen_retain(g);
+    r->clen = -1;
+    r->host_idx = r->xrid_idx = -1;
+    r->t_start = mg_now();
+    mg_worker.inflight++;
+    return r;
+}
+
+static void mg_req_free(mg_req_t *r) {
+    mg_worker.inflight--;
+    if (r->access_req_ref != LUA_NOREF)
+        mg_req_unlink(r);
+    mg_gen_release(r->gen);
+    if (mg_req_free_count < 256) {
+        r->next_free = mg_req_free_list;
+        mg_req_free_list = r;
+        mg_req_free_count++;
+    } else {
+        free(r->xhdrs.p);
+        free(r->rxhdrs.p);
+        free(r->hbuf);
+        free(r->hdrs);
+        free(r);
+    }
+}
+
+const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len) {
+    size_t nl = strlen(name);
+    for (int i = 0; i < r->nhdrs; i++) {
+        mg_hdr_t *h = &r->hdrs[i];
+        if (h->nlen == nl && strncasecmp(r->hbuf + h->noff, name, nl) == 0 && nth-- == 0) {
+            *len = h->vlen;
+            return r->hbuf + h->voff;
+        }
+    }
+    return NULL;
+}
+
+const char *mg_req_header(mg_req_t *r, const char *name, size_t *len) {
+    size_t nl = strlen(name);
+    for (int i = 0; i < r->nhdrs; i++) {
+        mg_hdr_t *h = &r->hdrs[i];
+        if (h->nlen == nl && strncasecmp(r->hbuf + h->noff, name, nl) == 0) {
+            *len = h->vlen;
+            return r->hbuf + h->voff;
+        }
+    }
+    return NULL;
+}
+
+/* ---- output ---- */
+
+size_t mg_conn_pending(mg_conn_t *c) { return evbuffer_get_length(c->out); }
+
+void mg_conn_flush(mg_conn_t *c) {
+    size_t left;
+    if (X(c)->dead)
+        return;
+    left = evbuffer_get_length(c->out);
+    if (left) {
+        int n = evbuffer_write(c->out, c->fd);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            mg_conn_close_later(c);
+            return;
+        }
+        left = evbuffer_get_length(c->out);
+    }
+    if (left && !c->wr_on) {
+        event_add(&c->wev, NULL);
+        c->wr_on = 1;
+        if (c->req && mg_gen_current->timeouts.write > 0)
+            mg_conn_arm(c, MG_T_WRITE);
+    } else if (!left && c->wr_on) {
+        event_del(&c->wev);
+        c->wr_on = 0;
+    }
+}
+
+/* ---- connection state machine ---- */
+
+static void mg_conn_save_input(mg_conn_t *c, const char *data, size_t len) {
+    if (len == 0)
+        return;
+    if (c->in_len + len > c->in_cap) {
+        size_t cap = c->in_cap ? c->in_cap : 4096;
+        char *n;
+        while (cap < c->in_len + len)
+            cap *= 2;
+        n = realloc(c->in, cap);
+        if (n == NULL) {
+            mg_conn_close_later(c);
+            return;
+        }
+        c->in = n;
+        c->in_cap = cap;
+    }
+    memcpy(c->in + c->in_len, data, len);
+    c->in_len += len;
+    /* pipelined input beyond one read's worth waits in the socket */
+    if (c->in_len >= MG_READ_CHUNK)
+        mg_conn_read_enable(c, 0);
+}
+
+static void mg_conn_fail(mg_conn_t *c, int status) {
+    mg_req_t *r = c->req;
+
+    c->closing = 1;
+    if (r == NULL) {
+        /* error before a request began (e.g. a bad request line): answer
+         * with a bare request */
+        if (status <= 0 || mg_http_on_message_begin(&c->parser) != 0)
+            return;
+        r = c->req;
+        mg_request_id(r->request_id);
+    }
+    if (r->ux)
+        mg_proxy_client_gone(r);
+    if (status > 0 && !r->resp_started) {
+        r->keep_alive = 0;
+        r->resp_close = 1;
+        if (r->http_minor == 0 && r->state == MG_REQ_HEAD)
+            r->http_minor = 1;
+        mg_resp_json_error(r, status,
+                           status == 414   ? "request line too long"
+                           : status == 431 ? "request header fields too large"
+                           : status == 417 ? "unsupported expectation"
+                           : status == 405 ? "method not allowed"
+                           : status == 408 ? "request timeout"
+                           : status == 503 ? "service unavailable"
+                           : status == 505 ? "http version not supported"
+                                           : "bad request");
+    } else {
+        /* mid-response: the only signal left is closing */
+        r->resp_done = 1;
+        mg_conn_close_later(c);
+        return;
+    }
+    if (r->co) {
+        /* the handler still runs: it keeps the request, the connection
+         * closes once the error is flushed */
+        c->req = NULL;
+        r->conn = NULL;
+        mg_lua_client_gone(r);
+    }
+}
+
+/* llhttp (8.1, even strict) takes a bare LF after the request line, runs
+ * of spaces between its parts, bare CRs before the request line and a
+ * request line with no version (HTTP/0.9, which it then reports as a
+ * version to refuse with 505); RFC 9112 2.2 and 3 let a server refuse all
+ * of them with 400, and a proxy must, since the upstream may split the
+ * message differently. Scans head bytes only: the empty lines a client may
+ * send first (2.2), the request line, then the header lines up to the
+ * blank line. Returns -1 on a bare LF, a bare CR, two spaces in a row or
+ * other than three parts in the request line. */
+static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n) {
+    for (size_t i = 0; i < n && !x->scan_done; i++) {
+        char ch = p[i];
+        if (x->scan_prev == '\r' && ch != '\n')
+            return -1;
+        if (ch == '\n') {
+            if (x->scan_prev != '\r')
+                return -1;
+            if (x->scan_rl == 1) { /* the request line ends */
+                if (x->scan_sp != 2)
+                    return -1;
+                x->scan_rl = 2;
+                x->scan_nl = 1;
+            } else if (x->scan_rl == 2 && ++x->scan_nl == 2) {
+                x->scan_done = 1;
+            }
+        } else if (ch != '\r') {
+            if (x->scan_rl == 0)
+                x->scan_rl = 1;
+            else if (x->scan_rl == 1 && ch == ' ' && (x->scan_prev == ' ' || ++x->scan_sp > 2))
+                return -1;
+            x->scan_nl = 0;
+        }
+        x->scan_prev = ch;
+    }
+    return 0;
+}
+
+static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len) {
+    llhttp_errno_t err;
+
+    if (!X(c)->scan_done && mg_http_scan_head(X(c), data, len) < 0) {
+        mg_conn_fail(c, 400);
+        return;
+    }
+
+    X(c)->in_exec = 1;
+    X(c)->exec_start = data;
+    err = llhttp_execute(&c->parser, data, len);
+    X(c)->in_exec = 0;
+    if (err == HPE_OK)
+        return;
+    if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+        const char *pos = llhttp_get_error_pos(&c->parser);
+        c->paused = 1;
+        if (err == HPE_PAUSED_UPGRADE) {
+            /* no WebSocket on this route: answer, then close (the rest is
+             * another protocol) */
+            X(c)->upgrade = 1;
+            if (c->req) {
+                c->req->state = MG_REQ_DONE;
+                c->req->resp_close = 1;
+            }
+            return;
+        }
+        if (pos && pos >= data && pos <= data + len)
+            mg_conn_save_input(c, pos, data + len - pos);
+        return;
+    }
+    mg_debug("parse error: %s (%s)", llhttp_errno_name(err), llhttp_get_error_reason(&c->parser));
+    mg_conn_fail(c, X(c)->err_status ? X(c)->err_status : 400);
+}
+
+/* Bytes left in the socket when reading stopped bring no new edge, but
+ * event_add is an EPOLL_CTL_ADD or _MOD right away (no changelist: see
+ * event_base_new), and epoll reports a socket already readable then. */
+void mg_conn_read_enable(mg_conn_t *c, int on) {
+    if (on && c->rd_off && !X(c)->dead) {
+        event_add(&c->rev, NULL);
+        c->rd_off = 0;
+        if (c->tmode == MG_T_BODY)
+            mg_conn_arm(c, MG_T_BODY); /* the body clock runs again */
+    } else if (!on && !c->rd_off) {
+        event_del(&c->rev);
+        c->rd_off = 1;
+        if (c->tmode == MG_T_BODY)
+            event_del(&c->tev); /* our pause, not the client's */
+    }
+}
+
+/* A query parameter's name decoded as moongate.decode_query decodes it
+ * ('+' is a space, %XX a byte), into out (cap bytes, NUL-terminated).
+ * Returns the decoded length, or cap when it does not fit: no secret name
+ * is that long, so such a name is never one. */
+static size_t mg_query_name_decode(const char *s, size_t n, char *out, size_t cap) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (ch == '+') {
+            ch = ' ';
+        } else if (ch == '%' && i + 2 < n && isxdigit((unsigned char)s[i + 1]) &&
+                   isxdigit((unsigned char)s[i + 2])) {
+            char hex[3] = {s[i + 1], s[i + 2], 0};
+            ch = (char)strtol(hex, NULL, 16);
+            i += 2;
+        }
+        if (o + 1 >= cap)
+            return cap;
+        out[o++] = ch;
+    }
+    out[o] = 0;
+    return o;
+}
+
+/* Credentials in a query (WebSocket clients pass tokens there) stay out of
+ * the access log: the values of these parameters become "-". Names are
+ * compared decoded (?%74oken= is the auth hook's token too), any case.
+ * In place. */
+static void mg_log_redact_query(char *path) {
+    static const char *secret[] = {"token", "access_token", "api_key", "apikey",
+                                   "key",   "password",     "secret",  "jwt"};
+    char *q = strchr(path, '?');
+    while (q) {
+        char *name = q + 1, *eq = strchr(name, '='), *amp = strchr(name, '&');
+        if (eq && (amp == NULL || eq < amp)) {
+            char dec[32];
+            size_t nl = mg_query_name_decode(name, eq - name, dec, sizeof(dec));
+            for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
+                if (strlen(secret[i]) == nl && strncasecmp(dec, secret[i], nl) == 0) {
+                    char *end = amp ? amp : eq + strlen(eq);
+                    memmove(eq + 2, end, strlen(end) + 1);
+                    eq[1] = '-';
+                    amp = strchr(eq + 1, '&');
+                    break;
+                }
+        }
+        q = amp;
+    }
+}
+
+/* The target as access-log lines show it: at most 300 bytes, query
+ * credentials redacted, JSON-escaped into esc (cap bytes). */
+void mg_log_path(const mg_req_t *r, char *esc, size_t cap) {
+    char path[400];
+    size_t pl = r->url_len < 300 ? r->url_len : 300;
+    memcpy(path, r->hbuf, pl);
+    path[pl] = '\0';
+    mg_log_redact_query(path);
+    mg_json_escape(esc, cap, path);
+}
+
+static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
+    /* a half-closed client still gets the answers to what it pipelined */
+    if (r->resp_close || !r->keep_alive || (X(c)->eof && c->in_len == 0))
+        c->closing = 1;
+    if (r->gen->access_log) {
+        char line[1024];
+        int n;
+        {
+            char esc[400];
+            mg_log_path(r, esc, sizeof(esc));
+            n = snprintf(
+                line, sizeof(line),
+                "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
+                "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"bytes\":%llu,"
+                "\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u}\n",
+                r->t_start, r->request_id, c->peer_ip,
+                llhttp_method_name((llhttp_method_t)r->method), esc, r->status,
+                (unsigned long long)r->bytes_out, (mg_now() - r->t_start) * 1000.0,
+                r->route ? (r->route->name ? r->route->name : r->route->rule) : "", r->gen->id);
+        }
+        if (n > 0)
+            mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    }
+    if (r->route && r->route->log_ref != LUA_NOREF)
+        mg_lua_log(r, (mg_now() - r->t_start) * 1000.0);
+    c->req = NULL;
+    c->nreq++;
+    X(c)->scan_done = X(c)->scan_nl = X(c)->scan_rl = X(c)->scan_sp = 0;
+    X(c)->scan_prev = 0;
+    mg_req_free(r);
+}
+
+/* The client's EOF is read: a request it left unfinished ends here. */
+static void mg_conn_at_eof(mg_conn_t *c) {
+    if (c->req && c->req->state != MG_REQ_DONE) {
+        if (llhttp_finish(&c->parser) != HPE_OK || c->req->state != MG_REQ_DONE) {
+            if (c->req->state == MG_REQ_HEAD)
+                mg_conn_fail(c, 400);
+            else
+                mg_conn_fail(c, c->req->resp_started ? -1 : 400);
+        }
+    }
+}
+
+static void mg_conn_advance(mg_conn_t *c) {
+    for (;;) {
+        mg_req_t *r = c->req;
+        if (X(c)->dead)
+            return;
+        if (r) {
+            if (r->ws_upgrade && r->state == MG_REQ_DONE) {
+                X(c)->handoff = 1;
+                mg_conn_close_later(c);
+                return;
+            }
+            if (!r->resp_done || r->ux || r->co)
+                break;
+            if (r->state != MG_REQ_DONE)
+                c->closing = 1;
+            mg_conn_finish_req(c, r);
+        }
+        if (c->closing)
+            break;
+        if (!c->paused)
+            break;
+        c->paused = 0;
+        llhttp_resume(&c->parser);
+        if (c->in_len == 0)
+            break;
+        {
+            char *data = c->in;
+            size_t len = c->in_len;
+            c->in = NULL;
+            c->in_len = c->in_cap = 0;
+            mg_conn_exec(c, data, len);
+            free(data);
+            /* pipelined input after the EOF: nothing more will come */
+            if (X(c)->eof && !X(c)->dead && c->in_len == 0)
+                mg_conn_at_eof(c);
+        }
+    }
+    if (X(c)->dead)
+        return;
+    if (c->req == NULL) {
+        if (c->closing) {
+            mg_conn_flush(c);
+            if (!X(c)->dead && evbuffer_get_length(c->out) == 0 && X(c)->eof) {
+                /* the client's end is read: nothing left to linger for */
+                mg_conn_close_later(c);
+                return;
+            }
+            if (!X(c)->dead && evbuffer_get_length(c->out) == 0) {
+                /* lingering close: stop sending, drain input briefly so a
+                 * reset does not destroy the response in flight */
+                shutdown(c->fd, SHUT_WR);
+                X(c)->lingering = 1;
+                mg_conn_read_enable(c, 1);
+                mg_conn_arm(c, MG_T_LINGER);
+            }
+            return;
+        }
+        if (c->in_len < MG_READ_CHUNK)
+            mg_conn_read_enable(c, 1);
+        mg_conn_arm(c, MG_T_IDLE);
+    }
+    mg_conn_flush(c);
+}
+
+void mg_http_access_finish(mg_req_t *r) {
+    mg_conn_t *c = r->conn;
+    if (c == NULL) {
+        mg_req_free(r);
+        return;
+    }
+    if (r->access_state == MG_ACCESS_DENIED)
+        r->resp_done = 1;
+    if (X(c)->in_exec)
+        return; /* decided at once: on_headers_complete goes on */
+    if (r->access_state == MG_ACCESS_OK)
+        mg_http_dispatch(r);
+    /* the parser stopped after the head: read on (the body, or the end) */
+    if (c->paused && !X(c)->dead && r->state != MG_REQ_DONE) {
+        char *data = c->in;
+        size_t len = c->in_len;
+        c->paused = 0;
+        llhttp_resume(&c->parser);
+        c->in = NULL;
+        c->in_len = c->in_cap = 0;
+        /* even with no bytes: llhttp then runs what needs no input (the
+         * end of a bodyless message) */
+        mg_conn_exec(c, data ? data : "", len);
+        free(data);
+        mg_conn_read_enable(c, 1);
+    }
+    mg_conn_advance(c);
+}
+
+void mg_req_target_done(mg_req_t *r) {
+    mg_conn_t *c = r->conn;
+    r->resp_done = 1;
+    if (c == NULL) {
+        mg_req_free(r);
+        return;
+    }
+    if (X(c)->in_exec)
+        return; /* the caller of llhttp_execute advances */
+    mg_conn_advance(c);
+}
+
+void mg_req_abort(mg_req_t *r) {
+    mg_conn_t *c = r->conn;
+    r->resp_done = 1;
+    if (c == NULL) {
+        mg_req_free(r);
+        return;
+    }
+    c->closing = 1;
+    r->resp_close = 1;
+    if (!X(c)->in_exec)
+        mg_conn_close_later(c);
+}
+
+static void mg_conn_free(mg_conn_t *c) {
+    mg_req_t *r = c->req;
+    if (r) {
+        r->conn = NULL;
+        c->req = NULL;
+        if (r->ux)
+            mg_proxy_client_gone(r);
+        if (r->co)
+            mg_lua_client_gone(r); /* the coroutine frees r when it ends */
+        else
+            mg_req_free(r);
+    }
+    event_del(&c->rev);
+    event_del(&c->wev);
+    event_del(&c->tev);
+    if (c->fd >= 0)
+        close(c->fd);
+    evbuffer_free(c->out);
+    free(c->in);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        mg_conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    free(c);
+    mg_worker.active--;
+}
+
+static void mg_conn_close_later(mg_conn_t *c) {
+    if (X(c)->dead)
+        return;
+    X(c)->dead = 1;
+    event_del(&c->rev);
+    event_del(&c->wev);
+    event_del(&c->tev);
+    event_active(&c->tev, EV_TIMEOUT, 1);
+}
+
+void mg_conn_arm(mg_conn_t *c, int mode) {
+    int ms = 0;
+    mg_gen_t *g = mg_gen_current;
+    c->tmode = mode;
+    switch (mode) {
+    case MG_T_HEADER: ms = g->timeouts.header; break;
+    case MG_T_IDLE: ms = g->timeouts.idle; break;
+    case MG_T_READ: ms = g->timeouts.read; break;
+    case MG_T_BODY: /* the gap between body bytes: the tighter of body and read */
+        ms = g->timeouts.body;
+        if (g->timeouts.read > 0 && (ms == 0 || g->timeouts.read < ms))
+            ms = g->timeouts.read;
+        break;
+    case MG_T_WRITE: ms = g->timeouts.write; break;
+    case MG_T_LINGER: ms = 2000; break;
+    default: break;
+    }
+    if (ms > 0)
+        event_add(&c->tev, mg_timeout_tv(ms));
+    else
+        event_del(&c->tev);
+}
+
+static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
+    mg_conn_t *c = arg;
+    (void)fd, (void)what;
+    if (X(c)->handoff) {
+        int sfd = c->fd;
+        c->fd = -1;
+        mg_ws_takeover(c->req, sfd, c->in, c->in_len);
+        mg_conn_free(c);
+        return;
+    }
+    if (X(c)->dead || X(c)->lingering) {
+        mg_conn_free(c);
+        return;
+    }
+    switch (c->tmode) {
+    case MG_T_BODY:
+        if (c->req && c->req->state == MG_REQ_BODY) {
+            mg_conn_fail(c, c->req->resp_started ? -1 : 408);
+            mg_conn_advance(c);
+            return;
+        }
+        break;
+    case MG_T_HEADER:
+    case MG_T_READ:
+        if (c->req && !c->req->resp_started && c->req->state != MG_REQ_DONE) {
+            mg_conn_fail(c, 408);
+            mg_conn_advance(c);
+            return;
+        }
+        if (c->req == NULL) {
+            mg_conn_free(c);
+            return;
+        }
+        break;
+    case MG_T_IDLE:
+        if (c->req == NULL) {
+            mg_conn_free(c);
+            return;
+        }
+        break;
+    case MG_T_WRITE: mg_conn_free(c); return;
+    default: break;
+    }
+}
+
+/* One read. Returns 1 when the socket may hold more, 0 when done or the
+ * connection went. The read event is level-triggered, as the upstream and
+ * WebSocket ones are: a short read ends the callback, and whatever is still
+ * pending (more data, the EOF, a reset queued behind the request, which
+ * libevent reports as plain EV_READ) is reported again by the next
+ * epoll_wait, at no syscall on an ordinary keep-alive request (reading
+ * until EAGAIN would cost one recv per request). So a client that resets
+ * while its request waits on a slow handler or upstream is gone at once
+ * (the target is told), not when the answer's write fails. Reading that
+ * stops on purpose (pipelined input saved, EOF, closing) removes the event
+ * (mg_conn_read_enable), so nothing spins. */
+static int mg_conn_read_once(mg_conn_t *c, int fd) {
+    ssize_t n;
+
+    n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return 0;
+        mg_conn_free(c);
+        return 0;
+    }
+    if (X(c)->lingering) {
+        if (n == 0) {
+            mg_conn_free(c);
+            return 0;
+        }
+        return 1;
+    }
+    if (n == 0) {
+        /* EOF: with nothing in progress, we are done; otherwise the client
+         * half-closed and still waits for its answer */
+        X(c)->eof = 1;
+        mg_conn_read_enable(c, 0);
+        if (c->req == NULL && c->in_len == 0 && evbuffer_get_length(c->out) == 0) {
+            mg_conn_free(c);
+            return 0;
+        }
+        mg_conn_at_eof(c);
+        /* a response still in flight is flushed first (RFC 9112 9.6) */
+        c->closing = c->req == NULL && c->in_len == 0 ? 1 : c->closing;
+        mg_conn_advance(c);
+        return 0;
+    }
+    if (c->tmode == MG_T_READ || c->tmode == MG_T_BODY)
+        mg_conn_arm(c, c->tmode);
+    if (c->paused || c->closing) {
+        if (!c->closing)
+            mg_conn_save_input(c, mg_worker.scratch, n);
+    } else {
+        if (c->req == NULL && c->tmode == MG_T_IDLE)
+            mg_conn_arm(c, MG_T_HEADER);
+        mg_conn_exec(c, mg_worker.scratch, n);
+        mg_conn_advance(c);
+    }
+    if (X(c)->dead || c->rd_off)
+        return 0;
+    return (size_t)n == sizeof(mg_worker.scratch);
+}
+
+static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg) {
+    (void)what;
+    while (mg_conn_read_once(arg, fd))
+        ;
+}
+
+static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg) {
+    mg_conn_t *c = arg;
+    mg_req_t *r = c->req;
+    (void)fd, (void)what;
+    mg_conn_flush(c);
+    if (X(c)->dead)
+        return;
+    if (evbuffer_get_length(c->out) < MG_LOW_WATER && r) {
+        if (c->tmode == MG_T_WRITE)
+            mg_conn_arm(c, MG_T_NONE);
+        if (r->ux)
+            mg_proxy_client_drained(r);
+        else if (r->co)
+            mg_lua_client_drained(r);
+        return;
+    }
+    if (r == NULL && evbuffer_get_length(c->out) == 0)
+        mg_conn_advance(c);
+}
+
+void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
+    mg_xconn_t *x = calloc(1, sizeof(*x));
+    mg_conn_t *c = &x->c;
+    int one = 1;
+
+    if (x == NULL) {
+        close(fd);
+        return;
+    }
+    c->out = evbuffer_new();
+    if (c->out == NULL) {
+        free(x);
+        close(fd);
+        return;
+    }
+    c->fd = fd;
+    c->lidx = lidx;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    memcpy(&c->peer, sa, salen < sizeof(c->peer) ? salen : sizeof(c->peer));
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, c->peer_ip, sizeof(c->peer_ip));
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, c->peer_ip,
+                  sizeof(c->peer_ip));
+    llhttp_init(&c->parser, HTTP_REQUEST, &mg_http_settings);
+    c->parser.data = c;
+    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_PERSIST, mg_conn_read_cb, c);
+    event_assign(&c->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_conn_write_cb, c);
+    evtimer_assign(&c->tev, mg_worker.base, mg_conn_timer_cb, c);
+    event_add(&c->rev, NULL);
+    mg_worker.active++;
+    c->next = mg_conns;
+    if (mg_conns)
+        mg_conns->prev = c;
+    mg_conns = c;
+    mg_conn_arm(c, MG_T_HEADER);
+}
+
+void mg_http_close_idle(void) {
+    mg_conn_t *c = mg_conns;
+    while (c) {
+        mg_conn_t *next = c->next;
+        if (c->req == NULL && !X(c)->dead && evbuffer_get_length(c->out) == 0)
+            mg_conn_close_later(c);
+        c = next;
+    }
+}

@@ -1,0 +1,53 @@
+/*
+ * http_int.h -- the inside of a client connection, shared by http.c (the
+ * connection and its parser) and http_resp.c (response framing), and by
+ * the C unit tests (spec/c/). Nothing else includes this.
+ */
+#ifndef MG_HTTP_INT_H
+#define MG_HTTP_INT_H
+
+#include "http/http.h"
+
+enum { MG_T_NONE, MG_T_HEADER, MG_T_IDLE, MG_T_READ, MG_T_BODY, MG_T_WRITE, MG_T_LINGER };
+
+/* extra connection state kept beside the public struct */
+typedef struct {
+    mg_conn_t c;
+    int in_exec;            /* inside llhttp_execute: defer completion work */
+    int dead;               /* free at the next loop turn */
+    int lingering;          /* response sent, discarding input until EOF */
+    int eof;                /* client half-closed */
+    int err_status;         /* status to answer when the parser stops on error */
+    int upgrade;            /* parser paused for an upgrade: close after response */
+    int handoff;            /* WebSocket: the socket goes to ws_http.c */
+    const char *exec_start; /* input being parsed, to spot obs-fold */
+    int scan_done;          /* the request head was checked for bare LF */
+    int scan_nl;            /* CRLFs in a row */
+    int scan_rl;            /* 0 before the request line, 1 in it, 2 after */
+    int scan_sp;            /* spaces in the request line: exactly 2 */
+    char scan_prev;
+    const char *val_end; /* end of the last header value piece */
+} mg_xconn_t;
+
+#define X(c) ((mg_xconn_t *)(c))
+
+/* http.c */
+mg_req_t *mg_req_new(mg_conn_t *c);       /* from the free list; NULL if out of memory */
+void mg_conn_arm(mg_conn_t *c, int mode); /* the connection timer, MG_T_* */
+
+/* http_parse.c: llhttp's callbacks for a client connection */
+extern const llhttp_settings_t mg_http_settings;
+int mg_http_on_message_begin(llhttp_t *p); /* a fresh request (also for errors before one) */
+void mg_http_dispatch(mg_req_t *r);        /* to its target, once access allows it */
+/* the head checks llhttp leaves to us (pure: no I/O, exposed for spec/c/) */
+int mg_http_host_valid(const char *v, size_t len); /* Host / authority characters: 1 ok */
+int mg_http_te_check(const char *v, size_t n);     /* Transfer-Encoding value: 0 or 501 */
+/* Host, framing, target form, dot segments of a parsed head; may rewrite an
+ * absolute-form target in r->hbuf. Returns 0 or the status to refuse with. */
+int mg_http_check_head(mg_req_t *r, llhttp_t *p);
+
+/* http_resp.c */
+/* A JSON error response with extra header lines ("Name: value\r\n"). */
+void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const char *extra);
+
+#endif

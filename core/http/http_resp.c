@@ -1,0 +1,173 @@
+/*
+ * http_resp.c -- response framing on a client connection: the status line
+ * and Date, Content-Length or chunked framing, Connection, our own JSON
+ * errors, and copying request header lines on to an upstream.
+ */
+#include "http/http_int.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+/* "Date: ...\r\n", formatted once a second. */
+static const char *mg_http_date(size_t *len) {
+    static char buf[64];
+    static size_t blen;
+    static time_t last;
+    time_t now = time(NULL);
+    if (now != last) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        blen = strftime(buf, sizeof(buf), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        last = now;
+    }
+    *len = blen;
+    return buf;
+}
+
+int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vlen) {
+    if (nlen == 0)
+        return 0;
+    for (size_t i = 0; i < nlen; i++) {
+        unsigned char ch = name[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch > 0x20 && ch < 0x7f && strchr("!#$%&'*+-.^_`|~", ch))))
+            return 0;
+    }
+    for (size_t i = 0; i < vlen; i++) {
+        unsigned char ch = value[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen) {
+    mg_conn_t *c = r->conn;
+    char line[160];
+    const char *text, *date;
+    size_t n, dlen;
+    int nobody = status < 200 || status == 204 || status == 304;
+
+    r->status = status;
+    r->resp_started = 1;
+    if (c == NULL)
+        return;
+    if (!nobody) {
+        if (clen < 0) {
+            if (r->http_minor >= 1)
+                r->resp_chunked = 1;
+            else
+                r->resp_close = 1;
+        }
+    }
+    /* a half-closed client: close after this answer, unless it pipelined more */
+    if (X(c)->upgrade || (X(c)->eof && c->in_len == 0) || mg_worker.stopping)
+        r->resp_close = 1;
+    /* built by hand: this runs once per response */
+    text = mg_status_text(status);
+    memcpy(line, "HTTP/1.1 ", 9);
+    n = 9 + mg_utoa(line + 9, (unsigned)status);
+    line[n++] = ' ';
+    memcpy(line + n, text, strlen(text));
+    n += strlen(text);
+    line[n++] = '\r';
+    line[n++] = '\n';
+    date = mg_http_date(&dlen);
+    memcpy(line + n, date, dlen);
+    n += dlen;
+    evbuffer_add(c->out, line, n);
+    if (extralen)
+        evbuffer_add(c->out, extra, extralen);
+    if (!nobody) {
+        n = 0;
+        if (clen >= 0) {
+            memcpy(line, "Content-Length: ", 16);
+            n = 16 + mg_utoa(line + 16, (uint64_t)clen);
+            line[n++] = '\r';
+            line[n++] = '\n';
+        } else if (r->resp_chunked) {
+            memcpy(line, "Transfer-Encoding: chunked\r\n", 28);
+            n = 28;
+        }
+        if (n)
+            evbuffer_add(c->out, line, n);
+    }
+    if (!r->keep_alive || r->resp_close)
+        evbuffer_add(c->out, "Connection: close\r\n\r\n", 21);
+    else if (r->http_minor == 0)
+        evbuffer_add(c->out, "Connection: keep-alive\r\n\r\n", 26);
+    else
+        evbuffer_add(c->out, "\r\n", 2);
+}
+
+void mg_resp_body(mg_req_t *r, const char *data, size_t len) {
+    mg_conn_t *c = r->conn;
+    if (c == NULL || len == 0 || r->method == HTTP_HEAD)
+        return;
+    r->bytes_out += len;
+    if (r->resp_chunked) {
+        char hex[24];
+        int n = snprintf(hex, sizeof(hex), "%zx\r\n", len);
+        evbuffer_add(c->out, hex, n);
+        evbuffer_add(c->out, data, len);
+        evbuffer_add(c->out, "\r\n", 2);
+    } else {
+        evbuffer_add(c->out, data, len);
+    }
+}
+
+void mg_resp_end(mg_req_t *r) {
+    if (r->conn && r->resp_chunked && r->method != HTTP_HEAD)
+        evbuffer_add(r->conn->out, "0\r\n\r\n", 5);
+}
+
+void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const char *extra) {
+    char body[600], hdrs[300];
+    int n, hl;
+    n = mg_json_error_body(body, sizeof(body), msg, r->request_id);
+    hl = snprintf(hdrs, sizeof(hdrs), "Content-Type: application/json\r\n%s", extra);
+    if (status >= 400 && r->state != MG_REQ_DONE)
+        r->resp_close = 1; /* the unread body would be taken for a request */
+    mg_resp_head(r, status, hdrs, hl, n);
+    mg_resp_body(r, body, n);
+    r->resp_done = 1;
+}
+
+void mg_resp_json_error(mg_req_t *r, int status, const char *msg) {
+    mg_resp_json_error_with(r, status, msg, "");
+}
+
+void mg_req_copy_header(mg_req_t *r, mg_hdr_t *hd, struct evbuffer *h) {
+    char line[512];
+    size_t n = hd->nlen + hd->vlen + 4;
+    if (n > sizeof(line)) {
+        evbuffer_add(h, r->hbuf + hd->noff, hd->nlen);
+        evbuffer_add(h, ": ", 2);
+        evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
+        evbuffer_add(h, "\r\n", 2);
+        return;
+    }
+    memcpy(line, r->hbuf + hd->noff, hd->nlen); /* one add: evbuffer_add is not cheap */
+    memcpy(line + hd->nlen, ": ", 2);
+    memcpy(line + hd->nlen + 2, r->hbuf + hd->voff, hd->vlen);
+    memcpy(line + n - 2, "\r\n", 2);
+    evbuffer_add(h, line, n);
+}
+
+/* Appends the headers set by req:set_header() (not the removals). */
+void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h) {
+    const char *p = r->xhdrs.p, *end = p + r->xhdrs.len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', end - p);
+        if (eol == NULL)
+            break;
+        if (eol - p >= 2 && eol[-2] != ':') /* "Name:\r\n" is a removal */
+            evbuffer_add(h, p, eol + 1 - p);
+        p = eol + 1;
+    }
+}
+
+int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len) {
+    return mg_lines_have(r->xhdrs.p, r->xhdrs.len, name, len);
+}

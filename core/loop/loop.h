@@ -1,0 +1,44 @@
+/*
+ * loop.h -- one worker's shared machinery: the event base and the worker
+ * record (its listening sockets, counters, scratch memory), the shared
+ * timeout queues, the clock, random numbers and request ids (loop.c).
+ */
+#ifndef MG_LOOP_H
+#define MG_LOOP_H
+
+#include "base/base.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+/* A listening address as configured. */
+typedef struct {
+    char host[64];
+    int port;
+    int server; /* 0 = the main route table, then conf.servers in name order */
+} mg_addr_t;
+
+typedef struct {
+    struct event_base *base;
+    int id;
+    int nfd;
+    int *fds;         /* listening sockets of this worker */
+    mg_addr_t *laddr; /* their addresses (as at startup), same order */
+    struct event **lev;
+    int stopping;
+    uint64_t active;   /* connections open */
+    uint64_t inflight; /* requests in progress */
+    char scratch[MG_READ_CHUNK];
+    uint64_t rng[2];
+    const struct timeval *ct[8]; /* common timeouts */
+} mg_worker_t;
+
+extern mg_worker_t mg_worker;
+const struct timeval *mg_timeout_tv(int ms);
+double mg_now(void);
+double mg_now_coarse(void);    /* mg_now to the kernel's tick */
+uint64_t mg_rng_next(void);    /* the worker's xorshift128+ (request ids, WebSocket masks) */
+void mg_request_id(char *out); /* 32 hex chars + NUL */
+
+#endif

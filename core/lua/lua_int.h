@@ -1,0 +1,70 @@
+/*
+ * lua_co.h -- the coroutine record shared by lua_api.c (HTTP handlers,
+ * timers, the HTTP client) and lua_ws.c (WebSocket handlers).
+ */
+#ifndef MG_LUA_CO_H
+#define MG_LUA_CO_H
+
+#include "lua/lua.h"
+
+typedef struct mg_lws_s mg_lws_t;
+
+enum { MG_W_NONE, MG_W_SLEEP, MG_W_HTTP, MG_W_BODY, MG_W_READ, MG_W_DRAIN, MG_W_HREAD };
+
+/* moongate.http.request: default max_body of a buffered response */
+#define MG_HTTP_MAX_BODY (16 * 1024 * 1024)
+
+struct mg_co_s {
+    lua_State *L; /* the coroutine */
+    int ref;      /* registry anchor of the thread */
+    mg_gen_t *gen;
+    mg_req_t *req; /* NULL for timers */
+    int wait;
+    int targs; /* timers: arguments for the first resume */
+    struct event tev;
+    struct evbuffer *body; /* request body received, not yet read */
+    /* HTTP client call in progress */
+    mg_ux_t *ux;
+    mg_upstream_t tmp_up; /* for url= calls */
+    mg_peer_t *tmp_peer;
+    mg_lws_t *lws; /* WebSocket handler: the socket this coroutine owns */
+    int access;    /* runs a route's access hooks (not its handler) */
+    int reusable;  /* ended cleanly: its thread may serve again */
+    mg_co_t *next_free;
+    int hstatus;
+    struct evbuffer *hbody;
+    struct evbuffer *hhead; /* "name\0value\0" pairs */
+    size_t hmax;            /* buffered response: body limit (max_body) */
+    int htoobig;            /* ... exceeded: the exchange is refused */
+    int hstream;            /* stream = true: the body is read with resp:read() */
+    int hdone;              /* streamed response: the body ended */
+    unsigned hsid;          /* streamed response id (an old resp:read() sees "closed") */
+    const char *herr;       /* streamed response: how it failed */
+};
+
+/* init.lua's entry points (registry functions), found once per generation */
+enum { MG_ENTRY_RUN, MG_ENTRY_ACCESS, MG_ENTRY_HF, MG_ENTRY_HOOKS, MG_ENTRY_REQ_MT };
+void mg_push_entry(lua_State *L, mg_gen_t *gen, int which);
+
+extern mg_co_t *mg_co_cur;
+mg_co_t *mg_co_new(mg_gen_t *gen);
+void mg_co_resume(mg_co_t *co, int nargs);
+mg_co_t *mg_co_check(lua_State *L, const char *what);
+void mg_push_req(lua_State *L, mg_req_t *r);
+void mg_push_req_filled(lua_State *L, mg_req_t *r); /* for a handler that outlives r */
+void mg_co_pool_free(mg_gen_t *gen);
+mg_req_t *mg_co_req(lua_State *L, const char *what); /* the running handler's request */
+void mg_push_lower(lua_State *L, const char *s, size_t len);
+/* Header lines "Name: value\r\n" from the table at idx into out. */
+/* Appends the table at idx as header lines; NULL, or the name (a copy, at
+ * most 63 bytes) of the first bad header, for the caller to free its buffer
+ * and raise. */
+const char *mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype);
+/* Each adds its functions to the moongate.core table on the stack's top. */
+void mg_lua_inject_resp_api(lua_State *L);   /* lua_resp.c */
+void mg_lua_inject_client_api(lua_State *L); /* lua_client.c */
+void mg_lua_ws_co_end(mg_co_t *co);          /* lua_ws.c: the owner coroutine ended */
+void mg_lua_ws_error(mg_co_t *co);           /* the handler raised: close with 1011 */
+void mg_lua_http_end(mg_co_t *co); /* lua_client.c: the coroutine ends: drop its exchange */
+
+#endif

@@ -1,0 +1,832 @@
+/*
+ * upstream.c -- upstream peers and exchanges. A peer is one server
+ * (host:port) known to this worker: its keep-alive pool and its passive
+ * health live here and outlive generations. An exchange (mg_ux_t) sends one
+ * request to an upstream and parses the response with llhttp, handing head
+ * and body to a sink (the C proxy, or the Lua HTTP client).
+ *
+ * Retries: a connect failure moves to the next server (nothing was sent);
+ * a pooled connection that turns out closed before any response byte is
+ * retried once on a fresh connection when the request is idempotent and
+ * carried no body.
+ *
+ * Timers, one per exchange, by phase: connect_timeout while connecting;
+ * body_timeout while request bytes wait for the upstream to take them
+ * (progress re-arms it); response_timeout from the moment the request has
+ * been sent in full until the complete response head (a deadline: bytes of
+ * the head do not re-arm it); body_timeout again between response body
+ * reads (not while the sink has reading paused).
+ *
+ * Reads are level-triggered: an EOF or reset that arrived with the last
+ * bytes is reported again after a short read, so no read path needs an
+ * extra recv to find EAGAIN (edge-triggered reads missed exactly that once
+ * reading had been paused and resumed; libevent drops EPOLLET anyway when
+ * the write event goes). EV_CLOSED (EPOLLRDHUP) tells at once that a FIN
+ * came with a response that completed in one read: that connection is not
+ * pooled; a FIN that comes later wakes the pooled connection's read event.
+ */
+#include "upstream/upstream.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MG_POOL_IDLE_MS 55000
+#define MG_UX_MAX_HDRS 100
+
+typedef struct mg_uconn_s mg_uconn_t;
+
+struct mg_peer_s {
+    char host[64];
+    int port;
+    struct sockaddr_storage addr;
+    socklen_t alen;
+    int resolved;
+    int fails;         /* consecutive failures */
+    double down_until; /* skipped until then (seconds, mg_now clock) */
+    mg_uconn_t *idle;  /* pooled connections, LIFO */
+    int nidle;
+    mg_peer_t *next;
+};
+
+struct mg_uconn_s {
+    int fd;
+    mg_peer_t *peer;
+    mg_ux_t *ux; /* NULL while pooled */
+    struct event rev, wev, tev;
+    mg_uconn_t *next;
+    int connecting;
+    int wr_on;
+    int rd_off;
+    int peer_closed; /* EV_CLOSED seen: the upstream sent its FIN */
+};
+
+/* which timer is armed (mg_ux_timer) */
+enum { MG_T_NONE, MG_T_SEND, MG_T_HEAD, MG_T_BODY };
+
+struct mg_ux_s {
+    mg_upstream_t *up;
+    mg_uconn_t *uc;
+    struct evbuffer *out;  /* request bytes not yet written */
+    struct evbuffer *head; /* copy of the head, for a retry on a fresh connection */
+    llhttp_t parser;
+    const mg_ux_sink_t *sink;
+    void *ud;
+    int idempotent, head_only;
+    int head_ms;         /* response_timeout, or the caller's */
+    int body_ms;         /* body_timeout, or the caller's */
+    int tphase;          /* MG_T_*: the timer armed */
+    int sink_abort;      /* the sink's on_body refused the body */
+    int drain_wait;      /* more than MG_HIGH_WATER was pending: on_drain is owed */
+    const char *bad_msg; /* why the response was refused, for the 502 */
+    int tries;           /* servers tried */
+    int reused;          /* the connection came from the pool */
+    int body_sent;       /* body bytes were queued */
+    int req_done;
+    int got_resp;  /* response bytes received */
+    int head_done; /* head delivered to the sink */
+    int msg_done;
+    int paused;
+    int in_exec;
+    int cancelled;
+    int status;
+    int in_start;     /* inside mg_ux_start: failures are reported later */
+    int upgraded;     /* 101 to an upgrade request */
+    int fail_pending; /* a deferred failure is scheduled */
+    int fail_status;
+    const char *fail_msg;
+    int nh, hstate;
+    mg_ux_t *next_free;
+    /* kept across reuse (not zeroed): response head storage */
+    char *hbuf;
+    size_t hlen, hcap;
+    mg_kv_t hv[MG_UX_MAX_HDRS];
+    uint32_t hoff[MG_UX_MAX_HDRS][4];
+};
+
+/* Exchanges are recycled: no calloc of the head arrays per request. */
+static mg_ux_t *mg_ux_free_list;
+static int mg_ux_free_count;
+
+static mg_peer_t *mg_peers;
+
+static void mg_ux_connect(mg_ux_t *ux);
+static void mg_ux_fail(mg_ux_t *ux, int status, const char *msg, int peer_fault);
+static void mg_uconn_close(mg_uconn_t *uc);
+static void mg_ux_flush(mg_ux_t *ux);
+static void mg_ux_timer(mg_ux_t *ux, int progress);
+static void mg_ux_free(mg_ux_t *ux);
+static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_uconn_write_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg);
+static int mg_ux_on_message_begin(llhttp_t *p);
+static int mg_ux_on_header_field(llhttp_t *p, const char *at, size_t len);
+static int mg_ux_on_header_value(llhttp_t *p, const char *at, size_t len);
+static int mg_ux_on_headers_complete(llhttp_t *p);
+static int mg_ux_on_body(llhttp_t *p, const char *at, size_t len);
+static int mg_ux_on_message_complete(llhttp_t *p);
+
+static llhttp_settings_t mg_ux_settings = {
+    .on_message_begin = mg_ux_on_message_begin,
+    .on_header_field = mg_ux_on_header_field,
+    .on_header_value = mg_ux_on_header_value,
+    .on_headers_complete = mg_ux_on_headers_complete,
+    .on_body = mg_ux_on_body,
+    .on_message_complete = mg_ux_on_message_complete,
+};
+
+/* ---- peers ---- */
+
+mg_peer_t *mg_peer_get(const char *host, int port) {
+    mg_peer_t *p;
+    struct addrinfo hints, *res = NULL;
+    char ports[16];
+
+    for (p = mg_peers; p; p = p->next)
+        if (p->port == port && strcmp(p->host, host) == 0)
+            return p;
+    p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    snprintf(p->host, sizeof(p->host), "%s", host);
+    p->port = port;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(ports, sizeof(ports), "%d", port);
+    /* resolved once, at load time (never on the event loop's hot path) */
+    if (getaddrinfo(host, ports, &hints, &res) == 0 && res) {
+        memcpy(&p->addr, res->ai_addr, res->ai_addrlen);
+        p->alen = res->ai_addrlen;
+        p->resolved = 1;
+        freeaddrinfo(res);
+    } else {
+        mg_warn("upstream server %s:%d: cannot resolve", host, port);
+    }
+    p->next = mg_peers;
+    mg_peers = p;
+    return p;
+}
+
+void mg_peer_str(mg_peer_t *p, char *buf, size_t len) {
+    snprintf(buf, len, "%s:%d", p->host, p->port);
+}
+
+static mg_peer_t *mg_upstream_pick(mg_upstream_t *up) {
+    double now = mg_now();
+    int i;
+    for (i = 0; i < up->npeers; i++) {
+        mg_peer_t *p = up->peers[up->rr++ % up->npeers];
+        if (p->down_until <= now)
+            return p;
+    }
+    /* every server is marked down: try the next one anyway rather than
+     * refusing everything until the marks expire */
+    return up->npeers ? up->peers[up->rr++ % up->npeers] : NULL;
+}
+
+static void mg_peer_failed(mg_upstream_t *up, mg_peer_t *p) {
+    if (++p->fails >= up->max_fails && up->max_fails > 0) {
+        if (p->down_until <= mg_now())
+            mg_warn("upstream %s: server %s:%d failed %d times, skipped for %.1fs", up->name,
+                    p->host, p->port, p->fails, up->fail_timeout / 1000.0);
+        p->down_until = mg_now() + up->fail_timeout / 1000.0;
+    }
+}
+
+/* ---- connections ---- */
+
+static void mg_uconn_close(mg_uconn_t *uc) {
+    event_del(&uc->rev);
+    event_del(&uc->wev);
+    event_del(&uc->tev);
+    close(uc->fd);
+    free(uc);
+}
+
+/* A pooled connection became readable (closed, or junk) or idled out. */
+static void mg_uconn_pool_drop(mg_uconn_t *uc) {
+    mg_uconn_t **pp;
+    for (pp = &uc->peer->idle; *pp; pp = &(*pp)->next)
+        if (*pp == uc) {
+            *pp = uc->next;
+            uc->peer->nidle--;
+            break;
+        }
+    mg_uconn_close(uc);
+}
+
+/* The read event stays registered while a connection sits in the pool (no
+ * epoll_ctl per request); only the callbacks notice uc->ux == NULL. */
+static void mg_uconn_release(mg_ux_t *ux) {
+    mg_uconn_t *uc = ux->uc;
+    mg_peer_t *p = uc->peer;
+    ux->uc = NULL;
+    uc->ux = NULL;
+    if (p->nidle >= ux->up->keepalive || mg_worker.stopping || uc->rd_off) {
+        mg_uconn_close(uc);
+        return;
+    }
+    if (uc->wr_on) {
+        event_del(&uc->wev);
+        uc->wr_on = 0;
+    }
+    event_add(&uc->tev, mg_timeout_tv(MG_POOL_IDLE_MS));
+    uc->next = p->idle;
+    p->idle = uc;
+    p->nidle++;
+}
+
+static void mg_uconn_bind(mg_ux_t *ux, mg_uconn_t *uc) {
+    ux->uc = uc;
+    uc->ux = ux;
+    uc->rd_off = 0;
+    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ | EV_CLOSED | EV_PERSIST,
+                 mg_uconn_read_cb, uc);
+    event_assign(&uc->wev, mg_worker.base, uc->fd, EV_WRITE | EV_PERSIST, mg_uconn_write_cb, uc);
+    evtimer_assign(&uc->tev, mg_worker.base, mg_uconn_timer_cb, uc);
+}
+
+static void mg_ux_arm(mg_ux_t *ux, int ms) {
+    if (ux->uc) {
+        if (ms > 0)
+            event_add(&ux->uc->tev, mg_timeout_tv(ms));
+        else
+            event_del(&ux->uc->tev);
+    }
+}
+
+static void mg_ux_connect(mg_ux_t *ux) {
+    mg_peer_t *p;
+    mg_uconn_t *uc;
+    int fd, one = 1;
+
+    llhttp_init(&ux->parser, HTTP_RESPONSE, &mg_ux_settings);
+    ux->parser.data = ux;
+    ux->tphase = MG_T_NONE; /* a new connection: its timer is armed afresh */
+    for (;;) {
+        p = mg_upstream_pick(ux->up);
+        ux->tries++;
+        if (p == NULL) {
+            mg_ux_fail(ux, 502, "upstream has no servers", 0);
+            return;
+        }
+        /* reuse a pooled connection first */
+        if (p->idle && !ux->reused && !ux->sink->on_upgrade) {
+            uc = p->idle;
+            p->idle = uc->next;
+            p->nidle--;
+            ux->uc = uc;
+            uc->ux = ux;
+            ux->reused = 1;
+            event_del(&uc->tev); /* the pool's idle timer */
+            mg_ux_flush(ux);
+            return;
+        }
+        ux->reused = 0;
+        fd = p->resolved ? socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+                         : -1;
+        if (fd >= 0) {
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            if (connect(fd, (struct sockaddr *)&p->addr, p->alen) == 0 || errno == EINPROGRESS) {
+                uc = calloc(1, sizeof(*uc));
+                if (uc == NULL) {
+                    close(fd);
+                    mg_ux_fail(ux, 502, "out of memory", 0);
+                    return;
+                }
+                uc->fd = fd;
+                uc->peer = p;
+                uc->connecting = 1;
+                mg_uconn_bind(ux, uc);
+                event_add(&uc->wev, NULL);
+                uc->wr_on = 1;
+                mg_ux_arm(ux, ux->up->connect_timeout);
+                return;
+            }
+            close(fd);
+        }
+        mg_debug("upstream %s: connect to %s:%d failed: %s", ux->up->name, p->host, p->port,
+                 strerror(errno));
+        mg_peer_failed(ux->up, p);
+        if (ux->tries >= ux->up->npeers) {
+            mg_ux_fail(ux, 502, "upstream unreachable", 0);
+            return;
+        }
+    }
+}
+
+/* A connection failed before the request was answered. */
+static void mg_ux_retry_or_fail(mg_ux_t *ux, int status, const char *msg, int connect_phase) {
+    mg_uconn_t *uc = ux->uc;
+    mg_peer_t *p = uc ? uc->peer : NULL;
+    int was_reused = ux->reused;
+
+    if (uc) {
+        ux->uc = NULL;
+        mg_uconn_close(uc);
+    }
+    if (connect_phase) {
+        if (p)
+            mg_peer_failed(ux->up, p);
+        if (ux->tries < ux->up->npeers) {
+            ux->reused = 0;
+            mg_ux_connect(ux);
+            return;
+        }
+        mg_ux_fail(ux, status, msg, 0);
+        return;
+    }
+    /* a stale pooled connection: resend on a fresh one when safe */
+    if (was_reused && !ux->got_resp && ux->idempotent && !ux->body_sent && ux->req_done) {
+        evbuffer_drain(ux->out, evbuffer_get_length(ux->out));
+        evbuffer_add_buffer_reference(ux->out, ux->head);
+        ux->tries--;
+        mg_ux_connect(ux);
+        return;
+    }
+    if (p && !ux->got_resp)
+        mg_peer_failed(ux->up, p);
+    mg_ux_fail(ux, status, msg, 0);
+}
+
+static void mg_ux_deferred_fail_cb(evutil_socket_t fd, short what, void *arg) {
+    mg_ux_t *ux = arg;
+    (void)fd, (void)what;
+    ux->fail_pending = 0;
+    if (!ux->cancelled)
+        ux->sink->on_error(ux->ud, ux->fail_status, ux->fail_msg);
+    mg_ux_free(ux);
+}
+
+static void mg_ux_fail(mg_ux_t *ux, int status, const char *msg, int peer_fault) {
+    (void)peer_fault;
+    if (ux->in_start) {
+        /* the caller of mg_ux_start has no handle yet: report on the next
+         * loop turn */
+        static const struct timeval zero = {0, 0};
+        if (ux->uc) {
+            mg_uconn_close(ux->uc);
+            ux->uc = NULL;
+        }
+        ux->fail_pending = 1;
+        ux->fail_status = status;
+        ux->fail_msg = msg;
+        event_base_once(mg_worker.base, -1, EV_TIMEOUT, mg_ux_deferred_fail_cb, ux, &zero);
+        return;
+    }
+    if (ux->uc) {
+        mg_uconn_close(ux->uc);
+        ux->uc = NULL;
+    }
+    if (!ux->cancelled)
+        ux->sink->on_error(ux->ud, ux->head_done ? 0 : status, msg);
+    mg_ux_free(ux);
+}
+
+static void mg_ux_free(mg_ux_t *ux) {
+    if (ux->uc)
+        mg_uconn_close(ux->uc);
+    evbuffer_free(ux->out);
+    if (mg_ux_free_count < 256) {
+        evbuffer_drain(ux->head, evbuffer_get_length(ux->head));
+        ux->next_free = mg_ux_free_list;
+        mg_ux_free_list = ux;
+        mg_ux_free_count++;
+        return;
+    }
+    evbuffer_free(ux->head);
+    free(ux->hbuf);
+    free(ux);
+}
+
+mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, int head_only,
+                     const mg_ux_sink_t *sink, void *ud, int timeout_ms) {
+    mg_ux_t *ux = mg_ux_free_list;
+    if (ux) {
+        struct evbuffer *hc = ux->head;
+        mg_ux_free_list = ux->next_free;
+        mg_ux_free_count--;
+        memset(ux, 0, offsetof(mg_ux_t, hbuf));
+        ux->head = hc;
+    } else {
+        ux = calloc(1, sizeof(*ux));
+        if (ux == NULL) {
+            evbuffer_free(head);
+            return NULL;
+        }
+        ux->head = evbuffer_new();
+    }
+    ux->up = up;
+    ux->out = head;
+    ux->sink = sink;
+    ux->ud = ud;
+    ux->idempotent = idempotent;
+    ux->head_only = head_only;
+    ux->head_ms = timeout_ms > 0 ? timeout_ms : up->response_timeout;
+    ux->body_ms = timeout_ms > 0 ? timeout_ms : up->body_timeout;
+    if (ux->head == NULL) {
+        evbuffer_free(head);
+        free(ux);
+        return NULL;
+    }
+    ux->hlen = 0;
+    if (idempotent)
+        evbuffer_add(ux->head, evbuffer_pullup(head, -1), evbuffer_get_length(head));
+    ux->in_start = 1;
+    mg_ux_connect(ux);
+    ux->in_start = 0;
+    return ux;
+}
+
+static void mg_ux_flush(mg_ux_t *ux) {
+    mg_uconn_t *uc = ux->uc;
+    size_t left;
+    if (uc == NULL || uc->connecting)
+        return;
+    left = evbuffer_get_length(ux->out);
+    if (left) {
+        int n = evbuffer_write(ux->out, uc->fd);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            mg_ux_retry_or_fail(ux, 502, "upstream write failed", 0);
+            return;
+        }
+        left = evbuffer_get_length(ux->out);
+        mg_ux_timer(ux, n > 0);
+    } else {
+        mg_ux_timer(ux, 0);
+    }
+    if (left && !uc->wr_on) {
+        event_add(&uc->wev, NULL);
+        uc->wr_on = 1;
+    } else if (!left && uc->wr_on) {
+        event_del(&uc->wev);
+        uc->wr_on = 0;
+    }
+    if (left > MG_HIGH_WATER) {
+        ux->drain_wait = 1; /* the sink stops sending past this mark */
+    } else if (left < MG_LOW_WATER && ux->drain_wait) {
+        /* drained by a write from mg_ux_send rather than from the write
+         * event (which is now disarmed): this is the only chance to tell
+         * the sink to send again (else the upload stalls) */
+        ux->drain_wait = 0;
+        if (ux->sink->on_drain && !ux->req_done)
+            ux->sink->on_drain(ux->ud);
+    }
+}
+
+void mg_ux_send(mg_ux_t *ux, const char *data, size_t len) {
+    ux->body_sent = 1;
+    evbuffer_add(ux->out, data, len);
+    mg_ux_flush(ux);
+}
+
+void mg_ux_end(mg_ux_t *ux) {
+    ux->req_done = 1;
+    mg_ux_flush(ux);
+}
+
+size_t mg_ux_pending(mg_ux_t *ux) { return evbuffer_get_length(ux->out); }
+
+void mg_ux_pause(mg_ux_t *ux, int on) {
+    mg_uconn_t *uc = ux->uc;
+    ux->paused = on;
+    if (uc == NULL || uc->connecting)
+        return;
+    if (on && !uc->rd_off) {
+        event_del(&uc->rev);
+        uc->rd_off = 1;
+        mg_ux_timer(ux, 0); /* a slow sink is not the upstream's fault */
+    } else if (!on && uc->rd_off) {
+        event_add(&uc->rev, NULL);
+        uc->rd_off = 0;
+        mg_ux_timer(ux, 1);
+    }
+}
+
+/* Arms the timer of the exchange's phase; progress (bytes moved) re-arms
+ * an idle timer, never the response head's deadline. */
+static void mg_ux_timer(mg_ux_t *ux, int progress) {
+    mg_uconn_t *uc = ux->uc;
+    int ph, ms;
+    if (uc == NULL || uc->connecting)
+        return;
+    if (ux->head_done)
+        ph = ux->paused ? MG_T_NONE : MG_T_BODY;
+    else if (evbuffer_get_length(ux->out))
+        ph = MG_T_SEND;
+    else if (ux->req_done)
+        ph = MG_T_HEAD;
+    else
+        ph = MG_T_NONE; /* waiting for the client's body: its own timeouts apply */
+    if (ph == ux->tphase && !(progress && ph != MG_T_HEAD))
+        return;
+    ux->tphase = ph;
+    ms = ph == MG_T_NONE ? 0 : ph == MG_T_HEAD ? ux->head_ms : ux->body_ms;
+    mg_ux_arm(ux, ms);
+}
+
+void mg_ux_cancel(mg_ux_t *ux) {
+    ux->cancelled = 1;
+    if (ux->in_exec || ux->fail_pending)
+        return; /* freed once llhttp_execute returns */
+    mg_ux_free(ux);
+}
+
+/* ---- events ---- */
+
+static void mg_uconn_write_cb(evutil_socket_t fd, short what, void *arg) {
+    mg_uconn_t *uc = arg;
+    mg_ux_t *ux = uc->ux;
+    (void)what;
+    if (uc->connecting) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) {
+            mg_debug("upstream %s: connect to %s:%d: %s", ux->up->name, uc->peer->host,
+                     uc->peer->port, strerror(err));
+            mg_ux_retry_or_fail(ux, 502, "upstream unreachable", 1);
+            return;
+        }
+        uc->connecting = 0;
+        event_add(&uc->rev, NULL);
+        event_del(&uc->tev); /* the connect timer; mg_ux_flush arms the next */
+    }
+    mg_ux_flush(ux);
+    if (ux->cancelled || ux->uc != uc)
+        return;
+    if (evbuffer_get_length(ux->out) < MG_LOW_WATER && ux->sink->on_drain && !ux->req_done)
+        ux->sink->on_drain(ux->ud);
+}
+
+static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
+    mg_uconn_t *uc = arg;
+    mg_ux_t *ux = uc->ux;
+    (void)fd, (void)what;
+    if (ux == NULL) {
+        mg_uconn_pool_drop(uc);
+        return;
+    }
+    if (uc->connecting) {
+        mg_debug("upstream %s: connect to %s:%d timed out", ux->up->name, uc->peer->host,
+                 uc->peer->port);
+        mg_ux_retry_or_fail(ux, 504, "upstream connect timed out", 1);
+        return;
+    }
+    mg_peer_failed(ux->up, uc->peer);
+    if (ux->tphase == MG_T_BODY)
+        mg_ux_fail(ux, 504, "upstream body timed out", 1); /* mid-response: the sink aborts */
+    else if (ux->tphase == MG_T_SEND)
+        mg_ux_fail(ux, 504, "upstream timed out reading the request", 1);
+    else
+        mg_ux_fail(ux, 504, "upstream timed out", 1);
+}
+
+static void mg_ux_complete(mg_ux_t *ux, int reusable) {
+    if (ux->uc) {
+        if (reusable && ux->req_done && evbuffer_get_length(ux->out) == 0)
+            mg_uconn_release(ux);
+        else {
+            mg_uconn_close(ux->uc);
+            ux->uc = NULL;
+        }
+    }
+    if (!ux->cancelled)
+        ux->sink->on_done(ux->ud);
+    mg_ux_free(ux);
+}
+
+/* One read; 1 = read again (the buffer was full), 0 = stop (level-triggered:
+ * whatever is left, EOF included, is reported again). */
+static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
+    mg_ux_t *ux = uc->ux;
+    ssize_t n;
+    llhttp_errno_t err;
+
+    if (ux == NULL) {
+        mg_uconn_pool_drop(uc);
+        return 0;
+    }
+    n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
+    if (n < 0) {
+        if (errno == EINTR)
+            return 1;
+        if (errno == EAGAIN)
+            return 0;
+        mg_ux_retry_or_fail(ux, 502, "upstream connection reset", 0);
+        return 0;
+    }
+    if (n == 0) {
+        if (ux->got_resp && llhttp_message_needs_eof(&ux->parser)) {
+            /* a close-delimited body: EOF completes it (on_message_complete
+             * pauses the parser, so HPE_PAUSED is success here) */
+            ux->in_exec = 1;
+            err = llhttp_finish(&ux->parser);
+            ux->in_exec = 0;
+            if ((err == HPE_OK || err == HPE_PAUSED) && ux->msg_done && !ux->cancelled) {
+                mg_ux_complete(ux, 0);
+                return 0;
+            }
+        }
+        if (ux->cancelled) {
+            mg_ux_free(ux);
+            return 0;
+        }
+        mg_ux_retry_or_fail(ux, 502, "upstream closed the connection", 0);
+        return 0;
+    }
+    ux->got_resp = 1;
+    ux->in_exec = 1;
+    err = llhttp_execute(&ux->parser, mg_worker.scratch, n);
+    ux->in_exec = 0;
+    if (ux->cancelled) {
+        mg_ux_free(ux);
+        return 0;
+    }
+    if (ux->upgraded) {
+        /* the connection now belongs to the sink */
+        const char *pos = llhttp_get_error_pos(&ux->parser);
+        size_t extra = pos && pos >= mg_worker.scratch && pos < mg_worker.scratch + n
+                           ? (size_t)(mg_worker.scratch + n - pos)
+                           : 0;
+        int ufd = uc->fd;
+        event_del(&uc->rev);
+        event_del(&uc->wev);
+        event_del(&uc->tev);
+        free(uc);
+        ux->uc = NULL;
+        ux->sink->on_upgrade(ux->ud, ufd, ux->hv, ux->nh, extra ? pos : NULL, extra);
+        mg_ux_free(ux);
+        return 0;
+    }
+    if (ux->msg_done) {
+        /* bytes past the response, or the upstream's FIN in the same edge,
+         * mean the connection is not reusable */
+        const char *pos = llhttp_get_error_pos(&ux->parser);
+        int extra = err == HPE_PAUSED && pos && pos < mg_worker.scratch + n;
+        mg_ux_complete(ux, !extra && !uc->peer_closed && llhttp_should_keep_alive(&ux->parser));
+        return 0;
+    }
+    if (ux->sink_abort) {
+        mg_ux_fail(ux, 502, "response refused", 0); /* the sink knows why */
+        return 0;
+    }
+    if (err != HPE_OK) {
+        const char *why = ux->bad_msg ? ux->bad_msg : "bad response from upstream";
+        mg_warn("upstream %s: bad response from %s:%d: %s", ux->up->name, uc->peer->host,
+                uc->peer->port, ux->bad_msg ? ux->bad_msg : llhttp_get_error_reason(&ux->parser));
+        mg_peer_failed(ux->up, uc->peer);
+        mg_ux_fail(ux, 502, why, 1);
+        return 0;
+    }
+    mg_ux_timer(ux, 1);
+    if (ux->sink->on_flush)
+        ux->sink->on_flush(ux->ud);
+    return (size_t)n == sizeof(mg_worker.scratch) && ux->uc == uc && !uc->rd_off;
+}
+
+static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg) {
+    mg_uconn_t *uc = arg;
+    if (what & EV_CLOSED)
+        uc->peer_closed = 1;
+    while (mg_uconn_read_once(uc, fd))
+        ;
+}
+
+/* ---- response parsing ---- */
+
+static int mg_ux_append(mg_ux_t *ux, const char *at, size_t len) {
+    if (ux->hlen + len > 65536)
+        return -1;
+    if (ux->hlen + len > ux->hcap) {
+        size_t cap = ux->hcap ? ux->hcap * 2 : 1024;
+        char *nb;
+        while (cap < ux->hlen + len)
+            cap *= 2;
+        nb = realloc(ux->hbuf, cap);
+        if (nb == NULL)
+            return -1;
+        ux->hbuf = nb;
+        ux->hcap = cap;
+    }
+    memcpy(ux->hbuf + ux->hlen, at, len);
+    ux->hlen += len;
+    return 0;
+}
+
+static int mg_ux_on_message_begin(llhttp_t *p) {
+    mg_ux_t *ux = p->data;
+    ux->nh = 0;
+    ux->hlen = 0;
+    ux->hstate = 0;
+    return 0;
+}
+
+static int mg_ux_on_header_field(llhttp_t *p, const char *at, size_t len) {
+    mg_ux_t *ux = p->data;
+    if (ux->hstate != 1) {
+        if (ux->nh == MG_UX_MAX_HDRS)
+            return -1;
+        ux->hoff[ux->nh][0] = ux->hlen;
+        ux->hoff[ux->nh][1] = 0;
+        ux->hoff[ux->nh][2] = ux->hlen;
+        ux->hoff[ux->nh][3] = 0;
+        ux->nh++;
+        ux->hstate = 1;
+    }
+    ux->hoff[ux->nh - 1][1] += len;
+    return mg_ux_append(ux, at, len);
+}
+
+static int mg_ux_on_header_value(llhttp_t *p, const char *at, size_t len) {
+    mg_ux_t *ux = p->data;
+    if (ux->hstate != 2) {
+        ux->hoff[ux->nh - 1][2] = ux->hlen;
+        ux->hstate = 2;
+    }
+    ux->hoff[ux->nh - 1][3] += len;
+    return mg_ux_append(ux, at, len);
+}
+
+/* RFC 9112 6.1: chunked is the one transfer coding we implement. A body in
+ * any other (or chunked twice) would reach the client still coded, under
+ * headers that no longer say so: like nginx, a bad gateway. */
+static int mg_ux_te_ok(const mg_ux_t *ux) {
+    int i, te = 0;
+    for (i = 0; i < ux->nh; i++) {
+        const char *v = ux->hv[i].value;
+        size_t n = ux->hv[i].vlen;
+        if (ux->hv[i].nlen != 17 || strncasecmp(ux->hv[i].name, "transfer-encoding", 17) != 0)
+            continue;
+        while (n > 0 && (*v == ' ' || *v == '\t'))
+            v++, n--;
+        while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+            n--;
+        if (++te > 1 || n != 7 || strncasecmp(v, "chunked", 7) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+static int mg_ux_on_headers_complete(llhttp_t *p) {
+    mg_ux_t *ux = p->data;
+    int i;
+    if (p->status_code == 100 || p->status_code == 103)
+        return 0; /* interim response: swallowed, the final one follows */
+    if (p->status_code < 200 && (p->status_code != 101 || ux->sink->on_upgrade == NULL)) {
+        /* a 101 nobody asked for, or an interim response we do not know:
+         * the client would be left with a bare 1xx */
+        ux->bad_msg =
+            p->status_code == 101 ? "unexpected 101 from upstream" : "unexpected 1xx from upstream";
+        return -1;
+    }
+    for (i = 0; i < ux->nh; i++) {
+        ux->hv[i].name = ux->hbuf + ux->hoff[i][0];
+        ux->hv[i].nlen = ux->hoff[i][1];
+        ux->hv[i].value = ux->hbuf + ux->hoff[i][2];
+        ux->hv[i].vlen = ux->hoff[i][3];
+    }
+    if (p->status_code != 101 && !mg_ux_te_ok(ux))
+        return -1; /* before head_done: the client gets a 502 */
+    ux->status = p->status_code;
+    ux->head_done = 1;
+    ux->uc->peer->fails = 0;
+    if (p->status_code == 101 && ux->sink->on_upgrade) {
+        ux->upgraded = 1;
+        return 2; /* llhttp stops with HPE_PAUSED_UPGRADE */
+    }
+    ux->sink->on_head(ux->ud, p->status_code, p->http_minor, ux->hv, ux->nh,
+                      (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1,
+                      (p->flags & F_CHUNKED) != 0);
+    if (ux->cancelled)
+        return HPE_PAUSED;
+    return ux->head_only ? 1 : 0;
+}
+
+static int mg_ux_on_body(llhttp_t *p, const char *at, size_t len) {
+    mg_ux_t *ux = p->data;
+    int rc;
+    if (ux->cancelled)
+        return 0;
+    rc = ux->sink->on_body(ux->ud, at, len);
+    if (rc < 0) {
+        ux->sink_abort = 1;
+        return -1;
+    }
+    if (rc)
+        mg_ux_pause(ux, 1);
+    return 0;
+}
+
+static int mg_ux_on_message_complete(llhttp_t *p) {
+    mg_ux_t *ux = p->data;
+    if (p->status_code == 100 || p->status_code == 103)
+        return 0;
+    ux->msg_done = 1;
+    return HPE_PAUSED;
+}

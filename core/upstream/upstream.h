@@ -1,0 +1,51 @@
+/*
+ * upstream.h -- upstream servers (peers, their pools and health) and
+ * exchanges: one HTTP/1.1 request and response with an upstream, streamed
+ * both ways through a sink of callbacks (upstream.c).
+ */
+#ifndef MG_UPSTREAM_H
+#define MG_UPSTREAM_H
+
+#include "conf/conf.h"
+
+#include <llhttp.h>
+
+typedef struct mg_ux_s mg_ux_t;
+
+typedef struct {
+    /* Response head parsed: status and raw header lines (hop-by-hop kept;
+     * the sink filters). Borrowed until the callback returns. */
+    void (*on_head)(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs, int64_t clen,
+                    int chunked);
+    /* Body bytes; return 1 to ask the exchange to pause reading, -1 to
+     * refuse the response (the exchange fails: on_error with status 0). */
+    int (*on_body)(void *ud, const char *data, size_t len);
+    void (*on_done)(void *ud);
+    /* Failure: status is 502 or 504 if nothing was delivered yet, else 0. */
+    void (*on_error)(void *ud, int status, const char *msg);
+    /* Request body may be sent again: the upstream drained below low water. */
+    void (*on_drain)(void *ud);
+    /* A batch of upstream input was handled: a good time to write. */
+    void (*on_flush)(void *ud);
+    /* Set for upgrade requests: a fresh connection is used, and a 101
+     * hands its fd to the sink (which then owns it) with the response
+     * headers and any bytes read past the head. The exchange ends there. */
+    void (*on_upgrade)(void *ud, int fd, mg_kv_t *hdrs, int nhdrs, const char *extra,
+                       size_t extralen);
+} mg_ux_sink_t;
+
+/* Starts an exchange; takes ownership of `head` (an evbuffer with the full
+ * request head). Body bytes follow with mg_ux_send(); mg_ux_end() marks the
+ * end of the request. The sink is called until on_done/on_error, after which
+ * the exchange frees itself. */
+mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, int head_only,
+                     const mg_ux_sink_t *sink, void *ud, int timeout_ms);
+void mg_ux_send(mg_ux_t *ux, const char *data, size_t len);
+void mg_ux_end(mg_ux_t *ux);
+size_t mg_ux_pending(mg_ux_t *ux); /* request bytes not yet written */
+void mg_ux_pause(mg_ux_t *ux, int on);
+void mg_ux_cancel(mg_ux_t *ux); /* the sink is gone: no more callbacks */
+mg_peer_t *mg_peer_get(const char *host, int port);
+void mg_peer_str(mg_peer_t *p, char *buf, size_t len);
+
+#endif

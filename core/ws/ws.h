@@ -1,0 +1,76 @@
+/*
+ * ws.h -- WebSocket sockets (RFC 6455, RFC 7692) on top of wslay: one
+ * endpoint, client- or server-side, shared by the handler and relay modes;
+ * framing, heartbeats and the close handshake (ws.c, ws_send.c) and the
+ * pure parts of the handshake (ws_handshake.c).
+ */
+#ifndef MG_WS_H
+#define MG_WS_H
+
+#include "conf/conf.h"
+
+#include <wslay/wslay.h>
+#include <zlib.h>
+
+typedef struct mg_ws_s mg_ws_t;
+
+/* What one endpoint carried, for the access log: whole messages and their
+ * payload bytes (after inflating), each way. */
+typedef struct {
+    uint64_t msgs_in, msgs_out;
+    uint64_t bytes_in, bytes_out;
+} mg_ws_stats_t;
+
+/* How a session ended, for its access-log line. */
+typedef struct {
+    int code;       /* close code of the close handshake; 1006 = none */
+    const char *by; /* "client", "upstream", "moongate" or "none" */
+} mg_ws_end_t;
+
+/* What the owner of a socket (handler coroutine, relay) hears. */
+typedef struct {
+    /* A complete message; borrowed until return. */
+    void (*on_message)(void *ud, mg_ws_t *ws, int opcode, const char *data, size_t len);
+    /* The socket is gone (closed handshake done, error, or timeout). The
+     * socket is freed right after this returns. */
+    void (*on_close)(void *ud, mg_ws_t *ws, int code, const char *reason);
+    /* Queued output dropped below the low-water mark. */
+    void (*on_drain)(void *ud, mg_ws_t *ws);
+    /* The peer broke the protocol: reading has stopped and the close (with
+     * its code) is queued. NULL: it goes out after what is queued. */
+    void (*on_fail)(void *ud, mg_ws_t *ws);
+} mg_ws_ops_t;
+
+/* Handshake result carried from the HTTP request to the socket. */
+typedef struct {
+    char accept[32];    /* Sec-WebSocket-Accept */
+    char protocol[64];  /* chosen subprotocol or "" */
+    int pmd;            /* permessage-deflate negotiated */
+    int pmd_client_nct; /* client_no_context_takeover */
+    char pmd_resp[160]; /* the extension line we answer with */
+} mg_ws_hs_t;
+
+/* ws.c */
+mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const mg_ws_hs_t *hs,
+                   const char *pre, size_t pre_len, const mg_ws_ops_t *ops, void *ud);
+int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len);
+void mg_ws_close(mg_ws_t *ws, int code, const char *reason);
+void mg_ws_abort(mg_ws_t *ws); /* drop without a close handshake; no callbacks */
+void mg_ws_set_owner(mg_ws_t *ws, const mg_ws_ops_t *ops, void *ud);
+void mg_ws_pause(mg_ws_t *ws, int on);
+size_t mg_ws_queued(mg_ws_t *ws);
+/* Holds back (on) or lets go (off) the frames wslay queued, the close
+ * above all, while messages sent meanwhile still go out first. */
+void mg_ws_hold_close(mg_ws_t *ws, int on);
+const mg_ws_stats_t *mg_ws_stats(mg_ws_t *ws);
+double mg_ws_last_rx(mg_ws_t *ws); /* when the peer's last bytes came */
+/* Who closed and with which code, as seen when on_close runs. */
+void mg_ws_end_info(mg_ws_t *ws, mg_ws_end_t *out, const char *peer);
+void mg_ws_drain_route_sockets(mg_gen_t *newgen);
+uint64_t mg_ws_count(void); /* client-facing sockets and tunnels */
+extern uint64_t mg_ws_sockets;
+void mg_ws_close_all(int code, const char *reason);
+void mg_ws_key(char *out); /* a fresh Sec-WebSocket-Key */
+void mg_ws_accept_for(const char *key, size_t len, char *out);
+
+#endif
