@@ -1,8 +1,11 @@
 /*
- * util.c -- small formatting helpers every layer uses: decimal digits
- * without printf and JSON strings for moongate's own messages.
+ * util.c -- small helpers every layer uses: decimal digits without printf,
+ * JSON strings for moongate's own messages, the one "Name: value" header
+ * line builder and the Transfer-Encoding list reader.
  */
 #include "base/base.h"
+
+#include <event2/buffer.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,4 +52,43 @@ int mg_json_error_body(char *out, size_t cap, const char *msg, const char *reque
     mg_json_escape(esc, sizeof(esc), msg);
     n = snprintf(out, cap, "{\"error\":\"%s\",\"request_id\":\"%s\"}\n", esc, request_id);
     return n < 0 ? 0 : (size_t)n < cap ? n : (int)cap - 1;
+}
+
+size_t mg_line_put(char *out, const char *name, size_t nlen, const char *value, size_t vlen) {
+    memcpy(out, name, nlen);
+    out[nlen] = ':';
+    out[nlen + 1] = ' ';
+    memcpy(out + nlen + 2, value, vlen);
+    out[nlen + 2 + vlen] = '\r';
+    out[nlen + 3 + vlen] = '\n';
+    return nlen + vlen + 4;
+}
+
+int mg_line_add(struct evbuffer *b, const char *name, size_t nlen, const char *value, size_t vlen) {
+    struct evbuffer_iovec v;
+    size_t n = nlen + vlen + 4;
+    if (evbuffer_reserve_space(b, (ev_ssize_t)n, &v, 1) < 1)
+        return MG_ERR;
+    v.iov_len = mg_line_put(v.iov_base, name, nlen, value, vlen);
+    return evbuffer_commit_space(b, &v, 1) == 0 ? MG_OK : MG_ERR;
+}
+
+void mg_te_add(mg_te_t *t, const char *v, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        size_t s, e;
+        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        s = i;
+        while (i < n && v[i] != ',')
+            i++;
+        e = i;
+        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
+            e--;
+        if (e == s)
+            continue;
+        t->codings++;
+        t->last_chunked = e - s == 7 && strncasecmp(v + s, "chunked", 7) == 0;
+        t->chunked += t->last_chunked;
+    }
 }
