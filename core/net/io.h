@@ -68,6 +68,16 @@ static inline void mg_io_close(mg_io_t *io) {
         io->ops->close(io);
 }
 
+/* Hands a connection over (an HTTP session to a WebSocket or a tunnel, an
+ * upstream exchange to a relay): dst takes the transport as it is, src is
+ * left empty (closing it does nothing). */
+static inline void mg_io_move(mg_io_t *dst, mg_io_t *src) {
+    *dst = *src;
+    src->ops = NULL;
+    src->fd = -1;
+    src->ctx = NULL;
+}
+
 /* Writes from the front of b as much as the transport takes now (up to
  * 64 of its chunks in one writev) and drains what went. Returns the bytes
  * written, or -1 with errno (EAGAIN: nothing went; see io->want). */
