@@ -19,6 +19,7 @@
 --   status is sent, then the socket closes with 1000. An unknown execution or
 --   a tenant mismatch: an error message, then close 1008.
 local moongate = require "moongate"
+local api = require "json_api"
 local config = require "gateway_config"
 local client = require "runtime_client"
 
@@ -30,10 +31,9 @@ local tostring = tostring
 local pcall = pcall
 local min = math.min
 local match = string.match
+local answer = api.answer
 
 local _M = { _VERSION = "0.1.0" }
-
-local JSON_TYPE = client.JSON_TYPE
 
 local function terminal_set()
   local t = {}
@@ -44,11 +44,7 @@ local function terminal_set()
 end
 local TERMINAL = terminal_set()
 
-local function bad_param(req, code, name, message)
-  return 400, { error = code, parameter = name, message = message, request_id = req.id }, JSON_TYPE
-end
-
--- "true"/"false" (or absent); anything else is a 400
+-- "true"/"false" (or absent: nil); anything else is nil, err (400)
 local function boolean_param(req, name)
   local v = req.query[name]
   if v == nil then
@@ -59,13 +55,14 @@ local function boolean_param(req, name)
   elseif v == "false" then
     return false
   end
-  return nil, bad_param(req, "invalid_parameter", name, name .. " must be true or false")
+  return nil, api.err(400, "invalid_parameter", name .. " must be true or false", { parameter = name })
 end
 
+-- ?tenant_id=, or nil, err (400)
 local function tenant_param(req)
   local t = req.query.tenant_id
   if t == nil or t == "" then
-    return nil, bad_param(req, "missing_parameter", "tenant_id", "tenant_id is required")
+    return nil, api.err(400, "missing_parameter", "tenant_id is required", { parameter = "tenant_id" })
   end
   return t
 end
@@ -73,21 +70,23 @@ end
 -- GET status ----------------------------------------------------------------
 
 function _M.status(req)
-  local tenant, st, body, headers = tenant_param(req)
+  local tenant, err = tenant_param(req)
   if not tenant then
-    return st, body, headers
+    return answer(err, req)
   end
   local opts = {}
   for _, name in ipairs({ "include_artifacts", "include_visuals" }) do
-    local v, s2, b2, h2 = boolean_param(req, name)
-    if s2 then
-      return s2, b2, h2
+    local v
+    v, err = boolean_param(req, name)
+    if err then
+      return answer(err, req)
     end
     opts[name] = v
   end
-  local resp, failure = client.execution_status(tenant, req.params.execution_id, opts)
+  local resp
+  resp, err = client.execution_status(tenant, req.params.execution_id, opts)
   if not resp then
-    return client.fail(failure, req)
+    return answer(err, req)
   end
   return client.relay(resp, req)
 end
@@ -158,7 +157,7 @@ end
 -- One poll; returns the delay before the next one, or nil when done.
 local function poll_once(p)
   local s = config.stream
-  local resp, failure = client.execution_status(p.tenant_id, p.execution_id, {
+  local resp, err = client.execution_status(p.tenant_id, p.execution_id, {
     include_artifacts = s.include_artifacts, include_visuals = s.include_visuals,
     timeout = s.poll_timeout,
   })
@@ -196,15 +195,13 @@ local function poll_once(p)
     return nil
   end
   if resp and resp.status >= 300 then
-    failure = { status = resp.status, error = "runtime_error",
-                message = "Runtime answered " .. tostring(resp.status) }
+    err = api.err(resp.status, "runtime_error", "Runtime answered " .. tostring(resp.status))
   elseif resp then
-    failure = { status = 502, error = "runtime_bad_response",
-                message = "Runtime answered without an execution status" }
+    err = api.err(502, "runtime_bad_response", "Runtime answered without an execution status")
   end
   p.fails = p.fails + 1
   local delay = min(s.poll_interval * 2 ^ (p.fails - 1), s.max_backoff)
-  p.error = error_msg(p, failure.status, failure.error, failure.message, { retry_in = delay })
+  p.error = error_msg(p, err.status, err.error, err.message, { retry_in = delay })
   broadcast(p, p.error)
   return delay
 end
@@ -266,9 +263,9 @@ end
 --- Access hook of the stream route (after auth.access): answers 400 before
 --- the upgrade when tenant_id is missing.
 function _M.stream_access(req)
-  local tenant, st, body, headers = tenant_param(req)
+  local tenant, err = tenant_param(req)
   if not tenant then
-    return st, body, headers
+    return answer(err, req)
   end
 end
 

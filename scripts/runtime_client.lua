@@ -1,11 +1,12 @@
 -- runtime_client: the gateway's calls to Runtime (the `runtime` upstream),
 -- through moongate's non-blocking HTTP client. JSON in, JSON out, and one
--- mapping of failures for every caller:
+-- mapping of failures for every caller (an err of scripts/json_api.lua):
 --   Runtime unreachable (refused, reset, bad answer) -> 502 {"error":"runtime_unavailable"}
 --   Runtime slower than the timeout                  -> 504 {"error":"runtime_timeout"}
 -- Runtime's own answers (any status, its JSON body) are passed on as they are.
 -- The paths and shapes are those of docs/runtime-contract.md.
 local moongate = require "moongate"
+local api = require "json_api"
 local config = require "gateway_config"
 
 local json = moongate.json
@@ -16,9 +17,6 @@ local format = string.format
 local byte = string.byte
 
 local _M = { _VERSION = "0.1.0" }
-
-local JSON_TYPE = { ["Content-Type"] = "application/json" }
-_M.JSON_TYPE = JSON_TYPE
 
 --- Percent-encodes one path segment (ids come from the client's URL).
 function _M.segment(s)
@@ -31,7 +29,7 @@ local segment = _M.segment
 --- One call. opts: method (GET), path, query (table), body (table => JSON),
 --- headers, timeout (s, default gateway_config.runtime.timeout).
 --- Returns resp {status, headers, body, json (decoded body or nil)}, or
---- nil, failure {status = 502|504, error, message}.
+--- nil, err {status = 502|504, error, message}.
 function _M.call(opts)
   local headers = { Accept = "application/json" }
   for k, v in pairs(opts.headers or {}) do
@@ -48,11 +46,9 @@ function _M.call(opts)
   }
   if not resp then
     if err == "timeout" then
-      return nil, { status = 504, error = "runtime_timeout",
-                    message = "Runtime did not answer in time" }
+      return nil, api.err(504, "runtime_timeout", "Runtime did not answer in time")
     end
-    return nil, { status = 502, error = "runtime_unavailable",
-                  message = "Runtime is unreachable" }
+    return nil, api.err(502, "runtime_unavailable", "Runtime is unreachable")
   end
   local ctype = resp.headers["content-type"] or ""
   if ctype:find("json", 1, true) and resp.body ~= "" then
@@ -61,31 +57,22 @@ function _M.call(opts)
   return resp
 end
 
---- The gateway's JSON answer for a failure from call().
-function _M.fail(failure, req)
-  return failure.status, {
-    error = failure.error,
-    message = failure.message,
-    request_id = req and req.id or nil,
-  }, JSON_TYPE
-end
-
 --- Passes Runtime's answer on unchanged (status, body, content type).
 --- An answer that is not JSON is a bad gateway: the browser only ever sees JSON.
 function _M.relay(resp, req)
   if resp.json == nil and resp.body ~= "" then
-    return 502, { error = "runtime_bad_response",
-                  message = "Runtime answered with something other than JSON",
-                  request_id = req and req.id or nil }, JSON_TYPE
+    return api.answer(api.err(502, "runtime_bad_response",
+      "Runtime answered with something other than JSON"), req)
   end
   return resp.status, resp.body, { ["Content-Type"] = resp.headers["content-type"] or "application/json" }
 end
 
---- call() then relay() or fail(): the usual proxy step of a handler.
+--- call() then relay(), or the answer to call()'s err: the usual proxy step
+--- of a handler.
 function _M.proxy(req, opts)
-  local resp, failure = _M.call(opts)
+  local resp, err = _M.call(opts)
   if not resp then
-    return _M.fail(failure, req)
+    return api.answer(err, req)
   end
   return _M.relay(resp, req)
 end

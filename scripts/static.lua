@@ -1,6 +1,8 @@
 -- static: serves the files of public/ (the project's, next to scripts/).
 -- Files are read when the routes load (at start and on every SIGHUP), so a
 -- request never touches the disk; edit a file, reload, and it is served.
+local api = require "json_api"
+
 local io_open = io.open
 local match = string.match
 
@@ -41,7 +43,7 @@ function _M.file(name)
   local ctype = TYPES[match(name, "%.(%w+)$") or ""] or "application/octet-stream"
   return function()
     if not data then
-      return 404, { error = "not_found", message = "no such file" }
+      return api.answer(api.err(404, "not_found", "no such file"))
     end
     return 200, data, { ["Content-Type"] = ctype, ["Cache-Control"] = "no-cache" }
   end

@@ -18,7 +18,10 @@
 -- Only the list of submitted intents is kept: in the shared dict
 -- `demo_runtime` of the conf (shared_dicts), so that every worker answers
 -- /v1/intents/pending alike (see docs/runtime-contract.md).
+-- Answers: the gateway's error shape and body reader (scripts/json_api.lua):
+-- helpers return nil, err, and the handler answers it once.
 local moongate = require "moongate"
+local api = require "json_api"
 local config = require "demo_runtime.config"
 
 local json = moongate.json
@@ -32,10 +35,11 @@ local gsub = string.gsub
 local byte = string.byte
 local char = string.char
 local os_date = os.date
+local answer = api.answer
 
 local _M = { _VERSION = "0.1.0" }
 
-local JSON_TYPE = { ["Content-Type"] = "application/json" }
+local JSON_TYPE = api.JSON_TYPE
 
 -- lua-cjson writes an empty table as {}; lists that may be empty are
 -- written with this marker and turned into [] by reply()
@@ -50,10 +54,6 @@ end
 local function reply(status, t)
   local s = json.encode(t)
   return status, (gsub(s, '"' .. EMPTY .. '"', "[]")), JSON_TYPE
-end
-
-local function problem(status, code, message)
-  return status, { error = code, message = message }, JSON_TYPE
 end
 
 -- ISO 8601 (UTC) of a time in milliseconds
@@ -89,11 +89,15 @@ local function unhex(h)
   return (gsub(h, "%x%x", function(x) return char(tonumber(x, 16)) end))
 end
 
-local function body_json(req)
-  local raw = req:body()
-  local t = raw and json.decode(raw)
-  if type(t) ~= "table" then
-    return nil
+-- The request's JSON object, or {} (no body, or not an object)
+local function body_or_empty(req)
+  return (api.json_body(req)) or {}
+end
+
+-- A well-formed tenant id, or nil, err (400 invalid_parameter `message`)
+local function tenant_arg(t, message)
+  if not valid_tenant(t) then
+    return nil, api.err(400, "invalid_parameter", message or "tenant_id is required")
   end
   return t
 end
@@ -123,23 +127,22 @@ local function session_view(s)
            user_id = s.user_id or json.null, created_at = iso(s.created_ms) }
 end
 
--- The session named by id, checked against tenant: session, or nil + answer.
+-- The session named by id, checked against tenant: session, or nil, err.
 local function find_session(id, tenant)
   local s = parse_session(id)
   if not s or s.created_ms > now_ms() + 5000 then
-    return nil, problem(404, "not_found", "unknown session")
+    return nil, api.err(404, "not_found", "unknown session")
   end
   if s.tenant_id ~= tenant then
-    return nil, problem(403, "tenant_mismatch", "session belongs to another tenant")
+    return nil, api.err(403, "tenant_mismatch", "session belongs to another tenant")
   end
   return s
 end
 
 function _M.session_create(req)
-  local b = body_json(req) or {}
-  if not valid_tenant(b.tenant_id) then
-    return problem(400, "invalid_parameter", "tenant_id is required (letters, digits, '-', '_')")
-  end
+  local b = body_or_empty(req)
+  local _, err = tenant_arg(b.tenant_id, "tenant_id is required (letters, digits, '-', '_')")
+  if err then return answer(err) end
   local s = { session_id = format("se-%d-%s-%s", now_ms(), nonce(), b.tenant_id), tenant_id = b.tenant_id,
               created_ms = now_ms(), kind = "anonymous" }
   if type(b.user_id) == "string" and b.user_id ~= "" then
@@ -150,25 +153,24 @@ function _M.session_create(req)
 end
 
 function _M.session_get(req)
-  local tenant = req.query.tenant_id
-  if not valid_tenant(tenant) then
-    return problem(400, "invalid_parameter", "tenant_id is required")
-  end
-  local s, st, b, h = find_session(req.params.session_id, tenant)
-  if not s then return st, b, h end
+  local tenant, err = tenant_arg(req.query.tenant_id)
+  if not tenant then return answer(err) end
+  local s
+  s, err = find_session(req.params.session_id, tenant)
+  if not s then return answer(err) end
   return 200, session_view(s), JSON_TYPE
 end
 
 function _M.session_upgrade(req)
-  local b = body_json(req) or {}
-  if not valid_tenant(b.tenant_id) then
-    return problem(400, "invalid_parameter", "tenant_id is required")
-  end
+  local b = body_or_empty(req)
+  local tenant, err = tenant_arg(b.tenant_id)
+  if not tenant then return answer(err) end
   if type(b.user_id) ~= "string" or b.user_id == "" or #b.user_id > 128 then
-    return problem(400, "invalid_parameter", "user_id is required")
+    return answer(api.err(400, "invalid_parameter", "user_id is required"))
   end
-  local s, st, body, h = find_session(req.params.session_id, b.tenant_id)
-  if not s then return st, body, h end
+  local s
+  s, err = find_session(req.params.session_id, tenant)
+  if not s then return answer(err) end
   local up = { session_id = format("su-%d-%s-%s-%s", s.created_ms, s.nonce, hex(b.user_id), s.tenant_id),
                tenant_id = s.tenant_id, created_ms = s.created_ms, kind = "user", user_id = b.user_id }
   local view = session_view(up)
@@ -236,25 +238,25 @@ local function artifact_view(x, with_content)
   return a
 end
 
--- The execution named by id, checked against tenant.
+-- The execution named by id, checked against tenant: execution, or nil, err.
 local function find_execution(id, tenant)
   local x = parse_execution(id)
   if not x or x.kind ~= "ex" or x.start_ms > now_ms() + 5000 then
-    return nil, problem(404, "not_found", "unknown execution")
+    return nil, api.err(404, "not_found", "unknown execution")
   end
   if x.tenant_id ~= tenant then
-    return nil, problem(403, "tenant_mismatch", "execution belongs to another tenant")
+    return nil, api.err(403, "tenant_mismatch", "execution belongs to another tenant")
   end
   return x
 end
 
 function _M.execution_status(req)
   local q = req.query
-  if not valid_tenant(q.tenant_id) then
-    return problem(400, "invalid_parameter", "tenant_id is required")
-  end
-  local x, st, b, h = find_execution(req.params.execution_id, q.tenant_id)
-  if not x then return st, b, h end
+  local tenant, err = tenant_arg(q.tenant_id)
+  if not tenant then return answer(err) end
+  local x
+  x, err = find_execution(req.params.execution_id, tenant)
+  if not x then return answer(err) end
   local status, progress, step, since = state_at(x, moongate.now())
   local out = { execution_id = x.execution_id, intent_id = x.intent_id, tenant_id = x.tenant_id,
                 status = status, progress = progress, step = step,
@@ -273,27 +275,25 @@ end
 
 function _M.artifact_list(req)
   local q = req.query
-  if not valid_tenant(q.tenant_id) then
-    return problem(400, "invalid_parameter", "tenant_id is required")
-  end
-  local x, st, b, h = find_execution(req.params.execution_id, q.tenant_id)
-  if not x then return st, b, h end
+  local tenant, err = tenant_arg(q.tenant_id)
+  if not tenant then return answer(err) end
+  local x
+  x, err = find_execution(req.params.execution_id, tenant)
+  if not x then return answer(err) end
   local status = state_at(x, moongate.now())
   return reply(200, { execution_id = x.execution_id, status = status,
                       artifacts = array(status == "completed" and { artifact_view(x) } or {}) })
 end
 
 function _M.artifact_resolve(req)
-  local q = req.query
-  if not valid_tenant(q.tenant_id) then
-    return problem(400, "invalid_parameter", "tenant_id is required")
-  end
+  local tenant, err = tenant_arg(req.query.tenant_id)
+  if not tenant then return answer(err) end
   local x = parse_execution(req.params.artifact_id)
   if not x or x.kind ~= "ar" or state_at(x, moongate.now()) ~= "completed" then
-    return problem(404, "not_found", "unknown artifact")
+    return answer(api.err(404, "not_found", "unknown artifact"))
   end
-  if x.tenant_id ~= q.tenant_id then
-    return problem(403, "tenant_mismatch", "artifact belongs to another tenant")
+  if x.tenant_id ~= tenant then
+    return answer(api.err(403, "tenant_mismatch", "artifact belongs to another tenant"))
   end
   return 200, artifact_view(x, true), JSON_TYPE
 end
@@ -359,22 +359,23 @@ local function short(text)
 end
 
 function _M.intent_submit(req)
-  local b = body_json(req)
+  local b = api.json_body(req)
   if not b then
-    return problem(400, "invalid_body", "a JSON object body is required")
+    -- one message for a missing body and one that is not an object
+    return answer(api.err(400, "invalid_body", "a JSON object body is required"))
   end
-  if not valid_tenant(b.tenant_id) then
-    return problem(400, "invalid_parameter", "tenant_id is required")
-  end
+  local _, err = tenant_arg(b.tenant_id)
+  if err then return answer(err) end
   if type(b.intent) ~= "string" or b.intent == "" then
-    return problem(400, "invalid_parameter", "intent is required")
+    return answer(api.err(400, "invalid_parameter", "intent is required"))
   end
-  local s, st, body, h = find_session(b.session_id, b.tenant_id)
-  if not s then return st, body, h end
+  local s
+  s, err = find_session(b.session_id, b.tenant_id)
+  if not s then return answer(err) end
   local params = type(b.params) == "table" and b.params or {}
   local duration = tonumber(params.duration) or config.duration
   if duration < 0.5 or duration > 600 then
-    return problem(400, "invalid_parameter", "params.duration must be between 0.5 and 600 seconds")
+    return answer(api.err(400, "invalid_parameter", "params.duration must be between 0.5 and 600 seconds"))
   end
   local failing = params.outcome == "failed" or b.intent:lower():find("fail", 1, true) ~= nil
   local start = now_ms()
@@ -387,14 +388,13 @@ end
 
 function _M.intent_pending(req)
   local q = req.query
-  if not valid_tenant(q.tenant_id) then
-    return problem(400, "invalid_parameter", "tenant_id is required")
-  end
+  local _, err = tenant_arg(q.tenant_id)
+  if err then return answer(err) end
   local only
   if q.session_id and q.session_id ~= "" then
     local s = parse_session(q.session_id)
     if not s then
-      return problem(404, "not_found", "unknown session")
+      return answer(api.err(404, "not_found", "unknown session"))
     end
     only = canonical_session(s)
   end
@@ -416,7 +416,7 @@ end
 -- auth, health, Runtime's public API -------------------------------------------------
 
 function _M.introspect(req)
-  local b = body_json(req) or {}
+  local b = body_or_empty(req)
   local id = type(b.token) == "string" and config.tokens[b.token]
   if not id then
     return 200, { active = false }, JSON_TYPE
@@ -453,11 +453,11 @@ function _M.realm(req)
       return 200, r, JSON_TYPE
     end
   end
-  return problem(404, "not_found", "unknown realm")
+  return answer(api.err(404, "not_found", "unknown realm"))
 end
 
 function _M.not_found(req)
-  return problem(404, "not_found", "no such endpoint: " .. tostring(req.method) .. " " .. req.path)
+  return answer(api.err(404, "not_found", "no such endpoint: " .. tostring(req.method) .. " " .. req.path))
 end
 
 -- exposed for the specs
