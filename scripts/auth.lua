@@ -226,4 +226,4 @@ function _M.admin(req)
   end
 end
 
-return _M
+return moongate.module("auth", _M)

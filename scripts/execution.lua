@@ -293,4 +293,4 @@ function _M.report()
            pollers_started = _M.stats.pollers_started }
 end
 
-return _M
+return moongate.module("execution", _M)

@@ -199,4 +199,4 @@ function _M.passthrough(req)
                              body = body, headers = headers })
 end
 
-return _M
+return moongate.module("gateway", _M)

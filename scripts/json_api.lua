@@ -62,4 +62,4 @@ function _M.json_body(req, optional)
   return t
 end
 
-return _M
+return moongate.module("json_api", _M)

@@ -133,4 +133,4 @@ function _M.health()
   return _M.call{ path = "/v1/health", timeout = 2 }
 end
 
-return _M
+return moongate.module("runtime_client", _M)

@@ -1,6 +1,7 @@
 -- static: serves the files of public/ (the project's, next to scripts/).
 -- Files are read when the routes load (at start and on every SIGHUP), so a
 -- request never touches the disk; edit a file, reload, and it is served.
+local moongate = require "moongate"
 local api = require "json_api"
 
 local io_open = io.open
@@ -49,4 +50,4 @@ function _M.file(name)
   end
 end
 
-return _M
+return moongate.module("static", _M)

@@ -17,6 +17,7 @@ local gmatch = string.gmatch
 local find = string.find
 local sub = string.sub
 local setmetatable = setmetatable
+local getmetatable = getmetatable
 local select = select
 local next = next
 local lower = string.lower
@@ -542,6 +543,34 @@ function _M.methods(map)
     end
     return f(req, res)
   end
+end
+
+
+-- moongate.module ----------------------------------------------------------
+
+--- moongate.module(name, t) -> t, made strict: reading a field t does not
+--- have raises, at the line that reads it, "module <name> has no field 'x'
+--- (did you mean 'y'?)" instead of giving nil. A script module ends with
+--- `return moongate.module("auth", _M)`, so a misspelt `auth.acces` in a
+--- routes file fails its load (`moongate -t`, a reload) as
+--- `routes.lua:line: module auth has no field 'acces' (did you mean 'access'?)`
+--- rather than leaving a route without its hook. Fields can still be set
+--- and iterated; `rawget(t, k)` reads one that may be missing. Not for
+--- tables read as `t.x or default` (settings): those want nil.
+function _M.module(name, t)
+  if type(name) ~= "string" or type(t) ~= "table" then
+    error(format("module: expected (name, table), got (%s, %s)", type(name), type(t)), 2)
+  end
+  if getmetatable(t) ~= nil then
+    error(format("module: %s already has a metatable", name), 2)
+  end
+  return setmetatable(t, { __index = function(_, k)
+    local names = {}
+    for key in pairs(t) do
+      if type(key) == "string" then names[key] = true end
+    end
+    error(format("module %s has no field '%s'%s", name, tostring(k), hints.suggestion(k, names)), 2)
+  end })
 end
 
 return _M

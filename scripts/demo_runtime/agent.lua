@@ -75,4 +75,4 @@ function _M.handler(ws, req)
   end
 end
 
-return _M
+return moongate.module("demo_runtime.agent", _M)

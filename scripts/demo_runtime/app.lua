@@ -464,4 +464,4 @@ end
 _M.parse_execution = parse_execution
 _M.state_at = state_at
 
-return _M
+return moongate.module("demo_runtime.app", _M)
