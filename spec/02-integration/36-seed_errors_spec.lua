@@ -26,6 +26,14 @@ local function check(expected, st, body, h, raw, what)
   assert.equal(expected.www, h["www-authenticate"], what)
 end
 
+-- each case: { what, { method, path, who, body, headers } (seed.api's), expected }
+local function check_all(port, cases)
+  for _, c in ipairs(cases) do
+    local st, body, h, raw = api(port, unpack(c[2]))
+    check(c[3], st, body, h, raw, c[1])
+  end
+end
+
 describe("seed error answers", function()
   local mg
 
@@ -64,10 +72,7 @@ describe("seed error answers", function()
       { "admin only", { "GET", "/api/admin/status", "t1" },
         { status = 403, body = { error = "forbidden", message = "this endpoint needs an admin token" } } },
     }
-    for _, c in ipairs(cases) do
-      local st, body, h, raw = api(mg.port, unpack(c[2]))
-      check(c[3], st, body, h, raw, c[1])
-    end
+    check_all(mg.port, cases)
   end)
 
   it("the gateway's handlers: bodies, fields, tenants, the JSON 404", function()
@@ -114,10 +119,7 @@ describe("seed error answers", function()
       { "the JSON 404", { "GET", "/api/nope/x", "t1" },
         { status = 404, body = { error = "not_found", message = "no such API endpoint", path = "/api/nope/x" } } },
     }
-    for _, c in ipairs(cases) do
-      local st2, body, h, raw = api(mg.port, unpack(c[2]))
-      check(c[3], st2, body, h, raw, c[1])
-    end
+    check_all(mg.port, cases)
   end)
 
   it("an artifact of another execution is the gateway's 404", function()
@@ -173,9 +175,6 @@ describe("seed error answers", function()
       { "unknown realm", { "GET", "/api/realms/t9", false }, refused(404, "not_found", "unknown realm") },
       { "no such endpoint", { "GET", "/v2/x", false }, refused(404, "not_found", "no such endpoint: GET /v2/x") },
     }
-    for _, c in ipairs(cases) do
-      local st2, body, h, raw = api(mg.rt_port, unpack(c[2]))
-      check(c[3], st2, body, h, raw, c[1])
-    end
+    check_all(mg.rt_port, cases)
   end)
 end)
