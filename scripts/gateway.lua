@@ -55,6 +55,17 @@ local function string_field(t, name, required)
   return v
 end
 
+-- The usual read: the tenant (?tenant_id=, else the token's), then
+-- call(tenant) to Runtime, whose answer is relayed.
+local function relay_for_tenant(req, call)
+  local tenant, err = auth.tenant_for(req, req.query.tenant_id)
+  if not tenant then return answer(err, req) end
+  local resp
+  resp, err = call(tenant)
+  if not resp then return answer(err, req) end
+  return client.relay(resp, req)
+end
+
 -- sessions --------------------------------------------------------------------
 
 function _M.session_create(req)
@@ -70,12 +81,9 @@ function _M.session_create(req)
 end
 
 function _M.session_get(req)
-  local tenant, err = auth.tenant_for(req, req.query.tenant_id)
-  if not tenant then return answer(err, req) end
-  local resp
-  resp, err = client.session_get(tenant, req.params.session_id)
-  if not resp then return answer(err, req) end
-  return client.relay(resp, req)
+  return relay_for_tenant(req, function(tenant)
+    return client.session_get(tenant, req.params.session_id)
+  end)
 end
 
 function _M.session_upgrade(req)
@@ -123,23 +131,17 @@ function _M.intent_submit(req)
 end
 
 function _M.intent_pending(req)
-  local tenant, err = auth.tenant_for(req, req.query.tenant_id)
-  if not tenant then return answer(err, req) end
-  local resp
-  resp, err = client.intent_pending(tenant, req.query.session_id)
-  if not resp then return answer(err, req) end
-  return client.relay(resp, req)
+  return relay_for_tenant(req, function(tenant)
+    return client.intent_pending(tenant, req.query.session_id)
+  end)
 end
 
 -- artifacts -------------------------------------------------------------------
 
 function _M.artifact_list(req)
-  local tenant, err = auth.tenant_for(req, req.query.tenant_id)
-  if not tenant then return answer(err, req) end
-  local resp
-  resp, err = client.artifact_list(tenant, req.params.execution_id)
-  if not resp then return answer(err, req) end
-  return client.relay(resp, req)
+  return relay_for_tenant(req, function(tenant)
+    return client.artifact_list(tenant, req.params.execution_id)
+  end)
 end
 
 function _M.artifact_resolve(req)
