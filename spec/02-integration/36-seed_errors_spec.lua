@@ -178,3 +178,43 @@ describe("seed error answers", function()
     check_all(mg.rt_port, cases)
   end)
 end)
+
+describe("seed error answers of a verifier function", function()
+  local mg
+
+  lazy_setup(function()
+    mg = seed.start_gateway({ name = "seed-errors-verifier", scripts = { ["auth_config.lua"] = [[
+local api = require "json_api"
+return {
+  verifier = function(token)
+    if token == "down" then
+      return nil, nil, api.err(502, "idp_unavailable", "the identity provider is down")
+    elseif token == "revoked" then
+      return nil, "revoked"
+    end
+    return { subject = "u", tenant_id = "t1" }
+  end,
+}
+]] } })
+  end)
+
+  lazy_teardown(function()
+    if mg then
+      mg:stop()
+    end
+    seed.cleanup()
+  end)
+
+  it("answers the verifier's err as it is, and its reason as a 401", function()
+    check_all(mg.port, {
+      { "could not tell", { "GET", "/api/auth/whoami", "down" },
+        { status = 502, body = { error = "idp_unavailable", message = "the identity provider is down" } } },
+      { "refused", { "GET", "/api/auth/whoami", "revoked" },
+        { status = 401, www = 'Bearer realm="moongate", error="invalid_token"',
+          body = { error = "unauthorized", message = "invalid token: revoked" } } },
+    })
+    local st, body = api(mg.port, "GET", "/api/auth/whoami", "anything")
+    assert.equal(200, st)
+    assert.equal("u", body.subject)
+  end)
+end)
