@@ -119,6 +119,7 @@ fmt-check: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	@luacheck -q lib scripts conf spec $(wildcard plugins examples) && echo "luacheck: clean"
+	@sh tools/check-indent.sh lib scripts conf $(wildcard plugins examples)
 	@for r in $(wildcard *.rockspec); do luarocks lint $$r && echo "$$r: lint ok"; done
 
 # the long fuzz run (bounded: 50 000 cases or 10 minutes)

@@ -7,7 +7,9 @@
 --   "runtime"  - ask the Runtime: POST <introspect.path> {"token": "..."}
 --                -> 200 {"active": true, "subject": "...", "tenant_id": "t1" | null}
 --                (docs/runtime-contract.md); answers cached `cache_ttl` seconds per worker
---   a function - function(token, req) -> identity table, or nil, "reason"
+--   a function - function(token, req) -> identity table, or nil, "reason" (a 401),
+--                or nil, nil, err when it could not tell (an err of scripts/json_api.lua,
+--                e.g. api.err(502, "idp_unavailable", "..."), answered as it is)
 -- An identity is { subject = "...", tenant_id = "t1" | nil, admin = true | nil }.
 -- A token with a tenant_id may only touch that tenant; one without is not
 -- bound to a tenant (an operator's token).

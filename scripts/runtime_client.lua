@@ -1,11 +1,12 @@
 -- runtime_client: the gateway's calls to Runtime (the `runtime` upstream),
 -- through moongate's non-blocking HTTP client. JSON in, JSON out, and one
--- mapping of failures for every caller:
+-- mapping of failures for every caller (an err of scripts/json_api.lua):
 --   Runtime unreachable (refused, reset, bad answer) -> 502 {"error":"runtime_unavailable"}
 --   Runtime slower than the timeout                  -> 504 {"error":"runtime_timeout"}
 -- Runtime's own answers (any status, its JSON body) are passed on as they are.
 -- The paths and shapes are those of docs/runtime-contract.md.
 local moongate = require "moongate"
+local api = require "json_api"
 local config = require "gateway_config"
 
 local json = moongate.json
@@ -17,133 +18,119 @@ local byte = string.byte
 
 local _M = { _VERSION = "0.1.0" }
 
-local JSON_TYPE = { ["Content-Type"] = "application/json" }
-_M.JSON_TYPE = JSON_TYPE
-
 --- Percent-encodes one path segment (ids come from the client's URL).
 function _M.segment(s)
-    return (gsub(tostring(s), "[^%w%-%._~]", function(c)
-        return format("%%%02X", byte(c))
-    end))
+  return (gsub(tostring(s), "[^%w%-%._~]", function(c)
+    return format("%%%02X", byte(c))
+  end))
 end
 local segment = _M.segment
 
 --- One call. opts: method (GET), path, query (table), body (table => JSON),
 --- headers, timeout (s, default gateway_config.runtime.timeout).
 --- Returns resp {status, headers, body, json (decoded body or nil)}, or
---- nil, failure {status = 502|504, error, message}.
+--- nil, err {status = 502|504, error, message}.
 function _M.call(opts)
-    local headers = { Accept = "application/json" }
-    for k, v in pairs(opts.headers or {}) do
-        headers[k] = v
+  local headers = { Accept = "application/json" }
+  for k, v in pairs(opts.headers or {}) do
+    headers[k] = v
+  end
+  local resp, err = moongate.http.request{
+    method = opts.method or "GET",
+    upstream = config.runtime.upstream,
+    path = opts.path,
+    query = opts.query,
+    headers = headers,
+    body = opts.body,
+    timeout = opts.timeout or config.runtime.timeout,
+  }
+  if not resp then
+    if err == "timeout" then
+      return nil, api.err(504, "runtime_timeout", "Runtime did not answer in time")
     end
-    local resp, err = moongate.http.request{
-        method = opts.method or "GET",
-        upstream = config.runtime.upstream,
-        path = opts.path,
-        query = opts.query,
-        headers = headers,
-        body = opts.body,
-        timeout = opts.timeout or config.runtime.timeout,
-    }
-    if not resp then
-        if err == "timeout" then
-            return nil, { status = 504, error = "runtime_timeout",
-                          message = "Runtime did not answer in time" }
-        end
-        return nil, { status = 502, error = "runtime_unavailable",
-                      message = "Runtime is unreachable" }
-    end
-    local ctype = resp.headers["content-type"] or ""
-    if ctype:find("json", 1, true) and resp.body ~= "" then
-        resp.json = json.decode(resp.body)
-    end
-    return resp
-end
-
---- The gateway's JSON answer for a failure from call().
-function _M.fail(failure, req)
-    return failure.status, {
-        error = failure.error,
-        message = failure.message,
-        request_id = req and req.id or nil,
-    }, JSON_TYPE
+    return nil, api.err(502, "runtime_unavailable", "Runtime is unreachable")
+  end
+  local ctype = resp.headers["content-type"] or ""
+  if ctype:find("json", 1, true) and resp.body ~= "" then
+    resp.json = json.decode(resp.body)
+  end
+  return resp
 end
 
 --- Passes Runtime's answer on unchanged (status, body, content type).
 --- An answer that is not JSON is a bad gateway: the browser only ever sees JSON.
 function _M.relay(resp, req)
-    if resp.json == nil and resp.body ~= "" then
-        return 502, { error = "runtime_bad_response",
-                      message = "Runtime answered with something other than JSON",
-                      request_id = req and req.id or nil }, JSON_TYPE
-    end
-    return resp.status, resp.body, { ["Content-Type"] = resp.headers["content-type"] or "application/json" }
+  if resp.json == nil and resp.body ~= "" then
+    return api.answer(api.err(502, "runtime_bad_response",
+      "Runtime answered with something other than JSON"), req)
+  end
+  return resp.status, resp.body, { ["Content-Type"] = resp.headers["content-type"] or "application/json" }
 end
 
---- call() then relay() or fail(): the usual proxy step of a handler.
+--- call() then relay(), or the answer to call()'s err: the usual proxy step
+--- of a handler.
 function _M.proxy(req, opts)
-    local resp, failure = _M.call(opts)
-    if not resp then
-        return _M.fail(failure, req)
-    end
-    return _M.relay(resp, req)
+  local resp, err = _M.call(opts)
+  if not resp then
+    return api.answer(err, req)
+  end
+  return _M.relay(resp, req)
 end
 
 -- The contract's operations -------------------------------------------------
 
 local function bool(v)
-    if v == nil then return nil end
-    return v and "true" or "false"
+  if v == nil then return nil end
+  return v and "true" or "false"
 end
 
 function _M.execution_status(tenant_id, execution_id, opts)
-    opts = opts or {}
-    return _M.call{
-        path = "/v1/executions/" .. segment(execution_id) .. "/status",
-        query = { tenant_id = tenant_id, include_artifacts = bool(opts.include_artifacts),
-                  include_visuals = bool(opts.include_visuals) },
-        timeout = opts.timeout,
-    }
+  opts = opts or {}
+  return _M.call{
+    path = "/v1/executions/" .. segment(execution_id) .. "/status",
+    query = { tenant_id = tenant_id, include_artifacts = bool(opts.include_artifacts),
+              include_visuals = bool(opts.include_visuals) },
+    timeout = opts.timeout,
+  }
 end
 
 function _M.session_create(body)
-    return _M.call{ method = "POST", path = "/v1/sessions", body = body }
+  return _M.call{ method = "POST", path = "/v1/sessions", body = body }
 end
 
 function _M.session_get(tenant_id, session_id)
-    return _M.call{ path = "/v1/sessions/" .. segment(session_id), query = { tenant_id = tenant_id } }
+  return _M.call{ path = "/v1/sessions/" .. segment(session_id), query = { tenant_id = tenant_id } }
 end
 
 function _M.session_upgrade(session_id, body)
-    return _M.call{ method = "POST", path = "/v1/sessions/" .. segment(session_id) .. "/upgrade",
-                    body = body }
+  return _M.call{ method = "POST", path = "/v1/sessions/" .. segment(session_id) .. "/upgrade",
+                  body = body }
 end
 
 function _M.intent_submit(body)
-    return _M.call{ method = "POST", path = "/v1/intents", body = body }
+  return _M.call{ method = "POST", path = "/v1/intents", body = body }
 end
 
 function _M.intent_pending(tenant_id, session_id)
-    return _M.call{ path = "/v1/intents/pending",
-                    query = { tenant_id = tenant_id, session_id = session_id } }
+  return _M.call{ path = "/v1/intents/pending",
+                  query = { tenant_id = tenant_id, session_id = session_id } }
 end
 
 function _M.artifact_list(tenant_id, execution_id)
-    return _M.call{ path = "/v1/executions/" .. segment(execution_id) .. "/artifacts",
-                    query = { tenant_id = tenant_id } }
+  return _M.call{ path = "/v1/executions/" .. segment(execution_id) .. "/artifacts",
+                  query = { tenant_id = tenant_id } }
 end
 
 function _M.artifact_resolve(tenant_id, artifact_id)
-    return _M.call{ path = "/v1/artifacts/" .. segment(artifact_id), query = { tenant_id = tenant_id } }
+  return _M.call{ path = "/v1/artifacts/" .. segment(artifact_id), query = { tenant_id = tenant_id } }
 end
 
 function _M.introspect(path, token)
-    return _M.call{ method = "POST", path = path, body = { token = token } }
+  return _M.call{ method = "POST", path = path, body = { token = token } }
 end
 
 function _M.health()
-    return _M.call{ path = "/v1/health", timeout = 2 }
+  return _M.call{ path = "/v1/health", timeout = 2 }
 end
 
-return _M
+return moongate.module("runtime_client", _M)

@@ -18,61 +18,61 @@ local find = string.find
 local _M = { _VERSION = "0.1.0" }
 
 local ANSWERS = {
-    { "help", "Ask me about sessions, intents, executions, artifacts or heartbeats." },
-    { "session", "A session is created with POST /api/session; intents belong to a session." },
-    { "intent", "Submit one with POST /api/intent {session_id, intent}; it starts an execution." },
-    { "execution", "Follow an execution live on WebSocket /api/execution/{id}/stream?tenant_id=..." },
-    { "status", "GET /api/execution/{id}/status?tenant_id=... answers with the current status." },
-    { "artifact", "A completed execution has an artifact: GET /api/execution/{id}/artifacts." },
-    { "heartbeat", "The gateway sends {\"type\":\"ping\",\"ts\":...} every 30 s on open sockets." },
-    { "hello", "Hello! I am the demo guide agent." },
+  { "help", "Ask me about sessions, intents, executions, artifacts or heartbeats." },
+  { "session", "A session is created with POST /api/session; intents belong to a session." },
+  { "intent", "Submit one with POST /api/intent {session_id, intent}; it starts an execution." },
+  { "execution", "Follow an execution live on WebSocket /api/execution/{id}/stream?tenant_id=..." },
+  { "status", "GET /api/execution/{id}/status?tenant_id=... answers with the current status." },
+  { "artifact", "A completed execution has an artifact: GET /api/execution/{id}/artifacts." },
+  { "heartbeat", "The gateway sends {\"type\":\"ping\",\"ts\":...} every 30 s on open sockets." },
+  { "hello", "Hello! I am the demo guide agent." },
 }
 
 local function answer(text)
-    local t = lower(text)
-    for _, a in ipairs(ANSWERS) do
-        if find(t, a[1], 1, true) then
-            return a[2]
-        end
+  local t = lower(text)
+  for _, a in ipairs(ANSWERS) do
+    if find(t, a[1], 1, true) then
+      return a[2]
     end
-    return "You said: " .. text .. " (try 'help')"
+  end
+  return "You said: " .. text .. " (try 'help')"
 end
 
 function _M.handler(ws, req)
-    local tenant = req.headers["x-tenant-id"]
-    local session = req.headers["x-session-id"]
-    if session == "" then
-        session = nil
+  local tenant = req.headers["x-tenant-id"]
+  local session = req.headers["x-session-id"]
+  if session == "" then
+    session = nil
+  end
+  ws:send(json.encode({
+    type = "hello", agent = "guide", tenant_id = tenant or json.null, session_id = session or json.null,
+    text = "Hi! I am the demo guide agent" .. (tenant and (" for tenant " .. tenant) or "")
+        .. ". Ask me anything ('help' lists topics).",
+  }))
+  while true do
+    local data = ws:recv()
+    if not data then
+      break
     end
-    ws:send(json.encode({
-        type = "hello", agent = "guide", tenant_id = tenant or json.null, session_id = session or json.null,
-        text = "Hi! I am the demo guide agent" .. (tenant and (" for tenant " .. tenant) or "")
-            .. ". Ask me anything ('help' lists topics).",
-    }))
-    while true do
-        local data = ws:recv()
-        if not data then
-            break
-        end
-        local msg = json.decode(data)
-        local text, id
-        if type(msg) == "table" then
-            if msg.type == "message" and type(msg.text) == "string" then
-                text, id = msg.text, msg.id
-            end
-            -- ping/pong and anything else: ignored
-        else
-            text = data
-        end
-        if text then
-            ws:send('{"type":"typing"}')
-            moongate.sleep(config.agent_delay)
-            if not ws:send(json.encode({ type = "message", role = "agent", text = answer(text),
-                                         in_reply_to = id })) then
-                break
-            end
-        end
+    local msg = json.decode(data)
+    local text, id
+    if type(msg) == "table" then
+      if msg.type == "message" and type(msg.text) == "string" then
+        text, id = msg.text, msg.id
+      end
+      -- ping/pong and anything else: ignored
+    else
+      text = data
     end
+    if text then
+      ws:send('{"type":"typing"}')
+      moongate.sleep(config.agent_delay)
+      if not ws:send(json.encode({ type = "message", role = "agent", text = answer(text),
+                                   in_reply_to = id })) then
+        break
+      end
+    end
+  end
 end
 
-return _M
+return moongate.module("demo_runtime.agent", _M)
