@@ -240,7 +240,8 @@ end
 
 -- Errors inside validation are nil, keys, reason, hint: `keys` is the
 -- field path as a list (turned into text once, by validate()), `hint` a
--- value that helps the loader find the line. A reason is never nil on an
+-- value that helps the loader find the line (the offending string, or
+-- { unknown = key } for an unknown key). A reason is never nil on an
 -- error, so a normalized nil (an absent optional field) is not one.
 local validate_value
 
@@ -273,7 +274,7 @@ local function validate_record(spec, v, keys, o)
     for _, k in ipairs(sorted_keys(v)) do
       if type(k) ~= "string" or fields[k] == nil then
         if o.named_unknown then
-          return nil, keys, "unknown field " .. show_key(k) .. suggestion(k, fields)
+          return nil, keys, "unknown field " .. show_key(k) .. suggestion(k, fields), { unknown = k }
         end
         return nil, key_path(keys, type(k) == "string" and k or tostring(k)),
                "unknown field" .. suggestion(k, fields)
@@ -431,7 +432,14 @@ validate_value = function(spec, v, keys, o, record)
   end
   if v == nil then
     if spec.default ~= nil then
-      return deep_copy(spec.default)
+      -- a default is written as an operator would write it: converted too
+      local d = deep_copy(spec.default)
+      if spec.convert then
+        local x, reason, hint = spec.convert(d, record, o.ctx)
+        if reason then return nil, keys, reason, hint end
+        return x
+      end
+      return d
     end
     if spec.required then
       return nil, keys, "required"
@@ -449,7 +457,7 @@ validate_value = function(spec, v, keys, o, record)
     err = rule_error(spec, t, v)
   end
   if err then
-    return nil, keys, spec.message and message(spec, v) or err
+    return nil, keys, spec.message and message(spec, v) or err, type(v) == "string" and v or nil
   end
 
   local out = v
