@@ -604,6 +604,12 @@ local function load_generation(conf_path, opts)
     check.raise(res)
   end
   conf.plugins = res
+  -- the groups' share of the access hooks was for plugins.apply only
+  local function strip(list)
+    for _, r in ipairs(list) do r.group_access = nil end
+  end
+  strip(routes)
+  for _, srv in ipairs(servers) do strip(srv.routes) end
 
   -- the directories whose .lua files are all part of the generation
   -- (core/snap.c): lua_path and the plugin directories, as spelled in

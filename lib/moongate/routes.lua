@@ -17,6 +17,8 @@ local str_lower = string.lower
 local str_match = string.match
 local str_sub = string.sub
 local str_upper = string.upper
+local str_format = string.format
+local tbl_concat = table.concat
 local tbl_sort = table.sort
 
 
@@ -28,6 +30,7 @@ local read_source = check.read_source
 local run_file = check.run_file
 local return_line = check.return_line
 local suggestion = check.suggestion
+local sorted_keys = check.sorted_keys
 local valid_hostname = check.valid_hostname
 local line_of = check.line_of
 local MAX_SECONDS = check.MAX_SECONDS
@@ -287,6 +290,14 @@ local RULE = {
   end,
 }
 
+local function unknown_upstream(raw, _, ctx)
+  if raw.upstream ~= nil and not ctx.upstreams[raw.upstream] then
+    return fail_at("unknown upstream '" .. raw.upstream .. "'"
+                   .. suggestion(raw.upstream, ctx.upstreams))
+  end
+  return true
+end
+
 local ROUTE = {
   order = {
     function(raw)
@@ -308,14 +319,7 @@ local ROUTE = {
       end
       return true
     end,
-    "upstream",
-    function(raw, _, ctx)
-      if raw.upstream ~= nil and not ctx.upstreams[raw.upstream] then
-        return fail_at("unknown upstream '" .. raw.upstream .. "'"
-                       .. suggestion(raw.upstream, ctx.upstreams))
-      end
-      return true
-    end,
+    "upstream", unknown_upstream,
     "handler", "method", "host", "priority", "strip_prefix",
     function(raw)
       if raw.strip_prefix and raw.path ~= nil then
@@ -377,24 +381,37 @@ local function reason_text(fpath, reason)
 end
 
 
--- raw: the route as written, or as completed by its groups; lit: its rule
--- as written in the file (to find its line).
-local function norm_route(ctx, n, raw, lit)
-  local rule
+local inherit
+
+-- The rule of a route or group as written, if it is a string.
+local function rule_of(raw)
   if type(raw) == "table" then
     local p = raw.path ~= nil and raw.path or raw.prefix
     if type(p) == "string" then
-      rule = p
+      return p
     end
   end
-  if lit == nil then lit = rule end
+  return nil
+end
 
+
+-- The next line `rule` is quoted on: the nth time for its nth route or
+-- group.
+local function next_line(ctx, rule, handler)
   local nth = 1
-  if lit then
-    nth = (ctx.rule_seen[lit] or 0) + 1
-    ctx.rule_seen[lit] = nth
+  if rule then
+    nth = (ctx.rule_seen[rule] or 0) + 1
+    ctx.rule_seen[rule] = nth
   end
-  local line = route_line(ctx, lit, nth, type(raw) == "table" and raw.handler or nil)
+  return route_line(ctx, rule, nth, handler)
+end
+
+
+-- raw: the route as written; grp: the group holding it, if any (see
+-- groups below), whose settings it inherits.
+local function norm_route(ctx, n, raw, grp)
+  local rule = rule_of(raw)
+  local line = next_line(ctx, rule, type(raw) == "table" and raw.handler or nil)
 
   local function bad_route(fmt, ...)
     fail(ctx.path, line, "route #%d (%s): " .. fmt, n, rule or "?", ...)
@@ -402,6 +419,15 @@ local function norm_route(ctx, n, raw, lit)
 
   if type(raw) ~= "table" then
     bad_route("expected a table, got %s", type(raw))
+  end
+  local ngroup = 0
+  if grp then
+    local r2, reason
+    r2, reason, ngroup = inherit(grp, raw)
+    if not r2 then
+      bad_route("%s", reason)
+    end
+    raw = r2
   end
   ctx.route = raw
   local r, fpath, reason = validate(ROUTE, raw, { ctx = ctx, named_unknown = true })
@@ -432,7 +458,228 @@ local function norm_route(ctx, n, raw, lit)
     plugins = r.plugins,
     on_reload = r.on_reload,
     timeouts = r.timeouts,
+    -- how many of the access hooks are the groups' (moongate.plugins runs
+    -- them with authentication); removed by the loader
+    group_access = ngroup > 0 and ngroup or nil,
   }
+end
+
+
+---------------------------------------------------------------------------
+-- Groups (docs/configuration.md): an entry with a `routes` list shares a
+-- prefix, hooks, plugins and defaults with the routes (and groups) it
+-- holds. Rules inside are written in full and must lie under the group's
+-- prefix (the prefix itself, or below it), so a route cannot escape it and
+-- a route reads the same inside or outside a group. The group's hooks run before
+-- a route's own and its plugins apply to every route: neither can be
+-- dropped. A group must say how it is protected: access hooks, an
+-- authentication plugin, or public = true.
+---------------------------------------------------------------------------
+
+local HOOKS = { "access", "header_filter", "log" }
+-- defaults a route inherits unless it sets its own
+local DEFAULTS = { "host", "method", "body_size", "on_reload" }
+
+
+local GROUP = {
+  order = {
+    "prefix", "routes", "access", "header_filter", "log", "plugins", "public",
+    "upstream", unknown_upstream,
+    "method", "host", "strip_prefix", "body_size", "on_reload", "timeouts", "websocket",
+  },
+  fields = {
+    prefix = {
+      type = "string", message = "expected a string, got {type}",
+      convert = function(v)
+        local params, err = parse_rule(v)
+        if not params then return nil, err end
+        if v ~= "/" and str_sub(v, -1) == "/" then
+          return nil, "must not end with '/' (routes inside add their own)"
+        end
+        return v
+      end,
+    },
+    routes = { type = "table", message = "expected a list of routes and groups, got {type}" },
+    public = typed("boolean", nil, "expected a boolean, got {type}"),
+    access = FUNCTION_LIST, header_filter = FUNCTION_LIST, log = FUNCTION_LIST,
+    plugins = ROUTE.fields.plugins,
+    upstream = ROUTE.fields.upstream,
+    method = ROUTE.fields.method,
+    host = ROUTE.fields.host,
+    strip_prefix = ROUTE.fields.strip_prefix,
+    body_size = ROUTE.fields.body_size,
+    on_reload = ROUTE.fields.on_reload,
+    timeouts = ROUTE.fields.timeouts,
+    -- defaults for the group's WebSocket routes: checked on each of them
+    websocket = { type = "table", message = "expected a table, got {type}" },
+  },
+}
+_M.GROUP = GROUP
+
+
+local function as_list(v)
+  if type(v) == "function" then return { v } end
+  local out = {}
+  for i, f in ipairs(v) do out[i] = f end
+  return out
+end
+
+
+-- `under` with `over`'s keys on top, one level deep for tables in both.
+local function merge_under(under, over)
+  local out = {}
+  for k, v in pairs(under) do out[k] = v end
+  for k, v in pairs(over) do
+    if type(v) == "table" and type(out[k]) == "table" then
+      out[k] = merge_under(out[k], v)
+    else
+      out[k] = v
+    end
+  end
+  return out
+end
+
+
+-- The table `raw` (a route or a group) completed by group `g`: rule
+-- checked to lie under the prefix, g's hooks first, g's plugins added, g's
+-- defaults where raw has none. Returns it and how many access hooks are
+-- g's, or nil, reason.
+inherit = function(g, raw)
+  local r = {}
+  for k, v in pairs(raw) do r[k] = v end
+  for _, f in ipairs({ "path", "prefix" }) do
+    local v = raw[f]
+    if type(v) == "string" and not g.holds(v) then
+      return nil, str_format("%s: '%s' is outside its group's prefix '%s'", f, v, g.prefix)
+    end
+  end
+  local ngroup = 0
+  for _, h in ipairs(HOOKS) do
+    local own = raw[h]
+    if g[h] and (own == nil or type(own) == "function" or type(own) == "table") then
+      local list = as_list(g[h])
+      if h == "access" then ngroup = #list end
+      for _, f in ipairs(own ~= nil and as_list(own) or {}) do list[#list + 1] = f end
+      r[h] = list
+    end
+  end
+  if g.plugins and raw.plugins ~= nil then
+    if type(raw.plugins) ~= "table" then
+      return nil, "plugins: expected a table, got " .. type(raw.plugins)
+    end
+    for _, name in ipairs(sorted_keys(raw.plugins)) do
+      if g.plugins[name] ~= nil then
+        return nil, str_format("plugins: %s is set by %s; a route or group inside"
+                               .. " cannot change or turn it off", show_key(name), g.label)
+      end
+    end
+  end
+  if g.plugins then
+    r.plugins = merge_under(raw.plugins or {}, g.plugins)
+  end
+  for _, f in ipairs(DEFAULTS) do
+    if r[f] == nil then r[f] = g[f] end
+  end
+  if raw.routes == nil then
+    -- a route: the upstream (and strip_prefix) of the group unless it has
+    -- a target of its own; websocket defaults if it is a WebSocket route
+    if r.upstream == nil and r.handler == nil then
+      r.upstream = g.upstream
+      if r.strip_prefix == nil and raw.prefix ~= nil then r.strip_prefix = g.strip_prefix end
+    end
+    if g.websocket and type(raw.websocket) == "table" then
+      r.websocket = merge_under(g.websocket, raw.websocket)
+    end
+  else
+    for _, f in ipairs({ "upstream", "strip_prefix", "websocket" }) do
+      if r[f] == nil then r[f] = g[f] end
+    end
+  end
+  if g.timeouts and type(raw.timeouts) == "table" then
+    r.timeouts = merge_under(g.timeouts, raw.timeouts)
+  elseif raw.timeouts == nil then
+    r.timeouts = g.timeouts
+  end
+  return r, nil, ngroup
+end
+
+
+local function protected_by_plugin(plugins)
+  for name, c in pairs(plugins or {}) do
+    if AUTH_PLUGINS[name] and c ~= false then return true end
+  end
+  return false
+end
+
+
+-- Checks group `raw` (inside `parent`, or nil) and returns it as a group
+-- for inherit(): its settings as written, completed by the parent's.
+local function norm_group(ctx, k, raw, parent)
+  local own_prefix = type(raw.prefix) == "string" and raw.prefix or nil
+  local line = next_line(ctx, own_prefix)
+  local prefix = own_prefix or (parent and parent.prefix) or "/"
+  local label = own_prefix or prefix
+  local function bad_group(fmt, ...)
+    fail(ctx.path, line, "group #%d (%s): " .. fmt, k, label, ...)
+  end
+
+  local g = raw
+  if parent then
+    local reason
+    g, reason = inherit(parent, raw)
+    if not g then bad_group("%s", reason) end
+  end
+  local _, fpath, reason = validate(GROUP, g, { ctx = ctx, named_unknown = true })
+  if fpath or reason then
+    bad_group("%s", reason_text(fpath, reason))
+  end
+
+  local own = (raw.access ~= nil and #as_list(raw.access) > 0) or protected_by_plugin(raw.plugins)
+  local protected = own or (parent and parent.protected)
+  if raw.public == true and protected then
+    bad_group("public = true, but the group is protected (by %s); remove one",
+              own and "its access hooks or authentication plugin" or parent.label)
+  end
+  if not protected and raw.public ~= true then
+    bad_group("no protection: give it access hooks, an authentication plugin (%s) or"
+              .. " public = true", tbl_concat(sorted_keys(AUTH_PLUGINS), ", "))
+  end
+
+  local out = {}
+  for key, v in pairs(g) do out[key] = v end
+  out.routes, out.public = nil, nil
+  out.prefix = prefix
+  out.protected = protected
+  out.label = "group #" .. k .. " (" .. label .. ")"
+  out.line = line
+  -- a rule under the prefix: the prefix itself or below it, whole segments
+  out.holds = function(rule)
+    return prefix == "/" or rule == prefix or str_sub(rule, 1, #prefix + 1) == prefix .. "/"
+  end
+  return out
+end
+
+
+-- Appends the routes of `list` (the file's, or a group's) to `routes`,
+-- in file order, groups flattened.
+local function add_routes(ctx, list, routes, parent)
+  for i = 1, #list do
+    local raw = list[i]
+    if type(raw) == "table" and raw.routes ~= nil then
+      ctx.groups = ctx.groups + 1
+      local g = norm_group(ctx, ctx.groups, raw, parent)
+      local inner = raw.routes
+      for key in pairs(inner) do
+        if type(key) ~= "number" or key < 1 or key > #inner or key ~= math_floor(key) then
+          fail(ctx.path, g.line, "%s: routes: expected a list, found key %s",
+               g.label, show_key(key))
+        end
+      end
+      add_routes(ctx, inner, routes, g)
+    else
+      routes[#routes + 1] = norm_route(ctx, #routes + 1, raw, parent)
+    end
+  end
 end
 
 
@@ -454,12 +701,10 @@ local function load_routes(conf, upstreams)
 
   local ctx = {
     path = src.path, text = src.text, upstreams = upstreams,
-    body_size = conf.limits.body_size, rule_seen = {},
+    body_size = conf.limits.body_size, rule_seen = {}, groups = 0,
   }
   local routes = {}
-  for i = 1, n do
-    routes[i] = norm_route(ctx, i, list[i])
-  end
+  add_routes(ctx, list, routes, nil)
 
   -- table.sort is not stable: ties fall back to file order explicitly
   tbl_sort(routes, function(a, b)
