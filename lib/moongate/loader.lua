@@ -397,31 +397,27 @@ end
 -- Returns the conf and a map name -> upstream for checking routes.
 local function norm_conf(src, raw, env, ncpu)
   local top = { path = src.path, text = src.text, keys = {}, label = "" }
-  local trim = function(v) return str_match(v, "^%s*(.-)%s*$") end
+  local function trim(v) return str_match(v, "^%s*(.-)%s*$") end
+  -- MOONGATE_<FIELD> replaces the file's value of `field`, parsed by `parse`
+  local function override(field, parse)
+    local var = "MOONGATE_" .. str_upper(field)
+    return function(_, out)
+      local v = env[var]
+      if v and v ~= "" then
+        out[field] = from_env(var, parse(v))
+      end
+      return true
+    end
+  end
   local ENV = {
-    listen = function(_, out)
-      local v = env.MOONGATE_LISTEN
-      if v and v ~= "" then
-        out.listen = from_env("MOONGATE_LISTEN", norm_listen(split_list(v)))
-      end
-      return true
-    end,
-    workers = function(_, out)
-      local v = env.MOONGATE_WORKERS
-      if v and v ~= "" then
-        v = trim(v)
-        out.workers = from_env("MOONGATE_WORKERS", norm_workers(v == "auto" and v or tonumber(v) or v))
-      end
-      return true
-    end,
-    max_open_files = function(_, out)
-      local v = env.MOONGATE_MAX_OPEN_FILES
-      if v and v ~= "" then
-        out.max_open_files = from_env("MOONGATE_MAX_OPEN_FILES",
-                                      number_reason(tonumber(trim(v)) or v, true, MAX_INT))
-      end
-      return true
-    end,
+    listen = override("listen", function(v) return norm_listen(split_list(v)) end),
+    workers = override("workers", function(v)
+      v = trim(v)
+      return norm_workers(v == "auto" and v or tonumber(v) or v)
+    end),
+    max_open_files = override("max_open_files", function(v)
+      return number_reason(tonumber(trim(v)) or v, true, MAX_INT)
+    end),
   }
   local root = root_of(src.path)
   local conf = check_with(top, conf_schema(function(f) return ENV[f] end), raw, { root = root })

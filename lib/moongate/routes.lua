@@ -298,28 +298,23 @@ local function unknown_upstream(raw, _, ctx)
   return true
 end
 
+-- A check that exactly one of the fields a and b is given.
+local function one_of_fields(a, b)
+  return function(raw)
+    if raw[a] ~= nil and raw[b] ~= nil then
+      return fail_at(str_format("both '%s' and '%s' given; use one", a, b))
+    end
+    if raw[a] == nil and raw[b] == nil then
+      return fail_at(str_format("one of '%s' or '%s' is required", a, b))
+    end
+    return true
+  end
+end
+
 local ROUTE = {
   order = {
-    function(raw)
-      if raw.path ~= nil and raw.prefix ~= nil then
-        return fail_at("both 'path' and 'prefix' given; use one")
-      end
-      if raw.path == nil and raw.prefix == nil then
-        return fail_at("one of 'path' or 'prefix' is required")
-      end
-      return true
-    end,
-    "path", "prefix",
-    function(raw)
-      if raw.upstream ~= nil and raw.handler ~= nil then
-        return fail_at("both 'upstream' and 'handler' given; use one")
-      end
-      if raw.upstream == nil and raw.handler == nil then
-        return fail_at("one of 'upstream' or 'handler' is required")
-      end
-      return true
-    end,
-    "upstream", unknown_upstream,
+    one_of_fields("path", "prefix"), "path", "prefix",
+    one_of_fields("upstream", "handler"), "upstream", unknown_upstream,
     "handler", "method", "host", "priority", "strip_prefix",
     function(raw)
       if raw.strip_prefix and raw.path ~= nil then

@@ -103,8 +103,7 @@ end
 --
 -- For moongate's own files (routes, conf), where every message is kept as
 -- it was written by hand, a spec may also have:
---   type = { "string", "array" }   a union: any of these types
---   type = "any"                    no type check (convert does it)
+--   type = "any"  no type check (convert does it)
 --   message  the reason for any failure of the built-in checks (type,
 --            one_of, min/max, lengths, match), with {type} and {value}
 --   prepare  function(v, record) -> v: rewrites the raw value before it is
@@ -115,26 +114,17 @@ end
 --   open     a record that ignores (and drops) unknown keys
 --   optional a record that stays nil when absent (instead of {} with its
 --            defaults)
---   keys     a map's key check: function(k) -> true | nil, reason
+--   keys     a map's key check: function(k) -> true | nil, reason, at_map
+--            (at_map: report it at the map, not at the key)
 --   order    a record's field order: names, and functions(raw, out, ctx)
---            -> true | nil, path, reason run at that point (cross-field
---            checks); fields not listed come after, sorted
+--            -> true | nil, keys, reason run at that point (cross-field
+--            checks; keys {} reports the reason alone, nil at the record);
+--            fields not listed come after, sorted
 -- `record` is the raw table holding the value; `ctx` is validate()'s
--- opts.ctx. A field of type "table" with `fields` and `check` gets the
--- normalized record in check, which may complete it.
+-- opts.ctx; `check` gets (value, record, ctx) too.
 ---------------------------------------------------------------------------
 
 local check_spec
-
-local function has_type(spec, t)
-  if type(spec.type) == "table" then
-    for _, x in ipairs(spec.type) do
-      if x == t then return true end
-    end
-    return false
-  end
-  return spec.type == t
-end
 
 local function check_fields_spec(fields, path)
   if type(fields) ~= "table" then
@@ -163,14 +153,8 @@ check_spec = function(spec, path)
                              suggestion(k, SPEC_KEYS))
     end
   end
-  local types = type(spec.type) == "table" and spec.type or { spec.type }
-  if #types == 0 then
+  if not TYPES[spec.type] then
     return nil, str_format("field %s: bad type %s", path, show(spec.type))
-  end
-  for _, t in ipairs(types) do
-    if not TYPES[t] then
-      return nil, str_format("field %s: bad type %s", path, show(t))
-    end
   end
   for _, k in ipairs({ "prepare", "convert", "keys" }) do
     if spec[k] ~= nil and type(spec[k]) ~= "function" then
@@ -192,14 +176,14 @@ check_spec = function(spec, path)
     end
   end
   if spec.items ~= nil then
-    if not has_type(spec, "array") then
+    if spec.type ~= "array" then
       return nil, str_format("field %s: 'items' applies to arrays", path)
     end
     local ok, err = check_spec(spec.items, path .. "[]")
     if not ok then return nil, err end
   end
   if spec.fields ~= nil or spec.values ~= nil then
-    if not has_type(spec, "table") then
+    if spec.type ~= "table" then
       return nil, str_format("field %s: 'fields' and 'values' apply to tables", path)
     end
     if spec.fields ~= nil and spec.values ~= nil then
@@ -334,22 +318,6 @@ local function type_error(t, v)
 end
 
 
--- The first of the spec's types that `v` has, or nil, reason.
-local function which_type(spec, v)
-  if type(spec.type) ~= "table" then
-    local err = type_error(spec.type, v)
-    if err then return nil, err end
-    return spec.type
-  end
-  local names = {}
-  for i, t in ipairs(spec.type) do
-    if not type_error(t, v) then return t end
-    names[i] = ((t == "integer" or t == "array") and "an " or "a ") .. t
-  end
-  return nil, str_format("expected %s, got %s", tbl_concat(names, " or "), show(v))
-end
-
-
 -- The reason a value of type `t` breaks one of the spec's rules, or nil.
 local function rule_error(spec, t, v)
   local vt = type(v)
@@ -452,10 +420,8 @@ validate_value = function(spec, v, keys, o, record)
     end
   end
 
-  local t, err = which_type(spec, v)
-  if t then
-    err = rule_error(spec, t, v)
-  end
+  local t = spec.type
+  local err = type_error(t, v) or rule_error(spec, t, v)
   if err then
     return nil, keys, spec.message and message(spec, v) or err, type(v) == "string" and v or nil
   end
