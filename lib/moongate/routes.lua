@@ -575,25 +575,25 @@ inherit = function(g, raw)
   for _, f in ipairs(DEFAULTS) do
     if r[f] == nil then r[f] = g[f] end
   end
+  -- tables merged key by key: timeouts; websocket only where a route is a
+  -- WebSocket route (or for a group, to pass on)
+  for _, f in ipairs({ "timeouts", "websocket" }) do
+    if g[f] and type(raw[f]) == "table" then
+      r[f] = merge_under(g[f], raw[f])
+    elseif raw[f] == nil and (f == "timeouts" or raw.routes ~= nil) then
+      r[f] = g[f]
+    end
+  end
   if raw.routes == nil then
     -- a route: the upstream (and strip_prefix) of the group unless it has
-    -- a target of its own; websocket defaults if it is a WebSocket route
+    -- a target of its own
     if r.upstream == nil and r.handler == nil then
       r.upstream = g.upstream
       if r.strip_prefix == nil and raw.prefix ~= nil then r.strip_prefix = g.strip_prefix end
     end
-    if g.websocket and type(raw.websocket) == "table" then
-      r.websocket = merge_under(g.websocket, raw.websocket)
-    end
   else
-    for _, f in ipairs({ "upstream", "strip_prefix", "websocket" }) do
-      if r[f] == nil then r[f] = g[f] end
-    end
-  end
-  if g.timeouts and type(raw.timeouts) == "table" then
-    r.timeouts = merge_under(g.timeouts, raw.timeouts)
-  elseif raw.timeouts == nil then
-    r.timeouts = g.timeouts
+    if r.upstream == nil then r.upstream = g.upstream end
+    if r.strip_prefix == nil then r.strip_prefix = g.strip_prefix end
   end
   return r, nil, ngroup
 end
@@ -664,7 +664,7 @@ local function add_routes(ctx, list, routes, parent)
       ctx.groups = ctx.groups + 1
       local g = norm_group(ctx, ctx.groups, raw, parent)
       local inner = raw.routes
-      for key in pairs(inner) do
+      for _, key in ipairs(sorted_keys(inner)) do
         if type(key) ~= "number" or key < 1 or key > #inner or key ~= math_floor(key) then
           fail(ctx.path, g.line, "%s: routes: expected a list, found key %s",
                g.label, show_key(key))

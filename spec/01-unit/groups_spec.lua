@@ -114,7 +114,8 @@ return {
       { path = "/api/c", handler = h },
       { path = "/api/ws", websocket = { heartbeat = { timeout = 2 } } },
       { path = "/api/ws2", websocket = { heartbeat = false, max_message = 5 } },
-      { prefix = "/api/in", access = admin, routes = { { prefix = "/api/in/d" } } },
+      { prefix = "/api/in", access = admin, websocket = { max_message = 50 }, timeouts = { write = 3 },
+        routes = { { prefix = "/api/in/d" }, { path = "/api/in/ws", websocket = {} } } },
     } },
 }]]))
     local r = by_rule(gen)
@@ -151,6 +152,11 @@ return {
     local d = r["prefix /api/in/d"]
     assert.equal("up", d.upstream)
     assert.same({ "auth", "admin" }, trace(d))
+    assert.same({ read = 5, write = 3, idle = 9 }, d.timeouts)
+    local inner = r["exact /api/in/ws"].websocket  -- nested groups merge key by key too
+    assert.equal(7, inner.heartbeat.interval)
+    assert.equal(50, inner.max_message)
+    assert.equal("tunnel", inner.mode)
   end)
 
   describe("protection", function()
