@@ -356,10 +356,7 @@ local function raise_invalid(where, keys, reason, hint)
   end
   if type(hint) == "table" then
     -- an unknown key: the line of that key
-    local ukeys = {}
-    for i = 1, #where.keys do ukeys[i] = where.keys[i] end
-    ukeys[#ukeys + 1] = hint.unknown
-    fail(where.path, locate(where.text, ukeys), "%s%s",
+    fail(where.path, locate(where.text, at(where, hint.unknown).keys), "%s%s",
          #where.keys > 0 and (where.label .. ": ") or "", reason)
   end
   if where.env or #where.keys > 0 then
@@ -375,6 +372,12 @@ local function check_with(where, spec, raw, ctx)
     raise_invalid(where, keys, reason, hint)
   end
   return out
+end
+
+
+-- Where the conf file's values come from, and the environment's.
+local function file_where(src)
+  return { path = src.path, text = src.text, keys = {}, label = "" }
 end
 
 
@@ -396,7 +399,7 @@ end
 -- environment overrides it: the file must stand on its own (moongate -t).
 -- Returns the conf and a map name -> upstream for checking routes.
 local function norm_conf(src, raw, env, ncpu)
-  local top = { path = src.path, text = src.text, keys = {}, label = "" }
+  local top = file_where(src)
   local function trim(v) return str_match(v, "^%s*(.-)%s*$") end
   -- MOONGATE_<FIELD> replaces the file's value of `field`, parsed by `parse`
   local function override(field, parse)
@@ -487,7 +490,7 @@ local SHARED_DICTS = {
 }
 
 local function norm_shared_dicts(src, raw)
-  local top = { path = src.path, text = src.text, keys = {}, label = "" }
+  local top = file_where(src)
   local dicts = check_with(top, SHARED_DICTS, { shared_dicts = raw }).shared_dicts
   local out = {}
   for _, name in ipairs(sorted_keys(dicts)) do
@@ -513,7 +516,7 @@ local function load_servers(src, raw, conf, upstreams, env)
   if raw == nil then
     return out
   end
-  local top = { path = src.path, text = src.text, keys = {}, label = "" }
+  local top = file_where(src)
   local where = at(top, "servers")
   if type(raw) ~= "table" then
     bad(where, nil, "expected a table, got %s", type(raw))
