@@ -1,8 +1,7 @@
 -- The /api group of the shipped scripts/routes.lua (docs/configuration.md,
 -- "Route groups"): a route added to the group with no access hook of its
--- own is still behind the auth hook, and a group whose protection is
--- misspelt (access = auth.acces, a nil) is refused at reload, the last good
--- table kept.
+-- own is still behind the auth hook, and a group that loses its protection
+-- (its access line forgotten) is refused at reload, the last good table kept.
 local helpers = require "spec.helpers"
 local seed = require "spec.seed_helpers"
 
@@ -45,8 +44,9 @@ describe("seed /api group", function()
         assert.is_true(b2.added)
     end)
 
-    it("refuses a reload where the group's access is misspelt, and keeps the last table", function()
-        local broken, n = with_added(shipped):gsub("access = auth%.access, routes", "access = auth.acces, routes", 1)
+    it("refuses a reload where the group has no protection, and keeps the last table", function()
+        local broken, n = with_added(shipped):gsub('prefix = "/api", access = auth%.access, routes',
+                                                   'prefix = "/api", routes', 1)
         assert.equal(1, n)
         mg:write_routes(broken)
         mg:signal("HUP")
