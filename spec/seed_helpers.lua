@@ -93,7 +93,8 @@ return {
 
 --- Starts moongate with the shipped scripts. opts:
 ---   workers (2), config (gateway_config overrides), runtime (URL of another
----   Runtime: the demo Runtime is then disabled), scripts (extra files), name
+---   Runtime: the demo Runtime is then disabled), scripts (extra files), name,
+---   routes (the text of routes.lua instead of the shipped one)
 --- Returns the moongate object with .rt_port (the demo Runtime's port).
 function _M.start_gateway(opts)
     opts = opts or {}
@@ -102,7 +103,7 @@ function _M.start_gateway(opts)
     local mg = helpers.start_moongate({
         name = opts.name or "seed",
         conf = CONF,
-        routes = helpers.read_file(helpers.root .. "/scripts/routes.lua"),
+        routes = opts.routes or helpers.read_file(helpers.root .. "/scripts/routes.lua"),
         scripts = _M.shipped_files(opts.config, opts.scripts),
         workers = opts.workers or 2,
         vars = { RTPORT = rt_port, RUNTIME = runtime, DEMO = opts.runtime and "false" or "true" },

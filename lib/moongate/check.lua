@@ -2,8 +2,8 @@
 -- with. Errors are raised as LoadError ("file:line: reason") and turned back
 -- into `nil, err` by loader.load(); a value's line is found by searching the
 -- file's text for its field names; operator files are read and run here;
--- and the generic value checks (fields, types, numbers, string lists) live
--- here too. Pure Lua, no moongate APIs.
+-- and the value checks the conf and route schemas share (numbers for the
+-- core, string lists) live here too. Pure Lua, no moongate APIs.
 
 local type = type
 local pairs = pairs
@@ -365,27 +365,6 @@ local function bad(where, value, fmt, ...)
 end
 
 
-local function check_fields(where, t, allowed)
-  for _, k in ipairs(sorted_keys(t)) do
-    if not allowed[k] then
-      local keys = {}
-      for i = 1, #where.keys do keys[i] = where.keys[i] end
-      keys[#keys + 1] = k
-      local prefix = #where.keys > 0 and (where.label .. ": ") or ""
-      fail(where.path, locate(where.text, keys), "%sunknown field %s%s",
-           prefix, show_key(k), suggestion(k, allowed))
-    end
-  end
-end
-
-
-local function check_type(where, v, want)
-  if type(v) ~= want then
-    bad(where, nil, "expected a %s, got %s", want, type(v))
-  end
-end
-
-
 -- A number that is not NaN (v ~= v), not negative, finite, and an
 -- integer when `int`.
 local function is_nonneg(v, int)
@@ -394,37 +373,38 @@ local function is_nonneg(v, int)
 end
 
 
--- Non-negative, finite, at most `max`; integer when `int`.
-local function check_number(where, v, int, max)
+-- Non-negative, finite, at most `max`; integer when `int`. Returns v, or
+-- nil and the reason.
+local function number_reason(v, int, max)
   if not is_nonneg(v, int) then
-    bad(where, nil, "expected a non-negative %s, got %s",
-        int and "integer" or "number", show_value(v))
+    return nil, str_format("expected a non-negative %s, got %s",
+                           int and "integer" or "number", show_value(v))
   end
   if v > max then
-    bad(where, nil, "%s is too large (at most %d)", tostring(v), max)
+    return nil, str_format("%s is too large (at most %d)", tostring(v), max)
   end
   return v
 end
 
 
--- A string or a list of strings -> list of strings.
-local function string_list(where, v)
+-- A string or a list of strings -> list of strings, or nil and the reason.
+local function string_list_reason(v)
   if type(v) == "string" then
     return { v }
   end
   if type(v) ~= "table" then
-    bad(where, nil, "expected a string or a list of strings, got %s", type(v))
+    return nil, "expected a string or a list of strings, got " .. type(v)
   end
   local n = #v
   for k in pairs(v) do
     if type(k) ~= "number" or k < 1 or k > n or k ~= math_floor(k) then
-      bad(where, nil, "expected a list, found key %s", show_key(k))
+      return nil, "expected a list, found key " .. show_key(k)
     end
   end
   local out = {}
   for i = 1, n do
     if type(v[i]) ~= "string" then
-      bad(where, nil, "item #%d: expected a string, got %s", i, type(v[i]))
+      return nil, str_format("item #%d: expected a string, got %s", i, type(v[i]))
     end
     out[i] = v[i]
   end
@@ -463,11 +443,9 @@ _M.join = join
 _M.add_lua_path = add_lua_path
 _M.at = at
 _M.bad = bad
-_M.check_fields = check_fields
-_M.check_type = check_type
 _M.is_nonneg = is_nonneg
-_M.check_number = check_number
-_M.string_list = string_list
+_M.number_reason = number_reason
+_M.string_list_reason = string_list_reason
 _M.suggestion = suggestion
 _M.valid_hostname = valid_hostname
 

@@ -3,8 +3,9 @@
 -- "generation" table that core/gen.c copies into C structs.
 --
 -- Pure Lua, no moongate APIs: `moongate -t`, the SIGHUP reload path and the
--- unit specs all run exactly this code. The routes file is checked by
--- moongate.routes; both raise through moongate.check.
+-- unit specs all run exactly this code. The conf is described by the
+-- moongate.schema specs below, the routes file by moongate.routes; both
+-- raise through moongate.check.
 --
 -- Errors: load() returns `nil, "file:line: reason"` for every problem in the
 -- operator's files or environment, so the message can be printed as is and
@@ -24,6 +25,7 @@ local os_getenv = os.getenv
 local math_floor = math.floor
 local math_min = math.min
 local str_find = string.find
+local str_format = string.format
 local str_gmatch = string.gmatch
 local str_gsub = string.gsub
 local str_lower = string.lower
@@ -43,11 +45,10 @@ local run_file = check.run_file
 local return_line = check.return_line
 local at = check.at
 local bad = check.bad
-local check_fields = check.check_fields
-local check_type = check.check_type
+local locate = check.locate
 local is_nonneg = check.is_nonneg
-local check_number = check.check_number
-local string_list = check.string_list
+local number_reason = check.number_reason
+local string_list_reason = check.string_list_reason
 local valid_hostname = check.valid_hostname
 local sorted_keys = check.sorted_keys
 local join = check.join
@@ -57,47 +58,15 @@ local MAX_SECONDS = check.MAX_SECONDS
 local MAX_INT = check.MAX_INT
 local MAX_NAME = check.MAX_NAME
 local load_routes = require("moongate.routes").load
+local validate = require("moongate.schema").validate
 
 
 local _M = { _VERSION = "0.1.0" }
 
 
--- Defaults, as documented in docs/configuration.md. Durations in seconds,
--- sizes in bytes.
-local DEFAULT_LISTEN = "127.0.0.1:8080"
-local DEFAULT_ROUTES = "scripts/routes.lua"
-local DEFAULT_LUA_PATH = { "scripts", "lib" }
+-- Defaults, as documented in docs/configuration.md, live in the schemas
+-- below. Durations in seconds, sizes in bytes.
 local MAX_WORKERS = 1024 -- core/mg.h
-
-local TIMEOUT_DEFAULTS = { read = 0, write = 0, idle = 3600, header = 30, drain = 10, body = 60 }
-local TIMEOUT_ORDER = { "read", "write", "idle", "header", "drain", "body" }
-
-local LIMIT_DEFAULTS = { header_size = 16384, header_count = 100, body_size = 1048576, websockets = 10000 }
-local LIMIT_ORDER = { "header_size", "header_count", "body_size", "websockets" }
-
--- kind: "int" = non-negative integer, "num" = non-negative number (seconds)
-local UPSTREAM_SETTINGS = {
-  { "keepalive", "int", 64 },
-  { "connect_timeout", "num", 5 },
-  { "response_timeout", "num", 60 },
-  { "body_timeout", "num", 60 },
-  { "max_fails", "int", 3 },
-  { "fail_timeout", "num", 10 },
-}
-
-local CONF_FIELDS = {
-  servers = true, shared_dicts = true, plugins = true,
-  listen = true, workers = true, routes = true, lua_path = true,
-  access_log = true, log_level = true, timeouts = true, limits = true,
-  upstreams = true, max_open_files = true,
-}
-
-local UPSTREAM_FIELDS = { servers = true }
-for _, s in ipairs(UPSTREAM_SETTINGS) do UPSTREAM_FIELDS[s[1]] = true end
-
-local LOG_LEVELS = { debug = true, info = true, warn = true, error = true }
-
-
 
 
 ---------------------------------------------------------------------------
@@ -184,23 +153,27 @@ local function parse_hostport(s, default_port)
 end
 
 
-local function norm_listen(where, v)
-  local items = string_list(where, v)
+-- The converters below return the normalized value, or nil, reason and
+-- the string to look for when finding the line.
+
+local function norm_listen(v)
+  local items, err = string_list_reason(v)
+  if not items then return nil, err end
   if #items == 0 then
-    bad(where, nil, "at least one address is required")
+    return nil, "at least one address is required"
   end
   local out, seen = {}, {}
   for i, s in ipairs(items) do
     local host, port = parse_hostport(s)
     if not host then
-      bad(where, s, "'%s': %s", s, port)
+      return nil, str_format("'%s': %s", s, port), s
     end
     if host == "" then
       host = "0.0.0.0"
     end
     local key = host .. "\0" .. port
     if seen[key] then
-      bad(where, s, "'%s' is listed twice", s)
+      return nil, str_format("'%s' is listed twice", s), s
     end
     seen[key] = true
     out[i] = { host = host, port = port }
@@ -209,18 +182,16 @@ local function norm_listen(where, v)
 end
 
 
-local function norm_workers(where, v, ncpu)
+-- "auto" and 0 are resolved by the caller (ncpu).
+local function norm_workers(v)
   if v == "auto" then
-    return ncpu
+    return 0
   end
   if not is_nonneg(v, true) then
-    bad(where, nil, "expected a non-negative integer or \"auto\", got %s", show_value(v))
-  end
-  if v == 0 then
-    return ncpu
+    return nil, str_format("expected a non-negative integer or \"auto\", got %s", show_value(v))
   end
   if v > MAX_WORKERS then
-    bad(where, nil, "%d is too many (at most %d)", v, MAX_WORKERS)
+    return nil, str_format("%d is too many (at most %d)", v, MAX_WORKERS)
   end
   return v
 end
@@ -260,16 +231,17 @@ local function parse_server(s)
 end
 
 
-local function norm_servers(where, v)
-  local items = string_list(where, v)
+local function norm_servers(v)
+  local items, err = string_list_reason(v)
+  if not items then return nil, err end
   if #items == 0 then
-    bad(where, nil, "at least one server is required")
+    return nil, "at least one server is required"
   end
   local out = {}
   for i, s in ipairs(items) do
-    local server, err = parse_server(s)
+    local server, serr = parse_server(s)
     if not server then
-      bad(where, s, "'%s': %s", s, err)
+      return nil, str_format("'%s': %s", s, serr), s
     end
     out[i] = server
   end
@@ -277,48 +249,148 @@ local function norm_servers(where, v)
 end
 
 
-local function check_upstream_name(where, name)
-  if type(name) ~= "string" or not str_find(name, "^[%w_%-]+$") or #name > MAX_NAME then
-    bad(where, type(name) == "string" and name or nil,
-        "bad upstream name %s (letters, digits, '_' and '-', at most %d)",
-        show_key(name), MAX_NAME)
-  end
-end
-
-
-local function norm_upstream(where, name, raw)
-  check_type(where, raw, "table")
-  check_fields(where, raw, UPSTREAM_FIELDS)
-  if raw.servers == nil then
-    bad(at(where, "servers"), nil, "required")
-  end
-  local u = { name = name, servers = norm_servers(at(where, "servers"), raw.servers) }
-  for _, s in ipairs(UPSTREAM_SETTINGS) do
-    local field, kind, default = s[1], s[2], s[3]
-    local v = raw[field]
-    if v == nil then
-      u[field] = default
-    else
-      u[field] = check_number(at(where, field), v, kind == "int",
-                              kind == "int" and MAX_INT or MAX_SECONDS)
+local function norm_lua_path(v, _, ctx)
+  local dirs, err = string_list_reason(v)
+  if not dirs then return nil, err end
+  for i, dir in ipairs(dirs) do
+    if dir == "" then
+      return nil, str_format("item #%d must not be empty", i)
     end
+    dirs[i] = join(ctx.root, dir)
   end
-  return u
+  return dirs
 end
 
 
-local function norm_group(where, raw, defaults, order, int, max)
-  local out = {}
-  if raw == nil then
-    raw = {}
+---------------------------------------------------------------------------
+-- The conf file's shape, as moongate.schema specs (docs/configuration.md).
+-- Every reason is the one the hand-written checks gave.
+---------------------------------------------------------------------------
+
+-- A number for the core: non-negative, finite, at most max.
+local function count(default, max)
+  return { type = "any", default = default,
+           convert = function(v) return number_reason(v, true, max) end }
+end
+
+local function seconds(default)
+  return { type = "any", default = default,
+           convert = function(v) return number_reason(v, false, MAX_SECONDS) end }
+end
+
+local function table_of(fields)
+  return { type = "table", message = "expected a table, got {type}", fields = fields }
+end
+
+local UPSTREAM = table_of({
+  servers = { type = "any", required = true, convert = norm_servers },
+  keepalive = count(64, MAX_INT),
+  connect_timeout = seconds(5),
+  response_timeout = seconds(60),
+  body_timeout = seconds(60),
+  max_fails = count(3, MAX_INT),
+  fail_timeout = seconds(10),
+})
+
+local function upstream_name(name)
+  return type(name) == "string" and str_find(name, "^[%w_%-]+$") ~= nil and #name <= MAX_NAME
+end
+
+local ANY = { type = "any" }
+
+-- The order is the order of the checks; env(var) functions apply the
+-- environment's override of the field just checked.
+local function conf_schema(env_fn)
+  return {
+    order = {
+      "listen", env_fn("listen"), "workers", env_fn("workers"),
+      "max_open_files", env_fn("max_open_files"), "routes", "lua_path",
+      "access_log", "log_level", "timeouts", "limits", "upstreams",
+    },
+    fields = {
+      listen = { type = "any", default = "127.0.0.1:8080", convert = norm_listen },
+      workers = { type = "any", default = "auto", convert = norm_workers },
+      -- the soft RLIMIT_NOFILE the master sets at start (0 = the hard
+      -- limit); applied once, so a reload cannot change it
+      max_open_files = count(0, MAX_INT),
+      -- relative to the project root
+      routes = { type = "string", default = "scripts/routes.lua", as = "routes_file",
+                 message = "expected a string, got {type}",
+                 convert = function(v, _, ctx)
+                   if v == "" then return nil, "must not be empty" end
+                   return join(ctx.root, v)
+                 end },
+      lua_path = { type = "any", default = { "scripts", "lib" }, convert = norm_lua_path },
+      access_log = { type = "boolean", default = true, message = "expected a boolean, got {type}" },
+      log_level = { type = "any", default = "info", one_of = { "debug", "info", "warn", "error" },
+                    message = "expected one of debug, info, warn, error, got {value}" },
+      timeouts = table_of({
+        read = seconds(0), write = seconds(0), idle = seconds(3600),
+        header = seconds(30), drain = seconds(10), body = seconds(60),
+      }),
+      limits = table_of({
+        header_size = count(16384, MAX_INT), header_count = count(100, MAX_INT),
+        body_size = count(1048576, MAX_INT), websockets = count(10000, MAX_INT),
+      }),
+      -- a map in the file; an array sorted by name for the core (norm_conf)
+      upstreams = {
+        type = "table", default = {}, message = "expected a table, got {type}", values = UPSTREAM,
+        keys = function(name)
+          if upstream_name(name) then return true end
+          return nil, str_format("bad upstream name %s (letters, digits, '_' and '-', at most %d)",
+                                 show_key(name), MAX_NAME), true
+        end,
+      },
+      -- checked after the routes, in this order (load_generation)
+      servers = ANY, shared_dicts = ANY, plugins = ANY,
+    },
+  }
+end
+
+
+-- Raises the error of a failed schema.validate(), placed by `where` (the
+-- record's position) and the keys and hint it returned.
+local function raise_invalid(where, keys, reason, hint)
+  for _, k in ipairs(keys or {}) do
+    where = at(where, k)
   end
-  check_type(where, raw, "table")
-  check_fields(where, raw, defaults)
-  for _, k in ipairs(order) do
-    local v = raw[k]
-    out[k] = v == nil and defaults[k] or check_number(at(where, k), v, int, max)
+  if type(hint) == "table" then
+    -- an unknown key: the line of that key
+    fail(where.path, locate(where.text, at(where, hint.unknown).keys), "%s%s",
+         #where.keys > 0 and (where.label .. ": ") or "", reason)
+  end
+  if where.env or #where.keys > 0 then
+    bad(where, hint, "%s", reason)
+  end
+  fail(where.path, locate(where.text, {}, hint), "%s", reason)
+end
+
+
+local function check_with(where, spec, raw, ctx)
+  local out, _, reason, hint, keys = validate(spec, raw, { ctx = ctx, named_unknown = true })
+  if not out then
+    raise_invalid(where, keys, reason, hint)
   end
   return out
+end
+
+
+-- Where the conf file's values come from, and the environment's.
+local function file_where(src)
+  return { path = src.path, text = src.text, keys = {}, label = "" }
+end
+
+
+local function env_where(var)
+  return { path = "env", keys = {}, label = var, env = true }
+end
+
+
+local function from_env(var, v, reason, hint)
+  if reason then
+    raise_invalid(env_where(var), nil, reason, hint)
+  end
+  return v
 end
 
 
@@ -327,89 +399,41 @@ end
 -- environment overrides it: the file must stand on its own (moongate -t).
 -- Returns the conf and a map name -> upstream for checking routes.
 local function norm_conf(src, raw, env, ncpu)
-  local top = { path = src.path, text = src.text, keys = {}, label = "" }
-  check_fields(top, raw, CONF_FIELDS)
-
-  local function env_where(var)
-    return { path = "env", keys = {}, label = var, env = true }
-  end
-
-  local root = root_of(src.path)
-  local conf = { conf_file = src.path, root = root }
-
-  -- listen
-  conf.listen = norm_listen(at(top, "listen"),
-                            raw.listen == nil and DEFAULT_LISTEN or raw.listen)
-  local v = env.MOONGATE_LISTEN
-  if v and v ~= "" then
-    conf.listen = norm_listen(env_where("MOONGATE_LISTEN"), split_list(v))
-  end
-
-  -- workers
-  conf.workers = norm_workers(at(top, "workers"),
-                              raw.workers == nil and "auto" or raw.workers, ncpu)
-  v = env.MOONGATE_WORKERS
-  if v and v ~= "" then
-    v = str_match(v, "^%s*(.-)%s*$")
-    conf.workers = norm_workers(env_where("MOONGATE_WORKERS"),
-                                v == "auto" and v or tonumber(v) or v, ncpu)
-  end
-
-  -- max_open_files: the soft RLIMIT_NOFILE the master sets at start (0 =
-  -- the hard limit); applied once, so a reload cannot change it
-  v = raw.max_open_files
-  conf.max_open_files = v == nil and 0 or check_number(at(top, "max_open_files"), v, true, MAX_INT)
-  v = env.MOONGATE_MAX_OPEN_FILES
-  if v and v ~= "" then
-    conf.max_open_files = check_number(env_where("MOONGATE_MAX_OPEN_FILES"),
-                                       tonumber(str_match(v, "^%s*(.-)%s*$")) or v, true, MAX_INT)
-  end
-
-  -- routes and lua_path, relative to the project root
-  local routes = raw.routes == nil and DEFAULT_ROUTES or raw.routes
-  check_type(at(top, "routes"), routes, "string")
-  if routes == "" then
-    bad(at(top, "routes"), nil, "must not be empty")
-  end
-  conf.routes_file = join(root, routes)
-
-  local where = at(top, "lua_path")
-  local dirs = string_list(where, raw.lua_path == nil and DEFAULT_LUA_PATH or raw.lua_path)
-  for i, dir in ipairs(dirs) do
-    if dir == "" then
-      bad(where, nil, "item #%d must not be empty", i)
+  local top = file_where(src)
+  local function trim(v) return str_match(v, "^%s*(.-)%s*$") end
+  -- MOONGATE_<FIELD> replaces the file's value of `field`, parsed by `parse`
+  local function override(field, parse)
+    local var = "MOONGATE_" .. str_upper(field)
+    return function(_, out)
+      local v = env[var]
+      if v and v ~= "" then
+        out[field] = from_env(var, parse(v))
+      end
+      return true
     end
-    dirs[i] = join(root, dir)
   end
-  conf.lua_path = dirs
-
-  -- logging
-  if raw.access_log == nil then
-    conf.access_log = true
-  else
-    check_type(at(top, "access_log"), raw.access_log, "boolean")
-    conf.access_log = raw.access_log
+  local ENV = {
+    listen = override("listen", function(v) return norm_listen(split_list(v)) end),
+    workers = override("workers", function(v)
+      v = trim(v)
+      return norm_workers(v == "auto" and v or tonumber(v) or v)
+    end),
+    max_open_files = override("max_open_files", function(v)
+      return number_reason(tonumber(trim(v)) or v, true, MAX_INT)
+    end),
+  }
+  local root = root_of(src.path)
+  local conf = check_with(top, conf_schema(function(f) return ENV[f] end), raw, { root = root })
+  conf.conf_file = src.path
+  conf.root = root
+  if conf.workers == 0 then
+    conf.workers = ncpu
   end
-  local level = raw.log_level == nil and "info" or raw.log_level
-  if not LOG_LEVELS[level] then
-    bad(at(top, "log_level"), type(level) == "string" and level or nil,
-        "expected one of debug, info, warn, error, got %s", show_value(level))
-  end
-  conf.log_level = level
+  conf.servers, conf.shared_dicts, conf.plugins = nil, nil, nil
 
-  conf.timeouts = norm_group(at(top, "timeouts"), raw.timeouts, TIMEOUT_DEFAULTS,
-                             TIMEOUT_ORDER, false, MAX_SECONDS)
-  conf.limits = norm_group(at(top, "limits"), raw.limits, LIMIT_DEFAULTS,
-                           LIMIT_ORDER, true, MAX_INT)
-
-  -- upstreams: a map in the file, an array sorted by name for the core
-  local ups = {}
-  where = at(top, "upstreams")
-  local raw_ups = raw.upstreams == nil and {} or raw.upstreams
-  check_type(where, raw_ups, "table")
-  for _, name in ipairs(sorted_keys(raw_ups)) do
-    check_upstream_name(where, name)
-    ups[name] = norm_upstream(at(where, name), name, raw_ups[name])
+  local ups = conf.upstreams
+  for name, u in pairs(ups) do
+    u.name = name
   end
 
   -- sorted so that with several bad variables the error is always the same
@@ -421,17 +445,18 @@ local function norm_conf(src, raw, env, ncpu)
   end
   tbl_sort(vars)
   for _, var in ipairs(vars) do
-    v = env[var]
+    local v = env[var]
     if type(v) == "string" and v ~= "" then
-      local ew = env_where(var)
       local name = str_lower(str_sub(var, 19))
-      if name == "" or not str_find(name, "^[%w_%-]+$") or #name > MAX_NAME then
-        bad(ew, nil, "bad upstream name '%s'", name)
+      if name == "" or not upstream_name(name) then
+        from_env(var, nil, "bad upstream name '" .. name .. "'")
       end
       if ups[name] then
-        ups[name].servers = norm_servers(ew, split_list(v))
+        ups[name].servers = from_env(var, norm_servers(split_list(v)))
       else
-        ups[name] = norm_upstream(ew, name, { servers = split_list(v) })
+        local out, _, reason, hint = validate(UPSTREAM, { servers = split_list(v) })
+        ups[name] = from_env(var, out, reason, hint)
+        ups[name].name = name
       end
     end
   end
@@ -448,24 +473,28 @@ end
 
 
 -- shared_dicts = { name = bytes }: shared-memory dictionaries across workers.
+local SHARED_DICTS = {
+  fields = {
+    shared_dicts = {
+      type = "table", default = {}, message = "expected a table, got {type}",
+      keys = function(name)
+        if type(name) ~= "string" or not str_match(name, "^[%a_][%w_]*$") or #name > 31 then
+          return nil, "dictionary names are identifiers of at most 31 characters"
+        end
+        return true
+      end,
+      values = { type = "integer", min = 65536, max = 1073741824,
+                 message = "expected a size in bytes from 65536 to 1 GiB, got {value}" },
+    },
+  },
+}
+
 local function norm_shared_dicts(src, raw)
+  local top = file_where(src)
+  local dicts = check_with(top, SHARED_DICTS, { shared_dicts = raw }).shared_dicts
   local out = {}
-  if raw == nil then
-    return out
-  end
-  local top = { path = src.path, text = src.text, keys = {}, label = "" }
-  local where = at(top, "shared_dicts")
-  check_type(where, raw, "table")
-  for _, name in ipairs(sorted_keys(raw)) do
-    local w = at(where, name)
-    if type(name) ~= "string" or not str_match(name, "^[%a_][%w_]*$") or #name > 31 then
-      bad(w, nil, "dictionary names are identifiers of at most 31 characters")
-    end
-    local size = raw[name]
-    if type(size) ~= "number" or size < 65536 or size > 1073741824 or size ~= math_floor(size) then
-      bad(w, size, "expected a size in bytes from 65536 to 1 GiB, got %s", show_value(size))
-    end
-    out[#out + 1] = { name = name, size = size }
+  for _, name in ipairs(sorted_keys(dicts)) do
+    out[#out + 1] = { name = name, size = dicts[name] }
   end
   return out
 end
@@ -473,16 +502,25 @@ end
 
 -- Extra servers: listeners with their own route table (e.g. the embedded
 -- demo Runtime). MOONGATE_SERVER_<NAME>_LISTEN overrides a listen address.
-local SERVER_FIELDS = { listen = true, routes = true, enabled = true }
+local SERVER = {
+  fields = {
+    -- listen and routes are checked by load_servers: the environment
+    -- overrides listen, and only an enabled server's need be valid
+    listen = ANY, routes = ANY,
+    enabled = { type = "boolean", message = "expected a boolean, got {type}" },
+  },
+}
 
 local function load_servers(src, raw, conf, upstreams, env)
   local out = {}
   if raw == nil then
     return out
   end
-  local top = { path = src.path, text = src.text, keys = {}, label = "" }
+  local top = file_where(src)
   local where = at(top, "servers")
-  check_type(where, raw, "table")
+  if type(raw) ~= "table" then
+    bad(where, nil, "expected a table, got %s", type(raw))
+  end
   local taken = {}
   for _, a in ipairs(conf.listen) do
     taken[a.host .. ":" .. a.port] = "listen"
@@ -493,19 +531,21 @@ local function load_servers(src, raw, conf, upstreams, env)
       bad(w, nil, "server names are letters, digits and '_'")
     end
     local s = raw[name]
-    check_type(w, s, "table")
-    check_fields(w, s, SERVER_FIELDS)
-    if s.enabled ~= nil and type(s.enabled) ~= "boolean" then
-      bad(at(w, "enabled"), s.enabled, "expected a boolean, got %s", type(s.enabled))
+    if type(s) ~= "table" then
+      bad(w, nil, "expected a table, got %s", type(s))
     end
+    check_with(w, SERVER, s)
     if s.enabled ~= false then
-      local listen
+      local listen, reason, hint
       local var = "MOONGATE_SERVER_" .. str_upper(name) .. "_LISTEN"
       local ev = env[var]
       if ev ~= nil and ev ~= "" then
-        listen = norm_listen({ path = "env", keys = {}, label = var, env = true }, split_list(ev))
+        listen = from_env(var, norm_listen(split_list(ev)))
       else
-        listen = norm_listen(at(w, "listen"), s.listen)
+        listen, reason, hint = norm_listen(s.listen)
+        if not listen then
+          bad(at(w, "listen"), hint, "%s", reason)
+        end
       end
       for _, a in ipairs(listen) do
         local key = a.host .. ":" .. a.port
@@ -563,6 +603,12 @@ local function load_generation(conf_path, opts)
     check.raise(res)
   end
   conf.plugins = res
+  -- the groups' share of the access hooks was for plugins.apply only
+  local function strip(list)
+    for _, r in ipairs(list) do r.group_access = nil end
+  end
+  strip(routes)
+  for _, srv in ipairs(servers) do strip(srv.routes) end
 
   -- the directories whose .lua files are all part of the generation
   -- (core/snap.c): lua_path and the plugin directories, as spelled in

@@ -321,22 +321,43 @@ local function chain_messages(fns)
 end
 
 
+-- Plugins at or above this PRIORITY run their access phase before the
+-- access hooks of the route's groups (which are how a group authenticates):
+-- the authentication plugins (jwt-auth 2510, key-auth 2500, forward-auth
+-- 2002) and those that must come before any authentication (request-id,
+-- request-size-limit, cors preflights, ip-restriction). Plugins below it
+-- (rate-limit, headers...) may rely on who the client is.
+_M.AUTH_PRIORITY = 2000
+
+
 --- Fills a normalized route's phase lists from `bindings` (sorted, see
--- sort()): access = rewrite phases, then access phases, then the route's own
--- access hooks; header_filter, log, websocket.ws_open and ws_close = the
--- plugins' then the route's own; websocket.on_message = one function that
--- runs the plugins' ws_message then the route's own on_message. With no
--- bindings the route is left as it is.
+-- sort()): access = rewrite phases, then the access phases of plugins with
+-- PRIORITY >= AUTH_PRIORITY, then the access hooks of the route's groups
+-- (the first route.group_access of route.access), then the other plugins'
+-- access phases, then the route's own access hooks; header_filter, log,
+-- websocket.ws_open and ws_close = the plugins' then the route's (groups'
+-- first); websocket.on_message = one function that runs the plugins'
+-- ws_message then the route's own on_message. With no bindings the route
+-- is left as it is (its groups' hooks already come first).
 function _M.compose(route, bindings)
   if #bindings == 0 then return route end
   local access, hf, log = {}, {}, {}
   local ws_open, ws_msg, ws_close = {}, {}, {}
+  local own, ngroup = route.access or {}, route.group_access or 0
   for _, b in ipairs(bindings) do
     if b.plugin.rewrite then access[#access + 1] = bind_req(b.plugin.rewrite, b.conf) end
   end
   for _, b in ipairs(bindings) do
+    if b.plugin.access and b.plugin.PRIORITY >= _M.AUTH_PRIORITY then
+      access[#access + 1] = bind_req(b.plugin.access, b.conf)
+    end
+  end
+  for i = 1, ngroup do access[#access + 1] = own[i] end
+  for _, b in ipairs(bindings) do
     local p, conf = b.plugin, b.conf
-    if p.access then access[#access + 1] = bind_req(p.access, conf) end
+    if p.access and p.PRIORITY < _M.AUTH_PRIORITY then
+      access[#access + 1] = bind_req(p.access, conf)
+    end
     if p.header_filter then hf[#hf + 1] = bind2(p.header_filter, conf) end
     if p.log then log[#log + 1] = bind2(p.log, conf) end
     if p.ws_open then ws_open[#ws_open + 1] = bind2(p.ws_open, conf) end
@@ -344,11 +365,13 @@ function _M.compose(route, bindings)
     if p.ws_close then ws_close[#ws_close + 1] = bind2(p.ws_close, conf) end
   end
 
-  local function append(list, own)
-    for _, f in ipairs(own or {}) do list[#list + 1] = f end
+  local function append(list, more)
+    for _, f in ipairs(more or {}) do list[#list + 1] = f end
     return #list > 0 and list or nil
   end
-  route.access = append(access, route.access)
+  local rest = {}
+  for i = ngroup + 1, #own do rest[#rest + 1] = own[i] end
+  route.access = append(access, rest)
   route.header_filter = append(hf, route.header_filter)
   route.log = append(log, route.log)
   local ws = route.websocket

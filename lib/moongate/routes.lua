@@ -1,8 +1,9 @@
--- moongate.routes: checks and normalizes the routes file (docs/routing.md,
--- docs/configuration.md): rules and their parameters, hosts, methods,
--- targets, hooks, per-route timeouts and the websocket table, then sorts
--- the routes into match order. Errors are raised with moongate.check and
--- returned by moongate.loader as "file:line: reason".
+-- moongate.routes: checks and normalizes the routes file (docs/configuration.md,
+-- docs/websocket.md): rules and their parameters, hosts, methods, targets,
+-- hooks, per-route timeouts and the websocket table, described as
+-- moongate.schema specs, then sorts the routes into match order. Errors
+-- are raised with moongate.check and returned by moongate.loader as
+-- "file:line: reason".
 
 local type = type
 local pairs = pairs
@@ -10,13 +11,14 @@ local ipairs = ipairs
 local require = require
 local debug_getinfo = debug.getinfo
 local math_floor = math.floor
-local math_huge = math.huge
 local str_find = string.find
 local str_gmatch = string.gmatch
 local str_lower = string.lower
 local str_match = string.match
 local str_sub = string.sub
 local str_upper = string.upper
+local str_format = string.format
+local tbl_concat = table.concat
 local tbl_sort = table.sort
 
 
@@ -24,14 +26,12 @@ local check = require "moongate.check"
 local fail = check.fail
 local quoted_positions = check.quoted_positions
 local show_key = check.show_key
-local show_value = check.show_value
 local read_source = check.read_source
 local run_file = check.run_file
 local return_line = check.return_line
-local is_nonneg = check.is_nonneg
 local suggestion = check.suggestion
-local valid_hostname = check.valid_hostname
 local sorted_keys = check.sorted_keys
+local valid_hostname = check.valid_hostname
 local line_of = check.line_of
 local MAX_SECONDS = check.MAX_SECONDS
 local MAX_BYTES = check.MAX_BYTES
@@ -40,17 +40,13 @@ local MAX_SEGMENTS = check.MAX_SEGMENTS
 
 local _M = {}
 
-local ROUTE_FIELDS = {
-  path = true, prefix = true, method = true, host = true, priority = true,
-  upstream = true, handler = true, strip_prefix = true, body_size = true,
-  name = true, access = true, header_filter = true, log = true,
-  -- reserved for later work: checked for type only, passed through as is
-  websocket = true, plugins = true, on_reload = true, timeouts = true,
-}
+local schema = require "moongate.schema"
+local validate = schema.validate
 
-local ROUTE_TIMEOUT_FIELDS = { read = true, write = true, idle = true }
 
-local ON_RELOAD = { keep = true, drain = true }
+-- The authentication plugins: enabling one protects a group (see groups).
+local AUTH_PLUGINS = { ["jwt-auth"] = true, ["key-auth"] = true, ["forward-auth"] = true }
+_M.AUTH_PLUGINS = AUTH_PLUGINS
 
 -- RFC 9110 token characters, upper-case letters only.
 local METHOD_PATTERN = "^[A-Z0-9!#$%%&'*+.^_`|~-]+$"
@@ -111,7 +107,9 @@ local function norm_host(h)
 end
 
 
-local function norm_methods(v, bad_route)
+-- `method`: a string or a list of strings -> list without duplicates. A
+-- reason that starts with "method " names the field itself.
+local function norm_methods(v)
   local list
   if type(v) == "string" then
     list = { v }
@@ -120,25 +118,25 @@ local function norm_methods(v, bad_route)
     local n = #v
     for k in pairs(v) do
       if type(k) ~= "number" or k < 1 or k > n or k ~= math_floor(k) then
-        bad_route("method: expected a list, found key %s", show_key(k))
+        return nil, "expected a list, found key " .. show_key(k)
       end
     end
     if n == 0 then
-      bad_route("method: empty list")
+      return nil, "empty list"
     end
   else
-    bad_route("method: expected a string or a list of strings, got %s", type(v))
+    return nil, "expected a string or a list of strings, got " .. type(v)
   end
   local out, seen = {}, {}
   for _, m in ipairs(list) do
     if type(m) ~= "string" then
-      bad_route("method: expected a string, got %s", type(m))
+      return nil, "expected a string, got " .. type(m)
     end
     if str_upper(m) ~= m then
-      bad_route("method '%s' must be upper-case", m)
+      return nil, "method '" .. m .. "' must be upper-case"
     end
     if not str_find(m, METHOD_PATTERN) then
-      bad_route("method '%s' is not a valid method token", m)
+      return nil, "method '" .. m .. "' is not a valid method token"
     end
     if not seen[m] then
       seen[m] = true
@@ -171,152 +169,244 @@ local function route_line(ctx, rule, nth, handler)
 end
 
 
--- The `websocket` table of a route, with defaults (docs/websocket.md).
-local WS_FIELDS = {
-  mode = true, heartbeat = true, max_message = true, send_buffer = true, overflow = true,
-  deflate = true, protocols = true, origins = true, timeouts = true, upstream_path = true,
-  on_message = true, ws_open = true, ws_close = true,
-}
+---------------------------------------------------------------------------
+-- The shapes of a route and of its websocket table, as moongate.schema
+-- specs (docs/configuration.md, docs/websocket.md). Every reason is the
+-- one the hand-written checks gave; a failing `order` function with keys
+-- {} reports a reason that names its fields itself.
+---------------------------------------------------------------------------
 
--- A hook field: a function or a list of functions, as a list.
-local function function_list(v, name, bad_route)
-  if type(v) == "function" then
-    return { v }
-  end
-  if type(v) ~= "table" then
-    bad_route("%s: expected a function or a list of functions, got %s", name, type(v))
-  end
+local NONNEG = "expected a non-negative number, got {value}"
+local BOOL = "expected a boolean, got {value}"
+local BYTES = "expected a whole number of bytes from 0 to " .. MAX_BYTES .. " (1 GiB), got {value}"
+
+local function seconds(default, msg)
+  return { type = "number", min = 0, max = MAX_SECONDS, default = default, message = msg or NONNEG }
+end
+
+local function bytes(default)
+  return { type = "integer", min = 0, max = MAX_BYTES, default = default, message = BYTES }
+end
+
+local function typed(t, default, msg)
+  return { type = t, default = default, message = msg or ("expected a " .. t .. ", got {type}") }
+end
+
+-- The array part of a table (what ipairs walks), else the value itself.
+local function array_part(v)
+  if type(v) ~= "table" then return v end
   local list = {}
-  for i, f in ipairs(v) do
-    if type(f) ~= "function" then
-      bad_route("%s[%d]: expected a function, got %s", name, i, type(f))
-    end
-    list[i] = f
-  end
+  for i, x in ipairs(v) do list[i] = x end
   return list
 end
-local WS_HB_FIELDS = { interval = true, message = true, ping_frames = true, timeout = true }
-local WS_MODES = { tunnel = true, relay = true, handler = true }
 
-local function normalize_websocket(raw, bad_route)
-  local w = raw.websocket
-  if type(w) ~= "table" then
-    bad_route("websocket: expected a table, got %s", type(w))
-  end
-  for _, k in ipairs(sorted_keys(w)) do
-    if not WS_FIELDS[k] then
-      bad_route("websocket: unknown field %s%s", show_key(k), suggestion(k, WS_FIELDS))
-    end
-  end
-  local mode = w.mode or (raw.handler and "handler" or "tunnel")
-  if not WS_MODES[mode] then
-    bad_route("websocket.mode: expected \"tunnel\", \"relay\" or \"handler\", got %s",
-              show_value(mode))
-  end
-  if mode == "handler" and type(raw.handler) ~= "function" then
-    bad_route("websocket.mode \"handler\" needs a handler function")
-  end
-  if mode ~= "handler" and raw.upstream == nil then
-    bad_route("websocket.mode \"%s\" needs an upstream", mode)
-  end
-  local hb = w.heartbeat
-  if hb == nil then hb = {} end
-  if hb == false then hb = { interval = 0, message = false } end
-  if type(hb) ~= "table" then
-    bad_route("websocket.heartbeat: expected a table or false, got %s", type(hb))
-  end
-  for _, k in ipairs(sorted_keys(hb)) do
-    if not WS_HB_FIELDS[k] then
-      bad_route("websocket.heartbeat: unknown field %s%s", show_key(k), suggestion(k, WS_HB_FIELDS))
-    end
-  end
-  local function num(v, dflt, name)
-    if v == nil then return dflt end
-    if not is_nonneg(v) or v > MAX_SECONDS then
-      bad_route("websocket.%s: expected a non-negative number, got %s", name, show_value(v))
-    end
-    return v
-  end
-  -- a byte count: an integer up to MAX_BYTES (1 GiB), not a duration
-  local function bytes(v, dflt, name)
-    if v == nil then return dflt end
-    if not is_nonneg(v, true) or v > MAX_BYTES then
-      bad_route("websocket.%s: expected a whole number of bytes from 0 to %d (1 GiB), got %s",
-                name, MAX_BYTES, show_value(v))
-    end
-    return v
-  end
-  local function bool(v, dflt, name)
-    if v == nil then return dflt end
-    if type(v) ~= "boolean" then
-      bad_route("websocket.%s: expected a boolean, got %s", name, show_value(v))
-    end
-    return v
-  end
-  local function list(v, name)
-    if v == nil then return {} end
+-- A hook field: a function or a list of functions, as a list.
+local FUNCTION_LIST = {
+  type = "array", message = "expected a function or a list of functions, got {type}",
+  prepare = function(v)
+    if type(v) == "function" then return { v } end
+    return array_part(v)
+  end,
+  items = typed("function"),
+}
+
+-- A string or a list of strings, as a list ({} when absent).
+local STRING_LIST = {
+  type = "array", default = {}, message = "expected a list of strings, got {type}",
+  prepare = function(v)
     if type(v) == "string" then return { v } end
-    if type(v) ~= "table" then
-      bad_route("websocket.%s: expected a list of strings, got %s", name, type(v))
-    end
-    for i, s in ipairs(v) do
-      if type(s) ~= "string" then
-        bad_route("websocket.%s[%d]: expected a string, got %s", name, i, type(s))
+    return array_part(v)
+  end,
+  items = typed("string"),
+}
+
+local function fail_at(reason) return nil, {}, reason end
+
+local WEBSOCKET = {
+  type = "table", optional = true, message = "expected a table, got {type}",
+  order = {
+    "mode",
+    -- the mode's default and what it needs of the route (ctx.route)
+    function(_, out, ctx)
+      local raw = ctx.route
+      out.mode = out.mode or (raw.handler and "handler" or "tunnel")
+      if out.mode == "handler" and type(raw.handler) ~= "function" then
+        return fail_at('websocket.mode "handler" needs a handler function')
       end
-    end
-    return v
-  end
-  local t = w.timeouts or {}
-  if type(t) ~= "table" then
-    bad_route("websocket.timeouts: expected a table, got %s", type(t))
-  end
-  if w.overflow ~= nil and w.overflow ~= "close" then
-    bad_route("websocket.overflow: expected \"close\", got %s", show_value(w.overflow))
-  end
-  if w.on_message ~= nil and type(w.on_message) ~= "function" then
-    bad_route("websocket.on_message: expected a function, got %s", type(w.on_message))
-  end
-  if w.upstream_path ~= nil and (type(w.upstream_path) ~= "string" or w.upstream_path:sub(1, 1) ~= "/") then
-    bad_route("websocket.upstream_path: expected a path starting with '/', got %s",
-              show_value(w.upstream_path))
-  end
-  return {
-    mode = mode,
+      if out.mode ~= "handler" and raw.upstream == nil then
+        return fail_at('websocket.mode "' .. out.mode .. '" needs an upstream')
+      end
+      return true
+    end,
+    "heartbeat", "timeouts", "overflow", "on_message", "upstream_path",
+    "max_message", "send_buffer", "deflate", "protocols", "origins", "ws_open", "ws_close",
+    -- the core's shape: deflate by mode, timeouts.idle as idle
+    function(_, out)
+      if out.deflate == nil then out.deflate = out.mode ~= "tunnel" end
+      out.idle = out.timeouts.idle
+      out.timeouts = nil
+      return true
+    end,
+  },
+  fields = {
+    mode = { type = "string", one_of = { "tunnel", "relay", "handler" },
+             message = 'expected "tunnel", "relay" or "handler", got {value}' },
     heartbeat = {
-      interval = num(hb.interval, 30, "heartbeat.interval"),
-      message = bool(hb.message, true, "heartbeat.message"),
-      ping_frames = bool(hb.ping_frames, false, "heartbeat.ping_frames"),
-      timeout = num(hb.timeout, 0, "heartbeat.timeout"),
+      type = "table", message = "expected a table or false, got {type}",
+      prepare = function(v)
+        if v == false then return { interval = 0, message = false } end
+        return v
+      end,
+      fields = {
+        interval = seconds(30), timeout = seconds(0),
+        message = typed("boolean", true, BOOL), ping_frames = typed("boolean", false, BOOL),
+      },
     },
-    max_message = bytes(w.max_message, 1048576, "max_message"),
-    send_buffer = bytes(w.send_buffer, 1048576, "send_buffer"),
-    overflow = "close",
-    deflate = bool(w.deflate, mode ~= "tunnel", "deflate"),
-    protocols = list(w.protocols, "protocols"),
-    origins = list(w.origins, "origins"),
-    idle = num(t.idle, 3600, "timeouts.idle"),
-    upstream_path = w.upstream_path,
-    on_message = w.on_message,
-    ws_open = w.ws_open ~= nil and function_list(w.ws_open, "websocket.ws_open", bad_route) or nil,
-    ws_close = w.ws_close ~= nil and function_list(w.ws_close, "websocket.ws_close", bad_route) or nil,
-  }
+    max_message = bytes(1048576),
+    send_buffer = bytes(1048576),
+    overflow = { type = "string", one_of = { "close" }, default = "close",
+                 message = 'expected "close", got {value}' },
+    deflate = typed("boolean", nil, BOOL),
+    protocols = STRING_LIST,
+    origins = STRING_LIST,
+    -- only idle is read; other keys are ignored, as they always were
+    timeouts = { type = "table", open = true, message = "expected a table, got {type}",
+                 prepare = function(v) return v or nil end,
+                 fields = { idle = seconds(3600) } },
+    upstream_path = { type = "string", match = "^/",
+                      message = "expected a path starting with '/', got {value}" },
+    on_message = typed("function"),
+    ws_open = FUNCTION_LIST,
+    ws_close = FUNCTION_LIST,
+  },
+}
+
+local RULE = {
+  type = "string", message = "expected a string, got {type}",
+  convert = function(v)
+    local params, err = parse_rule(v)
+    if not params then return nil, err end
+    return v
+  end,
+}
+
+local function unknown_upstream(raw, _, ctx)
+  if raw.upstream ~= nil and not ctx.upstreams[raw.upstream] then
+    return fail_at("unknown upstream '" .. raw.upstream .. "'"
+                   .. suggestion(raw.upstream, ctx.upstreams))
+  end
+  return true
 end
 
-local function norm_route(ctx, n, raw)
-  local rule
+-- A check that exactly one of the fields a and b is given.
+local function one_of_fields(a, b)
+  return function(raw)
+    if raw[a] ~= nil and raw[b] ~= nil then
+      return fail_at(str_format("both '%s' and '%s' given; use one", a, b))
+    end
+    if raw[a] == nil and raw[b] == nil then
+      return fail_at(str_format("one of '%s' or '%s' is required", a, b))
+    end
+    return true
+  end
+end
+
+local ROUTE = {
+  order = {
+    one_of_fields("path", "prefix"), "path", "prefix",
+    one_of_fields("upstream", "handler"), "upstream", unknown_upstream,
+    "handler", "method", "host", "priority", "strip_prefix",
+    function(raw)
+      if raw.strip_prefix and raw.path ~= nil then
+        return fail_at("strip_prefix needs a 'prefix' rule")
+      end
+      if raw.strip_prefix and raw.upstream == nil then
+        return fail_at("strip_prefix applies to upstream routes only")
+      end
+      return true
+    end,
+    "body_size", "name", "websocket", "access", "header_filter", "log",
+    "plugins", "on_reload", "timeouts",
+  },
+  fields = {
+    path = RULE, prefix = RULE,
+    upstream = typed("string"),
+    handler = typed("function"),
+    method = { type = "any", as = "methods", convert = norm_methods },
+    host = { type = "string", message = "expected a string, got {type}",
+             convert = function(h)
+               local host = norm_host(h)
+               if not host then return nil, "bad host '" .. h .. "'" end
+               return host
+             end },
+    priority = { type = "number", message = "expected a finite number, got {value}" },
+    strip_prefix = typed("boolean", false, "expected a boolean, got {type}"),
+    body_size = { type = "integer", min = 0, max = MAX_INT,
+                  message = "expected a non-negative integer, got {value}" },
+    name = typed("string"),
+    websocket = WEBSOCKET,
+    -- hooks: access runs first (as a coroutine) on any kind of route;
+    -- header_filter edits the response head; log runs after the response
+    access = FUNCTION_LIST, header_filter = FUNCTION_LIST, log = FUNCTION_LIST,
+    -- plugin configs are checked by moongate.plugins: passed on as written
+    plugins = { type = "table", message = "expected a table, got {type}",
+                convert = function(_, raw) return raw.plugins end },
+    on_reload = { type = "string", one_of = { "keep", "drain" },
+                  message = 'expected "keep" or "drain", got {value}' },
+    timeouts = {
+      type = "table", optional = true, message = "expected a table, got {type}",
+      fields = {
+        read = seconds(nil, "expected a non-negative number of seconds, got {value}"),
+        write = seconds(nil, "expected a non-negative number of seconds, got {value}"),
+        idle = seconds(nil, "expected a non-negative number of seconds, got {value}"),
+      },
+    },
+  },
+}
+_M.ROUTE = ROUTE
+
+
+-- "path: reason", or the reason alone when it names the field itself
+-- ("method 'get' must be upper-case") or no field applies.
+local function reason_text(fpath, reason)
+  if not fpath or str_sub(reason, 1, #fpath + 1) == fpath .. " " then
+    return reason
+  end
+  return fpath .. ": " .. reason
+end
+
+
+local inherit
+
+-- The rule of a route or group as written, if it is a string.
+local function rule_of(raw)
   if type(raw) == "table" then
     local p = raw.path ~= nil and raw.path or raw.prefix
     if type(p) == "string" then
-      rule = p
+      return p
     end
   end
+  return nil
+end
 
+
+-- The next line `rule` is quoted on: the nth time for its nth route or
+-- group.
+local function next_line(ctx, rule, handler)
   local nth = 1
   if rule then
     nth = (ctx.rule_seen[rule] or 0) + 1
     ctx.rule_seen[rule] = nth
   end
-  local line = route_line(ctx, rule, nth, type(raw) == "table" and raw.handler or nil)
+  return route_line(ctx, rule, nth, handler)
+end
+
+
+-- raw: the route as written; grp: the group holding it, if any (see
+-- groups below), whose settings it inherits.
+local function norm_route(ctx, n, raw, grp)
+  local rule = rule_of(raw)
+  local line = next_line(ctx, rule, type(raw) == "table" and raw.handler or nil)
 
   local function bad_route(fmt, ...)
     fail(ctx.path, line, "route #%d (%s): " .. fmt, n, rule or "?", ...)
@@ -325,157 +415,266 @@ local function norm_route(ctx, n, raw)
   if type(raw) ~= "table" then
     bad_route("expected a table, got %s", type(raw))
   end
-  for _, k in ipairs(sorted_keys(raw)) do
-    if not ROUTE_FIELDS[k] then
-      bad_route("unknown field %s%s", show_key(k), suggestion(k, ROUTE_FIELDS))
+  local ngroup = 0
+  if grp then
+    local r2, reason
+    r2, reason, ngroup = inherit(grp, raw)
+    if not r2 then
+      bad_route("%s", reason)
     end
+    raw = r2
+  end
+  ctx.route = raw
+  local r, fpath, reason = validate(ROUTE, raw, { ctx = ctx, named_unknown = true })
+  if not r then
+    bad_route("%s", reason_text(fpath, reason))
   end
 
-  -- rule
-  if raw.path ~= nil and raw.prefix ~= nil then
-    bad_route("both 'path' and 'prefix' given; use one")
-  end
-  if raw.path == nil and raw.prefix == nil then
-    bad_route("one of 'path' or 'prefix' is required")
-  end
-  local kind = raw.path ~= nil and "exact" or "prefix"
-  local field = raw.path ~= nil and "path" or "prefix"
-  if not rule then
-    bad_route("%s: expected a string, got %s", field, type(raw[field]))
-  end
-  local params, err = parse_rule(rule)
-  if not params then
-    bad_route("%s: %s", field, err)
-  end
-
-  -- target
-  if raw.upstream ~= nil and raw.handler ~= nil then
-    bad_route("both 'upstream' and 'handler' given; use one")
-  end
-  if raw.upstream == nil and raw.handler == nil then
-    bad_route("one of 'upstream' or 'handler' is required")
-  end
-  if raw.upstream ~= nil then
-    if type(raw.upstream) ~= "string" then
-      bad_route("upstream: expected a string, got %s", type(raw.upstream))
-    end
-    if not ctx.upstreams[raw.upstream] then
-      bad_route("unknown upstream '%s'%s", raw.upstream,
-                suggestion(raw.upstream, ctx.upstreams))
-    end
-  elseif type(raw.handler) ~= "function" then
-    bad_route("handler: expected a function, got %s", type(raw.handler))
-  end
-
-  local route = {
+  return {
     index = n,
     rule = rule,
-    kind = kind,
-    params = params,
-    upstream = raw.upstream,
-    handler = raw.handler,
-    strip_prefix = false,
-    body_size = ctx.body_size,
+    kind = raw.path ~= nil and "exact" or "prefix",
+    params = parse_rule(rule),
+    upstream = r.upstream,
+    handler = r.handler,
+    strip_prefix = r.strip_prefix,
+    body_size = r.body_size or ctx.body_size,
     file = ctx.path,
     line = line,
-  }
-
-  if raw.method ~= nil then
-    route.methods = norm_methods(raw.method, bad_route)
-  end
-
-  if raw.host ~= nil then
-    if type(raw.host) ~= "string" then
-      bad_route("host: expected a string, got %s", type(raw.host))
-    end
-    route.host = norm_host(raw.host)
-    if not route.host then
-      bad_route("host: bad host '%s'", raw.host)
-    end
-  end
-
-  if raw.priority ~= nil then
-    local p = raw.priority
-    if type(p) ~= "number" or p ~= p or p == math_huge or p == -math_huge then
-      bad_route("priority: expected a finite number, got %s", show_value(p))
-    end
-    route.priority = p
-  else
+    methods = r.methods,
+    host = r.host,
     -- Traefik's default: longer rules are more specific
-    route.priority = #rule
-  end
+    priority = r.priority or #rule,
+    name = r.name,
+    websocket = r.websocket,
+    access = r.access,
+    header_filter = r.header_filter,
+    log = r.log,
+    plugins = r.plugins,
+    on_reload = r.on_reload,
+    timeouts = r.timeouts,
+    -- how many of the access hooks are the groups' (moongate.plugins runs
+    -- them with authentication); removed by the loader
+    group_access = ngroup > 0 and ngroup or nil,
+  }
+end
 
-  if raw.strip_prefix ~= nil then
-    if type(raw.strip_prefix) ~= "boolean" then
-      bad_route("strip_prefix: expected a boolean, got %s", type(raw.strip_prefix))
-    end
-    if raw.strip_prefix and kind ~= "prefix" then
-      bad_route("strip_prefix needs a 'prefix' rule")
-    end
-    if raw.strip_prefix and raw.upstream == nil then
-      bad_route("strip_prefix applies to upstream routes only")
-    end
-    route.strip_prefix = raw.strip_prefix
-  end
 
-  if raw.body_size ~= nil then
-    local b = raw.body_size
-    if not is_nonneg(b, true) or b > MAX_INT then
-      bad_route("body_size: expected a non-negative integer, got %s", show_value(b))
-    end
-    route.body_size = b
-  end
+---------------------------------------------------------------------------
+-- Groups (docs/configuration.md): an entry with a `routes` list shares a
+-- prefix, hooks, plugins and defaults with the routes (and groups) it
+-- holds. Rules inside are written in full and must lie under the group's
+-- prefix (the prefix itself, or below it), so a route cannot escape it and
+-- a route reads the same inside or outside a group. The group's hooks run before
+-- a route's own and its plugins apply to every route: neither can be
+-- dropped. A group must say how it is protected: access hooks, an
+-- authentication plugin, or public = true.
+---------------------------------------------------------------------------
 
-  if raw.name ~= nil then
-    if type(raw.name) ~= "string" then
-      bad_route("name: expected a string, got %s", type(raw.name))
-    end
-    route.name = raw.name
-  end
+local HOOKS = { "access", "header_filter", "log" }
+-- defaults a route inherits unless it sets its own
+local DEFAULTS = { "host", "method", "body_size", "on_reload" }
 
-  if raw.websocket ~= nil then
-    route.websocket = normalize_websocket(raw, bad_route)
-  end
 
-  -- hooks: access runs first (as a coroutine) on any kind of route;
-  -- header_filter edits the response head; log runs after the response
-  for _, f in ipairs({ "access", "header_filter", "log" }) do
-    if raw[f] ~= nil then
-      route[f] = function_list(raw[f], f, bad_route)
-    end
-  end
+local GROUP = {
+  order = {
+    "prefix", "routes", "access", "header_filter", "log", "plugins", "public",
+    "upstream", unknown_upstream,
+    "method", "host", "strip_prefix", "body_size", "on_reload", "timeouts", "websocket",
+  },
+  fields = {
+    prefix = {
+      type = "string", message = "expected a string, got {type}",
+      convert = function(v)
+        local params, err = parse_rule(v)
+        if not params then return nil, err end
+        if v ~= "/" and str_sub(v, -1) == "/" then
+          return nil, "must not end with '/' (routes inside add their own)"
+        end
+        return v
+      end,
+    },
+    routes = { type = "table", message = "expected a list of routes and groups, got {type}" },
+    public = typed("boolean", nil, "expected a boolean, got {type}"),
+    access = FUNCTION_LIST, header_filter = FUNCTION_LIST, log = FUNCTION_LIST,
+    plugins = ROUTE.fields.plugins,
+    upstream = ROUTE.fields.upstream,
+    method = ROUTE.fields.method,
+    host = ROUTE.fields.host,
+    strip_prefix = ROUTE.fields.strip_prefix,
+    body_size = ROUTE.fields.body_size,
+    on_reload = ROUTE.fields.on_reload,
+    timeouts = ROUTE.fields.timeouts,
+    -- defaults for the group's WebSocket routes: checked on each of them
+    websocket = { type = "table", message = "expected a table, got {type}" },
+  },
+}
+_M.GROUP = GROUP
 
-  -- reserved fields: type-checked, passed through unchanged
-  for _, f in ipairs({ "plugins" }) do
-    if raw[f] ~= nil and type(raw[f]) ~= "table" then
-      bad_route("%s: expected a table, got %s", f, type(raw[f]))
+
+local function as_list(v)
+  if type(v) == "function" then return { v } end
+  local out = {}
+  for i, f in ipairs(v) do out[i] = f end
+  return out
+end
+
+
+-- `under` with `over`'s keys on top, one level deep for tables in both.
+local function merge_under(under, over)
+  local out = {}
+  for k, v in pairs(under) do out[k] = v end
+  for k, v in pairs(over) do
+    if type(v) == "table" and type(out[k]) == "table" then
+      out[k] = merge_under(out[k], v)
+    else
+      out[k] = v
     end
-    route[f] = raw[f]
   end
-  if raw.on_reload ~= nil and not ON_RELOAD[raw.on_reload] then
-    bad_route("on_reload: expected \"keep\" or \"drain\", got %s", show_value(raw.on_reload))
-  end
-  route.on_reload = raw.on_reload
-  if raw.timeouts ~= nil then
-    local t = raw.timeouts
-    if type(t) ~= "table" then
-      bad_route("timeouts: expected a table, got %s", type(t))
+  return out
+end
+
+
+-- The table `raw` (a route or a group) completed by group `g`: rule
+-- checked to lie under the prefix, g's hooks first, g's plugins added, g's
+-- defaults where raw has none. Returns it and how many access hooks are
+-- g's, or nil, reason.
+inherit = function(g, raw)
+  local r = {}
+  for k, v in pairs(raw) do r[k] = v end
+  for _, f in ipairs({ "path", "prefix" }) do
+    local v = raw[f]
+    if type(v) == "string" and not g.holds(v) then
+      return nil, str_format("%s: '%s' is outside its group's prefix '%s'", f, v, g.prefix)
     end
-    for _, k in ipairs(sorted_keys(t)) do
-      local tv = t[k]
-      if not ROUTE_TIMEOUT_FIELDS[k] then
-        bad_route("timeouts: unknown field %s%s", show_key(k),
-                  suggestion(k, ROUTE_TIMEOUT_FIELDS))
+  end
+  local ngroup = 0
+  for _, h in ipairs(HOOKS) do
+    local own = raw[h]
+    if g[h] and (own == nil or type(own) == "function" or type(own) == "table") then
+      local list = as_list(g[h])
+      if h == "access" then ngroup = #list end
+      for _, f in ipairs(own ~= nil and as_list(own) or {}) do list[#list + 1] = f end
+      r[h] = list
+    end
+  end
+  if g.plugins and raw.plugins ~= nil then
+    if type(raw.plugins) ~= "table" then
+      return nil, "plugins: expected a table, got " .. type(raw.plugins)
+    end
+    for _, name in ipairs(sorted_keys(raw.plugins)) do
+      if g.plugins[name] ~= nil then
+        return nil, str_format("plugins: %s is set by %s; a route or group inside"
+                               .. " cannot change or turn it off", show_key(name), g.label)
       end
-      if not is_nonneg(tv) or tv > MAX_SECONDS then
-        bad_route("timeouts.%s: expected a non-negative number of seconds, got %s",
-                  k, show_value(tv))
-      end
     end
-    route.timeouts = t
+  end
+  if g.plugins then
+    r.plugins = merge_under(raw.plugins or {}, g.plugins)
+  end
+  for _, f in ipairs(DEFAULTS) do
+    if r[f] == nil then r[f] = g[f] end
+  end
+  -- tables merged key by key: timeouts; websocket only where a route is a
+  -- WebSocket route (or for a group, to pass on)
+  for _, f in ipairs({ "timeouts", "websocket" }) do
+    if g[f] and type(raw[f]) == "table" then
+      r[f] = merge_under(g[f], raw[f])
+    elseif raw[f] == nil and (f == "timeouts" or raw.routes ~= nil) then
+      r[f] = g[f]
+    end
+  end
+  if raw.routes == nil then
+    -- a route: the upstream (and strip_prefix) of the group unless it has
+    -- a target of its own
+    if r.upstream == nil and r.handler == nil then
+      r.upstream = g.upstream
+      if r.strip_prefix == nil and raw.prefix ~= nil then r.strip_prefix = g.strip_prefix end
+    end
+  else
+    if r.upstream == nil then r.upstream = g.upstream end
+    if r.strip_prefix == nil then r.strip_prefix = g.strip_prefix end
+  end
+  return r, nil, ngroup
+end
+
+
+local function protected_by_plugin(plugins)
+  for name, c in pairs(plugins or {}) do
+    if AUTH_PLUGINS[name] and c ~= false then return true end
+  end
+  return false
+end
+
+
+-- Checks group `raw` (inside `parent`, or nil) and returns it as a group
+-- for inherit(): its settings as written, completed by the parent's.
+local function norm_group(ctx, k, raw, parent)
+  local own_prefix = type(raw.prefix) == "string" and raw.prefix or nil
+  local line = next_line(ctx, own_prefix)
+  local prefix = own_prefix or (parent and parent.prefix) or "/"
+  local label = own_prefix or prefix
+  local function bad_group(fmt, ...)
+    fail(ctx.path, line, "group #%d (%s): " .. fmt, k, label, ...)
   end
 
-  return route
+  local g = raw
+  if parent then
+    local reason
+    g, reason = inherit(parent, raw)
+    if not g then bad_group("%s", reason) end
+  end
+  local _, fpath, reason = validate(GROUP, g, { ctx = ctx, named_unknown = true })
+  if fpath or reason then
+    bad_group("%s", reason_text(fpath, reason))
+  end
+
+  local own = (raw.access ~= nil and #as_list(raw.access) > 0) or protected_by_plugin(raw.plugins)
+  local protected = own or (parent and parent.protected)
+  if raw.public == true and protected then
+    bad_group("public = true, but the group is protected (by %s); remove one",
+              own and "its access hooks or authentication plugin" or parent.label)
+  end
+  if not protected and raw.public ~= true then
+    bad_group("no protection: give it access hooks, an authentication plugin (%s) or"
+              .. " public = true", tbl_concat(sorted_keys(AUTH_PLUGINS), ", "))
+  end
+
+  local out = {}
+  for key, v in pairs(g) do out[key] = v end
+  out.routes, out.public = nil, nil
+  out.prefix = prefix
+  out.protected = protected
+  out.label = "group #" .. k .. " (" .. label .. ")"
+  out.line = line
+  -- a rule under the prefix: the prefix itself or below it, whole segments
+  out.holds = function(rule)
+    return prefix == "/" or rule == prefix or str_sub(rule, 1, #prefix + 1) == prefix .. "/"
+  end
+  return out
+end
+
+
+-- Appends the routes of `list` (the file's, or a group's) to `routes`,
+-- in file order, groups flattened.
+local function add_routes(ctx, list, routes, parent)
+  for i = 1, #list do
+    local raw = list[i]
+    if type(raw) == "table" and raw.routes ~= nil then
+      ctx.groups = ctx.groups + 1
+      local g = norm_group(ctx, ctx.groups, raw, parent)
+      local inner = raw.routes
+      for _, key in ipairs(sorted_keys(inner)) do
+        if type(key) ~= "number" or key < 1 or key > #inner or key ~= math_floor(key) then
+          fail(ctx.path, g.line, "%s: routes: expected a list, found key %s",
+               g.label, show_key(key))
+        end
+      end
+      add_routes(ctx, inner, routes, g)
+    else
+      routes[#routes + 1] = norm_route(ctx, #routes + 1, raw, parent)
+    end
+  end
 end
 
 
@@ -497,12 +696,10 @@ local function load_routes(conf, upstreams)
 
   local ctx = {
     path = src.path, text = src.text, upstreams = upstreams,
-    body_size = conf.limits.body_size, rule_seen = {},
+    body_size = conf.limits.body_size, rule_seen = {}, groups = 0,
   }
   local routes = {}
-  for i = 1, n do
-    routes[i] = norm_route(ctx, i, list[i])
-  end
+  add_routes(ctx, list, routes, nil)
 
   -- table.sort is not stable: ties fall back to file order explicitly
   tbl_sort(routes, function(a, b)
