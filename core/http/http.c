@@ -146,7 +146,7 @@ void mg_conn_flush(mg_conn_t *c) {
         return;
     left = evbuffer_get_length(c->out);
     if (left) {
-        int n = evbuffer_write(c->out, c->fd);
+        int n = mg_io_write_evbuffer(&c->io, c->out);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
             mg_conn_close_later(c);
             return;
@@ -311,6 +311,8 @@ void mg_conn_read_enable(mg_conn_t *c, int on) {
     if (on && c->rd_off && !X(c)->dead) {
         event_add(&c->rev, NULL);
         c->rd_off = 0;
+        if (mg_io_pending(&c->io) > 0) /* held by the transport: no socket event */
+            event_active(&c->rev, EV_READ, 1);
         if (c->tmode == MG_T_BODY)
             mg_conn_arm(c, MG_T_BODY); /* the body clock runs again */
     } else if (!on && !c->rd_off) {
@@ -476,7 +478,7 @@ static void mg_conn_advance(mg_conn_t *c) {
             if (!X(c)->dead && evbuffer_get_length(c->out) == 0) {
                 /* lingering close: stop sending, drain input briefly so a
                  * reset does not destroy the response in flight */
-                shutdown(c->fd, SHUT_WR);
+                mg_io_shutdown(&c->io);
                 X(c)->lingering = 1;
                 mg_conn_read_enable(c, 1);
                 mg_conn_arm(c, MG_T_LINGER);
@@ -559,8 +561,7 @@ static void mg_conn_free(mg_conn_t *c) {
     event_del(&c->rev);
     event_del(&c->wev);
     event_del(&c->tev);
-    if (c->fd >= 0)
-        close(c->fd);
+    mg_io_close(&c->io); /* nothing after an upgrade handed it over */
     evbuffer_free(c->out);
     free(c->in);
     if (c->prev)
@@ -610,9 +611,10 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_conn_t *c = arg;
     (void)fd, (void)what;
     if (X(c)->handoff) {
-        int sfd = c->fd;
-        c->fd = -1;
-        mg_ws_takeover(c->req, sfd, c->in, c->in_len);
+        /* the WebSocket side takes the transport; closing ours does nothing */
+        mg_io_t io;
+        mg_io_move(&io, &c->io);
+        mg_ws_takeover(c->req, io.fd, c->in, c->in_len);
         mg_conn_free(c);
         return;
     }
@@ -662,10 +664,10 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
  * (the target is told), not when the answer's write fails. Reading that
  * stops on purpose (pipelined input saved, EOF, closing) removes the event
  * (mg_conn_read_enable), so nothing spins. */
-static int mg_conn_read_once(mg_conn_t *c, int fd) {
+static int mg_conn_read_once(mg_conn_t *c) {
     ssize_t n;
 
-    n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
+    n = mg_io_read(&c->io, mg_worker.scratch, sizeof(mg_worker.scratch));
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return 0;
@@ -707,12 +709,13 @@ static int mg_conn_read_once(mg_conn_t *c, int fd) {
     }
     if (X(c)->dead || c->rd_off)
         return 0;
-    return (size_t)n == sizeof(mg_worker.scratch);
+    /* bytes the transport holds (TLS records) bring no socket event */
+    return (size_t)n == sizeof(mg_worker.scratch) || mg_io_pending(&c->io) > 0;
 }
 
 static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg) {
-    (void)what;
-    while (mg_conn_read_once(arg, fd))
+    (void)fd, (void)what;
+    while (mg_conn_read_once(arg))
         ;
 }
 
@@ -751,7 +754,7 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
         close(fd);
         return;
     }
-    c->fd = fd;
+    mg_io_tcp(&c->io, fd);
     c->lidx = lidx;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     memcpy(&c->peer, sa, salen < sizeof(c->peer) ? salen : sizeof(c->peer));

@@ -9,6 +9,7 @@
 #define MG_HTTP_H
 
 #include "conf/conf.h"
+#include "net/io.h"
 
 #include <llhttp.h>
 #include <netinet/in.h>
@@ -78,7 +79,7 @@ struct mg_req_s {
 };
 
 struct mg_conn_s {
-    int fd;
+    mg_io_t io;    /* the transport; events are registered on io.fd */
     int closing;   /* close once output is flushed */
     int paused;    /* parser paused between pipelined requests */
     int rd_off;    /* reading disabled (backpressure) */
