@@ -24,7 +24,7 @@
 /* the longest tail mg_fwd_tail writes: the fixed text, a peer address and
  * a request id */
 _Static_assert(sizeof("X-Forwarded-For: \r\nX-Forwarded-Proto: https\r\nX-Request-Id: \r\n") - 1 +
-                       sizeof(((mg_conn_t *)0)->peer_ip) + sizeof(((mg_req_t *)0)->request_id) <=
+                       MG_PEER_IP_MAX + sizeof(((mg_req_t *)0)->request_id) <=
                    MG_FWD_TAIL_MAX,
                "MG_FWD_TAIL_MAX too small");
 
@@ -52,7 +52,7 @@ int mg_fwd_tokens_has(const mg_fwd_tokens_t *t, const char *n, size_t l) {
 }
 
 const char *mg_fwd_proto(const mg_req_t *r, size_t *len) {
-    if (r->conn && r->conn->is_tls) {
+    if (mg_req_tls(r)) {
         *len = 5;
         return "https";
     }
@@ -122,7 +122,7 @@ size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tai
         o = 0;
         MG_PUTS(", ");
     }
-    s = r->conn ? r->conn->peer_ip : "";
+    s = mg_req_peer_ip(r);
     l = strlen(s);
     MG_PUT(s, l);
     MG_PUTS("\r\nX-Forwarded-Proto: ");

@@ -22,6 +22,25 @@ static void mg_proxy_on_done(void *ud);
 static void mg_proxy_on_error(void *ud, int status, const char *msg);
 static void mg_proxy_on_drain(void *ud);
 static void mg_proxy_on_flush(void *ud);
+static void mg_proxy_body(mg_req_t *r, const char *data, size_t len);
+static void mg_proxy_body_end(mg_req_t *r);
+static void mg_proxy_client_drained(mg_req_t *r);
+static void mg_proxy_client_gone(mg_req_t *r);
+
+/* what the HTTP session calls while an exchange holds the request */
+static const mg_target_t mg_proxy_target = {
+    .body = mg_proxy_body,
+    .body_end = mg_proxy_body_end,
+    .drained = mg_proxy_client_drained,
+    .gone = mg_proxy_client_gone,
+    .keeps_req = 0,
+};
+
+/* the exchange let go of the request (ended, failed, cancelled) */
+static void mg_proxy_detach(mg_req_t *r) {
+    r->ux = NULL;
+    r->target = NULL;
+}
 
 static const mg_ux_sink_t mg_proxy_sink = {
     .on_head = mg_proxy_on_head,
@@ -88,11 +107,12 @@ void mg_proxy_start(mg_req_t *r) {
         mg_resp_json_error(r, 502, "out of memory");
         return;
     }
+    r->target = &mg_proxy_target;
     if (!r->chunked && r->clen <= 0)
         mg_ux_end(r->ux); /* no body: the request is complete */
 }
 
-void mg_proxy_body(mg_req_t *r, const char *data, size_t len) {
+static void mg_proxy_body(mg_req_t *r, const char *data, size_t len) {
     if (r->chunked) {
         char hex[24];
         int n = snprintf(hex, sizeof(hex), "%zx\r\n", len);
@@ -108,11 +128,11 @@ void mg_proxy_body(mg_req_t *r, const char *data, size_t len) {
     }
     /* the upstream is slower than the client; on_drain resumes, also when a
      * later send of the same read (one per chunk) empties the buffer */
-    if (r->ux && r->conn && mg_ux_pending(r->ux) > MG_HIGH_WATER)
-        mg_conn_read_enable(r->conn, 0);
+    if (r->ux && !mg_req_gone(r) && mg_ux_pending(r->ux) > MG_HIGH_WATER)
+        mg_req_read_pause(r, 1);
 }
 
-void mg_proxy_body_end(mg_req_t *r) {
+static void mg_proxy_body_end(mg_req_t *r) {
     if (r->chunked) {
         mg_ux_send(r->ux, "0\r\n\r\n", 5);
         if (r->ux == NULL)
@@ -122,15 +142,15 @@ void mg_proxy_body_end(mg_req_t *r) {
         mg_ux_end(r->ux);
 }
 
-void mg_proxy_client_drained(mg_req_t *r) {
+static void mg_proxy_client_drained(mg_req_t *r) {
     if (r->ux)
         mg_ux_pause(r->ux, 0);
 }
 
-void mg_proxy_client_gone(mg_req_t *r) {
+static void mg_proxy_client_gone(mg_req_t *r) {
     if (r->ux) {
         mg_ux_cancel(r->ux);
-        r->ux = NULL;
+        mg_proxy_detach(r);
     }
 }
 
@@ -189,33 +209,33 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
 
 static int mg_proxy_on_body(void *ud, const char *data, size_t len) {
     mg_req_t *r = ud;
-    if (r->conn == NULL)
+    if (mg_req_gone(r))
         return 0;
     mg_resp_body(r, data, len);
-    return mg_conn_pending(r->conn) > MG_HIGH_WATER;
+    return mg_req_pending(r) > MG_HIGH_WATER;
 }
 
 static void mg_proxy_on_flush(void *ud) {
     mg_req_t *r = ud;
-    if (r->conn == NULL)
+    if (mg_req_gone(r))
         return;
-    mg_conn_flush(r->conn);
+    mg_req_flush(r);
     /* the write may have drained it all: then no write event will come
      * to resume the upstream, so do it here */
-    if (r->ux && r->conn && mg_conn_pending(r->conn) < MG_LOW_WATER)
+    if (r->ux && !mg_req_gone(r) && mg_req_pending(r) < MG_LOW_WATER)
         mg_ux_pause(r->ux, 0);
 }
 
 static void mg_proxy_on_done(void *ud) {
     mg_req_t *r = ud;
-    r->ux = NULL;
+    mg_proxy_detach(r);
     mg_resp_end(r);
     mg_req_target_done(r);
 }
 
 static void mg_proxy_on_error(void *ud, int status, const char *msg) {
     mg_req_t *r = ud;
-    r->ux = NULL;
+    mg_proxy_detach(r);
     if (status && !r->resp_started) {
         mg_warn("request %s: %s %.*s: %s (%d)", r->request_id,
                 llhttp_method_name((llhttp_method_t)r->method), (int)r->path_len, r->hbuf, msg,
@@ -229,6 +249,6 @@ static void mg_proxy_on_error(void *ud, int status, const char *msg) {
 
 static void mg_proxy_on_drain(void *ud) {
     mg_req_t *r = ud;
-    if (r->conn)
-        mg_conn_read_enable(r->conn, 1);
+    if (!mg_req_gone(r))
+        mg_req_read_pause(r, 0);
 }

@@ -11,7 +11,6 @@
  * ends (mg_req_target_done frees it then).
  */
 #include "http/http_int.h"
-#include "gateway/gateway.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -35,6 +34,10 @@ static void mg_conn_at_eof(mg_conn_t *c);
 static void mg_req_free(mg_req_t *r);
 
 static mg_conn_t *mg_conns; /* every open connection, for a graceful stop */
+
+const mg_http_hooks_t *mg_http_hooks;
+
+void mg_http_set_hooks(const mg_http_hooks_t *h) { mg_http_hooks = h; }
 
 /* Requests are reused from a small free list: no malloc per request. */
 static mg_req_t *mg_req_free_list;
@@ -83,7 +86,9 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
         r->xhdrs = xh, r->rxhdrs = rxh;
         r->xhdrs.len = r->rxhdrs.len = 0;
     }
-    r->conn = c;
+    r->sess = c;
+    r->sops = &mg_http_h1_ops;
+    r->lidx = c->lidx;
     r->gen = g;
     r->access_req_ref = LUA_NOREF;
     mg_gen_retain(g);
@@ -97,7 +102,7 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
 static void mg_req_free(mg_req_t *r) {
     mg_worker.inflight--;
     if (r->access_req_ref != LUA_NOREF)
-        mg_req_unlink(r);
+        mg_http_hooks->freed(r);
     mg_gen_release(r->gen);
     if (mg_req_free_count < 256) {
         r->next_free = mg_req_free_list;
@@ -201,8 +206,8 @@ static void mg_conn_fail(mg_conn_t *c, int status) {
         r = c->req;
         mg_request_id(r->request_id);
     }
-    if (r->ux)
-        mg_proxy_client_gone(r);
+    if (r->target && !r->target->keeps_req)
+        r->target->gone(r); /* the proxy stops: the answer is ours */
     if (status > 0 && !r->resp_started) {
         r->keep_alive = 0;
         r->resp_close = 1;
@@ -223,12 +228,12 @@ static void mg_conn_fail(mg_conn_t *c, int status) {
         mg_conn_close_later(c);
         return;
     }
-    if (r->co) {
+    if (r->target && r->target->keeps_req) {
         /* the handler still runs: it keeps the request, the connection
          * closes once the error is flushed */
         c->req = NULL;
-        r->conn = NULL;
-        mg_lua_client_gone(r);
+        r->sess = NULL;
+        r->target->gone(r);
     }
 }
 
@@ -407,8 +412,7 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
         if (n > 0)
             mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
     }
-    if (r->route && r->route->log_ref != LUA_NOREF)
-        mg_lua_log(r, (mg_now() - r->t_start) * 1000.0);
+    mg_http_hooks->done(r);
     c->req = NULL;
     c->nreq++;
     X(c)->scan_done = X(c)->scan_nl = X(c)->scan_rl = X(c)->scan_sp = 0;
@@ -439,7 +443,7 @@ static void mg_conn_advance(mg_conn_t *c) {
                 mg_conn_close_later(c);
                 return;
             }
-            if (!r->resp_done || r->ux || r->co)
+            if (!r->resp_done || r->target)
                 break;
             if (r->state != MG_REQ_DONE)
                 c->closing = 1;
@@ -492,18 +496,15 @@ static void mg_conn_advance(mg_conn_t *c) {
     mg_conn_flush(c);
 }
 
-void mg_http_access_finish(mg_req_t *r) {
-    mg_conn_t *c = r->conn;
+/* The access step ended (the gateway dispatched the request if allowed). */
+static void mg_http_h1_resume(mg_req_t *r) {
+    mg_conn_t *c = MG_CONN(r);
     if (c == NULL) {
         mg_req_free(r);
         return;
     }
-    if (r->access_state == MG_ACCESS_DENIED)
-        r->resp_done = 1;
     if (X(c)->in_exec)
         return; /* decided at once: on_headers_complete goes on */
-    if (r->access_state == MG_ACCESS_OK)
-        mg_http_dispatch(r);
     /* the parser stopped after the head: read on (the body, or the end) */
     if (c->paused && !X(c)->dead && r->state != MG_REQ_DONE) {
         char *data = c->in;
@@ -521,8 +522,8 @@ void mg_http_access_finish(mg_req_t *r) {
     mg_conn_advance(c);
 }
 
-void mg_req_target_done(mg_req_t *r) {
-    mg_conn_t *c = r->conn;
+static void mg_http_h1_target_done(mg_req_t *r) {
+    mg_conn_t *c = MG_CONN(r);
     r->resp_done = 1;
     if (c == NULL) {
         mg_req_free(r);
@@ -533,8 +534,8 @@ void mg_req_target_done(mg_req_t *r) {
     mg_conn_advance(c);
 }
 
-void mg_req_abort(mg_req_t *r) {
-    mg_conn_t *c = r->conn;
+static void mg_http_h1_abort(mg_req_t *r) {
+    mg_conn_t *c = MG_CONN(r);
     r->resp_done = 1;
     if (c == NULL) {
         mg_req_free(r);
@@ -549,14 +550,13 @@ void mg_req_abort(mg_req_t *r) {
 static void mg_conn_free(mg_conn_t *c) {
     mg_req_t *r = c->req;
     if (r) {
-        r->conn = NULL;
+        const mg_target_t *t = r->target;
+        r->sess = NULL;
         c->req = NULL;
-        if (r->ux)
-            mg_proxy_client_gone(r);
-        if (r->co)
-            mg_lua_client_gone(r); /* the coroutine frees r when it ends */
-        else
-            mg_req_free(r);
+        if (t)
+            t->gone(r);
+        if (t == NULL || !t->keeps_req)
+            mg_req_free(r); /* else the target frees r when it ends */
     }
     event_del(&c->rev);
     event_del(&c->wev);
@@ -611,10 +611,9 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_conn_t *c = arg;
     (void)fd, (void)what;
     if (X(c)->handoff) {
-        /* the WebSocket side takes the transport; closing ours does nothing */
-        mg_io_t io;
-        mg_io_move(&io, &c->io);
-        mg_ws_takeover(c->req, io.fd, c->in, c->in_len);
+        /* the WebSocket side takes the transport (mg_io_move): closing
+         * ours then does nothing */
+        mg_http_hooks->upgrade(c->req, &c->io, c->in, c->in_len);
         mg_conn_free(c);
         return;
     }
@@ -729,10 +728,8 @@ static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg) {
     if (evbuffer_get_length(c->out) < MG_LOW_WATER && r) {
         if (c->tmode == MG_T_WRITE)
             mg_conn_arm(c, MG_T_NONE);
-        if (r->ux)
-            mg_proxy_client_drained(r);
-        else if (r->co)
-            mg_lua_client_drained(r);
+        if (r->target)
+            r->target->drained(r);
         return;
     }
     if (r == NULL && evbuffer_get_length(c->out) == 0)
@@ -776,6 +773,54 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
     mg_conns = c;
     mg_conn_arm(c, MG_T_HEADER);
 }
+
+/* ---- the sink of an HTTP/1.1 request (mg_http_sess_ops_t) ---- */
+
+static size_t mg_http_h1_pending(mg_req_t *r) {
+    mg_conn_t *c = MG_CONN(r);
+    return c ? evbuffer_get_length(c->out) : 0;
+}
+
+static void mg_http_h1_flush(mg_req_t *r) {
+    if (MG_CONN(r))
+        mg_conn_flush(MG_CONN(r));
+}
+
+static void mg_http_h1_read_pause(mg_req_t *r, int on) {
+    if (MG_CONN(r))
+        mg_conn_read_enable(MG_CONN(r), !on);
+}
+
+/* a body to come: bound the gap between its bytes, whatever `read` is */
+static void mg_http_h1_body_start(mg_req_t *r) {
+    if (MG_CONN(r) && r->state == MG_REQ_BODY && (r->clen > 0 || r->chunked))
+        mg_conn_arm(MG_CONN(r), MG_T_BODY);
+}
+
+static void mg_http_h1_cont(mg_req_t *r) {
+    if (MG_CONN(r))
+        evbuffer_add(MG_CONN(r)->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+}
+
+static const char *mg_http_h1_peer_ip(const mg_req_t *r) { return MG_CONN(r)->peer_ip; }
+
+static int mg_http_h1_tls(const mg_req_t *r) { return MG_CONN(r)->is_tls; }
+
+const mg_http_sess_ops_t mg_http_h1_ops = {
+    .head = mg_http_h1_head,
+    .body = mg_http_h1_body,
+    .end = mg_http_h1_end,
+    .cont = mg_http_h1_cont,
+    .pending = mg_http_h1_pending,
+    .flush = mg_http_h1_flush,
+    .read_pause = mg_http_h1_read_pause,
+    .body_start = mg_http_h1_body_start,
+    .target_done = mg_http_h1_target_done,
+    .abort = mg_http_h1_abort,
+    .resume = mg_http_h1_resume,
+    .peer_ip = mg_http_h1_peer_ip,
+    .tls = mg_http_h1_tls,
+};
 
 void mg_http_close_idle(void) {
     mg_conn_t *c = mg_conns;

@@ -6,7 +6,6 @@
  * upgrade, the access hooks, the proxy or a Lua handler) with its body.
  */
 #include "http/http_int.h"
-#include "gateway/gateway.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -31,57 +30,6 @@ const llhttp_settings_t mg_http_settings = {
     .on_message_complete = mg_http_on_message_complete,
 };
 
-/* A WebSocket route's handshake, checked before its access hook runs so
- * that a refused handshake runs and forwards nothing. 0 = go on: a valid
- * upgrade (r->ws_valid, what req.websocket shows hooks), or plain HTTP to
- * a route with an upstream; -1 = refused and answered. */
-static int mg_http_ws_check(mg_req_t *r) {
-    mg_ws_hs_t hs;
-    const char *why;
-    size_t ul;
-    int st;
-
-    if (mg_req_header(r, "upgrade", &ul) == NULL) {
-        if (r->route->upstream)
-            return 0; /* plain HTTP on a WebSocket upstream route */
-        mg_resp_json_error_with(r, 426, "this route speaks WebSocket",
-                                "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
-        return -1;
-    }
-    st = mg_ws_handshake_check(r, &hs, &why);
-    if (st == 426) {
-        mg_resp_json_error_with(r, 426, why, "Sec-WebSocket-Version: 13\r\n");
-        return -1;
-    }
-    if (st) {
-        mg_resp_json_error(r, st, why);
-        return -1;
-    }
-    if (mg_ws_count() >= (uint64_t)r->gen->max_websockets) {
-        mg_warn("request %s: websocket limit (%d per worker) reached", r->request_id,
-                r->gen->max_websockets);
-        mg_resp_json_error(r, 503, "too many websockets");
-        return -1;
-    }
-    r->ws_valid = 1;
-    return 0;
-}
-
-/* A WebSocket route after its access hook: hand the socket over once the
- * request is fully parsed (mg_conn_advance), or proxy plain HTTP. The
- * socket limit is checked again: the hook may have waited. */
-static void mg_http_ws_route(mg_req_t *r) {
-    if (!r->ws_valid) {
-        mg_proxy_start(r);
-        return;
-    }
-    if (mg_ws_count() >= (uint64_t)r->gen->max_websockets) {
-        mg_resp_json_error(r, 503, "too many websockets");
-        return;
-    }
-    r->ws_upgrade = 1;
-}
-
 static int mg_request_id_valid(const char *v, size_t len) {
     if (len == 0 || len > 36)
         return 0;
@@ -93,7 +41,7 @@ static int mg_request_id_valid(const char *v, size_t len) {
 
 static int mg_http_append(mg_req_t *r, const char *at, size_t len) {
     if (r->hlen + len > r->gen->limits.header_size) {
-        X(r->conn)->err_status = r->hstate == 0 ? 414 : 431;
+        X(MG_CONN(r))->err_status = r->hstate == 0 ? 414 : 431;
         return -1;
     }
     memcpy(r->hbuf + r->hlen, at, len);
@@ -322,8 +270,6 @@ int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
 static int mg_http_on_headers_complete(llhttp_t *p) {
     mg_conn_t *c = p->data;
     mg_req_t *r = c->req;
-    const char *host = NULL;
-    size_t hostlen = 0;
     int st;
 
     r->method = p->method;
@@ -346,52 +292,8 @@ static int mg_http_on_headers_complete(llhttp_t *p) {
         X(c)->err_status = st;
         return -1;
     }
-    if (r->host_idx >= 0) {
-        host = r->hbuf + r->hdrs[r->host_idx].voff;
-        hostlen = r->hdrs[r->host_idx].vlen;
-    }
-    r->route = mg_route_match(r->gen, mg_gen_server_of(r->gen, c->lidx), r->method, host, hostlen,
-                              r->hbuf, r->path_len, NULL, NULL);
-    if (r->route == NULL) {
-        r->resp_close = !(r->clen <= 0 && !r->chunked);
-        mg_resp_json_error(r, 404, "no route");
-        return 0;
-    }
-    if (r->route->body_size && r->clen > 0 && (uint64_t)r->clen > r->route->body_size) {
-        mg_resp_json_error(r, 413, "request body too large");
-        return 0;
-    }
-    if (r->route->ws && mg_http_ws_check(r) < 0)
-        return 0;
-    /* access hooks first; Lua handler routes run them in the handler's
-     * own coroutine (moongate.run), the others in one of their own */
-    if (r->route->access_ref != LUA_NOREF && (r->route->upstream || r->route->ws)) {
-        r->access_state = MG_ACCESS_RUNNING;
-        mg_lua_access_start(r);
-        if (r->access_state == MG_ACCESS_RUNNING)
-            return HPE_PAUSED; /* the body waits until the hook decides */
-        if (r->access_state == MG_ACCESS_DENIED)
-            return 0;
-    }
-    mg_http_dispatch(r);
-    return 0;
-}
-
-void mg_http_dispatch(mg_req_t *r) {
-    mg_conn_t *c = r->conn;
-    /* a body to come: bound the gap between its bytes, whatever `read` is */
-    if (r->state == MG_REQ_BODY && (r->clen > 0 || r->chunked))
-        mg_conn_arm(c, MG_T_BODY);
-    if (r->route->ws) {
-        mg_http_ws_route(r);
-        return;
-    }
-    if (r->expect_continue && (r->clen > 0 || r->chunked))
-        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-    if (r->route->upstream)
-        mg_proxy_start(r);
-    else
-        mg_lua_handler_start(r);
+    /* route, access, target: the gateway's */
+    return mg_http_hooks->head(r) == MG_HTTP_PAUSE ? HPE_PAUSED : 0;
 }
 
 static int mg_http_on_body(llhttp_t *p, const char *at, size_t len) {
@@ -399,22 +301,10 @@ static int mg_http_on_body(llhttp_t *p, const char *at, size_t len) {
     mg_req_t *r = c->req;
 
     r->body_rx += len;
-    if (r->route == NULL || (r->resp_done && !r->ux && !r->co))
-        return 0; /* answered already (404/413): discard */
-    if (r->route->body_size && r->body_rx > r->route->body_size) {
-        if (r->resp_started) {
-            X(c)->err_status = -1; /* just close */
-            return -1;
-        }
-        if (r->ux)
-            mg_proxy_client_gone(r);
-        mg_resp_json_error(r, 413, "request body too large");
-        return 0;
+    if (mg_http_hooks->body(r, at, len) < 0) {
+        X(c)->err_status = -1; /* just close */
+        return -1;
     }
-    if (r->ux)
-        mg_proxy_body(r, at, len);
-    else if (r->co)
-        mg_lua_body(r, at, len);
     return 0;
 }
 
@@ -424,9 +314,7 @@ static int mg_http_on_message_complete(llhttp_t *p) {
     r->state = MG_REQ_DONE;
     if (c->tmode == MG_T_BODY)
         mg_conn_arm(c, MG_T_NONE);
-    if (r->ux)
-        mg_proxy_body_end(r);
-    else if (r->co)
-        mg_lua_body_end(r);
+    if (r->target)
+        r->target->body_end(r);
     return HPE_PAUSED; /* one request at a time: responses stay in order */
 }

@@ -42,8 +42,8 @@ int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vl
     return 1;
 }
 
-void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen) {
-    mg_conn_t *c = r->conn;
+void mg_http_h1_head(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen) {
+    mg_conn_t *c = MG_CONN(r);
     char line[160];
     const char *text, *date;
     size_t n, dlen;
@@ -101,8 +101,8 @@ void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, i
         evbuffer_add(c->out, "\r\n", 2);
 }
 
-void mg_resp_body(mg_req_t *r, const char *data, size_t len) {
-    mg_conn_t *c = r->conn;
+void mg_http_h1_body(mg_req_t *r, const char *data, size_t len) {
+    mg_conn_t *c = MG_CONN(r);
     if (c == NULL || len == 0 || r->method == HTTP_HEAD)
         return;
     r->bytes_out += len;
@@ -117,9 +117,9 @@ void mg_resp_body(mg_req_t *r, const char *data, size_t len) {
     }
 }
 
-void mg_resp_end(mg_req_t *r) {
-    if (r->conn && r->resp_chunked && r->method != HTTP_HEAD)
-        evbuffer_add(r->conn->out, "0\r\n\r\n", 5);
+void mg_http_h1_end(mg_req_t *r) {
+    if (MG_CONN(r) && r->resp_chunked && r->method != HTTP_HEAD)
+        evbuffer_add(MG_CONN(r)->out, "0\r\n\r\n", 5);
 }
 
 void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const char *extra) {

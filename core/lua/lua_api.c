@@ -96,6 +96,7 @@ static void mg_co_end(mg_co_t *co) {
         mg_lua_ws_co_end(co);
     if (co->access && r) {
         r->co = NULL;
+        r->target = NULL;
         co->req = NULL;
         if (r->resp_started)
             r->access_state = MG_ACCESS_DENIED;
@@ -104,11 +105,12 @@ static void mg_co_end(mg_co_t *co) {
         if (r->access_state == MG_ACCESS_DENIED && !r->resp_started)
             mg_resp_json_error(r, 500, "internal error");
         mg_co_free(co);
-        mg_http_access_finish(r);
+        r->access_done(r); /* dispatch goes on */
         return;
     }
     if (r) {
         r->co = NULL;
+        r->target = NULL;
         co->req = NULL;
         if (!r->resp_started)
             mg_resp_json_error(r, 500, "handler sent no response");
@@ -198,7 +200,7 @@ static char mg_req_key;
  * path only: headers, params, id, http_version, remote_addr and
  * query_string are filled on first use (req_mt.__index calls core.req_fill), so a hook that reads
  * none of them costs no header strings. The table is anchored in r->access_req_ref until the
- * request ends (mg_req_unlink). */
+ * request ends (mg_lua_req_unlink). */
 void mg_push_req(lua_State *L, mg_req_t *r) {
     if (r->access_req_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
@@ -230,7 +232,7 @@ static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
     if (k[0] == 'i') {
         lua_pushstring(L, r->request_id);
     } else if (k[0] == 'r') {
-        lua_pushstring(L, r->conn ? r->conn->peer_ip : "");
+        lua_pushstring(L, mg_req_peer_ip(r));
     } else if (k[0] == 'q') {
         if (r->url_len > r->path_len)
             lua_pushlstring(L, r->hbuf + r->path_len + 1, r->url_len - r->path_len - 1);
@@ -369,7 +371,7 @@ void mg_push_req_filled(lua_State *L, mg_req_t *r) {
     lua_rawset(L, t);
 }
 
-void mg_req_unlink(mg_req_t *r) {
+void mg_lua_req_unlink(mg_req_t *r) {
     lua_State *L = r->gen->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
     lua_pushlightuserdata(L, &mg_req_key);
@@ -464,7 +466,7 @@ void mg_lua_log(mg_req_t *r, double duration_ms) {
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->hbuf, r->path_len);
     lua_setfield(L, -2, "path");
-    lua_pushstring(L, r->conn ? r->conn->peer_ip : "");
+    lua_pushstring(L, mg_req_peer_ip(r));
     lua_setfield(L, -2, "remote_addr");
     mg_push_ctx(L, r);
     if (lua_pcall(L, 3, 0, 0) != 0)
@@ -484,6 +486,7 @@ static mg_co_t *mg_co_for_req(mg_req_t *r, int entry, int ref) {
     }
     co->req = r;
     r->co = co;
+    r->target = &mg_lua_target;
     if (co->body == NULL) /* a reused coroutine keeps its (drained) buffer */
         co->body = evbuffer_new();
     mg_push_entry(co->L, r->gen, entry);

@@ -62,6 +62,8 @@ void mg_push_lower(lua_State *L, const char *s, size_t len);
 const char *mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype);
 /* Each adds its functions to the moongate.core table on the stack's top. */
 void mg_lua_inject_resp_api(lua_State *L);   /* lua_resp.c */
+/* lua_resp.c: the Lua handler as a target (r->target while r->co runs) */
+extern const mg_target_t mg_lua_target;
 void mg_lua_inject_client_api(lua_State *L); /* lua_client.c */
 void mg_lua_ws_co_end(mg_co_t *co);          /* lua_ws.c: the owner coroutine ended */
 void mg_lua_ws_error(mg_co_t *co);           /* the handler raised: close with 1011 */

@@ -18,7 +18,7 @@ static void mg_lua_push_all(mg_co_t *co) {
     evbuffer_drain(co->body, n);
 }
 
-void mg_lua_body(mg_req_t *r, const char *data, size_t len) {
+static void mg_lua_body(mg_req_t *r, const char *data, size_t len) {
     mg_co_t *co = r->co;
     evbuffer_add(co->body, data, len);
     if (co->wait == MG_W_READ) {
@@ -26,11 +26,11 @@ void mg_lua_body(mg_req_t *r, const char *data, size_t len) {
         mg_co_resume(co, 1);
         return;
     }
-    if (co->wait != MG_W_BODY && r->conn && evbuffer_get_length(co->body) > MG_HIGH_WATER)
-        mg_conn_read_enable(r->conn, 0);
+    if (co->wait != MG_W_BODY && !mg_req_gone(r) && evbuffer_get_length(co->body) > MG_HIGH_WATER)
+        mg_req_read_pause(r, 1);
 }
 
-void mg_lua_body_end(mg_req_t *r) {
+static void mg_lua_body_end(mg_req_t *r) {
     mg_co_t *co = r->co;
     if (co->wait == MG_W_BODY || co->wait == MG_W_READ) {
         if (r->resp_done) {
@@ -50,13 +50,13 @@ void mg_lua_body_end(mg_req_t *r) {
 static int mg_core_req_body(lua_State *L) {
     mg_req_t *r = mg_co_req(L, "req:body");
     mg_co_t *co = r->co;
-    if (r->state == MG_REQ_DONE || r->conn == NULL) {
+    if (r->state == MG_REQ_DONE || mg_req_gone(r)) {
         mg_lua_push_all(co);
         return 1;
     }
     co->wait = MG_W_BODY;
-    if (r->conn)
-        mg_conn_read_enable(r->conn, 1);
+    if (!mg_req_gone(r))
+        mg_req_read_pause(r, 0);
     return lua_yield(L, 0);
 }
 
@@ -65,21 +65,21 @@ static int mg_core_req_read(lua_State *L) {
     mg_co_t *co = r->co;
     if (evbuffer_get_length(co->body)) {
         mg_lua_push_all(co);
-        if (r->conn)
-            mg_conn_read_enable(r->conn, 1);
+        if (!mg_req_gone(r))
+            mg_req_read_pause(r, 0);
         return 1;
     }
-    if (r->state == MG_REQ_DONE || r->conn == NULL) {
+    if (r->state == MG_REQ_DONE || mg_req_gone(r)) {
         lua_pushnil(L);
         return 1;
     }
     co->wait = MG_W_READ;
-    if (r->conn)
-        mg_conn_read_enable(r->conn, 1);
+    if (!mg_req_gone(r))
+        mg_req_read_pause(r, 0);
     return lua_yield(L, 0);
 }
 
-void mg_lua_client_drained(mg_req_t *r) {
+static void mg_lua_client_drained(mg_req_t *r) {
     mg_co_t *co = r->co;
     if (co->wait == MG_W_DRAIN) {
         lua_pushboolean(co->L, 1);
@@ -87,7 +87,7 @@ void mg_lua_client_drained(mg_req_t *r) {
     }
 }
 
-void mg_lua_client_gone(mg_req_t *r) {
+static void mg_lua_client_gone(mg_req_t *r) {
     mg_co_t *co = r->co;
     /* the coroutine goes on (it may hold upstream work); its writes are
      * dropped and whoever waits for the client learns it left */
@@ -104,6 +104,14 @@ void mg_lua_client_gone(mg_req_t *r) {
         }
     }
 }
+
+const mg_target_t mg_lua_target = {
+    .body = mg_lua_body,
+    .body_end = mg_lua_body_end,
+    .drained = mg_lua_client_drained,
+    .gone = mg_lua_client_gone,
+    .keeps_req = 1, /* the coroutine goes on; it frees the request when it ends */
+};
 
 /* ---- response ---- */
 
@@ -183,7 +191,7 @@ static int mg_core_res_write(lua_State *L) {
     size_t len;
     const char *data = luaL_checklstring(L, 3, &len);
 
-    if (r->conn == NULL) {
+    if (mg_req_gone(r)) {
         lua_pushnil(L);
         lua_pushliteral(L, "closed");
         return 2;
@@ -206,8 +214,8 @@ static int mg_core_res_write(lua_State *L) {
         evbuffer_free(h);
     }
     mg_resp_body(r, data, len);
-    mg_conn_flush(r->conn);
-    if (r->conn && mg_conn_pending(r->conn) > MG_HIGH_WATER) {
+    mg_req_flush(r);
+    if (!mg_req_gone(r) && mg_req_pending(r) > MG_HIGH_WATER) {
         r->co->wait = MG_W_DRAIN; /* the client is slow: wait for it */
         return lua_yield(L, 0);
     }
