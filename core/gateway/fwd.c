@@ -46,7 +46,7 @@ void mg_fwd_conn_tokens(mg_fwd_tokens_t *t, const char *v, size_t len) {
 
 int mg_fwd_tokens_has(const mg_fwd_tokens_t *t, const char *n, size_t l) {
     for (int i = 0; i < t->count; i++)
-        if (t->l[i] == l && strncasecmp(t->n[i], n, l) == 0)
+        if (mg_name_eq(t->n[i], t->l[i], n, l))
             return 1;
     return 0;
 }
@@ -102,16 +102,15 @@ size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tai
     const char *s;
 
     if (r->host_idx >= 0) {
-        evbuffer_add(h, "X-Forwarded-Host: ", 18);
-        evbuffer_add(h, r->hbuf + r->hdrs[r->host_idx].voff, r->hdrs[r->host_idx].vlen);
-        evbuffer_add(h, "\r\n", 2);
+        mg_line_add(h, "X-Forwarded-Host", 16, r->hbuf + r->hdrs[r->host_idx].voff,
+                    r->hdrs[r->host_idx].vlen);
     } else {
         /* HTTP/1.0 without Host: the upstream still needs one */
         char peer[96] = "localhost";
         mg_upstream_t *up = r->route ? r->route->upstream : NULL;
         if (up && up->npeers)
             mg_peer_str(up->peers[0], peer, sizeof(peer));
-        evbuffer_add_printf(h, "Host: %s\r\n", peer);
+        mg_line_add(h, "Host", 4, peer, strlen(peer));
     }
 #define MG_PUT(p, n) (memcpy(tail + o, (p), (n)), o += (n))
 #define MG_PUTS(lit) MG_PUT(lit, sizeof(lit) - 1)

@@ -91,9 +91,8 @@ void mg_proxy_start(mg_req_t *r) {
         if (r->chunked) {
             MG_PUTS("Transfer-Encoding: chunked\r\n");
         } else if (r->clen >= 0) {
-            MG_PUTS("Content-Length: ");
-            o += mg_utoa(tail + o, (uint64_t)r->clen);
-            MG_PUTS("\r\n");
+            char num[24];
+            o += mg_line_put(tail + o, "Content-Length", 14, num, mg_utoa(num, (uint64_t)r->clen));
         }
         MG_PUTS("\r\n");
 #undef MG_PUT
@@ -177,14 +176,7 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
             continue;
         if (o + h->nlen + h->vlen + 4 > sizeof(mg_proxy_hbuf))
             break;
-        memcpy(mg_proxy_hbuf + o, h->name, h->nlen);
-        o += h->nlen;
-        mg_proxy_hbuf[o++] = ':';
-        mg_proxy_hbuf[o++] = ' ';
-        memcpy(mg_proxy_hbuf + o, h->value, h->vlen);
-        o += h->vlen;
-        mg_proxy_hbuf[o++] = '\r';
-        mg_proxy_hbuf[o++] = '\n';
+        o += mg_line_put(mg_proxy_hbuf + o, h->name, h->nlen, h->value, h->vlen);
     }
     if (r->rxhdrs.len && o + r->rxhdrs.len <= sizeof(mg_proxy_hbuf)) {
         memcpy(mg_proxy_hbuf + o, r->rxhdrs.p, r->rxhdrs.len); /* req:set_response_header() */

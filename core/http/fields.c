@@ -77,7 +77,7 @@ int mg_http_hop_by_hop(const char *n, size_t l) {
     return 0;
 }
 
-int mg_lines_add(mg_lines_t *l, const char *s, size_t n) {
+static int mg_lines_reserve(mg_lines_t *l, size_t n) {
     if (l->len + n > l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 256;
         char *p;
@@ -87,8 +87,21 @@ int mg_lines_add(mg_lines_t *l, const char *s, size_t n) {
             return MG_ERR;
         l->p = p, l->cap = cap;
     }
+    return MG_OK;
+}
+
+int mg_lines_add(mg_lines_t *l, const char *s, size_t n) {
+    if (mg_lines_reserve(l, n) != MG_OK)
+        return MG_ERR;
     memcpy(l->p + l->len, s, n);
     l->len += n;
+    return MG_OK;
+}
+
+int mg_lines_put(mg_lines_t *l, const char *name, size_t nlen, const char *value, size_t vlen) {
+    if (mg_lines_reserve(l, nlen + vlen + 4) != MG_OK)
+        return MG_ERR;
+    l->len += mg_line_put(l->p + l->len, name, nlen, value, vlen);
     return MG_OK;
 }
 
@@ -99,7 +112,7 @@ void mg_lines_remove(mg_lines_t *l, const char *name, size_t len) {
         char *eol = memchr(p, '\n', end - p), *colon = memchr(p, ':', end - p);
         if (eol == NULL)
             break;
-        if (colon && colon < eol && (size_t)(colon - p) == len && strncasecmp(p, name, len) == 0) {
+        if (colon && colon < eol && mg_name_eq(p, colon - p, name, len)) {
             size_t n = eol + 1 - p;
             memmove(p, eol + 1, end - eol - 1);
             l->len -= n;
@@ -137,7 +150,7 @@ int mg_lines_have(const char *p, size_t n, const char *name, size_t len) {
         const char *colon = memchr(p, ':', end - p), *eol;
         if (colon == NULL)
             break;
-        if ((size_t)(colon - p) == len && strncasecmp(p, name, len) == 0)
+        if (mg_name_eq(p, colon - p, name, len))
             return 1;
         eol = memchr(colon, '\n', end - colon);
         if (eol == NULL)

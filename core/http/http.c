@@ -121,7 +121,7 @@ const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len)
     size_t nl = strlen(name);
     for (int i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *h = &r->hdrs[i];
-        if (h->nlen == nl && strncasecmp(r->hbuf + h->noff, name, nl) == 0 && nth-- == 0) {
+        if (mg_name_eq(r->hbuf + h->noff, h->nlen, name, nl) && nth-- == 0) {
             *len = h->vlen;
             return r->hbuf + h->voff;
         }
@@ -133,7 +133,7 @@ const char *mg_req_header(mg_req_t *r, const char *name, size_t *len) {
     size_t nl = strlen(name);
     for (int i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *h = &r->hdrs[i];
-        if (h->nlen == nl && strncasecmp(r->hbuf + h->noff, name, nl) == 0) {
+        if (mg_name_eq(r->hbuf + h->noff, h->nlen, name, nl)) {
             *len = h->vlen;
             return r->hbuf + h->voff;
         }
@@ -366,7 +366,7 @@ static void mg_log_redact_query(char *path) {
             char dec[32];
             size_t nl = mg_query_name_decode(name, eq - name, dec, sizeof(dec));
             for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
-                if (strlen(secret[i]) == nl && strncasecmp(dec, secret[i], nl) == 0) {
+                if (mg_name_eq(dec, nl, secret[i], strlen(secret[i]))) {
                     char *end = amp ? amp : eq + strlen(eq);
                     memmove(eq + 2, end, strlen(end) + 1);
                     eq[1] = '-';

@@ -182,6 +182,8 @@ int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len);
 int mg_lines_have(const char *p, size_t n, const char *name, size_t len);
 int mg_evlines_have(struct evbuffer *lines, const char *name, size_t len);
 int mg_lines_add(mg_lines_t *l, const char *s, size_t n);
+/* Appends "Name: value\r\n" (mg_line_put). MG_OK or MG_ERR. */
+int mg_lines_put(mg_lines_t *l, const char *name, size_t nlen, const char *value, size_t vlen);
 void mg_lines_remove(mg_lines_t *l, const char *name, size_t len);
 void mg_lines_merge(struct evbuffer *dst, const mg_lines_t *src);
 void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h);

@@ -105,9 +105,6 @@ static int mg_http_on_header_value(llhttp_t *p, const char *at, size_t len) {
     return mg_http_append(r, at, len);
 }
 
-static int mg_http_name_is(mg_req_t *r, mg_hdr_t *h, const char *name, size_t len) {
-    return h->nlen == len && strncasecmp(r->hbuf + h->noff, name, len) == 0;
-}
 
 int mg_http_host_valid(const char *v, size_t len) {
     for (size_t i = 0; i < len; i++) {
@@ -124,30 +121,9 @@ int mg_http_host_valid(const char *v, size_t len) {
  * Anything else (chunked not last, or absent) leaves the length unknown,
  * which llhttp refuses with 400 (6.3). Returns 0 or 501. */
 int mg_http_te_check(const char *v, size_t n) {
-    size_t e = n, s;
-    while (e > 0 && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-        e--;
-    s = e;
-    while (s > 0 && v[s - 1] != ',')
-        s--;
-    if (s == 0)
-        return 0; /* one coding: chunked, or llhttp's 400 */
-    while (s < e && (v[s] == ' ' || v[s] == '\t'))
-        s++;
-    return e - s == 7 && strncasecmp(v + s, "chunked", 7) == 0 ? 501 : 0;
-}
-
-/* How many codings a Transfer-Encoding line lists (its non-empty
- * comma-separated elements). Several lines are one list (RFC 9110 5.3). */
-static int mg_http_te_codings(const char *v, size_t n) {
-    int count = 0, in = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (v[i] == ',')
-            in = 0;
-        else if (v[i] != ' ' && v[i] != '\t' && !in)
-            in = 1, count++;
-    }
-    return count;
+    mg_te_t t = {0, 0, 0};
+    mg_te_add(&t, v, n);
+    return t.codings > 1 && t.last_chunked ? 501 : 0;
 }
 
 #define MG_HOST_MAX 262 /* a DNS name (255), ':' and a port */
@@ -155,7 +131,8 @@ static int mg_http_te_codings(const char *v, size_t n) {
 /* Checks llhttp leaves to us: Host (RFC 9112 3.2), framing, target form,
  * dot segments. Returns 0 or an HTTP status to refuse with. */
 int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
-    int hosts = 0, te = 0, te_501 = 0, codings = 0, i;
+    int hosts = 0, te = 0, te_501 = 0, i;
+    mg_te_t tes = {0, 0, 0}; /* all the Transfer-Encoding lines: one list (RFC 9110 5.3) */
     const char *url = r->hbuf;
 
     for (i = 0; i < r->nhdrs; i++) {
@@ -170,20 +147,23 @@ int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
         }
         if (h->nlen == 0)
             return 400;
-        if (mg_http_name_is(r, h, "host", 4)) {
+        const char *n = r->hbuf + h->noff;
+        if (MG_NAME_IS(n, h->nlen, "host")) {
             hosts++;
             r->host_idx = i;
             if (!mg_http_host_valid(v, h->vlen))
                 return 400;
-        } else if (mg_http_name_is(r, h, "transfer-encoding", 17)) {
+        } else if (MG_NAME_IS(n, h->nlen, "transfer-encoding")) {
+            int before = tes.codings;
             te++;
-            codings += mg_http_te_codings(v, h->vlen);
-            if (mg_http_te_check(v, h->vlen) == 501)
+            mg_te_add(&tes, v, h->vlen);
+            /* this line: other codings, then chunked (mg_http_te_check) */
+            if (tes.codings - before > 1 && tes.last_chunked)
                 te_501 = 1;
-        } else if (mg_http_name_is(r, h, "x-request-id", 12)) {
+        } else if (MG_NAME_IS(n, h->nlen, "x-request-id")) {
             r->xrid_idx = i;
-        } else if (mg_http_name_is(r, h, "expect", 6)) {
-            if (h->vlen == 12 && strncasecmp(v, "100-continue", 12) == 0)
+        } else if (MG_NAME_IS(n, h->nlen, "expect")) {
+            if (MG_NAME_IS(v, h->vlen, "100-continue"))
                 r->expect_continue = 1;
             else
                 return 417;
@@ -198,7 +178,7 @@ int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
     if (te && !(p->flags & F_CHUNKED) && !te_501)
         return 400; /* RFC 9112 6.3 */
     /* "gzip" and "chunked" on two lines are "gzip, chunked" */
-    if (te_501 || (te > 1 && (p->flags & F_CHUNKED) && codings > 1))
+    if (te_501 || (te > 1 && (p->flags & F_CHUNKED) && tes.codings > 1))
         return 501; /* RFC 9112 6.1: a coding we do not implement */
     if (p->method == HTTP_CONNECT)
         return 405;

@@ -82,10 +82,8 @@ void mg_http_h1_head(mg_req_t *r, int status, const char *extra, size_t extralen
     if (!nobody) {
         n = 0;
         if (clen >= 0) {
-            memcpy(line, "Content-Length: ", 16);
-            n = 16 + mg_utoa(line + 16, (uint64_t)clen);
-            line[n++] = '\r';
-            line[n++] = '\n';
+            char num[24];
+            n = mg_line_put(line, "Content-Length", 14, num, mg_utoa(num, (uint64_t)clen));
         } else if (r->resp_chunked) {
             memcpy(line, "Transfer-Encoding: chunked\r\n", 28);
             n = 28;
@@ -139,20 +137,7 @@ void mg_resp_json_error(mg_req_t *r, int status, const char *msg) {
 }
 
 void mg_req_copy_header(mg_req_t *r, mg_hdr_t *hd, struct evbuffer *h) {
-    char line[512];
-    size_t n = hd->nlen + hd->vlen + 4;
-    if (n > sizeof(line)) {
-        evbuffer_add(h, r->hbuf + hd->noff, hd->nlen);
-        evbuffer_add(h, ": ", 2);
-        evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
-        evbuffer_add(h, "\r\n", 2);
-        return;
-    }
-    memcpy(line, r->hbuf + hd->noff, hd->nlen); /* one add: evbuffer_add is not cheap */
-    memcpy(line + hd->nlen, ": ", 2);
-    memcpy(line + hd->nlen + 2, r->hbuf + hd->voff, hd->vlen);
-    memcpy(line + n - 2, "\r\n", 2);
-    evbuffer_add(h, line, n);
+    mg_line_add(h, r->hbuf + hd->noff, hd->nlen, r->hbuf + hd->voff, hd->vlen);
 }
 
 /* Appends the headers set by req:set_header() (not the removals). */

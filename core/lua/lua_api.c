@@ -328,12 +328,12 @@ static int mg_core_req_header(lua_State *L) {
     }
     for (int i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *h = &r->hdrs[i];
-        if (h->nlen != nl || strncasecmp(r->hbuf + h->noff, name, nl) != 0)
+        if (!mg_name_eq(r->hbuf + h->noff, h->nlen, name, nl))
             continue;
         if (found == 0) {
             int j = i + 1; /* the usual case: one line, no copy */
             while (j < r->nhdrs &&
-                   (r->hdrs[j].nlen != nl || strncasecmp(r->hbuf + r->hdrs[j].noff, name, nl) != 0))
+                   !mg_name_eq(r->hbuf + r->hdrs[j].noff, r->hdrs[j].nlen, name, nl))
                 j++;
             if (j == r->nhdrs) {
                 lua_pushlstring(L, r->hbuf + h->voff, h->vlen);
@@ -548,8 +548,8 @@ static int mg_req_set(lua_State *L, int resp) {
     if (v == NULL && resp)
         return 0;
     /* "Name:" alone (upstream side): a removal of the client's header */
-    if (mg_lines_add(l, n, nl) != MG_OK || mg_lines_add(l, v ? ": " : ":", v ? 2 : 1) != MG_OK ||
-        mg_lines_add(l, v ? v : "", vl) != MG_OK || mg_lines_add(l, "\r\n", 2) != MG_OK)
+    if (v ? mg_lines_put(l, n, nl, v, vl) != MG_OK
+          : (mg_lines_add(l, n, nl) != MG_OK || mg_lines_add(l, ":\r\n", 3) != MG_OK))
         return luaL_error(L, "out of memory");
     return 0;
 }

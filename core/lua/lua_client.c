@@ -317,15 +317,18 @@ static int mg_core_http_request(lua_State *L) {
         return luaL_error(L, "moongate.http.request: bad method or path");
     h = evbuffer_new();
     mg_peer_str(up->peers[0], hostport, sizeof(hostport));
-    evbuffer_add_printf(h, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, hostport);
+    evbuffer_add_printf(h, "%s %s HTTP/1.1\r\n", method, target);
+    mg_line_add(h, "Host", 4, hostport, strlen(hostport));
     if ((bad = mg_lua_header_lines(L, 5, h, &has_ctype)) != NULL) {
         evbuffer_free(h);
         return luaL_error(L, "moongate.http.request: bad header %s", bad);
     }
     if (co->req)
-        evbuffer_add_printf(h, "X-Request-Id: %s\r\n", co->req->request_id);
-    if (body)
-        evbuffer_add_printf(h, "Content-Length: %zu\r\n", blen);
+        mg_line_add(h, "X-Request-Id", 12, co->req->request_id, strlen(co->req->request_id));
+    if (body) {
+        char num[24];
+        mg_line_add(h, "Content-Length", 14, num, mg_utoa(num, blen));
+    }
     evbuffer_add(h, "\r\n", 2);
     if (body)
         evbuffer_add(h, body, blen);

@@ -138,14 +138,11 @@ const char *mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int
             lua_pop(L, 2);
             continue;
         }
-        if (nl == 12 && strncasecmp(n, "content-type", 12) == 0)
+        if (MG_NAME_IS(n, nl, "content-type"))
             *has_ctype |= 1;
-        if (nl == 12 && strncasecmp(n, "x-request-id", 12) == 0)
+        if (MG_NAME_IS(n, nl, "x-request-id"))
             *has_ctype |= 2; /* set by the script: ours is not added */
-        evbuffer_add(out, n, nl);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, v, vl);
-        evbuffer_add(out, "\r\n", 2);
+        mg_line_add(out, n, nl, v, vl);
         lua_pop(L, 2);
     }
     return NULL;
@@ -173,10 +170,12 @@ static int mg_core_res_send(lua_State *L) {
     mg_lines_merge(h, &r->rxhdrs); /* req:set_response_header() in an access hook */
     if (mg_evlines_have(h, "content-type", 12))
         has_ctype |= 1;
-    if (!(has_ctype & 1) && lua_isstring(L, 4) && blen)
-        evbuffer_add_printf(h, "Content-Type: %s\r\n", lua_tostring(L, 4));
+    if (!(has_ctype & 1) && lua_isstring(L, 4) && blen) {
+        const char *ct = lua_tostring(L, 4);
+        mg_line_add(h, "Content-Type", 12, ct, strlen(ct));
+    }
     if (!(has_ctype & 2))
-        evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);
+        mg_line_add(h, "X-Request-Id", 12, r->request_id, strlen(r->request_id));
     mg_resp_head(r, status, (const char *)evbuffer_pullup(h, -1), evbuffer_get_length(h),
                  (status < 200 || status == 204 || status == 304) ? -1 : (int64_t)blen);
     evbuffer_free(h);
@@ -208,7 +207,7 @@ static int mg_core_res_write(lua_State *L) {
         }
         mg_lines_merge(h, &r->rxhdrs);
         if (!(has_ctype & 2))
-            evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);
+            mg_line_add(h, "X-Request-Id", 12, r->request_id, strlen(r->request_id));
         mg_resp_head(r, luaL_optint(L, 1, 200), (const char *)evbuffer_pullup(h, -1),
                      evbuffer_get_length(h), -1);
         evbuffer_free(h);
