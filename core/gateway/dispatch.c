@@ -153,6 +153,25 @@ static int mg_gw_body(mg_req_t *r, const char *data, size_t len) {
     return 0;
 }
 
+/* The response-head phase of a proxied request: the route's header_filter
+ * plugins see and edit the head as a Lua table. head holds len bytes of
+ * "Name: value\r\n" lines (cap at most); returns the new length. */
+size_t mg_gw_head_filter(mg_req_t *r, int *status, char *head, size_t len, size_t cap) {
+    struct evbuffer *out;
+    if (r->route->hf_ref == LUA_NOREF)
+        return len;
+    out = evbuffer_new();
+    if (out && mg_lua_header_filter(r, status, head, len, out) == MG_OK) {
+        len = evbuffer_get_length(out);
+        if (len > cap)
+            len = cap;
+        evbuffer_remove(out, head, len);
+    }
+    if (out)
+        evbuffer_free(out);
+    return len;
+}
+
 /* the log phase: the route's log plugins */
 static void mg_gw_done(mg_req_t *r) {
     if (r->route && r->route->log_ref != LUA_NOREF)

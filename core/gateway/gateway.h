@@ -43,6 +43,9 @@ size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tai
 
 /* ---- dispatch.c: the HTTP layer's hooks (route, access, target) ---- */
 void mg_gateway_init(void); /* registers them; once per worker, before accepting */
+/* The response-head phase (header_filter plugins) of a proxied response:
+ * head holds len bytes of header lines, room for cap; the new length. */
+size_t mg_gw_head_filter(mg_req_t *r, int *status, char *head, size_t len, size_t cap);
 
 /* ---- proxy.c: the C proxy target ---- */
 void mg_proxy_start(mg_req_t *r);

@@ -2,13 +2,14 @@
  * proxy.c -- the C fast path: a request on an upstream route is forwarded
  * with its body streamed as it arrives, and the response streamed back,
  * with backpressure both ways (MG_HIGH_WATER / MG_LOW_WATER). No Lua runs
- * here. The request head's forwarding headers come from fwd.c; on the
- * way back, hop-by-hop headers and those the upstream's Connection header
- * names are dropped (RFC 9110 7.6.1).
+ * here: the route's header_filter plugins are the gateway's response-head
+ * phase (mg_gw_head_filter, dispatch.c). The request head's forwarding
+ * headers come from fwd.c; on the way back, hop-by-hop headers and those
+ * the upstream's Connection header names are dropped (RFC 9110 7.6.1).
+ * The proxy is a target (mg_target_t): the HTTP session feeds it the
+ * body and tells it when the client drains or goes.
  */
 #include "gateway/gateway.h"
-
-#include <lauxlib.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,7 +52,7 @@ static const mg_ux_sink_t mg_proxy_sink = {
     .on_flush = mg_proxy_on_flush,
 };
 
-static int mg_method_idempotent(int m) {
+static int mg_proxy_method_idempotent(int m) {
     return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_PUT || m == HTTP_DELETE ||
            m == HTTP_OPTIONS || m == HTTP_TRACE;
 }
@@ -100,8 +101,8 @@ void mg_proxy_start(mg_req_t *r) {
         evbuffer_add(h, tail, o);
     }
 
-    r->ux = mg_ux_start(rt->upstream, h, mg_method_idempotent(r->method), r->method == HTTP_HEAD,
-                        &mg_proxy_sink, r, 0);
+    r->ux = mg_ux_start(rt->upstream, h, mg_proxy_method_idempotent(r->method),
+                        r->method == HTTP_HEAD, &mg_proxy_sink, r, 0);
     if (r->ux == NULL) {
         mg_resp_json_error(r, 502, "out of memory");
         return;
@@ -172,7 +173,7 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
         mg_kv_t *h = &hdrs[i];
         if (mg_http_hop_by_hop(h->name, h->nlen) || mg_fwd_tokens_has(&tok, h->name, h->nlen) ||
             mg_name_eq(h->name, h->nlen, "date", 4) ||
-            mg_lines_have(r->rxhdrs.p, r->rxhdrs.len, h->name, h->nlen))
+            mg_http_lines_have(r->rxhdrs.p, r->rxhdrs.len, h->name, h->nlen))
             continue;
         if (o + h->nlen + h->vlen + 4 > sizeof(mg_proxy_hbuf))
             break;
@@ -182,18 +183,8 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
         memcpy(mg_proxy_hbuf + o, r->rxhdrs.p, r->rxhdrs.len); /* req:set_response_header() */
         o += r->rxhdrs.len;
     }
-    if (r->route->hf_ref != LUA_NOREF) {
-        /* header_filter plugins see and edit the head as a Lua table */
-        struct evbuffer *out = evbuffer_new();
-        if (out && mg_lua_header_filter(r, &status, mg_proxy_hbuf, o, out) == MG_OK) {
-            o = evbuffer_get_length(out);
-            if (o > sizeof(mg_proxy_hbuf))
-                o = sizeof(mg_proxy_hbuf);
-            evbuffer_remove(out, mg_proxy_hbuf, o);
-        }
-        if (out)
-            evbuffer_free(out);
-    }
+    /* the route's response-head phase (dispatch.c: header_filter plugins) */
+    o = mg_gw_head_filter(r, &status, mg_proxy_hbuf, o, sizeof(mg_proxy_hbuf));
     /* a HEAD response keeps the upstream's Content-Length; chunked and
      * close-delimited bodies are re-framed for this client */
     mg_resp_head(r, status, mg_proxy_hbuf, o, clen);

@@ -1,8 +1,13 @@
 /*
- * http.c -- client connections: reading, llhttp request parsing into
- * mg_req_t, the strict checks llhttp leaves to us, routing, pipelining
- * (one request at a time, responses in order), the per-connection
- * timeouts and a lingering close. Response framing is http_resp.c.
+ * http.c -- the HTTP/1.1 session: a client connection (reading and writing
+ * through its transport, driving llhttp, pipelining one request at a time
+ * with responses in order, the per-connection timeouts, a lingering close,
+ * the hand-over of an upgrade), request memory and header lookup, the
+ * access-log line, and the sink every request of the session gets
+ * (mg_http_h1_ops). The parser's callbacks and head checks are
+ * http_parse.c, response framing http_resp.c. Routing, access and targets
+ * are the gateway's: this file calls up only through mg_http_hooks and
+ * r->target.
  *
  * Lifetimes: a connection is freed only from the event loop (conn_free via
  * the deferred-close path), never inside a callback chain that may still
@@ -24,16 +29,16 @@
 #include <unistd.h>
 #include <lauxlib.h>
 
-static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg);
-static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg);
-static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg);
-static void mg_conn_advance(mg_conn_t *c);
-static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len);
-static void mg_conn_close_later(mg_conn_t *c);
-static void mg_conn_at_eof(mg_conn_t *c);
+static void mg_http_conn_read_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_http_conn_write_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_http_conn_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_http_conn_advance(mg_conn_t *c);
+static void mg_http_conn_exec(mg_conn_t *c, const char *data, size_t len);
+static void mg_http_conn_close_later(mg_conn_t *c);
+static void mg_http_conn_at_eof(mg_conn_t *c);
 static void mg_req_free(mg_req_t *r);
 
-static mg_conn_t *mg_conns; /* every open connection, for a graceful stop */
+static mg_conn_t *mg_http_conns; /* every open connection, for a graceful stop */
 
 const mg_http_hooks_t *mg_http_hooks;
 
@@ -143,9 +148,7 @@ const char *mg_req_header(mg_req_t *r, const char *name, size_t *len) {
 
 /* ---- output ---- */
 
-size_t mg_conn_pending(mg_conn_t *c) { return evbuffer_get_length(c->out); }
-
-void mg_conn_flush(mg_conn_t *c) {
+void mg_http_conn_flush(mg_conn_t *c) {
     size_t left;
     if (X(c)->dead)
         return;
@@ -153,7 +156,7 @@ void mg_conn_flush(mg_conn_t *c) {
     if (left) {
         int n = mg_io_write_evbuffer(&c->io, c->out);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
-            mg_conn_close_later(c);
+            mg_http_conn_close_later(c);
             return;
         }
         left = evbuffer_get_length(c->out);
@@ -162,7 +165,7 @@ void mg_conn_flush(mg_conn_t *c) {
         event_add(&c->wev, NULL);
         c->wr_on = 1;
         if (c->req && mg_gen_current->timeouts.write > 0)
-            mg_conn_arm(c, MG_T_WRITE);
+            mg_http_conn_arm(c, MG_T_WRITE);
     } else if (!left && c->wr_on) {
         event_del(&c->wev);
         c->wr_on = 0;
@@ -171,7 +174,7 @@ void mg_conn_flush(mg_conn_t *c) {
 
 /* ---- connection state machine ---- */
 
-static void mg_conn_save_input(mg_conn_t *c, const char *data, size_t len) {
+static void mg_http_conn_save_input(mg_conn_t *c, const char *data, size_t len) {
     if (len == 0)
         return;
     if (c->in_len + len > c->in_cap) {
@@ -181,7 +184,7 @@ static void mg_conn_save_input(mg_conn_t *c, const char *data, size_t len) {
             cap *= 2;
         n = realloc(c->in, cap);
         if (n == NULL) {
-            mg_conn_close_later(c);
+            mg_http_conn_close_later(c);
             return;
         }
         c->in = n;
@@ -191,10 +194,10 @@ static void mg_conn_save_input(mg_conn_t *c, const char *data, size_t len) {
     c->in_len += len;
     /* pipelined input beyond one read's worth waits in the socket */
     if (c->in_len >= MG_READ_CHUNK)
-        mg_conn_read_enable(c, 0);
+        mg_http_conn_read_enable(c, 0);
 }
 
-static void mg_conn_fail(mg_conn_t *c, int status) {
+static void mg_http_conn_fail(mg_conn_t *c, int status) {
     mg_req_t *r = c->req;
 
     c->closing = 1;
@@ -225,7 +228,7 @@ static void mg_conn_fail(mg_conn_t *c, int status) {
     } else {
         /* mid-response: the only signal left is closing */
         r->resp_done = 1;
-        mg_conn_close_later(c);
+        mg_http_conn_close_later(c);
         return;
     }
     if (r->target && r->target->keeps_req) {
@@ -274,11 +277,11 @@ static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n) {
     return 0;
 }
 
-static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len) {
+static void mg_http_conn_exec(mg_conn_t *c, const char *data, size_t len) {
     llhttp_errno_t err;
 
     if (!X(c)->scan_done && mg_http_scan_head(X(c), data, len) < 0) {
-        mg_conn_fail(c, 400);
+        mg_http_conn_fail(c, 400);
         return;
     }
 
@@ -302,24 +305,24 @@ static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len) {
             return;
         }
         if (pos && pos >= data && pos <= data + len)
-            mg_conn_save_input(c, pos, data + len - pos);
+            mg_http_conn_save_input(c, pos, data + len - pos);
         return;
     }
     mg_debug("parse error: %s (%s)", llhttp_errno_name(err), llhttp_get_error_reason(&c->parser));
-    mg_conn_fail(c, X(c)->err_status ? X(c)->err_status : 400);
+    mg_http_conn_fail(c, X(c)->err_status ? X(c)->err_status : 400);
 }
 
 /* Bytes left in the socket when reading stopped bring no new edge, but
  * event_add is an EPOLL_CTL_ADD or _MOD right away (no changelist: see
  * event_base_new), and epoll reports a socket already readable then. */
-void mg_conn_read_enable(mg_conn_t *c, int on) {
+void mg_http_conn_read_enable(mg_conn_t *c, int on) {
     if (on && c->rd_off && !X(c)->dead) {
         event_add(&c->rev, NULL);
         c->rd_off = 0;
         if (mg_io_pending(&c->io) > 0) /* held by the transport: no socket event */
             event_active(&c->rev, EV_READ, 1);
         if (c->tmode == MG_T_BODY)
-            mg_conn_arm(c, MG_T_BODY); /* the body clock runs again */
+            mg_http_conn_arm(c, MG_T_BODY); /* the body clock runs again */
     } else if (!on && !c->rd_off) {
         event_del(&c->rev);
         c->rd_off = 1;
@@ -332,7 +335,7 @@ void mg_conn_read_enable(mg_conn_t *c, int on) {
  * ('+' is a space, %XX a byte), into out (cap bytes, NUL-terminated).
  * Returns the decoded length, or cap when it does not fit: no secret name
  * is that long, so such a name is never one. */
-static size_t mg_query_name_decode(const char *s, size_t n, char *out, size_t cap) {
+static size_t mg_http_query_name_decode(const char *s, size_t n, char *out, size_t cap) {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         char ch = s[i];
@@ -356,7 +359,7 @@ static size_t mg_query_name_decode(const char *s, size_t n, char *out, size_t ca
  * the access log: the values of these parameters become "-". Names are
  * compared decoded (?%74oken= is the auth hook's token too), any case.
  * In place. */
-static void mg_log_redact_query(char *path) {
+static void mg_http_log_redact_query(char *path) {
     static const char *secret[] = {"token", "access_token", "api_key", "apikey",
                                    "key",   "password",     "secret",  "jwt"};
     char *q = strchr(path, '?');
@@ -364,7 +367,7 @@ static void mg_log_redact_query(char *path) {
         char *name = q + 1, *eq = strchr(name, '='), *amp = strchr(name, '&');
         if (eq && (amp == NULL || eq < amp)) {
             char dec[32];
-            size_t nl = mg_query_name_decode(name, eq - name, dec, sizeof(dec));
+            size_t nl = mg_http_query_name_decode(name, eq - name, dec, sizeof(dec));
             for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
                 if (mg_name_eq(dec, nl, secret[i], strlen(secret[i]))) {
                     char *end = amp ? amp : eq + strlen(eq);
@@ -380,16 +383,16 @@ static void mg_log_redact_query(char *path) {
 
 /* The target as access-log lines show it: at most 300 bytes, query
  * credentials redacted, JSON-escaped into esc (cap bytes). */
-void mg_log_path(const mg_req_t *r, char *esc, size_t cap) {
+void mg_http_log_path(const mg_req_t *r, char *esc, size_t cap) {
     char path[400];
     size_t pl = r->url_len < 300 ? r->url_len : 300;
     memcpy(path, r->hbuf, pl);
     path[pl] = '\0';
-    mg_log_redact_query(path);
+    mg_http_log_redact_query(path);
     mg_json_escape(esc, cap, path);
 }
 
-static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
+static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
     /* a half-closed client still gets the answers to what it pipelined */
     if (r->resp_close || !r->keep_alive || (X(c)->eof && c->in_len == 0))
         c->closing = 1;
@@ -398,7 +401,7 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
         int n;
         {
             char esc[400];
-            mg_log_path(r, esc, sizeof(esc));
+            mg_http_log_path(r, esc, sizeof(esc));
             n = snprintf(
                 line, sizeof(line),
                 "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
@@ -421,18 +424,18 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
 }
 
 /* The client's EOF is read: a request it left unfinished ends here. */
-static void mg_conn_at_eof(mg_conn_t *c) {
+static void mg_http_conn_at_eof(mg_conn_t *c) {
     if (c->req && c->req->state != MG_REQ_DONE) {
         if (llhttp_finish(&c->parser) != HPE_OK || c->req->state != MG_REQ_DONE) {
             if (c->req->state == MG_REQ_HEAD)
-                mg_conn_fail(c, 400);
+                mg_http_conn_fail(c, 400);
             else
-                mg_conn_fail(c, c->req->resp_started ? -1 : 400);
+                mg_http_conn_fail(c, c->req->resp_started ? -1 : 400);
         }
     }
 }
 
-static void mg_conn_advance(mg_conn_t *c) {
+static void mg_http_conn_advance(mg_conn_t *c) {
     for (;;) {
         mg_req_t *r = c->req;
         if (X(c)->dead)
@@ -440,14 +443,14 @@ static void mg_conn_advance(mg_conn_t *c) {
         if (r) {
             if (r->ws_upgrade && r->state == MG_REQ_DONE) {
                 X(c)->handoff = 1;
-                mg_conn_close_later(c);
+                mg_http_conn_close_later(c);
                 return;
             }
             if (!r->resp_done || r->target)
                 break;
             if (r->state != MG_REQ_DONE)
                 c->closing = 1;
-            mg_conn_finish_req(c, r);
+            mg_http_conn_finish_req(c, r);
         }
         if (c->closing)
             break;
@@ -462,21 +465,21 @@ static void mg_conn_advance(mg_conn_t *c) {
             size_t len = c->in_len;
             c->in = NULL;
             c->in_len = c->in_cap = 0;
-            mg_conn_exec(c, data, len);
+            mg_http_conn_exec(c, data, len);
             free(data);
             /* pipelined input after the EOF: nothing more will come */
             if (X(c)->eof && !X(c)->dead && c->in_len == 0)
-                mg_conn_at_eof(c);
+                mg_http_conn_at_eof(c);
         }
     }
     if (X(c)->dead)
         return;
     if (c->req == NULL) {
         if (c->closing) {
-            mg_conn_flush(c);
+            mg_http_conn_flush(c);
             if (!X(c)->dead && evbuffer_get_length(c->out) == 0 && X(c)->eof) {
                 /* the client's end is read: nothing left to linger for */
-                mg_conn_close_later(c);
+                mg_http_conn_close_later(c);
                 return;
             }
             if (!X(c)->dead && evbuffer_get_length(c->out) == 0) {
@@ -484,16 +487,16 @@ static void mg_conn_advance(mg_conn_t *c) {
                  * reset does not destroy the response in flight */
                 mg_io_shutdown(&c->io);
                 X(c)->lingering = 1;
-                mg_conn_read_enable(c, 1);
-                mg_conn_arm(c, MG_T_LINGER);
+                mg_http_conn_read_enable(c, 1);
+                mg_http_conn_arm(c, MG_T_LINGER);
             }
             return;
         }
         if (c->in_len < MG_READ_CHUNK)
-            mg_conn_read_enable(c, 1);
-        mg_conn_arm(c, MG_T_IDLE);
+            mg_http_conn_read_enable(c, 1);
+        mg_http_conn_arm(c, MG_T_IDLE);
     }
-    mg_conn_flush(c);
+    mg_http_conn_flush(c);
 }
 
 /* The access step ended (the gateway dispatched the request if allowed). */
@@ -515,11 +518,11 @@ static void mg_http_h1_resume(mg_req_t *r) {
         c->in_len = c->in_cap = 0;
         /* even with no bytes: llhttp then runs what needs no input (the
          * end of a bodyless message) */
-        mg_conn_exec(c, data ? data : "", len);
+        mg_http_conn_exec(c, data ? data : "", len);
         free(data);
-        mg_conn_read_enable(c, 1);
+        mg_http_conn_read_enable(c, 1);
     }
-    mg_conn_advance(c);
+    mg_http_conn_advance(c);
 }
 
 static void mg_http_h1_target_done(mg_req_t *r) {
@@ -531,7 +534,7 @@ static void mg_http_h1_target_done(mg_req_t *r) {
     }
     if (X(c)->in_exec)
         return; /* the caller of llhttp_execute advances */
-    mg_conn_advance(c);
+    mg_http_conn_advance(c);
 }
 
 static void mg_http_h1_abort(mg_req_t *r) {
@@ -544,10 +547,10 @@ static void mg_http_h1_abort(mg_req_t *r) {
     c->closing = 1;
     r->resp_close = 1;
     if (!X(c)->in_exec)
-        mg_conn_close_later(c);
+        mg_http_conn_close_later(c);
 }
 
-static void mg_conn_free(mg_conn_t *c) {
+static void mg_http_conn_free(mg_conn_t *c) {
     mg_req_t *r = c->req;
     if (r) {
         const mg_target_t *t = r->target;
@@ -567,14 +570,14 @@ static void mg_conn_free(mg_conn_t *c) {
     if (c->prev)
         c->prev->next = c->next;
     else
-        mg_conns = c->next;
+        mg_http_conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
     free(c);
     mg_worker.active--;
 }
 
-static void mg_conn_close_later(mg_conn_t *c) {
+static void mg_http_conn_close_later(mg_conn_t *c) {
     if (X(c)->dead)
         return;
     X(c)->dead = 1;
@@ -584,7 +587,7 @@ static void mg_conn_close_later(mg_conn_t *c) {
     event_active(&c->tev, EV_TIMEOUT, 1);
 }
 
-void mg_conn_arm(mg_conn_t *c, int mode) {
+void mg_http_conn_arm(mg_conn_t *c, int mode) {
     int ms = 0;
     mg_gen_t *g = mg_gen_current;
     c->tmode = mode;
@@ -607,47 +610,47 @@ void mg_conn_arm(mg_conn_t *c, int mode) {
         event_del(&c->tev);
 }
 
-static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_http_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_conn_t *c = arg;
     (void)fd, (void)what;
     if (X(c)->handoff) {
         /* the WebSocket side takes the transport (mg_io_move): closing
          * ours then does nothing */
         mg_http_hooks->upgrade(c->req, &c->io, c->in, c->in_len);
-        mg_conn_free(c);
+        mg_http_conn_free(c);
         return;
     }
     if (X(c)->dead || X(c)->lingering) {
-        mg_conn_free(c);
+        mg_http_conn_free(c);
         return;
     }
     switch (c->tmode) {
     case MG_T_BODY:
         if (c->req && c->req->state == MG_REQ_BODY) {
-            mg_conn_fail(c, c->req->resp_started ? -1 : 408);
-            mg_conn_advance(c);
+            mg_http_conn_fail(c, c->req->resp_started ? -1 : 408);
+            mg_http_conn_advance(c);
             return;
         }
         break;
     case MG_T_HEADER:
     case MG_T_READ:
         if (c->req && !c->req->resp_started && c->req->state != MG_REQ_DONE) {
-            mg_conn_fail(c, 408);
-            mg_conn_advance(c);
+            mg_http_conn_fail(c, 408);
+            mg_http_conn_advance(c);
             return;
         }
         if (c->req == NULL) {
-            mg_conn_free(c);
+            mg_http_conn_free(c);
             return;
         }
         break;
     case MG_T_IDLE:
         if (c->req == NULL) {
-            mg_conn_free(c);
+            mg_http_conn_free(c);
             return;
         }
         break;
-    case MG_T_WRITE: mg_conn_free(c); return;
+    case MG_T_WRITE: mg_http_conn_free(c); return;
     default: break;
     }
 }
@@ -662,20 +665,20 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
  * while its request waits on a slow handler or upstream is gone at once
  * (the target is told), not when the answer's write fails. Reading that
  * stops on purpose (pipelined input saved, EOF, closing) removes the event
- * (mg_conn_read_enable), so nothing spins. */
-static int mg_conn_read_once(mg_conn_t *c) {
+ * (mg_http_conn_read_enable), so nothing spins. */
+static int mg_http_conn_read_once(mg_conn_t *c) {
     ssize_t n;
 
     n = mg_io_read(&c->io, mg_worker.scratch, sizeof(mg_worker.scratch));
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return 0;
-        mg_conn_free(c);
+        mg_http_conn_free(c);
         return 0;
     }
     if (X(c)->lingering) {
         if (n == 0) {
-            mg_conn_free(c);
+            mg_http_conn_free(c);
             return 0;
         }
         return 1;
@@ -684,27 +687,27 @@ static int mg_conn_read_once(mg_conn_t *c) {
         /* EOF: with nothing in progress, we are done; otherwise the client
          * half-closed and still waits for its answer */
         X(c)->eof = 1;
-        mg_conn_read_enable(c, 0);
+        mg_http_conn_read_enable(c, 0);
         if (c->req == NULL && c->in_len == 0 && evbuffer_get_length(c->out) == 0) {
-            mg_conn_free(c);
+            mg_http_conn_free(c);
             return 0;
         }
-        mg_conn_at_eof(c);
+        mg_http_conn_at_eof(c);
         /* a response still in flight is flushed first (RFC 9112 9.6) */
         c->closing = c->req == NULL && c->in_len == 0 ? 1 : c->closing;
-        mg_conn_advance(c);
+        mg_http_conn_advance(c);
         return 0;
     }
     if (c->tmode == MG_T_READ || c->tmode == MG_T_BODY)
-        mg_conn_arm(c, c->tmode);
+        mg_http_conn_arm(c, c->tmode);
     if (c->paused || c->closing) {
         if (!c->closing)
-            mg_conn_save_input(c, mg_worker.scratch, n);
+            mg_http_conn_save_input(c, mg_worker.scratch, n);
     } else {
         if (c->req == NULL && c->tmode == MG_T_IDLE)
-            mg_conn_arm(c, MG_T_HEADER);
-        mg_conn_exec(c, mg_worker.scratch, n);
-        mg_conn_advance(c);
+            mg_http_conn_arm(c, MG_T_HEADER);
+        mg_http_conn_exec(c, mg_worker.scratch, n);
+        mg_http_conn_advance(c);
     }
     if (X(c)->dead || c->rd_off)
         return 0;
@@ -712,28 +715,28 @@ static int mg_conn_read_once(mg_conn_t *c) {
     return (size_t)n == sizeof(mg_worker.scratch) || mg_io_pending(&c->io) > 0;
 }
 
-static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_http_conn_read_cb(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
-    while (mg_conn_read_once(arg))
+    while (mg_http_conn_read_once(arg))
         ;
 }
 
-static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_http_conn_write_cb(evutil_socket_t fd, short what, void *arg) {
     mg_conn_t *c = arg;
     mg_req_t *r = c->req;
     (void)fd, (void)what;
-    mg_conn_flush(c);
+    mg_http_conn_flush(c);
     if (X(c)->dead)
         return;
     if (evbuffer_get_length(c->out) < MG_LOW_WATER && r) {
         if (c->tmode == MG_T_WRITE)
-            mg_conn_arm(c, MG_T_NONE);
+            mg_http_conn_arm(c, MG_T_NONE);
         if (r->target)
             r->target->drained(r);
         return;
     }
     if (r == NULL && evbuffer_get_length(c->out) == 0)
-        mg_conn_advance(c);
+        mg_http_conn_advance(c);
 }
 
 void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
@@ -762,16 +765,16 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
                   sizeof(c->peer_ip));
     llhttp_init(&c->parser, HTTP_REQUEST, &mg_http_settings);
     c->parser.data = c;
-    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_PERSIST, mg_conn_read_cb, c);
-    event_assign(&c->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_conn_write_cb, c);
-    evtimer_assign(&c->tev, mg_worker.base, mg_conn_timer_cb, c);
+    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_PERSIST, mg_http_conn_read_cb, c);
+    event_assign(&c->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_http_conn_write_cb, c);
+    evtimer_assign(&c->tev, mg_worker.base, mg_http_conn_timer_cb, c);
     event_add(&c->rev, NULL);
     mg_worker.active++;
-    c->next = mg_conns;
-    if (mg_conns)
-        mg_conns->prev = c;
-    mg_conns = c;
-    mg_conn_arm(c, MG_T_HEADER);
+    c->next = mg_http_conns;
+    if (mg_http_conns)
+        mg_http_conns->prev = c;
+    mg_http_conns = c;
+    mg_http_conn_arm(c, MG_T_HEADER);
 }
 
 /* ---- the sink of an HTTP/1.1 request (mg_http_sess_ops_t) ---- */
@@ -783,18 +786,18 @@ static size_t mg_http_h1_pending(mg_req_t *r) {
 
 static void mg_http_h1_flush(mg_req_t *r) {
     if (MG_CONN(r))
-        mg_conn_flush(MG_CONN(r));
+        mg_http_conn_flush(MG_CONN(r));
 }
 
 static void mg_http_h1_read_pause(mg_req_t *r, int on) {
     if (MG_CONN(r))
-        mg_conn_read_enable(MG_CONN(r), !on);
+        mg_http_conn_read_enable(MG_CONN(r), !on);
 }
 
 /* a body to come: bound the gap between its bytes, whatever `read` is */
 static void mg_http_h1_body_start(mg_req_t *r) {
     if (MG_CONN(r) && r->state == MG_REQ_BODY && (r->clen > 0 || r->chunked))
-        mg_conn_arm(MG_CONN(r), MG_T_BODY);
+        mg_http_conn_arm(MG_CONN(r), MG_T_BODY);
 }
 
 static void mg_http_h1_cont(mg_req_t *r) {
@@ -823,11 +826,11 @@ const mg_http_sess_ops_t mg_http_h1_ops = {
 };
 
 void mg_http_close_idle(void) {
-    mg_conn_t *c = mg_conns;
+    mg_conn_t *c = mg_http_conns;
     while (c) {
         mg_conn_t *next = c->next;
         if (c->req == NULL && !X(c)->dead && evbuffer_get_length(c->out) == 0)
-            mg_conn_close_later(c);
+            mg_http_conn_close_later(c);
         c = next;
     }
 }

@@ -1,9 +1,12 @@
 /*
  * http.h -- the HTTP layer: a request, protocol-neutral for the layers
- * above (method, target, headers, body, response), the HTTP/1.1 session
- * that produces it (http.c: the connection, reading and timeouts;
- * http_parse.c: parsing and head checks; http_resp.c: response framing),
- * and the field helpers every HTTP user shares (fields.c).
+ * above (method, target, headers, body, response through its session's
+ * sink), the callback structs that connect it upward (mg_target_t, the
+ * target holding a request; mg_http_hooks_t, registered by the gateway),
+ * the HTTP/1.1 session that produces requests (http.c: the connection,
+ * reading and timeouts; http_parse.c: parsing and head checks;
+ * http_resp.c: response framing), and the field helpers every HTTP user
+ * shares (fields.c). The session itself (mg_conn_t) is in http_int.h.
  */
 #ifndef MG_HTTP_H
 #define MG_HTTP_H
@@ -43,7 +46,7 @@ typedef struct {
     /* the response head, extra = "Name: value\r\n" lines; clen -1: unknown */
     void (*head)(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen);
     void (*body)(mg_req_t *r, const char *data, size_t len);
-    void (*end)(mg_req_t *r); /* the body is complete (framing's end) */
+    void (*end)(mg_req_t *r);  /* the body is complete (framing's end) */
     void (*cont)(mg_req_t *r); /* 100 Continue */
     size_t (*pending)(mg_req_t *r);
     void (*flush)(mg_req_t *r);
@@ -177,28 +180,30 @@ void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const cha
 /* ---- the HTTP/1.1 session (http.c) ---- */
 void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx);
 void mg_http_close_idle(void); /* stopping: close connections between requests */
+
+/* ---- request fields and header lines (http.c, http_resp.c, fields.c) ---- */
 /* Is `name` overridden by req:set_header()? */
 int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len);
-int mg_lines_have(const char *p, size_t n, const char *name, size_t len);
-int mg_evlines_have(struct evbuffer *lines, const char *name, size_t len);
-int mg_lines_add(mg_lines_t *l, const char *s, size_t n);
+int mg_http_lines_have(const char *p, size_t n, const char *name, size_t len);
+int mg_http_evlines_have(struct evbuffer *lines, const char *name, size_t len);
+int mg_http_lines_add(mg_lines_t *l, const char *s, size_t n);
 /* Appends "Name: value\r\n" (mg_line_put). MG_OK or MG_ERR. */
-int mg_lines_put(mg_lines_t *l, const char *name, size_t nlen, const char *value, size_t vlen);
-void mg_lines_remove(mg_lines_t *l, const char *name, size_t len);
-void mg_lines_merge(struct evbuffer *dst, const mg_lines_t *src);
+int mg_http_lines_put(mg_lines_t *l, const char *name, size_t nlen, const char *value, size_t vlen);
+void mg_http_lines_remove(mg_lines_t *l, const char *name, size_t len);
+void mg_http_lines_merge(struct evbuffer *dst, const mg_lines_t *src);
 void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h);
 /* Appends the client's header line hd as "Name: value\r\n". */
 void mg_req_copy_header(mg_req_t *r, mg_hdr_t *hd, struct evbuffer *h);
 const char *mg_req_header(mg_req_t *r, const char *name, size_t *len);
 /* The nth (0-based) header line with this name, or NULL. */
 const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len);
-const char *mg_status_text(int status);
+const char *mg_http_status_text(int status);
 int mg_http_hop_by_hop(const char *name, size_t len);
 /* A header a script sets: the name a token, the value free of control
  * characters but HTAB (RFC 9110 5.1, 5.5). 1 if fine. */
 int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vlen);
 /* http.c: the request target as access-log lines (HTTP and WebSocket
  * sessions) show it: cut to 300 bytes, query credentials as "-", escaped. */
-void mg_log_path(const mg_req_t *r, char *esc, size_t cap);
+void mg_http_log_path(const mg_req_t *r, char *esc, size_t cap);
 
 #endif

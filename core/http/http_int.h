@@ -1,7 +1,8 @@
 /*
- * http_int.h -- the inside of a client connection, shared by http.c (the
- * connection and its parser) and http_resp.c (response framing), and by
- * the C unit tests (spec/c/). Nothing else includes this.
+ * http_int.h -- the inside of the HTTP/1.1 session (mg_conn_t), shared by
+ * http.c (the connection), http_parse.c (its parser callbacks and head
+ * checks) and http_resp.c (response framing), and by the C unit tests
+ * (spec/c/). Nothing outside http/ includes this.
  */
 #ifndef MG_HTTP_INT_H
 #define MG_HTTP_INT_H
@@ -60,12 +61,12 @@ typedef struct {
 #define X(c) ((mg_xconn_t *)(c))
 
 /* http.c */
-extern const mg_http_hooks_t *mg_http_hooks;   /* set at start by the gateway */
+extern const mg_http_hooks_t *mg_http_hooks;    /* set at start by the gateway */
 extern const mg_http_sess_ops_t mg_http_h1_ops; /* what an HTTP/1.1 request's sink does */
 mg_req_t *mg_req_new(mg_conn_t *c);             /* from the free list; NULL if out of memory */
-void mg_conn_arm(mg_conn_t *c, int mode);       /* the connection timer, MG_T_* */
-void mg_conn_flush(mg_conn_t *c);
-void mg_conn_read_enable(mg_conn_t *c, int on);
+void mg_http_conn_arm(mg_conn_t *c, int mode);  /* the connection timer, MG_T_* */
+void mg_http_conn_flush(mg_conn_t *c);
+void mg_http_conn_read_enable(mg_conn_t *c, int on);
 
 /* http_parse.c: llhttp's callbacks for a client connection */
 extern const llhttp_settings_t mg_http_settings;

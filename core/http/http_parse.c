@@ -1,9 +1,10 @@
 /*
  * http_parse.c -- llhttp's callbacks for a client connection: the request
- * line and headers into mg_req_t, the strict checks llhttp leaves to us
+ * line and headers into mg_req_t and the strict checks llhttp leaves to us
  * (RFC 9112: Host, framing headers that could smuggle a request, obs-fold,
- * bare LF), routing, and handing the request to its target (a WebSocket
- * upgrade, the access hooks, the proxy or a Lua handler) with its body.
+ * Transfer-Encoding, the request target). A checked head goes to the
+ * gateway's head hook (route, access, target), body bytes to its body
+ * hook, the body's end to r->target.
  */
 #include "http/http_int.h"
 
@@ -30,7 +31,7 @@ const llhttp_settings_t mg_http_settings = {
     .on_message_complete = mg_http_on_message_complete,
 };
 
-static int mg_request_id_valid(const char *v, size_t len) {
+static int mg_http_request_id_valid(const char *v, size_t len) {
     if (len == 0 || len > 36)
         return 0;
     for (size_t i = 0; i < len; i++)
@@ -58,7 +59,7 @@ int mg_http_on_message_begin(llhttp_t *p) {
     }
     c->req = r;
     r->state = MG_REQ_HEAD;
-    mg_conn_arm(c, MG_T_HEADER);
+    mg_http_conn_arm(c, MG_T_HEADER);
     return 0;
 }
 
@@ -104,7 +105,6 @@ static int mg_http_on_header_value(llhttp_t *p, const char *at, size_t len) {
     h->vlen += len;
     return mg_http_append(r, at, len);
 }
-
 
 int mg_http_host_valid(const char *v, size_t len) {
     for (size_t i = 0; i < len; i++) {
@@ -258,11 +258,11 @@ static int mg_http_on_headers_complete(llhttp_t *p) {
     r->chunked = (p->flags & F_CHUNKED) != 0;
     r->clen = (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1;
     r->state = MG_REQ_BODY;
-    mg_conn_arm(c, mg_gen_current->timeouts.read > 0 ? MG_T_READ : MG_T_NONE);
+    mg_http_conn_arm(c, mg_gen_current->timeouts.read > 0 ? MG_T_READ : MG_T_NONE);
 
     st = mg_http_check_head(r, p);
     if (r->xrid_idx >= 0 &&
-        mg_request_id_valid(r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen)) {
+        mg_http_request_id_valid(r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen)) {
         memcpy(r->request_id, r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen);
         r->request_id[r->hdrs[r->xrid_idx].vlen] = '\0';
     } else {
@@ -293,7 +293,7 @@ static int mg_http_on_message_complete(llhttp_t *p) {
     mg_req_t *r = c->req;
     r->state = MG_REQ_DONE;
     if (c->tmode == MG_T_BODY)
-        mg_conn_arm(c, MG_T_NONE);
+        mg_http_conn_arm(c, MG_T_NONE);
     if (r->target)
         r->target->body_end(r);
     return HPE_PAUSED; /* one request at a time: responses stay in order */

@@ -1,7 +1,9 @@
 /*
- * http_resp.c -- response framing on a client connection: the status line
- * and Date, Content-Length or chunked framing, Connection, our own JSON
- * errors, and copying request header lines on to an upstream.
+ * http_resp.c -- HTTP/1.1 response framing behind mg_http_h1_ops (the
+ * status line and Date, Content-Length or chunked framing, Connection),
+ * our own JSON errors (through whichever sink the request has), field
+ * checks for script-set headers, and the request's header lines as an
+ * upstream gets them (mg_req_copy_header, mg_req_xhdrs_append).
  */
 #include "http/http_int.h"
 
@@ -65,7 +67,7 @@ void mg_http_h1_head(mg_req_t *r, int status, const char *extra, size_t extralen
     if (X(c)->upgrade || (X(c)->eof && c->in_len == 0) || mg_worker.stopping)
         r->resp_close = 1;
     /* built by hand: this runs once per response */
-    text = mg_status_text(status);
+    text = mg_http_status_text(status);
     memcpy(line, "HTTP/1.1 ", 9);
     n = 9 + mg_utoa(line + 9, (unsigned)status);
     line[n++] = ' ';
@@ -154,5 +156,5 @@ void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h) {
 }
 
 int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len) {
-    return mg_lines_have(r->xhdrs.p, r->xhdrs.len, name, len);
+    return mg_http_lines_have(r->xhdrs.p, r->xhdrs.len, name, len);
 }

@@ -18,7 +18,7 @@ void mg_crypto_open_api(lua_State *L);               /* pushes core.crypto */
 
 /* ---- lua_api.c: handlers as coroutines, the moongate module ---- */
 void mg_lua_open_api(lua_State *L);
-void mg_co_pool_free(mg_gen_t *gen);
+void mg_lua_co_pool_free(mg_gen_t *gen);
 void mg_lua_handler_start(mg_req_t *r);
 void mg_lua_access_start(mg_req_t *r);
 void mg_lua_req_unlink(mg_req_t *r); /* the request ends: its req table lets go of it */

@@ -25,43 +25,43 @@ static const mg_ux_sink_t mg_lua_http_sink = {
     .on_error = mg_http_on_error,
 };
 
-static void mg_co_timer_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_lua_co_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_co_t *co = arg;
     int n = co->targs;
     (void)fd, (void)what;
     co->targs = 0;
-    mg_co_resume(co, n);
+    mg_lua_co_resume(co, n);
 }
 
 /* Resumes co after s seconds (negative: at the next loop turn). */
-static void mg_co_sleep_for(mg_co_t *co, double s) {
+static void mg_lua_co_sleep_for(mg_co_t *co, double s) {
     struct timeval tv;
     if (s < 0)
         s = 0;
     tv.tv_sec = (long)s;
     tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
     co->wait = MG_W_SLEEP;
-    evtimer_assign(&co->tev, mg_worker.base, mg_co_timer_cb, co);
+    evtimer_assign(&co->tev, mg_worker.base, mg_lua_co_timer_cb, co);
     evtimer_add(&co->tev, &tv);
 }
 
-static int mg_core_sleep(lua_State *L) {
-    mg_co_t *co = mg_co_check(L, "moongate.sleep");
-    mg_co_sleep_for(co, luaL_checknumber(L, 1));
+static int mg_lua_core_sleep(lua_State *L) {
+    mg_co_t *co = mg_lua_co_check(L, "moongate.sleep");
+    mg_lua_co_sleep_for(co, luaL_checknumber(L, 1));
     return lua_yield(L, 0);
 }
 
 /* timer(seconds, fn, ...): fn(...) runs later in its own coroutine */
-static int mg_core_timer(lua_State *L) {
+static int mg_lua_core_timer(lua_State *L) {
     double s = luaL_checknumber(L, 1);
     int nargs = lua_gettop(L) - 2, i;
-    mg_gen_t *gen = mg_co_cur ? mg_co_cur->gen : mg_gen_current;
+    mg_gen_t *gen = mg_lua_co_cur ? mg_lua_co_cur->gen : mg_gen_current;
     mg_co_t *co;
 
     luaL_checktype(L, 2, LUA_TFUNCTION);
     if (gen == NULL || mg_worker.base == NULL)
         return luaL_error(L, "moongate.timer: no event loop at load time");
-    co = mg_co_new(gen);
+    co = mg_lua_co_new(gen);
     if (co == NULL)
         return luaL_error(L, "out of memory");
     /* the coroutine's stack: fn, args...; the first resume passes the args */
@@ -69,7 +69,7 @@ static int mg_core_timer(lua_State *L) {
         lua_pushvalue(L, i);
     lua_xmove(L, co->L, nargs + 1);
     co->targs = nargs;
-    mg_co_sleep_for(co, s);
+    mg_lua_co_sleep_for(co, s);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -111,7 +111,7 @@ static void mg_http_push_resp(mg_co_t *co) {
     lua_createtable(L, 0, 8);
     while (off < hl) {
         size_t nl = strlen(hp + off), vl;
-        mg_push_lower(L, hp + off, nl);
+        mg_lua_push_lower(L, hp + off, nl);
         off += nl + 1;
         vl = strlen(hp + off);
         lua_pushvalue(L, -1);
@@ -154,7 +154,7 @@ static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs,
         mg_http_push_resp(co);
         evbuffer_free(co->hhead);
         co->hhead = NULL;
-        mg_co_resume(co, 1);
+        mg_lua_co_resume(co, 1);
         return;
     }
     if (clen >= 0 && (uint64_t)clen > co->hmax)
@@ -166,7 +166,7 @@ static int mg_http_on_body(void *ud, const char *data, size_t len) {
     if (co->hstream) {
         if (co->wait == MG_W_HREAD) {
             lua_pushlstring(co->L, data, len);
-            mg_co_resume(co, 1); /* co may be gone now (its exchange cancelled) */
+            mg_lua_co_resume(co, 1); /* co may be gone now (its exchange cancelled) */
             return 0;
         }
         if (co->hbody == NULL)
@@ -189,13 +189,13 @@ static void mg_http_on_done(void *ud) {
         co->hdone = 1;
         if (co->wait == MG_W_HREAD) {
             lua_pushnil(co->L);
-            mg_co_resume(co, 1);
+            mg_lua_co_resume(co, 1);
         }
         return;
     }
     mg_http_push_resp(co);
     mg_http_free_bufs(co);
-    mg_co_resume(co, 1);
+    mg_lua_co_resume(co, 1);
 }
 
 static void mg_http_on_error(void *ud, int status, const char *msg) {
@@ -210,7 +210,7 @@ static void mg_http_on_error(void *ud, int status, const char *msg) {
         if (co->wait == MG_W_HREAD) {
             lua_pushnil(co->L);
             lua_pushstring(co->L, msg);
-            mg_co_resume(co, 2);
+            mg_lua_co_resume(co, 2);
         }
         return;
     }
@@ -221,13 +221,13 @@ static void mg_http_on_error(void *ud, int status, const char *msg) {
         lua_pushfstring(co->L, "response body too large (limit %d)", (int)co->hmax);
     else
         lua_pushstring(co->L, msg);
-    mg_co_resume(co, 2);
+    mg_lua_co_resume(co, 2);
 }
 
 /* http_read(id): the next chunk of a streamed response, nil at its end,
  * or nil, err */
-static int mg_core_http_read(lua_State *L) {
-    mg_co_t *co = mg_co_check(L, "resp:read");
+static int mg_lua_core_http_read(lua_State *L) {
+    mg_co_t *co = mg_lua_co_check(L, "resp:read");
     unsigned sid = (unsigned)luaL_checkinteger(L, 1);
     if (!co->hstream || sid != co->hsid) {
         lua_pushnil(L);
@@ -257,8 +257,8 @@ static int mg_core_http_read(lua_State *L) {
 
 /* http_close(id): drops a streamed response (the upstream connection is
  * closed if the body was not read to its end) */
-static int mg_core_http_close(lua_State *L) {
-    mg_co_t *co = mg_co_check(L, "resp:close");
+static int mg_lua_core_http_close(lua_State *L) {
+    mg_co_t *co = mg_lua_co_check(L, "resp:close");
     unsigned sid = (unsigned)luaL_checkinteger(L, 1);
     if (co->hstream && sid == co->hsid)
         mg_lua_http_end(co);
@@ -267,8 +267,8 @@ static int mg_core_http_close(lua_State *L) {
 
 /* http_request(method, upstream_or_nil, url_or_nil, target, headers, body, timeout,
  *              max_body, stream) */
-static int mg_core_http_request(lua_State *L) {
-    mg_co_t *co = mg_co_check(L, "moongate.http.request");
+static int mg_lua_core_http_request(lua_State *L) {
+    mg_co_t *co = mg_lua_co_check(L, "moongate.http.request");
     const char *method = luaL_checkstring(L, 1);
     const char *target = luaL_checkstring(L, 4);
     size_t blen = 0;
@@ -355,11 +355,11 @@ static int mg_core_http_request(lua_State *L) {
 }
 
 static const luaL_Reg mg_client_funcs[] = {
-    {"sleep", mg_core_sleep},
-    {"timer", mg_core_timer},
-    {"http_request", mg_core_http_request},
-    {"http_read", mg_core_http_read},
-    {"http_close", mg_core_http_close},
+    {"sleep", mg_lua_core_sleep},
+    {"timer", mg_lua_core_timer},
+    {"http_request", mg_lua_core_http_request},
+    {"http_read", mg_lua_core_http_read},
+    {"http_close", mg_lua_core_http_close},
     {NULL, NULL},
 };
 

@@ -3,7 +3,8 @@
  * and req:read() (yielding until the bytes arrive, with the client's
  * reading paused past the high-water mark), res:send() and res:write()
  * (yielding while the client is slow to take what was written), and what
- * happens to the coroutine when the client drains or goes away.
+ * happens to the coroutine when the client drains or goes away: the Lua
+ * handler as a target (mg_lua_target), all through the request API.
  */
 #include "lua/lua_int.h"
 
@@ -23,7 +24,7 @@ static void mg_lua_body(mg_req_t *r, const char *data, size_t len) {
     evbuffer_add(co->body, data, len);
     if (co->wait == MG_W_READ) {
         mg_lua_push_all(co);
-        mg_co_resume(co, 1);
+        mg_lua_co_resume(co, 1);
         return;
     }
     if (co->wait != MG_W_BODY && !mg_req_gone(r) && evbuffer_get_length(co->body) > MG_HIGH_WATER)
@@ -36,19 +37,19 @@ static void mg_lua_body_end(mg_req_t *r) {
         if (r->resp_done) {
             lua_pushnil(co->L);
             lua_pushliteral(co->L, "request body too large");
-            mg_co_resume(co, 2);
+            mg_lua_co_resume(co, 2);
             return;
         }
         if (co->wait == MG_W_READ && evbuffer_get_length(co->body) == 0)
             lua_pushnil(co->L);
         else
             mg_lua_push_all(co);
-        mg_co_resume(co, 1);
+        mg_lua_co_resume(co, 1);
     }
 }
 
-static int mg_core_req_body(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "req:body");
+static int mg_lua_core_req_body(lua_State *L) {
+    mg_req_t *r = mg_lua_co_req(L, "req:body");
     mg_co_t *co = r->co;
     if (r->state == MG_REQ_DONE || mg_req_gone(r)) {
         mg_lua_push_all(co);
@@ -60,8 +61,8 @@ static int mg_core_req_body(lua_State *L) {
     return lua_yield(L, 0);
 }
 
-static int mg_core_req_read(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "req:read");
+static int mg_lua_core_req_read(lua_State *L) {
+    mg_req_t *r = mg_lua_co_req(L, "req:read");
     mg_co_t *co = r->co;
     if (evbuffer_get_length(co->body)) {
         mg_lua_push_all(co);
@@ -83,7 +84,7 @@ static void mg_lua_client_drained(mg_req_t *r) {
     mg_co_t *co = r->co;
     if (co->wait == MG_W_DRAIN) {
         lua_pushboolean(co->L, 1);
-        mg_co_resume(co, 1);
+        mg_lua_co_resume(co, 1);
     }
 }
 
@@ -98,9 +99,9 @@ static void mg_lua_client_gone(mg_req_t *r) {
         if (wait == MG_W_BODY) {
             lua_pop(co->L, 2);
             mg_lua_push_all(co);
-            mg_co_resume(co, 1);
+            mg_lua_co_resume(co, 1);
         } else {
-            mg_co_resume(co, 2);
+            mg_lua_co_resume(co, 2);
         }
     }
 }
@@ -149,8 +150,8 @@ const char *mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int
 }
 
 /* res_send(status, body, headers, default_ctype) */
-static int mg_core_res_send(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "response");
+static int mg_lua_core_res_send(lua_State *L) {
+    mg_req_t *r = mg_lua_co_req(L, "response");
     int status = luaL_checkint(L, 1);
     size_t blen;
     const char *body = luaL_optlstring(L, 2, "", &blen);
@@ -167,8 +168,8 @@ static int mg_core_res_send(lua_State *L) {
         evbuffer_free(h);
         return luaL_error(L, "bad response header %s", bad);
     }
-    mg_lines_merge(h, &r->rxhdrs); /* req:set_response_header() in an access hook */
-    if (mg_evlines_have(h, "content-type", 12))
+    mg_http_lines_merge(h, &r->rxhdrs); /* req:set_response_header() in an access hook */
+    if (mg_http_evlines_have(h, "content-type", 12))
         has_ctype |= 1;
     if (!(has_ctype & 1) && lua_isstring(L, 4) && blen) {
         const char *ct = lua_tostring(L, 4);
@@ -185,8 +186,8 @@ static int mg_core_res_send(lua_State *L) {
 }
 
 /* res_write(status, headers, chunk): the first call sends the head */
-static int mg_core_res_write(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "res:write");
+static int mg_lua_core_res_write(lua_State *L) {
+    mg_req_t *r = mg_lua_co_req(L, "res:write");
     size_t len;
     const char *data = luaL_checklstring(L, 3, &len);
 
@@ -205,7 +206,7 @@ static int mg_core_res_write(lua_State *L) {
             evbuffer_free(h);
             return luaL_error(L, "bad response header %s", bad);
         }
-        mg_lines_merge(h, &r->rxhdrs);
+        mg_http_lines_merge(h, &r->rxhdrs);
         if (!(has_ctype & 2))
             mg_line_add(h, "X-Request-Id", 12, r->request_id, strlen(r->request_id));
         mg_resp_head(r, luaL_optint(L, 1, 200), (const char *)evbuffer_pullup(h, -1),
@@ -222,12 +223,12 @@ static int mg_core_res_write(lua_State *L) {
     return 1;
 }
 
-static const luaL_Reg mg_resp_funcs[] = {
-    {"req_body", mg_core_req_body},
-    {"req_read", mg_core_req_read},
-    {"res_send", mg_core_res_send},
-    {"res_write", mg_core_res_write},
+static const luaL_Reg mg_lua_resp_funcs[] = {
+    {"req_body", mg_lua_core_req_body},
+    {"req_read", mg_lua_core_req_read},
+    {"res_send", mg_lua_core_res_send},
+    {"res_write", mg_lua_core_res_write},
     {NULL, NULL},
 };
 
-void mg_lua_inject_resp_api(lua_State *L) { luaL_register(L, NULL, mg_resp_funcs); }
+void mg_lua_inject_resp_api(lua_State *L) { luaL_register(L, NULL, mg_lua_resp_funcs); }
