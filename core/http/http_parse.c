@@ -128,38 +128,39 @@ int mg_http_te_check(const char *v, size_t n) {
 
 #define MG_HOST_MAX 262 /* a DNS name (255), ':' and a port */
 
-/* Checks llhttp leaves to us: Host (RFC 9112 3.2), framing, target form,
- * dot segments. Returns 0 or an HTTP status to refuse with. */
-int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
-    int hosts = 0, te = 0, te_501 = 0, i;
-    mg_te_t tes = {0, 0, 0}; /* all the Transfer-Encoding lines: one list (RFC 9110 5.3) */
-    const char *url = r->hbuf;
+/* What the header lines say about Host and framing. */
+typedef struct {
+    int hosts;   /* Host lines */
+    int te;      /* Transfer-Encoding lines */
+    int te_501;  /* a line lists other codings, then chunked (mg_http_te_check) */
+    mg_te_t tes; /* all the Transfer-Encoding lines: one list (RFC 9110 5.3) */
+} mg_http_framing_t;
 
-    for (i = 0; i < r->nhdrs; i++) {
+/* Each header line: its value's characters, Host, Transfer-Encoding,
+ * X-Request-Id, Expect. Returns 0 or an HTTP status to refuse with. */
+static int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
+    for (int i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *h = &r->hdrs[i];
-        const char *v = r->hbuf + h->voff;
-        size_t k;
+        const char *v = r->hbuf + h->voff, *n = r->hbuf + h->noff;
         /* bare CR, NUL and other CTLs inside a value (obs-fold shows up as CR/LF) */
-        for (k = 0; k < h->vlen; k++) {
+        for (size_t k = 0; k < h->vlen; k++) {
             unsigned char ch = v[k];
             if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
                 return 400;
         }
         if (h->nlen == 0)
             return 400;
-        const char *n = r->hbuf + h->noff;
         if (MG_NAME_IS(n, h->nlen, "host")) {
-            hosts++;
+            f->hosts++;
             r->host_idx = i;
             if (!mg_http_host_valid(v, h->vlen))
                 return 400;
         } else if (MG_NAME_IS(n, h->nlen, "transfer-encoding")) {
-            int before = tes.codings;
-            te++;
-            mg_te_add(&tes, v, h->vlen);
-            /* this line: other codings, then chunked (mg_http_te_check) */
-            if (tes.codings - before > 1 && tes.last_chunked)
-                te_501 = 1;
+            int before = f->tes.codings;
+            f->te++;
+            mg_te_add(&f->tes, v, h->vlen);
+            if (f->tes.codings - before > 1 && f->tes.last_chunked)
+                f->te_501 = 1;
         } else if (MG_NAME_IS(n, h->nlen, "x-request-id")) {
             r->xrid_idx = i;
         } else if (MG_NAME_IS(n, h->nlen, "expect")) {
@@ -169,16 +170,87 @@ int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
                 return 417;
         }
     }
-    if (hosts > 1 || (hosts == 0 && p->http_minor >= 1))
+    return 0;
+}
+
+/* An absolute-form target ("http://host/path") reduced to its path in
+ * r->hbuf. Returns 0 or 400. */
+static int mg_http_absolute_form(mg_req_t *r) {
+    const char *url = r->hbuf, *s, *auth;
+    char ab[MG_HOST_MAX];
+    size_t skip, alen;
+    if (r->url_len > 7 && strncasecmp(url, "http://", 7) == 0)
+        skip = 7;
+    else if (r->url_len > 8 && strncasecmp(url, "https://", 8) == 0)
+        skip = 8;
+    else
         return 400;
-    if (te && p->http_minor == 0)
+    auth = url + skip;
+    s = memchr(auth, '/', r->url_len - skip);
+    if (s == NULL)
+        return 400;
+    alen = s - auth;
+    /* userinfo ('@') is refused with the rest (RFC 9110 4.2.4) */
+    if (alen == 0 || alen > sizeof(ab) || !mg_http_host_valid(auth, alen))
+        return 400;
+    memcpy(ab, auth, alen);
+    memmove(r->hbuf, s, r->url_len - (s - url));
+    r->url_len -= s - url;
+    /* RFC 9112 3.2.2: the target's authority replaces Host, for routing
+     * and on to the upstream. It goes in the bytes the move freed (at
+     * least its own length); other header offsets stay valid. */
+    if (r->host_idx >= 0) {
+        memcpy(r->hbuf + r->url_len, ab, alen);
+        r->hdrs[r->host_idx].voff = (uint32_t)r->url_len;
+        r->hdrs[r->host_idx].vlen = (uint32_t)alen;
+    }
+    return 0;
+}
+
+/* The path of an origin-form target: no fragment, no dot segments (plain
+ * or %2e); sets r->path_len. Returns 0 or 400. */
+static int mg_http_check_path(mg_req_t *r) {
+    const char *url = r->hbuf;
+    const char *q = memchr(url, '?', r->url_len);
+    const char *f = memchr(url, '#', r->url_len);
+    size_t plen = q ? (size_t)(q - url) : r->url_len;
+    if (f)
+        return 400;
+    r->path_len = plen;
+    /* refuse dot segments: routing on "/a/../b" would differ from the upstream's view */
+    for (size_t k = 0; k < plen; k++) {
+        if (url[k] == '/' && k + 1 < plen && url[k + 1] == '.') {
+            size_t e = k + 2;
+            if (e < plen && url[e] == '.')
+                e++;
+            if (e == plen || url[e] == '/')
+                return 400;
+        }
+        if (url[k] == '%' && k + 2 < plen && url[k + 1] == '2' &&
+            (url[k + 2] == 'e' || url[k + 2] == 'E'))
+            return 400;
+    }
+    return 0;
+}
+
+/* Checks llhttp leaves to us: Host (RFC 9112 3.2), framing, target form,
+ * dot segments. Returns 0 or an HTTP status to refuse with. */
+int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
+    mg_http_framing_t f = {0, 0, 0, {0, 0, 0}};
+    int st = mg_http_check_fields(r, &f);
+
+    if (st)
+        return st;
+    if (f.hosts > 1 || (f.hosts == 0 && p->http_minor >= 1))
+        return 400;
+    if (f.te && p->http_minor == 0)
         return 400; /* RFC 9112 6.1: faulty framing from a 1.0 client */
     /* chunked not last: llhttp refuses it too, but only after this
      * callback, when the request has been routed and may be on its way */
-    if (te && !(p->flags & F_CHUNKED) && !te_501)
+    if (f.te && !(p->flags & F_CHUNKED) && !f.te_501)
         return 400; /* RFC 9112 6.3 */
     /* "gzip" and "chunked" on two lines are "gzip, chunked" */
-    if (te_501 || (te > 1 && (p->flags & F_CHUNKED) && tes.codings > 1))
+    if (f.te_501 || (f.te > 1 && (p->flags & F_CHUNKED) && f.tes.codings > 1))
         return 501; /* RFC 9112 6.1: a coding we do not implement */
     if (p->method == HTTP_CONNECT)
         return 405;
@@ -187,64 +259,15 @@ int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
 
     /* request target: origin-form, or "*" for OPTIONS; absolute-form is
      * accepted and reduced to its path */
-    if (r->url_len == 1 && url[0] == '*') {
+    if (r->url_len == 1 && r->hbuf[0] == '*') {
         if (p->method != HTTP_OPTIONS)
             return 400;
         r->path_len = 1;
         return 0;
     }
-    if (url[0] != '/') {
-        const char *s, *auth;
-        char ab[MG_HOST_MAX];
-        size_t skip, alen;
-        if (r->url_len > 7 && strncasecmp(url, "http://", 7) == 0)
-            skip = 7;
-        else if (r->url_len > 8 && strncasecmp(url, "https://", 8) == 0)
-            skip = 8;
-        else
-            return 400;
-        auth = url + skip;
-        s = memchr(auth, '/', r->url_len - skip);
-        if (s == NULL)
-            return 400;
-        alen = s - auth;
-        /* userinfo ('@') is refused with the rest (RFC 9110 4.2.4) */
-        if (alen == 0 || alen > sizeof(ab) || !mg_http_host_valid(auth, alen))
-            return 400;
-        memcpy(ab, auth, alen);
-        memmove(r->hbuf, s, r->url_len - (s - url));
-        r->url_len -= s - url;
-        /* RFC 9112 3.2.2: the target's authority replaces Host, for routing
-         * and on to the upstream. It goes in the bytes the move freed (at
-         * least its own length); other header offsets stay valid. */
-        if (r->host_idx >= 0) {
-            memcpy(r->hbuf + r->url_len, ab, alen);
-            r->hdrs[r->host_idx].voff = (uint32_t)r->url_len;
-            r->hdrs[r->host_idx].vlen = (uint32_t)alen;
-        }
-    }
-    {
-        const char *q = memchr(url, '?', r->url_len);
-        const char *f = memchr(url, '#', r->url_len);
-        size_t plen = q ? (size_t)(q - url) : r->url_len;
-        if (f)
-            return 400;
-        r->path_len = plen;
-        /* refuse dot segments: routing on "/a/../b" would differ from the upstream's view */
-        for (size_t k = 0; k < plen; k++) {
-            if (url[k] == '/' && k + 1 < plen && url[k + 1] == '.') {
-                size_t e = k + 2;
-                if (e < plen && url[e] == '.')
-                    e++;
-                if (e == plen || url[e] == '/')
-                    return 400;
-            }
-            if (url[k] == '%' && k + 2 < plen && url[k + 1] == '2' &&
-                (url[k + 2] == 'e' || url[k + 2] == 'E'))
-                return 400;
-        }
-    }
-    return 0;
+    if (r->hbuf[0] != '/' && mg_http_absolute_form(r) != 0)
+        return 400;
+    return mg_http_check_path(r);
 }
 
 static int mg_http_on_headers_complete(llhttp_t *p) {

@@ -12,17 +12,17 @@
 #include <string.h>
 #include <strings.h>
 
-static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
-                            int64_t clen, int chunked);
-static int mg_http_on_body(void *ud, const char *data, size_t len);
-static void mg_http_on_done(void *ud);
-static void mg_http_on_error(void *ud, int status, const char *msg);
+static void mg_lua_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
+                                int64_t clen, int chunked);
+static int mg_lua_http_on_body(void *ud, const char *data, size_t len);
+static void mg_lua_http_on_done(void *ud);
+static void mg_lua_http_on_error(void *ud, int status, const char *msg);
 
 static const mg_ux_sink_t mg_lua_http_sink = {
-    .on_head = mg_http_on_head,
-    .on_body = mg_http_on_body,
-    .on_done = mg_http_on_done,
-    .on_error = mg_http_on_error,
+    .on_head = mg_lua_http_on_head,
+    .on_body = mg_lua_http_on_body,
+    .on_done = mg_lua_http_on_done,
+    .on_error = mg_lua_http_on_error,
 };
 
 static void mg_lua_co_timer_cb(evutil_socket_t fd, short what, void *arg) {
@@ -82,7 +82,7 @@ static int mg_lua_core_timer(lua_State *L) {
  * yields the body in chunks (reading from the upstream pauses while more
  * than MG_HIGH_WATER bytes wait for the script), nil at its end. */
 
-static void mg_http_free_bufs(mg_co_t *co) {
+static void mg_lua_http_free_bufs(mg_co_t *co) {
     if (co->hbody)
         evbuffer_free(co->hbody);
     if (co->hhead)
@@ -95,12 +95,12 @@ void mg_lua_http_end(mg_co_t *co) {
         mg_ux_cancel(co->ux);
         co->ux = NULL;
     }
-    mg_http_free_bufs(co);
+    mg_lua_http_free_bufs(co);
     co->hstream = 0;
 }
 
 /* Pushes the response table {status, headers[, body]}. */
-static void mg_http_push_resp(mg_co_t *co) {
+static void mg_lua_http_push_resp(mg_co_t *co) {
     lua_State *L = co->L;
     size_t hl = evbuffer_get_length(co->hhead), off = 0;
     const char *hp = (const char *)evbuffer_pullup(co->hhead, -1);
@@ -138,8 +138,8 @@ static void mg_http_push_resp(mg_co_t *co) {
     }
 }
 
-static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
-                            int64_t clen, int chunked) {
+static void mg_lua_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
+                                int64_t clen, int chunked) {
     mg_co_t *co = ud;
     (void)http_minor, (void)chunked;
     co->hstatus = status;
@@ -151,7 +151,7 @@ static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs,
     }
     if (co->hstream) {
         /* the caller resumes with the head; the body follows on resp:read() */
-        mg_http_push_resp(co);
+        mg_lua_http_push_resp(co);
         evbuffer_free(co->hhead);
         co->hhead = NULL;
         mg_lua_co_resume(co, 1);
@@ -161,7 +161,7 @@ static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs,
         co->htoobig = 1; /* refused at the first body byte */
 }
 
-static int mg_http_on_body(void *ud, const char *data, size_t len) {
+static int mg_lua_http_on_body(void *ud, const char *data, size_t len) {
     mg_co_t *co = ud;
     if (co->hstream) {
         if (co->wait == MG_W_HREAD) {
@@ -182,7 +182,7 @@ static int mg_http_on_body(void *ud, const char *data, size_t len) {
     return 0;
 }
 
-static void mg_http_on_done(void *ud) {
+static void mg_lua_http_on_done(void *ud) {
     mg_co_t *co = ud;
     co->ux = NULL;
     if (co->hstream) {
@@ -193,12 +193,12 @@ static void mg_http_on_done(void *ud) {
         }
         return;
     }
-    mg_http_push_resp(co);
-    mg_http_free_bufs(co);
+    mg_lua_http_push_resp(co);
+    mg_lua_http_free_bufs(co);
     mg_lua_co_resume(co, 1);
 }
 
-static void mg_http_on_error(void *ud, int status, const char *msg) {
+static void mg_lua_http_on_error(void *ud, int status, const char *msg) {
     mg_co_t *co = ud;
     co->ux = NULL;
     if (status == 504)
@@ -214,7 +214,7 @@ static void mg_http_on_error(void *ud, int status, const char *msg) {
         }
         return;
     }
-    mg_http_free_bufs(co);
+    mg_lua_http_free_bufs(co);
     co->hstream = 0;
     lua_pushnil(co->L);
     if (co->htoobig)
@@ -265,6 +265,28 @@ static int mg_lua_core_http_close(lua_State *L) {
     return 0;
 }
 
+/* url= calls: the coroutine's own one-server upstream for "http://host[:port]",
+ * with the defaults of an upstream in the conf (moongate.loader). Raises
+ * on a bad url. */
+static mg_upstream_t *mg_lua_http_url_upstream(lua_State *L, mg_co_t *co, const char *url) {
+    char host[64];
+    int port = 80;
+    if (sscanf(url, "http://%63[^:/]:%d", host, &port) < 1)
+        luaL_error(L, "moongate.http.request: bad url '%s'", url);
+    free(co->tmp_up.peers);
+    memset(&co->tmp_up, 0, sizeof(co->tmp_up));
+    co->tmp_up.peers = calloc(1, sizeof(mg_peer_t *));
+    co->tmp_up.peers[0] = mg_peer_get(host, port);
+    co->tmp_up.npeers = co->tmp_up.peers[0] ? 1 : 0;
+    snprintf(co->tmp_up.name, sizeof(co->tmp_up.name), "%.40s:%d", host, port);
+    co->tmp_up.keepalive = 16;
+    co->tmp_up.connect_timeout = 5000;
+    co->tmp_up.response_timeout = 60000;
+    co->tmp_up.body_timeout = 60000;
+    co->tmp_up.max_fails = 0;
+    return &co->tmp_up;
+}
+
 /* http_request(method, upstream_or_nil, url_or_nil, target, headers, body, timeout,
  *              max_body, stream) */
 static int mg_lua_core_http_request(lua_State *L) {
@@ -292,24 +314,7 @@ static int mg_lua_core_http_request(lua_State *L) {
         if (up == NULL)
             return luaL_error(L, "moongate.http.request: unknown upstream '%s'", name);
     } else {
-        const char *url = luaL_checkstring(L, 3);
-        char host[64];
-        int port = 80;
-        if (sscanf(url, "http://%63[^:/]:%d", host, &port) < 1)
-            return luaL_error(L, "moongate.http.request: bad url '%s'", url);
-        free(co->tmp_up.peers);
-        memset(&co->tmp_up, 0, sizeof(co->tmp_up));
-        co->tmp_up.peers = calloc(1, sizeof(mg_peer_t *));
-        co->tmp_up.peers[0] = mg_peer_get(host, port);
-        co->tmp_up.npeers = co->tmp_up.peers[0] ? 1 : 0;
-        snprintf(co->tmp_up.name, sizeof(co->tmp_up.name), "%.40s:%d", host, port);
-        /* the defaults of an upstream in the conf (moongate.loader) */
-        co->tmp_up.keepalive = 16;
-        co->tmp_up.connect_timeout = 5000;
-        co->tmp_up.response_timeout = 60000;
-        co->tmp_up.body_timeout = 60000;
-        co->tmp_up.max_fails = 0;
-        up = &co->tmp_up;
+        up = mg_lua_http_url_upstream(L, co, luaL_checkstring(L, 3));
     }
     if (up->npeers == 0)
         return luaL_error(L, "moongate.http.request: upstream has no servers");
@@ -344,7 +349,7 @@ static int mg_lua_core_http_request(lua_State *L) {
     co->ux = mg_ux_start(up, h, body == NULL, strcmp(method, "HEAD") == 0, &mg_lua_http_sink, co,
                          (int)(timeout * 1000));
     if (co->ux == NULL) {
-        mg_http_free_bufs(co);
+        mg_lua_http_free_bufs(co);
         co->hstream = 0;
         lua_pushnil(L);
         lua_pushliteral(L, "out of memory");
