@@ -26,7 +26,6 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <arpa/inet.h>
-#include <unistd.h>
 #include <lauxlib.h>
 
 static void mg_http_conn_read_cb(evutil_socket_t fd, short what, void *arg);
@@ -742,19 +741,21 @@ static void mg_http_conn_write_cb(evutil_socket_t fd, short what, void *arg) {
 void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
     mg_xconn_t *x = calloc(1, sizeof(*x));
     mg_conn_t *c = &x->c;
+    mg_io_t io;
     int one = 1;
 
+    mg_io_tcp(&io, fd); /* the transport owns fd from here on */
     if (x == NULL) {
-        close(fd);
+        mg_io_close(&io);
         return;
     }
     c->out = evbuffer_new();
     if (c->out == NULL) {
         free(x);
-        close(fd);
+        mg_io_close(&io);
         return;
     }
-    mg_io_tcp(&c->io, fd);
+    c->io = io;
     c->lidx = lidx;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     memcpy(&c->peer, sa, salen < sizeof(c->peer) ? salen : sizeof(c->peer));
