@@ -74,7 +74,7 @@ $(BUILD):
 $(BUILD)/main_ct.o: $(BUILD)/app/main.o
 	objcopy --redefine-sym main=mg_main_unused $< $@
 
-$(BUILD)/ct/%: spec/c/%.c spec/c/ct.h $(CT_OBJS)
+$(BUILD)/ct/%: spec/c/%.c spec/c/ct.h spec/c/ct_req.h $(CT_OBJS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -Ispec/c -o $@ $< $(CT_OBJS) $(LIBS)
 

@@ -20,7 +20,7 @@ static unsigned mg_gen_seq;
 /* What goes with a generation beside its C tables: its coroutines and
  * its Lua state. */
 static void mg_load_dtor(mg_gen_t *g) {
-    mg_co_pool_free(g);
+    mg_lua_co_pool_free(g);
     if (g->L)
         lua_close(g->L);
 }

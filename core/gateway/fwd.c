@@ -24,7 +24,7 @@
 /* the longest tail mg_fwd_tail writes: the fixed text, a peer address and
  * a request id */
 _Static_assert(sizeof("X-Forwarded-For: \r\nX-Forwarded-Proto: https\r\nX-Request-Id: \r\n") - 1 +
-                       sizeof(((mg_conn_t *)0)->peer_ip) + sizeof(((mg_req_t *)0)->request_id) <=
+                       MG_PEER_IP_MAX + sizeof(((mg_req_t *)0)->request_id) <=
                    MG_FWD_TAIL_MAX,
                "MG_FWD_TAIL_MAX too small");
 
@@ -46,13 +46,13 @@ void mg_fwd_conn_tokens(mg_fwd_tokens_t *t, const char *v, size_t len) {
 
 int mg_fwd_tokens_has(const mg_fwd_tokens_t *t, const char *n, size_t l) {
     for (int i = 0; i < t->count; i++)
-        if (t->l[i] == l && strncasecmp(t->n[i], n, l) == 0)
+        if (mg_name_eq(t->n[i], t->l[i], n, l))
             return 1;
     return 0;
 }
 
 const char *mg_fwd_proto(const mg_req_t *r, size_t *len) {
-    if (r->conn && r->conn->is_tls) {
+    if (mg_req_tls(r)) {
         *len = 5;
         return "https";
     }
@@ -102,16 +102,15 @@ size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tai
     const char *s;
 
     if (r->host_idx >= 0) {
-        evbuffer_add(h, "X-Forwarded-Host: ", 18);
-        evbuffer_add(h, r->hbuf + r->hdrs[r->host_idx].voff, r->hdrs[r->host_idx].vlen);
-        evbuffer_add(h, "\r\n", 2);
+        mg_line_add(h, "X-Forwarded-Host", 16, r->hbuf + r->hdrs[r->host_idx].voff,
+                    r->hdrs[r->host_idx].vlen);
     } else {
         /* HTTP/1.0 without Host: the upstream still needs one */
         char peer[96] = "localhost";
         mg_upstream_t *up = r->route ? r->route->upstream : NULL;
         if (up && up->npeers)
             mg_peer_str(up->peers[0], peer, sizeof(peer));
-        evbuffer_add_printf(h, "Host: %s\r\n", peer);
+        mg_line_add(h, "Host", 4, peer, strlen(peer));
     }
 #define MG_PUT(p, n) (memcpy(tail + o, (p), (n)), o += (n))
 #define MG_PUTS(lit) MG_PUT(lit, sizeof(lit) - 1)
@@ -122,7 +121,7 @@ size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tai
         o = 0;
         MG_PUTS(", ");
     }
-    s = r->conn ? r->conn->peer_ip : "";
+    s = mg_req_peer_ip(r);
     l = strlen(s);
     MG_PUT(s, l);
     MG_PUTS("\r\nX-Forwarded-Proto: ");

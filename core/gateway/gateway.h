@@ -41,12 +41,14 @@ void mg_fwd_headers(mg_req_t *r, struct evbuffer *h, unsigned drop, mg_fwd_t *f)
 #define MG_FWD_TAIL_MAX 160
 size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tail);
 
-/* ---- proxy.c ---- */
+/* ---- dispatch.c: the HTTP layer's hooks (route, access, target) ---- */
+void mg_gateway_init(void); /* registers them; once per worker, before accepting */
+/* The response-head phase (header_filter plugins) of a proxied response:
+ * head holds len bytes of header lines, room for cap; the new length. */
+size_t mg_gw_head_filter(mg_req_t *r, int *status, char *head, size_t len, size_t cap);
+
+/* ---- proxy.c: the C proxy target ---- */
 void mg_proxy_start(mg_req_t *r);
-void mg_proxy_body(mg_req_t *r, const char *data, size_t len);
-void mg_proxy_body_end(mg_req_t *r);
-void mg_proxy_client_drained(mg_req_t *r);
-void mg_proxy_client_gone(mg_req_t *r);
 
 /* ---- WebSocket upgrade ---- */
 int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why);

@@ -2,13 +2,14 @@
  * proxy.c -- the C fast path: a request on an upstream route is forwarded
  * with its body streamed as it arrives, and the response streamed back,
  * with backpressure both ways (MG_HIGH_WATER / MG_LOW_WATER). No Lua runs
- * here. The request head's forwarding headers come from fwd.c; on the
- * way back, hop-by-hop headers and those the upstream's Connection header
- * names are dropped (RFC 9110 7.6.1).
+ * here: the route's header_filter plugins are the gateway's response-head
+ * phase (mg_gw_head_filter, dispatch.c). The request head's forwarding
+ * headers come from fwd.c; on the way back, hop-by-hop headers and those
+ * the upstream's Connection header names are dropped (RFC 9110 7.6.1).
+ * The proxy is a target (mg_target_t): the HTTP session feeds it the
+ * body and tells it when the client drains or goes.
  */
 #include "gateway/gateway.h"
-
-#include <lauxlib.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,25 @@ static void mg_proxy_on_done(void *ud);
 static void mg_proxy_on_error(void *ud, int status, const char *msg);
 static void mg_proxy_on_drain(void *ud);
 static void mg_proxy_on_flush(void *ud);
+static void mg_proxy_body(mg_req_t *r, const char *data, size_t len);
+static void mg_proxy_body_end(mg_req_t *r);
+static void mg_proxy_client_drained(mg_req_t *r);
+static void mg_proxy_client_gone(mg_req_t *r);
+
+/* what the HTTP session calls while an exchange holds the request */
+static const mg_target_t mg_proxy_target = {
+    .body = mg_proxy_body,
+    .body_end = mg_proxy_body_end,
+    .drained = mg_proxy_client_drained,
+    .gone = mg_proxy_client_gone,
+    .keeps_req = 0,
+};
+
+/* the exchange let go of the request (ended, failed, cancelled) */
+static void mg_proxy_detach(mg_req_t *r) {
+    r->ux = NULL;
+    r->target = NULL;
+}
 
 static const mg_ux_sink_t mg_proxy_sink = {
     .on_head = mg_proxy_on_head,
@@ -32,7 +52,7 @@ static const mg_ux_sink_t mg_proxy_sink = {
     .on_flush = mg_proxy_on_flush,
 };
 
-static int mg_method_idempotent(int m) {
+static int mg_proxy_method_idempotent(int m) {
     return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_PUT || m == HTTP_DELETE ||
            m == HTTP_OPTIONS || m == HTTP_TRACE;
 }
@@ -72,9 +92,8 @@ void mg_proxy_start(mg_req_t *r) {
         if (r->chunked) {
             MG_PUTS("Transfer-Encoding: chunked\r\n");
         } else if (r->clen >= 0) {
-            MG_PUTS("Content-Length: ");
-            o += mg_utoa(tail + o, (uint64_t)r->clen);
-            MG_PUTS("\r\n");
+            char num[24];
+            o += mg_line_put(tail + o, "Content-Length", 14, num, mg_utoa(num, (uint64_t)r->clen));
         }
         MG_PUTS("\r\n");
 #undef MG_PUT
@@ -82,17 +101,18 @@ void mg_proxy_start(mg_req_t *r) {
         evbuffer_add(h, tail, o);
     }
 
-    r->ux = mg_ux_start(rt->upstream, h, mg_method_idempotent(r->method), r->method == HTTP_HEAD,
-                        &mg_proxy_sink, r, 0);
+    r->ux = mg_ux_start(rt->upstream, h, mg_proxy_method_idempotent(r->method),
+                        r->method == HTTP_HEAD, &mg_proxy_sink, r, 0);
     if (r->ux == NULL) {
         mg_resp_json_error(r, 502, "out of memory");
         return;
     }
+    r->target = &mg_proxy_target;
     if (!r->chunked && r->clen <= 0)
         mg_ux_end(r->ux); /* no body: the request is complete */
 }
 
-void mg_proxy_body(mg_req_t *r, const char *data, size_t len) {
+static void mg_proxy_body(mg_req_t *r, const char *data, size_t len) {
     if (r->chunked) {
         char hex[24];
         int n = snprintf(hex, sizeof(hex), "%zx\r\n", len);
@@ -108,11 +128,11 @@ void mg_proxy_body(mg_req_t *r, const char *data, size_t len) {
     }
     /* the upstream is slower than the client; on_drain resumes, also when a
      * later send of the same read (one per chunk) empties the buffer */
-    if (r->ux && r->conn && mg_ux_pending(r->ux) > MG_HIGH_WATER)
-        mg_conn_read_enable(r->conn, 0);
+    if (r->ux && !mg_req_gone(r) && mg_ux_pending(r->ux) > MG_HIGH_WATER)
+        mg_req_read_pause(r, 1);
 }
 
-void mg_proxy_body_end(mg_req_t *r) {
+static void mg_proxy_body_end(mg_req_t *r) {
     if (r->chunked) {
         mg_ux_send(r->ux, "0\r\n\r\n", 5);
         if (r->ux == NULL)
@@ -122,15 +142,15 @@ void mg_proxy_body_end(mg_req_t *r) {
         mg_ux_end(r->ux);
 }
 
-void mg_proxy_client_drained(mg_req_t *r) {
+static void mg_proxy_client_drained(mg_req_t *r) {
     if (r->ux)
         mg_ux_pause(r->ux, 0);
 }
 
-void mg_proxy_client_gone(mg_req_t *r) {
+static void mg_proxy_client_gone(mg_req_t *r) {
     if (r->ux) {
         mg_ux_cancel(r->ux);
-        r->ux = NULL;
+        mg_proxy_detach(r);
     }
 }
 
@@ -153,35 +173,18 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
         mg_kv_t *h = &hdrs[i];
         if (mg_http_hop_by_hop(h->name, h->nlen) || mg_fwd_tokens_has(&tok, h->name, h->nlen) ||
             mg_name_eq(h->name, h->nlen, "date", 4) ||
-            mg_lines_have(r->rxhdrs.p, r->rxhdrs.len, h->name, h->nlen))
+            mg_http_lines_have(r->rxhdrs.p, r->rxhdrs.len, h->name, h->nlen))
             continue;
         if (o + h->nlen + h->vlen + 4 > sizeof(mg_proxy_hbuf))
             break;
-        memcpy(mg_proxy_hbuf + o, h->name, h->nlen);
-        o += h->nlen;
-        mg_proxy_hbuf[o++] = ':';
-        mg_proxy_hbuf[o++] = ' ';
-        memcpy(mg_proxy_hbuf + o, h->value, h->vlen);
-        o += h->vlen;
-        mg_proxy_hbuf[o++] = '\r';
-        mg_proxy_hbuf[o++] = '\n';
+        o += mg_line_put(mg_proxy_hbuf + o, h->name, h->nlen, h->value, h->vlen);
     }
     if (r->rxhdrs.len && o + r->rxhdrs.len <= sizeof(mg_proxy_hbuf)) {
         memcpy(mg_proxy_hbuf + o, r->rxhdrs.p, r->rxhdrs.len); /* req:set_response_header() */
         o += r->rxhdrs.len;
     }
-    if (r->route->hf_ref != LUA_NOREF) {
-        /* header_filter plugins see and edit the head as a Lua table */
-        struct evbuffer *out = evbuffer_new();
-        if (out && mg_lua_header_filter(r, &status, mg_proxy_hbuf, o, out) == MG_OK) {
-            o = evbuffer_get_length(out);
-            if (o > sizeof(mg_proxy_hbuf))
-                o = sizeof(mg_proxy_hbuf);
-            evbuffer_remove(out, mg_proxy_hbuf, o);
-        }
-        if (out)
-            evbuffer_free(out);
-    }
+    /* the route's response-head phase (dispatch.c: header_filter plugins) */
+    o = mg_gw_head_filter(r, &status, mg_proxy_hbuf, o, sizeof(mg_proxy_hbuf));
     /* a HEAD response keeps the upstream's Content-Length; chunked and
      * close-delimited bodies are re-framed for this client */
     mg_resp_head(r, status, mg_proxy_hbuf, o, clen);
@@ -189,33 +192,33 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
 
 static int mg_proxy_on_body(void *ud, const char *data, size_t len) {
     mg_req_t *r = ud;
-    if (r->conn == NULL)
+    if (mg_req_gone(r))
         return 0;
     mg_resp_body(r, data, len);
-    return mg_conn_pending(r->conn) > MG_HIGH_WATER;
+    return mg_req_pending(r) > MG_HIGH_WATER;
 }
 
 static void mg_proxy_on_flush(void *ud) {
     mg_req_t *r = ud;
-    if (r->conn == NULL)
+    if (mg_req_gone(r))
         return;
-    mg_conn_flush(r->conn);
+    mg_req_flush(r);
     /* the write may have drained it all: then no write event will come
      * to resume the upstream, so do it here */
-    if (r->ux && r->conn && mg_conn_pending(r->conn) < MG_LOW_WATER)
+    if (r->ux && !mg_req_gone(r) && mg_req_pending(r) < MG_LOW_WATER)
         mg_ux_pause(r->ux, 0);
 }
 
 static void mg_proxy_on_done(void *ud) {
     mg_req_t *r = ud;
-    r->ux = NULL;
+    mg_proxy_detach(r);
     mg_resp_end(r);
     mg_req_target_done(r);
 }
 
 static void mg_proxy_on_error(void *ud, int status, const char *msg) {
     mg_req_t *r = ud;
-    r->ux = NULL;
+    mg_proxy_detach(r);
     if (status && !r->resp_started) {
         mg_warn("request %s: %s %.*s: %s (%d)", r->request_id,
                 llhttp_method_name((llhttp_method_t)r->method), (int)r->path_len, r->hbuf, msg,
@@ -229,6 +232,6 @@ static void mg_proxy_on_error(void *ud, int status, const char *msg) {
 
 static void mg_proxy_on_drain(void *ud) {
     mg_req_t *r = ud;
-    if (r->conn)
-        mg_conn_read_enable(r->conn, 1);
+    if (!mg_req_gone(r))
+        mg_req_read_pause(r, 0);
 }

@@ -113,11 +113,11 @@ mg_ws_alog_t *mg_ws_alog_new(mg_req_t *r) {
     int n;
     if (!r->gen->access_log)
         return NULL;
-    mg_log_path(r, esc, sizeof(esc));
+    mg_http_log_path(r, esc, sizeof(esc));
     n = snprintf(head, sizeof(head),
                  "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
                  "\"method\":\"GET\",\"path\":\"%s\",\"status\":101,",
-                 r->t_start, r->request_id, r->conn ? r->conn->peer_ip : "", esc);
+                 r->t_start, r->request_id, mg_req_peer_ip(r), esc);
     if (n < 0 || (size_t)n >= sizeof(head))
         return NULL;
     a = malloc(sizeof(*a) + n + 1);
@@ -198,7 +198,7 @@ static void mg_wsp_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, 
     /* the upstream refused the upgrade: pass its answer on, then close */
     p->status = status;
     p->resp = evbuffer_new();
-    evbuffer_add_printf(p->resp, "HTTP/1.1 %d %s\r\n", status, mg_status_text(status));
+    evbuffer_add_printf(p->resp, "HTTP/1.1 %d %s\r\n", status, mg_http_status_text(status));
     for (i = 0; i < nhdrs; i++)
         if (MG_NAME_IS(hdrs[i].name, hdrs[i].nlen, "connection"))
             mg_fwd_conn_tokens(&tok, hdrs[i].value, hdrs[i].vlen);
@@ -249,7 +249,7 @@ static void mg_wsp_on_error(void *ud, int status, const char *msg) {
     hl = snprintf(head, sizeof(head),
                   "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                   "Connection: close\r\n\r\n",
-                  status, mg_status_text(status), bl);
+                  status, mg_http_status_text(status), bl);
     mg_write_all(p->cfd, head, hl);
     mg_write_all(p->cfd, body, bl);
     shutdown(p->cfd, SHUT_WR);

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
-const char *mg_status_text(int s) {
+const char *mg_http_status_text(int s) {
     switch (s) {
     case 100: return "Continue";
     case 101: return "Switching Protocols";
@@ -77,7 +77,7 @@ int mg_http_hop_by_hop(const char *n, size_t l) {
     return 0;
 }
 
-int mg_lines_add(mg_lines_t *l, const char *s, size_t n) {
+static int mg_http_lines_reserve(mg_lines_t *l, size_t n) {
     if (l->len + n > l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 256;
         char *p;
@@ -87,19 +87,33 @@ int mg_lines_add(mg_lines_t *l, const char *s, size_t n) {
             return MG_ERR;
         l->p = p, l->cap = cap;
     }
+    return MG_OK;
+}
+
+int mg_http_lines_add(mg_lines_t *l, const char *s, size_t n) {
+    if (mg_http_lines_reserve(l, n) != MG_OK)
+        return MG_ERR;
     memcpy(l->p + l->len, s, n);
     l->len += n;
     return MG_OK;
 }
 
+int mg_http_lines_put(mg_lines_t *l, const char *name, size_t nlen, const char *value,
+                      size_t vlen) {
+    if (mg_http_lines_reserve(l, nlen + vlen + 4) != MG_OK)
+        return MG_ERR;
+    l->len += mg_line_put(l->p + l->len, name, nlen, value, vlen);
+    return MG_OK;
+}
+
 /* Removes the lines of header `name` (any case). */
-void mg_lines_remove(mg_lines_t *l, const char *name, size_t len) {
+void mg_http_lines_remove(mg_lines_t *l, const char *name, size_t len) {
     char *p = l->p, *end = l->p + l->len;
     while (p < end) {
         char *eol = memchr(p, '\n', end - p), *colon = memchr(p, ':', end - p);
         if (eol == NULL)
             break;
-        if (colon && colon < eol && (size_t)(colon - p) == len && strncasecmp(p, name, len) == 0) {
+        if (colon && colon < eol && mg_name_eq(p, colon - p, name, len)) {
             size_t n = eol + 1 - p;
             memmove(p, eol + 1, end - eol - 1);
             l->len -= n;
@@ -111,33 +125,33 @@ void mg_lines_remove(mg_lines_t *l, const char *name, size_t len) {
 }
 
 /* Appends the lines of `src` whose names `dst` lacks. */
-void mg_lines_merge(struct evbuffer *dst, const mg_lines_t *src) {
+void mg_http_lines_merge(struct evbuffer *dst, const mg_lines_t *src) {
     const char *p = src->p, *end = src->p + src->len;
     while (p < end) {
         const char *eol = memchr(p, '\n', end - p), *colon = memchr(p, ':', end - p);
         if (eol == NULL || colon == NULL || colon > eol)
             break;
-        if (!mg_evlines_have(dst, p, colon - p))
+        if (!mg_http_evlines_have(dst, p, colon - p))
             evbuffer_add(dst, p, eol + 1 - p);
         p = eol + 1;
     }
 }
 
-int mg_evlines_have(struct evbuffer *lines, const char *name, size_t len) {
+int mg_http_evlines_have(struct evbuffer *lines, const char *name, size_t len) {
     size_t n = evbuffer_get_length(lines);
     if (n == 0)
         return 0;
-    return mg_lines_have((const char *)evbuffer_pullup(lines, -1), n, name, len);
+    return mg_http_lines_have((const char *)evbuffer_pullup(lines, -1), n, name, len);
 }
 
 /* Whether "Name: value\r\n" lines hold a header `name` (any case). */
-int mg_lines_have(const char *p, size_t n, const char *name, size_t len) {
+int mg_http_lines_have(const char *p, size_t n, const char *name, size_t len) {
     const char *end = p + n;
     while (p < end) {
         const char *colon = memchr(p, ':', end - p), *eol;
         if (colon == NULL)
             break;
-        if ((size_t)(colon - p) == len && strncasecmp(p, name, len) == 0)
+        if (mg_name_eq(p, colon - p, name, len))
             return 1;
         eol = memchr(colon, '\n', end - colon);
         if (eol == NULL)

@@ -1,8 +1,13 @@
 /*
- * http.c -- client connections: reading, llhttp request parsing into
- * mg_req_t, the strict checks llhttp leaves to us, routing, pipelining
- * (one request at a time, responses in order), the per-connection
- * timeouts and a lingering close. Response framing is http_resp.c.
+ * http.c -- the HTTP/1.1 session: a client connection (reading and writing
+ * through its transport, driving llhttp, pipelining one request at a time
+ * with responses in order, the per-connection timeouts, a lingering close,
+ * the hand-over of an upgrade), request memory and header lookup, the
+ * access-log line, and the sink every request of the session gets
+ * (mg_http_h1_ops). The parser's callbacks and head checks are
+ * http_parse.c, response framing http_resp.c. Routing, access and targets
+ * are the gateway's: this file calls up only through mg_http_hooks and
+ * r->target.
  *
  * Lifetimes: a connection is freed only from the event loop (conn_free via
  * the deferred-close path), never inside a callback chain that may still
@@ -11,7 +16,6 @@
  * ends (mg_req_target_done frees it then).
  */
 #include "http/http_int.h"
-#include "gateway/gateway.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -22,19 +26,22 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <arpa/inet.h>
-#include <unistd.h>
 #include <lauxlib.h>
 
-static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg);
-static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg);
-static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg);
-static void mg_conn_advance(mg_conn_t *c);
-static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len);
-static void mg_conn_close_later(mg_conn_t *c);
-static void mg_conn_at_eof(mg_conn_t *c);
+static void mg_http_conn_read_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_http_conn_write_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_http_conn_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_http_conn_advance(mg_conn_t *c);
+static void mg_http_conn_exec(mg_conn_t *c, const char *data, size_t len);
+static void mg_http_conn_close_later(mg_conn_t *c);
+static void mg_http_conn_at_eof(mg_conn_t *c);
 static void mg_req_free(mg_req_t *r);
 
-static mg_conn_t *mg_conns; /* every open connection, for a graceful stop */
+static mg_conn_t *mg_http_conns; /* every open connection, for a graceful stop */
+
+const mg_http_hooks_t *mg_http_hooks;
+
+void mg_http_set_hooks(const mg_http_hooks_t *h) { mg_http_hooks = h; }
 
 /* Requests are reused from a small free list: no malloc per request. */
 static mg_req_t *mg_req_free_list;
@@ -83,7 +90,9 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
         r->xhdrs = xh, r->rxhdrs = rxh;
         r->xhdrs.len = r->rxhdrs.len = 0;
     }
-    r->conn = c;
+    r->sess = c;
+    r->sops = &mg_http_h1_ops;
+    r->lidx = c->lidx;
     r->gen = g;
     r->access_req_ref = LUA_NOREF;
     mg_gen_retain(g);
@@ -97,7 +106,7 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
 static void mg_req_free(mg_req_t *r) {
     mg_worker.inflight--;
     if (r->access_req_ref != LUA_NOREF)
-        mg_req_unlink(r);
+        mg_http_hooks->freed(r);
     mg_gen_release(r->gen);
     if (mg_req_free_count < 256) {
         r->next_free = mg_req_free_list;
@@ -116,7 +125,7 @@ const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len)
     size_t nl = strlen(name);
     for (int i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *h = &r->hdrs[i];
-        if (h->nlen == nl && strncasecmp(r->hbuf + h->noff, name, nl) == 0 && nth-- == 0) {
+        if (mg_name_eq(r->hbuf + h->noff, h->nlen, name, nl) && nth-- == 0) {
             *len = h->vlen;
             return r->hbuf + h->voff;
         }
@@ -128,7 +137,7 @@ const char *mg_req_header(mg_req_t *r, const char *name, size_t *len) {
     size_t nl = strlen(name);
     for (int i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *h = &r->hdrs[i];
-        if (h->nlen == nl && strncasecmp(r->hbuf + h->noff, name, nl) == 0) {
+        if (mg_name_eq(r->hbuf + h->noff, h->nlen, name, nl)) {
             *len = h->vlen;
             return r->hbuf + h->voff;
         }
@@ -138,17 +147,15 @@ const char *mg_req_header(mg_req_t *r, const char *name, size_t *len) {
 
 /* ---- output ---- */
 
-size_t mg_conn_pending(mg_conn_t *c) { return evbuffer_get_length(c->out); }
-
-void mg_conn_flush(mg_conn_t *c) {
+void mg_http_conn_flush(mg_conn_t *c) {
     size_t left;
     if (X(c)->dead)
         return;
     left = evbuffer_get_length(c->out);
     if (left) {
-        int n = evbuffer_write(c->out, c->fd);
+        int n = mg_io_write_evbuffer(&c->io, c->out);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
-            mg_conn_close_later(c);
+            mg_http_conn_close_later(c);
             return;
         }
         left = evbuffer_get_length(c->out);
@@ -157,7 +164,7 @@ void mg_conn_flush(mg_conn_t *c) {
         event_add(&c->wev, NULL);
         c->wr_on = 1;
         if (c->req && mg_gen_current->timeouts.write > 0)
-            mg_conn_arm(c, MG_T_WRITE);
+            mg_http_conn_arm(c, MG_T_WRITE);
     } else if (!left && c->wr_on) {
         event_del(&c->wev);
         c->wr_on = 0;
@@ -166,7 +173,7 @@ void mg_conn_flush(mg_conn_t *c) {
 
 /* ---- connection state machine ---- */
 
-static void mg_conn_save_input(mg_conn_t *c, const char *data, size_t len) {
+static void mg_http_conn_save_input(mg_conn_t *c, const char *data, size_t len) {
     if (len == 0)
         return;
     if (c->in_len + len > c->in_cap) {
@@ -176,7 +183,7 @@ static void mg_conn_save_input(mg_conn_t *c, const char *data, size_t len) {
             cap *= 2;
         n = realloc(c->in, cap);
         if (n == NULL) {
-            mg_conn_close_later(c);
+            mg_http_conn_close_later(c);
             return;
         }
         c->in = n;
@@ -186,10 +193,10 @@ static void mg_conn_save_input(mg_conn_t *c, const char *data, size_t len) {
     c->in_len += len;
     /* pipelined input beyond one read's worth waits in the socket */
     if (c->in_len >= MG_READ_CHUNK)
-        mg_conn_read_enable(c, 0);
+        mg_http_conn_read_enable(c, 0);
 }
 
-static void mg_conn_fail(mg_conn_t *c, int status) {
+static void mg_http_conn_fail(mg_conn_t *c, int status) {
     mg_req_t *r = c->req;
 
     c->closing = 1;
@@ -201,8 +208,8 @@ static void mg_conn_fail(mg_conn_t *c, int status) {
         r = c->req;
         mg_request_id(r->request_id);
     }
-    if (r->ux)
-        mg_proxy_client_gone(r);
+    if (r->target && !r->target->keeps_req)
+        r->target->gone(r); /* the proxy stops: the answer is ours */
     if (status > 0 && !r->resp_started) {
         r->keep_alive = 0;
         r->resp_close = 1;
@@ -220,15 +227,15 @@ static void mg_conn_fail(mg_conn_t *c, int status) {
     } else {
         /* mid-response: the only signal left is closing */
         r->resp_done = 1;
-        mg_conn_close_later(c);
+        mg_http_conn_close_later(c);
         return;
     }
-    if (r->co) {
+    if (r->target && r->target->keeps_req) {
         /* the handler still runs: it keeps the request, the connection
          * closes once the error is flushed */
         c->req = NULL;
-        r->conn = NULL;
-        mg_lua_client_gone(r);
+        r->sess = NULL;
+        r->target->gone(r);
     }
 }
 
@@ -269,11 +276,11 @@ static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n) {
     return 0;
 }
 
-static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len) {
+static void mg_http_conn_exec(mg_conn_t *c, const char *data, size_t len) {
     llhttp_errno_t err;
 
     if (!X(c)->scan_done && mg_http_scan_head(X(c), data, len) < 0) {
-        mg_conn_fail(c, 400);
+        mg_http_conn_fail(c, 400);
         return;
     }
 
@@ -297,22 +304,24 @@ static void mg_conn_exec(mg_conn_t *c, const char *data, size_t len) {
             return;
         }
         if (pos && pos >= data && pos <= data + len)
-            mg_conn_save_input(c, pos, data + len - pos);
+            mg_http_conn_save_input(c, pos, data + len - pos);
         return;
     }
     mg_debug("parse error: %s (%s)", llhttp_errno_name(err), llhttp_get_error_reason(&c->parser));
-    mg_conn_fail(c, X(c)->err_status ? X(c)->err_status : 400);
+    mg_http_conn_fail(c, X(c)->err_status ? X(c)->err_status : 400);
 }
 
 /* Bytes left in the socket when reading stopped bring no new edge, but
  * event_add is an EPOLL_CTL_ADD or _MOD right away (no changelist: see
  * event_base_new), and epoll reports a socket already readable then. */
-void mg_conn_read_enable(mg_conn_t *c, int on) {
+void mg_http_conn_read_enable(mg_conn_t *c, int on) {
     if (on && c->rd_off && !X(c)->dead) {
         event_add(&c->rev, NULL);
         c->rd_off = 0;
+        if (mg_io_pending(&c->io) > 0) /* held by the transport: no socket event */
+            event_active(&c->rev, EV_READ, 1);
         if (c->tmode == MG_T_BODY)
-            mg_conn_arm(c, MG_T_BODY); /* the body clock runs again */
+            mg_http_conn_arm(c, MG_T_BODY); /* the body clock runs again */
     } else if (!on && !c->rd_off) {
         event_del(&c->rev);
         c->rd_off = 1;
@@ -325,7 +334,7 @@ void mg_conn_read_enable(mg_conn_t *c, int on) {
  * ('+' is a space, %XX a byte), into out (cap bytes, NUL-terminated).
  * Returns the decoded length, or cap when it does not fit: no secret name
  * is that long, so such a name is never one. */
-static size_t mg_query_name_decode(const char *s, size_t n, char *out, size_t cap) {
+static size_t mg_http_query_name_decode(const char *s, size_t n, char *out, size_t cap) {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         char ch = s[i];
@@ -349,7 +358,7 @@ static size_t mg_query_name_decode(const char *s, size_t n, char *out, size_t ca
  * the access log: the values of these parameters become "-". Names are
  * compared decoded (?%74oken= is the auth hook's token too), any case.
  * In place. */
-static void mg_log_redact_query(char *path) {
+static void mg_http_log_redact_query(char *path) {
     static const char *secret[] = {"token", "access_token", "api_key", "apikey",
                                    "key",   "password",     "secret",  "jwt"};
     char *q = strchr(path, '?');
@@ -357,9 +366,9 @@ static void mg_log_redact_query(char *path) {
         char *name = q + 1, *eq = strchr(name, '='), *amp = strchr(name, '&');
         if (eq && (amp == NULL || eq < amp)) {
             char dec[32];
-            size_t nl = mg_query_name_decode(name, eq - name, dec, sizeof(dec));
+            size_t nl = mg_http_query_name_decode(name, eq - name, dec, sizeof(dec));
             for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
-                if (strlen(secret[i]) == nl && strncasecmp(dec, secret[i], nl) == 0) {
+                if (mg_name_eq(dec, nl, secret[i], strlen(secret[i]))) {
                     char *end = amp ? amp : eq + strlen(eq);
                     memmove(eq + 2, end, strlen(end) + 1);
                     eq[1] = '-';
@@ -373,16 +382,16 @@ static void mg_log_redact_query(char *path) {
 
 /* The target as access-log lines show it: at most 300 bytes, query
  * credentials redacted, JSON-escaped into esc (cap bytes). */
-void mg_log_path(const mg_req_t *r, char *esc, size_t cap) {
+void mg_http_log_path(const mg_req_t *r, char *esc, size_t cap) {
     char path[400];
     size_t pl = r->url_len < 300 ? r->url_len : 300;
     memcpy(path, r->hbuf, pl);
     path[pl] = '\0';
-    mg_log_redact_query(path);
+    mg_http_log_redact_query(path);
     mg_json_escape(esc, cap, path);
 }
 
-static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
+static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
     /* a half-closed client still gets the answers to what it pipelined */
     if (r->resp_close || !r->keep_alive || (X(c)->eof && c->in_len == 0))
         c->closing = 1;
@@ -391,7 +400,7 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
         int n;
         {
             char esc[400];
-            mg_log_path(r, esc, sizeof(esc));
+            mg_http_log_path(r, esc, sizeof(esc));
             n = snprintf(
                 line, sizeof(line),
                 "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
@@ -405,8 +414,7 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
         if (n > 0)
             mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
     }
-    if (r->route && r->route->log_ref != LUA_NOREF)
-        mg_lua_log(r, (mg_now() - r->t_start) * 1000.0);
+    mg_http_hooks->done(r);
     c->req = NULL;
     c->nreq++;
     X(c)->scan_done = X(c)->scan_nl = X(c)->scan_rl = X(c)->scan_sp = 0;
@@ -415,18 +423,18 @@ static void mg_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
 }
 
 /* The client's EOF is read: a request it left unfinished ends here. */
-static void mg_conn_at_eof(mg_conn_t *c) {
+static void mg_http_conn_at_eof(mg_conn_t *c) {
     if (c->req && c->req->state != MG_REQ_DONE) {
         if (llhttp_finish(&c->parser) != HPE_OK || c->req->state != MG_REQ_DONE) {
             if (c->req->state == MG_REQ_HEAD)
-                mg_conn_fail(c, 400);
+                mg_http_conn_fail(c, 400);
             else
-                mg_conn_fail(c, c->req->resp_started ? -1 : 400);
+                mg_http_conn_fail(c, c->req->resp_started ? -1 : 400);
         }
     }
 }
 
-static void mg_conn_advance(mg_conn_t *c) {
+static void mg_http_conn_advance(mg_conn_t *c) {
     for (;;) {
         mg_req_t *r = c->req;
         if (X(c)->dead)
@@ -434,14 +442,14 @@ static void mg_conn_advance(mg_conn_t *c) {
         if (r) {
             if (r->ws_upgrade && r->state == MG_REQ_DONE) {
                 X(c)->handoff = 1;
-                mg_conn_close_later(c);
+                mg_http_conn_close_later(c);
                 return;
             }
-            if (!r->resp_done || r->ux || r->co)
+            if (!r->resp_done || r->target)
                 break;
             if (r->state != MG_REQ_DONE)
                 c->closing = 1;
-            mg_conn_finish_req(c, r);
+            mg_http_conn_finish_req(c, r);
         }
         if (c->closing)
             break;
@@ -456,52 +464,49 @@ static void mg_conn_advance(mg_conn_t *c) {
             size_t len = c->in_len;
             c->in = NULL;
             c->in_len = c->in_cap = 0;
-            mg_conn_exec(c, data, len);
+            mg_http_conn_exec(c, data, len);
             free(data);
             /* pipelined input after the EOF: nothing more will come */
             if (X(c)->eof && !X(c)->dead && c->in_len == 0)
-                mg_conn_at_eof(c);
+                mg_http_conn_at_eof(c);
         }
     }
     if (X(c)->dead)
         return;
     if (c->req == NULL) {
         if (c->closing) {
-            mg_conn_flush(c);
+            mg_http_conn_flush(c);
             if (!X(c)->dead && evbuffer_get_length(c->out) == 0 && X(c)->eof) {
                 /* the client's end is read: nothing left to linger for */
-                mg_conn_close_later(c);
+                mg_http_conn_close_later(c);
                 return;
             }
             if (!X(c)->dead && evbuffer_get_length(c->out) == 0) {
                 /* lingering close: stop sending, drain input briefly so a
                  * reset does not destroy the response in flight */
-                shutdown(c->fd, SHUT_WR);
+                mg_io_shutdown(&c->io);
                 X(c)->lingering = 1;
-                mg_conn_read_enable(c, 1);
-                mg_conn_arm(c, MG_T_LINGER);
+                mg_http_conn_read_enable(c, 1);
+                mg_http_conn_arm(c, MG_T_LINGER);
             }
             return;
         }
         if (c->in_len < MG_READ_CHUNK)
-            mg_conn_read_enable(c, 1);
-        mg_conn_arm(c, MG_T_IDLE);
+            mg_http_conn_read_enable(c, 1);
+        mg_http_conn_arm(c, MG_T_IDLE);
     }
-    mg_conn_flush(c);
+    mg_http_conn_flush(c);
 }
 
-void mg_http_access_finish(mg_req_t *r) {
-    mg_conn_t *c = r->conn;
+/* The access step ended (the gateway dispatched the request if allowed). */
+static void mg_http_h1_resume(mg_req_t *r) {
+    mg_conn_t *c = MG_CONN(r);
     if (c == NULL) {
         mg_req_free(r);
         return;
     }
-    if (r->access_state == MG_ACCESS_DENIED)
-        r->resp_done = 1;
     if (X(c)->in_exec)
         return; /* decided at once: on_headers_complete goes on */
-    if (r->access_state == MG_ACCESS_OK)
-        mg_http_dispatch(r);
     /* the parser stopped after the head: read on (the body, or the end) */
     if (c->paused && !X(c)->dead && r->state != MG_REQ_DONE) {
         char *data = c->in;
@@ -512,15 +517,15 @@ void mg_http_access_finish(mg_req_t *r) {
         c->in_len = c->in_cap = 0;
         /* even with no bytes: llhttp then runs what needs no input (the
          * end of a bodyless message) */
-        mg_conn_exec(c, data ? data : "", len);
+        mg_http_conn_exec(c, data ? data : "", len);
         free(data);
-        mg_conn_read_enable(c, 1);
+        mg_http_conn_read_enable(c, 1);
     }
-    mg_conn_advance(c);
+    mg_http_conn_advance(c);
 }
 
-void mg_req_target_done(mg_req_t *r) {
-    mg_conn_t *c = r->conn;
+static void mg_http_h1_target_done(mg_req_t *r) {
+    mg_conn_t *c = MG_CONN(r);
     r->resp_done = 1;
     if (c == NULL) {
         mg_req_free(r);
@@ -528,11 +533,11 @@ void mg_req_target_done(mg_req_t *r) {
     }
     if (X(c)->in_exec)
         return; /* the caller of llhttp_execute advances */
-    mg_conn_advance(c);
+    mg_http_conn_advance(c);
 }
 
-void mg_req_abort(mg_req_t *r) {
-    mg_conn_t *c = r->conn;
+static void mg_http_h1_abort(mg_req_t *r) {
+    mg_conn_t *c = MG_CONN(r);
     r->resp_done = 1;
     if (c == NULL) {
         mg_req_free(r);
@@ -541,39 +546,37 @@ void mg_req_abort(mg_req_t *r) {
     c->closing = 1;
     r->resp_close = 1;
     if (!X(c)->in_exec)
-        mg_conn_close_later(c);
+        mg_http_conn_close_later(c);
 }
 
-static void mg_conn_free(mg_conn_t *c) {
+static void mg_http_conn_free(mg_conn_t *c) {
     mg_req_t *r = c->req;
     if (r) {
-        r->conn = NULL;
+        const mg_target_t *t = r->target;
+        r->sess = NULL;
         c->req = NULL;
-        if (r->ux)
-            mg_proxy_client_gone(r);
-        if (r->co)
-            mg_lua_client_gone(r); /* the coroutine frees r when it ends */
-        else
-            mg_req_free(r);
+        if (t)
+            t->gone(r);
+        if (t == NULL || !t->keeps_req)
+            mg_req_free(r); /* else the target frees r when it ends */
     }
     event_del(&c->rev);
     event_del(&c->wev);
     event_del(&c->tev);
-    if (c->fd >= 0)
-        close(c->fd);
+    mg_io_close(&c->io); /* nothing after an upgrade handed it over */
     evbuffer_free(c->out);
     free(c->in);
     if (c->prev)
         c->prev->next = c->next;
     else
-        mg_conns = c->next;
+        mg_http_conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
     free(c);
     mg_worker.active--;
 }
 
-static void mg_conn_close_later(mg_conn_t *c) {
+static void mg_http_conn_close_later(mg_conn_t *c) {
     if (X(c)->dead)
         return;
     X(c)->dead = 1;
@@ -583,7 +586,7 @@ static void mg_conn_close_later(mg_conn_t *c) {
     event_active(&c->tev, EV_TIMEOUT, 1);
 }
 
-void mg_conn_arm(mg_conn_t *c, int mode) {
+void mg_http_conn_arm(mg_conn_t *c, int mode) {
     int ms = 0;
     mg_gen_t *g = mg_gen_current;
     c->tmode = mode;
@@ -606,47 +609,47 @@ void mg_conn_arm(mg_conn_t *c, int mode) {
         event_del(&c->tev);
 }
 
-static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_http_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_conn_t *c = arg;
     (void)fd, (void)what;
     if (X(c)->handoff) {
-        int sfd = c->fd;
-        c->fd = -1;
-        mg_ws_takeover(c->req, sfd, c->in, c->in_len);
-        mg_conn_free(c);
+        /* the WebSocket side takes the transport (mg_io_move): closing
+         * ours then does nothing */
+        mg_http_hooks->upgrade(c->req, &c->io, c->in, c->in_len);
+        mg_http_conn_free(c);
         return;
     }
     if (X(c)->dead || X(c)->lingering) {
-        mg_conn_free(c);
+        mg_http_conn_free(c);
         return;
     }
     switch (c->tmode) {
     case MG_T_BODY:
         if (c->req && c->req->state == MG_REQ_BODY) {
-            mg_conn_fail(c, c->req->resp_started ? -1 : 408);
-            mg_conn_advance(c);
+            mg_http_conn_fail(c, c->req->resp_started ? -1 : 408);
+            mg_http_conn_advance(c);
             return;
         }
         break;
     case MG_T_HEADER:
     case MG_T_READ:
         if (c->req && !c->req->resp_started && c->req->state != MG_REQ_DONE) {
-            mg_conn_fail(c, 408);
-            mg_conn_advance(c);
+            mg_http_conn_fail(c, 408);
+            mg_http_conn_advance(c);
             return;
         }
         if (c->req == NULL) {
-            mg_conn_free(c);
+            mg_http_conn_free(c);
             return;
         }
         break;
     case MG_T_IDLE:
         if (c->req == NULL) {
-            mg_conn_free(c);
+            mg_http_conn_free(c);
             return;
         }
         break;
-    case MG_T_WRITE: mg_conn_free(c); return;
+    case MG_T_WRITE: mg_http_conn_free(c); return;
     default: break;
     }
 }
@@ -661,20 +664,20 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
  * while its request waits on a slow handler or upstream is gone at once
  * (the target is told), not when the answer's write fails. Reading that
  * stops on purpose (pipelined input saved, EOF, closing) removes the event
- * (mg_conn_read_enable), so nothing spins. */
-static int mg_conn_read_once(mg_conn_t *c, int fd) {
+ * (mg_http_conn_read_enable), so nothing spins. */
+static int mg_http_conn_read_once(mg_conn_t *c) {
     ssize_t n;
 
-    n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
+    n = mg_io_read(&c->io, mg_worker.scratch, sizeof(mg_worker.scratch));
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return 0;
-        mg_conn_free(c);
+        mg_http_conn_free(c);
         return 0;
     }
     if (X(c)->lingering) {
         if (n == 0) {
-            mg_conn_free(c);
+            mg_http_conn_free(c);
             return 0;
         }
         return 1;
@@ -683,75 +686,76 @@ static int mg_conn_read_once(mg_conn_t *c, int fd) {
         /* EOF: with nothing in progress, we are done; otherwise the client
          * half-closed and still waits for its answer */
         X(c)->eof = 1;
-        mg_conn_read_enable(c, 0);
+        mg_http_conn_read_enable(c, 0);
         if (c->req == NULL && c->in_len == 0 && evbuffer_get_length(c->out) == 0) {
-            mg_conn_free(c);
+            mg_http_conn_free(c);
             return 0;
         }
-        mg_conn_at_eof(c);
+        mg_http_conn_at_eof(c);
         /* a response still in flight is flushed first (RFC 9112 9.6) */
         c->closing = c->req == NULL && c->in_len == 0 ? 1 : c->closing;
-        mg_conn_advance(c);
+        mg_http_conn_advance(c);
         return 0;
     }
     if (c->tmode == MG_T_READ || c->tmode == MG_T_BODY)
-        mg_conn_arm(c, c->tmode);
+        mg_http_conn_arm(c, c->tmode);
     if (c->paused || c->closing) {
         if (!c->closing)
-            mg_conn_save_input(c, mg_worker.scratch, n);
+            mg_http_conn_save_input(c, mg_worker.scratch, n);
     } else {
         if (c->req == NULL && c->tmode == MG_T_IDLE)
-            mg_conn_arm(c, MG_T_HEADER);
-        mg_conn_exec(c, mg_worker.scratch, n);
-        mg_conn_advance(c);
+            mg_http_conn_arm(c, MG_T_HEADER);
+        mg_http_conn_exec(c, mg_worker.scratch, n);
+        mg_http_conn_advance(c);
     }
     if (X(c)->dead || c->rd_off)
         return 0;
-    return (size_t)n == sizeof(mg_worker.scratch);
+    /* bytes the transport holds (TLS records) bring no socket event */
+    return (size_t)n == sizeof(mg_worker.scratch) || mg_io_pending(&c->io) > 0;
 }
 
-static void mg_conn_read_cb(evutil_socket_t fd, short what, void *arg) {
-    (void)what;
-    while (mg_conn_read_once(arg, fd))
+static void mg_http_conn_read_cb(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    while (mg_http_conn_read_once(arg))
         ;
 }
 
-static void mg_conn_write_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_http_conn_write_cb(evutil_socket_t fd, short what, void *arg) {
     mg_conn_t *c = arg;
     mg_req_t *r = c->req;
     (void)fd, (void)what;
-    mg_conn_flush(c);
+    mg_http_conn_flush(c);
     if (X(c)->dead)
         return;
     if (evbuffer_get_length(c->out) < MG_LOW_WATER && r) {
         if (c->tmode == MG_T_WRITE)
-            mg_conn_arm(c, MG_T_NONE);
-        if (r->ux)
-            mg_proxy_client_drained(r);
-        else if (r->co)
-            mg_lua_client_drained(r);
+            mg_http_conn_arm(c, MG_T_NONE);
+        if (r->target)
+            r->target->drained(r);
         return;
     }
     if (r == NULL && evbuffer_get_length(c->out) == 0)
-        mg_conn_advance(c);
+        mg_http_conn_advance(c);
 }
 
 void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
     mg_xconn_t *x = calloc(1, sizeof(*x));
     mg_conn_t *c = &x->c;
+    mg_io_t io;
     int one = 1;
 
+    mg_io_tcp(&io, fd); /* the transport owns fd from here on */
     if (x == NULL) {
-        close(fd);
+        mg_io_close(&io);
         return;
     }
     c->out = evbuffer_new();
     if (c->out == NULL) {
         free(x);
-        close(fd);
+        mg_io_close(&io);
         return;
     }
-    c->fd = fd;
+    c->io = io;
     c->lidx = lidx;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     memcpy(&c->peer, sa, salen < sizeof(c->peer) ? salen : sizeof(c->peer));
@@ -762,24 +766,72 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
                   sizeof(c->peer_ip));
     llhttp_init(&c->parser, HTTP_REQUEST, &mg_http_settings);
     c->parser.data = c;
-    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_PERSIST, mg_conn_read_cb, c);
-    event_assign(&c->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_conn_write_cb, c);
-    evtimer_assign(&c->tev, mg_worker.base, mg_conn_timer_cb, c);
+    event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_PERSIST, mg_http_conn_read_cb, c);
+    event_assign(&c->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_http_conn_write_cb, c);
+    evtimer_assign(&c->tev, mg_worker.base, mg_http_conn_timer_cb, c);
     event_add(&c->rev, NULL);
     mg_worker.active++;
-    c->next = mg_conns;
-    if (mg_conns)
-        mg_conns->prev = c;
-    mg_conns = c;
-    mg_conn_arm(c, MG_T_HEADER);
+    c->next = mg_http_conns;
+    if (mg_http_conns)
+        mg_http_conns->prev = c;
+    mg_http_conns = c;
+    mg_http_conn_arm(c, MG_T_HEADER);
 }
 
+/* ---- the sink of an HTTP/1.1 request (mg_http_sess_ops_t) ---- */
+
+static size_t mg_http_h1_pending(mg_req_t *r) {
+    mg_conn_t *c = MG_CONN(r);
+    return c ? evbuffer_get_length(c->out) : 0;
+}
+
+static void mg_http_h1_flush(mg_req_t *r) {
+    if (MG_CONN(r))
+        mg_http_conn_flush(MG_CONN(r));
+}
+
+static void mg_http_h1_read_pause(mg_req_t *r, int on) {
+    if (MG_CONN(r))
+        mg_http_conn_read_enable(MG_CONN(r), !on);
+}
+
+/* a body to come: bound the gap between its bytes, whatever `read` is */
+static void mg_http_h1_body_start(mg_req_t *r) {
+    if (MG_CONN(r) && r->state == MG_REQ_BODY && (r->clen > 0 || r->chunked))
+        mg_http_conn_arm(MG_CONN(r), MG_T_BODY);
+}
+
+static void mg_http_h1_cont(mg_req_t *r) {
+    if (MG_CONN(r))
+        evbuffer_add(MG_CONN(r)->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+}
+
+static const char *mg_http_h1_peer_ip(const mg_req_t *r) { return MG_CONN(r)->peer_ip; }
+
+static int mg_http_h1_tls(const mg_req_t *r) { return MG_CONN(r)->is_tls; }
+
+const mg_http_sess_ops_t mg_http_h1_ops = {
+    .head = mg_http_h1_head,
+    .body = mg_http_h1_body,
+    .end = mg_http_h1_end,
+    .cont = mg_http_h1_cont,
+    .pending = mg_http_h1_pending,
+    .flush = mg_http_h1_flush,
+    .read_pause = mg_http_h1_read_pause,
+    .body_start = mg_http_h1_body_start,
+    .target_done = mg_http_h1_target_done,
+    .abort = mg_http_h1_abort,
+    .resume = mg_http_h1_resume,
+    .peer_ip = mg_http_h1_peer_ip,
+    .tls = mg_http_h1_tls,
+};
+
 void mg_http_close_idle(void) {
-    mg_conn_t *c = mg_conns;
+    mg_conn_t *c = mg_http_conns;
     while (c) {
         mg_conn_t *next = c->next;
         if (c->req == NULL && !X(c)->dead && evbuffer_get_length(c->out) == 0)
-            mg_conn_close_later(c);
+            mg_http_conn_close_later(c);
         c = next;
     }
 }

@@ -1,21 +1,24 @@
 /*
  * http.h -- the HTTP layer: a request, protocol-neutral for the layers
- * above (method, target, headers, body, response), the HTTP/1.1 session
- * that produces it (http.c: the connection, reading and timeouts;
- * http_parse.c: parsing and head checks; http_resp.c: response framing),
- * and the field helpers every HTTP user shares (fields.c).
+ * above (method, target, headers, body, response through its session's
+ * sink), the callback structs that connect it upward (mg_target_t, the
+ * target holding a request; mg_http_hooks_t, registered by the gateway),
+ * the HTTP/1.1 session that produces requests (http.c: the connection,
+ * reading and timeouts; http_parse.c: parsing and head checks;
+ * http_resp.c: response framing), and the field helpers every HTTP user
+ * shares (fields.c). The session itself (mg_conn_t) is in http_int.h.
  */
 #ifndef MG_HTTP_H
 #define MG_HTTP_H
 
 #include "conf/conf.h"
+#include "net/io.h"
 
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-/* ---- conn / request (http.c) ---- */
-typedef struct mg_conn_s mg_conn_t;
+/* ---- the request (protocol-neutral) ---- */
 /* Header lines "Name: value\r\n" in one flat buffer (per request, kept
  * with the recycled request). */
 typedef struct {
@@ -34,11 +37,53 @@ typedef struct {
 enum { MG_REQ_HEAD, MG_REQ_BODY, MG_REQ_DONE };
 enum { MG_ACCESS_NONE, MG_ACCESS_RUNNING, MG_ACCESS_OK, MG_ACCESS_DENIED };
 
+/* What the session that produced a request does for it: the response
+ * sink and the client side of the body. The HTTP/1.1 session (http.c,
+ * http_resp.c) gives its requests one; an HTTP/2 session would give its
+ * own. Targets and the layers above call the mg_resp_* and mg_req_*
+ * functions below, never these, and never write into a connection. */
+typedef struct {
+    /* the response head, extra = "Name: value\r\n" lines; clen -1: unknown */
+    void (*head)(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen);
+    void (*body)(mg_req_t *r, const char *data, size_t len);
+    void (*end)(mg_req_t *r);  /* the body is complete (framing's end) */
+    void (*cont)(mg_req_t *r); /* 100 Continue */
+    size_t (*pending)(mg_req_t *r);
+    void (*flush)(mg_req_t *r);
+    void (*read_pause)(mg_req_t *r, int on);
+    void (*body_start)(mg_req_t *r); /* a target takes the body: time its gaps */
+    void (*target_done)(mg_req_t *r);
+    void (*abort)(mg_req_t *r);
+    void (*resume)(mg_req_t *r); /* the access step ended: read on */
+    const char *(*peer_ip)(const mg_req_t *r);
+    int (*tls)(const mg_req_t *r);
+} mg_http_sess_ops_t;
+
+/* A target: what the request was handed to (the C proxy, a Lua handler).
+ * The session calls it through these, set in r->target while the target
+ * holds the request (the target clears it when it lets go). */
+typedef struct {
+    void (*body)(mg_req_t *r, const char *data, size_t len); /* request body bytes */
+    void (*body_end)(mg_req_t *r);
+    void (*drained)(mg_req_t *r); /* the client took the queued response */
+    /* The client went away, or the session gave up on the request (an
+     * error answered instead): stop. A target with keeps_req goes on and
+     * frees the request itself (mg_req_target_done); it hears gone only
+     * once the request is detached from the client. */
+    void (*gone)(mg_req_t *r);
+    int keeps_req;
+} mg_target_t;
+
 struct mg_req_s {
     mg_req_t *next_free;
-    mg_conn_t *conn; /* NULL once the client is gone */
+    void *sess;                     /* the session's own handle; NULL once the client is gone */
+    const mg_http_sess_ops_t *sops; /* the session's response sink */
+    const mg_target_t *target;      /* who holds the request now, or NULL */
+    /* dispatch: called when the access step ends (allowed or answered) */
+    void (*access_done)(mg_req_t *r);
     mg_gen_t *gen;
     mg_route_t *route;
+    int lidx; /* the listening socket it came in on (which servers) */
     int state;
     int method;
     int http_minor;
@@ -77,61 +122,88 @@ struct mg_req_s {
     int hdrs_cap;
 };
 
-struct mg_conn_s {
-    int fd;
-    int closing;   /* close once output is flushed */
-    int paused;    /* parser paused between pipelined requests */
-    int rd_off;    /* reading disabled (backpressure) */
-    int wr_on;     /* write event armed */
-    int tmode;     /* which timeout is armed */
-    uint64_t nreq; /* requests served on this connection */
-    struct event rev, wev, tev;
-    struct evbuffer *out;
-    char *in; /* saved unparsed input (pipelining) */
-    size_t in_len, in_cap;
-    llhttp_t parser;
-    mg_req_t *req;
-    struct sockaddr_storage peer;
-    char peer_ip[48];
-    int is_tls;
-    int lidx;               /* listening socket it came from */
-    mg_conn_t *prev, *next; /* all connections of the worker */
-};
+/* What the HTTP layer calls above itself, registered once at start by
+ * the gateway (mg_gateway_init): nothing in http/ names a target or a
+ * layer above. */
+enum { MG_HTTP_GO_ON = 0, MG_HTTP_PAUSE = 1 };
+typedef struct {
+    /* A checked request head: route it, run its access step, hand it to a
+     * target. MG_HTTP_PAUSE: the access step runs on (the body waits until
+     * r->access_done). */
+    int (*head)(mg_req_t *r);
+    /* Request body bytes: 0, or -1 to close the connection (a limit hit
+     * after the response began). */
+    int (*body)(mg_req_t *r, const char *data, size_t len);
+    /* The upgrade is parsed: the callee takes the transport (mg_io_move);
+     * pre: the client's bytes read past the request. */
+    void (*upgrade)(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len);
+    void (*done)(mg_req_t *r);  /* the response is complete: log phase */
+    void (*freed)(mg_req_t *r); /* the request goes (r->access_req_ref set) */
+} mg_http_hooks_t;
+void mg_http_set_hooks(const mg_http_hooks_t *h);
 
+/* ---- the request and response API (targets and the layers above) ---- */
+static inline int mg_req_gone(const mg_req_t *r) { return r->sess == NULL; }
+/* The client's address as text; "" once it is gone. At most
+ * MG_PEER_IP_MAX bytes with its NUL. */
+#define MG_PEER_IP_MAX 48
+static inline const char *mg_req_peer_ip(const mg_req_t *r) {
+    return r->sess ? r->sops->peer_ip(r) : "";
+}
+static inline int mg_req_tls(const mg_req_t *r) { return r->sess && r->sops->tls(r); }
+/* response bytes queued to the client, not yet sent */
+static inline size_t mg_req_pending(mg_req_t *r) { return r->sops->pending(r); }
+static inline void mg_req_flush(mg_req_t *r) { r->sops->flush(r); }
+/* stop (on) or resume reading the request body */
+static inline void mg_req_read_pause(mg_req_t *r, int on) { r->sops->read_pause(r, on); }
+static inline void mg_req_body_start(mg_req_t *r) { r->sops->body_start(r); }
+static inline void mg_req_continue(mg_req_t *r) { r->sops->cont(r); }
+/* The access step ended: the session reads on (or frees a gone request). */
+static inline void mg_req_resume(mg_req_t *r) { r->sops->resume(r); }
+/* target finished with the response */
+static inline void mg_req_target_done(mg_req_t *r) { r->sops->target_done(r); }
+/* target failed mid-response: close */
+static inline void mg_req_abort(mg_req_t *r) { r->sops->abort(r); }
+/* Response helpers. Headers in `extra` are full "Name: value\r\n" lines. */
+static inline void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen,
+                                int64_t clen) {
+    r->sops->head(r, status, extra, extralen, clen);
+}
+static inline void mg_resp_body(mg_req_t *r, const char *data, size_t len) {
+    r->sops->body(r, data, len);
+}
+static inline void mg_resp_end(mg_req_t *r) { r->sops->end(r); }
+/* A JSON error response; _with: extra header lines ("Name: value\r\n"). */
+void mg_resp_json_error(mg_req_t *r, int status, const char *msg);
+void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const char *extra);
+
+/* ---- the HTTP/1.1 session (http.c) ---- */
 void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx);
 void mg_http_close_idle(void); /* stopping: close connections between requests */
-void mg_conn_flush(mg_conn_t *c);
-void mg_conn_read_enable(mg_conn_t *c, int on);
-size_t mg_conn_pending(mg_conn_t *c);
-/* Response helpers. Headers in `extra` are full "Name: value\r\n" lines. */
-void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen);
-void mg_resp_body(mg_req_t *r, const char *data, size_t len);
-void mg_resp_end(mg_req_t *r);
-void mg_resp_json_error(mg_req_t *r, int status, const char *msg);
-void mg_req_target_done(mg_req_t *r); /* target finished with the response */
-/* The access hook ended (allowed or it answered): go on with the request. */
-void mg_http_access_finish(mg_req_t *r);
+
+/* ---- request fields and header lines (http.c, http_resp.c, fields.c) ---- */
 /* Is `name` overridden by req:set_header()? */
 int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len);
-int mg_lines_have(const char *p, size_t n, const char *name, size_t len);
-int mg_evlines_have(struct evbuffer *lines, const char *name, size_t len);
-int mg_lines_add(mg_lines_t *l, const char *s, size_t n);
-void mg_lines_remove(mg_lines_t *l, const char *name, size_t len);
-void mg_lines_merge(struct evbuffer *dst, const mg_lines_t *src);
+int mg_http_lines_have(const char *p, size_t n, const char *name, size_t len);
+int mg_http_evlines_have(struct evbuffer *lines, const char *name, size_t len);
+int mg_http_lines_add(mg_lines_t *l, const char *s, size_t n);
+/* Appends "Name: value\r\n" (mg_line_put). MG_OK or MG_ERR. */
+int mg_http_lines_put(mg_lines_t *l, const char *name, size_t nlen, const char *value, size_t vlen);
+void mg_http_lines_remove(mg_lines_t *l, const char *name, size_t len);
+void mg_http_lines_merge(struct evbuffer *dst, const mg_lines_t *src);
 void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h);
 /* Appends the client's header line hd as "Name: value\r\n". */
 void mg_req_copy_header(mg_req_t *r, mg_hdr_t *hd, struct evbuffer *h);
-void mg_req_abort(mg_req_t *r); /* target failed mid-response: close */
 const char *mg_req_header(mg_req_t *r, const char *name, size_t *len);
 /* The nth (0-based) header line with this name, or NULL. */
 const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len);
-const char *mg_status_text(int status);
+const char *mg_http_status_text(int status);
 int mg_http_hop_by_hop(const char *name, size_t len);
 /* A header a script sets: the name a token, the value free of control
  * characters but HTAB (RFC 9110 5.1, 5.5). 1 if fine. */
 int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vlen);
 /* http.c: the request target as access-log lines (HTTP and WebSocket
  * sessions) show it: cut to 300 bytes, query credentials as "-", escaped. */
-void mg_log_path(const mg_req_t *r, char *esc, size_t cap);
+void mg_http_log_path(const mg_req_t *r, char *esc, size_t cap);
 
 #endif

@@ -1,12 +1,41 @@
 /*
- * http_int.h -- the inside of a client connection, shared by http.c (the
- * connection and its parser) and http_resp.c (response framing), and by
- * the C unit tests (spec/c/). Nothing else includes this.
+ * http_int.h -- the inside of the HTTP/1.1 session (mg_conn_t), shared by
+ * http.c (the connection), http_parse.c (its parser callbacks and head
+ * checks) and http_resp.c (response framing), and by the C unit tests
+ * (spec/c/). Nothing outside http/ includes this.
  */
 #ifndef MG_HTTP_INT_H
 #define MG_HTTP_INT_H
 
 #include "http/http.h"
+
+typedef struct mg_conn_s mg_conn_t;
+
+/* An HTTP/1.1 client connection: the session behind its requests'
+ * r->sess (one request at a time, pipelined ones wait in `in`). */
+struct mg_conn_s {
+    mg_io_t io;    /* the transport; events are registered on io.fd */
+    int closing;   /* close once output is flushed */
+    int paused;    /* parser paused between pipelined requests */
+    int rd_off;    /* reading disabled (backpressure) */
+    int wr_on;     /* write event armed */
+    int tmode;     /* which timeout is armed */
+    uint64_t nreq; /* requests served on this connection */
+    struct event rev, wev, tev;
+    struct evbuffer *out;
+    char *in; /* saved unparsed input (pipelining) */
+    size_t in_len, in_cap;
+    llhttp_t parser;
+    mg_req_t *req;
+    struct sockaddr_storage peer;
+    char peer_ip[MG_PEER_IP_MAX];
+    int is_tls;
+    int lidx;               /* listening socket it came from */
+    mg_conn_t *prev, *next; /* all connections of the worker */
+};
+
+/* the connection of a request still attached to it, else NULL */
+#define MG_CONN(r) ((mg_conn_t *)(r)->sess)
 
 enum { MG_T_NONE, MG_T_HEADER, MG_T_IDLE, MG_T_READ, MG_T_BODY, MG_T_WRITE, MG_T_LINGER };
 
@@ -32,13 +61,16 @@ typedef struct {
 #define X(c) ((mg_xconn_t *)(c))
 
 /* http.c */
-mg_req_t *mg_req_new(mg_conn_t *c);       /* from the free list; NULL if out of memory */
-void mg_conn_arm(mg_conn_t *c, int mode); /* the connection timer, MG_T_* */
+extern const mg_http_hooks_t *mg_http_hooks;    /* set at start by the gateway */
+extern const mg_http_sess_ops_t mg_http_h1_ops; /* what an HTTP/1.1 request's sink does */
+mg_req_t *mg_req_new(mg_conn_t *c);             /* from the free list; NULL if out of memory */
+void mg_http_conn_arm(mg_conn_t *c, int mode);  /* the connection timer, MG_T_* */
+void mg_http_conn_flush(mg_conn_t *c);
+void mg_http_conn_read_enable(mg_conn_t *c, int on);
 
 /* http_parse.c: llhttp's callbacks for a client connection */
 extern const llhttp_settings_t mg_http_settings;
 int mg_http_on_message_begin(llhttp_t *p); /* a fresh request (also for errors before one) */
-void mg_http_dispatch(mg_req_t *r);        /* to its target, once access allows it */
 /* the head checks llhttp leaves to us (pure: no I/O, exposed for spec/c/) */
 int mg_http_host_valid(const char *v, size_t len); /* Host / authority characters: 1 ok */
 int mg_http_te_check(const char *v, size_t n);     /* Transfer-Encoding value: 0 or 501 */
@@ -46,8 +78,9 @@ int mg_http_te_check(const char *v, size_t n);     /* Transfer-Encoding value: 0
  * absolute-form target in r->hbuf. Returns 0 or the status to refuse with. */
 int mg_http_check_head(mg_req_t *r, llhttp_t *p);
 
-/* http_resp.c */
-/* A JSON error response with extra header lines ("Name: value\r\n"). */
-void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const char *extra);
+/* http_resp.c: the HTTP/1.1 response framing behind mg_http_h1_ops */
+void mg_http_h1_head(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen);
+void mg_http_h1_body(mg_req_t *r, const char *data, size_t len);
+void mg_http_h1_end(mg_req_t *r);
 
 #endif

@@ -1,12 +1,12 @@
 /*
  * http_parse.c -- llhttp's callbacks for a client connection: the request
- * line and headers into mg_req_t, the strict checks llhttp leaves to us
+ * line and headers into mg_req_t and the strict checks llhttp leaves to us
  * (RFC 9112: Host, framing headers that could smuggle a request, obs-fold,
- * bare LF), routing, and handing the request to its target (a WebSocket
- * upgrade, the access hooks, the proxy or a Lua handler) with its body.
+ * Transfer-Encoding, the request target). A checked head goes to the
+ * gateway's head hook (route, access, target), body bytes to its body
+ * hook, the body's end to r->target.
  */
 #include "http/http_int.h"
-#include "gateway/gateway.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -31,58 +31,7 @@ const llhttp_settings_t mg_http_settings = {
     .on_message_complete = mg_http_on_message_complete,
 };
 
-/* A WebSocket route's handshake, checked before its access hook runs so
- * that a refused handshake runs and forwards nothing. 0 = go on: a valid
- * upgrade (r->ws_valid, what req.websocket shows hooks), or plain HTTP to
- * a route with an upstream; -1 = refused and answered. */
-static int mg_http_ws_check(mg_req_t *r) {
-    mg_ws_hs_t hs;
-    const char *why;
-    size_t ul;
-    int st;
-
-    if (mg_req_header(r, "upgrade", &ul) == NULL) {
-        if (r->route->upstream)
-            return 0; /* plain HTTP on a WebSocket upstream route */
-        mg_resp_json_error_with(r, 426, "this route speaks WebSocket",
-                                "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
-        return -1;
-    }
-    st = mg_ws_handshake_check(r, &hs, &why);
-    if (st == 426) {
-        mg_resp_json_error_with(r, 426, why, "Sec-WebSocket-Version: 13\r\n");
-        return -1;
-    }
-    if (st) {
-        mg_resp_json_error(r, st, why);
-        return -1;
-    }
-    if (mg_ws_count() >= (uint64_t)r->gen->max_websockets) {
-        mg_warn("request %s: websocket limit (%d per worker) reached", r->request_id,
-                r->gen->max_websockets);
-        mg_resp_json_error(r, 503, "too many websockets");
-        return -1;
-    }
-    r->ws_valid = 1;
-    return 0;
-}
-
-/* A WebSocket route after its access hook: hand the socket over once the
- * request is fully parsed (mg_conn_advance), or proxy plain HTTP. The
- * socket limit is checked again: the hook may have waited. */
-static void mg_http_ws_route(mg_req_t *r) {
-    if (!r->ws_valid) {
-        mg_proxy_start(r);
-        return;
-    }
-    if (mg_ws_count() >= (uint64_t)r->gen->max_websockets) {
-        mg_resp_json_error(r, 503, "too many websockets");
-        return;
-    }
-    r->ws_upgrade = 1;
-}
-
-static int mg_request_id_valid(const char *v, size_t len) {
+static int mg_http_request_id_valid(const char *v, size_t len) {
     if (len == 0 || len > 36)
         return 0;
     for (size_t i = 0; i < len; i++)
@@ -93,7 +42,7 @@ static int mg_request_id_valid(const char *v, size_t len) {
 
 static int mg_http_append(mg_req_t *r, const char *at, size_t len) {
     if (r->hlen + len > r->gen->limits.header_size) {
-        X(r->conn)->err_status = r->hstate == 0 ? 414 : 431;
+        X(MG_CONN(r))->err_status = r->hstate == 0 ? 414 : 431;
         return -1;
     }
     memcpy(r->hbuf + r->hlen, at, len);
@@ -110,7 +59,7 @@ int mg_http_on_message_begin(llhttp_t *p) {
     }
     c->req = r;
     r->state = MG_REQ_HEAD;
-    mg_conn_arm(c, MG_T_HEADER);
+    mg_http_conn_arm(c, MG_T_HEADER);
     return 0;
 }
 
@@ -157,10 +106,6 @@ static int mg_http_on_header_value(llhttp_t *p, const char *at, size_t len) {
     return mg_http_append(r, at, len);
 }
 
-static int mg_http_name_is(mg_req_t *r, mg_hdr_t *h, const char *name, size_t len) {
-    return h->nlen == len && strncasecmp(r->hbuf + h->noff, name, len) == 0;
-}
-
 int mg_http_host_valid(const char *v, size_t len) {
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = v[i];
@@ -176,81 +121,136 @@ int mg_http_host_valid(const char *v, size_t len) {
  * Anything else (chunked not last, or absent) leaves the length unknown,
  * which llhttp refuses with 400 (6.3). Returns 0 or 501. */
 int mg_http_te_check(const char *v, size_t n) {
-    size_t e = n, s;
-    while (e > 0 && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-        e--;
-    s = e;
-    while (s > 0 && v[s - 1] != ',')
-        s--;
-    if (s == 0)
-        return 0; /* one coding: chunked, or llhttp's 400 */
-    while (s < e && (v[s] == ' ' || v[s] == '\t'))
-        s++;
-    return e - s == 7 && strncasecmp(v + s, "chunked", 7) == 0 ? 501 : 0;
-}
-
-/* How many codings a Transfer-Encoding line lists (its non-empty
- * comma-separated elements). Several lines are one list (RFC 9110 5.3). */
-static int mg_http_te_codings(const char *v, size_t n) {
-    int count = 0, in = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (v[i] == ',')
-            in = 0;
-        else if (v[i] != ' ' && v[i] != '\t' && !in)
-            in = 1, count++;
-    }
-    return count;
+    mg_te_t t = {0, 0, 0};
+    mg_te_add(&t, v, n);
+    return t.codings > 1 && t.last_chunked ? 501 : 0;
 }
 
 #define MG_HOST_MAX 262 /* a DNS name (255), ':' and a port */
 
-/* Checks llhttp leaves to us: Host (RFC 9112 3.2), framing, target form,
- * dot segments. Returns 0 or an HTTP status to refuse with. */
-int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
-    int hosts = 0, te = 0, te_501 = 0, codings = 0, i;
-    const char *url = r->hbuf;
+/* What the header lines say about Host and framing. */
+typedef struct {
+    int hosts;   /* Host lines */
+    int te;      /* Transfer-Encoding lines */
+    int te_501;  /* a line lists other codings, then chunked (mg_http_te_check) */
+    mg_te_t tes; /* all the Transfer-Encoding lines: one list (RFC 9110 5.3) */
+} mg_http_framing_t;
 
-    for (i = 0; i < r->nhdrs; i++) {
+/* Each header line: its value's characters, Host, Transfer-Encoding,
+ * X-Request-Id, Expect. Returns 0 or an HTTP status to refuse with. */
+static int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
+    for (int i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *h = &r->hdrs[i];
-        const char *v = r->hbuf + h->voff;
-        size_t k;
+        const char *v = r->hbuf + h->voff, *n = r->hbuf + h->noff;
         /* bare CR, NUL and other CTLs inside a value (obs-fold shows up as CR/LF) */
-        for (k = 0; k < h->vlen; k++) {
+        for (size_t k = 0; k < h->vlen; k++) {
             unsigned char ch = v[k];
             if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
                 return 400;
         }
         if (h->nlen == 0)
             return 400;
-        if (mg_http_name_is(r, h, "host", 4)) {
-            hosts++;
+        if (MG_NAME_IS(n, h->nlen, "host")) {
+            f->hosts++;
             r->host_idx = i;
             if (!mg_http_host_valid(v, h->vlen))
                 return 400;
-        } else if (mg_http_name_is(r, h, "transfer-encoding", 17)) {
-            te++;
-            codings += mg_http_te_codings(v, h->vlen);
-            if (mg_http_te_check(v, h->vlen) == 501)
-                te_501 = 1;
-        } else if (mg_http_name_is(r, h, "x-request-id", 12)) {
+        } else if (MG_NAME_IS(n, h->nlen, "transfer-encoding")) {
+            int before = f->tes.codings;
+            f->te++;
+            mg_te_add(&f->tes, v, h->vlen);
+            if (f->tes.codings - before > 1 && f->tes.last_chunked)
+                f->te_501 = 1;
+        } else if (MG_NAME_IS(n, h->nlen, "x-request-id")) {
             r->xrid_idx = i;
-        } else if (mg_http_name_is(r, h, "expect", 6)) {
-            if (h->vlen == 12 && strncasecmp(v, "100-continue", 12) == 0)
+        } else if (MG_NAME_IS(n, h->nlen, "expect")) {
+            if (MG_NAME_IS(v, h->vlen, "100-continue"))
                 r->expect_continue = 1;
             else
                 return 417;
         }
     }
-    if (hosts > 1 || (hosts == 0 && p->http_minor >= 1))
+    return 0;
+}
+
+/* An absolute-form target ("http://host/path") reduced to its path in
+ * r->hbuf. Returns 0 or 400. */
+static int mg_http_absolute_form(mg_req_t *r) {
+    const char *url = r->hbuf, *s, *auth;
+    char ab[MG_HOST_MAX];
+    size_t skip, alen;
+    if (r->url_len > 7 && strncasecmp(url, "http://", 7) == 0)
+        skip = 7;
+    else if (r->url_len > 8 && strncasecmp(url, "https://", 8) == 0)
+        skip = 8;
+    else
         return 400;
-    if (te && p->http_minor == 0)
+    auth = url + skip;
+    s = memchr(auth, '/', r->url_len - skip);
+    if (s == NULL)
+        return 400;
+    alen = s - auth;
+    /* userinfo ('@') is refused with the rest (RFC 9110 4.2.4) */
+    if (alen == 0 || alen > sizeof(ab) || !mg_http_host_valid(auth, alen))
+        return 400;
+    memcpy(ab, auth, alen);
+    memmove(r->hbuf, s, r->url_len - (s - url));
+    r->url_len -= s - url;
+    /* RFC 9112 3.2.2: the target's authority replaces Host, for routing
+     * and on to the upstream. It goes in the bytes the move freed (at
+     * least its own length); other header offsets stay valid. */
+    if (r->host_idx >= 0) {
+        memcpy(r->hbuf + r->url_len, ab, alen);
+        r->hdrs[r->host_idx].voff = (uint32_t)r->url_len;
+        r->hdrs[r->host_idx].vlen = (uint32_t)alen;
+    }
+    return 0;
+}
+
+/* The path of an origin-form target: no fragment, no dot segments (plain
+ * or %2e); sets r->path_len. Returns 0 or 400. */
+static int mg_http_check_path(mg_req_t *r) {
+    const char *url = r->hbuf;
+    const char *q = memchr(url, '?', r->url_len);
+    const char *f = memchr(url, '#', r->url_len);
+    size_t plen = q ? (size_t)(q - url) : r->url_len;
+    if (f)
+        return 400;
+    r->path_len = plen;
+    /* refuse dot segments: routing on "/a/../b" would differ from the upstream's view */
+    for (size_t k = 0; k < plen; k++) {
+        if (url[k] == '/' && k + 1 < plen && url[k + 1] == '.') {
+            size_t e = k + 2;
+            if (e < plen && url[e] == '.')
+                e++;
+            if (e == plen || url[e] == '/')
+                return 400;
+        }
+        if (url[k] == '%' && k + 2 < plen && url[k + 1] == '2' &&
+            (url[k + 2] == 'e' || url[k + 2] == 'E'))
+            return 400;
+    }
+    return 0;
+}
+
+/* Checks llhttp leaves to us: Host (RFC 9112 3.2), framing, target form,
+ * dot segments. Returns 0 or an HTTP status to refuse with. */
+int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
+    mg_http_framing_t f = {0, 0, 0, {0, 0, 0}};
+    int st = mg_http_check_fields(r, &f);
+
+    if (st)
+        return st;
+    if (f.hosts > 1 || (f.hosts == 0 && p->http_minor >= 1))
+        return 400;
+    if (f.te && p->http_minor == 0)
         return 400; /* RFC 9112 6.1: faulty framing from a 1.0 client */
     /* chunked not last: llhttp refuses it too, but only after this
      * callback, when the request has been routed and may be on its way */
-    if (te && !(p->flags & F_CHUNKED) && !te_501)
+    if (f.te && !(p->flags & F_CHUNKED) && !f.te_501)
         return 400; /* RFC 9112 6.3 */
     /* "gzip" and "chunked" on two lines are "gzip, chunked" */
-    if (te_501 || (te > 1 && (p->flags & F_CHUNKED) && codings > 1))
+    if (f.te_501 || (f.te > 1 && (p->flags & F_CHUNKED) && f.tes.codings > 1))
         return 501; /* RFC 9112 6.1: a coding we do not implement */
     if (p->method == HTTP_CONNECT)
         return 405;
@@ -259,71 +259,20 @@ int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
 
     /* request target: origin-form, or "*" for OPTIONS; absolute-form is
      * accepted and reduced to its path */
-    if (r->url_len == 1 && url[0] == '*') {
+    if (r->url_len == 1 && r->hbuf[0] == '*') {
         if (p->method != HTTP_OPTIONS)
             return 400;
         r->path_len = 1;
         return 0;
     }
-    if (url[0] != '/') {
-        const char *s, *auth;
-        char ab[MG_HOST_MAX];
-        size_t skip, alen;
-        if (r->url_len > 7 && strncasecmp(url, "http://", 7) == 0)
-            skip = 7;
-        else if (r->url_len > 8 && strncasecmp(url, "https://", 8) == 0)
-            skip = 8;
-        else
-            return 400;
-        auth = url + skip;
-        s = memchr(auth, '/', r->url_len - skip);
-        if (s == NULL)
-            return 400;
-        alen = s - auth;
-        /* userinfo ('@') is refused with the rest (RFC 9110 4.2.4) */
-        if (alen == 0 || alen > sizeof(ab) || !mg_http_host_valid(auth, alen))
-            return 400;
-        memcpy(ab, auth, alen);
-        memmove(r->hbuf, s, r->url_len - (s - url));
-        r->url_len -= s - url;
-        /* RFC 9112 3.2.2: the target's authority replaces Host, for routing
-         * and on to the upstream. It goes in the bytes the move freed (at
-         * least its own length); other header offsets stay valid. */
-        if (r->host_idx >= 0) {
-            memcpy(r->hbuf + r->url_len, ab, alen);
-            r->hdrs[r->host_idx].voff = (uint32_t)r->url_len;
-            r->hdrs[r->host_idx].vlen = (uint32_t)alen;
-        }
-    }
-    {
-        const char *q = memchr(url, '?', r->url_len);
-        const char *f = memchr(url, '#', r->url_len);
-        size_t plen = q ? (size_t)(q - url) : r->url_len;
-        if (f)
-            return 400;
-        r->path_len = plen;
-        /* refuse dot segments: routing on "/a/../b" would differ from the upstream's view */
-        for (size_t k = 0; k < plen; k++) {
-            if (url[k] == '/' && k + 1 < plen && url[k + 1] == '.') {
-                size_t e = k + 2;
-                if (e < plen && url[e] == '.')
-                    e++;
-                if (e == plen || url[e] == '/')
-                    return 400;
-            }
-            if (url[k] == '%' && k + 2 < plen && url[k + 1] == '2' &&
-                (url[k + 2] == 'e' || url[k + 2] == 'E'))
-                return 400;
-        }
-    }
-    return 0;
+    if (r->hbuf[0] != '/' && mg_http_absolute_form(r) != 0)
+        return 400;
+    return mg_http_check_path(r);
 }
 
 static int mg_http_on_headers_complete(llhttp_t *p) {
     mg_conn_t *c = p->data;
     mg_req_t *r = c->req;
-    const char *host = NULL;
-    size_t hostlen = 0;
     int st;
 
     r->method = p->method;
@@ -332,11 +281,11 @@ static int mg_http_on_headers_complete(llhttp_t *p) {
     r->chunked = (p->flags & F_CHUNKED) != 0;
     r->clen = (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1;
     r->state = MG_REQ_BODY;
-    mg_conn_arm(c, mg_gen_current->timeouts.read > 0 ? MG_T_READ : MG_T_NONE);
+    mg_http_conn_arm(c, mg_gen_current->timeouts.read > 0 ? MG_T_READ : MG_T_NONE);
 
     st = mg_http_check_head(r, p);
     if (r->xrid_idx >= 0 &&
-        mg_request_id_valid(r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen)) {
+        mg_http_request_id_valid(r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen)) {
         memcpy(r->request_id, r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen);
         r->request_id[r->hdrs[r->xrid_idx].vlen] = '\0';
     } else {
@@ -346,52 +295,8 @@ static int mg_http_on_headers_complete(llhttp_t *p) {
         X(c)->err_status = st;
         return -1;
     }
-    if (r->host_idx >= 0) {
-        host = r->hbuf + r->hdrs[r->host_idx].voff;
-        hostlen = r->hdrs[r->host_idx].vlen;
-    }
-    r->route = mg_route_match(r->gen, mg_gen_server_of(r->gen, c->lidx), r->method, host, hostlen,
-                              r->hbuf, r->path_len, NULL, NULL);
-    if (r->route == NULL) {
-        r->resp_close = !(r->clen <= 0 && !r->chunked);
-        mg_resp_json_error(r, 404, "no route");
-        return 0;
-    }
-    if (r->route->body_size && r->clen > 0 && (uint64_t)r->clen > r->route->body_size) {
-        mg_resp_json_error(r, 413, "request body too large");
-        return 0;
-    }
-    if (r->route->ws && mg_http_ws_check(r) < 0)
-        return 0;
-    /* access hooks first; Lua handler routes run them in the handler's
-     * own coroutine (moongate.run), the others in one of their own */
-    if (r->route->access_ref != LUA_NOREF && (r->route->upstream || r->route->ws)) {
-        r->access_state = MG_ACCESS_RUNNING;
-        mg_lua_access_start(r);
-        if (r->access_state == MG_ACCESS_RUNNING)
-            return HPE_PAUSED; /* the body waits until the hook decides */
-        if (r->access_state == MG_ACCESS_DENIED)
-            return 0;
-    }
-    mg_http_dispatch(r);
-    return 0;
-}
-
-void mg_http_dispatch(mg_req_t *r) {
-    mg_conn_t *c = r->conn;
-    /* a body to come: bound the gap between its bytes, whatever `read` is */
-    if (r->state == MG_REQ_BODY && (r->clen > 0 || r->chunked))
-        mg_conn_arm(c, MG_T_BODY);
-    if (r->route->ws) {
-        mg_http_ws_route(r);
-        return;
-    }
-    if (r->expect_continue && (r->clen > 0 || r->chunked))
-        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-    if (r->route->upstream)
-        mg_proxy_start(r);
-    else
-        mg_lua_handler_start(r);
+    /* route, access, target: the gateway's */
+    return mg_http_hooks->head(r) == MG_HTTP_PAUSE ? HPE_PAUSED : 0;
 }
 
 static int mg_http_on_body(llhttp_t *p, const char *at, size_t len) {
@@ -399,22 +304,10 @@ static int mg_http_on_body(llhttp_t *p, const char *at, size_t len) {
     mg_req_t *r = c->req;
 
     r->body_rx += len;
-    if (r->route == NULL || (r->resp_done && !r->ux && !r->co))
-        return 0; /* answered already (404/413): discard */
-    if (r->route->body_size && r->body_rx > r->route->body_size) {
-        if (r->resp_started) {
-            X(c)->err_status = -1; /* just close */
-            return -1;
-        }
-        if (r->ux)
-            mg_proxy_client_gone(r);
-        mg_resp_json_error(r, 413, "request body too large");
-        return 0;
+    if (mg_http_hooks->body(r, at, len) < 0) {
+        X(c)->err_status = -1; /* just close */
+        return -1;
     }
-    if (r->ux)
-        mg_proxy_body(r, at, len);
-    else if (r->co)
-        mg_lua_body(r, at, len);
     return 0;
 }
 
@@ -423,10 +316,8 @@ static int mg_http_on_message_complete(llhttp_t *p) {
     mg_req_t *r = c->req;
     r->state = MG_REQ_DONE;
     if (c->tmode == MG_T_BODY)
-        mg_conn_arm(c, MG_T_NONE);
-    if (r->ux)
-        mg_proxy_body_end(r);
-    else if (r->co)
-        mg_lua_body_end(r);
+        mg_http_conn_arm(c, MG_T_NONE);
+    if (r->target)
+        r->target->body_end(r);
     return HPE_PAUSED; /* one request at a time: responses stay in order */
 }

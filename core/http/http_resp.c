@@ -1,7 +1,9 @@
 /*
- * http_resp.c -- response framing on a client connection: the status line
- * and Date, Content-Length or chunked framing, Connection, our own JSON
- * errors, and copying request header lines on to an upstream.
+ * http_resp.c -- HTTP/1.1 response framing behind mg_http_h1_ops (the
+ * status line and Date, Content-Length or chunked framing, Connection),
+ * our own JSON errors (through whichever sink the request has), field
+ * checks for script-set headers, and the request's header lines as an
+ * upstream gets them (mg_req_copy_header, mg_req_xhdrs_append).
  */
 #include "http/http_int.h"
 
@@ -42,8 +44,8 @@ int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vl
     return 1;
 }
 
-void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen) {
-    mg_conn_t *c = r->conn;
+void mg_http_h1_head(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen) {
+    mg_conn_t *c = MG_CONN(r);
     char line[160];
     const char *text, *date;
     size_t n, dlen;
@@ -65,7 +67,7 @@ void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, i
     if (X(c)->upgrade || (X(c)->eof && c->in_len == 0) || mg_worker.stopping)
         r->resp_close = 1;
     /* built by hand: this runs once per response */
-    text = mg_status_text(status);
+    text = mg_http_status_text(status);
     memcpy(line, "HTTP/1.1 ", 9);
     n = 9 + mg_utoa(line + 9, (unsigned)status);
     line[n++] = ' ';
@@ -82,10 +84,8 @@ void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, i
     if (!nobody) {
         n = 0;
         if (clen >= 0) {
-            memcpy(line, "Content-Length: ", 16);
-            n = 16 + mg_utoa(line + 16, (uint64_t)clen);
-            line[n++] = '\r';
-            line[n++] = '\n';
+            char num[24];
+            n = mg_line_put(line, "Content-Length", 14, num, mg_utoa(num, (uint64_t)clen));
         } else if (r->resp_chunked) {
             memcpy(line, "Transfer-Encoding: chunked\r\n", 28);
             n = 28;
@@ -101,8 +101,8 @@ void mg_resp_head(mg_req_t *r, int status, const char *extra, size_t extralen, i
         evbuffer_add(c->out, "\r\n", 2);
 }
 
-void mg_resp_body(mg_req_t *r, const char *data, size_t len) {
-    mg_conn_t *c = r->conn;
+void mg_http_h1_body(mg_req_t *r, const char *data, size_t len) {
+    mg_conn_t *c = MG_CONN(r);
     if (c == NULL || len == 0 || r->method == HTTP_HEAD)
         return;
     r->bytes_out += len;
@@ -117,9 +117,9 @@ void mg_resp_body(mg_req_t *r, const char *data, size_t len) {
     }
 }
 
-void mg_resp_end(mg_req_t *r) {
-    if (r->conn && r->resp_chunked && r->method != HTTP_HEAD)
-        evbuffer_add(r->conn->out, "0\r\n\r\n", 5);
+void mg_http_h1_end(mg_req_t *r) {
+    if (MG_CONN(r) && r->resp_chunked && r->method != HTTP_HEAD)
+        evbuffer_add(MG_CONN(r)->out, "0\r\n\r\n", 5);
 }
 
 void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const char *extra) {
@@ -139,20 +139,7 @@ void mg_resp_json_error(mg_req_t *r, int status, const char *msg) {
 }
 
 void mg_req_copy_header(mg_req_t *r, mg_hdr_t *hd, struct evbuffer *h) {
-    char line[512];
-    size_t n = hd->nlen + hd->vlen + 4;
-    if (n > sizeof(line)) {
-        evbuffer_add(h, r->hbuf + hd->noff, hd->nlen);
-        evbuffer_add(h, ": ", 2);
-        evbuffer_add(h, r->hbuf + hd->voff, hd->vlen);
-        evbuffer_add(h, "\r\n", 2);
-        return;
-    }
-    memcpy(line, r->hbuf + hd->noff, hd->nlen); /* one add: evbuffer_add is not cheap */
-    memcpy(line + hd->nlen, ": ", 2);
-    memcpy(line + hd->nlen + 2, r->hbuf + hd->voff, hd->vlen);
-    memcpy(line + n - 2, "\r\n", 2);
-    evbuffer_add(h, line, n);
+    mg_line_add(h, r->hbuf + hd->noff, hd->nlen, r->hbuf + hd->voff, hd->vlen);
 }
 
 /* Appends the headers set by req:set_header() (not the removals). */
@@ -169,5 +156,5 @@ void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h) {
 }
 
 int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len) {
-    return mg_lines_have(r->xhdrs.p, r->xhdrs.len, name, len);
+    return mg_http_lines_have(r->xhdrs.p, r->xhdrs.len, name, len);
 }

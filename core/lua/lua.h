@@ -18,19 +18,15 @@ void mg_crypto_open_api(lua_State *L);               /* pushes core.crypto */
 
 /* ---- lua_api.c: handlers as coroutines, the moongate module ---- */
 void mg_lua_open_api(lua_State *L);
-void mg_co_pool_free(mg_gen_t *gen);
+void mg_lua_co_pool_free(mg_gen_t *gen);
 void mg_lua_handler_start(mg_req_t *r);
 void mg_lua_access_start(mg_req_t *r);
-void mg_req_unlink(mg_req_t *r); /* the request ends: its req table lets go of it */
+void mg_lua_req_unlink(mg_req_t *r); /* the request ends: its req table lets go of it */
 /* header_filter plugins: `lines` ("Name: value\r\n"...) in, the edited
  * lines into out, *status updated. MG_ERR leaves the head as it was. */
 int mg_lua_header_filter(mg_req_t *r, int *status, const char *lines, size_t len,
                          struct evbuffer *out);
 void mg_lua_log(mg_req_t *r, double duration_ms); /* log plugins */
-void mg_lua_body(mg_req_t *r, const char *data, size_t len);
-void mg_lua_body_end(mg_req_t *r);
-void mg_lua_client_drained(mg_req_t *r);
-void mg_lua_client_gone(mg_req_t *r);
 
 /* ---- lua_ws.c */
 void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre, size_t len);

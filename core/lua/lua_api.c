@@ -4,9 +4,11 @@
  * (sleep, the HTTP client, reading the body, a write the client is slow
  * to take) yields the coroutine and resumes it from an event callback, so
  * nothing a script does blocks the worker's loop. This file has the
- * coroutines, the req table and the access hooks; the body and response
- * are lua_resp.c, sleep/timers/the HTTP client lua_client.c, WebSockets
- * lua_ws.c.
+ * coroutines, the req table (req:header(), req:set_header()...), starting
+ * a route's handler or its access hooks (which end through
+ * r->access_done), the header_filter and log hooks, and the module's
+ * small functions; the body and response (the Lua target) are lua_resp.c,
+ * sleep/timers/the HTTP client lua_client.c, WebSockets lua_ws.c.
  *
  * Misuse raises (luaL_error); expected failures return nil, err.
  */
@@ -18,17 +20,17 @@
 #include <string.h>
 #include <strings.h>
 
-mg_co_t *mg_co_cur;
+mg_co_t *mg_lua_co_cur;
 
 /* ---- coroutine lifecycle ---- */
 
 /* Coroutines that ended cleanly are kept per generation and reused: a
  * request on a Lua route then costs no new thread, registry slot or
  * malloc. A pooled one holds no reference on its generation; the pool
- * goes with the generation (mg_co_pool_free). */
+ * goes with the generation (mg_lua_co_pool_free). */
 #define MG_CO_POOL 128
 
-mg_co_t *mg_co_new(mg_gen_t *gen) {
+mg_co_t *mg_lua_co_new(mg_gen_t *gen) {
     mg_co_t *co = gen->co_pool;
     if (co) {
         struct evbuffer *body = co->body;
@@ -53,7 +55,7 @@ mg_co_t *mg_co_new(mg_gen_t *gen) {
     return co;
 }
 
-void mg_co_pool_free(mg_gen_t *gen) {
+void mg_lua_co_pool_free(mg_gen_t *gen) {
     while (gen->co_pool) {
         mg_co_t *co = gen->co_pool;
         gen->co_pool = co->next_free;
@@ -63,7 +65,7 @@ void mg_co_pool_free(mg_gen_t *gen) {
     }
 }
 
-static void mg_co_free(mg_co_t *co) {
+static void mg_lua_co_free(mg_co_t *co) {
     mg_gen_t *gen = co->gen;
     event_del(&co->tev);
     mg_lua_http_end(co);
@@ -90,12 +92,13 @@ static void mg_co_free(mg_co_t *co) {
     free(co);
 }
 
-static void mg_co_end(mg_co_t *co) {
+static void mg_lua_co_end(mg_co_t *co) {
     mg_req_t *r = co->req;
     if (co->lws)
         mg_lua_ws_co_end(co);
     if (co->access && r) {
         r->co = NULL;
+        r->target = NULL;
         co->req = NULL;
         if (r->resp_started)
             r->access_state = MG_ACCESS_DENIED;
@@ -103,33 +106,34 @@ static void mg_co_end(mg_co_t *co) {
             r->access_state = MG_ACCESS_DENIED; /* the hook failed */
         if (r->access_state == MG_ACCESS_DENIED && !r->resp_started)
             mg_resp_json_error(r, 500, "internal error");
-        mg_co_free(co);
-        mg_http_access_finish(r);
+        mg_lua_co_free(co);
+        r->access_done(r); /* dispatch goes on */
         return;
     }
     if (r) {
         r->co = NULL;
+        r->target = NULL;
         co->req = NULL;
         if (!r->resp_started)
             mg_resp_json_error(r, 500, "handler sent no response");
         else if (!r->resp_done) {
             mg_resp_end(r);
         }
-        mg_co_free(co);
+        mg_lua_co_free(co);
         mg_req_target_done(r);
         return;
     }
-    mg_co_free(co);
+    mg_lua_co_free(co);
 }
 
-void mg_co_resume(mg_co_t *co, int nargs) {
-    mg_co_t *prev = mg_co_cur;
+void mg_lua_co_resume(mg_co_t *co, int nargs) {
+    mg_co_t *prev = mg_lua_co_cur;
     int st;
 
     co->wait = MG_W_NONE;
-    mg_co_cur = co;
+    mg_lua_co_cur = co;
     st = lua_resume(co->L, nargs);
-    mg_co_cur = prev;
+    mg_lua_co_cur = prev;
     if (st == LUA_YIELD)
         return;
     co->reusable = st == 0;
@@ -150,11 +154,11 @@ void mg_co_resume(mg_co_t *co, int nargs) {
         else if (co->req)
             co->req->resp_close = 1;
     }
-    mg_co_end(co);
+    mg_lua_co_end(co);
 }
 
-mg_co_t *mg_co_check(lua_State *L, const char *what) {
-    mg_co_t *co = mg_co_cur;
+mg_co_t *mg_lua_co_check(lua_State *L, const char *what) {
+    mg_co_t *co = mg_lua_co_cur;
     if (co == NULL || co->L != L)
         luaL_error(L,
                    "%s: only inside a handler or timer (not at load time or in a nested coroutine)",
@@ -162,8 +166,8 @@ mg_co_t *mg_co_check(lua_State *L, const char *what) {
     return co;
 }
 
-mg_req_t *mg_co_req(lua_State *L, const char *what) {
-    mg_co_t *co = mg_co_check(L, what);
+mg_req_t *mg_lua_co_req(lua_State *L, const char *what) {
+    mg_co_t *co = mg_lua_co_check(L, what);
     if (co->req == NULL)
         luaL_error(L, "%s: no request in a timer", what);
     return co->req;
@@ -171,7 +175,7 @@ mg_req_t *mg_co_req(lua_State *L, const char *what) {
 
 /* ---- handler start ---- */
 
-void mg_push_lower(lua_State *L, const char *s, size_t len) {
+void mg_lua_push_lower(lua_State *L, const char *s, size_t len) {
     char buf[256];
     size_t i, n = len < sizeof(buf) ? len : sizeof(buf);
     for (i = 0; i < n; i++)
@@ -179,7 +183,7 @@ void mg_push_lower(lua_State *L, const char *s, size_t len) {
     lua_pushlstring(L, buf, n);
 }
 
-void mg_push_entry(lua_State *L, mg_gen_t *gen, int which) {
+void mg_lua_push_entry(lua_State *L, mg_gen_t *gen, int which) {
     static const char *const names[] = {"moongate.run", "moongate.run_access",
                                         "moongate.run_header_filter", "moongate.run_hooks",
                                         "moongate.req_mt"};
@@ -192,14 +196,14 @@ void mg_push_entry(lua_State *L, mg_gen_t *gen, int which) {
 
 /* A req table holds its request under this light userdata key: no
  * string to intern, and out of the way of scripts' own fields. */
-static char mg_req_key;
+static char mg_lua_req_key;
 
 /* Pushes r's req table. It is made once per request, with method and
  * path only: headers, params, id, http_version, remote_addr and
  * query_string are filled on first use (req_mt.__index calls core.req_fill), so a hook that reads
  * none of them costs no header strings. The table is anchored in r->access_req_ref until the
- * request ends (mg_req_unlink). */
-void mg_push_req(lua_State *L, mg_req_t *r) {
+ * request ends (mg_lua_req_unlink). */
+void mg_lua_push_req(lua_State *L, mg_req_t *r) {
     if (r->access_req_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
         return;
@@ -209,10 +213,10 @@ void mg_push_req(lua_State *L, mg_req_t *r) {
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->hbuf, r->path_len);
     lua_setfield(L, -2, "path");
-    lua_pushlightuserdata(L, &mg_req_key);
+    lua_pushlightuserdata(L, &mg_lua_req_key);
     lua_pushlightuserdata(L, r);
     lua_rawset(L, -3);
-    mg_push_entry(L, r->gen, MG_ENTRY_REQ_MT);
+    mg_lua_push_entry(L, r->gen, MG_ENTRY_REQ_MT);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
     lua_xmove(L, r->gen->L, 1);
@@ -221,7 +225,7 @@ void mg_push_req(lua_State *L, mg_req_t *r) {
 
 /* Pushes a lazy field of r's req table: "headers", "params", "id",
  * "http_version", "remote_addr", "query_string" or "websocket". */
-static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
+static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
     mg_kv_t params[MG_ROUTE_MAX_SEGS];
     int np = MG_ROUTE_MAX_SEGS, i;
     const char *host = NULL;
@@ -230,7 +234,7 @@ static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
     if (k[0] == 'i') {
         lua_pushstring(L, r->request_id);
     } else if (k[0] == 'r') {
-        lua_pushstring(L, r->conn ? r->conn->peer_ip : "");
+        lua_pushstring(L, mg_req_peer_ip(r));
     } else if (k[0] == 'q') {
         if (r->url_len > r->path_len)
             lua_pushlstring(L, r->hbuf + r->path_len + 1, r->url_len - r->path_len - 1);
@@ -244,7 +248,7 @@ static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
         lua_createtable(L, 0, r->nhdrs);
         for (i = 0; i < r->nhdrs; i++) {
             mg_hdr_t *h = &r->hdrs[i];
-            mg_push_lower(L, r->hbuf + h->noff, h->nlen);
+            mg_lua_push_lower(L, r->hbuf + h->noff, h->nlen);
             lua_pushvalue(L, -1);
             lua_rawget(L, -3);
             if (lua_isstring(L, -1)) {
@@ -276,15 +280,15 @@ static void mg_req_field(lua_State *L, mg_req_t *r, const char *k) {
     }
 }
 
-static const char *const mg_req_lazy[] = {"headers",     "params",       "id",       "http_version",
-                                          "remote_addr", "query_string", "websocket"};
+static const char *const mg_lua_req_lazy[] = {
+    "headers", "params", "id", "http_version", "remote_addr", "query_string", "websocket"};
 
 /* The request of the req table at index 1; NULL once its lazy fields are
  * all filled; raises once the request is over. */
-static mg_req_t *mg_req_of(lua_State *L, const char *what, const char *name) {
+static mg_req_t *mg_lua_req_of(lua_State *L, const char *what, const char *name) {
     mg_req_t *r;
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_pushlightuserdata(L, &mg_req_key);
+    lua_pushlightuserdata(L, &mg_lua_req_key);
     lua_rawget(L, 1);
     if (lua_isboolean(L, -1))
         luaL_error(L,
@@ -298,12 +302,12 @@ static mg_req_t *mg_req_of(lua_State *L, const char *what, const char *name) {
 
 /* core.req_fill(req, name): sets and returns a lazy field, while the
  * request lives. */
-static int mg_core_req_fill(lua_State *L) {
+static int mg_lua_core_req_fill(lua_State *L) {
     const char *k = luaL_checkstring(L, 2);
-    mg_req_t *r = mg_req_of(L, ".", k); /* the message is formatted only on error */
+    mg_req_t *r = mg_lua_req_of(L, ".", k); /* the message is formatted only on error */
     if (r == NULL)
         return 0;
-    mg_req_field(L, r, k);
+    mg_lua_req_field(L, r, k);
     lua_pushvalue(L, -1);
     lua_setfield(L, 1, k);
     return 1;
@@ -312,26 +316,26 @@ static int mg_core_req_fill(lua_State *L) {
 /* core.req_header(req, name): the client's header `name` (any case) as
  * received, repeated ones joined with ", "; nil when absent. Reads one
  * header without building req.headers. */
-static int mg_core_req_header(lua_State *L) {
+static int mg_lua_core_req_header(lua_State *L) {
     size_t nl;
     const char *name = luaL_checklstring(L, 2, &nl);
-    mg_req_t *r = mg_req_of(L, ":header()", "");
+    mg_req_t *r = mg_lua_req_of(L, ":header()", "");
     int found = 0;
     luaL_Buffer b;
     if (r == NULL) { /* every field filled: read req.headers */
         lua_getfield(L, 1, "headers");
-        mg_push_lower(L, name, nl);
+        mg_lua_push_lower(L, name, nl);
         lua_rawget(L, -2);
         return 1;
     }
     for (int i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *h = &r->hdrs[i];
-        if (h->nlen != nl || strncasecmp(r->hbuf + h->noff, name, nl) != 0)
+        if (!mg_name_eq(r->hbuf + h->noff, h->nlen, name, nl))
             continue;
         if (found == 0) {
             int j = i + 1; /* the usual case: one line, no copy */
             while (j < r->nhdrs &&
-                   (r->hdrs[j].nlen != nl || strncasecmp(r->hbuf + r->hdrs[j].noff, name, nl) != 0))
+                   !mg_name_eq(r->hbuf + r->hdrs[j].noff, r->hdrs[j].nlen, name, nl))
                 j++;
             if (j == r->nhdrs) {
                 lua_pushlstring(L, r->hbuf + h->voff, h->vlen);
@@ -351,31 +355,31 @@ static int mg_core_req_header(lua_State *L) {
     return 1;
 }
 
-void mg_push_req_filled(lua_State *L, mg_req_t *r) {
+void mg_lua_push_req_filled(lua_State *L, mg_req_t *r) {
     int t;
-    mg_push_req(L, r);
+    mg_lua_push_req(L, r);
     t = lua_gettop(L);
-    for (size_t i = 0; i < sizeof(mg_req_lazy) / sizeof(mg_req_lazy[0]); i++) {
-        lua_pushstring(L, mg_req_lazy[i]);
+    for (size_t i = 0; i < sizeof(mg_lua_req_lazy) / sizeof(mg_lua_req_lazy[0]); i++) {
+        lua_pushstring(L, mg_lua_req_lazy[i]);
         lua_rawget(L, t);
         if (lua_isnil(L, -1)) {
-            mg_req_field(L, r, mg_req_lazy[i]);
-            lua_setfield(L, t, mg_req_lazy[i]);
+            mg_lua_req_field(L, r, mg_lua_req_lazy[i]);
+            lua_setfield(L, t, mg_lua_req_lazy[i]);
         }
         lua_pop(L, 1);
     }
-    lua_pushlightuserdata(L, &mg_req_key); /* all there: r may go */
+    lua_pushlightuserdata(L, &mg_lua_req_key); /* all there: r may go */
     lua_pushnil(L);
     lua_rawset(L, t);
 }
 
-void mg_req_unlink(mg_req_t *r) {
+void mg_lua_req_unlink(mg_req_t *r) {
     lua_State *L = r->gen->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
-    lua_pushlightuserdata(L, &mg_req_key);
+    lua_pushlightuserdata(L, &mg_lua_req_key);
     lua_rawget(L, -2);
     if (lua_islightuserdata(L, -1)) {
-        lua_pushlightuserdata(L, &mg_req_key);
+        lua_pushlightuserdata(L, &mg_lua_req_key);
         lua_pushboolean(L, 0); /* never filled: say so rather than read freed memory */
         lua_rawset(L, -4);
     }
@@ -385,7 +389,7 @@ void mg_req_unlink(mg_req_t *r) {
 }
 
 /* Pushes req.ctx of the kept req table, or a fresh table. */
-static void mg_push_ctx(lua_State *L, mg_req_t *r) {
+static void mg_lua_push_ctx(lua_State *L, mg_req_t *r) {
     if (r->access_req_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
         lua_getfield(L, -1, "ctx");
@@ -404,11 +408,11 @@ int mg_lua_header_filter(mg_req_t *r, int *status, const char *lines, size_t len
     const char *p = lines, *end = lines + len, *drop, *add;
     size_t dl, al;
 
-    mg_push_entry(L, r->gen, MG_ENTRY_HF);
+    mg_lua_push_entry(L, r->gen, MG_ENTRY_HF);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->hf_ref);
     lua_pushinteger(L, *status);
     lua_pushlstring(L, lines, len); /* read lazily by res.headers */
-    mg_push_ctx(L, r);
+    mg_lua_push_ctx(L, r);
     if (lua_pcall(L, 4, 3, 0) != 0) {
         mg_error("request %s: header_filter: %s", r->request_id, lua_tostring(L, -1));
         lua_settop(L, top);
@@ -449,7 +453,7 @@ int mg_lua_header_filter(mg_req_t *r, int *status, const char *lines, size_t len
 void mg_lua_log(mg_req_t *r, double duration_ms) {
     lua_State *L = r->gen->L;
     int top = lua_gettop(L);
-    mg_push_entry(L, r->gen, MG_ENTRY_HOOKS);
+    mg_lua_push_entry(L, r->gen, MG_ENTRY_HOOKS);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->route->log_ref);
     lua_createtable(L, 0, 8);
     lua_pushinteger(L, r->status);
@@ -464,9 +468,9 @@ void mg_lua_log(mg_req_t *r, double duration_ms) {
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->hbuf, r->path_len);
     lua_setfield(L, -2, "path");
-    lua_pushstring(L, r->conn ? r->conn->peer_ip : "");
+    lua_pushstring(L, mg_req_peer_ip(r));
     lua_setfield(L, -2, "remote_addr");
-    mg_push_ctx(L, r);
+    mg_lua_push_ctx(L, r);
     if (lua_pcall(L, 3, 0, 0) != 0)
         mg_error("request %s: log hook: %s", r->request_id, lua_tostring(L, -1));
     lua_settop(L, top);
@@ -475,8 +479,8 @@ void mg_lua_log(mg_req_t *r, double duration_ms) {
 /* A coroutine for request r, its stack set to: entry (a registry function
  * of init.lua), the route's function `ref`, the req table. NULL after
  * answering 500 when out of memory. */
-static mg_co_t *mg_co_for_req(mg_req_t *r, int entry, int ref) {
-    mg_co_t *co = mg_co_new(r->gen);
+static mg_co_t *mg_lua_co_for_req(mg_req_t *r, int entry, int ref) {
+    mg_co_t *co = mg_lua_co_new(r->gen);
 
     if (co == NULL) {
         mg_resp_json_error(r, 500, "out of memory");
@@ -484,11 +488,12 @@ static mg_co_t *mg_co_for_req(mg_req_t *r, int entry, int ref) {
     }
     co->req = r;
     r->co = co;
+    r->target = &mg_lua_target;
     if (co->body == NULL) /* a reused coroutine keeps its (drained) buffer */
         co->body = evbuffer_new();
-    mg_push_entry(co->L, r->gen, entry);
+    mg_lua_push_entry(co->L, r->gen, entry);
     lua_rawgeti(co->L, LUA_REGISTRYINDEX, ref);
-    mg_push_req(co->L, r);
+    mg_lua_push_req(co->L, r);
     return co;
 }
 
@@ -497,7 +502,7 @@ static mg_co_t *mg_co_for_req(mg_req_t *r, int entry, int ref) {
  * hook says no, and calls core.access_done() when all say yes. The
  * WebSocket handler, header_filter and log hooks see the same req (ctx). */
 void mg_lua_access_start(mg_req_t *r) {
-    mg_co_t *co = mg_co_for_req(r, MG_ENTRY_ACCESS, r->route->access_ref);
+    mg_co_t *co = mg_lua_co_for_req(r, MG_ENTRY_ACCESS, r->route->access_ref);
 
     if (co == NULL) {
         r->access_state = MG_ACCESS_DENIED;
@@ -509,17 +514,17 @@ void mg_lua_access_start(mg_req_t *r) {
         lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->hf_ref);
     else
         lua_pushnil(co->L);
-    mg_co_resume(co, 3);
+    mg_lua_co_resume(co, 3);
 }
 
 /* req:set_header(name, value) (the upstream's copy of the request; nil
  * hides the client's header) and req:set_response_header(name, value)
  * (the client's response; nil undoes an earlier set). A later set of the
  * same name replaces; hop-by-hop names are moongate's own and ignored. */
-static int mg_req_set(lua_State *L, int resp) {
+static int mg_lua_req_set(lua_State *L, int resp) {
     size_t nl, vl = 0;
     const char *n = luaL_checklstring(L, 2, &nl), *v = NULL;
-    mg_req_t *r = mg_req_of(L, resp ? ":set_response_header()" : ":set_header()", "");
+    mg_req_t *r = mg_lua_req_of(L, resp ? ":set_response_header()" : ":set_header()", "");
     mg_lines_t *l;
     char num[32];
 
@@ -541,24 +546,24 @@ static int mg_req_set(lua_State *L, int resp) {
         return 0; /* framing stays moongate's */
     l = resp ? &r->rxhdrs : &r->xhdrs;
     if (l->len)
-        mg_lines_remove(l, n, nl);
+        mg_http_lines_remove(l, n, nl);
     if (v == NULL && resp)
         return 0;
     /* "Name:" alone (upstream side): a removal of the client's header */
-    if (mg_lines_add(l, n, nl) != MG_OK || mg_lines_add(l, v ? ": " : ":", v ? 2 : 1) != MG_OK ||
-        mg_lines_add(l, v ? v : "", vl) != MG_OK || mg_lines_add(l, "\r\n", 2) != MG_OK)
+    if (v ? mg_http_lines_put(l, n, nl, v, vl) != MG_OK
+          : (mg_http_lines_add(l, n, nl) != MG_OK || mg_http_lines_add(l, ":\r\n", 3) != MG_OK))
         return luaL_error(L, "out of memory");
     return 0;
 }
 
-static int mg_core_req_set_header(lua_State *L) { return mg_req_set(L, 0); }
-static int mg_core_req_set_response_header(lua_State *L) { return mg_req_set(L, 1); }
+static int mg_lua_core_req_set_header(lua_State *L) { return mg_lua_req_set(L, 0); }
+static int mg_lua_core_req_set_response_header(lua_State *L) { return mg_lua_req_set(L, 1); }
 
 /* core.resp_headers_into(t): moves req:set_response_header()'s headers
  * into t (lower-case names t does not have), for header_filter hooks on a
  * handler's response; returns t. */
-static int mg_core_resp_headers_into(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "response");
+static int mg_lua_core_resp_headers_into(lua_State *L) {
+    mg_req_t *r = mg_lua_co_req(L, "response");
     const char *p, *end;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
@@ -568,7 +573,7 @@ static int mg_core_resp_headers_into(lua_State *L) {
         const char *colon = memchr(p, ':', end - p), *eol = memchr(p, '\n', end - p);
         if (colon == NULL || eol == NULL || colon > eol)
             break;
-        mg_push_lower(L, p, colon - p);
+        mg_lua_push_lower(L, p, colon - p);
         lua_pushvalue(L, -1);
         lua_rawget(L, 1);
         if (lua_isnil(L, -1)) {
@@ -585,14 +590,14 @@ static int mg_core_resp_headers_into(lua_State *L) {
 }
 
 /* access_done(): the hooks allowed the request. */
-static int mg_core_access_done(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "access_done");
+static int mg_lua_core_access_done(lua_State *L) {
+    mg_req_t *r = mg_lua_co_req(L, "access_done");
     r->access_state = MG_ACCESS_OK;
     return 0;
 }
 
 void mg_lua_handler_start(mg_req_t *r) {
-    mg_co_t *co = mg_co_for_req(r, MG_ENTRY_RUN, r->route->handler_ref);
+    mg_co_t *co = mg_lua_co_for_req(r, MG_ENTRY_RUN, r->route->handler_ref);
 
     if (co == NULL)
         return;
@@ -604,22 +609,22 @@ void mg_lua_handler_start(mg_req_t *r) {
         lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->hf_ref);
     else
         lua_pushnil(co->L);
-    mg_co_resume(co, 4);
+    mg_lua_co_resume(co, 4);
 }
 
 /* ---- misc ---- */
 
-static int mg_core_now(lua_State *L) {
+static int mg_lua_core_now(lua_State *L) {
     lua_pushnumber(L, mg_now());
     return 1;
 }
 
-static int mg_core_time(lua_State *L) {
+static int mg_lua_core_time(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)mg_now());
     return 1;
 }
 
-static int mg_core_log(lua_State *L) {
+static int mg_lua_core_log(lua_State *L) {
     const char *lvl = luaL_checkstring(L, 1);
     const char *msg = luaL_checkstring(L, 2);
     lua_Debug ar;
@@ -630,22 +635,22 @@ static int mg_core_log(lua_State *L) {
     return 0;
 }
 
-static int mg_core_worker_id(lua_State *L) {
+static int mg_lua_core_worker_id(lua_State *L) {
     lua_pushinteger(L, mg_worker.id);
     return 1;
 }
 
 static const luaL_Reg mg_core_funcs[] = {
-    {"now", mg_core_now},
-    {"time", mg_core_time},
-    {"log", mg_core_log},
-    {"worker_id", mg_core_worker_id},
-    {"access_done", mg_core_access_done},
-    {"req_fill", mg_core_req_fill},
-    {"req_header", mg_core_req_header},
-    {"req_set_header", mg_core_req_set_header},
-    {"req_set_response_header", mg_core_req_set_response_header},
-    {"resp_headers_into", mg_core_resp_headers_into},
+    {"now", mg_lua_core_now},
+    {"time", mg_lua_core_time},
+    {"log", mg_lua_core_log},
+    {"worker_id", mg_lua_core_worker_id},
+    {"access_done", mg_lua_core_access_done},
+    {"req_fill", mg_lua_core_req_fill},
+    {"req_header", mg_lua_core_req_header},
+    {"req_set_header", mg_lua_core_req_set_header},
+    {"req_set_response_header", mg_lua_core_req_set_response_header},
+    {"resp_headers_into", mg_lua_core_resp_headers_into},
     {NULL, NULL},
 };
 

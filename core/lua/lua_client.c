@@ -12,56 +12,56 @@
 #include <string.h>
 #include <strings.h>
 
-static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
-                            int64_t clen, int chunked);
-static int mg_http_on_body(void *ud, const char *data, size_t len);
-static void mg_http_on_done(void *ud);
-static void mg_http_on_error(void *ud, int status, const char *msg);
+static void mg_lua_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
+                                int64_t clen, int chunked);
+static int mg_lua_http_on_body(void *ud, const char *data, size_t len);
+static void mg_lua_http_on_done(void *ud);
+static void mg_lua_http_on_error(void *ud, int status, const char *msg);
 
 static const mg_ux_sink_t mg_lua_http_sink = {
-    .on_head = mg_http_on_head,
-    .on_body = mg_http_on_body,
-    .on_done = mg_http_on_done,
-    .on_error = mg_http_on_error,
+    .on_head = mg_lua_http_on_head,
+    .on_body = mg_lua_http_on_body,
+    .on_done = mg_lua_http_on_done,
+    .on_error = mg_lua_http_on_error,
 };
 
-static void mg_co_timer_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_lua_co_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_co_t *co = arg;
     int n = co->targs;
     (void)fd, (void)what;
     co->targs = 0;
-    mg_co_resume(co, n);
+    mg_lua_co_resume(co, n);
 }
 
 /* Resumes co after s seconds (negative: at the next loop turn). */
-static void mg_co_sleep_for(mg_co_t *co, double s) {
+static void mg_lua_co_sleep_for(mg_co_t *co, double s) {
     struct timeval tv;
     if (s < 0)
         s = 0;
     tv.tv_sec = (long)s;
     tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
     co->wait = MG_W_SLEEP;
-    evtimer_assign(&co->tev, mg_worker.base, mg_co_timer_cb, co);
+    evtimer_assign(&co->tev, mg_worker.base, mg_lua_co_timer_cb, co);
     evtimer_add(&co->tev, &tv);
 }
 
-static int mg_core_sleep(lua_State *L) {
-    mg_co_t *co = mg_co_check(L, "moongate.sleep");
-    mg_co_sleep_for(co, luaL_checknumber(L, 1));
+static int mg_lua_core_sleep(lua_State *L) {
+    mg_co_t *co = mg_lua_co_check(L, "moongate.sleep");
+    mg_lua_co_sleep_for(co, luaL_checknumber(L, 1));
     return lua_yield(L, 0);
 }
 
 /* timer(seconds, fn, ...): fn(...) runs later in its own coroutine */
-static int mg_core_timer(lua_State *L) {
+static int mg_lua_core_timer(lua_State *L) {
     double s = luaL_checknumber(L, 1);
     int nargs = lua_gettop(L) - 2, i;
-    mg_gen_t *gen = mg_co_cur ? mg_co_cur->gen : mg_gen_current;
+    mg_gen_t *gen = mg_lua_co_cur ? mg_lua_co_cur->gen : mg_gen_current;
     mg_co_t *co;
 
     luaL_checktype(L, 2, LUA_TFUNCTION);
     if (gen == NULL || mg_worker.base == NULL)
         return luaL_error(L, "moongate.timer: no event loop at load time");
-    co = mg_co_new(gen);
+    co = mg_lua_co_new(gen);
     if (co == NULL)
         return luaL_error(L, "out of memory");
     /* the coroutine's stack: fn, args...; the first resume passes the args */
@@ -69,7 +69,7 @@ static int mg_core_timer(lua_State *L) {
         lua_pushvalue(L, i);
     lua_xmove(L, co->L, nargs + 1);
     co->targs = nargs;
-    mg_co_sleep_for(co, s);
+    mg_lua_co_sleep_for(co, s);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -82,7 +82,7 @@ static int mg_core_timer(lua_State *L) {
  * yields the body in chunks (reading from the upstream pauses while more
  * than MG_HIGH_WATER bytes wait for the script), nil at its end. */
 
-static void mg_http_free_bufs(mg_co_t *co) {
+static void mg_lua_http_free_bufs(mg_co_t *co) {
     if (co->hbody)
         evbuffer_free(co->hbody);
     if (co->hhead)
@@ -95,12 +95,12 @@ void mg_lua_http_end(mg_co_t *co) {
         mg_ux_cancel(co->ux);
         co->ux = NULL;
     }
-    mg_http_free_bufs(co);
+    mg_lua_http_free_bufs(co);
     co->hstream = 0;
 }
 
 /* Pushes the response table {status, headers[, body]}. */
-static void mg_http_push_resp(mg_co_t *co) {
+static void mg_lua_http_push_resp(mg_co_t *co) {
     lua_State *L = co->L;
     size_t hl = evbuffer_get_length(co->hhead), off = 0;
     const char *hp = (const char *)evbuffer_pullup(co->hhead, -1);
@@ -111,7 +111,7 @@ static void mg_http_push_resp(mg_co_t *co) {
     lua_createtable(L, 0, 8);
     while (off < hl) {
         size_t nl = strlen(hp + off), vl;
-        mg_push_lower(L, hp + off, nl);
+        mg_lua_push_lower(L, hp + off, nl);
         off += nl + 1;
         vl = strlen(hp + off);
         lua_pushvalue(L, -1);
@@ -138,8 +138,8 @@ static void mg_http_push_resp(mg_co_t *co) {
     }
 }
 
-static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
-                            int64_t clen, int chunked) {
+static void mg_lua_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
+                                int64_t clen, int chunked) {
     mg_co_t *co = ud;
     (void)http_minor, (void)chunked;
     co->hstatus = status;
@@ -151,22 +151,22 @@ static void mg_http_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs,
     }
     if (co->hstream) {
         /* the caller resumes with the head; the body follows on resp:read() */
-        mg_http_push_resp(co);
+        mg_lua_http_push_resp(co);
         evbuffer_free(co->hhead);
         co->hhead = NULL;
-        mg_co_resume(co, 1);
+        mg_lua_co_resume(co, 1);
         return;
     }
     if (clen >= 0 && (uint64_t)clen > co->hmax)
         co->htoobig = 1; /* refused at the first body byte */
 }
 
-static int mg_http_on_body(void *ud, const char *data, size_t len) {
+static int mg_lua_http_on_body(void *ud, const char *data, size_t len) {
     mg_co_t *co = ud;
     if (co->hstream) {
         if (co->wait == MG_W_HREAD) {
             lua_pushlstring(co->L, data, len);
-            mg_co_resume(co, 1); /* co may be gone now (its exchange cancelled) */
+            mg_lua_co_resume(co, 1); /* co may be gone now (its exchange cancelled) */
             return 0;
         }
         if (co->hbody == NULL)
@@ -182,23 +182,23 @@ static int mg_http_on_body(void *ud, const char *data, size_t len) {
     return 0;
 }
 
-static void mg_http_on_done(void *ud) {
+static void mg_lua_http_on_done(void *ud) {
     mg_co_t *co = ud;
     co->ux = NULL;
     if (co->hstream) {
         co->hdone = 1;
         if (co->wait == MG_W_HREAD) {
             lua_pushnil(co->L);
-            mg_co_resume(co, 1);
+            mg_lua_co_resume(co, 1);
         }
         return;
     }
-    mg_http_push_resp(co);
-    mg_http_free_bufs(co);
-    mg_co_resume(co, 1);
+    mg_lua_http_push_resp(co);
+    mg_lua_http_free_bufs(co);
+    mg_lua_co_resume(co, 1);
 }
 
-static void mg_http_on_error(void *ud, int status, const char *msg) {
+static void mg_lua_http_on_error(void *ud, int status, const char *msg) {
     mg_co_t *co = ud;
     co->ux = NULL;
     if (status == 504)
@@ -210,24 +210,24 @@ static void mg_http_on_error(void *ud, int status, const char *msg) {
         if (co->wait == MG_W_HREAD) {
             lua_pushnil(co->L);
             lua_pushstring(co->L, msg);
-            mg_co_resume(co, 2);
+            mg_lua_co_resume(co, 2);
         }
         return;
     }
-    mg_http_free_bufs(co);
+    mg_lua_http_free_bufs(co);
     co->hstream = 0;
     lua_pushnil(co->L);
     if (co->htoobig)
         lua_pushfstring(co->L, "response body too large (limit %d)", (int)co->hmax);
     else
         lua_pushstring(co->L, msg);
-    mg_co_resume(co, 2);
+    mg_lua_co_resume(co, 2);
 }
 
 /* http_read(id): the next chunk of a streamed response, nil at its end,
  * or nil, err */
-static int mg_core_http_read(lua_State *L) {
-    mg_co_t *co = mg_co_check(L, "resp:read");
+static int mg_lua_core_http_read(lua_State *L) {
+    mg_co_t *co = mg_lua_co_check(L, "resp:read");
     unsigned sid = (unsigned)luaL_checkinteger(L, 1);
     if (!co->hstream || sid != co->hsid) {
         lua_pushnil(L);
@@ -257,18 +257,40 @@ static int mg_core_http_read(lua_State *L) {
 
 /* http_close(id): drops a streamed response (the upstream connection is
  * closed if the body was not read to its end) */
-static int mg_core_http_close(lua_State *L) {
-    mg_co_t *co = mg_co_check(L, "resp:close");
+static int mg_lua_core_http_close(lua_State *L) {
+    mg_co_t *co = mg_lua_co_check(L, "resp:close");
     unsigned sid = (unsigned)luaL_checkinteger(L, 1);
     if (co->hstream && sid == co->hsid)
         mg_lua_http_end(co);
     return 0;
 }
 
+/* url= calls: the coroutine's own one-server upstream for "http://host[:port]",
+ * with the defaults of an upstream in the conf (moongate.loader). Raises
+ * on a bad url. */
+static mg_upstream_t *mg_lua_http_url_upstream(lua_State *L, mg_co_t *co, const char *url) {
+    char host[64];
+    int port = 80;
+    if (sscanf(url, "http://%63[^:/]:%d", host, &port) < 1)
+        luaL_error(L, "moongate.http.request: bad url '%s'", url);
+    free(co->tmp_up.peers);
+    memset(&co->tmp_up, 0, sizeof(co->tmp_up));
+    co->tmp_up.peers = calloc(1, sizeof(mg_peer_t *));
+    co->tmp_up.peers[0] = mg_peer_get(host, port);
+    co->tmp_up.npeers = co->tmp_up.peers[0] ? 1 : 0;
+    snprintf(co->tmp_up.name, sizeof(co->tmp_up.name), "%.40s:%d", host, port);
+    co->tmp_up.keepalive = 16;
+    co->tmp_up.connect_timeout = 5000;
+    co->tmp_up.response_timeout = 60000;
+    co->tmp_up.body_timeout = 60000;
+    co->tmp_up.max_fails = 0;
+    return &co->tmp_up;
+}
+
 /* http_request(method, upstream_or_nil, url_or_nil, target, headers, body, timeout,
  *              max_body, stream) */
-static int mg_core_http_request(lua_State *L) {
-    mg_co_t *co = mg_co_check(L, "moongate.http.request");
+static int mg_lua_core_http_request(lua_State *L) {
+    mg_co_t *co = mg_lua_co_check(L, "moongate.http.request");
     const char *method = luaL_checkstring(L, 1);
     const char *target = luaL_checkstring(L, 4);
     size_t blen = 0;
@@ -292,24 +314,7 @@ static int mg_core_http_request(lua_State *L) {
         if (up == NULL)
             return luaL_error(L, "moongate.http.request: unknown upstream '%s'", name);
     } else {
-        const char *url = luaL_checkstring(L, 3);
-        char host[64];
-        int port = 80;
-        if (sscanf(url, "http://%63[^:/]:%d", host, &port) < 1)
-            return luaL_error(L, "moongate.http.request: bad url '%s'", url);
-        free(co->tmp_up.peers);
-        memset(&co->tmp_up, 0, sizeof(co->tmp_up));
-        co->tmp_up.peers = calloc(1, sizeof(mg_peer_t *));
-        co->tmp_up.peers[0] = mg_peer_get(host, port);
-        co->tmp_up.npeers = co->tmp_up.peers[0] ? 1 : 0;
-        snprintf(co->tmp_up.name, sizeof(co->tmp_up.name), "%.40s:%d", host, port);
-        /* the defaults of an upstream in the conf (moongate.loader) */
-        co->tmp_up.keepalive = 16;
-        co->tmp_up.connect_timeout = 5000;
-        co->tmp_up.response_timeout = 60000;
-        co->tmp_up.body_timeout = 60000;
-        co->tmp_up.max_fails = 0;
-        up = &co->tmp_up;
+        up = mg_lua_http_url_upstream(L, co, luaL_checkstring(L, 3));
     }
     if (up->npeers == 0)
         return luaL_error(L, "moongate.http.request: upstream has no servers");
@@ -317,15 +322,18 @@ static int mg_core_http_request(lua_State *L) {
         return luaL_error(L, "moongate.http.request: bad method or path");
     h = evbuffer_new();
     mg_peer_str(up->peers[0], hostport, sizeof(hostport));
-    evbuffer_add_printf(h, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, hostport);
+    evbuffer_add_printf(h, "%s %s HTTP/1.1\r\n", method, target);
+    mg_line_add(h, "Host", 4, hostport, strlen(hostport));
     if ((bad = mg_lua_header_lines(L, 5, h, &has_ctype)) != NULL) {
         evbuffer_free(h);
         return luaL_error(L, "moongate.http.request: bad header %s", bad);
     }
     if (co->req)
-        evbuffer_add_printf(h, "X-Request-Id: %s\r\n", co->req->request_id);
-    if (body)
-        evbuffer_add_printf(h, "Content-Length: %zu\r\n", blen);
+        mg_line_add(h, "X-Request-Id", 12, co->req->request_id, strlen(co->req->request_id));
+    if (body) {
+        char num[24];
+        mg_line_add(h, "Content-Length", 14, num, mg_utoa(num, blen));
+    }
     evbuffer_add(h, "\r\n", 2);
     if (body)
         evbuffer_add(h, body, blen);
@@ -341,7 +349,7 @@ static int mg_core_http_request(lua_State *L) {
     co->ux = mg_ux_start(up, h, body == NULL, strcmp(method, "HEAD") == 0, &mg_lua_http_sink, co,
                          (int)(timeout * 1000));
     if (co->ux == NULL) {
-        mg_http_free_bufs(co);
+        mg_lua_http_free_bufs(co);
         co->hstream = 0;
         lua_pushnil(L);
         lua_pushliteral(L, "out of memory");
@@ -352,11 +360,11 @@ static int mg_core_http_request(lua_State *L) {
 }
 
 static const luaL_Reg mg_client_funcs[] = {
-    {"sleep", mg_core_sleep},
-    {"timer", mg_core_timer},
-    {"http_request", mg_core_http_request},
-    {"http_read", mg_core_http_read},
-    {"http_close", mg_core_http_close},
+    {"sleep", mg_lua_core_sleep},
+    {"timer", mg_lua_core_timer},
+    {"http_request", mg_lua_core_http_request},
+    {"http_read", mg_lua_core_http_read},
+    {"http_close", mg_lua_core_http_close},
     {NULL, NULL},
 };
 

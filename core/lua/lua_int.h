@@ -1,6 +1,8 @@
 /*
- * lua_co.h -- the coroutine record shared by lua_api.c (HTTP handlers,
- * timers, the HTTP client) and lua_ws.c (WebSocket handlers).
+ * lua_int.h -- the inside of the Lua layer: the coroutine record shared by
+ * lua_api.c (HTTP handlers and access hooks), lua_resp.c (the request
+ * body and response), lua_client.c (timers, the HTTP client) and lua_ws.c
+ * (WebSocket handlers), and the helpers they share.
  */
 #ifndef MG_LUA_CO_H
 #define MG_LUA_CO_H
@@ -44,24 +46,26 @@ struct mg_co_s {
 
 /* init.lua's entry points (registry functions), found once per generation */
 enum { MG_ENTRY_RUN, MG_ENTRY_ACCESS, MG_ENTRY_HF, MG_ENTRY_HOOKS, MG_ENTRY_REQ_MT };
-void mg_push_entry(lua_State *L, mg_gen_t *gen, int which);
+void mg_lua_push_entry(lua_State *L, mg_gen_t *gen, int which);
 
-extern mg_co_t *mg_co_cur;
-mg_co_t *mg_co_new(mg_gen_t *gen);
-void mg_co_resume(mg_co_t *co, int nargs);
-mg_co_t *mg_co_check(lua_State *L, const char *what);
-void mg_push_req(lua_State *L, mg_req_t *r);
-void mg_push_req_filled(lua_State *L, mg_req_t *r); /* for a handler that outlives r */
-void mg_co_pool_free(mg_gen_t *gen);
-mg_req_t *mg_co_req(lua_State *L, const char *what); /* the running handler's request */
-void mg_push_lower(lua_State *L, const char *s, size_t len);
+extern mg_co_t *mg_lua_co_cur;
+mg_co_t *mg_lua_co_new(mg_gen_t *gen);
+void mg_lua_co_resume(mg_co_t *co, int nargs);
+mg_co_t *mg_lua_co_check(lua_State *L, const char *what);
+void mg_lua_push_req(lua_State *L, mg_req_t *r);
+void mg_lua_push_req_filled(lua_State *L, mg_req_t *r); /* for a handler that outlives r */
+void mg_lua_co_pool_free(mg_gen_t *gen);
+mg_req_t *mg_lua_co_req(lua_State *L, const char *what); /* the running handler's request */
+void mg_lua_push_lower(lua_State *L, const char *s, size_t len);
 /* Header lines "Name: value\r\n" from the table at idx into out. */
 /* Appends the table at idx as header lines; NULL, or the name (a copy, at
  * most 63 bytes) of the first bad header, for the caller to free its buffer
  * and raise. */
 const char *mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int *has_ctype);
 /* Each adds its functions to the moongate.core table on the stack's top. */
-void mg_lua_inject_resp_api(lua_State *L);   /* lua_resp.c */
+void mg_lua_inject_resp_api(lua_State *L); /* lua_resp.c */
+/* lua_resp.c: the Lua handler as a target (r->target while r->co runs) */
+extern const mg_target_t mg_lua_target;
 void mg_lua_inject_client_api(lua_State *L); /* lua_client.c */
 void mg_lua_ws_co_end(mg_co_t *co);          /* lua_ws.c: the owner coroutine ended */
 void mg_lua_ws_error(mg_co_t *co);           /* the handler raised: close with 1011 */

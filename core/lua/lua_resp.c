@@ -3,7 +3,8 @@
  * and req:read() (yielding until the bytes arrive, with the client's
  * reading paused past the high-water mark), res:send() and res:write()
  * (yielding while the client is slow to take what was written), and what
- * happens to the coroutine when the client drains or goes away.
+ * happens to the coroutine when the client drains or goes away: the Lua
+ * handler as a target (mg_lua_target), all through the request API.
  */
 #include "lua/lua_int.h"
 
@@ -18,76 +19,76 @@ static void mg_lua_push_all(mg_co_t *co) {
     evbuffer_drain(co->body, n);
 }
 
-void mg_lua_body(mg_req_t *r, const char *data, size_t len) {
+static void mg_lua_body(mg_req_t *r, const char *data, size_t len) {
     mg_co_t *co = r->co;
     evbuffer_add(co->body, data, len);
     if (co->wait == MG_W_READ) {
         mg_lua_push_all(co);
-        mg_co_resume(co, 1);
+        mg_lua_co_resume(co, 1);
         return;
     }
-    if (co->wait != MG_W_BODY && r->conn && evbuffer_get_length(co->body) > MG_HIGH_WATER)
-        mg_conn_read_enable(r->conn, 0);
+    if (co->wait != MG_W_BODY && !mg_req_gone(r) && evbuffer_get_length(co->body) > MG_HIGH_WATER)
+        mg_req_read_pause(r, 1);
 }
 
-void mg_lua_body_end(mg_req_t *r) {
+static void mg_lua_body_end(mg_req_t *r) {
     mg_co_t *co = r->co;
     if (co->wait == MG_W_BODY || co->wait == MG_W_READ) {
         if (r->resp_done) {
             lua_pushnil(co->L);
             lua_pushliteral(co->L, "request body too large");
-            mg_co_resume(co, 2);
+            mg_lua_co_resume(co, 2);
             return;
         }
         if (co->wait == MG_W_READ && evbuffer_get_length(co->body) == 0)
             lua_pushnil(co->L);
         else
             mg_lua_push_all(co);
-        mg_co_resume(co, 1);
+        mg_lua_co_resume(co, 1);
     }
 }
 
-static int mg_core_req_body(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "req:body");
+static int mg_lua_core_req_body(lua_State *L) {
+    mg_req_t *r = mg_lua_co_req(L, "req:body");
     mg_co_t *co = r->co;
-    if (r->state == MG_REQ_DONE || r->conn == NULL) {
+    if (r->state == MG_REQ_DONE || mg_req_gone(r)) {
         mg_lua_push_all(co);
         return 1;
     }
     co->wait = MG_W_BODY;
-    if (r->conn)
-        mg_conn_read_enable(r->conn, 1);
+    if (!mg_req_gone(r))
+        mg_req_read_pause(r, 0);
     return lua_yield(L, 0);
 }
 
-static int mg_core_req_read(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "req:read");
+static int mg_lua_core_req_read(lua_State *L) {
+    mg_req_t *r = mg_lua_co_req(L, "req:read");
     mg_co_t *co = r->co;
     if (evbuffer_get_length(co->body)) {
         mg_lua_push_all(co);
-        if (r->conn)
-            mg_conn_read_enable(r->conn, 1);
+        if (!mg_req_gone(r))
+            mg_req_read_pause(r, 0);
         return 1;
     }
-    if (r->state == MG_REQ_DONE || r->conn == NULL) {
+    if (r->state == MG_REQ_DONE || mg_req_gone(r)) {
         lua_pushnil(L);
         return 1;
     }
     co->wait = MG_W_READ;
-    if (r->conn)
-        mg_conn_read_enable(r->conn, 1);
+    if (!mg_req_gone(r))
+        mg_req_read_pause(r, 0);
     return lua_yield(L, 0);
 }
 
-void mg_lua_client_drained(mg_req_t *r) {
+static void mg_lua_client_drained(mg_req_t *r) {
     mg_co_t *co = r->co;
     if (co->wait == MG_W_DRAIN) {
         lua_pushboolean(co->L, 1);
-        mg_co_resume(co, 1);
+        mg_lua_co_resume(co, 1);
     }
 }
 
-void mg_lua_client_gone(mg_req_t *r) {
+static void mg_lua_client_gone(mg_req_t *r) {
     mg_co_t *co = r->co;
     /* the coroutine goes on (it may hold upstream work); its writes are
      * dropped and whoever waits for the client learns it left */
@@ -98,12 +99,20 @@ void mg_lua_client_gone(mg_req_t *r) {
         if (wait == MG_W_BODY) {
             lua_pop(co->L, 2);
             mg_lua_push_all(co);
-            mg_co_resume(co, 1);
+            mg_lua_co_resume(co, 1);
         } else {
-            mg_co_resume(co, 2);
+            mg_lua_co_resume(co, 2);
         }
     }
 }
+
+const mg_target_t mg_lua_target = {
+    .body = mg_lua_body,
+    .body_end = mg_lua_body_end,
+    .drained = mg_lua_client_drained,
+    .gone = mg_lua_client_gone,
+    .keeps_req = 1, /* the coroutine goes on; it frees the request when it ends */
+};
 
 /* ---- response ---- */
 
@@ -130,22 +139,19 @@ const char *mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int
             lua_pop(L, 2);
             continue;
         }
-        if (nl == 12 && strncasecmp(n, "content-type", 12) == 0)
+        if (MG_NAME_IS(n, nl, "content-type"))
             *has_ctype |= 1;
-        if (nl == 12 && strncasecmp(n, "x-request-id", 12) == 0)
+        if (MG_NAME_IS(n, nl, "x-request-id"))
             *has_ctype |= 2; /* set by the script: ours is not added */
-        evbuffer_add(out, n, nl);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, v, vl);
-        evbuffer_add(out, "\r\n", 2);
+        mg_line_add(out, n, nl, v, vl);
         lua_pop(L, 2);
     }
     return NULL;
 }
 
 /* res_send(status, body, headers, default_ctype) */
-static int mg_core_res_send(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "response");
+static int mg_lua_core_res_send(lua_State *L) {
+    mg_req_t *r = mg_lua_co_req(L, "response");
     int status = luaL_checkint(L, 1);
     size_t blen;
     const char *body = luaL_optlstring(L, 2, "", &blen);
@@ -162,13 +168,15 @@ static int mg_core_res_send(lua_State *L) {
         evbuffer_free(h);
         return luaL_error(L, "bad response header %s", bad);
     }
-    mg_lines_merge(h, &r->rxhdrs); /* req:set_response_header() in an access hook */
-    if (mg_evlines_have(h, "content-type", 12))
+    mg_http_lines_merge(h, &r->rxhdrs); /* req:set_response_header() in an access hook */
+    if (mg_http_evlines_have(h, "content-type", 12))
         has_ctype |= 1;
-    if (!(has_ctype & 1) && lua_isstring(L, 4) && blen)
-        evbuffer_add_printf(h, "Content-Type: %s\r\n", lua_tostring(L, 4));
+    if (!(has_ctype & 1) && lua_isstring(L, 4) && blen) {
+        const char *ct = lua_tostring(L, 4);
+        mg_line_add(h, "Content-Type", 12, ct, strlen(ct));
+    }
     if (!(has_ctype & 2))
-        evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);
+        mg_line_add(h, "X-Request-Id", 12, r->request_id, strlen(r->request_id));
     mg_resp_head(r, status, (const char *)evbuffer_pullup(h, -1), evbuffer_get_length(h),
                  (status < 200 || status == 204 || status == 304) ? -1 : (int64_t)blen);
     evbuffer_free(h);
@@ -178,12 +186,12 @@ static int mg_core_res_send(lua_State *L) {
 }
 
 /* res_write(status, headers, chunk): the first call sends the head */
-static int mg_core_res_write(lua_State *L) {
-    mg_req_t *r = mg_co_req(L, "res:write");
+static int mg_lua_core_res_write(lua_State *L) {
+    mg_req_t *r = mg_lua_co_req(L, "res:write");
     size_t len;
     const char *data = luaL_checklstring(L, 3, &len);
 
-    if (r->conn == NULL) {
+    if (mg_req_gone(r)) {
         lua_pushnil(L);
         lua_pushliteral(L, "closed");
         return 2;
@@ -198,16 +206,16 @@ static int mg_core_res_write(lua_State *L) {
             evbuffer_free(h);
             return luaL_error(L, "bad response header %s", bad);
         }
-        mg_lines_merge(h, &r->rxhdrs);
+        mg_http_lines_merge(h, &r->rxhdrs);
         if (!(has_ctype & 2))
-            evbuffer_add_printf(h, "X-Request-Id: %s\r\n", r->request_id);
+            mg_line_add(h, "X-Request-Id", 12, r->request_id, strlen(r->request_id));
         mg_resp_head(r, luaL_optint(L, 1, 200), (const char *)evbuffer_pullup(h, -1),
                      evbuffer_get_length(h), -1);
         evbuffer_free(h);
     }
     mg_resp_body(r, data, len);
-    mg_conn_flush(r->conn);
-    if (r->conn && mg_conn_pending(r->conn) > MG_HIGH_WATER) {
+    mg_req_flush(r);
+    if (!mg_req_gone(r) && mg_req_pending(r) > MG_HIGH_WATER) {
         r->co->wait = MG_W_DRAIN; /* the client is slow: wait for it */
         return lua_yield(L, 0);
     }
@@ -215,12 +223,12 @@ static int mg_core_res_write(lua_State *L) {
     return 1;
 }
 
-static const luaL_Reg mg_resp_funcs[] = {
-    {"req_body", mg_core_req_body},
-    {"req_read", mg_core_req_read},
-    {"res_send", mg_core_res_send},
-    {"res_write", mg_core_res_write},
+static const luaL_Reg mg_lua_resp_funcs[] = {
+    {"req_body", mg_lua_core_req_body},
+    {"req_read", mg_lua_core_req_read},
+    {"res_send", mg_lua_core_res_send},
+    {"res_write", mg_lua_core_res_write},
     {NULL, NULL},
 };
 
-void mg_lua_inject_resp_api(lua_State *L) { luaL_register(L, NULL, mg_resp_funcs); }
+void mg_lua_inject_resp_api(lua_State *L) { luaL_register(L, NULL, mg_lua_resp_funcs); }

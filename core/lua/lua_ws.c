@@ -75,7 +75,7 @@ static void mg_lws_deliver(mg_lws_t *l, mg_ws_t *ws, int op, const char *data, s
         mg_co_t *co = l->waiter;
         l->waiter = NULL;
         mg_lws_push_msg(co->L, op, data, len);
-        mg_co_resume(co, 2);
+        mg_lua_co_resume(co, 2);
         return;
     }
     {
@@ -109,7 +109,7 @@ static void mg_lws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason)
         lua_pushliteral(co->L, "closed");
         lua_pushinteger(co->L, code);
         lua_pushstring(co->L, l->reason);
-        mg_co_resume(co, 4);
+        mg_lua_co_resume(co, 4);
     }
     mg_ws_run_hooks(l->L, l->conf->ws_close_ref, l->ctx_ref, code, l->reason);
     luaL_unref(l->L, LUA_REGISTRYINDEX, l->ctx_ref);
@@ -124,7 +124,7 @@ static mg_lws_t *mg_lws_check(lua_State *L) { return luaL_checkudata(L, 1, MG_LW
 
 static int mg_lws_recv(lua_State *L) {
     mg_lws_t *l = mg_lws_check(L);
-    mg_co_t *co = mg_co_check(L, "ws:recv");
+    mg_co_t *co = mg_lua_co_check(L, "ws:recv");
     if (evbuffer_get_length(l->q) >= 5) {
         unsigned char h[5];
         uint32_t n;
@@ -263,7 +263,7 @@ void mg_lua_ws_co_end(mg_co_t *co) {
 
 void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre, size_t len) {
     lua_State *L = r->gen->L;
-    mg_co_t *co = mg_co_new(r->gen);
+    mg_co_t *co = mg_lua_co_new(r->gen);
     mg_lws_t *l;
 
     if (co == NULL) {
@@ -302,8 +302,8 @@ void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre,
     lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->handler_ref);
     lua_insert(co->L, -2);
     /* what the access hook saw, all fields filled: the handler outlives r */
-    mg_push_req_filled(co->L, r); /* with its metatable */
-    mg_co_resume(co, 2);
+    mg_lua_push_req_filled(co->L, r); /* with its metatable */
+    mg_lua_co_resume(co, 2);
 }
 
 int mg_ws_ctx_ref(mg_req_t *r) {

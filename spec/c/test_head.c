@@ -6,6 +6,7 @@
  * framing, Expect, method and version, target forms, dot segments.
  */
 #include "ct.h"
+#include "ct_req.h"
 #include "http/http_int.h"
 
 static char hbuf[2048];
@@ -16,32 +17,10 @@ static llhttp_t parser;
 /* A parsed head: method, HTTP/1.minor, llhttp flags, the target, then
  * NULL-terminated name, value pairs. */
 static void head(int method, int minor, int flags, const char *url, const char *const *kv) {
-    size_t n = strlen(url);
-    memset(&req, 0, sizeof(req));
-    memset(&parser, 0, sizeof(parser));
-    memset(hbuf, 0, sizeof(hbuf));
-    memcpy(hbuf, url, n);
-    req.hbuf = hbuf;
-    req.hcap = sizeof(hbuf);
-    req.hdrs = hdrs;
-    req.url_len = (uint32_t)n;
+    ct_req_head(&req, hbuf, sizeof(hbuf), hdrs, url, kv);
     req.method = method;
     req.http_minor = minor;
-    req.host_idx = -1;
-    req.xrid_idx = -1;
-    for (int i = 0; kv && kv[2 * i]; i++) {
-        size_t nl = strlen(kv[2 * i]), vl = strlen(kv[2 * i + 1]);
-        hdrs[i].noff = (uint32_t)n;
-        hdrs[i].nlen = (uint32_t)nl;
-        memcpy(hbuf + n, kv[2 * i], nl);
-        n += nl;
-        hdrs[i].voff = (uint32_t)n;
-        hdrs[i].vlen = (uint32_t)vl;
-        memcpy(hbuf + n, kv[2 * i + 1], vl);
-        n += vl;
-        req.nhdrs = i + 1;
-    }
-    req.hlen = n;
+    memset(&parser, 0, sizeof(parser));
     parser.method = (uint8_t)method;
     parser.http_major = 1;
     parser.http_minor = (uint8_t)minor;

@@ -1,0 +1,199 @@
+/*
+ * dispatch.c -- what happens to a request once its head is parsed and
+ * checked by the HTTP layer: routing, the route-level checks (no route,
+ * the body limit, a WebSocket route's handshake and socket limit), the
+ * access step (Lua hooks in a coroutine of their own; it resumes through
+ * r->access_done), choosing the target (the C proxy, a Lua handler, the
+ * upgrade to WebSocket) and feeding it the body. These are the HTTP
+ * layer's hooks (mg_http_hooks_t), registered once per worker by
+ * mg_gateway_init. A refused request runs and forwards nothing: every
+ * check here comes before the access step and the target.
+ */
+#include "gateway/gateway.h"
+
+#include <lauxlib.h>
+
+/* A WebSocket route's handshake, checked before its access hook runs so
+ * that a refused handshake runs and forwards nothing. 0 = go on: a valid
+ * upgrade (r->ws_valid, what req.websocket shows hooks), or plain HTTP to
+ * a route with an upstream; -1 = refused and answered. */
+static int mg_gw_ws_check(mg_req_t *r) {
+    mg_ws_hs_t hs;
+    const char *why;
+    size_t ul;
+    int st;
+
+    if (mg_req_header(r, "upgrade", &ul) == NULL) {
+        if (r->route->upstream)
+            return 0; /* plain HTTP on a WebSocket upstream route */
+        mg_resp_json_error_with(r, 426, "this route speaks WebSocket",
+                                "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
+        return -1;
+    }
+    st = mg_ws_handshake_check(r, &hs, &why);
+    if (st == 426) {
+        mg_resp_json_error_with(r, 426, why, "Sec-WebSocket-Version: 13\r\n");
+        return -1;
+    }
+    if (st) {
+        mg_resp_json_error(r, st, why);
+        return -1;
+    }
+    if (mg_ws_count() >= (uint64_t)r->gen->max_websockets) {
+        mg_warn("request %s: websocket limit (%d per worker) reached", r->request_id,
+                r->gen->max_websockets);
+        mg_resp_json_error(r, 503, "too many websockets");
+        return -1;
+    }
+    r->ws_valid = 1;
+    return 0;
+}
+
+/* A WebSocket route after its access hook: the HTTP session hands the
+ * transport over (the upgrade hook) once the request is fully parsed, or
+ * plain HTTP is proxied. The socket limit is checked again: the hook may
+ * have waited. */
+static void mg_gw_ws_route(mg_req_t *r) {
+    if (!r->ws_valid) {
+        mg_proxy_start(r);
+        return;
+    }
+    if (mg_ws_count() >= (uint64_t)r->gen->max_websockets) {
+        mg_resp_json_error(r, 503, "too many websockets");
+        return;
+    }
+    r->ws_upgrade = 1;
+}
+
+/* To its target, once access allows it. */
+static void mg_gw_dispatch(mg_req_t *r) {
+    mg_req_body_start(r);
+    if (r->route->ws) {
+        mg_gw_ws_route(r);
+        return;
+    }
+    if (r->expect_continue && (r->clen > 0 || r->chunked))
+        mg_req_continue(r);
+    if (r->route->upstream)
+        mg_proxy_start(r);
+    else
+        mg_lua_handler_start(r);
+}
+
+/* the request whose access step is being started: a hook that decides at
+ * once (without yielding) ends inside mg_lua_access_start */
+static mg_req_t *mg_gw_deciding;
+
+/* r->access_done: the access hooks ended (allowed, or they answered). */
+static void mg_gw_access_done(mg_req_t *r) {
+    if (mg_req_gone(r)) {
+        mg_req_resume(r); /* the session frees it */
+        return;
+    }
+    if (r->access_state == MG_ACCESS_DENIED)
+        r->resp_done = 1;
+    if (r == mg_gw_deciding)
+        return; /* decided at once: mg_gw_head goes on */
+    if (r->access_state == MG_ACCESS_OK)
+        mg_gw_dispatch(r);
+    mg_req_resume(r);
+}
+
+static int mg_gw_head(mg_req_t *r) {
+    const char *host = NULL;
+    size_t hostlen = 0;
+
+    if (r->host_idx >= 0) {
+        host = r->hbuf + r->hdrs[r->host_idx].voff;
+        hostlen = r->hdrs[r->host_idx].vlen;
+    }
+    r->route = mg_route_match(r->gen, mg_gen_server_of(r->gen, r->lidx), r->method, host, hostlen,
+                              r->hbuf, r->path_len, NULL, NULL);
+    if (r->route == NULL) {
+        r->resp_close = !(r->clen <= 0 && !r->chunked);
+        mg_resp_json_error(r, 404, "no route");
+        return MG_HTTP_GO_ON;
+    }
+    if (r->route->body_size && r->clen > 0 && (uint64_t)r->clen > r->route->body_size) {
+        mg_resp_json_error(r, 413, "request body too large");
+        return MG_HTTP_GO_ON;
+    }
+    if (r->route->ws && mg_gw_ws_check(r) < 0)
+        return MG_HTTP_GO_ON;
+    /* access hooks first; Lua handler routes run them in the handler's
+     * own coroutine (moongate.run), the others in one of their own */
+    if (r->route->access_ref != LUA_NOREF && (r->route->upstream || r->route->ws)) {
+        r->access_state = MG_ACCESS_RUNNING;
+        r->access_done = mg_gw_access_done;
+        mg_gw_deciding = r;
+        mg_lua_access_start(r);
+        mg_gw_deciding = NULL;
+        if (r->access_state == MG_ACCESS_RUNNING)
+            return MG_HTTP_PAUSE; /* the body waits until the hook decides */
+        if (r->access_state == MG_ACCESS_DENIED)
+            return MG_HTTP_GO_ON;
+    }
+    mg_gw_dispatch(r);
+    return MG_HTTP_GO_ON;
+}
+
+static int mg_gw_body(mg_req_t *r, const char *data, size_t len) {
+    if (r->route == NULL || (r->resp_done && !r->target))
+        return 0; /* answered already (404/413): discard */
+    if (r->route->body_size && r->body_rx > r->route->body_size) {
+        if (r->resp_started)
+            return -1;
+        if (r->target && !r->target->keeps_req)
+            r->target->gone(r); /* the proxy stops; a handler learns it at the end */
+        mg_resp_json_error(r, 413, "request body too large");
+        return 0;
+    }
+    if (r->target)
+        r->target->body(r, data, len);
+    return 0;
+}
+
+/* The response-head phase of a proxied request: the route's header_filter
+ * plugins see and edit the head as a Lua table. head holds len bytes of
+ * "Name: value\r\n" lines (cap at most); returns the new length. */
+size_t mg_gw_head_filter(mg_req_t *r, int *status, char *head, size_t len, size_t cap) {
+    struct evbuffer *out;
+    if (r->route->hf_ref == LUA_NOREF)
+        return len;
+    out = evbuffer_new();
+    if (out && mg_lua_header_filter(r, status, head, len, out) == MG_OK) {
+        len = evbuffer_get_length(out);
+        if (len > cap)
+            len = cap;
+        evbuffer_remove(out, head, len);
+    }
+    if (out)
+        evbuffer_free(out);
+    return len;
+}
+
+/* the log phase: the route's log plugins */
+static void mg_gw_done(mg_req_t *r) {
+    if (r->route && r->route->log_ref != LUA_NOREF)
+        mg_lua_log(r, (mg_now() - r->t_start) * 1000.0);
+}
+
+/* The WebSocket side takes the transport. Until ws_http.c's
+ * mg_ws_takeover takes the mg_io_t itself (the WebSocket branch), it is
+ * given the socket, moved out of the session's io so that only it closes
+ * it. */
+static void mg_gw_upgrade(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len) {
+    mg_io_t own;
+    mg_io_move(&own, io);
+    mg_ws_takeover(r, own.fd, pre, pre_len);
+}
+
+static const mg_http_hooks_t mg_gw_hooks = {
+    .head = mg_gw_head,
+    .body = mg_gw_body,
+    .upgrade = mg_gw_upgrade,
+    .done = mg_gw_done,
+    .freed = mg_lua_req_unlink,
+};
+
+void mg_gateway_init(void) { mg_http_set_hooks(&mg_gw_hooks); }
