@@ -51,7 +51,9 @@ void mg_proxy_client_gone(mg_req_t *r);
 /* ---- WebSocket upgrade ---- */
 int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why);
 /* ws_http.c: hand-off from the HTTP connection */
-void mg_ws_takeover(mg_req_t *r, int fd, const char *pre, size_t pre_len);
+/* Takes the client's connection from io (mg_io_move), whatever happens;
+ * the HTTP session forgets it. */
+void mg_ws_takeover(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len);
 void mg_ws_tunnels_close_all(void);
 /* Closes the tunnels of routes with on_reload = "drain" not in newgen. */
 void mg_ws_tunnels_drain(mg_gen_t *newgen);

@@ -19,11 +19,11 @@
 
 /* ---- shared bits ---- */
 
-static int mg_write_all(int fd, const char *p, size_t n) {
+static int mg_write_all(mg_io_t *io, const char *p, size_t n) {
     /* only for short heads on fresh sockets; a full socket buffer here
      * means the peer is not reading at all */
     while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        ssize_t w = mg_io_write(io, p, n);
         if (w <= 0) {
             if (w < 0 && errno == EINTR)
                 continue;
@@ -47,11 +47,11 @@ static void mg_ws_101(struct evbuffer *b, const mg_ws_hs_t *hs) {
     evbuffer_add(b, "\r\n", 2);
 }
 
-static int mg_ws_send_101(int fd, const mg_ws_hs_t *hs) {
+static int mg_ws_send_101(mg_io_t *io, const mg_ws_hs_t *hs) {
     struct evbuffer *b = evbuffer_new();
     int rc;
     mg_ws_101(b, hs);
-    rc = mg_write_all(fd, (const char *)evbuffer_pullup(b, -1), evbuffer_get_length(b));
+    rc = mg_write_all(io, (const char *)evbuffer_pullup(b, -1), evbuffer_get_length(b));
     evbuffer_free(b);
     return rc;
 }
@@ -161,7 +161,7 @@ void mg_ws_alog_end(mg_ws_alog_t *a, int mode, const mg_ws_end_t *end, const mg_
 /* ---- pending upgrade: the client waits while we reach the upstream ---- */
 
 typedef struct {
-    int cfd; /* client socket */
+    mg_io_t cio; /* the client's connection */
     mg_gen_t *gen;
     mg_route_t *route;
     int mode;
@@ -179,8 +179,7 @@ typedef struct {
 static void mg_wsp_free(mg_wsp_t *p) {
     if (p->ctx_ref != LUA_NOREF)
         luaL_unref(p->gen->L, LUA_REGISTRYINDEX, p->ctx_ref);
-    if (p->cfd >= 0)
-        close(p->cfd);
+    mg_io_close(&p->cio);
     if (p->resp)
         evbuffer_free(p->resp);
     free(p->pre);
@@ -231,8 +230,8 @@ static void mg_wsp_on_done(void *ud) {
     evbuffer_add_printf(p->resp, "Content-Length: %zu\r\nConnection: close\r\n\r\n", bl);
     if (bl)
         evbuffer_add_buffer(p->resp, mg_wsp_body);
-    mg_write_all(p->cfd, (const char *)evbuffer_pullup(p->resp, -1), evbuffer_get_length(p->resp));
-    shutdown(p->cfd, SHUT_WR);
+    mg_write_all(&p->cio, (const char *)evbuffer_pullup(p->resp, -1), evbuffer_get_length(p->resp));
+    mg_io_shutdown(&p->cio);
     mg_wsp_free(p);
 }
 
@@ -250,13 +249,13 @@ static void mg_wsp_on_error(void *ud, int status, const char *msg) {
                   "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                   "Connection: close\r\n\r\n",
                   status, mg_status_text(status), bl);
-    mg_write_all(p->cfd, head, hl);
-    mg_write_all(p->cfd, body, bl);
-    shutdown(p->cfd, SHUT_WR);
+    mg_write_all(&p->cio, head, hl);
+    mg_write_all(&p->cio, body, bl);
+    mg_io_shutdown(&p->cio);
     mg_wsp_free(p);
 }
 
-static void mg_wsp_on_upgrade(void *ud, int ufd, mg_kv_t *hdrs, int nhdrs, const char *extra,
+static void mg_wsp_on_upgrade(void *ud, mg_io_t *uio, mg_kv_t *hdrs, int nhdrs, const char *extra,
                               size_t extralen);
 
 static const mg_ux_sink_t mg_wsp_sink = {
@@ -271,11 +270,11 @@ static const mg_ux_sink_t mg_wsp_sink = {
 
 typedef struct mg_tunnel_s {
     struct mg_tunnel_s *prev, *next;
-    int fd[2];               /* 0 client, 1 upstream */
-    struct evbuffer *out[2]; /* pending bytes towards fd[i] */
+    mg_io_t io[2];           /* 0 client, 1 upstream */
+    struct evbuffer *out[2]; /* pending bytes towards io[i] */
     struct event rev[2], wev[2], tev;
     int rd_off[2], wr_on[2], eof[2];
-    int shut[2];       /* we shut fd[i]'s writing (once) */
+    int shut[2];       /* we shut io[i]'s writing (once) */
     int first;         /* the side whose end came first, -1 none yet */
     uint64_t bytes[2]; /* read from side i */
     double last;
@@ -303,7 +302,7 @@ static void mg_tunnel_free(mg_tunnel_t *t, const char *by) {
     for (int i = 0; i < 2; i++) {
         event_del(&t->rev[i]);
         event_del(&t->wev[i]);
-        close(t->fd[i]);
+        mg_io_close(&t->io[i]);
         evbuffer_free(t->out[i]);
     }
     event_del(&t->tev);
@@ -319,7 +318,7 @@ static int mg_tunnel_flush(mg_tunnel_t *t, int i);
 static int mg_tunnel_pass(mg_tunnel_t *t, int from, const char *data, size_t len) {
     int to = !from;
     if (evbuffer_get_length(t->out[to]) == 0) {
-        ssize_t w = send(t->fd[to], data, len, MSG_NOSIGNAL);
+        ssize_t w = mg_io_write(&t->io[to], data, len);
         if (w < 0 && errno != EAGAIN && errno != EINTR)
             return MG_ERR;
         if (w < 0)
@@ -341,7 +340,7 @@ static int mg_tunnel_pass(mg_tunnel_t *t, int from, const char *data, size_t len
 
 static void mg_tunnel_shut(mg_tunnel_t *t, int i) {
     if (!t->shut[i]) {
-        shutdown(t->fd[i], SHUT_WR);
+        mg_io_shutdown(&t->io[i]);
         t->shut[i] = 1;
     }
 }
@@ -351,10 +350,9 @@ static void mg_tunnel_shut(mg_tunnel_t *t, int i) {
  * (FIN, reset, or the EPOLLHUP of a socket we shut) wakes the next
  * epoll_wait again, with no extra recv here. A side that stops reading
  * (paused, or at its end) has its read event removed. */
-static int mg_tunnel_read_once(mg_tunnel_t *t, int fd) {
-    int from = fd == t->fd[0] ? 0 : 1;
+static int mg_tunnel_read_once(mg_tunnel_t *t, int from) {
     ssize_t n;
-    n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
+    n = mg_io_read(&t->io[from], mg_worker.scratch, sizeof(mg_worker.scratch));
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return 0;
     if (n <= 0) {
@@ -378,23 +376,26 @@ static int mg_tunnel_read_once(mg_tunnel_t *t, int fd) {
         mg_tunnel_free(t, from == 0 ? "upstream" : "client"); /* the other side failed */
         return 0;
     }
-    return (size_t)n == sizeof(mg_worker.scratch) && !t->rd_off[from];
+    /* a full read, or bytes the transport still holds: read again */
+    return ((size_t)n == sizeof(mg_worker.scratch) || mg_io_pending(&t->io[from])) &&
+           !t->rd_off[from];
 }
 
 static void mg_tunnel_read_cb(evutil_socket_t fd, short what, void *arg) {
     mg_tunnel_t *t = arg;
+    int from = fd == t->io[0].fd ? 0 : 1;
     (void)what;
-    while (mg_tunnel_read_once(t, fd))
+    while (mg_tunnel_read_once(t, from))
         ;
 }
 
-/* MG_ERR: fd[i] failed (a reset): the caller ends the tunnel. Not left to
+/* MG_ERR: io[i] failed (a reset): the caller ends the tunnel. Not left to
  * the read side: that side may be paused, and the write event, level-
  * triggered like every EPOLLERR, would fire again at once. */
 static int mg_tunnel_flush(mg_tunnel_t *t, int i) {
     size_t left = evbuffer_get_length(t->out[i]);
     if (left) {
-        int n = evbuffer_write(t->out[i], t->fd[i]);
+        int n = mg_io_write_evbuffer(&t->io[i], t->out[i]);
         if (n < 0 && errno != EAGAIN && errno != EINTR)
             return MG_ERR;
         left = evbuffer_get_length(t->out[i]);
@@ -417,7 +418,7 @@ static int mg_tunnel_flush(mg_tunnel_t *t, int i) {
 
 static void mg_tunnel_write_cb(evutil_socket_t fd, short what, void *arg) {
     mg_tunnel_t *t = arg;
-    int i = fd == t->fd[0] ? 0 : 1;
+    int i = fd == t->io[0].fd ? 0 : 1;
     (void)what;
     t->last = mg_now_coarse();
     if (mg_tunnel_flush(t, i) != MG_OK)
@@ -436,7 +437,7 @@ static void mg_tunnel_timer_cb(evutil_socket_t fd, short what, void *arg) {
     event_add(&t->tev, mg_timeout_tv(t->idle_ms));
 }
 
-static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const char *extra,
+static void mg_tunnel_start(mg_wsp_t *p, mg_io_t *uio, mg_kv_t *hdrs, int nhdrs, const char *extra,
                             size_t extralen) {
     mg_tunnel_t *t = calloc(1, sizeof(*t));
     struct evbuffer *head = evbuffer_new();
@@ -451,18 +452,17 @@ static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, cons
         evbuffer_add(head, "\r\n", 2);
     }
     evbuffer_add(head, "\r\n", 2);
-    if (t == NULL || mg_write_all(p->cfd, (const char *)evbuffer_pullup(head, -1),
+    if (t == NULL || mg_write_all(&p->cio, (const char *)evbuffer_pullup(head, -1),
                                   evbuffer_get_length(head)) != MG_OK) {
         evbuffer_free(head);
         free(t);
-        close(ufd);
+        mg_io_close(uio);
         mg_wsp_free(p);
         return;
     }
     evbuffer_free(head);
-    t->fd[0] = p->cfd;
-    t->fd[1] = ufd;
-    p->cfd = -1;
+    mg_io_move(&t->io[0], &p->cio);
+    mg_io_move(&t->io[1], uio);
     t->gen = p->gen;
     mg_gen_retain(t->gen);
     t->idle_ms = p->route->ws->idle;
@@ -473,9 +473,9 @@ static void mg_tunnel_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, cons
     t->last = mg_now();
     for (i = 0; i < 2; i++) {
         t->out[i] = evbuffer_new();
-        event_assign(&t->rev[i], mg_worker.base, t->fd[i], EV_READ | EV_PERSIST, mg_tunnel_read_cb,
-                     t);
-        event_assign(&t->wev[i], mg_worker.base, t->fd[i], EV_WRITE | EV_PERSIST,
+        event_assign(&t->rev[i], mg_worker.base, t->io[i].fd, EV_READ | EV_PERSIST,
+                     mg_tunnel_read_cb, t);
+        event_assign(&t->wev[i], mg_worker.base, t->io[i].fd, EV_WRITE | EV_PERSIST,
                      mg_tunnel_write_cb, t);
         event_add(&t->rev[i], NULL);
     }
@@ -513,7 +513,7 @@ void mg_ws_tunnels_drain(mg_gen_t *newgen) {
         if (t->gen != newgen && t->drain) {
             for (int i = 0; i < 2; i++)
                 if (evbuffer_get_length(t->out[i]))
-                    evbuffer_write(t->out[i], t->fd[i]);
+                    mg_io_write_evbuffer(&t->io[i], t->out[i]);
             mg_tunnel_free(t, "moongate");
         }
         t = next;
@@ -664,7 +664,7 @@ static void mg_relay_on_close(void *ud, mg_ws_t *ws, int code, const char *reaso
     free(rl);
 }
 
-static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const char *extra,
+static void mg_relay_start(mg_wsp_t *p, mg_io_t *uio, mg_kv_t *hdrs, int nhdrs, const char *extra,
                            size_t extralen) {
     char want[40];
     int i, ok = 0;
@@ -676,18 +676,18 @@ static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const
             hdrs[i].vlen == strlen(want) && memcmp(hdrs[i].value, want, hdrs[i].vlen) == 0)
             ok = 1;
     if (!ok) {
-        close(ufd);
+        mg_io_close(uio);
         mg_wsp_on_error(p, 502, "upstream sent a bad websocket handshake");
         return;
     }
-    if (mg_ws_send_101(p->cfd, &p->hs) != MG_OK) {
-        close(ufd);
+    if (mg_ws_send_101(&p->cio, &p->hs) != MG_OK) {
+        mg_io_close(uio);
         mg_wsp_free(p);
         return;
     }
     rl = calloc(1, sizeof(*rl));
     if (rl == NULL) {
-        close(ufd);
+        mg_io_close(uio);
         mg_wsp_free(p); /* closes the client's socket */
         return;
     }
@@ -699,18 +699,15 @@ static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const
     p->ctx_ref = LUA_NOREF;
     rl->alog = p->alog;
     p->alog = NULL;
+    /* each socket takes its connection, or closes it if it cannot start */
     rl->side[0] =
-        mg_ws_new(p->cfd, 0, p->gen, p->route, &p->hs, p->pre, p->pre_len, &mg_relay_ops, rl);
-    if (rl->side[0])
-        p->cfd = -1; /* the socket owns it now; else mg_wsp_free closes it */
-    rl->side[1] = mg_ws_new(ufd, 1, p->gen, p->route, NULL, extra, extralen, &mg_relay_ops, rl);
+        mg_ws_new(&p->cio, 0, p->gen, p->route, &p->hs, p->pre, p->pre_len, &mg_relay_ops, rl);
+    rl->side[1] = mg_ws_new(uio, 1, p->gen, p->route, NULL, extra, extralen, &mg_relay_ops, rl);
     if (rl->side[0] == NULL || rl->side[1] == NULL) {
         if (rl->side[0])
             mg_ws_abort(rl->side[0]);
         if (rl->side[1])
             mg_ws_abort(rl->side[1]);
-        else
-            close(ufd);
         luaL_unref(rl->gen->L, LUA_REGISTRYINDEX, rl->ctx_ref);
         mg_gen_release(rl->gen);
         free(rl->alog);
@@ -721,18 +718,18 @@ static void mg_relay_start(mg_wsp_t *p, int ufd, mg_kv_t *hdrs, int nhdrs, const
     mg_wsp_free(p);
 }
 
-static void mg_wsp_on_upgrade(void *ud, int ufd, mg_kv_t *hdrs, int nhdrs, const char *extra,
+static void mg_wsp_on_upgrade(void *ud, mg_io_t *uio, mg_kv_t *hdrs, int nhdrs, const char *extra,
                               size_t extralen) {
     mg_wsp_t *p = ud;
     if (p->mode == MG_WS_TUNNEL)
-        mg_tunnel_start(p, ufd, hdrs, nhdrs, extra, extralen);
+        mg_tunnel_start(p, uio, hdrs, nhdrs, extra, extralen);
     else
-        mg_relay_start(p, ufd, hdrs, nhdrs, extra, extralen);
+        mg_relay_start(p, uio, hdrs, nhdrs, extra, extralen);
 }
 
 /* ---- entry: the HTTP connection hands over its socket ---- */
 
-void mg_ws_takeover(mg_req_t *r, int fd, const char *pre, size_t pre_len) {
+void mg_ws_takeover(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len) {
     mg_ws_conf_t *wc = r->route->ws;
     mg_ws_hs_t hs;
     const char *why;
@@ -740,23 +737,23 @@ void mg_ws_takeover(mg_req_t *r, int fd, const char *pre, size_t pre_len) {
     struct evbuffer *head;
 
     if (mg_ws_handshake_check(r, &hs, &why) != 0) {
-        close(fd); /* checked before; cannot fail here */
+        mg_io_close(io); /* checked before; cannot fail here */
         return;
     }
     if (wc->mode == MG_WS_HANDLER) {
-        if (mg_ws_send_101(fd, &hs) != MG_OK) {
-            close(fd);
+        if (mg_ws_send_101(io, &hs) != MG_OK) {
+            mg_io_close(io);
             return;
         }
-        mg_lua_ws_start(r, fd, &hs, pre, pre_len);
+        mg_lua_ws_start(r, io, &hs, pre, pre_len);
         return;
     }
     p = calloc(1, sizeof(*p));
     if (p == NULL) {
-        close(fd);
+        mg_io_close(io);
         return;
     }
-    p->cfd = fd;
+    mg_io_move(&p->cio, io);
     p->gen = r->gen;
     mg_gen_retain(p->gen);
     p->route = r->route;

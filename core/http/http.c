@@ -610,9 +610,10 @@ static void mg_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_conn_t *c = arg;
     (void)fd, (void)what;
     if (X(c)->handoff) {
-        int sfd = c->fd;
+        mg_io_t io; /* until the session holds an mg_io_t itself */
+        mg_io_tcp(&io, c->fd);
         c->fd = -1;
-        mg_ws_takeover(c->req, sfd, c->in, c->in_len);
+        mg_ws_takeover(c->req, &io, c->in, c->in_len);
         mg_conn_free(c);
         return;
     }

@@ -33,7 +33,8 @@ void mg_lua_client_drained(mg_req_t *r);
 void mg_lua_client_gone(mg_req_t *r);
 
 /* ---- lua_ws.c */
-void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre, size_t len);
+/* Takes the client's connection from io (mg_io_move), whatever happens. */
+void mg_lua_ws_start(mg_req_t *r, mg_io_t *io, const mg_ws_hs_t *hs, const char *pre, size_t len);
 void mg_lua_ws_open_api(lua_State *L);
 /* A registry reference to req.ctx of the upgrade request (a new table when
  * no hook made one). */

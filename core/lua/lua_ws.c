@@ -261,13 +261,13 @@ void mg_lua_ws_co_end(mg_co_t *co) {
         mg_ws_close(l->ws, 1000, "");
 }
 
-void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre, size_t len) {
+void mg_lua_ws_start(mg_req_t *r, mg_io_t *io, const mg_ws_hs_t *hs, const char *pre, size_t len) {
     lua_State *L = r->gen->L;
     mg_co_t *co = mg_co_new(r->gen);
     mg_lws_t *l;
 
     if (co == NULL) {
-        close(fd);
+        mg_io_close(io);
         return;
     }
     l = lua_newuserdata(co->L, sizeof(*l));
@@ -284,11 +284,10 @@ void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre,
     l->conf = r->route->ws;
     l->ctx_ref = mg_ws_ctx_ref(r);
     l->alog = mg_ws_alog_new(r);
-    l->ws = mg_ws_new(fd, 0, r->gen, r->route, hs, pre, len, &mg_lws_ops, l);
+    l->ws = mg_ws_new(io, 0, r->gen, r->route, hs, pre, len, &mg_lws_ops, l);
     if (l->ws)
         mg_ws_run_hooks(L, l->conf->ws_open_ref, l->ctx_ref, 0, NULL);
-    if (l->ws == NULL) {
-        close(fd);
+    if (l->ws == NULL) { /* mg_ws_new closed the connection */
         luaL_unref(L, LUA_REGISTRYINDEX, l->ref);
         l->ref = LUA_NOREF;
         l->closed = 1;

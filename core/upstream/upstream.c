@@ -55,7 +55,7 @@ struct mg_peer_s {
 };
 
 struct mg_uconn_s {
-    int fd;
+    mg_io_t io; /* the connection (net/io.h) */
     mg_peer_t *peer;
     mg_ux_t *ux; /* NULL while pooled */
     struct event rev, wev, tev;
@@ -204,7 +204,7 @@ static void mg_uconn_close(mg_uconn_t *uc) {
     event_del(&uc->rev);
     event_del(&uc->wev);
     event_del(&uc->tev);
-    close(uc->fd);
+    mg_io_close(&uc->io);
     free(uc);
 }
 
@@ -245,9 +245,9 @@ static void mg_uconn_bind(mg_ux_t *ux, mg_uconn_t *uc) {
     ux->uc = uc;
     uc->ux = ux;
     uc->rd_off = 0;
-    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ | EV_CLOSED | EV_PERSIST,
+    event_assign(&uc->rev, mg_worker.base, uc->io.fd, EV_READ | EV_CLOSED | EV_PERSIST,
                  mg_uconn_read_cb, uc);
-    event_assign(&uc->wev, mg_worker.base, uc->fd, EV_WRITE | EV_PERSIST, mg_uconn_write_cb, uc);
+    event_assign(&uc->wev, mg_worker.base, uc->io.fd, EV_WRITE | EV_PERSIST, mg_uconn_write_cb, uc);
     evtimer_assign(&uc->tev, mg_worker.base, mg_uconn_timer_cb, uc);
 }
 
@@ -299,7 +299,7 @@ static void mg_ux_connect(mg_ux_t *ux) {
                     mg_ux_fail(ux, 502, "out of memory", 0);
                     return;
                 }
-                uc->fd = fd;
+                mg_io_tcp(&uc->io, fd);
                 uc->peer = p;
                 uc->connecting = 1;
                 mg_uconn_bind(ux, uc);
@@ -450,7 +450,7 @@ static void mg_ux_flush(mg_ux_t *ux) {
         return;
     left = evbuffer_get_length(ux->out);
     if (left) {
-        int n = evbuffer_write(ux->out, uc->fd);
+        int n = mg_io_write_evbuffer(&uc->io, ux->out);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
             mg_ux_retry_or_fail(ux, 502, "upstream write failed", 0);
             return;
@@ -603,7 +603,7 @@ static void mg_ux_complete(mg_ux_t *ux, int reusable) {
 
 /* One read; 1 = read again (the buffer was full), 0 = stop (level-triggered:
  * whatever is left, EOF included, is reported again). */
-static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
+static int mg_uconn_read_once(mg_uconn_t *uc) {
     mg_ux_t *ux = uc->ux;
     ssize_t n;
     llhttp_errno_t err;
@@ -612,7 +612,7 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
         mg_uconn_pool_drop(uc);
         return 0;
     }
-    n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
+    n = mg_io_read(&uc->io, mg_worker.scratch, sizeof(mg_worker.scratch));
     if (n < 0) {
         if (errno == EINTR)
             return 1;
@@ -654,13 +654,13 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
         size_t extra = pos && pos >= mg_worker.scratch && pos < mg_worker.scratch + n
                            ? (size_t)(mg_worker.scratch + n - pos)
                            : 0;
-        int ufd = uc->fd;
         event_del(&uc->rev);
         event_del(&uc->wev);
         event_del(&uc->tev);
-        free(uc);
         ux->uc = NULL;
-        ux->sink->on_upgrade(ux->ud, ufd, ux->hv, ux->nh, extra ? pos : NULL, extra);
+        ux->sink->on_upgrade(ux->ud, &uc->io, ux->hv, ux->nh, extra ? pos : NULL, extra);
+        mg_io_close(&uc->io); /* nothing if the sink took it */
+        free(uc);
         mg_ux_free(ux);
         return 0;
     }
@@ -687,14 +687,17 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
     mg_ux_timer(ux, 1);
     if (ux->sink->on_flush)
         ux->sink->on_flush(ux->ud);
-    return (size_t)n == sizeof(mg_worker.scratch) && ux->uc == uc && !uc->rd_off;
+    /* a full read, or bytes the transport still holds: read again */
+    return ((size_t)n == sizeof(mg_worker.scratch) || mg_io_pending(&uc->io)) && ux->uc == uc &&
+           !uc->rd_off;
 }
 
 static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg) {
     mg_uconn_t *uc = arg;
     if (what & EV_CLOSED)
         uc->peer_closed = 1;
-    while (mg_uconn_read_once(uc, fd))
+    (void)fd;
+    while (mg_uconn_read_once(uc))
         ;
 }
 

@@ -108,15 +108,16 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
         ws->rx_given += n;
         return n;
     }
-    if (ws->rd_off || ws->rd_done || (ws->rd_short && !ws->rd_hup)) {
+    if (ws->rd_off || ws->rd_done || (ws->rd_short && !ws->rd_hup && mg_io_pending(&ws->io) == 0)) {
         /* the last read drained the socket: no EAGAIN read needed, the
          * (level-triggered) event fires again when more arrives, or an
          * EOF or reset that came with those bytes; the peer's FIN known
-         * now (EV_CLOSED) is read at once */
+         * now (EV_CLOSED) is read at once, and bytes the transport holds
+         * (io pending) too: the socket will not report them */
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    n = recv(ws->fd, buf, len, 0);
+    n = mg_io_read(&ws->io, buf, len);
     if (n > 0) {
         ws->last_rx = mg_now_coarse();
         ws->rd_short = (size_t)n < len;
@@ -361,12 +362,14 @@ void mg_ws_arm(mg_ws_t *ws) {
         event_add(&ws->tev, mg_timeout_tv(ms));
 }
 
-mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const mg_ws_hs_t *hs,
+mg_ws_t *mg_ws_new(mg_io_t *io, int client, mg_gen_t *gen, mg_route_t *route, const mg_ws_hs_t *hs,
                    const char *pre, size_t pre_len, const mg_ws_ops_t *ops, void *ud) {
     mg_ws_t *ws = calloc(1, sizeof(*ws));
-    if (ws == NULL)
+    if (ws == NULL) {
+        mg_io_close(io);
         return NULL;
-    ws->fd = fd;
+    }
+    mg_io_move(&ws->io, io);
     ws->client = client;
     ws->gen = gen;
     mg_gen_retain(gen);
@@ -386,6 +389,7 @@ mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const m
         if (ws->wbuf)
             evbuffer_free(ws->wbuf);
         mg_gen_release(gen);
+        mg_io_close(&ws->io);
         free(ws);
         return NULL;
     }
@@ -408,8 +412,9 @@ mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const m
      * for good removes the event (mg_ws_rd_stop), and a pause does
      * (mg_ws_pause): a level-triggered socket left with unread bytes or
      * its end would wake the loop at once, over and over. */
-    event_assign(&ws->rev, mg_worker.base, fd, EV_READ | EV_CLOSED | EV_PERSIST, mg_ws_read_cb, ws);
-    event_assign(&ws->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_ws_write_cb, ws);
+    event_assign(&ws->rev, mg_worker.base, ws->io.fd, EV_READ | EV_CLOSED | EV_PERSIST,
+                 mg_ws_read_cb, ws);
+    event_assign(&ws->wev, mg_worker.base, ws->io.fd, EV_WRITE | EV_PERSIST, mg_ws_write_cb, ws);
     evtimer_assign(&ws->tev, mg_worker.base, mg_ws_timer_cb, ws);
     event_add(&ws->rev, NULL);
     mg_ws_arm(ws);
@@ -428,8 +433,7 @@ static void mg_ws_free(mg_ws_t *ws) {
     event_del(&ws->rev);
     event_del(&ws->wev);
     event_del(&ws->tev);
-    if (ws->fd >= 0)
-        close(ws->fd);
+    mg_io_close(&ws->io);
     if (ws->ctx)
         wslay_event_context_free(ws->ctx);
     evbuffer_free(ws->msg);
@@ -646,7 +650,7 @@ static int mg_ws_stash(mg_ws_t *ws, const uint8_t *buf, size_t n) {
  * on; -1: the socket ended. */
 static int mg_ws_read_fast(mg_ws_t *ws) {
     static uint8_t buf[16384];
-    ssize_t n = recv(ws->fd, buf, sizeof(buf), 0);
+    ssize_t n = mg_io_read(&ws->io, buf, sizeof(buf));
     size_t off = 0;
 
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -711,8 +715,9 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
         }
         return 1;
     }
-    /* a full read: there may be more; the FIN in this edge: read it */
-    return (size_t)n == sizeof(buf) || ws->rd_hup ? 1 : 0;
+    /* a full read: there may be more; the FIN in this edge, or bytes the
+     * transport still holds: read them */
+    return (size_t)n == sizeof(buf) || ws->rd_hup || mg_io_pending(&ws->io) ? 1 : 0;
 }
 
 static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg) {

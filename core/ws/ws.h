@@ -8,6 +8,7 @@
 #define MG_WS_H
 
 #include "conf/conf.h"
+#include "net/io.h"
 
 #include <wslay/wslay.h>
 #include <zlib.h>
@@ -51,7 +52,9 @@ typedef struct {
 } mg_ws_hs_t;
 
 /* ws.c */
-mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const mg_ws_hs_t *hs,
+/* Takes the connection from io (mg_io_move: io is left empty), also when
+ * it fails (NULL: the connection is closed). */
+mg_ws_t *mg_ws_new(mg_io_t *io, int client, mg_gen_t *gen, mg_route_t *route, const mg_ws_hs_t *hs,
                    const char *pre, size_t pre_len, const mg_ws_ops_t *ops, void *ud);
 int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len);
 void mg_ws_close(mg_ws_t *ws, int code, const char *reason);

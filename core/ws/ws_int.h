@@ -15,7 +15,7 @@
 struct mg_ws_s {
     /* what every frame reads, together in the first cache lines (the
      * kernel's share of a small message evicts most of ours) */
-    int fd;
+    mg_io_t io;    /* the connection (net/io.h), owned */
     int client;    /* we are the client side (relay to upstream) */
     int closing;   /* close queued by us */
     int fail_code; /* protocol failure to report */
