@@ -204,6 +204,8 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             mg_gen_activate(g);
             mg_gen_release(g);
             mg_debug("worker %d: generation %u active", mg_worker.id, g->id);
+            /* after a reload: draining routes' tunnels end, their sockets get 1012 */
+            mg_ws_tunnels_drain(g);
             mg_ws_drain_route_sockets(g);
             mg_ctl_send(sock, MG_CTL_SERVING, m.id, NULL, -1);
             break;

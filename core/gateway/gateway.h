@@ -58,14 +58,4 @@ void mg_ws_tunnels_close_all(void);
 /* Closes the tunnels of routes with on_reload = "drain" not in newgen. */
 void mg_ws_tunnels_drain(mg_gen_t *newgen);
 
-/* ws_http.c: a session's access-log line, in the HTTP lines' format plus a
- * "websocket" object. mg_ws_alog_new copies what it needs from r (NULL when
- * the access log is off); mg_ws_alog_end writes the line and frees it. st
- * NULL: a tunnel (bytes only, no messages, no close code). in/out: bytes
- * from and to the client. */
-typedef struct mg_ws_alog_s mg_ws_alog_t;
-mg_ws_alog_t *mg_ws_alog_new(mg_req_t *r);
-void mg_ws_alog_end(mg_ws_alog_t *a, int mode, const mg_ws_end_t *end, const mg_ws_stats_t *st,
-                    uint64_t in, uint64_t out);
-
 #endif

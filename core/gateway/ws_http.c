@@ -7,7 +7,6 @@
  * through the route's on_message hook).
  */
 #include "gateway/gateway.h"
-#include "lua/lua_int.h"
 
 #include <errno.h>
 #include <lauxlib.h>
@@ -98,66 +97,6 @@ static struct evbuffer *mg_ws_upstream_head(mg_req_t *r, const char *own_key,
     return h;
 }
 
-/* ---- access log ---- */
-
-struct mg_ws_alog_s {
-    double t_start;
-    const char *route; /* the route's name: the session holds its generation */
-    unsigned gen_id;
-    char head[]; /* the line up to "status" */
-};
-
-mg_ws_alog_t *mg_ws_alog_new(mg_req_t *r) {
-    char esc[400], head[1024];
-    mg_ws_alog_t *a;
-    int n;
-    if (!r->gen->access_log)
-        return NULL;
-    mg_log_path(r, esc, sizeof(esc));
-    n = snprintf(head, sizeof(head),
-                 "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
-                 "\"method\":\"GET\",\"path\":\"%s\",\"status\":101,",
-                 r->t_start, r->request_id, r->conn ? r->conn->peer_ip : "", esc);
-    if (n < 0 || (size_t)n >= sizeof(head))
-        return NULL;
-    a = malloc(sizeof(*a) + n + 1);
-    if (a == NULL)
-        return NULL;
-    a->t_start = r->t_start;
-    a->route = r->route->name ? r->route->name : r->route->rule;
-    a->gen_id = r->gen->id;
-    memcpy(a->head, head, n + 1);
-    return a;
-}
-
-void mg_ws_alog_end(mg_ws_alog_t *a, int mode, const mg_ws_end_t *end, const mg_ws_stats_t *st,
-                    uint64_t in, uint64_t out) {
-    static const char *modes[] = {"", "tunnel", "relay", "handler"};
-    char line[1536], ws[320];
-    int n;
-    if (a == NULL)
-        return;
-    if (st)
-        snprintf(ws, sizeof(ws),
-                 "\"mode\":\"%s\",\"close_code\":%d,\"close_by\":\"%s\",\"messages_in\":%llu,"
-                 "\"messages_out\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu",
-                 modes[mode], end->code, end->by, (unsigned long long)st->msgs_in,
-                 (unsigned long long)st->msgs_out, (unsigned long long)in, (unsigned long long)out);
-    else /* a tunnel does not parse frames: no close code, no message counts */
-        snprintf(ws, sizeof(ws),
-                 "\"mode\":\"tunnel\",\"close_code\":null,\"close_by\":\"%s\",\"bytes_in\":%llu,"
-                 "\"bytes_out\":%llu",
-                 end->by, (unsigned long long)in, (unsigned long long)out);
-    n = snprintf(line, sizeof(line),
-                 "%s\"bytes\":%llu,\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u,"
-                 "\"websocket\":{%s}}\n",
-                 a->head, (unsigned long long)out, (mg_now() - a->t_start) * 1000.0, a->route,
-                 a->gen_id, ws);
-    if (n > 0)
-        mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
-    free(a);
-}
-
 /* ---- pending upgrade: the client waits while we reach the upstream ---- */
 
 typedef struct {
@@ -173,7 +112,7 @@ typedef struct {
     struct evbuffer *resp;
     char request_id[40];
     int ctx_ref; /* req.ctx for the relay's hooks */
-    mg_ws_alog_t *alog;
+    mg_http_wslog_t *alog;
 } mg_wsp_t;
 
 static void mg_wsp_free(mg_wsp_t *p) {
@@ -281,7 +220,7 @@ typedef struct mg_tunnel_s {
     int idle_ms;
     int drain; /* on_reload = "drain" */
     mg_gen_t *gen;
-    mg_ws_alog_t *alog;
+    mg_http_wslog_t *alog;
 } mg_tunnel_t;
 
 static mg_tunnel_t *mg_tunnels;
@@ -292,7 +231,7 @@ static void mg_tunnel_free(mg_tunnel_t *t, const char *by) {
     mg_ws_end_t e = {0, by};
     if (by == NULL)
         e.by = t->first == 0 ? "client" : t->first == 1 ? "upstream" : "none";
-    mg_ws_alog_end(t->alog, MG_WS_TUNNEL, &e, NULL, t->bytes[0], t->bytes[1]);
+    mg_http_wslog_end(t->alog, MG_WS_TUNNEL, 0, e.by, NULL, t->bytes[0], t->bytes[1]);
     if (t->prev)
         t->prev->next = t->next;
     else
@@ -528,7 +467,7 @@ typedef struct {
     int up_first; /* the upstream's end came first */
     mg_ws_end_t end;
     mg_ws_stats_t st; /* the client side's, kept when it ends */
-    mg_ws_alog_t *alog;
+    mg_http_wslog_t *alog;
     struct event fail_tev; /* a failed client's close waits for the upstream's answers */
     double fail_at;
     int fail_armed;
@@ -657,7 +596,11 @@ static void mg_relay_on_close(void *ud, mg_ws_t *ws, int code, const char *reaso
     }
     if (rl->fail_armed)
         event_del(&rl->fail_tev);
-    mg_ws_alog_end(rl->alog, MG_WS_RELAY, &rl->end, &rl->st, rl->st.bytes_in, rl->st.bytes_out);
+    {
+        uint64_t msgs[2] = {rl->st.msgs_in, rl->st.msgs_out};
+        mg_http_wslog_end(rl->alog, MG_WS_RELAY, rl->end.code, rl->end.by, msgs, rl->st.bytes_in,
+                          rl->st.bytes_out);
+    }
     mg_ws_run_hooks(rl->gen->L, rl->route->ws->ws_close_ref, rl->ctx_ref, code, reason);
     luaL_unref(rl->gen->L, LUA_REGISTRYINDEX, rl->ctx_ref);
     mg_gen_release(rl->gen);
@@ -727,6 +670,70 @@ static void mg_wsp_on_upgrade(void *ud, mg_io_t *uio, mg_kv_t *hdrs, int nhdrs, 
         mg_relay_start(p, uio, hdrs, nhdrs, extra, extralen);
 }
 
+/* ---- the handshake check ---- */
+
+/* Validates an upgrade request (RFC 6455 4.2.1). Returns 0, or the status
+ * to refuse with (400, 403, 426) and *why. */
+int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why) {
+    mg_ws_conf_t *wc = r->route->ws;
+    const char *v, *key;
+    size_t vl, kl;
+
+    memset(hs, 0, sizeof(*hs));
+    if (r->method != HTTP_GET || r->http_minor < 1) {
+        *why = "websocket handshake needs GET and HTTP/1.1";
+        return 400;
+    }
+    v = mg_req_header(r, "upgrade", &vl);
+    if (v == NULL || !mg_ws_token_in(v, vl, "websocket")) {
+        *why = "websocket handshake needs Upgrade: websocket";
+        return 400;
+    }
+    v = mg_req_header(r, "connection", &vl);
+    if (v == NULL || !mg_ws_token_in(v, vl, "upgrade")) {
+        *why = "websocket handshake needs Connection: Upgrade";
+        return 400;
+    }
+    v = mg_req_header(r, "sec-websocket-version", &vl);
+    if (v == NULL || vl != 2 || memcmp(v, "13", 2) != 0) {
+        *why = "unsupported websocket version";
+        return 426;
+    }
+    key = mg_req_header(r, "sec-websocket-key", &kl);
+    if (mg_req_header_n(r, "sec-websocket-key", 1, &vl) != NULL) {
+        *why = "repeated Sec-WebSocket-Key";
+        return 400;
+    }
+    if (!mg_ws_key_ok(key, kl)) {
+        *why = "bad Sec-WebSocket-Key";
+        return 400;
+    }
+    if (r->clen > 0 || r->chunked) {
+        *why = "websocket handshake with a body";
+        return 400;
+    }
+    if (wc->norigins) {
+        v = mg_req_header(r, "origin", &vl);
+        if (!mg_ws_origin_ok(wc, v, vl)) {
+            *why = "origin not allowed";
+            return 403;
+        }
+    }
+    mg_ws_accept_for(key, kl, hs->accept);
+    /* repeated header lines form one list (RFC 6455 11.3.4); the
+     * client's order of preference wins among the route's protocols */
+    for (int line = 0; wc->nprotocols && !hs->protocol[0] &&
+                       (v = mg_req_header_n(r, "sec-websocket-protocol", line, &vl)) != NULL;
+         line++)
+        mg_ws_pick_protocol(wc, v, vl, hs);
+    if (wc->deflate && wc->mode != MG_WS_TUNNEL)
+        for (int line = 0;
+             !hs->pmd && (v = mg_req_header_n(r, "sec-websocket-extensions", line, &vl)) != NULL;
+             line++)
+            mg_ws_negotiate_pmd(v, vl, hs);
+    return 0;
+}
+
 /* ---- entry: the HTTP connection hands over its socket ---- */
 
 void mg_ws_takeover(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len) {
@@ -760,7 +767,7 @@ void mg_ws_takeover(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len) {
     p->mode = wc->mode;
     p->hs = hs;
     p->ctx_ref = wc->mode == MG_WS_RELAY ? mg_ws_ctx_ref(r) : LUA_NOREF;
-    p->alog = mg_ws_alog_new(r);
+    p->alog = mg_http_wslog_new(r);
     memcpy(p->request_id, r->request_id, sizeof(p->request_id));
     if (pre_len) {
         p->pre = malloc(pre_len);

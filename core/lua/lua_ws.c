@@ -9,7 +9,6 @@
  * memory; when the socket ends the reference goes and Lua may collect it.
  */
 #include "lua/lua_int.h"
-#include "gateway/gateway.h"
 
 #include <lauxlib.h>
 #include <stdio.h>
@@ -31,8 +30,8 @@ struct mg_lws_s {
     int code;
     char reason[128];
     char protocol[64];
-    struct evbuffer *q; /* messages not yet received: [op][len:u32][bytes] */
-    mg_ws_alog_t *alog; /* the session's access-log line, written at its end */
+    struct evbuffer *q;    /* messages not yet received: [op][len:u32][bytes] */
+    mg_http_wslog_t *alog; /* the session's access-log line, written at its end */
 };
 
 static void mg_lws_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len);
@@ -95,8 +94,9 @@ static void mg_lws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason)
     mg_lws_t *l = ud;
     mg_ws_end_t end;
     const mg_ws_stats_t *st = mg_ws_stats(ws);
+    uint64_t msgs[2] = {st->msgs_in, st->msgs_out};
     mg_ws_end_info(ws, &end, "client");
-    mg_ws_alog_end(l->alog, MG_WS_HANDLER, &end, st, st->bytes_in, st->bytes_out);
+    mg_http_wslog_end(l->alog, MG_WS_HANDLER, end.code, end.by, msgs, st->bytes_in, st->bytes_out);
     l->alog = NULL;
     l->ws = NULL;
     l->closed = 1;
@@ -283,7 +283,7 @@ void mg_lua_ws_start(mg_req_t *r, mg_io_t *io, const mg_ws_hs_t *hs, const char 
     l->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     l->conf = r->route->ws;
     l->ctx_ref = mg_ws_ctx_ref(r);
-    l->alog = mg_ws_alog_new(r);
+    l->alog = mg_http_wslog_new(r);
     l->ws = mg_ws_new(io, 0, r->gen, r->route, hs, pre, len, &mg_lws_ops, l);
     if (l->ws)
         mg_ws_run_hooks(L, l->conf->ws_open_ref, l->ctx_ref, 0, NULL);

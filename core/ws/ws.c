@@ -18,7 +18,6 @@
  * messages only if the client kept context takeover).
  */
 #include "ws/ws_int.h"
-#include "gateway/gateway.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -820,11 +819,11 @@ void mg_ws_end_info(mg_ws_t *ws, mg_ws_end_t *out, const char *peer) {
     }
 }
 
-/* After a reload: sockets of routes that ask for it are told to reconnect;
- * tunnels, which have no close handshake to offer, are closed. */
+/* After a reload: client sockets of routes that ask for it (on_reload =
+ * "drain") and are not in newgen are told to reconnect (1012). Tunnels,
+ * which carry no frames, are the gateway's (mg_ws_tunnels_drain). */
 void mg_ws_drain_route_sockets(mg_gen_t *newgen) {
     mg_ws_t *ws = mg_ws_list;
-    mg_ws_tunnels_drain(newgen);
     while (ws) {
         mg_ws_t *next = ws->next;
         if (ws->gen != newgen && ws->conf->drain_on_reload && !ws->client)

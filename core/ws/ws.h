@@ -73,7 +73,22 @@ void mg_ws_drain_route_sockets(mg_gen_t *newgen);
 uint64_t mg_ws_count(void); /* client-facing sockets and tunnels */
 extern uint64_t mg_ws_sockets;
 void mg_ws_close_all(int code, const char *reason);
+
+/* ws_handshake.c: the pure parts of the opening handshake */
 void mg_ws_key(char *out); /* a fresh Sec-WebSocket-Key */
 void mg_ws_accept_for(const char *key, size_t len, char *out);
+/* 1 if tok is one of the comma-separated tokens of v (case-insensitive) */
+int mg_ws_token_in(const char *v, size_t len, const char *tok);
+/* 1 if key is a Sec-WebSocket-Key: 16 bytes in base64 */
+int mg_ws_key_ok(const char *key, size_t len);
+/* 1 if the Origin value v (NULL: none) is one of the route's origins */
+int mg_ws_origin_ok(const mg_ws_conf_t *wc, const char *v, size_t vl);
+/* The first of one Sec-WebSocket-Protocol line's protocols the route
+ * offers into hs->protocol (left "" when none is). */
+void mg_ws_pick_protocol(const mg_ws_conf_t *wc, const char *v, size_t vl, mg_ws_hs_t *hs);
+/* Picks the first permessage-deflate offer in a Sec-WebSocket-Extensions
+ * value (len bytes) we can honour; sets hs->pmd (window bits),
+ * hs->pmd_client_nct and hs->pmd_resp, or leaves hs->pmd 0. */
+void mg_ws_negotiate_pmd(const char *v, size_t len, mg_ws_hs_t *hs);
 
 #endif

@@ -79,11 +79,6 @@ int mg_ws_wake(mg_ws_t *ws);    /* makes the wslay context if parked; -1 if out 
 void mg_ws_arm(mg_ws_t *ws);    /* (re)arms the heartbeat / close timer */
 void mg_ws_finish(mg_ws_t *ws); /* tells the owner once, frees at the next loop turn */
 
-/* ws_handshake.c: picks the first permessage-deflate offer in a
- * Sec-WebSocket-Extensions value (len bytes) we can honour; sets hs->pmd
- * (window bits), hs->pmd_client_nct and hs->pmd_resp, or leaves hs->pmd 0. */
-void mg_ws_negotiate_pmd(const char *v, size_t len, mg_ws_hs_t *hs);
-
 /* ws_send.c */
 void mg_ws_flush(mg_ws_t *ws);
 void mg_ws_write_cb(evutil_socket_t fd, short what, void *arg);
