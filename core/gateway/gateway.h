@@ -1,7 +1,8 @@
 /*
  * gateway.h -- the top of the request path: dispatch (route, access,
  * target), the C proxy target (proxy.c), forwarding headers (fwd.c) and
- * the WebSocket upgrade with its tunnel and relay modes (ws_http.c).
+ * the WebSocket upgrade (upgrade.c) with its tunnel and relay modes
+ * (tunnel.c, relay.c).
  */
 #ifndef MG_GATEWAY_H
 #define MG_GATEWAY_H
@@ -48,14 +49,19 @@ void mg_proxy_body_end(mg_req_t *r);
 void mg_proxy_client_drained(mg_req_t *r);
 void mg_proxy_client_gone(mg_req_t *r);
 
-/* ---- WebSocket upgrade ---- */
+/* ---- upgrade.c: the WebSocket upgrade ---- */
+/* Checks an upgrade request (RFC 6455 4.2.1) against its route and fills
+ * hs. Returns 0, or the status to refuse with (400, 403, 426) and *why. */
 int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why);
-/* ws_http.c: hand-off from the HTTP connection */
-/* Takes the client's connection from io (mg_io_move), whatever happens;
- * the HTTP session forgets it. */
+/* The hand-off from the HTTP session, after a successful check: takes the
+ * client's connection from io (mg_io_move), whatever happens; the session
+ * forgets it. pre: bytes the client sent past its head. */
 void mg_ws_takeover(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len);
+
+/* ---- tunnel.c ---- */
+/* Stopping: every tunnel ends (a tunnel has no close handshake to offer). */
 void mg_ws_tunnels_close_all(void);
-/* Closes the tunnels of routes with on_reload = "drain" not in newgen. */
+/* Ends the tunnels of routes with on_reload = "drain" not in newgen. */
 void mg_ws_tunnels_drain(mg_gen_t *newgen);
 
 #endif
