@@ -11,27 +11,6 @@
 
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
-/* A header line "Name: value\r\n" written to out, which has room for
- * nlen + vlen + 4 bytes; returns its length. The one line builder. */
-size_t mg_line_put(char *out, const char *name, size_t nlen, const char *value, size_t vlen);
-/* The same line appended to an evbuffer in one add: MG_OK or MG_ERR. */
-struct evbuffer;
-int mg_line_add(struct evbuffer *b, const char *name, size_t nlen, const char *value, size_t vlen);
-
-/* Transfer-Encoding (RFC 9112 6.1), over all its field lines: feed each
- * line's value to mg_te_add, then read the counts. "chunked" is the one
- * coding moongate implements; a message may use it only once and last. */
-typedef struct {
-    int codings;      /* codings listed, over all lines (empty list items skipped) */
-    int chunked;      /* how many of them are "chunked" */
-    int last_chunked; /* the last one listed is "chunked" */
-} mg_te_t;
-void mg_te_add(mg_te_t *t, const char *value, size_t len);
-/* Only "chunked", once: the framing moongate can forward as it is. */
-static inline int mg_te_plain_chunked(const mg_te_t *t) {
-    return t->codings == 1 && t->chunked == 1;
-}
-
 #endif
 #include <stddef.h>
 #include <stdint.h>
