@@ -1,7 +1,9 @@
 /*
- * server.c -- one worker process: its event loop, the accept path on the
- * listening sockets it inherited, signals (HUP reload, TERM/INT graceful
- * stop) and the shared timer tables.
+ * worker.c -- one worker process: its event loop, the accept path on the
+ * listening sockets it inherited, the control channel with the master
+ * (both ends of its messages; a reload is prepare, commit or abort), and
+ * signals (TERM/INT: graceful stop, after which WebSockets get 1001 and
+ * tunnels end; HUP is the master's and is ignored here).
  */
 #include "app/app.h"
 

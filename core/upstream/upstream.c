@@ -3,7 +3,9 @@
  * (host:port) known to this worker: its keep-alive pool and its passive
  * health live here and outlive generations. An exchange (mg_ux_t) sends one
  * request to an upstream and parses the response with llhttp, handing head
- * and body to a sink (the C proxy, or the Lua HTTP client).
+ * and body to a sink (the C proxy, the Lua HTTP client, or the WebSocket
+ * upgrade, which takes the connection on a 101). Connections read and
+ * write through the transport (net/io.h).
  *
  * Retries: a connect failure moves to the next server (nothing was sent);
  * a pooled connection that turns out closed before any response byte is
@@ -758,22 +760,17 @@ static int mg_ux_on_header_value(llhttp_t *p, const char *at, size_t len) {
 
 /* RFC 9112 6.1: chunked is the one transfer coding we implement. A body in
  * any other (or chunked twice) would reach the client still coded, under
- * headers that no longer say so: like nginx, a bad gateway. */
+ * headers that no longer say so: like nginx, a bad gateway. Several
+ * Transfer-Encoding lines are one list (mg_te_add). */
 static int mg_ux_te_ok(const mg_ux_t *ux) {
-    int i, te = 0;
-    for (i = 0; i < ux->nh; i++) {
-        const char *v = ux->hv[i].value;
-        size_t n = ux->hv[i].vlen;
-        if (ux->hv[i].nlen != 17 || strncasecmp(ux->hv[i].name, "transfer-encoding", 17) != 0)
-            continue;
-        while (n > 0 && (*v == ' ' || *v == '\t'))
-            v++, n--;
-        while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
-            n--;
-        if (++te > 1 || n != 7 || strncasecmp(v, "chunked", 7) != 0)
-            return 0;
-    }
-    return 1;
+    mg_te_t te = {0, 0, 0};
+    int i, lines = 0;
+    for (i = 0; i < ux->nh; i++)
+        if (MG_NAME_IS(ux->hv[i].name, ux->hv[i].nlen, "transfer-encoding")) {
+            mg_te_add(&te, ux->hv[i].value, ux->hv[i].vlen);
+            lines++;
+        }
+    return lines == 0 || mg_te_plain_chunked(&te);
 }
 
 static int mg_ux_on_headers_complete(llhttp_t *p) {

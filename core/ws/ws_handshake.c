@@ -26,7 +26,7 @@ int mg_ws_token_in(const char *v, size_t len, const char *tok) {
         e = i;
         while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
             e--;
-        if (e - s == tl && strncasecmp(v + s, tok, tl) == 0)
+        if (mg_name_eq(v + s, e - s, tok, tl))
             return 1;
     }
     return 0;
@@ -142,7 +142,7 @@ int mg_ws_key_ok(const char *key, size_t len) {
 int mg_ws_origin_ok(const mg_ws_conf_t *wc, const char *v, size_t vl) {
     int ok = 0;
     for (int i = 0; v && i < wc->norigins; i++)
-        if (strlen(wc->origins[i]) == vl && strncasecmp(wc->origins[i], v, vl) == 0)
+        if (mg_name_eq(v, vl, wc->origins[i], strlen(wc->origins[i])))
             ok = 1;
     return ok;
 }

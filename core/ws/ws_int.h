@@ -2,8 +2,8 @@
  * ws_int.h -- the inside of one WebSocket endpoint, shared by ws.c (reading,
  * lifecycle, heartbeats) and ws_send.c (writing): the socket struct and the
  * small helpers both use on every frame, inline because that path is hot.
- * Also the pure helpers of ws.c and ws_handshake.c that the C unit tests
- * (spec/c/) call. Nothing else in core/ includes this but ws_handshake.c.
+ * Also the pure helper of ws.c that the C unit tests (spec/c/) call
+ * (mg_utf8_run). Only ws/ and spec/c/ include this.
  */
 #ifndef MG_WS_INT_H
 #define MG_WS_INT_H
