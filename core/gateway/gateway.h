@@ -60,8 +60,8 @@ void mg_ws_takeover(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len);
 
 /* ---- tunnel.c ---- */
 /* Stopping: every tunnel ends (a tunnel has no close handshake to offer). */
-void mg_ws_tunnels_close_all(void);
+void mg_tunnel_close_all(void);
 /* Ends the tunnels of routes with on_reload = "drain" not in newgen. */
-void mg_ws_tunnels_drain(mg_gen_t *newgen);
+void mg_tunnel_drain(mg_gen_t *newgen);
 
 #endif

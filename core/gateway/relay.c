@@ -47,8 +47,8 @@ static int mg_relay_hook(mg_relay_t *rl, int from, int op, const char *data, siz
     size_t outlen = len;
     char reason[64];
 
-    rc = mg_ws_msg_hook(L, rl->hook_ref, rl->ctx_ref, op, from == 0 ? "client" : "upstream", data,
-                        len, &out, &outlen, &code, reason);
+    rc = mg_lua_ws_msg_hook(L, rl->hook_ref, rl->ctx_ref, op, from == 0 ? "client" : "upstream",
+                            data, len, &out, &outlen, &code, reason);
     if (rc == 1)
         mg_ws_send(rl->side[!from], op, out, outlen);
     lua_settop(L, top);
@@ -151,7 +151,7 @@ static void mg_relay_on_close(void *ud, mg_ws_t *ws, int code, const char *reaso
         mg_http_wslog_end(rl->alog, MG_WS_RELAY, rl->end.code, rl->end.by, msgs, rl->st.bytes_in,
                           rl->st.bytes_out);
     }
-    mg_ws_run_hooks(rl->gen->L, rl->route->ws->ws_close_ref, rl->ctx_ref, code, reason);
+    mg_lua_ws_run_hooks(rl->gen->L, rl->route->ws->ws_close_ref, rl->ctx_ref, code, reason);
     luaL_unref(rl->gen->L, LUA_REGISTRYINDEX, rl->ctx_ref);
     mg_gen_release(rl->gen);
     free(rl);
@@ -189,6 +189,6 @@ void mg_relay_start(mg_upgrade_t *p, mg_io_t *uio, const char *extra, size_t ext
         free(rl->alog);
         free(rl);
     } else {
-        mg_ws_run_hooks(rl->gen->L, rl->route->ws->ws_open_ref, rl->ctx_ref, 0, NULL);
+        mg_lua_ws_run_hooks(rl->gen->L, rl->route->ws->ws_open_ref, rl->ctx_ref, 0, NULL);
     }
 }

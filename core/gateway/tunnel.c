@@ -225,7 +225,7 @@ void mg_tunnel_start(mg_upgrade_t *p, mg_io_t *uio, const char *extra, size_t ex
 }
 
 /* Stopping: a tunnel has no close handshake to offer, so it just ends. */
-void mg_ws_tunnels_close_all(void) {
+void mg_tunnel_close_all(void) {
     while (mg_tunnels)
         mg_tunnel_free(mg_tunnels, "moongate");
 }
@@ -234,7 +234,7 @@ void mg_ws_tunnels_close_all(void) {
  * modes' sockets get their 1012 at once, its tunnels end at once. A tunnel
  * does not parse frames, so it cannot say 1012: both sides get their
  * connection closed (after what the tunnel holds for them, best effort). */
-void mg_ws_tunnels_drain(mg_gen_t *newgen) {
+void mg_tunnel_drain(mg_gen_t *newgen) {
     mg_tunnel_t *t = mg_tunnels;
     while (t) {
         mg_tunnel_t *next = t->next;

@@ -317,7 +317,7 @@ void mg_ws_takeover(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len) {
     p->route = r->route;
     p->mode = wc->mode;
     p->hs = hs;
-    p->ctx_ref = wc->mode == MG_WS_RELAY ? mg_ws_ctx_ref(r) : LUA_NOREF;
+    p->ctx_ref = wc->mode == MG_WS_RELAY ? mg_lua_ws_ctx_ref(r) : LUA_NOREF;
     p->alog = mg_http_wslog_new(r);
     memcpy(p->request_id, r->request_id, sizeof(p->request_id));
     if (pre_len) {

@@ -144,7 +144,7 @@ static llhttp_settings_t mg_ux_settings = {
 
 /* ---- peers ---- */
 
-mg_peer_t *mg_peer_get(const char *host, int port) {
+mg_peer_t *mg_up_peer_get(const char *host, int port) {
     mg_peer_t *p;
     struct addrinfo hints, *res = NULL;
     char ports[16];
@@ -174,11 +174,11 @@ mg_peer_t *mg_peer_get(const char *host, int port) {
     return p;
 }
 
-void mg_peer_str(mg_peer_t *p, char *buf, size_t len) {
+void mg_up_peer_str(mg_peer_t *p, char *buf, size_t len) {
     snprintf(buf, len, "%s:%d", p->host, p->port);
 }
 
-static mg_peer_t *mg_upstream_pick(mg_upstream_t *up) {
+static mg_peer_t *mg_up_peer_pick(mg_upstream_t *up) {
     double now = mg_now();
     int i;
     for (i = 0; i < up->npeers; i++) {
@@ -191,7 +191,7 @@ static mg_peer_t *mg_upstream_pick(mg_upstream_t *up) {
     return up->npeers ? up->peers[up->rr++ % up->npeers] : NULL;
 }
 
-static void mg_peer_failed(mg_upstream_t *up, mg_peer_t *p) {
+static void mg_up_peer_failed(mg_upstream_t *up, mg_peer_t *p) {
     if (++p->fails >= up->max_fails && up->max_fails > 0) {
         if (p->down_until <= mg_now())
             mg_warn("upstream %s: server %s:%d failed %d times, skipped for %.1fs", up->name,
@@ -271,7 +271,7 @@ static void mg_ux_connect(mg_ux_t *ux) {
     ux->parser.data = ux;
     ux->tphase = MG_T_NONE; /* a new connection: its timer is armed afresh */
     for (;;) {
-        p = mg_upstream_pick(ux->up);
+        p = mg_up_peer_pick(ux->up);
         ux->tries++;
         if (p == NULL) {
             mg_ux_fail(ux, 502, "upstream has no servers", 0);
@@ -314,7 +314,7 @@ static void mg_ux_connect(mg_ux_t *ux) {
         }
         mg_debug("upstream %s: connect to %s:%d failed: %s", ux->up->name, p->host, p->port,
                  strerror(errno));
-        mg_peer_failed(ux->up, p);
+        mg_up_peer_failed(ux->up, p);
         if (ux->tries >= ux->up->npeers) {
             mg_ux_fail(ux, 502, "upstream unreachable", 0);
             return;
@@ -334,7 +334,7 @@ static void mg_ux_retry_or_fail(mg_ux_t *ux, int status, const char *msg, int co
     }
     if (connect_phase) {
         if (p)
-            mg_peer_failed(ux->up, p);
+            mg_up_peer_failed(ux->up, p);
         if (ux->tries < ux->up->npeers) {
             ux->reused = 0;
             mg_ux_connect(ux);
@@ -352,7 +352,7 @@ static void mg_ux_retry_or_fail(mg_ux_t *ux, int status, const char *msg, int co
         return;
     }
     if (p && !ux->got_resp)
-        mg_peer_failed(ux->up, p);
+        mg_up_peer_failed(ux->up, p);
     mg_ux_fail(ux, status, msg, 0);
 }
 
@@ -580,7 +580,7 @@ static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
         mg_ux_retry_or_fail(ux, 504, "upstream connect timed out", 1);
         return;
     }
-    mg_peer_failed(ux->up, uc->peer);
+    mg_up_peer_failed(ux->up, uc->peer);
     if (ux->tphase == MG_T_BODY)
         mg_ux_fail(ux, 504, "upstream body timed out", 1); /* mid-response: the sink aborts */
     else if (ux->tphase == MG_T_SEND)
@@ -682,7 +682,7 @@ static int mg_uconn_read_once(mg_uconn_t *uc) {
         const char *why = ux->bad_msg ? ux->bad_msg : "bad response from upstream";
         mg_warn("upstream %s: bad response from %s:%d: %s", ux->up->name, uc->peer->host,
                 uc->peer->port, ux->bad_msg ? ux->bad_msg : llhttp_get_error_reason(&ux->parser));
-        mg_peer_failed(ux->up, uc->peer);
+        mg_up_peer_failed(ux->up, uc->peer);
         mg_ux_fail(ux, 502, why, 1);
         return 0;
     }

@@ -47,7 +47,7 @@ void mg_ux_end(mg_ux_t *ux);
 size_t mg_ux_pending(mg_ux_t *ux); /* request bytes not yet written */
 void mg_ux_pause(mg_ux_t *ux, int on);
 void mg_ux_cancel(mg_ux_t *ux); /* the sink is gone: no more callbacks */
-mg_peer_t *mg_peer_get(const char *host, int port);
-void mg_peer_str(mg_peer_t *p, char *buf, size_t len);
+mg_peer_t *mg_up_peer_get(const char *host, int port);
+void mg_up_peer_str(mg_peer_t *p, char *buf, size_t len);
 
 #endif

@@ -44,7 +44,7 @@ static void mg_ws_msg_done(mg_ws_t *ws);
  * first byte that makes them. MG_UTF8_REJECT is in ws_int.h. */
 #define MG_UTF8_ST(need, lo, hi) ((uint32_t)(need) | ((uint32_t)(lo) << 8) | ((uint32_t)(hi) << 16))
 
-uint32_t mg_utf8_run(uint32_t st, const uint8_t *s, size_t len) {
+uint32_t mg_ws_utf8_run(uint32_t st, const uint8_t *s, size_t len) {
     size_t i = 0;
     while (i < len) {
         uint8_t b;
@@ -218,7 +218,7 @@ static int mg_ws_msg_check(mg_ws_t *ws, const uint8_t *p, size_t n) {
         return -1;
     }
     if (ws->msg_op == WSLAY_TEXT_FRAME) {
-        ws->utf8 = mg_utf8_run(ws->utf8, p, n);
+        ws->utf8 = mg_ws_utf8_run(ws->utf8, p, n);
         if (ws->utf8 == MG_UTF8_REJECT) {
             mg_ws_fail(ws, 1007, "invalid UTF-8 in a text message");
             return -1;
@@ -289,7 +289,7 @@ static void mg_ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_o
             /* valid: 1000-1003, 1007-1014 (registered), 3000-4999 */
             if (!((c >= 1000 && c <= 1003) || (c >= 1007 && c <= 1014) || (c >= 3000 && c <= 4999)))
                 mg_ws_fail(ws, 1002, "invalid close code");
-            else if (mg_utf8_run(0, a->msg + 2, a->msg_length - 2) != 0)
+            else if (mg_ws_utf8_run(0, a->msg + 2, a->msg_length - 2) != 0)
                 mg_ws_fail(ws, 1007, "close reason is not UTF-8");
             else {
                 size_t rl = a->msg_length - 2 < sizeof(ws->close_reason) - 1
@@ -690,7 +690,7 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
             memcpy(&k, key, 4);
             ascii = (mg_ws_mask(pl, pl, plen, k) & 0x8080808080808080ULL) == 0;
         }
-        if (op == WSLAY_TEXT_FRAME && !ascii && mg_utf8_run(0, pl, plen) != 0) {
+        if (op == WSLAY_TEXT_FRAME && !ascii && mg_ws_utf8_run(0, pl, plen) != 0) {
             if (!ws->client)
                 mg_ws_mask(pl, pl, plen, k);
             break; /* wslay fails it with 1007 */
@@ -821,7 +821,7 @@ void mg_ws_end_info(mg_ws_t *ws, mg_ws_end_t *out, const char *peer) {
 
 /* After a reload: client sockets of routes that ask for it (on_reload =
  * "drain") and are not in newgen are told to reconnect (1012). Tunnels,
- * which carry no frames, are the gateway's (mg_ws_tunnels_drain). */
+ * which carry no frames, are the gateway's (mg_tunnel_drain). */
 void mg_ws_drain_route_sockets(mg_gen_t *newgen) {
     mg_ws_t *ws = mg_ws_list;
     while (ws) {

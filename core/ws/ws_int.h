@@ -3,7 +3,7 @@
  * lifecycle, heartbeats) and ws_send.c (writing): the socket struct and the
  * small helpers both use on every frame, inline because that path is hot.
  * Also the pure helper of ws.c that the C unit tests (spec/c/) call
- * (mg_utf8_run). Only ws/ and spec/c/ include this.
+ * (mg_ws_utf8_run). Only ws/ and spec/c/ include this.
  */
 #ifndef MG_WS_INT_H
 #define MG_WS_INT_H
@@ -74,7 +74,7 @@ struct mg_ws_s {
  * of a message); returns the state after them: 0 = between characters,
  * MG_UTF8_REJECT = invalid (stays so), anything else = a character cut. */
 #define MG_UTF8_REJECT 12u
-uint32_t mg_utf8_run(uint32_t st, const uint8_t *s, size_t len);
+uint32_t mg_ws_utf8_run(uint32_t st, const uint8_t *s, size_t len);
 int mg_ws_wake(mg_ws_t *ws);    /* makes the wslay context if parked; -1 if out of memory */
 void mg_ws_arm(mg_ws_t *ws);    /* (re)arms the heartbeat / close timer */
 void mg_ws_finish(mg_ws_t *ws); /* tells the owner once, frees at the next loop turn */
