@@ -1,10 +1,12 @@
 /*
  * base.h -- the bottom layer: status codes, buffer marks, the logs, and
- * formatting helpers. It knows nothing of events, requests or Lua.
+ * the one copy of each small helper (JSON escaping and error bodies,
+ * header lines, header-name comparison, the Transfer-Encoding list). It
+ * knows nothing of events, requests or Lua.
  * Layers, top to bottom (includes and calls go downward only; http,
  * upstream and ws are siblings that never include each other):
  *   app -> gateway -> lua -> http | upstream | ws -> conf -> net -> loop -> base
- * `make layers` (tools/layers.sh) checks it.
+ * `make layers` (tools/layers.py) checks it.
  */
 #ifndef MG_BASE_H
 #define MG_BASE_H
