@@ -74,6 +74,11 @@ size_t mg_line_put(char *out, const char *name, size_t nlen, const char *value, 
 struct evbuffer;
 int mg_line_add(struct evbuffer *b, const char *name, size_t nlen, const char *value, size_t vlen);
 
+/* The next element of a comma-separated list (RFC 9110 5.6.1) in v[*i, n),
+ * white space around it trimmed, empty elements skipped: 1 with *el and
+ * *len set and *i past it, or 0 at the end. Start with *i = 0. */
+int mg_list_next(const char *v, size_t n, size_t *i, const char **el, size_t *len);
+
 /* Transfer-Encoding (RFC 9112 6.1), over all its field lines: feed each
  * line's value to mg_te_add, then read the counts. "chunked" is the one
  * coding moongate implements; a message may use it only once and last. */

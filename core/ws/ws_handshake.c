@@ -15,20 +15,11 @@
 #include <strings.h>
 
 int mg_ws_token_in(const char *v, size_t len, const char *tok) {
-    size_t tl = strlen(tok), i = 0;
-    while (i < len) {
-        size_t s, e;
-        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        s = i;
-        while (i < len && v[i] != ',')
-            i++;
-        e = i;
-        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-            e--;
-        if (mg_name_eq(v + s, e - s, tok, tl))
+    const char *el;
+    size_t i = 0, l, tl = strlen(tok);
+    while (mg_list_next(v, len, &i, &el, &l))
+        if (mg_name_eq(el, l, tok, tl))
             return 1;
-    }
     return 0;
 }
 
