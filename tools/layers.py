@@ -79,7 +79,8 @@ def check_calls(build, bad):
         if not os.path.isdir(d):
             continue
         for f in sorted(os.listdir(d)):
-            if f.endswith(".o"):
+            # objects of sources that still exist (a renamed file leaves its old .o)
+            if f.endswith(".o") and os.path.exists(os.path.join(CORE, layer, f[:-2] + ".c")):
                 obj = os.path.join(d, f)
                 objs.append((layer, obj))
                 for line in nm(obj, "--defined-only", "-g"):

@@ -11,18 +11,19 @@
 
 /* ---- load.c ---- */
 /* Loads a generation. snap_fd -1: read the files from the disk and keep
- * what was read (mg_snap_export); else a snapshot memfd from the master to
+ * what was read (mg_load_snap_export); else a snapshot memfd from the master to
  * load exactly those bytes (borrowed). id 0: the next number. */
-mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen);
-const char *mg_lib_dir(void);
+mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen);
+const char *mg_load_lib_dir(void);
 
 /* ---- snap.c: the files a generation loads, read once ---- */
-void mg_snap_install(lua_State *L); /* file readers go through an empty snapshot */
-int mg_snap_import(lua_State *L, int fd, char *err, size_t errlen); /* snapshot from memfd */
-int mg_snap_scan(lua_State *L, int dirs, char *err, size_t errlen); /* + .lua under dirs */
-void mg_snap_stop(lua_State *L); /* loading done: file readers but require read the disk */
-void mg_snap_drop(lua_State *L); /* frees all but the modules require resolves from */
-int mg_snap_export(lua_State *L, char *err, size_t errlen); /* sealed memfd, or -1; then drop */
+void mg_load_snap_install(lua_State *L); /* file readers go through an empty snapshot */
+int mg_load_snap_import(lua_State *L, int fd, char *err, size_t errlen); /* snapshot from memfd */
+int mg_load_snap_scan(lua_State *L, int dirs, char *err, size_t errlen); /* + .lua under dirs */
+void mg_load_snap_stop(lua_State *L); /* loading done: file readers but require read the disk */
+void mg_load_snap_drop(lua_State *L); /* frees all but the modules require resolves from */
+int mg_load_snap_export(lua_State *L, char *err,
+                        size_t errlen); /* sealed memfd, or -1; then drop */
 
 /* ---- worker.c ---- */
 void mg_worker_run(int id, int *fds, int nfd, int ctl);
@@ -44,12 +45,12 @@ typedef struct {
     unsigned id;    /* the generation */
     char text[480]; /* REFUSE: why */
 } mg_ctl_msg_t;
-int mg_ctl_send(int sock, int op, unsigned id, const char *text, int fd); /* fd -1: none */
-int mg_ctl_recv(int sock, mg_ctl_msg_t *m, int *fd); /* MG_OK, MG_AGAIN, MG_ERR (closed) */
-void mg_request_id(char *out);                       /* 32 hex chars + NUL */
-void mg_server_stop_accept(void);
+int mg_app_ctl_send(int sock, int op, unsigned id, const char *text, int fd); /* fd -1: none */
+int mg_app_ctl_recv(int sock, mg_ctl_msg_t *m, int *fd); /* MG_OK, MG_AGAIN, MG_ERR (closed) */
+void mg_request_id(char *out);                           /* 32 hex chars + NUL */
+void mg_worker_stop_accept(void);
 
 /* ---- main.c ---- */
-extern const char *mg_conf_path;
+extern const char *mg_app_conf_path;
 
 #endif

@@ -25,7 +25,7 @@ static void mg_load_dtor(mg_gen_t *g) {
         lua_close(g->L);
 }
 
-const char *mg_lib_dir(void) {
+const char *mg_load_lib_dir(void) {
     static char dir[PATH_MAX];
     const char *env;
     ssize_t n;
@@ -197,7 +197,7 @@ static int mg_load_read_conf(mg_gen_t *g, lua_State *L, int conf) {
             h = mg_load_field_str(L, lua_gettop(L), "host");
             port = mg_load_field_int(L, lua_gettop(L), "port", 0);
             if (h)
-                u->peers[u->npeers++] = mg_peer_get(h, port);
+                u->peers[u->npeers++] = mg_up_peer_get(h, port);
             free(h);
             lua_pop(L, 1);
         }
@@ -418,7 +418,7 @@ static void mg_load_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx)
     lua_pop(L, 1);
 }
 
-mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen) {
+mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen) {
     mg_gen_t *g = calloc(1, sizeof(*g));
     lua_State *L;
     int loader, genidx;
@@ -439,13 +439,13 @@ mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err
     /* lib/?.lua first, so moongate's own modules are found */
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "path");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", mg_lib_dir(), mg_lib_dir(),
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", mg_load_lib_dir(), mg_load_lib_dir(),
                     lua_tostring(L, -1));
     lua_setfield(L, -3, "path");
     lua_pop(L, 2);
     /* every file the load reads goes through one snapshot (snap.c) */
-    mg_snap_install(L);
-    if (snap_fd >= 0 && mg_snap_import(L, snap_fd, err, errlen) != MG_OK)
+    mg_load_snap_install(L);
+    if (snap_fd >= 0 && mg_load_snap_import(L, snap_fd, err, errlen) != MG_OK)
         goto fail;
     mg_lua_open_api(L);
 
@@ -491,16 +491,16 @@ mg_gen_t *mg_gen_load(const char *conf_file, int snap_fd, unsigned id, char *err
     /* the master: every module a handler may require later is read now */
     if (snap_fd < 0) {
         lua_getfield(L, genidx, "snap_dirs");
-        if (mg_snap_scan(L, lua_gettop(L), err, errlen) != MG_OK)
+        if (mg_load_snap_scan(L, lua_gettop(L), err, errlen) != MG_OK)
             goto fail;
         lua_pop(L, 1);
     }
     /* keep the generation table alive for handlers that close over it */
     lua_setfield(L, LUA_REGISTRYINDEX, "moongate.gen");
     lua_settop(L, 0);
-    mg_snap_stop(L);
+    mg_load_snap_stop(L);
     if (snap_fd >= 0)
-        mg_snap_drop(L);
+        mg_load_snap_drop(L);
     if (id == 0)
         id = mg_gen_seq + 1;
     g->id = mg_gen_seq = id;

@@ -24,7 +24,7 @@
 #include <unistd.h>
 #include <wslay/wslay.h>
 
-const char *mg_conf_path = "conf/moongate.lua";
+const char *mg_app_conf_path = "conf/moongate.lua";
 
 /* Where a worker is in a reload (mg_reload). */
 enum { MG_SLOT_IDLE, MG_SLOT_LOADING, MG_SLOT_READY, MG_SLOT_SWITCHING, MG_SLOT_SERVING };
@@ -55,9 +55,9 @@ static struct {
     struct event *timer;
 } mg_reload;
 
-static void mg_reload_start(void);
+static void mg_master_reload_start(void);
 
-static void mg_usage(void) {
+static void mg_app_usage(void) {
     fprintf(stderr, "usage: moongate [-c conf/moongate.lua] [-t] [-v] [-p pidfile]\n"
                     "  -c FILE  configuration file (default conf/moongate.lua)\n"
                     "  -t       check the configuration, scripts and routes, then exit\n"
@@ -65,7 +65,7 @@ static void mg_usage(void) {
                     "  -p FILE  write the master's pid to FILE\n");
 }
 
-static void mg_versions(void) {
+static void mg_app_versions(void) {
     printf("moongate %s\n", MG_VERSION);
     printf("LuaJIT %s\n", LUAJIT_VERSION);
     printf("libevent %s\n", event_get_version());
@@ -76,7 +76,7 @@ static void mg_versions(void) {
 
 /* SO_REUSEPORT would let a second moongate share the port silently: a
  * plain bind first tells whether someone already listens there. */
-static int mg_listen_free(mg_addr_t *a) {
+static int mg_master_listen_free(mg_addr_t *a) {
     struct addrinfo hints, *res = NULL;
     char port[16];
     int fd, one = 1, ok = 1;
@@ -85,7 +85,7 @@ static int mg_listen_free(mg_addr_t *a) {
     hints.ai_flags = AI_PASSIVE;
     snprintf(port, sizeof(port), "%d", a->port);
     if (getaddrinfo(a->host, port, &hints, &res) != 0 || res == NULL)
-        return 1; /* mg_listen_one reports it */
+        return 1; /* mg_master_listen_one reports it */
     fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd >= 0) {
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -99,7 +99,7 @@ static int mg_listen_free(mg_addr_t *a) {
     return ok;
 }
 
-static int mg_listen_one(mg_addr_t *a) {
+static int mg_master_listen_one(mg_addr_t *a) {
     struct addrinfo hints, *res = NULL;
     char port[16];
     int fd, one = 1, rc;
@@ -133,7 +133,7 @@ fail:
 /* Raises the soft RLIMIT_NOFILE to the hard limit (or to max_open_files),
  * once at start: the workers inherit it. A hard limit of "unlimited" is
  * capped at fs.nr_open, the most setrlimit accepts. */
-static void mg_open_files_limit(mg_gen_t *g) {
+static void mg_master_open_files_limit(mg_gen_t *g) {
     struct rlimit rl;
     rlim_t want;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
@@ -176,7 +176,7 @@ static void mg_open_files_limit(mg_gen_t *g) {
 
 static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg);
 
-static void mg_slot_close_ctl(mg_slot_t *s) {
+static void mg_master_slot_close_ctl(mg_slot_t *s) {
     if (s->ctl_ev)
         event_free(s->ctl_ev);
     if (s->ctl >= 0)
@@ -185,7 +185,7 @@ static void mg_slot_close_ctl(mg_slot_t *s) {
     s->ctl = -1;
 }
 
-static void mg_spawn(int slot) {
+static void mg_master_spawn(int slot) {
     mg_slot_t *s = &mg_slots[slot];
     int sv[2];
     pid_t pid;
@@ -221,7 +221,7 @@ static void mg_spawn(int slot) {
     }
     s->pid = pid;
     s->started = mg_now();
-    mg_slot_close_ctl(s);
+    mg_master_slot_close_ctl(s);
     if (sv[0] >= 0) {
         close(sv[1]);
         s->ctl = sv[0];
@@ -234,14 +234,14 @@ static void mg_spawn(int slot) {
     if (mg_reload.phase == MG_RELOAD_PREPARE)
         s->state = MG_SLOT_READY;
     else if (mg_reload.phase == MG_RELOAD_COMMIT)
-        s->state = mg_ctl_send(s->ctl, MG_CTL_COMMIT, mg_gen_pending->id, NULL, -1) == MG_OK
+        s->state = mg_app_ctl_send(s->ctl, MG_CTL_COMMIT, mg_gen_pending->id, NULL, -1) == MG_OK
                        ? MG_SLOT_SWITCHING
                        : MG_SLOT_IDLE;
 }
 
 /* ---- reload: one snapshot, every worker or none ---- */
 
-static void mg_reload_done(void) {
+static void mg_master_reload_done(void) {
     mg_reload.phase = MG_RELOAD_NONE;
     if (mg_reload.timer)
         evtimer_del(mg_reload.timer);
@@ -249,22 +249,22 @@ static void mg_reload_done(void) {
         mg_slots[i].state = MG_SLOT_IDLE;
     if (mg_reload.again && !mg_master_stopping) {
         mg_reload.again = 0;
-        mg_reload_start();
+        mg_master_reload_start();
     }
 }
 
-static void mg_reload_abort(const char *why) {
+static void mg_master_reload_abort(const char *why) {
     mg_gen_t *g = mg_gen_pending;
     for (int i = 0; i < mg_nslots; i++)
         if (mg_slots[i].pid && mg_slots[i].ctl >= 0)
-            mg_ctl_send(mg_slots[i].ctl, MG_CTL_ABORT, g->id, NULL, -1);
+            mg_app_ctl_send(mg_slots[i].ctl, MG_CTL_ABORT, g->id, NULL, -1);
     mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, why);
     mg_gen_pending = NULL;
     mg_gen_release(g);
-    mg_reload_done();
+    mg_master_reload_done();
 }
 
-static int mg_reload_count(int state) {
+static int mg_master_reload_count(int state) {
     int n = 0;
     for (int i = 0; i < mg_nslots; i++)
         n += mg_slots[i].pid != 0 && mg_slots[i].state == state;
@@ -272,35 +272,35 @@ static int mg_reload_count(int state) {
 }
 
 /* Moves the reload on when no worker is left to answer. */
-static void mg_reload_step(void) {
+static void mg_master_reload_step(void) {
     mg_gen_t *g = mg_gen_pending;
     int i;
     if (mg_reload.phase == MG_RELOAD_PREPARE) {
-        if (mg_reload_count(MG_SLOT_LOADING) > 0)
+        if (mg_master_reload_count(MG_SLOT_LOADING) > 0)
             return;
         mg_reload.phase = MG_RELOAD_COMMIT;
         for (i = 0; i < mg_nslots; i++)
             if (mg_slots[i].pid && mg_slots[i].state == MG_SLOT_READY)
                 mg_slots[i].state =
-                    mg_ctl_send(mg_slots[i].ctl, MG_CTL_COMMIT, g->id, NULL, -1) == MG_OK
+                    mg_app_ctl_send(mg_slots[i].ctl, MG_CTL_COMMIT, g->id, NULL, -1) == MG_OK
                         ? MG_SLOT_SWITCHING
                         : MG_SLOT_IDLE; /* dying: its replacement forks from us */
     }
     if (mg_reload.phase == MG_RELOAD_COMMIT) {
         mg_gen_t *old = mg_gen_current;
-        if (mg_reload_count(MG_SLOT_SWITCHING) > 0)
+        if (mg_master_reload_count(MG_SLOT_SWITCHING) > 0)
             return;
         mg_gen_log_diff(old, g);
         mg_gen_pending = NULL;
         mg_gen_activate(g);
         mg_gen_release(g);
         mg_info("reload: generation %u serving on %d workers", g->id,
-                mg_reload_count(MG_SLOT_SERVING));
-        mg_reload_done();
+                mg_master_reload_count(MG_SLOT_SERVING));
+        mg_master_reload_done();
     }
 }
 
-static void mg_reload_timeout_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_master_reload_timeout_cb(evutil_socket_t fd, short what, void *arg) {
     char why[256];
     (void)fd, (void)what, (void)arg;
     for (int i = 0; i < mg_nslots; i++) {
@@ -310,7 +310,7 @@ static void mg_reload_timeout_cb(evutil_socket_t fd, short what, void *arg) {
         if (mg_reload.phase == MG_RELOAD_PREPARE && s->state == MG_SLOT_LOADING) {
             snprintf(why, sizeof(why), "worker %d (pid %d) did not load it within %d s", i,
                      (int)s->pid, MG_RELOAD_TIMEOUT);
-            mg_reload_abort(why);
+            mg_master_reload_abort(why);
             return;
         }
         if (mg_reload.phase == MG_RELOAD_COMMIT && s->state == MG_SLOT_SWITCHING) {
@@ -323,7 +323,7 @@ static void mg_reload_timeout_cb(evutil_socket_t fd, short what, void *arg) {
             s->state = MG_SLOT_IDLE;
         }
     }
-    mg_reload_step();
+    mg_master_reload_step();
 }
 
 static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
@@ -332,7 +332,7 @@ static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
     (void)what;
     for (;;) {
         mg_ctl_msg_t m;
-        int fd, rc = mg_ctl_recv(sock, &m, &fd);
+        int fd, rc = mg_app_ctl_recv(sock, &m, &fd);
         if (fd >= 0)
             close(fd);
         if (rc == MG_AGAIN)
@@ -352,7 +352,7 @@ static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             char why[600];
             snprintf(why, sizeof(why), "worker %d (pid %d) could not load it: %s", slot,
                      (int)s->pid, m.text);
-            mg_reload_abort(why);
+            mg_master_reload_abort(why);
             return;
         } else if (m.op == MG_CTL_REFUSE) {
             mg_error("reload: worker %d (pid %d) did not switch to generation %u: %s: "
@@ -361,11 +361,11 @@ static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             kill(s->pid, SIGKILL);
             s->state = MG_SLOT_IDLE;
         }
-        mg_reload_step();
+        mg_master_reload_step();
     }
 }
 
-static void mg_reload_start(void) {
+static void mg_master_reload_start(void) {
     char err[1024];
     mg_gen_t *g;
     int fd, n = 0;
@@ -376,14 +376,14 @@ static void mg_reload_start(void) {
         mg_reload.again = 1;
         return;
     }
-    mg_info("reload: SIGHUP received, loading %s", mg_conf_path);
-    g = mg_gen_load(mg_conf_path, -1, 0, err, sizeof(err));
+    mg_info("reload: SIGHUP received, loading %s", mg_app_conf_path);
+    g = mg_load_gen(mg_app_conf_path, -1, 0, err, sizeof(err));
     if (g == NULL) {
         mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
         return;
     }
     mg_gen_retain(g);
-    fd = mg_snap_export(g->L, err, sizeof(err));
+    fd = mg_load_snap_export(g->L, err, sizeof(err));
     if (fd < 0) {
         mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
         mg_gen_release(g);
@@ -396,7 +396,7 @@ static void mg_reload_start(void) {
         s->state = MG_SLOT_IDLE;
         if (s->pid == 0)
             continue;
-        if (s->ctl >= 0 && mg_ctl_send(s->ctl, MG_CTL_PREPARE, g->id, NULL, fd) == MG_OK) {
+        if (s->ctl >= 0 && mg_app_ctl_send(s->ctl, MG_CTL_PREPARE, g->id, NULL, fd) == MG_OK) {
             s->state = MG_SLOT_LOADING;
             n++;
         }
@@ -404,15 +404,15 @@ static void mg_reload_start(void) {
     close(fd);
     mg_info("reload: generation %u checked, %d workers loading it", g->id, n);
     if (mg_reload.timer == NULL)
-        mg_reload.timer = evtimer_new(mg_master_base, mg_reload_timeout_cb, NULL);
+        mg_reload.timer = evtimer_new(mg_master_base, mg_master_reload_timeout_cb, NULL);
     evtimer_add(mg_reload.timer, &tv);
-    mg_reload_step();
+    mg_master_reload_step();
 }
 
-static void mg_respawn_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_master_respawn_cb(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     if (!mg_master_stopping)
-        mg_spawn((int)(intptr_t)arg);
+        mg_master_spawn((int)(intptr_t)arg);
 }
 
 static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
@@ -440,7 +440,7 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
                     struct timeval tv = {0, 0};
                     if (mg_now() - mg_slots[i].started < 1.0)
                         tv.tv_sec = 1;
-                    event_base_once(mg_master_base, -1, EV_TIMEOUT, mg_respawn_cb,
+                    event_base_once(mg_master_base, -1, EV_TIMEOUT, mg_master_respawn_cb,
                                     (void *)(intptr_t)i, &tv);
                 }
             }
@@ -448,14 +448,14 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
         for (i = 0; i < mg_nslots; i++)
             alive += mg_slots[i].pid != 0;
         if (mg_reload.phase != MG_RELOAD_NONE)
-            mg_reload_step(); /* the dead one was perhaps the last to answer */
+            mg_master_reload_step(); /* the dead one was perhaps the last to answer */
         if (mg_master_stopping && alive == 0)
             event_base_loopexit(mg_master_base, NULL);
         return;
     }
     if (sig == SIGHUP) {
         if (!mg_master_stopping)
-            mg_reload_start();
+            mg_master_reload_start();
         return;
     }
     /* TERM / INT: graceful stop */
@@ -493,35 +493,35 @@ int main(int argc, char **argv) {
 
     while ((opt = getopt(argc, argv, "c:tvp:h")) != -1) {
         switch (opt) {
-        case 'c': mg_conf_path = optarg; break;
+        case 'c': mg_app_conf_path = optarg; break;
         case 't': test = 1; break;
-        case 'v': mg_versions(); return 0;
+        case 'v': mg_app_versions(); return 0;
         case 'p': pidfile = optarg; break;
-        default: mg_usage(); return opt == 'h' ? 0 : 2;
+        default: mg_app_usage(); return opt == 'h' ? 0 : 2;
         }
     }
     if (optind < argc) {
-        mg_usage();
+        mg_app_usage();
         return 2;
     }
-    if (access(mg_conf_path, R_OK) != 0) {
-        fprintf(stderr, "moongate: %s: %s\n", mg_conf_path, strerror(errno));
+    if (access(mg_app_conf_path, R_OK) != 0) {
+        fprintf(stderr, "moongate: %s: %s\n", mg_app_conf_path, strerror(errno));
         return 1;
     }
-    gen = mg_gen_load(mg_conf_path, -1, 0, err, sizeof(err));
+    gen = mg_load_gen(mg_app_conf_path, -1, 0, err, sizeof(err));
     if (gen == NULL) {
         fprintf(stderr, "moongate: %s\n", err);
         return 1;
     }
     if (test) {
-        printf("moongate: %s ok: %d routes, %d upstreams, %d listeners\n", mg_conf_path,
+        printf("moongate: %s ok: %d routes, %d upstreams, %d listeners\n", mg_app_conf_path,
                gen->nroutes, gen->nupstreams, gen->nlisten);
         return 0;
     }
-    mg_snap_drop(gen->L); /* workers fork with the loaded state */
+    mg_load_snap_drop(gen->L); /* workers fork with the loaded state */
     mg_gen_activate(gen);
     signal(SIGPIPE, SIG_IGN);
-    mg_open_files_limit(gen);
+    mg_master_open_files_limit(gen);
     for (i = 0; i < gen->nshd; i++)
         if (mg_shdict_create(gen->shd_names[i], gen->shd_sizes[i]) != MG_OK) {
             mg_error("shared dict %s: cannot map %zu bytes", gen->shd_names[i], gen->shd_sizes[i]);
@@ -532,13 +532,13 @@ int main(int argc, char **argv) {
     mg_nlisten = gen->nlisten;
     mg_slots = calloc(mg_nslots, sizeof(mg_slot_t));
     for (k = 0; k < mg_nlisten; k++)
-        if (!mg_listen_free(&gen->listen[k]))
+        if (!mg_master_listen_free(&gen->listen[k]))
             return 1;
     for (i = 0; i < mg_nslots; i++) {
         mg_slots[i].ctl = -1;
         mg_slots[i].fds = calloc(mg_nlisten ? mg_nlisten : 1, sizeof(int));
         for (k = 0; k < mg_nlisten; k++) {
-            mg_slots[i].fds[k] = mg_listen_one(&gen->listen[k]);
+            mg_slots[i].fds[k] = mg_master_listen_one(&gen->listen[k]);
             if (mg_slots[i].fds[k] < 0)
                 return 1;
         }
@@ -562,7 +562,7 @@ int main(int argc, char **argv) {
     mg_info("moongate %s master %d: %d workers, %d routes", MG_VERSION, (int)getpid(), mg_nslots,
             gen->nroutes);
     for (i = 0; i < mg_nslots; i++)
-        mg_spawn(i);
+        mg_master_spawn(i);
     event_base_dispatch(mg_master_base);
     for (i = 0; i < 5; i++)
         event_free(sigs[i]);

@@ -52,11 +52,11 @@ typedef struct {
     int32_t err; /* 0: data is the file; MG_SNAP_DIR_REC: a directory; else errno, data is
                     the message */
     uint64_t len;
-} mg_snap_rec_t;
+} mg_load_snap_rec_t;
 
-static int mg_snap_write_all(int fd, const void *p, size_t n);
+static int mg_load_snap_write_all(int fd, const void *p, size_t n);
 
-static int mg_snap_on(lua_State *L) {
+static int mg_load_snap_on(lua_State *L) {
     int on;
     lua_getfield(L, LUA_REGISTRYINDEX, MG_SNAP_ON);
     on = lua_toboolean(L, -1);
@@ -64,7 +64,7 @@ static int mg_snap_on(lua_State *L) {
     return on;
 }
 
-static size_t mg_snap_bytes(lua_State *L) {
+static size_t mg_load_snap_bytes(lua_State *L) {
     size_t n;
     lua_getfield(L, LUA_REGISTRYINDEX, MG_SNAP_BYTES);
     n = (size_t)lua_tonumber(L, -1);
@@ -72,14 +72,14 @@ static size_t mg_snap_bytes(lua_State *L) {
     return n;
 }
 
-static void mg_snap_set_bytes(lua_State *L, size_t n) {
+static void mg_load_snap_set_bytes(lua_State *L, size_t n) {
     lua_pushnumber(L, (lua_Number)n);
     lua_setfield(L, LUA_REGISTRYINDEX, MG_SNAP_BYTES);
 }
 
 /* Reads path whole into a new Lua string on the stack, or returns errno
  * (EFBIG: more than room bytes). Never blocks on a FIFO. */
-static int mg_snap_read_disk(lua_State *L, const char *path, size_t room) {
+static int mg_load_snap_read_disk(lua_State *L, const char *path, size_t room) {
     struct stat st;
     luaL_Buffer b;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), e;
@@ -118,7 +118,7 @@ static int mg_snap_read_disk(lua_State *L, const char *path, size_t room) {
 
 /* The prefix a path under dir starts with: "dir/", or "" for "." (the
  * loader's join() writes the files of "." without "./"). */
-static size_t mg_snap_prefix(const char *dir, char *out, size_t outlen) {
+static size_t mg_load_snap_prefix(const char *dir, char *out, size_t outlen) {
     size_t n = strlen(dir);
     if (n == 0 || strcmp(dir, ".") == 0) {
         out[0] = '\0';
@@ -136,7 +136,7 @@ static size_t mg_snap_prefix(const char *dir, char *out, size_t outlen) {
 /* 1 if path is a `.lua` file under a snapshotted directory: the snapshot
  * has every such file, so one it lacks did not exist. A path with a ".."
  * part is under none. */
-static int mg_snap_under(lua_State *L, const char *path) {
+static int mg_load_snap_under(lua_State *L, const char *path) {
     size_t n = strlen(path), i, nd;
     int under = 0;
     char pre[4096];
@@ -149,7 +149,7 @@ static int mg_snap_under(lua_State *L, const char *path) {
     for (i = 1; i <= nd && !under; i++) {
         size_t pl;
         lua_rawgeti(L, -1, (int)i);
-        pl = mg_snap_prefix(lua_tostring(L, -1), pre, sizeof(pre));
+        pl = mg_load_snap_prefix(lua_tostring(L, -1), pre, sizeof(pre));
         lua_pop(L, 1);
         if (pl == (size_t)-1)
             continue;
@@ -159,7 +159,7 @@ static int mg_snap_under(lua_State *L, const char *path) {
     return under;
 }
 
-static void mg_snap_push_err(lua_State *L, int e) {
+static void mg_load_snap_push_err(lua_State *L, int e) {
     lua_createtable(L, 0, 2);
     lua_pushstring(L, e == EFBIG ? MG_SNAP_BIG : strerror(e));
     lua_setfield(L, -2, "msg");
@@ -172,7 +172,7 @@ static void mg_snap_push_err(lua_State *L, int e) {
  * A path not in the snapshot does not exist if it is a `.lua` file under a
  * snapshotted directory, else it is read from the disk, and recorded if
  * record is set (while a generation loads). */
-static int mg_snap_get(lua_State *L, const char *path, int record) {
+static int mg_load_snap_get(lua_State *L, const char *path, int record) {
     int e;
     lua_getfield(L, LUA_REGISTRYINDEX, MG_SNAP_FILES); /* files */
     if (!lua_istable(L, -1)) {
@@ -183,17 +183,17 @@ static int mg_snap_get(lua_State *L, const char *path, int record) {
     }
     lua_getfield(L, -1, path);
     if (lua_isnil(L, -1)) {
-        size_t total = mg_snap_bytes(L);
+        size_t total = mg_load_snap_bytes(L);
         lua_pop(L, 1);
-        if (mg_snap_under(L, path)) {
-            mg_snap_push_err(L, ENOENT);
+        if (mg_load_snap_under(L, path)) {
+            mg_load_snap_push_err(L, ENOENT);
         } else {
-            e = mg_snap_read_disk(L, path, total < MG_SNAP_MAX ? MG_SNAP_MAX - total : 0);
+            e = mg_load_snap_read_disk(L, path, total < MG_SNAP_MAX ? MG_SNAP_MAX - total : 0);
             if (e)
-                mg_snap_push_err(L, e);
+                mg_load_snap_push_err(L, e);
             if (record) {
                 if (!e)
-                    mg_snap_set_bytes(L, total + lua_objlen(L, -1));
+                    mg_load_snap_set_bytes(L, total + lua_objlen(L, -1));
                 lua_pushvalue(L, -1);
                 lua_setfield(L, -3, path);
             }
@@ -203,10 +203,12 @@ static int mg_snap_get(lua_State *L, const char *path, int record) {
     return lua_type(L, -1) == LUA_TSTRING;
 }
 
-static int mg_snap_fetch(lua_State *L, const char *path) { return mg_snap_get(L, path, 1); }
+static int mg_load_snap_fetch(lua_State *L, const char *path) {
+    return mg_load_snap_get(L, path, 1);
+}
 
 /* After a failed fetch: the message of the entry on the stack top. */
-static const char *mg_snap_msg(lua_State *L) {
+static const char *mg_load_snap_msg(lua_State *L) {
     const char *m;
     lua_getfield(L, -1, "msg");
     m = lua_tostring(L, -1);
@@ -216,10 +218,10 @@ static const char *mg_snap_msg(lua_State *L) {
 
 /* Loads path from the snapshot as a chunk. Pushes the function (0) or an
  * error message (non-zero), as luaL_loadfile does. */
-static int mg_snap_loadfile(lua_State *L, const char *path, const char *mode) {
+static int mg_load_snap_loadfile(lua_State *L, const char *path, const char *mode) {
     int rc;
-    if (!mg_snap_get(L, path, mg_snap_on(L))) {
-        lua_pushfstring(L, "cannot open %s: %s", path, mg_snap_msg(L));
+    if (!mg_load_snap_get(L, path, mg_load_snap_on(L))) {
+        lua_pushfstring(L, "cannot open %s: %s", path, mg_load_snap_msg(L));
         lua_remove(L, -2);
         return LUA_ERRFILE;
     }
@@ -235,17 +237,17 @@ static int mg_snap_loadfile(lua_State *L, const char *path, const char *mode) {
 }
 
 /* loadfile([filename [, mode [, env]]]); upvalue 1: the original. */
-static int mg_snap_loadfile_cb(lua_State *L) {
+static int mg_load_snap_loadfile_cb(lua_State *L) {
     const char *path = luaL_optstring(L, 1, NULL);
     const char *mode = luaL_optstring(L, 2, NULL);
     int env = !lua_isnone(L, 3);
-    if (path == NULL || !mg_snap_on(L)) {
+    if (path == NULL || !mg_load_snap_on(L)) {
         lua_pushvalue(L, lua_upvalueindex(1));
         lua_insert(L, 1);
         lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
         return lua_gettop(L);
     }
-    if (mg_snap_loadfile(L, path, mode) != 0) {
+    if (mg_load_snap_loadfile(L, path, mode) != 0) {
         lua_pushnil(L);
         lua_insert(L, -2);
         return 2;
@@ -258,17 +260,17 @@ static int mg_snap_loadfile_cb(lua_State *L) {
 }
 
 /* dofile([filename]); upvalue 1: the original. */
-static int mg_snap_dofile_cb(lua_State *L) {
+static int mg_load_snap_dofile_cb(lua_State *L) {
     const char *path = luaL_optstring(L, 1, NULL);
     int top;
-    if (path == NULL || !mg_snap_on(L)) {
+    if (path == NULL || !mg_load_snap_on(L)) {
         lua_pushvalue(L, lua_upvalueindex(1));
         lua_insert(L, 1);
         lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
         return lua_gettop(L);
     }
     lua_settop(L, 1);
-    if (mg_snap_loadfile(L, path, NULL) != 0)
+    if (mg_load_snap_loadfile(L, path, NULL) != 0)
         return lua_error(L);
     top = lua_gettop(L) - 1;
     lua_call(L, 0, LUA_MULTRET);
@@ -278,13 +280,13 @@ static int mg_snap_dofile_cb(lua_State *L) {
 /* A file handle (pushed) reading the bytes at index data, or 0: a memfd
  * opened again through /proc (no writable filesystem needed), else a
  * temporary file. Every method of a file handle works on it. */
-static int mg_snap_handle(lua_State *L, int data) {
+static int mg_load_snap_handle(lua_State *L, int data) {
     char p[64];
     size_t len;
     const char *d = lua_tolstring(L, data, &len);
     int fd = memfd_create("moongate-file", MFD_CLOEXEC);
     if (fd >= 0) {
-        int ok = mg_snap_write_all(fd, d, len) == MG_OK;
+        int ok = mg_load_snap_write_all(fd, d, len) == MG_OK;
         snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
         lua_pushvalue(L, lua_upvalueindex(1));
         lua_pushstring(L, p);
@@ -318,24 +320,24 @@ static int mg_snap_handle(lua_State *L, int data) {
 }
 
 /* io.open(filename [, mode]); upvalue 1: the original, 2: io.tmpfile. */
-static int mg_snap_open_cb(lua_State *L) {
+static int mg_load_snap_open_cb(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     const char *mode = luaL_optstring(L, 2, "r");
-    if (!mg_snap_on(L) || strpbrk(mode, "wa+") != NULL) {
+    if (!mg_load_snap_on(L) || strpbrk(mode, "wa+") != NULL) {
         lua_pushvalue(L, lua_upvalueindex(1));
         lua_insert(L, 1);
         lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
         return lua_gettop(L);
     }
     lua_settop(L, 1);
-    if (!mg_snap_fetch(L, path)) {
-        const char *m = mg_snap_msg(L); /* held by the entry at 2 */
+    if (!mg_load_snap_fetch(L, path)) {
+        const char *m = mg_load_snap_msg(L); /* held by the entry at 2 */
         lua_pushnil(L);
         lua_pushfstring(L, "%s: %s", path, m);
         lua_getfield(L, 2, "errno");
         return 3;
     }
-    if (!mg_snap_handle(L, 2)) {
+    if (!mg_load_snap_handle(L, 2)) {
         lua_pushnil(L);
         lua_pushfstring(L, "%s: cannot open a copy of the generation's snapshot", path);
         return 2;
@@ -344,8 +346,8 @@ static int mg_snap_open_cb(lua_State *L) {
 }
 
 /* io.lines([filename]); upvalue 1: the original, 2: our io.open. */
-static int mg_snap_lines_cb(lua_State *L) {
-    if (lua_isnoneornil(L, 1) || !mg_snap_on(L)) {
+static int mg_load_snap_lines_cb(lua_State *L) {
+    if (lua_isnoneornil(L, 1) || !mg_load_snap_on(L)) {
         lua_pushvalue(L, lua_upvalueindex(1));
         lua_insert(L, 1);
         lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
@@ -366,8 +368,8 @@ static int mg_snap_lines_cb(lua_State *L) {
 
 /* package.searchpath over the snapshot: pushes the file name (if keep,
  * above its bytes), or nil and the "no file" list. */
-static int mg_snap_search(lua_State *L, const char *name, const char *path, const char *sep,
-                          const char *rep, int keep) {
+static int mg_load_snap_search(lua_State *L, const char *name, const char *path, const char *sep,
+                               const char *rep, int keep) {
     luaL_Buffer msg;
     const char *p = path;
     if (*sep)
@@ -387,7 +389,7 @@ static int mg_snap_search(lua_State *L, const char *name, const char *path, cons
         lua_pushlstring(L, p, (size_t)(e - p));
         luaL_gsub(L, lua_tostring(L, -1), "?", name); /* tpl file */
         lua_remove(L, -2);
-        if (mg_snap_get(L, lua_tostring(L, -1), mg_snap_on(L))) {
+        if (mg_load_snap_get(L, lua_tostring(L, -1), mg_load_snap_on(L))) {
             if (keep)
                 lua_insert(L, -2);
             else
@@ -407,29 +409,29 @@ static int mg_snap_search(lua_State *L, const char *name, const char *path, cons
 }
 
 /* package.searchpath(name, path [, sep [, rep]]); upvalue 1: the original. */
-static int mg_snap_searchpath_cb(lua_State *L) {
+static int mg_load_snap_searchpath_cb(lua_State *L) {
     const char *name = luaL_checkstring(L, 1), *path = luaL_checkstring(L, 2);
     const char *sep = luaL_optstring(L, 3, "."), *rep = luaL_optstring(L, 4, "/");
     int top = lua_gettop(L);
-    if (!mg_snap_on(L)) {
+    if (!mg_load_snap_on(L)) {
         lua_pushvalue(L, lua_upvalueindex(1));
         lua_insert(L, 1);
         lua_call(L, top, LUA_MULTRET);
         return lua_gettop(L);
     }
-    return mg_snap_search(L, name, path, sep, rep, 0) == 1 ? 1 : 2;
+    return mg_load_snap_search(L, name, path, sep, rep, 0) == 1 ? 1 : 2;
 }
 
 /* require's Lua searcher (package.loaders[2]), also after the load: a
  * module first required at run time is the generation's too. */
-static int mg_snap_searcher_cb(lua_State *L) {
+static int mg_load_snap_searcher_cb(lua_State *L) {
     const char *name = luaL_checkstring(L, 1), *file;
     lua_settop(L, 1);
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "path");
     if (!lua_isstring(L, -1))
         return luaL_error(L, "'package.path' must be a string");
-    if (mg_snap_search(L, name, lua_tostring(L, -1), ".", "/", 1) != 1)
+    if (mg_load_snap_search(L, name, lua_tostring(L, -1), ".", "/", 1) != 1)
         return 1; /* the "no file" list */
     file = lua_tostring(L, -1);
     {
@@ -445,7 +447,7 @@ static int mg_snap_searcher_cb(lua_State *L) {
 
 /* Replaces t[k] by cb with the old value as upvalue 1 and, if extra is not
  * 0, the value at index extra as upvalue 2. */
-static void mg_snap_wrap(lua_State *L, int t, const char *k, lua_CFunction cb, int extra) {
+static void mg_load_snap_wrap(lua_State *L, int t, const char *k, lua_CFunction cb, int extra) {
     lua_getfield(L, t, k);
     if (extra)
         lua_pushvalue(L, extra);
@@ -453,23 +455,23 @@ static void mg_snap_wrap(lua_State *L, int t, const char *k, lua_CFunction cb, i
     lua_setfield(L, t, k);
 }
 
-void mg_snap_install(lua_State *L) {
+void mg_load_snap_install(lua_State *L) {
     int top = lua_gettop(L), io, pkg;
     lua_pushvalue(L, LUA_GLOBALSINDEX);
-    mg_snap_wrap(L, top + 1, "loadfile", mg_snap_loadfile_cb, 0);
-    mg_snap_wrap(L, top + 1, "dofile", mg_snap_dofile_cb, 0);
+    mg_load_snap_wrap(L, top + 1, "loadfile", mg_load_snap_loadfile_cb, 0);
+    mg_load_snap_wrap(L, top + 1, "dofile", mg_load_snap_dofile_cb, 0);
     lua_getglobal(L, "io");
     io = lua_gettop(L);
     lua_getfield(L, io, "tmpfile");
-    mg_snap_wrap(L, io, "open", mg_snap_open_cb, lua_gettop(L));
+    mg_load_snap_wrap(L, io, "open", mg_load_snap_open_cb, lua_gettop(L));
     lua_getfield(L, io, "open");
-    mg_snap_wrap(L, io, "lines", mg_snap_lines_cb, lua_gettop(L));
+    mg_load_snap_wrap(L, io, "lines", mg_load_snap_lines_cb, lua_gettop(L));
     lua_getglobal(L, "package");
     pkg = lua_gettop(L);
-    mg_snap_wrap(L, pkg, "searchpath", mg_snap_searchpath_cb, 0);
+    mg_load_snap_wrap(L, pkg, "searchpath", mg_load_snap_searchpath_cb, 0);
     lua_getfield(L, pkg, "loaders");
     if (lua_istable(L, -1)) {
-        lua_pushcfunction(L, mg_snap_searcher_cb);
+        lua_pushcfunction(L, mg_load_snap_searcher_cb);
         lua_rawseti(L, -2, 2);
     }
     lua_newtable(L);
@@ -479,21 +481,21 @@ void mg_snap_install(lua_State *L) {
     lua_settop(L, top);
 }
 
-void mg_snap_stop(lua_State *L) {
+void mg_load_snap_stop(lua_State *L) {
     lua_pushboolean(L, 0);
     lua_setfield(L, LUA_REGISTRYINDEX, MG_SNAP_ON);
 }
 
 /* Keeps only what require's searcher resolves from after the load: the
  * `.lua` files under the snapshotted directories. */
-void mg_snap_drop(lua_State *L) {
+void mg_load_snap_drop(lua_State *L) {
     size_t bytes = 0;
     lua_getfield(L, LUA_REGISTRYINDEX, MG_SNAP_FILES);
     if (lua_istable(L, -1)) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
             int keep = lua_type(L, -1) == LUA_TSTRING && lua_type(L, -2) == LUA_TSTRING &&
-                       mg_snap_under(L, lua_tostring(L, -2));
+                       mg_load_snap_under(L, lua_tostring(L, -2));
             if (keep) {
                 bytes += lua_objlen(L, -1);
                 lua_pop(L, 1);
@@ -506,20 +508,20 @@ void mg_snap_drop(lua_State *L) {
         }
     }
     lua_pop(L, 1);
-    mg_snap_set_bytes(L, bytes);
+    mg_load_snap_set_bytes(L, bytes);
 }
 
-/* The scan of the snapshotted directories (mg_snap_scan). */
+/* The scan of the snapshotted directories (mg_load_snap_scan). */
 typedef struct {
     int entries, depth;
     dev_t dev[MG_SNAP_MAX_DEPTH + 1];
     ino_t ino[MG_SNAP_MAX_DEPTH + 1];
     char *err;
     size_t errlen;
-} mg_snap_walk_t;
+} mg_load_snap_walk_t;
 
 /* The loader's join(): a file of "." is written without "./". */
-static int mg_snap_join(char *out, size_t outlen, const char *dir, const char *name) {
+static int mg_load_snap_join(char *out, size_t outlen, const char *dir, const char *name) {
     size_t n = strlen(dir);
     int w;
     if (n == 0 || strcmp(dir, ".") == 0)
@@ -532,7 +534,8 @@ static int mg_snap_join(char *out, size_t outlen, const char *dir, const char *n
 /* Records every .lua file under dir (whose stat is st): MG_OK, or MG_ERR
  * with w->err set when a bound is exceeded. A directory that cannot be
  * read, and a link back to a directory being walked, are skipped. */
-static int mg_snap_walk(lua_State *L, mg_snap_walk_t *w, const char *dir, const struct stat *st) {
+static int mg_load_snap_walk(lua_State *L, mg_load_snap_walk_t *w, const char *dir,
+                             const struct stat *st) {
     DIR *d = opendir(strcmp(dir, "") == 0 ? "." : dir);
     struct dirent *de;
     int rc = MG_OK;
@@ -547,7 +550,7 @@ static int mg_snap_walk(lua_State *L, mg_snap_walk_t *w, const char *dir, const 
         int i, seen = 0;
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
             continue;
-        if (!mg_snap_join(path, sizeof(path), dir, de->d_name) || stat(path, &cst) != 0)
+        if (!mg_load_snap_join(path, sizeof(path), dir, de->d_name) || stat(path, &cst) != 0)
             continue;
         if (S_ISDIR(cst.st_mode)) {
             for (i = 0; i <= w->depth; i++)
@@ -572,11 +575,11 @@ static int mg_snap_walk(lua_State *L, mg_snap_walk_t *w, const char *dir, const 
                 rc = MG_ERR;
             } else {
                 w->depth++;
-                rc = mg_snap_walk(L, w, path, &cst);
+                rc = mg_load_snap_walk(L, w, path, &cst);
                 w->depth--;
             }
         } else {
-            if (!mg_snap_fetch(L, path)) {
+            if (!mg_load_snap_fetch(L, path)) {
                 lua_getfield(L, -1, "errno");
                 if (lua_tointeger(L, -1) == EFBIG) {
                     snprintf(w->err, w->errlen, "%s: %s", path, MG_SNAP_BIG);
@@ -591,8 +594,8 @@ static int mg_snap_walk(lua_State *L, mg_snap_walk_t *w, const char *dir, const 
     return rc;
 }
 
-int mg_snap_scan(lua_State *L, int dirs, char *err, size_t errlen) {
-    mg_snap_walk_t w;
+int mg_load_snap_scan(lua_State *L, int dirs, char *err, size_t errlen) {
+    mg_load_snap_walk_t w;
     int i, n = lua_istable(L, dirs) ? (int)lua_objlen(L, dirs) : 0;
     memset(&w, 0, sizeof(w));
     w.err = err;
@@ -603,7 +606,7 @@ int mg_snap_scan(lua_State *L, int dirs, char *err, size_t errlen) {
         lua_rawgeti(L, dirs, i);
         dir = lua_tostring(L, -1);
         if (dir && stat(*dir ? dir : ".", &st) == 0 && S_ISDIR(st.st_mode) &&
-            mg_snap_walk(L, &w, dir, &st) != MG_OK) {
+            mg_load_snap_walk(L, &w, dir, &st) != MG_OK) {
             lua_pop(L, 1);
             return MG_ERR;
         }
@@ -622,7 +625,7 @@ int mg_snap_scan(lua_State *L, int dirs, char *err, size_t errlen) {
     return MG_OK;
 }
 
-static int mg_snap_write_all(int fd, const void *p, size_t n) {
+static int mg_load_snap_write_all(int fd, const void *p, size_t n) {
     const char *c = p;
     while (n > 0) {
         ssize_t w = write(fd, c, n);
@@ -636,18 +639,18 @@ static int mg_snap_write_all(int fd, const void *p, size_t n) {
     return MG_OK;
 }
 
-int mg_snap_export(lua_State *L, char *err, size_t errlen) {
+int mg_load_snap_export(lua_State *L, char *err, size_t errlen) {
     int fd = memfd_create("moongate-snapshot", MFD_CLOEXEC | MFD_ALLOW_SEALING), ok = 1;
     if (fd < 0) {
         snprintf(err, errlen, "memfd_create: %s", strerror(errno));
         return -1;
     }
-    ok = mg_snap_write_all(fd, MG_SNAP_MAGIC, sizeof(MG_SNAP_MAGIC)) == MG_OK;
+    ok = mg_load_snap_write_all(fd, MG_SNAP_MAGIC, sizeof(MG_SNAP_MAGIC)) == MG_OK;
     lua_getfield(L, LUA_REGISTRYINDEX, MG_SNAP_FILES);
     if (lua_istable(L, -1)) {
         lua_pushnil(L);
         while (ok && lua_next(L, -2)) {
-            mg_snap_rec_t rec = {0, 0, 0};
+            mg_load_snap_rec_t rec = {0, 0, 0};
             size_t plen, dlen = 0;
             const char *path = lua_tolstring(L, -2, &plen), *data;
             if (lua_type(L, -1) == LUA_TSTRING) {
@@ -656,16 +659,16 @@ int mg_snap_export(lua_State *L, char *err, size_t errlen) {
                 lua_getfield(L, -1, "errno");
                 rec.err = (int32_t)lua_tointeger(L, -1);
                 lua_pop(L, 1);
-                data = mg_snap_msg(L);
+                data = mg_load_snap_msg(L);
                 dlen = strlen(data);
                 if (rec.err == 0)
                     rec.err = EIO;
             }
             rec.pathlen = (uint32_t)plen;
             rec.len = dlen;
-            ok = mg_snap_write_all(fd, &rec, sizeof(rec)) == MG_OK &&
-                 mg_snap_write_all(fd, path, plen) == MG_OK &&
-                 mg_snap_write_all(fd, data, dlen) == MG_OK;
+            ok = mg_load_snap_write_all(fd, &rec, sizeof(rec)) == MG_OK &&
+                 mg_load_snap_write_all(fd, path, plen) == MG_OK &&
+                 mg_load_snap_write_all(fd, data, dlen) == MG_OK;
             lua_pop(L, 1);
         }
         if (!ok)
@@ -676,14 +679,14 @@ int mg_snap_export(lua_State *L, char *err, size_t errlen) {
     if (lua_istable(L, -1)) {
         int i, n = (int)lua_objlen(L, -1);
         for (i = 1; ok && i <= n; i++) {
-            mg_snap_rec_t rec = {0, MG_SNAP_DIR_REC, 0};
+            mg_load_snap_rec_t rec = {0, MG_SNAP_DIR_REC, 0};
             size_t plen;
             const char *dir;
             lua_rawgeti(L, -1, i);
             dir = lua_tolstring(L, -1, &plen);
             rec.pathlen = (uint32_t)plen;
-            ok = dir == NULL || (mg_snap_write_all(fd, &rec, sizeof(rec)) == MG_OK &&
-                                 mg_snap_write_all(fd, dir, plen) == MG_OK);
+            ok = dir == NULL || (mg_load_snap_write_all(fd, &rec, sizeof(rec)) == MG_OK &&
+                                 mg_load_snap_write_all(fd, dir, plen) == MG_OK);
             lua_pop(L, 1);
         }
     }
@@ -696,11 +699,11 @@ int mg_snap_export(lua_State *L, char *err, size_t errlen) {
         close(fd);
         return -1;
     }
-    mg_snap_drop(L); /* the master keeps what a worker forked later requires */
+    mg_load_snap_drop(L); /* the master keeps what a worker forked later requires */
     return fd;
 }
 
-int mg_snap_import(lua_State *L, int fd, char *err, size_t errlen) {
+int mg_load_snap_import(lua_State *L, int fd, char *err, size_t errlen) {
     struct stat st;
     const char *base, *p, *end;
     size_t bytes = 0;
@@ -722,7 +725,7 @@ int mg_snap_import(lua_State *L, int fd, char *err, size_t errlen) {
     lua_newtable(L); /* dirs */
     lua_newtable(L); /* files */
     while (p < end) {
-        mg_snap_rec_t rec;
+        mg_load_snap_rec_t rec;
         if ((size_t)(end - p) < sizeof(rec))
             goto bad_pop;
         memcpy(&rec, p, sizeof(rec));
@@ -750,7 +753,7 @@ int mg_snap_import(lua_State *L, int fd, char *err, size_t errlen) {
     }
     lua_setfield(L, LUA_REGISTRYINDEX, MG_SNAP_FILES);
     lua_setfield(L, LUA_REGISTRYINDEX, MG_SNAP_DIRS);
-    mg_snap_set_bytes(L, bytes);
+    mg_load_snap_set_bytes(L, bytes);
     munmap((void *)base, (size_t)st.st_size);
     return MG_OK;
 bad_pop:

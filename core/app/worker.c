@@ -1,7 +1,9 @@
 /*
- * server.c -- one worker process: its event loop, the accept path on the
- * listening sockets it inherited, signals (HUP reload, TERM/INT graceful
- * stop) and the shared timer tables.
+ * worker.c -- one worker process: its event loop, the accept path on the
+ * listening sockets it inherited, the control channel with the master
+ * (both ends of its messages; a reload is prepare, commit or abort), and
+ * signals (TERM/INT: graceful stop, after which WebSockets get 1001 and
+ * tunnels end; HUP is the master's and is ignored here).
  */
 #include "app/app.h"
 
@@ -29,7 +31,7 @@ static struct event *mg_accept_timer;
 static uint64_t mg_accept_refused; /* failed accepts since the last report */
 static double mg_accept_reported;  /* mg_now() of the last report */
 
-static void mg_accept_enable(int on) {
+static void mg_worker_accept_enable(int on) {
     for (int i = 0; i < mg_worker.nfd; i++)
         if (mg_worker.lev[i]) {
             if (on)
@@ -39,20 +41,20 @@ static void mg_accept_enable(int on) {
         }
 }
 
-static void mg_accept_resume_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_worker_accept_resume_cb(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
     if (!mg_worker.stopping)
-        mg_accept_enable(1);
+        mg_worker_accept_enable(1);
 }
 
-static void mg_accept_pause(int err) {
+static void mg_worker_accept_pause(int err) {
     struct timeval tv = {0, MG_ACCEPT_PAUSE_MS * 1000};
     double now = mg_now();
-    mg_accept_enable(0);
+    mg_worker_accept_enable(0);
     if (mg_accept_timer == NULL)
-        mg_accept_timer = evtimer_new(mg_worker.base, mg_accept_resume_cb, NULL);
+        mg_accept_timer = evtimer_new(mg_worker.base, mg_worker_accept_resume_cb, NULL);
     if (mg_accept_timer == NULL || evtimer_add(mg_accept_timer, &tv) != 0) {
-        mg_accept_enable(1); /* no timer: better a busy loop than a deaf worker */
+        mg_worker_accept_enable(1); /* no timer: better a busy loop than a deaf worker */
         return;
     }
     mg_accept_refused++;
@@ -66,7 +68,7 @@ static void mg_accept_pause(int err) {
     }
 }
 
-static void mg_accept_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_worker_accept_cb(evutil_socket_t fd, short what, void *arg) {
     int lidx = (int)(intptr_t)arg;
     (void)what;
     for (int i = 0; i < 64; i++) {
@@ -77,14 +79,14 @@ static void mg_accept_cb(evutil_socket_t fd, short what, void *arg) {
             if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
                 continue;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-                mg_accept_pause(errno);
+                mg_worker_accept_pause(errno);
             return;
         }
         mg_http_accept(c, (struct sockaddr *)&ss, len, lidx);
     }
 }
 
-int mg_ctl_send(int sock, int op, unsigned id, const char *text, int fd) {
+int mg_app_ctl_send(int sock, int op, unsigned id, const char *text, int fd) {
     mg_ctl_msg_t m;
     struct iovec iov;
     struct msghdr mh;
@@ -120,7 +122,7 @@ int mg_ctl_send(int sock, int op, unsigned id, const char *text, int fd) {
     return n == (ssize_t)sizeof(m) ? MG_OK : MG_ERR;
 }
 
-int mg_ctl_recv(int sock, mg_ctl_msg_t *m, int *fd) {
+int mg_app_ctl_recv(int sock, mg_ctl_msg_t *m, int *fd) {
     struct iovec iov = {m, sizeof(*m)};
     struct msghdr mh;
     union {
@@ -165,7 +167,7 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
     for (;;) {
         mg_ctl_msg_t m;
         char err[1024];
-        int fd, rc = mg_ctl_recv(sock, &m, &fd);
+        int fd, rc = mg_app_ctl_recv(sock, &m, &fd);
         mg_gen_t *g;
         if (rc == MG_AGAIN)
             return;
@@ -178,34 +180,36 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
         switch (m.op) {
         case MG_CTL_PREPARE:
             if (fd < 0) {
-                mg_ctl_send(sock, MG_CTL_REFUSE, m.id, "no snapshot received", -1);
+                mg_app_ctl_send(sock, MG_CTL_REFUSE, m.id, "no snapshot received", -1);
                 break;
             }
-            g = mg_gen_load(mg_conf_path, fd, m.id, err, sizeof(err));
+            g = mg_load_gen(mg_app_conf_path, fd, m.id, err, sizeof(err));
             if (g == NULL) {
                 mg_error("worker %d: cannot load generation %u: %s", mg_worker.id, m.id, err);
-                mg_ctl_send(sock, MG_CTL_REFUSE, m.id, err, -1);
+                mg_app_ctl_send(sock, MG_CTL_REFUSE, m.id, err, -1);
                 break;
             }
             mg_gen_retain(g);
             if (mg_gen_pending)
                 mg_gen_release(mg_gen_pending);
             mg_gen_pending = g;
-            mg_ctl_send(sock, MG_CTL_READY, m.id, NULL, -1);
+            mg_app_ctl_send(sock, MG_CTL_READY, m.id, NULL, -1);
             break;
         case MG_CTL_COMMIT:
             g = mg_gen_pending;
             if (g == NULL || g->id != m.id) {
                 snprintf(err, sizeof(err), "generation %u was not prepared", m.id);
-                mg_ctl_send(sock, MG_CTL_REFUSE, m.id, err, -1);
+                mg_app_ctl_send(sock, MG_CTL_REFUSE, m.id, err, -1);
                 break;
             }
             mg_gen_pending = NULL;
             mg_gen_activate(g);
             mg_gen_release(g);
             mg_debug("worker %d: generation %u active", mg_worker.id, g->id);
+            /* after a reload: draining routes' tunnels end, their sockets get 1012 */
+            mg_tunnel_drain(g);
             mg_ws_drain_route_sockets(g);
-            mg_ctl_send(sock, MG_CTL_SERVING, m.id, NULL, -1);
+            mg_app_ctl_send(sock, MG_CTL_SERVING, m.id, NULL, -1);
             break;
         case MG_CTL_ABORT:
             if (mg_gen_pending && mg_gen_pending->id == m.id) {
@@ -222,7 +226,7 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
 
 /* Stopping: close the listening sockets, so that the kernel sends new
  * connections elsewhere (or refuses them) instead of queueing them here. */
-void mg_server_stop_accept(void) {
+void mg_worker_stop_accept(void) {
     for (int i = 0; i < mg_worker.nfd; i++) {
         if (mg_worker.lev[i]) {
             event_free(mg_worker.lev[i]);
@@ -258,10 +262,10 @@ static void mg_worker_signal_cb(evutil_socket_t sig, short what, void *arg) {
     if (mg_worker.stopping)
         return;
     mg_worker.stopping = 1;
-    mg_server_stop_accept();
+    mg_worker_stop_accept();
     mg_http_close_idle();
     mg_ws_close_all(1001, "server shutting down");
-    mg_ws_tunnels_close_all();
+    mg_tunnel_close_all();
     mg_worker_stop_deadline = mg_now() + mg_gen_current->timeouts.drain / 1000.0;
     {
         struct timeval tv = {0, 50000};
@@ -295,8 +299,8 @@ void mg_worker_run(int id, int *fds, int nfd, int ctl) {
     memcpy(mg_worker.laddr, mg_gen_current->listen, sizeof(mg_addr_t) * nfd);
     mg_worker.lev = calloc(nfd, sizeof(struct event *));
     for (i = 0; i < nfd; i++) {
-        mg_worker.lev[i] = event_new(mg_worker.base, fds[i], EV_READ | EV_PERSIST, mg_accept_cb,
-                                     (void *)(intptr_t)i);
+        mg_worker.lev[i] = event_new(mg_worker.base, fds[i], EV_READ | EV_PERSIST,
+                                     mg_worker_accept_cb, (void *)(intptr_t)i);
         event_add(mg_worker.lev[i], NULL);
     }
     for (i = 0; i < 3; i++) {

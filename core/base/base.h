@@ -1,37 +1,18 @@
 /*
  * base.h -- the bottom layer: status codes, buffer marks, the logs, and
- * formatting helpers. It knows nothing of events, requests or Lua.
+ * the one copy of each small helper (JSON escaping and error bodies,
+ * header lines, header-name comparison, the Transfer-Encoding list). It
+ * knows nothing of events, requests or Lua.
  * Layers, top to bottom (includes and calls go downward only; http,
  * upstream and ws are siblings that never include each other):
  *   app -> gateway -> lua -> http | upstream | ws -> conf -> net -> loop -> base
- * `make layers` (tools/layers.sh) checks it.
+ * `make layers` (tools/layers.py) checks it.
  */
 #ifndef MG_BASE_H
 #define MG_BASE_H
 
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
-/* A header line "Name: value\r\n" written to out, which has room for
- * nlen + vlen + 4 bytes; returns its length. The one line builder. */
-size_t mg_line_put(char *out, const char *name, size_t nlen, const char *value, size_t vlen);
-/* The same line appended to an evbuffer in one add: MG_OK or MG_ERR. */
-struct evbuffer;
-int mg_line_add(struct evbuffer *b, const char *name, size_t nlen, const char *value, size_t vlen);
-
-/* Transfer-Encoding (RFC 9112 6.1), over all its field lines: feed each
- * line's value to mg_te_add, then read the counts. "chunked" is the one
- * coding moongate implements; a message may use it only once and last. */
-typedef struct {
-    int codings;      /* codings listed, over all lines (empty list items skipped) */
-    int chunked;      /* how many of them are "chunked" */
-    int last_chunked; /* the last one listed is "chunked" */
-} mg_te_t;
-void mg_te_add(mg_te_t *t, const char *value, size_t len);
-/* Only "chunked", once: the framing moongate can forward as it is. */
-static inline int mg_te_plain_chunked(const mg_te_t *t) {
-    return t->codings == 1 && t->chunked == 1;
-}
-
 #endif
 #include <stddef.h>
 #include <stdint.h>
@@ -92,6 +73,11 @@ size_t mg_line_put(char *out, const char *name, size_t nlen, const char *value, 
 /* The same line appended to an evbuffer in one add: MG_OK or MG_ERR. */
 struct evbuffer;
 int mg_line_add(struct evbuffer *b, const char *name, size_t nlen, const char *value, size_t vlen);
+
+/* The next element of a comma-separated list (RFC 9110 5.6.1) in v[*i, n),
+ * white space around it trimmed, empty elements skipped: 1 with *el and
+ * *len set and *i past it, or 0 at the end. Start with *i = 0. */
+int mg_list_next(const char *v, size_t n, size_t *i, const char **el, size_t *len);
 
 /* Transfer-Encoding (RFC 9112 6.1), over all its field lines: feed each
  * line's value to mg_te_add, then read the counts. "chunked" is the one

@@ -73,22 +73,35 @@ int mg_line_add(struct evbuffer *b, const char *name, size_t nlen, const char *v
     return evbuffer_commit_space(b, &v, 1) == 0 ? MG_OK : MG_ERR;
 }
 
-void mg_te_add(mg_te_t *t, const char *v, size_t n) {
-    size_t i = 0;
-    while (i < n) {
+int mg_list_next(const char *v, size_t n, size_t *i, const char **el, size_t *len) {
+    size_t j = *i;
+    while (j < n) {
         size_t s, e;
-        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        s = i;
-        while (i < n && v[i] != ',')
-            i++;
-        e = i;
+        while (j < n && (v[j] == ' ' || v[j] == '\t' || v[j] == ','))
+            j++;
+        s = j;
+        while (j < n && v[j] != ',')
+            j++;
+        e = j;
         while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
             e--;
-        if (e == s)
-            continue;
+        if (e > s) {
+            *i = j;
+            *el = v + s;
+            *len = e - s;
+            return 1;
+        }
+    }
+    *i = j;
+    return 0;
+}
+
+void mg_te_add(mg_te_t *t, const char *v, size_t n) {
+    const char *el;
+    size_t i = 0, len;
+    while (mg_list_next(v, n, &i, &el, &len)) {
         t->codings++;
-        t->last_chunked = e - s == 7 && strncasecmp(v + s, "chunked", 7) == 0;
+        t->last_chunked = MG_NAME_IS(el, len, "chunked");
         t->chunked += t->last_chunked;
     }
 }

@@ -178,20 +178,10 @@ static void mg_gw_done(mg_req_t *r) {
         mg_lua_log(r, (mg_now() - r->t_start) * 1000.0);
 }
 
-/* The WebSocket side takes the transport. Until ws_http.c's
- * mg_ws_takeover takes the mg_io_t itself (the WebSocket branch), it is
- * given the socket, moved out of the session's io so that only it closes
- * it. */
-static void mg_gw_upgrade(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len) {
-    mg_io_t own;
-    mg_io_move(&own, io);
-    mg_ws_takeover(r, own.fd, pre, pre_len);
-}
-
 static const mg_http_hooks_t mg_gw_hooks = {
     .head = mg_gw_head,
     .body = mg_gw_body,
-    .upgrade = mg_gw_upgrade,
+    .upgrade = mg_ws_takeover, /* upgrade.c: moves the transport out */
     .done = mg_gw_done,
     .freed = mg_lua_req_unlink,
 };

@@ -109,7 +109,7 @@ size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tai
         char peer[96] = "localhost";
         mg_upstream_t *up = r->route ? r->route->upstream : NULL;
         if (up && up->npeers)
-            mg_peer_str(up->peers[0], peer, sizeof(peer));
+            mg_up_peer_str(up->peers[0], peer, sizeof(peer));
         mg_line_add(h, "Host", 4, peer, strlen(peer));
     }
 #define MG_PUT(p, n) (memcpy(tail + o, (p), (n)), o += (n))

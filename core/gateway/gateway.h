@@ -1,7 +1,8 @@
 /*
  * gateway.h -- the top of the request path: dispatch (route, access,
  * target), the C proxy target (proxy.c), forwarding headers (fwd.c) and
- * the WebSocket upgrade with its tunnel and relay modes (ws_http.c).
+ * the WebSocket upgrade (upgrade.c) with its tunnel and relay modes
+ * (tunnel.c, relay.c).
  */
 #ifndef MG_GATEWAY_H
 #define MG_GATEWAY_H
@@ -50,22 +51,19 @@ size_t mg_gw_head_filter(mg_req_t *r, int *status, char *head, size_t len, size_
 /* ---- proxy.c: the C proxy target ---- */
 void mg_proxy_start(mg_req_t *r);
 
-/* ---- WebSocket upgrade ---- */
+/* ---- upgrade.c: the WebSocket upgrade ---- */
+/* Checks an upgrade request (RFC 6455 4.2.1) against its route and fills
+ * hs. Returns 0, or the status to refuse with (400, 403, 426) and *why. */
 int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why);
-/* ws_http.c: hand-off from the HTTP connection */
-void mg_ws_takeover(mg_req_t *r, int fd, const char *pre, size_t pre_len);
-void mg_ws_tunnels_close_all(void);
-/* Closes the tunnels of routes with on_reload = "drain" not in newgen. */
-void mg_ws_tunnels_drain(mg_gen_t *newgen);
+/* The hand-off from the HTTP session, after a successful check: takes the
+ * client's connection from io (mg_io_move), whatever happens; the session
+ * forgets it. pre: bytes the client sent past its head. */
+void mg_ws_takeover(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len);
 
-/* ws_http.c: a session's access-log line, in the HTTP lines' format plus a
- * "websocket" object. mg_ws_alog_new copies what it needs from r (NULL when
- * the access log is off); mg_ws_alog_end writes the line and frees it. st
- * NULL: a tunnel (bytes only, no messages, no close code). in/out: bytes
- * from and to the client. */
-typedef struct mg_ws_alog_s mg_ws_alog_t;
-mg_ws_alog_t *mg_ws_alog_new(mg_req_t *r);
-void mg_ws_alog_end(mg_ws_alog_t *a, int mode, const mg_ws_end_t *end, const mg_ws_stats_t *st,
-                    uint64_t in, uint64_t out);
+/* ---- tunnel.c ---- */
+/* Stopping: every tunnel ends (a tunnel has no close handshake to offer). */
+void mg_tunnel_close_all(void);
+/* Ends the tunnels of routes with on_reload = "drain" not in newgen. */
+void mg_tunnel_drain(mg_gen_t *newgen);
 
 #endif

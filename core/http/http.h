@@ -206,4 +206,17 @@ int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vl
  * sessions) show it: cut to 300 bytes, query credentials as "-", escaped. */
 void mg_http_log_path(const mg_req_t *r, char *esc, size_t cap);
 
+/* ---- alog.c: a WebSocket session's access-log line ----
+ * In the HTTP lines' format plus a "websocket" object. mg_http_wslog_new
+ * copies what it needs from r (NULL when the access log is off; free()
+ * drops it unwritten); mg_http_wslog_end writes the line and frees it:
+ * mode MG_WS_*, the close code and who closed ("client", "upstream",
+ * "moongate", "none"), msgs {in, out} whole messages (NULL: a tunnel, which
+ * parses no frames: no close code, no counts), in/out bytes from and to
+ * the client. */
+typedef struct mg_http_wslog_s mg_http_wslog_t;
+mg_http_wslog_t *mg_http_wslog_new(mg_req_t *r);
+void mg_http_wslog_end(mg_http_wslog_t *a, int mode, int code, const char *by, const uint64_t *msgs,
+                       uint64_t in, uint64_t out);
+
 #endif

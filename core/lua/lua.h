@@ -29,18 +29,20 @@ int mg_lua_header_filter(mg_req_t *r, int *status, const char *lines, size_t len
 void mg_lua_log(mg_req_t *r, double duration_ms); /* log plugins */
 
 /* ---- lua_ws.c */
-void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre, size_t len);
+/* Takes the client's connection from io (mg_io_move), whatever happens. */
+void mg_lua_ws_start(mg_req_t *r, mg_io_t *io, const mg_ws_hs_t *hs, const char *pre, size_t len);
 void mg_lua_ws_open_api(lua_State *L);
 /* A registry reference to req.ctx of the upgrade request (a new table when
  * no hook made one). */
-int mg_ws_ctx_ref(mg_req_t *r);
+int mg_lua_ws_ctx_ref(mg_req_t *r);
 /* Runs an on_message hook (synchronously: it must not yield) with msg
  * {data, kind, direction} and ctx. Returns 1 to pass (*out set, possibly
  * rewritten: valid until the caller resets L's top), 0 to drop, -1 to close
  * with *code and reason (64 bytes). */
-int mg_ws_msg_hook(lua_State *L, int ref, int ctx_ref, int op, const char *dir, const char *data,
-                   size_t len, const char **out, size_t *outlen, int *code, char *reason);
+int mg_lua_ws_msg_hook(lua_State *L, int ref, int ctx_ref, int op, const char *dir,
+                       const char *data, size_t len, const char **out, size_t *outlen, int *code,
+                       char *reason);
 /* ws_open (code 0) and ws_close hook lists, with {code, reason} and ctx. */
-void mg_ws_run_hooks(lua_State *L, int list_ref, int ctx_ref, int code, const char *reason);
+void mg_lua_ws_run_hooks(lua_State *L, int list_ref, int ctx_ref, int code, const char *reason);
 
 #endif

@@ -276,7 +276,7 @@ static mg_upstream_t *mg_lua_http_url_upstream(lua_State *L, mg_co_t *co, const 
     free(co->tmp_up.peers);
     memset(&co->tmp_up, 0, sizeof(co->tmp_up));
     co->tmp_up.peers = calloc(1, sizeof(mg_peer_t *));
-    co->tmp_up.peers[0] = mg_peer_get(host, port);
+    co->tmp_up.peers[0] = mg_up_peer_get(host, port);
     co->tmp_up.npeers = co->tmp_up.peers[0] ? 1 : 0;
     snprintf(co->tmp_up.name, sizeof(co->tmp_up.name), "%.40s:%d", host, port);
     co->tmp_up.keepalive = 16;
@@ -321,7 +321,7 @@ static int mg_lua_core_http_request(lua_State *L) {
     if (strpbrk(method, " \r\n") || strpbrk(target, " \r\n") || target[0] != '/')
         return luaL_error(L, "moongate.http.request: bad method or path");
     h = evbuffer_new();
-    mg_peer_str(up->peers[0], hostport, sizeof(hostport));
+    mg_up_peer_str(up->peers[0], hostport, sizeof(hostport));
     evbuffer_add_printf(h, "%s %s HTTP/1.1\r\n", method, target);
     mg_line_add(h, "Host", 4, hostport, strlen(hostport));
     if ((bad = mg_lua_header_lines(L, 5, h, &has_ctype)) != NULL) {

@@ -9,7 +9,6 @@
  * memory; when the socket ends the reference goes and Lua may collect it.
  */
 #include "lua/lua_int.h"
-#include "gateway/gateway.h"
 
 #include <lauxlib.h>
 #include <stdio.h>
@@ -31,34 +30,34 @@ struct mg_lws_s {
     int code;
     char reason[128];
     char protocol[64];
-    struct evbuffer *q; /* messages not yet received: [op][len:u32][bytes] */
-    mg_ws_alog_t *alog; /* the session's access-log line, written at its end */
+    struct evbuffer *q;    /* messages not yet received: [op][len:u32][bytes] */
+    mg_http_wslog_t *alog; /* the session's access-log line, written at its end */
 };
 
-static void mg_lws_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len);
-static void mg_lws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason);
-static void mg_lws_deliver(mg_lws_t *l, mg_ws_t *ws, int op, const char *data, size_t len);
+static void mg_lua_ws_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len);
+static void mg_lua_ws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason);
+static void mg_lua_ws_deliver(mg_lws_t *l, mg_ws_t *ws, int op, const char *data, size_t len);
 
-static const mg_ws_ops_t mg_lws_ops = {
-    .on_message = mg_lws_on_message,
-    .on_close = mg_lws_on_close,
+static const mg_ws_ops_t mg_lua_ws_ops = {
+    .on_message = mg_lua_ws_on_message,
+    .on_close = mg_lua_ws_on_close,
     .on_drain = NULL,
 };
 
-static void mg_lws_push_msg(lua_State *L, int op, const char *data, size_t len) {
+static void mg_lua_ws_push_msg(lua_State *L, int op, const char *data, size_t len) {
     lua_pushlstring(L, data, len);
     lua_pushstring(L, op == WSLAY_BINARY_FRAME ? "binary" : "text");
 }
 
-static void mg_lws_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len) {
+static void mg_lua_ws_on_message(void *ud, mg_ws_t *ws, int op, const char *data, size_t len) {
     mg_lws_t *l = ud;
     int top = lua_gettop(l->L);
     if (l->conf->on_message_ref != LUA_NOREF) {
         /* plugins' ws_message and the route's on_message see it first */
         int code = 1000, rc;
         char reason[64];
-        rc = mg_ws_msg_hook(l->L, l->conf->on_message_ref, l->ctx_ref, op, "client", data, len,
-                            &data, &len, &code, reason);
+        rc = mg_lua_ws_msg_hook(l->L, l->conf->on_message_ref, l->ctx_ref, op, "client", data, len,
+                                &data, &len, &code, reason);
         if (rc <= 0) {
             lua_settop(l->L, top);
             if (rc < 0)
@@ -66,15 +65,15 @@ static void mg_lws_on_message(void *ud, mg_ws_t *ws, int op, const char *data, s
             return;
         }
     }
-    mg_lws_deliver(l, ws, op, data, len);
+    mg_lua_ws_deliver(l, ws, op, data, len);
     lua_settop(l->L, top);
 }
 
-static void mg_lws_deliver(mg_lws_t *l, mg_ws_t *ws, int op, const char *data, size_t len) {
+static void mg_lua_ws_deliver(mg_lws_t *l, mg_ws_t *ws, int op, const char *data, size_t len) {
     if (l->waiter) {
         mg_co_t *co = l->waiter;
         l->waiter = NULL;
-        mg_lws_push_msg(co->L, op, data, len);
+        mg_lua_ws_push_msg(co->L, op, data, len);
         mg_lua_co_resume(co, 2);
         return;
     }
@@ -91,12 +90,13 @@ static void mg_lws_deliver(mg_lws_t *l, mg_ws_t *ws, int op, const char *data, s
         mg_ws_pause(ws, 1);
 }
 
-static void mg_lws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason) {
+static void mg_lua_ws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason) {
     mg_lws_t *l = ud;
     mg_ws_end_t end;
     const mg_ws_stats_t *st = mg_ws_stats(ws);
+    uint64_t msgs[2] = {st->msgs_in, st->msgs_out};
     mg_ws_end_info(ws, &end, "client");
-    mg_ws_alog_end(l->alog, MG_WS_HANDLER, &end, st, st->bytes_in, st->bytes_out);
+    mg_http_wslog_end(l->alog, MG_WS_HANDLER, end.code, end.by, msgs, st->bytes_in, st->bytes_out);
     l->alog = NULL;
     l->ws = NULL;
     l->closed = 1;
@@ -111,7 +111,7 @@ static void mg_lws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason)
         lua_pushstring(co->L, l->reason);
         mg_lua_co_resume(co, 4);
     }
-    mg_ws_run_hooks(l->L, l->conf->ws_close_ref, l->ctx_ref, code, l->reason);
+    mg_lua_ws_run_hooks(l->L, l->conf->ws_close_ref, l->ctx_ref, code, l->reason);
     luaL_unref(l->L, LUA_REGISTRYINDEX, l->ctx_ref);
     l->ctx_ref = LUA_NOREF;
     if (l->ref != LUA_NOREF) {
@@ -120,10 +120,10 @@ static void mg_lws_on_close(void *ud, mg_ws_t *ws, int code, const char *reason)
     }
 }
 
-static mg_lws_t *mg_lws_check(lua_State *L) { return luaL_checkudata(L, 1, MG_LWS_MT); }
+static mg_lws_t *mg_lua_ws_check(lua_State *L) { return luaL_checkudata(L, 1, MG_LWS_MT); }
 
-static int mg_lws_recv(lua_State *L) {
-    mg_lws_t *l = mg_lws_check(L);
+static int mg_lua_ws_recv(lua_State *L) {
+    mg_lws_t *l = mg_lua_ws_check(L);
     mg_co_t *co = mg_lua_co_check(L, "ws:recv");
     if (evbuffer_get_length(l->q) >= 5) {
         unsigned char h[5];
@@ -150,8 +150,8 @@ static int mg_lws_recv(lua_State *L) {
     return lua_yield(L, 0);
 }
 
-static int mg_lws_send(lua_State *L) {
-    mg_lws_t *l = mg_lws_check(L);
+static int mg_lua_ws_send(lua_State *L) {
+    mg_lws_t *l = mg_lua_ws_check(L);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
     const char *kind = luaL_optstring(L, 3, "text");
@@ -160,8 +160,8 @@ static int mg_lws_send(lua_State *L) {
         int code = 1000;
         char reason[64];
         /* on the caller's own stack: a rewritten message stays there */
-        rc = mg_ws_msg_hook(L, l->conf->on_message_ref, l->ctx_ref, op, "server", data, len, &data,
-                            &len, &code, reason);
+        rc = mg_lua_ws_msg_hook(L, l->conf->on_message_ref, l->ctx_ref, op, "server", data, len,
+                                &data, &len, &code, reason);
         if (rc < 0 && l->ws)
             mg_ws_close(l->ws, code, reason);
     }
@@ -174,8 +174,8 @@ static int mg_lws_send(lua_State *L) {
     return 1;
 }
 
-static int mg_lws_ping(lua_State *L) {
-    mg_lws_t *l = mg_lws_check(L);
+static int mg_lua_ws_ping(lua_State *L) {
+    mg_lws_t *l = mg_lua_ws_check(L);
     size_t len;
     const char *data = luaL_optlstring(L, 2, "", &len);
     if (len > 125)
@@ -189,8 +189,8 @@ static int mg_lws_ping(lua_State *L) {
     return 1;
 }
 
-static int mg_lws_close(lua_State *L) {
-    mg_lws_t *l = mg_lws_check(L);
+static int mg_lua_ws_close(lua_State *L) {
+    mg_lws_t *l = mg_lua_ws_check(L);
     int code = luaL_optint(L, 2, 1000);
     const char *reason = luaL_optstring(L, 3, "");
     if (code < 1000 || code > 4999 || (code >= 1004 && code <= 1006) || code == 1015)
@@ -203,8 +203,8 @@ static int mg_lws_close(lua_State *L) {
     return 1;
 }
 
-static int mg_lws_index(lua_State *L) {
-    mg_lws_t *l = mg_lws_check(L);
+static int mg_lua_ws_index(lua_State *L) {
+    mg_lws_t *l = mg_lua_ws_check(L);
     const char *k = luaL_checkstring(L, 2);
     if (strcmp(k, "protocol") == 0) {
         if (l->protocol[0])
@@ -222,7 +222,7 @@ static int mg_lws_index(lua_State *L) {
     return 1;
 }
 
-static int mg_lws_gc(lua_State *L) {
+static int mg_lua_ws_gc(lua_State *L) {
     mg_lws_t *l = luaL_checkudata(L, 1, MG_LWS_MT);
     if (l->q) {
         evbuffer_free(l->q);
@@ -233,14 +233,17 @@ static int mg_lws_gc(lua_State *L) {
 
 void mg_lua_ws_open_api(lua_State *L) {
     static const luaL_Reg m[] = {
-        {"recv", mg_lws_recv},   {"send", mg_lws_send}, {"ping", mg_lws_ping},
-        {"close", mg_lws_close}, {NULL, NULL},
+        {"recv", mg_lua_ws_recv},
+        {"send", mg_lua_ws_send},
+        {"ping", mg_lua_ws_ping},
+        {"close", mg_lua_ws_close},
+        {NULL, NULL},
     };
     luaL_newmetatable(L, MG_LWS_MT);
     luaL_register(L, NULL, m);
-    lua_pushcfunction(L, mg_lws_index);
+    lua_pushcfunction(L, mg_lua_ws_index);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, mg_lws_gc);
+    lua_pushcfunction(L, mg_lua_ws_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
 }
@@ -261,13 +264,13 @@ void mg_lua_ws_co_end(mg_co_t *co) {
         mg_ws_close(l->ws, 1000, "");
 }
 
-void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre, size_t len) {
+void mg_lua_ws_start(mg_req_t *r, mg_io_t *io, const mg_ws_hs_t *hs, const char *pre, size_t len) {
     lua_State *L = r->gen->L;
     mg_co_t *co = mg_lua_co_new(r->gen);
     mg_lws_t *l;
 
     if (co == NULL) {
-        close(fd);
+        mg_io_close(io);
         return;
     }
     l = lua_newuserdata(co->L, sizeof(*l));
@@ -282,13 +285,12 @@ void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre,
     lua_xmove(co->L, L, 1);
     l->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     l->conf = r->route->ws;
-    l->ctx_ref = mg_ws_ctx_ref(r);
-    l->alog = mg_ws_alog_new(r);
-    l->ws = mg_ws_new(fd, 0, r->gen, r->route, hs, pre, len, &mg_lws_ops, l);
+    l->ctx_ref = mg_lua_ws_ctx_ref(r);
+    l->alog = mg_http_wslog_new(r);
+    l->ws = mg_ws_new(io, 0, r->gen, r->route, hs, pre, len, &mg_lua_ws_ops, l);
     if (l->ws)
-        mg_ws_run_hooks(L, l->conf->ws_open_ref, l->ctx_ref, 0, NULL);
-    if (l->ws == NULL) {
-        close(fd);
+        mg_lua_ws_run_hooks(L, l->conf->ws_open_ref, l->ctx_ref, 0, NULL);
+    if (l->ws == NULL) { /* mg_ws_new closed the connection */
         luaL_unref(L, LUA_REGISTRYINDEX, l->ref);
         l->ref = LUA_NOREF;
         l->closed = 1;
@@ -306,7 +308,7 @@ void mg_lua_ws_start(mg_req_t *r, int fd, const mg_ws_hs_t *hs, const char *pre,
     mg_lua_co_resume(co, 2);
 }
 
-int mg_ws_ctx_ref(mg_req_t *r) {
+int mg_lua_ws_ctx_ref(mg_req_t *r) {
     lua_State *L = r->gen->L;
     if (r->access_req_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
@@ -320,8 +322,9 @@ int mg_ws_ctx_ref(mg_req_t *r) {
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-int mg_ws_msg_hook(lua_State *L, int ref, int ctx_ref, int op, const char *dir, const char *data,
-                   size_t len, const char **out, size_t *outlen, int *code, char *reason) {
+int mg_lua_ws_msg_hook(lua_State *L, int ref, int ctx_ref, int op, const char *dir,
+                       const char *data, size_t len, const char **out, size_t *outlen, int *code,
+                       char *reason) {
     int top = lua_gettop(L);
     *out = data;
     *outlen = len;
@@ -361,7 +364,7 @@ int mg_ws_msg_hook(lua_State *L, int ref, int ctx_ref, int op, const char *dir, 
     return 0;
 }
 
-void mg_ws_run_hooks(lua_State *L, int list_ref, int ctx_ref, int code, const char *reason) {
+void mg_lua_ws_run_hooks(lua_State *L, int list_ref, int ctx_ref, int code, const char *reason) {
     int top = lua_gettop(L);
     if (list_ref == LUA_NOREF)
         return;

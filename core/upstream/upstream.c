@@ -3,7 +3,9 @@
  * (host:port) known to this worker: its keep-alive pool and its passive
  * health live here and outlive generations. An exchange (mg_ux_t) sends one
  * request to an upstream and parses the response with llhttp, handing head
- * and body to a sink (the C proxy, or the Lua HTTP client).
+ * and body to a sink (the C proxy, the Lua HTTP client, or the WebSocket
+ * upgrade, which takes the connection on a 101). Connections read and
+ * write through the transport (net/io.h).
  *
  * Retries: a connect failure moves to the next server (nothing was sent);
  * a pooled connection that turns out closed before any response byte is
@@ -55,7 +57,7 @@ struct mg_peer_s {
 };
 
 struct mg_uconn_s {
-    int fd;
+    mg_io_t io; /* the connection (net/io.h) */
     mg_peer_t *peer;
     mg_ux_t *ux; /* NULL while pooled */
     struct event rev, wev, tev;
@@ -142,7 +144,7 @@ static llhttp_settings_t mg_ux_settings = {
 
 /* ---- peers ---- */
 
-mg_peer_t *mg_peer_get(const char *host, int port) {
+mg_peer_t *mg_up_peer_get(const char *host, int port) {
     mg_peer_t *p;
     struct addrinfo hints, *res = NULL;
     char ports[16];
@@ -172,11 +174,11 @@ mg_peer_t *mg_peer_get(const char *host, int port) {
     return p;
 }
 
-void mg_peer_str(mg_peer_t *p, char *buf, size_t len) {
+void mg_up_peer_str(mg_peer_t *p, char *buf, size_t len) {
     snprintf(buf, len, "%s:%d", p->host, p->port);
 }
 
-static mg_peer_t *mg_upstream_pick(mg_upstream_t *up) {
+static mg_peer_t *mg_up_peer_pick(mg_upstream_t *up) {
     double now = mg_now();
     int i;
     for (i = 0; i < up->npeers; i++) {
@@ -189,7 +191,7 @@ static mg_peer_t *mg_upstream_pick(mg_upstream_t *up) {
     return up->npeers ? up->peers[up->rr++ % up->npeers] : NULL;
 }
 
-static void mg_peer_failed(mg_upstream_t *up, mg_peer_t *p) {
+static void mg_up_peer_failed(mg_upstream_t *up, mg_peer_t *p) {
     if (++p->fails >= up->max_fails && up->max_fails > 0) {
         if (p->down_until <= mg_now())
             mg_warn("upstream %s: server %s:%d failed %d times, skipped for %.1fs", up->name,
@@ -204,7 +206,7 @@ static void mg_uconn_close(mg_uconn_t *uc) {
     event_del(&uc->rev);
     event_del(&uc->wev);
     event_del(&uc->tev);
-    close(uc->fd);
+    mg_io_close(&uc->io);
     free(uc);
 }
 
@@ -245,9 +247,9 @@ static void mg_uconn_bind(mg_ux_t *ux, mg_uconn_t *uc) {
     ux->uc = uc;
     uc->ux = ux;
     uc->rd_off = 0;
-    event_assign(&uc->rev, mg_worker.base, uc->fd, EV_READ | EV_CLOSED | EV_PERSIST,
+    event_assign(&uc->rev, mg_worker.base, uc->io.fd, EV_READ | EV_CLOSED | EV_PERSIST,
                  mg_uconn_read_cb, uc);
-    event_assign(&uc->wev, mg_worker.base, uc->fd, EV_WRITE | EV_PERSIST, mg_uconn_write_cb, uc);
+    event_assign(&uc->wev, mg_worker.base, uc->io.fd, EV_WRITE | EV_PERSIST, mg_uconn_write_cb, uc);
     evtimer_assign(&uc->tev, mg_worker.base, mg_uconn_timer_cb, uc);
 }
 
@@ -269,7 +271,7 @@ static void mg_ux_connect(mg_ux_t *ux) {
     ux->parser.data = ux;
     ux->tphase = MG_T_NONE; /* a new connection: its timer is armed afresh */
     for (;;) {
-        p = mg_upstream_pick(ux->up);
+        p = mg_up_peer_pick(ux->up);
         ux->tries++;
         if (p == NULL) {
             mg_ux_fail(ux, 502, "upstream has no servers", 0);
@@ -299,7 +301,7 @@ static void mg_ux_connect(mg_ux_t *ux) {
                     mg_ux_fail(ux, 502, "out of memory", 0);
                     return;
                 }
-                uc->fd = fd;
+                mg_io_tcp(&uc->io, fd);
                 uc->peer = p;
                 uc->connecting = 1;
                 mg_uconn_bind(ux, uc);
@@ -312,7 +314,7 @@ static void mg_ux_connect(mg_ux_t *ux) {
         }
         mg_debug("upstream %s: connect to %s:%d failed: %s", ux->up->name, p->host, p->port,
                  strerror(errno));
-        mg_peer_failed(ux->up, p);
+        mg_up_peer_failed(ux->up, p);
         if (ux->tries >= ux->up->npeers) {
             mg_ux_fail(ux, 502, "upstream unreachable", 0);
             return;
@@ -332,7 +334,7 @@ static void mg_ux_retry_or_fail(mg_ux_t *ux, int status, const char *msg, int co
     }
     if (connect_phase) {
         if (p)
-            mg_peer_failed(ux->up, p);
+            mg_up_peer_failed(ux->up, p);
         if (ux->tries < ux->up->npeers) {
             ux->reused = 0;
             mg_ux_connect(ux);
@@ -350,7 +352,7 @@ static void mg_ux_retry_or_fail(mg_ux_t *ux, int status, const char *msg, int co
         return;
     }
     if (p && !ux->got_resp)
-        mg_peer_failed(ux->up, p);
+        mg_up_peer_failed(ux->up, p);
     mg_ux_fail(ux, status, msg, 0);
 }
 
@@ -450,7 +452,7 @@ static void mg_ux_flush(mg_ux_t *ux) {
         return;
     left = evbuffer_get_length(ux->out);
     if (left) {
-        int n = evbuffer_write(ux->out, uc->fd);
+        int n = mg_io_write_evbuffer(&uc->io, ux->out);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
             mg_ux_retry_or_fail(ux, 502, "upstream write failed", 0);
             return;
@@ -578,7 +580,7 @@ static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
         mg_ux_retry_or_fail(ux, 504, "upstream connect timed out", 1);
         return;
     }
-    mg_peer_failed(ux->up, uc->peer);
+    mg_up_peer_failed(ux->up, uc->peer);
     if (ux->tphase == MG_T_BODY)
         mg_ux_fail(ux, 504, "upstream body timed out", 1); /* mid-response: the sink aborts */
     else if (ux->tphase == MG_T_SEND)
@@ -603,7 +605,7 @@ static void mg_ux_complete(mg_ux_t *ux, int reusable) {
 
 /* One read; 1 = read again (the buffer was full), 0 = stop (level-triggered:
  * whatever is left, EOF included, is reported again). */
-static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
+static int mg_uconn_read_once(mg_uconn_t *uc) {
     mg_ux_t *ux = uc->ux;
     ssize_t n;
     llhttp_errno_t err;
@@ -612,7 +614,7 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
         mg_uconn_pool_drop(uc);
         return 0;
     }
-    n = recv(fd, mg_worker.scratch, sizeof(mg_worker.scratch), 0);
+    n = mg_io_read(&uc->io, mg_worker.scratch, sizeof(mg_worker.scratch));
     if (n < 0) {
         if (errno == EINTR)
             return 1;
@@ -654,13 +656,13 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
         size_t extra = pos && pos >= mg_worker.scratch && pos < mg_worker.scratch + n
                            ? (size_t)(mg_worker.scratch + n - pos)
                            : 0;
-        int ufd = uc->fd;
         event_del(&uc->rev);
         event_del(&uc->wev);
         event_del(&uc->tev);
-        free(uc);
         ux->uc = NULL;
-        ux->sink->on_upgrade(ux->ud, ufd, ux->hv, ux->nh, extra ? pos : NULL, extra);
+        ux->sink->on_upgrade(ux->ud, &uc->io, ux->hv, ux->nh, extra ? pos : NULL, extra);
+        mg_io_close(&uc->io); /* nothing if the sink took it */
+        free(uc);
         mg_ux_free(ux);
         return 0;
     }
@@ -680,21 +682,24 @@ static int mg_uconn_read_once(mg_uconn_t *uc, int fd) {
         const char *why = ux->bad_msg ? ux->bad_msg : "bad response from upstream";
         mg_warn("upstream %s: bad response from %s:%d: %s", ux->up->name, uc->peer->host,
                 uc->peer->port, ux->bad_msg ? ux->bad_msg : llhttp_get_error_reason(&ux->parser));
-        mg_peer_failed(ux->up, uc->peer);
+        mg_up_peer_failed(ux->up, uc->peer);
         mg_ux_fail(ux, 502, why, 1);
         return 0;
     }
     mg_ux_timer(ux, 1);
     if (ux->sink->on_flush)
         ux->sink->on_flush(ux->ud);
-    return (size_t)n == sizeof(mg_worker.scratch) && ux->uc == uc && !uc->rd_off;
+    /* a full read, or bytes the transport still holds: read again */
+    return ((size_t)n == sizeof(mg_worker.scratch) || mg_io_pending(&uc->io)) && ux->uc == uc &&
+           !uc->rd_off;
 }
 
 static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg) {
     mg_uconn_t *uc = arg;
     if (what & EV_CLOSED)
         uc->peer_closed = 1;
-    while (mg_uconn_read_once(uc, fd))
+    (void)fd;
+    while (mg_uconn_read_once(uc))
         ;
 }
 
@@ -755,22 +760,17 @@ static int mg_ux_on_header_value(llhttp_t *p, const char *at, size_t len) {
 
 /* RFC 9112 6.1: chunked is the one transfer coding we implement. A body in
  * any other (or chunked twice) would reach the client still coded, under
- * headers that no longer say so: like nginx, a bad gateway. */
+ * headers that no longer say so: like nginx, a bad gateway. Several
+ * Transfer-Encoding lines are one list (mg_te_add). */
 static int mg_ux_te_ok(const mg_ux_t *ux) {
-    int i, te = 0;
-    for (i = 0; i < ux->nh; i++) {
-        const char *v = ux->hv[i].value;
-        size_t n = ux->hv[i].vlen;
-        if (ux->hv[i].nlen != 17 || strncasecmp(ux->hv[i].name, "transfer-encoding", 17) != 0)
-            continue;
-        while (n > 0 && (*v == ' ' || *v == '\t'))
-            v++, n--;
-        while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
-            n--;
-        if (++te > 1 || n != 7 || strncasecmp(v, "chunked", 7) != 0)
-            return 0;
-    }
-    return 1;
+    mg_te_t te = {0, 0, 0};
+    int i, lines = 0;
+    for (i = 0; i < ux->nh; i++)
+        if (MG_NAME_IS(ux->hv[i].name, ux->hv[i].nlen, "transfer-encoding")) {
+            mg_te_add(&te, ux->hv[i].value, ux->hv[i].vlen);
+            lines++;
+        }
+    return lines == 0 || mg_te_plain_chunked(&te);
 }
 
 static int mg_ux_on_headers_complete(llhttp_t *p) {

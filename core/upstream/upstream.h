@@ -7,6 +7,7 @@
 #define MG_UPSTREAM_H
 
 #include "conf/conf.h"
+#include "net/io.h"
 
 #include <llhttp.h>
 
@@ -28,9 +29,10 @@ typedef struct {
     /* A batch of upstream input was handled: a good time to write. */
     void (*on_flush)(void *ud);
     /* Set for upgrade requests: a fresh connection is used, and a 101
-     * hands its fd to the sink (which then owns it) with the response
-     * headers and any bytes read past the head. The exchange ends there. */
-    void (*on_upgrade)(void *ud, int fd, mg_kv_t *hdrs, int nhdrs, const char *extra,
+     * hands it to the sink, which takes it from io (mg_io_move; what it
+     * leaves there is closed after the call), with the response headers
+     * and any bytes read past the head. The exchange ends there. */
+    void (*on_upgrade)(void *ud, mg_io_t *io, mg_kv_t *hdrs, int nhdrs, const char *extra,
                        size_t extralen);
 } mg_ux_sink_t;
 
@@ -45,7 +47,7 @@ void mg_ux_end(mg_ux_t *ux);
 size_t mg_ux_pending(mg_ux_t *ux); /* request bytes not yet written */
 void mg_ux_pause(mg_ux_t *ux, int on);
 void mg_ux_cancel(mg_ux_t *ux); /* the sink is gone: no more callbacks */
-mg_peer_t *mg_peer_get(const char *host, int port);
-void mg_peer_str(mg_peer_t *p, char *buf, size_t len);
+mg_peer_t *mg_up_peer_get(const char *host, int port);
+void mg_up_peer_str(mg_peer_t *p, char *buf, size_t len);
 
 #endif

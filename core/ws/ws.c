@@ -18,7 +18,6 @@
  * messages only if the client kept context takeover).
  */
 #include "ws/ws_int.h"
-#include "gateway/gateway.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -45,7 +44,7 @@ static void mg_ws_msg_done(mg_ws_t *ws);
  * first byte that makes them. MG_UTF8_REJECT is in ws_int.h. */
 #define MG_UTF8_ST(need, lo, hi) ((uint32_t)(need) | ((uint32_t)(lo) << 8) | ((uint32_t)(hi) << 16))
 
-uint32_t mg_utf8_run(uint32_t st, const uint8_t *s, size_t len) {
+uint32_t mg_ws_utf8_run(uint32_t st, const uint8_t *s, size_t len) {
     size_t i = 0;
     while (i < len) {
         uint8_t b;
@@ -108,15 +107,16 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
         ws->rx_given += n;
         return n;
     }
-    if (ws->rd_off || ws->rd_done || (ws->rd_short && !ws->rd_hup)) {
+    if (ws->rd_off || ws->rd_done || (ws->rd_short && !ws->rd_hup && mg_io_pending(&ws->io) == 0)) {
         /* the last read drained the socket: no EAGAIN read needed, the
          * (level-triggered) event fires again when more arrives, or an
          * EOF or reset that came with those bytes; the peer's FIN known
-         * now (EV_CLOSED) is read at once */
+         * now (EV_CLOSED) is read at once, and bytes the transport holds
+         * (io pending) too: the socket will not report them */
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    n = recv(ws->fd, buf, len, 0);
+    n = mg_io_read(&ws->io, buf, len);
     if (n > 0) {
         ws->last_rx = mg_now_coarse();
         ws->rd_short = (size_t)n < len;
@@ -218,7 +218,7 @@ static int mg_ws_msg_check(mg_ws_t *ws, const uint8_t *p, size_t n) {
         return -1;
     }
     if (ws->msg_op == WSLAY_TEXT_FRAME) {
-        ws->utf8 = mg_utf8_run(ws->utf8, p, n);
+        ws->utf8 = mg_ws_utf8_run(ws->utf8, p, n);
         if (ws->utf8 == MG_UTF8_REJECT) {
             mg_ws_fail(ws, 1007, "invalid UTF-8 in a text message");
             return -1;
@@ -289,7 +289,7 @@ static void mg_ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_o
             /* valid: 1000-1003, 1007-1014 (registered), 3000-4999 */
             if (!((c >= 1000 && c <= 1003) || (c >= 1007 && c <= 1014) || (c >= 3000 && c <= 4999)))
                 mg_ws_fail(ws, 1002, "invalid close code");
-            else if (mg_utf8_run(0, a->msg + 2, a->msg_length - 2) != 0)
+            else if (mg_ws_utf8_run(0, a->msg + 2, a->msg_length - 2) != 0)
                 mg_ws_fail(ws, 1007, "close reason is not UTF-8");
             else {
                 size_t rl = a->msg_length - 2 < sizeof(ws->close_reason) - 1
@@ -361,12 +361,14 @@ void mg_ws_arm(mg_ws_t *ws) {
         event_add(&ws->tev, mg_timeout_tv(ms));
 }
 
-mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const mg_ws_hs_t *hs,
+mg_ws_t *mg_ws_new(mg_io_t *io, int client, mg_gen_t *gen, mg_route_t *route, const mg_ws_hs_t *hs,
                    const char *pre, size_t pre_len, const mg_ws_ops_t *ops, void *ud) {
     mg_ws_t *ws = calloc(1, sizeof(*ws));
-    if (ws == NULL)
+    if (ws == NULL) {
+        mg_io_close(io);
         return NULL;
-    ws->fd = fd;
+    }
+    mg_io_move(&ws->io, io);
     ws->client = client;
     ws->gen = gen;
     mg_gen_retain(gen);
@@ -386,6 +388,7 @@ mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const m
         if (ws->wbuf)
             evbuffer_free(ws->wbuf);
         mg_gen_release(gen);
+        mg_io_close(&ws->io);
         free(ws);
         return NULL;
     }
@@ -408,8 +411,9 @@ mg_ws_t *mg_ws_new(int fd, int client, mg_gen_t *gen, mg_route_t *route, const m
      * for good removes the event (mg_ws_rd_stop), and a pause does
      * (mg_ws_pause): a level-triggered socket left with unread bytes or
      * its end would wake the loop at once, over and over. */
-    event_assign(&ws->rev, mg_worker.base, fd, EV_READ | EV_CLOSED | EV_PERSIST, mg_ws_read_cb, ws);
-    event_assign(&ws->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_ws_write_cb, ws);
+    event_assign(&ws->rev, mg_worker.base, ws->io.fd, EV_READ | EV_CLOSED | EV_PERSIST,
+                 mg_ws_read_cb, ws);
+    event_assign(&ws->wev, mg_worker.base, ws->io.fd, EV_WRITE | EV_PERSIST, mg_ws_write_cb, ws);
     evtimer_assign(&ws->tev, mg_worker.base, mg_ws_timer_cb, ws);
     event_add(&ws->rev, NULL);
     mg_ws_arm(ws);
@@ -428,8 +432,7 @@ static void mg_ws_free(mg_ws_t *ws) {
     event_del(&ws->rev);
     event_del(&ws->wev);
     event_del(&ws->tev);
-    if (ws->fd >= 0)
-        close(ws->fd);
+    mg_io_close(&ws->io);
     if (ws->ctx)
         wslay_event_context_free(ws->ctx);
     evbuffer_free(ws->msg);
@@ -646,7 +649,7 @@ static int mg_ws_stash(mg_ws_t *ws, const uint8_t *buf, size_t n) {
  * on; -1: the socket ended. */
 static int mg_ws_read_fast(mg_ws_t *ws) {
     static uint8_t buf[16384];
-    ssize_t n = recv(ws->fd, buf, sizeof(buf), 0);
+    ssize_t n = mg_io_read(&ws->io, buf, sizeof(buf));
     size_t off = 0;
 
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -687,7 +690,7 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
             memcpy(&k, key, 4);
             ascii = (mg_ws_mask(pl, pl, plen, k) & 0x8080808080808080ULL) == 0;
         }
-        if (op == WSLAY_TEXT_FRAME && !ascii && mg_utf8_run(0, pl, plen) != 0) {
+        if (op == WSLAY_TEXT_FRAME && !ascii && mg_ws_utf8_run(0, pl, plen) != 0) {
             if (!ws->client)
                 mg_ws_mask(pl, pl, plen, k);
             break; /* wslay fails it with 1007 */
@@ -711,8 +714,9 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
         }
         return 1;
     }
-    /* a full read: there may be more; the FIN in this edge: read it */
-    return (size_t)n == sizeof(buf) || ws->rd_hup ? 1 : 0;
+    /* a full read: there may be more; the FIN in this edge, or bytes the
+     * transport still holds: read them */
+    return (size_t)n == sizeof(buf) || ws->rd_hup || mg_io_pending(&ws->io) ? 1 : 0;
 }
 
 static void mg_ws_read_cb(evutil_socket_t fd, short what, void *arg) {
@@ -815,11 +819,11 @@ void mg_ws_end_info(mg_ws_t *ws, mg_ws_end_t *out, const char *peer) {
     }
 }
 
-/* After a reload: sockets of routes that ask for it are told to reconnect;
- * tunnels, which have no close handshake to offer, are closed. */
+/* After a reload: client sockets of routes that ask for it (on_reload =
+ * "drain") and are not in newgen are told to reconnect (1012). Tunnels,
+ * which carry no frames, are the gateway's (mg_tunnel_drain). */
 void mg_ws_drain_route_sockets(mg_gen_t *newgen) {
     mg_ws_t *ws = mg_ws_list;
-    mg_ws_tunnels_drain(newgen);
     while (ws) {
         mg_ws_t *next = ws->next;
         if (ws->gen != newgen && ws->conf->drain_on_reload && !ws->client)

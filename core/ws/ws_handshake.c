@@ -1,11 +1,12 @@
 /*
- * ws_handshake.c -- the RFC 6455 opening handshake: checking a client's
- * upgrade request (4.2.1), Sec-WebSocket-Accept (4.2.2), a fresh key for
- * our own upgrades to upstreams, and picking a permessage-deflate offer
- * (RFC 7692) we can honour.
+ * ws_handshake.c -- the pure parts of the RFC 6455 opening handshake, on
+ * strings: tokens in a header value, Sec-WebSocket-Key (4.2.1) and
+ * Sec-WebSocket-Accept (4.2.2), a fresh key for our own upgrades to
+ * upstreams, the Origin and subprotocol checks against a route, and
+ * picking a permessage-deflate offer (RFC 7692) we can honour. Reading
+ * them from the request is the upgrade's (gateway/upgrade.c).
  */
 #include "ws/ws_int.h"
-#include "gateway/gateway.h"
 
 #include <openssl/evp.h>
 #include <openssl/sha.h>
@@ -13,21 +14,12 @@
 #include <string.h>
 #include <strings.h>
 
-static int mg_token_in(const char *v, size_t len, const char *tok) {
-    size_t tl = strlen(tok), i = 0;
-    while (i < len) {
-        size_t s, e;
-        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        s = i;
-        while (i < len && v[i] != ',')
-            i++;
-        e = i;
-        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-            e--;
-        if (e - s == tl && strncasecmp(v + s, tok, tl) == 0)
+int mg_ws_token_in(const char *v, size_t len, const char *tok) {
+    const char *el;
+    size_t i = 0, l, tl = strlen(tok);
+    while (mg_list_next(v, len, &i, &el, &l))
+        if (mg_name_eq(el, l, tok, tl))
             return 1;
-    }
     return 0;
 }
 
@@ -132,84 +124,33 @@ void mg_ws_negotiate_pmd(const char *v, size_t len, mg_ws_hs_t *hs) {
     }
 }
 
-/* Validates an upgrade request (RFC 6455 4.2.1). Returns 0, or the status
- * to refuse with (400, 403, 426) and *why. */
-int mg_ws_handshake_check(mg_req_t *r, mg_ws_hs_t *hs, const char **why) {
-    mg_ws_conf_t *wc = r->route->ws;
-    const char *v, *key;
-    size_t vl, kl;
+int mg_ws_key_ok(const char *key, size_t len) {
     unsigned char raw[32];
+    return key != NULL && len == 24 && EVP_DecodeBlock(raw, (const unsigned char *)key, 24) == 18 &&
+           key[22] == '=' && key[23] == '=';
+}
 
-    memset(hs, 0, sizeof(*hs));
-    if (r->method != HTTP_GET || r->http_minor < 1) {
-        *why = "websocket handshake needs GET and HTTP/1.1";
-        return 400;
+int mg_ws_origin_ok(const mg_ws_conf_t *wc, const char *v, size_t vl) {
+    int ok = 0;
+    for (int i = 0; v && i < wc->norigins; i++)
+        if (mg_name_eq(v, vl, wc->origins[i], strlen(wc->origins[i])))
+            ok = 1;
+    return ok;
+}
+
+void mg_ws_pick_protocol(const mg_ws_conf_t *wc, const char *v, size_t vl, mg_ws_hs_t *hs) {
+    size_t i = 0;
+    while (i < vl && !hs->protocol[0]) {
+        size_t s, e;
+        while (i < vl && (v[i] == ' ' || v[i] == ','))
+            i++;
+        s = i;
+        while (i < vl && v[i] != ',' && v[i] != ' ')
+            i++;
+        e = i;
+        for (int k = 0; k < wc->nprotocols; k++)
+            if (strlen(wc->protocols[k]) == e - s && strncmp(wc->protocols[k], v + s, e - s) == 0 &&
+                e - s < sizeof(hs->protocol))
+                memcpy(hs->protocol, v + s, e - s);
     }
-    v = mg_req_header(r, "upgrade", &vl);
-    if (v == NULL || !mg_token_in(v, vl, "websocket")) {
-        *why = "websocket handshake needs Upgrade: websocket";
-        return 400;
-    }
-    v = mg_req_header(r, "connection", &vl);
-    if (v == NULL || !mg_token_in(v, vl, "upgrade")) {
-        *why = "websocket handshake needs Connection: Upgrade";
-        return 400;
-    }
-    v = mg_req_header(r, "sec-websocket-version", &vl);
-    if (v == NULL || vl != 2 || memcmp(v, "13", 2) != 0) {
-        *why = "unsupported websocket version";
-        return 426;
-    }
-    key = mg_req_header(r, "sec-websocket-key", &kl);
-    if (mg_req_header_n(r, "sec-websocket-key", 1, &vl) != NULL) {
-        *why = "repeated Sec-WebSocket-Key";
-        return 400;
-    }
-    if (key == NULL || kl != 24 || EVP_DecodeBlock(raw, (const unsigned char *)key, 24) != 18 ||
-        key[22] != '=' || key[23] != '=') {
-        *why = "bad Sec-WebSocket-Key";
-        return 400;
-    }
-    if (r->clen > 0 || r->chunked) {
-        *why = "websocket handshake with a body";
-        return 400;
-    }
-    if (wc->norigins) {
-        int ok = 0;
-        v = mg_req_header(r, "origin", &vl);
-        for (int i = 0; v && i < wc->norigins; i++)
-            if (strlen(wc->origins[i]) == vl && strncasecmp(wc->origins[i], v, vl) == 0)
-                ok = 1;
-        if (!ok) {
-            *why = "origin not allowed";
-            return 403;
-        }
-    }
-    mg_ws_accept_for(key, kl, hs->accept);
-    /* repeated header lines form one list (RFC 6455 11.3.4); the
-     * client's order of preference wins among the route's protocols */
-    for (int line = 0; wc->nprotocols && !hs->protocol[0] &&
-                       (v = mg_req_header_n(r, "sec-websocket-protocol", line, &vl)) != NULL;
-         line++) {
-        size_t i = 0;
-        while (i < vl && !hs->protocol[0]) {
-            size_t s, e;
-            while (i < vl && (v[i] == ' ' || v[i] == ','))
-                i++;
-            s = i;
-            while (i < vl && v[i] != ',' && v[i] != ' ')
-                i++;
-            e = i;
-            for (int k = 0; k < wc->nprotocols; k++)
-                if (strlen(wc->protocols[k]) == e - s &&
-                    strncmp(wc->protocols[k], v + s, e - s) == 0 && e - s < sizeof(hs->protocol))
-                    memcpy(hs->protocol, v + s, e - s);
-        }
-    }
-    if (wc->deflate && wc->mode != MG_WS_TUNNEL)
-        for (int line = 0;
-             !hs->pmd && (v = mg_req_header_n(r, "sec-websocket-extensions", line, &vl)) != NULL;
-             line++)
-            mg_ws_negotiate_pmd(v, vl, hs);
-    return 0;
 }

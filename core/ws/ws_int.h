@@ -2,8 +2,8 @@
  * ws_int.h -- the inside of one WebSocket endpoint, shared by ws.c (reading,
  * lifecycle, heartbeats) and ws_send.c (writing): the socket struct and the
  * small helpers both use on every frame, inline because that path is hot.
- * Also the pure helpers of ws.c and ws_handshake.c that the C unit tests
- * (spec/c/) call. Nothing else in core/ includes this but ws_handshake.c.
+ * Also the pure helper of ws.c that the C unit tests (spec/c/) call
+ * (mg_ws_utf8_run). Only ws/ and spec/c/ include this.
  */
 #ifndef MG_WS_INT_H
 #define MG_WS_INT_H
@@ -15,7 +15,7 @@
 struct mg_ws_s {
     /* what every frame reads, together in the first cache lines (the
      * kernel's share of a small message evicts most of ours) */
-    int fd;
+    mg_io_t io;    /* the connection (net/io.h), owned */
     int client;    /* we are the client side (relay to upstream) */
     int closing;   /* close queued by us */
     int fail_code; /* protocol failure to report */
@@ -74,15 +74,10 @@ struct mg_ws_s {
  * of a message); returns the state after them: 0 = between characters,
  * MG_UTF8_REJECT = invalid (stays so), anything else = a character cut. */
 #define MG_UTF8_REJECT 12u
-uint32_t mg_utf8_run(uint32_t st, const uint8_t *s, size_t len);
+uint32_t mg_ws_utf8_run(uint32_t st, const uint8_t *s, size_t len);
 int mg_ws_wake(mg_ws_t *ws);    /* makes the wslay context if parked; -1 if out of memory */
 void mg_ws_arm(mg_ws_t *ws);    /* (re)arms the heartbeat / close timer */
 void mg_ws_finish(mg_ws_t *ws); /* tells the owner once, frees at the next loop turn */
-
-/* ws_handshake.c: picks the first permessage-deflate offer in a
- * Sec-WebSocket-Extensions value (len bytes) we can honour; sets hs->pmd
- * (window bits), hs->pmd_client_nct and hs->pmd_resp, or leaves hs->pmd 0. */
-void mg_ws_negotiate_pmd(const char *v, size_t len, mg_ws_hs_t *hs);
 
 /* ws_send.c */
 void mg_ws_flush(mg_ws_t *ws);

@@ -22,7 +22,7 @@
 /* Writes what is held in ws->wbuf; MG_OK when it is empty. */
 static int mg_ws_wflush(mg_ws_t *ws) {
     while (mg_ws_wlen(ws)) {
-        int n = evbuffer_write(ws->wbuf, ws->fd);
+        int n = mg_io_write_evbuffer(&ws->io, ws->wbuf);
         if (n < 0)
             return (errno == EAGAIN || errno == EINTR) ? MG_AGAIN : MG_ERR;
     }
@@ -31,7 +31,7 @@ static int mg_ws_wflush(mg_ws_t *ws) {
 
 /* wslay hands a frame's head and payload over in separate calls (the head
  * with WSLAY_MSG_MORE): hold the head (at most 14 bytes) and send both with
- * one sendmsg. What the socket does not take waits in wbuf: wslay never
+ * one writev. What the socket does not take waits in wbuf: wslay never
  * sees a frame half sent, so wbuf only ever ends at a frame's end and a
  * message may be added to it at any time. */
 ssize_t mg_ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
@@ -52,10 +52,9 @@ ssize_t mg_ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t l
     }
     if (ws->hold_len) {
         struct iovec iov[2] = {{ws->hold, (size_t)ws->hold_len}, {(void *)data, len}};
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
         size_t h = (size_t)ws->hold_len;
         ws->hold_len = 0;
-        n = sendmsg(ws->fd, &mh, MSG_NOSIGNAL); /* the socket path: cheaper than writev */
+        n = mg_io_writev(&ws->io, iov, 2);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
             rc = MG_ERR;
             goto fail;
@@ -72,7 +71,7 @@ ssize_t mg_ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t l
             mg_ws_tail(ws, data + n, len - n);
         return len;
     }
-    n = send(ws->fd, data, len, MSG_NOSIGNAL);
+    n = mg_io_write(&ws->io, data, len);
     if (n < 0 && errno != EAGAIN && errno != EINTR) {
         rc = MG_ERR;
         goto fail;
@@ -179,7 +178,7 @@ static int mg_ws_deflate(mg_ws_t *ws, const char *data, size_t len, struct evbuf
 
 /* Frames a message (RSV1 when `rsv1`: deflated) and sends it straight to
  * the socket when nothing waits before it and we are not inside wslay's
- * callbacks: head and payload in one sendmsg, without a copy. Otherwise,
+ * callbacks: head and payload in one writev, without a copy. Otherwise,
  * and for what the socket does not take, it waits in wbuf. */
 static int mg_ws_frame_out(mg_ws_t *ws, int opcode, int rsv1, const char *data, size_t len) {
     uint8_t fb[14 + 2048]; /* head + a small payload, sent in one piece */
@@ -214,7 +213,7 @@ static int mg_ws_frame_out(mg_ws_t *ws, int opcode, int rsv1, const char *data, 
             mg_ws_mask(fb + hl, (const uint8_t *)data, len, key);
         else if (len)
             memcpy(fb + hl, data, len);
-        if (now && (n = send(ws->fd, fb, total, MSG_NOSIGNAL)) < 0)
+        if (now && (n = mg_io_write(&ws->io, fb, total)) < 0)
             goto sent;
         if ((size_t)n < total)
             mg_ws_tail(ws, fb + n, total - n);
@@ -232,8 +231,7 @@ static int mg_ws_frame_out(mg_ws_t *ws, int opcode, int rsv1, const char *data, 
     } else { /* big: head and payload as two pieces */
         if (now) {
             struct iovec iov[2] = {{fb, hl}, {(void *)data, len}};
-            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
-            if ((n = sendmsg(ws->fd, &mh, MSG_NOSIGNAL)) < 0)
+            if ((n = mg_io_writev(&ws->io, iov, 2)) < 0)
                 goto sent;
         }
         if ((size_t)n < hl) {

@@ -168,6 +168,13 @@ describe("proxy", function()
         assert.equal(200, st)
     end)
 
+    it("reads several Transfer-Encoding lines of a response as one list: gzip then chunked is 502", function()
+        local st, _, body = helpers.http(mg.port, "GET",
+            "/headers?set=Transfer-Encoding:gzip&set=Transfer-Encoding:chunked")
+        assert.equal(502, st)
+        assert.matches("bad response from upstream", body, 1, true)
+    end)
+
     it("adds X-Forwarded-For/Proto/Host and X-Request-Id", function()
         local st, j = echo("GET", "/xf", { headers = { "Host: front.example" } })
         assert.equal(200, st)

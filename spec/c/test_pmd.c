@@ -1,8 +1,9 @@
 /*
  * test_pmd.c -- permessage-deflate negotiation (RFC 7692) in
- * core/ws_handshake.c (mg_ws_negotiate_pmd): which offer is taken, the
+ * core/ws/ws_handshake.c (mg_ws_negotiate_pmd): which offer is taken, the
  * window bits, the context-takeover flags, the answer line, and the
- * offers that are declined.
+ * offers that are declined; and the token lists the handshake checks
+ * (mg_ws_token_in, over base/'s mg_list_next).
  */
 #include "ct.h"
 #include "ws/ws_int.h"
@@ -128,6 +129,20 @@ static void bounded(void) {
     CHECK_INT(hs.pmd_client_nct, 0);
 }
 
+/* Upgrade and Connection values: a token among comma-separated ones,
+ * without case, white space around it and empty elements ignored; a
+ * token's length is given (no NUL needed) and a longer name is another. */
+static void tokens(void) {
+    static const char cut[] = "upgrade-not";
+    CHECK(mg_ws_token_in("keep-alive, Upgrade", 19, "upgrade"));
+    CHECK(mg_ws_token_in(" , ,\twebsocket\t, ", 17, "websocket"));
+    CHECK(!mg_ws_token_in("websockets", 10, "websocket"));
+    CHECK(!mg_ws_token_in("web socket", 10, "websocket"));
+    CHECK(!mg_ws_token_in("", 0, "upgrade"));
+    CHECK(mg_ws_token_in(cut, 7, "upgrade"));
+    CHECK(!mg_ws_token_in(cut, 6, "upgrade"));
+}
+
 int main(void) {
     CT_RUN(plain_offer);
     CT_RUN(client_max_window_bits);
@@ -136,5 +151,6 @@ int main(void) {
     CT_RUN(bad_params);
     CT_RUN(offers_in_order);
     CT_RUN(bounded);
+    CT_RUN(tokens);
     return ct_end();
 }

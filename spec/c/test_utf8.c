@@ -1,6 +1,6 @@
 /*
  * test_utf8.c -- the incremental UTF-8 validator of core/ws.c
- * (mg_utf8_run): valid text, overlongs, surrogates, truncated and split
+ * (mg_ws_utf8_run): valid text, overlongs, surrogates, truncated and split
  * characters, code points above U+10FFFF, and the 8/16-byte ASCII runs.
  */
 #include "ct.h"
@@ -9,14 +9,14 @@
 #include <stdlib.h>
 
 /* the state after the whole string, from 0 */
-static uint32_t run(const char *s, size_t n) { return mg_utf8_run(0, (const uint8_t *)s, n); }
+static uint32_t run(const char *s, size_t n) { return mg_ws_utf8_run(0, (const uint8_t *)s, n); }
 #define RUN(lit) run(lit, sizeof(lit) - 1)
 
 /* the state after feeding s one byte at a time */
 static uint32_t run_bytes(const char *s, size_t n) {
     uint32_t st = 0;
     for (size_t i = 0; i < n && st != MG_UTF8_REJECT; i++)
-        st = mg_utf8_run(st, (const uint8_t *)s + i, 1);
+        st = mg_ws_utf8_run(st, (const uint8_t *)s + i, 1);
     return st;
 }
 
@@ -46,7 +46,7 @@ static void overlong(void) {
     CHECK_INT(RUN("\xF8\x88\x80\x80\x80"), MG_UTF8_REJECT);
     CHECK_INT(RUN("\xFC\x84\x80\x80\x80\x80"), MG_UTF8_REJECT);
     /* rejected at the first byte that makes it so, also byte by byte */
-    CHECK_INT(mg_utf8_run(0, (const uint8_t *)"\xC0", 1), MG_UTF8_REJECT);
+    CHECK_INT(mg_ws_utf8_run(0, (const uint8_t *)"\xC0", 1), MG_UTF8_REJECT);
     CHECK_INT(run_bytes("\xE0\x80\xAF", 3), MG_UTF8_REJECT);
 }
 
@@ -64,20 +64,20 @@ static void truncated(void) {
      * is due, and the next fragment may finish it */
     uint32_t st = RUN("ab\xE2\x82");
     CHECK(st != 0 && st != MG_UTF8_REJECT);
-    CHECK_INT(mg_utf8_run(st, (const uint8_t *)"\xAC", 1), 0);
-    CHECK_INT(mg_utf8_run(st, (const uint8_t *)"x", 1), MG_UTF8_REJECT);
+    CHECK_INT(mg_ws_utf8_run(st, (const uint8_t *)"\xAC", 1), 0);
+    CHECK_INT(mg_ws_utf8_run(st, (const uint8_t *)"x", 1), MG_UTF8_REJECT);
     st = RUN("\xF0\x9F");
     CHECK(st != 0 && st != MG_UTF8_REJECT);
-    st = mg_utf8_run(st, (const uint8_t *)"\x98", 1);
+    st = mg_ws_utf8_run(st, (const uint8_t *)"\x98", 1);
     CHECK(st != 0 && st != MG_UTF8_REJECT);
-    CHECK_INT(mg_utf8_run(st, (const uint8_t *)"\x80zz", 3), 0);
+    CHECK_INT(mg_ws_utf8_run(st, (const uint8_t *)"\x80zz", 3), 0);
     st = RUN("\xC3");
     CHECK(st != 0 && st != MG_UTF8_REJECT);
     /* a split character's range is kept across calls: E0 then 80 is overlong */
     st = RUN("\xE0");
-    CHECK_INT(mg_utf8_run(st, (const uint8_t *)"\x80\x80", 2), MG_UTF8_REJECT);
+    CHECK_INT(mg_ws_utf8_run(st, (const uint8_t *)"\x80\x80", 2), MG_UTF8_REJECT);
     st = RUN("\xED");
-    CHECK_INT(mg_utf8_run(st, (const uint8_t *)"\xA0\x80", 2), MG_UTF8_REJECT);
+    CHECK_INT(mg_ws_utf8_run(st, (const uint8_t *)"\xA0\x80", 2), MG_UTF8_REJECT);
     /* a lone continuation byte, and a lead byte followed by ASCII */
     CHECK_INT(RUN("\x80"), MG_UTF8_REJECT);
     CHECK_INT(RUN("a\xBF"), MG_UTF8_REJECT);
@@ -142,7 +142,7 @@ static void reject_sticks(void) {
     CHECK_INT(RUN("abc\xC0\x80"
                   "def"),
               MG_UTF8_REJECT);
-    CHECK_INT(mg_utf8_run(0, (const uint8_t *)"ok", 2), 0);
+    CHECK_INT(mg_ws_utf8_run(0, (const uint8_t *)"ok", 2), 0);
 }
 
 int main(void) {
