@@ -1,7 +1,7 @@
 /*
  * fwd.c -- the forwarding headers, for every request moongate sends on to
  * an upstream: the proxy's request head (proxy.c) and the WebSocket
- * upgrade of the tunnel and the relay (ws_http.c). One place decides what
+ * upgrade of the tunnel and the relay (gateway/upgrade.c). One place decides what
  * of the client's head goes on and what moongate adds:
  *   - dropped: the hop-by-hop headers and the names the client's
  *     Connection header lists (RFC 9110 7.6.1), the headers a script

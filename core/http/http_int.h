@@ -48,7 +48,7 @@ typedef struct {
     int eof;                /* client half-closed */
     int err_status;         /* status to answer when the parser stops on error */
     int upgrade;            /* parser paused for an upgrade: close after response */
-    int handoff;            /* WebSocket: the socket goes to ws_http.c */
+    int handoff;            /* WebSocket: the transport goes to the upgrade hook */
     const char *exec_start; /* input being parsed, to spot obs-fold */
     int scan_done;          /* the request head was checked for bare LF */
     int scan_nl;            /* CRLFs in a row */

@@ -32,7 +32,7 @@ local tbl_sort = table.sort
 
 local _M = {}
 
--- Limits imposed by the C side (core/mg.h): durations become int
+-- Limits imposed by the C side (core/conf/conf.h): durations become int
 -- milliseconds, counts are ints, names and hosts live in char[64].
 _M.MAX_SECONDS = 2147482
 -- Byte counts (websocket.max_message, send_buffer) are uint64/size_t in C;

@@ -1,6 +1,6 @@
 -- moongate.loader: reads conf/moongate.lua and scripts/routes.lua, checks
 -- them against docs/configuration.md and returns one normalized
--- "generation" table that core/gen.c copies into C structs.
+-- "generation" table that core/app/load.c copies into C structs.
 --
 -- Pure Lua, no moongate APIs: `moongate -t`, the SIGHUP reload path and the
 -- unit specs all run exactly this code. The conf is described by the
@@ -66,7 +66,7 @@ local _M = { _VERSION = "0.1.0" }
 
 -- Defaults, as documented in docs/configuration.md, live in the schemas
 -- below. Durations in seconds, sizes in bytes.
-local MAX_WORKERS = 1024 -- core/mg.h
+local MAX_WORKERS = 1024 -- a sanity bound (the master keeps one slot per worker)
 
 
 ---------------------------------------------------------------------------
@@ -611,7 +611,7 @@ local function load_generation(conf_path, opts)
   for _, srv in ipairs(servers) do strip(srv.routes) end
 
   -- the directories whose .lua files are all part of the generation
-  -- (core/snap.c): lua_path and the plugin directories, as spelled in
+  -- (core/app/snap.c): lua_path and the plugin directories, as spelled in
   -- package.path and by the plugin finder
   local snap_dirs, seen = {}, {}
   local function snap_dir(d)

@@ -1,5 +1,5 @@
 /*
- * test_head.c -- the request-head checks of core/http_parse.c that llhttp
+ * test_head.c -- the request-head checks of core/http/http_parse.c that llhttp
  * leaves to us: mg_http_host_valid, mg_http_te_check, and
  * mg_http_check_head on heads laid out as the parser callbacks lay them
  * (url, then names and values, in one buffer): Host, header values,

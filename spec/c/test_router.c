@@ -1,5 +1,5 @@
 /*
- * test_router.c -- mg_route_match (core/router.c) on tables compiled with
+ * test_router.c -- mg_route_match (core/conf/router.c) on tables compiled with
  * the real mg_route_compile: literals, {params}, prefixes on whole
  * segments, first match wins (the loader sorts by priority), methods,
  * hosts, servers; and mg_route_strip_len.

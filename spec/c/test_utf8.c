@@ -1,5 +1,5 @@
 /*
- * test_utf8.c -- the incremental UTF-8 validator of core/ws.c
+ * test_utf8.c -- the incremental UTF-8 validator of core/ws/ws.c
  * (mg_ws_utf8_run): valid text, overlongs, surrogates, truncated and split
  * characters, code points above U+10FFFF, and the 8/16-byte ASCII runs.
  */
