@@ -68,6 +68,20 @@ static inline void mg_io_close(mg_io_t *io) {
         io->ops->close(io);
 }
 
+/* TLS (tls.c) on fd with an SSL_CTX (passed as void *, so that io.h
+ * needs no OpenSSL header); the handshake happens in the first reads and
+ * writes, or in mg_io_handshake. Client side: sni (may be NULL) and a
+ * session to resume (an SSL_SESSION, or NULL). MG_OK or MG_ERR (fd is
+ * then still the caller's). */
+int mg_io_tls_server(mg_io_t *io, int fd, void *sslctx);
+int mg_io_tls_client(mg_io_t *io, int fd, void *sslctx, const char *sni, void *session);
+/* Drives the handshake on: MG_OK (done, or not TLS), MG_AGAIN (see
+ * io->want), MG_ERR (failed: close). */
+int mg_io_handshake(mg_io_t *io);
+/* "TLSv1.3", "TLS_AES_128_GCM_SHA256"...; NULL on plain TCP. */
+const char *mg_io_tls_version(mg_io_t *io);
+const char *mg_io_tls_cipher(mg_io_t *io);
+
 /* Hands a connection over (an HTTP session to a WebSocket or a tunnel, an
  * upstream exchange to a relay): dst takes the transport as it is, src is
  * left empty (closing it does nothing). */
