@@ -55,6 +55,8 @@ return {
   upstreams = {
     -- the Runtime backend (the demo Runtime above by default); point it
     -- elsewhere with MOONGATE_UPSTREAM_RUNTIME=http://runtime:9001
+    -- (https://runtime:9443 talks TLS, verified against the system store or
+    -- `tls = { ca = "conf/ca.pem" }`; docs/configuration.md, "Upstreams over TLS")
     runtime = {
       servers = { "http://127.0.0.1:9001" },
       keepalive = 64,

@@ -16,6 +16,12 @@
 mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen);
 const char *mg_load_lib_dir(void);
 
+/* ---- uptls.c: the TLS contexts of https:// and wss:// upstreams ---- */
+/* From the loaded conf at `conf` (its upstreams, in g->upstreams' order);
+ * MG_ERR with "file: reason" in err. */
+int mg_load_uptls(mg_gen_t *g, lua_State *L, int conf, char *err, size_t errlen);
+void mg_load_uptls_free(mg_gen_t *g); /* the generation's destructor */
+
 /* ---- snap.c: the files a generation loads, read once ---- */
 void mg_load_snap_install(lua_State *L); /* file readers go through an empty snapshot */
 int mg_load_snap_import(lua_State *L, int fd, char *err, size_t errlen); /* snapshot from memfd */

@@ -23,6 +23,7 @@ static void mg_load_dtor(mg_gen_t *g) {
     mg_lua_co_pool_free(g);
     if (g->L)
         lua_close(g->L);
+    mg_load_uptls_free(g);
 }
 
 const char *mg_load_lib_dir(void) {
@@ -192,12 +193,15 @@ static int mg_load_read_conf(mg_gen_t *g, lua_State *L, int conf) {
         u->peers = calloc(ns ? ns : 1, sizeof(mg_peer_t *));
         for (k = 1; k <= ns; k++) {
             char *h;
-            int port;
+            int port, tls;
             lua_rawgeti(L, -1, k);
             h = mg_load_field_str(L, lua_gettop(L), "host");
             port = mg_load_field_int(L, lua_gettop(L), "port", 0);
+            lua_getfield(L, -1, "tls");
+            tls = lua_toboolean(L, -1);
+            lua_pop(L, 1);
             if (h)
-                u->peers[u->npeers++] = mg_up_peer_get(h, port);
+                u->peers[u->npeers++] = mg_up_peer_get(h, port, tls);
             free(h);
             lua_pop(L, 1);
         }
@@ -476,6 +480,8 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    if (mg_load_uptls(g, L, lua_gettop(L), err, errlen) != MG_OK)
+        goto fail;
     lua_pop(L, 1);
     lua_getfield(L, genidx, "routes");
     if (!lua_istable(L, -1)) {

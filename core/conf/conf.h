@@ -25,6 +25,15 @@ typedef struct {
     int body_timeout;     /* ms, the longest gap in body progress, either way */
     int max_fails;
     int fail_timeout; /* ms */
+    /* https:// and wss:// servers (app/uptls.c): the SSL_CTX (a reference
+     * the generation holds), the SNI and verified name (NULL: each server's
+     * host), tls.verify = false, and per server (as peers) a session to
+     * resume (SSL_SESSION) or NULL; tls_sess NULL: none are kept */
+    void *tls;
+    char *tls_name;
+    int tls_noverify;
+    int tls_warned; /* this worker warned that verification is off */
+    void **tls_sess;
 } mg_upstream_t;
 
 typedef struct {

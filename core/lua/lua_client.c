@@ -265,18 +265,27 @@ static int mg_lua_core_http_close(lua_State *L) {
     return 0;
 }
 
-/* url= calls: the coroutine's own one-server upstream for "http://host[:port]",
- * with the defaults of an upstream in the conf (moongate.loader). Raises
- * on a bad url. */
+/* url= calls: the coroutine's own one-server upstream for "http://host[:port]"
+ * or "https://host[:port]", with the defaults of an upstream in the conf
+ * (moongate.loader). https verifies the server against the system's CA
+ * store (net/tls.c's default context; SSL_CERT_FILE replaces the store) and
+ * the URL's host; an upstream named in the conf brings its own `tls`.
+ * Raises on a bad url. */
 static mg_upstream_t *mg_lua_http_url_upstream(lua_State *L, mg_co_t *co, const char *url) {
     char host[64];
-    int port = 80;
-    if (sscanf(url, "http://%63[^:/]:%d", host, &port) < 1)
+    int port, tls = strncmp(url, "https://", 8) == 0, n;
+    void *ctx = NULL;
+    port = tls ? 443 : 80;
+    n = tls ? sscanf(url, "https://%63[^:/]:%d", host, &port)
+            : sscanf(url, "http://%63[^:/]:%d", host, &port);
+    if (n < 1)
         luaL_error(L, "moongate.http.request: bad url '%s'", url);
+    if (tls && (ctx = mg_io_tls_client_default()) == NULL)
+        luaL_error(L, "moongate.http.request: no TLS client context");
     free(co->tmp_up.peers);
     memset(&co->tmp_up, 0, sizeof(co->tmp_up));
     co->tmp_up.peers = calloc(1, sizeof(mg_peer_t *));
-    co->tmp_up.peers[0] = mg_up_peer_get(host, port);
+    co->tmp_up.peers[0] = mg_up_peer_get(host, port, tls);
     co->tmp_up.npeers = co->tmp_up.peers[0] ? 1 : 0;
     snprintf(co->tmp_up.name, sizeof(co->tmp_up.name), "%.40s:%d", host, port);
     co->tmp_up.keepalive = 16;
@@ -284,6 +293,7 @@ static mg_upstream_t *mg_lua_http_url_upstream(lua_State *L, mg_co_t *co, const 
     co->tmp_up.response_timeout = 60000;
     co->tmp_up.body_timeout = 60000;
     co->tmp_up.max_fails = 0;
+    co->tmp_up.tls = ctx; /* the process's: not the coroutine's to free */
     return &co->tmp_up;
 }
 

@@ -82,6 +82,22 @@ int mg_io_handshake(mg_io_t *io);
 const char *mg_io_tls_version(mg_io_t *io);
 const char *mg_io_tls_cipher(mg_io_t *io);
 
+/* Upstream side (client). Why the last call on io failed (the
+ * certificate verification's reason when that failed, e.g. "certificate
+ * has expired", else OpenSSL's); the session to resume the next
+ * connection with (a reference, or NULL if the server gave none that can
+ * be resumed) and freeing one; whether the handshake resumed one. */
+const char *mg_io_tls_error(mg_io_t *io);
+void *mg_io_tls_session(mg_io_t *io);
+void mg_io_tls_session_free(void *session);
+int mg_io_tls_resumed(mg_io_t *io);
+/* A new client SSL_CTX: TLS 1.2 and 1.3, ALPN http/1.1, peer verification
+ * on or off, no trusted CAs yet (the caller adds them). The shared one
+ * with the system's CA store (SSL_CERT_FILE or OpenSSL's default bundle,
+ * read at the first call), never freed; NULL if it cannot be made. */
+void *mg_io_tls_client_ctx_new(int verify);
+void *mg_io_tls_client_default(void);
+
 /* Hands a connection over (an HTTP session to a WebSocket or a tunnel, an
  * upstream exchange to a relay): dst takes the transport as it is, src is
  * left empty (closing it does nothing). */

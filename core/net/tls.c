@@ -19,12 +19,18 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 /* How many bytes of small iovecs are gathered into one SSL_write: a
  * full TLS record's worth. */
 #define MG_TLS_GATHER 16384
+
+/* The OpenSSL error of the last failed call (its queue is cleared at
+ * once), for mg_io_tls_error. One per process: read right after the call. */
+static unsigned long mg_tls_last_err;
 
 /* The outcome of an SSL call as a system call's: -1 with errno, and
  * io->want set on EAGAIN. A clean or unclean end of the stream reads as 0
@@ -43,11 +49,13 @@ static ssize_t mg_tls_fail(mg_io_t *io, int rc) {
         return -1;
     case SSL_ERROR_ZERO_RETURN: return 0;
     case SSL_ERROR_SYSCALL:
+        mg_tls_last_err = ERR_peek_last_error();
         ERR_clear_error();
         if (errno == 0)
             errno = ECONNRESET;
         return -1;
     default: /* SSL_ERROR_SSL: a protocol error (bad ClientHello, bad record) */
+        mg_tls_last_err = ERR_peek_last_error();
         ERR_clear_error();
         errno = EPROTO;
         return -1;
@@ -194,14 +202,32 @@ int mg_io_tls_server(mg_io_t *io, int fd, void *sslctx) {
     return MG_OK;
 }
 
+/* The client side: sni is also the name the certificate must match when
+ * the context verifies the peer (SSL_VERIFY_PEER). An IP address is not
+ * sent as SNI (RFC 6066 3) and is matched against the certificate's IP
+ * addresses. */
 int mg_io_tls_client(mg_io_t *io, int fd, void *sslctx, const char *sni, void *session) {
     SSL *ssl;
+    unsigned char ip[16];
+    int is_ip;
     if (mg_tls_new(io, fd, sslctx) != MG_OK)
         return MG_ERR;
     ssl = io->ctx;
-    if (sni && *sni && SSL_set_tlsext_host_name(ssl, sni) != 1) {
+    is_ip = sni && (inet_pton(AF_INET, sni, ip) == 1 || inet_pton(AF_INET6, sni, ip) == 1);
+    if (sni && *sni && !is_ip && SSL_set_tlsext_host_name(ssl, sni) != 1) {
+        io->fd = -1; /* still the caller's */
         mg_tls_close(io);
         return MG_ERR;
+    }
+    if (sni && *sni && (SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER)) {
+        X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
+        X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if ((is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, sni) : SSL_set1_host(ssl, sni)) != 1) {
+            ERR_clear_error();
+            io->fd = -1;
+            mg_tls_close(io);
+            return MG_ERR;
+        }
     }
     if (session)
         SSL_set_session(ssl, session);
@@ -228,4 +254,77 @@ const char *mg_io_tls_version(mg_io_t *io) { return io->tls ? SSL_get_version(io
 
 const char *mg_io_tls_cipher(mg_io_t *io) {
     return io->tls ? SSL_get_cipher_name((SSL *)io->ctx) : NULL;
+}
+
+const char *mg_io_tls_error(mg_io_t *io) {
+    const char *why;
+    if (!io->tls || io->ctx == NULL)
+        return "not TLS";
+    if (SSL_get_verify_mode(io->ctx) & SSL_VERIFY_PEER) {
+        long v = SSL_get_verify_result(io->ctx);
+        if (v != X509_V_OK)
+            return X509_verify_cert_error_string(v);
+    }
+    why = mg_tls_last_err ? ERR_reason_error_string(mg_tls_last_err) : NULL;
+    return why ? why : errno ? strerror(errno) : "handshake failed";
+}
+
+/* A copy: freeing an SSL that was not shut down (our close is quiet)
+ * marks its own session as not resumable. */
+void *mg_io_tls_session(mg_io_t *io) {
+    SSL_SESSION *s, *c = NULL;
+    if (!io->tls || io->ctx == NULL)
+        return NULL;
+    s = SSL_get0_session(io->ctx);
+    if (s && SSL_SESSION_is_resumable(s))
+        c = SSL_SESSION_dup(s);
+    ERR_clear_error();
+    return c;
+}
+
+void mg_io_tls_session_free(void *session) { SSL_SESSION_free(session); }
+
+int mg_io_tls_resumed(mg_io_t *io) { return io->tls && io->ctx && SSL_session_reused(io->ctx); }
+
+/* ---- client contexts ---- */
+
+static const unsigned char mg_tls_alpn_http1[] = "\x08http/1.1";
+
+void *mg_io_tls_client_ctx_new(int verify) {
+    SSL_CTX *c = SSL_CTX_new(TLS_client_method());
+    if (c == NULL) {
+        ERR_clear_error();
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+    SSL_CTX_set_options(c, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION |
+                               SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_verify(c, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    /* sessions are kept by their users (one per upstream server), not in
+     * the context's cache */
+    SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_alpn_protos(c, mg_tls_alpn_http1, sizeof(mg_tls_alpn_http1) - 1);
+    return c;
+}
+
+/* The system's store: the bundle file (SSL_CERT_FILE, else OpenSSL's
+ * default file), read whole now, so that no verification reads the disk
+ * later; OpenSSL's default directory only if there is no such file. */
+void *mg_io_tls_client_default(void) {
+    static SSL_CTX *dflt;
+    const char *file;
+    if (dflt)
+        return dflt;
+    dflt = mg_io_tls_client_ctx_new(1);
+    if (dflt == NULL)
+        return NULL;
+    file = getenv(X509_get_default_cert_file_env());
+    if (file == NULL || *file == '\0')
+        file = X509_get_default_cert_file();
+    if (access(file, R_OK) != 0 || SSL_CTX_load_verify_file(dflt, file) != 1) {
+        ERR_clear_error();
+        if (SSL_CTX_set_default_verify_paths(dflt) != 1)
+            ERR_clear_error();
+    }
+    return dflt;
 }

@@ -26,6 +26,18 @@
  * the write event goes). EV_CLOSED (EPOLLRDHUP) tells at once that a FIN
  * came with a response that completed in one read: that connection is not
  * pooled; a FIN that comes later wakes the pooled connection's read event.
+ *
+ * TLS (https:// and wss:// servers, up->tls set): once the TCP connect
+ * completes, the handshake runs non-blocking, still under connect_timeout
+ * (the connection counts as connecting until it is done); a failure, a
+ * certificate that does not verify included, is a connect failure (next
+ * server, then 502) with a log line naming the upstream, the server and
+ * OpenSSL's reason. A peer (host, port, TLS or not) pools TLS connections
+ * like plain ones, and each is reused only with the context it was made
+ * with (a reload with new certificates makes new connections; the old ones
+ * idle out). The first
+ * completed exchange on a connection keeps its session in the upstream,
+ * per server, so that the next new connection resumes it.
  */
 #include "upstream/upstream.h"
 
@@ -46,6 +58,7 @@ typedef struct mg_uconn_s mg_uconn_t;
 struct mg_peer_s {
     char host[64];
     int port;
+    int tls; /* part of the key: https:// and http:// pools apart */
     struct sockaddr_storage addr;
     socklen_t alen;
     int resolved;
@@ -66,6 +79,9 @@ struct mg_uconn_s {
     int wr_on;
     int rd_off;
     int peer_closed; /* EV_CLOSED seen: the upstream sent its FIN */
+    int hs;          /* connecting: the TCP connect is done, the TLS handshake runs */
+    int sess_kept;   /* its TLS session was kept for resumption */
+    void *sslctx;    /* TLS: the context it was made with (reused only with it) */
 };
 
 /* which timer is armed (mg_ux_timer) */
@@ -87,6 +103,7 @@ struct mg_ux_s {
     int drain_wait;      /* more than MG_HIGH_WATER was pending: on_drain is owed */
     const char *bad_msg; /* why the response was refused, for the 502 */
     int tries;           /* servers tried */
+    int pidx;            /* index of the server in up->peers */
     int reused;          /* the connection came from the pool */
     int body_sent;       /* body bytes were queued */
     int req_done;
@@ -144,19 +161,21 @@ static llhttp_settings_t mg_ux_settings = {
 
 /* ---- peers ---- */
 
-mg_peer_t *mg_up_peer_get(const char *host, int port) {
+mg_peer_t *mg_up_peer_get(const char *host, int port, int tls) {
     mg_peer_t *p;
     struct addrinfo hints, *res = NULL;
     char ports[16];
 
+    tls = tls != 0;
     for (p = mg_peers; p; p = p->next)
-        if (p->port == port && strcmp(p->host, host) == 0)
+        if (p->port == port && p->tls == tls && strcmp(p->host, host) == 0)
             return p;
     p = calloc(1, sizeof(*p));
     if (p == NULL)
         return NULL;
     snprintf(p->host, sizeof(p->host), "%s", host);
     p->port = port;
+    p->tls = tls;
     memset(&hints, 0, sizeof(hints));
     hints.ai_socktype = SOCK_STREAM;
     snprintf(ports, sizeof(ports), "%d", port);
@@ -178,17 +197,20 @@ void mg_up_peer_str(mg_peer_t *p, char *buf, size_t len) {
     snprintf(buf, len, "%s:%d", p->host, p->port);
 }
 
-static mg_peer_t *mg_up_peer_pick(mg_upstream_t *up) {
+static mg_peer_t *mg_up_peer_pick(mg_upstream_t *up, int *idx) {
     double now = mg_now();
     int i;
     for (i = 0; i < up->npeers; i++) {
-        mg_peer_t *p = up->peers[up->rr++ % up->npeers];
-        if (p->down_until <= now)
-            return p;
+        *idx = (int)(up->rr++ % (unsigned)up->npeers);
+        if (up->peers[*idx]->down_until <= now)
+            return up->peers[*idx];
     }
     /* every server is marked down: try the next one anyway rather than
      * refusing everything until the marks expire */
-    return up->npeers ? up->peers[up->rr++ % up->npeers] : NULL;
+    if (up->npeers == 0)
+        return NULL;
+    *idx = (int)(up->rr++ % (unsigned)up->npeers);
+    return up->peers[*idx];
 }
 
 static void mg_up_peer_failed(mg_upstream_t *up, mg_peer_t *p) {
@@ -220,6 +242,22 @@ static void mg_uconn_pool_drop(mg_uconn_t *uc) {
             break;
         }
     mg_uconn_close(uc);
+}
+
+/* The most recently pooled connection made with TLS context ctx (NULL:
+ * plain), taken from the pool; NULL if none. Plain peers and TLS peers of
+ * one context take the first; upstreams with other TLS settings for the
+ * same server (or another generation's) leave each other's alone. */
+static mg_uconn_t *mg_uconn_pool_take(mg_peer_t *p, void *ctx) {
+    mg_uconn_t **pp, *uc;
+    for (pp = &p->idle; *pp; pp = &(*pp)->next)
+        if ((*pp)->sslctx == ctx) {
+            uc = *pp;
+            *pp = uc->next;
+            p->nidle--;
+            return uc;
+        }
+    return NULL;
 }
 
 /* The read event stays registered while a connection sits in the pool (no
@@ -262,26 +300,58 @@ static void mg_ux_arm(mg_ux_t *ux, int ms) {
     }
 }
 
+/* The TLS transport of a new connection to the exchange's server: SNI and
+ * the verified name are the configured name, else the server's host; the
+ * session kept from an earlier connection is offered. */
+static int mg_uconn_tls(mg_ux_t *ux, mg_uconn_t *uc, int fd) {
+    mg_upstream_t *up = ux->up;
+    mg_peer_t *p = up->peers[ux->pidx];
+    void *sess = up->tls_sess ? up->tls_sess[ux->pidx] : NULL;
+    if (up->tls_noverify && !up->tls_warned) {
+        up->tls_warned = 1;
+        mg_warn("upstream %s: TLS certificate verification is off (tls.verify = false): "
+                "its servers are not authenticated",
+                up->name);
+    }
+    uc->sslctx = up->tls;
+    return mg_io_tls_client(&uc->io, fd, up->tls, up->tls_name ? up->tls_name : p->host, sess);
+}
+
+/* Keeps the connection's TLS session (once per connection) for the next
+ * new connection to the same server. */
+static void mg_uconn_keep_session(mg_ux_t *ux, mg_uconn_t *uc) {
+    mg_upstream_t *up = ux->up;
+    void *s;
+    if (uc->sess_kept || up->tls_sess == NULL || ux->pidx >= up->npeers ||
+        up->peers[ux->pidx] != uc->peer)
+        return;
+    uc->sess_kept = 1;
+    s = mg_io_tls_session(&uc->io);
+    if (s == NULL)
+        return;
+    if (up->tls_sess[ux->pidx])
+        mg_io_tls_session_free(up->tls_sess[ux->pidx]);
+    up->tls_sess[ux->pidx] = s;
+}
+
 static void mg_ux_connect(mg_ux_t *ux) {
     mg_peer_t *p;
     mg_uconn_t *uc;
-    int fd, one = 1;
+    int fd, one = 1, tls_rc = MG_OK;
 
     llhttp_init(&ux->parser, HTTP_RESPONSE, &mg_ux_settings);
     ux->parser.data = ux;
     ux->tphase = MG_T_NONE; /* a new connection: its timer is armed afresh */
     for (;;) {
-        p = mg_up_peer_pick(ux->up);
+        p = mg_up_peer_pick(ux->up, &ux->pidx);
         ux->tries++;
         if (p == NULL) {
             mg_ux_fail(ux, 502, "upstream has no servers", 0);
             return;
         }
         /* reuse a pooled connection first */
-        if (p->idle && !ux->reused && !ux->sink->on_upgrade) {
-            uc = p->idle;
-            p->idle = uc->next;
-            p->nidle--;
+        if (p->idle && !ux->reused && !ux->sink->on_upgrade &&
+            (uc = mg_uconn_pool_take(p, ux->up->tls)) != NULL) {
             ux->uc = uc;
             uc->ux = ux;
             ux->reused = 1;
@@ -301,7 +371,16 @@ static void mg_ux_connect(mg_ux_t *ux) {
                     mg_ux_fail(ux, 502, "out of memory", 0);
                     return;
                 }
-                mg_io_tcp(&uc->io, fd);
+                if (ux->up->tls)
+                    tls_rc = mg_uconn_tls(ux, uc, fd);
+                else
+                    mg_io_tcp(&uc->io, fd);
+                if (tls_rc != MG_OK) {
+                    free(uc);
+                    close(fd);
+                    mg_ux_fail(ux, 502, "upstream TLS setup failed", 0);
+                    return;
+                }
                 uc->peer = p;
                 uc->connecting = 1;
                 mg_uconn_bind(ux, uc);
@@ -541,23 +620,68 @@ void mg_ux_cancel(mg_ux_t *ux) {
 
 /* ---- events ---- */
 
+/* Drives the TLS handshake of a connecting connection: 1 done, 0 waiting
+ * for the socket (the event it needs is armed), -1 failed (handled). */
+static int mg_uconn_handshake(mg_uconn_t *uc) {
+    mg_ux_t *ux = uc->ux;
+    int rc = mg_io_handshake(&uc->io);
+    if (rc == MG_AGAIN) {
+        if (uc->io.want == MG_IO_WANT_WRITE) {
+            if (!uc->wr_on)
+                event_add(&uc->wev, NULL);
+            uc->wr_on = 1;
+        } else {
+            if (uc->wr_on)
+                event_del(&uc->wev);
+            uc->wr_on = 0;
+            event_add(&uc->rev, NULL);
+        }
+        return 0;
+    }
+    if (rc != MG_OK) {
+        mg_warn("upstream %s: TLS handshake with %s:%d failed: %s", ux->up->name, uc->peer->host,
+                uc->peer->port, mg_io_tls_error(&uc->io));
+        mg_ux_retry_or_fail(ux, 502, "upstream TLS handshake failed", 1);
+        return -1;
+    }
+    uc->hs = 0;
+    return 1;
+}
+
+/* The connection is up (TCP connected, TLS shaken hands): the request goes. */
+static void mg_uconn_ready(mg_uconn_t *uc) {
+    mg_ux_t *ux = uc->ux;
+    uc->connecting = 0;
+    event_add(&uc->rev, NULL);
+    event_del(&uc->tev); /* the connect timer; mg_ux_flush arms the next */
+    mg_ux_flush(ux);
+    if (ux->cancelled || ux->uc != uc)
+        return;
+    if (evbuffer_get_length(ux->out) < MG_LOW_WATER && ux->sink->on_drain && !ux->req_done)
+        ux->sink->on_drain(ux->ud);
+}
+
 static void mg_uconn_write_cb(evutil_socket_t fd, short what, void *arg) {
     mg_uconn_t *uc = arg;
     mg_ux_t *ux = uc->ux;
     (void)what;
     if (uc->connecting) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err) {
-            mg_debug("upstream %s: connect to %s:%d: %s", ux->up->name, uc->peer->host,
-                     uc->peer->port, strerror(err));
-            mg_ux_retry_or_fail(ux, 502, "upstream unreachable", 1);
-            return;
+        if (!uc->hs) {
+            int err = 0;
+            socklen_t len = sizeof(err);
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            if (err) {
+                mg_debug("upstream %s: connect to %s:%d: %s", ux->up->name, uc->peer->host,
+                         uc->peer->port, strerror(err));
+                mg_ux_retry_or_fail(ux, 502, "upstream unreachable", 1);
+                return;
+            }
+            uc->hs = uc->io.tls;
         }
-        uc->connecting = 0;
-        event_add(&uc->rev, NULL);
-        event_del(&uc->tev); /* the connect timer; mg_ux_flush arms the next */
+        if (uc->hs && mg_uconn_handshake(uc) <= 0)
+            return;
+        mg_uconn_ready(uc);
+        return;
     }
     mg_ux_flush(ux);
     if (ux->cancelled || ux->uc != uc)
@@ -575,9 +699,10 @@ static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
         return;
     }
     if (uc->connecting) {
-        mg_debug("upstream %s: connect to %s:%d timed out", ux->up->name, uc->peer->host,
-                 uc->peer->port);
-        mg_ux_retry_or_fail(ux, 504, "upstream connect timed out", 1);
+        mg_debug("upstream %s: %s %s:%d timed out", ux->up->name,
+                 uc->hs ? "TLS handshake with" : "connect to", uc->peer->host, uc->peer->port);
+        mg_ux_retry_or_fail(
+            ux, 504, uc->hs ? "upstream TLS handshake timed out" : "upstream connect timed out", 1);
         return;
     }
     mg_up_peer_failed(ux->up, uc->peer);
@@ -591,6 +716,8 @@ static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
 
 static void mg_ux_complete(mg_ux_t *ux, int reusable) {
     if (ux->uc) {
+        if (ux->uc->io.tls)
+            mg_uconn_keep_session(ux, ux->uc);
         if (reusable && ux->req_done && evbuffer_get_length(ux->out) == 0)
             mg_uconn_release(ux);
         else {
@@ -611,7 +738,18 @@ static int mg_uconn_read_once(mg_uconn_t *uc) {
     llhttp_errno_t err;
 
     if (ux == NULL) {
+        /* pooled: a TLS record that carries no data (a TLS 1.3 session
+         * ticket that came late) leaves it in the pool */
+        if (uc->io.tls && !uc->peer_closed && mg_io_read(&uc->io, mg_worker.scratch, 1) < 0 &&
+            errno == EAGAIN)
+            return 0;
         mg_uconn_pool_drop(uc);
+        return 0;
+    }
+    if (uc->connecting) {
+        /* the TLS handshake waits for the upstream's bytes */
+        if (mg_uconn_handshake(uc) > 0)
+            mg_uconn_ready(uc);
         return 0;
     }
     n = mg_io_read(&uc->io, mg_worker.scratch, sizeof(mg_worker.scratch));

@@ -47,7 +47,8 @@ void mg_ux_end(mg_ux_t *ux);
 size_t mg_ux_pending(mg_ux_t *ux); /* request bytes not yet written */
 void mg_ux_pause(mg_ux_t *ux, int on);
 void mg_ux_cancel(mg_ux_t *ux); /* the sink is gone: no more callbacks */
-mg_peer_t *mg_up_peer_get(const char *host, int port);
+/* The worker's peer for host:port, plain or TLS (tls: pools apart). */
+mg_peer_t *mg_up_peer_get(const char *host, int port, int tls);
 void mg_up_peer_str(mg_peer_t *p, char *buf, size_t len);
 
 #endif

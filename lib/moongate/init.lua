@@ -273,7 +273,7 @@ local stream_mt = { __index = {
   close = function(self) return core.http_close(self._stream) end,
 } }
 
---- opts: method, upstream (name) or url ("http://host:port"), path, query
+--- opts: method, upstream (name) or url ("http[s]://host:port"), path, query
 --- (table or string), headers, body (string, or table sent as JSON), timeout (s),
 --- max_body (bytes, buffered responses; default 16 MiB), stream (boolean).
 --- Returns resp { status, headers, body } or nil, err.
@@ -296,7 +296,7 @@ function http.request(opts)
   end
   local url = opts.url
   if url then
-    local base, path = url:match("^(http://[^/]+)(/.*)$")
+    local base, path = url:match("^(https?://[^/]+)(/.*)$")
     if base then
       url = base
       if not opts.path then target = path end
@@ -315,7 +315,7 @@ end
 function http.get(upstream, path, opts)
   opts = opts or {}
   opts.method = "GET"
-  if find(upstream, "^http://") then opts.url = upstream else opts.upstream = upstream end
+  if find(upstream, "^https?://") then opts.url = upstream else opts.upstream = upstream end
   opts.path = path
   return http.request(opts)
 end

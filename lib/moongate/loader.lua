@@ -197,20 +197,22 @@ local function norm_workers(v)
 end
 
 
--- "http://host[:port][/]" -> { host=, port=, url= }. No path: the request's
--- own path is forwarded. No TLS to upstreams yet.
+-- "http://host[:port][/]" -> { host=, port=, url= }; https:// (and wss://,
+-- the same for a WebSocket upstream) add tls = true. ws:// is http://. No
+-- path: the request's own path is forwarded.
+local SCHEMES = { http = 80, ws = 80, https = 443, wss = 443 }
+
 local function parse_server(s)
   local scheme, rest = str_match(s, "^(%a[%w+.%-]*)://(.*)$")
   if not scheme then
     return nil, "expected \"http://host:port\""
   end
   scheme = str_lower(scheme)
-  if scheme == "https" then
-    return nil, "https upstreams are not supported yet"
+  local default_port = SCHEMES[scheme]
+  if not default_port then
+    return nil, "unsupported scheme '" .. scheme .. "' (http, https, ws or wss)"
   end
-  if scheme ~= "http" then
-    return nil, "unsupported scheme '" .. scheme .. "' (only http)"
-  end
+  local tls = default_port == 443 or nil
   rest = str_gsub(rest, "/$", "", 1)
   if str_find(rest, "[/?#]") then
     return nil, "must not have a path or query"
@@ -218,7 +220,7 @@ local function parse_server(s)
   if str_find(rest, "@", 1, true) then
     return nil, "must not have user info"
   end
-  local host, port = parse_hostport(rest, 80)
+  local host, port = parse_hostport(rest, default_port)
   if not host then
     return nil, port
   end
@@ -227,7 +229,8 @@ local function parse_server(s)
   end
   host = str_lower(host)
   local url_host = str_find(host, ":", 1, true) and ("[" .. host .. "]") or host
-  return { host = host, port = port, url = "http://" .. url_host .. ":" .. port }
+  return { host = host, port = port, tls = tls,
+           url = (tls and "https://" or "http://") .. url_host .. ":" .. port }
 end
 
 
@@ -282,8 +285,22 @@ local function table_of(fields)
   return { type = "table", message = "expected a table, got {type}", fields = fields }
 end
 
+local function file_field()
+  return { type = "string", message = "expected the path of a file, got {type}",
+           check = function(v) return v ~= "", "must not be empty" end }
+end
+
 local UPSTREAM = table_of({
   servers = { type = "any", required = true, convert = norm_servers },
+  -- https:// and wss:// servers (norm_upstream_tls reads the files)
+  tls = { type = "table", optional = true, message = "expected a table, got {type}", fields = {
+    verify = { type = "boolean", default = true, message = "expected a boolean, got {type}" },
+    ca = file_field(), cert = file_field(), key = file_field(),
+    server_name = { type = "string", message = "expected a string, got {type}",
+                    check = function(v)
+                      return valid_hostname(v), "expected a host name, got " .. show_value(v)
+                    end },
+  } },
   keepalive = count(64, MAX_INT),
   connect_timeout = seconds(5),
   response_timeout = seconds(60),
@@ -291,6 +308,39 @@ local UPSTREAM = table_of({
   max_fails = count(3, MAX_INT),
   fail_timeout = seconds(10),
 })
+
+-- An upstream's TLS: its servers all https:// (wss://) or all http://; the
+-- tls table only with the first; the CA, certificate and key files read now
+-- (through the load's snapshot: workers get the master's bytes), and
+-- parsed by core/app/uptls.c, which refuses what OpenSSL refuses.
+local function norm_upstream_tls(top, name, u, root)
+  local w = at(at(top, "upstreams"), name)
+  local tls = u.servers[1].tls or false
+  for _, srv in ipairs(u.servers) do
+    if (srv.tls or false) ~= tls then
+      bad(at(w, "servers"), nil, "mixes http:// and https:// servers")
+    end
+  end
+  if not tls then
+    if u.tls ~= nil then
+      bad(at(w, "tls"), nil, "applies to https:// and wss:// servers only")
+    end
+    return
+  end
+  local t = u.tls or { verify = true }
+  local out = { verify = t.verify ~= false, server_name = t.server_name }
+  for _, k in ipairs({ "ca", "cert", "key" }) do
+    if t[k] then
+      local src = read_source(join(root, t[k]))
+      out[k] = src.path
+      out[k .. "_pem"] = src.text
+    end
+  end
+  if (out.cert == nil) ~= (out.key == nil) then
+    bad(at(w, "tls"), nil, "a client certificate needs both cert and key")
+  end
+  u.tls = out
+end
 
 local function upstream_name(name)
   return type(name) == "string" and str_find(name, "^[%w_%-]+$") ~= nil and #name <= MAX_NAME
@@ -466,6 +516,9 @@ local function norm_conf(src, raw, env, ncpu)
     list[#list + 1] = u
   end
   tbl_sort(list, function(a, b) return a.name < b.name end)
+  for _, u in ipairs(list) do
+    norm_upstream_tls(top, u.name, u, root)
+  end
   conf.upstreams = list
 
   return conf, ups

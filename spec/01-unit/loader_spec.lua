@@ -37,6 +37,10 @@ end
 local function load(conf, routes, opts)
   local conf_path, dir = project(conf, routes)
   opts = opts or {}
+  for name, text in pairs(opts.files or {}) do
+    write(dir .. "/" .. name, text)
+  end
+  opts.files = nil
   if opts.env == nil then
     opts.env = {}
   end
@@ -402,8 +406,64 @@ return { upstreams = { a = { servers = { "http://h1", "http://[::1]:9001", "HTTP
       }, gen.conf.upstreams[1].servers)
     end)
 
+    it("takes https:// and wss:// servers (tls = true, port 443 by default) and ws://", function()
+      local gen = assert(load([[
+return { upstreams = { a = { servers = { "https://h1", "HTTPS://h2:8443/" } },
+                       w = { servers = { "wss://h3" } }, p = { servers = { "ws://h4" } } } }
+]]))
+      local ups = {}
+      for _, u in ipairs(gen.conf.upstreams) do ups[u.name] = u end
+      assert.same({
+        { host = "h1", port = 443, tls = true, url = "https://h1:443" },
+        { host = "h2", port = 8443, tls = true, url = "https://h2:8443" },
+      }, ups.a.servers)
+      assert.same({ verify = true }, ups.a.tls)
+      assert.same({ { host = "h3", port = 443, tls = true, url = "https://h3:443" } }, ups.w.servers)
+      assert.same({ { host = "h4", port = 80, url = "http://h4:80" } }, ups.p.servers)
+      assert.is_nil(ups.p.tls)
+    end)
+
+    it("reads an upstream's tls files, relative to the project root", function()
+      local gen, err, dir = load([[
+return { upstreams = { a = { servers = { "https://h1" },
+  tls = { ca = "conf/ca.pem", server_name = "api.internal", verify = true } } } }
+]], nil, { files = { ["conf/ca.pem"] = "PEM BYTES" } })
+      assert.truthy(gen, err)
+      local t = gen.conf.upstreams[1].tls
+      assert.equal(dir .. "/conf/ca.pem", t.ca)
+      assert.equal("PEM BYTES", t.ca_pem)
+      assert.equal("api.internal", t.server_name)
+      assert.is_true(t.verify)
+    end)
+
+    it("refuses a missing tls file with file: reason", function()
+      local gen, err, dir = load([[
+return { upstreams = { a = { servers = { "https://h1" }, tls = { ca = "conf/nope.pem" } } } }
+]])
+      assert.is_nil(gen)
+      assert_err(err, dir .. "/conf/nope.pem", 0, "cannot open file: No such file or directory")
+    end)
+
+    it("needs both cert and key for a client certificate", function()
+      local gen, err, dir = load([[
+return { upstreams = { a = { servers = { "https://h1" }, tls = { cert = "conf/c.pem" } } } }
+]], nil, { files = { ["conf/c.pem"] = "x" } })
+      assert.is_nil(gen)
+      assert_err(err, dir .. "/conf/moongate.lua", 1,
+        "upstreams.a.tls: a client certificate needs both cert and key")
+    end)
+
     local cases = {
-      { "a = { servers = { 'https://h:443' } }", "https upstreams are not supported yet" },
+      { "a = { servers = { 'http://h:1', 'https://h:2' } }",
+        "upstreams.a.servers: mixes http:// and https:// servers" },
+      { "a = { servers = { 'http://h:1' }, tls = { verify = false } }",
+        "upstreams.a.tls: applies to https:// and wss:// servers only" },
+      { "a = { servers = { 'https://h:1' }, tls = { verify = 'no' } }",
+        "upstreams.a.tls.verify: expected a boolean, got string" },
+      { "a = { servers = { 'https://h:1' }, tls = { verfy = false } }",
+        "upstreams.a.tls: unknown field 'verfy' (did you mean 'verify'?)" },
+      { "a = { servers = { 'https://h:1' }, tls = { server_name = 'a b' } }",
+        "upstreams.a.tls.server_name: expected a host name, got 'a b'" },
       { "a = { servers = { 'http://h:80/api' } }", "must not have a path or query" },
       { "a = { servers = { 'http://h:80?x' } }", "must not have a path or query" },
       { "a = { servers = { 'http://u@h:80' } }", "must not have user info" },
@@ -441,13 +501,13 @@ return {
       keepalive = 1,
       servers = {
         "http://ok:1",
-        "https://bad:2",
+        "ftp://bad:2",
       },
     },
   },
 }
 ]])
-      assert_err(err, dir .. "/conf/moongate.lua", 7, "upstreams.a.servers: 'https://bad:2'")
+      assert_err(err, dir .. "/conf/moongate.lua", 7, "upstreams.a.servers: 'ftp://bad:2'")
     end)
   end)
 
@@ -512,7 +572,7 @@ return { { prefix = "/agent", upstream = "agent_chat" } }
       { "MOONGATE_WORKERS", "-3", "MOONGATE_WORKERS: expected" },
       { "MOONGATE_LISTEN", "0.0.0.0:80,", "MOONGATE_LISTEN: '': expected \"host:port\"" },
       { "MOONGATE_LISTEN", "nope", "MOONGATE_LISTEN: 'nope'" },
-      { "MOONGATE_UPSTREAM_RUNTIME", "https://x:1", "https upstreams are not supported" },
+      { "MOONGATE_UPSTREAM_RUNTIME", "ftp://x:1", "unsupported scheme 'ftp'" },
       { "MOONGATE_UPSTREAM_NEW", "http://x:1/p", "MOONGATE_UPSTREAM_NEW: 'http://x:1/p'" },
       { "MOONGATE_UPSTREAM_", "http://x:1", "MOONGATE_UPSTREAM_: bad upstream name ''" },
     }
