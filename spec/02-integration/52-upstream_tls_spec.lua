@@ -169,6 +169,9 @@ return {
     mtls_nocert = { servers = { "https://127.0.0.1:$MTLS" }, tls = { ca = "$CERTS/ca.pem" } },
     wss = { servers = { "wss://127.0.0.1:$WSS" }, tls = { ca = "$CERTS/ca.pem" } },
     wss_unknown = { servers = { "wss://127.0.0.1:$UNKNOWN" }, tls = { ca = "$CERTS/ca.pem" } },
+    -- connects (the kernel's backlog), then never answers the ClientHello
+    stall = { servers = { "https://127.0.0.1:$STALL" }, connect_timeout = 0.5,
+              tls = { ca = "$CERTS/ca.pem" } },
   },
 }
 ]]
@@ -180,7 +183,7 @@ local function up(name)
 end
 return {
   up("good"), up("named"), up("sysstore"), up("unknown"), up("wrongname"), up("wrongip"),
-  up("expired"), up("noverify"), up("mtls"), up("mtls_nocert"),
+  up("expired"), up("noverify"), up("mtls"), up("mtls_nocert"), up("stall"),
   { prefix = "/wss-relay", upstream = "wss", strip_prefix = true,
     websocket = { mode = "relay", upstream_path = "/echo", heartbeat = { interval = 0 } } },
   { prefix = "/wss-tunnel", upstream = "wss", strip_prefix = true, websocket = { mode = "tunnel" } },
@@ -200,7 +203,7 @@ return {
 ]]
 
 describe("upstreams over TLS", function()
-    local certs, good, unknown, wrong, expired, mtls, wss, mg
+    local certs, good, unknown, wrong, expired, mtls, wss, stall, mg
 
     setup(function()
         certs = make_certs()
@@ -210,10 +213,12 @@ describe("upstreams over TLS", function()
         expired = start_tls(certs, "expired")
         mtls = start_tls(certs, "srv", { ca = true })
         wss = start_tls(certs, "srv", { ws = true })
+        stall = helpers.start_upstream({ blackhole = true })
         mg = helpers.start_moongate({
             name = "uptls", conf = CONF, routes = ROUTES,
             vars = { CERTS = certs, GOOD = good.port, UNKNOWN = unknown.port, WRONG = wrong.port,
-                     EXPIRED = expired.port, MTLS = mtls.port, WSS = wss.port },
+                     EXPIRED = expired.port, MTLS = mtls.port, WSS = wss.port,
+                     STALL = stall.port },
         })
     end)
 
@@ -305,6 +310,15 @@ describe("upstreams over TLS", function()
                 .. "unable to get local issuer certificate", good.port))
         end)
 
+        it("cuts a handshake the server never answers at connect_timeout (504)", function()
+            local t0 = helpers.now()
+            local st, _, body = helpers.http(mg.port, "GET", "/stall/x")
+            local dt = helpers.now() - t0
+            assert.equal(504, st, body)
+            assert.equal("upstream TLS handshake timed out", json.decode(body).error)
+            assert.is_true(dt >= 0.4 and dt < 5, "took " .. dt .. " s")
+        end)
+
         it("connects without verification only when told, and warns once", function()
             for i = 1, 3 do
                 local st, _, body = helpers.http(mg.port, "GET", "/noverify/v" .. i,
@@ -382,7 +396,7 @@ describe("upstreams over TLS", function()
                 env = { SSL_CERT_FILE = certs .. "/ca.pem" },
                 vars = { CERTS = certs, GOOD = good.port, UNKNOWN = unknown.port,
                          WRONG = wrong.port, EXPIRED = expired.port, MTLS = mtls.port,
-                         WSS = wss.port },
+                         WSS = wss.port, STALL = stall.port },
             })
             local st, _, body = helpers.http(mg2.port, "GET", "/lua/url")
             local st2, _, body2 = helpers.http(mg2.port, "GET", "/sysstore/s")
@@ -470,6 +484,33 @@ describe("upstreams over TLS", function()
             assert.truthy(out:find(certs .. "/srv.key: ", 1, true), out)
             assert.truthy(out:lower():find("mismatch", 1, true) or out:find("does not match", 1, true),
                 out)
+        end)
+
+        -- CONF with the first `old` replaced by `new` (plain strings)
+        local function conf_replace(old, new)
+            local a, b = CONF:find(old, 1, true)
+            assert(a, "not in CONF: " .. old)
+            return CONF:sub(1, a - 1) .. new .. CONF:sub(b + 1)
+        end
+        local function reload_to(conf)
+            local n = count(mg:log(), "serving on")
+            mg:write_conf(conf)
+            mg:signal("HUP")
+            assert.truthy(helpers.wait_until(function()
+                return count(mg:log(), "serving on") > n
+            end, 10), "no new generation:\n" .. mg:log())
+        end
+
+        it("verifies new connections with a reloaded CA; pooled ones are not reused", function()
+            local st, _, body = helpers.http(mg.port, "GET", "/good/pre")
+            assert.equal(200, st, body) -- leaves a pooled connection verified with ca.pem
+            reload_to(conf_replace('"https://127.0.0.1:$GOOD" }, tls = { ca = "$CERTS/ca.pem" }',
+                '"https://127.0.0.1:$GOOD" }, tls = { ca = "$CERTS/other_ca.pem" }'))
+            st, _, body = helpers.http(mg.port, "GET", "/good/post")
+            assert.equal(502, st, body)
+            reload_to(CONF)
+            st, _, body = helpers.http(mg.port, "GET", "/good/back")
+            assert.equal(200, st, body)
         end)
 
         it("refuses a reload with a broken tls file and keeps serving", function()
