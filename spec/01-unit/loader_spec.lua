@@ -567,6 +567,15 @@ return { { prefix = "/agent", upstream = "agent_chat" } }
       assert.equal(8080, gen.conf.listen[1].port)
     end)
 
+    it("takes https:// from MOONGATE_UPSTREAM_<NAME>, verified against the system store", function()
+      local gen = assert(load(conf, nil, { env = { MOONGATE_UPSTREAM_EDGE = "https://e:8443" } }))
+      local ups = {}
+      for _, u in ipairs(gen.conf.upstreams) do ups[u.name] = u end
+      assert.same({ { host = "e", port = 8443, tls = true, url = "https://e:8443" } },
+                  ups.edge.servers)
+      assert.same({ verify = true }, ups.edge.tls)
+    end)
+
     local cases = {
       { "MOONGATE_WORKERS", "x", 'MOONGATE_WORKERS: expected a non-negative integer or "auto"' },
       { "MOONGATE_WORKERS", "-3", "MOONGATE_WORKERS: expected" },
