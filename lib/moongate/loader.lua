@@ -57,6 +57,7 @@ local add_lua_path = check.add_lua_path
 local MAX_SECONDS = check.MAX_SECONDS
 local MAX_INT = check.MAX_INT
 local MAX_NAME = check.MAX_NAME
+local cidr = require "moongate.cidr"
 local load_routes = require("moongate.routes").load
 local validate = require("moongate.schema").validate
 
@@ -249,6 +250,28 @@ local function norm_servers(v)
 end
 
 
+-- trusted_proxies: CIDR blocks (or single addresses), IPv4 and IPv6 ->
+-- { {bytes = network-order bytes (4 or 16), bits = prefix length}, ... }
+local function norm_trusted(v)
+  local items, err = string_list_reason(v)
+  if not items then return nil, err end
+  local out = {}
+  for i, s in ipairs(items) do
+    local block, reason = cidr.parse_cidr(s)
+    if not block then
+      return nil, str_format("item #%d: %s (expected an address or CIDR block such as "
+                             .. "\"10.0.0.0/8\" or \"2001:db8::/32\")", i, reason), s
+    end
+    out[i] = { bytes = block.bytes, bits = block.bits }
+  end
+  return out
+end
+
+local TRUSTED_PROXIES = { type = "any", default = {}, convert = norm_trusted }
+local PROXY_PROTOCOL = { type = "boolean", default = false,
+                         message = "expected a boolean, got {type}" }
+
+
 local function norm_lua_path(v, _, ctx)
   local dirs, err = string_list_reason(v)
   if not dirs then return nil, err end
@@ -306,6 +329,7 @@ local function conf_schema(env_fn)
       "listen", env_fn("listen"), "workers", env_fn("workers"),
       "max_open_files", env_fn("max_open_files"), "routes", "lua_path",
       "access_log", "log_level", "timeouts", "limits", "upstreams",
+      "trusted_proxies", "proxy_protocol",
     },
     fields = {
       listen = { type = "any", default = "127.0.0.1:8080", convert = norm_listen },
@@ -341,6 +365,10 @@ local function conf_schema(env_fn)
                                  show_key(name), MAX_NAME), true
         end,
       },
+      -- the hop before moongate: whose X-Forwarded-* to believe, and
+      -- whether every listener expects a PROXY protocol header first
+      trusted_proxies = TRUSTED_PROXIES,
+      proxy_protocol = PROXY_PROTOCOL,
       -- checked after the routes, in this order (load_generation)
       servers = ANY, shared_dicts = ANY, plugins = ANY,
     },
@@ -508,6 +536,9 @@ local SERVER = {
     -- overrides listen, and only an enabled server's need be valid
     listen = ANY, routes = ANY,
     enabled = { type = "boolean", message = "expected a boolean, got {type}" },
+    -- a server's own (the main conf's do not carry over)
+    trusted_proxies = TRUSTED_PROXIES,
+    proxy_protocol = PROXY_PROTOCOL,
   },
 }
 
@@ -534,7 +565,7 @@ local function load_servers(src, raw, conf, upstreams, env)
     if type(s) ~= "table" then
       bad(w, nil, "expected a table, got %s", type(s))
     end
-    check_with(w, SERVER, s)
+    local checked = check_with(w, SERVER, s)
     if s.enabled ~= false then
       local listen, reason, hint
       local var = "MOONGATE_SERVER_" .. str_upper(name) .. "_LISTEN"
@@ -559,7 +590,9 @@ local function load_servers(src, raw, conf, upstreams, env)
       end
       local routes = load_routes({ routes_file = join(conf.root, s.routes), limits = conf.limits },
                                  upstreams)
-      out[#out + 1] = { name = name, listen = listen, routes = routes }
+      out[#out + 1] = { name = name, listen = listen, routes = routes,
+                        trusted_proxies = checked.trusted_proxies,
+                        proxy_protocol = checked.proxy_protocol }
     end
   end
   return out
