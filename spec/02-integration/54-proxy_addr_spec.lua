@@ -16,7 +16,7 @@ local CONF = [[
 return {
   listen = "127.0.0.1:$PORT", workers = 1, log_level = "debug",
   proxy_protocol = true,
-  trusted_proxies = { "10.0.0.0/8", "2001:db8::/32" },
+  trusted_proxies = { "10.0.0.0/8", "2001:db8::/32", "127.0.0.1" },
   timeouts = { header = 1 },
   shared_dicts = { rate_limit = 1048576 },
   upstreams = { up = { servers = { "$UPSTREAM" } } },
@@ -349,15 +349,18 @@ describe("PROXY protocol and trusted proxies", function()
             assert.equal("https", h["x-forwarded-proto"])
             assert.equal("www.example", h["x-forwarded-host"])
             st, _, body = helpers.http(ports.TRUSTING, "GET", "/addr?m=trusting", { headers = CLAIMS })
+            assert.equal(200, st)
             assert.equal("198.51.100.7", json.decode(body).remote_addr)
             assert.equal("198.51.100.7", log_line("m=trusting").remote)
-            -- the main conf's list does not carry over to a server
+            -- the main conf's list (127.0.0.1 in it too) does not carry over to a server
             st, _, body = helpers.http(ports.PLAIN, "GET", "/up/p", { headers = CLAIMS })
+            assert.equal(200, st)
             h = json.decode(body).headers
             assert.equal("198.51.100.7, 127.0.0.1", h["x-forwarded-for"])
             assert.equal("http", h["x-forwarded-proto"])
             assert.equal("127.0.0.1:" .. ports.PLAIN, h["x-forwarded-host"]) -- curl's Host
             st, _, body = helpers.http(ports.PLAIN, "GET", "/addr", { headers = CLAIMS })
+            assert.equal(200, st)
             assert.equal("127.0.0.1", json.decode(body).remote_addr)
         end)
 
@@ -452,6 +455,15 @@ describe("PROXY protocol and trusted_proxies settings", function()
         out, rc = check('return {\n  listen = "127.0.0.1:1",\n  trusted_proxies = { "10.0.0.0/8", "::1" },\n'
             .. '  proxy_protocol = false,\n}\n')
         assert.equal(0, rc, out)
+    end)
+
+    it("the example in docs/configuration.md loads as written", function()
+        local doc = assert(helpers.read_file(helpers.root .. "/docs/configuration.md"))
+        local example = doc:match("### Behind a balancer.-```lua\n(.-)```")
+        assert.truthy(example and example:find("proxy_protocol = true", 1, true), "no example found")
+        local out, rc = check(example)
+        assert.equal(0, rc, out)
+        assert.truthy(out:find("2 listeners", 1, true), out)
     end)
 
     it("a reload turns proxy_protocol on and off; a bad list is refused and the old one serves", function()
