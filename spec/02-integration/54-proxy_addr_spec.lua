@@ -499,3 +499,77 @@ return { { path = "/addr", handler = function(req) return 200, { remote_addr = r
         assert.truthy(helpers.wait_until(function() return addr() == "127.0.0.1" end, 5), mg:log():sub(-1500))
     end)
 end)
+
+-- With TLS listeners (the `tls` table, another part of issue 12): the PROXY
+-- header comes first, the TLS handshake after it. Pending in a build
+-- without them.
+describe("PROXY protocol on a TLS listener", function()
+    local mg, dir, tls_port, has_tls
+
+    lazy_setup(function()
+        dir = helpers.tmpdir("pp-tls")
+        -- a test-only self-signed certificate, made here (spec/out/, never committed)
+        local out, rc = helpers.sh(fmt("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
+            .. "-nodes -keyout %s -out %s -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost",
+            helpers.shq(dir .. "/key.pem"), helpers.shq(dir .. "/cert.pem")))
+        assert(rc == 0, out)
+        tls_port = helpers.free_port()
+        local ok, err = pcall(function()
+            mg = helpers.start_moongate({ name = "pp-tls", workers = 1, vars = { TLS = tls_port, CERTDIR = dir },
+                conf = [[
+return { listen = "127.0.0.1:$PORT", workers = 1, proxy_protocol = true, log_level = "debug",
+         tls = { listen = "127.0.0.1:$TLS",
+                 certificates = { { cert = "$CERTDIR/cert.pem", key = "$CERTDIR/key.pem" } } } }
+]],
+                routes = [[
+return { { path = "/addr", handler = function(req)
+  return 200, { remote_addr = req.remote_addr, scheme = req.scheme } end } }
+]], wait_port = tls_port })
+        end)
+        has_tls = ok
+        if not ok and not tostring(err):find("unknown field 'tls'", 1, true) then
+            error(err, 0)
+        end
+    end)
+
+    lazy_teardown(function()
+        if mg then mg:stop() end
+        helpers.cleanup()
+    end)
+
+    local function hex(s)
+        return (s:gsub(".", function(ch) return fmt("%02x", ch:byte()) end))
+    end
+
+    local function get(header, split)
+        return helpers.sh(fmt("timeout 20 %s %s %d %s %s /addr%s", helpers.python,
+            helpers.shq(helpers.root .. "/spec/fixtures/pp_tls_client.py"), tls_port,
+            helpers.shq(dir .. "/cert.pem"), helpers.shq(hex(header)), split and " split" or ""))
+    end
+
+    it("v1 header and ClientHello in one segment", function()
+        if not has_tls then return pending("no TLS listeners in this build") end
+        local out, rc = get(v1("TCP4", "203.0.113.78", "127.0.0.1", 1, 2))
+        assert.equal(0, rc, out)
+        local body = json.decode(out:match("\r\n\r\n(.*)$"))
+        assert.equal("203.0.113.78", body.remote_addr)
+        assert.equal("https", body.scheme)
+    end)
+
+    it("v2 header alone, then the handshake", function()
+        if not has_tls then return pending("no TLS listeners in this build") end
+        local out, rc = get(v2("PROXY", "TCP6", "2001:db9:0:0:0:0:0:78", "0:0:0:0:0:0:0:1", 1, 443,
+                               tlv(0x01, "http/1.1")), true)
+        assert.equal(0, rc, out)
+        assert.equal("2001:db9::78", json.decode(out:match("\r\n\r\n(.*)$")).remote_addr)
+    end)
+
+    it("a ClientHello without a header is closed and counted", function()
+        if not has_tls then return pending("no TLS listeners in this build") end
+        local out, rc = get("")
+        assert.not_equal(0, rc, out)
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():find("proxy protocol: closed a connection from 127.0.0.1: no PROXY header", 1, true)
+        end, 3), mg:log():sub(-1500))
+    end)
+end)
