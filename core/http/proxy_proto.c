@@ -17,8 +17,9 @@
  * one line of at most 107 bytes, v2 16 bytes and a length, at most
  * MG_PP_V2_MAX in all. The whole header must arrive within the header
  * timeout (one deadline from accept, not a gap). A connection that sends
- * anything else, closes first or is too slow is closed and counted; the
- * first of each second is logged as a warning, every one at debug.
+ * anything else, closes in the middle or is too slow is closed and
+ * counted; the first of each second is logged as a warning, every one at
+ * debug. One that closes without a byte (a TCP health check) is not.
  */
 #include "http/http.h"
 
@@ -320,6 +321,15 @@ static void mg_pp_read_cb(evutil_socket_t fd, short what, void *arg) {
             return;
         }
         mg_pp_refuse(p, strerror(errno));
+        return;
+    }
+    if (n == 0 && p->have == 0) {
+        /* connected and closed without a byte: a TCP health check or a
+         * port probe, not a broken header (the HTTP session does not count
+         * those either) */
+        mg_pp_unlink(p);
+        close(p->fd);
+        free(p);
         return;
     }
     if (n == 0) {

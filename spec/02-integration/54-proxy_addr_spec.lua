@@ -266,11 +266,19 @@ describe("PROXY protocol and trusted proxies", function()
             end)
         end
 
-        it("closed by the peer before the header ended", function()
-            local c = assert(helpers.connect(mg.port))
+        it("closed by the peer before the header ended; a connect and close is not counted", function()
+            local function closed_early() -- every refusal has one debug line
+                return select(2, mg:log():gsub("%[debug%][^\n]*proxy protocol: closed a connection", ""))
+            end
+            local before = closed_early()
+            local c = assert(helpers.connect(mg.port)) -- a TCP health check: connect, close
+            c:close()
+            c = assert(helpers.connect(mg.port))
             assert(c:send("PROXY TCP4 1.2"))
             c:close()
             assert.truthy(log_has("closed before the header ended"), mg:log():sub(-1500))
+            -- the probe was accepted first (one listener, one worker) and logged nothing
+            assert.equal(before + 1, closed_early())
         end)
 
         it("a header that never completes is cut by the header timeout", function()
