@@ -423,16 +423,16 @@ static int mg_load_read_servers(mg_gen_t *g, lua_State *L, int genidx, char *err
         int t;
         lua_rawgeti(L, -1, i);
         t = lua_gettop(L);
+        if (mg_load_read_edge(g, L, t, i) != MG_OK) {
+            snprintf(err, errlen, "out of memory");
+            return MG_ERR;
+        }
         lua_getfield(L, t, "listen");
         if (mg_load_add_listen(g, L, i) != MG_OK) {
             snprintf(err, errlen, "out of memory");
             return MG_ERR;
         }
         lua_pop(L, 1);
-        if (mg_load_read_edge(g, L, t, i) != MG_OK) {
-            snprintf(err, errlen, "out of memory");
-            return MG_ERR;
-        }
         lua_getfield(L, t, "routes");
         if (lua_istable(L, -1) && mg_load_read_routes(g, L, lua_gettop(L), i, err, errlen) != MG_OK)
             return MG_ERR;

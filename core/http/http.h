@@ -150,12 +150,6 @@ void mg_http_set_hooks(const mg_http_hooks_t *h);
 
 /* ---- the request and response API (targets and the layers above) ---- */
 static inline int mg_req_gone(const mg_req_t *r) { return r->sess == NULL; }
-/* The peer's address as text; "" once it is gone. At most
- * MG_PEER_IP_MAX bytes with its NUL. */
-static inline const char *mg_req_peer_ip(const mg_req_t *r) {
-    return r->sess ? r->sops->peer_ip(r) : "";
-}
-static inline int mg_req_tls(const mg_req_t *r) { return r->sess && r->sops->tls(r); }
 /* client_ip.c: the client's address as text, what logs, req.remote_addr
  * and the plugins use: the peer, or, when the peer is one of its server's
  * trusted_proxies, the rightmost X-Forwarded-For address that is not itself
@@ -166,6 +160,12 @@ const char *mg_req_client_ip(const mg_req_t *r);
 /* Is the peer one of its server's trusted_proxies (its X-Forwarded-Proto
  * and -Host go on, fwd.c)? */
 int mg_req_peer_trusted(const mg_req_t *r);
+/* The peer's address as text; "" once it is gone. At most
+ * MG_PEER_IP_MAX bytes with its NUL. */
+static inline const char *mg_req_peer_ip(const mg_req_t *r) {
+    return r->sess ? r->sops->peer_ip(r) : "";
+}
+static inline int mg_req_tls(const mg_req_t *r) { return r->sess && r->sops->tls(r); }
 /* response bytes queued to the client, not yet sent */
 static inline size_t mg_req_pending(mg_req_t *r) { return r->sops->pending(r); }
 static inline void mg_req_flush(mg_req_t *r) { r->sops->flush(r); }

@@ -553,6 +553,7 @@ local function load_servers(src, raw, conf, upstreams, env)
     bad(where, nil, "expected a table, got %s", type(raw))
   end
   local taken = {}
+  local edges = {} -- name -> the checked entry (trusted_proxies, proxy_protocol)
   for _, a in ipairs(conf.listen) do
     taken[a.host .. ":" .. a.port] = "listen"
   end
@@ -565,7 +566,7 @@ local function load_servers(src, raw, conf, upstreams, env)
     if type(s) ~= "table" then
       bad(w, nil, "expected a table, got %s", type(s))
     end
-    local checked = check_with(w, SERVER, s)
+    edges[name] = check_with(w, SERVER, s)
     if s.enabled ~= false then
       local listen, reason, hint
       local var = "MOONGATE_SERVER_" .. str_upper(name) .. "_LISTEN"
@@ -590,10 +591,12 @@ local function load_servers(src, raw, conf, upstreams, env)
       end
       local routes = load_routes({ routes_file = join(conf.root, s.routes), limits = conf.limits },
                                  upstreams)
-      out[#out + 1] = { name = name, listen = listen, routes = routes,
-                        trusted_proxies = checked.trusted_proxies,
-                        proxy_protocol = checked.proxy_protocol }
+      out[#out + 1] = { name = name, listen = listen, routes = routes }
     end
+  end
+  for _, srv in ipairs(out) do -- each server's own (the main conf's do not carry over)
+    srv.trusted_proxies = edges[srv.name].trusted_proxies
+    srv.proxy_protocol = edges[srv.name].proxy_protocol
   end
   return out
 end
