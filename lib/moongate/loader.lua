@@ -532,13 +532,14 @@ end
 -- demo Runtime). MOONGATE_SERVER_<NAME>_LISTEN overrides a listen address.
 local SERVER = {
   fields = {
+    -- a server's own (the main conf's do not carry over)
+    trusted_proxies = TRUSTED_PROXIES,
+    proxy_protocol = PROXY_PROTOCOL,
+
     -- listen and routes are checked by load_servers: the environment
     -- overrides listen, and only an enabled server's need be valid
     listen = ANY, routes = ANY,
     enabled = { type = "boolean", message = "expected a boolean, got {type}" },
-    -- a server's own (the main conf's do not carry over)
-    trusted_proxies = TRUSTED_PROXIES,
-    proxy_protocol = PROXY_PROTOCOL,
   },
 }
 
