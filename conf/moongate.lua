@@ -14,6 +14,13 @@ return {
   access_log = true,                -- JSON lines on stderr
   log_level = "info",
 
+  -- Behind a balancer (docs/configuration.md, "Behind a balancer"): the
+  -- peers whose X-Forwarded-For/-Proto/-Host are believed (CIDR blocks), and
+  -- whether every listener expects a PROXY protocol v1/v2 header first.
+  -- Each entry of `servers` has its own.
+  trusted_proxies = {},             -- e.g. { "10.0.0.0/8", "fd00::/8" }
+  proxy_protocol = false,
+
   -- WebSocket-safe timeouts (seconds, 0 = none): long-lived sockets and
   -- streams are never cut by a fixed read/write deadline, idle keep-alive
   -- connections (an agent chat left open) last an hour, a slow request

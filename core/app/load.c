@@ -106,6 +106,47 @@ static int mg_load_add_listen(mg_gen_t *g, lua_State *L, int server) {
     return MG_OK;
 }
 
+/* g->edge[server] from the table at idx (the main conf, or one of
+ * gen.servers): trusted_proxies as the loader left it ({ {bytes = 4 or 16
+ * bytes, bits = n}, ... }, checked) and proxy_protocol. */
+static int mg_load_read_edge(mg_gen_t *g, lua_State *L, int idx, int server) {
+    mg_edge_t *e;
+    int n;
+    if (server >= g->nedge) {
+        e = realloc(g->edge, sizeof(mg_edge_t) * (server + 1));
+        if (e == NULL)
+            return MG_ERR;
+        memset(e + g->nedge, 0, sizeof(mg_edge_t) * (server + 1 - g->nedge));
+        g->edge = e;
+        g->nedge = server + 1;
+    }
+    e = &g->edge[server];
+    lua_getfield(L, idx, "proxy_protocol");
+    e->proxy_protocol = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "trusted_proxies");
+    n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    if (n > 0 && (e->trusted = calloc(n, sizeof(mg_cidr_t))) == NULL)
+        return MG_ERR;
+    for (int k = 1; k <= n; k++) {
+        mg_cidr_t *c = &e->trusted[e->ntrusted];
+        size_t len = 0;
+        const char *b;
+        lua_rawgeti(L, -1, k);
+        lua_getfield(L, -1, "bytes");
+        b = lua_tolstring(L, -1, &len);
+        c->bits = (uint8_t)mg_load_field_int(L, lua_gettop(L) - 1, "bits", 0);
+        if (b && (len == 4 || len == 16) && c->bits <= len * 8) {
+            memcpy(c->addr, b, len);
+            c->len = (uint8_t)len;
+            e->ntrusted++;
+        }
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    return MG_OK;
+}
+
 static int mg_load_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     int i, n;
 
@@ -169,6 +210,8 @@ static int mg_load_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     if (mg_load_add_listen(g, L, 0) != MG_OK)
         return MG_ERR;
     lua_pop(L, 1);
+    if (mg_load_read_edge(g, L, conf, 0) != MG_OK)
+        return MG_ERR;
 
     lua_getfield(L, conf, "upstreams");
     n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
@@ -384,6 +427,10 @@ static int mg_load_read_servers(mg_gen_t *g, lua_State *L, int genidx, char *err
         int t;
         lua_rawgeti(L, -1, i);
         t = lua_gettop(L);
+        if (mg_load_read_edge(g, L, t, i) != MG_OK) {
+            snprintf(err, errlen, "out of memory");
+            return MG_ERR;
+        }
         lua_getfield(L, t, "listen");
         if (mg_load_add_listen(g, L, i) != MG_OK) {
             snprintf(err, errlen, "out of memory");
@@ -493,6 +540,11 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
     lua_pop(L, 1);
     if (mg_load_read_servers(g, L, genidx, err, errlen) != MG_OK)
         goto fail;
+    /* every listener of a conf or server with proxy_protocol, TLS ones too */
+    for (int k = 0; k < g->nlisten; k++) {
+        int srv = g->listen[k].server;
+        g->listen[k].proxy_protocol = srv >= 0 && srv < g->nedge && g->edge[srv].proxy_protocol;
+    }
     mg_load_read_desc(g, L, loader, genidx);
     /* the master: every module a handler may require later is read now */
     if (snap_fd < 0) {

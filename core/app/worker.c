@@ -68,6 +68,18 @@ static void mg_worker_accept_pause(int err) {
     }
 }
 
+/* Does listener lidx expect a PROXY header first? As the current
+ * generation says (a reload may turn it on or off), found by address as
+ * mg_gen_server_of finds its server: a few compares per accept. */
+static int mg_worker_proxy_protocol(int lidx) {
+    const mg_addr_t *a = &mg_worker.laddr[lidx];
+    mg_gen_t *g = mg_gen_current;
+    for (int i = 0; i < g->nlisten; i++)
+        if (g->listen[i].port == a->port && strcmp(g->listen[i].host, a->host) == 0)
+            return g->listen[i].proxy_protocol;
+    return a->proxy_protocol;
+}
+
 static void mg_worker_accept_cb(evutil_socket_t fd, short what, void *arg) {
     int lidx = (int)(intptr_t)arg;
     (void)what;
@@ -82,7 +94,10 @@ static void mg_worker_accept_cb(evutil_socket_t fd, short what, void *arg) {
                 mg_worker_accept_pause(errno);
             return;
         }
-        mg_http_accept(c, (struct sockaddr *)&ss, len, lidx);
+        if (mg_worker_proxy_protocol(lidx))
+            mg_http_pp_accept(c, (struct sockaddr *)&ss, len, lidx); /* then mg_http_accept */
+        else
+            mg_http_accept(c, (struct sockaddr *)&ss, len, lidx);
     }
 }
 

@@ -46,6 +46,22 @@ typedef struct {
     size_t body_size;
 } mg_limits_t;
 
+/* ---- the hop before moongate (trusted_proxies, proxy_protocol) ---- */
+/* A CIDR block: its address in network order, 4 bytes (IPv4) or 16
+ * (IPv6); an IPv4-mapped IPv6 address matches as IPv4. */
+typedef struct {
+    uint8_t addr[16];
+    uint8_t len;  /* 4 or 16 */
+    uint8_t bits; /* prefix length */
+} mg_cidr_t;
+
+/* What the main conf, or one entry of `servers`, says about its peers. */
+typedef struct {
+    mg_cidr_t *trusted; /* trusted_proxies: their X-Forwarded-* are believed */
+    int ntrusted;
+    int proxy_protocol; /* every listener of it expects a PROXY v1/v2 header */
+} mg_edge_t;
+
 /* ---- WebSocket routes ---- */
 enum { MG_WS_TUNNEL = 1, MG_WS_RELAY, MG_WS_HANDLER };
 
@@ -117,6 +133,8 @@ struct mg_gen_s {
     int log_level; /* MG_LOG_*, applied when the generation becomes current; -1: unset */
     mg_timeouts_t timeouts;
     mg_limits_t limits;
+    mg_edge_t *edge; /* per server: [0] the main conf, then conf.servers in order */
+    int nedge;
     mg_upstream_t *upstreams;
     int nupstreams;
     mg_route_t *routes;

@@ -6,10 +6,14 @@
  *   - dropped: the hop-by-hop headers and the names the client's
  *     Connection header lists (RFC 9110 7.6.1), the headers a script
  *     replaces with req:set_header(), and the client's own X-Forwarded-
- *     Proto/-Host and X-Request-Id (moongate sets them);
+ *     Proto/-Host and X-Request-Id (moongate sets them), except that a
+ *     peer in its server's trusted_proxies (mg_req_peer_trusted) keeps its
+ *     X-Forwarded-Proto/-Host: a balancer in front knows the scheme and
+ *     host the client used, we do not;
  *   - added: the req:set_header() lines, X-Forwarded-Host (Host when an
  *     HTTP/1.0 client sent none), X-Forwarded-For (the client's chain, then
- *     the peer), X-Forwarded-Proto (mg_fwd_proto) and X-Request-Id.
+ *     the peer), X-Forwarded-Proto (mg_fwd_proto) and X-Request-Id, the
+ *     first and the third unless a trusted peer's go on.
  * The caller writes the request line, its own framing or upgrade headers
  * and the blank line. The Connection-token helpers also serve the way
  * back (the proxy's response head, a refused upgrade's answer). No allocation: everything goes into
@@ -66,6 +70,7 @@ void mg_fwd_headers(mg_req_t *r, struct evbuffer *h, unsigned drop, mg_fwd_t *f)
 
     f->xff = NULL;
     f->xff_len = 0;
+    f->keep_proto = f->keep_host = 0;
     for (i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *hd = &r->hdrs[i];
         if (MG_NAME_IS(r->hbuf + hd->noff, hd->nlen, "connection"))
@@ -82,8 +87,18 @@ void mg_fwd_headers(mg_req_t *r, struct evbuffer *h, unsigned drop, mg_fwd_t *f)
             f->xff_len = hd->vlen;
             continue;
         }
-        if (MG_NAME_IS(n, l, "x-forwarded-proto") || MG_NAME_IS(n, l, "x-forwarded-host") ||
-            MG_NAME_IS(n, l, "x-request-id"))
+        if (MG_NAME_IS(n, l, "x-forwarded-proto") || MG_NAME_IS(n, l, "x-forwarded-host")) {
+            /* a trusted proxy's go on (asked only when there is one) */
+            if (mg_req_peer_trusted(r)) {
+                mg_req_copy_header(r, hd, h);
+                if (l == sizeof("x-forwarded-proto") - 1)
+                    f->keep_proto = 1;
+                else
+                    f->keep_host = 1;
+            }
+            continue;
+        }
+        if (MG_NAME_IS(n, l, "x-request-id"))
             continue;
         if ((drop & MG_FWD_DROP_EXPECT) && MG_NAME_IS(n, l, "expect"))
             continue;
@@ -102,8 +117,9 @@ size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tai
     const char *s;
 
     if (r->host_idx >= 0) {
-        mg_line_add(h, "X-Forwarded-Host", 16, r->hbuf + r->hdrs[r->host_idx].voff,
-                    r->hdrs[r->host_idx].vlen);
+        if (!f->keep_host)
+            mg_line_add(h, "X-Forwarded-Host", 16, r->hbuf + r->hdrs[r->host_idx].voff,
+                        r->hdrs[r->host_idx].vlen);
     } else {
         /* HTTP/1.0 without Host: the upstream still needs one */
         char peer[96] = "localhost";
@@ -124,10 +140,14 @@ size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tai
     s = mg_req_peer_ip(r);
     l = strlen(s);
     MG_PUT(s, l);
-    MG_PUTS("\r\nX-Forwarded-Proto: ");
-    s = mg_fwd_proto(r, &l);
-    MG_PUT(s, l);
-    MG_PUTS("\r\nX-Request-Id: ");
+    MG_PUTS("\r\n");
+    if (!f->keep_proto) {
+        MG_PUTS("X-Forwarded-Proto: ");
+        s = mg_fwd_proto(r, &l);
+        MG_PUT(s, l);
+        MG_PUTS("\r\n");
+    }
+    MG_PUTS("X-Request-Id: ");
     l = strlen(r->request_id);
     MG_PUT(r->request_id, l);
     MG_PUTS("\r\n");

@@ -31,6 +31,7 @@ const char *mg_fwd_proto(const mg_req_t *r, size_t *len);
 typedef struct {
     const char *xff; /* the client's X-Forwarded-For (the last one), or NULL */
     size_t xff_len;
+    int keep_proto, keep_host; /* a trusted peer's X-Forwarded-Proto/-Host went on */
 } mg_fwd_t;
 /* Appends the client's end-to-end headers, then the req:set_header()
  * lines, to h; notes in f what mg_fwd_tail needs. */

@@ -28,7 +28,7 @@ mg_http_wslog_t *mg_http_wslog_new(mg_req_t *r) {
     n = snprintf(head, sizeof(head),
                  "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
                  "\"method\":\"GET\",\"path\":\"%s\",\"status\":101,",
-                 r->t_start, r->request_id, mg_req_peer_ip(r), esc);
+                 r->t_start, r->request_id, mg_req_client_ip(r), esc);
     if (n < 0 || (size_t)n >= sizeof(head))
         return NULL;
     a = malloc(sizeof(*a) + n + 1);

@@ -406,7 +406,7 @@ static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
                 "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
                 "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"bytes\":%llu,"
                 "\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u}\n",
-                r->t_start, r->request_id, c->peer_ip,
+                r->t_start, r->request_id, mg_req_client_ip(r),
                 llhttp_method_name((llhttp_method_t)r->method), esc, r->status,
                 (unsigned long long)r->bytes_out, (mg_now() - r->t_start) * 1000.0,
                 r->route ? (r->route->name ? r->route->name : r->route->rule) : "", r->gen->id);
@@ -828,6 +828,7 @@ const mg_http_sess_ops_t mg_http_h1_ops = {
 
 void mg_http_close_idle(void) {
     mg_conn_t *c = mg_http_conns;
+    mg_http_pp_close_all();
     while (c) {
         mg_conn_t *next = c->next;
         if (c->req == NULL && !X(c)->dead && evbuffer_get_length(c->out) == 0)

@@ -28,6 +28,7 @@ typedef struct {
 
 typedef struct mg_req_s mg_req_t;
 typedef struct mg_ux_s mg_ux_t;
+#define MG_PEER_IP_MAX 48 /* an address as text, with its NUL (INET6_ADDRSTRLEN + 2) */
 typedef struct mg_co_s mg_co_t;
 
 typedef struct {
@@ -116,6 +117,11 @@ struct mg_req_s {
     int xrid_idx;      /* X-Request-Id index or -1 */
     uint32_t path_len; /* url = path [? query] */
     char request_id[40];
+    /* client_ip.c, worked out on first use */
+    unsigned client_done : 1;  /* peer_trusted and client_moved are set */
+    unsigned peer_trusted : 1; /* the peer is one of its server's trusted_proxies */
+    unsigned client_moved : 1; /* the client is client_ip (from X-Forwarded-For), not the peer */
+    char client_ip[MG_PEER_IP_MAX];
     size_t hcap, hlen;
     char *hbuf;
     mg_hdr_t *hdrs;
@@ -144,9 +150,18 @@ void mg_http_set_hooks(const mg_http_hooks_t *h);
 
 /* ---- the request and response API (targets and the layers above) ---- */
 static inline int mg_req_gone(const mg_req_t *r) { return r->sess == NULL; }
-/* The client's address as text; "" once it is gone. At most
+/* client_ip.c: the client's address as text, what logs, req.remote_addr
+ * and the plugins use: the peer, or, when the peer is one of its server's
+ * trusted_proxies, the rightmost X-Forwarded-For address that is not itself
+ * trusted (nginx's realip with real_ip_recursive: the walk stops at the
+ * first entry that is not an address, keeping the last good one). Worked
+ * out once per request, on first use; "" if the client left before. */
+const char *mg_req_client_ip(const mg_req_t *r);
+/* Is the peer one of its server's trusted_proxies (its X-Forwarded-Proto
+ * and -Host go on, fwd.c)? */
+int mg_req_peer_trusted(const mg_req_t *r);
+/* The peer's address as text; "" once it is gone. At most
  * MG_PEER_IP_MAX bytes with its NUL. */
-#define MG_PEER_IP_MAX 48
 static inline const char *mg_req_peer_ip(const mg_req_t *r) {
     return r->sess ? r->sops->peer_ip(r) : "";
 }
@@ -180,6 +195,20 @@ void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const cha
 /* ---- the HTTP/1.1 session (http.c) ---- */
 void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx);
 void mg_http_close_idle(void); /* stopping: close connections between requests */
+
+/* ---- proxy_proto.c: the PROXY protocol stage (listeners with proxy_protocol) ---- */
+/* Takes the accepted socket fd (non-blocking, peer sa), reads its PROXY v1
+ * or v2 header under the header timeout without touching what follows, then
+ * calls mg_http_accept with the client's address from the header (the
+ * socket's peer for LOCAL and UNKNOWN). Without a valid header the
+ * connection is closed and counted. */
+void mg_http_pp_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx);
+void mg_http_pp_close_all(void); /* stopping: headers not read yet are not waited for */
+/* One header in b[0..n) (pure, for spec/c/): its length, 0 when a prefix of
+ * a valid one (read on), -1 when not one (*why says why). The client's
+ * address goes to ss (*sslen 0: LOCAL or UNKNOWN, use the peer's). */
+int mg_http_pp_parse(const unsigned char *b, size_t n, struct sockaddr_storage *ss,
+                     socklen_t *sslen, const char **why);
 
 /* ---- request fields and header lines (http.c, http_resp.c, fields.c) ---- */
 /* Is `name` overridden by req:set_header()? */

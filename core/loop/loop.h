@@ -15,6 +15,7 @@
 /* A listening address as configured. */
 typedef struct {
     char host[64];
+    int proxy_protocol; /* a PROXY v1/v2 header comes first (http/proxy_proto.c) */
     int port;
     int server; /* 0 = the main route table, then conf.servers in name order */
 } mg_addr_t;

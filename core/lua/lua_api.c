@@ -234,7 +234,7 @@ static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
     if (k[0] == 'i') {
         lua_pushstring(L, r->request_id);
     } else if (k[0] == 'r') {
-        lua_pushstring(L, mg_req_peer_ip(r));
+        lua_pushstring(L, mg_req_client_ip(r));
     } else if (k[0] == 'q') {
         if (r->url_len > r->path_len)
             lua_pushlstring(L, r->hbuf + r->path_len + 1, r->url_len - r->path_len - 1);
@@ -468,7 +468,7 @@ void mg_lua_log(mg_req_t *r, double duration_ms) {
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->hbuf, r->path_len);
     lua_setfield(L, -2, "path");
-    lua_pushstring(L, mg_req_peer_ip(r));
+    lua_pushstring(L, mg_req_client_ip(r));
     lua_setfield(L, -2, "remote_addr");
     mg_lua_push_ctx(L, r);
     if (lua_pcall(L, 3, 0, 0) != 0)

@@ -57,6 +57,7 @@ local add_lua_path = check.add_lua_path
 local MAX_SECONDS = check.MAX_SECONDS
 local MAX_INT = check.MAX_INT
 local MAX_NAME = check.MAX_NAME
+local cidr = require "moongate.cidr"
 local load_routes = require("moongate.routes").load
 local validate = require("moongate.schema").validate
 
@@ -252,6 +253,28 @@ local function norm_servers(v)
 end
 
 
+-- trusted_proxies: CIDR blocks (or single addresses), IPv4 and IPv6 ->
+-- { {bytes = network-order bytes (4 or 16), bits = prefix length}, ... }
+local function norm_trusted(v)
+  local items, err = string_list_reason(v)
+  if not items then return nil, err end
+  local out = {}
+  for i, s in ipairs(items) do
+    local block, reason = cidr.parse_cidr(s)
+    if not block then
+      return nil, str_format("item #%d: %s (expected an address or CIDR block such as "
+                             .. "\"10.0.0.0/8\" or \"2001:db8::/32\")", i, reason), s
+    end
+    out[i] = { bytes = block.bytes, bits = block.bits }
+  end
+  return out
+end
+
+local TRUSTED_PROXIES = { type = "any", default = {}, convert = norm_trusted }
+local PROXY_PROTOCOL = { type = "boolean", default = false,
+                         message = "expected a boolean, got {type}" }
+
+
 local function norm_lua_path(v, _, ctx)
   local dirs, err = string_list_reason(v)
   if not dirs then return nil, err end
@@ -356,6 +379,7 @@ local function conf_schema(env_fn)
       "listen", env_fn("listen"), "workers", env_fn("workers"),
       "max_open_files", env_fn("max_open_files"), "routes", "lua_path",
       "access_log", "log_level", "timeouts", "limits", "upstreams",
+      "trusted_proxies", "proxy_protocol",
     },
     fields = {
       listen = { type = "any", default = "127.0.0.1:8080", convert = norm_listen },
@@ -391,6 +415,10 @@ local function conf_schema(env_fn)
                                  show_key(name), MAX_NAME), true
         end,
       },
+      -- the hop before moongate: whose X-Forwarded-* to believe, and
+      -- whether every listener expects a PROXY protocol header first
+      trusted_proxies = TRUSTED_PROXIES,
+      proxy_protocol = PROXY_PROTOCOL,
       -- checked after the routes, in this order (load_generation)
       servers = ANY, shared_dicts = ANY, plugins = ANY,
     },
@@ -557,6 +585,10 @@ end
 -- demo Runtime). MOONGATE_SERVER_<NAME>_LISTEN overrides a listen address.
 local SERVER = {
   fields = {
+    -- a server's own (the main conf's do not carry over)
+    trusted_proxies = TRUSTED_PROXIES,
+    proxy_protocol = PROXY_PROTOCOL,
+
     -- listen and routes are checked by load_servers: the environment
     -- overrides listen, and only an enabled server's need be valid
     listen = ANY, routes = ANY,
@@ -575,6 +607,7 @@ local function load_servers(src, raw, conf, upstreams, env)
     bad(where, nil, "expected a table, got %s", type(raw))
   end
   local taken = {}
+  local edges = {} -- name -> the checked entry (trusted_proxies, proxy_protocol)
   for _, a in ipairs(conf.listen) do
     taken[a.host .. ":" .. a.port] = "listen"
   end
@@ -587,7 +620,7 @@ local function load_servers(src, raw, conf, upstreams, env)
     if type(s) ~= "table" then
       bad(w, nil, "expected a table, got %s", type(s))
     end
-    check_with(w, SERVER, s)
+    edges[name] = check_with(w, SERVER, s)
     if s.enabled ~= false then
       local listen, reason, hint
       local var = "MOONGATE_SERVER_" .. str_upper(name) .. "_LISTEN"
@@ -614,6 +647,10 @@ local function load_servers(src, raw, conf, upstreams, env)
                                  upstreams)
       out[#out + 1] = { name = name, listen = listen, routes = routes }
     end
+  end
+  for _, srv in ipairs(out) do -- each server's own (the main conf's do not carry over)
+    srv.trusted_proxies = edges[srv.name].trusted_proxies
+    srv.proxy_protocol = edges[srv.name].proxy_protocol
   end
   return out
 end

@@ -1,5 +1,7 @@
 -- ip-restriction: CIDR allow and deny lists, IPv4 and IPv6, with trusted
--- proxies for X-Forwarded-For. The client address it settles on is left in
+-- proxies for X-Forwarded-For. It starts from req.remote_addr, which the
+-- core already resolved behind the conf's trusted_proxies or a PROXY
+-- protocol header. The client address it settles on is left in
 -- ctx.client_ip for later phases (rate-limit keys on it).
 local cidr = require "moongate.cidr"
 
