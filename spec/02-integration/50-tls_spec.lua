@@ -739,3 +739,105 @@ return {
         assert.is_false(late.reused, late.out)
     end)
 end)
+
+describe("TLS handshake writes that must wait", function()
+    local mg, tport
+    local ffi = require "ffi"
+    local socket = require "socket"
+
+    pcall(ffi.cdef, [[
+typedef struct ssl_ctx_st SSL_CTX; typedef struct ssl_st SSL; typedef struct ssl_method_st SSL_METHOD;
+const SSL_METHOD *TLS_client_method(void);
+SSL_CTX *SSL_CTX_new(const SSL_METHOD *m);
+void SSL_CTX_free(SSL_CTX *ctx);
+long SSL_CTX_ctrl(SSL_CTX *ctx, int cmd, long larg, void *parg);
+SSL *SSL_new(SSL_CTX *ctx);
+void SSL_free(SSL *s);
+int SSL_set_fd(SSL *s, int fd);
+int SSL_connect(SSL *s);
+int SSL_write(SSL *s, const void *buf, int num);
+int SSL_read(SSL *s, void *buf, int num);
+int SSL_get_error(const SSL *s, int ret);
+int setsockopt(int fd, int level, int name, const void *val, unsigned int len);
+]])
+
+    lazy_setup(function()
+        local dir = helpers.tmpdir("tls-bigchain-certs")
+        local ca = tls.ca(dir)
+        local c = tls.cert(ca, { key = "rsa" })
+        -- a ~12 MB certificate flight: more than the server's socket takes
+        -- at once even on loopback (its send buffer grows to megabytes
+        -- there), so the handshake's write inside SSL_read must wait for
+        -- the socket to be writable
+        local pem = helpers.read_file(c.cert)
+        local chain = dir .. "/big-chain.pem"
+        helpers.write_file(chain, pem .. string.rep(pem, 16000))
+        tport = helpers.free_port()
+        mg = helpers.start_moongate({ name = "tls-bigchain", routes = ROUTES, conf = fmt([[
+return {
+  listen = "127.0.0.1:$PORT",
+  workers = 1,
+  timeouts = { header = 40 },
+  upstreams = { up = { servers = { "http://127.0.0.1:9" } } },
+  tls = { listen = "127.0.0.1:$TLSPORT", certificates = { { cert = %q, key = %q } } },
+}
+]], chain, c.key), vars = { TLSPORT = tport } })
+        assert(helpers.wait_until(function() return helpers.port_open(tport) end, 5))
+    end)
+
+    lazy_teardown(function()
+        if mg then mg:stop() end
+        helpers.cleanup()
+    end)
+
+    it("completes the handshake once the socket drains (not at the header timeout)", function()
+        -- libssl through the FFI: a client that takes a chain this long
+        -- (SSL_CTRL_SET_MAX_CERT_LIST; python and s_client stop at 100 KiB)
+        local ssl = ffi.load("ssl")
+        local ctx = ssl.SSL_CTX_new(ssl.TLS_client_method())
+        ssl.SSL_CTX_ctrl(ctx, 51, 16 * 1024 * 1024, nil)
+        -- TLS 1.2: the client sends nothing until the server's flight is in
+        -- (a TLS 1.3 client's compatibility CCS would wake a read event)
+        ssl.SSL_CTX_ctrl(ctx, 124, 0x0303, nil) -- SSL_CTRL_SET_MAX_PROTO_VERSION
+        -- a small receive window: the flight waits in the server's socket
+        local sock = assert((socket.tcp4 or socket.tcp)()) -- tcp4: the fd exists now
+        local rcvbuf = ffi.new("int[1]", 4096)
+        assert(ffi.C.setsockopt(sock:getfd(), 1, 8, rcvbuf, 4) == 0) -- SOL_SOCKET, SO_RCVBUF
+        sock:settimeout(5)
+        assert(sock:connect("127.0.0.1", tport))
+        local s = ssl.SSL_new(ctx)
+        ssl.SSL_set_fd(s, sock:getfd())
+        local t0, deadline = helpers.now(), helpers.now() + 30
+        local function drive(f)
+            while helpers.now() < deadline do
+                local rc = f()
+                if rc > 0 then return rc end
+                local e = ssl.SSL_get_error(s, rc)
+                if e ~= 2 and e ~= 3 then return nil, "ssl error " .. e end -- WANT_READ/WRITE
+                socket.select({ sock }, e == 3 and { sock } or nil, 0.1)
+            end
+            return nil, "deadline"
+        end
+        local ok, err = drive(function() return ssl.SSL_connect(s) end)
+        local took = helpers.now() - t0
+        local req = "GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        local got = ""
+        if ok then
+            drive(function() return ssl.SSL_write(s, req, #req) end)
+            local buf = ffi.new("char[4096]")
+            while not got:find("hello\n", 1, true) do
+                local n = drive(function() return ssl.SSL_read(s, buf, 4096) end)
+                if not n then break end
+                got = got .. ffi.string(buf, n)
+            end
+        end
+        ssl.SSL_free(s)
+        ssl.SSL_CTX_free(ctx)
+        sock:close()
+        assert.truthy(ok, err)
+        -- without the writable wait it hangs to the deadline (the header
+        -- timeout is 40 s); with it, it takes what moving the bytes takes
+        assert.truthy(took < 20, "the handshake took " .. took .. " s")
+        assert.truthy(got:match("^HTTP/1.1 200"), got)
+    end)
+end)
