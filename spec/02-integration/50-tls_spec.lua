@@ -455,6 +455,24 @@ print("after", get(), flush=True)
         cur = new
     end)
 
+    it("says that a reload cannot add a TLS listener, nor take one's certificates", function()
+        local other = helpers.free_port()
+        local log0 = #mg:log()
+        mg:write_conf(conf(cur):gsub("%$TLSPORT", tostring(other)))
+        mg:signal("HUP")
+        assert.truthy(helpers.wait_until(function()
+            local tail = mg:log():sub(log0 + 1)
+            return tail:match("127%.0%.0%.1:" .. other .. " %(TLS%) is not listened on")
+                and tail:match("TLS listener 127%.0%.0%.1:" .. tport .. " has no certificates")
+                and tail:match("serving on 2 workers")
+        end, 10), mg:log():sub(log0 + 1))
+        -- its new connections are closed; a reload back serves again
+        local r = tls.s_client(tport, { servername = "localhost" })
+        assert.is_false(r.ok, r.out)
+        assert.truthy(reload_to(cur):match("serving on 2 workers"))
+        assert.equal(cur.serial, served())
+    end)
+
     it("refuses a broken certificate with file: reason and keeps the old one", function()
         local other = tls.cert(ca)
         local cases = {
