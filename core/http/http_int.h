@@ -27,8 +27,7 @@ struct mg_conn_s {
     size_t in_len, in_cap;
     llhttp_t parser;
     mg_req_t *req;
-    struct sockaddr_storage peer;
-    char peer_ip[MG_PEER_IP_MAX];
+    char peer_ip[MG_PEER_IP_MAX]; /* the only copy of the peer's address kept */
     int is_tls;
     int lidx;               /* listening socket it came from */
     mg_conn_t *prev, *next; /* all connections of the worker */
@@ -55,7 +54,9 @@ typedef struct {
     int scan_rl;            /* 0 before the request line, 1 in it, 2 after */
     int scan_sp;            /* spaces in the request line: exactly 2 */
     char scan_prev;
-    const char *val_end; /* end of the last header value piece */
+    const char *val_end;       /* end of the last header value piece */
+    int tls_ww;                /* a TLS read waits for the socket to take its writes */
+    struct mg_http_tls_s *tls; /* TLS facts for the layers above, made on first ask */
 } mg_xconn_t;
 
 #define X(c) ((mg_xconn_t *)(c))

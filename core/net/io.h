@@ -42,8 +42,9 @@ struct mg_io_s {
     int fd;
     unsigned tls : 1;  /* encrypted between us and the peer */
     unsigned want : 2; /* after EAGAIN: the socket event the call waits for (MG_IO_WANT_*) */
+    unsigned hs : 1;   /* TLS: the handshake is done and its ALPN and SNI noted */
     const char *alpn;  /* the protocol agreed in the TLS handshake, or NULL */
-    const char *sni;   /* the server name the client asked for, or NULL */
+    const char *sni;   /* the server name the client asked for, or NULL (the SSL's) */
     void *ctx;         /* the transport's own state (TLS: the SSL object) */
 };
 
@@ -81,6 +82,9 @@ int mg_io_handshake(mg_io_t *io);
 /* "TLSv1.3", "TLS_AES_128_GCM_SHA256"...; NULL on plain TCP. */
 const char *mg_io_tls_version(mg_io_t *io);
 const char *mg_io_tls_cipher(mg_io_t *io);
+/* The subject of the peer's certificate (RFC 2253: "CN=alice,O=Example")
+ * into buf, when the peer sent one and it verified: 1, else 0. */
+int mg_io_tls_peer_subject(mg_io_t *io, char *buf, size_t len);
 
 /* Upstream side (client). Why the last call on io failed (the
  * certificate verification's reason when that failed, e.g. "certificate
@@ -103,9 +107,7 @@ void *mg_io_tls_client_default(void);
  * left empty (closing it does nothing). */
 static inline void mg_io_move(mg_io_t *dst, mg_io_t *src) {
     *dst = *src;
-    src->ops = NULL;
-    src->fd = -1;
-    src->ctx = NULL;
+    *src = (mg_io_t){.fd = -1}; /* not TLS any more either: no SSL behind it */
 }
 
 /* Writes from the front of b as much as the transport takes now (up to

@@ -14,7 +14,9 @@
  */
 #include "net/io.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <string.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -32,12 +34,42 @@
  * once), for mg_io_tls_error. One per process: read right after the call. */
 static unsigned long mg_tls_last_err;
 
+/* A server-side handshake that failed: counted in the worker record and
+ * logged at most once per MG_TLS_REPORT seconds, with the count since the
+ * last line and the last failure's peer and reason (a scan or a broken
+ * client must not fill the log). */
+#define MG_TLS_REPORT 1.0
+
+static void mg_tls_failed(mg_io_t *io, const char *why) {
+    double now = mg_now_coarse();
+    mg_worker.tls_failed++;
+    if (now - mg_worker.tls_failed_reported >= MG_TLS_REPORT) {
+        struct sockaddr_storage ss;
+        socklen_t len;
+        char ip[64] = "?";
+        if (mg_io_peer(io, &ss, &len) == MG_OK) {
+            if (ss.ss_family == AF_INET)
+                inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
+            else if (ss.ss_family == AF_INET6)
+                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof(ip));
+        }
+        mg_warn("tls: %llu failed handshakes since the last report (%llu in all; last: %s: %s)",
+                (unsigned long long)(mg_worker.tls_failed - mg_worker.tls_failed_logged),
+                (unsigned long long)mg_worker.tls_failed, ip, why);
+        mg_worker.tls_failed_logged = mg_worker.tls_failed;
+        mg_worker.tls_failed_reported = now;
+    }
+}
+
 /* The outcome of an SSL call as a system call's: -1 with errno, and
  * io->want set on EAGAIN. A clean or unclean end of the stream reads as 0
- * from read (SSL_OP_IGNORE_UNEXPECTED_EOF is set on every context). */
+ * from read (SSL_OP_IGNORE_UNEXPECTED_EOF is set on every context). A
+ * server handshake that ends here is counted (mg_tls_failed); a client
+ * that connects and closes without a byte (a TCP health check) is not. */
 static ssize_t mg_tls_fail(mg_io_t *io, int rc) {
     SSL *ssl = io->ctx;
     int e = SSL_get_error(ssl, rc);
+    int hs = SSL_is_server(ssl) && !SSL_is_init_finished(ssl);
     switch (e) {
     case SSL_ERROR_WANT_READ:
         io->want = MG_IO_WANT_READ;
@@ -47,15 +79,24 @@ static ssize_t mg_tls_fail(mg_io_t *io, int rc) {
         io->want = MG_IO_WANT_WRITE;
         errno = EAGAIN;
         return -1;
-    case SSL_ERROR_ZERO_RETURN: return 0;
+    case SSL_ERROR_ZERO_RETURN:
+        if (hs && BIO_number_read(SSL_get_rbio(ssl)) > 0)
+            mg_tls_failed(io, "closed in the handshake");
+        return 0;
     case SSL_ERROR_SYSCALL:
         mg_tls_last_err = ERR_peek_last_error();
         ERR_clear_error();
+        if (hs && BIO_number_read(SSL_get_rbio(ssl)) > 0)
+            mg_tls_failed(io, errno ? strerror(errno) : "closed in the handshake");
         if (errno == 0)
             errno = ECONNRESET;
         return -1;
     default: /* SSL_ERROR_SSL: a protocol error (bad ClientHello, bad record) */
         mg_tls_last_err = ERR_peek_last_error();
+        if (hs) {
+            const char *why = ERR_reason_error_string(ERR_peek_last_error());
+            mg_tls_failed(io, why ? why : "protocol error");
+        }
         ERR_clear_error();
         errno = EPROTO;
         return -1;
@@ -63,31 +104,24 @@ static ssize_t mg_tls_fail(mg_io_t *io, int rc) {
 }
 
 /* What the handshake agreed, once it is done: ALPN and SNI as the
- * session sees them (NUL-ended copies owned by the io). */
-typedef struct {
-    char alpn[32];
-    char sni[256];
-} mg_tls_info_t;
+ * session sees them, noted once (io->hs). No copies, so nothing is
+ * allocated per connection beside the SSL: the SNI name is the SSL's own
+ * (valid until it is freed), an ALPN name one of these static strings (a
+ * protocol not listed here is not reported). */
+static const char *const mg_tls_alpn_names[] = {"http/1.1", "h2", "http/1.0", "acme-tls/1"};
 
 static void mg_tls_note_done(mg_io_t *io) {
     SSL *ssl = io->ctx;
-    mg_tls_info_t *ti = SSL_get_app_data(ssl);
     const unsigned char *p;
     unsigned int n;
-    const char *sni;
-    if (ti == NULL || io->alpn || io->sni)
+    if (io->hs)
         return;
+    io->hs = 1;
     SSL_get0_alpn_selected(ssl, &p, &n);
-    if (n > 0 && n < sizeof(ti->alpn)) {
-        memcpy(ti->alpn, p, n);
-        ti->alpn[n] = '\0';
-        io->alpn = ti->alpn;
-    }
-    sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (sni && strlen(sni) < sizeof(ti->sni)) {
-        strcpy(ti->sni, sni);
-        io->sni = ti->sni;
-    }
+    for (size_t i = 0; n > 0 && i < sizeof(mg_tls_alpn_names) / sizeof(mg_tls_alpn_names[0]); i++)
+        if (strlen(mg_tls_alpn_names[i]) == n && memcmp(mg_tls_alpn_names[i], p, n) == 0)
+            io->alpn = mg_tls_alpn_names[i];
+    io->sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
 }
 
 static ssize_t mg_tls_read(mg_io_t *io, void *buf, size_t len) {
@@ -98,8 +132,7 @@ static ssize_t mg_tls_read(mg_io_t *io, void *buf, size_t len) {
     ERR_clear_error();
     n = SSL_read(ssl, buf, (int)len);
     if (n > 0) {
-        if (io->alpn == NULL && io->sni == NULL)
-            mg_tls_note_done(io);
+        mg_tls_note_done(io);
         return n;
     }
     return mg_tls_fail(io, n);
@@ -157,13 +190,12 @@ static int mg_tls_shutdown(mg_io_t *io) {
 static void mg_tls_close(mg_io_t *io) {
     SSL *ssl = io->ctx;
     if (ssl) {
-        mg_tls_info_t *ti = SSL_get_app_data(ssl);
         /* a quiet shutdown: no close_notify on a close (a shutdown sent one
          * already where the protocol ends cleanly) */
         SSL_set_quiet_shutdown(ssl, 1);
         SSL_free(ssl);
-        free(ti);
         io->ctx = NULL;
+        io->sni = NULL; /* it was the SSL's */
     }
     if (io->fd >= 0)
         close(io->fd);
@@ -181,14 +213,11 @@ static const mg_io_ops_t mg_tls_ops = {
 
 static int mg_tls_new(mg_io_t *io, int fd, void *sslctx) {
     SSL *ssl = SSL_new(sslctx);
-    mg_tls_info_t *ti = calloc(1, sizeof(*ti));
-    if (ssl == NULL || ti == NULL || SSL_set_fd(ssl, fd) != 1) {
+    if (ssl == NULL || SSL_set_fd(ssl, fd) != 1) {
         SSL_free(ssl);
-        free(ti);
         ERR_clear_error();
         return MG_ERR;
     }
-    SSL_set_app_data(ssl, ti);
     SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                           SSL_MODE_RELEASE_BUFFERS);
     *io = (mg_io_t){.ops = &mg_tls_ops, .fd = fd, .tls = 1, .ctx = ssl};
@@ -327,4 +356,26 @@ void *mg_io_tls_client_default(void) {
             ERR_clear_error();
     }
     return dflt;
+}
+
+int mg_io_tls_peer_subject(mg_io_t *io, char *buf, size_t len) {
+    X509 *x;
+    BIO *b;
+    int n, ok = 0;
+    if (!io->tls || len == 0)
+        return 0;
+    x = SSL_get0_peer_certificate(io->ctx);
+    if (x == NULL || SSL_get_verify_result(io->ctx) != X509_V_OK)
+        return 0;
+    b = BIO_new(BIO_s_mem());
+    if (b && X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253) >= 0) {
+        n = BIO_read(b, buf, (int)(len - 1 > INT32_MAX ? INT32_MAX : len - 1));
+        if (n >= 0) {
+            buf[n] = '\0';
+            ok = 1;
+        }
+    }
+    BIO_free(b);
+    ERR_clear_error();
+    return ok;
 }
