@@ -92,6 +92,17 @@ typedef struct {
     int log_ref;      /* log list (plugins), LUA_NOREF if none */
 } mg_route_t;
 
+/* What a route table (the main one or one of conf.servers) says about
+ * HTTPS at the edge, beside its routes: the redirect of its plain
+ * listeners (gateway/dispatch.c) and the HSTS line of its TLS ones
+ * (http/http_resp.c). Read at load by app/load_edge.c. */
+typedef struct {
+    int redirect_https; /* 0, or 301/308: plain listeners answer with a redirect */
+    int https_port;     /* the first tls.listen port (0: none, or 443): the Location's */
+    char *hsts;         /* "Strict-Transport-Security: ...\r\n", or NULL */
+    size_t hsts_len;
+} mg_edge_t;
+
 /* A generation: one load of conf + scripts, with its own Lua state. Requests
  * hold a reference; the last one out of a superseded generation frees it. */
 typedef struct mg_gen_s mg_gen_t;
@@ -112,6 +123,10 @@ struct mg_gen_s {
     int nupstreams;
     mg_route_t *routes;
     int nroutes;
+    /* redirect_https and HSTS by route table (0 = the main one, then
+     * conf.servers), or NULL */
+    mg_edge_t *edge;
+    int nedge;
     int max_websockets;      /* per worker */
     struct mg_co_s *co_pool; /* finished coroutines kept for reuse (lua_api.c) */
     int nco_pool;
@@ -145,5 +160,9 @@ mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *ho
 size_t mg_route_strip_len(const mg_route_t *rt, const char *path, size_t path_len);
 /* The server (route table) of this worker's listening socket `lidx`. */
 int mg_gen_server_of(mg_gen_t *gen, int lidx);
+/* The edge settings of route table `server`, or NULL (none set). */
+static inline const mg_edge_t *mg_gen_edge(const mg_gen_t *gen, int server) {
+    return server >= 0 && server < gen->nedge ? &gen->edge[server] : NULL;
+}
 
 #endif

@@ -63,6 +63,9 @@ void mg_gen_free(mg_gen_t *g) {
     for (i = 0; i < g->ndesc; i++)
         free(g->desc[i]);
     free(g->desc);
+    for (i = 0; i < g->nedge; i++)
+        free(g->edge[i].hsts);
+    free(g->edge);
     free(g->conf_file);
     free(g);
 }
