@@ -119,7 +119,7 @@ out="$S/results.txt"
 : >"$out"
 hz=$(getconf CLK_TCK)
 # us of CPU per op of PIDs (children included) between two tick readings
-per_op() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$hz" 'BEGIN { printf "%.1f", n > 0 ? (b - a) * 1e6 / hz / n : 0 }'; }
+per_op() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$hz" 'BEGIN { printf "%.1f", (n > 0 ? (b - a) * 1e6 / hz / n : 0) }'; }
 
 # 1. idle memory, on the freshly started servers
 for t in "nginx $NGX $ngxpid" "moongate $MG $mgpid"; do

@@ -12,6 +12,8 @@ local str_find = string.find
 local str_format = string.format
 local str_lower = string.lower
 
+local check = require "moongate.check"
+
 local _M = { _VERSION = "0.1.0" }
 
 local function show(v)
@@ -57,5 +59,18 @@ _M.hsts = {
     return v
   end,
 }
+
+--- The tls table's hsts (moongate.tls_conf): nil, or the value; a bad one
+-- raises a LoadError at w ("file:line: tls.hsts: reason").
+function _M.norm_hsts(w, v)
+  if v == nil then
+    return nil
+  end
+  local out, reason, hint = _M.hsts.convert(v)
+  if out == nil then
+    check.bad(w, hint, "%s", reason)
+  end
+  return out
+end
 
 return _M
