@@ -1,5 +1,5 @@
 -- moongate.tls_extras: the conf fields of HTTPS at the edge beside the
--- listeners themselves (docs/configuration.md, "Redirects, HSTS and OCSP
+-- listeners themselves (docs/configuration.md, "Redirects to HTTPS, HSTS and OCSP
 -- stapling"): `redirect_https` (a conf's or a server's plain listeners
 -- answer with a redirect to https) and `tls.hsts` (the
 -- Strict-Transport-Security value its TLS listeners add), as field specs
