@@ -58,8 +58,6 @@ return {
   end },
 }
 EOF
-# LuaJIT's allocator reads words past a string's end on purpose; those
-# reports are not ours, the leak check still is
 valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite \
   --trace-children=yes --child-silent-after-fork=no --num-callers=30 --log-file="$D/vg.%p" \
   "$BIN" -c "$D/conf/moongate.lua" -p "$D/moongate.pid" >"$D/moongate.log" 2>&1 &
