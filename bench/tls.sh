@@ -174,6 +174,7 @@ for r in $(seq 1 "$REPS"); do
   done
 done
 
+echo "tls load average (1, 5, 15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg) (a quiet box: under 1.5 with the load generator's core busy)"
 # medians and ratios against nginx
 awk '{ for (i = 3; i <= NF; i++) { split($i, kv, "="); if (kv[2] != "") v[$1, $2, kv[1], ++n[$1, $2, kv[1]]] = kv[2] } }
   function med(r, w, k,   c, i, j, a, x) { c = n[r, w, k]; if (c == 0) return 0
