@@ -23,6 +23,8 @@ return {
   { path = "/echo", method = "POST", body_size = 4194304,
     handler = function(req) return 200, req:body() end },
   { prefix = "/up", upstream = "up", strip_prefix = true },
+  { path = "/keyed", plugins = { ["key-auth"] = { keys = { alice = "k-123" } } },
+    handler = function(req, res) return 200, "keyed\n" end },
 }
 ]]
 
@@ -44,7 +46,7 @@ local function tls_conf(c, extra)
 return {
   listen = "127.0.0.1:$PORT",
   workers = $WORKERS,
-  timeouts = { header = 2 },
+  timeouts = { header = 2, idle = 3 },
   limits = { header_size = 4096 },
   upstreams = { up = { servers = { "$UPSTREAM" } } },
   tls = {
@@ -239,6 +241,36 @@ print("ok", hashlib.sha256(body).hexdigest())
         local st2 = tls.https(tport, "POST", "/hello", certs.ca, "a.test",
             { body = string.rep("x", 2 * 1048576) })
         assert.equal(413, st2)
+    end)
+
+    it("runs plugins over TLS (key-auth)", function()
+        assert.equal(401, (tls.https(tport, "GET", "/keyed", certs.ca, "a.test")))
+        local st, _, body = tls.https(tport, "GET", "/keyed", certs.ca, "a.test",
+            { headers = { apikey = "k-123" } })
+        assert.equal(200, st)
+        assert.equal("keyed\n", body)
+    end)
+
+    it("closes an idle keep-alive TLS connection at the idle timeout (3 s)", function()
+        local out, rc = tls.py([[
+import socket, ssl, sys, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="a.test")
+s.sendall(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+got = b""
+while not got.endswith(b"hello\n"):
+    got += s.recv(4096)
+t0 = time.time()
+try:
+    d = s.recv(100)
+except (ConnectionResetError, ssl.SSLError):
+    d = b""
+print("closed after %.2f (%r)" % (time.time() - t0, d))
+]], { tostring(tport), certs.ca.cert }, 20)
+        assert.equal(0, rc, out)
+        local t = tonumber(out:match("closed after ([%d%.]+)"))
+        assert.truthy(t and t >= 2.5 and t < 6, out)
     end)
 
     it("cuts a client that stalls mid-handshake at the header timeout (2 s)", function()
@@ -616,13 +648,13 @@ return {
 end)
 
 describe("TLS session resumption", function()
-    local mg, ca, dir, tport
+    local mg, ca, dir, tport, ntport
 
     lazy_setup(function()
         dir = helpers.tmpdir("tls-resume")
         ca = tls.ca(dir)
         local c = tls.cert(ca)
-        tport = helpers.free_port()
+        tport, ntport = helpers.free_port(), helpers.free_port()
         mg = helpers.start_moongate({ name = "tls-resume", routes = ROUTES, workers = 2, conf = fmt([[
 return {
   listen = "127.0.0.1:$PORT",
@@ -630,8 +662,12 @@ return {
   upstreams = { up = { servers = { "http://127.0.0.1:9" } } },
   tls = { listen = "127.0.0.1:$TLSPORT", certificates = { { cert = %q, key = %q } },
           ticket_rotate = 2 },
+  servers = { nt = { listen = "127.0.0.1:$NTPLAIN", routes = "scripts/routes.lua",
+    tls = { listen = "127.0.0.1:$NTPORT", certificates = { { cert = %q, key = %q } },
+            session_tickets = false } } },
 }
-]], c.cert, c.key), vars = { TLSPORT = tport } })
+]], c.cert, c.key, c.cert, c.key), vars = { TLSPORT = tport, NTPORT = ntport,
+            NTPLAIN = helpers.free_port() } })
         assert(helpers.wait_until(function() return helpers.port_open(tport) end, 5))
     end)
 
@@ -668,6 +704,20 @@ return {
             end
         end
         assert.truthy(other, "no resumed connection reached the other worker in 40 tries")
+    end)
+
+    it("issues no tickets with session_tickets = false", function()
+        local sess = dir .. "/nt"
+        local first = tls.s_client(ntport, { servername = "localhost", sess_out = sess, request = REQ })
+        assert.is_true(first.ok, first.out)
+        -- s_client writes -sess_out when a ticket arrives: none did
+        assert.is_nil(helpers.read_file(sess))
+        -- the same certificate with tickets on (the main listener): one, and it resumes
+        local t1 = tls.s_client(tport, { servername = "localhost", sess_out = sess .. "2", request = REQ })
+        assert.is_true(t1.ok)
+        assert.truthy(helpers.read_file(sess .. "2"))
+        assert.is_true(tls.s_client(tport, { servername = "localhost", sess_in = sess .. "2",
+            request = REQ }).reused)
     end)
 
     it("still resumes after a key rotation, not after three", function()
