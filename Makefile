@@ -7,7 +7,7 @@ LLHTTP_INC ?= /usr/share/include/llhttp
 PKGS = gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev libssl-dev \
        lua-cjson node-llhttp zlib1g-dev
 TEST_PKGS = lua-busted lua-check luarocks lua-socket curl openssl python3 python3-websockets \
-       nodejs node-ws chromium clang-format
+       nodejs node-ws chromium clang-format valgrind
 DEPS_STAMP = .deps-ok
 TEST_STAMP = .deps-test-ok
 
@@ -138,6 +138,12 @@ chaos: $(TEST_STAMP) $(BIN)
 bench: $(BIN)
 	@sh bench/run.sh
 	@sh bench/plugins.sh
+	@bash bench/tls.sh
+
+# moongate under valgrind memcheck over a short TLS + WSS session
+.PHONY: valgrind-tls
+valgrind-tls: $(TEST_STAMP) $(BIN)
+	@sh tools/valgrind-tls.sh
 
 clean:
 	rm -rf build build-asan moongate moongate-asan

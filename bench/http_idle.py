@@ -2,9 +2,11 @@
 """RSS per idle keep-alive HTTP connection: opens N connections to
 127.0.0.1:PORT, sends one GET on each (so every one has served a request and
 sits idle in keep-alive), waits, then sums VmRSS of the given PIDs and their
-children. Usage: http_idle.py PORT PATH N PID [PID...]  (bounded: closes all
-connections and exits when done)."""
-import os, resource, socket, sys, time
+children. Usage: http_idle.py [--tls] PORT PATH N PID [PID...]  (bounded:
+closes all connections and exits when done). --tls: the connections are
+TLS (certificate not verified: a bench's own), so the figure is per idle TLS
+connection (bench/tls.sh)."""
+import os, resource, socket, ssl, sys, time
 
 def rss_kib(pids):
     total = 0
@@ -31,7 +33,14 @@ def rss_kib(pids):
     return total
 
 def main():
-    port, path, n, pids = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+    args = sys.argv[1:]
+    tls = None
+    if args and args[0] == "--tls":
+        args = args[1:]
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+    port, path, n, pids = int(args[0]), args[1], int(args[2]), args[3:]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     before = rss_kib(pids)
@@ -40,6 +49,8 @@ def main():
     for _ in range(n):
         try:
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if tls:
+                s = tls.wrap_socket(s, server_hostname="localhost")
             s.sendall(req)
             data = b""
             while b"\r\n\r\n" not in data:

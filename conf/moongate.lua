@@ -24,7 +24,10 @@ return {
   --   client_certificate = { ca = "certs/clients.pem", verify = "required" },  -- mTLS
   --   session_tickets = true,             -- keys shared by all workers ...
   --   ticket_rotate = 3600,               -- ... and rotated this often (seconds)
+  --   hsts = "max-age=63072000",          -- Strict-Transport-Security on HTTPS responses
+  --                                       -- (a certificates entry may add ocsp = "x.ocsp.der")
   -- },
+  -- redirect_https = 308,                 -- plain listeners redirect to https (false, 301, 308)
 
   access_log = true,                -- JSON lines on stderr
   log_level = "info",

@@ -24,6 +24,24 @@ const char *mg_load_lib_dir(void);
 int mg_load_uptls(mg_gen_t *g, lua_State *L, int conf, char *err, size_t errlen);
 void mg_load_uptls_free(mg_gen_t *g); /* the generation's destructor */
 
+/* ---- load_edge.c: redirect_https and tls.hsts of every route table (the
+ * loader's generation table at genidx: conf, servers) into g->edge ---- */
+int mg_load_edge(mg_gen_t *g, lua_State *L, int genidx); /* MG_OK, MG_ERR (memory) */
+
+/* ---- tls_ocsp.c: OCSP stapling from a configured response file ----
+ * Staples the DER OCSP response `der` (len bytes, copied; read from `file`,
+ * named in messages) to cert (an X509 of ctx, an SSL_CTX; NULL: the one
+ * loaded last, SSL_CTX_get0_certificate) for every handshake whose client
+ * asks for it (status_request). Refused ("file: reason" in err): not an
+ * OCSP response, not successful, not for this certificate (its serial, and
+ * its issuer where the chain holds it), revoked or unknown, or past its
+ * nextUpdate. Each certificate of a context has its own (ECDSA and RSA side
+ * by side). MG_OK or MG_ERR. */
+struct ssl_ctx_st; /* SSL_CTX */
+struct x509_st;    /* X509 */
+int mg_tls_ocsp_staple(struct ssl_ctx_st *ctx, struct x509_st *cert, const char *file,
+                       const void *der, size_t len, char *err, size_t errlen);
+
 /* ---- snap.c: the files a generation loads, read once ---- */
 void mg_load_snap_install(lua_State *L); /* file readers go through an empty snapshot */
 int mg_load_snap_import(lua_State *L, int fd, char *err, size_t errlen); /* snapshot from memfd */

@@ -579,6 +579,10 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         g->listen[k].proxy_protocol = srv >= 0 && srv < g->nedge && g->edge[srv].proxy_protocol;
     }
     mg_load_read_desc(g, L, loader, genidx);
+    if (mg_load_edge(g, L, genidx) != MG_OK) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     /* the master: every module a handler may require later is read now */
     if (snap_fd < 0) {
         lua_getfield(L, genidx, "snap_dirs");

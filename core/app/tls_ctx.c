@@ -571,6 +571,9 @@ static int mg_tls_read_cert(lua_State *L, int e, int idx, const mg_tls_opts_t *o
     const char *cpem = mg_tls_field(L, e, "cert_pem", &cl);
     const char *kpem = mg_tls_field(L, e, "key_pem", &kl);
     const char *at = mg_tls_field(L, e, "at", &dummy);
+    size_t dl = 0;
+    const char *ocsp = mg_tls_field(L, e, "ocsp", &dummy);
+    const char *der = mg_tls_field(L, e, "ocsp_der", &dl);
     char **names = calloc(MG_TLS_MAX_NAMES, sizeof(char *)), e2[400];
     int n, i;
     unsigned type;
@@ -608,6 +611,13 @@ static int mg_tls_read_cert(lua_State *L, int e, int idx, const mg_tls_opts_t *o
     }
     if (mg_tls_ctx_add_pem(g->ctx, cpem, cl, kpem, kl, cert ? cert : "?", key ? key : "?", e2,
                            sizeof(e2)) != MG_OK) {
+        snprintf(err, errlen, "%s: %s", at ? at : o->at, e2);
+        if (names)
+            mg_tls_names_free(names, n);
+        return MG_ERR;
+    }
+    if (ocsp && mg_tls_ocsp_staple(g->ctx, NULL, ocsp, der ? der : "", der ? dl : 0, e2,
+                                   sizeof(e2)) != MG_OK) { /* tls_ocsp.c */
         snprintf(err, errlen, "%s: %s", at ? at : o->at, e2);
         if (names)
             mg_tls_names_free(names, n);

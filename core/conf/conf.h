@@ -55,11 +55,19 @@ typedef struct {
     uint8_t bits; /* prefix length */
 } mg_cidr_t;
 
-/* What the main conf, or one entry of `servers`, says about its peers. */
+/* What the main conf, or one entry of `servers`, says about its edge,
+ * beside its routes: its peers (trusted_proxies, proxy_protocol; read by
+ * app/load.c), the redirect of its plain listeners (gateway/dispatch.c)
+ * and the HSTS line of its TLS ones (http/http_resp.c; both read by
+ * app/load_edge.c). */
 typedef struct {
     mg_cidr_t *trusted; /* trusted_proxies: their X-Forwarded-* are believed */
     int ntrusted;
     int proxy_protocol; /* every listener of it expects a PROXY v1/v2 header */
+    int redirect_https; /* 0, or 301/308: plain listeners answer with a redirect */
+    int https_port;     /* the first tls.listen port (0: none, or 443): the Location's */
+    char *hsts;         /* "Strict-Transport-Security: ...\r\n", or NULL */
+    size_t hsts_len;
 } mg_edge_t;
 
 /* ---- WebSocket routes ---- */
@@ -179,5 +187,9 @@ mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *ho
 size_t mg_route_strip_len(const mg_route_t *rt, const char *path, size_t path_len);
 /* The server (route table) of this worker's listening socket `lidx`. */
 int mg_gen_server_of(mg_gen_t *gen, int lidx);
+/* The edge settings of route table `server`, or NULL (none set). */
+static inline const mg_edge_t *mg_gen_edge(const mg_gen_t *gen, int server) {
+    return server >= 0 && server < gen->nedge ? &gen->edge[server] : NULL;
+}
 
 #endif

@@ -56,8 +56,10 @@ void mg_gen_free(mg_gen_t *g) {
         free(g->upstreams[i].peers);
     free(g->upstreams);
     free(g->listen);
-    for (i = 0; i < g->nedge; i++)
+    for (i = 0; i < g->nedge; i++) {
         free(g->edge[i].trusted);
+        free(g->edge[i].hsts);
+    }
     free(g->edge);
     for (i = 0; i < g->nshd; i++)
         free(g->shd_names[i]);

@@ -1,6 +1,7 @@
 /*
  * dispatch.c -- what happens to a request once its head is parsed and
- * checked by the HTTP layer: routing, the route-level checks (no route,
+ * checked by the HTTP layer: the https redirect of a plain listener
+ * (redirect_https), routing, the route-level checks (no route,
  * the body limit, a WebSocket route's handshake and socket limit), the
  * access step (Lua hooks in a coroutine of their own; it resumes through
  * r->access_done), choosing the target (the C proxy, a Lua handler, the
@@ -12,6 +13,66 @@
 #include "gateway/gateway.h"
 
 #include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ACME http-01 challenges (RFC 8555 8.3) are fetched over plain HTTP:
+ * never redirected */
+#define MG_GW_ACME_PREFIX "/.well-known/acme-challenge/"
+
+/* redirect_https on a plain listener: every request gets a 301/308 to the
+ * same host (its port dropped) and target over https, on the conf's first
+ * TLS port unless it is 443, before routing (RFC 9110 15.4.2, 15.4.9). A
+ * Host is needed to name the target (HTTP/1.1 requires one; a 1.0 request
+ * without gets 400). 1: answered; 0: not redirected. */
+static int mg_gw_redirect_https(mg_req_t *r, const mg_edge_t *e) {
+    const char *host, *end;
+    size_t hl, n, cap;
+    char *loc, body[96];
+    int bl;
+
+    if (r->path_len >= sizeof(MG_GW_ACME_PREFIX) - 1 &&
+        memcmp(r->hbuf, MG_GW_ACME_PREFIX, sizeof(MG_GW_ACME_PREFIX) - 1) == 0)
+        return 0;
+    r->resp_close = !(r->clen <= 0 && !r->chunked); /* the body is not read */
+    if (r->host_idx < 0) {
+        mg_resp_json_error(r, 400, "a redirect to https needs a Host header");
+        return 1;
+    }
+    host = r->hbuf + r->hdrs[r->host_idx].voff;
+    hl = r->hdrs[r->host_idx].vlen;
+    /* the port goes: host:port, [v6]:port */
+    end = host[0] == '[' ? memchr(host, ']', hl) : NULL;
+    if (end)
+        hl = (size_t)(end + 1 - host);
+    else if ((end = memchr(host, ':', hl)) != NULL)
+        hl = (size_t)(end - host);
+    cap = sizeof("Location: https://:65535\r\nContent-Type: text/plain\r\n") + hl + r->url_len;
+    loc = malloc(cap); /* bounded by limits.header_size; only on this path */
+    if (loc == NULL) {
+        mg_resp_json_error(r, 503, "out of memory");
+        return 1;
+    }
+    memcpy(loc, "Location: https://", 18);
+    n = 18;
+    memcpy(loc + n, host, hl);
+    n += hl;
+    if (e->https_port) {
+        loc[n++] = ':';
+        n += mg_utoa(loc + n, (unsigned)e->https_port);
+    }
+    memcpy(loc + n, r->hbuf, r->url_len);
+    n += r->url_len;
+#define MG_GW_LOC_END "\r\nContent-Type: text/plain\r\n"
+    memcpy(loc + n, MG_GW_LOC_END, sizeof(MG_GW_LOC_END) - 1);
+    n += sizeof(MG_GW_LOC_END) - 1;
+    bl = snprintf(body, sizeof(body), "%d: this server is served over https\n", e->redirect_https);
+    mg_resp_head(r, e->redirect_https, loc, n, bl);
+    mg_resp_body(r, body, (size_t)bl);
+    r->resp_done = 1;
+    free(loc);
+    return 1;
+}
 
 /* A WebSocket route's handshake, checked before its access hook runs so
  * that a refused handshake runs and forwards nothing. 0 = go on: a valid
@@ -99,16 +160,32 @@ static void mg_gw_access_done(mg_req_t *r) {
     mg_req_resume(r);
 }
 
+/* A trusted balancer in front says the client spoke https to it: then a
+ * plain request is not redirected (it would loop). */
+static int mg_gw_behind_https(mg_req_t *r) {
+    size_t n;
+    const char *v;
+    if (!mg_req_peer_trusted(r))
+        return 0;
+    v = mg_req_header(r, "x-forwarded-proto", &n);
+    return v && MG_NAME_IS(v, n, "https");
+}
+
 static int mg_gw_head(mg_req_t *r) {
     const char *host = NULL;
     size_t hostlen = 0;
+    int server = mg_gen_server_of(r->gen, r->lidx);
+    const mg_edge_t *e = mg_gen_edge(r->gen, server);
 
+    if (e && e->redirect_https && !mg_req_tls(r) && !mg_gw_behind_https(r) &&
+        mg_gw_redirect_https(r, e))
+        return MG_HTTP_GO_ON;
     if (r->host_idx >= 0) {
         host = r->hbuf + r->hdrs[r->host_idx].voff;
         hostlen = r->hdrs[r->host_idx].vlen;
     }
-    r->route = mg_route_match(r->gen, mg_gen_server_of(r->gen, r->lidx), r->method, host, hostlen,
-                              r->hbuf, r->path_len, NULL, NULL);
+    r->route =
+        mg_route_match(r->gen, server, r->method, host, hostlen, r->hbuf, r->path_len, NULL, NULL);
     if (r->route == NULL) {
         r->resp_close = !(r->clen <= 0 && !r->chunked);
         mg_resp_json_error(r, 404, "no route");

@@ -1,6 +1,7 @@
 /*
  * http_resp.c -- HTTP/1.1 response framing behind mg_http_h1_ops (the
- * status line and Date, Content-Length or chunked framing, Connection),
+ * status line and Date, Content-Length or chunked framing, Connection,
+ * HSTS on TLS connections),
  * our own JSON errors (through whichever sink the request has), field
  * checks for script-set headers, and the request's header lines as an
  * upstream gets them (mg_req_copy_header, mg_req_xhdrs_append).
@@ -44,6 +45,16 @@ int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vl
     return 1;
 }
 
+/* HSTS (RFC 6797 7.1, 8.1): the route table's tls.hsts line, on TLS
+ * connections only and unless the response sets its own (an upstream's
+ * or a script's wins). A plain connection pays one bit test. */
+static void mg_http_h1_hsts(mg_req_t *r, mg_conn_t *c, const char *extra, size_t extralen) {
+    int server = r->route ? r->route->server : mg_gen_server_of(r->gen, c->lidx);
+    const mg_edge_t *e = mg_gen_edge(r->gen, server);
+    if (e && e->hsts && !mg_http_lines_have(extra, extralen, "strict-transport-security", 25))
+        evbuffer_add(c->out, e->hsts, e->hsts_len);
+}
+
 void mg_http_h1_head(mg_req_t *r, int status, const char *extra, size_t extralen, int64_t clen) {
     mg_conn_t *c = MG_CONN(r);
     char line[160];
@@ -81,6 +92,8 @@ void mg_http_h1_head(mg_req_t *r, int status, const char *extra, size_t extralen
     evbuffer_add(c->out, line, n);
     if (extralen)
         evbuffer_add(c->out, extra, extralen);
+    if (c->io.tls)
+        mg_http_h1_hsts(r, c, extra, extralen);
     if (!nobody) {
         n = 0;
         if (clen >= 0) {

@@ -37,6 +37,7 @@ local tbl_sort = table.sort
 
 local plugins = require "moongate.plugins"
 local check = require "moongate.check"
+local tls_extras = require "moongate.tls_extras"
 local fail = check.fail
 local show_key = check.show_key
 local show_value = check.show_value
@@ -400,6 +401,8 @@ local function conf_schema(env_fn)
                  end },
       lua_path = { type = "any", default = { "scripts", "lib" }, convert = norm_lua_path },
       access_log = { type = "boolean", default = true, message = "expected a boolean, got {type}" },
+      -- plain listeners answer with a redirect to https (moongate.tls_extras)
+      redirect_https = tls_extras.redirect_https,
       log_level = { type = "any", default = "info", one_of = { "debug", "info", "warn", "error" },
                     message = "expected one of debug, info, warn, error, got {value}" },
       timeouts = table_of({
@@ -611,6 +614,7 @@ local SERVER = {
     -- overrides listen, and only an enabled server's need be valid
     listen = ANY, routes = ANY, tls = ANY,
     enabled = { type = "boolean", message = "expected a boolean, got {type}" },
+    redirect_https = tls_extras.redirect_https,
   },
 }
 
@@ -641,7 +645,8 @@ local function load_servers(src, raw, conf, upstreams, env)
     if type(s) ~= "table" then
       bad(w, nil, "expected a table, got %s", type(s))
     end
-    edges[name] = check_with(w, SERVER, s)
+    local sv = check_with(w, SERVER, s)
+    edges[name] = sv
     if s.enabled ~= false then
       local listen, reason, hint
       local var = "MOONGATE_SERVER_" .. str_upper(name) .. "_LISTEN"
@@ -672,7 +677,8 @@ local function load_servers(src, raw, conf, upstreams, env)
       tls_conf.claim(tls, at(w, "tls"), taken, "servers." .. name .. ".tls")
       local routes = load_routes({ routes_file = join(conf.root, s.routes), limits = conf.limits },
                                  upstreams)
-      out[#out + 1] = { name = name, listen = listen, routes = routes, tls = tls }
+      out[#out + 1] = { name = name, listen = listen, routes = routes, tls = tls,
+                        redirect_https = sv.redirect_https }
     end
   end
   for _, srv in ipairs(out) do -- each server's own (the main conf's do not carry over)

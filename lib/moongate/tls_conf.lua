@@ -21,6 +21,7 @@ local math_floor = math.floor
 local str_format = string.format
 
 local check = require "moongate.check"
+local tls_extras = require "moongate.tls_extras"
 local fail = check.fail
 local bad = check.bad
 local at = check.at
@@ -239,7 +240,7 @@ function _M.norm(raw, w, opts)
     protocols = norm_protocols(at(w, "protocols"), raw.protocols),
     ciphers = opt_string(w, raw, "ciphers") or _M.CIPHERS,
     ciphersuites = opt_string(w, raw, "ciphersuites") or _M.CIPHERSUITES,
-    hsts = opt_string(w, raw, "hsts"),
+    hsts = tls_extras.norm_hsts(at(w, "hsts"), raw.hsts),
     ticket_rotate = rotate,
     ticket_lifetime = 2 * rotate,
   }
