@@ -53,4 +53,26 @@ void mg_worker_stop_accept(void);
 /* ---- main.c ---- */
 extern const char *mg_app_conf_path;
 
+/* ---- acme*.c: automatic certificates (ACME, RFC 8555) ---- */
+/* conf.acme as loaded (lib/moongate/acme_conf.lua): one per generation
+ * (g->acme), freed with it. */
+typedef struct {
+    char *storage; /* folder: account.key, <name>.pem (chain + key), 0600 */
+    char **names;  /* the names to cover, one certificate each */
+    int nnames;
+    char *src; /* the normalized section as a Lua chunk, for the ACME process */
+} mg_acme_conf_t;
+/* Reads conf.acme at idx (nil: NULL). */
+mg_acme_conf_t *mg_acme_conf_read(lua_State *L, int idx);
+void mg_acme_conf_free(mg_acme_conf_t *c);
+/* The ACME process (acme.c), forked by the master: runs lib/moongate/acme.lua
+ * for mg_gen_current's acme section, tells the master of each certificate
+ * obtained on sock (MG_CTL_CERT, the name in text). Never returns. */
+void mg_acme_run(int sock) __attribute__((noreturn));
+enum { MG_CTL_CERT = 'N' }; /* ACME process -> master -> workers: a new certificate */
+/* Worker (acme_tls.c): serves the stored certificates for new handshakes
+ * (through mg_tls_sni_hook), and the one for `name` anew after MG_CTL_CERT. */
+void mg_acme_worker_init(void);
+void mg_acme_worker_update(const char *name);
+
 #endif

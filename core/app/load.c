@@ -21,6 +21,8 @@ static unsigned mg_gen_seq;
  * its Lua state. */
 static void mg_load_dtor(mg_gen_t *g) {
     mg_lua_co_pool_free(g);
+    mg_acme_conf_free(g->acme);
+    g->acme = NULL;
     if (g->L)
         lua_close(g->L);
 }
@@ -476,7 +478,9 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    lua_pop(L, 1);
+    lua_getfield(L, -1, "acme");
+    g->acme = mg_acme_conf_read(L, lua_gettop(L));
+    lua_pop(L, 2);
     lua_getfield(L, genidx, "routes");
     if (!lua_istable(L, -1)) {
         snprintf(err, errlen, "%s: routes missing", conf_file);

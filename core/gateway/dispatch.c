@@ -103,6 +103,8 @@ static int mg_gw_head(mg_req_t *r) {
     const char *host = NULL;
     size_t hostlen = 0;
 
+    if (mg_gw_acme_challenge(r))
+        return MG_HTTP_GO_ON; /* before routing and any redirect to https */
     if (r->host_idx >= 0) {
         host = r->hbuf + r->hdrs[r->host_idx].voff;
         hostlen = r->hdrs[r->host_idx].vlen;
