@@ -266,8 +266,7 @@ void mg_acme_run(int sock) {
     if (lua_pcall(L, 1, 1, 1) != 0)
         goto fail;
     lua_getfield(L, -1, "run");
-    if (luaL_loadbuffer(L, c->src, strlen(c->src), "=acme conf") != 0 ||
-        lua_pcall(L, 0, 1, 1) != 0)
+    if (luaL_loadbuffer(L, c->src, strlen(c->src), "=acme conf") != 0 || lua_pcall(L, 0, 1, 1) != 0)
         goto fail;
     lua_newtable(L); /* the C helpers */
     luaL_register(L, NULL, f);

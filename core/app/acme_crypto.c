@@ -183,8 +183,8 @@ static int mg_acme_csr(lua_State *L) {
     if (req == NULL || !X509_REQ_set_version(req, 0))
         goto fail;
     subj = X509_REQ_get_subject_name(req);
-    if (!X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_UTF8, (const unsigned char *)first, -1,
-                                    -1, 0))
+    if (!X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_UTF8, (const unsigned char *)first, -1, -1,
+                                    0))
         goto fail;
     ext = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, lua_tostring(L, -1));
     exts = sk_X509_EXTENSION_new_null();

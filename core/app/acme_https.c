@@ -30,8 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MG_ACME_IO_TIMEOUT 10         /* s, connect and each read or write */
-#define MG_ACME_DEADLINE 30.0         /* s, one whole exchange */
+#define MG_ACME_IO_TIMEOUT 10          /* s, connect and each read or write */
+#define MG_ACME_DEADLINE 30.0          /* s, one whole exchange */
 #define MG_ACME_RESP_MAX (1024 * 1024) /* bytes of response, head and body */
 
 static SSL_CTX *mg_acme_https_ctx;

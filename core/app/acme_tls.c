@@ -61,7 +61,8 @@ static SSL_CTX *mg_acme_ctx_load(const char *path, char *err, size_t errlen) {
         goto fail;
     }
     while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
-        if (n++ == 0 ? SSL_CTX_use_certificate(ctx, x) != 1 : SSL_CTX_add0_chain_cert(ctx, x) != 1) {
+        if (n++ == 0 ? SSL_CTX_use_certificate(ctx, x) != 1
+                     : SSL_CTX_add0_chain_cert(ctx, x) != 1) {
             X509_free(x);
             snprintf(err, errlen, "%.400s: bad certificate %d", path, n);
             goto fail;
@@ -153,8 +154,8 @@ void mg_acme_worker_update(const char *name) {
     for (int i = 0; i < mg_acme_ncerts; i++)
         if (strcasecmp(mg_acme_certs[i].name, name) == 0) {
             mg_acme_cert_load(&mg_acme_certs[i], 0);
-            mg_info("worker %d: acme: new certificate for %s serves new handshakes",
-                    mg_worker.id, name);
+            mg_info("worker %d: acme: new certificate for %s serves new handshakes", mg_worker.id,
+                    name);
             return;
         }
 }

@@ -54,7 +54,6 @@ static struct {
     int dict; /* the "moongate.acme" dict was made at start */
 } mg_acme = {0, -1, NULL, 0, 0};
 
-
 /* A reload in progress: mg_gen_pending is loaded and checked here, and
  * its snapshot went to every worker (PREPARE); it serves once every worker
  * said READY and then SERVING, or is dropped everywhere. */
