@@ -47,6 +47,7 @@ build = {
     ["moongate.cidr"] = "lib/moongate/cidr.lua",
     ["moongate.jwk"] = "lib/moongate/jwk.lua",
     ["moongate.hints"] = "lib/moongate/hints.lua",
+    ["moongate.tls_conf"] = "lib/moongate/tls_conf.lua",
     ["moongate.plugins.cors.handler"] = "plugins/cors/handler.lua",
     ["moongate.plugins.cors.schema"] = "plugins/cors/schema.lua",
     ["moongate.plugins.jwt-auth.handler"] = "plugins/jwt-auth/handler.lua",

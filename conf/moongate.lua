@@ -2,7 +2,9 @@
 -- here are the defaults unless noted. Reference: docs/configuration.md.
 -- Environment overrides: MOONGATE_LISTEN, MOONGATE_WORKERS, MOONGATE_MAX_OPEN_FILES,
 -- MOONGATE_UPSTREAM_<NAME> (e.g. MOONGATE_UPSTREAM_RUNTIME=http://runtime:9001),
--- MOONGATE_SERVER_<NAME>_LISTEN (e.g. MOONGATE_SERVER_DEMO_RUNTIME_LISTEN=127.0.0.1:9101).
+-- MOONGATE_SERVER_<NAME>_LISTEN (e.g. MOONGATE_SERVER_DEMO_RUNTIME_LISTEN=127.0.0.1:9101),
+-- MOONGATE_TLS_LISTEN + MOONGATE_TLS_CERT + MOONGATE_TLS_KEY (HTTPS beside `listen`, e.g.
+-- MOONGATE_TLS_LISTEN=0.0.0.0:8443 MOONGATE_TLS_CERT=certs/site.pem MOONGATE_TLS_KEY=certs/site.key).
 return {
   listen = "127.0.0.1:8080",
   workers = "auto",                 -- one worker per core
@@ -10,6 +12,19 @@ return {
 
   routes = "scripts/routes.lua",    -- relative to the project root (conf/'s parent)
   lua_path = { "scripts", "lib" },
+
+  -- HTTPS and wss:// (docs/configuration.md, "TLS"): off unless given here
+  -- or by the environment. Paths are relative to the project root.
+  -- tls = {
+  --   listen = "0.0.0.0:8443",
+  --   certificates = {                    -- PEM (chain after the certificate); first = default;
+  --     { cert = "certs/site.pem", key = "certs/site.key" },    -- SNI picks by SAN names
+  --   },
+  --   protocols = { "TLSv1.2", "TLSv1.3" },
+  --   client_certificate = { ca = "certs/clients.pem", verify = "required" },  -- mTLS
+  --   session_tickets = true,             -- keys shared by all workers ...
+  --   ticket_rotate = 3600,               -- ... and rotated this often (seconds)
+  -- },
 
   access_log = true,                -- JSON lines on stderr
   log_level = "info",

@@ -509,7 +509,8 @@ local function curl_args(port, method, path, opts, files)
     for _, x in ipairs(opts.curl_args or {}) do
         a[#a + 1] = shq(x)
     end
-    a[#a + 1] = shq(fmt("http://%s:%d%s", opts.ip or "127.0.0.1", port, path))
+    -- scheme "https": TLS listeners (give --cacert, --resolve in curl_args)
+    a[#a + 1] = shq(fmt("%s://%s:%d%s", opts.scheme or "http", opts.ip or "127.0.0.1", port, path))
     return concat(a, " ")
 end
 
@@ -547,7 +548,8 @@ local function collect(files, out, rc)
 end
 
 -- One request with curl. opts: headers (list of "N: v" or map), body,
--- body_file, chunked, http10, expect100, timeout (s, default 10), curl_args.
+-- body_file, chunked, http10, expect100, timeout (s, default 10), curl_args,
+-- scheme ("http" or "https"), ip (the URL's host, default 127.0.0.1).
 -- Returns status (0 when no answer), headers (lower-case; repeats joined
 -- ", "), body, info {time, headers_list, version, exit, err}.
 function _M.http(port, method, path, opts)

@@ -12,8 +12,8 @@
  */
 #include "app/app.h"
 
+#include <errno.h>
 #include <openssl/err.h>
-#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,34 +25,31 @@ typedef struct {
     int warned;   /* "no certificate yet" was logged */
 } mg_acme_cert_t;
 
-/* TEMPORARY until branch tls lands (it defines the hook in its tls_ctx.c) */
-SSL_CTX *(*mg_tls_sni_hook)(const char *name);
-
 static mg_acme_cert_t *mg_acme_certs;
 static int mg_acme_ncerts;
 
-/* ALPN on the ACME context too: after the servername callback switches
- * contexts, OpenSSL asks the new one's callback. HTTP/1.1 only for now. */
-static int mg_acme_alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
-                           const unsigned char *in, unsigned int inlen, void *arg) {
-    static const unsigned char ours[] = "\x08http/1.1";
-    (void)ssl, (void)arg;
-    if (SSL_select_next_proto((unsigned char **)out, outlen, ours, sizeof(ours) - 1, in, inlen) !=
-        OPENSSL_NPN_NEGOTIATED)
-        return SSL_TLSEXT_ERR_NOACK;
-    return SSL_TLSEXT_ERR_OK;
-}
+#define MG_ACME_PEM_MAX (1024 * 1024) /* bytes: a chain and a key are a few KiB */
 
 /* A server context for the PEM file (certificates, then the key), or NULL
- * with why in err. */
+ * with why in err. The protocol versions and ciphers stay the listener's
+ * (an SSL keeps its own when the servername callback switches contexts);
+ * this one brings the certificate, moongate's ALPN and no session cache,
+ * as tls_ctx.c's do. */
 static SSL_CTX *mg_acme_ctx_load(const char *path, char *err, size_t errlen) {
-    BIO *b = BIO_new_file(path, "r");
+    static const unsigned char sid[] = "moongate-acme";
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0;
     SSL_CTX *ctx = NULL;
-    X509 *x = NULL;
-    EVP_PKEY *pk = NULL;
-    int n = 0;
-    if (b == NULL) {
-        snprintf(err, errlen, "%.400s: cannot open", path);
+    if (f == NULL) {
+        snprintf(err, errlen, "%.400s: %s", path, strerror(errno));
+        return NULL;
+    }
+    buf = malloc(MG_ACME_PEM_MAX);
+    if (buf)
+        n = fread(buf, 1, MG_ACME_PEM_MAX, f);
+    if (buf == NULL || ferror(f) || n == MG_ACME_PEM_MAX) {
+        snprintf(err, errlen, "%.400s: unreadable, or over %d bytes", path, MG_ACME_PEM_MAX);
         goto fail;
     }
     ctx = SSL_CTX_new(TLS_server_method());
@@ -60,38 +57,23 @@ static SSL_CTX *mg_acme_ctx_load(const char *path, char *err, size_t errlen) {
         snprintf(err, errlen, "%.400s: cannot create a TLS context", path);
         goto fail;
     }
-    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
-        if (n++ == 0 ? SSL_CTX_use_certificate(ctx, x) != 1
-                     : SSL_CTX_add0_chain_cert(ctx, x) != 1) {
-            X509_free(x);
-            snprintf(err, errlen, "%.400s: bad certificate %d", path, n);
-            goto fail;
-        }
-        if (n == 1)
-            X509_free(x); /* use_certificate took its own reference; add0 took ours */
-    }
-    ERR_clear_error();
-    if (n == 0) {
-        snprintf(err, errlen, "%.400s: no certificate", path);
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_NO_COMPRESSION);
+    /* one file: the certificates and the key are read from the same bytes */
+    if (mg_tls_ctx_add_pem(ctx, buf, n, buf, n, path, path, err, errlen) != MG_OK)
         goto fail;
-    }
-    BIO_free(b);
-    b = BIO_new_file(path, "r");
-    pk = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
-    if (pk == NULL || SSL_CTX_use_PrivateKey(ctx, pk) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
-        snprintf(err, errlen, "%.400s: no private key matching the certificate", path);
-        goto fail;
-    }
-    EVP_PKEY_free(pk);
-    BIO_free(b);
-    SSL_CTX_set_alpn_select_cb(ctx, mg_acme_alpn_cb, NULL);
+    mg_tls_ctx_set_alpn(ctx);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
+    free(buf);
+    fclose(f);
     ERR_clear_error();
     return ctx;
 fail:
     ERR_clear_error();
-    EVP_PKEY_free(pk);
-    BIO_free(b);
     SSL_CTX_free(ctx);
+    free(buf);
+    fclose(f);
     return NULL;
 }
 

@@ -9,6 +9,8 @@
 
 #include "gateway/gateway.h"
 
+#include <openssl/ssl.h>
+
 /* ---- load.c ---- */
 /* Loads a generation. snap_fd -1: read the files from the disk and keep
  * what was read (mg_load_snap_export); else a snapshot memfd from the master to
@@ -49,6 +51,31 @@ int mg_app_ctl_send(int sock, int op, unsigned id, const char *text, int fd); /*
 int mg_app_ctl_recv(int sock, mg_ctl_msg_t *m, int *fd); /* MG_OK, MG_AGAIN, MG_ERR (closed) */
 void mg_request_id(char *out);                           /* 32 hex chars + NUL */
 void mg_worker_stop_accept(void);
+
+/* ---- tls_ctx.c: a generation's TLS contexts, the shared ticket keys ---- */
+/* Builds the contexts of the loader's tls table at t (a conf's or a
+ * server's: server 0 = the main conf) into g->tls_ctx[server]. The
+ * certificates' PEM bytes are in the table (read through the snapshot);
+ * a broken one fails with "conf:line: tls.certificates[N]: file: reason".
+ * MG_OK or MG_ERR. */
+int mg_tls_ctx_load(mg_gen_t *g, lua_State *L, int t, int server, char *err, size_t errlen);
+void mg_tls_ctx_free(mg_gen_t *g); /* the generation's references (its dtor) */
+/* Loads a certificate (PEM, the chain after it) and its key into ctx,
+ * checked: parsed, the key matches, valid now. cert_name/key_name are for
+ * messages ("file: reason"). MG_OK or MG_ERR. */
+int mg_tls_ctx_add_pem(SSL_CTX *ctx, const char *cert_pem, size_t cert_len, const char *key_pem,
+                       size_t key_len, const char *cert_name, const char *key_name, char *err,
+                       size_t errlen);
+void mg_tls_ctx_set_alpn(SSL_CTX *ctx); /* moongate's ALPN choice (http/1.1) */
+/* Asked first by the servername callback of every TLS listener, with the
+ * client's SNI name (lower-case, no trailing dot): a context to serve that
+ * name (the SSL takes its own reference), or NULL for the conf's own
+ * certificates. NULL (unset) by default; ACME certificates come this way. */
+extern SSL_CTX *(*mg_tls_sni_hook)(const char *name);
+/* The session-ticket keys: one shared mapping made by the master before
+ * it forks (MG_OK or MG_ERR); the master rotates them. */
+int mg_tls_tkeys_init(void);
+void mg_tls_tkeys_rotate(void);
 
 /* ---- main.c ---- */
 extern const char *mg_app_conf_path;

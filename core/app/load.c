@@ -17,9 +17,10 @@
 
 static unsigned mg_gen_seq;
 
-/* What goes with a generation beside its C tables: its coroutines and
- * its Lua state. */
+/* What goes with a generation beside its C tables: its coroutines, its
+ * Lua state and its TLS contexts. */
 static void mg_load_dtor(mg_gen_t *g) {
+    mg_tls_ctx_free(g);
     mg_lua_co_pool_free(g);
     mg_acme_conf_free(g->acme);
     g->acme = NULL;
@@ -373,6 +374,34 @@ static int mg_load_read_routes(mg_gen_t *g, lua_State *L, int routes, int server
     return MG_OK;
 }
 
+/* The tls table of the conf or server table at t: its listeners (after
+ * the plain ones) and its contexts (tls_ctx.c). The main conf also says
+ * how often the master rotates the ticket keys. */
+static int mg_load_read_tls(mg_gen_t *g, lua_State *L, int t, int server, char *err,
+                            size_t errlen) {
+    int first = g->nlisten, tls;
+    if (server == 0)
+        g->tls_ticket_rotate = mg_load_field_int(L, t, "tls_ticket_rotate", 0);
+    lua_getfield(L, t, "tls");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return MG_OK;
+    }
+    tls = lua_gettop(L);
+    lua_getfield(L, tls, "listen");
+    if (mg_load_add_listen(g, L, server) != MG_OK) {
+        snprintf(err, errlen, "out of memory");
+        return MG_ERR;
+    }
+    lua_pop(L, 1);
+    for (int i = first; i < g->nlisten; i++)
+        g->listen[i].tls = 1;
+    if (mg_tls_ctx_load(g, L, tls, server, err, errlen) != MG_OK)
+        return MG_ERR;
+    lua_pop(L, 1);
+    return MG_OK;
+}
+
 /* conf.servers: more listeners, each with its own route table. */
 static int mg_load_read_servers(mg_gen_t *g, lua_State *L, int genidx, char *err, size_t errlen) {
     int i, n;
@@ -388,6 +417,8 @@ static int mg_load_read_servers(mg_gen_t *g, lua_State *L, int genidx, char *err
             return MG_ERR;
         }
         lua_pop(L, 1);
+        if (mg_load_read_tls(g, L, t, i, err, errlen) != MG_OK)
+            return MG_ERR;
         lua_getfield(L, t, "routes");
         if (lua_istable(L, -1) && mg_load_read_routes(g, L, lua_gettop(L), i, err, errlen) != MG_OK)
             return MG_ERR;
@@ -478,6 +509,8 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    if (mg_load_read_tls(g, L, lua_gettop(L), 0, err, errlen) != MG_OK)
+        goto fail;
     lua_getfield(L, -1, "acme");
     g->acme = mg_acme_conf_read(L, lua_gettop(L));
     lua_pop(L, 2);

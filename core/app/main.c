@@ -67,6 +67,33 @@ static struct {
 
 static void mg_master_reload_start(void);
 
+/* The session-ticket keys rotate every tls.ticket_rotate seconds of the
+ * current generation (tls_ctx.c keeps the two previous keys). */
+static struct event *mg_master_tkeys_timer;
+
+static void mg_master_tkeys_cb(evutil_socket_t fd, short what, void *arg);
+
+static void mg_master_tkeys_arm(void) {
+    struct timeval tv = {
+        mg_gen_current->tls_ticket_rotate > 0 ? mg_gen_current->tls_ticket_rotate : 3600, 0};
+    if (mg_master_tkeys_timer == NULL)
+        mg_master_tkeys_timer = evtimer_new(mg_master_base, mg_master_tkeys_cb, NULL);
+    if (mg_master_tkeys_timer)
+        evtimer_add(mg_master_tkeys_timer, &tv);
+}
+
+static void mg_master_tkeys_cb(evutil_socket_t fd, short what, void *arg) {
+    int ntls = 0;
+    (void)fd, (void)what, (void)arg;
+    mg_tls_tkeys_rotate();
+    for (int k = 0; k < mg_gen_current->nlisten; k++)
+        ntls += mg_gen_current->listen[k].tls;
+    if (ntls)
+        mg_info("tls: session-ticket keys rotated (next in %d s)",
+                mg_gen_current->tls_ticket_rotate);
+    mg_master_tkeys_arm();
+}
+
 static void mg_app_usage(void) {
     fprintf(stderr, "usage: moongate [-c conf/moongate.lua] [-t] [-v] [-p pidfile]\n"
                     "  -c FILE  configuration file (default conf/moongate.lua)\n"
@@ -644,8 +671,14 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (test) {
-        printf("moongate: %s ok: %d routes, %d upstreams, %d listeners\n", mg_app_conf_path,
-               gen->nroutes, gen->nupstreams, gen->nlisten);
+        int ntls = 0;
+        for (k = 0; k < gen->nlisten; k++)
+            ntls += gen->listen[k].tls;
+        printf("moongate: %s ok: %d routes, %d upstreams, %d listeners (%d TLS)\n",
+               mg_app_conf_path, gen->nroutes, gen->nupstreams, gen->nlisten, ntls);
+        for (k = 0; k < gen->nlisten; k++)
+            if (gen->listen[k].tls)
+                printf("moongate: TLS listener %s:%d\n", gen->listen[k].host, gen->listen[k].port);
         return 0;
     }
     mg_load_snap_drop(gen->L); /* workers fork with the loaded state */
@@ -695,7 +728,14 @@ int main(int argc, char **argv) {
         event_add(sigs[i], NULL);
     }
     for (k = 0; k < mg_nlisten; k++)
-        mg_info("listening on %s:%d", gen->listen[k].host, gen->listen[k].port);
+        mg_info("listening on %s:%d%s", gen->listen[k].host, gen->listen[k].port,
+                gen->listen[k].tls ? " (TLS)" : "");
+    /* the ticket keys every worker shares, before the first fork */
+    if (mg_tls_tkeys_init() != MG_OK) {
+        mg_error("tls: cannot map the session-ticket keys: %s", strerror(errno));
+        return 1;
+    }
+    mg_master_tkeys_arm();
     mg_info("moongate %s master %d: %d workers, %d routes", MG_VERSION, (int)getpid(), mg_nslots,
             gen->nroutes);
     for (i = 0; i < mg_nslots; i++)
@@ -704,6 +744,8 @@ int main(int argc, char **argv) {
     event_base_dispatch(mg_master_base);
     for (i = 0; i < 5; i++)
         event_free(sigs[i]);
+    if (mg_master_tkeys_timer)
+        event_free(mg_master_tkeys_timer);
     event_base_free(mg_master_base);
     if (pidfile)
         unlink(pidfile);

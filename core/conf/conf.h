@@ -122,6 +122,13 @@ struct mg_gen_s {
     void *acme;  /* conf.acme (app's mg_acme_conf_t), or NULL; freed by dtor */
     char **desc; /* one line per route, for reload diffs */
     int ndesc;
+    /* TLS, per server (0 = the main conf): the default SSL_CTX of its TLS
+     * listeners (SNI picks the others from it), or NULL; void * keeps
+     * OpenSSL out of this header. Made at load and freed by the dtor
+     * (app/tls_ctx.c); open connections hold their own references. */
+    void **tls_ctx;
+    int ntls_ctx;
+    int tls_ticket_rotate; /* seconds between session-ticket key rotations (the master's) */
     /* set by whoever loaded it: frees what it made beside the C tables
      * (the Lua state and its coroutines), before the tables go */
     void (*dtor)(mg_gen_t *gen);

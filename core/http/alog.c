@@ -21,14 +21,23 @@ struct mg_http_wslog_s {
 mg_http_wslog_t *mg_http_wslog_new(mg_req_t *r) {
     char esc[400], head[1024];
     mg_http_wslog_t *a;
+    const mg_req_tls_t *t = mg_req_tls_info(r);
+    char tls[400] = "", sni[300];
     int n;
     if (!r->gen->access_log)
         return NULL;
     mg_http_log_path(r, esc, sizeof(esc));
+    if (t) { /* wss://: the HTTP lines' tls object */
+        if (t->sni)
+            mg_json_escape(sni, sizeof(sni), t->sni);
+        snprintf(tls, sizeof(tls), "\"tls\":{\"version\":\"%s\",\"cipher\":\"%s\",\"sni\":%s%s%s},",
+                 t->version ? t->version : "", t->cipher ? t->cipher : "", t->sni ? "\"" : "",
+                 t->sni ? sni : "null", t->sni ? "\"" : "");
+    }
     n = snprintf(head, sizeof(head),
                  "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
-                 "\"method\":\"GET\",\"path\":\"%s\",\"status\":101,",
-                 r->t_start, r->request_id, mg_req_peer_ip(r), esc);
+                 "\"method\":\"GET\",\"path\":\"%s\",\"status\":101,%s",
+                 r->t_start, r->request_id, mg_req_peer_ip(r), esc, tls);
     if (n < 0 || (size_t)n >= sizeof(head))
         return NULL;
     a = malloc(sizeof(*a) + n + 1);

@@ -36,6 +36,7 @@ static void mg_http_conn_exec(mg_conn_t *c, const char *data, size_t len);
 static void mg_http_conn_close_later(mg_conn_t *c);
 static void mg_http_conn_at_eof(mg_conn_t *c);
 static void mg_req_free(mg_req_t *r);
+static const mg_req_tls_t *mg_http_h1_tls_info(const mg_req_t *r);
 
 static mg_conn_t *mg_http_conns; /* every open connection, for a graceful stop */
 
@@ -391,25 +392,38 @@ void mg_http_log_path(const mg_req_t *r, char *esc, size_t cap) {
     mg_json_escape(esc, cap, path);
 }
 
+/* The access-log line's TLS part: ,"tls":{"version","cipher","sni"}. */
+static void mg_http_log_tls(mg_conn_t *c, char *out, size_t cap) {
+    char sni[300];
+    const char *v = mg_io_tls_version(&c->io), *ci = mg_io_tls_cipher(&c->io);
+    if (c->io.sni)
+        mg_json_escape(sni, sizeof(sni), c->io.sni);
+    snprintf(out, cap, ",\"tls\":{\"version\":\"%s\",\"cipher\":\"%s\",\"sni\":%s%s%s}", v ? v : "",
+             ci ? ci : "", c->io.sni ? "\"" : "", c->io.sni ? sni : "null", c->io.sni ? "\"" : "");
+}
+
 static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
     /* a half-closed client still gets the answers to what it pipelined */
     if (r->resp_close || !r->keep_alive || (X(c)->eof && c->in_len == 0))
         c->closing = 1;
     if (r->gen->access_log) {
-        char line[1024];
+        char line[1536];
         int n;
         {
-            char esc[400];
+            char esc[400], tls[400] = "";
             mg_http_log_path(r, esc, sizeof(esc));
+            if (c->is_tls)
+                mg_http_log_tls(c, tls, sizeof(tls));
             n = snprintf(
                 line, sizeof(line),
                 "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
                 "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"bytes\":%llu,"
-                "\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u}\n",
+                "\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u%s}\n",
                 r->t_start, r->request_id, c->peer_ip,
                 llhttp_method_name((llhttp_method_t)r->method), esc, r->status,
                 (unsigned long long)r->bytes_out, (mg_now() - r->t_start) * 1000.0,
-                r->route ? (r->route->name ? r->route->name : r->route->rule) : "", r->gen->id);
+                r->route ? (r->route->name ? r->route->name : r->route->rule) : "", r->gen->id,
+                tls);
         }
         if (n > 0)
             mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
@@ -566,6 +580,7 @@ static void mg_http_conn_free(mg_conn_t *c) {
     mg_io_close(&c->io); /* nothing after an upgrade handed it over */
     evbuffer_free(c->out);
     free(c->in);
+    free(X(c)->tls);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -614,7 +629,9 @@ static void mg_http_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     if (X(c)->handoff) {
         /* the WebSocket side takes the transport (mg_io_move): closing
-         * ours then does nothing */
+         * ours then does nothing; what req.tls says is kept first */
+        if (c->is_tls)
+            mg_http_h1_tls_info(c->req);
         mg_http_hooks->upgrade(c->req, &c->io, c->in, c->in_len);
         mg_http_conn_free(c);
         return;
@@ -670,6 +687,18 @@ static int mg_http_conn_read_once(mg_conn_t *c) {
 
     n = mg_io_read(&c->io, mg_worker.scratch, sizeof(mg_worker.scratch));
     if (n < 0) {
+        if (errno == EAGAIN && c->io.want == MG_IO_WANT_WRITE) {
+            /* TLS: the read must send first (handshake, tickets), and the
+             * socket is full: read again once it is writable, not on the
+             * readable socket meanwhile (that would spin) */
+            X(c)->tls_ww = 1;
+            event_del(&c->rev);
+            if (!c->wr_on) {
+                event_add(&c->wev, NULL);
+                c->wr_on = 1;
+            }
+            return 0;
+        }
         if (errno == EAGAIN || errno == EINTR)
             return 0;
         mg_http_conn_free(c);
@@ -724,6 +753,17 @@ static void mg_http_conn_write_cb(evutil_socket_t fd, short what, void *arg) {
     mg_conn_t *c = arg;
     mg_req_t *r = c->req;
     (void)fd, (void)what;
+    if (X(c)->tls_ww) { /* a TLS read waited for this (read_once) */
+        X(c)->tls_ww = 0;
+        if (!c->rd_off)
+            event_add(&c->rev, NULL);
+        if (evbuffer_get_length(c->out) == 0) {
+            event_del(&c->wev);
+            c->wr_on = 0;
+        }
+        mg_http_conn_read_cb(fd, EV_READ, c); /* may free c */
+        return;
+    }
     mg_http_conn_flush(c);
     if (X(c)->dead)
         return;
@@ -738,14 +778,35 @@ static void mg_http_conn_write_cb(evutil_socket_t fd, short what, void *arg) {
         mg_http_conn_advance(c);
 }
 
+/* The TLS context of listener lidx in the current generation (a reload
+ * brings new certificates to the next handshake), or NULL: the listener's
+ * conf or server has no TLS since a reload. */
+static void *mg_http_tls_ctx(int lidx) {
+    mg_gen_t *g = mg_gen_current;
+    const mg_addr_t *a = &mg_worker.laddr[lidx];
+    for (int i = 0; i < g->nlisten; i++) {
+        const mg_addr_t *l = &g->listen[i];
+        if (l->tls && l->port == a->port && strcmp(l->host, a->host) == 0)
+            return l->server < g->ntls_ctx ? g->tls_ctx[l->server] : NULL;
+    }
+    return NULL;
+}
+
 void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
     mg_xconn_t *x = calloc(1, sizeof(*x));
     mg_conn_t *c = &x->c;
     mg_io_t io;
-    int one = 1;
+    int one = 1, tls = mg_worker.laddr && mg_worker.laddr[lidx].tls;
+    void *sslctx = tls ? mg_http_tls_ctx(lidx) : NULL;
 
-    mg_io_tcp(&io, fd); /* the transport owns fd from here on */
-    if (x == NULL) {
+    /* the transport owns fd from here on */
+    if (sslctx == NULL || mg_io_tls_server(&io, fd, sslctx) != MG_OK)
+        mg_io_tcp(&io, fd);
+    if (x == NULL || tls != io.tls) {
+        if (tls && sslctx == NULL)
+            mg_debug("listener %d: no TLS certificates in generation %u: connection closed", lidx,
+                     mg_gen_current->id);
+        free(x);
         mg_io_close(&io);
         return;
     }
@@ -756,6 +817,7 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
         return;
     }
     c->io = io;
+    c->is_tls = io.tls;
     c->lidx = lidx;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     memcpy(&c->peer, sa, salen < sizeof(c->peer) ? salen : sizeof(c->peer));
@@ -810,6 +872,35 @@ static const char *mg_http_h1_peer_ip(const mg_req_t *r) { return MG_CONN(r)->pe
 
 static int mg_http_h1_tls(const mg_req_t *r) { return MG_CONN(r)->is_tls; }
 
+/* req.tls's facts, made on the first ask and kept with the connection
+ * (the transport may move to a WebSocket after it: see the handoff). */
+struct mg_http_tls_s {
+    mg_req_tls_t pub;
+    char sni[256];
+    char subject[512];
+};
+
+static const mg_req_tls_t *mg_http_h1_tls_info(const mg_req_t *r) {
+    mg_conn_t *c = MG_CONN(r);
+    struct mg_http_tls_s *t;
+    if (c == NULL || !c->is_tls)
+        return NULL;
+    if (X(c)->tls)
+        return &X(c)->tls->pub;
+    if (c->io.ctx == NULL || (t = calloc(1, sizeof(*t))) == NULL)
+        return NULL;
+    t->pub.version = mg_io_tls_version(&c->io); /* OpenSSL's static strings */
+    t->pub.cipher = mg_io_tls_cipher(&c->io);
+    if (c->io.sni) {
+        snprintf(t->sni, sizeof(t->sni), "%s", c->io.sni);
+        t->pub.sni = t->sni;
+    }
+    if (mg_io_tls_peer_subject(&c->io, t->subject, sizeof(t->subject)))
+        t->pub.client_subject = t->subject;
+    X(c)->tls = t;
+    return &t->pub;
+}
+
 const mg_http_sess_ops_t mg_http_h1_ops = {
     .head = mg_http_h1_head,
     .body = mg_http_h1_body,
@@ -824,6 +915,7 @@ const mg_http_sess_ops_t mg_http_h1_ops = {
     .resume = mg_http_h1_resume,
     .peer_ip = mg_http_h1_peer_ip,
     .tls = mg_http_h1_tls,
+    .tls_info = mg_http_h1_tls_info,
 };
 
 void mg_http_close_idle(void) {

@@ -37,6 +37,15 @@ typedef struct {
 enum { MG_REQ_HEAD, MG_REQ_BODY, MG_REQ_DONE };
 enum { MG_ACCESS_NONE, MG_ACCESS_RUNNING, MG_ACCESS_OK, MG_ACCESS_DENIED };
 
+/* What a TLS connection agreed, as the layers above see it (borrowed:
+ * valid while the request runs). */
+typedef struct {
+    const char *version;        /* "TLSv1.3" */
+    const char *cipher;         /* "TLS_AES_128_GCM_SHA256" */
+    const char *sni;            /* the server name the client asked for, or NULL */
+    const char *client_subject; /* a verified client certificate's subject (RFC 2253), or NULL */
+} mg_req_tls_t;
+
 /* What the session that produced a request does for it: the response
  * sink and the client side of the body. The HTTP/1.1 session (http.c,
  * http_resp.c) gives its requests one; an HTTP/2 session would give its
@@ -57,6 +66,7 @@ typedef struct {
     void (*resume)(mg_req_t *r); /* the access step ended: read on */
     const char *(*peer_ip)(const mg_req_t *r);
     int (*tls)(const mg_req_t *r);
+    const mg_req_tls_t *(*tls_info)(const mg_req_t *r); /* NULL: not TLS */
 } mg_http_sess_ops_t;
 
 /* A target: what the request was handed to (the C proxy, a Lua handler).
@@ -151,6 +161,11 @@ static inline const char *mg_req_peer_ip(const mg_req_t *r) {
     return r->sess ? r->sops->peer_ip(r) : "";
 }
 static inline int mg_req_tls(const mg_req_t *r) { return r->sess && r->sops->tls(r); }
+/* The TLS connection's version, cipher, SNI name and verified client
+ * subject; NULL on a plain connection or once the client is gone. */
+static inline const mg_req_tls_t *mg_req_tls_info(const mg_req_t *r) {
+    return r->sess && r->sops->tls_info ? r->sops->tls_info(r) : NULL;
+}
 /* response bytes queued to the client, not yet sent */
 static inline size_t mg_req_pending(mg_req_t *r) { return r->sops->pending(r); }
 static inline void mg_req_flush(mg_req_t *r) { r->sops->flush(r); }

@@ -55,7 +55,9 @@ typedef struct {
     int scan_rl;            /* 0 before the request line, 1 in it, 2 after */
     int scan_sp;            /* spaces in the request line: exactly 2 */
     char scan_prev;
-    const char *val_end; /* end of the last header value piece */
+    const char *val_end;       /* end of the last header value piece */
+    int tls_ww;                /* a TLS read waits for the socket to take its writes */
+    struct mg_http_tls_s *tls; /* TLS facts for the layers above, made on first ask */
 } mg_xconn_t;
 
 #define X(c) ((mg_xconn_t *)(c))

@@ -17,6 +17,7 @@ typedef struct {
     char host[64];
     int port;
     int server; /* 0 = the main route table, then conf.servers in name order */
+    int tls;    /* a TLS listener (the conf's or server's tls.listen) */
 } mg_addr_t;
 
 typedef struct {
@@ -29,6 +30,13 @@ typedef struct {
     int stopping;
     uint64_t active;   /* connections open */
     uint64_t inflight; /* requests in progress */
+    /* TLS handshakes that failed (bad or truncated ClientHello, no shared
+     * cipher, a client certificate refused, a close mid-handshake):
+     * counted by net/tls.c, which logs at most once per second with the
+     * count since its last line */
+    uint64_t tls_failed;        /* since the worker started */
+    uint64_t tls_failed_logged; /* tls_failed at the last log line */
+    double tls_failed_reported; /* mg_now() of that line */
     char scratch[MG_READ_CHUNK];
     uint64_t rng[2];
     const struct timeval *ct[8]; /* common timeouts */

@@ -224,7 +224,8 @@ void mg_lua_push_req(lua_State *L, mg_req_t *r) {
 }
 
 /* Pushes a lazy field of r's req table: "headers", "params", "id",
- * "http_version", "remote_addr", "query_string" or "websocket". */
+ * "http_version", "remote_addr", "query_string", "websocket", "scheme"
+ * or "tls" (nil on a plain connection). */
 static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
     mg_kv_t params[MG_ROUTE_MAX_SEGS];
     int np = MG_ROUTE_MAX_SEGS, i;
@@ -242,6 +243,26 @@ static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
             lua_pushliteral(L, "");
     } else if (k[0] == 'w') {
         lua_pushboolean(L, r->ws_valid);
+    } else if (k[0] == 's') {
+        if (mg_req_tls(r))
+            lua_pushliteral(L, "https");
+        else
+            lua_pushliteral(L, "http");
+    } else if (k[0] == 't') {
+        const mg_req_tls_t *t = mg_req_tls_info(r);
+        if (t == NULL) {
+            lua_pushnil(L);
+            return;
+        }
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, t->version);
+        lua_setfield(L, -2, "version");
+        lua_pushstring(L, t->cipher);
+        lua_setfield(L, -2, "cipher");
+        lua_pushstring(L, t->sni); /* nil when NULL */
+        lua_setfield(L, -2, "sni");
+        lua_pushstring(L, t->client_subject);
+        lua_setfield(L, -2, "client_subject");
     } else if (k[0] == 'h' && k[1] == 't') {
         lua_pushstring(L, r->http_minor ? "1.1" : "1.0");
     } else if (k[0] == 'h') {
@@ -280,8 +301,9 @@ static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
     }
 }
 
-static const char *const mg_lua_req_lazy[] = {
-    "headers", "params", "id", "http_version", "remote_addr", "query_string", "websocket"};
+static const char *const mg_lua_req_lazy[] = {"headers",      "params",      "id",
+                                              "http_version", "remote_addr", "query_string",
+                                              "websocket",    "scheme",      "tls"};
 
 /* The request of the req table at index 1; NULL once its lazy fields are
  * all filled; raises once the request is over. */

@@ -81,15 +81,16 @@ int mg_io_handshake(mg_io_t *io);
 /* "TLSv1.3", "TLS_AES_128_GCM_SHA256"...; NULL on plain TCP. */
 const char *mg_io_tls_version(mg_io_t *io);
 const char *mg_io_tls_cipher(mg_io_t *io);
+/* The subject of the peer's certificate (RFC 2253: "CN=alice,O=Example")
+ * into buf, when the peer sent one and it verified: 1, else 0. */
+int mg_io_tls_peer_subject(mg_io_t *io, char *buf, size_t len);
 
 /* Hands a connection over (an HTTP session to a WebSocket or a tunnel, an
  * upstream exchange to a relay): dst takes the transport as it is, src is
  * left empty (closing it does nothing). */
 static inline void mg_io_move(mg_io_t *dst, mg_io_t *src) {
     *dst = *src;
-    src->ops = NULL;
-    src->fd = -1;
-    src->ctx = NULL;
+    *src = (mg_io_t){.fd = -1}; /* not TLS any more either: no SSL behind it */
 }
 
 /* Writes from the front of b as much as the transport takes now (up to

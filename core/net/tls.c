@@ -14,7 +14,9 @@
  */
 #include "net/io.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <string.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -26,12 +28,42 @@
  * full TLS record's worth. */
 #define MG_TLS_GATHER 16384
 
+/* A server-side handshake that failed: counted in the worker record and
+ * logged at most once per MG_TLS_REPORT seconds, with the count since the
+ * last line and the last failure's peer and reason (a scan or a broken
+ * client must not fill the log). */
+#define MG_TLS_REPORT 1.0
+
+static void mg_tls_failed(mg_io_t *io, const char *why) {
+    double now = mg_now_coarse();
+    mg_worker.tls_failed++;
+    if (now - mg_worker.tls_failed_reported >= MG_TLS_REPORT) {
+        struct sockaddr_storage ss;
+        socklen_t len;
+        char ip[64] = "?";
+        if (mg_io_peer(io, &ss, &len) == MG_OK) {
+            if (ss.ss_family == AF_INET)
+                inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
+            else if (ss.ss_family == AF_INET6)
+                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof(ip));
+        }
+        mg_warn("tls: %llu failed handshakes since the last report (%llu in all; last: %s: %s)",
+                (unsigned long long)(mg_worker.tls_failed - mg_worker.tls_failed_logged),
+                (unsigned long long)mg_worker.tls_failed, ip, why);
+        mg_worker.tls_failed_logged = mg_worker.tls_failed;
+        mg_worker.tls_failed_reported = now;
+    }
+}
+
 /* The outcome of an SSL call as a system call's: -1 with errno, and
  * io->want set on EAGAIN. A clean or unclean end of the stream reads as 0
- * from read (SSL_OP_IGNORE_UNEXPECTED_EOF is set on every context). */
+ * from read (SSL_OP_IGNORE_UNEXPECTED_EOF is set on every context). A
+ * server handshake that ends here is counted (mg_tls_failed); a client
+ * that connects and closes without a byte (a TCP health check) is not. */
 static ssize_t mg_tls_fail(mg_io_t *io, int rc) {
     SSL *ssl = io->ctx;
     int e = SSL_get_error(ssl, rc);
+    int hs = SSL_is_server(ssl) && !SSL_is_init_finished(ssl);
     switch (e) {
     case SSL_ERROR_WANT_READ:
         io->want = MG_IO_WANT_READ;
@@ -41,13 +73,22 @@ static ssize_t mg_tls_fail(mg_io_t *io, int rc) {
         io->want = MG_IO_WANT_WRITE;
         errno = EAGAIN;
         return -1;
-    case SSL_ERROR_ZERO_RETURN: return 0;
+    case SSL_ERROR_ZERO_RETURN:
+        if (hs && BIO_number_read(SSL_get_rbio(ssl)) > 0)
+            mg_tls_failed(io, "closed in the handshake");
+        return 0;
     case SSL_ERROR_SYSCALL:
         ERR_clear_error();
+        if (hs && BIO_number_read(SSL_get_rbio(ssl)) > 0)
+            mg_tls_failed(io, errno ? strerror(errno) : "closed in the handshake");
         if (errno == 0)
             errno = ECONNRESET;
         return -1;
     default: /* SSL_ERROR_SSL: a protocol error (bad ClientHello, bad record) */
+        if (hs) {
+            const char *why = ERR_reason_error_string(ERR_peek_last_error());
+            mg_tls_failed(io, why ? why : "protocol error");
+        }
         ERR_clear_error();
         errno = EPROTO;
         return -1;
@@ -57,6 +98,7 @@ static ssize_t mg_tls_fail(mg_io_t *io, int rc) {
 /* What the handshake agreed, once it is done: ALPN and SNI as the
  * session sees them (NUL-ended copies owned by the io). */
 typedef struct {
+    int noted; /* the handshake is done and noted */
     char alpn[32];
     char sni[256];
 } mg_tls_info_t;
@@ -67,8 +109,9 @@ static void mg_tls_note_done(mg_io_t *io) {
     const unsigned char *p;
     unsigned int n;
     const char *sni;
-    if (ti == NULL || io->alpn || io->sni)
+    if (ti == NULL || ti->noted)
         return;
+    ti->noted = 1;
     SSL_get0_alpn_selected(ssl, &p, &n);
     if (n > 0 && n < sizeof(ti->alpn)) {
         memcpy(ti->alpn, p, n);
@@ -90,8 +133,7 @@ static ssize_t mg_tls_read(mg_io_t *io, void *buf, size_t len) {
     ERR_clear_error();
     n = SSL_read(ssl, buf, (int)len);
     if (n > 0) {
-        if (io->alpn == NULL && io->sni == NULL)
-            mg_tls_note_done(io);
+        mg_tls_note_done(io);
         return n;
     }
     return mg_tls_fail(io, n);
@@ -200,6 +242,7 @@ int mg_io_tls_client(mg_io_t *io, int fd, void *sslctx, const char *sni, void *s
         return MG_ERR;
     ssl = io->ctx;
     if (sni && *sni && SSL_set_tlsext_host_name(ssl, sni) != 1) {
+        io->fd = -1; /* MG_ERR: fd is still the caller's */
         mg_tls_close(io);
         return MG_ERR;
     }
@@ -228,4 +271,26 @@ const char *mg_io_tls_version(mg_io_t *io) { return io->tls ? SSL_get_version(io
 
 const char *mg_io_tls_cipher(mg_io_t *io) {
     return io->tls ? SSL_get_cipher_name((SSL *)io->ctx) : NULL;
+}
+
+int mg_io_tls_peer_subject(mg_io_t *io, char *buf, size_t len) {
+    X509 *x;
+    BIO *b;
+    int n, ok = 0;
+    if (!io->tls || len == 0)
+        return 0;
+    x = SSL_get0_peer_certificate(io->ctx);
+    if (x == NULL || SSL_get_verify_result(io->ctx) != X509_V_OK)
+        return 0;
+    b = BIO_new(BIO_s_mem());
+    if (b && X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253) >= 0) {
+        n = BIO_read(b, buf, (int)(len - 1 > INT32_MAX ? INT32_MAX : len - 1));
+        if (n >= 0) {
+            buf[n] = '\0';
+            ok = 1;
+        }
+    }
+    BIO_free(b);
+    ERR_clear_error();
+    return ok;
 }

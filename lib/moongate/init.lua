@@ -75,7 +75,8 @@ end
 -- fields below are made on first read.
 local req_mt = {}
 local LAZY = { headers = true, params = true, id = true, http_version = true,
-               remote_addr = true, query_string = true, websocket = true }
+               remote_addr = true, query_string = true, websocket = true,
+               scheme = true, tls = true }
 req_mt.__index = function(req, k)
   local m = req_mt[k]
   if m ~= nil then return m end

@@ -58,6 +58,7 @@ local MAX_SECONDS = check.MAX_SECONDS
 local MAX_INT = check.MAX_INT
 local MAX_NAME = check.MAX_NAME
 local load_routes = require("moongate.routes").load
+local tls_conf = require "moongate.tls_conf"
 local validate = require("moongate.schema").validate
 
 
@@ -99,6 +100,9 @@ local function process_env(file_upstreams)
   env.MOONGATE_LISTEN = os_getenv("MOONGATE_LISTEN")
   env.MOONGATE_WORKERS = os_getenv("MOONGATE_WORKERS")
   env.MOONGATE_MAX_OPEN_FILES = os_getenv("MOONGATE_MAX_OPEN_FILES")
+  env.MOONGATE_TLS_LISTEN = os_getenv("MOONGATE_TLS_LISTEN")
+  env.MOONGATE_TLS_CERT = os_getenv("MOONGATE_TLS_CERT")
+  env.MOONGATE_TLS_KEY = os_getenv("MOONGATE_TLS_KEY")
   if type(file_upstreams) == "table" then
     for name in pairs(file_upstreams) do
       if type(name) == "string" then
@@ -343,6 +347,7 @@ local function conf_schema(env_fn)
       },
       -- checked after the routes, in this order (load_generation)
       servers = ANY, shared_dicts = ANY, plugins = ANY,
+      tls = ANY, -- moongate.tls_conf (norm_conf)
       acme = ANY, -- moongate.acme_conf
     },
   }
@@ -432,6 +437,19 @@ local function norm_conf(src, raw, env, ncpu)
   end
   conf.servers, conf.shared_dicts, conf.plugins = nil, nil, nil
 
+  -- TLS (moongate.tls_conf): listeners beside `listen`, and the ticket key
+  -- rotation every TLS table shares
+  local tls = tls_conf.norm(raw.tls, at(top, "tls"), {
+    main = true, env = env, root = root, norm_listen = norm_listen, split_list = split_list,
+  })
+  conf.tls_ticket_rotate = tls.ticket_rotate
+  conf.tls = tls.listen and tls or nil
+  local taken = {}
+  for _, a in ipairs(conf.listen) do
+    taken[a.host .. ":" .. a.port] = "listen"
+  end
+  tls_conf.claim(conf.tls, at(top, "tls"), taken, "tls.listen")
+
   local ups = conf.upstreams
   for name, u in pairs(ups) do
     u.name = name
@@ -507,7 +525,7 @@ local SERVER = {
   fields = {
     -- listen and routes are checked by load_servers: the environment
     -- overrides listen, and only an enabled server's need be valid
-    listen = ANY, routes = ANY,
+    listen = ANY, routes = ANY, tls = ANY,
     enabled = { type = "boolean", message = "expected a boolean, got {type}" },
   },
 }
@@ -525,6 +543,9 @@ local function load_servers(src, raw, conf, upstreams, env)
   local taken = {}
   for _, a in ipairs(conf.listen) do
     taken[a.host .. ":" .. a.port] = "listen"
+  end
+  for _, a in ipairs(conf.tls and conf.tls.listen or {}) do
+    taken[a.host .. ":" .. a.port] = "tls.listen"
   end
   for _, name in ipairs(sorted_keys(raw)) do
     local w = at(where, name)
@@ -558,9 +579,15 @@ local function load_servers(src, raw, conf, upstreams, env)
       if type(s.routes) ~= "string" or s.routes == "" then
         bad(at(w, "routes"), s.routes, "expected the path of a routes file")
       end
+      local tls = tls_conf.norm(s.tls, at(w, "tls"), {
+        root = conf.root, ticket_rotate = conf.tls_ticket_rotate, norm_listen = norm_listen,
+        split_list = split_list,
+      })
+      tls = tls.listen and tls or nil
+      tls_conf.claim(tls, at(w, "tls"), taken, "servers." .. name .. ".tls")
       local routes = load_routes({ routes_file = join(conf.root, s.routes), limits = conf.limits },
                                  upstreams)
-      out[#out + 1] = { name = name, listen = listen, routes = routes }
+      out[#out + 1] = { name = name, listen = listen, routes = routes, tls = tls }
     end
   end
   return out

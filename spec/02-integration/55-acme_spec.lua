@@ -70,6 +70,7 @@ local pebble = {}
 local function start_pebble(d, http_port)
     pebble.port = helpers.free_port()
     pebble.mgmt = helpers.free_port()
+    pebble.dns, pebble.dns_mgmt = helpers.free_port(), helpers.free_port()
     local cfg = d .. "/pebble.json"
     helpers.write_file(cfg, helpers.json.encode({
         pebble = {
@@ -86,8 +87,21 @@ local function start_pebble(d, http_port)
     }))
     pebble.log = d .. "/pebble.log"
     local pidfile = d .. "/pebble.pid"
+    -- its DNS is pebble-challtestsrv's mock server on 127.0.0.1: localhost
+    -- is 127.0.0.1 (moongate), every other name 127.0.0.2 (nobody), so
+    -- nothere.invalid fails its validation and nothing leaves the host
+    sh_ok(fmt("pebble-challtestsrv -defaultIPv4 127.0.0.2 -defaultIPv6 '' -dns01 127.0.0.1:%d "
+        .. "-http01 '' -https01 '' -tlsalpn01 '' -management 127.0.0.1:%d > %s 2>&1 < /dev/null & "
+        .. "echo $! > %s", pebble.dns, pebble.dns_mgmt, shq(d .. "/challtestsrv.log"),
+        shq(d .. "/challtestsrv.pid")))
+    pebble.cts_pid = tonumber(helpers.read_file(d .. "/challtestsrv.pid") or "")
+    assert(helpers.wait_until(function() return helpers.port_open(pebble.dns_mgmt) end, 10),
+        "pebble-challtestsrv did not start")
+    sh_ok(fmt("curl -sS --fail --max-time 5 -d %s http://127.0.0.1:%d/add-a",
+        shq('{"host":"localhost","addresses":["127.0.0.1"]}'), pebble.dns_mgmt))
     sh_ok(fmt("cd %s && PEBBLE_VA_NOSLEEP=1 PEBBLE_AUTHZREUSE=0 sh -c %s > %s 2>&1 < /dev/null &",
-        shq(d), shq("echo $$ > " .. pidfile .. "; exec pebble -config " .. cfg),
+        shq(d), shq("echo $$ > " .. pidfile .. "; exec pebble -config " .. cfg
+            .. " -dnsserver 127.0.0.1:" .. pebble.dns),
         shq(pebble.log)))
     assert(helpers.wait_until(function()
         pebble.pid = tonumber(helpers.read_file(pidfile) or "")
@@ -100,9 +114,11 @@ local function start_pebble(d, http_port)
 end
 
 local function stop_pebble()
-    if pebble.pid and helpers.alive(pebble.pid) then
-        os.execute(fmt("kill -TERM %d 2>/dev/null", pebble.pid))
-        helpers.wait_until(function() return not helpers.alive(pebble.pid) end, 5)
+    for _, pid in ipairs({ pebble.pid, pebble.cts_pid }) do
+        if helpers.alive(pid) then
+            os.execute(fmt("kill -TERM %d 2>/dev/null", pid))
+            helpers.wait_until(function() return not helpers.alive(pid) end, 5)
+        end
     end
 end
 

@@ -1,0 +1,187 @@
+-- wss:// on a TLS listener: the three WebSocket modes (handler, relay to
+-- ws_upstream.py, tunnel) with real clients (python3-websockets and node ws,
+-- verifying against a test CA made by `openssl` into spec/out/),
+-- permessage-deflate, big messages, heartbeats, req.scheme/req.tls in a
+-- handler, X-Forwarded-Proto on the upstream handshake, and reloads: a
+-- socket keeps working across one, a draining route's sockets get 1012.
+local helpers = require "spec.helpers"
+local ws = require "spec.ws_helpers"
+local tls = require "spec.tls_helpers"
+local json = helpers.json
+
+local fmt = string.format
+
+local ROUTES = [=[
+local moongate = require "moongate"
+local json = moongate.json
+local function echo(ws)
+  while true do
+    local data, kind = ws:recv()
+    if not data then break end
+    ws:send(data, kind)
+  end
+end
+return {
+  { path = "/ws/echo", websocket = { mode = "handler", heartbeat = { interval = 0 } }, handler = echo },
+  { path = "/ws/info", websocket = { mode = "handler", heartbeat = { interval = 0 } },
+    handler = function(ws, req)
+      ws:send(json.encode({ scheme = req.scheme, tls = req.tls or false }))
+      echo(ws)
+  end },
+  { path = "/ws/hb", websocket = { mode = "handler", heartbeat = { interval = 0.3 } }, handler = echo },
+  { path = "/ws/drain", on_reload = "drain",
+    websocket = { mode = "handler", heartbeat = { interval = 0 } }, handler = echo },
+  { path = "/relay/echo", upstream = "wsup",
+    websocket = { mode = "relay", upstream_path = "/echo", heartbeat = { interval = 0 } } },
+  { path = "/relay/headers", upstream = "wsup",
+    websocket = { mode = "relay", upstream_path = "/headers", heartbeat = { interval = 0 } } },
+  { path = "/relay/hb", upstream = "wsup",
+    websocket = { mode = "relay", upstream_path = "/echo", heartbeat = { interval = 0.3 } } },
+  { prefix = "/tun", upstream = "wsup", websocket = { mode = "tunnel" } },
+  { prefix = "/tundrain", upstream = "wsup", on_reload = "drain", strip_prefix = true,
+    websocket = { mode = "tunnel" } },
+}
+]=]
+
+local MSGS = {
+    { text = "hello" }, { text = "é, ünïcödé ✓" }, { binary_hex = "00ff10" },
+    { text = "z", times = 200000 },
+}
+
+describe("wss:// on a TLS listener", function()
+    local mg, up, ca, tport
+
+    local function url(path)
+        return fmt("wss://127.0.0.1:%d%s", tport, path)
+    end
+
+    local function client(kind, job)
+        job.cafile = ca.cert
+        return kind == "node" and ws.node_client(job) or ws.py_client(job)
+    end
+
+    local function check_echo(r, what)
+        assert.is_true(r.opened, what .. ": " .. (r.error or "") .. (r.raw_output or ""))
+        assert.equal(#MSGS, #r.messages, what)
+        assert.same({ kind = "text", data = "hello" }, r.messages[1])
+        assert.same({ kind = "text", data = "é, ünïcödé ✓" }, r.messages[2])
+        assert.same({ kind = "binary", hex = "00ff10" }, r.messages[3])
+        assert.equal(200000, #r.messages[4].data)
+    end
+
+    lazy_setup(function()
+        local dir = helpers.tmpdir("tls-ws")
+        ca = tls.ca(dir)
+        local c = tls.cert(ca)
+        up = ws.start_upstream()
+        tport = helpers.free_port()
+        mg = helpers.start_moongate({ name = "tls-ws", routes = ROUTES,
+            conf = ws.conf({ workers = 2, ws_upstream = up, extra = fmt(
+                '  tls = { listen = "127.0.0.1:%d", certificates = { { cert = %q, key = %q } } },',
+                tport, c.cert, c.key) }) })
+        assert(helpers.wait_until(function() return helpers.port_open(tport) end, 5))
+    end)
+
+    lazy_teardown(function()
+        if mg then mg:stop() end
+        ws.cleanup()
+        helpers.cleanup()
+    end)
+
+    for _, kind in ipairs({ "python", "node" }) do
+        it("echoes in handler, relay and tunnel modes (" .. kind .. ")", function()
+            check_echo(client(kind, { url = url("/ws/echo"), send = MSGS }), kind .. " handler")
+            check_echo(client(kind, { url = url("/relay/echo"), send = MSGS }), kind .. " relay")
+            check_echo(client(kind, { url = url("/tun/echo"), send = MSGS }), kind .. " tunnel")
+            local r = client(kind, { url = url("/ws/echo"), send = MSGS, deflate = false })
+            check_echo(r, kind .. " handler, no deflate")
+        end)
+    end
+
+    it("shows req.scheme and req.tls to a handler, X-Forwarded-Proto to the upstream", function()
+        local r = client("python", { url = url("/ws/info"), send = {}, recv = 1 })
+        assert.is_true(r.opened, r.error)
+        local info = json.decode(r.messages[1].data)
+        assert.equal("https", info.scheme)
+        assert.equal("TLSv1.3", info.tls.version)
+        for _, path in ipairs({ "/relay/headers", "/tun/headers" }) do
+            local h = client("python", { url = url(path), send = {}, recv = 1 })
+            assert.is_true(h.opened, h.error)
+            local seen = json.decode(h.messages[1].data)
+            assert.equal("https", seen.headers["x-forwarded-proto"], path)
+        end
+        -- the plain listener: ws://, scheme http
+        local p = ws.py_client({ url = fmt("ws://127.0.0.1:%d/ws/info", mg.port), send = {}, recv = 1 })
+        assert.equal("http", json.decode(p.messages[1].data).scheme)
+        -- the session's access-log line
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():match('"path":"/ws/info","status":101,"tls":{"version":"TLSv1%.3"[^\n]*"websocket"')
+        end, 3), mg:log():sub(-2000))
+    end)
+
+    it("sends heartbeats over TLS (handler and relay)", function()
+        for _, path in ipairs({ "/ws/hb", "/relay/hb" }) do
+            local r = client("python", { url = url(path), send = {}, recv = 2, timeout = 5 })
+            assert.is_true(r.opened, r.error)
+            assert.equal(2, #r.messages, path .. ": " .. (r.error or ""))
+            for _, m in ipairs(r.messages) do
+                assert.truthy(ws.is_heartbeat(m.data), m.data)
+            end
+        end
+    end)
+
+    it("keeps open wss sockets across a reload and drains the draining routes", function()
+        local dir = helpers.tmpdir("tls-ws-reload")
+        local script = dir .. "/keep.py"
+        helpers.write_file(script, [[
+import asyncio, os, ssl, sys
+import websockets
+url, ca, ready, go = sys.argv[1:5]
+async def main():
+    ctx = ssl.create_default_context(cafile=ca)
+    async with websockets.connect(url, ssl=ctx, ping_interval=None) as w:
+        await w.send("before")
+        print("got", await w.recv(), flush=True)
+        open(ready, "w").close()
+        while not os.path.exists(go):
+            await asyncio.sleep(0.05)
+        try:
+            await w.send("after")
+            print("got", await w.recv(), flush=True)
+        except websockets.exceptions.ConnectionClosed as e:
+            print("closed", e.code, flush=True)
+asyncio.run(asyncio.wait_for(main(), 20))
+]])
+        local go = dir .. "/go"
+        local runs = {}
+        for i, path in ipairs({ "/ws/echo", "/relay/echo", "/tun/echo", "/ws/drain", "/tundrain/echo" }) do
+            local ready = dir .. "/ready" .. i
+            runs[i] = { path = path, ready = ready, h = helpers.spawn(fmt("timeout -s KILL 25 %s %s %s %s %s %s",
+                helpers.python, helpers.shq(script), helpers.shq(url(path)), helpers.shq(ca.cert),
+                helpers.shq(ready), helpers.shq(go))) }
+        end
+        for _, r in ipairs(runs) do
+            assert(helpers.wait_until(function() return helpers.read_file(r.ready) end, 10),
+                r.path .. " did not open")
+        end
+        local log0 = #mg:log()
+        mg:signal("HUP")
+        assert(helpers.wait_until(function()
+            return mg:log():sub(log0 + 1):match("serving on 2 workers")
+        end, 10), mg:log():sub(-2000))
+        -- the draining handler closes with 1012 at once; the draining tunnel is cut
+        helpers.sleep(0.5)
+        helpers.write_file(go, "1")
+        local out = {}
+        for i, r in ipairs(runs) do
+            out[i] = r.h:wait(25)
+        end
+        for i = 1, 3 do
+            assert.truthy(out[i]:match("got before\ngot after"), runs[i].path .. ": " .. out[i])
+        end
+        assert.truthy(out[4]:match("got before\nclosed 1012"), out[4])
+        assert.truthy(out[5]:match("got before\nclosed"), out[5])
+        -- and a new client after the reload
+        check_echo(client("python", { url = url("/ws/echo"), send = MSGS }), "after reload")
+    end)
+end)
