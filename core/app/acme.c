@@ -13,6 +13,7 @@
  */
 #include "app/acme_int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <lauxlib.h>
@@ -56,7 +57,50 @@ mg_acme_conf_t *mg_acme_conf_read(lua_State *L, int idx) {
         lua_pop(L, 1);
     }
     lua_pop(L, 3);
+    lua_getfield(L, idx, "on_demand");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "max");
+        c->od_max = (int)lua_tointeger(L, -1);
+        lua_getfield(L, -2, "allow");
+        n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+        c->allow = calloc(n ? n : 1, sizeof(char *));
+        for (int i = 1; c->allow && i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            if (lua_type(L, -1) == LUA_TSTRING)
+                c->allow[c->nallow++] = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
     return c;
+}
+
+int mg_acme_allowed(const mg_acme_conf_t *c, const char *name) {
+    size_t nl = strlen(name);
+    for (int i = 0; c && i < c->nallow; i++) {
+        const char *a = c->allow[i];
+        size_t al = strlen(a), l;
+        if (a[0] != '*') {
+            if (strcmp(a, name) == 0)
+                return 1;
+            continue;
+        }
+        /* "*.rest": one label, then ".rest" */
+        if (nl < al || strcmp(name + nl - (al - 1), a + 1) != 0)
+            continue;
+        l = nl - (al - 1);
+        if (l == 0)
+            continue;
+        for (size_t k = 0; k < l; k++) {
+            char ch = name[k];
+            if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-'))
+                goto next;
+        }
+        return 1;
+    next:;
+    }
+    return 0;
 }
 
 void mg_acme_conf_free(mg_acme_conf_t *c) {
@@ -65,6 +109,9 @@ void mg_acme_conf_free(mg_acme_conf_t *c) {
     for (int i = 0; i < c->nnames; i++)
         free(c->names[i]);
     free(c->names);
+    for (int i = 0; i < c->nallow; i++)
+        free(c->allow[i]);
+    free(c->allow);
     free(c->storage);
     free(c->src);
     free(c);
@@ -178,16 +225,54 @@ static int mg_acme_now(lua_State *L) {
     return 1;
 }
 
-/* sleep(s): waits, and exits when the master is gone (its end closed) */
+/* sleep(s) -> {names asked for by the workers (on_demand)} or nil: waits
+ * at most s seconds, less when a name comes; exits when the master is gone */
 static int mg_acme_sleep(lua_State *L) {
     double s = luaL_checknumber(L, 1);
     struct pollfd pf = {mg_acme_sock, POLLIN, 0};
-    int ms = s <= 0 ? 0 : s > 86400 ? 86400000 : (int)(s * 1000);
-    if (poll(&pf, 1, ms) > 0 && (pf.revents & (POLLIN | POLLHUP | POLLERR))) {
-        mg_info("acme: the master is gone: exiting");
-        _exit(0);
+    int ms = s <= 0 ? 0 : s > 86400 ? 86400000 : (int)(s * 1000), n = 0;
+    if (poll(&pf, 1, ms) <= 0)
+        return 0;
+    lua_newtable(L);
+    for (int k = 0; k < 256; k++) { /* a bounded batch; the rest wait for the next call */
+        mg_ctl_msg_t m;
+        int fd, rc = mg_app_ctl_recv(mg_acme_sock, &m, &fd);
+        if (fd >= 0)
+            close(fd);
+        if (rc == MG_AGAIN)
+            break;
+        if (rc == MG_ERR) {
+            mg_info("acme: the master is gone: exiting");
+            _exit(0);
+        }
+        if (m.op == MG_CTL_WANT && m.text[0]) {
+            lua_pushstring(L, m.text);
+            lua_rawseti(L, -2, ++n);
+        }
     }
-    return 0;
+    return 1;
+}
+
+/* list_dir(path) -> {file names} (at most 10 000), or nil, reason */
+static int mg_acme_list_dir(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    DIR *d = opendir(path);
+    struct dirent *e;
+    int n = 0;
+    if (d == NULL) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s: %s", path, strerror(errno));
+        return 2;
+    }
+    lua_newtable(L);
+    while ((e = readdir(d)) != NULL && n < 10000) {
+        if (e->d_name[0] == '.')
+            continue;
+        lua_pushstring(L, e->d_name);
+        lua_rawseti(L, -2, ++n);
+    }
+    closedir(d);
+    return 1;
 }
 
 /* notify(name): a certificate for name is in the storage folder */
@@ -225,15 +310,11 @@ static int mg_acme_traceback(lua_State *L) {
 void mg_acme_run(int sock) {
     mg_acme_conf_t *c = mg_gen_current ? mg_gen_current->acme : NULL;
     static const luaL_Reg f[] = {
-        {"read_file", mg_acme_read_file},
-        {"write_file", mg_acme_write_file},
-        {"mkdir", mg_acme_mkdir},
-        {"now", mg_acme_now},
-        {"sleep", mg_acme_sleep},
-        {"notify", mg_acme_notify},
-        {"log", mg_acme_log},
-        {"random", mg_acme_random},
-        {NULL, NULL},
+        {"read_file", mg_acme_read_file}, {"write_file", mg_acme_write_file},
+        {"mkdir", mg_acme_mkdir},         {"now", mg_acme_now},
+        {"sleep", mg_acme_sleep},         {"list_dir", mg_acme_list_dir},
+        {"notify", mg_acme_notify},       {"log", mg_acme_log},
+        {"random", mg_acme_random},       {NULL, NULL},
     };
     lua_State *L;
 

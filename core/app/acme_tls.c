@@ -23,10 +23,17 @@ typedef struct {
     char *name;
     SSL_CTX *ctx; /* NULL until a certificate is stored */
     int warned;   /* "no certificate yet" was logged */
+    double asked; /* on_demand: mg_now() the ACME process was last asked for it */
 } mg_acme_cert_t;
 
-static mg_acme_cert_t *mg_acme_certs;
-static int mg_acme_ncerts;
+#define MG_ACME_ASK_AGAIN 60.0 /* s: an on_demand name still without one is asked again */
+
+/* The start's section (storage, on_demand.allow): the worker's own copy,
+ * as the generation it came with may go at a reload. */
+static mg_acme_conf_t mg_acme_w;
+static mg_acme_cert_t *mg_acme_certs; /* the names, then on_demand ones as they come */
+static int mg_acme_ncerts, mg_acme_cap;
+static int mg_acme_ctl = -1; /* the control channel, to ask for on_demand names */
 
 #define MG_ACME_PEM_MAX (1024 * 1024) /* bytes: a chain and a key are a few KiB */
 
@@ -78,10 +85,9 @@ fail:
 }
 
 static void mg_acme_cert_load(mg_acme_cert_t *c, int quiet) {
-    mg_acme_conf_t *conf = mg_gen_current->acme;
     char path[4096], err[600];
     SSL_CTX *ctx;
-    snprintf(path, sizeof(path), "%s/%s.pem", conf->storage, c->name);
+    snprintf(path, sizeof(path), "%s/%s.pem", mg_acme_w.storage, c->name);
     ctx = mg_acme_ctx_load(path, err, sizeof(err));
     if (ctx == NULL) {
         if (!quiet)
@@ -95,49 +101,103 @@ static void mg_acme_cert_load(mg_acme_cert_t *c, int quiet) {
     mg_debug("worker %d: acme: serving %s for %s", mg_worker.id, path, c->name);
 }
 
+static mg_acme_cert_t *mg_acme_find(const char *name) {
+    for (int i = 0; i < mg_acme_ncerts; i++)
+        if (strcmp(mg_acme_certs[i].name, name) == 0)
+            return &mg_acme_certs[i];
+    return NULL;
+}
+
+/* An on_demand name seen for the first time: its stored certificate, or
+ * the ACME process is asked for one. NULL when the table is full. */
+static mg_acme_cert_t *mg_acme_add(const char *name) {
+    mg_acme_cert_t *c;
+    if (mg_acme_ncerts >= mg_acme_cap) {
+        static double warned;
+        if (mg_now() - warned > 60) {
+            warned = mg_now();
+            mg_warn("worker %d: acme: on_demand.max (%d) names reached: %s gets the default "
+                    "certificate",
+                    mg_worker.id, mg_acme_w.od_max, name);
+        }
+        return NULL;
+    }
+    c = &mg_acme_certs[mg_acme_ncerts];
+    memset(c, 0, sizeof(*c));
+    c->name = strdup(name);
+    if (c->name == NULL)
+        return NULL;
+    mg_acme_ncerts++;
+    mg_acme_cert_load(c, 1); /* obtained before (another worker asked, or a past run) */
+    return c;
+}
+
+/* The servername callback's hook: the ACME context for name (lower-case),
+ * or NULL for the listener's own certificates. A linear scan: the names
+ * are at most 100 plus on_demand.max, and most handshakes match early. */
 static SSL_CTX *mg_acme_sni(const char *name) {
+    mg_acme_cert_t *c;
     if (name == NULL)
         return NULL;
-    for (int i = 0; i < mg_acme_ncerts; i++) {
-        mg_acme_cert_t *c = &mg_acme_certs[i];
-        if (strcasecmp(c->name, name) != 0)
-            continue;
-        if (c->ctx == NULL && !c->warned) {
-            c->warned = 1;
-            mg_warn("worker %d: acme: no certificate for %s yet (the ACME process is ordering "
-                    "it, or failed: see its log): the default certificate serves",
-                    mg_worker.id, c->name);
-        }
-        return c->ctx;
+    c = mg_acme_find(name);
+    if (c == NULL && mg_acme_w.od_max > 0 && mg_acme_allowed(&mg_acme_w, name))
+        c = mg_acme_add(name);
+    if (c == NULL || c->ctx)
+        return c ? c->ctx : NULL;
+    if (c->asked >= 0 && mg_acme_w.od_max > 0 && mg_now() - c->asked >= MG_ACME_ASK_AGAIN &&
+        mg_acme_ctl >= 0 && mg_acme_allowed(&mg_acme_w, name)) {
+        /* the master passes it on; the ACME process orders it once */
+        mg_app_ctl_send(mg_acme_ctl, MG_CTL_WANT, 0, name, -1);
+        c->asked = mg_now();
+    }
+    if (!c->warned) {
+        c->warned = 1;
+        mg_warn("worker %d: acme: no certificate for %s yet (the ACME process is ordering "
+                "it, or failed: see its log): the default certificate serves",
+                mg_worker.id, c->name);
     }
     return NULL;
 }
 
-void mg_acme_worker_init(void) {
+void mg_acme_worker_init(int ctl) {
     mg_acme_conf_t *conf = mg_gen_current->acme;
-    if (conf == NULL || conf->nnames == 0)
+    if (conf == NULL)
         return;
-    mg_acme_certs = calloc((size_t)conf->nnames, sizeof(*mg_acme_certs));
-    if (mg_acme_certs == NULL)
+    mg_acme_ctl = ctl;
+    mg_acme_w.storage = strdup(conf->storage);
+    mg_acme_w.od_max = conf->od_max;
+    mg_acme_w.allow = calloc((size_t)conf->nallow + 1, sizeof(char *));
+    for (int i = 0; mg_acme_w.allow && i < conf->nallow; i++)
+        if ((mg_acme_w.allow[mg_acme_w.nallow] = strdup(conf->allow[i])) != NULL)
+            mg_acme_w.nallow++;
+    mg_acme_cap = conf->nnames + conf->od_max;
+    mg_acme_certs = calloc((size_t)mg_acme_cap + 1, sizeof(*mg_acme_certs));
+    if (mg_acme_certs == NULL || mg_acme_w.storage == NULL) {
+        mg_error("worker %d: acme: out of memory: no ACME certificates served", mg_worker.id);
         return;
+    }
     for (int i = 0; i < conf->nnames; i++) {
-        mg_acme_certs[i].name = strdup(conf->names[i]);
-        if (mg_acme_certs[i].name == NULL)
+        mg_acme_cert_t *c = &mg_acme_certs[mg_acme_ncerts];
+        c->name = strdup(conf->names[i]);
+        if (c->name == NULL)
             break;
+        c->asked = -1; /* a configured name: the ACME process orders it unasked */
         mg_acme_ncerts++;
-        mg_acme_cert_load(&mg_acme_certs[i], 1); /* none yet is normal at the first start */
+        mg_acme_cert_load(c, 1); /* none yet is normal at the first start */
     }
     mg_tls_sni_hook = mg_acme_sni;
 }
 
 void mg_acme_worker_update(const char *name) {
-    if (mg_gen_current->acme == NULL)
+    mg_acme_cert_t *c;
+    if (mg_acme_certs == NULL)
         return;
-    for (int i = 0; i < mg_acme_ncerts; i++)
-        if (strcasecmp(mg_acme_certs[i].name, name) == 0) {
-            mg_acme_cert_load(&mg_acme_certs[i], 0);
-            mg_info("worker %d: acme: new certificate for %s serves new handshakes", mg_worker.id,
-                    name);
-            return;
-        }
+    c = mg_acme_find(name);
+    if (c == NULL && mg_acme_allowed(&mg_acme_w, name))
+        c = mg_acme_add(name); /* loads it */
+    else if (c)
+        mg_acme_cert_load(c, 0);
+    if (c && c->ctx)
+        mg_info("worker %d: acme: new certificate for %s serves new handshakes", mg_worker.id,
+                name);
 }

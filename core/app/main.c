@@ -494,6 +494,11 @@ static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             event_del(s->ctl_ev);
             return;
         }
+        if (m.op == MG_CTL_WANT) { /* an on_demand name: for the ACME process */
+            if (mg_acme.pid && mg_acme.sock >= 0)
+                mg_app_ctl_send(mg_acme.sock, MG_CTL_WANT, 0, m.text, -1);
+            continue;
+        }
         if (mg_reload.phase == MG_RELOAD_NONE || mg_gen_pending == NULL ||
             m.id != mg_gen_pending->id)
             continue; /* about an earlier reload */
@@ -696,6 +701,12 @@ int main(int argc, char **argv) {
             return 1;
         }
         mg_acme.dict = 1;
+        for (k = 0; k < gen->nlisten && !gen->listen[k].tls; k++)
+            ;
+        if (k == gen->nlisten)
+            mg_warn("acme: no TLS listener in %s: the certificates are obtained and stored, "
+                    "but nothing serves them",
+                    mg_app_conf_path);
     }
 
     mg_nslots = gen->workers > 0 ? gen->workers : 1;

@@ -294,8 +294,8 @@ void mg_worker_run(int id, int *fds, int nfd, int ctl) {
         mg_worker.rng[1] = (uint64_t)mg_now() | 1;
     }
     signal(SIGPIPE, SIG_IGN);
-    mg_gateway_init();     /* the HTTP layer's hooks, before the first accept */
-    mg_acme_worker_init(); /* the stored ACME certificates, before the first handshake */
+    mg_gateway_init();        /* the HTTP layer's hooks, before the first accept */
+    mg_acme_worker_init(ctl); /* the stored ACME certificates, before the first handshake */
     mg_worker.fds = fds;
     mg_worker.nfd = nfd;
     /* the startup generation's addresses, in the order of fds */

@@ -310,7 +310,25 @@ function _M.run(conf, c)
     return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
   end
 
-  for _, name in ipairs(conf.names) do
+  local known, on_demand = {}, 0
+  local od = conf.on_demand
+  -- as core/app/acme.c's mg_acme_allowed: exact, or "*.rest" for one label
+  local function allowed(name)
+    for _, a in ipairs(od and od.allow or {}) do
+      if a == name then
+        return true
+      end
+      if str_sub(a, 1, 2) == "*." then
+        local rest = str_sub(a, 2)
+        local label = str_sub(name, 1, #name - #rest)
+        if #name > #rest and str_sub(name, -#rest) == rest and label:find("^[%l%d%-]+$") then
+          return true
+        end
+      end
+    end
+    return false
+  end
+  local function track(name, why)
     local s = { name = name, fails = 0, next = c.now() }
     local pem = c.read_file(conf.storage .. "/" .. name .. ".pem")
     local info = pem and c.cert_info(pem)
@@ -319,9 +337,38 @@ function _M.run(conf, c)
       log("info", "%s: stored certificate (serial %s, until %s), renewal at %s", name,
           info.serial, show_time(info.not_after), show_time(s.next))
     else
-      log("info", "%s: no stored certificate: ordering one", name)
+      log("info", "%s: %s: ordering one", name, why)
     end
     state[#state + 1] = s
+    known[name] = s
+  end
+
+  for _, name in ipairs(conf.names) do
+    track(name, "no stored certificate")
+  end
+  if od then
+    -- the on_demand names of earlier runs: kept renewed
+    for _, f in ipairs(c.list_dir(conf.storage) or {}) do
+      local name = f:match("^(.+)%.pem$")
+      if name and not known[name] and allowed(name) and on_demand < od.max then
+        on_demand = on_demand + 1
+        track(name, "stored before, unreadable now")
+      end
+    end
+  end
+  local function want(names)
+    for _, name in ipairs(names or {}) do
+      -- a known name is ordered already, or retried on its own schedule
+      local fresh = od and not known[name]
+      if fresh and not allowed(name) then
+        log("warn", "%s: asked for, but on_demand.allow does not cover it", name)
+      elseif fresh and on_demand >= od.max then
+        log("warn", "%s: on_demand.max (%d) names reached: not ordering it", name, od.max)
+      elseif fresh then
+        on_demand = on_demand + 1
+        track(name, "seen in SNI (on_demand)")
+      end
+    end
   end
 
   while true do
@@ -355,7 +402,7 @@ function _M.run(conf, c)
         soonest = s.next
       end
     end
-    c.sleep(math_max(0.05, math_min((soonest or now + MAX_SLEEP) - c.now(), MAX_SLEEP)))
+    want(c.sleep(math_max(0.05, math_min((soonest or now + MAX_SLEEP) - c.now(), MAX_SLEEP))))
   end
 end
 

@@ -29,8 +29,9 @@ local _M = { _VERSION = "0.1.0" }
 local MAX_NAMES = 100
 local FIELDS = {
   directory = true, contact = true, names = true, challenge = true, storage = true,
-  ca = true, renew = true, backoff = true,
+  ca = true, renew = true, backoff = true, on_demand = true,
 }
+local MAX_ON_DEMAND = 1000
 
 local function string_list(w, v, what)
   if type(v) == "string" then
@@ -120,11 +121,7 @@ function _M.load(where, raw, root)
   end
   for _, k in ipairs(sorted_keys(raw)) do
     if not FIELDS[k] then
-      local hint = ""
-      if k == "on_demand" then
-        hint = " (certificates for names seen in SNI are not implemented yet: list the names)"
-      end
-      bad(at(w, k), nil, "unknown field%s", hint)
+      bad(at(w, k), nil, "unknown field")
     end
   end
   local out = {}
@@ -147,12 +144,12 @@ function _M.load(where, raw, root)
     end
   end
 
-  if raw.names == nil then
+  if raw.names == nil and raw.on_demand == nil then
     bad(w, nil, "names: the names to get certificates for are missing (e.g. names = { "
-        .. "\"example.com\" })")
+        .. "\"example.com\" }, or on_demand = { allow = { \"*.example.com\" } })")
   end
-  local names = string_list(at(w, "names"), raw.names, "DNS names")
-  if #names == 0 then
+  local names = raw.names == nil and {} or string_list(at(w, "names"), raw.names, "DNS names")
+  if raw.names ~= nil and #names == 0 then
     bad(at(w, "names"), nil, "the list is empty")
   end
   if #names > MAX_NAMES then
@@ -172,6 +169,46 @@ function _M.load(where, raw, root)
     names[i] = low
   end
   out.names = names
+
+  -- on_demand: names seen in SNI, when the allow list covers them
+  if raw.on_demand ~= nil then
+    local ow = at(w, "on_demand")
+    local od = raw.on_demand
+    if type(od) ~= "table" then
+      bad(ow, nil, "expected a table { allow = { \"*.example.com\", ... }, max = 100 }, got %s",
+          type(od))
+    end
+    for _, k in ipairs(sorted_keys(od)) do
+      if k ~= "allow" and k ~= "max" then
+        bad(at(ow, k), nil, "unknown field (allow and max are)")
+      end
+    end
+    if od.allow == nil then
+      bad(ow, nil, "allow: the names or *.wildcards that may get a certificate are missing")
+    end
+    local allow = string_list(at(ow, "allow"), od.allow, "names or *.wildcards")
+    if #allow == 0 then
+      bad(at(ow, "allow"), nil, "the list is empty")
+    end
+    for i, a in ipairs(allow) do
+      local low = str_lower(a)
+      local rest = str_sub(low, 1, 2) == "*." and str_sub(low, 3) or low
+      local reason = name_reason(rest)
+      if reason then
+        bad(at(ow, "allow"), a, "'%s': %s", a, reason)
+      end
+      allow[i] = low
+    end
+    local max = od.max
+    if max == nil then
+      max = 100
+    end
+    if type(max) ~= "number" or max ~= math_floor(max) or max < 1 or max > MAX_ON_DEMAND then
+      bad(at(ow, "max"), nil, "expected an integer from 1 to %d, got %s", MAX_ON_DEMAND,
+          tostring(max))
+    end
+    out.on_demand = { allow = allow, max = max }
+  end
 
   local ch = raw.challenge
   if ch == nil then

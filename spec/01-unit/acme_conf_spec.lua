@@ -85,7 +85,12 @@ describe("moongate.acme_conf", function()
     { "renew out of range", [[names = { "a.test" }, renew = 1]], "acme.renew" },
     { "backoff max below min", [[names = { "a.test" }, backoff = { min = 10, max = 5 }]],
       "acme.backoff: max (5) is below min (10)" },
-    { "an unknown field", [[names = { "a.test" }, on_demand = {}]], "not implemented yet" },
+    { "an unknown field", [[names = { "a.test" }, tls_alpn = true]], "acme.tls_alpn: unknown field" },
+    { "on_demand without allow", [[on_demand = {}]], "acme.on_demand: allow: the names" },
+    { "a bad on_demand pattern", [[on_demand = { allow = { "*.*.test" } }]],
+      "acme.on_demand.allow: '*.*.test': a wildcard" },
+    { "a bad on_demand.max", [[on_demand = { allow = { "*.a.test" }, max = 0 }]],
+      "acme.on_demand.max: expected an integer from 1 to 1000" },
   }
   for _, c in ipairs(bad) do
     it("refuses " .. c[1], function()
@@ -95,6 +100,13 @@ describe("moongate.acme_conf", function()
       assert.truthy(err:find(c[3], 1, true), err)
     end)
   end
+
+  it("takes on_demand alone, lower-cased, max 100 by default", function()
+    local gen, err = load("{ " .. DIR .. [[, on_demand = { allow = { "*.Apps.test", "x.test" } } }]])
+    assert.is_nil(err)
+    assert.same({}, gen.conf.acme.names)
+    assert.same({ allow = { "*.apps.test", "x.test" }, max = 100 }, gen.conf.acme.on_demand)
+  end)
 
   it("refuses a directory that is not https://", function()
     local gen, err = load([[{ directory = "http://acme.test/dir", names = { "a.test" } }]])

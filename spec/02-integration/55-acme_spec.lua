@@ -32,6 +32,7 @@ return {
     directory = "https://127.0.0.1:$ACME_PORT/dir",
     contact = "mailto:ops@example.com",
     names = { "localhost", "nothere.invalid" },
+    on_demand = { allow = { "*.od.test" }, max = 5 },
     storage = "$STORE",
     ca = "$CERTS/ca.pem",
     backoff = { min = 1, max = 4 },
@@ -97,8 +98,10 @@ local function start_pebble(d, http_port)
     pebble.cts_pid = tonumber(helpers.read_file(d .. "/challtestsrv.pid") or "")
     assert(helpers.wait_until(function() return helpers.port_open(pebble.dns_mgmt) end, 10),
         "pebble-challtestsrv did not start")
-    sh_ok(fmt("curl -sS --fail --max-time 5 -d %s http://127.0.0.1:%d/add-a",
-        shq('{"host":"localhost","addresses":["127.0.0.1"]}'), pebble.dns_mgmt))
+    for _, host in ipairs({ "localhost", "a.od.test" }) do
+        sh_ok(fmt("curl -sS --fail --max-time 5 -d %s http://127.0.0.1:%d/add-a",
+            shq(fmt('{"host":"%s","addresses":["127.0.0.1"]}', host)), pebble.dns_mgmt))
+    end
     sh_ok(fmt("cd %s && PEBBLE_VA_NOSLEEP=1 PEBBLE_AUTHZREUSE=0 sh -c %s > %s 2>&1 < /dev/null &",
         shq(d), shq("echo $$ > " .. pidfile .. "; exec pebble -config " .. cfg
             .. " -dnsserver 127.0.0.1:" .. pebble.dns),
@@ -275,6 +278,29 @@ describe("acme", function()
         assert.truthy(s:find("Verify return code: 0 (ok)", 1, true), s)
     end)
 
+    it("orders a certificate on demand for a name seen in SNI that on_demand.allow covers",
+        function()
+        -- the first handshake: nothing yet, the default serves and the name is asked for
+        local first = s_client(tls_port, "a.od.test", d .. "/ca.pem")
+        assert.truthy(first:find("CN = default.test", 1, true), first)
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():find("no certificate for a.od.test yet", 1, true)
+        end, 10), mg:log())
+        local ok = helpers.wait_until(function()
+            local out = s_client(tls_port, "a.od.test", pebble.root)
+            return out:find("Verify return code: 0 (ok)", 1, true)
+                and out:find("Pebble Intermediate CA", 1, true) and out
+        end, 30, 0.3)
+        assert.truthy(ok, mg:log())
+        assert.equal("600", mode_of(store .. "/a.od.test.pem"))
+        -- one order for it, whatever the workers and handshakes
+        assert.equal(1, count(mg:log(), "a%.od%.test: order "))
+        -- a name outside the allow list is not even asked for
+        local other = s_client(tls_port, "b.other.test", d .. "/ca.pem")
+        assert.truthy(other:find("CN = default.test", 1, true), other)
+        assert.falsy(mg:log():find("b.other.test", 1, true), mg:log())
+    end)
+
     it("refuses a bad acme section at load with file: reason", function()
         local conf = d .. "/bad.lua"
         helpers.mkdir_p(d .. "/scripts")
@@ -285,7 +311,7 @@ describe("acme", function()
             { 'names = { "localhost" }, ca = "/nonexistent/ca.pem"', "nonexistent" },
             { 'names = { "localhost" }, renew = 1.5', "renew" },
             { 'names = { "a.test", "A.test" }', "twice" },
-            { 'names = { "localhost" }, on_demand = {}', "not implemented" },
+            { 'on_demand = { allow = { "*.*.test" } }', "on_demand.allow" },
         }
         for _, c in ipairs(cases) do
             helpers.write_file(conf, fmt([[return {
