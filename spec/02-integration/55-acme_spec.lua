@@ -301,6 +301,37 @@ describe("acme", function()
         assert.falsy(mg:log():find("b.other.test", 1, true), mg:log())
     end)
 
+    it("restarts the ACME process when it dies, and when a reload changes the section",
+        function()
+        local a = acme_pid(mg)
+        assert.truthy(a)
+        helpers.kill(a, "KILL")
+        local b = helpers.wait_until(function()
+            local p = acme_pid(mg)
+            return p and p ~= a and p
+        end, 15, 0.1)
+        assert.truthy(b, mg:log())
+        assert.truthy(mg:log():find(fmt("acme: process %d killed by signal 9, restarting", a), 1,
+            true), mg:log())
+        -- a reload that leaves the section as it was keeps the process
+        mg:signal("HUP")
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():find("reload: generation 2 serving", 1, true)
+        end, 10), mg:log())
+        assert.equal(b, acme_pid(mg))
+        -- one that changes it starts it anew on the new section
+        mg:write_conf((CONF:gsub("max = 4 }", "max = 3 }")))
+        mg:signal("HUP")
+        local c = helpers.wait_until(function()
+            local p = acme_pid(mg)
+            return mg:log():find("reload: generation 3 serving", 1, true) and p and p ~= b and p
+        end, 15, 0.1)
+        assert.truthy(c, mg:log())
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():find(fmt("acme: process %d started", c), 1, true)
+        end, 10), mg:log())
+    end)
+
     it("refuses a bad acme section at load with file: reason", function()
         local conf = d .. "/bad.lua"
         helpers.mkdir_p(d .. "/scripts")
