@@ -14,6 +14,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
@@ -270,6 +271,79 @@ static int mg_acme_cert_info(lua_State *L) {
     return 1;
 }
 
+/* alpn_cert(key, name, digest) -> the PEM of the tls-alpn-01 certificate
+ * (RFC 8737 3): self-signed with key, for name, valid a day, with the
+ * critical acmeIdentifier extension holding the 32-byte digest (SHA-256
+ * of the key authorization) as a DER OCTET STRING */
+static int mg_acme_alpn_cert(lua_State *L) {
+    EVP_PKEY *pk = mg_acme_key_check(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    size_t dl;
+    const char *digest = luaL_checklstring(L, 3, &dl);
+    unsigned char der[34], serial[16];
+    X509 *x = NULL;
+    X509_NAME *subj;
+    X509_EXTENSION *san = NULL, *id = NULL;
+    ASN1_OBJECT *oid = NULL;
+    ASN1_OCTET_STRING *os = NULL;
+    BIGNUM *bn = NULL;
+    BIO *b = NULL;
+    char *p, sanv[300];
+    long n;
+    if (dl != 32)
+        return luaL_error(L, "acme alpn_cert: the digest is 32 bytes");
+    if (strlen(name) > 253)
+        return luaL_error(L, "acme alpn_cert: name too long");
+    der[0] = 0x04; /* OCTET STRING, 32 bytes */
+    der[1] = 0x20;
+    memcpy(der + 2, digest, 32);
+    snprintf(sanv, sizeof(sanv), "DNS:%s", name);
+    x = X509_new();
+    subj = x ? X509_get_subject_name(x) : NULL;
+    if (x == NULL || !X509_set_version(x, 2) || RAND_bytes(serial, sizeof(serial)) != 1)
+        goto fail;
+    serial[0] &= 0x7f; /* positive */
+    bn = BN_bin2bn(serial, sizeof(serial), NULL);
+    if (bn == NULL || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) ||
+        !X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
+        !X509_gmtime_adj(X509_getm_notAfter(x), 86400) ||
+        !X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_UTF8, (const unsigned char *)name, -1, -1,
+                                    0) ||
+        !X509_set_issuer_name(x, subj) || !X509_set_pubkey(x, pk))
+        goto fail;
+    san = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, sanv);
+    oid = OBJ_txt2obj("1.3.6.1.5.5.7.1.31", 1); /* id-pe-acmeIdentifier */
+    os = ASN1_OCTET_STRING_new();
+    if (san == NULL || oid == NULL || os == NULL || !ASN1_OCTET_STRING_set(os, der, sizeof(der)))
+        goto fail;
+    id = X509_EXTENSION_create_by_OBJ(NULL, oid, 1, os);
+    if (id == NULL || !X509_add_ext(x, san, -1) || !X509_add_ext(x, id, -1) ||
+        X509_sign(x, pk, EVP_sha256()) <= 0)
+        goto fail;
+    b = BIO_new(BIO_s_mem());
+    if (b == NULL || !PEM_write_bio_X509(b, x))
+        goto fail;
+    n = BIO_get_mem_data(b, &p);
+    lua_pushlstring(L, p, (size_t)n);
+    BIO_free(b);
+    X509_EXTENSION_free(san);
+    X509_EXTENSION_free(id);
+    ASN1_OBJECT_free(oid);
+    ASN1_OCTET_STRING_free(os);
+    BN_free(bn);
+    X509_free(x);
+    return 1;
+fail:
+    BIO_free(b);
+    X509_EXTENSION_free(san);
+    X509_EXTENSION_free(id);
+    ASN1_OBJECT_free(oid);
+    ASN1_OCTET_STRING_free(os);
+    BN_free(bn);
+    X509_free(x);
+    return mg_acme_ssl_fail(L, "tls-alpn-01 certificate");
+}
+
 void mg_acme_crypto_open(lua_State *L) {
     static const luaL_Reg m[] = {
         {"pem", mg_acme_key_pem},
@@ -292,4 +366,6 @@ void mg_acme_crypto_open(lua_State *L) {
     lua_setfield(L, -2, "csr");
     lua_pushcfunction(L, mg_acme_cert_info);
     lua_setfield(L, -2, "cert_info");
+    lua_pushcfunction(L, mg_acme_alpn_cert);
+    lua_setfield(L, -2, "alpn_cert");
 }

@@ -21,9 +21,10 @@
 
 typedef struct {
     char *name;
-    SSL_CTX *ctx; /* NULL until a certificate is stored */
-    int warned;   /* "no certificate yet" was logged */
-    double asked; /* on_demand: mg_now() the ACME process was last asked for it */
+    SSL_CTX *ctx;  /* NULL until a certificate is stored */
+    int warned;    /* "no certificate yet" was logged */
+    double asked;  /* on_demand: mg_now() the ACME process was last asked for it */
+    SSL_CTX *alpn; /* a tls-alpn-01 challenge in progress: its certificate, or NULL */
 } mg_acme_cert_t;
 
 #define MG_ACME_ASK_AGAIN 60.0 /* s: an on_demand name still without one is asked again */
@@ -101,6 +102,59 @@ static void mg_acme_cert_load(mg_acme_cert_t *c, int quiet) {
     mg_debug("worker %d: acme: serving %s for %s", mg_worker.id, path, c->name);
 }
 
+/* ---- tls-alpn-01 (RFC 8737): while a challenge runs for a name, its
+ * handshakes get a context whose ALPN callback takes acme-tls/1 when
+ * offered, and whose certificate callback (run after ALPN in TLS 1.3) keeps
+ * the challenge certificate only for acme-tls/1: others get the name's ACME
+ * certificate when it has one (during a renewal), or the challenge's when
+ * none exists yet (a first order, for the seconds of the validation). A
+ * validator speaking TLS 1.2 sees ALPN only after the certificate is
+ * chosen: it gets the challenge certificate only while the name has none. */
+
+static int mg_acme_alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                                  const unsigned char *in, unsigned int inlen, void *arg) {
+    static const unsigned char acme[] = "\x0a"
+                                        "acme-tls/1",
+                               http[] = "\x08http/1.1";
+    (void)ssl, (void)arg;
+    if (SSL_select_next_proto((unsigned char **)out, outlen, acme, sizeof(acme) - 1, in, inlen) ==
+            OPENSSL_NPN_NEGOTIATED ||
+        SSL_select_next_proto((unsigned char **)out, outlen, http, sizeof(http) - 1, in, inlen) ==
+            OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_OK;
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+static int mg_acme_alpn_cert_cb(SSL *ssl, void *arg) {
+    mg_acme_cert_t *c = arg;
+    const unsigned char *p = NULL;
+    unsigned int n = 0;
+    STACK_OF(X509) *chain = NULL;
+    SSL_get0_alpn_selected(ssl, &p, &n);
+    if ((n == 10 && memcmp(p, "acme-tls/1", 10) == 0) || c->ctx == NULL)
+        return 1;
+    SSL_CTX_get0_chain_certs(c->ctx, &chain);
+    if (SSL_use_certificate(ssl, SSL_CTX_get0_certificate(c->ctx)) != 1 ||
+        SSL_use_PrivateKey(ssl, SSL_CTX_get0_privatekey(c->ctx)) != 1 ||
+        SSL_set1_chain(ssl, chain) != 1)
+        return 0; /* fails the handshake rather than serve the wrong certificate */
+    return 1;
+}
+
+static void mg_acme_alpn_load(mg_acme_cert_t *c) {
+    char path[4096], err[600];
+    SSL_CTX *ctx;
+    snprintf(path, sizeof(path), "%s/%s.alpn.pem", mg_acme_w.storage, c->name);
+    ctx = mg_acme_ctx_load(path, err, sizeof(err));
+    if (ctx) {
+        SSL_CTX_set_alpn_select_cb(ctx, mg_acme_alpn_select_cb, NULL);
+        SSL_CTX_set_cert_cb(ctx, mg_acme_alpn_cert_cb, c);
+        mg_debug("worker %d: acme: tls-alpn-01 certificate for %s", mg_worker.id, c->name);
+    }
+    SSL_CTX_free(c->alpn); /* none (the challenge ended): gone */
+    c->alpn = ctx;
+}
+
 static mg_acme_cert_t *mg_acme_find(const char *name) {
     for (int i = 0; i < mg_acme_ncerts; i++)
         if (strcmp(mg_acme_certs[i].name, name) == 0)
@@ -142,6 +196,8 @@ static SSL_CTX *mg_acme_sni(const char *name) {
     c = mg_acme_find(name);
     if (c == NULL && mg_acme_w.od_max > 0 && mg_acme_allowed(&mg_acme_w, name))
         c = mg_acme_add(name);
+    if (c && c->alpn)
+        return c->alpn;
     if (c == NULL || c->ctx)
         return c ? c->ctx : NULL;
     if (c->asked >= 0 && mg_acme_w.od_max > 0 && mg_now() - c->asked >= MG_ACME_ASK_AGAIN &&
@@ -190,9 +246,18 @@ void mg_acme_worker_init(int ctl) {
 
 void mg_acme_worker_update(const char *name) {
     mg_acme_cert_t *c;
+    int alpn = strncmp(name, "alpn:", 5) == 0; /* a tls-alpn-01 challenge began or ended */
     if (mg_acme_certs == NULL)
         return;
+    name += alpn ? 5 : 0;
     c = mg_acme_find(name);
+    if (alpn) {
+        if (c == NULL && mg_acme_allowed(&mg_acme_w, name))
+            c = mg_acme_add(name);
+        if (c)
+            mg_acme_alpn_load(c);
+        return;
+    }
     if (c == NULL && mg_acme_allowed(&mg_acme_w, name))
         c = mg_acme_add(name); /* loads it */
     else if (c)

@@ -299,7 +299,11 @@ static void mg_master_acme_cb(evutil_socket_t sock, short what, void *arg) {
         for (int i = 0; i < mg_nslots; i++)
             if (mg_slots[i].pid && mg_slots[i].ctl >= 0)
                 n += mg_app_ctl_send(mg_slots[i].ctl, MG_CTL_CERT, 0, m.text, -1) == MG_OK;
-        mg_info("acme: new certificate for %s: %d workers load it", m.text, n);
+        if (strncmp(m.text, "alpn:", 5) == 0)
+            mg_debug("acme: tls-alpn-01 challenge for %s began or ended: %d workers told",
+                     m.text + 5, n);
+        else
+            mg_info("acme: new certificate for %s: %d workers load it", m.text, n);
     }
 }
 

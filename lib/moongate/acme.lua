@@ -95,6 +95,7 @@ function _M.run(conf, c)
 
   -- the protocol ------------------------------------------------------------
   local dir, nonce, kid
+  local want -- on_demand names the workers asked for (the schedule, below)
 
   local function request(method, url, body, ctype, accept)
     local st, h, b = c.https(method, url, body, ctype, accept)
@@ -208,7 +209,7 @@ function _M.run(conf, c)
         error(str_format("%s: still %s after %d s", what, tostring(t.status), POLL_DEADLINE), 0)
       end
       local ra = tonumber(h["retry-after"] or "")
-      c.sleep(ra and math_min(ra, 10) or wait)
+      want(c.sleep(ra and math_min(ra, 10) or wait))
       wait = math_min(wait * 2, 2)
     end
   end
@@ -230,18 +231,35 @@ function _M.run(conf, c)
     if az.status ~= "pending" then
       error(str_format("authorization for %s is %s", name, tostring(az.status)), 0)
     end
+    local kind = conf.challenge
     local ch
     for _, x in ipairs(az.challenges or {}) do
-      if type(x) == "table" and x.type == "http-01" then
+      if type(x) == "table" and x.type == kind then
         ch = x
       end
     end
     if not ch or type(ch.token) ~= "string" or not ch.token:find("^[%w_%-]+$") then
-      error(str_format("authorization for %s offers no usable http-01 challenge", name), 0)
+      error(str_format("authorization for %s offers no usable %s challenge", name, kind), 0)
     end
-    local ok, err = dict:set(ch.token, ch.token .. "." .. thumb, TOKEN_TTL)
-    if not ok then
-      error("shared dict moongate.acme: " .. tostring(err), 0)
+    local keyauth = ch.token .. "." .. thumb
+    local alpn_path = conf.storage .. "/" .. name .. ".alpn.pem"
+    if kind == "tls-alpn-01" then
+      -- RFC 8737: a self-signed certificate for name with the digest of
+      -- the key authorization, served to handshakes that offer acme-tls/1;
+      -- the workers load it when told (through the master)
+      local k = c.key_new()
+      local ok, err = c.write_file(alpn_path, c.alpn_cert(k, name, c.crypto.sha256(keyauth))
+                                   .. k:pem())
+      if not ok then
+        error(err, 0)
+      end
+      c.notify("alpn:" .. name)
+      want(c.sleep(0.3)) -- the workers read a few KiB from the disk
+    else
+      local ok, err = dict:set(ch.token, keyauth, TOKEN_TTL)
+      if not ok then
+        error("shared dict moongate.acme: " .. tostring(err), 0)
+      end
     end
     local done, res = pcall(function()
       post_json(ch.url, {}, "challenge " .. name)
@@ -249,12 +267,17 @@ function _M.run(conf, c)
         return t.status ~= "pending" and t.status ~= "processing"
       end)
     end)
-    dict:delete(ch.token)
+    if kind == "tls-alpn-01" then
+      os.remove(alpn_path)
+      c.notify("alpn:" .. name) -- the workers drop it
+    else
+      dict:delete(ch.token)
+    end
     if not done then
       error(res, 0)
     end
     if res.status ~= "valid" then
-      error(str_format("http-01 for %s failed (%s): %s", name, tostring(res.status),
+      error(str_format("%s for %s failed (%s): %s", kind, name, tostring(res.status),
                        challenge_error(res)), 0)
     end
   end
@@ -356,7 +379,7 @@ function _M.run(conf, c)
       end
     end
   end
-  local function want(names)
+  want = function(names)
     for _, name in ipairs(names or {}) do
       -- a known name is ordered already, or retried on its own schedule
       local fresh = od and not known[name]

@@ -214,8 +214,8 @@ function _M.load(where, raw, root)
   if ch == nil then
     ch = "http-01"
   end
-  if ch ~= "http-01" then
-    bad(at(w, "challenge"), ch, "expected 'http-01' (the one challenge moongate answers), got %s",
+  if ch ~= "http-01" and ch ~= "tls-alpn-01" then
+    bad(at(w, "challenge"), ch, "expected 'http-01' or 'tls-alpn-01', got %s",
         type(ch) == "string" and ("'" .. ch .. "'") or type(ch))
   end
   out.challenge = ch

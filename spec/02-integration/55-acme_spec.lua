@@ -68,7 +68,7 @@ end
 
 local pebble = {}
 
-local function start_pebble(d, http_port)
+local function start_pebble(d, http_port, tls_port)
     pebble.port = helpers.free_port()
     pebble.mgmt = helpers.free_port()
     pebble.dns, pebble.dns_mgmt = helpers.free_port(), helpers.free_port()
@@ -80,7 +80,7 @@ local function start_pebble(d, http_port)
             certificate = d .. "/pebble.pem",
             privateKey = d .. "/pebble.key",
             httpPort = http_port,
-            tlsPort = helpers.free_port(),
+            tlsPort = tls_port, -- tls-alpn-01 validations come to moongate's TLS listener
             ocspResponderURL = "",
             externalAccountBindingRequired = false,
             certificateValidityPeriod = LIFETIME,
@@ -98,7 +98,7 @@ local function start_pebble(d, http_port)
     pebble.cts_pid = tonumber(helpers.read_file(d .. "/challtestsrv.pid") or "")
     assert(helpers.wait_until(function() return helpers.port_open(pebble.dns_mgmt) end, 10),
         "pebble-challtestsrv did not start")
-    for _, host in ipairs({ "localhost", "a.od.test" }) do
+    for _, host in ipairs({ "localhost", "a.od.test", "alpn.test" }) do
         sh_ok(fmt("curl -sS --fail --max-time 5 -d %s http://127.0.0.1:%d/add-a",
             shq(fmt('{"host":"%s","addresses":["127.0.0.1"]}', host)), pebble.dns_mgmt))
     end
@@ -176,7 +176,7 @@ describe("acme", function()
         store = d .. "/store"
         make_certs(d)
         http_port, tls_port = helpers.free_port(), helpers.free_port()
-        start_pebble(d, http_port)
+        start_pebble(d, http_port, tls_port)
         mg = start("acme")
     end)
 
@@ -330,6 +330,28 @@ describe("acme", function()
         assert.truthy(helpers.wait_until(function()
             return mg:log():find(fmt("acme: process %d started", c), 1, true)
         end, 10), mg:log())
+    end)
+
+    it("validates with tls-alpn-01 (RFC 8737) on the TLS listener", function()
+        mg:stop()
+        local store2 = d .. "/store-alpn"
+        mg = helpers.start_moongate({
+            name = "acme-alpn", routes = ROUTES, port = http_port, workers = 2,
+            vars = { TLS_PORT = tls_port, ACME_PORT = pebble.port, STORE = store2, CERTS = d },
+            conf = CONF:gsub('names = { "localhost", "nothere.invalid" },',
+                'names = { "alpn.test" }, challenge = "tls-alpn-01",'),
+        })
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():find("alpn.test: certificate stored", 1, true)
+        end, 30), mg:log())
+        -- pebble came to the TLS listener, not to the plain one
+        assert.falsy(mg:log():find("http-01 challenge", 1, true), mg:log())
+        assert.is_nil(helpers.read_file(store2 .. "/alpn.test.alpn.pem"))
+        assert.truthy(helpers.wait_until(function()
+            local out = s_client(tls_port, "alpn.test", pebble.root)
+            return out:find("Verify return code: 0 (ok)", 1, true)
+                and out:find("Pebble Intermediate CA", 1, true)
+        end, 10, 0.2), mg:log())
     end)
 
     it("refuses a bad acme section at load with file: reason", function()
