@@ -339,7 +339,7 @@ describe("acme", function()
             name = "acme-alpn", routes = ROUTES, port = http_port, workers = 2,
             vars = { TLS_PORT = tls_port, ACME_PORT = pebble.port, STORE = store2, CERTS = d },
             conf = CONF:gsub('names = { "localhost", "nothere.invalid" },',
-                'names = { "alpn.test" }, challenge = "tls-alpn-01",'),
+                'names = { "alpn.test" }, challenge = "tls-alpn-01", renew = 0.1,'),
         })
         assert.truthy(helpers.wait_until(function()
             return mg:log():find("alpn.test: certificate stored", 1, true)
@@ -352,6 +352,12 @@ describe("acme", function()
             return out:find("Verify return code: 0 (ok)", 1, true)
                 and out:find("Pebble Intermediate CA", 1, true)
         end, 10, 0.2), mg:log())
+        -- renewed (renew = 0.1: after about 4.5 s) while the name has its
+        -- certificate: the validator must still get the challenge's
+        assert.truthy(helpers.wait_until(function()
+            return count(mg:log(), "alpn%.test: certificate stored") >= 2
+        end, 30), mg:log())
+        assert.falsy(mg:log():find("tls-alpn-01 for alpn.test failed", 1, true), mg:log())
     end)
 
     it("refuses a bad acme section at load with file: reason", function()
