@@ -67,6 +67,33 @@ static struct {
 
 static void mg_master_reload_start(void);
 
+/* The listening addresses as opened at start: a reload cannot add one
+ * (the sockets are the master's, made before the workers fork), so it
+ * says which of the new generation's are not served, and which TLS
+ * listeners lose their certificates (their connections are closed). */
+static mg_addr_t *mg_master_laddr;
+
+static int mg_master_addr_in(const mg_addr_t *a, const mg_addr_t *v, int n) {
+    for (int i = 0; i < n; i++)
+        if (v[i].port == a->port && v[i].tls == a->tls && strcmp(v[i].host, a->host) == 0)
+            return 1;
+    return 0;
+}
+
+static void mg_master_listen_diff(const mg_gen_t *g) {
+    for (int i = 0; mg_master_laddr && i < g->nlisten; i++)
+        if (!mg_master_addr_in(&g->listen[i], mg_master_laddr, mg_nlisten))
+            mg_warn("reload: %s:%d%s is not listened on: listeners are opened at start "
+                    "(restart moongate to add it)",
+                    g->listen[i].host, g->listen[i].port, g->listen[i].tls ? " (TLS)" : "");
+    for (int i = 0; mg_master_laddr && i < mg_nlisten; i++)
+        if (mg_master_laddr[i].tls &&
+            !mg_master_addr_in(&mg_master_laddr[i], g->listen, g->nlisten))
+            mg_warn("reload: TLS listener %s:%d has no certificates in generation %u: its new "
+                    "connections are closed",
+                    mg_master_laddr[i].host, mg_master_laddr[i].port, g->id);
+}
+
 /* The session-ticket keys rotate every tls.ticket_rotate seconds of the
  * current generation (tls_ctx.c keeps the two previous keys). */
 static struct event *mg_master_tkeys_timer;
@@ -565,6 +592,7 @@ static void mg_master_reload_start(void) {
     }
     close(fd);
     mg_info("reload: generation %u checked, %d workers loading it", g->id, n);
+    mg_master_listen_diff(g);
     if (mg_reload.timer == NULL)
         mg_reload.timer = evtimer_new(mg_master_base, mg_master_reload_timeout_cb, NULL);
     evtimer_add(mg_reload.timer, &tv);
@@ -715,6 +743,9 @@ int main(int argc, char **argv) {
 
     mg_nslots = gen->workers > 0 ? gen->workers : 1;
     mg_nlisten = gen->nlisten;
+    mg_master_laddr = malloc(sizeof(mg_addr_t) * (mg_nlisten ? mg_nlisten : 1));
+    if (mg_master_laddr)
+        memcpy(mg_master_laddr, gen->listen, sizeof(mg_addr_t) * mg_nlisten);
     mg_slots = calloc(mg_nslots, sizeof(mg_slot_t));
     for (k = 0; k < mg_nlisten; k++)
         if (!mg_master_listen_free(&gen->listen[k]))
@@ -762,6 +793,7 @@ int main(int argc, char **argv) {
     if (mg_master_tkeys_timer)
         event_free(mg_master_tkeys_timer);
     event_base_free(mg_master_base);
+    free(mg_master_laddr);
     if (pidfile)
         unlink(pidfile);
     mg_info("stopped");

@@ -543,7 +543,22 @@ static int mg_tls_read_opts(lua_State *L, int t, int server, mg_tls_opts_t *o, c
         }
     }
     lua_pop(L, 1); /* the table stays alive: t holds it */
-    o->sid_len = (unsigned)snprintf((char *)o->sid, sizeof(o->sid), "moongate/%d", server);
+    /* the session id context: a session (ticket) resumes only on the conf
+     * or server that made it; from its name, which a reload keeps (its
+     * position in servers may change) */
+    {
+        const char *sid = mg_tls_field(L, t, "sid", &len);
+        char dflt[32];
+        unsigned int n = 0;
+        if (sid == NULL) {
+            snprintf(dflt, sizeof(dflt), "server %d", server);
+            sid = dflt;
+            len = strlen(dflt);
+        }
+        if (EVP_Digest(sid, len, o->sid, &n, EVP_sha256(), NULL) != 1 || n > sizeof(o->sid))
+            n = 0;
+        o->sid_len = n;
+    }
     return MG_OK;
 }
 

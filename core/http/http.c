@@ -816,11 +816,11 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
         mg_io_close(&io);
         return;
     }
+    (void)salen; /* the address is kept as text only (peer_ip) */
     c->io = io;
     c->is_tls = io.tls;
     c->lidx = lidx;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    memcpy(&c->peer, sa, salen < sizeof(c->peer) ? salen : sizeof(c->peer));
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, c->peer_ip, sizeof(c->peer_ip));
     else if (sa->sa_family == AF_INET6)

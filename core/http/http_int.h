@@ -27,8 +27,7 @@ struct mg_conn_s {
     size_t in_len, in_cap;
     llhttp_t parser;
     mg_req_t *req;
-    struct sockaddr_storage peer;
-    char peer_ip[MG_PEER_IP_MAX];
+    char peer_ip[MG_PEER_IP_MAX]; /* the only copy of the peer's address kept */
     int is_tls;
     int lidx;               /* listening socket it came from */
     mg_conn_t *prev, *next; /* all connections of the worker */

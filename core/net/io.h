@@ -42,8 +42,9 @@ struct mg_io_s {
     int fd;
     unsigned tls : 1;  /* encrypted between us and the peer */
     unsigned want : 2; /* after EAGAIN: the socket event the call waits for (MG_IO_WANT_*) */
+    unsigned hs : 1;   /* TLS: the handshake is done and its ALPN and SNI noted */
     const char *alpn;  /* the protocol agreed in the TLS handshake, or NULL */
-    const char *sni;   /* the server name the client asked for, or NULL */
+    const char *sni;   /* the server name the client asked for, or NULL (the SSL's) */
     void *ctx;         /* the transport's own state (TLS: the SSL object) */
 };
 

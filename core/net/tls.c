@@ -96,33 +96,24 @@ static ssize_t mg_tls_fail(mg_io_t *io, int rc) {
 }
 
 /* What the handshake agreed, once it is done: ALPN and SNI as the
- * session sees them (NUL-ended copies owned by the io). */
-typedef struct {
-    int noted; /* the handshake is done and noted */
-    char alpn[32];
-    char sni[256];
-} mg_tls_info_t;
+ * session sees them, noted once (io->hs). No copies, so nothing is
+ * allocated per connection beside the SSL: the SNI name is the SSL's own
+ * (valid until it is freed), an ALPN name one of these static strings (a
+ * protocol not listed here is not reported). */
+static const char *const mg_tls_alpn_names[] = {"http/1.1", "h2", "http/1.0", "acme-tls/1"};
 
 static void mg_tls_note_done(mg_io_t *io) {
     SSL *ssl = io->ctx;
-    mg_tls_info_t *ti = SSL_get_app_data(ssl);
     const unsigned char *p;
     unsigned int n;
-    const char *sni;
-    if (ti == NULL || ti->noted)
+    if (io->hs)
         return;
-    ti->noted = 1;
+    io->hs = 1;
     SSL_get0_alpn_selected(ssl, &p, &n);
-    if (n > 0 && n < sizeof(ti->alpn)) {
-        memcpy(ti->alpn, p, n);
-        ti->alpn[n] = '\0';
-        io->alpn = ti->alpn;
-    }
-    sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (sni && strlen(sni) < sizeof(ti->sni)) {
-        strcpy(ti->sni, sni);
-        io->sni = ti->sni;
-    }
+    for (size_t i = 0; n > 0 && i < sizeof(mg_tls_alpn_names) / sizeof(mg_tls_alpn_names[0]); i++)
+        if (strlen(mg_tls_alpn_names[i]) == n && memcmp(mg_tls_alpn_names[i], p, n) == 0)
+            io->alpn = mg_tls_alpn_names[i];
+    io->sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
 }
 
 static ssize_t mg_tls_read(mg_io_t *io, void *buf, size_t len) {
@@ -191,13 +182,12 @@ static int mg_tls_shutdown(mg_io_t *io) {
 static void mg_tls_close(mg_io_t *io) {
     SSL *ssl = io->ctx;
     if (ssl) {
-        mg_tls_info_t *ti = SSL_get_app_data(ssl);
         /* a quiet shutdown: no close_notify on a close (a shutdown sent one
          * already where the protocol ends cleanly) */
         SSL_set_quiet_shutdown(ssl, 1);
         SSL_free(ssl);
-        free(ti);
         io->ctx = NULL;
+        io->sni = NULL; /* it was the SSL's */
     }
     if (io->fd >= 0)
         close(io->fd);
@@ -215,14 +205,11 @@ static const mg_io_ops_t mg_tls_ops = {
 
 static int mg_tls_new(mg_io_t *io, int fd, void *sslctx) {
     SSL *ssl = SSL_new(sslctx);
-    mg_tls_info_t *ti = calloc(1, sizeof(*ti));
-    if (ssl == NULL || ti == NULL || SSL_set_fd(ssl, fd) != 1) {
+    if (ssl == NULL || SSL_set_fd(ssl, fd) != 1) {
         SSL_free(ssl);
-        free(ti);
         ERR_clear_error();
         return MG_ERR;
     }
-    SSL_set_app_data(ssl, ti);
     SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                           SSL_MODE_RELEASE_BUFFERS);
     *io = (mg_io_t){.ops = &mg_tls_ops, .fd = fd, .tls = 1, .ctx = ssl};

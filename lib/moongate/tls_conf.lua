@@ -235,6 +235,7 @@ function _M.norm(raw, w, opts)
 
   local out = {
     at = at_text(w),
+    sid = w.label, -- "tls", "servers.<name>.tls": the session id context (tls_ctx.c)
     protocols = norm_protocols(at(w, "protocols"), raw.protocols),
     ciphers = opt_string(w, raw, "ciphers") or _M.CIPHERS,
     ciphersuites = opt_string(w, raw, "ciphersuites") or _M.CIPHERSUITES,

@@ -23,6 +23,8 @@ return {
   { path = "/echo", method = "POST", body_size = 4194304,
     handler = function(req) return 200, req:body() end },
   { prefix = "/up", upstream = "up", strip_prefix = true },
+  { path = "/keyed", plugins = { ["key-auth"] = { keys = { alice = "k-123" } } },
+    handler = function(req, res) return 200, "keyed\n" end },
 }
 ]]
 
@@ -44,7 +46,7 @@ local function tls_conf(c, extra)
 return {
   listen = "127.0.0.1:$PORT",
   workers = $WORKERS,
-  timeouts = { header = 2 },
+  timeouts = { header = 2, idle = 3 },
   limits = { header_size = 4096 },
   upstreams = { up = { servers = { "$UPSTREAM" } } },
   tls = {
@@ -241,6 +243,36 @@ print("ok", hashlib.sha256(body).hexdigest())
         assert.equal(413, st2)
     end)
 
+    it("runs plugins over TLS (key-auth)", function()
+        assert.equal(401, (tls.https(tport, "GET", "/keyed", certs.ca, "a.test")))
+        local st, _, body = tls.https(tport, "GET", "/keyed", certs.ca, "a.test",
+            { headers = { apikey = "k-123" } })
+        assert.equal(200, st)
+        assert.equal("keyed\n", body)
+    end)
+
+    it("closes an idle keep-alive TLS connection at the idle timeout (3 s)", function()
+        local out, rc = tls.py([[
+import socket, ssl, sys, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="a.test")
+s.sendall(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+got = b""
+while not got.endswith(b"hello\n"):
+    got += s.recv(4096)
+t0 = time.time()
+try:
+    d = s.recv(100)
+except (ConnectionResetError, ssl.SSLError):
+    d = b""
+print("closed after %.2f (%r)" % (time.time() - t0, d))
+]], { tostring(tport), certs.ca.cert }, 20)
+        assert.equal(0, rc, out)
+        local t = tonumber(out:match("closed after ([%d%.]+)"))
+        assert.truthy(t and t >= 2.5 and t < 6, out)
+    end)
+
     it("cuts a client that stalls mid-handshake at the header timeout (2 s)", function()
         local out, rc = tls.py([[
 import socket, ssl, sys, time
@@ -421,6 +453,24 @@ print("after", get(), flush=True)
         assert.truthy(out:match("before 200 " .. cur.serial), out)
         assert.truthy(out:match("after 200"), out)
         cur = new
+    end)
+
+    it("says that a reload cannot add a TLS listener, nor take one's certificates", function()
+        local other = helpers.free_port()
+        local log0 = #mg:log()
+        mg:write_conf(conf(cur):gsub("%$TLSPORT", tostring(other)))
+        mg:signal("HUP")
+        assert.truthy(helpers.wait_until(function()
+            local tail = mg:log():sub(log0 + 1)
+            return tail:match("127%.0%.0%.1:" .. other .. " %(TLS%) is not listened on")
+                and tail:match("TLS listener 127%.0%.0%.1:" .. tport .. " has no certificates")
+                and tail:match("serving on 2 workers")
+        end, 10), mg:log():sub(log0 + 1))
+        -- its new connections are closed; a reload back serves again
+        local r = tls.s_client(tport, { servername = "localhost" })
+        assert.is_false(r.ok, r.out)
+        assert.truthy(reload_to(cur):match("serving on 2 workers"))
+        assert.equal(cur.serial, served())
     end)
 
     it("refuses a broken certificate with file: reason and keeps the old one", function()
@@ -616,13 +666,13 @@ return {
 end)
 
 describe("TLS session resumption", function()
-    local mg, ca, dir, tport
+    local mg, ca, dir, tport, ntport
 
     lazy_setup(function()
         dir = helpers.tmpdir("tls-resume")
         ca = tls.ca(dir)
         local c = tls.cert(ca)
-        tport = helpers.free_port()
+        tport, ntport = helpers.free_port(), helpers.free_port()
         mg = helpers.start_moongate({ name = "tls-resume", routes = ROUTES, workers = 2, conf = fmt([[
 return {
   listen = "127.0.0.1:$PORT",
@@ -630,8 +680,12 @@ return {
   upstreams = { up = { servers = { "http://127.0.0.1:9" } } },
   tls = { listen = "127.0.0.1:$TLSPORT", certificates = { { cert = %q, key = %q } },
           ticket_rotate = 2 },
+  servers = { nt = { listen = "127.0.0.1:$NTPLAIN", routes = "scripts/routes.lua",
+    tls = { listen = "127.0.0.1:$NTPORT", certificates = { { cert = %q, key = %q } },
+            session_tickets = false } } },
 }
-]], c.cert, c.key), vars = { TLSPORT = tport } })
+]], c.cert, c.key, c.cert, c.key), vars = { TLSPORT = tport, NTPORT = ntport,
+            NTPLAIN = helpers.free_port() } })
         assert(helpers.wait_until(function() return helpers.port_open(tport) end, 5))
     end)
 
@@ -670,6 +724,20 @@ return {
         assert.truthy(other, "no resumed connection reached the other worker in 40 tries")
     end)
 
+    it("issues no tickets with session_tickets = false", function()
+        local sess = dir .. "/nt"
+        local first = tls.s_client(ntport, { servername = "localhost", sess_out = sess, request = REQ })
+        assert.is_true(first.ok, first.out)
+        -- s_client writes -sess_out when a ticket arrives: none did
+        assert.is_nil(helpers.read_file(sess))
+        -- the same certificate with tickets on (the main listener): one, and it resumes
+        local t1 = tls.s_client(tport, { servername = "localhost", sess_out = sess .. "2", request = REQ })
+        assert.is_true(t1.ok)
+        assert.truthy(helpers.read_file(sess .. "2"))
+        assert.is_true(tls.s_client(tport, { servername = "localhost", sess_in = sess .. "2",
+            request = REQ }).reused)
+    end)
+
     it("still resumes after a key rotation, not after three", function()
         local sess = dir .. "/s2"
         local first = tls.s_client(tport, { servername = "localhost", sess_out = sess, request = REQ })
@@ -687,5 +755,107 @@ return {
         local late = tls.s_client(tport, { servername = "localhost", sess_in = sess3, request = REQ })
         assert.is_true(late.ok, late.out)
         assert.is_false(late.reused, late.out)
+    end)
+end)
+
+describe("TLS handshake writes that must wait", function()
+    local mg, tport
+    local ffi = require "ffi"
+    local socket = require "socket"
+
+    pcall(ffi.cdef, [[
+typedef struct ssl_ctx_st SSL_CTX; typedef struct ssl_st SSL; typedef struct ssl_method_st SSL_METHOD;
+const SSL_METHOD *TLS_client_method(void);
+SSL_CTX *SSL_CTX_new(const SSL_METHOD *m);
+void SSL_CTX_free(SSL_CTX *ctx);
+long SSL_CTX_ctrl(SSL_CTX *ctx, int cmd, long larg, void *parg);
+SSL *SSL_new(SSL_CTX *ctx);
+void SSL_free(SSL *s);
+int SSL_set_fd(SSL *s, int fd);
+int SSL_connect(SSL *s);
+int SSL_write(SSL *s, const void *buf, int num);
+int SSL_read(SSL *s, void *buf, int num);
+int SSL_get_error(const SSL *s, int ret);
+int setsockopt(int fd, int level, int name, const void *val, unsigned int len);
+]])
+
+    lazy_setup(function()
+        local dir = helpers.tmpdir("tls-bigchain-certs")
+        local ca = tls.ca(dir)
+        local c = tls.cert(ca, { key = "rsa" })
+        -- a ~12 MB certificate flight: more than the server's socket takes
+        -- at once even on loopback (its send buffer grows to megabytes
+        -- there), so the handshake's write inside SSL_read must wait for
+        -- the socket to be writable
+        local pem = helpers.read_file(c.cert)
+        local chain = dir .. "/big-chain.pem"
+        helpers.write_file(chain, pem .. string.rep(pem, 16000))
+        tport = helpers.free_port()
+        mg = helpers.start_moongate({ name = "tls-bigchain", routes = ROUTES, conf = fmt([[
+return {
+  listen = "127.0.0.1:$PORT",
+  workers = 1,
+  timeouts = { header = 40 },
+  upstreams = { up = { servers = { "http://127.0.0.1:9" } } },
+  tls = { listen = "127.0.0.1:$TLSPORT", certificates = { { cert = %q, key = %q } } },
+}
+]], chain, c.key), vars = { TLSPORT = tport } })
+        assert(helpers.wait_until(function() return helpers.port_open(tport) end, 5))
+    end)
+
+    lazy_teardown(function()
+        if mg then mg:stop() end
+        helpers.cleanup()
+    end)
+
+    it("completes the handshake once the socket drains (not at the header timeout)", function()
+        -- libssl through the FFI: a client that takes a chain this long
+        -- (SSL_CTRL_SET_MAX_CERT_LIST; python and s_client stop at 100 KiB)
+        local ssl = ffi.load("ssl")
+        local ctx = ssl.SSL_CTX_new(ssl.TLS_client_method())
+        ssl.SSL_CTX_ctrl(ctx, 51, 16 * 1024 * 1024, nil)
+        -- TLS 1.2: the client sends nothing until the server's flight is in
+        -- (a TLS 1.3 client's compatibility CCS would wake a read event)
+        ssl.SSL_CTX_ctrl(ctx, 124, 0x0303, nil) -- SSL_CTRL_SET_MAX_PROTO_VERSION
+        -- a small receive window: the flight waits in the server's socket
+        local sock = assert((socket.tcp4 or socket.tcp)()) -- tcp4: the fd exists now
+        local rcvbuf = ffi.new("int[1]", 4096)
+        assert(ffi.C.setsockopt(sock:getfd(), 1, 8, rcvbuf, 4) == 0) -- SOL_SOCKET, SO_RCVBUF
+        sock:settimeout(5)
+        assert(sock:connect("127.0.0.1", tport))
+        local s = ssl.SSL_new(ctx)
+        ssl.SSL_set_fd(s, sock:getfd())
+        local t0, deadline = helpers.now(), helpers.now() + 30
+        local function drive(f)
+            while helpers.now() < deadline do
+                local rc = f()
+                if rc > 0 then return rc end
+                local e = ssl.SSL_get_error(s, rc)
+                if e ~= 2 and e ~= 3 then return nil, "ssl error " .. e end -- WANT_READ/WRITE
+                socket.select({ sock }, e == 3 and { sock } or nil, 0.1)
+            end
+            return nil, "deadline"
+        end
+        local ok, err = drive(function() return ssl.SSL_connect(s) end)
+        local took = helpers.now() - t0
+        local req = "GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        local got = ""
+        if ok then
+            drive(function() return ssl.SSL_write(s, req, #req) end)
+            local buf = ffi.new("char[4096]")
+            while not got:find("hello\n", 1, true) do
+                local n = drive(function() return ssl.SSL_read(s, buf, 4096) end)
+                if not n then break end
+                got = got .. ffi.string(buf, n)
+            end
+        end
+        ssl.SSL_free(s)
+        ssl.SSL_CTX_free(ctx)
+        sock:close()
+        assert.truthy(ok, err)
+        -- without the writable wait it hangs to the deadline (the header
+        -- timeout is 40 s); with it, it takes what moving the bytes takes
+        assert.truthy(took < 20, "the handshake took " .. took .. " s")
+        assert.truthy(got:match("^HTTP/1.1 200"), got)
     end)
 end)
