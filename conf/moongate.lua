@@ -92,4 +92,14 @@ return {
       fail_timeout = 10,
     },
   },
+
+  -- Automatic certificates (docs/configuration.md, "Automatic certificates
+  -- (ACME)"): needs a TLS listener with a default certificate, and port 80
+  -- reachable from the ACME server for the http-01 challenge.
+  -- acme = {
+  --   directory = "https://acme-v02.api.letsencrypt.org/directory",
+  --   contact = "mailto:ops@example.com",
+  --   names = { "example.com" },
+  --   storage = "acme",
+  -- },
 }

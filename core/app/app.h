@@ -104,4 +104,35 @@ void mg_tls_tkeys_rotate(void);
 /* ---- main.c ---- */
 extern const char *mg_app_conf_path;
 
+/* ---- acme*.c: automatic certificates (ACME, RFC 8555) ---- */
+/* conf.acme as loaded (lib/moongate/acme_conf.lua): one per generation
+ * (g->acme), freed with it. */
+typedef struct {
+    char *storage; /* folder: account.key, <name>.pem (chain + key), 0600 */
+    char **names;  /* the names to cover, one certificate each */
+    int nnames;
+    char **allow; /* on_demand.allow: names and "*.rest" patterns for SNI names */
+    int nallow;
+    int od_max; /* on_demand.max: names it may add (0: no on_demand) */
+    char *src;  /* the normalized section as a Lua chunk, for the ACME process */
+} mg_acme_conf_t;
+/* Reads conf.acme at idx (nil: NULL). */
+mg_acme_conf_t *mg_acme_conf_read(lua_State *L, int idx);
+void mg_acme_conf_free(mg_acme_conf_t *c);
+/* The ACME process (acme.c), forked by the master: runs lib/moongate/acme.lua
+ * for mg_gen_current's acme section, tells the master of each certificate
+ * obtained on sock (MG_CTL_CERT, the name in text). Never returns. */
+void mg_acme_run(int sock) __attribute__((noreturn));
+enum {
+    MG_CTL_CERT = 'N', /* ACME process -> master -> workers: a new certificate (text: name) */
+    MG_CTL_WANT = 'W', /* worker -> master -> ACME process: an on_demand name seen in SNI */
+};
+/* Whether name (lower-case) is one on_demand.allow covers: exactly, or
+ * "*.rest" for one label of letters, digits and '-' before ".rest". */
+int mg_acme_allowed(const mg_acme_conf_t *c, const char *name);
+/* Worker (acme_tls.c): serves the stored certificates for new handshakes
+ * (through mg_tls_sni_hook), and the one for `name` anew after MG_CTL_CERT. */
+void mg_acme_worker_init(int ctl); /* ctl: the worker's end of its control channel */
+void mg_acme_worker_update(const char *name);
+
 #endif

@@ -22,6 +22,8 @@ static unsigned mg_gen_seq;
 static void mg_load_dtor(mg_gen_t *g) {
     mg_tls_ctx_free(g);
     mg_lua_co_pool_free(g);
+    mg_acme_conf_free(g->acme);
+    g->acme = NULL;
     if (g->L)
         lua_close(g->L);
     mg_load_uptls_free(g);
@@ -562,7 +564,9 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         goto fail;
     if (mg_load_read_tls(g, L, lua_gettop(L), 0, err, errlen) != MG_OK)
         goto fail;
-    lua_pop(L, 1);
+    lua_getfield(L, -1, "acme");
+    g->acme = mg_acme_conf_read(L, lua_gettop(L));
+    lua_pop(L, 2);
     lua_getfield(L, genidx, "routes");
     if (!lua_istable(L, -1)) {
         snprintf(err, errlen, "%s: routes missing", conf_file);

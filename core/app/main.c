@@ -44,6 +44,16 @@ static int mg_nslots, mg_nlisten;
 static int mg_master_stopping;
 static struct event_base *mg_master_base;
 
+/* The ACME process (acme.c): one, forked after the workers and restarted
+ * if it dies; it may block, as it serves no connection. */
+static struct {
+    pid_t pid;
+    int sock; /* our end of its channel, -1 if none */
+    struct event *ev;
+    double started;
+    int dict; /* the "moongate.acme" dict was made at start */
+} mg_acme = {0, -1, NULL, 0, 0};
+
 /* A reload in progress: mg_gen_pending is loaded and checked here, and
  * its snapshot went to every worker (PREPARE); it serves once every worker
  * said READY and then SERVING, or is dropped everywhere. */
@@ -268,6 +278,8 @@ static void mg_master_spawn(int slot) {
         }
         if (sv[0] >= 0)
             close(sv[0]);
+        if (mg_acme.sock >= 0)
+            close(mg_acme.sock); /* so that the ACME process sees the master go */
         event_reinit(mg_master_base);
         event_base_free(mg_master_base);
         mg_worker_run(slot, s->fds, mg_nlisten, sv[1]);
@@ -291,6 +303,121 @@ static void mg_master_spawn(int slot) {
         s->state = mg_app_ctl_send(s->ctl, MG_CTL_COMMIT, mg_gen_pending->id, NULL, -1) == MG_OK
                        ? MG_SLOT_SWITCHING
                        : MG_SLOT_IDLE;
+}
+
+/* ---- the ACME process ---- */
+
+/* A certificate was stored: every worker loads it for new handshakes. */
+static void mg_master_acme_cb(evutil_socket_t sock, short what, void *arg) {
+    (void)what, (void)arg;
+    for (;;) {
+        mg_ctl_msg_t m;
+        int fd, n = 0, rc = mg_app_ctl_recv(sock, &m, &fd);
+        if (fd >= 0)
+            close(fd);
+        if (rc == MG_AGAIN)
+            return;
+        if (rc == MG_ERR) { /* it is gone: SIGCHLD follows */
+            event_del(mg_acme.ev);
+            return;
+        }
+        if (m.op != MG_CTL_CERT)
+            continue;
+        for (int i = 0; i < mg_nslots; i++)
+            if (mg_slots[i].pid && mg_slots[i].ctl >= 0)
+                n += mg_app_ctl_send(mg_slots[i].ctl, MG_CTL_CERT, 0, m.text, -1) == MG_OK;
+        if (strncmp(m.text, "alpn:", 5) == 0)
+            mg_debug("acme: tls-alpn-01 challenge for %s began or ended: %d workers told",
+                     m.text + 5, n);
+        else
+            mg_info("acme: new certificate for %s: %d workers load it", m.text, n);
+    }
+}
+
+static void mg_master_acme_spawn(void) {
+    int sv[2];
+    pid_t pid;
+    if (mg_gen_current->acme == NULL || mg_master_stopping || mg_acme.pid)
+        return;
+    if (!mg_acme.dict) {
+        mg_error("acme: the section came with a reload: restart moongate to start the ACME "
+                 "process (its shared memory is made at start)");
+        return;
+    }
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {
+        mg_error("acme: socketpair: %s", strerror(errno));
+        return;
+    }
+    pid = fork();
+    if (pid < 0) {
+        mg_error("acme: fork: %s", strerror(errno));
+        close(sv[0]);
+        close(sv[1]);
+        return;
+    }
+    if (pid == 0) {
+        /* child: none of the listeners nor the workers' channels (the
+         * base first moves to an epoll set of its own, so that freeing it
+         * touches nothing of the master's) */
+        event_reinit(mg_master_base);
+        for (int i = 0; i < mg_nslots; i++) {
+            for (int k = 0; k < mg_nlisten; k++)
+                if (mg_slots[i].fds[k] >= 0)
+                    close(mg_slots[i].fds[k]);
+            if (mg_slots[i].ctl >= 0)
+                close(mg_slots[i].ctl);
+        }
+        close(sv[0]);
+        event_base_free(mg_master_base);
+        mg_acme_run(sv[1]);
+    }
+    close(sv[1]);
+    if (mg_acme.ev)
+        event_free(mg_acme.ev);
+    if (mg_acme.sock >= 0)
+        close(mg_acme.sock);
+    mg_acme.pid = pid;
+    mg_acme.sock = sv[0];
+    mg_acme.started = mg_now();
+    mg_acme.ev = event_new(mg_master_base, sv[0], EV_READ | EV_PERSIST, mg_master_acme_cb, NULL);
+    event_add(mg_acme.ev, NULL);
+}
+
+static void mg_master_acme_respawn_cb(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    mg_master_acme_spawn();
+}
+
+/* SIGCHLD for the ACME process: 1 if pid was it. */
+static int mg_master_acme_reaped(pid_t pid, int status) {
+    struct timeval tv = {1, 0};
+    if (pid != mg_acme.pid || pid == 0)
+        return 0;
+    mg_acme.pid = 0;
+    if (mg_master_stopping)
+        return 1;
+    if (WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM)
+        tv.tv_sec = 0; /* we stopped it: a reload changed its section */
+    else if (WIFSIGNALED(status))
+        mg_error("acme: process %d killed by signal %d, restarting", (int)pid, WTERMSIG(status));
+    else
+        mg_error("acme: process %d exited with %d, restarting", (int)pid, WEXITSTATUS(status));
+    if (mg_now() - mg_acme.started < 10.0 && tv.tv_sec)
+        tv.tv_sec = 10; /* it dies at once: not in a loop */
+    event_base_once(mg_master_base, -1, EV_TIMEOUT, mg_master_acme_respawn_cb, NULL, &tv);
+    return 1;
+}
+
+/* After a reload: a changed (or new, or removed) acme section restarts the
+ * ACME process on the new generation. */
+static void mg_master_acme_reload(const char *old_src) {
+    mg_acme_conf_t *c = mg_gen_current->acme;
+    if (old_src == NULL ? c == NULL : c != NULL && strcmp(old_src, c->src) == 0)
+        return;
+    if (mg_acme.pid)
+        kill(mg_acme.pid, SIGTERM); /* SIGCHLD starts the new one */
+    else
+        mg_master_acme_spawn();
 }
 
 /* ---- reload: one snapshot, every worker or none ---- */
@@ -344,10 +471,13 @@ static void mg_master_reload_step(void) {
         mg_gen_t *old = mg_gen_current;
         if (mg_master_reload_count(MG_SLOT_SWITCHING) > 0)
             return;
+        char *acme_src = old->acme ? strdup(((mg_acme_conf_t *)old->acme)->src) : NULL;
         mg_gen_log_diff(old, g);
         mg_gen_pending = NULL;
         mg_gen_activate(g);
         mg_gen_release(g);
+        mg_master_acme_reload(acme_src);
+        free(acme_src);
         mg_info("reload: generation %u serving on %d workers", g->id,
                 mg_master_reload_count(MG_SLOT_SERVING));
         mg_master_reload_done();
@@ -394,6 +524,11 @@ static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
         if (rc == MG_ERR) { /* the worker is gone: SIGCHLD follows */
             event_del(s->ctl_ev);
             return;
+        }
+        if (m.op == MG_CTL_WANT) { /* an on_demand name: for the ACME process */
+            if (mg_acme.pid && mg_acme.sock >= 0)
+                mg_app_ctl_send(mg_acme.sock, MG_CTL_WANT, 0, m.text, -1);
+            continue;
         }
         if (mg_reload.phase == MG_RELOAD_NONE || mg_gen_pending == NULL ||
             m.id != mg_gen_pending->id)
@@ -477,6 +612,8 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
         int status, alive = 0;
         pid_t pid;
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            if (mg_master_acme_reaped(pid, status))
+                continue;
             for (i = 0; i < mg_nslots; i++) {
                 if (mg_slots[i].pid != pid)
                     continue;
@@ -526,6 +663,8 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
                 }
     }
     mg_master_stopping = 1;
+    if (mg_acme.pid)
+        kill(mg_acme.pid, SIGTERM);
     {
         int alive = 0;
         for (i = 0; i < mg_nslots; i++)
@@ -588,6 +727,19 @@ int main(int argc, char **argv) {
             mg_error("shared dict %s: cannot map %zu bytes", gen->shd_names[i], gen->shd_sizes[i]);
             return 1;
         }
+    if (gen->acme) { /* tokens from the ACME process to the workers' http-01 responder */
+        if (mg_shdict_create(MG_ACME_DICT, 256 * 1024) != MG_OK) {
+            mg_error("shared dict %s: cannot map %d bytes", MG_ACME_DICT, 256 * 1024);
+            return 1;
+        }
+        mg_acme.dict = 1;
+        for (k = 0; k < gen->nlisten && !gen->listen[k].tls; k++)
+            ;
+        if (k == gen->nlisten)
+            mg_warn("acme: no TLS listener in %s: the certificates are obtained and stored, "
+                    "but nothing serves them",
+                    mg_app_conf_path);
+    }
 
     mg_nslots = gen->workers > 0 ? gen->workers : 1;
     mg_nlisten = gen->nlisten;
@@ -634,6 +786,7 @@ int main(int argc, char **argv) {
             gen->nroutes);
     for (i = 0; i < mg_nslots; i++)
         mg_master_spawn(i);
+    mg_master_acme_spawn();
     event_base_dispatch(mg_master_base);
     for (i = 0; i < 5; i++)
         event_free(sigs[i]);

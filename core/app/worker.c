@@ -226,6 +226,9 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             mg_ws_drain_route_sockets(g);
             mg_app_ctl_send(sock, MG_CTL_SERVING, m.id, NULL, -1);
             break;
+        case MG_CTL_CERT: /* the ACME process stored a certificate: new handshakes get it */
+            mg_acme_worker_update(m.text);
+            break;
         case MG_CTL_ABORT:
             if (mg_gen_pending && mg_gen_pending->id == m.id) {
                 mg_gen_release(mg_gen_pending);
@@ -306,7 +309,8 @@ void mg_worker_run(int id, int *fds, int nfd, int ctl) {
         mg_worker.rng[1] = (uint64_t)mg_now() | 1;
     }
     signal(SIGPIPE, SIG_IGN);
-    mg_gateway_init(); /* the HTTP layer's hooks, before the first accept */
+    mg_gateway_init();        /* the HTTP layer's hooks, before the first accept */
+    mg_acme_worker_init(ctl); /* the stored ACME certificates, before the first handshake */
     mg_worker.fds = fds;
     mg_worker.nfd = nfd;
     /* the startup generation's addresses, in the order of fds */

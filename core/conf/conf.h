@@ -154,6 +154,7 @@ struct mg_gen_s {
     char **shd_names;  /* conf.shared_dicts (used at startup only) */
     size_t *shd_sizes;
     int nshd;
+    void *acme;  /* conf.acme (app's mg_acme_conf_t), or NULL; freed by dtor */
     char **desc; /* one line per route, for reload diffs */
     int ndesc;
     /* TLS, per server (0 = the main conf): the default SSL_CTX of its TLS

@@ -177,6 +177,8 @@ static int mg_gw_head(mg_req_t *r) {
     int server = mg_gen_server_of(r->gen, r->lidx);
     const mg_edge_t *e = mg_gen_edge(r->gen, server);
 
+    if (mg_gw_acme_challenge(r))
+        return MG_HTTP_GO_ON; /* before routing and any redirect to https */
     if (e && e->redirect_https && !mg_req_tls(r) && !mg_gw_behind_https(r) &&
         mg_gw_redirect_https(r, e))
         return MG_HTTP_GO_ON;

@@ -67,4 +67,10 @@ void mg_tunnel_close_all(void);
 /* Ends the tunnels of routes with on_reload = "drain" not in newgen. */
 void mg_tunnel_drain(mg_gen_t *newgen);
 
+/* ---- acme_http01.c: the ACME http-01 challenge responder ---- */
+#define MG_ACME_DICT "moongate.acme" /* token -> key authorization (app/acme.c) */
+/* Dispatch calls it first: 1 = a challenge request on a plain listener,
+ * answered; 0 = not one, go on. */
+int mg_gw_acme_challenge(mg_req_t *r);
+
 #endif

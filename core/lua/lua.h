@@ -15,6 +15,9 @@
 int mg_shdict_create(const char *name, size_t size); /* master, before fork */
 void mg_shdict_open_api(lua_State *L);               /* pushes core.shdict */
 void mg_crypto_open_api(lua_State *L);               /* pushes core.crypto */
+/* A string value of dict `name` copied into out (at most cap bytes): its
+ * length, or -1 (no such dict or key, not a string, too long). */
+ssize_t mg_shdict_get_str(const char *name, const char *k, size_t kl, char *out, size_t cap);
 
 /* ---- lua_api.c: handlers as coroutines, the moongate module ---- */
 void mg_lua_open_api(lua_State *L);

@@ -358,3 +358,21 @@ void mg_shdict_open_api(lua_State *L) {
     lua_pop(L, 1);
     lua_pushcfunction(L, mg_shd_open); /* leaves the opener on the stack */
 }
+
+/* For C readers (the ACME http-01 responder): a string value, copied. */
+ssize_t mg_shdict_get_str(const char *name, const char *k, size_t kl, char *out, size_t cap) {
+    mg_shd_t *d = mg_shd_find(name);
+    mg_shd_slot_t *fs, *s;
+    double now = mg_now();
+    ssize_t n = -1;
+    if (d == NULL || kl == 0 || kl > 200)
+        return -1;
+    mg_shd_lock(d->h);
+    s = mg_shd_lookup(d, k, kl, mg_shd_hash(k, kl), now, &fs);
+    if (s && !mg_shd_expired(s, now) && s->type == MG_SHD_STR && s->vlen <= cap) {
+        memcpy(out, s->data + s->klen, s->vlen);
+        n = s->vlen;
+    }
+    mg_shd_unlock(d->h);
+    return n;
+}

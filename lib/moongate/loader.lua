@@ -429,6 +429,7 @@ local function conf_schema(env_fn)
       -- checked after the routes, in this order (load_generation)
       servers = ANY, shared_dicts = ANY, plugins = ANY,
       tls = ANY, -- moongate.tls_conf (norm_conf)
+      acme = ANY, -- moongate.acme_conf
     },
   }
 end
@@ -714,6 +715,7 @@ local function load_generation(conf_path, opts)
   local routes = load_routes(conf, upstreams)
   local servers = load_servers(src, raw.servers, conf, upstreams, env)
   conf.shared_dicts = norm_shared_dicts(src, raw.shared_dicts)
+  conf.acme = require("moongate.acme_conf").load(file_where(src), raw.acme, conf.root)
   local gen = { conf = conf, routes = routes, servers = servers }
 
   -- plugins (docs/plugins.md): configs checked against their schemas and

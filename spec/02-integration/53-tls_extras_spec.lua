@@ -172,10 +172,12 @@ describe("redirect_https and HSTS", function()
         assert.equal(200, st)
         assert.equal("hello\n", body)
         assert.is_nil(h["location"])
-        st = helpers.http(mg.port, "GET", "/hello", { headers = { "Host: example.com", "X-Forwarded-Proto: http" } })
+        st = helpers.http(mg.port, "GET", "/hello",
+            { headers = { "Host: example.com", "X-Forwarded-Proto: http" } })
         assert.equal(308, st)
         -- the other server trusts no one: the header changes nothing there
-        st = helpers.http(other_port, "GET", "/hello", { headers = { "Host: example.com", "X-Forwarded-Proto: https" } })
+        st = helpers.http(other_port, "GET", "/hello",
+            { headers = { "Host: example.com", "X-Forwarded-Proto: https" } })
         assert.equal(301, st)
     end)
 
