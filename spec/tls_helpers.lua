@@ -174,13 +174,15 @@ end
 
 --- Runs a python3 script (source) with a deadline; returns output, code.
 function _M.py(src, args, timeout)
-    local f = os.tmpname() .. ".py"
+    local base = os.tmpname() -- made by os.tmpname: removed below with the .py
+    local f = base .. ".py"
     helpers.write_file(f, src)
     local a = {}
     for _, x in ipairs(args or {}) do a[#a + 1] = shq(x) end
     local out, rc = helpers.sh(fmt("timeout -s KILL %d %s %s %s", timeout or 20, helpers.python,
         shq(f), table.concat(a, " ")))
     os.remove(f)
+    os.remove(base)
     return out, rc
 end
 
