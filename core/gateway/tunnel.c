@@ -16,6 +16,7 @@ typedef struct mg_tunnel_s {
     struct evbuffer *out[2]; /* pending bytes towards io[i] */
     struct event rev[2], wev[2], tev;
     int rd_off[2], wr_on[2], eof[2];
+    int rd_ww[2];      /* TLS: io[i]'s read must send first, the socket is full */
     int shut[2];       /* we shut io[i]'s writing (once) */
     int first;         /* the side whose end came first, -1 none yet */
     uint64_t bytes[2]; /* read from side i */
@@ -95,6 +96,17 @@ static void mg_tunnel_shut(mg_tunnel_t *t, int i) {
 static int mg_tunnel_read_once(mg_tunnel_t *t, int from) {
     ssize_t n;
     n = mg_io_read(&t->io[from], mg_worker.scratch, sizeof(mg_worker.scratch));
+    if (n < 0 && errno == EAGAIN && t->io[from].want == MG_IO_WANT_WRITE) {
+        /* TLS (a key update to answer) with the socket full: reading again
+         * on the readable socket would spin; read once it is writable */
+        t->rd_ww[from] = 1;
+        event_del(&t->rev[from]);
+        if (!t->wr_on[from]) {
+            event_add(&t->wev[from], NULL);
+            t->wr_on[from] = 1;
+        }
+        return 0;
+    }
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return 0;
     if (n <= 0) {
@@ -142,14 +154,14 @@ static int mg_tunnel_flush(mg_tunnel_t *t, int i) {
             return MG_ERR;
         left = evbuffer_get_length(t->out[i]);
     }
-    if (left && !t->wr_on[i]) {
+    if ((left || t->rd_ww[i]) && !t->wr_on[i]) {
         event_add(&t->wev[i], NULL);
         t->wr_on[i] = 1;
-    } else if (!left && t->wr_on[i]) {
+    } else if (!left && !t->rd_ww[i] && t->wr_on[i]) {
         event_del(&t->wev[i]);
         t->wr_on[i] = 0;
     }
-    if (left < MG_LOW_WATER && t->rd_off[!i] && !t->eof[!i]) {
+    if (left < MG_LOW_WATER && t->rd_off[!i] && !t->eof[!i] && !t->rd_ww[!i]) {
         event_add(&t->rev[!i], NULL);
         t->rd_off[!i] = 0;
     }
@@ -163,6 +175,14 @@ static void mg_tunnel_write_cb(evutil_socket_t fd, short what, void *arg) {
     int i = fd == t->io[0].fd ? 0 : 1;
     (void)what;
     t->last = mg_now_coarse();
+    if (t->rd_ww[i]) {
+        /* writable again: the read that had to send first goes on */
+        t->rd_ww[i] = 0;
+        if (!t->rd_off[i] && !t->eof[i]) {
+            event_add(&t->rev[i], NULL);
+            event_active(&t->rev[i], EV_READ, 1);
+        }
+    }
     if (mg_tunnel_flush(t, i) != MG_OK)
         mg_tunnel_free(t, i == 0 ? "client" : "upstream");
 }

@@ -123,6 +123,16 @@ static ssize_t mg_ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t l
         ws->rx_given += n;
         return n;
     }
+    if (n < 0 && errno == EAGAIN && ws->io.want == MG_IO_WANT_WRITE) {
+        /* TLS (a key update to answer, say) with the socket full: reading
+         * again on the readable socket would spin; wait until it drains */
+        ws->rd_ww = 1;
+        event_del(&ws->rev);
+        if (!ws->wr_on) {
+            event_add(&ws->wev, NULL);
+            ws->wr_on = 1;
+        }
+    }
     if (n == 0) /* the end: mg_ws_after_io flushes what is queued, then finishes */
         ws->rd_eof = 1;
     if (n == 0 || errno == EAGAIN || errno == EINTR) {

@@ -26,6 +26,7 @@ struct mg_ws_s {
     int msg_op;              /* message being received: 1 text, 2 binary, 0 none */
     int pmd, pmd_client_nct; /* permessage-deflate */
     int wr_on, rd_off;
+    int rd_ww; /* TLS: a read must send first and the socket is full: read when writable */
     wslay_event_context_ptr ctx;
     const mg_ws_ops_t *ops;
     void *ud;

@@ -121,10 +121,10 @@ void mg_ws_flush(mg_ws_t *ws) {
         mg_ws_finish(ws);
         return;
     }
-    if ((wl || (q && !ws->gate)) && !ws->wr_on) {
+    if ((wl || (q && !ws->gate) || ws->rd_ww) && !ws->wr_on) {
         event_add(&ws->wev, NULL);
         ws->wr_on = 1;
-    } else if (!wl && !(q && !ws->gate) && ws->wr_on) {
+    } else if (!wl && !(q && !ws->gate) && !ws->rd_ww && ws->wr_on) {
         event_del(&ws->wev);
         ws->wr_on = 0;
     }
@@ -141,8 +141,17 @@ void mg_ws_hold_close(mg_ws_t *ws, int on) {
 }
 
 void mg_ws_write_cb(evutil_socket_t fd, short what, void *arg) {
+    mg_ws_t *ws = arg;
     (void)fd, (void)what;
-    mg_ws_flush(arg);
+    if (ws->rd_ww) {
+        /* writable again: the read that had to send first goes on */
+        ws->rd_ww = 0;
+        if (!ws->rd_off && !ws->rd_done) {
+            event_add(&ws->rev, NULL);
+            event_active(&ws->rev, EV_READ, 1);
+        }
+    }
+    mg_ws_flush(ws);
 }
 
 /* ---- sending ---- */
@@ -314,7 +323,7 @@ void mg_ws_pause(mg_ws_t *ws, int on) {
         event_del(&ws->rev);
         ws->rd_off = 1;
     } else if (!on && ws->rd_off) {
-        if (!ws->rd_done)
+        if (!ws->rd_done && !ws->rd_ww)
             event_add(&ws->rev, NULL);
         ws->rd_off = 0;
     }

@@ -185,3 +185,167 @@ asyncio.run(asyncio.wait_for(main(), 20))
         check_echo(client("python", { url = url("/ws/echo"), send = MSGS }), "after reload")
     end)
 end)
+
+-- A client that asks for a key update (RFC 8446 4.6.3) while the socket
+-- towards it is full, on a WebSocket socket (handler mode) and a tunnel:
+-- nothing spins (OpenSSL 3.0 answers with the next write; a transport read
+-- that must write first waits for the socket to drain, ws.c and tunnel.c)
+-- and everything arrives once the client reads.
+describe("wss:// key update while the socket to the client is full", function()
+    local ffi = require "ffi"
+    local socket = require "socket"
+    local mg, tport, up
+    local BIG = 4 * 1024 * 1024
+
+    pcall(ffi.cdef, [[
+typedef struct ssl_ctx_st SSL_CTX; typedef struct ssl_st SSL; typedef struct ssl_method_st SSL_METHOD;
+const SSL_METHOD *TLS_client_method(void);
+SSL_CTX *SSL_CTX_new(const SSL_METHOD *m);
+void SSL_CTX_free(SSL_CTX *ctx);
+SSL *SSL_new(SSL_CTX *ctx);
+void SSL_free(SSL *s);
+int SSL_set_fd(SSL *s, int fd);
+int SSL_connect(SSL *s);
+int SSL_write(SSL *s, const void *buf, int num);
+int SSL_read(SSL *s, void *buf, int num);
+int SSL_get_error(const SSL *s, int ret);
+int SSL_key_update(SSL *s, int updatetype);
+int setsockopt(int fd, int level, int name, const void *val, unsigned int len);
+]])
+    local ssl = ffi.load("ssl")
+
+    lazy_setup(function()
+        local dir = helpers.tmpdir("tls-keyupdate-certs")
+        local ca = tls.ca(dir)
+        local c = tls.cert(ca, {})
+        up = ws.start_upstream()
+        tport = helpers.free_port()
+        mg = helpers.start_moongate({ name = "tls-keyupdate", workers = 1, routes = [=[
+return {
+  { path = "/ws/flood", websocket = { mode = "handler", heartbeat = { interval = 0 },
+      send_buffer = 16777216, max_message = 16777216 },
+    handler = function(ws)
+      ws:recv()
+      ws:send(string.rep("x", 4 * 1024 * 1024), "binary")
+      while ws:recv() do end
+  end },
+  { prefix = "/tun", upstream = "wsup", websocket = { mode = "tunnel" } },
+}
+]=], conf = fmt([[
+return {
+  listen = "127.0.0.1:$PORT",
+  workers = 1,
+  upstreams = { wsup = { servers = { "http://127.0.0.1:%d" } } },
+  tls = { listen = "127.0.0.1:$TLSPORT", certificates = { { cert = %q, key = %q } } },
+}
+]], up.port, c.cert, c.key), vars = { TLSPORT = tport } })
+        assert(helpers.wait_until(function() return helpers.port_open(tport) end, 5))
+    end)
+
+    lazy_teardown(function()
+        if mg then mg:stop() end
+        if up then ws.stop(up.pid) end
+        ws.cleanup()
+        helpers.cleanup()
+    end)
+
+    -- A TLS client through the FFI with a small receive window, over which
+    -- the test decides when to read.
+    local function client(path)
+        local ctx = ssl.SSL_CTX_new(ssl.TLS_client_method())
+        local sock = assert((socket.tcp4 or socket.tcp)())
+        local rcvbuf = ffi.new("int[1]", 4096)
+        assert(ffi.C.setsockopt(sock:getfd(), 1, 8, rcvbuf, 4) == 0) -- SOL_SOCKET, SO_RCVBUF
+        sock:settimeout(5)
+        assert(sock:connect("127.0.0.1", tport))
+        local s = ssl.SSL_new(ctx)
+        ssl.SSL_set_fd(s, sock:getfd())
+        local c = { sock = sock, s = s, ctx = ctx }
+        function c.drive(f, secs)
+            local deadline = helpers.now() + (secs or 10)
+            while helpers.now() < deadline do
+                local rc = f()
+                if rc > 0 then return rc end
+                local e = ssl.SSL_get_error(s, rc)
+                if e ~= 2 and e ~= 3 then return nil, "ssl error " .. e end -- WANT_READ/WRITE
+                socket.select({ sock }, e == 3 and { sock } or nil, 0.05)
+            end
+            return nil, "deadline"
+        end
+        function c.write(data)
+            return c.drive(function() return ssl.SSL_write(s, data, #data) end)
+        end
+        local buf = ffi.new("char[65536]")
+        function c.read(secs)
+            local n, err = c.drive(function() return ssl.SSL_read(s, buf, 65536) end, secs)
+            return n and ffi.string(buf, n), err
+        end
+        function c.close()
+            ssl.SSL_free(s)
+            ssl.SSL_CTX_free(ctx)
+            sock:close()
+        end
+        assert(c.drive(function() return ssl.SSL_connect(s) end))
+        assert(c.write("GET " .. path .. " HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n" ..
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" ..
+            "Sec-WebSocket-Version: 13\r\n\r\n"))
+        local head = ""
+        while not head:find("\r\n\r\n", 1, true) do
+            local got = assert(c.read())
+            head = head .. got
+        end
+        assert.truthy(head:match("^HTTP/1.1 101"), head)
+        return c
+    end
+
+    local function worker_cpu_while(f)
+        local w = mg:workers()[1]
+        local t0, c0 = socket.gettime(), ws.cpu_seconds(w)
+        f()
+        return (ws.cpu_seconds(w) - c0) / (socket.gettime() - t0)
+    end
+
+    local function key_update_then_idle(c)
+        -- the server's socket is full (we read nothing): ask for a key
+        -- update and send one more frame, then watch the worker
+        assert.equal(1, ssl.SSL_key_update(c.s, 1)) -- SSL_KEY_UPDATE_REQUESTED
+        assert(c.write(ws.frame({ opcode = 1, payload = "k" })))
+        return worker_cpu_while(function() socket.sleep(1.5) end)
+    end
+
+    local function drain(c, want)
+        local got, deadline = 0, helpers.now() + 20
+        while got < want and helpers.now() < deadline do
+            local data = c.read(2)
+            if not data then break end
+            got = got + #data
+        end
+        return got
+    end
+
+    it("handler mode: waits for the socket to drain, then reads on", function()
+        local c = client("/ws/flood")
+        finally(c.close)
+        assert(c.write(ws.frame({ opcode = 1, payload = "go" })))
+        -- until the server's side is full: the message is far more than
+        -- the socket and our 4 KiB window take
+        socket.sleep(0.5)
+        local cpu = key_update_then_idle(c)
+        assert.is_true(cpu < 0.3, fmt("worker CPU %.0f %% while the read waits to write", cpu * 100))
+        -- everything arrives once we read, and the socket is still alive
+        assert.is_true(drain(c, BIG) >= BIG)
+    end)
+
+    it("tunnel mode: waits for the socket to drain, then reads on", function()
+        local c = client("/tun/echo")
+        finally(c.close)
+        -- 600 KiB echoed back through the tunnel, none of it read yet
+        for _ = 1, 3 do
+            assert(c.write(ws.frame({ opcode = 2, payload = string.rep("y", 200 * 1024) })))
+        end
+        socket.sleep(0.5)
+        local cpu = key_update_then_idle(c)
+        assert.is_true(cpu < 0.3, fmt("worker CPU %.0f %% while the read waits to write", cpu * 100))
+        assert.is_true(drain(c, 3 * 200 * 1024) >= 3 * 200 * 1024)
+    end)
+end)
