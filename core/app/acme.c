@@ -37,7 +37,6 @@ static int mg_acme_sock = -1;
 
 mg_acme_conf_t *mg_acme_conf_read(lua_State *L, int idx) {
     mg_acme_conf_t *c;
-    int n;
     if (!lua_istable(L, idx))
         return NULL;
     c = calloc(1, sizeof(*c));
@@ -47,30 +46,14 @@ mg_acme_conf_t *mg_acme_conf_read(lua_State *L, int idx) {
     c->storage = strdup(lua_tostring(L, -1) ? lua_tostring(L, -1) : "acme");
     lua_getfield(L, idx, "src");
     c->src = strdup(lua_tostring(L, -1) ? lua_tostring(L, -1) : "return {}");
-    lua_getfield(L, idx, "names");
-    n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
-    c->names = calloc(n ? n : 1, sizeof(char *));
-    for (int i = 1; c->names && i <= n; i++) {
-        lua_rawgeti(L, -1, i);
-        if (lua_type(L, -1) == LUA_TSTRING)
-            c->names[c->nnames++] = strdup(lua_tostring(L, -1));
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 3);
+    lua_pop(L, 2);
+    c->names = mg_load_str_list(L, idx, "names", &c->nnames);
     lua_getfield(L, idx, "on_demand");
     if (lua_istable(L, -1)) {
         lua_getfield(L, -1, "max");
         c->od_max = (int)lua_tointeger(L, -1);
-        lua_getfield(L, -2, "allow");
-        n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
-        c->allow = calloc(n ? n : 1, sizeof(char *));
-        for (int i = 1; c->allow && i <= n; i++) {
-            lua_rawgeti(L, -1, i);
-            if (lua_type(L, -1) == LUA_TSTRING)
-                c->allow[c->nallow++] = strdup(lua_tostring(L, -1));
-            lua_pop(L, 1);
-        }
-        lua_pop(L, 2);
+        lua_pop(L, 1);
+        c->allow = mg_load_str_list(L, lua_gettop(L), "allow", &c->nallow);
     }
     lua_pop(L, 1);
     return c;
@@ -328,18 +311,11 @@ void mg_acme_run(int sock) {
     mg_acme_sock = sock;
     if (c == NULL)
         _exit(0);
-    L = luaL_newstate();
+    L = mg_load_lua_state();
     if (L == NULL) {
         mg_error("acme: cannot create a Lua state");
         _exit(1);
     }
-    luaL_openlibs(L);
-    lua_getglobal(L, "package");
-    lua_getfield(L, -1, "path");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", mg_load_lib_dir(), mg_load_lib_dir(),
-                    lua_tostring(L, -1));
-    lua_setfield(L, -3, "path");
-    lua_pop(L, 2);
 
     lua_pushcfunction(L, mg_acme_traceback);
     lua_getglobal(L, "require");

@@ -17,6 +17,11 @@
  * load exactly those bytes (borrowed). id 0: the next number. */
 mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen);
 const char *mg_load_lib_dir(void);
+/* A fresh Lua state with the standard libraries and moongate's lib/ first
+ * on package.path (a generation's, the ACME process's); NULL: no memory. */
+lua_State *mg_load_lua_state(void);
+/* The strings of the list t[k] at idx (copies), *n of them; NULL if none. */
+char **mg_load_str_list(lua_State *L, int idx, const char *k, int *n);
 
 /* ---- uptls.c: the TLS contexts of https:// and wss:// upstreams ---- */
 /* From the loaded conf at `conf` (its upstreams, in g->upstreams' order);

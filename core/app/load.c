@@ -257,7 +257,7 @@ static int mg_load_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     return MG_OK;
 }
 
-static char **mg_load_str_list(lua_State *L, int idx, const char *k, int *n) {
+char **mg_load_str_list(lua_State *L, int idx, const char *k, int *n) {
     char **v = NULL;
     int i, cnt;
     *n = 0;
@@ -449,6 +449,21 @@ static int mg_load_read_tls(mg_gen_t *g, lua_State *L, int t, int server, char *
     return MG_OK;
 }
 
+lua_State *mg_load_lua_state(void) {
+    lua_State *L = luaL_newstate();
+    if (L == NULL)
+        return NULL;
+    luaL_openlibs(L);
+    /* lib/?.lua first, so moongate's own modules are found */
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", mg_load_lib_dir(), mg_load_lib_dir(),
+                    lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+    return L;
+}
+
 /* conf.servers: more listeners, each with its own route table. */
 static int mg_load_read_servers(mg_gen_t *g, lua_State *L, int genidx, char *err, size_t errlen) {
     int i, n;
@@ -514,19 +529,11 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
     g->log_level = -1;
     g->dtor = mg_load_dtor;
     g->conf_file = strdup(conf_file);
-    L = g->L = luaL_newstate();
+    L = g->L = mg_load_lua_state();
     if (L == NULL) {
         snprintf(err, errlen, "cannot create a Lua state");
         goto fail;
     }
-    luaL_openlibs(L);
-    /* lib/?.lua first, so moongate's own modules are found */
-    lua_getglobal(L, "package");
-    lua_getfield(L, -1, "path");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", mg_load_lib_dir(), mg_load_lib_dir(),
-                    lua_tostring(L, -1));
-    lua_setfield(L, -3, "path");
-    lua_pop(L, 2);
     /* every file the load reads goes through one snapshot (snap.c) */
     mg_load_snap_install(L);
     if (snap_fd >= 0 && mg_load_snap_import(L, snap_fd, err, errlen) != MG_OK)
