@@ -290,6 +290,7 @@ static int mg_acme_alpn_cert(lua_State *L) {
     BIO *b = NULL;
     char *p, sanv[300];
     long n;
+    int ok = 0;
     if (dl != 32)
         return luaL_error(L, "acme alpn_cert: the digest is 32 bytes");
     if (strlen(name) > 253)
@@ -325,14 +326,7 @@ static int mg_acme_alpn_cert(lua_State *L) {
         goto fail;
     n = BIO_get_mem_data(b, &p);
     lua_pushlstring(L, p, (size_t)n);
-    BIO_free(b);
-    X509_EXTENSION_free(san);
-    X509_EXTENSION_free(id);
-    ASN1_OBJECT_free(oid);
-    ASN1_OCTET_STRING_free(os);
-    BN_free(bn);
-    X509_free(x);
-    return 1;
+    ok = 1;
 fail:
     BIO_free(b);
     X509_EXTENSION_free(san);
@@ -341,7 +335,7 @@ fail:
     ASN1_OCTET_STRING_free(os);
     BN_free(bn);
     X509_free(x);
-    return mg_acme_ssl_fail(L, "tls-alpn-01 certificate");
+    return ok ? 1 : mg_acme_ssl_fail(L, "tls-alpn-01 certificate");
 }
 
 void mg_acme_crypto_open(lua_State *L) {
