@@ -24,7 +24,7 @@ local moongate = require "moongate"
 return {
   { path = "/hello", handler = function(req, res) return 200, "hello\n" end },
   { path = "/slow", handler = function() moongate.sleep(2) return 200, "slow\n" end },
-  { prefix = "/up", upstream = "up", strip_prefix = true },
+  { prefix = "/up", upstream = "up", strip_prefix = true, plugins = { ["request-id"] = {} } },
 }
 ]]
 
@@ -124,7 +124,8 @@ describe("admin listener", function()
         assert.equal("handler", by["/hello"].target)
         assert.matches("routes%.lua:5$", by["/up"].at)
         assert.equal("upstream up", by["/up"].target)
-        assert.same({}, by["/up"].plugins)
+        assert.same({ "request-id" }, by["/up"].plugins)
+        assert.same({}, by["/hello"].plugins)
     end)
 
     it("GET /upstreams: servers and their health", function()
