@@ -93,6 +93,15 @@ return {
     },
   },
 
+  -- The admin listener (docs/operations.md): /healthz, /readyz and /metrics
+  -- for anyone who can reach it, the JSON API (/routes, /upstreams,
+  -- /config, POST /reload, ...) and the dashboard (GET /) with
+  -- `Authorization: Bearer <token>`. Off unless listen is set; keep it on
+  -- 127.0.0.1 or a private network. MOONGATE_ADMIN_LISTEN and
+  -- MOONGATE_ADMIN_TOKEN replace these (a token belongs in the environment).
+  -- admin = { listen = "127.0.0.1:9901", token = "a-long-random-string" },
+  -- health_path = "/ping", -- /readyz on the main listener too
+
   -- Automatic certificates (docs/configuration.md, "Automatic certificates
   -- (ACME)"): needs a TLS listener with a default certificate, and port 80
   -- reachable from the ACME server for the http-01 challenge.

@@ -70,6 +70,11 @@ enum {
     MG_CTL_COMMIT = 'C',
     MG_CTL_SERVING = 'S',
     MG_CTL_ABORT = 'A',
+    /* POST /reload (gateway/admin.c): worker -> master, id = the worker's
+     * tag; the master reloads as on SIGHUP and answers RELOADED with the
+     * same tag, text "<status> <JSON body>" (200 or 422) */
+    MG_CTL_RELOAD = 'L',
+    MG_CTL_RELOADED = 'D',
 };
 typedef struct {
     char op;        /* MG_CTL_* */
@@ -108,6 +113,20 @@ void mg_tls_tkeys_rotate(void);
 
 /* ---- main.c ---- */
 extern const char *mg_app_conf_path;
+/* The last MG_RELOAD_LOG reloads' results (SIGHUP or POST /reload), in
+ * shared memory the master maps before forking: it writes entry n %
+ * MG_RELOAD_LOG, then bumps n; workers read them (GET /reloads). */
+#define MG_RELOAD_LOG 8
+typedef struct {
+    double at;      /* wall-clock seconds */
+    int status;     /* 200 switched, 422 refused */
+    char body[464]; /* the POST /reload answer (JSON) */
+} mg_reload_entry_t;
+typedef struct {
+    unsigned n; /* reloads so far */
+    mg_reload_entry_t e[MG_RELOAD_LOG];
+} mg_reload_log_t;
+extern mg_reload_log_t *mg_reload_log; /* NULL: not mapped */
 
 /* ---- acme*.c: automatic certificates (ACME, RFC 8555) ---- */
 /* conf.acme as loaded (lib/moongate/acme_conf.lua): one per generation

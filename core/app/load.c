@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static unsigned mg_gen_seq;
@@ -107,6 +108,55 @@ static int mg_load_add_listen(mg_gen_t *g, lua_State *L, int server) {
         lua_pop(L, 1);
     }
     return MG_OK;
+}
+
+/* conf.admin (the loader's { listen = {...}, token = }, or nil): its
+ * listeners (no route table: server -1) and token; conf.health_path. */
+static int mg_load_read_admin(mg_gen_t *g, lua_State *L, int conf) {
+    int first = g->nlisten;
+    g->health_path = mg_load_field_str(L, conf, "health_path");
+    g->health_path_len = g->health_path ? strlen(g->health_path) : 0;
+    lua_getfield(L, conf, "admin");
+    if (lua_istable(L, -1)) {
+        g->admin_token = mg_load_field_str(L, lua_gettop(L), "token");
+        lua_getfield(L, -1, "listen");
+        if (mg_load_add_listen(g, L, -1) != MG_OK)
+            return MG_ERR;
+        lua_pop(L, 1);
+        for (int i = first; i < g->nlisten; i++)
+            g->listen[i].admin = 1;
+    }
+    lua_pop(L, 1);
+    return MG_OK;
+}
+
+/* The admin API's documents (GET /config, GET /routes, moongate -T):
+ * loader.admin_json(gen), JSON text made once per load. */
+static void mg_load_read_admin_json(mg_gen_t *g, lua_State *L, int loader, int genidx) {
+    lua_getfield(L, loader, "admin_json");
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pushvalue(L, genidx);
+    if (lua_pcall(L, 1, 3, 0) != 0) {
+        mg_warn("admin: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return;
+    }
+    if (lua_type(L, -3) == LUA_TSTRING)
+        g->admin_config = strdup(lua_tostring(L, -3));
+    if (lua_type(L, -2) == LUA_TSTRING)
+        g->admin_routes = strdup(lua_tostring(L, -2));
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        size_t n;
+        const char *s = lua_tolstring(L, -1, &n);
+        if ((g->admin_page = malloc(n ? n : 1)) != NULL) {
+            memcpy(g->admin_page, s, n);
+            g->admin_page_len = n;
+        }
+    }
+    lua_pop(L, 3);
 }
 
 /* g->edge[server] from the table at idx (the main conf, or one of
@@ -213,6 +263,8 @@ static int mg_load_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     if (mg_load_add_listen(g, L, 0) != MG_OK)
         return MG_ERR;
     lua_pop(L, 1);
+    if (mg_load_read_admin(g, L, conf) != MG_OK)
+        return MG_ERR;
     if (mg_load_read_edge(g, L, conf, 0) != MG_OK)
         return MG_ERR;
 
@@ -590,6 +642,8 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         g->listen[k].proxy_protocol = srv >= 0 && srv < g->nedge && g->edge[srv].proxy_protocol;
     }
     mg_load_read_desc(g, L, loader, genidx);
+    mg_load_read_admin_json(g, L, loader, genidx);
+    g->loaded_at = (double)time(NULL);
     if (mg_load_edge(g, L, genidx) != MG_OK) {
         snprintf(err, errlen, "out of memory");
         goto fail;

@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -67,6 +69,78 @@ static struct {
 
 static void mg_master_reload_start(void);
 
+/* POST /reload requests (MG_CTL_RELOAD) waiting for a reload's end: those
+ * that came while one ran (next) wait for the one after it, which reads
+ * the files they meant. */
+#define MG_ADMIN_WAITERS 64
+static struct {
+    int slot;
+    unsigned seq;
+    int next;
+} mg_admin_waiters[MG_ADMIN_WAITERS];
+static int mg_admin_nwaiters;
+
+/* The last reloads' results, in shared memory made before the workers
+ * fork (GET /reloads, the dashboard): the master writes, workers read. */
+mg_reload_log_t *mg_reload_log;
+
+/* Answers the waiters of the reload that just ended (and logs it); the
+ * others move up. body: a JSON object. */
+static void mg_master_reload_answer(int status, const char *body) {
+    char text[sizeof(((mg_ctl_msg_t *)0)->text)];
+    int k = 0;
+    snprintf(text, sizeof(text), "%d %s", status, body);
+    for (int i = 0; i < mg_admin_nwaiters; i++) {
+        if (mg_admin_waiters[i].next) {
+            mg_admin_waiters[i].next = 0;
+            mg_admin_waiters[k++] = mg_admin_waiters[i];
+            continue;
+        }
+        mg_slot_t *s = &mg_slots[mg_admin_waiters[i].slot];
+        if (s->pid && s->ctl >= 0)
+            mg_app_ctl_send(s->ctl, MG_CTL_RELOADED, mg_admin_waiters[i].seq, text, -1);
+    }
+    mg_admin_nwaiters = k;
+    if (mg_reload_log) {
+        mg_reload_entry_t *e = &mg_reload_log->e[mg_reload_log->n % MG_RELOAD_LOG];
+        e->at = (double)time(NULL);
+        e->status = status;
+        snprintf(e->body, sizeof(e->body), "%s", body);
+        __atomic_store_n(&mg_reload_log->n, mg_reload_log->n + 1, __ATOMIC_RELEASE);
+    }
+}
+
+/* A refusal's answer: {"result":"refused","generation":N,"error":why} */
+static void mg_master_reload_refused(const char *why) {
+    char esc[400], body[460];
+    mg_json_escape(esc, sizeof(esc), why);
+    snprintf(body, sizeof(body), "{\"result\":\"refused\",\"generation\":%u,\"error\":\"%s\"}",
+             mg_gen_current->id, esc);
+    mg_master_reload_answer(422, body);
+}
+
+/* Appends ,"s" to a JSON list in out (len used, cap) if it fits; else
+ * marks the list cut. */
+static size_t mg_master_json_item(char *out, size_t len, size_t cap, const char *s, int *first,
+                                  int *cut) {
+    char esc[200];
+    size_t n = mg_json_escape(esc, sizeof(esc), s);
+    if (*cut || len + n + 80 >= cap) { /* room for the closing parts */
+        *cut = 1;
+        return len;
+    }
+    len += (size_t)snprintf(out + len, cap - len, "%s\"%s\"", *first ? "" : ",", esc);
+    *first = 0;
+    return len;
+}
+
+static int mg_master_desc_has(const mg_gen_t *g, const char *line) {
+    for (int i = 0; i < g->ndesc; i++)
+        if (strcmp(g->desc[i], line) == 0)
+            return 1;
+    return 0;
+}
+
 /* The listening addresses as opened at start: a reload cannot add one
  * (the sockets are the master's, made before the workers fork), so it
  * says which of the new generation's are not served, and which TLS
@@ -78,6 +152,38 @@ static int mg_master_addr_in(const mg_addr_t *a, const mg_addr_t *v, int n) {
         if (v[i].port == a->port && v[i].tls == a->tls && strcmp(v[i].host, a->host) == 0)
             return 1;
     return 0;
+}
+
+/* The body of a successful reload's answer: the generation, the routes
+ * added and removed, and what only a restart changes. */
+static void mg_master_reload_ok(const mg_gen_t *old, const mg_gen_t *g) {
+    char body[460];
+    int first = 1, cut = 0;
+    size_t n = (size_t)snprintf(body, sizeof(body),
+                                "{\"result\":\"ok\",\"generation\":%u,\"added\":[", g->id);
+    for (int i = 0; i < g->ndesc; i++)
+        if (!mg_master_desc_has(old, g->desc[i]))
+            n = mg_master_json_item(body, n, sizeof(body), g->desc[i], &first, &cut);
+    n += (size_t)snprintf(body + n, sizeof(body) - n, "],\"removed\":[");
+    first = 1;
+    for (int i = 0; i < old->ndesc; i++)
+        if (!mg_master_desc_has(g, old->desc[i]))
+            n = mg_master_json_item(body, n, sizeof(body), old->desc[i], &first, &cut);
+    n += (size_t)snprintf(body + n, sizeof(body) - n, "],\"restart_needed\":[");
+    first = 1;
+    for (int i = 0; mg_master_laddr && i < g->nlisten; i++)
+        if (!mg_master_addr_in(&g->listen[i], mg_master_laddr, mg_nlisten)) {
+            char what[96];
+            snprintf(what, sizeof(what), "listen %s:%d", g->listen[i].host, g->listen[i].port);
+            n = mg_master_json_item(body, n, sizeof(body), what, &first, &cut);
+        }
+    if ((g->workers > 0 ? g->workers : 1) != mg_nslots) {
+        char what[64];
+        snprintf(what, sizeof(what), "workers %d -> %d", mg_nslots, g->workers);
+        n = mg_master_json_item(body, n, sizeof(body), what, &first, &cut);
+    }
+    snprintf(body + n, sizeof(body) - n, "]%s}", cut ? ",\"truncated\":true" : "");
+    mg_master_reload_answer(200, body);
 }
 
 static void mg_master_listen_diff(const mg_gen_t *g) {
@@ -92,6 +198,9 @@ static void mg_master_listen_diff(const mg_gen_t *g) {
             mg_warn("reload: TLS listener %s:%d has no certificates in generation %u: its new "
                     "connections are closed",
                     mg_master_laddr[i].host, mg_master_laddr[i].port, g->id);
+    if (mg_slots && (g->workers > 0 ? g->workers : 1) != mg_nslots)
+        mg_warn("reload: workers = %d needs a restart: %d workers go on serving", g->workers,
+                mg_nslots);
 }
 
 /* The session-ticket keys rotate every tls.ticket_rotate seconds of the
@@ -122,9 +231,11 @@ static void mg_master_tkeys_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void mg_app_usage(void) {
-    fprintf(stderr, "usage: moongate [-c conf/moongate.lua] [-t] [-v] [-p pidfile]\n"
+    fprintf(stderr, "usage: moongate [-c conf/moongate.lua] [-t] [-T] [-v] [-p pidfile]\n"
                     "  -c FILE  configuration file (default conf/moongate.lua)\n"
                     "  -t       check the configuration, scripts and routes, then exit\n"
+                    "  -T       check, then print the effective configuration (where each\n"
+                    "           value came from) and the routes as JSON, then exit\n"
                     "  -v       print versions and exit\n"
                     "  -p FILE  write the master's pid to FILE\n");
 }
@@ -442,6 +553,7 @@ static void mg_master_reload_abort(const char *why) {
     mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, why);
     mg_gen_pending = NULL;
     mg_gen_release(g);
+    mg_master_reload_refused(why);
     mg_master_reload_done();
 }
 
@@ -473,6 +585,7 @@ static void mg_master_reload_step(void) {
             return;
         char *acme_src = old->acme ? strdup(((mg_acme_conf_t *)old->acme)->src) : NULL;
         mg_gen_log_diff(old, g);
+        mg_master_reload_ok(old, g);
         mg_gen_pending = NULL;
         mg_gen_activate(g);
         mg_gen_release(g);
@@ -525,6 +638,20 @@ static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             event_del(s->ctl_ev);
             return;
         }
+        if (m.op == MG_CTL_RELOAD) { /* POST /reload: as SIGHUP, then answer */
+            if (mg_master_stopping || mg_admin_nwaiters == MG_ADMIN_WAITERS) {
+                char text[64];
+                snprintf(text, sizeof(text), "422 {\"result\":\"refused\",\"error\":\"%s\"}",
+                         mg_master_stopping ? "stopping" : "too many reloads waiting");
+                mg_app_ctl_send(sock, MG_CTL_RELOADED, m.id, text, -1);
+                continue;
+            }
+            mg_admin_waiters[mg_admin_nwaiters].slot = slot;
+            mg_admin_waiters[mg_admin_nwaiters].seq = m.id;
+            mg_admin_waiters[mg_admin_nwaiters++].next = mg_reload.phase != MG_RELOAD_NONE;
+            mg_master_reload_start();
+            continue;
+        }
         if (m.op == MG_CTL_WANT) { /* an on_demand name: for the ACME process */
             if (mg_acme.pid && mg_acme.sock >= 0)
                 mg_app_ctl_send(mg_acme.sock, MG_CTL_WANT, 0, m.text, -1);
@@ -569,6 +696,7 @@ static void mg_master_reload_start(void) {
     g = mg_load_gen(mg_app_conf_path, -1, 0, err, sizeof(err));
     if (g == NULL) {
         mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
+        mg_master_reload_refused(err);
         return;
     }
     mg_gen_retain(g);
@@ -576,6 +704,7 @@ static void mg_master_reload_start(void) {
     if (fd < 0) {
         mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
         mg_gen_release(g);
+        mg_master_reload_refused(err);
         return;
     }
     mg_gen_pending = g;
@@ -685,10 +814,11 @@ int main(int argc, char **argv) {
     struct event *sigs[5];
     int signos[5] = {SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGQUIT};
 
-    while ((opt = getopt(argc, argv, "c:tvp:h")) != -1) {
+    while ((opt = getopt(argc, argv, "c:tTvp:h")) != -1) {
         switch (opt) {
         case 'c': mg_app_conf_path = optarg; break;
         case 't': test = 1; break;
+        case 'T': test = 2; break;
         case 'v': mg_app_versions(); return 0;
         case 'p': pidfile = optarg; break;
         default: mg_app_usage(); return opt == 'h' ? 0 : 2;
@@ -707,6 +837,15 @@ int main(int argc, char **argv) {
         fprintf(stderr, "moongate: %s\n", err);
         return 1;
     }
+    if (test == 2) { /* the same documents as GET /config and GET /routes */
+        const char *c = gen->admin_config ? gen->admin_config : "{}";
+        size_t n = strlen(c);
+        while (n && c[n - 1] != '}')
+            n--;
+        printf("%.*s%s\"routes\":%s}\n", (int)(n ? n - 1 : 0), c, n > 2 ? "," : "{",
+               gen->admin_routes ? gen->admin_routes : "[]");
+        return 0;
+    }
     if (test) {
         int ntls = 0;
         for (k = 0; k < gen->nlisten; k++)
@@ -716,6 +855,9 @@ int main(int argc, char **argv) {
         for (k = 0; k < gen->nlisten; k++)
             if (gen->listen[k].tls)
                 printf("moongate: TLS listener %s:%d\n", gen->listen[k].host, gen->listen[k].port);
+            else if (gen->listen[k].admin)
+                printf("moongate: admin listener %s:%d (%s)\n", gen->listen[k].host,
+                       gen->listen[k].port, gen->admin_token ? "token set" : "no token");
         return 0;
     }
     mg_load_snap_drop(gen->L); /* workers fork with the loaded state */
@@ -775,7 +917,13 @@ int main(int argc, char **argv) {
     }
     for (k = 0; k < mg_nlisten; k++)
         mg_info("listening on %s:%d%s", gen->listen[k].host, gen->listen[k].port,
-                gen->listen[k].tls ? " (TLS)" : "");
+                gen->listen[k].tls     ? " (TLS)"
+                : gen->listen[k].admin ? " (admin)"
+                                       : "");
+    mg_reload_log = mmap(NULL, sizeof(*mg_reload_log), PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mg_reload_log == MAP_FAILED)
+        mg_reload_log = NULL; /* GET /reloads says none */
     /* the ticket keys every worker shares, before the first fork */
     if (mg_tls_tkeys_init() != MG_OK) {
         mg_error("tls: cannot map the session-ticket keys: %s", strerror(errno));

@@ -226,6 +226,10 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             mg_ws_drain_route_sockets(g);
             mg_app_ctl_send(sock, MG_CTL_SERVING, m.id, NULL, -1);
             break;
+        case MG_CTL_RELOADED: /* the answer to a POST /reload of ours */
+            mg_admin_reload_answer(m.id, atoi(m.text) == 200 ? 200 : 422,
+                                   strchr(m.text, ' ') ? strchr(m.text, ' ') + 1 : "{}");
+            break;
         case MG_CTL_CERT: /* the ACME process stored a certificate: new handshakes get it */
             mg_acme_worker_update(m.text);
             break;
@@ -243,9 +247,12 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
 }
 
 /* Stopping: close the listening sockets, so that the kernel sends new
- * connections elsewhere (or refuses them) instead of queueing them here. */
+ * connections elsewhere (or refuses them) instead of queueing them here.
+ * The admin listener stays: its /readyz says 503 while the drain lasts. */
 void mg_worker_stop_accept(void) {
     for (int i = 0; i < mg_worker.nfd; i++) {
+        if (mg_worker.laddr[i].admin)
+            continue;
         if (mg_worker.lev[i]) {
             event_free(mg_worker.lev[i]);
             mg_worker.lev[i] = NULL;
@@ -293,6 +300,36 @@ static void mg_worker_signal_cb(evutil_socket_t sig, short what, void *arg) {
     }
 }
 
+static int mg_worker_ctl = -1;
+
+/* GET /reloads: the master's last reloads, newest first (the dashboard) */
+static void mg_worker_reloads(mg_req_t *r, const char *q, size_t ql) {
+    struct evbuffer *b = evbuffer_new();
+    unsigned n = mg_reload_log ? __atomic_load_n(&mg_reload_log->n, __ATOMIC_ACQUIRE) : 0;
+    size_t len;
+    (void)q, (void)ql;
+    if (b == NULL) {
+        mg_resp_json_error(r, 503, "out of memory");
+        return;
+    }
+    evbuffer_add_printf(b, "{\"reloads\":%u,\"recent\":[", n);
+    for (unsigned i = 0; i < n && i < MG_RELOAD_LOG; i++) {
+        const mg_reload_entry_t *e = &mg_reload_log->e[(n - 1 - i) % MG_RELOAD_LOG];
+        evbuffer_add_printf(b, "%s{\"at\":%.0f,\"status\":%d,\"answer\":%.*s}", i ? "," : "", e->at,
+                            e->status, (int)strnlen(e->body, sizeof(e->body)), e->body);
+    }
+    evbuffer_add_printf(b, "]}\n");
+    len = evbuffer_get_length(b);
+    mg_admin_reply(r, 200, "application/json", (const char *)evbuffer_pullup(b, -1), len);
+    evbuffer_free(b);
+}
+
+/* POST /reload: asks the master (gateway/admin.c waits for its answer) */
+static int mg_worker_reload_req(unsigned seq) {
+    return mg_worker_ctl < 0 ? MG_ERR
+                             : mg_app_ctl_send(mg_worker_ctl, MG_CTL_RELOAD, seq, NULL, -1);
+}
+
 void mg_worker_run(int id, int *fds, int nfd, int ctl) {
     struct event *sig[3], *ctl_ev = NULL;
     int sigs[3] = {SIGHUP, SIGTERM, SIGINT}, i;
@@ -309,7 +346,10 @@ void mg_worker_run(int id, int *fds, int nfd, int ctl) {
         mg_worker.rng[1] = (uint64_t)mg_now() | 1;
     }
     signal(SIGPIPE, SIG_IGN);
-    mg_gateway_init();        /* the HTTP layer's hooks, before the first accept */
+    mg_gateway_init(); /* the HTTP layer's hooks, before the first accept */
+    mg_worker_ctl = ctl;
+    mg_admin_reload_hook = mg_worker_reload_req;
+    mg_admin_register("GET", "/reloads", 1, mg_worker_reloads);
     mg_acme_worker_init(ctl); /* the stored ACME certificates, before the first handshake */
     mg_worker.fds = fds;
     mg_worker.nfd = nfd;

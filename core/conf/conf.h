@@ -164,6 +164,17 @@ struct mg_gen_s {
     void **tls_ctx;
     int ntls_ctx;
     int tls_ticket_rotate; /* seconds between session-ticket key rotations (the master's) */
+    /* the admin API (gateway/admin.c): admin.token (NULL: none, only the
+     * health and metrics endpoints answer), health_path on the main
+     * listeners (NULL: none), and the JSON of GET /config and GET /routes
+     * made at load (moongate.loader admin_json) */
+    char *admin_token;
+    char *health_path;
+    size_t health_path_len;
+    char *admin_config, *admin_routes;
+    char *admin_page; /* GET / (lib/moongate/admin/dashboard.html), or NULL */
+    size_t admin_page_len;
+    double loaded_at; /* wall-clock seconds of the load */
     /* set by whoever loaded it: frees what it made beside the C tables
      * (the Lua state and its coroutines), before the tables go */
     void (*dtor)(mg_gen_t *gen);

@@ -69,6 +69,11 @@ void mg_gen_free(mg_gen_t *g) {
         free(g->desc[i]);
     free(g->desc);
     free(g->conf_file);
+    free(g->admin_token);
+    free(g->health_path);
+    free(g->admin_config);
+    free(g->admin_routes);
+    free(g->admin_page);
     free(g);
 }
 

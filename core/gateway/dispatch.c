@@ -177,6 +177,14 @@ static int mg_gw_head(mg_req_t *r) {
     int server = mg_gen_server_of(r->gen, r->lidx);
     const mg_edge_t *e = mg_gen_edge(r->gen, server);
 
+    if (mg_worker.laddr[r->lidx].admin)
+        return mg_admin_serve(r); /* never routed (admin.c) */
+    if (r->gen->health_path && server == 0 && r->path_len == r->gen->health_path_len &&
+        memcmp(r->hbuf, r->gen->health_path, r->path_len) == 0) {
+        r->resp_close = !(r->clen <= 0 && !r->chunked);
+        mg_admin_ready(r); /* health_path: /readyz on the main listeners */
+        return MG_HTTP_GO_ON;
+    }
     if (mg_gw_acme_challenge(r))
         return MG_HTTP_GO_ON; /* before routing and any redirect to https */
     if (e && e->redirect_https && !mg_req_tls(r) && !mg_gw_behind_https(r) &&
@@ -265,4 +273,7 @@ static const mg_http_hooks_t mg_gw_hooks = {
     .freed = mg_lua_req_unlink,
 };
 
-void mg_gateway_init(void) { mg_http_set_hooks(&mg_gw_hooks); }
+void mg_gateway_init(void) {
+    mg_http_set_hooks(&mg_gw_hooks);
+    mg_admin_init();
+}

@@ -67,6 +67,26 @@ void mg_tunnel_close_all(void);
 /* Ends the tunnels of routes with on_reload = "drain" not in newgen. */
 void mg_tunnel_drain(mg_gen_t *newgen);
 
+/* ---- admin.c: the admin listener (docs/operations.md) ---- */
+/* An endpoint: fn answers r (mg_admin_reply, or mg_resp_* and
+ * r->resp_done); query is what follows '?' (qlen 0: none). HEAD is served
+ * by the GET one. Registered once per worker at start; a second
+ * registration of a method and path replaces the first. needs_token: only
+ * with Authorization: Bearer <admin.token>. */
+typedef void (*mg_admin_fn)(mg_req_t *r, const char *query, size_t qlen);
+void mg_admin_register(const char *method, const char *path, int needs_token, mg_admin_fn fn);
+void mg_admin_init(void); /* the built-in endpoints (mg_gateway_init) */
+/* dispatch: a request on an admin listener, answered (MG_HTTP_GO_ON) */
+int mg_admin_serve(mg_req_t *r);
+/* /readyz's answer: on the admin listener and at health_path */
+void mg_admin_ready(mg_req_t *r);
+void mg_admin_reply(mg_req_t *r, int status, const char *ctype, const char *body, size_t len);
+/* POST /reload goes to the master: the hook (set by app/worker.c) sends
+ * it the request tagged seq (MG_OK or MG_ERR); the master's answer comes
+ * back through mg_admin_reload_answer (status 200 or 422, a JSON body). */
+extern int (*mg_admin_reload_hook)(unsigned seq);
+void mg_admin_reload_answer(unsigned seq, int status, const char *json);
+
 /* ---- acme_http01.c: the ACME http-01 challenge responder ---- */
 #define MG_ACME_DICT "moongate.acme" /* token -> key authorization (app/acme.c) */
 /* Dispatch calls it first: 1 = a challenge request on a plain listener,

@@ -19,6 +19,7 @@ typedef struct {
     int port;
     int server; /* 0 = the main route table, then conf.servers in name order */
     int tls;    /* a TLS listener (the conf's or server's tls.listen) */
+    int admin;  /* the admin listener (admin.listen): gateway/admin.c answers, never routed */
 } mg_addr_t;
 
 typedef struct {

@@ -197,6 +197,13 @@ void mg_up_peer_str(mg_peer_t *p, char *buf, size_t len) {
     snprintf(buf, len, "%s:%d", p->host, p->port);
 }
 
+void mg_up_peer_stat(const mg_peer_t *p, mg_up_peer_stat_t *s) {
+    s->healthy = p->down_until <= mg_now();
+    s->fails = p->fails;
+    s->idle = p->nidle;
+    s->tls = p->tls;
+}
+
 static mg_peer_t *mg_up_peer_pick(mg_upstream_t *up, int *idx) {
     double now = mg_now();
     int i;

@@ -50,5 +50,13 @@ void mg_ux_cancel(mg_ux_t *ux); /* the sink is gone: no more callbacks */
 /* The worker's peer for host:port, plain or TLS (tls: pools apart). */
 mg_peer_t *mg_up_peer_get(const char *host, int port, int tls);
 void mg_up_peer_str(mg_peer_t *p, char *buf, size_t len);
+/* A peer as this worker sees it, for the admin API (gateway/admin.c). */
+typedef struct {
+    int healthy; /* not marked down by the passive checks */
+    int fails;   /* consecutive failures */
+    int idle;    /* pooled connections */
+    int tls;
+} mg_up_peer_stat_t;
+void mg_up_peer_stat(const mg_peer_t *p, mg_up_peer_stat_t *s);
 
 #endif

@@ -105,6 +105,8 @@ local function process_env(file_upstreams)
   env.MOONGATE_TLS_LISTEN = os_getenv("MOONGATE_TLS_LISTEN")
   env.MOONGATE_TLS_CERT = os_getenv("MOONGATE_TLS_CERT")
   env.MOONGATE_TLS_KEY = os_getenv("MOONGATE_TLS_KEY")
+  env.MOONGATE_ADMIN_LISTEN = os_getenv("MOONGATE_ADMIN_LISTEN")
+  env.MOONGATE_ADMIN_TOKEN = os_getenv("MOONGATE_ADMIN_TOKEN")
   if type(file_upstreams) == "table" then
     for name in pairs(file_upstreams) do
       if type(name) == "string" then
@@ -430,6 +432,7 @@ local function conf_schema(env_fn)
       servers = ANY, shared_dicts = ANY, plugins = ANY,
       tls = ANY, -- moongate.tls_conf (norm_conf)
       acme = ANY, -- moongate.acme_conf
+      admin = ANY, health_path = ANY, -- norm_admin (norm_conf)
     },
   }
 end
@@ -478,6 +481,76 @@ local function from_env(var, v, reason, hint)
     raise_invalid(env_where(var), nil, reason, hint)
   end
   return v
+end
+
+
+-- admin = { listen = "127.0.0.1:9901", token = "..." } (docs/operations.md):
+-- the admin listener, opened at start beside the others and never routed;
+-- MOONGATE_ADMIN_LISTEN and MOONGATE_ADMIN_TOKEN replace the file's values.
+-- health_path = "/ping": /readyz on the main listeners too. Returns the
+-- admin table (nil: no admin listener) and the health path (or nil).
+local function norm_admin(raw, top, env, taken)
+  local w = at(top, "admin")
+  local a = raw.admin
+  if a ~= nil and type(a) ~= "table" then
+    bad(w, nil, "expected a table, got %s", type(a))
+  end
+  a = a or {}
+  for k in pairs(a) do
+    if k ~= "listen" and k ~= "token" then
+      bad(at(w, k), nil, "unknown field %s (admin has listen and token)", show_key(k))
+    end
+  end
+  local out = { from = {} }
+  if a.listen ~= nil then
+    local v, reason, hint = norm_listen(a.listen)
+    if not v then
+      bad(at(w, "listen"), hint, "%s", reason)
+    end
+    out.listen, out.from.listen = v, "file"
+  end
+  if a.token ~= nil then
+    if type(a.token) ~= "string" or #a.token < 8 or str_find(a.token, "[%s%c]") then
+      bad(at(w, "token"), nil, "expected a string of at least 8 characters without spaces")
+    end
+    out.token, out.from.token = a.token, "file"
+  end
+  local ev = env.MOONGATE_ADMIN_LISTEN
+  if ev and ev ~= "" then
+    out.listen = from_env("MOONGATE_ADMIN_LISTEN", norm_listen(split_list(ev)))
+    out.from.listen = "environment"
+  end
+  ev = env.MOONGATE_ADMIN_TOKEN
+  if ev and ev ~= "" then
+    if #ev < 8 or str_find(ev, "[%s%c]") then
+      from_env("MOONGATE_ADMIN_TOKEN", nil,
+               "expected a string of at least 8 characters without spaces")
+    end
+    out.token, out.from.token = ev, "environment"
+  end
+  local hp = raw.health_path
+  if hp ~= nil and (type(hp) ~= "string" or str_sub(hp, 1, 1) ~= "/" or
+                    str_find(hp, "[%s%c?#]")) then
+    bad(at(top, "health_path"), nil, "expected a path such as \"/ping\", got %s",
+        show_value(hp))
+  end
+  if out.listen == nil then
+    if out.token then
+      bad(w, nil, "a token without admin.listen (or MOONGATE_ADMIN_LISTEN) serves nothing")
+    end
+    return nil, hp
+  end
+  for _, l in ipairs(out.listen) do
+    local key = l.host .. ":" .. l.port
+    if taken[key] then
+      if out.from.listen == "environment" then
+        from_env("MOONGATE_ADMIN_LISTEN", nil, key .. " is already used by " .. taken[key])
+      end
+      bad(at(w, "listen"), nil, "%s is already used by %s", key, taken[key])
+    end
+    taken[key] = "admin.listen"
+  end
+  return out, hp
 end
 
 
@@ -530,6 +603,23 @@ local function norm_conf(src, raw, env, ncpu)
     taken[a.host .. ":" .. a.port] = "listen"
   end
   tls_conf.claim(conf.tls, at(top, "tls"), taken, "tls.listen")
+  conf.admin, conf.health_path = norm_admin(raw, top, env, taken)
+  -- where each top-level value came from, for GET /config and moongate -T
+  local sources = {}
+  for k in pairs(conf) do
+    sources[k] = raw[k] ~= nil and "file" or "default"
+  end
+  for _, k in ipairs({ "listen", "workers", "max_open_files" }) do
+    local v = env["MOONGATE_" .. str_upper(k)]
+    if v and v ~= "" then sources[k] = "environment" end
+  end
+  if conf.admin then
+    sources.admin = conf.admin.from
+  end
+  sources.conf_file, sources.root, sources.tls_ticket_rotate = nil, nil, nil
+  sources.routes_file = nil
+  sources.routes = raw.routes ~= nil and "file" or "default"
+  conf.sources = sources
 
   local ups = conf.upstreams
   for name, u in pairs(ups) do
@@ -636,6 +726,9 @@ local function load_servers(src, raw, conf, upstreams, env)
   end
   for _, a in ipairs(conf.tls and conf.tls.listen or {}) do
     taken[a.host .. ":" .. a.port] = "tls.listen"
+  end
+  for _, a in ipairs(conf.admin and conf.admin.listen or {}) do
+    taken[a.host .. ":" .. a.port] = "admin.listen"
   end
   for _, name in ipairs(sorted_keys(raw)) do
     local w = at(where, name)
@@ -779,6 +872,154 @@ function _M.load(conf_path, opts)
     return nil, res.msg
   end
   error(res, 0)
+end
+
+
+-- The admin API's documents (GET /config, GET /routes, moongate -T), as
+-- JSON text made once per load: secrets (tokens, passwords, keys) are
+-- "***", PEM text and functions are named, not shown.
+local ADMIN_PAGE
+do
+  local src = debug.getinfo(1, "S").source
+  local dir = str_sub(src, 1, 1) == "@" and str_match(str_sub(src, 2), "^(.*)/[^/]*$")
+  ADMIN_PAGE = dir and (dir .. "/admin/dashboard.html") or "lib/moongate/admin/dashboard.html"
+end
+
+local SECRET = { token = true, password = true, secret = true, key = true, key_pem = true,
+                 ticket_key = true }
+
+local function admin_clean(v, k, depth)
+  local t = type(v)
+  if type(k) == "string" and (SECRET[k] or str_find(k, "password") or str_find(k, "secret")) and
+     (t == "string" or t == "number") then
+    return "***"
+  end
+  if t == "function" then
+    return "(function)"
+  elseif t == "string" and str_sub(v, 1, 11) == "-----BEGIN " then
+    return str_format("(PEM, %d bytes)", #v)
+  elseif t == "table" then
+    if depth > 8 then return "(...)" end
+    local out, n = {}, 0
+    for kk, vv in pairs(v) do
+      n = n + 1
+      if n > 1000 then break end
+      out[type(kk) == "number" and kk or tostring(kk)] = admin_clean(vv, kk, depth + 1)
+    end
+    return out
+  elseif t == "number" or t == "boolean" or t == "string" then
+    return v
+  end
+  return tostring(v)
+end
+
+-- JSON for the admin documents: keys sorted (stable output), a table
+-- with a positive length or the ARRAY metatable is a list.
+local ARRAY = {}
+local JSON_ESC = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r",
+                   ["\t"] = "\\t" }
+
+local function json_encode(v, out)
+  local t = type(v)
+  if t == "table" then
+    local n = #v
+    if n > 0 or getmetatable(v) == ARRAY then
+      out[#out + 1] = "["
+      for i = 1, n do
+        if i > 1 then out[#out + 1] = "," end
+        json_encode(v[i], out)
+      end
+      out[#out + 1] = "]"
+      return
+    end
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+    tbl_sort(keys)
+    out[#out + 1] = "{"
+    for i, k in ipairs(keys) do
+      if i > 1 then out[#out + 1] = "," end
+      json_encode(k, out)
+      out[#out + 1] = ":"
+      local x = v[k]
+      if x == nil then x = v[tonumber(k)] end
+      json_encode(x, out)
+    end
+    out[#out + 1] = "}"
+  elseif t == "string" then
+    out[#out + 1] = '"' .. v:gsub('[%c"\\]', function(c)
+      return JSON_ESC[c] or str_format("\\u%04x", c:byte())
+    end) .. '"'
+  elseif t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then
+      out[#out + 1] = "null"
+    elseif v == math_floor(v) and v > -2^53 and v < 2^53 then
+      out[#out + 1] = str_format("%d", v)
+    else
+      out[#out + 1] = str_format("%.17g", v)
+    end
+  elseif t == "boolean" then
+    out[#out + 1] = tostring(v)
+  else
+    out[#out + 1] = "null"
+  end
+end
+
+local function to_json(v)
+  local out = {}
+  json_encode(v, out)
+  return tbl_concat(out)
+end
+
+function _M.admin_json(gen)
+  local conf = gen.conf or {}
+  local c = admin_clean(conf, nil, 0)
+  c.sources = nil
+  local servers = {}
+  for _, srv in ipairs(gen.servers or {}) do
+    servers[#servers + 1] = { name = srv.name, listen = admin_clean(srv.listen, nil, 0) }
+  end
+  c.servers = #servers > 0 and servers or nil
+  local routes = {}
+  local function add(list, server)
+    for _, r in ipairs(list or {}) do
+      -- a route's plugins: a list of names or { name = ... } tables, or a
+      -- map name -> config
+      local plist = {}
+      local rp = type(r.plugins) == "table" and r.plugins or {}
+      if #rp > 0 then
+        for _, p in ipairs(rp) do
+          plist[#plist + 1] = type(p) == "table" and tostring(p.name or p[1]) or tostring(p)
+        end
+      else
+        for name, v in pairs(rp) do
+          if v ~= false then plist[#plist + 1] = tostring(name) end
+        end
+        tbl_sort(plist)
+      end
+      routes[#routes + 1] = {
+        name = r.name or r.rule, rule = r.rule, kind = r.kind, server = server,
+        at = str_format("%s:%s", tostring(r.file), tostring(r.line)),
+        target = r.upstream and ("upstream " .. r.upstream) or
+                 (r.handler and "handler") or (r.websocket and "websocket") or "none",
+        websocket = r.websocket and (r.websocket.mode or true) or nil,
+        methods = r.methods, host = r.host, priority = r.priority,
+        plugins = setmetatable(plist, ARRAY),
+      }
+    end
+  end
+  add(gen.routes, "main")
+  for _, srv in ipairs(gen.servers or {}) do add(srv.routes, srv.name) end
+  local cfg = to_json({ config = c, sources = conf.sources or {} })
+  -- the dashboard (GET /), read through the generation's snapshot
+  local page
+  if ADMIN_PAGE then
+    local f = io.open(ADMIN_PAGE, "rb")
+    if f then
+      page = f:read("*a")
+      f:close()
+    end
+  end
+  return cfg, to_json(setmetatable(routes, ARRAY)), page
 end
 
 
