@@ -281,11 +281,11 @@ describe("make install and the image's PID 1 #install", function()
 
         it("reaps an orphaned grandchild (no zombie left)", function()
             assert.truthy(mg, log())
-            local tag = fmt("1.%05d", math.random(10000, 99999))
+            local tag = fmt("1.%d%05d", os.time() % 1000, math.random(10000, 99999))
             -- sh forks sleep and exits at once: sleep's parent is gone, so
             -- the namespace's init, moongate, inherits it
             local out, rc = helpers.sh(fmt("nsenter --target %d --pid -- sh -c %s",
-                mg, shq("sleep " .. tag .. " & exit 0")))
+                mg, shq("sleep " .. tag .. " </dev/null >/dev/null 2>&1 & exit 0")))
             assert.equal(0, rc, out)
             local orphan = helpers.wait_until(function()
                 for name in lfs.dir("/proc") do
