@@ -25,7 +25,8 @@ RUN make -j"$(nproc)" moongate && make install PREFIX=/usr/local DESTDIR=/out
 FROM debian:12-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libluajit2-5.1-2 libevent-2.1-7 libevent-openssl-2.1-7 libwslay1 libssl3 zlib1g \
+      libluajit2-5.1-2 libevent-2.1-7 libevent-core-2.1-7 libevent-openssl-2.1-7 libwslay1 \
+      libssl3 zlib1g \
       lua-cjson curl ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --home-dir /nonexistent \

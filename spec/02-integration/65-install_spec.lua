@@ -63,6 +63,13 @@ local function env_of(ins, from)
     return env
 end
 
+-- what env -i keeps: the sanitizers' options of an ASan run (MOONGATE_ASAN)
+local SAN_ENV = ""
+if os.getenv("MOONGATE_ASAN") then
+    SAN_ENV = fmt("ASAN_OPTIONS=%s UBSAN_OPTIONS=%s",
+        shq(os.getenv("ASAN_OPTIONS") or "detect_leaks=0"), shq(os.getenv("UBSAN_OPTIONS") or ""))
+end
+
 -- MOONGATE_BIN as make's BIN (a path relative to the tree)
 local function bin_in_tree()
     local rel = helpers.sh(fmt("realpath --relative-to=%s %s", shq(root), shq(helpers.bin)))
@@ -148,21 +155,21 @@ describe("make install and the image's PID 1 #install", function()
 
     it("finds its Lua tree and its conf from the prefix; MOONGATE_LIB overrides the tree", function()
         local cwd = helpers.tmpdir("install-cwd") -- no conf/ here
-        local out, rc = helpers.sh(fmt("cd %s && env -i PATH=/usr/bin:/bin %s -t", shq(cwd),
-            shq(installed_bin)))
+        local out, rc = helpers.sh(fmt("cd %s && env -i PATH=/usr/bin:/bin %s %s -t", shq(cwd),
+            SAN_ENV, shq(installed_bin)))
         assert.equal(0, rc, out)
         assert.truthy(out:find(site .. "/conf/moongate.lua ok", 1, true)
             or out:find("/etc/moongate/conf/moongate.lua ok", 1, true), out)
-        out, rc = helpers.sh(fmt("cd %s && env -i PATH=/usr/bin:/bin MOONGATE_LIB=%s %s -t",
-            shq(cwd), shq(cwd .. "/nowhere"), shq(installed_bin)))
+        out, rc = helpers.sh(fmt("cd %s && env -i PATH=/usr/bin:/bin %s MOONGATE_LIB=%s %s -t",
+            shq(cwd), SAN_ENV, shq(cwd .. "/nowhere"), shq(installed_bin)))
         assert.are_not.equal(0, rc)
         assert.truthy(out:find("moongate.loader", 1, true), out)
         assert.truthy(out:find(cwd .. "/nowhere", 1, true), out)
         -- MOONGATE_CONF picks the conf when -c is not given
         -- (the compose names moved to loopback: no DNS lookup here)
-        out, rc = helpers.sh(fmt("cd %s && env -i PATH=/usr/bin:/bin MOONGATE_CONF=%s "
+        out, rc = helpers.sh(fmt("cd %s && env -i PATH=/usr/bin:/bin %s MOONGATE_CONF=%s "
             .. "MOONGATE_UPSTREAM_RUNTIME=http://127.0.0.1:1 MOONGATE_UPSTREAM_FRONTEND="
-            .. "http://127.0.0.1:2 %s -t", shq(cwd), shq(site .. "/conf/compose.lua"),
+            .. "http://127.0.0.1:2 %s -t", shq(cwd), SAN_ENV, shq(site .. "/conf/compose.lua"),
             shq(installed_bin)))
         assert.equal(0, rc, out)
         assert.truthy(out:find("compose.lua ok", 1, true), out)
@@ -183,9 +190,10 @@ describe("make install and the image's PID 1 #install", function()
             local pkg = pkgs:match("^([^:%s]+)")
             assert.truthy(pkg, "no package owns " .. path)
             -- in every Debian image already: required or essential, or what
-            -- apt itself needs (libc6, libgcc-s1: debian:12-slim has them)
+            -- apt itself needs (libc6, libgcc-s1, libstdc++6: debian:12-slim has them)
             local prio = helpers.sh("dpkg-query -W -f='${Priority} ${Essential}' " .. shq(pkg))
-            local base = pkg == "libc6" or pkg == "libgcc-s1"
+            local base = pkg == "libc6" or pkg == "libgcc-s1" or pkg == "libstdc++6"
+                or pkg:match("^libasan") or pkg:match("^libubsan") -- an ASan run's binary
             if not want[pkg] and not base and not prio:find("required") and not prio:find("yes") then
                 error(fmt("%s (from package %s) is linked but not installed by the runtime stage",
                     path, pkg))
@@ -220,9 +228,7 @@ describe("make install and the image's PID 1 #install", function()
                 e[#e + 1] = shq(k .. "=" .. v)
             end
             e[#e + 1] = "MOONGATE_WORKERS=2"
-            if os.getenv("MOONGATE_ASAN") then
-                e[#e + 1] = shq("ASAN_OPTIONS=" .. (os.getenv("ASAN_OPTIONS") or "detect_leaks=0"))
-            end
+            e[#e + 1] = SAN_ENV
             local argv = {}
             for a in (entry or ""):gmatch('"([^"]+)"') do
                 argv[#argv + 1] = a
@@ -340,6 +346,8 @@ describe("make install and the image's PID 1 #install", function()
             assert.truthy(took < 9.5, fmt("took %.1f s", took))
             assert.falsy(helpers.alive(mg))
             assert.truthy(log():find("stopped", 1, true), log())
+            assert.falsy(log():find("AddressSanitizer", 1, true) or log():find("runtime error:", 1, true),
+                log())
         end)
     end)
 end)

@@ -19,6 +19,10 @@ local bin = helpers.bin
 -- `moongate -t` on a conf of the repo with only `env` (plus PATH) set
 local function check(conf, env)
     local e = { "env", "-i", "PATH=/usr/bin:/bin" }
+    if os.getenv("MOONGATE_ASAN") then -- the sanitizers' options of an ASan run
+        e[#e + 1] = shq("ASAN_OPTIONS=" .. (os.getenv("ASAN_OPTIONS") or "detect_leaks=0"))
+        e[#e + 1] = shq("UBSAN_OPTIONS=" .. (os.getenv("UBSAN_OPTIONS") or ""))
+    end
     for k, v in pairs(env or {}) do
         e[#e + 1] = shq(k .. "=" .. v)
     end
