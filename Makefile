@@ -7,7 +7,8 @@ LLHTTP_INC ?= /usr/share/include/llhttp
 PKGS = gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev libssl-dev \
        lua-cjson node-llhttp zlib1g-dev
 TEST_PKGS = lua-busted lua-check luarocks lua-socket curl openssl python3 python3-websockets \
-       nodejs node-ws chromium clang-format valgrind pebble
+       nodejs node-ws chromium clang-format valgrind pebble util-linux \
+       python3-yaml
 DEPS_STAMP = .deps-ok
 TEST_STAMP = .deps-test-ok
 
@@ -33,7 +34,8 @@ CT_BINS = $(CT_SRCS:spec/c/%.c=$(BUILD)/ct/%)
 CT_OBJS = $(filter-out $(BUILD)/app/main.o,$(OBJS)) $(BUILD)/main_ct.o
 BUSTED = busted --lua=luajit -m "'lib/?.lua;lib/?/init.lua'"
 
-.PHONY: all run test unit integration ctest asan deps fmt fmt-check lint layers bench fuzz clean
+.PHONY: all run test unit integration ctest asan deps fmt fmt-check lint layers bench fuzz clean \
+        install
 
 all: $(BIN)
 
@@ -78,8 +80,34 @@ $(BUILD)/ct/%: spec/c/%.c spec/c/ct.h spec/c/ct_req.h $(CT_OBJS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -Ispec/c -o $@ $< $(CT_OBJS) $(LIBS)
 
+# the demo (conf/moongate.lua: demo = true); moongate.pid is the master's,
+# so that `kill -HUP $$(cat moongate.pid)` reloads (removed at exit)
 run: $(BIN)
-	./$(BIN) -c conf/moongate.lua
+	./$(BIN) -c conf/moongate.lua -p moongate.pid
+
+# make install [PREFIX=/usr/local] [SYSCONFDIR=$(PREFIX)/etc] [DESTDIR=]:
+#   PREFIX/bin/moongate, the Lua modules in PREFIX/share/moongate/lib (the
+#   binary finds them from its own place; MOONGATE_LIB overrides), the
+#   bundled plugins in PREFIX/share/moongate/plugins, and the site (conf,
+#   scripts, public) in SYSCONFDIR/moongate with conf/default.lua as its
+#   conf/moongate.lua (demo off). The site goes in on a first install only:
+#   an operator's edited conf and scripts are never overwritten.
+PREFIX ?= /usr/local
+SYSCONFDIR ?= $(PREFIX)/etc
+MG_SHARE = $(DESTDIR)$(PREFIX)/share/moongate
+MG_SITE = $(DESTDIR)$(SYSCONFDIR)/moongate
+install: $(BIN)
+	install -d $(DESTDIR)$(PREFIX)/bin $(MG_SHARE)/lib/moongate
+	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/moongate
+	install -m 644 lib/moongate/*.lua $(MG_SHARE)/lib/moongate/
+	rm -rf $(MG_SHARE)/plugins && cp -R plugins $(MG_SHARE)/plugins
+	@if [ -e $(MG_SITE)/conf/moongate.lua ]; then \
+	  echo "install: $(MG_SITE) exists: conf, scripts and public left as they are"; \
+	else \
+	  install -d $(MG_SITE)/conf && cp -R scripts public $(MG_SITE)/ && \
+	  install -m 644 conf/default.lua $(MG_SITE)/conf/moongate.lua && \
+	  install -m 644 conf/compose.lua $(MG_SITE)/conf/compose.lua; \
+	fi
 
 # Every spec and the C unit tests; the last line is "N passed, N failed".
 test: $(TEST_STAMP) $(BIN) $(CT_BINS)

@@ -51,6 +51,7 @@ build = {
     ["moongate.tls_conf"] = "lib/moongate/tls_conf.lua",
     ["moongate.acme_conf"] = "lib/moongate/acme_conf.lua",
     ["moongate.acme"] = "lib/moongate/acme.lua",
+    ["moongate.mode"] = "lib/moongate/mode.lua",
     ["moongate.plugins.cors.handler"] = "plugins/cors/handler.lua",
     ["moongate.plugins.cors.schema"] = "plugins/cors/schema.lua",
     ["moongate.plugins.jwt-auth.handler"] = "plugins/jwt-auth/handler.lua",

@@ -4,11 +4,17 @@
 -- MOONGATE_UPSTREAM_<NAME> (e.g. MOONGATE_UPSTREAM_RUNTIME=http://runtime:9001),
 -- MOONGATE_SERVER_<NAME>_LISTEN (e.g. MOONGATE_SERVER_DEMO_RUNTIME_LISTEN=127.0.0.1:9101),
 -- MOONGATE_TLS_LISTEN + MOONGATE_TLS_CERT + MOONGATE_TLS_KEY (HTTPS beside `listen`, e.g.
--- MOONGATE_TLS_LISTEN=0.0.0.0:8443 MOONGATE_TLS_CERT=certs/site.pem MOONGATE_TLS_KEY=certs/site.key).
+-- MOONGATE_TLS_LISTEN=0.0.0.0:8443 MOONGATE_TLS_CERT=certs/site.pem MOONGATE_TLS_KEY=certs/site.key),
+-- MOONGATE_DEMO=0|1 (the demo below). `moongate --help` lists them all.
+-- This is `make run`'s conf: a demo. `make install` and the container ship
+-- conf/default.lua instead (demo off).
 return {
   listen = "127.0.0.1:8080",
   workers = "auto",                 -- one worker per core
   max_open_files = 0,               -- soft descriptor limit set at start (0 = the hard limit)
+  -- demo mode (default false): the embedded demo Runtime below and the
+  -- demo's static tokens (scripts/auth_config.lua) are on only with it
+  demo = true,
 
   routes = "scripts/routes.lua",    -- relative to the project root (conf/'s parent)
   lua_path = { "scripts", "lib" },
@@ -66,6 +72,7 @@ return {
   servers = {
     demo_runtime = {
       enabled = true,
+      demo = true,                      -- served in demo mode only
       listen = "127.0.0.1:9001",
       routes = "scripts/demo_runtime/routes.lua",
     },

@@ -23,6 +23,7 @@
 local moongate = require "moongate"
 local api = require "json_api"
 local config = require "auth_config"
+local mode = require "moongate.mode"
 
 local type = type
 local tostring = tostring
@@ -30,6 +31,21 @@ local match = string.match
 local answer = api.answer
 
 local _M = { _VERSION = "0.1.0" }
+
+-- the demo's static tokens outside demo mode: said at every load (the
+-- master logs it once per start and reload)
+if not mode.demo and config.verifier == "static" and type(config.tokens) == "table" then
+  local demo = {}
+  for t in pairs(config.tokens) do
+    if type(t) == "string" and t:find("^demo%-") then demo[#demo + 1] = t end
+  end
+  if #demo > 0 then
+    table.sort(demo)
+    mode.note("warn", "auth_config.lua: the demo's static tokens (%s) are on outside demo mode: "
+              .. "anyone who has read the README can call /api; remove them, or set demo = true "
+              .. "(MOONGATE_DEMO=1) for a demo", table.concat(demo, ", "))
+  end
+end
 
 -- 401 err, with the challenge
 local function unauthorized(message, invalid)

@@ -13,7 +13,15 @@
 -- An identity is { subject = "...", tenant_id = "t1" | nil, admin = true | nil }.
 -- A token with a tenant_id may only touch that tenant; one without is not
 -- bound to a tenant (an operator's token).
-return {
+--
+-- The demo's tokens below work in demo mode only (`make run`: conf/moongate.lua
+-- has `demo = true`; MOONGATE_DEMO=1). Outside it (the container and
+-- `make install` defaults) the table is emptied and the Runtime's
+-- introspection decides; a conf that puts demo-* tokens back outside demo
+-- mode gets a warning in the log at every start and reload.
+local mode = require "moongate.mode"
+
+local config = {
   verifier = "static",
 
   tokens = {
@@ -31,3 +39,10 @@ return {
   -- (and only there, so tokens stay out of REST access logs)
   query_token_for_websocket = true,
 }
+
+if not mode.demo then
+  config.verifier = "runtime"
+  config.tokens = {}
+end
+
+return config

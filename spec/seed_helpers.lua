@@ -81,6 +81,7 @@ return {
   listen = "127.0.0.1:$PORT",
   workers = $WORKERS,
   log_level = "info",
+  demo = true, -- the shipped auth_config.lua's demo tokens
   servers = {
     demo_runtime = { enabled = $DEMO, listen = "127.0.0.1:$RTPORT", routes = "scripts/demo_runtime/routes.lua" },
   },

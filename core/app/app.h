@@ -56,6 +56,11 @@ void mg_load_snap_drop(lua_State *L); /* frees all but the modules require resol
 int mg_load_snap_export(lua_State *L, char *err,
                         size_t errlen); /* sealed memfd, or -1; then drop */
 
+/* ---- main.c ---- */
+/* What a reload to g cannot change (listen, workers: a restart can): "; "
+ * separated sentences in out, and their number (0: none). */
+int mg_app_restart_notes(const mg_gen_t *g, char *out, size_t outlen);
+
 /* ---- worker.c ---- */
 void mg_worker_run(int id, int *fds, int nfd, int ctl);
 

@@ -30,8 +30,13 @@ static void mg_load_dtor(mg_gen_t *g) {
     mg_load_uptls_free(g);
 }
 
+/* The Lua tree: MOONGATE_LIB; else <exe dir>/lib (a source checkout:
+ * ./moongate beside lib/); else <exe dir>/../share/moongate/lib (make
+ * install: PREFIX/bin/moongate and PREFIX/share/moongate/lib, wherever
+ * PREFIX and DESTDIR put them). Read once. */
 const char *mg_load_lib_dir(void) {
     static char dir[PATH_MAX];
+    char probe[PATH_MAX + 64];
     const char *env;
     ssize_t n;
     char *slash;
@@ -43,7 +48,7 @@ const char *mg_load_lib_dir(void) {
         snprintf(dir, sizeof(dir), "%s", env);
         return dir;
     }
-    n = readlink("/proc/self/exe", dir, sizeof(dir) - 5);
+    n = readlink("/proc/self/exe", dir, sizeof(dir) - 32);
     if (n <= 0) {
         snprintf(dir, sizeof(dir), "lib");
         return dir;
@@ -52,8 +57,43 @@ const char *mg_load_lib_dir(void) {
     slash = strrchr(dir, '/');
     if (slash)
         *slash = '\0';
+    snprintf(probe, sizeof(probe), "%s/lib/moongate/loader.lua", dir);
+    if (access(probe, R_OK) != 0) {
+        snprintf(probe, sizeof(probe), "%s/../share/moongate/lib/moongate/loader.lua", dir);
+        if (access(probe, R_OK) == 0) {
+            strcat(dir, "/../share/moongate/lib");
+            return dir;
+        }
+    }
     strcat(dir, "/lib");
     return dir;
+}
+
+/* The loader's notes (gen.notes: { level, text } each): the effective
+ * listeners and upstreams and where each came from, the environment's
+ * unknown MOONGATE_* variables, the demo's tokens outside demo mode. The
+ * master logs them at start and on every reload it loads from the disk. */
+static void mg_load_log_notes(lua_State *L, int genidx) {
+    int n;
+    lua_getfield(L, genidx, "notes");
+    n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        if (lua_istable(L, -1)) {
+            lua_rawgeti(L, -1, 1);
+            lua_rawgeti(L, -2, 2);
+            if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+                const char *lvl = lua_tostring(L, -2), *text = lua_tostring(L, -1);
+                if (strcmp(lvl, "warn") == 0)
+                    mg_warn("%s", text);
+                else
+                    mg_info("%s", text);
+            }
+            lua_pop(L, 2);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
 }
 
 /* Field readers. The loader (lib/moongate/loader.lua, routes.lua) writes
@@ -654,6 +694,7 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         if (mg_load_snap_scan(L, lua_gettop(L), err, errlen) != MG_OK)
             goto fail;
         lua_pop(L, 1);
+        mg_load_log_notes(L, genidx);
     }
     /* keep the generation table alive for handlers that close over it */
     lua_setfield(L, LUA_REGISTRYINDEX, "moongate.gen");

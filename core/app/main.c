@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <luajit.h>
 #include <netdb.h>
 #include <openssl/crypto.h>
@@ -154,6 +155,40 @@ static int mg_master_addr_in(const mg_addr_t *a, const mg_addr_t *v, int n) {
     return 0;
 }
 
+/* What a reload cannot change: the listeners and the number of workers
+ * are the master's, made at start. Writes one "; "-separated sentence per
+ * change into out (empty: none) and returns how many there are; the
+ * reload logs them, and POST /reload can answer them. */
+int mg_app_restart_notes(const mg_gen_t *g, char *out, size_t outlen) {
+    size_t len = 0;
+    int n = 0;
+    char one[256];
+    if (outlen)
+        out[0] = '\0';
+    for (int i = 0; mg_master_laddr && i <= g->nlisten + mg_nlisten; i++) {
+        one[0] = '\0';
+        if (i < g->nlisten && !mg_master_addr_in(&g->listen[i], mg_master_laddr, mg_nlisten))
+            snprintf(one, sizeof(one),
+                     "%s:%d%s is not listened on: adding a listener needs a restart",
+                     g->listen[i].host, g->listen[i].port, g->listen[i].tls ? " (TLS)" : "");
+        else if (i >= g->nlisten && i < g->nlisten + mg_nlisten &&
+                 !mg_master_laddr[i - g->nlisten].tls &&
+                 !mg_master_addr_in(&mg_master_laddr[i - g->nlisten], g->listen, g->nlisten))
+            snprintf(one, sizeof(one),
+                     "%s:%d is still listened on: removing a listener needs a restart",
+                     mg_master_laddr[i - g->nlisten].host, mg_master_laddr[i - g->nlisten].port);
+        else if (i == g->nlisten + mg_nlisten && g->workers > 0 && g->workers != mg_nslots)
+            snprintf(one, sizeof(one), "workers = %d needs a restart (%d workers keep serving)",
+                     g->workers, mg_nslots);
+        if (one[0] == '\0')
+            continue;
+        if (len < outlen)
+            len += (size_t)snprintf(out + len, outlen - len, "%s%s", n ? "; " : "", one);
+        n++;
+    }
+    return n;
+}
+
 /* The body of a successful reload's answer: the generation, the routes
  * added and removed, and what only a restart changes. */
 static void mg_master_reload_ok(const mg_gen_t *old, const mg_gen_t *g) {
@@ -171,36 +206,34 @@ static void mg_master_reload_ok(const mg_gen_t *old, const mg_gen_t *g) {
             n = mg_master_json_item(body, n, sizeof(body), old->desc[i], &first, &cut);
     n += (size_t)snprintf(body + n, sizeof(body) - n, "],\"restart_needed\":[");
     first = 1;
-    for (int i = 0; mg_master_laddr && i < g->nlisten; i++)
-        if (!mg_master_addr_in(&g->listen[i], mg_master_laddr, mg_nlisten)) {
-            char what[96];
-            snprintf(what, sizeof(what), "listen %s:%d", g->listen[i].host, g->listen[i].port);
-            n = mg_master_json_item(body, n, sizeof(body), what, &first, &cut);
-        }
-    if ((g->workers > 0 ? g->workers : 1) != mg_nslots) {
-        char what[64];
-        snprintf(what, sizeof(what), "workers %d -> %d", mg_nslots, g->workers);
-        n = mg_master_json_item(body, n, sizeof(body), what, &first, &cut);
+    {
+        /* what only a restart changes, as the reload's log says it */
+        char notes[400], *p = notes, *sep;
+        if (mg_app_restart_notes(g, notes, sizeof(notes)) > 0)
+            for (;;) {
+                sep = strstr(p, "; ");
+                if (sep)
+                    *sep = '\0';
+                n = mg_master_json_item(body, n, sizeof(body), p, &first, &cut);
+                if (sep == NULL)
+                    break;
+                p = sep + 2;
+            }
     }
     snprintf(body + n, sizeof(body) - n, "]%s}", cut ? ",\"truncated\":true" : "");
     mg_master_reload_answer(200, body);
 }
 
 static void mg_master_listen_diff(const mg_gen_t *g) {
-    for (int i = 0; mg_master_laddr && i < g->nlisten; i++)
-        if (!mg_master_addr_in(&g->listen[i], mg_master_laddr, mg_nlisten))
-            mg_warn("reload: %s:%d%s is not listened on: listeners are opened at start "
-                    "(restart moongate to add it)",
-                    g->listen[i].host, g->listen[i].port, g->listen[i].tls ? " (TLS)" : "");
+    char notes[1024];
+    if (mg_app_restart_notes(g, notes, sizeof(notes)) > 0)
+        mg_warn("reload: %s (listeners and workers are made at start)", notes);
     for (int i = 0; mg_master_laddr && i < mg_nlisten; i++)
         if (mg_master_laddr[i].tls &&
             !mg_master_addr_in(&mg_master_laddr[i], g->listen, g->nlisten))
             mg_warn("reload: TLS listener %s:%d has no certificates in generation %u: its new "
                     "connections are closed",
                     mg_master_laddr[i].host, mg_master_laddr[i].port, g->id);
-    if (mg_slots && (g->workers > 0 ? g->workers : 1) != mg_nslots)
-        mg_warn("reload: workers = %d needs a restart: %d workers go on serving", g->workers,
-                mg_nslots);
 }
 
 /* The session-ticket keys rotate every tls.ticket_rotate seconds of the
@@ -230,14 +263,59 @@ static void mg_master_tkeys_cb(evutil_socket_t fd, short what, void *arg) {
     mg_master_tkeys_arm();
 }
 
-static void mg_app_usage(void) {
-    fprintf(stderr, "usage: moongate [-c conf/moongate.lua] [-t] [-T] [-v] [-p pidfile]\n"
-                    "  -c FILE  configuration file (default conf/moongate.lua)\n"
-                    "  -t       check the configuration, scripts and routes, then exit\n"
-                    "  -T       check, then print the effective configuration (where each\n"
-                    "           value came from) and the routes as JSON, then exit\n"
-                    "  -v       print versions and exit\n"
-                    "  -p FILE  write the master's pid to FILE\n");
+static void mg_app_usage(FILE *f) {
+    fprintf(f,
+            "usage: moongate [-c FILE] [-t] [-T] [-v] [-p FILE] [-h | --help]\n"
+            "  -c FILE  configuration file (default: $MOONGATE_CONF, else conf/moongate.lua,\n"
+            "           else the installed one, <prefix>/etc/moongate/conf/moongate.lua)\n"
+            "  -t       check the configuration, scripts and routes, then exit\n"
+            "  -T       check, then print the effective configuration (where each\n"
+            "           value came from) and the routes as JSON, then exit\n"
+            "  -v       print versions and exit\n"
+            "  -p FILE  write the master's pid to FILE (removed at exit)\n"
+            "  -h, --help  print this and exit\n"
+            "signals (to the master): HUP reload, TERM/INT graceful stop (drain), QUIT stop\n"
+            "environment (each replaces the conf's value; docs/configuration.md):\n"
+            "  MOONGATE_CONF                  the configuration file when -c is not given\n"
+            "  MOONGATE_LIB                   moongate's Lua tree (default: <exe dir>/lib, else\n"
+            "                                 <exe dir>/../share/moongate/lib)\n"
+            "  MOONGATE_LISTEN                listen addresses, comma-separated (0.0.0.0:8080)\n"
+            "  MOONGATE_WORKERS               number of workers, or auto\n"
+            "  MOONGATE_MAX_OPEN_FILES        soft descriptor limit set at start\n"
+            "  MOONGATE_DEMO                  0|1: the demo Runtime and the demo's tokens\n"
+            "  MOONGATE_UPSTREAM_<NAME>       an upstream's servers (http://runtime:9001,...)\n"
+            "  MOONGATE_SERVER_<NAME>_LISTEN  a servers entry's listen addresses\n"
+            "  MOONGATE_TLS_LISTEN            HTTPS listen addresses (with the two below)\n"
+            "  MOONGATE_TLS_CERT              its certificate (PEM, chain after it)\n"
+            "  MOONGATE_TLS_KEY               its private key (PEM)\n"
+            "  MOONGATE_ADMIN_LISTEN          the admin listener (127.0.0.1:9901)\n"
+            "  MOONGATE_ADMIN_TOKEN           the admin API's bearer token\n"
+            "any other MOONGATE_* variable is a warning at start\n");
+}
+
+/* The conf when -c is not given: $MOONGATE_CONF, conf/moongate.lua when
+ * it is there, else the one `make install` put beside the binary
+ * (<prefix>/bin/moongate -> <prefix>/etc/moongate/conf/moongate.lua). */
+static const char *mg_app_default_conf(void) {
+    static char path[PATH_MAX], real[PATH_MAX];
+    const char *env = getenv("MOONGATE_CONF");
+    char *slash;
+    ssize_t n;
+    if (env && *env)
+        return env;
+    if (access(mg_app_conf_path, F_OK) == 0)
+        return mg_app_conf_path;
+    n = readlink("/proc/self/exe", path, sizeof(path) - 64);
+    if (n <= 0)
+        return mg_app_conf_path;
+    path[n] = '\0';
+    slash = strrchr(path, '/');
+    if (slash == NULL)
+        return mg_app_conf_path;
+    strcpy(slash, "/../etc/moongate/conf/moongate.lua");
+    if (access(path, F_OK) != 0)
+        return mg_app_conf_path;
+    return realpath(path, real) ? real : path;
 }
 
 static void mg_app_versions(void) {
@@ -741,8 +819,13 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
         int status, alive = 0;
         pid_t pid;
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            int ours = 0;
             if (mg_master_acme_reaped(pid, status))
                 continue;
+            for (i = 0; i < mg_nslots; i++)
+                ours += mg_slots[i].pid == pid;
+            if (!ours) /* as PID 1 (a container), orphans are ours to reap */
+                mg_debug("reaped process %d (not a worker)", (int)pid);
             for (i = 0; i < mg_nslots; i++) {
                 if (mg_slots[i].pid != pid)
                     continue;
@@ -813,25 +896,48 @@ int main(int argc, char **argv) {
     mg_gen_t *gen;
     struct event *sigs[5];
     int signos[5] = {SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGQUIT};
+    int conf_given = 0;
+    sigset_t held;
 
+    for (i = 1; i < argc && strcmp(argv[i], "--"); i++)
+        if (strcmp(argv[i], "--help") == 0) {
+            mg_app_usage(stdout);
+            return 0;
+        }
     while ((opt = getopt(argc, argv, "c:tTvp:h")) != -1) {
         switch (opt) {
-        case 'c': mg_app_conf_path = optarg; break;
+        case 'c':
+            mg_app_conf_path = optarg;
+            conf_given = 1;
+            break;
         case 't': test = 1; break;
         case 'T': test = 2; break;
         case 'v': mg_app_versions(); return 0;
         case 'p': pidfile = optarg; break;
-        default: mg_app_usage(); return opt == 'h' ? 0 : 2;
+        case 'h': mg_app_usage(stdout); return 0;
+        default: mg_app_usage(stderr); return 2;
         }
     }
     if (optind < argc) {
-        mg_app_usage();
+        mg_app_usage(stderr);
         return 2;
     }
+    if (!conf_given)
+        mg_app_conf_path = mg_app_default_conf();
+    /* held until the handlers are in (below): as PID 1 a signal without a
+     * handler is dropped, and a SIGTERM during the first load would be lost */
+    sigemptyset(&held);
+    sigaddset(&held, SIGTERM);
+    sigaddset(&held, SIGINT);
+    sigaddset(&held, SIGHUP);
+    if (!test)
+        sigprocmask(SIG_BLOCK, &held, NULL);
     if (access(mg_app_conf_path, R_OK) != 0) {
         fprintf(stderr, "moongate: %s: %s\n", mg_app_conf_path, strerror(errno));
         return 1;
     }
+    if (test == 2)
+        mg_log_level = MG_LOG_WARN; /* -T: the JSON says where each value came from */
     gen = mg_load_gen(mg_app_conf_path, -1, 0, err, sizeof(err));
     if (gen == NULL) {
         fprintf(stderr, "moongate: %s\n", err);
@@ -915,6 +1021,7 @@ int main(int argc, char **argv) {
         sigs[i] = evsignal_new(mg_master_base, signos[i], mg_master_signal_cb, NULL);
         event_add(sigs[i], NULL);
     }
+    sigprocmask(SIG_UNBLOCK, &held, NULL); /* one that came meanwhile is handled now */
     for (k = 0; k < mg_nlisten; k++)
         mg_info("listening on %s:%d%s", gen->listen[k].host, gen->listen[k].port,
                 gen->listen[k].tls     ? " (TLS)"
@@ -930,8 +1037,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     mg_master_tkeys_arm();
-    mg_info("moongate %s master %d: %d workers, %d routes", MG_VERSION, (int)getpid(), mg_nslots,
-            gen->nroutes);
+    mg_info("moongate %s master %d: %d workers, %d routes, conf %s", MG_VERSION, (int)getpid(),
+            mg_nslots, gen->nroutes, mg_app_conf_path);
+    if (getpid() == 1)
+        mg_info("running as PID 1: the master reaps every child, workers and orphans");
     for (i = 0; i < mg_nslots; i++)
         mg_master_spawn(i);
     mg_master_acme_spawn();

@@ -24,6 +24,7 @@ local require = require
 local os_getenv = os.getenv
 local math_floor = math.floor
 local math_min = math.min
+local math_max = math.max
 local str_find = string.find
 local str_format = string.format
 local str_gmatch = string.gmatch
@@ -61,6 +62,7 @@ local MAX_NAME = check.MAX_NAME
 local cidr = require "moongate.cidr"
 local load_routes = require("moongate.routes").load
 local tls_conf = require "moongate.tls_conf"
+local mode = require "moongate.mode"
 local validate = require("moongate.schema").validate
 
 
@@ -116,6 +118,77 @@ local function process_env(file_upstreams)
     end
   end
   return env
+end
+
+
+-- The variables moongate reads (docs/configuration.md, "Environment"), and
+-- those of its own spec harness (spec/, tools/run-specs.sh), which the
+-- gateway ignores. Any other MOONGATE_* is a warning, with the closest
+-- known name when one is near.
+local KNOWN_ENV = {
+  "MOONGATE_LISTEN", "MOONGATE_WORKERS", "MOONGATE_MAX_OPEN_FILES", "MOONGATE_DEMO",
+  "MOONGATE_TLS_LISTEN", "MOONGATE_TLS_CERT", "MOONGATE_TLS_KEY", "MOONGATE_LIB",
+  "MOONGATE_CONF", "MOONGATE_ADMIN_LISTEN", "MOONGATE_ADMIN_TOKEN",
+}
+local HARNESS_ENV = {
+  MOONGATE_BIN = true, MOONGATE_ASAN = true, MOONGATE_CTESTS = true,
+  MOONGATE_FUZZ_N = true, MOONGATE_FUZZ_SECS = true,
+}
+
+-- Levenshtein distance, for "did you mean" (short names only).
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    local ai = str_sub(a, i, i)
+    for j = 1, #b do
+      local cost = ai == str_sub(b, j, j) and 0 or 1
+      cur[j] = math_min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+-- A note for every MOONGATE_* variable moongate does not read.
+local function check_env_names(env, raw)
+  local known, candidates = {}, {}
+  for _, k in ipairs(KNOWN_ENV) do
+    known[k] = true
+    candidates[#candidates + 1] = k
+  end
+  for name in pairs(type(raw.upstreams) == "table" and raw.upstreams or {}) do
+    if type(name) == "string" then
+      candidates[#candidates + 1] = "MOONGATE_UPSTREAM_" .. str_upper(name)
+    end
+  end
+  for name in pairs(type(raw.servers) == "table" and raw.servers or {}) do
+    if type(name) == "string" then
+      candidates[#candidates + 1] = "MOONGATE_SERVER_" .. str_upper(name) .. "_LISTEN"
+    end
+  end
+  local names = {}
+  for k in pairs(env) do
+    if type(k) == "string" then names[#names + 1] = k end
+  end
+  tbl_sort(names)
+  for _, k in ipairs(names) do
+    if not known[k] and not HARNESS_ENV[k] and not str_find(k, "^MOONGATE_UPSTREAM_.")
+       and not str_find(k, "^MOONGATE_SERVER_.+_LISTEN$") then
+      local best, bestd
+      for _, c in ipairs(candidates) do
+        local d = distance(k, c)
+        if not bestd or d < bestd then best, bestd = c, d end
+      end
+      if best and bestd <= math_max(2, math_floor(#k / 5)) then
+        mode.note("warn", "env: %s is not a moongate variable (ignored): did you mean %s?", k, best)
+      else
+        mode.note("warn", "env: %s is not a moongate variable (ignored); moongate --help "
+                  .. "lists them", k)
+      end
+    end
+  end
 end
 
 
@@ -384,7 +457,7 @@ local function conf_schema(env_fn)
   return {
     order = {
       "listen", env_fn("listen"), "workers", env_fn("workers"),
-      "max_open_files", env_fn("max_open_files"), "routes", "lua_path",
+      "max_open_files", env_fn("max_open_files"), "demo", env_fn("demo"), "routes", "lua_path",
       "access_log", "log_level", "timeouts", "limits", "upstreams",
       "trusted_proxies", "proxy_protocol",
     },
@@ -394,6 +467,9 @@ local function conf_schema(env_fn)
       -- the soft RLIMIT_NOFILE the master sets at start (0 = the hard
       -- limit); applied once, so a reload cannot change it
       max_open_files = count(0, MAX_INT),
+      -- the demo (the embedded demo Runtime, the demo's static tokens):
+      -- lib/moongate/mode.lua tells the scripts; MOONGATE_DEMO=0|1
+      demo = { type = "boolean", default = false, message = "expected a boolean, got {type}" },
       -- relative to the project root
       routes = { type = "string", default = "scripts/routes.lua", as = "routes_file",
                  message = "expected a string, got {type}",
@@ -581,6 +657,12 @@ local function norm_conf(src, raw, env, ncpu)
     max_open_files = override("max_open_files", function(v)
       return number_reason(tonumber(trim(v)) or v, true, MAX_INT)
     end),
+    demo = override("demo", function(v)
+      v = str_lower(trim(v))
+      if v == "1" or v == "true" or v == "yes" or v == "on" then return true end
+      if v == "0" or v == "false" or v == "no" or v == "off" then return false end
+      return nil, str_format("expected 0 or 1, got '%s'", v)
+    end),
   }
   local root = root_of(src.path)
   local conf = check_with(top, conf_schema(function(f) return ENV[f] end), raw, { root = root })
@@ -705,6 +787,8 @@ local SERVER = {
     -- overrides listen, and only an enabled server's need be valid
     listen = ANY, routes = ANY, tls = ANY,
     enabled = { type = "boolean", message = "expected a boolean, got {type}" },
+    -- part of the demo: served only in demo mode (the conf's `demo`)
+    demo = { type = "boolean", message = "expected a boolean, got {type}" },
     redirect_https = tls_extras.redirect_https,
   },
 }
@@ -741,7 +825,11 @@ local function load_servers(src, raw, conf, upstreams, env)
     end
     local sv = check_with(w, SERVER, s)
     edges[name] = sv
-    if s.enabled ~= false then
+    if s.enabled ~= false and s.demo and not conf.demo then
+      mode.note("info", "servers.%s: off outside demo mode (demo = false; MOONGATE_DEMO=1 "
+                .. "turns it on)", name)
+    end
+    if s.enabled ~= false and (not s.demo or conf.demo) then
       local listen, reason, hint
       local var = "MOONGATE_SERVER_" .. str_upper(name) .. "_LISTEN"
       local ev = env[var]
@@ -787,6 +875,52 @@ end
 -- API
 ---------------------------------------------------------------------------
 
+-- The notes on what serves and where each setting came from: the
+-- environment, the file (with its line) or the default.
+local function addr_list(list)
+  local out = {}
+  for i, a in ipairs(list or {}) do
+    out[i] = (str_find(a.host, ":", 1, true) and ("[" .. a.host .. "]") or a.host) .. ":" .. a.port
+  end
+  return tbl_concat(out, ", ")
+end
+
+local function note_origins(src, raw, env, conf, servers)
+  local function origin(var, keys, present)
+    if var and env[var] and env[var] ~= "" then
+      return "env " .. var
+    end
+    if not present then
+      return "default"
+    end
+    return str_format("%s:%d", src.path, locate(src.text, keys))
+  end
+  mode.note("info", "demo mode %s (%s)", conf.demo and "on" or "off",
+            origin("MOONGATE_DEMO", { "demo" }, raw.demo ~= nil))
+  mode.note("info", "listen %s (%s)", addr_list(conf.listen),
+            origin("MOONGATE_LISTEN", { "listen" }, raw.listen ~= nil))
+  if conf.tls then
+    mode.note("info", "tls.listen %s (%s)", addr_list(conf.tls.listen),
+              origin("MOONGATE_TLS_LISTEN", { "tls", "listen" }, true))
+  end
+  mode.note("info", "workers %d (%s)", conf.workers,
+            origin("MOONGATE_WORKERS", { "workers" }, raw.workers ~= nil))
+  for _, srv in ipairs(servers) do
+    mode.note("info", "servers.%s listen %s (%s)", srv.name, addr_list(srv.listen),
+              origin("MOONGATE_SERVER_" .. str_upper(srv.name) .. "_LISTEN",
+                     { "servers", srv.name, "listen" }, true))
+  end
+  local file_ups = type(raw.upstreams) == "table" and raw.upstreams or {}
+  for _, u in ipairs(conf.upstreams) do
+    local urls = {}
+    for i, srv in ipairs(u.servers) do urls[i] = srv.url end
+    mode.note("info", "upstream %s: %s (%s)", u.name, tbl_concat(urls, ", "),
+              origin("MOONGATE_UPSTREAM_" .. str_upper(u.name), { "upstreams", u.name },
+                     file_ups[u.name] ~= nil))
+  end
+end
+
+
 local function load_generation(conf_path, opts)
   local src = read_source(conf_path)
   local raw = run_file(src)
@@ -803,13 +937,17 @@ local function load_generation(conf_path, opts)
     env = process_env(type(raw.upstreams) == "table" and raw.upstreams or nil)
   end
 
+  local notes = mode.reset(false)
+  check_env_names(env, raw)
   local conf, upstreams = norm_conf(src, raw, env, math_min(ncpu, MAX_WORKERS))
+  mode.demo = conf.demo
   add_lua_path(conf.lua_path)
   local routes = load_routes(conf, upstreams)
   local servers = load_servers(src, raw.servers, conf, upstreams, env)
+  note_origins(src, raw, env, conf, servers)
   conf.shared_dicts = norm_shared_dicts(src, raw.shared_dicts)
   conf.acme = require("moongate.acme_conf").load(file_where(src), raw.acme, conf.root)
-  local gen = { conf = conf, routes = routes, servers = servers }
+  local gen = { conf = conf, routes = routes, servers = servers, notes = notes }
 
   -- plugins (docs/plugins.md): configs checked against their schemas and
   -- bound into each route's hook lists; a route without any is untouched

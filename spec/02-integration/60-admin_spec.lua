@@ -193,7 +193,7 @@ describe("admin listener", function()
         mg:write_conf(CONF:gsub("workers = %$WORKERS", "workers = 2"))
         st, doc, body = api(admin, "/reload", "POST")
         assert.equal(200, st, body)
-        assert.matches("^workers 1 %-> 2", doc.restart_needed[1])
+        assert.matches("^workers = 2 needs a restart", doc.restart_needed[1])
         assert.matches("needs a restart", mg:log())
 
         st, doc, body = api(admin, "/reloads")

@@ -1,0 +1,114 @@
+-- moongate's installed default configuration (`make install` puts it at
+-- $(SYSCONFDIR)/moongate/conf/moongate.lua; the container image has it at
+-- /usr/local/etc/moongate/conf/moongate.lua). The same as conf/moongate.lua (`make
+-- run`'s) but with the demo off and a drain that fits `docker stop`.
+-- Every field is optional. Reference: docs/configuration.md.
+-- Environment overrides (`moongate --help` lists them all): MOONGATE_LISTEN,
+-- MOONGATE_WORKERS, MOONGATE_MAX_OPEN_FILES, MOONGATE_DEMO=0|1,
+-- MOONGATE_UPSTREAM_<NAME> (e.g. MOONGATE_UPSTREAM_RUNTIME=http://runtime:9001),
+-- MOONGATE_SERVER_<NAME>_LISTEN, MOONGATE_TLS_LISTEN + MOONGATE_TLS_CERT + MOONGATE_TLS_KEY.
+return {
+  listen = "127.0.0.1:8080",
+  workers = "auto",                 -- one worker per core
+  max_open_files = 0,               -- soft descriptor limit set at start (0 = the hard limit)
+  -- demo mode (default false): the embedded demo Runtime below and the
+  -- demo's static tokens (scripts/auth_config.lua) are on only with it
+  demo = false,                     -- MOONGATE_DEMO=1 turns the demo on
+
+  routes = "scripts/routes.lua",    -- relative to the project root (conf/'s parent)
+  lua_path = { "scripts" },         -- moongate's own modules come from MOONGATE_LIB
+
+  -- HTTPS and wss:// (docs/configuration.md, "TLS"): off unless given here
+  -- or by the environment. Paths are relative to the project root.
+  -- tls = {
+  --   listen = "0.0.0.0:8443",
+  --   certificates = {                    -- PEM (chain after the certificate); first = default;
+  --     { cert = "certs/site.pem", key = "certs/site.key" },    -- SNI picks by SAN names
+  --   },
+  --   protocols = { "TLSv1.2", "TLSv1.3" },
+  --   client_certificate = { ca = "certs/clients.pem", verify = "required" },  -- mTLS
+  --   session_tickets = true,             -- keys shared by all workers ...
+  --   ticket_rotate = 3600,               -- ... and rotated this often (seconds)
+  --   hsts = "max-age=63072000",          -- Strict-Transport-Security on HTTPS responses
+  --                                       -- (a certificates entry may add ocsp = "x.ocsp.der")
+  -- },
+  -- redirect_https = 308,                 -- plain listeners redirect to https (false, 301, 308)
+
+  access_log = true,                -- JSON lines on stderr
+  log_level = "info",
+
+  -- Behind a balancer (docs/configuration.md, "Behind a balancer"): the
+  -- peers whose X-Forwarded-For/-Proto/-Host are believed (CIDR blocks), and
+  -- whether every listener expects a PROXY protocol v1/v2 header first.
+  -- Each entry of `servers` has its own.
+  trusted_proxies = {},             -- e.g. { "10.0.0.0/8", "fd00::/8" }
+  proxy_protocol = false,
+
+  -- WebSocket-safe timeouts (seconds, 0 = none): long-lived sockets and
+  -- streams are never cut by a fixed read/write deadline, idle keep-alive
+  -- connections (an agent chat left open) last an hour, a slow request
+  -- head is still cut after 30 s, and a request body that stops for 60 s
+  -- gets 408 (`body`: the gap between body bytes, applied even with read = 0).
+  timeouts = {
+    read = 0,
+    write = 0,
+    idle = 3600,
+    header = 30,
+    -- 8, not 10: `docker stop` sends SIGTERM, then SIGKILL after 10 s;
+    -- a 10 s drain races the KILL, 8 s leaves the workers time to close
+    -- and the master to exit 0
+    drain = 8,
+    body = 60,
+  },
+
+  limits = {
+    header_size = 16384,
+    header_count = 100,
+    body_size = 1048576,
+  },
+
+  -- The embedded demo Runtime (scripts/demo_runtime/, docs/runtime-contract.md):
+  -- a second listener with its own route table, so that a first run works
+  -- with nothing else installed. With a real Runtime, set `enabled = false`
+  -- and point the `runtime` upstream at it.
+  servers = {
+    demo_runtime = {
+      enabled = true,
+      demo = true,                      -- served in demo mode only
+      listen = "127.0.0.1:9001",
+      routes = "scripts/demo_runtime/routes.lua",
+    },
+  },
+
+  -- shared-memory dictionaries (name = bytes), seen by every worker; the
+  -- demo Runtime keeps its list of submitted intents in this one
+  shared_dicts = {
+    demo_runtime = 1048576,
+  },
+
+  upstreams = {
+    -- the Runtime backend (the demo Runtime above by default); point it
+    -- elsewhere with MOONGATE_UPSTREAM_RUNTIME=http://runtime:9001
+    -- (https://runtime:9443 talks TLS, verified against the system store or
+    -- `tls = { ca = "conf/ca.pem" }`; docs/configuration.md, "Upstreams over TLS")
+    runtime = {
+      servers = { "http://127.0.0.1:9001" },
+      keepalive = 64,
+      connect_timeout = 5,    -- seconds to connect
+      response_timeout = 60,  -- request sent in full -> whole response head (a deadline)
+      body_timeout = 60,      -- longest pause in body progress, either way (0 = none)
+      max_fails = 3,
+      fail_timeout = 10,
+    },
+  },
+
+  -- Automatic certificates (docs/configuration.md, "Automatic certificates
+  -- (ACME)"): needs a TLS listener with a default certificate, and port 80
+  -- reachable from the ACME server for the http-01 challenge.
+  -- acme = {
+  --   directory = "https://acme-v02.api.letsencrypt.org/directory",
+  --   contact = "mailto:ops@example.com",
+  --   names = { "example.com" },
+  --   storage = "acme",
+  -- },
+}
