@@ -355,19 +355,18 @@ local HEALTH_CHECK = {
   },
 }
 
--- access_log: true (stderr), false, "stderr", "stdout" or a file (relative
--- to the project root), which must open for appending now: a reload that
--- names one that cannot is refused.
+-- access_log: true (stderr), false, "stderr", "stdout" or a file (a path
+-- with a '/', relative to the project root), which must open for appending
+-- now: a reload that names one that cannot is refused.
 local function norm_access_log(v, _, ctx)
   if type(v) == "boolean" or v == "stderr" or v == "stdout" then
     return v
   end
-  if type(v) ~= "string" then
-    return nil, "expected true, false, \"stderr\", \"stdout\" or the path of a file, got "
-      .. type(v)
-  end
-  if v == "" then
-    return nil, "must not be empty"
+  -- a file is named with a '/' ("logs/access.log", "./access.log"): a bare
+  -- word is more likely a mistyped boolean
+  if type(v) ~= "string" or not str_find(v, "/", 1, true) then
+    return nil, str_format('expected a boolean, got %s (or "stderr", "stdout", or a file: a path '
+      .. 'with a "/", like "logs/access.log")', type(v))
   end
   local path = join(ctx.root, v)
   local f, err = io_open(path, "a")

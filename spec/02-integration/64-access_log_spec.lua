@@ -167,18 +167,21 @@ return {
     end)
 
     it("goes to a file, reopened on SIGUSR1 by every worker after logrotate moved it", function()
+        local dir = helpers.tmpdir("alog-file")
+        helpers.mkdir_p(dir .. "/logs")
         mg = helpers.start_moongate({
             workers = 2,
+            vars = { LOGDIR = dir .. "/logs" },
             conf = [[
 return {
   listen = "127.0.0.1:$PORT",
   workers = $WORKERS,
-  access_log = "access.log",
+  access_log = "$LOGDIR/access.log",
 }
 ]],
             routes = [[return { { prefix = "/", handler = function() return 200, "ok\n" end } }]],
         })
-        local file = mg.dir .. "/access.log"
+        local file = dir .. "/logs/access.log"
         local function read() return helpers.read_file(file) end
         assert.are.equal(200, (helpers.http(mg.port, "GET", "/one")))
         assert.truthy(wait_line(read, "/one"), tostring(read()))
@@ -211,7 +214,8 @@ return {
         helpers.write_file(dir .. "/scripts/routes.lua", "return {}\n")
         for _, c in ipairs({
             { '"/nonexistent-dir/x.log"', "access_log: cannot open it for appending" },
-            { "42", 'access_log: expected true, false, "stderr", "stdout" or the path of a file' },
+            { "42", "access_log: expected a boolean, got number" },
+            { '"yes"', 'access_log: expected a boolean, got string (or "stderr", "stdout", or a file' },
         }) do
             helpers.write_file(dir .. "/conf/moongate.lua",
                 fmt('return { listen = "127.0.0.1:1", access_log = %s }\n', c[1]))
@@ -224,7 +228,7 @@ return {
 
         mg = helpers.start_moongate({
             workers = 1,
-            conf = [[return { listen = "127.0.0.1:$PORT", workers = $WORKERS, access_log = "a.log" }]],
+            conf = [[return { listen = "127.0.0.1:$PORT", workers = $WORKERS, access_log = "./a.log" }]],
             routes = [[return { { prefix = "/", handler = function() return 200, "ok\n" end } }]],
         })
         mg:write_conf([[
