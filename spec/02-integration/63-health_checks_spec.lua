@@ -11,6 +11,50 @@ local json = helpers.json
 local fmt = string.format
 local shq = helpers.shq
 
+local TLS_PY = helpers.root .. "/spec/fixtures/tls_upstream.py"
+
+local function run(cmd)
+    local out, rc = helpers.sh(cmd)
+    assert(rc == 0, cmd .. "\n" .. tostring(out))
+    return out
+end
+
+-- A test CA and a server certificate for 127.0.0.1, made now with openssl
+-- under spec/out/ (test-only keys, never committed).
+local function make_certs()
+    local d = helpers.tmpdir("hc-certs")
+    run(fmt("cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+        .. "-keyout ca.key -out ca.pem -days 3 -subj /CN=moongate-test-hc-ca "
+        .. "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>&1",
+        shq(d)))
+    run(fmt("cd %s && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+        .. "-keyout srv.key -out srv.csr -subj /CN=localhost 2>&1", shq(d)))
+    helpers.write_file(d .. "/srv.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    run(fmt("cd %s && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+        .. "-days 3 -out srv.pem -extfile srv.ext 2>&1", shq(d)))
+    return d
+end
+
+local tls_pids = {}
+
+local function start_tls(d)
+    local dir = helpers.tmpdir("hc-tls-up")
+    local pidfile, outfile = dir .. "/pid", dir .. "/out.log"
+    assert(os.execute(fmt("%s %s --port 0 --pidfile %s --cert %s --key %s > %s 2>&1 < /dev/null &",
+        helpers.python, shq(TLS_PY), shq(pidfile), shq(d .. "/srv.pem"), shq(d .. "/srv.key"),
+        shq(outfile))))
+    local port = helpers.wait_until(function()
+        local s = helpers.read_file(outfile)
+        return s and tonumber(s:match("PORT (%d+)"))
+    end, 10)
+    local pid = helpers.wait_until(function() return tonumber(helpers.read_file(pidfile) or "") end, 5)
+    if pid then
+        tls_pids[#tls_pids + 1] = pid
+    end
+    assert(port, "tls_upstream.py did not start: " .. (helpers.read_file(outfile) or ""))
+    return { port = port, pid = pid }
+end
+
 local function count(s, needle)
     local n, i = 0, 1
     while true do
@@ -63,6 +107,10 @@ describe("active health checks", function()
             mg = nil
         end
         helpers.cleanup()
+        for _, pid in ipairs(tls_pids) do
+            helpers.stop(pid) -- ours, by PID
+        end
+        tls_pids = {}
     end)
 
     it("marks a stopped server down in every worker, sends it nothing, and brings it back after rise passes",
@@ -220,6 +268,50 @@ return {
             local st, _, body = helpers.http(mg.port, "GET", "/p")
             return st == 200 and json.decode(body).server_port == a.port
         end, 10), "the server that rose gets no traffic")
+    end)
+
+    it("checks https:// servers over TLS, verified with the upstream's CA", function()
+        local d = make_certs()
+        local t = start_tls(d)
+        mg = helpers.start_moongate({
+            workers = 1,
+            vars = { T = t.port, CA = d .. "/ca.pem" },
+            conf = [[
+return {
+  listen = "127.0.0.1:$PORT",
+  workers = $WORKERS,
+  upstreams = {
+    good = { servers = { "https://127.0.0.1:$T" }, tls = { ca = "$CA" },
+             health_check = { path = "/status/204", expect = 204, interval = 0.1, fall = 1 } },
+  },
+}
+]],
+            routes = [[return { { prefix = "/", upstream = "good" } }]],
+        })
+        -- the checks complete TLS handshakes and read the status (over TLS)
+        assert.truthy(helpers.wait_until(function()
+            local st, _, body = helpers.http(mg.port, "GET", "/__tls")
+            return st == 200 and json.decode(body).handshakes >= 4
+        end, 10), mg:log())
+        assert.falsy(mg:log():find("marked down", 1, true), mg:log())
+        local st, _, body = helpers.http(mg.port, "GET", "/hello")
+        assert.are.equal(200, st, body)
+        -- a status other than expect: down, then 503
+        mg:write_conf([[
+return {
+  listen = "127.0.0.1:$PORT",
+  workers = $WORKERS,
+  upstreams = {
+    good = { servers = { "https://127.0.0.1:$T" }, tls = { ca = "$CA" },
+             health_check = { path = "/status/503", interval = 0.1, fall = 1 } },
+  },
+}
+]])
+        mg:signal("HUP")
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():find("failed 1 health checks (status 503, expected 200): marked down", 1, true)
+        end, 10), mg:log())
+        assert.are.equal(503, (helpers.http(mg.port, "GET", "/hello")))
     end)
 
     it("refuses a broken health_check with file: reason, and a reload keeps the old generation", function()
