@@ -35,7 +35,8 @@ return {
   -- },
   -- redirect_https = 308,                 -- plain listeners redirect to https (false, 301, 308)
 
-  access_log = true,                -- JSON lines on stderr
+  access_log = true,                -- JSON lines: true (stderr), false, "stdout" or a file
+                                    -- (e.g. "/var/log/moongate/access.log", reopened on SIGUSR1)
   log_level = "info",
 
   -- Behind a balancer (docs/configuration.md, "Behind a balancer"): the
@@ -75,6 +76,7 @@ return {
       demo = true,                      -- served in demo mode only
       listen = "127.0.0.1:9001",
       routes = "scripts/demo_runtime/routes.lua",
+      access_log = false, -- its own requests stay out of the access log (the gateway's are in it)
     },
   },
 
@@ -97,6 +99,9 @@ return {
       body_timeout = 60,      -- longest pause in body progress, either way (0 = none)
       max_fails = 3,
       fail_timeout = 10,
+      -- active checks: a server that fails `fall` in a row gets no traffic
+      -- until it passes `rise` (docs/configuration.md, "Active health checks")
+      -- health_check = { path = "/healthz", interval = 5, timeout = 2, expect = 200, rise = 2, fall = 3 },
     },
   },
 

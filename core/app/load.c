@@ -214,6 +214,9 @@ static int mg_load_read_edge(mg_gen_t *g, lua_State *L, int idx, int server) {
         g->nedge = server + 1;
     }
     e = &g->edge[server];
+    lua_getfield(L, idx, "access_log"); /* a server's access_log = false */
+    e->no_access_log = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
+    lua_pop(L, 1);
     lua_getfield(L, idx, "proxy_protocol");
     e->proxy_protocol = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -260,8 +263,11 @@ static int mg_load_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     lua_getfield(L, conf, "max_open_files");
     g->max_open_files = lua_isnumber(L, -1) ? (long long)lua_tonumber(L, -1) : 0;
     lua_pop(L, 1);
-    lua_getfield(L, conf, "access_log");
+    lua_getfield(L, conf, "access_log"); /* true, false, "stderr", "stdout" or a file */
     g->access_log = lua_toboolean(L, -1);
+    if (lua_type(L, -1) == LUA_TSTRING &&
+        (g->access_log_dest = strdup(lua_tostring(L, -1))) == NULL)
+        return MG_ERR;
     lua_pop(L, 1);
     {
         char *lvl = mg_load_field_str(L, conf, "log_level");
@@ -326,6 +332,19 @@ static int mg_load_read_conf(mg_gen_t *g, lua_State *L, int conf) {
         u->body_timeout = mg_load_field_ms(L, t, "body_timeout", 0);
         u->max_fails = mg_load_field_int(L, t, "max_fails", 0);
         u->fail_timeout = mg_load_field_ms(L, t, "fail_timeout", 0);
+        lua_getfield(L, t, "health_check"); /* checked by the loader */
+        if (lua_istable(L, -1)) {
+            int hc = lua_gettop(L);
+            char *path = mg_load_field_str(L, hc, "path");
+            snprintf(u->hc_path, sizeof(u->hc_path), "%s", path ? path : "/");
+            free(path);
+            u->hc_interval = mg_load_field_ms(L, hc, "interval", 0);
+            u->hc_timeout = mg_load_field_ms(L, hc, "timeout", 0);
+            u->hc_expect = mg_load_field_int(L, hc, "expect", 200);
+            u->hc_rise = mg_load_field_int(L, hc, "rise", 1);
+            u->hc_fall = mg_load_field_int(L, hc, "fall", 1);
+        }
+        lua_pop(L, 1);
         lua_getfield(L, t, "servers");
         ns = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
         u->peers = calloc(ns ? ns : 1, sizeof(mg_peer_t *));
@@ -456,6 +475,10 @@ static int mg_load_read_routes(mg_gen_t *g, lua_State *L, int routes, int server
         r->index = mg_load_field_int(L, t, "index", i);
         lua_getfield(L, t, "strip_prefix");
         r->strip_prefix = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        lua_getfield(L, t, "access_log"); /* the route's, or its server's, access_log = false */
+        r->no_access_log = (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) ||
+                           (server < g->nedge && g->edge[server].no_access_log);
         lua_pop(L, 1);
         lua_getfield(L, t, "body_size");
         r->body_size = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : g->limits.body_size;

@@ -862,6 +862,15 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
             mg_master_reload_start();
         return;
     }
+    if (sig == SIGUSR1) {
+        /* the access log file: every worker opens it again, and so do we
+         * (workers restarted later inherit ours) */
+        mg_access_log_reopen();
+        for (i = 0; i < mg_nslots; i++)
+            if (mg_slots[i].pid)
+                kill(mg_slots[i].pid, SIGUSR1);
+        return;
+    }
     /* TERM / INT: graceful stop */
     if (!mg_master_stopping) {
         mg_info("stopping: waiting for in-flight requests (drain %.1fs)",
@@ -1021,6 +1030,8 @@ int main(int argc, char **argv) {
         sigs[i] = evsignal_new(mg_master_base, signos[i], mg_master_signal_cb, NULL);
         event_add(sigs[i], NULL);
     }
+    /* SIGUSR1: the access log file is opened again (passed on to the workers) */
+    event_add(evsignal_new(mg_master_base, SIGUSR1, mg_master_signal_cb, NULL), NULL);
     sigprocmask(SIG_UNBLOCK, &held, NULL); /* one that came meanwhile is handled now */
     for (k = 0; k < mg_nlisten; k++)
         mg_info("listening on %s:%d%s", gen->listen[k].host, gen->listen[k].port,

@@ -220,6 +220,7 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             mg_gen_pending = NULL;
             mg_gen_activate(g);
             mg_gen_release(g);
+            mg_up_health_start(g); /* the new generation's health checks */
             mg_debug("worker %d: generation %u active", mg_worker.id, g->id);
             /* after a reload: draining routes' tunnels end, their sockets get 1012 */
             mg_tunnel_drain(g);
@@ -278,6 +279,11 @@ static void mg_worker_stop_check(evutil_socket_t fd, short what, void *arg) {
 
 static void mg_worker_signal_cb(evutil_socket_t sig, short what, void *arg) {
     (void)what, (void)arg;
+    if (sig == SIGUSR1) { /* logrotate moved the access log: open it again */
+        if (mg_access_log_reopen() > 0)
+            mg_info("worker %d: access log reopened", mg_worker.id);
+        return;
+    }
     if (sig == SIGHUP) {
         /* reloads come from the master (mg_worker_ctl_cb), so that every
          * worker serves the same snapshot */
@@ -372,6 +378,9 @@ void mg_worker_run(int id, int *fds, int nfd, int ctl) {
         event_add(ctl_ev, NULL);
     }
     mg_access_log_init(mg_worker.base);
+    /* SIGUSR1 (from the master): the access log file is opened again */
+    event_add(evsignal_new(mg_worker.base, SIGUSR1, mg_worker_signal_cb, NULL), NULL);
+    mg_up_health_start(mg_gen_current); /* this worker's active health checks */
     mg_info("worker %d started (generation %u)", id, mg_gen_current->id);
     event_base_dispatch(mg_worker.base);
     mg_access_log_flush();

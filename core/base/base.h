@@ -46,6 +46,17 @@ struct event_base;
 void mg_access_log_init(struct event_base *base);
 void mg_access_log_write(const char *line, size_t len);
 void mg_access_log_flush(void);
+/* Its destination: NULL or "stderr", "stdout", or a file (appended to,
+ * made if missing); a file that cannot be opened is logged and the
+ * destination stays. At a generation's activation (conf/gen.c). */
+void mg_access_log_open(const char *dest);
+/* SIGUSR1: the file is opened again by its name (logrotate): 1, 0 when the
+ * destination is not a file, -1 when it cannot be opened (kept as it is). */
+int mg_access_log_reopen(void);
+/* t (seconds since the epoch) as ISO 8601 UTC with milliseconds into out
+ * (MG_ISO_TIME_MAX bytes); returns its length. */
+#define MG_ISO_TIME_MAX 32
+size_t mg_iso_time(char *out, double t);
 
 /* A name/value slice (headers, route params), borrowed. */
 typedef struct {

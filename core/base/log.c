@@ -1,11 +1,17 @@
 /*
  * log.c -- error log lines on stderr and the buffered JSON access log.
  * A log line is written with a single write(2) so lines from several
- * workers sharing stderr never interleave mid-line.
+ * workers sharing stderr never interleave mid-line. The access log goes to
+ * stderr, stdout or a file opened with O_APPEND (each worker's buffered
+ * writes are whole lines, so workers sharing it do not interleave either);
+ * the file is opened again on SIGUSR1 (after logrotate moved it).
  */
 #include "base/base.h"
 
 #include <event2/event.h>
+
+#include <errno.h>
+#include <fcntl.h>
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,6 +27,8 @@ static const char *mg_log_names[] = {"debug", "info", "warn", "error"};
 static char mg_access_buf[32 * 1024];
 static size_t mg_access_len;
 static struct event *mg_access_timer;
+static int mg_access_fd = STDERR_FILENO;
+static char mg_access_path[4096]; /* the file mg_access_fd is, or "" (stderr, stdout) */
 
 int mg_log_level_parse(const char *s) {
     for (int i = 0; i < 4; i++)
@@ -58,7 +66,7 @@ void mg_log(int level, const char *fmt, ...) {
 void mg_access_log_flush(void) {
     size_t off = 0;
     while (off < mg_access_len) {
-        ssize_t n = write(STDERR_FILENO, mg_access_buf + off, mg_access_len - off);
+        ssize_t n = write(mg_access_fd, mg_access_buf + off, mg_access_len - off);
         if (n <= 0)
             break;
         off += n;
@@ -81,10 +89,76 @@ void mg_access_log_write(const char *line, size_t len) {
     if (mg_access_len + len > sizeof(mg_access_buf))
         mg_access_log_flush();
     if (len > sizeof(mg_access_buf)) {
-        if (write(STDERR_FILENO, line, len) < 0) {
+        if (write(mg_access_fd, line, len) < 0) {
         }
         return;
     }
     memcpy(mg_access_buf + mg_access_len, line, len);
     mg_access_len += len;
+}
+
+/* Opens path for the access log: the descriptor, or -1 (logged). */
+static int mg_access_log_open_file(const char *path) {
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        mg_error("access_log %s: %s (the access log keeps its destination)", path, strerror(errno));
+    return fd;
+}
+
+static void mg_access_log_set(int fd, const char *path) {
+    mg_access_log_flush(); /* what was written so far goes where it was meant to */
+    if (mg_access_fd > STDERR_FILENO && mg_access_fd != fd)
+        close(mg_access_fd);
+    mg_access_fd = fd;
+    snprintf(mg_access_path, sizeof(mg_access_path), "%s", path);
+}
+
+void mg_access_log_open(const char *dest) {
+    int fd;
+    if (dest == NULL || strcmp(dest, "stderr") == 0) {
+        mg_access_log_set(STDERR_FILENO, "");
+        return;
+    }
+    if (strcmp(dest, "stdout") == 0) {
+        mg_access_log_set(STDOUT_FILENO, "");
+        return;
+    }
+    if (strcmp(dest, mg_access_path) == 0 && mg_access_fd > STDERR_FILENO)
+        return; /* already open (a reload that kept it, or inherited from the master) */
+    fd = mg_access_log_open_file(dest);
+    if (fd >= 0)
+        mg_access_log_set(fd, dest);
+}
+
+int mg_access_log_reopen(void) {
+    char path[sizeof(mg_access_path)];
+    int fd;
+    if (mg_access_path[0] == '\0')
+        return 0;
+    snprintf(path, sizeof(path), "%s", mg_access_path);
+    fd = mg_access_log_open_file(path);
+    if (fd < 0)
+        return -1;
+    mg_access_log_set(fd, path);
+    return 1;
+}
+
+/* ISO 8601 UTC with milliseconds: "2026-12-01T22:48:00.123Z" (25 bytes
+ * with the NUL); the date part is formatted once per second. */
+size_t mg_iso_time(char *out, double t) {
+    static time_t last = (time_t)-1;
+    static char sec[24];
+    time_t s = (time_t)t;
+    int ms = (int)((t - (double)s) * 1000.0);
+    if (s != last) {
+        struct tm tm;
+        gmtime_r(&s, &tm);
+        strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
+        last = s;
+    }
+    if (ms < 0)
+        ms = 0;
+    if (ms > 999)
+        ms = 999;
+    return (size_t)snprintf(out, MG_ISO_TIME_MAX, "%s.%03dZ", sec, ms);
 }

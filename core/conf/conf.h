@@ -25,6 +25,10 @@ typedef struct {
     int body_timeout;     /* ms, the longest gap in body progress, either way */
     int max_fails;
     int fail_timeout; /* ms */
+    /* active health checks (upstream/health.c): hc_interval 0 = none */
+    int hc_interval, hc_timeout; /* ms */
+    int hc_expect, hc_rise, hc_fall;
+    char hc_path[128];
     /* https:// and wss:// servers (app/uptls.c): the SSL_CTX (a reference
      * the generation holds), the SNI and verified name (NULL: each server's
      * host), tls.verify = false, and per server (as peers) a session to
@@ -68,6 +72,7 @@ typedef struct {
     int https_port;     /* the first tls.listen port (0: none, or 443): the Location's */
     char *hsts;         /* "Strict-Transport-Security: ...\r\n", or NULL */
     size_t hsts_len;
+    int no_access_log; /* the server's access_log = false: its requests are not logged */
 } mg_edge_t;
 
 /* ---- WebSocket routes ---- */
@@ -116,6 +121,8 @@ typedef struct {
     mg_upstream_t *upstream;
     int handler_ref; /* LUA_NOREF unless a Lua handler */
     int strip_prefix;
+    /* access_log = false on the route or its server */
+    int no_access_log;
     size_t body_size; /* 0 = unlimited */
     int index;        /* position in routes.lua */
     mg_ws_conf_t *ws; /* WebSocket route, or NULL */
@@ -138,6 +145,9 @@ struct mg_gen_s {
     int workers;
     long long max_open_files; /* soft RLIMIT_NOFILE wanted at start; 0 = the hard limit */
     int access_log;
+    /* the access log's destination, applied at activation: NULL or "stderr",
+     * "stdout", or a file */
+    char *access_log_dest;
     int log_level; /* MG_LOG_*, applied when the generation becomes current; -1: unset */
     mg_timeouts_t timeouts;
     mg_limits_t limits;

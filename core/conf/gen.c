@@ -65,6 +65,7 @@ void mg_gen_free(mg_gen_t *g) {
         free(g->shd_names[i]);
     free(g->shd_names);
     free(g->shd_sizes);
+    free(g->access_log_dest);
     for (i = 0; i < g->ndesc; i++)
         free(g->desc[i]);
     free(g->desc);
@@ -93,6 +94,8 @@ void mg_gen_activate(mg_gen_t *gen) {
     /* not at load: a generation that is refused must not change it */
     if (gen->log_level >= 0)
         mg_log_level = gen->log_level;
+    if (gen->access_log)
+        mg_access_log_open(gen->access_log_dest);
     if (old)
         mg_gen_release(old);
 }

@@ -101,6 +101,7 @@ void mg_proxy_start(mg_req_t *r) {
         evbuffer_add(h, tail, o);
     }
 
+    r->up_start = mg_now(); /* the access log's upstream_ms */
     r->ux = mg_ux_start(rt->upstream, h, mg_proxy_method_idempotent(r->method),
                         r->method == HTTP_HEAD, &mg_proxy_sink, r, 0);
     if (r->ux == NULL) {
@@ -165,6 +166,8 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
     size_t o = 0;
     int i;
     (void)http_minor, (void)chunked;
+    r->up_status = status;
+    r->up_addr = mg_ux_peer_name(r->ux);
 
     for (i = 0; i < nhdrs; i++)
         if (mg_name_eq(hdrs[i].name, hdrs[i].nlen, "connection", 10))
@@ -211,6 +214,7 @@ static void mg_proxy_on_flush(void *ud) {
 
 static void mg_proxy_on_done(void *ud) {
     mg_req_t *r = ud;
+    r->up_ms = (mg_now() - r->up_start) * 1000.0;
     mg_proxy_detach(r);
     mg_resp_end(r);
     mg_req_target_done(r);
@@ -218,6 +222,9 @@ static void mg_proxy_on_done(void *ud) {
 
 static void mg_proxy_on_error(void *ud, int status, const char *msg) {
     mg_req_t *r = ud;
+    if (r->ux && r->up_addr == NULL)
+        r->up_addr = mg_ux_peer_name(r->ux);
+    r->up_ms = (mg_now() - r->up_start) * 1000.0;
     mg_proxy_detach(r);
     if (status && !r->resp_started) {
         mg_warn("request %s: %s %.*s: %s (%d)", r->request_id,

@@ -19,14 +19,15 @@ struct mg_http_wslog_s {
 };
 
 mg_http_wslog_t *mg_http_wslog_new(mg_req_t *r) {
-    char esc[400], head[1024];
+    char esc[400], head[4096], more[2700];
     mg_http_wslog_t *a;
     const mg_req_tls_t *t = mg_req_tls_info(r);
     char tls[400] = "", sni[300];
     int n;
-    if (!r->gen->access_log)
+    if (mg_http_log_off(r))
         return NULL;
     mg_http_log_path(r, esc, sizeof(esc));
+    mg_http_log_fields(r, more, sizeof(more));
     if (t) { /* wss://: the HTTP lines' tls object */
         if (t->sni)
             mg_json_escape(sni, sizeof(sni), t->sni);
@@ -36,8 +37,8 @@ mg_http_wslog_t *mg_http_wslog_new(mg_req_t *r) {
     }
     n = snprintf(head, sizeof(head),
                  "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
-                 "\"method\":\"GET\",\"path\":\"%s\",\"status\":101,%s",
-                 r->t_start, r->request_id, mg_req_client_ip(r), esc, tls);
+                 "\"method\":\"GET\",\"path\":\"%s\",\"status\":101%s,%s",
+                 r->t_start, r->request_id, mg_req_client_ip(r), esc, more, tls);
     if (n < 0 || (size_t)n >= sizeof(head))
         return NULL;
     a = malloc(sizeof(*a) + n + 1);
@@ -53,7 +54,7 @@ mg_http_wslog_t *mg_http_wslog_new(mg_req_t *r) {
 void mg_http_wslog_end(mg_http_wslog_t *a, int mode, int code, const char *by, const uint64_t *msgs,
                        uint64_t in, uint64_t out) {
     static const char *modes[] = {"", "tunnel", "relay", "handler"};
-    char line[1536], ws[320];
+    char line[5120], ws[320];
     int n;
     if (a == NULL)
         return;
@@ -70,9 +71,9 @@ void mg_http_wslog_end(mg_http_wslog_t *a, int mode, int code, const char *by, c
                  by, (unsigned long long)in, (unsigned long long)out);
     n = snprintf(line, sizeof(line),
                  "%s\"bytes\":%llu,\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u,"
-                 "\"websocket\":{%s}}\n",
+                 "\"bytes_in\":%llu,\"bytes_out\":%llu,\"websocket\":{%s}}\n",
                  a->head, (unsigned long long)out, (mg_now() - a->t_start) * 1000.0, a->route,
-                 a->gen_id, ws);
+                 a->gen_id, (unsigned long long)in, (unsigned long long)out, ws);
     if (n > 0)
         mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
     free(a);

@@ -402,28 +402,92 @@ static void mg_http_log_tls(mg_conn_t *c, char *out, size_t cap) {
              ci ? ci : "", c->io.sni ? "\"" : "", c->io.sni ? sni : "null", c->io.sni ? "\"" : "");
 }
 
+/* A header value for the log: cut to 200 bytes, escaped into out. */
+static void mg_http_log_header(mg_req_t *r, const char *name, char *out, size_t cap) {
+    char v[201];
+    size_t len = 0;
+    const char *h = mg_req_header(r, name, &len);
+    if (h == NULL) {
+        snprintf(out, cap, "null");
+        return;
+    }
+    if (len > 200)
+        len = 200;
+    memcpy(v, h, len);
+    v[len] = '\0';
+    out[0] = '"';
+    mg_json_escape(out + 1, cap - 2, v);
+    len = strlen(out);
+    out[len] = '"';
+    out[len + 1] = '\0';
+}
+
+/* The request's bytes from the client: the head as parsed (request line,
+ * header lines, the blank line) and the body. */
+static uint64_t mg_http_log_bytes_in(const mg_req_t *r) {
+    uint64_t in = r->body_rx;
+    in += strlen(llhttp_method_name((llhttp_method_t)r->method)) + r->url_len + 12;
+    for (int i = 0; i < r->nhdrs; i++)
+        in += r->hdrs[i].nlen + r->hdrs[i].vlen + 4;
+    return in + 2;
+}
+
+size_t mg_http_log_fields(mg_req_t *r, char *out, size_t cap) {
+    char ts[MG_ISO_TIME_MAX], host[1220], ua[1220], lis[80] = "";
+    int n;
+    mg_iso_time(ts, r->t_start);
+    mg_http_log_header(r, "Host", host, sizeof(host));
+    mg_http_log_header(r, "User-Agent", ua, sizeof(ua));
+    if (r->lidx >= 0 && r->lidx < mg_worker.nfd && mg_worker.laddr)
+        snprintf(lis, sizeof(lis), "%s:%d", mg_worker.laddr[r->lidx].host,
+                 mg_worker.laddr[r->lidx].port);
+    n = snprintf(out, cap,
+                 ",\"timestamp\":\"%s\",\"host\":%s,\"listener\":\"%s\",\"user_agent\":%s", ts,
+                 host, lis, ua);
+    if (n < 0)
+        return 0;
+    return (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+int mg_http_log_off(const mg_req_t *r) {
+    const mg_edge_t *e;
+    if (!r->gen->access_log)
+        return 1;
+    if (r->route)
+        return r->route->no_access_log;
+    e = mg_gen_edge(r->gen, mg_gen_server_of(r->gen, r->lidx));
+    return e && e->no_access_log;
+}
+
 static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
     /* a half-closed client still gets the answers to what it pipelined */
     if (r->resp_close || !r->keep_alive || (X(c)->eof && c->in_len == 0))
         c->closing = 1;
-    if (r->gen->access_log) {
-        char line[1536];
+    if (!mg_http_log_off(r)) {
+        char line[4096], more[2700], up[160] = "";
         int n;
         {
             char esc[400], tls[400] = "";
             mg_http_log_path(r, esc, sizeof(esc));
             if (c->is_tls)
                 mg_http_log_tls(c, tls, sizeof(tls));
+            mg_http_log_fields(r, more, sizeof(more));
+            if (r->up_addr)
+                snprintf(up, sizeof(up),
+                         ",\"upstream_addr\":\"%s\",\"upstream_status\":%d,\"upstream_ms\":%.3f",
+                         r->up_addr, r->up_status, r->up_ms);
             n = snprintf(
                 line, sizeof(line),
                 "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
                 "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"bytes\":%llu,"
-                "\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u%s}\n",
+                "\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u%s%s%s,\"bytes_in\":%llu,"
+                "\"bytes_out\":%llu}\n",
                 r->t_start, r->request_id, mg_req_client_ip(r),
                 llhttp_method_name((llhttp_method_t)r->method), esc, r->status,
                 (unsigned long long)r->bytes_out, (mg_now() - r->t_start) * 1000.0,
-                r->route ? (r->route->name ? r->route->name : r->route->rule) : "", r->gen->id,
-                tls);
+                r->route ? (r->route->name ? r->route->name : r->route->rule) : "", r->gen->id, tls,
+                more, up, (unsigned long long)mg_http_log_bytes_in(r),
+                (unsigned long long)r->bytes_out);
         }
         if (n > 0)
             mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);

@@ -116,6 +116,12 @@ struct mg_req_s {
     mg_lines_t rxhdrs;  /* response header lines set by req:set_response_header() */
     uint64_t bytes_out;
     double t_start;
+    /* the proxied exchange, for the access log (set by gateway/proxy.c):
+     * the server ("host:port", the peer's stable name, or NULL), its
+     * status (0: none), when the exchange began and how long it took (ms) */
+    const char *up_addr;
+    int up_status;
+    double up_start, up_ms;
     /* target side */
     mg_ux_t *ux; /* proxy exchange */
     mg_co_t *co; /* Lua handler */
@@ -249,6 +255,12 @@ int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vl
 /* http.c: the request target as access-log lines (HTTP and WebSocket
  * sessions) show it: cut to 300 bytes, query credentials as "-", escaped. */
 void mg_http_log_path(const mg_req_t *r, char *esc, size_t cap);
+/* The fields every access-log line has beside those: ,"timestamp" (ISO
+ * 8601), "host", "listener" and "user_agent" (null when absent),
+ * JSON-escaped and bounded, into out; its length. */
+size_t mg_http_log_fields(mg_req_t *r, char *out, size_t cap);
+/* The request's own, or its route's or server's, access_log = false. */
+int mg_http_log_off(const mg_req_t *r);
 
 /* ---- alog.c: a WebSocket session's access-log line ----
  * In the HTTP lines' format plus a "websocket" object. mg_http_wslog_new

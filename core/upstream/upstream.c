@@ -40,9 +40,11 @@
  * per server, so that the next new connection resumes it.
  */
 #include "upstream/upstream.h"
+#include "upstream/upstream_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -64,6 +66,7 @@ struct mg_peer_s {
     int resolved;
     int fails;         /* consecutive failures */
     double down_until; /* skipped until then (seconds, mg_now clock) */
+    mg_peer_hc_t hc;   /* active health (health.c) */
     mg_uconn_t *idle;  /* pooled connections, LIFO */
     int nidle;
     mg_peer_t *next;
@@ -176,6 +179,7 @@ mg_peer_t *mg_up_peer_get(const char *host, int port, int tls) {
     snprintf(p->host, sizeof(p->host), "%s", host);
     p->port = port;
     p->tls = tls;
+    snprintf(p->hc.name, sizeof(p->hc.name), "%s:%d", host, port);
     memset(&hints, 0, sizeof(hints));
     hints.ai_socktype = SOCK_STREAM;
     snprintf(ports, sizeof(ports), "%d", port);
@@ -221,6 +225,8 @@ static mg_peer_t *mg_up_peer_pick(mg_upstream_t *up, int *idx) {
 }
 
 static void mg_up_peer_failed(mg_upstream_t *up, mg_peer_t *p) {
+    if (mg_up_hc_failed(up, p))
+        return; /* checked: an ejection lasts until it rises */
     if (++p->fails >= up->max_fails && up->max_fails > 0) {
         if (p->down_until <= mg_now())
             mg_warn("upstream %s: server %s:%d failed %d times, skipped for %.1fs", up->name,
@@ -329,7 +335,7 @@ static int mg_uconn_tls(mg_ux_t *ux, mg_uconn_t *uc, int fd) {
 static void mg_uconn_keep_session(mg_ux_t *ux, mg_uconn_t *uc) {
     mg_upstream_t *up = ux->up;
     void *s;
-    if (uc->sess_kept || up->tls_sess == NULL || ux->pidx >= up->npeers ||
+    if (uc->sess_kept || up->tls_sess == NULL || ux->pidx < 0 || ux->pidx >= up->npeers ||
         up->peers[ux->pidx] != uc->peer)
         return;
     uc->sess_kept = 1;
@@ -351,9 +357,15 @@ static void mg_ux_connect(mg_ux_t *ux) {
     ux->tphase = MG_T_NONE; /* a new connection: its timer is armed afresh */
     for (;;) {
         p = mg_up_peer_pick(ux->up, &ux->pidx);
+        if (p && p->hc.down) /* every server is down: never one its checks hold down */
+            p = mg_up_hc_pick(ux->up, &ux->pidx);
         ux->tries++;
         if (p == NULL) {
-            mg_ux_fail(ux, 502, "upstream has no servers", 0);
+            ux->pidx = -1; /* none tried */
+            if (ux->up->npeers > 0)
+                mg_ux_fail(ux, 503, "no healthy upstream server", 0);
+            else
+                mg_ux_fail(ux, 502, "upstream has no servers", 0);
             return;
         }
         /* reuse a pooled connection first */
@@ -974,4 +986,75 @@ static int mg_ux_on_message_complete(llhttp_t *p) {
         return 0;
     ux->msg_done = 1;
     return HPE_PAUSED;
+}
+
+/* ---- peers as health.c, the access log and the admin API see them ---- */
+
+const char *mg_up_peer_name(const mg_peer_t *p) { return p->hc.name; }
+
+const char *mg_ux_peer_name(const mg_ux_t *ux) {
+    if (ux->uc && ux->uc->peer)
+        return ux->uc->peer->hc.name;
+    if (ux->pidx >= 0 && ux->pidx < ux->up->npeers && ux->tries > 0)
+        return ux->up->peers[ux->pidx]->hc.name;
+    return NULL;
+}
+
+void mg_up_peer_health(const mg_peer_t *p, mg_up_health_t *h) {
+    h->checked = p->hc.on;
+    h->active_down = p->hc.down;
+    h->passive_down = !p->hc.down && p->down_until > mg_now();
+    h->healthy = !h->active_down && !h->passive_down;
+    h->fails = p->fails;
+    h->last_status = p->hc.last_status;
+    h->last_check = p->hc.last;
+    h->checks_ok = p->hc.ok_total;
+    h->checks_failed = p->hc.failed_total;
+    h->ejections = p->hc.ejections;
+}
+
+mg_peer_hc_t *mg_up_peer_hc(mg_peer_t *p) { return &p->hc; }
+mg_peer_t *mg_up_peer_next(mg_peer_t *p) { return p ? p->next : mg_peers; }
+const char *mg_up_peer_host(const mg_peer_t *p) { return p->host; }
+int mg_up_peer_is_tls(const mg_peer_t *p) { return p->tls; }
+
+int mg_up_peer_addr(const mg_peer_t *p, struct sockaddr_storage *ss, socklen_t *len) {
+    if (!p->resolved)
+        return 0;
+    memcpy(ss, &p->addr, sizeof(*ss));
+    *len = p->alen;
+    return 1;
+}
+
+void mg_up_peer_mark(mg_peer_t *p, int down) {
+    p->hc.down = down;
+    p->hc.oks = 0;
+    if (down) {
+        p->hc.ejections++;
+        p->down_until = HUGE_VAL;
+    } else {
+        p->fails = 0;
+        p->down_until = 0;
+    }
+}
+
+int mg_up_hc_failed(mg_upstream_t *up, mg_peer_t *p) {
+    if (up->hc_interval <= 0 || !p->hc.on)
+        return 0;
+    if (++p->fails >= up->max_fails && up->max_fails > 0 && !p->hc.down) {
+        mg_warn("upstream %s: server %s failed %d times: marked down until it passes %d health "
+                "checks",
+                up->name, p->hc.name, p->fails, up->hc_rise);
+        mg_up_peer_mark(p, 1);
+    }
+    return 1;
+}
+
+mg_peer_t *mg_up_hc_pick(mg_upstream_t *up, int *idx) {
+    for (int i = 0; i < up->npeers; i++) {
+        *idx = (int)(up->rr++ % (unsigned)up->npeers);
+        if (!up->peers[*idx]->hc.down)
+            return up->peers[*idx];
+    }
+    return NULL;
 }

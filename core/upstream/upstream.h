@@ -47,6 +47,33 @@ void mg_ux_end(mg_ux_t *ux);
 size_t mg_ux_pending(mg_ux_t *ux); /* request bytes not yet written */
 void mg_ux_pause(mg_ux_t *ux, int on);
 void mg_ux_cancel(mg_ux_t *ux); /* the sink is gone: no more callbacks */
+/* The server an exchange is on or last tried ("host:port"), or NULL. */
+const char *mg_ux_peer_name(const mg_ux_t *ux);
+
+/* ---- health (upstream.c, health.c) ----
+ * A server is healthy unless marked down passively (max_fails failures in
+ * a row: skipped for fail_timeout, or, when its upstream has a
+ * health_check, until it rises again) or by its active health check (fall
+ * failures in a row; rise passes bring it back). Each worker checks the
+ * servers of its current generation's upstreams itself: the state is this
+ * worker's. */
+typedef struct {
+    int healthy;       /* gets traffic */
+    int checked;       /* an active health check runs for it */
+    int active_down;   /* marked down until it rises (by its checks, or max_fails with checks) */
+    int passive_down;  /* within fail_timeout after max_fails failures (no checks) */
+    int fails;         /* consecutive failed requests (passive) */
+    int last_status;   /* the last check's status (0: no answer, or none yet) */
+    double last_check; /* when the last check ended (mg_now clock; 0: none yet) */
+    uint64_t checks_ok, checks_failed;
+    uint64_t ejections; /* marked down while checked */
+} mg_up_health_t;
+void mg_up_peer_health(const mg_peer_t *p, mg_up_health_t *h);
+/* "host:port" (kept as long as the worker: peers are never freed). */
+const char *mg_up_peer_name(const mg_peer_t *p);
+/* The active checks of gen's upstreams replace the running ones (a
+ * generation became current); NULL stops them all. health.c. */
+void mg_up_health_start(mg_gen_t *gen);
 /* The worker's peer for host:port, plain or TLS (tls: pools apart). */
 mg_peer_t *mg_up_peer_get(const char *host, int port, int tls);
 void mg_up_peer_str(mg_peer_t *p, char *buf, size_t len);

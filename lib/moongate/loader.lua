@@ -17,6 +17,7 @@ local type = type
 local pairs = pairs
 local ipairs = ipairs
 local tostring = tostring
+local io_open = io.open
 local tonumber = tonumber
 local error = error
 local pcall = pcall
@@ -393,6 +394,65 @@ local function file_field()
            check = function(v) return v ~= "", "must not be empty" end }
 end
 
+-- Active health checks: GET path every interval on a connection of its
+-- own; fall failures in a row mark a server down, rise passes bring it back
+-- (core/upstream/health.c).
+local function positive(kind, default, max)
+  return { type = "any", default = default,
+           convert = function(v)
+             local x, reason = number_reason(v, kind == "count", max)
+             if x == nil then return nil, reason end
+             if x <= 0 then return nil, "must be more than 0" end
+             if kind == "seconds" and x < 0.01 then return nil, "must be at least 0.01 s" end
+             return x
+           end }
+end
+
+local HEALTH_CHECK = {
+  type = "table", optional = true, message = "expected a table, got {type}", fields = {
+    path = { type = "string", default = "/", message = "expected a string, got {type}",
+             check = function(v)
+               return #v <= 127 and str_find(v, "^/[\33-\126]*$") ~= nil,
+                 "expected a path starting with '/' (at most 127 characters, no spaces), got "
+                   .. show_value(v)
+             end },
+    interval = positive("seconds", 5, 86400),
+    timeout = positive("seconds", 2, 3600),
+    expect = { type = "any", default = 200,
+               convert = function(v)
+                 local x, reason = number_reason(v, true, 599)
+                 if x == nil then return nil, reason end
+                 if x < 100 then return nil, "expected an HTTP status (100-599), got " .. x end
+                 return x
+               end },
+    rise = positive("count", 2, 1000),
+    fall = positive("count", 3, 1000),
+  },
+}
+
+-- access_log: true (stderr), false, "stderr", "stdout" or a file (a path
+-- with a '/', relative to the project root), which must open for appending
+-- now: a reload that names one that cannot is refused.
+local function norm_access_log(v, _, ctx)
+  if type(v) == "boolean" or v == "stderr" or v == "stdout" then
+    return v
+  end
+  -- a file is named with a '/' ("logs/access.log", "./access.log"): a bare
+  -- word is more likely a mistyped boolean
+  if type(v) ~= "string" or not str_find(v, "/", 1, true) then
+    return nil, str_format('expected a boolean, got %s (or "stderr", "stdout", or a file: a path '
+      .. 'with a "/", like "logs/access.log")', type(v))
+  end
+  local path = join(ctx.root, v)
+  local f, err = io_open(path, "a")
+  if not f then
+    -- io.open says "<path>: <strerror>"; keep only the reason
+    return nil, "cannot open it for appending: " .. (str_match(tostring(err), ": ([^:]+)$") or tostring(err))
+  end
+  f:close()
+  return path
+end
+
 local UPSTREAM = table_of({
   servers = { type = "any", required = true, convert = norm_servers },
   -- https:// and wss:// servers (norm_upstream_tls reads the files)
@@ -410,6 +470,7 @@ local UPSTREAM = table_of({
   body_timeout = seconds(60),
   max_fails = count(3, MAX_INT),
   fail_timeout = seconds(10),
+  health_check = HEALTH_CHECK,
 })
 
 -- An upstream's TLS: its servers all https:// (wss://) or all http://; the
@@ -478,7 +539,7 @@ local function conf_schema(env_fn)
                    return join(ctx.root, v)
                  end },
       lua_path = { type = "any", default = { "scripts", "lib" }, convert = norm_lua_path },
-      access_log = { type = "boolean", default = true, message = "expected a boolean, got {type}" },
+      access_log = { type = "any", default = true, convert = norm_access_log },
       -- plain listeners answer with a redirect to https (moongate.tls_extras)
       redirect_https = tls_extras.redirect_https,
       log_level = { type = "any", default = "info", one_of = { "debug", "info", "warn", "error" },
@@ -782,6 +843,8 @@ local SERVER = {
     -- a server's own (the main conf's do not carry over)
     trusted_proxies = TRUSTED_PROXIES,
     proxy_protocol = PROXY_PROTOCOL,
+    -- false: this server's requests are not in the access log (the demo Runtime's)
+    access_log = { type = "boolean", message = "expected a boolean, got {type}" },
 
     -- listen and routes are checked by load_servers: the environment
     -- overrides listen, and only an enabled server's need be valid
@@ -860,7 +923,7 @@ local function load_servers(src, raw, conf, upstreams, env)
       local routes = load_routes({ routes_file = join(conf.root, s.routes), limits = conf.limits },
                                  upstreams)
       out[#out + 1] = { name = name, listen = listen, routes = routes, tls = tls,
-                        redirect_https = sv.redirect_https }
+                        redirect_https = sv.redirect_https, access_log = sv.access_log }
     end
   end
   for _, srv in ipairs(out) do -- each server's own (the main conf's do not carry over)

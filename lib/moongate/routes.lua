@@ -353,6 +353,8 @@ local ROUTE = {
                 convert = function(_, raw) return raw.plugins end },
     on_reload = { type = "string", one_of = { "keep", "drain" },
                   message = 'expected "keep" or "drain", got {value}' },
+    -- false: its requests and sessions are not in the access log
+    access_log = typed("boolean", nil, "expected a boolean, got {type}"),
     timeouts = {
       type = "table", optional = true, message = "expected a table, got {type}",
       fields = {
@@ -453,6 +455,7 @@ local function norm_route(ctx, n, raw, grp)
     plugins = r.plugins,
     on_reload = r.on_reload,
     timeouts = r.timeouts,
+    access_log = r.access_log,
     -- how many of the access hooks are the groups' (moongate.plugins runs
     -- them with authentication); removed by the loader
     group_access = ngroup > 0 and ngroup or nil,
