@@ -939,6 +939,7 @@ int main(int argc, char **argv) {
     sigaddset(&held, SIGTERM);
     sigaddset(&held, SIGINT);
     sigaddset(&held, SIGHUP);
+    sigaddset(&held, SIGUSR1);
     if (!test)
         sigprocmask(SIG_BLOCK, &held, NULL);
     if (access(mg_app_conf_path, R_OK) != 0) {
