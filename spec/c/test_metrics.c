@@ -197,15 +197,20 @@ static void names_bounded(void) {
 
 static void promtool_file(void) {
     const char *path = getenv("MG_METRICS_OUT");
+    struct evbuffer *b;
     FILE *f;
     if (path == NULL)
         return;
     f = fopen(path, "w");
     CHECK(f != NULL);
+    b = evbuffer_new();
+    mg_metrics_render(b); /* the whole text, past text[]'s bound */
     if (f) {
-        fputs(render(), f);
+        CHECK_INT(fwrite(evbuffer_pullup(b, -1), 1, evbuffer_get_length(b), f),
+                  evbuffer_get_length(b));
         fclose(f);
     }
+    evbuffer_free(b);
 }
 
 int main(void) {
