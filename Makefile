@@ -7,7 +7,7 @@ LLHTTP_INC ?= /usr/share/include/llhttp
 PKGS = gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev libssl-dev \
        lua-cjson node-llhttp zlib1g-dev
 TEST_PKGS = lua-busted lua-check luarocks lua-socket curl openssl python3 python3-websockets \
-       nodejs node-ws chromium clang-format valgrind pebble util-linux \
+       nodejs node-ws chromium clang-format valgrind pebble prometheus util-linux \
        python3-yaml
 DEPS_STAMP = .deps-ok
 TEST_STAMP = .deps-test-ok
@@ -167,6 +167,12 @@ bench: $(BIN)
 	@sh bench/run.sh
 	@sh bench/plugins.sh
 	@bash bench/tls.sh
+	@sh bench/metrics.sh
+
+# issue 13's metrics + access-log round alone (bench/metrics.sh)
+.PHONY: bench-metrics
+bench-metrics: $(BIN)
+	@sh bench/metrics.sh
 
 # moongate under valgrind memcheck over a short TLS + WSS session
 .PHONY: valgrind-tls
@@ -174,4 +180,4 @@ valgrind-tls: $(TEST_STAMP) $(BIN)
 	@sh tools/valgrind-tls.sh
 
 clean:
-	rm -rf build build-asan moongate moongate-asan
+	rm -rf build build-asan build-nometrics moongate moongate-asan moongate-nometrics

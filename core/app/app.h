@@ -99,6 +99,8 @@ void mg_worker_stop_accept(void);
  * MG_OK or MG_ERR. */
 int mg_tls_ctx_load(mg_gen_t *g, lua_State *L, int t, int server, char *err, size_t errlen);
 void mg_tls_ctx_free(mg_gen_t *g); /* the generation's references (its dtor) */
+/* the metrics' certificate family (a loop/metrics.h extra): expiry per name */
+void mg_tls_ctx_metrics(struct evbuffer *out);
 /* Loads a certificate (PEM, the chain after it) and its key into ctx,
  * checked: parsed, the key matches, valid now. cert_name/key_name are for
  * messages ("file: reason"). MG_OK or MG_ERR. */

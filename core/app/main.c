@@ -8,6 +8,7 @@
  * connections queued for it are not lost.
  */
 #include "app/app.h"
+#include "loop/metrics.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -24,6 +25,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <wslay/wslay.h>
 
@@ -629,6 +631,7 @@ static void mg_master_reload_abort(const char *why) {
         if (mg_slots[i].pid && mg_slots[i].ctl >= 0)
             mg_app_ctl_send(mg_slots[i].ctl, MG_CTL_ABORT, g->id, NULL, -1);
     mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, why);
+    mg_metrics_reload(MG_MET_RELOAD_FAILED);
     mg_gen_pending = NULL;
     mg_gen_release(g);
     mg_master_reload_refused(why);
@@ -671,6 +674,8 @@ static void mg_master_reload_step(void) {
         free(acme_src);
         mg_info("reload: generation %u serving on %d workers", g->id,
                 mg_master_reload_count(MG_SLOT_SERVING));
+        mg_metrics_reload(MG_MET_RELOAD_OK);
+        mg_metrics_generation(g->id, time(NULL));
         mg_master_reload_done();
     }
 }
@@ -774,6 +779,7 @@ static void mg_master_reload_start(void) {
     g = mg_load_gen(mg_app_conf_path, -1, 0, err, sizeof(err));
     if (g == NULL) {
         mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
+        mg_metrics_reload(MG_MET_RELOAD_FAILED);
         mg_master_reload_refused(err);
         return;
     }
@@ -781,6 +787,7 @@ static void mg_master_reload_start(void) {
     fd = mg_load_snap_export(g->L, err, sizeof(err));
     if (fd < 0) {
         mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
+        mg_metrics_reload(MG_MET_RELOAD_FAILED);
         mg_gen_release(g);
         mg_master_reload_refused(err);
         return;
@@ -804,6 +811,23 @@ static void mg_master_reload_start(void) {
         mg_reload.timer = evtimer_new(mg_master_base, mg_master_reload_timeout_cb, NULL);
     evtimer_add(mg_reload.timer, &tv);
     mg_master_reload_step();
+}
+
+/* The shared metrics (loop/metrics.c), before the first fork. */
+static int mg_master_metrics_init(mg_gen_t *gen) {
+    char names[MG_MET_LISTENERS][80];
+    const char *lab[MG_MET_LISTENERS];
+    int n = gen->nlisten < MG_MET_LISTENERS ? gen->nlisten : MG_MET_LISTENERS;
+    for (int k = 0; k < n; k++) {
+        snprintf(names[k], sizeof(names[k]), "%s:%d", gen->listen[k].host, gen->listen[k].port);
+        lab[k] = names[k];
+    }
+    if (mg_metrics_init(mg_nslots, lab, n) != MG_OK) {
+        mg_error("metrics: cannot map the shared counters: %s", strerror(errno));
+        return MG_ERR;
+    }
+    mg_metrics_generation(gen->id, time(NULL));
+    return MG_OK;
 }
 
 static void mg_master_respawn_cb(evutil_socket_t fd, short what, void *arg) {
@@ -831,8 +855,10 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
                     continue;
                 mg_slots[i].pid = 0;
                 mg_slots[i].state = MG_SLOT_IDLE;
+                mg_metrics_slot_reset(i); /* what its gauges counted died with it */
                 if (mg_master_stopping)
                     break;
+                mg_metrics_worker_restarted();
                 if (WIFSIGNALED(status))
                     mg_error("worker %d (pid %d) killed by signal %d, restarting", i, pid,
                              WTERMSIG(status));
@@ -1049,6 +1075,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     mg_master_tkeys_arm();
+    if (mg_master_metrics_init(gen) != MG_OK) /* the counters every worker shares */
+        return 1;
     mg_info("moongate %s master %d: %d workers, %d routes, conf %s", MG_VERSION, (int)getpid(),
             mg_nslots, gen->nroutes, mg_app_conf_path);
     if (getpid() == 1)

@@ -37,6 +37,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <time.h>
 
 SSL_CTX *(*mg_tls_sni_hook)(const char *name);
 
@@ -749,4 +750,36 @@ void mg_tls_ctx_free(mg_gen_t *g) {
     free(g->tls_ctx);
     g->tls_ctx = NULL;
     g->ntls_ctx = 0;
+}
+
+/* ---- metrics ---- */
+
+static double mg_tls_not_after(SSL_CTX *ctx) {
+    X509 *x = ctx ? SSL_CTX_get0_certificate(ctx) : NULL;
+    struct tm tm;
+    if (x == NULL || !ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm))
+        return 0;
+    return (double)timegm(&tm);
+}
+
+/* Each name the serving generation's certificates cover, by server (0:
+ * the main conf), with its certificate's notAfter; read at scrape time. */
+void mg_tls_ctx_metrics(struct evbuffer *out) {
+    mg_gen_t *g = mg_gen_current;
+    evbuffer_add_printf(out, "# HELP moongate_tls_certificate_expiry_timestamp_seconds Unix time "
+                             "a served certificate expires (notAfter), by server and name.\n"
+                             "# TYPE moongate_tls_certificate_expiry_timestamp_seconds gauge\n");
+    for (int s = 0; g && s < g->ntls_ctx; s++) {
+        SSL_CTX *d = g->tls_ctx[s];
+        mg_tls_sni_t *t = d && mg_tls_sni_idx >= 0 ? SSL_CTX_get_ex_data(d, mg_tls_sni_idx) : NULL;
+        for (int i = 0; t && i < t->n; i++) {
+            double na = mg_tls_not_after(t->v[i].ctx ? t->v[i].ctx : d);
+            if (na > 0 && strpbrk(t->v[i].name, "\"\\\n") == NULL)
+                evbuffer_add_printf(
+                    out,
+                    "moongate_tls_certificate_expiry_timestamp_seconds{server=\"%d\","
+                    "name=\"%s\"} %.0f\n",
+                    s, t->v[i].name, na);
+        }
+    }
 }

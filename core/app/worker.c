@@ -6,6 +6,7 @@
  * tunnels end; HUP is the master's and is ignored here).
  */
 #include "app/app.h"
+#include "loop/metrics.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -341,6 +342,9 @@ void mg_worker_run(int id, int *fds, int nfd, int ctl) {
     int sigs[3] = {SIGHUP, SIGTERM, SIGINT}, i;
 
     mg_worker.id = id;
+    mg_metrics_attach(id, (int)getpid()); /* this slot's counters; its gauges from 0 */
+    mg_metrics_add_extra(mg_shdict_metrics);
+    mg_metrics_add_extra(mg_tls_ctx_metrics);
     mg_worker.base = event_base_new();
     if (mg_worker.base == NULL) {
         mg_error("worker %d: cannot create event base", id);

@@ -9,6 +9,7 @@
 #define MG_CONF_H
 
 #include "loop/loop.h"
+#include "loop/metrics.h"
 
 #include <lua.h>
 
@@ -38,7 +39,14 @@ typedef struct {
     int tls_noverify;
     int tls_warned; /* this worker warned that verification is off */
     void **tls_sess;
+    int met; /* its metrics label (loop/metrics.h) + 1; 0 until first use */
 } mg_upstream_t;
+
+static inline int mg_upstream_met(mg_upstream_t *up) {
+    if (up->met == 0)
+        up->met = 1 + mg_met_name(up->name, MG_MET_K_UPSTREAM);
+    return up->met - 1;
+}
 
 typedef struct {
     int read, write, idle, header, drain, body; /* ms; 0 = none */
@@ -130,7 +138,17 @@ typedef struct {
     int access_ref;   /* access hook (function or list), LUA_NOREF if none */
     int hf_ref;       /* header_filter list (plugins), LUA_NOREF if none */
     int log_ref;      /* log list (plugins), LUA_NOREF if none */
+    int met;          /* its metrics label (loop/metrics.h) + 1; 0 until first use */
 } mg_route_t;
+
+/* A route's metrics label index: its name or rule, interned at first use. */
+static inline int mg_route_met(mg_route_t *rt) {
+    if (rt == NULL)
+        return MG_MET_NONE;
+    if (rt->met == 0)
+        rt->met = 1 + mg_met_name(rt->name ? rt->name : rt->rule, MG_MET_K_ROUTE);
+    return rt->met - 1;
+}
 
 /* A generation: one load of conf + scripts, with its own Lua state. Requests
  * hold a reference; the last one out of a superseded generation frees it. */

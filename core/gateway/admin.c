@@ -32,7 +32,6 @@ static int mg_admin_neps;
 int (*mg_admin_reload_hook)(unsigned seq);
 
 /* the metrics engineer's renderer (loop/metrics.c), when linked in */
-void mg_metrics_render(struct evbuffer *out) __attribute__((weak));
 
 void mg_admin_register(const char *method, const char *path, int needs_token, mg_admin_fn fn) {
     for (int i = 0; i < mg_admin_neps; i++)
@@ -141,19 +140,7 @@ static void mg_admin_metrics(mg_req_t *r, const char *q, size_t ql) {
         mg_resp_json_error(r, 503, "out of memory");
         return;
     }
-    if (mg_metrics_render) {
-        mg_metrics_render(b);
-    } else {
-        /* without the metrics module: the little this file knows */
-        evbuffer_add_printf(b,
-                            "# HELP moongate_build_info The moongate version.\n"
-                            "# TYPE moongate_build_info gauge\n"
-                            "moongate_build_info{version=\"%s\"} 1\n"
-                            "# HELP moongate_generation The generation serving.\n"
-                            "# TYPE moongate_generation gauge\n"
-                            "moongate_generation %u\n",
-                            MG_VERSION, r->gen ? r->gen->id : 0);
-    }
+    mg_metrics_render(b); /* loop/metrics.c: every worker's counters, summed */
     mg_admin_reply_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", b);
     evbuffer_free(b);
 }

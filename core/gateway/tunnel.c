@@ -25,6 +25,7 @@ typedef struct mg_tunnel_s {
     int drain; /* on_reload = "drain" */
     mg_gen_t *gen;
     mg_http_wslog_t *alog;
+    int met; /* the route's metrics label */
 } mg_tunnel_t;
 
 static mg_tunnel_t *mg_tunnels;
@@ -35,6 +36,11 @@ static void mg_tunnel_free(mg_tunnel_t *t, const char *by) {
     mg_ws_end_t e = {0, by};
     if (by == NULL)
         e.by = t->first == 0 ? "client" : t->first == 1 ? "upstream" : "none";
+    MG_MET(mg_met->ws_close[t->met][mg_met_ws_code(1006)][mg_met_ws_side(e.by)]++);
+    MG_MET(mg_met->ws_open[t->met][MG_MET_WS_TUNNEL]--);
+    MG_MET(mg_met->ws_bytes[t->met][MG_MET_IN] += t->bytes[0]);
+    MG_MET(mg_met->ws_bytes[t->met][MG_MET_OUT] += t->bytes[1]);
+    mg_met_ws_gen(t->gen->id, -1);
     mg_http_wslog_end(t->alog, MG_WS_TUNNEL, 0, e.by, NULL, t->bytes[0], t->bytes[1]);
     if (t->prev)
         t->prev->next = t->next;
@@ -233,6 +239,9 @@ void mg_tunnel_start(mg_upgrade_t *p, mg_io_t *uio, const char *extra, size_t ex
         event_add(&t->tev, mg_timeout_tv(t->idle_ms));
     mg_worker.active++;
     mg_ws_sockets++;
+    t->met = mg_route_met(p->route);
+    MG_MET(mg_met->ws_open[t->met][MG_MET_WS_TUNNEL]++);
+    mg_met_ws_gen(t->gen->id, 1);
     t->next = mg_tunnels;
     if (mg_tunnels)
         mg_tunnels->prev = t;
@@ -262,6 +271,7 @@ void mg_tunnel_drain(mg_gen_t *newgen) {
             for (int i = 0; i < 2; i++)
                 if (evbuffer_get_length(t->out[i]))
                     mg_io_write_evbuffer(&t->io[i], t->out[i]);
+            MG_MET(mg_met->ws_drained[t->met]++);
             mg_tunnel_free(t, "moongate");
         }
         t = next;

@@ -492,6 +492,8 @@ static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
         if (n > 0)
             mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
     }
+    mg_met_http(mg_route_met(r->route), mg_met_method_class(r->method), r->status,
+                mg_now() - r->t_start, r->body_rx, r->bytes_out);
     mg_http_hooks->done(r);
     c->req = NULL;
     c->nreq++;
@@ -651,6 +653,7 @@ static void mg_http_conn_free(mg_conn_t *c) {
         mg_http_conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    mg_met_conn(c->lidx, c->is_tls, -1);
     free(c);
     mg_worker.active--;
 }
@@ -897,6 +900,7 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
     evtimer_assign(&c->tev, mg_worker.base, mg_http_conn_timer_cb, c);
     event_add(&c->rev, NULL);
     mg_worker.active++;
+    mg_met_conn(c->lidx, c->is_tls, 1);
     c->next = mg_http_conns;
     if (mg_http_conns)
         mg_http_conns->prev = c;

@@ -18,6 +18,8 @@ void mg_crypto_open_api(lua_State *L);               /* pushes core.crypto */
 /* A string value of dict `name` copied into out (at most cap bytes): its
  * length, or -1 (no such dict or key, not a string, too long). */
 ssize_t mg_shdict_get_str(const char *name, const char *k, size_t kl, char *out, size_t cap);
+/* the metrics' shared-dict family (a loop/metrics.h extra): bytes used and free */
+void mg_shdict_metrics(struct evbuffer *out);
 
 /* ---- lua_api.c: handlers as coroutines, the moongate module ---- */
 void mg_lua_open_api(lua_State *L);

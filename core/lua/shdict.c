@@ -376,3 +376,20 @@ ssize_t mg_shdict_get_str(const char *name, const char *k, size_t kl, char *out,
     mg_shd_unlock(d->h);
     return n;
 }
+
+/* Bytes of each shared dict: used (slots holding a key, expired ones
+ * included until reused) and free; read at scrape time. */
+void mg_shdict_metrics(struct evbuffer *out) {
+    evbuffer_add_printf(out, "# HELP moongate_shdict_used_bytes Bytes of a shared dict holding "
+                             "keys.\n# TYPE moongate_shdict_used_bytes gauge\n");
+    for (int i = 0; i < mg_nshd; i++)
+        evbuffer_add_printf(out, "moongate_shdict_used_bytes{dict=\"%s\"} %llu\n",
+                            mg_shds[i].h->name,
+                            (unsigned long long)mg_shds[i].h->live * MG_SHD_SLOT);
+    evbuffer_add_printf(out, "# HELP moongate_shdict_free_bytes Bytes of a shared dict still "
+                             "free.\n# TYPE moongate_shdict_free_bytes gauge\n");
+    for (int i = 0; i < mg_nshd; i++)
+        evbuffer_add_printf(
+            out, "moongate_shdict_free_bytes{dict=\"%s\"} %llu\n", mg_shds[i].h->name,
+            (unsigned long long)(mg_shds[i].h->nslots - mg_shds[i].h->live) * MG_SHD_SLOT);
+}

@@ -88,7 +88,7 @@ static void mg_hc_result(mg_hc_t *h, int status, const char *why) {
         if (st->down && ++st->oks >= h->rise) {
             mg_info("upstream %s: server %s passed %d health checks: up again", h->upname, st->name,
                     st->oks);
-            mg_up_peer_mark(h->peer, 0);
+            mg_up_peer_mark(h->upname, h->peer, 0);
         }
     } else {
         st->failed_total++;
@@ -96,7 +96,7 @@ static void mg_hc_result(mg_hc_t *h, int status, const char *why) {
         if (++st->fails >= h->fall && !st->down) {
             mg_warn("upstream %s: server %s failed %d health checks (%s): marked down", h->upname,
                     st->name, st->fails, why);
-            mg_up_peer_mark(h->peer, 1);
+            mg_up_peer_mark(h->upname, h->peer, 1);
         } else if (!st->down) {
             mg_debug("upstream %s: server %s: health check failed (%s)", h->upname, st->name, why);
         }
@@ -295,7 +295,7 @@ unchecked:
         mg_peer_hc_t *st = mg_up_peer_hc(p);
         if (!st->on) {
             if (st->down)
-                mg_up_peer_mark(p, 0);
+                mg_up_peer_mark(NULL, p, 0);
             st->oks = st->fails = 0;
         }
     }

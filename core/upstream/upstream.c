@@ -69,6 +69,7 @@ struct mg_peer_s {
     mg_peer_hc_t hc;   /* active health (health.c) */
     mg_uconn_t *idle;  /* pooled connections, LIFO */
     int nidle;
+    int met; /* metrics label "upstream|host:port" + 1 (the first upstream to use it) */
     mg_peer_t *next;
 };
 
@@ -85,6 +86,7 @@ struct mg_uconn_s {
     int hs;          /* connecting: the TCP connect is done, the TLS handshake runs */
     int sess_kept;   /* its TLS session was kept for resumption */
     void *sslctx;    /* TLS: the context it was made with (reused only with it) */
+    int met;         /* the upstream's metrics label (pool gauges) */
 };
 
 /* which timer is armed (mg_ux_timer) */
@@ -122,6 +124,7 @@ struct mg_ux_s {
     int fail_pending; /* a deferred failure is scheduled */
     int fail_status;
     const char *fail_msg;
+    double t0; /* mg_ux_start: the response-time histogram */
     int nh, hstate;
     mg_ux_t *next_free;
     /* kept across reuse (not zeroed): response head storage */
@@ -208,13 +211,27 @@ void mg_up_peer_stat(const mg_peer_t *p, mg_up_peer_stat_t *s) {
     s->tls = p->tls;
 }
 
+/* the server's health as the metrics show it (1 up, 2 down) */
+static void mg_up_peer_met(const char *upname, mg_peer_t *p, int state) {
+    if (p->met == 0) {
+        char name[160]; /* 64 + 64 + a port: fits MG_MET_NAME_LEN */
+        if (upname == NULL)
+            return; /* never shown yet, and no name to show it under */
+        snprintf(name, sizeof(name), "%s|%s:%d", upname, p->host, p->port);
+        p->met = 1 + mg_met_name(name, MG_MET_K_SERVER);
+    }
+    MG_MET(mg_met->health[p->met - 1] = (uint8_t)state);
+}
+
 static mg_peer_t *mg_up_peer_pick(mg_upstream_t *up, int *idx) {
     double now = mg_now();
     int i;
     for (i = 0; i < up->npeers; i++) {
         *idx = (int)(up->rr++ % (unsigned)up->npeers);
-        if (up->peers[*idx]->down_until <= now)
+        if (up->peers[*idx]->down_until <= now) {
+            mg_up_peer_met(up->name, up->peers[*idx], 1);
             return up->peers[*idx];
+        }
     }
     /* every server is marked down: try the next one anyway rather than
      * refusing everything until the marks expire */
@@ -228,9 +245,12 @@ static void mg_up_peer_failed(mg_upstream_t *up, mg_peer_t *p) {
     if (mg_up_hc_failed(up, p))
         return; /* checked: an ejection lasts until it rises */
     if (++p->fails >= up->max_fails && up->max_fails > 0) {
-        if (p->down_until <= mg_now())
+        if (p->down_until <= mg_now()) {
             mg_warn("upstream %s: server %s:%d failed %d times, skipped for %.1fs", up->name,
                     p->host, p->port, p->fails, up->fail_timeout / 1000.0);
+            mg_up_peer_met(up->name, p, 2);
+            MG_MET(mg_met->up_eject[p->met - 1]++);
+        }
         p->down_until = mg_now() + up->fail_timeout / 1000.0;
     }
 }
@@ -238,6 +258,7 @@ static void mg_up_peer_failed(mg_upstream_t *up, mg_peer_t *p) {
 /* ---- connections ---- */
 
 static void mg_uconn_close(mg_uconn_t *uc) {
+    MG_MET(mg_met->up_pool[uc->met]--);
     event_del(&uc->rev);
     event_del(&uc->wev);
     event_del(&uc->tev);
@@ -252,6 +273,7 @@ static void mg_uconn_pool_drop(mg_uconn_t *uc) {
         if (*pp == uc) {
             *pp = uc->next;
             uc->peer->nidle--;
+            MG_MET(mg_met->up_idle[uc->met]--);
             break;
         }
     mg_uconn_close(uc);
@@ -268,6 +290,7 @@ static mg_uconn_t *mg_uconn_pool_take(mg_peer_t *p, void *ctx) {
             uc = *pp;
             *pp = uc->next;
             p->nidle--;
+            MG_MET(mg_met->up_idle[uc->met]--);
             return uc;
         }
     return NULL;
@@ -292,6 +315,7 @@ static void mg_uconn_release(mg_ux_t *ux) {
     uc->next = p->idle;
     p->idle = uc;
     p->nidle++;
+    MG_MET(mg_met->up_idle[uc->met]++);
 }
 
 static void mg_uconn_bind(mg_ux_t *ux, mg_uconn_t *uc) {
@@ -390,11 +414,14 @@ static void mg_ux_connect(mg_ux_t *ux) {
                     mg_ux_fail(ux, 502, "out of memory", 0);
                     return;
                 }
+                uc->met = mg_upstream_met(ux->up);
+                MG_MET(mg_met->up_pool[uc->met]++);
                 if (ux->up->tls)
                     tls_rc = mg_uconn_tls(ux, uc, fd);
                 else
                     mg_io_tcp(&uc->io, fd);
                 if (tls_rc != MG_OK) {
+                    MG_MET(mg_met->up_pool[uc->met]--);
                     free(uc);
                     close(fd);
                     mg_ux_fail(ux, 502, "upstream TLS setup failed", 0);
@@ -463,8 +490,24 @@ static void mg_ux_deferred_fail_cb(evutil_socket_t fd, short what, void *arg) {
     mg_ux_free(ux);
 }
 
+/* one exchange ended: counted by its upstream (kind: MG_MET_E_*, or -1) */
+static void mg_ux_met(mg_ux_t *ux, int kind) {
+    int i = mg_upstream_met(ux->up);
+    (void)i, (void)kind;
+    MG_MET(mg_met->up_req[i]++);
+    if (kind >= 0)
+        MG_MET(mg_met->up_err[i][kind]++);
+    MG_MET(mg_met_hist(&mg_met->up_time[i], mg_now() - ux->t0));
+}
+
 static void mg_ux_fail(mg_ux_t *ux, int status, const char *msg, int peer_fault) {
     (void)peer_fault;
+    mg_ux_met(ux, status == 504 ? MG_MET_E_TIMEOUT
+                  : !ux->got_resp && msg &&
+                          (strstr(msg, "unreachable") || strstr(msg, "connect") ||
+                           strstr(msg, "no servers") || strstr(msg, "TLS"))
+                      ? MG_MET_E_CONNECT
+                      : MG_MET_E_BAD);
     if (ux->in_start) {
         /* the caller of mg_ux_start has no handle yet: report on the next
          * loop turn */
@@ -529,6 +572,7 @@ mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, i
     ux->head_only = head_only;
     ux->head_ms = timeout_ms > 0 ? timeout_ms : up->response_timeout;
     ux->body_ms = timeout_ms > 0 ? timeout_ms : up->body_timeout;
+    MG_MET(ux->t0 = mg_now());
     if (ux->head == NULL) {
         evbuffer_free(head);
         free(ux);
@@ -734,6 +778,7 @@ static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void mg_ux_complete(mg_ux_t *ux, int reusable) {
+    mg_ux_met(ux, -1);
     if (ux->uc) {
         if (ux->uc->io.tls)
             mg_uconn_keep_session(ux, ux->uc);
@@ -819,7 +864,9 @@ static int mg_uconn_read_once(mg_uconn_t *uc) {
         ux->uc = NULL;
         ux->sink->on_upgrade(ux->ud, &uc->io, ux->hv, ux->nh, extra ? pos : NULL, extra);
         mg_io_close(&uc->io); /* nothing if the sink took it */
+        MG_MET(mg_met->up_pool[uc->met]--);
         free(uc);
+        mg_ux_met(ux, -1);
         mg_ux_free(ux);
         return 0;
     }
@@ -1026,10 +1073,13 @@ int mg_up_peer_addr(const mg_peer_t *p, struct sockaddr_storage *ss, socklen_t *
     return 1;
 }
 
-void mg_up_peer_mark(mg_peer_t *p, int down) {
+void mg_up_peer_mark(const char *upname, mg_peer_t *p, int down) {
     p->hc.down = down;
     p->hc.oks = 0;
+    mg_up_peer_met(upname, p, down ? 2 : 1);
     if (down) {
+        if (p->met)
+            MG_MET(mg_met->up_eject[p->met - 1]++);
         p->hc.ejections++;
         p->down_until = HUGE_VAL;
     } else {
@@ -1045,7 +1095,7 @@ int mg_up_hc_failed(mg_upstream_t *up, mg_peer_t *p) {
         mg_warn("upstream %s: server %s failed %d times: marked down until it passes %d health "
                 "checks",
                 up->name, p->hc.name, p->fails, up->hc_rise);
-        mg_up_peer_mark(p, 1);
+        mg_up_peer_mark(up->name, p, 1);
     }
     return 1;
 }

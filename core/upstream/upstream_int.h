@@ -31,7 +31,7 @@ int mg_up_peer_addr(const mg_peer_t *p, struct sockaddr_storage *ss, socklen_t *
 int mg_up_peer_is_tls(const mg_peer_t *p);
 /* Marked down (1) or up again (0): while down the passive mark holds it
  * (down_until for ever), so every reader of passive health agrees. */
-void mg_up_peer_mark(mg_peer_t *p, int down);
+void mg_up_peer_mark(const char *upname, mg_peer_t *p, int down); /* upname NULL: not known */
 /* A failed request on a server its upstream checks: counted against
  * max_fails, whose ejection lasts until the server rises (1), or 0 when
  * the server is not checked (the passive rule applies). */

@@ -371,6 +371,11 @@ void mg_ws_arm(mg_ws_t *ws) {
         event_add(&ws->tev, mg_timeout_tv(ms));
 }
 
+/* MG_MET_WS_*: the route's mode */
+static int mg_ws_met_mode(const mg_ws_t *ws) {
+    return ws->conf && ws->conf->mode == MG_WS_RELAY ? MG_MET_WS_RELAY : MG_MET_WS_HANDLER;
+}
+
 mg_ws_t *mg_ws_new(mg_io_t *io, int client, mg_gen_t *gen, mg_route_t *route, const mg_ws_hs_t *hs,
                    const char *pre, size_t pre_len, const mg_ws_ops_t *ops, void *ud) {
     mg_ws_t *ws = calloc(1, sizeof(*ws));
@@ -431,14 +436,25 @@ mg_ws_t *mg_ws_new(mg_io_t *io, int client, mg_gen_t *gen, mg_route_t *route, co
     if (mg_ws_list)
         mg_ws_list->prev = ws;
     mg_ws_list = ws;
-    if (!client)
+    ws->met = mg_route_met(route);
+    if (!client) {
         mg_ws_sockets++;
+        MG_MET(mg_met->ws_open[ws->met][mg_ws_met_mode(ws)]++);
+        mg_met_ws_gen(gen->id, 1);
+    }
     if (ws->pre_len)
         event_active(&ws->rev, EV_READ, 1);
     return ws;
 }
 
 static void mg_ws_free(mg_ws_t *ws) {
+    if (!ws->client) {
+        mg_ws_end_t e;
+        mg_ws_end_info(ws, &e, "client");
+        MG_MET(mg_met->ws_close[ws->met][mg_met_ws_code(e.code)][mg_met_ws_side(e.by)]++);
+        MG_MET(mg_met->ws_open[ws->met][mg_ws_met_mode(ws)]--);
+        mg_met_ws_gen(ws->gen->id, -1);
+    }
     event_del(&ws->rev);
     event_del(&ws->wev);
     event_del(&ws->tev);
@@ -546,11 +562,13 @@ static void mg_ws_msg_done(mg_ws_t *ws) {
         const uint8_t *p = ws->whole;
         ws->whole = NULL;
         ws->st.bytes_in += ws->whole_len;
+        mg_ws_met_msg(ws, MG_MET_IN, ws->whole_len);
         if (ws->ops && ws->ops->on_message)
             ws->ops->on_message(ws->ud, ws, ws->msg_op, (const char *)p, ws->whole_len);
     } else {
         n = evbuffer_get_length(ws->msg);
         ws->st.bytes_in += n;
+        mg_ws_met_msg(ws, MG_MET_IN, n);
         if (ws->ops && ws->ops->on_message)
             ws->ops->on_message(ws->ud, ws, ws->msg_op, (const char *)evbuffer_pullup(ws->msg, -1),
                                 n);
@@ -710,6 +728,7 @@ static int mg_ws_read_fast(mg_ws_t *ws) {
         ws->rx_used += hl + plen;
         ws->st.msgs_in++;
         ws->st.bytes_in += plen;
+        mg_ws_met_msg(ws, MG_MET_IN, plen);
         if (ws->ops && ws->ops->on_message)
             ws->ops->on_message(ws->ud, ws, op, (const char *)pl, plen);
         if (ws->dead)
@@ -777,6 +796,7 @@ static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg) {
     }
     if (wc->hb_timeout && now - ws->last_rx >= wc->hb_timeout * 0.95 / 1000.0) {
         mg_debug("websocket: peer silent for %.1fs, closing", now - ws->last_rx);
+        MG_MET(mg_met->ws_dead[ws->met] += !ws->client);
         /* a dead peer will not answer the close: send it and go */
         mg_ws_close(ws, 1001, "peer timed out");
         mg_ws_finish(ws);
@@ -796,9 +816,11 @@ static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg) {
             char msg[64];
             int n = snprintf(msg, sizeof(msg), "{\"type\":\"ping\",\"ts\":%lld}", (long long)now);
             mg_ws_send(ws, WSLAY_TEXT_FRAME, msg, n);
+            MG_MET(mg_met->ws_pings[ws->met]++);
         }
         if (wc->hb_frames && !ws->dead && mg_ws_wake(ws) == 0) {
             struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"", 0};
+            MG_MET(mg_met->ws_pings[ws->met] += !ws->client);
             wslay_event_queue_msg(ws->ctx, &m);
             mg_ws_flush(ws);
         }
@@ -836,8 +858,10 @@ void mg_ws_drain_route_sockets(mg_gen_t *newgen) {
     mg_ws_t *ws = mg_ws_list;
     while (ws) {
         mg_ws_t *next = ws->next;
-        if (ws->gen != newgen && ws->conf->drain_on_reload && !ws->client)
+        if (ws->gen != newgen && ws->conf->drain_on_reload && !ws->client) {
+            MG_MET(mg_met->ws_drained[ws->met]++);
             mg_ws_close(ws, 1012, "service restart, reconnect");
+        }
         ws = next;
     }
 }

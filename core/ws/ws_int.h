@@ -68,7 +68,16 @@ struct mg_ws_s {
     int notified;
     char close_reason[124]; /* the peer's, UTF-8 checked */
     mg_ws_t *prev, *next;
+    int met; /* the route's metrics label (loop/metrics.h) */
 };
+
+/* a message, in (from the peer) or out: counted on client-facing sockets */
+static inline void mg_ws_met_msg(mg_ws_t *ws, int dir, uint64_t len) {
+    if (!ws->client) {
+        MG_MET(mg_met->ws_msgs[ws->met][dir]++);
+        MG_MET(mg_met->ws_bytes[ws->met][dir] += len);
+    }
+}
 
 /* ws.c */
 /* UTF-8 (RFC 3629), incremental: feed bytes from state st (0 at the start

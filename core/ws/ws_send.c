@@ -274,12 +274,14 @@ int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len) {
     if (mg_ws_queued(ws) + len > ws->conf->send_buffer) {
         mg_warn("websocket: send buffer over %zu bytes (slow reader), closing with 1008",
                 ws->conf->send_buffer);
+        MG_MET(mg_met->ws_overflow[ws->met]++);
         mg_ws_close(ws, 1008, "send buffer overflow");
         return MG_ERR;
     }
     if (opcode < 8) {
         ws->st.msgs_out++;
         ws->st.bytes_out += len;
+        mg_ws_met_msg(ws, MG_MET_OUT, len);
     }
     if (ws->pmd && len >= MG_WS_DEFLATE_MIN && opcode < 8) {
         struct evbuffer *z = evbuffer_new();

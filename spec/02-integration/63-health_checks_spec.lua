@@ -117,13 +117,15 @@ describe("active health checks", function()
         function()
         a = helpers.start_upstream()
         b = helpers.start_upstream()
+        local admin = helpers.free_port()
         mg = helpers.start_moongate({
             workers = 2,
-            vars = { A = a.port, B = b.port },
+            vars = { A = a.port, B = b.port, ADMIN = admin },
             conf = [[
 return {
   listen = "127.0.0.1:$PORT",
   workers = $WORKERS,
+  admin = { listen = "127.0.0.1:$ADMIN" },
   upstreams = {
     up = { servers = { "http://127.0.0.1:$A", "http://127.0.0.1:$B" },
            health_check = { path = "/hc", interval = 0.1, timeout = 0.5, rise = 2, fall = 2 } },
@@ -145,6 +147,14 @@ return {
             "not marked down by both workers:\n" .. mg:log())
         seen = ports_seen(mg, "/y", 20)
         assert.are.equal(20, seen[b.port], "the down server got traffic: " .. show(seen))
+        -- the metrics say so too: down, and ejected (once per worker)
+        local function series(name)
+            local st, _, body = helpers.http(admin, "GET", "/metrics")
+            assert.are.equal(200, st, body)
+            return tonumber(body:match(name .. "{[^}]*127%.0%.0%.1:" .. a.port .. "[^}]*} (%d+)"))
+        end
+        assert.are.equal(0, series("moongate_upstream_server_up"))
+        assert.is_true(series("moongate_upstream_server_ejections_total") >= 2)
 
         -- the same port again: after 2 passes it is back in the rotation
         a = helpers.start_upstream({ port = a.port })
@@ -153,6 +163,7 @@ return {
             "not back up in both workers:\n" .. mg:log())
         seen = ports_seen(mg, "/z", 8)
         assert.truthy(seen[a.port] and seen[b.port], "both again: " .. show(seen))
+        assert.are.equal(1, series("moongate_upstream_server_up"))
         assert.truthy(heads_of(a, "GET /z") > 0)
     end)
 

@@ -1,0 +1,4 @@
+-- Bench (bench/metrics.sh): one proxied route, the cost of metrics and the access log.
+return {
+  { prefix = "/plain", upstream = "runtime" },
+}

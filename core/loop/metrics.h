@@ -1,0 +1,168 @@
+/*
+ * metrics.h -- the Prometheus counters (metrics.c). The master maps one
+ * shared region before forking (mg_metrics_init): a bounded table of label
+ * names (routes, upstreams, servers) and one fixed-layout record per worker
+ * slot. A worker adds into its own slot only (mg_met points at it): plain
+ * adds, no lock, no syscall, no allocation. A scrape sums every slot
+ * (mg_metrics_render). Counters outlive a worker's restart (the slot is
+ * kept); gauges (open connections, sockets, pools) are zeroed when the
+ * slot's worker dies or starts, since what they counted died with it.
+ *
+ * This layer only stores and renders: callers above pass names (interned
+ * once, mg_met_name) and small indices.
+ */
+#ifndef MG_METRICS_H
+#define MG_METRICS_H
+
+#include "base/base.h"
+
+#include <event2/buffer.h>
+#include <stdint.h>
+
+#define MG_MET_NAMES 1024   /* label names; past that, "(other)" */
+#define MG_MET_NAME_LEN 144 /* bytes of one, NUL included (longer: cut) */
+#define MG_MET_BUCKETS 14   /* 1 ms ... 10 s, then +Inf */
+#define MG_MET_LISTENERS 32 /* listeners by index; past that, not counted */
+#define MG_MET_GENS 16      /* open sockets by generation: a ring by id */
+#define MG_MET_CODES 16     /* WebSocket close codes (mg_met_ws_code) */
+
+#define MG_MET_OTHER 0 /* name index of "(other)": the table was full */
+#define MG_MET_NONE 1  /* name index of "(none)": no route matched */
+
+/* what a name labels (a name can be several) */
+enum { MG_MET_K_ROUTE = 1, MG_MET_K_UPSTREAM = 2, MG_MET_K_SERVER = 4 };
+/* method classes */
+enum {
+    MG_MET_M_GET,
+    MG_MET_M_HEAD,
+    MG_MET_M_POST,
+    MG_MET_M_PUT,
+    MG_MET_M_DELETE,
+    MG_MET_M_PATCH,
+    MG_MET_M_OPTIONS,
+    MG_MET_M_OTHER,
+    MG_MET_NMETHOD
+};
+/* upstream error kinds */
+enum { MG_MET_E_CONNECT, MG_MET_E_TIMEOUT, MG_MET_E_BAD, MG_MET_NERR };
+/* WebSocket modes, directions (from the client: in), who closed */
+enum { MG_MET_WS_HANDLER, MG_MET_WS_TUNNEL, MG_MET_WS_RELAY, MG_MET_NMODE };
+enum { MG_MET_IN, MG_MET_OUT };
+enum { MG_MET_BY_CLIENT, MG_MET_BY_GATEWAY, MG_MET_BY_UPSTREAM, MG_MET_BY_NONE, MG_MET_NSIDE };
+/* reload results */
+enum { MG_MET_RELOAD_OK, MG_MET_RELOAD_FAILED };
+
+typedef struct {
+    uint64_t b[MG_MET_BUCKETS]; /* per bucket, not cumulative (render adds up) */
+    uint64_t sum_us;            /* microseconds */
+} mg_met_hist_t;
+
+/* One worker slot. Counters first; gauges last (zeroed on restart). */
+typedef struct {
+    uint64_t http_req[MG_MET_NAMES][MG_MET_NMETHOD][6]; /* status class 0 (none) .. 5 */
+    mg_met_hist_t http_dur[MG_MET_NAMES];
+    uint64_t http_bytes[MG_MET_NAMES][2]; /* in, out */
+    uint64_t up_req[MG_MET_NAMES];
+    uint64_t up_err[MG_MET_NAMES][MG_MET_NERR];
+    mg_met_hist_t up_time[MG_MET_NAMES];
+    uint64_t up_eject[MG_MET_NAMES]; /* by server */
+    uint64_t ws_msgs[MG_MET_NAMES][2];
+    uint64_t ws_bytes[MG_MET_NAMES][2];
+    uint64_t ws_close[MG_MET_NAMES][MG_MET_CODES][MG_MET_NSIDE];
+    uint64_t ws_pings[MG_MET_NAMES];
+    uint64_t ws_dead[MG_MET_NAMES];
+    uint64_t ws_drained[MG_MET_NAMES];
+    uint64_t ws_overflow[MG_MET_NAMES];
+    /* gauges */
+    int64_t conns[MG_MET_LISTENERS][2]; /* plain, TLS */
+    int64_t ws_open[MG_MET_NAMES][MG_MET_NMODE];
+    int64_t ws_gen[MG_MET_GENS];
+    uint32_t ws_gen_id[MG_MET_GENS];
+    int64_t up_pool[MG_MET_NAMES]; /* by upstream: connections open (busy + idle) */
+    int64_t up_idle[MG_MET_NAMES];
+    uint8_t health[MG_MET_NAMES]; /* by server: 0 unknown, 1 up, 2 down */
+    int32_t pid;
+} mg_met_slot_t;
+
+/* The worker's own slot; before mg_metrics_init (moongate -t, the C unit
+ * tests) a private one, so an increment never needs a check. */
+extern mg_met_slot_t *mg_met;
+
+/* master, before forking: the shared region for nslots workers; listener
+ * labels ("host:port", by listener index). MG_OK or MG_ERR (errno). */
+int mg_metrics_init(int nslots, const char *const *listeners, int nlisteners);
+/* a worker at start (and the master when the slot's worker died): gauges to 0 */
+void mg_metrics_slot_reset(int slot);
+/* a worker at start: mg_met = its slot */
+void mg_metrics_attach(int slot, int pid);
+/* master: process-wide values */
+void mg_metrics_reload(int result);                    /* MG_MET_RELOAD_* */
+void mg_metrics_generation(unsigned gen, double when); /* serving since when (Unix time) */
+void mg_metrics_worker_restarted(void);
+
+/* The index of name (a route's name or rule, an upstream, "upstream|host:port"
+ * for a server), interned once into the shared table and marked kind; at
+ * load or first use, never per request. MG_MET_OTHER when full. */
+int mg_met_name(const char *name, int kind);
+
+/* Extra families rendered at scrape time by the layers above (shared dicts,
+ * certificates): up to 8, registered once per worker. */
+typedef void (*mg_metrics_extra_fn)(struct evbuffer *out);
+void mg_metrics_add_extra(mg_metrics_extra_fn fn);
+
+/* The whole process family, Prometheus text format 0.0.4. */
+void mg_metrics_render(struct evbuffer *out);
+
+/* ---- increments (the request path: plain adds) ---- */
+
+int mg_met_bucket(double secs);
+int mg_met_method_class(int llhttp_method);
+int mg_met_ws_code(int code);
+
+static inline void mg_met_hist(mg_met_hist_t *h, double secs) {
+    h->b[mg_met_bucket(secs)]++;
+    h->sum_us += secs > 0 ? (uint64_t)(secs * 1e6) : 0;
+}
+
+/* who closed as the access log says it ("client", "moongate", "upstream", "none") */
+static inline int mg_met_ws_side(const char *by) {
+    return by == NULL     ? MG_MET_BY_NONE
+           : by[0] == 'c' ? MG_MET_BY_CLIENT
+           : by[0] == 'm' ? MG_MET_BY_GATEWAY
+           : by[0] == 'u' ? MG_MET_BY_UPSTREAM
+                          : MG_MET_BY_NONE;
+}
+
+/* MG_METRICS_OFF (bench/metrics.sh's baseline build): no increment at all,
+ * arguments not evaluated; MG_MET(stmt) wraps the direct adds of callers. */
+#ifdef MG_METRICS_OFF
+#define MG_MET(x) ((void)0)
+#define mg_met_http(...) ((void)0)
+#define mg_met_conn(...) ((void)0)
+#define mg_met_ws_gen(...) ((void)0)
+#else
+#define MG_MET(x) ((void)(x))
+static inline void mg_met_http(int name, int method_class, int status, double secs, uint64_t in,
+                               uint64_t out) {
+    int sc = status >= 100 && status < 600 ? status / 100 : 0;
+    mg_met->http_req[name][method_class][sc]++;
+    mg_met_hist(&mg_met->http_dur[name], secs);
+    mg_met->http_bytes[name][0] += in;
+    mg_met->http_bytes[name][1] += out;
+}
+
+static inline void mg_met_conn(int lidx, int tls, int delta) {
+    if (lidx >= 0 && lidx < MG_MET_LISTENERS)
+        mg_met->conns[lidx][tls != 0] += delta;
+}
+
+static inline void mg_met_ws_gen(unsigned gen, int delta) {
+    unsigned i = gen % MG_MET_GENS;
+    if (mg_met->ws_gen[i] == 0)
+        mg_met->ws_gen_id[i] = gen;
+    mg_met->ws_gen[i] += delta;
+}
+
+#endif
+
+#endif
