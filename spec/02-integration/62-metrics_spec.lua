@@ -237,7 +237,8 @@ describe("metrics", function()
     end)
 
     it("keeps the totals when a worker dies and is restarted", function()
-        local before = value(select(2, scrape()), 'moongate_http_requests_total{route="/hello",method="GET",status="2xx"}')
+        local before = value(select(2, scrape()),
+            'moongate_http_requests_total{route="/hello",method="GET",status="2xx"}')
         assert.truthy(before and before >= 20)
         local workers = mg:workers()
         assert.truthy(#workers >= 1)
