@@ -6,7 +6,8 @@
 # on, written to a file (:19093). Interleaved, REPS x DURATION s each, wrk
 # with CONNS keep-alive connections; prints each run, the medians and the
 # ratios on/off (requests/s, server CPU per request). Budget: 3 %.
-# Env: DURATION (5), REPS (5), CONNS (64).
+# Env: DURATION (5), REPS (5), CONNS (64); ON_CONF=bench/metrics-only.conf.lua
+# measures the metrics alone (the access log off on both sides).
 set -eu
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-../shared/bench}
@@ -22,7 +23,7 @@ on_pid=$(mktemp -u /tmp/moongate-bench-on-XXXXXX.pid)
 alog=$(mktemp /tmp/moongate-bench-alog-XXXXXX)
 # sessions of their own, as the peers (see run.sh)
 setsid -f ./moongate-nometrics -c bench/metrics-off.conf.lua -p "$off_pid" 2>/tmp/moongate-bench-off.log
-setsid -f ./moongate -c bench/metrics-on.conf.lua -p "$on_pid" 2>"$alog"
+setsid -f ./moongate -c "${ON_CONF:-bench/metrics-on.conf.lua}" -p "$on_pid" 2>"$alog"
 i=0
 while { [ ! -s "$off_pid" ] || [ ! -s "$on_pid" ]; } && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 trap 'kill "$(cat "$off_pid")" "$(cat "$on_pid")" 2>/dev/null || true; rm -f "$alog"; "$BENCH/stop_peers.sh" >/dev/null' EXIT INT TERM

@@ -220,6 +220,7 @@ static void mg_up_peer_met(const char *upname, mg_peer_t *p, int state) {
         snprintf(name, sizeof(name), "%s|%s:%d", upname, p->host, p->port);
         p->met = 1 + mg_met_name(name, MG_MET_K_SERVER);
     }
+    (void)state;
     MG_MET(mg_met->health[p->met - 1] = (uint8_t)state);
 }
 

@@ -372,7 +372,7 @@ void mg_ws_arm(mg_ws_t *ws) {
 }
 
 /* MG_MET_WS_*: the route's mode */
-static int mg_ws_met_mode(const mg_ws_t *ws) {
+static __attribute__((unused)) int mg_ws_met_mode(const mg_ws_t *ws) {
     return ws->conf && ws->conf->mode == MG_WS_RELAY ? MG_MET_WS_RELAY : MG_MET_WS_HANDLER;
 }
 

@@ -73,6 +73,7 @@ struct mg_ws_s {
 
 /* a message, in (from the peer) or out: counted on client-facing sockets */
 static inline void mg_ws_met_msg(mg_ws_t *ws, int dir, uint64_t len) {
+    (void)dir, (void)len;
     if (!ws->client) {
         MG_MET(mg_met->ws_msgs[ws->met][dir]++);
         MG_MET(mg_met->ws_bytes[ws->met][dir] += len);
