@@ -699,6 +699,10 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
     lua_pop(L, 1);
     if (mg_load_read_servers(g, L, genidx, err, errlen) != MG_OK)
         goto fail;
+    /* every table's trie, here in each process that loads the generation
+     * (the master checking it, then each worker): never per request */
+    if (mg_route_build(g, err, errlen) != MG_OK)
+        goto fail;
     /* every listener of a conf or server with proxy_protocol, TLS ones too */
     for (int k = 0; k < g->nlisten; k++) {
         int srv = g->listen[k].server;

@@ -150,6 +150,9 @@ static inline int mg_route_met(mg_route_t *rt) {
     return rt->met - 1;
 }
 
+/* A generation's routes compiled into tries on segments (router.c). */
+typedef struct mg_rtab_s mg_rtab_t;
+
 /* A generation: one load of conf + scripts, with its own Lua state. Requests
  * hold a reference; the last one out of a superseded generation frees it. */
 typedef struct mg_gen_s mg_gen_t;
@@ -173,8 +176,9 @@ struct mg_gen_s {
     int nedge;
     mg_upstream_t *upstreams;
     int nupstreams;
-    mg_route_t *routes;
+    mg_route_t *routes; /* in match order: a route's position is its rank */
     int nroutes;
+    mg_rtab_t *rtab;         /* routes as tries (mg_route_build), or NULL: matched linearly */
     int max_websockets;      /* per worker */
     struct mg_co_s *co_pool; /* finished coroutines kept for reuse (lua_api.c) */
     int nco_pool;
@@ -220,10 +224,20 @@ void mg_gen_log_diff(mg_gen_t *old, mg_gen_t *gen);
 
 /* ---- router.c ---- */
 int mg_route_compile(mg_route_t *r, char *err, size_t errlen);
-/* Returns the first matching route (the table is sorted by priority) or NULL.
+/* Builds gen->rtab from gen->routes (compiled, in match order): done once
+ * per load, after the last route is read; freed by mg_gen_free. */
+int mg_route_build(mg_gen_t *gen, char *err, size_t errlen);
+void mg_route_table_free(mg_gen_t *gen);
+size_t mg_route_table_bytes(const mg_gen_t *gen); /* what gen->rtab holds */
+/* Returns the matching route of lowest position (the table is sorted by
+ * priority) or NULL: through gen->rtab if built, else by a scan.
  * Params, if wanted, are filled as (name, value) slices of path. */
 mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *host, size_t hostlen,
                            const char *path, size_t pathlen, mg_kv_t *params, int *nparams);
+/* The same answer by scanning every route: the reference for the tests. */
+mg_route_t *mg_route_match_linear(mg_gen_t *gen, int server, int method, const char *host,
+                                  size_t hostlen, const char *path, size_t pathlen, mg_kv_t *params,
+                                  int *nparams);
 size_t mg_route_strip_len(const mg_route_t *rt, const char *path, size_t path_len);
 /* The server (route table) of this worker's listening socket `lidx`. */
 int mg_gen_server_of(mg_gen_t *gen, int lidx);

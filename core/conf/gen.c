@@ -43,7 +43,7 @@ void mg_gen_free(mg_gen_t *g) {
         g->dtor(g);
     for (i = 0; i < g->nroutes; i++) {
         mg_route_t *r = &g->routes[i];
-        for (k = 0; r->segs && k < MG_ROUTE_MAX_SEGS; k++)
+        for (k = 0; r->segs && k < r->nsegs; k++)
             free((char *)r->segs[k].param);
         free(r->segs);
         mg_gen_free_ws(r->ws);
@@ -51,6 +51,7 @@ void mg_gen_free(mg_gen_t *g) {
         free(r->name);
         free(r->host);
     }
+    mg_route_table_free(g);
     free(g->routes);
     for (i = 0; i < g->nupstreams; i++)
         free(g->upstreams[i].peers);
