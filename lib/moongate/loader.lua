@@ -1119,6 +1119,14 @@ end
 local ARRAY = {}
 local JSON_ESC = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r",
                    ["\t"] = "\\t" }
+-- what each character '[%c"\\]' matches becomes (%c: 0-31 and 127)
+local JSON_ESC_ALL = {}
+for b = 0, 127 do
+  local c = string.char(b)
+  if b < 32 or b == 127 or JSON_ESC[c] then
+    JSON_ESC_ALL[c] = JSON_ESC[c] or str_format("\\u%04x", b)
+  end
+end
 
 local function json_encode(v, out)
   local t = type(v)
@@ -1147,9 +1155,12 @@ local function json_encode(v, out)
     end
     out[#out + 1] = "}"
   elseif t == "string" then
-    out[#out + 1] = '"' .. v:gsub('[%c"\\]', function(c)
-      return JSON_ESC[c] or str_format("\\u%04x", c:byte())
-    end) .. '"'
+    -- most strings need no escape: no gsub (and no closure) for them
+    if str_find(v, '[%c"\\]') then
+      out[#out + 1] = '"' .. str_gsub(v, '[%c"\\]', JSON_ESC_ALL) .. '"'
+    else
+      out[#out + 1] = '"' .. v .. '"'
+    end
   elseif t == "number" then
     if v ~= v or v == math.huge or v == -math.huge then
       out[#out + 1] = "null"

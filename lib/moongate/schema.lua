@@ -237,9 +237,19 @@ local function key_path(keys, key)
 end
 
 
--- Field names (and `order` functions) in validation order.
+-- Field names (and `order` functions) in validation order, made once per
+-- spec (specs are not changed once made): a table of 10 000 routes
+-- validates the same record spec 10 000 times.
+local orders = setmetatable({}, { __mode = "k" })
+
 local function field_order(spec)
-  local list, listed = {}, {}
+  local list = orders[spec]
+  if list then
+    return list
+  end
+  list = {}
+  orders[spec] = list
+  local listed = {}
   for _, x in ipairs(spec.order or {}) do
     list[#list + 1] = x
     if type(x) == "string" then listed[x] = true end
@@ -254,7 +264,17 @@ end
 local function validate_record(spec, v, keys, o)
   local fields = spec.fields
   local out = {}
+  local unknown = false
   if not spec.open then
+    for k in pairs(v) do
+      if type(k) ~= "string" or fields[k] == nil then
+        unknown = true
+        break
+      end
+    end
+  end
+  -- with unknown keys, the first in sorted order is the one reported
+  if unknown then
     for _, k in ipairs(sorted_keys(v)) do
       if type(k) ~= "string" or fields[k] == nil then
         if o.named_unknown then
