@@ -630,6 +630,7 @@ static void mg_load_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+    mg_gen_desc_sort(g);
 }
 
 mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen) {
@@ -708,7 +709,10 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         int srv = g->listen[k].server;
         g->listen[k].proxy_protocol = srv >= 0 && srv < g->nedge && g->edge[srv].proxy_protocol;
     }
-    mg_load_read_desc(g, L, loader, genidx);
+    /* the route lines reload diffs compare: the master's (a worker's own
+     * loads never diff) */
+    if (snap_fd < 0)
+        mg_load_read_desc(g, L, loader, genidx);
     mg_load_read_admin_json(g, L, loader, genidx);
     g->loaded_at = (double)time(NULL);
     if (mg_load_edge(g, L, genidx) != MG_OK) {

@@ -138,10 +138,7 @@ static size_t mg_master_json_item(char *out, size_t len, size_t cap, const char 
 }
 
 static int mg_master_desc_has(const mg_gen_t *g, const char *line) {
-    for (int i = 0; i < g->ndesc; i++)
-        if (strcmp(g->desc[i], line) == 0)
-            return 1;
-    return 0;
+    return mg_gen_desc_has(g, line); /* sorted at load: not a scan per line */
 }
 
 /* The listening addresses as opened at start: a reload cannot add one

@@ -184,7 +184,7 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
         mg_ctl_msg_t m;
         char err[1024];
         int fd, rc = mg_app_ctl_recv(sock, &m, &fd);
-        mg_gen_t *g;
+        mg_gen_t *g, *old;
         if (rc == MG_AGAIN)
             return;
         if (rc == MG_ERR) {
@@ -219,6 +219,11 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
                 break;
             }
             mg_gen_pending = NULL;
+            /* the old generation (its Lua state: a table of 10 000 routes
+             * takes a while to free) goes after the master heard we serve */
+            old = mg_gen_current;
+            if (old)
+                mg_gen_retain(old);
             mg_gen_activate(g);
             mg_gen_release(g);
             mg_up_health_start(g); /* the new generation's health checks */
@@ -227,6 +232,8 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             mg_tunnel_drain(g);
             mg_ws_drain_route_sockets(g);
             mg_app_ctl_send(sock, MG_CTL_SERVING, m.id, NULL, -1);
+            if (old)
+                mg_gen_release(old);
             break;
         case MG_CTL_RELOADED: /* the answer to a POST /reload of ours */
             mg_admin_reload_answer(m.id, atoi(m.text) == 200 ? 200 : 422,

@@ -70,6 +70,7 @@ void mg_gen_free(mg_gen_t *g) {
     for (i = 0; i < g->ndesc; i++)
         free(g->desc[i]);
     free(g->desc);
+    free(g->desc_sorted);
     free(g->conf_file);
     free(g->admin_token);
     free(g->health_path);
@@ -101,7 +102,22 @@ void mg_gen_activate(mg_gen_t *gen) {
         mg_gen_release(old);
 }
 
-static int mg_gen_has(mg_gen_t *g, const char *line) {
+static int mg_gen_desc_cmp(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void mg_gen_desc_sort(mg_gen_t *g) {
+    free(g->desc_sorted);
+    g->desc_sorted = NULL;
+    if (g->ndesc == 0 || (g->desc_sorted = malloc(sizeof(char *) * g->ndesc)) == NULL)
+        return; /* mg_gen_desc_has scans */
+    memcpy(g->desc_sorted, g->desc, sizeof(char *) * g->ndesc);
+    qsort(g->desc_sorted, g->ndesc, sizeof(char *), mg_gen_desc_cmp);
+}
+
+int mg_gen_desc_has(const mg_gen_t *g, const char *line) {
+    if (g->desc_sorted)
+        return bsearch(&line, g->desc_sorted, g->ndesc, sizeof(char *), mg_gen_desc_cmp) != NULL;
     for (int i = 0; i < g->ndesc; i++)
         if (strcmp(g->desc[i], line) == 0)
             return 1;
@@ -111,12 +127,12 @@ static int mg_gen_has(mg_gen_t *g, const char *line) {
 void mg_gen_log_diff(mg_gen_t *old, mg_gen_t *gen) {
     int i, changes = 0;
     for (i = 0; i < gen->ndesc; i++)
-        if (!mg_gen_has(old, gen->desc[i])) {
+        if (!mg_gen_desc_has(old, gen->desc[i])) {
             mg_info("reload: + route %s", gen->desc[i]);
             changes++;
         }
     for (i = 0; i < old->ndesc; i++)
-        if (!mg_gen_has(gen, old->desc[i])) {
+        if (!mg_gen_desc_has(gen, old->desc[i])) {
             mg_info("reload: - route %s", old->desc[i]);
             changes++;
         }
