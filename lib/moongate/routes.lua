@@ -11,6 +11,7 @@ local ipairs = ipairs
 local require = require
 local debug_getinfo = debug.getinfo
 local math_floor = math.floor
+local str_byte = string.byte
 local str_find = string.find
 local str_gmatch = string.gmatch
 local str_lower = string.lower
@@ -52,38 +53,66 @@ local METHOD_PATTERN = "^[A-Z0-9!#$%%&'*+.^_`|~-]+$"
 
 -- Checks a path/prefix rule; returns its parameter names in order.
 -- "/" and a trailing "/" are allowed, empty segments elsewhere are not.
+-- Byte by byte (the loader checks every rule twice; 10 000 routes are
+-- 20 000 calls), with the errors in the order of the checks: the first
+-- byte, whitespace or '?' or '#' anywhere, the number of segments, then
+-- each segment in turn.
 local function parse_rule(rule)
-  if str_sub(rule, 1, 1) ~= "/" then
+  if str_byte(rule, 1) ~= 47 then -- '/'
     return nil, "must start with '/'"
   end
-  if str_find(rule, "[%s%c?#]") then
-    return nil, "must not contain whitespace, '?' or '#'"
+  -- one pass over the bytes: %s and %c are 0-32 and 127
+  local n, nsegs, braces = #rule, 1, false
+  for i = 2, n do
+    local b = str_byte(rule, i)
+    if b <= 32 or b == 127 or b == 63 or b == 35 then -- '?', '#'
+      return nil, "must not contain whitespace, '?' or '#'"
+    elseif b == 47 then
+      nsegs = nsegs + 1
+    elseif b == 123 or b == 125 then -- '{', '}'
+      braces = true
+    end
   end
-  local params, seen, segs = {}, {}, {}
-  for seg in str_gmatch(str_sub(rule, 2) .. "/", "([^/]*)/") do
-    segs[#segs + 1] = seg
-  end
-  if #segs > MAX_SEGMENTS then
+  if nsegs > MAX_SEGMENTS then
     return nil, "too many segments (at most " .. MAX_SEGMENTS .. ")"
   end
-  for i, seg in ipairs(segs) do
-    if seg == "" and i < #segs then
+  -- the segments of rule:sub(2) .. "/", in order
+  local params, seen, pos = {}, nil, 2
+  while true do
+    local e = str_find(rule, "/", pos, true)
+    if e == pos then
       return nil, "empty segment ('//')"
     end
-    if str_find(seg, "[{}]") then
+    local stop = (e or n + 1) - 1
+    local has = false
+    if braces then
+      for i = pos, stop do
+        local b = str_byte(rule, i)
+        if b == 123 or b == 125 then
+          has = true
+          break
+        end
+      end
+    end
+    if has then
+      local seg = str_sub(rule, pos, stop)
       local name = str_match(seg, "^{([%a_][%w_]*)}$")
       if not name then
         return nil, "bad segment '" .. seg .. "': a parameter is a whole segment"
                     .. " '{name}', name made of letters, digits and '_'"
       end
+      seen = seen or {}
       if seen[name] then
         return nil, "duplicate parameter '{" .. name .. "}'"
       end
       seen[name] = true
       params[#params + 1] = name
     end
+    if not e then
+      return params
+    end
+    pos = e + 1
   end
-  return params
 end
 
 
