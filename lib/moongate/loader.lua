@@ -1128,6 +1128,32 @@ for b = 0, 127 do
   end
 end
 
+-- A string as JSON. Keys and most values repeat from route to route: the
+-- short ones are kept (at most JSON_MEMO_MAX, then the memo starts over).
+local JSON_MEMO_MAX = 20000
+local json_memo, json_nmemo = {}, 0
+
+local function json_string(v)
+  local j = json_memo[v]
+  if j then
+    return j
+  end
+  -- most strings need no escape: no gsub (and no closure) for them
+  if str_find(v, '[%c"\\]') then
+    j = '"' .. str_gsub(v, '[%c"\\]', JSON_ESC_ALL) .. '"'
+  else
+    j = '"' .. v .. '"'
+  end
+  if #v <= 32 then
+    if json_nmemo >= JSON_MEMO_MAX then
+      json_memo, json_nmemo = {}, 0
+    end
+    json_memo[v] = j
+    json_nmemo = json_nmemo + 1
+  end
+  return j
+end
+
 local function json_encode(v, out)
   local t = type(v)
   if t == "table" then
@@ -1155,12 +1181,7 @@ local function json_encode(v, out)
     end
     out[#out + 1] = "}"
   elseif t == "string" then
-    -- most strings need no escape: no gsub (and no closure) for them
-    if str_find(v, '[%c"\\]') then
-      out[#out + 1] = '"' .. str_gsub(v, '[%c"\\]', JSON_ESC_ALL) .. '"'
-    else
-      out[#out + 1] = '"' .. v .. '"'
-    end
+    out[#out + 1] = json_string(v)
   elseif t == "number" then
     if v ~= v or v == math.huge or v == -math.huge then
       out[#out + 1] = "null"
@@ -1231,7 +1252,9 @@ function _M.admin_json(gen)
       f:close()
     end
   end
-  return cfg, to_json(setmetatable(routes, ARRAY)), page
+  local routes_json = to_json(setmetatable(routes, ARRAY))
+  json_memo, json_nmemo = {}, 0 -- not kept for the generation's life
+  return cfg, routes_json, page
 end
 
 
