@@ -123,7 +123,14 @@ static void random_table(tab_t *t) {
 static int random_path(char *path, size_t cap) {
     int len = 0, ns, kind = below(20);
     if (kind == 0)
-        return snprintf(path, cap, "%s", below(2) ? "*" : "");    /* no leading '/' */
+        return snprintf(path, cap, "%s", below(2) ? "*" : ""); /* no leading '/' */
+    if (kind == 2) { /* any bytes but NUL, slashes often */
+        int n = below((int)cap - 1);
+        for (int i = 0; i < n; i++)
+            path[i] = below(3) == 0 ? '/' : (char)(1 + below(255));
+        path[n] = '\0';
+        return n;
+    }
     ns = kind == 1 ? MG_ROUTE_MAX_SEGS - 2 + below(5) : below(7); /* near the segment limit */
     for (int k = 0; k < ns; k++)
         len += snprintf(path + len, cap - len, "/%s",
