@@ -3,9 +3,10 @@
  * core/conf/router.c) against the linear scan it replaced
  * (mg_route_match_linear): thousands of random tables (literals, {params},
  * prefixes, empty segments, priorities, hosts, methods, servers) and
- * random paths, hosts and methods; both must pick the same route and the
- * same params. Seeded and deterministic (MG_PROP_SEED overrides the seed,
- * MG_PROP_TABLES the count); a failure prints the table and the request.
+ * random paths (some of random bytes), hosts and methods; both must pick
+ * the same route and the same params. Seeded and deterministic
+ * (MG_PROP_SEED overrides the seed, MG_PROP_TABLES the count); a failure
+ * prints the table and the request.
  * Then the cases the priority rule is about (a literal, a param and a
  * prefix route at the same depth, explicit priorities), spec/c/test_router.c's
  * tables through the trie, and a 10 000-route table: the last route
