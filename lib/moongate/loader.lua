@@ -26,6 +26,7 @@ local os_getenv = os.getenv
 local math_floor = math.floor
 local math_min = math.min
 local math_max = math.max
+local str_byte = string.byte
 local str_find = string.find
 local str_format = string.format
 local str_gmatch = string.gmatch
@@ -1138,8 +1139,17 @@ local function json_string(v)
   if j then
     return j
   end
-  -- most strings need no escape: no gsub (and no closure) for them
-  if str_find(v, '[%c"\\]') then
+  -- most strings need no escape: no gsub (and no closure) for them; a
+  -- byte loop finds out faster than a pattern
+  local esc = false
+  for i = 1, #v do
+    local b = str_byte(v, i)
+    if b < 32 or b == 34 or b == 92 or b == 127 then -- %c, '"', '\\'
+      esc = true
+      break
+    end
+  end
+  if esc then
     j = '"' .. str_gsub(v, '[%c"\\]', JSON_ESC_ALL) .. '"'
   else
     j = '"' .. v .. '"'
