@@ -16,6 +16,10 @@
  * what was read (mg_load_snap_export); else a snapshot memfd from the master to
  * load exactly those bytes (borrowed). id 0: the next number. */
 mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen);
+/* Once a generation serves: a full collection of its Lua state. A load
+ * leaves about half its heap as garbage (10 000 routes: 17 of 36 MB), which
+ * a table of proxy routes never allocates enough afterwards to collect. */
+void mg_load_settle(mg_gen_t *gen);
 const char *mg_load_lib_dir(void);
 /* A fresh Lua state with the standard libraries and moongate's lib/ first
  * on package.path (a generation's, the ACME process's); NULL: no memory. */

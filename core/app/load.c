@@ -633,6 +633,11 @@ static void mg_load_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx)
     mg_gen_desc_sort(g);
 }
 
+void mg_load_settle(mg_gen_t *gen) {
+    if (gen && gen->L)
+        lua_gc(gen->L, LUA_GCCOLLECT, 0);
+}
+
 mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen) {
     mg_gen_t *g = calloc(1, sizeof(*g));
     lua_State *L;

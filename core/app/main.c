@@ -667,6 +667,7 @@ static void mg_master_reload_step(void) {
         mg_gen_pending = NULL;
         mg_gen_activate(g);
         mg_gen_release(g);
+        mg_load_settle(g); /* a replacement worker forks with it */
         mg_master_acme_reload(acme_src);
         free(acme_src);
         mg_info("reload: generation %u serving on %d workers", g->id,
@@ -1000,6 +1001,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     mg_load_snap_drop(gen->L); /* workers fork with the loaded state */
+    mg_load_settle(gen);       /* ... without the load's garbage */
     mg_gen_activate(gen);
     signal(SIGPIPE, SIG_IGN);
     mg_master_open_files_limit(gen);

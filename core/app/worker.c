@@ -234,6 +234,7 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             mg_app_ctl_send(sock, MG_CTL_SERVING, m.id, NULL, -1);
             if (old)
                 mg_gen_release(old);
+            mg_load_settle(g);
             break;
         case MG_CTL_RELOADED: /* the answer to a POST /reload of ours */
             mg_admin_reload_answer(m.id, atoi(m.text) == 200 ? 200 : 422,
