@@ -344,6 +344,11 @@ int mg_route_build(mg_gen_t *gen, char *err, size_t errlen) {
         for (k = 0; k < r->nsegs; k++)
             nlitsegs += r->segs[k].lit != NULL;
     }
+    if (maxnodes > (size_t)INT32_MAX / 4) { /* ids are int32_t, hash sizes uint32_t */
+        snprintf(err, errlen, "route table too large (%d routes)", gen->nroutes);
+        free(t);
+        return MG_ERR;
+    }
     t->root = malloc(sizeof(int32_t) * (t->nserver ? t->nserver : 1));
     t->nodes = malloc(sizeof(mg_rnode_t) * (maxnodes ? maxnodes : 1));
     parent = malloc(sizeof(int32_t) * (maxnodes ? maxnodes : 1));
