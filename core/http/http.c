@@ -503,7 +503,9 @@ static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
         if (n > 0)
             mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
     }
-    mg_met_http(mg_http_met_name(r), mg_met_method_class(r->method), r->status,
+    /* a head refused before it was whole has no method yet (r->method 0
+     * would read as DELETE): "other" */
+    mg_met_http(mg_http_met_name(r), r->state == MG_REQ_HEAD ? MG_MET_M_OTHER : mg_met_method_class(r->method), r->status,
                 mg_now() - r->t_start, r->body_rx, r->bytes_out);
     mg_http_hooks->done(r);
     c->req = NULL;
