@@ -215,7 +215,7 @@ struct mg_gen_s {
 
 /* ---- gen.c ---- */
 extern mg_gen_t *mg_gen_current;
-extern mg_gen_t *mg_gen_pending;     /* loaded, not yet serving (a reload in progress) */
+extern mg_gen_t *mg_gen_pending; /* loaded, not yet serving (a reload in progress) */
 /* superseded generations still held by requests or sockets (this process),
  * in no order; one leaves the list when it is freed */
 #define MG_GEN_DRAINING_MAX 32

@@ -210,18 +210,17 @@ static void mg_admin_upstreams(mg_req_t *r, const char *q, size_t ql) {
         evbuffer_add_printf(b, "%s{\"name\":", i ? "," : "");
         mg_admin_str(b, u->name);
         mg_metrics_upstream_sum(mg_upstream_met(u), &m);
-        evbuffer_add_printf(b,
-                            ",\"keepalive\":%d,\"connect_timeout_ms\":%d,"
-                            "\"response_timeout_ms\":%d,\"max_fails\":%d,\"fail_timeout_ms\":%d,"
-                            "\"requests\":%llu,\"errors\":{\"connect\":%llu,\"timeout\":%llu,"
-                            "\"bad_response\":%llu},\"pool\":{\"open\":%lld,\"idle\":%lld},"
-                            "\"servers\":[",
-                            u->keepalive, u->connect_timeout, u->response_timeout, u->max_fails,
-                            u->fail_timeout, (unsigned long long)m.requests,
-                            (unsigned long long)m.errors[MG_MET_E_CONNECT],
-                            (unsigned long long)m.errors[MG_MET_E_TIMEOUT],
-                            (unsigned long long)m.errors[MG_MET_E_BAD], (long long)m.pool,
-                            (long long)m.idle);
+        evbuffer_add_printf(
+            b,
+            ",\"keepalive\":%d,\"connect_timeout_ms\":%d,"
+            "\"response_timeout_ms\":%d,\"max_fails\":%d,\"fail_timeout_ms\":%d,"
+            "\"requests\":%llu,\"errors\":{\"connect\":%llu,\"timeout\":%llu,"
+            "\"bad_response\":%llu},\"pool\":{\"open\":%lld,\"idle\":%lld},"
+            "\"servers\":[",
+            u->keepalive, u->connect_timeout, u->response_timeout, u->max_fails, u->fail_timeout,
+            (unsigned long long)m.requests, (unsigned long long)m.errors[MG_MET_E_CONNECT],
+            (unsigned long long)m.errors[MG_MET_E_TIMEOUT],
+            (unsigned long long)m.errors[MG_MET_E_BAD], (long long)m.pool, (long long)m.idle);
         for (int k = 0; k < u->npeers; k++) {
             mg_up_peer_stat_t s;
             char name[96];
@@ -321,8 +320,8 @@ static void mg_admin_websockets(mg_req_t *r, const char *q, size_t ql) {
     evbuffer_add_printf(b,
                         "{\"worker\":%d,\"generation\":%u,\"open\":%lld,\"worker_open\":%llu,"
                         "\"limit\":%d,\"sockets\":[",
-                        mg_worker.id, mg_gen_current->id, total,
-                        (unsigned long long)mg_ws_count(), mg_gen_current->max_websockets);
+                        mg_worker.id, mg_gen_current->id, total, (unsigned long long)mg_ws_count(),
+                        mg_gen_current->max_websockets);
     for (int i = 0; i < n; i++) {
         evbuffer_add_printf(b, "%s{\"route\":", i ? "," : "");
         mg_admin_str(b, mg_met_name_str(rows[i].name));

@@ -465,7 +465,8 @@ int mg_http_log_off(const mg_req_t *r) {
 static int mg_http_met_name(const mg_req_t *r) {
     if (r->route)
         return mg_route_met(r->route);
-    if (r->lidx >= 0 && r->lidx < mg_worker.nfd && mg_worker.laddr && mg_worker.laddr[r->lidx].admin)
+    if (r->lidx >= 0 && r->lidx < mg_worker.nfd && mg_worker.laddr &&
+        mg_worker.laddr[r->lidx].admin)
         return MG_MET_ADMIN;
     return MG_MET_NONE;
 }
@@ -505,8 +506,9 @@ static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
     }
     /* a head refused before it was whole has no method yet (r->method 0
      * would read as DELETE): "other" */
-    mg_met_http(mg_http_met_name(r), r->state == MG_REQ_HEAD ? MG_MET_M_OTHER : mg_met_method_class(r->method), r->status,
-                mg_now() - r->t_start, r->body_rx, r->bytes_out);
+    mg_met_http(mg_http_met_name(r),
+                r->state == MG_REQ_HEAD ? MG_MET_M_OTHER : mg_met_method_class(r->method),
+                r->status, mg_now() - r->t_start, r->body_rx, r->bytes_out);
     mg_http_hooks->done(r);
     c->req = NULL;
     c->nreq++;

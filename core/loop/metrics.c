@@ -283,14 +283,14 @@ static void mg_met_rows(struct evbuffer *out, const char *fam, const char *lab, 
 }
 
 /* a family of one series per name: the header, then the rows */
-#define MG_MET_FAM(out, fam, type, help, lab, field, flags)                                         \
+#define MG_MET_FAM(out, fam, type, help, lab, field, flags)                                        \
     do {                                                                                           \
         mg_met_head(out, fam, type, help);                                                         \
         mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field),                                 \
                     sizeof(((mg_met_slot_t *)0)->field[0]), NULL, NULL, 1, flags);                 \
     } while (0)
 /* a family by name and one more label (field is [MG_MET_NAMES][n]) */
-#define MG_MET_FAM2(out, fam, type, help, lab, field, dim_lab, dim_vals, flags)                     \
+#define MG_MET_FAM2(out, fam, type, help, lab, field, dim_lab, dim_vals, flags)                    \
     do {                                                                                           \
         mg_met_head(out, fam, type, help);                                                         \
         mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field),                                 \
@@ -354,11 +354,13 @@ static void mg_met_render_http(struct evbuffer *out) {
                     offsetof(mg_met_slot_t, http_dur));
     mg_met_head(out, "moongate_http_received_bytes_total", "counter",
                 "Request body bytes received, by route.");
-    mg_met_rows(out, "moongate_http_received_bytes_total", "route", offsetof(mg_met_slot_t, http_bytes),
-                sizeof(mg_met_slots[0].http_bytes[0]), NULL, NULL, 1, 0);
+    mg_met_rows(out, "moongate_http_received_bytes_total", "route",
+                offsetof(mg_met_slot_t, http_bytes), sizeof(mg_met_slots[0].http_bytes[0]), NULL,
+                NULL, 1, 0);
     mg_met_head(out, "moongate_http_sent_bytes_total", "counter",
                 "Response body bytes sent, by route.");
-    mg_met_rows(out, "moongate_http_sent_bytes_total", "route", offsetof(mg_met_slot_t, http_bytes) + sizeof(uint64_t),
+    mg_met_rows(out, "moongate_http_sent_bytes_total", "route",
+                offsetof(mg_met_slot_t, http_bytes) + sizeof(uint64_t),
                 sizeof(mg_met_slots[0].http_bytes[0]), NULL, NULL, 1, 0);
     mg_met_head(out, "moongate_http_open_connections", "gauge",
                 "Client connections open, by listener and protocol.");

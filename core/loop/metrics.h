@@ -85,7 +85,7 @@ typedef struct {
      * reference), published by conf/gen.c: a ring by id like ws_gen */
     int64_t gen_use[MG_MET_GENS];
     uint32_t gen_use_id[MG_MET_GENS];
-    double gen_at[MG_MET_GENS]; /* its loaded_at */
+    double gen_at[MG_MET_GENS];    /* its loaded_at */
     int64_t up_pool[MG_MET_NAMES]; /* by upstream: connections open (busy + idle) */
     int64_t up_idle[MG_MET_NAMES];
     uint8_t health[MG_MET_NAMES]; /* by server: 0 unknown, 1 up, 2 down */
