@@ -258,44 +258,66 @@ static uint64_t mg_met_sum_at(size_t off) {
     return v;
 }
 
-/* One series per collected name and per value of a second label (dims of
- * them, named by dim_lab and dim_vals; dims 1 and dim_lab NULL: none):
- * fam{lab="name",dim_lab="v"} sum of the cell at base + name * stride + j * 8.
- * flags: MG_MET_F_SIGNED (a gauge), MG_MET_F_NONZERO (leave zeros out). */
+/* a label beside the name's, with its values by cell index (n 1 and lab
+ * NULL: none) */
+typedef struct {
+    const char *lab;
+    const char *const *vals;
+    int n;
+} mg_met_dim_t;
+
+#define MG_MET_NODIM ((mg_met_dim_t){NULL, NULL, 1})
+
+/* One series per collected name and per value of up to two more labels:
+ * fam{lab="name",a="..",b=".."} the slots' sum of the 64-bit cell at
+ * base + name * stride + (ia * b.n + ib) * 8. flags: MG_MET_F_SIGNED (a
+ * gauge), MG_MET_F_NONZERO (leave zeros out). */
 enum { MG_MET_F_SIGNED = 1, MG_MET_F_NONZERO = 2 };
 static void mg_met_rows(struct evbuffer *out, const char *fam, const char *lab, size_t base,
-                        size_t stride, const char *dim_lab, const char *const *dim_vals, int dims,
-                        int flags) {
+                        size_t stride, mg_met_dim_t a, mg_met_dim_t b, int flags) {
     for (int k = 0; k < mg_met_nm.n; k++)
-        for (int j = 0; j < dims; j++) {
-            uint64_t v = mg_met_sum_at(base + (size_t)mg_met_nm.idx[k] * stride +
-                                       (size_t)j * sizeof(uint64_t));
-            if (v == 0 && (flags & MG_MET_F_NONZERO))
-                continue;
-            evbuffer_add_printf(out, "%s{%s=\"%s\"", fam, lab, mg_met_nm.esc[k]);
-            if (dim_lab)
-                evbuffer_add_printf(out, ",%s=\"%s\"", dim_lab, dim_vals[j]);
-            if (flags & MG_MET_F_SIGNED)
-                evbuffer_add_printf(out, "} %lld\n", (long long)(int64_t)v);
-            else
-                evbuffer_add_printf(out, "} %llu\n", (unsigned long long)v);
-        }
+        for (int ia = 0; ia < a.n; ia++)
+            for (int ib = 0; ib < b.n; ib++) {
+                uint64_t v = mg_met_sum_at(base + (size_t)mg_met_nm.idx[k] * stride +
+                                           (size_t)(ia * b.n + ib) * sizeof(uint64_t));
+                if (v == 0 && (flags & MG_MET_F_NONZERO))
+                    continue;
+                evbuffer_add_printf(out, "%s{%s=\"%s\"", fam, lab, mg_met_nm.esc[k]);
+                if (a.lab)
+                    evbuffer_add_printf(out, ",%s=\"%s\"", a.lab, a.vals[ia]);
+                if (b.lab)
+                    evbuffer_add_printf(out, ",%s=\"%s\"", b.lab, b.vals[ib]);
+                if (flags & MG_MET_F_SIGNED)
+                    evbuffer_add_printf(out, "} %lld\n", (long long)(int64_t)v);
+                else
+                    evbuffer_add_printf(out, "} %llu\n", (unsigned long long)v);
+            }
 }
 
-/* a family of one series per name: the header, then the rows */
+#define MG_MET_FIELD_SZ(field) sizeof(((mg_met_slot_t *)0)->field[0])
+#define MG_MET_FIELD_N(field) ((int)(MG_MET_FIELD_SZ(field) / sizeof(uint64_t)))
+
+/* a family: its header, then one series per name (field is [MG_MET_NAMES]) */
 #define MG_MET_FAM(out, fam, type, help, lab, field, flags)                                        \
     do {                                                                                           \
         mg_met_head(out, fam, type, help);                                                         \
-        mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field),                                 \
-                    sizeof(((mg_met_slot_t *)0)->field[0]), NULL, NULL, 1, flags);                 \
+        mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field), MG_MET_FIELD_SZ(field),         \
+                    MG_MET_NODIM, MG_MET_NODIM, flags);                                            \
     } while (0)
-/* a family by name and one more label (field is [MG_MET_NAMES][n]) */
-#define MG_MET_FAM2(out, fam, type, help, lab, field, dim_lab, dim_vals, flags)                    \
+/* by name and one more label (field is [MG_MET_NAMES][n], vals n strings) */
+#define MG_MET_FAM2(out, fam, type, help, lab, field, alab, avals, flags)                          \
     do {                                                                                           \
         mg_met_head(out, fam, type, help);                                                         \
-        mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field),                                 \
-                    sizeof(((mg_met_slot_t *)0)->field[0]), dim_lab, dim_vals,                     \
-                    (int)(sizeof(((mg_met_slot_t *)0)->field[0]) / sizeof(uint64_t)), flags);      \
+        mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field), MG_MET_FIELD_SZ(field),         \
+                    (mg_met_dim_t){alab, avals, MG_MET_FIELD_N(field)}, MG_MET_NODIM, flags);      \
+    } while (0)
+/* by name and two more labels (field is [MG_MET_NAMES][an][bn]) */
+#define MG_MET_FAM3(out, fam, type, help, lab, field, alab, avals, an, blab, bvals, flags)         \
+    do {                                                                                           \
+        mg_met_head(out, fam, type, help);                                                         \
+        mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field), MG_MET_FIELD_SZ(field),         \
+                    (mg_met_dim_t){alab, avals, an},                                               \
+                    (mg_met_dim_t){blab, bvals, MG_MET_FIELD_N(field) / (an)}, flags);             \
     } while (0)
 
 static void mg_met_hist_out(struct evbuffer *out, const char *fam, const char *lab, size_t off,
@@ -334,34 +356,24 @@ static void mg_met_server_labels(char *out, size_t cap, const char *esc) {
 
 static void mg_met_render_http(struct evbuffer *out) {
     mg_met_collect(MG_MET_K_ROUTE);
-    mg_met_head(out, "moongate_http_requests_total", "counter",
-                "HTTP requests answered, by route, method and status class.");
-    for (int k = 0; k < mg_met_nm.n; k++) {
-        int i = mg_met_nm.idx[k];
-        for (int m = 0; m < MG_MET_NMETHOD; m++)
-            for (int c = 0; c < 6; c++) {
-                uint64_t v = MG_MET_SUM(S->http_req[i][m][c]);
-                if (v)
-                    evbuffer_add_printf(out,
-                                        "moongate_http_requests_total{route=\"%s\",method=\"%s\","
-                                        "status=\"%s\"} %llu\n",
-                                        mg_met_nm.esc[k], mg_met_methods[m], mg_met_status[c],
-                                        (unsigned long long)v);
-            }
-    }
+    MG_MET_FAM3(out, "moongate_http_requests_total", "counter",
+                "HTTP requests answered, by route, method and status class.", "route", http_req,
+                "method", mg_met_methods, MG_MET_NMETHOD, "status", mg_met_status,
+                MG_MET_F_NONZERO);
     mg_met_hist_fam(out, "moongate_http_request_duration_seconds",
                     "Time from the request's first byte to its response's end, by route.", "route",
                     offsetof(mg_met_slot_t, http_dur));
+    /* http_bytes[name][0] in, [1] out: a family each */
     mg_met_head(out, "moongate_http_received_bytes_total", "counter",
                 "Request body bytes received, by route.");
     mg_met_rows(out, "moongate_http_received_bytes_total", "route",
-                offsetof(mg_met_slot_t, http_bytes), sizeof(mg_met_slots[0].http_bytes[0]), NULL,
-                NULL, 1, 0);
+                offsetof(mg_met_slot_t, http_bytes), MG_MET_FIELD_SZ(http_bytes), MG_MET_NODIM,
+                MG_MET_NODIM, 0);
     mg_met_head(out, "moongate_http_sent_bytes_total", "counter",
                 "Response body bytes sent, by route.");
     mg_met_rows(out, "moongate_http_sent_bytes_total", "route",
-                offsetof(mg_met_slot_t, http_bytes) + sizeof(uint64_t),
-                sizeof(mg_met_slots[0].http_bytes[0]), NULL, NULL, 1, 0);
+                offsetof(mg_met_slot_t, http_bytes) + sizeof(uint64_t), MG_MET_FIELD_SZ(http_bytes),
+                MG_MET_NODIM, MG_MET_NODIM, 0);
     mg_met_head(out, "moongate_http_open_connections", "gauge",
                 "Client connections open, by listener and protocol.");
     for (int l = 0; l < mg_met_h->nlisteners; l++) {
@@ -499,19 +511,9 @@ static void mg_met_render_ws(struct evbuffer *out) {
     MG_MET_FAM2(out, "moongate_ws_message_bytes_total", "counter",
                 "WebSocket message payload bytes, by route and direction.", "route", ws_bytes,
                 "direction", mg_met_dirs, 0);
-    mg_met_head(out, "moongate_ws_closes_total", "counter",
-                "WebSocket sockets closed, by route, close code and who closed.");
-    for (int k = 0; k < mg_met_nm.n; k++)
-        for (int c = 0; c < MG_MET_CODES; c++)
-            for (int sd = 0; sd < MG_MET_NSIDE; sd++) {
-                uint64_t v = MG_MET_SUM(S->ws_close[mg_met_nm.idx[k]][c][sd]);
-                if (v)
-                    evbuffer_add_printf(out,
-                                        "moongate_ws_closes_total{route=\"%s\",code=\"%s\","
-                                        "side=\"%s\"} %llu\n",
-                                        mg_met_nm.esc[k], mg_met_code_str[c], mg_met_sides[sd],
-                                        (unsigned long long)v);
-            }
+    MG_MET_FAM3(out, "moongate_ws_closes_total", "counter",
+                "WebSocket sockets closed, by route, close code and who closed.", "route", ws_close,
+                "code", mg_met_code_str, MG_MET_CODES, "side", mg_met_sides, MG_MET_F_NONZERO);
     MG_MET_FAM(out, "moongate_ws_pings_sent_total", "counter", "Heartbeat pings sent, by route.",
                "route", ws_pings, 0);
     MG_MET_FAM(out, "moongate_ws_dead_peers_total", "counter",
