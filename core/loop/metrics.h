@@ -214,8 +214,8 @@ static inline void mg_met_gen_use(unsigned gen, double at, int64_t in_use) {
         if (mg_met->gen_use[i] != 0 || in_use == 0)
             return; /* the entry is another live generation's */
         mg_met->gen_use_id[i] = gen;
+        mg_met->gen_at[i] = at;
     }
-    mg_met->gen_at[i] = at;
     mg_met->gen_use[i] = in_use;
 }
 
