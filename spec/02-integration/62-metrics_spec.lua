@@ -321,6 +321,7 @@ describe("metrics", function()
             { 431, "GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " .. big .. "\r\n\r\n" },
             { 501, "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n" },
             { 405, "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n" },
+            { 505, "GET /x HTTP/2.0\r\nHost: x\r\n\r\n" },
             -- a head that never ends: the header timeout (2 s here) answers 408
             { 408, "GET /x HTTP/1.1\r\nHost: x\r\n", 10 },
         }
