@@ -21,14 +21,7 @@ return {
 }
 ]]
 
-local ROUTES = [[
-local function echo(ws)
-  while true do
-    local data, kind = ws:recv()
-    if not data then break end
-    ws:send(data, kind)
-  end
-end
+local ROUTES = wsh.ECHO_HANDLER_SRC .. [[
 return {
   { path = "/ws", name = "ws", websocket = { mode = "handler", heartbeat = { interval = 0 } }, handler = echo },
   { path = "/hello", name = "hello", handler = function() return 200, "hello\n" end },
