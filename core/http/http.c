@@ -462,7 +462,7 @@ int mg_http_log_off(const mg_req_t *r) {
 /* the metrics label of a request: its route's; unrouted, "(admin)" on the
  * admin listener (its own traffic is not the users'), else "(none)" (no
  * route matched, or refused before routing: 400, 408, 413, 414, 431, ...) */
-static int mg_http_met_name(const mg_req_t *r) {
+static inline int mg_http_met_name(const mg_req_t *r) {
     if (r->route)
         return mg_route_met(r->route);
     if (r->lidx >= 0 && r->lidx < mg_worker.nfd && mg_worker.laddr &&
