@@ -199,9 +199,9 @@ describe("a table of 10 000 routes", function()
             return helpers.spawn(fmt("curl -s -w '\\n%%{http_code}\\n' %s %s", extra or "",
                 helpers.shq(base .. "/last/[1-" .. n .. "]")))
         end
-        jobs[#jobs + 1] = curl_loop(4000)
-        jobs[#jobs + 1] = curl_loop(4000)
-        jobs[#jobs + 1] = curl_loop(800, "-H 'Connection: close'")
+        jobs[#jobs + 1] = curl_loop(6000)
+        jobs[#jobs + 1] = curl_loop(6000)
+        jobs[#jobs + 1] = curl_loop(1200, "-H 'Connection: close'")
         local function running()
             for _, j in ipairs(jobs) do
                 if not j.done() then
@@ -233,7 +233,7 @@ describe("a table of 10 000 routes", function()
         end
         print(fmt("\n  %d requests during %d reloads of %d routes (ms each, under load: %s)", total, k,
             N, table.concat(times, ", ")))
-        assert.equal(8800, total)
+        assert.equal(13200, total)
         assert.truthy(k >= 2, "the load ended before " .. k .. " reloads")
         assert.equal(0, #bad, #bad .. " failures: " .. table.concat(bad, ", ", 1, math.min(#bad, 10)))
         assert.truthy(all_say("/last/9", "r" .. k .. " last 9"))
