@@ -464,9 +464,20 @@ uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
     const char *host = NULL, *ua = NULL;
     size_t hl = 0, ul = 0;
     uint64_t head = 0;
-    /* one pass: Host and User-Agent (the first of each, as mg_req_header
-     * finds them) and the head's size */
-    for (int i = 0; i < r->nhdrs; i++) {
+    if (r->log_ready) { /* the head checks worked them out */
+        if (r->log_has_host) {
+            host = r->hbuf + r->log_host_off;
+            hl = r->log_host_len;
+        }
+        if (r->log_has_ua) {
+            ua = r->hbuf + r->log_ua_off;
+            ul = r->log_ua_len;
+        }
+        head = r->log_hbytes;
+    }
+    /* else one pass: Host and User-Agent (the first of each, as
+     * mg_req_header finds them) and the head's size */
+    for (int i = 0; !r->log_ready && i < r->nhdrs; i++) {
         const mg_hdr_t *h = &r->hdrs[i];
         const char *n = r->hbuf + h->noff;
         head += h->nlen + h->vlen + 4;

@@ -131,6 +131,13 @@ struct mg_req_s {
     int hstate;        /* 0 none, 1 in field, 2 in value */
     int host_idx;      /* index of Host header or -1 */
     int xrid_idx;      /* X-Request-Id index or -1 */
+    /* for the access log, worked out by the head checks (http_parse.c)
+     * while the head is in cache: the first Host's and User-Agent's value
+     * in hbuf (offset, length; has_: present) and the header lines' bytes
+     * (names, values, ": ", CRLF); log_ready 0: not worked out (a head
+     * refused before the end), the log looks them up itself */
+    uint32_t log_host_off, log_host_len, log_ua_off, log_ua_len, log_hbytes;
+    uint8_t log_ready, log_has_host, log_has_ua;
     uint32_t path_len; /* url = path [? query] */
     char request_id[40];
     /* client_ip.c, worked out on first use */

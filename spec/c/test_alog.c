@@ -8,6 +8,7 @@
  */
 #include "ct.h"
 #include "ct_req.h"
+#include "http/http_int.h"
 #include "loop/loop.h"
 
 #include <fcntl.h>
@@ -402,6 +403,48 @@ static void http_line_redacts(void) {
     CHECK(memcmp(req.hbuf, "/ws?token=s3cr3t", 16) == 0);
 }
 
+/* the head checks work out Host, User-Agent and the head's bytes while the
+ * head is in cache (log_ready): the same line as looking them up at the end */
+static int checked(int minor, const char *url, const char *const *kv) {
+    llhttp_t p;
+    request(url, kv);
+    memset(&p, 0, sizeof(p));
+    p.method = HTTP_GET;
+    p.http_major = 1;
+    p.http_minor = (uint8_t)minor;
+    return mg_http_check_head(&req, &p);
+}
+
+static void http_line_head_checked(void) {
+    const char *kv[] = {"X-A", "1", "user-agent", "UA/1 \"x\"", "Host", "example.test",
+                        "User-Agent", "second", NULL};
+    const char *no_ua[] = {"Host", "example.test", NULL};
+    const char *ten[] = {"User-Agent", "old/1.0", NULL};
+    const char *bad[] = {"User-Agent", "u", "Host", "a\x01b", NULL};
+    char want[4096];
+    CHECK_INT(checked(1, "/x?y=1", kv), 0);
+    CHECK(req.log_ready);
+    snprintf(want, sizeof(want), "%s", line(NULL, req.t_start + 0.5));
+    CHECK_STR(want, old_line(NULL, req.t_start + 0.5));
+    CHECK(strstr(want, "\"host\":\"example.test\",") != NULL);
+    CHECK(strstr(want, "\"user_agent\":\"UA/1 \\\"x\\\"\"") != NULL);
+    CHECK_INT(checked(1, "/", no_ua), 0);
+    CHECK_STR(line(NULL, req.t_start), old_line(NULL, req.t_start));
+    CHECK_INT(checked(0, "/", ten), 0); /* HTTP/1.0 without Host: null */
+    CHECK(strstr(line(NULL, req.t_start), "\"host\":null,") != NULL);
+    CHECK_STR(line(NULL, req.t_start), old_line(NULL, req.t_start));
+    /* absolute-form: the target's authority is the Host, the bytes follow */
+    CHECK_INT(checked(1, "http://other.test:8080/p/q", kv), 0);
+    CHECK(req.log_ready);
+    CHECK(strstr(line(NULL, req.t_start), "\"path\":\"/p/q\"") != NULL);
+    CHECK(strstr(line(NULL, req.t_start), "\"host\":\"other.test:8080\"") != NULL);
+    CHECK_STR(line(NULL, req.t_start), old_line(NULL, req.t_start));
+    /* refused in the middle of the checks: looked up at the end instead */
+    CHECK_INT(checked(1, "/", bad), 400);
+    CHECK(!req.log_ready);
+    CHECK_STR(line(NULL, req.t_start), old_line(NULL, req.t_start));
+}
+
 /* every field at its worst at once: the line is bounded and still ends */
 static void http_line_bounded(void) {
     static char ua[4000], host[4000], path[4000], rname[3000], up[1000];
@@ -554,6 +597,7 @@ int main(void) {
     CT_RUN(http_line);
     CT_RUN(http_line_as_before);
     CT_RUN(http_line_redacts);
+    CT_RUN(http_line_head_checked);
     CT_RUN(http_line_bounded);
     CT_RUN(buffer_and_ws_line);
     return ct_end();
