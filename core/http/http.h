@@ -118,10 +118,10 @@ struct mg_req_s {
     double t_start;
     /* the proxied exchange, for the access log (set by gateway/proxy.c):
      * the server ("host:port", the peer's stable name, or NULL), its
-     * status (0: none), when the exchange began and how long it took (ms) */
+     * status (0: none) and how long the exchange took (ms, mg_ux_ms) */
     const char *up_addr;
     int up_status;
-    double up_start, up_ms;
+    double up_ms;
     /* target side */
     mg_ux_t *ux; /* proxy exchange */
     mg_co_t *co; /* Lua handler */
