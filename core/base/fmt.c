@@ -52,7 +52,10 @@ int64_t mg_fmt_round(double x) {
 /* the bytes a JSON string cannot hold as they are (mg_json_escape's
  * choice: ASCII out, so every control and non-ASCII byte is \u00XX) */
 static const unsigned char mg_fmt_esc[256] = {
-    ['\0' ... 0x1f] = 1, ['"'] = 1, ['\\'] = 1, [0x7f ... 0xff] = 1,
+    ['\0' ... 0x1f] = 1,
+    ['"'] = 1,
+    ['\\'] = 1,
+    [0x7f ... 0xff] = 1,
 };
 
 void mg_fmt_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {

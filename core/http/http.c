@@ -433,7 +433,7 @@ static void mg_http_log_header(mg_fmt_t *b, const char *v, size_t len) {
 static struct {
     char s[80];
     size_t n;
-} *mg_http_lnames;
+} * mg_http_lnames;
 static const mg_addr_t *mg_http_lnames_of;
 
 static void mg_http_log_listener(mg_fmt_t *b, int lidx) {
@@ -455,8 +455,7 @@ static void mg_http_log_listener(mg_fmt_t *b, int lidx) {
         mg_fmt_mem(b, mg_http_lnames[lidx].s, mg_http_lnames[lidx].n);
         return;
     }
-    n = snprintf(one, sizeof(one), "%s:%d", mg_worker.laddr[lidx].host,
-                 mg_worker.laddr[lidx].port);
+    n = snprintf(one, sizeof(one), "%s:%d", mg_worker.laddr[lidx].host, mg_worker.laddr[lidx].port);
     mg_fmt_mem(b, one, n < 0 ? 0 : (size_t)n < sizeof(one) ? (size_t)n : sizeof(one) - 1);
 }
 
@@ -590,8 +589,8 @@ static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
         mg_http_log_line(&b, r, c->is_tls ? &t : NULL, now);
         mg_access_log_commit(&b);
     }
-    mg_met_http(mg_route_met(r->route), mg_met_method_class(r->method), r->status,
-                now - r->t_start, r->body_rx, r->bytes_out);
+    mg_met_http(mg_route_met(r->route), mg_met_method_class(r->method), r->status, now - r->t_start,
+                r->body_rx, r->bytes_out);
     mg_http_hooks->done(r);
     c->req = NULL;
     c->nreq++;

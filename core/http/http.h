@@ -128,9 +128,9 @@ struct mg_req_s {
     /* head storage: url + header names/values, bounded by limits.header_size */
     uint32_t url_len;
     int nhdrs;
-    int hstate;        /* 0 none, 1 in field, 2 in value */
-    int host_idx;      /* index of Host header or -1 */
-    int xrid_idx;      /* X-Request-Id index or -1 */
+    int hstate;   /* 0 none, 1 in field, 2 in value */
+    int host_idx; /* index of Host header or -1 */
+    int xrid_idx; /* X-Request-Id index or -1 */
     /* for the access log, worked out by the head checks (http_parse.c)
      * while the head is in cache: the first Host's and User-Agent's value
      * in hbuf (offset, length; has_: present) and the header lines' bytes

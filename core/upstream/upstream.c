@@ -1042,9 +1042,7 @@ static int mg_ux_on_message_complete(llhttp_t *p) {
 
 const char *mg_up_peer_name(const mg_peer_t *p) { return p->hc.name; }
 
-double mg_ux_ms(const mg_ux_t *ux) {
-    return ((ux->t1 > 0 ? ux->t1 : mg_now()) - ux->t0) * 1000.0;
-}
+double mg_ux_ms(const mg_ux_t *ux) { return ((ux->t1 > 0 ? ux->t1 : mg_now()) - ux->t0) * 1000.0; }
 
 const char *mg_ux_peer_name(const mg_ux_t *ux) {
     if (ux->uc && ux->uc->peer)

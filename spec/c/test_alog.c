@@ -111,7 +111,8 @@ static void escaping(void) {
                                "say \"hi\" \\ there",
                                "tab\there\r\nnl",
                                "\x01\x1f\x7f\x80\xc3\xa9\xff",
-                               "a\"b\\c\x05" "defghijklmnopqrstuvwxyz0123456789",
+                               "a\"b\\c\x05"
+                               "defghijklmnopqrstuvwxyz0123456789",
                                "\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"",
                                "caf\xc3\xa9 \xe2\x82\xac 100"};
     char want[512], got[512];
@@ -266,8 +267,8 @@ static const char *line(const mg_req_tls_t *t, double now) {
  * redaction is checked on its own below) */
 static const char *old_line(const mg_req_tls_t *t, double now) {
     static char out[4096];
-    char esc[400], path[400], more[2700], up[160] = "", tls[400] = "", ts[32], host[1220],
-        ua[1220], lis[80] = "";
+    char esc[400], path[400], more[2700], up[160] = "", tls[400] = "", ts[32], host[1220], ua[1220],
+                                          lis[80] = "";
     const char *names[2] = {"Host", "User-Agent"};
     char *dst[2] = {host, ua};
     size_t pl = req.url_len < 300 ? req.url_len : 300;
@@ -382,8 +383,8 @@ static void http_line_as_before(void) {
         CHECK_STR(line(NULL, req.t_start + 2), old_line(NULL, req.t_start + 2));
     }
     {
-        const char *kv[] = {"User-Agent", ua,  "X-Other", "v", "HOST", hostile_host,
-                            "User-Agent", "second", NULL};
+        const char *kv[] = {"User-Agent", ua,           "X-Other", "v", "HOST",
+                            hostile_host, "User-Agent", "second",  NULL};
         request(longpath, kv); /* cut to 300, then escaped to at most 399 */
         CHECK_STR(line(&t, req.t_start + 0.25), old_line(&t, req.t_start + 0.25));
         req.lidx = 0;
@@ -416,8 +417,8 @@ static int checked(int minor, const char *url, const char *const *kv) {
 }
 
 static void http_line_head_checked(void) {
-    const char *kv[] = {"X-A", "1", "user-agent", "UA/1 \"x\"", "Host", "example.test",
-                        "User-Agent", "second", NULL};
+    const char *kv[] = {"X-A",          "1",          "user-agent", "UA/1 \"x\"", "Host",
+                        "example.test", "User-Agent", "second",     NULL};
     const char *no_ua[] = {"Host", "example.test", NULL};
     const char *ten[] = {"User-Agent", "old/1.0", NULL};
     const char *bad[] = {"User-Agent", "u", "Host", "a\x01b", NULL};
@@ -567,16 +568,18 @@ static void buffer_and_ws_line(void) {
                            "\"timestamp\":\"2026-12-02T00:49:30.250Z\",\"host\":\"h\","
                            "\"listener\":\"127.0.0.1:19093\",\"user_agent\":"
                            "\"python-websockets/11\",\"bytes\":222,\"duration_ms\":";
-        const char *tail = ",\"route\":\"chat\",\"generation\":7,\"bytes_in\":111,\"bytes_out\":222,"
-                           "\"websocket\":{\"mode\":\"handler\",\"close_code\":1000,\"close_by\":"
-                           "\"client\",\"messages_in\":3,\"messages_out\":4,\"bytes_in\":111,"
-                           "\"bytes_out\":222}}\n";
+        const char *tail =
+            ",\"route\":\"chat\",\"generation\":7,\"bytes_in\":111,\"bytes_out\":222,"
+            "\"websocket\":{\"mode\":\"handler\",\"close_code\":1000,\"close_by\":"
+            "\"client\",\"messages_in\":3,\"messages_out\":4,\"bytes_in\":111,"
+            "\"bytes_out\":222}}\n";
         const char *tls_head = "\"user_agent\":\"python-websockets/11\",\"tls\":{\"version\":"
                                "\"TLSv1.3\",\"cipher\":\"TLS_AES_128_GCM_SHA256\",\"sni\":\"h\"},"
                                "\"bytes\":6,\"duration_ms\":";
-        const char *tun_tail = ",\"route\":\"chat\",\"generation\":7,\"bytes_in\":5,\"bytes_out\":6,"
-                               "\"websocket\":{\"mode\":\"tunnel\",\"close_code\":null,\"close_by\":"
-                               "\"upstream\",\"bytes_in\":5,\"bytes_out\":6}}\n";
+        const char *tun_tail =
+            ",\"route\":\"chat\",\"generation\":7,\"bytes_in\":5,\"bytes_out\":6,"
+            "\"websocket\":{\"mode\":\"tunnel\",\"close_code\":null,\"close_by\":"
+            "\"upstream\",\"bytes_in\":5,\"bytes_out\":6}}\n";
         char *l1 = p, *l2 = strchr(p, '\n');
         CHECK(strncmp(l1, head, strlen(head)) == 0);
         CHECK(l2 != NULL && strncmp(l2 + 1 - strlen(tail), tail, strlen(tail)) == 0);
