@@ -202,7 +202,7 @@ static void iso_time_cached(void) {
 
 /* ---- the HTTP line ---- */
 
-static char hbuf[8192];
+static char hbuf[16384];
 static mg_hdr_t hdrs[16];
 static mg_req_t req;
 static mg_gen_t gen;
