@@ -10,13 +10,28 @@
 #include <stdio.h>
 #include <time.h>
 
+/* two digits at a time: "00" .. "99" */
+static const char mg_fmt_d2[201] = "0001020304050607080910111213141516171819"
+                                   "2021222324252627282930313233343536373839"
+                                   "4041424344454647484950515253545556575859"
+                                   "6061626364656667686970717273747576777879"
+                                   "8081828384858687888990919293949596979899";
+
 void mg_fmt_u64(mg_fmt_t *b, uint64_t v) {
     char tmp[20];
     size_t n = sizeof(tmp);
-    do {
-        tmp[--n] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
+    while (v >= 100) {
+        unsigned d = (unsigned)(v % 100) * 2;
+        v /= 100;
+        tmp[--n] = mg_fmt_d2[d + 1];
+        tmp[--n] = mg_fmt_d2[d];
+    }
+    if (v >= 10) {
+        tmp[--n] = mg_fmt_d2[v * 2 + 1];
+        tmp[--n] = mg_fmt_d2[v * 2];
+    } else {
+        tmp[--n] = (char)('0' + v);
+    }
     mg_fmt_mem(b, tmp + n, sizeof(tmp) - n);
 }
 

@@ -85,6 +85,17 @@ static void integers(void) {
     mg_fmt_ch(&b, ' ');
     mg_fmt_i64(&b, -1);
     CHECK_STR(fmt_str(&b), "0 18446744073709551615 -9223372036854775808 -1");
+    /* every length, around each power of ten, against printf */
+    for (uint64_t p = 1, i = 0; i < 20; i++, p *= 10) {
+        for (uint64_t d = 0; d < 3; d++) {
+            char want[32];
+            uint64_t v = p - 1 + d;
+            b = fmt_over(64);
+            mg_fmt_u64(&b, v);
+            snprintf(want, sizeof(want), "%llu", (unsigned long long)v);
+            CHECK_STR(fmt_str(&b), want);
+        }
+    }
 }
 
 /* mg_json_escape as it was before fmt.c: the oracle for the caps */
