@@ -137,6 +137,7 @@ struct mg_req_s {
     unsigned client_done : 1;  /* peer_trusted and client_moved are set */
     unsigned peer_trusted : 1; /* the peer is one of its server's trusted_proxies */
     unsigned client_moved : 1; /* the client is client_ip (from X-Forwarded-For), not the peer */
+    unsigned http2 : 1;        /* a stream of an HTTP/2 session (http/h2.c) */
     char client_ip[MG_PEER_IP_MAX];
     size_t hcap, hlen;
     char *hbuf;

@@ -20,6 +20,7 @@ typedef struct {
     int server; /* 0 = the main route table, then conf.servers in name order */
     int tls;    /* a TLS listener (the conf's or server's tls.listen) */
     int admin;  /* the admin listener (admin.listen): gateway/admin.c answers, never routed */
+    int h2c;    /* a plain listener that takes prior-knowledge HTTP/2 (http/h2.c) */
 } mg_addr_t;
 
 typedef struct {
