@@ -743,8 +743,7 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
     for (int k = 0; k < g->nlisten; k++) {
         int srv = g->listen[k].server;
         g->listen[k].proxy_protocol = srv >= 0 && srv < g->nedge && g->edge[srv].proxy_protocol;
-        g->listen[k].h2c =
-            !g->listen[k].tls && srv >= 0 && srv < g->nedge && g->edge[srv].h2c;
+        g->listen[k].h2c = !g->listen[k].tls && srv >= 0 && srv < g->nedge && g->edge[srv].h2c;
     }
     mg_load_read_desc(g, L, loader, genidx);
     mg_load_read_admin_json(g, L, loader, genidx);

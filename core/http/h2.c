@@ -64,9 +64,9 @@ struct mg_h2_stream_s {
     unsigned hold : 1;      /* the access step runs: the body waits */
     unsigned rd_paused : 1; /* the target paused the body: no WINDOW_UPDATE */
     unsigned feeding : 1, drained : 1, above : 1;
-    int err;                 /* a status to refuse the head with (431, 400), 0 */
-    double progress;         /* the last time its body moved out (or it began) */
-    double rx_last;          /* the last time body bytes came */
+    int err;                   /* a status to refuse the head with (431, 400), 0 */
+    double progress;           /* the last time its body moved out (or it began) */
+    double rx_last;            /* the last time body bytes came */
     char auth[MG_H2_AUTH_MAX]; /* :authority */
     size_t auth_len;
     mg_h2_stream_t *prev, *next, *next_free;
@@ -79,7 +79,7 @@ struct mg_h2_s {
     struct evbuffer *out; /* frames made by nghttp2, not yet written */
     int lidx, is_tls;
     unsigned dead : 1, wr_on : 1, tls_ww : 1, goaway : 1, sched : 1, want_send : 1;
-    int busy;            /* inside nghttp2 or a stream walk: sends wait (want_send) */
+    int busy; /* inside nghttp2 or a stream walk: sends wait (want_send) */
     int nstreams;
     mg_h2_stream_t *streams;
     double rst_t0; /* the RST_STREAM window's start, and the count in it */
@@ -203,8 +203,8 @@ static void mg_h2_log(mg_h2_t *s, mg_req_t *r) {
     mg_http_log_fields(r, more, sizeof(more));
     if (r->up_addr)
         snprintf(up, sizeof(up),
-                 ",\"upstream_addr\":\"%s\",\"upstream_status\":%d,\"upstream_ms\":%.3f", r->up_addr,
-                 r->up_status, r->up_ms);
+                 ",\"upstream_addr\":\"%s\",\"upstream_status\":%d,\"upstream_ms\":%.3f",
+                 r->up_addr, r->up_status, r->up_ms);
     n = snprintf(line, sizeof(line),
                  "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
                  "\"method\":\"%s\",\"path\":\"%s\",\"protocol\":\"HTTP/2.0\",\"status\":%d,"
@@ -704,8 +704,7 @@ static int mg_h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *fr, 
         return 0;
     st = mg_h2_stream_new(s, fr->hd.stream_id);
     if (st == NULL) {
-        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, fr->hd.stream_id,
-                                  NGHTTP2_REFUSED_STREAM);
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, fr->hd.stream_id, NGHTTP2_REFUSED_STREAM);
         return 0;
     }
     nghttp2_session_set_stream_user_data(ng, fr->hd.stream_id, st);

@@ -977,7 +977,8 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
     c->is_tls = io.tls;
     c->lidx = lidx;
     /* ALPN may say h2 only where tls.http2 offered it: always look */
-    x->h2_probe = io.tls || (mg_worker.laddr && !mg_worker.laddr[lidx].admin && mg_http_h2c_on(lidx));
+    x->h2_probe =
+        io.tls || (mg_worker.laddr && !mg_worker.laddr[lidx].admin && mg_http_h2c_on(lidx));
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, c->peer_ip, sizeof(c->peer_ip));

@@ -524,7 +524,7 @@ local function conf_schema(env_fn)
       "listen", env_fn("listen"), "workers", env_fn("workers"),
       "max_open_files", env_fn("max_open_files"), "demo", env_fn("demo"), "routes", "lua_path",
       "access_log", "log_level", "timeouts", "limits", "upstreams",
-      "trusted_proxies", "proxy_protocol", "http2", "h2c",
+      "trusted_proxies", "proxy_protocol", "http2", env_fn("http2"), "h2c",
     },
     fields = {
       listen = { type = "any", default = "127.0.0.1:8080", convert = norm_listen },
@@ -705,6 +705,12 @@ end
 local function norm_conf(src, raw, env, ncpu)
   local top = file_where(src)
   local function trim(v) return str_match(v, "^%s*(.-)%s*$") end
+  local function parse_bool(v)
+    v = str_lower(trim(v))
+    if v == "1" or v == "true" or v == "yes" or v == "on" then return true end
+    if v == "0" or v == "false" or v == "no" or v == "off" then return false end
+    return nil, str_format("expected 0 or 1, got '%s'", v)
+  end
   -- MOONGATE_<FIELD> replaces the file's value of `field`, parsed by `parse`
   local function override(field, parse)
     local var = "MOONGATE_" .. str_upper(field)
@@ -725,12 +731,8 @@ local function norm_conf(src, raw, env, ncpu)
     max_open_files = override("max_open_files", function(v)
       return number_reason(tonumber(trim(v)) or v, true, MAX_INT)
     end),
-    demo = override("demo", function(v)
-      v = str_lower(trim(v))
-      if v == "1" or v == "true" or v == "yes" or v == "on" then return true end
-      if v == "0" or v == "false" or v == "no" or v == "off" then return false end
-      return nil, str_format("expected 0 or 1, got '%s'", v)
-    end),
+    demo = override("demo", parse_bool),
+    http2 = override("http2", parse_bool),
   }
   local root = root_of(src.path)
   local conf = check_with(top, conf_schema(function(f) return ENV[f] end), raw, { root = root })
