@@ -46,6 +46,7 @@
 #define MG_H2_NV_MAX 256          /* response header fields sent (more are dropped) */
 #define MG_H2_TICK_MS 1000        /* the stall checks while streams are open */
 #define MG_H2_AUTH_MAX 262        /* :authority: a DNS name (255), ':' and a port */
+#define MG_H2_LINGER 2.0          /* s a client may go on sending after the answer ended */
 
 typedef struct mg_h2_s mg_h2_t;
 typedef struct mg_h2_stream_s mg_h2_stream_t;
@@ -63,7 +64,7 @@ struct mg_h2_stream_s {
     unsigned body_done : 1; /* body_end told */
     unsigned hold : 1;      /* the access step runs: the body waits */
     unsigned rd_paused : 1; /* the target paused the body: no WINDOW_UPDATE */
-    unsigned feeding : 1, drained : 1, above : 1;
+    unsigned feeding : 1, drained : 1, above : 1, rst_sent : 1;
     int err;                   /* a status to refuse the head with (431, 400), 0 */
     double progress;           /* the last time its body moved out (or it began) */
     double rx_last;            /* the last time body bytes came */
@@ -220,22 +221,30 @@ static void mg_h2_log(mg_h2_t *s, mg_req_t *r) {
         mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
+/* A response that went whole (END_STREAM sent, no target left): the log
+ * phase, and the request is freed; the stream may linger (mg_h2_tick). */
+static void mg_h2_finish(mg_h2_stream_t *st) {
+    mg_req_t *r = st->r;
+    st->r = NULL;
+    if (!mg_http_log_off(r))
+        mg_h2_log(st->s, r);
+    mg_met_http(mg_http_met_name(r), mg_met_method_class(r->method), r->status,
+                mg_now() - r->t_start, r->body_rx, r->bytes_out);
+    mg_http_hooks->done(r);
+    r->sess = NULL;
+    mg_req_free(r);
+}
+
 /* The stream closed: a complete response is logged and its request
  * freed; otherwise the request is detached (the target hears gone). */
 static void mg_h2_stream_end(mg_h2_stream_t *st, int ok) {
     mg_req_t *r = st->r;
-    st->r = NULL;
     if (r) {
         if (ok && r->resp_done && r->target == NULL) {
-            if (!mg_http_log_off(r))
-                mg_h2_log(st->s, r);
-            mg_met_http(mg_http_met_name(r), mg_met_method_class(r->method), r->status,
-                        mg_now() - r->t_start, r->body_rx, r->bytes_out);
-            mg_http_hooks->done(r);
-            r->sess = NULL;
-            mg_req_free(r);
+            mg_h2_finish(st);
         } else {
             const mg_target_t *t = r->target;
+            st->r = NULL;
             r->sess = NULL;
             if (t)
                 t->gone(r);
@@ -790,11 +799,15 @@ static int mg_h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *fr, voi
         (fr->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
         st = nghttp2_session_get_stream_user_data(ng, fr->hd.stream_id);
         if (st) {
+            /* the answer is whole and the client may still send: what
+             * comes is discarded for MG_H2_LINGER s, then RST_STREAM
+             * NO_ERROR (RFC 9113 8.1) stops it (mg_h2_tick). Not at once:
+             * curl 7.88 takes a reset during its upload for a failure and
+             * drops the answer (HTTP/1.1's lingering close, http.c) */
             st->end_sent = 1;
-            /* the answer is whole and the client still sends: it may stop
-             * (RFC 9113 8.1) */
-            if (!st->in_end)
-                nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+            st->progress = mg_now_coarse();
+            if (st->r && st->r->resp_done && st->r->target == NULL)
+                mg_h2_finish(st);
         }
     }
     return 0;
@@ -1043,6 +1056,13 @@ static void mg_h2_tick(mg_h2_t *s) {
     s->busy++;
     for (mg_h2_stream_t *st = s->streams; st; st = st->next) {
         mg_req_t *r = st->r;
+        if (st->end_sent) {
+            if (!st->in_end && now - st->progress > MG_H2_LINGER && !st->rst_sent) {
+                st->rst_sent = 1;
+                nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+            }
+            continue;
+        }
         if (r == NULL)
             continue;
         if (stall > 0 && st->head_sent && !st->end_sent && evbuffer_get_length(st->out) &&
