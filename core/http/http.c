@@ -872,7 +872,8 @@ static int mg_http_conn_h2_probe(mg_conn_t *c, const char *data, size_t n) {
         h2 = c->io.alpn && strcmp(c->io.alpn, "h2") == 0;
     } else {
         size_t have = c->in_len, k = have + n < plen ? have + n : plen;
-        memcpy(buf, c->in, have); /* an earlier prefix (have < plen) */
+        if (have)
+            memcpy(buf, c->in, have); /* an earlier prefix (have < plen) */
         memcpy(buf + have, data, k - have);
         if (memcmp(buf, pre, k) == 0) {
             if (k < plen) {
