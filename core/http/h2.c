@@ -80,7 +80,8 @@ struct mg_h2_s {
     struct evbuffer *out; /* frames made by nghttp2, not yet written */
     int lidx, is_tls;
     unsigned dead : 1, wr_on : 1, tls_ww : 1, goaway : 1, sched : 1, want_send : 1;
-    int busy; /* inside nghttp2 or a stream walk: sends wait (want_send) */
+    unsigned any : 1; /* a stream began (before: the header timeout, after: idle) */
+    int busy;         /* inside nghttp2 or a stream walk: sends wait (want_send) */
     int nstreams;
     mg_h2_stream_t *streams;
     double rst_t0; /* the RST_STREAM window's start, and the count in it */
@@ -146,6 +147,7 @@ static mg_h2_stream_t *mg_h2_stream_new(mg_h2_t *s, int32_t id) {
         return NULL;
     }
     st->s = s;
+    s->any = 1;
     st->id = id;
     st->progress = st->rx_last = mg_now_coarse();
     st->r->http2 = 1;
@@ -583,6 +585,8 @@ static void mg_h2_resp_body(mg_req_t *r, const char *data, size_t len) {
     if (st == NULL || len == 0 || !st->head_sent || st->nobody || st->end)
         return;
     r->bytes_out += len;
+    if (evbuffer_get_length(st->out) == 0)
+        st->progress = mg_now_coarse(); /* the stall clock starts with the wait */
     evbuffer_add(st->out, data, len);
     if (evbuffer_get_length(st->out) > MG_HIGH_WATER)
         st->above = 1; /* the target pauses (pending); drained when it is low again */
@@ -638,8 +642,10 @@ static void mg_h2_read_pause(mg_req_t *r, int on) {
     if (st == NULL || st->rd_paused == (on != 0))
         return;
     st->rd_paused = on != 0;
-    if (!on)
-        mg_h2_feed(st); /* what waited goes, and its WINDOW_UPDATE */
+    if (!on) {
+        st->rx_last = mg_now_coarse(); /* our pause is not the client's gap */
+        mg_h2_feed(st);                /* what waited goes, and its WINDOW_UPDATE */
+    }
 }
 
 static void mg_h2_body_start(mg_req_t *r) { (void)r; }
@@ -673,6 +679,7 @@ static void mg_h2_resume(mg_req_t *r) {
         return;
     }
     st->hold = 0;
+    st->rx_last = mg_now_coarse(); /* the access step's time is not the client's */
     mg_h2_feed(st);
 }
 
@@ -876,9 +883,11 @@ static void mg_h2_close_later(mg_h2_t *s) {
     event_active(&s->tev, EV_TIMEOUT, 1);
 }
 
-/* idle (no streams): timeouts.idle; with streams: the stall checks */
+/* no streams: timeouts.header until the first, then timeouts.idle; with
+ * streams: the stall checks */
 static void mg_h2_arm(mg_h2_t *s) {
-    int ms = s->nstreams ? MG_H2_TICK_MS : mg_gen_current->timeouts.idle;
+    const mg_timeouts_t *t = &mg_gen_current->timeouts;
+    int ms = s->nstreams ? MG_H2_TICK_MS : s->any ? t->idle : t->header;
     if (s->dead)
         return;
     if (ms > 0)
@@ -911,6 +920,7 @@ static void mg_h2_send_cb(evutil_socket_t fd, short what, void *arg) {
  * then to the socket; the targets of streams whose queue went low hear
  * drained (and may queue more: a few rounds, then the next loop turn). */
 static void mg_h2_send(mg_h2_t *s) {
+    int full = 0; /* nghttp2 may have more than s->out took */
     if (s->dead)
         return;
     if (s->busy) {
@@ -921,7 +931,8 @@ static void mg_h2_send(mg_h2_t *s) {
         int drained = 0;
         s->want_send = 0;
         s->busy++;
-        while (evbuffer_get_length(s->out) < MG_H2_OUT_MAX) {
+        full = 0;
+        while (!(full = evbuffer_get_length(s->out) >= MG_H2_OUT_MAX)) {
             const uint8_t *p;
             ssize_t n = nghttp2_session_mem_send(s->ng, &p);
             if (n < 0) {
@@ -948,15 +959,17 @@ static void mg_h2_send(mg_h2_t *s) {
     }
     if (s->want_send)
         mg_h2_kick(s);
-    if (evbuffer_get_length(s->out)) {
+    if (evbuffer_get_length(s->out) == 0)
+        s->wr_progress = mg_now_coarse(); /* nothing waits for the socket */
+    else {
         int n = mg_io_write_evbuffer(&s->io, s->out);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
             mg_h2_close_later(s);
             return;
         }
-        if (n > 0) {
+        if (n > 0 || evbuffer_get_length(s->out) == 0) {
             s->wr_progress = mg_now_coarse();
-            if (evbuffer_get_length(s->out) < MG_H2_OUT_MAX && nghttp2_session_want_write(s->ng))
+            if (full && evbuffer_get_length(s->out) < MG_H2_OUT_MAX)
                 mg_h2_kick(s); /* room again: the rest next turn */
         }
     }
@@ -1065,6 +1078,14 @@ static void mg_h2_tick(mg_h2_t *s) {
         }
         if (r == NULL)
             continue;
+        if (r->state == MG_REQ_HEAD && g->timeouts.header > 0 &&
+            now - st->rx_last > g->timeouts.header / 1000.0) {
+            /* a header block that never ends (no END_HEADERS): it holds
+             * the whole connection's HPACK state, so the connection goes */
+            s->busy--;
+            mg_h2_close_later(s);
+            return;
+        }
         if (stall > 0 && st->head_sent && !st->end_sent && evbuffer_get_length(st->out) &&
             now - st->progress > stall) {
             mg_debug("http2: %s: stream %d: the window stayed shut: reset", s->peer_ip, st->id);

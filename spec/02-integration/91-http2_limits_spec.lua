@@ -24,7 +24,7 @@ return {
   listen = "127.0.0.1:$PORT",
   workers = 1,
   h2c = true,
-  timeouts = { idle = 10, write = 2, body = 2, drain = 8 },
+  timeouts = { idle = 10, write = 2, body = 2, header = 2, drain = 8 },
   limits = { h2_streams = 4, header_size = 4096 },
   upstreams = { up = { servers = { "$UPSTREAM" } } },
 }
@@ -124,6 +124,17 @@ describe("HTTP/2 limits", function()
         assert.equal(408, s.status)
         assert.truthy(s.ended)
         assert.truthy(s.data:find("request timeout", 1, true))
+    end)
+
+    it("closes a connection with no request, or a header block, past timeouts.header", function()
+        local r = assert(h2.py(mg.port, "silent", { timeout = 8 }))
+        assert.is_true(r.closed)
+        assert.equal(0, r.goaway) -- GOAWAY NO_ERROR, then the close
+        -- HEADERS without END_HEADERS, then nothing: the HPACK state is stuck
+        r = assert(h2.py(mg.port, "continuation", { path = "/hello", count = 0, timeout = 8 }))
+        assert.is_true(r.closed)
+        assert.is_nil(r.timeout)
+        serves()
     end)
 
     it("ends a connection that sends DATA after END_STREAM", function()
