@@ -25,6 +25,17 @@ return {
   { path = "/echo", method = "POST", body_size = 8388608,
     handler = function(req) return 200, req:body() end },
   { name = "up", prefix = "/up", upstream = "up", strip_prefix = true, body_size = 8388608 },
+  { path = "/stream", handler = function(req, res)
+      res:status(200)
+      res:header("x-streamed", "yes")
+      for i = 1, 64 do res:write(string.rep(string.char(64 + i % 26), 16384)) end
+  end },
+  { path = "/slow", handler = function()
+      moongate.sleep(0.5)
+      return 200, "late\n"
+  end },
+  { path = "/keyed", plugins = { ["key-auth"] = { keys = { alice = "k-123" } } },
+    handler = function() return 200, "keyed\n" end },
 }
 ]]
 
@@ -212,6 +223,51 @@ describe("HTTP/2", function()
         assert.equal(200, line.upstream_status)
         local _, _, after = helpers.http(admin, "GET", "/metrics")
         assert.equal(n0 + 3, metric(after, series))
+    end)
+
+    it("streams a Lua handler's res:write chunks", function()
+        local out, rc = helpers.sh(fmt("timeout -s KILL 20 nghttp -w 14 "
+            .. "http://127.0.0.1:%d/stream 2>/dev/null | wc -c", mg.port))
+        assert.equal(0, rc)
+        assert.equal(64 * 16384, tonumber(out:match("%d+")))
+        local st, h = h2.h2c(mg.port, "GET", "/stream")
+        assert.equal(200, st)
+        assert.equal("yes", h["x-streamed"])
+    end)
+
+    it("answers HEAD, 204 and Expect: 100-continue as HTTP/1.1 does", function()
+        local st, h, body = h2.h2c(mg.port, "HEAD", "/up/bytes/1000")
+        assert.equal(200, st)
+        assert.equal("1000", h["content-length"])
+        assert.equal("", body)
+        st, _, body = h2.h2c(mg.port, "GET", "/up/status/204")
+        assert.equal(204, st)
+        assert.equal("", body)
+        st, _, body = h2.h2c(mg.port, "POST", "/up/upload", { body = "abc", expect100 = true })
+        assert.equal(200, st)
+        assert.equal(3, helpers.json.decode(body).body_len)
+    end)
+
+    it("runs a route's plugins (key-auth) on a stream", function()
+        local st, h, body = h2.h2(tport, "GET", "/keyed", ca)
+        assert.equal(401, st)
+        assert.truthy(h["content-type"]:find("json", 1, true))
+        assert.truthy(body:find('"error"', 1, true))
+        st, _, body = h2.h2(tport, "GET", "/keyed", ca, { headers = { apikey = "k-123" } })
+        assert.equal(200, st)
+        assert.equal("keyed\n", body)
+    end)
+
+    it("lets a handler finish when its client left, and serves on", function()
+        -- the client gives up after 0.2 s; the handler sleeps 0.5 s, so it
+        -- ends, detached, while the next request's handler sleeps
+        local before = mg:workers()
+        local r = h2.py(mg.port, "get", { path = "/slow", timeout = 0.2 })
+        assert.truthy(r and r.timeout)
+        local st, _, body = h2.h2c(mg.port, "GET", "/slow")
+        assert.equal(200, st)
+        assert.equal("late\n", body)
+        assert.same(before, mg:workers()) -- no worker died and was restarted
     end)
 
     it("answers a bad request on its stream with a JSON error", function()
