@@ -1028,8 +1028,8 @@ static void mg_h2_read_cb(evutil_socket_t fd, short what, void *arg) {
             mg_h2_close_later(s);
             return;
         }
-        if (s->nstreams == 0)
-            mg_h2_arm(s); /* the idle clock starts again */
+        /* no re-arm here: the header and idle timeouts are deadlines that
+         * PINGs and SETTINGS do not move (only a stream's end does) */
         mg_h2_recv(s, mg_worker.scratch, (size_t)n);
         if ((size_t)n < sizeof(mg_worker.scratch) && mg_io_pending(&s->io) == 0)
             return;
