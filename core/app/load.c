@@ -595,8 +595,12 @@ static int mg_load_read_tls(mg_gen_t *g, lua_State *L, int t, int server, char *
         return MG_ERR;
     }
     lua_pop(L, 1);
-    for (int i = first; i < g->nlisten; i++)
+    lua_getfield(L, tls, "http2"); /* the loader put the conf's default in */
+    for (int i = first; i < g->nlisten; i++) {
         g->listen[i].tls = 1;
+        g->listen[i].h2 = lua_toboolean(L, -1);
+    }
+    lua_pop(L, 1);
     if (mg_tls_ctx_load(g, L, tls, server, err, errlen) != MG_OK)
         return MG_ERR;
     lua_pop(L, 1);
@@ -739,11 +743,12 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
     if (mg_load_read_servers(g, L, genidx, err, errlen) != MG_OK)
         goto fail;
     /* every listener of a conf or server with proxy_protocol, TLS ones too;
-     * h2c on its plain ones (TLS ones speak h2 by ALPN: tls_ctx.c) */
+     * h2c on its plain ones (TLS ones speak h2 by ALPN: tls.http2, above) */
     for (int k = 0; k < g->nlisten; k++) {
         int srv = g->listen[k].server;
         g->listen[k].proxy_protocol = srv >= 0 && srv < g->nedge && g->edge[srv].proxy_protocol;
-        g->listen[k].h2c = !g->listen[k].tls && srv >= 0 && srv < g->nedge && g->edge[srv].h2c;
+        if (!g->listen[k].tls)
+            g->listen[k].h2 = srv >= 0 && srv < g->nedge && g->edge[srv].h2c;
     }
     mg_load_read_desc(g, L, loader, genidx);
     mg_load_read_admin_json(g, L, loader, genidx);

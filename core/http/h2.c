@@ -1177,18 +1177,30 @@ void mg_http_h2_start(mg_io_t *io, int lidx, const char *peer_ip, const char *da
         event_active(&s->rev, EV_READ, 1);
 }
 
-/* Stopping: GOAWAY (the last stream taken: the ones open finish, the
- * client retries others elsewhere); the session closes when they are
- * done (mg_h2_send), or at the drain timeout with the worker. */
+/* GOAWAY NO_ERROR naming the last stream taken: the ones open finish, the
+ * client sends new ones on a new connection; the session closes when they
+ * are done (mg_h2_send). */
+static void mg_h2_goaway(mg_h2_t *s) {
+    if (s->dead || s->goaway)
+        return;
+    s->goaway = 1;
+    nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    mg_h2_send(s);
+}
+
+/* Stopping: every session, the drain timeout bounding the rest. */
 void mg_http_h2_close_idle(void) {
     for (mg_h2_t *s = mg_h2_sessions, *next; s; s = next) {
         next = s->next;
-        if (s->dead || s->goaway)
-            continue;
-        s->goaway = 1;
-        nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE,
-                              nghttp2_session_get_last_proc_stream_id(s->ng), NGHTTP2_NO_ERROR,
-                              NULL, 0);
-        mg_h2_send(s);
+        mg_h2_goaway(s);
+    }
+}
+
+void mg_http_h2_drain(void) {
+    for (mg_h2_t *s = mg_h2_sessions, *next; s; s = next) {
+        next = s->next;
+        if (!mg_http_listener_h2(s->lidx, s->is_tls))
+            mg_h2_goaway(s);
     }
 }

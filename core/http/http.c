@@ -936,15 +936,16 @@ static void *mg_http_tls_ctx(int lidx) {
     return NULL;
 }
 
-/* Does plain listener lidx take prior-knowledge HTTP/2 in the current
- * generation (h2c = true; a reload may turn it on or off)? */
-static int mg_http_h2c_on(int lidx) {
+int mg_http_listener_h2(int lidx, int tls) {
     mg_gen_t *g = mg_gen_current;
-    const mg_addr_t *a = &mg_worker.laddr[lidx];
+    const mg_addr_t *a;
+    if (mg_worker.laddr == NULL || lidx < 0 || lidx >= mg_worker.nfd)
+        return 0;
+    a = &mg_worker.laddr[lidx];
     for (int i = 0; i < g->nlisten; i++) {
         const mg_addr_t *l = &g->listen[i];
-        if (!l->tls && l->port == a->port && strcmp(l->host, a->host) == 0)
-            return l->h2c;
+        if (!l->tls == !tls && !l->admin && l->port == a->port && strcmp(l->host, a->host) == 0)
+            return l->h2;
     }
     return 0;
 }
@@ -978,8 +979,7 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
     c->is_tls = io.tls;
     c->lidx = lidx;
     /* ALPN may say h2 only where tls.http2 offered it: always look */
-    x->h2_probe =
-        io.tls || (mg_worker.laddr && !mg_worker.laddr[lidx].admin && mg_http_h2c_on(lidx));
+    x->h2_probe = io.tls || mg_http_listener_h2(lidx, 0);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, c->peer_ip, sizeof(c->peer_ip));

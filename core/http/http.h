@@ -217,6 +217,9 @@ void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const cha
 /* ---- the HTTP/1.1 session (http.c) ---- */
 void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx);
 void mg_http_close_idle(void); /* stopping: close connections between requests */
+/* After a reload: HTTP/2 connections on a listener that no longer speaks it
+ * (http2, tls.http2 or h2c turned off) get GOAWAY; open streams finish. */
+void mg_http_h2_drain(void);
 
 /* ---- proxy_proto.c: the PROXY protocol stage (listeners with proxy_protocol) ---- */
 /* Takes the accepted socket fd (non-blocking, peer sa), reads its PROXY v1

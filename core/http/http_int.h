@@ -98,6 +98,9 @@ static inline int mg_http_met_name(const mg_req_t *r) {
  * (mg_io_move) and copies what it needs (peer_ip, data). */
 void mg_http_h2_start(mg_io_t *io, int lidx, const char *peer_ip, const char *data, size_t n);
 void mg_http_h2_close_idle(void); /* stopping: GOAWAY, then close once the streams end */
+/* http.c: does listener lidx (TLS or plain) speak HTTP/2 in the current
+ * generation (tls.http2, h2c; a reload may turn it on or off)? */
+int mg_http_listener_h2(int lidx, int tls);
 
 /* http_parse.c: llhttp's callbacks for a client connection */
 extern const llhttp_settings_t mg_http_settings;

@@ -158,27 +158,60 @@ describe("HTTP/2 graceful stop", function()
         if up then helpers.stop(up.pid) end
     end)
 
-    it("sends GOAWAY on SIGTERM and lets the open stream finish", function()
-        -- nghttp goes on reading a stream after GOAWAY (python3-h2 stops)
+    -- SIGHUP with h2c on or off; waits for the reload's end
+    local function reload(h2c)
+        local log0 = #mg:log()
+        mg:write_conf(helpers.expand(CONF:gsub("h2c = true", "h2c = " .. tostring(h2c)), mg.vars))
+        mg:signal("HUP")
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():sub(log0 + 1):match("serving on %d+ workers")
+        end, 10), mg:log():sub(log0 + 1))
+    end
+
+    -- nghttp -v on a slow stream, in the background, once the upstream has it
+    local function slow_stream()
+        helpers.upstream_reset(up)
         local job = helpers.spawn(string.format("timeout -s KILL 20 nghttp -v "
             .. "http://127.0.0.1:%d/up/delay/1500 2>&1", mg.port))
-        -- the stream is open once the upstream has its head
         assert.truthy(helpers.wait_until(function()
             for _, h in ipairs(helpers.upstream_log(up).heads) do
                 if h == "GET /delay/1500" then return true end
             end
         end, 10), "the request never reached the upstream")
-        mg:signal("TERM")
-        local out, rc = job:wait(25)
-        assert.equal(0, rc, out)
+        return job
+    end
+
+    -- what nghttp saw: GOAWAY NO_ERROR, then the whole answer on the stream it let finish
+    local function finished_after_goaway(out)
         local last, code = out:match("recv GOAWAY[^\n]*\n%s*%(last_stream_id=(%d+), error_code=([%u_]+)")
         assert.equal("NO_ERROR", code, out)
         local sid = out:match("recv %(stream_id=(%d+)%) :status: 200")
-        assert.equal(last, sid, out) -- the stream GOAWAY let finish
+        assert.equal(last, sid, out)
         assert.truthy(out:find('"path": "/delay/1500"', 1, true), out)
         assert.truthy(out:match("recv DATA frame <[^>]*stream_id=" .. sid .. ">%s*; END_STREAM"), out)
-        -- GOAWAY came before the answer: it was sent on SIGTERM, not at the end
         assert.truthy(out:find("recv GOAWAY", 1, true) < out:find(":status: 200", 1, true))
+    end
+
+    it("sends GOAWAY when a reload turns h2c off, and the open stream finishes", function()
+        local job = slow_stream()
+        reload(false)
+        local out, rc = job:wait(25)
+        assert.equal(0, rc, out)
+        finished_after_goaway(out)
+        -- new connections: HTTP/1.1 only now
+        assert.are_not.equal(200, (h2.h2c(mg.port, "GET", "/hello")))
+        assert.equal(200, (helpers.http(mg.port, "GET", "/hello")))
+        reload(true)
+        assert.equal(200, (h2.h2c(mg.port, "GET", "/hello")))
+    end)
+
+    it("sends GOAWAY on SIGTERM and lets the open stream finish", function()
+        -- nghttp goes on reading a stream after GOAWAY (python3-h2 stops)
+        local job = slow_stream()
+        mg:signal("TERM")
+        local out, rc = job:wait(25)
+        assert.equal(0, rc, out)
+        finished_after_goaway(out)
         assert.equal(0, mg:wait_exit(10))
     end)
 end)
