@@ -247,6 +247,7 @@ describe("HTTP/2", function()
         st, h, body = h2.h2c(mg.port, "POST", "/up/upload", { body = "abc", expect100 = true })
         assert.equal(200, st)
         assert.equal(3, helpers.json.decode(body).body_len)
+        assert.equal("application/json", h["content-type"])
     end)
 
     it("runs a route's plugins (key-auth) on a stream", function()
