@@ -36,6 +36,8 @@ return {
   end },
   { path = "/keyed", plugins = { ["key-auth"] = { keys = { alice = "k-123" } } },
     handler = function() return 200, "keyed\n" end },
+  { prefix = "/guarded", upstream = "up", strip_prefix = true, body_size = 8388608,
+    plugins = { ["key-auth"] = { keys = { alice = "k-123" } } } },
 }
 ]]
 
@@ -259,6 +261,19 @@ describe("HTTP/2", function()
         assert.equal(200, st)
         assert.equal("keyed\n", body)
         assert.is_nil(h["www-authenticate"])
+    end)
+
+    it("holds a proxied body while the access step runs, then streams it", function()
+        -- key-auth on a C-proxy route runs in a coroutine of its own: the
+        -- DATA that comes meanwhile waits (unacknowledged), then goes
+        local st = h2.h2(tport, "POST", "/guarded/upload", ca, { body_file = big })
+        assert.equal(401, st)
+        local st2, _, body = h2.h2(tport, "POST", "/guarded/upload", ca,
+            { body_file = big, headers = { apikey = "k-123" } })
+        assert.equal(200, st2)
+        local t = helpers.json.decode(body)
+        assert.equal(3000000, t.body_len)
+        assert.equal(sha256_file(big), t.body_sha256)
     end)
 
     it("lets a handler finish when its client left, and serves on", function()
