@@ -93,50 +93,32 @@ static void mg_h2_stream_recycle(mg_h2_stream_t *st) {
 
 /* ---- the access log line and metrics of a finished stream ---- */
 
-/* As the HTTP/1.1 line (http.c, mg_http_conn_finish_req), plus
- * "protocol":"HTTP/2.0". */
-static void mg_h2_log(mg_h2_t *s, mg_req_t *r) {
-    char line[4096], more[2700], up[160] = "", esc[400], tls[400] = "";
-    int n;
-    mg_http_log_path(r, esc, sizeof(esc));
+/* The HTTP/1.1 line (mg_http_log_line: it adds "protocol":"HTTP/2.0"),
+ * straight into the log's buffer. */
+static void mg_h2_log(mg_h2_t *s, mg_req_t *r, double now) {
+    mg_fmt_t b;
+    mg_req_tls_t t = {0};
     if (s->is_tls) {
-        char sni[300];
-        const char *v = mg_io_tls_version(&s->io), *ci = mg_io_tls_cipher(&s->io);
-        if (s->io.sni)
-            mg_json_escape(sni, sizeof(sni), s->io.sni);
-        snprintf(tls, sizeof(tls), ",\"tls\":{\"version\":\"%s\",\"cipher\":\"%s\",\"sni\":%s%s%s}",
-                 v ? v : "", ci ? ci : "", s->io.sni ? "\"" : "", s->io.sni ? sni : "null",
-                 s->io.sni ? "\"" : "");
+        t.version = mg_io_tls_version(&s->io);
+        t.cipher = mg_io_tls_cipher(&s->io);
+        t.sni = s->io.sni;
     }
-    mg_http_log_fields(r, more, sizeof(more));
-    if (r->up_addr)
-        snprintf(up, sizeof(up),
-                 ",\"upstream_addr\":\"%s\",\"upstream_status\":%d,\"upstream_ms\":%.3f",
-                 r->up_addr, r->up_status, r->up_ms);
-    n = snprintf(line, sizeof(line),
-                 "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
-                 "\"method\":\"%s\",\"path\":\"%s\",\"protocol\":\"HTTP/2.0\",\"status\":%d,"
-                 "\"bytes\":%llu,\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u%s%s%s,"
-                 "\"bytes_in\":%llu,\"bytes_out\":%llu}\n",
-                 r->t_start, r->request_id, mg_req_client_ip(r),
-                 llhttp_method_name((llhttp_method_t)r->method), esc, r->status,
-                 (unsigned long long)r->bytes_out, (mg_now() - r->t_start) * 1000.0,
-                 r->route ? (r->route->name ? r->route->name : r->route->rule) : "", r->gen->id,
-                 tls, more, up, (unsigned long long)mg_http_log_bytes_in(r),
-                 (unsigned long long)r->bytes_out);
-    if (n > 0)
-        mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    mg_access_log_begin(&b, MG_ACCESS_LINE_MAX);
+    mg_http_log_line(&b, r, s->is_tls ? &t : NULL, now);
+    mg_access_log_commit(&b);
 }
 
 /* A response that went whole (END_STREAM sent, no target left): the log
  * phase, and the request is freed; the stream may linger (mg_h2_tick). */
 void mg_h2_finish(mg_h2_stream_t *st) {
     mg_req_t *r = st->r;
+    int log = !mg_http_log_off(r);
+    double now = log || MG_MET_ON ? mg_now() : 0; /* one clock read for both */
     st->r = NULL;
-    if (!mg_http_log_off(r))
-        mg_h2_log(st->s, r);
-    mg_met_http(mg_http_met_name(r), mg_met_method_class(r->method), r->status,
-                mg_now() - r->t_start, r->body_rx, r->bytes_out);
+    if (log)
+        mg_h2_log(st->s, r, now);
+    mg_met_http(mg_http_met_name(r), mg_met_method_class(r->method), r->status, now - r->t_start,
+                r->body_rx, r->bytes_out);
     mg_http_hooks->done(r);
     r->sess = NULL;
     mg_req_free(r);
@@ -275,8 +257,14 @@ void mg_h2_head(mg_h2_stream_t *st, int end_stream) {
             if (mg_h2_append(st, (const uint8_t *)"host", 4) == 0) {
                 h->voff = (uint32_t)r->hlen;
                 h->vlen = (uint32_t)st->auth_len;
-                if (mg_h2_append(st, (const uint8_t *)st->auth, st->auth_len) == 0)
+                if (mg_h2_append(st, (const uint8_t *)st->auth, st->auth_len) == 0) {
                     r->host_idx = r->nhdrs++;
+                    /* the access log's Host (mg_http_check_fields found none) */
+                    r->log_has_host = 1;
+                    r->log_host_off = h->voff;
+                    r->log_host_len = h->vlen;
+                    r->log_hbytes += 4 + h->vlen + 4;
+                }
             }
             st_code = st->err;
         }

@@ -75,8 +75,6 @@ void mg_req_free(mg_req_t *r); /* back to the free list (the freed hook runs) */
  * (the session frees it with free()); NULL if it cannot be made */
 struct mg_http_tls_s;
 const mg_req_tls_t *mg_http_io_tls_info(mg_io_t *io, struct mg_http_tls_s **cache);
-/* the access log's bytes_in: the head as HTTP/1.1 text, and the body */
-uint64_t mg_http_log_bytes_in(const mg_req_t *r);
 void mg_http_conn_arm(mg_conn_t *c, int mode); /* the connection timer, MG_T_* */
 void mg_http_conn_flush(mg_conn_t *c);
 void mg_http_conn_read_enable(mg_conn_t *c, int on);
