@@ -218,6 +218,7 @@ describe("HTTP/2", function()
         end, 10)
         assert.truthy(line, "no access line")
         assert.equal("HTTP/2.0", line.protocol)
+        assert.equal("localhost:" .. tport, line.host) -- :authority
         assert.equal(200, line.status)
         assert.equal("up", line.route)
         assert.equal("GET", line.method)

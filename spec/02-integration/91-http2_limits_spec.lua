@@ -103,9 +103,12 @@ describe("HTTP/2 limits", function()
             assert.is_nil(r.timeout, mode)
         end
         serves()
-        -- and the worker did not keep what the flood made
-        local workers = mg:workers()
-        assert.truthy(helpers.rss_kb(workers[1]) < 64 * 1024)
+        -- and the worker did not keep what the flood made (not measured
+        -- under ASan: its shadow and quarantine are most of the RSS)
+        if not os.getenv("MOONGATE_ASAN") then
+            local workers = mg:workers()
+            assert.truthy(helpers.rss_kb(workers[1]) < 64 * 1024)
+        end
     end)
 
     it("resets a stream whose window stays shut past timeouts.write", function()
