@@ -555,8 +555,12 @@ local function conf_schema(env_fn)
       limits = table_of({
         header_size = count(16384, MAX_INT), header_count = count(100, MAX_INT),
         body_size = count(1048576, MAX_INT), websockets = count(10000, MAX_INT),
-        -- HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS per connection
-        h2_streams = count(128, 65536),
+        -- HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS per connection (0 would
+        -- refuse every stream: at least 1)
+        h2_streams = { type = "any", default = 128, convert = function(v)
+          if v == 0 then return nil, "expected at least 1, got 0" end
+          return number_reason(v, true, 65536)
+        end },
       }),
       -- a map in the file; an array sorted by name for the core (norm_conf)
       upstreams = {
