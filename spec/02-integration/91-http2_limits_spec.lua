@@ -140,6 +140,16 @@ describe("HTTP/2 limits", function()
         serves()
     end)
 
+    it("ends connections of random frames cleanly and serves on", function()
+        local before = mg:workers()
+        for seed = 1, 20 do
+            local r = assert(h2.py(mg.port, "garbage", { count = 200, size = seed, timeout = 5 }))
+            assert.is_true(r.closed, "seed " .. seed)
+        end
+        serves()
+        assert.same(before, mg:workers()) -- the worker never died (and was restarted)
+    end)
+
     it("ends a connection that sends DATA after END_STREAM", function()
         local r = assert(h2.py(mg.port, "data-after-end", { path = "/up/delay/500" }))
         assert.equal(STREAM_CLOSED, r.goaway)
