@@ -239,6 +239,7 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             /* after a reload: draining routes' tunnels end, their sockets get 1012 */
             mg_tunnel_drain(g);
             mg_ws_drain_route_sockets(g);
+            mg_http_h2_drain(); /* HTTP/2 turned off on a listener: GOAWAY */
             mg_app_ctl_send(sock, MG_CTL_SERVING, m.id, NULL, -1);
             break;
         case MG_CTL_RELOADED: /* the answer to a POST /reload of ours */

@@ -35,8 +35,8 @@ static void mg_http_conn_advance(mg_conn_t *c);
 static void mg_http_conn_exec(mg_conn_t *c, const char *data, size_t len);
 static void mg_http_conn_close_later(mg_conn_t *c);
 static void mg_http_conn_at_eof(mg_conn_t *c);
-static void mg_req_free(mg_req_t *r);
 static const mg_req_tls_t *mg_http_h1_tls_info(const mg_req_t *r);
+static int mg_http_conn_h2_probe(mg_conn_t *c, const char *data, size_t n);
 
 static mg_conn_t *mg_http_conns; /* every open connection, for a graceful stop */
 
@@ -50,7 +50,9 @@ static int mg_req_free_count;
 
 /* ---- request memory ---- */
 
-mg_req_t *mg_req_new(mg_conn_t *c) {
+mg_req_t *mg_req_new(mg_conn_t *c) { return mg_req_alloc(c, &mg_http_h1_ops, c->lidx); }
+
+mg_req_t *mg_req_alloc(void *sess, const mg_http_sess_ops_t *ops, int lidx) {
     mg_gen_t *g = mg_gen_current;
     mg_req_t *r = mg_req_free_list;
     size_t cap = g->limits.header_size + 64;
@@ -91,9 +93,9 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
         r->xhdrs = xh, r->rxhdrs = rxh;
         r->xhdrs.len = r->rxhdrs.len = 0;
     }
-    r->sess = c;
-    r->sops = &mg_http_h1_ops;
-    r->lidx = c->lidx;
+    r->sess = sess;
+    r->sops = ops;
+    r->lidx = lidx;
     r->gen = g;
     r->access_req_ref = LUA_NOREF;
     mg_gen_retain(g);
@@ -104,7 +106,7 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
     return r;
 }
 
-static void mg_req_free(mg_req_t *r) {
+void mg_req_free(mg_req_t *r) {
     mg_worker.inflight--;
     if (r->access_req_ref != LUA_NOREF)
         mg_http_hooks->freed(r);
@@ -529,6 +531,8 @@ void mg_http_log_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double 
     int64_t t_ms = mg_fmt_round(r->t_start * 1000.0);
     uint64_t in;
     mg_http_log_start(b, r, t_ms, method);
+    if (r->http2) /* a stream of an HTTP/2 session (h2_req.c); HTTP/1.1 lines have none */
+        mg_fmt_lit(b, ",\"protocol\":\"HTTP/2.0\"");
     mg_fmt_lit(b, ",\"status\":");
     mg_fmt_i64(b, r->status);
     mg_fmt_lit(b, ",\"bytes\":");
@@ -569,18 +573,6 @@ int mg_http_log_off(const mg_req_t *r) {
         return r->route->no_access_log;
     e = mg_gen_edge(r->gen, mg_gen_server_of(r->gen, r->lidx));
     return e && e->no_access_log;
-}
-
-/* the metrics label of a request: its route's; unrouted, "(admin)" on the
- * admin listener (its own traffic is not the users'), else "(none)" (no
- * route matched, or refused before routing: 400, 408, 413, 414, 431, ...) */
-static inline int mg_http_met_name(const mg_req_t *r) {
-    if (r->route)
-        return mg_route_met(r->route);
-    if (r->lidx >= 0 && r->lidx < mg_worker.nfd && mg_worker.laddr &&
-        mg_worker.laddr[r->lidx].admin)
-        return MG_MET_ADMIN;
-    return MG_MET_NONE;
 }
 
 static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
@@ -898,6 +890,10 @@ static int mg_http_conn_read_once(mg_conn_t *c) {
          * half-closed and still waits for its answer */
         X(c)->eof = 1;
         mg_http_conn_read_enable(c, 0);
+        if (X(c)->h2_probe && c->in_len) { /* the end inside an h2c preface */
+            mg_http_conn_free(c);
+            return 0;
+        }
         if (c->req == NULL && c->in_len == 0 && evbuffer_get_length(c->out) == 0) {
             mg_http_conn_free(c);
             return 0;
@@ -908,6 +904,8 @@ static int mg_http_conn_read_once(mg_conn_t *c) {
         mg_http_conn_advance(c);
         return 0;
     }
+    if (X(c)->h2_probe && mg_http_conn_h2_probe(c, mg_worker.scratch, (size_t)n))
+        return 0; /* handed to the HTTP/2 session, or waiting for the whole preface */
     if (c->tmode == MG_T_READ || c->tmode == MG_T_BODY)
         mg_http_conn_arm(c, c->tmode);
     if (c->paused || c->closing) {
@@ -960,6 +958,72 @@ static void mg_http_conn_write_cb(evutil_socket_t fd, short what, void *arg) {
         mg_http_conn_advance(c);
 }
 
+/* The first bytes of a connection that may be HTTP/2 (X(c)->h2_probe):
+ * on TLS, ALPN agreed "h2" (tls_ctx.c offers it only with http2 on); on an
+ * h2c listener, the client preface (RFC 9113 3.4; no Upgrade: h2c). The
+ * connection then goes to the HTTP/2 session with the bytes read (its
+ * transport moved, this one freed). A prefix of the preface waits for the
+ * rest (at most 24 bytes kept). 1: handed over or waiting; 0: HTTP/1.1,
+ * data left for the parser (the probe is off from here on). */
+static int mg_http_conn_h2_probe(mg_conn_t *c, const char *data, size_t n) {
+    static const char pre[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const size_t plen = sizeof(pre) - 1;
+    char buf[sizeof(pre)];
+    int h2 = 0;
+    if (c->io.tls) {
+        h2 = c->io.alpn && strcmp(c->io.alpn, "h2") == 0;
+    } else {
+        size_t have = c->in_len, k = have + n < plen ? have + n : plen;
+        if (have)
+            memcpy(buf, c->in, have); /* an earlier prefix (have < plen) */
+        memcpy(buf + have, data, k - have);
+        if (memcmp(buf, pre, k) == 0) {
+            if (k < plen) {
+                mg_http_conn_save_input(c, data, n); /* wait for the rest */
+                return 1;
+            }
+            h2 = 1;
+        } else if (have) {
+            /* not HTTP/2 after all: the saved bytes go first */
+            char *all = malloc(have + n);
+            if (all == NULL) {
+                mg_http_conn_free(c);
+                return 1;
+            }
+            memcpy(all, c->in, have);
+            memcpy(all + have, data, n);
+            c->in_len = 0;
+            X(c)->h2_probe = 0;
+            mg_http_conn_arm(c, MG_T_HEADER);
+            mg_http_conn_exec(c, all, have + n);
+            free(all);
+            if (!X(c)->dead)
+                mg_http_conn_advance(c);
+            return 1;
+        }
+    }
+    X(c)->h2_probe = 0;
+    if (!h2)
+        return 0;
+    event_del(&c->rev); /* the HTTP/2 session registers its own on the fd */
+    event_del(&c->wev);
+    event_del(&c->tev);
+    c->rd_off = 1, c->wr_on = 0;
+    if (c->in_len) {
+        char *all = malloc(c->in_len + n);
+        if (all) {
+            memcpy(all, c->in, c->in_len);
+            memcpy(all + c->in_len, data, n);
+            mg_http_h2_start(&c->io, c->lidx, c->peer_ip, all, c->in_len + n);
+            free(all);
+        }
+    } else {
+        mg_http_h2_start(&c->io, c->lidx, c->peer_ip, data, n);
+    }
+    mg_http_conn_free(c); /* its transport is the HTTP/2 session's now (or closed) */
+    return 1;
+}
+
 /* The TLS context of listener lidx in the current generation (a reload
  * brings new certificates to the next handshake), or NULL: the listener's
  * conf or server has no TLS since a reload. */
@@ -972,6 +1036,20 @@ static void *mg_http_tls_ctx(int lidx) {
             return l->server < g->ntls_ctx ? g->tls_ctx[l->server] : NULL;
     }
     return NULL;
+}
+
+int mg_http_listener_h2(int lidx, int tls) {
+    mg_gen_t *g = mg_gen_current;
+    const mg_addr_t *a;
+    if (mg_worker.laddr == NULL || lidx < 0 || lidx >= mg_worker.nfd)
+        return 0;
+    a = &mg_worker.laddr[lidx];
+    for (int i = 0; i < g->nlisten; i++) {
+        const mg_addr_t *l = &g->listen[i];
+        if (!l->tls == !tls && !l->admin && l->port == a->port && strcmp(l->host, a->host) == 0)
+            return l->h2;
+    }
+    return 0;
 }
 
 void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
@@ -1002,6 +1080,8 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
     c->io = io;
     c->is_tls = io.tls;
     c->lidx = lidx;
+    /* ALPN may say h2 only where tls.http2 offered it: always look */
+    x->h2_probe = io.tls || mg_http_listener_h2(lidx, 0);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, c->peer_ip, sizeof(c->peer_ip));
@@ -1063,25 +1143,29 @@ struct mg_http_tls_s {
     char subject[512];
 };
 
-static const mg_req_tls_t *mg_http_h1_tls_info(const mg_req_t *r) {
-    mg_conn_t *c = MG_CONN(r);
+const mg_req_tls_t *mg_http_io_tls_info(mg_io_t *io, struct mg_http_tls_s **cache) {
     struct mg_http_tls_s *t;
-    if (c == NULL || !c->is_tls)
+    if (*cache)
+        return &(*cache)->pub;
+    if (io->ctx == NULL || (t = calloc(1, sizeof(*t))) == NULL)
         return NULL;
-    if (X(c)->tls)
-        return &X(c)->tls->pub;
-    if (c->io.ctx == NULL || (t = calloc(1, sizeof(*t))) == NULL)
-        return NULL;
-    t->pub.version = mg_io_tls_version(&c->io); /* OpenSSL's static strings */
-    t->pub.cipher = mg_io_tls_cipher(&c->io);
-    if (c->io.sni) {
-        snprintf(t->sni, sizeof(t->sni), "%s", c->io.sni);
+    t->pub.version = mg_io_tls_version(io); /* OpenSSL's static strings */
+    t->pub.cipher = mg_io_tls_cipher(io);
+    if (io->sni) {
+        snprintf(t->sni, sizeof(t->sni), "%s", io->sni);
         t->pub.sni = t->sni;
     }
-    if (mg_io_tls_peer_subject(&c->io, t->subject, sizeof(t->subject)))
+    if (mg_io_tls_peer_subject(io, t->subject, sizeof(t->subject)))
         t->pub.client_subject = t->subject;
-    X(c)->tls = t;
+    *cache = t;
     return &t->pub;
+}
+
+static const mg_req_tls_t *mg_http_h1_tls_info(const mg_req_t *r) {
+    mg_conn_t *c = MG_CONN(r);
+    if (c == NULL || !c->is_tls)
+        return NULL;
+    return mg_http_io_tls_info(&c->io, &X(c)->tls);
 }
 
 const mg_http_sess_ops_t mg_http_h1_ops = {
@@ -1104,6 +1188,7 @@ const mg_http_sess_ops_t mg_http_h1_ops = {
 void mg_http_close_idle(void) {
     mg_conn_t *c = mg_http_conns;
     mg_http_pp_close_all();
+    mg_http_h2_close_idle();
     while (c) {
         mg_conn_t *next = c->next;
         if (c->req == NULL && !X(c)->dead && evbuffer_get_length(c->out) == 0)

@@ -144,6 +144,7 @@ struct mg_req_s {
     unsigned client_done : 1;  /* peer_trusted and client_moved are set */
     unsigned peer_trusted : 1; /* the peer is one of its server's trusted_proxies */
     unsigned client_moved : 1; /* the client is client_ip (from X-Forwarded-For), not the peer */
+    unsigned http2 : 1;        /* a stream of an HTTP/2 session (http/h2.c) */
     char client_ip[MG_PEER_IP_MAX];
     size_t hcap, hlen;
     char *hbuf;
@@ -223,6 +224,9 @@ void mg_resp_json_error_with(mg_req_t *r, int status, const char *msg, const cha
 /* ---- the HTTP/1.1 session (http.c) ---- */
 void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx);
 void mg_http_close_idle(void); /* stopping: close connections between requests */
+/* After a reload: HTTP/2 connections on a listener that no longer speaks it
+ * (http2, tls.http2 or h2c turned off) get GOAWAY; open streams finish. */
+void mg_http_h2_drain(void);
 
 /* ---- proxy_proto.c: the PROXY protocol stage (listeners with proxy_protocol) ---- */
 /* Takes the accepted socket fd (non-blocking, peer sa), reads its PROXY v1

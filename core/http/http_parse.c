@@ -128,17 +128,9 @@ int mg_http_te_check(const char *v, size_t n) {
 
 #define MG_HOST_MAX 262 /* a DNS name (255), ':' and a port */
 
-/* What the header lines say about Host and framing. */
-typedef struct {
-    int hosts;   /* Host lines */
-    int te;      /* Transfer-Encoding lines */
-    int te_501;  /* a line lists other codings, then chunked (mg_http_te_check) */
-    mg_te_t tes; /* all the Transfer-Encoding lines: one list (RFC 9110 5.3) */
-} mg_http_framing_t;
-
-/* Each header line: its value's characters, Host, Transfer-Encoding,
- * X-Request-Id, Expect. Returns 0 or an HTTP status to refuse with. */
-static int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
+/* Each header line (http_int.h); also what the access log needs of the
+ * head (log_ready: Host, User-Agent, the head's size). */
+int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
     uint32_t hbytes = 0;
     int host1 = -1, ua1 = -1;
     for (int i = 0; i < r->nhdrs; i++) {
@@ -229,7 +221,7 @@ static int mg_http_absolute_form(mg_req_t *r) {
 
 /* The path of an origin-form target: no fragment, no dot segments (plain
  * or %2e); sets r->path_len. Returns 0 or 400. */
-static int mg_http_check_path(mg_req_t *r) {
+int mg_http_check_path(mg_req_t *r) {
     const char *url = r->hbuf;
     const char *q = memchr(url, '?', r->url_len);
     const char *f = memchr(url, '#', r->url_len);
@@ -290,6 +282,16 @@ int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
     return mg_http_check_path(r);
 }
 
+void mg_http_set_request_id(mg_req_t *r) {
+    if (r->xrid_idx >= 0 &&
+        mg_http_request_id_valid(r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen)) {
+        memcpy(r->request_id, r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen);
+        r->request_id[r->hdrs[r->xrid_idx].vlen] = '\0';
+    } else {
+        mg_request_id(r->request_id);
+    }
+}
+
 static int mg_http_on_headers_complete(llhttp_t *p) {
     mg_conn_t *c = p->data;
     mg_req_t *r = c->req;
@@ -304,13 +306,7 @@ static int mg_http_on_headers_complete(llhttp_t *p) {
     mg_http_conn_arm(c, mg_gen_current->timeouts.read > 0 ? MG_T_READ : MG_T_NONE);
 
     st = mg_http_check_head(r, p);
-    if (r->xrid_idx >= 0 &&
-        mg_http_request_id_valid(r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen)) {
-        memcpy(r->request_id, r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen);
-        r->request_id[r->hdrs[r->xrid_idx].vlen] = '\0';
-    } else {
-        mg_request_id(r->request_id);
-    }
+    mg_http_set_request_id(r);
     if (st) {
         X(c)->err_status = st;
         return -1;
