@@ -115,6 +115,9 @@ static inline void mg_fmt_put_ch(mg_fmt_t *b, char ch) { b->p[b->len++] = ch; }
 void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v);
 void mg_fmt_put_i64(mg_fmt_t *b, int64_t v);
 void mg_fmt_put_milli(mg_fmt_t *b, int64_t v);
+/* mg_fmt_put_milli of ms since the epoch, the seconds' digits kept from
+ * the last call in the same second */
+void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms);
 void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap); /* escap - 1 */
 void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms);
 

@@ -77,6 +77,34 @@ void mg_fmt_put_milli(mg_fmt_t *b, int64_t v) {
     b->len += 4;
 }
 
+/* mg_fmt_put_milli of a time in ms since the epoch: its seconds change
+ * once a second, so their digits are kept (per process) and copied */
+void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms) {
+    static int64_t last = -1;
+    static char sec[MG_FMT_U64_MAX];
+    static size_t sec_len;
+    unsigned f;
+    char *q;
+    if (ms < 0) {
+        mg_fmt_put_milli(b, ms);
+        return;
+    }
+    if (ms / 1000 != last) {
+        mg_fmt_t t = {sec, 0, sizeof(sec)};
+        last = ms / 1000;
+        mg_fmt_put_u64(&t, (uint64_t)last);
+        sec_len = t.len;
+    }
+    f = (unsigned)(ms % 1000);
+    mg_fmt_put_mem(b, sec, sec_len);
+    q = b->p + b->len;
+    q[0] = '.';
+    q[1] = (char)('0' + f / 100);
+    q[2] = mg_fmt_d2[f % 100 * 2];
+    q[3] = mg_fmt_d2[f % 100 * 2 + 1];
+    b->len += 4;
+}
+
 /* The checked appends: unchecked when the room is there, else into a
  * small buffer and cut. */
 void mg_fmt_u64(mg_fmt_t *b, uint64_t v) {
@@ -154,25 +182,32 @@ void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
     if (n == SIZE_MAX) /* NUL-terminated: at most escap - 7 bytes are taken */
         n = strnlen(s, escap);
     lim = o + (escap - 7); /* a byte is taken while o + 7 < escap */
-    while (i < n && o < lim) {
-        size_t room = (size_t)(lim - o), end = n - i < room ? n : i + room, j = i;
+    while (i < n) {
         unsigned char ch;
-        while (end - j >= 8 && !mg_fmt_esc8(s + j))
-            j += 8;
-        if (end - j < 8 && end - i >= 8 && !mg_fmt_esc8(s + end - 8))
-            j = end; /* the tail as the last 8 bytes (some seen already) */
-        while (j < end && !mg_fmt_esc[(unsigned char)s[j]])
-            j++;
-        if (j > i) { /* the run that needs nothing: one copy */
-            memcpy(o, s + i, j - i);
-            o += j - i;
-            i = j;
-            continue;
+        /* 8 bytes that need nothing: stored as they are */
+        while (n - i >= 8 && lim - o >= 8 && !mg_fmt_esc8(s + i)) {
+            memcpy(o, s + i, 8);
+            o += 8;
+            i += 8;
         }
-        ch = (unsigned char)s[i++];
-        if (ch == '\0')
+        if (i == n)
             break;
-        if (ch == '"' || ch == '\\') {
+        /* the tail, fewer than 8: the string's last 8 bytes stored over
+         * the last ones copied, when the 8 need nothing (those before i
+         * were copied as they are, so they are rewritten with themselves) */
+        if (n - i < 8 && n >= 8 && (size_t)(lim - o) >= n - i && !mg_fmt_esc8(s + n - 8)) {
+            memcpy(o + (n - i) - 8, s + n - 8, 8);
+            o += n - i;
+            break;
+        }
+        if (o >= lim)
+            break;
+        ch = (unsigned char)s[i++];
+        if (!mg_fmt_esc[ch]) {
+            *o++ = (char)ch;
+        } else if (ch == '\0') {
+            break;
+        } else if (ch == '"' || ch == '\\') {
             o[0] = '\\';
             o[1] = (char)ch;
             o += 2;

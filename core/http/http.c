@@ -358,8 +358,8 @@ static size_t mg_http_query_name_decode(const char *s, size_t n, char *out, size
 /* Credentials in a query (WebSocket clients pass tokens there) stay out of
  * the access log: the values of these parameters become "-". Names are
  * compared decoded (?%74oken= is the auth hook's token too), any case.
- * In place. */
-static void mg_http_log_redact_query(char *path) {
+ * In place; returns path's length after. */
+static size_t mg_http_log_redact_query(char *path, size_t len) {
     static const struct {
         const char *s;
         size_t n;
@@ -373,15 +373,18 @@ static void mg_http_log_redact_query(char *path) {
             size_t nl = mg_http_query_name_decode(name, eq - name, dec, sizeof(dec));
             for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
                 if (nl == secret[i].n && mg_name_eq(dec, nl, secret[i].s, secret[i].n)) {
-                    char *end = amp ? amp : eq + strlen(eq);
-                    memmove(eq + 2, end, strlen(end) + 1);
+                    char *end = amp ? amp : path + len;
+                    size_t tail = (size_t)(path + len - end);
+                    memmove(eq + 2, end, tail + 1);
                     eq[1] = '-';
+                    len = (size_t)(eq + 2 - path) + tail;
                     amp = strchr(eq + 1, '&');
                     break;
                 }
         }
         q = amp;
     }
+    return len;
 }
 
 /* The target as access-log lines show it: at most 300 bytes, query
@@ -396,8 +399,7 @@ void mg_http_log_path(mg_fmt_t *b, const mg_req_t *r) {
     }
     memcpy(path, r->hbuf, pl);
     path[pl] = '\0';
-    mg_http_log_redact_query(path);
-    mg_fmt_put_json(b, path, SIZE_MAX, 400);
+    mg_fmt_put_json(b, path, mg_http_log_redact_query(path, pl), 400);
 }
 
 void mg_http_log_tls(mg_fmt_t *b, const mg_req_tls_t *t) {
@@ -506,7 +508,7 @@ uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
 void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method) {
     const char *ip = mg_req_client_ip(r);
     mg_fmt_put_lit(b, "{\"type\":\"access\",\"time\":");
-    mg_fmt_put_milli(b, t_ms);
+    mg_fmt_put_time_ms(b, t_ms);
     mg_fmt_put_lit(b, ",\"request_id\":\"");
     mg_fmt_put_mem(b, r->request_id, strnlen(r->request_id, sizeof(r->request_id) - 1));
     mg_fmt_put_lit(b, "\",\"remote\":\"");

@@ -63,6 +63,28 @@ static void fixed_point_ms(void) {
         snprintf(want, sizeof(want), "%.3f", (double)-v / 1000.0);
         CHECK_STR(milli(-v), want);
     }
+    /* the line's "time": the seconds' digits kept while the second lasts,
+     * the same text as mg_fmt_milli's, back and forth across seconds */
+    {
+        static const int64_t ts[] = {1796172570801LL,
+                                     1796172570999LL,
+                                     1796172571000LL,
+                                     1796172570002LL,
+                                     999,
+                                     0,
+                                     1000,
+                                     9999999999999LL,
+                                     10000000000000LL,
+                                     1796172571000LL,
+                                     -1005};
+        for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++) {
+            char got[64];
+            mg_fmt_t b = {got, 0, sizeof(got)};
+            mg_fmt_put_time_ms(&b, ts[i]);
+            got[b.len] = '\0';
+            CHECK_STR(got, milli(ts[i]));
+        }
+    }
     /* the durations as the line computes them */
     CHECK_INT(mg_fmt_round(0.0625 * 1e6), 62500);
     CHECK_INT(mg_fmt_round(0.4999), 0);
