@@ -160,17 +160,19 @@ static const unsigned char mg_fmt_esc[256] = {
 };
 
 /* Whether any of the 8 bytes at s needs an escape: one of them < 0x20,
- * '"', '\\' or >= 0x7f. Each test sets the high bit of a byte that
- * matches; a borrow or carry between bytes comes only out of a byte that
- * matched, so the answer is exact (which byte is left to the byte loop). */
+ * '"', '\\' or >= 0x7f. A byte >= 0x80 sets its own high bit; below 0x80
+ * each test sets the high bit of a byte that matches and no other (w - 0x20
+ * of one < 0x20, w + 1 of 0x7f, x - 1 of x = 0 for the quote and the
+ * backslash); a borrow or carry between bytes comes only out of a byte
+ * that matched, so the answer is exact (which byte is left to the byte
+ * loop). */
 static inline int mg_fmt_esc8(const char *s) {
     const uint64_t ones = 0x0101010101010101ULL;
     uint64_t w, q, e;
     memcpy(&w, s, 8);
     q = w ^ (ones * '"');
     e = w ^ (ones * '\\');
-    return ((((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((e - ones) & ~e) | (w + ones) | w) &
-            (ones * 0x80)) != 0;
+    return ((w | (w - ones * 0x20) | (w + ones) | (q - ones) | (e - ones)) & (ones * 0x80)) != 0;
 }
 
 void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
