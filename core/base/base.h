@@ -89,12 +89,37 @@ int64_t mg_fmt_round(double x);
 /* s[0, n) JSON-escaped as mg_json_escape escapes it into a buffer of
  * escap bytes: it stops at a NUL, and when fewer than 8 of those bytes
  * are left (so at most escap - 1 bytes are appended). Runs of bytes that
- * need no escape are copied whole. */
+ * need no escape are found 8 bytes at a time and copied whole. n may be
+ * SIZE_MAX for a NUL-terminated s (nothing past its NUL is read). */
 void mg_fmt_json(mg_fmt_t *b, const char *s, size_t n, size_t escap);
 /* ms (milliseconds since the epoch, >= 0) as ISO 8601 UTC,
  * "2026-12-01T22:48:00.123Z" (24 bytes); the part up to the seconds is
  * worked out once per second (per process) and copied after that. */
 void mg_fmt_iso_ms(mg_fmt_t *b, int64_t ms);
+
+/* The same appends unchecked, for a line builder that made sure once that
+ * the line's worst case fits (mg_fmt_room; every field has a cap): each
+ * writes at most the bytes its comment says, the checks above are gone.
+ * The output is the checked appends' byte for byte. */
+#define MG_FMT_U64_MAX 20   /* mg_fmt_put_u64 */
+#define MG_FMT_I64_MAX 20   /* mg_fmt_put_i64 */
+#define MG_FMT_MILLI_MAX 21 /* mg_fmt_put_milli: "-9223372036854775.808" */
+#define MG_FMT_ISO_MAX 36   /* mg_fmt_put_iso_ms: 24 up to the year 9999 */
+static inline int mg_fmt_room(const mg_fmt_t *b, size_t n) { return b->cap - b->len >= n; }
+static inline void mg_fmt_put_mem(mg_fmt_t *b, const void *s, size_t n) {
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+#define mg_fmt_put_lit(b, lit) mg_fmt_put_mem((b), (lit), sizeof(lit) - 1)
+static inline void mg_fmt_put_ch(mg_fmt_t *b, char ch) { b->p[b->len++] = ch; }
+void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v);
+void mg_fmt_put_i64(mg_fmt_t *b, int64_t v);
+void mg_fmt_put_milli(mg_fmt_t *b, int64_t v);
+/* mg_fmt_put_milli of ms since the epoch, the seconds' digits kept from
+ * the last call in the same second */
+void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms);
+void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap); /* escap - 1 */
+void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms);
 
 /* Building an access-log line in place: b over max free bytes at the end
  * of the worker's buffer (which is written out first when it has fewer);

@@ -20,7 +20,7 @@ struct mg_http_wslog_s {
 };
 
 mg_http_wslog_t *mg_http_wslog_new(mg_req_t *r) {
-    char head[4096];
+    char head[MG_HTTP_LOG_WORST]; /* the parts append unchecked */
     mg_fmt_t b = {head, 0, sizeof(head)};
     mg_http_wslog_t *a;
     const mg_req_tls_t *t;
@@ -30,15 +30,13 @@ mg_http_wslog_t *mg_http_wslog_new(mg_req_t *r) {
     t = mg_req_tls_info(r);
     t_ms = mg_fmt_round(r->t_start * 1000.0);
     mg_http_log_start(&b, r, t_ms, "GET");
-    mg_fmt_lit(&b, ",\"status\":101");
+    mg_fmt_put_lit(&b, ",\"status\":101");
     mg_http_log_fields(&b, r, t_ms);
-    mg_fmt_ch(&b, ',');
+    mg_fmt_put_ch(&b, ',');
     if (t) { /* wss://: the HTTP lines' tls object */
         mg_http_log_tls(&b, t);
-        mg_fmt_ch(&b, ',');
+        mg_fmt_put_ch(&b, ',');
     }
-    if (b.len >= sizeof(head)) /* cannot be with the fields' caps */
-        return NULL;
     a = malloc(sizeof(*a) + b.len);
     if (a == NULL)
         return NULL;

@@ -360,10 +360,13 @@ static size_t mg_http_query_name_decode(const char *s, size_t n, char *out, size
 /* Credentials in a query (WebSocket clients pass tokens there) stay out of
  * the access log: the values of these parameters become "-". Names are
  * compared decoded (?%74oken= is the auth hook's token too), any case.
- * In place. */
-static void mg_http_log_redact_query(char *path) {
-    static const char *secret[] = {"token", "access_token", "api_key", "apikey",
-                                   "key",   "password",     "secret",  "jwt"};
+ * In place; returns path's length after. */
+static size_t mg_http_log_redact_query(char *path, size_t len) {
+    static const struct {
+        const char *s;
+        size_t n;
+    } secret[] = {{"token", 5}, {"access_token", 12}, {"api_key", 7}, {"apikey", 6},
+                  {"key", 3},   {"password", 8},      {"secret", 6},  {"jwt", 3}};
     char *q = strchr(path, '?');
     while (q) {
         char *name = q + 1, *eq = strchr(name, '='), *amp = strchr(name, '&');
@@ -371,16 +374,19 @@ static void mg_http_log_redact_query(char *path) {
             char dec[32];
             size_t nl = mg_http_query_name_decode(name, eq - name, dec, sizeof(dec));
             for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
-                if (mg_name_eq(dec, nl, secret[i], strlen(secret[i]))) {
-                    char *end = amp ? amp : eq + strlen(eq);
-                    memmove(eq + 2, end, strlen(end) + 1);
+                if (nl == secret[i].n && mg_name_eq(dec, nl, secret[i].s, secret[i].n)) {
+                    char *end = amp ? amp : path + len;
+                    size_t tail = (size_t)(path + len - end);
+                    memmove(eq + 2, end, tail + 1);
                     eq[1] = '-';
+                    len = (size_t)(eq + 2 - path) + tail;
                     amp = strchr(eq + 1, '&');
                     break;
                 }
         }
         q = amp;
     }
+    return len;
 }
 
 /* The target as access-log lines show it: at most 300 bytes, query
@@ -390,44 +396,44 @@ void mg_http_log_path(mg_fmt_t *b, const mg_req_t *r) {
     char path[400]; /* redaction can grow it: "key=&" -> "key=-&" */
     size_t pl = r->url_len < 300 ? r->url_len : 300;
     if (memchr(r->hbuf, '?', pl) == NULL) {
-        mg_fmt_json(b, r->hbuf, pl, 400);
+        mg_fmt_put_json(b, r->hbuf, pl, 400);
         return;
     }
     memcpy(path, r->hbuf, pl);
     path[pl] = '\0';
-    mg_http_log_redact_query(path);
-    mg_fmt_json(b, path, SIZE_MAX, 400);
+    mg_fmt_put_json(b, path, mg_http_log_redact_query(path, pl), 400);
 }
 
 void mg_http_log_tls(mg_fmt_t *b, const mg_req_tls_t *t) {
-    mg_fmt_lit(b, "\"tls\":{\"version\":\"");
-    mg_fmt_str(b, t->version ? t->version : "");
-    mg_fmt_lit(b, "\",\"cipher\":\"");
-    mg_fmt_str(b, t->cipher ? t->cipher : "");
+    const char *v = t->version ? t->version : "", *c = t->cipher ? t->cipher : "";
+    mg_fmt_put_lit(b, "\"tls\":{\"version\":\"");
+    mg_fmt_put_mem(b, v, strnlen(v, MG_HTTP_LOG_TLS_NAME));
+    mg_fmt_put_lit(b, "\",\"cipher\":\"");
+    mg_fmt_put_mem(b, c, strnlen(c, MG_HTTP_LOG_TLS_NAME));
     if (t->sni) {
-        mg_fmt_lit(b, "\",\"sni\":\"");
-        mg_fmt_json(b, t->sni, SIZE_MAX, 300);
-        mg_fmt_lit(b, "\"}");
+        mg_fmt_put_lit(b, "\",\"sni\":\"");
+        mg_fmt_put_json(b, t->sni, SIZE_MAX, 300);
+        mg_fmt_put_lit(b, "\"}");
     } else {
-        mg_fmt_lit(b, "\",\"sni\":null}");
+        mg_fmt_put_lit(b, "\",\"sni\":null}");
     }
 }
 
 void mg_http_log_route(mg_fmt_t *b, const mg_route_t *rt) {
     const char *s = rt ? (rt->name ? rt->name : rt->rule) : NULL;
     if (s)
-        mg_fmt_json(b, s, SIZE_MAX, 400);
+        mg_fmt_put_json(b, s, SIZE_MAX, 400);
 }
 
 /* A header value for the log: cut to 200 bytes, escaped, quoted; null. */
 static void mg_http_log_header(mg_fmt_t *b, const char *v, size_t len) {
     if (v == NULL) {
-        mg_fmt_lit(b, "null");
+        mg_fmt_put_lit(b, "null");
         return;
     }
-    mg_fmt_ch(b, '"');
-    mg_fmt_json(b, v, len < 200 ? len : 200, 1218);
-    mg_fmt_ch(b, '"');
+    mg_fmt_put_ch(b, '"');
+    mg_fmt_put_json(b, v, len < 200 ? len : 200, 1218);
+    mg_fmt_put_ch(b, '"');
 }
 
 /* "host:port" of each listener, made once per worker (mg_worker.laddr is
@@ -454,11 +460,11 @@ static void mg_http_log_listener(mg_fmt_t *b, int lidx) {
         }
     }
     if (mg_http_lnames) {
-        mg_fmt_mem(b, mg_http_lnames[lidx].s, mg_http_lnames[lidx].n);
+        mg_fmt_put_mem(b, mg_http_lnames[lidx].s, mg_http_lnames[lidx].n);
         return;
     }
     n = snprintf(one, sizeof(one), "%s:%d", mg_worker.laddr[lidx].host, mg_worker.laddr[lidx].port);
-    mg_fmt_mem(b, one, n < 0 ? 0 : (size_t)n < sizeof(one) ? (size_t)n : sizeof(one) - 1);
+    mg_fmt_put_mem(b, one, n < 0 ? 0 : (size_t)n < sizeof(one) ? (size_t)n : sizeof(one) - 1);
 }
 
 uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
@@ -490,29 +496,30 @@ uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
             ul = h->vlen;
         }
     }
-    mg_fmt_lit(b, ",\"timestamp\":\"");
-    mg_fmt_iso_ms(b, t_ms);
-    mg_fmt_lit(b, "\",\"host\":");
+    mg_fmt_put_lit(b, ",\"timestamp\":\"");
+    mg_fmt_put_iso_ms(b, t_ms);
+    mg_fmt_put_lit(b, "\",\"host\":");
     mg_http_log_header(b, host, hl);
-    mg_fmt_lit(b, ",\"listener\":\"");
+    mg_fmt_put_lit(b, ",\"listener\":\"");
     mg_http_log_listener(b, r->lidx);
-    mg_fmt_lit(b, "\",\"user_agent\":");
+    mg_fmt_put_lit(b, "\",\"user_agent\":");
     mg_http_log_header(b, ua, ul);
     return head;
 }
 
 void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method) {
-    mg_fmt_lit(b, "{\"type\":\"access\",\"time\":");
-    mg_fmt_milli(b, t_ms);
-    mg_fmt_lit(b, ",\"request_id\":\"");
-    mg_fmt_str(b, r->request_id);
-    mg_fmt_lit(b, "\",\"remote\":\"");
-    mg_fmt_str(b, mg_req_client_ip(r));
-    mg_fmt_lit(b, "\",\"method\":\"");
-    mg_fmt_str(b, method);
-    mg_fmt_lit(b, "\",\"path\":\"");
+    const char *ip = mg_req_client_ip(r);
+    mg_fmt_put_lit(b, "{\"type\":\"access\",\"time\":");
+    mg_fmt_put_time_ms(b, t_ms);
+    mg_fmt_put_lit(b, ",\"request_id\":\"");
+    mg_fmt_put_mem(b, r->request_id, strnlen(r->request_id, sizeof(r->request_id) - 1));
+    mg_fmt_put_lit(b, "\",\"remote\":\"");
+    mg_fmt_put_mem(b, ip, strnlen(ip, MG_PEER_IP_MAX - 1));
+    mg_fmt_put_lit(b, "\",\"method\":\"");
+    mg_fmt_put_mem(b, method, strnlen(method, 16));
+    mg_fmt_put_lit(b, "\",\"path\":\"");
     mg_http_log_path(b, r);
-    mg_fmt_ch(b, '"');
+    mg_fmt_put_ch(b, '"');
 }
 
 void mg_http_log_end(mg_fmt_t *b) {
@@ -523,7 +530,8 @@ void mg_http_log_end(mg_fmt_t *b) {
     mg_fmt_lit(b, "}\n");
 }
 
-void mg_http_log_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now) {
+/* the line but its "}\n", unchecked (room for MG_HTTP_LOG_WORST) */
+static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now) {
     /* a head refused before it was whole has no method yet ("-", as nginx
      * logs a field it does not have; r->method 0 would read as DELETE) */
     const char *method =
@@ -532,36 +540,50 @@ void mg_http_log_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double 
     uint64_t in;
     mg_http_log_start(b, r, t_ms, method);
     if (r->http2) /* a stream of an HTTP/2 session (h2_req.c); HTTP/1.1 lines have none */
-        mg_fmt_lit(b, ",\"protocol\":\"HTTP/2.0\"");
-    mg_fmt_lit(b, ",\"status\":");
-    mg_fmt_i64(b, r->status);
-    mg_fmt_lit(b, ",\"bytes\":");
-    mg_fmt_u64(b, r->bytes_out);
-    mg_fmt_lit(b, ",\"duration_ms\":");
-    mg_fmt_milli(b, mg_fmt_round((now - r->t_start) * 1e6));
-    mg_fmt_lit(b, ",\"route\":\"");
+        mg_fmt_put_lit(b, ",\"protocol\":\"HTTP/2.0\"");
+    mg_fmt_put_lit(b, ",\"status\":");
+    mg_fmt_put_i64(b, r->status);
+    mg_fmt_put_lit(b, ",\"bytes\":");
+    mg_fmt_put_u64(b, r->bytes_out);
+    mg_fmt_put_lit(b, ",\"duration_ms\":");
+    mg_fmt_put_milli(b, mg_fmt_round((now - r->t_start) * 1e6));
+    mg_fmt_put_lit(b, ",\"route\":\"");
     mg_http_log_route(b, r->route);
-    mg_fmt_lit(b, "\",\"generation\":");
-    mg_fmt_u64(b, r->gen->id);
+    mg_fmt_put_lit(b, "\",\"generation\":");
+    mg_fmt_put_u64(b, r->gen->id);
     if (tls) {
-        mg_fmt_ch(b, ',');
+        mg_fmt_put_ch(b, ',');
         mg_http_log_tls(b, tls);
     }
     /* the request's bytes from the client: the request line, the header
      * lines and the blank line as parsed, and the body */
     in = mg_http_log_fields(b, r, t_ms) + strlen(method) + r->url_len + 12 + 2 + r->body_rx;
     if (r->up_addr) {
-        mg_fmt_lit(b, ",\"upstream_addr\":\"");
-        mg_fmt_json(b, r->up_addr, SIZE_MAX, 120);
-        mg_fmt_lit(b, "\",\"upstream_status\":");
-        mg_fmt_i64(b, r->up_status);
-        mg_fmt_lit(b, ",\"upstream_ms\":");
-        mg_fmt_milli(b, mg_fmt_round(r->up_ms * 1000.0));
+        mg_fmt_put_lit(b, ",\"upstream_addr\":\"");
+        mg_fmt_put_json(b, r->up_addr, SIZE_MAX, 120);
+        mg_fmt_put_lit(b, "\",\"upstream_status\":");
+        mg_fmt_put_i64(b, r->up_status);
+        mg_fmt_put_lit(b, ",\"upstream_ms\":");
+        mg_fmt_put_milli(b, mg_fmt_round(r->up_ms * 1000.0));
     }
-    mg_fmt_lit(b, ",\"bytes_in\":");
-    mg_fmt_u64(b, in);
-    mg_fmt_lit(b, ",\"bytes_out\":");
-    mg_fmt_u64(b, r->bytes_out);
+    mg_fmt_put_lit(b, ",\"bytes_in\":");
+    mg_fmt_put_u64(b, in);
+    mg_fmt_put_lit(b, ",\"bytes_out\":");
+    mg_fmt_put_u64(b, r->bytes_out);
+}
+
+/* One bounds check for the whole line: with room for its worst case (the
+ * access log's buffer always has it) it is built in place; a builder
+ * short of room gets it built aside and cut, as the checked appends cut. */
+void mg_http_log_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now) {
+    if (mg_fmt_room(b, MG_HTTP_LOG_WORST)) {
+        mg_http_log_put_line(b, r, tls, now);
+    } else {
+        char tmp[MG_HTTP_LOG_WORST];
+        mg_fmt_t t = {tmp, 0, sizeof(tmp)};
+        mg_http_log_put_line(&t, r, tls, now);
+        mg_fmt_mem(b, tmp, t.len);
+    }
     mg_http_log_end(b);
 }
 

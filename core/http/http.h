@@ -265,18 +265,29 @@ int mg_http_hop_by_hop(const char *name, size_t len);
 int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vlen);
 /* http.c: the access-log lines (HTTP and WebSocket sessions), built with
  * base's appender (mg_fmt_t) straight into the log's buffer; every field
- * bounded (a line stays well under MG_ACCESS_LINE_MAX).
+ * bounded, so a line's worst case, every field at its cap, is known:
+ * MG_HTTP_LOG_WORST (the target 399, Host and User-Agent 1219 each, the
+ * route 399, the SNI 299, the upstream 119, the TLS names 2 x 100, the
+ * listener 79, the address 47, the request id 39, the method 16, the time
+ * 36, a dozen numbers of at most 21, ~450 bytes of names and an HTTP/2
+ * stream's "protocol" 24: ~4 700).
  * mg_http_log_line: a finished request's whole line, "}\n" included, tls
- * NULL on plain connections, now the clock at its end (mg_now).
+ * NULL on plain connections, now the clock at its end (mg_now); one bounds
+ * check for the line (a builder without room for the worst case gets the
+ * line cut, as checked appends would cut it, and still ended). The parts
+ * below append unchecked (mg_fmt_put_*): b must have room for the worst.
  * mg_http_log_start: {"type","time","request_id","remote","method","path"
  * (t_ms: the start in ms since the epoch, mg_fmt_round(t_start * 1000)).
  * mg_http_log_path: the target, cut to 300 bytes, query credentials as
  * "-", escaped. mg_http_log_fields: ,"timestamp" (ISO 8601 of t_ms),
  * "host", "listener" and "user_agent" (null when absent); returns the
  * head's header-line bytes (names, values, ": " and CRLF).
- * mg_http_log_tls: "tls":{"version","cipher","sni"}. mg_http_log_route:
- * the route's name, else its rule, escaped ("" for none). mg_http_log_end:
- * "}\n", which always fits. */
+ * mg_http_log_tls: "tls":{"version","cipher","sni"} (the names cut at
+ * MG_HTTP_LOG_TLS_NAME; OpenSSL's are ~50 at most). mg_http_log_route:
+ * the route's name, else its rule, escaped ("" for none). mg_http_log_end
+ * (checked): "}\n", which always fits. */
+#define MG_HTTP_LOG_WORST 6144
+#define MG_HTTP_LOG_TLS_NAME 100
 void mg_http_log_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now);
 void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method);
 void mg_http_log_path(mg_fmt_t *b, const mg_req_t *r);

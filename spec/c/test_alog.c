@@ -63,6 +63,28 @@ static void fixed_point_ms(void) {
         snprintf(want, sizeof(want), "%.3f", (double)-v / 1000.0);
         CHECK_STR(milli(-v), want);
     }
+    /* the line's "time": the seconds' digits kept while the second lasts,
+     * the same text as mg_fmt_milli's, back and forth across seconds */
+    {
+        static const int64_t ts[] = {1796172570801LL,
+                                     1796172570999LL,
+                                     1796172571000LL,
+                                     1796172570002LL,
+                                     999,
+                                     0,
+                                     1000,
+                                     9999999999999LL,
+                                     10000000000000LL,
+                                     1796172571000LL,
+                                     -1005};
+        for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++) {
+            char got[64];
+            mg_fmt_t b = {got, 0, sizeof(got)};
+            mg_fmt_put_time_ms(&b, ts[i]);
+            got[b.len] = '\0';
+            CHECK_STR(got, milli(ts[i]));
+        }
+    }
     /* the durations as the line computes them */
     CHECK_INT(mg_fmt_round(0.0625 * 1e6), 62500);
     CHECK_INT(mg_fmt_round(0.4999), 0);
@@ -146,6 +168,71 @@ static void escaping(void) {
         b = fmt_over(100);
         mg_fmt_json(&b, "ab\0cd", 5, 100);
         CHECK_STR(fmt_str(&b), "ab");
+    }
+}
+
+/* The 8-bytes-at-a-time scan: each byte that needs an escape and its
+ * neighbours that do not, at every offset of strings of 1 .. 24 bytes
+ * (the scan's words, the overlapping last word and the byte tail), with
+ * every cap around the string's escaped length (the cap landing inside
+ * an escape, or on the byte just before one), against the oracle; with
+ * n exact and with n SIZE_MAX over a string allocated to its NUL (ASan
+ * sees a read past it). */
+static void escaping_swar(void) {
+    static const unsigned char odd[] = {0x01, 0x1f, 0x20, 0x21, '"',  '#',  '[',  '\\',
+                                        ']',  0x7e, 0x7f, 0x80, 0xc3, 0xfe, 0xff, 'a'};
+    char want[256];
+    int ok = 1;
+    for (size_t len = 1; len <= 24; len++)
+        for (size_t at = 0; at < len; at++)
+            for (size_t k = 0; k < sizeof(odd); k++) {
+                char *in = malloc(len + 1);
+                memset(in, 'x', len);
+                in[at] = (char)odd[k];
+                if (at + 3 < len) /* a second one further on: the first is found first */
+                    in[at + 3] = '\\';
+                in[len] = '\0';
+                for (size_t cap = 1; cap < 7 * len + 12; cap++) {
+                    mg_fmt_t b = fmt_over(cap + 100);
+                    size_t wn = old_escape(want, cap, in);
+                    mg_fmt_json(&b, in, len, cap);
+                    if (b.len != wn || memcmp(b.p, want, wn) != 0)
+                        ok = 0;
+                    b = fmt_over(cap + 100);
+                    mg_fmt_json(&b, in, SIZE_MAX, cap);
+                    if (b.len != wn || memcmp(b.p, want, wn) != 0)
+                        ok = 0;
+                }
+                free(in);
+            }
+    CHECK(ok);
+    /* a NUL at any offset ends it; n bounds the scan even without one */
+    for (size_t at = 0; at < 16; at++) {
+        char in[24];
+        mg_fmt_t b = fmt_over(100);
+        memset(in, 'y', sizeof(in));
+        in[at] = '\0';
+        mg_fmt_json(&b, in, sizeof(in), 100);
+        CHECK_INT(b.len, at);
+        b = fmt_over(100);
+        mg_fmt_json(&b, in + at + 1, 8, 100);
+        CHECK_STR(fmt_str(&b), "yyyyyyyy");
+    }
+    /* the checked path, a builder short of room: the fast path's output
+     * cut at the room, never past it */
+    {
+        const char *in = "abcdefgh\"ijklmnopq\x01rstuvwxyz0123456789\xff-tail";
+        mg_fmt_t full = fmt_over(1000);
+        char all[512];
+        size_t an;
+        mg_fmt_json(&full, in, strlen(in), 400);
+        an = full.len;
+        memcpy(all, full.p, an);
+        for (size_t room = 0; room <= an; room++) {
+            mg_fmt_t b = fmt_over(room);
+            mg_fmt_json(&b, in, strlen(in), 400);
+            CHECK(b.len == room && memcmp(b.p, all, room) == 0 && guard_ok(room));
+        }
     }
 }
 
@@ -501,6 +588,41 @@ static void http_line_bounded(void) {
     }
 }
 
+/* a builder short of room for the line's worst case: the line built aside
+ * is cut where the checked appends cut it, "}\n" kept, nothing past cap */
+static void http_line_short_builder(void) {
+    static char small[4096];
+    mg_req_tls_t t = {"TLSv1.3", "TLS_AES_256_GCM_SHA384", "sni.test", NULL};
+    const char *kv[] = {"Host", "h.test", "User-Agent", "ua \"1\"", NULL};
+    char whole[4096];
+    size_t wl;
+    request("/p?x=1&token=t", kv);
+    req.up_addr = "127.0.0.1:1";
+    req.up_status = 200;
+    req.up_ms = 1.5;
+    snprintf(whole, sizeof(whole), "%s", line(&t, req.t_start + 0.5));
+    wl = strlen(whole);
+    CHECK(wl > 300 && wl < sizeof(whole) - 1);
+    for (size_t cap = 2; cap <= wl + 2; cap++) {
+        mg_fmt_t b = {small, 0, cap};
+        size_t want = cap < wl ? cap : wl;
+        memset(small, '#', sizeof(small));
+        mg_http_log_line(&b, &req, &t, req.t_start + 0.5);
+        CHECK_INT(b.len, want);
+        CHECK(memcmp(small, whole, want - 2) == 0 && memcmp(small + want - 2, "}\n", 2) == 0);
+        CHECK(small[cap] == '#');
+    }
+    /* a TLS name longer than any OpenSSL's is cut at MG_HTTP_LOG_TLS_NAME */
+    {
+        static char longname[300];
+        memset(longname, 'C', sizeof(longname) - 1);
+        t.cipher = longname;
+        CHECK(strstr(line(&t, req.t_start), "\"cipher\":\"CCCC") != NULL);
+        CHECK_INT(strlen(line(&t, req.t_start + 0.5)),
+                  wl - strlen("TLS_AES_256_GCM_SHA384") + MG_HTTP_LOG_TLS_NAME);
+    }
+}
+
 /* ---- the buffer and the WebSocket line, through a file ---- */
 
 static char *read_all(const char *path, size_t *n) {
@@ -611,6 +733,7 @@ int main(void) {
     CT_RUN(fixed_point_ms);
     CT_RUN(integers);
     CT_RUN(escaping);
+    CT_RUN(escaping_swar);
     CT_RUN(caps);
     CT_RUN(iso_time_cached);
     CT_RUN(http_line);
@@ -618,6 +741,7 @@ int main(void) {
     CT_RUN(http_line_redacts);
     CT_RUN(http_line_head_checked);
     CT_RUN(http_line_bounded);
+    CT_RUN(http_line_short_builder);
     CT_RUN(buffer_and_ws_line);
     return ct_end();
 }
