@@ -16,7 +16,7 @@ FROM debian:12 AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev libssl-dev \
-      lua-cjson node-llhttp zlib1g-dev ca-certificates \
+      lua-cjson node-llhttp zlib1g-dev libnghttp2-dev ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -26,7 +26,7 @@ FROM debian:12-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libluajit2-5.1-2 libevent-2.1-7 libevent-core-2.1-7 libevent-openssl-2.1-7 libwslay1 \
-      libssl3 zlib1g \
+      libssl3 zlib1g libnghttp2-14 \
       lua-cjson curl ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --home-dir /nonexistent \

@@ -70,7 +70,7 @@ static SSL_CTX *mg_acme_ctx_load(const char *path, char *err, size_t errlen) {
     /* one file: the certificates and the key are read from the same bytes */
     if (mg_tls_ctx_add_pem(ctx, buf, n, buf, n, path, path, err, errlen) != MG_OK)
         goto fail;
-    mg_tls_ctx_set_alpn(ctx);
+    mg_tls_ctx_set_alpn(ctx, 0); /* HTTP/2 on ACME certificates: not yet */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
     free(buf);

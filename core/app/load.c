@@ -253,6 +253,9 @@ static int mg_load_read_edge(mg_gen_t *g, lua_State *L, int idx, int server) {
     lua_getfield(L, idx, "proxy_protocol");
     e->proxy_protocol = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    lua_getfield(L, idx, "h2c");
+    e->h2c = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     lua_getfield(L, idx, "trusted_proxies");
     n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
     if (n > 0 && (e->trusted = calloc(n, sizeof(mg_cidr_t))) == NULL)
@@ -328,6 +331,7 @@ static int mg_load_read_conf(mg_gen_t *g, lua_State *L, int conf) {
         g->limits.header_size = (size_t)mg_load_field_int(L, t, "header_size", 0);
         g->limits.header_count = mg_load_field_int(L, t, "header_count", 0);
         g->max_websockets = mg_load_field_int(L, t, "websockets", 0);
+        g->limits.h2_streams = mg_load_field_int(L, t, "h2_streams", 0);
         lua_getfield(L, t, "body_size");
         g->limits.body_size = lua_isnumber(L, -1) ? (size_t)lua_tonumber(L, -1) : 0;
         lua_pop(L, 1);
@@ -337,6 +341,8 @@ static int mg_load_read_conf(mg_gen_t *g, lua_State *L, int conf) {
         g->limits.header_size = 256;
     if (g->limits.header_count < 1)
         g->limits.header_count = 1;
+    if (g->limits.h2_streams < 1)
+        g->limits.h2_streams = 1;
 
     lua_getfield(L, conf, "listen");
     if (mg_load_add_listen(g, L, 0) != MG_OK)
@@ -589,8 +595,12 @@ static int mg_load_read_tls(mg_gen_t *g, lua_State *L, int t, int server, char *
         return MG_ERR;
     }
     lua_pop(L, 1);
-    for (int i = first; i < g->nlisten; i++)
+    lua_getfield(L, tls, "http2"); /* the loader put the conf's default in */
+    for (int i = first; i < g->nlisten; i++) {
         g->listen[i].tls = 1;
+        g->listen[i].h2 = lua_toboolean(L, -1);
+    }
+    lua_pop(L, 1);
     if (mg_tls_ctx_load(g, L, tls, server, err, errlen) != MG_OK)
         return MG_ERR;
     lua_pop(L, 1);
@@ -742,10 +752,13 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
      * (the master checking it, then each worker): never per request */
     if (mg_route_build(g, err, errlen) != MG_OK)
         goto fail;
-    /* every listener of a conf or server with proxy_protocol, TLS ones too */
+    /* every listener of a conf or server with proxy_protocol, TLS ones too;
+     * h2c on its plain ones (TLS ones speak h2 by ALPN: tls.http2, above) */
     for (int k = 0; k < g->nlisten; k++) {
         int srv = g->listen[k].server;
         g->listen[k].proxy_protocol = srv >= 0 && srv < g->nedge && g->edge[srv].proxy_protocol;
+        if (!g->listen[k].tls)
+            g->listen[k].h2 = srv >= 0 && srv < g->nedge && g->edge[srv].h2c;
     }
     /* the route lines reload diffs compare: the master's (a worker's own
      * loads never diff) */

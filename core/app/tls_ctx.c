@@ -42,8 +42,10 @@
 SSL_CTX *(*mg_tls_sni_hook)(const char *name);
 
 /* ALPN: what the server offers, in its order of preference (wire format:
- * a length byte before each name). HTTP/2 adds "\x02h2" in front. */
+ * a length byte before each name). With http2 on, "h2" comes first: the
+ * HTTP/1.1 session hands an h2 connection to http/h2.c after the handshake. */
 static const unsigned char mg_tls_alpn[] = "\x08http/1.1";
+static const unsigned char mg_tls_alpn_h2[] = "\x02h2\x08http/1.1";
 
 /* ---- session-ticket keys (shared memory) ---- */
 
@@ -228,18 +230,23 @@ static int mg_tls_sni_cb(SSL *ssl, int *alert, void *arg) {
     return SSL_TLSEXT_ERR_OK;
 }
 
+/* arg non-NULL: h2 is offered too. The server's preference wins (RFC 7301
+ * 3.2): a client offering both gets h2. */
 static int mg_tls_alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                           const unsigned char *in, unsigned int inlen, void *arg) {
     unsigned char *o;
-    (void)ssl, (void)arg;
-    if (SSL_select_next_proto(&o, outlen, mg_tls_alpn, sizeof(mg_tls_alpn) - 1, in, inlen) !=
-        OPENSSL_NPN_NEGOTIATED)
+    const unsigned char *ours = arg ? mg_tls_alpn_h2 : mg_tls_alpn;
+    unsigned ourlen = arg ? sizeof(mg_tls_alpn_h2) - 1 : sizeof(mg_tls_alpn) - 1;
+    (void)ssl;
+    if (SSL_select_next_proto(&o, outlen, ours, ourlen, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK; /* none in common: go on without ALPN */
     *out = o;
     return SSL_TLSEXT_ERR_OK;
 }
 
-void mg_tls_ctx_set_alpn(SSL_CTX *ctx) { SSL_CTX_set_alpn_select_cb(ctx, mg_tls_alpn_cb, NULL); }
+void mg_tls_ctx_set_alpn(SSL_CTX *ctx, int h2) {
+    SSL_CTX_set_alpn_select_cb(ctx, mg_tls_alpn_cb, h2 ? (void *)mg_tls_alpn_h2 : NULL);
+}
 
 /* ---- reading the loader's tls table ---- */
 
@@ -252,6 +259,7 @@ typedef struct {
     const char *ca, *ca_pem;
     size_t ca_len;
     int tickets;
+    int http2;       /* ALPN offers h2 before http/1.1 (tls.http2) */
     int ticket_life; /* seconds a ticket is good for */
     unsigned char sid[32];
     unsigned sid_len;
@@ -303,7 +311,7 @@ static SSL_CTX *mg_tls_ctx_new(const mg_tls_opts_t *o, char *err, size_t errlen)
                  o->ciphersuites);
         goto fail;
     }
-    mg_tls_ctx_set_alpn(ctx);
+    mg_tls_ctx_set_alpn(ctx, o->http2);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_session_id_context(ctx, o->sid, o->sid_len);
     if (o->tickets) {
@@ -524,6 +532,9 @@ static int mg_tls_read_opts(lua_State *L, int t, int server, mg_tls_opts_t *o, c
     o->ciphersuites = mg_tls_field(L, t, "ciphersuites", &len);
     lua_getfield(L, t, "session_tickets");
     o->tickets = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, t, "http2");
+    o->http2 = lua_toboolean(L, -1);
     lua_pop(L, 1);
     lua_getfield(L, t, "ticket_lifetime");
     o->ticket_life = lua_isnumber(L, -1) ? (int)lua_tonumber(L, -1) : 7200;

@@ -56,6 +56,7 @@ typedef struct {
     size_t header_size;
     int header_count;
     size_t body_size;
+    int h2_streams; /* HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS per connection */
 } mg_limits_t;
 
 /* ---- the hop before moongate (trusted_proxies, proxy_protocol) ---- */
@@ -81,6 +82,7 @@ typedef struct {
     char *hsts;         /* "Strict-Transport-Security: ...\r\n", or NULL */
     size_t hsts_len;
     int no_access_log; /* the server's access_log = false: its requests are not logged */
+    int h2c;           /* its plain listeners take prior-knowledge HTTP/2 (h2c = true) */
 } mg_edge_t;
 
 /* ---- WebSocket routes ---- */

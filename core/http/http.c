@@ -35,8 +35,8 @@ static void mg_http_conn_advance(mg_conn_t *c);
 static void mg_http_conn_exec(mg_conn_t *c, const char *data, size_t len);
 static void mg_http_conn_close_later(mg_conn_t *c);
 static void mg_http_conn_at_eof(mg_conn_t *c);
-static void mg_req_free(mg_req_t *r);
 static const mg_req_tls_t *mg_http_h1_tls_info(const mg_req_t *r);
+static int mg_http_conn_h2_probe(mg_conn_t *c, const char *data, size_t n);
 
 static mg_conn_t *mg_http_conns; /* every open connection, for a graceful stop */
 
@@ -50,7 +50,9 @@ static int mg_req_free_count;
 
 /* ---- request memory ---- */
 
-mg_req_t *mg_req_new(mg_conn_t *c) {
+mg_req_t *mg_req_new(mg_conn_t *c) { return mg_req_alloc(c, &mg_http_h1_ops, c->lidx); }
+
+mg_req_t *mg_req_alloc(void *sess, const mg_http_sess_ops_t *ops, int lidx) {
     mg_gen_t *g = mg_gen_current;
     mg_req_t *r = mg_req_free_list;
     size_t cap = g->limits.header_size + 64;
@@ -91,9 +93,9 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
         r->xhdrs = xh, r->rxhdrs = rxh;
         r->xhdrs.len = r->rxhdrs.len = 0;
     }
-    r->sess = c;
-    r->sops = &mg_http_h1_ops;
-    r->lidx = c->lidx;
+    r->sess = sess;
+    r->sops = ops;
+    r->lidx = lidx;
     r->gen = g;
     r->access_req_ref = LUA_NOREF;
     mg_gen_retain(g);
@@ -104,7 +106,7 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
     return r;
 }
 
-static void mg_req_free(mg_req_t *r) {
+void mg_req_free(mg_req_t *r) {
     mg_worker.inflight--;
     if (r->access_req_ref != LUA_NOREF)
         mg_http_hooks->freed(r);
@@ -358,10 +360,13 @@ static size_t mg_http_query_name_decode(const char *s, size_t n, char *out, size
 /* Credentials in a query (WebSocket clients pass tokens there) stay out of
  * the access log: the values of these parameters become "-". Names are
  * compared decoded (?%74oken= is the auth hook's token too), any case.
- * In place. */
-static void mg_http_log_redact_query(char *path) {
-    static const char *secret[] = {"token", "access_token", "api_key", "apikey",
-                                   "key",   "password",     "secret",  "jwt"};
+ * In place; returns path's length after. */
+static size_t mg_http_log_redact_query(char *path, size_t len) {
+    static const struct {
+        const char *s;
+        size_t n;
+    } secret[] = {{"token", 5}, {"access_token", 12}, {"api_key", 7}, {"apikey", 6},
+                  {"key", 3},   {"password", 8},      {"secret", 6},  {"jwt", 3}};
     char *q = strchr(path, '?');
     while (q) {
         char *name = q + 1, *eq = strchr(name, '='), *amp = strchr(name, '&');
@@ -369,84 +374,217 @@ static void mg_http_log_redact_query(char *path) {
             char dec[32];
             size_t nl = mg_http_query_name_decode(name, eq - name, dec, sizeof(dec));
             for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
-                if (mg_name_eq(dec, nl, secret[i], strlen(secret[i]))) {
-                    char *end = amp ? amp : eq + strlen(eq);
-                    memmove(eq + 2, end, strlen(end) + 1);
+                if (nl == secret[i].n && mg_name_eq(dec, nl, secret[i].s, secret[i].n)) {
+                    char *end = amp ? amp : path + len;
+                    size_t tail = (size_t)(path + len - end);
+                    memmove(eq + 2, end, tail + 1);
                     eq[1] = '-';
+                    len = (size_t)(eq + 2 - path) + tail;
                     amp = strchr(eq + 1, '&');
                     break;
                 }
         }
         q = amp;
     }
+    return len;
 }
 
 /* The target as access-log lines show it: at most 300 bytes, query
- * credentials redacted, JSON-escaped into esc (cap bytes). */
-void mg_http_log_path(const mg_req_t *r, char *esc, size_t cap) {
-    char path[400];
+ * credentials redacted, JSON-escaped (at most 399 bytes of it, as ever).
+ * A target without a query is escaped as it is, without a copy. */
+void mg_http_log_path(mg_fmt_t *b, const mg_req_t *r) {
+    char path[400]; /* redaction can grow it: "key=&" -> "key=-&" */
     size_t pl = r->url_len < 300 ? r->url_len : 300;
-    memcpy(path, r->hbuf, pl);
-    path[pl] = '\0';
-    mg_http_log_redact_query(path);
-    mg_json_escape(esc, cap, path);
-}
-
-/* The access-log line's TLS part: ,"tls":{"version","cipher","sni"}. */
-static void mg_http_log_tls(mg_conn_t *c, char *out, size_t cap) {
-    char sni[300];
-    const char *v = mg_io_tls_version(&c->io), *ci = mg_io_tls_cipher(&c->io);
-    if (c->io.sni)
-        mg_json_escape(sni, sizeof(sni), c->io.sni);
-    snprintf(out, cap, ",\"tls\":{\"version\":\"%s\",\"cipher\":\"%s\",\"sni\":%s%s%s}", v ? v : "",
-             ci ? ci : "", c->io.sni ? "\"" : "", c->io.sni ? sni : "null", c->io.sni ? "\"" : "");
-}
-
-/* A header value for the log: cut to 200 bytes, escaped into out. */
-static void mg_http_log_header(mg_req_t *r, const char *name, char *out, size_t cap) {
-    char v[201];
-    size_t len = 0;
-    const char *h = mg_req_header(r, name, &len);
-    if (h == NULL) {
-        snprintf(out, cap, "null");
+    if (memchr(r->hbuf, '?', pl) == NULL) {
+        mg_fmt_put_json(b, r->hbuf, pl, 400);
         return;
     }
-    if (len > 200)
-        len = 200;
-    memcpy(v, h, len);
-    v[len] = '\0';
-    out[0] = '"';
-    mg_json_escape(out + 1, cap - 2, v);
-    len = strlen(out);
-    out[len] = '"';
-    out[len + 1] = '\0';
+    memcpy(path, r->hbuf, pl);
+    path[pl] = '\0';
+    mg_fmt_put_json(b, path, mg_http_log_redact_query(path, pl), 400);
 }
 
-/* The request's bytes from the client: the head as parsed (request line,
- * header lines, the blank line) and the body. */
-static uint64_t mg_http_log_bytes_in(const mg_req_t *r) {
-    uint64_t in = r->body_rx;
-    in += strlen(llhttp_method_name((llhttp_method_t)r->method)) + r->url_len + 12;
-    for (int i = 0; i < r->nhdrs; i++)
-        in += r->hdrs[i].nlen + r->hdrs[i].vlen + 4;
-    return in + 2;
+void mg_http_log_tls(mg_fmt_t *b, const mg_req_tls_t *t) {
+    const char *v = t->version ? t->version : "", *c = t->cipher ? t->cipher : "";
+    mg_fmt_put_lit(b, "\"tls\":{\"version\":\"");
+    mg_fmt_put_mem(b, v, strnlen(v, MG_HTTP_LOG_TLS_NAME));
+    mg_fmt_put_lit(b, "\",\"cipher\":\"");
+    mg_fmt_put_mem(b, c, strnlen(c, MG_HTTP_LOG_TLS_NAME));
+    if (t->sni) {
+        mg_fmt_put_lit(b, "\",\"sni\":\"");
+        mg_fmt_put_json(b, t->sni, SIZE_MAX, 300);
+        mg_fmt_put_lit(b, "\"}");
+    } else {
+        mg_fmt_put_lit(b, "\",\"sni\":null}");
+    }
 }
 
-size_t mg_http_log_fields(mg_req_t *r, char *out, size_t cap) {
-    char ts[MG_ISO_TIME_MAX], host[1220], ua[1220], lis[80] = "";
+void mg_http_log_route(mg_fmt_t *b, const mg_route_t *rt) {
+    const char *s = rt ? (rt->name ? rt->name : rt->rule) : NULL;
+    if (s)
+        mg_fmt_put_json(b, s, SIZE_MAX, 400);
+}
+
+/* A header value for the log: cut to 200 bytes, escaped, quoted; null. */
+static void mg_http_log_header(mg_fmt_t *b, const char *v, size_t len) {
+    if (v == NULL) {
+        mg_fmt_put_lit(b, "null");
+        return;
+    }
+    mg_fmt_put_ch(b, '"');
+    mg_fmt_put_json(b, v, len < 200 ? len : 200, 1218);
+    mg_fmt_put_ch(b, '"');
+}
+
+/* "host:port" of each listener, made once per worker (mg_worker.laddr is
+ * set at its start and kept); cut to 79 bytes as ever. */
+static struct {
+    char s[80];
+    size_t n;
+} * mg_http_lnames;
+static const mg_addr_t *mg_http_lnames_of;
+
+static void mg_http_log_listener(mg_fmt_t *b, int lidx) {
+    char one[80];
     int n;
-    mg_iso_time(ts, r->t_start);
-    mg_http_log_header(r, "Host", host, sizeof(host));
-    mg_http_log_header(r, "User-Agent", ua, sizeof(ua));
-    if (r->lidx >= 0 && r->lidx < mg_worker.nfd && mg_worker.laddr)
-        snprintf(lis, sizeof(lis), "%s:%d", mg_worker.laddr[r->lidx].host,
-                 mg_worker.laddr[r->lidx].port);
-    n = snprintf(out, cap,
-                 ",\"timestamp\":\"%s\",\"host\":%s,\"listener\":\"%s\",\"user_agent\":%s", ts,
-                 host, lis, ua);
-    if (n < 0)
-        return 0;
-    return (size_t)n < cap ? (size_t)n : cap - 1;
+    if (lidx < 0 || lidx >= mg_worker.nfd || mg_worker.laddr == NULL)
+        return;
+    if (mg_http_lnames_of != mg_worker.laddr) {
+        free(mg_http_lnames);
+        mg_http_lnames = calloc(mg_worker.nfd, sizeof(*mg_http_lnames));
+        mg_http_lnames_of = mg_http_lnames ? mg_worker.laddr : NULL;
+        for (int i = 0; mg_http_lnames && i < mg_worker.nfd; i++) {
+            n = snprintf(mg_http_lnames[i].s, sizeof(mg_http_lnames[i].s), "%s:%d",
+                         mg_worker.laddr[i].host, mg_worker.laddr[i].port);
+            mg_http_lnames[i].n = n < 0 ? 0 : (size_t)n < sizeof(one) ? (size_t)n : sizeof(one) - 1;
+        }
+    }
+    if (mg_http_lnames) {
+        mg_fmt_put_mem(b, mg_http_lnames[lidx].s, mg_http_lnames[lidx].n);
+        return;
+    }
+    n = snprintf(one, sizeof(one), "%s:%d", mg_worker.laddr[lidx].host, mg_worker.laddr[lidx].port);
+    mg_fmt_put_mem(b, one, n < 0 ? 0 : (size_t)n < sizeof(one) ? (size_t)n : sizeof(one) - 1);
+}
+
+uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
+    const char *host = NULL, *ua = NULL;
+    size_t hl = 0, ul = 0;
+    uint64_t head = 0;
+    if (r->log_ready) { /* the head checks worked them out */
+        if (r->log_has_host) {
+            host = r->hbuf + r->log_host_off;
+            hl = r->log_host_len;
+        }
+        if (r->log_has_ua) {
+            ua = r->hbuf + r->log_ua_off;
+            ul = r->log_ua_len;
+        }
+        head = r->log_hbytes;
+    }
+    /* else one pass: Host and User-Agent (the first of each, as
+     * mg_req_header finds them) and the head's size */
+    for (int i = 0; !r->log_ready && i < r->nhdrs; i++) {
+        const mg_hdr_t *h = &r->hdrs[i];
+        const char *n = r->hbuf + h->noff;
+        head += h->nlen + h->vlen + 4;
+        if (h->nlen == 4 && host == NULL && MG_NAME_IS(n, 4, "host")) {
+            host = r->hbuf + h->voff;
+            hl = h->vlen;
+        } else if (h->nlen == 10 && ua == NULL && MG_NAME_IS(n, 10, "user-agent")) {
+            ua = r->hbuf + h->voff;
+            ul = h->vlen;
+        }
+    }
+    mg_fmt_put_lit(b, ",\"timestamp\":\"");
+    mg_fmt_put_iso_ms(b, t_ms);
+    mg_fmt_put_lit(b, "\",\"host\":");
+    mg_http_log_header(b, host, hl);
+    mg_fmt_put_lit(b, ",\"listener\":\"");
+    mg_http_log_listener(b, r->lidx);
+    mg_fmt_put_lit(b, "\",\"user_agent\":");
+    mg_http_log_header(b, ua, ul);
+    return head;
+}
+
+void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method) {
+    const char *ip = mg_req_client_ip(r);
+    mg_fmt_put_lit(b, "{\"type\":\"access\",\"time\":");
+    mg_fmt_put_time_ms(b, t_ms);
+    mg_fmt_put_lit(b, ",\"request_id\":\"");
+    mg_fmt_put_mem(b, r->request_id, strnlen(r->request_id, sizeof(r->request_id) - 1));
+    mg_fmt_put_lit(b, "\",\"remote\":\"");
+    mg_fmt_put_mem(b, ip, strnlen(ip, MG_PEER_IP_MAX - 1));
+    mg_fmt_put_lit(b, "\",\"method\":\"");
+    mg_fmt_put_mem(b, method, strnlen(method, 16));
+    mg_fmt_put_lit(b, "\",\"path\":\"");
+    mg_http_log_path(b, r);
+    mg_fmt_put_ch(b, '"');
+}
+
+void mg_http_log_end(mg_fmt_t *b) {
+    if (b->cap < 2)
+        return;
+    if (b->len > b->cap - 2)
+        b->len = b->cap - 2; /* cannot happen with the caps above; the line still ends */
+    mg_fmt_lit(b, "}\n");
+}
+
+/* the line but its "}\n", unchecked (room for MG_HTTP_LOG_WORST) */
+static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now) {
+    /* a head refused before it was whole has no method yet ("-", as nginx
+     * logs a field it does not have; r->method 0 would read as DELETE) */
+    const char *method =
+        r->state == MG_REQ_HEAD ? "-" : llhttp_method_name((llhttp_method_t)r->method);
+    int64_t t_ms = mg_fmt_round(r->t_start * 1000.0);
+    uint64_t in;
+    mg_http_log_start(b, r, t_ms, method);
+    if (r->http2) /* a stream of an HTTP/2 session (h2_req.c); HTTP/1.1 lines have none */
+        mg_fmt_put_lit(b, ",\"protocol\":\"HTTP/2.0\"");
+    mg_fmt_put_lit(b, ",\"status\":");
+    mg_fmt_put_i64(b, r->status);
+    mg_fmt_put_lit(b, ",\"bytes\":");
+    mg_fmt_put_u64(b, r->bytes_out);
+    mg_fmt_put_lit(b, ",\"duration_ms\":");
+    mg_fmt_put_milli(b, mg_fmt_round((now - r->t_start) * 1e6));
+    mg_fmt_put_lit(b, ",\"route\":\"");
+    mg_http_log_route(b, r->route);
+    mg_fmt_put_lit(b, "\",\"generation\":");
+    mg_fmt_put_u64(b, r->gen->id);
+    if (tls) {
+        mg_fmt_put_ch(b, ',');
+        mg_http_log_tls(b, tls);
+    }
+    /* the request's bytes from the client: the request line, the header
+     * lines and the blank line as parsed, and the body */
+    in = mg_http_log_fields(b, r, t_ms) + strlen(method) + r->url_len + 12 + 2 + r->body_rx;
+    if (r->up_addr) {
+        mg_fmt_put_lit(b, ",\"upstream_addr\":\"");
+        mg_fmt_put_json(b, r->up_addr, SIZE_MAX, 120);
+        mg_fmt_put_lit(b, "\",\"upstream_status\":");
+        mg_fmt_put_i64(b, r->up_status);
+        mg_fmt_put_lit(b, ",\"upstream_ms\":");
+        mg_fmt_put_milli(b, mg_fmt_round(r->up_ms * 1000.0));
+    }
+    mg_fmt_put_lit(b, ",\"bytes_in\":");
+    mg_fmt_put_u64(b, in);
+    mg_fmt_put_lit(b, ",\"bytes_out\":");
+    mg_fmt_put_u64(b, r->bytes_out);
+}
+
+/* One bounds check for the whole line: with room for its worst case (the
+ * access log's buffer always has it) it is built in place; a builder
+ * short of room gets it built aside and cut, as the checked appends cut. */
+void mg_http_log_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now) {
+    if (mg_fmt_room(b, MG_HTTP_LOG_WORST)) {
+        mg_http_log_put_line(b, r, tls, now);
+    } else {
+        char tmp[MG_HTTP_LOG_WORST];
+        mg_fmt_t t = {tmp, 0, sizeof(tmp)};
+        mg_http_log_put_line(&t, r, tls, now);
+        mg_fmt_mem(b, tmp, t.len);
+    }
+    mg_http_log_end(b);
 }
 
 int mg_http_log_off(const mg_req_t *r) {
@@ -459,56 +597,32 @@ int mg_http_log_off(const mg_req_t *r) {
     return e && e->no_access_log;
 }
 
-/* the metrics label of a request: its route's; unrouted, "(admin)" on the
- * admin listener (its own traffic is not the users'), else "(none)" (no
- * route matched, or refused before routing: 400, 408, 413, 414, 431, ...) */
-static inline int mg_http_met_name(const mg_req_t *r) {
-    if (r->route)
-        return mg_route_met(r->route);
-    if (r->lidx >= 0 && r->lidx < mg_worker.nfd && mg_worker.laddr &&
-        mg_worker.laddr[r->lidx].admin)
-        return MG_MET_ADMIN;
-    return MG_MET_NONE;
-}
-
 static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
+    double now = 0;
+    int log;
     /* a half-closed client still gets the answers to what it pipelined */
     if (r->resp_close || !r->keep_alive || (X(c)->eof && c->in_len == 0))
         c->closing = 1;
-    if (!mg_http_log_off(r)) {
-        char line[4096], more[2700], up[160] = "";
-        int n;
-        {
-            char esc[400], tls[400] = "";
-            mg_http_log_path(r, esc, sizeof(esc));
-            if (c->is_tls)
-                mg_http_log_tls(c, tls, sizeof(tls));
-            mg_http_log_fields(r, more, sizeof(more));
-            if (r->up_addr)
-                snprintf(up, sizeof(up),
-                         ",\"upstream_addr\":\"%s\",\"upstream_status\":%d,\"upstream_ms\":%.3f",
-                         r->up_addr, r->up_status, r->up_ms);
-            n = snprintf(
-                line, sizeof(line),
-                "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
-                "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"bytes\":%llu,"
-                "\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u%s%s%s,\"bytes_in\":%llu,"
-                "\"bytes_out\":%llu}\n",
-                r->t_start, r->request_id, mg_req_client_ip(r),
-                llhttp_method_name((llhttp_method_t)r->method), esc, r->status,
-                (unsigned long long)r->bytes_out, (mg_now() - r->t_start) * 1000.0,
-                r->route ? (r->route->name ? r->route->name : r->route->rule) : "", r->gen->id, tls,
-                more, up, (unsigned long long)mg_http_log_bytes_in(r),
-                (unsigned long long)r->bytes_out);
+    log = !mg_http_log_off(r);
+    if (log || MG_MET_ON)
+        now = mg_now(); /* one clock read for the line and the metrics */
+    if (log) {
+        mg_fmt_t b;
+        mg_req_tls_t t = {0};
+        if (c->is_tls) {
+            t.version = mg_io_tls_version(&c->io);
+            t.cipher = mg_io_tls_cipher(&c->io);
+            t.sni = c->io.sni;
         }
-        if (n > 0)
-            mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
+        mg_access_log_begin(&b, MG_ACCESS_LINE_MAX);
+        mg_http_log_line(&b, r, c->is_tls ? &t : NULL, now);
+        mg_access_log_commit(&b);
     }
     /* a head refused before it was whole has no method yet (r->method 0
      * would read as DELETE): "other" */
     mg_met_http(mg_http_met_name(r),
                 r->state == MG_REQ_HEAD ? MG_MET_M_OTHER : mg_met_method_class(r->method),
-                r->status, mg_now() - r->t_start, r->body_rx, r->bytes_out);
+                r->status, now - r->t_start, r->body_rx, r->bytes_out);
     mg_http_hooks->done(r);
     c->req = NULL;
     c->nreq++;
@@ -798,6 +912,10 @@ static int mg_http_conn_read_once(mg_conn_t *c) {
          * half-closed and still waits for its answer */
         X(c)->eof = 1;
         mg_http_conn_read_enable(c, 0);
+        if (X(c)->h2_probe && c->in_len) { /* the end inside an h2c preface */
+            mg_http_conn_free(c);
+            return 0;
+        }
         if (c->req == NULL && c->in_len == 0 && evbuffer_get_length(c->out) == 0) {
             mg_http_conn_free(c);
             return 0;
@@ -808,6 +926,8 @@ static int mg_http_conn_read_once(mg_conn_t *c) {
         mg_http_conn_advance(c);
         return 0;
     }
+    if (X(c)->h2_probe && mg_http_conn_h2_probe(c, mg_worker.scratch, (size_t)n))
+        return 0; /* handed to the HTTP/2 session, or waiting for the whole preface */
     if (c->tmode == MG_T_READ || c->tmode == MG_T_BODY)
         mg_http_conn_arm(c, c->tmode);
     if (c->paused || c->closing) {
@@ -860,6 +980,72 @@ static void mg_http_conn_write_cb(evutil_socket_t fd, short what, void *arg) {
         mg_http_conn_advance(c);
 }
 
+/* The first bytes of a connection that may be HTTP/2 (X(c)->h2_probe):
+ * on TLS, ALPN agreed "h2" (tls_ctx.c offers it only with http2 on); on an
+ * h2c listener, the client preface (RFC 9113 3.4; no Upgrade: h2c). The
+ * connection then goes to the HTTP/2 session with the bytes read (its
+ * transport moved, this one freed). A prefix of the preface waits for the
+ * rest (at most 24 bytes kept). 1: handed over or waiting; 0: HTTP/1.1,
+ * data left for the parser (the probe is off from here on). */
+static int mg_http_conn_h2_probe(mg_conn_t *c, const char *data, size_t n) {
+    static const char pre[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const size_t plen = sizeof(pre) - 1;
+    char buf[sizeof(pre)];
+    int h2 = 0;
+    if (c->io.tls) {
+        h2 = c->io.alpn && strcmp(c->io.alpn, "h2") == 0;
+    } else {
+        size_t have = c->in_len, k = have + n < plen ? have + n : plen;
+        if (have)
+            memcpy(buf, c->in, have); /* an earlier prefix (have < plen) */
+        memcpy(buf + have, data, k - have);
+        if (memcmp(buf, pre, k) == 0) {
+            if (k < plen) {
+                mg_http_conn_save_input(c, data, n); /* wait for the rest */
+                return 1;
+            }
+            h2 = 1;
+        } else if (have) {
+            /* not HTTP/2 after all: the saved bytes go first */
+            char *all = malloc(have + n);
+            if (all == NULL) {
+                mg_http_conn_free(c);
+                return 1;
+            }
+            memcpy(all, c->in, have);
+            memcpy(all + have, data, n);
+            c->in_len = 0;
+            X(c)->h2_probe = 0;
+            mg_http_conn_arm(c, MG_T_HEADER);
+            mg_http_conn_exec(c, all, have + n);
+            free(all);
+            if (!X(c)->dead)
+                mg_http_conn_advance(c);
+            return 1;
+        }
+    }
+    X(c)->h2_probe = 0;
+    if (!h2)
+        return 0;
+    event_del(&c->rev); /* the HTTP/2 session registers its own on the fd */
+    event_del(&c->wev);
+    event_del(&c->tev);
+    c->rd_off = 1, c->wr_on = 0;
+    if (c->in_len) {
+        char *all = malloc(c->in_len + n);
+        if (all) {
+            memcpy(all, c->in, c->in_len);
+            memcpy(all + c->in_len, data, n);
+            mg_http_h2_start(&c->io, c->lidx, c->peer_ip, all, c->in_len + n);
+            free(all);
+        }
+    } else {
+        mg_http_h2_start(&c->io, c->lidx, c->peer_ip, data, n);
+    }
+    mg_http_conn_free(c); /* its transport is the HTTP/2 session's now (or closed) */
+    return 1;
+}
+
 /* The TLS context of listener lidx in the current generation (a reload
  * brings new certificates to the next handshake), or NULL: the listener's
  * conf or server has no TLS since a reload. */
@@ -872,6 +1058,20 @@ static void *mg_http_tls_ctx(int lidx) {
             return l->server < g->ntls_ctx ? g->tls_ctx[l->server] : NULL;
     }
     return NULL;
+}
+
+int mg_http_listener_h2(int lidx, int tls) {
+    mg_gen_t *g = mg_gen_current;
+    const mg_addr_t *a;
+    if (mg_worker.laddr == NULL || lidx < 0 || lidx >= mg_worker.nfd)
+        return 0;
+    a = &mg_worker.laddr[lidx];
+    for (int i = 0; i < g->nlisten; i++) {
+        const mg_addr_t *l = &g->listen[i];
+        if (!l->tls == !tls && !l->admin && l->port == a->port && strcmp(l->host, a->host) == 0)
+            return l->h2;
+    }
+    return 0;
 }
 
 void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
@@ -902,6 +1102,8 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
     c->io = io;
     c->is_tls = io.tls;
     c->lidx = lidx;
+    /* ALPN may say h2 only where tls.http2 offered it: always look */
+    x->h2_probe = io.tls || mg_http_listener_h2(lidx, 0);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, c->peer_ip, sizeof(c->peer_ip));
@@ -963,25 +1165,29 @@ struct mg_http_tls_s {
     char subject[512];
 };
 
-static const mg_req_tls_t *mg_http_h1_tls_info(const mg_req_t *r) {
-    mg_conn_t *c = MG_CONN(r);
+const mg_req_tls_t *mg_http_io_tls_info(mg_io_t *io, struct mg_http_tls_s **cache) {
     struct mg_http_tls_s *t;
-    if (c == NULL || !c->is_tls)
+    if (*cache)
+        return &(*cache)->pub;
+    if (io->ctx == NULL || (t = calloc(1, sizeof(*t))) == NULL)
         return NULL;
-    if (X(c)->tls)
-        return &X(c)->tls->pub;
-    if (c->io.ctx == NULL || (t = calloc(1, sizeof(*t))) == NULL)
-        return NULL;
-    t->pub.version = mg_io_tls_version(&c->io); /* OpenSSL's static strings */
-    t->pub.cipher = mg_io_tls_cipher(&c->io);
-    if (c->io.sni) {
-        snprintf(t->sni, sizeof(t->sni), "%s", c->io.sni);
+    t->pub.version = mg_io_tls_version(io); /* OpenSSL's static strings */
+    t->pub.cipher = mg_io_tls_cipher(io);
+    if (io->sni) {
+        snprintf(t->sni, sizeof(t->sni), "%s", io->sni);
         t->pub.sni = t->sni;
     }
-    if (mg_io_tls_peer_subject(&c->io, t->subject, sizeof(t->subject)))
+    if (mg_io_tls_peer_subject(io, t->subject, sizeof(t->subject)))
         t->pub.client_subject = t->subject;
-    X(c)->tls = t;
+    *cache = t;
     return &t->pub;
+}
+
+static const mg_req_tls_t *mg_http_h1_tls_info(const mg_req_t *r) {
+    mg_conn_t *c = MG_CONN(r);
+    if (c == NULL || !c->is_tls)
+        return NULL;
+    return mg_http_io_tls_info(&c->io, &X(c)->tls);
 }
 
 const mg_http_sess_ops_t mg_http_h1_ops = {
@@ -1004,6 +1210,7 @@ const mg_http_sess_ops_t mg_http_h1_ops = {
 void mg_http_close_idle(void) {
     mg_conn_t *c = mg_http_conns;
     mg_http_pp_close_all();
+    mg_http_h2_close_idle();
     while (c) {
         mg_conn_t *next = c->next;
         if (c->req == NULL && !X(c)->dead && evbuffer_get_length(c->out) == 0)

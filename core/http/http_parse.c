@@ -128,20 +128,15 @@ int mg_http_te_check(const char *v, size_t n) {
 
 #define MG_HOST_MAX 262 /* a DNS name (255), ':' and a port */
 
-/* What the header lines say about Host and framing. */
-typedef struct {
-    int hosts;   /* Host lines */
-    int te;      /* Transfer-Encoding lines */
-    int te_501;  /* a line lists other codings, then chunked (mg_http_te_check) */
-    mg_te_t tes; /* all the Transfer-Encoding lines: one list (RFC 9110 5.3) */
-} mg_http_framing_t;
-
-/* Each header line: its value's characters, Host, Transfer-Encoding,
- * X-Request-Id, Expect. Returns 0 or an HTTP status to refuse with. */
-static int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
+/* Each header line (http_int.h); also what the access log needs of the
+ * head (log_ready: Host, User-Agent, the head's size). */
+int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
+    uint32_t hbytes = 0;
+    int host1 = -1, ua1 = -1;
     for (int i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *h = &r->hdrs[i];
         const char *v = r->hbuf + h->voff, *n = r->hbuf + h->noff;
+        hbytes += h->nlen + h->vlen + 4;
         /* bare CR, NUL and other CTLs inside a value (obs-fold shows up as CR/LF) */
         for (size_t k = 0; k < h->vlen; k++) {
             unsigned char ch = v[k];
@@ -153,6 +148,8 @@ static int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
         if (MG_NAME_IS(n, h->nlen, "host")) {
             f->hosts++;
             r->host_idx = i;
+            if (host1 < 0)
+                host1 = i;
             if (!mg_http_host_valid(v, h->vlen))
                 return 400;
         } else if (MG_NAME_IS(n, h->nlen, "transfer-encoding")) {
@@ -168,8 +165,20 @@ static int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
                 r->expect_continue = 1;
             else
                 return 417;
+        } else if (ua1 < 0 && MG_NAME_IS(n, h->nlen, "user-agent")) {
+            ua1 = i;
         }
     }
+    if ((r->log_has_host = host1 >= 0)) {
+        r->log_host_off = r->hdrs[host1].voff;
+        r->log_host_len = r->hdrs[host1].vlen;
+    }
+    if ((r->log_has_ua = ua1 >= 0)) {
+        r->log_ua_off = r->hdrs[ua1].voff;
+        r->log_ua_len = r->hdrs[ua1].vlen;
+    }
+    r->log_hbytes = hbytes;
+    r->log_ready = 1;
     return 0;
 }
 
@@ -200,6 +209,9 @@ static int mg_http_absolute_form(mg_req_t *r) {
      * and on to the upstream. It goes in the bytes the move freed (at
      * least its own length); other header offsets stay valid. */
     if (r->host_idx >= 0) {
+        r->log_hbytes = r->log_hbytes - r->hdrs[r->host_idx].vlen + (uint32_t)alen;
+        r->log_host_off = (uint32_t)r->url_len; /* the one Host: hosts > 1 was refused */
+        r->log_host_len = (uint32_t)alen;
         memcpy(r->hbuf + r->url_len, ab, alen);
         r->hdrs[r->host_idx].voff = (uint32_t)r->url_len;
         r->hdrs[r->host_idx].vlen = (uint32_t)alen;
@@ -209,7 +221,7 @@ static int mg_http_absolute_form(mg_req_t *r) {
 
 /* The path of an origin-form target: no fragment, no dot segments (plain
  * or %2e); sets r->path_len. Returns 0 or 400. */
-static int mg_http_check_path(mg_req_t *r) {
+int mg_http_check_path(mg_req_t *r) {
     const char *url = r->hbuf;
     const char *q = memchr(url, '?', r->url_len);
     const char *f = memchr(url, '#', r->url_len);
@@ -270,6 +282,16 @@ int mg_http_check_head(mg_req_t *r, llhttp_t *p) {
     return mg_http_check_path(r);
 }
 
+void mg_http_set_request_id(mg_req_t *r) {
+    if (r->xrid_idx >= 0 &&
+        mg_http_request_id_valid(r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen)) {
+        memcpy(r->request_id, r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen);
+        r->request_id[r->hdrs[r->xrid_idx].vlen] = '\0';
+    } else {
+        mg_request_id(r->request_id);
+    }
+}
+
 static int mg_http_on_headers_complete(llhttp_t *p) {
     mg_conn_t *c = p->data;
     mg_req_t *r = c->req;
@@ -284,13 +306,7 @@ static int mg_http_on_headers_complete(llhttp_t *p) {
     mg_http_conn_arm(c, mg_gen_current->timeouts.read > 0 ? MG_T_READ : MG_T_NONE);
 
     st = mg_http_check_head(r, p);
-    if (r->xrid_idx >= 0 &&
-        mg_http_request_id_valid(r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen)) {
-        memcpy(r->request_id, r->hbuf + r->hdrs[r->xrid_idx].voff, r->hdrs[r->xrid_idx].vlen);
-        r->request_id[r->hdrs[r->xrid_idx].vlen] = '\0';
-    } else {
-        mg_request_id(r->request_id);
-    }
+    mg_http_set_request_id(r);
     if (st) {
         X(c)->err_status = st;
         return -1;

@@ -13,7 +13,7 @@
 #include <time.h>
 
 /* "Date: ...\r\n", formatted once a second. */
-static const char *mg_http_date(size_t *len) {
+const char *mg_http_date(size_t *len) {
     static char buf[64];
     static size_t blen;
     static time_t last;

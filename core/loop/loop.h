@@ -20,6 +20,7 @@ typedef struct {
     int server; /* 0 = the main route table, then conf.servers in name order */
     int tls;    /* a TLS listener (the conf's or server's tls.listen) */
     int admin;  /* the admin listener (admin.listen): gateway/admin.c answers, never routed */
+    int h2; /* speaks HTTP/2 (http/h2.c): ALPN h2 (TLS: tls.http2), prior knowledge (plain: h2c) */
 } mg_addr_t;
 
 typedef struct {

@@ -264,7 +264,7 @@ static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
         lua_pushstring(L, t->client_subject);
         lua_setfield(L, -2, "client_subject");
     } else if (k[0] == 'h' && k[1] == 't') {
-        lua_pushstring(L, r->http_minor ? "1.1" : "1.0");
+        lua_pushstring(L, r->http2 ? "2.0" : r->http_minor ? "1.1" : "1.0");
     } else if (k[0] == 'h') {
         lua_createtable(L, 0, r->nhdrs);
         for (i = 0; i < r->nhdrs; i++) {

@@ -355,6 +355,10 @@ end
 local TRUSTED_PROXIES = { type = "any", default = {}, convert = norm_trusted }
 local PROXY_PROTOCOL = { type = "boolean", default = false,
                          message = "expected a boolean, got {type}" }
+-- HTTP/2 (docs/configuration.md, "HTTP/2"): `http2` offers ALPN "h2" on
+-- TLS listeners (the default of every tls table; tls.http2 overrides it),
+-- `h2c` takes prior-knowledge HTTP/2 on plain listeners; both off by default
+local HTTP2 = { type = "boolean", default = false, message = "expected a boolean, got {type}" }
 
 
 local function norm_lua_path(v, _, ctx)
@@ -521,7 +525,7 @@ local function conf_schema(env_fn)
       "listen", env_fn("listen"), "workers", env_fn("workers"),
       "max_open_files", env_fn("max_open_files"), "demo", env_fn("demo"), "routes", "lua_path",
       "access_log", "log_level", "timeouts", "limits", "upstreams",
-      "trusted_proxies", "proxy_protocol",
+      "trusted_proxies", "proxy_protocol", "http2", env_fn("http2"), "h2c",
     },
     fields = {
       listen = { type = "any", default = "127.0.0.1:8080", convert = norm_listen },
@@ -552,6 +556,12 @@ local function conf_schema(env_fn)
       limits = table_of({
         header_size = count(16384, MAX_INT), header_count = count(100, MAX_INT),
         body_size = count(1048576, MAX_INT), websockets = count(10000, MAX_INT),
+        -- HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS per connection (0 would
+        -- refuse every stream: at least 1)
+        h2_streams = { type = "any", default = 128, convert = function(v)
+          if v == 0 then return nil, "expected at least 1, got 0" end
+          return number_reason(v, true, 65536)
+        end },
       }),
       -- a map in the file; an array sorted by name for the core (norm_conf)
       upstreams = {
@@ -566,6 +576,7 @@ local function conf_schema(env_fn)
       -- whether every listener expects a PROXY protocol header first
       trusted_proxies = TRUSTED_PROXIES,
       proxy_protocol = PROXY_PROTOCOL,
+      http2 = HTTP2, h2c = HTTP2,
       -- checked after the routes, in this order (load_generation)
       servers = ANY, shared_dicts = ANY, plugins = ANY,
       tls = ANY, -- moongate.tls_conf (norm_conf)
@@ -699,6 +710,12 @@ end
 local function norm_conf(src, raw, env, ncpu)
   local top = file_where(src)
   local function trim(v) return str_match(v, "^%s*(.-)%s*$") end
+  local function parse_bool(v)
+    v = str_lower(trim(v))
+    if v == "1" or v == "true" or v == "yes" or v == "on" then return true end
+    if v == "0" or v == "false" or v == "no" or v == "off" then return false end
+    return nil, str_format("expected 0 or 1, got '%s'", v)
+  end
   -- MOONGATE_<FIELD> replaces the file's value of `field`, parsed by `parse`
   local function override(field, parse)
     local var = "MOONGATE_" .. str_upper(field)
@@ -719,12 +736,8 @@ local function norm_conf(src, raw, env, ncpu)
     max_open_files = override("max_open_files", function(v)
       return number_reason(tonumber(trim(v)) or v, true, MAX_INT)
     end),
-    demo = override("demo", function(v)
-      v = str_lower(trim(v))
-      if v == "1" or v == "true" or v == "yes" or v == "on" then return true end
-      if v == "0" or v == "false" or v == "no" or v == "off" then return false end
-      return nil, str_format("expected 0 or 1, got '%s'", v)
-    end),
+    demo = override("demo", parse_bool),
+    http2 = override("http2", parse_bool),
   }
   local root = root_of(src.path)
   local conf = check_with(top, conf_schema(function(f) return ENV[f] end), raw, { root = root })
@@ -739,6 +752,7 @@ local function norm_conf(src, raw, env, ncpu)
   -- rotation every TLS table shares
   local tls = tls_conf.norm(raw.tls, at(top, "tls"), {
     main = true, env = env, root = root, norm_listen = norm_listen, split_list = split_list,
+    http2 = conf.http2,
   })
   conf.tls_ticket_rotate = tls.ticket_rotate
   conf.tls = tls.listen and tls or nil
@@ -844,6 +858,8 @@ local SERVER = {
     -- a server's own (the main conf's do not carry over)
     trusted_proxies = TRUSTED_PROXIES,
     proxy_protocol = PROXY_PROTOCOL,
+    -- prior-knowledge HTTP/2 on this server's plain listeners (its own)
+    h2c = { type = "boolean", message = "expected a boolean, got {type}" },
     -- false: this server's requests are not in the access log (the demo Runtime's)
     access_log = { type = "boolean", message = "expected a boolean, got {type}" },
 
@@ -917,7 +933,7 @@ local function load_servers(src, raw, conf, upstreams, env)
       end
       local tls = tls_conf.norm(s.tls, at(w, "tls"), {
         root = conf.root, ticket_rotate = conf.tls_ticket_rotate, norm_listen = norm_listen,
-        split_list = split_list,
+        split_list = split_list, http2 = conf.http2,
       })
       tls = tls.listen and tls or nil
       tls_conf.claim(tls, at(w, "tls"), taken, "servers." .. name .. ".tls")
@@ -930,6 +946,7 @@ local function load_servers(src, raw, conf, upstreams, env)
   for _, srv in ipairs(out) do -- each server's own (the main conf's do not carry over)
     srv.trusted_proxies = edges[srv.name].trusted_proxies
     srv.proxy_protocol = edges[srv.name].proxy_protocol
+    srv.h2c = edges[srv.name].h2c or false
   end
   return out
 end

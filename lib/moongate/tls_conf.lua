@@ -50,6 +50,7 @@ local MAX_ROTATE = 604800
 local FIELDS = {
   listen = true, certificates = true, protocols = true, ciphers = true, ciphersuites = true,
   client_certificate = true, session_tickets = true, ticket_rotate = true, hsts = true,
+  http2 = true,
 }
 local CERT_FIELDS = { cert = true, key = true, ocsp = true }
 local CLIENT_FIELDS = { ca = true, verify = true }
@@ -203,7 +204,8 @@ end
 -- @param w where it is (moongate.check: { path, text, keys, label })
 -- @param opts root (the project root), norm_listen and split_list (the
 --   loader's), main (the main conf: ticket_rotate and the environment
---   apply), env (variables), ticket_rotate (the main conf's, for servers)
+--   apply), env (variables), ticket_rotate (the main conf's, for servers),
+--   http2 (the conf's `http2`: the default of tls.http2)
 -- @return the normalized table, or nil when there is no TLS
 function _M.norm(raw, w, opts)
   local env = opts.main and opts.env or {}
@@ -249,6 +251,15 @@ function _M.norm(raw, w, opts)
     bad(at(w, "session_tickets"), nil, "expected a boolean, got %s", type(st))
   end
   out.session_tickets = st ~= false
+  -- ALPN "h2" before "http/1.1" (tls_ctx.c); the conf's `http2` by default
+  local h2 = raw.http2
+  if h2 ~= nil and type(h2) ~= "boolean" then
+    bad(at(w, "http2"), nil, "expected a boolean, got %s", type(h2))
+  end
+  if h2 == nil then
+    h2 = opts.http2 or false
+  end
+  out.http2 = h2
 
   -- listen: the file's, or MOONGATE_TLS_LISTEN's
   if ev_listen then

@@ -116,7 +116,7 @@ describe("moongate.loader", function()
       assert.same({ read = 0, write = 0, idle = 3600, header = 30, drain = 10, body = 60 },
                   conf.timeouts)
       assert.same({ header_size = 16384, header_count = 100, body_size = 1048576,
-                    websockets = 10000 }, conf.limits)
+                    websockets = 10000, h2_streams = 128 }, conf.limits)
       assert.same({}, conf.upstreams)
       assert.same({}, gen.routes)
     end)
@@ -137,8 +137,8 @@ return {
 ]]))
       assert.same({ read = 0, write = 0, idle = 60, header = 30, drain = 10, body = 60 },
                   gen.conf.timeouts)
-      assert.same({ header_size = 16384, header_count = 100, body_size = 0, websockets = 10000 },
-                  gen.conf.limits)
+      assert.same({ header_size = 16384, header_count = 100, body_size = 0, websockets = 10000,
+                    h2_streams = 128 }, gen.conf.limits)
       assert.is_false(gen.conf.access_log)
       assert.equal("debug", gen.conf.log_level)
     end)

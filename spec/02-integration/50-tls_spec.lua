@@ -417,7 +417,7 @@ return {
         .. "keeps working", function()
         assert.equal(cur.serial, served())
         -- a keep-alive connection across the reload (python, in the background)
-        local h = helpers.spawn(fmt("timeout -s KILL 20 %s -c %s %d %s %s", helpers.python,
+        local h = helpers.spawn(fmt("timeout -s KILL 20 %s -c %s %d %s %s %s", helpers.python,
             helpers.shq([[
 import socket, ssl, sys, time
 port, ca = int(sys.argv[1]), sys.argv[2]
@@ -437,10 +437,15 @@ def get():
     f.read(n)
     return st.split()[1].decode()
 print("before", get(), s.getpeercert()["serialNumber"], flush=True)
+open(sys.argv[4], "w").close()  # connected and answered: the spec reloads now
 while not __import__("os").path.exists(sys.argv[3]):
     time.sleep(0.05)
 print("after", get(), flush=True)
-]]), tport, helpers.shq(ca.cert), helpers.shq(dir .. "/reloaded")))
+]]), tport, helpers.shq(ca.cert), helpers.shq(dir .. "/reloaded"),
+            helpers.shq(dir .. "/connected")))
+        -- the connection is made before the reload, or the test proves nothing
+        assert.truthy(helpers.wait_until(function() return helpers.read_file(dir .. "/connected") end, 15),
+            "the keep-alive client did not connect")
         local new = tls.cert(ca)
         local line = reload_to(new)
         assert.truthy(line:match("serving on 2 workers"), line)

@@ -1,0 +1,304 @@
+/*
+ * fmt.c -- the bounded appender the access-log lines are built with
+ * (base.h, mg_fmt_t): decimal integers, fixed-point milliseconds, JSON
+ * strings and ISO 8601 times, straight into the line's buffer, without
+ * printf. A line of ~25 fields used to be a dozen snprintf calls (three
+ * of them formatting doubles) into pieces copied again into the line.
+ */
+#include "base/base.h"
+
+#include <stdio.h>
+#include <time.h>
+
+/* two digits at a time: "00" .. "99" */
+static const char mg_fmt_d2[201] = "0001020304050607080910111213141516171819"
+                                   "2021222324252627282930313233343536373839"
+                                   "4041424344454647484950515253545556575859"
+                                   "6061626364656667686970717273747576777879"
+                                   "8081828384858687888990919293949596979899";
+
+/* the decimal digits of v, 1 .. 20 */
+static inline unsigned mg_fmt_digits(uint64_t v) {
+    unsigned n = 1;
+    for (;;) {
+        if (v < 10)
+            return n;
+        if (v < 100)
+            return n + 1;
+        if (v < 1000)
+            return n + 2;
+        if (v < 10000)
+            return n + 3;
+        v /= 10000;
+        n += 4;
+    }
+}
+
+/* v's digits written backward from their end, in place */
+void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v) {
+    unsigned n = mg_fmt_digits(v);
+    char *q = b->p + b->len + n;
+    b->len += n;
+    while (v >= 100) {
+        unsigned d = (unsigned)(v % 100) * 2;
+        v /= 100;
+        *--q = mg_fmt_d2[d + 1];
+        *--q = mg_fmt_d2[d];
+    }
+    if (v >= 10) {
+        *--q = mg_fmt_d2[v * 2 + 1];
+        *--q = mg_fmt_d2[v * 2];
+    } else {
+        *--q = (char)('0' + v);
+    }
+}
+
+void mg_fmt_put_i64(mg_fmt_t *b, int64_t v) {
+    if (v < 0) {
+        mg_fmt_put_ch(b, '-');
+        mg_fmt_put_u64(b, (uint64_t)0 - (uint64_t)v);
+        return;
+    }
+    mg_fmt_put_u64(b, (uint64_t)v);
+}
+
+void mg_fmt_put_milli(mg_fmt_t *b, int64_t v) {
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    unsigned f = (unsigned)(u % 1000);
+    char *q;
+    if (v < 0)
+        mg_fmt_put_ch(b, '-');
+    mg_fmt_put_u64(b, u / 1000);
+    q = b->p + b->len;
+    q[0] = '.';
+    q[1] = (char)('0' + f / 100);
+    q[2] = mg_fmt_d2[f % 100 * 2];
+    q[3] = mg_fmt_d2[f % 100 * 2 + 1];
+    b->len += 4;
+}
+
+/* mg_fmt_put_milli of a time in ms since the epoch: its seconds change
+ * once a second, so their digits are kept (per process) and copied */
+void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms) {
+    static int64_t last = -1;
+    static char sec[MG_FMT_U64_MAX];
+    static size_t sec_len;
+    unsigned f;
+    char *q;
+    if (ms < 0) {
+        mg_fmt_put_milli(b, ms);
+        return;
+    }
+    if (ms / 1000 != last) {
+        mg_fmt_t t = {sec, 0, sizeof(sec)};
+        last = ms / 1000;
+        mg_fmt_put_u64(&t, (uint64_t)last);
+        sec_len = t.len;
+    }
+    f = (unsigned)(ms % 1000);
+    mg_fmt_put_mem(b, sec, sec_len);
+    q = b->p + b->len;
+    q[0] = '.';
+    q[1] = (char)('0' + f / 100);
+    q[2] = mg_fmt_d2[f % 100 * 2];
+    q[3] = mg_fmt_d2[f % 100 * 2 + 1];
+    b->len += 4;
+}
+
+/* The checked appends: unchecked when the room is there, else into a
+ * small buffer and cut. */
+void mg_fmt_u64(mg_fmt_t *b, uint64_t v) {
+    char tmp[MG_FMT_U64_MAX];
+    mg_fmt_t t = {tmp, 0, sizeof(tmp)};
+    if (mg_fmt_room(b, MG_FMT_U64_MAX)) {
+        mg_fmt_put_u64(b, v);
+        return;
+    }
+    mg_fmt_put_u64(&t, v);
+    mg_fmt_mem(b, tmp, t.len);
+}
+
+void mg_fmt_i64(mg_fmt_t *b, int64_t v) {
+    char tmp[MG_FMT_I64_MAX];
+    mg_fmt_t t = {tmp, 0, sizeof(tmp)};
+    if (mg_fmt_room(b, MG_FMT_I64_MAX)) {
+        mg_fmt_put_i64(b, v);
+        return;
+    }
+    mg_fmt_put_i64(&t, v);
+    mg_fmt_mem(b, tmp, t.len);
+}
+
+void mg_fmt_milli(mg_fmt_t *b, int64_t v) {
+    char tmp[MG_FMT_MILLI_MAX];
+    mg_fmt_t t = {tmp, 0, sizeof(tmp)};
+    if (mg_fmt_room(b, MG_FMT_MILLI_MAX)) {
+        mg_fmt_put_milli(b, v);
+        return;
+    }
+    mg_fmt_put_milli(&t, v);
+    mg_fmt_mem(b, tmp, t.len);
+}
+
+int64_t mg_fmt_round(double x) {
+    if (!(x == x))
+        return 0; /* NaN */
+    if (x >= 9.2e18)
+        return INT64_MAX;
+    if (x <= -9.2e18)
+        return INT64_MIN;
+    return (int64_t)(x < 0 ? x - 0.5 : x + 0.5);
+}
+
+/* the bytes a JSON string cannot hold as they are (mg_json_escape's
+ * choice: ASCII out, so every control and non-ASCII byte is \u00XX) */
+static const unsigned char mg_fmt_esc[256] = {
+    ['\0' ... 0x1f] = 1,
+    ['"'] = 1,
+    ['\\'] = 1,
+    [0x7f ... 0xff] = 1,
+};
+
+/* Whether any of the 8 bytes at s needs an escape: one of them < 0x20,
+ * '"', '\\' or >= 0x7f. A byte >= 0x80 sets its own high bit; below 0x80
+ * each test sets the high bit of a byte that matches and no other (w - 0x20
+ * of one < 0x20, w + 1 of 0x7f, x - 1 of x = 0 for the quote and the
+ * backslash); a borrow or carry between bytes comes only out of a byte
+ * that matched, so the answer is exact (which byte is left to the byte
+ * loop). */
+static inline int mg_fmt_esc8(const char *s) {
+    const uint64_t ones = 0x0101010101010101ULL;
+    uint64_t w, q, e;
+    memcpy(&w, s, 8);
+    q = w ^ (ones * '"');
+    e = w ^ (ones * '\\');
+    return ((w | (w - ones * 0x20) | (w + ones) | (q - ones) | (e - ones)) & (ones * 0x80)) != 0;
+}
+
+void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
+    static const char hex[] = "0123456789abcdef";
+    char *o = b->p + b->len, *lim;
+    size_t i = 0;
+    if (escap < 8)
+        return;
+    if (n == SIZE_MAX) /* NUL-terminated: at most escap - 7 bytes are taken */
+        n = strnlen(s, escap);
+    lim = o + (escap - 7); /* a byte is taken while o + 7 < escap */
+    while (i < n) {
+        unsigned char ch;
+        /* 8 bytes that need nothing: stored as they are */
+        while (n - i >= 8 && lim - o >= 8 && !mg_fmt_esc8(s + i)) {
+            memcpy(o, s + i, 8);
+            o += 8;
+            i += 8;
+        }
+        if (i == n)
+            break;
+        /* the tail, fewer than 8: the string's last 8 bytes stored over
+         * the last ones copied, when the 8 need nothing (those before i
+         * were copied as they are, so they are rewritten with themselves) */
+        if (n - i < 8 && n >= 8 && (size_t)(lim - o) >= n - i && !mg_fmt_esc8(s + n - 8)) {
+            memcpy(o + (n - i) - 8, s + n - 8, 8);
+            o += n - i;
+            break;
+        }
+        if (o >= lim)
+            break;
+        ch = (unsigned char)s[i++];
+        if (!mg_fmt_esc[ch]) {
+            *o++ = (char)ch;
+        } else if (ch == '\0') {
+            break;
+        } else if (ch == '"' || ch == '\\') {
+            o[0] = '\\';
+            o[1] = (char)ch;
+            o += 2;
+        } else {
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[ch >> 4];
+            o[5] = hex[ch & 15];
+            o += 6;
+        }
+    }
+    b->len = (size_t)(o - b->p);
+}
+
+/* mg_fmt_put_json with the line's cap too: a byte at a time, each append
+ * checked (only a builder short of room comes here) */
+static void mg_fmt_json_cut(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0, i = 0, lim = escap - 7;
+    while (i < n && o < lim) {
+        size_t room = lim - o, end = n - i < room ? n : i + room, j = i;
+        unsigned char ch;
+        while (j < end && !mg_fmt_esc[(unsigned char)s[j]])
+            j++;
+        if (j > i) {
+            mg_fmt_mem(b, s + i, j - i);
+            o += j - i;
+            i = j;
+            continue;
+        }
+        ch = (unsigned char)s[i++];
+        if (ch == '\0')
+            return;
+        if (ch == '"' || ch == '\\') {
+            char e[2] = {'\\', (char)ch};
+            mg_fmt_mem(b, e, 2);
+            o += 2;
+        } else {
+            char e[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+            mg_fmt_mem(b, e, 6);
+            o += 6;
+        }
+    }
+}
+
+void mg_fmt_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
+    if (escap < 8)
+        return;
+    if (mg_fmt_room(b, escap - 1))
+        mg_fmt_put_json(b, s, n, escap);
+    else
+        mg_fmt_json_cut(b, s, n, escap);
+}
+
+void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms) {
+    static int64_t last = -1;
+    static char sec[32];
+    static size_t sec_len;
+    int64_t s;
+    unsigned f;
+    char *q;
+    if (ms < 0)
+        ms = 0;
+    s = ms / 1000;
+    f = (unsigned)(ms % 1000);
+    if (s != last) {
+        time_t t = (time_t)s;
+        struct tm tm;
+        if (gmtime_r(&t, &tm) == NULL)
+            memset(&tm, 0, sizeof(tm));
+        sec_len = strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
+        last = s;
+    }
+    mg_fmt_put_mem(b, sec, sec_len);
+    q = b->p + b->len;
+    q[0] = '.';
+    q[1] = (char)('0' + f / 100);
+    q[2] = mg_fmt_d2[f % 100 * 2];
+    q[3] = mg_fmt_d2[f % 100 * 2 + 1];
+    q[4] = 'Z';
+    b->len += 5;
+}
+
+void mg_fmt_iso_ms(mg_fmt_t *b, int64_t ms) {
+    char tmp[MG_FMT_ISO_MAX];
+    mg_fmt_t t = {tmp, 0, sizeof(tmp)};
+    if (mg_fmt_room(b, MG_FMT_ISO_MAX)) {
+        mg_fmt_put_iso_ms(b, ms);
+        return;
+    }
+    mg_fmt_put_iso_ms(&t, ms);
+    mg_fmt_mem(b, tmp, t.len);
+}
