@@ -4,11 +4,12 @@
 -- (every worker, every generation) appends to the same file, one line per
 -- event, prefixed with "w<worker id>":
 --
---   w0 [TRACE   3 plugins/jwt-auth/handler.lua:262 return]
---   w0 [TRACE --- lib/moongate/init.lua:40 -- NYI: FastFunc string.gsub at ...]
+--   w0 [TRACE   3 jwt-auth/handler.lua:262 return]
+--   w0 [TRACE --- moongate/init.lua:40 -- NYI: bytecode 51 at moongate/init.lua:47]
 --
--- The format after the prefix is jit.v's ("TRACE ---" is an abort). Debug
--- only: every event is a write and a flush.
+-- The format after the prefix is jit.v's ("TRACE ---" is an abort), with
+-- the last two parts of each file's path. Debug only: every event is a
+-- write and a flush.
 local jit = require "jit"
 local jutil = require "jit.util"
 local vmdef = require "jit.vmdef"
@@ -21,9 +22,15 @@ local _M = {}
 
 local funcinfo, traceinfo = jutil.funcinfo, jutil.traceinfo
 
+-- "dir/file.lua:line": the last two parts of the chunk's path (jit.v gives
+-- the file name alone, and every plugin is a handler.lua)
 local function fmtfunc(func, pc)
   local fi = funcinfo(func, pc)
   if fi.loc then
+    local src = fi.source and fi.source:gsub("^@", "")
+    if src and fi.currentline then
+      return (src:match("([^/]*/[^/]*)$") or src) .. ":" .. fi.currentline
+    end
     return fi.loc
   elseif fi.ffid then
     return vmdef.ffnames[fi.ffid]
