@@ -235,7 +235,7 @@ static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
 
     if (k[0] == 'm') {
         lua_pushstring(L, llhttp_method_name((llhttp_method_t)r->method));
-    } else if (k[0] == 'p' && k[1] == 'a') {
+    } else if (k[0] == 'p' && k[2] == 't') { /* path, not params */
         lua_pushlstring(L, r->hbuf, r->path_len);
     } else if (k[0] == 'i') {
         lua_pushstring(L, r->request_id);
