@@ -206,8 +206,8 @@ static char mg_lua_req_key;
 /* Pushes r's req table. It is made once per request, with its id only:
  * method, path, headers, params, id, http_version, remote_addr and
  * query_string are filled on first use (req_mt.__index, through the FFI or core.req_fill), so a
- * hook that reads none of them costs no header strings. The table is anchored in r->access_req_ref until the
- * request ends (mg_lua_req_unlink). */
+ * hook that reads none of them costs no header strings. The table is anchored in r->access_req_ref
+ * until the request ends (mg_lua_req_unlink). */
 void mg_lua_push_req(lua_State *L, mg_req_t *r) {
     if (r->access_req_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
