@@ -90,6 +90,8 @@ const char *mg_lua_ffi_req_remote_addr(int64_t id);
 int mg_lua_ffi_req_set_header(int64_t id, int resp, const char *n, size_t nl, const char *v,
                               size_t vl);
 int mg_lua_ffi_req_set_header_num(int64_t id, int resp, const char *n, size_t nl, double d);
+int mg_lua_ffi_shdict_take(void *ud, const char *k, size_t kl, double rate, double burst,
+                           double cost, double *out); /* shdict.c */
 long mg_lua_ffi_unescape(const char *s, size_t n, char *out);
 long mg_lua_ffi_escape(const char *s, size_t n, char *out);
 double mg_lua_ffi_now(void);

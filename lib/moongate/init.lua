@@ -65,6 +65,8 @@ const char *mg_lua_ffi_req_id(int64_t r);
 const char *mg_lua_ffi_req_remote_addr(int64_t r);
 int mg_lua_ffi_req_set_header(int64_t r, int resp, const char *n, size_t nl, const char *v, size_t vl);
 int mg_lua_ffi_req_set_header_num(int64_t r, int resp, const char *n, size_t nl, double d);
+int mg_lua_ffi_shdict_take(void *ud, const char *k, size_t kl, double rate, double burst,
+                           double cost, double *out);
 long mg_lua_ffi_unescape(const char *s, size_t n, char *out);
 long mg_lua_ffi_escape(const char *s, size_t n, char *out);
 double mg_lua_ffi_now(void);
@@ -608,6 +610,38 @@ _M.shared = setmetatable({}, { __index = function(t, name)
   if d then rawset(t, name, d) end
   return d
 end })
+
+-- d:take() through the FFI: rate-limit calls it on every request
+do
+  local mt = debug.getregistry()["moongate.shdict"]
+  if HAS_C and type(mt) == "table" and mt.take then
+    local take_out = ffi.new("double[2]")
+    local function num(v, n, fname)
+      local x = tonumber(v)
+      if x == nil then
+        error(format("bad argument #%d to '%s' (number expected, got %s)", n, fname,
+          v == nil and "no value" or type(v)), 3)
+      end
+      return x
+    end
+    mt.take = function(d, k, rate, burst, cost)
+      if getmetatable(d) ~= mt then
+        error(format("bad argument #1 to 'take' (moongate.shdict expected, got %s)", type(d)), 2)
+      end
+      k = arg_string(k, 2, "take", 3)
+      local kl = #k
+      if kl == 0 or kl > 200 then error("shared dict: key length must be 1 to 200 bytes", 2) end
+      rate, burst = num(rate, 3, "take"), num(burst, 4, "take")
+      cost = cost == nil and 1 or num(cost, 5, "take")
+      local rc = C.mg_lua_ffi_shdict_take(d, k, kl, rate, burst, cost, take_out)
+      if rc < 0 then
+        if rc == -1 then return nil, "no memory" end
+        error("shared dict take: rate and burst must be positive", 2)
+      end
+      return rc == 1, take_out[0], take_out[1]
+    end
+  end
+end
 
 _M.sleep = core.sleep
 _M.timer = core.timer
