@@ -32,6 +32,26 @@ return {
   { prefix = "/hook", access = function() end, handler = function(req)
       return 200, { q = req.query.a, ua = req:header("user-agent") ~= nil }
   end },
+  -- the FFI versions raise what the classic functions raised
+  { path = "/errors", handler = function(req)
+      local d = moongate.shared.demo_runtime
+      local function err(f, ...)
+        local ok, e = pcall(f, ...)
+        return ok and "no error" or tostring(e):gsub("^[^:]*:%d+: ", "")
+      end
+      req:set_response_header("X-Int", 123456789012345)
+      req:set_response_header("X-Frac", 0.25)
+      local ok, left = d:take("jit-bucket", 1, 5)
+      return 200, {
+        take = { ok, left },
+        key = err(d.take, d, "", 1, 1),
+        rate = err(d.take, d, "k", 0, 1),
+        self = err(d.take, {}, "k", 1, 1),
+        header = err(req.header, req),
+        name = err(req.set_header, req, "X A", "1"),
+        value = err(req.set_header, req, "X-A", {}),
+      }
+  end },
 }
 ]]
 
@@ -103,6 +123,21 @@ describe("FFI request API under the JIT", function()
         assert.same({ ["200"] = N }, drive(mg.port, "/jwt/x", "Authorization: Bearer " .. token))
         assert.same({ ["200"] = N }, drive(mg.port, "/key/x", "apikey: jit-key"))
         assert.same({ ["200"] = N }, drive(mg.port, "/hook/x?a=1%202&b=%zz", "X-A: 1"))
+    end)
+
+    it("raises the classic API's errors", function()
+        local st, h, body = helpers.http(mg.port, "GET", "/errors")
+        assert.equal(200, st)
+        local j = require("cjson").decode(body)
+        assert.same({ true, 4 }, j.take)
+        assert.equal("shared dict: key length must be 1 to 200 bytes", j.key)
+        assert.equal("shared dict take: rate and burst must be positive", j.rate)
+        assert.matches("bad argument #1 to 'take'", j.self, 1, true)
+        assert.matches("bad argument #2 to 'header' (string expected, got no value)", j.header, 1, true)
+        assert.equal("bad header X A", j.name)
+        assert.matches("bad argument #3 to ':set_header()' (string expected, got table)", j.value, 1, true)
+        assert.equal("123456789012345", h["x-int"])
+        assert.equal("0.25", h["x-frac"])
     end)
 
     it("compiles the access phases: no trace aborts in them, none on an FFI call", function()
