@@ -203,17 +203,22 @@ void mg_lua_push_entry(lua_State *L, mg_gen_t *gen, int which) {
  * every lazy field was filled (mg_lua_push_req_filled). */
 static char mg_lua_req_key;
 
-/* Pushes r's req table. It is made once per request, with its id only:
- * method, path, headers, params, id, http_version, remote_addr and
- * query_string are filled on first use (req_mt.__index, through the FFI or core.req_fill), so a
- * hook that reads none of them costs no header strings. The table is anchored in r->access_req_ref
- * until the request ends (mg_lua_req_unlink). */
+/* Pushes r's req table. It is made once per request, with method, path
+ * and its id only (method and path stay readable after the request, as
+ * documented): headers, params, id, http_version, remote_addr,
+ * query_string and ctx are filled on first use (req_mt.__index, through the FFI or core.req_fill),
+ * so a hook that reads none of them costs no header strings. The table is anchored in
+ * r->access_req_ref until the request ends (mg_lua_req_unlink). */
 void mg_lua_push_req(lua_State *L, mg_req_t *r) {
     if (r->access_req_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
         return;
     }
-    lua_createtable(L, 0, 2); /* the id and ctx; what a hook reads comes on first read */
+    lua_createtable(L, 0, 4); /* method, path, the id and ctx: the fields most hooks have */
+    lua_pushstring(L, llhttp_method_name((llhttp_method_t)r->method));
+    lua_setfield(L, -2, "method");
+    lua_pushlstring(L, r->hbuf, r->path_len);
+    lua_setfield(L, -2, "path");
     lua_pushlightuserdata(L, &mg_lua_req_key);
     lua_pushnumber(L, (lua_Number)mg_lua_ffi_id_new(r)); /* exact: below 2^53 */
     lua_rawset(L, -3);
@@ -224,7 +229,7 @@ void mg_lua_push_req(lua_State *L, mg_req_t *r) {
     r->access_req_ref = luaL_ref(r->gen->L, LUA_REGISTRYINDEX);
 }
 
-/* Pushes a lazy field of r's req table: "method", "path", "headers", "params", "id",
+/* Pushes a lazy field of r's req table: "headers", "params", "id",
  * "http_version", "remote_addr", "query_string", "websocket", "scheme"
  * or "tls" (nil on a plain connection). */
 static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
@@ -233,11 +238,7 @@ static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
     const char *host = NULL;
     size_t hostlen = 0;
 
-    if (k[0] == 'm') {
-        lua_pushstring(L, llhttp_method_name((llhttp_method_t)r->method));
-    } else if (k[0] == 'p' && k[2] == 't') { /* path, not params */
-        lua_pushlstring(L, r->hbuf, r->path_len);
-    } else if (k[0] == 'i') {
+    if (k[0] == 'i') {
         lua_pushstring(L, r->request_id);
     } else if (k[0] == 'r') {
         lua_pushstring(L, mg_req_client_ip(r));
@@ -306,9 +307,9 @@ static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
     }
 }
 
-static const char *const mg_lua_req_lazy[] = {
-    "method",      "path",         "headers",   "params", "id", "http_version",
-    "remote_addr", "query_string", "websocket", "scheme", "tls"};
+static const char *const mg_lua_req_lazy[] = {"headers",      "params",      "id",
+                                              "http_version", "remote_addr", "query_string",
+                                              "websocket",    "scheme",      "tls"};
 
 /* The request of the req table at index 1; NULL once its lazy fields are
  * all filled; raises once the request is over. */

@@ -224,26 +224,6 @@ int mg_lua_ffi_req_query(int64_t id, mg_lua_ffi_str_t *out) {
     return 0;
 }
 
-/* The method's index (MG_FFI_OVER: gone) and its name (NULL: none). */
-int mg_lua_ffi_req_method(int64_t id) {
-    mg_req_t *r = mg_lua_ffi_req(id);
-    return r ? r->method : MG_FFI_OVER;
-}
-
-const char *mg_lua_ffi_method_name(int m) {
-    return m >= 0 && m < 64 ? llhttp_method_name((llhttp_method_t)m) : NULL;
-}
-
-/* The path (before '?') into *out: 0, or MG_FFI_OVER. */
-int mg_lua_ffi_req_path(int64_t id, mg_lua_ffi_str_t *out) {
-    mg_req_t *r = mg_lua_ffi_req(id);
-    if (r == NULL)
-        return MG_FFI_OVER;
-    out->p = r->hbuf;
-    out->n = r->path_len;
-    return 0;
-}
-
 /* The request id and the client's address (NULL: MG_FFI_OVER). */
 const char *mg_lua_ffi_req_id(int64_t id) {
     mg_req_t *r = mg_lua_ffi_req(id);

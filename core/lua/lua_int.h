@@ -82,9 +82,6 @@ int mg_lua_ffi_req_header(int64_t id, const char *name, size_t nl, mg_lua_ffi_st
 int mg_lua_ffi_req_headers(int64_t id, mg_kv_t *out, int cap, int *oom);
 int mg_lua_ffi_req_params(int64_t id, mg_kv_t *out, int cap);
 int mg_lua_ffi_req_query(int64_t id, mg_lua_ffi_str_t *out);
-int mg_lua_ffi_req_method(int64_t id);
-const char *mg_lua_ffi_method_name(int m);
-int mg_lua_ffi_req_path(int64_t id, mg_lua_ffi_str_t *out);
 const char *mg_lua_ffi_req_id(int64_t id);
 const char *mg_lua_ffi_req_remote_addr(int64_t id);
 int mg_lua_ffi_req_set_header(int64_t id, int resp, const char *n, size_t nl, const char *v,

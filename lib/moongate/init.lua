@@ -58,9 +58,6 @@ int mg_lua_ffi_req_header(int64_t r, const char *name, size_t nl, mg_lua_ffi_str
 int mg_lua_ffi_req_headers(int64_t r, mg_lua_ffi_kv_t *out, int cap, int *oom);
 int mg_lua_ffi_req_params(int64_t r, mg_lua_ffi_kv_t *out, int cap);
 int mg_lua_ffi_req_query(int64_t r, mg_lua_ffi_str_t *out);
-int mg_lua_ffi_req_method(int64_t r);
-const char *mg_lua_ffi_method_name(int m);
-int mg_lua_ffi_req_path(int64_t r, mg_lua_ffi_str_t *out);
 const char *mg_lua_ffi_req_id(int64_t r);
 const char *mg_lua_ffi_req_remote_addr(int64_t r);
 int mg_lua_ffi_req_set_header(int64_t r, int resp, const char *n, size_t nl, const char *v, size_t vl);
@@ -209,23 +206,7 @@ local function ffi_str(p, k)
   if p == nil then over(".", k, 3) end
   return ffi_string(p)
 end
--- method names by llhttp's index, made once each
-local METHODS = setmetatable({}, { __index = function(t, m)
-  local p = C.mg_lua_ffi_method_name(m)
-  local name = p ~= nil and ffi_string(p) or "UNKNOWN"
-  t[m] = name
-  return name
-end })
 local FFI_LAZY = {
-  method = function(r, k)
-    local m = C.mg_lua_ffi_req_method(r)
-    if m == OVER_RC then over(".", k, 2) end
-    return METHODS[m]
-  end,
-  path = function(r, k)
-    if C.mg_lua_ffi_req_path(r, str_out) ~= 0 then over(".", k, 2) end
-    return ffi_string(str_out[0].p, str_out[0].n)
-  end,
   headers = function(r, k)
     local n = C.mg_lua_ffi_req_headers(r, kv_out, kv_cap, int_out)
     if n < 0 then

@@ -146,7 +146,7 @@ describe("FFI request API under the JIT", function()
             return s and s:find("key-auth/handler.lua", 1, true) and s
         end, 5)
         assert.truthy(log, "no trace events of the last routes in " .. log_path)
-        local compiled, bad, seen = 0, {}, {}
+        local compiled, bad, seen, loop_aborts = 0, {}, {}, {}
         for line in log:gmatch("[^\n]+") do
             if line:find("^w%d+ %[TRACE +%d+ ") then
                 compiled = compiled + 1
@@ -161,7 +161,12 @@ describe("FFI request API under the JIT", function()
                 local start, at = abort_where(line)
                 assert.truthy(start, line)
                 if (has_any(start, WATCHED) or has_any(at, WATCHED)) and not has_any(at, KNOWN) then
-                    bad[#bad + 1] = line
+                    -- A loop-shape abort once or twice is how traces form, and
+                    -- LuaJIT's hot counters are shared by PC hash (a cold loop
+                    -- can look hot once); a loop that keeps aborting is real.
+                    local loopy = line:find("loop in root trace", 1, true)
+                    loop_aborts[line] = (loop_aborts[line] or 0) + 1
+                    if not loopy or loop_aborts[line] == 3 then bad[#bad + 1] = line end
                 end
                 -- what the FFI calls must never cost: a conversion or an
                 -- FFI builtin LuaJIT cannot compile
