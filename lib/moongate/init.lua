@@ -83,8 +83,12 @@ local kv_out = ffi.new("mg_lua_ffi_kv_t[?]", kv_cap)
 local esc_cap = 512
 local esc_buf = ffi.new("char[?]", esc_cap)
 
+-- a buffer of n bytes: the cached one, grown up to 64 KiB; a bigger string
+-- gets one of its own (collected with it), so the cache stays small
+local ESC_KEEP = 65536
 local function esc_room(n)
   if n > esc_cap then
+    if n > ESC_KEEP then return ffi.new("char[?]", n) end
     esc_cap = n
     esc_buf = ffi.new("char[?]", n)
   end
@@ -95,16 +99,18 @@ local unescape, escape
 if HAS_C then
   unescape = function(s)
     local n = #s
-    local m = C.mg_lua_ffi_unescape(s, n, esc_room(n))
+    local buf = esc_room(n)
+    local m = C.mg_lua_ffi_unescape(s, n, buf)
     if m < 0 then return s end
-    return ffi_string(esc_buf, m)
+    return ffi_string(buf, m)
   end
   escape = function(s)
     s = tostring(s)
     local n = #s
-    local m = C.mg_lua_ffi_escape(s, n, esc_room(3 * n))
+    local buf = esc_room(3 * n)
+    local m = C.mg_lua_ffi_escape(s, n, buf)
     if m < 0 then return s end
-    return ffi_string(esc_buf, m)
+    return ffi_string(buf, m)
   end
 else
   unescape = function(s)

@@ -42,7 +42,11 @@ return {
       req:set_response_header("X-Int", 123456789012345)
       req:set_response_header("X-Frac", 0.25)
       local ok, left = d:take("jit-bucket", 1, 5)
+      local big = string.rep("a \255/", 30000) -- past the cached escape buffer
+      local esc = moongate.escape(big)
       return 200, {
+        escape = { #esc, moongate.unescape(esc) == big, moongate.escape("a-Z_0.~"),
+                   moongate.unescape("a+b%41%zz"), (moongate.decode_query("x=1&y=%20&x=2&z")).x },
         take = { ok, left },
         key = err(d.take, d, "", 1, 1),
         rate = err(d.take, d, "k", 0, 1),
@@ -130,6 +134,7 @@ describe("FFI request API under the JIT", function()
         assert.equal(200, st)
         local j = require("cjson").decode(body)
         assert.same({ true, 4 }, j.take)
+        assert.same({ 30000 * 10, true, "a-Z_0.~", "a bA%zz", "2" }, j.escape)
         assert.equal("shared dict: key length must be 1 to 200 bytes", j.key)
         assert.equal("shared dict take: rate and burst must be positive", j.rate)
         assert.matches("bad argument #1 to 'take'", j.self, 1, true)
