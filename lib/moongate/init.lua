@@ -158,7 +158,7 @@ function _M.encode_query(t)
   for k, v in pairs(t) do
     out[#out + 1] = escape(k) .. "=" .. escape(v)
   end
-  table.sort(out)
+  if #out > 1 then table.sort(out) end -- one pair (the usual query): no sort, no stitch
   return concat(out, "&")
 end
 
