@@ -52,6 +52,7 @@ build = {
     ["moongate.acme_conf"] = "lib/moongate/acme_conf.lua",
     ["moongate.acme"] = "lib/moongate/acme.lua",
     ["moongate.mode"] = "lib/moongate/mode.lua",
+    ["moongate.jitlog"] = "lib/moongate/jitlog.lua",
     ["moongate.plugins.cors.handler"] = "plugins/cors/handler.lua",
     ["moongate.plugins.cors.schema"] = "plugins/cors/schema.lua",
     ["moongate.plugins.jwt-auth.handler"] = "plugins/jwt-auth/handler.lua",

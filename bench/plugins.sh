@@ -1,8 +1,8 @@
 #!/bin/sh
 # make bench-plugins: issue 5's figure. moongate (bench/plugins.conf.lua on
-# :19091, 2 workers) serves one upstream route plain (/plain) and with
-# jwt-auth + rate-limit (/api); nginx with an access_by_lua hook (the
-# harness's nginx_lua) runs beside it. Round-robin, REPS x DURATION s each.
+# :19091, 2 workers) serves one upstream route plain (/plain), with a no-op
+# access hook (/hook) and with jwt-auth + rate-limit (/api); nginx with an
+# access_by_lua hook (the harness's nginx_lua) runs beside it. Round-robin, REPS x DURATION s each.
 # Prints each run and the medians. Env: DURATION (5), REPS (3), CONNS (64).
 set -eu
 cd "$(dirname "$0")/.."
@@ -31,12 +31,14 @@ run() { # run NAME PORT PATH PID AUTH
 }
 out=$(mktemp)
 run plain 19091 /plain "$mg" "" 1 >/dev/null
+run hook 19091 /hook "$mg" "" 1 >/dev/null
 run api 19091 /api "$mg" "Authorization: Bearer $TOKEN" 1 >/dev/null
 run nginx_lua 19081 /x "$lua_pid" "Authorization: Bearer bench-token" 1 >/dev/null
 for r in $(seq 1 "$REPS"); do
-  for t in plain api nginx_lua; do
+  for t in plain hook api nginx_lua; do
     case $t in
       plain) l=$(run plain 19091 /plain "$mg" "") ;;
+      hook) l=$(run hook 19091 /hook "$mg" "") ;;
       api) l=$(run api 19091 /api "$mg" "Authorization: Bearer $TOKEN") ;;
       nginx_lua) l=$(run nginx_lua 19081 /x "$lua_pid" "Authorization: Bearer bench-token") ;;
     esac
@@ -48,6 +50,6 @@ awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); v[$1, kv[1], ++n[$1, kv[1
     for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (a[j] < a[i]) { x = a[i]; a[i] = a[j]; a[j] = x }
     return c % 2 ? a[(c + 1) / 2] : (a[c / 2] + a[c / 2 + 1]) / 2 }
   END { for (t in names) printf "%-10s median rps=%.0f p99_ms=%s cpu_us=%s non2xx=%s\n", t, med(t, "rps"), med(t, "p99_ms"), med(t, "srv_cpu_us_per_op"), med(t, "non2xx")
-    p = med("plain", "rps"); a = med("api", "rps"); l = med("nginx_lua", "rps")
-    printf "api/plain=%.2f api/nginx_lua=%.2f\n", a / p, a / l }' "$out"
+    p = med("plain", "rps"); h = med("hook", "rps"); a = med("api", "rps"); l = med("nginx_lua", "rps")
+    printf "hook/plain=%.2f api/plain=%.2f api/nginx_lua=%.2f\n", h / p, a / p, a / l }' "$out"
 rm -f "$out"

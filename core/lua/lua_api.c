@@ -137,6 +137,9 @@ void mg_lua_co_resume(mg_co_t *co, int nargs) {
     if (st == LUA_YIELD)
         return;
     co->reusable = st == 0;
+    /* moongate.run_access returns true when every hook allowed the request */
+    if (st == 0 && co->access && co->req && lua_gettop(co->L) > 0 && lua_toboolean(co->L, -1))
+        co->req->access_state = MG_ACCESS_OK;
     if (st != 0) {
         lua_State *L = co->gen->L;
         const char *msg = lua_tostring(co->L, -1);
@@ -194,27 +197,30 @@ void mg_lua_push_entry(lua_State *L, mg_gen_t *gen, int which) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, gen->entry_refs[which]);
 }
 
-/* A req table holds its request under this light userdata key: no
- * string to intern, and out of the way of scripts' own fields. */
+/* A req table holds its request's id (lua_ffi.c: what the FFI calls take)
+ * under this light userdata key: no string to intern, and out of the way
+ * of scripts' own fields. false once the request is over, absent once
+ * every lazy field was filled (mg_lua_push_req_filled). */
 static char mg_lua_req_key;
 
-/* Pushes r's req table. It is made once per request, with method and
- * path only: headers, params, id, http_version, remote_addr and
- * query_string are filled on first use (req_mt.__index calls core.req_fill), so a hook that reads
- * none of them costs no header strings. The table is anchored in r->access_req_ref until the
- * request ends (mg_lua_req_unlink). */
+/* Pushes r's req table. It is made once per request, with method, path
+ * and its id only (method and path stay readable after the request, as
+ * documented): headers, params, id, http_version, remote_addr,
+ * query_string and ctx are filled on first use (req_mt.__index, through the FFI or core.req_fill),
+ * so a hook that reads none of them costs no header strings. The table is anchored in
+ * r->access_req_ref until the request ends (mg_lua_req_unlink). */
 void mg_lua_push_req(lua_State *L, mg_req_t *r) {
     if (r->access_req_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
         return;
     }
-    lua_createtable(L, 0, 8);
+    lua_createtable(L, 0, 4); /* method, path, the id and ctx: the fields most hooks have */
     lua_pushstring(L, llhttp_method_name((llhttp_method_t)r->method));
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->hbuf, r->path_len);
     lua_setfield(L, -2, "path");
     lua_pushlightuserdata(L, &mg_lua_req_key);
-    lua_pushlightuserdata(L, r);
+    lua_pushnumber(L, (lua_Number)mg_lua_ffi_id_new(r)); /* exact: below 2^53 */
     lua_rawset(L, -3);
     mg_lua_push_entry(L, r->gen, MG_ENTRY_REQ_MT);
     lua_setmetatable(L, -2);
@@ -312,12 +318,16 @@ static mg_req_t *mg_lua_req_of(lua_State *L, const char *what, const char *name)
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_pushlightuserdata(L, &mg_lua_req_key);
     lua_rawget(L, 1);
-    if (lua_isboolean(L, -1))
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    r = lua_isnumber(L, -1) ? mg_lua_ffi_req((int64_t)lua_tonumber(L, -1)) : NULL;
+    if (r == NULL)
         luaL_error(L,
                    "req%s%s: the request is over (read it while the request runs; "
                    "copy what a timer needs)",
                    what, name);
-    r = lua_touserdata(L, -1);
     lua_pop(L, 1);
     return r;
 }
@@ -335,48 +345,6 @@ static int mg_lua_core_req_fill(lua_State *L) {
     return 1;
 }
 
-/* core.req_header(req, name): the client's header `name` (any case) as
- * received, repeated ones joined with ", "; nil when absent. Reads one
- * header without building req.headers. */
-static int mg_lua_core_req_header(lua_State *L) {
-    size_t nl;
-    const char *name = luaL_checklstring(L, 2, &nl);
-    mg_req_t *r = mg_lua_req_of(L, ":header()", "");
-    int found = 0;
-    luaL_Buffer b;
-    if (r == NULL) { /* every field filled: read req.headers */
-        lua_getfield(L, 1, "headers");
-        mg_lua_push_lower(L, name, nl);
-        lua_rawget(L, -2);
-        return 1;
-    }
-    for (int i = 0; i < r->nhdrs; i++) {
-        mg_hdr_t *h = &r->hdrs[i];
-        if (!mg_name_eq(r->hbuf + h->noff, h->nlen, name, nl))
-            continue;
-        if (found == 0) {
-            int j = i + 1; /* the usual case: one line, no copy */
-            while (j < r->nhdrs &&
-                   !mg_name_eq(r->hbuf + r->hdrs[j].noff, r->hdrs[j].nlen, name, nl))
-                j++;
-            if (j == r->nhdrs) {
-                lua_pushlstring(L, r->hbuf + h->voff, h->vlen);
-                return 1;
-            }
-            luaL_buffinit(L, &b);
-        } else {
-            luaL_addlstring(&b, ", ", 2);
-        }
-        luaL_addlstring(&b, r->hbuf + h->voff, h->vlen);
-        found++;
-    }
-    if (found == 0)
-        lua_pushnil(L);
-    else
-        luaL_pushresult(&b);
-    return 1;
-}
-
 void mg_lua_push_req_filled(lua_State *L, mg_req_t *r) {
     int t;
     mg_lua_push_req(L, r);
@@ -391,6 +359,11 @@ void mg_lua_push_req_filled(lua_State *L, mg_req_t *r) {
         lua_pop(L, 1);
     }
     lua_pushlightuserdata(L, &mg_lua_req_key); /* all there: r may go */
+    lua_rawget(L, t);
+    if (lua_isnumber(L, -1))
+        mg_lua_ffi_id_free((int64_t)lua_tonumber(L, -1));
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, &mg_lua_req_key);
     lua_pushnil(L);
     lua_rawset(L, t);
 }
@@ -400,7 +373,8 @@ void mg_lua_req_unlink(mg_req_t *r) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
     lua_pushlightuserdata(L, &mg_lua_req_key);
     lua_rawget(L, -2);
-    if (lua_islightuserdata(L, -1)) {
+    if (lua_isnumber(L, -1)) {
+        mg_lua_ffi_id_free((int64_t)lua_tonumber(L, -1)); /* the id reaches nothing now */
         lua_pushlightuserdata(L, &mg_lua_req_key);
         lua_pushboolean(L, 0); /* never filled: say so rather than read freed memory */
         lua_rawset(L, -4);
@@ -539,48 +513,6 @@ void mg_lua_access_start(mg_req_t *r) {
     mg_lua_co_resume(co, 3);
 }
 
-/* req:set_header(name, value) (the upstream's copy of the request; nil
- * hides the client's header) and req:set_response_header(name, value)
- * (the client's response; nil undoes an earlier set). A later set of the
- * same name replaces; hop-by-hop names are moongate's own and ignored. */
-static int mg_lua_req_set(lua_State *L, int resp) {
-    size_t nl, vl = 0;
-    const char *n = luaL_checklstring(L, 2, &nl), *v = NULL;
-    mg_req_t *r = mg_lua_req_of(L, resp ? ":set_response_header()" : ":set_header()", "");
-    mg_lines_t *l;
-    char num[32];
-
-    if (lua_type(L, 3) == LUA_TNUMBER) { /* no Lua string made for a count */
-        lua_Number d = lua_tonumber(L, 3);
-        if (d == (lua_Number)(long long)d && d > -1e15 && d < 1e15)
-            vl = (size_t)snprintf(num, sizeof(num), "%lld", (long long)d);
-        else
-            vl = (size_t)snprintf(num, sizeof(num), "%.14g", d);
-        v = num;
-    } else if (!lua_isnil(L, 3)) {
-        v = luaL_checklstring(L, 3, &vl);
-    }
-    if (!mg_http_field_ok(n, nl, v, v ? vl : 0))
-        return luaL_error(L, "bad header %s", n);
-    if (r == NULL)
-        return luaL_error(L, "req: %s after the request went on", n);
-    if (mg_http_hop_by_hop(n, nl))
-        return 0; /* framing stays moongate's */
-    l = resp ? &r->rxhdrs : &r->xhdrs;
-    if (l->len)
-        mg_http_lines_remove(l, n, nl);
-    if (v == NULL && resp)
-        return 0;
-    /* "Name:" alone (upstream side): a removal of the client's header */
-    if (v ? mg_http_lines_put(l, n, nl, v, vl) != MG_OK
-          : (mg_http_lines_add(l, n, nl) != MG_OK || mg_http_lines_add(l, ":\r\n", 3) != MG_OK))
-        return luaL_error(L, "out of memory");
-    return 0;
-}
-
-static int mg_lua_core_req_set_header(lua_State *L) { return mg_lua_req_set(L, 0); }
-static int mg_lua_core_req_set_response_header(lua_State *L) { return mg_lua_req_set(L, 1); }
-
 /* core.resp_headers_into(t): moves req:set_response_header()'s headers
  * into t (lower-case names t does not have), for header_filter hooks on a
  * handler's response; returns t. */
@@ -669,9 +601,6 @@ static const luaL_Reg mg_core_funcs[] = {
     {"worker_id", mg_lua_core_worker_id},
     {"access_done", mg_lua_core_access_done},
     {"req_fill", mg_lua_core_req_fill},
-    {"req_header", mg_lua_core_req_header},
-    {"req_set_header", mg_lua_core_req_set_header},
-    {"req_set_response_header", mg_lua_core_req_set_response_header},
     {"resp_headers_into", mg_lua_core_resp_headers_into},
     {NULL, NULL},
 };
@@ -681,6 +610,8 @@ void mg_lua_open_api(lua_State *L) {
     lua_getfield(L, -1, "loaded");
     lua_newtable(L);
     luaL_register(L, NULL, mg_core_funcs);
+    lua_pushlightuserdata(L, &mg_lua_req_key); /* init.lua finds a req table's request here */
+    lua_setfield(L, -2, "req_key");
     mg_lua_inject_resp_api(L);
     mg_lua_inject_client_api(L);
     lua_pushstring(L, MG_VERSION);

@@ -71,4 +71,29 @@ void mg_lua_ws_co_end(mg_co_t *co);          /* lua_ws.c: the owner coroutine en
 void mg_lua_ws_error(mg_co_t *co);           /* the handler raised: close with 1011 */
 void mg_lua_http_end(mg_co_t *co); /* lua_client.c: the coroutine ends: drop its exchange */
 
+/* lua_ffi.c: the request and response API init.lua calls through the FFI
+ * (declared there with ffi.cdef; the slices are {pointer, length}) */
+typedef struct mg_lua_ffi_str_s mg_lua_ffi_str_t;
+/* a request's id, what its req table holds (-1: none could be made) */
+int64_t mg_lua_ffi_id_new(mg_req_t *r);
+void mg_lua_ffi_id_free(int64_t id);
+mg_req_t *mg_lua_ffi_req(int64_t id); /* NULL: the request is gone */
+int mg_lua_ffi_req_header(int64_t id, const char *name, size_t nl, mg_lua_ffi_str_t *out);
+int mg_lua_ffi_req_headers(int64_t id, mg_kv_t *out, int cap, int *oom);
+int mg_lua_ffi_req_params(int64_t id, mg_kv_t *out, int cap);
+int mg_lua_ffi_req_query(int64_t id, mg_lua_ffi_str_t *out);
+const char *mg_lua_ffi_req_id(int64_t id);
+const char *mg_lua_ffi_req_remote_addr(int64_t id);
+int mg_lua_ffi_req_set_header(int64_t id, int resp, const char *n, size_t nl, const char *v,
+                              size_t vl);
+int mg_lua_ffi_req_set_header_num(int64_t id, int resp, const char *n, size_t nl, double d);
+int mg_lua_ffi_shdict_take(void *ud, const char *k, size_t kl, double rate, double burst,
+                           double cost, double *out); /* shdict.c */
+long mg_lua_ffi_unescape(const char *s, size_t n, char *out);
+long mg_lua_ffi_escape(const char *s, size_t n, char *out);
+double mg_lua_ffi_now(void);
+int mg_lua_ffi_res_begin(void);
+int mg_lua_ffi_res_header(const char *n, size_t nl, const char *v, size_t vl);
+void mg_lua_ffi_res_send(int status, const char *body, size_t blen, const char *ct, size_t ctl);
+
 #endif

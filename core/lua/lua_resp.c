@@ -149,42 +149,6 @@ const char *mg_lua_header_lines(lua_State *L, int idx, struct evbuffer *out, int
     return NULL;
 }
 
-/* res_send(status, body, headers, default_ctype) */
-static int mg_lua_core_res_send(lua_State *L) {
-    mg_req_t *r = mg_lua_co_req(L, "response");
-    int status = luaL_checkint(L, 1);
-    size_t blen;
-    const char *body = luaL_optlstring(L, 2, "", &blen);
-    struct evbuffer *h;
-    const char *bad;
-    int has_ctype = 0;
-
-    if (status < 100 || status > 999)
-        return luaL_error(L, "bad status %d", status);
-    if (r->resp_started)
-        return 0;
-    h = evbuffer_new();
-    if ((bad = mg_lua_header_lines(L, 3, h, &has_ctype)) != NULL) {
-        evbuffer_free(h);
-        return luaL_error(L, "bad response header %s", bad);
-    }
-    mg_http_lines_merge(h, &r->rxhdrs); /* req:set_response_header() in an access hook */
-    if (mg_http_evlines_have(h, "content-type", 12))
-        has_ctype |= 1;
-    if (!(has_ctype & 1) && lua_isstring(L, 4) && blen) {
-        const char *ct = lua_tostring(L, 4);
-        mg_line_add(h, "Content-Type", 12, ct, strlen(ct));
-    }
-    if (!(has_ctype & 2))
-        mg_line_add(h, "X-Request-Id", 12, r->request_id, strlen(r->request_id));
-    mg_resp_head(r, status, (const char *)evbuffer_pullup(h, -1), evbuffer_get_length(h),
-                 (status < 200 || status == 204 || status == 304) ? -1 : (int64_t)blen);
-    evbuffer_free(h);
-    mg_resp_body(r, body, blen);
-    r->resp_done = 1;
-    return 0;
-}
-
 /* res_write(status, headers, chunk): the first call sends the head */
 static int mg_lua_core_res_write(lua_State *L) {
     mg_req_t *r = mg_lua_co_req(L, "res:write");
@@ -226,7 +190,6 @@ static int mg_lua_core_res_write(lua_State *L) {
 static const luaL_Reg mg_lua_resp_funcs[] = {
     {"req_body", mg_lua_core_req_body},
     {"req_read", mg_lua_core_req_read},
-    {"res_send", mg_lua_core_res_send},
     {"res_write", mg_lua_core_res_write},
     {NULL, NULL},
 };

@@ -287,26 +287,19 @@ static int mg_shd_delete(lua_State *L) {
     return 1;
 }
 
-/* take(k, rate, burst, cost): a token bucket refilled at `rate` tokens per
- * second up to `burst`. Returns allowed, remaining, retry_after (s). */
-static int mg_shd_take(lua_State *L) {
-    const char *k;
-    size_t kl;
-    mg_shd_t *d = mg_shd_check(L, &k, &kl);
-    double rate = luaL_checknumber(L, 3), burst = luaL_checknumber(L, 4);
-    double cost = luaL_optnumber(L, 5, 1), now = mg_now(), b[2];
+/* The bucket of k in d: 1 allowed, 0 not (out: the tokens left, floored,
+ * and the seconds until cost tokens are there), -1 no memory. */
+static int mg_shd_take_bucket(mg_shd_t *d, const char *k, size_t kl, double rate, double burst,
+                              double cost, double *out) {
+    double now = mg_now(), b[2];
     int existed, allowed;
     mg_shd_slot_t *s;
 
-    if (rate <= 0 || burst <= 0)
-        return luaL_error(L, "shared dict take: rate and burst must be positive");
     mg_shd_lock(d->h);
     s = mg_shd_place(d, k, kl, mg_shd_hash(k, kl), now, &existed);
     if (s == NULL) {
         mg_shd_unlock(d->h);
-        lua_pushnil(L);
-        lua_pushliteral(L, "no memory");
-        return 2;
+        return -1;
     }
     if (existed && s->type == MG_SHD_BUCKET) {
         memcpy(b, s->data + kl, sizeof(b));
@@ -324,10 +317,45 @@ static int mg_shd_take(lua_State *L) {
     s->expires = now + burst / rate + 1;
     memcpy(s->data + kl, b, sizeof(b));
     mg_shd_unlock(d->h);
+    out[0] = floor(b[0]);
+    out[1] = allowed ? 0 : (cost - b[0]) / rate;
+    return allowed;
+}
+
+/* take(k, rate, burst, cost): a token bucket refilled at `rate` tokens per
+ * second up to `burst`. Returns allowed, remaining, retry_after (s).
+ * init.lua replaces it with its FFI twin below; this one serves plain
+ * C callers of the metatable. */
+static int mg_shd_take(lua_State *L) {
+    const char *k;
+    size_t kl;
+    mg_shd_t *d = mg_shd_check(L, &k, &kl);
+    double rate = luaL_checknumber(L, 3), burst = luaL_checknumber(L, 4);
+    double cost = luaL_optnumber(L, 5, 1), out[2];
+    int allowed;
+
+    if (rate <= 0 || burst <= 0)
+        return luaL_error(L, "shared dict take: rate and burst must be positive");
+    allowed = mg_shd_take_bucket(d, k, kl, rate, burst, cost, out);
+    if (allowed < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "no memory");
+        return 2;
+    }
     lua_pushboolean(L, allowed);
-    lua_pushnumber(L, floor(b[0]));
-    lua_pushnumber(L, allowed ? 0 : (cost - b[0]) / rate);
+    lua_pushnumber(L, out[0]);
+    lua_pushnumber(L, out[1]);
     return 3;
+}
+
+/* d:take() through the FFI (init.lua): ud is the dictionary's userdata
+ * (its payload), k checked by the caller (1 to 200 bytes). 1 allowed, 0
+ * not, -1 no memory, -2 rate or burst not positive. */
+int mg_lua_ffi_shdict_take(void *ud, const char *k, size_t kl, double rate, double burst,
+                           double cost, double *out) {
+    if (!(rate > 0) || !(burst > 0))
+        return -2;
+    return mg_shd_take_bucket(*(mg_shd_t **)ud, k, kl, rate, burst, cost, out);
 }
 
 /* core.shdict(name) -> the dictionary, or nil when the conf has none. */

@@ -11,9 +11,10 @@ local pairs = pairs
 local tostring = tostring
 local concat = table.concat
 local char = string.char
+local floor = math.floor
+local ceil = math.ceil
 local tonumber = tonumber
 local gsub = string.gsub
-local gmatch = string.gmatch
 local find = string.find
 local sub = string.sub
 local setmetatable = setmetatable
@@ -33,30 +34,120 @@ local hints = require "moongate.hints"
 
 local _M = { _VERSION = core.version, core = core, json = cjson }
 
-local function unescape(s)
-  s = gsub(s, "+", " ")
-  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+-- MOONGATE_JIT_LOG=path: LuaJIT's trace events (as -jv prints them) appended
+-- to path, one line each, prefixed with the worker (docs/performance.md)
+do
+  local jit_log = os.getenv("MOONGATE_JIT_LOG")
+  if jit_log and jit_log ~= "" then
+    require("moongate.jitlog").start(jit_log, function() return "w" .. core.worker_id() end)
+  end
 end
 
-local function escape(s)
-  return (gsub(tostring(s), "[^%w%-%._~]", function(c)
-    return string.format("%%%02X", c:byte())
-  end))
+-- The FFI side of the core (core/lua/lua_ffi.c): plain C functions of the
+-- binary, called through ffi.C so that the hooks calling them compile
+-- into traces (a classic C function stops a trace). Declared once per
+-- Lua state; the names are moongate's (mg_lua_ffi_*).
+local ffi = require "ffi"
+local C = ffi.C
+local ffi_string = ffi.string
+if not pcall(ffi.typeof, "mg_lua_ffi_str_t") then
+  ffi.cdef [[
+typedef struct mg_lua_ffi_str_s { const char *p; size_t n; } mg_lua_ffi_str_t;
+typedef struct { const char *name, *value; size_t nlen, vlen; } mg_lua_ffi_kv_t;
+int mg_lua_ffi_req_header(int64_t r, const char *name, size_t nl, mg_lua_ffi_str_t *out);
+int mg_lua_ffi_req_headers(int64_t r, mg_lua_ffi_kv_t *out, int cap, int *oom);
+int mg_lua_ffi_req_params(int64_t r, mg_lua_ffi_kv_t *out, int cap);
+int mg_lua_ffi_req_query(int64_t r, mg_lua_ffi_str_t *out);
+const char *mg_lua_ffi_req_id(int64_t r);
+const char *mg_lua_ffi_req_remote_addr(int64_t r);
+int mg_lua_ffi_req_set_header(int64_t r, int resp, const char *n, size_t nl, const char *v, size_t vl);
+int mg_lua_ffi_req_set_header_num(int64_t r, int resp, const char *n, size_t nl, double d);
+int mg_lua_ffi_shdict_take(void *ud, const char *k, size_t kl, double rate, double burst,
+                           double cost, double *out);
+long mg_lua_ffi_unescape(const char *s, size_t n, char *out);
+long mg_lua_ffi_escape(const char *s, size_t n, char *out);
+double mg_lua_ffi_now(void);
+int mg_lua_ffi_res_begin(void);
+int mg_lua_ffi_res_header(const char *n, size_t nl, const char *v, size_t vl);
+void mg_lua_ffi_res_send(int status, const char *body, size_t blen, const char *ct, size_t ctl);
+]]
 end
+-- in the binary; not when a spec loads this file under plain LuaJIT
+local HAS_C = pcall(function() return C.mg_lua_ffi_escape end)
+
+-- cached out-parameters and buffers (one Lua state runs one thing at a time)
+local str_out = ffi.new("mg_lua_ffi_str_t[1]")
+local int_out = ffi.new("int[1]")
+local kv_cap = 64 -- grows to the largest header count seen; >= the route params' 32
+local kv_out = ffi.new("mg_lua_ffi_kv_t[?]", kv_cap)
+local esc_cap = 512
+local esc_buf = ffi.new("char[?]", esc_cap)
+
+-- a buffer of n bytes: the cached one, grown up to 64 KiB; a bigger string
+-- gets one of its own (collected with it), so the cache stays small
+local ESC_KEEP = 65536
+local function esc_room(n)
+  if n > esc_cap then
+    if n > ESC_KEEP then return ffi.new("char[?]", n) end
+    esc_cap = n
+    esc_buf = ffi.new("char[?]", n)
+  end
+  return esc_buf
+end
+
+local unescape, escape
+if HAS_C then
+  unescape = function(s)
+    local n = #s
+    local buf = esc_room(n)
+    local m = C.mg_lua_ffi_unescape(s, n, buf)
+    if m < 0 then return s end
+    return ffi_string(buf, m)
+  end
+  escape = function(s)
+    s = tostring(s)
+    local n = #s
+    local buf = esc_room(3 * n)
+    local m = C.mg_lua_ffi_escape(s, n, buf)
+    if m < 0 then return s end
+    return ffi_string(buf, m)
+  end
+else
+  unescape = function(s)
+    s = gsub(s, "+", " ")
+    return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+  end
+  escape = function(s)
+    return (gsub(tostring(s), "[^%w%-%._~]", function(c)
+      return string.format("%%%02X", c:byte())
+    end))
+  end
+end
+_M.unescape, _M.escape = unescape, escape
 
 --- Decodes "a=1&b=2" into { a = "1", b = "2" } (a repeated key keeps the last value).
 --- The second result is nil, or the set of names given more than once.
 function _M.decode_query(qs)
   local t, repeated = {}, nil
   if not qs or qs == "" then return t end
-  for pair in gmatch(qs, "[^&]+") do
-    local eq = find(pair, "=", 1, true)
-    local k = unescape(eq and sub(pair, 1, eq - 1) or pair)
-    if t[k] ~= nil then
-      repeated = repeated or {}
-      repeated[k] = true
+  local pos, n = 1, #qs
+  while pos <= n do
+    local amp = find(qs, "&", pos, true) or n + 1
+    if amp > pos then
+      local eq = find(qs, "=", pos, true)
+      local k, v
+      if eq and eq < amp then
+        k, v = unescape(sub(qs, pos, eq - 1)), unescape(sub(qs, eq + 1, amp - 1))
+      else
+        k, v = unescape(sub(qs, pos, amp - 1)), ""
+      end
+      if t[k] ~= nil then
+        repeated = repeated or {}
+        repeated[k] = true
+      end
+      t[k] = v
     end
-    t[k] = eq and unescape(sub(pair, eq + 1)) or ""
+    pos = amp + 1
   end
   return t, repeated
 end
@@ -67,20 +158,108 @@ function _M.encode_query(t)
   for k, v in pairs(t) do
     out[#out + 1] = escape(k) .. "=" .. escape(v)
   end
-  table.sort(out)
+  if #out > 1 then table.sort(out) end -- one pair (the usual query): no sort, no stitch
   return concat(out, "&")
 end
 
--- request objects: tables built by the core with method and path; the
--- fields below are made on first read.
+-- request objects: tables built by the core with method and path, their
+-- request's id under core.req_key (a number the FFI calls take; false once
+-- the request is over, absent once every field below was filled for a
+-- handler that outlives it); the fields below are made on first read.
+local REQ_KEY = core.req_key
+local OVER = " the request is over (read it while the request runs; copy what a timer needs)"
+local OVER_RC = -2 -- lua_ffi.c's MG_FFI_OVER: an id whose request is gone
+
+local function over(what, name, level)
+  error("req" .. what .. name .. ":" .. OVER, level + 1)
+end
+
+-- The id of req's request, for the FFI calls, or nil when the table was
+-- filled (the request may be gone); raises once the request is over.
+local function req_of(req, what, name, fname, level)
+  if type(req) ~= "table" then
+    error(format("bad argument #1 to '%s' (table expected, got %s)", fname, type(req)), level)
+  end
+  local r = rawget(req, REQ_KEY)
+  if r == false then over(what, name, level) end
+  return r
+end
+
+local function arg_string(v, n, fname, level)
+  local tv = type(v)
+  if tv == "string" then return v end
+  if tv == "number" then return tostring(v) end
+  error(format("bad argument #%d to '%s' (string expected, got %s)", n, fname,
+    v == nil and "no value" or tv), level)
+end
+
+-- lazy fields read through the FFI: f(r) -> value
+local function kv_table(n)
+  local t = new_tab(0, n)
+  for i = 0, n - 1 do
+    local kv = kv_out[i]
+    local k, v = ffi_string(kv.name, kv.nlen), ffi_string(kv.value, kv.vlen)
+    local old = t[k]
+    if old then v = old .. ", " .. v end -- a repeated header: joined with ", "
+    t[k] = v
+  end
+  return t
+end
+
+-- f(r, k) -> value; raises "the request is over" for an id whose request
+-- is gone (a number copied out of its table)
+local function ffi_str(p, k)
+  if p == nil then over(".", k, 3) end
+  return ffi_string(p)
+end
+local FFI_LAZY = {
+  headers = function(r, k)
+    local n = C.mg_lua_ffi_req_headers(r, kv_out, kv_cap, int_out)
+    if n < 0 then
+      kv_cap = -n
+      kv_out = ffi.new("mg_lua_ffi_kv_t[?]", kv_cap)
+      n = C.mg_lua_ffi_req_headers(r, kv_out, kv_cap, int_out)
+    end
+    local rc = int_out[0]
+    if rc ~= 0 then
+      if rc == OVER_RC then over(".", k, 2) end
+      error("out of memory", 3)
+    end
+    return kv_table(n) -- names lower-case
+  end,
+  params = function(r, k)
+    local n = C.mg_lua_ffi_req_params(r, kv_out, kv_cap)
+    if n == OVER_RC then over(".", k, 2) end
+    return kv_table(n)
+  end,
+  query_string = function(r, k)
+    if C.mg_lua_ffi_req_query(r, str_out) ~= 0 then over(".", k, 2) end
+    return ffi_string(str_out[0].p, str_out[0].n)
+  end,
+  id = function(r, k) return ffi_str(C.mg_lua_ffi_req_id(r), k) end,
+  remote_addr = function(r, k) return ffi_str(C.mg_lua_ffi_req_remote_addr(r), k) end,
+}
+-- and through the classic core.req_fill (cold)
+local LAZY = { http_version = true, websocket = true, scheme = true, tls = true }
+
 local req_mt = {}
-local LAZY = { headers = true, params = true, id = true, http_version = true,
-               remote_addr = true, query_string = true, websocket = true,
-               scheme = true, tls = true }
 req_mt.__index = function(req, k)
   local m = req_mt[k]
   if m ~= nil then return m end
+  local f = FFI_LAZY[k]
+  if f then
+    local r = req_of(req, ".", k, "req_fill", 3)
+    if r == nil then return nil end
+    local v = f(r, k)
+    rawset(req, k, v)
+    return v
+  end
   if LAZY[k] then return core.req_fill(req, k) end
+  if k == "ctx" then -- made on first use: a hook that keeps nothing allocates nothing
+    local ctx = new_tab(0, 4) -- sized for a few plugins' keys
+    rawset(req, "ctx", ctx)
+    return ctx
+  end
   if k == "query" or k == "query_repeated" then
     local q, repeated = _M.decode_query(req.query_string)
     req.query = q
@@ -90,16 +269,52 @@ req_mt.__index = function(req, k)
 end
 --- The client's header `name` (any case) as received, repeated ones joined
 --- with ", "; nil when absent. Cheaper than req.headers for one header.
-req_mt.header = core.req_header
+function req_mt.header(req, name)
+  name = arg_string(name, 2, "header", 3)
+  local r = req_of(req, ":header()", "", "header", 3)
+  if r == nil then -- every field filled: read req.headers
+    return req.headers[lower(name)]
+  end
+  local found = C.mg_lua_ffi_req_header(r, name, #name, str_out)
+  if found == 1 then return ffi_string(str_out[0].p, str_out[0].n) end
+  if found == 0 then return nil end
+  if found == OVER_RC then over(":header()", "", 2) end
+  error("out of memory", 2)
+end
 function req_mt.body() return core.req_body() end
 function req_mt.read() return core.req_read() end
+
+local SET_ERR = { "bad header ", "req: ", "out of memory" }
+local function set_header(req, name, value, resp, what)
+  name = arg_string(name, 2, what, 4)
+  local r = req_of(req, what, "", what, 4) or -1 -- -1: filled, the request went on
+  local tv, rc = type(value), nil
+  if tv == "number" then
+    rc = C.mg_lua_ffi_req_set_header_num(r, resp, name, #name, value)
+  elseif tv == "string" then
+    rc = C.mg_lua_ffi_req_set_header(r, resp, name, #name, value, #value)
+  elseif value == nil then
+    rc = C.mg_lua_ffi_req_set_header(r, resp, name, #name, nil, 0)
+  else
+    error(format("bad argument #3 to '%s' (string expected, got %s)", what, tv), 4)
+  end
+  if rc ~= 0 then
+    if rc == OVER_RC then over(what, "", 3) end
+    error(rc == 3 and SET_ERR[3]
+          or SET_ERR[rc] .. name .. (rc == 2 and " after the request went on" or ""), 4)
+  end
+end
 --- Sets a header for the upstream (proxy, and WebSocket relay/tunnel
 --- handshakes), replacing the client's; a nil value removes the client's.
-req_mt.set_header = core.req_set_header
+function req_mt.set_header(req, name, value)
+  set_header(req, name, value, 0, ":set_header()")
+end
 --- Sets a header on the response the client gets (from an access hook:
 --- proxied and handler responses, and a later hook's refusal), replacing
 --- the upstream's of that name; header_filter hooks still see it.
-req_mt.set_response_header = core.req_set_response_header
+function req_mt.set_response_header(req, name, value)
+  set_header(req, name, value, 1, ":set_response_header()")
+end
 
 -- header_filter hooks: res = { status, headers } edited in place.
 local HOP = {
@@ -169,6 +384,37 @@ local function encode_body(body)
   return tostring(body), "text/plain; charset=utf-8"
 end
 
+-- res_send(status, body, headers, default_ctype): the response in one go,
+-- its head built in C header by header (lua_ffi.c); a response already
+-- started is left alone.
+local RES_ERR = {
+  "response: only inside a handler or timer (not at load time or in a nested coroutine)",
+  "response: no request in a timer", "out of memory",
+}
+local function res_send(status, body, headers, ctype)
+  local st = C.mg_lua_ffi_res_begin()
+  if st ~= 0 and st ~= 4 then error(RES_ERR[st], 2) end
+  local s = tonumber(status)
+  if s == nil then
+    error(format("bad argument #1 to 'res_send' (number expected, got %s)", type(status)), 2)
+  end
+  s = s >= 0 and floor(s) or ceil(s)
+  if s < 100 or s > 999 then error(format("bad status %d", s), 2) end
+  if st == 4 then return end
+  if type(headers) == "table" then
+    for k, v in pairs(headers) do
+      local tk, tv = type(k), type(v)
+      if tk == "number" then k = tostring(k) elseif tk ~= "string" then k = nil end
+      if tv == "number" then v = tostring(v) elseif tv ~= "string" then v = nil end
+      if k == nil or v == nil or C.mg_lua_ffi_res_header(k, #k, v, #v) ~= 0 then
+        error("bad response header " .. (k and sub(k, 1, 63) or "?"), 2)
+      end
+    end
+  end
+  if type(ctype) ~= "string" then ctype = nil end
+  C.mg_lua_ffi_res_send(s, body, #body, ctype, ctype and #ctype or 0)
+end
+
 -- The core starts every handler coroutine here: handler(req, res), then the
 -- response from its return values (status, body, headers) unless it streamed.
 local function respond(status, body, headers, res)
@@ -187,30 +433,46 @@ local function respond(status, body, headers, res)
     if ctype and headers["content-type"] == nil then headers["content-type"] = ctype end
     status, headers = filter_head(res._filter, status, headers, res._ctx)
   end
-  core.res_send(status, data, headers, ctype)
+  res_send(status, data, headers, ctype)
+end
+
+-- A route's access list as one function, hook calling hook, made on first
+-- use: no loop of a few iterations, which LuaJIT would leave interpreted
+-- ("leaving loop in root trace"); the hooks inline into one trace. The
+-- lists are the loader's, never changed after a load.
+local function no_hook() return nil end
+local chains = setmetatable({}, { __mode = "k" })
+local function chain_of(access)
+  local fn = no_hook
+  for i = #access, 1, -1 do
+    local hook, rest = access[i], fn
+    fn = function(req)
+      local status, body, headers = hook(req)
+      if status ~= nil then return status, body, headers end
+      return rest(req)
+    end
+  end
+  chains[access] = fn
+  return fn
 end
 
 -- Access hooks in order; the first to return a status answers (through
 -- the route's header_filter hooks, so a refusal gets CORS headers too).
 local function check_access(access, req, header_filter)
-  for i = 1, #access do
-    local status, body, headers = access[i](req)
-    if status ~= nil then
-      respond(status, body, headers,
-              header_filter and { _filter = header_filter, _ctx = req.ctx } or nil)
-      return false
-    end
+  local status, body, headers = (chains[access] or chain_of(access))(req)
+  if status ~= nil then
+    respond(status, body, headers,
+            header_filter and { _filter = header_filter, _ctx = req.ctx } or nil)
+    return false
   end
   return true
 end
 
 -- Upstream and WebSocket routes: the hooks run in a coroutine of their own.
 debug.getregistry()["moongate.run_access"] = function(access, req, header_filter)
-  -- req comes with its metatable (req_mt); ctx sized for a few plugins' keys
-  if rawget(req, "ctx") == nil then req.ctx = new_tab(0, 4) end
-  if check_access(access, req, header_filter) then
-    core.access_done()
-  end
+  -- req comes with its metatable (req_mt): req.ctx is made when first read
+  -- true: every hook allowed it (the core reads the coroutine's result)
+  return check_access(access, req, header_filter)
 end
 
 -- For proxied responses: the edited head as "Name: value\r\n" text.
@@ -336,10 +598,42 @@ _M.shared = setmetatable({}, { __index = function(t, name)
   return d
 end })
 
+-- d:take() through the FFI: rate-limit calls it on every request
+do
+  local mt = debug.getregistry()["moongate.shdict"]
+  if HAS_C and type(mt) == "table" and mt.take then
+    local take_out = ffi.new("double[2]")
+    local function num(v, n, fname)
+      local x = tonumber(v)
+      if x == nil then
+        error(format("bad argument #%d to '%s' (number expected, got %s)", n, fname,
+          v == nil and "no value" or type(v)), 3)
+      end
+      return x
+    end
+    mt.take = function(d, k, rate, burst, cost)
+      if getmetatable(d) ~= mt then
+        error(format("bad argument #1 to 'take' (moongate.shdict expected, got %s)", type(d)), 2)
+      end
+      k = arg_string(k, 2, "take", 3)
+      local kl = #k
+      if kl == 0 or kl > 200 then error("shared dict: key length must be 1 to 200 bytes", 2) end
+      rate, burst = num(rate, 3, "take"), num(burst, 4, "take")
+      cost = cost == nil and 1 or num(cost, 5, "take")
+      local rc = C.mg_lua_ffi_shdict_take(d, k, kl, rate, burst, cost, take_out)
+      if rc < 0 then
+        if rc == -1 then return nil, "no memory" end
+        error("shared dict take: rate and burst must be positive", 2)
+      end
+      return rc == 1, take_out[0], take_out[1]
+    end
+  end
+end
+
 _M.sleep = core.sleep
 _M.timer = core.timer
-_M.now = core.now
-_M.time = core.time
+_M.now = function() return C.mg_lua_ffi_now() end
+_M.time = function() return floor(C.mg_lua_ffi_now()) end
 -- moongate.worker_id: this worker's index (0-based), read when asked since
 -- the module loads before the workers fork
 setmetatable(_M, { __index = function(_, k)

@@ -43,9 +43,8 @@ end
 
 local function find_key(conf, req)
   if conf.key_in_header then
-    local h = req.headers
     for i, name in ipairs(conf._names) do
-      local v = h[name]
+      local v = req:header(name) -- one header: req.headers is not built
       if v and v ~= "" then return v, conf.key_names[i] end
     end
   end
