@@ -24,6 +24,7 @@ local moongate = require "moongate"
 local json = moongate.json
 
 local ECHO, FULL = $ECHO, $FULL
+local forgotten
 
 local function open(timeout, pool)
   local sock = moongate.socket.tcp()
@@ -176,12 +177,19 @@ return {
       return 200, r
   end },
 
+  -- kept reachable after the request (so the GC cannot be what closes them)
   { path = "/forget", handler = function()
       local sock = assert(open(nil, "forget"))
       ask(sock, "PING")
       local s2 = assert(open(nil, "forget"))
       s2:send("SILENT\n")
+      forgotten = { sock, s2 }
       return 200, "left open"
+  end },
+  { path = "/forgotten", handler = function()
+      local _, err = forgotten[1]:send("PING\n")
+      local _, err2 = forgotten[2]:receive()
+      return 200, { err = err, err2 = err2 }
   end },
 
   { path = "/stats", handler = function()
@@ -476,6 +484,8 @@ describe("cosockets (moongate.socket.tcp)", function()
         end, 5)
         assert.truthy(after, "the forgotten sockets stayed open")
         assert.truthy(after.accepted >= before.accepted + 2)
+        local _, j = get_json("/forgotten")
+        assert.same({ err = "closed", err2 = "closed" }, j)
     end)
 
     it("serves 200 concurrent requests each doing a socket exchange", function()
