@@ -24,7 +24,7 @@ local moongate = require "moongate"
 local json = moongate.json
 
 local ECHO, FULL = $ECHO, $FULL
-local forgotten
+local forgotten, timer_result
 
 local function open(timeout, pool)
   local sock = moongate.socket.tcp()
@@ -191,6 +191,42 @@ return {
       local _, err2 = forgotten[2]:receive()
       return 200, { err = err, err2 = err2 }
   end },
+
+  -- dropped sockets: the GC closes them before the request ends
+  { path = "/gc", handler = function()
+      local function server_open()
+        local s = assert(open(nil, "gcstats"))
+        local n = json.decode(ask(s, "STATS")).open
+        s:setkeepalive()
+        return n
+      end
+      local before = server_open()
+      for _ = 1, 20 do
+        local sock = assert(open(nil, "gc"))
+        ask(sock, "PING")
+      end
+      collectgarbage("collect")
+      collectgarbage("collect")
+      local now = server_open()
+      for _ = 1, 100 do -- the server notices the closes in its own time
+        if now <= before then break end
+        moongate.sleep(0.02)
+        now = server_open()
+      end
+      return 200, { before = before, now = now }
+  end },
+
+  -- a timer's coroutine
+  { path = "/timer", handler = function()
+      timer_result = "armed"
+      moongate.timer(0, function()
+        local sock = assert(open())
+        timer_result = ask(sock, "PING")
+        sock:setkeepalive()
+      end)
+      return 200, timer_result
+  end },
+  { path = "/timer-result", handler = function() return 200, timer_result end },
 
   { path = "/stats", handler = function()
       local sock = moongate.socket.tcp()
@@ -486,6 +522,21 @@ describe("cosockets (moongate.socket.tcp)", function()
         assert.truthy(after.accepted >= before.accepted + 2)
         local _, j = get_json("/forgotten")
         assert.same({ err = "closed", err2 = "closed" }, j)
+    end)
+
+    it("lets the GC close sockets dropped while the request runs", function()
+        local st, j = get_json("/gc")
+        assert.equal(200, st)
+        assert.truthy(j.now <= j.before, json.encode(j))
+    end)
+
+    it("works in a timer", function()
+        local _, _, body = helpers.http(mg.port, "GET", "/timer")
+        assert.equal("armed", body)
+        assert.truthy(helpers.wait_until(function()
+            local _, _, b = helpers.http(mg.port, "GET", "/timer-result")
+            return b == "PONG"
+        end, 5))
     end)
 
     it("serves 200 concurrent requests each doing a socket exchange", function()
