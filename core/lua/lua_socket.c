@@ -61,19 +61,19 @@ typedef struct mg_spool_s mg_spool_t;
 typedef struct mg_sock_dns_s mg_sock_dns_t;
 
 struct mg_sock_s {
-    mg_sconn_t *c;        /* the connection, NULL when closed */
-    mg_co_t *co;          /* the coroutine that connected it */
+    mg_sconn_t *c;          /* the connection, NULL when closed */
+    mg_co_t *co;            /* the coroutine that connected it */
     mg_sock_t *prev, *next; /* that coroutine's sockets */
-    int op;               /* OP_*: what the coroutine waits for */
-    int rmode;            /* OP_RECV: R_* */
-    size_t rsize;         /* R_SIZE, R_ANY, R_UNTIL: the size asked (0: none) */
+    int op;                 /* OP_*: what the coroutine waits for */
+    int rmode;              /* OP_RECV: R_* */
+    size_t rsize;           /* R_SIZE, R_ANY, R_UNTIL: the size asked (0: none) */
     struct mg_sock_until_s *until;
-    size_t sent;          /* OP_SEND: the bytes to report */
-    int want_session;     /* OP_HANDSHAKE: return the session (else true) */
+    size_t sent;      /* OP_SEND: the bytes to report */
+    int want_session; /* OP_HANDSHAKE: return the session (else true) */
     int verify;
     int to_connect, to_send, to_read; /* ms, 0: the default */
-    int pool_size;        /* connect's opts.pool_size, 0: default */
-    int ref, uref;        /* registry anchors while the coroutine waits */
+    int pool_size;                    /* connect's opts.pool_size, 0: default */
+    int ref, uref;                    /* registry anchors while the coroutine waits */
 };
 
 typedef struct mg_sock_until_s {
@@ -85,17 +85,17 @@ typedef struct mg_sock_until_s {
 
 struct mg_sconn_s {
     mg_io_t io;
-    struct event ev;      /* fd: EV_READ | EV_WRITE | EV_ET | EV_PERSIST */
-    struct event tev;     /* the wait's timeout; the idle expiry in the pool */
+    struct event ev;  /* fd: EV_READ | EV_WRITE | EV_ET | EV_PERSIST */
+    struct event tev; /* the wait's timeout; the idle expiry in the pool */
     unsigned ev_on : 1;
     unsigned eof : 1;     /* the peer ended its stream */
     unsigned dubious : 1; /* a timeout or an error: never pooled */
     unsigned tls_done : 1;
-    mg_sock_t *s;         /* the socket using it; NULL in the pool */
-    mg_sock_dns_t *dns;   /* OP_RESOLVE */
-    struct evbuffer *rb;  /* received, not returned yet */
-    struct evbuffer *wb;  /* to send */
-    size_t scan;          /* rb's first bytes known to hold no match */
+    mg_sock_t *s;        /* the socket using it; NULL in the pool */
+    mg_sock_dns_t *dns;  /* OP_RESOLVE */
+    struct evbuffer *rb; /* received, not returned yet */
+    struct evbuffer *wb; /* to send */
+    size_t scan;         /* rb's first bytes known to hold no match */
     struct sockaddr_storage addr;
     socklen_t alen;
     unsigned reused;
@@ -105,7 +105,7 @@ struct mg_sconn_s {
 };
 
 struct mg_spool_s {
-    mg_spool_t *next; /* hash chain */
+    mg_spool_t *next;        /* hash chain */
     mg_sconn_t *head, *tail; /* most recently pooled first */
     int n, size;
     char key[MG_SOCK_KEY];
@@ -802,14 +802,10 @@ static int mg_sock_recv_step(mg_sock_t *s, lua_State *L) {
 /* Pushes the results of the wait in progress once it ended, or -1. */
 static int mg_sock_step(mg_sock_t *s, lua_State *L) {
     switch (s->op) {
-    case OP_CONNECT:
-        return mg_sock_connect_step(s, L);
-    case OP_HANDSHAKE:
-        return mg_sock_handshake_step(s, L);
-    case OP_SEND:
-        return mg_sock_send_step(s, L);
-    default:
-        return mg_sock_recv_step(s, L);
+    case OP_CONNECT: return mg_sock_connect_step(s, L);
+    case OP_HANDSHAKE: return mg_sock_handshake_step(s, L);
+    case OP_SEND: return mg_sock_send_step(s, L);
+    default: return mg_sock_recv_step(s, L);
     }
 }
 
@@ -859,9 +855,7 @@ static int mg_sock_finish(mg_sock_t *s, lua_State *L, int n) {
 
 /* ---- the Lua methods ---- */
 
-static mg_sock_t *mg_sock_check(lua_State *L) {
-    return luaL_checkudata(L, 1, MG_SOCK_MT);
-}
+static mg_sock_t *mg_sock_check(lua_State *L) { return luaL_checkudata(L, 1, MG_SOCK_MT); }
 
 /* The socket's coroutine for a method that waits: NULL (nil, err pushed)
  * when it belongs to another one or waits already. */
