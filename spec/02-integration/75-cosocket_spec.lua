@@ -282,6 +282,36 @@ return {
       return 200, { sess = type(sess), n = n, line = line, rerr = rerr }
   end },
 
+  -- README.md's example, as written there (the port aside)
+  { path = "/api/hits", handler = function()
+      local sock = moongate.socket.tcp()
+      sock:settimeout(1000)                        -- ms
+      local ok, err = sock:connect("127.0.0.1", $REDIS)
+      if not ok then return 502, { error = err } end
+      sock:send("INCR hits\r\n")                  -- a Redis inline command
+      local line, rerr = sock:receive()            -- ":42"
+      if not line then return 502, { error = rerr } end
+      sock:setkeepalive(10000, 32)                 -- back to the worker's pool
+      return 200, { hits = tonumber(line:sub(2)) }
+  end },
+
+  -- docs/plugins.md's example
+  { path = "/docs-incr", handler = function()
+      local function redis_incr(key)
+        local sock = moongate.socket.tcp()
+        sock:settimeout(1000)                        -- milliseconds, as OpenResty
+        local ok, err = sock:connect("127.0.0.1", $REDIS)
+        if not ok then return nil, err end
+        local _, serr = sock:send({ "INCR ", key, "\r\n" })   -- a string or a (nested) table
+        if serr then return nil, serr end
+        local line, rerr = sock:receive()            -- "*l": ":42" (the CR LF dropped)
+        if not line then return nil, rerr end
+        sock:setkeepalive(10000, 32)                 -- back to this worker's pool
+        return tonumber(line:sub(2))
+      end
+      return 200, { n = redis_incr("docs") }
+  end },
+
   { path = "/redis", handler = function()
       local sock = moongate.socket.tcp()
       sock:settimeout(2000)
@@ -620,5 +650,10 @@ asyncio.run(main())
         assert.same({ ping = "+PONG", set = "+OK", get = "v\r\nwith crlf", reused = 0 }, j)
         local _, j2 = get_json("/redis")
         assert.equal(1, j2.reused)
+        -- the examples of README.md and docs/plugins.md
+        assert.same({ hits = 1 }, select(2, get_json("/api/hits")))
+        assert.same({ hits = 2 }, select(2, get_json("/api/hits")))
+        assert.same({ n = 1 }, select(2, get_json("/docs-incr")))
+        assert.same({ n = 2 }, select(2, get_json("/docs-incr")))
     end)
 end)
