@@ -113,6 +113,20 @@ return {
       return 200, { len = #data, sum = sum, err = err, again = again, aerr = aerr }
   end },
 
+  { path = "/bounds", handler = function()
+      local sock = assert(open())
+      sock:send("SEND 1100000\n")
+      local l, lerr, lpartial = sock:receive("*l")
+      sock:close()
+      local s2 = assert(open())
+      s2:send("SEND 17000000\n")
+      local a, aerr, apartial = s2:receive("*a")
+      local _, kerr = s2:setkeepalive()
+      return 200, { l = l, lerr = lerr, lpartial = #lpartial, a = a, aerr = aerr,
+                    apartial = #apartial, kerr = kerr,
+                    raises = not pcall(s2.receive, s2, 16 * 1024 * 1024 + 1) }
+  end },
+
   { path = "/until", handler = function()
       local sock = assert(open())
       sock:send("PARTS\n")
@@ -495,6 +509,17 @@ describe("cosockets (moongate.socket.tcp)", function()
         assert.is_nil(j.err)
         assert.is_nil(j.again)
         assert.equal("closed", j.aerr)
+    end)
+
+    it("bounds every read: 1 MiB for a line, 16 MiB for \"*a\" and a size", function()
+        local st, j = get_json("/bounds")
+        assert.equal(200, st)
+        assert.equal("line too long", j.lerr)
+        assert.truthy(j.lpartial > 1024 * 1024 and j.lpartial <= 1024 * 1024 + 65536, j.lpartial)
+        assert.equal("too large", j.aerr)
+        assert.truthy(j.apartial > 16 * 1024 * 1024 and j.apartial <= 16 * 1024 * 1024 + 65536)
+        assert.equal("closed", j.kerr)
+        assert.is_true(j.raises)
     end)
 
     it("reads up to a pattern with receiveuntil, whole or in sized chunks", function()
