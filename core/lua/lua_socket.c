@@ -91,11 +91,13 @@ struct mg_sconn_s {
     unsigned eof : 1;     /* the peer ended its stream */
     unsigned dubious : 1; /* a timeout or an error: never pooled */
     unsigned tls_done : 1;
-    mg_sock_t *s;        /* the socket using it; NULL in the pool */
-    mg_sock_dns_t *dns;  /* OP_RESOLVE */
-    struct evbuffer *rb; /* received, not returned yet */
-    struct evbuffer *wb; /* to send */
-    size_t scan;         /* rb's first bytes known to hold no match */
+    unsigned rd_ready : 1; /* TCP: bytes may wait in the socket (a read edge came
+                            * after the last short read) */
+    mg_sock_t *s;          /* the socket using it; NULL in the pool */
+    mg_sock_dns_t *dns;    /* OP_RESOLVE */
+    struct evbuffer *rb;   /* received, not returned yet */
+    struct evbuffer *wb;   /* to send */
+    size_t scan;           /* rb's first bytes known to hold no match */
     struct sockaddr_storage addr;
     socklen_t alen;
     unsigned reused;
@@ -344,7 +346,9 @@ static void mg_spool_check(mg_sconn_t *c) {
 
 static void mg_sconn_io_cb(evutil_socket_t fd, short what, void *arg) {
     mg_sconn_t *c = arg;
-    (void)fd, (void)what;
+    (void)fd;
+    if (what & EV_READ)
+        c->rd_ready = 1;
     if (c->s == NULL) {
         if (c->pool)
             mg_spool_check(c);
@@ -615,6 +619,7 @@ static int mg_sock_send_step(mg_sock_t *s, lua_State *L) {
 /* One read into rb: > 0 bytes, 0 the end, -1 errno (EAGAIN: nothing now). */
 static ssize_t mg_sock_fill(mg_sconn_t *c) {
     struct evbuffer_iovec v;
+    size_t want;
     ssize_t n;
     if (c->rb == NULL && (c->rb = evbuffer_new()) == NULL) {
         errno = ENOMEM;
@@ -624,11 +629,15 @@ static ssize_t mg_sock_fill(mg_sconn_t *c) {
         errno = ENOMEM;
         return -1;
     }
-    n = mg_io_read(&c->io, v.iov_base, v.iov_len < MG_SOCK_CHUNK ? v.iov_len : MG_SOCK_CHUNK);
+    want = v.iov_len < MG_SOCK_CHUNK ? v.iov_len : MG_SOCK_CHUNK;
+    n = mg_io_read(&c->io, v.iov_base, want);
     if (n > 0) {
         v.iov_len = (size_t)n;
         evbuffer_commit_space(c->rb, &v, 1);
     }
+    /* a short read emptied the socket: the next bytes come with an edge */
+    if (!c->io.tls && ((n > 0 && (size_t)n < want) || (n < 0 && errno == EAGAIN)))
+        c->rd_ready = 0;
     return n;
 }
 
@@ -1265,13 +1274,15 @@ static int mg_sock_setkeepalive(lua_State *L) {
         why = "closed";
     else if (c->wb && evbuffer_get_length(c->wb))
         why = "closed";
-    else if (!c->io.tls) {
+    else if (!c->io.tls && c->rd_ready) { /* a syscall only when bytes may wait */
         char b;
         ssize_t n = recv(c->io.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
         if (n > 0)
             why = "connection in dubious state";
         else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
             why = "closed";
+        else
+            c->rd_ready = 0;
     }
     if (why) {
         mg_sock_close_conn(s);

@@ -88,6 +88,13 @@ return {
       return 200, { x = x, ok = ok, err = err, reused = reused }
   end },
 
+  -- pooled before the server's late answer comes
+  { path = "/late", handler = function()
+      local sock = assert(open(nil, "late"))
+      sock:send("SLOW 100 late\n")
+      return 200, { keep = sock:setkeepalive(60000) }
+  end },
+
   { path = "/eof", handler = function()
       local sock = assert(open())
       sock:send("CLOSE_AFTER abc\n")
@@ -487,6 +494,16 @@ describe("cosockets (moongate.socket.tcp)", function()
         assert.is_nil(j.ok)
         assert.equal("unread data in buffer", j.err)
         assert.equal(0, j.reused) -- the next connect made a new connection
+    end)
+
+    it("closes an idle pooled connection when its server sends anything", function()
+        local _, before = get_json("/stats")
+        local _, j = get_json("/late")
+        assert.equal(1, j.keep)
+        assert.truthy(helpers.wait_until(function()
+            local _, s = get_json("/stats")
+            return s.open <= before.open
+        end, 5), "the pooled connection stayed open after unasked-for data")
     end)
 
     it("returns nil, \"closed\" and the partial data on EOF mid-receive", function()
