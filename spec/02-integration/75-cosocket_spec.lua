@@ -333,6 +333,24 @@ return {
       return 200, { n = redis_incr("docs") }
   end },
 
+  -- TLS 1.2: the session comes with the handshake; the next one resumes it
+  { path = "/tls-resume", handler = function(req)
+      local port = tonumber(req.query.port)
+      local r = {}
+      local sess
+      for i = 1, 2 do
+        local sock = moongate.socket.tcp()
+        sock:settimeout(3000)
+        assert(sock:connect("127.0.0.1", port))
+        local s, herr = sock:sslhandshake(sess, "localhost", true)
+        r[i] = { kind = type(s), herr = herr, n = sock:send("round " .. i .. "\n"),
+                 line = sock:receive() }
+        sess = s
+        sock:close()
+      end
+      return 200, r
+  end },
+
   { path = "/redis", handler = function()
       local sock = moongate.socket.tcp()
       sock:settimeout(2000)
@@ -430,7 +448,7 @@ local function start_s_server(c, extra)
     track(helpers.wait_until(function() return tonumber(helpers.read_file(pidfile) or "") end, 5))
     assert(helpers.wait_until(function() return helpers.port_open(port) end, 10),
         "openssl s_server did not start: " .. (helpers.read_file(dir .. "/out") or ""))
-    return { port = port }
+    return { port = port, dir = dir }
 end
 
 describe("cosockets (moongate.socket.tcp)", function()
@@ -674,6 +692,24 @@ asyncio.run(main())
             assert.same({ sess = "boolean", n = 10, line = "slt olleh" }, j)
             local _, bad = get_json("/tls?verify=1&sni=wrong.example&port=" .. s.port)
             assert.matches("^%d+: ", bad.herr)
+        end)
+
+        it("hands out a TLS 1.2 session and resumes with it", function()
+            local s = start_s_server(certs.srv, "-tls1_2")
+            local st, j = get_json("/tls-resume?port=" .. s.port)
+            assert.equal(200, st)
+            assert.same({ { kind = "userdata", n = 8, line = "1 dnuor" },
+                          { kind = "userdata", n = 8, line = "2 dnuor" } }, j)
+            -- s_server prints the client's signature algorithms on a full
+            -- handshake only: a resumed one skips the certificate exchange
+            local out = helpers.wait_until(function()
+                local o = helpers.read_file(s.dir .. "/out") or ""
+                return select(2, o:gsub("CONNECTION CLOSED", "")) >= 2 and o
+            end, 5) or ""
+            local _, established = out:gsub("CONNECTION ESTABLISHED", "")
+            local _, full = out:gsub("Signature Algorithms:", "")
+            assert.equal(2, established, out)
+            assert.equal(1, full, out)
         end)
 
         it("refuses a certificate from an unknown CA when verifying", function()
