@@ -120,6 +120,38 @@ return {
       return 200, { len = #data, sum = sum, err = err, again = again, aerr = aerr }
   end },
 
+  -- 4 MiB each way: the send waits for the socket to drain
+  { path = "/bigsend", handler = function()
+      local sock = assert(open())
+      local data = string.rep("abcdefg\n", 512 * 1024)
+      local n1 = sock:send("ECHO " .. #data .. "\n")
+      local n2, err = sock:send(data)
+      local back, rerr = sock:receive(#data)
+      local ok = sock:setkeepalive()
+      local s2 = assert(open())
+      s2:settimeouts(1000, 300, 1000)
+      s2:send("STALL\n")
+      local n3, serr = s2:send(string.rep("x", 16 * 1024 * 1024))
+      local _, kerr = s2:setkeepalive()
+      return 200, { n1 = n1, n2 = n2, err = err, same = back == data, rerr = rerr, keep = ok,
+                    n3 = n3, serr = serr, kerr = kerr }
+  end },
+
+  { path = "/unix", handler = function()
+      local sock = moongate.socket.tcp()
+      sock:settimeout(2000)
+      local ok, err = sock:connect("unix:$UNIX")
+      if not ok then return 502, { err = err } end
+      local pong = ask(sock, "PING")
+      sock:setkeepalive()
+      local s2 = moongate.socket.tcp()
+      local ok2 = s2:connect("unix:$UNIX")
+      local reused = s2:getreusedtimes()
+      s2:close()
+      local _, nerr = moongate.socket.tcp():connect("unix:$UNIX.none")
+      return 200, { ok = ok, pong = pong, ok2 = ok2, reused = reused, nerr = nerr }
+  end },
+
   { path = "/bounds", handler = function()
       local sock = assert(open())
       sock:send("SEND 1100000\n")
@@ -408,12 +440,13 @@ end
 local function start_server()
     local dir = helpers.tmpdir("cosock-srv")
     local pidfile, out = dir .. "/pid", dir .. "/out"
-    assert(os.execute(fmt("%s %s --pidfile %s > %s 2>&1 < /dev/null &", helpers.python,
-        shq(SERVER_PY), shq(pidfile), shq(out))))
+    local unix = dir .. "/line.sock"
+    assert(os.execute(fmt("%s %s --pidfile %s --unix %s > %s 2>&1 < /dev/null &", helpers.python,
+        shq(SERVER_PY), shq(pidfile), shq(unix), shq(out))))
     local ports = helpers.wait_until(function()
         local s = helpers.read_file(out) or ""
         local p, f = s:match("PORT (%d+)\nFULL (%d+)")
-        return p and { port = tonumber(p), full = tonumber(f) }
+        return p and { port = tonumber(p), full = tonumber(f), unix = unix }
     end, 10)
     track(helpers.wait_until(function() return tonumber(helpers.read_file(pidfile) or "") end, 5))
     assert(ports, "cosock_server.py did not start: " .. (helpers.read_file(out) or ""))
@@ -465,7 +498,7 @@ describe("cosockets (moongate.socket.tcp)", function()
                   unknown = tls.cert(other, { names = { "localhost" } }) }
         mg = helpers.start_moongate({
             name = "cosock", conf = CONF, routes = ROUTES, upstream = up,
-            vars = { ECHO = srv.port, FULL = srv.full, DEAD = helpers.free_port(),
+            vars = { ECHO = srv.port, FULL = srv.full, DEAD = helpers.free_port(), UNIX = srv.unix,
                      REDIS = redis or 1 },
             env = { SSL_CERT_FILE = ca.cert },
         })
@@ -544,6 +577,20 @@ describe("cosockets (moongate.socket.tcp)", function()
         assert.is_nil(j.err)
         assert.is_nil(j.again)
         assert.equal("closed", j.aerr)
+    end)
+
+    it("sends 4 MiB through a socket that fills, times a stalled send out", function()
+        local st, j = get_json("/bigsend")
+        assert.equal(200, st)
+        assert.same({ n1 = 13, n2 = 4194304, same = true, keep = 1, serr = "timeout",
+                      kerr = "closed" }, j)
+    end)
+
+    it("connects to a unix socket (\"unix:/path\"), pooled like TCP", function()
+        local st, j = get_json("/unix")
+        assert.equal(200, st)
+        assert.same({ ok = 1, pong = "PONG", ok2 = 1, reused = 1,
+                      nerr = "no such file or directory" }, j)
     end)
 
     it("bounds every read: 1 MiB for a line, 16 MiB for \"*a\" and a size", function()
