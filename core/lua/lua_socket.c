@@ -85,19 +85,20 @@ typedef struct mg_sock_until_s {
 
 struct mg_sconn_s {
     mg_io_t io;
-    struct event ev;  /* fd: EV_READ | EV_WRITE | EV_ET | EV_PERSIST */
+    struct event ev;  /* fd: READ | WRITE | CLOSED, edge-triggered, persistent */
     struct event tev; /* the wait's timeout; the idle expiry in the pool */
     unsigned ev_on : 1;
     unsigned eof : 1;     /* the peer ended its stream */
     unsigned dubious : 1; /* a timeout or an error: never pooled */
     unsigned tls_done : 1;
-    unsigned rd_ready : 1; /* TCP: bytes may wait in the socket (a read edge came
-                            * after the last short read) */
-    mg_sock_t *s;          /* the socket using it; NULL in the pool */
-    mg_sock_dns_t *dns;    /* OP_RESOLVE */
-    struct evbuffer *rb;   /* received, not returned yet */
-    struct evbuffer *wb;   /* to send */
-    size_t scan;           /* rb's first bytes known to hold no match */
+    unsigned rd_ready : 1;    /* TCP: bytes may wait in the socket (a read edge came
+                               * after the last short read) */
+    unsigned peer_closed : 1; /* EV_CLOSED seen: the peer's FIN or RST came */
+    mg_sock_t *s;             /* the socket using it; NULL in the pool */
+    mg_sock_dns_t *dns;       /* OP_RESOLVE */
+    struct evbuffer *rb;      /* received, not returned yet */
+    struct evbuffer *wb;      /* to send */
+    size_t scan;              /* rb's first bytes known to hold no match */
     struct sockaddr_storage addr;
     socklen_t alen;
     unsigned reused;
@@ -349,6 +350,8 @@ static void mg_sconn_io_cb(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     if (what & EV_READ)
         c->rd_ready = 1;
+    if (what & EV_CLOSED)
+        c->peer_closed = 1;
     if (c->s == NULL) {
         if (c->pool)
             mg_spool_check(c);
@@ -392,7 +395,7 @@ static int mg_sock_connect_start(mg_sock_t *s, lua_State *L) {
     if (c->addr.ss_family != AF_UNIX)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     mg_io_tcp(&c->io, fd);
-    event_assign(&c->ev, mg_worker.base, fd, EV_READ | EV_WRITE | EV_ET | EV_PERSIST,
+    event_assign(&c->ev, mg_worker.base, fd, EV_READ | EV_WRITE | EV_CLOSED | EV_ET | EV_PERSIST,
                  mg_sconn_io_cb, c);
     if (event_add(&c->ev, NULL) != 0) {
         mg_sock_close_conn(s);
@@ -785,6 +788,12 @@ static int mg_sock_recv_step(mg_sock_t *s, lua_State *L) {
         if (len > MG_SOCK_READ_MAX) {
             c->dubious = 1;
             return mg_sock_recv_fail(s, L, "too large", 0);
+        }
+        if (!c->io.tls && !c->rd_ready && !c->peer_closed) {
+            /* nothing came since a read emptied the socket: no recv() to
+             * learn it, the next bytes come with a read edge */
+            mg_sock_wait(s, s->to_read);
+            return -1;
         }
         n = mg_sock_fill(c);
         if (n > 0)
@@ -1270,7 +1279,7 @@ static int mg_sock_setkeepalive(lua_State *L) {
         return mg_sock_nil_err(L, "closed");
     if (mg_sock_rlen(c) || mg_io_pending(&c->io))
         why = "unread data in buffer";
-    else if (c->eof || c->dubious || (c->io.tls && !c->tls_done))
+    else if (c->eof || c->peer_closed || c->dubious || (c->io.tls && !c->tls_done))
         why = "closed";
     else if (c->wb && evbuffer_get_length(c->wb))
         why = "closed";
