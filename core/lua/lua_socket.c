@@ -264,14 +264,27 @@ static void mg_spool_unlink(mg_sconn_t *c) {
     c->pool = NULL;
     p->n--;
     mg_nidle--;
-    if (p->n == 0) { /* empty pools go: their number stays bounded */
-        mg_spool_t **pp = &mg_spools[mg_spool_hash(p->key)];
-        while (*pp != p)
-            pp = &(*pp)->next;
-        *pp = p->next;
-        free(p);
-        mg_npools--;
-    }
+}
+
+/* An empty pool goes: their number stays bounded. */
+static void mg_spool_gc(mg_spool_t *p) {
+    mg_spool_t **pp;
+    if (p == NULL || p->n > 0)
+        return;
+    pp = &mg_spools[mg_spool_hash(p->key)];
+    while (*pp != p)
+        pp = &(*pp)->next;
+    *pp = p->next;
+    free(p);
+    mg_npools--;
+}
+
+/* An idle connection leaves its pool and closes. */
+static void mg_spool_drop(mg_sconn_t *c) {
+    mg_spool_t *p = c->pool;
+    mg_spool_unlink(c);
+    mg_spool_gc(p);
+    mg_sconn_free(c);
 }
 
 /* A pooled connection to key, or NULL. */
@@ -282,6 +295,7 @@ static mg_sconn_t *mg_spool_get(const char *key) {
         return NULL;
     c = p->head;
     mg_spool_unlink(c);
+    mg_spool_gc(p);
     event_del(&c->tev);
     return c;
 }
@@ -292,7 +306,8 @@ static void mg_spool_put(mg_sconn_t *c, int idle_ms, int size) {
     mg_spool_t *p = mg_spool_find(c->key);
     if (p == NULL) {
         unsigned h = mg_spool_hash(c->key);
-        if (mg_npools >= MG_SOCK_POOLS_MAX || (p = calloc(1, sizeof(*p))) == NULL) {
+        if (mg_npools >= MG_SOCK_POOLS_MAX || mg_nidle >= MG_SOCK_IDLE_MAX ||
+            (p = calloc(1, sizeof(*p))) == NULL) {
             mg_sconn_free(c);
             return;
         }
@@ -301,19 +316,12 @@ static void mg_spool_put(mg_sconn_t *c, int idle_ms, int size) {
         p->next = mg_spools[h];
         mg_spools[h] = p;
         mg_npools++;
-    }
-    if (p->n >= p->size) {
+    } else if (p->n >= p->size) {
         /* full: the least recently used one makes room (as OpenResty) */
         mg_sconn_t *old = p->tail;
-        int last = p->n == 1;
         mg_spool_unlink(old);
         mg_sconn_free(old);
-        if (last) { /* the pool went with it */
-            mg_spool_put(c, idle_ms, size);
-            return;
-        }
-    }
-    if (mg_nidle >= MG_SOCK_IDLE_MAX) {
+    } else if (mg_nidle >= MG_SOCK_IDLE_MAX) {
         mg_sconn_free(c);
         return;
     }
@@ -339,8 +347,7 @@ static void mg_spool_check(mg_sconn_t *c) {
     ssize_t n = mg_io_read(&c->io, b, 1);
     if (n < 0 && errno == EAGAIN)
         return;
-    mg_spool_unlink(c);
-    mg_sconn_free(c);
+    mg_spool_drop(c);
 }
 
 /* ---- events ---- */
@@ -365,8 +372,7 @@ static void mg_sconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_sconn_t *c = arg;
     (void)fd, (void)what;
     if (c->s == NULL) { /* idle too long */
-        mg_spool_unlink(c);
-        mg_sconn_free(c);
+        mg_spool_drop(c);
         return;
     }
     if (c->s->op != OP_NONE)

@@ -88,6 +88,12 @@ return {
       return 200, { x = x, ok = ok, err = err, reused = reused }
   end },
 
+  { path = "/idle", handler = function()
+      local sock = assert(open(nil, "idle"))
+      ask(sock, "PING")
+      return 200, { keep = sock:setkeepalive(100) }
+  end },
+
   -- pooled before the server's late answer comes
   { path = "/late", handler = function()
       local sock = assert(open(nil, "late"))
@@ -545,6 +551,16 @@ describe("cosockets (moongate.socket.tcp)", function()
         assert.is_nil(j.ok)
         assert.equal("unread data in buffer", j.err)
         assert.equal(0, j.reused) -- the next connect made a new connection
+    end)
+
+    it("closes a pooled connection idle past setkeepalive's timeout", function()
+        local _, before = get_json("/stats")
+        local _, j = get_json("/idle")
+        assert.equal(1, j.keep)
+        assert.truthy(helpers.wait_until(function()
+            local _, s = get_json("/stats")
+            return s.open <= before.open
+        end, 5), "the idle connection stayed open")
     end)
 
     it("closes an idle pooled connection when its server sends anything", function()
