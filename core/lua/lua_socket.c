@@ -879,7 +879,15 @@ static int mg_sock_finish(mg_sock_t *s, lua_State *L, int n) {
 
 /* ---- the Lua methods ---- */
 
-static mg_sock_t *mg_sock_check(lua_State *L) { return luaL_checkudata(L, 1, MG_SOCK_MT); }
+/* The socket at index 1. The methods, __tostring and tcp() carry the
+ * metatable as their upvalue: a pointer compare, no registry lookup. */
+static mg_sock_t *mg_sock_check(lua_State *L) {
+    mg_sock_t *s = lua_touserdata(L, 1);
+    if (s == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+        luaL_typerror(L, 1, MG_SOCK_MT);
+    lua_pop(L, 1);
+    return s;
+}
 
 /* The socket's coroutine for a method that waits: NULL (nil, err pushed)
  * when it belongs to another one or waits already. */
@@ -908,7 +916,7 @@ static int mg_sock_new(lua_State *L) {
     mg_sock_t *s = lua_newuserdata(L, sizeof(*s));
     memset(s, 0, sizeof(*s));
     s->ref = s->uref = LUA_NOREF;
-    luaL_getmetatable(L, MG_SOCK_MT);
+    lua_pushvalue(L, lua_upvalueindex(1));
     lua_setmetatable(L, -2);
     return 1;
 }
@@ -1380,21 +1388,29 @@ static const luaL_Reg mg_sock_methods[] = {
 };
 
 void mg_lua_inject_socket_api(lua_State *L) {
+    int mt;
     luaL_newmetatable(L, MG_SOCK_MT);
+    mt = lua_gettop(L);
     lua_newtable(L);
-    luaL_register(L, NULL, mg_sock_methods);
-    lua_setfield(L, -2, "__index");
+    for (const luaL_Reg *r = mg_sock_methods; r->name; r++) {
+        lua_pushvalue(L, mt);
+        lua_pushcclosure(L, r->func, 1);
+        lua_setfield(L, -2, r->name);
+    }
+    lua_setfield(L, mt, "__index");
     lua_pushcfunction(L, mg_sock_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, mg_sock_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    lua_setfield(L, mt, "__gc");
+    lua_pushvalue(L, mt);
+    lua_pushcclosure(L, mg_sock_tostring, 1);
+    lua_setfield(L, mt, "__tostring");
     luaL_newmetatable(L, MG_SOCK_SESS_MT);
     lua_pushcfunction(L, mg_sock_sess_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
     lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, mg_sock_new);
+    lua_pushvalue(L, mt);
+    lua_pushcclosure(L, mg_sock_new, 1);
     lua_setfield(L, -2, "tcp");
+    lua_remove(L, mt);
     lua_setfield(L, -2, "socket"); /* core.socket */
 }
