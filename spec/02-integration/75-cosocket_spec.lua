@@ -50,6 +50,8 @@ local function auth(req)
 end
 
 return {
+  { path = "/mark", handler = function() return 200, "$MARK" end },
+
   { path = "/id", handler = function()
       local sock, err = open()
       if not sock then return 502, { err = err } end
@@ -505,7 +507,8 @@ describe("cosockets (moongate.socket.tcp)", function()
                   unknown = tls.cert(other, { names = { "localhost" } }) }
         mg = helpers.start_moongate({
             name = "cosock", conf = CONF, routes = ROUTES, upstream = up,
-            vars = { ECHO = srv.port, FULL = srv.full, DEAD = helpers.free_port(), UNIX = srv.unix,
+            vars = { MARK = "1", ECHO = srv.port, FULL = srv.full, DEAD = helpers.free_port(),
+                     UNIX = srv.unix,
                      REDIS = redis or 1 },
             env = { SSL_CERT_FILE = ca.cert },
         })
@@ -798,5 +801,21 @@ asyncio.run(main())
         assert.same({ hits = 2 }, select(2, get_json("/api/hits")))
         assert.same({ n = 1 }, select(2, get_json("/docs-incr")))
         assert.same({ n = 2 }, select(2, get_json("/docs-incr")))
+    end)
+
+    it("keeps the worker's pool across a reload", function()
+        local _, a = get_json("/id")
+        local _, b = get_json("/id")
+        assert.equal(a.id, b.id)
+        mg.vars.MARK = "2"
+        mg:write_routes(ROUTES)
+        mg:signal("HUP")
+        assert.truthy(helpers.wait_until(function()
+            local _, _, body = helpers.http(mg.port, "GET", "/mark")
+            return body == "2"
+        end, 10), "the reload did not take")
+        local _, c = get_json("/id")
+        assert.equal(b.id, c.id)
+        assert.equal(b.reused + 1, c.reused)
     end)
 end)
