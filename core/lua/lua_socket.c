@@ -521,7 +521,8 @@ static int mg_sock_resolve(mg_sock_t *s, lua_State *L, const char *host, int por
     mg_sock_dns_t *d;
     struct evdns_getaddrinfo_request *req;
     if (mg_sock_dnsbase == NULL)
-        mg_sock_dnsbase = evdns_base_new(mg_worker.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+        mg_sock_dnsbase = evdns_base_new(mg_worker.base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                                             EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     if (mg_sock_dnsbase == NULL) {
         mg_sock_close_conn(s);
         return mg_sock_nil_err(L, "no resolver (cannot read /etc/resolv.conf)");
