@@ -101,7 +101,6 @@ void mg_proxy_start(mg_req_t *r) {
         evbuffer_add(h, tail, o);
     }
 
-    r->up_start = mg_now(); /* the access log's upstream_ms */
     r->ux = mg_ux_start(rt->upstream, h, mg_proxy_method_idempotent(r->method),
                         r->method == HTTP_HEAD, &mg_proxy_sink, r, 0);
     if (r->ux == NULL) {
@@ -214,7 +213,7 @@ static void mg_proxy_on_flush(void *ud) {
 
 static void mg_proxy_on_done(void *ud) {
     mg_req_t *r = ud;
-    r->up_ms = (mg_now() - r->up_start) * 1000.0;
+    r->up_ms = r->ux ? mg_ux_ms(r->ux) : 0; /* the access log's upstream_ms */
     mg_proxy_detach(r);
     mg_resp_end(r);
     mg_req_target_done(r);
@@ -224,7 +223,7 @@ static void mg_proxy_on_error(void *ud, int status, const char *msg) {
     mg_req_t *r = ud;
     if (r->ux && r->up_addr == NULL)
         r->up_addr = mg_ux_peer_name(r->ux);
-    r->up_ms = (mg_now() - r->up_start) * 1000.0;
+    r->up_ms = r->ux ? mg_ux_ms(r->ux) : 0;
     mg_proxy_detach(r);
     if (status && !r->resp_started) {
         mg_warn("request %s: %s %.*s: %s (%d)", r->request_id,

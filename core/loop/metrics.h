@@ -173,12 +173,14 @@ static inline int mg_met_ws_side(const char *by) {
 /* MG_METRICS_OFF (bench/metrics.sh's baseline build): no increment at all,
  * arguments not evaluated; MG_MET(stmt) wraps the direct adds of callers. */
 #ifdef MG_METRICS_OFF
+#define MG_MET_ON 0
 #define MG_MET(x) ((void)0)
 #define mg_met_http(...) ((void)0)
 #define mg_met_conn(...) ((void)0)
 #define mg_met_ws_open(...) ((void)0)
 #define mg_met_gen_use(...) ((void)0)
 #else
+#define MG_MET_ON 1
 #define MG_MET(x) ((void)(x))
 static inline void mg_met_http(int name, int method_class, int status, double secs, uint64_t in,
                                uint64_t out) {
