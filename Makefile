@@ -8,7 +8,7 @@ PKGS = gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev 
        lua-cjson node-llhttp zlib1g-dev libnghttp2-dev
 TEST_PKGS = lua-busted lua-check luarocks lua-socket curl openssl python3 python3-websockets \
        nodejs node-ws chromium clang-format valgrind pebble prometheus util-linux \
-       python3-yaml nghttp2-client python3-h2
+       python3-yaml nghttp2-client python3-h2 redis-server
 DEPS_STAMP = .deps-ok
 TEST_STAMP = .deps-test-ok
 

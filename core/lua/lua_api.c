@@ -69,6 +69,7 @@ static void mg_lua_co_free(mg_co_t *co) {
     mg_gen_t *gen = co->gen;
     event_del(&co->tev);
     mg_lua_http_end(co);
+    mg_lua_socket_co_end(co);
     if (co->reusable && gen->nco_pool < MG_CO_POOL && !co->hbody && !co->hhead &&
         !co->tmp_up.peers) {
         lua_settop(co->L, 0);
@@ -614,6 +615,7 @@ void mg_lua_open_api(lua_State *L) {
     lua_setfield(L, -2, "req_key");
     mg_lua_inject_resp_api(L);
     mg_lua_inject_client_api(L);
+    mg_lua_inject_socket_api(L);
     lua_pushstring(L, MG_VERSION);
     lua_setfield(L, -2, "version");
     mg_shdict_open_api(L);

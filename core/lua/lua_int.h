@@ -10,8 +10,9 @@
 #include "lua/lua.h"
 
 typedef struct mg_lws_s mg_lws_t;
+typedef struct mg_sock_s mg_sock_t;
 
-enum { MG_W_NONE, MG_W_SLEEP, MG_W_HTTP, MG_W_BODY, MG_W_READ, MG_W_DRAIN, MG_W_HREAD };
+enum { MG_W_NONE, MG_W_SLEEP, MG_W_HTTP, MG_W_BODY, MG_W_READ, MG_W_DRAIN, MG_W_HREAD, MG_W_SOCK };
 
 /* moongate.http.request: default max_body of a buffered response */
 #define MG_HTTP_MAX_BODY (16 * 1024 * 1024)
@@ -42,6 +43,7 @@ struct mg_co_s {
     int hdone;              /* streamed response: the body ended */
     unsigned hsid;          /* streamed response id (an old resp:read() sees "closed") */
     const char *herr;       /* streamed response: how it failed */
+    mg_sock_t *socks;       /* lua_socket.c: the cosockets it connected (closed when it ends) */
 };
 
 /* init.lua's entry points (registry functions), found once per generation */
@@ -70,6 +72,9 @@ void mg_lua_inject_client_api(lua_State *L); /* lua_client.c */
 void mg_lua_ws_co_end(mg_co_t *co);          /* lua_ws.c: the owner coroutine ended */
 void mg_lua_ws_error(mg_co_t *co);           /* the handler raised: close with 1011 */
 void mg_lua_http_end(mg_co_t *co); /* lua_client.c: the coroutine ends: drop its exchange */
+/* lua_socket.c: core.socket (moongate.socket.tcp); the coroutine ends: close its sockets */
+void mg_lua_inject_socket_api(lua_State *L);
+void mg_lua_socket_co_end(mg_co_t *co);
 
 /* lua_ffi.c: the request and response API init.lua calls through the FFI
  * (declared there with ffi.cdef; the slices are {pointer, length}) */

@@ -590,6 +590,8 @@ function http.json(resp)
 end
 
 _M.crypto = core.crypto
+-- moongate.socket.tcp(): cosockets as OpenResty's ngx.socket.tcp (core/lua/lua_socket.c)
+_M.socket = core.socket
 
 -- moongate.shared.<name>: the conf's shared_dicts, opened on first use
 _M.shared = setmetatable({}, { __index = function(t, name)
