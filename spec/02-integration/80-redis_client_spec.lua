@@ -130,6 +130,47 @@ return {
 }
 ]=]
 
+describe("the redis conf", function()
+    -- moongate -t (and -T) in a fresh dir with this conf; env: a shell prefix
+    local function check(conf, env, flag)
+        local dir = helpers.tmpdir("redis-conf")
+        helpers.mkdir_p(dir .. "/conf")
+        helpers.mkdir_p(dir .. "/scripts")
+        helpers.write_file(dir .. "/conf/moongate.lua", conf)
+        helpers.write_file(dir .. "/scripts/routes.lua", "return {}\n")
+        return helpers.sh(string.format("cd %s && env -u MOONGATE_REDIS_URL %s %s %s -c "
+            .. "conf/moongate.lua", shq(dir), env or "", shq(helpers.bin), flag or "-t"))
+    end
+
+    it("is checked at load with file:line errors", function()
+        local out, rc = check('return {\n  workers = 1,\n  redis = {\n    url = "http://x",\n  },\n}\n')
+        assert.not_equal(0, rc)
+        assert.matches("conf/moongate.lua:4: redis.url: expected a redis:// or rediss:// URL, got "
+            .. "'http://x'", out, 1, true)
+        out = check('return {\n  redis = { url = "redis://127.0.0.1", poool = 3 },\n}\n')
+        assert.matches("conf/moongate.lua:2: redis.poool: unknown field 'poool'", out, 1, true)
+        out = check('return {\n  redis = { url = "redis://127.0.0.1/x" },\n}\n')
+        assert.matches("redis.url: bad database 'x'", out, 1, true)
+        out = check('return {\n  redis = {\n    url = "redis://h", timeout = -1 },\n}\n')
+        assert.matches("conf/moongate.lua:3: redis.timeout: expected a number from", out, 1, true)
+        out = check('return {\n  redis = { pool = 3 },\n}\n')
+        assert.matches("redis.url: missing", out, 1, true)
+    end)
+
+    it("takes MOONGATE_REDIS_URL, and keeps the password out of -T", function()
+        local out, rc = check("return { workers = 1 }\n", "MOONGATE_REDIS_URL=redis://h:99999")
+        assert.not_equal(0, rc)
+        assert.matches("env:0: MOONGATE_REDIS_URL: bad port 99999 (1-65535)", out, 1, true)
+        out, rc = check("return { workers = 1 }\n",
+            "MOONGATE_REDIS_URL=" .. shq("rediss://u:pw-secret@h:7000/1"), "-T")
+        assert.equal(0, rc, out)
+        assert.not_matches("not a moongate variable", out, 1, true)
+        assert.matches('"redis":"environment"', out, 1, true) -- sources
+        assert.matches('"url":"rediss://u:***@h:7000/1"', out, 1, true)
+        assert.not_matches("pw-secret", out, 1, true)
+    end)
+end)
+
 describe("moongate.redis", function()
     local main, mg
 
