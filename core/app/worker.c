@@ -205,10 +205,14 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
                 mg_app_ctl_send(sock, MG_CTL_REFUSE, m.id, err, -1);
                 break;
             }
-            mg_gen_retain(g);
-            if (mg_gen_pending)
-                mg_gen_release(mg_gen_pending);
-            mg_gen_pending = g;
+            {
+                /* pending first: its reference is not a request's (gen.c's count) */
+                mg_gen_t *prev = mg_gen_pending;
+                mg_gen_pending = g;
+                mg_gen_retain(g);
+                if (prev)
+                    mg_gen_release(prev);
+            }
             mg_app_ctl_send(sock, MG_CTL_READY, m.id, NULL, -1);
             break;
         case MG_CTL_COMMIT:

@@ -459,6 +459,18 @@ int mg_http_log_off(const mg_req_t *r) {
     return e && e->no_access_log;
 }
 
+/* the metrics label of a request: its route's; unrouted, "(admin)" on the
+ * admin listener (its own traffic is not the users'), else "(none)" (no
+ * route matched, or refused before routing: 400, 408, 413, 414, 431, ...) */
+static inline int mg_http_met_name(const mg_req_t *r) {
+    if (r->route)
+        return mg_route_met(r->route);
+    if (r->lidx >= 0 && r->lidx < mg_worker.nfd && mg_worker.laddr &&
+        mg_worker.laddr[r->lidx].admin)
+        return MG_MET_ADMIN;
+    return MG_MET_NONE;
+}
+
 static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
     /* a half-closed client still gets the answers to what it pipelined */
     if (r->resp_close || !r->keep_alive || (X(c)->eof && c->in_len == 0))
@@ -492,8 +504,11 @@ static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
         if (n > 0)
             mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
     }
-    mg_met_http(mg_route_met(r->route), mg_met_method_class(r->method), r->status,
-                mg_now() - r->t_start, r->body_rx, r->bytes_out);
+    /* a head refused before it was whole has no method yet (r->method 0
+     * would read as DELETE): "other" */
+    mg_met_http(mg_http_met_name(r),
+                r->state == MG_REQ_HEAD ? MG_MET_M_OTHER : mg_met_method_class(r->method),
+                r->status, mg_now() - r->t_start, r->body_rx, r->bytes_out);
     mg_http_hooks->done(r);
     c->req = NULL;
     c->nreq++;

@@ -85,19 +85,20 @@ typedef struct mg_sock_until_s {
 
 struct mg_sconn_s {
     mg_io_t io;
-    struct event ev;  /* fd: EV_READ | EV_WRITE | EV_ET | EV_PERSIST */
+    struct event ev;  /* fd: READ | WRITE | CLOSED, edge-triggered, persistent */
     struct event tev; /* the wait's timeout; the idle expiry in the pool */
     unsigned ev_on : 1;
     unsigned eof : 1;     /* the peer ended its stream */
     unsigned dubious : 1; /* a timeout or an error: never pooled */
     unsigned tls_done : 1;
-    unsigned rd_ready : 1; /* TCP: bytes may wait in the socket (a read edge came
-                            * after the last short read) */
-    mg_sock_t *s;          /* the socket using it; NULL in the pool */
-    mg_sock_dns_t *dns;    /* OP_RESOLVE */
-    struct evbuffer *rb;   /* received, not returned yet */
-    struct evbuffer *wb;   /* to send */
-    size_t scan;           /* rb's first bytes known to hold no match */
+    unsigned rd_ready : 1;    /* TCP: bytes may wait in the socket (a read edge came
+                               * after the last short read) */
+    unsigned peer_closed : 1; /* EV_CLOSED seen: the peer's FIN or RST came */
+    mg_sock_t *s;             /* the socket using it; NULL in the pool */
+    mg_sock_dns_t *dns;       /* OP_RESOLVE */
+    struct evbuffer *rb;      /* received, not returned yet */
+    struct evbuffer *wb;      /* to send */
+    size_t scan;              /* rb's first bytes known to hold no match */
     struct sockaddr_storage addr;
     socklen_t alen;
     unsigned reused;
@@ -263,14 +264,27 @@ static void mg_spool_unlink(mg_sconn_t *c) {
     c->pool = NULL;
     p->n--;
     mg_nidle--;
-    if (p->n == 0) { /* empty pools go: their number stays bounded */
-        mg_spool_t **pp = &mg_spools[mg_spool_hash(p->key)];
-        while (*pp != p)
-            pp = &(*pp)->next;
-        *pp = p->next;
-        free(p);
-        mg_npools--;
-    }
+}
+
+/* An empty pool goes: their number stays bounded. */
+static void mg_spool_gc(mg_spool_t *p) {
+    mg_spool_t **pp;
+    if (p == NULL || p->n > 0)
+        return;
+    pp = &mg_spools[mg_spool_hash(p->key)];
+    while (*pp != p)
+        pp = &(*pp)->next;
+    *pp = p->next;
+    free(p);
+    mg_npools--;
+}
+
+/* An idle connection leaves its pool and closes. */
+static void mg_spool_drop(mg_sconn_t *c) {
+    mg_spool_t *p = c->pool;
+    mg_spool_unlink(c);
+    mg_spool_gc(p);
+    mg_sconn_free(c);
 }
 
 /* A pooled connection to key, or NULL. */
@@ -281,6 +295,7 @@ static mg_sconn_t *mg_spool_get(const char *key) {
         return NULL;
     c = p->head;
     mg_spool_unlink(c);
+    mg_spool_gc(p);
     event_del(&c->tev);
     return c;
 }
@@ -291,7 +306,8 @@ static void mg_spool_put(mg_sconn_t *c, int idle_ms, int size) {
     mg_spool_t *p = mg_spool_find(c->key);
     if (p == NULL) {
         unsigned h = mg_spool_hash(c->key);
-        if (mg_npools >= MG_SOCK_POOLS_MAX || (p = calloc(1, sizeof(*p))) == NULL) {
+        if (mg_npools >= MG_SOCK_POOLS_MAX || mg_nidle >= MG_SOCK_IDLE_MAX ||
+            (p = calloc(1, sizeof(*p))) == NULL) {
             mg_sconn_free(c);
             return;
         }
@@ -300,19 +316,12 @@ static void mg_spool_put(mg_sconn_t *c, int idle_ms, int size) {
         p->next = mg_spools[h];
         mg_spools[h] = p;
         mg_npools++;
-    }
-    if (p->n >= p->size) {
+    } else if (p->n >= p->size) {
         /* full: the least recently used one makes room (as OpenResty) */
         mg_sconn_t *old = p->tail;
-        int last = p->n == 1;
         mg_spool_unlink(old);
         mg_sconn_free(old);
-        if (last) { /* the pool went with it */
-            mg_spool_put(c, idle_ms, size);
-            return;
-        }
-    }
-    if (mg_nidle >= MG_SOCK_IDLE_MAX) {
+    } else if (mg_nidle >= MG_SOCK_IDLE_MAX) {
         mg_sconn_free(c);
         return;
     }
@@ -338,8 +347,7 @@ static void mg_spool_check(mg_sconn_t *c) {
     ssize_t n = mg_io_read(&c->io, b, 1);
     if (n < 0 && errno == EAGAIN)
         return;
-    mg_spool_unlink(c);
-    mg_sconn_free(c);
+    mg_spool_drop(c);
 }
 
 /* ---- events ---- */
@@ -349,6 +357,8 @@ static void mg_sconn_io_cb(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     if (what & EV_READ)
         c->rd_ready = 1;
+    if (what & EV_CLOSED)
+        c->peer_closed = 1;
     if (c->s == NULL) {
         if (c->pool)
             mg_spool_check(c);
@@ -362,8 +372,7 @@ static void mg_sconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_sconn_t *c = arg;
     (void)fd, (void)what;
     if (c->s == NULL) { /* idle too long */
-        mg_spool_unlink(c);
-        mg_sconn_free(c);
+        mg_spool_drop(c);
         return;
     }
     if (c->s->op != OP_NONE)
@@ -392,7 +401,7 @@ static int mg_sock_connect_start(mg_sock_t *s, lua_State *L) {
     if (c->addr.ss_family != AF_UNIX)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     mg_io_tcp(&c->io, fd);
-    event_assign(&c->ev, mg_worker.base, fd, EV_READ | EV_WRITE | EV_ET | EV_PERSIST,
+    event_assign(&c->ev, mg_worker.base, fd, EV_READ | EV_WRITE | EV_CLOSED | EV_ET | EV_PERSIST,
                  mg_sconn_io_cb, c);
     if (event_add(&c->ev, NULL) != 0) {
         mg_sock_close_conn(s);
@@ -512,7 +521,8 @@ static int mg_sock_resolve(mg_sock_t *s, lua_State *L, const char *host, int por
     mg_sock_dns_t *d;
     struct evdns_getaddrinfo_request *req;
     if (mg_sock_dnsbase == NULL)
-        mg_sock_dnsbase = evdns_base_new(mg_worker.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+        mg_sock_dnsbase = evdns_base_new(mg_worker.base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                                             EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     if (mg_sock_dnsbase == NULL) {
         mg_sock_close_conn(s);
         return mg_sock_nil_err(L, "no resolver (cannot read /etc/resolv.conf)");
@@ -786,6 +796,12 @@ static int mg_sock_recv_step(mg_sock_t *s, lua_State *L) {
             c->dubious = 1;
             return mg_sock_recv_fail(s, L, "too large", 0);
         }
+        if (!c->io.tls && !c->rd_ready && !c->peer_closed) {
+            /* nothing came since a read emptied the socket: no recv() to
+             * learn it, the next bytes come with a read edge */
+            mg_sock_wait(s, s->to_read);
+            return -1;
+        }
         n = mg_sock_fill(c);
         if (n > 0)
             continue;
@@ -864,7 +880,15 @@ static int mg_sock_finish(mg_sock_t *s, lua_State *L, int n) {
 
 /* ---- the Lua methods ---- */
 
-static mg_sock_t *mg_sock_check(lua_State *L) { return luaL_checkudata(L, 1, MG_SOCK_MT); }
+/* The socket at index 1. The methods, __tostring and tcp() carry the
+ * metatable as their upvalue: a pointer compare, no registry lookup. */
+static mg_sock_t *mg_sock_check(lua_State *L) {
+    mg_sock_t *s = lua_touserdata(L, 1);
+    if (s == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+        luaL_typerror(L, 1, MG_SOCK_MT);
+    lua_pop(L, 1);
+    return s;
+}
 
 /* The socket's coroutine for a method that waits: NULL (nil, err pushed)
  * when it belongs to another one or waits already. */
@@ -893,7 +917,7 @@ static int mg_sock_new(lua_State *L) {
     mg_sock_t *s = lua_newuserdata(L, sizeof(*s));
     memset(s, 0, sizeof(*s));
     s->ref = s->uref = LUA_NOREF;
-    luaL_getmetatable(L, MG_SOCK_MT);
+    lua_pushvalue(L, lua_upvalueindex(1));
     lua_setmetatable(L, -2);
     return 1;
 }
@@ -1270,7 +1294,7 @@ static int mg_sock_setkeepalive(lua_State *L) {
         return mg_sock_nil_err(L, "closed");
     if (mg_sock_rlen(c) || mg_io_pending(&c->io))
         why = "unread data in buffer";
-    else if (c->eof || c->dubious || (c->io.tls && !c->tls_done))
+    else if (c->eof || c->peer_closed || c->dubious || (c->io.tls && !c->tls_done))
         why = "closed";
     else if (c->wb && evbuffer_get_length(c->wb))
         why = "closed";
@@ -1365,21 +1389,29 @@ static const luaL_Reg mg_sock_methods[] = {
 };
 
 void mg_lua_inject_socket_api(lua_State *L) {
+    int mt;
     luaL_newmetatable(L, MG_SOCK_MT);
+    mt = lua_gettop(L);
     lua_newtable(L);
-    luaL_register(L, NULL, mg_sock_methods);
-    lua_setfield(L, -2, "__index");
+    for (const luaL_Reg *r = mg_sock_methods; r->name; r++) {
+        lua_pushvalue(L, mt);
+        lua_pushcclosure(L, r->func, 1);
+        lua_setfield(L, -2, r->name);
+    }
+    lua_setfield(L, mt, "__index");
     lua_pushcfunction(L, mg_sock_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, mg_sock_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    lua_setfield(L, mt, "__gc");
+    lua_pushvalue(L, mt);
+    lua_pushcclosure(L, mg_sock_tostring, 1);
+    lua_setfield(L, mt, "__tostring");
     luaL_newmetatable(L, MG_SOCK_SESS_MT);
     lua_pushcfunction(L, mg_sock_sess_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
     lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, mg_sock_new);
+    lua_pushvalue(L, mt);
+    lua_pushcclosure(L, mg_sock_new, 1);
     lua_setfield(L, -2, "tcp");
+    lua_remove(L, mt);
     lua_setfield(L, -2, "socket"); /* core.socket */
 }

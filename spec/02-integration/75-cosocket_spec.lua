@@ -50,6 +50,8 @@ local function auth(req)
 end
 
 return {
+  { path = "/mark", handler = function() return 200, "$MARK" end },
+
   { path = "/id", handler = function()
       local sock, err = open()
       if not sock then return 502, { err = err } end
@@ -88,6 +90,12 @@ return {
       return 200, { x = x, ok = ok, err = err, reused = reused }
   end },
 
+  { path = "/idle", handler = function()
+      local sock = assert(open(nil, "idle"))
+      ask(sock, "PING")
+      return 200, { keep = sock:setkeepalive(100) }
+  end },
+
   -- pooled before the server's late answer comes
   { path = "/late", handler = function()
       local sock = assert(open(nil, "late"))
@@ -118,6 +126,38 @@ return {
       local sum = 0
       for i = 1, #data, 997 do sum = (sum + data:byte(i) * i) % 1000000007 end
       return 200, { len = #data, sum = sum, err = err, again = again, aerr = aerr }
+  end },
+
+  -- 4 MiB each way: the send waits for the socket to drain
+  { path = "/bigsend", handler = function()
+      local sock = assert(open())
+      local data = string.rep("abcdefg\n", 512 * 1024)
+      local n1 = sock:send("ECHO " .. #data .. "\n")
+      local n2, err = sock:send(data)
+      local back, rerr = sock:receive(#data)
+      local ok = sock:setkeepalive()
+      local s2 = assert(open())
+      s2:settimeouts(1000, 300, 1000)
+      s2:send("STALL\n")
+      local n3, serr = s2:send(string.rep("x", 16 * 1024 * 1024))
+      local _, kerr = s2:setkeepalive()
+      return 200, { n1 = n1, n2 = n2, err = err, same = back == data, rerr = rerr, keep = ok,
+                    n3 = n3, serr = serr, kerr = kerr }
+  end },
+
+  { path = "/unix", handler = function()
+      local sock = moongate.socket.tcp()
+      sock:settimeout(2000)
+      local ok, err = sock:connect("unix:$UNIX")
+      if not ok then return 502, { err = err } end
+      local pong = ask(sock, "PING")
+      sock:setkeepalive()
+      local s2 = moongate.socket.tcp()
+      local ok2 = s2:connect("unix:$UNIX")
+      local reused = s2:getreusedtimes()
+      s2:close()
+      local _, nerr = moongate.socket.tcp():connect("unix:$UNIX.none")
+      return 200, { ok = ok, pong = pong, ok2 = ok2, reused = reused, nerr = nerr }
   end },
 
   { path = "/bounds", handler = function()
@@ -186,6 +226,7 @@ return {
       r.reused_closed = select(2, sock:getreusedtimes())
       r.badport = select(2, sock:connect("127.0.0.1", 70000))
       r.raises = not pcall(sock.receive, sock, "*x")
+      r.wrong_self = select(2, pcall(sock.close, {}))
       local s2 = assert(open())
       s2:send("RESET\n")
       local d, rerr = s2:receive()
@@ -408,12 +449,13 @@ end
 local function start_server()
     local dir = helpers.tmpdir("cosock-srv")
     local pidfile, out = dir .. "/pid", dir .. "/out"
-    assert(os.execute(fmt("%s %s --pidfile %s > %s 2>&1 < /dev/null &", helpers.python,
-        shq(SERVER_PY), shq(pidfile), shq(out))))
+    local unix = dir .. "/line.sock"
+    assert(os.execute(fmt("%s %s --pidfile %s --unix %s > %s 2>&1 < /dev/null &", helpers.python,
+        shq(SERVER_PY), shq(pidfile), shq(unix), shq(out))))
     local ports = helpers.wait_until(function()
         local s = helpers.read_file(out) or ""
         local p, f = s:match("PORT (%d+)\nFULL (%d+)")
-        return p and { port = tonumber(p), full = tonumber(f) }
+        return p and { port = tonumber(p), full = tonumber(f), unix = unix }
     end, 10)
     track(helpers.wait_until(function() return tonumber(helpers.read_file(pidfile) or "") end, 5))
     assert(ports, "cosock_server.py did not start: " .. (helpers.read_file(out) or ""))
@@ -465,7 +507,8 @@ describe("cosockets (moongate.socket.tcp)", function()
                   unknown = tls.cert(other, { names = { "localhost" } }) }
         mg = helpers.start_moongate({
             name = "cosock", conf = CONF, routes = ROUTES, upstream = up,
-            vars = { ECHO = srv.port, FULL = srv.full, DEAD = helpers.free_port(),
+            vars = { MARK = "1", ECHO = srv.port, FULL = srv.full, DEAD = helpers.free_port(),
+                     UNIX = srv.unix,
                      REDIS = redis or 1 },
             env = { SSL_CERT_FILE = ca.cert },
         })
@@ -514,6 +557,16 @@ describe("cosockets (moongate.socket.tcp)", function()
         assert.equal(0, j.reused) -- the next connect made a new connection
     end)
 
+    it("closes a pooled connection idle past setkeepalive's timeout", function()
+        local _, before = get_json("/stats")
+        local _, j = get_json("/idle")
+        assert.equal(1, j.keep)
+        assert.truthy(helpers.wait_until(function()
+            local _, s = get_json("/stats")
+            return s.open <= before.open
+        end, 5), "the idle connection stayed open")
+    end)
+
     it("closes an idle pooled connection when its server sends anything", function()
         local _, before = get_json("/stats")
         local _, j = get_json("/late")
@@ -544,6 +597,20 @@ describe("cosockets (moongate.socket.tcp)", function()
         assert.is_nil(j.err)
         assert.is_nil(j.again)
         assert.equal("closed", j.aerr)
+    end)
+
+    it("sends 4 MiB through a socket that fills, times a stalled send out", function()
+        local st, j = get_json("/bigsend")
+        assert.equal(200, st)
+        assert.same({ n1 = 13, n2 = 4194304, same = true, keep = 1, serr = "timeout",
+                      kerr = "closed" }, j)
+    end)
+
+    it("connects to a unix socket (\"unix:/path\"), pooled like TCP", function()
+        local st, j = get_json("/unix")
+        assert.equal(200, st)
+        assert.same({ ok = 1, pong = "PONG", ok2 = 1, reused = 1,
+                      nerr = "no such file or directory" }, j)
     end)
 
     it("bounds every read: 1 MiB for a line, 16 MiB for \"*a\" and a size", function()
@@ -592,6 +659,7 @@ describe("cosockets (moongate.socket.tcp)", function()
         assert.equal("closed", j.reused_closed)
         assert.equal("bad port number: 70000", j.badport)
         assert.is_true(j.raises)
+        assert.matches("moongate.socket.tcp expected", j.wrong_self)
         assert.equal("connection reset by peer", j.reset)
         assert.equal(1, j.name)
         assert.equal("PONG", j.name_id)
@@ -733,5 +801,21 @@ asyncio.run(main())
         assert.same({ hits = 2 }, select(2, get_json("/api/hits")))
         assert.same({ n = 1 }, select(2, get_json("/docs-incr")))
         assert.same({ n = 2 }, select(2, get_json("/docs-incr")))
+    end)
+
+    it("keeps the worker's pool across a reload", function()
+        local _, a = get_json("/id")
+        local _, b = get_json("/id")
+        assert.equal(a.id, b.id)
+        mg.vars.MARK = "2"
+        mg:write_routes(ROUTES)
+        mg:signal("HUP")
+        assert.truthy(helpers.wait_until(function()
+            local _, _, body = helpers.http(mg.port, "GET", "/mark")
+            return body == "2"
+        end, 10), "the reload did not take")
+        local _, c = get_json("/id")
+        assert.equal(b.id, c.id)
+        assert.equal(b.reused + 1, c.reused)
     end)
 end)
