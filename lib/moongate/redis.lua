@@ -83,12 +83,22 @@ local function hex(d)
   return (str_format(str_rep("%02x", #d), str_byte(d, 1, -1)))
 end
 
+-- redis.new{...}'s numeric options: their least value (seconds; pool a count)
+local OPTION_MIN = { timeout = 0.001, pool = 1, keepalive = 0, backoff = 0.001, backoff_max = 0.001 }
+
 local function settings(opts)
   local d = redis_conf.DEFAULTS
   local c
   if opts.host then
     c = opts -- the loader's normalized section
   else
+    for k, min in pairs(OPTION_MIN) do
+      local v = opts[k]
+      if v ~= nil and (type(v) ~= "number" or v ~= v or v < min or v > 86400) then
+        return nil, str_format("bad option %s: expected a number from %g to 86400, got %s", k,
+                               min, tostring(v))
+      end
+    end
     local u, reason = redis_conf.parse_url(opts.url)
     if not u then
       return nil, reason
