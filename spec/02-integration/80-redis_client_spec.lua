@@ -264,6 +264,42 @@ describe("moongate.redis", function()
         assert.equal("v1", j.after) -- a new connection, not the broken one
     end)
 
+    it("bounds what it reads: bulk length, array size, the reply's shape", function()
+        local dir = helpers.tmpdir("redis-hostile")
+        local portfile, pidfile = dir .. "/port", dir .. "/pid"
+        assert(os.execute(string.format("%s %s --portfile %s --lifetime 120 > %s/out 2>&1 "
+            .. "< /dev/null & echo $! > %s", helpers.python,
+            shq(helpers.root .. "/spec/fixtures/resp_server.py"), shq(portfile), shq(dir),
+            shq(pidfile))))
+        local pid = helpers.track(helpers.wait_until(function()
+            return tonumber(helpers.read_file(pidfile) or "")
+        end, 5))
+        finally(function() helpers.stop(pid) end)
+        local port = helpers.wait_until(function()
+            return tonumber(helpers.read_file(portfile) or "")
+        end, 10)
+        assert(port, "resp_server.py did not start")
+        local url = esc(string.format("redis://127.0.0.1:%d/0", port))
+        local function ask(name)
+            return get("/other?url=" .. url .. "&args=" .. esc('["GET","' .. name .. '"]'))
+        end
+        local cases = {
+            bigbulk = "redis protocol error: bulk string of 16777217 bytes (at most 16777216)",
+            bigarray = "redis protocol error: array of 1048577 items (at most 1048576)",
+            neglen = "redis protocol error: bad bulk length",
+            badtype = "redis protocol error: unknown reply type 0x3f",
+            nocrlf = "redis protocol error: bulk string without CR LF",
+            badint = "redis protocol error: bad integer reply",
+        }
+        for name, want in pairs(cases) do
+            local j = ask(name)
+            assert.is_nil(j.v)
+            assert.equal(want, j.err)
+            -- the broken connection was closed, not pooled: the next call is fine
+            assert.equal("OK", ask("fine").v)
+        end
+    end)
+
     it("authenticates as an ACL user and selects the URL's database", function()
         local acl = rh.start({ name = "redis-acl",
             args = "--user default off --user alice on " .. shq(">s3cret") .. " "
@@ -423,6 +459,18 @@ describe("moongate.redis", function()
         assert.is_true(msgs().status.connects >= 2)
         assert.matches("redis subscriber 127%.0%.0%.1:%d+/0: connected again, channels restored",
             m4:log())
+
+        -- a reload: the old generation's subscriber ends, the new scripts
+        -- subscribe again; Redis still sees one subscriber
+        m4:reload()
+        helpers.http(m4.port, "GET", "/sub?ch=news")
+        assert(helpers.wait_until(function() return msgs().confirmed end, 10))
+        assert(helpers.wait_until(function()
+            return rh.cli(r, "PUBSUB NUMSUB news") == "news\n1"
+        end, 10), rh.cli(r, "PUBSUB NUMSUB news"))
+        assert.equal("1", rh.cli(r, "PUBLISH news after-reload"))
+        assert(helpers.wait_until(function() return #msgs().msgs == 2 end, 10))
+        assert.same({ "a:after-reload", "b:after-reload" }, msgs().msgs)
 
         -- the last unsubscribe ends the subscription
         helpers.http(m4.port, "GET", "/unsub?ch=news")
