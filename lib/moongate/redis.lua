@@ -405,15 +405,26 @@ local function connect(cfg, pool)
   return sock
 end
 
+-- a pooled connection that fails this way before any reply came was closed
+-- by its server while idle (a restart): the command is sent once more on a
+-- new connection
+local STALE = { closed = true, ["connection reset by peer"] = true, ["broken pipe"] = true }
+
 -- Sends out (n pieces) and reads `count` replies. Returns the replies as a
 -- list (`count` > 1 or `list`), or the one reply (nil, msg for an error).
-local function exchange(cfg, out, count, list)
+local exchange
+exchange = function(cfg, out, count, list, retried)
   local sock, err = connect(cfg, cfg.key)
   if not sock then
     return nil, err
   end
+  local stale_ok = not retried and sock:getreusedtimes() > 0
   local sent, serr = sock:send(out)
   if not sent then
+    if stale_ok and STALE[serr] then
+      sock:close()
+      return exchange(cfg, out, count, list, true)
+    end
     return fail(cfg, sock, serr)
   end
   local budget = { 0 }
@@ -422,6 +433,10 @@ local function exchange(cfg, out, count, list)
   for i = 1, count do
     local v, rerr = read_reply(sock, 0, budget)
     if v == nil then
+      if i == 1 and stale_ok and STALE[rerr] and budget[1] == 0 then
+        sock:close()
+        return exchange(cfg, out, count, list, true)
+      end
       return fail(cfg, sock, rerr)
     end
     if list then

@@ -61,7 +61,7 @@ describe("rate-limit policy = redis", function()
     it("lets three instances together through 100 +- 5 % per second", function()
         local ports = {}
         for i, mg in ipairs(mgs) do ports[i] = mg.port end
-        local secs, edge = 7, 1
+        local secs, edge = 8, 1
         local out, rc = helpers.sh(string.format("timeout -s KILL 60 %s %s --ports %s --path /rl "
             .. "--secs %d --edge %d --threads 3", helpers.python, helpers.shq(FLOOD_PY),
             table.concat(ports, ","), secs, edge))
