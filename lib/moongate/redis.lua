@@ -60,6 +60,7 @@ local null = moongate.json.null
 _M.null = null
 
 local MAX_BULK = 16 * 1024 * 1024
+local RECV_MAX = 16 * 1024 * 1024 -- sock:receive(size)'s bound (docs/plugins.md)
 local MAX_ARRAY = 1024 * 1024
 local MAX_DEPTH = 8
 local MAX_REPLY = 64 * 1024 * 1024
@@ -291,6 +292,20 @@ read_reply = function(sock, depth, budget, line)
     budget[1] = budget[1] + n
     if budget[1] > MAX_REPLY then
       return perr("reply larger than " .. MAX_REPLY .. " bytes")
+    end
+    if n > RECV_MAX - 2 then -- the cosocket's receive(size) holds at most 16 MiB
+      local data, err = sock:receive(n)
+      if not data then
+        return nil, err
+      end
+      local crlf, cerr = sock:receive(2)
+      if not crlf then
+        return nil, cerr
+      end
+      if crlf ~= "\r\n" then
+        return perr("bulk string without CR LF")
+      end
+      return data
     end
     local data, err = sock:receive(n + 2)
     if not data then

@@ -90,6 +90,15 @@ return {
       local after = r:get("k1")
       return 200, { v = v, err = err, after = after }
   end },
+  { path = "/big", handler = function()
+      local r = client({ query = {} })
+      local v = string.rep("0123456789abcdef", 1024 * 1024) -- 16 MiB, the bound
+      local ok, err = r:set("big", v)
+      local got, gerr = r:get("big")
+      r:del("big")
+      return 200, { ok = ok, err = err, same = got == v, len = type(got) == "string" and #got,
+                    gerr = gerr }
+  end },
   -- one command on another server: ?url=&args=["GET","k"]
   { path = "/other", handler = function(req)
       local r = client(req)
@@ -298,6 +307,13 @@ describe("moongate.redis", function()
             -- the broken connection was closed, not pooled: the next call is fine
             assert.equal("OK", ask("fine").v)
         end
+    end)
+
+    it("reads a bulk string of 16 MiB, the bound", function()
+        local j = get("/big")
+        assert.equal("OK", j.ok, j.err)
+        assert.equal(16 * 1024 * 1024, j.len, j.gerr)
+        assert.is_true(j.same)
     end)
 
     it("authenticates as an ACL user and selects the URL's database", function()
