@@ -88,6 +88,8 @@ describe("execution streams across instances (Redis)", function()
             end
         end
         assert(dead, "the holder " .. holder .. " is none of the gateways' workers")
+        -- the master stopped first: it would start new workers for killed ones
+        helpers.kill(gws[dead].pid, "STOP")
         for _, w in ipairs(gws[dead]:workers()) do helpers.kill(w, "KILL") end
         helpers.kill(gws[dead].pid, "KILL")
         gws[dead].stopped = true
