@@ -18,7 +18,21 @@
 --   {"type":"pong"} (and anything else) from the client is ignored. A terminal
 --   status is sent, then the socket closes with 1000. An unknown execution or
 --   a tenant mismatch: an error message, then close 1008.
+--
+--   With a Redis in the conf (moongate.redis, docs/scaling.md) ONE poller per
+--   (tenant, execution) for the whole cluster: every worker that has
+--   subscribers subscribes to the execution's channel; the worker that holds
+--   its lease in Redis (renewed each interval, expiring after two) polls and
+--   publishes what to send, and every worker hands it to its sockets. When
+--   the holder dies another takes the lease within two intervals, starting
+--   from the last status published (nothing sent twice). While Redis fails,
+--   each worker polls for itself as without Redis.
 local moongate = require "moongate"
+-- nil outside moongate (the loader's unit specs load this file in plain LuaJIT)
+local redis_ok, redis = pcall(require, "moongate.redis")
+if not redis_ok then
+  redis = nil
+end
 local api = require "json_api"
 local config = require "gateway_config"
 local client = require "runtime_client"
@@ -30,7 +44,13 @@ local next = next
 local tostring = tostring
 local pcall = pcall
 local min = math.min
+local ceil = math.ceil
 local match = string.match
+local sub = string.sub
+local find = string.find
+local format = string.format
+local rep = string.rep
+local byte = string.byte
 local answer = api.answer
 
 local _M = { _VERSION = "0.1.0" }
@@ -137,12 +157,31 @@ local function broadcast(p, text)
   each_sub(p, function(ws) ws:send(text) end)
 end
 
+-- What the poller sends: to this worker's sockets, or (the cluster's
+-- lease holder) published to every worker's.
+local function emit(p, text)
+  if p.publish then
+    return p.publish(text)
+  end
+  if find(text, '^{"type":"status"') then
+    p.last_msg = text -- for late subscribers, and the cluster's repeats after a Redis outage
+  end
+  broadcast(p, text)
+end
+
 local function finish(p, code, reason)
   p.stopped = true
   if pollers[p.key] == p then
     pollers[p.key] = nil
   end
   each_sub(p, function(ws) ws:close(code, reason) end)
+end
+
+local function close_all(p, code, reason)
+  if p.publish_close then
+    return p.publish_close(code, reason)
+  end
+  finish(p, code, reason)
 end
 
 local function error_msg(p, status, code, message, extra)
@@ -174,10 +213,10 @@ local function poll_once(p)
     if recovered or not deep_equal(data, p.data) then
       p.data, p.status = data, data.status
       p.raw = match(resp.body, "^%s*(.-)%s*$")
-      broadcast(p, status_msg(p))
+      emit(p, status_msg(p))
     end
     if TERMINAL[data.status] then
-      finish(p, 1000, data.status)
+      close_all(p, 1000, data.status)
       return nil
     end
     return s.poll_interval
@@ -190,8 +229,8 @@ local function poll_once(p)
     local message = resp.status == 404 and "unknown execution"
       or (resp.status == 403 and "execution belongs to another tenant")
       or ("Runtime refused the execution (" .. resp.status .. ")")
-    broadcast(p, error_msg(p, resp.status, code, message, { detail = j.error or j.message }))
-    finish(p, 1008, code)
+    emit(p, error_msg(p, resp.status, code, message, { detail = j.error or j.message }))
+    close_all(p, 1008, code)
     return nil
   end
   if resp and resp.status >= 300 then
@@ -202,7 +241,7 @@ local function poll_once(p)
   p.fails = p.fails + 1
   local delay = min(s.poll_interval * 2 ^ (p.fails - 1), s.max_backoff)
   p.error = error_msg(p, err.status, err.error, err.message, { retry_in = delay })
-  broadcast(p, p.error)
+  emit(p, p.error)
   return delay
 end
 
@@ -225,6 +264,175 @@ local function run_poller(p)
   end
 end
 
+-- the cluster (a Redis in the conf) ----------------------------------------
+
+-- 1: renewed, 2: taken, 0: another worker holds it
+local LEASE_SRC = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 2
+end
+return 0
+]]
+local LEASE -- redis.script(LEASE_SRC), made in the worker
+local KEEP_MS = 600000 -- the last status kept in Redis for late subscribers and takeovers
+
+local token -- this worker's lease value: "pid:<pid>", made in the worker
+local function lease_token()
+  if not token then
+    local ffi = require "ffi"
+    pcall(ffi.cdef, "int getpid(void);")
+    token = "pid:" .. tostring(ffi.C.getpid())
+  end
+  return token
+end
+_M.lease_token = lease_token
+
+local function hex(s)
+  return (format(rep("%02x", #s), byte(s, 1, -1)))
+end
+
+-- a message of the execution's channel: "M<text>" to send, "C<code> <reason>" to close
+local function on_cluster_msg(p, text)
+  if p.stopped then
+    return
+  end
+  if sub(text, 1, 1) == "C" then
+    local code, reason = match(text, "^C(%d+) (.*)$")
+    finish(p, tonumber(code) or 1000, reason or "")
+    return
+  end
+  local msg = sub(text, 2)
+  if find(msg, '^{"type":"status"') then
+    if msg == p.last_msg and not p.error then
+      return -- seen already (the last status read at start, or sent while polling here)
+    end
+    p.last_msg, p.error = msg, nil
+    -- what a poll here compares with, should Redis fail
+    local raw = match(msg, ',"data":(.*)}$')
+    local dok, d = pcall(json.decode, raw or "")
+    if dok and type(d) == "table" then
+      p.data, p.raw, p.status = d, raw, d.status
+    end
+  else
+    p.error = msg
+  end
+  broadcast(p, msg)
+end
+
+local function publisher(p)
+  p.publish = function(text)
+    local r = redis.new()
+    local ttl = KEEP_MS
+    r:init_pipeline()
+    r:publish(p.chan, "M" .. text)
+    if find(text, '^{"type":"status"') then
+      r:set(p.chan .. ":last", text, "PX", ttl)
+      r:set(p.chan .. ":raw", p.raw, "PX", ttl)
+    end
+    local res = r and r:commit_pipeline()
+    if not res then
+      on_cluster_msg(p, "M" .. text) -- Redis failed: this worker's sockets at least
+    end
+  end
+  p.publish_close = function(code, reason)
+    local r = redis.new()
+    local n = r and r:publish(p.chan, "C" .. code .. " " .. reason)
+    if not n then
+      finish(p, code, reason)
+      return
+    end
+    -- this worker's sockets close when the message comes back (after the last status)
+    local t0 = moongate.now()
+    while not p.stopped and moongate.now() - t0 < 2 do
+      moongate.sleep(0.02)
+    end
+    finish(p, code, reason)
+  end
+end
+
+local function run_cluster(p)
+  LEASE = LEASE or redis.script(LEASE_SRC)
+  p.chan = "moongate:exec:" .. hex(moongate.crypto.sha256(p.key))
+  p.on_msg = function(text) on_cluster_msg(p, text) end
+  local ok = pcall(redis.subscribe, p.chan, p.on_msg)
+  local r = redis.new()
+  if ok then
+    -- what was published before this worker listened: the last status
+    local t0 = moongate.now()
+    while not redis.subscribed(p.chan) and not p.stopped and moongate.now() - t0 < 1 do
+      moongate.sleep(0.02)
+    end
+    local last = r:get(p.chan .. ":last")
+    if type(last) == "string" and not p.stopped then
+      on_cluster_msg(p, "M" .. last)
+    end
+  end
+  local leader = false
+  while not p.stopped do
+    local s = config.stream
+    -- only a worker that hears the channel may leave the polling to another
+    -- (or hold the lease: its own sockets hear it from there too)
+    local got
+    if redis.subscribed(p.chan) then
+      got = r:run_script(LEASE, 1, p.chan .. ":lease", lease_token(),
+                         ceil(s.poll_interval * 2000))
+    end
+    local delay
+    if got == 1 or got == 2 then
+      if not leader then
+        -- taking over: go on from the last status published
+        leader = true
+        local raw = r:get(p.chan .. ":raw")
+        if type(raw) == "string" then
+          local dok, d = pcall(json.decode, raw)
+          if dok and type(d) == "table" and type(d.status) == "string" then
+            p.data, p.raw, p.status = d, raw, d.status
+          end
+        end
+        publisher(p)
+      end
+    else
+      -- another worker holds it (0), or Redis failed or this worker does
+      -- not hear the channel (nil): then poll here
+      leader = false
+      p.publish, p.publish_close = nil, nil
+    end
+    if got == 0 then
+      delay = s.poll_interval
+    else
+      local pok, d = pcall(poll_once, p)
+      if not pok then
+        moongate.log.error("execution poller " .. p.execution_id .. ": " .. tostring(d))
+        p.fails = p.fails + 1
+        d = min(s.poll_interval * 2 ^ (p.fails - 1), s.max_backoff)
+      end
+      delay = d
+      if leader and delay and delay > s.poll_interval then
+        -- a backoff longer than the lease: keep it over the wait
+        r:run_script(LEASE, 1, p.chan .. ":lease", lease_token(),
+                     ceil((delay + s.poll_interval) * 1000))
+      end
+    end
+    if not delay or p.stopped then
+      break
+    end
+    moongate.sleep(delay)
+  end
+  if leader and not p.stopped then
+    p.stopped = true
+  end
+  if ok then
+    redis.unsubscribe(p.chan, p.on_msg)
+  end
+  if pollers[p.key] == p then
+    pollers[p.key] = nil
+  end
+end
+
 local function subscribe(ws, tenant_id, execution_id)
   local key = tenant_id .. "\0" .. execution_id
   local p = pollers[key]
@@ -233,11 +441,13 @@ local function subscribe(ws, tenant_id, execution_id)
           polls = 0, fails = 0 }
     pollers[key] = p
     _M.stats.pollers_started = _M.stats.pollers_started + 1
-    moongate.timer(0, run_poller, p)
+    moongate.timer(0, redis and redis.configured() and run_cluster or run_poller, p)
   end
   p.subs[ws] = true
   p.n = p.n + 1
-  if p.data then
+  if p.last_msg then
+    ws:send(p.last_msg) -- at once: what the cluster's poller published last
+  elseif p.data then
     ws:send(status_msg(p)) -- at once: what the poller already knows
   end
   if p.error then

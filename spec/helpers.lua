@@ -188,6 +188,15 @@ function _M.rss_kb(pid)
     return s and tonumber(s:match("VmRSS:%s*(%d+)"))
 end
 
+-- Registers a pid a spec started itself (a daemon that wrote a pidfile), so
+-- that kill, stop and cleanup may signal it.
+function _M.track(pid, what)
+    if pid then
+        started[pid] = what or "process"
+    end
+    return pid
+end
+
 -- TERM, then KILL after `wait` seconds (default 5). Only pids we started.
 function _M.stop(pid, wait)
     if not pid or not started[pid] then

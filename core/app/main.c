@@ -290,6 +290,7 @@ static void mg_app_usage(FILE *f) {
             "  MOONGATE_ADMIN_LISTEN          the admin listener (127.0.0.1:9901)\n"
             "  MOONGATE_ADMIN_TOKEN           the admin API's bearer token\n"
             "  MOONGATE_JIT_LOG               a file for LuaJIT's trace events (debugging)\n"
+            "  MOONGATE_REDIS_URL             the conf's redis.url (redis://user:pass@h:6379/0)\n"
             "any other MOONGATE_* variable is a warning at start\n");
 }
 

@@ -1,6 +1,7 @@
 /*
  * crypto.c -- `moongate.crypto`: the primitives plugins need (JWT above
- * all), on OpenSSL: HMAC-SHA256, SHA-256, RS256/ES256 signature checks,
+ * all), on OpenSSL: HMAC-SHA256, SHA-256, SHA-1 (Redis names scripts by
+ * it: moongate.redis), RS256/ES256 signature checks,
  * base64url, and a constant-time compare. Keys arrive as PEM; parsed keys
  * are cached per PEM string (a verify per request must not re-parse).
  */
@@ -63,6 +64,15 @@ static int mg_crypto_sha256(lua_State *L) {
     const char *d = luaL_checklstring(L, 1, &dl);
     unsigned char out[SHA256_DIGEST_LENGTH];
     SHA256((const unsigned char *)d, dl, out);
+    lua_pushlstring(L, (const char *)out, sizeof(out));
+    return 1;
+}
+
+static int mg_crypto_sha1(lua_State *L) {
+    size_t dl;
+    const char *d = luaL_checklstring(L, 1, &dl);
+    unsigned char out[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)d, dl, out);
     lua_pushlstring(L, (const char *)out, sizeof(out));
     return 1;
 }
@@ -200,6 +210,7 @@ void mg_crypto_open_api(lua_State *L) {
     static const luaL_Reg f[] = {
         {"hmac_sha256", mg_crypto_hmac_sha256},
         {"sha256", mg_crypto_sha256},
+        {"sha1", mg_crypto_sha1},
         {"verify", mg_crypto_verify},
         {"b64url_encode", mg_crypto_b64url_encode},
         {"b64url_decode", mg_crypto_b64url_decode},

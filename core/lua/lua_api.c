@@ -595,11 +595,21 @@ static int mg_lua_core_worker_id(lua_State *L) {
     return 1;
 }
 
+/* gen_retired(): true once the calling coroutine's generation is no longer
+ * the current one (a reload replaced it) or the worker is stopping: for
+ * loops that run for the worker's life (moongate.redis's subscriber) */
+static int mg_lua_core_gen_retired(lua_State *L) {
+    mg_co_t *co = mg_lua_co_cur;
+    lua_pushboolean(L, mg_worker.stopping || (co != NULL && co->gen != mg_gen_current));
+    return 1;
+}
+
 static const luaL_Reg mg_core_funcs[] = {
     {"now", mg_lua_core_now},
     {"time", mg_lua_core_time},
     {"log", mg_lua_core_log},
     {"worker_id", mg_lua_core_worker_id},
+    {"gen_retired", mg_lua_core_gen_retired},
     {"access_done", mg_lua_core_access_done},
     {"req_fill", mg_lua_core_req_fill},
     {"resp_headers_into", mg_lua_core_resp_headers_into},

@@ -111,6 +111,7 @@ local function process_env(file_upstreams)
   env.MOONGATE_TLS_KEY = os_getenv("MOONGATE_TLS_KEY")
   env.MOONGATE_ADMIN_LISTEN = os_getenv("MOONGATE_ADMIN_LISTEN")
   env.MOONGATE_ADMIN_TOKEN = os_getenv("MOONGATE_ADMIN_TOKEN")
+  env.MOONGATE_REDIS_URL = os_getenv("MOONGATE_REDIS_URL")
   if type(file_upstreams) == "table" then
     for name in pairs(file_upstreams) do
       if type(name) == "string" then
@@ -131,6 +132,7 @@ local KNOWN_ENV = {
   "MOONGATE_LISTEN", "MOONGATE_WORKERS", "MOONGATE_MAX_OPEN_FILES", "MOONGATE_DEMO",
   "MOONGATE_TLS_LISTEN", "MOONGATE_TLS_CERT", "MOONGATE_TLS_KEY", "MOONGATE_LIB",
   "MOONGATE_CONF", "MOONGATE_ADMIN_LISTEN", "MOONGATE_ADMIN_TOKEN", "MOONGATE_JIT_LOG",
+  "MOONGATE_REDIS_URL",
 }
 local HARNESS_ENV = {
   MOONGATE_BIN = true, MOONGATE_ASAN = true, MOONGATE_CTESTS = true,
@@ -582,6 +584,7 @@ local function conf_schema(env_fn)
       tls = ANY, -- moongate.tls_conf (norm_conf)
       acme = ANY, -- moongate.acme_conf
       admin = ANY, health_path = ANY, -- norm_admin (norm_conf)
+      redis = ANY, -- moongate.redis_conf (load_generation)
     },
   }
 end
@@ -1028,13 +1031,19 @@ local function load_generation(conf_path, opts)
   note_origins(src, raw, env, conf, servers)
   conf.shared_dicts = norm_shared_dicts(src, raw.shared_dicts)
   conf.acme = require("moongate.acme_conf").load(file_where(src), raw.acme, conf.root)
+  conf.redis = require("moongate.redis_conf").load(file_where(src), raw.redis, env)
+  if conf.redis then
+    conf.sources.redis = conf.redis.from
+    mode.note("info", "redis %s (%s)", conf.redis.url, conf.redis.from == "environment"
+              and "env MOONGATE_REDIS_URL" or "file")
+  end
   local gen = { conf = conf, routes = routes, servers = servers, notes = notes }
 
   -- plugins (docs/plugins.md): configs checked against their schemas and
   -- bound into each route's hook lists; a route without any is untouched
   local ok, res = plugins.apply(gen, {
     root = conf.root, conf_file = src.path, conf_text = src.text, global = raw.plugins,
-    upstreams = upstreams, shared_dicts = conf.shared_dicts,
+    upstreams = upstreams, shared_dicts = conf.shared_dicts, redis = conf.redis,
   })
   if not ok then
     check.raise(res)

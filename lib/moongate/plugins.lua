@@ -511,7 +511,8 @@ end
 -- (route `plugins`, overriding a global plugin of the same name; false
 -- turns it off there) to that route.
 -- opts: root (project root), conf_file, conf_text, global (conf `plugins`
--- as written), upstreams (name -> upstream), shared_dicts (name -> bytes).
+-- as written), upstreams (name -> upstream), shared_dicts (name -> bytes),
+-- redis (the conf's normalized redis section, or nil).
 -- Returns true, or nil and "file:line: reason".
 function _M.apply(gen, opts)
   local reg = _M.new({ root = opts.root })
@@ -524,7 +525,8 @@ function _M.apply(gen, opts)
       dicts[k] = v
     end
   end
-  local env = { root = opts.root, upstreams = opts.upstreams or {}, shared_dicts = dicts }
+  local env = { root = opts.root, upstreams = opts.upstreams or {}, shared_dicts = dicts,
+                redis = opts.redis }
   local ok, res = pcall(function()
     local global = {}
     local raw = opts.global

@@ -1,6 +1,9 @@
 -- rate-limit: a token bucket per key in a shared dictionary, so one limit
 -- holds across every worker. The bucket arithmetic is one atomic
 -- dict:take() in the core; this file only picks the key and answers.
+-- With policy = "redis" the same bucket lives in the conf's Redis, taken
+-- by one script (EVALSHA) on Redis's clock, so one limit holds across
+-- every instance; while Redis fails, on_redis_error decides.
 local moongate = require "moongate"
 
 local tostring = tostring
@@ -21,8 +24,41 @@ local _M = {
 local PER = { second = 1, minute = 60, hour = 3600 }
 local MAX_KEY = 96 -- longer keys (a long header value) are hashed
 
+-- The token bucket of dict:take(), in Redis: KEYS[1] the bucket, ARGV rate
+-- (tokens/s), burst, cost. Returns { allowed (0|1), tokens, retry } (as
+-- strings: Redis turns Lua numbers into integers).
+local SCRIPT = [[
+local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens, ts = tonumber(b[1]), tonumber(b[2])
+if not tokens or not ts then
+  tokens, ts = burst, now
+end
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+end
+local allowed, retry = 0, (cost - tokens) / rate
+if tokens >= cost then
+  tokens, allowed, retry = tokens - cost, 1, 0
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst / rate) * 1000) + 1000)
+return { allowed, string.format('%.6f', tokens), string.format('%.6f', retry) }
+]]
+
+local redis_mod, script, client -- per worker, made on the first policy = "redis" request
+
 function _M.check(conf, env)
-  if env.shared_dicts and env.shared_dicts[conf.dict] == nil then
+  if conf.policy == "redis" then
+    if env.shared_dicts and not env.redis then
+      return nil, "policy = \"redis\" needs the conf's redis (redis = { url = ... } or "
+                  .. "MOONGATE_REDIS_URL)", "policy"
+    end
+  end
+  local needs_dict = conf.policy == "local" or conf.on_redis_error == "local"
+  if needs_dict and env.shared_dicts and env.shared_dicts[conf.dict] == nil then
     return nil, "no shared dictionary '" .. conf.dict .. "' (declare it in conf: shared_dicts = { "
                 .. conf.dict .. " = 1048576 })", "dict"
   end
@@ -71,10 +107,51 @@ local dicts = setmetatable({}, { __index = function(t, name)
   return d
 end })
 
+-- per worker: is Redis failing (for the log line once per outage)
+local redis_failing = false
+
+-- the Redis bucket: allowed, remaining, retry; or nil, err
+local function redis_take(conf, key)
+  if client == nil then
+    redis_mod = redis_mod or require "moongate.redis"
+    script = script or redis_mod.script(SCRIPT)
+    local err
+    client, err = redis_mod.new()
+    if not client then return nil, err end
+  end
+  local res, err = client:run_script(script, 1, key, conf._rate, conf._burst, 1)
+  if type(res) ~= "table" then
+    return nil, err or "unexpected reply from the script"
+  end
+  if redis_failing then
+    redis_failing = false
+    moongate.log.info("rate-limit: redis answers again; limits are cluster-wide again")
+  end
+  return res[1] == 1, tonumber(res[2]) or 0, tonumber(res[3]) or 0
+end
+
 function _M.access(conf, req, ctx)
-  local dict = dicts[conf.dict]
-  local allowed, remaining, retry = dict:take(bucket_key(conf, req, ctx), conf._rate,
-                                              conf._burst, 1)
+  local key = bucket_key(conf, req, ctx)
+  local allowed, remaining, retry
+  if conf.policy == "redis" then
+    allowed, remaining, retry = redis_take(conf, key)
+    if allowed == nil then
+      local mode = conf.on_redis_error
+      if not redis_failing then
+        redis_failing = true
+        moongate.log.warn("rate-limit: redis failed (" .. tostring(remaining)
+                          .. "); on_redis_error = " .. mode .. (mode == "local"
+                          and ": this instance's own limit until it answers" or ""))
+      end
+      if mode == "allow" then return end
+      if mode == "deny" then
+        return 503, { error = "rate limiter unavailable" }, { ["Retry-After"] = "1" }
+      end
+    end
+  end
+  if allowed == nil then
+    allowed, remaining, retry = dicts[conf.dict]:take(key, conf._rate, conf._burst, 1)
+  end
   if allowed == nil then
     moongate.log.error("rate-limit: shared dict '", conf.dict, "': ", tostring(remaining))
     if conf.fail_open then return end

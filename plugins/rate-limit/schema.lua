@@ -25,6 +25,13 @@ return {
     -- When the dictionary fails (full): let the request through (true) or
     -- answer 500 (false).
     fail_open = { type = "boolean", default = true },
+    -- Where the buckets are: "local" (the shared dictionary: per instance)
+    -- or "redis" (the conf's redis: one bucket per key across every
+    -- instance, computed atomically in one Redis script).
+    policy = { type = "string", default = "local", one_of = { "local", "redis" } },
+    -- With policy "redis", while Redis fails: "local" (this instance's
+    -- shared-dictionary limit, logged once), "allow" or "deny" (503).
+    on_redis_error = { type = "string", default = "local", one_of = { "local", "allow", "deny" } },
   },
   check = function(conf)
     if conf.key == "header" and not conf.header then

@@ -34,4 +34,22 @@ describe("rate-limit schema", function()
             assert.matches(c[2], err, 1, true)
         end)
     end
+
+    it("takes policy = \"redis\" only with the conf's redis", function()
+        local conf, err = ph.configure("rate-limit", { rate = 1, policy = "redis" }, env)
+        assert.is_nil(conf)
+        assert.matches("field policy: policy = \"redis\" needs the conf's redis", err, 1, true)
+        local renv = { shared_dicts = env.shared_dicts, redis = { host = "127.0.0.1" } }
+        conf = assert(ph.configure("rate-limit", { rate = 1, policy = "redis" }, renv))
+        assert.equal("local", conf.on_redis_error)
+        -- the shared dictionary is needed only for the local fallback
+        conf, err = ph.configure("rate-limit", { rate = 1, policy = "redis", dict = "nope" }, renv)
+        assert.is_nil(conf)
+        assert.matches("field dict: no shared dictionary 'nope'", err, 1, true)
+        assert(ph.configure("rate-limit", { rate = 1, policy = "redis", dict = "nope",
+                                            on_redis_error = "deny" }, renv))
+        conf, err = ph.configure("rate-limit", { rate = 1, on_redis_error = "maybe" }, env)
+        assert.is_nil(conf)
+        assert.matches("field on_redis_error: expected one of", err, 1, true)
+    end)
 end)
