@@ -102,8 +102,8 @@ static void mg_lua_co_end(mg_co_t *co) {
         co->req = NULL;
         if (r->resp_started)
             r->access_state = MG_ACCESS_DENIED;
-        else if (r->access_state == MG_ACCESS_RUNNING)
-            r->access_state = MG_ACCESS_DENIED; /* the hook failed */
+        else if (r->access_state == MG_ACCESS_RUNNING) /* moongate.proxy, or the hook failed */
+            r->access_state = r->lproxy && co->reusable ? MG_ACCESS_OK : MG_ACCESS_DENIED;
         if (r->access_state == MG_ACCESS_DENIED && !r->resp_started)
             mg_resp_json_error(r, 500, "internal error");
         mg_lua_co_free(co);
@@ -114,6 +114,11 @@ static void mg_lua_co_end(mg_co_t *co) {
         r->co = NULL;
         r->target = NULL;
         co->req = NULL;
+        if (r->lproxy && !r->resp_started && !mg_req_gone(r)) {
+            mg_lua_proxy_handoff(r, co); /* moongate.proxy: the C proxy takes r */
+            mg_lua_co_free(co);
+            return;
+        }
         if (!r->resp_started)
             mg_resp_json_error(r, 500, "handler sent no response");
         else if (!r->resp_done) {
@@ -683,6 +688,7 @@ void mg_lua_open_api(lua_State *L) {
     luaL_register(L, NULL, mg_core_funcs);
     mg_lua_inject_resp_api(L);
     mg_lua_inject_client_api(L);
+    mg_lua_inject_proxy_api(L);
     lua_pushstring(L, MG_VERSION);
     lua_setfield(L, -2, "version");
     mg_shdict_open_api(L);

@@ -17,6 +17,7 @@ static void mg_lua_push_all(mg_co_t *co) {
     size_t n = evbuffer_get_length(co->body);
     lua_pushlstring(co->L, (const char *)evbuffer_pullup(co->body, -1), n);
     evbuffer_drain(co->body, n);
+    co->body_taken += n; /* moongate.proxy can no longer send it */
 }
 
 static void mg_lua_body(mg_req_t *r, const char *data, size_t len) {
@@ -163,6 +164,8 @@ static int mg_lua_core_res_send(lua_State *L) {
         return luaL_error(L, "bad status %d", status);
     if (r->resp_started)
         return 0;
+    if (r->lproxy)
+        return luaL_error(L, "a response after moongate.proxy (return moongate.proxy{...})");
     h = evbuffer_new();
     if ((bad = mg_lua_header_lines(L, 3, h, &has_ctype)) != NULL) {
         evbuffer_free(h);
@@ -198,6 +201,8 @@ static int mg_lua_core_res_write(lua_State *L) {
     }
     if (r->resp_done)
         return luaL_error(L, "res:write: the response is already complete");
+    if (r->lproxy && !r->resp_started)
+        return luaL_error(L, "res:write after moongate.proxy (return moongate.proxy{...})");
     if (!r->resp_started) {
         struct evbuffer *h = evbuffer_new();
         int has_ctype = 0;

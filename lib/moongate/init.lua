@@ -190,12 +190,18 @@ local function respond(status, body, headers, res)
   core.res_send(status, data, headers, ctype)
 end
 
+-- moongate.proxy{...}'s result: a hook or handler that returns it has
+-- handed the request to the C proxy (lua_proxy.c, gateway/proxy.c).
+local PROXIED = setmetatable({}, { __tostring = function() return "moongate.proxy" end })
+
 -- Access hooks in order; the first to return a status answers (through
--- the route's header_filter hooks, so a refusal gets CORS headers too).
+-- the route's header_filter hooks, so a refusal gets CORS headers too),
+-- or hands the request to the proxy (moongate.proxy: the rest are skipped).
 local function check_access(access, req, header_filter)
   for i = 1, #access do
     local status, body, headers = access[i](req)
     if status ~= nil then
+      if status == PROXIED then return false end
       respond(status, body, headers,
               header_filter and { _filter = header_filter, _ctx = req.ctx } or nil)
       return false
@@ -256,11 +262,38 @@ local function run(handler, req, access, header_filter)
   if access and not check_access(access, req, header_filter) then return end
   local res = setmetatable({ _filter = header_filter, _ctx = req.ctx }, res_mt)
   local status, body, headers = handler(req, res)
-  if res.started then return end
+  if res.started or status == PROXIED then return end
   respond(status, body, headers, res)
 end
 debug.getregistry()["moongate.run"] = run
 debug.getregistry()["moongate.req_mt"] = req_mt
+
+--- moongate.proxy{ upstream = name, path = "/p", query = t | "a=1" | false,
+--- headers = { Name = "v", Other = false }, timeout = s, content_type = "json",
+--- on_error = function(status, reason, req) return status, body, headers end }
+--- Hands the request to the C proxy, which streams both bodies; a handler
+--- or an access hook returns its result. Only `upstream` is required; the
+--- others default to the client's path and query, its headers, the
+--- upstream's timeouts, any content type and the proxy's JSON errors.
+--- docs/configuration.md ("moongate.proxy").
+function _M.proxy(opts)
+  if type(opts) ~= "table" then opts = { upstream = opts } end
+  local q = opts.query
+  if type(q) == "table" then q = _M.encode_query(q) end
+  core.proxy(opts.upstream, opts.path, q, opts.headers, opts.timeout, opts.content_type,
+    opts.on_error)
+  return PROXIED
+end
+_M.PROXIED = PROXIED
+
+-- moongate.proxy's on_error, called by the core outside any coroutine (it
+-- must not yield): its answer as the status, body, headers and the body's
+-- default content type.
+debug.getregistry()["moongate.proxy_error"] = function(fn, status, reason, req)
+  local st, body, headers = fn(status, reason, req)
+  local data, ctype = encode_body(body)
+  return type(st) == "number" and st or status, data, headers, ctype
+end
 
 -- moongate.http: a non-blocking client; the calling coroutine yields until
 -- the response (or an error) arrives.
