@@ -101,10 +101,13 @@ static int mg_lproxy_refuse(lua_State *L, mg_req_t *r, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    /* level 1: moongate.proxy (init.lua); 2: the script that called it */
-    if (lua_getstack(L, 2, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0)
+    /* level 1: moongate.proxy (init.lua); 2: the script that called it,
+     * unless it tail-called (`return moongate.proxy{...}`): then the route */
+    if (lua_getstack(L, 2, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0 &&
+        strstr(ar.short_src, "moongate/init.lua") == NULL)
         snprintf(where, sizeof(where), "%s:%d: ", ar.short_src, ar.currentline);
-    mg_error("request %s: %s%s", r->request_id, where, msg);
+    mg_error("request %s: route %s: %s%s", r->request_id,
+             r->route ? (r->route->name ? r->route->name : r->route->rule) : "-", where, msg);
     mg_lua_proxy_free(r); /* no plan: what was answered stands */
     if (!r->resp_started)
         mg_resp_json_error(r, 500, msg);
