@@ -68,12 +68,14 @@ void mg_lua_inject_resp_api(lua_State *L); /* lua_resp.c */
 /* lua_resp.c: the Lua handler as a target (r->target while r->co runs) */
 extern const mg_target_t mg_lua_target;
 void mg_lua_inject_client_api(lua_State *L); /* lua_client.c */
-void mg_lua_inject_proxy_api(lua_State *L);  /* lua_proxy.c */
-/* lua_proxy.c: a handler's coroutine ended with r->lproxy set: the C proxy
- * takes r, with the body bytes co received (r may be gone on return). */
-void mg_lua_proxy_handoff(mg_req_t *r, mg_co_t *co);
 void mg_lua_ws_co_end(mg_co_t *co);          /* lua_ws.c: the owner coroutine ended */
 void mg_lua_ws_error(mg_co_t *co);           /* the handler raised: close with 1011 */
 void mg_lua_http_end(mg_co_t *co); /* lua_client.c: the coroutine ends: drop its exchange */
+
+/* lua_proxy.c: moongate.proxy's core.proxy (into moongate.core); the end
+ * of a handler's coroutine with r->lproxy set: the C proxy takes r, with
+ * the body bytes co received (r may be gone on return). */
+void mg_lua_inject_proxy_api(lua_State *L);
+void mg_lua_proxy_handoff(mg_req_t *r, mg_co_t *co);
 
 #endif

@@ -221,8 +221,9 @@ static int mg_lua_core_proxy(lua_State *L) {
     if (lua_type(L, 3) == LUA_TSTRING) {
         query = lua_tolstring(L, 3, &ql);
         if (!mg_lproxy_target_ok(query, ql, 0))
-            return mg_lproxy_refuse(L, r, "moongate.proxy: bad query (spaces, control "
-                                          "characters or '#')");
+            return mg_lproxy_refuse(L, r,
+                                    "moongate.proxy: bad query (spaces, control "
+                                    "characters or '#')");
     } else if (lua_type(L, 3) == LUA_TBOOLEAN && !lua_toboolean(L, 3)) {
         query = "";
     } else if (!lua_isnil(L, 3)) {
@@ -242,8 +243,9 @@ static int mg_lua_core_proxy(lua_State *L) {
     if (!lua_isnil(L, 6)) {
         ctype = lua_type(L, 6) == LUA_TSTRING ? lua_tolstring(L, 6, &cl) : NULL;
         if (ctype == NULL || cl == 0 || cl > MG_LPROXY_CTYPE_MAX)
-            return mg_lproxy_refuse(L, r, "moongate.proxy: content_type must be a string of "
-                                          "1 to 128 bytes");
+            return mg_lproxy_refuse(L, r,
+                                    "moongate.proxy: content_type must be a string of "
+                                    "1 to 128 bytes");
     }
     if (!lua_isnil(L, 7) && !lua_isfunction(L, 7))
         return mg_lproxy_refuse(L, r, "moongate.proxy: on_error must be a function");
@@ -322,8 +324,7 @@ int mg_lua_proxy_error(mg_req_t *r, int status, const char *reason) {
         return 0;
     }
     if ((bad = mg_lua_header_lines(L, top + 3, h, &has_ctype)) != NULL) {
-        mg_error("request %s: moongate.proxy on_error: bad response header %s", r->request_id,
-                 bad);
+        mg_error("request %s: moongate.proxy on_error: bad response header %s", r->request_id, bad);
         evbuffer_free(h);
         lua_settop(L, top);
         return 0;
