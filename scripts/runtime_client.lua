@@ -117,22 +117,18 @@ end
 
 local ACCEPT_JSON = { Accept = "application/json" }
 
---- Hands the request to Runtime through the C proxy (moongate.proxy): the
---- client's method, headers (the auth hook's X-Auth-* added) and body go on
---- streamed, Runtime's answer comes back streamed and unchanged when it is
---- JSON (else 502 runtime_bad_response). opts: path and query (default: the
---- client's), headers (default: Accept: application/json), timeout (s,
---- default gateway_config.runtime.timeout). A handler returns its result.
---- The request body must not have been read.
-function _M.pass(opts)
+--- pass(path, query, headers): hands the request to Runtime through the C
+--- proxy (moongate.proxy): the client's method, headers (the auth hook's
+--- X-Auth-* added) and body go on streamed, Runtime's answer comes back
+--- streamed and unchanged when it is JSON (else 502 runtime_bad_response).
+--- path and query (a table or a string) default to the client's; headers
+--- to Accept: application/json; the timeout is gateway_config.runtime's.
+--- A handler returns its result. The request body must not have been read.
+function _M.pass(path, query, headers)
   return moongate.proxy{
-    upstream = config.runtime.upstream,
-    path = opts and opts.path,
-    query = opts and opts.query,
-    headers = opts and opts.headers or ACCEPT_JSON,
-    timeout = opts and opts.timeout or config.runtime.timeout,
-    content_type = "json",
-    on_error = pass_error,
+    upstream = config.runtime.upstream, path = path, query = query,
+    headers = headers or ACCEPT_JSON, timeout = config.runtime.timeout,
+    content_type = "json", on_error = pass_error,
   }
 end
 
@@ -168,22 +164,19 @@ end
 
 --- GET status through the C proxy (Runtime's answer passed on unchanged).
 function _M.pass_execution_status(tenant_id, execution_id, include_artifacts, include_visuals)
-  local path, q = status_target(tenant_id, execution_id, include_artifacts, include_visuals)
-  return _M.pass{ path = path, query = q }
+  return _M.pass(status_target(tenant_id, execution_id, include_artifacts, include_visuals))
 end
 
 function _M.pass_session_get(tenant_id, session_id)
-  return _M.pass{ path = "/v1/sessions/" .. segment(session_id), query = { tenant_id = tenant_id } }
+  return _M.pass("/v1/sessions/" .. segment(session_id), { tenant_id = tenant_id })
 end
 
 function _M.pass_intent_pending(tenant_id, session_id)
-  return _M.pass{ path = "/v1/intents/pending",
-                  query = { tenant_id = tenant_id, session_id = session_id } }
+  return _M.pass("/v1/intents/pending", { tenant_id = tenant_id, session_id = session_id })
 end
 
 function _M.pass_artifact_list(tenant_id, execution_id)
-  return _M.pass{ path = "/v1/executions/" .. segment(execution_id) .. "/artifacts",
-                  query = { tenant_id = tenant_id } }
+  return _M.pass("/v1/executions/" .. segment(execution_id) .. "/artifacts", { tenant_id = tenant_id })
 end
 
 function _M.session_create(body)
