@@ -217,6 +217,22 @@ describe("moongate.proxy", function()
         assert.truthy(out:find('"path": "/keep/b"', 1, true), out)
     end)
 
+    it("answers pipelined requests in order, each handed over", function()
+        local c = assert(helpers.connect(mg.port))
+        assert(c:send(helpers.request("GET", "/keep/p1", { "Host: x" })
+            .. helpers.request("POST", "/late/p2?wait=0.1", { "Host: x", "Content-Length: 5" }, "hello")
+            .. helpers.request("GET", "/keep/p3", { "Host: x" })))
+        local paths = {}
+        for i = 1, 3 do
+            local res = assert(helpers.read_response(c, { timeout = 5 }))
+            assert.equal(200, res.status, "response " .. i)
+            local j = json.decode(res.body)
+            paths[i] = j.path or ("upload " .. tostring(j.body_len)) -- /upload: {body_len, body_sha256}
+        end
+        c:close()
+        assert.same({ "/keep/p1", "upload 5", "/keep/p3" }, paths)
+    end)
+
     it("answers HEAD with the upstream's head and no body", function()
         local st, h, body = helpers.http(mg.port, "HEAD", "/s/bytes/1000")
         assert.equal(200, st)
