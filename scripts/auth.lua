@@ -70,7 +70,7 @@ _M.is_websocket = is_websocket
 
 --- The bearer token of a request, or nil, err (401).
 function _M.token_of(req)
-  local h = req:header("Authorization") -- one header: req.headers would copy them all
+  local h = req:header("authorization") -- one header: req.headers is not built
   if h then
     local t = match(h, "^[Bb][Ee][Aa][Rr][Ee][Rr] +([%w%-%._~%+/]+=*) *$")
     if t then

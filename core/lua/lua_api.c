@@ -96,6 +96,8 @@ static void mg_lua_co_end(mg_co_t *co) {
     mg_req_t *r = co->req;
     if (co->lws)
         mg_lua_ws_co_end(co);
+    if (r && r->lproxy && r->resp_started)
+        mg_lua_proxy_ignored(r); /* moongate.proxy, then an answer of its own */
     if (co->access && r) {
         r->co = NULL;
         r->target = NULL;

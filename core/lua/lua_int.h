@@ -49,6 +49,14 @@ struct mg_co_s {
 enum { MG_ENTRY_RUN, MG_ENTRY_ACCESS, MG_ENTRY_HF, MG_ENTRY_HOOKS, MG_ENTRY_REQ_MT };
 void mg_lua_push_entry(lua_State *L, mg_gen_t *gen, int which);
 
+/* lua_proxy.c: moongate.proxy's core.proxy (into moongate.core); the end
+ * of a handler's coroutine with r->lproxy set: the C proxy takes r, with
+ * the body bytes co received (r may be gone on return); a coroutine that
+ * ended with a plan and a response of its own: the plan is dropped. */
+void mg_lua_inject_proxy_api(lua_State *L);
+void mg_lua_proxy_handoff(mg_req_t *r, mg_co_t *co);
+void mg_lua_proxy_ignored(mg_req_t *r);
+
 extern mg_co_t *mg_lua_co_cur;
 mg_co_t *mg_lua_co_new(mg_gen_t *gen);
 void mg_lua_co_resume(mg_co_t *co, int nargs);
@@ -71,11 +79,5 @@ void mg_lua_inject_client_api(lua_State *L); /* lua_client.c */
 void mg_lua_ws_co_end(mg_co_t *co);          /* lua_ws.c: the owner coroutine ended */
 void mg_lua_ws_error(mg_co_t *co);           /* the handler raised: close with 1011 */
 void mg_lua_http_end(mg_co_t *co); /* lua_client.c: the coroutine ends: drop its exchange */
-
-/* lua_proxy.c: moongate.proxy's core.proxy (into moongate.core); the end
- * of a handler's coroutine with r->lproxy set: the C proxy takes r, with
- * the body bytes co received (r may be gone on return). */
-void mg_lua_inject_proxy_api(lua_State *L);
-void mg_lua_proxy_handoff(mg_req_t *r, mg_co_t *co);
 
 #endif

@@ -280,6 +280,13 @@ static int mg_lua_core_proxy(lua_State *L) {
     return 1;
 }
 
+void mg_lua_proxy_ignored(mg_req_t *r) {
+    mg_error("request %s: route %s: moongate.proxy was called, then the script answered "
+             "itself: its answer went out, not the proxy's (return moongate.proxy{...})",
+             r->request_id, r->route ? (r->route->name ? r->route->name : r->route->rule) : "-");
+    mg_lua_proxy_free(r);
+}
+
 void mg_lua_proxy_handoff(mg_req_t *r, mg_co_t *co) {
     if (mg_lua_hooks == NULL) {
         mg_resp_json_error(r, 500, "moongate.proxy: no proxy in this process");

@@ -164,8 +164,6 @@ static int mg_lua_core_res_send(lua_State *L) {
         return luaL_error(L, "bad status %d", status);
     if (r->resp_started)
         return 0;
-    if (r->lproxy)
-        return luaL_error(L, "a response after moongate.proxy (return moongate.proxy{...})");
     h = evbuffer_new();
     if ((bad = mg_lua_header_lines(L, 3, h, &has_ctype)) != NULL) {
         evbuffer_free(h);
@@ -201,8 +199,6 @@ static int mg_lua_core_res_write(lua_State *L) {
     }
     if (r->resp_done)
         return luaL_error(L, "res:write: the response is already complete");
-    if (r->lproxy && !r->resp_started)
-        return luaL_error(L, "res:write after moongate.proxy (return moongate.proxy{...})");
     if (!r->resp_started) {
         struct evbuffer *h = evbuffer_new();
         int has_ctype = 0;

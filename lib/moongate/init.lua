@@ -172,6 +172,9 @@ end
 -- The core starts every handler coroutine here: handler(req, res), then the
 -- response from its return values (status, body, headers) unless it streamed.
 local function respond(status, body, headers, res)
+  -- moongate.proxy{...}'s result: the C proxy takes the request (a hook's:
+  -- the later hooks and the handler do not run)
+  if status == _M.PROXIED then return end
   local data, ctype = encode_body(body)
   if type(status) ~= "number" then
     status = res and res._status or 200
@@ -190,18 +193,12 @@ local function respond(status, body, headers, res)
   core.res_send(status, data, headers, ctype)
 end
 
--- moongate.proxy{...}'s result: a hook or handler that returns it has
--- handed the request to the C proxy (lua_proxy.c, gateway/proxy.c).
-local PROXIED = setmetatable({}, { __tostring = function() return "moongate.proxy" end })
-
 -- Access hooks in order; the first to return a status answers (through
--- the route's header_filter hooks, so a refusal gets CORS headers too),
--- or hands the request to the proxy (moongate.proxy: the rest are skipped).
+-- the route's header_filter hooks, so a refusal gets CORS headers too).
 local function check_access(access, req, header_filter)
   for i = 1, #access do
     local status, body, headers = access[i](req)
     if status ~= nil then
-      if status == PROXIED then return false end
       respond(status, body, headers,
               header_filter and { _filter = header_filter, _ctx = req.ctx } or nil)
       return false
@@ -262,7 +259,7 @@ local function run(handler, req, access, header_filter)
   if access and not check_access(access, req, header_filter) then return end
   local res = setmetatable({ _filter = header_filter, _ctx = req.ctx }, res_mt)
   local status, body, headers = handler(req, res)
-  if res.started or status == PROXIED then return end
+  if res.started then return end
   respond(status, body, headers, res)
 end
 debug.getregistry()["moongate.run"] = run
@@ -276,6 +273,8 @@ debug.getregistry()["moongate.req_mt"] = req_mt
 --- others default to the client's path and query, its headers, the
 --- upstream's timeouts, any content type and the proxy's JSON errors.
 --- docs/configuration.md ("moongate.proxy").
+local PROXIED = setmetatable({}, { __tostring = function() return "moongate.proxy" end })
+_M.PROXIED = PROXIED -- what it returns: respond() lets the C proxy answer
 function _M.proxy(opts)
   if type(opts) ~= "table" then opts = { upstream = opts } end
   local q = opts.query
@@ -284,7 +283,6 @@ function _M.proxy(opts)
     opts.on_error)
   return PROXIED
 end
-_M.PROXIED = PROXIED
 
 -- moongate.proxy's on_error, called by the core outside any coroutine (it
 -- must not yield): its answer as the status, body, headers and the body's
