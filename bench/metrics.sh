@@ -16,6 +16,9 @@ DURATION=${DURATION:-5}; REPS=${REPS:-5}; CONNS=${CONNS:-64}
 for p in nginx wrk; do
   dpkg -s "$p" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
 done
+# both binaries from this tree, with the same flags but MG_METRICS_OFF (run
+# by hand, the script would otherwise measure whatever ./moongate was last built)
+make -s moongate
 make -s BUILD=build-nometrics BIN=moongate-nometrics CFLAGS=-DMG_METRICS_OFF moongate-nometrics
 ONLY="upstream" "$BENCH/start_peers.sh" >/dev/null
 off_pid=$(mktemp -u /tmp/moongate-bench-off-XXXXXX.pid)

@@ -207,14 +207,18 @@ end
 
 -- Starts spec/fixtures/upstream.py; returns {port, pid, url, dir}.
 -- opts.blackhole: a listener that never accepts (connects succeed, no answer).
+-- opts.script: another fixture taking --port and --pidfile and printing
+-- "PORT n" (e.g. tls_upstream.py), with opts.args (shell-quoted already).
 function _M.start_upstream(opts)
     opts = opts or {}
     local dir = _M.tmpdir(opts.blackhole and "blackhole" or "upstream")
     local pidfile, outfile = dir .. "/pid", dir .. "/out.log"
-    local cmd = fmt("%s %s --port %d --pidfile %s%s > %s 2>&1 < /dev/null &",
-        _M.python, shq(_M.upstream_py), opts.port or 0, shq(pidfile),
-        opts.blackhole and " --blackhole" or "", shq(outfile))
-    assert(exec_ok(cmd), "cannot spawn upstream.py")
+    local script = opts.script or _M.upstream_py
+    local cmd = fmt("%s %s --port %d --pidfile %s%s%s > %s 2>&1 < /dev/null &",
+        _M.python, shq(script), opts.port or 0, shq(pidfile),
+        opts.blackhole and " --blackhole" or "", opts.args and (" " .. opts.args) or "",
+        shq(outfile))
+    assert(exec_ok(cmd), "cannot spawn " .. script)
     local port = _M.wait_until(function()
         local s = _M.read_file(outfile)
         return s and tonumber(s:match("PORT (%d+)"))
@@ -225,7 +229,7 @@ function _M.start_upstream(opts)
     end
     if not port then
         _M.stop(pid)
-        error("upstream.py did not start: " .. (_M.read_file(outfile) or ""))
+        error(script .. " did not start: " .. (_M.read_file(outfile) or ""))
     end
     return { port = port, pid = pid, dir = dir, url = "http://127.0.0.1:" .. port }
 end

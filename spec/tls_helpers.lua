@@ -34,9 +34,13 @@ local function new_key(path, kind)
 end
 _M.new_key = new_key
 
---- A CA in dir (made once per dir): { dir, cert, key, cnf }.
-function _M.ca(dir, name)
-    local ca = { dir = dir, cert = dir .. "/ca.pem", key = dir .. "/ca.key", cnf = dir .. "/ca.cnf" }
+--- A CA in dir (made once per dir and base): { dir, cert, key, cnf }.
+--- base (default "ca") names its files: base.pem, base.key, base.cnf and
+--- its database, so two CAs can share a folder.
+function _M.ca(dir, name, base)
+    base = base or "ca"
+    local p = dir .. "/" .. base
+    local ca = { dir = dir, cert = p .. ".pem", key = p .. ".key", cnf = p .. ".cnf" }
     helpers.mkdir_p(dir .. "/newcerts")
     if helpers.read_file(ca.cert) then
         return ca
@@ -44,15 +48,15 @@ function _M.ca(dir, name)
     new_key(ca.key, "ec")
     run(fmt("openssl req -x509 -new -key %s -subj %s -days 30 -out %s", shq(ca.key),
         shq("/CN=" .. (name or "moongate test CA")), shq(ca.cert)))
-    helpers.write_file(dir .. "/index.txt", "")
-    helpers.write_file(dir .. "/serial", "1000\n")
+    helpers.write_file(p .. ".index.txt", "")
+    helpers.write_file(p .. ".serial", "1000\n")
     helpers.write_file(ca.cnf, table.concat({
         "[ ca ]", "default_ca = test",
         "[ test ]",
         "dir = " .. dir,
-        "database = " .. dir .. "/index.txt",
+        "database = " .. p .. ".index.txt",
         "new_certs_dir = " .. dir .. "/newcerts",
-        "serial = " .. dir .. "/serial",
+        "serial = " .. p .. ".serial",
         "default_md = sha256", "policy = any", "copy_extensions = copy",
         "unique_subject = no", "default_days = 30", "email_in_dn = no",
         "[ any ]", "commonName = supplied", "",
@@ -66,11 +70,14 @@ local seq = 0
 --- (SAN DNS names; {} for none), opts.ip (SAN IP, default 127.0.0.1;
 --- false: none), opts.key ("ec" or "rsa"), opts.start / opts.finish
 --- (YYYYMMDDHHMMSSZ; default now - 1 day .. now + 30 days), opts.key_file
---- (reuse a key). Returns { cert, key, serial (hex, upper-case) }.
+--- (reuse a key), opts.eku (extendedKeyUsage: "serverAuth", "clientAuth"),
+--- opts.out (the files' path without .pem/.key; default a fresh name in the
+--- CA's folder). Returns { cert, key, serial (hex, upper-case) }.
 function _M.cert(ca, opts)
     opts = opts or {}
     seq = seq + 1
-    local base = fmt("%s/c%d-%s", ca.dir, seq, (opts.names and opts.names[1] or "x"):gsub("[^%w]", "_"))
+    local base = opts.out
+        or fmt("%s/c%d-%s", ca.dir, seq, (opts.names and opts.names[1] or "x"):gsub("[^%w]", "_"))
     local key = opts.key_file or new_key(base .. ".key", opts.key)
     local san = {}
     for _, n in ipairs(opts.names or { "localhost" }) do
@@ -81,9 +88,9 @@ function _M.cert(ca, opts)
     end
     local cn = opts.cn or (opts.names and opts.names[1]) or "localhost"
     local csr = base .. ".csr"
-    run(fmt("openssl req -new -key %s -subj %s %s -out %s", shq(key), shq("/CN=" .. cn),
+    run(fmt("openssl req -new -key %s -subj %s %s %s -out %s", shq(key), shq("/CN=" .. cn),
         #san > 0 and ("-addext " .. shq("subjectAltName=" .. table.concat(san, ","))) or "",
-        shq(csr)))
+        opts.eku and ("-addext " .. shq("extendedKeyUsage=" .. opts.eku)) or "", shq(csr)))
     local now = os.time()
     local start = opts.start or os.date("!%Y%m%d%H%M%SZ", now - 86400)
     local finish = opts.finish or os.date("!%Y%m%d%H%M%SZ", now + 30 * 86400)

@@ -32,6 +32,18 @@ _M.client_js = helpers.root .. "/spec/fixtures/ws_client.js"
 
 _M.OP = { cont = 0, text = 1, binary = 2, close = 8, ping = 9, pong = 10 }
 
+-- Lua source for a routes script: a local `echo` WebSocket handler that
+-- sends every message back as it came, until the socket ends
+_M.ECHO_HANDLER_SRC = [[
+local function echo(ws)
+  while true do
+    local data, kind = ws:recv()
+    if not data then break end
+    ws:send(data, kind)
+  end
+end
+]]
+
 -- sha1 / base64 ---------------------------------------------------------------
 
 local function u32be(n)

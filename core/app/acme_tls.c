@@ -266,3 +266,15 @@ void mg_acme_worker_update(const char *name) {
         mg_info("worker %d: acme: new certificate for %s serves new handshakes", mg_worker.id,
                 name);
 }
+
+void mg_acme_metrics(struct evbuffer *out) {
+    for (int i = 0; i < mg_acme_ncerts; i++) {
+        const mg_acme_cert_t *c = &mg_acme_certs[i];
+        double na = c->ctx ? mg_tls_not_after(c->ctx) : 0;
+        if (na > 0 && strpbrk(c->name, "\"\\\n") == NULL)
+            evbuffer_add_printf(out,
+                                "moongate_tls_certificate_expiry_timestamp_seconds{server=\"acme\","
+                                "name=\"%s\"} %.0f\n",
+                                c->name, na);
+    }
+}

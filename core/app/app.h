@@ -101,6 +101,11 @@ int mg_tls_ctx_load(mg_gen_t *g, lua_State *L, int t, int server, char *err, siz
 void mg_tls_ctx_free(mg_gen_t *g); /* the generation's references (its dtor) */
 /* the metrics' certificate family (a loop/metrics.h extra): expiry per name */
 void mg_tls_ctx_metrics(struct evbuffer *out);
+/* a server SSL_CTX's certificate's notAfter (Unix time), 0 if none */
+double mg_tls_not_after(void *ctx);
+/* the expiry series of the ACME certificates served (server="acme"), in
+ * mg_tls_ctx_metrics's family (acme_tls.c) */
+void mg_acme_metrics(struct evbuffer *out);
 /* Loads a certificate (PEM, the chain after it) and its key into ctx,
  * checked: parsed, the key matches, valid now. cert_name/key_name are for
  * messages ("file: reason"). MG_OK or MG_ERR. */

@@ -170,6 +170,37 @@ static int mg_load_read_admin(mg_gen_t *g, lua_State *L, int conf) {
     return MG_OK;
 }
 
+/* GET /routes's hits: per route of the document, its metrics label and
+ * where its object ends (loader.admin_json's 4th value: name, offset, ...).
+ * Offsets out of the document or not at a "}" leave the list empty. */
+static void mg_load_read_route_marks(mg_gen_t *g, lua_State *L, int t) {
+    int n = (int)lua_objlen(L, t) / 2;
+    size_t dlen = strlen(g->admin_routes), prev = 0;
+    if (n <= 0)
+        return;
+    g->admin_route_names = calloc((size_t)n, sizeof(char *));
+    g->admin_route_ends = calloc((size_t)n, sizeof(size_t));
+    if (g->admin_route_names == NULL || g->admin_route_ends == NULL)
+        return;
+    for (int i = 0; i < n; i++) {
+        const char *name;
+        lua_Number end;
+        lua_rawgeti(L, t, 2 * i + 1);
+        lua_rawgeti(L, t, 2 * i + 2);
+        name = lua_tostring(L, -2);
+        end = lua_tonumber(L, -1);
+        if (name == NULL || end < (lua_Number)prev || end >= (lua_Number)dlen ||
+            g->admin_routes[(size_t)end] != '}' ||
+            (g->admin_route_names[i] = strdup(name)) == NULL) {
+            lua_pop(L, 2);
+            break;
+        }
+        g->admin_route_ends[i] = prev = (size_t)end;
+        g->nadmin_routes = i + 1;
+        lua_pop(L, 2);
+    }
+}
+
 /* The admin API's documents (GET /config, GET /routes, moongate -T):
  * loader.admin_json(gen), JSON text made once per load. */
 static void mg_load_read_admin_json(mg_gen_t *g, lua_State *L, int loader, int genidx) {
@@ -179,24 +210,26 @@ static void mg_load_read_admin_json(mg_gen_t *g, lua_State *L, int loader, int g
         return;
     }
     lua_pushvalue(L, genidx);
-    if (lua_pcall(L, 1, 3, 0) != 0) {
+    if (lua_pcall(L, 1, 4, 0) != 0) {
         mg_warn("admin: %s", lua_tostring(L, -1));
         lua_pop(L, 1);
         return;
     }
+    if (lua_type(L, -4) == LUA_TSTRING)
+        g->admin_config = strdup(lua_tostring(L, -4));
     if (lua_type(L, -3) == LUA_TSTRING)
-        g->admin_config = strdup(lua_tostring(L, -3));
-    if (lua_type(L, -2) == LUA_TSTRING)
-        g->admin_routes = strdup(lua_tostring(L, -2));
-    if (lua_type(L, -1) == LUA_TSTRING) {
+        g->admin_routes = strdup(lua_tostring(L, -3));
+    if (lua_type(L, -2) == LUA_TSTRING) {
         size_t n;
-        const char *s = lua_tolstring(L, -1, &n);
+        const char *s = lua_tolstring(L, -2, &n);
         if ((g->admin_page = malloc(n ? n : 1)) != NULL) {
             memcpy(g->admin_page, s, n);
             g->admin_page_len = n;
         }
     }
-    lua_pop(L, 3);
+    if (g->admin_routes && lua_istable(L, -1))
+        mg_load_read_route_marks(g, L, lua_gettop(L));
+    lua_pop(L, 4);
 }
 
 /* g->edge[server] from the table at idx (the main conf, or one of

@@ -754,7 +754,8 @@ void mg_tls_ctx_free(mg_gen_t *g) {
 
 /* ---- metrics ---- */
 
-static double mg_tls_not_after(SSL_CTX *ctx) {
+double mg_tls_not_after(void *sslctx) {
+    SSL_CTX *ctx = sslctx;
     X509 *x = ctx ? SSL_CTX_get0_certificate(ctx) : NULL;
     struct tm tm;
     if (x == NULL || !ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm))
@@ -782,4 +783,5 @@ void mg_tls_ctx_metrics(struct evbuffer *out) {
                     s, t->v[i].name, na);
         }
     }
+    mg_acme_metrics(out); /* the ACME certificates this worker serves (acme_tls.c) */
 }

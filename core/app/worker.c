@@ -177,6 +177,8 @@ int mg_app_ctl_recv(int sock, mg_ctl_msg_t *m, int *fd) {
 /* The master's messages (mg_ctl_msg_t). A worker never reads the files
  * itself: it loads the master's snapshot, says whether that worked, and
  * switches only when the master says every worker is ready. */
+static void mg_worker_signal_cb(evutil_socket_t sig, short what, void *arg);
+
 static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
     struct event *ev = arg;
     (void)what;
@@ -188,9 +190,16 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
         if (rc == MG_AGAIN)
             return;
         if (rc == MG_ERR) {
-            if (!mg_worker.stopping)
-                mg_warn("worker %d: the master's control channel closed", mg_worker.id);
             event_del(ev);
+            /* only the master's end closes it (it exited or was killed): an
+             * orphan gets no reloads and no replacement, and holds the
+             * ports a new master needs; it drains as on SIGTERM and exits */
+            if (!mg_worker.stopping) {
+                mg_warn("worker %d: the master's control channel closed: the master is gone, "
+                        "draining and exiting",
+                        mg_worker.id);
+                mg_worker_signal_cb(SIGTERM, 0, NULL);
+            }
             return;
         }
         switch (m.op) {
@@ -205,10 +214,14 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
                 mg_app_ctl_send(sock, MG_CTL_REFUSE, m.id, err, -1);
                 break;
             }
-            mg_gen_retain(g);
-            if (mg_gen_pending)
-                mg_gen_release(mg_gen_pending);
-            mg_gen_pending = g;
+            {
+                /* pending first: its reference is not a request's (gen.c's count) */
+                mg_gen_t *prev = mg_gen_pending;
+                mg_gen_pending = g;
+                mg_gen_retain(g);
+                if (prev)
+                    mg_gen_release(prev);
+            }
             mg_app_ctl_send(sock, MG_CTL_READY, m.id, NULL, -1);
             break;
         case MG_CTL_COMMIT:

@@ -24,7 +24,7 @@ int mg_log_level = MG_LOG_INFO;
 
 static const char *mg_log_names[] = {"debug", "info", "warn", "error"};
 
-static char mg_access_buf[32 * 1024];
+static char mg_access_buf[64 * 1024];
 static size_t mg_access_len;
 static struct event *mg_access_timer;
 static int mg_access_fd = STDERR_FILENO;
@@ -97,6 +97,21 @@ void mg_access_log_write(const char *line, size_t len) {
     mg_access_len += len;
 }
 
+void mg_access_log_begin(mg_fmt_t *b, size_t max) {
+    if (max > MG_ACCESS_LINE_MAX)
+        max = MG_ACCESS_LINE_MAX;
+    if (sizeof(mg_access_buf) - mg_access_len < max)
+        mg_access_log_flush(); /* empties it (what a failed write held is dropped) */
+    b->p = mg_access_buf + mg_access_len;
+    b->len = 0;
+    b->cap = max;
+}
+
+void mg_access_log_commit(const mg_fmt_t *b) {
+    if (b->p == mg_access_buf + mg_access_len && b->len <= sizeof(mg_access_buf) - mg_access_len)
+        mg_access_len += b->len;
+}
+
 /* Opens path for the access log: the descriptor, or -1 (logged). */
 static int mg_access_log_open_file(const char *path) {
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
@@ -144,21 +159,15 @@ int mg_access_log_reopen(void) {
 }
 
 /* ISO 8601 UTC with milliseconds: "2026-12-01T22:48:00.123Z" (25 bytes
- * with the NUL); the date part is formatted once per second. */
+ * with the NUL); the milliseconds cut, not rounded. */
 size_t mg_iso_time(char *out, double t) {
-    static time_t last = (time_t)-1;
-    static char sec[24];
-    time_t s = (time_t)t;
-    int ms = (int)((t - (double)s) * 1000.0);
-    if (s != last) {
-        struct tm tm;
-        gmtime_r(&s, &tm);
-        strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
-        last = s;
-    }
+    mg_fmt_t b = {out, 0, MG_ISO_TIME_MAX - 1};
+    int64_t s = (int64_t)t, ms = (int64_t)((t - (double)s) * 1000.0);
     if (ms < 0)
         ms = 0;
     if (ms > 999)
         ms = 999;
-    return (size_t)snprintf(out, MG_ISO_TIME_MAX, "%s.%03dZ", sec, ms);
+    mg_fmt_iso_ms(&b, s * 1000 + ms);
+    out[b.len] = '\0';
+    return b.len;
 }

@@ -25,22 +25,15 @@ size_t mg_utoa(char *buf, uint64_t v) {
     return n;
 }
 
-/* JSON string escaping for our own messages (ASCII in, ASCII out). */
+/* JSON string escaping for our own messages (ASCII in, ASCII out): the
+ * access log's escaper (fmt.c) into a NUL-ended buffer. */
 size_t mg_json_escape(char *out, size_t cap, const char *s) {
-    size_t o = 0;
-    for (; *s && o + 7 < cap; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') {
-            out[o++] = '\\';
-            out[o++] = ch;
-        } else if (ch < 0x20 || ch >= 0x7f) {
-            o += snprintf(out + o, cap - o, "\\u%04x", ch);
-        } else {
-            out[o++] = ch;
-        }
-    }
-    out[o] = '\0';
-    return o;
+    mg_fmt_t b = {out, 0, cap ? cap - 1 : 0};
+    if (cap == 0)
+        return 0;
+    mg_fmt_json(&b, s, SIZE_MAX, cap); /* the NUL ends it */
+    out[b.len] = '\0';
+    return b.len;
 }
 
 /* The JSON error body every refusal sends, `{"error":msg,"request_id":id}`

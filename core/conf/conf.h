@@ -200,6 +200,11 @@ struct mg_gen_s {
     char *health_path;
     size_t health_path_len;
     char *admin_config, *admin_routes;
+    /* per route object of admin_routes: its metrics label and the offset
+     * of its closing brace (GET /routes adds the hits there) */
+    char **admin_route_names;
+    size_t *admin_route_ends;
+    int nadmin_routes;
     char *admin_page; /* GET / (lib/moongate/admin/dashboard.html), or NULL */
     size_t admin_page_len;
     double loaded_at; /* wall-clock seconds of the load */
@@ -210,7 +215,12 @@ struct mg_gen_s {
 
 /* ---- gen.c ---- */
 extern mg_gen_t *mg_gen_current;
-extern mg_gen_t *mg_gen_pending;     /* loaded, not yet serving (a reload in progress) */
+extern mg_gen_t *mg_gen_pending; /* loaded, not yet serving (a reload in progress) */
+/* superseded generations still held by requests or sockets (this process),
+ * in no order; one leaves the list when it is freed */
+#define MG_GEN_DRAINING_MAX 32
+extern mg_gen_t *mg_gen_draining[MG_GEN_DRAINING_MAX];
+extern int mg_gen_ndraining;
 void mg_gen_activate(mg_gen_t *gen); /* becomes current; old one released */
 void mg_gen_retain(mg_gen_t *gen);
 void mg_gen_release(mg_gen_t *gen);

@@ -13,6 +13,30 @@
 
 mg_gen_t *mg_gen_current;
 mg_gen_t *mg_gen_pending;
+mg_gen_t *mg_gen_draining[MG_GEN_DRAINING_MAX];
+int mg_gen_ndraining;
+
+/* an old generation left the list (freed) */
+static void mg_gen_retire(mg_gen_t *g) {
+    for (int i = 0; i < mg_gen_ndraining; i++)
+        if (mg_gen_draining[i] == g) {
+            mg_gen_draining[i] = mg_gen_draining[--mg_gen_ndraining];
+            mg_gen_draining[mg_gen_ndraining] = NULL;
+            return;
+        }
+}
+
+/* the worker's requests and sockets on g, into its metrics slot: the refs
+ * but the one of being current or pending */
+static inline int mg_gen_in_use(const mg_gen_t *g) {
+    int own = (g == mg_gen_current) + (g == mg_gen_pending);
+    return g->refs > own ? g->refs - own : 0;
+}
+
+static void mg_gen_publish(const mg_gen_t *g) {
+    (void)g; /* MG_METRICS_OFF: nothing published */
+    mg_met_gen_use(g->id, g->loaded_at, mg_gen_in_use(g));
+}
 
 static void mg_gen_free_ws(mg_ws_conf_t *w) {
     int i;
@@ -39,6 +63,7 @@ void mg_gen_free(mg_gen_t *g) {
     int i, k;
     if (g == NULL)
         return;
+    mg_gen_retire(g);
     if (g->dtor)
         g->dtor(g);
     for (i = 0; i < g->nroutes; i++) {
@@ -74,17 +99,27 @@ void mg_gen_free(mg_gen_t *g) {
     free(g->health_path);
     free(g->admin_config);
     free(g->admin_routes);
+    for (i = 0; i < g->nadmin_routes; i++)
+        free(g->admin_route_names[i]);
+    free(g->admin_route_names);
+    free(g->admin_route_ends);
     free(g->admin_page);
     free(g);
 }
 
-void mg_gen_retain(mg_gen_t *gen) { gen->refs++; }
+void mg_gen_retain(mg_gen_t *gen) {
+    gen->refs++;
+    mg_gen_publish(gen);
+}
 
 void mg_gen_release(mg_gen_t *gen) {
     if (--gen->refs == 0) {
         mg_debug("generation %u freed", gen->id);
+        mg_met_gen_use(gen->id, gen->loaded_at, 0);
         mg_gen_free(gen);
+        return;
     }
+    mg_gen_publish(gen);
 }
 
 void mg_gen_activate(mg_gen_t *gen) {
@@ -96,6 +131,10 @@ void mg_gen_activate(mg_gen_t *gen) {
         mg_log_level = gen->log_level;
     if (gen->access_log)
         mg_access_log_open(gen->access_log_dest);
+    mg_gen_publish(gen);
+    /* still held by requests or sockets: listed as draining until freed */
+    if (old && old != gen && old->refs > 1 && mg_gen_ndraining < MG_GEN_DRAINING_MAX)
+        mg_gen_draining[mg_gen_ndraining++] = old;
     if (old)
         mg_gen_release(old);
 }

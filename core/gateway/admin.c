@@ -6,9 +6,14 @@
  * /generations, /websockets, /config and POST /reload need
  * `Authorization: Bearer <admin.token>`; the dashboard page (GET /) holds
  * no data and sends the token it is given with its own requests. Other parts register
- * theirs with mg_admin_register, once per worker at start. The answers
- * are this worker's view (the connection landed on one worker), except
- * /metrics (summed over every worker) and /reload (the master's).
+ * theirs with mg_admin_register, once per worker at start. Counts are the
+ * process family's, summed over every worker's slot of the metrics shm
+ * (loop/metrics.c): /metrics, the hits of /routes, the requests, errors and
+ * pools of /upstreams, the requests and sockets per generation of
+ * /generations, the sockets of /websockets. What only a worker knows (a
+ * server's health and idle connections, the refs of its own draining
+ * generations, its socket count) is this worker's (the connection landed
+ * on one) and says so; /reload is the master's.
  */
 #include "gateway/gateway.h"
 
@@ -161,9 +166,33 @@ static void mg_admin_config(mg_req_t *r, const char *q, size_t ql) {
     mg_admin_doc(r, r->gen->admin_config);
 }
 
+/* the load's document with each route's "hits": requests answered on its
+ * metrics label (its name or rule), summed over every worker */
 static void mg_admin_routes(mg_req_t *r, const char *q, size_t ql) {
+    mg_gen_t *g = r->gen;
+    const char *doc = g->admin_routes;
+    struct evbuffer *b;
+    size_t at = 0;
     (void)q, (void)ql;
-    mg_admin_doc(r, r->gen->admin_routes);
+    if (doc == NULL || g->nadmin_routes == 0) {
+        mg_admin_doc(r, doc);
+        return;
+    }
+    if ((b = evbuffer_new()) == NULL) {
+        mg_resp_json_error(r, 503, "out of memory");
+        return;
+    }
+    for (int i = 0; i < g->nadmin_routes; i++) {
+        size_t end = g->admin_route_ends[i];
+        evbuffer_add(b, doc + at, end - at);
+        evbuffer_add_printf(
+            b, ",\"hits\":%llu",
+            (unsigned long long)mg_metrics_http_requests(mg_met_find(g->admin_route_names[i])));
+        at = end;
+    }
+    evbuffer_add(b, doc + at, strlen(doc + at));
+    mg_admin_json(r, 200, b);
+    evbuffer_free(b);
 }
 
 static void mg_admin_upstreams(mg_req_t *r, const char *q, size_t ql) {
@@ -177,14 +206,21 @@ static void mg_admin_upstreams(mg_req_t *r, const char *q, size_t ql) {
     evbuffer_add_printf(b, "{\"worker\":%d,\"generation\":%u,\"upstreams\":[", mg_worker.id, g->id);
     for (int i = 0; i < g->nupstreams; i++) {
         mg_upstream_t *u = &g->upstreams[i];
+        mg_met_up_sum_t m;
         evbuffer_add_printf(b, "%s{\"name\":", i ? "," : "");
         mg_admin_str(b, u->name);
-        evbuffer_add_printf(b,
-                            ",\"keepalive\":%d,\"connect_timeout_ms\":%d,"
-                            "\"response_timeout_ms\":%d,\"max_fails\":%d,\"fail_timeout_ms\":%d,"
-                            "\"servers\":[",
-                            u->keepalive, u->connect_timeout, u->response_timeout, u->max_fails,
-                            u->fail_timeout);
+        mg_metrics_upstream_sum(mg_upstream_met(u), &m);
+        evbuffer_add_printf(
+            b,
+            ",\"keepalive\":%d,\"connect_timeout_ms\":%d,"
+            "\"response_timeout_ms\":%d,\"max_fails\":%d,\"fail_timeout_ms\":%d,"
+            "\"requests\":%llu,\"errors\":{\"connect\":%llu,\"timeout\":%llu,"
+            "\"bad_response\":%llu},\"pool\":{\"open\":%lld,\"idle\":%lld},"
+            "\"servers\":[",
+            u->keepalive, u->connect_timeout, u->response_timeout, u->max_fails, u->fail_timeout,
+            (unsigned long long)m.requests, (unsigned long long)m.errors[MG_MET_E_CONNECT],
+            (unsigned long long)m.errors[MG_MET_E_TIMEOUT],
+            (unsigned long long)m.errors[MG_MET_E_BAD], (long long)m.pool, (long long)m.idle);
         for (int k = 0; k < u->npeers; k++) {
             mg_up_peer_stat_t s;
             char name[96];
@@ -203,18 +239,33 @@ static void mg_admin_upstreams(mg_req_t *r, const char *q, size_t ql) {
     evbuffer_free(b);
 }
 
-static void mg_admin_gen_json(struct evbuffer *b, const mg_gen_t *g, const char *state) {
-    /* refs: the one of being current (or pending), the rest requests and
-     * sockets still on it */
+/* one generation: what this worker knows of it (routes, upstreams; -1 if it
+ * has none of its own), and the process family's requests and sockets on it */
+static void mg_admin_gen_json(struct evbuffer *b, unsigned id, const char *state, double at,
+                              const mg_gen_t *g, const mg_met_gen_row_t *rows, int nrows) {
+    long long in_use = 0, ws = 0;
+    for (int i = 0; i < nrows; i++)
+        if (rows[i].id == id) {
+            in_use = (long long)rows[i].in_use;
+            ws = (long long)rows[i].ws;
+            if (at <= 0)
+                at = rows[i].loaded_at;
+        }
     evbuffer_add_printf(b,
-                        "{\"id\":%u,\"state\":\"%s\",\"loaded_at\":%.0f,\"in_use\":%d,"
-                        "\"routes\":%d,\"upstreams\":%d}",
-                        g->id, state, g->loaded_at, g->refs > 0 ? g->refs - 1 : 0, g->nroutes,
-                        g->nupstreams);
+                        "{\"id\":%u,\"state\":\"%s\",\"loaded_at\":%.0f,\"in_use\":%lld,"
+                        "\"websockets\":%lld,\"routes\":%d,\"upstreams\":%d}",
+                        id, state, at, in_use, ws, g ? g->nroutes : -1, g ? g->nupstreams : -1);
 }
 
+/* The serving generation, a pending one, and the superseded ones still
+ * held by requests or sockets in any worker ("draining", until the last
+ * one lets go), with the process family's counts (metrics shm); this
+ * worker's own draining list beside. */
 static void mg_admin_generations(mg_req_t *r, const char *q, size_t ql) {
     struct evbuffer *b = evbuffer_new();
+    mg_met_gen_row_t rows[MG_MET_GENS * 4];
+    int n = mg_metrics_gen_rows(rows, (int)(sizeof(rows) / sizeof(rows[0])));
+    mg_gen_t *cur = mg_gen_current;
     (void)q, (void)ql;
     if (b == NULL) {
         mg_resp_json_error(r, 503, "out of memory");
@@ -225,25 +276,61 @@ static void mg_admin_generations(mg_req_t *r, const char *q, size_t ql) {
                         "\"generations\":[",
                         mg_worker.id, (int)getpid(), (unsigned long long)mg_worker.active,
                         (unsigned long long)mg_worker.inflight);
-    mg_admin_gen_json(b, mg_gen_current, "serving");
+    mg_admin_gen_json(b, cur->id, "serving", cur->loaded_at, cur, rows, n);
     if (mg_gen_pending) {
         evbuffer_add(b, ",", 1);
-        mg_admin_gen_json(b, mg_gen_pending, "loading");
+        mg_admin_gen_json(b, mg_gen_pending->id, "loading", mg_gen_pending->loaded_at,
+                          mg_gen_pending, rows, n);
     }
+    /* older than the serving one and still in use somewhere */
+    for (int i = 0; i < n; i++) {
+        const mg_gen_t *mine = NULL;
+        if (rows[i].id >= cur->id || rows[i].in_use <= 0)
+            continue;
+        for (int k = 0; k < mg_gen_ndraining; k++)
+            if (mg_gen_draining[k]->id == rows[i].id)
+                mine = mg_gen_draining[k];
+        evbuffer_add(b, ",", 1);
+        mg_admin_gen_json(b, rows[i].id, "draining", mine ? mine->loaded_at : 0, mine, rows, n);
+    }
+    evbuffer_add_printf(b, "],\"this_worker_draining\":[");
+    for (int k = 0; k < mg_gen_ndraining; k++)
+        evbuffer_add_printf(b, "%s{\"id\":%u,\"refs\":%d}", k ? "," : "", mg_gen_draining[k]->id,
+                            mg_gen_draining[k]->refs);
     evbuffer_add_printf(b, "]}\n");
     mg_admin_json(r, 200, b);
     evbuffer_free(b);
 }
 
+/* Open sockets by route, mode and generation, all workers (metrics shm);
+ * this worker's count and limit beside. */
 static void mg_admin_websockets(mg_req_t *r, const char *q, size_t ql) {
-    char body[160];
-    int n;
+    static mg_met_ws_row_t rows[4 * MG_MET_NAMES];
+    int n = mg_metrics_ws_rows(rows, (int)(sizeof(rows) / sizeof(rows[0])));
+    static const char *const modes[MG_MET_NMODE] = {"handler", "tunnel", "relay"};
+    struct evbuffer *b = evbuffer_new();
+    long long total = 0;
     (void)q, (void)ql;
-    n = snprintf(body, sizeof(body),
-                 "{\"worker\":%d,\"generation\":%u,\"open\":%llu,\"limit\":%d}\n", mg_worker.id,
-                 mg_gen_current->id, (unsigned long long)mg_ws_count(),
-                 mg_gen_current->max_websockets);
-    mg_admin_reply(r, 200, "application/json", body, (size_t)n);
+    if (b == NULL) {
+        mg_resp_json_error(r, 503, "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        total += (long long)rows[i].open;
+    evbuffer_add_printf(b,
+                        "{\"worker\":%d,\"generation\":%u,\"open\":%lld,\"worker_open\":%llu,"
+                        "\"limit\":%d,\"sockets\":[",
+                        mg_worker.id, mg_gen_current->id, total, (unsigned long long)mg_ws_count(),
+                        mg_gen_current->max_websockets);
+    for (int i = 0; i < n; i++) {
+        evbuffer_add_printf(b, "%s{\"route\":", i ? "," : "");
+        mg_admin_str(b, mg_met_name_str(rows[i].name));
+        evbuffer_add_printf(b, ",\"mode\":\"%s\",\"generation\":%u,\"open\":%lld}",
+                            modes[rows[i].mode], rows[i].gen, (long long)rows[i].open);
+    }
+    evbuffer_add_printf(b, "]}\n");
+    mg_admin_json(r, 200, b);
+    evbuffer_free(b);
 }
 
 static void mg_admin_page(mg_req_t *r, const char *q, size_t ql) {

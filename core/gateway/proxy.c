@@ -136,7 +136,6 @@ static int mg_proxy_begin(mg_req_t *r, struct evbuffer *pre) {
     if (pre && r->chunked && r->state == MG_REQ_DONE)
         evbuffer_add(h, "0\r\n\r\n", 5);
 
-    r->up_start = mg_now(); /* the access log's upstream_ms */
     r->ux = mg_ux_start(lp ? lp->up : rt->upstream, h, mg_proxy_method_idempotent(r->method),
                         r->method == HTTP_HEAD, &mg_proxy_sink, r, lp ? lp->timeout_ms : 0);
     if (r->ux == NULL) {
@@ -293,7 +292,7 @@ static void mg_proxy_on_flush(void *ud) {
 
 static void mg_proxy_on_done(void *ud) {
     mg_req_t *r = ud;
-    r->up_ms = (mg_now() - r->up_start) * 1000.0;
+    r->up_ms = r->ux ? mg_ux_ms(r->ux) : 0; /* the access log's upstream_ms */
     mg_proxy_detach(r);
     mg_resp_end(r);
     mg_req_target_done(r);
@@ -303,7 +302,7 @@ static void mg_proxy_on_error(void *ud, int status, const char *msg) {
     mg_req_t *r = ud;
     if (r->ux && r->up_addr == NULL)
         r->up_addr = mg_ux_peer_name(r->ux);
-    r->up_ms = (mg_now() - r->up_start) * 1000.0;
+    r->up_ms = r->ux ? mg_ux_ms(r->ux) : 0;
     mg_proxy_detach(r);
     if (status && !r->resp_started) {
         mg_warn("request %s: %s %.*s: %s (%d)", r->request_id,

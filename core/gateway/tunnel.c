@@ -37,10 +37,9 @@ static void mg_tunnel_free(mg_tunnel_t *t, const char *by) {
     if (by == NULL)
         e.by = t->first == 0 ? "client" : t->first == 1 ? "upstream" : "none";
     MG_MET(mg_met->ws_close[t->met][mg_met_ws_code(1006)][mg_met_ws_side(e.by)]++);
-    MG_MET(mg_met->ws_open[t->met][MG_MET_WS_TUNNEL]--);
     MG_MET(mg_met->ws_bytes[t->met][MG_MET_IN] += t->bytes[0]);
     MG_MET(mg_met->ws_bytes[t->met][MG_MET_OUT] += t->bytes[1]);
-    mg_met_ws_gen(t->gen->id, -1);
+    mg_met_ws_open(t->met, MG_MET_WS_TUNNEL, t->gen->id, -1);
     mg_http_wslog_end(t->alog, MG_WS_TUNNEL, 0, e.by, NULL, t->bytes[0], t->bytes[1]);
     if (t->prev)
         t->prev->next = t->next;
@@ -240,8 +239,7 @@ void mg_tunnel_start(mg_upgrade_t *p, mg_io_t *uio, const char *extra, size_t ex
     mg_worker.active++;
     mg_ws_sockets++;
     t->met = mg_route_met(p->route);
-    MG_MET(mg_met->ws_open[t->met][MG_MET_WS_TUNNEL]++);
-    mg_met_ws_gen(t->gen->id, 1);
+    mg_met_ws_open(t->met, MG_MET_WS_TUNNEL, t->gen->id, 1);
     t->next = mg_tunnels;
     if (mg_tunnels)
         mg_tunnels->prev = t;

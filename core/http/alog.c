@@ -13,68 +13,86 @@
 
 struct mg_http_wslog_s {
     double t_start;
-    const char *route; /* the route's name: the session holds its generation */
+    const char *route; /* the route's name or rule: the session holds its generation */
     unsigned gen_id;
-    char head[]; /* the line up to "status" */
+    size_t head_len;
+    char head[]; /* the line up to "bytes" */
 };
 
 mg_http_wslog_t *mg_http_wslog_new(mg_req_t *r) {
-    char esc[400], head[4096], more[2700];
+    char head[4096];
+    mg_fmt_t b = {head, 0, sizeof(head)};
     mg_http_wslog_t *a;
-    const mg_req_tls_t *t = mg_req_tls_info(r);
-    char tls[400] = "", sni[300];
-    int n;
+    const mg_req_tls_t *t;
+    int64_t t_ms;
     if (mg_http_log_off(r))
         return NULL;
-    mg_http_log_path(r, esc, sizeof(esc));
-    mg_http_log_fields(r, more, sizeof(more));
+    t = mg_req_tls_info(r);
+    t_ms = mg_fmt_round(r->t_start * 1000.0);
+    mg_http_log_start(&b, r, t_ms, "GET");
+    mg_fmt_lit(&b, ",\"status\":101");
+    mg_http_log_fields(&b, r, t_ms);
+    mg_fmt_ch(&b, ',');
     if (t) { /* wss://: the HTTP lines' tls object */
-        if (t->sni)
-            mg_json_escape(sni, sizeof(sni), t->sni);
-        snprintf(tls, sizeof(tls), "\"tls\":{\"version\":\"%s\",\"cipher\":\"%s\",\"sni\":%s%s%s},",
-                 t->version ? t->version : "", t->cipher ? t->cipher : "", t->sni ? "\"" : "",
-                 t->sni ? sni : "null", t->sni ? "\"" : "");
+        mg_http_log_tls(&b, t);
+        mg_fmt_ch(&b, ',');
     }
-    n = snprintf(head, sizeof(head),
-                 "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
-                 "\"method\":\"GET\",\"path\":\"%s\",\"status\":101%s,%s",
-                 r->t_start, r->request_id, mg_req_client_ip(r), esc, more, tls);
-    if (n < 0 || (size_t)n >= sizeof(head))
+    if (b.len >= sizeof(head)) /* cannot be with the fields' caps */
         return NULL;
-    a = malloc(sizeof(*a) + n + 1);
+    a = malloc(sizeof(*a) + b.len);
     if (a == NULL)
         return NULL;
     a->t_start = r->t_start;
-    a->route = r->route->name ? r->route->name : r->route->rule;
+    a->route = r->route ? (r->route->name ? r->route->name : r->route->rule) : NULL;
     a->gen_id = r->gen->id;
-    memcpy(a->head, head, n + 1);
+    a->head_len = b.len;
+    memcpy(a->head, head, b.len);
     return a;
 }
 
 void mg_http_wslog_end(mg_http_wslog_t *a, int mode, int code, const char *by, const uint64_t *msgs,
                        uint64_t in, uint64_t out) {
     static const char *modes[] = {"", "tunnel", "relay", "handler"};
-    char line[5120], ws[320];
-    int n;
+    mg_fmt_t b;
     if (a == NULL)
         return;
-    if (msgs)
-        snprintf(ws, sizeof(ws),
-                 "\"mode\":\"%s\",\"close_code\":%d,\"close_by\":\"%s\",\"messages_in\":%llu,"
-                 "\"messages_out\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu",
-                 modes[mode], code, by, (unsigned long long)msgs[0], (unsigned long long)msgs[1],
-                 (unsigned long long)in, (unsigned long long)out);
-    else /* a tunnel does not parse frames: no close code, no message counts */
-        snprintf(ws, sizeof(ws),
-                 "\"mode\":\"tunnel\",\"close_code\":null,\"close_by\":\"%s\",\"bytes_in\":%llu,"
-                 "\"bytes_out\":%llu",
-                 by, (unsigned long long)in, (unsigned long long)out);
-    n = snprintf(line, sizeof(line),
-                 "%s\"bytes\":%llu,\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u,"
-                 "\"bytes_in\":%llu,\"bytes_out\":%llu,\"websocket\":{%s}}\n",
-                 a->head, (unsigned long long)out, (mg_now() - a->t_start) * 1000.0, a->route,
-                 a->gen_id, (unsigned long long)in, (unsigned long long)out, ws);
-    if (n > 0)
-        mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    mg_access_log_begin(&b, MG_ACCESS_LINE_MAX);
+    mg_fmt_mem(&b, a->head, a->head_len);
+    mg_fmt_lit(&b, "\"bytes\":");
+    mg_fmt_u64(&b, out);
+    mg_fmt_lit(&b, ",\"duration_ms\":");
+    mg_fmt_milli(&b, mg_fmt_round((mg_now() - a->t_start) * 1e6));
+    mg_fmt_lit(&b, ",\"route\":\"");
+    if (a->route)
+        mg_fmt_json(&b, a->route, SIZE_MAX, 400);
+    mg_fmt_lit(&b, "\",\"generation\":");
+    mg_fmt_u64(&b, a->gen_id);
+    mg_fmt_lit(&b, ",\"bytes_in\":");
+    mg_fmt_u64(&b, in);
+    mg_fmt_lit(&b, ",\"bytes_out\":");
+    mg_fmt_u64(&b, out);
+    if (msgs) {
+        mg_fmt_lit(&b, ",\"websocket\":{\"mode\":\"");
+        mg_fmt_str(&b, modes[mode]);
+        mg_fmt_lit(&b, "\",\"close_code\":");
+        mg_fmt_i64(&b, code);
+        mg_fmt_lit(&b, ",\"close_by\":\"");
+        mg_fmt_str(&b, by);
+        mg_fmt_lit(&b, "\",\"messages_in\":");
+        mg_fmt_u64(&b, msgs[0]);
+        mg_fmt_lit(&b, ",\"messages_out\":");
+        mg_fmt_u64(&b, msgs[1]);
+    } else { /* a tunnel does not parse frames: no close code, no message counts */
+        mg_fmt_lit(&b, ",\"websocket\":{\"mode\":\"tunnel\",\"close_code\":null,\"close_by\":\"");
+        mg_fmt_str(&b, by);
+        mg_fmt_ch(&b, '"');
+    }
+    mg_fmt_lit(&b, ",\"bytes_in\":");
+    mg_fmt_u64(&b, in);
+    mg_fmt_lit(&b, ",\"bytes_out\":");
+    mg_fmt_u64(&b, out);
+    mg_fmt_ch(&b, '}');
+    mg_http_log_end(&b);
+    mg_access_log_commit(&b);
     free(a);
 }

@@ -382,71 +382,183 @@ static void mg_http_log_redact_query(char *path) {
 }
 
 /* The target as access-log lines show it: at most 300 bytes, query
- * credentials redacted, JSON-escaped into esc (cap bytes). */
-void mg_http_log_path(const mg_req_t *r, char *esc, size_t cap) {
-    char path[400];
+ * credentials redacted, JSON-escaped (at most 399 bytes of it, as ever).
+ * A target without a query is escaped as it is, without a copy. */
+void mg_http_log_path(mg_fmt_t *b, const mg_req_t *r) {
+    char path[400]; /* redaction can grow it: "key=&" -> "key=-&" */
     size_t pl = r->url_len < 300 ? r->url_len : 300;
+    if (memchr(r->hbuf, '?', pl) == NULL) {
+        mg_fmt_json(b, r->hbuf, pl, 400);
+        return;
+    }
     memcpy(path, r->hbuf, pl);
     path[pl] = '\0';
     mg_http_log_redact_query(path);
-    mg_json_escape(esc, cap, path);
+    mg_fmt_json(b, path, SIZE_MAX, 400);
 }
 
-/* The access-log line's TLS part: ,"tls":{"version","cipher","sni"}. */
-static void mg_http_log_tls(mg_conn_t *c, char *out, size_t cap) {
-    char sni[300];
-    const char *v = mg_io_tls_version(&c->io), *ci = mg_io_tls_cipher(&c->io);
-    if (c->io.sni)
-        mg_json_escape(sni, sizeof(sni), c->io.sni);
-    snprintf(out, cap, ",\"tls\":{\"version\":\"%s\",\"cipher\":\"%s\",\"sni\":%s%s%s}", v ? v : "",
-             ci ? ci : "", c->io.sni ? "\"" : "", c->io.sni ? sni : "null", c->io.sni ? "\"" : "");
+void mg_http_log_tls(mg_fmt_t *b, const mg_req_tls_t *t) {
+    mg_fmt_lit(b, "\"tls\":{\"version\":\"");
+    mg_fmt_str(b, t->version ? t->version : "");
+    mg_fmt_lit(b, "\",\"cipher\":\"");
+    mg_fmt_str(b, t->cipher ? t->cipher : "");
+    if (t->sni) {
+        mg_fmt_lit(b, "\",\"sni\":\"");
+        mg_fmt_json(b, t->sni, SIZE_MAX, 300);
+        mg_fmt_lit(b, "\"}");
+    } else {
+        mg_fmt_lit(b, "\",\"sni\":null}");
+    }
 }
 
-/* A header value for the log: cut to 200 bytes, escaped into out. */
-static void mg_http_log_header(mg_req_t *r, const char *name, char *out, size_t cap) {
-    char v[201];
-    size_t len = 0;
-    const char *h = mg_req_header(r, name, &len);
-    if (h == NULL) {
-        snprintf(out, cap, "null");
+void mg_http_log_route(mg_fmt_t *b, const mg_route_t *rt) {
+    const char *s = rt ? (rt->name ? rt->name : rt->rule) : NULL;
+    if (s)
+        mg_fmt_json(b, s, SIZE_MAX, 400);
+}
+
+/* A header value for the log: cut to 200 bytes, escaped, quoted; null. */
+static void mg_http_log_header(mg_fmt_t *b, const char *v, size_t len) {
+    if (v == NULL) {
+        mg_fmt_lit(b, "null");
         return;
     }
-    if (len > 200)
-        len = 200;
-    memcpy(v, h, len);
-    v[len] = '\0';
-    out[0] = '"';
-    mg_json_escape(out + 1, cap - 2, v);
-    len = strlen(out);
-    out[len] = '"';
-    out[len + 1] = '\0';
+    mg_fmt_ch(b, '"');
+    mg_fmt_json(b, v, len < 200 ? len : 200, 1218);
+    mg_fmt_ch(b, '"');
 }
 
-/* The request's bytes from the client: the head as parsed (request line,
- * header lines, the blank line) and the body. */
-static uint64_t mg_http_log_bytes_in(const mg_req_t *r) {
-    uint64_t in = r->body_rx;
-    in += strlen(llhttp_method_name((llhttp_method_t)r->method)) + r->url_len + 12;
-    for (int i = 0; i < r->nhdrs; i++)
-        in += r->hdrs[i].nlen + r->hdrs[i].vlen + 4;
-    return in + 2;
-}
+/* "host:port" of each listener, made once per worker (mg_worker.laddr is
+ * set at its start and kept); cut to 79 bytes as ever. */
+static struct {
+    char s[80];
+    size_t n;
+} * mg_http_lnames;
+static const mg_addr_t *mg_http_lnames_of;
 
-size_t mg_http_log_fields(mg_req_t *r, char *out, size_t cap) {
-    char ts[MG_ISO_TIME_MAX], host[1220], ua[1220], lis[80] = "";
+static void mg_http_log_listener(mg_fmt_t *b, int lidx) {
+    char one[80];
     int n;
-    mg_iso_time(ts, r->t_start);
-    mg_http_log_header(r, "Host", host, sizeof(host));
-    mg_http_log_header(r, "User-Agent", ua, sizeof(ua));
-    if (r->lidx >= 0 && r->lidx < mg_worker.nfd && mg_worker.laddr)
-        snprintf(lis, sizeof(lis), "%s:%d", mg_worker.laddr[r->lidx].host,
-                 mg_worker.laddr[r->lidx].port);
-    n = snprintf(out, cap,
-                 ",\"timestamp\":\"%s\",\"host\":%s,\"listener\":\"%s\",\"user_agent\":%s", ts,
-                 host, lis, ua);
-    if (n < 0)
-        return 0;
-    return (size_t)n < cap ? (size_t)n : cap - 1;
+    if (lidx < 0 || lidx >= mg_worker.nfd || mg_worker.laddr == NULL)
+        return;
+    if (mg_http_lnames_of != mg_worker.laddr) {
+        free(mg_http_lnames);
+        mg_http_lnames = calloc(mg_worker.nfd, sizeof(*mg_http_lnames));
+        mg_http_lnames_of = mg_http_lnames ? mg_worker.laddr : NULL;
+        for (int i = 0; mg_http_lnames && i < mg_worker.nfd; i++) {
+            n = snprintf(mg_http_lnames[i].s, sizeof(mg_http_lnames[i].s), "%s:%d",
+                         mg_worker.laddr[i].host, mg_worker.laddr[i].port);
+            mg_http_lnames[i].n = n < 0 ? 0 : (size_t)n < sizeof(one) ? (size_t)n : sizeof(one) - 1;
+        }
+    }
+    if (mg_http_lnames) {
+        mg_fmt_mem(b, mg_http_lnames[lidx].s, mg_http_lnames[lidx].n);
+        return;
+    }
+    n = snprintf(one, sizeof(one), "%s:%d", mg_worker.laddr[lidx].host, mg_worker.laddr[lidx].port);
+    mg_fmt_mem(b, one, n < 0 ? 0 : (size_t)n < sizeof(one) ? (size_t)n : sizeof(one) - 1);
+}
+
+uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
+    const char *host = NULL, *ua = NULL;
+    size_t hl = 0, ul = 0;
+    uint64_t head = 0;
+    if (r->log_ready) { /* the head checks worked them out */
+        if (r->log_has_host) {
+            host = r->hbuf + r->log_host_off;
+            hl = r->log_host_len;
+        }
+        if (r->log_has_ua) {
+            ua = r->hbuf + r->log_ua_off;
+            ul = r->log_ua_len;
+        }
+        head = r->log_hbytes;
+    }
+    /* else one pass: Host and User-Agent (the first of each, as
+     * mg_req_header finds them) and the head's size */
+    for (int i = 0; !r->log_ready && i < r->nhdrs; i++) {
+        const mg_hdr_t *h = &r->hdrs[i];
+        const char *n = r->hbuf + h->noff;
+        head += h->nlen + h->vlen + 4;
+        if (h->nlen == 4 && host == NULL && MG_NAME_IS(n, 4, "host")) {
+            host = r->hbuf + h->voff;
+            hl = h->vlen;
+        } else if (h->nlen == 10 && ua == NULL && MG_NAME_IS(n, 10, "user-agent")) {
+            ua = r->hbuf + h->voff;
+            ul = h->vlen;
+        }
+    }
+    mg_fmt_lit(b, ",\"timestamp\":\"");
+    mg_fmt_iso_ms(b, t_ms);
+    mg_fmt_lit(b, "\",\"host\":");
+    mg_http_log_header(b, host, hl);
+    mg_fmt_lit(b, ",\"listener\":\"");
+    mg_http_log_listener(b, r->lidx);
+    mg_fmt_lit(b, "\",\"user_agent\":");
+    mg_http_log_header(b, ua, ul);
+    return head;
+}
+
+void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method) {
+    mg_fmt_lit(b, "{\"type\":\"access\",\"time\":");
+    mg_fmt_milli(b, t_ms);
+    mg_fmt_lit(b, ",\"request_id\":\"");
+    mg_fmt_str(b, r->request_id);
+    mg_fmt_lit(b, "\",\"remote\":\"");
+    mg_fmt_str(b, mg_req_client_ip(r));
+    mg_fmt_lit(b, "\",\"method\":\"");
+    mg_fmt_str(b, method);
+    mg_fmt_lit(b, "\",\"path\":\"");
+    mg_http_log_path(b, r);
+    mg_fmt_ch(b, '"');
+}
+
+void mg_http_log_end(mg_fmt_t *b) {
+    if (b->cap < 2)
+        return;
+    if (b->len > b->cap - 2)
+        b->len = b->cap - 2; /* cannot happen with the caps above; the line still ends */
+    mg_fmt_lit(b, "}\n");
+}
+
+void mg_http_log_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now) {
+    /* a head refused before it was whole has no method yet ("-", as nginx
+     * logs a field it does not have; r->method 0 would read as DELETE) */
+    const char *method =
+        r->state == MG_REQ_HEAD ? "-" : llhttp_method_name((llhttp_method_t)r->method);
+    int64_t t_ms = mg_fmt_round(r->t_start * 1000.0);
+    uint64_t in;
+    mg_http_log_start(b, r, t_ms, method);
+    mg_fmt_lit(b, ",\"status\":");
+    mg_fmt_i64(b, r->status);
+    mg_fmt_lit(b, ",\"bytes\":");
+    mg_fmt_u64(b, r->bytes_out);
+    mg_fmt_lit(b, ",\"duration_ms\":");
+    mg_fmt_milli(b, mg_fmt_round((now - r->t_start) * 1e6));
+    mg_fmt_lit(b, ",\"route\":\"");
+    mg_http_log_route(b, r->route);
+    mg_fmt_lit(b, "\",\"generation\":");
+    mg_fmt_u64(b, r->gen->id);
+    if (tls) {
+        mg_fmt_ch(b, ',');
+        mg_http_log_tls(b, tls);
+    }
+    /* the request's bytes from the client: the request line, the header
+     * lines and the blank line as parsed, and the body */
+    in = mg_http_log_fields(b, r, t_ms) + strlen(method) + r->url_len + 12 + 2 + r->body_rx;
+    if (r->up_addr) {
+        mg_fmt_lit(b, ",\"upstream_addr\":\"");
+        mg_fmt_json(b, r->up_addr, SIZE_MAX, 120);
+        mg_fmt_lit(b, "\",\"upstream_status\":");
+        mg_fmt_i64(b, r->up_status);
+        mg_fmt_lit(b, ",\"upstream_ms\":");
+        mg_fmt_milli(b, mg_fmt_round(r->up_ms * 1000.0));
+    }
+    mg_fmt_lit(b, ",\"bytes_in\":");
+    mg_fmt_u64(b, in);
+    mg_fmt_lit(b, ",\"bytes_out\":");
+    mg_fmt_u64(b, r->bytes_out);
+    mg_http_log_end(b);
 }
 
 int mg_http_log_off(const mg_req_t *r) {
@@ -459,41 +571,44 @@ int mg_http_log_off(const mg_req_t *r) {
     return e && e->no_access_log;
 }
 
+/* the metrics label of a request: its route's; unrouted, "(admin)" on the
+ * admin listener (its own traffic is not the users'), else "(none)" (no
+ * route matched, or refused before routing: 400, 408, 413, 414, 431, ...) */
+static inline int mg_http_met_name(const mg_req_t *r) {
+    if (r->route)
+        return mg_route_met(r->route);
+    if (r->lidx >= 0 && r->lidx < mg_worker.nfd && mg_worker.laddr &&
+        mg_worker.laddr[r->lidx].admin)
+        return MG_MET_ADMIN;
+    return MG_MET_NONE;
+}
+
 static void mg_http_conn_finish_req(mg_conn_t *c, mg_req_t *r) {
+    double now = 0;
+    int log;
     /* a half-closed client still gets the answers to what it pipelined */
     if (r->resp_close || !r->keep_alive || (X(c)->eof && c->in_len == 0))
         c->closing = 1;
-    if (!mg_http_log_off(r)) {
-        char line[4096], more[2700], up[160] = "";
-        int n;
-        {
-            char esc[400], tls[400] = "";
-            mg_http_log_path(r, esc, sizeof(esc));
-            if (c->is_tls)
-                mg_http_log_tls(c, tls, sizeof(tls));
-            mg_http_log_fields(r, more, sizeof(more));
-            if (r->up_addr)
-                snprintf(up, sizeof(up),
-                         ",\"upstream_addr\":\"%s\",\"upstream_status\":%d,\"upstream_ms\":%.3f",
-                         r->up_addr, r->up_status, r->up_ms);
-            n = snprintf(
-                line, sizeof(line),
-                "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
-                "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"bytes\":%llu,"
-                "\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u%s%s%s,\"bytes_in\":%llu,"
-                "\"bytes_out\":%llu}\n",
-                r->t_start, r->request_id, mg_req_client_ip(r),
-                llhttp_method_name((llhttp_method_t)r->method), esc, r->status,
-                (unsigned long long)r->bytes_out, (mg_now() - r->t_start) * 1000.0,
-                r->route ? (r->route->name ? r->route->name : r->route->rule) : "", r->gen->id, tls,
-                more, up, (unsigned long long)mg_http_log_bytes_in(r),
-                (unsigned long long)r->bytes_out);
+    log = !mg_http_log_off(r);
+    if (log || MG_MET_ON)
+        now = mg_now(); /* one clock read for the line and the metrics */
+    if (log) {
+        mg_fmt_t b;
+        mg_req_tls_t t = {0};
+        if (c->is_tls) {
+            t.version = mg_io_tls_version(&c->io);
+            t.cipher = mg_io_tls_cipher(&c->io);
+            t.sni = c->io.sni;
         }
-        if (n > 0)
-            mg_access_log_write(line, n < (int)sizeof(line) ? (size_t)n : sizeof(line) - 1);
+        mg_access_log_begin(&b, MG_ACCESS_LINE_MAX);
+        mg_http_log_line(&b, r, c->is_tls ? &t : NULL, now);
+        mg_access_log_commit(&b);
     }
-    mg_met_http(mg_route_met(r->route), mg_met_method_class(r->method), r->status,
-                mg_now() - r->t_start, r->body_rx, r->bytes_out);
+    /* a head refused before it was whole has no method yet (r->method 0
+     * would read as DELETE): "other" */
+    mg_met_http(mg_http_met_name(r),
+                r->state == MG_REQ_HEAD ? MG_MET_M_OTHER : mg_met_method_class(r->method),
+                r->status, now - r->t_start, r->body_rx, r->bytes_out);
     mg_http_hooks->done(r);
     c->req = NULL;
     c->nreq++;

@@ -119,10 +119,10 @@ struct mg_req_s {
     double t_start;
     /* the proxied exchange, for the access log (set by gateway/proxy.c):
      * the server ("host:port", the peer's stable name, or NULL), its
-     * status (0: none), when the exchange began and how long it took (ms) */
+     * status (0: none) and how long the exchange took (ms, mg_ux_ms) */
     const char *up_addr;
     int up_status;
-    double up_start, up_ms;
+    double up_ms;
     /* target side */
     mg_ux_t *ux; /* proxy exchange */
     mg_co_t *co; /* Lua handler */
@@ -132,9 +132,16 @@ struct mg_req_s {
     /* head storage: url + header names/values, bounded by limits.header_size */
     uint32_t url_len;
     int nhdrs;
-    int hstate;        /* 0 none, 1 in field, 2 in value */
-    int host_idx;      /* index of Host header or -1 */
-    int xrid_idx;      /* X-Request-Id index or -1 */
+    int hstate;   /* 0 none, 1 in field, 2 in value */
+    int host_idx; /* index of Host header or -1 */
+    int xrid_idx; /* X-Request-Id index or -1 */
+    /* for the access log, worked out by the head checks (http_parse.c)
+     * while the head is in cache: the first Host's and User-Agent's value
+     * in hbuf (offset, length; has_: present) and the header lines' bytes
+     * (names, values, ": ", CRLF); log_ready 0: not worked out (a head
+     * refused before the end), the log looks them up itself */
+    uint32_t log_host_off, log_host_len, log_ua_off, log_ua_len, log_hbytes;
+    uint8_t log_ready, log_has_host, log_has_ua;
     uint32_t path_len; /* url = path [? query] */
     char request_id[40];
     /* client_ip.c, worked out on first use */
@@ -256,13 +263,27 @@ int mg_http_hop_by_hop(const char *name, size_t len);
 /* A header a script sets: the name a token, the value free of control
  * characters but HTAB (RFC 9110 5.1, 5.5). 1 if fine. */
 int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vlen);
-/* http.c: the request target as access-log lines (HTTP and WebSocket
- * sessions) show it: cut to 300 bytes, query credentials as "-", escaped. */
-void mg_http_log_path(const mg_req_t *r, char *esc, size_t cap);
-/* The fields every access-log line has beside those: ,"timestamp" (ISO
- * 8601), "host", "listener" and "user_agent" (null when absent),
- * JSON-escaped and bounded, into out; its length. */
-size_t mg_http_log_fields(mg_req_t *r, char *out, size_t cap);
+/* http.c: the access-log lines (HTTP and WebSocket sessions), built with
+ * base's appender (mg_fmt_t) straight into the log's buffer; every field
+ * bounded (a line stays well under MG_ACCESS_LINE_MAX).
+ * mg_http_log_line: a finished request's whole line, "}\n" included, tls
+ * NULL on plain connections, now the clock at its end (mg_now).
+ * mg_http_log_start: {"type","time","request_id","remote","method","path"
+ * (t_ms: the start in ms since the epoch, mg_fmt_round(t_start * 1000)).
+ * mg_http_log_path: the target, cut to 300 bytes, query credentials as
+ * "-", escaped. mg_http_log_fields: ,"timestamp" (ISO 8601 of t_ms),
+ * "host", "listener" and "user_agent" (null when absent); returns the
+ * head's header-line bytes (names, values, ": " and CRLF).
+ * mg_http_log_tls: "tls":{"version","cipher","sni"}. mg_http_log_route:
+ * the route's name, else its rule, escaped ("" for none). mg_http_log_end:
+ * "}\n", which always fits. */
+void mg_http_log_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now);
+void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method);
+void mg_http_log_path(mg_fmt_t *b, const mg_req_t *r);
+uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms);
+void mg_http_log_tls(mg_fmt_t *b, const mg_req_tls_t *t);
+void mg_http_log_route(mg_fmt_t *b, const mg_route_t *rt);
+void mg_http_log_end(mg_fmt_t *b);
 /* The request's own, or its route's or server's, access_log = false. */
 int mg_http_log_off(const mg_req_t *r);
 

@@ -139,9 +139,12 @@ typedef struct {
 /* Each header line: its value's characters, Host, Transfer-Encoding,
  * X-Request-Id, Expect. Returns 0 or an HTTP status to refuse with. */
 static int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
+    uint32_t hbytes = 0;
+    int host1 = -1, ua1 = -1;
     for (int i = 0; i < r->nhdrs; i++) {
         mg_hdr_t *h = &r->hdrs[i];
         const char *v = r->hbuf + h->voff, *n = r->hbuf + h->noff;
+        hbytes += h->nlen + h->vlen + 4;
         /* bare CR, NUL and other CTLs inside a value (obs-fold shows up as CR/LF) */
         for (size_t k = 0; k < h->vlen; k++) {
             unsigned char ch = v[k];
@@ -153,6 +156,8 @@ static int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
         if (MG_NAME_IS(n, h->nlen, "host")) {
             f->hosts++;
             r->host_idx = i;
+            if (host1 < 0)
+                host1 = i;
             if (!mg_http_host_valid(v, h->vlen))
                 return 400;
         } else if (MG_NAME_IS(n, h->nlen, "transfer-encoding")) {
@@ -168,8 +173,20 @@ static int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
                 r->expect_continue = 1;
             else
                 return 417;
+        } else if (ua1 < 0 && MG_NAME_IS(n, h->nlen, "user-agent")) {
+            ua1 = i;
         }
     }
+    if ((r->log_has_host = host1 >= 0)) {
+        r->log_host_off = r->hdrs[host1].voff;
+        r->log_host_len = r->hdrs[host1].vlen;
+    }
+    if ((r->log_has_ua = ua1 >= 0)) {
+        r->log_ua_off = r->hdrs[ua1].voff;
+        r->log_ua_len = r->hdrs[ua1].vlen;
+    }
+    r->log_hbytes = hbytes;
+    r->log_ready = 1;
     return 0;
 }
 
@@ -200,6 +217,9 @@ static int mg_http_absolute_form(mg_req_t *r) {
      * and on to the upstream. It goes in the bytes the move freed (at
      * least its own length); other header offsets stay valid. */
     if (r->host_idx >= 0) {
+        r->log_hbytes = r->log_hbytes - r->hdrs[r->host_idx].vlen + (uint32_t)alen;
+        r->log_host_off = (uint32_t)r->url_len; /* the one Host: hosts > 1 was refused */
+        r->log_host_len = (uint32_t)alen;
         memcpy(r->hbuf + r->url_len, ab, alen);
         r->hdrs[r->host_idx].voff = (uint32_t)r->url_len;
         r->hdrs[r->host_idx].vlen = (uint32_t)alen;

@@ -98,7 +98,9 @@ int mg_met_ws_code(int code) {
 static void mg_met_names_seed(mg_met_hdr_t *h) {
     snprintf(h->names[MG_MET_OTHER].name, MG_MET_NAME_LEN, "(other)");
     snprintf(h->names[MG_MET_NONE].name, MG_MET_NAME_LEN, "(none)");
+    snprintf(h->names[MG_MET_ADMIN].name, MG_MET_NAME_LEN, "(admin)");
     h->names[MG_MET_OTHER].state = h->names[MG_MET_NONE].state = 2;
+    h->names[MG_MET_ADMIN].state = 2;
 }
 
 int mg_metrics_init(int nslots, const char *const *listeners, int nlisteners) {
@@ -155,7 +157,7 @@ int mg_met_name(const char *name, int kind) {
     if (h->names[MG_MET_NONE].state != 2)
         mg_met_names_seed(h);
     snprintf(key, sizeof(key), "%s", name ? name : "");
-    for (int i = 2; i < MG_MET_NAMES; i++) {
+    for (int i = MG_MET_ADMIN + 1; i < MG_MET_NAMES; i++) {
         mg_met_entry_t *e = &h->names[i];
         uint32_t st = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE);
         if (st == 0) {
@@ -227,9 +229,9 @@ static void mg_met_collect(int kind) {
         mg_met_entry_t *e = &mg_met_h->names[i];
         if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != 2)
             continue;
-        if (i > MG_MET_NONE && !(e->kind & (uint32_t)kind))
+        if (i > MG_MET_ADMIN && !(e->kind & (uint32_t)kind))
             continue;
-        if (i == MG_MET_NONE && kind != MG_MET_K_ROUTE)
+        if ((i == MG_MET_NONE || i == MG_MET_ADMIN) && kind != MG_MET_K_ROUTE)
             continue;
         mg_met_nm.idx[mg_met_nm.n] = i;
         mg_met_esc(mg_met_nm.esc[mg_met_nm.n], sizeof(mg_met_nm.esc[0]), e->name);
@@ -247,19 +249,100 @@ static void mg_met_collect(int kind) {
         sum_;                                                                                      \
     })
 
+/* the slots' sum of the 64-bit cell at byte offset off of a slot (a gauge
+ * is int64_t: its two's complement adds up the same) */
+static uint64_t mg_met_sum_at(size_t off) {
+    uint64_t v = 0;
+    for (int s = 0; s < mg_met_h->nslots; s++)
+        v += *(const uint64_t *)((const char *)&mg_met_slots[s] + off);
+    return v;
+}
+
+/* a label beside the name's, with its values by cell index (n 1 and lab
+ * NULL: none) */
+typedef struct {
+    const char *lab;
+    const char *const *vals;
+    int n;
+} mg_met_dim_t;
+
+#define MG_MET_NODIM ((mg_met_dim_t){NULL, NULL, 1})
+
+/* One series per collected name and per value of up to two more labels:
+ * fam{lab="name",a="..",b=".."} the slots' sum of the 64-bit cell at
+ * base + name * stride + (ia * b.n + ib) * 8. flags: MG_MET_F_SIGNED (a
+ * gauge), MG_MET_F_NONZERO (leave zeros out). */
+enum { MG_MET_F_SIGNED = 1, MG_MET_F_NONZERO = 2 };
+static void mg_met_rows(struct evbuffer *out, const char *fam, const char *lab, size_t base,
+                        size_t stride, mg_met_dim_t a, mg_met_dim_t b, int flags) {
+    for (int k = 0; k < mg_met_nm.n; k++)
+        for (int ia = 0; ia < a.n; ia++)
+            for (int ib = 0; ib < b.n; ib++) {
+                uint64_t v = mg_met_sum_at(base + (size_t)mg_met_nm.idx[k] * stride +
+                                           (size_t)(ia * b.n + ib) * sizeof(uint64_t));
+                if (v == 0 && (flags & MG_MET_F_NONZERO))
+                    continue;
+                evbuffer_add_printf(out, "%s{%s=\"%s\"", fam, lab, mg_met_nm.esc[k]);
+                if (a.lab)
+                    evbuffer_add_printf(out, ",%s=\"%s\"", a.lab, a.vals[ia]);
+                if (b.lab)
+                    evbuffer_add_printf(out, ",%s=\"%s\"", b.lab, b.vals[ib]);
+                if (flags & MG_MET_F_SIGNED)
+                    evbuffer_add_printf(out, "} %lld\n", (long long)(int64_t)v);
+                else
+                    evbuffer_add_printf(out, "} %llu\n", (unsigned long long)v);
+            }
+}
+
+#define MG_MET_FIELD_SZ(field) sizeof(((mg_met_slot_t *)0)->field[0])
+#define MG_MET_FIELD_N(field) ((int)(MG_MET_FIELD_SZ(field) / sizeof(uint64_t)))
+
+/* a family: its header, then one series per name (field is [MG_MET_NAMES]) */
+#define MG_MET_FAM(out, fam, type, help, lab, field, flags)                                        \
+    do {                                                                                           \
+        mg_met_head(out, fam, type, help);                                                         \
+        mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field), MG_MET_FIELD_SZ(field),         \
+                    MG_MET_NODIM, MG_MET_NODIM, flags);                                            \
+    } while (0)
+/* by name and one more label (field is [MG_MET_NAMES][n], vals n strings) */
+#define MG_MET_FAM2(out, fam, type, help, lab, field, alab, avals, flags)                          \
+    do {                                                                                           \
+        mg_met_head(out, fam, type, help);                                                         \
+        mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field), MG_MET_FIELD_SZ(field),         \
+                    (mg_met_dim_t){alab, avals, MG_MET_FIELD_N(field)}, MG_MET_NODIM, flags);      \
+    } while (0)
+/* by name and two more labels (field is [MG_MET_NAMES][an][bn]) */
+#define MG_MET_FAM3(out, fam, type, help, lab, field, alab, avals, an, blab, bvals, flags)         \
+    do {                                                                                           \
+        mg_met_head(out, fam, type, help);                                                         \
+        mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field), MG_MET_FIELD_SZ(field),         \
+                    (mg_met_dim_t){alab, avals, an},                                               \
+                    (mg_met_dim_t){blab, bvals, MG_MET_FIELD_N(field) / (an)}, flags);             \
+    } while (0)
+
 static void mg_met_hist_out(struct evbuffer *out, const char *fam, const char *lab, size_t off,
                             int i) {
-    uint64_t cum = 0, sum_us = 0;
+    uint64_t cum = 0;
+    size_t at = off + (size_t)i * sizeof(mg_met_hist_t);
     for (int b = 0; b < MG_MET_BUCKETS; b++) {
-        for (int s = 0; s < mg_met_h->nslots; s++)
-            cum += ((const mg_met_hist_t *)((const char *)&mg_met_slots[s] + off))[i].b[b];
+        cum += mg_met_sum_at(at + offsetof(mg_met_hist_t, b) + (size_t)b * sizeof(uint64_t));
         evbuffer_add_printf(out, "%s_bucket{%s,le=\"%s\"} %llu\n", fam, lab, mg_met_bound_str[b],
                             (unsigned long long)cum);
     }
-    for (int s = 0; s < mg_met_h->nslots; s++)
-        sum_us += ((const mg_met_hist_t *)((const char *)&mg_met_slots[s] + off))[i].sum_us;
-    evbuffer_add_printf(out, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", fam, lab, sum_us / 1e6, fam,
-                        lab, (unsigned long long)cum);
+    evbuffer_add_printf(out, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", fam, lab,
+                        mg_met_sum_at(at + offsetof(mg_met_hist_t, sum_us)) / 1e6, fam, lab,
+                        (unsigned long long)cum);
+}
+
+/* a histogram family by name (field is a [MG_MET_NAMES] of mg_met_hist_t) */
+static void mg_met_hist_fam(struct evbuffer *out, const char *fam, const char *help,
+                            const char *lab, size_t off) {
+    char l[2 * MG_MET_NAME_LEN + 32];
+    mg_met_head(out, fam, "histogram", help);
+    for (int k = 0; k < mg_met_nm.n; k++) {
+        snprintf(l, sizeof(l), "%s=\"%s\"", lab, mg_met_nm.esc[k]);
+        mg_met_hist_out(out, fam, l, off, mg_met_nm.idx[k]);
+    }
 }
 
 /* a server name is "upstream|host:port" */
@@ -272,42 +355,25 @@ static void mg_met_server_labels(char *out, size_t cap, const char *esc) {
 }
 
 static void mg_met_render_http(struct evbuffer *out) {
-    char lab[256];
     mg_met_collect(MG_MET_K_ROUTE);
-    mg_met_head(out, "moongate_http_requests_total", "counter",
-                "HTTP requests answered, by route, method and status class.");
-    for (int k = 0; k < mg_met_nm.n; k++) {
-        int i = mg_met_nm.idx[k];
-        for (int m = 0; m < MG_MET_NMETHOD; m++)
-            for (int c = 0; c < 6; c++) {
-                uint64_t v = MG_MET_SUM(S->http_req[i][m][c]);
-                if (v)
-                    evbuffer_add_printf(out,
-                                        "moongate_http_requests_total{route=\"%s\",method=\"%s\","
-                                        "status=\"%s\"} %llu\n",
-                                        mg_met_nm.esc[k], mg_met_methods[m], mg_met_status[c],
-                                        (unsigned long long)v);
-            }
-    }
-    mg_met_head(out, "moongate_http_request_duration_seconds", "histogram",
-                "Time from the request's first byte to its response's end, by route.");
-    for (int k = 0; k < mg_met_nm.n; k++) {
-        snprintf(lab, sizeof(lab), "route=\"%s\"", mg_met_nm.esc[k]);
-        mg_met_hist_out(out, "moongate_http_request_duration_seconds", lab,
-                        offsetof(mg_met_slot_t, http_dur), mg_met_nm.idx[k]);
-    }
+    MG_MET_FAM3(out, "moongate_http_requests_total", "counter",
+                "HTTP requests answered, by route, method and status class.", "route", http_req,
+                "method", mg_met_methods, MG_MET_NMETHOD, "status", mg_met_status,
+                MG_MET_F_NONZERO);
+    mg_met_hist_fam(out, "moongate_http_request_duration_seconds",
+                    "Time from the request's first byte to its response's end, by route.", "route",
+                    offsetof(mg_met_slot_t, http_dur));
+    /* http_bytes[name][0] in, [1] out: a family each */
     mg_met_head(out, "moongate_http_received_bytes_total", "counter",
                 "Request body bytes received, by route.");
-    for (int k = 0; k < mg_met_nm.n; k++)
-        evbuffer_add_printf(out, "moongate_http_received_bytes_total{route=\"%s\"} %llu\n",
-                            mg_met_nm.esc[k],
-                            (unsigned long long)MG_MET_SUM(S->http_bytes[mg_met_nm.idx[k]][0]));
+    mg_met_rows(out, "moongate_http_received_bytes_total", "route",
+                offsetof(mg_met_slot_t, http_bytes), MG_MET_FIELD_SZ(http_bytes), MG_MET_NODIM,
+                MG_MET_NODIM, 0);
     mg_met_head(out, "moongate_http_sent_bytes_total", "counter",
                 "Response body bytes sent, by route.");
-    for (int k = 0; k < mg_met_nm.n; k++)
-        evbuffer_add_printf(out, "moongate_http_sent_bytes_total{route=\"%s\"} %llu\n",
-                            mg_met_nm.esc[k],
-                            (unsigned long long)MG_MET_SUM(S->http_bytes[mg_met_nm.idx[k]][1]));
+    mg_met_rows(out, "moongate_http_sent_bytes_total", "route",
+                offsetof(mg_met_slot_t, http_bytes) + sizeof(uint64_t), MG_MET_FIELD_SZ(http_bytes),
+                MG_MET_NODIM, MG_MET_NODIM, 0);
     mg_met_head(out, "moongate_http_open_connections", "gauge",
                 "Client connections open, by listener and protocol.");
     for (int l = 0; l < mg_met_h->nlisteners; l++) {
@@ -325,39 +391,20 @@ static void mg_met_render_http(struct evbuffer *out) {
 static void mg_met_render_upstream(struct evbuffer *out) {
     char lab[256];
     mg_met_collect(MG_MET_K_UPSTREAM);
-    mg_met_head(out, "moongate_upstream_requests_total", "counter",
-                "Requests sent to an upstream (each try counts).");
-    for (int k = 0; k < mg_met_nm.n; k++)
-        evbuffer_add_printf(out, "moongate_upstream_requests_total{upstream=\"%s\"} %llu\n",
-                            mg_met_nm.esc[k],
-                            (unsigned long long)MG_MET_SUM(S->up_req[mg_met_nm.idx[k]]));
-    mg_met_head(out, "moongate_upstream_errors_total", "counter",
-                "Failed upstream exchanges, by kind (connect, timeout, bad_response).");
-    for (int k = 0; k < mg_met_nm.n; k++)
-        for (int e = 0; e < MG_MET_NERR; e++)
-            evbuffer_add_printf(
-                out, "moongate_upstream_errors_total{upstream=\"%s\",kind=\"%s\"} %llu\n",
-                mg_met_nm.esc[k], mg_met_errs[e],
-                (unsigned long long)MG_MET_SUM(S->up_err[mg_met_nm.idx[k]][e]));
-    mg_met_head(out, "moongate_upstream_response_time_seconds", "histogram",
-                "Time from sending the request to the upstream's complete response.");
-    for (int k = 0; k < mg_met_nm.n; k++) {
-        snprintf(lab, sizeof(lab), "upstream=\"%s\"", mg_met_nm.esc[k]);
-        mg_met_hist_out(out, "moongate_upstream_response_time_seconds", lab,
-                        offsetof(mg_met_slot_t, up_time), mg_met_nm.idx[k]);
-    }
-    mg_met_head(out, "moongate_upstream_pool_connections", "gauge",
-                "Upstream connections open (busy and idle), by upstream.");
-    for (int k = 0; k < mg_met_nm.n; k++)
-        evbuffer_add_printf(out, "moongate_upstream_pool_connections{upstream=\"%s\"} %lld\n",
-                            mg_met_nm.esc[k],
-                            (long long)(int64_t)MG_MET_SUM(S->up_pool[mg_met_nm.idx[k]]));
-    mg_met_head(out, "moongate_upstream_pool_idle_connections", "gauge",
-                "Idle keep-alive connections in the pools, by upstream.");
-    for (int k = 0; k < mg_met_nm.n; k++)
-        evbuffer_add_printf(out, "moongate_upstream_pool_idle_connections{upstream=\"%s\"} %lld\n",
-                            mg_met_nm.esc[k],
-                            (long long)(int64_t)MG_MET_SUM(S->up_idle[mg_met_nm.idx[k]]));
+    MG_MET_FAM(out, "moongate_upstream_requests_total", "counter",
+               "Requests sent to an upstream (each try counts).", "upstream", up_req, 0);
+    MG_MET_FAM2(out, "moongate_upstream_errors_total", "counter",
+                "Failed upstream exchanges, by kind (connect, timeout, bad_response).", "upstream",
+                up_err, "kind", mg_met_errs, 0);
+    mg_met_hist_fam(out, "moongate_upstream_response_time_seconds",
+                    "Time from sending the request to the upstream's complete response.",
+                    "upstream", offsetof(mg_met_slot_t, up_time));
+    MG_MET_FAM(out, "moongate_upstream_pool_connections", "gauge",
+               "Upstream connections open (busy and idle), by upstream.", "upstream", up_pool,
+               MG_MET_F_SIGNED);
+    MG_MET_FAM(out, "moongate_upstream_pool_idle_connections", "gauge",
+               "Idle keep-alive connections in the pools, by upstream.", "upstream", up_idle,
+               MG_MET_F_SIGNED);
     mg_met_collect(MG_MET_K_SERVER);
     mg_met_head(out, "moongate_upstream_server_up", "gauge",
                 "1 while a server gets traffic, 0 while some worker has it marked down.");
@@ -377,98 +424,172 @@ static void mg_met_render_upstream(struct evbuffer *out) {
     }
 }
 
-static void mg_met_render_route_counter(struct evbuffer *out, const char *fam, const char *help,
-                                        size_t off) {
-    mg_met_head(out, fam, "counter", help);
-    for (int k = 0; k < mg_met_nm.n; k++) {
-        uint64_t v = 0;
-        for (int s = 0; s < mg_met_h->nslots; s++)
-            v += ((const uint64_t *)((const char *)&mg_met_slots[s] + off))[mg_met_nm.idx[k]];
-        evbuffer_add_printf(out, "%s{route=\"%s\"} %llu\n", fam, mg_met_nm.esc[k],
-                            (unsigned long long)v);
+/* the distinct generations of a per-slot ring (ids, and the values summed
+ * over the slots): up to max */
+static int mg_met_ring(size_t val_off, size_t id_off, unsigned *ids, int64_t *vals, int max) {
+    int n = 0;
+    for (int s = 0; s < mg_met_h->nslots; s++)
+        for (int g = 0; g < MG_MET_GENS; g++) {
+            const char *sl = (const char *)&mg_met_slots[s];
+            int64_t v = ((const int64_t *)(sl + val_off))[g];
+            unsigned id = ((const uint32_t *)(sl + id_off))[g];
+            int j;
+            if (v == 0)
+                continue;
+            for (j = 0; j < n && ids[j] != id; j++)
+                ;
+            if (j == n && n == max)
+                continue;
+            if (j == n) {
+                ids[n] = id;
+                vals[n++] = 0;
+            }
+            vals[j] += v;
+        }
+    return n;
+}
+
+#define MG_MET_RING_MAX (MG_MET_GENS * 4) /* distinct generations shown (more: left out) */
+
+int mg_metrics_ws_rows(mg_met_ws_row_t *rows, int max) {
+    int n = 0;
+    for (int s = 0; s < mg_met_h->nslots; s++) {
+        const mg_met_slot_t *S = &mg_met_slots[s];
+        for (int i = 0; i < MG_MET_NAMES; i++) {
+            if (!S->ws_open[i][0] && !S->ws_open[i][1] && !S->ws_open[i][2])
+                continue;
+            for (int m = 0; m < MG_MET_NMODE; m++)
+                for (int g = 0; g < MG_MET_GENS; g++) {
+                    int j;
+                    if (S->ws_rgen[i][m][g] == 0)
+                        continue;
+                    for (j = 0; j < n; j++)
+                        if (rows[j].name == i && rows[j].mode == m &&
+                            rows[j].gen == S->ws_gen_id[g])
+                            break;
+                    if (j == n && n == max)
+                        continue;
+                    if (j == n)
+                        rows[n++] = (mg_met_ws_row_t){i, m, S->ws_gen_id[g], 0};
+                    rows[j].open += S->ws_rgen[i][m][g];
+                }
+        }
     }
+    return n;
 }
 
 static void mg_met_render_ws(struct evbuffer *out) {
+    unsigned ids[MG_MET_RING_MAX];
+    int64_t vals[MG_MET_RING_MAX];
+    static mg_met_ws_row_t rows[4 * MG_MET_NAMES];
+    int n;
     mg_met_collect(MG_MET_K_ROUTE);
-    mg_met_head(out, "moongate_ws_open_sockets", "gauge",
-                "WebSocket sockets open, by route and mode (handler, tunnel, relay).");
-    for (int k = 0; k < mg_met_nm.n; k++)
-        for (int m = 0; m < MG_MET_NMODE; m++) {
-            int64_t v = (int64_t)MG_MET_SUM(S->ws_open[mg_met_nm.idx[k]][m]);
-            if (v)
-                evbuffer_add_printf(out,
-                                    "moongate_ws_open_sockets{route=\"%s\",mode=\"%s\"} %lld\n",
-                                    mg_met_nm.esc[k], mg_met_modes[m], (long long)v);
-        }
+    MG_MET_FAM2(out, "moongate_ws_open_sockets", "gauge",
+                "WebSocket sockets open, by route and mode (handler, tunnel, relay).", "route",
+                ws_open, "mode", mg_met_modes, MG_MET_F_SIGNED | MG_MET_F_NONZERO);
     mg_met_head(out, "moongate_ws_open_sockets_by_generation", "gauge",
                 "WebSocket sockets open, by the generation (reload) they were accepted on.");
-    {
-        uint32_t ids[MG_MET_GENS * 4]; /* distinct generations shown (more: left out) */
-        int64_t vals[MG_MET_GENS * 4];
-        int n = 0;
-        for (int s = 0; s < mg_met_h->nslots; s++)
-            for (int g = 0; g < MG_MET_GENS; g++) {
-                int j;
-                if (mg_met_slots[s].ws_gen[g] == 0)
-                    continue;
-                for (j = 0; j < n && ids[j] != mg_met_slots[s].ws_gen_id[g]; j++)
-                    ;
-                if (j == n && n == MG_MET_GENS * 4)
-                    continue;
-                if (j == n) {
-                    ids[n] = mg_met_slots[s].ws_gen_id[g];
-                    vals[n++] = 0;
-                }
-                vals[j] += mg_met_slots[s].ws_gen[g];
-            }
-        for (int j = 0; j < n; j++)
-            evbuffer_add_printf(out,
-                                "moongate_ws_open_sockets_by_generation{generation=\"%u\"} %lld\n",
-                                ids[j], (long long)vals[j]);
+    n = mg_met_ring(offsetof(mg_met_slot_t, ws_gen), offsetof(mg_met_slot_t, ws_gen_id), ids, vals,
+                    MG_MET_RING_MAX);
+    for (int j = 0; j < n; j++)
+        evbuffer_add_printf(out, "moongate_ws_open_sockets_by_generation{generation=\"%u\"} %lld\n",
+                            ids[j], (long long)vals[j]);
+    mg_met_head(out, "moongate_websocket_open_sockets", "gauge",
+                "WebSocket sockets open, by route, mode and generation.");
+    n = mg_metrics_ws_rows(rows, (int)(sizeof(rows) / sizeof(rows[0])));
+    for (int j = 0; j < n; j++) {
+        char esc[2 * MG_MET_NAME_LEN];
+        mg_met_esc(esc, sizeof(esc), mg_met_h->names[rows[j].name].name);
+        evbuffer_add_printf(out,
+                            "moongate_websocket_open_sockets{route=\"%s\",mode=\"%s\","
+                            "generation=\"%u\"} %lld\n",
+                            esc, mg_met_modes[rows[j].mode], rows[j].gen, (long long)rows[j].open);
     }
-    mg_met_head(out, "moongate_ws_messages_total", "counter",
-                "WebSocket messages, by route and direction (in: from the client).");
-    for (int k = 0; k < mg_met_nm.n; k++)
-        for (int d = 0; d < 2; d++)
-            evbuffer_add_printf(out,
-                                "moongate_ws_messages_total{route=\"%s\",direction=\"%s\"} %llu\n",
-                                mg_met_nm.esc[k], mg_met_dirs[d],
-                                (unsigned long long)MG_MET_SUM(S->ws_msgs[mg_met_nm.idx[k]][d]));
-    mg_met_head(out, "moongate_ws_message_bytes_total", "counter",
-                "WebSocket message payload bytes, by route and direction.");
-    for (int k = 0; k < mg_met_nm.n; k++)
-        for (int d = 0; d < 2; d++)
-            evbuffer_add_printf(
-                out, "moongate_ws_message_bytes_total{route=\"%s\",direction=\"%s\"} %llu\n",
-                mg_met_nm.esc[k], mg_met_dirs[d],
-                (unsigned long long)MG_MET_SUM(S->ws_bytes[mg_met_nm.idx[k]][d]));
-    mg_met_head(out, "moongate_ws_closes_total", "counter",
-                "WebSocket sockets closed, by route, close code and who closed.");
-    for (int k = 0; k < mg_met_nm.n; k++)
-        for (int c = 0; c < MG_MET_CODES; c++)
-            for (int sd = 0; sd < MG_MET_NSIDE; sd++) {
-                uint64_t v = MG_MET_SUM(S->ws_close[mg_met_nm.idx[k]][c][sd]);
-                if (v)
-                    evbuffer_add_printf(out,
-                                        "moongate_ws_closes_total{route=\"%s\",code=\"%s\","
-                                        "side=\"%s\"} %llu\n",
-                                        mg_met_nm.esc[k], mg_met_code_str[c], mg_met_sides[sd],
-                                        (unsigned long long)v);
-            }
-    mg_met_render_route_counter(out, "moongate_ws_pings_sent_total",
-                                "Heartbeat pings sent, by route.",
-                                offsetof(mg_met_slot_t, ws_pings));
-    mg_met_render_route_counter(out, "moongate_ws_dead_peers_total",
-                                "Sockets dropped because the peer stopped answering pings.",
-                                offsetof(mg_met_slot_t, ws_dead));
-    mg_met_render_route_counter(out, "moongate_ws_drained_total",
-                                "Sockets closed with 1012 when a reload or stop drained them.",
-                                offsetof(mg_met_slot_t, ws_drained));
-    mg_met_render_route_counter(out, "moongate_ws_send_overflows_total",
-                                "Sockets closed because their send buffer overflowed.",
-                                offsetof(mg_met_slot_t, ws_overflow));
+    MG_MET_FAM2(out, "moongate_ws_messages_total", "counter",
+                "WebSocket messages, by route and direction (in: from the client).", "route",
+                ws_msgs, "direction", mg_met_dirs, 0);
+    MG_MET_FAM2(out, "moongate_ws_message_bytes_total", "counter",
+                "WebSocket message payload bytes, by route and direction.", "route", ws_bytes,
+                "direction", mg_met_dirs, 0);
+    MG_MET_FAM3(out, "moongate_ws_closes_total", "counter",
+                "WebSocket sockets closed, by route, close code and who closed.", "route", ws_close,
+                "code", mg_met_code_str, MG_MET_CODES, "side", mg_met_sides, MG_MET_F_NONZERO);
+    MG_MET_FAM(out, "moongate_ws_pings_sent_total", "counter", "Heartbeat pings sent, by route.",
+               "route", ws_pings, 0);
+    MG_MET_FAM(out, "moongate_ws_dead_peers_total", "counter",
+               "Sockets dropped because the peer stopped answering pings.", "route", ws_dead, 0);
+    MG_MET_FAM(out, "moongate_ws_drained_total", "counter",
+               "Sockets closed with 1012 when a reload or stop drained them.", "route", ws_drained,
+               0);
+    MG_MET_FAM(out, "moongate_ws_send_overflows_total", "counter",
+               "Sockets closed because their send buffer overflowed.", "route", ws_overflow, 0);
 }
+
+/* ---- readers (gateway/admin.c) ---- */
+
+int mg_met_find(const char *name) {
+    char key[MG_MET_NAME_LEN];
+    snprintf(key, sizeof(key), "%s", name ? name : "");
+    for (int i = 0; i < MG_MET_NAMES; i++) {
+        mg_met_entry_t *e = &mg_met_h->names[i];
+        if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) == 2 && strcmp(e->name, key) == 0)
+            return i;
+    }
+    return -1;
+}
+
+const char *mg_met_name_str(int name) {
+    return name >= 0 && name < MG_MET_NAMES ? mg_met_h->names[name].name : "";
+}
+
+uint64_t mg_metrics_http_requests(int name) {
+    uint64_t v = 0;
+    if (name < 0 || name >= MG_MET_NAMES)
+        return 0;
+    for (int m = 0; m < MG_MET_NMETHOD; m++)
+        for (int c = 0; c < 6; c++)
+            v += MG_MET_SUM(S->http_req[name][m][c]);
+    return v;
+}
+
+void mg_metrics_upstream_sum(int name, mg_met_up_sum_t *o) {
+    memset(o, 0, sizeof(*o));
+    if (name < 0 || name >= MG_MET_NAMES)
+        return;
+    o->requests = MG_MET_SUM(S->up_req[name]);
+    for (int e = 0; e < MG_MET_NERR; e++)
+        o->errors[e] = MG_MET_SUM(S->up_err[name][e]);
+    o->pool = (int64_t)MG_MET_SUM(S->up_pool[name]);
+    o->idle = (int64_t)MG_MET_SUM(S->up_idle[name]);
+}
+
+int mg_metrics_gen_rows(mg_met_gen_row_t *rows, int max) {
+    unsigned ids[MG_MET_RING_MAX], wids[MG_MET_RING_MAX];
+    int64_t vals[MG_MET_RING_MAX], wvals[MG_MET_RING_MAX];
+    int n = mg_met_ring(offsetof(mg_met_slot_t, gen_use), offsetof(mg_met_slot_t, gen_use_id), ids,
+                        vals, MG_MET_RING_MAX);
+    int nw = mg_met_ring(offsetof(mg_met_slot_t, ws_gen), offsetof(mg_met_slot_t, ws_gen_id), wids,
+                         wvals, MG_MET_RING_MAX);
+    int out = 0;
+    for (int j = 0; j < n && out < max; j++) {
+        mg_met_gen_row_t *r = &rows[out++];
+        r->id = ids[j];
+        r->in_use = vals[j];
+        r->ws = 0;
+        r->loaded_at = 0;
+        for (int w = 0; w < nw; w++)
+            if (wids[w] == ids[j])
+                r->ws = wvals[w];
+        for (int s = 0; s < mg_met_h->nslots; s++) {
+            unsigned g = ids[j] % MG_MET_GENS;
+            if (mg_met_slots[s].gen_use_id[g] == ids[j] && mg_met_slots[s].gen_at[g] > 0)
+                r->loaded_at = mg_met_slots[s].gen_at[g];
+        }
+    }
+    return out;
+}
+
+unsigned mg_metrics_serving(void) { return mg_met_h->gen; }
 
 /* descriptors of one process (/proc/PID/fd), -1 if unreadable */
 static long mg_met_fds(int pid) {

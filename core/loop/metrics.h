@@ -28,6 +28,7 @@
 
 #define MG_MET_OTHER 0 /* name index of "(other)": the table was full */
 #define MG_MET_NONE 1  /* name index of "(none)": no route matched */
+#define MG_MET_ADMIN 2 /* name index of "(admin)": the admin listener's requests */
 
 /* what a name labels (a name can be several) */
 enum { MG_MET_K_ROUTE = 1, MG_MET_K_UPSTREAM = 2, MG_MET_K_SERVER = 4 };
@@ -78,6 +79,13 @@ typedef struct {
     int64_t ws_open[MG_MET_NAMES][MG_MET_NMODE];
     int64_t ws_gen[MG_MET_GENS];
     uint32_t ws_gen_id[MG_MET_GENS];
+    /* by route, mode and generation (the ring's entry: its id is ws_gen_id) */
+    int32_t ws_rgen[MG_MET_NAMES][MG_MET_NMODE][MG_MET_GENS];
+    /* generations in use (requests, sockets; not the worker's own "current"
+     * reference), published by conf/gen.c: a ring by id like ws_gen */
+    int64_t gen_use[MG_MET_GENS];
+    uint32_t gen_use_id[MG_MET_GENS];
+    double gen_at[MG_MET_GENS];    /* its loaded_at */
     int64_t up_pool[MG_MET_NAMES]; /* by upstream: connections open (busy + idle) */
     int64_t up_idle[MG_MET_NAMES];
     uint8_t health[MG_MET_NAMES]; /* by server: 0 unknown, 1 up, 2 down */
@@ -113,6 +121,35 @@ void mg_metrics_add_extra(mg_metrics_extra_fn fn);
 /* The whole process family, Prometheus text format 0.0.4. */
 void mg_metrics_render(struct evbuffer *out);
 
+/* ---- readers for the admin API (sums over every worker slot) ---- */
+
+/* the index of a name already interned, or -1 (never interns) */
+int mg_met_find(const char *name);
+const char *mg_met_name_str(int name);
+uint64_t mg_metrics_http_requests(int name); /* all methods and statuses */
+typedef struct {
+    uint64_t requests, errors[MG_MET_NERR];
+    int64_t pool, idle;
+} mg_met_up_sum_t;
+void mg_metrics_upstream_sum(int name, mg_met_up_sum_t *out);
+/* open WebSockets by route, mode and generation: up to max rows, nonzero
+ * only; returns how many */
+typedef struct {
+    int name, mode;
+    unsigned gen;
+    int64_t open;
+} mg_met_ws_row_t;
+int mg_metrics_ws_rows(mg_met_ws_row_t *rows, int max);
+/* generations in use in some worker (requests and sockets still on them):
+ * up to max rows; ws = sockets open on it */
+typedef struct {
+    unsigned id;
+    double loaded_at;
+    int64_t in_use, ws;
+} mg_met_gen_row_t;
+int mg_metrics_gen_rows(mg_met_gen_row_t *rows, int max);
+unsigned mg_metrics_serving(void); /* the master's serving generation */
+
 /* ---- increments (the request path: plain adds) ---- */
 
 int mg_met_bucket(double secs);
@@ -136,11 +173,14 @@ static inline int mg_met_ws_side(const char *by) {
 /* MG_METRICS_OFF (bench/metrics.sh's baseline build): no increment at all,
  * arguments not evaluated; MG_MET(stmt) wraps the direct adds of callers. */
 #ifdef MG_METRICS_OFF
+#define MG_MET_ON 0
 #define MG_MET(x) ((void)0)
 #define mg_met_http(...) ((void)0)
 #define mg_met_conn(...) ((void)0)
-#define mg_met_ws_gen(...) ((void)0)
+#define mg_met_ws_open(...) ((void)0)
+#define mg_met_gen_use(...) ((void)0)
 #else
+#define MG_MET_ON 1
 #define MG_MET(x) ((void)(x))
 static inline void mg_met_http(int name, int method_class, int status, double secs, uint64_t in,
                                uint64_t out) {
@@ -156,11 +196,29 @@ static inline void mg_met_conn(int lidx, int tls, int delta) {
         mg_met->conns[lidx][tls != 0] += delta;
 }
 
-static inline void mg_met_ws_gen(unsigned gen, int delta) {
+/* a WebSocket (or tunnel) opened (+1) or closed (-1) on route name, mode,
+ * generation gen. Sixteen generations at once at most: one that finds its
+ * ring entry held by another id is counted with it. */
+static inline void mg_met_ws_open(int name, int mode, unsigned gen, int delta) {
     unsigned i = gen % MG_MET_GENS;
     if (mg_met->ws_gen[i] == 0)
         mg_met->ws_gen_id[i] = gen;
     mg_met->ws_gen[i] += delta;
+    mg_met->ws_open[name][mode] += delta;
+    mg_met->ws_rgen[name][mode][i] += delta;
+}
+
+/* conf/gen.c: generation gen (loaded at) has in_use references of
+ * requests and sockets in this worker */
+static inline void mg_met_gen_use(unsigned gen, double at, int64_t in_use) {
+    unsigned i = gen % MG_MET_GENS;
+    if (mg_met->gen_use_id[i] != gen) {
+        if (mg_met->gen_use[i] != 0 || in_use == 0)
+            return; /* the entry is another live generation's */
+        mg_met->gen_use_id[i] = gen;
+        mg_met->gen_at[i] = at;
+    }
+    mg_met->gen_use[i] = in_use;
 }
 
 #endif

@@ -124,7 +124,7 @@ struct mg_ux_s {
     int fail_pending; /* a deferred failure is scheduled */
     int fail_status;
     const char *fail_msg;
-    double t0; /* mg_ux_start: the response-time histogram */
+    double t0, t1; /* mg_ux_start, and its end (mg_ux_met): the histogram, mg_ux_ms */
     int nh, hstate;
     mg_ux_t *next_free;
     /* kept across reuse (not zeroed): response head storage */
@@ -498,7 +498,8 @@ static void mg_ux_met(mg_ux_t *ux, int kind) {
     MG_MET(mg_met->up_req[i]++);
     if (kind >= 0)
         MG_MET(mg_met->up_err[i][kind]++);
-    MG_MET(mg_met_hist(&mg_met->up_time[i], mg_now() - ux->t0));
+    ux->t1 = mg_now();
+    MG_MET(mg_met_hist(&mg_met->up_time[i], ux->t1 - ux->t0));
 }
 
 static void mg_ux_fail(mg_ux_t *ux, int status, const char *msg, int peer_fault) {
@@ -573,7 +574,8 @@ mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, i
     ux->head_only = head_only;
     ux->head_ms = timeout_ms > 0 ? timeout_ms : up->response_timeout;
     ux->body_ms = timeout_ms > 0 ? timeout_ms : up->body_timeout;
-    MG_MET(ux->t0 = mg_now());
+    ux->t0 = mg_now();
+    ux->t1 = 0;
     if (ux->head == NULL) {
         evbuffer_free(head);
         free(ux);
@@ -1039,6 +1041,8 @@ static int mg_ux_on_message_complete(llhttp_t *p) {
 /* ---- peers as health.c, the access log and the admin API see them ---- */
 
 const char *mg_up_peer_name(const mg_peer_t *p) { return p->hc.name; }
+
+double mg_ux_ms(const mg_ux_t *ux) { return ((ux->t1 > 0 ? ux->t1 : mg_now()) - ux->t0) * 1000.0; }
 
 const char *mg_ux_peer_name(const mg_ux_t *ux) {
     if (ux->uc && ux->uc->peer)

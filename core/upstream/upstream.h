@@ -49,6 +49,10 @@ void mg_ux_pause(mg_ux_t *ux, int on);
 void mg_ux_cancel(mg_ux_t *ux); /* the sink is gone: no more callbacks */
 /* The server an exchange is on or last tried ("host:port"), or NULL. */
 const char *mg_ux_peer_name(const mg_ux_t *ux);
+/* How long the exchange took (ms), from mg_ux_start to its end as the
+ * upstream saw it (before the sink's on_done or on_error), or so far:
+ * the clock read the metrics take, shared with the access log. */
+double mg_ux_ms(const mg_ux_t *ux);
 
 /* ---- health (upstream.c, health.c) ----
  * A server is healthy unless marked down passively (max_fails failures in

@@ -439,8 +439,7 @@ mg_ws_t *mg_ws_new(mg_io_t *io, int client, mg_gen_t *gen, mg_route_t *route, co
     ws->met = mg_route_met(route);
     if (!client) {
         mg_ws_sockets++;
-        MG_MET(mg_met->ws_open[ws->met][mg_ws_met_mode(ws)]++);
-        mg_met_ws_gen(gen->id, 1);
+        mg_met_ws_open(ws->met, mg_ws_met_mode(ws), gen->id, 1);
     }
     if (ws->pre_len)
         event_active(&ws->rev, EV_READ, 1);
@@ -452,8 +451,7 @@ static void mg_ws_free(mg_ws_t *ws) {
         mg_ws_end_t e;
         mg_ws_end_info(ws, &e, "client");
         MG_MET(mg_met->ws_close[ws->met][mg_met_ws_code(e.code)][mg_met_ws_side(e.by)]++);
-        MG_MET(mg_met->ws_open[ws->met][mg_ws_met_mode(ws)]--);
-        mg_met_ws_gen(ws->gen->id, -1);
+        mg_met_ws_open(ws->met, mg_ws_met_mode(ws), ws->gen->id, -1);
     }
     event_del(&ws->rev);
     event_del(&ws->wev);

@@ -1220,7 +1220,23 @@ function _M.admin_json(gen)
       f:close()
     end
   end
-  return cfg, to_json(setmetatable(routes, ARRAY)), page
+  -- the routes' document, and for GET /routes's hits (gateway/admin.c):
+  -- each route's metrics label and the byte offset (from 0) of the "}"
+  -- that ends its object, where the C side adds "hits"
+  local parts, marks, len = { "[" }, {}, 1
+  for i, r in ipairs(routes) do
+    local js = to_json(r)
+    if i > 1 then
+      parts[#parts + 1] = ","
+      len = len + 1
+    end
+    parts[#parts + 1] = js
+    len = len + #js
+    marks[#marks + 1] = r.name
+    marks[#marks + 1] = len - 1
+  end
+  parts[#parts + 1] = "]"
+  return cfg, tbl_concat(parts), page, marks
 end
 
 

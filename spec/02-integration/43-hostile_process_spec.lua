@@ -588,3 +588,56 @@ return { { path = "/x", handler = function() return 200, "x" end } }
         assert.equal(0, rc, "moongate -t: rc " .. tostring(rc) .. ": " .. out)
     end)
 end)
+
+describe("a worker whose master is killed", function()
+    after_each(function()
+        helpers.cleanup()
+    end)
+
+    it("finishes what it holds, then exits: no orphan keeps the ports", function()
+        local up = helpers.start_upstream()
+        local mg = helpers.start_moongate({
+            workers = 2,
+            upstream = up,
+            conf = [[
+return {
+  listen = "127.0.0.1:$PORT",
+  workers = $WORKERS,
+  timeouts = { drain = 6 },
+  upstreams = { app = { servers = { "$UPSTREAM" } } },
+}
+]],
+            routes = [[return { { prefix = "/", upstream = "app" } }]],
+        })
+        local workers = mg:workers()
+        assert.are.equal(2, #workers)
+        local slow = helpers.http_async(mg.port, "GET", "/delay/1500")
+        assert.truthy(helpers.wait_until(function()
+            for _, h in ipairs(helpers.upstream_log(up).heads) do
+                if h == "GET /delay/1500" then
+                    return true
+                end
+            end
+        end, 10), "the slow request did not reach the upstream")
+        assert.truthy(helpers.kill(mg.pid, "KILL"))
+        local st, body = slow:wait(15)
+        assert.are.equal(200, st, body) -- the request in flight was answered
+        local gone = helpers.wait_until(function()
+            for _, w in ipairs(workers) do
+                if helpers.alive(w) then
+                    return false
+                end
+            end
+            return true
+        end, 12)
+        for _, w in ipairs(workers) do -- ours (the killed master's); none left behind
+            if helpers.alive(w) then
+                os.execute("kill -KILL " .. w .. " 2>/dev/null")
+            end
+        end
+        assert.truthy(gone, "a worker outlived its master")
+        assert.truthy(mg:log():find("the master is gone, draining and exiting", 1, true), mg:log())
+        -- the port is free again: a new master can take it
+        assert.falsy(helpers.port_open(mg.port))
+    end)
+end)

@@ -9,6 +9,21 @@
 -- resumption across workers with rotated ticket keys.
 local helpers = require "spec.helpers"
 local tls = require "spec.tls_helpers"
+
+-- Python (after `import ssl`): `hello`, the bytes of a real ClientHello for
+-- a.test, made in memory (no connection), for the raw-TLS cases below.
+local CLIENT_HELLO_PY = [[
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+inc, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+obj = ctx.wrap_bio(inc, outb, server_hostname="a.test")
+try:
+    obj.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = outb.read()
+]]
 local cjson = require "cjson"
 
 local fmt = string.format
@@ -277,16 +292,7 @@ print("closed after %.2f (%r)" % (time.time() - t0, d))
         local out, rc = tls.py([[
 import socket, ssl, sys, time
 port = int(sys.argv[1])
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-inc, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
-obj = ctx.wrap_bio(inc, outb, server_hostname="a.test")
-try:
-    obj.do_handshake()
-except ssl.SSLWantReadError:
-    pass
-hello = outb.read()
+]] .. CLIENT_HELLO_PY .. [[
 s = socket.create_connection(("127.0.0.1", port))
 s.sendall(hello[:len(hello) // 2])   # half a ClientHello, then nothing
 t0 = time.time()
@@ -308,16 +314,7 @@ print("closed after %.2f with %d bytes" % (time.time() - t0, len(data)))
         local out, rc = tls.py([[
 import os, socket, ssl, sys
 port = int(sys.argv[1])
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-inc, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
-obj = ctx.wrap_bio(inc, outb, server_hostname="a.test")
-try:
-    obj.do_handshake()
-except ssl.SSLWantReadError:
-    pass
-hello = outb.read()
+]] .. CLIENT_HELLO_PY .. [[
 cases = {
     "plain http": b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
     "garbage": os.urandom(600),

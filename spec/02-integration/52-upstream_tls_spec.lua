@@ -11,6 +11,7 @@
 -- expired one, and a client certificate).
 local helpers = require "spec.helpers"
 local ws = require "spec.ws_helpers"
+local tls = require "spec.tls_helpers"
 local json = helpers.json
 local shq = helpers.shq
 local fmt = string.format
@@ -29,52 +30,17 @@ end
 -- wrong (wrong.example only), expired (2020), client (clientAuth, by ca).
 local function make_certs()
     local d = helpers.tmpdir("uptls-certs")
-    local o = "openssl"
-    local function ca(name)
-        run(fmt("cd %s && %s req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-            .. "-keyout %s.key -out %s.pem -days 3 -subj /CN=moongate-test-%s "
-            .. "-addext basicConstraints=critical,CA:TRUE "
-            .. "-addext keyUsage=critical,keyCertSign,cRLSign 2>&1", shq(d), o, name, name, name))
+    local ca = tls.ca(d, "moongate-test-ca")
+    local other = tls.ca(d, "moongate-test-other_ca", "other_ca")
+    local function cert(by, name, opts)
+        opts.out, opts.eku = d .. "/" .. name, opts.eku or "serverAuth"
+        tls.cert(by, opts)
     end
-    local function csr(name, cn)
-        run(fmt("cd %s && %s req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-            .. "-keyout %s.key -out %s.csr -subj /CN=%s 2>&1", shq(d), o, name, name, cn))
-    end
-    local function ext(name, text)
-        helpers.write_file(d .. "/" .. name .. ".ext", text)
-    end
-    local function sign(name, by)
-        run(fmt("cd %s && %s x509 -req -in %s.csr -CA %s.pem -CAkey %s.key -CAcreateserial "
-            .. "-days 3 -out %s.pem -extfile %s.ext 2>&1", shq(d), o, name, by, by, name, name))
-    end
-    ca("ca")
-    ca("other_ca")
-    local server_ext = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
-    csr("srv", "localhost")
-    ext("srv", server_ext)
-    sign("srv", "ca")
-    csr("unknown", "localhost")
-    ext("unknown", server_ext)
-    sign("unknown", "other_ca")
-    csr("wrong", "wrong.example")
-    ext("wrong", "subjectAltName=DNS:wrong.example\nextendedKeyUsage=serverAuth\n")
-    sign("wrong", "ca")
-    csr("client", "moongate-client")
-    ext("client", "extendedKeyUsage=clientAuth\n")
-    sign("client", "ca")
-    -- expired: openssl ca sets the dates
-    csr("expired", "localhost")
-    ext("expired", server_ext)
-    helpers.mkdir_p(d .. "/newcerts")
-    helpers.write_file(d .. "/index.txt", "")
-    helpers.write_file(d .. "/serial", "1000\n")
-    helpers.write_file(d .. "/ca.cnf", table.concat({
-        "[ca]", "default_ca = d", "[d]", "database = " .. d .. "/index.txt",
-        "new_certs_dir = " .. d .. "/newcerts", "serial = " .. d .. "/serial",
-        "default_md = sha256", "policy = p", "[p]", "commonName = supplied", "" }, "\n"))
-    run(fmt("cd %s && %s ca -batch -notext -config ca.cnf -cert ca.pem -keyfile ca.key "
-        .. "-in expired.csr -out expired.pem -startdate 20200101000000Z "
-        .. "-enddate 20200201000000Z -extfile expired.ext 2>&1", shq(d), o))
+    cert(ca, "srv", {})
+    cert(other, "unknown", {})
+    cert(ca, "wrong", { names = { "wrong.example" }, ip = false })
+    cert(ca, "client", { cn = "moongate-client", names = {}, ip = false, eku = "clientAuth" })
+    cert(ca, "expired", { start = "20200101000000Z", finish = "20200201000000Z" })
     return d
 end
 
@@ -84,34 +50,17 @@ local procs = {}
 -- certificates required), opts.ws. Returns {port, pid}.
 local function start_tls(d, name, opts)
     opts = opts or {}
-    local dir = helpers.tmpdir("tls-up-" .. name)
-    local pidfile, outfile = dir .. "/pid", dir .. "/out.log"
-    assert(os.execute(fmt("%s %s --port 0 --pidfile %s --cert %s --key %s%s%s > %s 2>&1 "
-        .. "< /dev/null &", helpers.python, shq(TLS_PY), shq(pidfile),
+    local up = helpers.start_upstream({ script = TLS_PY, args = fmt("--cert %s --key %s%s%s",
         shq(d .. "/" .. name .. ".pem"), shq(d .. "/" .. name .. ".key"),
-        opts.ca and (" --ca " .. shq(d .. "/ca.pem")) or "", opts.ws and " --ws" or "",
-        shq(outfile))))
-    local port = helpers.wait_until(function()
-        local s = helpers.read_file(outfile)
-        return s and tonumber(s:match("PORT (%d+)"))
-    end, 10)
-    local pid = helpers.wait_until(function() return tonumber(helpers.read_file(pidfile) or "") end, 5)
-    if pid then
-        procs[#procs + 1] = pid
-    end
-    assert(port, "tls_upstream.py did not start: " .. (helpers.read_file(outfile) or ""))
-    return { port = port, pid = pid }
+        opts.ca and (" --ca " .. shq(d .. "/ca.pem")) or "", opts.ws and " --ws" or "") })
+    procs[#procs + 1] = up.pid
+    return up
 end
 
 -- Stops the fixtures this file started, by their pids.
 local function stop_all()
     for _, pid in ipairs(procs) do
-        if helpers.alive(pid) then
-            os.execute("kill -TERM " .. pid .. " 2>/dev/null")
-            if not helpers.wait_until(function() return not helpers.alive(pid) end, 3) then
-                os.execute("kill -KILL " .. pid .. " 2>/dev/null")
-            end
-        end
+        helpers.stop(pid, 3)
     end
     procs = {}
 end
@@ -454,9 +403,9 @@ describe("upstreams over TLS", function()
             return helpers.sh(fmt("cd %s && timeout 20 %s -t -c %s 2>&1", shq(dir), shq(helpers.bin),
                 shq(dir .. "/conf/moongate.lua")))
         end
-        local function conf_with(tls)
+        local function conf_with(tls_conf)
             return 'return { listen = "127.0.0.1:1", workers = 1, upstreams = { a = { servers = '
-                .. '{ "https://127.0.0.1:9" }, tls = ' .. tls .. ' } } }\n'
+                .. '{ "https://127.0.0.1:9" }, tls = ' .. tls_conf .. ' } } }\n'
         end
 
         it("accepts a CA, a name and a client certificate", function()

@@ -24,6 +24,7 @@ local CONF = [[
 return {
   listen = "127.0.0.1:$PORT",
   workers = 2,
+  admin = { listen = "127.0.0.1:$ADMIN" },
   tls = {
     listen = "127.0.0.1:$TLS_PORT",
     certificates = { { cert = "$CERTS/default.pem", key = "$CERTS/default.key" } },
@@ -162,12 +163,13 @@ local function workers_only(mg)
 end
 
 describe("acme", function()
-    local d, store, mg, http_port, tls_port
+    local d, store, mg, http_port, tls_port, admin_port
 
     local function start(name)
         return helpers.start_moongate({
             name = name, conf = CONF, routes = ROUTES, port = http_port, workers = 2,
-            vars = { TLS_PORT = tls_port, ACME_PORT = pebble.port, STORE = store, CERTS = d },
+            vars = { TLS_PORT = tls_port, ACME_PORT = pebble.port, STORE = store, CERTS = d,
+                     ADMIN = admin_port },
         })
     end
 
@@ -176,6 +178,7 @@ describe("acme", function()
         store = d .. "/store"
         make_certs(d)
         http_port, tls_port = helpers.free_port(), helpers.free_port()
+        admin_port = helpers.free_port()
         start_pebble(d, http_port, tls_port)
         mg = start("acme")
     end)
@@ -213,6 +216,29 @@ describe("acme", function()
             .. "localhost:%d:127.0.0.1 https://localhost:%d/hello", shq(pebble.root),
             tls_port, tls_port))
         assert.equal("hello\n", body)
+    end)
+
+    it("exports the ACME certificate's expiry beside the configured ones", function()
+        -- every worker serves it (both were told): any scrape has the series
+        local series = 'moongate_tls_certificate_expiry_timestamp_seconds{server="acme",name="localhost"}'
+        for _ = 1, 4 do
+            local st, _, text = helpers.http(admin_port, "GET", "/metrics",
+                { headers = { "Connection: close" } })
+            assert.equal(200, st)
+            local v
+            for line in text:gmatch("[^\n]+") do
+                if line:sub(1, #series + 1) == series .. " " then v = tonumber(line:sub(#series + 2)) end
+            end
+            assert.truthy(v, text)
+            -- pebble's short lifetime: notAfter is within it from now
+            local now = os.time()
+            assert.truthy(v > now - 5 and v <= now + LIFETIME + 5, tostring(v))
+            assert.truthy(text:find('moongate_tls_certificate_expiry_timestamp_seconds{server="0",'
+                .. 'name="default.test"}', 1, true), text)
+            -- one family: its HELP once
+            local _, nhelp = text:gsub("# HELP moongate_tls_certificate_expiry_timestamp_seconds ", "")
+            assert.equal(1, nhelp)
+        end
     end)
 
     it("serves the default certificate for a name it could not get, and says why", function()
@@ -337,7 +363,8 @@ describe("acme", function()
         local store2 = d .. "/store-alpn"
         mg = helpers.start_moongate({
             name = "acme-alpn", routes = ROUTES, port = http_port, workers = 2,
-            vars = { TLS_PORT = tls_port, ACME_PORT = pebble.port, STORE = store2, CERTS = d },
+            vars = { TLS_PORT = tls_port, ACME_PORT = pebble.port, STORE = store2, CERTS = d,
+                     ADMIN = admin_port },
             conf = CONF:gsub('names = { "localhost", "nothere.invalid" },',
                 'names = { "alpn.test" }, challenge = "tls-alpn-01", renew = 0.1,'),
         })

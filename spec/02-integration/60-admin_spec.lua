@@ -126,6 +126,14 @@ describe("admin listener", function()
         assert.equal("upstream up", by["/up"].target)
         assert.same({ "request-id" }, by["/up"].plugins)
         assert.same({}, by["/hello"].plugins)
+        -- hits: requests answered on the route (the metrics counters)
+        local h0 = by["/hello"].hits
+        for _ = 1, 3 do assert.equal(200, (get(mg.port, "/hello"))) end
+        st, doc, body = api(admin, "/routes")
+        assert.equal(200, st, body)
+        by = {}
+        for _, r in ipairs(doc) do by[r.rule] = r end
+        assert.equal(h0 + 3, by["/hello"].hits, body)
     end)
 
     it("GET /upstreams: servers and their health", function()
@@ -135,6 +143,13 @@ describe("admin listener", function()
         local s = doc.upstreams[1].servers[1]
         assert.equal("127.0.0.1:" .. up.port, s.address)
         assert.is_true(s.healthy)
+        assert.equal(200, (get(mg.port, "/up/x")))
+        st, doc, body = api(admin, "/upstreams")
+        assert.equal(200, st, body)
+        local u = doc.upstreams[1]
+        assert.truthy(u.requests >= 1, body)
+        assert.same({ connect = 0, timeout = 0, bad_response = 0 }, u.errors)
+        assert.truthy(u.pool.open >= u.pool.idle and u.pool.idle >= 0, body)
     end)
 
     it("GET /config: the effective conf, where each value came from, secrets hidden", function()
@@ -156,6 +171,7 @@ describe("admin listener", function()
         st, doc, body = api(admin, "/websockets")
         assert.equal(200, st, body)
         assert.equal(0, doc.open)
+        assert.same({}, doc.sockets)
     end)
 
     it("GET / serves the dashboard page", function()
@@ -218,6 +234,45 @@ describe("admin listener", function()
         assert.matches("upstream up has no healthy server", body)
         local _, doc = api(admin, "/upstreams")
         assert.is_false(doc.upstreams[1].servers[1].healthy)
+    end)
+
+    it("GET /generations: a superseded generation drains while a request holds it, then goes",
+        function()
+        local function gens()
+            local st, doc, body = api(admin, "/generations")
+            assert.equal(200, st, body)
+            local by = {}
+            for _, g in ipairs(doc.generations) do by[g.id] = g end
+            return by, doc
+        end
+        local c = assert(helpers.connect(mg.port, 10))
+        finally(function() c:close() end)
+        -- a head not yet whole: the request began on the serving generation
+        assert(c:send("GET /hello HTTP/1.1\r\nHost: x\r\n"))
+        local _, d0 = gens()
+        local old = d0.generations[1].id
+        assert.truthy(helpers.wait_until(function()
+            return gens()[old].in_use >= 2 -- the partial one, and this
+        end, 5), "the partial request did not start")
+        mg:write_routes(ROUTES .. "\n-- again\n")
+        local st, doc, body = api(admin, "/reload", "POST")
+        assert.equal(200, st, body)
+        local by, d1 = gens()
+        assert.equal("serving", by[doc.generation].state)
+        assert.truthy(by[old], "generation " .. old .. " not listed: " .. json.encode(d1))
+        assert.equal("draining", by[old].state)
+        assert.equal(1, by[old].in_use)
+        assert.equal(0, by[old].websockets)
+        assert.equal(old, d1.this_worker_draining[1].id)
+        -- the request ends: the generation is freed and leaves the list
+        assert(c:send("\r\n"))
+        local res = assert(helpers.read_response(c))
+        assert.equal(200, res.status)
+        assert.equal("hello\n", res.body)
+        assert.truthy(helpers.wait_until(function()
+            local b, d = gens()
+            return b[old] == nil and #d.this_worker_draining == 0
+        end, 5), json.encode(select(2, gens())))
     end)
 
     it("readyz: 503 while draining on SIGTERM", function()

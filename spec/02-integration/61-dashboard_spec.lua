@@ -1,9 +1,12 @@
 -- The admin dashboard (GET / on the admin listener) in headless Chromium,
 -- driven over the DevTools protocol (spec/fixtures/cdp_page.js), while
 -- curl loads the gateway: the page shows the routes, upstream health and a
--- reload's diff, and its request counts lie between two scrapes of
--- /metrics taken before and after it. Screenshot: spec/out/dashboard.png.
+-- reload's diff, and its request counts and route hits lie between two
+-- scrapes of /metrics taken before and after it; a WebSocket opened before
+-- the reload shows its generation draining and its socket by route and
+-- generation, as /metrics has it. Screenshot: spec/out/dashboard.png.
 local helpers = require "spec.helpers"
+local wsh = require "spec.ws_helpers"
 local json = helpers.json
 
 local CDP = helpers.root .. "/spec/fixtures/cdp_page.js"
@@ -18,8 +21,9 @@ return {
 }
 ]]
 
-local ROUTES = [[
+local ROUTES = wsh.ECHO_HANDLER_SRC .. [[
 return {
+  { path = "/ws", name = "ws", websocket = { mode = "handler", heartbeat = { interval = 0 } }, handler = echo },
   { path = "/hello", name = "hello", handler = function() return 200, "hello\n" end },
   { path = "/boom", name = "boom", handler = function() return 503, "boom\n" end },
   { prefix = "/up", name = "up", upstream = "up", strip_prefix = true },
@@ -49,7 +53,20 @@ local RESULT = [[({
   status: document.getElementById('status').textContent,
   requests: window.mgDashboard.requests,
   errors: window.mgDashboard.errors,
+  hits: window.mgDashboard.hits,
+  wsgen: window.mgDashboard.wsgen,
+  generations: window.mgDashboard.generations,
 })]]
+
+-- the value of one series in a scrape, or nil
+local function series_value(admin, series)
+    local _, _, body = helpers.http(admin, "GET", "/metrics", { headers = { "Connection: close" } })
+    for line in (body or ""):gmatch("[^\n]+") do
+        if line:sub(1, #series + 1) == series .. " " then
+            return tonumber(line:sub(#series + 2))
+        end
+    end
+end
 
 describe("admin dashboard in headless chromium", function()
     local up, mg, admin, loadgen
@@ -75,6 +92,13 @@ describe("admin dashboard in headless chromium", function()
     end)
 
     it("shows routes, health, rates and reloads that agree with /metrics", function()
+        -- a WebSocket on the first generation, held across the reload
+        local gen = series_value(admin, "moongate_generation")
+        local ws = wsh.connect(mg.port, "/ws")
+        finally(function() ws:close() end)
+        local wsseries = string.format(
+            'moongate_websocket_open_sockets{route="ws",mode="handler",generation="%d"}', gen)
+        assert(helpers.wait_until(function() return series_value(admin, wsseries) == 1 end, 10))
         -- a reload first, so that the page has one to show
         helpers.write_file(mg.routes_path, ROUTES:gsub("return {\n", 'return {\n  { path = "/new", ' ..
             'handler = function() return 200, "new\\n" end },\n', 1))
@@ -109,7 +133,7 @@ describe("admin dashboard in headless chromium", function()
         assert.truthy(r.ok, "the page did not finish: " .. tostring(r.error) .. "\n" .. out)
         local v = r.value
         table.sort(v.routes)
-        assert.same({ "/boom", "/hello", "/new", "/up" }, v.routes)
+        assert.same({ "/boom", "/hello", "/new", "/up", "/ws" }, v.routes)
         assert.same({ "up" }, v.health)
         assert.matches("%+.*/new", v.reloads[1])
         assert.matches("^updated", v.status)
@@ -124,6 +148,20 @@ describe("admin dashboard in headless chromium", function()
             end
             assert.truthy(v.errors.boom > 0 and v.errors.boom <= after_err.boom)
             assert.equal(0, v.errors.hello)
+            -- the routes' hits: the same counters, every worker's
+            for _, route in ipairs({ "hello", "boom" }) do
+                local hits = v.hits[route]
+                assert.truthy(hits and hits >= (before[route] or 0) and hits <= after[route],
+                    route .. ": hits " .. tostring(hits) .. ", /metrics " .. tostring(before[route])
+                    .. " .. " .. after[route])
+            end
+            -- the socket still on the old generation, which drains
+            assert.equal(1, v.wsgen["ws@" .. gen], json.encode(v.wsgen))
+            assert.equal(series_value(admin, wsseries), v.wsgen["ws@" .. gen])
+            local g = v.generations[tostring(gen)]
+            assert.truthy(g, json.encode(v.generations))
+            assert.equal("draining", g.state)
+            assert.equal(1, g.websockets)
         else
             -- without the metrics module the page says it has no series
             assert.same({}, v.requests)

@@ -25,6 +25,8 @@ local function echo(ws)
 end
 return {
   { path = "/hello", handler = function() return 200, "hello\n" end },
+  { name = "count", path = "/count", handler = function() return 200, "counted\n" end },
+  { name = "idle", path = "/idle", handler = function() return 200, "never asked\n" end },
   { name = "api", prefix = "/api", handler = function(req) return 201, "made\n" end },
   { prefix = "/up", upstream = "up", strip_prefix = true },
   { prefix = "/down", upstream = "down", strip_prefix = true },
@@ -38,6 +40,7 @@ return {
   listen = "127.0.0.1:$PORT",
   workers = 2,
   admin = { listen = "127.0.0.1:%d", token = "%s" },
+  timeouts = { header = 2 },
   upstreams = {
     up = { servers = { "$UPSTREAM" } },
     down = { servers = { "http://127.0.0.1:%d" }, connect_timeout = 1000 },
@@ -76,6 +79,21 @@ local function value(text, series)
     return nil
 end
 
+-- the sum of every series whose text starts with prefix (labels included)
+local function sum_of(text, prefix)
+    local n = 0
+    for line in text:gmatch("[^\n]+") do
+        if line:sub(1, #prefix) == prefix then
+            n = n + tonumber(line:match(" (%S+)$"))
+        end
+    end
+    return n
+end
+
+local function status_of(data)
+    return tonumber((data or ""):match("^HTTP/1%.%d (%d%d%d)"))
+end
+
 describe("metrics", function()
     local supported, why = admin_supported()
     local up, mg, admin, dead
@@ -101,6 +119,20 @@ describe("metrics", function()
         assert(ok, fmt("%s never became %s; last scrape:\n%s", series, tostring(want),
             tostring(last)))
         return last
+    end
+
+    -- an admin API document (the token's endpoints)
+    local function api(path)
+        local st, _, body = helpers.http(admin, "GET", path,
+            { headers = { "Authorization: Bearer " .. TOKEN, "Connection: close" } })
+        assert.equals(200, st, body)
+        return helpers.json.decode(body)
+    end
+
+    local function by_name(list, key)
+        local t = {}
+        for _, v in ipairs(list) do t[v[key or "name"]] = v end
+        return t
     end
 
     lazy_setup(function()
@@ -236,6 +268,116 @@ describe("metrics", function()
         assert.equals(0, rc, out)
     end)
 
+    it("GET /routes: hits per route, every worker's, as /metrics counts them", function()
+        local before = by_name(api("/routes")).count.hits
+        -- new connections each: the two workers take them as they come
+        for _ = 1, 40 do
+            assert.equals(200, (helpers.http(mg.port, "GET", "/count", { headers = { "Connection: close" } })))
+        end
+        local doc
+        assert(helpers.wait_until(function()
+            doc = by_name(api("/routes"))
+            return doc.count.hits == before + 40
+        end, 10, 0.1), "hits never reached " .. (before + 40) .. ": " .. helpers.json.encode(doc and doc.count))
+        assert.equals(0, doc.idle.hits)
+        assert.matches("routes%.lua:%d+$", doc.count.at)
+        local body = select(2, scrape())
+        assert.equals(doc.count.hits, sum_of(body, 'moongate_http_requests_total{route="count",'))
+        assert.equals(doc["/hello"].hits, sum_of(body, 'moongate_http_requests_total{route="/hello",'))
+    end)
+
+    it("GET /upstreams: requests, errors by kind and the pools, every worker's", function()
+        local b0 = by_name(api("/upstreams").upstreams)
+        for _ = 1, 4 do
+            assert.equals(200, (helpers.http(mg.port, "GET", "/up/x", { headers = { "Connection: close" } })))
+        end
+        for _ = 1, 3 do
+            assert.equals(502, (helpers.http(mg.port, "GET", "/down/x", { headers = { "Connection: close" } })))
+        end
+        local b1
+        assert(helpers.wait_until(function()
+            b1 = by_name(api("/upstreams").upstreams)
+            return b1.up.requests == b0.up.requests + 4
+                and b1.down.errors.connect == b0.down.errors.connect + 3
+        end, 10, 0.1), helpers.json.encode(b1))
+        assert.equals(b0.up.errors.connect, b1.up.errors.connect)
+        assert.equals(b0.down.errors.timeout, b1.down.errors.timeout)
+        assert.equals(b0.down.errors.bad_response, b1.down.errors.bad_response)
+        assert.truthy(b1.up.pool.idle >= 1 and b1.up.pool.open >= b1.up.pool.idle, helpers.json.encode(b1.up))
+        assert.equals(0, b1.down.pool.open)
+        local body = select(2, scrape())
+        assert.equals(b1.down.errors.connect,
+            value(body, 'moongate_upstream_errors_total{upstream="down",kind="connect"}'))
+        assert.equals(b1.up.requests, value(body, 'moongate_upstream_requests_total{upstream="up"}'))
+    end)
+
+    it("counts every request refused before routing once, under route (none)", function()
+        local big = string.rep("a", 17000)
+        local cases = {
+            { 400, "GET  /two-spaces HTTP/1.1\r\nHost: x\r\n\r\n" },
+            { 400, "HELLO-garbage\r\n\r\n" },
+            { 400, "GET /x HTTP/1.1\r\nHost: x\r\nX A: b\r\n\r\n" },
+            { 414, "GET /" .. big .. " HTTP/1.1\r\nHost: x\r\n\r\n" },
+            { 431, "GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " .. big .. "\r\n\r\n" },
+            { 501, "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n" },
+            { 405, "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n" },
+            { 505, "GET /x HTTP/2.0\r\nHost: x\r\n\r\n" },
+            -- a head that never ends: the header timeout (2 s here) answers 408
+            { 408, "GET /x HTTP/1.1\r\nHost: x\r\n", 10 },
+        }
+        local none = 'moongate_http_requests_total{route="(none)",'
+        local body0 = select(2, scrape())
+        local before, c4, c5 = sum_of(body0, none), 0, 0
+        for _, c in ipairs(cases) do
+            local data = helpers.raw(mg.port, c[2], { timeout = c[3] or 5 })
+            assert.equals(c[1], status_of(data), (data or ""):sub(1, 200))
+            if c[1] >= 500 then c5 = c5 + 1 else c4 = c4 + 1 end
+        end
+        local body
+        assert(helpers.wait_until(function()
+            body = select(2, scrape())
+            return sum_of(body, none) >= before + #cases
+        end, 10, 0.1), "not counted:\n" .. tostring(body))
+        -- once each, no more: another scrape (a round trip later) agrees
+        body = select(2, scrape())
+        assert.equals(before + #cases, sum_of(body, none))
+        local function class(text, st)
+            local n = 0
+            for line in text:gmatch("[^\n]+") do
+                if line:sub(1, #none) == none and line:find('status="' .. st .. '"', 1, true) then
+                    n = n + tonumber(line:match(" (%S+)$"))
+                end
+            end
+            return n
+        end
+        assert.equals(c4, class(body, "4xx") - class(body0, "4xx"))
+        assert.equals(c5, class(body, "5xx") - class(body0, "5xx"))
+        -- a head refused before it was whole has no method: "other", never a guess
+        assert.truthy(value(body, none .. 'method="other",status="4xx"}') >= 5)
+        assert.falsy(body:find(none .. 'method="DELETE"', 1, true))
+    end)
+
+    it("counts the admin listener's own requests under route (admin), not (none)", function()
+        local none = 'moongate_http_requests_total{route="(none)",'
+        local adm = 'moongate_http_requests_total{route="(admin)",'
+        local body0 = select(2, scrape())
+        for _ = 1, 5 do
+            api("/routes")
+            helpers.http(admin, "GET", "/no-such-admin-endpoint", { headers = { "Connection: close" } })
+        end
+        local body
+        assert(helpers.wait_until(function()
+            body = select(2, scrape())
+            return sum_of(body, adm) >= sum_of(body0, adm) + 10
+        end, 10, 0.1), "admin requests not counted:\n" .. tostring(body))
+        assert.equals(sum_of(body0, none), sum_of(body, none))
+        assert.truthy(value(body, 'moongate_http_requests_total{route="(admin)",method="GET",status="4xx"}') >= 5)
+        -- and never a route of GET /routes
+        for _, r in ipairs(api("/routes")) do
+            assert.are_not.equals("(admin)", r.name)
+        end
+    end)
+
     it("keeps the totals when a worker dies and is restarted", function()
         local hello = 'moongate_http_requests_total{route="/hello",method="GET",status="2xx"}'
         local before = value(select(2, scrape()), hello)
@@ -313,5 +455,50 @@ scrape_configs:
         end, 60, 0.5)
         assert(ok, "prometheus never had the series:\n" .. tostring(helpers.read_file(dir .. "/prometheus.log")))
         assert.truthy(got >= 20)
+    end)
+
+    it("open sockets by route x generation across a reload; the old generation drains, then goes", function()
+        local gen = value(select(2, scrape()), "moongate_generation")
+        local function series(g)
+            return fmt('moongate_websocket_open_sockets{route="/ws/echo",mode="handler",generation="%d"}', g)
+        end
+        local c1 = wsh.connect(mg.port, "/ws/echo")
+        wait_value(series(gen), 1)
+        mg:write_routes(ROUTES .. "\n-- v3\n")
+        mg:signal("HUP")
+        local body = wait_value("moongate_generation", function(v) return v > gen end)
+        local gen2 = value(body, "moongate_generation")
+        -- the old socket stays on its generation, a new one lands on the new one
+        local c2 = wsh.connect(mg.port, "/ws/echo")
+        body = wait_value(series(gen2), 1)
+        assert.equals(1, value(body, series(gen)))
+        assert.equals("still", (c1:echo("still") or {}).data)
+        -- GET /generations: the old one is draining, held by the socket
+        local doc = by_name(api("/generations").generations, "id")
+        assert.truthy(doc[gen], "generation " .. gen .. " not listed")
+        assert.equals("draining", doc[gen].state)
+        assert.equals(1, doc[gen].websockets)
+        assert.truthy(doc[gen].in_use >= 1)
+        assert.truthy(doc[gen].loaded_at > 1.6e9)
+        assert.equals("serving", doc[gen2].state)
+        assert.equals(1, doc[gen2].websockets)
+        -- GET /websockets: per route and generation, every worker's
+        local ws = api("/websockets")
+        assert.equals(2, ws.open)
+        local rows = {}
+        for _, r in ipairs(ws.sockets) do rows[r.route .. "@" .. r.generation] = r end
+        assert.equals(1, rows["/ws/echo@" .. gen].open)
+        assert.equals("handler", rows["/ws/echo@" .. gen].mode)
+        assert.equals(1, rows["/ws/echo@" .. gen2].open)
+        -- the last socket on the old generation closes: the series and the generation go
+        c1:finish(1000)
+        body = wait_value(series(gen), nil)
+        assert.equals(1, value(body, series(gen2)))
+        assert(helpers.wait_until(function()
+            return by_name(api("/generations").generations, "id")[gen] == nil
+        end, 10, 0.1), "generation " .. gen .. " still listed: " .. helpers.json.encode(api("/generations")))
+        c2:finish(1000)
+        wait_value(series(gen2), nil)
+        assert.equals(0, api("/websockets").open)
     end)
 end)

@@ -7,52 +7,25 @@
 -- `file: reason`, and on reload the old generation keeps serving.
 local helpers = require "spec.helpers"
 local json = helpers.json
+local tls = require "spec.tls_helpers"
 
 local fmt = string.format
 local shq = helpers.shq
 
 local TLS_PY = helpers.root .. "/spec/fixtures/tls_upstream.py"
 
-local function run(cmd)
-    local out, rc = helpers.sh(cmd)
-    assert(rc == 0, cmd .. "\n" .. tostring(out))
-    return out
-end
-
--- A test CA and a server certificate for 127.0.0.1, made now with openssl
--- under spec/out/ (test-only keys, never committed).
+-- A test CA and a server certificate for 127.0.0.1 (spec/tls_helpers.lua),
+-- made now under spec/out/ (test-only keys, never committed).
 local function make_certs()
     local d = helpers.tmpdir("hc-certs")
-    run(fmt("cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-        .. "-keyout ca.key -out ca.pem -days 3 -subj /CN=moongate-test-hc-ca "
-        .. "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>&1",
-        shq(d)))
-    run(fmt("cd %s && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-        .. "-keyout srv.key -out srv.csr -subj /CN=localhost 2>&1", shq(d)))
-    helpers.write_file(d .. "/srv.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    run(fmt("cd %s && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
-        .. "-days 3 -out srv.pem -extfile srv.ext 2>&1", shq(d)))
+    tls.cert(tls.ca(d, "moongate-test-hc-ca"), { out = d .. "/srv", eku = "serverAuth" })
     return d
 end
 
-local tls_pids = {}
-
+-- tls_upstream.py serving srv.pem; helpers.cleanup() stops it.
 local function start_tls(d)
-    local dir = helpers.tmpdir("hc-tls-up")
-    local pidfile, outfile = dir .. "/pid", dir .. "/out.log"
-    assert(os.execute(fmt("%s %s --port 0 --pidfile %s --cert %s --key %s > %s 2>&1 < /dev/null &",
-        helpers.python, shq(TLS_PY), shq(pidfile), shq(d .. "/srv.pem"), shq(d .. "/srv.key"),
-        shq(outfile))))
-    local port = helpers.wait_until(function()
-        local s = helpers.read_file(outfile)
-        return s and tonumber(s:match("PORT (%d+)"))
-    end, 10)
-    local pid = helpers.wait_until(function() return tonumber(helpers.read_file(pidfile) or "") end, 5)
-    if pid then
-        tls_pids[#tls_pids + 1] = pid
-    end
-    assert(port, "tls_upstream.py did not start: " .. (helpers.read_file(outfile) or ""))
-    return { port = port, pid = pid }
+    return helpers.start_upstream({ script = TLS_PY, args = fmt("--cert %s --key %s",
+        shq(d .. "/srv.pem"), shq(d .. "/srv.key")) })
 end
 
 local function count(s, needle)
@@ -107,10 +80,6 @@ describe("active health checks", function()
             mg = nil
         end
         helpers.cleanup()
-        for _, pid in ipairs(tls_pids) do
-            helpers.stop(pid) -- ours, by PID
-        end
-        tls_pids = {}
     end)
 
     it("marks a stopped server down in every worker, sends it nothing, and brings it back after rise passes",

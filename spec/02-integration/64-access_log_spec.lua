@@ -166,6 +166,51 @@ return {
         assert.truthy(t.duration_ms > 0)
     end)
 
+    it("a route name and headers that need escaping still make one JSON line each", function()
+        mg = helpers.start_moongate({
+            workers = 1,
+            routes = [==[
+return {
+  { path = "/q", name = [[say "hi" \ there]], handler = function() return 200, "ok\n" end },
+  { path = "/ws/q", name = [[ws "quoted"]], websocket = { mode = "handler", heartbeat = { interval = 0 } },
+    handler = function(ws) ws:recv() end },
+}
+]==],
+        })
+        assert.are.equal(200, (helpers.http(mg.port, "GET", "/q?x=%22", {
+            headers = { ["User-Agent"] = 'ua "quoted" \\ \tend' },
+        })))
+        local t = wait_line(function() return mg:log() end, "/q?x=%22")
+        assert.truthy(t, mg:log())
+        assert.are.equal('say "hi" \\ there', t.route)
+        assert.are.equal('ua "quoted" \\ \tend', t.user_agent)
+        local r = ws.py_client({ url = fmt("ws://127.0.0.1:%d/ws/q", mg.port), send = { { text = "x" } },
+            deflate = false })
+        assert.falsy(r.error, r.raw_output)
+        t = wait_line(function() return mg:log() end, "/ws/q")
+        assert.truthy(t, mg:log())
+        assert.are.equal('ws "quoted"', t.route)
+        assert.are.equal("handler", t.websocket.mode)
+    end)
+
+    it("a head refused before it was whole is logged with method \"-\", not a method it never sent",
+        function()
+        mg = helpers.start_moongate({ workers = 1 })
+        -- a header line without a colon: 400 before the head is whole
+        local resp = helpers.raw(mg.port, "PUT /refused HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n")
+        assert.truthy(resp:find("^HTTP/1.1 400"), resp)
+        local t = helpers.wait_until(function()
+            for _, l in ipairs(access_lines(mg:log())) do
+                if l.status == 400 then
+                    return l
+                end
+            end
+        end, 10)
+        assert.truthy(t, mg:log())
+        assert.are.equal("-", t.method)
+        assert.are.equal("", t.route) -- no route was matched
+    end)
+
     it("goes to a file, reopened on SIGUSR1 by every worker after logrotate moved it", function()
         local dir = helpers.tmpdir("alog-file")
         helpers.mkdir_p(dir .. "/logs")

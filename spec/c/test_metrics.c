@@ -139,18 +139,34 @@ static void upstream_and_health(void) {
 
 static void websockets(void) {
     mg_metrics_attach(0, getpid());
-    mg_met->ws_open[r_ws][MG_MET_WS_RELAY] += 2;
-    mg_met_ws_gen(7, 1);
-    mg_met_ws_gen(7, 1);
+    mg_met_ws_open(r_ws, MG_MET_WS_RELAY, 7, 1);
+    mg_met_ws_open(r_ws, MG_MET_WS_RELAY, 7, 1);
     mg_met->ws_msgs[r_ws][MG_MET_IN] += 5;
     mg_met->ws_bytes[r_ws][MG_MET_OUT] += 50;
     mg_met->ws_close[r_ws][mg_met_ws_code(1012)][mg_met_ws_side("moongate")]++;
     mg_met->ws_close[r_ws][mg_met_ws_code(4001)][mg_met_ws_side("client")]++;
     mg_met->ws_drained[r_ws]++;
     mg_metrics_attach(1, getpid());
-    mg_met_ws_gen(7, 1);
-    mg_met_ws_gen(8, 1);
+    mg_met_ws_open(r_ws, MG_MET_WS_HANDLER, 7, 1);
+    mg_met_ws_open(r_ws, MG_MET_WS_HANDLER, 8, 1);
+    mg_met_ws_open(r_api, MG_MET_WS_TUNNEL, 8, 1);
+    mg_met_ws_open(r_api, MG_MET_WS_TUNNEL, 8, -1); /* closed again: no series */
     render();
+    /* route x mode x generation, summed over the slots */
+    CHECK(strstr(text, "moongate_websocket_open_sockets{route=\"chat \\\"room\\\"\\\\x\","
+                       "mode=\"relay\",generation=\"7\"} 2\n"));
+    CHECK(strstr(text, "moongate_websocket_open_sockets{route=\"chat \\\"room\\\"\\\\x\","
+                       "mode=\"handler\",generation=\"8\"} 1\n"));
+    CHECK(strstr(text, "moongate_websocket_open_sockets{route=\"/api/\"") == NULL);
+    {
+        mg_met_ws_row_t rows[8];
+        int n = mg_metrics_ws_rows(rows, 8), total = 0;
+        CHECK_INT(n, 3);
+        for (int i = 0; i < n; i++)
+            total += (int)rows[i].open;
+        CHECK_INT(total, 4);
+        CHECK_INT(mg_metrics_ws_rows(rows, 1), 1); /* bounded by the caller's rows */
+    }
     /* the name's quote and backslash are escaped */
     CHECK(strstr(text,
                  "moongate_ws_open_sockets{route=\"chat \\\"room\\\"\\\\x\",mode=\"relay\"} 2\n"));
@@ -166,6 +182,49 @@ static void websockets(void) {
     CHECK(strstr(text, "moongate_ws_closes_total{route=\"chat \\\"room\\\"\\\\x\",code=\"4xxx\","
                        "side=\"client\"} 1\n"));
     CHECK(strstr(text, "moongate_ws_drained_total{route=\"chat \\\"room\\\"\\\\x\"} 1\n"));
+}
+
+/* the readers of the admin API: sums over the slots, a restart zeroes gauges */
+static void readers(void) {
+    mg_met_up_sum_t u;
+    mg_met_gen_row_t g[8];
+    CHECK_INT(mg_met_find("/api/"), r_api);
+    CHECK_INT(mg_met_find("/never-interned"), -1);
+    CHECK(strcmp(mg_met_name_str(r_api), "/api/") == 0);
+    uint64_t before = mg_metrics_http_requests(r_api), tmo;
+    mg_metrics_upstream_sum(up_a, &u);
+    tmo = u.errors[MG_MET_E_TIMEOUT];
+    mg_metrics_attach(0, getpid());
+    mg_met_http(r_api, MG_MET_M_GET, 200, 0.001, 0, 0);
+    mg_met_http(r_api, MG_MET_M_POST, 503, 0.001, 0, 0);
+    mg_metrics_attach(1, getpid());
+    mg_met_http(r_api, MG_MET_M_OTHER, 0, 0.001, 0, 0);
+    mg_met->up_err[up_a][MG_MET_E_TIMEOUT] += 2;
+    CHECK_INT(mg_metrics_http_requests(r_api), before + 3); /* every method, status, slot */
+    CHECK_INT(mg_metrics_http_requests(-1), 0);
+    mg_metrics_attach(0, getpid());
+    mg_met->up_err[up_a][MG_MET_E_TIMEOUT]++;
+    mg_metrics_upstream_sum(up_a, &u);
+    CHECK_INT(u.errors[MG_MET_E_TIMEOUT], tmo + 3);
+    /* generations in use: published absolute per slot, summed */
+    mg_met_gen_use(5, 1700000000.0, 2);
+    mg_met_gen_use(6, 1700000100.0, 1);
+    mg_metrics_attach(1, getpid());
+    mg_met_gen_use(5, 1700000000.0, 3);
+    mg_met_gen_use(21, 1700000200.0, 4); /* 21 % 16 == 5: the entry is 5's, not counted */
+    CHECK_INT(mg_metrics_gen_rows(g, 8), 2);
+    for (int i = 0; i < 2; i++) {
+        if (g[i].id == 5) {
+            CHECK_INT(g[i].in_use, 5);
+            CHECK(g[i].loaded_at == 1700000000.0);
+        } else {
+            CHECK_INT(g[i].id, 6);
+            CHECK_INT(g[i].in_use, 1);
+        }
+    }
+    mg_met_gen_use(5, 1700000000.0, 0);
+    mg_metrics_slot_reset(0); /* worker 0 died: what it held went with it */
+    CHECK_INT(mg_metrics_gen_rows(g, 8), 0);
 }
 
 static void process(void) {
@@ -219,6 +278,7 @@ int main(void) {
     CT_RUN(restart_keeps_counters);
     CT_RUN(upstream_and_health);
     CT_RUN(websockets);
+    CT_RUN(readers);
     CT_RUN(process);
     CT_RUN(names_bounded);
     CT_RUN(promtool_file);
