@@ -1,9 +1,11 @@
 -- execution: the seed's /api/execution, served by moongate itself.
 --
 -- GET /api/execution/{execution_id}/status?tenant_id=T[&include_artifacts=true|false][&include_visuals=true|false]
---   Proxied to Runtime; Runtime's status code and JSON come back unchanged.
---   tenant_id missing or empty, or a boolean that is not true/false: 400 JSON
---   naming the parameter. Runtime unreachable: 502 JSON; too slow: 504 JSON.
+--   Checked here, then handed to the C proxy (moongate.proxy, through
+--   runtime_client.pass): Runtime's status code and JSON stream back
+--   unchanged. tenant_id missing or empty, or a boolean that is not
+--   true/false: 400 JSON naming the parameter. Runtime unreachable: 502
+--   JSON; too slow: 504 JSON; an answer that is not JSON: 502 JSON.
 --
 -- WebSocket /api/execution/{execution_id}/stream?tenant_id=T (handler mode)
 --   Follows the execution by polling Runtime's status (the seed's polling
@@ -94,21 +96,16 @@ function _M.status(req)
   if not tenant then
     return answer(err, req)
   end
-  local opts = {}
-  for _, name in ipairs({ "include_artifacts", "include_visuals" }) do
-    local v
-    v, err = boolean_param(req, name)
-    if err then
-      return answer(err, req)
-    end
-    opts[name] = v
-  end
-  local resp
-  resp, err = client.execution_status(tenant, req.params.execution_id, opts)
-  if not resp then
+  local artifacts, visuals
+  artifacts, err = boolean_param(req, "include_artifacts")
+  if err then
     return answer(err, req)
   end
-  return client.relay(resp, req)
+  visuals, err = boolean_param(req, "include_visuals")
+  if err then
+    return answer(err, req)
+  end
+  return client.pass_execution_status(tenant, req.params.execution_id, artifacts, visuals)
 end
 
 -- stream: pollers -----------------------------------------------------------

@@ -1,7 +1,9 @@
 -- gateway: moongate's own /api logic in front of Runtime (the seed's
 -- "Experience" role). Each handler checks its input, resolves the tenant
 -- (auth.tenant_for: the one named, else the token's), calls Runtime through
--- runtime_client (docs/runtime-contract.md) and passes Runtime's answer on.
+-- runtime_client (docs/runtime-contract.md) and passes Runtime's answer on:
+-- where the answer goes on unchanged, the request itself is handed to the C
+-- proxy (runtime_client.pass, moongate.proxy), which streams both ways.
 -- Helpers return a value, or nil, err (scripts/json_api.lua); the handler
 -- answers an err once, with json_api.answer.
 --
@@ -56,14 +58,12 @@ local function string_field(t, name, required)
 end
 
 -- The usual read: the tenant (?tenant_id=, else the token's), then
--- call(tenant) to Runtime, whose answer is relayed.
-local function relay_for_tenant(req, call)
+-- pass(tenant): the request goes to Runtime through the C proxy
+-- (runtime_client.pass_*), whose answer streams back unchanged.
+local function pass_for_tenant(req, pass)
   local tenant, err = auth.tenant_for(req, req.query.tenant_id)
   if not tenant then return answer(err, req) end
-  local resp
-  resp, err = call(tenant)
-  if not resp then return answer(err, req) end
-  return client.relay(resp, req)
+  return pass(tenant)
 end
 
 -- sessions --------------------------------------------------------------------
@@ -81,8 +81,8 @@ function _M.session_create(req)
 end
 
 function _M.session_get(req)
-  return relay_for_tenant(req, function(tenant)
-    return client.session_get(tenant, req.params.session_id)
+  return pass_for_tenant(req, function(tenant)
+    return client.pass_session_get(tenant, req.params.session_id)
   end)
 end
 
@@ -131,16 +131,16 @@ function _M.intent_submit(req)
 end
 
 function _M.intent_pending(req)
-  return relay_for_tenant(req, function(tenant)
-    return client.intent_pending(tenant, req.query.session_id)
+  return pass_for_tenant(req, function(tenant)
+    return client.pass_intent_pending(tenant, req.query.session_id)
   end)
 end
 
 -- artifacts -------------------------------------------------------------------
 
 function _M.artifact_list(req)
-  return relay_for_tenant(req, function(tenant)
-    return client.artifact_list(tenant, req.params.execution_id)
+  return pass_for_tenant(req, function(tenant)
+    return client.pass_artifact_list(tenant, req.params.execution_id)
   end)
 end
 
@@ -187,18 +187,11 @@ function _M.agent_access(req)
   req:set_header("X-Session-Id", req.query.session_id or "")
 end
 
---- Passes the request to Runtime as it came (method, path, query, JSON body).
-function _M.passthrough(req)
-  local body
-  if req.method ~= "GET" and req.method ~= "HEAD" then
-    body = req:body()
-  end
-  local headers = { ["X-Auth-Subject"] = req.ctx.auth and req.ctx.auth.subject or "" }
-  if req.headers["content-type"] then
-    headers["Content-Type"] = req.headers["content-type"]
-  end
-  return client.proxy(req, { method = req.method, path = req.path, query = req.query_string,
-                             body = body, headers = headers })
+--- Passes the request to Runtime as it came (method, path, query, headers
+--- with the auth hook's X-Auth-Subject and X-Auth-Tenant, the body
+--- streamed) through the C proxy; Runtime's JSON answer streams back.
+function _M.passthrough()
+  return client.pass()
 end
 
 return moongate.module("gateway", _M)

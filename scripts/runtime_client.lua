@@ -1,8 +1,15 @@
--- runtime_client: the gateway's calls to Runtime (the `runtime` upstream),
--- through moongate's non-blocking HTTP client. JSON in, JSON out, and one
--- mapping of failures for every caller (an err of scripts/json_api.lua):
+-- runtime_client: the gateway's calls to Runtime (the `runtime` upstream).
+-- Two ways, one mapping of failures for every caller (an err of
+-- scripts/json_api.lua):
 --   Runtime unreachable (refused, reset, bad answer) -> 502 {"error":"runtime_unavailable"}
 --   Runtime slower than the timeout                  -> 504 {"error":"runtime_timeout"}
+--   Runtime's answer is not JSON                      -> 502 {"error":"runtime_bad_response"}
+-- * pass{...} (and the pass_* operations): the request is handed to the C
+--   proxy (moongate.proxy), which streams Runtime's answer back unchanged:
+--   for the routes that pass Runtime's answer on as it is.
+-- * call{...} (and the other operations): moongate's non-blocking HTTP
+--   client, for the calls whose answer the gateway reads; relay() passes
+--   such an answer on.
 -- Runtime's own answers (any status, its JSON body) are passed on as they are.
 -- The paths and shapes are those of docs/runtime-contract.md.
 local moongate = require "moongate"
@@ -13,18 +20,36 @@ local json = moongate.json
 local pairs = pairs
 local tostring = tostring
 local gsub = string.gsub
+local find = string.find
 local format = string.format
 local byte = string.byte
 
 local _M = { _VERSION = "0.1.0" }
 
---- Percent-encodes one path segment (ids come from the client's URL).
+local function pct(c)
+  return format("%%%02X", byte(c))
+end
+
+--- Percent-encodes one path segment (ids come from the client's URL), as
+--- moongate.encode_query does.
 function _M.segment(s)
-  return (gsub(tostring(s), "[^%w%-%._~]", function(c)
-    return format("%%%02X", byte(c))
-  end))
+  s = tostring(s)
+  if not find(s, "[^%w%-%._~]") then
+    return s
+  end
+  return (gsub(s, "[^%w%-%._~]", pct))
 end
 local segment = _M.segment
+
+local function unavailable()
+  return api.err(502, "runtime_unavailable", "Runtime is unreachable")
+end
+local function timed_out()
+  return api.err(504, "runtime_timeout", "Runtime did not answer in time")
+end
+local function not_json()
+  return api.err(502, "runtime_bad_response", "Runtime answered with something other than JSON")
+end
 
 --- One call. opts: method (GET), path, query (table), body (table => JSON),
 --- headers, timeout (s, default gateway_config.runtime.timeout).
@@ -46,9 +71,9 @@ function _M.call(opts)
   }
   if not resp then
     if err == "timeout" then
-      return nil, api.err(504, "runtime_timeout", "Runtime did not answer in time")
+      return nil, timed_out()
     end
-    return nil, api.err(502, "runtime_unavailable", "Runtime is unreachable")
+    return nil, unavailable()
   end
   local ctype = resp.headers["content-type"] or ""
   if ctype:find("json", 1, true) and resp.body ~= "" then
@@ -61,8 +86,7 @@ end
 --- An answer that is not JSON is a bad gateway: the browser only ever sees JSON.
 function _M.relay(resp, req)
   if resp.json == nil and resp.body ~= "" then
-    return api.answer(api.err(502, "runtime_bad_response",
-      "Runtime answered with something other than JSON"), req)
+    return api.answer(not_json(), req)
   end
   return resp.status, resp.body, { ["Content-Type"] = resp.headers["content-type"] or "application/json" }
 end
@@ -75,6 +99,37 @@ function _M.proxy(req, opts)
     return api.answer(err, req)
   end
   return _M.relay(resp, req)
+end
+
+-- The C proxy's failures (moongate.proxy's on_error: run outside the
+-- handler, it must not wait), as call()'s errs.
+local function pass_error(status, reason, req)
+  local err
+  if status == 504 then
+    err = timed_out()
+  elseif find(reason, "content type", 1, true) then
+    err = not_json()
+  else
+    err = unavailable()
+  end
+  return api.answer(err, req)
+end
+
+local ACCEPT_JSON = { Accept = "application/json" }
+
+--- pass(path, query, headers): hands the request to Runtime through the C
+--- proxy (moongate.proxy): the client's method, headers (the auth hook's
+--- X-Auth-* added) and body go on streamed, Runtime's answer comes back
+--- streamed and unchanged when it is JSON (else 502 runtime_bad_response).
+--- path and query (a table or a string) default to the client's; headers
+--- to Accept: application/json; the timeout is gateway_config.runtime's.
+--- A handler returns its result. The request body must not have been read.
+function _M.pass(path, query, headers)
+  return moongate.proxy{
+    upstream = config.runtime.upstream, path = path, query = query,
+    headers = headers or ACCEPT_JSON, timeout = config.runtime.timeout,
+    content_type = "json", on_error = pass_error,
+  }
 end
 
 -- The contract's operations -------------------------------------------------
@@ -92,6 +147,36 @@ function _M.execution_status(tenant_id, execution_id, opts)
               include_visuals = bool(opts.include_visuals) },
     timeout = opts.timeout,
   }
+end
+
+--- The status query as pass() sends it: the path and the query string
+--- (sorted, as moongate.encode_query would make it).
+local function status_target(tenant_id, execution_id, include_artifacts, include_visuals)
+  local q = "tenant_id=" .. segment(tenant_id)
+  if include_visuals ~= nil then
+    q = (include_visuals and "include_visuals=true&" or "include_visuals=false&") .. q
+  end
+  if include_artifacts ~= nil then
+    q = (include_artifacts and "include_artifacts=true&" or "include_artifacts=false&") .. q
+  end
+  return "/v1/executions/" .. segment(execution_id) .. "/status", q
+end
+
+--- GET status through the C proxy (Runtime's answer passed on unchanged).
+function _M.pass_execution_status(tenant_id, execution_id, include_artifacts, include_visuals)
+  return _M.pass(status_target(tenant_id, execution_id, include_artifacts, include_visuals))
+end
+
+function _M.pass_session_get(tenant_id, session_id)
+  return _M.pass("/v1/sessions/" .. segment(session_id), { tenant_id = tenant_id })
+end
+
+function _M.pass_intent_pending(tenant_id, session_id)
+  return _M.pass("/v1/intents/pending", { tenant_id = tenant_id, session_id = session_id })
+end
+
+function _M.pass_artifact_list(tenant_id, execution_id)
+  return _M.pass("/v1/executions/" .. segment(execution_id) .. "/artifacts", { tenant_id = tenant_id })
 end
 
 function _M.session_create(body)

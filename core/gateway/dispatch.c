@@ -265,15 +265,22 @@ static void mg_gw_done(mg_req_t *r) {
         mg_lua_log(r, (mg_now() - r->t_start) * 1000.0);
 }
 
+/* the request goes: what Lua kept of it (its req table, moongate.proxy's plan) */
+static void mg_gw_freed(mg_req_t *r) {
+    mg_lua_proxy_free(r);
+    mg_lua_req_unlink(r);
+}
+
 static const mg_http_hooks_t mg_gw_hooks = {
     .head = mg_gw_head,
     .body = mg_gw_body,
     .upgrade = mg_ws_takeover, /* upgrade.c: moves the transport out */
     .done = mg_gw_done,
-    .freed = mg_lua_req_unlink,
+    .freed = mg_gw_freed,
 };
 
 void mg_gateway_init(void) {
     mg_http_set_hooks(&mg_gw_hooks);
+    mg_proxy_init();
     mg_admin_init();
 }

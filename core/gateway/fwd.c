@@ -123,7 +123,7 @@ size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tai
     } else {
         /* HTTP/1.0 without Host: the upstream still needs one */
         char peer[96] = "localhost";
-        mg_upstream_t *up = r->route ? r->route->upstream : NULL;
+        mg_upstream_t *up = r->lproxy ? r->lproxy->up : r->route ? r->route->upstream : NULL;
         if (up && up->npeers)
             mg_up_peer_str(up->peers[0], peer, sizeof(peer));
         mg_line_add(h, "Host", 4, peer, strlen(peer));

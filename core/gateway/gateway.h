@@ -50,7 +50,10 @@ void mg_gateway_init(void); /* registers them; once per worker, before accepting
 size_t mg_gw_head_filter(mg_req_t *r, int *status, char *head, size_t len, size_t cap);
 
 /* ---- proxy.c: the C proxy target ---- */
+/* To the route's upstream, or where moongate.proxy's plan (r->lproxy) says. */
 void mg_proxy_start(mg_req_t *r);
+/* registers the hand-off from a Lua handler (moongate.proxy: mg_lua_hooks_t) */
+void mg_proxy_init(void);
 
 /* ---- upgrade.c: the WebSocket upgrade ---- */
 /* Checks an upgrade request (RFC 6455 4.2.1) against its route and fills

@@ -57,30 +57,49 @@ static int mg_proxy_method_idempotent(int m) {
            m == HTTP_OPTIONS || m == HTTP_TRACE;
 }
 
-void mg_proxy_start(mg_req_t *r) {
+/* Builds the upstream request and starts the exchange: to the route's
+ * upstream with the client's target, or as moongate.proxy's plan says
+ * (r->lproxy: its upstream, path, query, timeout). pre: body bytes the Lua
+ * handler's target received before the hand-off (NULL: none; drained
+ * into the head, chunk-framed when the client chunks). Returns 0, or -1
+ * after answering. */
+static int mg_proxy_begin(mg_req_t *r, struct evbuffer *pre) {
     struct evbuffer *h = evbuffer_new();
     mg_route_t *rt = r->route;
-    const char *url = r->hbuf;
-    size_t url_len = r->url_len;
+    const mg_lproxy_t *lp = r->lproxy;
+    const char *path = r->hbuf, *query = r->hbuf + r->path_len;
+    size_t path_len = r->path_len, query_len = r->url_len - r->path_len; /* with its '?' */
+    int end_now;
     mg_fwd_t fwd;
 
     if (h == NULL) {
         mg_resp_json_error(r, 500, "out of memory");
-        return;
+        return -1;
     }
     {
         const char *m = llhttp_method_name((llhttp_method_t)r->method);
         evbuffer_add(h, m, strlen(m));
         evbuffer_add(h, " ", 1);
     }
-    if (rt->strip_prefix && rt->prefix) {
-        size_t k = mg_route_strip_len(rt, url, r->path_len);
-        url += k;
-        url_len -= k;
-        if (url_len == 0 || url[0] != '/')
+    if (lp && lp->path_len >= 0) {
+        path = mg_lproxy_path(lp);
+        path_len = (size_t)lp->path_len;
+    } else if (rt->strip_prefix && rt->prefix) {
+        size_t k = mg_route_strip_len(rt, path, path_len);
+        path += k;
+        path_len -= k;
+        if (path_len == 0 || path[0] != '/')
             evbuffer_add(h, "/", 1);
     }
-    evbuffer_add(h, url, url_len);
+    evbuffer_add(h, path, path_len);
+    if (lp && lp->query_len >= 0) {
+        if (lp->query_len > 0) {
+            evbuffer_add(h, "?", 1);
+            evbuffer_add(h, mg_lproxy_query(lp), (size_t)lp->query_len);
+        }
+    } else {
+        evbuffer_add(h, query, query_len);
+    }
     evbuffer_add(h, " HTTP/1.1\r\n", 11);
     mg_fwd_headers(r, h, MG_FWD_DROP_EXPECT, &fwd);
     {
@@ -100,17 +119,51 @@ void mg_proxy_start(mg_req_t *r) {
 #undef MG_PUTS
         evbuffer_add(h, tail, o);
     }
+    /* what the handler's target took in already goes first, in the head's
+     * buffer: a retry on another connection sends it again */
+    if (pre && evbuffer_get_length(pre)) {
+        if (r->chunked) {
+            char hex[24];
+            int n = snprintf(hex, sizeof(hex), "%zx\r\n", evbuffer_get_length(pre));
+            evbuffer_add(h, hex, n);
+            evbuffer_add_buffer(h, pre);
+            evbuffer_add(h, "\r\n", 2);
+        } else {
+            evbuffer_add_buffer(h, pre);
+        }
+    }
+    end_now = (!r->chunked && r->clen <= 0) || (pre && r->state == MG_REQ_DONE);
+    if (pre && r->chunked && r->state == MG_REQ_DONE)
+        evbuffer_add(h, "0\r\n\r\n", 5);
 
-    r->ux = mg_ux_start(rt->upstream, h, mg_proxy_method_idempotent(r->method),
-                        r->method == HTTP_HEAD, &mg_proxy_sink, r, 0);
+    r->ux = mg_ux_start(lp ? lp->up : rt->upstream, h, mg_proxy_method_idempotent(r->method),
+                        r->method == HTTP_HEAD, &mg_proxy_sink, r, lp ? lp->timeout_ms : 0);
     if (r->ux == NULL) {
         mg_resp_json_error(r, 502, "out of memory");
-        return;
+        return -1;
     }
     r->target = &mg_proxy_target;
-    if (!r->chunked && r->clen <= 0)
-        mg_ux_end(r->ux); /* no body: the request is complete */
+    /* the Lua target may have paused the client past its high-water mark */
+    if (pre && r->state != MG_REQ_DONE && !mg_req_gone(r))
+        mg_req_read_pause(r, mg_ux_pending(r->ux) > MG_HIGH_WATER);
+    if (end_now)
+        mg_ux_end(r->ux); /* the request is complete (the last use of r here) */
+    return 0;
 }
+
+void mg_proxy_start(mg_req_t *r) { mg_proxy_begin(r, NULL); }
+
+/* moongate.proxy from a handler (mg_lua_hooks_t.proxy): the coroutine
+ * ended; the proxy takes the request. Outside the HTTP session's parser,
+ * so an answer here ends the request at once. */
+static void mg_proxy_from_lua(mg_req_t *r, struct evbuffer *pre) {
+    if (mg_proxy_begin(r, pre) < 0)
+        mg_req_target_done(r);
+}
+
+static const mg_lua_hooks_t mg_proxy_lua_hooks = {.proxy = mg_proxy_from_lua};
+
+void mg_proxy_init(void) { mg_lua_set_hooks(&mg_proxy_lua_hooks); }
 
 static void mg_proxy_body(mg_req_t *r, const char *data, size_t len) {
     if (r->chunked) {
@@ -154,6 +207,25 @@ static void mg_proxy_client_gone(mg_req_t *r) {
     }
 }
 
+/* moongate.proxy's content_type: does the response's Content-Type contain
+ * it (any case)? A response without a body passes. */
+static int mg_proxy_ctype_ok(const mg_lproxy_t *lp, int status, mg_kv_t *hdrs, int nhdrs,
+                             int64_t clen, int head_only) {
+    const char *want = mg_lproxy_ctype(lp);
+    size_t wl = (size_t)lp->ctype_len;
+    if (head_only || status == 204 || status == 304 || clen == 0)
+        return 1;
+    for (int i = 0; i < nhdrs; i++) {
+        if (!mg_name_eq(hdrs[i].name, hdrs[i].nlen, "content-type", 12))
+            continue;
+        for (size_t j = 0; j + wl <= hdrs[i].vlen; j++)
+            if (strncasecmp(hdrs[i].value + j, want, wl) == 0)
+                return 1;
+        return 0;
+    }
+    return 0;
+}
+
 /* Response head, as the client will see it; built in one per-worker
  * buffer since the upstream head is bounded (64 KiB). */
 static char mg_proxy_hbuf[80 * 1024];
@@ -167,6 +239,13 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
     (void)http_minor, (void)chunked;
     r->up_status = status;
     r->up_addr = mg_ux_peer_name(r->ux);
+    if (r->lproxy && r->lproxy->ctype_len > 0 &&
+        !mg_proxy_ctype_ok(r->lproxy, status, hdrs, nhdrs, clen, r->method == HTTP_HEAD)) {
+        /* moongate.proxy's content_type: this answer is not one to pass on */
+        mg_ux_cancel(r->ux);
+        mg_proxy_on_error(r, 502, "upstream response of another content type");
+        return;
+    }
 
     for (i = 0; i < nhdrs; i++)
         if (mg_name_eq(hdrs[i].name, hdrs[i].nlen, "connection", 10))
@@ -229,7 +308,9 @@ static void mg_proxy_on_error(void *ud, int status, const char *msg) {
         mg_warn("request %s: %s %.*s: %s (%d)", r->request_id,
                 llhttp_method_name((llhttp_method_t)r->method), (int)r->path_len, r->hbuf, msg,
                 status);
-        mg_resp_json_error(r, status, msg);
+        /* moongate.proxy's on_error answers, or the JSON error */
+        if (!mg_lua_proxy_error(r, status, msg))
+            mg_resp_json_error(r, status, msg);
         mg_req_target_done(r);
         return;
     }

@@ -30,6 +30,7 @@ typedef struct mg_req_s mg_req_t;
 typedef struct mg_ux_s mg_ux_t;
 #define MG_PEER_IP_MAX 48 /* an address as text, with its NUL (INET6_ADDRSTRLEN + 2) */
 typedef struct mg_co_s mg_co_t;
+typedef struct mg_lproxy_s mg_lproxy_t; /* moongate.proxy's plan (lua/lua.h) */
 
 typedef struct {
     uint32_t noff, nlen, voff, vlen; /* offsets into req->hbuf */
@@ -125,6 +126,9 @@ struct mg_req_s {
     /* target side */
     mg_ux_t *ux; /* proxy exchange */
     mg_co_t *co; /* Lua handler */
+    /* moongate.proxy: a script handed the request to the C proxy (its
+     * upstream, target, timeout...; lua/lua_proxy.c), or NULL */
+    mg_lproxy_t *lproxy;
     /* head storage: url + header names/values, bounded by limits.header_size */
     uint32_t url_len;
     int nhdrs;

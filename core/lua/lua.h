@@ -33,6 +33,44 @@ int mg_lua_header_filter(mg_req_t *r, int *status, const char *lines, size_t len
                          struct evbuffer *out);
 void mg_lua_log(mg_req_t *r, double duration_ms); /* log plugins */
 
+/* ---- lua_proxy.c: moongate.proxy, a script hands the request to the C proxy ----
+ * The plan a handler or access hook made (r->lproxy), read by the proxy
+ * (gateway/proxy.c) when it builds the upstream request and takes the
+ * response. The buffer holds the path, then the query, then the content
+ * type; each length is -1 when not given. Plans are pooled per worker. */
+struct mg_lproxy_s {
+    mg_lproxy_t *next_free;
+    mg_upstream_t *up; /* one of the request's generation's upstreams */
+    char *buf;
+    size_t cap;
+    int path_len;   /* -1: the client's path (after strip_prefix) */
+    int query_len;  /* -1: the client's query; 0: none */
+    int ctype_len;  /* -1: any response; else its Content-Type must contain this */
+    int timeout_ms; /* 0: the upstream's own response and body timeouts */
+    int err_ref;    /* on_error in the registry of r->gen->L, or LUA_NOREF */
+};
+static inline const char *mg_lproxy_path(const mg_lproxy_t *p) { return p->buf; }
+static inline const char *mg_lproxy_query(const mg_lproxy_t *p) {
+    return p->buf + (p->path_len > 0 ? p->path_len : 0);
+}
+static inline const char *mg_lproxy_ctype(const mg_lproxy_t *p) {
+    return mg_lproxy_query(p) + (p->query_len > 0 ? p->query_len : 0);
+}
+/* What the Lua layer calls above itself, registered once per worker by the
+ * gateway (mg_gateway_init): a handler's coroutine ended after
+ * moongate.proxy, and the C proxy takes r; pre holds the body bytes the
+ * handler's target had received (the callee drains it). */
+typedef struct {
+    void (*proxy)(mg_req_t *r, struct evbuffer *pre);
+} mg_lua_hooks_t;
+void mg_lua_set_hooks(const mg_lua_hooks_t *h);
+/* The upstream failed before any response byte (status 502/504, reason):
+ * answers with the script's on_error when it gave one. 1: answered; 0:
+ * not (no on_error, or it failed: the caller answers). */
+int mg_lua_proxy_error(mg_req_t *r, int status, const char *reason);
+/* The request goes: its plan returns to the pool. */
+void mg_lua_proxy_free(mg_req_t *r);
+
 /* ---- lua_ws.c */
 /* Takes the client's connection from io (mg_io_move), whatever happens. */
 void mg_lua_ws_start(mg_req_t *r, mg_io_t *io, const mg_ws_hs_t *hs, const char *pre, size_t len);

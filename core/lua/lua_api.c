@@ -97,14 +97,16 @@ static void mg_lua_co_end(mg_co_t *co) {
     mg_req_t *r = co->req;
     if (co->lws)
         mg_lua_ws_co_end(co);
+    if (r && r->lproxy && r->resp_started)
+        mg_lua_proxy_ignored(r); /* moongate.proxy, then an answer of its own */
     if (co->access && r) {
         r->co = NULL;
         r->target = NULL;
         co->req = NULL;
         if (r->resp_started)
             r->access_state = MG_ACCESS_DENIED;
-        else if (r->access_state == MG_ACCESS_RUNNING)
-            r->access_state = MG_ACCESS_DENIED; /* the hook failed */
+        else if (r->access_state == MG_ACCESS_RUNNING) /* moongate.proxy, or the hook failed */
+            r->access_state = r->lproxy && co->reusable ? MG_ACCESS_OK : MG_ACCESS_DENIED;
         if (r->access_state == MG_ACCESS_DENIED && !r->resp_started)
             mg_resp_json_error(r, 500, "internal error");
         mg_lua_co_free(co);
@@ -115,6 +117,11 @@ static void mg_lua_co_end(mg_co_t *co) {
         r->co = NULL;
         r->target = NULL;
         co->req = NULL;
+        if (r->lproxy && !r->resp_started && !mg_req_gone(r)) {
+            mg_lua_proxy_handoff(r, co); /* moongate.proxy: the C proxy takes r */
+            mg_lua_co_free(co);
+            return;
+        }
         if (!r->resp_started)
             mg_resp_json_error(r, 500, "handler sent no response");
         else if (!r->resp_done) {
@@ -626,6 +633,7 @@ void mg_lua_open_api(lua_State *L) {
     mg_lua_inject_resp_api(L);
     mg_lua_inject_client_api(L);
     mg_lua_inject_socket_api(L);
+    mg_lua_inject_proxy_api(L);
     lua_pushstring(L, MG_VERSION);
     lua_setfield(L, -2, "version");
     mg_shdict_open_api(L);

@@ -26,6 +26,7 @@ struct mg_co_s {
     int targs; /* timers: arguments for the first resume */
     struct event tev;
     struct evbuffer *body; /* request body received, not yet read */
+    uint64_t body_taken;   /* request body bytes the script read (moongate.proxy refuses then) */
     /* HTTP client call in progress */
     mg_ux_t *ux;
     mg_upstream_t tmp_up; /* for url= calls */
@@ -49,6 +50,14 @@ struct mg_co_s {
 /* init.lua's entry points (registry functions), found once per generation */
 enum { MG_ENTRY_RUN, MG_ENTRY_ACCESS, MG_ENTRY_HF, MG_ENTRY_HOOKS, MG_ENTRY_REQ_MT };
 void mg_lua_push_entry(lua_State *L, mg_gen_t *gen, int which);
+
+/* lua_proxy.c: moongate.proxy's core.proxy (into moongate.core); the end
+ * of a handler's coroutine with r->lproxy set: the C proxy takes r, with
+ * the body bytes co received (r may be gone on return); a coroutine that
+ * ended with a plan and a response of its own: the plan is dropped. */
+void mg_lua_inject_proxy_api(lua_State *L);
+void mg_lua_proxy_handoff(mg_req_t *r, mg_co_t *co);
+void mg_lua_proxy_ignored(mg_req_t *r);
 
 extern mg_co_t *mg_lua_co_cur;
 mg_co_t *mg_lua_co_new(mg_gen_t *gen);

@@ -17,6 +17,7 @@ static void mg_lua_push_all(mg_co_t *co) {
     size_t n = evbuffer_get_length(co->body);
     lua_pushlstring(co->L, (const char *)evbuffer_pullup(co->body, -1), n);
     evbuffer_drain(co->body, n);
+    co->body_taken += n; /* moongate.proxy can no longer send it */
 }
 
 static void mg_lua_body(mg_req_t *r, const char *data, size_t len) {

@@ -418,6 +418,9 @@ end
 -- The core starts every handler coroutine here: handler(req, res), then the
 -- response from its return values (status, body, headers) unless it streamed.
 local function respond(status, body, headers, res)
+  -- moongate.proxy{...}'s result: the C proxy takes the request (a hook's:
+  -- the later hooks and the handler do not run)
+  if status == _M.PROXIED then return end
   local data, ctype = encode_body(body)
   if type(status) ~= "number" then
     status = res and res._status or 200
@@ -523,6 +526,34 @@ local function run(handler, req, access, header_filter)
 end
 debug.getregistry()["moongate.run"] = run
 debug.getregistry()["moongate.req_mt"] = req_mt
+
+--- moongate.proxy{ upstream = name, path = "/p", query = t | "a=1" | false,
+--- headers = { Name = "v", Other = false }, timeout = s, content_type = "json",
+--- on_error = function(status, reason, req) return status, body, headers end }
+--- Hands the request to the C proxy, which streams both bodies; a handler
+--- or an access hook returns its result. Only `upstream` is required; the
+--- others default to the client's path and query, its headers, the
+--- upstream's timeouts, any content type and the proxy's JSON errors.
+--- docs/configuration.md ("moongate.proxy").
+local PROXIED = setmetatable({}, { __tostring = function() return "moongate.proxy" end })
+_M.PROXIED = PROXIED -- what it returns: respond() lets the C proxy answer
+function _M.proxy(opts)
+  if type(opts) ~= "table" then opts = { upstream = opts } end
+  local q = opts.query
+  if type(q) == "table" then q = _M.encode_query(q) end
+  core.proxy(opts.upstream, opts.path, q, opts.headers, opts.timeout, opts.content_type,
+    opts.on_error)
+  return PROXIED
+end
+
+-- moongate.proxy's on_error, called by the core outside any coroutine (it
+-- must not yield): its answer as the status, body, headers and the body's
+-- default content type.
+debug.getregistry()["moongate.proxy_error"] = function(fn, status, reason, req)
+  local st, body, headers = fn(status, reason, req)
+  local data, ctype = encode_body(body)
+  return type(st) == "number" and st or status, data, headers, ctype
+end
 
 -- moongate.http: a non-blocking client; the calling coroutine yields until
 -- the response (or an error) arrives.
