@@ -435,7 +435,7 @@ local procs = {}
 
 local function track(pid)
     if pid then
-        procs[#procs + 1] = pid
+        procs[#procs + 1] = helpers.track(pid) -- so that helpers.stop will stop it
     end
 end
 
