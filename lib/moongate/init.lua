@@ -74,6 +74,20 @@ void mg_lua_ffi_res_send(int status, const char *body, size_t blen, const char *
 end
 -- in the binary; not when a spec loads this file under plain LuaJIT
 local HAS_C = pcall(function() return C.mg_lua_ffi_escape end)
+-- every symbol looked up once now: a trace that reaches one not yet in
+-- ffi.C's cache aborts ("symbol not in cache"), which a slow first run of a
+-- hook (an ASan build) can hit before the interpreter ever called it
+if HAS_C then
+  for _, name in ipairs({
+    "mg_lua_ffi_req_header", "mg_lua_ffi_req_headers", "mg_lua_ffi_req_params",
+    "mg_lua_ffi_req_query", "mg_lua_ffi_req_id", "mg_lua_ffi_req_remote_addr",
+    "mg_lua_ffi_req_set_header", "mg_lua_ffi_req_set_header_num", "mg_lua_ffi_shdict_take",
+    "mg_lua_ffi_unescape", "mg_lua_ffi_escape", "mg_lua_ffi_now", "mg_lua_ffi_res_begin",
+    "mg_lua_ffi_res_header", "mg_lua_ffi_res_send",
+  }) do
+    local _ = C[name]
+  end
+end
 
 -- cached out-parameters and buffers (one Lua state runs one thing at a time)
 local str_out = ffi.new("mg_lua_ffi_str_t[1]")
