@@ -105,40 +105,23 @@ void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms) {
     b->len += 4;
 }
 
-/* The checked appends: unchecked when the room is there, else into a
- * small buffer and cut. */
-void mg_fmt_u64(mg_fmt_t *b, uint64_t v) {
-    char tmp[MG_FMT_U64_MAX];
-    mg_fmt_t t = {tmp, 0, sizeof(tmp)};
-    if (mg_fmt_room(b, MG_FMT_U64_MAX)) {
-        mg_fmt_put_u64(b, v);
-        return;
+/* The checked appends, one per type: put unchecked per type: put unchecked when b has room for the
+ * worst case (max), else build it in tmp and cut it into b. */
+#define MG_FMT_CHECKED(name, type, max, put)                                                       \
+    void name(mg_fmt_t *b, type v) {                                                               \
+        char tmp[max];                                                                             \
+        mg_fmt_t t = {tmp, 0, sizeof(tmp)};                                                        \
+        if (mg_fmt_room(b, max)) {                                                                 \
+            put(b, v);                                                                             \
+            return;                                                                                \
+        }                                                                                          \
+        put(&t, v);                                                                                \
+        mg_fmt_mem(b, tmp, t.len);                                                                 \
     }
-    mg_fmt_put_u64(&t, v);
-    mg_fmt_mem(b, tmp, t.len);
-}
 
-void mg_fmt_i64(mg_fmt_t *b, int64_t v) {
-    char tmp[MG_FMT_I64_MAX];
-    mg_fmt_t t = {tmp, 0, sizeof(tmp)};
-    if (mg_fmt_room(b, MG_FMT_I64_MAX)) {
-        mg_fmt_put_i64(b, v);
-        return;
-    }
-    mg_fmt_put_i64(&t, v);
-    mg_fmt_mem(b, tmp, t.len);
-}
-
-void mg_fmt_milli(mg_fmt_t *b, int64_t v) {
-    char tmp[MG_FMT_MILLI_MAX];
-    mg_fmt_t t = {tmp, 0, sizeof(tmp)};
-    if (mg_fmt_room(b, MG_FMT_MILLI_MAX)) {
-        mg_fmt_put_milli(b, v);
-        return;
-    }
-    mg_fmt_put_milli(&t, v);
-    mg_fmt_mem(b, tmp, t.len);
-}
+MG_FMT_CHECKED(mg_fmt_u64, uint64_t, MG_FMT_U64_MAX, mg_fmt_put_u64)
+MG_FMT_CHECKED(mg_fmt_i64, int64_t, MG_FMT_I64_MAX, mg_fmt_put_i64)
+MG_FMT_CHECKED(mg_fmt_milli, int64_t, MG_FMT_MILLI_MAX, mg_fmt_put_milli)
 
 int64_t mg_fmt_round(double x) {
     if (!(x == x))
