@@ -105,8 +105,8 @@ void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms) {
     b->len += 4;
 }
 
-/* The checked appends, one per type: put unchecked per type: put unchecked when b has room for the
- * worst case (max), else build it in tmp and cut it into b. */
+/* The checked appends, one per type: put unchecked when b has room for
+ * the worst case (max), else build it in tmp and cut it into b. */
 #define MG_FMT_CHECKED(name, type, max, put)                                                       \
     void name(mg_fmt_t *b, type v) {                                                               \
         char tmp[max];                                                                             \
