@@ -325,11 +325,13 @@ local function publisher(p)
     local r = redis.new()
     local ttl = KEEP_MS
     r:init_pipeline()
-    r:publish(p.chan, "M" .. text)
+    -- kept before it is published: a worker that starts listening after the
+    -- PUBLISH then reads it in :last, never neither
     if find(text, '^{"type":"status"') then
       r:set(p.chan .. ":last", text, "PX", ttl)
       r:set(p.chan .. ":raw", p.raw, "PX", ttl)
     end
+    r:publish(p.chan, "M" .. text)
     local res = r and r:commit_pipeline()
     if not res then
       on_cluster_msg(p, "M" .. text) -- Redis failed: this worker's sockets at least
@@ -442,10 +444,11 @@ local function subscribe(ws, tenant_id, execution_id)
   end
   p.subs[ws] = true
   p.n = p.n + 1
+  -- at once: the last status this worker's sockets were sent. Not p.data: a
+  -- lease holder has it while its PUBLISH is on the way back, and this
+  -- socket would then get the same status twice.
   if p.last_msg then
-    ws:send(p.last_msg) -- at once: what the cluster's poller published last
-  elseif p.data then
-    ws:send(status_msg(p)) -- at once: what the poller already knows
+    ws:send(p.last_msg)
   end
   if p.error then
     ws:send(p.error)
