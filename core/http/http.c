@@ -209,8 +209,9 @@ static void mg_http_conn_fail(mg_conn_t *c, int status) {
         if (status <= 0 || mg_http_on_message_begin(&c->parser) != 0)
             return;
         r = c->req;
-        mg_request_id(r->request_id);
     }
+    if (r->request_id[0] == '\0')
+        mg_request_id(r->request_id); /* refused before its head was whole */
     if (r->target && !r->target->keeps_req)
         r->target->gone(r); /* the proxy stops: the answer is ours */
     if (status > 0 && !r->resp_started) {

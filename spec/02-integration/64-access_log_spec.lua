@@ -209,6 +209,9 @@ return {
         assert.truthy(t, mg:log())
         assert.are.equal("-", t.method)
         assert.are.equal("", t.route) -- no route was matched
+        -- it has a request id like any other, the same in the log and the answer
+        assert.truthy(t.request_id:match("^%x+$") and #t.request_id == 32, t.request_id)
+        assert.truthy(resp:find('"request_id":"' .. t.request_id .. '"', 1, true), resp)
     end)
 
     it("goes to a file, reopened on SIGUSR1 by every worker after logrotate moved it", function()
