@@ -18,6 +18,12 @@
 
 static unsigned mg_gen_seq;
 
+static double mg_load_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
 /* What goes with a generation beside its C tables: its coroutines, its
  * Lua state and its TLS contexts. */
 static void mg_load_dtor(mg_gen_t *g) {
@@ -171,7 +177,7 @@ static int mg_load_read_admin(mg_gen_t *g, lua_State *L, int conf) {
 }
 
 /* GET /routes's hits: per route of the document, its metrics label and
- * where its object ends (loader.admin_json's 4th value: name, offset, ...).
+ * where its object ends (loader.admin_json's 3rd value: name, offset, ...).
  * Offsets out of the document or not at a "}" leave the list empty. */
 static void mg_load_read_route_marks(mg_gen_t *g, lua_State *L, int t) {
     int n = (int)lua_objlen(L, t) / 2;
@@ -202,34 +208,54 @@ static void mg_load_read_route_marks(mg_gen_t *g, lua_State *L, int t) {
 }
 
 /* The admin API's documents (GET /config, GET /routes, moongate -T):
- * loader.admin_json(gen), JSON text made once per load. */
-static void mg_load_read_admin_json(mg_gen_t *g, lua_State *L, int loader, int genidx) {
-    lua_getfield(L, loader, "admin_json");
-    if (!lua_isfunction(L, -1)) {
-        lua_pop(L, 1);
+ * loader.admin_json(gen) on the generation's own state, on the first
+ * request for one (mg_gen_admin_docs): at 10 000 routes they cost as much
+ * as the checks, and most generations are never asked. The generation
+ * table is the one the load kept in the registry; nothing changes it. */
+static void mg_load_admin_build(mg_gen_t *g) {
+    lua_State *L = g->L;
+    int top;
+    if (L == NULL)
+        return;
+    top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+    lua_getfield(L, -1, "moongate.loader");
+    lua_getfield(L, -1, "admin_json");
+    lua_getfield(L, LUA_REGISTRYINDEX, "moongate.gen");
+    if (!lua_isfunction(L, -2) || !lua_istable(L, -1)) {
+        lua_settop(L, top);
         return;
     }
-    lua_pushvalue(L, genidx);
-    if (lua_pcall(L, 1, 4, 0) != 0) {
+    if (lua_pcall(L, 1, 3, 0) != 0) {
         mg_warn("admin: %s", lua_tostring(L, -1));
+        lua_settop(L, top);
+        return;
+    }
+    if (lua_type(L, -3) == LUA_TSTRING)
+        g->admin_config = strdup(lua_tostring(L, -3));
+    if (lua_type(L, -2) == LUA_TSTRING)
+        g->admin_routes = strdup(lua_tostring(L, -2));
+    if (g->admin_routes && lua_istable(L, -1))
+        mg_load_read_route_marks(g, L, lua_gettop(L));
+    lua_settop(L, top);
+}
+
+/* The dashboard's page (GET /), read at load through the snapshot. */
+static void mg_load_read_admin_page(mg_gen_t *g, lua_State *L, int loader) {
+    lua_getfield(L, loader, "admin_page");
+    if (!lua_isfunction(L, -1) || lua_pcall(L, 0, 1, 0) != 0) {
         lua_pop(L, 1);
         return;
     }
-    if (lua_type(L, -4) == LUA_TSTRING)
-        g->admin_config = strdup(lua_tostring(L, -4));
-    if (lua_type(L, -3) == LUA_TSTRING)
-        g->admin_routes = strdup(lua_tostring(L, -3));
-    if (lua_type(L, -2) == LUA_TSTRING) {
+    if (lua_type(L, -1) == LUA_TSTRING) {
         size_t n;
-        const char *s = lua_tolstring(L, -2, &n);
+        const char *s = lua_tolstring(L, -1, &n);
         if ((g->admin_page = malloc(n ? n : 1)) != NULL) {
             memcpy(g->admin_page, s, n);
             g->admin_page_len = n;
         }
     }
-    if (g->admin_routes && lua_istable(L, -1))
-        mg_load_read_route_marks(g, L, lua_gettop(L));
-    lua_pop(L, 4);
+    lua_pop(L, 1);
 }
 
 /* g->edge[server] from the table at idx (the main conf, or one of
@@ -685,6 +711,7 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
     mg_gen_t *g = calloc(1, sizeof(*g));
     lua_State *L;
     int loader, genidx;
+    double t0 = mg_load_ms(), t1, t2, t3;
 
     if (g == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -725,6 +752,7 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         goto fail;
     }
     lua_pop(L, 1);
+    t1 = mg_load_ms();
     genidx = lua_gettop(L);
     lua_getfield(L, genidx, "conf");
     if (mg_load_read_conf(g, L, lua_gettop(L)) != MG_OK) {
@@ -750,8 +778,10 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         goto fail;
     /* every table's trie, here in each process that loads the generation
      * (the master checking it, then each worker): never per request */
+    t2 = mg_load_ms();
     if (mg_route_build(g, err, errlen) != MG_OK)
         goto fail;
+    t3 = mg_load_ms();
     /* every listener of a conf or server with proxy_protocol, TLS ones too;
      * h2c on its plain ones (TLS ones speak h2 by ALPN: tls.http2, above) */
     for (int k = 0; k < g->nlisten; k++) {
@@ -764,7 +794,8 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
      * loads never diff) */
     if (snap_fd < 0)
         mg_load_read_desc(g, L, loader, genidx);
-    mg_load_read_admin_json(g, L, loader, genidx);
+    mg_load_read_admin_page(g, L, loader);
+    g->admin_build = mg_load_admin_build;
     g->loaded_at = (double)time(NULL);
     if (mg_load_edge(g, L, genidx) != MG_OK) {
         snprintf(err, errlen, "out of memory");
@@ -787,6 +818,9 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
     if (id == 0)
         id = mg_gen_seq + 1;
     g->id = mg_gen_seq = id;
+    mg_debug("generation %u loaded in %.0f ms: scripts and checks %.0f, C tables %.0f, tries "
+             "%.0f, the rest %.0f (%d routes)",
+             id, mg_load_ms() - t0, t1 - t0, t2 - t1, t3 - t2, mg_load_ms() - t3, g->nroutes);
     return g;
 
 fail:

@@ -980,7 +980,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (test == 2) { /* the same documents as GET /config and GET /routes */
-        const char *c = gen->admin_config ? gen->admin_config : "{}";
+        const char *c;
+        mg_gen_admin_docs(gen);
+        c = gen->admin_config ? gen->admin_config : "{}";
         size_t n = strlen(c);
         while (n && c[n - 1] != '}')
             n--;

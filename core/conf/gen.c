@@ -59,6 +59,14 @@ mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name, size_t len) {
     return NULL;
 }
 
+void mg_gen_admin_docs(mg_gen_t *g) {
+    if (g->admin_built)
+        return;
+    g->admin_built = 1;
+    if (g->admin_build)
+        g->admin_build(g);
+}
+
 void mg_gen_free(mg_gen_t *g) {
     int i, k;
     if (g == NULL)
