@@ -20,6 +20,12 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
  * leaves about half its heap as garbage (10 000 routes: 17 of 36 MB), which
  * a table of proxy routes never allocates enough afterwards to collect. */
 void mg_load_settle(mg_gen_t *gen);
+/* A worker sets mg_load_gc_defer: settling a generation and closing a
+ * freed one's Lua state are then queued (and mg_load_gc_defer called, to
+ * schedule the work), and done in slices by mg_load_gc_step (at most
+ * about budget_ms each; it returns 1 while work is left). */
+extern void (*mg_load_gc_defer)(void);
+int mg_load_gc_step(double budget_ms);
 const char *mg_load_lib_dir(void);
 /* A fresh Lua state with the standard libraries and moongate's lib/ first
  * on package.path (a generation's, the ACME process's); NULL: no memory. */

@@ -24,15 +24,100 @@ static double mg_load_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+/* ---- a worker's Lua collections, in steps ----
+ * At 10 000 routes, a full collection of a new generation's state and the
+ * lua_close of the old one cost 100 to 250 ms each: done at once on a
+ * worker's loop they stall every connection it serves. A worker
+ * (mg_load_gc_defer set) queues them instead, and mg_load_gc_step does a
+ * slice of them at a time between events: a state to settle is done after
+ * one finished cycle; a retired one (its generation freed; the references
+ * the generation's C side held dropped first, so that its routes become
+ * garbage) after two, and is then closed, with little left to free. */
+typedef struct mg_load_gc {
+    lua_State *L;
+    int close; /* retired: lua_close at the end */
+    int ends;  /* GC cycles finished since queued (or retired) */
+    struct mg_load_gc *next;
+} mg_load_gc_t;
+
+static mg_load_gc_t *mg_load_gc_list;
+void (*mg_load_gc_defer)(void);
+
+static mg_load_gc_t *mg_load_gc_find(lua_State *L) {
+    for (mg_load_gc_t *e = mg_load_gc_list; e; e = e->next)
+        if (e->L == L)
+            return e;
+    return NULL;
+}
+
+/* queues L; NULL if out of memory (the caller does it now) */
+static mg_load_gc_t *mg_load_gc_add(lua_State *L, int close) {
+    mg_load_gc_t *e = mg_load_gc_find(L), **t;
+    if (e) {
+        e->close |= close;
+        e->ends = 0;
+        return e;
+    }
+    if ((e = calloc(1, sizeof(*e))) == NULL)
+        return NULL;
+    e->L = L;
+    e->close = close;
+    for (t = &mg_load_gc_list; *t; t = &(*t)->next)
+        ;
+    *t = e;
+    mg_load_gc_defer(); /* the worker schedules the steps */
+    return e;
+}
+
+int mg_load_gc_step(double budget_ms) {
+    double until = mg_load_ms() + budget_ms;
+    while (mg_load_gc_list) {
+        mg_load_gc_t *e = mg_load_gc_list;
+        if (lua_gc(e->L, LUA_GCSTEP, 64) && ++e->ends >= (e->close ? 2 : 1)) {
+            mg_load_gc_list = e->next;
+            if (e->close)
+                lua_close(e->L);
+            free(e);
+        }
+        if (mg_load_ms() >= until)
+            break;
+    }
+    return mg_load_gc_list != NULL;
+}
+
 /* What goes with a generation beside its C tables: its coroutines, its
  * Lua state and its TLS contexts. */
 static void mg_load_dtor(mg_gen_t *g) {
+    lua_State *L = g->L;
     mg_tls_ctx_free(g);
     mg_lua_co_pool_free(g);
     mg_acme_conf_free(g->acme);
     g->acme = NULL;
-    if (g->L)
-        lua_close(g->L);
+    g->L = NULL;
+    if (L && mg_load_gc_defer && !mg_lua_off_loop) { /* never from a loading thread */
+        /* what held the routes alive: the generation table and the refs */
+        lua_pushnil(L);
+        lua_setfield(L, LUA_REGISTRYINDEX, "moongate.gen");
+        for (int i = 0; i < g->nroutes; i++) {
+            mg_route_t *r = &g->routes[i];
+            int refs[] = {r->handler_ref, r->access_ref, r->hf_ref, r->log_ref};
+            for (size_t k = 0; k < sizeof(refs) / sizeof(refs[0]); k++)
+                if (refs[k] != LUA_NOREF && refs[k] != LUA_REFNIL)
+                    luaL_unref(L, LUA_REGISTRYINDEX, refs[k]);
+            r->handler_ref = r->access_ref = r->hf_ref = r->log_ref = LUA_NOREF;
+            if (r->ws) {
+                int wr[] = {r->ws->on_message_ref, r->ws->ws_open_ref, r->ws->ws_close_ref};
+                for (size_t k = 0; k < sizeof(wr) / sizeof(wr[0]); k++)
+                    if (wr[k] != LUA_NOREF && wr[k] != LUA_REFNIL)
+                        luaL_unref(L, LUA_REGISTRYINDEX, wr[k]);
+                r->ws->on_message_ref = r->ws->ws_open_ref = r->ws->ws_close_ref = LUA_NOREF;
+            }
+        }
+        if (mg_load_gc_add(L, 1) != NULL)
+            L = NULL;
+    }
+    if (L)
+        lua_close(L);
     mg_load_uptls_free(g);
 }
 
@@ -703,7 +788,9 @@ static void mg_load_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx)
 }
 
 void mg_load_settle(mg_gen_t *gen) {
-    if (gen && gen->L)
+    if (gen == NULL || gen->L == NULL)
+        return;
+    if (!mg_load_gc_defer || mg_load_gc_add(gen->L, 0) == NULL)
         lua_gc(gen->L, LUA_GCCOLLECT, 0);
 }
 
