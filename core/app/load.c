@@ -794,8 +794,12 @@ void mg_load_settle(mg_gen_t *gen) {
         lua_gc(gen->L, LUA_GCCOLLECT, 0);
 }
 
-mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen) {
+/* early: a worker's load from the disk (mg_load_gen_early), which the
+ * master's snapshot then confirms (mg_load_adopt) */
+static mg_gen_t *mg_load_gen_as(const char *conf_file, int snap_fd, unsigned id, int early,
+                                char *err, size_t errlen) {
     mg_gen_t *g = calloc(1, sizeof(*g));
+    int master = snap_fd < 0 && !early;
     lua_State *L;
     int loader, genidx;
     double t0 = mg_load_ms(), t1, t2, t3;
@@ -879,7 +883,7 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
     }
     /* the route lines reload diffs compare: the master's (a worker's own
      * loads never diff) */
-    if (snap_fd < 0)
+    if (master)
         mg_load_read_desc(g, L, loader, genidx);
     mg_load_read_admin_page(g, L, loader);
     g->admin_build = mg_load_admin_build;
@@ -889,7 +893,7 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         goto fail;
     }
     /* the master: every module a handler may require later is read now */
-    if (snap_fd < 0) {
+    if (master) {
         lua_getfield(L, genidx, "snap_dirs");
         if (mg_load_snap_scan(L, lua_gettop(L), err, errlen) != MG_OK)
             goto fail;
@@ -902,15 +906,34 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
     mg_load_snap_stop(L);
     if (snap_fd >= 0)
         mg_load_snap_drop(L);
-    if (id == 0)
-        id = mg_gen_seq + 1;
-    g->id = mg_gen_seq = id;
-    mg_debug("generation %u loaded in %.0f ms: scripts and checks %.0f, C tables %.0f, tries "
+    if (!early) {
+        if (id == 0)
+            id = mg_gen_seq + 1;
+        g->id = mg_gen_seq = id;
+    }
+    mg_debug("generation %u%s loaded in %.0f ms: scripts and checks %.0f, C tables %.0f, tries "
              "%.0f, the rest %.0f (%d routes)",
-             id, mg_load_ms() - t0, t1 - t0, t2 - t1, t3 - t2, mg_load_ms() - t3, g->nroutes);
+             id, early ? " (early)" : "", mg_load_ms() - t0, t1 - t0, t2 - t1, t3 - t2,
+             mg_load_ms() - t3, g->nroutes);
     return g;
 
 fail:
     mg_gen_free(g);
     return NULL;
+}
+
+mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen) {
+    return mg_load_gen_as(conf_file, snap_fd, id, 0, err, errlen);
+}
+
+mg_gen_t *mg_load_gen_early(const char *conf_file, char *err, size_t errlen) {
+    return mg_load_gen_as(conf_file, -1, 0, 1, err, errlen);
+}
+
+int mg_load_adopt(mg_gen_t *g, int snap_fd, unsigned id, char *err, size_t errlen) {
+    if (g == NULL || g->L == NULL || g->id != 0 ||
+        mg_load_snap_adopt(g->L, snap_fd, err, errlen) != MG_OK)
+        return MG_ERR;
+    g->id = mg_gen_seq = id;
+    return MG_OK;
 }
