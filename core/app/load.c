@@ -913,8 +913,8 @@ static mg_gen_t *mg_load_gen_as(const char *conf_file, int snap_fd, unsigned id,
     }
     mg_debug("load of generation %u%s: %.0f ms (scripts and checks %.0f, C tables %.0f, tries "
              "%.0f, the rest %.0f; %d routes)",
-             id, early ? " (early, id 0 until confirmed)" : "", mg_load_ms() - t0, t1 - t0, t2 - t1, t3 - t2,
-             mg_load_ms() - t3, g->nroutes);
+             id, early ? " (early, id 0 until confirmed)" : "", mg_load_ms() - t0, t1 - t0, t2 - t1,
+             t3 - t2, mg_load_ms() - t3, g->nroutes);
     return g;
 
 fail:

@@ -197,7 +197,7 @@ int mg_app_ctl_recv(int sock, mg_ctl_msg_t *m, int *fd) {
  * A PREPARE that comes while a load runs waits for it; an ABORT drops the
  * load of that generation (id 0: the early one). */
 typedef struct {
-    int busy;      /* a thread runs (loop thread's view) */
+    int busy; /* a thread runs (loop thread's view) */
     pthread_t th;
     int early;     /* the running load is an early one */
     unsigned id;   /* the generation it loads (a snapshot load) */
@@ -222,8 +222,7 @@ static void *mg_worker_load_main(void *arg) {
     if (mg_wl.early)
         mg_wl.gen = mg_load_gen_early(mg_app_conf_path, mg_wl.err, sizeof(mg_wl.err));
     else
-        mg_wl.gen =
-            mg_load_gen(mg_app_conf_path, mg_wl.fd, mg_wl.id, mg_wl.err, sizeof(mg_wl.err));
+        mg_wl.gen = mg_load_gen(mg_app_conf_path, mg_wl.fd, mg_wl.id, mg_wl.err, sizeof(mg_wl.err));
     while (write(mg_wl.efd, &one, sizeof(one)) < 0 && errno == EINTR)
         ;
     return NULL;
@@ -453,9 +452,7 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             mg_worker_prepare(sock, m.id, fd);
             fd = -1; /* the load's now */
             break;
-        case MG_CTL_EARLY:
-            mg_worker_early(sock);
-            break;
+        case MG_CTL_EARLY: mg_worker_early(sock); break;
         case MG_CTL_COMMIT:
             g = mg_gen_pending;
             if (g == NULL || g->id != m.id) {

@@ -219,7 +219,7 @@ struct mg_gen_s {
      * documents cost as much as checking it: no load waits for them) */
     void (*admin_build)(mg_gen_t *gen);
     int admin_built;
-    int draining; /* listed in mg_gen_draining */
+    int draining;     /* listed in mg_gen_draining */
     double loaded_at; /* wall-clock seconds of the load */
     /* set by whoever loaded it: frees what it made beside the C tables
      * (the Lua state and its coroutines), before the tables go */

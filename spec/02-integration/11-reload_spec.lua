@@ -212,7 +212,7 @@ describe("reload of a table that is slow to load", function()
     local mg
     local SPIN = 4 -- seconds of load time (3 to 4 by os.time)
 
-    local function routes(gen, spin)
+    local function slow_routes(gen, spin)
         return ([=[
 local stop = os.time() + SPIN
 while os.time() < stop do end -- load time only
@@ -223,7 +223,7 @@ return {
     end
 
     lazy_setup(function()
-        mg = helpers.start_moongate({ name = "reload-slow", routes = routes("v1", 0), workers = 2 })
+        mg = helpers.start_moongate({ name = "reload-slow", routes = slow_routes("v1", 0), workers = 2 })
     end)
 
     lazy_teardown(function()
@@ -234,7 +234,7 @@ return {
     end)
 
     it("goes on answering while every process loads it", function()
-        mg:write_routes(routes("v2", SPIN))
+        mg:write_routes(slow_routes("v2", SPIN))
         local t0 = helpers.now()
         mg:reload()
         local n, slowest, seen_v1, v2_in_row = 0, 0, 0, 0
