@@ -16,10 +16,23 @@
  * what was read (mg_load_snap_export); else a snapshot memfd from the master to
  * load exactly those bytes (borrowed). id 0: the next number. */
 mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen);
+/* A worker's early load (as the master loads the same files, in parallel
+ * with it): from the disk, recording what it reads as the master does,
+ * no id yet. mg_load_adopt then makes it generation id if it read exactly
+ * the files of the master's snapshot at snap_fd (MG_OK), else MG_ERR
+ * (gen unchanged: free it, load the snapshot). */
+mg_gen_t *mg_load_gen_early(const char *conf_file, char *err, size_t errlen);
+int mg_load_adopt(mg_gen_t *gen, int snap_fd, unsigned id, char *err, size_t errlen);
 /* Once a generation serves: a full collection of its Lua state. A load
  * leaves about half its heap as garbage (10 000 routes: 17 of 36 MB), which
  * a table of proxy routes never allocates enough afterwards to collect. */
 void mg_load_settle(mg_gen_t *gen);
+/* A worker sets mg_load_gc_defer: settling a generation and closing a
+ * freed one's Lua state are then queued (and mg_load_gc_defer called, to
+ * schedule the work), and done in slices by mg_load_gc_step (at most
+ * about budget_ms each; it returns 1 while work is left). */
+extern void (*mg_load_gc_defer)(void);
+int mg_load_gc_step(double budget_ms);
 const char *mg_load_lib_dir(void);
 /* A fresh Lua state with the standard libraries and moongate's lib/ first
  * on package.path (a generation's, the ACME process's); NULL: no memory. */
@@ -59,6 +72,7 @@ void mg_load_snap_stop(lua_State *L); /* loading done: file readers but require 
 void mg_load_snap_drop(lua_State *L); /* frees all but the modules require resolves from */
 int mg_load_snap_export(lua_State *L, char *err,
                         size_t errlen); /* sealed memfd, or -1; then drop */
+int mg_load_snap_adopt(lua_State *L, int fd, char *err, size_t errlen); /* same files? */
 
 /* ---- main.c ---- */
 /* What a reload to g cannot change (listen, workers: a restart can): "; "
@@ -79,6 +93,9 @@ enum {
     MG_CTL_COMMIT = 'C',
     MG_CTL_SERVING = 'S',
     MG_CTL_ABORT = 'A',
+    /* master -> workers as a reload starts: load from the disk now, in
+     * parallel with the master (worker.c); ABORT with id 0 drops it */
+    MG_CTL_EARLY = 'Y',
     /* POST /reload (gateway/admin.c): worker -> master, id = the worker's
      * tag; the master reloads as on SIGHUP and answers RELOADED with the
      * same tag, text "<status> <JSON body>" (200 or 422) */

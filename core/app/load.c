@@ -18,15 +18,106 @@
 
 static unsigned mg_gen_seq;
 
+static double mg_load_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* ---- a worker's Lua collections, in steps ----
+ * At 10 000 routes, a full collection of a new generation's state and the
+ * lua_close of the old one cost 100 to 250 ms each: done at once on a
+ * worker's loop they stall every connection it serves. A worker
+ * (mg_load_gc_defer set) queues them instead, and mg_load_gc_step does a
+ * slice of them at a time between events: a state to settle is done after
+ * one finished cycle; a retired one (its generation freed; the references
+ * the generation's C side held dropped first, so that its routes become
+ * garbage) after two, and is then closed, with little left to free. */
+typedef struct mg_load_gc {
+    lua_State *L;
+    int close; /* retired: lua_close at the end */
+    int ends;  /* GC cycles finished since queued (or retired) */
+    struct mg_load_gc *next;
+} mg_load_gc_t;
+
+static mg_load_gc_t *mg_load_gc_list;
+void (*mg_load_gc_defer)(void);
+
+static mg_load_gc_t *mg_load_gc_find(lua_State *L) {
+    for (mg_load_gc_t *e = mg_load_gc_list; e; e = e->next)
+        if (e->L == L)
+            return e;
+    return NULL;
+}
+
+/* queues L; NULL if out of memory (the caller does it now) */
+static mg_load_gc_t *mg_load_gc_add(lua_State *L, int close) {
+    mg_load_gc_t *e = mg_load_gc_find(L), **t;
+    if (e) {
+        e->close |= close;
+        e->ends = 0;
+        return e;
+    }
+    if ((e = calloc(1, sizeof(*e))) == NULL)
+        return NULL;
+    e->L = L;
+    e->close = close;
+    for (t = &mg_load_gc_list; *t; t = &(*t)->next)
+        ;
+    *t = e;
+    mg_load_gc_defer(); /* the worker schedules the steps */
+    return e;
+}
+
+int mg_load_gc_step(double budget_ms) {
+    double until = mg_load_ms() + budget_ms;
+    while (mg_load_gc_list) {
+        mg_load_gc_t *e = mg_load_gc_list;
+        if (lua_gc(e->L, LUA_GCSTEP, 64) && ++e->ends >= (e->close ? 2 : 1)) {
+            mg_load_gc_list = e->next;
+            if (e->close)
+                lua_close(e->L);
+            free(e);
+        }
+        if (mg_load_ms() >= until)
+            break;
+    }
+    return mg_load_gc_list != NULL;
+}
+
 /* What goes with a generation beside its C tables: its coroutines, its
  * Lua state and its TLS contexts. */
 static void mg_load_dtor(mg_gen_t *g) {
+    lua_State *L = g->L;
     mg_tls_ctx_free(g);
     mg_lua_co_pool_free(g);
     mg_acme_conf_free(g->acme);
     g->acme = NULL;
-    if (g->L)
-        lua_close(g->L);
+    g->L = NULL;
+    if (L && mg_load_gc_defer && !mg_lua_off_loop) { /* never from a loading thread */
+        /* what held the routes alive: the generation table and the refs */
+        lua_pushnil(L);
+        lua_setfield(L, LUA_REGISTRYINDEX, "moongate.gen");
+        for (int i = 0; i < g->nroutes; i++) {
+            mg_route_t *r = &g->routes[i];
+            int refs[] = {r->handler_ref, r->access_ref, r->hf_ref, r->log_ref};
+            for (size_t k = 0; k < sizeof(refs) / sizeof(refs[0]); k++)
+                if (refs[k] != LUA_NOREF && refs[k] != LUA_REFNIL)
+                    luaL_unref(L, LUA_REGISTRYINDEX, refs[k]);
+            r->handler_ref = r->access_ref = r->hf_ref = r->log_ref = LUA_NOREF;
+            if (r->ws) {
+                int wr[] = {r->ws->on_message_ref, r->ws->ws_open_ref, r->ws->ws_close_ref};
+                for (size_t k = 0; k < sizeof(wr) / sizeof(wr[0]); k++)
+                    if (wr[k] != LUA_NOREF && wr[k] != LUA_REFNIL)
+                        luaL_unref(L, LUA_REGISTRYINDEX, wr[k]);
+                r->ws->on_message_ref = r->ws->ws_open_ref = r->ws->ws_close_ref = LUA_NOREF;
+            }
+        }
+        if (mg_load_gc_add(L, 1) != NULL)
+            L = NULL;
+    }
+    if (L)
+        lua_close(L);
     mg_load_uptls_free(g);
 }
 
@@ -171,7 +262,7 @@ static int mg_load_read_admin(mg_gen_t *g, lua_State *L, int conf) {
 }
 
 /* GET /routes's hits: per route of the document, its metrics label and
- * where its object ends (loader.admin_json's 4th value: name, offset, ...).
+ * where its object ends (loader.admin_json's 3rd value: name, offset, ...).
  * Offsets out of the document or not at a "}" leave the list empty. */
 static void mg_load_read_route_marks(mg_gen_t *g, lua_State *L, int t) {
     int n = (int)lua_objlen(L, t) / 2;
@@ -202,34 +293,54 @@ static void mg_load_read_route_marks(mg_gen_t *g, lua_State *L, int t) {
 }
 
 /* The admin API's documents (GET /config, GET /routes, moongate -T):
- * loader.admin_json(gen), JSON text made once per load. */
-static void mg_load_read_admin_json(mg_gen_t *g, lua_State *L, int loader, int genidx) {
-    lua_getfield(L, loader, "admin_json");
-    if (!lua_isfunction(L, -1)) {
-        lua_pop(L, 1);
+ * loader.admin_json(gen) on the generation's own state, on the first
+ * request for one (mg_gen_admin_docs): at 10 000 routes they cost as much
+ * as the checks, and most generations are never asked. The generation
+ * table is the one the load kept in the registry; nothing changes it. */
+static void mg_load_admin_build(mg_gen_t *g) {
+    lua_State *L = g->L;
+    int top;
+    if (L == NULL)
+        return;
+    top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+    lua_getfield(L, -1, "moongate.loader");
+    lua_getfield(L, -1, "admin_json");
+    lua_getfield(L, LUA_REGISTRYINDEX, "moongate.gen");
+    if (!lua_isfunction(L, -2) || !lua_istable(L, -1)) {
+        lua_settop(L, top);
         return;
     }
-    lua_pushvalue(L, genidx);
-    if (lua_pcall(L, 1, 4, 0) != 0) {
+    if (lua_pcall(L, 1, 3, 0) != 0) {
         mg_warn("admin: %s", lua_tostring(L, -1));
+        lua_settop(L, top);
+        return;
+    }
+    if (lua_type(L, -3) == LUA_TSTRING)
+        g->admin_config = strdup(lua_tostring(L, -3));
+    if (lua_type(L, -2) == LUA_TSTRING)
+        g->admin_routes = strdup(lua_tostring(L, -2));
+    if (g->admin_routes && lua_istable(L, -1))
+        mg_load_read_route_marks(g, L, lua_gettop(L));
+    lua_settop(L, top);
+}
+
+/* The dashboard's page (GET /), read at load through the snapshot. */
+static void mg_load_read_admin_page(mg_gen_t *g, lua_State *L, int loader) {
+    lua_getfield(L, loader, "admin_page");
+    if (!lua_isfunction(L, -1) || lua_pcall(L, 0, 1, 0) != 0) {
         lua_pop(L, 1);
         return;
     }
-    if (lua_type(L, -4) == LUA_TSTRING)
-        g->admin_config = strdup(lua_tostring(L, -4));
-    if (lua_type(L, -3) == LUA_TSTRING)
-        g->admin_routes = strdup(lua_tostring(L, -3));
-    if (lua_type(L, -2) == LUA_TSTRING) {
+    if (lua_type(L, -1) == LUA_TSTRING) {
         size_t n;
-        const char *s = lua_tolstring(L, -2, &n);
+        const char *s = lua_tolstring(L, -1, &n);
         if ((g->admin_page = malloc(n ? n : 1)) != NULL) {
             memcpy(g->admin_page, s, n);
             g->admin_page_len = n;
         }
     }
-    if (g->admin_routes && lua_istable(L, -1))
-        mg_load_read_route_marks(g, L, lua_gettop(L));
-    lua_pop(L, 4);
+    lua_pop(L, 1);
 }
 
 /* g->edge[server] from the table at idx (the main conf, or one of
@@ -677,14 +788,21 @@ static void mg_load_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx)
 }
 
 void mg_load_settle(mg_gen_t *gen) {
-    if (gen && gen->L)
+    if (gen == NULL || gen->L == NULL)
+        return;
+    if (!mg_load_gc_defer || mg_load_gc_add(gen->L, 0) == NULL)
         lua_gc(gen->L, LUA_GCCOLLECT, 0);
 }
 
-mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen) {
+/* early: a worker's load from the disk (mg_load_gen_early), which the
+ * master's snapshot then confirms (mg_load_adopt) */
+static mg_gen_t *mg_load_gen_as(const char *conf_file, int snap_fd, unsigned id, int early,
+                                char *err, size_t errlen) {
     mg_gen_t *g = calloc(1, sizeof(*g));
+    int master = snap_fd < 0 && !early;
     lua_State *L;
     int loader, genidx;
+    double t0 = mg_load_ms(), t1, t2, t3;
 
     if (g == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -725,6 +843,7 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         goto fail;
     }
     lua_pop(L, 1);
+    t1 = mg_load_ms();
     genidx = lua_gettop(L);
     lua_getfield(L, genidx, "conf");
     if (mg_load_read_conf(g, L, lua_gettop(L)) != MG_OK) {
@@ -750,8 +869,10 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
         goto fail;
     /* every table's trie, here in each process that loads the generation
      * (the master checking it, then each worker): never per request */
+    t2 = mg_load_ms();
     if (mg_route_build(g, err, errlen) != MG_OK)
         goto fail;
+    t3 = mg_load_ms();
     /* every listener of a conf or server with proxy_protocol, TLS ones too;
      * h2c on its plain ones (TLS ones speak h2 by ALPN: tls.http2, above) */
     for (int k = 0; k < g->nlisten; k++) {
@@ -762,16 +883,17 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
     }
     /* the route lines reload diffs compare: the master's (a worker's own
      * loads never diff) */
-    if (snap_fd < 0)
+    if (master)
         mg_load_read_desc(g, L, loader, genidx);
-    mg_load_read_admin_json(g, L, loader, genidx);
+    mg_load_read_admin_page(g, L, loader);
+    g->admin_build = mg_load_admin_build;
     g->loaded_at = (double)time(NULL);
     if (mg_load_edge(g, L, genidx) != MG_OK) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
     /* the master: every module a handler may require later is read now */
-    if (snap_fd < 0) {
+    if (master) {
         lua_getfield(L, genidx, "snap_dirs");
         if (mg_load_snap_scan(L, lua_gettop(L), err, errlen) != MG_OK)
             goto fail;
@@ -784,12 +906,34 @@ mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err
     mg_load_snap_stop(L);
     if (snap_fd >= 0)
         mg_load_snap_drop(L);
-    if (id == 0)
-        id = mg_gen_seq + 1;
-    g->id = mg_gen_seq = id;
+    if (!early) {
+        if (id == 0)
+            id = mg_gen_seq + 1;
+        g->id = mg_gen_seq = id;
+    }
+    mg_debug("load of generation %u%s: %.0f ms (scripts and checks %.0f, C tables %.0f, tries "
+             "%.0f, the rest %.0f; %d routes)",
+             id, early ? " (early, id 0 until confirmed)" : "", mg_load_ms() - t0, t1 - t0, t2 - t1,
+             t3 - t2, mg_load_ms() - t3, g->nroutes);
     return g;
 
 fail:
     mg_gen_free(g);
     return NULL;
+}
+
+mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen) {
+    return mg_load_gen_as(conf_file, snap_fd, id, 0, err, errlen);
+}
+
+mg_gen_t *mg_load_gen_early(const char *conf_file, char *err, size_t errlen) {
+    return mg_load_gen_as(conf_file, -1, 0, 1, err, errlen);
+}
+
+int mg_load_adopt(mg_gen_t *g, int snap_fd, unsigned id, char *err, size_t errlen) {
+    if (g == NULL || g->L == NULL || g->id != 0 ||
+        mg_load_snap_adopt(g->L, snap_fd, err, errlen) != MG_OK)
+        return MG_ERR;
+    g->id = mg_gen_seq = id;
+    return MG_OK;
 }

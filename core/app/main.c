@@ -764,6 +764,13 @@ static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
     }
 }
 
+/* EARLY to every worker as a reload starts, or ABORT of it (id 0) */
+static void mg_master_early(int op) {
+    for (int i = 0; i < mg_nslots; i++)
+        if (mg_slots[i].pid && mg_slots[i].ctl >= 0)
+            mg_app_ctl_send(mg_slots[i].ctl, op, 0, NULL, -1);
+}
+
 static void mg_master_reload_start(void) {
     char err[1024];
     mg_gen_t *g;
@@ -776,8 +783,11 @@ static void mg_master_reload_start(void) {
         return;
     }
     mg_info("reload: SIGHUP received, loading %s", mg_app_conf_path);
+    /* the workers load the same files meanwhile; the snapshot confirms it */
+    mg_master_early(MG_CTL_EARLY);
     g = mg_load_gen(mg_app_conf_path, -1, 0, err, sizeof(err));
     if (g == NULL) {
+        mg_master_early(MG_CTL_ABORT);
         mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
         mg_metrics_reload(MG_MET_RELOAD_FAILED);
         mg_master_reload_refused(err);
@@ -786,6 +796,7 @@ static void mg_master_reload_start(void) {
     mg_gen_retain(g);
     fd = mg_load_snap_export(g->L, err, sizeof(err));
     if (fd < 0) {
+        mg_master_early(MG_CTL_ABORT);
         mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
         mg_metrics_reload(MG_MET_RELOAD_FAILED);
         mg_gen_release(g);
@@ -980,7 +991,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (test == 2) { /* the same documents as GET /config and GET /routes */
-        const char *c = gen->admin_config ? gen->admin_config : "{}";
+        const char *c;
+        mg_gen_admin_docs(gen);
+        c = gen->admin_config ? gen->admin_config : "{}";
         size_t n = strlen(c);
         while (n && c[n - 1] != '}')
             n--;

@@ -763,3 +763,56 @@ bad:
     snprintf(err, errlen, "snapshot: corrupt");
     return MG_ERR;
 }
+
+/* Whether the files this state's load read (recorded, as the master
+ * records them) are exactly those of the master's snapshot at fd: the same
+ * bytes, or the same error, for every path it looked at. If so the
+ * master's snapshot takes their place (what require resolves from later,
+ * the snapshotted directories) and MG_OK; else MG_ERR, the state as it was.
+ * A worker's load that ran while the master loaded then serves as if it
+ * had loaded the snapshot (core/app/worker.c). */
+int mg_load_snap_adopt(lua_State *L, int fd, char *err, size_t errlen) {
+    int top = lua_gettop(L), mine, theirs, same = 1;
+    lua_getfield(L, LUA_REGISTRYINDEX, MG_SNAP_FILES);
+    lua_getfield(L, LUA_REGISTRYINDEX, MG_SNAP_DIRS);
+    lua_getfield(L, LUA_REGISTRYINDEX, MG_SNAP_BYTES);
+    mine = top + 1;
+    if (!lua_istable(L, mine) || mg_load_snap_import(L, fd, err, errlen) != MG_OK) {
+        lua_settop(L, top);
+        return MG_ERR;
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, MG_SNAP_FILES);
+    theirs = lua_gettop(L);
+    lua_pushnil(L);
+    while (same && lua_next(L, mine)) {
+        lua_pushvalue(L, -2);
+        lua_rawget(L, theirs); /* key, mine, theirs */
+        if (lua_type(L, -2) == LUA_TSTRING || lua_type(L, -1) == LUA_TSTRING) {
+            same = lua_rawequal(L, -2, -1); /* strings are interned */
+        } else if (lua_istable(L, -2) && lua_istable(L, -1)) {
+            lua_getfield(L, -2, "errno");
+            lua_getfield(L, -2, "errno");
+            same = lua_rawequal(L, -2, -1);
+            lua_pop(L, 2);
+        } else {
+            same = 0;
+        }
+        lua_pop(L, 2);
+    }
+    if (!same) {
+        lua_pop(L, 1); /* the key lua_next left */
+        snprintf(err, errlen, "the files changed while the master loaded them");
+        /* put the state's own back */
+        lua_pushvalue(L, mine);
+        lua_setfield(L, LUA_REGISTRYINDEX, MG_SNAP_FILES);
+        lua_pushvalue(L, mine + 1);
+        lua_setfield(L, LUA_REGISTRYINDEX, MG_SNAP_DIRS);
+        lua_pushvalue(L, mine + 2);
+        lua_setfield(L, LUA_REGISTRYINDEX, MG_SNAP_BYTES);
+        lua_settop(L, top);
+        return MG_ERR;
+    }
+    lua_settop(L, top);
+    mg_load_snap_drop(L);
+    return MG_OK;
+}

@@ -9,10 +9,12 @@
 #include "loop/metrics.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -174,6 +176,245 @@ int mg_app_ctl_recv(int sock, mg_ctl_msg_t *m, int *fd) {
     return MG_OK;
 }
 
+/* ---- loading a generation off the event loop ----
+ * A worker loads a reload's generation in a helper thread, so its loop
+ * goes on serving while the new Lua state is built (at 10 000 routes,
+ * hundreds of ms). The state is the thread's alone until the thread
+ * ends; then the loop thread owns it (a LuaJIT state is not bound to a
+ * thread, only to one thread at a time). What a load touches besides its
+ * own state is safe from another thread: the peer list (upstream.c,
+ * locked), logging (one write per line), and the Lua API refuses what
+ * needs the loop (moongate.timer) off the loop thread, as in the master.
+ *
+ * Two kinds of load, one at a time:
+ * - early (EARLY, sent by the master as it starts loading): from the disk,
+ *   in parallel with the master's own load, recording what it reads; when
+ *   the snapshot comes (PREPARE) and the load read exactly its files
+ *   (mg_load_adopt), it is that generation, without a second load;
+ * - from the snapshot (PREPARE), as the master checked it: when there was
+ *   no early load, it failed, or it read other bytes (a file changed
+ *   between the master's read and the worker's).
+ * A PREPARE that comes while a load runs waits for it; an ABORT drops the
+ * load of that generation (id 0: the early one). */
+typedef struct {
+    int busy; /* a thread runs (loop thread's view) */
+    pthread_t th;
+    int early;     /* the running load is an early one */
+    unsigned id;   /* the generation it loads (a snapshot load) */
+    int fd;        /* its snapshot memfd (owned), or -1 */
+    int aborted;   /* ABORT came meanwhile */
+    mg_gen_t *gen; /* the thread's result, or NULL with err */
+    char err[1024];
+    mg_gen_t *early_gen; /* an early load's result, waiting for its PREPARE */
+    unsigned next_id;    /* a PREPARE that came meanwhile (next_fd >= 0) */
+    int next_fd;
+    int efd; /* eventfd: the thread says it ended */
+    struct event *ev;
+    int sock; /* the control channel */
+} mg_wload_t;
+static mg_wload_t mg_wl = {.fd = -1, .next_fd = -1, .efd = -1, .sock = -1};
+static void mg_worker_load_done_cb(evutil_socket_t efd, short what, void *arg);
+
+static void *mg_worker_load_main(void *arg) {
+    uint64_t one = 1;
+    (void)arg;
+    mg_lua_off_loop = 1;
+    if (mg_wl.early)
+        mg_wl.gen = mg_load_gen_early(mg_app_conf_path, mg_wl.err, sizeof(mg_wl.err));
+    else
+        mg_wl.gen = mg_load_gen(mg_app_conf_path, mg_wl.fd, mg_wl.id, mg_wl.err, sizeof(mg_wl.err));
+    while (write(mg_wl.efd, &one, sizeof(one)) < 0 && errno == EINTR)
+        ;
+    return NULL;
+}
+
+/* Starts a load: early (fd -1), or of generation id from snapshot fd
+ * (taken). MG_ERR: no thread (fd closed). */
+static int mg_worker_load_start(int early, unsigned id, int fd) {
+    sigset_t all, old;
+    int rc;
+    if (mg_wl.efd < 0)
+        mg_wl.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (mg_wl.efd >= 0 && mg_wl.ev == NULL &&
+        ((mg_wl.ev = event_new(mg_worker.base, mg_wl.efd, EV_READ | EV_PERSIST,
+                               mg_worker_load_done_cb, NULL)) == NULL ||
+         event_add(mg_wl.ev, NULL) != 0)) {
+        if (mg_wl.ev)
+            event_free(mg_wl.ev);
+        mg_wl.ev = NULL;
+    }
+    if (mg_wl.ev == NULL) {
+        if (fd >= 0)
+            close(fd);
+        return MG_ERR;
+    }
+    mg_wl.early = early;
+    mg_wl.id = id;
+    mg_wl.fd = fd;
+    mg_wl.aborted = 0;
+    mg_wl.gen = NULL;
+    mg_wl.err[0] = '\0';
+    /* the loop thread takes the signals (libevent's) */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    rc = pthread_create(&mg_wl.th, NULL, mg_worker_load_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        if (fd >= 0)
+            close(fd);
+        mg_wl.fd = -1;
+        return MG_ERR;
+    }
+    mg_wl.busy = 1;
+    return MG_OK;
+}
+
+static void mg_worker_early_drop(void) {
+    if (mg_wl.early_gen)
+        mg_gen_free(mg_wl.early_gen);
+    mg_wl.early_gen = NULL;
+}
+
+/* g is generation id, loaded and checked here: pending, and READY */
+static void mg_worker_ready(mg_gen_t *g) {
+    /* pending first: its reference is not a request's (gen.c's count) */
+    mg_gen_t *prev = mg_gen_pending;
+    mg_gen_pending = g;
+    mg_gen_retain(g);
+    if (prev)
+        mg_gen_release(prev);
+    mg_app_ctl_send(mg_wl.sock, MG_CTL_READY, g->id, NULL, -1);
+}
+
+/* PREPARE: the early load's generation if it read the snapshot's files,
+ * else a load of the snapshot; after the load that runs, if one does */
+static void mg_worker_prepare(int sock, unsigned id, int fd) {
+    char err[256];
+    mg_wl.sock = sock;
+    if (mg_wl.busy) {
+        if (mg_wl.next_fd >= 0)
+            close(mg_wl.next_fd);
+        mg_wl.next_id = id;
+        mg_wl.next_fd = fd;
+        return;
+    }
+    if (mg_wl.early_gen) {
+        mg_gen_t *g = mg_wl.early_gen;
+        mg_wl.early_gen = NULL;
+        if (mg_load_adopt(g, fd, id, err, sizeof(err)) == MG_OK) {
+            close(fd);
+            mg_debug("worker %d: generation %u: the early load read the same files", mg_worker.id,
+                     id);
+            mg_worker_ready(g);
+            return;
+        }
+        mg_debug("worker %d: generation %u: early load not used (%s): loading the snapshot",
+                 mg_worker.id, id, err);
+        mg_gen_free(g);
+    }
+    if (mg_worker_load_start(0, id, fd) != MG_OK) {
+        mg_error("worker %d: cannot start loading generation %u: %s", mg_worker.id, id,
+                 strerror(errno));
+        mg_app_ctl_send(sock, MG_CTL_REFUSE, id, "cannot start a loading thread", -1);
+    }
+}
+
+/* EARLY: the master starts loading from the disk; so does this worker */
+static void mg_worker_early(int sock) {
+    mg_wl.sock = sock;
+    if (mg_wl.busy) /* one load at a time: the snapshot's will do */
+        return;
+    mg_worker_early_drop();
+    mg_worker_load_start(1, 0, -1); /* no thread: the snapshot's will do */
+}
+
+/* The thread ended: an early load's generation waits for its PREPARE; a
+ * snapshot's becomes the pending one (READY), or the master hears why
+ * not (REFUSE); then the PREPARE that waited. */
+static void mg_worker_load_done_cb(evutil_socket_t efd, short what, void *arg) {
+    uint64_t n;
+    mg_gen_t *g;
+    (void)what, (void)arg;
+    if (read(efd, &n, sizeof(n)) != (ssize_t)sizeof(n) || !mg_wl.busy)
+        return;
+    pthread_join(mg_wl.th, NULL);
+    mg_wl.busy = 0;
+    if (mg_wl.fd >= 0)
+        close(mg_wl.fd);
+    mg_wl.fd = -1;
+    g = mg_wl.gen;
+    mg_wl.gen = NULL;
+    if (mg_wl.early) {
+        if (g == NULL) /* the snapshot's load will say why, if the master has not */
+            mg_debug("worker %d: early load failed: %s", mg_worker.id, mg_wl.err);
+        if (mg_wl.aborted)
+            mg_gen_free(g);
+        else
+            mg_wl.early_gen = g;
+    } else if (mg_wl.aborted || mg_wl.next_fd >= 0) {
+        mg_gen_free(g); /* dropped, or already superseded */
+    } else if (g == NULL) {
+        mg_error("worker %d: cannot load generation %u: %s", mg_worker.id, mg_wl.id, mg_wl.err);
+        mg_app_ctl_send(mg_wl.sock, MG_CTL_REFUSE, mg_wl.id, mg_wl.err, -1);
+    } else {
+        mg_worker_ready(g);
+    }
+    if (mg_wl.next_fd >= 0) {
+        int fd = mg_wl.next_fd;
+        mg_wl.next_fd = -1;
+        mg_worker_prepare(mg_wl.sock, mg_wl.next_id, fd);
+    }
+}
+
+/* ABORT of generation id (0: the early load) */
+static void mg_worker_load_abort(unsigned id) {
+    if (mg_wl.busy && (mg_wl.early || mg_wl.id == id))
+        mg_wl.aborted = 1;
+    mg_worker_early_drop();
+    if (mg_wl.next_fd >= 0 && mg_wl.next_id == id) {
+        close(mg_wl.next_fd);
+        mg_wl.next_fd = -1;
+    }
+}
+
+/* The worker's end: a load still running is waited for (bounded by the
+ * master's reload timeout, which kills a worker stuck loading). */
+static void mg_worker_load_end(void) {
+    if (mg_wl.busy) {
+        pthread_join(mg_wl.th, NULL);
+        mg_wl.busy = 0;
+        mg_gen_free(mg_wl.gen);
+        mg_wl.gen = NULL;
+    }
+    mg_worker_early_drop();
+}
+
+/* The Lua collections a reload leaves (load.c's mg_load_gc_step): a
+ * slice of MG_GC_SLICE_MS, then the loop's events, again after
+ * MG_GC_PAUSE_MS, until none is left. */
+#define MG_GC_SLICE_MS 1.0
+#define MG_GC_PAUSE_MS 1
+static struct event *mg_worker_gc_ev;
+
+static void mg_worker_gc_cb(evutil_socket_t fd, short what, void *arg) {
+    struct timeval tv = {0, MG_GC_PAUSE_MS * 1000};
+    (void)fd, (void)what, (void)arg;
+    if (mg_load_gc_step(MG_GC_SLICE_MS))
+        evtimer_add(mg_worker_gc_ev, &tv);
+}
+
+static void mg_worker_gc_kick(void) {
+    struct timeval tv = {0, 0};
+    if (mg_worker_gc_ev == NULL &&
+        (mg_worker_gc_ev = evtimer_new(mg_worker.base, mg_worker_gc_cb, NULL)) == NULL) {
+        while (mg_load_gc_step(1000.0)) /* no timer: all now */
+            ;
+        return;
+    }
+    if (!evtimer_pending(mg_worker_gc_ev, NULL))
+        evtimer_add(mg_worker_gc_ev, &tv);
+}
+
 /* The master's messages (mg_ctl_msg_t). A worker never reads the files
  * itself: it loads the master's snapshot, says whether that worked, and
  * switches only when the master says every worker is ready. */
@@ -208,22 +449,10 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
                 mg_app_ctl_send(sock, MG_CTL_REFUSE, m.id, "no snapshot received", -1);
                 break;
             }
-            g = mg_load_gen(mg_app_conf_path, fd, m.id, err, sizeof(err));
-            if (g == NULL) {
-                mg_error("worker %d: cannot load generation %u: %s", mg_worker.id, m.id, err);
-                mg_app_ctl_send(sock, MG_CTL_REFUSE, m.id, err, -1);
-                break;
-            }
-            {
-                /* pending first: its reference is not a request's (gen.c's count) */
-                mg_gen_t *prev = mg_gen_pending;
-                mg_gen_pending = g;
-                mg_gen_retain(g);
-                if (prev)
-                    mg_gen_release(prev);
-            }
-            mg_app_ctl_send(sock, MG_CTL_READY, m.id, NULL, -1);
+            mg_worker_prepare(sock, m.id, fd);
+            fd = -1; /* the load's now */
             break;
+        case MG_CTL_EARLY: mg_worker_early(sock); break;
         case MG_CTL_COMMIT:
             g = mg_gen_pending;
             if (g == NULL || g->id != m.id) {
@@ -258,6 +487,7 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             mg_acme_worker_update(m.text);
             break;
         case MG_CTL_ABORT:
+            mg_worker_load_abort(m.id);
             if (mg_gen_pending && mg_gen_pending->id == m.id) {
                 mg_gen_release(mg_gen_pending);
                 mg_gen_pending = NULL;
@@ -364,6 +594,7 @@ void mg_worker_run(int id, int *fds, int nfd, int ctl) {
     int sigs[3] = {SIGHUP, SIGTERM, SIGINT}, i;
 
     mg_worker.id = id;
+    mg_load_gc_defer = mg_worker_gc_kick;
     mg_metrics_attach(id, (int)getpid()); /* this slot's counters; its gauges from 0 */
     mg_metrics_add_extra(mg_shdict_metrics);
     mg_metrics_add_extra(mg_tls_ctx_metrics);
@@ -409,6 +640,7 @@ void mg_worker_run(int id, int *fds, int nfd, int ctl) {
     mg_up_health_start(mg_gen_current); /* this worker's active health checks */
     mg_info("worker %d started (generation %u)", id, mg_gen_current->id);
     event_base_dispatch(mg_worker.base);
+    mg_worker_load_end();
     mg_access_log_flush();
     mg_info("worker %d exiting", id);
     exit(0);

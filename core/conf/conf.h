@@ -202,7 +202,7 @@ struct mg_gen_s {
     /* the admin API (gateway/admin.c): admin.token (NULL: none, only the
      * health and metrics endpoints answer), health_path on the main
      * listeners (NULL: none), and the JSON of GET /config and GET /routes
-     * made at load (moongate.loader admin_json) */
+     * (moongate.loader admin_json), made on first use: mg_gen_admin_docs */
     char *admin_token;
     char *health_path;
     size_t health_path_len;
@@ -214,6 +214,12 @@ struct mg_gen_s {
     int nadmin_routes;
     char *admin_page; /* GET / (lib/moongate/admin/dashboard.html), or NULL */
     size_t admin_page_len;
+    /* set by whoever loaded it: makes admin_config, admin_routes and the
+     * route marks from the generation's Lua state (a 10 000-route table's
+     * documents cost as much as checking it: no load waits for them) */
+    void (*admin_build)(mg_gen_t *gen);
+    int admin_built;
+    int draining;     /* listed in mg_gen_draining */
     double loaded_at; /* wall-clock seconds of the load */
     /* set by whoever loaded it: frees what it made beside the C tables
      * (the Lua state and its coroutines), before the tables go */
@@ -232,6 +238,9 @@ void mg_gen_activate(mg_gen_t *gen); /* becomes current; old one released */
 void mg_gen_retain(mg_gen_t *gen);
 void mg_gen_release(mg_gen_t *gen);
 void mg_gen_free(mg_gen_t *gen); /* a load that failed, or the last release */
+/* The admin documents of gen (admin_config, admin_routes), made on the
+ * first call (admin_build); either may stay NULL (not available). */
+void mg_gen_admin_docs(mg_gen_t *gen);
 mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name, size_t len);
 void mg_gen_log_diff(mg_gen_t *old, mg_gen_t *gen);
 /* Sorts a copy of gen->desc once (after the load read it), so that a

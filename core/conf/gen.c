@@ -18,6 +18,8 @@ int mg_gen_ndraining;
 
 /* an old generation left the list (freed) */
 static void mg_gen_retire(mg_gen_t *g) {
+    if (!g->draining) /* never listed (a load that failed: maybe off the loop's thread) */
+        return;
     for (int i = 0; i < mg_gen_ndraining; i++)
         if (mg_gen_draining[i] == g) {
             mg_gen_draining[i] = mg_gen_draining[--mg_gen_ndraining];
@@ -57,6 +59,14 @@ mg_upstream_t *mg_gen_upstream(mg_gen_t *gen, const char *name, size_t len) {
         if (strlen(gen->upstreams[i].name) == len && memcmp(gen->upstreams[i].name, name, len) == 0)
             return &gen->upstreams[i];
     return NULL;
+}
+
+void mg_gen_admin_docs(mg_gen_t *g) {
+    if (g->admin_built)
+        return;
+    g->admin_built = 1;
+    if (g->admin_build)
+        g->admin_build(g);
 }
 
 void mg_gen_free(mg_gen_t *g) {
@@ -135,8 +145,10 @@ void mg_gen_activate(mg_gen_t *gen) {
         mg_access_log_open(gen->access_log_dest);
     mg_gen_publish(gen);
     /* still held by requests or sockets: listed as draining until freed */
-    if (old && old != gen && old->refs > 1 && mg_gen_ndraining < MG_GEN_DRAINING_MAX)
+    if (old && old != gen && old->refs > 1 && mg_gen_ndraining < MG_GEN_DRAINING_MAX) {
         mg_gen_draining[mg_gen_ndraining++] = old;
+        old->draining = 1;
+    }
     if (old)
         mg_gen_release(old);
 }

@@ -163,6 +163,7 @@ static void mg_admin_doc(mg_req_t *r, const char *doc) {
 
 static void mg_admin_config(mg_req_t *r, const char *q, size_t ql) {
     (void)q, (void)ql;
+    mg_gen_admin_docs(r->gen);
     mg_admin_doc(r, r->gen->admin_config);
 }
 
@@ -170,10 +171,12 @@ static void mg_admin_config(mg_req_t *r, const char *q, size_t ql) {
  * metrics label (its name or rule), summed over every worker */
 static void mg_admin_routes(mg_req_t *r, const char *q, size_t ql) {
     mg_gen_t *g = r->gen;
-    const char *doc = g->admin_routes;
+    const char *doc;
     struct evbuffer *b;
     size_t at = 0;
     (void)q, (void)ql;
+    mg_gen_admin_docs(g);
+    doc = g->admin_routes;
     if (doc == NULL || g->nadmin_routes == 0) {
         mg_admin_doc(r, doc);
         return;

@@ -23,6 +23,10 @@ void mg_shdict_metrics(struct evbuffer *out);
 
 /* ---- lua_api.c: handlers as coroutines, the moongate module ---- */
 void mg_lua_open_api(lua_State *L);
+/* Set in a thread that loads a generation beside the event loop's: the
+ * API then refuses what needs the loop (moongate.timer), as at load time
+ * in the master. */
+extern _Thread_local int mg_lua_off_loop;
 void mg_lua_co_pool_free(mg_gen_t *gen);
 void mg_lua_handler_start(mg_req_t *r);
 void mg_lua_access_start(mg_req_t *r);

@@ -20,7 +20,10 @@
 #include <string.h>
 #include <strings.h>
 
-mg_co_t *mg_lua_co_cur;
+/* per thread: a worker's generations load in a helper thread (app/worker.c),
+ * which runs no coroutine and has no event loop */
+_Thread_local mg_co_t *mg_lua_co_cur;
+_Thread_local int mg_lua_off_loop;
 
 /* ---- coroutine lifecycle ---- */
 

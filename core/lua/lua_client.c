@@ -59,7 +59,7 @@ static int mg_lua_core_timer(lua_State *L) {
     mg_co_t *co;
 
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    if (gen == NULL || mg_worker.base == NULL)
+    if (gen == NULL || mg_worker.base == NULL || mg_lua_off_loop)
         return luaL_error(L, "moongate.timer: no event loop at load time");
     co = mg_lua_co_new(gen);
     if (co == NULL)

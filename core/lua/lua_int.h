@@ -59,7 +59,7 @@ void mg_lua_inject_proxy_api(lua_State *L);
 void mg_lua_proxy_handoff(mg_req_t *r, mg_co_t *co);
 void mg_lua_proxy_ignored(mg_req_t *r);
 
-extern mg_co_t *mg_lua_co_cur;
+extern _Thread_local mg_co_t *mg_lua_co_cur;
 mg_co_t *mg_lua_co_new(mg_gen_t *gen);
 void mg_lua_co_resume(mg_co_t *co, int nargs);
 mg_co_t *mg_lua_co_check(lua_State *L, const char *what);

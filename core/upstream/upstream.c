@@ -49,6 +49,7 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -167,15 +168,31 @@ static llhttp_settings_t mg_ux_settings = {
 
 /* ---- peers ---- */
 
+/* The list only grows, at its head. A worker's generations load in a
+ * helper thread (app/worker.c) while the loop may add a peer of its own
+ * (moongate.http to a new host): adding is locked, and the head is
+ * published after the peer is whole, so mg_up_peer_next (the loop) reads
+ * it without the lock. */
+static pthread_mutex_t mg_peers_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static mg_peer_t *mg_up_peer_find(const char *host, int port, int tls) {
+    for (mg_peer_t *p = __atomic_load_n(&mg_peers, __ATOMIC_ACQUIRE); p; p = p->next)
+        if (p->port == port && p->tls == tls && strcmp(p->host, host) == 0)
+            return p;
+    return NULL;
+}
+
 mg_peer_t *mg_up_peer_get(const char *host, int port, int tls) {
-    mg_peer_t *p;
+    mg_peer_t *p, *q;
     struct addrinfo hints, *res = NULL;
     char ports[16];
 
     tls = tls != 0;
-    for (p = mg_peers; p; p = p->next)
-        if (p->port == port && p->tls == tls && strcmp(p->host, host) == 0)
-            return p;
+    pthread_mutex_lock(&mg_peers_lock);
+    p = mg_up_peer_find(host, port, tls);
+    pthread_mutex_unlock(&mg_peers_lock);
+    if (p)
+        return p;
     p = calloc(1, sizeof(*p));
     if (p == NULL)
         return NULL;
@@ -186,7 +203,8 @@ mg_peer_t *mg_up_peer_get(const char *host, int port, int tls) {
     memset(&hints, 0, sizeof(hints));
     hints.ai_socktype = SOCK_STREAM;
     snprintf(ports, sizeof(ports), "%d", port);
-    /* resolved once, at load time (never on the event loop's hot path) */
+    /* resolved once, at load time (never on the event loop's hot path);
+     * not under the lock */
     if (getaddrinfo(host, ports, &hints, &res) == 0 && res) {
         memcpy(&p->addr, res->ai_addr, res->ai_addrlen);
         p->alen = res->ai_addrlen;
@@ -195,8 +213,17 @@ mg_peer_t *mg_up_peer_get(const char *host, int port, int tls) {
     } else {
         mg_warn("upstream server %s:%d: cannot resolve", host, port);
     }
-    p->next = mg_peers;
-    mg_peers = p;
+    pthread_mutex_lock(&mg_peers_lock);
+    q = mg_up_peer_find(host, port, tls); /* added meanwhile by the other thread */
+    if (q == NULL) {
+        p->next = mg_peers;
+        __atomic_store_n(&mg_peers, p, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&mg_peers_lock);
+    if (q) {
+        free(p);
+        return q;
+    }
     return p;
 }
 
@@ -1066,7 +1093,9 @@ void mg_up_peer_health(const mg_peer_t *p, mg_up_health_t *h) {
 }
 
 mg_peer_hc_t *mg_up_peer_hc(mg_peer_t *p) { return &p->hc; }
-mg_peer_t *mg_up_peer_next(mg_peer_t *p) { return p ? p->next : mg_peers; }
+mg_peer_t *mg_up_peer_next(mg_peer_t *p) {
+    return p ? p->next : __atomic_load_n(&mg_peers, __ATOMIC_ACQUIRE);
+}
 const char *mg_up_peer_host(const mg_peer_t *p) { return p->host; }
 int mg_up_peer_is_tls(const mg_peer_t *p) { return p->tls; }
 

@@ -1104,7 +1104,8 @@ end
 
 
 -- The admin API's documents (GET /config, GET /routes, moongate -T), as
--- JSON text made once per load: secrets (tokens, passwords, keys) are
+-- JSON text made once per generation, on the first request for one
+-- (core/app/load.c; a load does not wait for them): secrets (tokens, passwords, keys) are
 -- "***", PEM text and functions are named, not shown.
 local ADMIN_PAGE
 do
@@ -1279,15 +1280,6 @@ function _M.admin_json(gen)
   add(gen.routes, "main")
   for _, srv in ipairs(gen.servers or {}) do add(srv.routes, srv.name) end
   local cfg = to_json({ config = c, sources = conf.sources or {} })
-  -- the dashboard (GET /), read through the generation's snapshot
-  local page
-  if ADMIN_PAGE then
-    local f = io.open(ADMIN_PAGE, "rb")
-    if f then
-      page = f:read("*a")
-      f:close()
-    end
-  end
   -- the routes' document, and for GET /routes's hits (gateway/admin.c):
   -- each route's metrics label and the byte offset (from 0) of the "}"
   -- that ends its object, where the C side adds "hits"
@@ -1305,7 +1297,19 @@ function _M.admin_json(gen)
   end
   parts[#parts + 1] = "]"
   json_memo, json_nmemo = {}, 0 -- not kept for the generation's life
-  return cfg, tbl_concat(parts), page, marks
+  return cfg, tbl_concat(parts), marks
+end
+
+--- The dashboard (GET /): lib/moongate/admin/dashboard.html, read at load
+-- through the generation's snapshot; nil if it cannot be read.
+function _M.admin_page()
+  local f = io.open(ADMIN_PAGE, "rb")
+  if not f then
+    return nil
+  end
+  local page = f:read("*a")
+  f:close()
+  return page
 end
 
 

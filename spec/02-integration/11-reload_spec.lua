@@ -202,3 +202,64 @@ describe("reload", function()
         assert.equal(200, (get("/gen")))
     end)
 end)
+
+-- A worker loads a reload's generation beside its event loop (a helper
+-- thread, in parallel with the master's load): while a routes file takes
+-- seconds to load, every request is still answered at once by the old
+-- table, then by the new one. A worker that loaded on its loop would hold
+-- every request for the whole load.
+describe("reload of a table that is slow to load", function()
+    local mg
+    local SPIN = 4 -- seconds of load time (3 to 4 by os.time)
+
+    local function slow_routes(gen, spin)
+        return ([=[
+local stop = os.time() + SPIN
+while os.time() < stop do end -- load time only
+return {
+  { path = "/gen", handler = function() return 200, "GEN" end },
+}
+]=]):gsub("SPIN", tostring(spin)):gsub("GEN", gen)
+    end
+
+    lazy_setup(function()
+        mg = helpers.start_moongate({ name = "reload-slow", routes = slow_routes("v1", 0), workers = 2 })
+    end)
+
+    lazy_teardown(function()
+        if mg then
+            mg:stop()
+        end
+        helpers.cleanup()
+    end)
+
+    it("goes on answering while every process loads it", function()
+        mg:write_routes(slow_routes("v2", SPIN))
+        local t0 = helpers.now()
+        mg:reload()
+        local n, slowest, seen_v1, v2_in_row = 0, 0, 0, 0
+        -- until both workers answer v2 (4 in a row on new connections)
+        while v2_in_row < 4 do
+            assert.truthy(helpers.now() - t0 < 30, "v2 never served by both workers")
+            local s = helpers.now()
+            local st, _, body = helpers.http(mg.port, "GET", "/gen",
+                { headers = { "Connection: close" }, timeout = 10 })
+            local took = helpers.now() - s
+            n = n + 1
+            slowest = math.max(slowest, took)
+            assert.equal(200, st)
+            assert.truthy(body == "v1" or body == "v2", body)
+            if body == "v1" then
+                seen_v1 = seen_v1 + 1
+                v2_in_row = 0
+            else
+                v2_in_row = v2_in_row + 1
+            end
+            assert.truthy(took < 1.5, string.format("a request took %.2f s during the reload", took))
+        end
+        -- the old table answered during the load (it takes 3 s at least)
+        assert.truthy(seen_v1 >= 3, "only " .. seen_v1 .. " answers from the old table")
+        print(string.format("\n  %d requests during a %d s load, the slowest %.0f ms", n, SPIN,
+            slowest * 1000))
+    end)
+end)
