@@ -119,6 +119,10 @@ void mg_fmt_put_milli(mg_fmt_t *b, int64_t v);
  * the last call in the same second */
 void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms);
 void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap); /* escap - 1 */
+/* s[0, n) appended as it is when none of its bytes needs a JSON escape
+ * (1; n bytes), else 0 and nothing appended (b's bytes past b->len may be
+ * written): mg_fmt_put_json's output whenever n <= escap - 7. */
+int mg_fmt_put_plain(mg_fmt_t *b, const char *s, size_t n);
 void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms);
 
 /* Building an access-log line in place: b over max free bytes at the end

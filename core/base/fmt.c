@@ -34,10 +34,37 @@ static inline unsigned mg_fmt_digits(uint64_t v) {
     }
 }
 
-/* v's digits written backward from their end, in place */
+/* v's digits written backward from their end, in place; the log's usual
+ * numbers (a status, a generation, a few KiB) under 10000 without the
+ * digit count or a loop */
 void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v) {
-    unsigned n = mg_fmt_digits(v);
-    char *q = b->p + b->len + n;
+    unsigned n;
+    char *q = b->p + b->len;
+    if (v < 100) {
+        if (v < 10) {
+            q[0] = (char)('0' + v);
+            b->len += 1;
+        } else {
+            memcpy(q, mg_fmt_d2 + v * 2, 2);
+            b->len += 2;
+        }
+        return;
+    }
+    if (v < 10000) {
+        unsigned lo = (unsigned)(v % 100) * 2, hi = (unsigned)(v / 100);
+        if (v < 1000) {
+            q[0] = (char)('0' + hi);
+            memcpy(q + 1, mg_fmt_d2 + lo, 2);
+            b->len += 3;
+        } else {
+            memcpy(q, mg_fmt_d2 + hi * 2, 2);
+            memcpy(q + 2, mg_fmt_d2 + lo, 2);
+            b->len += 4;
+        }
+        return;
+    }
+    n = mg_fmt_digits(v);
+    q += n;
     b->len += n;
     while (v >= 100) {
         unsigned d = (unsigned)(v % 100) * 2;
@@ -142,21 +169,63 @@ static const unsigned char mg_fmt_esc[256] = {
     [0x7f ... 0xff] = 1,
 };
 
-/* Whether any of the 8 bytes at s needs an escape: one of them < 0x20,
+/* Whether any of the 8 bytes of w needs an escape: one of them < 0x20,
  * '"', '\\' or >= 0x7f. A byte >= 0x80 sets its own high bit; below 0x80
  * each test sets the high bit of a byte that matches and no other (w - 0x20
  * of one < 0x20, w + 1 of 0x7f, x - 1 of x = 0 for the quote and the
  * backslash); a borrow or carry between bytes comes only out of a byte
  * that matched, so the answer is exact (which byte is left to the byte
  * loop). */
-static inline int mg_fmt_esc8(const char *s) {
+static inline int mg_fmt_esc_w(uint64_t w) {
     const uint64_t ones = 0x0101010101010101ULL;
-    uint64_t w, q, e;
-    memcpy(&w, s, 8);
-    q = w ^ (ones * '"');
-    e = w ^ (ones * '\\');
+    uint64_t q = w ^ (ones * '"'), e = w ^ (ones * '\\');
     return ((w | (w - ones * 0x20) | (w + ones) | (q - ones) | (e - ones)) & (ones * 0x80)) != 0;
 }
+
+static inline int mg_fmt_esc8(const char *s) {
+    uint64_t w;
+    memcpy(&w, s, 8);
+    return mg_fmt_esc_w(w);
+}
+
+/* The common case, a string that needs no escape and fits (n <= take):
+ * checked and stored 8 bytes at a time, the last word overlapping the one
+ * before it (fewer than 8: two overlapping 4-byte halves, checked as one
+ * word; fewer than 4: byte by byte). 1 when it was appended whole, 0 when
+ * a byte needs an escape (nothing counted; bytes may have been stored past
+ * b->len, which the escaping loop writes over). Reads only s[0, n). */
+static inline int mg_fmt_plain(mg_fmt_t *b, const char *s, size_t n) {
+    char *o = b->p + b->len;
+    if (n >= 8) {
+        size_t i = 0;
+        for (; n - i > 8; i += 8) {
+            if (mg_fmt_esc8(s + i))
+                return 0;
+            memcpy(o + i, s + i, 8);
+        }
+        if (mg_fmt_esc8(s + n - 8))
+            return 0;
+        memcpy(o + n - 8, s + n - 8, 8);
+    } else if (n >= 4) {
+        uint32_t lo, hi;
+        memcpy(&lo, s, 4);
+        memcpy(&hi, s + n - 4, 4);
+        if (mg_fmt_esc_w(lo | (uint64_t)hi << 32))
+            return 0;
+        memcpy(o, &lo, 4);
+        memcpy(o + n - 4, &hi, 4);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            if (mg_fmt_esc[(unsigned char)s[i]])
+                return 0;
+            o[i] = s[i];
+        }
+    }
+    b->len += n;
+    return 1;
+}
+
+int mg_fmt_put_plain(mg_fmt_t *b, const char *s, size_t n) { return mg_fmt_plain(b, s, n); }
 
 void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
     static const char hex[] = "0123456789abcdef";
@@ -166,6 +235,8 @@ void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
         return;
     if (n == SIZE_MAX) /* NUL-terminated: at most escap - 7 bytes are taken */
         n = strnlen(s, escap);
+    if (n <= escap - 7 && mg_fmt_plain(b, s, n))
+        return;
     lim = o + (escap - 7); /* a byte is taken while o + 7 < escap */
     while (i < n) {
         unsigned char ch;

@@ -360,27 +360,41 @@ static size_t mg_http_query_name_decode(const char *s, size_t n, char *out, size
 /* Credentials in a query (WebSocket clients pass tokens there) stay out of
  * the access log: the values of these parameters become "-". Names are
  * compared decoded (?%74oken= is the auth hook's token too), any case.
- * In place; returns path's length after. */
+ * In place, over path[0, len) up to its first NUL, one pass over the
+ * query (a name shorter than the shortest secret, 3, is not decoded);
+ * path[len] must be writable (a NUL is kept there). Returns the length. */
 static size_t mg_http_log_redact_query(char *path, size_t len) {
     static const struct {
         const char *s;
         size_t n;
     } secret[] = {{"token", 5}, {"access_token", 12}, {"api_key", 7}, {"apikey", 6},
                   {"key", 3},   {"password", 8},      {"secret", 6},  {"jwt", 3}};
-    char *q = strchr(path, '?');
+    char *q, *end;
+    len = strnlen(path, len);
+    path[len] = '\0';
+    q = memchr(path, '?', len);
+    end = path + len;
     while (q) {
-        char *name = q + 1, *eq = strchr(name, '='), *amp = strchr(name, '&');
-        if (eq && (amp == NULL || eq < amp)) {
+        char *name = q + 1, *eq = NULL, *amp, *p = name;
+        /* the parameter: its '=' (the first, before any '&') and its '&' */
+        while (p < end && *p != '&') {
+            if (*p == '=' && eq == NULL)
+                eq = p;
+            p++;
+        }
+        amp = p < end ? p : NULL;
+        if (eq && eq - name >= 3) {
             char dec[32];
             size_t nl = mg_http_query_name_decode(name, eq - name, dec, sizeof(dec));
             for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
                 if (nl == secret[i].n && mg_name_eq(dec, nl, secret[i].s, secret[i].n)) {
-                    char *end = amp ? amp : path + len;
-                    size_t tail = (size_t)(path + len - end);
-                    memmove(eq + 2, end, tail + 1);
+                    char *vend = amp ? amp : end;
+                    size_t tail = (size_t)(end - vend);
+                    memmove(eq + 2, vend, tail + 1);
                     eq[1] = '-';
                     len = (size_t)(eq + 2 - path) + tail;
-                    amp = strchr(eq + 1, '&');
+                    end = path + len;
+                    amp = memchr(eq + 1, '&', tail + 1);
                     break;
                 }
         }
@@ -394,13 +408,22 @@ static size_t mg_http_log_redact_query(char *path, size_t len) {
  * A target without a query is escaped as it is, without a copy. */
 void mg_http_log_path(mg_fmt_t *b, const mg_req_t *r) {
     char path[400]; /* redaction can grow it: "key=&" -> "key=-&" */
-    size_t pl = r->url_len < 300 ? r->url_len : 300;
+    size_t pl = r->url_len < 300 ? r->url_len : 300, at = b->len;
+    /* the usual target, nothing to escape: stored as it is, and a query
+     * redacted where it was stored, without a copy (redaction adds only
+     * '-', which needs no escape; it grows a target of 300 to at most 360,
+     * under the 392 the escaping keeps, and the line's room has the 400
+     * of the path and its NUL) */
+    if (mg_fmt_put_plain(b, r->hbuf, pl)) {
+        if (memchr(r->hbuf, '?', pl) != NULL)
+            b->len = at + mg_http_log_redact_query(b->p + at, pl);
+        return;
+    }
     if (memchr(r->hbuf, '?', pl) == NULL) {
         mg_fmt_put_json(b, r->hbuf, pl, 400);
         return;
     }
     memcpy(path, r->hbuf, pl);
-    path[pl] = '\0';
     mg_fmt_put_json(b, path, mg_http_log_redact_query(path, pl), 400);
 }
 
