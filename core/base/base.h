@@ -111,8 +111,54 @@ static inline void mg_fmt_put_mem(mg_fmt_t *b, const void *s, size_t n) {
     b->len += n;
 }
 #define mg_fmt_put_lit(b, lit) mg_fmt_put_mem((b), (lit), sizeof(lit) - 1)
+/* mg_fmt_put_mem of a short piece whose length is not a constant (an id,
+ * an address, a name: up to 32 bytes inline, as two overlapping word
+ * copies, instead of a call to memcpy; longer ones call it) */
+static inline void mg_fmt_put_short(mg_fmt_t *b, const char *s, size_t n) {
+    char *o = b->p + b->len;
+    if (n >= 16 && n <= 32) {
+        memcpy(o, s, 16);
+        memcpy(o + n - 16, s + n - 16, 16);
+    } else if (n >= 8 && n < 16) {
+        memcpy(o, s, 8);
+        memcpy(o + n - 8, s + n - 8, 8);
+    } else if (n >= 4 && n < 8) {
+        memcpy(o, s, 4);
+        memcpy(o + n - 4, s + n - 4, 4);
+    } else if (n > 0 && n < 4) {
+        o[0] = s[0];
+        o[n / 2] = s[n / 2];
+        o[n - 1] = s[n - 1];
+    } else if (n > 32) {
+        memcpy(o, s, n);
+    }
+    b->len += n;
+}
 static inline void mg_fmt_put_ch(mg_fmt_t *b, char ch) { b->p[b->len++] = ch; }
-void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v);
+/* mg_fmt_put_u64: the log's usual numbers (a status, a generation, a few
+ * KiB) under 10000 inline, from two-digit pairs; the rest out of line */
+extern const char mg_fmt_d2[201]; /* "00" .. "99" */
+void mg_fmt_put_u64_long(mg_fmt_t *b, uint64_t v);
+static inline void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v) {
+    char *q = b->p + b->len;
+    if (v < 10) {
+        q[0] = (char)('0' + v);
+        b->len += 1;
+    } else if (v < 100) {
+        memcpy(q, mg_fmt_d2 + v * 2, 2);
+        b->len += 2;
+    } else if (v < 1000) {
+        q[0] = (char)('0' + v / 100);
+        memcpy(q + 1, mg_fmt_d2 + v % 100 * 2, 2);
+        b->len += 3;
+    } else if (v < 10000) {
+        memcpy(q, mg_fmt_d2 + v / 100 * 2, 2);
+        memcpy(q + 2, mg_fmt_d2 + v % 100 * 2, 2);
+        b->len += 4;
+    } else {
+        mg_fmt_put_u64_long(b, v);
+    }
+}
 void mg_fmt_put_i64(mg_fmt_t *b, int64_t v);
 void mg_fmt_put_milli(mg_fmt_t *b, int64_t v);
 /* mg_fmt_put_milli of ms since the epoch, the seconds' digits kept from

@@ -11,11 +11,11 @@
 #include <time.h>
 
 /* two digits at a time: "00" .. "99" */
-static const char mg_fmt_d2[201] = "0001020304050607080910111213141516171819"
-                                   "2021222324252627282930313233343536373839"
-                                   "4041424344454647484950515253545556575859"
-                                   "6061626364656667686970717273747576777879"
-                                   "8081828384858687888990919293949596979899";
+const char mg_fmt_d2[201] = "0001020304050607080910111213141516171819"
+                            "2021222324252627282930313233343536373839"
+                            "4041424344454647484950515253545556575859"
+                            "6061626364656667686970717273747576777879"
+                            "8081828384858687888990919293949596979899";
 
 /* the decimal digits of v, 1 .. 20 */
 static inline unsigned mg_fmt_digits(uint64_t v) {
@@ -34,35 +34,11 @@ static inline unsigned mg_fmt_digits(uint64_t v) {
     }
 }
 
-/* v's digits written backward from their end, in place; the log's usual
- * numbers (a status, a generation, a few KiB) under 10000 without the
- * digit count or a loop */
-void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v) {
+/* v's digits written backward from their end, in place (base.h's
+ * mg_fmt_put_u64 writes those under 10000 itself) */
+void mg_fmt_put_u64_long(mg_fmt_t *b, uint64_t v) {
     unsigned n;
     char *q = b->p + b->len;
-    if (v < 100) {
-        if (v < 10) {
-            q[0] = (char)('0' + v);
-            b->len += 1;
-        } else {
-            memcpy(q, mg_fmt_d2 + v * 2, 2);
-            b->len += 2;
-        }
-        return;
-    }
-    if (v < 10000) {
-        unsigned lo = (unsigned)(v % 100) * 2, hi = (unsigned)(v / 100);
-        if (v < 1000) {
-            q[0] = (char)('0' + hi);
-            memcpy(q + 1, mg_fmt_d2 + lo, 2);
-            b->len += 3;
-        } else {
-            memcpy(q, mg_fmt_d2 + hi * 2, 2);
-            memcpy(q + 2, mg_fmt_d2 + lo, 2);
-            b->len += 4;
-        }
-        return;
-    }
     n = mg_fmt_digits(v);
     q += n;
     b->len += n;
@@ -123,7 +99,11 @@ void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms) {
         sec_len = t.len;
     }
     f = (unsigned)(ms % 1000);
-    mg_fmt_put_mem(b, sec, sec_len);
+    /* the whole of sec, a constant size (no call to memcpy): past sec_len
+     * it is written over below or left past the end, inside the room the
+     * caller has (MG_FMT_MILLI_MAX, MG_FMT_ISO_MAX) */
+    memcpy(b->p + b->len, sec, sizeof(sec));
+    b->len += sec_len;
     q = b->p + b->len;
     q[0] = '.';
     q[1] = (char)('0' + f / 100);
@@ -336,7 +316,11 @@ void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms) {
         sec_len = strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
         last = s;
     }
-    mg_fmt_put_mem(b, sec, sec_len);
+    /* the whole of sec, a constant size (no call to memcpy): past sec_len
+     * it is written over below or left past the end, inside the room the
+     * caller has (MG_FMT_MILLI_MAX, MG_FMT_ISO_MAX) */
+    memcpy(b->p + b->len, sec, sizeof(sec));
+    b->len += sec_len;
     q = b->p + b->len;
     q[0] = '.';
     q[1] = (char)('0' + f / 100);

@@ -448,6 +448,35 @@ void mg_http_log_route(mg_fmt_t *b, const mg_route_t *rt) {
         mg_fmt_put_json(b, s, SIZE_MAX, 400);
 }
 
+/* The route of the last line, escaped, kept per worker: the same route
+ * follows itself line after line. Keyed by the name's address and the
+ * generation's id: a route's name lives, unchanged, as long as its
+ * generation, and an id is never reused, so a name freed with its
+ * generation and another at the same address is a miss. */
+static struct {
+    const char *s;
+    unsigned gen_id;
+    size_t n;
+    char esc[400];
+} mg_http_lroute;
+
+static void mg_http_log_route_of(mg_fmt_t *b, const mg_req_t *r) {
+    const mg_route_t *rt = r->route;
+    const char *s = rt ? (rt->name ? rt->name : rt->rule) : NULL;
+    size_t at = b->len;
+    if (s == NULL)
+        return;
+    if (s == mg_http_lroute.s && r->gen->id == mg_http_lroute.gen_id) {
+        mg_fmt_put_short(b, mg_http_lroute.esc, mg_http_lroute.n);
+        return;
+    }
+    mg_fmt_put_json(b, s, SIZE_MAX, 400);
+    mg_http_lroute.s = s;
+    mg_http_lroute.gen_id = r->gen->id;
+    mg_http_lroute.n = b->len - at;
+    memcpy(mg_http_lroute.esc, b->p + at, mg_http_lroute.n);
+}
+
 /* A header value for the log: cut to 200 bytes, escaped, quoted; null. */
 static void mg_http_log_header(mg_fmt_t *b, const char *v, size_t len) {
     if (v == NULL) {
@@ -483,7 +512,7 @@ static void mg_http_log_listener(mg_fmt_t *b, int lidx) {
         }
     }
     if (mg_http_lnames) {
-        mg_fmt_put_mem(b, mg_http_lnames[lidx].s, mg_http_lnames[lidx].n);
+        mg_fmt_put_short(b, mg_http_lnames[lidx].s, mg_http_lnames[lidx].n);
         return;
     }
     n = snprintf(one, sizeof(one), "%s:%d", mg_worker.laddr[lidx].host, mg_worker.laddr[lidx].port);
@@ -530,16 +559,31 @@ uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
     return head;
 }
 
+/* The method's length, kept by its address: a method is a string
+ * constant (llhttp's names, "-", "GET"), the same line after line. The
+ * line shows it cut to 16 (llhttp has one of 17: UPDATEREDIRECTREF);
+ * bytes_in counts it whole. */
+static size_t mg_http_log_method_len(const char *m) {
+    static const char *last;
+    static size_t n;
+    if (m != last) {
+        n = strlen(m);
+        last = m;
+    }
+    return n;
+}
+
 void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method) {
     const char *ip = mg_req_client_ip(r);
+    size_t ml = mg_http_log_method_len(method);
     mg_fmt_put_lit(b, "{\"type\":\"access\",\"time\":");
     mg_fmt_put_time_ms(b, t_ms);
     mg_fmt_put_lit(b, ",\"request_id\":\"");
-    mg_fmt_put_mem(b, r->request_id, strnlen(r->request_id, sizeof(r->request_id) - 1));
+    mg_fmt_put_short(b, r->request_id, strnlen(r->request_id, sizeof(r->request_id) - 1));
     mg_fmt_put_lit(b, "\",\"remote\":\"");
-    mg_fmt_put_mem(b, ip, strnlen(ip, MG_PEER_IP_MAX - 1));
+    mg_fmt_put_short(b, ip, strnlen(ip, MG_PEER_IP_MAX - 1));
     mg_fmt_put_lit(b, "\",\"method\":\"");
-    mg_fmt_put_mem(b, method, strnlen(method, 16));
+    mg_fmt_put_short(b, method, ml < 16 ? ml : 16);
     mg_fmt_put_lit(b, "\",\"path\":\"");
     mg_http_log_path(b, r);
     mg_fmt_put_ch(b, '"');
@@ -571,7 +615,7 @@ static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *t
     mg_fmt_put_lit(b, ",\"duration_ms\":");
     mg_fmt_put_milli(b, mg_fmt_round((now - r->t_start) * 1e6));
     mg_fmt_put_lit(b, ",\"route\":\"");
-    mg_http_log_route(b, r->route);
+    mg_http_log_route_of(b, r);
     mg_fmt_put_lit(b, "\",\"generation\":");
     mg_fmt_put_u64(b, r->gen->id);
     if (tls) {
@@ -580,7 +624,8 @@ static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *t
     }
     /* the request's bytes from the client: the request line, the header
      * lines and the blank line as parsed, and the body */
-    in = mg_http_log_fields(b, r, t_ms) + strlen(method) + r->url_len + 12 + 2 + r->body_rx;
+    in = mg_http_log_fields(b, r, t_ms) + mg_http_log_method_len(method) + r->url_len + 12 + 2 +
+         r->body_rx;
     if (r->up_addr) {
         mg_fmt_put_lit(b, ",\"upstream_addr\":\"");
         mg_fmt_put_json(b, r->up_addr, SIZE_MAX, 120);

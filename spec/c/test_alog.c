@@ -135,6 +135,23 @@ static void integers(void) {
     }
 }
 
+/* mg_fmt_put_short: every length 0 .. 48 (each of its word copies and
+ * memcpy past 32), the bytes and nothing past them */
+static void short_copies(void) {
+    char src[64];
+    int ok = 1;
+    for (size_t i = 0; i < sizeof(src); i++)
+        src[i] = (char)('A' + i % 50);
+    for (size_t n = 0; n <= 48; n++) {
+        mg_fmt_t b = fmt_over(100);
+        mg_fmt_put_ch(&b, '<');
+        mg_fmt_put_short(&b, src + 3, n);
+        if (b.len != n + 1 || memcmp(b.p + 1, src + 3, n) != 0 || buf[n + 1] != '#')
+            ok = 0;
+    }
+    CHECK(ok);
+}
+
 /* mg_json_escape as it was before fmt.c: the oracle for the caps */
 static size_t old_escape(char *out, size_t cap, const char *s) {
     size_t o = 0;
@@ -609,6 +626,27 @@ static void http_line_redacts_as_before(void) {
     }
 }
 
+/* the escaped route kept from line to line: a name at the same address
+ * in a new generation (the old one freed, its memory reused) is not the
+ * old name; another route of the same generation is not either */
+static void http_line_route_kept(void) {
+    static char name[32];
+    request("/r", NULL);
+    snprintf(name, sizeof(name), "alpha \"1\"");
+    route.name = name;
+    CHECK(strstr(line(NULL, req.t_start), "\"route\":\"alpha \\\"1\\\"\",") != NULL);
+    CHECK(strstr(line(NULL, req.t_start), "\"route\":\"alpha \\\"1\\\"\",") != NULL);
+    snprintf(name, sizeof(name), "beta");
+    gen.id = 8;
+    CHECK(strstr(line(NULL, req.t_start), "\"route\":\"beta\",\"generation\":8") != NULL);
+    route.name = "gamma";
+    CHECK(strstr(line(NULL, req.t_start), "\"route\":\"gamma\",") != NULL);
+    route.name = NULL; /* its rule */
+    CHECK(strstr(line(NULL, req.t_start), "\"route\":\"/plain\",") != NULL);
+    req.route = NULL;
+    CHECK(strstr(line(NULL, req.t_start), "\"route\":\"\",") != NULL);
+}
+
 static void http_line_redacts(void) {
     request("/ws?token=s3cr3t&room=1&%74oken=x&API_KEY=k&key=&keep=me", NULL);
     CHECK(strstr(line(NULL, req.t_start), "\"path\":\"/ws?token=-&room=1&%74oken=-&API_KEY=-&key=-"
@@ -843,12 +881,14 @@ static void buffer_and_ws_line(void) {
 int main(void) {
     CT_RUN(fixed_point_ms);
     CT_RUN(integers);
+    CT_RUN(short_copies);
     CT_RUN(escaping);
     CT_RUN(escaping_swar);
     CT_RUN(caps);
     CT_RUN(iso_time_cached);
     CT_RUN(http_line);
     CT_RUN(http_line_as_before);
+    CT_RUN(http_line_route_kept);
     CT_RUN(http_line_redacts);
     CT_RUN(http_line_redacts_as_before);
     CT_RUN(http_line_head_checked);
