@@ -159,7 +159,14 @@ static inline void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v) {
         mg_fmt_put_u64_long(b, v);
     }
 }
-void mg_fmt_put_i64(mg_fmt_t *b, int64_t v);
+static inline void mg_fmt_put_i64(mg_fmt_t *b, int64_t v) {
+    if (v < 0) {
+        mg_fmt_put_ch(b, '-');
+        mg_fmt_put_u64(b, (uint64_t)0 - (uint64_t)v);
+        return;
+    }
+    mg_fmt_put_u64(b, (uint64_t)v);
+}
 void mg_fmt_put_milli(mg_fmt_t *b, int64_t v);
 /* mg_fmt_put_milli of ms since the epoch, the seconds' digits kept from
  * the last call in the same second */

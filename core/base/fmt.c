@@ -9,6 +9,9 @@
 
 #include <stdio.h>
 #include <time.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* two digits at a time: "00" .. "99" */
 const char mg_fmt_d2[201] = "0001020304050607080910111213141516171819"
@@ -54,15 +57,6 @@ void mg_fmt_put_u64_long(mg_fmt_t *b, uint64_t v) {
     } else {
         *--q = (char)('0' + v);
     }
-}
-
-void mg_fmt_put_i64(mg_fmt_t *b, int64_t v) {
-    if (v < 0) {
-        mg_fmt_put_ch(b, '-');
-        mg_fmt_put_u64(b, (uint64_t)0 - (uint64_t)v);
-        return;
-    }
-    mg_fmt_put_u64(b, (uint64_t)v);
 }
 
 void mg_fmt_put_milli(mg_fmt_t *b, int64_t v) {
@@ -168,14 +162,52 @@ static inline int mg_fmt_esc8(const char *s) {
     return mg_fmt_esc_w(w);
 }
 
+#ifdef __SSE2__
+/* 16 bytes at a time: a byte needs an escape when, signed, it is < 0x20
+ * (the controls and every byte >= 0x80), or it is 0x7f, '"' or '\\' */
+static inline int mg_fmt_esc16(__m128i v) {
+    __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)),
+                             _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)));
+    m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                                     _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))));
+    return _mm_movemask_epi8(m) != 0;
+}
+#endif
+
 /* The common case, a string that needs no escape and fits (n <= take):
- * checked and stored 8 bytes at a time, the last word overlapping the one
- * before it (fewer than 8: two overlapping 4-byte halves, checked as one
- * word; fewer than 4: byte by byte). 1 when it was appended whole, 0 when
- * a byte needs an escape (nothing counted; bytes may have been stored past
- * b->len, which the escaping loop writes over). Reads only s[0, n). */
+ * checked and stored a word at a time, the last word overlapping the one
+ * before it (SSE2: 16 bytes, 8 to 16 as two overlapping halves of one
+ * vector; else 8 bytes); fewer than 8: two overlapping 4-byte halves
+ * checked as one word; fewer than 4: byte by byte. 1 when it was appended
+ * whole, 0 when a byte needs an escape (nothing counted; bytes may have
+ * been stored past b->len, which the escaping loop writes over). Reads
+ * only s[0, n). */
 static inline int mg_fmt_plain(mg_fmt_t *b, const char *s, size_t n) {
     char *o = b->p + b->len;
+#ifdef __SSE2__
+    if (n > 16) {
+        size_t i = 0;
+        __m128i v;
+        for (; n - i > 16; i += 16) {
+            v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+            if (mg_fmt_esc16(v))
+                return 0;
+            _mm_storeu_si128((__m128i *)(void *)(o + i), v);
+        }
+        v = _mm_loadu_si128((const __m128i *)(const void *)(s + n - 16));
+        if (mg_fmt_esc16(v))
+            return 0;
+        _mm_storeu_si128((__m128i *)(void *)(o + n - 16), v);
+    } else if (n >= 8) {
+        uint64_t lo, hi;
+        memcpy(&lo, s, 8);
+        memcpy(&hi, s + n - 8, 8);
+        if (mg_fmt_esc16(_mm_set_epi64x((long long)hi, (long long)lo)))
+            return 0;
+        memcpy(o, &lo, 8);
+        memcpy(o + n - 8, &hi, 8);
+    }
+#else
     if (n >= 8) {
         size_t i = 0;
         for (; n - i > 8; i += 8) {
@@ -186,7 +218,9 @@ static inline int mg_fmt_plain(mg_fmt_t *b, const char *s, size_t n) {
         if (mg_fmt_esc8(s + n - 8))
             return 0;
         memcpy(o + n - 8, s + n - 8, 8);
-    } else if (n >= 4) {
+    }
+#endif
+    else if (n >= 4) {
         uint32_t lo, hi;
         memcpy(&lo, s, 4);
         memcpy(&hi, s + n - 4, 4);

@@ -360,20 +360,18 @@ static size_t mg_http_query_name_decode(const char *s, size_t n, char *out, size
 /* Credentials in a query (WebSocket clients pass tokens there) stay out of
  * the access log: the values of these parameters become "-". Names are
  * compared decoded (?%74oken= is the auth hook's token too), any case.
- * In place, over path[0, len) up to its first NUL, one pass over the
- * query (a name shorter than the shortest secret, 3, is not decoded);
- * path[len] must be writable (a NUL is kept there). Returns the length. */
-static size_t mg_http_log_redact_query(char *path, size_t len) {
+ * In place, over path[0, len), which holds no NUL, from its first '?' at
+ * q, in one pass (a name shorter than the shortest secret, 3, is not
+ * decoded); path[len] must be writable (a NUL is kept there). Returns
+ * the length. */
+static size_t mg_http_log_redact_query(char *path, size_t len, char *q) {
     static const struct {
         const char *s;
         size_t n;
     } secret[] = {{"token", 5}, {"access_token", 12}, {"api_key", 7}, {"apikey", 6},
                   {"key", 3},   {"password", 8},      {"secret", 6},  {"jwt", 3}};
-    char *q, *end;
-    len = strnlen(path, len);
+    char *end = path + len;
     path[len] = '\0';
-    q = memchr(path, '?', len);
-    end = path + len;
     while (q) {
         char *name = q + 1, *eq = NULL, *amp, *p = name;
         /* the parameter: its '=' (the first, before any '&') and its '&' */
@@ -407,24 +405,28 @@ static size_t mg_http_log_redact_query(char *path, size_t len) {
  * credentials redacted, JSON-escaped (at most 399 bytes of it, as ever).
  * A target without a query is escaped as it is, without a copy. */
 void mg_http_log_path(mg_fmt_t *b, const mg_req_t *r) {
-    char path[400]; /* redaction can grow it: "key=&" -> "key=-&" */
+    char path[400], *pq; /* redaction can grow it: "key=&" -> "key=-&" */
     size_t pl = r->url_len < 300 ? r->url_len : 300, at = b->len;
     /* the usual target, nothing to escape: stored as it is, and a query
      * redacted where it was stored, without a copy (redaction adds only
      * '-', which needs no escape; it grows a target of 300 to at most 360,
      * under the 392 the escaping keeps, and the line's room has the 400
      * of the path and its NUL) */
+    const char *q = memchr(r->hbuf, '?', pl);
     if (mg_fmt_put_plain(b, r->hbuf, pl)) {
-        if (memchr(r->hbuf, '?', pl) != NULL)
-            b->len = at + mg_http_log_redact_query(b->p + at, pl);
+        if (q != NULL)
+            b->len = at + mg_http_log_redact_query(b->p + at, pl, b->p + at + (q - r->hbuf));
         return;
     }
-    if (memchr(r->hbuf, '?', pl) == NULL) {
+    if (q == NULL) {
         mg_fmt_put_json(b, r->hbuf, pl, 400);
         return;
     }
+    /* a copy, up to a NUL (the escaping stops there) */
+    pl = strnlen(r->hbuf, pl);
     memcpy(path, r->hbuf, pl);
-    mg_fmt_put_json(b, path, mg_http_log_redact_query(path, pl), 400);
+    pq = memchr(path, '?', pl);
+    mg_fmt_put_json(b, path, pq ? mg_http_log_redact_query(path, pl, pq) : pl, 400);
 }
 
 void mg_http_log_tls(mg_fmt_t *b, const mg_req_tls_t *t) {

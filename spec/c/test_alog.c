@@ -204,8 +204,8 @@ static void escaping(void) {
 }
 
 /* The 8-bytes-at-a-time scan: each byte that needs an escape and its
- * neighbours that do not, at every offset of strings of 1 .. 24 bytes
- * (the scan's words, the overlapping last word and the byte tail), with
+ * neighbours that do not, at every offset of strings of 1 .. 40 bytes
+ * (the scan's words of 16 and 8, the overlapping last word and the byte tail), with
  * every cap around the string's escaped length (the cap landing inside
  * an escape, or on the byte just before one), against the oracle; with
  * n exact and with n SIZE_MAX over a string allocated to its NUL (ASan
@@ -215,7 +215,7 @@ static void escaping_swar(void) {
                                         ']',  0x7e, 0x7f, 0x80, 0xc3, 0xfe, 0xff, 'a'};
     char want[256];
     int ok = 1;
-    for (size_t len = 1; len <= 24; len++)
+    for (size_t len = 1; len <= 40; len++)
         for (size_t at = 0; at < len; at++)
             for (size_t k = 0; k < sizeof(odd); k++) {
                 char *in = malloc(len + 1);
