@@ -182,7 +182,7 @@ static inline int mg_fmt_esc16(__m128i v) {
  * whole, 0 when a byte needs an escape (nothing counted; bytes may have
  * been stored past b->len, which the escaping loop writes over). Reads
  * only s[0, n). */
-static inline int mg_fmt_plain(mg_fmt_t *b, const char *s, size_t n) {
+__attribute__((always_inline)) static inline int mg_fmt_plain(mg_fmt_t *b, const char *s, size_t n) {
     char *o = b->p + b->len;
 #ifdef __SSE2__
     if (n > 16) {
@@ -241,16 +241,14 @@ static inline int mg_fmt_plain(mg_fmt_t *b, const char *s, size_t n) {
 
 int mg_fmt_put_plain(mg_fmt_t *b, const char *s, size_t n) { return mg_fmt_plain(b, s, n); }
 
-void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
+/* mg_fmt_put_json past its fast path: a string to escape, or one longer
+ * than it may take (kept out of line, so that the fast path saves and
+ * restores no registers for it) */
+__attribute__((noinline)) static void mg_fmt_put_json_esc(mg_fmt_t *b, const char *s, size_t n,
+                                                          size_t escap) {
     static const char hex[] = "0123456789abcdef";
     char *o = b->p + b->len, *lim;
     size_t i = 0;
-    if (escap < 8)
-        return;
-    if (n == SIZE_MAX) /* NUL-terminated: at most escap - 7 bytes are taken */
-        n = strnlen(s, escap);
-    if (n <= escap - 7 && mg_fmt_plain(b, s, n))
-        return;
     lim = o + (escap - 7); /* a byte is taken while o + 7 < escap */
     while (i < n) {
         unsigned char ch;
@@ -289,6 +287,16 @@ void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
         }
     }
     b->len = (size_t)(o - b->p);
+}
+
+void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
+    if (escap < 8)
+        return;
+    if (n == SIZE_MAX) /* NUL-terminated: at most escap - 7 bytes are taken */
+        n = strnlen(s, escap);
+    if (n <= escap - 7 && mg_fmt_plain(b, s, n))
+        return;
+    mg_fmt_put_json_esc(b, s, n, escap);
 }
 
 /* mg_fmt_put_json with the line's cap too: a byte at a time, each append
