@@ -111,11 +111,18 @@ static inline void mg_fmt_put_mem(mg_fmt_t *b, const void *s, size_t n) {
     b->len += n;
 }
 #define mg_fmt_put_lit(b, lit) mg_fmt_put_mem((b), (lit), sizeof(lit) - 1)
-/* mg_fmt_put_mem of a short piece whose length is not a constant (an id,
- * an address, a name: up to 32 bytes inline, as two overlapping word
- * copies, instead of a call to memcpy; longer ones call it) */
-static inline void mg_fmt_put_short(mg_fmt_t *b, const char *s, size_t n) {
-    char *o = b->p + b->len;
+/* The unchecked appends on a cursor, o, where the next byte goes (each
+ * returns the new end): a line builder keeps o in a register, where a
+ * put through b must reload b->p and b->len after every store (a byte
+ * written through b->p could be b->len). mg_fmt_at / mg_fmt_to hand the
+ * cursor over to and back from the appends on b. */
+static inline char *mg_fmt_at(const mg_fmt_t *b) { return b->p + b->len; }
+static inline void mg_fmt_to(mg_fmt_t *b, const char *o) { b->len = (size_t)(o - b->p); }
+#define MG_FMT_O_LIT(o, lit) (memcpy((o), (lit), sizeof(lit) - 1), (o) + sizeof(lit) - 1)
+/* a short piece whose length is not a constant (an id, an address, a
+ * name): up to 32 bytes inline, as two overlapping word copies, instead
+ * of a call to memcpy; longer ones call it */
+static inline char *mg_fmt_o_short(char *o, const char *s, size_t n) {
     if (n >= 16 && n <= 32) {
         memcpy(o, s, 16);
         memcpy(o + n - 16, s + n - 16, 16);
@@ -132,42 +139,65 @@ static inline void mg_fmt_put_short(mg_fmt_t *b, const char *s, size_t n) {
     } else if (n > 32) {
         memcpy(o, s, n);
     }
-    b->len += n;
+    return o + n;
+}
+/* the log's usual numbers (a status, a generation, a few KiB) under 10000
+ * inline, from two-digit pairs; the rest out of line */
+extern const char mg_fmt_d2[201]; /* "00" .. "99" */
+char *mg_fmt_o_u64_long(char *o, uint64_t v);
+static inline char *mg_fmt_o_u64(char *o, uint64_t v) {
+    if (v < 10) {
+        o[0] = (char)('0' + v);
+        return o + 1;
+    }
+    if (v < 100) {
+        memcpy(o, mg_fmt_d2 + v * 2, 2);
+        return o + 2;
+    }
+    if (v < 1000) {
+        o[0] = (char)('0' + v / 100);
+        memcpy(o + 1, mg_fmt_d2 + v % 100 * 2, 2);
+        return o + 3;
+    }
+    if (v < 10000) {
+        memcpy(o, mg_fmt_d2 + v / 100 * 2, 2);
+        memcpy(o + 2, mg_fmt_d2 + v % 100 * 2, 2);
+        return o + 4;
+    }
+    return mg_fmt_o_u64_long(o, v);
+}
+static inline char *mg_fmt_o_i64(char *o, int64_t v) {
+    if (v < 0) {
+        *o++ = '-';
+        return mg_fmt_o_u64(o, (uint64_t)0 - (uint64_t)v);
+    }
+    return mg_fmt_o_u64(o, (uint64_t)v);
+}
+/* v thousandths with 3 places (mg_fmt_milli's output) */
+static inline char *mg_fmt_o_milli(char *o, int64_t v) {
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    unsigned f = (unsigned)(u % 1000);
+    if (v < 0)
+        *o++ = '-';
+    o = mg_fmt_o_u64(o, u / 1000);
+    o[0] = '.';
+    o[1] = (char)('0' + f / 100);
+    memcpy(o + 2, mg_fmt_d2 + f % 100 * 2, 2);
+    return o + 4;
+}
+static inline void mg_fmt_put_short(mg_fmt_t *b, const char *s, size_t n) {
+    mg_fmt_to(b, mg_fmt_o_short(mg_fmt_at(b), s, n));
 }
 static inline void mg_fmt_put_ch(mg_fmt_t *b, char ch) { b->p[b->len++] = ch; }
-/* mg_fmt_put_u64: the log's usual numbers (a status, a generation, a few
- * KiB) under 10000 inline, from two-digit pairs; the rest out of line */
-extern const char mg_fmt_d2[201]; /* "00" .. "99" */
-void mg_fmt_put_u64_long(mg_fmt_t *b, uint64_t v);
 static inline void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v) {
-    char *q = b->p + b->len;
-    if (v < 10) {
-        q[0] = (char)('0' + v);
-        b->len += 1;
-    } else if (v < 100) {
-        memcpy(q, mg_fmt_d2 + v * 2, 2);
-        b->len += 2;
-    } else if (v < 1000) {
-        q[0] = (char)('0' + v / 100);
-        memcpy(q + 1, mg_fmt_d2 + v % 100 * 2, 2);
-        b->len += 3;
-    } else if (v < 10000) {
-        memcpy(q, mg_fmt_d2 + v / 100 * 2, 2);
-        memcpy(q + 2, mg_fmt_d2 + v % 100 * 2, 2);
-        b->len += 4;
-    } else {
-        mg_fmt_put_u64_long(b, v);
-    }
+    mg_fmt_to(b, mg_fmt_o_u64(mg_fmt_at(b), v));
 }
 static inline void mg_fmt_put_i64(mg_fmt_t *b, int64_t v) {
-    if (v < 0) {
-        mg_fmt_put_ch(b, '-');
-        mg_fmt_put_u64(b, (uint64_t)0 - (uint64_t)v);
-        return;
-    }
-    mg_fmt_put_u64(b, (uint64_t)v);
+    mg_fmt_to(b, mg_fmt_o_i64(mg_fmt_at(b), v));
 }
-void mg_fmt_put_milli(mg_fmt_t *b, int64_t v);
+static inline void mg_fmt_put_milli(mg_fmt_t *b, int64_t v) {
+    mg_fmt_to(b, mg_fmt_o_milli(mg_fmt_at(b), v));
+}
 /* mg_fmt_put_milli of ms since the epoch, the seconds' digits kept from
  * the last call in the same second */
 void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms);

@@ -38,13 +38,10 @@ static inline unsigned mg_fmt_digits(uint64_t v) {
 }
 
 /* v's digits written backward from their end, in place (base.h's
- * mg_fmt_put_u64 writes those under 10000 itself) */
-void mg_fmt_put_u64_long(mg_fmt_t *b, uint64_t v) {
-    unsigned n;
-    char *q = b->p + b->len;
-    n = mg_fmt_digits(v);
-    q += n;
-    b->len += n;
+ * mg_fmt_o_u64 writes those under 10000 itself) */
+char *mg_fmt_o_u64_long(char *o, uint64_t v) {
+    unsigned n = mg_fmt_digits(v);
+    char *q = o + n;
     while (v >= 100) {
         unsigned d = (unsigned)(v % 100) * 2;
         v /= 100;
@@ -57,21 +54,7 @@ void mg_fmt_put_u64_long(mg_fmt_t *b, uint64_t v) {
     } else {
         *--q = (char)('0' + v);
     }
-}
-
-void mg_fmt_put_milli(mg_fmt_t *b, int64_t v) {
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    unsigned f = (unsigned)(u % 1000);
-    char *q;
-    if (v < 0)
-        mg_fmt_put_ch(b, '-');
-    mg_fmt_put_u64(b, u / 1000);
-    q = b->p + b->len;
-    q[0] = '.';
-    q[1] = (char)('0' + f / 100);
-    q[2] = mg_fmt_d2[f % 100 * 2];
-    q[3] = mg_fmt_d2[f % 100 * 2 + 1];
-    b->len += 4;
+    return o + n;
 }
 
 /* mg_fmt_put_milli of a time in ms since the epoch: its seconds change
@@ -182,7 +165,8 @@ static inline int mg_fmt_esc16(__m128i v) {
  * whole, 0 when a byte needs an escape (nothing counted; bytes may have
  * been stored past b->len, which the escaping loop writes over). Reads
  * only s[0, n). */
-__attribute__((always_inline)) static inline int mg_fmt_plain(mg_fmt_t *b, const char *s, size_t n) {
+__attribute__((always_inline)) static inline int mg_fmt_plain(mg_fmt_t *b, const char *s,
+                                                              size_t n) {
     char *o = b->p + b->len;
 #ifdef __SSE2__
     if (n > 16) {

@@ -577,16 +577,19 @@ static size_t mg_http_log_method_len(const char *m) {
 
 void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method) {
     const char *ip = mg_req_client_ip(r);
-    size_t ml = mg_http_log_method_len(method);
+    size_t ml = mg_http_log_method_len(method), il = strnlen(ip, MG_PEER_IP_MAX - 1),
+           rl = strnlen(r->request_id, sizeof(r->request_id) - 1);
+    char *o;
     mg_fmt_put_lit(b, "{\"type\":\"access\",\"time\":");
     mg_fmt_put_time_ms(b, t_ms);
-    mg_fmt_put_lit(b, ",\"request_id\":\"");
-    mg_fmt_put_short(b, r->request_id, strnlen(r->request_id, sizeof(r->request_id) - 1));
-    mg_fmt_put_lit(b, "\",\"remote\":\"");
-    mg_fmt_put_short(b, ip, strnlen(ip, MG_PEER_IP_MAX - 1));
-    mg_fmt_put_lit(b, "\",\"method\":\"");
-    mg_fmt_put_short(b, method, ml < 16 ? ml : 16);
-    mg_fmt_put_lit(b, "\",\"path\":\"");
+    o = MG_FMT_O_LIT(mg_fmt_at(b), ",\"request_id\":\"");
+    o = mg_fmt_o_short(o, r->request_id, rl);
+    o = MG_FMT_O_LIT(o, "\",\"remote\":\"");
+    o = mg_fmt_o_short(o, ip, il);
+    o = MG_FMT_O_LIT(o, "\",\"method\":\"");
+    o = mg_fmt_o_short(o, method, ml < 16 ? ml : 16);
+    o = MG_FMT_O_LIT(o, "\",\"path\":\"");
+    mg_fmt_to(b, o);
     mg_http_log_path(b, r);
     mg_fmt_put_ch(b, '"');
 }
@@ -607,19 +610,23 @@ static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *t
         r->state == MG_REQ_HEAD ? "-" : llhttp_method_name((llhttp_method_t)r->method);
     int64_t t_ms = mg_fmt_round(r->t_start * 1000.0);
     uint64_t in;
+    char *o; /* the line's end, between the calls that take b */
     mg_http_log_start(b, r, t_ms, method);
+    o = mg_fmt_at(b);
     if (r->http2) /* a stream of an HTTP/2 session (h2_req.c); HTTP/1.1 lines have none */
-        mg_fmt_put_lit(b, ",\"protocol\":\"HTTP/2.0\"");
-    mg_fmt_put_lit(b, ",\"status\":");
-    mg_fmt_put_i64(b, r->status);
-    mg_fmt_put_lit(b, ",\"bytes\":");
-    mg_fmt_put_u64(b, r->bytes_out);
-    mg_fmt_put_lit(b, ",\"duration_ms\":");
-    mg_fmt_put_milli(b, mg_fmt_round((now - r->t_start) * 1e6));
-    mg_fmt_put_lit(b, ",\"route\":\"");
+        o = MG_FMT_O_LIT(o, ",\"protocol\":\"HTTP/2.0\"");
+    o = MG_FMT_O_LIT(o, ",\"status\":");
+    o = mg_fmt_o_i64(o, r->status);
+    o = MG_FMT_O_LIT(o, ",\"bytes\":");
+    o = mg_fmt_o_u64(o, r->bytes_out);
+    o = MG_FMT_O_LIT(o, ",\"duration_ms\":");
+    o = mg_fmt_o_milli(o, mg_fmt_round((now - r->t_start) * 1e6));
+    o = MG_FMT_O_LIT(o, ",\"route\":\"");
+    mg_fmt_to(b, o);
     mg_http_log_route_of(b, r);
-    mg_fmt_put_lit(b, "\",\"generation\":");
-    mg_fmt_put_u64(b, r->gen->id);
+    o = MG_FMT_O_LIT(mg_fmt_at(b), "\",\"generation\":");
+    o = mg_fmt_o_u64(o, r->gen->id);
+    mg_fmt_to(b, o);
     if (tls) {
         mg_fmt_put_ch(b, ',');
         mg_http_log_tls(b, tls);
@@ -628,18 +635,21 @@ static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *t
      * lines and the blank line as parsed, and the body */
     in = mg_http_log_fields(b, r, t_ms) + mg_http_log_method_len(method) + r->url_len + 12 + 2 +
          r->body_rx;
+    o = mg_fmt_at(b);
     if (r->up_addr) {
-        mg_fmt_put_lit(b, ",\"upstream_addr\":\"");
+        o = MG_FMT_O_LIT(o, ",\"upstream_addr\":\"");
+        mg_fmt_to(b, o);
         mg_fmt_put_json(b, r->up_addr, SIZE_MAX, 120);
-        mg_fmt_put_lit(b, "\",\"upstream_status\":");
-        mg_fmt_put_i64(b, r->up_status);
-        mg_fmt_put_lit(b, ",\"upstream_ms\":");
-        mg_fmt_put_milli(b, mg_fmt_round(r->up_ms * 1000.0));
+        o = MG_FMT_O_LIT(mg_fmt_at(b), "\",\"upstream_status\":");
+        o = mg_fmt_o_i64(o, r->up_status);
+        o = MG_FMT_O_LIT(o, ",\"upstream_ms\":");
+        o = mg_fmt_o_milli(o, mg_fmt_round(r->up_ms * 1000.0));
     }
-    mg_fmt_put_lit(b, ",\"bytes_in\":");
-    mg_fmt_put_u64(b, in);
-    mg_fmt_put_lit(b, ",\"bytes_out\":");
-    mg_fmt_put_u64(b, r->bytes_out);
+    o = MG_FMT_O_LIT(o, ",\"bytes_in\":");
+    o = mg_fmt_o_u64(o, in);
+    o = MG_FMT_O_LIT(o, ",\"bytes_out\":");
+    o = mg_fmt_o_u64(o, r->bytes_out);
+    mg_fmt_to(b, o);
 }
 
 /* One bounds check for the whole line: with room for its worst case (the
