@@ -143,7 +143,8 @@ static inline char *mg_fmt_o_short(char *o, const char *s, size_t n) {
 }
 /* the log's usual numbers (a status, a generation, a few KiB) under 10000
  * inline, from two-digit pairs; the rest out of line */
-extern const char mg_fmt_d2[201]; /* "00" .. "99" */
+extern const char mg_fmt_d2[201];  /* "00" .. "99" */
+extern const char mg_fmt_d3[4001]; /* ".000" .. ".999" */
 char *mg_fmt_o_u64_long(char *o, uint64_t v);
 static inline char *mg_fmt_o_u64(char *o, uint64_t v) {
     if (v < 10) {
@@ -154,9 +155,8 @@ static inline char *mg_fmt_o_u64(char *o, uint64_t v) {
         memcpy(o, mg_fmt_d2 + v * 2, 2);
         return o + 2;
     }
-    if (v < 1000) {
-        o[0] = (char)('0' + v / 100);
-        memcpy(o + 1, mg_fmt_d2 + v % 100 * 2, 2);
+    if (v < 1000) { /* 4 bytes stored, 3 kept */
+        memcpy(o, mg_fmt_d3 + v * 4 + 1, 4);
         return o + 3;
     }
     if (v < 10000) {
@@ -180,9 +180,7 @@ static inline char *mg_fmt_o_milli(char *o, int64_t v) {
     if (v < 0)
         *o++ = '-';
     o = mg_fmt_o_u64(o, u / 1000);
-    o[0] = '.';
-    o[1] = (char)('0' + f / 100);
-    memcpy(o + 2, mg_fmt_d2 + f % 100 * 2, 2);
+    memcpy(o, mg_fmt_d3 + f * 4, 4);
     return o + 4;
 }
 static inline void mg_fmt_put_short(mg_fmt_t *b, const char *s, size_t n) {

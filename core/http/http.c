@@ -656,15 +656,16 @@ static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *t
  * access log's buffer always has it) it is built in place; a builder
  * short of room gets it built aside and cut, as the checked appends cut. */
 void mg_http_log_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now) {
-    if (mg_fmt_room(b, MG_HTTP_LOG_WORST)) {
+    if (mg_fmt_room(b, MG_HTTP_LOG_WORST)) { /* the worst case leaves room for the end */
         mg_http_log_put_line(b, r, tls, now);
+        mg_fmt_put_lit(b, "}\n");
     } else {
         char tmp[MG_HTTP_LOG_WORST];
         mg_fmt_t t = {tmp, 0, sizeof(tmp)};
         mg_http_log_put_line(&t, r, tls, now);
         mg_fmt_mem(b, tmp, t.len);
+        mg_http_log_end(b);
     }
-    mg_http_log_end(b);
 }
 
 int mg_http_log_off(const mg_req_t *r) {
