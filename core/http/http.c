@@ -403,7 +403,7 @@ static size_t mg_http_log_redact_query(char *path, size_t len, char *q) {
 
 /* The target as access-log lines show it: at most 300 bytes, query
  * credentials redacted, JSON-escaped (at most 399 bytes of it, as ever).
- * A target without a query is escaped as it is, without a copy. */
+ * Only a target that needs an escape and has a query is copied. */
 void mg_http_log_path(mg_fmt_t *b, const mg_req_t *r) {
     char path[400], *pq; /* redaction can grow it: "key=&" -> "key=-&" */
     size_t pl = r->url_len < 300 ? r->url_len : 300, at = b->len;
