@@ -111,14 +111,99 @@ static inline void mg_fmt_put_mem(mg_fmt_t *b, const void *s, size_t n) {
     b->len += n;
 }
 #define mg_fmt_put_lit(b, lit) mg_fmt_put_mem((b), (lit), sizeof(lit) - 1)
+/* The unchecked appends on a cursor, o, where the next byte goes (each
+ * returns the new end): a line builder keeps o in a register, where a
+ * put through b must reload b->p and b->len after every store (a byte
+ * written through b->p could be b->len). mg_fmt_at / mg_fmt_to hand the
+ * cursor over to and back from the appends on b. */
+static inline char *mg_fmt_at(const mg_fmt_t *b) { return b->p + b->len; }
+static inline void mg_fmt_to(mg_fmt_t *b, const char *o) { b->len = (size_t)(o - b->p); }
+#define MG_FMT_O_LIT(o, lit) (memcpy((o), (lit), sizeof(lit) - 1), (o) + sizeof(lit) - 1)
+/* a short piece whose length is not a constant (an id, an address, a
+ * name): up to 32 bytes inline, as two overlapping word copies, instead
+ * of a call to memcpy; longer ones call it */
+static inline char *mg_fmt_o_short(char *o, const char *s, size_t n) {
+    if (n >= 16 && n <= 32) {
+        memcpy(o, s, 16);
+        memcpy(o + n - 16, s + n - 16, 16);
+    } else if (n >= 8 && n < 16) {
+        memcpy(o, s, 8);
+        memcpy(o + n - 8, s + n - 8, 8);
+    } else if (n >= 4 && n < 8) {
+        memcpy(o, s, 4);
+        memcpy(o + n - 4, s + n - 4, 4);
+    } else if (n > 0 && n < 4) {
+        o[0] = s[0];
+        o[n / 2] = s[n / 2];
+        o[n - 1] = s[n - 1];
+    } else if (n > 32) {
+        memcpy(o, s, n);
+    }
+    return o + n;
+}
+/* the log's usual numbers (a status, a generation, a few KiB) under 10000
+ * inline, from two-digit pairs; the rest out of line */
+extern const char mg_fmt_d2[201];  /* "00" .. "99" */
+extern const char mg_fmt_d3[4001]; /* ".000" .. ".999" */
+char *mg_fmt_o_u64_long(char *o, uint64_t v);
+static inline char *mg_fmt_o_u64(char *o, uint64_t v) {
+    if (v < 10) {
+        o[0] = (char)('0' + v);
+        return o + 1;
+    }
+    if (v < 100) {
+        memcpy(o, mg_fmt_d2 + v * 2, 2);
+        return o + 2;
+    }
+    if (v < 1000) { /* 4 bytes stored, 3 kept */
+        memcpy(o, mg_fmt_d3 + v * 4 + 1, 4);
+        return o + 3;
+    }
+    if (v < 10000) {
+        memcpy(o, mg_fmt_d2 + v / 100 * 2, 2);
+        memcpy(o + 2, mg_fmt_d2 + v % 100 * 2, 2);
+        return o + 4;
+    }
+    return mg_fmt_o_u64_long(o, v);
+}
+static inline char *mg_fmt_o_i64(char *o, int64_t v) {
+    if (v < 0) {
+        *o++ = '-';
+        return mg_fmt_o_u64(o, (uint64_t)0 - (uint64_t)v);
+    }
+    return mg_fmt_o_u64(o, (uint64_t)v);
+}
+/* v thousandths with 3 places (mg_fmt_milli's output) */
+static inline char *mg_fmt_o_milli(char *o, int64_t v) {
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    unsigned f = (unsigned)(u % 1000);
+    if (v < 0)
+        *o++ = '-';
+    o = mg_fmt_o_u64(o, u / 1000);
+    memcpy(o, mg_fmt_d3 + f * 4, 4);
+    return o + 4;
+}
+static inline void mg_fmt_put_short(mg_fmt_t *b, const char *s, size_t n) {
+    mg_fmt_to(b, mg_fmt_o_short(mg_fmt_at(b), s, n));
+}
 static inline void mg_fmt_put_ch(mg_fmt_t *b, char ch) { b->p[b->len++] = ch; }
-void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v);
-void mg_fmt_put_i64(mg_fmt_t *b, int64_t v);
-void mg_fmt_put_milli(mg_fmt_t *b, int64_t v);
+static inline void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v) {
+    mg_fmt_to(b, mg_fmt_o_u64(mg_fmt_at(b), v));
+}
+static inline void mg_fmt_put_i64(mg_fmt_t *b, int64_t v) {
+    mg_fmt_to(b, mg_fmt_o_i64(mg_fmt_at(b), v));
+}
+static inline void mg_fmt_put_milli(mg_fmt_t *b, int64_t v) {
+    mg_fmt_to(b, mg_fmt_o_milli(mg_fmt_at(b), v));
+}
 /* mg_fmt_put_milli of ms since the epoch, the seconds' digits kept from
  * the last call in the same second */
 void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms);
 void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap); /* escap - 1 */
+/* s[0, n) appended as it is when none of its bytes needs a JSON escape
+ * (1; n bytes), else 0 and nothing appended (b's bytes past b->len may be
+ * written): mg_fmt_put_json's output whenever n <= escap - 7. */
+int mg_fmt_put_plain(mg_fmt_t *b, const char *s, size_t n);
 void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms);
 
 /* Building an access-log line in place: b over max free bytes at the end

@@ -9,13 +9,71 @@
 
 #include <stdio.h>
 #include <time.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* two digits at a time: "00" .. "99" */
-static const char mg_fmt_d2[201] = "0001020304050607080910111213141516171819"
-                                   "2021222324252627282930313233343536373839"
-                                   "4041424344454647484950515253545556575859"
-                                   "6061626364656667686970717273747576777879"
-                                   "8081828384858687888990919293949596979899";
+const char mg_fmt_d2[201] = "0001020304050607080910111213141516171819"
+                            "2021222324252627282930313233343536373839"
+                            "4041424344454647484950515253545556575859"
+                            "6061626364656667686970717273747576777879"
+                            "8081828384858687888990919293949596979899";
+
+/* ".000" .. ".999": a fraction's point and three digits, or (from its
+ * second byte) a number's three digits, as one 4-byte copy; the NUL ends
+ * the last entry, so the copy from ".999"'s second byte stays inside */
+const char mg_fmt_d3[4001] =
+    ".000.001.002.003.004.005.006.007.008.009.010.011.012.013.014.015.016.017.018.019"
+    ".020.021.022.023.024.025.026.027.028.029.030.031.032.033.034.035.036.037.038.039"
+    ".040.041.042.043.044.045.046.047.048.049.050.051.052.053.054.055.056.057.058.059"
+    ".060.061.062.063.064.065.066.067.068.069.070.071.072.073.074.075.076.077.078.079"
+    ".080.081.082.083.084.085.086.087.088.089.090.091.092.093.094.095.096.097.098.099"
+    ".100.101.102.103.104.105.106.107.108.109.110.111.112.113.114.115.116.117.118.119"
+    ".120.121.122.123.124.125.126.127.128.129.130.131.132.133.134.135.136.137.138.139"
+    ".140.141.142.143.144.145.146.147.148.149.150.151.152.153.154.155.156.157.158.159"
+    ".160.161.162.163.164.165.166.167.168.169.170.171.172.173.174.175.176.177.178.179"
+    ".180.181.182.183.184.185.186.187.188.189.190.191.192.193.194.195.196.197.198.199"
+    ".200.201.202.203.204.205.206.207.208.209.210.211.212.213.214.215.216.217.218.219"
+    ".220.221.222.223.224.225.226.227.228.229.230.231.232.233.234.235.236.237.238.239"
+    ".240.241.242.243.244.245.246.247.248.249.250.251.252.253.254.255.256.257.258.259"
+    ".260.261.262.263.264.265.266.267.268.269.270.271.272.273.274.275.276.277.278.279"
+    ".280.281.282.283.284.285.286.287.288.289.290.291.292.293.294.295.296.297.298.299"
+    ".300.301.302.303.304.305.306.307.308.309.310.311.312.313.314.315.316.317.318.319"
+    ".320.321.322.323.324.325.326.327.328.329.330.331.332.333.334.335.336.337.338.339"
+    ".340.341.342.343.344.345.346.347.348.349.350.351.352.353.354.355.356.357.358.359"
+    ".360.361.362.363.364.365.366.367.368.369.370.371.372.373.374.375.376.377.378.379"
+    ".380.381.382.383.384.385.386.387.388.389.390.391.392.393.394.395.396.397.398.399"
+    ".400.401.402.403.404.405.406.407.408.409.410.411.412.413.414.415.416.417.418.419"
+    ".420.421.422.423.424.425.426.427.428.429.430.431.432.433.434.435.436.437.438.439"
+    ".440.441.442.443.444.445.446.447.448.449.450.451.452.453.454.455.456.457.458.459"
+    ".460.461.462.463.464.465.466.467.468.469.470.471.472.473.474.475.476.477.478.479"
+    ".480.481.482.483.484.485.486.487.488.489.490.491.492.493.494.495.496.497.498.499"
+    ".500.501.502.503.504.505.506.507.508.509.510.511.512.513.514.515.516.517.518.519"
+    ".520.521.522.523.524.525.526.527.528.529.530.531.532.533.534.535.536.537.538.539"
+    ".540.541.542.543.544.545.546.547.548.549.550.551.552.553.554.555.556.557.558.559"
+    ".560.561.562.563.564.565.566.567.568.569.570.571.572.573.574.575.576.577.578.579"
+    ".580.581.582.583.584.585.586.587.588.589.590.591.592.593.594.595.596.597.598.599"
+    ".600.601.602.603.604.605.606.607.608.609.610.611.612.613.614.615.616.617.618.619"
+    ".620.621.622.623.624.625.626.627.628.629.630.631.632.633.634.635.636.637.638.639"
+    ".640.641.642.643.644.645.646.647.648.649.650.651.652.653.654.655.656.657.658.659"
+    ".660.661.662.663.664.665.666.667.668.669.670.671.672.673.674.675.676.677.678.679"
+    ".680.681.682.683.684.685.686.687.688.689.690.691.692.693.694.695.696.697.698.699"
+    ".700.701.702.703.704.705.706.707.708.709.710.711.712.713.714.715.716.717.718.719"
+    ".720.721.722.723.724.725.726.727.728.729.730.731.732.733.734.735.736.737.738.739"
+    ".740.741.742.743.744.745.746.747.748.749.750.751.752.753.754.755.756.757.758.759"
+    ".760.761.762.763.764.765.766.767.768.769.770.771.772.773.774.775.776.777.778.779"
+    ".780.781.782.783.784.785.786.787.788.789.790.791.792.793.794.795.796.797.798.799"
+    ".800.801.802.803.804.805.806.807.808.809.810.811.812.813.814.815.816.817.818.819"
+    ".820.821.822.823.824.825.826.827.828.829.830.831.832.833.834.835.836.837.838.839"
+    ".840.841.842.843.844.845.846.847.848.849.850.851.852.853.854.855.856.857.858.859"
+    ".860.861.862.863.864.865.866.867.868.869.870.871.872.873.874.875.876.877.878.879"
+    ".880.881.882.883.884.885.886.887.888.889.890.891.892.893.894.895.896.897.898.899"
+    ".900.901.902.903.904.905.906.907.908.909.910.911.912.913.914.915.916.917.918.919"
+    ".920.921.922.923.924.925.926.927.928.929.930.931.932.933.934.935.936.937.938.939"
+    ".940.941.942.943.944.945.946.947.948.949.950.951.952.953.954.955.956.957.958.959"
+    ".960.961.962.963.964.965.966.967.968.969.970.971.972.973.974.975.976.977.978.979"
+    ".980.981.982.983.984.985.986.987.988.989.990.991.992.993.994.995.996.997.998.999";
 
 /* the decimal digits of v, 1 .. 20 */
 static inline unsigned mg_fmt_digits(uint64_t v) {
@@ -34,11 +92,11 @@ static inline unsigned mg_fmt_digits(uint64_t v) {
     }
 }
 
-/* v's digits written backward from their end, in place */
-void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v) {
+/* v's digits written backward from their end, in place (base.h's
+ * mg_fmt_o_u64 writes those under 10000 itself) */
+char *mg_fmt_o_u64_long(char *o, uint64_t v) {
     unsigned n = mg_fmt_digits(v);
-    char *q = b->p + b->len + n;
-    b->len += n;
+    char *q = o + n;
     while (v >= 100) {
         unsigned d = (unsigned)(v % 100) * 2;
         v /= 100;
@@ -51,30 +109,7 @@ void mg_fmt_put_u64(mg_fmt_t *b, uint64_t v) {
     } else {
         *--q = (char)('0' + v);
     }
-}
-
-void mg_fmt_put_i64(mg_fmt_t *b, int64_t v) {
-    if (v < 0) {
-        mg_fmt_put_ch(b, '-');
-        mg_fmt_put_u64(b, (uint64_t)0 - (uint64_t)v);
-        return;
-    }
-    mg_fmt_put_u64(b, (uint64_t)v);
-}
-
-void mg_fmt_put_milli(mg_fmt_t *b, int64_t v) {
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    unsigned f = (unsigned)(u % 1000);
-    char *q;
-    if (v < 0)
-        mg_fmt_put_ch(b, '-');
-    mg_fmt_put_u64(b, u / 1000);
-    q = b->p + b->len;
-    q[0] = '.';
-    q[1] = (char)('0' + f / 100);
-    q[2] = mg_fmt_d2[f % 100 * 2];
-    q[3] = mg_fmt_d2[f % 100 * 2 + 1];
-    b->len += 4;
+    return o + n;
 }
 
 /* mg_fmt_put_milli of a time in ms since the epoch: its seconds change
@@ -84,7 +119,6 @@ void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms) {
     static char sec[MG_FMT_U64_MAX];
     static size_t sec_len;
     unsigned f;
-    char *q;
     if (ms < 0) {
         mg_fmt_put_milli(b, ms);
         return;
@@ -96,12 +130,12 @@ void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms) {
         sec_len = t.len;
     }
     f = (unsigned)(ms % 1000);
-    mg_fmt_put_mem(b, sec, sec_len);
-    q = b->p + b->len;
-    q[0] = '.';
-    q[1] = (char)('0' + f / 100);
-    q[2] = mg_fmt_d2[f % 100 * 2];
-    q[3] = mg_fmt_d2[f % 100 * 2 + 1];
+    /* the whole of sec, a constant size (no call to memcpy): past sec_len
+     * it is written over below or left past the end, inside the room the
+     * caller has (MG_FMT_MILLI_MAX, MG_FMT_ISO_MAX) */
+    memcpy(b->p + b->len, sec, sizeof(sec));
+    b->len += sec_len;
+    memcpy(b->p + b->len, mg_fmt_d3 + f * 4, 4);
     b->len += 4;
 }
 
@@ -142,30 +176,113 @@ static const unsigned char mg_fmt_esc[256] = {
     [0x7f ... 0xff] = 1,
 };
 
-/* Whether any of the 8 bytes at s needs an escape: one of them < 0x20,
+/* Whether any of the 8 bytes of w needs an escape: one of them < 0x20,
  * '"', '\\' or >= 0x7f. A byte >= 0x80 sets its own high bit; below 0x80
  * each test sets the high bit of a byte that matches and no other (w - 0x20
  * of one < 0x20, w + 1 of 0x7f, x - 1 of x = 0 for the quote and the
  * backslash); a borrow or carry between bytes comes only out of a byte
  * that matched, so the answer is exact (which byte is left to the byte
  * loop). */
-static inline int mg_fmt_esc8(const char *s) {
+static inline int mg_fmt_esc_w(uint64_t w) {
     const uint64_t ones = 0x0101010101010101ULL;
-    uint64_t w, q, e;
-    memcpy(&w, s, 8);
-    q = w ^ (ones * '"');
-    e = w ^ (ones * '\\');
+    uint64_t q = w ^ (ones * '"'), e = w ^ (ones * '\\');
     return ((w | (w - ones * 0x20) | (w + ones) | (q - ones) | (e - ones)) & (ones * 0x80)) != 0;
 }
 
-void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
+static inline int mg_fmt_esc8(const char *s) {
+    uint64_t w;
+    memcpy(&w, s, 8);
+    return mg_fmt_esc_w(w);
+}
+
+#ifdef __SSE2__
+/* 16 bytes at a time: a byte needs an escape when, signed, it is < 0x20
+ * (the controls and every byte >= 0x80), or it is 0x7f, '"' or '\\' */
+static inline int mg_fmt_esc16(__m128i v) {
+    __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)),
+                             _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)));
+    m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                                     _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))));
+    return _mm_movemask_epi8(m) != 0;
+}
+#endif
+
+/* The common case, a string that needs no escape and fits (n <= take):
+ * checked and stored a word at a time, the last word overlapping the one
+ * before it (SSE2: 16 bytes, 8 to 16 as two overlapping halves of one
+ * vector; else 8 bytes); fewer than 8: two overlapping 4-byte halves
+ * checked as one word; fewer than 4: byte by byte. 1 when it was appended
+ * whole, 0 when a byte needs an escape (nothing counted; bytes may have
+ * been stored past b->len, which the escaping loop writes over). Reads
+ * only s[0, n). */
+__attribute__((always_inline)) static inline int mg_fmt_plain(mg_fmt_t *b, const char *s,
+                                                              size_t n) {
+    char *o = b->p + b->len;
+#ifdef __SSE2__
+    if (n > 16) {
+        size_t i = 0;
+        __m128i v;
+        for (; n - i > 16; i += 16) {
+            v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+            if (mg_fmt_esc16(v))
+                return 0;
+            _mm_storeu_si128((__m128i *)(void *)(o + i), v);
+        }
+        v = _mm_loadu_si128((const __m128i *)(const void *)(s + n - 16));
+        if (mg_fmt_esc16(v))
+            return 0;
+        _mm_storeu_si128((__m128i *)(void *)(o + n - 16), v);
+    } else if (n >= 8) {
+        uint64_t lo, hi;
+        memcpy(&lo, s, 8);
+        memcpy(&hi, s + n - 8, 8);
+        if (mg_fmt_esc16(_mm_set_epi64x((long long)hi, (long long)lo)))
+            return 0;
+        memcpy(o, &lo, 8);
+        memcpy(o + n - 8, &hi, 8);
+    }
+#else
+    if (n >= 8) {
+        size_t i = 0;
+        for (; n - i > 8; i += 8) {
+            if (mg_fmt_esc8(s + i))
+                return 0;
+            memcpy(o + i, s + i, 8);
+        }
+        if (mg_fmt_esc8(s + n - 8))
+            return 0;
+        memcpy(o + n - 8, s + n - 8, 8);
+    }
+#endif
+    else if (n >= 4) {
+        uint32_t lo, hi;
+        memcpy(&lo, s, 4);
+        memcpy(&hi, s + n - 4, 4);
+        if (mg_fmt_esc_w(lo | (uint64_t)hi << 32))
+            return 0;
+        memcpy(o, &lo, 4);
+        memcpy(o + n - 4, &hi, 4);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            if (mg_fmt_esc[(unsigned char)s[i]])
+                return 0;
+            o[i] = s[i];
+        }
+    }
+    b->len += n;
+    return 1;
+}
+
+int mg_fmt_put_plain(mg_fmt_t *b, const char *s, size_t n) { return mg_fmt_plain(b, s, n); }
+
+/* mg_fmt_put_json past its fast path: a string to escape, or one longer
+ * than it may take (kept out of line, so that the fast path saves and
+ * restores no registers for it) */
+__attribute__((noinline)) static void mg_fmt_put_json_esc(mg_fmt_t *b, const char *s, size_t n,
+                                                          size_t escap) {
     static const char hex[] = "0123456789abcdef";
     char *o = b->p + b->len, *lim;
     size_t i = 0;
-    if (escap < 8)
-        return;
-    if (n == SIZE_MAX) /* NUL-terminated: at most escap - 7 bytes are taken */
-        n = strnlen(s, escap);
     lim = o + (escap - 7); /* a byte is taken while o + 7 < escap */
     while (i < n) {
         unsigned char ch;
@@ -204,6 +321,16 @@ void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
         }
     }
     b->len = (size_t)(o - b->p);
+}
+
+void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
+    if (escap < 8)
+        return;
+    if (n == SIZE_MAX) /* NUL-terminated: at most escap - 7 bytes are taken */
+        n = strnlen(s, escap);
+    if (n <= escap - 7 && mg_fmt_plain(b, s, n))
+        return;
+    mg_fmt_put_json_esc(b, s, n, escap);
 }
 
 /* mg_fmt_put_json with the line's cap too: a byte at a time, each append
@@ -265,12 +392,13 @@ void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms) {
         sec_len = strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
         last = s;
     }
-    mg_fmt_put_mem(b, sec, sec_len);
+    /* the whole of sec, a constant size (no call to memcpy): past sec_len
+     * it is written over below or left past the end, inside the room the
+     * caller has (MG_FMT_MILLI_MAX, MG_FMT_ISO_MAX) */
+    memcpy(b->p + b->len, sec, sizeof(sec));
+    b->len += sec_len;
     q = b->p + b->len;
-    q[0] = '.';
-    q[1] = (char)('0' + f / 100);
-    q[2] = mg_fmt_d2[f % 100 * 2];
-    q[3] = mg_fmt_d2[f % 100 * 2 + 1];
+    memcpy(q, mg_fmt_d3 + f * 4, 4);
     q[4] = 'Z';
     b->len += 5;
 }

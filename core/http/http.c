@@ -361,27 +361,39 @@ static size_t mg_http_query_name_decode(const char *s, size_t n, char *out, size
 /* Credentials in a query (WebSocket clients pass tokens there) stay out of
  * the access log: the values of these parameters become "-". Names are
  * compared decoded (?%74oken= is the auth hook's token too), any case.
- * In place; returns path's length after. */
-static size_t mg_http_log_redact_query(char *path, size_t len) {
+ * In place, over path[0, len), which holds no NUL, from its first '?' at
+ * q, in one pass (a name shorter than the shortest secret, 3, is not
+ * decoded); path[len] must be writable (a NUL is kept there). Returns
+ * the length. */
+static size_t mg_http_log_redact_query(char *path, size_t len, char *q) {
     static const struct {
         const char *s;
         size_t n;
     } secret[] = {{"token", 5}, {"access_token", 12}, {"api_key", 7}, {"apikey", 6},
                   {"key", 3},   {"password", 8},      {"secret", 6},  {"jwt", 3}};
-    char *q = strchr(path, '?');
+    char *end = path + len;
+    path[len] = '\0';
     while (q) {
-        char *name = q + 1, *eq = strchr(name, '='), *amp = strchr(name, '&');
-        if (eq && (amp == NULL || eq < amp)) {
+        char *name = q + 1, *eq = NULL, *amp, *p = name;
+        /* the parameter: its '=' (the first, before any '&') and its '&' */
+        while (p < end && *p != '&') {
+            if (*p == '=' && eq == NULL)
+                eq = p;
+            p++;
+        }
+        amp = p < end ? p : NULL;
+        if (eq && eq - name >= 3) {
             char dec[32];
             size_t nl = mg_http_query_name_decode(name, eq - name, dec, sizeof(dec));
             for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
                 if (nl == secret[i].n && mg_name_eq(dec, nl, secret[i].s, secret[i].n)) {
-                    char *end = amp ? amp : path + len;
-                    size_t tail = (size_t)(path + len - end);
-                    memmove(eq + 2, end, tail + 1);
+                    char *vend = amp ? amp : end;
+                    size_t tail = (size_t)(end - vend);
+                    memmove(eq + 2, vend, tail + 1);
                     eq[1] = '-';
                     len = (size_t)(eq + 2 - path) + tail;
-                    amp = strchr(eq + 1, '&');
+                    end = path + len;
+                    amp = memchr(eq + 1, '&', tail + 1);
                     break;
                 }
         }
@@ -392,17 +404,30 @@ static size_t mg_http_log_redact_query(char *path, size_t len) {
 
 /* The target as access-log lines show it: at most 300 bytes, query
  * credentials redacted, JSON-escaped (at most 399 bytes of it, as ever).
- * A target without a query is escaped as it is, without a copy. */
+ * Only a target that needs an escape and has a query is copied. */
 void mg_http_log_path(mg_fmt_t *b, const mg_req_t *r) {
-    char path[400]; /* redaction can grow it: "key=&" -> "key=-&" */
-    size_t pl = r->url_len < 300 ? r->url_len : 300;
-    if (memchr(r->hbuf, '?', pl) == NULL) {
+    char path[400], *pq; /* redaction can grow it: "key=&" -> "key=-&" */
+    size_t pl = r->url_len < 300 ? r->url_len : 300, at = b->len;
+    /* the usual target, nothing to escape: stored as it is, and a query
+     * redacted where it was stored, without a copy (redaction adds only
+     * '-', which needs no escape; it grows a target of 300 to at most 360,
+     * under the 392 the escaping keeps, and the line's room has the 400
+     * of the path and its NUL) */
+    const char *q = memchr(r->hbuf, '?', pl);
+    if (mg_fmt_put_plain(b, r->hbuf, pl)) {
+        if (q != NULL)
+            b->len = at + mg_http_log_redact_query(b->p + at, pl, b->p + at + (q - r->hbuf));
+        return;
+    }
+    if (q == NULL) {
         mg_fmt_put_json(b, r->hbuf, pl, 400);
         return;
     }
+    /* a copy, up to a NUL (the escaping stops there) */
+    pl = strnlen(r->hbuf, pl);
     memcpy(path, r->hbuf, pl);
-    path[pl] = '\0';
-    mg_fmt_put_json(b, path, mg_http_log_redact_query(path, pl), 400);
+    pq = memchr(path, '?', pl);
+    mg_fmt_put_json(b, path, pq ? mg_http_log_redact_query(path, pl, pq) : pl, 400);
 }
 
 void mg_http_log_tls(mg_fmt_t *b, const mg_req_tls_t *t) {
@@ -424,6 +449,35 @@ void mg_http_log_route(mg_fmt_t *b, const mg_route_t *rt) {
     const char *s = rt ? (rt->name ? rt->name : rt->rule) : NULL;
     if (s)
         mg_fmt_put_json(b, s, SIZE_MAX, 400);
+}
+
+/* The route of the last line, escaped, kept per worker: the same route
+ * follows itself line after line. Keyed by the name's address and the
+ * generation's id: a route's name lives, unchanged, as long as its
+ * generation, and an id is never reused, so a name freed with its
+ * generation and another at the same address is a miss. */
+static struct {
+    const char *s;
+    unsigned gen_id;
+    size_t n;
+    char esc[400];
+} mg_http_lroute;
+
+static void mg_http_log_route_of(mg_fmt_t *b, const mg_req_t *r) {
+    const mg_route_t *rt = r->route;
+    const char *s = rt ? (rt->name ? rt->name : rt->rule) : NULL;
+    size_t at = b->len;
+    if (s == NULL)
+        return;
+    if (s == mg_http_lroute.s && r->gen->id == mg_http_lroute.gen_id) {
+        mg_fmt_put_short(b, mg_http_lroute.esc, mg_http_lroute.n);
+        return;
+    }
+    mg_fmt_put_json(b, s, SIZE_MAX, 400);
+    mg_http_lroute.s = s;
+    mg_http_lroute.gen_id = r->gen->id;
+    mg_http_lroute.n = b->len - at;
+    memcpy(mg_http_lroute.esc, b->p + at, mg_http_lroute.n);
 }
 
 /* A header value for the log: cut to 200 bytes, escaped, quoted; null. */
@@ -461,7 +515,7 @@ static void mg_http_log_listener(mg_fmt_t *b, int lidx) {
         }
     }
     if (mg_http_lnames) {
-        mg_fmt_put_mem(b, mg_http_lnames[lidx].s, mg_http_lnames[lidx].n);
+        mg_fmt_put_short(b, mg_http_lnames[lidx].s, mg_http_lnames[lidx].n);
         return;
     }
     n = snprintf(one, sizeof(one), "%s:%d", mg_worker.laddr[lidx].host, mg_worker.laddr[lidx].port);
@@ -508,17 +562,35 @@ uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
     return head;
 }
 
+/* The method's length, kept by its address: a method is a string
+ * constant (llhttp's names, "-", "GET"), the same line after line. The
+ * line shows it cut to 16 (llhttp has one of 17: UPDATEREDIRECTREF);
+ * bytes_in counts it whole. */
+static size_t mg_http_log_method_len(const char *m) {
+    static const char *last;
+    static size_t n;
+    if (m != last) {
+        n = strlen(m);
+        last = m;
+    }
+    return n;
+}
+
 void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method) {
     const char *ip = mg_req_client_ip(r);
+    size_t ml = mg_http_log_method_len(method), il = strnlen(ip, MG_PEER_IP_MAX - 1),
+           rl = strnlen(r->request_id, sizeof(r->request_id) - 1);
+    char *o;
     mg_fmt_put_lit(b, "{\"type\":\"access\",\"time\":");
     mg_fmt_put_time_ms(b, t_ms);
-    mg_fmt_put_lit(b, ",\"request_id\":\"");
-    mg_fmt_put_mem(b, r->request_id, strnlen(r->request_id, sizeof(r->request_id) - 1));
-    mg_fmt_put_lit(b, "\",\"remote\":\"");
-    mg_fmt_put_mem(b, ip, strnlen(ip, MG_PEER_IP_MAX - 1));
-    mg_fmt_put_lit(b, "\",\"method\":\"");
-    mg_fmt_put_mem(b, method, strnlen(method, 16));
-    mg_fmt_put_lit(b, "\",\"path\":\"");
+    o = MG_FMT_O_LIT(mg_fmt_at(b), ",\"request_id\":\"");
+    o = mg_fmt_o_short(o, r->request_id, rl);
+    o = MG_FMT_O_LIT(o, "\",\"remote\":\"");
+    o = mg_fmt_o_short(o, ip, il);
+    o = MG_FMT_O_LIT(o, "\",\"method\":\"");
+    o = mg_fmt_o_short(o, method, ml < 16 ? ml : 16);
+    o = MG_FMT_O_LIT(o, "\",\"path\":\"");
+    mg_fmt_to(b, o);
     mg_http_log_path(b, r);
     mg_fmt_put_ch(b, '"');
 }
@@ -539,53 +611,62 @@ static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *t
         r->state == MG_REQ_HEAD ? "-" : llhttp_method_name((llhttp_method_t)r->method);
     int64_t t_ms = mg_fmt_round(r->t_start * 1000.0);
     uint64_t in;
+    char *o; /* the line's end, between the calls that take b */
     mg_http_log_start(b, r, t_ms, method);
+    o = mg_fmt_at(b);
     if (r->http2) /* a stream of an HTTP/2 session (h2_req.c); HTTP/1.1 lines have none */
-        mg_fmt_put_lit(b, ",\"protocol\":\"HTTP/2.0\"");
-    mg_fmt_put_lit(b, ",\"status\":");
-    mg_fmt_put_i64(b, r->status);
-    mg_fmt_put_lit(b, ",\"bytes\":");
-    mg_fmt_put_u64(b, r->bytes_out);
-    mg_fmt_put_lit(b, ",\"duration_ms\":");
-    mg_fmt_put_milli(b, mg_fmt_round((now - r->t_start) * 1e6));
-    mg_fmt_put_lit(b, ",\"route\":\"");
-    mg_http_log_route(b, r->route);
-    mg_fmt_put_lit(b, "\",\"generation\":");
-    mg_fmt_put_u64(b, r->gen->id);
+        o = MG_FMT_O_LIT(o, ",\"protocol\":\"HTTP/2.0\"");
+    o = MG_FMT_O_LIT(o, ",\"status\":");
+    o = mg_fmt_o_i64(o, r->status);
+    o = MG_FMT_O_LIT(o, ",\"bytes\":");
+    o = mg_fmt_o_u64(o, r->bytes_out);
+    o = MG_FMT_O_LIT(o, ",\"duration_ms\":");
+    o = mg_fmt_o_milli(o, mg_fmt_round((now - r->t_start) * 1e6));
+    o = MG_FMT_O_LIT(o, ",\"route\":\"");
+    mg_fmt_to(b, o);
+    mg_http_log_route_of(b, r);
+    o = MG_FMT_O_LIT(mg_fmt_at(b), "\",\"generation\":");
+    o = mg_fmt_o_u64(o, r->gen->id);
+    mg_fmt_to(b, o);
     if (tls) {
         mg_fmt_put_ch(b, ',');
         mg_http_log_tls(b, tls);
     }
     /* the request's bytes from the client: the request line, the header
      * lines and the blank line as parsed, and the body */
-    in = mg_http_log_fields(b, r, t_ms) + strlen(method) + r->url_len + 12 + 2 + r->body_rx;
+    in = mg_http_log_fields(b, r, t_ms) + mg_http_log_method_len(method) + r->url_len + 12 + 2 +
+         r->body_rx;
+    o = mg_fmt_at(b);
     if (r->up_addr) {
-        mg_fmt_put_lit(b, ",\"upstream_addr\":\"");
+        o = MG_FMT_O_LIT(o, ",\"upstream_addr\":\"");
+        mg_fmt_to(b, o);
         mg_fmt_put_json(b, r->up_addr, SIZE_MAX, 120);
-        mg_fmt_put_lit(b, "\",\"upstream_status\":");
-        mg_fmt_put_i64(b, r->up_status);
-        mg_fmt_put_lit(b, ",\"upstream_ms\":");
-        mg_fmt_put_milli(b, mg_fmt_round(r->up_ms * 1000.0));
+        o = MG_FMT_O_LIT(mg_fmt_at(b), "\",\"upstream_status\":");
+        o = mg_fmt_o_i64(o, r->up_status);
+        o = MG_FMT_O_LIT(o, ",\"upstream_ms\":");
+        o = mg_fmt_o_milli(o, mg_fmt_round(r->up_ms * 1000.0));
     }
-    mg_fmt_put_lit(b, ",\"bytes_in\":");
-    mg_fmt_put_u64(b, in);
-    mg_fmt_put_lit(b, ",\"bytes_out\":");
-    mg_fmt_put_u64(b, r->bytes_out);
+    o = MG_FMT_O_LIT(o, ",\"bytes_in\":");
+    o = mg_fmt_o_u64(o, in);
+    o = MG_FMT_O_LIT(o, ",\"bytes_out\":");
+    o = mg_fmt_o_u64(o, r->bytes_out);
+    mg_fmt_to(b, o);
 }
 
 /* One bounds check for the whole line: with room for its worst case (the
  * access log's buffer always has it) it is built in place; a builder
  * short of room gets it built aside and cut, as the checked appends cut. */
 void mg_http_log_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now) {
-    if (mg_fmt_room(b, MG_HTTP_LOG_WORST)) {
+    if (mg_fmt_room(b, MG_HTTP_LOG_WORST)) { /* the worst case leaves room for the end */
         mg_http_log_put_line(b, r, tls, now);
+        mg_fmt_put_lit(b, "}\n");
     } else {
         char tmp[MG_HTTP_LOG_WORST];
         mg_fmt_t t = {tmp, 0, sizeof(tmp)};
         mg_http_log_put_line(&t, r, tls, now);
         mg_fmt_mem(b, tmp, t.len);
+        mg_http_log_end(b);
     }
-    mg_http_log_end(b);
 }
 
 int mg_http_log_off(const mg_req_t *r) {

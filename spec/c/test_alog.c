@@ -11,8 +11,10 @@
 #include "http/http_int.h"
 #include "loop/loop.h"
 
+#include <ctype.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -107,7 +109,20 @@ static void integers(void) {
     mg_fmt_ch(&b, ' ');
     mg_fmt_i64(&b, -1);
     CHECK_STR(fmt_str(&b), "0 18446744073709551615 -9223372036854775808 -1");
-    /* every length, around each power of ten, against printf */
+    /* every value below 100000 (the short paths: 1 to 4 digits), then
+     * every length, around each power of ten, against printf */
+    {
+        int ok = 1;
+        for (uint64_t v = 0; v < 100000; v++) {
+            char want[32];
+            b = fmt_over(64);
+            mg_fmt_u64(&b, v);
+            snprintf(want, sizeof(want), "%llu", (unsigned long long)v);
+            if (b.len != strlen(want) || memcmp(b.p, want, b.len) != 0)
+                ok = 0;
+        }
+        CHECK(ok);
+    }
     for (uint64_t p = 1, i = 0; i < 20; i++, p *= 10) {
         for (uint64_t d = 0; d < 3; d++) {
             char want[32];
@@ -118,6 +133,23 @@ static void integers(void) {
             CHECK_STR(fmt_str(&b), want);
         }
     }
+}
+
+/* mg_fmt_put_short: every length 0 .. 48 (each of its word copies and
+ * memcpy past 32), the bytes and nothing past them */
+static void short_copies(void) {
+    char src[64];
+    int ok = 1;
+    for (size_t i = 0; i < sizeof(src); i++)
+        src[i] = (char)('A' + i % 50);
+    for (size_t n = 0; n <= 48; n++) {
+        mg_fmt_t b = fmt_over(100);
+        mg_fmt_put_ch(&b, '<');
+        mg_fmt_put_short(&b, src + 3, n);
+        if (b.len != n + 1 || memcmp(b.p + 1, src + 3, n) != 0 || buf[n + 1] != '#')
+            ok = 0;
+    }
+    CHECK(ok);
 }
 
 /* mg_json_escape as it was before fmt.c: the oracle for the caps */
@@ -172,8 +204,8 @@ static void escaping(void) {
 }
 
 /* The 8-bytes-at-a-time scan: each byte that needs an escape and its
- * neighbours that do not, at every offset of strings of 1 .. 24 bytes
- * (the scan's words, the overlapping last word and the byte tail), with
+ * neighbours that do not, at every offset of strings of 1 .. 40 bytes
+ * (the scan's words of 16 and 8, the overlapping last word and the byte tail), with
  * every cap around the string's escaped length (the cap landing inside
  * an escape, or on the byte just before one), against the oracle; with
  * n exact and with n SIZE_MAX over a string allocated to its NUL (ASan
@@ -183,7 +215,7 @@ static void escaping_swar(void) {
                                         ']',  0x7e, 0x7f, 0x80, 0xc3, 0xfe, 0xff, 'a'};
     char want[256];
     int ok = 1;
-    for (size_t len = 1; len <= 24; len++)
+    for (size_t len = 1; len <= 40; len++)
         for (size_t at = 0; at < len; at++)
             for (size_t k = 0; k < sizeof(odd); k++) {
                 char *in = malloc(len + 1);
@@ -498,6 +530,123 @@ static void http_line_as_before(void) {
     }
 }
 
+/* the redaction as http.c did it before its one pass (strchr per
+ * parameter over a NUL-ended copy): the oracle for the in-place pass */
+static size_t old_redact(char *path, size_t len) {
+    static const char *secret[] = {"token", "access_token", "api_key", "apikey",
+                                   "key",   "password",     "secret",  "jwt"};
+    char *q = strchr(path, '?');
+    while (q) {
+        char *name = q + 1, *eq = strchr(name, '='), *amp = strchr(name, '&');
+        if (eq && (amp == NULL || eq < amp)) {
+            char dec[32];
+            size_t nl = 0;
+            for (char *c = name; c < eq && nl < sizeof(dec) - 1; c++) {
+                char ch = *c;
+                if (ch == '+') {
+                    ch = ' ';
+                } else if (ch == '%' && c + 2 < eq && isxdigit((unsigned char)c[1]) &&
+                           isxdigit((unsigned char)c[2])) {
+                    char hex[3] = {c[1], c[2], 0};
+                    ch = (char)strtol(hex, NULL, 16);
+                    c += 2;
+                }
+                dec[nl++] = ch;
+            }
+            for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
+                if (nl == strlen(secret[i]) && strncasecmp(dec, secret[i], nl) == 0) {
+                    char *end = amp ? amp : path + len;
+                    size_t tail = (size_t)(path + len - end);
+                    memmove(eq + 2, end, tail + 1);
+                    eq[1] = '-';
+                    len = (size_t)(eq + 2 - path) + tail;
+                    amp = strchr(eq + 1, '&');
+                    break;
+                }
+        }
+        q = amp;
+    }
+    return len;
+}
+
+/* the in-place pass (a target with nothing to escape, redacted where it
+ * is stored in the line) and the copy (a target to escape) against the
+ * oracle, over queries with secrets first, last, empty, repeated, encoded,
+ * without '=', and an '=' inside a value */
+static void http_line_redacts_as_before(void) {
+    static const char *q[] = {"?token=abc",
+                              "?a=1&token=abc",
+                              "?token=&x=1",
+                              "?key=&key=&key=",
+                              "?TOKEN=a=b&jwt=c&x",
+                              "?%74oken=x&%6Bey=y&%6g=z",
+                              "?access_token=1&api_key=2&apikey=3&password=4&secret=5",
+                              "?tok=1&tokens=2&to+ken=3&=4&&&key",
+                              "?x=token=1&key",
+                              "??token=1",
+                              "?i=2199",
+                              "?k=%2&key=%",
+                              "?a&b&c=&jwt=123456789012345678901234567890",
+                              "?%61%63%63%65%73%73%5f%74%6f%6b%65%6e=long"};
+    static const char *pre[] = {"/ws", "/a\"b", "/\x01"};
+    int ok = 1;
+    for (size_t i = 0; i < sizeof(q) / sizeof(q[0]); i++)
+        for (size_t j = 0; j < sizeof(pre) / sizeof(pre[0]); j++) {
+            char url[200], want[400], esc[400], got[800];
+            const char *at, *l;
+            size_t wl;
+            snprintf(url, sizeof(url), "%s%s", pre[j], q[i]);
+            request(url, NULL);
+            memcpy(want, url, strlen(url) + 1);
+            wl = old_redact(want, strlen(url));
+            want[wl] = '\0';
+            old_escape(esc, sizeof(esc), want);
+            snprintf(got, sizeof(got), "\"path\":\"%s\",", esc);
+            l = line(NULL, req.t_start);
+            at = strstr(l, got);
+            if (at == NULL) {
+                printf("# %s: %s\n", url, l);
+                ok = 0;
+            }
+        }
+    CHECK(ok);
+    /* a target of 300 bytes of "key=&" grows by 60, under the cut */
+    {
+        static char url[400], want[500];
+        url[0] = '/';
+        url[1] = '?';
+        for (size_t i = 2; i < 300; i++)
+            url[i] = "key=&"[(i - 2) % 5];
+        url[300] = '\0';
+        request(url, NULL);
+        memcpy(want, url, 301);
+        want[old_redact(want, 300)] = '\0';
+        CHECK(strstr(line(NULL, req.t_start), want) != NULL);
+        CHECK(strlen(want) > 350);
+    }
+}
+
+/* the escaped route kept from line to line: a name at the same address
+ * in a new generation (the old one freed, its memory reused) is not the
+ * old name; another route of the same generation is not either */
+static void http_line_route_kept(void) {
+    static char name[32];
+    request("/r", NULL);
+    snprintf(name, sizeof(name), "alpha \"1\"");
+    route.name = name;
+    CHECK(strstr(line(NULL, req.t_start), "\"route\":\"alpha \\\"1\\\"\",") != NULL);
+    CHECK(strstr(line(NULL, req.t_start), "\"route\":\"alpha \\\"1\\\"\",") != NULL);
+    snprintf(name, sizeof(name), "beta");
+    gen.id = 8;
+    CHECK(strstr(line(NULL, req.t_start), "\"route\":\"beta\",\"generation\":8") != NULL);
+    route.name = "gamma";
+    CHECK(strstr(line(NULL, req.t_start), "\"route\":\"gamma\",") != NULL);
+    route.name = NULL; /* its rule */
+    CHECK(strstr(line(NULL, req.t_start), "\"route\":\"/plain\",") != NULL);
+    req.route = NULL;
+    CHECK(strstr(line(NULL, req.t_start), "\"route\":\"\",") != NULL);
+}
+
 static void http_line_redacts(void) {
     request("/ws?token=s3cr3t&room=1&%74oken=x&API_KEY=k&key=&keep=me", NULL);
     CHECK(strstr(line(NULL, req.t_start), "\"path\":\"/ws?token=-&room=1&%74oken=-&API_KEY=-&key=-"
@@ -732,13 +881,16 @@ static void buffer_and_ws_line(void) {
 int main(void) {
     CT_RUN(fixed_point_ms);
     CT_RUN(integers);
+    CT_RUN(short_copies);
     CT_RUN(escaping);
     CT_RUN(escaping_swar);
     CT_RUN(caps);
     CT_RUN(iso_time_cached);
     CT_RUN(http_line);
     CT_RUN(http_line_as_before);
+    CT_RUN(http_line_route_kept);
     CT_RUN(http_line_redacts);
+    CT_RUN(http_line_redacts_as_before);
     CT_RUN(http_line_head_checked);
     CT_RUN(http_line_bounded);
     CT_RUN(http_line_short_builder);
