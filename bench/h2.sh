@@ -9,8 +9,8 @@
 # workers, /proc) around it; it prints requests/s, CPU per request
 # (server CPU over the run / requests done) and the medians' ratios against
 # nginx and h2o. Bounded: about REPS x 3 x (DURATION + 2) s.
-# Env: DURATION (10), REPS (3), CONNS (64), STREAMS (16), LOAD_CPUS (1, as
-# the harness), BENCH (../shared/bench), BPATH.
+# Env: DURATION (10), REPS (3), CONNS (64), STREAMS (16), POOL (CONNS x
+# STREAMS), LOAD_CPUS (1, as the harness), BENCH (../shared/bench), BPATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,6 +18,10 @@ BENCH=${BENCH:-../shared/bench}
 [ -x "$BENCH/start_peers.sh" ] || { echo "bench: $BENCH/start_peers.sh not found" >&2; exit 1; }
 . "$BENCH/common.sh"
 DURATION=${DURATION:-10}; REPS=${REPS:-3}; CONNS=${CONNS:-64}; STREAMS=${STREAMS:-16}
+# idle upstream connections each nginx and moongate worker keeps: room for
+# every stream in flight (CONNS x STREAMS), so neither opens and closes
+# upstream connections as the load wavers (h2o's pool has no such bound)
+POOL=${POOL:-$((CONNS * STREAMS))}
 UP=19001; NGX=19445; MG=19446; H2O=19447; MG_PLAIN=19094
 BPATH=${BPATH:-/api/execution/123/status?tenant_id=t1}
 for p in nginx h2o openssl curl; do
@@ -55,7 +59,7 @@ http {
     http2_max_concurrent_streams 128;
     upstream runtime {
         server 127.0.0.1:$UP;
-        keepalive 128;
+        keepalive $POOL;
         keepalive_requests 10000000;
         keepalive_timeout 300s;
     }
@@ -111,7 +115,7 @@ return {
     protocols = { "TLSv1.3" },
   },
   upstreams = {
-    runtime = { servers = { "http://127.0.0.1:$UP" }, keepalive = 128 },
+    runtime = { servers = { "http://127.0.0.1:$UP" }, keepalive = $POOL },
     echo = { servers = { "http://127.0.0.1:19002" }, keepalive = 128 },
   },
 }
