@@ -347,9 +347,7 @@ static void mg_h2_recv(mg_h2_t *s, const char *data, size_t n) {
         }
         nghttp2_session_terminate_session(s->ng, NGHTTP2_PROTOCOL_ERROR);
     }
-    /* the answers go at the end of the loop turn: with what the other
-     * reads of this turn (and the upstreams' answers) made, in one write */
-    mg_h2_kick(s);
+    mg_h2_send(s);
 }
 
 static void mg_h2_read_cb(evutil_socket_t fd, short what, void *arg) {
