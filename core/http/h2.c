@@ -17,9 +17,10 @@
  * only below it), a stream's response body in st->out until its window
  * lets it go (the proxy pauses its upstream above MG_HIGH_WATER). DATA is
  * not copied through nghttp2: its frame header is, and the payload moves
- * from st->out into s->out (NGHTTP2_DATA_FLAG_NO_COPY, mg_h2_send_data);
- * s->out goes to the socket once per loop turn (mg_h2_kick), one TLS
- * write for all the frames of that turn.
+ * from st->out into s->out (NGHTTP2_DATA_FLAG_NO_COPY, mg_h2_send_data).
+ * A send writes all the frames made since the last in one write (one TLS
+ * record run); the targets' answers are gathered for the loop turn's end
+ * (mg_h2_kick), so one write carries many streams' frames.
  *
  * Limits: SETTINGS_MAX_CONCURRENT_STREAMS (limits.h2_streams), the
  * header list (limits.header_size, header_count: 431 on the stream), the

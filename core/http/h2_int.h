@@ -53,7 +53,7 @@ struct mg_h2_s {
     int lidx, is_tls;
     unsigned dead : 1, wr_on : 1, tls_ww : 1, goaway : 1, sched : 1, want_send : 1;
     unsigned any : 1;      /* a stream began (before: the header timeout, after: idle) */
-    unsigned out_full : 1; /* a DATA frame waits for room in out (mg_h2_send_data) */
+    unsigned out_full : 1; /* a DATA frame filled out: nghttp2 paused (mg_h2_send_data) */
     int busy;              /* inside nghttp2 or a stream walk: sends wait (want_send) */
     int nstreams;
     mg_h2_stream_t *streams;
