@@ -9,6 +9,8 @@ PKGS = gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev 
 TEST_PKGS = lua-busted lua-check luarocks lua-socket curl openssl python3 python3-websockets \
        nodejs node-ws chromium clang-format valgrind pebble prometheus util-linux \
        python3-yaml nghttp2-client python3-h2 redis-server
+# what make bench needs on top (the peers it measures against, the load generators)
+BENCH_PKGS = nginx wrk h2o nghttp2-client openssl python3 curl
 DEPS_STAMP = .deps-ok
 TEST_STAMP = .deps-test-ok
 
@@ -164,10 +166,18 @@ chaos: $(TEST_STAMP) $(BIN)
 	@/usr/bin/python3 tools/chaos/chaos.py --bin $(CURDIR)/$(BIN)
 
 bench: $(BIN)
+	$(call install_missing,$(BENCH_PKGS))
 	@sh bench/run.sh
 	@sh bench/plugins.sh
 	@bash bench/tls.sh
+	@bash bench/h2.sh
 	@sh bench/metrics.sh
+
+# issue 16's HTTP/2 round alone: h2load against moongate, nginx and h2o (bench/h2.sh)
+.PHONY: bench-h2
+bench-h2: $(BIN)
+	$(call install_missing,$(BENCH_PKGS))
+	@bash bench/h2.sh
 
 # issue 13's metrics + access-log round alone (bench/metrics.sh)
 .PHONY: bench-metrics

@@ -41,8 +41,9 @@ static int mg_acme_ctl = -1; /* the control channel, to ask for on_demand names 
 /* A server context for the PEM file (certificates, then the key), or NULL
  * with why in err. The protocol versions and ciphers stay the listener's
  * (an SSL keeps its own when the servername callback switches contexts);
- * this one brings the certificate, moongate's ALPN and no session cache,
- * as tls_ctx.c's do. */
+ * this one brings the certificate, moongate's ALPN (h2 first when the
+ * listener the handshake came on offers it) and no session cache, as
+ * tls_ctx.c's do. */
 static SSL_CTX *mg_acme_ctx_load(const char *path, char *err, size_t errlen) {
     static const unsigned char sid[] = "moongate-acme";
     FILE *f = fopen(path, "rb");
@@ -70,7 +71,7 @@ static SSL_CTX *mg_acme_ctx_load(const char *path, char *err, size_t errlen) {
     /* one file: the certificates and the key are read from the same bytes */
     if (mg_tls_ctx_add_pem(ctx, buf, n, buf, n, path, path, err, errlen) != MG_OK)
         goto fail;
-    mg_tls_ctx_set_alpn(ctx, 0); /* HTTP/2 on ACME certificates: not yet */
+    mg_tls_ctx_set_alpn(ctx, MG_TLS_ALPN_LISTENER); /* h2 where the listener offers it */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
     free(buf);
@@ -115,10 +116,13 @@ static int mg_acme_alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned 
                                   const unsigned char *in, unsigned int inlen, void *arg) {
     static const unsigned char acme[] = "\x0a"
                                         "acme-tls/1",
-                               http[] = "\x08http/1.1";
-    (void)ssl, (void)arg;
+                               h2[] = "\x02h2", http[] = "\x08http/1.1";
+    (void)arg;
     if (SSL_select_next_proto((unsigned char **)out, outlen, acme, sizeof(acme) - 1, in, inlen) ==
             OPENSSL_NPN_NEGOTIATED ||
+        (mg_tls_listener_h2(ssl) &&
+         SSL_select_next_proto((unsigned char **)out, outlen, h2, sizeof(h2) - 1, in, inlen) ==
+             OPENSSL_NPN_NEGOTIATED) ||
         SSL_select_next_proto((unsigned char **)out, outlen, http, sizeof(http) - 1, in, inlen) ==
             OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_OK;

@@ -133,8 +133,14 @@ void mg_acme_metrics(struct evbuffer *out);
 int mg_tls_ctx_add_pem(SSL_CTX *ctx, const char *cert_pem, size_t cert_len, const char *key_pem,
                        size_t key_len, const char *cert_name, const char *key_name, char *err,
                        size_t errlen);
-/* moongate's ALPN choice: http/1.1, or h2 first when h2 (tls.http2) */
+/* moongate's ALPN choice: http/1.1, or h2 first when h2 (tls.http2);
+ * MG_TLS_ALPN_LISTENER (a context switched to by mg_tls_sni_hook): h2 when
+ * the listener the handshake came on offers it */
+#define MG_TLS_ALPN_LISTENER 2
 void mg_tls_ctx_set_alpn(SSL_CTX *ctx, int h2);
+/* in an ALPN or certificate callback of such a context: the listener
+ * offers h2 */
+int mg_tls_listener_h2(SSL *ssl);
 /* Asked first by the servername callback of every TLS listener, with the
  * client's SNI name (lower-case, no trailing dot): a context to serve that
  * name (the SSL takes its own reference), or NULL for the conf's own

@@ -46,6 +46,13 @@ SSL_CTX *(*mg_tls_sni_hook)(const char *name);
  * HTTP/1.1 session hands an h2 connection to http/h2.c after the handshake. */
 static const unsigned char mg_tls_alpn[] = "\x08http/1.1";
 static const unsigned char mg_tls_alpn_h2[] = "\x02h2\x08http/1.1";
+/* A context not of a listener (ACME's, switched to by mg_tls_sni_hook)
+ * offers what the listener the handshake came on offers: the listener's
+ * contexts say whether that is h2 (ctx ex_data, set with their ALPN), the
+ * servername callback copies it to the SSL before it switches (ssl
+ * ex_data), and the switched-to context's ALPN callback reads it there. */
+static int mg_tls_ctx_h2_idx = -1, mg_tls_ssl_h2_idx = -1;
+static const char mg_tls_alpn_as_listener; /* mg_tls_alpn_cb's arg for MG_TLS_ALPN_LISTENER */
 
 /* ---- session-ticket keys (shared memory) ---- */
 
@@ -211,6 +218,10 @@ static int mg_tls_sni_cb(SSL *ssl, int *alert, void *arg) {
     if (mg_tls_sni_hook) {
         SSL_CTX *h = mg_tls_sni_hook(low);
         if (h) {
+            int h2 = mg_tls_ctx_h2_idx >= 0 &&
+                     SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), mg_tls_ctx_h2_idx) != NULL;
+            if (mg_tls_ssl_h2_idx >= 0)
+                SSL_set_ex_data(ssl, mg_tls_ssl_h2_idx, h2 ? (void *)mg_tls_alpn_h2 : NULL);
             SSL_set_SSL_CTX(ssl, h);
             return SSL_TLSEXT_ERR_OK;
         }
@@ -230,14 +241,22 @@ static int mg_tls_sni_cb(SSL *ssl, int *alert, void *arg) {
     return SSL_TLSEXT_ERR_OK;
 }
 
-/* arg non-NULL: h2 is offered too. The server's preference wins (RFC 7301
- * 3.2): a client offering both gets h2. */
+int mg_tls_listener_h2(SSL *ssl) {
+    return mg_tls_ssl_h2_idx >= 0 && SSL_get_ex_data(ssl, mg_tls_ssl_h2_idx) != NULL;
+}
+
+/* arg non-NULL: h2 is offered too (&mg_tls_alpn_as_listener: when the
+ * listener offers it). The server's preference wins (RFC 7301 3.2): a
+ * client offering both gets h2. */
 static int mg_tls_alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                           const unsigned char *in, unsigned int inlen, void *arg) {
     unsigned char *o;
-    const unsigned char *ours = arg ? mg_tls_alpn_h2 : mg_tls_alpn;
-    unsigned ourlen = arg ? sizeof(mg_tls_alpn_h2) - 1 : sizeof(mg_tls_alpn) - 1;
-    (void)ssl;
+    const unsigned char *ours;
+    unsigned ourlen;
+    if (arg == &mg_tls_alpn_as_listener)
+        arg = mg_tls_listener_h2(ssl) ? (void *)mg_tls_alpn_h2 : NULL;
+    ours = arg ? mg_tls_alpn_h2 : mg_tls_alpn;
+    ourlen = arg ? sizeof(mg_tls_alpn_h2) - 1 : sizeof(mg_tls_alpn) - 1;
     if (SSL_select_next_proto(&o, outlen, ours, ourlen, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK; /* none in common: go on without ALPN */
     *out = o;
@@ -245,6 +264,16 @@ static int mg_tls_alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *ou
 }
 
 void mg_tls_ctx_set_alpn(SSL_CTX *ctx, int h2) {
+    if (h2 == MG_TLS_ALPN_LISTENER) {
+        if (mg_tls_ssl_h2_idx < 0)
+            mg_tls_ssl_h2_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+        SSL_CTX_set_alpn_select_cb(ctx, mg_tls_alpn_cb, (void *)&mg_tls_alpn_as_listener);
+        return;
+    }
+    if (mg_tls_ctx_h2_idx < 0)
+        mg_tls_ctx_h2_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    if (mg_tls_ctx_h2_idx >= 0)
+        SSL_CTX_set_ex_data(ctx, mg_tls_ctx_h2_idx, h2 ? (void *)mg_tls_alpn_h2 : NULL);
     SSL_CTX_set_alpn_select_cb(ctx, mg_tls_alpn_cb, h2 ? (void *)mg_tls_alpn_h2 : NULL);
 }
 

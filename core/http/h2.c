@@ -15,7 +15,12 @@
  * (mem_recv / mem_send, no callbacks of its own into the socket); frames
  * out wait in s->out, bounded (MG_H2_OUT_MAX: nghttp2 is asked for more
  * only below it), a stream's response body in st->out until its window
- * lets it go (the proxy pauses its upstream above MG_HIGH_WATER).
+ * lets it go (the proxy pauses its upstream above MG_HIGH_WATER). DATA is
+ * not copied through nghttp2: its frame header is, and the payload moves
+ * from st->out into s->out (NGHTTP2_DATA_FLAG_NO_COPY, mg_h2_send_data).
+ * A send writes all the frames made since the last in one write (one TLS
+ * record run); the targets' answers are gathered for the loop turn's end
+ * (mg_h2_kick), so one write carries many streams' frames.
  *
  * Limits: SETTINGS_MAX_CONCURRENT_STREAMS (limits.h2_streams), the
  * header list (limits.header_size, header_count: 431 on the stream), the
@@ -181,6 +186,7 @@ static int mg_h2_init(void) {
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, mg_h2_on_data);
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, mg_h2_on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, mg_h2_on_stream_close);
+    nghttp2_session_callbacks_set_send_data_callback(cb, mg_h2_send_data);
     /* WINDOW_UPDATEs are ours (backpressure), the encoder's table bounded */
     nghttp2_option_set_no_auto_window_update(mg_h2_opt, 1);
     nghttp2_option_set_max_deflate_dynamic_table_size(mg_h2_opt, MG_H2_HPACK);
@@ -270,8 +276,8 @@ void mg_h2_send(mg_h2_t *s) {
         int drained = 0;
         s->want_send = 0;
         s->busy++;
-        full = 0;
-        while (!(full = evbuffer_get_length(s->out) >= MG_H2_OUT_MAX)) {
+        s->out_full = 0;
+        while (!(full = evbuffer_get_length(s->out) >= MG_H2_OUT_MAX || s->out_full)) {
             const uint8_t *p;
             ssize_t n = nghttp2_session_mem_send(s->ng, &p);
             if (n < 0) {
@@ -280,8 +286,10 @@ void mg_h2_send(mg_h2_t *s) {
                 mg_h2_close_later(s);
                 return;
             }
-            if (n == 0)
+            if (n == 0) {
+                full = s->out_full; /* a DATA frame filled out (mg_h2_send_data) */
                 break;
+            }
             evbuffer_add(s->out, p, (size_t)n);
         }
         for (mg_h2_stream_t *st = s->streams; st; st = st->next) {

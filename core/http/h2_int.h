@@ -52,8 +52,9 @@ struct mg_h2_s {
     struct evbuffer *out; /* frames made by nghttp2, not yet written */
     int lidx, is_tls;
     unsigned dead : 1, wr_on : 1, tls_ww : 1, goaway : 1, sched : 1, want_send : 1;
-    unsigned any : 1; /* a stream began (before: the header timeout, after: idle) */
-    int busy;         /* inside nghttp2 or a stream walk: sends wait (want_send) */
+    unsigned any : 1;      /* a stream began (before: the header timeout, after: idle) */
+    unsigned out_full : 1; /* a DATA frame filled out: nghttp2 paused (mg_h2_send_data) */
+    int busy;              /* inside nghttp2 or a stream walk: sends wait (want_send) */
     int nstreams;
     mg_h2_stream_t *streams;
     double rst_t0; /* the RST_STREAM window's start, and the count in it */
@@ -80,6 +81,9 @@ void mg_h2_head(mg_h2_stream_t *st, int end_stream); /* the head is whole: to th
 void mg_h2_feed(mg_h2_stream_t *st);   /* request body up, as far as the request takes it */
 void mg_h2_settle(mg_h2_stream_t *st); /* END_STREAM once the response is whole */
 void mg_h2_resp_end_st(mg_h2_stream_t *st);
+/* nghttp2's send_data callback (DATA without a copy: st->out into s->out) */
+int mg_h2_send_data(nghttp2_session *ng, nghttp2_frame *fr, const uint8_t *framehd, size_t length,
+                    nghttp2_data_source *src, void *ud);
 
 /* h2.c */
 void mg_h2_kick(mg_h2_t *s); /* frames to send: at the next loop turn (or after nghttp2) */

@@ -364,11 +364,14 @@ void mg_h2_settle(mg_h2_stream_t *st) {
     mg_h2_resp_end_st(st);
 }
 
+/* A DATA frame's length (and its EOF) only: the bytes are not copied into
+ * nghttp2's buffer (NGHTTP2_DATA_FLAG_NO_COPY) but moved from st->out
+ * straight after the frame header into s->out (mg_h2_send_data). */
 static ssize_t mg_h2_data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
                                uint32_t *flags, nghttp2_data_source *src, void *ud) {
     mg_h2_stream_t *st = src->ptr;
     size_t n = evbuffer_get_length(st->out);
-    (void)ng, (void)id, (void)ud;
+    (void)ng, (void)id, (void)buf, (void)ud;
     if (n == 0) {
         if (st->end) {
             *flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -379,15 +382,46 @@ static ssize_t mg_h2_data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, si
     }
     if (n > length)
         n = length;
-    evbuffer_remove(st->out, buf, n);
-    st->progress = mg_now_coarse();
-    if (st->end && evbuffer_get_length(st->out) == 0)
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (st->end && n == evbuffer_get_length(st->out))
         *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return (ssize_t)n;
+}
+
+/* nghttp2's send_data callback: the frame made by mg_h2_data_read goes
+ * out as its header, then length bytes moved (evbuffer chains handed
+ * over, not copied, where whole) from the stream's queue. Once s->out
+ * reaches MG_H2_OUT_MAX (by at most one frame over), PAUSE makes
+ * mem_send return: mg_h2_send writes, and asks for more when there is
+ * room (s->out_full). */
+int mg_h2_send_data(nghttp2_session *ng, nghttp2_frame *fr, const uint8_t *framehd, size_t length,
+                    nghttp2_data_source *src, void *ud) {
+    static const uint8_t zero[256];
+    mg_h2_t *s = ud;
+    mg_h2_stream_t *st = src->ptr;
+    size_t pad = fr->data.padlen; /* 0: no padding is chosen (no select_padding callback) */
+    (void)ng;
+    if (evbuffer_add(s->out, framehd, 9) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (pad > 0) {
+        uint8_t pl = (uint8_t)(pad - 1);
+        if (evbuffer_add(s->out, &pl, 1) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    if (evbuffer_remove_buffer(st->out, s->out, length) != (int)length)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (pad > 1 && evbuffer_add(s->out, zero, pad - 1) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    st->progress = mg_now_coarse();
     if (st->above && evbuffer_get_length(st->out) < MG_LOW_WATER) {
         st->above = 0;
         st->drained = 1; /* told after the send (mg_h2_send) */
     }
-    return (ssize_t)n;
+    if (evbuffer_get_length(s->out) >= MG_H2_OUT_MAX) {
+        s->out_full = 1;
+        return NGHTTP2_ERR_PAUSE; /* this frame is out; mem_send returns */
+    }
+    return 0;
 }
 
 /* ---- the sink of an HTTP/2 request (mg_http_sess_ops_t) ---- */
