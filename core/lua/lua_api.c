@@ -243,8 +243,6 @@ void mg_lua_push_req(lua_State *L, mg_req_t *r) {
 static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
     mg_kv_t params[MG_ROUTE_MAX_SEGS];
     int np = MG_ROUTE_MAX_SEGS, i;
-    const char *host = NULL;
-    size_t hostlen = 0;
 
     if (k[0] == 'i') {
         lua_pushstring(L, r->request_id);
@@ -298,14 +296,9 @@ static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
             lua_rawset(L, -3);
         }
     } else {
-        if (r->host_idx >= 0) {
-            host = r->hbuf + r->hdrs[r->host_idx].voff;
-            hostlen = r->hdrs[r->host_idx].vlen;
-        }
         lua_createtable(L, 0, 2);
         if (r->route->has_params &&
-            mg_route_match(r->gen, r->route->server, r->method, host, hostlen, r->hbuf, r->path_len,
-                           params, &np) == r->route) {
+            mg_route_params_of(r->route, r->hbuf, r->path_len, params, &np) > 0) {
             for (i = 0; i < np; i++) {
                 lua_pushlstring(L, params[i].name, params[i].nlen);
                 lua_pushlstring(L, params[i].value, params[i].vlen);
