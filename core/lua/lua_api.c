@@ -222,7 +222,10 @@ void mg_lua_push_req(lua_State *L, mg_req_t *r) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
         return;
     }
-    lua_createtable(L, 0, 4); /* method, path, the id and ctx: the fields most hooks have */
+    /* method, path, the id and ctx, and room for four lazy fields: reading
+     * the query (query_string, query, query_repeated) and the params, as
+     * the seed's auth hook does, then costs no rehash of the table */
+    lua_createtable(L, 0, 8);
     lua_pushstring(L, llhttp_method_name((llhttp_method_t)r->method));
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->hbuf, r->path_len);
