@@ -18,27 +18,14 @@ local config = require "gateway_config"
 
 local json = moongate.json
 local pairs = pairs
-local tostring = tostring
-local gsub = string.gsub
 local find = string.find
-local format = string.format
-local byte = string.byte
 
 local _M = { _VERSION = "0.1.0" }
 
-local function pct(c)
-  return format("%%%02X", byte(c))
-end
-
 --- Percent-encodes one path segment (ids come from the client's URL), as
---- moongate.encode_query does.
-function _M.segment(s)
-  s = tostring(s)
-  if not find(s, "[^%w%-%._~]") then
-    return s
-  end
-  return (gsub(s, "[^%w%-%._~]", pct))
-end
+--- moongate.encode_query does (moongate.escape: in C, the string itself
+--- when nothing needs encoding; no pattern, so a handler's trace goes on).
+_M.segment = moongate.escape
 local segment = _M.segment
 
 local function unavailable()
@@ -124,12 +111,13 @@ local ACCEPT_JSON = { Accept = "application/json" }
 --- path and query (a table or a string) default to the client's; headers
 --- to Accept: application/json; the timeout is gateway_config.runtime's.
 --- A handler returns its result. The request body must not have been read.
+-- moongate.proxy reads its table before it returns: one table, refilled
+-- per call, is no garbage per request
+local PASS = { content_type = "json", on_error = pass_error }
 function _M.pass(path, query, headers)
-  return moongate.proxy{
-    upstream = config.runtime.upstream, path = path, query = query,
-    headers = headers or ACCEPT_JSON, timeout = config.runtime.timeout,
-    content_type = "json", on_error = pass_error,
-  }
+  PASS.upstream, PASS.path, PASS.query = config.runtime.upstream, path, query
+  PASS.headers, PASS.timeout = headers or ACCEPT_JSON, config.runtime.timeout
+  return moongate.proxy(PASS)
 end
 
 -- The contract's operations -------------------------------------------------

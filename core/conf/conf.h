@@ -264,6 +264,11 @@ mg_route_t *mg_route_match(mg_gen_t *gen, int server, int method, const char *ho
 mg_route_t *mg_route_match_linear(mg_gen_t *gen, int server, int method, const char *host,
                                   size_t hostlen, const char *path, size_t pathlen, mg_kv_t *params,
                                   int *nparams);
+/* The params (name, value slices of path) of route r for a path it
+ * matched, as mg_route_match gives them, without walking the table;
+ * returns their count (0 when r does not match path). */
+int mg_route_params_of(mg_route_t *r, const char *path, size_t pathlen, mg_kv_t *params,
+                       int *nparams);
 size_t mg_route_strip_len(const mg_route_t *rt, const char *path, size_t path_len);
 /* The server (route table) of this worker's listening socket `lidx`. */
 int mg_gen_server_of(mg_gen_t *gen, int lidx);

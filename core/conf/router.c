@@ -187,6 +187,27 @@ mg_route_t *mg_route_match_linear(mg_gen_t *gen, int server, int method, const c
     return NULL;
 }
 
+/* The params of route r, which matched path: r's segments checked
+ * against path alone (the route is known, so no table walk). 0 when they
+ * do not match (the path is not r's). */
+int mg_route_params_of(mg_route_t *r, const char *path, size_t pathlen, mg_kv_t *params,
+                       int *nparams) {
+    const char *segp[MG_ROUTE_MAX_SEGS + 1];
+    size_t segl[MG_ROUTE_MAX_SEGS + 1];
+    int nseg, k, toolong;
+
+    nseg = mg_route_split(path, pathlen, segp, segl, &toolong);
+    if (r->prefix ? nseg < r->nsegs : (nseg != r->nsegs || toolong))
+        return *nparams = 0;
+    for (k = 0; k < r->nsegs; k++) {
+        mg_seg_t *g = &r->segs[k];
+        if (g->lit ? (g->len != segl[k] || memcmp(g->lit, segp[k], segl[k]) != 0) : segl[k] == 0)
+            return *nparams = 0;
+    }
+    mg_route_params(r, segp, segl, params, nparams);
+    return *nparams;
+}
+
 /* ---- the trie ---- */
 
 typedef struct {

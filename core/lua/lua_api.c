@@ -225,7 +225,10 @@ void mg_lua_push_req(lua_State *L, mg_req_t *r) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
         return;
     }
-    lua_createtable(L, 0, 4); /* method, path, the id and ctx: the fields most hooks have */
+    /* method, path, the id and ctx, and room for four lazy fields: reading
+     * the query (query_string, query, query_repeated) and the params, as
+     * the seed's auth hook does, then costs no rehash of the table */
+    lua_createtable(L, 0, 8);
     lua_pushstring(L, llhttp_method_name((llhttp_method_t)r->method));
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->hbuf, r->path_len);
@@ -246,8 +249,6 @@ void mg_lua_push_req(lua_State *L, mg_req_t *r) {
 static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
     mg_kv_t params[MG_ROUTE_MAX_SEGS];
     int np = MG_ROUTE_MAX_SEGS, i;
-    const char *host = NULL;
-    size_t hostlen = 0;
 
     if (k[0] == 'i') {
         lua_pushstring(L, r->request_id);
@@ -301,14 +302,9 @@ static void mg_lua_req_field(lua_State *L, mg_req_t *r, const char *k) {
             lua_rawset(L, -3);
         }
     } else {
-        if (r->host_idx >= 0) {
-            host = r->hbuf + r->hdrs[r->host_idx].voff;
-            hostlen = r->hdrs[r->host_idx].vlen;
-        }
         lua_createtable(L, 0, 2);
         if (r->route->has_params &&
-            mg_route_match(r->gen, r->route->server, r->method, host, hostlen, r->hbuf, r->path_len,
-                           params, &np) == r->route) {
+            mg_route_params_of(r->route, r->hbuf, r->path_len, params, &np) > 0) {
             for (i = 0; i < np; i++) {
                 lua_pushlstring(L, params[i].name, params[i].nlen);
                 lua_pushlstring(L, params[i].value, params[i].vlen);

@@ -190,22 +190,14 @@ int mg_lua_ffi_req_headers(int64_t id, mg_kv_t *out, int cap, int *oom) {
  * MG_FFI_OVER. */
 int mg_lua_ffi_req_params(int64_t id, mg_kv_t *out, int cap) {
     mg_req_t *r = mg_lua_ffi_req(id);
-    const char *host = NULL;
-    size_t hostlen = 0;
     int np = cap < MG_ROUTE_MAX_SEGS ? cap : MG_ROUTE_MAX_SEGS;
 
     if (r == NULL)
         return MG_FFI_OVER;
     if (!r->route->has_params)
         return 0;
-    if (r->host_idx >= 0) {
-        host = r->hbuf + r->hdrs[r->host_idx].voff;
-        hostlen = r->hdrs[r->host_idx].vlen;
-    }
-    if (mg_route_match(r->gen, r->route->server, r->method, host, hostlen, r->hbuf, r->path_len,
-                       out, &np) != r->route)
-        return 0;
-    return np;
+    /* the route is known: its segments against the path, no second walk */
+    return mg_route_params_of(r->route, r->hbuf, r->path_len, out, &np);
 }
 
 /* The query string (after '?'; empty when none) into *out: 0, or

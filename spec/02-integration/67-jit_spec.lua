@@ -62,13 +62,14 @@ return {
 -- the access phases that must compile without an abort (key-auth is driven
 -- too, but its loops over the configured names and keys, one round each
 -- here, may abort as "leaving loop in root trace" while traces form: it
--- compares the key with every key by design)
-local WATCHED = { "scripts/auth.lua", "jwt-auth/handler.lua", "rate-limit/handler.lua" }
+-- compares the key with every key by design), and the seed's status
+-- handler's calls to Runtime (runtime_client.lua: its path segments are
+-- escaped by moongate.escape, no gsub with a function)
+local WATCHED = { "scripts/auth.lua", "jwt-auth/handler.lua", "rate-limit/handler.lua",
+                  "scripts/runtime_client.lua" }
 -- Aborts we know of that are not in an access phase, though a trace
--- started in one may run into them (the seed's status route goes on from
--- the auth hook into its handler): runtime_client.segment()'s gsub with a
--- function (a closure made per call: "NYI: bytecode 51", FNEW).
-local KNOWN = { "scripts/runtime_client.lua:25" }
+-- started in one may run into them: none left
+local KNOWN = {}
 
 local function has_any(s, list)
     for _, f in ipairs(list) do

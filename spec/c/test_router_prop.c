@@ -174,6 +174,19 @@ static int agree(tab_t *t, int server, int method, const char *host, const char 
             printf("    param %d differs\n", i);
             return 0;
         }
+    /* the params of the known route (what req.params reads) are the same */
+    mg_kv_t kv3[8];
+    int n3 = 8;
+    if (mg_route_params_of(a, path, pl, kv3, &n3) != n1 || n3 != n1) {
+        printf("    params of the route: %d, match %d\n", n3, n1);
+        return 0;
+    }
+    for (int i = 0; i < n1; i++)
+        if (kv3[i].name != kv1[i].name || kv3[i].value != kv1[i].value ||
+            kv3[i].vlen != kv1[i].vlen) {
+            printf("    param %d of the route differs\n", i);
+            return 0;
+        }
     return 1;
 }
 
