@@ -133,10 +133,10 @@ CONF
   done
   c=$(curl -s -o "$work/resp" -w '%{http_code}' -H 'Authorization: Bearer demo-token' \
     "http://127.0.0.1:$P1/api/execution/bench-1/status?tenant_id=t1")
-  [ "$c" = 200 ] || { echo "bench: status answers $c: $(cat "$work/resp")" >&2; tail -5 "$work"/*.log >&2; exit 1; }
+  [ "$c" = 200 ] || { echo "bench: status answers $c: $(cat "$work/resp")" >&2; tail -n 5 "$work"/*.log >&2; exit 1; }
   l=$("$work/ws_fanout" -P "$P1,$P2,$P3" -u "/api/execution/bench-1/stream?tenant_id=t1&token=demo-token" \
     -n "$SUBS" -d "$DURATION" -w "$WARMUP" -p "$pids" -o "$work/mg.seq") || {
-      echo "moongate: $l" >&2; tail -5 "$work"/mg*.log >&2; }
+      echo "moongate: $l" >&2; tail -n 5 "$work"/mg*.log >&2; }
   curl -s "http://127.0.0.1:$RTPORT/ctl/served" >"$work/served"
   polls=$(awk 'END { print NR }' "$work/served")
   echo "moongate: $l $(delays "$work/mg.seq" "$work/served")"
@@ -161,7 +161,7 @@ run_nchan() {
     2>"$work/pub.log" &
   track $!
   l=$("$work/ws_fanout" -P "$N1,$N2,$N3" -u /sub/bench-1 -n "$SUBS" -d "$DURATION" -w "$WARMUP" \
-    -p "$pids" -o "$work/nchan.seq") || { echo "nchan: $l" >&2; tail -5 "$work"/ngx*/error.log "$work/pub.log" >&2; }
+    -p "$pids" -o "$work/nchan.seq") || { echo "nchan: $l" >&2; tail -n 5 "$work"/ngx*/error.log "$work/pub.log" >&2; }
   echo "nchan: $l $(delays "$work/nchan.seq")"
   echo "nchan $l" >>"$work/runs"
   stop_all

@@ -9,7 +9,8 @@
  * Prints one line of figures; with -o writes "seq changed_us first_us
  * last_us count" for each seq changed inside the window. With -p pid,...
  * the CPU time (utime + stime, /proc/<pid>/stat) of those processes over the
- * window is printed too.
+ * window is printed too, and this client's own (client_cpu_pct: of one
+ * core; near 100 it would be the bottleneck).
  *
  * Exit: 0 when every socket stayed open and no socket saw a seq twice or
  * out of order; 1 otherwise; 2 on bad arguments.
@@ -27,6 +28,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/time.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -221,6 +223,13 @@ static void on_event(conn_t *c, uint32_t ev) {
     }
 }
 
+/* this process's CPU (user + system), in seconds */
+static double self_cpu(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 static int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
@@ -287,6 +296,7 @@ int main(int argc, char **argv) {
 
     uint64_t t_begin = now_us(), t0 = 0, t1 = 0, t_all = 0;
     long started = 0, ticks0 = 0, ticks1 = 0;
+    double self0 = 0, self1 = 0;
     struct epoll_event evs[512];
     for (;;) {
         while (started < conns && n_pending < maxhs) {
@@ -325,10 +335,12 @@ int main(int argc, char **argv) {
         } else if (!t0 && t - t_all >= (uint64_t)(warm * 1e6)) {
             t0 = t;
             ticks0 = cpu_ticks(pids, npids);
+            self0 = self_cpu();
             counting = 1;
         } else if (t0 && t - t0 >= (uint64_t)(dur * 1e6)) {
             t1 = t;
             ticks1 = cpu_ticks(pids, npids);
+            self1 = self_cpu();
             break;
         }
         int n = epoll_wait(ep, evs, 512, 50);
@@ -362,9 +374,9 @@ int main(int argc, char **argv) {
     qsort(d, (size_t)nd, sizeof *d, cmp_u64);
     double cpu_s = (ticks1 - ticks0) / hz;
     printf("subs=%ld msgs_per_s=%.0f changes=%ld partial=%ld last_p50_ms=%.1f last_p99_ms=%.1f "
-           "cpu_s=%.2f cpu_us_per_msg=%.2f dropped=%ld failed=%ld dup=%ld secs=%.1f\n",
+           "cpu_s=%.2f cpu_us_per_msg=%.2f client_cpu_pct=%.0f dropped=%ld failed=%ld dup=%ld secs=%.1f\n",
            n_open, msgs / secs, nd, partial, nd ? d[nd / 2] / 1000.0 : 0,
            nd ? d[(nd * 99) / 100 < nd ? (nd * 99) / 100 : nd - 1] / 1000.0 : 0, cpu_s,
-           msgs ? cpu_s * 1e6 / msgs : 0, n_dropped, n_failed, n_dup, secs);
+           msgs ? cpu_s * 1e6 / msgs : 0, 100 * (self1 - self0) / secs, n_dropped, n_failed, n_dup, secs);
     return n_dropped || n_failed || n_dup || partial ? 1 : 0;
 }
