@@ -213,8 +213,8 @@ local function poll_once(p)
       emit(p, status_msg(p))
     end
     if TERMINAL[data.status] then
-      close_all(p, 1000, data.status)
-      return nil
+      -- false: deposed meanwhile; the holder's close comes on the channel
+      return close_all(p, 1000, data.status) == false and s.poll_interval or nil
     end
     return s.poll_interval
   end
@@ -227,8 +227,7 @@ local function poll_once(p)
       or (resp.status == 403 and "execution belongs to another tenant")
       or ("Runtime refused the execution (" .. resp.status .. ")")
     emit(p, error_msg(p, resp.status, code, message, { detail = j.error or j.message }))
-    close_all(p, 1008, code)
-    return nil
+    return close_all(p, 1008, code) == false and s.poll_interval or nil
   end
   if resp and resp.status >= 300 then
     err = api.err(resp.status, "runtime_error", "Runtime answered " .. tostring(resp.status))
@@ -275,14 +274,54 @@ end
 return 0
 ]]
 local LEASE -- redis.script(LEASE_SRC), made in the worker
+
+-- Fenced publish: only the lease's holder publishes (a holder whose lease
+-- ran out while its loop was busy, and another took it, must not publish the
+-- same change the new holder does). A status is kept (:last, :raw) before it
+-- goes out: a worker that starts listening after the PUBLISH reads it in
+-- :last, never neither. Returns PUBLISH's count, or -1: not the holder.
+local PUB_SRC = [[
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+  redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[3])
+end
+return redis.call('PUBLISH', KEYS[4], ARGV[2])
+]]
+local PUB -- redis.script(PUB_SRC)
+
+-- The holder that stops (its last socket left, the execution ended) lets the
+-- lease go at once: a listener takes it at its next interval, not two later.
+local RELEASE_SRC = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+]]
+local RELEASE -- redis.script(RELEASE_SRC)
+
+-- The lease lasts two intervals, and at least LEASE_MIN seconds: a holder's
+-- loop that is busy handing one change to thousands of sockets must not lose
+-- it to a listener (which would poll, and publish, beside it).
+local LEASE_MIN = 1
+local function lease_ms(interval)
+  return ceil(math.max(interval * 2, LEASE_MIN) * 1000)
+end
 local KEEP_MS = 600000 -- the last status kept in Redis for late subscribers and takeovers
 
-local token -- this worker's lease value: "pid:<pid>", made in the worker
+-- This worker's lease value: "pid:<pid>:<generation>". The generation (the
+-- address of this Lua state's module table: unique among the states alive in
+-- the process) tells apart the two generations of one worker across a
+-- reload: each is a member of the cluster of its own, one of them holds the
+-- lease, the other listens.
+local token
 local function lease_token()
   if not token then
     local ffi = require "ffi"
     pcall(ffi.cdef, "int getpid(void);")
-    token = "pid:" .. tostring(ffi.C.getpid())
+    token = "pid:" .. tostring(ffi.C.getpid()) .. ":" .. (match(tostring(_M), "0x(%x+)") or "0")
   end
   return token
 end
@@ -321,25 +360,31 @@ local function on_cluster_msg(p, text)
 end
 
 local function publisher(p)
-  p.publish = function(text)
+  local keys = { p.chan .. ":lease", p.chan .. ":last", p.chan .. ":raw", p.chan }
+  -- nil, err: Redis failed; -1: another worker holds the lease now
+  local function send(wire, status_text)
     local r = redis.new()
-    local ttl = KEEP_MS
-    r:init_pipeline()
-    -- kept before it is published: a worker that starts listening after the
-    -- PUBLISH then reads it in :last, never neither
-    if find(text, '^{"type":"status"') then
-      r:set(p.chan .. ":last", text, "PX", ttl)
-      r:set(p.chan .. ":raw", p.raw, "PX", ttl)
+    return r and r:run_script(PUB, 4, keys[1], keys[2], keys[3], keys[4], lease_token(), wire,
+                              KEEP_MS, status_text or "", status_text and p.raw or "")
+  end
+  p.publish = function(text)
+    local is_status = find(text, '^{"type":"status"') ~= nil
+    local n = send("M" .. text, is_status and text or nil)
+    if n == -1 then
+      -- deposed: the holder now polls and publishes what this one saw
+      p.publish, p.publish_close, p.deposed = nil, nil, true
+      return
     end
-    r:publish(p.chan, "M" .. text)
-    local res = r and r:commit_pipeline()
-    if not res then
+    if not n then
       on_cluster_msg(p, "M" .. text) -- Redis failed: this worker's sockets at least
     end
   end
   p.publish_close = function(code, reason)
-    local r = redis.new()
-    local n = r and r:publish(p.chan, "C" .. code .. " " .. reason)
+    local n = send("C" .. code .. " " .. reason)
+    if n == -1 then
+      p.publish, p.publish_close, p.deposed = nil, nil, true
+      return false -- the holder closes them all when it sees the end
+    end
     if not n then
       finish(p, code, reason)
       return
@@ -355,9 +400,13 @@ end
 
 local function run_cluster(p)
   LEASE = LEASE or redis.script(LEASE_SRC)
+  PUB = PUB or redis.script(PUB_SRC)
+  RELEASE = RELEASE or redis.script(RELEASE_SRC)
   p.chan = "moongate:exec:" .. hex(moongate.crypto.sha256(p.key))
   p.on_msg = function(text) on_cluster_msg(p, text) end
-  local ok = pcall(redis.subscribe, p.chan, p.on_msg)
+  -- kept across a reload: this generation's sockets go on hearing the
+  -- channel until the last of them leaves (the new generation has its own)
+  local ok = pcall(redis.subscribe, p.chan, p.on_msg, { keep = true })
   local r = redis.new()
   if ok then
     -- what was published before this worker listened: the last status
@@ -377,8 +426,7 @@ local function run_cluster(p)
     -- (or hold the lease: its own sockets hear it from there too)
     local got
     if redis.subscribed(p.chan) then
-      got = r:run_script(LEASE, 1, p.chan .. ":lease", lease_token(),
-                         ceil(s.poll_interval * 2000))
+      got = r:run_script(LEASE, 1, p.chan .. ":lease", lease_token(), lease_ms(s.poll_interval))
     end
     local delay
     if got == 1 or got == 2 then
@@ -413,7 +461,11 @@ local function run_cluster(p)
       if leader and delay and delay > s.poll_interval then
         -- a backoff longer than the lease: keep it over the wait
         r:run_script(LEASE, 1, p.chan .. ":lease", lease_token(),
-                     ceil((delay + s.poll_interval) * 1000))
+                     lease_ms(delay + s.poll_interval))
+      end
+      if p.deposed then
+        -- another worker took the lease while this one polled: listen again
+        p.deposed, leader = nil, false
       end
     end
     if not delay or p.stopped then
@@ -423,6 +475,9 @@ local function run_cluster(p)
   end
   if leader and not p.stopped then
     p.stopped = true
+  end
+  if leader then
+    r:run_script(RELEASE, 1, p.chan .. ":lease", lease_token())
   end
   if ok then
     redis.unsubscribe(p.chan, p.on_msg)
