@@ -9,8 +9,11 @@ PKGS = gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev 
 TEST_PKGS = lua-busted lua-check luarocks lua-socket curl openssl python3 python3-websockets \
        nodejs node-ws chromium clang-format valgrind pebble prometheus util-linux \
        python3-yaml nghttp2-client python3-h2 redis-server
+# what `make bench` needs on top: bench/fanout.sh's peer (nginx + nchan)
+BENCH_PKGS = nginx libnginx-mod-nchan
 DEPS_STAMP = .deps-ok
 TEST_STAMP = .deps-test-ok
+BENCH_STAMP = .deps-bench-ok
 
 # recursive (=) on purpose: pkg-config runs when a recipe needs it, after
 # the packages are installed, not when a fresh machine first reads this file
@@ -53,8 +56,12 @@ $(TEST_STAMP): $(DEPS_STAMP)
 	$(call install_missing,$(TEST_PKGS))
 	@touch $@
 
+$(BENCH_STAMP): $(TEST_STAMP)
+	$(call install_missing,$(BENCH_PKGS))
+	@touch $@
+
 deps:
-	@rm -f $(DEPS_STAMP) $(TEST_STAMP); $(MAKE) --no-print-directory $(TEST_STAMP)
+	@rm -f $(DEPS_STAMP) $(TEST_STAMP) $(BENCH_STAMP); $(MAKE) --no-print-directory $(BENCH_STAMP)
 
 $(BIN): $(DEPS_STAMP) $(OBJS)
 	$(CC) $(CFLAGS_ALL) -o $@ $(OBJS) $(LIBS) -Wl,-E
@@ -163,11 +170,18 @@ fuzz: $(TEST_STAMP) $(BIN)
 chaos: $(TEST_STAMP) $(BIN)
 	@/usr/bin/python3 tools/chaos/chaos.py --bin $(CURDIR)/$(BIN)
 
-bench: $(BIN)
+bench: $(BENCH_STAMP) $(BIN)
 	@sh bench/run.sh
 	@sh bench/plugins.sh
 	@bash bench/tls.sh
 	@sh bench/metrics.sh
+	@sh bench/fanout.sh
+
+# issue 15's fan-out round alone (bench/fanout.sh: moongate x3 + Redis
+# against nginx + nchan x3 + Redis, 10 000 WebSocket subscribers)
+.PHONY: bench-fanout
+bench-fanout: $(BENCH_STAMP) $(BIN)
+	@sh bench/fanout.sh
 
 # issue 13's metrics + access-log round alone (bench/metrics.sh)
 .PHONY: bench-metrics

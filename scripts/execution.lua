@@ -150,8 +150,15 @@ local function each_sub(p, fn)
   end
 end
 
+-- one C loop over the sockets (moongate.ws_broadcast), not a ws:send call
+-- per socket; a socket that closes meanwhile leaves p.subs as it goes
+local ws_broadcast = moongate.ws_broadcast
 local function broadcast(p, text)
-  each_sub(p, function(ws) ws:send(text) end)
+  if ws_broadcast then
+    ws_broadcast(p.subs, text)
+  else
+    each_sub(p, function(ws) ws:send(text) end) -- a stubbed moongate (unit specs)
+  end
 end
 
 -- What the poller sends: to this worker's sockets, or (the cluster's
