@@ -316,6 +316,12 @@ local LEASE_MIN = 1
 local function lease_ms(interval)
   return ceil(math.max(interval * 2, LEASE_MIN) * 1000)
 end
+-- How often the holder renews it and a listener looks at it: every poll
+-- interval, but no more often than four times a lease (at 0.02 s polls the
+-- lease is not a Redis call per poll and per listener)
+local function lease_period(interval)
+  return math.max(interval, lease_ms(interval) / 4000)
+end
 local KEEP_MS = 600000 -- the last status kept in Redis for late subscribers and takeovers
 
 -- This worker's lease value: "pid:<pid>:<generation>". The generation (the
@@ -426,14 +432,22 @@ local function run_cluster(p)
       on_cluster_msg(p, "M" .. last)
     end
   end
-  local leader = false
+  local leader, renewed = false, 0
   while not p.stopped do
     local s = config.stream
+    local period = lease_period(s.poll_interval)
     -- only a worker that hears the channel may leave the polling to another
     -- (or hold the lease: its own sockets hear it from there too)
     local got
     if redis.subscribed(p.chan) then
-      got = r:run_script(LEASE, 1, p.chan .. ":lease", lease_token(), lease_ms(s.poll_interval))
+      if leader and moongate.now() - renewed < period then
+        got = 1 -- renewed less than a period ago: it lasts four more
+      else
+        got = r:run_script(LEASE, 1, p.chan .. ":lease", lease_token(), lease_ms(s.poll_interval))
+        if got == 1 or got == 2 then
+          renewed = moongate.now()
+        end
+      end
     end
     local delay
     if got == 1 or got == 2 then
@@ -456,7 +470,7 @@ local function run_cluster(p)
       p.publish, p.publish_close = nil, nil
     end
     if got == 0 then
-      delay = s.poll_interval
+      delay = period -- a listener only wakes to look at the lease
     else
       local pok, d = pcall(poll_once, p)
       if not pok then
@@ -469,6 +483,7 @@ local function run_cluster(p)
         -- a backoff longer than the lease: keep it over the wait
         r:run_script(LEASE, 1, p.chan .. ":lease", lease_token(),
                      lease_ms(delay + s.poll_interval))
+        renewed = moongate.now()
       end
       if p.deposed then
         -- another worker took the lease while this one polled: listen again
