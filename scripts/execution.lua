@@ -24,11 +24,13 @@
 --   With a Redis in the conf (moongate.redis, docs/scaling.md) ONE poller per
 --   (tenant, execution) for the whole cluster: every worker that has
 --   subscribers subscribes to the execution's channel; the worker that holds
---   its lease in Redis (renewed each interval, expiring after two) polls and
---   publishes what to send, and every worker hands it to its sockets. When
---   the holder dies another takes the lease within two intervals, starting
---   from the last status published (nothing sent twice). While Redis fails,
---   each worker polls for itself as without Redis.
+--   its lease in Redis (expiring after two intervals, at least 1 s) polls and
+--   publishes what to send (fenced: only the holder's publish goes out), and
+--   every worker hands it to its sockets. When the holder dies another takes
+--   the lease once it expires, starting from the last status published
+--   (nothing sent twice). While Redis fails, each worker polls for itself as
+--   without Redis. Across a reload each generation of a worker is a member
+--   of its own: the old one keeps listening until its last socket leaves.
 local moongate = require "moongate"
 -- nil outside moongate (the loader's unit specs load this file in plain LuaJIT)
 local redis_ok, redis = pcall(require, "moongate.redis")
