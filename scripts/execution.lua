@@ -467,7 +467,12 @@ local function run_cluster(p)
       end
     else
       -- another worker holds it (0), or Redis failed or this worker does
-      -- not hear the channel (nil): then poll here
+      -- not hear the channel (nil): then poll here. A holder that stopped
+      -- hearing the channel lets the lease go: the others would not hear
+      -- it either while it lasted.
+      if leader and got == nil then
+        r:run_script(RELEASE, 1, p.chan .. ":lease", lease_token())
+      end
       leader = false
       p.publish, p.publish_close = nil, nil
     end
@@ -484,7 +489,7 @@ local function run_cluster(p)
       if leader and delay and delay > s.poll_interval then
         -- a backoff longer than the lease: keep it over the wait
         r:run_script(LEASE, 1, p.chan .. ":lease", lease_token(),
-                     lease_ms(delay + s.poll_interval))
+                     ceil(delay * 1000) + lease_ms(s.poll_interval))
         renewed = moongate.now()
       end
       if p.deposed then

@@ -67,10 +67,17 @@ describe("execution streams across a reload (Redis)", function()
         return seed.runtime_polls(rt, ID).count - before, math.floor(window / INTERVAL) + 2
     end
 
+    -- subscriber connections on the execution's channel (named once from its
+    -- lease: the lease itself may be between holders at any moment)
+    local chan
     local function numsub()
-        local keys = rh.cli(redis, "--scan --pattern " .. helpers.shq("moongate:exec:*:lease"))
-        local chan = keys:match("^(moongate:exec:%x+):lease$")
-        assert(chan, "no lease: " .. keys)
+        if not chan then
+            assert(helpers.wait_until(function()
+                local keys = rh.cli(redis, "--scan --pattern " .. helpers.shq("moongate:exec:*:lease"))
+                chan = keys:match("^(moongate:exec:%x+):lease$")
+                return chan ~= nil
+            end, 5, 0.1), "no lease")
+        end
         return tonumber(rh.cli(redis, "PUBSUB NUMSUB " .. chan):match("\n(%d+)$"))
     end
 
