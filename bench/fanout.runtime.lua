@@ -6,6 +6,8 @@
 -- digit is lost). GET /ctl/served lists, per change, when a poll first
 -- answered it ("<seq> <unix us>" lines): the poller's publish follows that
 -- answer, so the bench can tell the polling delay from the fan-out.
+-- GET /ctl/polls: "<polls> <seconds since the first>" (one poller for the
+-- cluster: 1 / stream.poll_interval per second).
 local moongate = require "moongate"
 
 local floor = math.floor
@@ -17,11 +19,13 @@ local MAX = 100000 -- changes remembered (10 000 s at 0.1 s)
 local start
 local served = {} -- seq -> unix time of the first answer that carried it
 local last_served = -1
+local polls = 0
 
 return {
   { path = "/v1/executions/{id}/status", handler = function(req)
       local now = moongate.now()
       start = start or now
+      polls = polls + 1
       local seq = floor((now - start) / PERIOD)
       if seq > last_served and seq < MAX then
         served[seq], last_served = now, seq
@@ -29,6 +33,10 @@ return {
       return 200, format('{"execution_id":"%s","tenant_id":"%s","status":"running","seq":%d,'
         .. '"changed_us":"%.0f"}', req.params.id, req.query.tenant_id or "", seq,
         (start + seq * PERIOD) * 1e6), { ["Content-Type"] = "application/json" }
+  end },
+  { path = "/ctl/polls", handler = function()
+      return 200, format("%d %.3f\n", polls, start and moongate.now() - start or 0),
+        { ["Content-Type"] = "text/plain" }
   end },
   { path = "/ctl/served", handler = function()
       local out = {}

@@ -136,10 +136,11 @@ CONF
   [ "$c" = 200 ] || { echo "bench: status answers $c: $(cat "$work/resp")" >&2; tail -n 5 "$work"/*.log >&2; exit 1; }
   l=$("$work/ws_fanout" -P "$P1,$P2,$P3" -u "/api/execution/bench-1/stream?tenant_id=t1&token=demo-token" \
     -n "$SUBS" -d "$DURATION" -w "$WARMUP" -p "$pids" -o "$work/mg.seq") || {
-      echo "moongate: $l" >&2; tail -n 5 "$work"/mg*.log >&2; }
+      echo "bench: moongate's subscribers saw a failure (dropped, failed, dup or partial below)" >&2
+      tail -n 5 "$work"/mg*.log >&2; }
   curl -s "http://127.0.0.1:$RTPORT/ctl/served" >"$work/served"
-  polls=$(awk 'END { print NR }' "$work/served")
-  echo "moongate: $l $(delays "$work/mg.seq" "$work/served")"
+  polls=$(curl -s "http://127.0.0.1:$RTPORT/ctl/polls" | awk '$2 > 0 { printf "%.1f", $1 / $2 }')
+  echo "moongate: $l $(delays "$work/mg.seq" "$work/served") runtime_polls_per_s=$polls"
   echo "moongate $l" >>"$work/runs"
   stop_all
 }
@@ -161,7 +162,9 @@ run_nchan() {
     2>"$work/pub.log" &
   track $!
   l=$("$work/ws_fanout" -P "$N1,$N2,$N3" -u /sub/bench-1 -n "$SUBS" -d "$DURATION" -w "$WARMUP" \
-    -p "$pids" -o "$work/nchan.seq") || { echo "nchan: $l" >&2; tail -n 5 "$work"/ngx*/error.log "$work/pub.log" >&2; }
+    -p "$pids" -o "$work/nchan.seq") || {
+      echo "bench: nchan's subscribers saw a failure (dropped, failed, dup or partial below)" >&2
+      tail -n 5 "$work"/ngx*/error.log "$work/pub.log" >&2; }
   echo "nchan: $l $(delays "$work/nchan.seq")"
   echo "nchan $l" >>"$work/runs"
   stop_all
