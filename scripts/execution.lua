@@ -327,16 +327,17 @@ end
 local KEEP_MS = 600000 -- the last status kept in Redis for late subscribers and takeovers
 
 -- This worker's lease value: "pid:<pid>:<generation>". The generation (the
--- address of this Lua state's module table: unique among the states alive in
--- the process) tells apart the two generations of one worker across a
--- reload: each is a member of the cluster of its own, one of them holds the
--- lease, the other listens.
+-- address of a table of this Lua state, without a metatable: unique among
+-- the states alive in the process) tells apart the two generations of one
+-- worker across a reload: each is a member of the cluster of its own, one
+-- of them holds the lease, the other listens.
+local GENERATION = {}
 local token
 local function lease_token()
   if not token then
     local ffi = require "ffi"
     pcall(ffi.cdef, "int getpid(void);")
-    token = "pid:" .. tostring(ffi.C.getpid()) .. ":" .. (match(tostring(_M), "0x(%x+)") or "0")
+    token = "pid:" .. tostring(ffi.C.getpid()) .. ":" .. match(tostring(GENERATION), "(%x+)$")
   end
   return token
 end

@@ -79,7 +79,7 @@ describe("execution streams across instances (Redis)", function()
         -- kill the lease holder's instance (SIGKILL: no goodbye, its lease expires)
         local keys = rh.cli(redis, "--scan --pattern " .. helpers.shq("moongate:exec:*:lease"))
         assert.truthy(keys:match("^moongate:exec:%x+:lease$"), keys)
-        local holder = tonumber(rh.cli(redis, "GET " .. keys):match("^pid:(%d+):%x+$"))
+        local holder = tonumber(rh.cli(redis, "GET " .. keys):match("^pid:(%d+):%x%x%x%x+$"))
         assert(holder, "no lease holder")
         local dead
         for g, gw in ipairs(gws) do
