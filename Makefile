@@ -9,10 +9,13 @@ PKGS = gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libwslay-dev 
 TEST_PKGS = lua-busted lua-check luarocks lua-socket curl openssl python3 python3-websockets \
        nodejs node-ws chromium clang-format valgrind pebble prometheus util-linux \
        python3-yaml nghttp2-client python3-h2 redis-server
-# what make bench needs on top (the peers it measures against, the load generators)
-BENCH_PKGS = nginx wrk h2o nghttp2-client openssl python3 curl
+# what make bench needs on top: the peers it measures against (nginx with
+# nchan and lua, h2o) and the load generators
+BENCH_PKGS = nginx libnginx-mod-nchan libnginx-mod-http-lua wrk h2o nghttp2-client openssl \
+       python3 curl
 DEPS_STAMP = .deps-ok
 TEST_STAMP = .deps-test-ok
+BENCH_STAMP = .deps-bench-ok
 
 # recursive (=) on purpose: pkg-config runs when a recipe needs it, after
 # the packages are installed, not when a fresh machine first reads this file
@@ -55,8 +58,12 @@ $(TEST_STAMP): $(DEPS_STAMP)
 	$(call install_missing,$(TEST_PKGS))
 	@touch $@
 
+$(BENCH_STAMP): $(TEST_STAMP)
+	$(call install_missing,$(BENCH_PKGS))
+	@touch $@
+
 deps:
-	@rm -f $(DEPS_STAMP) $(TEST_STAMP); $(MAKE) --no-print-directory $(TEST_STAMP)
+	@rm -f $(DEPS_STAMP) $(TEST_STAMP) $(BENCH_STAMP); $(MAKE) --no-print-directory $(BENCH_STAMP)
 
 $(BIN): $(DEPS_STAMP) $(OBJS)
 	$(CC) $(CFLAGS_ALL) -o $@ $(OBJS) $(LIBS) -Wl,-E
@@ -165,18 +172,23 @@ fuzz: $(TEST_STAMP) $(BIN)
 chaos: $(TEST_STAMP) $(BIN)
 	@/usr/bin/python3 tools/chaos/chaos.py --bin $(CURDIR)/$(BIN)
 
-bench: $(BIN)
-	$(call install_missing,$(BENCH_PKGS))
+bench: $(BENCH_STAMP) $(BIN)
 	@sh bench/run.sh
 	@sh bench/plugins.sh
 	@bash bench/tls.sh
 	@bash bench/h2.sh
 	@sh bench/metrics.sh
+	@sh bench/fanout.sh
+
+# issue 15's fan-out round alone (bench/fanout.sh: moongate x3 + Redis
+# against nginx + nchan x3 + Redis, 10 000 WebSocket subscribers)
+.PHONY: bench-fanout
+bench-fanout: $(BENCH_STAMP) $(BIN)
+	@sh bench/fanout.sh
 
 # issue 16's HTTP/2 round alone: h2load against moongate, nginx and h2o (bench/h2.sh)
 .PHONY: bench-h2
-bench-h2: $(BIN)
-	$(call install_missing,$(BENCH_PKGS))
+bench-h2: $(BENCH_STAMP) $(BIN)
 	@bash bench/h2.sh
 
 # issue 13's metrics + access-log round alone (bench/metrics.sh)

@@ -24,11 +24,13 @@
 --   With a Redis in the conf (moongate.redis, docs/scaling.md) ONE poller per
 --   (tenant, execution) for the whole cluster: every worker that has
 --   subscribers subscribes to the execution's channel; the worker that holds
---   its lease in Redis (renewed each interval, expiring after two) polls and
---   publishes what to send, and every worker hands it to its sockets. When
---   the holder dies another takes the lease within two intervals, starting
---   from the last status published (nothing sent twice). While Redis fails,
---   each worker polls for itself as without Redis.
+--   its lease in Redis (expiring after two intervals, at least 1 s) polls and
+--   publishes what to send (fenced: only the holder's publish goes out), and
+--   every worker hands it to its sockets. When the holder dies another takes
+--   the lease once it expires, starting from the last status published
+--   (nothing sent twice). While Redis fails, each worker polls for itself as
+--   without Redis. Across a reload each generation of a worker is a member
+--   of its own: the old one keeps listening until its last socket leaves.
 local moongate = require "moongate"
 -- nil outside moongate (the loader's unit specs load this file in plain LuaJIT)
 local redis_ok, redis = pcall(require, "moongate.redis")
@@ -150,8 +152,15 @@ local function each_sub(p, fn)
   end
 end
 
+-- one C loop over the sockets (moongate.ws_broadcast), not a ws:send call
+-- per socket; a socket that closes meanwhile leaves p.subs as it goes
+local ws_broadcast = moongate.ws_broadcast
 local function broadcast(p, text)
-  each_sub(p, function(ws) ws:send(text) end)
+  if ws_broadcast then
+    ws_broadcast(p.subs, text)
+  else
+    each_sub(p, function(ws) ws:send(text) end) -- a stubbed moongate (unit specs)
+  end
 end
 
 -- What the poller sends: to this worker's sockets, or (the cluster's
@@ -213,8 +222,8 @@ local function poll_once(p)
       emit(p, status_msg(p))
     end
     if TERMINAL[data.status] then
-      close_all(p, 1000, data.status)
-      return nil
+      -- false: deposed meanwhile; the holder's close comes on the channel
+      return close_all(p, 1000, data.status) == false and s.poll_interval or nil
     end
     return s.poll_interval
   end
@@ -227,8 +236,7 @@ local function poll_once(p)
       or (resp.status == 403 and "execution belongs to another tenant")
       or ("Runtime refused the execution (" .. resp.status .. ")")
     emit(p, error_msg(p, resp.status, code, message, { detail = j.error or j.message }))
-    close_all(p, 1008, code)
-    return nil
+    return close_all(p, 1008, code) == false and s.poll_interval or nil
   end
   if resp and resp.status >= 300 then
     err = api.err(resp.status, "runtime_error", "Runtime answered " .. tostring(resp.status))
@@ -275,14 +283,61 @@ end
 return 0
 ]]
 local LEASE -- redis.script(LEASE_SRC), made in the worker
+
+-- Fenced publish: only the lease's holder publishes (a holder whose lease
+-- ran out while its loop was busy, and another took it, must not publish the
+-- same change the new holder does). A status is kept (:last, :raw) before it
+-- goes out: a worker that starts listening after the PUBLISH reads it in
+-- :last, never neither. Returns PUBLISH's count, or -1: not the holder.
+local PUB_SRC = [[
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+  redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[3])
+end
+return redis.call('PUBLISH', KEYS[4], ARGV[2])
+]]
+local PUB -- redis.script(PUB_SRC)
+
+-- The holder that stops (its last socket left, the execution ended) lets the
+-- lease go at once: a listener takes it at its next interval, not two later.
+local RELEASE_SRC = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+]]
+local RELEASE -- redis.script(RELEASE_SRC)
+
+-- The lease lasts two intervals, and at least LEASE_MIN seconds: a holder's
+-- loop that is busy handing one change to thousands of sockets must not lose
+-- it to a listener (which would poll, and publish, beside it).
+local LEASE_MIN = 1
+local function lease_ms(interval)
+  return ceil(math.max(interval * 2, LEASE_MIN) * 1000)
+end
+-- How often the holder renews it and a listener looks at it: every poll
+-- interval, but no more often than four times a lease (at 0.02 s polls the
+-- lease is not a Redis call per poll and per listener)
+local function lease_period(interval)
+  return math.max(interval, lease_ms(interval) / 4000)
+end
 local KEEP_MS = 600000 -- the last status kept in Redis for late subscribers and takeovers
 
-local token -- this worker's lease value: "pid:<pid>", made in the worker
+-- This worker's lease value: "pid:<pid>:<generation>". The generation (the
+-- address of a table of this Lua state, without a metatable: unique among
+-- the states alive in the process) tells apart the two generations of one
+-- worker across a reload: each is a member of the cluster of its own, one
+-- of them holds the lease, the other listens.
+local GENERATION = {}
+local token
 local function lease_token()
   if not token then
     local ffi = require "ffi"
     pcall(ffi.cdef, "int getpid(void);")
-    token = "pid:" .. tostring(ffi.C.getpid())
+    token = "pid:" .. tostring(ffi.C.getpid()) .. ":" .. match(tostring(GENERATION), "(%x+)$")
   end
   return token
 end
@@ -321,25 +376,31 @@ local function on_cluster_msg(p, text)
 end
 
 local function publisher(p)
-  p.publish = function(text)
+  local keys = { p.chan .. ":lease", p.chan .. ":last", p.chan .. ":raw", p.chan }
+  -- nil, err: Redis failed; -1: another worker holds the lease now
+  local function send(wire, status_text)
     local r = redis.new()
-    local ttl = KEEP_MS
-    r:init_pipeline()
-    -- kept before it is published: a worker that starts listening after the
-    -- PUBLISH then reads it in :last, never neither
-    if find(text, '^{"type":"status"') then
-      r:set(p.chan .. ":last", text, "PX", ttl)
-      r:set(p.chan .. ":raw", p.raw, "PX", ttl)
+    return r and r:run_script(PUB, 4, keys[1], keys[2], keys[3], keys[4], lease_token(), wire,
+                              KEEP_MS, status_text or "", status_text and p.raw or "")
+  end
+  p.publish = function(text)
+    local is_status = find(text, '^{"type":"status"') ~= nil
+    local n = send("M" .. text, is_status and text or nil)
+    if n == -1 then
+      -- deposed: the holder now polls and publishes what this one saw
+      p.publish, p.publish_close, p.deposed = nil, nil, true
+      return
     end
-    r:publish(p.chan, "M" .. text)
-    local res = r and r:commit_pipeline()
-    if not res then
+    if not n then
       on_cluster_msg(p, "M" .. text) -- Redis failed: this worker's sockets at least
     end
   end
   p.publish_close = function(code, reason)
-    local r = redis.new()
-    local n = r and r:publish(p.chan, "C" .. code .. " " .. reason)
+    local n = send("C" .. code .. " " .. reason)
+    if n == -1 then
+      p.publish, p.publish_close, p.deposed = nil, nil, true
+      return false -- the holder closes them all when it sees the end
+    end
     if not n then
       finish(p, code, reason)
       return
@@ -355,9 +416,13 @@ end
 
 local function run_cluster(p)
   LEASE = LEASE or redis.script(LEASE_SRC)
+  PUB = PUB or redis.script(PUB_SRC)
+  RELEASE = RELEASE or redis.script(RELEASE_SRC)
   p.chan = "moongate:exec:" .. hex(moongate.crypto.sha256(p.key))
   p.on_msg = function(text) on_cluster_msg(p, text) end
-  local ok = pcall(redis.subscribe, p.chan, p.on_msg)
+  -- kept across a reload: this generation's sockets go on hearing the
+  -- channel until the last of them leaves (the new generation has its own)
+  local ok = pcall(redis.subscribe, p.chan, p.on_msg, { keep = true })
   local r = redis.new()
   if ok then
     -- what was published before this worker listened: the last status
@@ -370,15 +435,22 @@ local function run_cluster(p)
       on_cluster_msg(p, "M" .. last)
     end
   end
-  local leader = false
+  local leader, renewed = false, 0
   while not p.stopped do
     local s = config.stream
+    local period = lease_period(s.poll_interval)
     -- only a worker that hears the channel may leave the polling to another
     -- (or hold the lease: its own sockets hear it from there too)
     local got
     if redis.subscribed(p.chan) then
-      got = r:run_script(LEASE, 1, p.chan .. ":lease", lease_token(),
-                         ceil(s.poll_interval * 2000))
+      if leader and moongate.now() - renewed < period then
+        got = 1 -- renewed less than a period ago: it lasts four more
+      else
+        got = r:run_script(LEASE, 1, p.chan .. ":lease", lease_token(), lease_ms(s.poll_interval))
+        if got == 1 or got == 2 then
+          renewed = moongate.now()
+        end
+      end
     end
     local delay
     if got == 1 or got == 2 then
@@ -396,12 +468,17 @@ local function run_cluster(p)
       end
     else
       -- another worker holds it (0), or Redis failed or this worker does
-      -- not hear the channel (nil): then poll here
+      -- not hear the channel (nil): then poll here. A holder that stopped
+      -- hearing the channel lets the lease go: the others would not hear
+      -- it either while it lasted.
+      if leader and got == nil then
+        r:run_script(RELEASE, 1, p.chan .. ":lease", lease_token())
+      end
       leader = false
       p.publish, p.publish_close = nil, nil
     end
     if got == 0 then
-      delay = s.poll_interval
+      delay = period -- a listener only wakes to look at the lease
     else
       local pok, d = pcall(poll_once, p)
       if not pok then
@@ -413,7 +490,12 @@ local function run_cluster(p)
       if leader and delay and delay > s.poll_interval then
         -- a backoff longer than the lease: keep it over the wait
         r:run_script(LEASE, 1, p.chan .. ":lease", lease_token(),
-                     ceil((delay + s.poll_interval) * 1000))
+                     ceil(delay * 1000) + lease_ms(s.poll_interval))
+        renewed = moongate.now()
+      end
+      if p.deposed then
+        -- another worker took the lease while this one polled: listen again
+        p.deposed, leader = nil, false
       end
     end
     if not delay or p.stopped then
@@ -423,6 +505,9 @@ local function run_cluster(p)
   end
   if leader and not p.stopped then
     p.stopped = true
+  end
+  if leader then
+    r:run_script(RELEASE, 1, p.chan .. ":lease", lease_token())
   end
   if ok then
     redis.unsubscribe(p.chan, p.on_msg)

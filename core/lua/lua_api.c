@@ -616,6 +616,7 @@ static const luaL_Reg mg_core_funcs[] = {
     {"log", mg_lua_core_log},
     {"worker_id", mg_lua_core_worker_id},
     {"gen_retired", mg_lua_core_gen_retired},
+    {"ws_broadcast", mg_lua_ws_broadcast},
     {"access_done", mg_lua_core_access_done},
     {"req_fill", mg_lua_core_req_fill},
     {"resp_headers_into", mg_lua_core_resp_headers_into},

@@ -80,6 +80,7 @@ extern const mg_target_t mg_lua_target;
 void mg_lua_inject_client_api(lua_State *L); /* lua_client.c */
 void mg_lua_ws_co_end(mg_co_t *co);          /* lua_ws.c: the owner coroutine ended */
 void mg_lua_ws_error(mg_co_t *co);           /* the handler raised: close with 1011 */
+int mg_lua_ws_broadcast(lua_State *L);       /* moongate.ws_broadcast(set, data [, kind]) */
 void mg_lua_http_end(mg_co_t *co); /* lua_client.c: the coroutine ends: drop its exchange */
 /* lua_socket.c: core.socket (moongate.socket.tcp); the coroutine ends: close its sockets */
 void mg_lua_inject_socket_api(lua_State *L);

@@ -679,6 +679,9 @@ end
 
 _M.sleep = core.sleep
 _M.timer = core.timer
+-- moongate.ws_broadcast(set, data [, "binary"]): ws:send(data) to every
+-- handler-mode socket that is a key of set, in one C loop; returns how many
+_M.ws_broadcast = core.ws_broadcast
 _M.now = function() return C.mg_lua_ffi_now() end
 _M.time = function() return floor(C.mg_lua_ffi_now()) end
 -- moongate.worker_id: this worker's index (0-based), read when asked since

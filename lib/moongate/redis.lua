@@ -587,6 +587,8 @@ local PING_EVERY = 5   -- seconds without traffic before it checks the connectio
 
 local subs = {
   channels = {},  -- channel -> list of callbacks
+  keep = {},      -- callback -> true: it outlives a reload (subscribe's opts.keep)
+  retired = false, -- the generation was retired and the callbacks not kept were dropped
   dirty = false,  -- channels changed since the loop last looked
   running = false,
   confirmed = {}, -- channel -> true once Redis confirmed it on the current connection
@@ -608,6 +610,28 @@ local function dispatch(ch, payload)
       log.error("redis subscriber: callback for '" .. ch .. "': " .. tostring(err))
     end
   end
+end
+
+-- Whether the loop should end: no channels left, or the generation was
+-- retired (a reload, the worker stopping) and no callback asked to be kept.
+-- At the retirement the callbacks not kept are dropped: a kept one holds the
+-- connection (and the old generation) until it unsubscribes.
+local function sub_done()
+  if core.gen_retired() and not subs.retired then
+    subs.retired = true
+    for ch, list in pairs(subs.channels) do
+      for i = #list, 1, -1 do
+        if not subs.keep[list[i]] then
+          tbl_remove(list, i)
+        end
+      end
+      if #list == 0 then
+        subs.channels[ch] = nil
+        subs.dirty = true
+      end
+    end
+  end
+  return next(subs.channels) == nil
 end
 
 -- Sends (UN)SUBSCRIBE for what changed; `sent` holds what this connection asked for.
@@ -684,7 +708,7 @@ local function subscribed(sock, cfg, on_ready)
     end
     if t - last_look >= IDLE_MS / 1000 or subs.dirty then
       last_look = t
-      if core.gen_retired() or next(subs.channels) == nil then
+      if sub_done() then
         return true
       end
       if subs.dirty then
@@ -711,7 +735,7 @@ end
 
 local function sub_loop(cfg)
   local fails = 0
-  while not core.gen_retired() and next(subs.channels) ~= nil do
+  while not sub_done() do
     local sock, err = connect(cfg, cfg.key .. "|sub") -- never pooled: closed below
     if sock then
       subs.stats.connects = subs.stats.connects + 1
@@ -749,8 +773,10 @@ end
 -- conf's redis); it restores every channel after a reconnect. Call it
 -- where coroutines run (a handler, hook, timer, WebSocket handler), not at
 -- load time. Returns true; Redis confirms within about 250 ms
--- (redis.subscribed(channel)).
-function _M.subscribe(channel, fn)
+-- (redis.subscribed(channel)). opts.keep: the callback outlives a reload of
+-- the scripts (the connection, and the old generation, stay until it
+-- unsubscribes); the others are dropped when a reload retires them.
+function _M.subscribe(channel, fn, opts)
   if type(channel) ~= "string" or channel == "" or #channel > 1024 then
     error("moongate.redis.subscribe: expected a channel name (1 to 1024 bytes)", 2)
   end
@@ -771,6 +797,9 @@ function _M.subscribe(channel, fn)
     subs.dirty = true
   end
   list[#list + 1] = fn
+  if type(opts) == "table" and opts.keep then
+    subs.keep[fn] = true
+  end
   if not subs.running then
     subs.running = true
     local ok, err = pcall(moongate.timer, 0, sub_loop, subs.cfg)
@@ -792,6 +821,7 @@ function _M.unsubscribe(channel, fn)
   end
   for i = #list, 1, -1 do
     if fn == nil or list[i] == fn then
+      subs.keep[list[i]] = nil
       tbl_remove(list, i)
     end
   end

@@ -79,7 +79,7 @@ describe("execution streams across instances (Redis)", function()
         -- kill the lease holder's instance (SIGKILL: no goodbye, its lease expires)
         local keys = rh.cli(redis, "--scan --pattern " .. helpers.shq("moongate:exec:*:lease"))
         assert.truthy(keys:match("^moongate:exec:%x+:lease$"), keys)
-        local holder = tonumber(rh.cli(redis, "GET " .. keys):match("^pid:(%d+)$"))
+        local holder = tonumber(rh.cli(redis, "GET " .. keys):match("^pid:(%d+):%x%x%x%x+$"))
         assert(holder, "no lease holder")
         local dead
         for g, gw in ipairs(gws) do
@@ -98,7 +98,7 @@ describe("execution streams across instances (Redis)", function()
         -- another takes over: the next change arrives once, the last one is not repeated
         assert(helpers.wait_until(function()
             local v = rh.cli(redis, "GET " .. keys)
-            return v ~= "" and v ~= "pid:" .. holder
+            return v ~= "" and not v:find("pid:" .. holder .. ":", 1, true)
         end, 10, 0.1), "nobody took the lease over")
         seed.runtime_set(rt, ID, "running", 75)
         expect_all(75, alive, "after the takeover")
