@@ -99,7 +99,7 @@ int mg_h2_ws_head(mg_h2_stream_t *st);
  * to the WebSocket side; st->r is freed */
 void mg_h2_ws_start(mg_h2_stream_t *st);
 void mg_h2_ws_data(mg_h2_stream_t *st, const uint8_t *data, size_t len); /* DATA came */
-void mg_h2_ws_in_end(mg_h2_stream_t *st);                               /* END_STREAM came */
+void mg_h2_ws_in_end(mg_h2_stream_t *st);                                /* END_STREAM came */
 void mg_h2_ws_drained(mg_h2_stream_t *st); /* st->out went low: read on */
 void mg_h2_ws_free(mg_h2_stream_t *st);    /* the stream closed */
 

@@ -300,13 +300,13 @@ void mg_h2_head(mg_h2_stream_t *st, int end_stream) {
     mg_http_set_request_id(r);
     if (st_code) {
         mg_resp_json_error(r, st_code,
-                           st_code == 431   ? "request header fields too large"
+                           st_code == 431 ? "request header fields too large"
                            : st_code == 501 && r->method == HTTP_CONNECT
                                ? "CONNECT is not supported (only RFC 8441's :protocol websocket)"
                            : st_code == 400 && st->proto == 2 ? "unsupported :protocol"
-                           : st_code == 417 ? "unsupported expectation"
-                           : st_code == 501 ? "method not implemented"
-                                            : "bad request");
+                           : st_code == 417                   ? "unsupported expectation"
+                           : st_code == 501                   ? "method not implemented"
+                                                              : "bad request");
         mg_h2_settle(st);
         return;
     }

@@ -275,8 +275,8 @@ void mg_h2_ws_start(mg_h2_stream_t *st) {
     r->ws_upgrade = 0;
     if (w == NULL || (w->head = evbuffer_new()) == NULL ||
         socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {
-        mg_warn("http2: %s: stream %d: no socketpair for the websocket: %s", st->s->peer_ip,
-                st->id, strerror(errno));
+        mg_warn("http2: %s: stream %d: no socketpair for the websocket: %s", st->s->peer_ip, st->id,
+                strerror(errno));
         if (w && w->head)
             evbuffer_free(w->head);
         free(w);
