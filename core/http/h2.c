@@ -261,6 +261,14 @@ static void mg_h2_send_cb(evutil_socket_t fd, short what, void *arg) {
     mg_h2_t *s = arg;
     (void)fd, (void)what;
     s->sched = 0;
+    for (mg_h2_stream_t *st = s->streams; st; st = st->next) {
+        if (st->ws_pending) { /* RFC 8441: an upgrade its access step let through */
+            st->ws_pending = 0;
+            st->hold = 0;
+            if (st->r && st->r->ws_upgrade)
+                mg_h2_ws_start(st);
+        }
+    }
     mg_h2_send(s);
 }
 

@@ -39,6 +39,7 @@ struct mg_h2_stream_s {
     unsigned rd_paused : 1; /* the target paused the body: no WINDOW_UPDATE */
     unsigned feeding : 1, drained : 1, above : 1, rst_sent : 1;
     unsigned proto : 2;        /* :protocol (RFC 8441): 0 none, 1 websocket, 2 another */
+    unsigned ws_pending : 1;   /* the upgrade was let through: mg_h2_ws_start next turn */
     int err;                   /* a status to refuse the head with (431, 400), 0 */
     double progress;           /* the last time its body moved out (or it began) */
     double rx_last;            /* the last time body bytes came */

@@ -578,12 +578,19 @@ static void mg_h2_resume(mg_req_t *r) {
         mg_req_free(r);
         return;
     }
-    st->hold = 0;
-    st->rx_last = mg_now_coarse(); /* the access step's time is not the client's */
     if (r->ws_upgrade) {
-        mg_h2_ws_start(st); /* the access step let the upgrade through */
+        /* the access step let the upgrade through: the WebSocket side
+         * takes the stream at the next loop turn (mg_h2_send_cb), not in
+         * the access step's stack, which may still hold r; DATA wait */
+        st->ws_pending = 1;
+        if (!st->s->sched && !st->s->dead) {
+            st->s->sched = 1;
+            event_active(&st->s->sev, EV_TIMEOUT, 1);
+        }
         return;
     }
+    st->hold = 0;
+    st->rx_last = mg_now_coarse(); /* the access step's time is not the client's */
     mg_h2_feed(st);
 }
 

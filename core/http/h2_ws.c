@@ -166,7 +166,8 @@ static int mg_h2_ws_answer(mg_h2_stream_t *st) {
     if (hl > MG_H2_WS_HEAD_MAX)
         return -1;
     h = (const char *)evbuffer_pullup(w->head, (ev_ssize_t)hl);
-    if (hl < 16 || memcmp(h, "HTTP/1.1 ", 9) != 0 || h[9] < '1' || h[9] > '5')
+    if (hl < 16 || memcmp(h, "HTTP/1.1 ", 9) != 0 || h[9] < '1' || h[9] > '5' || h[10] < '0' ||
+        h[10] > '9' || h[11] < '0' || h[11] > '9')
         return -1;
     status = (h[9] - '0') * 100 + (h[10] - '0') * 10 + (h[11] - '0');
     if (status < 101 || status > 599 || (status > 101 && status < 200))

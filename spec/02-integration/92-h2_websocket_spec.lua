@@ -54,6 +54,7 @@ s.onclose = (e) => {
 
 local ROUTES = [=[
 local PAGE = [==[$PAGE]==]
+local moongate = require "moongate"
 local function echo(ws)
   while true do
     local data, kind = ws:recv()
@@ -89,6 +90,12 @@ return {
     access = function(req)
       if req.headers["authorization"] ~= "Bearer ok" then return 401, { error = "who are you" } end
       req.ctx.user = "alice"
+    end,
+    handler = function(ws, req) ws:send("hi " .. tostring(req.ctx.user)); echo(ws) end },
+  { path = "/ws/slowauth", websocket = { mode = "handler", heartbeat = { interval = 0 } },
+    access = function(req)
+      moongate.sleep(0.2) -- the access step yields: the stream waits, its DATA too
+      req.ctx.user = "bob"
     end,
     handler = function(ws, req) ws:send("hi " .. tostring(req.ctx.user)); echo(ws) end },
   { prefix = "/tun", upstream = "wsup", websocket = { mode = "tunnel" } },
@@ -322,6 +329,11 @@ describe("WebSockets over HTTP/2 (RFC 8441)", function()
             steps = { { "recv" }, { "close", 1000, "" }, { "recv_close" } } })
         assert.equal(200, ok.status)
         assert.equal("hi alice", ok.events[1].data)
+        -- a hook that yields; a message sent before the answer waits for the socket
+        local slow = one(mg.port, { path = "/ws/slowauth", early = "sent early",
+            steps = { { "recv" }, { "recv" }, { "close", 1000, "" }, { "recv_close" } } })
+        assert.equal(200, slow.status)
+        assert.same({ "hi bob", "sent early" }, msgs(slow))
     end)
 
     it("refuses a plain CONNECT, another :protocol, a non-WebSocket route and a bad version", function()
