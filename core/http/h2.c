@@ -7,7 +7,10 @@
  * This file is the connection: nghttp2's callbacks, reading and writing
  * through the transport, the timers, the limits nghttp2 does not keep,
  * GOAWAY. Routing, access and targets are the gateway's, reached through
- * mg_http_hooks and r->target exactly as for HTTP/1.1.
+ * mg_http_hooks and r->target exactly as for HTTP/1.1. WebSockets over
+ * HTTP/2 (RFC 8441: SETTINGS_ENABLE_CONNECT_PROTOCOL when http2_websocket
+ * is on, extended CONNECT) are h2_ws.c's: such a stream's DATA, END_STREAM
+ * and drained go there instead of to a request.
  *
  * A connection gets here from the HTTP/1.1 session once its first bytes
  * say HTTP/2 (ALPN "h2" on TLS, the client preface on an h2c listener):

@@ -2,7 +2,8 @@
  * h2_req.c -- a stream of the HTTP/2 session (h2.c) as a request: the
  * stream and its mg_req_t from free lists (no malloc per stream), the head
  * from the header fields (the target first in hbuf, :authority as Host,
- * cookie crumbs joined) checked as the HTTP/1.1 parser's heads are
+ * cookie crumbs joined; an extended CONNECT read as a GET upgrade by
+ * h2_ws.c, any other CONNECT refused) checked as the HTTP/1.1 parser's heads are
  * (http_parse.c), the request body given to the gateway as the request
  * takes it (WINDOW_UPDATE only for what it took), and the sink mg_h2_ops:
  * HEADERS (names lower-cased, connection-specific fields dropped, Date and
