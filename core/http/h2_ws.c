@@ -200,6 +200,7 @@ static int mg_h2_ws_answer(mg_h2_stream_t *st) {
         return -1;
     evbuffer_drain(w->head, hl);
     w->head_done = 1;
+    st->progress = mg_now_coarse();
     if (evbuffer_get_length(w->head) && !st->nobody) /* frames that came with it */
         evbuffer_add_buffer(st->out, w->head);
     return 1;
@@ -255,11 +256,12 @@ static void mg_h2_ws_read_cb(evutil_socket_t fd, short what, void *arg) {
             if (rc == 0)
                 continue;
         } else if (!st->nobody) {
+            if (evbuffer_get_length(st->out) == 0)
+                st->progress = mg_now_coarse(); /* the stall clock starts with the wait */
             evbuffer_add(st->out, mg_worker.scratch, (size_t)n);
         }
         if (evbuffer_get_length(st->out) && st->deferred) {
             st->deferred = 0;
-            st->progress = mg_now_coarse();
             nghttp2_session_resume_data(s->ng, st->id);
         }
     }

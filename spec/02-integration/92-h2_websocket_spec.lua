@@ -250,6 +250,15 @@ describe("WebSockets over HTTP/2 (RFC 8441)", function()
         assert.equal("client", l.websocket.close_by)
     end)
 
+    it("keeps an idle WebSocket past timeouts.write (only a shut window is a stall)", function()
+        local s = one(mg.port, { path = "/ws/echo", steps = { { "text", "one" }, { "recv" },
+            { "sleep", 3.5 }, { "big", 40000 }, { "recv" }, { "close", 1000, "" }, { "recv_close" } } })
+        assert.equal("one", s.events[1].data)
+        assert.equal(40000, s.events[2].len)
+        assert.equal(1000, event(s, "close").code)
+        assert.is_nil(s.reset)
+    end)
+
     it("negotiates permessage-deflate both ways", function()
         local s = one(mg.port, { path = "/ws/echo", deflate = true,
             steps = { { "big", 50000 }, { "recv" }, { "text", "short" }, { "recv" },
