@@ -436,6 +436,10 @@ static int mg_load_read_conf(mg_gen_t *g, lua_State *L, int conf) {
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, conf, "http2_websocket");
+    g->h2_websocket = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+
     lua_getfield(L, conf, "limits");
     if (lua_istable(L, -1)) {
         int t = lua_gettop(L);

@@ -182,6 +182,7 @@ struct mg_gen_s {
     int nroutes;
     mg_rtab_t *rtab;         /* routes as tries (mg_route_build), or NULL: matched linearly */
     int max_websockets;      /* per worker */
+    int h2_websocket;        /* http2_websocket: RFC 8441 extended CONNECT on HTTP/2 */
     struct mg_co_s *co_pool; /* finished coroutines kept for reuse (lua_api.c) */
     int nco_pool;
     int entry_refs[8]; /* init.lua's registry functions, by MG_ENTRY_* (0: not looked up) */

@@ -179,13 +179,13 @@ static int mg_gw_head(mg_req_t *r) {
 
     if (mg_worker.laddr[r->lidx].admin)
         return mg_admin_serve(r); /* never routed (admin.c) */
-    if (r->gen->health_path && server == 0 && r->path_len == r->gen->health_path_len &&
+    if (r->gen->health_path && server == 0 && !r->h2_ws && r->path_len == r->gen->health_path_len &&
         memcmp(r->hbuf, r->gen->health_path, r->path_len) == 0) {
         r->resp_close = !(r->clen <= 0 && !r->chunked);
         mg_admin_ready(r); /* health_path: /readyz on the main listeners */
         return MG_HTTP_GO_ON;
     }
-    if (mg_gw_acme_challenge(r))
+    if (!r->h2_ws && mg_gw_acme_challenge(r))
         return MG_HTTP_GO_ON; /* before routing and any redirect to https */
     if (e && e->redirect_https && !mg_req_tls(r) && !mg_gw_behind_https(r) &&
         mg_gw_redirect_https(r, e))
@@ -203,6 +203,11 @@ static int mg_gw_head(mg_req_t *r) {
     }
     if (r->route->body_size && r->clen > 0 && (uint64_t)r->clen > r->route->body_size) {
         mg_resp_json_error(r, 413, "request body too large");
+        return MG_HTTP_GO_ON;
+    }
+    if (r->h2_ws && r->route->ws == NULL) {
+        /* RFC 8441: a 2xx would open a WebSocket the route does not serve */
+        mg_resp_json_error(r, 400, "this route does not speak WebSocket");
         return MG_HTTP_GO_ON;
     }
     if (r->route->ws && mg_gw_ws_check(r) < 0)

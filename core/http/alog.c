@@ -29,8 +29,13 @@ mg_http_wslog_t *mg_http_wslog_new(mg_req_t *r) {
         return NULL;
     t = mg_req_tls_info(r);
     t_ms = mg_fmt_round(r->t_start * 1000.0);
-    mg_http_log_start(&b, r, t_ms, "GET");
-    mg_fmt_put_lit(&b, ",\"status\":101");
+    if (r->h2_ws) { /* RFC 8441: the stream's CONNECT, answered 200 */
+        mg_http_log_start(&b, r, t_ms, "CONNECT");
+        mg_fmt_put_lit(&b, ",\"protocol\":\"HTTP/2.0\",\"status\":200");
+    } else {
+        mg_http_log_start(&b, r, t_ms, "GET");
+        mg_fmt_put_lit(&b, ",\"status\":101");
+    }
     mg_http_log_fields(&b, r, t_ms);
     mg_fmt_put_ch(&b, ',');
     if (t) { /* wss://: the HTTP lines' tls object */

@@ -7,7 +7,10 @@
  * This file is the connection: nghttp2's callbacks, reading and writing
  * through the transport, the timers, the limits nghttp2 does not keep,
  * GOAWAY. Routing, access and targets are the gateway's, reached through
- * mg_http_hooks and r->target exactly as for HTTP/1.1.
+ * mg_http_hooks and r->target exactly as for HTTP/1.1. WebSockets over
+ * HTTP/2 (RFC 8441: SETTINGS_ENABLE_CONNECT_PROTOCOL when http2_websocket
+ * is on, extended CONNECT) are h2_ws.c's: such a stream's DATA, END_STREAM
+ * and drained go there instead of to a request.
  *
  * A connection gets here from the HTTP/1.1 session once its first bytes
  * say HTTP/2 (ALPN "h2" on TLS, the client preface on an h2c listener):
@@ -104,9 +107,12 @@ static int mg_h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *fr, voi
     switch (fr->hd.type) {
     case NGHTTP2_HEADERS:
         st = nghttp2_session_get_stream_user_data(ng, fr->hd.stream_id);
-        if (st == NULL || st->r == NULL)
+        if (st == NULL || (st->r == NULL && st->ws == NULL))
             return 0;
-        if (fr->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        if (st->ws) {
+            if (end)
+                mg_h2_ws_in_end(st);
+        } else if (fr->headers.cat == NGHTTP2_HCAT_REQUEST) {
             mg_h2_head(st, end);
         } else if (end) { /* trailers end the body */
             st->in_end = 1;
@@ -115,7 +121,9 @@ static int mg_h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *fr, voi
         break;
     case NGHTTP2_DATA:
         st = nghttp2_session_get_stream_user_data(ng, fr->hd.stream_id);
-        if (st && st->r && end) {
+        if (st && st->ws && end) {
+            mg_h2_ws_in_end(st);
+        } else if (st && st->r && end) {
             st->in_end = 1;
             mg_h2_feed(st);
         }
@@ -133,6 +141,10 @@ static int mg_h2_on_data(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     /* the connection's window opens at once; the stream's when the
      * request took the bytes (mg_h2_feed) */
     nghttp2_session_consume_connection(ng, len);
+    if (st && st->ws) {
+        mg_h2_ws_data(st, data, len); /* the stream's window: as the WebSocket side takes them */
+        return 0;
+    }
     if (st == NULL || st->r == NULL) {
         nghttp2_session_consume_stream(ng, id, len);
         return 0;
@@ -258,6 +270,14 @@ static void mg_h2_send_cb(evutil_socket_t fd, short what, void *arg) {
     mg_h2_t *s = arg;
     (void)fd, (void)what;
     s->sched = 0;
+    for (mg_h2_stream_t *st = s->streams; st; st = st->next) {
+        if (st->ws_pending) { /* RFC 8441: an upgrade its access step let through */
+            st->ws_pending = 0;
+            st->hold = 0;
+            if (st->r && st->r->ws_upgrade)
+                mg_h2_ws_start(st);
+        }
+    }
     mg_h2_send(s);
 }
 
@@ -298,6 +318,8 @@ void mg_h2_send(mg_h2_t *s) {
                 drained = 1;
                 if (st->r && st->r->target)
                     st->r->target->drained(st->r);
+                else if (st->ws)
+                    mg_h2_ws_drained(st);
             }
         }
         s->busy--;
@@ -423,6 +445,11 @@ static void mg_h2_tick(mg_h2_t *s) {
             }
             continue;
         }
+        if (st->ws && stall > 0 && st->head_sent && evbuffer_get_length(st->out) &&
+            now - st->progress > stall) { /* a WebSocket the client stopped reading */
+            mg_debug("http2: %s: stream %d: the window stayed shut: reset", s->peer_ip, st->id);
+            nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+        }
         if (r == NULL)
             continue;
         if (r->state == MG_REQ_HEAD && g->timeouts.header > 0 &&
@@ -488,6 +515,9 @@ void mg_http_h2_start(mg_io_t *io, int lidx, const char *peer_ip, const char *da
         /* a field counts its name, value and 32 (RFC 9113 6.5.2) */
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE,
          (uint32_t)(g->limits.header_size + 32u * (uint32_t)g->limits.header_count)},
+        /* RFC 8441: WebSockets by extended CONNECT (h2_ws.c); last, so
+         * that leaving it out is a shorter list */
+        {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1},
     };
     if (s == NULL || (s->out = evbuffer_new()) == NULL ||
         nghttp2_session_server_new2(&s->ng, mg_h2_cbs, s, mg_h2_opt) != 0) {
@@ -513,7 +543,8 @@ void mg_http_h2_start(mg_io_t *io, int lidx, const char *peer_ip, const char *da
     if (mg_h2_sessions)
         mg_h2_sessions->prev = s;
     mg_h2_sessions = s;
-    nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
+    nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv,
+                            sizeof(iv) / sizeof(iv[0]) - (g->h2_websocket ? 0 : 1));
     mg_h2_arm(s);
     if (mg_worker.stopping) { /* arrived as the worker stops: no stream is taken */
         nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);

@@ -22,6 +22,7 @@
 
 typedef struct mg_h2_s mg_h2_t;
 typedef struct mg_h2_stream_s mg_h2_stream_t;
+typedef struct mg_h2_ws_s mg_h2_ws_t;
 
 /* One stream: the request (NULL once it is logged or detached), and the
  * bytes between it and nghttp2 both ways. */
@@ -37,9 +38,12 @@ struct mg_h2_stream_s {
     unsigned hold : 1;      /* the access step runs: the body waits */
     unsigned rd_paused : 1; /* the target paused the body: no WINDOW_UPDATE */
     unsigned feeding : 1, drained : 1, above : 1, rst_sent : 1;
+    unsigned proto : 2;        /* :protocol (RFC 8441): 0 none, 1 websocket, 2 another */
+    unsigned ws_pending : 1;   /* the upgrade was let through: mg_h2_ws_start next turn */
     int err;                   /* a status to refuse the head with (431, 400), 0 */
     double progress;           /* the last time its body moved out (or it began) */
     double rx_last;            /* the last time body bytes came */
+    mg_h2_ws_t *ws;            /* an extended CONNECT handed to the WebSocket side (h2_ws.c) */
     char auth[MG_H2_AUTH_MAX]; /* :authority */
     size_t auth_len;
     mg_h2_stream_t *prev, *next, *next_free;
@@ -84,6 +88,25 @@ void mg_h2_resp_end_st(mg_h2_stream_t *st);
 /* nghttp2's send_data callback (DATA without a copy: st->out into s->out) */
 int mg_h2_send_data(nghttp2_session *ng, nghttp2_frame *fr, const uint8_t *framehd, size_t length,
                     nghttp2_data_source *src, void *ud);
+/* "Name: value\r\n" lines into nv from k on, names lower-cased into buf
+ * (connection-specific fields dropped); the new count */
+size_t mg_h2_lines_nv(const char *p, size_t len, nghttp2_nv *nv, size_t k, char *buf, size_t *bo,
+                      size_t bcap);
+/* the data provider of a response: st->out, under the stream's window */
+ssize_t mg_h2_data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
+                        uint32_t *flags, nghttp2_data_source *src, void *ud);
+
+/* h2_ws.c: RFC 8441, a stream carrying a WebSocket */
+/* the extended CONNECT's head as the GET upgrade the gateway knows: 0, or
+ * a status to refuse it with */
+int mg_h2_ws_head(mg_h2_stream_t *st);
+/* the gateway took the upgrade (r->ws_upgrade): the stream becomes a pipe
+ * to the WebSocket side; st->r is freed */
+void mg_h2_ws_start(mg_h2_stream_t *st);
+void mg_h2_ws_data(mg_h2_stream_t *st, const uint8_t *data, size_t len); /* DATA came */
+void mg_h2_ws_in_end(mg_h2_stream_t *st);                                /* END_STREAM came */
+void mg_h2_ws_drained(mg_h2_stream_t *st); /* st->out went low: read on */
+void mg_h2_ws_free(mg_h2_stream_t *st);    /* the stream closed */
 
 /* h2.c */
 void mg_h2_kick(mg_h2_t *s); /* frames to send: at the next loop turn (or after nghttp2) */

@@ -2,7 +2,8 @@
  * h2_req.c -- a stream of the HTTP/2 session (h2.c) as a request: the
  * stream and its mg_req_t from free lists (no malloc per stream), the head
  * from the header fields (the target first in hbuf, :authority as Host,
- * cookie crumbs joined) checked as the HTTP/1.1 parser's heads are
+ * cookie crumbs joined; an extended CONNECT read as a GET upgrade by
+ * h2_ws.c, any other CONNECT refused) checked as the HTTP/1.1 parser's heads are
  * (http_parse.c), the request body given to the gateway as the request
  * takes it (WINDOW_UPDATE only for what it took), and the sink mg_h2_ops:
  * HEADERS (names lower-cased, connection-specific fields dropped, Date and
@@ -78,6 +79,7 @@ static void mg_h2_stream_recycle(mg_h2_stream_t *st) {
         st->next->prev = st->prev;
     if (--s->nstreams == 0)
         mg_h2_arm(s);
+    mg_h2_ws_free(st);
     evbuffer_drain(st->in, evbuffer_get_length(st->in));
     evbuffer_drain(st->out, evbuffer_get_length(st->out));
     if (mg_h2_nfree < 256) {
@@ -192,8 +194,11 @@ int mg_h2_header(mg_h2_stream_t *st, const uint8_t *name, size_t nlen, const uin
                 st->err = 400;
             else
                 memcpy(st->auth, v, vlen), st->auth_len = vlen;
+        } else if (nlen == 9 && memcmp(name, ":protocol", 9) == 0) {
+            /* RFC 8441 (nghttp2 lets it in once we sent the setting) */
+            st->proto = vlen == 9 && memcmp(v, "websocket", 9) == 0 ? 1 : 2;
         } else if (!(nlen == 7 && memcmp(name, ":scheme", 7) == 0)) {
-            st->err = 400; /* :protocol (RFC 8441): not yet */
+            st->err = 400;
         }
         return 0;
     }
@@ -239,6 +244,10 @@ void mg_h2_head(mg_h2_stream_t *st, int end_stream) {
 
     r->state = MG_REQ_BODY;
     st->in_end = end_stream != 0;
+    if (!st_code && st->proto && r->method != HTTP_CONNECT)
+        st_code = 400; /* :protocol belongs to a CONNECT */
+    if (!st_code && r->method == HTTP_CONNECT)
+        st_code = mg_h2_ws_head(st); /* RFC 8441, read as a GET upgrade; else refused */
     if (!st_code)
         st_code = mg_http_check_fields(r, &f);
     if (!st_code && (f.hosts > 1 || f.te))
@@ -271,8 +280,6 @@ void mg_h2_head(mg_h2_stream_t *st, int end_stream) {
     }
     if (!st_code && r->host_idx < 0)
         st_code = 400; /* neither :authority nor Host */
-    if (!st_code && r->method == HTTP_CONNECT)
-        st_code = 405;
     if (!st_code) {
         if (r->url_len == 1 && r->hbuf[0] == '*')
             st_code = r->method == HTTP_OPTIONS ? (r->path_len = 1, 0) : 400;
@@ -288,26 +295,27 @@ void mg_h2_head(mg_h2_stream_t *st, int end_stream) {
         r->clen = 0;
         for (size_t i = 0; i < n && i < 19; i++)
             r->clen = r->clen * 10 + (cl[i] - '0');
-    } else if (!st->in_end) {
+    } else if (!st->in_end && !r->h2_ws) { /* a WebSocket's DATA are no body */
         r->chunked = 1;
     }
     mg_http_set_request_id(r);
     if (st_code) {
         mg_resp_json_error(r, st_code,
-                           st_code == 431   ? "request header fields too large"
-                           : st_code == 405 ? "method not allowed"
-                           : st_code == 417 ? "unsupported expectation"
-                           : st_code == 501 ? "method not implemented"
-                                            : "bad request");
+                           st_code == 431 ? "request header fields too large"
+                           : st_code == 501 && r->method == HTTP_CONNECT
+                               ? "CONNECT is not supported (only RFC 8441's :protocol websocket)"
+                           : st_code == 400 && st->proto == 2 ? "unsupported :protocol"
+                           : st_code == 417                   ? "unsupported expectation"
+                           : st_code == 501                   ? "method not implemented"
+                                                              : "bad request");
         mg_h2_settle(st);
         return;
     }
     if (mg_http_hooks->head(r) == MG_HTTP_PAUSE)
         st->hold = 1; /* the access step runs on: resume lets the body go */
     if (st->r == r && r->ws_upgrade) {
-        /* a WebSocket handshake cannot come over HTTP/2 (RFC 8441: not yet) */
-        r->ws_upgrade = 0;
-        mg_resp_json_error(r, 501, "websocket over http/2 is not supported");
+        mg_h2_ws_start(st); /* the gateway took the upgrade (RFC 8441) */
+        return;
     }
     mg_h2_feed(st);
 }
@@ -367,8 +375,8 @@ void mg_h2_settle(mg_h2_stream_t *st) {
 /* A DATA frame's length (and its EOF) only: the bytes are not copied into
  * nghttp2's buffer (NGHTTP2_DATA_FLAG_NO_COPY) but moved from st->out
  * straight after the frame header into s->out (mg_h2_send_data). */
-static ssize_t mg_h2_data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
-                               uint32_t *flags, nghttp2_data_source *src, void *ud) {
+ssize_t mg_h2_data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
+                        uint32_t *flags, nghttp2_data_source *src, void *ud) {
     mg_h2_stream_t *st = src->ptr;
     size_t n = evbuffer_get_length(st->out);
     (void)ng, (void)id, (void)buf, (void)ud;
@@ -436,8 +444,8 @@ static int mg_h2_skip_field(const char *n, size_t l) {
 }
 
 /* "Name: value\r\n" lines into nv (names lower-cased into buf). */
-static size_t mg_h2_lines_nv(const char *p, size_t len, nghttp2_nv *nv, size_t k, char *buf,
-                             size_t *bo, size_t bcap) {
+size_t mg_h2_lines_nv(const char *p, size_t len, nghttp2_nv *nv, size_t k, char *buf, size_t *bo,
+                      size_t bcap) {
     const char *end = p + len;
     while (p < end && k < MG_H2_NV_MAX) {
         const char *eol = memchr(p, '\n', (size_t)(end - p)), *colon, *v, *ve;
@@ -603,6 +611,17 @@ static void mg_h2_resume(mg_req_t *r) {
     mg_h2_stream_t *st = MG_H2_ST(r);
     if (st == NULL) {
         mg_req_free(r);
+        return;
+    }
+    if (r->ws_upgrade) {
+        /* the access step let the upgrade through: the WebSocket side
+         * takes the stream at the next loop turn (mg_h2_send_cb), not in
+         * the access step's stack, which may still hold r; DATA wait */
+        st->ws_pending = 1;
+        if (!st->s->sched && !st->s->dead) {
+            st->s->sched = 1;
+            event_active(&st->s->sev, EV_TIMEOUT, 1);
+        }
         return;
     }
     st->hold = 0;

@@ -149,6 +149,7 @@ struct mg_req_s {
     unsigned peer_trusted : 1; /* the peer is one of its server's trusted_proxies */
     unsigned client_moved : 1; /* the client is client_ip (from X-Forwarded-For), not the peer */
     unsigned http2 : 1;        /* a stream of an HTTP/2 session (http/h2.c) */
+    unsigned h2_ws : 1;        /* RFC 8441 extended CONNECT, read as a GET upgrade (h2_ws.c) */
     char client_ip[MG_PEER_IP_MAX];
     size_t hcap, hlen;
     char *hbuf;

@@ -527,7 +527,7 @@ local function conf_schema(env_fn)
       "listen", env_fn("listen"), "workers", env_fn("workers"),
       "max_open_files", env_fn("max_open_files"), "demo", env_fn("demo"), "routes", "lua_path",
       "access_log", "log_level", "timeouts", "limits", "upstreams",
-      "trusted_proxies", "proxy_protocol", "http2", env_fn("http2"), "h2c",
+      "trusted_proxies", "proxy_protocol", "http2", env_fn("http2"), "h2c", "http2_websocket",
     },
     fields = {
       listen = { type = "any", default = "127.0.0.1:8080", convert = norm_listen },
@@ -579,6 +579,10 @@ local function conf_schema(env_fn)
       trusted_proxies = TRUSTED_PROXIES,
       proxy_protocol = PROXY_PROTOCOL,
       http2 = HTTP2, h2c = HTTP2,
+      -- RFC 8441: SETTINGS_ENABLE_CONNECT_PROTOCOL on HTTP/2 connections, so
+      -- WebSocket routes take extended CONNECT (docs/websocket.md)
+      http2_websocket = { type = "boolean", default = true,
+                          message = "expected a boolean, got {type}" },
       -- checked after the routes, in this order (load_generation)
       servers = ANY, shared_dicts = ANY, plugins = ANY,
       tls = ANY, -- moongate.tls_conf (norm_conf)

@@ -1,8 +1,9 @@
 -- Unit specs for the loader's HTTP/2 switches (docs/configuration.md,
 -- "HTTP/2"): `http2` (top level, the default of every tls table, and
--- MOONGATE_HTTP2), `tls.http2`, `h2c` (main conf and each server) and
--- limits.h2_streams: what core/app/load.c and tls_ctx.c are handed, the
--- defaults (all off), and the "file:line: reason" of a bad value.
+-- MOONGATE_HTTP2), `tls.http2`, `h2c` (main conf and each server),
+-- `http2_websocket` (RFC 8441, on) and limits.h2_streams: what
+-- core/app/load.c and tls_ctx.c are handed, the defaults (all off but
+-- http2_websocket), and the "file:line: reason" of a bad value.
 --
 -- Run: busted --lua=luajit -m 'lib/?.lua;lib/?/init.lua' spec/01-unit
 
@@ -112,5 +113,15 @@ return {
     _, err = load("return {\n  limits = { h2_streams = 0 },\n}\n")
     assert.truthy(tostring(err):find("moongate.lua:2:", 1, true), tostring(err))
     assert.truthy(tostring(err):find("at least 1", 1, true), tostring(err))
+  end)
+
+  it("has WebSockets over HTTP/2 (http2_websocket) on by default, and takes false", function()
+    local gen = assert(load(conf()))
+    assert.is_true(gen.conf.http2_websocket)
+    gen = assert(load(conf("http2_websocket = false,")))
+    assert.is_false(gen.conf.http2_websocket)
+    local _, err = load("return {\n  http2_websocket = \"no\",\n}\n")
+    assert.truthy(tostring(err):find("moongate.lua:2:", 1, true), tostring(err))
+    assert.truthy(tostring(err):find("expected a boolean", 1, true), tostring(err))
   end)
 end)
