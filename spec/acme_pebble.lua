@@ -2,8 +2,8 @@
 -- TLS certificate (made here with openssl), no validation sleeps, a short
 -- certificate lifetime, its validations pointed at moongate's listeners,
 -- and pebble-challtestsrv as its DNS (the names given resolve to 127.0.0.1,
--- every other to 127.0.0.2, so nothing leaves the host). The same set-up as
--- 55-acme_spec.lua, for the specs that need an ACME certificate served.
+-- every other to 127.0.0.2, so nothing leaves the host), for the specs that
+-- need an ACME certificate served (55, 94).
 local helpers = require "spec.helpers"
 
 local fmt = string.format

@@ -8,6 +8,7 @@
 -- order, and at 2/3 of its lifetime it is renewed and swapped in without a
 -- reload (same workers, an open connection still served).
 local helpers = require "spec.helpers"
+local acme_pebble = require "spec.acme_pebble"
 
 local fmt = string.format
 local shq = helpers.shq
@@ -52,78 +53,18 @@ local function mode_of(path)
     return out:match("%d+")
 end
 
--- test-only CA, pebble's server certificate and moongate's default one
-local function make_certs(d)
-    sh_ok(fmt([[cd %s &&
-      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-        -subj '/CN=moongate spec test CA' -keyout ca.key -out ca.pem 2>&1 &&
-      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -subj '/CN=127.0.0.1' -keyout pebble.key -out pebble.csr 2>&1 &&
-      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > san.ext &&
-      openssl x509 -req -in pebble.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-        -extfile san.ext -out pebble.pem 2>&1 &&
-      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-        -subj '/CN=default.test' -addext 'subjectAltName=DNS:default.test' \
-        -keyout default.key -out default.pem 2>&1]], shq(d)))
-end
-
+-- pebble and its DNS (spec/acme_pebble.lua): localhost and the names below
+-- are 127.0.0.1 (moongate), every other name 127.0.0.2 (nobody), so
+-- nothere.invalid fails its validation and nothing leaves the host
 local pebble = {}
 
 local function start_pebble(d, http_port, tls_port)
-    pebble.port = helpers.free_port()
-    pebble.mgmt = helpers.free_port()
-    pebble.dns, pebble.dns_mgmt = helpers.free_port(), helpers.free_port()
-    local cfg = d .. "/pebble.json"
-    helpers.write_file(cfg, helpers.json.encode({
-        pebble = {
-            listenAddress = "127.0.0.1:" .. pebble.port,
-            managementListenAddress = "127.0.0.1:" .. pebble.mgmt,
-            certificate = d .. "/pebble.pem",
-            privateKey = d .. "/pebble.key",
-            httpPort = http_port,
-            tlsPort = tls_port, -- tls-alpn-01 validations come to moongate's TLS listener
-            ocspResponderURL = "",
-            externalAccountBindingRequired = false,
-            certificateValidityPeriod = LIFETIME,
-        },
-    }))
-    pebble.log = d .. "/pebble.log"
-    local pidfile = d .. "/pebble.pid"
-    -- its DNS is pebble-challtestsrv's mock server on 127.0.0.1: localhost
-    -- is 127.0.0.1 (moongate), every other name 127.0.0.2 (nobody), so
-    -- nothere.invalid fails its validation and nothing leaves the host
-    sh_ok(fmt("pebble-challtestsrv -defaultIPv4 127.0.0.2 -defaultIPv6 '' -dns01 127.0.0.1:%d "
-        .. "-http01 '' -https01 '' -tlsalpn01 '' -management 127.0.0.1:%d > %s 2>&1 < /dev/null & "
-        .. "echo $! > %s", pebble.dns, pebble.dns_mgmt, shq(d .. "/challtestsrv.log"),
-        shq(d .. "/challtestsrv.pid")))
-    pebble.cts_pid = tonumber(helpers.read_file(d .. "/challtestsrv.pid") or "")
-    assert(helpers.wait_until(function() return helpers.port_open(pebble.dns_mgmt) end, 10),
-        "pebble-challtestsrv did not start")
-    for _, host in ipairs({ "localhost", "a.od.test", "alpn.test" }) do
-        sh_ok(fmt("curl -sS --fail --max-time 5 -d %s http://127.0.0.1:%d/add-a",
-            shq(fmt('{"host":"%s","addresses":["127.0.0.1"]}', host)), pebble.dns_mgmt))
-    end
-    sh_ok(fmt("cd %s && PEBBLE_VA_NOSLEEP=1 PEBBLE_AUTHZREUSE=0 sh -c %s > %s 2>&1 < /dev/null &",
-        shq(d), shq("echo $$ > " .. pidfile .. "; exec pebble -config " .. cfg
-            .. " -dnsserver 127.0.0.1:" .. pebble.dns),
-        shq(pebble.log)))
-    assert(helpers.wait_until(function()
-        pebble.pid = tonumber(helpers.read_file(pidfile) or "")
-        return pebble.pid and helpers.port_open(pebble.port) and helpers.port_open(pebble.mgmt)
-    end, 15), "pebble did not start:\n" .. (helpers.read_file(pebble.log) or ""))
-    -- the root it issues under, made anew at each start
-    pebble.root = d .. "/pebble-root.pem"
-    sh_ok(fmt("curl -sS --fail --max-time 10 --cacert %s -o %s https://127.0.0.1:%d/roots/0",
-        shq(d .. "/ca.pem"), shq(pebble.root), pebble.mgmt))
+    pebble = acme_pebble.start(d, http_port, tls_port, { "localhost", "a.od.test", "alpn.test" },
+        LIFETIME)
 end
 
 local function stop_pebble()
-    for _, pid in ipairs({ pebble.pid, pebble.cts_pid }) do
-        if helpers.alive(pid) then
-            os.execute(fmt("kill -TERM %d 2>/dev/null", pid))
-            helpers.wait_until(function() return not helpers.alive(pid) end, 5)
-        end
-    end
+    acme_pebble.stop(pebble)
 end
 
 local function count(s, pat)
@@ -176,7 +117,7 @@ describe("acme", function()
     lazy_setup(function()
         d = helpers.tmpdir("acme")
         store = d .. "/store"
-        make_certs(d)
+        acme_pebble.make_certs(d)
         http_port, tls_port = helpers.free_port(), helpers.free_port()
         admin_port = helpers.free_port()
         start_pebble(d, http_port, tls_port)
