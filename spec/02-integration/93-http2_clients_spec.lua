@@ -5,8 +5,8 @@
 -- the embedded demo Runtime) over HTTPS with `http2 = true`: the page, and
 -- its REST calls, came over h2 (the page's own Navigation and Resource
 -- Timing say so), and so does moongate's access log ("protocol":"HTTP/2.0").
--- The page's WebSockets are not checked for h2 (RFC 8441 is not offered
--- here: Chromium opens them over HTTP/1.1).
+-- The page's execution stream WebSocket goes over the same h2 connection
+-- too (RFC 8441, on by default with http2): logged as CONNECT, HTTP/2.0.
 local helpers = require "spec.helpers"
 local tls = require "spec.tls_helpers"
 local seed = require "spec.seed_helpers"
@@ -218,6 +218,24 @@ describe("the demo page over h2 in headless chromium", function()
         for p in pairs(want) do
             assert.equal("HTTP/2.0", seen[p], p .. ": " .. json.encode(seen))
         end
+        -- the page's statuses came over its stream WebSocket, an extended
+        -- CONNECT on the page's h2 connection (logged when it closed)
+        assert.truthy(#v.statuses >= 1, json.encode(v))
+        local ws
+        assert.truthy(helpers.wait_until(function()
+            local log = helpers.read_file(logdir .. "/access.log") or ""
+            for l in log:gmatch("[^\n]+") do
+                local ok, e = pcall(json.decode, l)
+                if ok and type(e) == "table" and e.path
+                    and e.path:match("^/api/execution/[^/?]+/stream") then
+                    ws = e
+                end
+            end
+            return ws
+        end, 10), "no access line for the page's stream WebSocket")
+        assert.equal("CONNECT", ws.method, json.encode(ws))
+        assert.equal("HTTP/2.0", ws.protocol, json.encode(ws))
+        assert.equal(200, ws.status, json.encode(ws))
         local data = helpers.read_file(png)
         assert.truthy(data and data:sub(1, 8) == "\137PNG\r\n\26\n", "no screenshot at " .. png)
     end)
