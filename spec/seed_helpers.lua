@@ -264,6 +264,31 @@ function _M.read_until_close(c, timeout, keep_pings)
     return msgs, nil, "timeout"
 end
 
+-- A cluster for the Redis specs (82, 83): one redis-server, one counting
+-- test Runtime and n gateways of the shipped scripts with 2 workers each and
+-- MOONGATE_REDIS_URL, filled into c as they start (c.redis, c.rt, c.gws), so
+-- that stop_cluster(c) also ends a set-up that failed half-way.
+function _M.start_cluster(c, name, n, config)
+    local rh = require "spec.redis_helpers"
+    assert(rh.installed(), "redis-server is not installed (make deps installs it)")
+    c.gws = c.gws or {}
+    c.redis = rh.start({ name = name })
+    c.rt = _M.start_test_runtime()
+    for i = 1, n do
+        c.gws[i] = _M.start_gateway({ name = name .. "-" .. i, config = config,
+            runtime = "http://127.0.0.1:" .. c.rt.port, workers = 2,
+            env = { MOONGATE_REDIS_URL = "redis://127.0.0.1:" .. c.redis.port .. "/0" } })
+    end
+    return c
+end
+
+function _M.stop_cluster(c)
+    for _, g in ipairs(c.gws or {}) do g:stop() end
+    if c.rt then c.rt:stop() end
+    require("spec.redis_helpers").stop(c.redis)
+    _M.cleanup()
+end
+
 function _M.cleanup()
     ws.cleanup()
     helpers.cleanup()

@@ -15,26 +15,15 @@ local CONFIG = { ["stream.poll_interval"] = INTERVAL, ["stream.max_backoff"] = 1
                  ["stream.poll_timeout"] = 1, ["stream.heartbeat"] = 0 }
 
 describe("execution streams across instances (Redis)", function()
-    local redis, rt
-    local gws = {}
+    local cl, redis, rt, gws = {}, nil, nil, {}
 
     lazy_setup(function()
-        assert(rh.installed(), "redis-server is not installed (make deps installs it)")
-        redis = rh.start({ name = "redis-streams" })
-        rt = seed.start_test_runtime()
-        for i = 1, 3 do
-            gws[i] = seed.start_gateway({ name = "redis-streams-" .. i, config = CONFIG,
-                runtime = "http://127.0.0.1:" .. rt.port, workers = 2,
-                env = { MOONGATE_REDIS_URL = "redis://127.0.0.1:" .. redis.port .. "/0" } })
-        end
+        cl.gws = gws
+        seed.start_cluster(cl, "redis-streams", 3, CONFIG)
+        redis, rt = cl.redis, cl.rt
     end)
 
-    lazy_teardown(function()
-        for _, g in ipairs(gws) do g:stop() end
-        if rt then rt:stop() end
-        rh.stop(redis)
-        seed.cleanup()
-    end)
+    lazy_teardown(function() seed.stop_cluster(cl) end)
 
     it("polls once per interval for the cluster, survives its holder, Redis going away and back",
         function()

@@ -17,26 +17,15 @@ local CONFIG = { ["stream.poll_interval"] = INTERVAL, ["stream.max_backoff"] = 1
 local ID = "reload-1"
 
 describe("execution streams across a reload (Redis)", function()
-    local redis, rt
-    local gws = {}
+    local cl, redis, rt, gws = {}, nil, nil, {}
 
     lazy_setup(function()
-        assert(rh.installed(), "redis-server is not installed (make deps installs it)")
-        redis = rh.start({ name = "redis-streams-reload" })
-        rt = seed.start_test_runtime()
-        for i = 1, 2 do
-            gws[i] = seed.start_gateway({ name = "redis-streams-reload-" .. i, config = CONFIG,
-                runtime = "http://127.0.0.1:" .. rt.port, workers = 2,
-                env = { MOONGATE_REDIS_URL = "redis://127.0.0.1:" .. redis.port .. "/0" } })
-        end
+        cl.gws = gws
+        seed.start_cluster(cl, "redis-streams-reload", 2, CONFIG)
+        redis, rt = cl.redis, cl.rt
     end)
 
-    lazy_teardown(function()
-        for _, g in ipairs(gws) do g:stop() end
-        if rt then rt:stop() end
-        rh.stop(redis)
-        seed.cleanup()
-    end)
+    lazy_teardown(function() seed.stop_cluster(cl) end)
 
     local function open(n, progress, into)
         for i = 1, n do
