@@ -238,6 +238,9 @@ static void mg_master_listen_diff(const mg_gen_t *g) {
 /* The session-ticket keys rotate every tls.ticket_rotate seconds of the
  * current generation (tls_ctx.c keeps the two previous keys). */
 static struct event *mg_master_tkeys_timer;
+/* the master's signal events (SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGQUIT,
+ * SIGUSR1): a forked child frees them before the base (mg_master_base_drop) */
+static struct event *mg_master_sigs[6];
 
 static void mg_master_tkeys_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -439,6 +442,22 @@ static void mg_master_slot_close_ctl(mg_slot_t *s) {
     s->ctl = -1;
 }
 
+/* In a child just forked: the master's base is freed without touching the
+ * master's epoll set. event_reinit first gives the base an epoll set of its
+ * own (while every descriptor it watches is still open: re-adding a closed
+ * one fails with EBADF), then the signal events go, so that libevent's one
+ * signal base is free for the child's own base, then the base. */
+static void mg_master_base_drop(void) {
+    event_reinit(mg_master_base);
+    for (int i = 0; i < 6; i++)
+        if (mg_master_sigs[i]) {
+            event_free(mg_master_sigs[i]);
+            mg_master_sigs[i] = NULL;
+        }
+    event_base_free(mg_master_base);
+    mg_master_base = NULL;
+}
+
 static void mg_master_spawn(int slot) {
     mg_slot_t *s = &mg_slots[slot];
     int sv[2];
@@ -459,6 +478,7 @@ static void mg_master_spawn(int slot) {
     if (pid == 0) {
         /* child: keep only this slot's sockets and its end of the channel;
          * it inherits mg_gen_current and, during a reload, mg_gen_pending */
+        mg_master_base_drop();
         for (int i = 0; i < mg_nslots; i++) {
             if (i != slot)
                 for (int k = 0; k < mg_nlisten; k++)
@@ -470,8 +490,6 @@ static void mg_master_spawn(int slot) {
             close(sv[0]);
         if (mg_acme.sock >= 0)
             close(mg_acme.sock); /* so that the ACME process sees the master go */
-        event_reinit(mg_master_base);
-        event_base_free(mg_master_base);
         mg_worker_run(slot, s->fds, mg_nlisten, sv[1]);
         _exit(0);
     }
@@ -549,7 +567,7 @@ static void mg_master_acme_spawn(void) {
         /* child: none of the listeners nor the workers' channels (the
          * base first moves to an epoll set of its own, so that freeing it
          * touches nothing of the master's) */
-        event_reinit(mg_master_base);
+        mg_master_base_drop();
         for (int i = 0; i < mg_nslots; i++) {
             for (int k = 0; k < mg_nlisten; k++)
                 if (mg_slots[i].fds[k] >= 0)
@@ -558,7 +576,6 @@ static void mg_master_acme_spawn(void) {
                 close(mg_slots[i].ctl);
         }
         close(sv[0]);
-        event_base_free(mg_master_base);
         mg_acme_run(sv[1]);
     }
     close(sv[1]);
@@ -940,11 +957,11 @@ int main(int argc, char **argv) {
     const char *pidfile = NULL;
     char err[1024];
     mg_gen_t *gen;
-    struct event *sigs[5];
-    int signos[5] = {SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGQUIT};
+    int signos[6] = {SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1};
     int conf_given = 0;
     sigset_t held;
 
+    mg_loop_log_init();
     for (i = 1; i < argc && strcmp(argv[i], "--"); i++)
         if (strcmp(argv[i], "--help") == 0) {
             mg_app_usage(stdout);
@@ -1067,12 +1084,11 @@ int main(int argc, char **argv) {
         fclose(f);
     }
     mg_master_base = event_base_new();
-    for (i = 0; i < 5; i++) {
-        sigs[i] = evsignal_new(mg_master_base, signos[i], mg_master_signal_cb, NULL);
-        event_add(sigs[i], NULL);
-    }
     /* SIGUSR1: the access log file is opened again (passed on to the workers) */
-    event_add(evsignal_new(mg_master_base, SIGUSR1, mg_master_signal_cb, NULL), NULL);
+    for (i = 0; i < 6; i++) {
+        mg_master_sigs[i] = evsignal_new(mg_master_base, signos[i], mg_master_signal_cb, NULL);
+        event_add(mg_master_sigs[i], NULL);
+    }
     sigprocmask(SIG_UNBLOCK, &held, NULL); /* one that came meanwhile is handled now */
     for (k = 0; k < mg_nlisten; k++)
         mg_info("listening on %s:%d%s", gen->listen[k].host, gen->listen[k].port,
@@ -1099,8 +1115,8 @@ int main(int argc, char **argv) {
         mg_master_spawn(i);
     mg_master_acme_spawn();
     event_base_dispatch(mg_master_base);
-    for (i = 0; i < 5; i++)
-        event_free(sigs[i]);
+    for (i = 0; i < 6; i++)
+        event_free(mg_master_sigs[i]);
     if (mg_master_tkeys_timer)
         event_free(mg_master_tkeys_timer);
     event_base_free(mg_master_base);

@@ -9,6 +9,21 @@
 
 mg_worker_t mg_worker;
 
+/* libevent's own messages in moongate's log, with its time, pid and level
+ * (libevent writes them bare to stderr otherwise) */
+static void mg_loop_libevent_log(int severity, const char *msg) {
+    switch (severity) {
+    case EVENT_LOG_DEBUG: mg_debug("libevent: %s", msg); break;
+    case EVENT_LOG_MSG: mg_info("libevent: %s", msg); break;
+    case EVENT_LOG_WARN: mg_warn("libevent: %s", msg); break;
+    default: mg_error("libevent: %s", msg); break;
+    }
+}
+
+void mg_loop_log_init(void) {
+    event_set_log_callback(mg_loop_libevent_log);
+}
+
 /* libevent "common timeouts": all timers of one duration share a queue, so
  * 100 000 connections with the same idle timeout cost O(1) per re-arm
  * instead of a heap operation. */

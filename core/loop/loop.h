@@ -46,6 +46,7 @@ typedef struct {
 } mg_worker_t;
 
 extern mg_worker_t mg_worker;
+void mg_loop_log_init(void); /* libevent's messages through mg_log */
 const struct timeval *mg_timeout_tv(int ms);
 double mg_now(void);
 double mg_now_coarse(void);    /* mg_now to the kernel's tick */

@@ -62,6 +62,13 @@ describe("process model", function()
         -- the other worker was left alone
         local now = mg:workers()
         assert.truthy(now[1] == before[2] or now[2] == before[2])
+        -- neither the first workers nor the new one made libevent complain:
+        -- a forked child frees the master's event base without re-adding a
+        -- descriptor it closed (EBADF) and without its signal events left
+        -- holding libevent's one signal base
+        local log = mg:log()
+        assert.falsy(log:find("[warn]", 1, true), log)
+        assert.falsy(log:find("libevent:", 1, true), log)
     end)
 
     it("SIGTERM lets an in-flight request finish, stops accepting, exits 0", function()
