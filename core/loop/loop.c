@@ -20,9 +20,7 @@ static void mg_loop_libevent_log(int severity, const char *msg) {
     }
 }
 
-void mg_loop_log_init(void) {
-    event_set_log_callback(mg_loop_libevent_log);
-}
+void mg_loop_log_init(void) { event_set_log_callback(mg_loop_libevent_log); }
 
 /* libevent "common timeouts": all timers of one duration share a queue, so
  * 100 000 connections with the same idle timeout cost O(1) per re-arm
