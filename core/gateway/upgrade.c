@@ -107,7 +107,7 @@ static void mg_upgrade_free(mg_upgrade_t *p) {
     if (p->resp)
         evbuffer_free(p->resp);
     free(p->pre);
-    free(p->alog); /* not handed on: the upgrade did not happen */
+    free(p->alog); /* not handed on nor written: the client is gone */
     mg_gen_release(p->gen);
     free(p);
 }
@@ -148,11 +148,16 @@ static int mg_upgrade_on_body(void *ud, const char *data, size_t len) {
 static void mg_upgrade_on_done(void *ud) {
     mg_upgrade_t *p = ud;
     size_t bl = mg_upgrade_body ? evbuffer_get_length(mg_upgrade_body) : 0;
+    size_t n;
     evbuffer_add_printf(p->resp, "Content-Length: %zu\r\nConnection: close\r\n\r\n", bl);
     if (bl)
         evbuffer_add_buffer(p->resp, mg_upgrade_body);
-    mg_write_all(&p->cio, (const char *)evbuffer_pullup(p->resp, -1), evbuffer_get_length(p->resp));
+    n = evbuffer_get_length(p->resp);
+    if (mg_write_all(&p->cio, (const char *)evbuffer_pullup(p->resp, -1), n) != MG_OK)
+        n = 0;
     mg_io_shutdown(&p->cio);
+    mg_http_wslog_refused(p->alog, p->status, p->status, n);
+    p->alog = NULL;
     mg_upgrade_free(p);
 }
 
@@ -170,9 +175,11 @@ static void mg_upgrade_on_error(void *ud, int status, const char *msg) {
                   "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                   "Connection: close\r\n\r\n",
                   status, mg_http_status_text(status), bl);
-    mg_write_all(&p->cio, head, hl);
-    mg_write_all(&p->cio, body, bl);
+    if (mg_write_all(&p->cio, head, hl) != MG_OK || mg_write_all(&p->cio, body, bl) != MG_OK)
+        hl = bl = 0;
     mg_io_shutdown(&p->cio);
+    mg_http_wslog_refused(p->alog, status, p->status, (uint64_t)hl + (uint64_t)bl);
+    p->alog = NULL;
     mg_upgrade_free(p);
 }
 
@@ -204,6 +211,7 @@ static void mg_upgrade_on_upgrade(void *ud, mg_io_t *uio, mg_kv_t *hdrs, int nhd
                 ok = 1;
         if (!ok) {
             mg_io_close(uio);
+            p->status = 101; /* what the upstream said, for the access log */
             mg_upgrade_on_error(p, 502, "upstream sent a bad websocket handshake");
             return;
         }

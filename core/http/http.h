@@ -315,5 +315,9 @@ typedef struct mg_http_wslog_s mg_http_wslog_t;
 mg_http_wslog_t *mg_http_wslog_new(mg_req_t *r);
 void mg_http_wslog_end(mg_http_wslog_t *a, int mode, int code, const char *by, const uint64_t *msgs,
                        uint64_t in, uint64_t out);
+/* The upgrade did not happen (the upstream refused it, or failed): the
+ * line of a plain answer, with the status the client got, the upstream's
+ * own when it answered (0: it did not), the bytes sent; frees a. */
+void mg_http_wslog_refused(mg_http_wslog_t *a, int status, int up_status, uint64_t out);
 
 #endif

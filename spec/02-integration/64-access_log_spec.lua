@@ -166,6 +166,58 @@ return {
         assert.truthy(t.duration_ms > 0)
     end)
 
+    it("an upgrade that did not happen gets the line of the answer the client got", function()
+        local wsup = ws.start_upstream()
+        mg = helpers.start_moongate({
+            workers = 1,
+            routes = [[
+return {
+  { prefix = "/tun", name = "tun", upstream = "wsup", websocket = { mode = "tunnel" } },
+  { prefix = "/relay", name = "relay", upstream = "wsup", websocket = { mode = "relay" } },
+  { prefix = "/dead", name = "dead", upstream = "dead", websocket = { mode = "relay" } },
+}
+]],
+            conf = [[
+return {
+  listen = "127.0.0.1:$PORT",
+  workers = 1,
+  upstreams = {
+    wsup = { servers = { "http://127.0.0.1:$WSUP" } },
+    dead = { servers = { "http://127.0.0.1:$DEAD" } },
+  },
+}
+]],
+            vars = { WSUP = wsup.port, DEAD = helpers.free_port() },
+        })
+        -- refused by the upstream (its 404 passed on), tunnel and relay
+        for _, path in ipairs({ "/tun/not-a-ws-path", "/relay/not-a-ws-path" }) do
+            local c, res = ws.handshake(mg.port, path)
+            assert.truthy(c, tostring(res))
+            assert.are.equal(404, res.status)
+            c:close()
+            local t = wait_line(function() return mg:log() end, path)
+            assert.truthy(t, mg:log())
+            assert.are.equal(404, t.status)
+            assert.are.equal(404, t.upstream_status)
+            assert.are.equal("GET", t.method)
+            assert.are.equal(path:match("^/(%a+)"), t.route)
+            assert.truthy(t.bytes > 0 and t.bytes == t.bytes_out, mg:log())
+            assert.truthy(t.bytes_in > #path, mg:log())
+            assert.is_nil(t.websocket)
+        end
+        -- the upstream is down: moongate's own 502, no upstream status
+        local c, res = ws.handshake(mg.port, "/dead/x")
+        assert.truthy(c, tostring(res))
+        assert.are.equal(502, res.status)
+        c:close()
+        local t = wait_line(function() return mg:log() end, "/dead/x")
+        assert.truthy(t, mg:log())
+        assert.are.equal(502, t.status)
+        assert.is_nil(t.upstream_status)
+        assert.are.equal("dead", t.route)
+        assert.truthy(t.bytes > 0, mg:log())
+    end)
+
     it("a route name and headers that need escaping still make one JSON line each", function()
         mg = helpers.start_moongate({
             workers = 1,
