@@ -31,51 +31,10 @@ done
 command -v h2load >/dev/null 2>&1 ||
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null
 [ -x ./moongate ] || { echo "bench: ./moongate not built (make)" >&2; exit 1; }
-S="$BENCH_STATE/h2"
-mkdir -p "$S/tmp"
-rm -f "$S"/*.pid
-
-# one certificate for all three (ECDSA P-256, self-signed, test only)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-  -keyout "$S/key.pem" -out "$S/cert.pem" 2>/dev/null
-
-cat >"$S/nginx.conf" <<EOF
-# the HTTP/2 round's nginx: the harness's nginx_proxy on an h2 TLS listener
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $S/nginx.pid;
-error_log $S/nginx.error.log warn;
-events { worker_connections 19000; }
-http {
-    access_log off;
-    client_body_temp_path $S/tmp/body;
-    proxy_temp_path $S/tmp/proxy;
-    fastcgi_temp_path $S/tmp/fastcgi;
-    uwsgi_temp_path $S/tmp/uwsgi;
-    scgi_temp_path $S/tmp/scgi;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    http2_max_concurrent_streams 128;
-    upstream runtime {
-        server 127.0.0.1:$UP;
-        keepalive $POOL;
-        keepalive_requests 10000000;
-        keepalive_timeout 300s;
-    }
-    server {
-        listen 127.0.0.1:$NGX ssl http2 reuseport backlog=4096;
-        ssl_certificate $S/cert.pem;
-        ssl_certificate_key $S/key.pem;
-        ssl_protocols TLSv1.3;
-        location / {
-            proxy_pass http://runtime;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
+. bench/tls_common.sh
+tls_state h2
+tls_nginx_conf "the HTTP/2 round's nginx: the harness's nginx_proxy on an h2 TLS listener" \
+  "$NGX ssl http2 reuseport backlog=4096" "$POOL"
 cat >"$S/h2o.conf" <<EOF
 # the HTTP/2 round's h2o: 2 threads, a reverse proxy to the upstream
 num-threads: 2

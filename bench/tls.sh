@@ -32,51 +32,10 @@ for p in nginx wrk openssl python3; do
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
 done
 [ -x ./moongate ] || { echo "bench: ./moongate not built (make)" >&2; exit 1; }
-S="$BENCH_STATE/tls"
-mkdir -p "$S/tmp"
-rm -f "$S"/*.pid
-
-# one certificate for both (ECDSA P-256, self-signed for localhost, test only)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-  -keyout "$S/key.pem" -out "$S/cert.pem" 2>/dev/null
-
-cat >"$S/nginx.conf" <<EOF
-# the TLS round's nginx: the harness's nginx_proxy with a TLS listener
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $S/nginx.pid;
-error_log $S/nginx.error.log warn;
-events { worker_connections 19000; }
-http {
-    access_log off;
-    client_body_temp_path $S/tmp/body;
-    proxy_temp_path $S/tmp/proxy;
-    fastcgi_temp_path $S/tmp/fastcgi;
-    uwsgi_temp_path $S/tmp/uwsgi;
-    scgi_temp_path $S/tmp/scgi;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    upstream runtime {
-        server 127.0.0.1:$UP;
-        keepalive 128;
-        keepalive_requests 10000000;
-        keepalive_timeout 300s;
-    }
-    server {
-        listen 127.0.0.1:$NGX ssl reuseport backlog=4096;
-        ssl_certificate $S/cert.pem;
-        ssl_certificate_key $S/key.pem;
-        ssl_protocols TLSv1.3;
-        ssl_session_tickets on;
-        location / {
-            proxy_pass http://runtime;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
+. bench/tls_common.sh
+tls_state tls
+tls_nginx_conf "the TLS round's nginx: the harness's nginx_proxy with a TLS listener" \
+  "$NGX ssl reuseport backlog=4096" 128 "        ssl_session_tickets on;"
 cat >"$S/moongate.conf.lua" <<EOF
 -- the TLS round's moongate: bench/moongate.conf.lua with a TLS listener
 return {
