@@ -511,39 +511,171 @@ local function next_line(ctx, rule, handler)
 end
 
 
+-- The route checks' common case, without moongate.schema: a route whose
+-- fields are all of the plain kinds and all valid gets here the table
+-- validate(ROUTE, raw) would give, and its rule's parameters; anything
+-- else (an unknown field, a websocket table, any value the schema would
+-- refuse) answers nil and goes through validate(), which then gives the
+-- reason. So every refusal still comes from the schema, with its message,
+-- and this only has to agree with it on what it accepts.
+local FAST_FIELDS = {
+  path = true, prefix = true, upstream = true, handler = true, method = true, host = true,
+  priority = true, strip_prefix = true, body_size = true, name = true, access = true,
+  header_filter = true, log = true, plugins = true, on_reload = true, access_log = true,
+  timeouts = true,
+}
+local FAST_HOOKS = { "access", "header_filter", "log" }
+local TIMEOUT_KEYS = { read = true, write = true, idle = true }
+local math_huge = math.huge
+
+local function finite(v)
+  return type(v) == "number" and v == v and v ~= math_huge and v ~= -math_huge
+end
+
+-- a FUNCTION_LIST field: a function or a list of functions, as a fresh list
+local function fast_hooks(v)
+  if type(v) == "function" then return { v } end
+  if type(v) ~= "table" then return nil end
+  local out = {}
+  for i, f in ipairs(v) do
+    if type(f) ~= "function" then return nil end
+    out[i] = f
+  end
+  return out
+end
+
+local function fast_route(ctx, raw)
+  for k in pairs(raw) do
+    if not FAST_FIELDS[k] then return nil end
+  end
+  local path, prefix = raw.path, raw.prefix
+  local rule = path
+  if rule == nil then rule = prefix elseif prefix ~= nil then return nil end
+  if type(rule) ~= "string" then return nil end
+  local params = parse_rule(rule)
+  if not params then return nil end
+  local upstream, handler = raw.upstream, raw.handler
+  if upstream ~= nil then
+    if handler ~= nil or type(upstream) ~= "string" or not ctx.upstreams[upstream] then
+      return nil
+    end
+  elseif type(handler) ~= "function" then
+    return nil
+  end
+  local out = { path = path, prefix = prefix, upstream = upstream, handler = handler }
+  local v = raw.method
+  if v ~= nil then
+    local m = norm_methods(v)
+    if not m then return nil end
+    out.methods = m
+  end
+  v = raw.host
+  if v ~= nil then
+    if type(v) ~= "string" then return nil end
+    local h = norm_host(v)
+    if not h then return nil end
+    out.host = h
+  end
+  v = raw.priority
+  if v ~= nil then
+    if not finite(v) then return nil end
+    out.priority = v
+  end
+  v = raw.strip_prefix
+  if v == nil then
+    out.strip_prefix = false
+  elseif type(v) ~= "boolean" or (v and (path ~= nil or upstream == nil)) then
+    return nil
+  else
+    out.strip_prefix = v
+  end
+  v = raw.body_size
+  if v ~= nil then
+    if not finite(v) or v ~= math_floor(v) or v < 0 or v > MAX_INT then return nil end
+    out.body_size = v
+  end
+  v = raw.name
+  if v ~= nil then
+    if type(v) ~= "string" then return nil end
+    out.name = v
+  end
+  for i = 1, 3 do
+    local h = FAST_HOOKS[i]
+    v = raw[h]
+    if v ~= nil then
+      local list = fast_hooks(v)
+      if not list then return nil end
+      out[h] = list
+    end
+  end
+  v = raw.plugins
+  if v ~= nil then
+    if type(v) ~= "table" then return nil end
+    out.plugins = v
+  end
+  v = raw.on_reload
+  if v ~= nil then
+    if v ~= "keep" and v ~= "drain" then return nil end
+    out.on_reload = v
+  end
+  v = raw.access_log
+  if v ~= nil then
+    if type(v) ~= "boolean" then return nil end
+    out.access_log = v
+  end
+  v = raw.timeouts
+  if v ~= nil then
+    if type(v) ~= "table" then return nil end
+    local t = {}
+    for k, x in pairs(v) do
+      if not TIMEOUT_KEYS[k] or not finite(x) or x < 0 or x > MAX_SECONDS then return nil end
+      t[k] = x
+    end
+    out.timeouts = t
+  end
+  return out, params
+end
+_M.fast_route = fast_route
+
+
+local function bad_route(ctx, line, n, rule, fmt, ...)
+  fail(ctx.path, line, "route #%d (%s): " .. fmt, n, rule or "?", ...)
+end
+
 -- raw: the route as written; grp: the group holding it, if any (see
 -- groups below), whose settings it inherits.
 local function norm_route(ctx, n, raw, grp)
   local rule = rule_of(raw)
   local line = next_line(ctx, rule, type(raw) == "table" and raw.handler or nil)
 
-  local function bad_route(fmt, ...)
-    fail(ctx.path, line, "route #%d (%s): " .. fmt, n, rule or "?", ...)
-  end
-
   if type(raw) ~= "table" then
-    bad_route("expected a table, got %s", type(raw))
+    bad_route(ctx, line, n, rule, "expected a table, got %s", type(raw))
   end
   local ngroup = 0
   if grp then
     local r2, reason
     r2, reason, ngroup = inherit(grp, raw)
     if not r2 then
-      bad_route("%s", reason)
+      bad_route(ctx, line, n, rule, "%s", reason)
     end
     raw = r2
   end
   ctx.route = raw
-  local r, fpath, reason = validate(ROUTE, raw, { ctx = ctx, named_unknown = true })
+  local r, params = fast_route(ctx, raw)
   if not r then
-    bad_route("%s", reason_text(fpath, reason))
+    local fpath, reason
+    r, fpath, reason = validate(ROUTE, raw, { ctx = ctx, named_unknown = true })
+    if not r then
+      bad_route(ctx, line, n, rule, "%s", reason_text(fpath, reason))
+    end
+    params = parse_rule(rule)
   end
 
   return {
     index = n,
     rule = rule,
     kind = raw.path ~= nil and "exact" or "prefix",
-    params = parse_rule(rule),
+    params = params,
     upstream = r.upstream,
     handler = r.handler,
     strip_prefix = r.strip_prefix,
