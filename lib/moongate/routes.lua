@@ -13,7 +13,6 @@ local debug_getinfo = debug.getinfo
 local math_floor = math.floor
 local str_byte = string.byte
 local str_find = string.find
-local str_gmatch = string.gmatch
 local str_lower = string.lower
 local str_match = string.match
 local str_sub = string.sub
@@ -50,6 +49,23 @@ _M.AUTH_PLUGINS = AUTH_PLUGINS
 
 -- RFC 9110 token characters, upper-case letters only.
 local METHOD_PATTERN = "^[A-Z0-9!#$%%&'*+.^_`|~-]+$"
+
+-- Whether rule:sub(a, b) is "{name}" with name an ASCII letter or '_'
+-- then letters, digits or '_' (what "^{([%a_][%w_]*)}$" takes in the C
+-- locale), by bytes: a pattern match per parameter is most of the cost.
+local function param_name_ok(rule, a, b)
+  if b - a < 2 or str_byte(rule, a) ~= 123 or str_byte(rule, b) ~= 125 then
+    return false
+  end
+  for i = a + 1, b - 1 do
+    local c = str_byte(rule, i)
+    if not ((c >= 97 and c <= 122) or (c >= 65 and c <= 90) or c == 95
+            or (i > a + 1 and c >= 48 and c <= 57)) then
+      return false
+    end
+  end
+  return true
+end
 
 -- Checks a path/prefix rule; returns its parameter names in order.
 -- "/" and a trailing "/" are allowed, empty segments elsewhere are not.
@@ -95,18 +111,26 @@ local function parse_rule(rule)
       end
     end
     if has then
-      local seg = str_sub(rule, pos, stop)
-      local name = str_match(seg, "^{([%a_][%w_]*)}$")
+      local name
+      if param_name_ok(rule, pos, stop) then
+        name = str_sub(rule, pos + 1, stop - 1)
+      else -- the pattern decides (and %a may take more than ASCII letters)
+        name = str_match(str_sub(rule, pos, stop), "^{([%a_][%w_]*)}$")
+      end
       if not name then
-        return nil, "bad segment '" .. seg .. "': a parameter is a whole segment"
-                    .. " '{name}', name made of letters, digits and '_'"
+        return nil, "bad segment '" .. str_sub(rule, pos, stop) .. "': a parameter is a"
+                    .. " whole segment '{name}', name made of letters, digits and '_'"
       end
-      seen = seen or {}
-      if seen[name] then
-        return nil, "duplicate parameter '{" .. name .. "}'"
+      local np = #params
+      if np > 0 then
+        seen = seen or {}
+        if np == 1 then seen[params[1]] = true end
+        if seen[name] then
+          return nil, "duplicate parameter '{" .. name .. "}'"
+        end
+        seen[name] = true
       end
-      seen[name] = true
-      params[#params + 1] = name
+      params[np + 1] = name
     end
     if not e then
       return params
@@ -135,11 +159,17 @@ local function norm_host(h)
 end
 
 
+local KNOWN_METHODS = {
+  GET = true, HEAD = true, POST = true, PUT = true, DELETE = true, PATCH = true,
+  OPTIONS = true, CONNECT = true, TRACE = true,
+}
+
 -- `method`: a string or a list of strings -> list without duplicates. A
 -- reason that starts with "method " names the field itself.
 local function norm_methods(v)
   local list
   if type(v) == "string" then
+    if KNOWN_METHODS[v] then return { v } end
     list = { v }
   elseif type(v) == "table" then
     list = v
@@ -160,13 +190,16 @@ local function norm_methods(v)
     if type(m) ~= "string" then
       return nil, "expected a string, got " .. type(m)
     end
-    if str_upper(m) ~= m then
+    if KNOWN_METHODS[m] then -- upper-case tokens: the checks below pass
+      if not seen[m] then
+        seen[m] = true
+        out[#out + 1] = m
+      end
+    elseif str_upper(m) ~= m then
       return nil, "method '" .. m .. "' must be upper-case"
-    end
-    if not str_find(m, METHOD_PATTERN) then
+    elseif not str_find(m, METHOD_PATTERN) then
       return nil, "method '" .. m .. "' is not a valid method token"
-    end
-    if not seen[m] then
+    elseif not seen[m] then
       seen[m] = true
       out[#out + 1] = m
     end
@@ -203,10 +236,13 @@ local function text_index(text)
     end
     quotes[q] = by
   end
+  -- (a plain find: gmatch would try the pattern at every byte)
   local nl, n = {}, 0
-  for p in str_gmatch(text, "()\n") do
+  local p = str_find(text, "\n", 1, true)
+  while p do
     n = n + 1
     nl[n] = p
+    p = str_find(text, "\n", p + 1, true)
   end
   return { quotes = quotes, nl = nl }
 end
@@ -970,5 +1006,6 @@ end
 
 
 _M.load = load_routes
+_M._text_index = text_index
 
 return _M

@@ -98,3 +98,39 @@ describe("routes.fast_route", function()
     assert.is_true(accepted > valid * 0.8, accepted .. " of " .. valid)
   end)
 end)
+
+-- text_index as it was (gmatch for the line starts), the reference
+describe("routes text_index", function()
+  local function reference(text)
+    local quotes = {}
+    for _, q in ipairs({ '"', "'" }) do
+      local by = {}
+      local p = text:find(q, 1, true)
+      while p do
+        local e = text:find(q, p + 1, true)
+        if not e then break end
+        if text:byte(p + 1) == 47 then
+          local s = text:sub(p + 1, e - 1)
+          by[s] = by[s] or {}
+          table.insert(by[s], p)
+        end
+        p = e
+      end
+      quotes[q] = by
+    end
+    local nl = {}
+    for p in text:gmatch("()\n") do nl[#nl + 1] = p end
+    return { quotes = quotes, nl = nl }
+  end
+
+  it("gives the same index as the reference on random texts", function()
+    math.randomseed(41)
+    local alphabet = { '"', "'", "/", "\n", "a", "{", "}", " ", "\\" }
+    for _ = 1, 3000 do
+      local t = {}
+      for i = 1, math.random(0, 60) do t[i] = alphabet[math.random(#alphabet)] end
+      local text = table.concat(t)
+      assert.same(reference(text), routes._text_index(text))
+    end
+  end)
+end)
