@@ -791,6 +791,21 @@ static void mg_load_read_desc(mg_gen_t *g, lua_State *L, int loader, int genidx)
     mg_gen_desc_sort(g);
 }
 
+void mg_load_desc(mg_gen_t *g) {
+    lua_State *L = g ? g->L : NULL;
+    int top;
+    if (L == NULL || !g->desc_wanted)
+        return;
+    g->desc_wanted = 0;
+    top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+    lua_getfield(L, -1, "moongate.loader");
+    lua_getfield(L, LUA_REGISTRYINDEX, "moongate.gen");
+    if (lua_istable(L, top + 2) && lua_istable(L, top + 3))
+        mg_load_read_desc(g, L, top + 2, top + 3);
+    lua_settop(L, top);
+}
+
 void mg_load_settle(mg_gen_t *gen) {
     if (gen == NULL || gen->L == NULL)
         return;
@@ -887,8 +902,7 @@ static mg_gen_t *mg_load_gen_as(const char *conf_file, int snap_fd, unsigned id,
     }
     /* the route lines reload diffs compare: the master's (a worker's own
      * loads never diff) */
-    if (master)
-        mg_load_read_desc(g, L, loader, genidx);
+    g->desc_wanted = master; /* mg_load_desc, when a diff asks */
     mg_load_read_admin_page(g, L, loader);
     g->admin_build = mg_load_admin_build;
     g->loaded_at = (double)time(NULL);
