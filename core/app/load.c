@@ -877,7 +877,7 @@ static mg_gen_t *mg_load_gen_as(const char *conf_file, int snap_fd, unsigned id,
     mg_gen_t *g = calloc(1, sizeof(*g));
     int master = snap_fd < 0 && !early;
     lua_State *L;
-    int loader, genidx;
+    int loader, genidx, pause;
     double t0 = mg_load_ms(), t1, t2, t3;
 
     if (g == NULL) {
@@ -892,6 +892,11 @@ static mg_gen_t *mg_load_gen_as(const char *conf_file, int snap_fd, unsigned id,
         snprintf(err, errlen, "cannot create a Lua state");
         goto fail;
     }
+    /* a load builds its tables and leaves half of what it allocates as
+     * garbage, which settling collects later (in slices in a worker): the
+     * collector waits for 4x the live heap meanwhile, not 2x (10 000
+     * routes: 8% fewer instructions, about 5 MB more at the peak) */
+    pause = lua_gc(L, LUA_GCSETPAUSE, 400);
     /* every file the load reads goes through one snapshot (snap.c) */
     mg_load_snap_install(L);
     if (snap_fd >= 0 && mg_load_snap_import(L, snap_fd, err, errlen) != MG_OK)
@@ -978,6 +983,7 @@ static mg_gen_t *mg_load_gen_as(const char *conf_file, int snap_fd, unsigned id,
     /* keep the generation table alive for handlers that close over it */
     lua_setfield(L, LUA_REGISTRYINDEX, "moongate.gen");
     lua_settop(L, 0);
+    lua_gc(L, LUA_GCSETPAUSE, pause);
     mg_load_snap_stop(L);
     if (snap_fd >= 0)
         mg_load_snap_drop(L);
