@@ -73,7 +73,7 @@ end
 -- 20 000 calls), with the errors in the order of the checks: the first
 -- byte, whitespace or '?' or '#' anywhere, the number of segments, then
 -- each segment in turn.
-local function parse_rule(rule)
+local function parse_rule_checked(rule)
   if str_byte(rule, 1) ~= 47 then -- '/'
     return nil, "must start with '/'"
   end
@@ -138,6 +138,51 @@ local function parse_rule(rule)
     pos = e + 1
   end
 end
+
+
+-- The same answer for a valid rule in one pass over its bytes: any byte,
+-- segment or parameter it is not sure of sends the rule to
+-- parse_rule_checked, which then finds the first error in its order.
+local function parse_rule(rule)
+  local n = #rule
+  if str_byte(rule, 1) ~= 47 then
+    return parse_rule_checked(rule)
+  end
+  local params, np, nsegs, seg, brace = {}, 0, 1, 2, false
+  for i = 2, n + 1 do
+    local b = i <= n and str_byte(rule, i) or 47
+    if b == 47 then -- a segment ends (or the rule)
+      if i == seg and i <= n then
+        return parse_rule_checked(rule) -- empty segment
+      end
+      if brace then
+        if not param_name_ok(rule, seg, i - 1) then
+          return parse_rule_checked(rule)
+        end
+        local name = str_sub(rule, seg + 1, i - 2)
+        for k = 1, np do
+          if params[k] == name then return parse_rule_checked(rule) end
+        end
+        np = np + 1
+        params[np] = name
+        brace = false
+      end
+      if i <= n then
+        nsegs = nsegs + 1
+        seg = i + 1
+      end
+    elseif b <= 32 or b == 127 or b == 63 or b == 35 then -- '?', '#'
+      return parse_rule_checked(rule)
+    elseif b == 123 or b == 125 then -- '{', '}'
+      brace = true
+    end
+  end
+  if nsegs > MAX_SEGMENTS then
+    return parse_rule_checked(rule)
+  end
+  return params
+end
+_M._parse_rule, _M._parse_rule_checked = parse_rule, parse_rule_checked
 
 
 -- "Example.COM:8080" -> "example.com"; "[::1]:80" -> "[::1]" (the core

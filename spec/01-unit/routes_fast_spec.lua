@@ -134,3 +134,23 @@ describe("routes text_index", function()
     end
   end)
 end)
+
+describe("routes parse_rule", function()
+  it("answers as the checked parse on random rules, valid and not", function()
+    math.randomseed(32)
+    local pieces = { "/", "/", "/", "a", "b1", "{id}", "{x}", "{1}", "{a", "}", "{_v2}", " ", "?",
+                     "#", "\t", "{id}x", "é", "//" }
+    local valid = 0
+    for _ = 1, 20000 do
+      local t = { math.random() < 0.95 and "/" or "a" }
+      for i = 2, math.random(1, 12) do t[i] = pieces[math.random(#pieces)] end
+      if math.random() < 0.02 then t[#t + 1] = string.rep("/s", 33) end
+      local rule = table.concat(t)
+      local a, ea = routes._parse_rule(rule)
+      local b, eb = routes._parse_rule_checked(rule)
+      assert.same({ b, eb }, { a, ea }, rule)
+      if a then valid = valid + 1 end
+    end
+    assert.is_true(valid > 2000, "valid " .. valid)
+  end)
+end)
