@@ -681,6 +681,8 @@ static void mg_master_reload_step(void) {
         if (mg_master_reload_count(MG_SLOT_SWITCHING) > 0)
             return;
         char *acme_src = old->acme ? strdup(((mg_acme_conf_t *)old->acme)->src) : NULL;
+        mg_load_desc(old); /* made now, once the workers serve g */
+        mg_load_desc(g);
         mg_gen_log_diff(old, g);
         mg_master_reload_ok(old, g);
         mg_gen_pending = NULL;

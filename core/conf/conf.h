@@ -192,6 +192,7 @@ struct mg_gen_s {
     void *acme;  /* conf.acme (app's mg_acme_conf_t), or NULL; freed by dtor */
     char **desc; /* one line per route, for reload diffs (the master's loads only) */
     int ndesc;
+    int desc_wanted;    /* the master's load: mg_load_desc makes desc when a diff asks */
     char **desc_sorted; /* the same, sorted: mg_gen_desc_has */
     /* TLS, per server (0 = the main conf): the default SSL_CTX of its TLS
      * listeners (SNI picks the others from it), or NULL; void * keeps

@@ -1322,33 +1322,20 @@ end
 -- Lines are compared between generations to log what a reload changed.
 function _M.describe(gen)
   local out = {}
+  -- the parts joined by " ", in one concatenation per route
   for i, r in ipairs(gen and gen.routes or {}) do
-    local parts = { tostring(r.priority), r.kind, r.rule }
-    if r.methods then
-      parts[#parts + 1] = tbl_concat(r.methods, ",")
-    end
-    if r.host then
-      parts[#parts + 1] = "host=" .. r.host
-    end
-    parts[#parts + 1] = "->"
+    local methods = r.methods and (" " .. tbl_concat(r.methods, ",")) or ""
+    local host = r.host and (" host=" .. r.host) or ""
+    local target
     if r.upstream then
-      parts[#parts + 1] = "upstream " .. r.upstream
-      if r.strip_prefix then
-        parts[#parts + 1] = "(strip_prefix)"
-      end
+      target = " upstream " .. r.upstream .. (r.strip_prefix and " (strip_prefix)" or "")
     else
-      parts[#parts + 1] = "handler"
+      target = " handler"
     end
-    if r.websocket then
-      parts[#parts + 1] = "websocket"
-    end
-    if r.plugin_names then
-      parts[#parts + 1] = "plugins=" .. tbl_concat(r.plugin_names, ",")
-    end
-    if r.name then
-      parts[#parts + 1] = "'" .. r.name .. "'"
-    end
-    out[i] = tbl_concat(parts, " ")
+    out[i] = tostring(r.priority) .. " " .. r.kind .. " " .. r.rule .. methods .. host .. " ->"
+             .. target .. (r.websocket and " websocket" or "")
+             .. (r.plugin_names and (" plugins=" .. tbl_concat(r.plugin_names, ",")) or "")
+             .. (r.name and (" '" .. r.name .. "'") or "")
   end
   return out
 end

@@ -13,7 +13,6 @@ local debug_getinfo = debug.getinfo
 local math_floor = math.floor
 local str_byte = string.byte
 local str_find = string.find
-local str_gmatch = string.gmatch
 local str_lower = string.lower
 local str_match = string.match
 local str_sub = string.sub
@@ -51,13 +50,30 @@ _M.AUTH_PLUGINS = AUTH_PLUGINS
 -- RFC 9110 token characters, upper-case letters only.
 local METHOD_PATTERN = "^[A-Z0-9!#$%%&'*+.^_`|~-]+$"
 
+-- Whether rule:sub(a, b) is "{name}" with name an ASCII letter or '_'
+-- then letters, digits or '_' (what "^{([%a_][%w_]*)}$" takes in the C
+-- locale), by bytes: a pattern match per parameter is most of the cost.
+local function param_name_ok(rule, a, b)
+  if b - a < 2 or str_byte(rule, a) ~= 123 or str_byte(rule, b) ~= 125 then
+    return false
+  end
+  for i = a + 1, b - 1 do
+    local c = str_byte(rule, i)
+    if not ((c >= 97 and c <= 122) or (c >= 65 and c <= 90) or c == 95
+            or (i > a + 1 and c >= 48 and c <= 57)) then
+      return false
+    end
+  end
+  return true
+end
+
 -- Checks a path/prefix rule; returns its parameter names in order.
 -- "/" and a trailing "/" are allowed, empty segments elsewhere are not.
 -- Byte by byte (the loader checks every rule twice; 10 000 routes are
 -- 20 000 calls), with the errors in the order of the checks: the first
 -- byte, whitespace or '?' or '#' anywhere, the number of segments, then
 -- each segment in turn.
-local function parse_rule(rule)
+local function parse_rule_checked(rule)
   if str_byte(rule, 1) ~= 47 then -- '/'
     return nil, "must start with '/'"
   end
@@ -95,18 +111,26 @@ local function parse_rule(rule)
       end
     end
     if has then
-      local seg = str_sub(rule, pos, stop)
-      local name = str_match(seg, "^{([%a_][%w_]*)}$")
+      local name
+      if param_name_ok(rule, pos, stop) then
+        name = str_sub(rule, pos + 1, stop - 1)
+      else -- the pattern decides (and %a may take more than ASCII letters)
+        name = str_match(str_sub(rule, pos, stop), "^{([%a_][%w_]*)}$")
+      end
       if not name then
-        return nil, "bad segment '" .. seg .. "': a parameter is a whole segment"
-                    .. " '{name}', name made of letters, digits and '_'"
+        return nil, "bad segment '" .. str_sub(rule, pos, stop) .. "': a parameter is a"
+                    .. " whole segment '{name}', name made of letters, digits and '_'"
       end
-      seen = seen or {}
-      if seen[name] then
-        return nil, "duplicate parameter '{" .. name .. "}'"
+      local np = #params
+      if np > 0 then
+        seen = seen or {}
+        if np == 1 then seen[params[1]] = true end
+        if seen[name] then
+          return nil, "duplicate parameter '{" .. name .. "}'"
+        end
+        seen[name] = true
       end
-      seen[name] = true
-      params[#params + 1] = name
+      params[np + 1] = name
     end
     if not e then
       return params
@@ -114,6 +138,51 @@ local function parse_rule(rule)
     pos = e + 1
   end
 end
+
+
+-- The same answer for a valid rule in one pass over its bytes: any byte,
+-- segment or parameter it is not sure of sends the rule to
+-- parse_rule_checked, which then finds the first error in its order.
+local function parse_rule(rule)
+  local n = #rule
+  if str_byte(rule, 1) ~= 47 then
+    return parse_rule_checked(rule)
+  end
+  local params, np, nsegs, seg, brace = {}, 0, 1, 2, false
+  for i = 2, n + 1 do
+    local b = i <= n and str_byte(rule, i) or 47
+    if b == 47 then -- a segment ends (or the rule)
+      if i == seg and i <= n then
+        return parse_rule_checked(rule) -- empty segment
+      end
+      if brace then
+        if not param_name_ok(rule, seg, i - 1) then
+          return parse_rule_checked(rule)
+        end
+        local name = str_sub(rule, seg + 1, i - 2)
+        for k = 1, np do
+          if params[k] == name then return parse_rule_checked(rule) end
+        end
+        np = np + 1
+        params[np] = name
+        brace = false
+      end
+      if i <= n then
+        nsegs = nsegs + 1
+        seg = i + 1
+      end
+    elseif b <= 32 or b == 127 or b == 63 or b == 35 then -- '?', '#'
+      return parse_rule_checked(rule)
+    elseif b == 123 or b == 125 then -- '{', '}'
+      brace = true
+    end
+  end
+  if nsegs > MAX_SEGMENTS then
+    return parse_rule_checked(rule)
+  end
+  return params
+end
+_M._parse_rule, _M._parse_rule_checked = parse_rule, parse_rule_checked
 
 
 -- "Example.COM:8080" -> "example.com"; "[::1]:80" -> "[::1]" (the core
@@ -135,11 +204,17 @@ local function norm_host(h)
 end
 
 
+local KNOWN_METHODS = {
+  GET = true, HEAD = true, POST = true, PUT = true, DELETE = true, PATCH = true,
+  OPTIONS = true, CONNECT = true, TRACE = true,
+}
+
 -- `method`: a string or a list of strings -> list without duplicates. A
 -- reason that starts with "method " names the field itself.
 local function norm_methods(v)
   local list
   if type(v) == "string" then
+    if KNOWN_METHODS[v] then return { v } end
     list = { v }
   elseif type(v) == "table" then
     list = v
@@ -160,13 +235,16 @@ local function norm_methods(v)
     if type(m) ~= "string" then
       return nil, "expected a string, got " .. type(m)
     end
-    if str_upper(m) ~= m then
+    if KNOWN_METHODS[m] then -- upper-case tokens: the checks below pass
+      if not seen[m] then
+        seen[m] = true
+        out[#out + 1] = m
+      end
+    elseif str_upper(m) ~= m then
       return nil, "method '" .. m .. "' must be upper-case"
-    end
-    if not str_find(m, METHOD_PATTERN) then
+    elseif not str_find(m, METHOD_PATTERN) then
       return nil, "method '" .. m .. "' is not a valid method token"
-    end
-    if not seen[m] then
+    elseif not seen[m] then
       seen[m] = true
       out[#out + 1] = m
     end
@@ -203,10 +281,13 @@ local function text_index(text)
     end
     quotes[q] = by
   end
+  -- (a plain find: gmatch would try the pattern at every byte)
   local nl, n = {}, 0
-  for p in str_gmatch(text, "()\n") do
+  local p = str_find(text, "\n", 1, true)
+  while p do
     n = n + 1
     nl[n] = p
+    p = str_find(text, "\n", p + 1, true)
   end
   return { quotes = quotes, nl = nl }
 end
@@ -511,39 +592,171 @@ local function next_line(ctx, rule, handler)
 end
 
 
+-- The route checks' common case, without moongate.schema: a route whose
+-- fields are all of the plain kinds and all valid gets here the table
+-- validate(ROUTE, raw) would give, and its rule's parameters; anything
+-- else (an unknown field, a websocket table, any value the schema would
+-- refuse) answers nil and goes through validate(), which then gives the
+-- reason. So every refusal still comes from the schema, with its message,
+-- and this only has to agree with it on what it accepts.
+local FAST_FIELDS = {
+  path = true, prefix = true, upstream = true, handler = true, method = true, host = true,
+  priority = true, strip_prefix = true, body_size = true, name = true, access = true,
+  header_filter = true, log = true, plugins = true, on_reload = true, access_log = true,
+  timeouts = true,
+}
+local FAST_HOOKS = { "access", "header_filter", "log" }
+local TIMEOUT_KEYS = { read = true, write = true, idle = true }
+local math_huge = math.huge
+
+local function finite(v)
+  return type(v) == "number" and v == v and v ~= math_huge and v ~= -math_huge
+end
+
+-- a FUNCTION_LIST field: a function or a list of functions, as a fresh list
+local function fast_hooks(v)
+  if type(v) == "function" then return { v } end
+  if type(v) ~= "table" then return nil end
+  local out = {}
+  for i, f in ipairs(v) do
+    if type(f) ~= "function" then return nil end
+    out[i] = f
+  end
+  return out
+end
+
+local function fast_route(ctx, raw)
+  for k in pairs(raw) do
+    if not FAST_FIELDS[k] then return nil end
+  end
+  local path, prefix = raw.path, raw.prefix
+  local rule = path
+  if rule == nil then rule = prefix elseif prefix ~= nil then return nil end
+  if type(rule) ~= "string" then return nil end
+  local params = parse_rule(rule)
+  if not params then return nil end
+  local upstream, handler = raw.upstream, raw.handler
+  if upstream ~= nil then
+    if handler ~= nil or type(upstream) ~= "string" or not ctx.upstreams[upstream] then
+      return nil
+    end
+  elseif type(handler) ~= "function" then
+    return nil
+  end
+  local out = { path = path, prefix = prefix, upstream = upstream, handler = handler }
+  local v = raw.method
+  if v ~= nil then
+    local m = norm_methods(v)
+    if not m then return nil end
+    out.methods = m
+  end
+  v = raw.host
+  if v ~= nil then
+    if type(v) ~= "string" then return nil end
+    local h = norm_host(v)
+    if not h then return nil end
+    out.host = h
+  end
+  v = raw.priority
+  if v ~= nil then
+    if not finite(v) then return nil end
+    out.priority = v
+  end
+  v = raw.strip_prefix
+  if v == nil then
+    out.strip_prefix = false
+  elseif type(v) ~= "boolean" or (v and (path ~= nil or upstream == nil)) then
+    return nil
+  else
+    out.strip_prefix = v
+  end
+  v = raw.body_size
+  if v ~= nil then
+    if not finite(v) or v ~= math_floor(v) or v < 0 or v > MAX_INT then return nil end
+    out.body_size = v
+  end
+  v = raw.name
+  if v ~= nil then
+    if type(v) ~= "string" then return nil end
+    out.name = v
+  end
+  for i = 1, 3 do
+    local h = FAST_HOOKS[i]
+    v = raw[h]
+    if v ~= nil then
+      local list = fast_hooks(v)
+      if not list then return nil end
+      out[h] = list
+    end
+  end
+  v = raw.plugins
+  if v ~= nil then
+    if type(v) ~= "table" then return nil end
+    out.plugins = v
+  end
+  v = raw.on_reload
+  if v ~= nil then
+    if v ~= "keep" and v ~= "drain" then return nil end
+    out.on_reload = v
+  end
+  v = raw.access_log
+  if v ~= nil then
+    if type(v) ~= "boolean" then return nil end
+    out.access_log = v
+  end
+  v = raw.timeouts
+  if v ~= nil then
+    if type(v) ~= "table" then return nil end
+    local t = {}
+    for k, x in pairs(v) do
+      if not TIMEOUT_KEYS[k] or not finite(x) or x < 0 or x > MAX_SECONDS then return nil end
+      t[k] = x
+    end
+    out.timeouts = t
+  end
+  return out, params
+end
+_M.fast_route = fast_route
+
+
+local function bad_route(ctx, line, n, rule, fmt, ...)
+  fail(ctx.path, line, "route #%d (%s): " .. fmt, n, rule or "?", ...)
+end
+
 -- raw: the route as written; grp: the group holding it, if any (see
 -- groups below), whose settings it inherits.
 local function norm_route(ctx, n, raw, grp)
   local rule = rule_of(raw)
   local line = next_line(ctx, rule, type(raw) == "table" and raw.handler or nil)
 
-  local function bad_route(fmt, ...)
-    fail(ctx.path, line, "route #%d (%s): " .. fmt, n, rule or "?", ...)
-  end
-
   if type(raw) ~= "table" then
-    bad_route("expected a table, got %s", type(raw))
+    bad_route(ctx, line, n, rule, "expected a table, got %s", type(raw))
   end
   local ngroup = 0
   if grp then
     local r2, reason
     r2, reason, ngroup = inherit(grp, raw)
     if not r2 then
-      bad_route("%s", reason)
+      bad_route(ctx, line, n, rule, "%s", reason)
     end
     raw = r2
   end
   ctx.route = raw
-  local r, fpath, reason = validate(ROUTE, raw, { ctx = ctx, named_unknown = true })
+  local r, params = fast_route(ctx, raw)
   if not r then
-    bad_route("%s", reason_text(fpath, reason))
+    local fpath, reason
+    r, fpath, reason = validate(ROUTE, raw, { ctx = ctx, named_unknown = true })
+    if not r then
+      bad_route(ctx, line, n, rule, "%s", reason_text(fpath, reason))
+    end
+    params = parse_rule(rule)
   end
 
   return {
     index = n,
     rule = rule,
     kind = raw.path ~= nil and "exact" or "prefix",
-    params = parse_rule(rule),
+    params = params,
     upstream = r.upstream,
     handler = r.handler,
     strip_prefix = r.strip_prefix,
@@ -838,5 +1051,6 @@ end
 
 
 _M.load = load_routes
+_M._text_index = text_index
 
 return _M
