@@ -202,6 +202,12 @@ bench-metrics: $(BIN)
 bench-metrics-ir: $(TEST_STAMP) $(BIN)
 	@sh bench/metrics-ir.sh
 
+# bench/plugins.sh's routes (/plain, /hook, /api) counted in instructions per
+# request under callgrind (bench/plugins-ir.sh)
+.PHONY: bench-plugins-ir
+bench-plugins-ir: $(TEST_STAMP) $(BIN)
+	@sh bench/plugins-ir.sh
+
 # moongate under valgrind memcheck over a short TLS + WSS session
 .PHONY: valgrind-tls
 valgrind-tls: $(TEST_STAMP) $(BIN)

@@ -229,6 +229,35 @@ static inline int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll
     return l == ll && strncasecmp(n, lit, l) == 0;
 }
 #define MG_NAME_IS(n, l, lit) mg_name_eq((n), (l), (lit), sizeof(lit) - 1)
+/* 1 when v[0..n) holds no control character but HTAB (no byte below 0x20
+ * other than 0x09, no DEL): what a field value may hold (RFC 9110 5.5).
+ * Eight bytes a step: a word with no byte below 0x20 and none equal to 0x7f
+ * passes whole; one that may have is checked byte by byte (a tab, or the
+ * real thing). Header values of a few hundred bytes (a JWT) are common. */
+static inline int mg_value_ok(const char *v, size_t n) {
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w, del;
+        memcpy(&w, v + i, 8);
+        del = w ^ (0x7f * ones);
+        /* the classic "has a byte below k" and "has a zero byte" tests:
+         * exact when no byte is 0x80 or above, else possibly a false hit */
+        if ((((w - 0x20 * ones) & ~w) | ((del - ones) & ~del)) & highs) {
+            for (size_t k = i; k < i + 8; k++) {
+                unsigned char ch = (unsigned char)v[k];
+                if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+                    return 0;
+            }
+        }
+    }
+    for (; i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return 0;
+    }
+    return 1;
+}
 /* Escapes s for a JSON string (ASCII out) into out (cap bytes, NUL ended);
  * stops when fewer than 8 bytes of out are left. */
 size_t mg_json_escape(char *out, size_t cap, const char *s);

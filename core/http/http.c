@@ -255,6 +255,20 @@ static void mg_http_conn_fail(mg_conn_t *c, int status) {
 static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n) {
     for (size_t i = 0; i < n && !x->scan_done; i++) {
         char ch = p[i];
+        if (x->scan_rl == 2 && ch != '\r' && ch != '\n' && x->scan_prev != '\r') {
+            /* inside a header line: only CR and LF matter, and the bytes up
+             * to the next CR can be skipped whole when no LF is among them
+             * (a bare LF is refused below) */
+            const char *cr = memchr(p + i, '\r', n - i);
+            size_t end = cr ? (size_t)(cr - p) : n;
+            const char *lf = memchr(p + i, '\n', end - i);
+            if (lf)
+                end = (size_t)(lf - p);
+            x->scan_nl = 0;
+            x->scan_prev = p[end - 1];
+            i = end - 1;
+            continue;
+        }
         if (x->scan_prev == '\r' && ch != '\n')
             return -1;
         if (ch == '\n') {

@@ -138,11 +138,8 @@ int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
         const char *v = r->hbuf + h->voff, *n = r->hbuf + h->noff;
         hbytes += h->nlen + h->vlen + 4;
         /* bare CR, NUL and other CTLs inside a value (obs-fold shows up as CR/LF) */
-        for (size_t k = 0; k < h->vlen; k++) {
-            unsigned char ch = v[k];
-            if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-                return 400;
-        }
+        if (!mg_value_ok(v, h->vlen))
+            return 400;
         if (h->nlen == 0)
             return 400;
         if (MG_NAME_IS(n, h->nlen, "host")) {

@@ -28,21 +28,27 @@ const char *mg_http_date(size_t *len) {
     return buf;
 }
 
+/* tchar (RFC 9110 5.6.2): ALPHA, DIGIT and "!#$%&'*+-.^_`|~" */
+static const unsigned char mg_tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,  ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1,  ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1,  ['N'] = 1, ['O'] = 1,
+    ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,  ['V'] = 1, ['W'] = 1,
+    ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1,  ['d'] = 1, ['e'] = 1,
+    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1,  ['l'] = 1, ['m'] = 1,
+    ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1,  ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+};
+
 int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vlen) {
     if (nlen == 0)
         return 0;
-    for (size_t i = 0; i < nlen; i++) {
-        unsigned char ch = name[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              (ch > 0x20 && ch < 0x7f && strchr("!#$%&'*+-.^_`|~", ch))))
+    for (size_t i = 0; i < nlen; i++)
+        if (!mg_tchar[(unsigned char)name[i]])
             return 0;
-    }
-    for (size_t i = 0; i < vlen; i++) {
-        unsigned char ch = value[i];
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-            return 0;
-    }
-    return 1;
+    return mg_value_ok(value, vlen);
 }
 
 /* HSTS (RFC 6797 7.1, 8.1): the route table's tls.hsts line, on TLS

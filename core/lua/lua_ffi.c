@@ -263,9 +263,13 @@ int mg_lua_ffi_req_set_header(int64_t id, int resp, const char *n, size_t nl, co
 int mg_lua_ffi_req_set_header_num(int64_t id, int resp, const char *n, size_t nl, double d) {
     char num[32];
     size_t vl;
-    if (d == (double)(long long)d && d > -1e15 && d < 1e15)
-        vl = (size_t)snprintf(num, sizeof(num), "%lld", (long long)d);
-    else
+    if (d == (double)(long long)d && d > -1e15 && d < 1e15) {
+        long long v = (long long)d; /* what "%lld" writes, without snprintf */
+        vl = 0;
+        if (v < 0)
+            num[vl++] = '-';
+        vl += mg_utoa(num + vl, (uint64_t)(v < 0 ? -v : v));
+    } else
         vl = (size_t)snprintf(num, sizeof(num), "%.14g", d);
     return mg_lua_ffi_req_set_header(id, resp, n, nl, num, vl);
 }

@@ -82,6 +82,18 @@ local function hex(s)
   return (str_format(str_rep("%02x", #s), byte(s, 1, -1)))
 end
 
+-- bucket keys made before, per conf and prefix: value -> key, so a client
+-- seen again costs a table lookup, not a concatenation (and a hash, for a
+-- long value). Bounded: emptied when KEY_CACHE_MAX keys are in it.
+local KEY_CACHE_MAX = 4096
+local key_caches = setmetatable({}, { __mode = "k" })
+
+local function key_cache(conf)
+  local kc = { n = 0, key = {}, ip = {} }
+  key_caches[conf] = kc
+  return kc
+end
+
 local function bucket_key(conf, req, ctx)
   local k = conf.key
   local v
@@ -92,12 +104,21 @@ local function bucket_key(conf, req, ctx)
     v = claims and claims[conf.claim]
     if v ~= nil and type(v) ~= "string" then v = tostring(v) end
   end
-  local prefix = conf._prefix or prefixes(conf)
+  local kc = key_caches[conf] or key_cache(conf)
+  local map, prefix = kc.key, conf._prefix or prefixes(conf)
   if v == nil or v == "" then
-    prefix, v = conf._ip_prefix, ctx.client_ip or req.remote_addr
+    map, prefix, v = kc.ip, conf._ip_prefix, ctx.client_ip or req.remote_addr
   end
-  if #v > MAX_KEY then v = hex(moongate.crypto.sha256(v)) end
-  return prefix .. v
+  local key = map[v]
+  if key then return key end
+  if kc.n >= KEY_CACHE_MAX then
+    kc = key_cache(conf)
+    map = prefix == conf._ip_prefix and kc.ip or kc.key
+  end
+  key = prefix .. (#v > MAX_KEY and hex(moongate.crypto.sha256(v)) or v)
+  map[v] = key
+  kc.n = kc.n + 1
+  return key
 end
 
 -- the dictionaries, opened once per worker

@@ -3,7 +3,9 @@
  * leaves to us: mg_http_host_valid, mg_http_te_check, and
  * mg_http_check_head on heads laid out as the parser callbacks lay them
  * (url, then names and values, in one buffer): Host, header values,
- * framing, Expect, method and version, target forms, dot segments.
+ * framing, Expect, method and version, target forms, dot segments; and
+ * mg_value_ok (eight bytes a step) and mg_http_field_ok against byte-wise
+ * references on every byte at every offset and on random values.
  */
 #include "ct.h"
 #include "ct_req.h"
@@ -185,6 +187,57 @@ static void dot_segments(void) {
     CHECK_INT(check(HTTP_GET, "/a?p=/../x"), 0); /* the query is not a path */
 }
 
+static int value_ref(const char *v, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+static int name_ref(const char *s, size_t n) {
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch > 0x20 && ch < 0x7f && strchr("!#$%&'*+-.^_`|~", ch))))
+            return 0;
+    }
+    return 1;
+}
+
+static void value_words(void) {
+    char v[40];
+    int bad = 0;
+    /* one byte of every value at every offset of a 1..40-byte value */
+    for (size_t n = 1; n <= sizeof(v); n++)
+        for (size_t at = 0; at < n; at++)
+            for (int b = 0; b < 256; b++) {
+                memset(v, 'a', n);
+                v[at] = (char)b;
+                bad += mg_value_ok(v, n) != value_ref(v, n);
+                bad += mg_http_field_ok(v, n, "x", 1) != name_ref(v, n);
+                bad += mg_http_field_ok("X-A", 3, v, n) != value_ref(v, n);
+            }
+    /* random values, high bytes (0x80..0xff) mixed in */
+    uint32_t seed = 12345;
+    for (int round = 0; round < 200000; round++) {
+        size_t n = 1 + round % sizeof(v);
+        for (size_t i = 0; i < n; i++) {
+            seed = seed * 1103515245u + 12345u;
+            unsigned r = (seed >> 16) & 0xff;
+            v[i] = (char)((seed >> 8) % 16 == 0 ? r : (r % 2 ? 0x80 + r % 0x80 : 0x20 + r % 0x5f));
+        }
+        bad += mg_value_ok(v, n) != value_ref(v, n);
+        bad += mg_http_field_ok(v, n, "x", 1) != name_ref(v, n);
+    }
+    CHECK_INT(bad, 0);
+    CHECK_INT(mg_value_ok("", 0), 1);
+    CHECK_INT(mg_http_field_ok("", 0, "v", 1), 0);
+}
+
 int main(void) {
     CT_RUN(host_chars);
     CT_RUN(te_values);
@@ -195,5 +248,6 @@ int main(void) {
     CT_RUN(method_version);
     CT_RUN(target_forms);
     CT_RUN(dot_segments);
+    CT_RUN(value_words);
     return ct_end();
 }

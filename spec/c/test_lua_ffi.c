@@ -120,6 +120,9 @@ static void set_headers(void) {
     CHECK_INT(mg_lua_ffi_req_set_header(id, 0, "X-A", 3, "2", 1), 0); /* replaces */
     CHECK_INT(mg_lua_ffi_req_set_header_num(id, 1, "X-N", 3, 42), 0);
     CHECK_INT(mg_lua_ffi_req_set_header_num(id, 1, "X-F", 3, 1.5), 0);
+    CHECK_INT(mg_lua_ffi_req_set_header_num(id, 1, "X-Z", 3, 0), 0);
+    CHECK_INT(mg_lua_ffi_req_set_header_num(id, 1, "X-M", 3, -907), 0);
+    CHECK_INT(mg_lua_ffi_req_set_header_num(id, 1, "X-E", 3, 1e15), 0);
     CHECK_INT(mg_lua_ffi_req_set_header(id, 0, "Connection", 10, "x", 1), 0); /* ignored */
     CHECK_INT(mg_lua_ffi_req_set_header(id, 0, "X-B", 3, NULL, 0), 0);        /* hides */
     CHECK_INT(mg_lua_ffi_req_set_header(id, 0, "X A", 3, "1", 1), 1);
@@ -133,6 +136,9 @@ static void set_headers(void) {
     CHECK(memmem(req.xhdrs.p, req.xhdrs.len, "Connection", 10) == NULL);
     CHECK(memmem(req.rxhdrs.p, req.rxhdrs.len, "X-N: 42\r\n", 9) != NULL);
     CHECK(memmem(req.rxhdrs.p, req.rxhdrs.len, "X-F: 1.5\r\n", 10) != NULL);
+    CHECK(memmem(req.rxhdrs.p, req.rxhdrs.len, "X-Z: 0\r\n", 8) != NULL);
+    CHECK(memmem(req.rxhdrs.p, req.rxhdrs.len, "X-M: -907\r\n", 11) != NULL);
+    CHECK(memmem(req.rxhdrs.p, req.rxhdrs.len, "X-E: 1e+15\r\n", 12) != NULL);
     mg_lua_ffi_id_free(id);
     CHECK_INT(mg_lua_ffi_req_set_header(id, 0, "X-A", 3, "1", 1), -2);
     free(req.xhdrs.p);
