@@ -226,7 +226,9 @@ size_t mg_utoa(char *buf, uint64_t v);
 /* Header and token names compare without case (RFC 9110 5.1); MG_NAME_IS
  * takes a literal. The one copy: proxy, WebSocket and forwarding use it. */
 static inline int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll) {
-    return l == ll && strncasecmp(n, lit, l) == 0;
+    /* the first byte without case (| 0x20 folds ASCII letters; equal bytes
+     * stay equal) sorts out most names of the same length before the call */
+    return l == ll && (l == 0 || ((n[0] | 0x20) == (lit[0] | 0x20) && strncasecmp(n, lit, l) == 0));
 }
 #define MG_NAME_IS(n, l, lit) mg_name_eq((n), (l), (lit), sizeof(lit) - 1)
 /* 1 when v[0..n) holds no control character but HTAB (no byte below 0x20

@@ -253,45 +253,65 @@ static void mg_http_conn_fail(mg_conn_t *c, int status) {
  * blank line. Returns -1 on a bare LF, a bare CR, two spaces in a row or
  * other than three parts in the request line. */
 static int mg_http_scan_head(mg_xconn_t *x, const char *p, size_t n) {
-    for (size_t i = 0; i < n && !x->scan_done; i++) {
-        char ch = p[i];
-        if (x->scan_rl == 2 && ch != '\r' && ch != '\n' && x->scan_prev != '\r') {
-            /* inside a header line: only CR and LF matter, and the bytes up
-             * to the next CR can be skipped whole when no LF is among them
-             * (a bare LF is refused below) */
-            const char *cr = memchr(p + i, '\r', n - i);
-            size_t end = cr ? (size_t)(cr - p) : n;
-            const char *lf = memchr(p + i, '\n', end - i);
-            if (lf)
-                end = (size_t)(lf - p);
-            x->scan_nl = 0;
-            x->scan_prev = p[end - 1];
-            i = end - 1;
-            continue;
+    /* the state in locals (a char store through p could alias x's fields,
+     * which made the compiler reload them for every byte), and a run of
+     * bytes that change nothing (all but CR, LF and, in the request line,
+     * a space) skipped in a tight loop: a few instructions a byte */
+    const unsigned char *s = (const unsigned char *)p, *e = s + n;
+    int prev = (unsigned char)x->scan_prev, rl = x->scan_rl, nl = x->scan_nl, sp = x->scan_sp;
+    int rc = 0;
+
+    if (x->scan_done)
+        return 0;
+    while (s < e) {
+        int ch = *s++;
+        if (prev == '\r' && ch != '\n') {
+            rc = -1;
+            break;
         }
-        if (x->scan_prev == '\r' && ch != '\n')
-            return -1;
         if (ch == '\n') {
-            if (x->scan_prev != '\r')
-                return -1;
-            if (x->scan_rl == 1) { /* the request line ends */
-                if (x->scan_sp != 2)
-                    return -1;
-                x->scan_rl = 2;
-                x->scan_nl = 1;
-            } else if (x->scan_rl == 2 && ++x->scan_nl == 2) {
+            if (prev != '\r') {
+                rc = -1;
+                break;
+            }
+            if (rl == 1) { /* the request line ends */
+                if (sp != 2) {
+                    rc = -1;
+                    break;
+                }
+                rl = 2;
+                nl = 1;
+            } else if (rl == 2 && ++nl == 2) {
                 x->scan_done = 1;
+                prev = ch;
+                break;
             }
         } else if (ch != '\r') {
-            if (x->scan_rl == 0)
-                x->scan_rl = 1;
-            else if (x->scan_rl == 1 && ch == ' ' && (x->scan_prev == ' ' || ++x->scan_sp > 2))
-                return -1;
-            x->scan_nl = 0;
+            if (rl == 0)
+                rl = 1;
+            else if (rl == 1 && ch == ' ' && (prev == ' ' || ++sp > 2)) {
+                rc = -1;
+                break;
+            }
+            nl = 0;
+            if (rl == 2) { /* a header line: to its CR (or a bare LF), by memchr */
+                const unsigned char *cr = memchr(s, '\r', (size_t)(e - s));
+                const unsigned char *stop = cr ? cr : e;
+                const unsigned char *lf = memchr(s, '\n', (size_t)(stop - s));
+                s = lf ? lf : stop;
+            } else {
+                while (s < e && *s != '\r' && *s != '\n' && *s != ' ')
+                    s++;
+            }
+            ch = s[-1];
         }
-        x->scan_prev = ch;
+        prev = ch;
     }
-    return 0;
+    x->scan_prev = (char)prev;
+    x->scan_rl = rl;
+    x->scan_nl = nl;
+    x->scan_sp = sp;
+    return rc;
 }
 
 static void mg_http_conn_exec(mg_conn_t *c, const char *data, size_t len) {
