@@ -576,10 +576,24 @@ static size_t mg_http_log_method_len(const char *m) {
     return n;
 }
 
+/* strnlen(id, 39) of a request id: mg_request_id's 32 hex digits and
+ * their NUL told by four word tests (no zero byte in any of the words),
+ * anything else counted by strnlen */
+static inline size_t mg_http_log_id_len(const char *id) {
+    const uint64_t ones = 0x0101010101010101ULL, highs = ones * 0x80;
+    uint64_t w[4];
+    memcpy(w, id, sizeof(w));
+    if (id[32] == '\0' && !(((w[0] - ones) & ~w[0]) & highs) &&
+        !(((w[1] - ones) & ~w[1]) & highs) && !(((w[2] - ones) & ~w[2]) & highs) &&
+        !(((w[3] - ones) & ~w[3]) & highs))
+        return 32;
+    return strnlen(id, sizeof(((mg_req_t *)0)->request_id) - 1);
+}
+
 void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method) {
     const char *ip = mg_req_client_ip(r);
     size_t ml = mg_http_log_method_len(method), il = strnlen(ip, MG_PEER_IP_MAX - 1),
-           rl = strnlen(r->request_id, sizeof(r->request_id) - 1);
+           rl = mg_http_log_id_len(r->request_id);
     char *o;
     mg_fmt_put_lit(b, "{\"type\":\"access\",\"time\":");
     mg_fmt_put_time_ms(b, t_ms);
