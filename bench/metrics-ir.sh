@@ -63,7 +63,7 @@ return {
 }
 CONF
   cg="$work/$(basename "$1").$3.cg"
-  (cd "$work/site" && exec valgrind -q --tool=callgrind --callgrind-out-file="$cg.%p" \
+  (cd "$work/site" && exec valgrind -q --tool=callgrind --callgrind-out-file="$cg.%p" $IR_TOGGLE \
      "$OLDPWD/$1" -c conf/moongate.lua) >"$work/mg.log" 2>&1 &
   mg_pid=$!
   i=0

@@ -480,6 +480,28 @@ static void mg_http_log_route_of(mg_fmt_t *b, const mg_req_t *r) {
     memcpy(mg_http_lroute.esc, b->p + at, mg_http_lroute.n);
 }
 
+/* The upstream server of the last line, escaped, kept per worker like
+ * the route: keyed by the name's address alone, since a server's name
+ * ("host:port", upstream.c's mg_peer_t) is written once and its peer is
+ * never freed. */
+static struct {
+    const char *s;
+    size_t n;
+    char esc[120];
+} mg_http_lup;
+
+static void mg_http_log_up_addr(mg_fmt_t *b, const char *s) {
+    size_t at = b->len;
+    if (s == mg_http_lup.s) {
+        mg_fmt_put_short(b, mg_http_lup.esc, mg_http_lup.n);
+        return;
+    }
+    mg_fmt_put_json(b, s, SIZE_MAX, 120);
+    mg_http_lup.s = s;
+    mg_http_lup.n = b->len - at;
+    memcpy(mg_http_lup.esc, b->p + at, mg_http_lup.n);
+}
+
 /* A header value for the log: cut to 200 bytes, escaped, quoted; null. */
 static void mg_http_log_header(mg_fmt_t *b, const char *v, size_t len) {
     if (v == NULL) {
@@ -522,6 +544,49 @@ static void mg_http_log_listener(mg_fmt_t *b, int lidx) {
     mg_fmt_put_mem(b, one, n < 0 ? 0 : (size_t)n < sizeof(one) ? (size_t)n : sizeof(one) - 1);
 }
 
+/* "host" to "user_agent" of the last line, kept per worker: the requests
+ * of a keep-alive connection (and most of a client's) repeat their Host
+ * and User-Agent. Keyed by the bytes the line shows (each value cut to
+ * 200, or none), the listener and the listeners' table (mg_worker.laddr,
+ * the one mg_http_lnames was made for); a hit copies
+ * the piece, a miss builds it and keeps it. */
+static struct {
+    int lidx;
+    const void *lnames_of;
+    size_t hl, ul, n; /* hl, ul: SIZE_MAX for none */
+    char host[200], ua[200];
+    char piece[2 * 1220 + 96]; /* two escaped values of 1217, the names, 79 */
+} mg_http_lclient = {.hl = SIZE_MAX - 1};
+
+static void mg_http_log_client(mg_fmt_t *b, const char *host, size_t hl, const char *ua, size_t ul,
+                               int lidx) {
+    size_t at = b->len, hk = host ? (hl < 200 ? hl : 200) : SIZE_MAX,
+           uk = ua ? (ul < 200 ? ul : 200) : SIZE_MAX;
+    if (hk == mg_http_lclient.hl && uk == mg_http_lclient.ul && lidx == mg_http_lclient.lidx &&
+        mg_worker.laddr == mg_http_lclient.lnames_of && mg_http_lnames_of == mg_worker.laddr &&
+        mg_worker.laddr != NULL && (host == NULL || memcmp(host, mg_http_lclient.host, hk) == 0) &&
+        (ua == NULL || memcmp(ua, mg_http_lclient.ua, uk) == 0)) {
+        mg_fmt_put_short(b, mg_http_lclient.piece, mg_http_lclient.n);
+        return;
+    }
+    mg_fmt_put_lit(b, "\",\"host\":");
+    mg_http_log_header(b, host, hl);
+    mg_fmt_put_lit(b, ",\"listener\":\"");
+    mg_http_log_listener(b, lidx);
+    mg_fmt_put_lit(b, "\",\"user_agent\":");
+    mg_http_log_header(b, ua, ul);
+    mg_http_lclient.lidx = lidx;
+    mg_http_lclient.lnames_of = mg_worker.laddr;
+    mg_http_lclient.hl = hk;
+    mg_http_lclient.ul = uk;
+    if (host)
+        memcpy(mg_http_lclient.host, host, hk);
+    if (ua)
+        memcpy(mg_http_lclient.ua, ua, uk);
+    mg_http_lclient.n = b->len - at;
+    memcpy(mg_http_lclient.piece, b->p + at, mg_http_lclient.n);
+}
+
 uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
     const char *host = NULL, *ua = NULL;
     size_t hl = 0, ul = 0;
@@ -553,12 +618,7 @@ uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
     }
     mg_fmt_put_lit(b, ",\"timestamp\":\"");
     mg_fmt_put_iso_ms(b, t_ms);
-    mg_fmt_put_lit(b, "\",\"host\":");
-    mg_http_log_header(b, host, hl);
-    mg_fmt_put_lit(b, ",\"listener\":\"");
-    mg_http_log_listener(b, r->lidx);
-    mg_fmt_put_lit(b, "\",\"user_agent\":");
-    mg_http_log_header(b, ua, ul);
+    mg_http_log_client(b, host, hl, ua, ul, r->lidx);
     return head;
 }
 
@@ -654,7 +714,7 @@ static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *t
     if (r->up_addr) {
         o = MG_FMT_O_LIT(o, ",\"upstream_addr\":\"");
         mg_fmt_to(b, o);
-        mg_fmt_put_json(b, r->up_addr, SIZE_MAX, 120);
+        mg_http_log_up_addr(b, r->up_addr);
         o = MG_FMT_O_LIT(mg_fmt_at(b), "\",\"upstream_status\":");
         o = mg_fmt_o_i64(o, r->up_status);
         o = MG_FMT_O_LIT(o, ",\"upstream_ms\":");
