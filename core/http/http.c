@@ -558,14 +558,35 @@ static struct {
     char piece[2 * 1220 + 96]; /* two escaped values of 1217, the names, 79 */
 } mg_http_lclient = {.hl = SIZE_MAX - 1};
 
+/* memcmp(a, b, n) == 0, from 8 to 32 bytes inline as two overlapping
+ * word compares (the usual Host and User-Agent), others by memcmp */
+static inline int mg_http_same(const char *a, const char *b, size_t n) {
+    uint64_t x[4], y[4];
+    if (n >= 16 && n <= 32) {
+        memcpy(x, a, 16);
+        memcpy(x + 2, a + n - 16, 16);
+        memcpy(y, b, 16);
+        memcpy(y + 2, b + n - 16, 16);
+        return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
+    }
+    if (n >= 8 && n < 16) {
+        memcpy(x, a, 8);
+        memcpy(x + 1, a + n - 8, 8);
+        memcpy(y, b, 8);
+        memcpy(y + 1, b + n - 8, 8);
+        return ((x[0] ^ y[0]) | (x[1] ^ y[1])) == 0;
+    }
+    return memcmp(a, b, n) == 0;
+}
+
 static void mg_http_log_client(mg_fmt_t *b, const char *host, size_t hl, const char *ua, size_t ul,
                                int lidx) {
     size_t at = b->len, hk = host ? (hl < 200 ? hl : 200) : SIZE_MAX,
            uk = ua ? (ul < 200 ? ul : 200) : SIZE_MAX;
     if (hk == mg_http_lclient.hl && uk == mg_http_lclient.ul && lidx == mg_http_lclient.lidx &&
         mg_worker.laddr == mg_http_lclient.lnames_of && mg_http_lnames_of == mg_worker.laddr &&
-        mg_worker.laddr != NULL && (host == NULL || memcmp(host, mg_http_lclient.host, hk) == 0) &&
-        (ua == NULL || memcmp(ua, mg_http_lclient.ua, uk) == 0)) {
+        mg_worker.laddr != NULL && (host == NULL || mg_http_same(host, mg_http_lclient.host, hk)) &&
+        (ua == NULL || mg_http_same(ua, mg_http_lclient.ua, uk))) {
         mg_fmt_put_short(b, mg_http_lclient.piece, mg_http_lclient.n);
         return;
     }

@@ -677,6 +677,14 @@ static void http_line_client_kept(void) {
     CHECK(strstr(line(NULL, req.t_start), "\"user_agent\":\"ua/2\"") != NULL);
     request("/p", c);
     CHECK(strstr(line(NULL, req.t_start), "\"host\":\"a.exampl\\\"\",") != NULL);
+    { /* 16 to 32 bytes: compared as two overlapping 16-byte halves */
+        const char *f[] = {"Host", "h0123456789abcdef.xy", NULL};
+        const char *g[] = {"Host", "h0123456789abXdef.xy", NULL};
+        request("/p", f);
+        CHECK(strstr(line(NULL, req.t_start), "\"host\":\"h0123456789abcdef.xy\",") != NULL);
+        request("/p", g);
+        CHECK(strstr(line(NULL, req.t_start), "\"host\":\"h0123456789abXdef.xy\",") != NULL);
+    }
     request("/p", d);
     CHECK(strstr(line(NULL, req.t_start), "\"host\":null,") != NULL);
     request("/p", e);
