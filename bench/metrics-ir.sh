@@ -9,11 +9,18 @@
 # out): the ratio on/off of instructions per request. What this does not
 # see: the kernel's side of the access log's write() (one per 64 KiB of
 # lines) and cache misses; bench/metrics.sh measures those, on a quiet machine.
+# The generation's load (mg_load_gen: the conf's Lua, run once by every
+# worker) is not counted: it is the same work in both runs, but its count
+# moved by up to ~1M instructions from one run to the next (the JIT, the
+# GC), i.e. by ~500 per request at N=2000, more than the budget's margin.
 # Env: N (2000), WARM (200); LOG=false: the metrics alone (the access log
-# off on both sides); KEEP=1 keeps the callgrind files.
+# off on both sides); KEEP=1 keeps the callgrind files; IR_TOGGLE: the
+# callgrind options that choose what is counted (IR_TOGGLE= counts all,
+# the load too, as before).
 set -eu
 cd "$(dirname "$0")/.."
 N=${N:-2000}; WARM=${WARM:-200}
+IR_TOGGLE=${IR_TOGGLE-"--toggle-collect=mg_load_gen --collect-atstart=yes"}
 make -s moongate
 make -s BUILD=build-nometrics BIN=moongate-nometrics CFLAGS=-DMG_METRICS_OFF moongate-nometrics
 work=$(mktemp -d /tmp/moongate-ir-XXXXXX)
@@ -63,7 +70,7 @@ return {
 }
 CONF
   cg="$work/$(basename "$1").$3.cg"
-  (cd "$work/site" && exec valgrind -q --tool=callgrind --callgrind-out-file="$cg.%p" \
+  (cd "$work/site" && exec valgrind -q --tool=callgrind --callgrind-out-file="$cg.%p" $IR_TOGGLE \
      "$OLDPWD/$1" -c conf/moongate.lua) >"$work/mg.log" 2>&1 &
   mg_pid=$!
   i=0

@@ -84,8 +84,17 @@ void mg_fmt_i64(mg_fmt_t *b, int64_t v);
 /* v thousandths as a decimal with 3 places, as printf's %.3f of v / 1000.0
  * ("-1.005", "0.042", "1796172570.801"): integers only, no double. */
 void mg_fmt_milli(mg_fmt_t *b, int64_t v);
-/* x rounded to the nearest integer (halves away from zero), saturated. */
-int64_t mg_fmt_round(double x);
+/* x rounded to the nearest integer (halves away from zero), saturated
+ * (inline: three of them per access-log line) */
+static inline int64_t mg_fmt_round(double x) {
+    if (!(x == x))
+        return 0; /* NaN */
+    if (x >= 9.2e18)
+        return INT64_MAX;
+    if (x <= -9.2e18)
+        return INT64_MIN;
+    return (int64_t)(x < 0 ? x - 0.5 : x + 0.5);
+}
 /* s[0, n) JSON-escaped as mg_json_escape escapes it into a buffer of
  * escap bytes: it stops at a NUL, and when fewer than 8 of those bytes
  * are left (so at most escap - 1 bytes are appended). Runs of bytes that

@@ -157,16 +157,6 @@ MG_FMT_CHECKED(mg_fmt_u64, uint64_t, MG_FMT_U64_MAX, mg_fmt_put_u64)
 MG_FMT_CHECKED(mg_fmt_i64, int64_t, MG_FMT_I64_MAX, mg_fmt_put_i64)
 MG_FMT_CHECKED(mg_fmt_milli, int64_t, MG_FMT_MILLI_MAX, mg_fmt_put_milli)
 
-int64_t mg_fmt_round(double x) {
-    if (!(x == x))
-        return 0; /* NaN */
-    if (x >= 9.2e18)
-        return INT64_MAX;
-    if (x <= -9.2e18)
-        return INT64_MIN;
-    return (int64_t)(x < 0 ? x - 0.5 : x + 0.5);
-}
-
 /* the bytes a JSON string cannot hold as they are (mg_json_escape's
  * choice: ASCII out, so every control and non-ASCII byte is \u00XX) */
 static const unsigned char mg_fmt_esc[256] = {
@@ -373,6 +363,32 @@ void mg_fmt_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
         mg_fmt_json_cut(b, s, n, escap);
 }
 
+/* "YYYY-MM-DDTHH:MM:SS" of s seconds since the epoch, 0 <= s and the
+ * year at most 9999 (strftime's "%Y-%m-%dT%H:%M:%S" of gmtime's, byte for
+ * byte): the civil date of the day number (H. Hinnant's days_from_civil
+ * inverted), the time of day from two-digit pairs. 19. */
+static size_t mg_fmt_iso_sec(char *o, int64_t s) {
+    int64_t z = s / 86400 + 719468, era = z / 146097;
+    unsigned tod = (unsigned)(s % 86400), doe = (unsigned)(z - era * 146097);
+    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+    unsigned d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
+    unsigned y = (unsigned)(yoe + era * 400) + (m <= 2);
+    memcpy(o, mg_fmt_d2 + y / 100 * 2, 2);
+    memcpy(o + 2, mg_fmt_d2 + y % 100 * 2, 2);
+    o[4] = '-';
+    memcpy(o + 5, mg_fmt_d2 + m * 2, 2);
+    o[7] = '-';
+    memcpy(o + 8, mg_fmt_d2 + d * 2, 2);
+    o[10] = 'T';
+    memcpy(o + 11, mg_fmt_d2 + tod / 3600 * 2, 2);
+    o[13] = ':';
+    memcpy(o + 14, mg_fmt_d2 + tod / 60 % 60 * 2, 2);
+    o[16] = ':';
+    memcpy(o + 17, mg_fmt_d2 + tod % 60 * 2, 2);
+    return 19;
+}
+
 void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms) {
     static int64_t last = -1;
     static char sec[32];
@@ -385,11 +401,15 @@ void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms) {
     s = ms / 1000;
     f = (unsigned)(ms % 1000);
     if (s != last) {
-        time_t t = (time_t)s;
-        struct tm tm;
-        if (gmtime_r(&t, &tm) == NULL)
-            memset(&tm, 0, sizeof(tm));
-        sec_len = strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
+        if (s < 253402300800LL) { /* up to 9999-12-31T23:59:59: no gmtime, no strftime */
+            sec_len = mg_fmt_iso_sec(sec, s);
+        } else {
+            time_t t = (time_t)s;
+            struct tm tm;
+            if (gmtime_r(&t, &tm) == NULL)
+                memset(&tm, 0, sizeof(tm));
+            sec_len = strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
+        }
         last = s;
     }
     /* the whole of sec, a constant size (no call to memcpy): past sec_len

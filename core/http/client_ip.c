@@ -129,14 +129,15 @@ static int mg_http_xff_walk(mg_req_t *r, const mg_edge_t *e, uint8_t *addr, int 
 }
 
 static void mg_http_client_work_out(mg_req_t *r) {
-    const char *peer = mg_req_peer_ip(r);
     const mg_edge_t *e = mg_http_edge_of(r);
+    const char *peer;
     uint8_t addr[16];
     int alen;
 
     r->client_done = 1;
     if (e == NULL)
         return; /* the common case: no copy, the peer is the client */
+    peer = mg_req_peer_ip(r);
     alen = mg_http_ip_parse(peer, strlen(peer), addr);
     if (alen == 0 || !mg_http_cidr_match(e->trusted, e->ntrusted, addr, alen))
         return;

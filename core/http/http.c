@@ -514,6 +514,28 @@ static void mg_http_log_route_of(mg_fmt_t *b, const mg_req_t *r) {
     memcpy(mg_http_lroute.esc, b->p + at, mg_http_lroute.n);
 }
 
+/* The upstream server of the last line, escaped, kept per worker like
+ * the route: keyed by the name's address alone, since a server's name
+ * ("host:port", upstream.c's mg_peer_t) is written once and its peer is
+ * never freed. */
+static struct {
+    const char *s;
+    size_t n;
+    char esc[120];
+} mg_http_lup;
+
+static void mg_http_log_up_addr(mg_fmt_t *b, const char *s) {
+    size_t at = b->len;
+    if (s == mg_http_lup.s) {
+        mg_fmt_put_short(b, mg_http_lup.esc, mg_http_lup.n);
+        return;
+    }
+    mg_fmt_put_json(b, s, SIZE_MAX, 120);
+    mg_http_lup.s = s;
+    mg_http_lup.n = b->len - at;
+    memcpy(mg_http_lup.esc, b->p + at, mg_http_lup.n);
+}
+
 /* A header value for the log: cut to 200 bytes, escaped, quoted; null. */
 static void mg_http_log_header(mg_fmt_t *b, const char *v, size_t len) {
     if (v == NULL) {
@@ -556,6 +578,70 @@ static void mg_http_log_listener(mg_fmt_t *b, int lidx) {
     mg_fmt_put_mem(b, one, n < 0 ? 0 : (size_t)n < sizeof(one) ? (size_t)n : sizeof(one) - 1);
 }
 
+/* "host" to "user_agent" of the last line, kept per worker: the requests
+ * of a keep-alive connection (and most of a client's) repeat their Host
+ * and User-Agent. Keyed by the bytes the line shows (each value cut to
+ * 200, or none), the listener and the listeners' table (mg_worker.laddr,
+ * the one mg_http_lnames was made for); a hit copies
+ * the piece, a miss builds it and keeps it. */
+static struct {
+    int lidx;
+    const void *lnames_of;
+    size_t hl, ul, n; /* hl, ul: SIZE_MAX for none */
+    char host[200], ua[200];
+    char piece[2 * 1220 + 96]; /* two escaped values of 1217, the names, 79 */
+} mg_http_lclient = {.hl = SIZE_MAX - 1};
+
+/* memcmp(a, b, n) == 0, from 8 to 32 bytes inline as two overlapping
+ * word compares (the usual Host and User-Agent), others by memcmp */
+static inline int mg_http_same(const char *a, const char *b, size_t n) {
+    uint64_t x[4], y[4];
+    if (n >= 16 && n <= 32) {
+        memcpy(x, a, 16);
+        memcpy(x + 2, a + n - 16, 16);
+        memcpy(y, b, 16);
+        memcpy(y + 2, b + n - 16, 16);
+        return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
+    }
+    if (n >= 8 && n < 16) {
+        memcpy(x, a, 8);
+        memcpy(x + 1, a + n - 8, 8);
+        memcpy(y, b, 8);
+        memcpy(y + 1, b + n - 8, 8);
+        return ((x[0] ^ y[0]) | (x[1] ^ y[1])) == 0;
+    }
+    return memcmp(a, b, n) == 0;
+}
+
+static void mg_http_log_client(mg_fmt_t *b, const char *host, size_t hl, const char *ua, size_t ul,
+                               int lidx) {
+    size_t at = b->len, hk = host ? (hl < 200 ? hl : 200) : SIZE_MAX,
+           uk = ua ? (ul < 200 ? ul : 200) : SIZE_MAX;
+    if (hk == mg_http_lclient.hl && uk == mg_http_lclient.ul && lidx == mg_http_lclient.lidx &&
+        mg_worker.laddr == mg_http_lclient.lnames_of && mg_http_lnames_of == mg_worker.laddr &&
+        mg_worker.laddr != NULL && (host == NULL || mg_http_same(host, mg_http_lclient.host, hk)) &&
+        (ua == NULL || mg_http_same(ua, mg_http_lclient.ua, uk))) {
+        mg_fmt_put_short(b, mg_http_lclient.piece, mg_http_lclient.n);
+        return;
+    }
+    mg_fmt_put_lit(b, "\",\"host\":");
+    mg_http_log_header(b, host, hl);
+    mg_fmt_put_lit(b, ",\"listener\":\"");
+    mg_http_log_listener(b, lidx);
+    mg_fmt_put_lit(b, "\",\"user_agent\":");
+    mg_http_log_header(b, ua, ul);
+    mg_http_lclient.lidx = lidx;
+    mg_http_lclient.lnames_of = mg_worker.laddr;
+    mg_http_lclient.hl = hk;
+    mg_http_lclient.ul = uk;
+    if (host)
+        memcpy(mg_http_lclient.host, host, hk);
+    if (ua)
+        memcpy(mg_http_lclient.ua, ua, uk);
+    mg_http_lclient.n = b->len - at;
+    memcpy(mg_http_lclient.piece, b->p + at, mg_http_lclient.n);
+}
+
 uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
     const char *host = NULL, *ua = NULL;
     size_t hl = 0, ul = 0;
@@ -587,12 +673,7 @@ uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
     }
     mg_fmt_put_lit(b, ",\"timestamp\":\"");
     mg_fmt_put_iso_ms(b, t_ms);
-    mg_fmt_put_lit(b, "\",\"host\":");
-    mg_http_log_header(b, host, hl);
-    mg_fmt_put_lit(b, ",\"listener\":\"");
-    mg_http_log_listener(b, r->lidx);
-    mg_fmt_put_lit(b, "\",\"user_agent\":");
-    mg_http_log_header(b, ua, ul);
+    mg_http_log_client(b, host, hl, ua, ul, r->lidx);
     return head;
 }
 
@@ -610,10 +691,24 @@ static size_t mg_http_log_method_len(const char *m) {
     return n;
 }
 
+/* strnlen(id, 39) of a request id: mg_request_id's 32 hex digits and
+ * their NUL told by four word tests (no zero byte in any of the words),
+ * anything else counted by strnlen */
+static inline size_t mg_http_log_id_len(const char *id) {
+    const uint64_t ones = 0x0101010101010101ULL, highs = ones * 0x80;
+    uint64_t w[4];
+    memcpy(w, id, sizeof(w));
+    if (id[32] == '\0' && !(((w[0] - ones) & ~w[0]) & highs) &&
+        !(((w[1] - ones) & ~w[1]) & highs) && !(((w[2] - ones) & ~w[2]) & highs) &&
+        !(((w[3] - ones) & ~w[3]) & highs))
+        return 32;
+    return strnlen(id, sizeof(((mg_req_t *)0)->request_id) - 1);
+}
+
 void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method) {
     const char *ip = mg_req_client_ip(r);
     size_t ml = mg_http_log_method_len(method), il = strnlen(ip, MG_PEER_IP_MAX - 1),
-           rl = strnlen(r->request_id, sizeof(r->request_id) - 1);
+           rl = mg_http_log_id_len(r->request_id);
     char *o;
     mg_fmt_put_lit(b, "{\"type\":\"access\",\"time\":");
     mg_fmt_put_time_ms(b, t_ms);
@@ -674,7 +769,7 @@ static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *t
     if (r->up_addr) {
         o = MG_FMT_O_LIT(o, ",\"upstream_addr\":\"");
         mg_fmt_to(b, o);
-        mg_fmt_put_json(b, r->up_addr, SIZE_MAX, 120);
+        mg_http_log_up_addr(b, r->up_addr);
         o = MG_FMT_O_LIT(mg_fmt_at(b), "\",\"upstream_status\":");
         o = mg_fmt_o_i64(o, r->up_status);
         o = MG_FMT_O_LIT(o, ",\"upstream_ms\":");

@@ -49,8 +49,8 @@ mg_met_slot_t *mg_met = &mg_met_slot0;
 static mg_metrics_extra_fn mg_met_extra[8];
 static int mg_met_nextra;
 
-static const double mg_met_bounds[MG_MET_BUCKETS - 1] = {
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+const double mg_met_bounds[MG_MET_BUCKETS - 1] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                  0.25,  0.5,    1,     2.5,  5,     10};
 static const char *const mg_met_bound_str[MG_MET_BUCKETS] = {
     "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
     "0.25",  "0.5",    "1",     "2.5",  "5",     "10",   "+Inf"};
@@ -68,12 +68,7 @@ static const char *const mg_met_code_str[MG_MET_CODES] = {
     "1000", "1001", "1002", "1003", "1005", "1006", "1007", "1008",
     "1009", "1010", "1011", "1012", "1013", "1014", "4xxx", "other"};
 
-int mg_met_bucket(double secs) {
-    int i = 0;
-    while (i < MG_MET_BUCKETS - 1 && secs > mg_met_bounds[i])
-        i++;
-    return i;
-}
+int mg_met_bucket(double secs) { return mg_met_bucket_of(secs); }
 
 int mg_met_method_class(int m) {
     switch (m) {

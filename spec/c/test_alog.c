@@ -323,6 +323,16 @@ static void iso_time_cached(void) {
     CHECK_STR(iso(-5), "1970-01-01T00:00:00.000Z");
     for (int64_t ms = 1796172500000LL; ms < 1796172700000LL; ms += 997)
         CHECK_STR(iso(ms), iso_want(ms));
+    /* the date worked out without gmtime: a second of every day from 1970
+     * to 9999 (the step moves the time of day too), each month's first
+     * and last second, and the years past 9999 (strftime's as ever) */
+    for (int64_t s = 0; s < 253402300800LL; s += 86400 + 3607)
+        CHECK_STR(iso(s * 1000 + 5), iso_want(s * 1000 + 5));
+    CHECK_STR(iso(253402300799999LL), "9999-12-31T23:59:59.999Z");
+    CHECK_STR(iso(253402300800000LL), iso_want(253402300800000LL));
+    CHECK_STR(iso(4102444800000LL), "2100-01-01T00:00:00.000Z");
+    CHECK_STR(iso(4107542399000LL), "2100-02-28T23:59:59.000Z");
+    CHECK_STR(iso(4107542400000LL), "2100-03-01T00:00:00.000Z");
     /* mg_iso_time (double seconds) cuts the milliseconds, as it always did */
     CHECK_INT(mg_iso_time(out, 1796172570.9999), 24);
     CHECK_STR(out, "2026-12-02T00:49:30.999Z");
@@ -647,6 +657,63 @@ static void http_line_route_kept(void) {
     CHECK(strstr(line(NULL, req.t_start), "\"route\":\"\",") != NULL);
 }
 
+/* Host, listener and User-Agent kept from line to line: a line whose
+ * values, listener or listeners' table differ is not the last one's */
+static void http_line_client_kept(void) {
+    const char *a[] = {"Host", "a.example", "User-Agent", "ua/1", NULL};
+    const char *b[] = {"Host", "a.example", "User-Agent", "ua/2", NULL};
+    const char *c[] = {"Host", "a.exampl\"", "User-Agent", "ua/2", NULL};
+    const char *d[] = {"User-Agent", "ua/2", NULL};
+    const char *e[] = {"Host", "a.example", NULL};
+    static mg_addr_t other[2];
+    request("/p", a);
+    CHECK(strstr(line(NULL, req.t_start),
+                 ",\"host\":\"a.example\",\"listener\":\"127.0.0.1:19093\","
+                 "\"user_agent\":\"ua/1\"") != NULL);
+    CHECK(strstr(line(NULL, req.t_start),
+                 ",\"host\":\"a.example\",\"listener\":\"127.0.0.1:19093\","
+                 "\"user_agent\":\"ua/1\"") != NULL);
+    request("/p", b);
+    CHECK(strstr(line(NULL, req.t_start), "\"user_agent\":\"ua/2\"") != NULL);
+    request("/p", c);
+    CHECK(strstr(line(NULL, req.t_start), "\"host\":\"a.exampl\\\"\",") != NULL);
+    { /* 16 to 32 bytes: compared as two overlapping 16-byte halves */
+        const char *f[] = {"Host", "h0123456789abcdef.xy", NULL};
+        const char *g[] = {"Host", "h0123456789abXdef.xy", NULL};
+        request("/p", f);
+        CHECK(strstr(line(NULL, req.t_start), "\"host\":\"h0123456789abcdef.xy\",") != NULL);
+        request("/p", g);
+        CHECK(strstr(line(NULL, req.t_start), "\"host\":\"h0123456789abXdef.xy\",") != NULL);
+    }
+    request("/p", d);
+    CHECK(strstr(line(NULL, req.t_start), "\"host\":null,") != NULL);
+    request("/p", e);
+    CHECK(strstr(line(NULL, req.t_start), "\"user_agent\":null,") != NULL);
+    CHECK(strstr(line(NULL, req.t_start), "\"host\":\"a.example\",") != NULL);
+    req.lidx = 0;
+    CHECK(strstr(line(NULL, req.t_start), "\"listener\":\"0.0.0.0:8080\"") != NULL);
+    memcpy(other, laddr, sizeof(other));
+    other[0].port = 8081;
+    mg_worker.laddr = other;
+    CHECK(strstr(line(NULL, req.t_start), "\"listener\":\"0.0.0.0:8081\"") != NULL);
+    mg_worker.laddr = laddr;
+    CHECK(strstr(line(NULL, req.t_start), "\"listener\":\"0.0.0.0:8080\"") != NULL);
+}
+
+/* the upstream server's name kept by its address: another is not it */
+static void http_line_up_addr_kept(void) {
+    static char s1[80] = "127.0.0.1:9001", s2[80] = "[::1]:9002";
+    request("/p", NULL);
+    req.up_status = 200;
+    req.up_addr = s1;
+    CHECK(strstr(line(NULL, req.t_start), "\"upstream_addr\":\"127.0.0.1:9001\",") != NULL);
+    CHECK(strstr(line(NULL, req.t_start), "\"upstream_addr\":\"127.0.0.1:9001\",") != NULL);
+    req.up_addr = s2;
+    CHECK(strstr(line(NULL, req.t_start), "\"upstream_addr\":\"[::1]:9002\",") != NULL);
+    req.up_addr = NULL;
+    CHECK(strstr(line(NULL, req.t_start), "upstream_addr") == NULL);
+}
+
 static void http_line_redacts(void) {
     request("/ws?token=s3cr3t&room=1&%74oken=x&API_KEY=k&key=&keep=me", NULL);
     CHECK(strstr(line(NULL, req.t_start), "\"path\":\"/ws?token=-&room=1&%74oken=-&API_KEY=-&key=-"
@@ -889,6 +956,8 @@ int main(void) {
     CT_RUN(http_line);
     CT_RUN(http_line_as_before);
     CT_RUN(http_line_route_kept);
+    CT_RUN(http_line_client_kept);
+    CT_RUN(http_line_up_addr_kept);
     CT_RUN(http_line_redacts);
     CT_RUN(http_line_redacts_as_before);
     CT_RUN(http_line_head_checked);

@@ -39,6 +39,29 @@ static int count_of(const char *s, const char *needle) {
 
 static int r_api, r_ws, up_a, srv;
 
+/* the bucket of a duration: the 4-compare search against the scan it
+ * replaced, at every bound, either side of it, and the odd values */
+static int bucket_scan(double secs) {
+    int i = 0;
+    while (i < MG_MET_BUCKETS - 1 && secs > mg_met_bounds[i])
+        i++;
+    return i;
+}
+
+static void buckets(void) {
+    const double odd[] = {0.0 / 0.0, -1.0 / 0.0, 1.0 / 0.0, -1, -0.0, 0, 1e-12, 11, 1e300};
+    for (size_t k = 0; k < sizeof(odd) / sizeof(odd[0]); k++)
+        CHECK_INT(mg_met_bucket(odd[k]), bucket_scan(odd[k]));
+    for (int j = 0; j < MG_MET_BUCKETS - 1; j++) {
+        double b = mg_met_bounds[j];
+        CHECK_INT(mg_met_bucket(b), j);
+        CHECK_INT(mg_met_bucket(b * (1 - 1e-12)), j);
+        CHECK_INT(mg_met_bucket(b * (1 + 1e-12)), j + 1);
+    }
+    for (double s = -0.001; s < 12; s += 0.0000731)
+        CHECK_INT(mg_met_bucket(s), bucket_scan(s));
+}
+
 static void setup(void) {
     const char *ls[2] = {"127.0.0.1:8080", "0.0.0.0:8443"};
     CHECK_INT(mg_metrics_init(2, ls, 2), MG_OK);
@@ -273,6 +296,7 @@ static void promtool_file(void) {
 }
 
 int main(void) {
+    CT_RUN(buckets);
     CT_RUN(setup);
     CT_RUN(http_summed);
     CT_RUN(restart_keeps_counters);
