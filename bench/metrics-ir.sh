@@ -23,38 +23,14 @@ N=${N:-2000}; WARM=${WARM:-200}
 IR_TOGGLE=${IR_TOGGLE-"--toggle-collect=mg_load_gen --collect-atstart=yes"}
 make -s moongate
 make -s BUILD=build-nometrics BIN=moongate-nometrics CFLAGS=-DMG_METRICS_OFF moongate-nometrics
-work=$(mktemp -d /tmp/moongate-ir-XXXXXX)
-up_pid=""; mg_pid=""
-cleanup() {
-  [ -n "$mg_pid" ] && kill "$mg_pid" 2>/dev/null || true
-  [ -n "$up_pid" ] && kill "$up_pid" 2>/dev/null || true
-  if [ -n "${KEEP:-}" ]; then echo "kept: $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT INT TERM
-/usr/bin/python3 spec/fixtures/upstream.py --port 0 --pidfile "$work/up.pid" >"$work/up.out" 2>&1 &
-up_pid=$!
-i=0
-while ! grep -q '^PORT ' "$work/up.out" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-up_port=$(sed -n 's/^PORT //p' "$work/up.out")
-[ -n "$up_port" ] || { echo "metrics-ir: upstream.py did not start" >&2; exit 1; }
-
-# the client: COUNT keep-alive GETs on one connection, each answer read whole
-cat >"$work/client.py" <<'PY'
-import http.client, sys
-c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=60)
-bad = 0
-for i in range(int(sys.argv[2])):
-    c.request("GET", "/plain/x?i=%d" % i, headers={"User-Agent": "metrics-ir/1"})
-    r = c.getresponse()
-    r.read()
-    bad += r.status != 200
-sys.exit(1 if bad else 0)
-PY
+. bench/ir_common.sh
+ir_init metrics-ir
+IR_VG_OPTS=$IR_TOGGLE
 
 # run BIN ACCESS_LOG COUNT: the worker's instructions over its whole life
 # (start, COUNT requests, exit)
 run() {
-  port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port=$(ir_free_port)
   mkdir -p "$work/site/conf"
   cp bench/metrics.routes.lua "$work/site/conf/metrics.routes.lua"
   log=false
@@ -69,20 +45,8 @@ return {
   upstreams = { runtime = { servers = { "http://127.0.0.1:$up_port" }, keepalive = 16 } },
 }
 CONF
-  cg="$work/$(basename "$1").$3.cg"
-  (cd "$work/site" && exec valgrind -q --tool=callgrind --callgrind-out-file="$cg.%p" $IR_TOGGLE \
-     "$OLDPWD/$1" -c conf/moongate.lua) >"$work/mg.log" 2>&1 &
-  mg_pid=$!
-  i=0
-  # the master listens before it forks: wait for the worker too
-  until [ -n "$(ss -Hltn "sport = :$port")" ] && pgrep -P "$mg_pid" >/dev/null; do
-    i=$((i + 1)); [ $i -lt 300 ] || { echo "metrics-ir: $1 did not start" >&2; cat "$work/mg.log" >&2; exit 1; }
-    sleep 0.2
-  done
-  worker=$(pgrep -P "$mg_pid" | head -n 1)
-  /usr/bin/python3 "$work/client.py" "$port" "$3" || { echo "metrics-ir: non-200 answers" >&2; exit 1; }
-  kill "$mg_pid"; wait "$mg_pid" 2>/dev/null || true; mg_pid=""
-  sed -n 's/^summary: *//p' "$cg.$worker" | head -n 1
+  ir_run "$work/site" "$port" "$work/$(basename "$1").$3.cg" "$3" "/plain/x?i=%d" \
+    "User-Agent: metrics-ir/1" -- "$PWD/$1" -c conf/moongate.lua
 }
 
 # measure BIN ACCESS_LOG: instructions per request
