@@ -112,6 +112,14 @@ static void mg_upgrade_free(mg_upgrade_t *p) {
     free(p);
 }
 
+/* The upgrade request in moongate_http_requests_total and its duration
+ * histogram, with the status the client got (101, or 200 for RFC 8441; a
+ * refusal's), as an HTTP request's answer is counted when it ends. */
+static void mg_upgrade_count(int met, int met_m, double t_start, int status, uint64_t out) {
+    (void)met, (void)met_m, (void)t_start, (void)status, (void)out; /* MG_METRICS_OFF */
+    mg_met_http(met, met_m, status, mg_now() - t_start, 0, out);
+}
+
 static void mg_upgrade_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs, int nhdrs,
                                int64_t clen, int chunked) {
     mg_upgrade_t *p = ud;
@@ -156,6 +164,7 @@ static void mg_upgrade_on_done(void *ud) {
     if (mg_write_all(&p->cio, (const char *)evbuffer_pullup(p->resp, -1), n) != MG_OK)
         n = 0;
     mg_io_shutdown(&p->cio);
+    mg_upgrade_count(p->met, p->met_m, p->t_start, p->status, n);
     mg_http_wslog_refused(p->alog, p->status, p->status, n);
     p->alog = NULL;
     mg_upgrade_free(p);
@@ -178,6 +187,7 @@ static void mg_upgrade_on_error(void *ud, int status, const char *msg) {
     if (mg_write_all(&p->cio, head, hl) != MG_OK || mg_write_all(&p->cio, body, bl) != MG_OK)
         hl = bl = 0;
     mg_io_shutdown(&p->cio);
+    mg_upgrade_count(p->met, p->met_m, p->t_start, status, (uint64_t)hl + (uint64_t)bl);
     mg_http_wslog_refused(p->alog, status, p->status, (uint64_t)hl + (uint64_t)bl);
     p->alog = NULL;
     mg_upgrade_free(p);
@@ -196,11 +206,13 @@ static void mg_upgrade_on_upgrade(void *ud, mg_io_t *uio, mg_kv_t *hdrs, int nhd
         for (i = 0; i < nhdrs; i++)
             mg_line_add(head, hdrs[i].name, hdrs[i].nlen, hdrs[i].value, hdrs[i].vlen);
         evbuffer_add(head, "\r\n", 2);
-        rc = mg_write_all(&p->cio, (const char *)evbuffer_pullup(head, -1),
-                          evbuffer_get_length(head));
+        size_t hl = evbuffer_get_length(head);
+        rc = mg_write_all(&p->cio, (const char *)evbuffer_pullup(head, -1), hl);
         evbuffer_free(head);
-        if (rc == MG_OK)
+        if (rc == MG_OK) {
+            mg_upgrade_count(p->met, p->met_m, p->t_start, p->ok_status, hl);
             mg_tunnel_start(p, uio, extra, extralen);
+        }
     } else {
         char want[40];
         int ok = 0;
@@ -215,8 +227,10 @@ static void mg_upgrade_on_upgrade(void *ud, mg_io_t *uio, mg_kv_t *hdrs, int nhd
             mg_upgrade_on_error(p, 502, "upstream sent a bad websocket handshake");
             return;
         }
-        if (mg_upgrade_send_101(&p->cio, &p->hs) == MG_OK)
+        if (mg_upgrade_send_101(&p->cio, &p->hs) == MG_OK) {
+            mg_upgrade_count(p->met, p->met_m, p->t_start, p->ok_status, 0);
             mg_relay_start(p, uio, extra, extralen);
+        }
     }
     mg_upgrade_free(p); /* and what the mode did not take */
 }
@@ -311,6 +325,8 @@ void mg_ws_takeover(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len) {
             mg_io_close(io);
             return;
         }
+        mg_upgrade_count(mg_route_met(r->route), mg_met_method_class(r->method), r->t_start,
+                         r->h2_ws ? 200 : 101, 0);
         mg_lua_ws_start(r, io, &hs, pre, pre_len);
         return;
     }
@@ -327,6 +343,10 @@ void mg_ws_takeover(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len) {
     p->hs = hs;
     p->ctx_ref = wc->mode == MG_WS_RELAY ? mg_lua_ws_ctx_ref(r) : LUA_NOREF;
     p->alog = mg_http_wslog_new(r);
+    p->met = mg_route_met(r->route);
+    p->met_m = mg_met_method_class(r->method);
+    p->t_start = r->t_start;
+    p->ok_status = r->h2_ws ? 200 : 101;
     memcpy(p->request_id, r->request_id, sizeof(p->request_id));
     if (pre_len) {
         p->pre = malloc(pre_len);

@@ -22,6 +22,9 @@ typedef struct {
     char request_id[40];
     int ctx_ref; /* req.ctx for the relay's hooks */
     mg_http_wslog_t *alog;
+    int met, met_m; /* the request's metrics labels: route, method class */
+    double t_start; /* when its head began */
+    int ok_status;  /* what the client is told on success: 101, or 200 (RFC 8441) */
 } mg_upgrade_t;
 
 /* Each takes the upstream's connection (uio), and from p the client's

@@ -31,6 +31,7 @@ return {
   { prefix = "/up", upstream = "up", strip_prefix = true },
   { prefix = "/down", upstream = "down", strip_prefix = true },
   { path = "/ws/echo", websocket = { mode = "handler", heartbeat = { interval = 0 } }, handler = echo },
+  { prefix = "/wsdown", upstream = "down", websocket = { mode = "relay" } },
 }
 ]]
 
@@ -252,6 +253,15 @@ describe("metrics", function()
         c:finish(4321)
         body = wait_value('moongate_ws_closes_total{route="/ws/echo",code="4xxx",side="client"}', 1)
         assert.falsy(value(body, 'moongate_ws_open_sockets{route="/ws/echo",mode="handler"}'))
+        -- the upgrade itself is an HTTP request: its 101, in the requests and the histogram
+        assert.equals(1, value(body, 'moongate_http_requests_total{route="/ws/echo",method="GET",status="1xx"}'))
+        assert.equals(1, value(body, 'moongate_http_request_duration_seconds_count{route="/ws/echo"}'))
+        -- and one that did not happen (the relay's upstream is down): the client's 502
+        local c2, res = wsh.handshake(mg.port, "/wsdown/x")
+        assert.truthy(c2, tostring(res))
+        assert.equals(502, res.status)
+        c2:close()
+        wait_value('moongate_http_requests_total{route="/wsdown",method="GET",status="5xx"}', 1)
     end)
 
     it("passes promtool check metrics on a real scrape", function()
