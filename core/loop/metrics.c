@@ -68,8 +68,6 @@ static const char *const mg_met_code_str[MG_MET_CODES] = {
     "1000", "1001", "1002", "1003", "1005", "1006", "1007", "1008",
     "1009", "1010", "1011", "1012", "1013", "1014", "4xxx", "other"};
 
-int mg_met_bucket(double secs) { return mg_met_bucket_of(secs); }
-
 int mg_met_method_class(int m) {
     switch (m) {
     case HTTP_GET: return MG_MET_M_GET;

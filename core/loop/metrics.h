@@ -152,17 +152,16 @@ unsigned mg_metrics_serving(void); /* the master's serving generation */
 
 /* ---- increments (the request path: plain adds) ---- */
 
-int mg_met_bucket(double secs);
 int mg_met_method_class(int llhttp_method);
 int mg_met_ws_code(int code);
 
 /* the histograms' upper bounds, 1 ms .. 10 s (metrics.c) */
 extern const double mg_met_bounds[MG_MET_BUCKETS - 1];
 
-/* mg_met_bucket inline: the bounds under secs counted by four compares,
- * a binary search of the 13 (a NaN compares false and takes 0, as the
+/* the histogram bucket of secs: the bounds under it counted by four
+ * compares, a binary search of the 13 (a NaN compares false and takes 0, as the
  * linear scan did) */
-static inline int mg_met_bucket_of(double secs) {
+static inline int mg_met_bucket(double secs) {
     int i = secs > mg_met_bounds[7] ? 8 : 0;
     if (secs > mg_met_bounds[i + 3])
         i += 4;
@@ -174,7 +173,7 @@ static inline int mg_met_bucket_of(double secs) {
 }
 
 static inline void mg_met_hist(mg_met_hist_t *h, double secs) {
-    h->b[mg_met_bucket_of(secs)]++;
+    h->b[mg_met_bucket(secs)]++;
     h->sum_us += secs > 0 ? (uint64_t)(secs * 1e6) : 0;
 }
 
