@@ -20,24 +20,13 @@ sig=$(printf '%s.%s' "$hdr" "$pay" | openssl dgst -sha256 -hmac bench-secret -bi
 TOKEN="$hdr.$pay.$sig"
 
 run() { # run PATH COUNT: the worker's instructions over its whole life
+  # bench/plugins.conf.lua itself, with one worker, a free port and this upstream
   port=$(ir_free_port)
-  mkdir -p "$work/site/conf"
-  cp bench/plugins.routes.lua "$work/site/conf/plugins.routes.lua"
-  cat >"$work/site/conf/moongate.lua" <<CONF
-return {
-  listen = "127.0.0.1:$port",
-  workers = 1,
-  routes = "conf/plugins.routes.lua",
-  access_log = false,
-  log_level = "warn",
-  shared_dicts = { rate_limit = 4194304 },
-  upstreams = { runtime = { servers = { "http://127.0.0.1:$up_port" }, keepalive = 16 } },
-}
-CONF
+  export MOONGATE_LISTEN=127.0.0.1:$port MOONGATE_WORKERS=1 MOONGATE_UPSTREAM_RUNTIME=http://127.0.0.1:$up_port
   p=$1; n=$2
   set -- "User-Agent: plugins-ir/1"
   if [ "$p" = /api ]; then set -- "$@" "Authorization: Bearer $TOKEN"; fi
-  ir_run "$work/site" "$port" "$work/cg.$(echo "$p" | tr -d /).$n" "$n" "$p" "$@" -- "$PWD/$BIN" -c conf/moongate.lua
+  ir_run "$PWD" "$port" "$work/cg.$(echo "$p" | tr -d /).$n" "$n" "$p" "$@" -- "$BIN" -c bench/plugins.conf.lua
 }
 
 for p in $PATHS; do
