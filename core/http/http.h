@@ -112,7 +112,8 @@ struct mg_req_s {
     int ws_upgrade;     /* a valid WebSocket handshake: hand off after parsing */
     int ws_valid;       /* a valid handshake on a WebSocket route (req.websocket) */
     int access_state;   /* MG_ACCESS_*: the route's access hook */
-    int access_req_ref; /* the req table scripts see (anchored until the request ends) */
+    int access_req_ref; /* LUA_NOREF, or where lua/ keeps the req table scripts see (until the
+                           request ends) */
     mg_lines_t xhdrs;   /* "Name: value\r\n" lines set by req:set_header() */
     mg_lines_t rxhdrs;  /* response header lines set by req:set_response_header() */
     uint64_t bytes_out;

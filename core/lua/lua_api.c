@@ -198,9 +198,9 @@ void mg_lua_push_lower(lua_State *L, const char *s, size_t len) {
 }
 
 void mg_lua_push_entry(lua_State *L, mg_gen_t *gen, int which) {
-    static const char *const names[] = {"moongate.run", "moongate.run_access",
-                                        "moongate.run_header_filter", "moongate.run_hooks",
-                                        "moongate.req_mt"};
+    static const char *const names[] = {
+        "moongate.run",       "moongate.run_access", "moongate.run_header_filter",
+        "moongate.run_hooks", "moongate.req_mt",     "moongate.reqs"};
     if (gen->entry_refs[which] == 0) {
         lua_getfield(gen->L, LUA_REGISTRYINDEX, names[which]);
         gen->entry_refs[which] = luaL_ref(gen->L, LUA_REGISTRYINDEX); /* LUA_REFNIL if absent */
@@ -218,11 +218,26 @@ static char mg_lua_req_key;
  * and its id only (method and path stay readable after the request, as
  * documented): headers, params, id, http_version, remote_addr,
  * query_string and ctx are filled on first use (req_mt.__index, through the FFI or core.req_fill),
- * so a hook that reads none of them costs no header strings. The table is anchored in
- * r->access_req_ref until the request ends (mg_lua_req_unlink). */
+ * so a hook that reads none of them costs no header strings. The table is anchored
+ * until the request ends (mg_lua_req_unlink) in the generation's
+ * "moongate.reqs" table: at its FFI slot + 1 (r->access_req_ref; an
+ * array index, cheaper than a registry ref), or under r's address when no
+ * id could be made (r->access_req_ref 0). */
+void mg_lua_push_req_kept(lua_State *L, mg_req_t *r) {
+    mg_lua_push_entry(L, r->gen, MG_ENTRY_REQS);
+    if (r->access_req_ref > 0) {
+        lua_rawgeti(L, -1, r->access_req_ref);
+    } else {
+        lua_pushlightuserdata(L, r);
+        lua_rawget(L, -2);
+    }
+    lua_remove(L, -2);
+}
+
 void mg_lua_push_req(lua_State *L, mg_req_t *r) {
+    int64_t id;
     if (r->access_req_ref != LUA_NOREF) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
+        mg_lua_push_req_kept(L, r);
         return;
     }
     /* method, path, the id and ctx, and room for four lazy fields: reading
@@ -233,14 +248,24 @@ void mg_lua_push_req(lua_State *L, mg_req_t *r) {
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->hbuf, r->path_len);
     lua_setfield(L, -2, "path");
+    id = mg_lua_ffi_id_new(r);
     lua_pushlightuserdata(L, &mg_lua_req_key);
-    lua_pushnumber(L, (lua_Number)mg_lua_ffi_id_new(r)); /* exact: below 2^53 */
+    lua_pushnumber(L, (lua_Number)id); /* exact: below 2^53 */
     lua_rawset(L, -3);
     mg_lua_push_entry(L, r->gen, MG_ENTRY_REQ_MT);
     lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_xmove(L, r->gen->L, 1);
-    r->access_req_ref = luaL_ref(r->gen->L, LUA_REGISTRYINDEX);
+    mg_lua_push_entry(L, r->gen, MG_ENTRY_REQS); /* req, reqs */
+    if (id >= 0) {
+        r->access_req_ref = (int)MG_LUA_FFI_SLOT(id) + 1; /* below 2^24 */
+        lua_pushvalue(L, -2);
+        lua_rawseti(L, -2, r->access_req_ref);
+    } else {
+        r->access_req_ref = 0;
+        lua_pushlightuserdata(L, r);
+        lua_pushvalue(L, -3);
+        lua_rawset(L, -3);
+    }
+    lua_pop(L, 1);
 }
 
 /* Pushes a lazy field of r's req table: "headers", "params", "id",
@@ -367,8 +392,8 @@ void mg_lua_push_req_filled(lua_State *L, mg_req_t *r) {
     }
     lua_pushlightuserdata(L, &mg_lua_req_key); /* all there: r may go */
     lua_rawget(L, t);
-    if (lua_isnumber(L, -1))
-        mg_lua_ffi_id_free((int64_t)lua_tonumber(L, -1));
+    if (lua_isnumber(L, -1)) /* its slot still anchors the table, until r ends */
+        mg_lua_ffi_id_detach((int64_t)lua_tonumber(L, -1));
     lua_pop(L, 1);
     lua_pushlightuserdata(L, &mg_lua_req_key);
     lua_pushnil(L);
@@ -377,24 +402,38 @@ void mg_lua_push_req_filled(lua_State *L, mg_req_t *r) {
 
 void mg_lua_req_unlink(mg_req_t *r) {
     lua_State *L = r->gen->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
-    lua_pushlightuserdata(L, &mg_lua_req_key);
+    mg_lua_push_entry(L, r->gen, MG_ENTRY_REQS); /* reqs */
+    if (r->access_req_ref > 0) {
+        lua_rawgeti(L, -1, r->access_req_ref);
+    } else {
+        lua_pushlightuserdata(L, r);
+        lua_rawget(L, -2);
+    }
+    lua_pushlightuserdata(L, &mg_lua_req_key); /* reqs, req, id */
     lua_rawget(L, -2);
-    if (lua_isnumber(L, -1)) {
-        mg_lua_ffi_id_free((int64_t)lua_tonumber(L, -1)); /* the id reaches nothing now */
+    if (lua_isnumber(L, -1)) { /* never filled: say so rather than read freed memory */
         lua_pushlightuserdata(L, &mg_lua_req_key);
-        lua_pushboolean(L, 0); /* never filled: say so rather than read freed memory */
+        lua_pushboolean(L, 0);
         lua_rawset(L, -4);
     }
     lua_pop(L, 2);
-    luaL_unref(L, LUA_REGISTRYINDEX, r->access_req_ref);
+    if (r->access_req_ref > 0) {
+        lua_pushnil(L);
+        lua_rawseti(L, -2, r->access_req_ref);
+        mg_lua_ffi_slot_free((uint32_t)(r->access_req_ref - 1)); /* its ids reach nothing now */
+    } else {
+        lua_pushlightuserdata(L, r);
+        lua_pushnil(L);
+        lua_rawset(L, -3);
+    }
+    lua_pop(L, 1);
     r->access_req_ref = LUA_NOREF;
 }
 
 /* Pushes req.ctx of the kept req table, or a fresh table. */
 static void mg_lua_push_ctx(lua_State *L, mg_req_t *r) {
     if (r->access_req_ref != LUA_NOREF) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
+        mg_lua_push_req_kept(L, r);
         lua_getfield(L, -1, "ctx");
         lua_remove(L, -2);
         if (lua_istable(L, -1))
@@ -624,6 +663,8 @@ static const luaL_Reg mg_core_funcs[] = {
 };
 
 void mg_lua_open_api(lua_State *L) {
+    lua_createtable(L, 256, 0); /* the req tables of the requests in flight, by FFI slot */
+    lua_setfield(L, LUA_REGISTRYINDEX, "moongate.reqs");
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "loaded");
     lua_newtable(L);

@@ -18,6 +18,9 @@
  * timer, a copied number) never reaches a freed or reused request: it
  * gets MG_FFI_OVER and init.lua raises "the request is over". The table's
  * entry itself turns false when the request ends (mg_lua_req_unlink).
+ * The slot's number also anchors the req table (lua_api.c: the
+ * generation's "moongate.reqs" table, at slot + 1) until the request
+ * ends, even once its ids are closed (mg_lua_ffi_id_detach).
  */
 #include "lua/lua_int.h"
 
@@ -82,15 +85,28 @@ int64_t mg_lua_ffi_id_new(mg_req_t *r) {
     return ((int64_t)mg_ffi_slots[i].gen << MG_FFI_SLOT_BITS) | i;
 }
 
-void mg_lua_ffi_id_free(int64_t id) {
-    uint32_t i = (uint32_t)(id & 0xffffffffu);
-    if (id < 0 || i >= mg_ffi_nslots || mg_ffi_slots[i].r == NULL ||
-        mg_ffi_slots[i].gen != (uint32_t)(id >> MG_FFI_SLOT_BITS))
-        return;
+/* The slot's ids reach nothing from now on (r may go); the slot itself
+ * stays taken, anchoring the req table, until mg_lua_ffi_slot_free. */
+static void mg_lua_ffi_slot_close(uint32_t i) {
     mg_ffi_slots[i].r = NULL;
     mg_ffi_slots[i].gen = (mg_ffi_slots[i].gen + 1) & MG_FFI_GEN_MASK;
     if (mg_ffi_slots[i].gen == 0)
         mg_ffi_slots[i].gen = 1;
+}
+
+void mg_lua_ffi_id_detach(int64_t id) {
+    uint32_t i = (uint32_t)(id & 0xffffffffu);
+    if (id < 0 || i >= mg_ffi_nslots || mg_ffi_slots[i].r == NULL ||
+        mg_ffi_slots[i].gen != (uint32_t)(id >> MG_FFI_SLOT_BITS))
+        return;
+    mg_lua_ffi_slot_close(i);
+}
+
+void mg_lua_ffi_slot_free(uint32_t i) {
+    if (i >= mg_ffi_nslots)
+        return;
+    if (mg_ffi_slots[i].r != NULL)
+        mg_lua_ffi_slot_close(i);
     mg_ffi_slots[i].next_free = mg_ffi_free;
     mg_ffi_free = i;
 }

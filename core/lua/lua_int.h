@@ -48,7 +48,7 @@ struct mg_co_s {
 };
 
 /* init.lua's entry points (registry functions), found once per generation */
-enum { MG_ENTRY_RUN, MG_ENTRY_ACCESS, MG_ENTRY_HF, MG_ENTRY_HOOKS, MG_ENTRY_REQ_MT };
+enum { MG_ENTRY_RUN, MG_ENTRY_ACCESS, MG_ENTRY_HF, MG_ENTRY_HOOKS, MG_ENTRY_REQ_MT, MG_ENTRY_REQS };
 void mg_lua_push_entry(lua_State *L, mg_gen_t *gen, int which);
 
 /* lua_proxy.c: moongate.proxy's core.proxy (into moongate.core); the end
@@ -64,6 +64,7 @@ mg_co_t *mg_lua_co_new(mg_gen_t *gen);
 void mg_lua_co_resume(mg_co_t *co, int nargs);
 mg_co_t *mg_lua_co_check(lua_State *L, const char *what);
 void mg_lua_push_req(lua_State *L, mg_req_t *r);
+void mg_lua_push_req_kept(lua_State *L, mg_req_t *r);   /* r->access_req_ref set */
 void mg_lua_push_req_filled(lua_State *L, mg_req_t *r); /* for a handler that outlives r */
 void mg_lua_co_pool_free(mg_gen_t *gen);
 mg_req_t *mg_lua_co_req(lua_State *L, const char *what); /* the running handler's request */
@@ -89,9 +90,14 @@ void mg_lua_socket_co_end(mg_co_t *co);
 /* lua_ffi.c: the request and response API init.lua calls through the FFI
  * (declared there with ffi.cdef; the slices are {pointer, length}) */
 typedef struct mg_lua_ffi_str_s mg_lua_ffi_str_t;
-/* a request's id, what its req table holds (-1: none could be made) */
+/* a request's id, what its req table holds (-1: none could be made): its
+ * low 32 bits are the slot (MG_LUA_FFI_SLOT) */
 int64_t mg_lua_ffi_id_new(mg_req_t *r);
-void mg_lua_ffi_id_free(int64_t id);
+#define MG_LUA_FFI_SLOT(id) ((uint32_t)((id)&0xffffffffu))
+/* the id (and every copy of it) reaches nothing from now on; its slot
+ * stays taken until mg_lua_ffi_slot_free (the request ends) */
+void mg_lua_ffi_id_detach(int64_t id);
+void mg_lua_ffi_slot_free(uint32_t slot);
 mg_req_t *mg_lua_ffi_req(int64_t id); /* NULL: the request is gone */
 int mg_lua_ffi_req_header(int64_t id, const char *name, size_t nl, mg_lua_ffi_str_t *out);
 int mg_lua_ffi_req_headers(int64_t id, mg_kv_t *out, int cap, int *oom);

@@ -352,7 +352,7 @@ void mg_lua_ws_start(mg_req_t *r, mg_io_t *io, const mg_ws_hs_t *hs, const char 
 int mg_lua_ws_ctx_ref(mg_req_t *r) {
     lua_State *L = r->gen->L;
     if (r->access_req_ref != LUA_NOREF) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, r->access_req_ref);
+        mg_lua_push_req_kept(L, r);
         lua_getfield(L, -1, "ctx");
         lua_remove(L, -2);
         if (lua_istable(L, -1))
