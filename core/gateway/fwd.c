@@ -17,7 +17,8 @@
  * The caller writes the request line, its own framing or upgrade headers
  * and the blank line. The Connection-token helpers also serve the way
  * back (the proxy's response head, a refused upgrade's answer). No allocation: everything goes into
- * the caller's evbuffer or tail buffer.
+ * the caller's buffer, room for mg_fwd_size(r) bytes (the proxy reserves its whole head in its
+ * evbuffer at once: one copy of each line, no evbuffer_add per line).
  */
 #include "gateway/gateway.h"
 
@@ -64,8 +65,22 @@ const char *mg_fwd_proto(const mg_req_t *r, size_t *len) {
     return "http";
 }
 
-void mg_fwd_headers(mg_req_t *r, struct evbuffer *h, unsigned drop, mg_fwd_t *f) {
+size_t mg_fwd_size(const mg_req_t *r) {
+    /* the fixed text, the peer, the id; ", " after the client's chain (its
+     * value is counted with the client's lines) */
+    size_t n = MG_FWD_TAIL_MAX + 2 + r->xhdrs.len;
+    for (int i = 0; i < r->nhdrs; i++)
+        n += r->hdrs[i].nlen + r->hdrs[i].vlen + 4;
+    if (r->host_idx >= 0)
+        n += sizeof("X-Forwarded-Host: \r\n") - 1 + r->hdrs[r->host_idx].vlen;
+    else
+        n += sizeof("Host: \r\n") - 1 + MG_FWD_HOST_MAX;
+    return n;
+}
+
+size_t mg_fwd_headers(mg_req_t *r, char *out, unsigned drop, mg_fwd_t *f) {
     mg_fwd_tokens_t tok = {.count = 0};
+    size_t o = 0;
     int i;
 
     f->xff = NULL;
@@ -90,7 +105,7 @@ void mg_fwd_headers(mg_req_t *r, struct evbuffer *h, unsigned drop, mg_fwd_t *f)
         if (MG_NAME_IS(n, l, "x-forwarded-proto") || MG_NAME_IS(n, l, "x-forwarded-host")) {
             /* a trusted proxy's go on (asked only when there is one) */
             if (mg_req_peer_trusted(r)) {
-                mg_req_copy_header(r, hd, h);
+                o += mg_line_put(out + o, n, l, r->hbuf + hd->voff, hd->vlen);
                 if (l == sizeof("x-forwarded-proto") - 1)
                     f->keep_proto = 1;
                 else
@@ -107,34 +122,32 @@ void mg_fwd_headers(mg_req_t *r, struct evbuffer *h, unsigned drop, mg_fwd_t *f)
                                              MG_NAME_IS(n, l, "sec-websocket-protocol") ||
                                              MG_NAME_IS(n, l, "sec-websocket-version")))
             continue;
-        mg_req_copy_header(r, hd, h);
+        o += mg_line_put(out + o, n, l, r->hbuf + hd->voff, hd->vlen);
     }
-    mg_req_xhdrs_append(r, h);
+    return o + mg_req_xhdrs_put(r, out + o);
 }
 
-size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tail) {
+size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, char *tail) {
     size_t o = 0, l;
     const char *s;
 
     if (r->host_idx >= 0) {
         if (!f->keep_host)
-            mg_line_add(h, "X-Forwarded-Host", 16, r->hbuf + r->hdrs[r->host_idx].voff,
-                        r->hdrs[r->host_idx].vlen);
+            o += mg_line_put(tail, "X-Forwarded-Host", 16, r->hbuf + r->hdrs[r->host_idx].voff,
+                             r->hdrs[r->host_idx].vlen);
     } else {
         /* HTTP/1.0 without Host: the upstream still needs one */
-        char peer[96] = "localhost";
+        char peer[MG_FWD_HOST_MAX] = "localhost";
         mg_upstream_t *up = r->lproxy ? r->lproxy->up : r->route ? r->route->upstream : NULL;
         if (up && up->npeers)
             mg_up_peer_str(up->peers[0], peer, sizeof(peer));
-        mg_line_add(h, "Host", 4, peer, strlen(peer));
+        o += mg_line_put(tail, "Host", 4, peer, strlen(peer));
     }
 #define MG_PUT(p, n) (memcpy(tail + o, (p), (n)), o += (n))
 #define MG_PUTS(lit) MG_PUT(lit, sizeof(lit) - 1)
     MG_PUTS("X-Forwarded-For: ");
     if (f->xff) {
-        evbuffer_add(h, tail, o);
-        evbuffer_add(h, f->xff, f->xff_len);
-        o = 0;
+        MG_PUT(f->xff, f->xff_len);
         MG_PUTS(", ");
     }
     s = mg_req_peer_ip(r);

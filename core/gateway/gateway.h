@@ -33,15 +33,19 @@ typedef struct {
     size_t xff_len;
     int keep_proto, keep_host; /* a trusted peer's X-Forwarded-Proto/-Host went on */
 } mg_fwd_t;
-/* Appends the client's end-to-end headers, then the req:set_header()
- * lines, to h; notes in f what mg_fwd_tail needs. */
-void mg_fwd_headers(mg_req_t *r, struct evbuffer *h, unsigned drop, mg_fwd_t *f);
-/* Appends X-Forwarded-Host (or Host) to h, then writes the X-Forwarded-For,
- * X-Forwarded-Proto and X-Request-Id lines to tail (at least
- * MG_FWD_TAIL_MAX bytes, the caller may go on writing there and adds it to
- * h) and returns their length. */
+/* An upper bound of what mg_fwd_headers and mg_fwd_tail write together
+ * for r: a buffer of this size takes both (O(headers)). */
+size_t mg_fwd_size(const mg_req_t *r);
+/* Writes the client's end-to-end headers, then the req:set_header()
+ * lines, to out; notes in f what mg_fwd_tail needs; returns the length. */
+size_t mg_fwd_headers(mg_req_t *r, char *out, unsigned drop, mg_fwd_t *f);
+/* Writes X-Forwarded-Host (or Host), X-Forwarded-For, X-Forwarded-Proto
+ * and X-Request-Id to tail; returns their length. The fixed text, the
+ * peer and the id take at most MG_FWD_TAIL_MAX bytes; Host with no Host
+ * header, at most MG_FWD_HOST_MAX - 1 bytes of value. */
 #define MG_FWD_TAIL_MAX 160
-size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, struct evbuffer *h, char *tail);
+#define MG_FWD_HOST_MAX 96
+size_t mg_fwd_tail(mg_req_t *r, const mg_fwd_t *f, char *tail);
 
 /* ---- dispatch.c: the HTTP layer's hooks (route, access, target) ---- */
 void mg_gateway_init(void); /* registers them; once per worker, before accepting */

@@ -68,19 +68,14 @@ static int mg_proxy_begin(mg_req_t *r, struct evbuffer *pre) {
     mg_route_t *rt = r->route;
     const mg_lproxy_t *lp = r->lproxy;
     const char *path = r->hbuf, *query = r->hbuf + r->path_len;
+    const char *m = llhttp_method_name((llhttp_method_t)r->method);
     size_t path_len = r->path_len, query_len = r->url_len - r->path_len; /* with its '?' */
-    int end_now;
+    size_t ml = strlen(m), o = 0;
+    struct evbuffer_iovec v;
+    char *out;
+    int end_now, slash = 0;
     mg_fwd_t fwd;
 
-    if (h == NULL) {
-        mg_resp_json_error(r, 500, "out of memory");
-        return -1;
-    }
-    {
-        const char *m = llhttp_method_name((llhttp_method_t)r->method);
-        evbuffer_add(h, m, strlen(m));
-        evbuffer_add(h, " ", 1);
-    }
     if (lp && lp->path_len >= 0) {
         path = mg_lproxy_path(lp);
         path_len = (size_t)lp->path_len;
@@ -88,37 +83,54 @@ static int mg_proxy_begin(mg_req_t *r, struct evbuffer *pre) {
         size_t k = mg_route_strip_len(rt, path, path_len);
         path += k;
         path_len -= k;
-        if (path_len == 0 || path[0] != '/')
-            evbuffer_add(h, "/", 1);
+        slash = path_len == 0 || path[0] != '/';
     }
-    evbuffer_add(h, path, path_len);
     if (lp && lp->query_len >= 0) {
-        if (lp->query_len > 0) {
-            evbuffer_add(h, "?", 1);
-            evbuffer_add(h, mg_lproxy_query(lp), (size_t)lp->query_len);
+        query = mg_lproxy_query(lp);
+        query_len = (size_t)lp->query_len; /* without its '?' */
+    }
+    /* the whole head in one piece of h, written once: its size is bounded
+     * by the request line, mg_fwd_size and the framing line */
+    if (h == NULL || evbuffer_reserve_space(
+                         h,
+                         (ev_ssize_t)(ml + path_len + query_len + mg_fwd_size(r) +
+                                      sizeof(" / ? HTTP/1.1\r\nContent-Length: \r\n\r\n") + 24),
+                         &v, 1) < 1) {
+        if (h)
+            evbuffer_free(h);
+        mg_resp_json_error(r, 500, "out of memory");
+        return -1;
+    }
+    out = v.iov_base;
+#define MG_PUT(s, n) (memcpy(out + o, (s), (n)), o += (n))
+#define MG_PUTS(lit) MG_PUT(lit, sizeof(lit) - 1)
+    MG_PUT(m, ml);
+    MG_PUTS(" ");
+    if (slash)
+        MG_PUTS("/");
+    MG_PUT(path, path_len);
+    if (lp && lp->query_len >= 0) {
+        if (query_len > 0) {
+            MG_PUTS("?");
+            MG_PUT(query, query_len);
         }
     } else {
-        evbuffer_add(h, query, query_len);
+        MG_PUT(query, query_len);
     }
-    evbuffer_add(h, " HTTP/1.1\r\n", 11);
-    mg_fwd_headers(r, h, MG_FWD_DROP_EXPECT, &fwd);
-    {
-        /* the tail of the head in one buffer, without printf */
-        char tail[MG_FWD_TAIL_MAX + 64];
-        size_t o = mg_fwd_tail(r, &fwd, h, tail);
-#define MG_PUT(s, n) (memcpy(tail + o, (s), (n)), o += (n))
-#define MG_PUTS(lit) MG_PUT(lit, sizeof(lit) - 1)
-        if (r->chunked) {
-            MG_PUTS("Transfer-Encoding: chunked\r\n");
-        } else if (r->clen >= 0) {
-            char num[24];
-            o += mg_line_put(tail + o, "Content-Length", 14, num, mg_utoa(num, (uint64_t)r->clen));
-        }
-        MG_PUTS("\r\n");
+    MG_PUTS(" HTTP/1.1\r\n");
+    o += mg_fwd_headers(r, out + o, MG_FWD_DROP_EXPECT, &fwd);
+    o += mg_fwd_tail(r, &fwd, out + o);
+    if (r->chunked) {
+        MG_PUTS("Transfer-Encoding: chunked\r\n");
+    } else if (r->clen >= 0) {
+        char num[24];
+        o += mg_line_put(out + o, "Content-Length", 14, num, mg_utoa(num, (uint64_t)r->clen));
+    }
+    MG_PUTS("\r\n");
 #undef MG_PUT
 #undef MG_PUTS
-        evbuffer_add(h, tail, o);
-    }
+    v.iov_len = o;
+    evbuffer_commit_space(h, &v, 1);
     /* what the handler's target took in already goes first, in the head's
      * buffer: a retry on another connection sends it again */
     if (pre && evbuffer_get_length(pre)) {

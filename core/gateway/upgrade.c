@@ -57,17 +57,18 @@ static int mg_upgrade_send_101(mg_io_t *io, const mg_ws_hs_t *hs) {
 
 /* The upgrade request for the upstream: the client's end-to-end headers
  * and the forwarding headers (fwd.c) around our Upgrade. `own_key` (relay)
- * replaces the client's WebSocket headers with ours. */
+ * replaces the client's WebSocket headers with ours. NULL: out of memory. */
 static struct evbuffer *mg_upgrade_upstream_head(mg_req_t *r, const char *own_key,
                                                  const char *protocol) {
     struct evbuffer *h = evbuffer_new();
     const char *path = r->hbuf;
     size_t plen = r->url_len;
     mg_ws_conf_t *wc = r->route->ws;
+    struct evbuffer_iovec v;
     mg_fwd_t fwd;
-    char tail[MG_FWD_TAIL_MAX];
-    size_t o;
 
+    if (h == NULL)
+        return NULL;
     if (wc->upstream_path) {
         path = wc->upstream_path;
         plen = strlen(path);
@@ -83,7 +84,12 @@ static struct evbuffer *mg_upgrade_upstream_head(mg_req_t *r, const char *own_ke
     if (wc->upstream_path && !strchr(wc->upstream_path, '?') && r->url_len > r->path_len)
         evbuffer_add(h, r->hbuf + r->path_len, r->url_len - r->path_len); /* the client's query */
     evbuffer_add(h, " HTTP/1.1\r\n", 11);
-    mg_fwd_headers(r, h, own_key ? MG_FWD_DROP_WS_KEYS : 0, &fwd);
+    if (evbuffer_reserve_space(h, (ev_ssize_t)mg_fwd_size(r), &v, 1) < 1) {
+        evbuffer_free(h);
+        return NULL;
+    }
+    v.iov_len = mg_fwd_headers(r, v.iov_base, own_key ? MG_FWD_DROP_WS_KEYS : 0, &fwd);
+    evbuffer_commit_space(h, &v, 1);
     /* exactly this: some backends refuse "keep-alive, Upgrade" */
     evbuffer_add(h, "Upgrade: websocket\r\nConnection: Upgrade\r\n", 41);
     if (own_key) {
@@ -92,9 +98,14 @@ static struct evbuffer *mg_upgrade_upstream_head(mg_req_t *r, const char *own_ke
         if (protocol && protocol[0])
             mg_upgrade_line(h, "Sec-WebSocket-Protocol", protocol);
     }
-    o = mg_fwd_tail(r, &fwd, h, tail);
-    evbuffer_add(h, tail, o);
-    evbuffer_add(h, "\r\n", 2);
+    if (evbuffer_reserve_space(h, (ev_ssize_t)mg_fwd_size(r) + 2, &v, 1) < 1) {
+        evbuffer_free(h);
+        return NULL;
+    }
+    v.iov_len = mg_fwd_tail(r, &fwd, v.iov_base);
+    memcpy((char *)v.iov_base + v.iov_len, "\r\n", 2);
+    v.iov_len += 2;
+    evbuffer_commit_space(h, &v, 1);
     return h;
 }
 
@@ -362,8 +373,9 @@ void mg_ws_takeover(mg_req_t *r, mg_io_t *io, const char *pre, size_t pre_len) {
         head = mg_upgrade_upstream_head(r, NULL, NULL);
     }
     {
-        mg_ux_t *ux = mg_ux_start(r->route->upstream, head, 1, 0, &mg_upgrade_sink, p, 0);
-        if (ux == NULL) {
+        mg_ux_t *ux =
+            head ? mg_ux_start(r->route->upstream, head, 1, 0, &mg_upgrade_sink, p, 0) : NULL;
+        if (ux == NULL) { /* out of memory */
             mg_upgrade_free(p);
             return;
         }

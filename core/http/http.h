@@ -258,9 +258,9 @@ int mg_http_lines_add(mg_lines_t *l, const char *s, size_t n);
 int mg_http_lines_put(mg_lines_t *l, const char *name, size_t nlen, const char *value, size_t vlen);
 void mg_http_lines_remove(mg_lines_t *l, const char *name, size_t len);
 void mg_http_lines_merge(struct evbuffer *dst, const mg_lines_t *src);
-void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h);
-/* Appends the client's header line hd as "Name: value\r\n". */
-void mg_req_copy_header(mg_req_t *r, mg_hdr_t *hd, struct evbuffer *h);
+/* Writes the req:set_header() lines (not the removals) to out, at most
+ * r->xhdrs.len bytes; returns the length. */
+size_t mg_req_xhdrs_put(const mg_req_t *r, char *out);
 const char *mg_req_header(mg_req_t *r, const char *name, size_t *len);
 /* The nth (0-based) header line with this name, or NULL. */
 const char *mg_req_header_n(mg_req_t *r, const char *name, int nth, size_t *len);

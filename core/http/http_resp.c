@@ -4,7 +4,7 @@
  * HSTS on TLS connections),
  * our own JSON errors (through whichever sink the request has), field
  * checks for script-set headers, and the request's header lines as an
- * upstream gets them (mg_req_copy_header, mg_req_xhdrs_append).
+ * upstream gets them (mg_req_xhdrs_put).
  */
 #include "http/http_int.h"
 
@@ -157,21 +157,22 @@ void mg_resp_json_error(mg_req_t *r, int status, const char *msg) {
     mg_resp_json_error_with(r, status, msg, "");
 }
 
-void mg_req_copy_header(mg_req_t *r, mg_hdr_t *hd, struct evbuffer *h) {
-    mg_line_add(h, r->hbuf + hd->noff, hd->nlen, r->hbuf + hd->voff, hd->vlen);
-}
-
-/* Appends the headers set by req:set_header() (not the removals). */
-void mg_req_xhdrs_append(mg_req_t *r, struct evbuffer *h) {
+/* Writes the headers set by req:set_header() (not the removals) to out,
+ * at most r->xhdrs.len bytes; returns the length. */
+size_t mg_req_xhdrs_put(const mg_req_t *r, char *out) {
     const char *p = r->xhdrs.p, *end = p + r->xhdrs.len;
+    size_t o = 0;
     while (p < end) {
         const char *eol = memchr(p, '\n', end - p);
         if (eol == NULL)
             break;
-        if (eol - p >= 2 && eol[-2] != ':') /* "Name:\r\n" is a removal */
-            evbuffer_add(h, p, eol + 1 - p);
+        if (eol - p >= 2 && eol[-2] != ':') { /* "Name:\r\n" is a removal */
+            memcpy(out + o, p, eol + 1 - p);
+            o += eol + 1 - p;
+        }
         p = eol + 1;
     }
+    return o;
 }
 
 int mg_req_xhdr_has(mg_req_t *r, const char *name, size_t len) {

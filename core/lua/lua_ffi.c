@@ -102,6 +102,14 @@ void mg_lua_ffi_id_detach(int64_t id) {
     mg_lua_ffi_slot_close(i);
 }
 
+void mg_lua_ffi_id_free(int64_t id) {
+    uint32_t i = (uint32_t)(id & 0xffffffffu);
+    if (id < 0 || i >= mg_ffi_nslots || mg_ffi_slots[i].r == NULL ||
+        mg_ffi_slots[i].gen != (uint32_t)(id >> MG_FFI_SLOT_BITS))
+        return;
+    mg_lua_ffi_slot_free(i);
+}
+
 void mg_lua_ffi_slot_free(uint32_t i) {
     if (i >= mg_ffi_nslots)
         return;

@@ -58,6 +58,28 @@ static void ids(void) {
     CHECK(mg_lua_ffi_req(b) == &req);
     mg_lua_ffi_id_free(b);
     mg_lua_ffi_id_free(c);
+    /* a detached id reaches nothing, but its slot (the req table's anchor)
+     * stays taken until it is freed */
+    {
+        int64_t d = mg_lua_ffi_id_new(&req), e, f;
+        mg_lua_ffi_id_detach(d);
+        CHECK(mg_lua_ffi_req(d) == NULL);
+        e = mg_lua_ffi_id_new(&req);
+        CHECK(MG_LUA_FFI_SLOT(e) != MG_LUA_FFI_SLOT(d));
+        mg_lua_ffi_id_free(d); /* a detached id frees nothing either */
+        f = mg_lua_ffi_id_new(&req);
+        CHECK(MG_LUA_FFI_SLOT(f) != MG_LUA_FFI_SLOT(d));
+        mg_lua_ffi_slot_free(MG_LUA_FFI_SLOT(d));
+        c = mg_lua_ffi_id_new(&req); /* the slot again, another generation */
+        CHECK(MG_LUA_FFI_SLOT(c) == MG_LUA_FFI_SLOT(d));
+        CHECK(c != d);
+        CHECK(mg_lua_ffi_req(d) == NULL);
+        CHECK(mg_lua_ffi_req(c) == &req);
+        mg_lua_ffi_slot_free(MG_LUA_FFI_SLOT(e)); /* a live one: its id goes too */
+        CHECK(mg_lua_ffi_req(e) == NULL);
+        mg_lua_ffi_id_free(c);
+        mg_lua_ffi_id_free(f);
+    }
 }
 
 static void one_header(void) {
