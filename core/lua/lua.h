@@ -51,7 +51,9 @@ struct mg_lproxy_s {
     int query_len;  /* -1: the client's query; 0: none */
     int ctype_len;  /* -1: any response; else its Content-Type must contain this */
     int timeout_ms; /* 0: the upstream's own response and body timeouts */
-    int err_ref;    /* on_error in the registry of r->gen->L, or LUA_NOREF */
+    int err_ref;    /* on_error: LUA_NOREF none; 0 in r->gen's "moongate.proxy_errs" at
+                     * r->access_req_ref (its req table's slot, lua_api.c); else a
+                     * registry ref of r->gen->L (no slot) */
 };
 static inline const char *mg_lproxy_path(const mg_lproxy_t *p) { return p->buf; }
 static inline const char *mg_lproxy_query(const mg_lproxy_t *p) {

@@ -200,7 +200,8 @@ void mg_lua_push_lower(lua_State *L, const char *s, size_t len) {
 void mg_lua_push_entry(lua_State *L, mg_gen_t *gen, int which) {
     static const char *const names[] = {
         "moongate.run",       "moongate.run_access", "moongate.run_header_filter",
-        "moongate.run_hooks", "moongate.req_mt",     "moongate.reqs"};
+        "moongate.run_hooks", "moongate.req_mt",     "moongate.reqs",
+        "moongate.proxy_errs"};
     if (gen->entry_refs[which] == 0) {
         lua_getfield(gen->L, LUA_REGISTRYINDEX, names[which]);
         gen->entry_refs[which] = luaL_ref(gen->L, LUA_REGISTRYINDEX); /* LUA_REFNIL if absent */
@@ -665,6 +666,8 @@ static const luaL_Reg mg_core_funcs[] = {
 void mg_lua_open_api(lua_State *L) {
     lua_createtable(L, 256, 0); /* the req tables of the requests in flight, by FFI slot */
     lua_setfield(L, LUA_REGISTRYINDEX, "moongate.reqs");
+    lua_createtable(L, 256, 0); /* moongate.proxy's on_error, by the same index (lua_proxy.c) */
+    lua_setfield(L, LUA_REGISTRYINDEX, "moongate.proxy_errs");
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "loaded");
     lua_newtable(L);

@@ -48,7 +48,15 @@ struct mg_co_s {
 };
 
 /* init.lua's entry points (registry functions), found once per generation */
-enum { MG_ENTRY_RUN, MG_ENTRY_ACCESS, MG_ENTRY_HF, MG_ENTRY_HOOKS, MG_ENTRY_REQ_MT, MG_ENTRY_REQS };
+enum {
+    MG_ENTRY_RUN,
+    MG_ENTRY_ACCESS,
+    MG_ENTRY_HF,
+    MG_ENTRY_HOOKS,
+    MG_ENTRY_REQ_MT,
+    MG_ENTRY_REQS,
+    MG_ENTRY_PROXY_ERRS
+};
 void mg_lua_push_entry(lua_State *L, mg_gen_t *gen, int which);
 
 /* lua_proxy.c: moongate.proxy's core.proxy (into moongate.core); the end

@@ -40,13 +40,27 @@ void mg_lua_set_hooks(const mg_lua_hooks_t *h) { mg_lua_hooks = h; }
 static mg_lproxy_t *mg_lproxy_free_list;
 static int mg_lproxy_free_count;
 
+/* The plan's on_error goes (p->err_ref: lua.h). Kept at its request's
+ * slot, it costs two lua_rawseti a call, not luaL_ref and luaL_unref. */
+static void mg_lproxy_err_drop(mg_req_t *r, mg_lproxy_t *p) {
+    lua_State *L = r->gen->L;
+    if (p->err_ref == 0) {
+        mg_lua_push_entry(L, r->gen, MG_ENTRY_PROXY_ERRS);
+        lua_pushnil(L);
+        lua_rawseti(L, -2, r->access_req_ref);
+        lua_pop(L, 1);
+    } else if (p->err_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, p->err_ref);
+    }
+    p->err_ref = LUA_NOREF;
+}
+
 void mg_lua_proxy_free(mg_req_t *r) {
     mg_lproxy_t *p = r->lproxy;
     if (p == NULL)
         return;
+    mg_lproxy_err_drop(r, p);
     r->lproxy = NULL;
-    if (p->err_ref != LUA_NOREF)
-        luaL_unref(r->gen->L, LUA_REGISTRYINDEX, p->err_ref);
     if (mg_lproxy_free_count >= MG_LPROXY_POOL) {
         free(p->buf);
         free(p);
@@ -75,9 +89,8 @@ static mg_lproxy_t *mg_lproxy_take(mg_req_t *r, size_t need) {
         }
         p->err_ref = LUA_NOREF;
         r->lproxy = p;
-    } else if (p->err_ref != LUA_NOREF) {
-        luaL_unref(r->gen->L, LUA_REGISTRYINDEX, p->err_ref);
-        p->err_ref = LUA_NOREF;
+    } else {
+        mg_lproxy_err_drop(r, p);
     }
     if (need > p->cap) {
         char *b = realloc(p->buf, need);
@@ -186,18 +199,20 @@ static int mg_lua_core_proxy(lua_State *L) {
     const char *uname, *path = NULL, *query = NULL, *ctype = NULL, *bad;
     mg_upstream_t *up;
     mg_lproxy_t *p;
-    int timeout_ms = 0;
+    int timeout_ms = 0, t[8];
 
     if (r == NULL)
         return luaL_error(L, "moongate.proxy: no request in a timer");
     lua_settop(L, 7);
+    for (int i = 1; i <= 7; i++) /* each argument's type, asked once */
+        t[i] = lua_type(L, i);
     if (r->resp_started) {
         /* the client has a response head already: nothing to hand over */
         mg_error("request %s: moongate.proxy after the response began", r->request_id);
         lua_pushboolean(L, 0);
         return 1;
     }
-    if (lua_type(L, 1) != LUA_TSTRING)
+    if (t[1] != LUA_TSTRING)
         return mg_lproxy_refuse(L, r, "moongate.proxy: upstream (a name) is required");
     uname = lua_tolstring(L, 1, &ul);
     up = mg_gen_upstream(r->gen, uname, ul);
@@ -211,46 +226,46 @@ static int mg_lua_core_proxy(lua_State *L) {
         return mg_lproxy_refuse(L, r,
                                 "moongate.proxy: the request body was already read by the "
                                 "script (req:body(), req:read()); it can no longer be proxied");
-    if (!lua_isnil(L, 2)) {
-        path = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &pl) : NULL;
+    if (t[2] != LUA_TNIL) {
+        path = t[2] == LUA_TSTRING ? lua_tolstring(L, 2, &pl) : NULL;
         if (path == NULL || !mg_lproxy_target_ok(path, pl, 1))
             return mg_lproxy_refuse(L, r,
                                     "moongate.proxy: bad path (a string starting with '/', "
                                     "without spaces, control characters, '?' or '#')");
     }
-    if (lua_type(L, 3) == LUA_TSTRING) {
+    if (t[3] == LUA_TSTRING) {
         query = lua_tolstring(L, 3, &ql);
         if (!mg_lproxy_target_ok(query, ql, 0))
             return mg_lproxy_refuse(L, r,
                                     "moongate.proxy: bad query (spaces, control "
                                     "characters or '#')");
-    } else if (lua_type(L, 3) == LUA_TBOOLEAN && !lua_toboolean(L, 3)) {
+    } else if (t[3] == LUA_TBOOLEAN && !lua_toboolean(L, 3)) {
         query = "";
-    } else if (!lua_isnil(L, 3)) {
+    } else if (t[3] != LUA_TNIL) {
         return mg_lproxy_refuse(L, r, "moongate.proxy: query must be a table, a string or false");
     }
     if (pl + ql > MG_LPROXY_TARGET_MAX)
         return mg_lproxy_refuse(L, r, "moongate.proxy: path and query longer than %d bytes",
                                 MG_LPROXY_TARGET_MAX);
-    if (!lua_isnil(L, 5)) {
-        lua_Number t = lua_type(L, 5) == LUA_TNUMBER ? lua_tonumber(L, 5) : -1;
-        if (!(t > 0 && t <= 86400))
+    if (t[5] != LUA_TNIL) {
+        lua_Number s = t[5] == LUA_TNUMBER ? lua_tonumber(L, 5) : -1;
+        if (!(s > 0 && s <= 86400))
             return mg_lproxy_refuse(L, r, "moongate.proxy: timeout must be seconds in (0, 86400]");
-        timeout_ms = (int)(t * 1000 + 0.5);
+        timeout_ms = (int)(s * 1000 + 0.5);
         if (timeout_ms < 1)
             timeout_ms = 1;
     }
-    if (!lua_isnil(L, 6)) {
-        ctype = lua_type(L, 6) == LUA_TSTRING ? lua_tolstring(L, 6, &cl) : NULL;
+    if (t[6] != LUA_TNIL) {
+        ctype = t[6] == LUA_TSTRING ? lua_tolstring(L, 6, &cl) : NULL;
         if (ctype == NULL || cl == 0 || cl > MG_LPROXY_CTYPE_MAX)
             return mg_lproxy_refuse(L, r,
                                     "moongate.proxy: content_type must be a string of "
                                     "1 to 128 bytes");
     }
-    if (!lua_isnil(L, 7) && !lua_isfunction(L, 7))
+    if (t[7] != LUA_TNIL && t[7] != LUA_TFUNCTION)
         return mg_lproxy_refuse(L, r, "moongate.proxy: on_error must be a function");
-    if (!lua_isnil(L, 4)) {
-        if (!lua_istable(L, 4))
+    if (t[4] != LUA_TNIL) {
+        if (t[4] != LUA_TTABLE)
             return mg_lproxy_refuse(L, r, "moongate.proxy: headers must be a table");
         if ((bad = mg_lproxy_headers(L, 4, r)) != NULL)
             return mg_lproxy_refuse(L, r, "moongate.proxy: bad header %s", bad);
@@ -272,7 +287,13 @@ static int mg_lua_core_proxy(lua_State *L) {
         memcpy(p->buf + pl + ql, ctype, cl);
         p->ctype_len = (int)cl;
     }
-    if (lua_isfunction(L, 7)) {
+    if (t[7] == LUA_TFUNCTION && r->access_req_ref > 0) {
+        mg_lua_push_entry(L, r->gen, MG_ENTRY_PROXY_ERRS); /* the state all threads share */
+        lua_pushvalue(L, 7);
+        lua_rawseti(L, -2, r->access_req_ref);
+        lua_pop(L, 1);
+        p->err_ref = 0;
+    } else if (t[7] == LUA_TFUNCTION) {
         lua_pushvalue(L, 7);
         p->err_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* the registry all threads share */
     }
@@ -308,7 +329,13 @@ int mg_lua_proxy_error(mg_req_t *r, int status, const char *reason) {
         return 0;
     top = lua_gettop(L);
     lua_getfield(L, LUA_REGISTRYINDEX, "moongate.proxy_error"); /* init.lua */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->err_ref);
+    if (p->err_ref == 0) {
+        mg_lua_push_entry(L, r->gen, MG_ENTRY_PROXY_ERRS);
+        lua_rawgeti(L, -1, r->access_req_ref);
+        lua_remove(L, -2);
+    } else {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->err_ref);
+    }
     lua_pushinteger(L, status);
     lua_pushstring(L, reason);
     mg_lua_push_req(L, r);
