@@ -78,8 +78,30 @@ size_t mg_fwd_size(const mg_req_t *r) {
     return n;
 }
 
+/* The names req:set_header() set or removed (r->xhdrs), read once for
+ * the loop over the client's headers; 0 when there are more than a
+ * mg_fwd_tokens_t holds (the caller then asks mg_req_xhdr_has). */
+static int mg_fwd_xnames(const mg_req_t *r, mg_fwd_tokens_t *t) {
+    const char *p = r->xhdrs.p, *end = p + r->xhdrs.len;
+    t->count = 0;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', end - p), *colon;
+        if (eol == NULL)
+            break;
+        if ((colon = memchr(p, ':', eol - p)) != NULL) {
+            if (t->count == MG_FWD_TOKENS_MAX)
+                return 0;
+            t->n[t->count] = p;
+            t->l[t->count++] = (size_t)(colon - p);
+        }
+        p = eol + 1;
+    }
+    return 1;
+}
+
 size_t mg_fwd_headers(mg_req_t *r, char *out, unsigned drop, mg_fwd_t *f) {
-    mg_fwd_tokens_t tok = {.count = 0};
+    mg_fwd_tokens_t tok = {.count = 0}, xn = {.count = 0};
+    int xall = r->xhdrs.len == 0 || mg_fwd_xnames(r, &xn); /* xn holds every set name */
     size_t o = 0;
     int i;
 
@@ -95,7 +117,8 @@ size_t mg_fwd_headers(mg_req_t *r, char *out, unsigned drop, mg_fwd_t *f) {
         mg_hdr_t *hd = &r->hdrs[i];
         const char *n = r->hbuf + hd->noff;
         size_t l = hd->nlen;
-        if (mg_http_hop_by_hop(n, l) || mg_fwd_tokens_has(&tok, n, l) || mg_req_xhdr_has(r, n, l))
+        if (mg_http_hop_by_hop(n, l) || mg_fwd_tokens_has(&tok, n, l) ||
+            (xall ? mg_fwd_tokens_has(&xn, n, l) : mg_req_xhdr_has(r, n, l)))
             continue;
         if (MG_NAME_IS(n, l, "x-forwarded-for")) {
             f->xff = r->hbuf + hd->voff; /* the chain goes on in mg_fwd_tail */

@@ -10,6 +10,7 @@
 #include "gateway/gateway.h"
 
 #include <event2/buffer.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 static char hbuf[2048];
@@ -153,6 +154,26 @@ static void set_header_lines(void) {
     free(req.xhdrs.p);
 }
 
+/* more set names than mg_fwd_headers reads at once (MG_FWD_TOKENS_MAX):
+ * the client's header of the last one is still left out */
+static void many_set_headers(void) {
+    static const char *const kv[] = {"Host", "h", "X-S16", "c", "Accept", "a", NULL};
+    char out[2048], want[2048], name[8];
+    size_t o;
+    head(kv);
+    o = (size_t)snprintf(want, sizeof(want), "Host: h\r\nAccept: a\r\n");
+    for (int i = 0; i <= MG_FWD_TOKENS_MAX; i++) {
+        int nl = snprintf(name, sizeof(name), "X-S%d", i);
+        CHECK_INT(mg_http_lines_put(&req.xhdrs, name, (size_t)nl, "v", 1), MG_OK);
+        o += (size_t)snprintf(want + o, sizeof(want) - o, "%s: v\r\n", name);
+    }
+    snprintf(want + o, sizeof(want) - o,
+             "X-Forwarded-Host: h\r\nX-Forwarded-For: 192.0.2.7\r\n"
+             "X-Forwarded-Proto: http\r\nX-Request-Id: rid-1\r\n");
+    CHECK_STR(forward(0, out, sizeof(out)), want);
+    free(req.xhdrs.p);
+}
+
 static void client_gone(void) {
     static const char *const kv[] = {"Host", "h", NULL};
     char out[1024];
@@ -256,6 +277,7 @@ int main(void) {
     CT_RUN(headers_dropped);
     CT_RUN(xff_chain_and_tls);
     CT_RUN(set_header_lines);
+    CT_RUN(many_set_headers);
     CT_RUN(client_gone);
     CT_RUN(no_host);
     CT_RUN(line_put_add);
