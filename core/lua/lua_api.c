@@ -219,11 +219,15 @@ static char mg_lua_req_key;
  * and its id only (method and path stay readable after the request, as
  * documented): headers, params, id, http_version, remote_addr,
  * query_string and ctx are filled on first use (req_mt.__index, through the FFI or core.req_fill),
- * so a hook that reads none of them costs no header strings. The table is anchored
+ * so a hook that reads none of them costs no header strings. A coroutine's
+ * entry makes it in Lua (init.lua's req_new, from what mg_lua_co_for_req
+ * passes); the other callers here (mg_lua_req_make). The table is anchored
  * until the request ends (mg_lua_req_unlink) in the generation's
  * "moongate.reqs" table: at its FFI slot + 1 (r->access_req_ref; an
  * array index, cheaper than a registry ref), or under r's address when no
  * id could be made (r->access_req_ref 0). */
+static void mg_lua_req_make(lua_State *L, mg_req_t *r, int64_t id);
+
 void mg_lua_push_req_kept(lua_State *L, mg_req_t *r) {
     mg_lua_push_entry(L, r->gen, MG_ENTRY_REQS);
     if (r->access_req_ref > 0) {
@@ -233,14 +237,16 @@ void mg_lua_push_req_kept(lua_State *L, mg_req_t *r) {
         lua_rawget(L, -2);
     }
     lua_remove(L, -2);
+    if (lua_isnil(L, -1)) { /* init.lua's req_new failed (out of memory): made here */
+        lua_pop(L, 1);
+        mg_lua_req_make(L, r,
+                        r->access_req_ref > 0 ? mg_lua_ffi_slot_id(r->access_req_ref - 1) : -1);
+    }
 }
 
-void mg_lua_push_req(lua_State *L, mg_req_t *r) {
-    int64_t id;
-    if (r->access_req_ref != LUA_NOREF) {
-        mg_lua_push_req_kept(L, r);
-        return;
-    }
+/* Makes, anchors and pushes r's req table, with id (-1: none could be
+ * made). */
+static void mg_lua_req_make(lua_State *L, mg_req_t *r, int64_t id) {
     /* method, path, the id and ctx, and room for four lazy fields: reading
      * the query (query_string, query, query_repeated) and the params, as
      * the seed's auth hook does, then costs no rehash of the table */
@@ -249,7 +255,6 @@ void mg_lua_push_req(lua_State *L, mg_req_t *r) {
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->hbuf, r->path_len);
     lua_setfield(L, -2, "path");
-    id = mg_lua_ffi_id_new(r);
     lua_pushlightuserdata(L, &mg_lua_req_key);
     lua_pushnumber(L, (lua_Number)id); /* exact: below 2^53 */
     lua_rawset(L, -3);
@@ -261,12 +266,21 @@ void mg_lua_push_req(lua_State *L, mg_req_t *r) {
         lua_pushvalue(L, -2);
         lua_rawseti(L, -2, r->access_req_ref);
     } else {
+        if (r->access_req_ref > 0) /* a slot whose id went: let it go */
+            mg_lua_ffi_slot_free((uint32_t)(r->access_req_ref - 1));
         r->access_req_ref = 0;
         lua_pushlightuserdata(L, r);
         lua_pushvalue(L, -3);
         lua_rawset(L, -3);
     }
     lua_pop(L, 1);
+}
+
+void mg_lua_push_req(lua_State *L, mg_req_t *r) {
+    if (r->access_req_ref != LUA_NOREF)
+        mg_lua_push_req_kept(L, r);
+    else
+        mg_lua_req_make(L, r, mg_lua_ffi_id_new(r));
 }
 
 /* Pushes a lazy field of r's req table: "headers", "params", "id",
@@ -410,14 +424,17 @@ void mg_lua_req_unlink(mg_req_t *r) {
         lua_pushlightuserdata(L, r);
         lua_rawget(L, -2);
     }
-    lua_pushlightuserdata(L, &mg_lua_req_key); /* reqs, req, id */
-    lua_rawget(L, -2);
-    if (lua_isnumber(L, -1)) { /* never filled: say so rather than read freed memory */
-        lua_pushlightuserdata(L, &mg_lua_req_key);
-        lua_pushboolean(L, 0);
-        lua_rawset(L, -4);
+    if (lua_istable(L, -1)) { /* not when init.lua's req_new failed (out of memory) */
+        lua_pushlightuserdata(L, &mg_lua_req_key); /* reqs, req, id */
+        lua_rawget(L, -2);
+        if (lua_isnumber(L, -1)) { /* never filled: say so rather than read freed memory */
+            lua_pushlightuserdata(L, &mg_lua_req_key);
+            lua_pushboolean(L, 0);
+            lua_rawset(L, -4);
+        }
+        lua_pop(L, 1);
     }
-    lua_pop(L, 2);
+    lua_pop(L, 1);
     if (r->access_req_ref > 0) {
         lua_pushnil(L);
         lua_rawseti(L, -2, r->access_req_ref);
@@ -520,10 +537,15 @@ void mg_lua_log(mg_req_t *r, double duration_ms) {
 }
 
 /* A coroutine for request r, its stack set to: entry (a registry function
- * of init.lua), the route's function `ref`, the req table. NULL after
- * answering 500 when out of memory. */
+ * of init.lua), the route's function `ref`, then either the method's
+ * number, the path, the request's id and its slot + 1, of which the entry
+ * makes the req table and anchors it (init.lua's req_new: compiled Lua,
+ * no C API call per field), or the req table and three nils (made
+ * already, or no id could be made). NULL after answering 500 when out of
+ * memory. */
 static mg_co_t *mg_lua_co_for_req(mg_req_t *r, int entry, int ref) {
     mg_co_t *co = mg_lua_co_new(r->gen);
+    int64_t id = -1;
 
     if (co == NULL) {
         mg_resp_json_error(r, 500, "out of memory");
@@ -536,7 +558,21 @@ static mg_co_t *mg_lua_co_for_req(mg_req_t *r, int entry, int ref) {
         co->body = evbuffer_new();
     mg_lua_push_entry(co->L, r->gen, entry);
     lua_rawgeti(co->L, LUA_REGISTRYINDEX, ref);
-    mg_lua_push_req(co->L, r);
+    if (r->access_req_ref == LUA_NOREF && (id = mg_lua_ffi_id_new(r)) >= 0) {
+        r->access_req_ref = (int)MG_LUA_FFI_SLOT(id) + 1;
+        lua_pushinteger(co->L, r->method);
+        lua_pushlstring(co->L, r->hbuf, r->path_len);
+        lua_pushnumber(co->L, (lua_Number)id); /* exact: below 2^53 */
+        lua_pushinteger(co->L, r->access_req_ref);
+        return co;
+    }
+    if (r->access_req_ref == LUA_NOREF)
+        mg_lua_req_make(co->L, r, -1);
+    else
+        mg_lua_push_req_kept(co->L, r);
+    lua_pushnil(co->L);
+    lua_pushnil(co->L);
+    lua_pushnil(co->L);
     return co;
 }
 
@@ -557,7 +593,7 @@ void mg_lua_access_start(mg_req_t *r) {
         lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->hf_ref);
     else
         lua_pushnil(co->L);
-    mg_lua_co_resume(co, 3);
+    mg_lua_co_resume(co, 6);
 }
 
 /* core.resp_headers_into(t): moves req:set_response_header()'s headers
@@ -610,7 +646,7 @@ void mg_lua_handler_start(mg_req_t *r) {
         lua_rawgeti(co->L, LUA_REGISTRYINDEX, r->route->hf_ref);
     else
         lua_pushnil(co->L);
-    mg_lua_co_resume(co, 4);
+    mg_lua_co_resume(co, 7);
 }
 
 /* ---- misc ---- */
@@ -674,6 +710,13 @@ void mg_lua_open_api(lua_State *L) {
     luaL_register(L, NULL, mg_core_funcs);
     lua_pushlightuserdata(L, &mg_lua_req_key); /* init.lua finds a req table's request here */
     lua_setfield(L, -2, "req_key");
+    lua_createtable(L, 48, 0); /* the methods' names by llhttp's numbers (r->method) */
+#define MG_LUA_METHOD(num, name, string)                                                           \
+    lua_pushliteral(L, #string);                                                                   \
+    lua_rawseti(L, -2, num);
+    HTTP_ALL_METHOD_MAP(MG_LUA_METHOD)
+#undef MG_LUA_METHOD
+    lua_setfield(L, -2, "methods");
     mg_lua_inject_resp_api(L);
     mg_lua_inject_client_api(L);
     mg_lua_inject_socket_api(L);

@@ -119,6 +119,12 @@ void mg_lua_ffi_slot_free(uint32_t i) {
     mg_ffi_free = i;
 }
 
+int64_t mg_lua_ffi_slot_id(uint32_t i) {
+    if (i >= mg_ffi_nslots || mg_ffi_slots[i].r == NULL)
+        return -1;
+    return ((int64_t)mg_ffi_slots[i].gen << MG_FFI_SLOT_BITS) | i;
+}
+
 /* The live request of id, or NULL. */
 mg_req_t *mg_lua_ffi_req(int64_t id) {
     uint32_t i = (uint32_t)(id & 0xffffffffu);

@@ -106,8 +106,9 @@ int64_t mg_lua_ffi_id_new(mg_req_t *r);
  * stays taken until mg_lua_ffi_slot_free (the request ends) */
 void mg_lua_ffi_id_detach(int64_t id);
 void mg_lua_ffi_slot_free(uint32_t slot);
-void mg_lua_ffi_id_free(int64_t id);  /* both at once; a stale id frees nothing */
-mg_req_t *mg_lua_ffi_req(int64_t id); /* NULL: the request is gone */
+void mg_lua_ffi_id_free(int64_t id);       /* both at once; a stale id frees nothing */
+int64_t mg_lua_ffi_slot_id(uint32_t slot); /* the slot's live id, or -1 */
+mg_req_t *mg_lua_ffi_req(int64_t id);      /* NULL: the request is gone */
 int mg_lua_ffi_req_header(int64_t id, const char *name, size_t nl, mg_lua_ffi_str_t *out);
 int mg_lua_ffi_req_headers(int64_t id, mg_kv_t *out, int cap, int *oom);
 int mg_lua_ffi_req_params(int64_t id, mg_kv_t *out, int cap);

@@ -485,11 +485,30 @@ local function check_access(access, req, header_filter)
   return true
 end
 
+-- The req table of a request whose coroutine starts here (lua_api.c's
+-- mg_lua_co_for_req): the core passes its parts, the method's number, the
+-- path, the request's id and the slot that anchors the table until the
+-- request ends (made here in compiled Lua, it costs less than field by
+-- field through the C API), or the table itself (path nil) when it has one.
+local REQS = debug.getregistry()["moongate.reqs"] -- the core's, by slot
+local METHODS = core.methods -- llhttp's method numbers -> names
+local function req_new(m, path, id, slot)
+  if path == nil then return m end
+  -- method, path, the id and ctx, and room for four lazy fields (the
+  -- query's three and the params: the seed's auth hook reads them)
+  local req = new_tab(0, 8)
+  req.method = METHODS[m]
+  req.path = path
+  req[REQ_KEY] = id
+  REQS[slot] = req
+  return setmetatable(req, req_mt)
+end
+
 -- Upstream and WebSocket routes: the hooks run in a coroutine of their own.
-debug.getregistry()["moongate.run_access"] = function(access, req, header_filter)
+debug.getregistry()["moongate.run_access"] = function(access, m, path, id, slot, header_filter)
   -- req comes with its metatable (req_mt): req.ctx is made when first read
   -- true: every hook allowed it (the core reads the coroutine's result)
-  return check_access(access, req, header_filter)
+  return check_access(access, req_new(m, path, id, slot), header_filter)
 end
 
 -- For proxied responses: the edited head as "Name: value\r\n" text.
@@ -530,7 +549,8 @@ debug.getregistry()["moongate.run_hooks"] = function(list, info, ctx)
   for i = 1, #list do list[i](info, ctx) end
 end
 
-local function run(handler, req, access, header_filter)
+local function run(handler, m, path, id, slot, access, header_filter)
+  local req = req_new(m, path, id, slot)
   req.ctx = new_tab(0, 4)
   if access and not check_access(access, req, header_filter) then return end
   local res = setmetatable({ _filter = header_filter, _ctx = req.ctx }, res_mt)
