@@ -87,13 +87,13 @@ void mg_fmt_milli(mg_fmt_t *b, int64_t v);
 /* x rounded to the nearest integer (halves away from zero), saturated
  * (inline: three of them per access-log line) */
 static inline int64_t mg_fmt_round(double x) {
-    if (!(x == x))
-        return 0; /* NaN */
+    if (x > -9.2e18 && x < 9.2e18) /* the usual case first: one range test (a NaN fails it) */
+        return (int64_t)(x < 0 ? x - 0.5 : x + 0.5);
     if (x >= 9.2e18)
         return INT64_MAX;
     if (x <= -9.2e18)
         return INT64_MIN;
-    return (int64_t)(x < 0 ? x - 0.5 : x + 0.5);
+    return 0; /* NaN */
 }
 /* s[0, n) JSON-escaped as mg_json_escape escapes it into a buffer of
  * escap bytes: it stops at a NUL, and when fewer than 8 of those bytes
@@ -255,9 +255,15 @@ void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap); /* esc
  * (1; n bytes), else 0 and nothing appended (b's bytes past b->len may be
  * written): mg_fmt_put_json's output whenever n <= escap - 7. */
 int mg_fmt_put_plain(mg_fmt_t *b, const char *s, size_t n);
-/* mg_fmt_put_plain, and where s's first '?' is (*q; n for none) when it
- * was appended (the check's vectors tell it, no second pass) */
-int mg_fmt_put_plain_q(mg_fmt_t *b, const char *s, size_t n, size_t *q);
+/* mg_fmt_put_plain, and where s's first '?' is (q; n for none) when it
+ * was appended, told by the check's vectors (no second pass); for 8 to 16
+ * bytes with a '?' (map = 1) also where its '=' and '&' are (bit i: s[i]) */
+typedef struct {
+    size_t q;
+    uint32_t eq, amp;
+    int map;
+} mg_fmt_qmap_t;
+int mg_fmt_put_plain_q(mg_fmt_t *b, const char *s, size_t n, mg_fmt_qmap_t *q);
 void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms);
 
 /* Building an access-log line in place: b over max free bytes at the end

@@ -183,8 +183,11 @@ static inline int mg_fmt_esc16(__m128i v) {
  * been stored past b->len, which the escaping loop writes over). Reads
  * only s[0, n). */
 __attribute__((always_inline)) static inline int mg_fmt_plain(mg_fmt_t *b, const char *s, size_t n,
-                                                              size_t *qpos) {
+                                                              mg_fmt_qmap_t *map) {
     char *o = b->p + b->len;
+    size_t *qpos = map ? &map->q : NULL;
+    if (map)
+        map->map = 0;
 #ifdef __SSE2__
     const __m128i qm = _mm_set1_epi8('?');
     if (qpos)
@@ -220,12 +223,19 @@ __attribute__((always_inline)) static inline int mg_fmt_plain(mg_fmt_t *b, const
         v = _mm_set_epi64x((long long)hi, (long long)lo);
         if (mg_fmt_esc16(v))
             return 0;
-        if (qpos) { /* bits 0-7: s[0, 8); 8-15: s[n - 8, n) */
+        if (map) { /* bits 0-7: s[0, 8); 8-15: s[n - 8, n) */
             unsigned m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, qm));
             if (m & 0xff)
-                *qpos = (size_t)__builtin_ctz(m);
+                map->q = (size_t)__builtin_ctz(m);
             else if (m)
-                *qpos = n - 16 + (size_t)__builtin_ctz(m);
+                map->q = n - 16 + (size_t)__builtin_ctz(m);
+            if (m) { /* the '=' and '&' by position in s */
+                unsigned e = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('=')));
+                unsigned a = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('&')));
+                map->eq = (e & 0xff) | (e >> 8) << (n - 8);
+                map->amp = (a & 0xff) | (a >> 8) << (n - 8);
+                map->map = 1;
+            }
         }
         memcpy(o, &lo, 8);
         memcpy(o + n - 8, &hi, 8);
@@ -273,7 +283,7 @@ __attribute__((always_inline)) static inline int mg_fmt_plain(mg_fmt_t *b, const
 
 int mg_fmt_put_plain(mg_fmt_t *b, const char *s, size_t n) { return mg_fmt_plain(b, s, n, NULL); }
 
-int mg_fmt_put_plain_q(mg_fmt_t *b, const char *s, size_t n, size_t *q) {
+int mg_fmt_put_plain_q(mg_fmt_t *b, const char *s, size_t n, mg_fmt_qmap_t *q) {
     return mg_fmt_plain(b, s, n, q);
 }
 
