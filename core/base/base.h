@@ -87,13 +87,13 @@ void mg_fmt_milli(mg_fmt_t *b, int64_t v);
 /* x rounded to the nearest integer (halves away from zero), saturated
  * (inline: three of them per access-log line) */
 static inline int64_t mg_fmt_round(double x) {
-    if (!(x == x))
-        return 0; /* NaN */
+    if (x > -9.2e18 && x < 9.2e18) /* the usual case first: one range test (a NaN fails it) */
+        return (int64_t)(x < 0 ? x - 0.5 : x + 0.5);
     if (x >= 9.2e18)
         return INT64_MAX;
     if (x <= -9.2e18)
         return INT64_MIN;
-    return (int64_t)(x < 0 ? x - 0.5 : x + 0.5);
+    return 0; /* NaN */
 }
 /* s[0, n) JSON-escaped as mg_json_escape escapes it into a buffer of
  * escap bytes: it stops at a NUL, and when fewer than 8 of those bytes
@@ -205,6 +205,48 @@ static inline void mg_fmt_put_i64(mg_fmt_t *b, int64_t v) {
 static inline void mg_fmt_put_milli(mg_fmt_t *b, int64_t v) {
     mg_fmt_to(b, mg_fmt_o_milli(mg_fmt_at(b), v));
 }
+/* The second of the last time written (per process), both ways: its
+ * digits since the epoch (a line's "time") and its ISO 8601 text up to
+ * the seconds ("timestamp"). A line's two times share one second, so the
+ * second's check is one compare and each time two constant-size copies;
+ * mg_fmt_sec_set works both out for another second (0 <= s). */
+typedef struct {
+    int64_t s; /* -1: none yet */
+    size_t dec_len, iso_len;
+    char dec[MG_FMT_U64_MAX];
+    char iso[32];
+} mg_fmt_sec_t;
+extern mg_fmt_sec_t mg_fmt_sec;
+void mg_fmt_sec_set(int64_t s);
+/* mg_fmt_o_milli of ms since the epoch (MG_FMT_MILLI_MAX): the whole of
+ * dec is copied, a constant size, and past dec_len written over or left
+ * past the end, inside the room the caller has */
+static inline char *mg_fmt_o_time_ms(char *o, int64_t ms) {
+    int64_t s = ms / 1000;
+    if (ms < 0)
+        return mg_fmt_o_milli(o, ms);
+    if (s != mg_fmt_sec.s)
+        mg_fmt_sec_set(s);
+    memcpy(o, mg_fmt_sec.dec, sizeof(mg_fmt_sec.dec));
+    o += mg_fmt_sec.dec_len;
+    memcpy(o, mg_fmt_d3 + (ms - s * 1000) * 4, 4);
+    return o + 4;
+}
+/* "2026-12-01T22:48:00.123Z" of ms since the epoch, below 0 as 0
+ * (MG_FMT_ISO_MAX; iso copied whole as dec above) */
+static inline char *mg_fmt_o_iso_ms(char *o, int64_t ms) {
+    int64_t s;
+    if (ms < 0)
+        ms = 0;
+    s = ms / 1000;
+    if (s != mg_fmt_sec.s)
+        mg_fmt_sec_set(s);
+    memcpy(o, mg_fmt_sec.iso, sizeof(mg_fmt_sec.iso));
+    o += mg_fmt_sec.iso_len;
+    memcpy(o, mg_fmt_d3 + (ms - s * 1000) * 4, 4);
+    o[4] = 'Z';
+    return o + 5;
+}
 /* mg_fmt_put_milli of ms since the epoch, the seconds' digits kept from
  * the last call in the same second */
 void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms);
@@ -213,6 +255,15 @@ void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap); /* esc
  * (1; n bytes), else 0 and nothing appended (b's bytes past b->len may be
  * written): mg_fmt_put_json's output whenever n <= escap - 7. */
 int mg_fmt_put_plain(mg_fmt_t *b, const char *s, size_t n);
+/* mg_fmt_put_plain, and where s's first '?' is (q; n for none) when it
+ * was appended, told by the check's vectors (no second pass); for 8 to 16
+ * bytes with a '?' (map = 1) also where its '=' and '&' are (bit i: s[i]) */
+typedef struct {
+    size_t q;
+    uint32_t eq, amp;
+    int map;
+} mg_fmt_qmap_t;
+int mg_fmt_put_plain_q(mg_fmt_t *b, const char *s, size_t n, mg_fmt_qmap_t *q);
 void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms);
 
 /* Building an access-log line in place: b over max free bytes at the end

@@ -112,31 +112,8 @@ char *mg_fmt_o_u64_long(char *o, uint64_t v) {
     return o + n;
 }
 
-/* mg_fmt_put_milli of a time in ms since the epoch: its seconds change
- * once a second, so their digits are kept (per process) and copied */
 void mg_fmt_put_time_ms(mg_fmt_t *b, int64_t ms) {
-    static int64_t last = -1;
-    static char sec[MG_FMT_U64_MAX];
-    static size_t sec_len;
-    unsigned f;
-    if (ms < 0) {
-        mg_fmt_put_milli(b, ms);
-        return;
-    }
-    if (ms / 1000 != last) {
-        mg_fmt_t t = {sec, 0, sizeof(sec)};
-        last = ms / 1000;
-        mg_fmt_put_u64(&t, (uint64_t)last);
-        sec_len = t.len;
-    }
-    f = (unsigned)(ms % 1000);
-    /* the whole of sec, a constant size (no call to memcpy): past sec_len
-     * it is written over below or left past the end, inside the room the
-     * caller has (MG_FMT_MILLI_MAX, MG_FMT_ISO_MAX) */
-    memcpy(b->p + b->len, sec, sizeof(sec));
-    b->len += sec_len;
-    memcpy(b->p + b->len, mg_fmt_d3 + f * 4, 4);
-    b->len += 4;
+    mg_fmt_to(b, mg_fmt_o_time_ms(mg_fmt_at(b), ms));
 }
 
 /* The checked appends, one per type: put unchecked when b has room for
@@ -205,10 +182,16 @@ static inline int mg_fmt_esc16(__m128i v) {
  * whole, 0 when a byte needs an escape (nothing counted; bytes may have
  * been stored past b->len, which the escaping loop writes over). Reads
  * only s[0, n). */
-__attribute__((always_inline)) static inline int mg_fmt_plain(mg_fmt_t *b, const char *s,
-                                                              size_t n) {
+__attribute__((always_inline)) static inline int mg_fmt_plain(mg_fmt_t *b, const char *s, size_t n,
+                                                              mg_fmt_qmap_t *map) {
     char *o = b->p + b->len;
+    size_t *qpos = map ? &map->q : NULL;
+    if (map)
+        map->map = 0;
 #ifdef __SSE2__
+    const __m128i qm = _mm_set1_epi8('?');
+    if (qpos)
+        *qpos = n;
     if (n > 16) {
         size_t i = 0;
         __m128i v;
@@ -216,18 +199,44 @@ __attribute__((always_inline)) static inline int mg_fmt_plain(mg_fmt_t *b, const
             v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
             if (mg_fmt_esc16(v))
                 return 0;
+            if (qpos && *qpos == n) {
+                unsigned m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, qm));
+                if (m)
+                    *qpos = i + (size_t)__builtin_ctz(m);
+            }
             _mm_storeu_si128((__m128i *)(void *)(o + i), v);
         }
         v = _mm_loadu_si128((const __m128i *)(const void *)(s + n - 16));
         if (mg_fmt_esc16(v))
             return 0;
+        if (qpos && *qpos == n) { /* the bytes before i are known to hold none */
+            unsigned m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, qm));
+            if (m)
+                *qpos = n - 16 + (size_t)__builtin_ctz(m);
+        }
         _mm_storeu_si128((__m128i *)(void *)(o + n - 16), v);
     } else if (n >= 8) {
         uint64_t lo, hi;
+        __m128i v;
         memcpy(&lo, s, 8);
         memcpy(&hi, s + n - 8, 8);
-        if (mg_fmt_esc16(_mm_set_epi64x((long long)hi, (long long)lo)))
+        v = _mm_set_epi64x((long long)hi, (long long)lo);
+        if (mg_fmt_esc16(v))
             return 0;
+        if (map) { /* bits 0-7: s[0, 8); 8-15: s[n - 8, n) */
+            unsigned m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, qm));
+            if (m & 0xff)
+                map->q = (size_t)__builtin_ctz(m);
+            else if (m)
+                map->q = n - 16 + (size_t)__builtin_ctz(m);
+            if (m) { /* the '=' and '&' by position in s */
+                unsigned e = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('=')));
+                unsigned a = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('&')));
+                map->eq = (e & 0xff) | (e >> 8) << (n - 8);
+                map->amp = (a & 0xff) | (a >> 8) << (n - 8);
+                map->map = 1;
+            }
+        }
         memcpy(o, &lo, 8);
         memcpy(o + n - 8, &hi, 8);
     }
@@ -259,11 +268,24 @@ __attribute__((always_inline)) static inline int mg_fmt_plain(mg_fmt_t *b, const
             o[i] = s[i];
         }
     }
+#ifdef __SSE2__
+    if (qpos && n < 8)
+#else
+    if (qpos)
+#endif
+    {
+        const char *q = memchr(s, '?', n);
+        *qpos = q ? (size_t)(q - s) : n;
+    }
     b->len += n;
     return 1;
 }
 
-int mg_fmt_put_plain(mg_fmt_t *b, const char *s, size_t n) { return mg_fmt_plain(b, s, n); }
+int mg_fmt_put_plain(mg_fmt_t *b, const char *s, size_t n) { return mg_fmt_plain(b, s, n, NULL); }
+
+int mg_fmt_put_plain_q(mg_fmt_t *b, const char *s, size_t n, mg_fmt_qmap_t *q) {
+    return mg_fmt_plain(b, s, n, q);
+}
 
 /* mg_fmt_put_json past its fast path: a string to escape, or one longer
  * than it may take (kept out of line, so that the fast path saves and
@@ -318,7 +340,7 @@ void mg_fmt_put_json(mg_fmt_t *b, const char *s, size_t n, size_t escap) {
         return;
     if (n == SIZE_MAX) /* NUL-terminated: at most escap - 7 bytes are taken */
         n = strnlen(s, escap);
-    if (n <= escap - 7 && mg_fmt_plain(b, s, n))
+    if (n <= escap - 7 && mg_fmt_plain(b, s, n, NULL))
         return;
     mg_fmt_put_json_esc(b, s, n, escap);
 }
@@ -389,39 +411,26 @@ static size_t mg_fmt_iso_sec(char *o, int64_t s) {
     return 19;
 }
 
-void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms) {
-    static int64_t last = -1;
-    static char sec[32];
-    static size_t sec_len;
-    int64_t s;
-    unsigned f;
-    char *q;
-    if (ms < 0)
-        ms = 0;
-    s = ms / 1000;
-    f = (unsigned)(ms % 1000);
-    if (s != last) {
-        if (s < 253402300800LL) { /* up to 9999-12-31T23:59:59: no gmtime, no strftime */
-            sec_len = mg_fmt_iso_sec(sec, s);
-        } else {
-            time_t t = (time_t)s;
-            struct tm tm;
-            if (gmtime_r(&t, &tm) == NULL)
-                memset(&tm, 0, sizeof(tm));
-            sec_len = strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
-        }
-        last = s;
+mg_fmt_sec_t mg_fmt_sec = {.s = -1};
+
+void mg_fmt_sec_set(int64_t s) {
+    mg_fmt_t t = {mg_fmt_sec.dec, 0, sizeof(mg_fmt_sec.dec)};
+    mg_fmt_put_u64(&t, (uint64_t)s);
+    mg_fmt_sec.dec_len = t.len;
+    if (s < 253402300800LL) { /* up to 9999-12-31T23:59:59: no gmtime, no strftime */
+        mg_fmt_sec.iso_len = mg_fmt_iso_sec(mg_fmt_sec.iso, s);
+    } else {
+        time_t tt = (time_t)s;
+        struct tm tm;
+        if (gmtime_r(&tt, &tm) == NULL)
+            memset(&tm, 0, sizeof(tm));
+        mg_fmt_sec.iso_len =
+            strftime(mg_fmt_sec.iso, sizeof(mg_fmt_sec.iso), "%Y-%m-%dT%H:%M:%S", &tm);
     }
-    /* the whole of sec, a constant size (no call to memcpy): past sec_len
-     * it is written over below or left past the end, inside the room the
-     * caller has (MG_FMT_MILLI_MAX, MG_FMT_ISO_MAX) */
-    memcpy(b->p + b->len, sec, sizeof(sec));
-    b->len += sec_len;
-    q = b->p + b->len;
-    memcpy(q, mg_fmt_d3 + f * 4, 4);
-    q[4] = 'Z';
-    b->len += 5;
+    mg_fmt_sec.s = s;
 }
+
+void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms) { mg_fmt_to(b, mg_fmt_o_iso_ms(mg_fmt_at(b), ms)); }
 
 void mg_fmt_iso_ms(mg_fmt_t *b, int64_t ms) {
     char tmp[MG_FMT_ISO_MAX];

@@ -35,7 +35,8 @@ static inline int mg_gen_in_use(const mg_gen_t *g) {
     return g->refs > own ? g->refs - own : 0;
 }
 
-static void mg_gen_publish(const mg_gen_t *g) {
+/* inline: every request retains and releases its generation */
+__attribute__((always_inline)) static inline void mg_gen_publish(const mg_gen_t *g) {
     (void)g; /* MG_METRICS_OFF: nothing published */
     mg_met_gen_use(g->id, g->loaded_at, mg_gen_in_use(g));
 }

@@ -399,41 +399,67 @@ static size_t mg_http_query_name_decode(const char *s, size_t n, char *out, size
  * q, in one pass (a name shorter than the shortest secret, 3, is not
  * decoded); path[len] must be writable (a NUL is kept there). Returns
  * the length. */
-static size_t mg_http_log_redact_query(char *path, size_t len, char *q) {
+/* Is the parameter name[0, n) (n >= 3, still encoded) one of them?
+ * Out of line: most names are not looked at (shorter than 3). */
+__attribute__((noinline)) static int mg_http_log_secret(const char *name, size_t n) {
     static const struct {
         const char *s;
         size_t n;
     } secret[] = {{"token", 5}, {"access_token", 12}, {"api_key", 7}, {"apikey", 6},
                   {"key", 3},   {"password", 8},      {"secret", 6},  {"jwt", 3}};
+    char dec[32];
+    size_t nl = mg_http_query_name_decode(name, n, dec, sizeof(dec));
+    for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
+        if (nl == secret[i].n && mg_name_eq(dec, nl, secret[i].s, secret[i].n))
+            return 1;
+    return 0;
+}
+
+static size_t mg_http_log_redact_query(char *path, size_t len, char *q) {
     char *end = path + len;
     path[len] = '\0';
     while (q) {
         char *name = q + 1, *eq = NULL, *amp, *p = name;
-        /* the parameter: its '=' (the first, before any '&') and its '&' */
-        while (p < end && *p != '&') {
-            if (*p == '=' && eq == NULL)
-                eq = p;
+        /* the parameter: its '=' (the first, before any '&') and its '&':
+         * the name up to either, then the value up to the '&' */
+        while (p < end && *p != '&' && *p != '=')
             p++;
+        if (p < end && *p == '=') {
+            eq = p++;
+            while (p < end && *p != '&')
+                p++;
         }
         amp = p < end ? p : NULL;
-        if (eq && eq - name >= 3) {
-            char dec[32];
-            size_t nl = mg_http_query_name_decode(name, eq - name, dec, sizeof(dec));
-            for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++)
-                if (nl == secret[i].n && mg_name_eq(dec, nl, secret[i].s, secret[i].n)) {
-                    char *vend = amp ? amp : end;
-                    size_t tail = (size_t)(end - vend);
-                    memmove(eq + 2, vend, tail + 1);
-                    eq[1] = '-';
-                    len = (size_t)(eq + 2 - path) + tail;
-                    end = path + len;
-                    amp = memchr(eq + 1, '&', tail + 1);
-                    break;
-                }
+        if (eq && eq - name >= 3 && mg_http_log_secret(name, (size_t)(eq - name))) {
+            char *vend = amp ? amp : end;
+            size_t tail = (size_t)(end - vend);
+            memmove(eq + 2, vend, tail + 1);
+            eq[1] = '-';
+            len = (size_t)(eq + 2 - path) + tail;
+            end = path + len;
+            amp = memchr(eq + 1, '&', tail + 1);
         }
         q = amp;
     }
     return len;
+}
+
+/* A query that mg_http_log_redact_query would leave as it is, told from
+ * where its '=' and '&' are (bit i: target byte i; q: the '?', n <= 16):
+ * 1 when no parameter has a name of 3 bytes or more before an '=' (a
+ * secret's shortest), 0 when one may be a secret (the redaction looks). */
+static inline int mg_http_log_query_clean(uint32_t eq, uint32_t amp, size_t q, size_t n) {
+    size_t st = q + 1; /* where a parameter starts */
+    while (st < n) {
+        uint32_t e = eq >> st, a = amp >> st;
+        size_t na = a ? (size_t)__builtin_ctz(a) : n - st;
+        if (e && (size_t)__builtin_ctz(e) < na && __builtin_ctz(e) >= 3)
+            return 0;
+        if (a == 0)
+            return 1;
+        st += na + 1;
+    }
+    return 1;
 }
 
 /* The target as access-log lines show it: at most 300 bytes, query
@@ -447,12 +473,14 @@ void mg_http_log_path(mg_fmt_t *b, const mg_req_t *r) {
      * '-', which needs no escape; it grows a target of 300 to at most 360,
      * under the 392 the escaping keeps, and the line's room has the 400
      * of the path and its NUL) */
-    const char *q = memchr(r->hbuf, '?', pl);
-    if (mg_fmt_put_plain(b, r->hbuf, pl)) {
-        if (q != NULL)
-            b->len = at + mg_http_log_redact_query(b->p + at, pl, b->p + at + (q - r->hbuf));
+    const char *q;
+    mg_fmt_qmap_t qm;
+    if (mg_fmt_put_plain_q(b, r->hbuf, pl, &qm)) { /* qm.q: its first '?', or pl */
+        if (qm.q < pl && !(qm.map && mg_http_log_query_clean(qm.eq, qm.amp, qm.q, pl)))
+            b->len = at + mg_http_log_redact_query(b->p + at, pl, b->p + at + qm.q);
         return;
     }
+    q = memchr(r->hbuf, '?', pl);
     if (q == NULL) {
         mg_fmt_put_json(b, r->hbuf, pl, 400);
         return;
@@ -485,6 +513,17 @@ void mg_http_log_route(mg_fmt_t *b, const mg_route_t *rt) {
         mg_fmt_put_json(b, s, SIZE_MAX, 400);
 }
 
+/* A piece kept in a buffer of at least 32 bytes: up to 32 of it as one
+ * constant-size copy (the line has room for the piece's worst case, and
+ * what is past n is written over after it), longer ones by memcpy. */
+static inline void mg_http_log_kept(mg_fmt_t *b, const char *kept, size_t n) {
+    if (n <= 32)
+        memcpy(mg_fmt_at(b), kept, 32);
+    else
+        memcpy(mg_fmt_at(b), kept, n);
+    b->len += n;
+}
+
 /* The route of the last line, escaped, kept per worker: the same route
  * follows itself line after line. Keyed by the name's address and the
  * generation's id: a route's name lives, unchanged, as long as its
@@ -504,7 +543,7 @@ static void mg_http_log_route_of(mg_fmt_t *b, const mg_req_t *r) {
     if (s == NULL)
         return;
     if (s == mg_http_lroute.s && r->gen->id == mg_http_lroute.gen_id) {
-        mg_fmt_put_short(b, mg_http_lroute.esc, mg_http_lroute.n);
+        mg_http_log_kept(b, mg_http_lroute.esc, mg_http_lroute.n);
         return;
     }
     mg_fmt_put_json(b, s, SIZE_MAX, 400);
@@ -527,7 +566,7 @@ static struct {
 static void mg_http_log_up_addr(mg_fmt_t *b, const char *s) {
     size_t at = b->len;
     if (s == mg_http_lup.s) {
-        mg_fmt_put_short(b, mg_http_lup.esc, mg_http_lup.n);
+        mg_http_log_kept(b, mg_http_lup.esc, mg_http_lup.n);
         return;
     }
     mg_fmt_put_json(b, s, SIZE_MAX, 120);
@@ -613,17 +652,11 @@ static inline int mg_http_same(const char *a, const char *b, size_t n) {
     return memcmp(a, b, n) == 0;
 }
 
-static void mg_http_log_client(mg_fmt_t *b, const char *host, size_t hl, const char *ua, size_t ul,
-                               int lidx) {
-    size_t at = b->len, hk = host ? (hl < 200 ? hl : 200) : SIZE_MAX,
-           uk = ua ? (ul < 200 ? ul : 200) : SIZE_MAX;
-    if (hk == mg_http_lclient.hl && uk == mg_http_lclient.ul && lidx == mg_http_lclient.lidx &&
-        mg_worker.laddr == mg_http_lclient.lnames_of && mg_http_lnames_of == mg_worker.laddr &&
-        mg_worker.laddr != NULL && (host == NULL || mg_http_same(host, mg_http_lclient.host, hk)) &&
-        (ua == NULL || mg_http_same(ua, mg_http_lclient.ua, uk))) {
-        mg_fmt_put_short(b, mg_http_lclient.piece, mg_http_lclient.n);
-        return;
-    }
+/* the piece built and kept (a miss: out of line) */
+__attribute__((noinline)) static void mg_http_log_client_new(mg_fmt_t *b, const char *host,
+                                                             size_t hl, const char *ua, size_t ul,
+                                                             int lidx, size_t hk, size_t uk) {
+    size_t at = b->len;
     mg_fmt_put_lit(b, "\",\"host\":");
     mg_http_log_header(b, host, hl);
     mg_fmt_put_lit(b, ",\"listener\":\"");
@@ -642,7 +675,23 @@ static void mg_http_log_client(mg_fmt_t *b, const char *host, size_t hl, const c
     memcpy(mg_http_lclient.piece, b->p + at, mg_http_lclient.n);
 }
 
-uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
+/* a hit copies the piece (inline: the check is most of the work; a
+ * constant-size copy of 128 bytes cost more under callgrind than memcpy) */
+__attribute__((always_inline)) static inline void
+mg_http_log_client(mg_fmt_t *b, const char *host, size_t hl, const char *ua, size_t ul, int lidx) {
+    size_t hk = host ? (hl < 200 ? hl : 200) : SIZE_MAX, uk = ua ? (ul < 200 ? ul : 200) : SIZE_MAX;
+    if (hk == mg_http_lclient.hl && uk == mg_http_lclient.ul && lidx == mg_http_lclient.lidx &&
+        mg_worker.laddr == mg_http_lclient.lnames_of && mg_http_lnames_of == mg_worker.laddr &&
+        mg_worker.laddr != NULL && (host == NULL || mg_http_same(host, mg_http_lclient.host, hk)) &&
+        (ua == NULL || mg_http_same(ua, mg_http_lclient.ua, uk))) {
+        mg_http_log_kept(b, mg_http_lclient.piece, mg_http_lclient.n);
+        return;
+    }
+    mg_http_log_client_new(b, host, hl, ua, ul, lidx, hk, uk);
+}
+
+__attribute__((always_inline)) static inline uint64_t
+mg_http_log_fields_in(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
     const char *host = NULL, *ua = NULL;
     size_t hl = 0, ul = 0;
     uint64_t head = 0;
@@ -671,10 +720,13 @@ uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
             ul = h->vlen;
         }
     }
-    mg_fmt_put_lit(b, ",\"timestamp\":\"");
-    mg_fmt_put_iso_ms(b, t_ms);
+    mg_fmt_to(b, mg_fmt_o_iso_ms(MG_FMT_O_LIT(mg_fmt_at(b), ",\"timestamp\":\""), t_ms));
     mg_http_log_client(b, host, hl, ua, ul, r->lidx);
     return head;
+}
+
+uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
+    return mg_http_log_fields_in(b, r, t_ms);
 }
 
 /* The method's length, kept by its address: a method is a string
@@ -705,23 +757,32 @@ static inline size_t mg_http_log_id_len(const char *id) {
     return strnlen(id, sizeof(((mg_req_t *)0)->request_id) - 1);
 }
 
-void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method) {
+/* m16: the method's first 16 bytes, padded (the line shows it cut to
+ * 16), stored as one constant-size copy; ml: its whole length */
+__attribute__((always_inline)) static inline void
+mg_http_log_start_in(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *m16, size_t ml) {
     const char *ip = mg_req_client_ip(r);
-    size_t ml = mg_http_log_method_len(method), il = strnlen(ip, MG_PEER_IP_MAX - 1),
-           rl = mg_http_log_id_len(r->request_id);
-    char *o;
-    mg_fmt_put_lit(b, "{\"type\":\"access\",\"time\":");
-    mg_fmt_put_time_ms(b, t_ms);
-    o = MG_FMT_O_LIT(mg_fmt_at(b), ",\"request_id\":\"");
+    size_t il = strnlen(ip, MG_PEER_IP_MAX - 1), rl = mg_http_log_id_len(r->request_id);
+    char *o = MG_FMT_O_LIT(mg_fmt_at(b), "{\"type\":\"access\",\"time\":");
+    o = mg_fmt_o_time_ms(o, t_ms);
+    o = MG_FMT_O_LIT(o, ",\"request_id\":\"");
     o = mg_fmt_o_short(o, r->request_id, rl);
     o = MG_FMT_O_LIT(o, "\",\"remote\":\"");
     o = mg_fmt_o_short(o, ip, il);
     o = MG_FMT_O_LIT(o, "\",\"method\":\"");
-    o = mg_fmt_o_short(o, method, ml < 16 ? ml : 16);
+    memcpy(o, m16, 16);
+    o += ml < 16 ? ml : 16;
     o = MG_FMT_O_LIT(o, "\",\"path\":\"");
     mg_fmt_to(b, o);
     mg_http_log_path(b, r);
     mg_fmt_put_ch(b, '"');
+}
+
+void mg_http_log_start(mg_fmt_t *b, mg_req_t *r, int64_t t_ms, const char *method) {
+    char m16[16] = {0};
+    size_t ml = mg_http_log_method_len(method);
+    memcpy(m16, method, ml < 16 ? ml : 16);
+    mg_http_log_start_in(b, r, t_ms, m16, ml);
 }
 
 void mg_http_log_end(mg_fmt_t *b) {
@@ -736,12 +797,29 @@ void mg_http_log_end(mg_fmt_t *b) {
 static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now) {
     /* a head refused before it was whole has no method yet ("-", as nginx
      * logs a field it does not have; r->method 0 would read as DELETE) */
-    const char *method =
-        r->state == MG_REQ_HEAD ? "-" : llhttp_method_name((llhttp_method_t)r->method);
+    static const char none[16] = "-";
+    static struct {
+        int m; /* llhttp's method, -1 for none yet */
+        size_t n;
+        char s16[16];      /* its first 16 bytes, padded */
+    } last = {-1, 0, {0}}; /* the method of the last line: the same, line after line */
+    const char *m16 = none;
+    size_t ml = 1;
     int64_t t_ms = mg_fmt_round(r->t_start * 1000.0);
     uint64_t in;
     char *o; /* the line's end, between the calls that take b */
-    mg_http_log_start(b, r, t_ms, method);
+    if (r->state != MG_REQ_HEAD) {
+        if ((int)r->method != last.m) {
+            const char *name = llhttp_method_name((llhttp_method_t)r->method);
+            last.n = strlen(name);
+            memset(last.s16, 0, sizeof(last.s16));
+            memcpy(last.s16, name, last.n < 16 ? last.n : 16);
+            last.m = (int)r->method;
+        }
+        m16 = last.s16;
+        ml = last.n;
+    }
+    mg_http_log_start_in(b, r, t_ms, m16, ml);
     o = mg_fmt_at(b);
     if (r->http2) /* a stream of an HTTP/2 session (h2_req.c); HTTP/1.1 lines have none */
         o = MG_FMT_O_LIT(o, ",\"protocol\":\"HTTP/2.0\"");
@@ -763,8 +841,7 @@ static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *t
     }
     /* the request's bytes from the client: the request line, the header
      * lines and the blank line as parsed, and the body */
-    in = mg_http_log_fields(b, r, t_ms) + mg_http_log_method_len(method) + r->url_len + 12 + 2 +
-         r->body_rx;
+    in = mg_http_log_fields_in(b, r, t_ms) + ml + r->url_len + 12 + 2 + r->body_rx;
     o = mg_fmt_at(b);
     if (r->up_addr) {
         o = MG_FMT_O_LIT(o, ",\"upstream_addr\":\"");

@@ -68,18 +68,16 @@ static const char *const mg_met_code_str[MG_MET_CODES] = {
     "1000", "1001", "1002", "1003", "1005", "1006", "1007", "1008",
     "1009", "1010", "1011", "1012", "1013", "1014", "4xxx", "other"};
 
-int mg_met_method_class(int m) {
-    switch (m) {
-    case HTTP_GET: return MG_MET_M_GET;
-    case HTTP_HEAD: return MG_MET_M_HEAD;
-    case HTTP_POST: return MG_MET_M_POST;
-    case HTTP_PUT: return MG_MET_M_PUT;
-    case HTTP_DELETE: return MG_MET_M_DELETE;
-    case HTTP_PATCH: return MG_MET_M_PATCH;
-    case HTTP_OPTIONS: return MG_MET_M_OPTIONS;
-    default: return MG_MET_M_OTHER;
-    }
-}
+/* each class xor MG_MET_M_OTHER, so that the methods not named are 0 */
+const uint8_t mg_met_mclass[MG_MET_MCLASS_N] = {
+    [HTTP_GET] = MG_MET_M_GET ^ MG_MET_M_OTHER,
+    [HTTP_HEAD] = MG_MET_M_HEAD ^ MG_MET_M_OTHER,
+    [HTTP_POST] = MG_MET_M_POST ^ MG_MET_M_OTHER,
+    [HTTP_PUT] = MG_MET_M_PUT ^ MG_MET_M_OTHER,
+    [HTTP_DELETE] = MG_MET_M_DELETE ^ MG_MET_M_OTHER,
+    [HTTP_PATCH] = MG_MET_M_PATCH ^ MG_MET_M_OTHER,
+    [HTTP_OPTIONS] = MG_MET_M_OPTIONS ^ MG_MET_M_OTHER,
+};
 
 int mg_met_ws_code(int code) {
     for (int i = 0; i < MG_MET_CODES - 2; i++)

@@ -152,7 +152,15 @@ unsigned mg_metrics_serving(void); /* the master's serving generation */
 
 /* ---- increments (the request path: plain adds) ---- */
 
-int mg_met_method_class(int llhttp_method);
+/* the class of an llhttp method, by a table (an inline load, not a
+ * switch behind a call: one per request) */
+#define MG_MET_MCLASS_N 64
+extern const uint8_t mg_met_mclass[MG_MET_MCLASS_N]; /* class ^ MG_MET_M_OTHER */
+static inline int mg_met_method_class(int llhttp_method) {
+    return llhttp_method >= 0 && llhttp_method < MG_MET_MCLASS_N
+               ? mg_met_mclass[llhttp_method] ^ MG_MET_M_OTHER
+               : MG_MET_M_OTHER;
+}
 int mg_met_ws_code(int code);
 
 /* the histograms' upper bounds, 1 ms .. 10 s (metrics.c) */

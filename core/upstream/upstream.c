@@ -239,13 +239,21 @@ void mg_up_peer_stat(const mg_peer_t *p, mg_up_peer_stat_t *s) {
 }
 
 /* the server's health as the metrics show it (1 up, 2 down) */
-static void mg_up_peer_met(const char *upname, mg_peer_t *p, int state) {
+/* the server's metrics name, interned on its first use */
+static void mg_up_peer_met_name(const char *upname, mg_peer_t *p) {
+    char name[160]; /* 64 + 64 + a port: fits MG_MET_NAME_LEN */
+    if (upname == NULL)
+        return; /* never shown yet, and no name to show it under */
+    snprintf(name, sizeof(name), "%s|%s:%d", upname, p->host, p->port);
+    p->met = 1 + mg_met_name(name, MG_MET_K_SERVER);
+}
+
+/* inline: every pick of a server comes here */
+static inline void mg_up_peer_met(const char *upname, mg_peer_t *p, int state) {
     if (p->met == 0) {
-        char name[160]; /* 64 + 64 + a port: fits MG_MET_NAME_LEN */
-        if (upname == NULL)
-            return; /* never shown yet, and no name to show it under */
-        snprintf(name, sizeof(name), "%s|%s:%d", upname, p->host, p->port);
-        p->met = 1 + mg_met_name(name, MG_MET_K_SERVER);
+        mg_up_peer_met_name(upname, p);
+        if (p->met == 0)
+            return;
     }
     (void)state;
     MG_MET(mg_met->health[p->met - 1] = (uint8_t)state);
