@@ -91,7 +91,8 @@ void mg_tm_init(mg_tm_t *t, mg_tm_cb_t cb, void *arg) {
     t->ev_set = 0;
 }
 
-void mg_tm_stop(mg_tm_t *t) {
+/* t armed (mg_tm_stop checked) */
+void mg_tm_unarm(mg_tm_t *t) {
     if (t->q)
         mg_tm_unlink(t); /* q's timer stays: it finds nothing and waits for the next head */
     else if (t->plain) {
@@ -107,9 +108,8 @@ void mg_tm_arm(mg_tm_t *t, int ms) {
         mg_tm_stop(t);
         return;
     }
-    if (q == NULL || q->ms != ms)
-        q = mg_tmq_get(ms);
-    if (q == NULL) { /* every queue taken: a timer of its own */
+    if ((q == NULL || q->ms != ms) && (q = mg_tmq_get(ms)) == NULL) {
+        /* every queue taken: a timer of its own */
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
         mg_tm_stop(t);
         if (!t->ev_set) {
@@ -121,8 +121,13 @@ void mg_tm_arm(mg_tm_t *t, int ms) {
         return;
     }
     now = mg_tm_now();
-    if (t->q != q || t != q->tail) { /* the tail of its queue stays there */
-        mg_tm_stop(t);
+    if (t != q->tail) { /* the tail of its queue (the last armed) stays there */
+        if (t->q)
+            mg_tm_unlink(t);
+        else if (t->plain) {
+            event_del(&t->ev);
+            t->plain = 0;
+        }
         t->q = q;
         t->prev = q->tail;
         if (q->tail)

@@ -52,10 +52,14 @@ void mg_tm_init(mg_tm_t *t, mg_tm_cb_t cb, void *arg);
 /* t expires ms milliseconds from now (re-armed if it was armed: the old
  * deadline is forgotten); ms <= 0 disarms it. */
 void mg_tm_arm(mg_tm_t *t, int ms);
+static inline int mg_tm_armed(const mg_tm_t *t) { return t->q != NULL || t->plain; }
+void mg_tm_unarm(mg_tm_t *t); /* mg_tm_stop's work */
 /* t will not fire until armed again; nothing if not armed. Call it before
  * freeing t's owner. */
-void mg_tm_stop(mg_tm_t *t);
-static inline int mg_tm_armed(const mg_tm_t *t) { return t->q != NULL || t->plain; }
+static inline void mg_tm_stop(mg_tm_t *t) {
+    if (mg_tm_armed(t))
+        mg_tm_unarm(t);
+}
 
 /* For tests: a fixed clock (ms; 0 = the real clocks), and every queue's
  * due entries fired now, as their libevent timers do. */
