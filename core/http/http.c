@@ -31,6 +31,7 @@
 static void mg_http_conn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void mg_http_conn_write_cb(evutil_socket_t fd, short what, void *arg);
 static void mg_http_conn_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_http_conn_tm_cb(mg_tm_t *t, void *arg);
 static void mg_http_conn_advance(mg_conn_t *c);
 static void mg_http_conn_exec(mg_conn_t *c, const char *data, size_t len);
 static void mg_http_conn_close_later(mg_conn_t *c);
@@ -364,7 +365,7 @@ void mg_http_conn_read_enable(mg_conn_t *c, int on) {
         event_del(&c->rev);
         c->rd_off = 1;
         if (c->tmode == MG_T_BODY)
-            event_del(&c->tev); /* our pause, not the client's */
+            mg_tm_stop(&c->tm); /* our pause, not the client's */
     }
 }
 
@@ -1060,6 +1061,7 @@ static void mg_http_conn_free(mg_conn_t *c) {
     event_del(&c->rev);
     event_del(&c->wev);
     event_del(&c->tev);
+    mg_tm_stop(&c->tm);
     mg_io_close(&c->io); /* nothing after an upgrade handed it over */
     evbuffer_free(c->out);
     free(c->in);
@@ -1082,6 +1084,7 @@ static void mg_http_conn_close_later(mg_conn_t *c) {
     event_del(&c->rev);
     event_del(&c->wev);
     event_del(&c->tev);
+    mg_tm_stop(&c->tm);
     event_active(&c->tev, EV_TIMEOUT, 1);
 }
 
@@ -1102,10 +1105,7 @@ void mg_http_conn_arm(mg_conn_t *c, int mode) {
     case MG_T_LINGER: ms = 2000; break;
     default: break;
     }
-    if (ms > 0)
-        event_add(&c->tev, mg_timeout_tv(ms));
-    else
-        event_del(&c->tev);
+    mg_tm_arm(&c->tm, ms); /* ms 0: disarmed */
 }
 
 static void mg_http_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
@@ -1153,6 +1153,12 @@ static void mg_http_conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
     case MG_T_WRITE: mg_http_conn_free(c); return;
     default: break;
     }
+}
+
+/* the timeout (c->tm) expired: as the event would have fired */
+static void mg_http_conn_tm_cb(mg_tm_t *t, void *arg) {
+    (void)t;
+    mg_http_conn_timer_cb(-1, EV_TIMEOUT, arg);
 }
 
 /* One read. Returns 1 when the socket may hold more, 0 when done or the
@@ -1318,6 +1324,7 @@ static int mg_http_conn_h2_probe(mg_conn_t *c, const char *data, size_t n) {
     event_del(&c->rev); /* the HTTP/2 session registers its own on the fd */
     event_del(&c->wev);
     event_del(&c->tev);
+    mg_tm_stop(&c->tm);
     c->rd_off = 1, c->wr_on = 0;
     if (c->in_len) {
         char *all = malloc(c->in_len + n);
@@ -1403,6 +1410,7 @@ void mg_http_accept(int fd, struct sockaddr *sa, socklen_t salen, int lidx) {
     event_assign(&c->rev, mg_worker.base, fd, EV_READ | EV_PERSIST, mg_http_conn_read_cb, c);
     event_assign(&c->wev, mg_worker.base, fd, EV_WRITE | EV_PERSIST, mg_http_conn_write_cb, c);
     evtimer_assign(&c->tev, mg_worker.base, mg_http_conn_timer_cb, c);
+    mg_tm_init(&c->tm, mg_http_conn_tm_cb, c);
     event_add(&c->rev, NULL);
     mg_worker.active++;
     mg_met_conn(c->lidx, c->is_tls, 1);

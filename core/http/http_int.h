@@ -10,6 +10,7 @@
 #define MG_HTTP_INT_H
 
 #include "http/http.h"
+#include "loop/timer.h"
 
 typedef struct mg_conn_s mg_conn_t;
 
@@ -23,7 +24,9 @@ struct mg_conn_s {
     int wr_on;     /* write event armed */
     int tmode;     /* which timeout is armed */
     uint64_t nreq; /* requests served on this connection */
-    struct event rev, wev, tev;
+    struct event rev, wev;
+    struct event tev; /* fired by hand (event_active): the deferred close, the handoff */
+    mg_tm_t tm;       /* the timeout of tmode (loop/timer.h), its callback the same */
     struct evbuffer *out;
     char *in; /* saved unparsed input (pipelining) */
     size_t in_len, in_cap;

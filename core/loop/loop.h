@@ -1,7 +1,8 @@
 /*
  * loop.h -- one worker's shared machinery: the event base and the worker
- * record (its listening sockets, counters, scratch memory), the shared
- * timeout queues, the clock, random numbers and request ids (loop.c).
+ * record (its listening sockets, counters, scratch memory), libevent's
+ * common timeouts (mg_timeout_tv; the hot timeouts use timer.h instead),
+ * the clock, random numbers and request ids (loop.c).
  */
 #ifndef MG_LOOP_H
 #define MG_LOOP_H

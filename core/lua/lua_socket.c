@@ -20,6 +20,7 @@
  * forgets close leaks nothing), and the Lua GC closes an unreachable one.
  */
 #include "lua/lua_int.h"
+#include "loop/timer.h"
 
 #include <errno.h>
 #include <event2/dns.h>
@@ -85,8 +86,8 @@ typedef struct mg_sock_until_s {
 
 struct mg_sconn_s {
     mg_io_t io;
-    struct event ev;  /* fd: READ | WRITE | CLOSED, edge-triggered, persistent */
-    struct event tev; /* the wait's timeout; the idle expiry in the pool */
+    struct event ev; /* fd: READ | WRITE | CLOSED, edge-triggered, persistent */
+    mg_tm_t tm;      /* the wait's timeout; the idle expiry in the pool */
     unsigned ev_on : 1;
     unsigned eof : 1;     /* the peer ended its stream */
     unsigned dubious : 1; /* a timeout or an error: never pooled */
@@ -171,7 +172,7 @@ static void mg_sconn_free(mg_sconn_t *c) {
     }
     if (c->ev_on)
         event_del(&c->ev);
-    event_del(&c->tev);
+    mg_tm_stop(&c->tm);
     mg_io_close(&c->io);
     if (c->rb)
         evbuffer_free(c->rb);
@@ -181,14 +182,14 @@ static void mg_sconn_free(mg_sconn_t *c) {
 }
 
 static void mg_sconn_io_cb(evutil_socket_t fd, short what, void *arg);
-static void mg_sconn_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_sconn_timer_cb(mg_tm_t *t, void *arg);
 
 static mg_sconn_t *mg_sconn_new(void) {
     mg_sconn_t *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
     c->io.fd = -1;
-    evtimer_assign(&c->tev, mg_worker.base, mg_sconn_timer_cb, c);
+    mg_tm_init(&c->tm, mg_sconn_timer_cb, c);
     return c;
 }
 
@@ -296,7 +297,7 @@ static mg_sconn_t *mg_spool_get(const char *key) {
     c = p->head;
     mg_spool_unlink(c);
     mg_spool_gc(p);
-    event_del(&c->tev);
+    mg_tm_stop(&c->tm);
     return c;
 }
 
@@ -336,7 +337,7 @@ static void mg_spool_put(mg_sconn_t *c, int idle_ms, int size) {
     p->n++;
     mg_nidle++;
     if (idle_ms > 0)
-        event_add(&c->tev, mg_timeout_tv(idle_ms));
+        mg_tm_arm(&c->tm, idle_ms);
 }
 
 /* An idle connection's socket spoke: data nobody asked for, the end of
@@ -368,9 +369,9 @@ static void mg_sconn_io_cb(evutil_socket_t fd, short what, void *arg) {
         mg_sock_run(c->s, 0);
 }
 
-static void mg_sconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_sconn_timer_cb(mg_tm_t *t, void *arg) {
     mg_sconn_t *c = arg;
-    (void)fd, (void)what;
+    (void)t;
     if (c->s == NULL) { /* idle too long */
         mg_spool_drop(c);
         return;
@@ -380,7 +381,7 @@ static void mg_sconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void mg_sock_wait(mg_sock_t *s, int ms) {
-    event_add(&s->c->tev, mg_timeout_tv(ms > 0 ? ms : MG_SOCK_TIMEOUT));
+    mg_tm_arm(&s->c->tm, ms > 0 ? ms : MG_SOCK_TIMEOUT);
 }
 
 /* ---- connect ---- */
@@ -492,7 +493,7 @@ static void mg_sock_dns_cb(int result, struct evutil_addrinfo *res, void *arg) {
         lua_pushfstring(L, "%s could not be resolved (%s)", d->host,
                         evutil_gai_strerror(d->result));
         free(d);
-        event_del(&c->tev);
+        mg_tm_stop(&c->tm);
         s->op = OP_NONE;
         mg_sock_close_conn(s);
         mg_sock_unanchor(s, L);
@@ -500,7 +501,7 @@ static void mg_sock_dns_cb(int result, struct evutil_addrinfo *res, void *arg) {
         return;
     }
     free(d);
-    event_del(&c->tev);
+    mg_tm_stop(&c->tm);
     s->op = OP_CONNECT;
     {
         lua_State *L = s->co->L;
@@ -858,7 +859,7 @@ static void mg_sock_run(mg_sock_t *s, int timeout) {
     if (n < 0)
         return;
     if (s->c)
-        event_del(&s->c->tev);
+        mg_tm_stop(&s->c->tm);
     s->op = OP_NONE;
     mg_sock_unanchor(s, L);
     mg_lua_co_resume(co, n);
@@ -869,7 +870,7 @@ static void mg_sock_run(mg_sock_t *s, int timeout) {
 static int mg_sock_finish(mg_sock_t *s, lua_State *L, int n) {
     if (n >= 0) {
         if (s->c)
-            event_del(&s->c->tev);
+            mg_tm_stop(&s->c->tm);
         s->op = OP_NONE;
         return n;
     }

@@ -41,6 +41,7 @@
  */
 #include "upstream/upstream.h"
 #include "upstream/upstream_int.h"
+#include "loop/timer.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -78,7 +79,8 @@ struct mg_uconn_s {
     mg_io_t io; /* the connection (net/io.h) */
     mg_peer_t *peer;
     mg_ux_t *ux; /* NULL while pooled */
-    struct event rev, wev, tev;
+    struct event rev, wev;
+    mg_tm_t tm; /* the exchange's timeout (connect, tphase); pooled: the idle expiry */
     mg_uconn_t *next;
     int connecting;
     int wr_on;
@@ -149,7 +151,7 @@ static void mg_ux_timer(mg_ux_t *ux, int progress);
 static void mg_ux_free(mg_ux_t *ux);
 static void mg_uconn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void mg_uconn_write_cb(evutil_socket_t fd, short what, void *arg);
-static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void mg_uconn_timer_cb(mg_tm_t *t, void *arg);
 static int mg_ux_on_message_begin(llhttp_t *p);
 static int mg_ux_on_header_field(llhttp_t *p, const char *at, size_t len);
 static int mg_ux_on_header_value(llhttp_t *p, const char *at, size_t len);
@@ -297,7 +299,7 @@ static void mg_uconn_close(mg_uconn_t *uc) {
     MG_MET(mg_met->up_pool[uc->met]--);
     event_del(&uc->rev);
     event_del(&uc->wev);
-    event_del(&uc->tev);
+    mg_tm_stop(&uc->tm);
     mg_io_close(&uc->io);
     free(uc);
 }
@@ -347,7 +349,7 @@ static void mg_uconn_release(mg_ux_t *ux) {
         event_del(&uc->wev);
         uc->wr_on = 0;
     }
-    event_add(&uc->tev, mg_timeout_tv(MG_POOL_IDLE_MS));
+    mg_tm_arm(&uc->tm, MG_POOL_IDLE_MS);
     uc->next = p->idle;
     p->idle = uc;
     p->nidle++;
@@ -361,16 +363,12 @@ static void mg_uconn_bind(mg_ux_t *ux, mg_uconn_t *uc) {
     event_assign(&uc->rev, mg_worker.base, uc->io.fd, EV_READ | EV_CLOSED | EV_PERSIST,
                  mg_uconn_read_cb, uc);
     event_assign(&uc->wev, mg_worker.base, uc->io.fd, EV_WRITE | EV_PERSIST, mg_uconn_write_cb, uc);
-    evtimer_assign(&uc->tev, mg_worker.base, mg_uconn_timer_cb, uc);
+    mg_tm_init(&uc->tm, mg_uconn_timer_cb, uc);
 }
 
 static void mg_ux_arm(mg_ux_t *ux, int ms) {
-    if (ux->uc) {
-        if (ms > 0)
-            event_add(&ux->uc->tev, mg_timeout_tv(ms));
-        else
-            event_del(&ux->uc->tev);
-    }
+    if (ux->uc)
+        mg_tm_arm(&ux->uc->tm, ms); /* ms 0: disarmed */
 }
 
 /* The TLS transport of a new connection to the exchange's server: SNI and
@@ -434,7 +432,7 @@ static void mg_ux_connect(mg_ux_t *ux) {
             ux->uc = uc;
             uc->ux = ux;
             ux->reused = 1;
-            event_del(&uc->tev); /* the pool's idle timer */
+            mg_tm_stop(&uc->tm); /* the pool's idle timer */
             mg_ux_flush(ux);
             return;
         }
@@ -754,7 +752,7 @@ static void mg_uconn_ready(mg_uconn_t *uc) {
     mg_ux_t *ux = uc->ux;
     uc->connecting = 0;
     event_add(&uc->rev, NULL);
-    event_del(&uc->tev); /* the connect timer; mg_ux_flush arms the next */
+    mg_tm_stop(&uc->tm); /* the connect timer; mg_ux_flush arms the next */
     mg_ux_flush(ux);
     if (ux->cancelled || ux->uc != uc)
         return;
@@ -791,10 +789,10 @@ static void mg_uconn_write_cb(evutil_socket_t fd, short what, void *arg) {
         ux->sink->on_drain(ux->ud);
 }
 
-static void mg_uconn_timer_cb(evutil_socket_t fd, short what, void *arg) {
+static void mg_uconn_timer_cb(mg_tm_t *t, void *arg) {
     mg_uconn_t *uc = arg;
     mg_ux_t *ux = uc->ux;
-    (void)fd, (void)what;
+    (void)t;
     if (ux == NULL) {
         mg_uconn_pool_drop(uc);
         return;
@@ -898,7 +896,7 @@ static int mg_uconn_read_once(mg_uconn_t *uc) {
                            : 0;
         event_del(&uc->rev);
         event_del(&uc->wev);
-        event_del(&uc->tev);
+        mg_tm_stop(&uc->tm);
         ux->uc = NULL;
         ux->sink->on_upgrade(ux->ud, &uc->io, ux->hv, ux->nh, extra ? pos : NULL, extra);
         mg_io_close(&uc->io); /* nothing if the sink took it */
