@@ -639,7 +639,7 @@ static int mg_load_snap_write_all(int fd, const void *p, size_t n) {
     return MG_OK;
 }
 
-int mg_load_snap_export(lua_State *L, char *err, size_t errlen) {
+int mg_load_snap_write(lua_State *L, char *err, size_t errlen) {
     int fd = memfd_create("moongate-snapshot", MFD_CLOEXEC | MFD_ALLOW_SEALING), ok = 1;
     if (fd < 0) {
         snprintf(err, errlen, "memfd_create: %s", strerror(errno));
@@ -699,7 +699,13 @@ int mg_load_snap_export(lua_State *L, char *err, size_t errlen) {
         close(fd);
         return -1;
     }
-    mg_load_snap_drop(L); /* the master keeps what a worker forked later requires */
+    return fd;
+}
+
+int mg_load_snap_export(lua_State *L, char *err, size_t errlen) {
+    int fd = mg_load_snap_write(L, err, errlen);
+    if (fd >= 0)
+        mg_load_snap_drop(L); /* the master keeps what a worker forked later requires */
     return fd;
 }
 
@@ -801,7 +807,7 @@ int mg_load_snap_adopt(lua_State *L, int fd, char *err, size_t errlen) {
     }
     if (!same) {
         lua_pop(L, 1); /* the key lua_next left */
-        snprintf(err, errlen, "the files changed while the master loaded them");
+        snprintf(err, errlen, "the files changed between this load's reads and the snapshot's");
         /* put the state's own back */
         lua_pushvalue(L, mine);
         lua_setfield(L, LUA_REGISTRYINDEX, MG_SNAP_FILES);
