@@ -785,8 +785,9 @@ static void mg_master_reload_snap(int slot, int fd) {
     int n;
     mg_reload.snap_fd = fd;
     n = mg_master_prepare_all(id, fd);
-    mg_info("reload: generation %u loaded by worker %d (pid %d): its snapshot to %d workers", id,
-            slot, (int)mg_slots[slot].pid, n);
+    mg_info("reload: worker %d (pid %d) loaded it: its snapshot makes generation %u, sent to %d "
+            "workers",
+            slot, (int)mg_slots[slot].pid, id, n);
     mg_master_reload_step();
 }
 

@@ -344,11 +344,11 @@ return {
     it("serves a worker's snapshot, the master loading it after the switch", function()
         mg:write_routes(plain("w2"))
         local l = reload_log()
-        assert.truthy(l:find("reload: generation %d+ loaded by worker %d+ %(pid %d+%): its snapshot"), l)
+        assert.truthy(l:find("reload: worker %d+ %(pid %d+%) loaded it: its snapshot makes generation %d+"), l)
         assert.truthy(l:find("serving on 2 workers", 1, true), l)
         assert.falsy(l:find("the master loads", 1, true), l)
         -- the master's load (its debug line) comes after every worker is active
-        local g = l:match("reload: generation (%d+) loaded by worker")
+        local g = l:match("its snapshot makes generation (%d+)")
         local last_active = 0
         for pos in l:gmatch("()worker %d+: generation " .. g .. " active") do
             last_active = pos
