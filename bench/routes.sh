@@ -10,7 +10,8 @@
 # RELOADS times, then once more under wrk load (non2xx must be 0); and the
 # memory per route: RSS of master + workers, difference / 9 990.
 # Env: DURATION (5), REPS (3), CONNS (64), RELOADS (5), N (10000); REPS=0
-# and LOAD=0 leave out the wrk runs (a check of the script itself).
+# and LOAD=0 leave out the wrk runs (a check of the script itself);
+# KEEP_LOG=FILE keeps the 10 000-route moongate's log there.
 set -eu
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-../shared/bench}
@@ -58,6 +59,7 @@ cleanup() {
     [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
   done
   "$BENCH/stop_peers.sh" >/dev/null
+  [ -z "${KEEP_LOG:-}" ] || cp "$work/big.log" "$KEEP_LOG" # the big table's log, to read
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM

@@ -16,13 +16,23 @@
  * what was read (mg_load_snap_export); else a snapshot memfd from the master to
  * load exactly those bytes (borrowed). id 0: the next number. */
 mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen);
-/* A worker's early load (as the master loads the same files, in parallel
- * with it): from the disk, recording what it reads as the master does,
- * no id yet. mg_load_adopt then makes it generation id if it read exactly
- * the files of the master's snapshot at snap_fd (MG_OK), else MG_ERR
- * (gen unchanged: free it, load the snapshot). */
+/* The master's own load of generation id from the snapshot a worker made
+ * (snap_fd, borrowed): as mg_load_gen from the disk, its notes logged and
+ * its route lines made for the diff, but the bytes the workers serve. */
+mg_gen_t *mg_load_gen_master(const char *conf_file, int snap_fd, unsigned id, char *err,
+                             size_t errlen);
+/* A worker's early load (at the start of a reload): from the disk,
+ * recording what it reads as the master's load does (the modules under the
+ * generation's directories too), no id yet: its snapshot
+ * (mg_load_snap_export) may become the generation's. mg_load_adopt then
+ * makes it generation id if it read exactly the files of the generation's
+ * snapshot at snap_fd (MG_OK), else MG_ERR (gen unchanged: free it, load
+ * the snapshot). */
 mg_gen_t *mg_load_gen_early(const char *conf_file, char *err, size_t errlen);
 int mg_load_adopt(mg_gen_t *gen, int snap_fd, unsigned id, char *err, size_t errlen);
+/* The master: the id of a generation a worker's snapshot makes (the next
+ * number, taken: no other load gets it). */
+unsigned mg_load_id_reserve(void);
 /* The master's generations: their route lines for reload diffs (loader.describe,
  * 10 000 routes: 8 ms), made on the first call, not by the load: a reload
  * asks once every worker serves, off its critical path. */
@@ -76,6 +86,9 @@ void mg_load_snap_stop(lua_State *L); /* loading done: file readers but require 
 void mg_load_snap_drop(lua_State *L); /* frees all but the modules require resolves from */
 int mg_load_snap_export(lua_State *L, char *err,
                         size_t errlen); /* sealed memfd, or -1; then drop */
+/* the same memfd, the state's snapshot kept whole (a worker's early load:
+ * mg_load_snap_adopt compares all of it later) */
+int mg_load_snap_write(lua_State *L, char *err, size_t errlen);
 int mg_load_snap_adopt(lua_State *L, int fd, char *err, size_t errlen); /* same files? */
 
 /* ---- main.c ---- */
@@ -87,9 +100,11 @@ int mg_app_restart_notes(const mg_gen_t *g, char *out, size_t outlen);
 void mg_worker_run(int id, int *fds, int nfd, int ctl);
 
 /* The control channel between the master and one worker: a SOCK_SEQPACKET
- * socketpair, one message per record. A reload is two-phase: PREPARE
- * (with the generation's snapshot memfd) -> READY or REFUSE, then COMMIT ->
- * SERVING, or ABORT. */
+ * socketpair, one message per record. A reload starts with EARLY (every
+ * worker loads from the disk); the first worker's EARLY_READY brings the
+ * generation's snapshot (any EARLY_FAIL first: the master loads it
+ * itself). Then two phases: PREPARE (with the generation's snapshot memfd)
+ * -> READY or REFUSE, then COMMIT -> SERVING, or ABORT. */
 enum {
     MG_CTL_PREPARE = 'P',
     MG_CTL_READY = 'K',
@@ -97,9 +112,15 @@ enum {
     MG_CTL_COMMIT = 'C',
     MG_CTL_SERVING = 'S',
     MG_CTL_ABORT = 'A',
-    /* master -> workers as a reload starts: load from the disk now, in
-     * parallel with the master (worker.c); ABORT with id 0 drops it */
+    /* master -> workers as a reload starts (id: the reload's number):
+     * load from the disk now (worker.c); ABORT with id 0 drops it */
     MG_CTL_EARLY = 'Y',
+    /* worker -> master, id: the EARLY's number: the early load succeeded,
+     * its snapshot (the fd) may be the generation's */
+    MG_CTL_EARLY_READY = 'R',
+    /* worker -> master: the early load failed (text: why); the master
+     * then loads from the disk and judges */
+    MG_CTL_EARLY_FAIL = 'F',
     /* POST /reload (gateway/admin.c): worker -> master, id = the worker's
      * tag; the master reloads as on SIGHUP and answers RELOADED with the
      * same tag, text "<status> <JSON body>" (200 or 422) */

@@ -878,12 +878,15 @@ void mg_load_settle(mg_gen_t *gen) {
         lua_gc(gen->L, LUA_GCCOLLECT, 0);
 }
 
-/* early: a worker's load from the disk (mg_load_gen_early), which the
- * master's snapshot then confirms (mg_load_adopt) */
+/* early: a worker's load from the disk (mg_load_gen_early), which then
+ * makes the generation's snapshot or is confirmed by one (mg_load_adopt).
+ * master: the master's own generation (from the disk, or from the
+ * snapshot a worker made): its notes are logged and its route lines
+ * (reload diffs) made when asked. A load from the disk records every
+ * module under the generation's directories (the snapshot's scan). */
 static mg_gen_t *mg_load_gen_as(const char *conf_file, int snap_fd, unsigned id, int early,
-                                char *err, size_t errlen) {
+                                int master, char *err, size_t errlen) {
     mg_gen_t *g = calloc(1, sizeof(*g));
-    int master = snap_fd < 0 && !early;
     lua_State *L;
     int loader, genidx, pause;
     double t0 = mg_load_ms(), c0 = mg_load_cpu_ms(), t1, t2, t3;
@@ -980,14 +983,17 @@ static mg_gen_t *mg_load_gen_as(const char *conf_file, int snap_fd, unsigned id,
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    /* the master: every module a handler may require later is read now */
-    if (master) {
+    /* from the disk (the master's load, or a worker's early one, whose
+     * snapshot may become the generation's): every module a handler may
+     * require later is read now */
+    if (snap_fd < 0) {
         lua_getfield(L, genidx, "snap_dirs");
         if (mg_load_snap_scan(L, lua_gettop(L), err, errlen) != MG_OK)
             goto fail;
         lua_pop(L, 1);
-        mg_load_log_notes(L, genidx);
     }
+    if (master)
+        mg_load_log_notes(L, genidx);
     /* keep the generation table alive for handlers that close over it */
     lua_setfield(L, LUA_REGISTRYINDEX, "moongate.gen");
     lua_settop(L, 0);
@@ -1012,12 +1018,19 @@ fail:
 }
 
 mg_gen_t *mg_load_gen(const char *conf_file, int snap_fd, unsigned id, char *err, size_t errlen) {
-    return mg_load_gen_as(conf_file, snap_fd, id, 0, err, errlen);
+    return mg_load_gen_as(conf_file, snap_fd, id, 0, snap_fd < 0, err, errlen);
+}
+
+mg_gen_t *mg_load_gen_master(const char *conf_file, int snap_fd, unsigned id, char *err,
+                             size_t errlen) {
+    return mg_load_gen_as(conf_file, snap_fd, id, 0, 1, err, errlen);
 }
 
 mg_gen_t *mg_load_gen_early(const char *conf_file, char *err, size_t errlen) {
-    return mg_load_gen_as(conf_file, -1, 0, 1, err, errlen);
+    return mg_load_gen_as(conf_file, -1, 0, 1, 0, err, errlen);
 }
+
+unsigned mg_load_id_reserve(void) { return ++mg_gen_seq; }
 
 int mg_load_adopt(mg_gen_t *g, int snap_fd, unsigned id, char *err, size_t errlen) {
     if (g == NULL || g->L == NULL || g->id != 0 ||

@@ -2,10 +2,12 @@
  * main.c -- the command line and the master process. The master loads the
  * first generation (so workers start from a checked one), binds one
  * SO_REUSEPORT socket per worker slot and listen address, forks the
- * workers and then only handles signals: HUP re-checks the scripts and, if
- * they load, tells every worker to reload; TERM/INT stop the workers
- * gracefully; a worker that dies is restarted on the same sockets, so
- * connections queued for it are not lost.
+ * workers and then only handles signals: HUP starts a reload, which the
+ * workers load (the first to succeed makes the generation's snapshot, the
+ * master loads its own copy once every worker serves it; on any refusal
+ * or doubt the master loads from the disk and judges: mg_reload below);
+ * TERM/INT stop the workers gracefully; a worker that dies is restarted on
+ * the same sockets, so connections queued for it are not lost.
  */
 #include "app/app.h"
 #include "loop/metrics.h"
@@ -59,18 +61,35 @@ static struct {
     int dict; /* the "moongate.acme" dict was made at start */
 } mg_acme = {0, -1, NULL, 0, 0};
 
-/* A reload in progress: mg_gen_pending is loaded and checked here, and
- * its snapshot went to every worker (PREPARE); it serves once every worker
- * said READY and then SERVING, or is dropped everywhere. */
+/* A reload in progress. It starts with every worker loading from the
+ * disk (EARLY) while the master loads nothing: the first worker whose load
+ * succeeds sends its snapshot (EARLY_READY), which becomes the
+ * generation's (worker = 1): PREPARE with it to every worker (each adopts
+ * its own early load if it read the same bytes, else loads the snapshot),
+ * READY, COMMIT, SERVING; then the master loads its own copy from that
+ * snapshot, off every worker's path, for the diff, the answer and the
+ * workers it forks later. On any refusal or doubt before COMMIT (a
+ * worker's load failed, a worker refused the snapshot, died or was
+ * restarted, no snapshot in time) the master loads from the disk itself
+ * and judges (worker = 0): mg_gen_pending is loaded and checked here and
+ * its snapshot goes to every worker; a refusal of it is the reload's, with
+ * file, line and reason, and the old generation keeps serving. */
 #define MG_RELOAD_TIMEOUT 10 /* seconds a worker has to answer */
-enum { MG_RELOAD_NONE, MG_RELOAD_PREPARE, MG_RELOAD_COMMIT };
+enum { MG_RELOAD_NONE, MG_RELOAD_EARLY, MG_RELOAD_PREPARE, MG_RELOAD_COMMIT };
 static struct {
-    int phase; /* MG_RELOAD_* */
-    int again; /* a SIGHUP arrived meanwhile: reload once more after this one */
+    int phase;    /* MG_RELOAD_* */
+    int again;    /* a SIGHUP arrived meanwhile: reload once more after this one */
+    int worker;   /* no load of the master's yet: a worker's snapshot (or none) */
+    unsigned seq; /* the reload's number (EARLY's id) */
+    unsigned id;  /* the generation prepared (PREPARE's id), 0 before */
+    int snap_fd;  /* worker: the generation's snapshot, until the master loads it */
     struct event *timer;
-} mg_reload;
+} mg_reload = {.snap_fd = -1};
 
 static void mg_master_reload_start(void);
+static void mg_master_reload_step(void);
+static void mg_master_reload_fallback(const char *why);
+static void mg_master_reload_timeout_cb(evutil_socket_t fd, short what, void *arg);
 
 /* POST /reload requests (MG_CTL_RELOAD) waiting for a reload's end: those
  * that came while one ran (next) wait for the one after it, which reads
@@ -503,14 +522,28 @@ static void mg_master_spawn(int slot) {
                               (void *)(intptr_t)slot);
         event_add(s->ctl_ev, NULL);
     }
-    /* forked from the master, it holds the reload's generation already */
     s->state = MG_SLOT_IDLE;
-    if (mg_reload.phase == MG_RELOAD_PREPARE)
-        s->state = MG_SLOT_READY;
-    else if (mg_reload.phase == MG_RELOAD_COMMIT)
-        s->state = mg_app_ctl_send(s->ctl, MG_CTL_COMMIT, mg_gen_pending->id, NULL, -1) == MG_OK
-                       ? MG_SLOT_SWITCHING
-                       : MG_SLOT_IDLE;
+    if (mg_reload.phase == MG_RELOAD_NONE || s->ctl < 0)
+        return;
+    if (!mg_reload.worker) {
+        /* forked from the master, it holds the reload's generation already */
+        if (mg_reload.phase == MG_RELOAD_PREPARE)
+            s->state = MG_SLOT_READY;
+        else if (mg_reload.phase == MG_RELOAD_COMMIT)
+            s->state = mg_app_ctl_send(s->ctl, MG_CTL_COMMIT, mg_reload.id, NULL, -1) == MG_OK
+                           ? MG_SLOT_SWITCHING
+                           : MG_SLOT_IDLE;
+    } else if (mg_reload.phase == MG_RELOAD_COMMIT) {
+        /* forked with the old generation while the others switch to the
+         * workers' snapshot: it loads it too, and switches (READY -> COMMIT) */
+        if (mg_app_ctl_send(s->ctl, MG_CTL_PREPARE, mg_reload.id, NULL, mg_reload.snap_fd) == MG_OK)
+            s->state = MG_SLOT_LOADING;
+    } else {
+        char why[128];
+        snprintf(why, sizeof(why), "worker %d (pid %d) restarted while the reload ran", slot,
+                 (int)pid);
+        mg_master_reload_fallback(why);
+    }
 }
 
 /* ---- the ACME process ---- */
@@ -631,6 +664,11 @@ static void mg_master_acme_reload(const char *old_src) {
 
 static void mg_master_reload_done(void) {
     mg_reload.phase = MG_RELOAD_NONE;
+    mg_reload.worker = 0;
+    mg_reload.id = 0;
+    if (mg_reload.snap_fd >= 0)
+        close(mg_reload.snap_fd);
+    mg_reload.snap_fd = -1;
     if (mg_reload.timer)
         evtimer_del(mg_reload.timer);
     for (int i = 0; i < mg_nslots; i++)
@@ -641,15 +679,23 @@ static void mg_master_reload_done(void) {
     }
 }
 
-static void mg_master_reload_abort(const char *why) {
-    mg_gen_t *g = mg_gen_pending;
+/* op (EARLY, or ABORT) with id to every worker; the number it reached */
+static int mg_master_tell_all(int op, unsigned id) {
+    int n = 0;
     for (int i = 0; i < mg_nslots; i++)
         if (mg_slots[i].pid && mg_slots[i].ctl >= 0)
-            mg_app_ctl_send(mg_slots[i].ctl, MG_CTL_ABORT, g->id, NULL, -1);
+            n += mg_app_ctl_send(mg_slots[i].ctl, op, id, NULL, -1) == MG_OK;
+    return n;
+}
+
+static void mg_master_reload_abort(const char *why) {
+    mg_gen_t *g = mg_gen_pending;
+    mg_master_tell_all(MG_CTL_ABORT, mg_reload.id);
     mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, why);
     mg_metrics_reload(MG_MET_RELOAD_FAILED);
     mg_gen_pending = NULL;
-    mg_gen_release(g);
+    if (g)
+        mg_gen_release(g);
     mg_master_reload_refused(why);
     mg_master_reload_done();
 }
@@ -661,10 +707,117 @@ static int mg_master_reload_count(int state) {
     return n;
 }
 
+static void mg_master_reload_arm(void) {
+    struct timeval tv = {MG_RELOAD_TIMEOUT, 0};
+    if (mg_reload.timer == NULL)
+        mg_reload.timer = evtimer_new(mg_master_base, mg_master_reload_timeout_cb, NULL);
+    if (mg_reload.timer)
+        evtimer_add(mg_reload.timer, &tv);
+}
+
+/* PREPARE of generation id with snapshot fd (borrowed) to every worker;
+ * how many took it */
+static int mg_master_prepare_all(unsigned id, int fd) {
+    int n = 0;
+    mg_reload.id = id;
+    mg_reload.phase = MG_RELOAD_PREPARE;
+    for (int i = 0; i < mg_nslots; i++) {
+        mg_slot_t *s = &mg_slots[i];
+        s->state = MG_SLOT_IDLE;
+        if (s->pid == 0)
+            continue;
+        if (s->ctl >= 0 && mg_app_ctl_send(s->ctl, MG_CTL_PREPARE, id, NULL, fd) == MG_OK) {
+            s->state = MG_SLOT_LOADING;
+            n++;
+        }
+    }
+    mg_master_reload_arm();
+    return n;
+}
+
+/* The path of a reload the master judges: it loads from the disk (why:
+ * what sent the reload here, logged; NULL: no worker to load early). */
+static void mg_master_reload_master(const char *why) {
+    char err[1024];
+    mg_gen_t *g;
+    int fd, n;
+    mg_reload.worker = 0;
+    if (mg_reload.snap_fd >= 0)
+        close(mg_reload.snap_fd);
+    mg_reload.snap_fd = -1;
+    if (why)
+        mg_info("reload: %s: the master loads %s itself", why, mg_app_conf_path);
+    g = mg_load_gen(mg_app_conf_path, -1, 0, err, sizeof(err));
+    fd = g ? mg_load_snap_export(g->L, err, sizeof(err)) : -1;
+    if (fd < 0) {
+        mg_master_tell_all(MG_CTL_ABORT, 0); /* the workers' early loads */
+        mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
+        mg_metrics_reload(MG_MET_RELOAD_FAILED);
+        mg_gen_free(g);
+        mg_master_reload_refused(err);
+        mg_master_reload_done();
+        return;
+    }
+    mg_gen_retain(g);
+    mg_gen_pending = g;
+    n = mg_master_prepare_all(g->id, fd);
+    close(fd);
+    mg_info("reload: generation %u checked, %d workers loading it", g->id, n);
+    mg_master_listen_diff(g);
+    mg_master_reload_step();
+}
+
+/* A doubt before COMMIT: the generation a worker's snapshot made (if
+ * prepared) is dropped everywhere, and the master loads from the disk. */
+static void mg_master_reload_fallback(const char *why) {
+    if (!mg_reload.worker || mg_reload.phase == MG_RELOAD_NONE ||
+        mg_reload.phase == MG_RELOAD_COMMIT)
+        return;
+    if (mg_reload.phase == MG_RELOAD_PREPARE)
+        mg_master_tell_all(MG_CTL_ABORT, mg_reload.id);
+    mg_master_reload_master(why);
+}
+
+/* The first early load that succeeded, in worker slot: its snapshot (fd,
+ * taken) is generation N's, prepared in every worker. */
+static void mg_master_reload_snap(int slot, int fd) {
+    unsigned id = mg_load_id_reserve();
+    int n;
+    mg_reload.snap_fd = fd;
+    n = mg_master_prepare_all(id, fd);
+    mg_info("reload: worker %d (pid %d) loaded it: its snapshot makes generation %u, sent to %d "
+            "workers",
+            slot, (int)mg_slots[slot].pid, id, n);
+    mg_master_reload_step();
+}
+
+/* Every worker serves the workers' snapshot: the master's own copy of it
+ * (the diff, the answer, the workers forked later). NULL: it failed. */
+static mg_gen_t *mg_master_reload_own(void) {
+    char err[1024];
+    mg_gen_t *g =
+        mg_load_gen_master(mg_app_conf_path, mg_reload.snap_fd, mg_reload.id, err, sizeof(err));
+    if (g == NULL) {
+        /* the workers loaded these bytes: only memory fails here */
+        mg_error("reload: the master cannot load generation %u, which its workers serve: %s: "
+                 "reloading again",
+                 mg_reload.id, err);
+        mg_reload.again = 1;
+        return NULL;
+    }
+    mg_gen_retain(g);
+    mg_master_listen_diff(g);
+    return g;
+}
+
 /* Moves the reload on when no worker is left to answer. */
 static void mg_master_reload_step(void) {
-    mg_gen_t *g = mg_gen_pending;
+    mg_gen_t *g;
     int i;
+    if (mg_reload.phase == MG_RELOAD_EARLY && mg_master_reload_count(MG_SLOT_LOADING) == 0) {
+        mg_master_reload_fallback("no worker is left to load it");
+        return;
+    }
     if (mg_reload.phase == MG_RELOAD_PREPARE) {
         if (mg_master_reload_count(MG_SLOT_LOADING) > 0)
             return;
@@ -672,14 +825,20 @@ static void mg_master_reload_step(void) {
         for (i = 0; i < mg_nslots; i++)
             if (mg_slots[i].pid && mg_slots[i].state == MG_SLOT_READY)
                 mg_slots[i].state =
-                    mg_app_ctl_send(mg_slots[i].ctl, MG_CTL_COMMIT, g->id, NULL, -1) == MG_OK
+                    mg_app_ctl_send(mg_slots[i].ctl, MG_CTL_COMMIT, mg_reload.id, NULL, -1) == MG_OK
                         ? MG_SLOT_SWITCHING
                         : MG_SLOT_IDLE; /* dying: its replacement forks from us */
     }
     if (mg_reload.phase == MG_RELOAD_COMMIT) {
         mg_gen_t *old = mg_gen_current;
-        if (mg_master_reload_count(MG_SLOT_SWITCHING) > 0)
+        if (mg_master_reload_count(MG_SLOT_SWITCHING) > 0 ||
+            mg_master_reload_count(MG_SLOT_LOADING) > 0)
             return;
+        g = mg_reload.worker ? mg_master_reload_own() : mg_gen_pending;
+        if (g == NULL) {
+            mg_master_reload_done();
+            return;
+        }
         char *acme_src = old->acme ? strdup(((mg_acme_conf_t *)old->acme)->src) : NULL;
         mg_load_desc(old); /* made now, once the workers serve g */
         mg_load_desc(g);
@@ -702,6 +861,11 @@ static void mg_master_reload_step(void) {
 static void mg_master_reload_timeout_cb(evutil_socket_t fd, short what, void *arg) {
     char why[256];
     (void)fd, (void)what, (void)arg;
+    if (mg_reload.phase == MG_RELOAD_EARLY) {
+        snprintf(why, sizeof(why), "no worker loaded it within %d s", MG_RELOAD_TIMEOUT);
+        mg_master_reload_fallback(why);
+        return;
+    }
     for (int i = 0; i < mg_nslots; i++) {
         mg_slot_t *s = &mg_slots[i];
         if (s->pid == 0)
@@ -712,12 +876,13 @@ static void mg_master_reload_timeout_cb(evutil_socket_t fd, short what, void *ar
             mg_master_reload_abort(why);
             return;
         }
-        if (mg_reload.phase == MG_RELOAD_COMMIT && s->state == MG_SLOT_SWITCHING) {
+        if (mg_reload.phase == MG_RELOAD_COMMIT &&
+            (s->state == MG_SLOT_SWITCHING || s->state == MG_SLOT_LOADING)) {
             /* others serve it already: this one is stuck, and its
-             * replacement forks with the new generation */
+             * replacement forks with the new generation (or loads it) */
             mg_error("reload: worker %d (pid %d) did not switch to generation %u within %d s: "
                      "restarting it",
-                     i, (int)s->pid, mg_gen_pending->id, MG_RELOAD_TIMEOUT);
+                     i, (int)s->pid, mg_reload.id, MG_RELOAD_TIMEOUT);
             kill(s->pid, SIGKILL);
             s->state = MG_SLOT_IDLE;
         }
@@ -732,6 +897,12 @@ static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
     for (;;) {
         mg_ctl_msg_t m;
         int fd, rc = mg_app_ctl_recv(sock, &m, &fd);
+        if (rc == MG_OK && m.op == MG_CTL_EARLY_READY && fd >= 0 &&
+            mg_reload.phase == MG_RELOAD_EARLY && m.id == mg_reload.seq &&
+            s->state == MG_SLOT_LOADING) {
+            mg_master_reload_snap(slot, fd); /* the first: the generation's */
+            return;                          /* (the reload may have moved on) */
+        }
         if (fd >= 0)
             close(fd);
         if (rc == MG_AGAIN)
@@ -759,18 +930,38 @@ static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
                 mg_app_ctl_send(mg_acme.sock, MG_CTL_WANT, 0, m.text, -1);
             continue;
         }
-        if (mg_reload.phase == MG_RELOAD_NONE || mg_gen_pending == NULL ||
-            m.id != mg_gen_pending->id)
+        if (m.op == MG_CTL_EARLY_READY) /* a second snapshot, or a late one */
+            continue;
+        if (m.op == MG_CTL_EARLY_FAIL) {
+            if (mg_reload.phase == MG_RELOAD_EARLY && m.id == mg_reload.seq) {
+                char why[600];
+                snprintf(why, sizeof(why), "worker %d (pid %d) could not load it (%s)", slot,
+                         (int)s->pid, m.text);
+                mg_master_reload_fallback(why);
+                return;
+            }
+            continue;
+        }
+        if (mg_reload.phase == MG_RELOAD_NONE || mg_reload.phase == MG_RELOAD_EARLY ||
+            m.id != mg_reload.id)
             continue; /* about an earlier reload */
         if (m.op == MG_CTL_READY && s->state == MG_SLOT_LOADING) {
-            s->state = MG_SLOT_READY;
+            if (mg_reload.phase == MG_RELOAD_PREPARE)
+                s->state = MG_SLOT_READY;
+            else /* a worker forked after the others switched (mg_master_spawn) */
+                s->state = mg_app_ctl_send(sock, MG_CTL_COMMIT, m.id, NULL, -1) == MG_OK
+                               ? MG_SLOT_SWITCHING
+                               : MG_SLOT_IDLE;
         } else if (m.op == MG_CTL_SERVING && s->state == MG_SLOT_SWITCHING) {
             s->state = MG_SLOT_SERVING;
         } else if (m.op == MG_CTL_REFUSE && mg_reload.phase == MG_RELOAD_PREPARE) {
             char why[600];
             snprintf(why, sizeof(why), "worker %d (pid %d) could not load it: %s", slot,
                      (int)s->pid, m.text);
-            mg_master_reload_abort(why);
+            if (mg_reload.worker) /* a worker's snapshot: the master judges */
+                mg_master_reload_fallback(why);
+            else
+                mg_master_reload_abort(why);
             return;
         } else if (m.op == MG_CTL_REFUSE) {
             mg_error("reload: worker %d (pid %d) did not switch to generation %u: %s: "
@@ -783,64 +974,39 @@ static void mg_master_ctl_cb(evutil_socket_t sock, short what, void *arg) {
     }
 }
 
-/* EARLY to every worker as a reload starts, or ABORT of it (id 0) */
-static void mg_master_early(int op) {
-    for (int i = 0; i < mg_nslots; i++)
-        if (mg_slots[i].pid && mg_slots[i].ctl >= 0)
-            mg_app_ctl_send(mg_slots[i].ctl, op, 0, NULL, -1);
-}
-
 static void mg_master_reload_start(void) {
-    char err[1024];
-    mg_gen_t *g;
-    int fd, n = 0;
-    struct timeval tv = {MG_RELOAD_TIMEOUT, 0};
+    int n;
     if (mg_reload.phase != MG_RELOAD_NONE) {
-        mg_info("reload: SIGHUP received while generation %u loads: reloading again after it",
-                mg_gen_pending->id);
+        if (mg_reload.id)
+            mg_info("reload: SIGHUP received while generation %u loads: reloading again after it",
+                    mg_reload.id);
+        else
+            mg_info("reload: SIGHUP received while the workers load: reloading again after it");
         mg_reload.again = 1;
         return;
     }
     mg_info("reload: SIGHUP received, loading %s", mg_app_conf_path);
-    /* the workers load the same files meanwhile; the snapshot confirms it */
-    mg_master_early(MG_CTL_EARLY);
-    g = mg_load_gen(mg_app_conf_path, -1, 0, err, sizeof(err));
-    if (g == NULL) {
-        mg_master_early(MG_CTL_ABORT);
-        mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
-        mg_metrics_reload(MG_MET_RELOAD_FAILED);
-        mg_master_reload_refused(err);
-        return;
-    }
-    mg_gen_retain(g);
-    fd = mg_load_snap_export(g->L, err, sizeof(err));
-    if (fd < 0) {
-        mg_master_early(MG_CTL_ABORT);
-        mg_error("reload refused, generation %u keeps serving: %s", mg_gen_current->id, err);
-        mg_metrics_reload(MG_MET_RELOAD_FAILED);
-        mg_gen_release(g);
-        mg_master_reload_refused(err);
-        return;
-    }
-    mg_gen_pending = g;
-    mg_reload.phase = MG_RELOAD_PREPARE;
+    /* every worker loads from the disk; the first to succeed makes the
+     * generation's snapshot */
+    mg_reload.seq++;
+    mg_reload.id = 0;
+    mg_reload.worker = 1;
+    mg_reload.phase = MG_RELOAD_EARLY;
+    n = 0;
     for (int i = 0; i < mg_nslots; i++) {
         mg_slot_t *s = &mg_slots[i];
         s->state = MG_SLOT_IDLE;
-        if (s->pid == 0)
-            continue;
-        if (s->ctl >= 0 && mg_app_ctl_send(s->ctl, MG_CTL_PREPARE, g->id, NULL, fd) == MG_OK) {
+        if (s->pid && s->ctl >= 0 &&
+            mg_app_ctl_send(s->ctl, MG_CTL_EARLY, mg_reload.seq, NULL, -1) == MG_OK) {
             s->state = MG_SLOT_LOADING;
             n++;
         }
     }
-    close(fd);
-    mg_info("reload: generation %u checked, %d workers loading it", g->id, n);
-    mg_master_listen_diff(g);
-    if (mg_reload.timer == NULL)
-        mg_reload.timer = evtimer_new(mg_master_base, mg_master_reload_timeout_cb, NULL);
-    evtimer_add(mg_reload.timer, &tv);
-    mg_master_reload_step();
+    if (n == 0) {
+        mg_master_reload_master(NULL);
+        return;
+    }
+    mg_master_reload_arm();
 }
 
 /* The shared metrics (loop/metrics.c), before the first fork. */
@@ -871,6 +1037,7 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
     (void)what, (void)arg;
     if (sig == SIGCHLD) {
         int status, alive = 0;
+        char died[96] = "";
         pid_t pid;
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
             int ours = 0;
@@ -883,6 +1050,10 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
             for (i = 0; i < mg_nslots; i++) {
                 if (mg_slots[i].pid != pid)
                     continue;
+                if (mg_reload.worker &&
+                    (mg_reload.phase == MG_RELOAD_EARLY || mg_reload.phase == MG_RELOAD_PREPARE))
+                    snprintf(died, sizeof(died), "worker %d (pid %d) died while the reload ran", i,
+                             (int)pid);
                 mg_slots[i].pid = 0;
                 mg_slots[i].state = MG_SLOT_IDLE;
                 mg_metrics_slot_reset(i); /* what its gauges counted died with it */
@@ -907,7 +1078,9 @@ static void mg_master_signal_cb(evutil_socket_t sig, short what, void *arg) {
         }
         for (i = 0; i < mg_nslots; i++)
             alive += mg_slots[i].pid != 0;
-        if (mg_reload.phase != MG_RELOAD_NONE)
+        if (died[0] && !mg_master_stopping)
+            mg_master_reload_fallback(died); /* a doubt: the master judges */
+        else if (mg_reload.phase != MG_RELOAD_NONE)
             mg_master_reload_step(); /* the dead one was perhaps the last to answer */
         if (mg_master_stopping && alive == 0)
             event_base_loopexit(mg_master_base, NULL);

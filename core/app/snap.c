@@ -3,16 +3,19 @@
  * Lua functions that read files (loadfile, dofile, io.open for reading,
  * io.lines, package.searchpath and require's Lua searcher) go through a
  * snapshot: a table path -> bytes (or the error the open gave) in the
- * state's registry. The master loads from an empty snapshot, which fills
- * from the disk as the loader reads; after the load it also records every
- * `.lua` file under the generation's lua_path directories and plugin
- * directories (recursively), so that a module a handler requires only at
- * run time is part of the generation too. The snapshot (at most MG_SNAP_MAX
- * bytes: a load that needs more is refused, "file: reason") then goes to
- * every worker in a sealed memfd, and a worker loads from it, so master and
- * workers compile the same bytes even if the files change meanwhile. A path
- * the master never looked at is read from the disk, except a `.lua` path
- * under a snapshotted directory: it did not exist. Once the load is done,
+ * state's registry. A load from the disk (a worker's early load at a
+ * reload, or the master's at start and when it judges a reload) starts from
+ * an empty snapshot, which fills from the disk as the loader reads; after
+ * the load it also records every `.lua` file under the generation's
+ * lua_path directories and plugin directories (recursively), so that a
+ * module a handler requires only at run time is part of the generation
+ * too. The snapshot (at most MG_SNAP_MAX bytes: a load that needs more is
+ * refused, "file: reason") then goes, in a sealed memfd, to the master and
+ * from it to every worker (core/app/main.c), and a process that did not
+ * read those very bytes loads from it, so master and workers compile the
+ * same bytes even if the files change meanwhile. A path the snapshot's
+ * load never looked at is read from the disk, except a `.lua` path under a
+ * snapshotted directory: it did not exist. Once the load is done,
  * loadfile, dofile, io.open and io.lines read the disk again (a handler's
  * io.open at run time sees the file as it is then); require's Lua searcher
  * keeps resolving from the snapshot for the life of the generation, which
@@ -639,7 +642,7 @@ static int mg_load_snap_write_all(int fd, const void *p, size_t n) {
     return MG_OK;
 }
 
-int mg_load_snap_export(lua_State *L, char *err, size_t errlen) {
+int mg_load_snap_write(lua_State *L, char *err, size_t errlen) {
     int fd = memfd_create("moongate-snapshot", MFD_CLOEXEC | MFD_ALLOW_SEALING), ok = 1;
     if (fd < 0) {
         snprintf(err, errlen, "memfd_create: %s", strerror(errno));
@@ -699,7 +702,13 @@ int mg_load_snap_export(lua_State *L, char *err, size_t errlen) {
         close(fd);
         return -1;
     }
-    mg_load_snap_drop(L); /* the master keeps what a worker forked later requires */
+    return fd;
+}
+
+int mg_load_snap_export(lua_State *L, char *err, size_t errlen) {
+    int fd = mg_load_snap_write(L, err, errlen);
+    if (fd >= 0)
+        mg_load_snap_drop(L); /* the master keeps what a worker forked later requires */
     return fd;
 }
 
@@ -764,13 +773,12 @@ bad:
     return MG_ERR;
 }
 
-/* Whether the files this state's load read (recorded, as the master
- * records them) are exactly those of the master's snapshot at fd: the same
- * bytes, or the same error, for every path it looked at. If so the
- * master's snapshot takes their place (what require resolves from later,
- * the snapshotted directories) and MG_OK; else MG_ERR, the state as it was.
- * A worker's load that ran while the master loaded then serves as if it
- * had loaded the snapshot (core/app/worker.c). */
+/* Whether the files this state's load read (all it recorded) are exactly
+ * those of the generation's snapshot at fd: the same bytes, or the same
+ * error, for every path it looked at. If so the snapshot takes their place
+ * (what require resolves from later, the snapshotted directories) and
+ * MG_OK; else MG_ERR, the state as it was. A worker's early load then
+ * serves as if it had loaded the snapshot (core/app/worker.c). */
 int mg_load_snap_adopt(lua_State *L, int fd, char *err, size_t errlen) {
     int top = lua_gettop(L), mine, theirs, same = 1;
     lua_getfield(L, LUA_REGISTRYINDEX, MG_SNAP_FILES);
@@ -801,7 +809,7 @@ int mg_load_snap_adopt(lua_State *L, int fd, char *err, size_t errlen) {
     }
     if (!same) {
         lua_pop(L, 1); /* the key lua_next left */
-        snprintf(err, errlen, "the files changed while the master loaded them");
+        snprintf(err, errlen, "the files changed between this load's reads and the snapshot's");
         /* put the state's own back */
         lua_pushvalue(L, mine);
         lua_setfield(L, LUA_REGISTRYINDEX, MG_SNAP_FILES);

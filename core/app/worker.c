@@ -187,23 +187,31 @@ int mg_app_ctl_recv(int sock, mg_ctl_msg_t *m, int *fd) {
  * needs the loop (moongate.timer) off the loop thread, as in the master.
  *
  * Two kinds of load, one at a time:
- * - early (EARLY, sent by the master as it starts loading): from the disk,
- *   in parallel with the master's own load, recording what it reads; when
- *   the snapshot comes (PREPARE) and the load read exactly its files
- *   (mg_load_adopt), it is that generation, without a second load;
- * - from the snapshot (PREPARE), as the master checked it: when there was
- *   no early load, it failed, or it read other bytes (a file changed
- *   between the master's read and the worker's).
- * A PREPARE that comes while a load runs waits for it; an ABORT drops the
- * load of that generation (id 0: the early one). */
+ * - early (EARLY, sent by the master as a reload starts): from the disk,
+ *   recording what it reads and the modules under the generation's
+ *   directories, as the master's own load does. If it loads, the thread
+ *   also writes its snapshot (mg_load_snap_export) and the worker sends it
+ *   to the master (EARLY_READY): the first worker's becomes the
+ *   generation's snapshot, which the master sends to every worker with
+ *   PREPARE. If it fails, the master hears why (EARLY_FAIL), loads from
+ *   the disk itself and judges. When PREPARE comes and the early load read
+ *   exactly the snapshot's files (mg_load_adopt; always so for the worker
+ *   that made it), it is that generation, without a second load;
+ * - from the snapshot (PREPARE): when there was no early load, it failed,
+ *   or it read other bytes (a file changed between two processes' reads).
+ * A PREPARE that comes while a load runs waits for it (and the early load
+ * then sends nothing); an EARLY that comes while a load runs starts after
+ * it; an ABORT drops the load of that generation (id 0: the early one). */
 typedef struct {
     int busy; /* a thread runs (loop thread's view) */
     pthread_t th;
-    int early;     /* the running load is an early one */
-    unsigned id;   /* the generation it loads (a snapshot load) */
-    int fd;        /* its snapshot memfd (owned), or -1 */
-    int aborted;   /* ABORT came meanwhile */
-    mg_gen_t *gen; /* the thread's result, or NULL with err */
+    int early;           /* the running load is an early one */
+    unsigned id;         /* the generation it loads (a snapshot load), or the EARLY's number */
+    int fd;              /* its snapshot memfd (owned), or -1 */
+    int snap_out;        /* an early load's own snapshot (owned), or -1 */
+    unsigned early_next; /* an EARLY that came while a load ran (its number), or 0 */
+    int aborted;         /* ABORT came meanwhile */
+    mg_gen_t *gen;       /* the thread's result, or NULL with err */
     char err[1024];
     mg_gen_t *early_gen; /* an early load's result, waiting for its PREPARE */
     unsigned next_id;    /* a PREPARE that came meanwhile (next_fd >= 0) */
@@ -212,24 +220,29 @@ typedef struct {
     struct event *ev;
     int sock; /* the control channel */
 } mg_wload_t;
-static mg_wload_t mg_wl = {.fd = -1, .next_fd = -1, .efd = -1, .sock = -1};
+static mg_wload_t mg_wl = {.fd = -1, .snap_out = -1, .next_fd = -1, .efd = -1, .sock = -1};
 static void mg_worker_load_done_cb(evutil_socket_t efd, short what, void *arg);
 
 static void *mg_worker_load_main(void *arg) {
     uint64_t one = 1;
     (void)arg;
     mg_lua_off_loop = 1;
-    if (mg_wl.early)
+    if (mg_wl.early) {
         mg_wl.gen = mg_load_gen_early(mg_app_conf_path, mg_wl.err, sizeof(mg_wl.err));
-    else
+        /* the snapshot the master may make the generation's (a few ms for
+         * 10 000 routes: here, not on the loop); the state keeps every file
+         * it read, which PREPARE's snapshot is compared with */
+        if (mg_wl.gen)
+            mg_wl.snap_out = mg_load_snap_write(mg_wl.gen->L, mg_wl.err, sizeof(mg_wl.err));
+    } else
         mg_wl.gen = mg_load_gen(mg_app_conf_path, mg_wl.fd, mg_wl.id, mg_wl.err, sizeof(mg_wl.err));
     while (write(mg_wl.efd, &one, sizeof(one)) < 0 && errno == EINTR)
         ;
     return NULL;
 }
 
-/* Starts a load: early (fd -1), or of generation id from snapshot fd
- * (taken). MG_ERR: no thread (fd closed). */
+/* Starts a load: early (fd -1, id the EARLY's number), or of generation
+ * id from snapshot fd (taken). MG_ERR: no thread (fd closed). */
 static int mg_worker_load_start(int early, unsigned id, int fd) {
     sigset_t all, old;
     int rc;
@@ -252,6 +265,7 @@ static int mg_worker_load_start(int early, unsigned id, int fd) {
     mg_wl.id = id;
     mg_wl.fd = fd;
     mg_wl.aborted = 0;
+    mg_wl.snap_out = -1;
     mg_wl.gen = NULL;
     mg_wl.err[0] = '\0';
     /* the loop thread takes the signals (libevent's) */
@@ -291,6 +305,7 @@ static void mg_worker_ready(mg_gen_t *g) {
 static void mg_worker_prepare(int sock, unsigned id, int fd) {
     char err[256];
     mg_wl.sock = sock;
+    mg_wl.early_next = 0; /* the master is past the early loads */
     if (mg_wl.busy) {
         if (mg_wl.next_fd >= 0)
             close(mg_wl.next_fd);
@@ -319,13 +334,16 @@ static void mg_worker_prepare(int sock, unsigned id, int fd) {
     }
 }
 
-/* EARLY: the master starts loading from the disk; so does this worker */
-static void mg_worker_early(int sock) {
+/* EARLY number seq: a reload starts; this worker loads from the disk */
+static void mg_worker_early(int sock, unsigned seq) {
     mg_wl.sock = sock;
-    if (mg_wl.busy) /* one load at a time: the snapshot's will do */
+    if (mg_wl.busy) { /* one load at a time: this one after it */
+        mg_wl.early_next = seq;
         return;
+    }
     mg_worker_early_drop();
-    mg_worker_load_start(1, 0, -1); /* no thread: the snapshot's will do */
+    if (mg_worker_load_start(1, seq, -1) != MG_OK) /* the master loads it then */
+        mg_app_ctl_send(sock, MG_CTL_EARLY_FAIL, seq, "cannot start a loading thread", -1);
 }
 
 /* The thread ended: an early load's generation waits for its PREPARE; a
@@ -345,12 +363,22 @@ static void mg_worker_load_done_cb(evutil_socket_t efd, short what, void *arg) {
     g = mg_wl.gen;
     mg_wl.gen = NULL;
     if (mg_wl.early) {
-        if (g == NULL) /* the snapshot's load will say why, if the master has not */
+        int snap = mg_wl.snap_out;
+        mg_wl.snap_out = -1;
+        if (g == NULL) /* the master's own load will say why */
             mg_debug("worker %d: early load failed: %s", mg_worker.id, mg_wl.err);
-        if (mg_wl.aborted)
+        if (mg_wl.aborted) {
             mg_gen_free(g);
-        else
+        } else {
             mg_wl.early_gen = g;
+            /* no PREPARE yet: the master waits for a snapshot, or a refusal */
+            if (mg_wl.next_fd < 0 && g && snap >= 0)
+                mg_app_ctl_send(mg_wl.sock, MG_CTL_EARLY_READY, mg_wl.id, NULL, snap);
+            else if (mg_wl.next_fd < 0)
+                mg_app_ctl_send(mg_wl.sock, MG_CTL_EARLY_FAIL, mg_wl.id, mg_wl.err, -1);
+        }
+        if (snap >= 0)
+            close(snap);
     } else if (mg_wl.aborted || mg_wl.next_fd >= 0) {
         mg_gen_free(g); /* dropped, or already superseded */
     } else if (g == NULL) {
@@ -363,6 +391,10 @@ static void mg_worker_load_done_cb(evutil_socket_t efd, short what, void *arg) {
         int fd = mg_wl.next_fd;
         mg_wl.next_fd = -1;
         mg_worker_prepare(mg_wl.sock, mg_wl.next_id, fd);
+    } else if (mg_wl.early_next) {
+        unsigned seq = mg_wl.early_next;
+        mg_wl.early_next = 0;
+        mg_worker_early(mg_wl.sock, seq);
     }
 }
 
@@ -370,6 +402,7 @@ static void mg_worker_load_done_cb(evutil_socket_t efd, short what, void *arg) {
 static void mg_worker_load_abort(unsigned id) {
     if (mg_wl.busy && (mg_wl.early || mg_wl.id == id))
         mg_wl.aborted = 1;
+    mg_wl.early_next = 0;
     mg_worker_early_drop();
     if (mg_wl.next_fd >= 0 && mg_wl.next_id == id) {
         close(mg_wl.next_fd);
@@ -385,6 +418,9 @@ static void mg_worker_load_end(void) {
         mg_wl.busy = 0;
         mg_gen_free(mg_wl.gen);
         mg_wl.gen = NULL;
+        if (mg_wl.snap_out >= 0)
+            close(mg_wl.snap_out);
+        mg_wl.snap_out = -1;
     }
     mg_worker_early_drop();
 }
@@ -415,9 +451,10 @@ static void mg_worker_gc_kick(void) {
         evtimer_add(mg_worker_gc_ev, &tv);
 }
 
-/* The master's messages (mg_ctl_msg_t). A worker never reads the files
- * itself: it loads the master's snapshot, says whether that worked, and
- * switches only when the master says every worker is ready. */
+/* The master's messages (mg_ctl_msg_t). A worker serves only the
+ * generation's snapshot (its early load when it read the same bytes), says
+ * whether that loaded, and switches only when the master says every worker
+ * is ready. */
 static void mg_worker_signal_cb(evutil_socket_t sig, short what, void *arg);
 
 static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
@@ -452,7 +489,7 @@ static void mg_worker_ctl_cb(evutil_socket_t sock, short what, void *arg) {
             mg_worker_prepare(sock, m.id, fd);
             fd = -1; /* the load's now */
             break;
-        case MG_CTL_EARLY: mg_worker_early(sock); break;
+        case MG_CTL_EARLY: mg_worker_early(sock, m.id); break;
         case MG_CTL_COMMIT:
             g = mg_gen_pending;
             if (g == NULL || g->id != m.id) {

@@ -263,3 +263,204 @@ return {
             slowest * 1000))
     end)
 end)
+
+-- The workers' snapshot (core/app/main.c): at SIGHUP every worker loads
+-- from the disk and the first to succeed makes the generation's snapshot;
+-- the master loads nothing until every worker serves. On any refusal or
+-- doubt the master loads from the disk itself and judges, as before.
+describe("reload from a worker's snapshot", function()
+    local mg, admin
+    local TOKEN = "test-only-admin-token-1234"
+    local CONF = [[
+return {
+  listen = "127.0.0.1:$PORT",
+  workers = 2,
+  log_level = "debug",
+  admin = { listen = "127.0.0.1:$ADMIN", token = "$TOKEN" },
+}
+]]
+
+    local function plain(gen)
+        return ([=[
+return {
+  { path = "/gen", handler = function() return 200, "GEN" end },
+  { path = "/only-GEN", handler = function() return 200, "only" end },
+}
+]=]):gsub("GEN", gen)
+    end
+
+    local function get(path)
+        local st, _, body = helpers.http(mg.port, "GET", path, { headers = { "Connection: close" } })
+        return st, body
+    end
+
+    local function all_say(path, want, n)
+        for _ = 1, n or 10 do
+            local st, body = get(path)
+            if st ~= 200 or body ~= want then
+                return false, st .. " " .. tostring(body)
+            end
+        end
+        return true
+    end
+
+    -- SIGHUP, then the log after it once the reload ended (served or refused)
+    local function reload_log()
+        local off = #mg:log()
+        assert.truthy(mg:signal("HUP"))
+        local ended = helpers.wait_until(function()
+            local l = mg:log():sub(off + 1)
+            return l:find("reload: generation %d+ serving on %d+ workers")
+                or l:find("reload refused, generation %d+ keeps serving")
+        end, 20)
+        local l = mg:log():sub(off + 1)
+        assert.truthy(ended, "the reload did not end:\n" .. l)
+        return l
+    end
+
+    local function set_gen(gen)
+        mg:write_routes(plain(gen))
+        local l = reload_log()
+        assert.truthy(l:find("serving on 2 workers", 1, true), l)
+        assert.truthy(helpers.wait_until(function() return all_say("/gen", gen, 6) end, 5),
+            "generation " .. gen .. " never served")
+    end
+
+    lazy_setup(function()
+        admin = helpers.free_port()
+        mg = helpers.start_moongate({ name = "reload-wsnap", conf = CONF, routes = plain("w1"),
+            workers = 2, vars = { ADMIN = admin, TOKEN = TOKEN } })
+        assert(helpers.wait_until(function() return helpers.port_open(admin) end, 5),
+            "the admin port did not open")
+    end)
+
+    lazy_teardown(function()
+        if mg then
+            mg:stop()
+        end
+        helpers.cleanup()
+    end)
+
+    it("serves a worker's snapshot, the master loading it after the switch", function()
+        mg:write_routes(plain("w2"))
+        local l = reload_log()
+        assert.truthy(l:find("reload: worker %d+ %(pid %d+%) loaded it: its snapshot makes generation %d+"), l)
+        assert.truthy(l:find("serving on 2 workers", 1, true), l)
+        assert.falsy(l:find("the master loads", 1, true), l)
+        -- the master's load (its debug line) comes after every worker is active
+        local g = l:match("its snapshot makes generation (%d+)")
+        local last_active = 0
+        for pos in l:gmatch("()worker %d+: generation " .. g .. " active") do
+            last_active = pos
+        end
+        local master_load = l:find("load of generation " .. g .. ":", 1, true)
+        assert.truthy(last_active > 0 and master_load and master_load > last_active, l)
+        assert.truthy(all_say("/gen", "w2", 10))
+    end)
+
+    it("refuses a broken table with file:line: reason, the old generation serving", function()
+        set_gen("w3")
+        mg:write_routes("return {\n  { path = \"/gen\", handler = function() return 200, 'broken' end },\n"
+            .. "  { path = = \"/x\" },\n}\n")
+        local l = reload_log()
+        -- the workers' loads failed: the master loaded it and is the judge
+        assert.truthy(l:find("could not load it (", 1, true), l)
+        assert.truthy(l:find("the master loads", 1, true), l)
+        assert.truthy(l:find("reload refused, generation %d+ keeps serving: [^\n]*routes%.lua:3:"), l)
+        assert.truthy(all_say("/gen", "w3", 10))
+        assert.equal(2, #mg:workers())
+    end)
+
+    it("converges to one generation when the files change while the workers load them", function()
+        set_gen("w4")
+        -- the first load to take the token reads the tag (T1) and changes
+        -- it; any other load waits, then reads the file: T2 from the disk,
+        -- or T1 from the generation's snapshot
+        helpers.write_file(mg.dir .. "/tag", "T1")
+        helpers.write_file(mg.dir .. "/token", "")
+        helpers.write_file(mg.dir .. "/armed", "")
+        mg:write_routes([=[
+local function read(p)
+  local f = io.open(p)
+  if not f then return "none" end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+local tag
+if os.rename("$DIR/token", "$DIR/token.taken") then
+  tag = read("$DIR/tag")
+  local f = io.open("$DIR/tag", "w")
+  f:write("T2")
+  f:close()
+else
+  if os.rename("$DIR/armed", "$DIR/armed") then
+    local t = os.clock() + 0.5
+    while os.clock() < t do end
+  end
+  tag = read("$DIR/tag")
+end
+return {
+  { path = "/gen", handler = function() return 200, tag end },
+}
+]=])
+        local l = reload_log()
+        assert.truthy(l:find("serving on 2 workers", 1, true), l)
+        assert.truthy(l:find("early load not used", 1, true), l)
+        assert.truthy(all_say("/gen", "T1", 12))
+        os.remove(mg.dir .. "/armed")
+    end)
+
+    it("a worker killed during a reload: the master loads it, every worker serves it", function()
+        set_gen("w5")
+        helpers.write_file(mg.dir .. "/armed", "")
+        mg:write_routes([=[
+if os.rename("$DIR/armed", "$DIR/armed") then
+  local t = os.clock() + 1
+  while os.clock() < t do end
+end
+return {
+  { path = "/gen", handler = function() return 200, "w6" end },
+}
+]=])
+        local off = #mg:log()
+        local victim = mg:workers()[1]
+        assert.truthy(mg:signal("HUP"))
+        helpers.sleep(0.3)
+        assert.truthy(os.execute("kill -KILL " .. victim .. " 2>/dev/null"))
+        assert.truthy(helpers.wait_until(function()
+            return mg:log():sub(off + 1):find("reload: generation %d+ serving on 2 workers")
+        end, 20), mg:log():sub(off + 1))
+        local l = mg:log():sub(off + 1)
+        assert.truthy(l:find("died while the reload ran: the master loads", 1, true), l)
+        os.remove(mg.dir .. "/armed")
+        assert.truthy(helpers.wait_until(function() return all_say("/gen", "w6", 10) end, 5))
+        assert.equal(2, #mg:workers())
+    end)
+
+    it("POST /reload still answers the route diff, or 422 with file:line: reason", function()
+        set_gen("w7")
+        local auth = { "Connection: close", "Authorization: Bearer " .. TOKEN }
+        mg:write_routes(plain("w7"):gsub("return {\n", 'return {\n  { path = "/new", handler = '
+            .. 'function() return 200, "new" end },\n', 1))
+        local st, _, body = helpers.http(admin, "POST", "/reload", { headers = auth, timeout = 20 })
+        assert.equal(200, st, body)
+        local doc = json.decode(body)
+        assert.equal("ok", doc.result)
+        assert.equal("number", type(doc.generation))
+        assert.matches("/new", table.concat(doc.added, "\n"))
+        assert.same({}, doc.removed)
+        assert.same({}, doc.restart_needed)
+        assert.truthy(all_say("/new", "new", 6))
+        local gen = doc.generation
+
+        mg:write_routes("return {\n  { path = '/x', handler = 42 },\n}\n")
+        st, _, body = helpers.http(admin, "POST", "/reload", { headers = auth, timeout = 20 })
+        assert.equal(422, st, body)
+        doc = json.decode(body)
+        assert.equal("refused", doc.result)
+        assert.equal(gen, doc.generation)
+        assert.matches("routes%.lua:2:", doc.error)
+        assert.truthy(all_say("/new", "new", 6))
+    end)
+end)
