@@ -375,6 +375,14 @@ function _M.start_moongate(opts)
         error(fmt("moongate did not start (%s; pid %s, port %d):\n%s",
             ok or "timeout", tostring(self.pid), wait_port, log), 2)
     end
+    -- The master listens before it forks its workers: a spec that reads
+    -- the worker pids right after the start must find them all. With the
+    -- default conf their number is known; with another, at least one.
+    local want = (opts.conf == nil and not (opts.env or {}).MOONGATE_WORKERS)
+        and (opts.workers or 2) or 1
+    if want == 0 then want = 1 end
+    _M.wait_until(function() return #_M.children(self.pid) >= want end,
+        opts.start_timeout or 10, 0.02)
     return self
 end
 
