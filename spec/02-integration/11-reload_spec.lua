@@ -5,6 +5,29 @@
 local helpers = require "spec.helpers"
 local json = helpers.json
 
+-- get(path): status and body of GET path on a new connection to the
+-- moongate cur() returns; all_say(path, want, n): every one of n such
+-- requests (new connections: both workers) answers want
+local function client(cur)
+    local function get(path)
+        local st, _, body = helpers.http(cur().port, "GET", path,
+            { headers = { "Connection: close" } })
+        return st, body
+    end
+
+    local function all_say(path, want, n)
+        for _ = 1, n or 10 do
+            local st, body = get(path)
+            if st ~= 200 or body ~= want then
+                return false, st .. " " .. tostring(body)
+            end
+        end
+        return true
+    end
+
+    return get, all_say
+end
+
 local function routes(gen)
     return ([=[
 local moongate = require "moongate"
@@ -39,22 +62,7 @@ describe("reload", function()
         helpers.cleanup()
     end)
 
-    -- body of GET path on a new connection
-    local function get(path)
-        local st, _, body = helpers.http(mg.port, "GET", path, { headers = { "Connection: close" } })
-        return st, body
-    end
-
-    -- every one of n requests (new connections: both workers) answers want
-    local function all_say(path, want, n)
-        for _ = 1, n or 10 do
-            local st, body = get(path)
-            if st ~= 200 or body ~= want then
-                return false, st .. " " .. tostring(body)
-            end
-        end
-        return true
-    end
+    local get, all_say = client(function() return mg end)
 
     local function set_gen(gen)
         mg:write_routes(routes(gen))
@@ -289,20 +297,7 @@ return {
 ]=]):gsub("GEN", gen)
     end
 
-    local function get(path)
-        local st, _, body = helpers.http(mg.port, "GET", path, { headers = { "Connection: close" } })
-        return st, body
-    end
-
-    local function all_say(path, want, n)
-        for _ = 1, n or 10 do
-            local st, body = get(path)
-            if st ~= 200 or body ~= want then
-                return false, st .. " " .. tostring(body)
-            end
-        end
-        return true
-    end
+    local _, all_say = client(function() return mg end)
 
     -- SIGHUP, then the log after it once the reload ended (served or refused)
     local function reload_log()
