@@ -106,14 +106,25 @@ int mg_http_lines_put(mg_lines_t *l, const char *name, size_t nlen, const char *
     return MG_OK;
 }
 
-/* Removes the lines of header `name` (any case). */
+/* Whether the line at p (up to end) is one of header `name`: its name, up
+ * to the line's first ':', is `name` (any case). One test of the byte after
+ * len, not a search for the colon: a name that matches is len bytes long
+ * unless `name` itself holds a ':' (never a header name; checked when it
+ * matches, so such a name still only meets its own first part). */
+static int mg_http_line_is(const char *p, const char *end, const char *name, size_t len) {
+    return (size_t)(end - p) > len && p[len] == ':' && mg_name_eq(p, len, name, len) &&
+           memchr(name, ':', len) == NULL;
+}
+
+/* Removes the lines of header `name` (any case). Lines are "Name: value\r\n"
+ * or "Name:\r\n" (a removal), so a line's name ends at its first ':'. */
 void mg_http_lines_remove(mg_lines_t *l, const char *name, size_t len) {
     char *p = l->p, *end = l->p + l->len;
     while (p < end) {
-        char *eol = memchr(p, '\n', end - p), *colon = memchr(p, ':', end - p);
+        char *eol = memchr(p, '\n', end - p);
         if (eol == NULL)
             break;
-        if (colon && colon < eol && mg_name_eq(p, colon - p, name, len)) {
+        if (mg_http_line_is(p, eol, name, len)) {
             size_t n = eol + 1 - p;
             memmove(p, eol + 1, end - eol - 1);
             l->len -= n;
@@ -148,14 +159,11 @@ int mg_http_evlines_have(struct evbuffer *lines, const char *name, size_t len) {
 int mg_http_lines_have(const char *p, size_t n, const char *name, size_t len) {
     const char *end = p + n;
     while (p < end) {
-        const char *colon = memchr(p, ':', end - p), *eol;
-        if (colon == NULL)
-            break;
-        if (mg_name_eq(p, colon - p, name, len))
-            return 1;
-        eol = memchr(colon, '\n', end - colon);
+        const char *eol = memchr(p, '\n', end - p);
         if (eol == NULL)
-            break;
+            eol = end; /* a last line without its LF still counts */
+        if (mg_http_line_is(p, eol, name, len))
+            return 1;
         p = eol + 1;
     }
     return 0;

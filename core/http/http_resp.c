@@ -43,10 +43,16 @@ static const unsigned char mg_tchar[256] = {
 };
 
 int mg_http_field_ok(const char *name, size_t nlen, const char *value, size_t vlen) {
+    const unsigned char *n = (const unsigned char *)name;
+    size_t i = 0;
     if (nlen == 0)
         return 0;
-    for (size_t i = 0; i < nlen; i++)
-        if (!mg_tchar[(unsigned char)name[i]])
+    /* four bytes a test: a name is rarely wrong, so no early exit inside */
+    for (; i + 4 <= nlen; i += 4)
+        if (!(mg_tchar[n[i]] & mg_tchar[n[i + 1]] & mg_tchar[n[i + 2]] & mg_tchar[n[i + 3]]))
+            return 0;
+    for (; i < nlen; i++)
+        if (!mg_tchar[n[i]])
             return 0;
     return mg_value_ok(value, vlen);
 }

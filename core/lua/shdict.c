@@ -88,11 +88,30 @@ static mg_shd_t *mg_shd_find(const char *name) {
     return NULL;
 }
 
+/* Eight bytes a step (rate-limit's keys are 30-100 bytes, hashed on every
+ * take): each word mixed in by a multiply, the tail's bytes as one more
+ * word, the length in the seed. Only this binary's workers share a table
+ * (the master maps it afresh at start), so the function is free to change.
+ * Never 0. */
 static uint32_t mg_shd_hash(const char *k, size_t n) {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (uint8_t)k[i]) * 16777619u;
-    return h ? h : 1;
+    const uint64_t m = 0x9e3779b97f4a7c15ull;
+    uint64_t h = 0xcbf29ce484222325ull ^ (n * m), w;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, k + i, 8);
+        h = (h ^ w) * m;
+        h ^= h >> 29;
+    }
+    if (i < n) {
+        w = 0;
+        for (size_t j = 0; i + j < n; j++)
+            w |= (uint64_t)(uint8_t)k[i + j] << (8 * j);
+        h = (h ^ w) * m;
+    }
+    h ^= h >> 32;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 29;
+    return (uint32_t)h ? (uint32_t)h : 1;
 }
 
 static int mg_shd_expired(mg_shd_slot_t *s, double now) {

@@ -5,7 +5,9 @@
  * (url, then names and values, in one buffer): Host, header values,
  * framing, Expect, method and version, target forms, dot segments; and
  * mg_value_ok (eight bytes a step) and mg_http_field_ok against byte-wise
- * references on every byte at every offset and on random values.
+ * references on every byte at every offset and on random values; the
+ * header-line helpers (mg_http_lines_have, mg_http_lines_remove) against
+ * their former loops.
  */
 #include "ct.h"
 #include "ct_req.h"
@@ -238,6 +240,86 @@ static void value_words(void) {
     CHECK_INT(mg_http_field_ok("", 0, "v", 1), 0);
 }
 
+/* The line helpers of core/http/fields.c as they were (a search for the
+ * colon, then for the LF): the references for header_lines. */
+static int lines_have_ref(const char *p, size_t n, const char *name, size_t len) {
+    const char *end = p + n;
+    while (p < end) {
+        const char *colon = memchr(p, ':', end - p), *eol;
+        if (colon == NULL)
+            break;
+        if (mg_name_eq(p, colon - p, name, len))
+            return 1;
+        eol = memchr(colon, '\n', end - colon);
+        if (eol == NULL)
+            break;
+        p = eol + 1;
+    }
+    return 0;
+}
+
+static void lines_remove_ref(mg_lines_t *l, const char *name, size_t len) {
+    char *p = l->p, *end = l->p + l->len;
+    while (p < end) {
+        char *eol = memchr(p, '\n', end - p), *colon = memchr(p, ':', end - p);
+        if (eol == NULL)
+            break;
+        if (colon && colon < eol && mg_name_eq(p, colon - p, name, len)) {
+            size_t n = eol + 1 - p;
+            memmove(p, eol + 1, end - eol - 1);
+            l->len -= n;
+            end -= n;
+            continue;
+        }
+        p = eol + 1;
+    }
+}
+
+/* mg_http_lines_have and mg_http_lines_remove against the references on
+ * random buffers of "Name: value\r\n" and "Name:\r\n" lines (names that
+ * are prefixes of one another, in any case; values holding ':'), asked
+ * for names of the same set, names with a ':' in them and the empty name;
+ * and with the last line's LF cut off. */
+static void header_lines(void) {
+    static const char *names[] = {"X-A", "x-a", "X-Ab", "X-A-B", "RateLimit-Limit",
+                                  "ratelimit-limit", "RateLimit", "A", "ab", "X-A:x"};
+    static const char *vals[] = {"1", "", "a:b", "x-a: 2", "  v ", "ratelimit-limit:"};
+    const size_t nn = sizeof(names) / sizeof(names[0]), nv = sizeof(vals) / sizeof(vals[0]);
+    char buf[1024], buf2[1024];
+    uint32_t seed = 777;
+    int bad = 0;
+    for (int round = 0; round < 100000; round++) {
+        size_t n = 0;
+        seed = seed * 1103515245u + 12345u;
+        int lines = (seed >> 16) % 6;
+        for (int i = 0; i < lines; i++) {
+            seed = seed * 1103515245u + 12345u;
+            const char *nm = names[(seed >> 8) % (nn - 1)]; /* a line's name has no ':' */
+            const char *v = vals[(seed >> 16) % nv];
+            if ((seed >> 24) % 5 == 0)
+                n += (size_t)sprintf(buf + n, "%s:\r\n", nm);
+            else
+                n += (size_t)sprintf(buf + n, "%s: %s\r\n", nm, v);
+        }
+        seed = seed * 1103515245u + 12345u;
+        size_t cut = n > 0 && (seed >> 8) % 4 == 0 ? (seed >> 12) % 3 : 0; /* a last line cut */
+        n -= cut;
+        const char *q = (seed >> 20) % 9 == 0 ? "" : names[(seed >> 16) % nn];
+        size_t ql = strlen(q);
+        bad += mg_http_lines_have(buf, n, q, ql) != lines_have_ref(buf, n, q, ql);
+        memcpy(buf2, buf, n);
+        mg_lines_t a = {.p = buf, .len = n, .cap = sizeof(buf)};
+        mg_lines_t b = {.p = buf2, .len = n, .cap = sizeof(buf2)};
+        mg_http_lines_remove(&a, q, ql);
+        lines_remove_ref(&b, q, ql);
+        bad += a.len != b.len || memcmp(a.p, b.p, a.len) != 0;
+    }
+    CHECK_INT(bad, 0);
+    CHECK_INT(mg_http_lines_have("A: 1\r\nB: 2\r\n", 14, "b", 1), 1);
+    CHECK_INT(mg_http_lines_have("A: 1\r\nB: 2", 12, "b", 1), 1);
+    CHECK_INT(mg_http_lines_have("A: b:\r\n", 7, "b", 1), 0);
+}
+
 int main(void) {
     CT_RUN(host_chars);
     CT_RUN(te_values);
@@ -249,5 +331,6 @@ int main(void) {
     CT_RUN(target_forms);
     CT_RUN(dot_segments);
     CT_RUN(value_words);
+    CT_RUN(header_lines);
     return ct_end();
 }
