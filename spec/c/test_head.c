@@ -281,8 +281,9 @@ static void lines_remove_ref(mg_lines_t *l, const char *name, size_t len) {
  * for names of the same set, names with a ':' in them and the empty name;
  * and with the last line's LF cut off. */
 static void header_lines(void) {
-    static const char *names[] = {"X-A", "x-a", "X-Ab", "X-A-B", "RateLimit-Limit",
-                                  "ratelimit-limit", "RateLimit", "A", "ab", "X-A:x"};
+    static const char *names[] = {
+        "X-A",       "x-a", "X-Ab", "X-A-B", "RateLimit-Limit", "ratelimit-limit",
+        "RateLimit", "A",   "ab",   "X-A:x"};
     static const char *vals[] = {"1", "", "a:b", "x-a: 2", "  v ", "ratelimit-limit:"};
     const size_t nn = sizeof(names) / sizeof(names[0]), nv = sizeof(vals) / sizeof(vals[0]);
     char buf[1024], buf2[1024];
