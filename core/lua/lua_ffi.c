@@ -262,30 +262,40 @@ const char *mg_lua_ffi_req_remote_addr(int64_t id) {
  * NULL undoes an earlier set). id -1: the req table was filled, the
  * request went on (checked after the header). 0 done (or ignored: a
  * hop-by-hop name), 1 bad header, 2 the request went on, 3 out of memory,
- * MG_FFI_OVER. */
+ * MG_FFI_OVER.
+ * Two flags may be or-ed into resp (init.lua keeps the names that passed,
+ * so a plugin's constant names are checked once, not on every request):
+ * MG_FFI_NAME_ASK: answer MG_FFI_NAME_GOOD for 0 when the name is a
+ * token and not hop-by-hop; MG_FFI_NAME_KNOWN: the name was given that
+ * answer before, its checks are skipped (the value's are not). */
+#define MG_FFI_NAME_KNOWN 2
+#define MG_FFI_NAME_ASK 4
+#define MG_FFI_NAME_GOOD 5
 int mg_lua_ffi_req_set_header(int64_t id, int resp, const char *n, size_t nl, const char *v,
                               size_t vl) {
     mg_req_t *r = id == -1 ? NULL : mg_lua_ffi_req(id);
+    int known = resp & MG_FFI_NAME_KNOWN, ask = resp & MG_FFI_NAME_ASK;
     mg_lines_t *l;
 
-    if (!mg_http_field_ok(n, nl, v, v ? vl : 0))
+    resp &= 1;
+    if (known ? !mg_value_ok(v, v ? vl : 0) : !mg_http_field_ok(n, nl, v, v ? vl : 0))
         return 1;
     if (id == -1)
         return 2;
     if (r == NULL)
         return MG_FFI_OVER;
-    if (mg_http_hop_by_hop(n, nl))
+    if (!known && mg_http_hop_by_hop(n, nl))
         return 0; /* framing stays moongate's */
     l = resp ? &r->rxhdrs : &r->xhdrs;
     if (l->len)
         mg_http_lines_remove(l, n, nl);
     if (v == NULL && resp)
-        return 0;
+        return ask ? MG_FFI_NAME_GOOD : 0;
     /* "Name:" alone (upstream side): a removal of the client's header */
     if (v ? mg_http_lines_put(l, n, nl, v, vl) != MG_OK
           : (mg_http_lines_add(l, n, nl) != MG_OK || mg_http_lines_add(l, ":\r\n", 3) != MG_OK))
         return 3;
-    return 0;
+    return ask ? MG_FFI_NAME_GOOD : 0;
 }
 
 /* The same with a number, written as the classic API did: an integer

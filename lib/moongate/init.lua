@@ -299,10 +299,15 @@ function req_mt.body() return core.req_body() end
 function req_mt.read() return core.req_read() end
 
 local SET_ERR = { "bad header ", "req: ", "out of memory" }
+-- Names lua_ffi.c found to be tokens and not hop-by-hop (its answer 5 to
+-- flag 4): passed again with flag 2, their checks are skipped. Plugins set
+-- the same few names on every request. Emptied past NAME_OK_MAX.
+local NAME_OK, name_ok_n, NAME_OK_MAX = {}, 0, 512
 local function set_header(req, name, value, resp, what)
   name = arg_string(name, 2, what, 4)
   local r = req_of(req, what, "", what, 4) or -1 -- -1: filled, the request went on
   local tv, rc = type(value), nil
+  resp = resp + (NAME_OK[name] and 2 or 4)
   if tv == "number" then
     rc = C.mg_lua_ffi_req_set_header_num(r, resp, name, #name, value)
   elseif tv == "string" then
@@ -312,7 +317,11 @@ local function set_header(req, name, value, resp, what)
   else
     error(format("bad argument #3 to '%s' (string expected, got %s)", what, tv), 4)
   end
-  if rc ~= 0 then
+  if rc == 5 then
+    if name_ok_n >= NAME_OK_MAX then NAME_OK, name_ok_n = {}, 0 end
+    NAME_OK[name] = true
+    name_ok_n = name_ok_n + 1
+  elseif rc ~= 0 then
     if rc == OVER_RC then over(what, "", 3) end
     error(rc == 3 and SET_ERR[3]
           or SET_ERR[rc] .. name .. (rc == 2 and " after the request went on" or ""), 4)

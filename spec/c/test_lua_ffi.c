@@ -151,6 +151,18 @@ static void set_headers(void) {
     CHECK_INT(mg_lua_ffi_req_set_header(id, 0, "X-A", 3, "a\nb", 3), 1);
     CHECK_INT(mg_lua_ffi_req_set_header(-1, 0, "X-A", 3, "1", 1), 2); /* filled: went on */
     CHECK_INT(mg_lua_ffi_req_set_header(-1, 0, "X A", 3, "1", 1), 1); /* the header first */
+    /* init.lua's flags: 4 asks whether the name may be remembered (5: a
+     * token, not hop-by-hop), 2 skips the name's checks, never the value's */
+    CHECK_INT(mg_lua_ffi_req_set_header(id, 0 | 4, "X-C", 3, "c", 1), 5);
+    CHECK_INT(mg_lua_ffi_req_set_header(id, 1 | 4, "X-D", 3, NULL, 0), 5);
+    CHECK_INT(mg_lua_ffi_req_set_header(id, 0 | 4, "Connection", 10, "x", 1), 0); /* ignored */
+    CHECK_INT(mg_lua_ffi_req_set_header(id, 0 | 4, "X A", 3, "1", 1), 1);
+    CHECK_INT(mg_lua_ffi_req_set_header(id, 0 | 4, "X-C", 3, "a\rb", 3), 1);
+    CHECK_INT(mg_lua_ffi_req_set_header(id, 0 | 2, "X-C", 3, "c2", 2), 0); /* replaces */
+    CHECK_INT(mg_lua_ffi_req_set_header(id, 0 | 2, "X-C", 3, "a\nb", 3), 1);
+    CHECK_INT(mg_lua_ffi_req_set_header_num(id, 1 | 4, "X-K", 3, 7), 5);
+    CHECK_INT(mg_lua_ffi_req_set_header_num(id, 1 | 2, "X-K", 3, 8), 0); /* replaces */
+    CHECK_INT(mg_lua_ffi_req_set_header(-1, 0 | 2, "X-C", 3, "1", 1), 2);
     CHECK(req.xhdrs.len > 0);
     CHECK(memmem(req.xhdrs.p, req.xhdrs.len, "X-A: 2\r\n", 8) != NULL);
     CHECK(memmem(req.xhdrs.p, req.xhdrs.len, "X-A: 1", 6) == NULL);
@@ -158,6 +170,10 @@ static void set_headers(void) {
     CHECK(memmem(req.xhdrs.p, req.xhdrs.len, "Connection", 10) == NULL);
     CHECK(memmem(req.rxhdrs.p, req.rxhdrs.len, "X-N: 42\r\n", 9) != NULL);
     CHECK(memmem(req.rxhdrs.p, req.rxhdrs.len, "X-F: 1.5\r\n", 10) != NULL);
+    CHECK(memmem(req.xhdrs.p, req.xhdrs.len, "X-C: c2\r\n", 9) != NULL);
+    CHECK(memmem(req.xhdrs.p, req.xhdrs.len, "X-C: c\r\n", 8) == NULL);
+    CHECK(memmem(req.rxhdrs.p, req.rxhdrs.len, "X-K: 8\r\n", 8) != NULL);
+    CHECK(memmem(req.rxhdrs.p, req.rxhdrs.len, "X-K: 7", 6) == NULL);
     CHECK(memmem(req.rxhdrs.p, req.rxhdrs.len, "X-Z: 0\r\n", 8) != NULL);
     CHECK(memmem(req.rxhdrs.p, req.rxhdrs.len, "X-M: -907\r\n", 11) != NULL);
     CHECK(memmem(req.rxhdrs.p, req.rxhdrs.len, "X-E: 1e+15\r\n", 12) != NULL);
