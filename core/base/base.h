@@ -296,29 +296,38 @@ static inline int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll
  * Eight bytes a step: a word with no byte below 0x20 and none equal to 0x7f
  * passes whole; one that may have is checked byte by byte (a tab, or the
  * real thing). Header values of a few hundred bytes (a JWT) are common. */
-static inline int mg_value_ok(const char *v, size_t n) {
+static inline int mg_value_word_ok(uint64_t w) {
     const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w, del;
-        memcpy(&w, v + i, 8);
-        del = w ^ (0x7f * ones);
-        /* the classic "has a byte below k" and "has a zero byte" tests:
-         * exact when no byte is 0x80 or above, else possibly a false hit */
-        if ((((w - 0x20 * ones) & ~w) | ((del - ones) & ~del)) & highs) {
-            for (size_t k = i; k < i + 8; k++) {
-                unsigned char ch = (unsigned char)v[k];
-                if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-                    return 0;
-            }
-        }
-    }
-    for (; i < n; i++) {
-        unsigned char ch = (unsigned char)v[i];
+    uint64_t del = w ^ (0x7f * ones);
+    /* the classic "has a byte below k" and "has a zero byte" tests:
+     * exact when no byte is 0x80 or above, else possibly a false hit */
+    return !((((w - 0x20 * ones) & ~w) | ((del - ones) & ~del)) & highs);
+}
+static inline int mg_value_bytes_ok(const char *v, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        unsigned char ch = (unsigned char)v[k];
         if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
             return 0;
     }
     return 1;
+}
+static inline int mg_value_ok(const char *v, size_t n) {
+    uint64_t w;
+    size_t i = 0;
+    if (n < 8) { /* one word too: the value, then bytes that pass ('a') */
+        w = 0x6161616161616161ull;
+        if (n)
+            memcpy(&w, v, n);
+        return mg_value_word_ok(w) || mg_value_bytes_ok(v, n);
+    }
+    for (;;) { /* the last word overlaps the one before when n is not a multiple of 8 */
+        memcpy(&w, v + i, 8);
+        if (!mg_value_word_ok(w) && !mg_value_bytes_ok(v + i, 8))
+            return 0;
+        if (i + 8 == n)
+            return 1;
+        i = i + 16 <= n ? i + 8 : n - 8;
+    }
 }
 /* Escapes s for a JSON string (ASCII out) into out (cap bytes, NUL ended);
  * stops when fewer than 8 bytes of out are left. */
