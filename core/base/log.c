@@ -24,7 +24,11 @@ int mg_log_level = MG_LOG_INFO;
 
 static const char *mg_log_names[] = {"debug", "info", "warn", "error"};
 
-static char mg_access_buf[64 * 1024];
+/* 256 KiB: the kernel's cost per line of a file's appends falls with the
+ * write's size (ext4 here, 432-byte lines, median of 10: ~226 ns of system
+ * time per line written 64 KiB at a time, ~157 at 256 KiB); the 200 ms
+ * timer still bounds how long a line waits */
+static char mg_access_buf[256 * 1024];
 static size_t mg_access_len;
 static struct event *mg_access_timer;
 static int mg_access_fd = STDERR_FILENO;

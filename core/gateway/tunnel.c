@@ -36,9 +36,9 @@ static void mg_tunnel_free(mg_tunnel_t *t, const char *by) {
     mg_ws_end_t e = {0, by};
     if (by == NULL)
         e.by = t->first == 0 ? "client" : t->first == 1 ? "upstream" : "none";
-    MG_MET(mg_met->ws_close[t->met][mg_met_ws_code(1006)][mg_met_ws_side(e.by)]++);
-    MG_MET(mg_met->ws_bytes[t->met][MG_MET_IN] += t->bytes[0]);
-    MG_MET(mg_met->ws_bytes[t->met][MG_MET_OUT] += t->bytes[1]);
+    MG_MET(mg_met->n[t->met].ws_close[mg_met_ws_code(1006)][mg_met_ws_side(e.by)]++);
+    MG_MET(mg_met->n[t->met].ws_bytes[MG_MET_IN] += t->bytes[0]);
+    MG_MET(mg_met->n[t->met].ws_bytes[MG_MET_OUT] += t->bytes[1]);
     mg_met_ws_open(t->met, MG_MET_WS_TUNNEL, t->gen->id, -1);
     mg_http_wslog_end(t->alog, MG_WS_TUNNEL, 0, e.by, NULL, t->bytes[0], t->bytes[1]);
     if (t->prev)
@@ -269,7 +269,7 @@ void mg_tunnel_drain(mg_gen_t *newgen) {
             for (int i = 0; i < 2; i++)
                 if (evbuffer_get_length(t->out[i]))
                     mg_io_write_evbuffer(&t->io[i], t->out[i]);
-            MG_MET(mg_met->ws_drained[t->met]++);
+            MG_MET(mg_met->n[t->met].ws_drained++);
             mg_tunnel_free(t, "moongate");
         }
         t = next;

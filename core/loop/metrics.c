@@ -122,7 +122,13 @@ void mg_metrics_slot_reset(int slot) {
     if (slot < 0 || slot >= mg_met_h->nslots)
         return;
     s = &mg_met_slots[slot];
-    memset(&s->conns, 0, sizeof(*s) - offsetof(mg_met_slot_t, conns));
+    memset(s, 0, offsetof(mg_met_slot_t, n)); /* pid, conns .. health */
+    for (int i = 0; i < MG_MET_NAMES; i++) {
+        mg_met_rec_t *r = &s->n[i];
+        r->up_pool = r->up_idle = 0;
+        memset(r->ws_open, 0, sizeof(r->ws_open));
+        memset(r->ws_rgen, 0, sizeof(r->ws_rgen));
+    }
 }
 
 void mg_metrics_attach(int slot, int pid) {
@@ -285,28 +291,30 @@ static void mg_met_rows(struct evbuffer *out, const char *fam, const char *lab, 
             }
 }
 
-#define MG_MET_FIELD_SZ(field) sizeof(((mg_met_slot_t *)0)->field[0])
-#define MG_MET_FIELD_N(field) ((int)(MG_MET_FIELD_SZ(field) / sizeof(uint64_t)))
+/* a family's cells of name 0 (field of mg_met_rec_t), one record apart */
+#define MG_MET_FIELD_OFF(field) offsetof(mg_met_slot_t, n[0].field)
+#define MG_MET_STRIDE sizeof(mg_met_rec_t)
+#define MG_MET_FIELD_N(field) ((int)(sizeof(((mg_met_rec_t *)0)->field) / sizeof(uint64_t)))
 
-/* a family: its header, then one series per name (field is [MG_MET_NAMES]) */
+/* a family: its header, then one series per name (field: one cell) */
 #define MG_MET_FAM(out, fam, type, help, lab, field, flags)                                        \
     do {                                                                                           \
         mg_met_head(out, fam, type, help);                                                         \
-        mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field), MG_MET_FIELD_SZ(field),         \
-                    MG_MET_NODIM, MG_MET_NODIM, flags);                                            \
+        mg_met_rows(out, fam, lab, MG_MET_FIELD_OFF(field), MG_MET_STRIDE, MG_MET_NODIM,           \
+                    MG_MET_NODIM, flags);                                                          \
     } while (0)
-/* by name and one more label (field is [MG_MET_NAMES][n], vals n strings) */
+/* by name and one more label (field is [n], vals n strings) */
 #define MG_MET_FAM2(out, fam, type, help, lab, field, alab, avals, flags)                          \
     do {                                                                                           \
         mg_met_head(out, fam, type, help);                                                         \
-        mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field), MG_MET_FIELD_SZ(field),         \
+        mg_met_rows(out, fam, lab, MG_MET_FIELD_OFF(field), MG_MET_STRIDE,                         \
                     (mg_met_dim_t){alab, avals, MG_MET_FIELD_N(field)}, MG_MET_NODIM, flags);      \
     } while (0)
-/* by name and two more labels (field is [MG_MET_NAMES][an][bn]) */
+/* by name and two more labels (field is [an][bn]) */
 #define MG_MET_FAM3(out, fam, type, help, lab, field, alab, avals, an, blab, bvals, flags)         \
     do {                                                                                           \
         mg_met_head(out, fam, type, help);                                                         \
-        mg_met_rows(out, fam, lab, offsetof(mg_met_slot_t, field), MG_MET_FIELD_SZ(field),         \
+        mg_met_rows(out, fam, lab, MG_MET_FIELD_OFF(field), MG_MET_STRIDE,                         \
                     (mg_met_dim_t){alab, avals, an},                                               \
                     (mg_met_dim_t){blab, bvals, MG_MET_FIELD_N(field) / (an)}, flags);             \
     } while (0)
@@ -314,7 +322,7 @@ static void mg_met_rows(struct evbuffer *out, const char *fam, const char *lab, 
 static void mg_met_hist_out(struct evbuffer *out, const char *fam, const char *lab, size_t off,
                             int i) {
     uint64_t cum = 0;
-    size_t at = off + (size_t)i * sizeof(mg_met_hist_t);
+    size_t at = off + (size_t)i * MG_MET_STRIDE;
     for (int b = 0; b < MG_MET_BUCKETS; b++) {
         cum += mg_met_sum_at(at + offsetof(mg_met_hist_t, b) + (size_t)b * sizeof(uint64_t));
         evbuffer_add_printf(out, "%s_bucket{%s,le=\"%s\"} %llu\n", fam, lab, mg_met_bound_str[b],
@@ -325,7 +333,7 @@ static void mg_met_hist_out(struct evbuffer *out, const char *fam, const char *l
                         (unsigned long long)cum);
 }
 
-/* a histogram family by name (field is a [MG_MET_NAMES] of mg_met_hist_t) */
+/* a histogram family by name (off: name 0's mg_met_hist_t) */
 static void mg_met_hist_fam(struct evbuffer *out, const char *fam, const char *help,
                             const char *lab, size_t off) {
     char l[2 * MG_MET_NAME_LEN + 32];
@@ -353,18 +361,17 @@ static void mg_met_render_http(struct evbuffer *out) {
                 MG_MET_F_NONZERO);
     mg_met_hist_fam(out, "moongate_http_request_duration_seconds",
                     "Time from the request's first byte to its response's end, by route.", "route",
-                    offsetof(mg_met_slot_t, http_dur));
-    /* http_bytes[name][0] in, [1] out: a family each */
+                    MG_MET_FIELD_OFF(http_dur));
+    /* http_bytes[0] in, [1] out: a family each */
     mg_met_head(out, "moongate_http_received_bytes_total", "counter",
                 "Request body bytes received, by route.");
-    mg_met_rows(out, "moongate_http_received_bytes_total", "route",
-                offsetof(mg_met_slot_t, http_bytes), MG_MET_FIELD_SZ(http_bytes), MG_MET_NODIM,
-                MG_MET_NODIM, 0);
+    mg_met_rows(out, "moongate_http_received_bytes_total", "route", MG_MET_FIELD_OFF(http_bytes),
+                MG_MET_STRIDE, MG_MET_NODIM, MG_MET_NODIM, 0);
     mg_met_head(out, "moongate_http_sent_bytes_total", "counter",
                 "Response body bytes sent, by route.");
     mg_met_rows(out, "moongate_http_sent_bytes_total", "route",
-                offsetof(mg_met_slot_t, http_bytes) + sizeof(uint64_t), MG_MET_FIELD_SZ(http_bytes),
-                MG_MET_NODIM, MG_MET_NODIM, 0);
+                MG_MET_FIELD_OFF(http_bytes) + sizeof(uint64_t), MG_MET_STRIDE, MG_MET_NODIM,
+                MG_MET_NODIM, 0);
     mg_met_head(out, "moongate_http_open_connections", "gauge",
                 "Client connections open, by listener and protocol.");
     for (int l = 0; l < mg_met_h->nlisteners; l++) {
@@ -389,7 +396,7 @@ static void mg_met_render_upstream(struct evbuffer *out) {
                 up_err, "kind", mg_met_errs, 0);
     mg_met_hist_fam(out, "moongate_upstream_response_time_seconds",
                     "Time from sending the request to the upstream's complete response.",
-                    "upstream", offsetof(mg_met_slot_t, up_time));
+                    "upstream", MG_MET_FIELD_OFF(up_time));
     MG_MET_FAM(out, "moongate_upstream_pool_connections", "gauge",
                "Upstream connections open (busy and idle), by upstream.", "upstream", up_pool,
                MG_MET_F_SIGNED);
@@ -411,7 +418,7 @@ static void mg_met_render_upstream(struct evbuffer *out) {
     for (int k = 0; k < mg_met_nm.n; k++) {
         mg_met_server_labels(lab, sizeof(lab), mg_met_nm.esc[k]);
         evbuffer_add_printf(out, "moongate_upstream_server_ejections_total{%s} %llu\n", lab,
-                            (unsigned long long)MG_MET_SUM(S->up_eject[mg_met_nm.idx[k]]));
+                            (unsigned long long)MG_MET_SUM(S->n[mg_met_nm.idx[k]].up_eject));
     }
 }
 
@@ -447,12 +454,12 @@ int mg_metrics_ws_rows(mg_met_ws_row_t *rows, int max) {
     for (int s = 0; s < mg_met_h->nslots; s++) {
         const mg_met_slot_t *S = &mg_met_slots[s];
         for (int i = 0; i < MG_MET_NAMES; i++) {
-            if (!S->ws_open[i][0] && !S->ws_open[i][1] && !S->ws_open[i][2])
+            if (!S->n[i].ws_open[0] && !S->n[i].ws_open[1] && !S->n[i].ws_open[2])
                 continue;
             for (int m = 0; m < MG_MET_NMODE; m++)
                 for (int g = 0; g < MG_MET_GENS; g++) {
                     int j;
-                    if (S->ws_rgen[i][m][g] == 0)
+                    if (S->n[i].ws_rgen[m][g] == 0)
                         continue;
                     for (j = 0; j < n; j++)
                         if (rows[j].name == i && rows[j].mode == m &&
@@ -462,7 +469,7 @@ int mg_metrics_ws_rows(mg_met_ws_row_t *rows, int max) {
                         continue;
                     if (j == n)
                         rows[n++] = (mg_met_ws_row_t){i, m, S->ws_gen_id[g], 0};
-                    rows[j].open += S->ws_rgen[i][m][g];
+                    rows[j].open += S->n[i].ws_rgen[m][g];
                 }
         }
     }
@@ -539,7 +546,7 @@ uint64_t mg_metrics_http_requests(int name) {
         return 0;
     for (int m = 0; m < MG_MET_NMETHOD; m++)
         for (int c = 0; c < 6; c++)
-            v += MG_MET_SUM(S->http_req[name][m][c]);
+            v += MG_MET_SUM(S->n[name].http_req[m][c]);
     return v;
 }
 
@@ -547,11 +554,11 @@ void mg_metrics_upstream_sum(int name, mg_met_up_sum_t *o) {
     memset(o, 0, sizeof(*o));
     if (name < 0 || name >= MG_MET_NAMES)
         return;
-    o->requests = MG_MET_SUM(S->up_req[name]);
+    o->requests = MG_MET_SUM(S->n[name].up_req);
     for (int e = 0; e < MG_MET_NERR; e++)
-        o->errors[e] = MG_MET_SUM(S->up_err[name][e]);
-    o->pool = (int64_t)MG_MET_SUM(S->up_pool[name]);
-    o->idle = (int64_t)MG_MET_SUM(S->up_idle[name]);
+        o->errors[e] = MG_MET_SUM(S->n[name].up_err[e]);
+    o->pool = (int64_t)MG_MET_SUM(S->n[name].up_pool);
+    o->idle = (int64_t)MG_MET_SUM(S->n[name].up_idle);
 }
 
 int mg_metrics_gen_rows(mg_met_gen_row_t *rows, int max) {

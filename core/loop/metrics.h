@@ -58,38 +58,51 @@ typedef struct {
     uint64_t sum_us;            /* microseconds */
 } mg_met_hist_t;
 
-/* One worker slot. Counters first; gauges last (zeroed on restart). */
+/* One name's counters and gauges, together: a request adds into its
+ * route's record and its upstream's, a few adjacent cache lines each (a
+ * slot laid out field by field, one array per family, put each of a
+ * request's ~8 adds on a page of its own, and since every array was a
+ * multiple of 4 KiB, the adds of the small indices on the same few L1
+ * sets). The request path's first: a route's bytes, duration and requests,
+ * an upstream's requests, pool and time. Gauges (zeroed on restart):
+ * up_pool, up_idle, ws_open, ws_rgen (mg_metrics_slot_reset). */
 typedef struct {
-    uint64_t http_req[MG_MET_NAMES][MG_MET_NMETHOD][6]; /* status class 0 (none) .. 5 */
-    mg_met_hist_t http_dur[MG_MET_NAMES];
-    uint64_t http_bytes[MG_MET_NAMES][2]; /* in, out */
-    uint64_t up_req[MG_MET_NAMES];
-    uint64_t up_err[MG_MET_NAMES][MG_MET_NERR];
-    mg_met_hist_t up_time[MG_MET_NAMES];
-    uint64_t up_eject[MG_MET_NAMES]; /* by server */
-    uint64_t ws_msgs[MG_MET_NAMES][2];
-    uint64_t ws_bytes[MG_MET_NAMES][2];
-    uint64_t ws_close[MG_MET_NAMES][MG_MET_CODES][MG_MET_NSIDE];
-    uint64_t ws_pings[MG_MET_NAMES];
-    uint64_t ws_dead[MG_MET_NAMES];
-    uint64_t ws_drained[MG_MET_NAMES];
-    uint64_t ws_overflow[MG_MET_NAMES];
-    /* gauges */
+    _Alignas(64) uint64_t http_bytes[2]; /* in, out */
+    mg_met_hist_t http_dur;
+    uint64_t up_req;
+    int64_t up_pool; /* gauge, by upstream: connections open (busy + idle) */
+    int64_t up_idle; /* gauge */
+    mg_met_hist_t up_time;
+    uint64_t http_req[MG_MET_NMETHOD][6]; /* status class 0 (none) .. 5 */
+    uint64_t up_err[MG_MET_NERR];
+    uint64_t up_eject; /* by server */
+    uint64_t ws_msgs[2];
+    uint64_t ws_bytes[2];
+    uint64_t ws_pings;
+    uint64_t ws_dead;
+    uint64_t ws_drained;
+    uint64_t ws_overflow;
+    uint64_t ws_close[MG_MET_CODES][MG_MET_NSIDE];
+    int64_t ws_open[MG_MET_NMODE]; /* gauge */
+    /* gauge: by mode and generation (the ring's entry: its id is ws_gen_id) */
+    int32_t ws_rgen[MG_MET_NMODE][MG_MET_GENS];
+} mg_met_rec_t;
+
+/* One worker slot: the worker's own gauges (zeroed on restart), then one
+ * record per name (n[name]). */
+typedef struct {
+    int32_t pid;
     int64_t conns[MG_MET_LISTENERS][2]; /* plain, TLS */
-    int64_t ws_open[MG_MET_NAMES][MG_MET_NMODE];
     int64_t ws_gen[MG_MET_GENS];
     uint32_t ws_gen_id[MG_MET_GENS];
-    /* by route, mode and generation (the ring's entry: its id is ws_gen_id) */
-    int32_t ws_rgen[MG_MET_NAMES][MG_MET_NMODE][MG_MET_GENS];
     /* generations in use (requests, sockets; not the worker's own "current"
      * reference), published by conf/gen.c: a ring by id like ws_gen */
     int64_t gen_use[MG_MET_GENS];
     uint32_t gen_use_id[MG_MET_GENS];
-    double gen_at[MG_MET_GENS];    /* its loaded_at */
-    int64_t up_pool[MG_MET_NAMES]; /* by upstream: connections open (busy + idle) */
-    int64_t up_idle[MG_MET_NAMES];
-    uint8_t health[MG_MET_NAMES]; /* by server: 0 unknown, 1 up, 2 down */
-    int32_t pid;
+    double gen_at[MG_MET_GENS]; /* its loaded_at */
+    /* by server: 0 unknown, 1 up, 2 down (set at every pick: kept dense) */
+    uint8_t health[MG_MET_NAMES];
+    mg_met_rec_t n[MG_MET_NAMES];
 } mg_met_slot_t;
 
 /* The worker's own slot; before mg_metrics_init (moongate -t, the C unit
@@ -209,10 +222,11 @@ static inline int mg_met_ws_side(const char *by) {
 static inline void mg_met_http(int name, int method_class, int status, double secs, uint64_t in,
                                uint64_t out) {
     int sc = status >= 100 && status < 600 ? status / 100 : 0;
-    mg_met->http_req[name][method_class][sc]++;
-    mg_met_hist(&mg_met->http_dur[name], secs);
-    mg_met->http_bytes[name][0] += in;
-    mg_met->http_bytes[name][1] += out;
+    mg_met_rec_t *n = &mg_met->n[name];
+    n->http_bytes[0] += in;
+    n->http_bytes[1] += out;
+    mg_met_hist(&n->http_dur, secs);
+    n->http_req[method_class][sc]++;
 }
 
 static inline void mg_met_conn(int lidx, int tls, int delta) {
@@ -228,8 +242,8 @@ static inline void mg_met_ws_open(int name, int mode, unsigned gen, int delta) {
     if (mg_met->ws_gen[i] == 0)
         mg_met->ws_gen_id[i] = gen;
     mg_met->ws_gen[i] += delta;
-    mg_met->ws_open[name][mode] += delta;
-    mg_met->ws_rgen[name][mode][i] += delta;
+    mg_met->n[name].ws_open[mode] += delta;
+    mg_met->n[name].ws_rgen[mode][i] += delta;
 }
 
 /* conf/gen.c: generation gen (loaded at) has in_use references of

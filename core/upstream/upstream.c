@@ -287,7 +287,7 @@ static void mg_up_peer_failed(mg_upstream_t *up, mg_peer_t *p) {
             mg_warn("upstream %s: server %s:%d failed %d times, skipped for %.1fs", up->name,
                     p->host, p->port, p->fails, up->fail_timeout / 1000.0);
             mg_up_peer_met(up->name, p, 2);
-            MG_MET(mg_met->up_eject[p->met - 1]++);
+            MG_MET(mg_met->n[p->met - 1].up_eject++);
         }
         p->down_until = mg_now() + up->fail_timeout / 1000.0;
     }
@@ -296,7 +296,7 @@ static void mg_up_peer_failed(mg_upstream_t *up, mg_peer_t *p) {
 /* ---- connections ---- */
 
 static void mg_uconn_close(mg_uconn_t *uc) {
-    MG_MET(mg_met->up_pool[uc->met]--);
+    MG_MET(mg_met->n[uc->met].up_pool--);
     event_del(&uc->rev);
     event_del(&uc->wev);
     mg_tm_stop(&uc->tm);
@@ -311,7 +311,7 @@ static void mg_uconn_pool_drop(mg_uconn_t *uc) {
         if (*pp == uc) {
             *pp = uc->next;
             uc->peer->nidle--;
-            MG_MET(mg_met->up_idle[uc->met]--);
+            MG_MET(mg_met->n[uc->met].up_idle--);
             break;
         }
     mg_uconn_close(uc);
@@ -328,7 +328,7 @@ static mg_uconn_t *mg_uconn_pool_take(mg_peer_t *p, void *ctx) {
             uc = *pp;
             *pp = uc->next;
             p->nidle--;
-            MG_MET(mg_met->up_idle[uc->met]--);
+            MG_MET(mg_met->n[uc->met].up_idle--);
             return uc;
         }
     return NULL;
@@ -353,7 +353,7 @@ static void mg_uconn_release(mg_ux_t *ux) {
     uc->next = p->idle;
     p->idle = uc;
     p->nidle++;
-    MG_MET(mg_met->up_idle[uc->met]++);
+    MG_MET(mg_met->n[uc->met].up_idle++);
 }
 
 static void mg_uconn_bind(mg_ux_t *ux, mg_uconn_t *uc) {
@@ -449,13 +449,13 @@ static void mg_ux_connect(mg_ux_t *ux) {
                     return;
                 }
                 uc->met = mg_upstream_met(ux->up);
-                MG_MET(mg_met->up_pool[uc->met]++);
+                MG_MET(mg_met->n[uc->met].up_pool++);
                 if (ux->up->tls)
                     tls_rc = mg_uconn_tls(ux, uc, fd);
                 else
                     mg_io_tcp(&uc->io, fd);
                 if (tls_rc != MG_OK) {
-                    MG_MET(mg_met->up_pool[uc->met]--);
+                    MG_MET(mg_met->n[uc->met].up_pool--);
                     free(uc);
                     close(fd);
                     mg_ux_fail(ux, 502, "upstream TLS setup failed", 0);
@@ -528,11 +528,11 @@ static void mg_ux_deferred_fail_cb(evutil_socket_t fd, short what, void *arg) {
 static void mg_ux_met(mg_ux_t *ux, int kind) {
     int i = mg_upstream_met(ux->up);
     (void)i, (void)kind;
-    MG_MET(mg_met->up_req[i]++);
+    MG_MET(mg_met->n[i].up_req++);
     if (kind >= 0)
-        MG_MET(mg_met->up_err[i][kind]++);
+        MG_MET(mg_met->n[i].up_err[kind]++);
     ux->t1 = mg_now();
-    MG_MET(mg_met_hist(&mg_met->up_time[i], ux->t1 - ux->t0));
+    MG_MET(mg_met_hist(&mg_met->n[i].up_time, ux->t1 - ux->t0));
 }
 
 static void mg_ux_fail(mg_ux_t *ux, int status, const char *msg, int peer_fault) {
@@ -900,7 +900,7 @@ static int mg_uconn_read_once(mg_uconn_t *uc) {
         ux->uc = NULL;
         ux->sink->on_upgrade(ux->ud, &uc->io, ux->hv, ux->nh, extra ? pos : NULL, extra);
         mg_io_close(&uc->io); /* nothing if the sink took it */
-        MG_MET(mg_met->up_pool[uc->met]--);
+        MG_MET(mg_met->n[uc->met].up_pool--);
         free(uc);
         mg_ux_met(ux, -1);
         mg_ux_free(ux);
@@ -1119,7 +1119,7 @@ void mg_up_peer_mark(const char *upname, mg_peer_t *p, int down) {
     mg_up_peer_met(upname, p, down ? 2 : 1);
     if (down) {
         if (p->met)
-            MG_MET(mg_met->up_eject[p->met - 1]++);
+            MG_MET(mg_met->n[p->met - 1].up_eject++);
         p->hc.ejections++;
         p->down_until = HUGE_VAL;
     } else {

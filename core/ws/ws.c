@@ -450,7 +450,7 @@ static void mg_ws_free(mg_ws_t *ws) {
     if (!ws->client) {
         mg_ws_end_t e;
         mg_ws_end_info(ws, &e, "client");
-        MG_MET(mg_met->ws_close[ws->met][mg_met_ws_code(e.code)][mg_met_ws_side(e.by)]++);
+        MG_MET(mg_met->n[ws->met].ws_close[mg_met_ws_code(e.code)][mg_met_ws_side(e.by)]++);
         mg_met_ws_open(ws->met, mg_ws_met_mode(ws), ws->gen->id, -1);
     }
     event_del(&ws->rev);
@@ -794,7 +794,7 @@ static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg) {
     }
     if (wc->hb_timeout && now - ws->last_rx >= wc->hb_timeout * 0.95 / 1000.0) {
         mg_debug("websocket: peer silent for %.1fs, closing", now - ws->last_rx);
-        MG_MET(mg_met->ws_dead[ws->met] += !ws->client);
+        MG_MET(mg_met->n[ws->met].ws_dead += !ws->client);
         /* a dead peer will not answer the close: send it and go */
         mg_ws_close(ws, 1001, "peer timed out");
         mg_ws_finish(ws);
@@ -814,11 +814,11 @@ static void mg_ws_timer_cb(evutil_socket_t fd, short what, void *arg) {
             char msg[64];
             int n = snprintf(msg, sizeof(msg), "{\"type\":\"ping\",\"ts\":%lld}", (long long)now);
             mg_ws_send(ws, WSLAY_TEXT_FRAME, msg, n);
-            MG_MET(mg_met->ws_pings[ws->met]++);
+            MG_MET(mg_met->n[ws->met].ws_pings++);
         }
         if (wc->hb_frames && !ws->dead && mg_ws_wake(ws) == 0) {
             struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"", 0};
-            MG_MET(mg_met->ws_pings[ws->met] += !ws->client);
+            MG_MET(mg_met->n[ws->met].ws_pings += !ws->client);
             wslay_event_queue_msg(ws->ctx, &m);
             mg_ws_flush(ws);
         }
@@ -857,7 +857,7 @@ void mg_ws_drain_route_sockets(mg_gen_t *newgen) {
     while (ws) {
         mg_ws_t *next = ws->next;
         if (ws->gen != newgen && ws->conf->drain_on_reload && !ws->client) {
-            MG_MET(mg_met->ws_drained[ws->met]++);
+            MG_MET(mg_met->n[ws->met].ws_drained++);
             mg_ws_close(ws, 1012, "service restart, reconnect");
         }
         ws = next;

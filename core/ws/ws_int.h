@@ -75,8 +75,8 @@ struct mg_ws_s {
 static inline void mg_ws_met_msg(mg_ws_t *ws, int dir, uint64_t len) {
     (void)dir, (void)len;
     if (!ws->client) {
-        MG_MET(mg_met->ws_msgs[ws->met][dir]++);
-        MG_MET(mg_met->ws_bytes[ws->met][dir] += len);
+        MG_MET(mg_met->n[ws->met].ws_msgs[dir]++);
+        MG_MET(mg_met->n[ws->met].ws_bytes[dir] += len);
     }
 }
 

@@ -274,7 +274,7 @@ int mg_ws_send(mg_ws_t *ws, int opcode, const char *data, size_t len) {
     if (mg_ws_queued(ws) + len > ws->conf->send_buffer) {
         mg_warn("websocket: send buffer over %zu bytes (slow reader), closing with 1008",
                 ws->conf->send_buffer);
-        MG_MET(mg_met->ws_overflow[ws->met]++);
+        MG_MET(mg_met->n[ws->met].ws_overflow++);
         mg_ws_close(ws, 1008, "send buffer overflow");
         return MG_ERR;
     }

@@ -131,11 +131,11 @@ static void restart_keeps_counters(void) {
 
 static void upstream_and_health(void) {
     mg_metrics_attach(0, getpid());
-    mg_met->up_req[up_a] += 3;
-    mg_met->up_err[up_a][MG_MET_E_TIMEOUT]++;
-    mg_met_hist(&mg_met->up_time[up_a], 0.004);
-    mg_met->up_pool[up_a] = 2;
-    mg_met->up_idle[up_a] = 1;
+    mg_met->n[up_a].up_req += 3;
+    mg_met->n[up_a].up_err[MG_MET_E_TIMEOUT]++;
+    mg_met_hist(&mg_met->n[up_a].up_time, 0.004);
+    mg_met->n[up_a].up_pool = 2;
+    mg_met->n[up_a].up_idle = 1;
     mg_met->health[srv] = 1;
     render();
     CHECK(strstr(text, "moongate_upstream_requests_total{upstream=\"backend\"} 3\n") != NULL);
@@ -154,7 +154,7 @@ static void upstream_and_health(void) {
     CHECK(strstr(text, "moongate_upstream_requests_total{upstream=\"/api/\"}") == NULL);
     mg_metrics_attach(1, getpid());
     mg_met->health[srv] = 2; /* one worker has it down */
-    mg_met->up_eject[srv]++;
+    mg_met->n[srv].up_eject++;
     CHECK(has("moongate_upstream_server_up{upstream=\"backend\",server=\"127.0.0.1:9001\"} 0\n"));
     CHECK(has("moongate_upstream_server_ejections_total{upstream=\"backend\","
               "server=\"127.0.0.1:9001\"} 1\n"));
@@ -164,11 +164,11 @@ static void websockets(void) {
     mg_metrics_attach(0, getpid());
     mg_met_ws_open(r_ws, MG_MET_WS_RELAY, 7, 1);
     mg_met_ws_open(r_ws, MG_MET_WS_RELAY, 7, 1);
-    mg_met->ws_msgs[r_ws][MG_MET_IN] += 5;
-    mg_met->ws_bytes[r_ws][MG_MET_OUT] += 50;
-    mg_met->ws_close[r_ws][mg_met_ws_code(1012)][mg_met_ws_side("moongate")]++;
-    mg_met->ws_close[r_ws][mg_met_ws_code(4001)][mg_met_ws_side("client")]++;
-    mg_met->ws_drained[r_ws]++;
+    mg_met->n[r_ws].ws_msgs[MG_MET_IN] += 5;
+    mg_met->n[r_ws].ws_bytes[MG_MET_OUT] += 50;
+    mg_met->n[r_ws].ws_close[mg_met_ws_code(1012)][mg_met_ws_side("moongate")]++;
+    mg_met->n[r_ws].ws_close[mg_met_ws_code(4001)][mg_met_ws_side("client")]++;
+    mg_met->n[r_ws].ws_drained++;
     mg_metrics_attach(1, getpid());
     mg_met_ws_open(r_ws, MG_MET_WS_HANDLER, 7, 1);
     mg_met_ws_open(r_ws, MG_MET_WS_HANDLER, 8, 1);
@@ -222,11 +222,11 @@ static void readers(void) {
     mg_met_http(r_api, MG_MET_M_POST, 503, 0.001, 0, 0);
     mg_metrics_attach(1, getpid());
     mg_met_http(r_api, MG_MET_M_OTHER, 0, 0.001, 0, 0);
-    mg_met->up_err[up_a][MG_MET_E_TIMEOUT] += 2;
+    mg_met->n[up_a].up_err[MG_MET_E_TIMEOUT] += 2;
     CHECK_INT(mg_metrics_http_requests(r_api), before + 3); /* every method, status, slot */
     CHECK_INT(mg_metrics_http_requests(-1), 0);
     mg_metrics_attach(0, getpid());
-    mg_met->up_err[up_a][MG_MET_E_TIMEOUT]++;
+    mg_met->n[up_a].up_err[MG_MET_E_TIMEOUT]++;
     mg_metrics_upstream_sum(up_a, &u);
     CHECK_INT(u.errors[MG_MET_E_TIMEOUT], tmo + 3);
     /* generations in use: published absolute per slot, summed */
