@@ -64,7 +64,7 @@ static int mg_proxy_method_idempotent(int m) {
  * into the head, chunk-framed when the client chunks). Returns 0, or -1
  * after answering. */
 static int mg_proxy_begin(mg_req_t *r, struct evbuffer *pre) {
-    struct evbuffer *h = evbuffer_new();
+    struct evbuffer *h = mg_ux_buf_new();
     mg_route_t *rt = r->route;
     const mg_lproxy_t *lp = r->lproxy;
     const char *path = r->hbuf, *query = r->hbuf + r->path_len;
@@ -225,13 +225,18 @@ static int mg_proxy_ctype_ok(const mg_lproxy_t *lp, int status, mg_kv_t *hdrs, i
                              int64_t clen, int head_only) {
     const char *want = mg_lproxy_ctype(lp);
     size_t wl = (size_t)lp->ctype_len;
+    int w0 = (unsigned char)want[0] | 0x20;
     if (head_only || status == 204 || status == 304 || clen == 0)
         return 1;
     for (int i = 0; i < nhdrs; i++) {
         if (!mg_name_eq(hdrs[i].name, hdrs[i].nlen, "content-type", 12))
             continue;
+        /* want anywhere in the value, any case; the first byte folded
+         * (| 0x20 keeps bytes equal without case equal) before the call,
+         * as mg_name_eq does: most positions stop there */
         for (size_t j = 0; j + wl <= hdrs[i].vlen; j++)
-            if (strncasecmp(hdrs[i].value + j, want, wl) == 0)
+            if (((unsigned char)hdrs[i].value[j] | 0x20) == w0 &&
+                strncasecmp(hdrs[i].value + j, want, wl) == 0)
                 return 1;
         return 0;
     }

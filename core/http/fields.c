@@ -54,27 +54,26 @@ const char *mg_http_status_text(int s) {
 
 /* Hop-by-hop headers (RFC 9110 7.6.1) plus the framing ones we redo. */
 int mg_http_hop_by_hop(const char *n, size_t l) {
-    static const struct {
-        const char *s;
-        size_t l;
-    } hop[] = {{"connection", 10},       {"keep-alive", 10},         {"te", 2},
-               {"trailer", 7},           {"transfer-encoding", 17},  {"upgrade", 7},
-               {"proxy-connection", 16}, {"proxy-authenticate", 18}, {"proxy-authorization", 19},
-               {"content-length", 14}};
-    if (l >= 6 && (n[0] | 0x20) == 'p' && strncasecmp(n, "proxy-", 6) == 0)
-        return 1; /* Proxy-Connection, Proxy-Authorization, ... */
-    switch (l) {  /* most headers are none of these lengths */
-    case 2:
-    case 7:
-    case 10:
-    case 14:
-    case 17: break;
-    default: return 0;
+    /* by the first byte without case (| 0x20: bytes equal without case
+     * stay equal, so a name that matches takes its letter's branch), then
+     * the length and the name (mg_name_eq): at most one strncasecmp */
+    if (l < 2)
+        return 0;
+    switch ((unsigned char)n[0] | 0x20) {
+    case 'p': /* Proxy-Connection, Proxy-Authorization, ... */
+        return l >= 6 && strncasecmp(n, "proxy-", 6) == 0;
+    case 't':
+        return MG_NAME_IS(n, l, "te") || MG_NAME_IS(n, l, "trailer") ||
+               MG_NAME_IS(n, l, "transfer-encoding");
+    case 'c':
+        return MG_NAME_IS(n, l, "connection") || MG_NAME_IS(n, l, "content-length");
+    case 'k':
+        return MG_NAME_IS(n, l, "keep-alive");
+    case 'u':
+        return MG_NAME_IS(n, l, "upgrade");
+    default:
+        return 0;
     }
-    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-        if (hop[i].l == l && strncasecmp(hop[i].s, n, l) == 0)
-            return 1;
-    return 0;
 }
 
 static int mg_http_lines_reserve(mg_lines_t *l, size_t n) {

@@ -98,8 +98,7 @@ enum { MG_T_NONE, MG_T_SEND, MG_T_HEAD, MG_T_BODY };
 struct mg_ux_s {
     mg_upstream_t *up;
     mg_uconn_t *uc;
-    struct evbuffer *out;  /* request bytes not yet written */
-    struct evbuffer *head; /* copy of the head, for a retry on a fresh connection */
+    struct evbuffer *out; /* request bytes not yet written */
     llhttp_t parser;
     const mg_ux_sink_t *sink;
     void *ud;
@@ -133,6 +132,10 @@ struct mg_ux_s {
     /* kept across reuse (not zeroed): response head storage */
     char *hbuf;
     size_t hlen, hcap;
+    /* a copy of the request head (and of any body sent with it), for a
+     * retry on a fresh connection: rqlen bytes, reset by mg_ux_start */
+    char *rq;
+    size_t rqlen, rqcap;
     mg_kv_t hv[MG_UX_MAX_HDRS];
     uint32_t hoff[MG_UX_MAX_HDRS][4];
 };
@@ -140,6 +143,28 @@ struct mg_ux_s {
 /* Exchanges are recycled: no calloc of the head arrays per request. */
 static mg_ux_t *mg_ux_free_list;
 static int mg_ux_free_count;
+/* the retry copy a recycled exchange keeps (larger ones are freed) */
+#define MG_UX_RQ_KEEP (16 * 1024)
+
+/* Request buffers (mg_ux_buf_new) are recycled too: an exchange's `out`
+ * goes back here, empty, when it ends: no evbuffer_new/evbuffer_free per
+ * request. */
+#define MG_UX_BUFS 64
+static struct evbuffer *mg_ux_bufs[MG_UX_BUFS];
+static int mg_ux_nbufs;
+
+struct evbuffer *mg_ux_buf_new(void) {
+    return mg_ux_nbufs ? mg_ux_bufs[--mg_ux_nbufs] : evbuffer_new();
+}
+
+static void mg_ux_buf_free(struct evbuffer *b) {
+    if (mg_ux_nbufs < MG_UX_BUFS) {
+        evbuffer_drain(b, evbuffer_get_length(b));
+        mg_ux_bufs[mg_ux_nbufs++] = b;
+        return;
+    }
+    evbuffer_free(b);
+}
 
 static mg_peer_t *mg_peers;
 
@@ -505,7 +530,7 @@ static void mg_ux_retry_or_fail(mg_ux_t *ux, int status, const char *msg, int co
     /* a stale pooled connection: resend on a fresh one when safe */
     if (was_reused && !ux->got_resp && ux->idempotent && !ux->body_sent && ux->req_done) {
         evbuffer_drain(ux->out, evbuffer_get_length(ux->out));
-        evbuffer_add_buffer_reference(ux->out, ux->head);
+        evbuffer_add(ux->out, ux->rq, ux->rqlen);
         ux->tries--;
         mg_ux_connect(ux);
         return;
@@ -569,15 +594,19 @@ static void mg_ux_fail(mg_ux_t *ux, int status, const char *msg, int peer_fault)
 static void mg_ux_free(mg_ux_t *ux) {
     if (ux->uc)
         mg_uconn_close(ux->uc);
-    evbuffer_free(ux->out);
+    mg_ux_buf_free(ux->out);
     if (mg_ux_free_count < 256) {
-        evbuffer_drain(ux->head, evbuffer_get_length(ux->head));
+        if (ux->rqcap > MG_UX_RQ_KEEP) {
+            free(ux->rq);
+            ux->rq = NULL;
+            ux->rqcap = 0;
+        }
         ux->next_free = mg_ux_free_list;
         mg_ux_free_list = ux;
         mg_ux_free_count++;
         return;
     }
-    evbuffer_free(ux->head);
+    free(ux->rq);
     free(ux->hbuf);
     free(ux);
 }
@@ -586,18 +615,15 @@ mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, i
                      const mg_ux_sink_t *sink, void *ud, int timeout_ms) {
     mg_ux_t *ux = mg_ux_free_list;
     if (ux) {
-        struct evbuffer *hc = ux->head;
         mg_ux_free_list = ux->next_free;
         mg_ux_free_count--;
         memset(ux, 0, offsetof(mg_ux_t, hbuf));
-        ux->head = hc;
     } else {
         ux = calloc(1, sizeof(*ux));
         if (ux == NULL) {
             evbuffer_free(head);
             return NULL;
         }
-        ux->head = evbuffer_new();
     }
     ux->up = up;
     ux->out = head;
@@ -609,14 +635,24 @@ mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, i
     ux->body_ms = timeout_ms > 0 ? timeout_ms : up->body_timeout;
     ux->t0 = mg_now();
     ux->t1 = 0;
-    if (ux->head == NULL) {
-        evbuffer_free(head);
-        free(ux);
-        return NULL;
-    }
     ux->hlen = 0;
-    if (idempotent)
-        evbuffer_add(ux->head, evbuffer_pullup(head, -1), evbuffer_get_length(head));
+    ux->rqlen = 0;
+    if (idempotent) {
+        size_t n = evbuffer_get_length(head);
+        if (n > ux->rqcap) {
+            char *b = realloc(ux->rq, n);
+            if (b) {
+                ux->rq = b;
+                ux->rqcap = n;
+            }
+        }
+        if (n <= ux->rqcap) {
+            evbuffer_copyout(head, ux->rq, n);
+            ux->rqlen = n;
+        } else {
+            ux->idempotent = 0; /* no copy (out of memory): no retry */
+        }
+    }
     ux->in_start = 1;
     mg_ux_connect(ux);
     ux->in_start = 0;

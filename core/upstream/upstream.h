@@ -42,6 +42,9 @@ typedef struct {
  * the exchange frees itself. */
 mg_ux_t *mg_ux_start(mg_upstream_t *up, struct evbuffer *head, int idempotent, int head_only,
                      const mg_ux_sink_t *sink, void *ud, int timeout_ms);
+/* An empty evbuffer for mg_ux_start's head, from the exchanges' recycled
+ * ones (evbuffer_new when none is left); NULL when out of memory. */
+struct evbuffer *mg_ux_buf_new(void);
 void mg_ux_send(mg_ux_t *ux, const char *data, size_t len);
 void mg_ux_end(mg_ux_t *ux);
 size_t mg_ux_pending(mg_ux_t *ux); /* request bytes not yet written */

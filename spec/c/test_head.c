@@ -7,7 +7,9 @@
  * mg_value_ok (eight bytes a step) and mg_http_field_ok against byte-wise
  * references on every byte at every offset and on random values; the
  * header-line helpers (mg_http_lines_have, mg_http_lines_remove) against
- * their former loops.
+ * their former loops; and mg_http_hop_by_hop against the table it replaced,
+ * on every byte at every offset of each hop-by-hop name, of its prefixes and
+ * of its case variants.
  */
 #include "ct.h"
 #include "ct_req.h"
@@ -321,6 +323,56 @@ static void header_lines(void) {
     CHECK_INT(mg_http_lines_have("A: b:\r\n", 7, "b", 1), 0);
 }
 
+/* mg_http_hop_by_hop as it was: a table of names and the proxy- prefix */
+static int hop_ref(const char *n, size_t l) {
+    static const char *const hop[] = {"connection", "keep-alive", "te", "trailer",
+                                      "transfer-encoding", "upgrade", "proxy-connection",
+                                      "proxy-authenticate", "proxy-authorization",
+                                      "content-length"};
+    if (l >= 6 && strncasecmp(n, "proxy-", 6) == 0)
+        return 1;
+    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+        if (strlen(hop[i]) == l && strncasecmp(hop[i], n, l) == 0)
+            return 1;
+    return 0;
+}
+
+static void hop_names(void) {
+    static const char *const names[] = {"connection", "keep-alive", "te", "trailer",
+                                        "transfer-encoding", "upgrade", "proxy-connection",
+                                        "proxy-authenticate", "proxy-authorization",
+                                        "content-length", "proxy-x", "proxy-", "content-type",
+                                        "date", "server", "host", "t", "x-upgrade", "tE"};
+    char v[32];
+    int bad = 0, hits = 0;
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        size_t n = strlen(names[k]);
+        /* every prefix, with every byte at every offset */
+        for (size_t len = 0; len <= n; len++)
+            for (size_t at = 0; at < len; at++)
+                for (int b = 0; b < 256; b++) {
+                    memcpy(v, names[k], len);
+                    v[at] = (char)b;
+                    bad += mg_http_hop_by_hop(v, len) != hop_ref(v, len);
+                }
+        /* the case of each letter flipped, by the bits of i */
+        for (unsigned i = 0; i < 4096; i++) {
+            memcpy(v, names[k], n);
+            for (size_t j = 0; j < n && j < 12; j++)
+                if ((i >> j) & 1 && v[j] >= 'a' && v[j] <= 'z')
+                    v[j] = (char)(v[j] - 32);
+            hits += mg_http_hop_by_hop(v, n);
+            bad += mg_http_hop_by_hop(v, n) != hop_ref(v, n);
+        }
+    }
+    CHECK_INT(bad, 0);
+    CHECK(hits > 0);
+    CHECK_INT(mg_http_hop_by_hop("Transfer-Encoding", 17), 1);
+    CHECK_INT(mg_http_hop_by_hop("Proxy-Whatever", 14), 1);
+    CHECK_INT(mg_http_hop_by_hop("Content-Type", 12), 0);
+    CHECK_INT(mg_http_hop_by_hop("", 0), 0);
+}
+
 int main(void) {
     CT_RUN(host_chars);
     CT_RUN(te_values);
@@ -333,5 +385,6 @@ int main(void) {
     CT_RUN(dot_segments);
     CT_RUN(value_words);
     CT_RUN(header_lines);
+    CT_RUN(hop_names);
     return ct_end();
 }
