@@ -65,14 +65,10 @@ int mg_http_hop_by_hop(const char *n, size_t l) {
     case 't':
         return MG_NAME_IS(n, l, "te") || MG_NAME_IS(n, l, "trailer") ||
                MG_NAME_IS(n, l, "transfer-encoding");
-    case 'c':
-        return MG_NAME_IS(n, l, "connection") || MG_NAME_IS(n, l, "content-length");
-    case 'k':
-        return MG_NAME_IS(n, l, "keep-alive");
-    case 'u':
-        return MG_NAME_IS(n, l, "upgrade");
-    default:
-        return 0;
+    case 'c': return MG_NAME_IS(n, l, "connection") || MG_NAME_IS(n, l, "content-length");
+    case 'k': return MG_NAME_IS(n, l, "keep-alive");
+    case 'u': return MG_NAME_IS(n, l, "upgrade");
+    default: return 0;
     }
 }
 

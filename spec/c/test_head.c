@@ -325,10 +325,11 @@ static void header_lines(void) {
 
 /* mg_http_hop_by_hop as it was: a table of names and the proxy- prefix */
 static int hop_ref(const char *n, size_t l) {
-    static const char *const hop[] = {"connection", "keep-alive", "te", "trailer",
-                                      "transfer-encoding", "upgrade", "proxy-connection",
-                                      "proxy-authenticate", "proxy-authorization",
-                                      "content-length"};
+    static const char *const hop[] = {
+        "connection",       "keep-alive",         "te",
+        "trailer",          "transfer-encoding",  "upgrade",
+        "proxy-connection", "proxy-authenticate", "proxy-authorization",
+        "content-length"};
     if (l >= 6 && strncasecmp(n, "proxy-", 6) == 0)
         return 1;
     for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
@@ -338,11 +339,25 @@ static int hop_ref(const char *n, size_t l) {
 }
 
 static void hop_names(void) {
-    static const char *const names[] = {"connection", "keep-alive", "te", "trailer",
-                                        "transfer-encoding", "upgrade", "proxy-connection",
-                                        "proxy-authenticate", "proxy-authorization",
-                                        "content-length", "proxy-x", "proxy-", "content-type",
-                                        "date", "server", "host", "t", "x-upgrade", "tE"};
+    static const char *const names[] = {"connection",
+                                        "keep-alive",
+                                        "te",
+                                        "trailer",
+                                        "transfer-encoding",
+                                        "upgrade",
+                                        "proxy-connection",
+                                        "proxy-authenticate",
+                                        "proxy-authorization",
+                                        "content-length",
+                                        "proxy-x",
+                                        "proxy-",
+                                        "content-type",
+                                        "date",
+                                        "server",
+                                        "host",
+                                        "t",
+                                        "x-upgrade",
+                                        "tE"};
     char v[32];
     int bad = 0, hits = 0;
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
