@@ -20,7 +20,6 @@ local type = type
 local pairs = pairs
 local ipairs = ipairs
 local tostring = tostring
-local setmetatable = setmetatable
 local io_open = io.open
 local gmatch = string.gmatch
 local lower = string.lower
@@ -253,9 +252,10 @@ local function claim_headers(conf, claims)
   return out
 end
 
--- verified tokens per conf: token -> { header, claims, upstream headers };
--- only tokens that passed the static claim checks are kept
-local caches = setmetatable({}, { __mode = "k" })
+-- verified tokens, per conf (conf._cache, made on first use: a field of
+-- the conf, not a weak table keyed by it, so a request reads it by a
+-- constant key): token -> { header, claims, upstream headers }; only
+-- tokens that passed the static claim checks are kept
 
 local function unauthorized(why)
   local www = why == "missing token" and 'Bearer realm="moongate"'
@@ -264,10 +264,10 @@ local function unauthorized(why)
 end
 
 function _M.access(conf, req, ctx)
-  local cache = caches[conf]
+  local cache = conf._cache
   if not cache then
     cache = { n = 0, map = {} }
-    caches[conf] = cache
+    conf._cache = cache
   end
   -- the usual case: the Authorization value of a token verified before
   local raw = req:header(conf._header)

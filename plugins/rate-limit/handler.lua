@@ -82,15 +82,16 @@ local function hex(s)
   return (str_format(str_rep("%02x", #s), byte(s, 1, -1)))
 end
 
--- bucket keys made before, per conf and prefix: value -> key, so a client
--- seen again costs a table lookup, not a concatenation (and a hash, for a
--- long value). Bounded: emptied when KEY_CACHE_MAX keys are in it.
+-- bucket keys made before, per conf (conf._kc) and prefix: value -> key,
+-- so a client seen again costs a table lookup, not a concatenation (and a
+-- hash, for a long value). Bounded: emptied when KEY_CACHE_MAX keys are in
+-- it. Kept in the conf, not in a weak table keyed by it: a request reads
+-- it by a constant key.
 local KEY_CACHE_MAX = 4096
-local key_caches = setmetatable({}, { __mode = "k" })
 
 local function key_cache(conf)
   local kc = { n = 0, key = {}, ip = {} }
-  key_caches[conf] = kc
+  conf._kc = kc
   return kc
 end
 
@@ -104,7 +105,7 @@ local function bucket_key(conf, req, ctx)
     v = claims and claims[conf.claim]
     if v ~= nil and type(v) ~= "string" then v = tostring(v) end
   end
-  local kc = key_caches[conf] or key_cache(conf)
+  local kc = conf._kc or key_cache(conf)
   local map, prefix = kc.key, conf._prefix or prefixes(conf)
   if v == nil or v == "" then
     map, prefix, v = kc.ip, conf._ip_prefix, ctx.client_ip or req.remote_addr
@@ -121,12 +122,18 @@ local function bucket_key(conf, req, ctx)
   return key
 end
 
--- the dictionaries, opened once per worker
+-- the dictionaries, opened once per worker; a conf keeps its own (conf._dict)
 local dicts = setmetatable({}, { __index = function(t, name)
   local d = moongate.shared[name]
   t[name] = d
   return d
 end })
+
+local function dict_of(conf)
+  local d = dicts[conf.dict]
+  conf._dict = d
+  return d
+end
 
 -- per worker: is Redis failing (for the log line once per outage)
 local redis_failing = false
@@ -171,7 +178,7 @@ function _M.access(conf, req, ctx)
     end
   end
   if allowed == nil then
-    allowed, remaining, retry = dicts[conf.dict]:take(key, conf._rate, conf._burst, 1)
+    allowed, remaining, retry = (conf._dict or dict_of(conf)):take(key, conf._rate, conf._burst, 1)
   end
   if allowed == nil then
     moongate.log.error("rate-limit: shared dict '", conf.dict, "': ", tostring(remaining))
