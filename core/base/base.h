@@ -41,7 +41,7 @@ void mg_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 #define mg_error(...) mg_log(MG_LOG_ERROR, __VA_ARGS__)
 int mg_log_level_parse(const char *s);
 /* Access log: one JSON line per request, buffered per worker (flushed at
- * 64 KiB, on a 200 ms timer and at exit) so it costs no syscall per request. */
+ * 256 KiB, on a 200 ms timer and at exit) so it costs no syscall per request. */
 struct event_base;
 void mg_access_log_init(struct event_base *base);
 void mg_access_log_write(const char *line, size_t len);
