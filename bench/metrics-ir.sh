@@ -7,7 +7,7 @@
 # run of WARM + N proxied keep-alive requests (/plain -> an upstream.py on
 # 127.0.0.1) less those of a run of WARM requests (start and exit cancel
 # out): the ratio on/off of instructions per request. What this does not
-# see: the kernel's side of the access log's write() (one per 64 KiB of
+# see: the kernel's side of the access log's write() (one per 256 KiB of
 # lines) and cache misses; bench/metrics.sh measures those, on a quiet machine.
 # The generation's load (mg_load_gen: the conf's Lua, run once by every
 # worker) is not counted: it is the same work in both runs, but its count

@@ -28,8 +28,8 @@ static const char *mg_log_names[] = {"debug", "info", "warn", "error"};
  * write's size (ext4 here, 432-byte lines, median of 10: ~226 ns of system
  * time per line written 64 KiB at a time, ~157 at 256 KiB); the 200 ms
  * timer still bounds how long a line waits */
-static char mg_access_buf[256 * 1024];
-static size_t mg_access_len;
+char mg_access_buf[MG_ACCESS_BUF_SIZE]; /* base.h's inline begin/commit fill it */
+size_t mg_access_len;
 static struct event *mg_access_timer;
 static int mg_access_fd = STDERR_FILENO;
 static char mg_access_path[4096]; /* the file mg_access_fd is, or "" (stderr, stdout) */
@@ -99,21 +99,6 @@ void mg_access_log_write(const char *line, size_t len) {
     }
     memcpy(mg_access_buf + mg_access_len, line, len);
     mg_access_len += len;
-}
-
-void mg_access_log_begin(mg_fmt_t *b, size_t max) {
-    if (max > MG_ACCESS_LINE_MAX)
-        max = MG_ACCESS_LINE_MAX;
-    if (sizeof(mg_access_buf) - mg_access_len < max)
-        mg_access_log_flush(); /* empties it (what a failed write held is dropped) */
-    b->p = mg_access_buf + mg_access_len;
-    b->len = 0;
-    b->cap = max;
-}
-
-void mg_access_log_commit(const mg_fmt_t *b) {
-    if (b->p == mg_access_buf + mg_access_len && b->len <= sizeof(mg_access_buf) - mg_access_len)
-        mg_access_len += b->len;
 }
 
 /* Opens path for the access log: the descriptor, or -1 (logged). */

@@ -8,7 +8,7 @@
  * the walk and the last good one stands (nginx's choice too): a client can
  * always write what it likes at the left of the chain, so only what trusted
  * hops wrote is believed. Computed once per request, on first use, into the
- * request; a server with no trusted_proxies costs one branch.
+ * request; a generation with no trusted_proxies anywhere costs one compare.
  */
 #include "http/http.h"
 
@@ -79,10 +79,36 @@ static int mg_http_ip_parse(const char *s, size_t n, uint8_t *out) {
     return fam == AF_INET ? 4 : 16;
 }
 
+/* Whether any server of a generation has trusted_proxies, kept for the
+ * last generation asked (by its address and id: a freed generation's
+ * address may come back with another id). Most have none: then a
+ * request costs this compare, not its server's lookup. */
+static struct {
+    const mg_gen_t *gen;
+    unsigned id;
+    int any;
+} mg_http_trusts;
+
+__attribute__((noinline)) static int mg_http_gen_trusts_new(const mg_gen_t *g) {
+    int any = 0;
+    for (int i = 0; i < g->nedge && !any; i++)
+        any = g->edge[i].ntrusted > 0;
+    mg_http_trusts.gen = g;
+    mg_http_trusts.id = g->id;
+    mg_http_trusts.any = any;
+    return any;
+}
+
+static inline int mg_http_gen_trusts(const mg_gen_t *g) {
+    if (g == mg_http_trusts.gen && g->id == mg_http_trusts.id)
+        return mg_http_trusts.any;
+    return mg_http_gen_trusts_new(g);
+}
+
 /* The trusted_proxies of r's server, or NULL when it has none. */
 static const mg_edge_t *mg_http_edge_of(const mg_req_t *r) {
     int srv;
-    if (r->gen == NULL || r->gen->nedge == 0)
+    if (r->gen == NULL || !mg_http_gen_trusts(r->gen))
         return NULL;
     srv = r->route ? r->route->server : mg_gen_server_of(r->gen, r->lidx);
     if (srv < 0 || srv >= r->gen->nedge || r->gen->edge[srv].ntrusted == 0)
@@ -128,15 +154,14 @@ static int mg_http_xff_walk(mg_req_t *r, const mg_edge_t *e, uint8_t *addr, int 
     return moved;
 }
 
-static void mg_http_client_work_out(mg_req_t *r) {
+__attribute__((noinline)) static void mg_http_client_walk(mg_req_t *r) {
     const mg_edge_t *e = mg_http_edge_of(r);
     const char *peer;
     uint8_t addr[16];
     int alen;
 
-    r->client_done = 1;
     if (e == NULL)
-        return; /* the common case: no copy, the peer is the client */
+        return; /* no copy, the peer is the client */
     peer = mg_req_peer_ip(r);
     alen = mg_http_ip_parse(peer, strlen(peer), addr);
     if (alen == 0 || !mg_http_cidr_match(e->trusted, e->ntrusted, addr, alen))
@@ -145,6 +170,14 @@ static void mg_http_client_work_out(mg_req_t *r) {
     if (mg_http_xff_walk(r, e, addr, &alen) &&
         inet_ntop(alen == 4 ? AF_INET : AF_INET6, addr, r->client_ip, sizeof(r->client_ip)))
         r->client_moved = 1;
+}
+
+/* The common case (no trusted_proxies in the generation) inline, the
+ * walk out of line */
+static inline void mg_http_client_work_out(mg_req_t *r) {
+    r->client_done = 1;
+    if (r->gen != NULL && mg_http_gen_trusts(r->gen))
+        mg_http_client_walk(r);
 }
 
 /* Both cache into the request: logically const (the answer never changes

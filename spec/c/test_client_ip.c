@@ -295,6 +295,35 @@ static void prefix_bits(void) {
     CHECK_INT(mg_req_peer_trusted(&req), 1);
 }
 
+/* Whether a generation has any trusted_proxies is kept for the last one
+ * asked (by address and id): one without them, back, and another
+ * generation at the same address */
+static void gen_switch(void) {
+    static const char *const kv[] = {"X-Forwarded-For", "192.0.2.9", NULL};
+    static mg_gen_t plain;
+    static mg_edge_t none[2];
+    plain.id = gen.id + 1;
+    plain.edge = none;
+    plain.nedge = 2;
+    head("127.0.0.1", 1, kv);
+    CHECK_STR(mg_req_client_ip(&req), "192.0.2.9");
+    head("127.0.0.1", 1, kv);
+    req.gen = &plain;
+    CHECK_STR(mg_req_client_ip(&req), "127.0.0.1");
+    CHECK_INT(mg_req_peer_trusted(&req), 0);
+    head("127.0.0.1", 1, kv);
+    CHECK_STR(mg_req_client_ip(&req), "192.0.2.9");
+    CHECK_INT(mg_req_peer_trusted(&req), 1);
+    head("127.0.0.1", 1, kv);
+    req.gen = &plain;
+    CHECK_STR(mg_req_client_ip(&req), "127.0.0.1");
+    plain.id++; /* freed, and a new one where it was */
+    plain.edge = edge;
+    head("127.0.0.1", 1, kv);
+    req.gen = &plain;
+    CHECK_STR(mg_req_client_ip(&req), "192.0.2.9");
+}
+
 /* ---- fwd.c from a trusted peer ---- */
 
 static const char *forward(char *out, size_t cap) {
@@ -353,6 +382,7 @@ int main(void) {
     CT_RUN(pp_v2_bad);
     CT_RUN(xff_walk);
     CT_RUN(prefix_bits);
+    CT_RUN(gen_switch);
     CT_RUN(fwd_trusted);
     return ct_end();
 }
