@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 /* the fixed clock when a test set one, as core/loop/timer.c reads it */
@@ -446,6 +447,37 @@ static void property(void) {
     CHECK(rounds > 1000 && fired > 1000);
 }
 
+/* ---- request ids (core/loop/loop.c) ---- */
+
+/* mg_request_id against the loop it replaced: the rng's next two draws,
+ * each as 16 hex digits lowest nibble first, then a NUL and nothing past
+ * it; on 200 000 random rng states */
+static void request_ids(void) {
+    static const char hex[] = "0123456789abcdef";
+    uint64_t keep0 = mg_worker.rng[0], keep1 = mg_worker.rng[1];
+    int bad = 0;
+    rng_state = 0x9e3779b97f4a7c15ULL;
+    for (int n = 0; n < 200000; n++) {
+        char id[40], want[33];
+        uint64_t s0 = rnd() | 1, s1 = rnd(), a, b;
+        mg_worker.rng[0] = s0, mg_worker.rng[1] = s1;
+        a = mg_rng_next();
+        b = mg_rng_next();
+        for (int i = 0; i < 16; i++) {
+            want[i] = hex[(a >> (i * 4)) & 15];
+            want[16 + i] = hex[(b >> (i * 4)) & 15];
+        }
+        want[32] = '\0';
+        memset(id, 'x', sizeof id);
+        mg_worker.rng[0] = s0, mg_worker.rng[1] = s1;
+        mg_request_id(id);
+        if (memcmp(id, want, 33) != 0 || id[33] != 'x')
+            bad++;
+    }
+    CHECK_INT(bad, 0);
+    mg_worker.rng[0] = keep0, mg_worker.rng[1] = keep1;
+}
+
 int main(void) {
     mg_worker.base = event_base_new();
     CT_RUN(order_by_deadline);
@@ -454,6 +486,7 @@ int main(void) {
     CT_RUN(free_in_callback);
     CT_RUN(property);
     CT_RUN(many_durations);
+    CT_RUN(request_ids);
     event_base_free(mg_worker.base);
     return ct_end();
 }
