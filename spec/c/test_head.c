@@ -318,9 +318,12 @@ static void header_lines(void) {
         bad += a.len != b.len || memcmp(a.p, b.p, a.len) != 0;
     }
     CHECK_INT(bad, 0);
-    CHECK_INT(mg_http_lines_have("A: 1\r\nB: 2\r\n", 14, "b", 1), 1);
-    CHECK_INT(mg_http_lines_have("A: 1\r\nB: 2", 12, "b", 1), 1);
-    CHECK_INT(mg_http_lines_have("A: b:\r\n", 7, "b", 1), 0);
+    /* the lengths from the literals (hand counts read past them: ASan) */
+#define LINES_HAVE(lit, name) mg_http_lines_have(lit, sizeof(lit) - 1, name, strlen(name))
+    CHECK_INT(LINES_HAVE("A: 1\r\nB: 2\r\n", "b"), 1);
+    CHECK_INT(LINES_HAVE("A: 1\r\nB: 2", "b"), 1);
+    CHECK_INT(LINES_HAVE("A: b:\r\n", "b"), 0);
+#undef LINES_HAVE
 }
 
 /* mg_http_hop_by_hop as it was: a table of names and the proxy- prefix */
