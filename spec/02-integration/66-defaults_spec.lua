@@ -259,7 +259,11 @@ describe("make run", function()
         local log = function() return helpers.read_file(dir .. "/log") or "" end
         assert.truthy(pid, log())
         local ok, err = pcall(function()
-            assert.truthy(log():find("master " .. pid, 1, true), log())
+            -- the pid file and the listeners come before the master's line
+            -- (slower under ASan): wait for it, bounded
+            assert.truthy(helpers.wait_until(function()
+                return log():find("master " .. pid, 1, true)
+            end, 10), log())
             local out, rc = helpers.sh(fmt("cd %s && kill -HUP $(cat moongate.pid)", shq(root)))
             assert.equal(0, rc, out)
             assert.truthy(helpers.wait_until(function()
