@@ -19,6 +19,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/types.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define MG_VERSION "0.1.0"
 
@@ -264,6 +267,22 @@ typedef struct {
     int map;
 } mg_fmt_qmap_t;
 int mg_fmt_put_plain_q(mg_fmt_t *b, const char *s, size_t n, mg_fmt_qmap_t *q);
+#ifdef __SSE2__
+/* 16 bytes: a bit per byte that needs a JSON escape (mg_fmt_esc's bytes:
+ * signed, below 0x20, which takes the controls and every byte >= 0x80,
+ * or 0x7f, '"' or '\\') */
+static inline unsigned mg_fmt_esc_bits16(__m128i v) {
+    __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)),
+                             _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)));
+    m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                                     _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))));
+    return (unsigned)_mm_movemask_epi8(m);
+}
+/* a bit per byte of v that is c */
+static inline unsigned mg_fmt_ch_bits16(__m128i v, char c) {
+    return (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(c)));
+}
+#endif
 void mg_fmt_put_iso_ms(mg_fmt_t *b, int64_t ms);
 
 /* Building an access-log line in place: b over max free bytes at the end

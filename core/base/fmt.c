@@ -9,9 +9,6 @@
 
 #include <stdio.h>
 #include <time.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
 /* two digits at a time: "00" .. "99" */
 const char mg_fmt_d2[201] = "0001020304050607080910111213141516171819"
@@ -163,15 +160,8 @@ static inline int mg_fmt_esc8(const char *s) {
 }
 
 #ifdef __SSE2__
-/* 16 bytes at a time: a byte needs an escape when, signed, it is < 0x20
- * (the controls and every byte >= 0x80), or it is 0x7f, '"' or '\\' */
-static inline int mg_fmt_esc16(__m128i v) {
-    __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)),
-                             _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)));
-    m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
-                                     _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))));
-    return _mm_movemask_epi8(m) != 0;
-}
+/* 16 bytes at a time (base.h's mask of the bytes to escape) */
+static inline int mg_fmt_esc16(__m128i v) { return mg_fmt_esc_bits16(v) != 0; }
 #endif
 
 /* The common case, a string that needs no escape and fits (n <= take):

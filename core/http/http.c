@@ -525,57 +525,6 @@ static inline void mg_http_log_kept(mg_fmt_t *b, const char *kept, size_t n) {
     b->len += n;
 }
 
-/* The route of the last line, escaped, kept per worker: the same route
- * follows itself line after line. Keyed by the name's address and the
- * generation's id: a route's name lives, unchanged, as long as its
- * generation, and an id is never reused, so a name freed with its
- * generation and another at the same address is a miss. */
-static struct {
-    const char *s;
-    unsigned gen_id;
-    size_t n;
-    char esc[400];
-} mg_http_lroute;
-
-static void mg_http_log_route_of(mg_fmt_t *b, const mg_req_t *r) {
-    const mg_route_t *rt = r->route;
-    const char *s = rt ? (rt->name ? rt->name : rt->rule) : NULL;
-    size_t at = b->len;
-    if (s == NULL)
-        return;
-    if (s == mg_http_lroute.s && r->gen->id == mg_http_lroute.gen_id) {
-        mg_http_log_kept(b, mg_http_lroute.esc, mg_http_lroute.n);
-        return;
-    }
-    mg_fmt_put_json(b, s, SIZE_MAX, 400);
-    mg_http_lroute.s = s;
-    mg_http_lroute.gen_id = r->gen->id;
-    mg_http_lroute.n = b->len - at;
-    memcpy(mg_http_lroute.esc, b->p + at, mg_http_lroute.n);
-}
-
-/* The upstream server of the last line, escaped, kept per worker like
- * the route: keyed by the name's address alone, since a server's name
- * ("host:port", upstream.c's mg_peer_t) is written once and its peer is
- * never freed. */
-static struct {
-    const char *s;
-    size_t n;
-    char esc[120];
-} mg_http_lup;
-
-static void mg_http_log_up_addr(mg_fmt_t *b, const char *s) {
-    size_t at = b->len;
-    if (s == mg_http_lup.s) {
-        mg_http_log_kept(b, mg_http_lup.esc, mg_http_lup.n);
-        return;
-    }
-    mg_fmt_put_json(b, s, SIZE_MAX, 120);
-    mg_http_lup.s = s;
-    mg_http_lup.n = b->len - at;
-    memcpy(mg_http_lup.esc, b->p + at, mg_http_lup.n);
-}
-
 /* A header value for the log: cut to 200 bytes, escaped, quoted; null. */
 static void mg_http_log_header(mg_fmt_t *b, const char *v, size_t len) {
     if (v == NULL) {
@@ -634,7 +583,8 @@ static struct {
 
 /* memcmp(a, b, n) == 0, from 8 to 32 bytes inline as two overlapping
  * word compares (the usual Host and User-Agent), others by memcmp */
-static inline int mg_http_same(const char *a, const char *b, size_t n) {
+__attribute__((always_inline)) static inline int mg_http_same(const char *a, const char *b,
+                                                              size_t n) {
     uint64_t x[4], y[4];
     if (n >= 16 && n <= 32) {
         memcpy(x, a, 16);
@@ -691,6 +641,27 @@ mg_http_log_client(mg_fmt_t *b, const char *host, size_t hl, const char *ua, siz
     mg_http_log_client_new(b, host, hl, ua, ul, lidx, hk, uk);
 }
 
+/* A head the checks did not work out (refused before them): Host and
+ * User-Agent (the first of each, as mg_req_header finds them) and the
+ * head's size, in one pass */
+static uint64_t mg_http_log_scan(const mg_req_t *r, const char **host, size_t *hl, const char **ua,
+                                 size_t *ul) {
+    uint64_t head = 0;
+    for (int i = 0; i < r->nhdrs; i++) {
+        const mg_hdr_t *h = &r->hdrs[i];
+        const char *n = r->hbuf + h->noff;
+        head += h->nlen + h->vlen + 4;
+        if (h->nlen == 4 && *host == NULL && MG_NAME_IS(n, 4, "host")) {
+            *host = r->hbuf + h->voff;
+            *hl = h->vlen;
+        } else if (h->nlen == 10 && *ua == NULL && MG_NAME_IS(n, 10, "user-agent")) {
+            *ua = r->hbuf + h->voff;
+            *ul = h->vlen;
+        }
+    }
+    return head;
+}
+
 __attribute__((always_inline)) static inline uint64_t
 mg_http_log_fields_in(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
     const char *host = NULL, *ua = NULL;
@@ -706,21 +677,8 @@ mg_http_log_fields_in(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
             ul = r->log_ua_len;
         }
         head = r->log_hbytes;
-    }
-    /* else one pass: Host and User-Agent (the first of each, as
-     * mg_req_header finds them) and the head's size */
-    for (int i = 0; !r->log_ready && i < r->nhdrs; i++) {
-        const mg_hdr_t *h = &r->hdrs[i];
-        const char *n = r->hbuf + h->noff;
-        head += h->nlen + h->vlen + 4;
-        if (h->nlen == 4 && host == NULL && MG_NAME_IS(n, 4, "host")) {
-            host = r->hbuf + h->voff;
-            hl = h->vlen;
-        } else if (h->nlen == 10 && ua == NULL && MG_NAME_IS(n, 10, "user-agent")) {
-            ua = r->hbuf + h->voff;
-            ul = h->vlen;
-        }
-    }
+    } else
+        head = mg_http_log_scan(r, &host, &hl, &ua, &ul);
     mg_fmt_to(b, mg_fmt_o_iso_ms(MG_FMT_O_LIT(mg_fmt_at(b), ",\"timestamp\":\""), t_ms));
     mg_http_log_client(b, host, hl, ua, ul, r->lidx);
     return head;
@@ -794,70 +752,309 @@ void mg_http_log_end(mg_fmt_t *b) {
     mg_fmt_lit(b, "}\n");
 }
 
+/* ---- the HTTP line ----
+ * Its order puts what changes from request to request first and what a
+ * client's requests and a route repeat last, in one kept piece:
+ *   {"type":"access","time","timestamp","request_id",  one second's piece
+ *   "method","path",                                   the method's piece
+ *   ["protocol",]"status","bytes","duration_ms",["upstream_status","upstream_ms",]
+ *   "bytes_in","bytes_out",
+ *   "remote","host","listener","user_agent",["upstream_addr",]"route","generation"  kept
+ *   [,"tls":{...}]}
+ * (a WebSocket session's line keeps its own order: alog.c). */
+
+/* The line's start for one second, {"type":"access","time":S.mmm,
+ * "timestamp":"ISO.mmmZ","request_id":", kept per worker: a line in the
+ * same second copies it at a constant size and writes its milliseconds
+ * into the two places (at1, at2). ms0 is the second's first millisecond
+ * (>= 0); it starts as the piece of second 0, so the check needs no
+ * "none yet". */
+#define MG_HTTP_LSEC_COPY 112 /* the longest piece (a year past 9999) is 111 */
+static struct {
+    int64_t ms0;
+    uint32_t at1, at2, n;
+    char p[MG_HTTP_LSEC_COPY];
+} mg_http_lsec = {0, 25, 62, 83,
+                  "{\"type\":\"access\",\"time\":0.000,\"timestamp\":\"1970-01-01T00:00:00.000Z\","
+                  "\"request_id\":\""};
+
+/* a line before the epoch (not kept: the time is negative, the ISO time 0) */
+__attribute__((noinline)) static char *mg_http_lsec_neg(char *o, int64_t t_ms) {
+    o = MG_FMT_O_LIT(o, "{\"type\":\"access\",\"time\":");
+    o = mg_fmt_o_time_ms(o, t_ms);
+    o = MG_FMT_O_LIT(o, ",\"timestamp\":\"");
+    o = mg_fmt_o_iso_ms(o, t_ms);
+    return MG_FMT_O_LIT(o, "\",\"request_id\":\"");
+}
+
+__attribute__((noinline)) static void mg_http_lsec_set(int64_t t_ms) {
+    char tmp[160] = {0}, *o = tmp; /* the appends store past their end: room */
+    int64_t ms0 = t_ms - t_ms % 1000;
+    o = MG_FMT_O_LIT(o, "{\"type\":\"access\",\"time\":");
+    o = mg_fmt_o_time_ms(o, ms0);
+    mg_http_lsec.at1 = (uint32_t)(o - 4 - tmp);
+    o = MG_FMT_O_LIT(o, ",\"timestamp\":\"");
+    o = mg_fmt_o_iso_ms(o, ms0);
+    mg_http_lsec.at2 = (uint32_t)(o - 5 - tmp);
+    o = MG_FMT_O_LIT(o, "\",\"request_id\":\"");
+    mg_http_lsec.n = (uint32_t)(o - tmp);
+    memcpy(mg_http_lsec.p, tmp, sizeof(mg_http_lsec.p));
+    mg_http_lsec.ms0 = ms0;
+}
+
+static inline char *mg_http_log_head(char *o, int64_t t_ms) {
+    uint64_t f = (uint64_t)t_ms - (uint64_t)mg_http_lsec.ms0; /* a NaN's 0 is second 0's */
+    if (f >= 1000) {
+        if (t_ms < 0)
+            return mg_http_lsec_neg(o, t_ms);
+        mg_http_lsec_set(t_ms);
+        f = (uint64_t)(t_ms - mg_http_lsec.ms0);
+    }
+    memcpy(o, mg_http_lsec.p, MG_HTTP_LSEC_COPY);
+    memcpy(o + mg_http_lsec.at1, mg_fmt_d3 + f * 4, 4);
+    memcpy(o + mg_http_lsec.at2, mg_fmt_d3 + f * 4, 4);
+    return o + mg_http_lsec.n;
+}
+
+/* the request id: mg_request_id's 32 hex digits told by two vectors (no
+ * zero byte in them, one after), anything else by strnlen */
+static inline char *mg_http_log_id(char *o, const char *id) {
+#ifdef __SSE2__
+    __m128i a = _mm_loadu_si128((const __m128i *)(const void *)id),
+            z = _mm_loadu_si128((const __m128i *)(const void *)(id + 16)), n = _mm_setzero_si128();
+    if (id[32] == '\0' &&
+        !_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(a, n), _mm_cmpeq_epi8(z, n)))) {
+        _mm_storeu_si128((__m128i *)(void *)o, a);
+        _mm_storeu_si128((__m128i *)(void *)(o + 16), z);
+        return o + 32;
+    }
+#endif
+    return mg_fmt_o_short(o, id, mg_http_log_id_len(id));
+}
+
+/* The target past the fast path: mg_http_log_path, on the cursor */
+__attribute__((noinline)) static char *mg_http_log_path_o(mg_fmt_t *b, char *o, const mg_req_t *r) {
+    mg_fmt_to(b, o);
+    mg_http_log_path(b, r);
+    return mg_fmt_at(b);
+}
+
+/* The target (mg_http_log_path's output), the usual one of 32 bytes or
+ * fewer without escapes, from two vectors of the head's buffer (which
+ * starts with it and has room for them: mg_req_alloc), stored at once;
+ * its query, if any, told clean from the bits of its '=' and '&': a
+ * parameter's name is 3 bytes or more (a secret's shortest) when the 3
+ * bytes before its first '=' are none of the query's '?', an '&' or an
+ * '='. So an '=' with none of those 3 before it may end a secret's name
+ * (or be a later '=' of a value: the redaction pass sorts it out), and a
+ * query without one is clean. Others: mg_http_log_path. */
+static inline char *mg_http_log_target(mg_fmt_t *b, char *o, const mg_req_t *r) {
+#ifdef __SSE2__
+    size_t pl = r->url_len < 300 ? r->url_len : 300;
+    if (pl <= 32 && r->hcap >= 32) {
+        const __m128i *s = (const __m128i *)(const void *)r->hbuf;
+        __m128i lo = _mm_loadu_si128(s), hi = lo;
+        uint32_t in = (uint32_t)((1ull << pl) - 1), q, e, a, d; /* bit i: the target's byte i */
+        int two = pl > 16;
+        if (two) {
+            hi = _mm_loadu_si128(s + 1);
+            if ((mg_fmt_esc_bits16(lo) | mg_fmt_esc_bits16(hi) << 16) & in)
+                return mg_http_log_path_o(b, o, r);
+            q = (mg_fmt_ch_bits16(lo, '?') | mg_fmt_ch_bits16(hi, '?') << 16) & in;
+            _mm_storeu_si128((__m128i *)(void *)(o + 16), hi);
+        } else {
+            if (mg_fmt_esc_bits16(lo) & in)
+                return mg_http_log_path_o(b, o, r);
+            q = mg_fmt_ch_bits16(lo, '?') & in;
+        }
+        _mm_storeu_si128((__m128i *)(void *)o, lo);
+        if (q == 0)
+            return o + pl;
+        q = (uint32_t)__builtin_ctz(q);
+        in &= ~((2u << q) - 1); /* the query's bytes, past its '?' */
+        e = mg_fmt_ch_bits16(lo, '=') | (two ? mg_fmt_ch_bits16(hi, '=') << 16 : 0);
+        a = mg_fmt_ch_bits16(lo, '&') | (two ? mg_fmt_ch_bits16(hi, '&') << 16 : 0);
+        e &= in;
+        d = e | (a & in) | 1u << q;
+        if ((e & ~(d << 1) & ~(d << 2) & ~(d << 3)) == 0)
+            return o + pl;
+        return o + mg_http_log_redact_query(o, pl, o + q);
+    }
+#endif
+    return mg_http_log_path_o(b, o, r);
+}
+
+/* "remote" to "generation" of the last line, kept per worker: a client's
+ * requests (and most clients') repeat their address, Host and
+ * User-Agent, and a route its name, generation and upstream server. Keyed
+ * by the bytes the line shows for the address, Host and User-Agent (each
+ * cut to 200, or none), the listener and the listeners' table
+ * (mg_worker.laddr, the one mg_http_lnames was made for), the route's
+ * name by its address and the generation's id (a route's name lives,
+ * unchanged, as long as its generation, and an id is never reused) and
+ * the upstream server's name by its address (a server's "host:port",
+ * upstream.c's mg_peer_t, is written once and its peer never freed). */
+static struct {
+    const char *route, *up;
+    unsigned gen_id;
+    int lidx;
+    const void *lnames_of;
+    size_t il, hl, ul, n; /* hl, ul: SIZE_MAX for none */
+    char ip[MG_PEER_IP_MAX], host[200], ua[200];
+    /* the names, the address 47, two escaped values of 1219, the listener
+     * 79, the upstream 119, the route 399, the generation 10 */
+    char piece[4096];
+} mg_http_lpiece = {.hl = SIZE_MAX - 1};
+
+__attribute__((noinline)) static char *mg_http_log_piece_new(mg_fmt_t *b, char *o, const char *ip,
+                                                             size_t il, const char *host, size_t hl,
+                                                             const char *ua, size_t ul,
+                                                             const mg_req_t *r, const char *rs) {
+    size_t at = (size_t)(o - b->p);
+    o = MG_FMT_O_LIT(o, ",\"remote\":\"");
+    o = mg_fmt_o_short(o, ip, il);
+    o = MG_FMT_O_LIT(o, "\",\"host\":");
+    mg_fmt_to(b, o);
+    mg_http_log_header(b, host, hl);
+    mg_fmt_put_lit(b, ",\"listener\":\"");
+    mg_http_log_listener(b, r->lidx);
+    mg_fmt_put_lit(b, "\",\"user_agent\":");
+    mg_http_log_header(b, ua, ul);
+    if (r->up_addr) {
+        mg_fmt_put_lit(b, ",\"upstream_addr\":\"");
+        mg_fmt_put_json(b, r->up_addr, SIZE_MAX, 120);
+        mg_fmt_put_ch(b, '"');
+    }
+    mg_fmt_put_lit(b, ",\"route\":\"");
+    if (rs)
+        mg_fmt_put_json(b, rs, SIZE_MAX, 400);
+    o = MG_FMT_O_LIT(mg_fmt_at(b), "\",\"generation\":");
+    o = mg_fmt_o_u64(o, r->gen->id);
+    mg_http_lpiece.route = rs;
+    mg_http_lpiece.up = r->up_addr;
+    mg_http_lpiece.gen_id = r->gen->id;
+    mg_http_lpiece.lidx = r->lidx;
+    mg_http_lpiece.lnames_of = mg_worker.laddr;
+    mg_http_lpiece.il = il;
+    mg_http_lpiece.hl = host ? hl : SIZE_MAX;
+    mg_http_lpiece.ul = ua ? ul : SIZE_MAX;
+    memcpy(mg_http_lpiece.ip, ip, il);
+    if (host)
+        memcpy(mg_http_lpiece.host, host, hl);
+    if (ua)
+        memcpy(mg_http_lpiece.ua, ua, ul);
+    mg_http_lpiece.n = (size_t)(o - b->p) - at;
+    memcpy(mg_http_lpiece.piece, b->p + at, mg_http_lpiece.n);
+    return o;
+}
+
+/* host, ua: the values the line shows (hl, ul cut to 200) or NULL; a hit
+ * copies the piece, a miss builds it and keeps it */
+__attribute__((always_inline)) static inline char *mg_http_log_piece(mg_fmt_t *b, char *o,
+                                                                     const mg_req_t *r,
+                                                                     const char *host, size_t hl,
+                                                                     const char *ua, size_t ul) {
+    const mg_route_t *rt = r->route;
+    const char *rs = rt ? (rt->name ? rt->name : rt->rule) : NULL;
+    const char *ip = mg_req_client_ip(r);
+    size_t il = strnlen(ip, MG_PEER_IP_MAX - 1);
+    size_t hk = host ? hl : SIZE_MAX, uk = ua ? ul : SIZE_MAX;
+    if (il == mg_http_lpiece.il && hk == mg_http_lpiece.hl && uk == mg_http_lpiece.ul &&
+        rs == mg_http_lpiece.route && r->up_addr == mg_http_lpiece.up &&
+        r->gen->id == mg_http_lpiece.gen_id && r->lidx == mg_http_lpiece.lidx &&
+        mg_worker.laddr == mg_http_lpiece.lnames_of && mg_http_lnames_of == mg_worker.laddr &&
+        mg_worker.laddr != NULL && mg_http_same(ip, mg_http_lpiece.ip, il) &&
+        (host == NULL || mg_http_same(host, mg_http_lpiece.host, hl)) &&
+        (ua == NULL || mg_http_same(ua, mg_http_lpiece.ua, ul))) {
+        memcpy(o, mg_http_lpiece.piece, mg_http_lpiece.n);
+        return o + mg_http_lpiece.n;
+    }
+    return mg_http_log_piece_new(b, o, ip, il, host, hl, ua, ul, r, rs);
+}
+
 /* the line but its "}\n", unchecked (room for MG_HTTP_LOG_WORST) */
 static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now) {
     /* a head refused before it was whole has no method yet ("-", as nginx
      * logs a field it does not have; r->method 0 would read as DELETE) */
-    static const char none[16] = "-";
     static struct {
-        int m; /* llhttp's method, -1 for none yet */
+        int m;     /* llhttp's method, -1 for none yet ("-"), -2 before the first line */
+        size_t ml; /* the method's whole length (bytes_in counts it) */
         size_t n;
-        char s16[16];      /* its first 16 bytes, padded */
-    } last = {-1, 0, {0}}; /* the method of the last line: the same, line after line */
-    const char *m16 = none;
-    size_t ml = 1;
+        char p[48]; /* ","method":"<its first 16>","path":" */
+    } last = {.m = -2};
+    const char *host = NULL, *ua = NULL;
+    size_t hl = 0, ul = 0;
+    uint64_t in = 0;
     int64_t t_ms = mg_fmt_round(r->t_start * 1000.0);
-    uint64_t in;
-    char *o; /* the line's end, between the calls that take b */
-    if (r->state != MG_REQ_HEAD) {
-        if ((int)r->method != last.m) {
-            const char *name = llhttp_method_name((llhttp_method_t)r->method);
-            last.n = strlen(name);
-            memset(last.s16, 0, sizeof(last.s16));
-            memcpy(last.s16, name, last.n < 16 ? last.n : 16);
-            last.m = (int)r->method;
-        }
-        m16 = last.s16;
-        ml = last.n;
+    int m = r->state == MG_REQ_HEAD ? -1 : (int)r->method;
+    char *o, *bytes;
+    size_t bl;
+    if (m != last.m) {
+        const char *name = m < 0 ? "-" : llhttp_method_name((llhttp_method_t)m);
+        size_t nl = strlen(name);
+        char *p = MG_FMT_O_LIT(last.p, "\",\"method\":\"");
+        memcpy(p, name, nl < 16 ? nl : 16);
+        p = MG_FMT_O_LIT(p + (nl < 16 ? nl : 16), "\",\"path\":\"");
+        last.n = (size_t)(p - last.p);
+        last.ml = nl;
+        last.m = m;
     }
-    mg_http_log_start_in(b, r, t_ms, m16, ml);
-    o = mg_fmt_at(b);
+    o = mg_http_log_head(mg_fmt_at(b), t_ms);
+    o = mg_http_log_id(o, r->request_id);
+    memcpy(o, last.p, sizeof(last.p));
+    o = mg_http_log_target(b, o + last.n, r);
     if (r->http2) /* a stream of an HTTP/2 session (h2_req.c); HTTP/1.1 lines have none */
-        o = MG_FMT_O_LIT(o, ",\"protocol\":\"HTTP/2.0\"");
-    o = MG_FMT_O_LIT(o, ",\"status\":");
-    o = mg_fmt_o_i64(o, r->status);
+        o = MG_FMT_O_LIT(o, "\",\"protocol\":\"HTTP/2.0\",\"status\":");
+    else
+        o = MG_FMT_O_LIT(o, "\",\"status\":");
+    if ((unsigned)r->status - 100u < 900u) { /* three digits, one copy */
+        memcpy(o, mg_fmt_d3 + r->status * 4 + 1, 4);
+        o += 3;
+    } else {
+        o = mg_fmt_o_i64(o, r->status);
+    }
     o = MG_FMT_O_LIT(o, ",\"bytes\":");
+    bytes = o;
     o = mg_fmt_o_u64(o, r->bytes_out);
+    bl = (size_t)(o - bytes);
     o = MG_FMT_O_LIT(o, ",\"duration_ms\":");
     o = mg_fmt_o_milli(o, mg_fmt_round((now - r->t_start) * 1e6));
-    o = MG_FMT_O_LIT(o, ",\"route\":\"");
-    mg_fmt_to(b, o);
-    mg_http_log_route_of(b, r);
-    o = MG_FMT_O_LIT(mg_fmt_at(b), "\",\"generation\":");
-    o = mg_fmt_o_u64(o, r->gen->id);
+    if (r->up_addr) {
+        o = MG_FMT_O_LIT(o, ",\"upstream_status\":");
+        o = mg_fmt_o_i64(o, r->up_status);
+        o = MG_FMT_O_LIT(o, ",\"upstream_ms\":");
+        o = mg_fmt_o_milli(o, mg_fmt_round(r->up_ms * 1000.0));
+    }
+    /* Host, User-Agent (the first of each, as mg_req_header finds them)
+     * and the head's size: worked out by the head checks, or here */
+    if (r->log_ready) {
+        if (r->log_has_host) {
+            host = r->hbuf + r->log_host_off;
+            hl = r->log_host_len;
+        }
+        if (r->log_has_ua) {
+            ua = r->hbuf + r->log_ua_off;
+            ul = r->log_ua_len;
+        }
+        in = r->log_hbytes;
+    } else {
+        in = mg_http_log_scan(r, &host, &hl, &ua, &ul);
+    }
+    hl = hl < 200 ? hl : 200;
+    ul = ul < 200 ? ul : 200;
+    /* the request's bytes from the client: the request line, the header
+     * lines and the blank line as parsed, and the body */
+    in += last.ml + r->url_len + 12 + 2 + r->body_rx;
+    o = MG_FMT_O_LIT(o, ",\"bytes_in\":");
+    o = mg_fmt_o_u64(o, in);
+    o = MG_FMT_O_LIT(o, ",\"bytes_out\":");
+    memcpy(o, bytes, MG_FMT_U64_MAX); /* "bytes"'s digits again */
+    o = mg_http_log_piece(b, o + bl, r, host, hl, ua, ul);
     mg_fmt_to(b, o);
     if (tls) {
         mg_fmt_put_ch(b, ',');
         mg_http_log_tls(b, tls);
     }
-    /* the request's bytes from the client: the request line, the header
-     * lines and the blank line as parsed, and the body */
-    in = mg_http_log_fields_in(b, r, t_ms) + ml + r->url_len + 12 + 2 + r->body_rx;
-    o = mg_fmt_at(b);
-    if (r->up_addr) {
-        o = MG_FMT_O_LIT(o, ",\"upstream_addr\":\"");
-        mg_fmt_to(b, o);
-        mg_http_log_up_addr(b, r->up_addr);
-        o = MG_FMT_O_LIT(mg_fmt_at(b), "\",\"upstream_status\":");
-        o = mg_fmt_o_i64(o, r->up_status);
-        o = MG_FMT_O_LIT(o, ",\"upstream_ms\":");
-        o = mg_fmt_o_milli(o, mg_fmt_round(r->up_ms * 1000.0));
-    }
-    o = MG_FMT_O_LIT(o, ",\"bytes_in\":");
-    o = mg_fmt_o_u64(o, in);
-    o = MG_FMT_O_LIT(o, ",\"bytes_out\":");
-    o = mg_fmt_o_u64(o, r->bytes_out);
-    mg_fmt_to(b, o);
 }
 
 /* One bounds check for the whole line: with room for its worst case (the

@@ -351,9 +351,10 @@ static mg_edge_t edge[1];
 static int sess_token;
 static mg_addr_t laddr[2];
 
+static char peer_ip[MG_PEER_IP_MAX] = "192.0.2.7";
 static const char *fake_peer_ip(const mg_req_t *r) {
     (void)r;
-    return "192.0.2.7";
+    return peer_ip;
 }
 static int fake_tls(const mg_req_t *r) {
     (void)r;
@@ -408,8 +409,8 @@ static const char *line(const mg_req_tls_t *t, double now) {
  * redaction is checked on its own below) */
 static const char *old_line(const mg_req_tls_t *t, double now) {
     static char out[4096];
-    char esc[400], path[400], more[2700], up[160] = "", tls[400] = "", ts[32], host[1220], ua[1220],
-                                          lis[80] = "";
+    char esc[400], path[400], more[2800], up[160] = "", ups[80] = "", tls[400] = "", ts[32],
+                                          host[1220], ua[1220], lis[80] = "";
     const char *names[2] = {"Host", "User-Agent"};
     char *dst[2] = {host, ua};
     size_t pl = req.url_len < 300 ? req.url_len : 300;
@@ -456,22 +457,25 @@ static const char *old_line(const mg_req_tls_t *t, double now) {
     }
     snprintf(lis, sizeof(lis), "%s:%d", laddr[req.lidx].host, laddr[req.lidx].port);
     snprintf(more, sizeof(more),
-             ",\"timestamp\":\"%s\",\"host\":%s,\"listener\":\"%s\",\"user_agent\":%s", ts, host,
-             lis, ua);
-    if (req.up_addr)
-        snprintf(up, sizeof(up),
-                 ",\"upstream_addr\":\"%s\",\"upstream_status\":%d,\"upstream_ms\":%.3f",
-                 req.up_addr, req.up_status, req.up_ms);
+             ",\"remote\":\"%s\",\"host\":%s,\"listener\":\"%s\",\"user_agent\":%s",
+             mg_req_client_ip(&req), host, lis, ua);
+    if (req.up_addr) {
+        snprintf(ups, sizeof(ups), ",\"upstream_status\":%d,\"upstream_ms\":%.3f", req.up_status,
+                 req.up_ms);
+        snprintf(up, sizeof(up), ",\"upstream_addr\":\"%s\"", req.up_addr);
+    }
+    /* the key order of the one-piece line (what a client and a route
+     * repeat last); the values as ever */
     snprintf(out, sizeof(out),
-             "{\"type\":\"access\",\"time\":%.3f,\"request_id\":\"%s\",\"remote\":\"%s\","
+             "{\"type\":\"access\",\"time\":%.3f,\"timestamp\":\"%s\",\"request_id\":\"%s\","
              "\"method\":\"%s\",\"path\":\"%s\",\"status\":%d,\"bytes\":%llu,"
-             "\"duration_ms\":%.3f,\"route\":\"%s\",\"generation\":%u%s%s%s,\"bytes_in\":%llu,"
-             "\"bytes_out\":%llu}\n",
-             req.t_start, req.request_id, mg_req_client_ip(&req),
-             llhttp_method_name((llhttp_method_t)req.method), esc, req.status,
-             (unsigned long long)req.bytes_out, (now - req.t_start) * 1000.0,
+             "\"duration_ms\":%.3f%s,\"bytes_in\":%llu,\"bytes_out\":%llu%s%s,\"route\":\"%s\","
+             "\"generation\":%u%s}\n",
+             req.t_start, ts, req.request_id, llhttp_method_name((llhttp_method_t)req.method), esc,
+             req.status, (unsigned long long)req.bytes_out, (now - req.t_start) * 1000.0, ups,
+             (unsigned long long)in, (unsigned long long)req.bytes_out, more, up,
              req.route ? (req.route->name ? req.route->name : req.route->rule) : "", req.gen->id,
-             tls, more, up, (unsigned long long)in, (unsigned long long)req.bytes_out);
+             tls);
     return out;
 }
 
@@ -481,14 +485,15 @@ static void http_line(void) {
     req.up_addr = "127.0.0.1:19001";
     req.up_status = 200;
     req.up_ms = 3.994;
-    CHECK_STR(line(NULL, req.t_start + 0.0625),
-              "{\"type\":\"access\",\"time\":1796172570.250,\"request_id\":"
-              "\"f30837d3c1d9486988c2af90bb503389\",\"remote\":\"192.0.2.7\",\"method\":\"GET\","
-              "\"path\":\"/plain\",\"status\":200,\"bytes\":20,\"duration_ms\":62.500,\"route\":"
-              "\"/plain\",\"generation\":7,\"timestamp\":\"2026-12-02T00:49:30.250Z\",\"host\":"
-              "\"127.0.0.1:19093\",\"listener\":\"127.0.0.1:19093\",\"user_agent\":null,"
-              "\"upstream_addr\":\"127.0.0.1:19001\",\"upstream_status\":200,\"upstream_ms\":3.994,"
-              "\"bytes_in\":59,\"bytes_out\":20}\n");
+    CHECK_STR(
+        line(NULL, req.t_start + 0.0625),
+        "{\"type\":\"access\",\"time\":1796172570.250,\"timestamp\":"
+        "\"2026-12-02T00:49:30.250Z\",\"request_id\":\"f30837d3c1d9486988c2af90bb503389\","
+        "\"method\":\"GET\",\"path\":\"/plain\",\"status\":200,\"bytes\":20,"
+        "\"duration_ms\":62.500,\"upstream_status\":200,\"upstream_ms\":3.994,\"bytes_in\":59,"
+        "\"bytes_out\":20,\"remote\":\"192.0.2.7\",\"host\":\"127.0.0.1:19093\",\"listener\":"
+        "\"127.0.0.1:19093\",\"user_agent\":null,\"upstream_addr\":\"127.0.0.1:19001\","
+        "\"route\":\"/plain\",\"generation\":7}\n");
     CHECK_STR(line(NULL, req.t_start + 0.0625), old_line(NULL, req.t_start + 0.0625));
     /* a head refused before it was whole: no method yet, not DELETE (0) */
     req.state = MG_REQ_HEAD;
@@ -642,15 +647,19 @@ static void http_line_redacts_as_before(void) {
 static void http_line_redacts_short(void) {
     static const char *piece[] = {"key=1", "jwt=", "a=1", "x",   "tok=",   "&",  "=",
                                   "?",     "ke=y", "KEY", "ab=", "%6Bey=", "i=2"};
-    static const char *pre[] = {"/", "/p", "/abc", "/abcdefg"};
-    int ok = 1, n = 0;
+    static const char *pre[] = {"/",        "/p",           "/abc",
+                                "/abcdefg", "/abcdefghijk", "/abcdefghijklmnopq"};
+    /* after the target in the head's buffer: bytes a mask that let them
+     * in would take for the query's */
+    const char *kv[] = {"?&=", "=&?=", NULL};
+    int ok = 1, n = 0, n32 = 0;
     for (size_t p = 0; p < sizeof(pre) / sizeof(pre[0]); p++)
         for (size_t i = 0; i < sizeof(piece) / sizeof(piece[0]); i++)
             for (size_t j = 0; j < sizeof(piece) / sizeof(piece[0]); j++) {
                 char url[64], want[128], got[256];
                 size_t wl;
                 snprintf(url, sizeof(url), "%s?%s%s", pre[p], piece[i], piece[j]);
-                request(url, NULL);
+                request(url, (i + j) % 2 ? kv : NULL);
                 memcpy(want, url, strlen(url) + 1);
                 wl = old_redact(want, strlen(url));
                 want[wl] = '\0';
@@ -660,9 +669,67 @@ static void http_line_redacts_short(void) {
                     ok = 0;
                 }
                 n += strlen(url) >= 8 && strlen(url) <= 16;
+                n32 += strlen(url) > 16 && strlen(url) <= 32;
             }
     CHECK(ok);
-    CHECK(n > 200); /* most of them in the vectors' range */
+    CHECK(n > 200);   /* most of them in the one vector's range */
+    CHECK(n32 > 200); /* and in the two vectors' */
+}
+
+/* the line's start, kept per second: its two times as the appends write
+ * them, across seconds back and forth, before the epoch (not kept), past
+ * the year 9999, a NaN start (0), and second 0 (the piece it starts as) */
+static void http_line_time_kept(void) {
+    static const double ts[] = {0.0,          0.5,           0.9995,          1.0,
+                                59.999,       1796172570.25, 1796172570.999,  1796172571.0,
+                                1796172570.5, -1.5,          -0.0004,         -1e300,
+                                0.001,        3e11,          3e11 + 0.123,    1e300,
+                                0.0 / 0.0,    1796172571.75, 1796172571.0005, 0.25};
+    int ok = 1;
+    request("/t", NULL);
+    for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++) {
+        char want[256];
+        mg_fmt_t w = {want, 0, sizeof(want)};
+        int64_t ms;
+        req.t_start = ts[i];
+        ms = mg_fmt_round(ts[i] * 1000.0);
+        mg_fmt_lit(&w, "{\"type\":\"access\",\"time\":");
+        mg_fmt_milli(&w, ms);
+        mg_fmt_lit(&w, ",\"timestamp\":\"");
+        mg_fmt_iso_ms(&w, ms);
+        mg_fmt_lit(&w, "\",\"request_id\":\"f30837d3c1d9486988c2af90bb503389\",\"method\":");
+        want[w.len] = '\0';
+        if (strncmp(line(NULL, 0), want, w.len) != 0) {
+            printf("# %.17g: %s\n", ts[i], line(NULL, 0));
+            ok = 0;
+        }
+    }
+    CHECK(ok);
+}
+
+/* "remote" to "generation" kept: the address by its bytes (the same
+ * buffer with another address is another line), the method's piece by
+ * its number, a head refused before its method as "-" */
+static void http_line_piece_kept(void) {
+    request("/p", NULL);
+    CHECK(strstr(line(NULL, req.t_start), ",\"remote\":\"192.0.2.7\",") != NULL);
+    snprintf(peer_ip, sizeof(peer_ip), "192.0.2.70");
+    CHECK(strstr(line(NULL, req.t_start), ",\"remote\":\"192.0.2.70\",") != NULL);
+    snprintf(peer_ip, sizeof(peer_ip), "2001:db8::1");
+    CHECK(strstr(line(NULL, req.t_start), ",\"remote\":\"2001:db8::1\",") != NULL);
+    snprintf(peer_ip, sizeof(peer_ip), "2001:db8::2");
+    CHECK(strstr(line(NULL, req.t_start), ",\"remote\":\"2001:db8::2\",") != NULL);
+    snprintf(peer_ip, sizeof(peer_ip), "192.0.2.7");
+    CHECK_STR(line(NULL, req.t_start), old_line(NULL, req.t_start));
+    req.method = HTTP_POST;
+    CHECK(strstr(line(NULL, req.t_start), "\"method\":\"POST\",\"path\":\"/p\",") != NULL);
+    CHECK_STR(line(NULL, req.t_start), old_line(NULL, req.t_start));
+    req.state = MG_REQ_HEAD;
+    CHECK(strstr(line(NULL, req.t_start), "\"method\":\"-\",\"path\":\"/p\",") != NULL);
+    CHECK(strstr(line(NULL, req.t_start), "\"bytes_in\":17,") != NULL); /* "-", "/p", 14 */
+    req.state = MG_REQ_DONE;
+    req.method = HTTP_GET;
+    CHECK_STR(line(NULL, req.t_start), old_line(NULL, req.t_start));
 }
 
 /* the escaped route kept from line to line: a name at the same address
@@ -820,7 +887,7 @@ static void http_line_bounded(void) {
     CHECK(n < 6000);
     CHECK(n >= 2 && l[n - 2] == '}' && l[n - 1] == '\n');
     CHECK(strchr(l, '\n') == l + n - 1);
-    CHECK(strstr(l, "\"bytes_out\":20}") != NULL);
+    CHECK(strstr(l, "\"bytes_out\":20,") != NULL);
     CHECK(strstr(l, ",\"user_agent\":\"\\u0001") != NULL);
     /* a builder with too little room cuts, and the line still ends */
     {
@@ -982,11 +1049,13 @@ int main(void) {
     CT_RUN(escaping_swar);
     CT_RUN(caps);
     CT_RUN(iso_time_cached);
+    CT_RUN(http_line_time_kept); /* first: the line's start as it starts, second 0's */
     CT_RUN(http_line);
     CT_RUN(http_line_as_before);
     CT_RUN(http_line_route_kept);
     CT_RUN(http_line_client_kept);
     CT_RUN(http_line_up_addr_kept);
+    CT_RUN(http_line_piece_kept);
     CT_RUN(http_line_redacts);
     CT_RUN(http_line_redacts_as_before);
     CT_RUN(http_line_redacts_short);
