@@ -51,6 +51,30 @@ static int mg_met_nextra;
 
 const double mg_met_bounds[MG_MET_BUCKETS - 1] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                   0.25,  0.5,    1,     2.5,  5,     10};
+/* mg_met_hist's tables, by lg = floor(log2(us)): the bounds below 2^lg us
+ * and the one in [2^lg, 2^(lg+1)) us (1 ms: lg 9; 10 s: lg 23), checked
+ * against mg_met_bucket by spec/c/test_metrics.c */
+#define MG_MET_INF (1.0 / 0.0)
+const uint8_t mg_met_lg_base[64] = {
+    [10] = 1, [11] = 1, [12] = 2,  [13] = 3,  [14] = 4,  [15] = 5,  [16] = 6,        [17] = 7,
+    [18] = 8, [19] = 9, [20] = 10, [21] = 10, [22] = 11, [23] = 12, [24 ... 63] = 13};
+const double mg_met_lg_bound[64] = {[0 ... 8] = MG_MET_INF,
+                                    [9] = 0.001,
+                                    [10] = MG_MET_INF,
+                                    [11] = 0.0025,
+                                    [12] = 0.005,
+                                    [13] = 0.01,
+                                    [14] = 0.025,
+                                    [15] = 0.05,
+                                    [16] = 0.1,
+                                    [17] = 0.25,
+                                    [18] = 0.5,
+                                    [19] = 1,
+                                    [20] = MG_MET_INF,
+                                    [21] = 2.5,
+                                    [22] = 5,
+                                    [23] = 10,
+                                    [24 ... 63] = MG_MET_INF};
 static const char *const mg_met_bound_str[MG_MET_BUCKETS] = {
     "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
     "0.25",  "0.5",    "1",     "2.5",  "5",     "10",   "+Inf"};

@@ -10,6 +10,7 @@
 #include "loop/metrics.h"
 
 #include <llhttp.h>
+#include <math.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -60,6 +61,65 @@ static void buckets(void) {
     }
     for (double s = -0.001; s < 12; s += 0.0000731)
         CHECK_INT(mg_met_bucket(s), bucket_scan(s));
+}
+
+/* mg_met_hist's bucket by the microseconds' power of two, and its sum,
+ * against the scan and the conversion: every bound, either side of it by
+ * an ulp and by 1e-12, each power of two of us either side, the odd
+ * values, a sweep */
+static int hist_bucket(double secs, uint64_t *sum) {
+    mg_met_hist_t h;
+    memset(&h, 0, sizeof(h));
+    mg_met_hist(&h, secs);
+    *sum = h.sum_us;
+    for (int b = 0; b < MG_MET_BUCKETS; b++)
+        if (h.b[b] == 1)
+            return b;
+    return -1;
+}
+
+static void hist_buckets(void) {
+    const double odd[] = {0.0 / 0.0, -1.0 / 0.0, 1.0 / 0.0, -1,    -0.0,   0,     1e-12,
+                          5e-7,      1e-6,       11,        1e300, 9.1e12, 9.3e12};
+    int ok = 1;
+    uint64_t sum;
+#define HB(x)                                                                                      \
+    do {                                                                                           \
+        double x_ = (x);                                                                           \
+        if (hist_bucket(x_, &sum) != bucket_scan(x_) ||                                            \
+            (x_ > 0 && x_ < 1e13 && sum != (uint64_t)(x_ * 1e6))) {                                \
+            printf("# %.17g: %d %d\n", x_, hist_bucket(x_, &sum), bucket_scan(x_));                \
+            ok = 0;                                                                                \
+        }                                                                                          \
+    } while (0)
+    for (size_t k = 0; k < sizeof(odd) / sizeof(odd[0]); k++)
+        HB(odd[k]);
+    for (int j = 0; j < MG_MET_BUCKETS - 1; j++) {
+        double b = mg_met_bounds[j];
+        HB(b);
+        HB(nextafter(b, 0));
+        HB(nextafter(b, 1e9));
+        HB(b * (1 - 1e-12));
+        HB(b * (1 + 1e-12));
+    }
+    for (int lg = 0; lg < 45; lg++) {
+        double p = ldexp(1, lg) / 1e6;
+        HB(p);
+        HB(nextafter(p, 0));
+        HB(nextafter(p, 1e9));
+    }
+    for (double s = -0.001; s < 12; s += 0.0000731)
+        HB(s);
+#undef HB
+    CHECK(ok);
+    /* the status class by its multiply, against the division */
+    for (int st = -3; st <= 1000 && ok; st++) {
+        int want = st >= 100 && st < 600 ? st / 100 : 0;
+        uint64_t before = mg_met->n[MG_MET_OTHER].http_req[MG_MET_M_GET][want];
+        mg_met_http(MG_MET_OTHER, MG_MET_M_GET, st, 0.001, 0, 0);
+        ok = mg_met->n[MG_MET_OTHER].http_req[MG_MET_M_GET][want] == before + 1;
+    }
+    CHECK(ok);
 }
 
 static void setup(void) {
@@ -297,6 +357,7 @@ static void promtool_file(void) {
 
 int main(void) {
     CT_RUN(buckets);
+    CT_RUN(hist_buckets);
     CT_RUN(setup);
     CT_RUN(http_summed);
     CT_RUN(restart_keeps_counters);
