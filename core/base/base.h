@@ -90,8 +90,10 @@ void mg_fmt_milli(mg_fmt_t *b, int64_t v);
 /* x rounded to the nearest integer (halves away from zero), saturated
  * (inline: three of them per access-log line) */
 static inline int64_t mg_fmt_round(double x) {
-    if (x > -9.2e18 && x < 9.2e18) /* the usual case first: one range test (a NaN fails it) */
-        return (int64_t)(x < 0 ? x - 0.5 : x + 0.5);
+    if (x >= 0 && x < 9.2e18) /* the usual case first: a time, a duration (a NaN fails it) */
+        return (int64_t)(x + 0.5);
+    if (x < 0 && x > -9.2e18)
+        return (int64_t)(x - 0.5);
     if (x >= 9.2e18)
         return INT64_MAX;
     if (x <= -9.2e18)
@@ -187,11 +189,11 @@ static inline char *mg_fmt_o_i64(char *o, int64_t v) {
 }
 /* v thousandths with 3 places (mg_fmt_milli's output) */
 static inline char *mg_fmt_o_milli(char *o, int64_t v) {
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    unsigned f = (unsigned)(u % 1000);
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, q = u / 1000;
+    unsigned f = (unsigned)(u - q * 1000); /* by the quotient's multiply, not a divide */
     if (v < 0)
         *o++ = '-';
-    o = mg_fmt_o_u64(o, u / 1000);
+    o = mg_fmt_o_u64(o, q);
     memcpy(o, mg_fmt_d3 + f * 4, 4);
     return o + 4;
 }

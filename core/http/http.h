@@ -191,7 +191,8 @@ const char *mg_req_client_ip(const mg_req_t *r);
  * and -Host go on, fwd.c)? */
 int mg_req_peer_trusted(const mg_req_t *r);
 /* The peer's address as text; "" once it is gone. At most
- * MG_PEER_IP_MAX bytes with its NUL. */
+ * MG_PEER_IP_MAX bytes with its NUL, and any but "" in a buffer of
+ * MG_PEER_IP_MAX bytes (the access log's line reads 16 at once). */
 static inline const char *mg_req_peer_ip(const mg_req_t *r) {
     return r->sess ? r->sops->peer_ip(r) : "";
 }

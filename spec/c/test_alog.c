@@ -719,6 +719,15 @@ static void http_line_piece_kept(void) {
     CHECK(strstr(line(NULL, req.t_start), ",\"remote\":\"2001:db8::1\",") != NULL);
     snprintf(peer_ip, sizeof(peer_ip), "2001:db8::2");
     CHECK(strstr(line(NULL, req.t_start), ",\"remote\":\"2001:db8::2\",") != NULL);
+    snprintf(peer_ip, sizeof(peer_ip), "2001:db8:85a3::8a2e:370:7334"); /* past one vector */
+    CHECK(strstr(line(NULL, req.t_start), ",\"remote\":\"2001:db8:85a3::8a2e:370:7334\",") != NULL);
+    snprintf(peer_ip, sizeof(peer_ip), "2001:db8:85a3::8a2e:370:7335");
+    CHECK(strstr(line(NULL, req.t_start), ",\"remote\":\"2001:db8:85a3::8a2e:370:7335\",") != NULL);
+    peer_ip[0] = '\0';
+    CHECK(strstr(line(NULL, req.t_start), ",\"remote\":\"\",") != NULL);
+    req.sess = NULL; /* the client gone: "" */
+    CHECK(strstr(line(NULL, req.t_start), ",\"remote\":\"\",") != NULL);
+    req.sess = &sess_token;
     snprintf(peer_ip, sizeof(peer_ip), "192.0.2.7");
     CHECK_STR(line(NULL, req.t_start), old_line(NULL, req.t_start));
     req.method = HTTP_POST;
