@@ -997,6 +997,15 @@ __attribute__((always_inline)) static inline char *mg_http_log_piece(mg_fmt_t *b
     return mg_http_log_piece_new(b, o, ip, il, host, hl, ua, ul, r, rs);
 }
 
+/* a status: three digits by one copy from the table, else mg_fmt_o_i64 */
+static inline char *mg_http_log_o_status(char *o, int st) {
+    if ((unsigned)st - 100u < 900u) {
+        memcpy(o, mg_fmt_d3 + st * 4 + 1, 4);
+        return o + 3;
+    }
+    return mg_fmt_o_i64(o, st);
+}
+
 /* the line but its "}\n", unchecked (room for MG_HTTP_LOG_WORST) */
 static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *tls, double now) {
     /* a head refused before it was whole has no method yet ("-", as nginx
@@ -1032,12 +1041,7 @@ static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *t
         o = MG_FMT_O_LIT(o, "\",\"protocol\":\"HTTP/2.0\",\"status\":");
     else
         o = MG_FMT_O_LIT(o, "\",\"status\":");
-    if ((unsigned)r->status - 100u < 900u) { /* three digits, one copy */
-        memcpy(o, mg_fmt_d3 + r->status * 4 + 1, 4);
-        o += 3;
-    } else {
-        o = mg_fmt_o_i64(o, r->status);
-    }
+    o = mg_http_log_o_status(o, r->status);
     o = MG_FMT_O_LIT(o, ",\"bytes\":");
     bytes = o;
     o = mg_fmt_o_u64(o, r->bytes_out);
@@ -1046,7 +1050,7 @@ static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *t
     o = mg_fmt_o_milli(o, mg_fmt_round((now - r->t_start) * 1e6));
     if (r->up_addr) {
         o = MG_FMT_O_LIT(o, ",\"upstream_status\":");
-        o = mg_fmt_o_i64(o, r->up_status);
+        o = mg_http_log_o_status(o, r->up_status);
         o = MG_FMT_O_LIT(o, ",\"upstream_ms\":");
         o = mg_fmt_o_milli(o, mg_fmt_round(r->up_ms * 1000.0));
     }

@@ -739,6 +739,18 @@ static void http_line_piece_kept(void) {
     req.state = MG_REQ_DONE;
     req.method = HTTP_GET;
     CHECK_STR(line(NULL, req.t_start), old_line(NULL, req.t_start));
+    /* the statuses by the three-digit table, and outside it */
+    req.up_addr = "127.0.0.1:9";
+    {
+        static const int st[] = {0, 99, 100, 101, 200, 502, 999, 1000, -1, 12345};
+        for (size_t i = 0; i < sizeof(st) / sizeof(st[0]); i++) {
+            req.status = st[i];
+            req.up_status = st[sizeof(st) / sizeof(st[0]) - 1 - i];
+            CHECK_STR(line(NULL, req.t_start), old_line(NULL, req.t_start));
+        }
+    }
+    req.up_addr = NULL;
+    req.status = 200;
 }
 
 /* the escaped route kept from line to line: a name at the same address
