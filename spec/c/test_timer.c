@@ -27,6 +27,18 @@ static uint64_t ms_now(void) {
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* when an arming starts, on the deadline's own clock (timer.c's coarse one,
+ * which may lag the precise clock by more than a tick on a busy machine): a
+ * deadline is that clock's reading at mg_tm_arm plus ms, and that reading is
+ * never before this one, so a fire measured from here is never early */
+static uint64_t ms_arm_now(void) {
+    struct timespec ts;
+    if (mg_tm_fake_ms)
+        return mg_tm_fake_ms;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 /* an owner of a timer, as a connection is */
 typedef struct {
     mg_tm_t tm;
@@ -75,7 +87,7 @@ static void on_fire(mg_tm_t *t, void *arg) {
     case ACT_STOP_VICTIM: mg_tm_stop(&((owner_t *)o->victim)->tm); break;
     case ACT_REARM3:
         if (o->fired < 3) {
-            o->t0 = ms_now();
+            o->t0 = ms_arm_now();
             mg_tm_arm(&o->tm, o->ms);
         }
         break;
@@ -93,7 +105,7 @@ static owner_t *owner_new(int id, int action) {
 
 static void arm(owner_t *o, int ms) {
     o->ms = ms;
-    o->t0 = ms_now();
+    o->t0 = ms_arm_now();
     mg_tm_arm(&o->tm, ms);
 }
 
