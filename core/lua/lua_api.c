@@ -50,6 +50,16 @@ mg_co_t *mg_lua_co_new(mg_gen_t *gen) {
         if (co == NULL)
             return NULL;
         co->L = lua_newthread(gen->L);
+        /* "moongate.cos": the state's request coroutines, by which init.lua
+         * tells a call from one of them (moongate.proxy through the FFI)
+         * from one in a coroutine a script made */
+        lua_getfield(gen->L, LUA_REGISTRYINDEX, "moongate.cos");
+        if (lua_istable(gen->L, -1)) {
+            lua_pushvalue(gen->L, -2);
+            lua_pushboolean(gen->L, 1);
+            lua_rawset(gen->L, -3);
+        }
+        lua_pop(gen->L, 1);
         co->ref = luaL_ref(gen->L, LUA_REGISTRYINDEX);
     }
     co->gen = gen;
@@ -704,6 +714,12 @@ void mg_lua_open_api(lua_State *L) {
     lua_setfield(L, LUA_REGISTRYINDEX, "moongate.reqs");
     lua_createtable(L, 256, 0); /* moongate.proxy's on_error, by the same index (lua_proxy.c) */
     lua_setfield(L, LUA_REGISTRYINDEX, "moongate.proxy_errs");
+    lua_newtable(L); /* the request coroutines (mg_lua_co_new), weak keys */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "moongate.cos");
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "loaded");
     lua_newtable(L);

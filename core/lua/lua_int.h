@@ -126,5 +126,9 @@ double mg_lua_ffi_now(void);
 int mg_lua_ffi_res_begin(void);
 int mg_lua_ffi_res_header(const char *n, size_t nl, const char *v, size_t vl);
 void mg_lua_ffi_res_send(int status, const char *body, size_t blen, const char *ct, size_t ctl);
+int mg_lua_ffi_proxy(const char *u, size_t ul, const char *path, size_t pl, const char *q,
+                     size_t ql, double timeout, const char *ct, size_t cl, int flags,
+                     int *slot); /* lua_proxy.c */
+int mg_lua_ffi_proxy_header(const char *n, size_t nl, const char *v, size_t vl);
 
 #endif

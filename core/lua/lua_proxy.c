@@ -147,6 +147,21 @@ static int mg_lproxy_target_ok(const char *s, size_t n, int path) {
     return (acc & mask) == 0;
 }
 
+/* One header of a call's table (name and value checked) into r->xhdrs:
+ * n: v, or with v NULL (false) a removal of the client's n. MG_OK, or
+ * MG_ERR out of memory. */
+static int mg_lproxy_header_put(mg_req_t *r, const char *n, size_t nl, const char *v, size_t vl) {
+    if (mg_http_hop_by_hop(n, nl))
+        return MG_OK; /* framing stays moongate's */
+    if (r->xhdrs.len)
+        mg_http_lines_remove(&r->xhdrs, n, nl);
+    /* "Name:" alone is a removal of the client's header (fwd.c) */
+    if (v)
+        return mg_http_lines_put(&r->xhdrs, n, nl, v, vl);
+    return mg_http_lines_add(&r->xhdrs, n, nl) != MG_OK ? MG_ERR
+                                                        : mg_http_lines_add(&r->xhdrs, ":\r\n", 3);
+}
+
 /* The headers table at idx into r->xhdrs: a string or number sets (the
  * client's of that name is not sent), false removes the client's. NULL,
  * or the first bad name (copied). */
@@ -178,15 +193,7 @@ static const char *mg_lproxy_headers(lua_State *L, int idx, mg_req_t *r) {
             return bad;
         }
         lua_pop(L, 1);
-        if (mg_http_hop_by_hop(n, nl))
-            continue; /* framing stays moongate's */
-        if (r->xhdrs.len)
-            mg_http_lines_remove(&r->xhdrs, n, nl);
-        /* "Name:" alone is a removal of the client's header (fwd.c) */
-        rc = v ? mg_http_lines_put(&r->xhdrs, n, nl, v, vl)
-               : (mg_http_lines_add(&r->xhdrs, n, nl) != MG_OK
-                      ? MG_ERR
-                      : mg_http_lines_add(&r->xhdrs, ":\r\n", 3));
+        rc = mg_lproxy_header_put(r, n, nl, v, vl);
         if (rc != MG_OK) {
             snprintf(bad, sizeof(bad), "%s (out of memory)", n);
             lua_pop(L, 1);
@@ -305,6 +312,81 @@ static int mg_lua_core_proxy(lua_State *L) {
     }
     lua_pushboolean(L, 1);
     return 1;
+}
+
+/* ---- moongate.proxy through the FFI (init.lua) ----
+ * The usual call (from a request's own coroutine, arguments of the types
+ * core.proxy takes and that it would accept) records the same plan
+ * without the C API: a classic function ends the caller's trace, and
+ * reading seven arguments through the stack costs more than the plan. A
+ * call these would not take as it is gets 1 and nothing changed, and
+ * init.lua hands it to core.proxy, which then refuses, logs or records it
+ * exactly as before. */
+
+/* The call's arguments (flags: 1 a query was given (false: ""), 2 a
+ * timeout, 4 an on_error): 0 when the plan is recorded (its headers follow,
+ * mg_lua_ffi_proxy_header; *slot: where init.lua keeps on_error), 1 when
+ * core.proxy must take the call. */
+int mg_lua_ffi_proxy(const char *u, size_t ul, const char *path, size_t pl, const char *q,
+                     size_t ql, double timeout, const char *ct, size_t cl, int flags, int *slot) {
+    mg_co_t *co = mg_lua_co_cur;
+    mg_req_t *r = co ? co->req : NULL;
+    mg_upstream_t *up;
+    mg_lproxy_t *p;
+    int timeout_ms = 0;
+
+    if (r == NULL || r->resp_started || r->ws_valid || co->body_taken)
+        return 1;
+    if ((up = mg_gen_upstream(r->gen, u, ul)) == NULL)
+        return 1;
+    if (path && !mg_lproxy_target_ok(path, pl, 1))
+        return 1;
+    if (!(flags & 1))
+        q = NULL;
+    if ((q && !mg_lproxy_target_ok(q, ql, 0)) || pl + ql > MG_LPROXY_TARGET_MAX)
+        return 1;
+    if (flags & 2) {
+        if (!(timeout > 0 && timeout <= 86400))
+            return 1;
+        timeout_ms = (int)(timeout * 1000 + 0.5);
+        if (timeout_ms < 1)
+            timeout_ms = 1;
+    }
+    if (ct && (cl == 0 || cl > MG_LPROXY_CTYPE_MAX))
+        return 1;
+    if ((flags & 4) && r->access_req_ref <= 0)
+        return 1; /* core.proxy keeps that one under a registry ref */
+    if ((p = mg_lproxy_take(r, pl + ql + cl + 1)) == NULL)
+        return 1;
+    p->up = up;
+    p->timeout_ms = timeout_ms;
+    if (path) {
+        memcpy(p->buf, path, pl);
+        p->path_len = (int)pl;
+    }
+    if (q) {
+        memcpy(p->buf + pl, q, ql);
+        p->query_len = (int)ql;
+    }
+    if (ct) {
+        memcpy(p->buf + pl + ql, ct, cl);
+        p->ctype_len = (int)cl;
+    }
+    if (flags & 4) {
+        p->err_ref = 0; /* init.lua stores it at *slot */
+        *slot = r->access_req_ref;
+    }
+    return 0;
+}
+
+/* One header of the call's table after mg_lua_ffi_proxy (v NULL: false, a
+ * removal): 0, or 1 when core.proxy must take the call (a bad name or
+ * value: it refuses with the name; out of memory). */
+int mg_lua_ffi_proxy_header(const char *n, size_t nl, const char *v, size_t vl) {
+    mg_co_t *co = mg_lua_co_cur;
+    if (co == NULL || co->req == NULL || !mg_http_field_ok(n, nl, v, v ? vl : 0))
+        return 1;
+    return mg_lproxy_header_put(co->req, n, nl, v, vl) != MG_OK;
 }
 
 void mg_lua_proxy_ignored(mg_req_t *r) {

@@ -70,6 +70,9 @@ double mg_lua_ffi_now(void);
 int mg_lua_ffi_res_begin(void);
 int mg_lua_ffi_res_header(const char *n, size_t nl, const char *v, size_t vl);
 void mg_lua_ffi_res_send(int status, const char *body, size_t blen, const char *ct, size_t ctl);
+int mg_lua_ffi_proxy(const char *u, size_t ul, const char *path, size_t pl, const char *q,
+                     size_t ql, double timeout, const char *ct, size_t cl, int flags, int *slot);
+int mg_lua_ffi_proxy_header(const char *n, size_t nl, const char *v, size_t vl);
 ]]
 end
 -- in the binary; not when a spec loads this file under plain LuaJIT
@@ -83,7 +86,7 @@ if HAS_C then
     "mg_lua_ffi_req_query", "mg_lua_ffi_req_id", "mg_lua_ffi_req_remote_addr",
     "mg_lua_ffi_req_set_header", "mg_lua_ffi_req_set_header_num", "mg_lua_ffi_shdict_take",
     "mg_lua_ffi_unescape", "mg_lua_ffi_escape", "mg_lua_ffi_now", "mg_lua_ffi_res_begin",
-    "mg_lua_ffi_res_header", "mg_lua_ffi_res_send",
+    "mg_lua_ffi_res_header", "mg_lua_ffi_res_send", "mg_lua_ffi_proxy", "mg_lua_ffi_proxy_header",
   }) do
     local _ = C[name]
   end
@@ -580,12 +583,64 @@ debug.getregistry()["moongate.req_mt"] = req_mt
 --- docs/configuration.md ("moongate.proxy").
 local PROXIED = setmetatable({}, { __tostring = function() return "moongate.proxy" end })
 _M.PROXIED = PROXIED -- what it returns: respond() lets the C proxy answer
+-- The usual call through the FFI (lua_proxy.c's mg_lua_ffi_proxy): from a
+-- request's coroutine (COS: the core's, by thread), arguments of the types
+-- core.proxy takes. true: the plan is recorded; false: core.proxy takes the
+-- call (its checks and messages), C having changed nothing it would not.
+local COS = debug.getregistry()["moongate.cos"]
+local PROXY_ERRS = debug.getregistry()["moongate.proxy_errs"]
+local co_running = coroutine.running
+local slot_out = ffi.new("int[1]")
+local function proxy_ffi(u, path, q, headers, timeout, ctype, on_error)
+  if type(u) ~= "string" or not COS or not COS[co_running()] then return false end
+  local flags = 0
+  if path ~= nil and type(path) ~= "string" then return false end
+  if q == false then
+    q, flags = "", 1
+  elseif q ~= nil then
+    if type(q) ~= "string" then return false end
+    flags = 1
+  end
+  if timeout ~= nil then
+    if type(timeout) ~= "number" then return false end
+    flags = flags + 2
+  end
+  if ctype ~= nil and type(ctype) ~= "string" then return false end
+  if on_error ~= nil then
+    if type(on_error) ~= "function" then return false end
+    flags = flags + 4
+  end
+  if headers ~= nil and type(headers) ~= "table" then return false end
+  if C.mg_lua_ffi_proxy(u, #u, path, path and #path or 0, q, q and #q or 0, timeout or 0,
+                        ctype, ctype and #ctype or 0, flags, slot_out) ~= 0 then
+    return false
+  end
+  if headers ~= nil then
+    for k, v in pairs(headers) do
+      -- a number value (written by core.proxy), a bad name or value: core.proxy
+      if type(k) ~= "string" then return false end
+      local rc = 1
+      if type(v) == "string" then
+        rc = C.mg_lua_ffi_proxy_header(k, #k, v, #v)
+      elseif v == false then
+        rc = C.mg_lua_ffi_proxy_header(k, #k, nil, 0)
+      end
+      if rc ~= 0 then return false end
+    end
+  end
+  if on_error ~= nil then PROXY_ERRS[slot_out[0]] = on_error end
+  return true
+end
+
 function _M.proxy(opts)
   if type(opts) ~= "table" then opts = { upstream = opts } end
   local q = opts.query
   if type(q) == "table" then q = _M.encode_query(q) end
-  core.proxy(opts.upstream, opts.path, q, opts.headers, opts.timeout, opts.content_type,
-    opts.on_error)
+  local u, path, headers, timeout, ctype, on_error = opts.upstream, opts.path, opts.headers,
+    opts.timeout, opts.content_type, opts.on_error
+  if not (HAS_C and proxy_ffi(u, path, q, headers, timeout, ctype, on_error)) then
+    core.proxy(u, path, q, headers, timeout, ctype, on_error)
+  end
   return PROXIED
 end
 

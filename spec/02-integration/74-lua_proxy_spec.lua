@@ -128,6 +128,13 @@ return {
   { path = "/badheader", handler = function()
       return moongate.proxy{ upstream = "up", headers = { ["X-Bad"] = "a\r\nb" } }
   end },
+  -- a coroutine the script made is not the request's: the call raises there
+  { path = "/nested", handler = function()
+      local ok, err = pcall(coroutine.wrap(function()
+        return moongate.proxy{ upstream = "up", headers = { Accept = "application/json" } }
+      end))
+      return 200, { ok = ok, err = tostring(err) }
+  end },
   { path = "/twice", handler = function()
       moongate.proxy{ upstream = "up" }
       return 200, "an answer of its own"
@@ -414,6 +421,11 @@ describe("moongate.proxy", function()
         local st4, j4 = get_json("/badheader")
         assert.equal(500, st4)
         assert.truthy(j4.error:find("bad header X-Bad", 1, true), j4.error)
+        local st6, j6 = get_json("/nested")
+        assert.equal(200, st6)
+        assert.is_false(j6.ok)
+        assert.truthy(j6.err:find("moongate.proxy: only inside a handler or timer "
+            .. "(not at load time or in a nested coroutine)", 1, true), j6.err)
         -- an answer of the script's own after the call goes out instead, logged
         local st5, _, body5 = helpers.http(mg.port, "GET", "/twice")
         assert.equal(200, st5)
