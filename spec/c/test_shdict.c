@@ -8,6 +8,7 @@
 #include "ct.h"
 #include "lua/lua.h"
 
+#include <event2/buffer.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdlib.h>
@@ -94,6 +95,24 @@ static void other_key_same_address(void) {
     CHECK_INT(take(big, buf, 2, NULL), 0);
 }
 
+/* the used bytes mg_shdict_metrics reports for dict t_small */
+static long long small_used(void) {
+    struct evbuffer *b = evbuffer_new();
+    size_t n;
+    char *text, *at;
+    long long used = -1;
+    mg_shdict_metrics(b);
+    n = evbuffer_get_length(b);
+    text = calloc(1, n + 1);
+    evbuffer_remove(b, text, n);
+    at = strstr(text, "moongate_shdict_used_bytes{dict=\"t_small\"} ");
+    if (at)
+        used = atoll(at + strlen("moongate_shdict_used_bytes{dict=\"t_small\"} "));
+    free(text);
+    evbuffer_free(b);
+    return used;
+}
+
 /* the memo's slot deleted, then given to other keys (as another worker
  * would): the key gets a fresh bucket, the others keep their values */
 static void slot_deleted_and_reused(void) {
@@ -125,6 +144,8 @@ static void slot_deleted_and_reused(void) {
         }
         dict_op("t_small", "delete", "victim", NULL);
         lua_pop(L, 1);
+        if (small_used() != 0) /* every slot's count given back */
+            reused_ok = 0;
     }
     CHECK(reused_ok);
 }
