@@ -48,9 +48,15 @@ typedef struct {
     uint32_t pad;
 } mg_shd_hdr_t;
 
+/* memo: this worker's own (the struct is copied at fork, the slots are
+ * shared): where take() last found a key, by the key's address (index + 1,
+ * 0 none); see mg_shd_place_memo */
+#define MG_SHD_MEMO 64
+
 typedef struct {
     mg_shd_hdr_t *h;
     mg_shd_slot_t *slots;
+    uint32_t memo[MG_SHD_MEMO];
 } mg_shd_t;
 
 static mg_shd_t mg_shds[64];
@@ -168,6 +174,31 @@ static mg_shd_slot_t *mg_shd_place(mg_shd_t *d, const char *k, size_t kl, uint32
     fs->klen = (uint8_t)kl;
     memcpy(fs->data, k, kl);
     return fs;
+}
+
+/* mg_shd_place for a caller that passes the same key string again and
+ * again (rate-limit's bucket keys are kept Lua strings, at the same
+ * address while they live): the slot the memo gives for k's address, when
+ * it holds k (a key is in one slot that is neither empty nor dead: the
+ * one lookup finds), skips the hash and the probe. Any other address or
+ * content (a reused address, a slot another worker killed or gave to
+ * another key) goes the usual way and is remembered. Under the lock. */
+static mg_shd_slot_t *mg_shd_place_memo(mg_shd_t *d, const char *k, size_t kl, double now,
+                                        int *existed) {
+    uint32_t *m = &d->memo[((uintptr_t)k >> 4) % MG_SHD_MEMO];
+    mg_shd_slot_t *s;
+    if (*m != 0) {
+        s = &d->slots[*m - 1];
+        if (s->klen == kl && s->type != MG_SHD_EMPTY && s->type != MG_SHD_DEAD &&
+            memcmp(s->data, k, kl) == 0) {
+            *existed = !mg_shd_expired(s, now);
+            return s;
+        }
+    }
+    s = mg_shd_place(d, k, kl, mg_shd_hash(k, kl), now, existed);
+    if (s != NULL)
+        *m = (uint32_t)(s - d->slots) + 1;
+    return s;
 }
 
 /* ---- Lua API: d:get(k), d:set(k, v, ttl), d:add(k, v, ttl), d:incr(k, n,
@@ -315,7 +346,7 @@ static int mg_shd_take_bucket(mg_shd_t *d, const char *k, size_t kl, double rate
     mg_shd_slot_t *s;
 
     mg_shd_lock(d->h);
-    s = mg_shd_place(d, k, kl, mg_shd_hash(k, kl), now, &existed);
+    s = mg_shd_place_memo(d, k, kl, now, &existed);
     if (s == NULL) {
         mg_shd_unlock(d->h);
         return -1;

@@ -158,6 +158,25 @@ local function redis_take(conf, key)
   return res[1] == 1, tonumber(res[2]) or 0, tonumber(res[3]) or 0
 end
 
+-- The RateLimit-Remaining and -Reset values as strings, per conf, for one
+-- remaining count (reset follows from it): a bucket with room to spare
+-- (a busy client under a high limit, or many at their burst) gives the
+-- same figures on every request, and a string is set without the
+-- number's formatting in C. Made when a count comes twice in a row
+-- (conf._rem_seen), so a count seen once costs no string; other counts
+-- are passed as numbers, as before. Only integers below 1e14, which
+-- tostring writes as the core writes numbers (the digits, no exponent).
+local function num_str(x)
+  if x == 0 then return "0" end -- never "-0"
+  return tostring(x)
+end
+
+local function remember(conf, remaining, reset)
+  if remaining >= 0 and remaining < 1e14 and reset >= 0 and reset < 1e14 then
+    conf._rem, conf._rem_s, conf._reset_s = remaining, num_str(remaining), num_str(reset)
+  end
+end
+
 function _M.access(conf, req, ctx)
   local key = bucket_key(conf, req, ctx)
   local allowed, remaining, retry
@@ -198,8 +217,16 @@ function _M.access(conf, req, ctx)
   if conf.headers then
     -- on the response the client gets; reset: seconds until the bucket is full
     req:set_response_header("RateLimit-Limit", conf._limit)
+    if remaining == conf._rem then -- the figures made strings before
+      req:set_response_header("RateLimit-Remaining", conf._rem_s)
+      req:set_response_header("RateLimit-Reset", conf._reset_s)
+      return
+    end
+    local reset = math_ceil((conf._burst - remaining) / conf._rate)
+    if remaining == conf._rem_seen then remember(conf, remaining, reset) end
+    conf._rem_seen = remaining
     req:set_response_header("RateLimit-Remaining", remaining)
-    req:set_response_header("RateLimit-Reset", math_ceil((conf._burst - remaining) / conf._rate))
+    req:set_response_header("RateLimit-Reset", reset)
   end
 end
 

@@ -21,6 +21,8 @@ return {
   { prefix = "/g1", upstream = "up", plugins = { ["rate-limit"] = { rate = 2, per = "hour", scope = "global" } } },
   { prefix = "/g2", upstream = "up", plugins = { ["rate-limit"] = { rate = 2, per = "hour", scope = "global" } } },
   { prefix = "/fast", upstream = "up", plugins = { ["rate-limit"] = { rate = 2, burst = 1 } } },
+  { prefix = "/roomy", upstream = "up", plugins = { ["rate-limit"] = { rate = 1000000, burst = 1000000 } } },
+  { prefix = "/seq", upstream = "up", plugins = { ["rate-limit"] = { rate = 0.001, burst = 40 } } },
   { path = "/lua", handler = function() return 200, "ok" end,
     plugins = { ["rate-limit"] = { rate = 1, per = "hour" } } },
 }
@@ -99,6 +101,25 @@ describe("rate-limit", function()
         assert.equal(429, (helpers.http(mg.port, "GET", "/fast/x")))
         helpers.sleep(0.6) -- 2/s: one token per 500 ms
         assert.equal(200, (helpers.http(mg.port, "GET", "/fast/x")))
+    end)
+
+    it("sends the same RateLimit-* figures when they repeat (kept as strings)", function()
+        -- a bucket that refills faster than it is taken: the same figures on
+        -- every request, in every worker, from the first
+        for _ = 1, 16 do
+            local st, h = helpers.http(mg.port, "GET", "/roomy/x")
+            assert.equal(200, st)
+            assert.equal("1000000", h["ratelimit-limit"])
+            assert.equal("999999", h["ratelimit-remaining"])
+            assert.equal("1", h["ratelimit-reset"])
+        end
+        -- one that does not: each request its own count, never a kept one
+        for i = 1, 12 do
+            local st, h = helpers.http(mg.port, "GET", "/seq/x")
+            assert.equal(200, st)
+            assert.equal(tostring(40 - i), h["ratelimit-remaining"])
+            assert.equal(tostring(math.ceil(i / 0.001)), h["ratelimit-reset"])
+        end
     end)
 
     it("limits Lua handler routes too", function()
