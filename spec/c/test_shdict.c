@@ -116,7 +116,7 @@ static long long small_used(void) {
 /* the memo's slot deleted, then given to other keys (as another worker
  * would): the key gets a fresh bucket, the others keep their values */
 static void slot_deleted_and_reused(void) {
-    char k[16], v[16], got[16];
+    char k[32], v[16], got[16]; /* room for any two ints: -Wformat-truncation at -O1 */
     int i, reused_ok = 1;
     for (int round = 0; round < 20; round++) {
         CHECK_INT(take(small, "victim", 2, NULL), 1);
