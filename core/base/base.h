@@ -334,7 +334,8 @@ static inline int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll
  * other than 0x09, no DEL): what a field value may hold (RFC 9110 5.5).
  * Eight bytes a step: a word with no byte below 0x20 and none equal to 0x7f
  * passes whole; one that may have is checked byte by byte (a tab, or the
- * real thing). Header values of a few hundred bytes (a JWT) are common. */
+ * real thing). Header values of a few hundred bytes (a JWT) are common:
+ * with SSE2, sixteen bytes a step from 16 bytes on (mg_value_bad_bits16). */
 static inline int mg_value_word_ok(uint64_t w) {
     const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
     uint64_t del = w ^ (0x7f * ones);
@@ -350,9 +351,29 @@ static inline int mg_value_bytes_ok(const char *v, size_t n) {
     }
     return 1;
 }
+#ifdef __SSE2__
+/* 16 bytes: a bit per byte a field value may not hold (below 0x20 but
+ * HTAB, unsigned, or DEL) */
+static inline unsigned mg_value_bad_bits16(__m128i v) {
+    __m128i ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+    ctl = _mm_andnot_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('\t')), ctl);
+    return (unsigned)_mm_movemask_epi8(_mm_or_si128(ctl, _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f))));
+}
+#endif
 static inline int mg_value_ok(const char *v, size_t n) {
     uint64_t w;
     size_t i = 0;
+#ifdef __SSE2__
+    if (n >= 16) { /* sixteen bytes a step, the last vector overlapping as below */
+        for (;;) {
+            if (mg_value_bad_bits16(_mm_loadu_si128((const __m128i *)(const void *)(v + i))))
+                return 0;
+            if (i + 16 == n)
+                return 1;
+            i = i + 32 <= n ? i + 16 : n - 16;
+        }
+    }
+#endif
     if (n < 8) { /* one word too: the value, then bytes that pass ('a') */
         w = 0x6161616161616161ull;
         if (n)

@@ -213,9 +213,11 @@ static int name_ref(const char *s, size_t n) {
 }
 
 static void value_words(void) {
-    char v[40];
+    char v[72];
     int bad = 0;
-    /* one byte of every value at every offset of a 1..40-byte value */
+    /* one byte of every value at every offset of a 1..72-byte value (the
+     * words, and with SSE2 from 16 bytes on the vectors, the last one
+     * overlapping) */
     for (size_t n = 1; n <= sizeof(v); n++)
         for (size_t at = 0; at < n; at++)
             for (int b = 0; b < 256; b++) {
