@@ -117,8 +117,10 @@ size_t mg_fwd_headers(mg_req_t *r, char *out, unsigned drop, mg_fwd_t *f) {
         mg_hdr_t *hd = &r->hdrs[i];
         const char *n = r->hbuf + hd->noff;
         size_t l = hd->nlen;
-        if (mg_http_hop_by_hop(n, l) || mg_fwd_tokens_has(&tok, n, l) ||
-            (xall ? mg_fwd_tokens_has(&xn, n, l) : mg_req_xhdr_has(r, n, l)))
+        /* the token lists asked only when they hold something (most
+         * clients send no Connection header, most scripts set none) */
+        if (mg_http_hop_by_hop(n, l) || (tok.count && mg_fwd_tokens_has(&tok, n, l)) ||
+            (xall ? xn.count && mg_fwd_tokens_has(&xn, n, l) : mg_req_xhdr_has(r, n, l)))
             continue;
         if (MG_NAME_IS(n, l, "x-forwarded-for")) {
             f->xff = r->hbuf + hd->voff; /* the chain goes on in mg_fwd_tail */

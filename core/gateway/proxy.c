@@ -269,7 +269,8 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
             mg_fwd_conn_tokens(&tok, hdrs[i].value, hdrs[i].vlen);
     for (i = 0; i < nhdrs; i++) {
         mg_kv_t *h = &hdrs[i];
-        if (mg_http_hop_by_hop(h->name, h->nlen) || mg_fwd_tokens_has(&tok, h->name, h->nlen) ||
+        if (mg_http_hop_by_hop(h->name, h->nlen) ||
+            (tok.count && mg_fwd_tokens_has(&tok, h->name, h->nlen)) ||
             mg_name_eq(h->name, h->nlen, "date", 4) ||
             mg_http_lines_have(r->rxhdrs.p, r->rxhdrs.len, h->name, h->nlen))
             continue;
