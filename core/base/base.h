@@ -330,6 +330,17 @@ static inline int mg_name_eq(const char *n, size_t l, const char *lit, size_t ll
     return l == ll && (l == 0 || ((n[0] | 0x20) == (lit[0] | 0x20) && strncasecmp(n, lit, l) == 0));
 }
 #define MG_NAME_IS(n, l, lit) mg_name_eq((n), (l), (lit), sizeof(lit) - 1)
+/* mg_name_eq for a literal of four lowercase ASCII letters ("host",
+ * "date"), without the strncasecmp call: x | 0x20 is such a letter only
+ * when x is it or its capital, so one word compare is exact. */
+static inline int mg_name_is4(const char *n, size_t l, const char *lit4) {
+    uint32_t a, b;
+    if (l != 4)
+        return 0;
+    memcpy(&a, n, 4);
+    memcpy(&b, lit4, 4);
+    return (a | 0x20202020u) == b;
+}
 /* 1 when v[0..n) holds no control character but HTAB (no byte below 0x20
  * other than 0x09, no DEL): what a field value may hold (RFC 9110 5.5).
  * Eight bytes a step: a word with no byte below 0x20 and none equal to 0x7f

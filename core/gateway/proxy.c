@@ -271,7 +271,7 @@ static void mg_proxy_on_head(void *ud, int status, int http_minor, mg_kv_t *hdrs
         mg_kv_t *h = &hdrs[i];
         if (mg_http_hop_by_hop(h->name, h->nlen) ||
             (tok.count && mg_fwd_tokens_has(&tok, h->name, h->nlen)) ||
-            mg_name_eq(h->name, h->nlen, "date", 4) ||
+            mg_name_is4(h->name, h->nlen, "date") ||
             mg_http_lines_have(r->rxhdrs.p, r->rxhdrs.len, h->name, h->nlen))
             continue;
         if (o + h->nlen + h->vlen + 4 > sizeof(mg_proxy_hbuf))

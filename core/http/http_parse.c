@@ -148,7 +148,7 @@ int mg_http_check_fields(mg_req_t *r, mg_http_framing_t *f) {
             return 400;
         if (h->nlen == 0)
             return 400;
-        if (MG_NAME_IS(n, h->nlen, "host")) {
+        if (mg_name_is4(n, h->nlen, "host")) {
             f->hosts++;
             r->host_idx = i;
             if (host1 < 0)

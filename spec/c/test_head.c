@@ -469,8 +469,28 @@ static void path_checks(void) {
     CHECK_INT(bad, 0);
 }
 
+/* mg_name_is4 against mg_name_eq: every byte at each of the four
+ * positions of "host" and "date", and other lengths */
+static void name_is4(void) {
+    static const char *const lits[] = {"host", "date"};
+    int bad = 0;
+    for (int k = 0; k < 2; k++)
+        for (int at = 0; at < 4; at++)
+            for (int b = 0; b < 256; b++) {
+                char n[4];
+                memcpy(n, lits[k], 4);
+                n[at] = (char)b;
+                bad += mg_name_is4(n, 4, lits[k]) != mg_name_eq(n, 4, lits[k], 4);
+            }
+    CHECK_INT(bad, 0);
+    CHECK_INT(mg_name_is4("HoSt", 4, "host"), 1);
+    CHECK_INT(mg_name_is4("hostx", 5, "host"), 0);
+    CHECK_INT(mg_name_is4("hos", 3, "host"), 0);
+}
+
 int main(void) {
     CT_RUN(host_chars);
+    CT_RUN(name_is4);
     CT_RUN(te_values);
     CT_RUN(host_header);
     CT_RUN(header_values);
