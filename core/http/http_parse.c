@@ -108,8 +108,9 @@ static int mg_http_on_header_value(llhttp_t *p, const char *at, size_t len) {
 
 /* The bytes a Host may hold: ASCII letters and digits and
  * -._~%!$&'()*+,;=:[] (and NUL, as the isalnum/strchr loop this replaced
- * took it; a header value with one fails mg_value_ok first), a bit each: bytes 0..63 in the first
- * word, 64..127 in the second. test_head checks it against that loop. */
+ * took it; a header value with one fails mg_value_ok first), a bit each:
+ * bytes 0..63 in the first word, 64..127 in the second. test_head checks
+ * it against that loop. */
 static const uint64_t mg_host_ok_bits[2] = {0x2fff7ff200000001ull, 0x47fffffeaffffffeull};
 
 int mg_http_host_valid(const char *v, size_t len) {
