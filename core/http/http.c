@@ -666,22 +666,30 @@ __attribute__((noinline)) static void mg_http_log_note(mg_req_t *r) {
     r->log_ready = 1;
 }
 
+/* Host and User-Agent (the first of each, as mg_req_header finds them;
+ * NULL when absent) and the head's size: worked out by the head checks,
+ * or here */
+__attribute__((always_inline)) static inline uint64_t
+mg_http_log_hdrs(mg_req_t *r, const char **host, size_t *hl, const char **ua, size_t *ul) {
+    if (!r->log_ready)
+        mg_http_log_note(r);
+    if (r->log_has_host) {
+        *host = r->hbuf + r->log_host_off;
+        *hl = r->log_host_len;
+    }
+    if (r->log_has_ua) {
+        *ua = r->hbuf + r->log_ua_off;
+        *ul = r->log_ua_len;
+    }
+    return r->log_hbytes;
+}
+
 __attribute__((always_inline)) static inline uint64_t
 mg_http_log_fields_in(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
     const char *host = NULL, *ua = NULL;
     size_t hl = 0, ul = 0;
     uint64_t head;
-    if (!r->log_ready) /* the head checks worked them out, else now */
-        mg_http_log_note(r);
-    if (r->log_has_host) {
-        host = r->hbuf + r->log_host_off;
-        hl = r->log_host_len;
-    }
-    if (r->log_has_ua) {
-        ua = r->hbuf + r->log_ua_off;
-        ul = r->log_ua_len;
-    }
-    head = r->log_hbytes;
+    head = mg_http_log_hdrs(r, &host, &hl, &ua, &ul);
     mg_fmt_to(b, mg_fmt_o_iso_ms(MG_FMT_O_LIT(mg_fmt_at(b), ",\"timestamp\":\""), t_ms));
     mg_http_log_client(b, host, hl, ua, ul, r->lidx);
     return head;
@@ -1054,19 +1062,7 @@ static void mg_http_log_put_line(mg_fmt_t *b, mg_req_t *r, const mg_req_tls_t *t
         o = MG_FMT_O_LIT(o, ",\"upstream_ms\":");
         o = mg_fmt_o_milli(o, mg_fmt_round(r->up_ms * 1000.0));
     }
-    /* Host, User-Agent (the first of each, as mg_req_header finds them)
-     * and the head's size: worked out by the head checks, or here */
-    if (!r->log_ready)
-        mg_http_log_note(r);
-    if (r->log_has_host) {
-        host = r->hbuf + r->log_host_off;
-        hl = r->log_host_len;
-    }
-    if (r->log_has_ua) {
-        ua = r->hbuf + r->log_ua_off;
-        ul = r->log_ua_len;
-    }
-    in = r->log_hbytes;
+    in = mg_http_log_hdrs(r, &host, &hl, &ua, &ul);
     hl = hl < 200 ? hl : 200;
     ul = ul < 200 ? ul : 200;
     /* the request's bytes from the client: the request line, the header
