@@ -147,6 +147,41 @@ static int mg_lproxy_target_ok(const char *s, size_t n, int path) {
     return (acc & mask) == 0;
 }
 
+/* a call's timeout in seconds as the plan's ms (at least 1), or -1 when
+ * it is not in (0, 86400] */
+static int mg_lproxy_timeout_ms(double s) {
+    int ms;
+    if (!(s > 0 && s <= 86400))
+        return -1;
+    ms = (int)(s * 1000 + 0.5);
+    return ms < 1 ? 1 : ms;
+}
+
+/* The checked call's plan: its upstream, timeout, path, query and content
+ * type (each NULL for none) copied into r's plan; NULL out of memory. */
+static mg_lproxy_t *mg_lproxy_record(mg_req_t *r, mg_upstream_t *up, int timeout_ms,
+                                     const char *path, size_t pl, const char *q, size_t ql,
+                                     const char *ct, size_t cl) {
+    mg_lproxy_t *p = mg_lproxy_take(r, pl + ql + cl + 1);
+    if (p == NULL)
+        return NULL;
+    p->up = up;
+    p->timeout_ms = timeout_ms;
+    if (path) {
+        memcpy(p->buf, path, pl);
+        p->path_len = (int)pl;
+    }
+    if (q) {
+        memcpy(p->buf + pl, q, ql);
+        p->query_len = (int)ql;
+    }
+    if (ct) {
+        memcpy(p->buf + pl + ql, ct, cl);
+        p->ctype_len = (int)cl;
+    }
+    return p;
+}
+
 /* One header of a call's table (name and value checked) into r->xhdrs:
  * n: v, or with v NULL (false) a removal of the client's n. MG_OK, or
  * MG_ERR out of memory. */
@@ -260,14 +295,9 @@ static int mg_lua_core_proxy(lua_State *L) {
     if (pl + ql > MG_LPROXY_TARGET_MAX)
         return mg_lproxy_refuse(L, r, "moongate.proxy: path and query longer than %d bytes",
                                 MG_LPROXY_TARGET_MAX);
-    if (t[5] != LUA_TNIL) {
-        lua_Number s = t[5] == LUA_TNUMBER ? lua_tonumber(L, 5) : -1;
-        if (!(s > 0 && s <= 86400))
-            return mg_lproxy_refuse(L, r, "moongate.proxy: timeout must be seconds in (0, 86400]");
-        timeout_ms = (int)(s * 1000 + 0.5);
-        if (timeout_ms < 1)
-            timeout_ms = 1;
-    }
+    if (t[5] != LUA_TNIL &&
+        (timeout_ms = mg_lproxy_timeout_ms(t[5] == LUA_TNUMBER ? lua_tonumber(L, 5) : -1)) < 0)
+        return mg_lproxy_refuse(L, r, "moongate.proxy: timeout must be seconds in (0, 86400]");
     if (t[6] != LUA_TNIL) {
         ctype = t[6] == LUA_TSTRING ? lua_tolstring(L, 6, &cl) : NULL;
         if (ctype == NULL || cl == 0 || cl > MG_LPROXY_CTYPE_MAX)
@@ -283,23 +313,9 @@ static int mg_lua_core_proxy(lua_State *L) {
         if ((bad = mg_lproxy_headers(L, 4, r)) != NULL)
             return mg_lproxy_refuse(L, r, "moongate.proxy: bad header %s", bad);
     }
-    p = mg_lproxy_take(r, pl + ql + cl + 1);
+    p = mg_lproxy_record(r, up, timeout_ms, path, pl, query, ql, ctype, cl);
     if (p == NULL)
         return mg_lproxy_refuse(L, r, "moongate.proxy: out of memory");
-    p->up = up;
-    p->timeout_ms = timeout_ms;
-    if (path) {
-        memcpy(p->buf, path, pl);
-        p->path_len = (int)pl;
-    }
-    if (query) {
-        memcpy(p->buf + pl, query, ql);
-        p->query_len = (int)ql;
-    }
-    if (ctype) {
-        memcpy(p->buf + pl + ql, ctype, cl);
-        p->ctype_len = (int)cl;
-    }
     if (t[7] == LUA_TFUNCTION && r->access_req_ref > 0) {
         mg_lua_push_entry(L, r->gen, MG_ENTRY_PROXY_ERRS); /* the state all threads share */
         lua_pushvalue(L, 7);
@@ -345,33 +361,14 @@ int mg_lua_ffi_proxy(const char *u, size_t ul, const char *path, size_t pl, cons
         q = NULL;
     if ((q && !mg_lproxy_target_ok(q, ql, 0)) || pl + ql > MG_LPROXY_TARGET_MAX)
         return 1;
-    if (flags & 2) {
-        if (!(timeout > 0 && timeout <= 86400))
-            return 1;
-        timeout_ms = (int)(timeout * 1000 + 0.5);
-        if (timeout_ms < 1)
-            timeout_ms = 1;
-    }
+    if ((flags & 2) && (timeout_ms = mg_lproxy_timeout_ms(timeout)) < 0)
+        return 1;
     if (ct && (cl == 0 || cl > MG_LPROXY_CTYPE_MAX))
         return 1;
     if ((flags & 4) && r->access_req_ref <= 0)
         return 1; /* core.proxy keeps that one under a registry ref */
-    if ((p = mg_lproxy_take(r, pl + ql + cl + 1)) == NULL)
+    if ((p = mg_lproxy_record(r, up, timeout_ms, path, pl, q, ql, ct, cl)) == NULL)
         return 1;
-    p->up = up;
-    p->timeout_ms = timeout_ms;
-    if (path) {
-        memcpy(p->buf, path, pl);
-        p->path_len = (int)pl;
-    }
-    if (q) {
-        memcpy(p->buf + pl, q, ql);
-        p->query_len = (int)ql;
-    }
-    if (ct) {
-        memcpy(p->buf + pl + ql, ct, cl);
-        p->ctype_len = (int)cl;
-    }
     if (flags & 4) {
         p->err_ref = 0; /* init.lua stores it at *slot */
         *slot = r->access_req_ref;
