@@ -514,17 +514,6 @@ void mg_http_log_route(mg_fmt_t *b, const mg_route_t *rt) {
         mg_fmt_put_json(b, s, SIZE_MAX, 400);
 }
 
-/* A piece kept in a buffer of at least 32 bytes: up to 32 of it as one
- * constant-size copy (the line has room for the piece's worst case, and
- * what is past n is written over after it), longer ones by memcpy. */
-static inline void mg_http_log_kept(mg_fmt_t *b, const char *kept, size_t n) {
-    if (n <= 32)
-        memcpy(mg_fmt_at(b), kept, 32);
-    else
-        memcpy(mg_fmt_at(b), kept, n);
-    b->len += n;
-}
-
 /* A header value for the log: cut to 200 bytes, escaped, quoted; null. */
 static void mg_http_log_header(mg_fmt_t *b, const char *v, size_t len) {
     if (v == NULL) {
@@ -567,20 +556,6 @@ static void mg_http_log_listener(mg_fmt_t *b, int lidx) {
     mg_fmt_put_mem(b, one, n < 0 ? 0 : (size_t)n < sizeof(one) ? (size_t)n : sizeof(one) - 1);
 }
 
-/* "host" to "user_agent" of the last line, kept per worker: the requests
- * of a keep-alive connection (and most of a client's) repeat their Host
- * and User-Agent. Keyed by the bytes the line shows (each value cut to
- * 200, or none), the listener and the listeners' table (mg_worker.laddr,
- * the one mg_http_lnames was made for); a hit copies
- * the piece, a miss builds it and keeps it. */
-static struct {
-    int lidx;
-    const void *lnames_of;
-    size_t hl, ul, n; /* hl, ul: SIZE_MAX for none */
-    char host[200], ua[200];
-    char piece[2 * 1220 + 96]; /* two escaped values of 1217, the names, 79 */
-} mg_http_lclient = {.hl = SIZE_MAX - 1};
-
 /* memcmp(a, b, n) == 0, from 8 to 32 bytes inline as two overlapping
  * word compares (the usual Host and User-Agent), others by memcmp */
 __attribute__((always_inline)) static inline int mg_http_same(const char *a, const char *b,
@@ -603,42 +578,16 @@ __attribute__((always_inline)) static inline int mg_http_same(const char *a, con
     return memcmp(a, b, n) == 0;
 }
 
-/* the piece built and kept (a miss: out of line) */
-__attribute__((noinline)) static void mg_http_log_client_new(mg_fmt_t *b, const char *host,
-                                                             size_t hl, const char *ua, size_t ul,
-                                                             int lidx, size_t hk, size_t uk) {
-    size_t at = b->len;
+/* ","host":..,"listener":"..","user_agent":.. after an open string (the
+ * HTTP line's kept piece and a WebSocket session's head build them) */
+static void mg_http_log_client(mg_fmt_t *b, const char *host, size_t hl, const char *ua, size_t ul,
+                               int lidx) {
     mg_fmt_put_lit(b, "\",\"host\":");
     mg_http_log_header(b, host, hl);
     mg_fmt_put_lit(b, ",\"listener\":\"");
     mg_http_log_listener(b, lidx);
     mg_fmt_put_lit(b, "\",\"user_agent\":");
     mg_http_log_header(b, ua, ul);
-    mg_http_lclient.lidx = lidx;
-    mg_http_lclient.lnames_of = mg_worker.laddr;
-    mg_http_lclient.hl = hk;
-    mg_http_lclient.ul = uk;
-    if (host)
-        memcpy(mg_http_lclient.host, host, hk);
-    if (ua)
-        memcpy(mg_http_lclient.ua, ua, uk);
-    mg_http_lclient.n = b->len - at;
-    memcpy(mg_http_lclient.piece, b->p + at, mg_http_lclient.n);
-}
-
-/* a hit copies the piece (inline: the check is most of the work; a
- * constant-size copy of 128 bytes cost more under callgrind than memcpy) */
-__attribute__((always_inline)) static inline void
-mg_http_log_client(mg_fmt_t *b, const char *host, size_t hl, const char *ua, size_t ul, int lidx) {
-    size_t hk = host ? (hl < 200 ? hl : 200) : SIZE_MAX, uk = ua ? (ul < 200 ? ul : 200) : SIZE_MAX;
-    if (hk == mg_http_lclient.hl && uk == mg_http_lclient.ul && lidx == mg_http_lclient.lidx &&
-        mg_worker.laddr == mg_http_lclient.lnames_of && mg_http_lnames_of == mg_worker.laddr &&
-        mg_worker.laddr != NULL && (host == NULL || mg_http_same(host, mg_http_lclient.host, hk)) &&
-        (ua == NULL || mg_http_same(ua, mg_http_lclient.ua, uk))) {
-        mg_http_log_kept(b, mg_http_lclient.piece, mg_http_lclient.n);
-        return;
-    }
-    mg_http_log_client_new(b, host, hl, ua, ul, lidx, hk, uk);
 }
 
 /* A head the checks did not work out (refused before them): Host and
@@ -684,8 +633,7 @@ mg_http_log_hdrs(mg_req_t *r, const char **host, size_t *hl, const char **ua, si
     return r->log_hbytes;
 }
 
-__attribute__((always_inline)) static inline uint64_t
-mg_http_log_fields_in(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
+uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
     const char *host = NULL, *ua = NULL;
     size_t hl = 0, ul = 0;
     uint64_t head;
@@ -693,10 +641,6 @@ mg_http_log_fields_in(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
     mg_fmt_to(b, mg_fmt_o_iso_ms(MG_FMT_O_LIT(mg_fmt_at(b), ",\"timestamp\":\""), t_ms));
     mg_http_log_client(b, host, hl, ua, ul, r->lidx);
     return head;
-}
-
-uint64_t mg_http_log_fields(mg_fmt_t *b, mg_req_t *r, int64_t t_ms) {
-    return mg_http_log_fields_in(b, r, t_ms);
 }
 
 /* The method's length, kept by its address: a method is a string
@@ -924,13 +868,8 @@ __attribute__((noinline)) static char *mg_http_log_piece_new(mg_fmt_t *b, char *
     size_t at = (size_t)(o - b->p);
     o = MG_FMT_O_LIT(o, ",\"remote\":\"");
     o = mg_fmt_o_short(o, ip, il);
-    o = MG_FMT_O_LIT(o, "\",\"host\":");
     mg_fmt_to(b, o);
-    mg_http_log_header(b, host, hl);
-    mg_fmt_put_lit(b, ",\"listener\":\"");
-    mg_http_log_listener(b, r->lidx);
-    mg_fmt_put_lit(b, "\",\"user_agent\":");
-    mg_http_log_header(b, ua, ul);
+    mg_http_log_client(b, host, hl, ua, ul, r->lidx);
     if (r->up_addr) {
         mg_fmt_put_lit(b, ",\"upstream_addr\":\"");
         mg_fmt_put_json(b, r->up_addr, SIZE_MAX, 120);
